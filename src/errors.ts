@@ -1,0 +1,60 @@
+/**
+ * Expected failures carry a stable code so that scripts and tests can match on
+ * them, and the CLI turns every one of them into a message and an exit status in
+ * a single place (see cli.ts).
+ */
+export type ErrorCode =
+  | "CONFIG_NOT_FOUND"
+  | "CONFIG_LOAD"
+  | "CONFIG_INVALID"
+  | "STACK_NOT_FOUND"
+  | "STACK_INVALID"
+  | "BUNDLE_INVALID"
+  | "HYPERPARAMS_INVALID"
+  | "MANIFEST_INVALID"
+  | "INGEST_FAILED"
+  | "STATE_LOCKED"
+  | "STATE_CORRUPT"
+  | "JOB_NOT_FOUND"
+  | "JOB_AMBIGUOUS"
+  | "RESOURCES_UNSATISFIABLE"
+  | "BUILD_FAILED"
+  | "JOBS_FAILED"
+  | "USAGE"
+  | "TEMPLATE_NOT_FOUND"
+  | "PULUMI_MISSING"
+  | "PULUMI_FAILED"
+  | "PACHD_FAILED"
+  | "IO"
+  | "NOT_SUPPORTED";
+
+export class KaosError extends Error {
+  readonly code: ErrorCode;
+  /** Extra lines printed under the message, such as the fix. */
+  readonly hint: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { hint?: string; cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "KaosError";
+    this.code = code;
+    this.hint = options?.hint;
+  }
+}
+
+export function isKaosError(error: unknown): error is KaosError {
+  return error instanceof KaosError;
+}
+
+/** Narrows an unknown thrown value to a message without losing Node's error codes. */
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return String(error);
+}
+
+export function errnoCode(error: unknown): string | undefined {
+  if (typeof error === "object" && error !== null && "code" in error) {
+    const code = (error as { code: unknown }).code;
+    return typeof code === "string" ? code : undefined;
+  }
+  return undefined;
+}
