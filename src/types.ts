@@ -1,0 +1,148 @@
+/**
+ * The shapes a `kaos.config.ts` and a stack file are written in. These are what
+ * an editor completes and checks; `config.ts` validates the same shapes at run
+ * time, since a config is code and may compute anything.
+ */
+
+/** A scalar hyperparameter value. */
+export type HyperparamScalar = string | number | boolean | null;
+
+/**
+ * A grid: a list value is a set of candidates, a scalar is fixed. The jobs are
+ * the Cartesian product of all lists.
+ */
+export type HyperparamGrid = Record<string, HyperparamScalar | HyperparamScalar[]>;
+
+/** One combination of a grid: what one job sees in `KAOS_PARAMS_FILE`. */
+export type HyperparamSet = Record<string, HyperparamScalar>;
+
+/** Same meaning as Kubernetes requests/limits. */
+export interface Resources {
+  /** Cores; fractions allowed (0.5). Default 1. */
+  cpu?: number;
+  /** Bytes with an SI or binary suffix: `512M`, `2Gi`. No limit when unset. */
+  memory?: string;
+  /** Whole GPUs. Default 0. */
+  gpu?: number;
+}
+
+export interface PipelineConfig {
+  /** Source bundle: a directory with `Dockerfile` and `model/{requirements.txt,train}`. */
+  source: string;
+  /** Local data bundle directory. Exclusive with `manifest`. */
+  data?: string;
+  /** A manifest file or directory of JSON lines `{url, path[, sha256, size]}`. Exclusive with `data`. */
+  manifest?: string;
+  /** A JSON file holding a grid, or the grid itself. Without it, one job with `{}`. */
+  hyperparams?: string | HyperparamGrid;
+  resources?: Resources;
+  /** Most jobs of this pipeline running at once. Default 1. */
+  parallelism?: number;
+}
+
+export interface WatchOptions {
+  /** Quiet time after the last edit before a rerun, in milliseconds. Default 200. */
+  debounceMs?: number;
+  /** An edit during a run: `restart` cancels the affected jobs, `queue` lets them finish and reruns once. */
+  onChange?: "restart" | "queue";
+}
+
+export interface KaosConfig {
+  /** Names this project's runs; defaults to the config directory's name. */
+  workspace?: string;
+  pipelines: Record<string, PipelineConfig>;
+  watch?: WatchOptions;
+}
+
+export interface LocalStack {
+  backend: "local";
+  /** Cores kaos may hand to jobs at once. Default: every core of the machine. */
+  maxCpu?: number;
+  /** Memory kaos may hand to jobs at once (`16Gi`). Default: the machine's total memory. */
+  maxMemory?: string;
+}
+
+export interface Toleration {
+  key?: string;
+  operator?: "Exists" | "Equal";
+  value?: string;
+  effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+  tolerationSeconds?: number;
+}
+
+export interface KubernetesStack {
+  backend: "kubernetes";
+  /** Namespace that holds the build jobs and secrets. Created when missing. */
+  namespace: string;
+  /** Kubeconfig context; the current context when unset. */
+  kubeContext?: string;
+  pachyderm: {
+    /** pachd's HTTP API address, such as `http://pachd.pachyderm.svc:30650`. */
+    address: string;
+    /** Name of the environment variable holding the auth token. Never stored. Default `PACHYDERM_TOKEN`. */
+    tokenEnv?: string;
+    /** Pachyderm project that holds the repos and pipelines. Default `default`. */
+    project?: string;
+  };
+  registry: {
+    /** Image repository prefix, such as `registry.example.com/ml`. */
+    url: string;
+    /** Name of the Kubernetes docker-registry secret used to push and pull. Default `kaos-registry`. */
+    secretName?: string;
+    /** Environment variables holding the registry credentials. Never stored. */
+    usernameEnv?: string;
+    passwordEnv?: string;
+  };
+  gpu?: {
+    /** Extended resource name. Default `nvidia.com/gpu`. */
+    resourceName?: string;
+    nodeSelector?: Record<string, string>;
+    tolerations?: Toleration[];
+  };
+  pulumi?: {
+    /** Pulumi state backend URL. Default a file backend under `.kaos/pulumi`. */
+    backendUrl?: string;
+    /** Pulumi stack name. Default the stack file's name. */
+    stackName?: string;
+    /** Environment variable holding the secrets passphrase. Default `PULUMI_CONFIG_PASSPHRASE`. */
+    passphraseEnv?: string;
+  };
+  /** Image that builds containers in the cluster. Default `moby/buildkit:v0.16.0-rootless`. */
+  builderImage?: string;
+}
+
+export type StackConfig = LocalStack | KubernetesStack;
+
+/** What a pipeline's data comes from, with absolute paths. */
+export type DataSource = { kind: "dir"; dir: string } | { kind: "manifest"; path: string };
+
+/** A pipeline after validation: absolute paths, defaults applied, the grid loaded. */
+export interface ResolvedPipeline {
+  name: string;
+  /** Absolute path of the source bundle. */
+  sourceDir: string;
+  data: DataSource;
+  grid: HyperparamGrid;
+  /** Absolute path of the hyperparams file, when the grid came from one. */
+  hyperparamsFile: string | undefined;
+  resources: { cpu: number; memory: string | undefined; memoryBytes: number | undefined; gpu: number };
+  parallelism: number;
+}
+
+export interface ResolvedConfig {
+  /** Absolute path of the config file. */
+  file: string;
+  /** Directory of the config file: the project root, where `.kaos/` lives. */
+  root: string;
+  workspace: string;
+  pipelines: ResolvedPipeline[];
+  watch: { debounceMs: number; onChange: "restart" | "queue" };
+}
+
+export interface ResolvedStack {
+  /** Name given to `--stack`, or `local` for the built-in default. */
+  name: string;
+  /** Absolute path of the stack file; undefined for the built-in local stack. */
+  file: string | undefined;
+  config: StackConfig;
+}
