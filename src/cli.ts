@@ -1,0 +1,262 @@
+#!/usr/bin/env node
+/**
+ * The command line. Every command is a thin layer over the shared flow
+ * (load config, hash, plan, execute, record); modules load lazily so that
+ * `kaos --help` starts as fast as Node itself.
+ *
+ * Expected failures arrive here as KaosError and become a message and an exit
+ * status in exactly one place: `run` below.
+ */
+import { readFileSync } from "node:fs";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { isKaosError } from "./errors.js";
+
+/** Exit statuses; commands return 2 only for `plan --detailed-exitcode` (Terraform's convention). */
+const EXIT_OK = 0;
+const EXIT_FAILURE = 1;
+
+/** Set by commands that finish without throwing but must not exit 0. */
+let exitStatus = EXIT_OK;
+function setExitStatus(status: number): void {
+  exitStatus = Math.max(exitStatus, status);
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+  return pkg.version;
+}
+
+function positiveNumber(flag: string) {
+  return (value: string): number => {
+    const number = Number(value);
+    if (!Number.isFinite(number) || number <= 0) throw new InvalidArgumentError(`${flag}: expected a positive number, found "${value}"`);
+    return number;
+  };
+}
+
+function wholeNumber(flag: string, min: number) {
+  return (value: string): number => {
+    const number = Number(value);
+    if (!Number.isInteger(number) || number < min) {
+      throw new InvalidArgumentError(`${flag}: expected a whole number, ${min} or more, found "${value}"`);
+    }
+    return number;
+  };
+}
+
+interface GlobalOptions {
+  config?: string;
+}
+
+function globals(command: Command): GlobalOptions {
+  return command.optsWithGlobals<GlobalOptions>();
+}
+
+function stackOption(): Option {
+  return new Option("--stack <name>", "stack file stacks/NAME.ts to use (default: the local backend)");
+}
+
+function buildProgram(): Command {
+  const program = new Command("kaos")
+    .description("Machine-learning training as pipeline-as-code: source bundle + data bundle (+ hyperparameters) = trained model.")
+    .version(version(), "-V, --version", "print the version")
+    .option("-c, --config <path>", "config file (default: kaos.config.ts in this directory or a parent)")
+    .showHelpAfterError("(run with --help for usage)")
+    .configureHelp({ sortSubcommands: false })
+    .exitOverride();
+
+  program
+    .command("up")
+    .description("hash every bundle, plan against what was applied, and run only what changed")
+    .addOption(stackOption())
+    .option("--force", "rerun every stage and job even when an identical one succeeded")
+    .option("--refresh", "re-check the remote content of manifests")
+    .option("--json", "print the result as JSON")
+    .action(async (options: { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }, command: Command) => {
+      const { upCommand } = await import("./commands.js");
+      setExitStatus(await upCommand({ ...globals(command), ...options }));
+    });
+
+  program
+    .command("plan")
+    .description("show what `kaos up` would run, and why, without running it")
+    .addOption(stackOption())
+    .option("--refresh", "re-check the remote content of manifests")
+    .option("--json", "print the plan as JSON")
+    .option("--detailed-exitcode", "exit 2 when anything would run, 0 when nothing would, 1 on error")
+    .action(async (options: { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }, command: Command) => {
+      const { planCommand } = await import("./commands.js");
+      setExitStatus(await planCommand({ ...globals(command), ...options }));
+    });
+
+  program
+    .command("watch")
+    .description("run `kaos up`, then rerun it whenever a bundle, manifest, hyperparams, config or stack file changes")
+    .addOption(stackOption())
+    .option("--debounce <ms>", "quiet time after the last edit before rerunning (default: the config's watch.debounceMs or 200)", wholeNumber("--debounce", 0))
+    .addOption(new Option("--on-change <mode>", "an edit during a run: restart the affected jobs, or queue one rerun").choices(["restart", "queue"]))
+    .option("--poll", "poll for changes instead of using file system events (network file systems)")
+    .option("--poll-interval <ms>", "polling interval with --poll", wholeNumber("--poll-interval", 10), 500)
+    .option("--force", "rerun everything on the first run")
+    .action(async (options: { stack?: string; debounce?: number; onChange?: "restart" | "queue"; poll?: boolean; pollInterval: number; force?: boolean }, command: Command) => {
+      const { watchCommand } = await import("./commands.js");
+      setExitStatus(await watchCommand({ ...globals(command), ...options }));
+    });
+
+  const train = program.command("train").description("run, inspect and manage training jobs");
+
+  train
+    .command("deploy")
+    .description("train a source bundle on data without a config file (the imperative form)")
+    .helpOption("--help", "display help for command")
+    .requiredOption("-s, --source <dir>", "source bundle directory (Dockerfile and model/)")
+    .option("-d, --data <dir>", "data bundle directory")
+    .option("-m, --manifest <path>", "data manifest file or directory")
+    .option("-h, --hyperparams <file>", "hyperparameter grid (JSON)")
+    .option("--cpu <n>", "cores per job", positiveNumber("--cpu"))
+    .option("--memory <size>", "memory per job, such as 512M or 2Gi")
+    .option("--gpu <n>", "GPUs per job", wholeNumber("--gpu", 0))
+    .option("-p, --parallelism <n>", "jobs running at once", wholeNumber("--parallelism", 1))
+    .option("-n, --name <name>", "pipeline name", "deploy")
+    .option("--force", "rerun even when an identical job succeeded")
+    .option("--json", "print the result as JSON")
+    .action(async (options: DeployCliOptions, command: Command) => {
+      const { deployCommand } = await import("./commands.js");
+      setExitStatus(await deployCommand({ ...globals(command), ...options }));
+    });
+
+  train
+    .command("list")
+    .description("list jobs, newest first")
+    .addOption(stackOption())
+    .option("--json", "print the jobs as JSON")
+    .option("--limit <n>", "at most this many jobs", wholeNumber("--limit", 1))
+    .action(async (options: { stack?: string; json?: boolean; limit?: number }, command: Command) => {
+      const { listCommand } = await import("./commands.js");
+      setExitStatus(await listCommand({ ...globals(command), ...options }));
+    });
+
+  train
+    .command("logs")
+    .description("print a job's timestamped output")
+    .argument("<job>", "job id or an unambiguous prefix")
+    .addOption(stackOption())
+    .option("-f, --follow", "keep printing while the job runs")
+    .action(async (job: string, options: { stack?: string; follow?: boolean }, command: Command) => {
+      const { logsCommand } = await import("./commands.js");
+      setExitStatus(await logsCommand({ ...globals(command), ...options, job }));
+    });
+
+  train
+    .command("info")
+    .description("show a job's inputs, params, metrics, and its sweep sorted by a metric")
+    .argument("<job>", "job id or an unambiguous prefix")
+    .option("-s, --sort <metric>", "sort the sweep's jobs by this metric (highest first)")
+    .option("--json", "print the information as JSON")
+    .action(async (job: string, options: { sort?: string; json?: boolean }, command: Command) => {
+      const { infoCommand } = await import("./commands.js");
+      setExitStatus(await infoCommand({ ...globals(command), ...options, job }));
+    });
+
+  train
+    .command("get")
+    .description("copy a job's outputs (and optionally its code and params) to a directory")
+    .argument("<job>", "job id or an unambiguous prefix")
+    .option("-o, --out <dir>", "destination directory (default: ./<job id>)")
+    .option("--code", "also copy the source snapshot the job ran")
+    .option("--params", "also write the job's params.json")
+    .action(async (job: string, options: { out?: string; code?: boolean; params?: boolean }, command: Command) => {
+      const { getCommand } = await import("./commands.js");
+      setExitStatus(await getCommand({ ...globals(command), ...options, job }));
+    });
+
+  train
+    .command("kill")
+    .description("stop a running job and its children; it is recorded as cancelled")
+    .argument("<job>", "job id or an unambiguous prefix")
+    .action(async (job: string, _options: unknown, command: Command) => {
+      const { killCommand } = await import("./commands.js");
+      setExitStatus(await killCommand({ ...globals(command), job }));
+    });
+
+  const template = program.command("template").description("example projects to start from");
+
+  template
+    .command("list")
+    .description("list the templates")
+    .option("--json", "print the templates as JSON")
+    .action(async (options: { json?: boolean }) => {
+      const { templateListCommand } = await import("./templates.js");
+      setExitStatus(await templateListCommand(options));
+    });
+
+  template
+    .command("get")
+    .description("copy a template into a new directory")
+    .requiredOption("--name <name>", "template name (see `kaos template list`)")
+    .option("-o, --out <dir>", "destination directory (default: ./<name>)")
+    .action(async (options: { name: string; out?: string }) => {
+      const { templateGetCommand } = await import("./templates.js");
+      setExitStatus(await templateGetCommand(options));
+    });
+
+  program
+    .command("render")
+    .description("write the Pachyderm pipeline specs and Kubernetes manifests of a stack, offline")
+    .requiredOption("--stack <name>", "a kubernetes stack file stacks/NAME.ts")
+    .requiredOption("-o, --out <dir>", "directory to write into")
+    .action(async (options: { stack: string; out: string }, command: Command) => {
+      const { renderCommand } = await import("./commands.js");
+      setExitStatus(await renderCommand({ ...globals(command), ...options }));
+    });
+
+  return program;
+}
+
+export interface DeployCliOptions {
+  source: string;
+  data?: string;
+  manifest?: string;
+  hyperparams?: string;
+  cpu?: number;
+  memory?: string;
+  gpu?: number;
+  parallelism?: number;
+  name: string;
+  force?: boolean;
+  json?: boolean;
+}
+
+/** Turns any failure into a message on stderr and an exit status. */
+async function reportFailure(error: unknown): Promise<number> {
+  if (error instanceof CommanderError) {
+    // Commander already printed its message (or the help/version text).
+    if (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help") return EXIT_OK;
+    return error.exitCode === 0 ? EXIT_OK : EXIT_FAILURE;
+  }
+  const { colors } = await import("./output.js");
+  const c = colors(process.stderr);
+  if (isKaosError(error)) {
+    process.stderr.write(`${c.red("error")}: ${error.message}\n`);
+    if (error.hint) process.stderr.write(`${c.dim("hint")}: ${error.hint}\n`);
+    return EXIT_FAILURE;
+  }
+  const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
+  process.stderr.write(`${c.red("internal error")}: ${detail}\n`);
+  return EXIT_FAILURE;
+}
+
+async function run(argv: string[]): Promise<number> {
+  exitStatus = EXIT_OK;
+  try {
+    await buildProgram().parseAsync(argv);
+    return exitStatus;
+  } catch (error) {
+    return reportFailure(error);
+  }
+}
+
+const status = await run(process.argv);
+// Leave stdout to drain on its own; process.exit could cut off piped output.
+process.exitCode = status;
+

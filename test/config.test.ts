@@ -1,0 +1,255 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { loadConfig, loadStack, locateKey, parseMemory } from "../src/config.js";
+import { validateSourceBundle, pythonVersionOf } from "../src/bundle.js";
+import { KaosError } from "../src/errors.js";
+import { makeProject, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+
+const projects: Project[] = [];
+afterEach(() => {
+  while (projects.length > 0) projects.pop()?.remove();
+});
+
+function project(config: string, extra: Record<string, string> = {}, file = "kaos.config.ts"): Project {
+  const made = makeProject({
+    [file]: config,
+    ...under("src", trivialSourceBundle("#!/bin/sh\necho ok\n")),
+    "data/a.csv": "x\n1\n",
+    "manifest.jsonl": '{"url": "http://127.0.0.1:1/a.csv", "path": "a.csv"}\n',
+    "grid.json": '{"C": [1, 2]}',
+    ...extra,
+  });
+  projects.push(made);
+  return made;
+}
+
+/** A config whose svm pipeline has `body` inside it, so line numbers are predictable. */
+function pipelineConfig(body: string): string {
+  return `import { defineConfig } from "kaos";\nexport default defineConfig({\n  pipelines: {\n    svm: {\n${body}\n    },\n  },\n});\n`;
+}
+
+async function configError(config: string, extra: Record<string, string> = {}): Promise<{ message: string; file: string }> {
+  const made = project(config, extra);
+  try {
+    await loadConfig({ cwd: made.dir });
+  } catch (error) {
+    expect(error).toBeInstanceOf(KaosError);
+    return { message: (error as KaosError).message, file: made.path("kaos.config.ts") };
+  }
+  throw new Error("expected the config to be rejected");
+}
+
+describe("config loading", () => {
+  it("loads a TypeScript config that imports defineConfig from kaos, resolving paths against its directory", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "grid.json",\n      resources: { cpu: 0.5, memory: "512Mi", gpu: 0 },\n      parallelism: 3,`));
+    const config = await loadConfig({ cwd: made.dir });
+    expect(config.file).toBe(made.path("kaos.config.ts"));
+    expect(config.root).toBe(made.dir);
+    expect(config.pipelines).toHaveLength(1);
+    const [svm] = config.pipelines;
+    expect(svm).toMatchObject({
+      name: "svm",
+      sourceDir: made.path("src"),
+      data: { kind: "dir", dir: made.path("data") },
+      grid: { C: [1, 2] },
+      hyperparamsFile: made.path("grid.json"),
+      resources: { cpu: 0.5, memory: "512Mi", memoryBytes: 512 * 2 ** 20, gpu: 0 },
+      parallelism: 3,
+    });
+    expect(config.watch).toEqual({ debounceMs: 200, onChange: "restart" });
+  });
+
+  it("loads .js, .mjs and .mts configs and finds the config in a parent directory", async () => {
+    for (const file of ["kaos.config.js", "kaos.config.mjs", "kaos.config.mts"]) {
+      const made = project(`export default { workspace: "w", pipelines: { p: { source: "src", manifest: "manifest.jsonl", hyperparams: { a: [1, 2, 3], b: "x" } } } };\n`, { "deep/er/x": "" }, file);
+      const config = await loadConfig({ cwd: made.path("deep/er") });
+      expect(config.file).toBe(made.path(file));
+      expect(config.workspace).toBe("w");
+      expect(config.pipelines[0]?.data).toEqual({ kind: "manifest", path: made.path("manifest.jsonl") });
+      expect(config.pipelines[0]?.grid).toEqual({ a: [1, 2, 3], b: "x" });
+    }
+  });
+
+  it("takes --config PATH and reports a missing one", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`));
+    const config = await loadConfig({ cwd: "/", configPath: made.path("kaos.config.ts") });
+    expect(config.root).toBe(made.dir);
+    await expect(loadConfig({ cwd: made.dir, configPath: "nope.ts" })).rejects.toThrow(`--config nope.ts: no such file: ${made.path("nope.ts")}`);
+  });
+
+  it("reports a config that does not load, naming the file", async () => {
+    const { message, file } = await configError(`export default {{ broken`);
+    expect(message).toContain(`${file}: could not be loaded:`);
+  });
+});
+
+describe("config validation names the file, line, key path, bad value and what is expected", () => {
+  it("unknown keys", async () => {
+    const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      paralelism: 2,`));
+    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.paralelism: unknown key; check its spelling (see the config reference in the README)`);
+  });
+
+  it("missing source", async () => {
+    const { message, file } = await configError(pipelineConfig(`      data: "data",`));
+    expect(message).toBe(`invalid config\n${file}:4: pipelines.svm.source: missing; expected a path relative to the config file`);
+  });
+
+  it("both data and manifest", async () => {
+    const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      manifest: "manifest.jsonl",`));
+    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.manifest: \`data\` and \`manifest\` are exclusive: keep one of them, found "manifest.jsonl"`);
+  });
+
+  it("neither data nor manifest", async () => {
+    const { message, file } = await configError(pipelineConfig(`      source: "src",`));
+    expect(message).toBe(`invalid config\n${file}:4: pipelines.svm: expected \`data\` (a local directory) or \`manifest\` (a manifest file), found neither`);
+  });
+
+  it("paths that do not exist", async () => {
+    const made = project(pipelineConfig(`      source: "nosrc",\n      data: "nodata",\n      hyperparams: "nogrid.json",`));
+    const error = await loadConfig({ cwd: made.dir }).catch((e: unknown) => e as KaosError);
+    const file = made.path("kaos.config.ts");
+    expect(error).toBeInstanceOf(KaosError);
+    expect((error as KaosError).message).toBe(
+      [
+        "invalid config",
+        `${file}:5: pipelines.svm.source: no such directory: ${made.path("nosrc")}; expected a source bundle directory (Dockerfile and model/)`,
+        `${file}:6: pipelines.svm.data: no such directory: ${made.path("nodata")}; expected a data bundle directory`,
+        `${file}:7: pipelines.svm.hyperparams: no such file: ${made.path("nogrid.json")}; expected a JSON file holding an object of scalars and lists`,
+      ].join("\n"),
+    );
+  });
+
+  it("a manifest that does not exist", async () => {
+    const { message, file } = await configError(pipelineConfig(`      source: "src",\n      manifest: "nothere.jsonl",`));
+    expect(message).toContain(`${file}:6: pipelines.svm.manifest: no such file or directory:`);
+  });
+
+  it("memory without a valid SI or binary suffix", async () => {
+    for (const memory of ["512", "2GB", "1.5 Gi", "lots"]) {
+      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { memory: "${memory}" },`));
+      expect(message).toBe(
+        `invalid config\n${file}:7: pipelines.svm.resources.memory: expected a positive size with an SI or binary suffix (k, M, G, T, Ki, Mi, Gi, Ti), such as "512M" or "2Gi", found "${memory}"`,
+      );
+    }
+  });
+
+  it("negative or fractional GPU", async () => {
+    for (const gpu of ["-1", "0.5"]) {
+      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { gpu: ${gpu} },`));
+      expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.resources.gpu: expected a whole number of GPUs, 0 or more, found ${gpu}`);
+    }
+  });
+
+  it("non-positive cpu", async () => {
+    for (const cpu of ["0", "-2"]) {
+      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { cpu: ${cpu} },`));
+      expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.resources.cpu: expected a positive number of cores (fractions allowed, such as 0.5), found ${cpu}`);
+    }
+    const { message } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { cpu: "2" },`));
+    expect(message).toContain(`pipelines.svm.resources.cpu: expected a number of cores such as 1 or 0.5, found "2"`);
+  });
+
+  it("parallelism below 1", async () => {
+    for (const parallelism of ["0", "1.5"]) {
+      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      parallelism: ${parallelism},`));
+      expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.parallelism: expected a whole number of jobs, 1 or more, found ${parallelism}`);
+    }
+  });
+
+  it("hyperparams that are not an object of scalars and lists", async () => {
+    const inline = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: [{ a: 1 }] },`));
+    expect(inline.message).toBe(`invalid config\n${inline.file}:7: pipelines.svm.hyperparams: pipelines.svm.hyperparams: "kernel"[0]: expected a string, number, boolean or null, found an object`);
+    const nested = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: { a: 1 } },`));
+    expect(nested.message).toContain(`"kernel": expected a scalar or a list of scalars, found an object`);
+    const fromFile = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), { "bad.json": "[1, 2]" });
+    expect(fromFile.message).toContain(`pipelines.svm.hyperparams: ${fromFile.file.replace("kaos.config.ts", "bad.json")}: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, found a list`);
+    const notJson = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), { "bad.json": "{degree: 3}" });
+    expect(notJson.message).toContain(`bad.json: not valid JSON (`);
+  });
+
+  it("an empty list of candidates", async () => {
+    const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { degree: [], kernel: "poly" },`));
+    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.hyperparams: pipelines.svm.hyperparams: "degree": empty list of candidates; expected at least one value (or a scalar to fix it)`);
+  });
+
+  it("a default export that is not an object, and no pipelines", async () => {
+    const notObject = await configError(`export default 42;\n`);
+    expect(notObject.message).toBe(`${notObject.file}: the default export is 42; expected \`export default defineConfig({ pipelines: {...} })\``);
+    const none = await configError(`export default { pipelines: {} };\n`);
+    expect(none.message).toBe(`invalid config\n${none.file}:1: pipelines: expected at least one pipeline`);
+  });
+});
+
+describe("stacks", () => {
+  it("defaults to the local backend and loads stacks/NAME.ts", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/big.ts": `import { defineStack } from "kaos";\nexport default defineStack({ backend: "local", maxCpu: 8, maxMemory: "16Gi" });\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    expect(await loadStack(config, undefined)).toEqual({ name: "local", file: undefined, config: { backend: "local" } });
+    expect(await loadStack(config, "big")).toEqual({ name: "big", file: made.path("stacks/big.ts"), config: { backend: "local", maxCpu: 8, maxMemory: "16Gi" } });
+  });
+
+  it("a stack file that does not exist", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`));
+    const config = await loadConfig({ cwd: made.dir });
+    await expect(loadStack(config, "prod")).rejects.toThrow(`--stack prod: no stack file ${made.path("stacks/prod.ts")}`);
+  });
+
+  it("an invalid stack names the key", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/gpu.ts": `export default {\n  backend: "kubernetes",\n  namespace: "Bad_NS",\n  pachyderm: { address: "http://pachd:30650" },\n  registry: { url: "r.example/ml" },\n};\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    await expect(loadStack(config, "gpu")).rejects.toThrow(
+      `invalid stack\n${made.path("stacks/gpu.ts")}:3: namespace: expected a Kubernetes namespace name (lowercase letters, digits, '-'), found "Bad_NS"`,
+    );
+  });
+});
+
+describe("source bundle contract", () => {
+  it("names each missing piece", () => {
+    const made = makeProject({ "src/model/train": "#!/bin/sh\n" });
+    projects.push(made);
+    const error = (() => {
+      try {
+        validateSourceBundle(made.path("src"), "pipelines.svm.source");
+      } catch (e) {
+        return e as KaosError;
+      }
+      throw new Error("expected a failure");
+    })();
+    expect(error.code).toBe("BUNDLE_INVALID");
+    expect(error.message).toBe(
+      [
+        `pipelines.svm.source: invalid source bundle ${made.path("src")}`,
+        `${made.path("src/Dockerfile")}: missing; expected the Dockerfile that builds the training image`,
+        `${made.path("src/model/requirements.txt")}: missing; expected the Python requirements (may be empty)`,
+        `${made.path("src/model/train")}: not executable; run \`chmod +x ${made.path("src/model/train")}\``,
+      ].join("\n"),
+    );
+  });
+
+  it("accepts a complete bundle and reads the Python version from the Dockerfile", () => {
+    const made = makeProject(under("src", trivialSourceBundle("#!/bin/sh\n", { dockerfile: "# build\nFROM docker.io/library/python:3.12-slim AS base\n" })));
+    projects.push(made);
+    expect(validateSourceBundle(made.path("src"), "x").pythonVersion).toBe("3.12");
+    expect(pythonVersionOf("FROM ubuntu:22.04\n")).toBeUndefined();
+  });
+});
+
+describe("small parsers", () => {
+  it("parses memory quantities like Kubernetes", () => {
+    expect(parseMemory("512M")).toBe(512e6);
+    expect(parseMemory("2Gi")).toBe(2 * 2 ** 30);
+    expect(parseMemory("1.5Gi")).toBe(1.5 * 2 ** 30);
+    expect(parseMemory("100")).toBeUndefined();
+    expect(parseMemory("1gi")).toBeUndefined();
+  });
+
+  it("locates a key path in source text", () => {
+    const text = `{\n  pipelines: {\n    a: { source: "x" },\n    b: {\n      "source": "y",\n    },\n  },\n}`;
+    expect(locateKey(text, ["pipelines", "b", "source"])).toBe(5);
+    expect(locateKey(text, ["pipelines", "a", "source"])).toBe(3);
+    expect(locateKey(text, ["nothing"])).toBeUndefined();
+  });
+});

@@ -1,0 +1,187 @@
+/**
+ * The test rig: a temporary project made from a map of files, the built CLI
+ * run as a real process inside it, and helpers that wait for its output.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const CLI = join(REPO_ROOT, "dist", "cli.js");
+
+/** A file's content, or content with a mode, or a symlink. */
+export type FileSpec = string | { content: string; mode?: number } | { symlink: string };
+export type FileMap = Record<string, FileSpec>;
+
+export interface Project {
+  dir: string;
+  path(...parts: string[]): string;
+  write(files: FileMap): void;
+  remove(): void;
+}
+
+export function writeFiles(dir: string, files: FileMap): void {
+  for (const [relative, spec] of Object.entries(files)) {
+    const target = join(dir, relative);
+    mkdirSync(dirname(target), { recursive: true });
+    if (typeof spec === "string") {
+      writeFileSync(target, spec);
+    } else if ("symlink" in spec) {
+      rmSync(target, { force: true });
+      symlinkSync(spec.symlink, target);
+    } else {
+      writeFileSync(target, spec.content);
+      if (spec.mode !== undefined) chmodSync(target, spec.mode);
+    }
+  }
+}
+
+export function makeProject(files: FileMap = {}, prefix = "kaos-test-"): Project {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  writeFiles(dir, files);
+  return {
+    dir,
+    path: (...parts) => join(dir, ...parts),
+    write: (more) => writeFiles(dir, more),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunOptions {
+  cwd: string;
+  env?: Record<string, string | undefined>;
+  timeoutMs?: number;
+  input?: string;
+}
+
+function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: "1", FORCE_COLOR: undefined, CI: "true", ...extra };
+  for (const [key, value] of Object.entries(env)) if (value === undefined) delete env[key];
+  return env;
+}
+
+/** Runs the built CLI to completion. */
+export function runKaos(args: string[], options: RunOptions): Promise<RunResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: options.cwd,
+      env: childEnv(options.env),
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`kaos ${args.join(" ")} timed out after ${options.timeoutMs ?? 120_000} ms\nstdout:\n${stdout}\nstderr:\n${stderr}`));
+    }, options.timeoutMs ?? 120_000);
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolvePromise({ code, signal, stdout, stderr });
+    });
+    child.stdin.end(options.input ?? "");
+  });
+}
+
+/** A running CLI process whose output can be awaited. */
+export interface LiveKaos {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves when stdout+stderr match `pattern`; rejects on timeout or exit. */
+  waitFor(pattern: RegExp | string, timeoutMs?: number): Promise<string>;
+  exited: Promise<RunResult>;
+  stop(signal?: NodeJS.Signals): Promise<RunResult>;
+}
+
+export function startKaos(args: string[], options: RunOptions): LiveKaos {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: options.cwd,
+    env: childEnv(options.env),
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  const waiters = new Set<() => void>();
+  const notify = () => waiters.forEach((waiter) => waiter());
+  child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
+    stdout += chunk;
+    notify();
+  });
+  child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+    notify();
+  });
+  const exited = new Promise<RunResult>((resolvePromise) => {
+    child.on("close", (code, signal) => {
+      resolvePromise({ code, signal, stdout, stderr });
+      notify();
+    });
+  });
+  let done = false;
+  exited.then(() => (done = true));
+  return {
+    child,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    exited,
+    waitFor(pattern, timeoutMs = 60_000) {
+      return new Promise((resolvePromise, reject) => {
+        const check = () => {
+          const text = stdout + stderr;
+          const match = typeof pattern === "string" ? text.includes(pattern) : pattern.test(text);
+          if (match) {
+            cleanup();
+            resolvePromise(text);
+          } else if (done) {
+            cleanup();
+            reject(new Error(`kaos exited before printing ${String(pattern)}\nstdout:\n${stdout}\nstderr:\n${stderr}`));
+          }
+        };
+        const timer = setTimeout(() => {
+          cleanup();
+          reject(new Error(`timed out waiting for ${String(pattern)}\nstdout:\n${stdout}\nstderr:\n${stderr}`));
+        }, timeoutMs);
+        const cleanup = () => {
+          clearTimeout(timer);
+          waiters.delete(check);
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    async stop(signal = "SIGINT") {
+      if (!done) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** A source bundle with empty requirements whose train script is the given shell or Python code. */
+export function trivialSourceBundle(train: string, options: { requirements?: string; dockerfile?: string } = {}): FileMap {
+  return {
+    Dockerfile: options.dockerfile ?? "FROM python:3.11-slim\nCOPY model /model\n",
+    "model/requirements.txt": options.requirements ?? "",
+    "model/train": { content: train, mode: 0o755 },
+  };
+}
+
+/** Prefixes every path of a file map with a directory. */
+export function under(prefix: string, files: FileMap): FileMap {
+  return Object.fromEntries(Object.entries(files).map(([path, spec]) => [`${prefix}/${path}`, spec]));
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolvePromise) => setTimeout(resolvePromise, ms));
+}
