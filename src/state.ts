@@ -1,0 +1,1297 @@
+/**
+ * The state store: one SQLite database at `<root>/.kaos/state.db` holding runs,
+ * jobs, the stat cache, what each stack last applied, and the per-stack writer
+ * lock. WAL mode lets `kaos train list` read while `kaos up` writes, and makes
+ * every committed transaction survive a crash or SIGKILL.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { join, resolve } from "node:path";
+import Database from "better-sqlite3";
+import { KaosError, describeError, errnoCode } from "./errors.js";
+
+import type { StatCacheEntry, StatCacheStore } from "./hash.js";
+
+export type { StatCacheEntry, StatCacheStore };
+
+export type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+export type Stage = "ingest" | "build" | "train";
+export type RunState = "running" | "succeeded" | "failed" | "cancelled";
+
+export interface JobRecord {
+  /** Short random id, 10 lowercase base32 characters, unique. */
+  id: string;
+  runId: string;
+  stack: string;
+  pipeline: string;
+  stage: Stage;
+  /** The job key (hex sha256); for build jobs the env key, for ingest the data key. */
+  key: string;
+  state: JobState;
+  params: Record<string, unknown>;
+  envKey: string | null;
+  sourceKey: string | null;
+  dataKey: string | null;
+  paramsKey: string | null;
+  /** n of N within its pipeline's sweep. */
+  sweepIndex: number | null;
+  sweepSize: number | null;
+  /** Of the running process (process group leader). */
+  pid: number | null;
+  startedAt: string | null;
+  finishedAt: string | null;
+  exitCode: number | null;
+  reason: string | null;
+  outputDir: string | null;
+  logFile: string | null;
+  createdAt: string;
+}
+
+export interface RunRecord {
+  id: string;
+  stack: string;
+  command: string;
+  startedAt: string;
+  finishedAt: string | null;
+  state: RunState;
+  pid: number;
+}
+
+export type NewJob = Omit<
+  JobRecord,
+  "id" | "createdAt" | "state" | "pid" | "startedAt" | "finishedAt" | "exitCode" | "reason"
+> & { state?: JobState };
+
+export interface JobFilter {
+  stack?: string;
+  pipeline?: string;
+  runId?: string;
+  stage?: Stage;
+  state?: JobState;
+  limit?: number;
+}
+
+export interface WriterLock {
+  release(): void;
+}
+
+export const INTERRUPTED_REASON = "interrupted: kaos exited while the job ran";
+
+const STATE_DIR = ".kaos";
+const STATE_FILE = "state.db";
+const BUSY_TIMEOUT_MS = 10_000;
+
+/**
+ * Ordered schema migrations; the database's `PRAGMA user_version` is the number
+ * of migrations applied. Append only: never edit a migration that has shipped.
+ */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE runs (
+    id          TEXT PRIMARY KEY,
+    stack       TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    state       TEXT NOT NULL CHECK (state IN ('running','succeeded','failed','cancelled')),
+    pid         INTEGER NOT NULL,
+    pid_start   TEXT,
+    host        TEXT NOT NULL
+  );
+  CREATE INDEX runs_running ON runs(state) WHERE state = 'running';
+
+  CREATE TABLE jobs (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    run_id      TEXT NOT NULL REFERENCES runs(id),
+    stack       TEXT NOT NULL,
+    pipeline    TEXT NOT NULL,
+    stage       TEXT NOT NULL CHECK (stage IN ('ingest','build','train')),
+    key         TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','cancelled')),
+    params      TEXT NOT NULL,
+    env_key     TEXT,
+    source_key  TEXT,
+    data_key    TEXT,
+    params_key  TEXT,
+    sweep_index INTEGER,
+    sweep_size  INTEGER,
+    pid         INTEGER,
+    started_at  TEXT,
+    finished_at TEXT,
+    exit_code   INTEGER,
+    reason      TEXT,
+    output_dir  TEXT,
+    log_file    TEXT,
+    created_at  TEXT NOT NULL
+  );
+  CREATE INDEX jobs_created ON jobs(created_at);
+  CREATE INDEX jobs_stack_created ON jobs(stack, created_at);
+  CREATE INDEX jobs_pipeline_created ON jobs(pipeline, created_at);
+  CREATE INDEX jobs_run ON jobs(run_id, pipeline, sweep_index);
+  CREATE INDEX jobs_cache ON jobs(stage, key, state);
+  CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('queued','running');
+
+  CREATE TABLE stat_cache (
+    root     TEXT PRIMARY KEY,
+    saved_at INTEGER NOT NULL,
+    entries  INTEGER NOT NULL,
+    data     BLOB NOT NULL
+  );
+
+  CREATE TABLE applied (
+    stack      TEXT PRIMARY KEY,
+    plan       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+  );
+
+  CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  );
+
+  CREATE TABLE writer_locks (
+    stack       TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    pid_start   TEXT,
+    host        TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    acquired_at TEXT NOT NULL
+  );
+  `,
+];
+
+/** The schema version this code writes and reads. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+interface JobRow {
+  id: string;
+  run_id: string;
+  stack: string;
+  pipeline: string;
+  stage: Stage;
+  key: string;
+  state: JobState;
+  params: string;
+  env_key: string | null;
+  source_key: string | null;
+  data_key: string | null;
+  params_key: string | null;
+  sweep_index: number | null;
+  sweep_size: number | null;
+  pid: number | null;
+  started_at: string | null;
+  finished_at: string | null;
+  exit_code: number | null;
+  reason: string | null;
+  output_dir: string | null;
+  log_file: string | null;
+  created_at: string;
+}
+
+interface RunRow {
+  id: string;
+  stack: string;
+  command: string;
+  started_at: string;
+  finished_at: string | null;
+  state: RunState;
+  pid: number;
+  pid_start: string | null;
+  host: string;
+}
+
+interface LockRow {
+  owner: string;
+  pid: number;
+  pid_start: string | null;
+  host: string;
+  command: string;
+  acquired_at: string;
+}
+
+const JOB_COLUMNS =
+  "id, run_id, stack, pipeline, stage, key, state, params, env_key, source_key, data_key, params_key, " +
+  "sweep_index, sweep_size, pid, started_at, finished_at, exit_code, reason, output_dir, log_file, created_at";
+
+const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "cancelled"];
+
+export class StateStore {
+  readonly path: string;
+  readonly root: string;
+  readonly readonly: boolean;
+  /** Null only for a read-only store whose database does not exist yet: it reads as empty. */
+  private readonly db: Database.Database | null;
+  private readonly statements = new Map<string, Database.Statement>();
+  /** The stat cache last read or written per root, to skip rewriting an unchanged one. */
+  private readonly statCacheColumns = new Map<string, StatCacheColumns>();
+
+  private constructor(root: string, path: string, db: Database.Database | null, readonly: boolean) {
+    this.root = root;
+    this.path = path;
+    this.db = db;
+    this.readonly = readonly;
+  }
+
+  /**
+   * Opens (and for a writer, creates and migrates) the store of the project at
+   * `root`, the directory holding kaos.config.ts. A read-only store never creates
+   * anything and reads as empty when no database exists yet.
+   */
+  static open(root: string, options?: { readonly?: boolean }): StateStore {
+    const absoluteRoot = resolve(root);
+    const dbPath = join(absoluteRoot, STATE_DIR, STATE_FILE);
+    const readonly = options?.readonly === true;
+    if (readonly) {
+      if (!existsSync(dbPath)) return new StateStore(absoluteRoot, dbPath, null, true);
+      return new StateStore(absoluteRoot, dbPath, openReader(dbPath), true);
+    }
+    try {
+      mkdirSync(join(absoluteRoot, STATE_DIR), { recursive: true });
+    } catch (error) {
+      throw new KaosError("IO", `cannot create ${join(absoluteRoot, STATE_DIR)}: ${describeError(error)}`, {
+        hint: "check that the project directory is writable",
+        cause: error,
+      });
+    }
+    return new StateStore(absoluteRoot, dbPath, openWriter(dbPath), false);
+  }
+
+  close(): void {
+    this.statements.clear();
+    this.statCacheColumns.clear();
+    if (this.db?.open === true) this.db.close();
+  }
+
+  transaction<T>(fn: () => T): T {
+    const db = this.writer();
+    // IMMEDIATE takes the write lock up front, so a read that is later upgraded to
+    // a write cannot fail with SQLITE_BUSY halfway through.
+    return db.transaction(fn).immediate();
+  }
+
+  // ---------------------------------------------------------------- stat cache
+
+  statCache(): StatCacheStore {
+    return {
+      load: (root) => this.loadStatCache(root),
+      save: (root, entries, cacheTimeNs) => this.saveStatCache(root, entries, cacheTimeNs),
+      savedAt: (root) => this.statCacheSavedAt(root),
+    };
+  }
+
+  /**
+   * All cached entries of one tree, keyed by relative path; empty when none or
+   * when the saved cache is unreadable (it is only a cache). See {@link StatCacheMap}.
+   */
+  loadStatCache(root: string): StatCacheMap {
+    if (this.db === null) return new StatCacheMap();
+    const row = this.stmt("SELECT data FROM stat_cache WHERE root = ?").get(root) as { data: Buffer } | undefined;
+    const columns = row === undefined ? undefined : StatCacheColumns.decode(row.data);
+    if (columns === undefined) {
+      this.statCacheColumns.delete(root);
+      return new StatCacheMap();
+    }
+    this.statCacheColumns.set(root, columns);
+    return new StatCacheMap(columns);
+  }
+
+  saveStatCache(root: string, entries: readonly StatCacheEntry[], cacheTimeNs: bigint): void {
+    const db = this.writer();
+    const previous = this.statCacheColumns.get(root);
+    if (previous !== undefined && previous.count === entries.length && entries.every((entry, i) => previous.sameAt(i, entry))) {
+      // A warm run with nothing changed: only the cache time moves (which keeps
+      // the racy window small) and megabytes are not rewritten.
+      const updated = this.stmt("UPDATE stat_cache SET saved_at = ? WHERE root = ?").run(cacheTimeNs, root);
+      if (updated.changes === 1) return;
+    }
+    const blob = encodeStatCache(entries);
+    db.transaction(() => {
+      this.stmt(
+        "INSERT INTO stat_cache (root, saved_at, entries, data) VALUES (?, ?, ?, ?) " +
+          "ON CONFLICT(root) DO UPDATE SET saved_at = excluded.saved_at, entries = excluded.entries, data = excluded.data",
+      ).run(root, cacheTimeNs, entries.length, blob);
+    }).immediate();
+    const columns = StatCacheColumns.decode(blob);
+    if (columns === undefined) this.statCacheColumns.delete(root);
+    else this.statCacheColumns.set(root, columns);
+  }
+
+  statCacheSavedAt(root: string): bigint | undefined {
+    if (this.db === null) return undefined;
+    const statement = this.stmt("SELECT saved_at FROM stat_cache WHERE root = ?", "bigint");
+    const row = statement.get(root) as { saved_at: bigint } | undefined;
+    return row?.saved_at;
+  }
+
+  // ---------------------------------------------------------------- runs
+
+  beginRun(stack: string, command: string): RunRecord {
+    this.writer();
+    const startedAt = nowIso();
+    const id = this.insertWithFreshId((runId) =>
+      this.stmt(
+        "INSERT INTO runs (id, stack, command, started_at, state, pid, pid_start, host) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+      ).run(runId, stack, command, startedAt, process.pid, processStartToken(process.pid), hostname()),
+    );
+    return { id, stack, command, startedAt, finishedAt: null, state: "running", pid: process.pid };
+  }
+
+  finishRun(runId: string, state: RunState): void {
+    this.writer();
+    const result = this.stmt("UPDATE runs SET state = ?, finished_at = ? WHERE id = ?").run(state, nowIso(), runId);
+    if (result.changes === 0) throw new KaosError("JOB_NOT_FOUND", `no run has id '${runId}' in ${this.path}`);
+  }
+
+  getRun(id: string): RunRecord | undefined {
+    if (this.db === null) return undefined;
+    const row = this.stmt("SELECT * FROM runs WHERE id = ?").get(id) as RunRow | undefined;
+    return row === undefined ? undefined : runFromRow(row);
+  }
+
+  // ---------------------------------------------------------------- jobs
+
+  createJob(job: NewJob): JobRecord {
+    this.writer();
+    const createdAt = nowIso();
+    const state = job.state ?? "queued";
+    const params = canonicalJson(job.params);
+    const id = this.insertWithFreshId((jobId) =>
+      this.stmt(
+        `INSERT INTO jobs (${JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, ?)`,
+      ).run(
+        jobId,
+        job.runId,
+        job.stack,
+        job.pipeline,
+        job.stage,
+        job.key,
+        state,
+        params,
+        job.envKey,
+        job.sourceKey,
+        job.dataKey,
+        job.paramsKey,
+        job.sweepIndex,
+        job.sweepSize,
+        job.outputDir,
+        job.logFile,
+        createdAt,
+      ),
+    );
+    return {
+      ...job,
+      id,
+      state,
+      params: JSON.parse(params) as Record<string, unknown>,
+      pid: null,
+      startedAt: null,
+      finishedAt: null,
+      exitCode: null,
+      reason: null,
+      createdAt,
+    };
+  }
+
+  markRunning(jobId: string, pid: number | null): void {
+    this.writer();
+    const result = this.stmt(
+      "UPDATE jobs SET state = 'running', pid = ?, started_at = ? WHERE id = ? AND state IN ('queued','running')",
+    ).run(pid, nowIso(), jobId);
+    if (result.changes === 0) this.requireJob(jobId);
+  }
+
+  /**
+   * Records how a job ended. A job that has already ended keeps its first result,
+   * so a cancellation recorded by `kaos train kill` is not overwritten by the
+   * exit status that follows the signal. Returns whether this call recorded it.
+   */
+  finishJob(
+    jobId: string,
+    result: { state: "succeeded" | "failed" | "cancelled"; exitCode: number | null; reason?: string | null },
+  ): boolean {
+    this.writer();
+    const updated = this.stmt(
+      "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running')",
+    ).run(result.state, result.exitCode, result.reason ?? null, nowIso(), jobId);
+    if (updated.changes === 0) this.requireJob(jobId);
+    return updated.changes === 1;
+  }
+
+  getJob(id: string): JobRecord | undefined {
+    if (this.db === null) return undefined;
+    const row = this.stmt(`SELECT ${JOB_COLUMNS} FROM jobs WHERE id = ?`).get(id) as JobRow | undefined;
+    return row === undefined ? undefined : jobFromRow(row);
+  }
+
+  /** A job by its id or a unique prefix of it, as typed on the command line. */
+  resolveJob(idOrPrefix: string): JobRecord {
+    const prefix = idOrPrefix.trim().toLowerCase();
+    if (prefix.length === 0) {
+      throw new KaosError("USAGE", "a job id is empty", { hint: "pass a job id (or its first characters) from `kaos train list`" });
+    }
+    const notFound = (): KaosError =>
+      new KaosError("JOB_NOT_FOUND", `no job matches '${idOrPrefix}'`, { hint: "`kaos train list` shows the job ids" });
+    if (this.db === null || !/^[0-9a-z]+$/.test(prefix)) throw notFound();
+    // A range scan on the unique index; '~' sorts after every id character.
+    const rows = this.stmt(`SELECT ${JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 6`).all(
+      prefix,
+      `${prefix}~`,
+    ) as JobRow[];
+    const exact = rows.find((row) => row.id === prefix);
+    if (exact !== undefined) return jobFromRow(exact);
+    const [first] = rows;
+    if (first === undefined) throw notFound();
+    if (rows.length === 1) return jobFromRow(first);
+    const total = (
+      this.stmt("SELECT count(*) AS n FROM jobs WHERE id >= ? AND id < ?").get(prefix, `${prefix}~`) as { n: number }
+    ).n;
+    const shown = rows.slice(0, 5).map((row) => `  ${row.id}  ${row.pipeline} ${row.stage} ${row.state} ${row.created_at}`);
+    const more = total > shown.length ? `\n  ... and ${total - shown.length} more` : "";
+    throw new KaosError("JOB_AMBIGUOUS", `'${idOrPrefix}' matches ${total} jobs:\n${shown.join("\n")}${more}`, {
+      hint: "type more characters of the job id",
+    });
+  }
+
+  /** Newest first. */
+  listJobs(filter: JobFilter = {}): JobRecord[] {
+    if (this.db === null) return [];
+    const conditions: string[] = [];
+    const values: (string | number)[] = [];
+    const add = (column: string, value: string | undefined): void => {
+      if (value === undefined) return;
+      conditions.push(`${column} = ?`);
+      values.push(value);
+    };
+    add("stack", filter.stack);
+    add("pipeline", filter.pipeline);
+    add("run_id", filter.runId);
+    add("stage", filter.stage);
+    add("state", filter.state);
+    const where = conditions.length === 0 ? "" : ` WHERE ${conditions.join(" AND ")}`;
+    let limit = "";
+    if (filter.limit !== undefined) {
+      limit = " LIMIT ?";
+      values.push(Math.max(0, Math.floor(filter.limit)));
+    }
+    const rows = this.stmt(`SELECT ${JOB_COLUMNS} FROM jobs${where} ORDER BY created_at DESC, seq DESC${limit}`).all(
+      ...values,
+    ) as JobRow[];
+    return rows.map(jobFromRow);
+  }
+
+  /** The cache: the most recent success of this job key, whose outputs can be reused. */
+  latestSucceeded(stage: Stage, key: string): JobRecord | undefined {
+    return this.latestInState(stage, key, "succeeded");
+  }
+
+  lastFailed(stage: Stage, key: string): JobRecord | undefined {
+    return this.latestInState(stage, key, "failed");
+  }
+
+  /** The train jobs of one pipeline's sweep in one run, by sweep index. */
+  sweepMembers(runId: string, pipeline: string): JobRecord[] {
+    if (this.db === null) return [];
+    const rows = this.stmt(
+      `SELECT ${JOB_COLUMNS} FROM jobs WHERE run_id = ? AND pipeline = ? AND stage = 'train' ORDER BY sweep_index, seq`,
+    ).all(runId, pipeline) as JobRow[];
+    return rows.map(jobFromRow);
+  }
+
+  /**
+   * Jobs left `running`/`queued` by a kaos process that no longer exists (crash,
+   * SIGKILL): marks them failed with reason {@link INTERRUPTED_REASON} and their
+   * runs failed. Returns the jobs recovered. Jobs that finished before the crash
+   * keep their result, so they are not rerun.
+   */
+  recoverInterrupted(isAlive?: (pid: number) => boolean): JobRecord[] {
+    this.writer();
+    return this.transaction(() => {
+      const runningRuns = this.stmt("SELECT * FROM runs WHERE state = 'running'").all() as RunRow[];
+      const ownerAlive = (run: RunRow): boolean =>
+        isAlive !== undefined ? isAlive(run.pid) : isProcessAlive(run.pid, run.pid_start, run.host);
+      const deadRuns = new Set(runningRuns.filter((run) => !ownerAlive(run)).map((run) => run.id));
+      const liveRuns = new Set(runningRuns.map((run) => run.id).filter((id) => !deadRuns.has(id)));
+      const unfinished = this.stmt(
+        `SELECT ${JOB_COLUMNS} FROM jobs WHERE state IN ('queued','running') ORDER BY seq`,
+      ).all() as JobRow[];
+      // A job whose run already ended is as orphaned as one whose owner died.
+      const orphaned = unfinished.filter((job) => !liveRuns.has(job.run_id));
+      const finishedAt = nowIso();
+      const markJob = this.stmt(
+        "UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running')",
+      );
+      for (const job of orphaned) markJob.run(INTERRUPTED_REASON, finishedAt, job.id);
+      const markRun = this.stmt("UPDATE runs SET state = 'failed', finished_at = ? WHERE id = ? AND state = 'running'");
+      for (const runId of deadRuns) markRun.run(finishedAt, runId);
+      return orphaned.map((job) => jobFromRow({ ...job, state: "failed", reason: INTERRUPTED_REASON, finished_at: finishedAt }));
+    });
+  }
+
+  // ---------------------------------------------------------------- applied plans, meta
+
+  getApplied(stack: string): { plan: unknown; appliedAt: string } | undefined {
+    if (this.db === null) return undefined;
+    const row = this.stmt("SELECT plan, applied_at FROM applied WHERE stack = ?").get(stack) as
+      | { plan: string; applied_at: string }
+      | undefined;
+    return row === undefined ? undefined : { plan: JSON.parse(row.plan) as unknown, appliedAt: row.applied_at };
+  }
+
+  setApplied(stack: string, plan: unknown): void {
+    this.writer();
+    this.stmt(
+      "INSERT INTO applied (stack, plan, applied_at) VALUES (?, ?, ?) " +
+        "ON CONFLICT(stack) DO UPDATE SET plan = excluded.plan, applied_at = excluded.applied_at",
+    ).run(stack, canonicalJson(plan), nowIso());
+  }
+
+  getMeta(key: string): string | undefined {
+    if (this.db === null) return undefined;
+    const row = this.stmt("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined;
+    return row?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.writer();
+    this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(
+      key,
+      value,
+    );
+  }
+
+  // ---------------------------------------------------------------- writer lock
+
+  /**
+   * One writer per stack. The lock is a row, taken inside BEGIN IMMEDIATE so two
+   * processes cannot both see it free. A row whose process is gone (or whose pid
+   * now belongs to a different process) is taken over. Readers never look at it.
+   */
+  acquireWriter(stack: string, command: string): WriterLock {
+    this.writer();
+    const owner = randomBytes(16).toString("hex");
+    const host = hostname();
+    this.transaction(() => {
+      const holder = this.stmt("SELECT * FROM writer_locks WHERE stack = ?").get(stack) as LockRow | undefined;
+      if (holder !== undefined && isProcessAlive(holder.pid, holder.pid_start, holder.host)) {
+        const where = holder.host === host ? "" : ` on host ${holder.host}`;
+        throw new KaosError(
+          "STATE_LOCKED",
+          `another kaos (pid ${holder.pid}${where}, \`${holder.command}\`, started at ${holder.acquired_at}) is applying stack '${stack}' in ${this.root}; wait for it to finish or stop it`,
+        );
+      }
+      this.stmt(
+        "INSERT INTO writer_locks (stack, owner, pid, pid_start, host, command, acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?) " +
+          "ON CONFLICT(stack) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, pid_start = excluded.pid_start, " +
+          "host = excluded.host, command = excluded.command, acquired_at = excluded.acquired_at",
+      ).run(stack, owner, process.pid, processStartToken(process.pid), host, command, nowIso());
+    });
+    let released = false;
+    return {
+      release: () => {
+        if (released || this.db?.open !== true) return;
+        released = true;
+        // Only our own row: a takeover after we were presumed dead must not be undone.
+        this.stmt("DELETE FROM writer_locks WHERE stack = ? AND owner = ?").run(stack, owner);
+      },
+    };
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private writer(): Database.Database {
+    if (this.readonly || this.db === null) {
+      throw new Error(`the state store ${this.path} was opened read-only`);
+    }
+    return this.db;
+  }
+
+  private stmt(sql: string, integers: "number" | "bigint" = "number"): Database.Statement {
+    const cacheKey = integers === "bigint" ? `bigint:${sql}` : sql;
+    let statement = this.statements.get(cacheKey);
+    if (statement === undefined) {
+      if (this.db === null) throw new Error(`the state store ${this.path} does not exist yet`);
+      statement = this.db.prepare(sql);
+      if (integers === "bigint") statement.safeIntegers(true);
+      this.statements.set(cacheKey, statement);
+    }
+    return statement;
+  }
+
+  /** Ids are random; on the rare collision draw again. */
+  private insertWithFreshId(insert: (id: string) => void): string {
+    for (let attempt = 0; ; attempt++) {
+      const id = randomId();
+      try {
+        insert(id);
+        return id;
+      } catch (error) {
+        if (attempt < 8 && isUniqueViolation(error)) continue;
+        throw error;
+      }
+    }
+  }
+
+  private requireJob(jobId: string): void {
+    if (this.getJob(jobId) === undefined) {
+      throw new KaosError("JOB_NOT_FOUND", `no job matches '${jobId}'`, { hint: "`kaos train list` shows the job ids" });
+    }
+  }
+
+  private latestInState(stage: Stage, key: string, state: JobState): JobRecord | undefined {
+    if (this.db === null) return undefined;
+    const row = this.stmt(
+      `SELECT ${JOB_COLUMNS} FROM jobs WHERE stage = ? AND key = ? AND state = ? ORDER BY finished_at DESC, seq DESC LIMIT 1`,
+    ).get(stage, key, state) as JobRow | undefined;
+    return row === undefined ? undefined : jobFromRow(row);
+  }
+}
+
+// ------------------------------------------------------------------ opening
+
+function openWriter(dbPath: string): Database.Database {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(dbPath, { timeout: BUSY_TIMEOUT_MS });
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = NORMAL");
+    db.pragma("foreign_keys = ON");
+    migrate(db, dbPath);
+    return db;
+  } catch (error) {
+    db?.close();
+    throw translateOpenError(error, dbPath);
+  }
+}
+
+function openReader(dbPath: string): Database.Database {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+    const version = userVersion(db);
+    if (version > SCHEMA_VERSION) throw newerSchemaError(dbPath, version);
+    if (version < SCHEMA_VERSION) {
+      // Written by an older kaos (or created and never migrated): bring it up to
+      // date through a short-lived writer, then read.
+      db.close();
+      openWriter(dbPath).close();
+      db = new Database(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+    }
+    return db;
+  } catch (error) {
+    db?.close();
+    throw translateOpenError(error, dbPath);
+  }
+}
+
+function migrate(db: Database.Database, dbPath: string): void {
+  const initial = userVersion(db);
+  if (initial > SCHEMA_VERSION) throw newerSchemaError(dbPath, initial);
+  if (initial === SCHEMA_VERSION) return;
+  db.transaction(() => {
+    // Read again under the write lock: another process may have migrated meanwhile.
+    const current = userVersion(db);
+    if (current > SCHEMA_VERSION) throw newerSchemaError(dbPath, current);
+    for (let version = current; version < SCHEMA_VERSION; version++) {
+      const migration = MIGRATIONS[version];
+      if (migration !== undefined) db.exec(migration);
+    }
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  }).immediate();
+}
+
+function userVersion(db: Database.Database): number {
+  return db.pragma("user_version", { simple: true }) as number;
+}
+
+function newerSchemaError(dbPath: string, version: number): KaosError {
+  return new KaosError(
+    "STATE_CORRUPT",
+    `${dbPath} has state schema version ${version}, newer than this kaos understands (${SCHEMA_VERSION}); upgrade kaos to use it`,
+    { hint: "a newer kaos wrote this state; install that version (npm install kaos@latest) rather than downgrading" },
+  );
+}
+
+function translateOpenError(error: unknown, dbPath: string): unknown {
+  if (error instanceof KaosError) return error;
+  const code = errnoCode(error) ?? "";
+  if (code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT")) {
+    return new KaosError(
+      "STATE_CORRUPT",
+      `${dbPath} is not a readable kaos state database (${describeError(error)}); move it away (mv ${dbPath} ${dbPath}.broken) and run kaos again`,
+      { hint: "kaos then starts with fresh state: the history of runs and jobs in the old file is not carried over", cause: error },
+    );
+  }
+  if (code === "SQLITE_BUSY" || code.startsWith("SQLITE_BUSY")) {
+    return new KaosError(
+      "STATE_LOCKED",
+      `${dbPath} stayed locked by another kaos process for ${BUSY_TIMEOUT_MS / 1000}s; wait for it to finish or stop it`,
+      { cause: error },
+    );
+  }
+  if (code.startsWith("SQLITE_CANTOPEN") || code.startsWith("SQLITE_READONLY") || code.startsWith("SQLITE_IOERR")) {
+    return new KaosError("IO", `cannot open ${dbPath}: ${describeError(error)}`, {
+      hint: "check that the file and its directory exist and are readable and writable",
+      cause: error,
+    });
+  }
+  return error;
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  const code = errnoCode(error);
+  return code === "SQLITE_CONSTRAINT_PRIMARYKEY" || code === "SQLITE_CONSTRAINT_UNIQUE";
+}
+
+// ------------------------------------------------------------------ rows
+
+function jobFromRow(row: JobRow): JobRecord {
+  return {
+    id: row.id,
+    runId: row.run_id,
+    stack: row.stack,
+    pipeline: row.pipeline,
+    stage: row.stage,
+    key: row.key,
+    state: row.state,
+    params: JSON.parse(row.params) as Record<string, unknown>,
+    envKey: row.env_key,
+    sourceKey: row.source_key,
+    dataKey: row.data_key,
+    paramsKey: row.params_key,
+    sweepIndex: row.sweep_index,
+    sweepSize: row.sweep_size,
+    pid: row.pid,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    exitCode: row.exit_code,
+    reason: row.reason,
+    outputDir: row.output_dir,
+    logFile: row.log_file,
+    createdAt: row.created_at,
+  };
+}
+
+function runFromRow(row: RunRow): RunRecord {
+  return {
+    id: row.id,
+    stack: row.stack,
+    command: row.command,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    state: row.state,
+    pid: row.pid,
+  };
+}
+
+export function isTerminalJobState(state: JobState): boolean {
+  return TERMINAL_STATES.includes(state);
+}
+
+// ------------------------------------------------------------------ helpers
+
+const ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"; // Crockford base32: no i, l, o, u
+const ID_LENGTH = 10;
+
+function randomId(): string {
+  const bytes = randomBytes(ID_LENGTH);
+  let id = "";
+  for (const byte of bytes) id += ID_ALPHABET[byte & 31];
+  return id;
+}
+
+function nowIso(): string {
+  return new Date().toISOString();
+}
+
+/** JSON with object keys sorted at every level, so equal values give equal text. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, item: unknown) => {
+    if (item === null || typeof item !== "object" || Array.isArray(item)) return item;
+    const sorted: Record<string, unknown> = {};
+    for (const key of Object.keys(item).sort()) sorted[key] = (item as Record<string, unknown>)[key];
+    return sorted;
+  });
+}
+
+let bootId: string | null | undefined;
+
+/**
+ * Something that tells one process from a later one reusing its pid: on Linux the
+ * boot id and the process start time from /proc; elsewhere null (pid only).
+ */
+export function processStartToken(pid: number): string | null {
+  if (process.platform !== "linux") return null;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces and parentheses).
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const startTime = fields[19]; // field 22 of proc(5), counted from `state` (field 3)
+    if (startTime === undefined) return null;
+    if (bootId === undefined) {
+      try {
+        bootId = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+      } catch {
+        bootId = null;
+      }
+    }
+    return `${bootId ?? ""}:${startTime}`;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether the process recorded as (pid, start token, host) still runs. A process
+ * on another host cannot be checked and counts as alive.
+ */
+export function isProcessAlive(pid: number, startToken: string | null, host?: string): boolean {
+  if (host !== undefined && host !== hostname()) return true;
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (error) {
+    // EPERM: it exists but belongs to another user.
+    if (errnoCode(error) !== "EPERM") return false;
+  }
+  if (startToken === null) return true;
+  const current = processStartToken(pid);
+  return current === null || current === startToken;
+}
+
+// ------------------------------------------------------------------ stat cache encoding
+
+/*
+ * One tree's stat cache is one blob, so loading 100k entries is one row read, and
+ * the blob is read in place rather than turned into 100k objects up front.
+ * Columnar layout, little-endian, every section 8-byte aligned so that typed
+ * arrays can view it without copying:
+ *
+ *   header   u32 magic "KSC1", count, flags, pathBytes, hashBytes, 3 x reserved
+ *   dev      u64 x count          ino     u64 x count
+ *   mtimeNs  i64 x count          ctimeNs i64 x count
+ *   size     f64 x count
+ *   pathEnd  u32 x count   end of path i in the path section
+ *   kind     u8 x count    bits 0-1 mode; bit 2/3: dev/ino were numbers, not bigints
+ *   hashes   32 bytes x count when every hash is 64 lowercase hex digits (FLAG_RAW_HASHES),
+ *            else the hash strings joined by NUL, hashBytes long
+ *   paths    UTF-8, joined by NUL (no path holds one)
+ */
+const STAT_CACHE_MAGIC = 0x3143_534b; // "KSC1" as a little-endian u32
+const HEADER_BYTES = 32;
+const FLAG_RAW_HASHES = 1;
+const FLAG_ASCII_PATHS = 2;
+/** Paths are in strictly ascending order (checked only for ASCII paths, where code units are bytes). */
+const FLAG_SORTED = 4;
+const MODES: readonly StatCacheEntry["mode"][] = ["file", "exec", "symlink"];
+const MODE_CODES: Readonly<Record<StatCacheEntry["mode"], number>> = { file: 0, exec: 1, symlink: 2 };
+const DEV_IS_NUMBER = 4;
+const INO_IS_NUMBER = 8;
+
+interface Layout {
+  dev: number;
+  ino: number;
+  mtime: number;
+  ctime: number;
+  size: number;
+  pathEnd: number;
+  kind: number;
+  hashes: number;
+  paths: number;
+  total: number;
+}
+
+function align8(n: number): number {
+  return Math.ceil(n / 8) * 8;
+}
+
+function layout(count: number, hashBytes: number, pathBytes: number): Layout {
+  const dev = HEADER_BYTES;
+  const ino = dev + 8 * count;
+  const mtime = ino + 8 * count;
+  const ctime = mtime + 8 * count;
+  const size = ctime + 8 * count;
+  const pathEnd = size + 8 * count;
+  const kind = pathEnd + 4 * count;
+  const hashes = align8(kind + count);
+  const paths = align8(hashes + hashBytes);
+  return { dev, ino, mtime, ctime, size, pathEnd, kind, hashes, paths, total: paths + pathBytes };
+}
+
+export function encodeStatCache(entries: readonly StatCacheEntry[]): Buffer {
+  const count = entries.length;
+  const paths = new Array<string>(count);
+  const hashes = new Array<string>(count);
+  let hashesAre64 = true;
+  for (let i = 0; i < count; i++) {
+    const entry = entries[i] as StatCacheEntry;
+    paths[i] = entry.path;
+    hashes[i] = entry.hash;
+    if (entry.hash.length !== 64) hashesAre64 = false;
+  }
+  const pathText = paths.join("\0");
+  const pathBytes = Buffer.byteLength(pathText, "utf8");
+  const asciiPaths = pathBytes === pathText.length;
+  let sorted = asciiPaths;
+  for (let i = 1; sorted && i < count; i++) if (!((paths[i - 1] as string) < (paths[i] as string))) sorted = false;
+
+  // Raw 32-byte hashes only when hex decoding gives back exactly the same text,
+  // which rules out upper case and non-hex characters in one native round trip.
+  let rawHashes: Buffer | undefined;
+  if (hashesAre64) {
+    const hexText = hashes.join("");
+    const candidate = Buffer.from(hexText, "hex");
+    if (candidate.length === 32 * count && candidate.toString("hex") === hexText) rawHashes = candidate;
+  }
+  const hashText = rawHashes === undefined ? hashes.join("\0") : "";
+  const hashBytes = rawHashes === undefined ? Buffer.byteLength(hashText, "utf8") : 32 * count;
+  const at = layout(count, hashBytes, pathBytes);
+
+  const arrayBuffer = new ArrayBuffer(at.total);
+  const buffer = Buffer.from(arrayBuffer);
+  const flags = (rawHashes === undefined ? 0 : FLAG_RAW_HASHES) | (asciiPaths ? FLAG_ASCII_PATHS : 0) | (sorted ? FLAG_SORTED : 0);
+  new Uint32Array(arrayBuffer, 0, 5).set([STAT_CACHE_MAGIC, count, flags, pathBytes, hashBytes]);
+  const devs = new BigUint64Array(arrayBuffer, at.dev, count);
+  const inos = new BigUint64Array(arrayBuffer, at.ino, count);
+  const mtimes = new BigInt64Array(arrayBuffer, at.mtime, count);
+  const ctimes = new BigInt64Array(arrayBuffer, at.ctime, count);
+  const sizes = new Float64Array(arrayBuffer, at.size, count);
+  const pathEnds = new Uint32Array(arrayBuffer, at.pathEnd, count);
+  const kinds = new Uint8Array(arrayBuffer, at.kind, count);
+  let pathEnd = -1;
+  for (let i = 0; i < count; i++) {
+    const entry = entries[i] as StatCacheEntry;
+    let kind = MODE_CODES[entry.mode];
+    if (typeof entry.dev === "number") {
+      kind |= DEV_IS_NUMBER;
+      devs[i] = BigInt(entry.dev);
+    } else {
+      devs[i] = entry.dev;
+    }
+    if (typeof entry.ino === "number") {
+      kind |= INO_IS_NUMBER;
+      inos[i] = BigInt(entry.ino);
+    } else {
+      inos[i] = entry.ino;
+    }
+    mtimes[i] = entry.mtimeNs;
+    ctimes[i] = entry.ctimeNs;
+    sizes[i] = entry.size;
+    kinds[i] = kind;
+    pathEnd += 1 + (asciiPaths ? entry.path.length : Buffer.byteLength(entry.path, "utf8"));
+    pathEnds[i] = pathEnd;
+  }
+  if (rawHashes !== undefined) buffer.set(rawHashes, at.hashes);
+  else buffer.write(hashText, at.hashes, hashBytes, "utf8");
+  buffer.write(pathText, at.paths, pathBytes, "utf8");
+  return buffer;
+}
+
+/**
+ * A decoded view of one stat cache blob. Entries are made when asked for; a
+ * lookup in saved order (the next walk usually visits files in the order the
+ * last one saved them) costs one comparison against the bytes, and otherwise a
+ * binary search or, for unsorted or non-ASCII paths, a path index built once.
+ */
+export class StatCacheColumns {
+  readonly count: number;
+  private readonly bytes: Buffer;
+  private readonly devs: BigUint64Array;
+  private readonly devWords: Uint32Array;
+  private readonly inos: BigUint64Array;
+  private readonly mtimes: BigInt64Array;
+  private readonly ctimes: BigInt64Array;
+  private readonly sizes: Float64Array;
+  private readonly pathEnds: Uint32Array;
+  private readonly kinds: Uint8Array;
+  private readonly rawHashes: boolean;
+  private readonly asciiPaths: boolean;
+  private readonly sorted: boolean;
+  private readonly hashStart: number;
+  private readonly hashBytes: number;
+  private readonly pathStart: number;
+  private readonly made: (StatCacheEntry | undefined)[];
+  private cursor = 0;
+  private index: Map<string, number> | undefined;
+  private hashText: string | undefined;
+  private hashList: string[] | undefined;
+  private lastDev: { low: number; high: number; value: bigint } | undefined;
+
+  private constructor(bytes: Buffer, count: number, flags: number, hashBytes: number, at: Layout) {
+    const arrayBuffer = bytes.buffer;
+    const base = bytes.byteOffset;
+    this.bytes = bytes;
+    this.count = count;
+    this.devs = new BigUint64Array(arrayBuffer, base + at.dev, count);
+    this.devWords = new Uint32Array(arrayBuffer, base + at.dev, 2 * count);
+    this.inos = new BigUint64Array(arrayBuffer, base + at.ino, count);
+    this.mtimes = new BigInt64Array(arrayBuffer, base + at.mtime, count);
+    this.ctimes = new BigInt64Array(arrayBuffer, base + at.ctime, count);
+    this.sizes = new Float64Array(arrayBuffer, base + at.size, count);
+    this.pathEnds = new Uint32Array(arrayBuffer, base + at.pathEnd, count);
+    this.kinds = new Uint8Array(arrayBuffer, base + at.kind, count);
+    this.rawHashes = (flags & FLAG_RAW_HASHES) !== 0;
+    this.asciiPaths = (flags & FLAG_ASCII_PATHS) !== 0;
+    this.sorted = (flags & FLAG_SORTED) !== 0 && this.asciiPaths;
+    this.hashStart = at.hashes;
+    this.hashBytes = hashBytes;
+    this.pathStart = at.paths;
+    this.made = new Array<StatCacheEntry | undefined>(count);
+  }
+
+  /** Undefined when the blob is not in this format (written by another version, or damaged). */
+  static decode(blob: Uint8Array): StatCacheColumns | undefined {
+    if (blob.byteLength < HEADER_BYTES) return undefined;
+    let bytes: Buffer;
+    if (blob.byteOffset % 8 === 0) {
+      bytes = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
+    } else {
+      bytes = Buffer.from(new ArrayBuffer(blob.byteLength));
+      bytes.set(blob);
+    }
+    if (bytes.readUInt32LE(0) !== STAT_CACHE_MAGIC) return undefined;
+    const count = bytes.readUInt32LE(4);
+    const flags = bytes.readUInt32LE(8);
+    const pathBytes = bytes.readUInt32LE(12);
+    const hashBytes = bytes.readUInt32LE(16);
+    if ((flags & FLAG_RAW_HASHES) !== 0 && hashBytes !== 32 * count) return undefined;
+    const at = layout(count, hashBytes, pathBytes);
+    if (at.total !== bytes.byteLength) return undefined;
+    const columns = new StatCacheColumns(bytes, count, flags, hashBytes, at);
+    if (count > 0 && columns.pathEnds[count - 1] !== pathBytes) return undefined;
+    return columns;
+  }
+
+  /** The position of `path`, or -1. */
+  find(path: string): number {
+    const cursor = this.cursor;
+    if (cursor < this.count && this.pathIs(cursor, path)) {
+      this.cursor = cursor + 1;
+      return cursor;
+    }
+    if (this.sorted) {
+      let low = 0;
+      let high = this.count - 1;
+      while (low <= high) {
+        const middle = (low + high) >>> 1;
+        const order = this.compareAsciiPath(middle, path);
+        if (order === 0) {
+          this.cursor = middle + 1;
+          return middle;
+        }
+        if (order < 0) low = middle + 1;
+        else high = middle - 1;
+      }
+      this.cursor = low;
+      return -1;
+    }
+    if (this.index === undefined) {
+      this.index = new Map();
+      for (let i = 0; i < this.count; i++) this.index.set(this.pathAt(i), i);
+    }
+    const found = this.index.get(path);
+    if (found === undefined) return -1;
+    this.cursor = found + 1;
+    return found;
+  }
+
+  /** The entry at `i`; the same object on every call, as a Map would give. */
+  entryAt(i: number, knownPath?: string): StatCacheEntry {
+    const made = this.made[i];
+    if (made !== undefined) return made;
+    const kind = this.kinds[i] as number;
+    const ino = this.inos[i] as bigint;
+    const entry: StatCacheEntry = {
+      path: knownPath ?? this.pathAt(i),
+      dev: (kind & DEV_IS_NUMBER) !== 0 ? Number(this.devAt(i)) : this.devAt(i),
+      ino: (kind & INO_IS_NUMBER) !== 0 ? Number(ino) : ino,
+      size: this.sizes[i] as number,
+      mtimeNs: this.mtimes[i] as bigint,
+      ctimeNs: this.ctimes[i] as bigint,
+      mode: MODES[kind & 3] ?? "file",
+      hash: this.hashAt(i),
+    };
+    this.made[i] = entry;
+    return entry;
+  }
+
+  /** Whether `entry` holds exactly what position `i` holds, value and type. */
+  sameAt(i: number, entry: StatCacheEntry): boolean {
+    const kind = this.kinds[i] as number;
+    if (
+      entry.size !== this.sizes[i] ||
+      MODE_CODES[entry.mode] !== (kind & 3) ||
+      (typeof entry.dev === "number") !== ((kind & DEV_IS_NUMBER) !== 0) ||
+      (typeof entry.ino === "number") !== ((kind & INO_IS_NUMBER) !== 0) ||
+      entry.mtimeNs !== this.mtimes[i] ||
+      entry.ctimeNs !== this.ctimes[i] ||
+      BigInt(entry.ino) !== this.inos[i] ||
+      BigInt(entry.dev) !== this.devAt(i)
+    ) {
+      return false;
+    }
+    if (this.rawHashes) {
+      this.hashText ??= this.bytes.toString("hex", this.hashStart, this.hashStart + this.hashBytes);
+      if (entry.hash.length !== 64 || !this.hashText.startsWith(entry.hash, 64 * i)) return false;
+    } else if (entry.hash !== this.hashAt(i)) {
+      return false;
+    }
+    return this.pathIs(i, entry.path);
+  }
+
+  private pathRange(i: number): [number, number] {
+    const start = i === 0 ? 0 : (this.pathEnds[i - 1] as number) + 1;
+    return [this.pathStart + start, this.pathStart + (this.pathEnds[i] as number)];
+  }
+
+  private pathAt(i: number): string {
+    const [start, end] = this.pathRange(i);
+    return this.bytes.toString(this.asciiPaths ? "latin1" : "utf8", start, end);
+  }
+
+  private pathIs(i: number, path: string): boolean {
+    if (!this.asciiPaths) return this.pathAt(i) === path;
+    const [start, end] = this.pathRange(i);
+    if (end - start !== path.length) return false;
+    const bytes = this.bytes;
+    for (let j = 0; j < path.length; j++) if (bytes[start + j] !== path.charCodeAt(j)) return false;
+    return true;
+  }
+
+  /** Stored path at `i` against `path`, by UTF-16 code unit as JS `<` orders strings. */
+  private compareAsciiPath(i: number, path: string): number {
+    const [start, end] = this.pathRange(i);
+    const bytes = this.bytes;
+    const length = Math.min(end - start, path.length);
+    for (let j = 0; j < length; j++) {
+      const difference = (bytes[start + j] as number) - path.charCodeAt(j);
+      if (difference !== 0) return difference;
+    }
+    return end - start - path.length;
+  }
+
+  /** Files of one tree nearly always share a device: share one bigint for it. */
+  private devAt(i: number): bigint {
+    const low = this.devWords[2 * i] as number;
+    const high = this.devWords[2 * i + 1] as number;
+    const last = this.lastDev;
+    if (last !== undefined && last.low === low && last.high === high) return last.value;
+    const value = this.devs[i] as bigint;
+    this.lastDev = { low, high, value };
+    return value;
+  }
+
+  private hashAt(i: number): string {
+    if (this.rawHashes) {
+      this.hashText ??= this.bytes.toString("hex", this.hashStart, this.hashStart + this.hashBytes);
+      return this.hashText.slice(64 * i, 64 * i + 64);
+    }
+    this.hashList ??= this.bytes.toString("utf8", this.hashStart, this.hashStart + this.hashBytes).split("\0");
+    return this.hashList[i] ?? "";
+  }
+}
+
+const lazyCount = Symbol("lazyCount");
+
+/**
+ * What `statCache().load()` returns: a Map whose entries stay in the loaded blob
+ * until asked for, so that loading a 100k-file cache costs one row read. `get`
+ * and `has` look up in place; anything else (iteration, `set`, `delete`) first
+ * turns it into an ordinary Map. Structured cloning (`postMessage` to a worker)
+ * sees only entries already turned into an ordinary Map: call `materialize()`
+ * before cloning, or send the saved blob itself.
+ */
+export class StatCacheMap extends Map<string, StatCacheEntry> {
+  #columns: StatCacheColumns | undefined;
+
+  constructor(columns?: StatCacheColumns) {
+    super();
+    this.#columns = columns !== undefined && columns.count > 0 ? columns : undefined;
+  }
+
+  override get(path: string): StatCacheEntry | undefined {
+    const columns = this.#columns;
+    if (columns === undefined) return super.get(path);
+    const i = columns.find(path);
+    return i < 0 ? undefined : columns.entryAt(i, path);
+  }
+
+  override has(path: string): boolean {
+    const columns = this.#columns;
+    return columns === undefined ? super.has(path) : columns.find(path) >= 0;
+  }
+
+  override set(path: string, entry: StatCacheEntry): this {
+    this.materialize();
+    return super.set(path, entry);
+  }
+
+  override delete(path: string): boolean {
+    this.materialize();
+    return super.delete(path);
+  }
+
+  override clear(): void {
+    this.#columns = undefined;
+    super.clear();
+  }
+
+  override forEach(callback: (entry: StatCacheEntry, path: string, map: Map<string, StatCacheEntry>) => void, thisArg?: unknown): void {
+    this.materialize();
+    super.forEach(callback, thisArg);
+  }
+
+  override keys(): MapIterator<string> {
+    this.materialize();
+    return super.keys();
+  }
+
+  override values(): MapIterator<StatCacheEntry> {
+    this.materialize();
+    return super.values();
+  }
+
+  override entries(): MapIterator<[string, StatCacheEntry]> {
+    this.materialize();
+    return super.entries();
+  }
+
+  override [Symbol.iterator](): MapIterator<[string, StatCacheEntry]> {
+    return this.entries();
+  }
+
+  /** Turns this into an ordinary Map holding every entry (idempotent). */
+  materialize(): this {
+    const columns = this.#columns;
+    if (columns === undefined) return this;
+    this.#columns = undefined;
+    for (let i = 0; i < columns.count; i++) {
+      const entry = columns.entryAt(i);
+      super.set(entry.path, entry);
+    }
+    return this;
+  }
+
+  /** The count without turning the view into a Map. */
+  [lazyCount](): number | undefined {
+    return this.#columns?.count;
+  }
+}
+
+// `size` is a data property in lib.d.ts, so TypeScript forbids overriding it with
+// an accessor in the class body; it is an accessor on Map.prototype at run time.
+const mapSize = Object.getOwnPropertyDescriptor(Map.prototype, "size")?.get;
+Object.defineProperty(StatCacheMap.prototype, "size", {
+  configurable: true,
+  get(this: StatCacheMap): number {
+    return this[lazyCount]() ?? (mapSize?.call(this) as number);
+  },
+});
+
+/** Decodes a whole blob into an ordinary Map; undefined when it is not in this format. */
+export function decodeStatCache(blob: Uint8Array): Map<string, StatCacheEntry> | undefined {
+  const columns = StatCacheColumns.decode(blob);
+  return columns === undefined ? undefined : new StatCacheMap(columns).materialize();
+}
