@@ -1,0 +1,178 @@
+/**
+ * Content-addressed object store.
+ *
+ * Layout: `<dir>/sha256/<first 2 hex>/<remaining 62 hex>` holds the bytes whose
+ * SHA-256 is the hex name, and `<dir>/tmp/` holds files being written. Objects
+ * are always read-only (0o444) and carry no other metadata: the mode a file
+ * should have in a tree (plain or executable) is recorded by whoever records the
+ * tree, and `link(hash, dest, "exec")` materializes an executable as a 0o755
+ * copy, because changing the mode of a hardlink would change the shared object.
+ *
+ * Every object appears by an atomic rename from `tmp/` (same directory tree, so
+ * the same filesystem), so a reader never sees a partial object and a crash at
+ * any moment leaves at worst a stray file in `tmp/`. Objects are not fsynced:
+ * a killed process never corrupts the store, a power loss may.
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Transform, type TransformCallback } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { KaosError, describeError, errnoCode } from "./errors.js";
+
+const HASH_PATTERN = /^[0-9a-f]{64}$/;
+const OBJECT_MODE = 0o444;
+const EXEC_MODE = 0o755;
+
+export function isSha256Hex(value: string): boolean {
+  return HASH_PATTERN.test(value);
+}
+
+function assertHash(hash: string): void {
+  if (!HASH_PATTERN.test(hash)) {
+    throw new KaosError("IO", `"${hash}" is not a SHA-256 object name — expected 64 lowercase hex digits`);
+  }
+}
+
+/** Hashes a file's content by streaming it (constant memory). */
+export async function sha256File(file: string): Promise<{ hash: string; size: number }> {
+  const hash = createHash("sha256");
+  let size = 0;
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) {
+    const buffer = chunk as Buffer;
+    hash.update(buffer);
+    size += buffer.length;
+  }
+  return { hash: hash.digest("hex"), size };
+}
+
+export class ObjectStore {
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = path.resolve(dir);
+  }
+
+  has(hash: string): boolean {
+    return fs.existsSync(this.pathOf(hash));
+  }
+
+  pathOf(hash: string): string {
+    assertHash(hash);
+    return path.join(this.dir, "sha256", hash.slice(0, 2), hash.slice(2));
+  }
+
+  tmpDir(): string {
+    // Created every time rather than once: the store may be deleted under a long-lived process.
+    const dir = path.join(this.dir, "tmp");
+    fs.mkdirSync(dir, { recursive: true });
+    return dir;
+  }
+
+  /** A fresh name in tmpDir(); nothing is created. */
+  tmpPath(label = "put"): string {
+    return path.join(this.tmpDir(), `${label}-${process.pid}-${randomUUID()}`);
+  }
+
+  async putFile(src: string, expectedHash?: string): Promise<string> {
+    if (expectedHash !== undefined) assertHash(expectedHash);
+    const tmp = this.tmpPath();
+    try {
+      // The copy is what gets hashed and stored, so a source edited meanwhile
+      // cannot leave an object whose name does not match its bytes.
+      fs.copyFileSync(src, tmp, fs.constants.COPYFILE_FICLONE);
+      const { hash } = await sha256File(tmp);
+      if (expectedHash !== undefined && hash !== expectedHash) {
+        throw new KaosError("IO", `${src}: sha256 is ${hash} — expected ${expectedHash}`);
+      }
+      this.adopt(tmp, hash);
+      return hash;
+    } catch (error) {
+      fs.rmSync(tmp, { force: true });
+      if (error instanceof KaosError) throw error;
+      throw new KaosError("IO", `cannot store ${src} in ${this.dir}: ${describeError(error)}`, { cause: error });
+    }
+  }
+
+  async putStream(stream: NodeJS.ReadableStream, expectedHash?: string): Promise<{ hash: string; size: number }> {
+    if (expectedHash !== undefined) assertHash(expectedHash);
+    const tmp = this.tmpPath();
+    const hasher = new HashingPassThrough();
+    try {
+      await pipeline(stream, hasher, createWriteStream(tmp, { flags: "wx", highWaterMark: 1 << 20 }));
+      const hash = hasher.digest();
+      if (expectedHash !== undefined && hash !== expectedHash) {
+        throw new KaosError("IO", `stream content has sha256 ${hash} — expected ${expectedHash}`);
+      }
+      this.adopt(tmp, hash);
+      return { hash, size: hasher.size };
+    } catch (error) {
+      fs.rmSync(tmp, { force: true });
+      if (error instanceof KaosError) throw error;
+      throw new KaosError("IO", `cannot store a stream in ${this.dir}: ${describeError(error)}`, { cause: error });
+    }
+  }
+
+  adopt(tmpPath: string, hash: string): string {
+    const dest = this.pathOf(hash);
+    if (fs.existsSync(dest)) {
+      // Same name means same bytes: keep the existing inode so the links
+      // already pointing at it stay the one copy.
+      fs.rmSync(tmpPath, { force: true });
+      return dest;
+    }
+    fs.chmodSync(tmpPath, OBJECT_MODE);
+    fs.mkdirSync(path.dirname(dest), { recursive: true });
+    fs.renameSync(tmpPath, dest);
+    return dest;
+  }
+
+  link(hash: string, dest: string, mode: "file" | "exec" = "file"): void {
+    const object = this.pathOf(hash);
+    fs.mkdirSync(path.dirname(dest), { recursive: true });
+    // Link or copy under a temporary name, then rename over `dest`: the
+    // destination holds either its old content or the whole object, never a mix.
+    const staging = `${dest}.kaos-${process.pid}-${randomUUID().slice(0, 8)}`;
+    try {
+      if (mode === "exec") {
+        fs.copyFileSync(object, staging, fs.constants.COPYFILE_FICLONE);
+        fs.chmodSync(staging, EXEC_MODE);
+      } else {
+        try {
+          fs.linkSync(object, staging);
+        } catch (error) {
+          const code = errnoCode(error);
+          // Another filesystem, too many links to one inode, or a filesystem
+          // without hardlinks: fall back to a (reflinked when possible) copy.
+          if (code !== "EXDEV" && code !== "EMLINK" && code !== "EPERM" && code !== "ENOTSUP") throw error;
+          fs.copyFileSync(object, staging, fs.constants.COPYFILE_FICLONE);
+          fs.chmodSync(staging, OBJECT_MODE);
+        }
+      }
+      fs.renameSync(staging, dest);
+    } catch (error) {
+      fs.rmSync(staging, { force: true });
+      if (errnoCode(error) === "ENOENT" && !fs.existsSync(object)) {
+        throw new KaosError("IO", `object ${hash} is missing from ${this.dir}`, { cause: error });
+      }
+      throw new KaosError("IO", `cannot place object ${hash} at ${dest}: ${describeError(error)}`, { cause: error });
+    }
+  }
+}
+
+/** Passes bytes through unchanged while hashing them and counting their length. */
+export class HashingPassThrough extends Transform {
+  private readonly hash = createHash("sha256");
+  size = 0;
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.hash.update(chunk);
+    this.size += chunk.length;
+    callback(null, chunk);
+  }
+
+  digest(): string {
+    return this.hash.digest("hex");
+  }
+}

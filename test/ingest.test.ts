@@ -1,0 +1,474 @@
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { KaosError } from "../src/errors.js";
+import { type IngestOptions, type IngestProgress, type IngestResult, formatIngestProgress, ingest } from "../src/ingest.js";
+import { lockPathFor, manifestDataKey, readLock, readManifest } from "../src/manifest.js";
+import { ObjectStore } from "../src/objects.js";
+import { type RouteOptions, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repoRoot = path.resolve(here, "..");
+
+function sha256(data: string | Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+interface Workspace {
+  root: string;
+  manifest: string;
+  objects: ObjectStore;
+  dataDir: string;
+}
+
+let root: string;
+let server: TestServer | undefined;
+
+beforeEach(() => {
+  root = fs.mkdtempSync(path.join(os.tmpdir(), "kaos-ingest-"));
+});
+
+afterEach(async () => {
+  await server?.close();
+  server = undefined;
+  // Objects are read-only files; their folders are not, so removal works.
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+async function serve(routes: Record<string, RouteOptions>): Promise<TestServer> {
+  server = await startServer(routes);
+  return server;
+}
+
+type Line = { url: string; path: string; sha256?: string; size?: number };
+
+function workspace(lines: Line[]): Workspace {
+  const manifest = path.join(root, "manifest.jsonl");
+  writeManifest(manifest, lines);
+  return { root, manifest, objects: new ObjectStore(path.join(root, ".kaos", "objects")), dataDir: path.join(root, ".kaos", "data", "p") };
+}
+
+function writeManifest(file: string, lines: Line[]): void {
+  fs.writeFileSync(file, lines.map((line) => JSON.stringify(line)).join("\n") + "\n");
+}
+
+function run(ws: Workspace, extra: Partial<IngestOptions> = {}): Promise<IngestResult> {
+  return ingest({ entries: readManifest(ws.manifest), manifestPath: ws.manifest, objects: ws.objects, dataDir: ws.dataDir, retryBaseMs: 10, ...extra });
+}
+
+async function runFailing(ws: Workspace, extra: Partial<IngestOptions> = {}): Promise<KaosError> {
+  const error = await run(ws, extra).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(KaosError);
+  return error as KaosError;
+}
+
+function readData(ws: Workspace, relative: string): string {
+  return fs.readFileSync(path.join(ws.dataDir, relative), "utf8");
+}
+
+function storedObjects(ws: Workspace): string[] {
+  const base = path.join(ws.objects.dir, "sha256");
+  if (!fs.existsSync(base)) return [];
+  return fs.readdirSync(base).flatMap((shard) => fs.readdirSync(path.join(base, shard)).map((rest) => shard + rest));
+}
+
+describe("ingest over HTTP", () => {
+  it("downloads many files with a bounded pool, links them into the data directory and pins them", async () => {
+    const routes: Record<string, RouteOptions> = {};
+    const lines: Line[] = [];
+    for (let i = 0; i < 120; i++) {
+      routes[`/f${i}.csv`] = { body: `file ${i}\n`.repeat(i + 1), etag: `"e${i}"`, chunkDelayMs: 2 };
+      lines.push({ url: "", path: `${["training", "validation", "test"][i % 3]}/x${String(i).padStart(3, "0")}.csv` });
+    }
+    const srv = await serve(routes);
+    lines.forEach((line, i) => (line.url = `${srv.url}/f${i}.csv`));
+    const ws = workspace(lines);
+
+    const result = await run(ws, { concurrency: 3 });
+
+    expect(result).toMatchObject({ downloaded: 120, reused: 0, failures: [] });
+    expect(srv.inFlight.peak).toBeLessThanOrEqual(3);
+    expect(srv.inFlight.peak).toBeGreaterThan(1);
+    expect(readData(ws, "training/x000.csv")).toBe("file 0\n");
+    expect(readData(ws, "test/x119.csv")).toBe("file 119\n".repeat(120));
+    expect(fs.readdirSync(ws.dataDir).sort()).toEqual(["test", "training", "validation"]);
+    const lock = readLock(ws.manifest);
+    expect(Object.keys(lock?.entries ?? {})).toHaveLength(120);
+    expect(lock?.entries["validation/x001.csv"]).toEqual({ url: `${srv.url}/f1.csv`, sha256: sha256("file 1\n".repeat(2)), size: 14, etag: '"e1"' });
+    expect(result.dataKey).toBe(manifestDataKey(readManifest(ws.manifest), lock));
+    // Data files are links to read-only objects.
+    const stat = fs.statSync(path.join(ws.dataDir, "training/x000.csv"));
+    expect(stat.mode & 0o777).toBe(0o444);
+    expect(stat.nlink).toBe(2);
+    // Nothing is left behind in the store's scratch space.
+    expect(fs.readdirSync(ws.objects.tmpDir())).toEqual([]);
+  });
+
+  it("reruns with an unchanged manifest without a single request, and without rewriting the lock", async () => {
+    const srv = await serve({ "/a": { body: "alpha" }, "/b": { body: "beta" } });
+    const ws = workspace([
+      { url: `${srv.url}/a`, path: "a.txt" },
+      { url: `${srv.url}/b`, path: "sub/b.txt" },
+    ]);
+    const first = await run(ws);
+    const lockFile = lockPathFor(ws.manifest);
+    const lockBefore = fs.statSync(lockFile).mtimeMs;
+    const requestsBefore = srv.requests.length;
+    expect(requestsBefore).toBe(2);
+
+    const started = performance.now();
+    const second = await run(ws);
+    const elapsed = performance.now() - started;
+
+    expect(srv.requests.length).toBe(requestsBefore);
+    expect(second).toMatchObject({ downloaded: 0, reused: 2, bytesDownloaded: 0, dataKey: first.dataKey });
+    expect(fs.statSync(lockFile).mtimeMs).toBe(lockBefore);
+    expect(elapsed).toBeLessThan(1000);
+
+    // A deleted data directory is rebuilt from the store, still without requests.
+    fs.rmSync(ws.dataDir, { recursive: true });
+    await run(ws);
+    expect(srv.requests.length).toBe(requestsBefore);
+    expect(readData(ws, "sub/b.txt")).toBe("beta");
+  });
+
+  it("fetches only the entry whose manifest line changed, and drops files no longer listed", async () => {
+    const srv = await serve({ "/a": { body: "alpha" }, "/b": { body: "beta" }, "/c": { body: "gamma" }, "/b2": { body: "beta two" } });
+    const lines = [
+      { url: `${srv.url}/a`, path: "a.txt" },
+      { url: `${srv.url}/b`, path: "b.txt" },
+      { url: `${srv.url}/c`, path: "c/c.txt" },
+    ];
+    const ws = workspace(lines);
+    const first = await run(ws);
+    expect(srv.requests.length).toBe(3);
+
+    writeManifest(ws.manifest, [lines[0]!, { url: `${srv.url}/b2`, path: "b.txt" }]);
+    const second = await run(ws);
+
+    expect(srv.requests.length).toBe(4);
+    expect(srv.count("/b2")).toBe(1);
+    expect(second).toMatchObject({ downloaded: 1, reused: 1 });
+    expect(second.dataKey).not.toBe(first.dataKey);
+    expect(readData(ws, "b.txt")).toBe("beta two");
+    expect(fs.existsSync(path.join(ws.dataDir, "c"))).toBe(false);
+    expect(Object.keys(readLock(ws.manifest)?.entries ?? {})).toEqual(["a.txt", "b.txt"]);
+  });
+
+  it("retries 500s with backoff and then succeeds", async () => {
+    const srv = await serve({ "/flaky": { body: "finally", statuses: [500, 502] } });
+    const ws = workspace([{ url: `${srv.url}/flaky`, path: "f.txt" }]);
+    const result = await run(ws);
+    expect(srv.requests.map((r) => r.status)).toEqual([500, 502, 200]);
+    expect(result.downloaded).toBe(1);
+    expect(readData(ws, "f.txt")).toBe("finally");
+  });
+
+  it("honours Retry-After on 429", async () => {
+    const srv = await serve({ "/busy": { body: "later", statuses: [429], retryAfter: "1" } });
+    const ws = workspace([{ url: `${srv.url}/busy`, path: "busy.txt" }]);
+    const started = performance.now();
+    await run(ws);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(950);
+    expect(srv.count("/busy")).toBe(2);
+    expect(readData(ws, "busy.txt")).toBe("later");
+  });
+
+  it("gives up after the configured retries and says why", async () => {
+    const srv = await serve({ "/down": { status: 503 }, "/ok": { body: "fine" } });
+    const ws = workspace([
+      { url: `${srv.url}/down`, path: "down.txt" },
+      { url: `${srv.url}/ok`, path: "ok.txt" },
+    ]);
+    const error = await runFailing(ws, { retries: 2 });
+    expect(error.code).toBe("INGEST_FAILED");
+    expect(error.message).toContain(`down.txt (${srv.url}/down): HTTP 503 Service Unavailable (gave up after 2 retries)`);
+    expect(srv.count("/down")).toBe(3);
+    // The other entry completed, is linked, and is pinned.
+    expect(readData(ws, "ok.txt")).toBe("fine");
+    expect(Object.keys(readLock(ws.manifest)?.entries ?? {})).toEqual(["ok.txt"]);
+    expect(fs.existsSync(path.join(ws.dataDir, "down.txt"))).toBe(false);
+  });
+
+  it("resumes a transfer cut mid-body with a Range request validated by If-Range", async () => {
+    const size = 3 * 1024 * 1024 + 17;
+    const srv = await serve({ "/cut": { generated: { size, seed: 7 }, etag: '"cut-v1"', dropAfterBytes: 1_000_000 } });
+    const ws = workspace([{ url: `${srv.url}/cut`, path: "cut.bin" }]);
+    const result = await run(ws);
+
+    const gets = srv.requests.filter((r) => r.path === "/cut");
+    expect(gets).toHaveLength(2);
+    expect(gets[0]?.headers.range).toBeUndefined();
+    expect(gets[1]?.headers.range).toBe("bytes=1000000-");
+    expect(gets[1]?.headers["if-range"]).toBe('"cut-v1"');
+    expect(gets[1]?.status).toBe(206);
+    expect(result.bytesDownloaded).toBe(size);
+    expect(readLock(ws.manifest)?.entries["cut.bin"]?.sha256).toBe(sha256OfGenerated(size, 7));
+    expect(sha256(fs.readFileSync(path.join(ws.dataDir, "cut.bin")))).toBe(sha256OfGenerated(size, 7));
+  });
+
+  it("resumes in a later run from the partial file an earlier run left", async () => {
+    const size = 2 * 1024 * 1024;
+    const srv = await serve({ "/big": { generated: { size, seed: 3 }, etag: '"big"', dropAfterBytes: 700_000, dropTimes: 2 } });
+    const ws = workspace([{ url: `${srv.url}/big`, path: "big.bin" }]);
+    const error = await runFailing(ws, { retries: 0 });
+    expect(error.message).toContain("the connection closed");
+    // Second run: the server drops once more at 700000 bytes into its answer, then serves the rest.
+    const result = await run(ws, { retries: 2 });
+    const ranges = srv.requests.map((r) => r.headers.range);
+    expect(ranges).toEqual([undefined, "bytes=700000-", "bytes=1400000-"]);
+    expect(result.bytesDownloaded).toBe(size - 700_000);
+    expect(sha256(fs.readFileSync(path.join(ws.dataDir, "big.bin")))).toBe(sha256OfGenerated(size, 3));
+  });
+
+  it("starts over when the server ignores Range", async () => {
+    const size = 1024 * 1024;
+    const srv = await serve({ "/plain": { generated: { size, seed: 5 }, range: false, dropAfterBytes: 400_000 } });
+    const ws = workspace([{ url: `${srv.url}/plain`, path: "plain.bin", sha256: sha256OfGenerated(size, 5), size }]);
+    const result = await run(ws);
+    const gets = srv.requests.filter((r) => r.path === "/plain");
+    expect(gets.map((r) => [r.headers.range, r.status])).toEqual([
+      [undefined, 200],
+      ["bytes=400000-", 200],
+    ]);
+    expect(result.bytesDownloaded).toBe(400_000 + size);
+    expect(sha256(fs.readFileSync(path.join(ws.dataDir, "plain.bin")))).toBe(sha256OfGenerated(size, 5));
+  });
+
+  it("rejects content whose sha256 differs from the manifest, keeping the other entries", async () => {
+    const srv = await serve({ "/a": { body: "actual content" }, "/b": { body: "good" } });
+    const wrong = sha256("expected content");
+    const ws = workspace([
+      { url: `${srv.url}/a`, path: "a.txt", sha256: wrong },
+      { url: `${srv.url}/b`, path: "b.txt", sha256: sha256("good") },
+    ]);
+    const error = await runFailing(ws);
+    expect(error.code).toBe("INGEST_FAILED");
+    expect(error.message).toContain(
+      `a.txt (${srv.url}/a): sha256 mismatch: the content hashes to ${sha256("actual content")}, ${ws.manifest}:1 says ${wrong} — fix "sha256" there or the URL`,
+    );
+    expect(srv.count("/a")).toBe(1);
+    expect(fs.existsSync(path.join(ws.dataDir, "a.txt"))).toBe(false);
+    expect(readData(ws, "b.txt")).toBe("good");
+    expect(storedObjects(ws)).toEqual([sha256("good")]);
+    expect(fs.readdirSync(ws.objects.tmpDir())).toEqual([]);
+  });
+
+  it("rejects a size that differs from the manifest before reading the body", async () => {
+    const srv = await serve({ "/s": { body: "12345" } });
+    const ws = workspace([{ url: `${srv.url}/s`, path: "s.txt", size: 4 }]);
+    const error = await runFailing(ws);
+    expect(error.message).toContain("s.txt (" + srv.url + "/s): size mismatch: the server announces 5 bytes, the manifest says 4");
+  });
+
+  it("reports a 404 without retrying it", async () => {
+    const srv = await serve({ "/here": { body: "x" } });
+    const ws = workspace([
+      { url: `${srv.url}/missing.csv`, path: "m.csv" },
+      { url: `${srv.url}/here`, path: "h.csv" },
+    ]);
+    const error = await runFailing(ws);
+    expect(error.message).toBe(`1 of 2 manifest entries of ${ws.manifest} failed:\n  m.csv (${srv.url}/missing.csv): HTTP 404 Not Found`);
+    expect(srv.count("/missing.csv")).toBe(1);
+  });
+
+  it("times out a server that sends nothing, and retries it", async () => {
+    const srv = await serve({ "/slow": { body: "zzz", headerDelayMs: 3000 } });
+    const ws = workspace([{ url: `${srv.url}/slow`, path: "slow.txt" }]);
+    const started = performance.now();
+    const error = await runFailing(ws, { timeoutMs: 200, retries: 1 });
+    const elapsed = performance.now() - started;
+    expect(error.message).toContain("slow.txt (" + srv.url + "/slow): no data for 200 ms (timed out) (gave up after 1 retries)");
+    expect(srv.count("/slow")).toBe(2);
+    expect(elapsed).toBeLessThan(2000);
+  });
+
+  it("times out a body that stalls, and accepts one that is slow but steady", async () => {
+    const srv = await serve({
+      "/stall": { body: Buffer.alloc(4096, 1), chunkSize: 1024, chunkDelayMs: 1500, range: false },
+      "/drip": { body: Buffer.alloc(4096, 2), chunkSize: 512, chunkDelayMs: 40 },
+    });
+    const ws = workspace([
+      { url: `${srv.url}/stall`, path: "stall.bin" },
+      { url: `${srv.url}/drip`, path: "drip.bin" },
+    ]);
+    const error = await runFailing(ws, { timeoutMs: 300, retries: 0 });
+    expect(error.message).toContain("stall.bin");
+    expect(error.message).toContain("no data for 300 ms (timed out)");
+    expect(error.message).not.toContain("drip.bin");
+    expect(fs.readFileSync(path.join(ws.dataDir, "drip.bin"))).toEqual(Buffer.alloc(4096, 2));
+  });
+
+  it("follows redirects, and stops a redirect loop at the limit", async () => {
+    const srv = await serve({ "/old": { redirect: "/new", redirectStatus: 301 }, "/new": { body: "moved here" }, "/loop": { redirect: "/loop" } });
+    const ws = workspace([
+      { url: `${srv.url}/old`, path: "moved.txt" },
+      { url: `${srv.url}/loop`, path: "loop.txt" },
+    ]);
+    const error = await runFailing(ws, { maxRedirects: 3 });
+    expect(error.message).toContain(`loop.txt (${srv.url}/loop): too many redirects (more than 3) starting at ${srv.url}/loop`);
+    expect(srv.count("/loop")).toBe(4);
+    expect(readData(ws, "moved.txt")).toBe("moved here");
+  });
+
+  it("refuses a redirect to a file URL", async () => {
+    const srv = await serve({ "/sneaky": { redirect: "file:///etc/passwd" } });
+    const ws = workspace([{ url: `${srv.url}/sneaky`, path: "p.txt" }]);
+    const error = await runFailing(ws);
+    expect(error.message).toContain('redirected to unsupported scheme "file"');
+  });
+
+  it("stores identical content once, however many paths and URLs name it", async () => {
+    const srv = await serve({ "/one": { body: "same bytes" }, "/two": { body: "same bytes" } });
+    const ws = workspace([
+      { url: `${srv.url}/one`, path: "a/one.txt" },
+      { url: `${srv.url}/two`, path: "b/two.txt" },
+      { url: `${srv.url}/one`, path: "c/again.txt" },
+    ]);
+    const result = await run(ws);
+    expect(result.downloaded).toBe(3);
+    // The same URL twice is fetched once.
+    expect(srv.count("/one")).toBe(1);
+    expect(storedObjects(ws)).toEqual([sha256("same bytes")]);
+    const object = fs.statSync(ws.objects.pathOf(sha256("same bytes")));
+    expect(object.nlink).toBe(4);
+    for (const relative of ["a/one.txt", "b/two.txt", "c/again.txt"]) {
+      expect(fs.statSync(path.join(ws.dataDir, relative)).ino).toBe(object.ino);
+    }
+  });
+
+  it("copies file:// URLs through the object store and reports a missing file", async () => {
+    const source = path.join(root, "local.csv");
+    fs.writeFileSync(source, "1,2,3\n");
+    const ws = workspace([
+      { url: pathToFileURL(source).href, path: "local.csv", sha256: sha256("1,2,3\n") },
+      { url: pathToFileURL(path.join(root, "nope.csv")).href, path: "nope.csv" },
+    ]);
+    const error = await runFailing(ws);
+    expect(error.message).toContain(`nope.csv (${pathToFileURL(path.join(root, "nope.csv")).href}): file not found: ${path.join(root, "nope.csv")}`);
+    expect(readData(ws, "local.csv")).toBe("1,2,3\n");
+    // A copy, not a link to the user's file.
+    expect(fs.statSync(path.join(ws.dataDir, "local.csv")).ino).not.toBe(fs.statSync(source).ino);
+    expect(readLock(ws.manifest)?.entries["local.csv"]).toEqual({ url: pathToFileURL(source).href, sha256: sha256("1,2,3\n"), size: 6 });
+  });
+
+  it("re-checks remote content with --refresh: 304 keeps the pin, a new ETag re-fetches and re-pins", async () => {
+    const lastModified = new Date(Date.UTC(2024, 0, 1)).toUTCString();
+    const srv = await serve({ "/v": { body: "version 1", etag: '"v1"', lastModified } });
+    const ws = workspace([{ url: `${srv.url}/v`, path: "v.txt" }]);
+    const first = await run(ws);
+
+    const unchanged = await run(ws, { refresh: true });
+    expect(srv.requests[1]?.headers["if-none-match"]).toBe('"v1"');
+    expect(srv.requests[1]?.status).toBe(304);
+    expect(unchanged).toMatchObject({ downloaded: 0, reused: 1, dataKey: first.dataKey });
+
+    srv.route("/v", { body: "version 2", etag: '"v2"', lastModified: new Date(Date.UTC(2024, 0, 2)).toUTCString() });
+    // Without --refresh the pin holds: nothing is asked.
+    const pinned = await run(ws);
+    expect(srv.requests).toHaveLength(2);
+    expect(pinned.dataKey).toBe(first.dataKey);
+    expect(readData(ws, "v.txt")).toBe("version 1");
+
+    const refreshed = await run(ws, { refresh: true });
+    expect(srv.requests).toHaveLength(3);
+    expect(srv.requests[2]?.status).toBe(200);
+    expect(refreshed).toMatchObject({ downloaded: 1, reused: 0 });
+    expect(refreshed.dataKey).not.toBe(first.dataKey);
+    expect(readData(ws, "v.txt")).toBe("version 2");
+    expect(readLock(ws.manifest)?.entries["v.txt"]).toMatchObject({ sha256: sha256("version 2"), etag: '"v2"' });
+  });
+
+  it("refuses content that no longer matches the pin when the object must be fetched again", async () => {
+    const srv = await serve({ "/p": { body: "pinned" } });
+    const ws = workspace([{ url: `${srv.url}/p`, path: "p.txt" }]);
+    await run(ws);
+    srv.route("/p", { body: "drifted" });
+    // A fresh clone: the lock is committed, the store is empty.
+    fs.rmSync(path.join(root, ".kaos"), { recursive: true });
+    const error = await runFailing(ws);
+    expect(error.message).toContain(`the content changed since it was pinned in ${lockPathFor(ws.manifest)}`);
+    expect(error.message).toContain("run kaos up --refresh to accept the new content");
+    expect(readLock(ws.manifest)?.entries["p.txt"]?.sha256).toBe(sha256("pinned"));
+  });
+
+  it("reports progress up to every file and byte", async () => {
+    const srv = await serve({ "/x": { generated: { size: 300_000, seed: 1 } }, "/y": { body: "tiny" } });
+    const ws = workspace([
+      { url: `${srv.url}/x`, path: "x.bin", size: 300_000 },
+      { url: `${srv.url}/y`, path: "y.bin" },
+    ]);
+    const seen: IngestProgress[] = [];
+    await run(ws, { onProgress: (p) => seen.push({ ...p }) });
+    const last = seen.at(-1);
+    expect(last).toMatchObject({ filesDone: 2, filesTotal: 2, bytesDone: 300_004, bytesTotal: 300_004 });
+    expect(seen.every((p, i) => i === 0 || p.filesDone >= (seen[i - 1]?.filesDone ?? 0))).toBe(true);
+    expect(formatIngestProgress({ filesDone: 412, filesTotal: 1000, bytesDone: 412e6, bytesTotal: 1e9, rateBytesPerSec: 350.2e6, etaSec: 1.7 })).toBe(
+      "412/1000 files  412.0 MB / 1.0 GB  350.2 MB/s  ETA 2s",
+    );
+  });
+
+  it("stops on abort, leaving no data directory", async () => {
+    const srv = await serve({ "/slow": { generated: { size: 1 << 20 }, chunkSize: 16384, chunkDelayMs: 50, etag: '"s"' } });
+    const ws = workspace([{ url: `${srv.url}/slow`, path: "slow.bin" }]);
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error("stopped by test")), 300);
+    await expect(run(ws, { signal: controller.signal })).rejects.toThrow("stopped by test");
+    expect(fs.existsSync(ws.dataDir)).toBe(false);
+    expect(fs.readdirSync(path.dirname(ws.dataDir))).toEqual([]);
+  });
+
+  it("fetches nothing when a manifest line tries to escape the data directory", async () => {
+    const srv = await serve({ "/a": { body: "a" } });
+    const ws = workspace([
+      { url: `${srv.url}/a`, path: "a.txt" },
+      { url: `${srv.url}/a`, path: "a/../../escape.txt" },
+    ]);
+    expect(() => readManifest(ws.manifest)).toThrow(`${ws.manifest}:2: unsafe path "a/../../escape.txt" (has a '..' segment)`);
+    expect(srv.requests).toHaveLength(0);
+    expect(fs.existsSync(path.join(root, "escape.txt"))).toBe(false);
+  });
+
+  it("keeps memory flat while a 200 MB file streams in (measured in a child process)", async () => {
+    const size = 200 * 1024 * 1024;
+    const srv = await serve({ "/huge": { generated: { size, seed: 11 }, chunkSize: 256 * 1024 } });
+    const ws = workspace([{ url: `${srv.url}/huge`, path: "huge.bin", size, sha256: sha256OfGenerated(size, 11) }]);
+    const script = path.join(root, "child.ts");
+    fs.writeFileSync(
+      script,
+      `import { ingest } from ${JSON.stringify(path.join(repoRoot, "src/ingest.js"))};
+import { readManifest } from ${JSON.stringify(path.join(repoRoot, "src/manifest.js"))};
+import { ObjectStore } from ${JSON.stringify(path.join(repoRoot, "src/objects.js"))};
+const [manifest, objects, dataDir] = process.argv.slice(2);
+globalThis.gc?.();
+const before = process.memoryUsage().rss;
+const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objects), dataDir });
+const peak = process.resourceUsage().maxRSS * 1024;
+console.log(JSON.stringify({ before, peak, bytes: result.bytesDownloaded }));
+`,
+    );
+    const output = await new Promise<string>((resolve, reject) => {
+      const child = spawn(process.execPath, ["--expose-gc", "--import", "jiti/register", script, ws.manifest, ws.objects.dir, ws.dataDir], {
+        cwd: repoRoot,
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      let stdout = "";
+      child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+      child.on("error", reject);
+      child.on("close", (code) => (code === 0 ? resolve(stdout) : reject(new Error(`child exited with ${code}`))));
+    });
+    const { before, peak, bytes } = JSON.parse(output.trim().split("\n").at(-1) ?? "{}") as { before: number; peak: number; bytes: number };
+    expect(bytes).toBe(size);
+    expect(peak - before).toBeLessThan(100 * 1024 * 1024);
+    expect(fs.statSync(path.join(ws.dataDir, "huge.bin")).size).toBe(size);
+    // The helper's generated content is what the test expects it to be.
+    expect(fs.readFileSync(path.join(ws.dataDir, "huge.bin")).subarray(5 << 20, (5 << 20) + 64)).toEqual(generatedBytes(11, 5 << 20, (5 << 20) + 64));
+  });
+});
