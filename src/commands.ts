@@ -1,45 +1,457 @@
 /**
- * The commands behind the CLI: each one loads what it needs and hands over
- * to the shared flow.
+ * The commands behind the CLI: each one loads what it needs and hands over to
+ * the shared flow in engine.ts. Exit statuses: 0 success, 1 any failure, 2 for
+ * `plan --detailed-exitcode` with changes pending.
  */
+import { cpSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
-import { KaosError } from "./errors.js";
+import { loadConfig, loadStack, parseMemory, resolveConfig } from "./config.js";
+import { KaosError, describeError } from "./errors.js";
+import { apply, loadProject, openSession, plan as planSession, type ApplyResult } from "./engine.js";
+import { colors, formatDuration, isInteractive, printJson, table } from "./output.js";
+import { formatPlan, planJson } from "./plan.js";
+import { createReporter, paramsText } from "./progress.js";
+import { StateStore, type JobRecord } from "./state.js";
+import { jobPaths } from "./backends/local/index.js";
+import type { ResolvedConfig, ResolvedStack } from "./types.js";
 
 interface Common {
   config?: string;
 }
 
-function pending(command: string): never {
-  throw new KaosError("NOT_SUPPORTED", `\`kaos ${command}\` is not available in this build`);
+const EXIT_OK = 0;
+const EXIT_FAILURE = 1;
+const EXIT_CHANGES = 2;
+
+function isCluster(stack: ResolvedStack): boolean {
+  return stack.config.backend === "kubernetes";
 }
 
-export async function upCommand(_options: Common & { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }): Promise<number> {
-  return pending("up");
+/** Ctrl-C (and SIGTERM) cancel the run cleanly; a second Ctrl-C exits at once. */
+function interruptSignal(): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  let count = 0;
+  const onSignal = (name: NodeJS.Signals) => {
+    count += 1;
+    if (count > 1) process.exit(130);
+    process.stderr.write(`\n${name === "SIGINT" ? "interrupted" : "terminated"}: stopping running jobs (press Ctrl-C again to exit at once)\n`);
+    controller.abort(new KaosError("JOBS_FAILED", "interrupted"));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    },
+  };
 }
-export async function planCommand(_options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
-  return pending("plan");
+
+function upJson(outcome: ApplyResult, stack: string) {
+  return {
+    stack,
+    runId: outcome.runId,
+    succeeded: outcome.result.succeeded,
+    cancelled: outcome.result.cancelled,
+    pipelines: outcome.result.pipelines,
+  };
 }
-export async function watchCommand(_options: Common & { stack?: string }): Promise<number> {
-  return pending("watch");
+
+function summarize(outcome: ApplyResult): string {
+  const jobs = outcome.result.pipelines.flatMap((p) => p.jobs);
+  const ran = jobs.filter((job) => !job.reused);
+  const count = (state: string) => ran.filter((job) => job.state === state).length;
+  const reused = jobs.length - ran.length;
+  const failedStages = outcome.result.pipelines.flatMap((p) =>
+    Object.entries(p.stages)
+      .filter(([, stage]) => stage.state === "failed")
+      .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${stage.reason ?? "failed"}`),
+  );
+  const lines = [
+    `run ${outcome.runId}: ${count("succeeded")} succeeded, ${count("failed")} failed, ${count("cancelled")} cancelled, ${reused} reused`,
+    ...failedStages.map((line) => `failed: ${line}`),
+  ];
+  return lines.join("\n");
 }
-export async function deployCommand(_options: Common & DeployCliOptions): Promise<number> {
-  return pending("train deploy");
+
+/** Runs a plan to completion with progress, and prints its result. */
+async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: { force?: boolean; refresh?: boolean; json?: boolean; command: string }): Promise<number> {
+  const session = openSession(config, stack);
+  const interrupt = interruptSignal();
+  const reporter = createReporter({ json: options.json, interactive: isInteractive(process.stderr) });
+  try {
+    const outcome = await apply(session, {
+      command: options.command,
+      reporter,
+      signal: interrupt.signal,
+      force: options.force,
+      refresh: options.refresh,
+      onPlan: (plan) => {
+        if (!options.json && !plan.changes) reporter.event({ kind: "note", message: "nothing to do: every stage and job is up to date" });
+      },
+    });
+    reporter.close();
+    if (options.json) printJson(upJson(outcome, stack.name));
+    else process.stderr.write(`${summarize(outcome)}\n`);
+    return outcome.result.succeeded ? EXIT_OK : EXIT_FAILURE;
+  } finally {
+    reporter.close();
+    interrupt.dispose();
+    session.close();
+  }
 }
-export async function listCommand(_options: Common & { stack?: string; json?: boolean; limit?: number }): Promise<number> {
-  return pending("train list");
+
+export async function upCommand(options: Common & { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }): Promise<number> {
+  const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
+  if (isCluster(stack)) {
+    const { clusterUp } = await import("./cluster.js");
+    return clusterUp(config, stack, options);
+  }
+  return runApply(config, stack, { ...options, command: "up" });
 }
-export async function logsCommand(_options: Common & { job: string; follow?: boolean }): Promise<number> {
-  return pending("train logs");
+
+export async function planCommand(options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
+  const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
+  if (isCluster(stack)) {
+    const { clusterPlan } = await import("./cluster.js");
+    return clusterPlan(config, stack, options);
+  }
+  const session = openSession(config, stack);
+  try {
+    const current = await planSession(session, { refresh: options.refresh });
+    session.backend.checkResources(current);
+    if (options.json) printJson(planJson(current));
+    else process.stdout.write(`${formatPlan(current, colors())}\n`);
+    return options.detailedExitcode && current.changes ? EXIT_CHANGES : EXIT_OK;
+  } finally {
+    session.close();
+  }
 }
-export async function infoCommand(_options: Common & { job: string; sort?: string; json?: boolean }): Promise<number> {
-  return pending("train info");
+
+export async function watchCommand(options: Common & { stack?: string; debounce?: number; onChange?: "restart" | "queue"; poll?: boolean; pollInterval?: number; force?: boolean }): Promise<number> {
+  const { watch } = await import("./watch.js");
+  return watch({ cwd: process.cwd(), configPath: options.config, stackName: options.stack, ...options });
 }
-export async function getCommand(_options: Common & { job: string; out?: string }): Promise<number> {
-  return pending("train get");
+
+/** `train deploy`: the same engine with a config made from flags, state in ./.kaos. */
+export async function deployCommand(options: Common & DeployCliOptions): Promise<number> {
+  if (options.data !== undefined && options.manifest !== undefined) {
+    throw new KaosError("USAGE", "-d/--data and -m/--manifest are exclusive: give one of them");
+  }
+  if (options.data === undefined && options.manifest === undefined) {
+    throw new KaosError("USAGE", "expected -d/--data DIR or -m/--manifest PATH");
+  }
+  if (options.memory !== undefined && parseMemory(options.memory) === undefined) {
+    throw new KaosError("USAGE", `--memory ${options.memory}: expected a size with an SI or binary suffix such as 512M or 2Gi`);
+  }
+  const cwd = process.cwd();
+  const virtualFile = join(cwd, "kaos.config.ts");
+  const value = {
+    workspace: basename(cwd).replace(/[^A-Za-z0-9_-]/g, "-").replace(/^[^A-Za-z0-9]+/, "") || "kaos",
+    pipelines: {
+      [options.name]: {
+        source: resolve(cwd, options.source),
+        ...(options.data !== undefined ? { data: resolve(cwd, options.data) } : {}),
+        ...(options.manifest !== undefined ? { manifest: resolve(cwd, options.manifest) } : {}),
+        ...(options.hyperparams !== undefined ? { hyperparams: resolve(cwd, options.hyperparams) } : {}),
+        resources: {
+          ...(options.cpu !== undefined ? { cpu: options.cpu } : {}),
+          ...(options.memory !== undefined ? { memory: options.memory } : {}),
+          ...(options.gpu !== undefined ? { gpu: options.gpu } : {}),
+        },
+        ...(options.parallelism !== undefined ? { parallelism: options.parallelism } : {}),
+      },
+    },
+  };
+  let config: ResolvedConfig;
+  try {
+    config = resolveConfig(value, virtualFile);
+  } catch (error) {
+    // Name the flags, not a config file the user never wrote.
+    const message = describeError(error)
+      .replaceAll(`${virtualFile}: `, "")
+      .replaceAll(`pipelines.${options.name}.source`, "-s/--source")
+      .replaceAll(`pipelines.${options.name}.data`, "-d/--data")
+      .replaceAll(`pipelines.${options.name}.manifest`, "-m/--manifest")
+      .replaceAll(`pipelines.${options.name}.hyperparams`, "-h/--hyperparams")
+      .replaceAll(`pipelines.${options.name}.resources.`, "--")
+      .replaceAll(`pipelines.${options.name}.parallelism`, "-p/--parallelism")
+      .replace("invalid config\n", "invalid flags\n");
+    throw new KaosError("USAGE", message);
+  }
+  const stack = await loadStack(config, undefined);
+  return runApply(config, stack, { force: options.force, json: options.json, command: "train deploy" });
 }
-export async function killCommand(_options: Common & { job: string }): Promise<number> {
-  return pending("train kill");
+
+/** The project's state store for reading, or undefined when there is no config. */
+async function readState(options: Common): Promise<{ config: ResolvedConfig; state: StateStore }> {
+  const config = await loadConfig({ cwd: process.cwd(), configPath: options.config }).catch(async (error: unknown) => {
+    // `train deploy` projects have no config file: their state sits in ./.kaos.
+    if (error instanceof KaosError && error.code === "CONFIG_NOT_FOUND" && options.config === undefined && existsSync(join(process.cwd(), ".kaos"))) {
+      return { file: join(process.cwd(), "kaos.config.ts"), root: process.cwd(), workspace: "kaos", pipelines: [], watch: { debounceMs: 200, onChange: "restart" as const } };
+    }
+    throw error;
+  });
+  return { config, state: StateStore.open(config.root, { readonly: true }) };
 }
-export async function renderCommand(_options: Common & { stack: string; out: string }): Promise<number> {
-  return pending("render");
+
+function duration(job: JobRecord): string {
+  if (!job.startedAt) return "";
+  const end = job.finishedAt ? Date.parse(job.finishedAt) : Date.now();
+  return formatDuration(end - Date.parse(job.startedAt));
 }
+
+function listJson(job: JobRecord) {
+  return {
+    id: job.id,
+    pipeline: job.pipeline,
+    stage: job.stage,
+    state: job.state,
+    params: job.params,
+    startedAt: job.startedAt,
+    finishedAt: job.finishedAt,
+    exitCode: job.exitCode,
+  };
+}
+
+export async function listCommand(options: Common & { stack?: string; json?: boolean; limit?: number }): Promise<number> {
+  if (options.stack !== undefined) {
+    const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
+    if (isCluster(stack)) {
+      const { clusterList } = await import("./cluster.js");
+      return clusterList(config, stack, options);
+    }
+  }
+  const { state } = await readState(options);
+  try {
+    const jobs = state.listJobs({ ...(options.stack ? { stack: options.stack } : {}), ...(options.limit ? { limit: options.limit } : {}) });
+    if (options.json) {
+      printJson(jobs.map(listJson));
+      return EXIT_OK;
+    }
+    if (jobs.length === 0) {
+      process.stdout.write("no jobs yet: run `kaos up`\n");
+      return EXIT_OK;
+    }
+    const c = colors();
+    const paint = (s: string) => (s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s));
+    const rows = jobs.map((job) => [
+      job.id,
+      job.pipeline,
+      job.stage,
+      paint(job.state),
+      job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
+      job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
+      duration(job),
+      paramsText(job.params),
+    ]);
+    process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", "PARAMS"], ...rows])}\n`);
+    return EXIT_OK;
+  } finally {
+    state.close();
+  }
+}
+
+function logFileOf(root: string, job: JobRecord): string {
+  return job.logFile ?? jobPaths(join(root, ".kaos"), job.id).log;
+}
+
+export async function logsCommand(options: Common & { job: string; follow?: boolean; stack?: string }): Promise<number> {
+  if (options.stack !== undefined) {
+    const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
+    if (isCluster(stack)) {
+      const { clusterLogs } = await import("./cluster.js");
+      return clusterLogs(config, stack, options);
+    }
+  }
+  const { config, state } = await readState(options);
+  try {
+    const job = state.resolveJob(options.job);
+    const file = logFileOf(config.root, job);
+    let offset = 0;
+    const printNew = async () => {
+      if (!existsSync(file)) return;
+      const size = statSync(file).size;
+      if (size <= offset) return;
+      await new Promise<void>((done, fail) => {
+        const stream = createReadStream(file, { start: offset, end: size - 1 });
+        stream.on("error", fail);
+        stream.on("end", () => done());
+        stream.pipe(process.stdout, { end: false });
+      });
+      offset = size;
+    };
+    await printNew();
+    if (!options.follow) {
+      if (!existsSync(file)) process.stderr.write(`job ${job.id} has no log yet (${job.state})\n`);
+      return EXIT_OK;
+    }
+    for (;;) {
+      const current = state.getJob(job.id);
+      await printNew();
+      if (!current || (current.state !== "running" && current.state !== "queued")) break;
+      await new Promise((done) => setTimeout(done, 200));
+    }
+    await printNew();
+    return EXIT_OK;
+  } finally {
+    state.close();
+  }
+}
+
+/** Every metric of a job: the JSON objects under OUT/metrics/, flattened to numbers and strings. */
+function readMetrics(outDir: string): Record<string, unknown> {
+  const metrics: Record<string, unknown> = {};
+  const dir = join(outDir, "metrics");
+  let files: string[] = [];
+  try {
+    files = readdirSync(dir).filter((name) => name.endsWith(".json")).sort();
+  } catch {
+    return metrics;
+  }
+  for (const file of files) {
+    try {
+      const value = JSON.parse(readFileSync(join(dir, file), "utf8")) as unknown;
+      if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+        for (const [key, item] of Object.entries(value)) if (typeof item !== "object" || item === null) metrics[key] = item;
+      }
+    } catch {
+      metrics[`${file}`] = "unreadable";
+    }
+  }
+  return metrics;
+}
+
+export async function infoCommand(options: Common & { job: string; sort?: string; json?: boolean }): Promise<number> {
+  const { config, state } = await readState(options);
+  try {
+    const job = state.resolveJob(options.job);
+    const stateDir = join(config.root, ".kaos");
+    const outDir = job.outputDir ?? jobPaths(stateDir, job.id).out;
+    const metrics = readMetrics(outDir);
+    const sweep = job.stage === "train" ? state.sweepMembers(job.runId, job.pipeline).filter((member) => member.stage === "train") : [];
+    const members = sweep.map((member) => ({ job: member, metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out) }));
+    if (options.sort !== undefined) {
+      const metric = options.sort;
+      if (members.length > 0 && !members.some((member) => typeof member.metrics[metric] === "number")) {
+        const known = [...new Set(members.flatMap((member) => Object.keys(member.metrics)))].sort();
+        throw new KaosError("USAGE", `-s ${metric}: no job of this sweep has a numeric metric "${metric}"; expected one of: ${known.join(", ") || "(none recorded)"}`);
+      }
+      members.sort((a, b) => {
+        const x = a.metrics[metric];
+        const y = b.metrics[metric];
+        if (typeof x !== "number") return 1;
+        if (typeof y !== "number") return -1;
+        return y - x;
+      });
+    }
+    if (options.json) {
+      printJson({
+        ...listJson(job),
+        keys: { env: job.envKey, source: job.sourceKey, data: job.dataKey, params: job.paramsKey, job: job.key },
+        reason: job.reason,
+        metrics,
+        outputDir: outDir,
+        sweep: members.map((member) => ({ id: member.job.id, state: member.job.state, params: member.job.params, metrics: member.metrics })),
+      });
+      return EXIT_OK;
+    }
+    const c = colors();
+    const lines = [
+      `${c.bold(`job ${job.id}`)}  ${job.pipeline} ${job.stage}  ${job.state}${job.reason ? ` (${job.reason})` : ""}`,
+      `started   ${job.startedAt ?? "-"}    finished ${job.finishedAt ?? "-"}    duration ${duration(job) || "-"}    exit code ${job.exitCode ?? "-"}`,
+      "",
+      c.bold("inputs"),
+      `  env     ${job.envKey ?? "-"}`,
+      `  source  ${job.sourceKey ?? "-"}`,
+      `  data    ${job.dataKey ?? "-"}`,
+      `  params  ${job.paramsKey ?? "-"}  ${paramsText(job.params) || "{}"}`,
+      `  job key ${job.key}`,
+      "",
+      c.bold("metrics"),
+      ...(Object.keys(metrics).length === 0 ? ["  (none: the job wrote no OUT/metrics/*.json)"] : Object.entries(metrics).map(([key, value]) => `  ${key}  ${String(value)}`)),
+      "",
+      `outputs   ${outDir}`,
+    ];
+    if (members.length > 1) {
+      const metricNames = [...new Set(members.flatMap((member) => Object.keys(member.metrics)))].filter((name) => members.some((m) => typeof m.metrics[name] === "number")).sort();
+      const shown = options.sort ? [options.sort, ...metricNames.filter((name) => name !== options.sort)] : metricNames;
+      lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${options.sort}` : ""})`));
+      lines.push(
+        table([
+          ["ID", "STATE", ...shown, "PARAMS"],
+          ...members.map((member) => [
+            member.job.id === job.id ? c.bold(member.job.id) : member.job.id,
+            member.job.state,
+            ...shown.map((name) => (typeof member.metrics[name] === "number" ? String(member.metrics[name]) : "-")),
+            paramsText(member.job.params),
+          ]),
+        ]).replace(/^/gm, "  "),
+      );
+    }
+    process.stdout.write(`${lines.join("\n")}\n`);
+    return EXIT_OK;
+  } finally {
+    state.close();
+  }
+}
+
+export async function getCommand(options: Common & { job: string; out?: string; code?: boolean; params?: boolean }): Promise<number> {
+  const { config, state } = await readState(options);
+  try {
+    const job = state.resolveJob(options.job);
+    const paths = jobPaths(join(config.root, ".kaos"), job.id);
+    const outDir = job.outputDir ?? paths.out;
+    if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);
+    if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
+    const destination = resolve(options.out ?? job.id);
+    if (existsSync(destination) && readdirSync(destination).length > 0) {
+      throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, { hint: "pass -o DIR" });
+    }
+    mkdirSync(destination, { recursive: true });
+    cpSync(outDir, join(destination, "out"), { recursive: true });
+    if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: (source) => !source.endsWith(".kaos-complete") });
+    if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
+    process.stdout.write(`copied job ${job.id} to ${destination}\n`);
+    return EXIT_OK;
+  } finally {
+    state.close();
+  }
+}
+
+export async function killCommand(options: Common & { job: string }): Promise<number> {
+  const { config } = await readState(options);
+  const state = StateStore.open(config.root);
+  try {
+    const job = state.resolveJob(options.job);
+    if (job.state !== "running" && job.state !== "queued") {
+      throw new KaosError("USAGE", `job ${job.id} is ${job.state}; only a queued or running job can be killed`);
+    }
+    // Record first, then signal: the runner sees the job already ended and keeps this result.
+    state.finishJob(job.id, { state: "cancelled", exitCode: null, reason: "cancelled by kaos train kill" });
+    if (job.pid !== null && job.pid !== process.pid && job.stage === "train") {
+      const { killGroup, groupAlive } = await import("./backends/local/process.js");
+      killGroup(job.pid, "SIGTERM");
+      const deadline = Date.now() + 5000;
+      while (groupAlive(job.pid) && Date.now() < deadline) await new Promise((done) => setTimeout(done, 100));
+      if (groupAlive(job.pid)) killGroup(job.pid, "SIGKILL");
+    }
+    process.stdout.write(`cancelled job ${job.id}\n`);
+    return EXIT_OK;
+  } finally {
+    state.close();
+  }
+}
+
+export async function renderCommand(options: Common & { stack: string; out: string }): Promise<number> {
+  const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
+  if (!isCluster(stack)) {
+    throw new KaosError("USAGE", `--stack ${options.stack}: stack uses the ${stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`);
+  }
+  const { clusterRender } = await import("./cluster.js");
+  return clusterRender(config, stack, options);
+}
+
+export { EXIT_FAILURE };

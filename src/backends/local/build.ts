@@ -1,0 +1,154 @@
+/**
+ * The Build stage on this machine: a Python virtual environment per env key
+ * under `.kaos/envs/`, made in a temporary directory and renamed into place
+ * only when complete, so a failed or killed build never leaves an environment
+ * that a later run trusts.
+ */
+import { execFile } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { KaosError } from "../../errors.js";
+import type { PythonRuntime } from "./python.js";
+import { spawnLogged, type RunningProcess } from "./process.js";
+
+const COMPLETE_MARKER = ".kaos-complete";
+
+export function environmentPath(envsDir: string, envKey: string): string {
+  return join(envsDir, envKey);
+}
+
+export function environmentReady(envsDir: string, envKey: string): boolean {
+  return existsSync(join(environmentPath(envsDir, envKey), COMPLETE_MARKER));
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Removes half-built environments whose builder is gone (crash, SIGKILL). */
+export function removeAbandonedBuilds(envsDir: string): void {
+  let entries: string[];
+  try {
+    entries = readdirSync(envsDir);
+  } catch {
+    return;
+  }
+  for (const entry of entries) {
+    const match = /^\.building-(\d+)-/.exec(entry);
+    if (match && !isAlive(Number(match[1]))) rmSync(join(envsDir, entry), { recursive: true, force: true });
+  }
+}
+
+/**
+ * Virtual environments write their own path into scripts and activation
+ * files; after the rename they must name the final place.
+ */
+function relocate(binDir: string, from: string, to: string): void {
+  for (const entry of readdirSync(binDir)) {
+    const file = join(binDir, entry);
+    try {
+      const stat = statSync(file);
+      if (!stat.isFile() || stat.size > 1 << 20) continue;
+      const text = readFileSync(file);
+      if (text.includes(0)) continue;
+      const content = text.toString("utf8");
+      if (content.includes(from)) writeFileSync(file, content.split(from).join(to));
+    } catch {
+      // a dangling link or unreadable file is left as it is
+    }
+  }
+}
+
+function hasPip(python: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile(python, ["-m", "pip", "--version"], { timeout: 30_000 }, (error) => resolve(error === null));
+  });
+}
+
+export interface BuildOptions {
+  envsDir: string;
+  envKey: string;
+  python: PythonRuntime;
+  /** The model/ directory of the source snapshot: requirements.txt and its relative references. */
+  modelDir: string;
+  logFile: string;
+  env: NodeJS.ProcessEnv;
+  /** Called with each step's process, so that a cancel can stop it. */
+  onProcess?: (process: RunningProcess | undefined) => void;
+  isCancelled?: () => boolean;
+}
+
+/** Builds the environment of `envKey` unless it exists; returns its path. */
+export async function buildEnvironment(options: BuildOptions): Promise<string> {
+  const final = environmentPath(options.envsDir, options.envKey);
+  if (environmentReady(options.envsDir, options.envKey)) return final;
+  mkdirSync(options.envsDir, { recursive: true });
+  removeAbandonedBuilds(options.envsDir);
+  const building = join(options.envsDir, `.building-${process.pid}-${options.envKey.slice(0, 12)}-${Date.now()}`);
+  const requirements = join(options.modelDir, "requirements.txt");
+  const needsInstall = readFileSync(requirements, "utf8")
+    .split("\n")
+    .some((line) => line.trim() !== "" && !line.trim().startsWith("#"));
+  const log = (line: string) => writeFileSync(options.logFile, `${new Date().toISOString()} kaos   | ${line}\n`, { flag: "a" });
+
+  const step = async (command: string, args: string[]) => {
+    if (options.isCancelled?.()) throw new KaosError("BUILD_FAILED", "build cancelled");
+    log(`$ ${[command, ...args].join(" ")}`);
+    const running = spawnLogged({ command, args, cwd: options.modelDir, env: options.env, logFile: options.logFile });
+    options.onProcess?.(running);
+    const result = await running.done;
+    options.onProcess?.(undefined);
+    if (result.exitCode !== 0) {
+      throw new KaosError(
+        "BUILD_FAILED",
+        `${result.reason ?? `\`${[command, ...args].join(" ")}\` exited with ${result.exitCode ?? result.signal}`}`,
+        { hint: `see the build log: ${options.logFile}` },
+      );
+    }
+  };
+
+  try {
+    const python = options.python;
+    if (python.note) log(python.note);
+    log(`building environment ${options.envKey.slice(0, 12)} with Python ${python.version} (${python.path})${python.uv ? " and uv" : ""}`);
+    if (python.uv) {
+      await step(python.uv, ["venv", "--quiet", "--python", python.path, building]);
+      if (needsInstall) await step(python.uv, ["pip", "install", "--python", join(building, "bin", "python"), "-r", requirements]);
+    } else if (needsInstall && !(await hasPip(python.path))) {
+      // No pip beside the interpreter (Debian's python3 without python3-pip): let venv bring its own.
+      await step(python.path, ["-m", "venv", building]);
+      await step(join(building, "bin", "python"), ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-r", requirements]);
+    } else {
+      // Without pip inside the environment the venv is made in a fraction of the time;
+      // the interpreter's own pip installs into it.
+      await step(python.path, ["-m", "venv", "--without-pip", building]);
+      if (needsInstall) {
+        await step(python.path, [
+          "-m",
+          "pip",
+          "--python",
+          join(building, "bin", "python"),
+          "install",
+          "--disable-pip-version-check",
+          "--no-input",
+          "-r",
+          requirements,
+        ]);
+      }
+    }
+    relocate(join(building, "bin"), building, final);
+    writeFileSync(join(building, COMPLETE_MARKER), `${new Date().toISOString()}\n`);
+    rmSync(final, { recursive: true, force: true });
+    renameSync(building, final);
+    log(`environment ready: ${final}`);
+    return final;
+  } catch (error) {
+    rmSync(building, { recursive: true, force: true });
+    throw error;
+  }
+}

@@ -1,0 +1,470 @@
+/**
+ * The local backend: runs a plan on this machine. Per pipeline, Ingest (for a
+ * manifest), then Build (a virtual environment per env key), then Train (one
+ * job per hyperparameter combination, admitted by parallelism, cores, memory
+ * and GPUs). Every job is recorded in the state store as it changes, and
+ * trains on a snapshot of exactly the trees the plan hashed.
+ */
+import { execFileSync } from "node:child_process";
+import { setMaxListeners } from "node:events";
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, totalmem } from "node:os";
+import { delimiter, join } from "node:path";
+import { parseMemory } from "../../config.js";
+import { KaosError, describeError } from "../../errors.js";
+import { canonicalJson } from "../../hyperparams.js";
+import { ingest } from "../../ingest.js";
+import { ObjectStore } from "../../objects.js";
+import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
+import type { Reporter } from "../../progress.js";
+import { materializeTree, saveTreeListing, storeTree } from "../../snapshot.js";
+import type { JobRecord, StateStore } from "../../state.js";
+import type { ResolvedConfig, ResolvedStack } from "../../types.js";
+import type { SourceBundle } from "../../bundle.js";
+import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
+import { resolvePython } from "./python.js";
+import { spawnLogged, type RunningProcess } from "./process.js";
+import { ResourcePool, type Capacity } from "./scheduler.js";
+
+/** Where a job keeps its files under `.kaos/jobs/<id>/`. */
+export function jobPaths(stateDir: string, jobId: string) {
+  const dir = join(stateDir, "jobs", jobId);
+  return { dir, out: join(dir, "out"), log: join(dir, "log"), params: join(dir, "params.json"), source: join(dir, "source") };
+}
+
+/** GPUs this machine has, from nvidia-smi; none when it is missing. */
+export function detectGpus(): number[] {
+  if (process.env.KAOS_GPUS !== undefined) {
+    return process.env.KAOS_GPUS.split(",").filter(Boolean).map(Number).filter(Number.isInteger);
+  }
+  try {
+    const output = execFileSync("nvidia-smi", ["--query-gpu=index", "--format=csv,noheader"], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "ignore"] });
+    return output
+      .split("\n")
+      .filter((line) => line.trim() !== "")
+      .map((line) => Number(line.trim()))
+      .filter((n) => Number.isInteger(n) && n >= 0);
+  } catch {
+    return [];
+  }
+}
+
+export interface ExecuteOptions {
+  plan: Plan;
+  runId: string;
+  reporter: Reporter;
+  signal: AbortSignal;
+  refresh?: boolean;
+}
+
+export interface PipelineOutcome {
+  name: string;
+  stages: Partial<Record<"ingest" | "build" | "train", { action: "run" | "skip"; state: "succeeded" | "failed" | "cancelled" | "skipped"; jobId?: string; reason?: string }>>;
+  jobs: { id: string | null; key: string | null; params: Record<string, unknown>; state: string; exitCode: number | null; reused: boolean; reason: string | null }[];
+}
+
+export interface ExecuteResult {
+  succeeded: boolean;
+  cancelled: boolean;
+  pipelines: PipelineOutcome[];
+}
+
+export class LocalBackend implements PlanOracle {
+  readonly stateDir: string;
+  readonly envsDir: string;
+  readonly objects: ObjectStore;
+  private readonly running = new Map<string, { process: RunningProcess | undefined; job: JobRecord; cancel: (reason: string) => void }>();
+  private capacityCache: Capacity | undefined;
+
+  constructor(
+    readonly config: ResolvedConfig,
+    readonly stack: ResolvedStack,
+    readonly state: StateStore,
+  ) {
+    this.stateDir = join(config.root, ".kaos");
+    this.envsDir = join(this.stateDir, "envs");
+    this.objects = new ObjectStore(join(this.stateDir, "objects"));
+  }
+
+  async runtime(bundle: SourceBundle): Promise<string> {
+    const python = await resolvePython(bundle.pythonVersion);
+    return `local python ${python.version} ${process.platform}-${process.arch}`;
+  }
+
+  environmentReady(envKey: string): boolean {
+    return environmentReady(this.envsDir, envKey);
+  }
+
+  succeededJob(jobKey: string): JobRecord | undefined {
+    const job = this.state.latestSucceeded("train", jobKey);
+    if (job === undefined) return undefined;
+    return existsSync(jobPaths(this.stateDir, job.id).out) ? job : undefined;
+  }
+
+  capacity(): Capacity {
+    if (!this.capacityCache) {
+      const stack = this.stack.config.backend === "local" ? this.stack.config : { maxCpu: undefined, maxMemory: undefined };
+      this.capacityCache = {
+        cpu: stack.maxCpu ?? availableParallelism(),
+        memoryBytes: stack.maxMemory ? (parseMemory(stack.maxMemory) ?? totalmem()) : totalmem(),
+        gpus: detectGpus(),
+      };
+    }
+    return this.capacityCache;
+  }
+
+  /** Refuses, before anything runs, a job that asks for more than this machine has. */
+  checkResources(plan: Plan): void {
+    const pool = new ResourcePool(this.capacity());
+    const problems: string[] = [];
+    for (const p of plan.pipelines) {
+      if (!p.jobs.some((job) => job.action === "run")) continue;
+      const { resources, name } = p.pipeline;
+      const why = pool.unsatisfiable({ cpu: resources.cpu, memoryBytes: resources.memoryBytes ?? 0, gpu: resources.gpu });
+      if (why) problems.push(`pipelines.${name}.resources: each job ${why}`);
+    }
+    if (problems.length > 0) {
+      throw new KaosError("RESOURCES_UNSATISFIABLE", problems.join("\n"), {
+        hint: "lower the pipeline's resources, raise maxCpu/maxMemory in the stack, or use a cluster stack",
+      });
+    }
+  }
+
+  /** Cancels running and queued jobs that `select` picks (all by default). */
+  cancel(reason: string, select: (job: JobRecord) => boolean = () => true): void {
+    for (const entry of this.running.values()) if (select(entry.job)) entry.cancel(reason);
+  }
+
+  async execute(options: ExecuteOptions): Promise<ExecuteResult> {
+    this.checkResources(options.plan);
+    // Every queued and running job listens for the interrupt.
+    setMaxListeners(0, options.signal);
+    const pool = new ResourcePool(this.capacity());
+    const outcomes = await Promise.all(options.plan.pipelines.map((p) => this.executePipeline(p, pool, options)));
+    const cancelled = options.signal.aborted;
+    const succeeded =
+      !cancelled &&
+      outcomes.every((o) => Object.values(o.stages).every((s) => s.state !== "failed" && s.state !== "cancelled") && o.jobs.every((j) => j.state === "succeeded"));
+    return { succeeded, cancelled, pipelines: outcomes };
+  }
+
+  private record(reporter: Reporter, jobId: string, message?: string): JobRecord {
+    const job = this.state.getJob(jobId)!;
+    reporter.event(message === undefined ? { kind: "job", job } : { kind: "job", job, message });
+    return job;
+  }
+
+  private async executePipeline(p: PipelinePlan, pool: ResourcePool, options: ExecuteOptions): Promise<PipelineOutcome> {
+    const { reporter, signal, runId } = options;
+    const name = p.pipeline.name;
+    const outcome: PipelineOutcome = { name, stages: {}, jobs: [] };
+    const base = { runId, stack: this.stack.name, pipeline: name };
+    const anyTrain = p.jobs.some((job) => job.action === "run");
+    let dataKey = p.keys.data;
+    let dataDir: string | undefined;
+
+    // Ingest: always materialize the data when training will need it; a stage
+    // the plan skips downloads nothing and is not recorded.
+    if (p.manifest !== undefined && p.pipeline.data.kind === "manifest" && (p.stages.ingest?.action === "run" || anyTrain)) {
+      const recorded = p.stages.ingest?.action === "run";
+      const job = recorded
+        ? this.state.createJob({
+            ...base,
+            stage: "ingest",
+            key: dataKey ?? "pending",
+            params: {},
+            envKey: null,
+            sourceKey: null,
+            dataKey: dataKey ?? null,
+            paramsKey: null,
+            sweepIndex: null,
+            sweepSize: null,
+            outputDir: null,
+            logFile: null,
+          })
+        : undefined;
+      if (job) {
+        this.state.markRunning(job.id, process.pid);
+        this.record(reporter, job.id);
+      }
+      try {
+        // Each data key has a directory of its own, so running jobs never see it change;
+        // when the key is only known after the download, the data lands beside it first.
+        const known = options.refresh ? undefined : dataKey;
+        const target = join(this.stateDir, "data", known ?? `incoming-${name}`);
+        const result = await ingest({
+          entries: p.manifest.entries,
+          manifestPath: p.pipeline.data.path,
+          objects: this.objects,
+          dataDir: target,
+          refresh: options.refresh === true,
+          signal,
+          onProgress: (progress) => reporter.event({ kind: "ingest", pipeline: name, ...progress }),
+        });
+        dataKey = result.dataKey;
+        dataDir = join(this.stateDir, "data", result.dataKey);
+        if (target !== dataDir) {
+          if (existsSync(dataDir)) rmSync(target, { recursive: true, force: true });
+          else renameSync(target, dataDir);
+        }
+        if (job) {
+          this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 });
+          this.record(reporter, job.id, `${result.downloaded} downloaded, ${result.reused} reused`);
+          outcome.stages.ingest = { action: "run", state: "succeeded", jobId: job.id };
+        }
+      } catch (error) {
+        const state = signal.aborted ? "cancelled" : "failed";
+        if (job) {
+          this.state.finishJob(job.id, { state, exitCode: null, reason: describeError(error) });
+          this.record(reporter, job.id);
+        } else {
+          reporter.event({ kind: "note", message: `${name} ingest failed: ${describeError(error)}` });
+        }
+        outcome.stages.ingest = { action: "run", state, reason: describeError(error), ...(job ? { jobId: job.id } : {}) };
+        outcome.stages.build = { action: p.stages.build.action, state: "cancelled", reason: "ingest failed" };
+        outcome.stages.train = { action: p.stages.train.action, state: "cancelled", reason: "ingest failed" };
+        return outcome;
+      }
+    } else if (p.stages.ingest) {
+      reporter.event({ kind: "stage", pipeline: name, stage: "ingest", status: "skipped", reason: p.stages.ingest.reason });
+      outcome.stages.ingest = { action: "skip", state: "skipped" };
+    }
+
+    // Jobs whose key waited for the ingest: now known, and maybe already done.
+    const jobs: JobPlan[] = p.jobs.map((job) => {
+      if (job.key !== null || dataKey === undefined) return job;
+      const key = jobKeyOf({ env: p.keys.env, source: p.keys.source, data: dataKey }, job.params);
+      const reuse = this.succeededJob(key);
+      return reuse ? { ...job, key, action: "skip", reuse, reason: `identical job ${reuse.id} succeeded` } : { ...job, key };
+    });
+    const toRun = jobs.filter((job) => job.action === "run");
+
+    // Build.
+    const envKey = p.keys.env;
+    if (toRun.length > 0 || p.stages.build.action === "run") {
+      if (p.stages.build.action === "run" || !this.environmentReady(envKey)) {
+        const built = await this.runBuild(p, options);
+        outcome.stages.build = built;
+        if (built.state !== "succeeded") {
+          for (const job of jobs) outcome.jobs.push({ id: null, key: job.key, params: job.params, state: "cancelled", exitCode: null, reused: false, reason: "build failed" });
+          outcome.stages.train = { action: "run", state: "cancelled", reason: "build failed" };
+          return outcome;
+        }
+      } else {
+        reporter.event({ kind: "stage", pipeline: name, stage: "build", status: "skipped", reason: p.stages.build.reason });
+        outcome.stages.build = { action: "skip", state: "skipped" };
+      }
+    } else {
+      reporter.event({ kind: "stage", pipeline: name, stage: "build", status: "skipped", reason: p.stages.build.reason });
+      outcome.stages.build = { action: "skip", state: "skipped" };
+    }
+
+    // Train.
+    for (const job of jobs) {
+      if (job.action === "skip" && job.reuse) {
+        outcome.jobs.push({ id: job.reuse.id, key: job.key, params: job.params, state: "succeeded", exitCode: job.reuse.exitCode, reused: true, reason: job.reason });
+      }
+    }
+    if (toRun.length === 0) {
+      reporter.event({ kind: "stage", pipeline: name, stage: "train", status: "skipped", reason: `all ${jobs.length} jobs already succeeded` });
+      outcome.stages.train = { action: "skip", state: "skipped" };
+      this.recordApplied(p, dataKey ?? null);
+      return outcome;
+    }
+    if (dataDir === undefined && p.dataTree !== undefined) {
+      await storeTree(this.objects, p.dataTree, `pipelines.${name}.data`);
+      dataDir = join(this.stateDir, "snapshots", p.dataTree.hash);
+      materializeTree(this.objects, p.dataTree, dataDir, { readonlyDirs: true });
+    }
+    await storeTree(this.objects, p.sourceTree, `pipelines.${name}.source`);
+    const environment = environmentPath(this.envsDir, envKey);
+    const records = toRun.map((job) =>
+      this.state.createJob({
+        ...base,
+        stage: "train",
+        key: job.key!,
+        params: job.params,
+        envKey,
+        sourceKey: p.keys.source,
+        dataKey: dataKey ?? null,
+        paramsKey: job.paramsKey,
+        sweepIndex: job.index,
+        sweepSize: jobs.length,
+        outputDir: null,
+        logFile: null,
+      }),
+    );
+    for (const record of records) this.record(reporter, record.id);
+    const results = await Promise.all(
+      records.map((record) => this.runTrainJob(record, p, { environment, dataDir: dataDir!, pool, options })),
+    );
+    let failed = false;
+    records.forEach((record, index) => {
+      const result = results[index]!;
+      if (result.state !== "succeeded") failed = true;
+      outcome.jobs.push({ id: record.id, key: record.key, params: record.params, state: result.state, exitCode: result.exitCode, reused: false, reason: result.reason });
+    });
+    outcome.stages.train = { action: "run", state: failed ? (signal.aborted ? "cancelled" : "failed") : "succeeded" };
+    if (!failed) this.recordApplied(p, dataKey ?? null);
+    return outcome;
+  }
+
+  /** Remembers what was applied, with the trees' listings for the next plan's diff. */
+  private recordApplied(p: PipelinePlan, dataKey: string | null): void {
+    saveTreeListing(this.stateDir, p.sourceTree);
+    if (p.dataTree) saveTreeListing(this.stateDir, p.dataTree);
+    this.state.transaction(() => {
+      const applied = (this.state.getApplied(this.stack.name)?.plan ?? {}) as AppliedState;
+      applied[p.pipeline.name] = appliedOf(p, dataKey);
+      this.state.setApplied(this.stack.name, applied);
+    });
+  }
+
+  private async runBuild(p: PipelinePlan, options: ExecuteOptions): Promise<NonNullable<PipelineOutcome["stages"]["build"]>> {
+    const { reporter, signal, runId } = options;
+    const envKey = p.keys.env;
+    const job = this.state.createJob({
+      runId,
+      stack: this.stack.name,
+      pipeline: p.pipeline.name,
+      stage: "build",
+      key: envKey,
+      params: {},
+      envKey,
+      sourceKey: p.keys.source,
+      dataKey: null,
+      paramsKey: null,
+      sweepIndex: null,
+      sweepSize: null,
+      outputDir: null,
+      logFile: null,
+    });
+    const paths = jobPaths(this.stateDir, job.id);
+    mkdirSync(paths.dir, { recursive: true });
+    this.state.markRunning(job.id, process.pid);
+    this.record(reporter, job.id);
+    let cancelledReason: string | undefined;
+    let current: RunningProcess | undefined;
+    const cancel = (reason: string) => {
+      cancelledReason ??= reason;
+      current?.stop(reason);
+    };
+    const onAbort = () => cancel("cancelled: kaos was interrupted");
+    signal.addEventListener("abort", onAbort, { once: true });
+    this.running.set(job.id, { process: undefined, job, cancel });
+    try {
+      await storeTree(this.objects, p.sourceTree, `pipelines.${p.pipeline.name}.source`);
+      materializeTree(this.objects, p.sourceTree, paths.source, { copy: true });
+      const python = await resolvePython(p.bundle.pythonVersion);
+      if (python.note) reporter.event({ kind: "note", message: `${p.pipeline.name} build: ${python.note}` });
+      await buildEnvironment({
+        envsDir: this.envsDir,
+        envKey,
+        python,
+        modelDir: join(paths.source, "model"),
+        logFile: paths.log,
+        env: { ...process.env, PIP_DISABLE_PIP_VERSION_CHECK: "1" },
+        onProcess: (running) => {
+          current = running;
+          if (running && cancelledReason) running.stop(cancelledReason);
+        },
+        isCancelled: () => cancelledReason !== undefined,
+      });
+      this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 });
+      this.record(reporter, job.id);
+      return { action: "run", state: "succeeded", jobId: job.id };
+    } catch (error) {
+      const state = cancelledReason ? "cancelled" : "failed";
+      const reason = cancelledReason ?? describeError(error);
+      this.state.finishJob(job.id, { state, exitCode: null, reason });
+      this.record(reporter, job.id, state === "failed" ? `see kaos train logs ${job.id}` : undefined);
+      return { action: "run", state, jobId: job.id, reason };
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      this.running.delete(job.id);
+    }
+  }
+
+  private async runTrainJob(
+    record: JobRecord,
+    p: PipelinePlan,
+    context: { environment: string; dataDir: string; pool: ResourcePool; options: ExecuteOptions },
+  ): Promise<{ state: "succeeded" | "failed" | "cancelled"; exitCode: number | null; reason: string | null }> {
+    const { reporter, signal } = context.options;
+    const { resources, parallelism, name } = p.pipeline;
+    const paths = jobPaths(this.stateDir, record.id);
+    let cancelledReason: string | undefined;
+    let current: RunningProcess | undefined;
+    const queueAbort = new AbortController();
+    const cancel = (reason: string) => {
+      cancelledReason ??= reason;
+      queueAbort.abort(new KaosError("JOBS_FAILED", reason));
+      current?.stop(reason);
+    };
+    const onAbort = () => cancel("cancelled: kaos was interrupted");
+    if (signal.aborted) onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    this.running.set(record.id, { process: undefined, job: record, cancel });
+    const finish = (state: "succeeded" | "failed" | "cancelled", exitCode: number | null, reason: string | null) => {
+      const recorded = this.state.finishJob(record.id, { state, exitCode, reason });
+      const job = this.record(reporter, record.id, state === "failed" ? `see kaos train logs ${record.id}` : undefined);
+      // `kaos train kill` may have recorded the end first; its word stands.
+      return recorded ? { state, exitCode, reason } : { state: job.state as "succeeded" | "failed" | "cancelled", exitCode: job.exitCode, reason: job.reason };
+    };
+    let lease;
+    try {
+      lease = await context.pool.acquire(
+        { cpu: resources.cpu, memoryBytes: resources.memoryBytes ?? 0, gpu: resources.gpu, group: name, groupLimit: parallelism },
+        queueAbort.signal,
+      );
+    } catch (error) {
+      signal.removeEventListener("abort", onAbort);
+      this.running.delete(record.id);
+      return finish("cancelled", null, cancelledReason ?? describeError(error));
+    }
+    try {
+      mkdirSync(paths.out, { recursive: true });
+      materializeTree(this.objects, p.sourceTree, paths.source, { copy: true });
+      writeFileSync(paths.params, `${canonicalJson(record.params)}\n`);
+      const modelDir = join(paths.source, "model");
+      const env: NodeJS.ProcessEnv = {
+        ...process.env,
+        PATH: `${join(context.environment, "bin")}${delimiter}${process.env.PATH ?? ""}`,
+        VIRTUAL_ENV: context.environment,
+        PYTHONUNBUFFERED: "1",
+        KAOS_OUTPUT_DIR: paths.out,
+        KAOS_DATA_DIR: context.dataDir,
+        KAOS_PARAMS_FILE: paths.params,
+        KAOS_JOB_ID: record.id,
+        KAOS_PIPELINE: name,
+        CUDA_VISIBLE_DEVICES: lease.gpus.join(","),
+      };
+      delete env.PYTHONHOME;
+      if (cancelledReason) return finish("cancelled", null, cancelledReason);
+      current = spawnLogged({
+        command: join(modelDir, "train"),
+        args: [paths.out],
+        cwd: modelDir,
+        env,
+        logFile: paths.log,
+        memoryLimitBytes: resources.memoryBytes,
+        memoryLimitText: resources.memory,
+      });
+      this.running.set(record.id, { process: current, job: record, cancel });
+      this.state.markRunning(record.id, current.pid);
+      this.record(reporter, record.id);
+      const result = await current.done;
+      if (cancelledReason) return finish("cancelled", result.exitCode, cancelledReason);
+      if (result.oomKilled) return finish("failed", result.exitCode, result.reason ?? "OOMKilled");
+      if (result.exitCode === 0) return finish("succeeded", 0, null);
+      const reason = result.reason ?? (result.signal ? `killed by ${result.signal}` : `exited with code ${result.exitCode}`);
+      return finish("failed", result.exitCode, reason);
+    } catch (error) {
+      return finish(cancelledReason ? "cancelled" : "failed", null, cancelledReason ?? describeError(error));
+    } finally {
+      lease.release();
+      signal.removeEventListener("abort", onAbort);
+      this.running.delete(record.id);
+    }
+  }
+}

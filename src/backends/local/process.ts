@@ -1,0 +1,167 @@
+/**
+ * Running a job's process: its own process group (so a kill reaches every
+ * child), stdout and stderr written line by line with timestamps to the job's
+ * log, and a memory limit enforced like Kubernetes does (the whole group is
+ * killed when its resident memory goes over the limit).
+ */
+import { spawn } from "node:child_process";
+import { createWriteStream, readdirSync, readFileSync, type WriteStream } from "node:fs";
+import { formatBytes } from "../../output.js";
+
+export interface ProcessResult {
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  /** Set when kaos ended the process: out of memory, or cancelled. */
+  reason: string | undefined;
+  oomKilled: boolean;
+}
+
+export interface RunningProcess {
+  pid: number;
+  done: Promise<ProcessResult>;
+  /** Stops the whole group: SIGTERM, then SIGKILL after `graceMs`. */
+  stop(reason: string, graceMs?: number): void;
+}
+
+export interface SpawnOptions {
+  command: string;
+  args: string[];
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  logFile: string;
+  memoryLimitBytes?: number | undefined;
+  memoryLimitText?: string | undefined;
+}
+
+/** Writes `<ISO time> <stream> | <line>` for every complete line of a stream. */
+class LineLogger {
+  private pending = "";
+  constructor(
+    private readonly out: WriteStream,
+    private readonly stream: "stdout" | "stderr",
+  ) {}
+
+  write(chunk: string): void {
+    const text = this.pending + chunk;
+    const lines = text.split("\n");
+    this.pending = lines.pop() ?? "";
+    if (lines.length === 0) return;
+    const stamp = new Date().toISOString();
+    this.out.write(lines.map((line) => `${stamp} ${this.stream} | ${line}\n`).join(""));
+  }
+
+  flush(): void {
+    if (this.pending !== "") {
+      this.out.write(`${new Date().toISOString()} ${this.stream} | ${this.pending}\n`);
+      this.pending = "";
+    }
+  }
+}
+
+const PAGE_SIZE = 4096;
+
+/** Resident bytes of every process whose process group is `pgid` (Linux /proc). */
+export function groupResidentBytes(pgid: number): number {
+  let total = 0;
+  let entries: string[];
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return 0;
+  }
+  for (const entry of entries) {
+    if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      // Fields after the command name, which may itself hold spaces and parentheses.
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[2]) !== pgid) continue;
+      total += Number(fields[21]) * PAGE_SIZE;
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return total;
+}
+
+export function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export function killGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+export function spawnLogged(options: SpawnOptions): RunningProcess {
+  const log = createWriteStream(options.logFile, { flags: "a" });
+  const child = spawn(options.command, options.args, {
+    cwd: options.cwd,
+    env: options.env,
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const stdout = new LineLogger(log, "stdout");
+  const stderr = new LineLogger(log, "stderr");
+  child.stdout?.setEncoding("utf8").on("data", (chunk: string) => stdout.write(chunk));
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => stderr.write(chunk));
+  let reason: string | undefined;
+  let oomKilled = false;
+  let killTimer: NodeJS.Timeout | undefined;
+  let memoryTimer: NodeJS.Timeout | undefined;
+  const pid = child.pid ?? -1;
+
+  const stop = (why: string, graceMs = 5_000) => {
+    if (reason === undefined) reason = why;
+    killGroup(pid, "SIGTERM");
+    if (killTimer === undefined) {
+      killTimer = setTimeout(() => killGroup(pid, "SIGKILL"), graceMs);
+      killTimer.unref();
+    }
+  };
+
+  if (options.memoryLimitBytes !== undefined && pid > 0) {
+    const limit = options.memoryLimitBytes;
+    memoryTimer = setInterval(() => {
+      const used = groupResidentBytes(pid);
+      if (used > limit && !oomKilled) {
+        oomKilled = true;
+        reason = `OOMKilled: used ${formatBytes(used)}, over the memory limit of ${options.memoryLimitText ?? formatBytes(limit)}`;
+        killGroup(pid, "SIGKILL");
+      }
+    }, 100);
+    memoryTimer.unref();
+  }
+
+  const done = new Promise<ProcessResult>((resolve) => {
+    let settled = false;
+    child.on("error", (error) => {
+      reason ??= `could not start ${options.command}: ${error.message}`;
+      if (child.pid === undefined && !settled) {
+        settled = true;
+        if (memoryTimer) clearInterval(memoryTimer);
+        log.end(() => resolve({ exitCode: null, signal: null, reason, oomKilled }));
+      }
+    });
+    child.on("close", (exitCode, signal) => {
+      if (settled) return;
+      settled = true;
+      if (memoryTimer) clearInterval(memoryTimer);
+      if (killTimer) clearTimeout(killTimer);
+      // Children that outlived the script (daemons it forked) go with it.
+      killGroup(pid, "SIGKILL");
+      stdout.flush();
+      stderr.flush();
+      log.end(() => resolve({ exitCode, signal, reason, oomKilled }));
+    });
+  });
+  return { pid, done, stop };
+}

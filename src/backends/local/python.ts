@@ -1,0 +1,81 @@
+/**
+ * Which Python builds a local environment: the version a Dockerfile's
+ * `FROM python:X.Y` names when such an interpreter is on PATH, else python3.
+ */
+import { execFile } from "node:child_process";
+import { accessSync, constants } from "node:fs";
+import { delimiter, join } from "node:path";
+import { promisify } from "node:util";
+import { KaosError } from "../../errors.js";
+
+const run = promisify(execFile);
+
+export interface PythonRuntime {
+  /** Absolute path of the interpreter. */
+  path: string;
+  /** Full version, such as 3.11.7. */
+  version: string;
+  /** Set when the Dockerfile asked for a version that is not installed here. */
+  note: string | undefined;
+  /** `uv` on PATH, used to build environments when present. */
+  uv: string | undefined;
+}
+
+export function which(command: string, path = process.env.PATH ?? ""): string | undefined {
+  for (const dir of path.split(delimiter)) {
+    if (dir === "") continue;
+    const candidate = join(dir, command);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}
+
+async function versionOf(path: string): Promise<{ version: string; executable: string } | undefined> {
+  try {
+    const { stdout } = await run(path, ["-c", "import sys, platform; print(platform.python_version()); print(sys.executable)"], { timeout: 15_000 });
+    const [version, executable] = stdout.trim().split("\n");
+    return version && executable ? { version, executable } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const cache = new Map<string, Promise<PythonRuntime>>();
+
+/** Resolves the interpreter for `wanted` (X.Y from the Dockerfile), once per process. */
+export function resolvePython(wanted: string | undefined): Promise<PythonRuntime> {
+  const cacheKey = `${wanted ?? ""}|${process.env.PATH ?? ""}|${process.env.KAOS_PYTHON ?? ""}`;
+  let found = cache.get(cacheKey);
+  if (!found) {
+    found = findPython(wanted);
+    cache.set(cacheKey, found);
+  }
+  return found;
+}
+
+async function findPython(wanted: string | undefined): Promise<PythonRuntime> {
+  const uv = which("uv");
+  const override = process.env.KAOS_PYTHON;
+  const candidates = [override, wanted ? `python${wanted}` : undefined, "python3", "python"].filter((c): c is string => c !== undefined);
+  for (const candidate of candidates) {
+    const path = candidate.includes("/") ? candidate : which(candidate);
+    if (path === undefined) continue;
+    const info = await versionOf(path);
+    if (info === undefined) continue;
+    const matches = wanted === undefined || info.version === wanted || info.version.startsWith(`${wanted}.`);
+    return {
+      path: info.executable,
+      version: info.version,
+      note: matches ? undefined : `the Dockerfile asks for Python ${wanted}, which is not installed here; using Python ${info.version} (${path})`,
+      uv,
+    };
+  }
+  throw new KaosError("BUILD_FAILED", "no Python interpreter found on PATH (looked for python3 and python)", {
+    hint: "install Python 3, or point KAOS_PYTHON at an interpreter",
+  });
+}

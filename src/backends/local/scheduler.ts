@@ -1,0 +1,119 @@
+/**
+ * Admission of jobs on this machine: a job starts only when its pipeline is
+ * under its parallelism and the machine has the cores, memory and GPUs it
+ * asks for left. Waiting jobs are considered in arrival order; a smaller job
+ * may start while a larger one waits for room.
+ */
+import { KaosError } from "../../errors.js";
+import { formatBytes } from "../../output.js";
+
+export interface Capacity {
+  cpu: number;
+  memoryBytes: number;
+  /** Indexes of the GPUs kaos may hand out (CUDA_VISIBLE_DEVICES values). */
+  gpus: number[];
+}
+
+export interface Demand {
+  cpu: number;
+  memoryBytes: number;
+  gpu: number;
+  /** Jobs of one group (a pipeline) run at most `groupLimit` at once. */
+  group: string;
+  groupLimit: number;
+}
+
+export interface Lease {
+  gpus: number[];
+  release(): void;
+}
+
+interface Waiter {
+  demand: Demand;
+  grant: (lease: Lease) => void;
+  reject: (error: unknown) => void;
+}
+
+export class ResourcePool {
+  private cpuFree: number;
+  private memoryFree: number;
+  private readonly gpusFree: number[];
+  private readonly running = new Map<string, number>();
+  private readonly waiting: Waiter[] = [];
+
+  constructor(readonly capacity: Capacity) {
+    this.cpuFree = capacity.cpu;
+    this.memoryFree = capacity.memoryBytes;
+    this.gpusFree = [...capacity.gpus];
+  }
+
+  /** Why `demand` can never be met on this machine, or undefined when it can. */
+  unsatisfiable(demand: Omit<Demand, "group" | "groupLimit">): string | undefined {
+    if (demand.cpu > this.capacity.cpu + 1e-9) return `asks for ${demand.cpu} cores, this machine gives kaos ${this.capacity.cpu}`;
+    if (demand.memoryBytes > this.capacity.memoryBytes) {
+      return `asks for ${formatBytes(demand.memoryBytes)} of memory, this machine gives kaos ${formatBytes(this.capacity.memoryBytes)}`;
+    }
+    if (demand.gpu > this.capacity.gpus.length) return `asks for ${demand.gpu} GPUs, this machine has ${this.capacity.gpus.length}`;
+    return undefined;
+  }
+
+  acquire(demand: Demand, signal?: AbortSignal): Promise<Lease> {
+    const impossible = this.unsatisfiable(demand);
+    if (impossible) return Promise.reject(new KaosError("RESOURCES_UNSATISFIABLE", impossible));
+    return new Promise((grant, reject) => {
+      const waiter: Waiter = { demand, grant, reject };
+      this.waiting.push(waiter);
+      signal?.addEventListener(
+        "abort",
+        () => {
+          const index = this.waiting.indexOf(waiter);
+          if (index >= 0) {
+            this.waiting.splice(index, 1);
+            reject(signal.reason);
+          }
+        },
+        { once: true },
+      );
+      this.dispatch();
+    });
+  }
+
+  private fits(demand: Demand): boolean {
+    return (
+      (this.running.get(demand.group) ?? 0) < demand.groupLimit &&
+      demand.cpu <= this.cpuFree + 1e-9 &&
+      demand.memoryBytes <= this.memoryFree &&
+      demand.gpu <= this.gpusFree.length
+    );
+  }
+
+  private dispatch(): void {
+    for (let index = 0; index < this.waiting.length; ) {
+      const waiter = this.waiting[index]!;
+      if (!this.fits(waiter.demand)) {
+        index += 1;
+        continue;
+      }
+      this.waiting.splice(index, 1);
+      const { demand } = waiter;
+      this.cpuFree -= demand.cpu;
+      this.memoryFree -= demand.memoryBytes;
+      this.running.set(demand.group, (this.running.get(demand.group) ?? 0) + 1);
+      const gpus = this.gpusFree.splice(0, demand.gpu);
+      let released = false;
+      waiter.grant({
+        gpus,
+        release: () => {
+          if (released) return;
+          released = true;
+          this.cpuFree += demand.cpu;
+          this.memoryFree += demand.memoryBytes;
+          this.running.set(demand.group, (this.running.get(demand.group) ?? 1) - 1);
+          this.gpusFree.push(...gpus);
+          this.gpusFree.sort((a, b) => a - b);
+          this.dispatch();
+        },
+      });
+    }
+  }
+}

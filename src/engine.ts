@@ -1,0 +1,89 @@
+/**
+ * The one data flow every command stands on: load config, hash bundles, plan
+ * against state, execute the plan on a backend, record results. `up`, `plan`,
+ * `watch` and `train deploy` are thin layers over these functions.
+ */
+import { loadConfig, loadStack } from "./config.js";
+import { KaosError } from "./errors.js";
+import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
+import { buildPlan, type Plan } from "./plan.js";
+import type { Reporter } from "./progress.js";
+import { StateStore } from "./state.js";
+import type { ResolvedConfig, ResolvedStack } from "./types.js";
+
+export interface Session {
+  config: ResolvedConfig;
+  stack: ResolvedStack;
+  state: StateStore;
+  backend: LocalBackend;
+  close(): void;
+}
+
+export interface SessionOptions {
+  cwd: string;
+  configPath?: string | undefined;
+  stackName?: string | undefined;
+  /** An already resolved config (`train deploy` makes one from flags). */
+  config?: ResolvedConfig;
+}
+
+export async function loadProject(options: SessionOptions): Promise<{ config: ResolvedConfig; stack: ResolvedStack }> {
+  const config = options.config ?? (await loadConfig({ cwd: options.cwd, configPath: options.configPath }));
+  const stack = await loadStack(config, options.stackName);
+  return { config, stack };
+}
+
+/** Opens the state store and the backend of a loaded project. */
+export function openSession(config: ResolvedConfig, stack: ResolvedStack): Session {
+  if (stack.config.backend !== "local") {
+    throw new KaosError("NOT_SUPPORTED", `stack ${stack.name} uses the ${stack.config.backend} backend, which this command runs through the cluster flow`);
+  }
+  const state = StateStore.open(config.root);
+  const backend = new LocalBackend(config, stack, state);
+  return { config, stack, state, backend, close: () => state.close() };
+}
+
+export function plan(session: Session, options: { force?: boolean; refresh?: boolean } = {}): Promise<Plan> {
+  return buildPlan({ config: session.config, stack: session.stack, state: session.state, oracle: session.backend, ...options });
+}
+
+export interface ApplyOptions {
+  command: string;
+  reporter: Reporter;
+  signal: AbortSignal;
+  force?: boolean;
+  refresh?: boolean;
+  /** Called with the plan before anything runs. */
+  onPlan?: (plan: Plan) => void;
+}
+
+export interface ApplyResult {
+  runId: string;
+  plan: Plan;
+  result: ExecuteResult;
+}
+
+/**
+ * `kaos up`: takes the stack's writer lock, recovers what a crash left, plans,
+ * executes, and records the run. The lock is held for the whole run so two
+ * writers never interleave on one stack.
+ */
+export async function apply(session: Session, options: ApplyOptions): Promise<ApplyResult> {
+  const lock = session.state.acquireWriter(session.stack.name, options.command);
+  try {
+    session.state.recoverInterrupted();
+    const current = await plan(session, { force: options.force, refresh: options.refresh });
+    session.backend.checkResources(current);
+    options.onPlan?.(current);
+    const run = session.state.beginRun(session.stack.name, options.command);
+    let result: ExecuteResult | undefined;
+    try {
+      result = await session.backend.execute({ plan: current, runId: run.id, reporter: options.reporter, signal: options.signal, refresh: options.refresh });
+    } finally {
+      session.state.finishRun(run.id, result === undefined ? "failed" : result.cancelled ? "cancelled" : result.succeeded ? "succeeded" : "failed");
+    }
+    return { runId: run.id, plan: current, result };
+  } finally {
+    lock.release();
+  }
+}

@@ -1,0 +1,397 @@
+/**
+ * The plan: hash every bundle, derive the keys of the design, and decide per
+ * stage and per job whether it runs or is skipped, and why. `kaos plan` prints
+ * it, `kaos up` and `kaos watch` execute it; all three build it here.
+ *
+ *   env key    = H(Dockerfile, requirements.txt, runtime that builds it)
+ *   source key = tree hash of the source bundle
+ *   data key   = tree hash of the data bundle, or H(url, content) of a manifest
+ *   job key    = H(env key, source key, data key, canonical JSON of the params)
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { validateSourceBundle, type SourceBundle } from "./bundle.js";
+import { diffTrees, hashString, hashTree, type TreeFile, type TreeHash } from "./hash.js";
+import { canonicalJson, expandGrid } from "./hyperparams.js";
+import { lockPathFor, manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { ObjectStore } from "./objects.js";
+import { loadTreeListing } from "./snapshot.js";
+import type { JobRecord, StateStore } from "./state.js";
+import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
+
+export type Action = "run" | "skip";
+
+export interface StageDecision {
+  action: Action;
+  /** The stage's key: env key for build, data key for ingest, hyperparams key for train. */
+  key: string | null;
+  reason: string;
+}
+
+export interface JobPlan {
+  /** Position in the sweep, from 0. */
+  index: number;
+  key: string | null;
+  params: HyperparamSet;
+  paramsKey: string;
+  action: Action;
+  reason: string;
+  /** The identical job that already succeeded, when skipped. */
+  reuse: JobRecord | undefined;
+}
+
+export interface TreeChange {
+  added: number;
+  changed: number;
+  removed: number;
+  bytesAdded: number;
+  bytesRemoved: number;
+  /** A few changed paths, to show. */
+  examples: string[];
+  /** True when no earlier listing was known to diff against. */
+  firstTime: boolean;
+}
+
+export interface PipelinePlan {
+  pipeline: ResolvedPipeline;
+  bundle: SourceBundle;
+  sourceTree: TreeHash;
+  /** The data tree, for a data bundle. */
+  dataTree: TreeHash | undefined;
+  /** The entries and lock, for a manifest. */
+  manifest: { entries: ManifestEntry[]; lock: ManifestLock | undefined; missing: number } | undefined;
+  keys: { env: string; source: string; data: string | undefined; hyperparams: string };
+  stages: { ingest?: StageDecision; build: StageDecision; train: StageDecision };
+  jobs: JobPlan[];
+  changes: {
+    source: TreeChange | undefined;
+    data: TreeChange | undefined;
+    env: boolean;
+    paramsAdded: HyperparamSet[];
+    paramsRemoved: HyperparamSet[];
+  };
+}
+
+export interface Plan {
+  stack: string;
+  pipelines: PipelinePlan[];
+  /** True when any stage or job would run. */
+  changes: boolean;
+  stats: { files: number; hashedFiles: number; hashedBytes: number; cacheHits: number };
+}
+
+/** What a backend answers for the planner: how environments are built and what already exists. */
+export interface PlanOracle {
+  /** Identifies what turns a source bundle into an environment (part of the env key). */
+  runtime(bundle: SourceBundle): Promise<string>;
+  /** True when the environment of `envKey` is built and usable. */
+  environmentReady(envKey: string): boolean;
+  /** The succeeded job with this key whose outputs are still present, if any. */
+  succeededJob(jobKey: string): JobRecord | undefined;
+}
+
+/** What `kaos up` records per pipeline after applying it; plans diff against it. */
+export interface AppliedPipeline {
+  envKey: string;
+  sourceKey: string;
+  dataKey: string | null;
+  params: HyperparamSet[];
+}
+
+export type AppliedState = Record<string, AppliedPipeline>;
+
+export function envKeyOf(bundle: SourceBundle, runtime: string): string {
+  return hashString("kaos env v1", readFileSync(bundle.dockerfile, "utf8"), readFileSync(bundle.requirements, "utf8"), runtime);
+}
+
+export function jobKeyOf(keys: { env: string; source: string; data: string }, params: HyperparamSet): string {
+  return hashString("kaos job v1", keys.env, keys.source, keys.data, canonicalJson(params));
+}
+
+function treeChange(before: TreeFile[] | undefined, after: TreeFile[]): TreeChange {
+  const diff = diffTrees(before, after);
+  const changed = [...diff.changed, ...diff.modeChanged];
+  const examples = [...diff.added.map((f) => `+${f.path}`), ...changed.map((f) => `~${f.path}`), ...diff.removed.map((f) => `-${f.path}`)];
+  return {
+    added: diff.added.length,
+    changed: changed.length,
+    removed: diff.removed.length,
+    bytesAdded: diff.added.reduce((sum, f) => sum + f.size, 0),
+    bytesRemoved: diff.removed.reduce((sum, f) => sum + f.size, 0),
+    examples: examples.slice(0, 5),
+    firstTime: before === undefined,
+  };
+}
+
+function describeChange(what: string, change: TreeChange | undefined): string | undefined {
+  if (change === undefined) return undefined;
+  if (change.firstTime) return `${what} is new`;
+  const parts = [
+    change.added > 0 ? `${change.added} added` : "",
+    change.changed > 0 ? `${change.changed} changed` : "",
+    change.removed > 0 ? `${change.removed} removed` : "",
+  ].filter(Boolean);
+  return parts.length === 0 ? undefined : `${what}: ${parts.join(", ")}`;
+}
+
+export interface PlanOptions {
+  config: ResolvedConfig;
+  stack: ResolvedStack;
+  state: StateStore;
+  oracle: PlanOracle;
+  force?: boolean;
+  refresh?: boolean;
+}
+
+async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, applied: AppliedPipeline | undefined, objects: ObjectStore): Promise<{ plan: PipelinePlan; stats: Plan["stats"] }> {
+  const { state, oracle, config } = options;
+  const stateDir = join(config.root, ".kaos");
+  const where = `pipelines.${pipeline.name}.source`;
+  const bundle = validateSourceBundle(pipeline.sourceDir, where);
+  const statCache = state.readonly ? undefined : state.statCache();
+  const sourceTree = await hashTree(pipeline.sourceDir, { statCache });
+  let dataTree: TreeHash | undefined;
+  let manifest: PipelinePlan["manifest"];
+  let dataKey: string | undefined;
+  if (pipeline.data.kind === "dir") {
+    dataTree = await hashTree(pipeline.data.dir, { statCache });
+    dataKey = dataTree.hash;
+  } else {
+    const entries = readManifest(pipeline.data.path);
+    const lock = readLock(pipeline.data.path);
+    const missing = entries.filter((entry) => {
+      const hash = pinnedHash(entry, lock);
+      return hash === undefined || !objects.has(hash);
+    }).length;
+    manifest = { entries, lock, missing };
+    dataKey = manifestDataKey(entries, lock);
+  }
+  const runtime = await oracle.runtime(bundle);
+  const envKey = envKeyOf(bundle, runtime);
+  const hyperparamsKey = hashString("kaos grid v1", canonicalJson(pipeline.grid));
+  const keys = { env: envKey, source: sourceTree.hash, data: dataKey, hyperparams: hyperparamsKey };
+
+  const sourceChange = applied?.sourceKey === sourceTree.hash ? undefined : treeChange(applied ? loadTreeListing(stateDir, applied.sourceKey) : undefined, sourceTree.files);
+  const dataChange =
+    dataTree === undefined || applied?.dataKey === dataTree.hash
+      ? undefined
+      : treeChange(applied?.dataKey ? loadTreeListing(stateDir, applied.dataKey) : undefined, dataTree.files);
+  const envChanged = applied !== undefined && applied.envKey !== envKey;
+
+  const stages: PipelinePlan["stages"] = {
+    build: { action: "skip", key: envKey, reason: "environment already built" },
+    train: { action: "skip", key: hyperparamsKey, reason: "every job already succeeded" },
+  };
+  if (manifest !== undefined) {
+    const refresh = options.refresh === true;
+    stages.ingest =
+      dataKey === undefined || manifest.missing > 0 || refresh || options.force
+        ? {
+            action: "run",
+            key: dataKey ?? null,
+            reason: options.force
+              ? "forced"
+              : refresh
+                ? "--refresh re-checks remote content"
+                : `${manifest.missing} of ${manifest.entries.length} entries not downloaded yet`,
+          }
+        : { action: "skip", key: dataKey, reason: "every entry is downloaded and verified" };
+  }
+  if (options.force) stages.build = { action: "run", key: envKey, reason: "forced" };
+  else if (!oracle.environmentReady(envKey)) {
+    stages.build = { action: "run", key: envKey, reason: envChanged ? "Dockerfile, requirements.txt or runtime changed" : "environment not built yet" };
+  }
+
+  const previous = new Set((applied?.params ?? []).map((params) => canonicalJson(params)));
+  const combinations = expandGrid(pipeline.grid);
+  const current = new Set(combinations.map((params) => canonicalJson(params)));
+  const inputReason =
+    [envChanged ? "environment changed" : undefined, describeChange("source", sourceChange), describeChange("data", dataChange)]
+      .filter(Boolean)
+      .join("; ") || undefined;
+  const jobs: JobPlan[] = combinations.map((params, index) => {
+    const paramsText = canonicalJson(params);
+    const paramsKey = hashString("kaos params v1", paramsText);
+    const key = dataKey === undefined ? null : jobKeyOf({ env: envKey, source: sourceTree.hash, data: dataKey }, params);
+    const reuse = key === null || options.force ? undefined : oracle.succeededJob(key);
+    if (reuse) return { index, key, params, paramsKey, action: "skip", reason: `identical job ${reuse.id} succeeded`, reuse };
+    let reason: string;
+    if (options.force) reason = "forced";
+    else if (key === null) reason = "data key known after ingest";
+    else if (applied !== undefined && !previous.has(paramsText)) reason = "new combination";
+    else if (key !== null && state.lastFailed("train", key)) reason = "previous attempt failed";
+    else reason = applied === undefined ? "never ran" : (inputReason ?? "never ran");
+    return { index, key, params, paramsKey, action: "run", reason, reuse: undefined };
+  });
+  const running = jobs.filter((job) => job.action === "run").length;
+  if (running > 0) {
+    stages.train = { action: "run", key: hyperparamsKey, reason: `${running} of ${jobs.length} jobs to run` };
+  }
+  const paramsAdded = applied === undefined ? [] : combinations.filter((params) => !previous.has(canonicalJson(params)));
+  const paramsRemoved = (applied?.params ?? []).filter((params) => !current.has(canonicalJson(params)));
+  const stats = [sourceTree, dataTree].reduce<Plan["stats"]>(
+    (sum, tree) =>
+      tree === undefined
+        ? sum
+        : {
+            files: sum.files + tree.stats.files,
+            hashedFiles: sum.hashedFiles + tree.stats.hashedFiles,
+            hashedBytes: sum.hashedBytes + tree.stats.hashedBytes,
+            cacheHits: sum.cacheHits + tree.stats.cacheHits,
+          },
+    { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 },
+  );
+  return {
+    plan: {
+      pipeline,
+      bundle,
+      sourceTree,
+      dataTree,
+      manifest,
+      keys,
+      stages,
+      jobs,
+      changes: { source: sourceChange, data: dataChange, env: envChanged, paramsAdded, paramsRemoved },
+    },
+    stats,
+  };
+}
+
+export async function buildPlan(options: PlanOptions): Promise<Plan> {
+  const applied = (options.state.getApplied(options.stack.name)?.plan ?? {}) as AppliedState;
+  const objects = new ObjectStore(join(options.config.root, ".kaos", "objects"));
+  const pipelines: PipelinePlan[] = [];
+  const stats: Plan["stats"] = { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };
+  for (const pipeline of options.config.pipelines) {
+    const result = await planPipeline(options, pipeline, applied[pipeline.name], objects);
+    pipelines.push(result.plan);
+    stats.files += result.stats.files;
+    stats.hashedFiles += result.stats.hashedFiles;
+    stats.hashedBytes += result.stats.hashedBytes;
+    stats.cacheHits += result.stats.cacheHits;
+  }
+  const changes = pipelines.some(
+    (p) => p.stages.build.action === "run" || p.stages.train.action === "run" || p.stages.ingest?.action === "run",
+  );
+  return { stack: options.stack.name, pipelines, changes, stats };
+}
+
+/** What `kaos up` records as applied for a pipeline once it has run. */
+export function appliedOf(plan: PipelinePlan, dataKey: string | null): AppliedPipeline {
+  return { envKey: plan.keys.env, sourceKey: plan.keys.source, dataKey, params: plan.jobs.map((job) => job.params) };
+}
+
+/** The stable JSON of `kaos plan --json`. */
+export function planJson(plan: Plan): unknown {
+  return {
+    stack: plan.stack,
+    pipelines: plan.pipelines.map((p) => ({
+      name: p.pipeline.name,
+      stages: Object.fromEntries(
+        (["ingest", "build", "train"] as const)
+          .filter((stage) => p.stages[stage] !== undefined)
+          .map((stage) => {
+            const decision = p.stages[stage]!;
+            return [stage, { action: decision.action, key: decision.key, reason: decision.reason }];
+          }),
+      ),
+      keys: p.keys,
+      jobs: p.jobs.map((job) => ({ key: job.key, params: job.params, action: job.action, reason: job.reason, ...(job.reuse ? { reuses: job.reuse.id } : {}) })),
+      changes: {
+        source: p.changes.source ?? null,
+        data: p.changes.data ?? null,
+        env: p.changes.env,
+        paramsAdded: p.changes.paramsAdded,
+        paramsRemoved: p.changes.paramsRemoved,
+      },
+    })),
+    changes: plan.changes,
+  };
+}
+
+export function manifestLockPath(pipeline: ResolvedPipeline): string | undefined {
+  return pipeline.data.kind === "manifest" ? lockPathFor(pipeline.data.path) : undefined;
+}
+
+export function exists(path: string | null | undefined): boolean {
+  return path !== null && path !== undefined && existsSync(path);
+}
+
+function sizeText(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function changeLine(what: string, change: TreeChange): string {
+  if (change.firstTime) return `${what}: first run`;
+  const parts = [
+    `${change.added} added${change.bytesAdded ? ` (${sizeText(change.bytesAdded)})` : ""}`,
+    `${change.changed} changed`,
+    `${change.removed} removed${change.bytesRemoved ? ` (${sizeText(change.bytesRemoved)})` : ""}`,
+  ];
+  return `${what}: ${parts.join(", ")}${change.examples.length ? `  [${change.examples.join(" ")}]` : ""}`;
+}
+
+function paramsLine(params: HyperparamSet): string {
+  const entries = Object.entries(params);
+  return entries.length === 0 ? "{}" : entries.map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`).join(" ");
+}
+
+export interface PlanPainter {
+  bold(text: string): string;
+  dim(text: string): string;
+  green(text: string): string;
+  yellow(text: string): string;
+}
+
+/** The plan for people: per pipeline, each stage and job with what it would do and why. */
+export function formatPlan(plan: Plan, c: PlanPainter): string {
+  const lines: string[] = [];
+  const hashed = plan.stats.hashedFiles;
+  lines.push(
+    c.dim(
+      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plan.stats.files} files checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${sizeText(plan.stats.hashedBytes)})`,
+    ),
+  );
+  let stagesToRun = 0;
+  let jobsToRun = 0;
+  let jobsSkipped = 0;
+  for (const p of plan.pipelines) {
+    lines.push("", c.bold(p.pipeline.name));
+    for (const stage of ["ingest", "build", "train"] as const) {
+      const decision = p.stages[stage];
+      if (!decision) continue;
+      if (decision.action === "run" && stage !== "train") stagesToRun += 1;
+      const action = decision.action === "run" ? c.yellow("run ") : c.dim("skip");
+      lines.push(`  ${stage.padEnd(6)}  ${action}  ${decision.reason}${decision.key ? c.dim(`  ${decision.key.slice(0, 12)}`) : ""}`);
+    }
+    const details: string[] = [];
+    if (p.changes.env) details.push("environment: Dockerfile, requirements.txt or runtime changed");
+    if (p.changes.source) details.push(changeLine("source", p.changes.source));
+    if (p.changes.data) details.push(changeLine("data", p.changes.data));
+    if (p.manifest) details.push(`manifest: ${p.manifest.entries.length} entries, ${p.manifest.missing} to download`);
+    if (p.changes.paramsAdded.length || p.changes.paramsRemoved.length) {
+      details.push(`params: ${p.changes.paramsAdded.length} combinations added, ${p.changes.paramsRemoved.length} removed`);
+    }
+    for (const detail of details) lines.push(c.dim(`          ${detail}`));
+    for (const job of p.jobs) {
+      if (job.action === "run") jobsToRun += 1;
+      else jobsSkipped += 1;
+      const action = job.action === "run" ? c.yellow("run ") : c.dim("skip");
+      lines.push(`    ${action}  ${`${job.index + 1}/${p.jobs.length}`.padEnd(7)} ${paramsLine(job.params)}  ${c.dim(job.reason)}`);
+    }
+  }
+  lines.push("");
+  lines.push(
+    plan.changes
+      ? c.bold(`Plan: ${stagesToRun} stage${stagesToRun === 1 ? "" : "s"} and ${jobsToRun} job${jobsToRun === 1 ? "" : "s"} to run, ${jobsSkipped} skipped.`)
+      : c.green(`No changes: ${jobsSkipped} job${jobsSkipped === 1 ? "" : "s"} already succeeded.`),
+  );
+  return lines.join("\n");
+}

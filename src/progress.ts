@@ -1,0 +1,198 @@
+/**
+ * What a run tells the user while it goes: a live view on a terminal, one line
+ * per state change otherwise, nothing under --json (the result is printed at
+ * the end instead).
+ */
+import type { JobRecord, Stage } from "./state.js";
+import { colors, formatBytes, formatDuration, shortKey, type Colors } from "./output.js";
+
+export type RunEvent =
+  | { kind: "stage"; pipeline: string; stage: Stage; status: "skipped"; reason: string }
+  | { kind: "job"; job: JobRecord; message?: string }
+  | {
+      kind: "ingest";
+      pipeline: string;
+      filesDone: number;
+      filesTotal: number;
+      bytesDone: number;
+      bytesTotal: number | undefined;
+      rateBytesPerSec: number;
+      etaSec: number | undefined;
+    }
+  | { kind: "note"; message: string };
+
+export interface Reporter {
+  event(event: RunEvent): void;
+  close(): void;
+}
+
+export function paramsText(params: Record<string, unknown>): string {
+  const entries = Object.entries(params);
+  if (entries.length === 0) return "";
+  return entries.map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`).join(" ");
+}
+
+function jobLabel(job: JobRecord): string {
+  const sweep = job.sweepSize !== null && job.sweepIndex !== null && job.stage === "train" ? ` ${job.sweepIndex + 1}/${job.sweepSize}` : "";
+  return `${job.pipeline} ${job.stage}${sweep} ${job.id}`;
+}
+
+function stateColor(c: Colors, state: string): string {
+  switch (state) {
+    case "succeeded":
+      return c.green(state);
+    case "failed":
+      return c.red(state);
+    case "cancelled":
+      return c.yellow(state);
+    case "running":
+      return c.cyan(state);
+    default:
+      return c.dim(state);
+  }
+}
+
+function jobLine(c: Colors, job: JobRecord, message: string | undefined): string {
+  const params = paramsText(job.params);
+  const duration =
+    job.startedAt && job.finishedAt ? ` in ${formatDuration(Date.parse(job.finishedAt) - Date.parse(job.startedAt))}` : "";
+  const extra = job.state === "failed" || job.state === "cancelled" ? (job.reason ?? (job.exitCode !== null ? `exit code ${job.exitCode}` : "")) : "";
+  return [jobLabel(job), params ? c.dim(params) : "", `${stateColor(c, job.state)}${duration}`, extra ? `(${extra})` : "", message ?? ""]
+    .filter(Boolean)
+    .join("  ");
+}
+
+/** One line per state change: for pipes, logs and CI. */
+export class PlainReporter implements Reporter {
+  private readonly c = colors(process.stderr);
+  private lastIngest = 0;
+
+  event(event: RunEvent): void {
+    switch (event.kind) {
+      case "stage":
+        process.stderr.write(`${event.pipeline} ${event.stage}  ${this.c.dim("skipped")}  (${event.reason})\n`);
+        break;
+      case "job":
+        if (event.job.state === "queued") return;
+        process.stderr.write(`${jobLine(this.c, event.job, event.message)}\n`);
+        break;
+      case "ingest": {
+        const now = Date.now();
+        if (event.filesDone !== event.filesTotal && now - this.lastIngest < 2000) return;
+        this.lastIngest = now;
+        process.stderr.write(`${event.pipeline} ingest  ${event.filesDone}/${event.filesTotal} files, ${formatBytes(event.bytesDone)}\n`);
+        break;
+      }
+      case "note":
+        process.stderr.write(`${event.message}\n`);
+        break;
+    }
+  }
+
+  close(): void {}
+}
+
+interface PipelineView {
+  stage: string;
+  done: number;
+  failed: number;
+  running: number;
+  total: number;
+  ingest?: string;
+}
+
+/** A live view redrawn in place: per pipeline, its stage and jobs done/running/failed, and the elapsed time. */
+export class LiveReporter implements Reporter {
+  private readonly c = colors(process.stderr);
+  private readonly started = Date.now();
+  private readonly pipelines = new Map<string, PipelineView>();
+  private readonly jobs = new Map<string, JobRecord>();
+  private readonly timer: NodeJS.Timeout;
+  private update: ((text: string) => void) & { clear(): void; done(): void } = Object.assign(() => {}, { clear() {}, done() {} });
+  private ready: Promise<void>;
+
+  constructor() {
+    this.ready = import("log-update").then(({ createLogUpdate }) => {
+      this.update = createLogUpdate(process.stderr, { showCursor: true });
+    });
+    this.timer = setInterval(() => this.draw(), 250);
+    this.timer.unref();
+  }
+
+  private view(pipeline: string): PipelineView {
+    let view = this.pipelines.get(pipeline);
+    if (!view) {
+      view = { stage: "plan", done: 0, failed: 0, running: 0, total: 0 };
+      this.pipelines.set(pipeline, view);
+    }
+    return view;
+  }
+
+  event(event: RunEvent): void {
+    switch (event.kind) {
+      case "stage":
+        this.print(`${event.pipeline} ${event.stage}  ${this.c.dim("skipped")}  (${event.reason})`);
+        break;
+      case "job": {
+        const job = event.job;
+        this.jobs.set(job.id, job);
+        const view = this.view(job.pipeline);
+        view.stage = job.stage;
+        const sweep = [...this.jobs.values()].filter((j) => j.pipeline === job.pipeline && j.stage === job.stage);
+        view.total = job.stage === "train" ? (job.sweepSize ?? sweep.length) : sweep.length;
+        view.done = sweep.filter((j) => j.state === "succeeded").length;
+        view.failed = sweep.filter((j) => j.state === "failed" || j.state === "cancelled").length;
+        view.running = sweep.filter((j) => j.state === "running").length;
+        if (job.state !== "queued" && job.state !== "running") this.print(jobLine(this.c, job, event.message));
+        break;
+      }
+      case "ingest": {
+        const view = this.view(event.pipeline);
+        view.stage = "ingest";
+        const rate = `${formatBytes(event.rateBytesPerSec)}/s`;
+        const eta = event.etaSec === undefined ? "" : `, ETA ${formatDuration(event.etaSec * 1000)}`;
+        view.ingest = `${event.filesDone}/${event.filesTotal} files, ${formatBytes(event.bytesDone)}${event.bytesTotal ? ` of ${formatBytes(event.bytesTotal)}` : ""}, ${rate}${eta}`;
+        break;
+      }
+      case "note":
+        this.print(event.message);
+        break;
+    }
+    this.draw();
+  }
+
+  private print(line: string): void {
+    this.update.clear();
+    process.stderr.write(`${line}\n`);
+  }
+
+  private draw(): void {
+    const elapsed = formatDuration(Date.now() - this.started);
+    const lines = [...this.pipelines.entries()].map(([name, view]) => {
+      if (view.stage === "ingest" && view.ingest) return `${this.c.bold(name)}  ingest  ${view.ingest}`;
+      return `${this.c.bold(name)}  ${view.stage}  ${this.c.green(`${view.done} done`)}, ${this.c.cyan(`${view.running} running`)}, ${view.failed > 0 ? this.c.red(`${view.failed} failed`) : "0 failed"} of ${view.total}`;
+    });
+    this.update([...lines, this.c.dim(`elapsed ${elapsed}`)].join("\n"));
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    void this.ready.then(() => {
+      this.draw();
+      this.update.done();
+    });
+  }
+}
+
+/** Silent: for --json, where the result is printed once at the end. */
+export class QuietReporter implements Reporter {
+  event(): void {}
+  close(): void {}
+}
+
+export function createReporter(options: { json?: boolean | undefined; interactive: boolean }): Reporter {
+  if (options.json) return new QuietReporter();
+  return options.interactive ? new LiveReporter() : new PlainReporter();
+}
+
+export { shortKey };

@@ -1,0 +1,176 @@
+/**
+ * Snapshots: the exact trees a plan hashed, kept in the content-addressed
+ * object store, so that a job trains on what was hashed even if the user edits
+ * the bundle while it runs.
+ *
+ * - A tree listing (`.kaos/trees/<tree hash>.jsonl`) records every file of a
+ *   hashed tree; plans diff against the listing of what was last applied.
+ * - `storeTree` copies the files into the object store, verifying each copy
+ *   against the hash the plan saw.
+ * - `materializeTree` lays a tree out from the store (hardlinks to read-only
+ *   objects, or copies), built beside its destination and renamed into place, so
+ *   a directory that exists is complete.
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, isAbsolute, join, normalize } from "node:path";
+import { KaosError, describeError } from "./errors.js";
+import { hashString, type TreeFile, type TreeHash } from "./hash.js";
+import type { ObjectStore } from "./objects.js";
+
+function listingPath(stateDir: string, treeHash: string): string {
+  return join(stateDir, "trees", `${treeHash}.jsonl`);
+}
+
+/** Writes a tree's listing once; listings are immutable, named by their tree hash. */
+export function saveTreeListing(stateDir: string, tree: Pick<TreeHash, "hash" | "files">): void {
+  const target = listingPath(stateDir, tree.hash);
+  if (existsSync(target)) return;
+  mkdirSync(dirname(target), { recursive: true });
+  const temporary = `${target}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
+  writeFileSync(temporary, tree.files.map((file) => JSON.stringify([file.path, file.mode, file.size, file.hash])).join("\n"));
+  renameSync(temporary, target);
+}
+
+/** The files of a tree saved by `saveTreeListing`, or undefined when unknown. */
+export function loadTreeListing(stateDir: string, treeHash: string): TreeFile[] | undefined {
+  let text: string;
+  try {
+    text = readFileSync(listingPath(stateDir, treeHash), "utf8");
+  } catch {
+    return undefined;
+  }
+  if (text === "") return [];
+  try {
+    return text.split("\n").map((line) => {
+      const [path, mode, size, hash] = JSON.parse(line) as [string, TreeFile["mode"], number, string];
+      return { path, mode, size, hash };
+    });
+  } catch {
+    return undefined;
+  }
+}
+
+/** Copies every file of `tree` not yet stored into the object store, checking it still has the hashed content. */
+export async function storeTree(objects: ObjectStore, tree: TreeHash, where: string): Promise<void> {
+  const pending = tree.files.filter((file) => file.mode !== "symlink" && !objects.has(file.hash));
+  let next = 0;
+  const worker = async () => {
+    while (next < pending.length) {
+      const file = pending[next++];
+      if (file === undefined) break;
+      const source = join(tree.root, file.path);
+      try {
+        await objects.putFile(source, file.hash);
+      } catch (error) {
+        throw new KaosError("IO", `${where}: ${source} changed while kaos was taking its snapshot (${describeError(error)})`, {
+          hint: "rerun `kaos up`: the next plan hashes the new content",
+          cause: error,
+        });
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(4, pending.length) }, worker));
+}
+
+/** A symlink target that stays inside its tree, or an error naming it. */
+function checkedLinkTarget(tree: TreeHash | { root: string }, file: TreeFile, target: string): string {
+  const resolved = normalize(join(dirname(file.path), target));
+  if (isAbsolute(target) || resolved === ".." || resolved.startsWith("../")) {
+    throw new KaosError("BUNDLE_INVALID", `${join(tree.root, file.path)}: symlink to ${target} points outside the bundle; expected a link inside it (or a copy of the file)`);
+  }
+  return target;
+}
+
+/** The link's target as it was hashed; links are tiny, so they are read again rather than stored. */
+function hashedLinkTarget(tree: TreeHash, file: TreeFile): string {
+  const path = join(tree.root, file.path);
+  let target: string;
+  try {
+    target = readlinkSync(path);
+  } catch (error) {
+    throw new KaosError("IO", `${path}: cannot read symlink: ${describeError(error)}`, { cause: error });
+  }
+  if (hashString(target) !== file.hash && createHash("sha256").update(target).digest("hex") !== file.hash) {
+    throw new KaosError("IO", `${path} changed while kaos was taking its snapshot`, { hint: "rerun `kaos up`: the next plan hashes the new content" });
+  }
+  return target;
+}
+
+const COMPLETE_MARKER = ".kaos-complete";
+
+export function isMaterialized(dest: string): boolean {
+  return existsSync(join(dest, COMPLETE_MARKER));
+}
+
+/**
+ * Lays out `tree` at `dest` from the object store. `copy` gives the job files
+ * of its own (for the source, which scripts may write beside); otherwise
+ * read-only hardlinks are shared. An existing complete `dest` is kept.
+ */
+export function materializeTree(
+  objects: ObjectStore,
+  tree: TreeHash,
+  dest: string,
+  options: { copy?: boolean; readonlyDirs?: boolean } = {},
+): void {
+  if (isMaterialized(dest)) return;
+  const building = `${dest}.building-${process.pid}-${randomUUID().slice(0, 8)}`;
+  try {
+    mkdirSync(building, { recursive: true });
+    const directories = new Set<string>();
+    for (const file of tree.files) {
+      const target = join(building, file.path);
+      const parent = dirname(target);
+      if (!directories.has(parent)) {
+        mkdirSync(parent, { recursive: true });
+        directories.add(parent);
+      }
+      if (file.mode === "symlink") {
+        symlinkSync(checkedLinkTarget(tree, file, hashedLinkTarget(tree, file)), target);
+      } else if (options.copy) {
+        objects.link(file.hash, target, "exec");
+        if (file.mode === "file") chmodSync(target, 0o644);
+      } else {
+        objects.link(file.hash, target, file.mode);
+      }
+    }
+    writeFileSync(join(building, COMPLETE_MARKER), "");
+    if (options.readonlyDirs) {
+      for (const directory of [...directories].sort((a, b) => b.length - a.length)) chmodSync(directory, 0o555);
+    }
+    mkdirSync(dirname(dest), { recursive: true });
+    try {
+      renameSync(building, dest);
+    } catch (error) {
+      // Another process finished the same snapshot first: theirs is as good.
+      if (isMaterialized(dest)) return;
+      if (existsSync(dest)) {
+        rmSync(dest, { recursive: true, force: true });
+        renameSync(building, dest);
+      } else {
+        throw error;
+      }
+    }
+  } catch (error) {
+    makeWritable(building);
+    rmSync(building, { recursive: true, force: true });
+    if (error instanceof KaosError) throw error;
+    throw new KaosError("IO", `cannot lay out a snapshot at ${dest}: ${describeError(error)}`, { cause: error });
+  }
+}
+
+/** Restores write permission on a tree made read-only, so it can be removed. */
+export function makeWritable(dir: string): void {
+  let stat;
+  try {
+    stat = statSync(dir);
+  } catch {
+    return;
+  }
+  if (!stat.isDirectory()) return;
+  chmodSync(dir, 0o755);
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) makeWritable(join(dir, entry.name));
+  }
+}
