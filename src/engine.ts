@@ -55,6 +55,8 @@ export interface ApplyOptions {
   refresh?: boolean;
   /** Called with the plan before anything runs. */
   onPlan?: (plan: Plan) => void;
+  /** Set when the caller already holds the stack's writer lock (`kaos watch` holds it for its whole life). */
+  locked?: boolean;
 }
 
 export interface ApplyResult {
@@ -69,7 +71,7 @@ export interface ApplyResult {
  * writers never interleave on one stack.
  */
 export async function apply(session: Session, options: ApplyOptions): Promise<ApplyResult> {
-  const lock = session.state.acquireWriter(session.stack.name, options.command);
+  const lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
   try {
     session.state.recoverInterrupted();
     const current = await plan(session, { force: options.force, refresh: options.refresh });

@@ -69,6 +69,11 @@ async function runFailing(ws: Workspace, extra: Partial<IngestOptions> = {}): Pr
   return error as KaosError;
 }
 
+function rangeStart(header: string | undefined): number | undefined {
+  const match = /^bytes=(\d+)-$/.exec(header ?? "");
+  return match === null ? undefined : Number(match[1]);
+}
+
 function readData(ws: Workspace, relative: string): string {
   return fs.readFileSync(path.join(ws.dataDir, relative), "utf8");
 }
@@ -206,7 +211,11 @@ describe("ingest over HTTP", () => {
     const gets = srv.requests.filter((r) => r.path === "/cut");
     expect(gets).toHaveLength(2);
     expect(gets[0]?.headers.range).toBeUndefined();
-    expect(gets[1]?.headers.range).toBe("bytes=1000000-");
+    // Node's client discards what it buffered but had not handed over when the
+    // connection broke, so the resume point is at most where the server cut.
+    const resumedAt = rangeStart(gets[1]?.headers.range);
+    expect(resumedAt).toBeGreaterThan(500_000);
+    expect(resumedAt).toBeLessThanOrEqual(1_000_000);
     expect(gets[1]?.headers["if-range"]).toBe('"cut-v1"');
     expect(gets[1]?.status).toBe(206);
     expect(result.bytesDownloaded).toBe(size);
@@ -222,9 +231,15 @@ describe("ingest over HTTP", () => {
     expect(error.message).toContain("the connection closed");
     // Second run: the server drops once more at 700000 bytes into its answer, then serves the rest.
     const result = await run(ws, { retries: 2 });
-    const ranges = srv.requests.map((r) => r.headers.range);
-    expect(ranges).toEqual([undefined, "bytes=700000-", "bytes=1400000-"]);
-    expect(result.bytesDownloaded).toBe(size - 700_000);
+    const starts = srv.requests.map((r) => rangeStart(r.headers.range));
+    expect(starts).toHaveLength(3);
+    expect(starts[0]).toBeUndefined();
+    expect(starts[1]).toBeGreaterThan(400_000);
+    expect(starts[1]).toBeLessThanOrEqual(700_000);
+    expect(starts[2]).toBeGreaterThan((starts[1] ?? 0) + 400_000);
+    expect(starts[2]).toBeLessThanOrEqual((starts[1] ?? 0) + 700_000);
+    expect(srv.requests[1]?.headers["if-range"]).toBe('"big"');
+    expect(result.bytesDownloaded).toBe(size - (starts[1] ?? 0));
     expect(sha256(fs.readFileSync(path.join(ws.dataDir, "big.bin")))).toBe(sha256OfGenerated(size, 3));
   });
 
@@ -234,11 +249,10 @@ describe("ingest over HTTP", () => {
     const ws = workspace([{ url: `${srv.url}/plain`, path: "plain.bin", sha256: sha256OfGenerated(size, 5), size }]);
     const result = await run(ws);
     const gets = srv.requests.filter((r) => r.path === "/plain");
-    expect(gets.map((r) => [r.headers.range, r.status])).toEqual([
-      [undefined, 200],
-      ["bytes=400000-", 200],
-    ]);
-    expect(result.bytesDownloaded).toBe(400_000 + size);
+    expect(gets.map((r) => r.status)).toEqual([200, 200]);
+    const askedFrom = rangeStart(gets[1]?.headers.range) ?? 0;
+    expect(askedFrom).toBeGreaterThan(200_000);
+    expect(result.bytesDownloaded).toBe(askedFrom + size);
     expect(sha256(fs.readFileSync(path.join(ws.dataDir, "plain.bin")))).toBe(sha256OfGenerated(size, 5));
   });
 

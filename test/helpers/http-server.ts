@@ -178,6 +178,18 @@ function notModified(request: http.IncomingMessage, options: RouteOptions): bool
   return false;
 }
 
+function drainOrClose(response: http.ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      response.off("drain", done);
+      response.off("close", done);
+      resolve();
+    };
+    response.on("drain", done);
+    response.on("close", done);
+  });
+}
+
 async function serve(state: RouteState, request: http.IncomingMessage, response: http.ServerResponse, record: RequestRecord): Promise<void> {
   const options = state.options;
   if (options.headerDelayMs !== undefined) await sleep(options.headerDelayMs);
@@ -255,15 +267,21 @@ async function serve(state: RouteState, request: http.IncomingMessage, response:
     let chunk = contentSlice(options, at, Math.min(end, at + chunkSize));
     if (dropAt !== undefined && sent + chunk.length >= dropAt) {
       chunk = chunk.subarray(0, dropAt - sent);
-      // Hand what is allowed to the kernel, then cut the connection mid-body.
+      // Send what is allowed, then end the connection mid-body. A half-close
+      // (FIN after the data) rather than a reset, so a slow reader still gets
+      // every byte sent before the cut; the socket is destroyed once the client
+      // has seen the end, or after a second.
+      const socket = response.socket;
       await new Promise<void>((resolve) => response.write(chunk, () => resolve()));
-      response.socket?.destroy();
+      if (socket !== null) {
+        const timer = setTimeout(() => socket.destroy(), 1000);
+        socket.once("close", () => clearTimeout(timer));
+        socket.end();
+      }
       return;
     }
     sent += chunk.length;
-    if (!response.write(chunk)) {
-      await Promise.race([once(response, "drain"), once(response, "close")]);
-    }
+    if (!response.write(chunk)) await drainOrClose(response);
     if (options.chunkDelayMs !== undefined) await sleep(options.chunkDelayMs);
   }
   response.end();
