@@ -818,13 +818,17 @@ let bootId: string | null | undefined;
  * boot id and the process start time from /proc; elsewhere null (pid only).
  */
 export function processStartToken(pid: number): string | null {
-  if (process.platform !== "linux") return null;
+  return readProcStat(pid)?.startToken ?? null;
+}
+
+function readProcStat(pid: number): { startToken: string; zombie: boolean } | undefined {
+  if (process.platform !== "linux") return undefined;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     // Fields after the command name (which may hold spaces and parentheses).
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     const startTime = fields[19]; // field 22 of proc(5), counted from `state` (field 3)
-    if (startTime === undefined) return null;
+    if (startTime === undefined) return undefined;
     if (bootId === undefined) {
       try {
         bootId = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
@@ -832,9 +836,9 @@ export function processStartToken(pid: number): string | null {
         bootId = null;
       }
     }
-    return `${bootId ?? ""}:${startTime}`;
+    return { startToken: `${bootId ?? ""}:${startTime}`, zombie: fields[0] === "Z" };
   } catch {
-    return null;
+    return undefined;
   }
 }
 
@@ -851,9 +855,11 @@ export function isProcessAlive(pid: number, startToken: string | null, host?: st
     // EPERM: it exists but belongs to another user.
     if (errnoCode(error) !== "EPERM") return false;
   }
-  if (startToken === null) return true;
-  const current = processStartToken(pid);
-  return current === null || current === startToken;
+  const current = readProcStat(pid);
+  // A zombie has exited; only its parent has not collected it yet.
+  if (current === undefined) return true;
+  if (current.zombie) return false;
+  return startToken === null || current.startToken === startToken;
 }
 
 // ------------------------------------------------------------------ stat cache encoding
