@@ -1,0 +1,136 @@
+import { existsSync, statSync } from "node:fs";
+import { afterAll, describe, expect, it } from "vitest";
+import { makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+
+const projects: Project[] = [];
+afterAll(() => projects.forEach((project) => project.remove()));
+
+function tempProject(files = {}): Project {
+  const project = makeProject(files);
+  projects.push(project);
+  return project;
+}
+
+const COMMANDS = [
+  ["up"],
+  ["plan"],
+  ["watch"],
+  ["train", "deploy"],
+  ["train", "list"],
+  ["train", "logs"],
+  ["train", "info"],
+  ["train", "get"],
+  ["train", "kill"],
+  ["template", "list"],
+  ["template", "get"],
+  ["render"],
+];
+
+describe("the CLI frame (built CLI)", () => {
+  it("prints help listing every command and exits 0", async () => {
+    const project = tempProject();
+    const result = await runKaos(["--help"], { cwd: project.dir });
+    expect(result.code).toBe(0);
+    for (const command of ["up", "plan", "watch", "train", "template", "render"]) expect(result.stdout).toContain(`  ${command}`);
+  });
+
+  it("has --help for every command", async () => {
+    const project = tempProject();
+    for (const command of COMMANDS) {
+      const result = await runKaos([...command, "--help"], { cwd: project.dir });
+      expect(result.code, command.join(" ")).toBe(0);
+      expect(result.stdout, command.join(" ")).toContain(`Usage: kaos ${command.join(" ")}`);
+    }
+    const deploy = await runKaos(["train", "deploy", "--help"], { cwd: project.dir });
+    expect(deploy.stdout).toContain("-h, --hyperparams <file>");
+    const plan = await runKaos(["plan", "--help"], { cwd: project.dir });
+    expect(plan.stdout).toContain("--detailed-exitcode");
+    expect(plan.stdout).toContain("--json");
+  });
+
+  it("prints the version", async () => {
+    const project = tempProject();
+    const result = await runKaos(["--version"], { cwd: project.dir });
+    expect(result.code).toBe(0);
+    expect(result.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it("exits 1 with a message on unknown commands, unknown flags and bad flag values", async () => {
+    const project = tempProject();
+    const unknown = await runKaos(["launch"], { cwd: project.dir });
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain("unknown command 'launch'");
+    const flag = await runKaos(["up", "--forse"], { cwd: project.dir });
+    expect(flag.code).toBe(1);
+    expect(flag.stderr).toContain("unknown option '--forse'");
+    const value = await runKaos(["train", "deploy", "-s", "x", "-d", "y", "-p", "0"], { cwd: project.dir });
+    expect(value.code).toBe(1);
+    expect(value.stderr).toContain('--parallelism: expected a whole number, 1 or more, found "0"');
+    const missing = await runKaos(["train", "deploy"], { cwd: project.dir });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("required option '-s, --source <dir>' not specified");
+  });
+
+  it("exits 1 when there is no config, saying how to make one", async () => {
+    const project = tempProject();
+    const result = await runKaos(["plan"], { cwd: project.dir });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(`error: no kaos.config.ts found in ${project.dir} or any parent directory`);
+    expect(result.stderr).toContain("hint: create one");
+  });
+
+  it("reports an invalid config with file:line and key path, exit 1, and creates no state", async () => {
+    const project = tempProject({
+      "kaos.config.ts": `import { defineConfig } from "kaos";\nexport default defineConfig({\n  pipelines: {\n    svm: { source: "src", data: "data", resources: { memory: "2GB" } },\n  },\n});\n`,
+      ...under("src", trivialSourceBundle("#!/bin/sh\n")),
+      "data/x": "1",
+    });
+    const result = await runKaos(["up"], { cwd: project.dir });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(`${project.path("kaos.config.ts")}:4: pipelines.svm.resources.memory: expected a positive size with an SI or binary suffix`);
+    expect(result.stderr).toContain('found "2GB"');
+    expect(existsSync(project.path(".kaos"))).toBe(false);
+  });
+
+  it("never colours output when piped or with NO_COLOR, and colours on request", async () => {
+    const project = tempProject();
+    const plain = await runKaos(["plan"], { cwd: project.dir });
+    expect(plain.stderr).not.toMatch(/\u001b\[/);
+    const forced = await runKaos(["plan"], { cwd: project.dir, env: { NO_COLOR: undefined, FORCE_COLOR: "1" } });
+    expect(forced.stderr).toMatch(/\u001b\[31merror/);
+    const both = await runKaos(["plan"], { cwd: project.dir, env: { NO_COLOR: "1", FORCE_COLOR: "1" } });
+    expect(both.stderr).not.toMatch(/\u001b\[/);
+  });
+});
+
+describe("templates (built CLI)", () => {
+  it("lists templates, as text and JSON", async () => {
+    const project = tempProject();
+    const text = await runKaos(["template", "list"], { cwd: project.dir });
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^NAME\s+DESCRIPTION\nmnist\s+SVM/);
+    const json = await runKaos(["template", "list", "--json"], { cwd: project.dir });
+    expect(JSON.parse(json.stdout)).toEqual([{ name: "mnist", description: expect.stringContaining("SVM") }]);
+  });
+
+  it("copies the mnist template with its executable train script, ready to plan", async () => {
+    const project = tempProject();
+    const result = await runKaos(["template", "get", "--name", "mnist"], { cwd: project.dir });
+    expect(result.code).toBe(0);
+    const train = project.path("mnist/model-train/mnist/model/train");
+    expect(statSync(train).mode & 0o111).not.toBe(0);
+    for (const file of ["kaos.config.ts", "hyperopt/params.json", "model-train/mnist/Dockerfile", "data/features/training/xaaa.csv", "data_manifest_micro/manifest.jsonl"]) {
+      expect(existsSync(project.path("mnist", file)), file).toBe(true);
+    }
+    const plan = await runKaos(["plan", "--json"], { cwd: project.path("mnist") });
+    expect(plan.code, plan.stderr).toBe(0);
+    const parsed = JSON.parse(plan.stdout) as { pipelines: { jobs: unknown[] }[] };
+    expect(parsed.pipelines[0]?.jobs).toHaveLength(12);
+    const again = await runKaos(["template", "get", "--name", "mnist"], { cwd: project.dir });
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain(`${project.path("mnist")} already exists and is not empty`);
+    const unknown = await runKaos(["template", "get", "--name", "cifar"], { cwd: project.dir });
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain("--name cifar: no such template; expected one of: mnist");
+  });
+});
