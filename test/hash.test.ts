@@ -1,0 +1,570 @@
+import { createHash } from "node:crypto";
+import { execFileSync, spawnSync } from "node:child_process";
+import {
+  appendFileSync,
+  chmodSync,
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, describe, expect, it } from "vitest";
+import { KaosError } from "../src/errors.js";
+import {
+  diffTrees,
+  hashFile,
+  hashString,
+  hashTree,
+  memoryStatCache,
+  type StatCacheEntry,
+  type StatCacheStore,
+  type TreeFile,
+} from "../src/hash.js";
+
+const temporaryDirectories: string[] = [];
+afterAll(() => {
+  for (const directory of temporaryDirectories) {
+    // Restore permissions a test may have removed so the cleanup can run.
+    spawnSync("chmod", ["-R", "u+rwx", directory]);
+    rmSync(directory, { recursive: true, force: true });
+  }
+});
+
+function makeTemporaryDirectory(): string {
+  const directory = mkdtempSync(join(tmpdir(), "kaos-hash-"));
+  temporaryDirectories.push(directory);
+  return directory;
+}
+
+type Spec = Record<string, string | { content: string; executable: true } | { symlink: string }>;
+
+/** Writes the files of `spec` under `root`, in the given order. */
+function writeTree(root: string, spec: Spec, order: string[] = Object.keys(spec)): void {
+  for (const path of order) {
+    const value = spec[path]!;
+    const target = join(root, path);
+    mkdirSync(dirname(target), { recursive: true });
+    if (typeof value === "string") writeFileSync(target, value);
+    else if ("symlink" in value) symlinkSync(value.symlink, target);
+    else {
+      writeFileSync(target, value.content);
+      chmodSync(target, 0o755);
+    }
+  }
+}
+
+function sha256(data: string | Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+function sha256sum(path: string): string {
+  return execFileSync("sha256sum", [path], { encoding: "utf8" }).split(" ")[0]!;
+}
+
+/** Files written before this wait are out of the racy window (1 s on filesystems with sub-second stamps). */
+function waitPastRacyWindow(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 1_100));
+}
+
+async function expectKaosError(promise: Promise<unknown>, code: string, mentions: string): Promise<KaosError> {
+  const error: unknown = await promise.then(
+    () => undefined,
+    (reason: unknown) => reason,
+  );
+  expect(error).toBeInstanceOf(KaosError);
+  const kaosError = error as KaosError;
+  expect(kaosError.code).toBe(code);
+  expect(kaosError.message).toContain(mentions);
+  return kaosError;
+}
+
+const SAMPLE: Spec = {
+  "Dockerfile": "FROM python:3.12\n",
+  "model/train": { content: "#!/usr/bin/env python3\nprint('hi')\n", executable: true },
+  "model/requirements.txt": "numpy\n",
+  "model/a-b.txt": "dash sorts before slash\n",
+  "model/a/c.txt": "nested\n",
+  "data/x.csv": "1,2,3\n",
+  "data/ü-umlaut.txt": "non-ascii name\n",
+  "data/😀.txt": "astral name\n",
+  "data/\uFB01.txt": "BMP name above U+E000\n",
+};
+
+describe("hashTree: identity", () => {
+  it("gives the same hash and listing for the same tree in two directories, whatever the creation order and mtimes", async () => {
+    const first = makeTemporaryDirectory();
+    const second = makeTemporaryDirectory();
+    writeTree(first, SAMPLE);
+    writeTree(second, SAMPLE, Object.keys(SAMPLE).reverse());
+    utimesSync(join(second, "data/x.csv"), new Date("2001-01-01"), new Date("2001-01-01"));
+    utimesSync(join(second, "Dockerfile"), new Date("2030-01-01"), new Date("2030-01-01"));
+    const [a, b] = await Promise.all([hashTree(first), hashTree(second)]);
+    expect(a.hash).toBe(b.hash);
+    expect(a.files).toEqual(b.files);
+    expect(a.root).toBe(first);
+    expect(a.hash).not.toBe(sha256("kaos-tree-v1\n"));
+  });
+
+  it("follows the documented encoding: sorted by UTF-8 bytes, mode, path and content hash per line", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    const result = await hashTree(root);
+    const byteOrder = Object.keys(SAMPLE).sort((left, right) => Buffer.compare(Buffer.from(left), Buffer.from(right)));
+    expect(result.files.map((file) => file.path)).toEqual(byteOrder);
+    // "a-b.txt" before "a/c.txt" ('-' < '/'), and the astral 😀 after U+FB01 as in UTF-8.
+    expect(byteOrder.indexOf("model/a-b.txt")).toBeLessThan(byteOrder.indexOf("model/a/c.txt"));
+    expect(byteOrder.indexOf("data/\uFB01.txt")).toBeLessThan(byteOrder.indexOf("data/😀.txt"));
+    let encoding = "kaos-tree-v1\n";
+    for (const path of byteOrder) {
+      const value = SAMPLE[path]!;
+      const content = typeof value === "string" ? value : "content" in value ? value.content : value.symlink;
+      const mode = typeof value === "string" ? "file" : "content" in value ? "exec" : "symlink";
+      const file = result.files.find((entry) => entry.path === path)!;
+      expect(file).toEqual({ path, mode, size: Buffer.byteLength(content), hash: sha256(content) });
+      encoding += `${mode}\0${path}\0${sha256(content)}\n`;
+    }
+    expect(result.hash).toBe(sha256(encoding));
+    expect(result.stats).toEqual({
+      files: byteOrder.length,
+      bytes: result.files.reduce((sum, file) => sum + file.size, 0),
+      hashedFiles: byteOrder.length,
+      hashedBytes: result.files.reduce((sum, file) => sum + file.size, 0),
+      cacheHits: 0,
+    });
+  });
+
+  it("hashes a bundle that is only an empty directory (or only empty directories) deterministically", async () => {
+    const empty = makeTemporaryDirectory();
+    const emptyDirectories = makeTemporaryDirectory();
+    mkdirSync(join(emptyDirectories, "a/b/c"), { recursive: true });
+    const [a, b] = await Promise.all([hashTree(empty), hashTree(emptyDirectories)]);
+    expect(a.hash).toBe(sha256("kaos-tree-v1\n"));
+    expect(b.hash).toBe(a.hash);
+    expect(a.files).toEqual([]);
+    expect(a.stats).toEqual({ files: 0, bytes: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 });
+  });
+
+  it("gives the same result with one worker and with three", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    for (let index = 0; index < 3000; index++) writeFileSync(join(root, `many-${index % 7}-${index}.txt`), `${index}`);
+    const [one, three] = await Promise.all([hashTree(root, { workers: 1 }), hashTree(root, { workers: 3 })]);
+    expect(three.hash).toBe(one.hash);
+    expect(three.files).toEqual(one.files);
+    expect(one.files).toHaveLength(3000 + Object.keys(SAMPLE).length);
+  });
+});
+
+describe("hashTree: change detection", () => {
+  async function baseline(): Promise<{ root: string; hash: string; files: TreeFile[] }> {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    const result = await hashTree(root);
+    return { root, hash: result.hash, files: result.files };
+  }
+
+  it("detects a same-size content edit whose mtime was put back", async () => {
+    const { root, hash } = await baseline();
+    const target = join(root, "data/x.csv");
+    const before = statSync(target);
+    writeFileSync(target, "9,9,9\n");
+    utimesSync(target, before.atime, before.mtime);
+    expect(statSync(target).size).toBe(before.size);
+    expect(Math.floor(statSync(target).mtimeMs / 1000)).toBe(Math.floor(before.mtimeMs / 1000));
+    const after = await hashTree(root);
+    expect(after.hash).not.toBe(hash);
+  });
+
+  it("detects a rename, a deletion, a new file and a mode change, and diffTrees names each", async () => {
+    const { root, hash, files } = await baseline();
+    renameSync(join(root, "data/x.csv"), join(root, "data/y.csv"));
+    const renamed = await hashTree(root);
+    expect(renamed.hash).not.toBe(hash);
+    expect(diffTrees(files, renamed.files)).toEqual({
+      added: [renamed.files.find((file) => file.path === "data/y.csv")],
+      changed: [],
+      removed: [files.find((file) => file.path === "data/x.csv")],
+      modeChanged: [],
+    });
+
+    chmodSync(join(root, "Dockerfile"), 0o755);
+    const executable = await hashTree(root);
+    expect(executable.hash).not.toBe(renamed.hash);
+    const modeDiff = diffTrees(renamed.files, executable.files);
+    expect(modeDiff.modeChanged.map((file) => [file.path, file.mode])).toEqual([["Dockerfile", "exec"]]);
+    expect(modeDiff.changed).toEqual([]);
+
+    unlinkSync(join(root, "model/a/c.txt"));
+    const deleted = await hashTree(root);
+    expect(deleted.hash).not.toBe(executable.hash);
+    expect(diffTrees(executable.files, deleted.files).removed.map((file) => file.path)).toEqual(["model/a/c.txt"]);
+
+    writeFileSync(join(root, "model/a/new.txt"), "");
+    const added = await hashTree(root);
+    expect(added.hash).not.toBe(deleted.hash);
+    expect(added.files.find((file) => file.path === "model/a/new.txt")).toEqual({
+      path: "model/a/new.txt",
+      mode: "file",
+      size: 0,
+      hash: sha256(""),
+    });
+  });
+
+  it("ignores a new empty directory (directories are not entries, by design)", async () => {
+    const { root, hash } = await baseline();
+    mkdirSync(join(root, "outputs/empty"), { recursive: true });
+    expect((await hashTree(root)).hash).toBe(hash);
+    writeFileSync(join(root, "outputs/empty/.keep"), "");
+    expect((await hashTree(root)).hash).not.toBe(hash);
+  });
+});
+
+describe("hashTree: ignore rules", () => {
+  it("always skips .git, .kaos, node_modules and __pycache__ at any depth", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { "keep.txt": "kept", "sub/keep.txt": "kept" });
+    const before = await hashTree(root);
+    writeTree(root, {
+      ".git/HEAD": "ref",
+      ".kaos/state.db": "db",
+      "node_modules/x/index.js": "x",
+      "sub/__pycache__/m.pyc": "pyc",
+      "sub/node_modules/y.js": "y",
+      "sub/deeper/.git": "gitdir: elsewhere",
+    });
+    const after = await hashTree(root);
+    expect(after.files.map((file) => file.path)).toEqual(["keep.txt", "sub/keep.txt"]);
+    expect(after.hash).toBe(before.hash);
+  });
+
+  it("applies .kaosignore (with negation), keeps .kaosignore itself in the tree, and takes extra patterns", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, {
+      ".kaosignore": "*.log\n!keep.log\nscratch/\n/top-only.txt\n",
+      "run.log": "noise",
+      "keep.log": "kept on purpose",
+      "sub/run.log": "noise",
+      "scratch/a.txt": "a",
+      "sub/scratch/b.txt": "b",
+      "top-only.txt": "ignored at the root",
+      "sub/top-only.txt": "kept below the root",
+      "extra.tmp": "ignored by an option",
+      "data.csv": "1",
+    });
+    const result = await hashTree(root, { ignore: ["*.tmp"] });
+    expect(result.files.map((file) => file.path)).toEqual([".kaosignore", "data.csv", "keep.log", "sub/top-only.txt"]);
+
+    // Editing an ignored file changes nothing; editing .kaosignore does.
+    writeFileSync(join(root, "run.log"), "more noise");
+    expect((await hashTree(root, { ignore: ["*.tmp"] })).hash).toBe(result.hash);
+    appendFileSync(join(root, ".kaosignore"), "data.csv\n");
+    const edited = await hashTree(root, { ignore: ["*.tmp"] });
+    expect(edited.files.map((file) => file.path)).toEqual([".kaosignore", "keep.log", "sub/top-only.txt"]);
+  });
+
+  it("skips a special file that .kaosignore excludes instead of failing on it", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { ".kaosignore": "*.fifo\n", "a.txt": "a" });
+    execFileSync("mkfifo", [join(root, "pipe.fifo")]);
+    const result = await hashTree(root);
+    expect(result.files.map((file) => file.path)).toEqual([".kaosignore", "a.txt"]);
+  });
+});
+
+describe("hashTree: symlinks", () => {
+  it("hashes a link as its target string, never following it out of the bundle", async () => {
+    const outside = makeTemporaryDirectory();
+    writeTree(outside, { "secret.txt": "outside content", "dir/inner.txt": "inner" });
+    const root = makeTemporaryDirectory();
+    writeTree(root, {
+      "to-file": { symlink: join(outside, "secret.txt") },
+      "to-dir": { symlink: join(outside, "dir") },
+      "dangling": { symlink: "does/not/exist" },
+    });
+    const first = await hashTree(root);
+    expect(first.files).toEqual([
+      { path: "dangling", mode: "symlink", size: "does/not/exist".length, hash: sha256("does/not/exist") },
+      { path: "to-dir", mode: "symlink", size: Buffer.byteLength(join(outside, "dir")), hash: sha256(join(outside, "dir")) },
+      { path: "to-file", mode: "symlink", size: Buffer.byteLength(join(outside, "secret.txt")), hash: sha256(join(outside, "secret.txt")) },
+    ]);
+
+    writeFileSync(join(outside, "secret.txt"), "changed outside");
+    writeFileSync(join(outside, "dir/inner.txt"), "changed too");
+    expect((await hashTree(root)).hash).toBe(first.hash);
+
+    unlinkSync(join(root, "dangling"));
+    symlinkSync("does/not/exist-either", join(root, "dangling"));
+    expect((await hashTree(root)).hash).not.toBe(first.hash);
+  });
+});
+
+describe("hashTree: stat cache", () => {
+  it("reads nothing on a second run, saves nothing, and re-reads exactly one touched file", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    await waitPastRacyWindow();
+    const cache = memoryStatCache();
+
+    const cold = await hashTree(root, { statCache: cache });
+    expect(cold.stats.hashedFiles).toBe(Object.keys(SAMPLE).length);
+    expect(cold.stats.cacheHits).toBe(0);
+    expect(cache.saveCount).toBe(1);
+
+    const warm = await hashTree(root, { statCache: cache });
+    expect(warm.stats).toMatchObject({ hashedFiles: 0, hashedBytes: 0, cacheHits: Object.keys(SAMPLE).length });
+    expect(warm.hash).toBe(cold.hash);
+    expect(warm.files).toEqual(cold.files);
+    expect(cache.saveCount).toBe(1);
+
+    const touched = join(root, "model/requirements.txt");
+    const now = new Date();
+    utimesSync(touched, now, now);
+    const afterTouch = await hashTree(root, { statCache: cache });
+    expect(afterTouch.stats).toMatchObject({
+      hashedFiles: 1,
+      hashedBytes: statSync(touched).size,
+      cacheHits: Object.keys(SAMPLE).length - 1,
+    });
+    expect(afterTouch.hash).toBe(cold.hash);
+    expect(cache.saveCount).toBe(2);
+
+    unlinkSync(join(root, "data/x.csv"));
+    const afterDelete = await hashTree(root, { statCache: cache });
+    expect(afterDelete.stats.hashedFiles).toBe(1); // the touched file is still within the racy window
+    expect(afterDelete.hash).not.toBe(cold.hash);
+    expect(cache.saveCount).toBe(3);
+    expect([...(await cache.load(root)).keys()]).not.toContain("data/x.csv");
+  });
+
+  it("catches a same-size edit with the mtime put back: utimes moves ctime, which the cache compares", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    const target = join(root, "data/x.csv");
+    // A whole-second mtime can be put back exactly (utimes takes no nanoseconds).
+    const wholeSecond = new Date("2024-05-01T12:00:00Z");
+    utimesSync(target, wholeSecond, wholeSecond);
+    await waitPastRacyWindow();
+    const cache = memoryStatCache();
+    const cold = await hashTree(root, { statCache: cache });
+    const before = statSync(target, { bigint: true });
+    writeFileSync(target, "7,7,7\n");
+    // Same size, same mtime to the nanosecond: only ctime, which no user call
+    // can set and which utimes itself moves, betrays the edit.
+    utimesSync(target, wholeSecond, wholeSecond);
+    const after = statSync(target, { bigint: true });
+    expect(after.size).toBe(before.size);
+    expect(after.mtimeNs).toBe(before.mtimeNs);
+    expect(after.ctimeNs).not.toBe(before.ctimeNs);
+    const edited = await hashTree(root, { statCache: cache });
+    expect(edited.stats.hashedFiles).toBe(1);
+    expect(edited.hash).not.toBe(cold.hash);
+    expect(edited.files.find((file) => file.path === "data/x.csv")!.hash).toBe(sha256("7,7,7\n"));
+  });
+
+  it("re-reads a file written right before the cache was saved (racy rule), and trusts it once it has aged", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    await waitPastRacyWindow();
+    writeFileSync(join(root, "fresh.txt"), "written within the same tick as the cache");
+    const cache = memoryStatCache();
+    await hashTree(root, { statCache: cache });
+    // Nothing changed, yet fresh.txt is read again: its mtime is within the
+    // racy window of the cache's save time, so an edit made right after the
+    // first read in the same timestamp tick would have left the same stat.
+    const again = await hashTree(root, { statCache: cache });
+    expect(again.stats).toMatchObject({ hashedFiles: 1, cacheHits: Object.keys(SAMPLE).length });
+    expect(cache.saveCount).toBe(2); // saved, so the window moves on
+    await waitPastRacyWindow();
+    // Its last read happened within the window too, so it is read once more;
+    // that save is far enough past its stamps for the entry to be trusted.
+    const aged = await hashTree(root, { statCache: cache });
+    expect(aged.stats).toMatchObject({ hashedFiles: 1, cacheHits: Object.keys(SAMPLE).length });
+    const settled = await hashTree(root, { statCache: cache });
+    expect(settled.stats).toMatchObject({ hashedFiles: 0, cacheHits: Object.keys(SAMPLE).length + 1 });
+    expect(cache.saveCount).toBe(3);
+  });
+
+  it("trusts no entry from a store that cannot tell when it was saved", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    await waitPastRacyWindow();
+    const saved = new Map<string, StatCacheEntry>();
+    const store: StatCacheStore = {
+      load: async () => saved,
+      save: async (_root, entries) => {
+        saved.clear();
+        for (const entry of entries) saved.set(entry.path, entry);
+      },
+    };
+    await hashTree(root, { statCache: store });
+    expect(saved.size).toBe(Object.keys(SAMPLE).length);
+    const again = await hashTree(root, { statCache: store });
+    expect(again.stats).toMatchObject({ hashedFiles: Object.keys(SAMPLE).length, cacheHits: 0 });
+  });
+
+  it("reads dev and ino back from a store that kept them as signed or plain numbers", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    await waitPastRacyWindow();
+    const cache = memoryStatCache();
+    const cold = await hashTree(root, { statCache: cache });
+    const entries = [...(await cache.load(root)).values()].map((entry) => ({
+      ...entry,
+      dev: Number(entry.dev),
+      ino: BigInt.asIntN(64, BigInt(entry.ino)),
+    }));
+    const reloaded = memoryStatCache();
+    reloaded.save(root, entries, cache.savedAt(root)!);
+    const warm = await hashTree(root, { statCache: reloaded });
+    expect(warm.stats.cacheHits).toBe(Object.keys(SAMPLE).length);
+    expect(warm.hash).toBe(cold.hash);
+  });
+});
+
+describe("hashTree: large files", () => {
+  it("hashes a 300 MB file and several medium ones like sha256sum, in bounded memory", async () => {
+    const root = makeTemporaryDirectory();
+    const chunk = Buffer.alloc(4 << 20);
+    for (let index = 0; index < chunk.length; index += 4) chunk.writeUInt32LE((index * 2654435761) >>> 0, index);
+    const big = join(root, "big.bin");
+    const fd = openSync(big, "w");
+    for (let written = 0; written < 300 << 20; written += chunk.length) {
+      chunk.writeUInt32LE(written, 0);
+      writeSync(fd, chunk);
+    }
+    closeSync(fd);
+    // Two more files above the large-file threshold and a dozen that together
+    // exceed one batch's byte budget, so every scheduling path is taken.
+    writeFileSync(join(root, "second-big.bin"), Buffer.concat([chunk, chunk, chunk]));
+    writeFileSync(join(root, "third-big.bin"), Buffer.concat([chunk, chunk, chunk, Buffer.from("x")]));
+    for (let index = 0; index < 12; index++) writeFileSync(join(root, `medium-${index}.bin`), chunk.subarray(index, 3 << 20));
+
+    const rssBefore = process.memoryUsage().rss;
+    let rssPeak = rssBefore;
+    const sampler = setInterval(() => {
+      rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
+    }, 5);
+    const result = await hashTree(root);
+    clearInterval(sampler);
+    rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
+    expect(rssPeak - rssBefore).toBeLessThan(64 << 20);
+
+    const names = result.files.map((file) => file.path);
+    expect(names).toHaveLength(15);
+    for (const file of result.files) expect(file.hash, file.path).toBe(sha256sum(join(root, file.path)));
+    expect(result.files.find((file) => file.path === "big.bin")!.size).toBe(300 << 20);
+    expect(await hashFile(big)).toBe(result.files.find((file) => file.path === "big.bin")!.hash);
+  });
+});
+
+describe("hashTree: errors", () => {
+  it("rejects a root that does not exist or is not a directory, naming it", async () => {
+    const parent = makeTemporaryDirectory();
+    const missing = join(parent, "nope");
+    await expectKaosError(hashTree(missing), "BUNDLE_INVALID", missing);
+    const file = join(parent, "file.txt");
+    writeFileSync(file, "x");
+    await expectKaosError(hashTree(file), "BUNDLE_INVALID", file);
+  });
+
+  it("rejects a FIFO inside the bundle as BUNDLE_INVALID naming it (special-file error path, no hang)", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { "a.txt": "a", "sub/b.txt": "b" });
+    execFileSync("mkfifo", [join(root, "sub/pipe")]);
+    const error = await expectKaosError(hashTree(root), "BUNDLE_INVALID", '"sub/pipe"');
+    expect(error.hint).toContain(".kaosignore");
+  });
+
+  it("reports an unreadable file as an IO error naming it (run as an unprivileged user when the suite runs as root)", async () => {
+    const root = makeTemporaryDirectory();
+    chmodSync(root, 0o755);
+    writeTree(root, { "ok.txt": "fine", "locked/secret.txt": "no" });
+    chmodSync(join(root, "locked/secret.txt"), 0o000);
+    const isRoot = process.getuid?.() === 0;
+    if (!isRoot) {
+      await expectKaosError(hashTree(root), "IO", '"locked/secret.txt"');
+      return;
+    }
+    // Root reads mode-000 files, so the same call runs in a child process as
+    // "nobody", for whom the file really is unreadable.
+    const source = fileURLToPath(new URL("../src/hash.ts", import.meta.url));
+    const jiti = fileURLToPath(new URL("../node_modules/jiti/lib/jiti-register.mjs", import.meta.url));
+    const script = `
+      const loaded = await import(${JSON.stringify(source)});
+      const { hashTree } = loaded.default ?? loaded;
+      try { await hashTree(${JSON.stringify(root)}); console.log(JSON.stringify({ ok: true })); }
+      catch (error) { console.log(JSON.stringify({ code: error.code, message: error.message })); }`;
+    const child = spawnSync(process.execPath, ["--import", jiti, "--input-type=module", "-e", script], {
+      uid: 65534,
+      gid: 65534,
+      encoding: "utf8",
+      env: { ...process.env, JITI_FS_CACHE: "false", HOME: "/tmp" },
+      timeout: 60_000,
+    });
+    expect(child.stderr, child.stdout).not.toMatch(/Error/);
+    expect(child.stdout, child.stderr).toContain("{");
+    const outcome = JSON.parse(child.stdout.trim().split("\n").pop()!) as { code?: string; message?: string };
+    expect(outcome.code, child.stdout).toBe("IO");
+    expect(outcome.message).toContain('"locked/secret.txt"');
+    expect(outcome.message).toContain("permission denied");
+  });
+});
+
+describe("hashFile", () => {
+  it("equals sha256sum, for an empty file too", async () => {
+    const root = makeTemporaryDirectory();
+    const file = join(root, "f.bin");
+    writeFileSync(file, Buffer.alloc(3 << 20, 7));
+    expect(await hashFile(file)).toBe(sha256sum(file));
+    writeFileSync(join(root, "empty"), "");
+    expect(await hashFile(join(root, "empty"))).toBe(sha256sum(join(root, "empty")));
+  });
+
+  it("fails with IO naming a missing file, and refuses a FIFO instead of hanging", async () => {
+    const root = makeTemporaryDirectory();
+    await expectKaosError(hashFile(join(root, "missing")), "IO", join(root, "missing"));
+    execFileSync("mkfifo", [join(root, "pipe")]);
+    await expectKaosError(hashFile(join(root, "pipe")), "IO", "not a regular file");
+  });
+});
+
+describe("hashString", () => {
+  it("length-prefixes each part so that part boundaries count", () => {
+    expect(hashString("ab", "c")).not.toBe(hashString("a", "bc"));
+    expect(hashString("a", "")).not.toBe(hashString("a"));
+    expect(hashString("ü", "x")).toBe(sha256("2:ü1:x"));
+    expect(hashString()).toBe(sha256(""));
+  });
+});
+
+describe("diffTrees", () => {
+  const file = (path: string, hash: string, mode: TreeFile["mode"] = "file"): TreeFile => ({ path, mode, size: 1, hash });
+
+  it("sorts every difference into added, changed, removed and modeChanged", () => {
+    const before = [file("a", "1"), file("b", "2"), file("c", "3"), file("d", "4")];
+    const after = [file("a", "1"), file("b", "20"), file("c", "3", "exec"), file("e", "5"), file("f", "6", "symlink")];
+    expect(diffTrees(before, after)).toEqual({
+      added: [file("e", "5"), file("f", "6", "symlink")],
+      changed: [file("b", "20")],
+      removed: [file("d", "4")],
+      modeChanged: [file("c", "3", "exec")],
+    });
+  });
+
+  it("treats a missing before as everything added, and equal lists as no change", () => {
+    const after = [file("a", "1")];
+    expect(diffTrees(undefined, after)).toEqual({ added: after, changed: [], removed: [], modeChanged: [] });
+    expect(diffTrees(after, after)).toEqual({ added: [], changed: [], removed: [], modeChanged: [] });
+  });
+});
