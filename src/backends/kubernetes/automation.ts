@@ -1,0 +1,303 @@
+/**
+ * Runs the cluster program through Pulumi's Automation API: an inline
+ * program in a LocalWorkspace whose state lives in a file backend under
+ * `.kaos/pulumi` (or the stack's `pulumi.backendUrl`), with passphrase
+ * secrets.
+ *
+ * The Pulumi CLI does the work; the SDK drives it through a `PulumiCommand`.
+ * That object is the seam: the SDK only reads its `command` and `version` and
+ * calls `run(args, cwd, env, onOutput, onError, signal)`, so tests hand in a
+ * runner of that shape and see exactly what the SDK would execute.
+ */
+import { constants } from "node:fs";
+import { access, mkdir } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { homedir } from "node:os";
+import { delimiter, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  CommandError,
+  ConcurrentUpdateError,
+  LocalWorkspace,
+  PulumiCommand,
+  type EngineEvent,
+  type OpMap,
+} from "@pulumi/pulumi/automation/index.js";
+import { KaosError, describeError, errnoCode } from "../../errors.js";
+import type { ResolvedConfig, ResolvedStack } from "../../types.js";
+import { planCluster, type ClusterPlan } from "./cluster-plan.js";
+import { dockerConfigFromEnv } from "./manifests.js";
+import { clusterProgram } from "./program.js";
+import { assertValidSpecs } from "./render.js";
+import type { ClusterPipelineInput } from "./index.js";
+
+/** What the SDK needs of a Pulumi CLI (the public shape of `PulumiCommand` plus its `run`). */
+export interface PulumiRunner {
+  readonly command: string;
+  readonly version: { toString(): string } | null;
+  run(
+    args: string[],
+    cwd: string,
+    additionalEnv: { [key: string]: string },
+    onOutput?: (data: string) => void,
+    onError?: (data: string) => void,
+    signal?: AbortSignal,
+  ): Promise<{ stdout: string; stderr: string; code: number }>;
+}
+
+export interface ClusterRunOptions {
+  /** The Pulumi CLI to drive; default the `pulumi` found on PATH (or in ~/.pulumi/bin). */
+  runner?: PulumiRunner;
+  /** Environment read for the token, the passphrase and registry credentials. Default process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** Pulumi's own progress output, as it comes. */
+  onOutput?: (text: string) => void;
+  /** Where the dynamic providers load their implementation from (tests). */
+  implUrl?: string;
+  signal?: AbortSignal;
+}
+
+/** One resource step of a preview or an update. */
+export interface ClusterChange {
+  op: string;
+  type: string;
+  name: string;
+  urn: string;
+}
+
+export interface ClusterChangeSummary {
+  stack: string;
+  create: number;
+  update: number;
+  delete: number;
+  replace: number;
+  same: number;
+  /** Steps that change something, in the order Pulumi reported them. */
+  resources: ClusterChange[];
+}
+
+export const PULUMI_INSTALL_HINT =
+  "install it: curl -fsSL https://get.pulumi.com | sh (or brew install pulumi), then rerun; " +
+  "`kaos render --stack cluster -o DIR` works without it";
+
+/** `pulumi preview` of the cluster program: what `up` would change. */
+export async function previewCluster(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  inputs: readonly ClusterPipelineInput[],
+  options: ClusterRunOptions = {},
+): Promise<ClusterChangeSummary> {
+  return runCluster("preview", config, stack, inputs, options);
+}
+
+/** `pulumi up` of the cluster program. */
+export async function applyCluster(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  inputs: readonly ClusterPipelineInput[],
+  options: ClusterRunOptions = {},
+): Promise<ClusterChangeSummary> {
+  return runCluster("up", config, stack, inputs, options);
+}
+
+async function runCluster(
+  operation: "preview" | "up",
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  inputs: readonly ClusterPipelineInput[],
+  options: ClusterRunOptions,
+): Promise<ClusterChangeSummary> {
+  const env = options.env ?? process.env;
+  const plan = await planCluster(config, stack, inputs);
+  assertValidSpecs(plan);
+  const runner = options.runner ?? (await findPulumi(env));
+  const { settings } = plan;
+  const secretValues = secretsIn(plan, env);
+
+  await prepareDirectories(plan);
+  const program = clusterProgram(plan, { env, ...(options.implUrl ? { implUrl: options.implUrl } : {}) });
+  const changes: ClusterChange[] = [];
+  let summary: OpMap | undefined;
+  const onEvent = (event: EngineEvent): void => {
+    const step = event.resourcePreEvent?.metadata;
+    if (step && step.op !== "same" && step.op !== "read") {
+      changes.push({ op: step.op, type: step.type, name: step.urn.split("::").pop() ?? step.urn, urn: step.urn });
+    }
+    if (event.summaryEvent) summary = event.summaryEvent.resourceChanges;
+  };
+
+  try {
+    const workspaceStack = await LocalWorkspace.createOrSelectStack(
+      { stackName: settings.pulumi.stackName, projectName: settings.pulumi.projectName, program },
+      {
+        workDir: settings.pulumi.workDir,
+        // The SDK uses nothing of PulumiCommand beyond the PulumiRunner shape.
+        pulumiCommand: runner as unknown as PulumiCommand,
+        envVars: pulumiEnv(plan, env),
+        secretsProvider: "passphrase",
+        projectSettings: {
+          name: settings.pulumi.projectName,
+          runtime: "nodejs",
+          // Pulumi starts the dynamic provider process here; it must resolve @pulumi/pulumi.
+          main: packageRoot(),
+          backend: { url: settings.pulumi.backendUrl },
+        },
+      },
+    );
+    const common = {
+      onEvent,
+      ...(options.onOutput ? { onOutput: options.onOutput } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+    };
+    if (operation === "preview") await workspaceStack.preview(common);
+    else await workspaceStack.up(common);
+  } catch (error) {
+    throw pulumiError(error, operation, settings.pulumi.stackName, secretValues);
+  }
+  return summarize(settings.pulumi.stackName, summary, changes);
+}
+
+function summarize(stack: string, summary: OpMap | undefined, changes: ClusterChange[]): ClusterChangeSummary {
+  const count = (op: keyof OpMap): number =>
+    summary?.[op] ?? changes.filter((change) => change.op === op).length;
+  return {
+    stack,
+    create: count("create"),
+    update: count("update"),
+    delete: count("delete"),
+    replace: count("replace"),
+    same: summary?.same ?? 0,
+    resources: changes,
+  };
+}
+
+/**
+ * What the Pulumi CLI (and the provider process it starts) gets on top of
+ * kaos's own environment: where the state is, the secrets passphrase, and
+ * the Pachyderm token under its own name. Nothing secret goes in arguments.
+ */
+export function pulumiEnv(plan: ClusterPlan, env: NodeJS.ProcessEnv): Record<string, string> {
+  const { settings } = plan;
+  const passphrase = env[settings.pulumi.passphraseEnv];
+  if ((passphrase === undefined || passphrase === "") && dockerConfigFromEnv(settings, env) !== undefined) {
+    throw new KaosError(
+      "STACK_INVALID",
+      `stack '${settings.stack}' puts registry credentials in a Kubernetes secret, which Pulumi keeps encrypted in its state, but ${settings.pulumi.passphraseEnv} is not set`,
+      { hint: `export ${settings.pulumi.passphraseEnv}=<a passphrase you keep>, or create the secret yourself and unset ${settings.registry.usernameEnv}/${settings.registry.passwordEnv}` },
+    );
+  }
+  const vars: Record<string, string> = {
+    PULUMI_BACKEND_URL: settings.pulumi.backendUrl,
+    // kaos keeps no other secret in the state: an empty passphrase is allowed then.
+    PULUMI_CONFIG_PASSPHRASE: passphrase ?? "",
+    PULUMI_SKIP_UPDATE_CHECK: "true",
+  };
+  const token = env[settings.pachyderm.tokenEnv];
+  if (token !== undefined && token !== "") vars[settings.pachyderm.tokenEnv] = token;
+  return vars;
+}
+
+function secretsIn(plan: ClusterPlan, env: NodeJS.ProcessEnv): string[] {
+  const { settings } = plan;
+  const names = [settings.pachyderm.tokenEnv, settings.pulumi.passphraseEnv, settings.registry.passwordEnv];
+  return names.flatMap((name) => {
+    const value = name === undefined ? undefined : env[name];
+    return value !== undefined && value.length >= 4 ? [value] : [];
+  });
+}
+
+async function prepareDirectories(plan: ClusterPlan): Promise<void> {
+  const { pulumi } = plan.settings;
+  await mkdir(pulumi.workDir, { recursive: true });
+  if (pulumi.backendUrl.startsWith("file://")) await mkdir(fileURLToPath(pulumi.backendUrl), { recursive: true });
+}
+
+/** The directory whose node_modules holds @pulumi/pulumi (kaos's package root, or the project that installed it). */
+export function packageRoot(): string {
+  const entry = createRequire(import.meta.url).resolve("@pulumi/pulumi");
+  // .../node_modules/@pulumi/pulumi/index.js -> the directory holding node_modules
+  return dirname(dirname(dirname(dirname(entry))));
+}
+
+/**
+ * The Pulumi CLI on PATH, else in the default install location
+ * (~/.pulumi/bin, where the install script puts it); PULUMI_MISSING otherwise.
+ */
+export async function findPulumi(env: NodeJS.ProcessEnv = process.env): Promise<PulumiRunner> {
+  const candidates = (env["PATH"] ?? "")
+    .split(delimiter)
+    .filter((dir) => dir !== "")
+    .map((dir) => join(dir, "pulumi"));
+  const home = env["HOME"] ?? homedir();
+  candidates.push(join(home, ".pulumi", "bin", "pulumi"));
+  let found: string | undefined;
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, constants.X_OK);
+      found = candidate;
+      break;
+    } catch {
+      // not here
+    }
+  }
+  if (found === undefined) {
+    throw new KaosError("PULUMI_MISSING", "the Pulumi CLI is required for stack 'cluster' (and every kubernetes stack), and `pulumi` is not on PATH", {
+      hint: PULUMI_INSTALL_HINT,
+    });
+  }
+  const binDir = dirname(found);
+  try {
+    // An installation root (<root>/bin/pulumi) lets the SDK put its plugins on PATH.
+    const command = binDir.endsWith("/bin") ? await PulumiCommand.get({ root: dirname(binDir) }) : await PulumiCommand.get();
+    return command as unknown as PulumiRunner;
+  } catch (error) {
+    const message = describeError(error);
+    if (errnoCode(error) === "ENOENT" || /ENOENT/.test(message)) {
+      throw new KaosError("PULUMI_MISSING", `the Pulumi CLI at ${found} could not be started`, { hint: PULUMI_INSTALL_HINT });
+    }
+    throw new KaosError("PULUMI_FAILED", `the Pulumi CLI at ${found} is not usable: ${firstLine(message)}`, {
+      hint: "upgrade it: curl -fsSL https://get.pulumi.com | sh (or brew upgrade pulumi)",
+      cause: error,
+    });
+  }
+}
+
+/** Maps what the SDK throws to kaos errors; secrets are masked in everything shown. */
+export function pulumiError(error: unknown, operation: string, stack: string, secrets: readonly string[]): KaosError {
+  if (error instanceof KaosError) return error;
+  const mask = (text: string): string => secrets.reduce((masked, secret) => masked.split(secret).join("***"), text);
+  if (error instanceof ConcurrentUpdateError) {
+    return new KaosError("STATE_LOCKED", `another Pulumi update of stack '${stack}' is running`, {
+      hint: "wait for it to finish; if it was killed, run `pulumi cancel` in .kaos/pulumi/workspaces/<stack>",
+      cause: error,
+    });
+  }
+  if (error instanceof CommandError) {
+    // ConcurrentUpdateError is handled above; TypeScript cannot tell the two classes apart.
+    const result = (error as unknown as { commandResult?: { stdout?: string; stderr?: string; code?: number; err?: unknown } })
+      .commandResult;
+    const stderr = mask(result?.stderr ?? "");
+    if (result?.err !== undefined && (errnoCode(result.err) === "ENOENT" || /ENOENT/.test(stderr))) {
+      return new KaosError("PULUMI_MISSING", "the Pulumi CLI could not be started", { hint: PULUMI_INSTALL_HINT });
+    }
+    const tail = lastLines(stderr.trim() !== "" ? stderr : mask(result?.stdout ?? ""), 15);
+    return new KaosError("PULUMI_FAILED", `pulumi ${operation} failed for stack '${stack}' (exit ${result?.code ?? "unknown"})`, {
+      hint: tail === "" ? undefined : tail,
+      cause: error,
+    });
+  }
+  return new KaosError("PULUMI_FAILED", `pulumi ${operation} failed for stack '${stack}': ${mask(describeError(error))}`, { cause: error });
+}
+
+function lastLines(text: string, count: number): string {
+  return text
+    .split("\n")
+    .map((line) => line.trimEnd())
+    .filter((line) => line !== "")
+    .slice(-count)
+    .join("\n");
+}
+
+function firstLine(text: string): string {
+  return text.split("\n")[0] ?? text;
+}

@@ -1,0 +1,240 @@
+/**
+ * `kaos train list` and `kaos train logs` on a kubernetes stack, read from
+ * Pachyderm through pachd's API.
+ *
+ * A Pachyderm job of a build or ingest pipeline is one kaos job. A train
+ * job runs one datum per combination of the grid; each datum is one kaos
+ * job whose id is its job key (the name of its params file). A datum that
+ * Pachyderm skipped because an earlier job already ran it is shown once,
+ * from the job that ran it.
+ */
+import { KaosError } from "../../errors.js";
+import type { HyperparamSet, ResolvedStack } from "../../types.js";
+import {
+  PachdClient,
+  pipelineRef,
+  type DatumInfo,
+  type JobInfo,
+  type JobRef,
+  type PachydermDatumState,
+  type PachydermJobState,
+} from "./pachd.js";
+import { DEFAULT_PROJECT, DEFAULT_TOKEN_ENV, kubernetesStack, pachydermName } from "./settings.js";
+import type { Stage } from "./specs.js";
+
+export type ClusterJobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+
+/** The shape of `kaos train list --json`. */
+export interface ClusterJob {
+  id: string;
+  pipeline: string;
+  stage: Stage;
+  state: ClusterJobState;
+  params: HyperparamSet;
+  startedAt: string | null;
+  finishedAt: string | null;
+  exitCode: number | null;
+}
+
+export interface ClusterJobsOptions {
+  fetch?: typeof fetch;
+  /** Environment read for the token. Default process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** Only this workspace's pipelines (recommended: the project's workspace). */
+  workspace?: string;
+  /** Combinations by job key, when the caller knows them; others are read from the params repo. */
+  params?: ReadonlyMap<string, HyperparamSet>;
+}
+
+export interface ClusterLogLine {
+  time: string | undefined;
+  /** True for what the script printed, false for Pachyderm's own worker lines. */
+  user: boolean;
+  message: string;
+}
+
+interface Located {
+  job: ClusterJob;
+  pachydermJob: JobRef;
+  datum: string | undefined;
+}
+
+const STAGES: readonly Stage[] = ["build", "ingest", "train"];
+
+/** Pachyderm's job state in the words of `train list`. */
+export function jobState(state: PachydermJobState | undefined): ClusterJobState {
+  switch (state) {
+    case "JOB_SUCCESS":
+      return "succeeded";
+    case "JOB_FAILURE":
+    case "JOB_UNRUNNABLE":
+      return "failed";
+    case "JOB_KILLED":
+      return "cancelled";
+    case "JOB_RUNNING":
+    case "JOB_EGRESSING":
+    case "JOB_FINISHING":
+      return "running";
+    default:
+      return "queued";
+  }
+}
+
+function datumState(state: PachydermDatumState | undefined, job: ClusterJobState): ClusterJobState {
+  switch (state) {
+    case "SUCCESS":
+      return "succeeded";
+    case "FAILED":
+    case "RECOVERED":
+      return "failed";
+    case "STARTING":
+      return job === "cancelled" || job === "failed" ? job : "running";
+    default:
+      return job === "running" ? "queued" : job;
+  }
+}
+
+function clientFor(stack: ResolvedStack, options: ClusterJobsOptions): { client: PachdClient; project: string } {
+  const k8s = kubernetesStack(stack);
+  const env = options.env ?? process.env;
+  const tokenEnv = k8s.pachyderm.tokenEnv ?? DEFAULT_TOKEN_ENV;
+  const client = new PachdClient({
+    address: k8s.pachyderm.address,
+    token: env[tokenEnv],
+    tokenEnv,
+    ...(options.fetch ? { fetch: options.fetch } : {}),
+  });
+  return { client, project: k8s.pachyderm.project ?? DEFAULT_PROJECT };
+}
+
+/** Splits `<prefix>-<pipeline>-<stage>` into the kaos pipeline and stage, or undefined when not kaos's. */
+function parsePipelineName(name: string, prefix: string | undefined): { pipeline: string; stage: Stage } | undefined {
+  for (const stage of STAGES) {
+    if (!name.endsWith(`-${stage}`)) continue;
+    let pipeline = name.slice(0, -(stage.length + 1));
+    if (prefix !== undefined) {
+      if (!pipeline.startsWith(`${prefix}-`)) return undefined;
+      pipeline = pipeline.slice(prefix.length + 1);
+    }
+    return pipeline === "" ? undefined : { pipeline, stage };
+  }
+  return undefined;
+}
+
+async function locateJobs(stack: ResolvedStack, options: ClusterJobsOptions): Promise<Located[]> {
+  const { client, project } = clientFor(stack, options);
+  const prefix = options.workspace === undefined ? undefined : pachydermName(options.workspace);
+  const infos = await client.listJobs(project);
+  const located: Located[] = [];
+  const seenKeys = new Set<string>();
+  for (const info of infos) {
+    const pipelineName = info.job?.pipeline?.name;
+    const id = info.job?.id;
+    if (pipelineName === undefined || id === undefined) continue;
+    const parsed = parsePipelineName(pipelineName, prefix);
+    if (!parsed) continue;
+    const pachydermJob: JobRef = { pipeline: pipelineRef(project, pipelineName), id };
+    const base = jobEntry(info, parsed.pipeline, parsed.stage, `${pipelineName}@${id}`);
+    if (parsed.stage !== "train") {
+      located.push({ job: base, pachydermJob, datum: undefined });
+      continue;
+    }
+    const datums = await client.listDatums(pachydermJob);
+    const paramsRepo = `${pipelineName.slice(0, -"-train".length)}-params`;
+    let listed = 0;
+    for (const datum of datums) {
+      const file = paramsFile(datum, paramsRepo);
+      if (!file || datum.state === "SKIPPED") continue;
+      listed += 1;
+      const key = file.path.replace(/^\//, "").replace(/\.json$/, "");
+      if (seenKeys.has(key)) continue;
+      seenKeys.add(key);
+      const params = options.params?.get(key) ?? (await readParams(client, file.commit, file.path));
+      located.push({
+        job: { ...base, id: key, state: datumState(datum.state, base.state), params },
+        pachydermJob,
+        datum: datum.datum?.id,
+      });
+    }
+    if (listed === 0) located.push({ job: base, pachydermJob, datum: undefined });
+  }
+  return located;
+}
+
+function jobEntry(info: JobInfo, pipeline: string, stage: Stage, id: string): ClusterJob {
+  return {
+    id,
+    pipeline,
+    stage,
+    state: jobState(info.state),
+    params: {},
+    startedAt: info.started ?? null,
+    finishedAt: info.finished ?? null,
+    // Pachyderm records no exit status of the script.
+    exitCode: null,
+  };
+}
+
+function paramsFile(datum: DatumInfo, paramsRepo: string): { path: string; commit: NonNullable<NonNullable<DatumInfo["data"]>[number]["file"]>["commit"] } | undefined {
+  for (const file of datum.data ?? []) {
+    const path = file.file?.path;
+    if (file.file?.commit?.repo?.name === paramsRepo && path !== undefined && path.endsWith(".json")) {
+      return { path, commit: file.file.commit };
+    }
+  }
+  return undefined;
+}
+
+async function readParams(client: PachdClient, commit: Parameters<PachdClient["getFile"]>[0] | undefined, path: string): Promise<HyperparamSet> {
+  if (commit === undefined) return {};
+  try {
+    const parsed: unknown = JSON.parse((await client.getFile(commit, path)).toString("utf8"));
+    return parsed !== null && typeof parsed === "object" && !Array.isArray(parsed) ? (parsed as HyperparamSet) : {};
+  } catch {
+    // A params file that cannot be read does not hide the job.
+    return {};
+  }
+}
+
+/** Every kaos job Pachyderm knows of on this stack, newest first. */
+export async function listClusterJobs(stack: ResolvedStack, options: ClusterJobsOptions = {}): Promise<ClusterJob[]> {
+  return (await locateJobs(stack, options)).map((entry) => entry.job);
+}
+
+/**
+ * A job's log lines. `jobId` is an id from `train list`: a job key (or a
+ * unique prefix of one) for a train job, `<pipeline>@<id>` for a build or
+ * ingest job.
+ */
+export async function* clusterJobLogs(
+  stack: ResolvedStack,
+  jobId: string,
+  options: ClusterJobsOptions & { follow?: boolean; signal?: AbortSignal } = {},
+): AsyncGenerator<ClusterLogLine> {
+  const { client } = clientFor(stack, options);
+  const found = await findJob(stack, jobId, options);
+  const request: Parameters<PachdClient["getLogs"]>[0] = { job: found.pachydermJob, follow: options.follow ?? false };
+  if (options.signal) request.signal = options.signal;
+  const datum = found.datum;
+  if (datum !== undefined) request.datum = datum;
+  for await (const line of client.getLogs(request)) {
+    if (datum !== undefined && line.datumId !== undefined && line.datumId !== datum) continue;
+    yield { time: line.ts, user: line.user ?? false, message: line.message ?? "" };
+  }
+}
+
+async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions): Promise<Located> {
+  const all = await locateJobs(stack, options);
+  const exact = all.find((entry) => entry.job.id === jobId);
+  if (exact) return exact;
+  const matches = jobId.length >= 4 ? all.filter((entry) => entry.job.id.startsWith(jobId)) : [];
+  if (matches.length === 1 && matches[0]) return matches[0];
+  if (matches.length > 1) {
+    throw new KaosError("JOB_AMBIGUOUS", `'${jobId}' matches ${matches.length} jobs on stack '${stack.name}'`, {
+      hint: `give more of the id: ${matches.slice(0, 5).map((entry) => entry.job.id.slice(0, 16)).join(", ")}`,
+    });
+  }
+  throw new KaosError("JOB_NOT_FOUND", `no job '${jobId}' on stack '${stack.name}'`, {
+    hint: `\`kaos train list --stack ${stack.name}\` shows the jobs`,
+  });
+}

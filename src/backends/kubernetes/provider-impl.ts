@@ -1,0 +1,171 @@
+/**
+ * What the Pachyderm dynamic providers do, loaded by them at run time in
+ * Pulumi's provider process (see provider.ts for why it lives apart).
+ *
+ * - repo: CreateRepo (idempotent), DeleteRepo.
+ * - bundle: one commit on `master` replacing the repo's content with the
+ *   bundle (a deterministic archive, the data files, or the params files),
+ *   described `kaos bundle <key>`. If the branch head already carries that
+ *   description (state lost, or a rerun after a failure) nothing is pushed.
+ *   A failed push drops the open commit, leaving the branch as it was.
+ * - pipeline: CreatePipelineV2; `update` (no reprocessing, so datums already
+ *   done are not run again) when the spec changed; DeletePipeline.
+ */
+import { createReadStream } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type * as pulumi from "@pulumi/pulumi";
+import { KaosError, describeError } from "../../errors.js";
+import { packBundle, walkBundle, type BundleFile } from "../../pack.js";
+import { canonicalJson } from "./canonical.js";
+import { PachdClient, type CommitRef, type UploadFile } from "./pachd.js";
+import type { BundleInputs, PachdConnection, PipelineInputs, RepoInputs } from "./provider.js";
+
+type Props = Record<string, unknown>;
+
+/** The properties kaos declared, without Pulumi's own (`__provider`). */
+function own<T>(props: Props): T {
+  const { __provider: _provider, ...rest } = props;
+  return rest as T;
+}
+
+export function pachdFor(connection: PachdConnection, env: NodeJS.ProcessEnv = process.env, fetchImpl?: typeof fetch): PachdClient {
+  return new PachdClient({
+    address: connection.address,
+    token: env[connection.tokenEnv],
+    tokenEnv: connection.tokenEnv,
+    ...(fetchImpl ? { fetch: fetchImpl } : {}),
+  });
+}
+
+/** Pulumi shows only an error's message: fold the hint into it. */
+async function reported<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof KaosError) throw new Error(error.hint ? `${error.message} (${error.hint})` : error.message);
+    throw error;
+  }
+}
+
+export const BUNDLE_BRANCH = "master";
+
+export function bundleDescription(key: string): string {
+  return `kaos bundle ${key}`;
+}
+
+/** Pushes a bundle as one commit unless the branch head already holds it; answers the commit id. */
+export async function pushBundle(client: PachdClient, inputs: BundleInputs): Promise<string> {
+  const description = bundleDescription(inputs.key);
+  const head = await client.headCommit(inputs.project, inputs.repo, BUNDLE_BRANCH);
+  if (head?.description === description && head.finished !== undefined && head.commit?.id) return head.commit.id;
+
+  const scratch = await mkdtemp(join(tmpdir(), "kaos-bundle-"));
+  let commit: CommitRef | undefined;
+  try {
+    const files = await bundleFiles(inputs, scratch);
+    commit = await client.startCommit(inputs.project, inputs.repo, BUNDLE_BRANCH, description);
+    await client.replaceFiles(commit, files);
+    await client.finishCommit(commit);
+    return commit.id ?? inputs.key;
+  } catch (error) {
+    if (commit?.id) await client.dropCommitSet(commit.id).catch(() => undefined);
+    throw error;
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+async function bundleFiles(inputs: BundleInputs, scratch: string): Promise<UploadFile[] | AsyncIterable<UploadFile>> {
+  const source = inputs.source;
+  switch (source.kind) {
+    case "archive": {
+      const archive = join(scratch, "bundle.tar.gz");
+      await packBundle(source.dir, (source.files ?? undefined) as BundleFile[] | undefined, archive);
+      return [{ path: source.path, data: createReadStream(archive) }];
+    }
+    case "params":
+      return source.files.map((file) => ({ path: file.path, data: Buffer.from(file.content) }));
+    case "files": {
+      const listed = await walkBundle(source.dir);
+      listed.sort((a, b) => Buffer.compare(Buffer.from(a.path), Buffer.from(b.path)));
+      return (async function* () {
+        // PFS keeps content only; a symlink is pushed as what it points to.
+        for (const file of listed) yield { path: `/${file.path}`, data: createReadStream(join(source.dir, file.path)) };
+      })();
+    }
+  }
+}
+
+/** Creates the pipeline, or updates it when pachd has another spec under that name. */
+export async function applyPipeline(client: PachdClient, inputs: PipelineInputs, mode: "create" | "update"): Promise<void> {
+  if (mode === "create") {
+    const existing = await client.inspectPipeline(inputs.project, inputs.name);
+    if (existing) {
+      if (existing.userSpecJson !== undefined && sameJson(existing.userSpecJson, inputs.spec)) return;
+      await client.createPipelineV2(inputs.spec, { update: true, reprocess: false });
+      return;
+    }
+    await client.createPipelineV2(inputs.spec, { update: false });
+    return;
+  }
+  await client.createPipelineV2(inputs.spec, { update: true, reprocess: false });
+}
+
+function sameJson(a: string, b: string): boolean {
+  try {
+    return canonicalJson(JSON.parse(a)) === canonicalJson(JSON.parse(b));
+  } catch (error) {
+    throw new KaosError("PACHD_FAILED", `pachd answered a pipeline spec that is not JSON: ${describeError(error)}`);
+  }
+}
+
+export const providerImpl: Record<"repo" | "bundle" | "pipeline", pulumi.dynamic.ResourceProvider> = {
+  repo: {
+    async create(props: Props) {
+      const inputs = own<RepoInputs>(props);
+      await reported(() => pachdFor(inputs).createRepo(inputs.project, inputs.name, inputs.description));
+      return { id: `${inputs.project}/${inputs.name}`, outs: inputs };
+    },
+    async update(_id: string, _olds: Props, news: Props) {
+      const inputs = own<RepoInputs>(news);
+      await reported(() => pachdFor(inputs).createRepo(inputs.project, inputs.name, inputs.description));
+      return { outs: inputs };
+    },
+    async delete(_id: string, props: Props) {
+      const inputs = own<RepoInputs>(props);
+      await reported(() => pachdFor(inputs).deleteRepo(inputs.project, inputs.name));
+    },
+  },
+  bundle: {
+    async create(props: Props) {
+      const inputs = own<BundleInputs>(props);
+      const commit = await reported(() => pushBundle(pachdFor(inputs), inputs));
+      return { id: `${inputs.project}/${inputs.repo}@${commit}`, outs: { ...inputs, commit } };
+    },
+    async update(_id: string, _olds: Props, news: Props) {
+      const inputs = own<BundleInputs>(news);
+      const commit = await reported(() => pushBundle(pachdFor(inputs), inputs));
+      return { outs: { ...inputs, commit } };
+    },
+    // The commits stay in the repo's history; deleting the repo removes them.
+    async delete() {},
+  },
+  pipeline: {
+    async create(props: Props) {
+      const inputs = own<PipelineInputs>(props);
+      await reported(() => applyPipeline(pachdFor(inputs), inputs, "create"));
+      return { id: `${inputs.project}/${inputs.name}`, outs: inputs };
+    },
+    async update(_id: string, _olds: Props, news: Props) {
+      const inputs = own<PipelineInputs>(news);
+      await reported(() => applyPipeline(pachdFor(inputs), inputs, "update"));
+      return { outs: inputs };
+    },
+    async delete(_id: string, props: Props) {
+      const inputs = own<PipelineInputs>(props);
+      await reported(() => pachdFor(inputs).deletePipeline(inputs.project, inputs.name));
+    },
+  },
+};
