@@ -59,6 +59,7 @@ export async function packBundle(
 ): Promise<PackResult> {
   const entries = sortBundleFiles(files ?? (await walkBundle(dir)));
   for (const entry of entries) checkBundlePath(entry.path, dir);
+  if (files !== undefined) await checkListedFilesExist(dir, entries);
   const modes = new Map(entries.map((entry) => [entry.path, entry.mode]));
   const gzip = options.gzip ?? true;
 
@@ -83,6 +84,9 @@ export async function packBundle(
     },
     entries.map((entry) => entry.path),
   );
+
+  // tar can report one failure more than once; the pipeline below reports the first.
+  archive.on("error", () => undefined);
 
   const hash = createHash("sha256");
   let size = 0;
@@ -149,6 +153,19 @@ export async function walkBundle(dir: string): Promise<BundleFile[]> {
   }
   await visit("");
   return found;
+}
+
+async function checkListedFilesExist(dir: string, entries: readonly BundleFile[]): Promise<void> {
+  for (const entry of entries) {
+    try {
+      await lstat(join(dir, entry.path));
+    } catch (error) {
+      throw new KaosError("IO", `could not pack ${dir}: ${entry.path} is listed but cannot be read (${describeError(error)})`, {
+        hint: errnoCode(error) === "ENOENT" ? "a file of the bundle disappeared before it was packed; rerun" : undefined,
+        cause: error,
+      });
+    }
+  }
 }
 
 function checkBundlePath(path: string, dir: string): void {
