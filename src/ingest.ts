@@ -31,7 +31,6 @@ import * as http from "node:http";
 import * as https from "node:https";
 import * as path from "node:path";
 import { Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { KaosError, describeError, errnoCode } from "./errors.js";
@@ -647,7 +646,7 @@ async function attemptHttp(job: FetchJob, part: PartialFile, ctx: Context): Prom
         ctx.progress.addReceived(bytes);
       });
       try {
-        await pipeline(response, sink);
+        await streamInto(response, sink);
       } catch (error) {
         if (error instanceof RetryableError || !isRetryable(error)) throw error;
         const of = total === undefined ? "" : ` of ${total}`;
@@ -659,6 +658,39 @@ async function attemptHttp(job: FetchJob, part: PartialFile, ctx: Context): Prom
       return "complete";
     }
   }
+}
+
+/**
+ * Like stream.pipeline, except that when the response breaks, whatever the
+ * sink had buffered is still written (and so not fetched again on resume)
+ * before the error is reported.
+ */
+function streamInto(response: http.IncomingMessage, sink: PartialFileSink): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let responseError: Error | undefined;
+    let ended = false;
+    const stopReading = (error: Error): void => {
+      if (ended) return;
+      ended = true;
+      responseError = error;
+      sink.end();
+    };
+    response.on("data", (chunk: Buffer) => {
+      if (!sink.write(chunk)) response.pause();
+    });
+    sink.on("drain", () => response.resume());
+    response.on("end", () => {
+      ended = true;
+      sink.end();
+    });
+    response.on("error", stopReading);
+    response.on("close", () => stopReading(Object.assign(new Error("premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" })));
+    sink.on("finish", () => (responseError === undefined ? resolve() : reject(responseError)));
+    sink.on("error", (error) => {
+      response.destroy();
+      reject(error);
+    });
+  });
 }
 
 function backoffMs(failures: number, ctx: Context, retryAfterMs: number | undefined): number {

@@ -89,7 +89,7 @@ describe("ingest over HTTP", () => {
     const routes: Record<string, RouteOptions> = {};
     const lines: Line[] = [];
     for (let i = 0; i < 120; i++) {
-      routes[`/f${i}.csv`] = { body: `file ${i}\n`.repeat(i + 1), etag: `"e${i}"`, chunkDelayMs: 2 };
+      routes[`/f${i}.csv`] = { body: `file ${i}\n`.repeat(i + 1), etag: `"e${i}"`, headerDelayMs: 3 };
       lines.push({ url: "", path: `${["training", "validation", "test"][i % 3]}/x${String(i).padStart(3, "0")}.csv` });
     }
     const srv = await serve(routes);

@@ -282,7 +282,8 @@ async function serve(state: RouteState, request: http.IncomingMessage, response:
     }
     sent += chunk.length;
     if (!response.write(chunk)) await drainOrClose(response);
-    if (options.chunkDelayMs !== undefined) await sleep(options.chunkDelayMs);
+    // No pause after the last chunk: the client has the whole body by then.
+    if (options.chunkDelayMs !== undefined && at + chunkSize < end) await sleep(options.chunkDelayMs);
   }
   response.end();
 }
@@ -302,7 +303,15 @@ export async function startServer(routesOrOptions: Record<string, RouteOptions> 
     requests.push(record);
     inFlight.now++;
     inFlight.peak = Math.max(inFlight.peak, inFlight.now);
-    response.once("close", () => inFlight.now--);
+    // "finish" (the last byte handed to the kernel) comes before the client can
+    // send its next request on this connection; "close" may come after it.
+    let counted = true;
+    const settle = (): void => {
+      if (counted) inFlight.now--;
+      counted = false;
+    };
+    response.once("finish", settle);
+    response.once("close", settle);
     const state = routes.get(requestPath.split("?")[0] ?? requestPath);
     if (state === undefined) {
       record.status = 404;
