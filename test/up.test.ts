@@ -1,0 +1,307 @@
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { makeProject, runKaos, sleep, startKaos, type Project } from "./helpers/rig.js";
+import { maxConcurrency, readMarks, trainingProject, type ListedJob, type TrainingProjectOptions } from "./helpers/jobs.js";
+
+const projects: Project[] = [];
+afterAll(() => projects.forEach((project) => project.remove()));
+
+function project(options: TrainingProjectOptions = {}): Project {
+  const made = makeProject(trainingProject(options));
+  projects.push(made);
+  return made;
+}
+
+async function kaos(made: Project, args: string[], env: Record<string, string> = {}) {
+  return runKaos(args, { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log"), ...env } });
+}
+
+async function jobs(made: Project): Promise<ListedJob[]> {
+  const result = await runKaos(["train", "list", "--json"], { cwd: made.dir });
+  expect(result.code, result.stderr).toBe(0);
+  return JSON.parse(result.stdout) as ListedJob[];
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("kaos up on the local backend (built CLI, real venvs and processes)", () => {
+  it("builds, trains every combination, records them, and does nothing the second time", async () => {
+    const made = project({ grid: { score: [1, 2, 3] }, parallelism: 2 });
+    const first = await kaos(made, ["up"]);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stderr).toContain("3 succeeded, 0 failed, 0 cancelled, 0 reused");
+    const listed = await jobs(made);
+    expect(listed.filter((job) => job.stage === "build").map((job) => job.state)).toEqual(["succeeded"]);
+    const train = listed.filter((job) => job.stage === "train");
+    expect(train.map((job) => job.params.score).sort()).toEqual([1, 2, 3]);
+    expect(train.every((job) => job.state === "succeeded" && job.exitCode === 0 && job.startedAt && job.finishedAt)).toBe(true);
+
+    const second = await kaos(made, ["up", "--json"]);
+    expect(second.code).toBe(0);
+    const result = JSON.parse(second.stdout) as { succeeded: boolean; pipelines: { stages: Record<string, { state: string }>; jobs: { reused: boolean }[] }[] };
+    expect(result.succeeded).toBe(true);
+    expect(result.pipelines[0]?.stages.build?.state).toBe("skipped");
+    expect(result.pipelines[0]?.stages.train?.state).toBe("skipped");
+    expect(result.pipelines[0]?.jobs.every((job) => job.reused)).toBe(true);
+    expect(await jobs(made)).toHaveLength(listed.length);
+    expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(3);
+  });
+
+  it("follows the contract: argv[1], cwd, KAOS_* environment, params, read-only data", async () => {
+    const made = project({ grid: { score: 7, kernel: ["linear"] } });
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    const [job] = (await jobs(made)).filter((j) => j.stage === "train");
+    const jobDir = made.path(".kaos", "jobs", job!.id);
+    expect(JSON.parse(readFileSync(join(jobDir, "params.json"), "utf8"))).toEqual({ kernel: "linear", score: 7 });
+    expect(readFileSync(join(jobDir, "out", "data.txt"), "utf8")).toBe("v1");
+    const log = readFileSync(join(jobDir, "log"), "utf8");
+    expect(log).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z stdout \| params \{"kernel": "linear", "score": 7\}$/m);
+    expect(log).toContain(`stderr | environment p ${join(jobDir, "source", "model")}`);
+  });
+
+  it("editing only data skips Build and reruns Train; editing requirements.txt rebuilds", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    writeFileSync(made.path("data/value.txt"), "v2");
+    const plan = await kaos(made, ["plan", "--json"]);
+    const parsed = JSON.parse(plan.stdout) as { pipelines: { stages: Record<string, { action: string }>; jobs: { action: string; reason: string }[]; changes: { data: { changed: number } } }[] };
+    expect(parsed.pipelines[0]?.stages.build?.action).toBe("skip");
+    expect(parsed.pipelines[0]?.jobs.map((job) => job.action)).toEqual(["run", "run"]);
+    expect(parsed.pipelines[0]?.jobs[0]?.reason).toBe("data: 1 changed");
+    expect(parsed.pipelines[0]?.changes.data.changed).toBe(1);
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    let listed = await jobs(made);
+    expect(listed.filter((job) => job.stage === "build")).toHaveLength(1);
+    expect(listed.filter((job) => job.stage === "train")).toHaveLength(4);
+    const newest = listed.find((job) => job.stage === "train")!;
+    expect(readFileSync(made.path(".kaos", "jobs", newest.id, "out", "data.txt"), "utf8")).toBe("v2");
+
+    writeFileSync(made.path("src/model/requirements.txt"), "# pinned nothing, but changed\n");
+    const rebuild = await kaos(made, ["up"]);
+    expect(rebuild.code, rebuild.stderr).toBe(0);
+    listed = await jobs(made);
+    expect(listed.filter((job) => job.stage === "build")).toHaveLength(2);
+    expect(listed.filter((job) => job.stage === "train")).toHaveLength(6);
+  });
+
+  it("adding one value to a list runs only the new combination; --force reruns everything", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    writeFileSync(made.path("grid.json"), JSON.stringify({ score: [1, 2, 3] }));
+    const plan = await kaos(made, ["plan"]);
+    expect(plan.stdout).toMatch(/skip\s+1\/3\s+score=1\s+identical job \w+ succeeded/);
+    expect(plan.stdout).toMatch(/run\s+3\/3\s+score=3\s+new combination/);
+    expect(plan.stdout).toContain("params: 1 combinations added, 0 removed");
+    const detailed = await kaos(made, ["plan", "--detailed-exitcode"]);
+    expect(detailed.code).toBe(2);
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    expect(readMarks(made.path("marks.log")).filter((m) => m.what === "start").map((m) => m.params).sort()).toEqual(['{"score": 1}', '{"score": 2}', '{"score": 3}']);
+    expect(readMarks(made.path("marks.log")).filter((m) => m.what === "start")).toHaveLength(3);
+    expect((await kaos(made, ["plan", "--detailed-exitcode"])).code).toBe(0);
+    const forced = await kaos(made, ["up", "--force"]);
+    expect(forced.code).toBe(0);
+    const listed = await jobs(made);
+    expect(listed.filter((job) => job.stage === "build")).toHaveLength(2);
+    expect(readMarks(made.path("marks.log")).filter((m) => m.what === "start")).toHaveLength(6);
+  });
+
+  it("a failing job does not stop the others, exits 1, and only it reruns", async () => {
+    const made = project({ grid: { exit: [0, 3], score: [1, 2] }, parallelism: 2 });
+    const result = await kaos(made, ["up"]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("2 succeeded, 2 failed, 0 cancelled, 0 reused");
+    expect(result.stderr).toMatch(/failed\s+in [\d.]+m?s\s+\(exited with code 3\)\s+see kaos train logs \w+/);
+    const train = (await jobs(made)).filter((job) => job.stage === "train");
+    expect(train.filter((job) => job.state === "failed").every((job) => job.exitCode === 3 && job.params.exit === 3)).toBe(true);
+    const plan = await kaos(made, ["plan", "--json"]);
+    const jobsPlanned = (JSON.parse(plan.stdout) as { pipelines: { jobs: { action: string; reason: string; params: { exit: number } }[] }[] }).pipelines[0]!.jobs;
+    expect(jobsPlanned.filter((job) => job.action === "run").map((job) => job.params.exit)).toEqual([3, 3]);
+    expect(jobsPlanned.find((job) => job.action === "run")?.reason).toBe("previous attempt failed");
+  });
+
+  it("kills a job that goes over its memory limit and records why, as Kubernetes does", async () => {
+    const made = project({ grid: { mem: [400] }, resources: { memory: "100Mi" } });
+    const result = await kaos(made, ["up"]);
+    expect(result.code).toBe(1);
+    const [job] = (await jobs(made)).filter((j) => j.stage === "train");
+    expect(job?.state).toBe("failed");
+    const info = await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir });
+    expect((JSON.parse(info.stdout) as { reason: string }).reason).toMatch(/^OOMKilled: used [\d.]+ MiB, over the memory limit of 100Mi$/);
+  });
+
+  it("admits jobs by parallelism and by the cores they ask for (observed concurrency)", async () => {
+    const made = project({
+      grid: { score: [1, 2, 3, 4], sleep: 0.8 },
+      parallelism: 4,
+      resources: { cpu: 1 },
+      extra: { "stacks/two.ts": `import { defineStack } from "kaos";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n` },
+    });
+    expect((await kaos(made, ["up", "--stack", "two"])).code).toBe(0);
+    expect(maxConcurrency(readMarks(made.path("marks.log")))).toBe(2);
+
+    const wide = project({ grid: { score: [1, 2, 3], sleep: 0.5 }, parallelism: 3, resources: { cpu: 2 } });
+    mkdirSync(wide.path("stacks"));
+    writeFileSync(wide.path("stacks/two.ts"), `export default { backend: "local", maxCpu: 2 };\n`);
+    expect((await kaos(wide, ["up", "--stack", "two"])).code).toBe(0);
+    expect(maxConcurrency(readMarks(wide.path("marks.log")))).toBe(1);
+
+    const narrow = project({ grid: { score: [1, 2, 3, 4], sleep: 0.5 }, parallelism: 1 });
+    expect((await kaos(narrow, ["up"])).code).toBe(0);
+    expect(maxConcurrency(readMarks(narrow.path("marks.log")))).toBe(1);
+  });
+
+  it("refuses at plan time a job that asks for more than the machine has, running nothing", async () => {
+    const made = project({ resources: { cpu: 4096 } });
+    const result = await kaos(made, ["up"]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/error: pipelines\.p\.resources: each job asks for 4096 cores, this machine gives kaos \d+/);
+    expect(result.stderr).toContain("hint: lower the pipeline's resources");
+    const plan = await kaos(made, ["plan"]);
+    expect(plan.code).toBe(1);
+    const gpu = project({ resources: { gpu: 1 } });
+    const noGpu = await kaos(gpu, ["up"], { KAOS_GPUS: "" });
+    expect(noGpu.stderr).toContain("each job asks for 1 GPUs, this machine has 0");
+  });
+
+  it("hands GPUs out through CUDA_VISIBLE_DEVICES", async () => {
+    const made = project({
+      grid: { score: [1, 2] },
+      parallelism: 2,
+      resources: { gpu: 1 },
+      extra: { "src/model/train": { content: `#!/bin/sh\necho "gpus=$CUDA_VISIBLE_DEVICES"\nsleep 0.5\nmkdir -p "$1"\n`, mode: 0o755 } },
+    });
+    expect((await kaos(made, ["up"], { KAOS_GPUS: "0,1" })).code).toBe(0);
+    const seen = (await jobs(made))
+      .filter((job) => job.stage === "train")
+      .map((job) => readFileSync(made.path(".kaos", "jobs", job.id, "log"), "utf8").match(/gpus=(\S*)/)?.[1])
+      .sort();
+    expect(seen).toEqual(["0", "1"]);
+  });
+
+  it("trains on the snapshot that was hashed: an edit during the run does not leak in", async () => {
+    const made = project({ grid: { sleep: 2 } });
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
+    await up.waitFor(/train 1\/1 \w+ .*running/);
+    writeFileSync(made.path("data/value.txt"), "edited while running");
+    const result = await up.exited;
+    expect(result.code, result.stderr).toBe(0);
+    const [job] = (await jobs(made)).filter((j) => j.stage === "train");
+    expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "data.txt"), "utf8")).toBe("v1");
+    const plan = await kaos(made, ["plan", "--detailed-exitcode"]);
+    expect(plan.code).toBe(2);
+  });
+
+  it("kaos train kill stops a running job and its children; it is recorded as cancelled", async () => {
+    const made = project({ grid: { sleep: 60 } });
+    mkdirSync(made.path("pids"));
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids") } });
+    await up.waitFor(/train 1\/1 \w+ .*running/);
+    const [job] = (await jobs(made)).filter((j) => j.stage === "train");
+    await sleep(300);
+    const pid = Number(readFileSync(made.path("pids", job!.id), "utf8"));
+    expect(pidAlive(pid)).toBe(true);
+    const kill = await runKaos(["train", "kill", job!.id.slice(0, 4)], { cwd: made.dir });
+    expect(kill.code, kill.stderr).toBe(0);
+    expect(kill.stdout).toContain(`cancelled job ${job!.id}`);
+    const result = await up.exited;
+    expect(result.code).toBe(1);
+    expect(pidAlive(pid)).toBe(false);
+    const [after] = (await jobs(made)).filter((j) => j.stage === "train");
+    expect(after?.state).toBe("cancelled");
+    const again = await runKaos(["train", "kill", job!.id], { cwd: made.dir });
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain(`job ${job!.id} is cancelled; only a queued or running job can be killed`);
+  });
+
+  it("Ctrl-C cancels running jobs cleanly, and the next up reruns only what did not finish", async () => {
+    // The first job is quick; the second would take long.
+    const made = project({ grid: { sleep: [0, 30], score: 1 }, parallelism: 1 });
+    mkdirSync(made.path("pids"));
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids"), KAOS_TEST_LOG: made.path("marks.log") } });
+    await up.waitFor(/train 2\/2 \w+ .*running/);
+    await sleep(300);
+    const result = await up.stop("SIGINT");
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("interrupted: stopping running jobs");
+    const train = (await jobs(made)).filter((job) => job.stage === "train");
+    expect(train.map((job) => job.state).sort()).toEqual(["cancelled", "succeeded"]);
+    for (const file of readdirSync(made.path("pids"))) expect(pidAlive(Number(readFileSync(made.path("pids", file), "utf8")))).toBe(false);
+    const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as { pipelines: { jobs: { action: string; params: { sleep: number } }[] }[] };
+    expect(plan.pipelines[0]?.jobs.map((job) => [job.params.sleep, job.action])).toEqual([
+      [0, "skip"],
+      [30, "run"],
+    ]);
+  });
+
+  it("logs -f follows a running job until it ends", async () => {
+    const made = project({ grid: { lines: 8, line_delay: 0.25 } });
+    const up = startKaos(["up"], { cwd: made.dir });
+    await up.waitFor(/train 1\/1 \w+ .*running/);
+    const [job] = (await jobs(made)).filter((j) => j.stage === "train");
+    const follow = await runKaos(["train", "logs", job!.id, "-f"], { cwd: made.dir });
+    expect(follow.code).toBe(0);
+    const lines = follow.stdout.trim().split("\n");
+    expect(lines.filter((line) => / stdout \| line \d$/.test(line))).toHaveLength(8);
+    expect(lines.at(-1)).toMatch(/stderr \| environment p /);
+    expect((await up.exited).code).toBe(0);
+    const build = (await jobs(made)).find((j) => j.stage === "build")!;
+    const buildLog = await runKaos(["train", "logs", build.id], { cwd: made.dir });
+    expect(buildLog.stdout).toMatch(/kaos {3}\| \$ .*-m venv --without-pip/);
+  });
+
+  it("list, info, get: newest first, metrics, sweeps sorted by a metric, outputs with code and params", async () => {
+    const made = project({ grid: { score: [3, 9, 5] }, parallelism: 3 });
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    const listed = await jobs(made);
+    expect(listed[listed.length - 1]?.stage).toBe("build");
+    const text = await runKaos(["train", "list"], { cwd: made.dir });
+    expect(text.stdout.split("\n")[0]).toMatch(/^ID\s+PIPELINE\s+STAGE\s+STATE\s+N\/N\s+STARTED\s+DURATION\s+PARAMS$/);
+    expect(text.stdout).toMatch(/\s\d\/3\s/);
+    const some = listed.find((job) => job.stage === "train")!;
+    const info = await runKaos(["train", "info", some.id, "-s", "score"], { cwd: made.dir });
+    expect(info.code, info.stderr).toBe(0);
+    const sweep = info.stdout.slice(info.stdout.indexOf("sweep (3 jobs, by score)"));
+    expect([...sweep.matchAll(/score=(\d)/g)].map((m) => m[1])).toEqual(["9", "5", "3"]);
+    expect(info.stdout).toMatch(/inputs\n\s+env\s+[0-9a-f]{64}\n\s+source\s+[0-9a-f]{64}\n\s+data\s+[0-9a-f]{64}/);
+    const badMetric = await runKaos(["train", "info", some.id, "-s", "accuracy"], { cwd: made.dir });
+    expect(badMetric.code).toBe(1);
+    expect(badMetric.stderr).toContain('-s accuracy: no job of this sweep has a numeric metric "accuracy"; expected one of: data, score');
+    const get = await runKaos(["train", "get", some.id, "-o", "fetched", "--code", "--params"], { cwd: made.dir });
+    expect(get.code, get.stderr).toBe(0);
+    expect(existsSync(made.path("fetched/out/metrics/m.json"))).toBe(true);
+    expect(existsSync(made.path("fetched/source/model/train"))).toBe(true);
+    expect(JSON.parse(readFileSync(made.path("fetched/params.json"), "utf8"))).toEqual(some.params);
+    const none = await runKaos(["train", "info", "zzzz"], { cwd: made.dir });
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain("no job matches 'zzzz'");
+  });
+
+  it("train deploy runs the same engine without a config file", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    const dir = makeProject({}, "kaos-deploy-");
+    projects.push(dir);
+    const result = await runKaos(
+      ["train", "deploy", "-s", made.path("src"), "-d", made.path("data"), "-h", made.path("grid.json"), "--cpu", "1", "--memory", "512Mi", "-p", "2"],
+      { cwd: dir.dir },
+    );
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).toContain("2 succeeded, 0 failed");
+    const listed = JSON.parse((await runKaos(["train", "list", "--json"], { cwd: dir.dir })).stdout) as ListedJob[];
+    expect(listed.filter((job) => job.stage === "train" && job.pipeline === "deploy")).toHaveLength(2);
+    const bad = await runKaos(["train", "deploy", "-s", made.path("src"), "-d", made.path("data"), "--memory", "lots"], { cwd: dir.dir });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain("--memory lots: expected a size with an SI or binary suffix such as 512M or 2Gi");
+    const both = await runKaos(["train", "deploy", "-s", made.path("src"), "-d", "x", "-m", "y"], { cwd: dir.dir });
+    expect(both.stderr).toContain("-d/--data and -m/--manifest are exclusive");
+    const missing = await runKaos(["train", "deploy", "-s", made.path("nope"), "-d", made.path("data")], { cwd: dir.dir });
+    expect(missing.stderr).toContain(`-s/--source: no such directory: ${made.path("nope")}`);
+  });
+});
