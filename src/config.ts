@@ -6,13 +6,13 @@
  * where the key is written (when it can be found) and the key path.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { KaosError, describeError } from "./errors.js";
 import { parseGrid } from "./hyperparams.js";
 import type {
-  KaosConfig,
   ResolvedConfig,
   ResolvedPipeline,
   ResolvedStack,
@@ -170,15 +170,7 @@ const stackSchema = z.discriminatedUnion(
   { error: "expected `backend: \"local\"` or `backend: \"kubernetes\"`" },
 );
 
-/** Typed identity: lets an editor complete and check `kaos.config.ts`. */
-export function defineConfig(config: KaosConfig): KaosConfig {
-  return config;
-}
-
-/** Typed identity for `stacks/NAME.ts`. */
-export function defineStack<T extends StackConfig>(stack: T): T {
-  return stack;
-}
+export { defineConfig, defineStack } from "./define.js";
 
 /** The config file in `cwd` or its nearest parent. */
 export function findConfig(cwd: string): string | undefined {
@@ -197,8 +189,8 @@ export function findConfig(cwd: string): string | undefined {
 /** Where the `kaos` package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos"`. */
 function packageEntry(): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  const built = join(here, "index.js");
-  return existsSync(built) ? built : join(here, "index.ts");
+  const built = join(here, "define.js");
+  return existsSync(built) ? built : join(here, "define.ts");
 }
 
 /** Evaluates a config or stack module and returns its default export. */
@@ -207,7 +199,8 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
   const jiti = createJiti(import.meta.url, {
     alias: { kaos: packageEntry() },
     moduleCache: false,
-    fsCache: false,
+    // Transpiled configs are cached by content, so an unchanged config loads without a compiler.
+    fsCache: join(tmpdir(), "kaos-jiti"),
     interopDefault: true,
   });
   try {

@@ -1,7 +1,7 @@
 /**
  * What a `kaos.config.ts` or a stack file imports.
  */
-export { defineConfig, defineStack } from "./config.js";
+export { defineConfig, defineStack } from "./define.js";
 export type {
   DataSource,
   HyperparamGrid,
