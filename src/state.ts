@@ -228,6 +228,8 @@ export class StateStore {
   private readonly statements = new Map<string, Database.Statement>();
   /** The stat cache last read or written per root, to skip rewriting an unchanged one. */
   private readonly statCacheColumns = new Map<string, StatCacheColumns>();
+  /** Releases of the writer locks this store holds, so that close() gives them back. */
+  private readonly heldLocks = new Set<() => void>();
 
   private constructor(root: string, path: string, db: Database.Database | null, readonly: boolean) {
     this.root = root;
@@ -261,6 +263,7 @@ export class StateStore {
   }
 
   close(): void {
+    for (const release of [...this.heldLocks]) release();
     this.statements.clear();
     this.statCacheColumns.clear();
     if (this.db?.open === true) this.db.close();
@@ -268,9 +271,13 @@ export class StateStore {
 
   transaction<T>(fn: () => T): T {
     const db = this.writer();
-    // IMMEDIATE takes the write lock up front, so a read that is later upgraded to
-    // a write cannot fail with SQLITE_BUSY halfway through.
-    return db.transaction(fn).immediate();
+    try {
+      // IMMEDIATE takes the write lock up front, so a read that is later upgraded
+      // to a write cannot fail with SQLITE_BUSY halfway through.
+      return db.transaction(fn).immediate();
+    } catch (error) {
+      throw errnoCode(error)?.startsWith("SQLITE_BUSY") === true ? translateOpenError(error, this.path) : error;
+    }
   }
 
   // ---------------------------------------------------------------- stat cache
@@ -577,15 +584,13 @@ export class StateStore {
           "host = excluded.host, command = excluded.command, acquired_at = excluded.acquired_at",
       ).run(stack, owner, process.pid, processStartToken(process.pid), host, command, nowIso());
     });
-    let released = false;
-    return {
-      release: () => {
-        if (released || this.db?.open !== true) return;
-        released = true;
-        // Only our own row: a takeover after we were presumed dead must not be undone.
-        this.stmt("DELETE FROM writer_locks WHERE stack = ? AND owner = ?").run(stack, owner);
-      },
+    const release = (): void => {
+      if (!this.heldLocks.delete(release) || this.db?.open !== true) return;
+      // Only our own row: a takeover after we were presumed dead must not be undone.
+      this.stmt("DELETE FROM writer_locks WHERE stack = ? AND owner = ?").run(stack, owner);
     };
+    this.heldLocks.add(release);
+    return { release };
   }
 
   // ---------------------------------------------------------------- internals
@@ -889,6 +894,13 @@ const FLAG_SORTED = 4;
 const MODES: readonly StatCacheEntry["mode"][] = ["file", "exec", "symlink"];
 const MODE_CODES: Readonly<Record<StatCacheEntry["mode"], number>> = { file: 0, exec: 1, symlink: 2 };
 const DEV_IS_NUMBER = 4;
+const DEV_COLUMN = 0;
+const INO_COLUMN = 1;
+const MTIME_COLUMN = 2;
+const CTIME_COLUMN = 3;
+/** Any 64-bit value written here can be compared by its two 32-bit words. */
+const scratch = new BigInt64Array(1);
+const scratchWords = new Uint32Array(scratch.buffer);
 const INO_IS_NUMBER = 8;
 
 interface Layout {
@@ -938,13 +950,12 @@ export function encodeStatCache(entries: readonly StatCacheEntry[]): Buffer {
   let sorted = asciiPaths;
   for (let i = 1; sorted && i < count; i++) if (!((paths[i - 1] as string) < (paths[i] as string))) sorted = false;
 
-  // Raw 32-byte hashes only when hex decoding gives back exactly the same text,
-  // which rules out upper case and non-hex characters in one native round trip.
+  // Raw 32-byte hashes only when decoding gives back exactly the same text: no
+  // upper case (it would come back lower case) and nothing but hex digits.
   let rawHashes: Buffer | undefined;
   if (hashesAre64) {
     const hexText = hashes.join("");
-    const candidate = Buffer.from(hexText, "hex");
-    if (candidate.length === 32 * count && candidate.toString("hex") === hexText) rawHashes = candidate;
+    if (!/[^0-9a-f]/.test(hexText)) rawHashes = Buffer.from(hexText, "hex");
   }
   const hashText = rawHashes === undefined ? hashes.join("\0") : "";
   const hashBytes = rawHashes === undefined ? Buffer.byteLength(hashText, "utf8") : 32 * count;
@@ -1001,6 +1012,8 @@ export class StatCacheColumns {
   private readonly bytes: Buffer;
   private readonly devs: BigUint64Array;
   private readonly devWords: Uint32Array;
+  /** dev, ino, mtimeNs and ctimeNs columns as 32-bit words. */
+  private readonly words: Uint32Array;
   private readonly inos: BigUint64Array;
   private readonly mtimes: BigInt64Array;
   private readonly ctimes: BigInt64Array;
@@ -1027,6 +1040,7 @@ export class StatCacheColumns {
     this.count = count;
     this.devs = new BigUint64Array(arrayBuffer, base + at.dev, count);
     this.devWords = new Uint32Array(arrayBuffer, base + at.dev, 2 * count);
+    this.words = new Uint32Array(arrayBuffer, base + at.dev, 8 * count);
     this.inos = new BigUint64Array(arrayBuffer, base + at.ino, count);
     this.mtimes = new BigInt64Array(arrayBuffer, base + at.mtime, count);
     this.ctimes = new BigInt64Array(arrayBuffer, base + at.ctime, count);
@@ -1126,10 +1140,10 @@ export class StatCacheColumns {
       MODE_CODES[entry.mode] !== (kind & 3) ||
       (typeof entry.dev === "number") !== ((kind & DEV_IS_NUMBER) !== 0) ||
       (typeof entry.ino === "number") !== ((kind & INO_IS_NUMBER) !== 0) ||
-      entry.mtimeNs !== this.mtimes[i] ||
-      entry.ctimeNs !== this.ctimes[i] ||
-      BigInt(entry.ino) !== this.inos[i] ||
-      BigInt(entry.dev) !== this.devAt(i)
+      !this.sameBits(MTIME_COLUMN, i, entry.mtimeNs) ||
+      !this.sameBits(CTIME_COLUMN, i, entry.ctimeNs) ||
+      !this.sameBits(INO_COLUMN, i, typeof entry.ino === "number" ? BigInt(entry.ino) : entry.ino) ||
+      !this.sameBits(DEV_COLUMN, i, typeof entry.dev === "number" ? BigInt(entry.dev) : entry.dev)
     ) {
       return false;
     }
@@ -1140,6 +1154,13 @@ export class StatCacheColumns {
       return false;
     }
     return this.pathIs(i, entry.path);
+  }
+
+  /** Compares a 64-bit column by its bits, without making a bigint per read. */
+  private sameBits(column: number, i: number, value: bigint): boolean {
+    scratch[0] = value;
+    const at = 2 * (column * this.count + i);
+    return scratchWords[0] === this.words[at] && scratchWords[1] === this.words[at + 1];
   }
 
   private pathRange(i: number): [number, number] {

@@ -462,6 +462,16 @@ describe("writer lock", () => {
     store.acquireWriter("local", "kaos up").release();
   });
 
+  it("gives its locks back when the store is closed", () => {
+    const root = makeRoot();
+    const first = open(root);
+    const lock = first.acquireWriter("local", "kaos watch");
+    expectKaosError(() => open(root).acquireWriter("local", "kaos up"), "STATE_LOCKED");
+    first.close();
+    lock.release();
+    open(root).acquireWriter("local", "kaos up").release();
+  });
+
   it("does not trust a lock whose pid now belongs to another process", () => {
     const root = makeRoot();
     const store = open(root);
