@@ -1,5 +1,888 @@
-import { KaosError } from "./errors.js";
+/**
+ * `kaos watch`: `kaos up` once, then again whenever a bundle, manifest,
+ * hyperparams file, the config or the stack file changes, after the edits
+ * settle. Only what the plan says runs, exactly as in `kaos up`; the writer
+ * lock of the stack is held for the whole session, so a concurrent `kaos up`
+ * on the same stack gets the usual STATE_LOCKED message.
+ *
+ * The state machine (WatchMachine below; every transition is in `dispatch`):
+ *
+ *     idle       --change-->    debouncing   (arm the quiet timer)
+ *     debouncing --change-->    debouncing   (re-arm the timer)
+ *     debouncing --quiet-->     running      (start a run)
+ *     running    --change-->    queued       (arm the timer)
+ *     queued     --change-->    queued       (re-arm the timer)
+ *     queued     --quiet-->     queued       (restart mode: plan again and cancel the
+ *                                             running jobs whose key left the plan;
+ *                                             queue mode: say so, the jobs finish)
+ *     running    --run-ended--> idle
+ *     queued     --run-ended--> running      (start the queued run), or debouncing
+ *                                            when edits have not settled yet
+ *     idle       --start-->     running      (the first run)
+ *
+ * A run reloads the config first when the config, stack or hyperparams file
+ * changed (or the config was invalid), then applies. Jobs whose inputs did not
+ * change keep running through a restart; the next run starts when the current
+ * one returns and skips whatever already succeeded. After a failed run, a rerun
+ * whose only work is what failed, with identical keys, is not launched.
+ *
+ * Output (stderr, like `kaos up`'s progress). Without a terminal these plain
+ * lines are printed and stay stable (scripts and tests match on them):
+ *
+ *     watching N paths in ROOT (debounce D ms, on change: restart|queue, events|polling every P ms); q then Enter or Ctrl-C quits
+ *     initial run: S stages and J jobs to run, K skipped
+ *     change detected: S stages and J jobs to run, K skipped (PATH[ and N more])
+ *     change detected: nothing to run, every job is up to date (PATH[ and N more])
+ *     <the job and stage lines of `kaos up`>
+ *     run ID succeeded: N ran, M reused
+ *     run ID failed: REASON
+ *     run ID restarted: N jobs cancelled because their inputs changed
+ *     run ID cancelled
+ *     change during the run: cancelling N jobs whose inputs changed, M keep running; rerun queued
+ *     change during the run: rerun queued
+ *     unchanged since the failure; waiting for an edit
+ *     error: MESSAGE  (and `hint: ...`, as `kaos up` prints them)
+ *     config invalid; waiting for a fix
+ *     config reloaded
+ *     waiting for changes
+ *     stopping: cancelling running jobs
+ *     stopped
+ *
+ * On a terminal the same lines scroll above a status line redrawn in place
+ * (`watching 3 paths — last run succeeded`, `running 2 of 12 (3 done)`,
+ * `failed: REASON`), and a `q` keypress quits.
+ */
+import { existsSync, readFileSync, statSync, type Stats } from "node:fs";
+import { basename, dirname, join, relative, resolve, sep } from "node:path";
+import ignore, { type Ignore } from "ignore";
+import { DIRECTORY_LOCK_NAME } from "./manifest.js";
+import { findConfig } from "./config.js";
+import { apply, loadProject, openSession, plan as planSession, type Session } from "./engine.js";
+import { KaosError, describeError, isKaosError } from "./errors.js";
+import { hashString } from "./hash.js";
+import { colors, isInteractive } from "./output.js";
+import type { Plan } from "./plan.js";
+import { PlainReporter, type Reporter, type RunEvent } from "./progress.js";
+import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
+import type { JobRecord } from "./state.js";
+import type { ResolvedConfig, ResolvedStack } from "./types.js";
 
-export async function watch(_options: { cwd: string; configPath?: string | undefined; stackName?: string | undefined }): Promise<number> {
-  throw new KaosError("NOT_SUPPORTED", "`kaos watch` is not available in this build");
+export interface WatchCommandOptions {
+  cwd: string;
+  configPath?: string | undefined;
+  stackName?: string | undefined;
+  /** Quiet time in ms; default the config's `watch.debounceMs`. */
+  debounce?: number | undefined;
+  onChange?: "restart" | "queue" | undefined;
+  poll?: boolean | undefined;
+  pollInterval?: number | undefined;
+  /** Rerun everything on the first run. */
+  force?: boolean | undefined;
+}
+
+export type WatchState = "idle" | "debouncing" | "running" | "queued";
+export type WatchEvent = "start" | "change" | "quiet" | "run-ended";
+
+export interface WatchMachineHooks {
+  /** Start a run; it must report its end with `dispatch("run-ended")`, never synchronously. */
+  startRun(): void;
+  /** Edits settled while a run goes on: restart mode cancels what they made stale, queue mode only says so. */
+  settledDuringRun(mode: "restart" | "queue"): void;
+  /** Every change of state, for the status line. */
+  entered?(state: WatchState): void;
+}
+
+/** The watch loop's states and transitions, in one place. */
+export class WatchMachine {
+  state: WatchState = "idle";
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly hooks: WatchMachineHooks,
+    public quietMs: number,
+    public onChange: "restart" | "queue",
+  ) {}
+
+  dispatch(event: WatchEvent): void {
+    const from = this.state;
+    switch (event) {
+      case "start":
+        if (from === "idle") this.enter("running", () => this.hooks.startRun());
+        break;
+      case "change":
+        this.armTimer();
+        if (from === "idle") this.enter("debouncing");
+        else if (from === "running") this.enter("queued");
+        break;
+      case "quiet":
+        this.timer = undefined;
+        if (from === "debouncing") this.enter("running", () => this.hooks.startRun());
+        else if (from === "queued") this.hooks.settledDuringRun(this.onChange);
+        break;
+      case "run-ended":
+        if (from === "running") this.enter("idle");
+        else if (from === "queued") {
+          if (this.timer !== undefined) this.enter("debouncing");
+          else this.enter("running", () => this.hooks.startRun());
+        }
+        break;
+    }
+  }
+
+  /** Stops the timer for good (quitting). */
+  stop(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private enter(state: WatchState, then?: () => void): void {
+    this.state = state;
+    this.hooks.entered?.(state);
+    then?.();
+  }
+
+  private armTimer(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.dispatch("quiet"), this.quietMs);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// What is watched, and what is never a reason to rerun.
+
+const ALWAYS_IGNORED = new Set([".git", ".kaos", "node_modules", "__pycache__"]);
+
+/** Swap, backup and lock files of common editors, and atomic-save temporaries. */
+const EDITOR_TEMP = [
+  /\.sw[px]$/, // vim
+  /^\..+\.sw[a-o]$/, // vim's further swap files (.swo, .swn, ...)
+  /^4913$/, // vim's write test
+  /~$/, // emacs, gedit, kate backups
+  /^\.#/, // emacs lock links
+  /^#.*#$/, // emacs autosave
+  /^\.DS_Store$/,
+  /\.tmp$/,
+  /\.tmp-\d+$/,
+  /\.kate-swp$/,
+  /^\.~lock\..*#$/, // LibreOffice
+  /^\.goutputstream-/, // GNOME
+  /___jb_(tmp|old)___$/, // JetBrains
+  /\.crswap$/, // Chrome's File System Access
+];
+
+export function isEditorTemp(name: string): boolean {
+  return EDITOR_TEMP.some((pattern) => pattern.test(name));
+}
+
+interface Bundle {
+  root: string;
+  rules: Ignore | undefined;
+}
+
+/** The paths of one config: what chokidar watches and how events are filtered. */
+export interface WatchTargets {
+  root: string;
+  /** Absolute paths handed to the watcher. */
+  paths: string[];
+  /** Files whose edit needs the config reloaded: the config, the stack file, hyperparams files. */
+  configFiles: Set<string>;
+  bundles: Bundle[];
+  /** Locks kaos writes beside manifests: ours, never a reason to rerun. */
+  manifestLocks: string[];
+}
+
+function loadRules(root: string): Ignore | undefined {
+  try {
+    return ignore().add(readFileSync(join(root, ".kaosignore"), "utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+export function watchTargets(config: ResolvedConfig | undefined, stack: ResolvedStack | undefined, configFile: string): WatchTargets {
+  const root = dirname(configFile);
+  const configFiles = new Set<string>([configFile]);
+  if (stack?.file !== undefined) configFiles.add(stack.file);
+  const bundles: Bundle[] = [];
+  const manifestLocks: string[] = [];
+  const paths = new Set<string>(configFiles);
+  for (const pipeline of config?.pipelines ?? []) {
+    bundles.push({ root: pipeline.sourceDir, rules: loadRules(pipeline.sourceDir) });
+    paths.add(pipeline.sourceDir);
+    if (pipeline.data.kind === "dir") {
+      bundles.push({ root: pipeline.data.dir, rules: loadRules(pipeline.data.dir) });
+      paths.add(pipeline.data.dir);
+    } else {
+      paths.add(pipeline.data.path);
+      const directory = isDirectory(pipeline.data.path);
+      manifestLocks.push(directory ? join(pipeline.data.path, DIRECTORY_LOCK_NAME) : `${pipeline.data.path}.lock`);
+      if (directory) bundles.push({ root: pipeline.data.path, rules: undefined });
+    }
+    if (pipeline.hyperparamsFile !== undefined) {
+      configFiles.add(pipeline.hyperparamsFile);
+      paths.add(pipeline.hyperparamsFile);
+    }
+  }
+  return { root, paths: [...paths].sort(), configFiles, bundles, manifestLocks };
+}
+
+function inside(parent: string, path: string): string | undefined {
+  if (path === parent) return "";
+  return path.startsWith(parent + sep) ? path.slice(parent.length + 1) : undefined;
+}
+
+/** True for a path whose change is never a reason to rerun. */
+export function isIgnoredPath(targets: WatchTargets, path: string, stats?: Stats): boolean {
+  const absolute = resolve(path);
+  if (targets.configFiles.has(absolute)) return false;
+  if (inside(join(targets.root, ".kaos"), absolute) !== undefined) return true;
+  const name = basename(absolute);
+  if (isEditorTemp(name)) return true;
+  for (const lock of targets.manifestLocks) if (absolute === lock || absolute.startsWith(`${lock}.tmp`)) return true;
+  for (const bundle of targets.bundles) {
+    const rel = inside(bundle.root, absolute);
+    if (rel === undefined || rel === "") continue;
+    const parts = rel.split(sep);
+    if (parts.some((part) => ALWAYS_IGNORED.has(part))) return true;
+    if (bundle.rules !== undefined) {
+      const posix = parts.join("/");
+      if (bundle.rules.ignores(posix) || (stats?.isDirectory() === true && bundle.rules.ignores(`${posix}/`))) return true;
+    }
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------
+// Plans, outcomes and what failed.
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+export function planSummary(plan: Plan): string {
+  if (!plan.changes) return "nothing to run, every job is up to date";
+  let stages = 0;
+  let run = 0;
+  let skipped = 0;
+  for (const p of plan.pipelines) {
+    if (p.stages.ingest?.action === "run") stages += 1;
+    if (p.stages.build.action === "run") stages += 1;
+    for (const job of p.jobs) {
+      if (job.action === "run") run += 1;
+      else skipped += 1;
+    }
+  }
+  return `${plural(stages, "stage")} and ${plural(run, "job")} to run, ${skipped} skipped`;
+}
+
+/** The work a plan would do, each item named by pipeline, stage and key. */
+function runItems(plan: Plan): Map<string, string[]> {
+  const items = new Map<string, string[]>();
+  for (const p of plan.pipelines) {
+    const name = p.pipeline.name;
+    // A manifest whose data key is only known after the download: its entries stand in for it.
+    const pending = `pending:${hashString(JSON.stringify(p.manifest?.entries ?? []))}`;
+    const list: string[] = [];
+    if (p.stages.ingest?.action === "run") list.push(`${name} ingest ${p.stages.ingest.key ?? pending}`);
+    if (p.stages.build.action === "run") list.push(`${name} build ${p.stages.build.key ?? ""}`);
+    for (const job of p.jobs) if (job.action === "run") list.push(`${name} train ${job.key ?? `${pending}:${job.paramsKey}`}`);
+    items.set(name, list);
+  }
+  return items;
+}
+
+/** What failed in a run, by the keys it had: none of it is retried until a key changes. */
+function failedItems(plan: Plan, result: ExecuteResult): Set<string> {
+  const failed = new Set<string>();
+  const items = runItems(plan);
+  for (const outcome of result.pipelines) {
+    const stageFailed = outcome.stages.ingest?.state === "failed" || outcome.stages.build?.state === "failed";
+    if (stageFailed) {
+      for (const item of items.get(outcome.name) ?? []) failed.add(item);
+      continue;
+    }
+    for (const job of outcome.jobs) if (job.state === "failed" && job.key !== null) failed.add(`${outcome.name} train ${job.key}`);
+  }
+  return failed;
+}
+
+/** Every key the plan wants, run or skipped: a running job whose key is not here has stale inputs. */
+function wantedKeys(plan: Plan): Set<string> {
+  const wanted = new Set<string>();
+  for (const p of plan.pipelines) {
+    const name = p.pipeline.name;
+    if (p.stages.ingest) wanted.add(`${name} ingest ${p.stages.ingest.key ?? "pending"}`);
+    if (p.stages.build.key !== null) wanted.add(`${name} build ${p.stages.build.key}`);
+    for (const job of p.jobs) if (job.key !== null) wanted.add(`${name} train ${job.key}`);
+  }
+  return wanted;
+}
+
+function jobItem(job: JobRecord): string {
+  return `${job.pipeline} ${job.stage} ${job.key}`;
+}
+
+function failureReason(result: ExecuteResult): string {
+  for (const outcome of result.pipelines) {
+    for (const [stage, decision] of Object.entries(outcome.stages)) {
+      if (decision.state === "failed") return `${outcome.name} ${stage}${decision.jobId ? ` ${decision.jobId}` : ""}: ${decision.reason ?? "failed"}`;
+    }
+    const job = outcome.jobs.find((j) => j.state === "failed");
+    if (job) return `${outcome.name} train${job.id ? ` ${job.id}` : ""}: ${job.reason ?? (job.exitCode !== null ? `exited with code ${job.exitCode}` : "failed")}`;
+  }
+  return "a job did not succeed";
+}
+
+// ---------------------------------------------------------------------------
+// The terminal.
+
+type LogUpdate = ((text: string) => void) & { clear(): void; done(): void };
+
+/** Lines on stderr; on a terminal, with a status line kept below them. */
+class Terminal {
+  private status = "";
+  private update: LogUpdate | undefined;
+
+  constructor(readonly interactive: boolean) {}
+
+  async init(): Promise<void> {
+    if (!this.interactive) return;
+    const { createLogUpdate } = await import("log-update");
+    this.update = createLogUpdate(process.stderr, { showCursor: true });
+  }
+
+  /** Writes through `write` with the status line lifted out of the way. */
+  around(write: () => void): void {
+    this.update?.clear();
+    write();
+    if (this.update && this.status) this.update(this.status);
+  }
+
+  line(text: string): void {
+    this.around(() => process.stderr.write(`${text}\n`));
+  }
+
+  setStatus(text: string): void {
+    this.status = text;
+    if (this.update) this.update(text);
+  }
+
+  close(): void {
+    this.update?.clear();
+    this.update?.done();
+    this.update = undefined;
+  }
+}
+
+/** `kaos up`'s plain job lines, plus the counts for the status line and the stale-job check. */
+class WatchReporter implements Reporter {
+  private readonly plain = new PlainReporter();
+  readonly jobs = new Map<string, JobRecord>();
+
+  constructor(
+    private readonly terminal: Terminal,
+    private readonly onJob: (job: JobRecord) => void,
+    private readonly onChange: () => void,
+  ) {}
+
+  event(event: RunEvent): void {
+    this.terminal.around(() => this.plain.event(event));
+    if (event.kind === "job") {
+      this.jobs.set(event.job.id, event.job);
+      this.onJob(event.job);
+      this.onChange();
+    }
+  }
+
+  counts(): { total: number; running: number; done: number } {
+    const jobs = [...this.jobs.values()];
+    return {
+      total: jobs.length,
+      running: jobs.filter((job) => job.state === "running").length,
+      done: jobs.filter((job) => job.state !== "running" && job.state !== "queued").length,
+    };
+  }
+
+  close(): void {}
+}
+
+// ---------------------------------------------------------------------------
+// The session.
+
+/** Thrown from `onPlan` to leave `apply` before anything is recorded. */
+class SkipRun extends Error {
+  constructor(readonly why: "nothing" | "failed") {
+    super(why);
+  }
+}
+
+interface CurrentRun {
+  reporter: WatchReporter;
+  backend: LocalBackend;
+  /** Keys the latest plan wants, once an edit came in during this run. */
+  wanted: Set<string> | undefined;
+  cancelledForRestart: number;
+  announcedQueue: boolean;
+}
+
+const STALE_REASON = "cancelled: its inputs changed while it ran; kaos watch reruns it";
+
+class WatchSession {
+  private readonly c = colors(process.stderr);
+  private readonly terminal = new Terminal(isInteractive(process.stderr));
+  private readonly machine: WatchMachine;
+  private readonly quit = new AbortController();
+  private readonly configFile: string;
+  private session: Session | undefined;
+  private baseSession: Session;
+  private targets: WatchTargets;
+  private watcher: import("chokidar").FSWatcher | undefined;
+  private configDirty = false;
+  private configError: string | undefined;
+  private pending: string[] = [];
+  private firstRun = true;
+  private failed = new Set<string>();
+  private lastOutcome = "nothing run yet";
+  private current: CurrentRun | undefined;
+  private readonly tasks = new Set<Promise<void>>();
+  private checking = false;
+  private checkAgain = false;
+  private stopping = false;
+  private finished: (() => void) | undefined;
+
+  constructor(
+    private readonly options: WatchCommandOptions,
+    loaded: { config: ResolvedConfig; stack: ResolvedStack } | undefined,
+    configError: string | undefined,
+    base: Session,
+    configFile: string,
+  ) {
+    this.configFile = configFile;
+    this.baseSession = base;
+    this.session = loaded ? base : undefined;
+    this.configError = configError;
+    this.targets = watchTargets(loaded?.config, loaded?.stack, configFile);
+    const watchConfig = loaded?.config.watch ?? { debounceMs: 200, onChange: "restart" as const };
+    this.machine = new WatchMachine(
+      {
+        startRun: () => this.track(this.runCycle()),
+        settledDuringRun: (mode) => {
+          if (mode === "restart") this.track(this.restartCheck());
+          else if (this.current !== undefined && !this.current.announcedQueue) {
+            this.current.announcedQueue = true;
+            this.print("change during the run: rerun queued");
+          }
+        },
+        entered: () => this.drawStatus(),
+      },
+      options.debounce ?? watchConfig.debounceMs,
+      options.onChange ?? watchConfig.onChange,
+    );
+  }
+
+  private track(task: Promise<void>): void {
+    const wrapped = task.catch((error: unknown) => this.printError(error));
+    this.tasks.add(wrapped);
+    void wrapped.finally(() => this.tasks.delete(wrapped));
+  }
+
+  private print(text: string): void {
+    this.terminal.line(text);
+  }
+
+  private printError(error: unknown): void {
+    if (isKaosError(error)) {
+      this.print(`${this.c.red("error")}: ${error.message}`);
+      if (error.hint) this.print(`${this.c.dim("hint")}: ${error.hint}`);
+    } else {
+      this.print(`${this.c.red("internal error")}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    }
+  }
+
+  private drawStatus(): void {
+    if (!this.terminal.interactive) return;
+    const state = this.machine.state;
+    let text: string;
+    if (state === "running" || state === "queued") {
+      const counts = this.current?.reporter.counts();
+      text = counts && counts.total > 0 ? `running ${counts.running} of ${counts.total} (${counts.done} done)` : "planning";
+      if (state === "queued") text += " — rerun queued";
+      text = this.c.cyan(text);
+    } else if (state === "debouncing") {
+      text = this.c.dim("change detected; waiting for edits to settle");
+    } else if (this.configError !== undefined) {
+      text = this.c.red(`failed: config invalid — fix ${relative(this.options.cwd, this.configFile) || this.configFile} to resume`);
+    } else if (this.lastOutcome.startsWith("failed")) {
+      text = this.c.red(`${this.lastOutcome} — waiting for an edit`);
+    } else {
+      text = `watching ${plural(this.targets.paths.length, "path")} — ${this.lastOutcome}`;
+    }
+    this.terminal.setStatus(`${text}  ${this.c.dim("(q to quit)")}`);
+  }
+
+  // ------------------------------------------------------------- watching
+
+  private describeMode(): string {
+    return this.options.poll ? `polling every ${this.options.pollInterval ?? 500} ms` : "events";
+  }
+
+  private async startWatcher(): Promise<void> {
+    const { watch } = await import("chokidar");
+    const interval = this.options.pollInterval ?? 500;
+    const watcher = watch(this.targets.paths, {
+      ignoreInitial: true,
+      persistent: true,
+      usePolling: this.options.poll === true,
+      interval,
+      binaryInterval: interval,
+      ignored: (path: string, stats?: Stats) => isIgnoredPath(this.targets, path, stats),
+    });
+    watcher.on("all", (event, path) => this.onFsEvent(event, path));
+    watcher.on("error", (error) => this.print(`watch error: ${describeError(error)}`));
+    await new Promise<void>((done) => watcher.once("ready", () => done()));
+    this.watcher = watcher;
+  }
+
+  private onFsEvent(event: string, path: string): void {
+    if (this.stopping) return;
+    const absolute = resolve(path);
+    if (this.targets.configFiles.has(absolute)) this.configDirty = true;
+    if (basename(absolute) === ".kaosignore") {
+      for (const bundle of this.targets.bundles) if (dirname(absolute) === bundle.root) bundle.rules = loadRules(bundle.root);
+    }
+    // Directories come and go with their files; only files and removals count.
+    if (event === "addDir") return;
+    this.pending.push(absolute);
+    this.machine.dispatch("change");
+  }
+
+  private retarget(config: ResolvedConfig, stack: ResolvedStack): void {
+    const next = watchTargets(config, stack, this.configFile);
+    const before = new Set(this.targets.paths);
+    const after = new Set(next.paths);
+    this.targets = next;
+    const added = next.paths.filter((path) => !before.has(path));
+    const removed = [...before].filter((path) => !after.has(path));
+    if (this.watcher) {
+      if (removed.length > 0) this.watcher.unwatch(removed);
+      if (added.length > 0) this.watcher.add(added);
+    }
+    if (added.length > 0 || removed.length > 0) this.print(`watching ${plural(next.paths.length, "path")} in ${next.root}`);
+  }
+
+  /** Loads the config again; on failure prints the error as `kaos up` would and keeps the last good one. */
+  private async reload(): Promise<Session | undefined> {
+    this.configDirty = false;
+    try {
+      const { config, stack } = await loadProject({ cwd: this.options.cwd, configPath: this.configFile, stackName: this.options.stackName });
+      if (stack.config.backend !== "local") {
+        throw new KaosError("NOT_SUPPORTED", `stack ${stack.name} uses the ${stack.config.backend} backend; kaos watch runs the local backend`);
+      }
+      if (stack.name !== this.baseSession.stack.name) {
+        throw new KaosError("STACK_INVALID", `the stack changed from ${this.baseSession.stack.name} to ${stack.name} while watching; restart kaos watch`);
+      }
+      const wasBroken = this.configError !== undefined;
+      this.configError = undefined;
+      this.session = { ...this.baseSession, config, stack, backend: new LocalBackend(config, stack, this.baseSession.state) };
+      if (this.options.debounce === undefined) this.machine.quietMs = config.watch.debounceMs;
+      if (this.options.onChange === undefined) this.machine.onChange = config.watch.onChange;
+      this.print(wasBroken ? "config reloaded; resuming" : "config reloaded");
+      this.retarget(config, stack);
+      return this.session;
+    } catch (error) {
+      this.configError = describeError(error);
+      this.printError(error);
+      this.print("config invalid; waiting for a fix");
+      return undefined;
+    }
+  }
+
+  private takePending(): string {
+    const paths = [...new Set(this.pending)];
+    this.pending = [];
+    if (paths.length === 0) return "";
+    const first = relative(this.targets.root, paths[0]!) || paths[0]!;
+    return ` (${first}${paths.length > 1 ? ` and ${paths.length - 1} more` : ""})`;
+  }
+
+  // ------------------------------------------------------------- running
+
+  /** One run: reload if needed, apply, report; then tell the machine. */
+  private async runCycle(): Promise<void> {
+    // Leave the machine's dispatch before doing anything.
+    await Promise.resolve();
+    try {
+      await this.runOnce();
+    } catch (error) {
+      this.printError(error);
+      this.lastOutcome = `failed: ${describeError(error).split("\n")[0] ?? "error"}`;
+    }
+    this.current = undefined;
+    if (!this.stopping) {
+      const willRerun = this.machine.state === "queued";
+      this.machine.dispatch("run-ended");
+      if (!willRerun && this.machine.state === "idle") this.print("waiting for changes");
+    }
+    this.drawStatus();
+  }
+
+  private async runOnce(): Promise<void> {
+    const trigger = this.firstRun ? "" : this.takePending();
+    let session = this.session;
+    if (this.configDirty || this.configError !== undefined || session === undefined) session = await this.reload();
+    if (session === undefined || this.stopping) return;
+    const first = this.firstRun;
+    this.firstRun = false;
+    const reporter = new WatchReporter(
+      this.terminal,
+      (job) => this.checkStale(job),
+      () => this.drawStatus(),
+    );
+    const current: CurrentRun = { reporter, backend: session.backend, wanted: undefined, cancelledForRestart: 0, announcedQueue: false };
+    this.current = current;
+    this.drawStatus();
+    try {
+      const outcome = await apply(session, {
+        command: "watch",
+        reporter,
+        signal: this.quit.signal,
+        force: first && this.options.force === true,
+        locked: true,
+        onPlan: (plan) => {
+          if (!first && !plan.changes) {
+            this.print(`change detected: ${planSummary(plan)}${trigger}`);
+            throw new SkipRun("nothing");
+          }
+          if (!first && this.failed.size > 0) {
+            const items = [...runItems(plan).values()].flat();
+            if (items.length > 0 && items.every((item) => this.failed.has(item))) throw new SkipRun("failed");
+          }
+          this.print(first ? `initial run: ${planSummary(plan)}` : `change detected: ${planSummary(plan)}${trigger}`);
+        },
+      });
+      const result = outcome.result;
+      if (result.cancelled) {
+        this.print(`run ${outcome.runId} cancelled`);
+        this.lastOutcome = "last run cancelled";
+      } else if (current.cancelledForRestart > 0) {
+        this.print(`run ${outcome.runId} restarted: ${plural(current.cancelledForRestart, "job")} cancelled because their inputs changed`);
+        this.failed = failedItems(outcome.plan, result);
+        this.lastOutcome = "restarting";
+      } else if (result.succeeded) {
+        const jobs = result.pipelines.flatMap((p) => p.jobs);
+        const reused = jobs.filter((job) => job.reused).length;
+        this.print(`run ${outcome.runId} succeeded: ${jobs.length - reused} ran, ${reused} reused`);
+        this.failed = new Set();
+        this.lastOutcome = "last run succeeded";
+      } else {
+        const reason = failureReason(result);
+        this.print(`run ${outcome.runId} failed: ${reason}`);
+        this.failed = failedItems(outcome.plan, result);
+        this.lastOutcome = `failed: ${reason}`;
+      }
+    } catch (error) {
+      if (error instanceof SkipRun) {
+        if (error.why === "failed") this.print("unchanged since the failure; waiting for an edit");
+        return;
+      }
+      throw error;
+    }
+  }
+
+  /** Restart mode: edits settled during a run; cancel what they made stale. */
+  private async restartCheck(): Promise<void> {
+    if (this.checking) {
+      this.checkAgain = true;
+      return;
+    }
+    this.checking = true;
+    try {
+      do {
+        this.checkAgain = false;
+        const run = this.current;
+        if (run === undefined || this.stopping) return;
+        let session = this.session;
+        if (this.configDirty || this.configError !== undefined || session === undefined) session = await this.reload();
+        if (session === undefined) {
+          this.print("change during the run: rerun queued");
+          continue;
+        }
+        const next = await planSession(session);
+        // The run may have ended while we planned: the queued run plans for itself.
+        if (this.current !== run || this.stopping) return;
+        run.wanted = wantedKeys(next);
+        let stale = 0;
+        let kept = 0;
+        run.backend.cancel(STALE_REASON, (job) => {
+          const isStale = !run.wanted!.has(jobItem(job));
+          if (isStale) stale += 1;
+          else kept += 1;
+          return isStale;
+        });
+        run.cancelledForRestart += stale;
+        this.print(
+          stale > 0
+            ? `change during the run: cancelling ${plural(stale, "job")} whose inputs changed, ${kept} keep running; rerun queued`
+            : "change during the run: rerun queued",
+        );
+      } while (this.checkAgain);
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  /** A job the current run starts after the latest plan dropped its key is cancelled at once. */
+  private checkStale(job: JobRecord): void {
+    const run = this.current;
+    if (run?.wanted === undefined || (job.state !== "queued" && job.state !== "running")) return;
+    if (run.wanted.has(jobItem(job))) return;
+    // The backend registers a job right after announcing it.
+    queueMicrotask(() => {
+      let hit = 0;
+      run.backend.cancel(STALE_REASON, (candidate) => {
+        const match = candidate.id === job.id;
+        if (match) hit += 1;
+        return match;
+      });
+      run.cancelledForRestart += hit;
+    });
+  }
+
+  // ------------------------------------------------------------- lifecycle
+
+  async run(): Promise<number> {
+    await this.terminal.init();
+    const stopKeys = this.listenForQuit();
+    try {
+      await this.startWatcher();
+      this.print(
+        `watching ${plural(this.targets.paths.length, "path")} in ${this.targets.root} (debounce ${this.machine.quietMs} ms, on change: ${this.machine.onChange}, ${this.describeMode()}); q then Enter or Ctrl-C quits`,
+      );
+      if (this.configError !== undefined) {
+        this.print("config invalid; waiting for a fix");
+        this.drawStatus();
+      } else {
+        this.machine.dispatch("start");
+      }
+      if (!this.stopping) await new Promise<void>((done) => (this.finished = done));
+      return 0;
+    } finally {
+      stopKeys();
+      this.machine.stop();
+      await this.watcher?.close();
+      while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
+      this.terminal.close();
+    }
+  }
+
+  private requestStop(why: string): void {
+    if (this.stopping) {
+      process.stderr.write("\nstopping at once\n");
+      process.exit(130);
+    }
+    this.stopping = true;
+    if (this.terminal.interactive) this.terminal.line(this.c.dim(why));
+    this.print(this.current ? "stopping: cancelling running jobs" : "stopping");
+    this.machine.stop();
+    this.quit.abort(new KaosError("JOBS_FAILED", "interrupted"));
+    void Promise.allSettled([...this.tasks]).then(() => {
+      this.print("stopped");
+      this.finished?.();
+    });
+  }
+
+  /** Ctrl-C, SIGTERM, and `q` on stdin. Returns the function that stops listening. */
+  private listenForQuit(): () => void {
+    const onSigint = () => this.requestStop("interrupted");
+    const onSigterm = () => this.requestStop("terminated");
+    process.on("SIGINT", onSigint);
+    process.on("SIGTERM", onSigterm);
+    const stdin = process.stdin;
+    const raw = stdin.isTTY === true && typeof stdin.setRawMode === "function";
+    let buffered = "";
+    const onData = (chunk: Buffer | string) => {
+      const text = chunk.toString();
+      if (raw) {
+        if (text.includes("\u0003")) this.requestStop("interrupted");
+        else if (/q/i.test(text)) this.requestStop("quit");
+        return;
+      }
+      buffered += text;
+      const lines = buffered.split("\n");
+      buffered = lines.pop() ?? "";
+      if (lines.some((line) => line.trim().toLowerCase() === "q")) this.requestStop("quit");
+    };
+    const onError = () => {};
+    try {
+      if (raw) stdin.setRawMode(true);
+      stdin.on("data", onData);
+      stdin.on("error", onError);
+      stdin.resume();
+    } catch {
+      // No usable stdin: signals still quit.
+    }
+    return () => {
+      process.off("SIGINT", onSigint);
+      process.off("SIGTERM", onSigterm);
+      stdin.off("data", onData);
+      try {
+        if (raw) stdin.setRawMode(false);
+        stdin.pause();
+        // A paused pipe still holds the event loop open.
+        (stdin as { unref?: () => void }).unref?.();
+      } catch {
+        // already closed
+      }
+    };
+  }
+
+}
+
+/** `kaos watch`: see the top of this file. Returns the exit status (0 after a clean quit). */
+export async function watch(options: WatchCommandOptions): Promise<number> {
+  let loaded: { config: ResolvedConfig; stack: ResolvedStack } | undefined;
+  let configError: unknown;
+  try {
+    loaded = await loadProject({ cwd: options.cwd, configPath: options.configPath, stackName: options.stackName });
+  } catch (error) {
+    // A config that exists but does not load is watched until it does; anything else ends here.
+    if (!isKaosError(error) || !["CONFIG_INVALID", "CONFIG_LOAD", "HYPERPARAMS_INVALID"].includes(error.code)) throw error;
+    configError = error;
+  }
+  const configFile = loaded?.config.file ?? (options.configPath !== undefined ? resolve(options.cwd, options.configPath) : findConfig(options.cwd));
+  if (configFile === undefined || !existsSync(configFile)) throw configError ?? new KaosError("CONFIG_NOT_FOUND", "no config file to watch");
+  if (loaded !== undefined && loaded.stack.config.backend !== "local") {
+    throw new KaosError("NOT_SUPPORTED", `stack ${loaded.stack.name} uses the ${loaded.stack.config.backend} backend; kaos watch runs the local backend`, {
+      hint: "run `kaos up --stack NAME` for a cluster stack",
+    });
+  }
+  // Without a loadable config the state store and lock still need a project: a placeholder one.
+  const project = loaded ?? {
+    config: { file: configFile, root: dirname(configFile), workspace: "kaos", pipelines: [], watch: { debounceMs: 200, onChange: "restart" as const } },
+    stack: { name: options.stackName ?? "local", file: undefined, config: { backend: "local" as const } },
+  };
+  const base = openSession(project.config, project.stack);
+  let lock: { release(): void } | undefined;
+  try {
+    lock = base.state.acquireWriter(project.stack.name, "watch");
+    const session = new WatchSession(options, loaded, configError === undefined ? undefined : describeError(configError), base, configFile);
+    if (configError !== undefined) {
+      const c = colors(process.stderr);
+      const error = configError as KaosError;
+      process.stderr.write(`${c.red("error")}: ${error.message}\n`);
+      if (error.hint) process.stderr.write(`${c.dim("hint")}: ${error.hint}\n`);
+    }
+    return await session.run();
+  } finally {
+    lock?.release();
+    base.close();
+  }
 }
