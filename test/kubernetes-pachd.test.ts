@@ -1,0 +1,380 @@
+import { describe, it, expect, beforeEach, afterEach } from "vitest";
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { promisify } from "node:util";
+import * as pulumi from "@pulumi/pulumi";
+import { KaosError } from "../src/errors.js";
+import { packBundle } from "../src/pack.js";
+import { PachdClient, PachdError } from "../src/backends/kubernetes/pachd.js";
+import { applyPipeline, pushBundle, bundleDescription } from "../src/backends/kubernetes/provider-impl.js";
+import { pachydermProviders, type BundleInputs, type PipelineInputs } from "../src/backends/kubernetes/provider.js";
+import { clusterJobLogs, listClusterJobs } from "../src/backends/kubernetes/jobs.js";
+import { canonicalJson } from "../src/backends/kubernetes/canonical.js";
+import { FakePachd } from "./fixtures/kubernetes/fake-pachd.js";
+import { makeClusterProject, type ClusterProject } from "./fixtures/kubernetes/project.js";
+
+const run = promisify(execFile);
+const TOKEN = "tok-3f9a0c7e5b1d4e2a";
+const TOKEN_ENV = "KAOS_TEST_PACHYDERM_TOKEN";
+const REPO_ROOT = join(import.meta.dirname, "..");
+
+let pachd: FakePachd;
+let project: ClusterProject;
+let client: PachdClient;
+
+beforeEach(async () => {
+  pachd = new FakePachd({ token: TOKEN });
+  await pachd.start();
+  client = new PachdClient({ address: pachd.address, token: TOKEN, tokenEnv: TOKEN_ENV });
+  project = makeClusterProject([{ name: "svm", grid: { kernel: ["linear", "poly"], C: [1, 10] } }], {
+    pachyderm: { address: pachd.address, tokenEnv: TOKEN_ENV, project: "default" },
+  });
+  process.env[TOKEN_ENV] = TOKEN;
+});
+
+afterEach(async () => {
+  delete process.env[TOKEN_ENV];
+  await pachd.stop();
+  project.remove();
+});
+
+function bundleInputs(overrides: Partial<BundleInputs> & Pick<BundleInputs, "source">): BundleInputs {
+  return { address: pachd.address, project: "default", tokenEnv: TOKEN_ENV, repo: "mnist-svm-source", key: "k1", ...overrides };
+}
+
+describe("pachd client (against a local HTTP server following Pachyderm's API shapes)", () => {
+  it("creates a repo through POST /api/pfs_v2.API/CreateRepo with the token header, idempotently", async () => {
+    await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
+    await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
+    const calls = pachd.calls("CreateRepo");
+    expect(calls).toHaveLength(2);
+    expect(calls[0]?.path).toBe("/api/pfs_v2.API/CreateRepo");
+    expect(calls[0]?.headers["authn-token"]).toBe(TOKEN);
+    expect(calls[0]?.headers["content-type"]).toBe("application/json");
+    expect(JSON.parse(calls[0]?.body ?? "")).toEqual({
+      repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } },
+      description: "kaos source bundle",
+      update: true,
+    });
+    expect(pachd.repo("default", "mnist-svm-source")).toBeDefined();
+  });
+
+  it("pushes a packed source bundle as one commit through StartCommit, ModifyFile and FinishCommit", async () => {
+    await client.createRepo("default", "mnist-svm-source", "");
+    const dir = project.inputs[0]?.pipeline.sourceDir as string;
+    const inputs = bundleInputs({ key: "a".repeat(64), source: { kind: "archive", dir, files: null, path: "/bundle.tar.gz" } });
+    const commit = await pushBundle(client, inputs);
+
+    const repo = pachd.repo("default", "mnist-svm-source");
+    expect(repo?.head?.id).toBe(commit);
+    expect(repo?.head?.description).toBe(bundleDescription("a".repeat(64)));
+    const expected = join(mkdtempSync(join(tmpdir(), "kaos-expected-")), "bundle.tar.gz");
+    const packed = await packBundle(dir, undefined, expected);
+    const pushed = repo?.head?.files.get("/bundle.tar.gz") as Buffer;
+    expect(createHash("sha256").update(pushed).digest("hex")).toBe(packed.sha256);
+    expect([...(repo?.head?.files.keys() ?? [])]).toEqual(["/bundle.tar.gz"]);
+
+    const modify = pachd.calls("ModifyFile")[0];
+    const lines = (modify?.body ?? "").trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines[0]).toEqual({ setCommit: { repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } }, id: commit, branch: { repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } }, name: "master" } } });
+    expect(lines[1]).toEqual({ deleteFile: { path: "/" } });
+    expect(Object.keys(lines[2] ?? {})).toEqual(["addFile"]);
+    rmSync(join(expected, ".."), { recursive: true, force: true });
+  });
+
+  it("does not push again when the branch head already holds the bundle's key", async () => {
+    await client.createRepo("default", "mnist-svm-source", "");
+    const dir = project.inputs[0]?.pipeline.sourceDir as string;
+    const inputs = bundleInputs({ key: "b".repeat(64), source: { kind: "archive", dir, files: null, path: "/bundle.tar.gz" } });
+    const first = await pushBundle(client, inputs);
+    const second = await pushBundle(client, inputs);
+    expect(second).toBe(first);
+    expect(pachd.calls("StartCommit")).toHaveLength(1);
+    const third = await pushBundle(client, { ...inputs, key: "c".repeat(64) });
+    expect(third).not.toBe(first);
+    expect(pachd.calls("StartCommit")).toHaveLength(2);
+  });
+
+  it("uploads a data bundle file by file, splitting large files into appended AddFile chunks", async () => {
+    await client.createRepo("default", "mnist-svm-data", "");
+    const big = Buffer.alloc(2500);
+    for (let index = 0; index < big.length; index += 1) big[index] = index % 251;
+    const dataDir = (project.inputs[0]?.pipeline.data as { dir: string }).dir;
+    writeFileSync(join(dataDir, "training", "big.bin"), big);
+    writeFileSync(join(dataDir, "empty.txt"), "");
+    const small = new PachdClient({ address: pachd.address, token: TOKEN, chunkBytes: 1000 });
+    await pushBundle(small, bundleInputs({ repo: "mnist-svm-data", key: "d".repeat(64), source: { kind: "files", dir: dataDir } }));
+    const head = pachd.repo("default", "mnist-svm-data")?.head;
+    expect([...(head?.files.keys() ?? [])].sort()).toEqual(["/empty.txt", "/training/a.csv", "/training/big.bin", "/validation/b.csv"]);
+    expect(head?.files.get("/training/big.bin")?.equals(big)).toBe(true);
+    expect(head?.files.get("/empty.txt")?.length).toBe(0);
+    const body = pachd.calls("ModifyFile")[0]?.body ?? "";
+    const bigChunks = body.split("\n").filter((line) => line.includes('"/training/big.bin"'));
+    expect(bigChunks).toHaveLength(3);
+  });
+
+  it("pushes the params files, one per job key", async () => {
+    await client.createRepo("default", "mnist-svm-params", "");
+    const jobs = project.inputs[0]?.jobs ?? [];
+    const files = jobs.map((job) => ({ path: `/${job.key}.json`, content: `${canonicalJson(job.params)}\n` }));
+    await pushBundle(client, bundleInputs({ repo: "mnist-svm-params", key: "e".repeat(64), source: { kind: "params", files } }));
+    const head = pachd.repo("default", "mnist-svm-params")?.head;
+    expect(head?.files.size).toBe(4);
+    const first = jobs[0];
+    expect(JSON.parse(head?.files.get(`/${first?.key}.json`)?.toString() ?? "")).toEqual(first?.params);
+  });
+
+  it("drops the open commit when the upload fails, leaving the branch as it was", async () => {
+    await client.createRepo("default", "mnist-svm-source", "");
+    const dir = project.inputs[0]?.pipeline.sourceDir as string;
+    const inputs = bundleInputs({ key: "f".repeat(64), source: { kind: "archive", dir, files: null, path: "/bundle.tar.gz" } });
+    pachd.failNext = { method: "ModifyFile", code: 13, message: "storage layer unavailable" };
+    const error = await pushBundle(client, inputs).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PachdError);
+    expect((error as PachdError).code).toBe("PACHD_FAILED");
+    expect((error as PachdError).message).toContain("pfs_v2.API/ModifyFile");
+    expect((error as PachdError).message).toContain("storage layer unavailable");
+    expect(pachd.calls("DropCommitSet")).toHaveLength(1);
+    expect(pachd.repo("default", "mnist-svm-source")?.head).toBeUndefined();
+    expect(pachd.repo("default", "mnist-svm-source")?.commits).toHaveLength(0);
+  });
+
+  it("creates a pipeline with CreatePipelineV2, skips an identical spec, and updates a changed one without reprocessing", async () => {
+    const spec = { pipeline: { name: "mnist-svm-train", project: { name: "default" } }, transform: { image: "a:1", cmd: ["sh"] } };
+    const inputs: PipelineInputs = { address: pachd.address, project: "default", tokenEnv: TOKEN_ENV, name: "mnist-svm-train", spec: canonicalJson(spec) };
+    await applyPipeline(client, inputs, "create");
+    const created = pachd.calls("CreatePipelineV2");
+    expect(created).toHaveLength(1);
+    expect(JSON.parse(created[0]?.body ?? "")).toEqual({ createPipelineRequestJson: inputs.spec, update: false, reprocess: false });
+
+    // The state was lost, the pipeline is there with the same spec: nothing to send.
+    await applyPipeline(client, inputs, "create");
+    expect(pachd.calls("CreatePipelineV2")).toHaveLength(1);
+    expect(pachd.calls("InspectPipeline")).toHaveLength(2);
+
+    const changed = { ...inputs, spec: canonicalJson({ ...spec, transform: { image: "a:2", cmd: ["sh"] } }) };
+    await applyPipeline(client, changed, "update");
+    const updated = pachd.calls("CreatePipelineV2");
+    expect(updated).toHaveLength(2);
+    expect(JSON.parse(updated[1]?.body ?? "")).toEqual({ createPipelineRequestJson: changed.spec, update: true, reprocess: false });
+    expect(pachd.pipelines.get("default/mnist-svm-train")?.version).toBe(2);
+
+    await client.deletePipeline("default", "mnist-svm-train");
+    expect(pachd.pipelines.size).toBe(0);
+    await client.deletePipeline("default", "mnist-svm-train"); // already gone: fine
+  });
+
+  it("maps pachd's status to PACHD_FAILED with the method and message, never the token", async () => {
+    const wrong = new PachdClient({ address: pachd.address, token: "not-the-token-123", tokenEnv: TOKEN_ENV });
+    const error = await wrong.createRepo("default", "x", "").catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KaosError);
+    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).message).toBe("pachd pfs_v2.API/CreateRepo failed: no authentication token (try logging in) (UNAUTHENTICATED)");
+    expect((error as KaosError).hint).toContain(TOKEN_ENV);
+    expect(pachd.requests.at(-1)?.headers["authn-token"]).toBe("not-the-token-123");
+
+    // A message that echoes the token back is masked.
+    pachd.failNext = { method: "InspectPipeline", code: 3, message: `bad request from ${TOKEN}` };
+    const echoed = await client.inspectPipeline("default", "x").catch((e: unknown) => e);
+    expect((echoed as KaosError).message).toContain("bad request from ***");
+    expect(`${(echoed as KaosError).message} ${(echoed as KaosError).hint ?? ""}`).not.toContain(TOKEN);
+  });
+
+  it("reports an unreachable pachd with the address and a hint", async () => {
+    const address = pachd.address;
+    await pachd.stop();
+    const error = await client.listJobs("default").catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).message).toContain(`cannot reach pachd at ${address}`);
+    expect((error as KaosError).hint).toContain("pachyderm.address");
+    await pachd.start(); // afterEach stops it again
+  });
+
+  it("answers undefined for a pipeline or branch pachd does not have", async () => {
+    expect(await client.inspectPipeline("default", "nope")).toBeUndefined();
+    await client.createRepo("default", "empty", "");
+    expect(await client.headCommit("default", "empty", "master")).toBeUndefined();
+  });
+});
+
+describe("train list and logs from Pachyderm jobs (against a local HTTP server following Pachyderm's API shapes)", () => {
+  function seedJobs(): { keys: string[] } {
+    const keys = (project.inputs[0]?.jobs ?? []).map((job) => job.key);
+    pachd.repos.set("default/mnist-svm-params", {
+      project: "default",
+      name: "mnist-svm-params",
+      description: "",
+      commits: [{ id: "c1", description: "", finished: "2026-01-01T00:00:00Z", files: new Map(keys.map((key, index) => [`/${key}.json`, Buffer.from(JSON.stringify({ index }))])) }],
+      head: undefined,
+    });
+    pachd.jobs = [
+      {
+        pipeline: "mnist-svm-train",
+        id: "j2",
+        state: "JOB_RUNNING",
+        started: "2026-01-02T00:00:00Z",
+        datums: [
+          { id: "d-old", state: "SKIPPED", paramsFile: `/${keys[0]}.json`, paramsRepo: "mnist-svm-params", commit: "c1" },
+          { id: "d3", state: "STARTING", paramsFile: `/${keys[2]}.json`, paramsRepo: "mnist-svm-params", commit: "c1" },
+          { id: "d4", state: "UNKNOWN", paramsFile: `/${keys[3]}.json`, paramsRepo: "mnist-svm-params", commit: "c1" },
+        ],
+        logs: [
+          { datumId: "d3", ts: "2026-01-02T00:00:01Z", message: "epoch 1" },
+          { datumId: "d4", ts: "2026-01-02T00:00:02Z", message: "other datum" },
+        ],
+      },
+      {
+        pipeline: "mnist-svm-train",
+        id: "j1",
+        state: "JOB_FAILURE",
+        started: "2026-01-01T00:00:00Z",
+        finished: "2026-01-01T01:00:00Z",
+        datums: [
+          { id: "d1", state: "SUCCESS", paramsFile: `/${keys[0]}.json`, paramsRepo: "mnist-svm-params", commit: "c1" },
+          { id: "d2", state: "FAILED", paramsFile: `/${keys[1]}.json`, paramsRepo: "mnist-svm-params", commit: "c1" },
+        ],
+      },
+      { pipeline: "mnist-svm-build", id: "j1", state: "JOB_SUCCESS", started: "2026-01-01T00:00:00Z", finished: "2026-01-01T00:10:00Z", logs: [{ message: "pushed" }] },
+      { pipeline: "mnist-cnn-ingest", id: "j9", state: "JOB_KILLED", started: "2026-01-01T00:00:00Z" },
+      { pipeline: "mnist-cnn-build", id: "j8", state: "JOB_CREATED" },
+      { pipeline: "mnist-cnn-train", id: "j7", state: "JOB_UNRUNNABLE" },
+      { pipeline: "other-svm-train", id: "j5", state: "JOB_SUCCESS" },
+      { pipeline: "edges", id: "j6", state: "JOB_SUCCESS" },
+    ];
+    return { keys };
+  }
+
+  it("lists build, ingest and train jobs in the train list shape, one entry per combination", async () => {
+    const { keys } = seedJobs();
+    const jobs = await listClusterJobs(project.stack, { workspace: "mnist" });
+    const byId = new Map(jobs.map((job) => [job.id, job]));
+    expect(jobs.map((job) => job.id)).toEqual([
+      keys[2],
+      keys[3],
+      keys[0],
+      keys[1],
+      "mnist-svm-build@j1",
+      "mnist-cnn-ingest@j9",
+      "mnist-cnn-build@j8",
+      "mnist-cnn-train@j7",
+    ]);
+    expect(byId.get(keys[0] as string)).toEqual({
+      id: keys[0],
+      pipeline: "svm",
+      stage: "train",
+      state: "succeeded",
+      params: { index: 0 },
+      startedAt: "2026-01-01T00:00:00Z",
+      finishedAt: "2026-01-01T01:00:00Z",
+      exitCode: null,
+    });
+    expect(byId.get(keys[1] as string)?.state).toBe("failed");
+    expect(byId.get(keys[2] as string)?.state).toBe("running");
+    expect(byId.get(keys[3] as string)?.state).toBe("queued");
+    expect(byId.get("mnist-svm-build@j1")).toMatchObject({ pipeline: "svm", stage: "build", state: "succeeded", params: {} });
+    expect(byId.get("mnist-cnn-ingest@j9")).toMatchObject({ pipeline: "cnn", stage: "ingest", state: "cancelled" });
+    expect(byId.get("mnist-cnn-build@j8")?.state).toBe("queued");
+    expect(byId.get("mnist-cnn-train@j7")?.state).toBe("failed");
+    const listJob = pachd.calls("ListJob")[0];
+    expect(listJob?.path).toBe("/api/pps_v2.API/ListJob");
+    expect(JSON.parse(listJob?.body ?? "")).toEqual({ projects: [{ name: "default" }], details: false });
+    expect(listJob?.headers["authn-token"]).toBe(TOKEN);
+  });
+
+  it("takes params from the caller when it knows them, without reading the params repo", async () => {
+    const { keys } = seedJobs();
+    const params = new Map((project.inputs[0]?.jobs ?? []).map((job) => [job.key, job.params]));
+    const jobs = await listClusterJobs(project.stack, { workspace: "mnist", params });
+    expect(jobs.find((job) => job.id === keys[1])?.params).toEqual(project.inputs[0]?.jobs[1]?.params);
+    expect(pachd.calls("GetFile")).toHaveLength(0);
+  });
+
+  it("streams one combination's log lines by job key prefix, asking pachd for that datum", async () => {
+    const { keys } = seedJobs();
+    const lines = [];
+    for await (const line of clusterJobLogs(project.stack, (keys[2] as string).slice(0, 12), { workspace: "mnist" })) lines.push(line);
+    expect(lines).toEqual([{ time: "2026-01-02T00:00:01Z", user: true, message: "epoch 1" }]);
+    const request = JSON.parse(pachd.calls("GetLogs")[0]?.body ?? "") as Record<string, unknown>;
+    expect(request).toEqual({
+      job: { pipeline: { name: "mnist-svm-train", project: { name: "default" } }, id: "j2" },
+      follow: false,
+      datum: { job: { pipeline: { name: "mnist-svm-train", project: { name: "default" } }, id: "j2" }, id: "d3" },
+    });
+  });
+
+  it("streams a build job's logs by pipeline@id, and names unknown or ambiguous ids", async () => {
+    seedJobs();
+    const lines = [];
+    for await (const line of clusterJobLogs(project.stack, "mnist-svm-build@j1", { workspace: "mnist" })) lines.push(line.message);
+    expect(lines).toEqual(["pushed"]);
+    const missing = await clusterJobLogs(project.stack, "ffffffffffff", { workspace: "mnist" }).next().catch((e: unknown) => e);
+    expect((missing as KaosError).code).toBe("JOB_NOT_FOUND");
+    const ambiguous = await clusterJobLogs(project.stack, "mnist-", { workspace: "mnist" }).next().catch((e: unknown) => e);
+    expect((ambiguous as KaosError).code).toBe("JOB_AMBIGUOUS");
+  });
+});
+
+describe("dynamic providers (serialized as Pulumi does, run in a separate Node process against the local HTTP server)", () => {
+  const implUrl = pathToFileURL(join(REPO_ROOT, "src/backends/kubernetes/provider-impl.ts")).href;
+
+  async function hostCall(serialized: string, method: string, args: unknown[], env: NodeJS.ProcessEnv): Promise<{ ok: boolean; result?: unknown; error?: string }> {
+    const dir = mkdtempSync(join(tmpdir(), "kaos-provider-"));
+    try {
+      writeFileSync(join(dir, "provider.js"), serialized);
+      writeFileSync(join(dir, "args.json"), JSON.stringify(args));
+      const { stdout } = await run(
+        process.execPath,
+        ["--import", "jiti/register", join(REPO_ROOT, "test/fixtures/kubernetes/provider-host.mjs"), join(dir, "provider.js"), method, join(dir, "args.json")],
+        { cwd: REPO_ROOT, env, timeout: 60_000 },
+      );
+      return JSON.parse(stdout) as { ok: boolean; result?: unknown; error?: string };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it("diffs on the spec alone, and creates and updates the pipeline from the token in its environment", async () => {
+    const providers = pachydermProviders(implUrl);
+    const serialized = await pulumi.runtime.serializeFunction(() => providers.pipeline, { allowSecrets: true });
+    expect(serialized.text).not.toContain(TOKEN);
+    expect(serialized.text).not.toContain("PachdClient"); // the work is loaded at run time, not captured
+    expect(serialized.text).toContain(implUrl);
+
+    const spec = canonicalJson({ pipeline: { name: "mnist-svm-build", project: { name: "default" } }, transform: { image: "b", cmd: ["sh"] } });
+    const inputs: PipelineInputs = { address: pachd.address, project: "default", tokenEnv: TOKEN_ENV, name: "mnist-svm-build", spec };
+    const env = { ...process.env, [TOKEN_ENV]: TOKEN };
+
+    const same = await hostCall(serialized.text, "diff", ["default/mnist-svm-build", inputs, { ...inputs, address: "http://elsewhere:1" }], env);
+    expect(same).toEqual({ ok: true, result: { changes: false, replaces: [] } });
+    const changed = await hostCall(serialized.text, "diff", ["default/mnist-svm-build", inputs, { ...inputs, spec: `${spec} ` }], env);
+    expect(changed).toEqual({ ok: true, result: { changes: true, replaces: [] } });
+    const renamed = await hostCall(serialized.text, "diff", ["default/mnist-svm-build", inputs, { ...inputs, name: "x" }], env);
+    expect(renamed.result).toEqual({ changes: true, replaces: ["name"] });
+    expect(pachd.requests).toHaveLength(0);
+
+    const created = await hostCall(serialized.text, "create", [{ ...inputs, __provider: "serialized" }], env);
+    expect(created).toEqual({ ok: true, result: { id: "default/mnist-svm-build", outs: inputs } });
+    expect(pachd.pipelines.get("default/mnist-svm-build")?.specJson).toBe(spec);
+    expect(pachd.calls("CreatePipelineV2")[0]?.headers["authn-token"]).toBe(TOKEN);
+
+    const newSpec = canonicalJson({ pipeline: { name: "mnist-svm-build", project: { name: "default" } }, transform: { image: "c", cmd: ["sh"] } });
+    const updated = await hostCall(serialized.text, "update", ["default/mnist-svm-build", inputs, { ...inputs, spec: newSpec }], env);
+    expect(updated.ok).toBe(true);
+    expect(pachd.pipelines.get("default/mnist-svm-build")?.version).toBe(2);
+  }, 120_000);
+
+  it("fails with pachd's message (and no token) when the provider process has the wrong token", async () => {
+    const providers = pachydermProviders(implUrl);
+    const serialized = await pulumi.runtime.serializeFunction(() => providers.repo, { allowSecrets: true });
+    const inputs = { address: pachd.address, project: "default", tokenEnv: TOKEN_ENV, name: "mnist-svm-source", description: "" };
+    const failed = await hostCall(serialized.text, "create", [inputs], { ...process.env, [TOKEN_ENV]: "wrong-token-value" });
+    expect(failed.ok).toBe(false);
+    expect(failed.error).toContain("pachd pfs_v2.API/CreateRepo failed: no authentication token");
+    expect(failed.error).toContain(`set ${TOKEN_ENV}`);
+    expect(failed.error).not.toContain("wrong-token-value");
+  }, 120_000);
+});
