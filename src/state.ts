@@ -134,10 +134,11 @@ const MIGRATIONS: readonly string[] = [
   CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('queued','running');
 
   CREATE TABLE stat_cache (
-    root     TEXT PRIMARY KEY,
-    saved_at INTEGER NOT NULL,
-    entries  INTEGER NOT NULL,
-    data     BLOB NOT NULL
+    root       TEXT PRIMARY KEY,
+    saved_at   INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    entries    INTEGER NOT NULL,
+    data       BLOB NOT NULL
   );
 
   CREATE TABLE applied (
@@ -226,8 +227,12 @@ export class StateStore {
   /** Null only for a read-only store whose database does not exist yet: it reads as empty. */
   private readonly db: Database.Database | null;
   private readonly statements = new Map<string, Database.Statement>();
-  /** The stat cache last read or written per root, to skip rewriting an unchanged one. */
-  private readonly statCacheColumns = new Map<string, StatCacheColumns>();
+  /**
+   * The stat cache last read or written per root. Its time is the one paired
+   * with its entries (read in the same query), and its generation lets an
+   * unchanged save touch only the time, unless another process rewrote it since.
+   */
+  private readonly statCaches = new Map<string, { columns: StatCacheColumns; savedAt: bigint; generation: bigint }>();
   /** Releases of the writer locks this store holds, so that close() gives them back. */
   private readonly heldLocks = new Set<() => void>();
 
@@ -265,7 +270,7 @@ export class StateStore {
   close(): void {
     for (const release of [...this.heldLocks]) release();
     this.statements.clear();
-    this.statCacheColumns.clear();
+    this.statCaches.clear();
     if (this.db?.open === true) this.db.close();
   }
 
@@ -296,41 +301,63 @@ export class StateStore {
    */
   loadStatCache(root: string): StatCacheMap {
     if (this.db === null) return new StatCacheMap();
-    const row = this.stmt("SELECT data FROM stat_cache WHERE root = ?").get(root) as { data: Buffer } | undefined;
+    const row = this.stmt("SELECT data, saved_at, generation FROM stat_cache WHERE root = ?", "bigint").get(root) as
+      | { data: Buffer; saved_at: bigint; generation: bigint }
+      | undefined;
     const columns = row === undefined ? undefined : StatCacheColumns.decode(row.data);
-    if (columns === undefined) {
-      this.statCacheColumns.delete(root);
+    if (row === undefined || columns === undefined) {
+      this.statCaches.delete(root);
       return new StatCacheMap();
     }
-    this.statCacheColumns.set(root, columns);
+    this.statCaches.set(root, { columns, savedAt: row.saved_at, generation: row.generation });
     return new StatCacheMap(columns);
   }
 
   saveStatCache(root: string, entries: readonly StatCacheEntry[], cacheTimeNs: bigint): void {
-    const db = this.writer();
-    const previous = this.statCacheColumns.get(root);
-    if (previous !== undefined && previous.count === entries.length && entries.every((entry, i) => previous.sameAt(i, entry))) {
-      // A warm run with nothing changed: only the cache time moves (which keeps
-      // the racy window small) and megabytes are not rewritten.
-      const updated = this.stmt("UPDATE stat_cache SET saved_at = ? WHERE root = ?").run(cacheTimeNs, root);
-      if (updated.changes === 1) return;
+    this.writer();
+    const previous = this.statCaches.get(root);
+    if (
+      previous !== undefined &&
+      previous.columns.count === entries.length &&
+      entries.every((entry, i) => previous.columns.sameAt(i, entry))
+    ) {
+      // Nothing changed: only the cache time moves (which keeps the racy window
+      // small) and megabytes are not rewritten.
+      const updated = this.stmt("UPDATE stat_cache SET saved_at = ? WHERE root = ? AND generation = ?").run(
+        cacheTimeNs,
+        root,
+        previous.generation,
+      );
+      if (updated.changes === 1) {
+        previous.savedAt = cacheTimeNs;
+        return;
+      }
     }
     const blob = encodeStatCache(entries);
-    db.transaction(() => {
-      this.stmt(
-        "INSERT INTO stat_cache (root, saved_at, entries, data) VALUES (?, ?, ?, ?) " +
-          "ON CONFLICT(root) DO UPDATE SET saved_at = excluded.saved_at, entries = excluded.entries, data = excluded.data",
-      ).run(root, cacheTimeNs, entries.length, blob);
-    }).immediate();
+    const row = this.transaction(
+      () =>
+        this.stmt(
+          "INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES (?, ?, 1, ?, ?) " +
+            "ON CONFLICT(root) DO UPDATE SET saved_at = excluded.saved_at, generation = stat_cache.generation + 1, " +
+            "entries = excluded.entries, data = excluded.data RETURNING generation",
+          "bigint",
+        ).get(root, cacheTimeNs, entries.length, blob) as { generation: bigint },
+    );
     const columns = StatCacheColumns.decode(blob);
-    if (columns === undefined) this.statCacheColumns.delete(root);
-    else this.statCacheColumns.set(root, columns);
+    if (columns === undefined) this.statCaches.delete(root);
+    else this.statCaches.set(root, { columns, savedAt: cacheTimeNs, generation: row.generation });
   }
 
+  /**
+   * When the cache of `root` was saved (the walk start time). After a load, the
+   * time saved together with the entries loaded, even if another process has
+   * saved since: pairing new time with old entries could trust a racy file.
+   */
   statCacheSavedAt(root: string): bigint | undefined {
+    const known = this.statCaches.get(root);
+    if (known !== undefined) return known.savedAt;
     if (this.db === null) return undefined;
-    const statement = this.stmt("SELECT saved_at FROM stat_cache WHERE root = ?", "bigint");
-    const row = statement.get(root) as { saved_at: bigint } | undefined;
+    const row = this.stmt("SELECT saved_at FROM stat_cache WHERE root = ?", "bigint").get(root) as { saved_at: bigint } | undefined;
     return row?.saved_at;
   }
 

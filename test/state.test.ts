@@ -626,6 +626,25 @@ describe("stat cache", () => {
     expect((store.statCache().load("/r") as Map<string, StatCacheEntry>).size).toBe(3);
   });
 
+  it("keeps each cache's time paired with its entries when two processes save the same root", () => {
+    const root = makeRoot();
+    const v1 = Array.from({ length: 20 }, (_, i) => entry(i));
+    const v2 = v1.map((e, i) => (i === 3 ? { ...e, size: e.size + 1 } : e));
+    const a = open(root);
+    const b = open(root);
+    a.statCache().save("/r", v1, 1n);
+    a.statCache().load("/r");
+    b.statCache().load("/r");
+    b.statCache().save("/r", v2, 5n);
+    // A's entries came with time 1: it must not be handed B's later time.
+    expect(a.statCache().savedAt?.("/r")).toBe(1n);
+    // A saves what it loaded, unchanged: B rewrote the row since, so A writes it whole.
+    a.statCache().save("/r", v1, 9n);
+    const fresh = open(root).statCache();
+    expect(fresh.savedAt?.("/r")).toBe(9n);
+    expect((fresh.load("/r") as Map<string, StatCacheEntry>).get(v1[3]!.path)?.size).toBe(v1[3]!.size);
+  });
+
   it("treats a damaged cache blob as no cache", () => {
     const root = makeRoot();
     const store = open(root);
