@@ -6,15 +6,19 @@
 import { cpSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
-import { loadConfig, loadStack, parseMemory, resolveConfig } from "./config.js";
+import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "./config.js";
+import { jobPaths } from "./layout.js";
 import { KaosError, describeError } from "./errors.js";
-import { apply, loadProject, openSession, plan as planSession, type ApplyResult } from "./engine.js";
+import type { ApplyResult } from "./engine.js";
 import { colors, formatDuration, isInteractive, printJson, table } from "./output.js";
-import { formatPlan, planJson } from "./plan.js";
-import { createReporter, paramsText } from "./progress.js";
+import { paramsText } from "./progress.js";
 import { StateStore, type JobRecord } from "./state.js";
-import { jobPaths } from "./backends/local/index.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
+
+// The engine (hashing, planning, the backends) loads only for commands that run
+// it, so the read-only commands start fast.
+const engine = () => import("./engine.js");
+
 
 interface Common {
   config?: string;
@@ -78,6 +82,8 @@ function summarize(outcome: ApplyResult): string {
 
 /** Runs a plan to completion with progress, and prints its result. */
 async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: { force?: boolean; refresh?: boolean; json?: boolean; command: string }): Promise<number> {
+  const { openSession, apply } = await engine();
+  const { createReporter } = await import("./progress.js");
   const session = openSession(config, stack);
   const interrupt = interruptSignal();
   const reporter = createReporter({ json: options.json, interactive: isInteractive(process.stderr) });
@@ -113,6 +119,8 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
 }
 
 export async function planCommand(options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
+  const { openSession, plan } = await engine();
+  const { formatPlan, planJson } = await import("./plan.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
     const { clusterPlan } = await import("./cluster.js");
@@ -120,7 +128,7 @@ export async function planCommand(options: Common & { stack?: string; refresh?: 
   }
   const session = openSession(config, stack);
   try {
-    const current = await planSession(session, { refresh: options.refresh });
+    const current = await plan(session, { refresh: options.refresh });
     session.backend.checkResources(current);
     if (options.json) printJson(planJson(current));
     else process.stdout.write(`${formatPlan(current, colors())}\n`);

@@ -452,3 +452,14 @@ export async function loadStack(config: Pick<ResolvedConfig, "root">, name: stri
   }
   return { name, file, config: parsed.data as StackConfig };
 }
+
+/** The config and the stack a command works on. */
+export async function loadProject(options: {
+  cwd: string;
+  configPath?: string | undefined;
+  stackName?: string | undefined;
+}): Promise<{ config: ResolvedConfig; stack: ResolvedStack }> {
+  const config = await loadConfig({ cwd: options.cwd, configPath: options.configPath });
+  const stack = await loadStack(config, options.stackName);
+  return { config, stack };
+}

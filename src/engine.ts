@@ -3,7 +3,6 @@
  * against state, execute the plan on a backend, record results. `up`, `plan`,
  * `watch` and `train deploy` are thin layers over these functions.
  */
-import { loadConfig, loadStack } from "./config.js";
 import { KaosError } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
 import { buildPlan, type Plan } from "./plan.js";
@@ -19,19 +18,7 @@ export interface Session {
   close(): void;
 }
 
-export interface SessionOptions {
-  cwd: string;
-  configPath?: string | undefined;
-  stackName?: string | undefined;
-  /** An already resolved config (`train deploy` makes one from flags). */
-  config?: ResolvedConfig;
-}
-
-export async function loadProject(options: SessionOptions): Promise<{ config: ResolvedConfig; stack: ResolvedStack }> {
-  const config = options.config ?? (await loadConfig({ cwd: options.cwd, configPath: options.configPath }));
-  const stack = await loadStack(config, options.stackName);
-  return { config, stack };
-}
+export { loadProject } from "./config.js";
 
 /** Opens the state store and the backend of a loaded project. */
 export function openSession(config: ResolvedConfig, stack: ResolvedStack): Session {

@@ -14,6 +14,7 @@ import { parseMemory } from "../../config.js";
 import { KaosError, describeError } from "../../errors.js";
 import { canonicalJson } from "../../hyperparams.js";
 import { ingest } from "../../ingest.js";
+import { jobPaths } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
 import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
@@ -26,11 +27,6 @@ import { resolvePython } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
-/** Where a job keeps its files under `.kaos/jobs/<id>/`. */
-export function jobPaths(stateDir: string, jobId: string) {
-  const dir = join(stateDir, "jobs", jobId);
-  return { dir, out: join(dir, "out"), log: join(dir, "log"), params: join(dir, "params.json"), source: join(dir, "source") };
-}
 
 /** GPUs this machine has, from nvidia-smi; none when it is missing. */
 export function detectGpus(): number[] {
