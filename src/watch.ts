@@ -247,17 +247,21 @@ export function isIgnoredPath(targets: WatchTargets, path: string, stats?: Stats
   const name = basename(absolute);
   if (isEditorTemp(name)) return true;
   for (const lock of targets.manifestLocks) if (absolute === lock || absolute.startsWith(`${lock}.tmp`)) return true;
+  // Bundles may nest (data "." holds the source): a path counts when any bundle holding it takes it in.
+  let held = false;
   for (const bundle of targets.bundles) {
     const rel = inside(bundle.root, absolute);
     if (rel === undefined || rel === "") continue;
+    held = true;
     const parts = rel.split(sep);
-    if (parts.some((part) => ALWAYS_IGNORED.has(part))) return true;
+    if (parts.some((part) => ALWAYS_IGNORED.has(part))) continue;
     if (bundle.rules !== undefined) {
       const posix = parts.join("/");
-      if (bundle.rules.ignores(posix) || (stats?.isDirectory() === true && bundle.rules.ignores(`${posix}/`))) return true;
+      if (bundle.rules.ignores(posix) || (stats?.isDirectory() === true && bundle.rules.ignores(`${posix}/`))) continue;
     }
+    return false;
   }
-  return false;
+  return held;
 }
 
 // ---------------------------------------------------------------------------
@@ -332,11 +336,13 @@ function jobItem(job: JobRecord): string {
 
 function failureReason(result: ExecuteResult): string {
   for (const outcome of result.pipelines) {
-    for (const [stage, decision] of Object.entries(outcome.stages)) {
-      if (decision.state === "failed") return `${outcome.name} ${stage}${decision.jobId ? ` ${decision.jobId}` : ""}: ${decision.reason ?? "failed"}`;
+    for (const stage of ["ingest", "build"] as const) {
+      const decision = outcome.stages[stage];
+      if (decision?.state === "failed") return `${outcome.name} ${stage}${decision.jobId ? ` ${decision.jobId}` : ""}: ${decision.reason ?? "failed"}`;
     }
     const job = outcome.jobs.find((j) => j.state === "failed");
     if (job) return `${outcome.name} train${job.id ? ` ${job.id}` : ""}: ${job.reason ?? (job.exitCode !== null ? `exited with code ${job.exitCode}` : "failed")}`;
+    if (outcome.stages.train?.state === "failed") return `${outcome.name} train: ${outcome.stages.train.reason ?? "failed"}`;
   }
   return "a job did not succeed";
 }
@@ -619,26 +625,27 @@ class WatchSession {
   private async runCycle(): Promise<void> {
     // Leave the machine's dispatch before doing anything.
     await Promise.resolve();
+    let waiting = true;
     try {
-      await this.runOnce();
+      waiting = await this.runOnce();
     } catch (error) {
       this.printError(error);
       this.lastOutcome = `failed: ${describeError(error).split("\n")[0] ?? "error"}`;
     }
     this.current = undefined;
     if (!this.stopping) {
-      const willRerun = this.machine.state === "queued";
       this.machine.dispatch("run-ended");
-      if (!willRerun && this.machine.state === "idle") this.print("waiting for changes");
+      if (waiting && this.machine.state === "idle") this.print("waiting for changes");
     }
     this.drawStatus();
   }
 
-  private async runOnce(): Promise<void> {
+  /** Returns false when it already told the user what it waits for. */
+  private async runOnce(): Promise<boolean> {
     const trigger = this.firstRun ? "" : this.takePending();
     let session = this.session;
     if (this.configDirty || this.configError !== undefined || session === undefined) session = await this.reload();
-    if (session === undefined || this.stopping) return;
+    if (session === undefined || this.stopping) return false;
     const first = this.firstRun;
     this.firstRun = false;
     const reporter = new WatchReporter(
@@ -690,11 +697,13 @@ class WatchSession {
       }
     } catch (error) {
       if (error instanceof SkipRun) {
-        if (error.why === "failed") this.print("unchanged since the failure; waiting for an edit");
-        return;
+        if (error.why === "nothing") return true;
+        this.print("unchanged since the failure; waiting for an edit");
+        return false;
       }
       throw error;
     }
+    return true;
   }
 
   /** Restart mode: edits settled during a run; cancel what they made stale. */

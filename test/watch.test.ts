@@ -1,0 +1,369 @@
+/**
+ * `kaos watch` through the built CLI (run `npm run build` first), in temporary
+ * projects with a trivial source bundle: empty requirements, a `sh` train
+ * script that records its pid and job id in a marks directory outside the
+ * project, fails when the data says "fail", and sleeps as long as the marks
+ * directory's `sleep` file says.
+ */
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { makeProject, runKaos, sleep, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
+
+interface ListedJob {
+  id: string;
+  pipeline: string;
+  stage: "ingest" | "build" | "train";
+  state: string;
+  params: Record<string, unknown>;
+  startedAt: string | null;
+}
+
+function trainScript(marks: string): string {
+  return `#!/bin/sh
+marks='${marks}'
+echo $$ > "$marks/pid-$KAOS_JOB_ID"
+echo "$KAOS_JOB_ID" >> "$marks/starts"
+cat "$KAOS_PARAMS_FILE" > "$1/params.json"
+if grep -q fail "$KAOS_DATA_DIR/a.txt"; then echo "asked to fail" >&2; exit 1; fi
+exec sleep "$(cat "$marks/sleep" 2>/dev/null || echo 0.05)"
+`;
+}
+
+const CONFIG = `export default { pipelines: { p: { source: "src", data: "data", hyperparams: "params.json", parallelism: 2 } } };\n`;
+
+const cleanups: (() => Promise<void> | void)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+interface Rig {
+  project: Project;
+  marks: string;
+  setSleep(seconds: number): void;
+  jobs(): Promise<ListedJob[]>;
+  watch(args?: string[]): LiveKaos;
+}
+
+function rig(options: { params?: string; config?: string; data?: Record<string, string> } = {}): Rig {
+  const marks = mkdtempSync(join(tmpdir(), "kaos-watch-marks-"));
+  const project = makeProject({
+    "kaos.config.ts": options.config ?? CONFIG,
+    "params.json": options.params ?? `{"a": 1}\n`,
+    ...under("src", trivialSourceBundle(trainScript(marks))),
+    ...(options.data ?? { "data/a.txt": "1\n" }),
+  });
+  const live: LiveKaos[] = [];
+  cleanups.push(async () => {
+    for (const kaos of live) {
+      kaos.child.kill("SIGINT");
+      const timer = setTimeout(() => kaos.child.kill("SIGKILL"), 10_000);
+      await kaos.exited;
+      clearTimeout(timer);
+    }
+    project.remove();
+    rmSync(marks, { recursive: true, force: true });
+  });
+  return {
+    project,
+    marks,
+    setSleep: (seconds) => writeFileSync(join(marks, "sleep"), `${seconds}\n`),
+    async jobs() {
+      const result = await runKaos(["train", "list", "--json"], { cwd: project.dir });
+      expect(result.code, result.stderr).toBe(0);
+      return JSON.parse(result.stdout) as ListedJob[];
+    },
+    watch(args = []) {
+      const kaos = startKaos(["watch", "--debounce", "100", ...args], { cwd: project.dir });
+      live.push(kaos);
+      return kaos;
+    },
+  };
+}
+
+function count(text: string, needle: string): number {
+  return text.split(needle).length - 1;
+}
+
+/** Waits until `needle` was printed `times` times in all. */
+function waitCount(kaos: LiveKaos, needle: string, times: number, timeoutMs = 15_000): Promise<string> {
+  const escaped = needle.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return kaos.waitFor(new RegExp(`(?:${escaped}[\\s\\S]*){${times}}`), timeoutMs);
+}
+
+function output(kaos: LiveKaos): string {
+  return kaos.stdout() + kaos.stderr();
+}
+
+async function quit(kaos: LiveKaos, how: "q" | "SIGINT" = "q"): Promise<void> {
+  if (how === "q") kaos.child.stdin!.write("q\n");
+  else kaos.child.kill("SIGINT");
+  const result = await kaos.exited;
+  expect(result.code, `${result.stdout}\n${result.stderr}`).toBe(0);
+  expect(result.stderr).toContain("stopped");
+}
+
+const ofStage = (jobs: ListedJob[], stage: ListedJob["stage"], state?: string) =>
+  jobs.filter((job) => job.stage === stage && (state === undefined || job.state === state));
+
+function pidOf(marks: string, jobId: string): number {
+  return Number(readFileSync(join(marks, `pid-${jobId}`), "utf8").trim());
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitUntil(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(50);
+  }
+}
+
+describe.each([
+  ["file system events", [] as string[]],
+  ["polling", ["--poll", "--poll-interval", "100"]],
+])("kaos watch with %s", (_mode, flags) => {
+  it("runs once, then an edit of the data reruns the train job and not the build", async () => {
+    const r = rig();
+    const kaos = r.watch(flags);
+    await waitCount(kaos, "waiting for changes", 1);
+    expect(output(kaos)).toMatch(/watching 4 paths in .* \(debounce 100 ms, on change: restart, (events|polling every 100 ms)\)/);
+    expect(output(kaos)).toContain("initial run: 1 stage and 1 job to run, 0 skipped");
+    let jobs = await r.jobs();
+    expect(ofStage(jobs, "build", "succeeded")).toHaveLength(1);
+    expect(ofStage(jobs, "train", "succeeded")).toHaveLength(1);
+
+    r.project.write({ "data/a.txt": "2\n" });
+    await waitCount(kaos, "waiting for changes", 2);
+    expect(output(kaos)).toContain("change detected: 0 stages and 1 job to run, 0 skipped (data/a.txt)");
+    jobs = await r.jobs();
+    expect(ofStage(jobs, "build")).toHaveLength(1);
+    expect(ofStage(jobs, "train", "succeeded")).toHaveLength(2);
+    await quit(kaos);
+  });
+});
+
+describe("kaos watch", () => {
+  it("rebuilds the environment when requirements.txt changes", async () => {
+    const r = rig();
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    appendFileSync(r.project.path("src/model/requirements.txt"), "# nothing to install yet\n");
+    await waitCount(kaos, "waiting for changes", 2);
+    expect(output(kaos)).toContain("change detected: 1 stage and 1 job to run, 0 skipped (src/model/requirements.txt)");
+    const jobs = await r.jobs();
+    expect(ofStage(jobs, "build", "succeeded")).toHaveLength(2);
+    expect(ofStage(jobs, "train", "succeeded")).toHaveLength(2);
+    await quit(kaos);
+  });
+
+  it("turns a burst of 50 edits into one rerun", async () => {
+    const r = rig();
+    const kaos = r.watch(["--debounce", "200"]);
+    await waitCount(kaos, "waiting for changes", 1);
+    for (let i = 0; i < 50; i++) {
+      r.project.write({ "data/a.txt": `edit ${i}\n`, [`data/burst-${i % 5}.txt`]: `${i}\n` });
+      await sleep(5);
+    }
+    await waitCount(kaos, "waiting for changes", 2);
+    // Nothing more comes of the burst.
+    await sleep(800);
+    expect(count(output(kaos), "change detected")).toBe(1);
+    expect(ofStage(await r.jobs(), "train")).toHaveLength(2);
+    await quit(kaos);
+  });
+
+  it("restarts a job whose inputs change while it runs", async () => {
+    const r = rig();
+    r.setSleep(30);
+    const kaos = r.watch();
+    await kaos.waitFor(/p train 1\/1 \w+ {2}a=1 {2}running/);
+    const [first] = ofStage(await r.jobs(), "train");
+    expect(first?.state).toBe("running");
+    const firstPid = pidOf(r.marks, first!.id);
+
+    r.project.write({ "data/a.txt": "2\n" });
+    await kaos.waitFor("change during the run: cancelling 1 job whose inputs changed, 0 keep running; rerun queued");
+    await kaos.waitFor(/run \w+ restarted: 1 job cancelled because their inputs changed/);
+    await kaos.waitFor("change detected: 0 stages and 1 job to run, 0 skipped (data/a.txt)");
+    await waitUntil(async () => ofStage(await r.jobs(), "train", "running").length === 1, "the rerun's job runs");
+    const jobs = await r.jobs();
+    const cancelled = jobs.find((job) => job.id === first!.id);
+    expect(cancelled?.state).toBe("cancelled");
+    expect(alive(firstPid)).toBe(false);
+    const second = ofStage(jobs, "train", "running")[0]!;
+    expect(second.id).not.toBe(first!.id);
+    await quit(kaos);
+    expect(ofStage(await r.jobs(), "train").map((job) => job.state)).toEqual(["cancelled", "cancelled"]);
+  });
+
+  it("keeps running the jobs whose inputs did not change, and runs only the new one after", async () => {
+    const r = rig();
+    r.setSleep(2);
+    const kaos = r.watch();
+    await kaos.waitFor(/p train 1\/1 \w+ {2}a=1 {2}running/);
+    r.project.write({ "params.json": `{"a": [1, 2]}\n` });
+    await kaos.waitFor("config reloaded");
+    await kaos.waitFor("change during the run: rerun queued");
+    await waitCount(kaos, "waiting for changes", 1, 20_000);
+    const text = output(kaos);
+    expect(text).toContain("change detected: 0 stages and 1 job to run, 1 skipped (params.json)");
+    expect(text).not.toContain("cancelling");
+    const jobs = ofStage(await r.jobs(), "train");
+    expect(jobs.map((job) => [job.params, job.state])).toEqual([
+      [{ a: 2 }, "succeeded"],
+      [{ a: 1 }, "succeeded"],
+    ]);
+    await quit(kaos);
+  });
+
+  it("with --on-change queue lets the running job finish and reruns once", async () => {
+    const r = rig();
+    r.setSleep(1.5);
+    const kaos = r.watch(["--on-change", "queue"]);
+    await kaos.waitFor(/p train 1\/1 \w+ {2}a=1 {2}running/);
+    r.project.write({ "data/a.txt": "2\n" });
+    await sleep(150);
+    r.project.write({ "data/a.txt": "3\n" });
+    await kaos.waitFor("change during the run: rerun queued");
+    await waitCount(kaos, "waiting for changes", 1, 20_000);
+    const text = output(kaos);
+    expect(text).toContain("on change: queue");
+    expect(text).not.toContain("cancelling");
+    expect(count(text, "change detected")).toBe(1);
+    const jobs = ofStage(await r.jobs(), "train");
+    expect(jobs.map((job) => job.state)).toEqual(["succeeded", "succeeded"]);
+    await quit(kaos);
+  });
+
+  it("prints an invalid config's error as `kaos up` does, keeps watching, and resumes once it is fixed", async () => {
+    const r = rig();
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    const broken = CONFIG.replace("parallelism: 2", "parallelism: 2, colour: 1");
+    r.project.write({ "kaos.config.ts": broken });
+    await kaos.waitFor("config invalid; waiting for a fix");
+    const up = await runKaos(["up"], { cwd: r.project.dir });
+    expect(up.code).toBe(1);
+    const upError = up.stderr.trim();
+    expect(upError).toContain("pipelines.p.colour: unknown key");
+    expect(output(kaos)).toContain(upError);
+    // Edits elsewhere run nothing while the config is broken (`train list` cannot load it either: counted below).
+    r.project.write({ "data/a.txt": "2\n" });
+    await waitCount(kaos, "config invalid; waiting for a fix", 2);
+    expect(count(output(kaos), "change detected")).toBe(0);
+
+    r.project.write({ "kaos.config.ts": CONFIG.replace('"params.json"', "{ a: [1, 2] }") });
+    await kaos.waitFor("config reloaded; resuming");
+    await waitCount(kaos, "waiting for changes", 2);
+    expect(output(kaos)).toContain("change detected: 0 stages and 2 jobs to run, 0 skipped");
+    expect(ofStage(await r.jobs(), "train").map((job) => job.state)).toEqual(["succeeded", "succeeded", "succeeded"]);
+    await quit(kaos);
+  });
+
+  it("never reruns for its own outputs, editor temp files or ignored paths", async () => {
+    // The data bundle is the whole project, so .kaos/ (outputs, environments, state) is inside it.
+    const config = `export default { pipelines: { p: { source: "src", data: ".", hyperparams: "params.json" } } };\n`;
+    const r = rig({ config, data: { "a.txt": "1\n", ".kaosignore": "scratch/\n*.log\n", "src/.kaosignore": "scratch/\n*.log\n" } });
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    const jobs = await r.jobs();
+    expect(ofStage(jobs, "train", "succeeded")).toHaveLength(1);
+    expect(existsSync(r.project.path(".kaos", "jobs", ofStage(jobs, "train")[0]!.id, "out", "params.json"))).toBe(true);
+
+    r.project.write({
+      "src/model/.train.swp": "swap",
+      "src/model/train~": "backup",
+      "src/model/4913": "",
+      "src/model/.#train": "lock",
+      "src/scratch/notes.txt": "ignored by .kaosignore",
+      "src/model/run.log": "ignored by .kaosignore",
+      "src/model/__pycache__/x.pyc": "bytes",
+      "node_modules/x/index.js": "",
+      ".git/HEAD": "ref: refs/heads/main\n",
+      ".kaos/scratch": "ours",
+    });
+    await sleep(1000);
+    expect(count(output(kaos), "change detected")).toBe(0);
+
+    // An editor's atomic save (write a temp file, rename over the original) does count.
+    writeFileSync(r.project.path("src/model/train.tmp"), readFileSync(r.project.path("src/model/train"), "utf8") + "# edited\n", { mode: 0o755 });
+    renameSync(r.project.path("src/model/train.tmp"), r.project.path("src/model/train"));
+    await waitCount(kaos, "waiting for changes", 2);
+    expect(count(output(kaos), "change detected")).toBe(1);
+    expect(output(kaos)).toContain("(src/model/train)");
+    await sleep(800);
+    expect(count(output(kaos), "change detected")).toBe(1);
+    expect(ofStage(await r.jobs(), "train", "succeeded")).toHaveLength(2);
+    await quit(kaos);
+  });
+
+  it("does not retry a failed run until an input changes", async () => {
+    const r = rig({ data: { "data/a.txt": "fail\n" } });
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    expect(output(kaos)).toMatch(/run \w+ failed: p train \w+: exited with code 1/);
+    // Same content, new mtime: the same keys.
+    r.project.write({ "data/a.txt": "fail\n" });
+    await kaos.waitFor("unchanged since the failure; waiting for an edit");
+    expect(ofStage(await r.jobs(), "train")).toHaveLength(1);
+
+    r.project.write({ "data/a.txt": "fixed\n" });
+    await waitCount(kaos, "waiting for changes", 2);
+    expect(output(kaos)).toMatch(/run \w+ succeeded: 1 ran, 0 reused/);
+    expect(ofStage(await r.jobs(), "train").map((job) => job.state)).toEqual(["succeeded", "failed"]);
+    await quit(kaos);
+  });
+
+  it("holds the stack's writer lock: a concurrent `kaos up` is told so", async () => {
+    const r = rig();
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    const up = await runKaos(["up"], { cwd: r.project.dir });
+    expect(up.code).toBe(1);
+    expect(up.stderr).toMatch(/another kaos \(pid \d+, `watch`.*is applying stack 'local'/);
+    await quit(kaos);
+    const after = await runKaos(["up"], { cwd: r.project.dir });
+    expect(after.code, after.stderr).toBe(0);
+  });
+
+  for (const how of ["q", "SIGINT"] as const) {
+    it(`quits on ${how === "q" ? "q" : "Ctrl-C"}, cancelling and recording the running jobs and leaving no process behind`, async () => {
+      const r = rig({ params: `{"a": [1, 2]}\n` });
+      r.setSleep(30);
+      const kaos = r.watch();
+      await waitUntil(async () => ofStage(await r.jobs(), "train", "running").length === 2, "both jobs run");
+      const running = ofStage(await r.jobs(), "train", "running");
+      await waitUntil(() => running.every((job) => existsSync(join(r.marks, `pid-${job.id}`))), "both jobs wrote their pid");
+      const pids = running.map((job) => pidOf(r.marks, job.id));
+      expect(pids.every(alive)).toBe(true);
+      await quit(kaos, how);
+      expect(output(kaos)).toContain("stopping: cancelling running jobs");
+      expect(output(kaos)).toMatch(/run \w+ cancelled/);
+      expect(pids.filter(alive)).toEqual([]);
+      const jobs = ofStage(await r.jobs(), "train");
+      expect(jobs.map((job) => job.state)).toEqual(["cancelled", "cancelled"]);
+    });
+  }
+
+  it("waits for a config that does not load at start, then runs", async () => {
+    const r = rig({ config: CONFIG.replace("parallelism: 2", "parallelism: 0") });
+    const kaos = r.watch();
+    await kaos.waitFor("config invalid; waiting for a fix");
+    expect(output(kaos)).toContain("pipelines.p.parallelism");
+    r.project.write({ "kaos.config.ts": CONFIG });
+    await waitCount(kaos, "waiting for changes", 1);
+    expect(output(kaos)).toContain("initial run: 1 stage and 1 job to run, 0 skipped");
+    await quit(kaos);
+  });
+});
