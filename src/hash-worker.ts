@@ -1,5 +1,5 @@
 /**
- * Worker thread for hash.ts: lstat, stat-cache comparison and content hashing.
+ * Worker thread for hash.ts: directory listing, lstat and content hashing.
  *
  * Everything here is synchronous on purpose: a worker thread has nothing else to
  * do while it waits, and synchronous fs calls skip the promise and libuv
@@ -7,67 +7,83 @@
  * Memory stays bounded whatever the file size: every read goes through one
  * reused buffer.
  *
- * The main thread sends work in batches and gets results back in typed arrays
- * (transferred, not copied), so a 100k-file tree costs about a hundred messages.
- * This module imports nothing from the project so that it loads fast and the
- * same file runs compiled (dist) or through jiti (tests run the sources).
+ * Work comes in units (a directory to walk, or a run of file names in one
+ * directory) and results go back in typed arrays that are transferred, not
+ * copied, so a 100k-file tree costs on the order of a hundred messages. A unit
+ * walks depth-first in path order until it has done `entryBudget` entries,
+ * then hands the rest back as new units, in order, for any worker to take: one
+ * huge directory or one deep subtree still spreads over every worker.
+ *
+ * This module imports nothing from the project so that the same file runs
+ * compiled (dist) or through jiti (tests run the sources).
  */
-import { closeSync, constants as fsConstants, lstatSync, openSync, readSync, readlinkSync, type BigIntStats } from "node:fs";
 import { createHash, hash as oneShotHash } from "node:crypto";
+import { type BigIntStats, type Dirent, closeSync, constants as fsConstants, lstatSync, openSync, readSync, readdirSync, readlinkSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
+import ignore, { type Ignore } from "ignore";
 
-/** Mode codes shared with hash.ts (index into MODE_NAMES there). */
+/** workerData that marks a thread as a hash worker (hash.ts imports this module's constants on the main thread too). */
+export const HASH_WORKER_MARK = "kaos-hash-worker";
+
+/** Mode codes, indexes into MODE_NAMES. */
 export const MODE_FILE = 0;
 export const MODE_EXEC = 1;
 export const MODE_SYMLINK = 2;
-/** Marks "no cache entry" in StatBatchRequest.cachedMode. */
-export const MODE_NONE = -1;
+export const MODE_NAMES = ["file", "exec", "symlink"] as const;
 
-/** Per-file outcome of a stat batch. */
-export const STATUS_HIT = 0;
+/** Per-file outcome of a walk. */
+export const STATUS_STATTED = 0;
 export const STATUS_HASHED = 1;
-/** Needs hashing, but too big for this batch: the main thread schedules it separately so big files spread over the workers. */
+/** Needs hashing, but too big for inline work: the main thread hands it out on its own so big files spread over the workers. */
 export const STATUS_DEFERRED = 2;
 /** Gone between readdir and lstat (an editor's temporary file, say): left out of the tree. */
 export const STATUS_VANISHED = 3;
 
-export interface StatBatchRequest {
-  kind: "stat";
+/** Skipped at any depth, whatever .kaosignore says. */
+export const ALWAYS_IGNORED: ReadonlySet<string> = new Set([".git", ".kaos", "node_modules", "__pycache__"]);
+
+export interface WalkUnit {
+  /** Directory relative to the root: "" or ending with "/". */
+  prefix: string;
+  /** Null: walk the directory. Otherwise these names ("\0"-joined, sorted) in it, files or symlinks only. */
+  names: string | null;
+}
+
+export interface WalkRequest {
+  kind: "walk";
   id: number;
   /** Absolute bundle root ending with "/". */
   rootPrefix: string;
-  /** Relative paths joined with "\0" (one string clones much faster than an array). */
-  paths: string;
-  /** Cached stat per path, or null when the cache is not to be trusted at all. */
-  cache: {
-    /** dev, ino per path. */
-    ids: BigUint64Array;
-    sizes: Float64Array;
-    /** mtimeNs, ctimeNs per path. */
-    times: BigInt64Array;
-    /** MODE_* of the entry, MODE_NONE when the path has no entry. */
-    modes: Int8Array;
-    /** Files stamped at or after this time are "racy" and re-read (see racyLimits in hash.ts). */
-    fineRacyLimitNs: bigint;
-    coarseRacyLimitNs: bigint;
-  } | null;
-  /** Files above this size are deferred rather than hashed inline. */
+  units: WalkUnit[];
+  /** Gitignore patterns (.kaosignore text and extra patterns), or null. */
+  ignoreRules: string[] | null;
+  /** Hash while walking (there is no trusted stat cache to spare the reads). */
+  hashInline: boolean;
+  entryBudget: number;
   largeFileBytes: number;
-  /** Inline hashing stops (remaining files are deferred) once a batch has read this many bytes. */
-  batchBudgetBytes: number;
+  /** Inline hashing stops (later files are deferred) once a unit has read this many bytes. */
+  byteBudget: number;
 }
 
-export interface StatBatchResult {
-  kind: "stat";
-  id: number;
+export interface UnitResult {
+  /** Relative paths, "\0"-joined, in path order. */
+  paths: string;
   status: Uint8Array;
   modes: Uint8Array;
-  /** dev, ino, size per path; filled for every status except HIT and VANISHED. */
+  /** dev, ino, size per path (size of a symlink: its target's byte length). */
   ids: BigUint64Array;
-  /** mtimeNs, ctimeNs per path; filled like ids. */
+  /** mtimeNs, ctimeNs per path. */
   times: BigInt64Array;
-  /** Hex digests of the HASHED paths, in path order, concatenated (64 characters each). */
+  /** Hex digests of the HASHED paths, in order, concatenated (64 characters each). */
   hashes: string;
+  /** The rest of the unit, in path order: everything here sorts after `paths`. */
+  children: WalkUnit[];
+}
+
+export interface WalkResult {
+  kind: "walk";
+  id: number;
+  units: UnitResult[];
   error?: WorkerFileError;
 }
 
@@ -76,6 +92,8 @@ export interface HashJobRequest {
   id: number;
   rootPrefix: string;
   paths: string[];
+  /** MODE_* per path: symlinks hash their target string. */
+  modes: number[];
 }
 
 export interface HashJobResult {
@@ -90,32 +108,34 @@ export interface WorkerFileError {
   path: string;
   /** "special" for sockets, FIFOs and devices; otherwise the errno code (EACCES, ...). */
   code: string;
+  directory: boolean;
   message: string;
 }
 
-export type WorkerRequest = StatBatchRequest | HashJobRequest;
-export type WorkerResult = StatBatchResult | HashJobResult;
-
-/** workerData that marks a thread as a hash worker (hash.ts imports this module's constants on the main thread too). */
-export const HASH_WORKER_MARK = "kaos-hash-worker";
+export type WorkerRequest = WalkRequest | HashJobRequest;
+export type WorkerResult = WalkResult | HashJobResult;
 
 const BUFFER_BYTES = 1 << 20;
 let reusedBuffer: Buffer | undefined;
 // O_NONBLOCK: if a file is swapped for a FIFO after lstat, open must not hang.
 // O_NOFOLLOW: nor may a file swapped for a symlink be followed out of the bundle.
 const OPEN_FLAGS = fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW;
+/** Names per deferred run of files. */
+const NAMES_PER_UNIT = 1024;
+/** What listing a directory costs against the entry budget, in files. */
+const DIRECTORY_COST = 8;
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 const S_IFDIR = 0o040000;
 const S_IXUSR = 0o100;
-const NS_PER_SECOND = 1_000_000_000n;
 
 class FileError extends Error {
   constructor(
     readonly path: string,
     readonly code: string,
+    readonly directory: boolean,
     message: string,
   ) {
     super(message);
@@ -127,8 +147,9 @@ function errnoOf(error: unknown): string {
   return "EIO";
 }
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+function toFileError(error: unknown, path: string, directory: boolean): WorkerFileError {
+  if (error instanceof FileError) return { path: error.path, code: error.code, directory: error.directory, message: error.message };
+  return { path, code: errnoOf(error), directory, message: error instanceof Error ? error.message : String(error) };
 }
 
 /** Streams a regular file through the reused buffer; small files take a one-shot digest. */
@@ -157,115 +178,258 @@ export function hashRegularFile(absolutePath: string): string {
   }
 }
 
-function hashSymlink(absolutePath: string): { hash: string; size: number } {
-  const target = readlinkSync(absolutePath, { encoding: "buffer" });
-  return { hash: oneShotHash("sha256", target, "hex"), size: target.length };
+function readLink(absolutePath: string): Buffer {
+  return readlinkSync(absolutePath, { encoding: "buffer" });
 }
 
-function modeCode(stats: BigIntStats, relativePath: string): number {
-  const mode = Number(stats.mode);
-  const type = mode & S_IFMT;
-  if (type === S_IFREG) return (mode & S_IXUSR) !== 0 ? MODE_EXEC : MODE_FILE;
-  if (type === S_IFLNK) return MODE_SYMLINK;
-  if (type === S_IFDIR) throw new FileError(relativePath, "EISDIR", "it became a directory while the bundle was being hashed");
-  throw new FileError(relativePath, "special", "it is a socket, FIFO or device file, which a bundle cannot hold");
+// ---------------------------------------------------------------------------
+// Sorting and ignore rules.
+
+/**
+ * Sorting directory names with '/' appended makes a depth-first walk emit
+ * paths in the byte order of the whole path ("a-b" < "a/c" because '-' < '/').
+ * Plain string comparison is UTF-16 order, which differs from UTF-8 byte
+ * order only for characters outside the BMP; names holding those are sorted
+ * by code point instead.
+ */
+export function sortKeys(keys: string[]): void {
+  keys.sort();
+  if (keys.some((key) => /[\uD800-\uDFFF]/.test(key))) keys.sort(compareCodePoints);
 }
 
-function runStatBatch(request: StatBatchRequest): StatBatchResult {
-  const paths = request.paths.split("\0");
-  const count = paths.length;
-  const status = new Uint8Array(count);
-  const modes = new Uint8Array(count);
-  const ids = new BigUint64Array(count * 3);
-  const times = new BigInt64Array(count * 2);
-  const hashes: string[] = [];
-  const cache = request.cache;
-  let budget = request.batchBudgetBytes;
-  const result: StatBatchResult = { kind: "stat", id: request.id, status, modes, ids, times, hashes: "" };
-  for (let index = 0; index < count; index++) {
-    const relativePath = paths[index]!;
-    const absolutePath = request.rootPrefix + relativePath;
+function compareCodePoints(left: string, right: string): number {
+  const a = Array.from(left, (char) => char.codePointAt(0) ?? 0);
+  const b = Array.from(right, (char) => char.codePointAt(0) ?? 0);
+  const shared = Math.min(a.length, b.length);
+  for (let index = 0; index < shared; index++) {
+    if (a[index] !== b[index]) return a[index]! - b[index]!;
+  }
+  return a.length - b.length;
+}
+
+let rulesSource: string[] | null = null;
+let rules: Ignore | undefined;
+
+function rulesFor(patterns: string[] | null): Ignore | undefined {
+  if (patterns === null) return undefined;
+  if (rulesSource === null || rulesSource.length !== patterns.length || rulesSource.some((rule, index) => rule !== patterns[index])) {
+    rulesSource = patterns;
+    rules = ignore().add(patterns);
+  }
+  return rules;
+}
+
+/** Names of a listing that belong to the tree, directories with '/' appended, in walk order. */
+function entryKeys(entries: Dirent[], prefix: string, ignored: Ignore | undefined): string[] {
+  const keys: string[] = [];
+  for (const entry of entries) {
+    const name = entry.name;
+    if (ALWAYS_IGNORED.has(name)) continue;
+    if (entry.isDirectory()) {
+      if (ignored !== undefined && ignored.ignores(`${prefix}${name}/`)) continue;
+      keys.push(`${name}/`);
+      continue;
+    }
+    if (ignored !== undefined && ignored.ignores(prefix + name)) continue;
+    if (!entry.isFile() && !entry.isSymbolicLink()) throw new FileError(prefix + name, "special", false, "it is a socket, FIFO or device file");
+    keys.push(name);
+  }
+  sortKeys(keys);
+  return keys;
+}
+
+// ---------------------------------------------------------------------------
+// Walking.
+
+class UnitCollector {
+  private capacity = 64;
+  count = 0;
+  private readonly paths: string[] = [];
+  private status = new Uint8Array(this.capacity);
+  private modes = new Uint8Array(this.capacity);
+  private ids = new BigUint64Array(this.capacity * 3);
+  private times = new BigInt64Array(this.capacity * 2);
+  private readonly hashes: string[] = [];
+  readonly children: WalkUnit[] = [];
+  bytesLeft: number;
+  entriesLeft: number;
+
+  constructor(
+    private readonly request: WalkRequest,
+    private readonly ignored: Ignore | undefined,
+  ) {
+    this.bytesLeft = request.byteBudget;
+    this.entriesLeft = request.entryBudget;
+  }
+
+  private grow(): void {
+    this.capacity *= 2;
+    const status = new Uint8Array(this.capacity);
+    status.set(this.status);
+    this.status = status;
+    const modes = new Uint8Array(this.capacity);
+    modes.set(this.modes);
+    this.modes = modes;
+    const ids = new BigUint64Array(this.capacity * 3);
+    ids.set(this.ids);
+    this.ids = ids;
+    const times = new BigInt64Array(this.capacity * 2);
+    times.set(this.times);
+    this.times = times;
+  }
+
+  visitDirectory(prefix: string): void {
+    let entries: Dirent[];
     try {
-      const stats = lstatSync(absolutePath, { bigint: true, throwIfNoEntry: false });
-      if (stats === undefined) {
-        status[index] = STATUS_VANISHED;
-        continue;
-      }
-      const mode = modeCode(stats, relativePath);
-      modes[index] = mode;
-      if (cache !== null && cache.modes[index] === mode && isUnchanged(cache, index, stats)) {
-        status[index] = STATUS_HIT;
-        continue;
-      }
-      ids[index * 3] = stats.dev;
-      ids[index * 3 + 1] = stats.ino;
-      ids[index * 3 + 2] = stats.size;
-      times[index * 2] = stats.mtimeNs;
-      times[index * 2 + 1] = stats.ctimeNs;
-      if (mode === MODE_SYMLINK) {
-        const link = hashSymlink(absolutePath);
-        ids[index * 3 + 2] = BigInt(link.size);
-        hashes.push(link.hash);
-        status[index] = STATUS_HASHED;
-        continue;
-      }
-      const size = Number(stats.size);
-      if (size > request.largeFileBytes || size > budget) {
-        status[index] = STATUS_DEFERRED;
-        continue;
-      }
-      budget -= size;
-      hashes.push(hashRegularFile(absolutePath));
-      status[index] = STATUS_HASHED;
+      entries = readdirSync(this.request.rootPrefix + prefix, { withFileTypes: true });
     } catch (error) {
       const code = errnoOf(error);
-      if (code === "ENOENT") {
-        status[index] = STATUS_VANISHED;
-        continue;
+      // Removed or replaced while we walked: it is simply not part of this tree.
+      if (code === "ENOENT" || code === "ENOTDIR") return;
+      throw new FileError(prefix === "" ? "." : prefix.slice(0, -1), code, true, error instanceof Error ? error.message : String(error));
+    }
+    this.entriesLeft -= DIRECTORY_COST;
+    const keys = entryKeys(entries, prefix, this.ignored);
+    for (let index = 0; index < keys.length; index++) {
+      if (this.entriesLeft <= 0) {
+        this.deferRest(prefix, keys, index);
+        return;
       }
-      result.error = toFileError(error, relativePath);
-      break;
+      const key = keys[index]!;
+      if (key.endsWith("/")) this.visitDirectory(prefix + key);
+      else this.visitFile(prefix + key);
     }
   }
-  result.hashes = hashes.join("");
-  return result;
-}
 
-function isUnchanged(cache: NonNullable<StatBatchRequest["cache"]>, index: number, stats: BigIntStats): boolean {
-  if (
-    cache.ids[index * 2] !== stats.dev ||
-    cache.ids[index * 2 + 1] !== stats.ino ||
-    cache.sizes[index] !== Number(stats.size) ||
-    cache.times[index * 2] !== stats.mtimeNs ||
-    cache.times[index * 2 + 1] !== stats.ctimeNs
-  ) {
-    return false;
+  private deferRest(prefix: string, keys: string[], from: number): void {
+    let names: string[] = [];
+    const flush = (): void => {
+      if (names.length > 0) this.children.push({ prefix, names: names.join("\0") });
+      names = [];
+    };
+    for (let index = from; index < keys.length; index++) {
+      const key = keys[index]!;
+      if (key.endsWith("/")) {
+        flush();
+        this.children.push({ prefix: prefix + key, names: null });
+      } else {
+        names.push(key);
+        if (names.length === NAMES_PER_UNIT) flush();
+      }
+    }
+    flush();
   }
-  // Racy rule: a file stamped too close to the moment its content was last read
-  // may have been written again within the same timestamp tick, leaving the same
-  // stat behind. Such files are re-read until they have aged past the window.
-  const newest = stats.mtimeNs > stats.ctimeNs ? stats.mtimeNs : stats.ctimeNs;
-  if (newest < cache.coarseRacyLimitNs) return true;
-  const fineGrained = stats.ctimeNs % NS_PER_SECOND !== 0n;
-  return fineGrained && newest < cache.fineRacyLimitNs;
+
+  visitNames(prefix: string, names: string): void {
+    const list = names.split("\0");
+    for (let index = 0; index < list.length; index++) {
+      if (this.entriesLeft <= 0) {
+        this.deferRest(prefix, list, index);
+        return;
+      }
+      this.visitFile(prefix + list[index]!);
+    }
+  }
+
+  visitFile(path: string): void {
+    this.entriesLeft--;
+    const absolutePath = this.request.rootPrefix + path;
+    let stats: BigIntStats | undefined;
+    try {
+      stats = lstatSync(absolutePath, { bigint: true, throwIfNoEntry: false });
+    } catch (error) {
+      throw new FileError(path, errnoOf(error), false, error instanceof Error ? error.message : String(error));
+    }
+    if (this.count === this.capacity) this.grow();
+    const index = this.count++;
+    this.paths.push(path);
+    if (stats === undefined) {
+      this.status[index] = STATUS_VANISHED;
+      return;
+    }
+    const mode = Number(stats.mode);
+    const type = mode & S_IFMT;
+    let modeCode: number;
+    if (type === S_IFREG) modeCode = (mode & S_IXUSR) !== 0 ? MODE_EXEC : MODE_FILE;
+    else if (type === S_IFLNK) modeCode = MODE_SYMLINK;
+    else if (type === S_IFDIR) throw new FileError(path, "EISDIR", false, "it became a directory while the bundle was being hashed");
+    else throw new FileError(path, "special", false, "it is a socket, FIFO or device file");
+    this.modes[index] = modeCode;
+    this.ids[index * 3] = stats.dev;
+    this.ids[index * 3 + 1] = stats.ino;
+    this.ids[index * 3 + 2] = stats.size;
+    this.times[index * 2] = stats.mtimeNs;
+    this.times[index * 2 + 1] = stats.ctimeNs;
+    if (!this.request.hashInline) {
+      this.status[index] = STATUS_STATTED;
+      return;
+    }
+    try {
+      if (modeCode === MODE_SYMLINK) {
+        const target = readLink(absolutePath);
+        this.ids[index * 3 + 2] = BigInt(target.length);
+        this.hashes.push(oneShotHash("sha256", target, "hex"));
+        this.status[index] = STATUS_HASHED;
+        return;
+      }
+      const size = Number(stats.size);
+      if (size > this.request.largeFileBytes || size > this.bytesLeft) {
+        this.status[index] = STATUS_DEFERRED;
+        return;
+      }
+      this.bytesLeft -= size;
+      this.hashes.push(hashRegularFile(absolutePath));
+      this.status[index] = STATUS_HASHED;
+    } catch (error) {
+      if (errnoOf(error) !== "ENOENT") throw new FileError(path, errnoOf(error), false, error instanceof Error ? error.message : String(error));
+      this.status[index] = STATUS_VANISHED;
+    }
+  }
+
+  finish(): UnitResult {
+    return {
+      paths: this.paths.join("\0"),
+      status: this.status.slice(0, this.count),
+      modes: this.modes.slice(0, this.count),
+      ids: this.ids.slice(0, this.count * 3),
+      times: this.times.slice(0, this.count * 2),
+      hashes: this.hashes.join(""),
+      children: this.children,
+    };
+  }
 }
 
-function toFileError(error: unknown, relativePath: string): WorkerFileError {
-  if (error instanceof FileError) return { path: error.path, code: error.code, message: error.message };
-  return { path: relativePath, code: errnoOf(error), message: describe(error) };
+function runWalk(request: WalkRequest): WalkResult {
+  const result: WalkResult = { kind: "walk", id: request.id, units: [] };
+  const ignored = rulesFor(request.ignoreRules);
+  for (const unit of request.units) {
+    const collector = new UnitCollector(request, ignored);
+    try {
+      if (unit.names === null) collector.visitDirectory(unit.prefix);
+      else collector.visitNames(unit.prefix, unit.names);
+    } catch (error) {
+      result.error = toFileError(error, unit.prefix, unit.names === null);
+      return result;
+    }
+    result.units.push(collector.finish());
+  }
+  return result;
 }
 
 function runHashJob(request: HashJobRequest): HashJobResult {
   const result: HashJobResult = { kind: "hash", id: request.id, hashes: [] };
-  for (const relativePath of request.paths) {
+  for (let index = 0; index < request.paths.length; index++) {
+    const path = request.paths[index]!;
+    const absolutePath = request.rootPrefix + path;
     try {
-      result.hashes.push(hashRegularFile(request.rootPrefix + relativePath));
+      if (request.modes[index] === MODE_SYMLINK) result.hashes.push(oneShotHash("sha256", readLink(absolutePath), "hex"));
+      else result.hashes.push(hashRegularFile(absolutePath));
     } catch (error) {
       if (errnoOf(error) === "ENOENT") {
         result.hashes.push("");
         continue;
       }
-      result.error = toFileError(error, relativePath);
+      result.error = toFileError(error, path, false);
       break;
     }
   }
@@ -273,14 +437,14 @@ function runHashJob(request: HashJobRequest): HashJobResult {
 }
 
 function transferList(result: WorkerResult): ArrayBuffer[] {
-  if (result.kind !== "stat") return [];
-  return [result.status.buffer, result.modes.buffer, result.ids.buffer, result.times.buffer] as ArrayBuffer[];
+  if (result.kind !== "walk") return [];
+  return result.units.flatMap((unit) => [unit.status.buffer, unit.modes.buffer, unit.ids.buffer, unit.times.buffer] as ArrayBuffer[]);
 }
 
 if (parentPort !== null && workerData === HASH_WORKER_MARK) {
   const port = parentPort;
   port.on("message", (request: WorkerRequest) => {
-    const result = request.kind === "stat" ? runStatBatch(request) : runHashJob(request);
+    const result = request.kind === "walk" ? runWalk(request) : runHashJob(request);
     port.postMessage(result, transferList(result));
   });
 }

@@ -45,39 +45,40 @@
  * the window could hide an edit made within one tick of being hashed.
  * A store without `savedAt` gives no trusted entries: every file is read.
  *
- * Speed. A small pool of worker threads (hash-worker.ts) does the lstat calls,
- * the cache comparison and the reading, with synchronous fs calls and one
- * reused buffer each. The main thread reads directories, applies ignore rules
- * and hands out batches of paths, a few hundred messages for 100k files.
- * Files above LARGE_FILE_BYTES, and anything past a batch's byte budget, come
- * back unhashed and are handed out one by one, biggest first, so big files
- * spread over every worker.
+ * Speed. A small pool of worker threads (hash-worker.ts) lists directories,
+ * lstats and reads files with synchronous fs calls and one reused buffer
+ * each. The walk is split into units of a couple of thousand entries that any
+ * worker takes, so one deep subtree or one huge directory still spreads over
+ * every worker; results come back as typed arrays, a few hundred messages for
+ * 100k files. Without a trusted stat cache files are hashed during the walk;
+ * with one, the main thread compares the stats in path order against the
+ * cache (one string comparison per file when the cache kept that order) and
+ * hands out what changed as hash jobs. Files above LARGE_FILE_BYTES are
+ * hashed as jobs of their own, biggest first, so big files spread over every
+ * worker too.
  */
 import { createHash } from "node:crypto";
-import { type Dirent, constants as fsConstants, existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { constants as fsConstants, existsSync, readFileSync, statSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
-import { resolve as resolvePath } from "node:path";
-import { setImmediate as yieldToEventLoop } from "node:timers/promises";
+import { join, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import ignore, { type Ignore } from "ignore";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import {
   HASH_WORKER_MARK,
-  MODE_EXEC,
-  MODE_FILE,
-  MODE_NONE,
-  MODE_SYMLINK,
+  MODE_NAMES,
   STATUS_DEFERRED,
   STATUS_HASHED,
-  STATUS_HIT,
+  STATUS_STATTED,
   STATUS_VANISHED,
   type HashJobRequest,
   type HashJobResult,
-  type StatBatchRequest,
-  type StatBatchResult,
+  type UnitResult,
+  type WalkRequest,
+  type WalkResult,
+  type WalkUnit,
   type WorkerFileError,
   type WorkerRequest,
   type WorkerResult,
@@ -138,25 +139,24 @@ export interface HashTreeOptions {
 }
 
 const TREE_HASH_HEADER = "kaos-tree-v1\n";
-const ALWAYS_IGNORED = new Set([".git", ".kaos", "node_modules", "__pycache__"]);
 const IGNORE_FILE = ".kaosignore";
-const MODE_NAMES: readonly TreeFile["mode"][] = ["file", "exec", "symlink"];
 
 /** Racy window when the filesystem stamps sub-second times (see the top of this file). */
 export const RACY_WINDOW_FINE_NS = 1_000_000_000n;
 /** Racy window for filesystems that stamp whole seconds, or two (FAT). */
 export const RACY_WINDOW_COARSE_NS = 3_000_000_000n;
+const NS_PER_SECOND = 1_000_000_000n;
 
-/** Paths per stat batch: big enough that messages cost little, small enough to balance. */
-const BATCH_FILES = 1024;
+/** Entries a walk unit handles before handing the rest back: a few milliseconds of work. */
+const UNIT_ENTRY_BUDGET = 2048;
 /** Files above this are hashed as jobs of their own. */
 const LARGE_FILE_BYTES = 8 << 20;
-/** Bytes a stat batch may read inline (about 10 ms of SHA-256) before deferring the rest. */
-const BATCH_BUDGET_BYTES = 16 << 20;
-/** How long the directory walk runs before letting worker results in. */
-const WALK_SLICE_MS = 2;
+/** Bytes a unit (or a job of small files) reads: about 10 ms of SHA-256. */
+const UNIT_BYTE_BUDGET = 16 << 20;
+const JOB_MAX_FILES = 1024;
 /** Messages in flight per worker: one running, one queued, so no worker waits on the main thread. */
 const MAX_OUTSTANDING = 2;
+const MAX_UNITS_PER_MESSAGE = 16;
 
 // ---------------------------------------------------------------------------
 // Worker pool: started on first use, kept for later calls (`kaos watch` hashes
@@ -220,11 +220,11 @@ function workersFor(requested: number | undefined): PoolWorker[] {
   return pool.slice(0, wanted);
 }
 
-function sendToWorker(member: PoolWorker, request: WorkerRequest, transfer: ArrayBuffer[] = []): Promise<WorkerResult> {
+function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<WorkerResult> {
   return new Promise((resolve, reject) => {
     member.pending.set(request.id, { resolve, reject });
     member.thread.ref();
-    member.thread.postMessage(request, transfer);
+    member.thread.postMessage(request);
   });
 }
 
@@ -235,82 +235,83 @@ export async function stopHashWorkers(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------
-// One hashTree call.
+// One hashTree call: walk units out to the workers, then hash jobs.
 
-interface StatBatch {
-  request: StatBatchRequest;
-  paths: string[];
-  /** Cache entry per path (trusted or not), to reuse on a hit. */
-  cached: (StatCacheEntry | undefined)[];
-  result?: StatBatchResult;
-  /** Hashes of DEFERRED paths by index, "" when the file vanished. */
-  lateHashes?: Map<number, string>;
+/** A unit of the walk; its files come before all of its children's in path order. */
+interface UnitRecord {
+  unit: WalkUnit;
+  result?: UnitResult;
+  paths?: string[];
+  children: UnitRecord[];
+  /** Trusted cache entry per path, for the files that need no reading. */
+  hits?: (StatCacheEntry | undefined)[];
+  /** Hashes from jobs by index; "" when the file vanished. */
+  late?: Map<number, string>;
 }
 
 interface HashJob {
-  batch: StatBatch;
+  record: UnitRecord;
   indexes: number[];
   bytes: number;
 }
 
 class TreeRun {
-  private readonly statQueue: StatBatch[] = [];
+  private readonly unitQueue: UnitRecord[] = [];
   private readonly jobQueue: HashJob[] = [];
   private inFlight = 0;
-  private walking = true;
   private failure: unknown;
-  private settle: { resolve: () => void; reject: (error: unknown) => void } | undefined;
+  private waiter: { resolve: () => void; reject: (error: unknown) => void } | undefined;
 
   constructor(
     private readonly root: string,
     private readonly workers: PoolWorker[],
+    private readonly walkSettings: Omit<WalkRequest, "kind" | "id" | "units">,
   ) {}
 
-  enqueue(batch: StatBatch): void {
-    this.statQueue.push(batch);
-    this.pump();
+  /** Walks the tree under `record` (results land in the records) and runs the jobs it defers. */
+  walk(record: UnitRecord): Promise<void> {
+    this.unitQueue.push(record);
+    return this.whenIdle();
   }
 
-  /** Resolves once the walk has ended and every batch and job came back. */
-  finish(): Promise<void> {
-    this.walking = false;
+  hash(jobs: HashJob[]): Promise<void> {
+    this.jobQueue.push(...jobs);
+    return this.whenIdle();
+  }
+
+  private whenIdle(): Promise<void> {
     return new Promise((resolve, reject) => {
-      if (this.failure !== undefined) {
-        reject(this.failure);
-        return;
-      }
-      this.settle = { resolve, reject };
+      this.waiter = { resolve, reject };
       this.pump();
     });
-  }
-
-  get failed(): unknown {
-    return this.failure;
   }
 
   private fail(error: unknown): void {
     if (this.failure !== undefined) return;
     this.failure = error;
-    this.settle?.reject(error);
+    this.unitQueue.length = 0;
+    this.jobQueue.length = 0;
+    this.waiter?.reject(error);
   }
 
   private pump(): void {
-    if (this.failure !== undefined) return;
+    if (this.failure !== undefined) {
+      this.waiter?.reject(this.failure);
+      return;
+    }
     for (;;) {
       const member = this.idlestWorker();
       if (member === undefined) break;
-      const batch = this.statQueue.shift();
-      if (batch !== undefined) {
-        this.dispatchBatch(member, batch);
+      if (this.unitQueue.length > 0) {
+        const share = Math.ceil(this.unitQueue.length / (MAX_OUTSTANDING * this.workers.length));
+        this.dispatchUnits(member, this.unitQueue.splice(0, Math.min(MAX_UNITS_PER_MESSAGE, share)));
         continue;
       }
       const job = this.takeBiggestJob();
       if (job === undefined) break;
       this.dispatchJob(member, job);
     }
-    if (!this.walking && this.inFlight === 0 && this.statQueue.length === 0 && this.jobQueue.length === 0) {
-      this.settle?.resolve();
-    }
+    if (this.inFlight === 0 && this.unitQueue.length === 0 && this.jobQueue.length === 0) this.waiter?.resolve();
   }
 
   private idlestWorker(): PoolWorker | undefined {
@@ -319,10 +320,8 @@ class TreeRun {
       if (member.busyWithJob || member.pending.size >= MAX_OUTSTANDING) continue;
       if (best === undefined || member.pending.size < best.pending.size) best = member;
     }
-    // A job waits for a worker with nothing queued, so it never delays a batch.
-    if (best !== undefined && this.statQueue.length === 0 && best.pending.size > 0) {
-      return this.workers.find((member) => !member.busyWithJob && member.pending.size === 0) ?? undefined;
-    }
+    // A job goes only to a worker with nothing queued, so it never delays a walk unit.
+    if (best !== undefined && this.unitQueue.length === 0 && best.pending.size > 0) return undefined;
     return best;
   }
 
@@ -335,14 +334,13 @@ class TreeRun {
     return this.jobQueue.splice(biggest, 1)[0];
   }
 
-  private dispatchBatch(member: PoolWorker, batch: StatBatch): void {
+  private dispatchUnits(member: PoolWorker, records: UnitRecord[]): void {
     this.inFlight++;
-    const cache = batch.request.cache;
-    const transfer = cache === null ? [] : [cache.ids.buffer, cache.sizes.buffer, cache.times.buffer, cache.modes.buffer];
-    sendToWorker(member, batch.request, transfer as ArrayBuffer[]).then(
+    const request: WalkRequest = { kind: "walk", id: nextRequestId++, units: records.map((record) => record.unit), ...this.walkSettings };
+    sendToWorker(member, request).then(
       (result) => {
         this.inFlight--;
-        this.acceptBatch(batch, result as StatBatchResult);
+        this.acceptUnits(records, result as WalkResult);
         this.pump();
       },
       (error: unknown) => {
@@ -355,17 +353,19 @@ class TreeRun {
   private dispatchJob(member: PoolWorker, job: HashJob): void {
     this.inFlight++;
     member.busyWithJob = true;
+    const result = job.record.result!;
     const request: HashJobRequest = {
       kind: "hash",
       id: nextRequestId++,
-      rootPrefix: batchRootPrefix(this.root),
-      paths: job.indexes.map((index) => job.batch.paths[index]!),
+      rootPrefix: this.walkSettings.rootPrefix,
+      paths: job.indexes.map((index) => job.record.paths![index]!),
+      modes: job.indexes.map((index) => result.modes[index]!),
     };
     sendToWorker(member, request).then(
-      (result) => {
+      (outcome) => {
         member.busyWithJob = false;
         this.inFlight--;
-        this.acceptJob(job, result as HashJobResult);
+        this.acceptJob(job, outcome as HashJobResult);
         this.pump();
       },
       (error: unknown) => {
@@ -376,152 +376,194 @@ class TreeRun {
     );
   }
 
-  private acceptBatch(batch: StatBatch, result: StatBatchResult): void {
+  private acceptUnits(records: UnitRecord[], result: WalkResult): void {
     if (result.error !== undefined) {
-      this.fail(fileError(this.root, result.error));
+      this.fail(workerError(this.root, result.error));
       return;
     }
-    batch.result = result;
-    let small: HashJob | undefined;
-    for (let index = 0; index < result.status.length; index++) {
-      if (result.status[index] !== STATUS_DEFERRED) continue;
-      const bytes = Number(result.ids[index * 3 + 2]);
-      if (bytes > LARGE_FILE_BYTES) {
-        this.jobQueue.push({ batch, indexes: [index], bytes });
-        continue;
+    records.forEach((record, position) => {
+      const unit = result.units[position]!;
+      record.result = unit;
+      record.paths = unit.status.length === 0 ? [] : unit.paths.split("\0");
+      record.children = unit.children.map((child) => ({ unit: child, children: [] }));
+      this.unitQueue.push(...record.children);
+      let deferred: number[] | undefined;
+      for (let index = 0; index < unit.status.length; index++) {
+        if (unit.status[index] === STATUS_DEFERRED) (deferred ??= []).push(index);
       }
-      if (small === undefined || small.bytes + bytes > BATCH_BUDGET_BYTES) {
-        small = { batch, indexes: [], bytes: 0 };
-        this.jobQueue.push(small);
-      }
-      small.indexes.push(index);
-      small.bytes += bytes;
-    }
+      if (deferred !== undefined) this.jobQueue.push(...jobsFor(record, deferred));
+    });
   }
 
   private acceptJob(job: HashJob, result: HashJobResult): void {
     if (result.error !== undefined) {
-      this.fail(fileError(this.root, result.error));
+      this.fail(workerError(this.root, result.error));
       return;
     }
-    const late = (job.batch.lateHashes ??= new Map());
+    const late = (job.record.late ??= new Map());
     job.indexes.forEach((index, position) => late.set(index, result.hashes[position] ?? ""));
   }
+}
 
-  /** Stops handing out work after the walk failed; batches already sent finish unseen. */
-  abandon(error: unknown): void {
-    this.fail(error);
-    this.statQueue.length = 0;
-    this.jobQueue.length = 0;
+/** Big files alone, small ones in groups, so that every job is a few milliseconds or one file. */
+function jobsFor(record: UnitRecord, indexes: number[]): HashJob[] {
+  const ids = record.result!.ids;
+  const jobs: HashJob[] = [];
+  let small: HashJob | undefined;
+  for (const index of indexes) {
+    const bytes = Number(ids[index * 3 + 2]);
+    if (bytes > LARGE_FILE_BYTES) {
+      jobs.push({ record, indexes: [index], bytes });
+      continue;
+    }
+    if (small === undefined || small.bytes + bytes > UNIT_BYTE_BUDGET || small.indexes.length === JOB_MAX_FILES) {
+      small = { record, indexes: [], bytes: 0 };
+      jobs.push(small);
+    }
+    small.indexes.push(index);
+    small.bytes += bytes;
   }
+  return jobs;
 }
 
-function batchRootPrefix(root: string): string {
-  return root.endsWith("/") ? root : `${root}/`;
-}
-
-function fileError(root: string, error: WorkerFileError): KaosError {
+function workerError(root: string, error: WorkerFileError): KaosError {
   const where = `"${error.path}" in bundle ${root}`;
   if (error.code === "special") {
-    return new KaosError("BUNDLE_INVALID", `Cannot hash ${where}: ${error.message}.`, {
+    return new KaosError("BUNDLE_INVALID", `Cannot hash ${where}: ${error.message}, which a bundle cannot hold.`, {
       hint: `Remove it from the bundle or exclude it in ${IGNORE_FILE}.`,
     });
   }
+  const what = error.directory ? "list directory" : "read";
   if (error.code === "EACCES" || error.code === "EPERM") {
-    return new KaosError("IO", `Cannot read ${where}: permission denied.`, {
-      hint: `Make it readable (chmod u+r) or exclude it in ${IGNORE_FILE}.`,
+    return new KaosError("IO", `Cannot ${what} ${where}: permission denied.`, {
+      hint: `Make it readable (chmod u+r${error.directory ? "x" : ""}) or exclude it in ${IGNORE_FILE}.`,
     });
   }
-  return new KaosError("IO", `Cannot hash ${where}: ${error.message}.`);
+  return new KaosError("IO", `Cannot ${what} ${where}: ${error.message}.`);
 }
 
 // ---------------------------------------------------------------------------
-// Directory walk.
+// Cache comparison.
 
 /**
- * Sorting directory names with '/' appended makes a depth-first walk emit
- * paths in the byte order of the whole path ("a-b" < "a/c" because '-' < '/').
- * Plain string comparison is UTF-16 order, which differs from UTF-8 byte
- * order only for characters outside the BMP; names holding those are sorted
- * by code point instead.
+ * Finds each walked path's cache entry and compares stats. Paths are visited
+ * in sorted order and a cache saved by hashTree lists them in that order too,
+ * so a cursor over the cache's keys usually finds the entry with one string
+ * comparison; a Map lookup (hashing a freshly split string, several times
+ * slower over 100k paths) is the fallback for new paths and for stores that
+ * reorder entries.
+ *
+ * The cached stats are packed once into 64-bit slots laid out like the
+ * worker's, and both are compared as pairs of 32-bit halves: reading a
+ * BigInt64Array element allocates a BigInt, and half a million of those per
+ * 100k files is most of the garbage a warm run would make.
  */
-function sortKeys(keys: string[]): void {
-  keys.sort();
-  if (keys.some((key) => /[\uD800-\uDFFF]/.test(key))) keys.sort(compareCodePoints);
-}
+class CacheCursor {
+  private readonly keys: string[];
+  private readonly values: StatCacheEntry[];
+  /** Per entry: dev, ino, size, mtimeNs, ctimeNs. */
+  private readonly packed: Int32Array;
+  private position = 0;
 
-function compareCodePoints(left: string, right: string): number {
-  const a = Array.from(left, (char) => char.codePointAt(0) ?? 0);
-  const b = Array.from(right, (char) => char.codePointAt(0) ?? 0);
-  const shared = Math.min(a.length, b.length);
-  for (let index = 0; index < shared; index++) {
-    if (a[index] !== b[index]) return a[index]! - b[index]!;
+  constructor(private readonly cache: Map<string, StatCacheEntry>) {
+    this.keys = Array.from(cache.keys());
+    this.values = Array.from(cache.values());
+    const slots = new BigInt64Array(this.values.length * 5);
+    this.values.forEach((entry, index) => {
+      // Assignment wraps modulo 2^64, so signed, unsigned and plain-number
+      // ids all land on the bit pattern lstat gives.
+      slots[index * 5] = BigInt(entry.dev);
+      slots[index * 5 + 1] = BigInt(entry.ino);
+      slots[index * 5 + 2] = BigInt(entry.size);
+      slots[index * 5 + 3] = entry.mtimeNs;
+      slots[index * 5 + 4] = entry.ctimeNs;
+    });
+    this.packed = new Int32Array(slots.buffer);
   }
-  return a.length - b.length;
-}
 
-interface WalkFrame {
-  directory: string;
-  prefix: string;
-  keys: string[];
-  next: number;
-}
-
-function loadIgnoreRules(root: string, extra: string[] | undefined): Ignore | undefined {
-  let text: string | undefined;
-  try {
-    text = readFileSync(`${batchRootPrefix(root)}${IGNORE_FILE}`, "utf8");
-  } catch (error) {
-    const code = errnoCode(error);
-    if (code !== "ENOENT") {
-      throw new KaosError("IO", `Cannot read ${root}/${IGNORE_FILE}: ${describeError(error)}.`, {
-        hint: `Make ${IGNORE_FILE} a readable file of gitignore patterns.`,
-      });
+  /** The entry for `path` if it still describes the file (same stat, outside the racy window). */
+  unchanged(path: string, result: UnitResult, halves: StatHalves, index: number, limits: RacyLimits): StatCacheEntry | undefined {
+    let slot = -1;
+    while (this.position < this.keys.length) {
+      const key = this.keys[this.position]!;
+      if (key === path) {
+        slot = this.position++;
+        break;
+      }
+      if (key > path) break;
+      this.position++;
     }
+    if (slot < 0) {
+      const entry = this.cache.get(path);
+      return entry !== undefined && isUnchanged(entry, result, index, limits) ? entry : undefined;
+    }
+    const entry = this.values[slot]!;
+    const cached = this.packed;
+    const c = slot * 10;
+    const { ids, times } = halves;
+    const i = index * 6;
+    const t = index * 4;
+    if (
+      cached[c + 6] !== times[t] || cached[c + 7] !== times[t + 1] ||
+      cached[c + 8] !== times[t + 2] || cached[c + 9] !== times[t + 3] ||
+      cached[c + 4] !== ids[i + 4] || cached[c + 5] !== ids[i + 5] ||
+      cached[c + 2] !== ids[i + 2] || cached[c + 3] !== ids[i + 3] ||
+      cached[c] !== ids[i] || cached[c + 1] !== ids[i + 1] ||
+      entry.mode !== MODE_NAMES[result.modes[index]!]
+    ) {
+      return undefined;
+    }
+    return isOutsideRacyWindow(result, index, limits) ? entry : undefined;
   }
-  if (text === undefined && (extra === undefined || extra.length === 0)) return undefined;
-  const rules = ignore();
-  if (text !== undefined) rules.add(text);
-  if (extra !== undefined) rules.add(extra);
-  return rules;
 }
 
-function readDirectory(directory: string, relative: string, root: string): Dirent[] | undefined {
-  try {
-    return readdirSync(directory, { withFileTypes: true });
-  } catch (error) {
-    const code = errnoCode(error);
-    // Removed or replaced while we walked: it is simply not part of this tree.
-    if (code === "ENOENT" || code === "ENOTDIR") return undefined;
-    if (code === "EACCES" || code === "EPERM") {
-      throw new KaosError("IO", `Cannot list directory "${relative}" in bundle ${root}: permission denied.`, {
-        hint: `Make it readable and searchable (chmod u+rx) or exclude it in ${IGNORE_FILE}.`,
-      });
-    }
-    throw new KaosError("IO", `Cannot list directory "${relative}" in bundle ${root}: ${describeError(error)}.`);
-  }
+/** 32-bit views of a unit's stat arrays (no copy). */
+interface StatHalves {
+  ids: Int32Array;
+  times: Int32Array;
 }
 
-function entryKeys(entries: Dirent[], prefix: string, rules: Ignore | undefined, root: string): string[] {
-  const keys: string[] = [];
-  for (const entry of entries) {
-    const name = entry.name;
-    if (ALWAYS_IGNORED.has(name)) continue;
-    if (entry.isDirectory()) {
-      if (rules !== undefined && rules.ignores(`${prefix}${name}/`)) continue;
-      keys.push(`${name}/`);
-    } else if (entry.isFile() || entry.isSymbolicLink()) {
-      if (rules !== undefined && rules.ignores(prefix + name)) continue;
-      keys.push(name);
-    } else {
-      if (rules !== undefined && rules.ignores(prefix + name)) continue;
-      throw new KaosError("BUNDLE_INVALID", `Cannot hash "${prefix}${name}" in bundle ${root}: it is a socket, FIFO or device file, which a bundle cannot hold.`, {
-        hint: `Remove it from the bundle or exclude it in ${IGNORE_FILE}.`,
-      });
-    }
-  }
-  sortKeys(keys);
-  return keys;
+function halvesOf(result: UnitResult): StatHalves {
+  return {
+    ids: new Int32Array(result.ids.buffer, result.ids.byteOffset, result.ids.length * 2),
+    times: new Int32Array(result.times.buffer, result.times.byteOffset, result.times.length * 2),
+  };
+}
+
+function sameId(cached: bigint | number, current: bigint): boolean {
+  if (typeof cached === "number") return cached === Number(current);
+  return cached === current || (cached < 0n && BigInt.asUintN(64, cached) === current);
+}
+
+interface RacyLimits {
+  fine: bigint;
+  coarse: bigint;
+}
+
+/** Whether a cache entry still describes the file: same stat, and not stamped within the racy window. */
+function isUnchanged(entry: StatCacheEntry, result: UnitResult, index: number, limits: RacyLimits): boolean {
+  return (
+    entry.mtimeNs === result.times[index * 2] &&
+    entry.ctimeNs === result.times[index * 2 + 1] &&
+    entry.size === Number(result.ids[index * 3 + 2]) &&
+    entry.mode === MODE_NAMES[result.modes[index]!] &&
+    sameId(entry.ino, result.ids[index * 3 + 1]!) &&
+    sameId(entry.dev, result.ids[index * 3]!) &&
+    isOutsideRacyWindow(result, index, limits)
+  );
+}
+
+/**
+ * Racy rule: a file stamped too close to the moment its content was last read
+ * may have been written again within the same timestamp tick, leaving the same
+ * stat behind; it is read again until it has aged past the window.
+ */
+function isOutsideRacyWindow(result: UnitResult, index: number, limits: RacyLimits): boolean {
+  const mtime = result.times[index * 2]!;
+  const ctime = result.times[index * 2 + 1]!;
+  const newest = mtime > ctime ? mtime : ctime;
+  if (newest < limits.coarse) return true;
+  return ctime % NS_PER_SECOND !== 0n && newest < limits.fine;
 }
 
 // ---------------------------------------------------------------------------
@@ -547,247 +589,200 @@ function checkRoot(root: string): void {
   }
 }
 
-function toUnsigned(value: bigint | number): bigint {
-  const big = typeof value === "bigint" ? value : BigInt(value);
-  return big < 0n ? BigInt.asUintN(64, big) : big;
-}
-
-function modeCodeOf(mode: TreeFile["mode"]): number {
-  return mode === "file" ? MODE_FILE : mode === "exec" ? MODE_EXEC : MODE_SYMLINK;
-}
-
-/**
- * Finds each walked path's cache entry. The walk visits paths in sorted order
- * and a cache saved by hashTree lists them in that order too, so a cursor over
- * the cache's keys usually finds the entry with one string comparison; a Map
- * lookup (a hash of a freshly built string, several times slower over 100k
- * paths) is the fallback for new paths and for stores that reorder entries.
- */
-class CacheCursor {
-  private readonly keys: string[];
-  private readonly values: StatCacheEntry[];
-  private position = 0;
-
-  constructor(private readonly cache: Map<string, StatCacheEntry>) {
-    this.keys = Array.from(cache.keys());
-    this.values = Array.from(cache.values());
-  }
-
-  find(path: string): StatCacheEntry | undefined {
-    while (this.position < this.keys.length) {
-      const key = this.keys[this.position]!;
-      if (key === path) return this.values[this.position++];
-      if (key > path) break;
-      this.position++;
-    }
-    return this.cache.get(path);
-  }
-}
-
-function makeBatch(
-  root: string,
-  paths: string[],
-  cursor: CacheCursor | undefined,
-  savedAt: bigint | undefined,
-): StatBatch {
-  const count = paths.length;
-  const cached: (StatCacheEntry | undefined)[] = new Array<StatCacheEntry | undefined>(count);
-  let requestCache: StatBatchRequest["cache"] = null;
-  if (cursor !== undefined) {
-    const ids = new BigUint64Array(count * 2);
-    const sizes = new Float64Array(count);
-    const times = new BigInt64Array(count * 2);
-    const modes = new Int8Array(count).fill(MODE_NONE);
-    for (let index = 0; index < count; index++) {
-      const entry = cursor.find(paths[index]!);
-      cached[index] = entry;
-      if (entry === undefined || savedAt === undefined) continue;
-      ids[index * 2] = toUnsigned(entry.dev);
-      ids[index * 2 + 1] = toUnsigned(entry.ino);
-      sizes[index] = entry.size;
-      times[index * 2] = entry.mtimeNs;
-      times[index * 2 + 1] = entry.ctimeNs;
-      modes[index] = modeCodeOf(entry.mode);
-    }
-    if (savedAt !== undefined) {
-      requestCache = {
-        ids,
-        sizes,
-        times,
-        modes,
-        fineRacyLimitNs: savedAt - RACY_WINDOW_FINE_NS,
-        coarseRacyLimitNs: savedAt - RACY_WINDOW_COARSE_NS,
-      };
+function ignoreRules(root: string, extra: string[] | undefined): string[] | null {
+  const rules: string[] = [];
+  try {
+    // One pattern per element: `ignore` splits a string into lines, not array elements.
+    rules.push(...readFileSync(join(root, IGNORE_FILE), "utf8").split(/\r?\n/));
+  } catch (error) {
+    if (errnoCode(error) !== "ENOENT") {
+      throw new KaosError("IO", `Cannot read ${join(root, IGNORE_FILE)}: ${describeError(error)}.`, {
+        hint: `Make ${IGNORE_FILE} a readable file of gitignore patterns.`,
+      });
     }
   }
-  return {
-    request: {
-      kind: "stat",
-      id: nextRequestId++,
-      rootPrefix: batchRootPrefix(root),
-      paths: paths.join("\0"),
-      cache: requestCache,
-      largeFileBytes: LARGE_FILE_BYTES,
-      batchBudgetBytes: BATCH_BUDGET_BYTES,
-    },
-    paths,
-    cached,
-  };
+  if (extra !== undefined) rules.push(...extra);
+  return rules.length === 0 ? null : rules;
 }
 
-async function walk(
-  root: string,
-  rules: Ignore | undefined,
-  emit: (paths: string[]) => void,
-  failed: () => unknown,
-): Promise<void> {
-  const stack: WalkFrame[] = [];
-  const rootEntries = readDirectory(root, ".", root) ?? [];
-  stack.push({ directory: root, prefix: "", keys: entryKeys(rootEntries, "", rules, root), next: 0 });
-  let batch: string[] = [];
-  let sliceStart = performance.now();
-  let sinceCheck = 0;
+/** Walk records in path order: a record's own files, then each child's subtree. */
+function inPathOrder(root: UnitRecord): UnitRecord[] {
+  const ordered: UnitRecord[] = [];
+  const stack = [root];
   while (stack.length > 0) {
-    const frame = stack[stack.length - 1]!;
-    if (frame.next >= frame.keys.length) {
-      stack.pop();
-      continue;
-    }
-    const key = frame.keys[frame.next++]!;
-    if (key.endsWith("/")) {
-      const name = key.slice(0, -1);
-      const prefix = frame.prefix + key;
-      const directory = `${frame.directory}/${name}`;
-      const entries = readDirectory(directory, frame.prefix + name, root);
-      if (entries !== undefined) stack.push({ directory, prefix, keys: entryKeys(entries, prefix, rules, root), next: 0 });
-      sinceCheck += 16;
-    } else {
-      batch.push(frame.prefix + key);
-      sinceCheck++;
-      if (batch.length === BATCH_FILES) {
-        emit(batch);
-        batch = [];
-      }
-    }
-    if (sinceCheck >= 256) {
-      sinceCheck = 0;
-      if (performance.now() - sliceStart >= WALK_SLICE_MS) {
-        await yieldToEventLoop();
-        if (failed() !== undefined) return;
-        sliceStart = performance.now();
-      }
-    }
+    const record = stack.pop()!;
+    ordered.push(record);
+    for (let index = record.children.length - 1; index >= 0; index--) stack.push(record.children[index]!);
   }
-  if (batch.length > 0) emit(batch);
-}
-
-function nowNs(): bigint {
-  return BigInt(Date.now()) * 1_000_000n;
+  return ordered;
 }
 
 export async function hashTree(root: string, options: HashTreeOptions = {}): Promise<TreeHash> {
   const absoluteRoot = resolvePath(root);
   // Taken before anything is read, so that every file read in this call was
   // read after this moment (what the racy rule needs from it).
-  const cacheTimeNs = nowNs();
+  const cacheTimeNs = BigInt(Date.now()) * 1_000_000n;
   checkRoot(absoluteRoot);
-  const rules = loadIgnoreRules(absoluteRoot, options.ignore);
+  const rules = ignoreRules(absoluteRoot, options.ignore);
   const workers = workersFor(options.workers);
   const store = options.statCache;
   const cache = store === undefined ? undefined : await store.load(absoluteRoot);
   const savedAt = store?.savedAt?.(absoluteRoot);
+  const limits = savedAt === undefined ? undefined : { fine: savedAt - RACY_WINDOW_FINE_NS, coarse: savedAt - RACY_WINDOW_COARSE_NS };
+  const cursor = cache === undefined || cache.size === 0 || limits === undefined ? undefined : new CacheCursor(cache);
 
-  const cursor = cache === undefined || cache.size === 0 ? undefined : new CacheCursor(cache);
-  const run = new TreeRun(absoluteRoot, workers);
-  const batches: StatBatch[] = [];
-  try {
-    await walk(
-      absoluteRoot,
-      rules,
-      (paths) => {
-        const batch = makeBatch(absoluteRoot, paths, cursor, savedAt);
-        batches.push(batch);
-        run.enqueue(batch);
-      },
-      () => run.failed,
-    );
-  } catch (error) {
-    run.abandon(error);
-    throw error;
+  const run = new TreeRun(absoluteRoot, workers, {
+    rootPrefix: absoluteRoot.endsWith("/") ? absoluteRoot : `${absoluteRoot}/`,
+    ignoreRules: rules,
+    // Without entries to trust every file is read anyway: read it while walking.
+    hashInline: cursor === undefined,
+    entryBudget: UNIT_ENTRY_BUDGET,
+    largeFileBytes: LARGE_FILE_BYTES,
+    byteBudget: UNIT_BYTE_BUDGET,
+  });
+  const top: UnitRecord = { unit: { prefix: "", names: null }, children: [] };
+  await run.walk(top);
+  const records = inPathOrder(top);
+
+  let cacheHits = 0;
+  let misses = 0;
+  if (cursor !== undefined && limits !== undefined) {
+    const jobs: HashJob[] = [];
+    for (const record of records) {
+      const result = record.result!;
+      const paths = record.paths!;
+      const hits: (StatCacheEntry | undefined)[] = (record.hits = new Array<StatCacheEntry | undefined>(paths.length));
+      const halves = halvesOf(result);
+      let unread: number[] | undefined;
+      for (let index = 0; index < paths.length; index++) {
+        if (result.status[index] !== STATUS_STATTED) continue;
+        const entry = cursor.unchanged(paths[index]!, result, halves, index, limits);
+        if (entry !== undefined) {
+          hits[index] = entry;
+          cacheHits++;
+        } else {
+          (unread ??= []).push(index);
+          misses++;
+        }
+      }
+      if (unread !== undefined) jobs.push(...jobsFor(record, unread));
+    }
+    if (jobs.length > 0) await run.hash(jobs);
   }
-  await run.finish();
-  return assemble(absoluteRoot, batches, cache, store, cacheTimeNs);
+  // Skip the save when every cached entry was hit and nothing else was read.
+  const unchanged = cursor !== undefined && misses === 0 && cacheHits === cache?.size;
+  return assemble(absoluteRoot, records, store !== undefined && !unchanged, cacheHits, async (entries) => {
+    await store?.save(absoluteRoot, entries, cacheTimeNs);
+  });
+}
+
+/**
+ * Feeds the "kaos-tree-v1" lines to SHA-256 through one reused buffer rather
+ * than a string per file.
+ */
+class TreeDigest {
+  private readonly digest = createHash("sha256");
+  private readonly buffer = Buffer.allocUnsafe(1 << 16);
+  private used = 0;
+
+  constructor() {
+    this.used = this.buffer.write(TREE_HASH_HEADER, 0, "latin1");
+  }
+
+  add(file: TreeFile): void {
+    // Worst case: mode, two NULs, 3 bytes per UTF-16 unit of the path, hash, newline.
+    const needed = 7 + 2 + file.path.length * 3 + 64 + 1;
+    if (this.used + needed > this.buffer.length) {
+      this.flush();
+      if (needed > this.buffer.length) {
+        this.digest.update(`${file.mode}\0${file.path}\0${file.hash}\n`, "utf8");
+        return;
+      }
+    }
+    const buffer = this.buffer;
+    let at = this.used;
+    at += buffer.write(file.mode, at, "latin1");
+    buffer[at++] = 0;
+    at += buffer.write(file.path, at, "utf8");
+    buffer[at++] = 0;
+    at += buffer.write(file.hash, at, "latin1");
+    buffer[at++] = 10;
+    this.used = at;
+  }
+
+  private flush(): void {
+    this.digest.update(this.buffer.subarray(0, this.used));
+    this.used = 0;
+  }
+
+  finish(): string {
+    this.flush();
+    return this.digest.digest("hex");
+  }
 }
 
 async function assemble(
   root: string,
-  batches: StatBatch[],
-  cache: Map<string, StatCacheEntry> | undefined,
-  store: StatCacheStore | undefined,
-  cacheTimeNs: bigint,
+  records: UnitRecord[],
+  saveNeeded: boolean,
+  cacheHits: number,
+  save: (entries: StatCacheEntry[]) => Promise<void>,
 ): Promise<TreeHash> {
   const files: TreeFile[] = [];
   const entries: StatCacheEntry[] = [];
-  const digest = createHash("sha256");
-  digest.update(TREE_HASH_HEADER);
-  let chunk = "";
+  const digest = new TreeDigest();
   let bytes = 0;
   let hashedFiles = 0;
   let hashedBytes = 0;
-  let cacheHits = 0;
-  for (const batch of batches) {
-    const result = batch.result!;
+  for (const record of records) {
+    const result = record.result!;
+    const paths = record.paths!;
     let nextInlineHash = 0;
-    for (let index = 0; index < batch.paths.length; index++) {
+    for (let index = 0; index < paths.length; index++) {
       const status = result.status[index];
       if (status === STATUS_VANISHED) continue;
-      const path = batch.paths[index]!;
+      const path = paths[index]!;
+      const hit = record.hits?.[index];
       let file: TreeFile;
-      if (status === STATUS_HIT) {
-        const entry = batch.cached[index]!;
-        file = { path, mode: entry.mode, size: entry.size, hash: entry.hash };
-        entries.push(entry);
-        cacheHits++;
+      if (hit !== undefined) {
+        file = { path, mode: hit.mode, size: hit.size, hash: hit.hash };
+        if (saveNeeded) entries.push(hit);
       } else {
         let hash: string;
         if (status === STATUS_HASHED) {
           hash = result.hashes.slice(nextInlineHash * 64, nextInlineHash * 64 + 64);
           nextInlineHash++;
         } else {
-          hash = batch.lateHashes?.get(index) ?? "";
+          hash = record.late?.get(index) ?? "";
           if (hash === "") continue;
         }
         const mode = MODE_NAMES[result.modes[index]!]!;
         const size = Number(result.ids[index * 3 + 2]);
         file = { path, mode, size, hash };
-        entries.push({
-          path,
-          dev: result.ids[index * 3]!,
-          ino: result.ids[index * 3 + 1]!,
-          size,
-          mtimeNs: result.times[index * 2]!,
-          ctimeNs: result.times[index * 2 + 1]!,
-          mode,
-          hash,
-        });
+        if (saveNeeded) {
+          entries.push({
+            path,
+            dev: result.ids[index * 3]!,
+            ino: result.ids[index * 3 + 1]!,
+            size,
+            mtimeNs: result.times[index * 2]!,
+            ctimeNs: result.times[index * 2 + 1]!,
+            mode,
+            hash,
+          });
+        }
         hashedFiles++;
         hashedBytes += size;
       }
       files.push(file);
       bytes += file.size;
-      chunk += `${file.mode}\0${path}\0${file.hash}\n`;
-      if (chunk.length >= 1 << 16) {
-        digest.update(chunk);
-        chunk = "";
-      }
+      digest.add(file);
     }
   }
-  digest.update(chunk);
-  const unchanged = hashedFiles === 0 && cache !== undefined && cacheHits === cache.size;
-  if (store !== undefined && !unchanged) await store.save(root, entries, cacheTimeNs);
+  if (saveNeeded) await save(entries);
   return {
     root,
-    hash: digest.digest("hex"),
+    hash: digest.finish(),
     files,
     stats: { files: files.length, bytes, hashedFiles, hashedBytes, cacheHits },
   };

@@ -155,14 +155,24 @@ describe("hashTree: identity", () => {
     expect(a.stats).toEqual({ files: 0, bytes: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 });
   });
 
-  it("gives the same result with one worker and with three", async () => {
+  it("keeps path order and gives the same result with one worker and with three when the walk is split up", async () => {
     const root = makeTemporaryDirectory();
     writeTree(root, SAMPLE);
+    // A flat directory and a deep subtree, both far above what one walk unit takes.
     for (let index = 0; index < 3000; index++) writeFileSync(join(root, `many-${index % 7}-${index}.txt`), `${index}`);
+    for (let index = 0; index < 3000; index++) {
+      const directory = join(root, "deep", `d${index % 3}`, `e${index % 11}`, index % 2 === 0 ? "x" : "x-y");
+      mkdirSync(directory, { recursive: true });
+      writeFileSync(join(directory, `${index}.txt`), `${index}`);
+    }
     const [one, three] = await Promise.all([hashTree(root, { workers: 1 }), hashTree(root, { workers: 3 })]);
     expect(three.hash).toBe(one.hash);
     expect(three.files).toEqual(one.files);
-    expect(one.files).toHaveLength(3000 + Object.keys(SAMPLE).length);
+    expect(one.files).toHaveLength(6000 + Object.keys(SAMPLE).length);
+    const paths = one.files.map((file) => file.path);
+    const byteOrder = [...paths].sort((left, right) => Buffer.compare(Buffer.from(left), Buffer.from(right)));
+    expect(paths).toEqual(byteOrder);
+    expect(one.files.find((file) => file.path === "deep/d1/e5/x-y/1699.txt")?.hash).toBe(sha256("1699"));
   });
 });
 
@@ -393,6 +403,33 @@ describe("hashTree: stat cache", () => {
     const settled = await hashTree(root, { statCache: cache });
     expect(settled.stats).toMatchObject({ hashedFiles: 0, cacheHits: Object.keys(SAMPLE).length + 1 });
     expect(cache.saveCount).toBe(3);
+  });
+
+  it("finds entries whatever order the store returns them in", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    await waitPastRacyWindow();
+    const cache = memoryStatCache();
+    const cold = await hashTree(root, { statCache: cache });
+    const reversed = new Map([...(await cache.load(root)).entries()].reverse());
+    const store: StatCacheStore = { load: () => reversed, save: () => undefined, savedAt: () => cache.savedAt(root) };
+    const warm = await hashTree(root, { statCache: store });
+    expect(warm.stats).toMatchObject({ hashedFiles: 0, cacheHits: Object.keys(SAMPLE).length });
+    expect(warm.hash).toBe(cold.hash);
+  });
+
+  it("re-reads thousands of changed files, and only those, through hash jobs", async () => {
+    const root = makeTemporaryDirectory();
+    for (let index = 0; index < 4000; index++) writeTree(root, { [`d${index % 5}/f${index}.txt`]: `v1 ${index}` });
+    await waitPastRacyWindow();
+    const cache = memoryStatCache();
+    await hashTree(root, { statCache: cache });
+    for (let index = 0; index < 4000; index += 2) writeFileSync(join(root, `d${index % 5}/f${index}.txt`), `v2 ${index}`);
+    const edited = await hashTree(root, { statCache: cache });
+    expect(edited.stats).toMatchObject({ files: 4000, hashedFiles: 2000, cacheHits: 2000 });
+    expect(edited.files.find((file) => file.path === "d2/f2.txt")?.hash).toBe(sha256("v2 2"));
+    expect(edited.files.find((file) => file.path === "d1/f1.txt")?.hash).toBe(sha256("v1 1"));
+    expect(edited.hash).toBe((await hashTree(root)).hash);
   });
 
   it("trusts no entry from a store that cannot tell when it was saved", async () => {
