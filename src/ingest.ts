@@ -25,12 +25,9 @@
  */
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
-import type { FileHandle } from "node:fs/promises";
-import { open as openFile } from "node:fs/promises";
 import * as http from "node:http";
 import * as https from "node:https";
 import * as path from "node:path";
-import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { KaosError, describeError, errnoCode } from "./errors.js";
@@ -258,9 +255,16 @@ async function withPartialLock<T>(key: string, work: () => Promise<T>): Promise<
   }
 }
 
+/** Partial files of this size or more get their validators saved as they start, so even a killed process can resume them. */
+const SAVE_VALIDATORS_FROM = 16 * 1024 * 1024;
+
 /**
  * A download in progress: the bytes on disk, the hash of exactly those bytes,
  * and what the server said identifies them (to resume with If-Range).
+ *
+ * Writes are synchronous, as in curl: a chunk is written to the page cache and
+ * hashed before the next one is read, so offset and hash always describe the
+ * disk, and no write queue sits between the socket and the file.
  */
 class PartialFile {
   offset = 0;
@@ -268,22 +272,23 @@ class PartialFile {
   /** Whether the content on disk was stitched from more than one response. */
   resumed = false;
   private hash = createHash("sha256");
-  private inflight: Promise<void> = Promise.resolve();
   private closed = false;
 
   private constructor(
     readonly file: string,
     private readonly metaFile: string,
     private readonly url: string,
-    private readonly handle: FileHandle,
+    private readonly fd: number,
   ) {}
 
   static async open(tmpDir: string, url: string): Promise<PartialFile> {
     const name = `dl-${createHash("sha256").update(url).digest("hex").slice(0, 40)}`;
     const file = path.join(tmpDir, `${name}.part`);
     const metaFile = path.join(tmpDir, `${name}.json`);
-    const handle = await openFile(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
-    const part = new PartialFile(file, metaFile, url, handle);
+    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    const part = new PartialFile(file, metaFile, url, fd);
+    const size = fs.fstatSync(fd).size;
+    if (size === 0) return part;
     // Bytes left by an earlier process are only trusted with a validator the
     // server can check them against.
     let meta: { url?: unknown; etag?: unknown; lastModified?: unknown } | undefined;
@@ -292,36 +297,30 @@ class PartialFile {
     } catch {
       meta = undefined;
     }
-    const size = (await handle.stat()).size;
-    if (size > 0 && meta?.url === url && (typeof meta.etag === "string" || typeof meta.lastModified === "string")) {
+    if (meta?.url === url && (typeof meta.etag === "string" || typeof meta.lastModified === "string")) {
       if (typeof meta.etag === "string") part.validators.etag = meta.etag;
       if (typeof meta.lastModified === "string") part.validators.lastModified = meta.lastModified;
-      const prefix = await sha256Prefix(file, size, part.hash);
-      part.offset = prefix;
+      part.offset = await sha256Prefix(file, size, part.hash);
       part.resumed = true;
-    } else if (size > 0) {
-      await handle.truncate(0);
+    } else {
+      fs.ftruncateSync(fd, 0);
     }
     return part;
   }
 
-  append(buffers: Buffer[], length: number): Promise<void> {
-    this.inflight = (async () => {
-      await writeAll(this.handle, buffers, this.offset);
-      for (const buffer of buffers) this.hash.update(buffer);
-      this.offset += length;
-    })();
-    return this.inflight;
+  append(chunk: Buffer): void {
+    let written = 0;
+    while (written < chunk.length) {
+      written += fs.writeSync(this.fd, chunk, written, chunk.length - written, this.offset + written);
+    }
+    this.hash.update(chunk);
+    const before = this.offset;
+    this.offset += chunk.length;
+    if (before < SAVE_VALIDATORS_FROM && this.offset >= SAVE_VALIDATORS_FROM) this.saveMeta();
   }
 
-  /** Waits for a write still running when a transfer failed, so offset and hash agree with the disk. */
-  async settle(): Promise<void> {
-    await this.inflight.catch(() => undefined);
-  }
-
-  async restart(): Promise<void> {
-    await this.settle();
-    await this.handle.truncate(0);
+  restart(): void {
+    fs.ftruncateSync(this.fd, 0);
     this.offset = 0;
     this.hash = createHash("sha256");
     this.resumed = false;
@@ -329,27 +328,32 @@ class PartialFile {
     fs.rmSync(this.metaFile, { force: true });
   }
 
-  saveValidators(validators: Validators): void {
+  setValidators(validators: Validators): void {
     this.validators = validators;
-    if (validators.etag === undefined && validators.lastModified === undefined) return;
-    fs.writeFileSync(this.metaFile, JSON.stringify({ url: this.url, ...validators }));
+    if (this.offset >= SAVE_VALIDATORS_FROM) this.saveMeta();
+  }
+
+  private saveMeta(): void {
+    if (this.validators.etag === undefined && this.validators.lastModified === undefined) return;
+    fs.writeFileSync(this.metaFile, JSON.stringify({ url: this.url, ...this.validators }));
   }
 
   digest(): { hash: string; size: number } {
     return { hash: this.hash.digest("hex"), size: this.offset };
   }
 
-  async close(): Promise<void> {
+  close(): void {
     if (this.closed) return;
     this.closed = true;
-    await this.settle();
-    await this.handle.close();
+    fs.closeSync(this.fd);
   }
 
   /** Keeps the bytes for a later process only when it could validate them. */
-  async closeAfterFailure(keep: boolean): Promise<void> {
-    await this.close();
-    if (!keep || (this.validators.etag === undefined && this.validators.lastModified === undefined) || this.offset === 0) {
+  closeAfterFailure(keep: boolean): void {
+    this.close();
+    if (keep && this.offset > 0 && (this.validators.etag !== undefined || this.validators.lastModified !== undefined)) {
+      this.saveMeta();
+    } else {
       this.discard();
     }
   }
@@ -359,8 +363,9 @@ class PartialFile {
     fs.rmSync(this.metaFile, { force: true });
   }
 
-  forgetMeta(): void {
-    fs.rmSync(this.metaFile, { force: true });
+  /** The partial file has become an object: its sidecar is obsolete. */
+  adopted(): void {
+    if (this.offset >= SAVE_VALIDATORS_FROM || this.resumed) fs.rmSync(this.metaFile, { force: true });
   }
 }
 
@@ -374,59 +379,46 @@ async function sha256Prefix(file: string, size: number, hash: ReturnType<typeof 
   return done;
 }
 
-async function writeAll(handle: FileHandle, buffers: Buffer[], position: number): Promise<void> {
-  let pending = buffers;
-  let at = position;
-  while (pending.length > 0) {
-    const { bytesWritten } = await handle.writev(pending, at);
-    at += bytesWritten;
-    let skip = bytesWritten;
-    const rest: Buffer[] = [];
-    for (const buffer of pending) {
-      if (skip >= buffer.length) {
-        skip -= buffer.length;
-        continue;
+/**
+ * Streams a response body into `part`. When the response breaks, the bytes
+ * already written stay (a retry resumes after them) and the error is reported.
+ */
+function receiveBody(
+  response: http.IncomingMessage,
+  part: PartialFile,
+  limit: { bytes: number; what: string } | undefined,
+  onBytes: (bytes: number) => void,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const fail = (error: Error): void => {
+      if (settled) return;
+      settled = true;
+      response.destroy();
+      reject(error);
+    };
+    response.on("data", (chunk: Buffer) => {
+      if (settled) return;
+      if (limit !== undefined && part.offset + chunk.length > limit.bytes) {
+        fail(new FatalError(`the server sent more than ${limit.bytes} bytes, the ${limit.what}`));
+        return;
       }
-      rest.push(skip > 0 ? buffer.subarray(skip) : buffer);
-      skip = 0;
-    }
-    pending = rest;
-  }
-}
-
-/** Writes a response body into a PartialFile, batching chunks that arrive while a write runs. */
-class PartialFileSink extends Writable {
-  constructor(
-    private readonly part: PartialFile,
-    private readonly limit: { bytes: number; what: string } | undefined,
-    private readonly onBytes: (bytes: number) => void,
-  ) {
-    super({ highWaterMark: 1 << 20 });
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this.writeBuffers([chunk], callback);
-  }
-
-  override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
-    this.writeBuffers(
-      chunks.map((c) => c.chunk),
-      callback,
-    );
-  }
-
-  private writeBuffers(buffers: Buffer[], callback: (error?: Error | null) => void): void {
-    let length = 0;
-    for (const buffer of buffers) length += buffer.length;
-    if (this.limit !== undefined && this.part.offset + length > this.limit.bytes) {
-      callback(new FatalError(`the server sent more than ${this.limit.bytes} bytes, the ${this.limit.what}`));
-      return;
-    }
-    this.part.append(buffers, length).then(() => {
-      this.onBytes(length);
-      callback();
-    }, callback);
-  }
+      try {
+        part.append(chunk);
+      } catch (error) {
+        fail(new FatalError(`cannot write ${part.file}: ${describeError(error)}`));
+        return;
+      }
+      onBytes(chunk.length);
+    });
+    response.on("end", () => {
+      if (settled) return;
+      settled = true;
+      resolve();
+    });
+    response.on("error", fail);
+    response.on("close", () => fail(Object.assign(new Error("premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" })));
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -601,7 +593,7 @@ async function attemptHttp(job: FetchJob, part: PartialFile, ctx: Context): Prom
       }
       if (status === 416 && ranged) {
         response.resume();
-        await part.restart();
+        part.restart();
         throw new RetryableError("the server could not resume the partial transfer (416); starting over");
       }
       if (status === 429 || status === 408 || (status >= 500 && status <= 599)) {
@@ -617,19 +609,19 @@ async function attemptHttp(job: FetchJob, part: PartialFile, ctx: Context): Prom
       if (etag !== undefined) validators.etag = etag;
       if (lastModified !== undefined) validators.lastModified = lastModified;
       if (status === 200) {
-        if (part.offset > 0) await part.restart();
+        if (part.offset > 0) part.restart();
         total = contentLength === undefined ? undefined : Number(contentLength);
-        part.saveValidators(validators);
+        part.setValidators(validators);
       } else if (status === 206 && ranged) {
         const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headerValue(response.headers["content-range"]) ?? "");
         if (match === null || Number(match[1]) !== part.offset) {
           response.resume();
-          await part.restart();
+          part.restart();
           throw new RetryableError("the server resumed at another offset than asked; starting over");
         }
         total = match[3] === "*" ? Number(match[2]) + 1 : Number(match[3]);
         part.resumed = true;
-        if (validators.etag !== undefined || validators.lastModified !== undefined) part.saveValidators(validators);
+        if (validators.etag !== undefined || validators.lastModified !== undefined) part.setValidators(validators);
       } else {
         response.resume();
         throw new FatalError(`HTTP ${status} ${response.statusMessage ?? ""}`.trimEnd());
@@ -641,12 +633,12 @@ async function attemptHttp(job: FetchJob, part: PartialFile, ctx: Context): Prom
       ctx.progress.setTotal(job.id, total ?? job.size ?? job.conditional?.pinned.size);
       const limit =
         job.size !== undefined ? { bytes: job.size, what: "size the manifest states" } : total !== undefined ? { bytes: total, what: "length it announced" } : undefined;
-      const sink = new PartialFileSink(part, limit, (bytes) => {
+      const onBytes = (bytes: number): void => {
         ctx.progress.setDone(job.id, part.offset);
         ctx.progress.addReceived(bytes);
-      });
+      };
       try {
-        await streamInto(response, sink);
+        await receiveBody(response, part, limit, onBytes);
       } catch (error) {
         if (error instanceof RetryableError || !isRetryable(error)) throw error;
         const of = total === undefined ? "" : ` of ${total}`;
@@ -658,39 +650,6 @@ async function attemptHttp(job: FetchJob, part: PartialFile, ctx: Context): Prom
       return "complete";
     }
   }
-}
-
-/**
- * Like stream.pipeline, except that when the response breaks, whatever the
- * sink had buffered is still written (and so not fetched again on resume)
- * before the error is reported.
- */
-function streamInto(response: http.IncomingMessage, sink: PartialFileSink): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let responseError: Error | undefined;
-    let ended = false;
-    const stopReading = (error: Error): void => {
-      if (ended) return;
-      ended = true;
-      responseError = error;
-      sink.end();
-    };
-    response.on("data", (chunk: Buffer) => {
-      if (!sink.write(chunk)) response.pause();
-    });
-    sink.on("drain", () => response.resume());
-    response.on("end", () => {
-      ended = true;
-      sink.end();
-    });
-    response.on("error", stopReading);
-    response.on("close", () => stopReading(Object.assign(new Error("premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" })));
-    sink.on("finish", () => (responseError === undefined ? resolve() : reject(responseError)));
-    sink.on("error", (error) => {
-      response.destroy();
-      reject(error);
-    });
-  });
 }
 
 function backoffMs(failures: number, ctx: Context, retryAfterMs: number | undefined): number {
@@ -712,7 +671,6 @@ async function fetchHttp(job: FetchJob, ctx: Context): Promise<FetchOutcome> {
       try {
         outcome = await attemptHttp(job, part, ctx);
       } catch (error) {
-        await part.settle();
         if (isAborted(ctx.signal)) throw abortReason(ctx.signal);
         if (!isRetryable(error)) {
           keepPartial = false;
@@ -736,7 +694,7 @@ async function fetchHttp(job: FetchJob, ctx: Context): Promise<FetchOutcome> {
       if (outcome === "notModified") {
         const pinned = job.conditional?.pinned;
         if (pinned === undefined) throw new FatalError("the server answered 304 to an unconditional request");
-        await part.close();
+        part.close();
         part.discard();
         keepPartial = true;
         return { hash: pinned.sha256, size: pinned.size, validators: { ...pickValidators(pinned), ...part.validators }, notModified: true };
@@ -748,7 +706,7 @@ async function fetchHttp(job: FetchJob, ctx: Context): Promise<FetchOutcome> {
         if (resumed && !restartedAfterMismatch) {
           // Pieces of two versions may have been stitched together: one clean try.
           restartedAfterMismatch = true;
-          await part.restart();
+          part.restart();
           continue;
         }
         keepPartial = false;
@@ -758,13 +716,13 @@ async function fetchHttp(job: FetchJob, ctx: Context): Promise<FetchOutcome> {
         keepPartial = false;
         throw new FatalError(`size mismatch: received ${size} bytes, the manifest says ${job.size}`);
       }
-      await part.close();
-      part.forgetMeta();
+      part.close();
       ctx.objects.adopt(part.file, hash);
+      part.adopted();
       return { hash, size, validators: { ...part.validators }, notModified: false };
     }
   } catch (error) {
-    await part.closeAfterFailure(keepPartial);
+    part.closeAfterFailure(keepPartial);
     throw error;
   }
 }

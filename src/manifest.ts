@@ -47,7 +47,7 @@ export const SUPPORTED_SCHEMES = ["http:", "https:", "file:"] as const;
 
 const KNOWN_KEYS = new Set(["url", "path", "sha256", "size"]);
 const LINE_EXAMPLE = `{"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`;
-const PATH_EXPECTED = `expected a relative path inside the data directory, such as "train/a.csv"`;
+const PATH_EXPECTED = `a relative path inside the data directory, such as "train/a.csv"`;
 
 function invalid(file: string, line: number, what: string, expected: string): KaosError {
   return new KaosError("MANIFEST_INVALID", `${file}:${line}: ${what} — expected ${expected}`);

@@ -1,0 +1,265 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { KaosError } from "../src/errors.js";
+import {
+  type ManifestEntry,
+  type ManifestLock,
+  lockPathFor,
+  manifestDataKey,
+  readLock,
+  readManifest,
+  unsafePathReason,
+  writeLock,
+} from "../src/manifest.js";
+
+const A = "a".repeat(64);
+const B = "b".repeat(64);
+
+let root: string;
+
+beforeEach(() => {
+  root = fs.mkdtempSync(path.join(os.tmpdir(), "kaos-manifest-"));
+});
+
+afterEach(() => {
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+function manifestFile(text: string, name = "data_manifest"): string {
+  const file = path.join(root, name);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, text);
+  return file;
+}
+
+/** The MANIFEST_INVALID message for a manifest holding `lines`. */
+function errorFor(lines: string[]): string {
+  const file = manifestFile(lines.join("\n") + "\n");
+  try {
+    readManifest(file);
+  } catch (error) {
+    expect(error).toBeInstanceOf(KaosError);
+    expect((error as KaosError).code).toBe("MANIFEST_INVALID");
+    return (error as KaosError).message.replaceAll(file, "M");
+  }
+  throw new Error("the manifest was accepted");
+}
+
+const ok = `{"url": "https://example.com/a.csv", "path": "train/a.csv"}`;
+
+describe("readManifest", () => {
+  it("reads entries with their file and line, skipping blank lines and a BOM", () => {
+    const file = manifestFile(
+      "\ufeff" +
+        [
+          ok,
+          "",
+          `{"url": "http://example.com/b.csv", "path": "test/b.csv", "sha256": "${A.toUpperCase()}", "size": 12}`,
+          "   ",
+          `{"url": "file:///srv/data/c.csv", "path": "c.csv"}`,
+        ].join("\n"),
+    );
+    expect(readManifest(file)).toEqual<ManifestEntry[]>([
+      { url: "https://example.com/a.csv", path: "train/a.csv", file, line: 1 },
+      { url: "http://example.com/b.csv", path: "test/b.csv", sha256: A, size: 12, file, line: 3 },
+      { url: "file:///srv/data/c.csv", path: "c.csv", file, line: 5 },
+    ]);
+  });
+
+  it("reads every regular file of a directory in name order, skipping the lock, dotfiles and subfolders", () => {
+    const dir = path.join(root, "manifests");
+    manifestFile(`{"url": "https://x/2", "path": "two"}\n`, "manifests/b_part");
+    manifestFile(`{"url": "https://x/1", "path": "one"}\n`, "manifests/a_part");
+    manifestFile(`not json`, "manifests/.hidden");
+    manifestFile(`not json`, "manifests/kaos.lock");
+    manifestFile(`not json`, "manifests/nested/file");
+    expect(readManifest(dir).map((e) => [path.basename(e.file), e.line, e.path])).toEqual([
+      ["a_part", 1, "one"],
+      ["b_part", 1, "two"],
+    ]);
+  });
+
+  it("names the file and line of bad JSON", () => {
+    expect(errorFor([ok, `{"url": "https://x/b", "path": "b"`])).toMatch(
+      /^M:2: invalid JSON \(.+\) — expected one JSON object per line, like \{"url": "https:\/\/example.com\/train\/a.csv", "path": "train\/a.csv"\}$/,
+    );
+  });
+
+  it.each([
+    [`[1, 2]`, `M:1: line is an array — expected a JSON object like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`],
+    [`"just a string"`, `M:1: line is a string — expected a JSON object like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`],
+    [`null`, `M:1: line is null — expected a JSON object like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`],
+    [`{"path": "a"}`, `M:1: missing "url" — expected a string URL with scheme http, https or file`],
+    [`{"url": 7, "path": "a"}`, `M:1: "url" is a number — expected a string URL with scheme http, https or file`],
+    [`{"url": "not a url", "path": "a"}`, `M:1: "url" "not a url" is not a valid URL — expected an absolute URL such as https://example.com/a.csv`],
+    [`{"url": "ftp://example.com/a", "path": "a"}`, `M:1: "url" has unsupported scheme "ftp" — expected http, https or file`],
+    [`{"url": "s3://bucket/a", "path": "a"}`, `M:1: "url" has unsupported scheme "s3" — expected http, https or file`],
+    [`{"url": "file://server/share/a", "path": "a"}`, `M:1: "url" names host "server" in a file URL — expected file:///absolute/path (no host)`],
+    [`{"url": "https://x/a"}`, `M:1: missing "path" — expected a relative path inside the data directory, such as "train/a.csv"`],
+    [`{"url": "https://x/a", "path": ["a"]}`, `M:1: "path" is an array — expected a relative path inside the data directory, such as "train/a.csv"`],
+    [`{"url": "https://x/a", "path": "a", "sha256": "abc"}`, `M:1: "sha256" "abc" is not 64 hex digits — expected the SHA-256 of the file's content in hex`],
+    [`{"url": "https://x/a", "path": "a", "sha256": 5}`, `M:1: "sha256" 5 is not 64 hex digits — expected the SHA-256 of the file's content in hex`],
+    [`{"url": "https://x/a", "path": "a", "size": -1}`, `M:1: "size" -1 is not a non-negative integer — expected the file's length in bytes`],
+    [`{"url": "https://x/a", "path": "a", "size": 1.5}`, `M:1: "size" 1.5 is not a non-negative integer — expected the file's length in bytes`],
+    [`{"url": "https://x/a", "path": "a", "size": "10"}`, `M:1: "size" "10" is not a non-negative integer — expected the file's length in bytes`],
+    [`{"url": "https://x/a", "path": "a", "md5": "x"}`, `M:1: unknown key "md5" — expected only "url", "path", "sha256" and "size"`],
+  ])("rejects %s with an exact message", (line, message) => {
+    expect(errorFor([line])).toBe(message);
+  });
+
+  it.each([
+    ["/abs", "is absolute"],
+    ["../x", "has a '..' segment"],
+    ["a/../../x", "has a '..' segment"],
+    ["a/..", "has a '..' segment"],
+    ["..", "has a '..' segment"],
+    ["a/./b", "has a '.' segment"],
+    [".", "has a '.' segment"],
+    ["a\\b", "contains a backslash"],
+    ["..\\x", "contains a backslash"],
+    ["C:/x", "starts with a Windows drive letter"],
+    ["c:x", "starts with a Windows drive letter"],
+    ["a//b", "has an empty segment (a leading, doubled or trailing '/')"],
+    ["a/", "has an empty segment (a leading, doubled or trailing '/')"],
+    ["", "is empty"],
+    ["a\u0000b", "contains a NUL character"],
+  ])("rejects the unsafe path %j before anything is fetched", (unsafe, reason) => {
+    expect(errorFor([ok, JSON.stringify({ url: "https://x/y", path: unsafe })])).toBe(
+      `M:2: unsafe path ${JSON.stringify(unsafe)} (${reason}) — expected a relative path inside the data directory, such as "train/a.csv"`,
+    );
+  });
+
+  it("accepts ordinary relative paths, dots inside names included", () => {
+    for (const safe of ["a", "a/b/c.csv", ".hidden", "a/.b", "a..b", "...", "x/y..z/w"]) expect(unsafePathReason(safe)).toBeUndefined();
+  });
+
+  it("names both lines of a duplicate path, across files of a directory too", () => {
+    expect(errorFor([ok, `{"url": "https://x/b", "path": "b"}`, `{"url": "https://x/other", "path": "train/a.csv"}`])).toBe(
+      `M:3: duplicate path "train/a.csv" (first at M:1) — expected each path once`,
+    );
+    const one = manifestFile(`{"url": "https://x/1", "path": "same"}\n`, "dir/1");
+    const two = manifestFile(`\n{"url": "https://x/2", "path": "same"}\n`, "dir/2");
+    expect(() => readManifest(path.join(root, "dir"))).toThrow(`${two}:2: duplicate path "same" (first at ${one}:1) — expected each path once`);
+  });
+
+  it("rejects a path that is both a file and a folder", () => {
+    expect(errorFor([`{"url": "https://x/1", "path": "train"}`, `{"url": "https://x/2", "path": "train/a.csv"}`])).toBe(
+      `M:2: path "train/a.csv" puts a file inside "train", which M:1 lists as a file — expected each path to be either a file or a folder, not both`,
+    );
+    expect(errorFor([`{"url": "https://x/2", "path": "train/a/b.csv"}`, `{"url": "https://x/1", "path": "train/a"}`])).toBe(
+      `M:2: path "train/a" is a file, but M:1 puts "train/a/b.csv" inside it — expected each path to be either a file or a folder, not both`,
+    );
+  });
+
+  it("rejects an empty manifest and a missing one", () => {
+    const empty = manifestFile("\n\n");
+    expect(() => readManifest(empty)).toThrow(
+      `${empty}: the manifest has no entries — expected at least one line like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`,
+    );
+    const missing = path.join(root, "nope");
+    expect(() => readManifest(missing)).toThrow(`${missing}: manifest does not exist — expected a file or a directory of JSON-lines files`);
+  });
+});
+
+describe("the lock", () => {
+  const lock: ManifestLock = {
+    version: 1,
+    entries: {
+      "z.csv": { url: "https://x/z", sha256: B, size: 2, lastModified: "Mon, 01 Jan 2024 00:00:00 GMT", etag: '"z"' },
+      "a.csv": { url: "https://x/a", sha256: A, size: 1 },
+    },
+  };
+
+  it("sits beside a manifest file, and inside a manifest directory", () => {
+    const file = manifestFile(ok);
+    expect(lockPathFor(file)).toBe(`${file}.lock`);
+    fs.mkdirSync(path.join(root, "dir"));
+    expect(lockPathFor(path.join(root, "dir"))).toBe(path.join(root, "dir", "kaos.lock"));
+  });
+
+  it("is written with sorted keys, fixed field order and a trailing newline, and read back", () => {
+    const file = manifestFile(ok);
+    expect(readLock(file)).toBeUndefined();
+    writeLock(file, lock);
+    const text = fs.readFileSync(`${file}.lock`, "utf8");
+    expect(text).toBe(
+      `{
+  "version": 1,
+  "entries": {
+    "a.csv": {
+      "url": "https://x/a",
+      "sha256": "${A}",
+      "size": 1
+    },
+    "z.csv": {
+      "url": "https://x/z",
+      "sha256": "${B}",
+      "size": 2,
+      "etag": "\\"z\\"",
+      "lastModified": "Mon, 01 Jan 2024 00:00:00 GMT"
+    }
+  }
+}
+`,
+    );
+    expect(readLock(file)).toEqual(lock);
+    expect(fs.readdirSync(root).sort()).toEqual(["data_manifest", "data_manifest.lock"]);
+  });
+
+  it("names the lock and the fix when it is damaged", () => {
+    const file = manifestFile(ok);
+    fs.writeFileSync(`${file}.lock`, "{ nope");
+    expect(() => readLock(file)).toThrow(`${file}.lock: the lock is not valid JSON`);
+    fs.writeFileSync(`${file}.lock`, JSON.stringify({ version: 1, entries: { "a.csv": { url: "https://x/a", sha256: "short", size: 1 } } }));
+    let error: unknown;
+    try {
+      readLock(file);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(KaosError);
+    expect((error as KaosError).code).toBe("MANIFEST_INVALID");
+    expect((error as KaosError).message).toBe(`${file}.lock: the lock is invalid at entries.a.csv.sha256: expected 64 lowercase hex digits`);
+    expect((error as KaosError).hint).toBe(`Delete ${file}.lock and run again: the manifest's content is then fetched and pinned afresh.`);
+    fs.writeFileSync(`${file}.lock`, JSON.stringify({ version: 2, entries: {} }));
+    expect(() => readLock(file)).toThrow(`${file}.lock: the lock is invalid at version`);
+  });
+});
+
+describe("manifestDataKey", () => {
+  const entry = (p: string, url: string, sha256?: string): ManifestEntry => ({ url, path: p, file: "m", line: 1, ...(sha256 === undefined ? {} : { sha256 }) });
+  const pin = (url: string, sha256: string, size = 1) => ({ url, sha256, size });
+
+  it("is undefined until every entry has a known content hash", () => {
+    expect(manifestDataKey([entry("a", "https://x/a")], undefined)).toBeUndefined();
+    expect(manifestDataKey([entry("a", "https://x/a", A), entry("b", "https://x/b")], undefined)).toBeUndefined();
+    expect(manifestDataKey([entry("a", "https://x/a", A)], undefined)).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it("takes hashes from the lock when the URL matches, and ignores pins of another URL", () => {
+    const lock: ManifestLock = { version: 1, entries: { a: pin("https://x/a", A) } };
+    expect(manifestDataKey([entry("a", "https://x/a")], lock)).toBe(manifestDataKey([entry("a", "https://x/a", A)], undefined));
+    expect(manifestDataKey([entry("a", "https://x/moved")], lock)).toBeUndefined();
+  });
+
+  it("prefers the manifest's sha256 over the lock", () => {
+    const lock: ManifestLock = { version: 1, entries: { a: pin("https://x/a", A) } };
+    expect(manifestDataKey([entry("a", "https://x/a", B)], lock)).toBe(manifestDataKey([entry("a", "https://x/a", B)], undefined));
+  });
+
+  it("ignores line order and changes with any path, URL or content hash", () => {
+    const base = [entry("a", "https://x/a", A), entry("b", "https://x/b", B)];
+    const key = manifestDataKey(base, undefined);
+    expect(manifestDataKey([...base].reverse(), undefined)).toBe(key);
+    const variants = [
+      [entry("a2", "https://x/a", A), entry("b", "https://x/b", B)],
+      [entry("a", "https://x/a2", A), entry("b", "https://x/b", B)],
+      [entry("a", "https://x/a", B), entry("b", "https://x/b", B)],
+    ];
+    const keys = new Set(variants.map((v) => manifestDataKey(v, undefined)));
+    expect(keys.size).toBe(3);
+    expect(keys.has(key)).toBe(false);
+  });
+});
