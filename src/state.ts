@@ -10,6 +10,7 @@ import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { canonicalJson } from "./hyperparams.js";
 
 import type { StatCacheEntry, StatCacheStore } from "./hash.js";
 
@@ -833,15 +834,6 @@ function nowIso(): string {
   return new Date().toISOString();
 }
 
-/** JSON with object keys sorted at every level, so equal values give equal text. */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, item: unknown) => {
-    if (item === null || typeof item !== "object" || Array.isArray(item)) return item;
-    const sorted: Record<string, unknown> = {};
-    for (const key of Object.keys(item).sort()) sorted[key] = (item as Record<string, unknown>)[key];
-    return sorted;
-  });
-}
 
 let bootId: string | null | undefined;
 
