@@ -4,17 +4,24 @@
  * `.kaos/pulumi` (or the stack's `pulumi.backendUrl`), with passphrase
  * secrets.
  *
- * The Pulumi CLI does the work; the SDK drives it through a `PulumiCommand`.
- * That object is the seam: the SDK only reads its `command` and `version` and
- * calls `run(args, cwd, env, onOutput, onError, signal)`, so tests hand in a
- * runner of that shape and see exactly what the SDK would execute.
+ * The Pulumi CLI does the work; the SDK drives it through a `PulumiCommand`,
+ * of which it only reads `command` and `version` and calls `run(args, cwd,
+ * env, ...)`. kaos hands it a runner of that shape that does what
+ * PulumiCommand.run does (adds `--non-interactive`, marks the environment as
+ * Automation API, puts the CLI's directory first on PATH so its bundled
+ * plugins are found) and starts the process through a `PulumiExec`. That
+ * function is the seam: tests inject one and see the exact arguments and
+ * environment the CLI would get; failures come back as the SDK's own error
+ * classes, so `createOrSelectStack` and locking work as with the SDK's runner.
  */
+import { spawn } from "node:child_process";
 import { constants } from "node:fs";
 import { access, mkdir } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { homedir } from "node:os";
-import { delimiter, dirname, join } from "node:path";
+import { basename, delimiter, dirname, isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import * as automation from "@pulumi/pulumi/automation/index.js";
 import {
   CommandError,
   ConcurrentUpdateError,
@@ -31,23 +38,30 @@ import { clusterProgram } from "./program.js";
 import { assertValidSpecs } from "./render.js";
 import type { ClusterPipelineInput } from "./index.js";
 
-/** What the SDK needs of a Pulumi CLI (the public shape of `PulumiCommand` plus its `run`). */
-export interface PulumiRunner {
-  readonly command: string;
-  readonly version: { toString(): string } | null;
-  run(
-    args: string[],
-    cwd: string,
-    additionalEnv: { [key: string]: string },
-    onOutput?: (data: string) => void,
-    onError?: (data: string) => void,
-    signal?: AbortSignal,
-  ): Promise<{ stdout: string; stderr: string; code: number }>;
+/** Starts the Pulumi CLI once and answers how it ended (never throws for a non-zero exit). */
+export type PulumiExec = (
+  command: string,
+  args: readonly string[],
+  options: {
+    cwd: string;
+    /** Added to kaos's own environment. */
+    env: Record<string, string>;
+    onOutput?: ((data: string) => void) | undefined;
+    onError?: ((data: string) => void) | undefined;
+    signal?: AbortSignal | undefined;
+  },
+) => Promise<{ stdout: string; stderr: string; code: number }>;
+
+/** A Pulumi CLI: where it is, its version, and how to start it. */
+export interface PulumiCli {
+  command: string;
+  version: string;
+  exec: PulumiExec;
 }
 
 export interface ClusterRunOptions {
-  /** The Pulumi CLI to drive; default the `pulumi` found on PATH (or in ~/.pulumi/bin). */
-  runner?: PulumiRunner;
+  /** The Pulumi CLI to drive; default the `pulumi` found on PATH (or in ~/.pulumi/bin), started as a child process. */
+  pulumi?: PulumiCli;
   /** Environment read for the token, the passphrase and registry credentials. Default process.env. */
   env?: NodeJS.ProcessEnv;
   /** Pulumi's own progress output, as it comes. */
@@ -110,7 +124,7 @@ async function runCluster(
   const env = options.env ?? process.env;
   const plan = await planCluster(config, stack, inputs);
   assertValidSpecs(plan);
-  const runner = options.runner ?? (await findPulumi(env));
+  const runner = new PulumiProcessRunner(options.pulumi ?? (await findPulumi(env)));
   const { settings } = plan;
   const secretValues = secretsIn(plan, env);
 
@@ -131,7 +145,7 @@ async function runCluster(
       { stackName: settings.pulumi.stackName, projectName: settings.pulumi.projectName, program },
       {
         workDir: settings.pulumi.workDir,
-        // The SDK uses nothing of PulumiCommand beyond the PulumiRunner shape.
+        // The SDK uses nothing of PulumiCommand beyond what PulumiProcessRunner has.
         pulumiCommand: runner as unknown as PulumiCommand,
         envVars: pulumiEnv(plan, env),
         secretsProvider: "passphrase",
@@ -219,17 +233,94 @@ export function packageRoot(): string {
   return dirname(dirname(dirname(dirname(entry))));
 }
 
+/** The SDK's error classes are built by an internal helper; kaos needs them to behave like its runner. */
+const sdkInternals = automation as unknown as {
+  createCommandError(result: unknown): Error;
+  CommandResult: new (stdout: string, stderr: string, code: number, err?: Error) => { stdout: string; stderr: string; code: number };
+};
+
+/** Does what PulumiCommand.run does, through a PulumiExec. */
+export class PulumiProcessRunner {
+  readonly command: string;
+  readonly version: { toString(): string };
+  readonly #exec: PulumiExec;
+
+  constructor(cli: PulumiCli) {
+    this.command = cli.command;
+    this.version = { toString: () => cli.version.replace(/^v/, "") };
+    this.#exec = cli.exec;
+  }
+
+  async run(
+    args: string[],
+    cwd: string,
+    additionalEnv: { [key: string]: string },
+    onOutput?: (data: string) => void,
+    onError?: (data: string) => void,
+    signal?: AbortSignal,
+  ): Promise<{ stdout: string; stderr: string; code: number }> {
+    // Commands fail rather than prompt (and hang) without a terminal.
+    const fullArgs = args.includes("--non-interactive") ? [...args] : [...args, "--non-interactive"];
+    const env: Record<string, string> = { ...additionalEnv, PULUMI_AUTOMATION_API: "true" };
+    if (isAbsolute(this.command)) {
+      env["PATH"] = `${dirname(this.command)}${delimiter}${additionalEnv["PATH"] ?? process.env["PATH"] ?? ""}`;
+    }
+    let result: { stdout: string; stderr: string; code: number };
+    try {
+      result = await this.#exec(this.command, fullArgs, { cwd, env, onOutput, onError, signal });
+    } catch (error) {
+      const cause = error instanceof Error ? error : new Error(String(error));
+      throw sdkInternals.createCommandError(new sdkInternals.CommandResult("", cause.message, -2, cause));
+    }
+    const commandResult = new sdkInternals.CommandResult(result.stdout, result.stderr, result.code);
+    if (result.code !== 0) throw sdkInternals.createCommandError(commandResult);
+    return commandResult;
+  }
+}
+
+/** Starts the CLI as a child process with kaos's environment plus `env`. */
+export const spawnPulumi: PulumiExec = (command, args, options) =>
+  new Promise((resolve, reject) => {
+    const child = spawn(command, [...args], {
+      cwd: options.cwd,
+      env: { ...process.env, ...options.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (data: string) => {
+      stdout += data;
+      options.onOutput?.(data);
+    });
+    child.stderr.setEncoding("utf8").on("data", (data: string) => {
+      stderr += data;
+      options.onError?.(data);
+    });
+    const abort = (): void => {
+      child.kill("SIGINT");
+    };
+    options.signal?.addEventListener("abort", abort, { once: true });
+    child.on("error", (error) => {
+      options.signal?.removeEventListener("abort", abort);
+      reject(error);
+    });
+    child.on("close", (code, signal) => {
+      options.signal?.removeEventListener("abort", abort);
+      resolve({ stdout, stderr, code: code ?? (signal ? 128 : 1) });
+    });
+  });
+
 /**
  * The Pulumi CLI on PATH, else in the default install location
  * (~/.pulumi/bin, where the install script puts it); PULUMI_MISSING otherwise.
+ * The SDK checks its version.
  */
-export async function findPulumi(env: NodeJS.ProcessEnv = process.env): Promise<PulumiRunner> {
+export async function findPulumi(env: NodeJS.ProcessEnv = process.env, exec: PulumiExec = spawnPulumi): Promise<PulumiCli> {
   const candidates = (env["PATH"] ?? "")
     .split(delimiter)
     .filter((dir) => dir !== "")
     .map((dir) => join(dir, "pulumi"));
-  const home = env["HOME"] ?? homedir();
-  candidates.push(join(home, ".pulumi", "bin", "pulumi"));
+  candidates.push(join(env["HOME"] ?? homedir(), ".pulumi", "bin", "pulumi"));
   let found: string | undefined;
   for (const candidate of candidates) {
     try {
@@ -247,9 +338,9 @@ export async function findPulumi(env: NodeJS.ProcessEnv = process.env): Promise<
   }
   const binDir = dirname(found);
   try {
-    // An installation root (<root>/bin/pulumi) lets the SDK put its plugins on PATH.
-    const command = binDir.endsWith("/bin") ? await PulumiCommand.get({ root: dirname(binDir) }) : await PulumiCommand.get();
-    return command as unknown as PulumiRunner;
+    // PulumiCommand.get runs `<root>/bin/pulumi version` and checks it against the SDK's minimum.
+    const command = basename(binDir) === "bin" ? await PulumiCommand.get({ root: dirname(binDir) }) : await PulumiCommand.get();
+    return { command: command.command === "pulumi" ? found : command.command, version: String(command.version ?? "3.0.0"), exec };
   } catch (error) {
     const message = describeError(error);
     if (errnoCode(error) === "ENOENT" || /ENOENT/.test(message)) {

@@ -28,7 +28,7 @@ export { validatePipelineSpec, compileSpecSchema, type SpecValidation } from "./
 export { listClusterJobs, clusterJobLogs, jobState, type ClusterJob, type ClusterJobState, type ClusterJobsOptions, type ClusterLogLine } from "./jobs.js";
 export { PachdClient, PachdError } from "./pachd.js";
 export { clusterSettings, type ClusterSettings } from "./settings.js";
-export type { ClusterChange, ClusterChangeSummary, ClusterRunOptions, PulumiRunner } from "./automation.js";
+export type { ClusterChange, ClusterChangeSummary, ClusterRunOptions, PulumiCli, PulumiExec } from "./automation.js";
 
 /** `pulumi preview` of the stack: the change summary shown beside kaos's own plan. */
 export async function previewCluster(
