@@ -15,9 +15,10 @@ export default defineStack({
   // kubeContext: "my-gpu-cluster",
 
   pachyderm: {
-    // pachd's HTTP port (its /api gateway), as reachable from this machine:
-    // a Service address, or http://localhost:30650 after `pachctl port-forward`.
-    address: "http://localhost:30650",
+    // pachd's HTTP API (the server on pachd's port 1659 that serves /api/), as
+    // reachable from this machine: after `kubectl -n pachyderm port-forward
+    // deploy/pachd 1659`, http://localhost:1659; or an address that routes to it.
+    address: "http://localhost:1659",
     // Environment variable holding a Pachyderm auth token (when auth is on).
     // Read at run time, never written to state or logs. Default PACHYDERM_TOKEN.
     tokenEnv: "PACHYDERM_TOKEN",

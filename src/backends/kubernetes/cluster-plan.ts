@@ -6,7 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
-import { basename, dirname } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { KaosError, describeError } from "../../errors.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../../types.js";
 import { walkBundle, type BundleFile } from "../../pack.js";
@@ -177,7 +177,7 @@ async function manifestBundle(path: string): Promise<{ dir: string; files: Bundl
   const hash = createHash("sha256");
   for (const file of sorted) {
     hash.update(`${file.path}\0`);
-    hash.update(await readFile(`${dir}/${file.path}`));
+    hash.update(await readFile(join(dir, file.path)));
     hash.update("\0");
   }
   return { dir, files: isDirectory ? undefined : files, key: hash.digest("hex") };

@@ -13,6 +13,7 @@ import type { HyperparamSet, ResolvedStack } from "../../types.js";
 import {
   PachdClient,
   pipelineRef,
+  type CommitRef,
   type DatumInfo,
   type JobInfo,
   type JobRef,
@@ -175,7 +176,7 @@ function jobEntry(info: JobInfo, pipeline: string, stage: Stage, id: string): Cl
   };
 }
 
-function paramsFile(datum: DatumInfo, paramsRepo: string): { path: string; commit: NonNullable<NonNullable<DatumInfo["data"]>[number]["file"]>["commit"] } | undefined {
+function paramsFile(datum: DatumInfo, paramsRepo: string): { path: string; commit: CommitRef | undefined } | undefined {
   for (const file of datum.data ?? []) {
     const path = file.file?.path;
     if (file.file?.commit?.repo?.name === paramsRepo && path !== undefined && path.endsWith(".json")) {
@@ -185,7 +186,7 @@ function paramsFile(datum: DatumInfo, paramsRepo: string): { path: string; commi
   return undefined;
 }
 
-async function readParams(client: PachdClient, commit: Parameters<PachdClient["getFile"]>[0] | undefined, path: string): Promise<HyperparamSet> {
+async function readParams(client: PachdClient, commit: CommitRef | undefined, path: string): Promise<HyperparamSet> {
   if (commit === undefined) return {};
   try {
     const parsed: unknown = JSON.parse((await client.getFile(commit, path)).toString("utf8"));

@@ -14,7 +14,7 @@
 import { KaosError, describeError } from "../../errors.js";
 
 export interface PachdClientOptions {
-  /** pachd's HTTP address, such as `http://pachd.pachyderm.svc:30650`. */
+  /** pachd's HTTP address (its port 1659, which serves /api/), such as `http://localhost:1659`. */
   address: string;
   /** Pachyderm auth token; none on a cluster without auth. */
   token?: string | undefined;
@@ -409,7 +409,7 @@ export class PachdClient {
       return await this.#fetch(url, init);
     } catch (error) {
       throw new PachdError(`cannot reach pachd at ${this.address} (${service}/${method}): ${this.scrub(describeError(error))}`, {
-        hint: "check `pachyderm.address` in the stack file (pachd's HTTP port), or forward it: `pachctl port-forward`",
+        hint: "check `pachyderm.address` in the stack file (pachd's HTTP port, 1659), or forward it: `kubectl -n <namespace> port-forward deploy/pachd 1659`",
         cause: error,
       });
     }

@@ -66,10 +66,10 @@ function forwardingProvider(implUrl: string, kind: Kind, compared: string[], rep
     const importModule = new Function("url", "return import(url)") as (url: string) => Promise<Record<string, unknown>>;
     const loaded = await importModule(implUrl);
     // A loader that transpiles TypeScript may hand the exports over as `default`.
-    const exports = (loaded["providerImpl"] ? loaded : loaded["default"]) as
+    const found = (loaded["providerImpl"] ? loaded : loaded["default"]) as
       | { providerImpl?: Record<Kind, pulumi.dynamic.ResourceProvider> }
       | undefined;
-    const impl = exports?.providerImpl?.[kind];
+    const impl = found?.providerImpl?.[kind];
     if (!impl) throw new Error(`kaos: ${implUrl} has no provider for ${kind}`);
     return impl;
   };
