@@ -126,6 +126,7 @@ async function runCluster(
   assertValidSpecs(plan);
   const runner = new PulumiProcessRunner(options.pulumi ?? (await findPulumi(env)));
   const { settings } = plan;
+  const envVars = pulumiEnv(plan, env);
   const secretValues = secretsIn(plan, env);
 
   await prepareDirectories(plan);
@@ -147,7 +148,7 @@ async function runCluster(
         workDir: settings.pulumi.workDir,
         // The SDK uses nothing of PulumiCommand beyond what PulumiProcessRunner has.
         pulumiCommand: runner as unknown as PulumiCommand,
-        envVars: pulumiEnv(plan, env),
+        envVars,
         secretsProvider: "passphrase",
         projectSettings: {
           name: settings.pulumi.projectName,
