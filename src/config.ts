@@ -203,14 +203,21 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
     fsCache: join(tmpdir(), "kaos-jiti"),
     interopDefault: true,
   });
+  const expected = code === "CONFIG_LOAD" ? "`export default defineConfig({ pipelines: {...} })`" : "`export default defineStack({ backend: ... })`";
+  let module: unknown;
   try {
-    return await jiti.import(file, { default: true });
+    module = await jiti.import(file);
   } catch (error) {
     throw new KaosError(code, `${file}: could not be loaded: ${describeError(error)}`, {
       hint: "fix the error above; the file must `export default defineConfig({...})` (or `defineStack` for a stack)",
       cause: error,
     });
   }
+  // Without this check a module of named exports would be validated as if it were the config.
+  if (typeof module !== "object" || module === null || !("default" in module)) {
+    throw new KaosError(code === "CONFIG_LOAD" ? "CONFIG_INVALID" : code, `${file}: has no default export; expected ${expected}`);
+  }
+  return (module as { default: unknown }).default;
 }
 
 type PathKey = PropertyKey;
