@@ -380,7 +380,8 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
       try {
         grid = parseGrid(pipeline.hyperparams, formatPath(at("hyperparams")));
       } catch (error) {
-        problem(at("hyperparams"), describeError(error));
+        // problem() names the key already.
+        problem(at("hyperparams"), describeError(error).replace(`${formatPath(at("hyperparams"))}: `, ""));
       }
     }
     const memory = pipeline.resources?.memory;
