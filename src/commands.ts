@@ -82,8 +82,9 @@ function summarize(outcome: ApplyResult): string {
 
 /** Runs a plan to completion with progress, and prints its result. */
 async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: { force?: boolean; refresh?: boolean; json?: boolean; command: string }): Promise<number> {
-  const { openSession, apply } = await engine();
+  const { checkInputs, openSession, apply } = await engine();
   const { createReporter } = await import("./progress.js");
+  checkInputs(config);
   const session = openSession(config, stack);
   const interrupt = interruptSignal();
   const reporter = createReporter({ json: options.json, interactive: isInteractive(process.stderr) });
@@ -119,13 +120,14 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
 }
 
 export async function planCommand(options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
-  const { openSession, plan } = await engine();
+  const { checkInputs, openSession, plan } = await engine();
   const { formatPlan, planJson } = await import("./plan.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
     const { clusterPlan } = await import("./cluster.js");
     return clusterPlan(config, stack, options);
   }
+  checkInputs(config);
   const session = openSession(config, stack);
   try {
     const current = await plan(session, { refresh: options.refresh });

@@ -3,8 +3,10 @@
  * against state, execute the plan on a backend, record results. `up`, `plan`,
  * `watch` and `train deploy` are thin layers over these functions.
  */
+import { validateSourceBundle } from "./bundle.js";
 import { KaosError } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
+import { readLock, readManifest } from "./manifest.js";
 import { buildPlan, type Plan } from "./plan.js";
 import type { Reporter } from "./progress.js";
 import { StateStore } from "./state.js";
@@ -19,6 +21,21 @@ export interface Session {
 }
 
 export { loadProject } from "./config.js";
+
+/**
+ * Checks every input that can be checked without the state store: each source
+ * bundle's contract, each manifest and its lock. Commands call it before they
+ * open the store, so bad input is reported without creating or touching `.kaos/`.
+ */
+export function checkInputs(config: ResolvedConfig): void {
+  for (const pipeline of config.pipelines) {
+    validateSourceBundle(pipeline.sourceDir, `pipelines.${pipeline.name}.source`);
+    if (pipeline.data.kind === "manifest") {
+      readManifest(pipeline.data.path);
+      readLock(pipeline.data.path);
+    }
+  }
+}
 
 /** Opens the state store and the backend of a loaded project. */
 export function openSession(config: ResolvedConfig, stack: ResolvedStack): Session {
