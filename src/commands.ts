@@ -178,10 +178,17 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
   let config: ResolvedConfig;
   try {
     config = resolveConfig(value, virtualFile);
+    const { checkInputs } = await engine();
+    checkInputs(config);
   } catch (error) {
-    // Name the flags, not a config file the user never wrote.
+    if (!(error instanceof KaosError)) throw error;
+    // Name the flags, not a config file the user never wrote (a kaos.config.ts
+    // that happens to sit in this directory would even lend it line numbers).
     const message = describeError(error)
-      .replaceAll(`${virtualFile}: `, "")
+      .split(`${virtualFile}:`)
+      .map((part, index) => (index === 0 ? part : part.replace(/^(\d+:)? /, "")))
+      .join("")
+      .replaceAll(`pipelines.${options.name}: `, `-n/--name ${JSON.stringify(options.name)}: `)
       .replaceAll(`pipelines.${options.name}.source`, "-s/--source")
       .replaceAll(`pipelines.${options.name}.data`, "-d/--data")
       .replaceAll(`pipelines.${options.name}.manifest`, "-m/--manifest")
@@ -189,7 +196,7 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
       .replaceAll(`pipelines.${options.name}.resources.`, "--")
       .replaceAll(`pipelines.${options.name}.parallelism`, "-p/--parallelism")
       .replace("invalid config\n", "invalid flags\n");
-    throw new KaosError("USAGE", message);
+    throw new KaosError(error.code === "CONFIG_INVALID" ? "USAGE" : error.code, message, { hint: error.hint });
   }
   const stack = await loadStack(config, undefined);
   return runApply(config, stack, { force: options.force, json: options.json, command: "train deploy" });
