@@ -439,7 +439,13 @@ export async function getCommand(options: Common & { job: string; out?: string; 
 }
 
 export async function killCommand(options: Common & { job: string }): Promise<number> {
-  const { config } = await readState(options);
+  const { config, state: reader } = await readState(options);
+  // Resolve the job before opening for writing: a job that does not exist must not create `.kaos/`.
+  try {
+    reader.resolveJob(options.job);
+  } finally {
+    reader.close();
+  }
   const state = StateStore.open(config.root);
   try {
     const job = state.resolveJob(options.job);
