@@ -1,0 +1,73 @@
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import { compileSpecSchema, validatePipelineSpec } from "../src/backends/kubernetes/schema.js";
+import { makeProject, REPO_ROOT, runKaos, type Project } from "./helpers/rig.js";
+import { trainingProject } from "./helpers/jobs.js";
+
+const projects: Project[] = [];
+afterAll(() => projects.forEach((project) => project.remove()));
+
+function clusterProject(): Project {
+  const project = makeProject(
+    trainingProject({
+      grid: { score: [1, 2] },
+      resources: { cpu: 2, memory: "4Gi", gpu: 1 },
+      parallelism: 2,
+      extra: { "stacks/cluster.ts": readFileSync(join(REPO_ROOT, "stacks/cluster.ts"), "utf8") },
+    }),
+  );
+  projects.push(project);
+  return project;
+}
+
+describe("kubernetes stack through the built CLI (no cluster, Pachyderm or Pulumi CLI here)", () => {
+  it("kaos render writes Pachyderm specs that validate against Pachyderm's own schema, and Kubernetes manifests", async () => {
+    const project = clusterProject();
+    const result = await runKaos(["render", "--stack", "cluster", "-o", "out"], { cwd: project.dir });
+    expect(result.code, result.stderr).toBe(0);
+    const specs = readdirSync(project.path("out/pachyderm")).sort();
+    expect(specs).toEqual(["p-build.json", "p-train.json"]);
+    const schema = JSON.parse(readFileSync(join(REPO_ROOT, "..", "shared", "schemas", "pachyderm", "CreatePipelineRequest.v2.11.6.schema.json"), "utf8")) as unknown;
+    const validate = compileSpecSchema(schema);
+    for (const file of specs) {
+      const spec = JSON.parse(readFileSync(project.path("out/pachyderm", file), "utf8")) as unknown;
+      expect(validatePipelineSpec(spec, validate).errors, file).toEqual([]);
+    }
+    const train = JSON.parse(readFileSync(project.path("out/pachyderm/p-train.json"), "utf8")) as {
+      parallelismSpec: { constant: string | number };
+      resourceLimits: { gpu: { type: string; number: string | number } };
+      schedulingSpec?: { nodeSelector?: Record<string, string> };
+    };
+    expect(Number(train.parallelismSpec.constant)).toBe(2);
+    expect(train.resourceLimits.gpu.type).toBe("nvidia.com/gpu");
+    expect(Number(train.resourceLimits.gpu.number)).toBe(1);
+    const manifests = readdirSync(project.path("out/kubernetes"));
+    expect(manifests.length).toBeGreaterThan(0);
+    for (const file of manifests) {
+      const document = parse(readFileSync(project.path("out/kubernetes", file), "utf8")) as { apiVersion: string; kind: string };
+      expect(document.apiVersion, file).toBeTruthy();
+      expect(document.kind, file).toBeTruthy();
+    }
+    const again = await runKaos(["render", "--stack", "cluster", "-o", "out2"], { cwd: project.dir });
+    expect(again.code).toBe(0);
+    for (const file of specs) expect(readFileSync(project.path("out2/pachyderm", file), "utf8")).toBe(readFileSync(project.path("out/pachyderm", file), "utf8"));
+  });
+
+  it("plan and up on the cluster stack print kaos's plan, then say the Pulumi CLI is missing and how to install it, exit 1", async () => {
+    const project = clusterProject();
+    const env = { PATH: "/usr/bin:/bin", HOME: project.dir };
+    const plan = await runKaos(["plan", "--stack", "cluster"], { cwd: project.dir, env });
+    expect(plan.code).toBe(1);
+    expect(plan.stdout).toContain("Plan: 1 stage and 2 jobs to run, 0 skipped.");
+    expect(plan.stderr).toContain("error: the Pulumi CLI is required for stack 'cluster'");
+    expect(plan.stderr).toContain("hint: install it: curl -fsSL https://get.pulumi.com | sh");
+    const up = await runKaos(["up", "--stack", "cluster"], { cwd: project.dir, env });
+    expect(up.code).toBe(1);
+    expect(up.stderr).toContain("the Pulumi CLI is required");
+    const local = await runKaos(["render", "--stack", "local", "-o", "x"], { cwd: project.dir });
+    expect(local.code).toBe(1);
+    expect(local.stderr).toContain("--stack local: stack uses the local backend; `kaos render` needs a kubernetes stack");
+  });
+});
