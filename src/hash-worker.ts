@@ -242,7 +242,7 @@ function entryKeys(entries: Dirent[], prefix: string, ignored: Ignore | undefine
 // Walking.
 
 class UnitCollector {
-  private capacity = 64;
+  private capacity = 256;
   count = 0;
   private readonly paths: string[] = [];
   private status = new Uint8Array(this.capacity);

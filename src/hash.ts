@@ -50,12 +50,14 @@
  * each. The walk is split into units of a couple of thousand entries that any
  * worker takes, so one deep subtree or one huge directory still spreads over
  * every worker; results come back as typed arrays, a few hundred messages for
- * 100k files. Without a trusted stat cache files are hashed during the walk;
- * with one, the main thread compares the stats in path order against the
- * cache (one string comparison per file when the cache kept that order) and
- * hands out what changed as hash jobs. Files above LARGE_FILE_BYTES are
- * hashed as jobs of their own, biggest first, so big files spread over every
- * worker too.
+ * 100k files. Without a trusted stat cache files are hashed during the walk.
+ * With one, the main thread takes the results in path order while the
+ * workers go on walking, compares each file's stat with its entry (one string
+ * comparison to find it when the cache kept that order, no allocation to
+ * compare) and hands out what must be read as hash jobs. Files above
+ * LARGE_FILE_BYTES are jobs of their own, biggest first, so big files spread
+ * over every worker too. `startHashWorkers()` lets a caller start the threads
+ * early, overlapping their start-up with its own.
  */
 import { createHash } from "node:crypto";
 import { constants as fsConstants, existsSync, readFileSync, statSync } from "node:fs";
@@ -69,7 +71,6 @@ import { KaosError, describeError, errnoCode } from "./errors.js";
 import {
   HASH_WORKER_MARK,
   MODE_NAMES,
-  STATUS_DEFERRED,
   STATUS_HASHED,
   STATUS_STATTED,
   STATUS_VANISHED,
@@ -149,6 +150,8 @@ const NS_PER_SECOND = 1_000_000_000n;
 
 /** Entries a walk unit handles before handing the rest back: a few milliseconds of work. */
 const UNIT_ENTRY_BUDGET = 2048;
+/** The first unit hands work back sooner, so that the other workers start early. */
+const FIRST_UNIT_ENTRY_BUDGET = 256;
 /** Files above this are hashed as jobs of their own. */
 const LARGE_FILE_BYTES = 8 << 20;
 /** Bytes a unit (or a job of small files) reads: about 10 ms of SHA-256. */
@@ -214,6 +217,15 @@ function spawnWorkerThread(): Worker {
   return new Worker(bootstrap, { eval: true, workerData: HASH_WORKER_MARK });
 }
 
+/**
+ * Starts the worker threads ahead of the first hashTree call, so that their
+ * start-up (tens of milliseconds) overlaps whatever the caller does meanwhile,
+ * such as loading the config and opening the state store.
+ */
+export function startHashWorkers(workers?: number): void {
+  workersFor(workers);
+}
+
 function workersFor(requested: number | undefined): PoolWorker[] {
   const wanted = Math.max(1, Math.floor(requested ?? Math.min(2, availableParallelism())));
   while (pool.length < wanted) pool.push(startWorker());
@@ -235,23 +247,28 @@ export async function stopHashWorkers(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------
-// One hashTree call: walk units out to the workers, then hash jobs.
+// One hashTree call. Walk units go out to the workers (children of a unit go
+// to the front of the queue, so results come back roughly in path order);
+// the main thread consumes results in path order as soon as they are there,
+// comparing with the stat cache and building the listing while the workers
+// are still walking. Files that need reading become hash jobs.
 
 /** A unit of the walk; its files come before all of its children's in path order. */
 interface UnitRecord {
   unit: WalkUnit;
   result?: UnitResult;
-  paths?: string[];
   children: UnitRecord[];
-  /** Trusted cache entry per path, for the files that need no reading. */
-  hits?: (StatCacheEntry | undefined)[];
-  /** Hashes from jobs by index; "" when the file vanished. */
-  late?: Map<number, string>;
+}
+
+/** A file of the listing, with the cache entry that will describe it. */
+interface PendingFile {
+  file: TreeFile;
+  entry: StatCacheEntry;
 }
 
 interface HashJob {
-  record: UnitRecord;
-  indexes: number[];
+  files: PendingFile[];
+  modes: number[];
   bytes: number;
 }
 
@@ -261,29 +278,44 @@ class TreeRun {
   private inFlight = 0;
   private failure: unknown;
   private waiter: { resolve: () => void; reject: (error: unknown) => void } | undefined;
+  private started = false;
+  /** Records not yet consumed, next in path order on top. */
+  private readonly order: UnitRecord[];
+  private consumer: ((record: UnitRecord) => void) | undefined;
 
   constructor(
     private readonly root: string,
     private readonly workers: PoolWorker[],
     private readonly walkSettings: Omit<WalkRequest, "kind" | "id" | "units">,
-  ) {}
-
-  /** Walks the tree under `record` (results land in the records) and runs the jobs it defers. */
-  walk(record: UnitRecord): Promise<void> {
-    this.unitQueue.push(record);
-    return this.whenIdle();
+    top: UnitRecord,
+  ) {
+    this.order = [top];
+    this.unitQueue.push(top);
+    this.pump();
   }
 
-  hash(jobs: HashJob[]): Promise<void> {
+  /** Starts consuming results in path order (those already back, then the rest as they come). */
+  consume(consumer: (record: UnitRecord) => void): void {
+    this.consumer = consumer;
+    this.drainInOrder();
+  }
+
+  addJobs(jobs: HashJob[]): void {
     this.jobQueue.push(...jobs);
-    return this.whenIdle();
+    this.pump();
   }
 
-  private whenIdle(): Promise<void> {
+  /** Resolves once every unit is walked and consumed and every job is done. */
+  finished(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.waiter = { resolve, reject };
       this.pump();
     });
+  }
+
+  /** Gives up (the caller failed): results still on their way are dropped. */
+  abandon(error: unknown): void {
+    this.fail(error);
   }
 
   private fail(error: unknown): void {
@@ -292,6 +324,19 @@ class TreeRun {
     this.unitQueue.length = 0;
     this.jobQueue.length = 0;
     this.waiter?.reject(error);
+  }
+
+  private drainInOrder(): void {
+    if (this.consumer === undefined || this.failure !== undefined) return;
+    try {
+      while (this.order.length > 0 && this.order[this.order.length - 1]!.result !== undefined) {
+        const record = this.order.pop()!;
+        for (let index = record.children.length - 1; index >= 0; index--) this.order.push(record.children[index]!);
+        this.consumer(record);
+      }
+    } catch (error) {
+      this.fail(error);
+    }
   }
 
   private pump(): void {
@@ -311,7 +356,8 @@ class TreeRun {
       if (job === undefined) break;
       this.dispatchJob(member, job);
     }
-    if (this.inFlight === 0 && this.unitQueue.length === 0 && this.jobQueue.length === 0) this.waiter?.resolve();
+    const idle = this.inFlight === 0 && this.unitQueue.length === 0 && this.jobQueue.length === 0;
+    if (idle && this.order.length === 0) this.waiter?.resolve();
   }
 
   private idlestWorker(): PoolWorker | undefined {
@@ -337,10 +383,16 @@ class TreeRun {
   private dispatchUnits(member: PoolWorker, records: UnitRecord[]): void {
     this.inFlight++;
     const request: WalkRequest = { kind: "walk", id: nextRequestId++, units: records.map((record) => record.unit), ...this.walkSettings };
+    if (!this.started) {
+      this.started = true;
+      request.entryBudget = FIRST_UNIT_ENTRY_BUDGET;
+    }
     sendToWorker(member, request).then(
       (result) => {
         this.inFlight--;
         this.acceptUnits(records, result as WalkResult);
+        this.pump();
+        this.drainInOrder();
         this.pump();
       },
       (error: unknown) => {
@@ -353,13 +405,12 @@ class TreeRun {
   private dispatchJob(member: PoolWorker, job: HashJob): void {
     this.inFlight++;
     member.busyWithJob = true;
-    const result = job.record.result!;
     const request: HashJobRequest = {
       kind: "hash",
       id: nextRequestId++,
       rootPrefix: this.walkSettings.rootPrefix,
-      paths: job.indexes.map((index) => job.record.paths![index]!),
-      modes: job.indexes.map((index) => result.modes[index]!),
+      paths: job.files.map((pending) => pending.file.path),
+      modes: job.modes,
     };
     sendToWorker(member, request).then(
       (outcome) => {
@@ -381,18 +432,15 @@ class TreeRun {
       this.fail(workerError(this.root, result.error));
       return;
     }
+    const children: UnitRecord[] = [];
     records.forEach((record, position) => {
       const unit = result.units[position]!;
       record.result = unit;
-      record.paths = unit.status.length === 0 ? [] : unit.paths.split("\0");
       record.children = unit.children.map((child) => ({ unit: child, children: [] }));
-      this.unitQueue.push(...record.children);
-      let deferred: number[] | undefined;
-      for (let index = 0; index < unit.status.length; index++) {
-        if (unit.status[index] === STATUS_DEFERRED) (deferred ??= []).push(index);
-      }
-      if (deferred !== undefined) this.jobQueue.push(...jobsFor(record, deferred));
+      children.push(...record.children);
     });
+    // Depth first: what lies next in path order goes out next.
+    this.unitQueue.unshift(...children);
   }
 
   private acceptJob(job: HashJob, result: HashJobResult): void {
@@ -400,30 +448,39 @@ class TreeRun {
       this.fail(workerError(this.root, result.error));
       return;
     }
-    const late = (job.record.late ??= new Map());
-    job.indexes.forEach((index, position) => late.set(index, result.hashes[position] ?? ""));
+    job.files.forEach((pending, position) => {
+      const hash = result.hashes[position] ?? "";
+      pending.file.hash = hash;
+      pending.entry.hash = hash;
+    });
   }
 }
 
 /** Big files alone, small ones in groups, so that every job is a few milliseconds or one file. */
-function jobsFor(record: UnitRecord, indexes: number[]): HashJob[] {
-  const ids = record.result!.ids;
-  const jobs: HashJob[] = [];
-  let small: HashJob | undefined;
-  for (const index of indexes) {
-    const bytes = Number(ids[index * 3 + 2]);
+class JobBuilder {
+  readonly jobs: HashJob[] = [];
+  private small: HashJob | undefined;
+
+  add(pending: PendingFile, mode: number): void {
+    const bytes = pending.file.size;
     if (bytes > LARGE_FILE_BYTES) {
-      jobs.push({ record, indexes: [index], bytes });
-      continue;
+      this.jobs.push({ files: [pending], modes: [mode], bytes });
+      return;
     }
-    if (small === undefined || small.bytes + bytes > UNIT_BYTE_BUDGET || small.indexes.length === JOB_MAX_FILES) {
-      small = { record, indexes: [], bytes: 0 };
-      jobs.push(small);
+    if (this.small === undefined || this.small.bytes + bytes > UNIT_BYTE_BUDGET || this.small.files.length === JOB_MAX_FILES) {
+      this.small = { files: [], modes: [], bytes: 0 };
+      this.jobs.push(this.small);
     }
-    small.indexes.push(index);
-    small.bytes += bytes;
+    this.small.files.push(pending);
+    this.small.modes.push(mode);
+    this.small.bytes += bytes;
   }
-  return jobs;
+
+  take(): HashJob[] {
+    const jobs = this.jobs.splice(0, this.jobs.length);
+    this.small = undefined;
+    return jobs;
+  }
 }
 
 function workerError(root: string, error: WorkerFileError): KaosError {
@@ -465,7 +522,10 @@ class CacheCursor {
   private readonly packed: Int32Array;
   private position = 0;
 
-  constructor(private readonly cache: Map<string, StatCacheEntry>) {
+  constructor(
+    private readonly cache: Map<string, StatCacheEntry>,
+    private readonly limits: RacyLimits,
+  ) {
     this.keys = Array.from(cache.keys());
     this.values = Array.from(cache.values());
     const slots = new BigInt64Array(this.values.length * 5);
@@ -482,7 +542,8 @@ class CacheCursor {
   }
 
   /** The entry for `path` if it still describes the file (same stat, outside the racy window). */
-  unchanged(path: string, result: UnitResult, halves: StatHalves, index: number, limits: RacyLimits): StatCacheEntry | undefined {
+  unchanged(path: string, result: UnitResult, halves: StatHalves, index: number): StatCacheEntry | undefined {
+    const limits = this.limits;
     let slot = -1;
     while (this.position < this.keys.length) {
       const key = this.keys[this.position]!;
@@ -605,18 +666,6 @@ function ignoreRules(root: string, extra: string[] | undefined): string[] | null
   return rules.length === 0 ? null : rules;
 }
 
-/** Walk records in path order: a record's own files, then each child's subtree. */
-function inPathOrder(root: UnitRecord): UnitRecord[] {
-  const ordered: UnitRecord[] = [];
-  const stack = [root];
-  while (stack.length > 0) {
-    const record = stack.pop()!;
-    ordered.push(record);
-    for (let index = record.children.length - 1; index >= 0; index--) stack.push(record.children[index]!);
-  }
-  return ordered;
-}
-
 export async function hashTree(root: string, options: HashTreeOptions = {}): Promise<TreeHash> {
   const absoluteRoot = resolvePath(root);
   // Taken before anything is read, so that every file read in this call was
@@ -626,166 +675,166 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
   const rules = ignoreRules(absoluteRoot, options.ignore);
   const workers = workersFor(options.workers);
   const store = options.statCache;
-  const cache = store === undefined ? undefined : await store.load(absoluteRoot);
   const savedAt = store?.savedAt?.(absoluteRoot);
+  const run = new TreeRun(
+    absoluteRoot,
+    workers,
+    {
+      rootPrefix: absoluteRoot.endsWith("/") ? absoluteRoot : `${absoluteRoot}/`,
+      ignoreRules: rules,
+      // Without entries to trust every file is read anyway: read it while walking.
+      hashInline: savedAt === undefined,
+      entryBudget: UNIT_ENTRY_BUDGET,
+      largeFileBytes: LARGE_FILE_BYTES,
+      byteBudget: UNIT_BYTE_BUDGET,
+    },
+    { unit: { prefix: "", names: null }, children: [] },
+  );
+  // The workers are walking already while the cache loads.
+  let cache: Map<string, StatCacheEntry> | undefined;
+  try {
+    cache = store === undefined ? undefined : await store.load(absoluteRoot);
+  } catch (error) {
+    run.abandon(error);
+    throw error;
+  }
   const limits = savedAt === undefined ? undefined : { fine: savedAt - RACY_WINDOW_FINE_NS, coarse: savedAt - RACY_WINDOW_COARSE_NS };
-  const cursor = cache === undefined || cache.size === 0 || limits === undefined ? undefined : new CacheCursor(cache);
-
-  const run = new TreeRun(absoluteRoot, workers, {
-    rootPrefix: absoluteRoot.endsWith("/") ? absoluteRoot : `${absoluteRoot}/`,
-    ignoreRules: rules,
-    // Without entries to trust every file is read anyway: read it while walking.
-    hashInline: cursor === undefined,
-    entryBudget: UNIT_ENTRY_BUDGET,
-    largeFileBytes: LARGE_FILE_BYTES,
-    byteBudget: UNIT_BYTE_BUDGET,
+  const cursor = cache === undefined || cache.size === 0 || limits === undefined ? undefined : new CacheCursor(cache, limits);
+  const listing = new Listing(cursor);
+  run.consume((record) => {
+    const jobs = listing.add(record);
+    if (jobs.length > 0) run.addJobs(jobs);
   });
-  const top: UnitRecord = { unit: { prefix: "", names: null }, children: [] };
-  await run.walk(top);
-  const records = inPathOrder(top);
-
-  let cacheHits = 0;
-  let misses = 0;
-  if (cursor !== undefined && limits !== undefined) {
-    const jobs: HashJob[] = [];
-    for (const record of records) {
-      const result = record.result!;
-      const paths = record.paths!;
-      const hits: (StatCacheEntry | undefined)[] = (record.hits = new Array<StatCacheEntry | undefined>(paths.length));
-      const halves = halvesOf(result);
-      let unread: number[] | undefined;
-      for (let index = 0; index < paths.length; index++) {
-        if (result.status[index] !== STATUS_STATTED) continue;
-        const entry = cursor.unchanged(paths[index]!, result, halves, index, limits);
-        if (entry !== undefined) {
-          hits[index] = entry;
-          cacheHits++;
-        } else {
-          (unread ??= []).push(index);
-          misses++;
-        }
-      }
-      if (unread !== undefined) jobs.push(...jobsFor(record, unread));
-    }
-    if (jobs.length > 0) await run.hash(jobs);
-  }
-  // Skip the save when every cached entry was hit and nothing else was read.
-  const unchanged = cursor !== undefined && misses === 0 && cacheHits === cache?.size;
-  return assemble(absoluteRoot, records, store !== undefined && !unchanged, cacheHits, async (entries) => {
-    await store?.save(absoluteRoot, entries, cacheTimeNs);
-  });
+  await run.finished();
+  const tree = listing.finish(absoluteRoot);
+  // Skip the save when every cached entry was hit and nothing was read.
+  const unchanged = cursor !== undefined && listing.read === 0 && listing.cacheHits === cache?.size;
+  if (store !== undefined && !unchanged) await store.save(absoluteRoot, listing.entries, cacheTimeNs);
+  return tree;
 }
 
-/**
- * Feeds the "kaos-tree-v1" lines to SHA-256 through one reused buffer rather
- * than a string per file.
- */
-class TreeDigest {
-  private readonly digest = createHash("sha256");
-  private readonly buffer = Buffer.allocUnsafe(1 << 16);
-  private used = 0;
+/** The listing of one tree, built in path order as walk results come in. */
+class Listing {
+  files: TreeFile[] = [];
+  /** Parallel to `files`: what the stat cache will hold for each. */
+  entries: StatCacheEntry[] = [];
+  cacheHits = 0;
+  /** Files whose content this run reads (or read while walking), and their bytes. */
+  read = 0;
+  readBytes = 0;
+  private readonly digest = new TreeDigest();
+  /** The digest is fed in path order for as long as every hash is already known. */
+  private streaming = true;
+  private readonly jobs = new JobBuilder();
 
-  constructor() {
-    this.used = this.buffer.write(TREE_HASH_HEADER, 0, "latin1");
-  }
+  constructor(private readonly cursor: CacheCursor | undefined) {}
 
-  add(file: TreeFile): void {
-    // Worst case: mode, two NULs, 3 bytes per UTF-16 unit of the path, hash, newline.
-    const needed = 7 + 2 + file.path.length * 3 + 64 + 1;
-    if (this.used + needed > this.buffer.length) {
-      this.flush();
-      if (needed > this.buffer.length) {
-        this.digest.update(`${file.mode}\0${file.path}\0${file.hash}\n`, "utf8");
-        return;
-      }
-    }
-    const buffer = this.buffer;
-    let at = this.used;
-    at += buffer.write(file.mode, at, "latin1");
-    buffer[at++] = 0;
-    at += buffer.write(file.path, at, "utf8");
-    buffer[at++] = 0;
-    at += buffer.write(file.hash, at, "latin1");
-    buffer[at++] = 10;
-    this.used = at;
-  }
-
-  private flush(): void {
-    this.digest.update(this.buffer.subarray(0, this.used));
-    this.used = 0;
-  }
-
-  finish(): string {
-    this.flush();
-    return this.digest.digest("hex");
-  }
-}
-
-async function assemble(
-  root: string,
-  records: UnitRecord[],
-  saveNeeded: boolean,
-  cacheHits: number,
-  save: (entries: StatCacheEntry[]) => Promise<void>,
-): Promise<TreeHash> {
-  const files: TreeFile[] = [];
-  const entries: StatCacheEntry[] = [];
-  const digest = new TreeDigest();
-  let bytes = 0;
-  let hashedFiles = 0;
-  let hashedBytes = 0;
-  for (const record of records) {
+  /** Takes one walk result; returns the hash jobs for what must be read. */
+  add(record: UnitRecord): HashJob[] {
     const result = record.result!;
-    const paths = record.paths!;
-    let nextInlineHash = 0;
-    for (let index = 0; index < paths.length; index++) {
+    const count = result.status.length;
+    const paths = count === 0 ? [] : result.paths.split("\0");
+    const cursor = this.cursor;
+    const halves = cursor === undefined ? undefined : halvesOf(result);
+    let inlineHashes = 0;
+    for (let index = 0; index < count; index++) {
       const status = result.status[index];
       if (status === STATUS_VANISHED) continue;
       const path = paths[index]!;
-      const hit = record.hits?.[index];
-      let file: TreeFile;
-      if (hit !== undefined) {
-        file = { path, mode: hit.mode, size: hit.size, hash: hit.hash };
-        if (saveNeeded) entries.push(hit);
-      } else {
-        let hash: string;
-        if (status === STATUS_HASHED) {
-          hash = result.hashes.slice(nextInlineHash * 64, nextInlineHash * 64 + 64);
-          nextInlineHash++;
-        } else {
-          hash = record.late?.get(index) ?? "";
-          if (hash === "") continue;
+      if (status === STATUS_STATTED && cursor !== undefined) {
+        const hit = cursor.unchanged(path, result, halves!, index);
+        if (hit !== undefined) {
+          const file: TreeFile = { path, mode: hit.mode, size: hit.size, hash: hit.hash };
+          this.files.push(file);
+          this.entries.push(hit);
+          this.cacheHits++;
+          if (this.streaming) this.digest.add(file);
+          continue;
         }
-        const mode = MODE_NAMES[result.modes[index]!]!;
-        const size = Number(result.ids[index * 3 + 2]);
-        file = { path, mode, size, hash };
-        if (saveNeeded) {
-          entries.push({
-            path,
-            dev: result.ids[index * 3]!,
-            ino: result.ids[index * 3 + 1]!,
-            size,
-            mtimeNs: result.times[index * 2]!,
-            ctimeNs: result.times[index * 2 + 1]!,
-            mode,
-            hash,
-          });
-        }
-        hashedFiles++;
-        hashedBytes += size;
       }
-      files.push(file);
-      bytes += file.size;
-      digest.add(file);
+      const modeCode = result.modes[index]!;
+      const mode = MODE_NAMES[modeCode]!;
+      const size = Number(result.ids[index * 3 + 2]);
+      let hash = "";
+      if (status === STATUS_HASHED) hash = result.hashes.slice(inlineHashes * 64, ++inlineHashes * 64);
+      const file: TreeFile = { path, mode, size, hash };
+      const entry: StatCacheEntry = {
+        path,
+        dev: result.ids[index * 3]!,
+        ino: result.ids[index * 3 + 1]!,
+        size,
+        mtimeNs: result.times[index * 2]!,
+        ctimeNs: result.times[index * 2 + 1]!,
+        mode,
+        hash,
+      };
+      this.files.push(file);
+      this.entries.push(entry);
+      this.read++;
+      this.readBytes += size;
+      if (hash === "") {
+        this.streaming = false;
+        this.jobs.add({ file, entry }, modeCode);
+      } else if (this.streaming) {
+        this.digest.add(file);
+      }
+    }
+    return this.jobs.take();
+  }
+
+  finish(root: string): TreeHash {
+    let digest = this.digest;
+    if (!this.streaming) {
+      if (this.files.some((file) => file.hash === "")) {
+        // Files that vanished before their job could read them are not part of the tree.
+        const files: TreeFile[] = [];
+        const entries: StatCacheEntry[] = [];
+        this.files.forEach((file, index) => {
+          if (file.hash !== "") {
+            files.push(file);
+            entries.push(this.entries[index]!);
+            return;
+          }
+          this.read--;
+          this.readBytes -= file.size;
+        });
+        this.files = files;
+        this.entries = entries;
+      }
+      digest = new TreeDigest();
+      for (const file of this.files) digest.add(file);
+    }
+    let bytes = 0;
+    for (const file of this.files) bytes += file.size;
+    return {
+      root,
+      hash: digest.finish(),
+      files: this.files,
+      stats: { files: this.files.length, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits },
+    };
+  }
+}
+
+/**
+ * Feeds the "kaos-tree-v1" lines to SHA-256 in 64 KiB strings: concatenating
+ * and encoding a chunk at once costs less than a Buffer write per field.
+ */
+class TreeDigest {
+  private readonly digest = createHash("sha256");
+  private chunk = TREE_HASH_HEADER;
+
+  add(file: TreeFile): void {
+    this.chunk += file.mode + "\0" + file.path + "\0" + file.hash + "\n";
+    if (this.chunk.length >= 1 << 16) {
+      this.digest.update(this.chunk, "utf8");
+      this.chunk = "";
     }
   }
-  if (saveNeeded) await save(entries);
-  return {
-    root,
-    hash: digest.finish(),
-    files,
-    stats: { files: files.length, bytes, hashedFiles, hashedBytes, cacheHits },
-  };
+
+  finish(): string {
+    this.digest.update(this.chunk, "utf8");
+    return this.digest.digest("hex");
+  }
 }
 
 // ---------------------------------------------------------------------------
