@@ -24,13 +24,21 @@
  * changed (or the config was invalid), then applies. Jobs whose inputs did not
  * change keep running through a restart; the next run starts when the current
  * one returns and skips whatever already succeeded. After a failed run, a rerun
- * whose only work is what failed, with identical keys, is not launched.
+ * whose only work is what failed, with identical keys, is not launched. After
+ * the first run, a change that leaves nothing to run records no run.
  *
- * Output (stderr, like `kaos up`'s progress). Without a terminal these plain
- * lines are printed and stay stable (scripts and tests match on them):
+ * Never a reason to rerun: anything under the project's `.kaos/`; `.git`,
+ * `node_modules` and `__pycache__` inside a bundle; what a bundle's
+ * `.kaosignore` excludes; the locks kaos writes beside manifests; editor swap,
+ * backup and temporary files (see EDITOR_TEMP). Directory creation alone is
+ * not a change either (an empty directory adds nothing to a tree hash).
+ *
+ * Output goes to stderr, like `kaos up`'s progress. Without a terminal these
+ * plain lines are printed and stay stable (scripts and tests match on them):
  *
  *     watching N paths in ROOT (debounce D ms, on change: restart|queue, events|polling every P ms); q then Enter or Ctrl-C quits
  *     initial run: S stages and J jobs to run, K skipped
+ *     initial run: nothing to run, every job is up to date
  *     change detected: S stages and J jobs to run, K skipped (PATH[ and N more])
  *     change detected: nothing to run, every job is up to date (PATH[ and N more])
  *     <the job and stage lines of `kaos up`>
@@ -41,17 +49,25 @@
  *     change during the run: cancelling N jobs whose inputs changed, M keep running; rerun queued
  *     change during the run: rerun queued
  *     unchanged since the failure; waiting for an edit
- *     error: MESSAGE  (and `hint: ...`, as `kaos up` prints them)
+ *     error: MESSAGE     (then `hint: HINT` when there is one: what `kaos up` prints)
  *     config invalid; waiting for a fix
  *     config reloaded
+ *     config reloaded; resuming
+ *     watching N paths in ROOT      (after a reload changed the watched paths)
  *     waiting for changes
- *     stopping: cancelling running jobs
+ *     stopping: cancelling running jobs   (or `stopping` when nothing runs)
  *     stopped
  *
- * On a terminal the same lines scroll above a status line redrawn in place
+ * PATH is relative to the project root. S counts the ingest and build stages
+ * that run; J and K the train jobs that run and are skipped.
+ *
+ * On a terminal the same lines scroll above one status line redrawn in place
  * (`watching 3 paths — last run succeeded`, `running 2 of 12 (3 done)`,
- * `failed: REASON`), and a `q` keypress quits.
+ * `failed: REASON — waiting for an edit`), and a `q` keypress quits. Ctrl-C,
+ * SIGTERM and `q` cancel the running jobs (recorded `cancelled`), release the
+ * lock and exit 0; a second Ctrl-C exits at once with 130.
  */
+import { createHash } from "node:crypto";
 import { existsSync, readFileSync, statSync, type Stats } from "node:fs";
 import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import ignore, { type Ignore } from "ignore";
@@ -59,7 +75,6 @@ import { DIRECTORY_LOCK_NAME } from "./manifest.js";
 import { findConfig } from "./config.js";
 import { apply, loadProject, openSession, plan as planSession, type Session } from "./engine.js";
 import { KaosError, describeError, isKaosError } from "./errors.js";
-import { hashString } from "./hash.js";
 import { colors, isInteractive } from "./output.js";
 import type { Plan } from "./plan.js";
 import { PlainReporter, type Reporter, type RunEvent } from "./progress.js";
@@ -207,10 +222,23 @@ function isDirectory(path: string): boolean {
   }
 }
 
-export function watchTargets(config: ResolvedConfig | undefined, stack: ResolvedStack | undefined, configFile: string): WatchTargets {
+/** The file of stack `name`, when there is one. */
+function stackFileOf(root: string, name: string | undefined): string | undefined {
+  if (name === undefined) return undefined;
+  return ["ts", "mts", "js", "mjs"].map((ext) => join(root, "stacks", `${name}.${ext}`)).find((file) => existsSync(file));
+}
+
+export function watchTargets(
+  config: ResolvedConfig | undefined,
+  stack: ResolvedStack | undefined,
+  configFile: string,
+  stackName: string | undefined,
+): WatchTargets {
   const root = dirname(configFile);
   const configFiles = new Set<string>([configFile]);
-  if (stack?.file !== undefined) configFiles.add(stack.file);
+  // A stack that did not load is still watched, so that fixing it resumes.
+  const stackFile = stack?.file ?? stackFileOf(root, stackName);
+  if (stackFile !== undefined) configFiles.add(stackFile);
   const bundles: Bundle[] = [];
   const manifestLocks: string[] = [];
   const paths = new Set<string>(configFiles);
@@ -293,7 +321,7 @@ function runItems(plan: Plan): Map<string, string[]> {
   for (const p of plan.pipelines) {
     const name = p.pipeline.name;
     // A manifest whose data key is only known after the download: its entries stand in for it.
-    const pending = `pending:${hashString(JSON.stringify(p.manifest?.entries ?? []))}`;
+    const pending = `pending:${createHash("sha256").update(JSON.stringify(p.manifest?.entries ?? [])).digest("hex")}`;
     const list: string[] = [];
     if (p.stages.ingest?.action === "run") list.push(`${name} ingest ${p.stages.ingest.key ?? pending}`);
     if (p.stages.build.action === "run") list.push(`${name} build ${p.stages.build.key ?? ""}`);
@@ -350,26 +378,33 @@ function failureReason(result: ExecuteResult): string {
 // ---------------------------------------------------------------------------
 // The terminal.
 
-type LogUpdate = ((text: string) => void) & { clear(): void; done(): void };
+const ERASE_LINE = "\r\u001b[2K";
 
-/** Lines on stderr; on a terminal, with a status line kept below them. */
+/**
+ * Lines on stderr; on a terminal, with one status line kept below them. The
+ * status line is a single line without a newline, erased and redrawn around
+ * every other write, and cut to the terminal's width so it never wraps.
+ */
 class Terminal {
   private status = "";
-  private update: LogUpdate | undefined;
+  private shown = false;
 
   constructor(readonly interactive: boolean) {}
 
-  async init(): Promise<void> {
-    if (!this.interactive) return;
-    const { createLogUpdate } = await import("log-update");
-    this.update = createLogUpdate(process.stderr, { showCursor: true });
+  private fit(text: string): string {
+    const columns = process.stderr.columns;
+    if (!columns || columns < 10) return text;
+    // eslint-disable-next-line no-control-regex
+    const visible = text.replace(/\u001b\[[0-9;]*m/g, "");
+    return visible.length < columns ? text : `${visible.slice(0, columns - 2)}…`;
   }
 
   /** Writes through `write` with the status line lifted out of the way. */
   around(write: () => void): void {
-    this.update?.clear();
+    if (this.shown) process.stderr.write(ERASE_LINE);
+    this.shown = false;
     write();
-    if (this.update && this.status) this.update(this.status);
+    this.draw();
   }
 
   line(text: string): void {
@@ -377,14 +412,23 @@ class Terminal {
   }
 
   setStatus(text: string): void {
+    if (text === this.status && this.shown) return;
     this.status = text;
-    if (this.update) this.update(text);
+    if (this.shown) process.stderr.write(ERASE_LINE);
+    this.shown = false;
+    this.draw();
+  }
+
+  private draw(): void {
+    if (!this.interactive || this.status === "") return;
+    process.stderr.write(this.fit(this.status));
+    this.shown = true;
   }
 
   close(): void {
-    this.update?.clear();
-    this.update?.done();
-    this.update = undefined;
+    if (this.shown) process.stderr.write(ERASE_LINE);
+    this.shown = false;
+    this.status = "";
   }
 }
 
@@ -475,7 +519,7 @@ class WatchSession {
     this.baseSession = base;
     this.session = loaded ? base : undefined;
     this.configError = configError;
-    this.targets = watchTargets(loaded?.config, loaded?.stack, configFile);
+    this.targets = watchTargets(loaded?.config, loaded?.stack, configFile, options.stackName);
     const watchConfig = loaded?.config.watch ?? { debounceMs: 200, onChange: "restart" as const };
     this.machine = new WatchMachine(
       {
@@ -517,7 +561,9 @@ class WatchSession {
     if (!this.terminal.interactive) return;
     const state = this.machine.state;
     let text: string;
-    if (state === "running" || state === "queued") {
+    if (this.stopping) {
+      text = this.c.yellow(this.current ? "stopping: cancelling running jobs" : "stopping");
+    } else if (state === "running" || state === "queued") {
       const counts = this.current?.reporter.counts();
       text = counts && counts.total > 0 ? `running ${counts.running} of ${counts.total} (${counts.done} done)` : "planning";
       if (state === "queued") text += " — rerun queued";
@@ -571,7 +617,7 @@ class WatchSession {
   }
 
   private retarget(config: ResolvedConfig, stack: ResolvedStack): void {
-    const next = watchTargets(config, stack, this.configFile);
+    const next = watchTargets(config, stack, this.configFile, this.options.stackName);
     const before = new Set(this.targets.paths);
     const after = new Set(next.paths);
     this.targets = next;
@@ -768,7 +814,6 @@ class WatchSession {
   // ------------------------------------------------------------- lifecycle
 
   async run(): Promise<number> {
-    await this.terminal.init();
     const stopKeys = this.listenForQuit();
     try {
       await this.startWatcher();
@@ -799,6 +844,7 @@ class WatchSession {
     }
     this.stopping = true;
     if (this.terminal.interactive) this.terminal.line(this.c.dim(why));
+    this.drawStatus();
     this.print(this.current ? "stopping: cancelling running jobs" : "stopping");
     this.machine.stop();
     this.quit.abort(new KaosError("JOBS_FAILED", "interrupted"));
@@ -862,8 +908,8 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
   try {
     loaded = await loadProject({ cwd: options.cwd, configPath: options.configPath, stackName: options.stackName });
   } catch (error) {
-    // A config that exists but does not load is watched until it does; anything else ends here.
-    if (!isKaosError(error) || !["CONFIG_INVALID", "CONFIG_LOAD", "HYPERPARAMS_INVALID"].includes(error.code)) throw error;
+    // A config or stack that exists but does not load is watched until it does; anything else ends here.
+    if (!isKaosError(error) || !["CONFIG_INVALID", "CONFIG_LOAD", "HYPERPARAMS_INVALID", "STACK_INVALID"].includes(error.code)) throw error;
     configError = error;
   }
   const configFile = loaded?.config.file ?? (options.configPath !== undefined ? resolve(options.cwd, options.configPath) : findConfig(options.cwd));
