@@ -78,6 +78,8 @@ export interface BuildOptions {
   modelDir: string;
   logFile: string;
   env: NodeJS.ProcessEnv;
+  /** The build job: its processes carry it, so that they can be found and stopped (see spawnLogged). */
+  jobId?: string;
   /** Called with each step's process, so that a cancel can stop it. */
   onProcess?: (process: RunningProcess | undefined) => void;
   isCancelled?: () => boolean;
@@ -99,7 +101,7 @@ export async function buildEnvironment(options: BuildOptions): Promise<string> {
   const step = async (command: string, args: string[]) => {
     if (options.isCancelled?.()) throw new KaosError("BUILD_FAILED", "build cancelled");
     log(`$ ${[command, ...args].join(" ")}`);
-    const running = spawnLogged({ command, args, cwd: options.modelDir, env: options.env, logFile: options.logFile });
+    const running = spawnLogged({ command, args, cwd: options.modelDir, env: options.env, logFile: options.logFile, jobId: options.jobId });
     options.onProcess?.(running);
     const result = await running.done;
     options.onProcess?.(undefined);

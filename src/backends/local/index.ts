@@ -359,6 +359,7 @@ export class LocalBackend implements PlanOracle {
         python,
         modelDir: join(paths.source, "model"),
         logFile: paths.log,
+        jobId: job.id,
         env: { ...process.env, PIP_DISABLE_PIP_VERSION_CHECK: "1" },
         onProcess: (running) => {
           current = running;
@@ -445,6 +446,7 @@ export class LocalBackend implements PlanOracle {
         logFile: paths.log,
         memoryLimitBytes: resources.memoryBytes,
         memoryLimitText: resources.memory,
+        jobId: record.id,
       });
       this.running.set(record.id, { process: current, job: record, cancel });
       this.state.markRunning(record.id, current.pid);

@@ -31,7 +31,16 @@ export interface SpawnOptions {
   logFile: string;
   memoryLimitBytes?: number | undefined;
   memoryLimitText?: string | undefined;
+  /**
+   * The job this process runs for. It is passed as KAOS_JOB_ID, and every
+   * process still carrying it when the script ends is stopped too, even one
+   * that left the process group (setsid daemons).
+   */
+  jobId?: string | undefined;
 }
+
+/** The environment variable that tags every process of a job. */
+export const JOB_TAG = "KAOS_JOB_ID";
 
 /** Writes `<ISO time> <stream> | <line>` for every complete line of a stream. */
 class LineLogger {
@@ -101,11 +110,57 @@ export function killGroup(pgid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/**
+ * Live processes whose environment holds `KAOS_JOB_ID=<jobId>` (Linux /proc;
+ * none elsewhere), with their process groups. The tag is inherited by every
+ * descendant that does not scrub its environment, so it finds a job's
+ * processes even after they left its process group or lost their parent.
+ */
+export function processesOfJob(jobId: string): { pid: number; pgid: number }[] {
+  const needle = `${JOB_TAG}=${jobId}`;
+  let entries: string[];
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return [];
+  }
+  const found: { pid: number; pgid: number }[] = [];
+  for (const entry of entries) {
+    if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (fields[0] === "Z") continue;
+      const environ = readFileSync(`/proc/${entry}/environ`, "latin1");
+      if (!environ.split("\0").includes(needle)) continue;
+      found.push({ pid: Number(entry), pgid: Number(fields[2]) });
+    } catch {
+      // ended meanwhile, or another user's
+    }
+  }
+  return found;
+}
+
+/** Signals every process of a job: the groups it leads and each tagged process. Returns how many were found. */
+export function signalJob(jobId: string, signal: NodeJS.Signals): number {
+  const processes = processesOfJob(jobId);
+  for (const { pid, pgid } of processes) {
+    if (pgid === pid) killGroup(pgid, signal);
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+  return processes.length;
+}
+
 export function spawnLogged(options: SpawnOptions): RunningProcess {
   const log = createWriteStream(options.logFile, { flags: "a" });
+  const jobId = options.jobId;
   const child = spawn(options.command, options.args, {
     cwd: options.cwd,
-    env: options.env,
+    env: jobId === undefined ? options.env : { ...options.env, [JOB_TAG]: jobId },
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -151,12 +206,24 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
         log.end(() => resolve({ exitCode: null, signal: null, reason, oomKilled }));
       }
     });
+    child.on("exit", () => {
+      // Children that outlived the script (daemons it forked) go with it. Now,
+      // not at "close": a daemon holding the script's stdout would otherwise
+      // keep the job running until the daemon ends.
+      killGroup(pid, "SIGKILL");
+      if (jobId !== undefined) signalJob(jobId, "SIGKILL");
+      // A process that escaped both (new session, scrubbed environment) may
+      // still hold the pipes: stop waiting for them after a moment.
+      setTimeout(() => {
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+      }, 2_000).unref();
+    });
     child.on("close", (exitCode, signal) => {
       if (settled) return;
       settled = true;
       if (memoryTimer) clearInterval(memoryTimer);
       if (killTimer) clearTimeout(killTimer);
-      // Children that outlived the script (daemons it forked) go with it.
       killGroup(pid, "SIGKILL");
       stdout.flush();
       stderr.flush();
