@@ -6,6 +6,7 @@
 import { validateSourceBundle } from "./bundle.js";
 import { KaosError } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
+import { stopOrphanedJobs } from "./backends/local/process.js";
 import { readLock, readManifest } from "./manifest.js";
 import { buildPlan, type Plan } from "./plan.js";
 import type { Reporter } from "./progress.js";
@@ -77,7 +78,9 @@ export interface ApplyResult {
 export async function apply(session: Session, options: ApplyOptions): Promise<ApplyResult> {
   const lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
   try {
-    session.state.recoverInterrupted();
+    const interrupted = session.state.recoverInterrupted();
+    // Their kaos died without stopping them: stop them before anything reruns.
+    await stopOrphanedJobs(interrupted.map((job) => job.id));
     const current = await plan(session, { force: options.force, refresh: options.refresh });
     session.backend.checkResources(current);
     options.onPlan?.(current);

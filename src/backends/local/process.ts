@@ -155,6 +155,24 @@ export function signalJob(jobId: string, signal: NodeJS.Signals): number {
   return processes.length;
 }
 
+/**
+ * Stops what is left of jobs whose kaos died (SIGKILL, a crash): their train
+ * scripts and builds keep running without anyone to record them. SIGTERM,
+ * then SIGKILL after `graceMs`. Only processes tagged with the job's id are
+ * touched, so a recorded pid that now belongs to someone else is safe.
+ */
+export async function stopOrphanedJobs(jobIds: readonly string[], graceMs = 3_000): Promise<number> {
+  let stopped = 0;
+  for (const id of jobIds) stopped += signalJob(id, "SIGTERM") > 0 ? 1 : 0;
+  if (stopped === 0) return 0;
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline && jobIds.some((id) => processesOfJob(id).length > 0)) {
+    await new Promise((done) => setTimeout(done, 50));
+  }
+  for (const id of jobIds) signalJob(id, "SIGKILL");
+  return stopped;
+}
+
 export function spawnLogged(options: SpawnOptions): RunningProcess {
   const log = createWriteStream(options.logFile, { flags: "a" });
   const jobId = options.jobId;
