@@ -452,11 +452,13 @@ export class LocalBackend implements PlanOracle {
       this.state.markRunning(record.id, current.pid);
       this.record(reporter, record.id);
       const result = await current.done;
-      if (cancelledReason) return finish("cancelled", result.exitCode, cancelledReason);
-      if (result.oomKilled) return finish("failed", result.exitCode, result.reason ?? "OOMKilled");
-      if (result.exitCode === 0) return finish("succeeded", 0, null);
+      // Told with the job's result, since the log that would say it could not be written.
+      const logNote = result.logError === undefined ? "" : `; its log could not be written (${result.logError})`;
+      if (cancelledReason) return finish("cancelled", result.exitCode, cancelledReason + logNote);
+      if (result.oomKilled) return finish("failed", result.exitCode, (result.reason ?? "OOMKilled") + logNote);
+      if (result.exitCode === 0) return finish("succeeded", 0, logNote === "" ? null : `succeeded${logNote}`);
       const reason = result.reason ?? (result.signal ? `killed by ${result.signal}` : `exited with code ${result.exitCode}`);
-      return finish("failed", result.exitCode, reason);
+      return finish("failed", result.exitCode, reason + logNote);
     } catch (error) {
       return finish(cancelledReason ? "cancelled" : "failed", null, cancelledReason ?? describeError(error));
     } finally {

@@ -6,6 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import { createWriteStream, readdirSync, readFileSync, type WriteStream } from "node:fs";
+import { describeError } from "../../errors.js";
 import { formatBytes } from "../../output.js";
 
 export interface ProcessResult {
@@ -14,6 +15,8 @@ export interface ProcessResult {
   /** Set when kaos ended the process: out of memory, or cancelled. */
   reason: string | undefined;
   oomKilled: boolean;
+  /** Set when the log could not be written (a full disk): what the process printed from then on is lost. */
+  logError: string | undefined;
 }
 
 export interface RunningProcess {
@@ -42,11 +45,41 @@ export interface SpawnOptions {
 /** The environment variable that tags every process of a job. */
 export const JOB_TAG = "KAOS_JOB_ID";
 
+/**
+ * A job's log file. A write that fails (a full disk) must not take kaos down
+ * with an unhandled stream error: the failure is kept, later lines are
+ * dropped, and the process's output is still drained so it never blocks.
+ */
+class LogFile {
+  private readonly out: WriteStream;
+  error: string | undefined;
+
+  constructor(file: string) {
+    this.out = createWriteStream(file, { flags: "a" });
+    this.out.on("error", (error) => {
+      this.error ??= describeError(error);
+    });
+  }
+
+  write(text: string): void {
+    if (this.error === undefined && !this.out.destroyed) this.out.write(text);
+  }
+
+  /** Resolves once everything written is on disk, or the stream failed. */
+  end(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.out.destroyed || this.out.closed) return resolve();
+      this.out.once("close", () => resolve());
+      this.out.end();
+    });
+  }
+}
+
 /** Writes `<ISO time> <stream> | <line>` for every complete line of a stream. */
 class LineLogger {
   private pending = "";
   constructor(
-    private readonly out: WriteStream,
+    private readonly out: LogFile,
     private readonly stream: "stdout" | "stderr",
   ) {}
 
@@ -174,7 +207,7 @@ export async function stopOrphanedJobs(jobIds: readonly string[], graceMs = 3_00
 }
 
 export function spawnLogged(options: SpawnOptions): RunningProcess {
-  const log = createWriteStream(options.logFile, { flags: "a" });
+  const log = new LogFile(options.logFile);
   const jobId = options.jobId;
   const child = spawn(options.command, options.args, {
     cwd: options.cwd,
@@ -221,7 +254,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
       if (child.pid === undefined && !settled) {
         settled = true;
         if (memoryTimer) clearInterval(memoryTimer);
-        log.end(() => resolve({ exitCode: null, signal: null, reason, oomKilled }));
+        void log.end().then(() => resolve({ exitCode: null, signal: null, reason, oomKilled, logError: log.error }));
       }
     });
     child.on("exit", () => {
@@ -245,7 +278,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
       killGroup(pid, "SIGKILL");
       stdout.flush();
       stderr.flush();
-      log.end(() => resolve({ exitCode, signal, reason, oomKilled }));
+      void log.end().then(() => resolve({ exitCode, signal, reason, oomKilled, logError: log.error }));
     });
   });
   return { pid, done, stop };
