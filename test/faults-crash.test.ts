@@ -1,0 +1,310 @@
+/**
+ * Crash safety: `kaos up` killed with SIGKILL at many points (start-up and
+ * hashing, the build, a running sweep, recording results, an ingest) and run
+ * again. After every kill the state opens (`kaos train list`), and nothing
+ * `.kaos/` trusts is incomplete: every object hashes to its name, every
+ * environment and snapshot has its completion marker. After each series, a
+ * last `kaos up` must succeed and leave: no job queued or running, no job key
+ * (train or build) succeeded twice (finished work is never redone), nothing
+ * left to run, and no process of any killed run still alive.
+ *
+ * Kill points are driven by what kaos prints (a job line), by files appearing
+ * in `.kaos/`, or by a delay after one of those; which one is given in each
+ * point's label. The normal run tries about 30; KAOS_FAULTS_LONG=1 adds
+ * randomized points (seed printed) for a longer soak.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import {
+  eventually,
+  jobRows,
+  killTagged,
+  killWhen,
+  listJobs,
+  pidAlive,
+  processesWithEnv,
+  trustProblems,
+} from "./helpers/faults.js";
+import { sha256OfGenerated, startServer, type TestServer } from "./helpers/http-server.js";
+import { TRAIN_SCRIPT, trainingProject } from "./helpers/jobs.js";
+import { makeProject, runKaos, sleep, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
+
+const LONG = process.env.KAOS_FAULTS_LONG === "1";
+const TAG_NAME = "KAOS_FAULTS_TAG";
+const tag = randomBytes(6).toString("hex");
+const projects: Project[] = [];
+let killPointsTried = 0;
+
+afterEach(() => killTagged(TAG_NAME, tag));
+afterAll(() => {
+  killTagged(TAG_NAME, tag);
+  projects.forEach((project) => project.remove());
+  // The count the issue asks for, in the test output.
+  console.log(`faults-crash: ${killPointsTried} kill points tried${LONG ? " (long variant)" : ""}`);
+});
+
+interface KillPoint {
+  label: string;
+  wait: (live: LiveKaos, dir: string) => Promise<unknown>;
+}
+
+const afterStart = (ms: number): KillPoint => ({ label: `${ms} ms after start`, wait: () => sleep(ms) });
+
+const afterOutput = (pattern: RegExp, ms = 0): KillPoint => ({
+  label: `${ms} ms after ${String(pattern)}`,
+  wait: async (live) => {
+    await live.waitFor(pattern, 60_000);
+    await sleep(ms);
+  },
+});
+
+const afterFile = (what: string, found: (dir: string) => boolean, ms = 0): KillPoint => ({
+  label: `${ms} ms after ${what} appears`,
+  wait: async (_live, dir) => {
+    if (!(await eventually(() => found(dir), 30_000, 5))) throw new Error(`${what} never appeared`);
+    await sleep(ms);
+  },
+});
+
+const entriesOf = (dir: string): string[] => {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+};
+const buildingEnv = (dir: string) => entriesOf(join(dir, ".kaos", "envs")).some((name) => name.startsWith(".building-"));
+const downloading = (dir: string) => entriesOf(join(dir, ".kaos", "objects", "tmp")).length > 0;
+/** A partial download whose validators were saved, which a later run may resume. */
+const resumable = (dir: string) => entriesOf(join(dir, ".kaos", "objects", "tmp")).some((name) => name.startsWith("dl-") && name.endsWith(".json"));
+
+/** A deterministic sequence for the long variant's random points. */
+function random(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state * 1664525 + 1013904223) >>> 0;
+    return state / 2 ** 32;
+  };
+}
+
+interface SeriesOutcome {
+  kills: number;
+  interrupted: number;
+}
+
+/**
+ * Runs `kaos up` once per kill point, SIGKILLs it there, and checks what a
+ * crash may leave; then a last `kaos up` that must finish, and the invariants.
+ */
+async function series(made: Project, points: KillPoint[], env: Record<string, string> = {}): Promise<SeriesOutcome> {
+  const runEnv = { [TAG_NAME]: tag, KAOS_TEST_LOG: made.path("marks.log"), ...env };
+  let kills = 0;
+  for (const point of points) {
+    const { killed, result } = await killWhen(["up"], { cwd: made.dir, env: runEnv }, (live) => point.wait(live, made.dir));
+    if (!killed) {
+      // It finished first: that is a run, not a kill point, and it must have gone well.
+      expect(result.code, `${point.label}: finished before the kill point\n${result.stderr}`).toBe(0);
+      continue;
+    }
+    kills += 1;
+    killPointsTried += 1;
+    // The state opens cleanly for a reader, and nothing trusted is half-made.
+    await listJobs(made.dir);
+    expect(trustProblems(made.dir), point.label).toEqual([]);
+  }
+  const last = await runKaos(["up"], { cwd: made.dir, env: runEnv, timeoutMs: 120_000 });
+  expect(last.code, last.stderr).toBe(0);
+
+  const rows = jobRows(made.dir);
+  expect(rows.filter((row) => row.state === "queued" || row.state === "running")).toEqual([]);
+  // Finished work is never redone: no job key and no environment succeeds twice.
+  const successes = new Map<string, number>();
+  for (const row of rows.filter((r) => r.state === "succeeded")) {
+    const key = `${row.stage} ${row.key}`;
+    successes.set(key, (successes.get(key) ?? 0) + 1);
+  }
+  expect([...successes].filter(([, count]) => count > 1)).toEqual([]);
+  // Unfinished work was done: nothing is left to run.
+  const plan = await runKaos(["plan", "--json"], { cwd: made.dir, env: runEnv });
+  expect(plan.code, plan.stderr).toBe(0);
+  expect((JSON.parse(plan.stdout) as { changes: boolean }).changes).toBe(false);
+  // What the killed runs left running was stopped.
+  expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  expect(trustProblems(made.dir)).toEqual([]);
+  return { kills, interrupted: rows.filter((row) => row.reason?.startsWith("interrupted")).length };
+}
+
+function project(options: Parameters<typeof trainingProject>[0]): Project {
+  const made = makeProject(trainingProject(options), "kaos-crash-");
+  projects.push(made);
+  return made;
+}
+
+function extraPoints(seed: number, count: number, maxMs: number): KillPoint[] {
+  if (!LONG) return [];
+  const next = random(seed);
+  return Array.from({ length: count }, () => afterStart(Math.floor(next() * maxMs)));
+}
+
+describe("crash safety: kaos up killed with SIGKILL and run again", () => {
+  it("a cold project: start-up, hashing, build, first jobs, results being recorded", async () => {
+    const made = project({ grid: { score: [1, 2, 3, 4, 5, 6], sleep: 0.3 }, parallelism: 2 });
+    const points = [
+      afterStart(0),
+      afterStart(250),
+      afterFile("a half-built environment", buildingEnv),
+      afterOutput(/p build \w+ +running/, 0),
+      afterOutput(/p build \w+ +running/, 80),
+      afterOutput(/p build \w+ +succeeded/, 0),
+      afterOutput(/p train 1\/6 \w+ .*running/, 0),
+      afterOutput(/p train \d\/6 \w+ .*succeeded/, 0),
+      afterOutput(/p train [3-6]\/6 \w+ .*running/, 100),
+      ...extraPoints(1, 20, 4000),
+    ];
+    const outcome = await series(made, points);
+    expect(outcome.kills).toBeGreaterThanOrEqual(6);
+  }, 240_000);
+
+  it("rebuilds killed at swept points inside the build (requirements edited each time)", async () => {
+    const made = project({ grid: { score: [1, 2], sleep: 0.1 }, parallelism: 2 });
+    const delays = [0, 30, 60, 100, 150, 220, 300];
+    let kills = 0;
+    // Each edit makes a new environment key, so every run builds; the last run of each finishes the build.
+    for (const [index, delay] of delays.entries()) {
+      writeFileSync(made.path("src/model/requirements.txt"), `# edit ${index}\n`);
+      const outcome = await series(made, [afterFile("a half-built environment", buildingEnv, delay)]);
+      kills += outcome.kills;
+    }
+    for (const extra of extraPoints(2, 10, 2000)) {
+      writeFileSync(made.path("src/model/requirements.txt"), `# extra ${extra.label}\n`);
+      kills += (await series(made, [extra])).kills;
+    }
+    expect(kills).toBeGreaterThanOrEqual(4);
+    // Exactly one complete environment per key that finished; half-built ones were swept away by later builds.
+    const envs = readdirSync(made.path(".kaos", "envs"));
+    expect(envs.filter((name) => !name.startsWith(".")).length).toBeGreaterThanOrEqual(delays.length);
+  }, 240_000);
+
+  it("a running sweep killed at swept delays: finished jobs are kept, interrupted ones rerun", async () => {
+    const made = project({ grid: { score: [1, 2, 3, 4, 5, 6, 7, 8], sleep: 0.25 }, parallelism: 2 });
+    // Build once so that every point below lands in the sweep.
+    writeFileSync(made.path("grid.json"), JSON.stringify({ score: [0], sleep: 0 }));
+    expect((await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } })).code).toBe(0);
+    writeFileSync(made.path("grid.json"), JSON.stringify({ score: [1, 2, 3, 4, 5, 6, 7, 8], sleep: 0.25 }));
+    const points = [0, 120, 240, 360, 480, 600, 720, 840].map((ms) => afterOutput(/p train \d\/8 \w+ .*running/, ms));
+    const outcome = await series(made, [...points, ...extraPoints(3, 20, 3000)]);
+    expect(outcome.kills).toBeGreaterThanOrEqual(5);
+    // Jobs caught running were recorded as interrupted by the next run, then rerun.
+    expect(outcome.interrupted).toBeGreaterThan(0);
+    const train = jobRows(made.dir).filter((row) => row.stage === "train" && row.state === "succeeded");
+    expect(new Set(train.map((row) => row.params)).size).toBe(9);
+  }, 240_000);
+
+  it("an ingest killed mid-download resumes, and no partial download is ever trusted", async () => {
+    // Two small files, and one big enough (over 16 MiB) that kaos keeps its partial download across a kill.
+    const sizes: Record<number, number> = { 1: 1 << 20, 2: 1 << 20, 3: 24 << 20 };
+    const server: TestServer = await startServer(
+      Object.fromEntries([
+        ["/value.txt", { body: "remote" }],
+        ...[1, 2, 3].map((seed) => [
+          `/big${seed}.bin`,
+          { generated: { size: sizes[seed]!, seed }, chunkSize: seed === 3 ? 256 << 10 : 64 << 10, chunkDelayMs: 20, etag: `"big${seed}"` },
+        ]),
+      ]),
+    );
+    try {
+      const made = makeProject(
+        {
+          "kaos.config.ts": `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: { p: { source: "src", manifest: "m.jsonl", hyperparams: "grid.json" } } });\n`,
+          "grid.json": JSON.stringify({ score: [1, 2] }),
+          "m.jsonl": [
+            { url: `${server.url}/value.txt`, path: "value.txt" },
+            ...[1, 2, 3].map((seed) => ({ url: `${server.url}/big${seed}.bin`, path: `big/${seed}.bin` })),
+          ]
+            .map((line) => JSON.stringify(line))
+            .join("\n"),
+          ...under("src", trivialSourceBundle(TRAIN_SCRIPT)),
+        },
+        "kaos-crash-",
+      );
+      projects.push(made);
+      const points = [
+        afterFile("a download in objects/tmp", downloading, 0),
+        afterFile("a download in objects/tmp", downloading, 150),
+        afterFile("a resumable partial download", resumable, 0),
+        afterFile("a resumable partial download", resumable, 150),
+        afterOutput(/p ingest \w+ +running/, 300),
+        afterOutput(/p ingest \w+ +running/, 600),
+        afterOutput(/p ingest \w+ +running/, 900),
+        afterFile("a download in objects/tmp", downloading, 400),
+        afterOutput(/p (ingest \w+ +succeeded|build \w+ +running)/, 0),
+        ...extraPoints(4, 15, 3000),
+      ];
+      const outcome = await series(made, points);
+      expect(outcome.kills).toBeGreaterThanOrEqual(4);
+      // The data each job saw is the served content, whole.
+      const lock = JSON.parse(readFileSync(made.path("m.jsonl.lock"), "utf8")) as { entries: Record<string, { sha256: string; size: number }> };
+      for (const seed of [1, 2, 3]) {
+        expect(lock.entries[`big/${seed}.bin`]).toMatchObject({ sha256: sha256OfGenerated(sizes[seed]!, seed), size: sizes[seed] });
+      }
+      for (const row of jobRows(made.dir).filter((r) => r.stage === "train" && r.state === "succeeded")) {
+        expect(readFileSync(made.path(".kaos", "jobs", row.id, "out", "data.txt"), "utf8")).toBe("remote");
+      }
+      // Downloads killed midway resumed where they stopped.
+      expect(server.requests.filter((request) => request.headers.range !== undefined).length).toBeGreaterThan(0);
+    } finally {
+      await server.close();
+    }
+  }, 240_000);
+
+  it("a train script left running by a killed kaos is stopped by the next kaos up before its job reruns", async () => {
+    const train = `#!/bin/sh
+echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"
+# A daemon that leaves the process group and holds on to the log pipe.
+setsid sh -c 'echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID.daemon"; exec sleep 120' &
+if [ -f "$KAOS_SLOW" ]; then sleep 120; fi
+mkdir -p "$1" && echo done > "$1/done"
+`;
+    const made = makeProject(
+      {
+        ...trainingProject(),
+        "src/model/train": { content: train, mode: 0o755 },
+        slow: "",
+      },
+      "kaos-crash-",
+    );
+    projects.push(made);
+    mkdirSync(made.path("pids"));
+    const env = { [TAG_NAME]: tag, KAOS_PIDS: made.path("pids"), KAOS_SLOW: made.path("slow") };
+    const { killed } = await killWhen(["up"], { cwd: made.dir, env }, async (live) => {
+      await live.waitFor(/p train 1\/1 \w+ .*running/);
+      await eventually(() => readdirSync(made.path("pids")).length === 2, 10_000);
+    });
+    expect(killed).toBe(true);
+    killPointsTried += 1;
+    const [first] = jobRows(made.dir).filter((row) => row.stage === "train");
+    const script = Number(readFileSync(made.path("pids", first!.id), "utf8"));
+    const daemon = Number(readFileSync(made.path("pids", `${first!.id}.daemon`), "utf8"));
+    // kaos is gone; its job's processes are not (nothing can stop them at SIGKILL).
+    expect(pidAlive(script)).toBe(true);
+    expect(pidAlive(daemon)).toBe(true);
+    expect(first!.state).toBe("running");
+
+    const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+    expect(again.code, again.stderr).toBe(0);
+    expect(pidAlive(script)).toBe(false);
+    expect(pidAlive(daemon)).toBe(false);
+    const rows = jobRows(made.dir).filter((row) => row.stage === "train");
+    expect(rows.map((row) => [row.id === first!.id, row.state, row.reason])).toEqual([
+      [true, "failed", "interrupted: kaos exited while the job ran"],
+      [false, "succeeded", null],
+    ]);
+    // The rerun's own daemon went with its script: the job did not wait 120 s for it.
+    const second = rows[1]!;
+    expect(Date.parse(second.finished_at!) - Date.parse(second.started_at!)).toBeLessThan(10_000);
+    expect(existsSync(made.path(".kaos", "jobs", second.id, "out", "done"))).toBe(true);
+    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  }, 120_000);
+});
