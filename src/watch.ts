@@ -492,7 +492,7 @@ class WatchSession {
   private readonly quit = new AbortController();
   private readonly configFile: string;
   private session: Session | undefined;
-  private baseSession: Session;
+  private readonly baseSession: Session;
   private targets: WatchTargets;
   private watcher: import("chokidar").FSWatcher | undefined;
   private configDirty = false;

@@ -5,10 +5,13 @@
  * project, fails when the data says "fail", and sleeps as long as the marks
  * directory's `sleep` file says.
  */
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
+import ignore from "ignore";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { isIgnoredPath, watchTargets, WatchMachine, type WatchState } from "../src/watch.js";
+import type { ResolvedConfig } from "../src/types.js";
 import { makeProject, runKaos, sleep, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
 
 interface ListedJob {
@@ -128,6 +131,103 @@ async function waitUntil(check: () => boolean | Promise<boolean>, what: string, 
     await sleep(50);
   }
 }
+
+describe("the watch state machine", () => {
+  function machine(onChange: "restart" | "queue" = "restart") {
+    const log: string[] = [];
+    const m = new WatchMachine(
+      {
+        startRun: () => log.push("run"),
+        settledDuringRun: (mode) => log.push(`settled ${mode}`),
+        entered: (state: WatchState) => log.push(state),
+      },
+      20,
+      onChange,
+    );
+    return { m, log };
+  }
+
+  it("debounces edits into one run and goes back to idle when it ends", async () => {
+    const { m, log } = machine();
+    m.dispatch("change");
+    await sleep(5);
+    m.dispatch("change");
+    m.dispatch("change");
+    expect(m.state).toBe("debouncing");
+    await sleep(60);
+    expect(m.state).toBe("running");
+    expect(log).toEqual(["debouncing", "running", "run"]);
+    m.dispatch("run-ended");
+    expect(m.state).toBe("idle");
+  });
+
+  it("queues edits during a run, reports them once settled, and starts the queued run when the run ends", async () => {
+    for (const mode of ["restart", "queue"] as const) {
+      const { m, log } = machine(mode);
+      m.dispatch("start");
+      m.dispatch("change");
+      expect(m.state).toBe("queued");
+      await sleep(60);
+      expect(log).toEqual(["running", "run", "queued", `settled ${mode}`]);
+      m.dispatch("run-ended");
+      expect(m.state).toBe("running");
+      expect(log.at(-1)).toBe("run");
+    }
+  });
+
+  it("lets edits settle before the queued run starts", async () => {
+    const { m } = machine();
+    m.dispatch("start");
+    m.dispatch("change");
+    m.dispatch("run-ended");
+    expect(m.state).toBe("debouncing");
+    await sleep(60);
+    expect(m.state).toBe("running");
+    m.stop();
+  });
+});
+
+describe("what watch ignores", () => {
+  const root = "/p";
+  const config: ResolvedConfig = {
+    file: "/p/kaos.config.ts",
+    root,
+    workspace: "p",
+    pipelines: [
+      {
+        name: "a",
+        sourceDir: "/p/src",
+        data: { kind: "dir", dir: "/p" },
+        grid: {},
+        hyperparamsFile: "/p/params.json",
+        resources: { cpu: 1, memory: undefined, memoryBytes: undefined, gpu: 0 },
+        parallelism: 1,
+      },
+    ],
+    watch: { debounceMs: 200, onChange: "restart" },
+  };
+
+  it("skips state, editor temp files and always-ignored directories, and keeps the rest", () => {
+    const targets = watchTargets(config, undefined, config.file, undefined);
+    expect(targets.paths).toEqual(["/p", "/p/kaos.config.ts", "/p/params.json", "/p/src"]);
+    for (const path of ["/p/.kaos/jobs/x/out/model.pkl", "/p/src/model/.train.swp", "/p/src/model/train~", "/p/src/4913", "/p/src/.#train", "/p/src/#train#", "/p/.DS_Store", "/p/src/model/__pycache__/m.pyc", "/p/node_modules/x.js", "/p/.git/index"]) {
+      expect(isIgnoredPath(targets, path), path).toBe(true);
+    }
+    for (const path of ["/p/src/model/train", "/p/data.csv", "/p/kaos.config.ts", "/p/params.json"]) {
+      expect(isIgnoredPath(targets, path), path).toBe(false);
+    }
+  });
+
+  it("applies each bundle's .kaosignore: a path counts when any bundle holding it takes it in", () => {
+    const targets = watchTargets(config, undefined, config.file, undefined);
+    targets.bundles.find((bundle) => bundle.root === "/p/src")!.rules = ignore().add("scratch/");
+    // The data bundle "/p" also holds src/scratch and does not ignore it.
+    expect(isIgnoredPath(targets, "/p/src/scratch/notes.txt")).toBe(false);
+    targets.bundles.find((bundle) => bundle.root === "/p")!.rules = ignore().add("scratch/");
+    expect(isIgnoredPath(targets, "/p/src/scratch/notes.txt")).toBe(true);
+    expect(isIgnoredPath(targets, "/p/src/scratch", { isDirectory: () => true } as Stats)).toBe(true);
+  });
+});
 
 describe.each([
   ["file system events", [] as string[]],
