@@ -19,8 +19,9 @@
  */
 import { createHash, hash as oneShotHash } from "node:crypto";
 import { type BigIntStats, type Dirent, closeSync, constants as fsConstants, lstatSync, openSync, readSync, readdirSync, readlinkSync } from "node:fs";
+import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
-import ignore, { type Ignore } from "ignore";
+import type { Ignore } from "ignore";
 
 /** workerData that marks a thread as a hash worker (hash.ts imports this module's constants on the main thread too). */
 export const HASH_WORKER_MARK = "kaos-hash-worker";
@@ -213,6 +214,9 @@ let rules: Ignore | undefined;
 function rulesFor(patterns: string[] | null): Ignore | undefined {
   if (patterns === null) return undefined;
   if (rulesSource === null || rulesSource.length !== patterns.length || rulesSource.some((rule, index) => rule !== patterns[index])) {
+    // Loaded on first need: most bundles have no .kaosignore, and every module
+    // a worker loads delays its start.
+    const ignore = createRequire(import.meta.url)("ignore") as typeof import("ignore");
     rulesSource = patterns;
     rules = ignore().add(patterns);
   }
