@@ -5,6 +5,7 @@
  * that a later run trusts.
  */
 import { execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { KaosError } from "../../errors.js";
@@ -91,7 +92,7 @@ export async function buildEnvironment(options: BuildOptions): Promise<string> {
   if (environmentReady(options.envsDir, options.envKey)) return final;
   mkdirSync(options.envsDir, { recursive: true });
   removeAbandonedBuilds(options.envsDir);
-  const building = join(options.envsDir, `.building-${process.pid}-${options.envKey.slice(0, 12)}-${Date.now()}`);
+  const building = join(options.envsDir, `.building-${process.pid}-${options.envKey.slice(0, 12)}-${Date.now()}-${randomUUID().slice(0, 8)}`);
   const requirements = join(options.modelDir, "requirements.txt");
   const needsInstall = readFileSync(requirements, "utf8")
     .split("\n")
@@ -145,8 +146,17 @@ export async function buildEnvironment(options: BuildOptions): Promise<string> {
     }
     relocate(join(building, "bin"), building, final);
     writeFileSync(join(building, COMPLETE_MARKER), `${new Date().toISOString()}\n`);
-    rmSync(final, { recursive: true, force: true });
-    renameSync(building, final);
+    // Another run (another stack) may have finished the same environment meanwhile,
+    // and its jobs may be using it: keep theirs rather than replacing it under them.
+    if (!environmentReady(options.envsDir, options.envKey)) {
+      rmSync(final, { recursive: true, force: true });
+      try {
+        renameSync(building, final);
+      } catch (error) {
+        if (!environmentReady(options.envsDir, options.envKey)) throw error;
+      }
+    }
+    rmSync(building, { recursive: true, force: true });
     log(`environment ready: ${final}`);
     return final;
   } catch (error) {
