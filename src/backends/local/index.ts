@@ -71,6 +71,8 @@ export class LocalBackend implements PlanOracle {
   readonly objects: ObjectStore;
   private readonly running = new Map<string, { process: RunningProcess | undefined; job: JobRecord; cancel: (reason: string) => void }>();
   private capacityCache: Capacity | undefined;
+  /** Builds under way in this process by env key: pipelines sharing a source bundle share its build. */
+  private readonly builds = new Map<string, Promise<NonNullable<PipelineOutcome["stages"]["build"]>>>();
 
   constructor(
     readonly config: ResolvedConfig,
@@ -239,7 +241,14 @@ export class LocalBackend implements PlanOracle {
     const envKey = p.keys.env;
     if (toRun.length > 0 || p.stages.build.action === "run") {
       if (p.stages.build.action === "run" || !this.environmentReady(envKey)) {
-        const built = await this.runBuild(p, options);
+        let building = this.builds.get(envKey);
+        if (building === undefined) {
+          building = this.runBuild(p, options);
+          this.builds.set(envKey, building);
+          const forget = () => this.builds.delete(envKey);
+          building.then(forget, forget);
+        }
+        const built = await building;
         outcome.stages.build = built;
         if (built.state !== "succeeded") {
           for (const job of jobs) outcome.jobs.push({ id: null, key: job.key, params: job.params, state: "cancelled", exitCode: null, reused: false, reason: "build failed" });
