@@ -1,0 +1,192 @@
+/**
+ * Concurrency: two `kaos up` on one project (one refuses with a clear message,
+ * nothing is corrupted), readers (`train list`, `logs -f`, `plan`) while a
+ * sweep writes, two stacks of one project at once, and two projects side by
+ * side.
+ */
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import Database from "better-sqlite3";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { eventually, jobRows, killTagged, listJobs, processesWithEnv, trustProblems } from "./helpers/faults.js";
+import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
+import { makeProject, runKaos, sleep, startKaos, type Project } from "./helpers/rig.js";
+
+const TAG_NAME = "KAOS_FAULTS_TAG";
+const tag = randomBytes(6).toString("hex");
+const projects: Project[] = [];
+afterEach(() => killTagged(TAG_NAME, tag));
+afterAll(() => projects.forEach((project) => project.remove()));
+
+function project(options: Parameters<typeof trainingProject>[0]): Project {
+  const made = makeProject(trainingProject(options), "kaos-conc-");
+  projects.push(made);
+  return made;
+}
+
+const env = (made: Project) => ({ [TAG_NAME]: tag, KAOS_TEST_LOG: made.path("marks.log") });
+
+function integrity(made: Project): string {
+  const db = new Database(made.path(".kaos", "state.db"), { readonly: true });
+  try {
+    return db.pragma("integrity_check", { simple: true }) as string;
+  } finally {
+    db.close();
+  }
+}
+
+/** Every job key succeeded at most once, and nothing was left queued or running. */
+function expectConsistent(made: Project): void {
+  const rows = jobRows(made.dir);
+  expect(rows.filter((row) => row.state === "queued" || row.state === "running")).toEqual([]);
+  const keys = rows.filter((row) => row.state === "succeeded").map((row) => `${row.stage} ${row.key}`);
+  expect(new Set(keys).size).toBe(keys.length);
+  expect(integrity(made)).toBe("ok");
+  expect(trustProblems(made.dir)).toEqual([]);
+}
+
+const LOCKED = /error: another kaos \(pid (\d+), `up`, started at \S+\) is applying stack 'local' in (\S+); wait for it to finish or stop it\n/;
+
+describe("concurrency", () => {
+  it("a second kaos up on the same stack refuses with a clear message while the first runs on", async () => {
+    const made = project({ grid: { score: [1, 2, 3, 4], sleep: 0.6 }, parallelism: 2 });
+    const first = startKaos(["up"], { cwd: made.dir, env: env(made) });
+    await first.waitFor(/p train 1\/4 \w+ .*running/);
+    const second = await runKaos(["up"], { cwd: made.dir, env: env(made) });
+    expect(second.code).toBe(1);
+    const match = LOCKED.exec(second.stderr);
+    expect(match, second.stderr).not.toBeNull();
+    expect(Number(match![1])).toBe(first.child.pid);
+    expect(match![2]).toBe(made.dir);
+    // watch and train deploy go through the same lock; --force does not get around it.
+    const forced = await runKaos(["up", "--force"], { cwd: made.dir, env: env(made) });
+    expect(forced.stderr).toMatch(LOCKED);
+    const result = await first.exited;
+    expect(result.code, result.stderr).toBe(0);
+    expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(4);
+    expectConsistent(made);
+    // Once it is done, the lock is free again.
+    const third = await runKaos(["up"], { cwd: made.dir, env: env(made) });
+    expect(third.code, third.stderr).toBe(0);
+    expect(third.stderr).toContain("0 succeeded, 0 failed, 0 cancelled, 4 reused");
+  }, 120_000);
+
+  it("two kaos up started at the same instant: exactly one runs, the other refuses, nothing runs twice", async () => {
+    for (let round = 0; round < 3; round++) {
+      const made = project({ grid: { score: [1, 2, 3], sleep: 0.2 }, parallelism: 3 });
+      const [a, b] = await Promise.all([runKaos(["up"], { cwd: made.dir, env: env(made) }), runKaos(["up"], { cwd: made.dir, env: env(made) })]);
+      const outcomes = [a, b].map((r) => (r.code === 0 ? "ran" : LOCKED.test(r.stderr) ? "refused" : `other (${r.code}): ${r.stderr}`)).sort();
+      expect(outcomes).toEqual(["ran", "refused"]);
+      expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(3);
+      expect(jobRows(made.dir).filter((row) => row.stage === "build")).toHaveLength(1);
+      expectConsistent(made);
+    }
+  }, 120_000);
+
+  it("train list, plan and logs -f work while a sweep writes", async () => {
+    const made = project({ grid: { score: [1, 2, 3, 4, 5, 6], lines: 6, line_delay: 0.1 }, parallelism: 2 });
+    const up = startKaos(["up"], { cwd: made.dir, env: env(made) });
+    await up.waitFor(/p train 1\/6 \w+ .*running/);
+    const running = (await listJobs(made.dir)).find((job) => job.stage === "train" && job.state === "running")!;
+    expect(running).toBeDefined();
+    const follow = runKaos(["train", "logs", running.id, "-f"], { cwd: made.dir });
+    const seen = new Set<string>();
+    let lists = 0;
+    let done = false;
+    void up.exited.then(() => (done = true));
+    while (!done) {
+      // Several readers at once, each a whole process, while the writer records jobs.
+      const batch = await Promise.all([listJobs(made.dir), listJobs(made.dir), runKaos(["train", "list"], { cwd: made.dir })]);
+      for (const jobs of batch.slice(0, 2) as ListedJob[][]) {
+        lists += 1;
+        for (const job of jobs) {
+          expect(["queued", "running", "succeeded", "failed", "cancelled"]).toContain(job.state);
+          seen.add(job.state);
+        }
+      }
+      expect((batch[2] as { code: number }).code).toBe(0);
+    }
+    const plan = await runKaos(["plan", "--json"], { cwd: made.dir });
+    expect(plan.code, plan.stderr).toBe(0);
+    expect((await up.exited).code).toBe(0);
+    expect(lists).toBeGreaterThanOrEqual(2);
+    expect(seen.has("succeeded")).toBe(true);
+    const followed = await follow;
+    expect(followed.code, followed.stderr).toBe(0);
+    const lines = followed.stdout.trim().split("\n");
+    expect(lines.filter((line) => / stdout \| line \d$/.test(line))).toHaveLength(6);
+    expect(lines.at(-1)).toMatch(/stderr \| environment p /);
+    // What logs -f printed is the job's whole log.
+    expect(followed.stdout).toBe(readFileSync(made.path(".kaos", "jobs", running.id, "log"), "utf8"));
+    expectConsistent(made);
+  }, 120_000);
+
+  it("two stacks of one project apply at once, sharing one environment and one object store", async () => {
+    const stack = `import { defineStack } from "kaos";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n`;
+    const made = project({ grid: { score: [1, 2, 3], sleep: 0.2 }, parallelism: 2, extra: { "stacks/a.ts": stack, "stacks/b.ts": stack } });
+    const [a, b] = await Promise.all([
+      runKaos(["up", "--stack", "a"], { cwd: made.dir, env: env(made) }),
+      runKaos(["up", "--stack", "b"], { cwd: made.dir, env: env(made) }),
+    ]);
+    expect(a.code, a.stderr).toBe(0);
+    expect(b.code, b.stderr).toBe(0);
+    // A stack reuses what the other one finished, or runs it itself; never both for one key within one stack.
+    const rows = jobRows(made.dir);
+    expect(rows.filter((row) => row.state !== "succeeded")).toEqual([]);
+    expect(rows.filter((row) => row.stage === "build").length).toBeGreaterThanOrEqual(1);
+    expect(integrity(made)).toBe("ok");
+    expect(trustProblems(made.dir)).toEqual([]);
+    for (const name of ["a", "b"]) {
+      const plan = await runKaos(["plan", "--stack", name, "--json"], { cwd: made.dir });
+      expect((JSON.parse(plan.stdout) as { changes: boolean }).changes).toBe(false);
+    }
+  }, 120_000);
+
+  it("pipelines sharing a source bundle build its environment once, and no build replaces a finished one", async () => {
+    const made = project({
+      grid: { score: [1, 2] },
+      parallelism: 2,
+      extra: {
+        "data2/value.txt": "v2",
+        "kaos.config.ts": `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: {\n${["a", "b", "c"].map((name, i) => `  ${name}: { source: "src", data: "${i === 1 ? "data2" : "data"}", hyperparams: ${i === 2 ? `{ score: [3] }` : `"grid.json"`}, parallelism: 2 },`).join("\n")}\n} });\n`,
+      },
+    });
+    const result = await runKaos(["up"], { cwd: made.dir, env: env(made) });
+    expect(result.code, result.stderr).toBe(0);
+    const rows = jobRows(made.dir);
+    expect(rows.filter((row) => row.stage === "build")).toHaveLength(1);
+    expect(rows.filter((row) => row.stage === "train" && row.state === "succeeded")).toHaveLength(5);
+    expectConsistent(made);
+  }, 120_000);
+
+  it("two projects side by side run at once without touching each other", async () => {
+    const one = project({ grid: { score: [1, 2], sleep: 0.3 }, parallelism: 2, value: "one" });
+    const two = project({ grid: { score: [1, 2], sleep: 0.3 }, parallelism: 2, value: "two" });
+    const [a, b] = await Promise.all([runKaos(["up"], { cwd: one.dir, env: env(one) }), runKaos(["up"], { cwd: two.dir, env: env(two) })]);
+    expect(a.code, a.stderr).toBe(0);
+    expect(b.code, b.stderr).toBe(0);
+    for (const [made, value] of [
+      [one, "one"],
+      [two, "two"],
+    ] as const) {
+      const train = jobRows(made.dir).filter((row) => row.stage === "train");
+      expect(train).toHaveLength(2);
+      for (const row of train) expect(readFileSync(made.path(".kaos", "jobs", row.id, "out", "data.txt"), "utf8")).toBe(value);
+      expectConsistent(made);
+    }
+    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  }, 120_000);
+
+  it("a reader never blocks the writer: a slow logs -f on one job while the sweep finishes", async () => {
+    const made = project({ grid: { score: [1, 2, 3], sleep: 0.3 }, parallelism: 1 });
+    const up = startKaos(["up"], { cwd: made.dir, env: env(made) });
+    await up.waitFor(/p train 1\/3 \w+ .*running/);
+    const [job] = (await listJobs(made.dir)).filter((j) => j.stage === "train");
+    const follow = startKaos(["train", "logs", job!.id, "-f"], { cwd: made.dir });
+    const result = await up.exited;
+    expect(result.code, result.stderr).toBe(0);
+    await sleep(100);
+    expect((await follow.exited).code).toBe(0);
+    expectConsistent(made);
+  }, 120_000);
+});
