@@ -318,6 +318,8 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
   }
 }
 
+const MAX_METRICS_FILE_BYTES = 16 << 20;
+
 /** Every metric of a job: the JSON objects under OUT/metrics/, flattened to numbers and strings. */
 function readMetrics(outDir: string): Record<string, unknown> {
   const metrics: Record<string, unknown> = {};
@@ -330,6 +332,17 @@ function readMetrics(outDir: string): Record<string, unknown> {
   }
   for (const file of files) {
     try {
+      // Outputs are whatever the script left: a FIFO would block the read forever,
+      // a link to /dev/zero never end it, a huge file exhaust memory.
+      const stat = statSync(join(dir, file));
+      if (!stat.isFile()) {
+        metrics[file] = "unreadable (not a regular file)";
+        continue;
+      }
+      if (stat.size > MAX_METRICS_FILE_BYTES) {
+        metrics[file] = `unreadable (${stat.size} bytes, more than ${MAX_METRICS_FILE_BYTES})`;
+        continue;
+      }
       const value = JSON.parse(readFileSync(join(dir, file), "utf8")) as unknown;
       if (typeof value === "object" && value !== null && !Array.isArray(value)) {
         for (const [key, item] of Object.entries(value)) if (typeof item !== "object" || item === null) metrics[key] = item;
