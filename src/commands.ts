@@ -3,7 +3,7 @@
  * the shared flow in engine.ts. Exit statuses: 0 success, 1 any failure, 2 for
  * `plan --detailed-exitcode` with changes pending.
  */
-import { cpSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "./config.js";
@@ -441,8 +441,17 @@ export async function getCommand(options: Common & { job: string; out?: string; 
       throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, { hint: "pass -o DIR" });
     }
     mkdirSync(destination, { recursive: true });
-    cpSync(outDir, join(destination, "out"), { recursive: true });
-    if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: (source) => !source.endsWith(".kaos-complete") });
+    // FIFOs, sockets and devices a script left in its outputs cannot be copied: skip and name them.
+    const skipped: string[] = [];
+    const copyable = (source: string): boolean => {
+      const stat = lstatSync(source);
+      if (stat.isFile() || stat.isDirectory() || stat.isSymbolicLink()) return true;
+      skipped.push(source);
+      return false;
+    };
+    cpSync(outDir, join(destination, "out"), { recursive: true, filter: copyable });
+    if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: (source) => !source.endsWith(".kaos-complete") && copyable(source) });
+    for (const source of skipped) process.stderr.write(`skipped ${source}: not a regular file, directory or symlink\n`);
     if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
     process.stdout.write(`copied job ${job.id} to ${destination}\n`);
     return EXIT_OK;
