@@ -15,7 +15,7 @@ import { diffTrees, hashString, hashTree, type TreeFile, type TreeHash } from ".
 import { canonicalJson, expandGrid } from "./hyperparams.js";
 import { lockPathFor, manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { ObjectStore } from "./objects.js";
-import { loadTreeListing } from "./snapshot.js";
+import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
 import type { JobRecord, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
 
@@ -148,13 +148,19 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
   const stateDir = join(config.root, ".kaos");
   const where = `pipelines.${pipeline.name}.source`;
   const bundle = validateSourceBundle(pipeline.sourceDir, where);
+  // Finding the interpreter runs a process (a pyenv shim takes a quarter of a
+  // second): let it run while the trees are hashed.
+  const runtimePending = oracle.runtime(bundle);
+  runtimePending.catch(() => {});
   const statCache = state.readonly ? undefined : state.statCache();
   const sourceTree = await hashTree(pipeline.sourceDir, { statCache });
+  checkTreeLinks(sourceTree, where);
   let dataTree: TreeHash | undefined;
   let manifest: PipelinePlan["manifest"];
   let dataKey: string | undefined;
   if (pipeline.data.kind === "dir") {
     dataTree = await hashTree(pipeline.data.dir, { statCache });
+    checkTreeLinks(dataTree, `pipelines.${pipeline.name}.data`);
     dataKey = dataTree.hash;
   } else {
     const entries = readManifest(pipeline.data.path);
@@ -166,7 +172,7 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
     manifest = { entries, lock, missing };
     dataKey = manifestDataKey(entries, lock);
   }
-  const runtime = await oracle.runtime(bundle);
+  const runtime = await runtimePending;
   const envKey = envKeyOf(bundle, runtime);
   const hyperparamsKey = hashString("kaos grid v1", canonicalJson(pipeline.grid));
   const keys = { env: envKey, source: sourceTree.hash, data: dataKey, hyperparams: hyperparamsKey };

@@ -13,7 +13,7 @@
  */
 import { createHash, randomUUID } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
-import { dirname, isAbsolute, join, normalize } from "node:path";
+import { dirname, isAbsolute, join } from "node:path";
 import { KaosError, describeError } from "./errors.js";
 import { hashString, type TreeFile, type TreeHash } from "./hash.js";
 import type { ObjectStore } from "./objects.js";
@@ -73,13 +73,53 @@ export async function storeTree(objects: ObjectStore, tree: TreeHash, where: str
   await Promise.all(Array.from({ length: Math.min(4, pending.length) }, worker));
 }
 
-/** A symlink target that stays inside its tree, or an error naming it. */
-function checkedLinkTarget(tree: TreeHash | { root: string }, file: TreeFile, target: string): string {
-  const resolved = normalize(join(dirname(file.path), target));
-  if (isAbsolute(target) || resolved === ".." || resolved.startsWith("../")) {
-    throw new KaosError("BUNDLE_INVALID", `${join(tree.root, file.path)}: symlink to ${target} points outside the bundle; expected a link inside it (or a copy of the file)`);
+/**
+ * Where a link leads when the kernel follows it, as path components inside the
+ * tree, or null when it leaves the tree. Resolved physically through the
+ * tree's other links (`up -> ..` then `esc -> up/..` leaves the tree although
+ * `esc` normalizes to a path inside it). A loop resolves to nothing, which
+ * stays inside.
+ */
+function resolveInside(links: ReadonlyMap<string, string>, base: readonly string[], target: string, budget: { hops: number }): string[] | null {
+  if (isAbsolute(target)) return null;
+  let stack = [...base];
+  for (const part of target.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") {
+      if (stack.length === 0) return null;
+      stack.pop();
+      continue;
+    }
+    stack.push(part);
+    const next = links.get(stack.join("/"));
+    if (next === undefined) continue;
+    if (--budget.hops < 0) return stack;
+    stack.pop();
+    const resolved = resolveInside(links, stack, next, budget);
+    if (resolved === null) return null;
+    stack = resolved;
   }
-  return target;
+  return stack;
+}
+
+/**
+ * Every symlink of `tree` with its target, after checking that none leads out
+ * of the tree: a snapshot must hold what was hashed, not a door to files that
+ * no key covers. `where` names the config key of the bundle.
+ */
+export function checkTreeLinks(tree: TreeHash, where: string): Map<string, string> {
+  const links = new Map<string, string>();
+  for (const file of tree.files) if (file.mode === "symlink") links.set(file.path, hashedLinkTarget(tree, file));
+  for (const [path, target] of links) {
+    const base = path.split("/").slice(0, -1);
+    if (resolveInside(links, base, target, { hops: 40 }) === null) {
+      throw new KaosError(
+        "BUNDLE_INVALID",
+        `${where}: ${join(tree.root, path)}: symlink to ${target} points outside the bundle; expected a link inside it (or a copy of the file)`,
+      );
+    }
+  }
+  return links;
 }
 
 /** The link's target as it was hashed; links are tiny, so they are read again rather than stored. */
@@ -117,6 +157,7 @@ export function materializeTree(
   if (isMaterialized(dest)) return;
   const building = `${dest}.building-${process.pid}-${randomUUID().slice(0, 8)}`;
   try {
+    const links = checkTreeLinks(tree, "bundle");
     mkdirSync(building, { recursive: true });
     const directories = new Set<string>();
     for (const file of tree.files) {
@@ -127,7 +168,7 @@ export function materializeTree(
         directories.add(parent);
       }
       if (file.mode === "symlink") {
-        symlinkSync(checkedLinkTarget(tree, file, hashedLinkTarget(tree, file)), target);
+        symlinkSync(links.get(file.path)!, target);
       } else if (options.copy) {
         objects.link(file.hash, target, "exec");
         if (file.mode === "file") chmodSync(target, 0o644);
