@@ -12,7 +12,7 @@
  *   a directory that exists is complete.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
 import { KaosError, describeError } from "./errors.js";
 import { hashString, type TreeFile, type TreeHash } from "./hash.js";
@@ -214,4 +214,59 @@ export function makeWritable(dir: string): void {
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
     if (entry.isDirectory()) makeWritable(join(dir, entry.name));
   }
+}
+
+/**
+ * What a write into a laid-out tree would change: per path, its type, inode,
+ * size and modification time (a directory's changes when an entry is added or
+ * removed). Reading changes none of them.
+ */
+export interface Seal {
+  root: string;
+  stats: Map<string, string>;
+  /** Set once a change was found, with the paths that changed. */
+  broken: string[] | undefined;
+}
+
+function statSignature(path: string): string | undefined {
+  try {
+    const stat = lstatSync(path, { bigint: true });
+    const type = stat.isDirectory() ? "d" : stat.isFile() ? "f" : stat.isSymbolicLink() ? "l" : "o";
+    return `${type}:${stat.ino}:${type === "d" ? "" : stat.size}:${stat.mtimeNs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Takes the seal of the tree at `root`: every entry below it, and it. */
+export function sealTree(root: string): Seal {
+  const stats = new Map<string, string>();
+  const walk = (dir: string, prefix: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const relative = prefix === "" ? entry.name : `${prefix}/${entry.name}`;
+      const signature = statSignature(join(dir, entry.name));
+      if (signature !== undefined) stats.set(relative, signature);
+      if (entry.isDirectory()) walk(join(dir, entry.name), relative);
+    }
+  };
+  stats.set("", statSignature(root) ?? "missing");
+  walk(root, "");
+  return { root, stats, broken: undefined };
+}
+
+/**
+ * Paths of a sealed tree that changed since the seal (at most `limit`), and
+ * marks the seal broken when any did. Entries added inside show as a change
+ * of their directory.
+ */
+export function checkSeal(seal: Seal, limit = 5): string[] {
+  if (seal.broken !== undefined) return seal.broken;
+  const changed: string[] = [];
+  for (const [path, signature] of seal.stats) {
+    if (statSignature(path === "" ? seal.root : join(seal.root, path)) === signature) continue;
+    changed.push(path === "" ? "." : path);
+    if (changed.length >= limit) break;
+  }
+  if (changed.length > 0) seal.broken = changed;
+  return changed;
 }

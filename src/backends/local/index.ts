@@ -7,18 +7,19 @@
  */
 import { execFileSync } from "node:child_process";
 import { setMaxListeners } from "node:events";
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, totalmem } from "node:os";
 import { delimiter, join } from "node:path";
 import { parseMemory } from "../../config.js";
 import { KaosError, describeError } from "../../errors.js";
 import { canonicalJson } from "../../hyperparams.js";
 import { ingest } from "../../ingest.js";
+import { pinnedHash, readLock } from "../../manifest.js";
 import { jobPaths } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
 import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
-import { materializeTree, saveTreeListing, storeTree } from "../../snapshot.js";
+import { checkSeal, makeWritable, materializeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
 import type { JobRecord, StateStore } from "../../state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { SourceBundle } from "../../bundle.js";
@@ -27,6 +28,50 @@ import { resolvePython } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
+
+/** A sweep's data directory and what it held when the sweep began. */
+interface DataView {
+  dir: string;
+  seal: Seal;
+  /** Content hash by path, to find the objects behind changed files. */
+  hashes: Map<string, string>;
+}
+
+/**
+ * Removes `spoiled` and every other data view under `parents` holding one of
+ * `inodes` (hardlinks to the same changed object), so none is reused.
+ */
+function discardViews(parents: string[], spoiled: string, inodes: Set<string>): void {
+  const holds = (dir: string): boolean => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory() ? holds(path) : entry.isFile() && inodes.has(String(lstatSync(path, { bigint: true }).ino))) return true;
+    }
+    return false;
+  };
+  const remove = (dir: string) => {
+    makeWritable(dir);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  remove(spoiled);
+  if (inodes.size === 0) return;
+  for (const parent of parents) {
+    let names: string[];
+    try {
+      names = readdirSync(parent);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      const dir = join(parent, name);
+      try {
+        if (holds(dir)) remove(dir);
+      } catch {
+        // removed meanwhile
+      }
+    }
+  }
+}
 
 /** GPUs this machine has, from nvidia-smi; none when it is missing. */
 export function detectGpus(): number[] {
@@ -283,6 +328,10 @@ export class LocalBackend implements PlanOracle {
     }
     await storeTree(this.objects, p.sourceTree, `pipelines.${name}.source`);
     const environment = environmentPath(this.envsDir, envKey);
+    // The data view is read-only only by its permission bits, which root ignores: a
+    // write into it would change the shared objects for every later job. Each job
+    // checks on its way out that the view is as it was when the sweep began.
+    const data: DataView = { dir: dataDir!, seal: sealTree(dataDir!), hashes: this.dataHashes(p) };
     const records = toRun.map((job) =>
       this.state.createJob({
         ...base,
@@ -301,7 +350,7 @@ export class LocalBackend implements PlanOracle {
     );
     for (const record of records) this.record(reporter, record.id);
     const results = await Promise.all(
-      records.map((record) => this.runTrainJob(record, p, { environment, dataDir: dataDir!, pool, options })),
+      records.map((record) => this.runTrainJob(record, p, { environment, data, pool, options })),
     );
     let failed = false;
     records.forEach((record, index) => {
@@ -312,6 +361,43 @@ export class LocalBackend implements PlanOracle {
     outcome.stages.train = { action: "run", state: failed ? (signal.aborted ? "cancelled" : "failed") : "succeeded" };
     if (!failed) this.recordApplied(p, dataKey ?? null);
     return outcome;
+  }
+
+  /** The content hash of every file of a pipeline's data view, by path. */
+  private dataHashes(p: PipelinePlan): Map<string, string> {
+    if (p.dataTree !== undefined) return new Map(p.dataTree.files.map((file) => [file.path, file.hash]));
+    const hashes = new Map<string, string>();
+    if (p.manifest !== undefined && p.pipeline.data.kind === "manifest") {
+      const lock = readLock(p.pipeline.data.path);
+      for (const entry of p.manifest.entries) {
+        const hash = pinnedHash(entry, lock);
+        if (hash !== undefined) hashes.set(entry.path, hash);
+      }
+    }
+    return hashes;
+  }
+
+  /**
+   * Why a job's data view can no longer be trusted, or undefined when it is as
+   * it was. The first time a change is seen, the changed objects and every view
+   * that shares them are removed, so that nothing after this trusts them: the
+   * next run stores and lays them out again from the bundle (or downloads them).
+   */
+  private dataSpoiled(data: DataView): string | undefined {
+    const known = data.seal.broken !== undefined;
+    const changed = checkSeal(data.seal);
+    if (changed.length === 0) return undefined;
+    if (!known) {
+      const inodes = new Set<string>();
+      for (const path of changed) {
+        const signature = data.seal.stats.get(path);
+        if (signature?.startsWith("f:")) inodes.add(signature.split(":")[1]!);
+        const hash = data.hashes.get(path);
+        if (hash !== undefined) rmSync(this.objects.pathOf(hash), { force: true });
+      }
+      discardViews([join(this.stateDir, "snapshots"), join(this.stateDir, "data")], data.dir, inodes);
+    }
+    return `KAOS_DATA_DIR was written to while this job ran (${changed.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
   }
 
   /** Remembers what was applied, with the trees' listings for the next plan's diff. */
@@ -394,7 +480,7 @@ export class LocalBackend implements PlanOracle {
   private async runTrainJob(
     record: JobRecord,
     p: PipelinePlan,
-    context: { environment: string; dataDir: string; pool: ResourcePool; options: ExecuteOptions },
+    context: { environment: string; data: DataView; pool: ResourcePool; options: ExecuteOptions },
   ): Promise<{ state: "succeeded" | "failed" | "cancelled"; exitCode: number | null; reason: string | null }> {
     const { reporter, signal } = context.options;
     const { resources, parallelism, name } = p.pipeline;
@@ -439,7 +525,7 @@ export class LocalBackend implements PlanOracle {
         VIRTUAL_ENV: context.environment,
         PYTHONUNBUFFERED: "1",
         KAOS_OUTPUT_DIR: paths.out,
-        KAOS_DATA_DIR: context.dataDir,
+        KAOS_DATA_DIR: context.data.dir,
         KAOS_PARAMS_FILE: paths.params,
         KAOS_JOB_ID: record.id,
         KAOS_PIPELINE: name,
@@ -447,6 +533,9 @@ export class LocalBackend implements PlanOracle {
       };
       delete env.PYTHONHOME;
       if (cancelledReason) return finish("cancelled", null, cancelledReason);
+      if (this.dataSpoiled(context.data) !== undefined) {
+        return finish("failed", null, `not started: KAOS_DATA_DIR was written to by a job of this sweep (${context.data.seal.broken!.join(", ")}); it is read-only: the data is laid out again on the next kaos up`);
+      }
       current = spawnLogged({
         command: join(modelDir, "train"),
         args: [paths.out],
@@ -464,6 +553,8 @@ export class LocalBackend implements PlanOracle {
       // Told with the job's result, since the log that would say it could not be written.
       const logNote = result.logError === undefined ? "" : `; its log could not be written (${result.logError})`;
       if (cancelledReason) return finish("cancelled", result.exitCode, cancelledReason + logNote);
+      const spoiled = this.dataSpoiled(context.data);
+      if (spoiled !== undefined) return finish("failed", result.exitCode, spoiled + logNote);
       if (result.oomKilled) return finish("failed", result.exitCode, (result.reason ?? "OOMKilled") + logNote);
       if (result.exitCode === 0) return finish("succeeded", 0, logNote === "" ? null : `succeeded${logNote}`);
       const reason = result.reason ?? (result.signal ? `killed by ${result.signal}` : `exited with code ${result.exitCode}`);
