@@ -334,6 +334,11 @@ function sizeText(bytes: number): string {
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
+/** A path as one line of text: with control characters (a newline in a file name) it is shown quoted and escaped. */
+function displayPath(path: string): string {
+  return /[\u0000-\u001f\u007f]/.test(path) ? JSON.stringify(path) : path;
+}
+
 function changeLine(what: string, change: TreeChange): string {
   if (change.firstTime) return `${what}: first run`;
   const parts = [
@@ -341,7 +346,8 @@ function changeLine(what: string, change: TreeChange): string {
     `${change.changed} changed`,
     `${change.removed} removed${change.bytesRemoved ? ` (${sizeText(change.bytesRemoved)})` : ""}`,
   ];
-  return `${what}: ${parts.join(", ")}${change.examples.length ? `  [${change.examples.join(" ")}]` : ""}`;
+  const examples = change.examples.map((example) => example.slice(0, 1) + displayPath(example.slice(1)));
+  return `${what}: ${parts.join(", ")}${examples.length ? `  [${examples.join(" ")}]` : ""}`;
 }
 
 function paramsLine(params: HyperparamSet): string {
