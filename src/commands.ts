@@ -19,6 +19,15 @@ import type { ResolvedConfig, ResolvedStack } from "./types.js";
 // it, so the read-only commands start fast.
 const engine = () => import("./engine.js");
 
+/**
+ * For commands that hash: the hashing threads boot (tens of milliseconds of
+ * module loading each) while this thread loads the config and the engine.
+ */
+async function startHashing(): Promise<void> {
+  const { startHashWorkers } = await import("./hash.js");
+  startHashWorkers();
+}
+
 
 interface Common {
   config?: string;
@@ -111,6 +120,7 @@ async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: {
 }
 
 export async function upCommand(options: Common & { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }): Promise<number> {
+  await startHashing();
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
     const { clusterUp } = await import("./cluster.js");
@@ -120,6 +130,7 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
 }
 
 export async function planCommand(options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
+  await startHashing();
   const { checkInputs, openSession, plan } = await engine();
   const { formatPlan, planJson } = await import("./plan.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
@@ -156,6 +167,7 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
   if (options.memory !== undefined && parseMemory(options.memory) === undefined) {
     throw new KaosError("USAGE", `--memory ${options.memory}: expected a size with an SI or binary suffix such as 512M or 2Gi`);
   }
+  await startHashing();
   const cwd = process.cwd();
   const virtualFile = join(cwd, "kaos.config.ts");
   const value = {
@@ -450,7 +462,7 @@ export async function getCommand(options: Common & { job: string; out?: string; 
       return false;
     };
     cpSync(outDir, join(destination, "out"), { recursive: true, filter: copyable });
-    if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: (source) => !source.endsWith(".kaos-complete") && copyable(source) });
+    if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: copyable });
     for (const source of skipped) process.stderr.write(`skipped ${source}: not a regular file, directory or symlink\n`);
     if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
     process.stdout.write(`copied job ${job.id} to ${destination}\n`);

@@ -137,10 +137,24 @@ function hashedLinkTarget(tree: TreeHash, file: TreeFile): string {
   return target;
 }
 
-const COMPLETE_MARKER = ".kaos-complete";
+/**
+ * A laid-out tree is complete when the marker beside it exists: `<dest>.complete`.
+ * Beside, not inside: a bundle may hold a file of any name, and a marker written
+ * over one would write into the object it is linked to.
+ */
+function markerOf(dest: string): string {
+  return `${dest}.complete`;
+}
 
 export function isMaterialized(dest: string): boolean {
-  return existsSync(join(dest, COMPLETE_MARKER));
+  return existsSync(markerOf(dest)) && existsSync(dest);
+}
+
+/** Removes a laid-out tree: its marker first, so that a removal cut short leaves nothing that looks complete. */
+export function removeTree(dest: string): void {
+  rmSync(markerOf(dest), { force: true });
+  makeWritable(dest);
+  rmSync(dest, { recursive: true, force: true });
 }
 
 /**
@@ -159,7 +173,7 @@ export function materializeTree(
   try {
     const links = checkTreeLinks(tree, "bundle");
     mkdirSync(building, { recursive: true });
-    const directories = new Set<string>();
+    const directories = new Set<string>([building]);
     for (const file of tree.files) {
       const target = join(building, file.path);
       const parent = dirname(target);
@@ -176,26 +190,27 @@ export function materializeTree(
         objects.link(file.hash, target, file.mode);
       }
     }
-    writeFileSync(join(building, COMPLETE_MARKER), "");
     if (options.readonlyDirs) {
       for (const directory of [...directories].sort((a, b) => b.length - a.length)) chmodSync(directory, 0o555);
     }
     mkdirSync(dirname(dest), { recursive: true });
+    if (isMaterialized(dest)) {
+      // Another process finished the same snapshot meanwhile: theirs is as good.
+      removeTree(building);
+      return;
+    }
+    // A directory without its marker was left by a crash: it is not trusted.
+    if (existsSync(dest)) removeTree(dest);
     try {
       renameSync(building, dest);
     } catch (error) {
-      // Another process finished the same snapshot first: theirs is as good.
-      if (isMaterialized(dest)) return;
-      if (existsSync(dest)) {
-        rmSync(dest, { recursive: true, force: true });
-        renameSync(building, dest);
-      } else {
-        throw error;
-      }
+      if (!isMaterialized(dest)) throw error;
+      removeTree(building);
+      return;
     }
+    writeFileSync(markerOf(dest), "");
   } catch (error) {
-    makeWritable(building);
-    rmSync(building, { recursive: true, force: true });
+    removeTree(building);
     if (error instanceof KaosError) throw error;
     throw new KaosError("IO", `cannot lay out a snapshot at ${dest}: ${describeError(error)}`, { cause: error });
   }

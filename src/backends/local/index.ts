@@ -19,7 +19,7 @@ import { jobPaths } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
 import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
-import { checkSeal, makeWritable, materializeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
+import { checkSeal, materializeTree, removeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
 import type { JobRecord, StateStore } from "../../state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { SourceBundle } from "../../bundle.js";
@@ -49,10 +49,7 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
     }
     return false;
   };
-  const remove = (dir: string) => {
-    makeWritable(dir);
-    rmSync(dir, { recursive: true, force: true });
-  };
+  const remove = removeTree;
   remove(spoiled);
   if (inodes.size === 0) return;
   for (const parent of parents) {
