@@ -128,15 +128,18 @@ export function trustProblems(projectDir: string): string[] {
     if (!existsSync(join(envs, env, ".kaos-complete"))) problems.push(`environment ${env} has no completion marker`);
     if (!existsSync(join(envs, env, "bin", "python"))) problems.push(`environment ${env} has no bin/python`);
   }
+  // A laid-out tree is trusted when its marker `<dir>.complete` sits beside it; then it must hold what it was made of.
   const snapshots = join(stateDir, "snapshots");
-  for (const snapshot of safeList(snapshots)) {
-    if (snapshot.includes(".building-")) continue;
-    if (!existsSync(join(snapshots, snapshot, ".kaos-complete"))) problems.push(`snapshot ${snapshot} has no completion marker`);
-  }
-  const jobs = join(stateDir, "jobs");
-  for (const job of safeList(jobs)) {
-    for (const entry of safeList(join(jobs, job))) {
-      if (entry === "source" && !existsSync(join(jobs, job, "source", ".kaos-complete"))) problems.push(`job ${job} source has no completion marker`);
+  for (const marker of safeList(snapshots).filter((name) => name.endsWith(".complete"))) {
+    const hash = marker.slice(0, -".complete".length);
+    if (!existsSync(join(snapshots, hash))) continue;
+    const listing = join(stateDir, "trees", `${hash}.jsonl`);
+    if (!existsSync(listing)) continue;
+    for (const line of readFileSync(listing, "utf8").split("\n").filter(Boolean)) {
+      const [path, mode, , contentHash] = JSON.parse(line) as [string, string, number, string];
+      if (mode === "symlink") continue;
+      const file = join(snapshots, hash, path);
+      if (!existsSync(file) || sha256Of(file) !== contentHash) problems.push(`snapshot ${hash} has ${path} not matching its hash`);
     }
   }
   return problems;
