@@ -6,6 +6,7 @@
  * where the key is written (when it can be found) and the key path.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -195,7 +196,9 @@ function packageEntry(): string {
 
 /** Evaluates a config or stack module and returns its default export. */
 async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID"): Promise<unknown> {
-  const { createJiti } = await import("jiti");
+  // Required, not imported: importing jiti's CommonJS bundle from ESM makes
+  // Node scan its source for exports first, a cost on every command.
+  const { createJiti } = createRequire(import.meta.url)("jiti") as typeof import("jiti");
   const jiti = createJiti(import.meta.url, {
     alias: { kaos: packageEntry() },
     moduleCache: false,
@@ -322,7 +325,8 @@ function checkFile(path: string): "missing" | "dir" | "ok" {
 
 /** Validates a loaded config value and resolves its paths against the config's directory. */
 export function resolveConfig(value: unknown, file: string): ResolvedConfig {
-  const parsed = configSchema.safeParse(value);
+  // A config is parsed once per process: compiling zod's fast path would cost more than it saves.
+  const parsed = configSchema.safeParse(value, { jitless: true });
   if (!parsed.success) {
     throw new KaosError("CONFIG_INVALID", `invalid config\n${zodProblems(parsed.error, file, value).join("\n")}`);
   }
@@ -454,7 +458,7 @@ export async function loadStack(config: Pick<ResolvedConfig, "root">, name: stri
     });
   }
   const value = await importModule(file, "STACK_INVALID");
-  const parsed = stackSchema.safeParse(value);
+  const parsed = stackSchema.safeParse(value, { jitless: true });
   if (!parsed.success) {
     throw new KaosError("STACK_INVALID", `invalid stack\n${zodProblems(parsed.error, file, value).join("\n")}`);
   }
