@@ -29,10 +29,10 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { deserialize, serialize } from "node:v8";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const dataRoot = join(here, ".data");
+export const dataRoot = join(here, ".data");
 const distHash = pathToFileURL(join(here, "..", "dist", "hash.js")).href;
 
-const SIZES = {
+export const SIZES = {
   full: { largeFiles: 4, largeBytes: 384 << 20, smallFiles: 16_000, smallAverageBytes: 32 << 10, warmFiles: 100_000, runs: 5 },
   quick: { largeFiles: 2, largeBytes: 64 << 20, smallFiles: 2_000, smallAverageBytes: 32 << 10, warmFiles: 10_000, runs: 3 },
 };
@@ -48,7 +48,7 @@ async function loadHash() {
 // Data.
 
 /** Fills a buffer with cheap deterministic bytes that do not compress to nothing. */
-function fill(buffer, seed) {
+export function fill(buffer, seed) {
   let state = (seed * 2654435761) >>> 0 || 1;
   for (let offset = 0; offset + 4 <= buffer.length; offset += 4) {
     state ^= state << 13;
@@ -61,7 +61,7 @@ function fill(buffer, seed) {
   return buffer;
 }
 
-function prepared(directory, parameters, generate) {
+export function prepared(directory, parameters, generate) {
   const marker = join(directory, ".params");
   const wanted = JSON.stringify(parameters);
   if (existsSync(marker) && readFileSync(marker, "utf8") === wanted) return;
@@ -72,7 +72,7 @@ function prepared(directory, parameters, generate) {
 }
 
 /** Small files spread 100 to a directory, 100 directories to a parent, sizes from 1/16 to 31/16 of the average. */
-function writeSmallFiles(root, count, averageBytes, seed) {
+export function writeSmallFiles(root, count, averageBytes, seed) {
   const block = fill(Buffer.alloc(averageBytes * 2), seed);
   for (let index = 0; index < count; index++) {
     const directory = join(root, `d${Math.floor(index / 10_000)}`, `s${Math.floor(index / 100) % 100}`);
@@ -84,8 +84,7 @@ function writeSmallFiles(root, count, averageBytes, seed) {
   }
 }
 
-function prepareMixed(size) {
-  const directory = join(dataRoot, `mixed-${size.largeFiles}x${size.largeBytes}-${size.smallFiles}`);
+export function prepareMixed(size, directory = join(dataRoot, `mixed-${size.largeFiles}x${size.largeBytes}-${size.smallFiles}`)) {
   prepared(directory, size, () => {
     const large = join(directory, "large");
     mkdirSync(large);
@@ -102,8 +101,7 @@ function prepareMixed(size) {
   return directory;
 }
 
-function prepareWarmTree(size) {
-  const directory = join(dataRoot, `tree-${size.warmFiles}`);
+export function prepareWarmTree(size, directory = join(dataRoot, `tree-${size.warmFiles}`)) {
   prepared(directory, { files: size.warmFiles, git: true }, () => {
     writeSmallFiles(directory, size.warmFiles, 4 << 10, 11);
     const git = (...args) => execFileSync("git", args, { cwd: directory, stdio: "ignore" });
@@ -129,12 +127,12 @@ async function best(runs, action) {
   return { best: Math.min(...times), median: times.sort((a, b) => a - b)[times.length >> 1] };
 }
 
-function shell(script, cwd) {
+export function shell(script, cwd) {
   const result = spawnSync("bash", ["-c", script], { cwd, stdio: ["ignore", "ignore", "pipe"], encoding: "utf8" });
   if (result.status !== 0) throw new Error(`${script} failed: ${result.stderr}`);
 }
 
-function hasCommand(name) {
+export function hasCommand(name) {
   return spawnSync("bash", ["-c", `command -v ${name}`], { stdio: "ignore" }).status === 0;
 }
 

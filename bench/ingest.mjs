@@ -13,13 +13,13 @@
  * reported, with the ratio to the faster curl. Last, the no-op rerun: reading
  * the manifest and ingesting again with everything stored and pinned.
  *
- * Scratch data lives in bench/.data/ (ignored by git) and is removed at the end.
+ * Scratch data lives in bench/.data/ingest/ (ignored by git) and is removed at the end.
  */
 import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as http from "node:http";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -29,9 +29,10 @@ function option(name, fallback) {
   return index === -1 ? fallback : Number(args[index + 1]);
 }
 
-if (args[0] === "--serve") {
+const invokedDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
+if (invokedDirectly && args[0] === "--serve") {
   serve(Number(args[1]));
-} else {
+} else if (invokedDirectly) {
   await main();
 }
 
@@ -55,7 +56,7 @@ function serve(size) {
   server.listen(0, "127.0.0.1", () => process.stdout.write(`${server.address().port}\n`));
 }
 
-async function startServerProcess(size) {
+export async function startServerProcess(size) {
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), "--serve", String(size)], { stdio: ["ignore", "pipe", "inherit"] });
   const port = await new Promise((resolve, reject) => {
     child.stdout.once("data", (chunk) => resolve(Number(String(chunk).trim())));
@@ -85,7 +86,8 @@ async function main() {
   const rounds = option("--rounds", 3);
   const totalBytes = files * size;
 
-  const dataRoot = path.join(here, ".data");
+  // Its own folder: the rest of bench/.data holds generated trees that other benchmarks reuse.
+  const dataRoot = path.join(here, ".data", "ingest");
   rmrf(dataRoot);
   fs.mkdirSync(dataRoot, { recursive: true });
   const server = await startServerProcess(size);

@@ -1,0 +1,796 @@
+#!/usr/bin/env node
+/**
+ * The benchmark suite: kaos through its built CLI (`node dist/cli.js`) in
+ * generated projects, against the tools people compare it with, measured in
+ * the same run and interleaved with them.
+ *
+ *   npm run bench [-- --quick] [-- --json [FILE]] [-- --only 1,3] [-- --runs N] [-- --dvc | --no-dvc]
+ *
+ * 1. warm no-op `kaos plan` on 10k and 100k files / `git status` on the same
+ *    tree (committed) / `dvc status` on a copy of it;
+ * 2. cold hashing of ~2 GB, large and small files / `sha256sum` on every core /
+ *    `dvc add --no-commit` (hashing only, as kaos plan);
+ * 3. one changed file among 100k: plan time and how many files were re-read;
+ * 4. start-up: `kaos --help` and `kaos train list` over 10k recorded jobs / `node -e 0`;
+ * 5. a 100-job sweep of a trivial train script, parallelism 2 / the script run
+ *    by `xargs -P 2`;
+ * 6. manifest ingest of 1,000 x 1 MB from a loopback server / `curl --parallel`;
+ *    the no-op rerun.
+ *
+ * --quick: 10k files, ~200 MB, 20-job sweep, 100 manifest files, 1k jobs,
+ * 5 runs, no dvc (unless --dvc): for CI. The full run (7 runs) is for people.
+ *
+ * Data is generated under bench/.data/run/ (never committed) and reused while
+ * its parameters match. Each figure is the median of the timed runs, after one
+ * untimed warm-up run of every side; the sides of a comparison take turns
+ * going first, so a noisy neighbour hurts both alike. Peak memory is the
+ * largest maximum resident set size of kaos over the timed runs, from
+ * /usr/bin/time (or a Python wrapper when it is missing).
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { dirname, join, relative } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { SIZES as HASH_SIZES, dataRoot, hasCommand, prepareMixed, prepareWarmTree, prepared } from "./hash.mjs";
+import { startServerProcess } from "./ingest.mjs";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, "..");
+const cli = join(repo, "dist", "cli.js");
+const runRoot = join(dataRoot, "run");
+const dvcVenv = join(dataRoot, "dvc-venv");
+const cores = availableParallelism();
+
+const SIZES = {
+  quick: {
+    warmFiles: [10_000],
+    changedFiles: 10_000,
+    mixed: pick(HASH_SIZES.quick),
+    jobs: 1_000,
+    sweep: 20,
+    manifestFiles: 100,
+    runs: 5,
+  },
+  full: {
+    warmFiles: [10_000, 100_000],
+    changedFiles: 100_000,
+    mixed: pick(HASH_SIZES.full),
+    jobs: 10_000,
+    sweep: 100,
+    manifestFiles: 1_000,
+    runs: 7,
+  },
+};
+
+/** The mixed set's own parameters: its folder is regenerated only when these change. */
+function pick({ largeFiles, largeBytes, smallFiles, smallAverageBytes }) {
+  return { largeFiles, largeBytes, smallFiles, smallAverageBytes };
+}
+
+const TRAIN_SCRIPT = '#!/bin/sh\necho done > "$1/result.txt"\n';
+const MANIFEST_FILE_BYTES = 1_000_000;
+/** kaos ingest's default number of transfers at once; curl gets the same. */
+const INGEST_CONCURRENCY = 8;
+
+// ---------------------------------------------------------------------------
+// Options.
+
+function parseOptions(argv) {
+  const options = { quick: false, json: undefined, only: undefined, runs: undefined, dvc: undefined };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith("--")) throw new Error(`${arg} expects a value`);
+      i += 1;
+      return next;
+    };
+    if (arg === "--quick") options.quick = true;
+    else if (arg === "--json") options.json = argv[i + 1] !== undefined && !argv[i + 1].startsWith("--") ? value() : "-";
+    else if (arg.startsWith("--json=")) options.json = arg.slice("--json=".length);
+    else if (arg === "--only") options.only = new Set(value().split(",").map((s) => s.trim()));
+    else if (arg === "--runs") options.runs = Number(value());
+    else if (arg === "--dvc") options.dvc = true;
+    else if (arg === "--no-dvc") options.dvc = false;
+    else if (arg === "--help" || arg === "-h") {
+      process.stdout.write(readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0].replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
+      process.exit(0);
+    } else throw new Error(`unknown option ${arg} (see --help)`);
+  }
+  if (options.runs !== undefined && !(Number.isInteger(options.runs) && options.runs >= 1)) throw new Error("--runs expects a whole number, 1 or more");
+  return options;
+}
+
+// ---------------------------------------------------------------------------
+// Running and measuring commands.
+
+const childEnv = { ...process.env, NO_COLOR: "1", DVC_NO_ANALYTICS: "1" };
+delete childEnv.FORCE_COLOR;
+
+const TIME = existsSync("/usr/bin/time") ? "/usr/bin/time" : undefined;
+const PYTHON_RSS_WRAPPER =
+  "import resource, subprocess, sys\n" +
+  "status = subprocess.call(sys.argv[2:])\n" +
+  "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n" +
+  "sys.exit(status)\n";
+
+let log = (line) => process.stderr.write(`${line}\n`);
+
+/**
+ * Runs a command to its end and measures its wall time and peak resident
+ * memory. Both sides of every comparison go through the same wrapper.
+ */
+function measure(command, args, { cwd, env = childEnv, allowStatus = [0], stdout = "pipe" } = {}) {
+  const rssFile = join(runRoot, `.rss-${process.pid}`);
+  rmSync(rssFile, { force: true });
+  const [file, argv] = TIME
+    ? [TIME, ["-f", "%M", "-o", rssFile, command, ...args]]
+    : ["python3", ["-c", PYTHON_RSS_WRAPPER, rssFile, command, ...args]];
+  const start = performance.now();
+  const result = spawnSync(file, argv, { cwd, env, stdio: ["ignore", stdout, "pipe"], encoding: "utf8", maxBuffer: 1 << 30 });
+  const seconds = (performance.now() - start) / 1000;
+  if (result.error) throw result.error;
+  if (!allowStatus.includes(result.status)) {
+    throw new Error(`\`${[command, ...args].join(" ")}\` in ${cwd} exited with ${result.status}:\n${(result.stderr ?? "").slice(-3000)}`);
+  }
+  let rssMb;
+  try {
+    const lines = readFileSync(rssFile, "utf8").trim().split("\n");
+    rssMb = Number(lines.at(-1)) / 1024;
+  } catch {
+    rssMb = undefined;
+  }
+  return { seconds, rssMb, stdout: result.stdout ?? "", stderr: result.stderr ?? "", status: result.status };
+}
+
+function kaos(args, cwd, options = {}) {
+  return measure(process.execPath, [cli, ...args], { cwd, ...options });
+}
+
+function sh(script, cwd, options = {}) {
+  return measure("sh", ["-c", script], { cwd, ...options });
+}
+
+/** Runs a setup command, not measured; throws with its output when it fails. */
+function setup(command, args, cwd, env = childEnv) {
+  const result = spawnSync(command, args, { cwd, env, encoding: "utf8", maxBuffer: 1 << 30 });
+  if (result.error) throw result.error;
+  if (result.status !== 0) throw new Error(`\`${[command, ...args].join(" ")}\` in ${cwd} exited with ${result.status}:\n${result.stdout}\n${result.stderr}`.slice(-4000));
+  return result.stdout;
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Runs every side once untimed, then `runs` rounds of all sides, the order
+ * rotating each round. `side.run(round)` returns a measurement; `side.before`
+ * prepares a round untimed. Returns the measurements per side.
+ */
+function interleave(runs, sides) {
+  for (const side of sides) {
+    side.before?.(-1);
+    side.check?.(side.run(-1));
+  }
+  const samples = sides.map(() => []);
+  for (let round = 0; round < runs; round++) {
+    for (let turn = 0; turn < sides.length; turn++) {
+      const index = (round + turn) % sides.length;
+      const side = sides[index];
+      side.before?.(round);
+      const sample = side.run(round);
+      side.check?.(sample);
+      samples[index].push(sample);
+    }
+  }
+  return samples;
+}
+
+function summary(samples) {
+  const rss = samples.map((s) => s.rssMb).filter((v) => v !== undefined);
+  return {
+    median: median(samples.map((s) => s.seconds)),
+    min: Math.min(...samples.map((s) => s.seconds)),
+    max: Math.max(...samples.map((s) => s.seconds)),
+    runs: samples.map((s) => Number(s.seconds.toFixed(4))),
+    peakRssMb: rss.length === 0 ? undefined : Math.max(...rss),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Projects.
+
+function writeProject(dir, { data, manifest, grid = {}, parallelism = 1 }) {
+  mkdirSync(join(dir, "src", "model"), { recursive: true });
+  writeFileSync(join(dir, "src", "Dockerfile"), "FROM python:3.11-slim\nCOPY model /model\n");
+  writeFileSync(join(dir, "src", "model", "requirements.txt"), "");
+  writeFileSync(join(dir, "src", "model", "train"), TRAIN_SCRIPT, { mode: 0o755 });
+  writeFileSync(join(dir, "grid.json"), JSON.stringify(grid));
+  const pipeline = {
+    source: "src",
+    ...(data !== undefined ? { data: relative(dir, data) } : { manifest: relative(dir, manifest) }),
+    hyperparams: "grid.json",
+    parallelism,
+  };
+  writeFileSync(
+    join(dir, "kaos.config.ts"),
+    `import { defineConfig } from "kaos";\n\nexport default defineConfig({\n  pipelines: {\n    bench: ${JSON.stringify(pipeline)},\n  },\n});\n`,
+  );
+}
+
+/** A tiny data bundle for projects whose data does not matter. */
+function tinyData() {
+  const dir = join(runRoot, "tiny-data");
+  prepared(dir, { tiny: 1 }, () => writeFileSync(join(dir, "value.txt"), "1\n"));
+  return dir;
+}
+
+const setupNotes = [];
+
+/**
+ * A project under bench/.data/run/projects/NAME, made once per `parameters`
+ * and brought up to date with one `kaos up` (which builds the environment and
+ * snapshots the data: its time is noted, not benchmarked).
+ */
+function upProject(name, parameters, spec) {
+  const dir = join(runRoot, "projects", name);
+  prepared(dir, { ...parameters, version: 1 }, () => {
+    writeProject(dir, spec);
+    log(`  setting up ${name}: first \`kaos up\` (environment build and data snapshot)`);
+    const first = kaos(["up"], dir);
+    writeFileSync(join(dir, ".first-up.json"), JSON.stringify({ seconds: first.seconds, rssMb: first.rssMb }));
+    setupNotes.push(`${name}: first \`kaos up\` (venv build, snapshot of the data) took ${first.seconds.toFixed(1)} s, peak ${first.rssMb?.toFixed(0) ?? "?"} MB`);
+  });
+  return dir;
+}
+
+const PLAN_STATS = /(\d+) files checked \((\d+) unchanged, (\d+) hashed/;
+
+/** `N files checked (H unchanged, X hashed, ...)` from the first line of `kaos plan`. */
+function planStats(stdout) {
+  const match = PLAN_STATS.exec(stdout);
+  if (match === null) throw new Error(`kaos plan printed no file statistics:\n${stdout.slice(0, 500)}`);
+  return { files: Number(match[1]), unchanged: Number(match[2]), hashed: Number(match[3]) };
+}
+
+/**
+ * Plans until nothing is re-read: freshly written files sit inside the stat
+ * cache's racy window for a second and are read again until they have aged.
+ */
+async function settle(project) {
+  for (let attempt = 0; ; attempt++) {
+    const stats = planStats(kaos(["plan"], project).stdout);
+    if (stats.hashed === 0) return stats;
+    if (attempt === 8) throw new Error(`${project}: kaos plan keeps re-reading ${stats.hashed} files`);
+    await sleep(1_100);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// DVC, from PyPI into a venv kept under bench/.data.
+
+function dvcCommand(wanted) {
+  if (!wanted) return { dvc: undefined, why: "skipped (--quick; pass --dvc to include it)" };
+  const dvc = join(dvcVenv, "bin", "dvc");
+  const failedMarker = `${dvcVenv}.failed`;
+  if (!existsSync(dvc)) {
+    if (existsSync(failedMarker)) {
+      return { dvc: undefined, why: `did not install from PyPI (${readFileSync(failedMarker, "utf8").trim().split("\n").at(-1)}; delete ${relative(repo, failedMarker)} to retry)` };
+    }
+    log("installing dvc from PyPI into bench/.data/dvc-venv (once)");
+    rmSync(dvcVenv, { recursive: true, force: true });
+    const venv = spawnSync("python3", ["-m", "venv", dvcVenv], { encoding: "utf8" });
+    const pip = venv.status === 0 ? spawnSync(join(dvcVenv, "bin", "pip"), ["install", "--quiet", "dvc"], { encoding: "utf8", timeout: 900_000 }) : venv;
+    if (pip.status !== 0 || !existsSync(dvc)) {
+      const reason = `${pip.stderr ?? ""}${pip.error ?? ""}`.trim() || `exit ${pip.status}`;
+      writeFileSync(failedMarker, `${new Date().toISOString()}\n${reason}\n`);
+      rmSync(dvcVenv, { recursive: true, force: true });
+      return { dvc: undefined, why: `did not install from PyPI (${reason.split("\n").at(-1)})` };
+    }
+  }
+  const version = spawnSync(dvc, ["--version"], { encoding: "utf8", env: childEnv });
+  if (version.status !== 0) return { dvc: undefined, why: `installed but does not run: ${version.stderr.trim().split("\n").at(-1)}` };
+  return { dvc, version: version.stdout.trim() };
+}
+
+function dvcInit(dvc, dir) {
+  setup(dvc, ["init", "--no-scm", "--quiet"], dir);
+  // Its state database inside the repo (not /var/tmp/dvc), so a cold run can remove it.
+  setup(dvc, ["config", "core.site_cache_dir", join(dir, ".dvc-site")], dir);
+  setup(dvc, ["config", "core.analytics", "false"], dir);
+  setup(dvc, ["config", "core.check_update", "false"], dir);
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios. Each returns rows for the table.
+
+function row(fields) {
+  return { baseline: undefined, ratio: undefined, target: undefined, pass: undefined, notes: [], ...fields };
+}
+
+function warmTree(files) {
+  return prepareWarmTree({ warmFiles: files }, join(runRoot, `tree-${files}`));
+}
+
+function warmProject(files) {
+  const tree = warmTree(files);
+  return upProject(`plan-${files}`, { tree: readFileSync(join(tree, ".params"), "utf8") }, { data: tree });
+}
+
+/** A copy of the tree with every file added to DVC (its cache filled), for `dvc status`. */
+function dvcStatusRepo(dvc, files) {
+  const tree = warmTree(files);
+  const dir = join(runRoot, "dvc", `status-${files}`);
+  prepared(dir, { tree: readFileSync(join(tree, ".params"), "utf8"), version: 1 }, () => {
+    log(`  setting up dvc status repo for ${files} files (copy, dvc add)`);
+    // A real copy: dvc add moves files into its cache, which would change the original tree.
+    cpSync(tree, join(dir, "data"), { recursive: true, filter: (source) => !source.endsWith("/.git") });
+    dvcInit(dvc, dir);
+    setup(dvc, ["add", "--quiet", "data"], dir);
+  });
+  return dir;
+}
+
+async function scenarioWarmPlan(size, runs, dvc) {
+  const rows = [];
+  for (const files of size.warmFiles) {
+    log(`[1] warm no-op kaos plan, ${files} files`);
+    const project = warmProject(files);
+    const tree = warmTree(files);
+    const statusRepo = dvc.dvc ? dvcStatusRepo(dvc.dvc, files) : undefined;
+    const settled = await settle(project);
+    const sides = [
+      {
+        name: "kaos plan",
+        run: () => kaos(["plan"], project),
+        check: (sample) => {
+          const stats = planStats(sample.stdout);
+          if (stats.hashed !== 0) throw new Error(`warm kaos plan re-read ${stats.hashed} files`);
+          if (!/No changes/.test(sample.stdout)) throw new Error(`warm kaos plan is not a no-op:\n${sample.stdout.slice(-800)}`);
+        },
+      },
+      { name: "git status", run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) },
+    ];
+    if (statusRepo) {
+      sides.push({
+        name: "dvc status",
+        run: () => measure(dvc.dvc, ["status"], { cwd: statusRepo }),
+        check: (sample) => {
+          if (!/up to date/.test(sample.stdout)) throw new Error(`dvc status is not a no-op:\n${sample.stdout.slice(0, 800)}`);
+        },
+      });
+    }
+    const [kaosSamples, gitSamples, dvcSamples] = interleave(runs, sides);
+    const k = summary(kaosSamples);
+    const g = summary(gitSamples);
+    const label = `${files / 1000}k`;
+    rows.push(
+      row({
+        id: `1-${label}`,
+        scenario: `warm no-op plan, ${label} files`,
+        kaos: k,
+        baseline: { name: "git status", ...g },
+        ratio: k.median / g.median,
+        target: "<= 1.00x",
+        pass: k.median <= g.median,
+        notes: [`${settled.files} files, 0 re-read`],
+      }),
+    );
+    if (dvcSamples) {
+      const d = summary(dvcSamples);
+      rows.push(row({ id: `1-${label}-dvc`, scenario: `  same, vs dvc status`, kaos: k, baseline: { name: "dvc status", ...d }, ratio: k.median / d.median, target: "info" }));
+    } else {
+      rows.push(row({ id: `1-${label}-dvc`, scenario: `  same, vs dvc status`, kaos: k, target: "info", notes: [`dvc ${dvc.why}`] }));
+    }
+  }
+  return rows;
+}
+
+async function scenarioColdHash(size, runs, dvc) {
+  log("[2] cold hashing of the mixed set");
+  const mixed = prepareMixed(size.mixed, join(runRoot, `mixed-${size.mixed.largeFiles}x${size.mixed.largeBytes}-${size.mixed.smallFiles}`));
+  const project = join(runRoot, "projects", "cold");
+  prepared(project, { mixed: size.mixed, version: 1 }, () => writeProject(project, { data: mixed }));
+  const list = (root) => `find '${root}' -type f ! -name .params -print0`;
+  // As bench/hash.mjs: large files one per sha256sum, small ones 50 at a time, on every core.
+  const sha256sum = `${list(join(mixed, "large"))} | xargs -0 -P ${cores} -n 1 sha256sum && ${list(join(mixed, "small"))} | xargs -0 -P ${cores} -n 50 sha256sum`;
+  const sizes = execFileSync("find", [mixed, "-type", "f", "-printf", "%s\\n"], { encoding: "utf8" }).trim().split("\n").map(Number);
+  const files = sizes.length;
+  const bytes = sizes.reduce((sum, value) => sum + value, 0);
+  const sides = [
+    {
+      name: "kaos plan (no stat cache)",
+      before: () => rmSync(join(project, ".kaos"), { recursive: true, force: true }),
+      run: () => kaos(["plan"], project),
+      check: (sample) => {
+        const stats = planStats(sample.stdout);
+        if (stats.unchanged !== 0) throw new Error(`cold kaos plan found ${stats.unchanged} cached files`);
+        if (stats.hashed !== stats.files) throw new Error(`cold kaos plan hashed ${stats.hashed} of ${stats.files} files`);
+      },
+    },
+    { name: `sha256sum x${cores}`, run: () => sh(sha256sum, mixed, { stdout: "ignore" }) },
+  ];
+  let dvcRepo;
+  if (dvc.dvc) {
+    // Hard links: `dvc add --no-commit` only reads (checked below), and the page cache is shared.
+    dvcRepo = join(runRoot, "dvc", "mixed");
+    prepared(dvcRepo, { mixed: size.mixed, version: 1 }, () => {
+      execFileSync("cp", ["-al", mixed, join(dvcRepo, "data")]);
+      dvcInit(dvc.dvc, dvcRepo);
+    });
+    sides.push({
+      name: "dvc add --no-commit",
+      before: () => {
+        rmSync(join(dvcRepo, "data.dvc"), { force: true });
+        rmSync(join(dvcRepo, ".dvc-site"), { recursive: true, force: true });
+        rmSync(join(dvcRepo, ".dvc", "tmp"), { recursive: true, force: true });
+      },
+      run: () => measure(dvc.dvc, ["add", "--no-commit", "--quiet", "data"], { cwd: dvcRepo }),
+    });
+  }
+  const probe = join(mixed, "large", "part-0.bin");
+  const ctimeBefore = execFileSync("stat", ["-c", "%Z %h", probe], { encoding: "utf8" });
+  const [kaosSamples, shaSamples, dvcSamples] = interleave(runs, sides);
+  if (dvcRepo && execFileSync("stat", ["-c", "%Z %h", probe], { encoding: "utf8" }) !== ctimeBefore) {
+    throw new Error(`dvc add --no-commit changed ${probe}: the mixed set must be regenerated`);
+  }
+  const k = summary(kaosSamples);
+  const s = summary(shaSamples);
+  const gb = bytes / 1e9;
+  const rows = [
+    row({
+      id: "2",
+      scenario: `cold hash, ${gb.toFixed(2)} GB in ${files} files`,
+      kaos: k,
+      baseline: { name: `sha256sum x${cores}`, ...s },
+      ratio: k.median / s.median,
+      target: "<= 1.25x (>= 0.8x speed)",
+      pass: k.median <= s.median / 0.8,
+      notes: [`kaos ${(gb / k.median).toFixed(2)} GB/s, sha256sum ${(gb / s.median).toFixed(2)} GB/s`],
+    }),
+  ];
+  if (dvcSamples) {
+    const d = summary(dvcSamples);
+    rows.push(row({ id: "2-dvc", scenario: "  same, vs dvc add --no-commit", kaos: k, baseline: { name: "dvc add --no-commit", ...d }, ratio: k.median / d.median, target: "info", notes: [`dvc ${(gb / d.median).toFixed(2)} GB/s (md5)`] }));
+  } else {
+    rows.push(row({ id: "2-dvc", scenario: "  same, vs dvc add", kaos: k, target: "info", notes: [`dvc ${dvc.why}`] }));
+  }
+  return rows;
+}
+
+async function scenarioOneChanged(size, runs) {
+  const files = size.changedFiles;
+  log(`[3] one changed file among ${files}`);
+  const project = warmProject(files);
+  const tree = warmTree(files);
+  await settle(project);
+  const target = join(tree, "d0", "s0", "f0.dat");
+  const original = readFileSync(target);
+  const hashedCounts = [];
+  let noop;
+  try {
+    // Every round writes new bytes into the same file; both sides then see one change.
+    let version = 0;
+    const change = () => {
+      version += 1;
+      const content = Buffer.from(original);
+      content.write(`changed ${version} ${Date.now()}`.padEnd(40), 0);
+      writeFileSync(target, content);
+    };
+    const sides = [
+      {
+        name: "kaos plan",
+        before: change,
+        run: () => kaos(["plan"], project),
+        check: (sample) => hashedCounts.push(planStats(sample.stdout).hashed),
+      },
+      { name: "git status", before: change, run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) },
+    ];
+    const [kaosSamples, gitSamples] = interleave(runs, sides);
+    noop = { kaos: summary(kaosSamples), git: summary(gitSamples) };
+  } finally {
+    writeFileSync(target, original);
+  }
+  const timed = hashedCounts.slice(1);
+  const reread = [...new Set(timed)].join("/");
+  return [
+    row({
+      id: "3",
+      scenario: `one changed of ${files / 1000}k: plan`,
+      kaos: noop.kaos,
+      baseline: { name: "git status", ...noop.git },
+      ratio: noop.kaos.median / noop.git.median,
+      target: "info",
+      notes: [],
+    }),
+    row({
+      id: "3-reread",
+      scenario: "  files re-read by that plan",
+      kaos: undefined,
+      value: reread,
+      target: "exactly 1",
+      pass: timed.every((count) => count === 1),
+      notes: [`per run: ${timed.join(", ")}`],
+    }),
+  ];
+}
+
+/** A project with `count` finished jobs recorded through the state store's API. */
+async function jobsProject(count) {
+  const dir = join(runRoot, "projects", `jobs-${count}`);
+  const { StateStore } = await import(pathToFileURL(join(repo, "dist", "state.js")).href);
+  prepared(dir, { count, version: 1 }, () => {
+    writeProject(dir, { data: tinyData() });
+    const state = StateStore.open(dir);
+    const hex = () => randomBytes(32).toString("hex");
+    const perRun = 100;
+    try {
+      state.transaction(() => {
+        for (let first = 0; first < count; first += perRun) {
+          const run = state.beginRun("local", "up");
+          const keys = { envKey: hex(), sourceKey: hex(), dataKey: hex() };
+          const sweepSize = Math.min(perRun, count - first);
+          for (let index = 0; index < sweepSize; index++) {
+            const params = { lr: [0.1, 0.01, 0.001][index % 3], depth: index, seed: first + index };
+            const job = state.createJob({ runId: run.id, stack: "local", pipeline: "bench", stage: "train", key: hex(), params, ...keys, paramsKey: hex(), sweepIndex: index, sweepSize, outputDir: null, logFile: null });
+            state.markRunning(job.id, null);
+            state.finishJob(job.id, index % 17 === 0 ? { state: "failed", exitCode: 1, reason: "exited with code 1" } : { state: "succeeded", exitCode: 0 });
+          }
+          state.finishRun(run.id, "succeeded");
+        }
+      });
+    } finally {
+      state.close();
+    }
+  });
+  return dir;
+}
+
+async function scenarioStartup(size, runs) {
+  log("[4] start-up: kaos --help, kaos train list");
+  const neutral = tinyData();
+  const node = { name: "node -e 0", run: () => measure(process.execPath, ["-e", "0"], { cwd: neutral }) };
+  const [helpSamples, nodeSamples] = interleave(runs * 2, [{ name: "kaos --help", run: () => kaos(["--help"], neutral) }, node]);
+  const help = summary(helpSamples);
+  const nodeTime = summary(nodeSamples);
+  const project = await jobsProject(size.jobs);
+  const [listSamples, nodeSamples2] = interleave(runs, [
+    {
+      name: "kaos train list",
+      run: () => kaos(["train", "list"], project),
+      check: (sample) => {
+        const lines = sample.stdout.split("\n").filter(Boolean).length;
+        if (lines !== size.jobs + 1) throw new Error(`kaos train list printed ${lines} lines, expected ${size.jobs + 1}`);
+      },
+    },
+    node,
+  ]);
+  const list = summary(listSamples);
+  const node2 = summary(nodeSamples2);
+  return [
+    row({ id: "4-help", scenario: "kaos --help", kaos: help, baseline: { name: "node -e 0", ...nodeTime }, ratio: help.median / nodeTime.median, target: "< 2.00x", pass: help.median < 2 * nodeTime.median }),
+    row({
+      id: "4-list",
+      scenario: `kaos train list, ${size.jobs / 1000}k jobs`,
+      kaos: list,
+      baseline: { name: "node -e 0", ...node2 },
+      ratio: list.median / node2.median,
+      target: "info",
+      notes: ["design: well under dvc's 0.3-1.3 s"],
+    }),
+  ];
+}
+
+async function scenarioSweep(size, runs) {
+  const jobs = size.sweep;
+  log(`[5] ${jobs}-job sweep, parallelism 2`);
+  const project = upProject(`sweep`, { version: 1 }, { data: tinyData(), grid: { i: [0] }, parallelism: 2 });
+  // Job records and outputs of earlier bench runs are not part of this one.
+  rmSync(join(project, ".kaos", "jobs"), { recursive: true, force: true });
+  for (const suffix of ["", "-wal", "-shm"]) rmSync(join(project, ".kaos", `state.db${suffix}`), { force: true });
+  const modelDir = join(project, "src", "model");
+  const byHand = join(runRoot, "sweep-by-hand");
+  let round = 0;
+  const sides = [
+    {
+      name: "kaos up",
+      // New combinations every round, so all of them run; the environment is already built.
+      before: () => writeFileSync(join(project, "grid.json"), JSON.stringify({ i: Array.from({ length: jobs }, (_, i) => i), round: [`r${process.pid}-${round++}`] })),
+      run: () => kaos(["up"], project),
+      check: (sample) => {
+        const match = /(\d+) succeeded, (\d+) failed/.exec(sample.stderr);
+        if (match === null || Number(match[1]) !== jobs) throw new Error(`kaos up did not run ${jobs} jobs:\n${sample.stderr.slice(-800)}`);
+        if (/ build .* succeeded/.test(sample.stderr)) throw new Error("kaos up built the environment again");
+      },
+    },
+    {
+      name: "xargs -P 2",
+      before: () => rmSync(byHand, { recursive: true, force: true }),
+      run: () => sh(`seq 0 ${jobs - 1} | xargs -P 2 -I{} sh -c 'mkdir -p "$1/{}" && exec ./train "$1/{}"' sh '${byHand}'`, modelDir),
+    },
+  ];
+  const [kaosSamples, handSamples] = interleave(runs, sides);
+  const k = summary(kaosSamples);
+  const h = summary(handSamples);
+  return [
+    row({
+      id: "5",
+      scenario: `${jobs}-job sweep, -p 2`,
+      kaos: k,
+      baseline: { name: "xargs -P 2", ...h },
+      ratio: k.median / h.median,
+      target: "< 1.20x",
+      pass: k.median < 1.2 * h.median,
+      notes: [`overhead ${(((k.median - h.median) / jobs) * 1000).toFixed(1)} ms per job (wall, 2 at a time)`],
+    }),
+  ];
+}
+
+async function scenarioIngest(size, runs) {
+  const files = size.manifestFiles;
+  log(`[6] manifest ingest, ${files} x 1 MB from 127.0.0.1`);
+  const server = await startServerProcess(MANIFEST_FILE_BYTES);
+  try {
+    const base = `http://127.0.0.1:${server.port}`;
+    const urls = Array.from({ length: files }, (_, i) => `${base}/f/${i}`);
+    // The server's port changes every run, and with it the manifest; the environment built before stays.
+    const project = join(runRoot, "projects", "ingest");
+    mkdirSync(project, { recursive: true });
+    const manifest = join(project, "data.jsonl");
+    writeFileSync(manifest, urls.map((url, i) => JSON.stringify({ url, path: `part-${String(i).padStart(4, "0")}.bin` })).join("\n") + "\n");
+    rmSync(`${manifest}.lock`, { force: true });
+    writeProject(project, { manifest });
+    kaos(["up"], project);
+    const curlDir = join(runRoot, "ingest-curl");
+    const curlConfig = join(runRoot, "ingest-curl.config");
+    writeFileSync(curlConfig, urls.map((url, i) => `url = "${url}"\noutput = "${join(curlDir, `part-${i}.bin`)}"\n`).join(""));
+    const sides = [
+      {
+        name: "kaos up (cold)",
+        before: () => {
+          rmSync(join(project, ".kaos", "objects"), { recursive: true, force: true });
+          rmSync(join(project, ".kaos", "data"), { recursive: true, force: true });
+          rmSync(`${manifest}.lock`, { force: true });
+        },
+        run: () => kaos(["up"], project),
+        check: (sample) => {
+          if (!new RegExp(`${files} downloaded`).test(sample.stderr)) throw new Error(`kaos up did not download ${files} files:\n${sample.stderr.slice(-800)}`);
+        },
+      },
+      {
+        name: `curl --parallel-max ${INGEST_CONCURRENCY}`,
+        before: () => {
+          rmSync(curlDir, { recursive: true, force: true });
+          mkdirSync(curlDir);
+        },
+        run: () => measure("curl", ["--parallel", "--parallel-max", String(INGEST_CONCURRENCY), "-s", "--no-progress-meter", "-f", "-K", curlConfig], { cwd: runRoot }),
+      },
+    ];
+    const [kaosSamples, curlSamples] = interleave(runs, sides);
+    // The no-op rerun right after: everything stored and pinned.
+    const [noopSamples] = interleave(runs, [
+      {
+        name: "kaos up (no-op)",
+        run: () => kaos(["up"], project),
+        check: (sample) => {
+          if (/\d+ downloaded/.test(sample.stderr) || !/nothing to do/.test(sample.stderr)) throw new Error(`the rerun was not a no-op:\n${sample.stderr.slice(-800)}`);
+        },
+      },
+    ]);
+    const k = summary(kaosSamples);
+    const c = summary(curlSamples);
+    const n = summary(noopSamples);
+    const megabytes = (files * MANIFEST_FILE_BYTES) / 1e6;
+    return [
+      row({
+        id: "6",
+        scenario: `ingest ${files} x 1 MB`,
+        kaos: k,
+        baseline: { name: `curl --parallel ${INGEST_CONCURRENCY}`, ...c },
+        ratio: k.median / c.median,
+        target: "<= 1.25x (>= 0.8x speed)",
+        pass: k.median <= c.median / 0.8,
+        notes: [
+          `kaos ${(megabytes / k.median).toFixed(0)} MB/s, curl ${(megabytes / c.median).toFixed(0)} MB/s`,
+          `without the no-op up's fixed cost: ${((k.median - n.median) / c.median).toFixed(2)}x`,
+        ],
+      }),
+      row({ id: "6-noop", scenario: "  no-op rerun (kaos up)", kaos: n, target: "< 1 s", pass: n.median < 1 }),
+    ];
+  } finally {
+    server.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Report.
+
+function seconds(value) {
+  if (value === undefined) return "-";
+  return value < 1 ? `${(value * 1000).toFixed(0)} ms` : `${value.toFixed(2)} s`;
+}
+
+function tableText(rows) {
+  const header = ["scenario", "kaos", "baseline", "ratio", "target", "result", "kaos peak RSS", "notes"];
+  const lines = rows.map((r) => [
+    r.scenario,
+    r.value ?? seconds(r.kaos?.median),
+    r.baseline?.median !== undefined ? `${seconds(r.baseline.median)} ${r.baseline.name}` : "-",
+    r.ratio !== undefined ? `${r.ratio.toFixed(2)}x` : "-",
+    r.target ?? "",
+    r.pass === undefined ? "" : r.pass ? "pass" : "MISS",
+    r.kaos?.peakRssMb !== undefined && r.id.indexOf("-dvc") === -1 ? `${r.kaos.peakRssMb.toFixed(0)} MB` : "",
+    r.notes.join("; "),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const format = (cells) => `| ${cells.map((cell, i) => cell.padEnd(widths[i])).join(" | ")} |`;
+  return [format(header), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...lines.map(format)].join("\n");
+}
+
+async function main() {
+  const options = parseOptions(process.argv.slice(2));
+  const size = options.quick ? SIZES.quick : SIZES.full;
+  const runs = options.runs ?? size.runs;
+  const wanted = (id) => options.only === undefined || options.only.has(String(id));
+  if (!existsSync(cli)) throw new Error("dist/cli.js is missing: run `npm run build` first (npm run bench does)");
+  for (const tool of ["git", "sha256sum", "curl", "xargs", "find", "python3"]) {
+    if (!hasCommand(tool)) throw new Error(`${tool} is not on PATH; the benchmark compares against it`);
+  }
+  mkdirSync(runRoot, { recursive: true });
+  if (options.json === "-") {
+    const toStderr = (line) => process.stderr.write(`${line}\n`);
+    log = toStderr;
+  }
+  const started = performance.now();
+  const dvc = dvcCommand(options.dvc ?? !options.quick);
+  log(`kaos bench (${options.quick ? "quick" : "full"}), ${cores} cores, ${runs} runs per figure, dvc: ${dvc.dvc ? dvc.version : dvc.why}; data in ${relative(repo, runRoot)}`);
+
+  const rows = [];
+  if (wanted(1)) rows.push(...(await scenarioWarmPlan(size, runs, dvc)));
+  if (wanted(2)) rows.push(...(await scenarioColdHash(size, runs, dvc)));
+  if (wanted(3)) rows.push(...(await scenarioOneChanged(size, runs)));
+  if (wanted(4)) rows.push(...(await scenarioStartup(size, runs)));
+  if (wanted(5)) rows.push(...(await scenarioSweep(size, runs)));
+  if (wanted(6)) rows.push(...(await scenarioIngest(size, runs)));
+  const duration = (performance.now() - started) / 1000;
+
+  const text = [
+    "",
+    tableText(rows),
+    "",
+    `medians of ${runs} interleaved runs; ratio = kaos time / baseline time; ${cores} cores; dvc: ${dvc.dvc ? dvc.version : dvc.why}`,
+    ...setupNotes.map((note) => `setup: ${note}`),
+    `bench took ${duration.toFixed(0)} s (${options.quick ? "quick" : "full"})`,
+  ].join("\n");
+  const results = {
+    mode: options.quick ? "quick" : "full",
+    date: new Date().toISOString(),
+    node: process.version,
+    cores,
+    runs,
+    dvc: dvc.dvc ? dvc.version : null,
+    durationSeconds: Number(duration.toFixed(1)),
+    rows,
+    setup: setupNotes,
+  };
+  if (options.json === "-") {
+    process.stderr.write(`${text}\n`);
+    process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+  } else {
+    process.stdout.write(`${text}\n`);
+    if (options.json !== undefined) writeFileSync(options.json, `${JSON.stringify(results, null, 2)}\n`);
+  }
+  const missed = rows.filter((r) => r.pass === false);
+  if (missed.length > 0) log(`targets missed: ${missed.map((r) => r.id).join(", ")}`);
+}
+
+await main();
