@@ -4,7 +4,8 @@
  * `watch` and `train deploy` are thin layers over these functions.
  */
 import { validateSourceBundle } from "./bundle.js";
-import { KaosError } from "./errors.js";
+import { join } from "node:path";
+import { KaosError, describeError, errnoCode } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
 import { stopOrphanedJobs } from "./backends/local/process.js";
 import { readLock, readManifest } from "./manifest.js";
@@ -88,11 +89,38 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
     let result: ExecuteResult | undefined;
     try {
       result = await session.backend.execute({ plan: current, runId: run.id, reporter: options.reporter, signal: options.signal, refresh: options.refresh });
+    } catch (error) {
+      // The run cannot go on (a full disk, most likely): jobs still running would
+      // outlive it unrecorded, so they are stopped before the error is told.
+      await session.backend.stopAll("stopped: kaos could not go on with this run");
+      throw diskFullError(error, session.config.root);
     } finally {
-      session.state.finishRun(run.id, result === undefined ? "failed" : result.cancelled ? "cancelled" : result.succeeded ? "succeeded" : "failed");
+      try {
+        session.state.finishRun(run.id, result === undefined ? "failed" : result.cancelled ? "cancelled" : result.succeeded ? "succeeded" : "failed");
+      } catch (error) {
+        // After a failure its own error is the one to tell; the next kaos up recovers the run.
+        if (result !== undefined) throw diskFullError(error, session.config.root);
+      }
     }
     return { runId: run.id, plan: current, result };
   } finally {
-    lock.release();
+    try {
+      lock.release();
+    } catch {
+      // A lock that could not be given back is taken over by the next kaos: this process is gone by then.
+    }
   }
+}
+
+/**
+ * A write that failed because the disk is full, told as such: which disk, and
+ * that the next run picks up where this one stopped. Other errors are returned unchanged.
+ */
+export function diskFullError(error: unknown, root: string): unknown {
+  const code = errnoCode(error);
+  if (code !== "SQLITE_FULL" && code !== "ENOSPC" && code !== "EDQUOT") return error;
+  return new KaosError("IO", `the disk holding ${join(root, ".kaos")} is full (${describeError(error)}); kaos could not record this run`, {
+    hint: "free some space and run kaos up again: jobs that finished are kept, the others run again",
+    cause: error,
+  });
 }

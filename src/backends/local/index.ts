@@ -170,6 +170,13 @@ export class LocalBackend implements PlanOracle {
     }
   }
 
+  /** Cancels every job still queued or running and waits (15 s at most) until their processes are gone. */
+  async stopAll(reason: string): Promise<void> {
+    this.cancel(reason);
+    const deadline = Date.now() + 15_000;
+    while (this.running.size > 0 && Date.now() < deadline) await new Promise((done) => setTimeout(done, 50));
+  }
+
   /** Cancels running and queued jobs that `select` picks (all by default). */
   cancel(reason: string, select: (job: JobRecord) => boolean = () => true): void {
     for (const entry of this.running.values()) if (select(entry.job)) entry.cancel(reason);
