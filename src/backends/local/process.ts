@@ -149,7 +149,7 @@ export function killGroup(pgid: number, signal: NodeJS.Signals): void {
  * descendant that does not scrub its environment, so it finds a job's
  * processes even after they left its process group or lost their parent.
  */
-export function processesOfJob(jobId: string): { pid: number; pgid: number }[] {
+export function processesOfJob(jobId: string, startedAtTicks?: number): { pid: number; pgid: number }[] {
   const needle = `${JOB_TAG}=${jobId}`;
   let entries: string[];
   try {
@@ -164,6 +164,9 @@ export function processesOfJob(jobId: string): { pid: number; pgid: number }[] {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       if (fields[0] === "Z") continue;
+      // Started before the job's first process: not one of its descendants, whose
+      // environment need not be read (this scan runs after every job).
+      if (startedAtTicks !== undefined && Number(fields[19]) < startedAtTicks) continue;
       const environ = readFileSync(`/proc/${entry}/environ`, "latin1");
       if (!environ.split("\0").includes(needle)) continue;
       found.push({ pid: Number(entry), pgid: Number(fields[2]) });
@@ -174,9 +177,20 @@ export function processesOfJob(jobId: string): { pid: number; pgid: number }[] {
   return found;
 }
 
+/** When a process started, in clock ticks since boot (Linux /proc); undefined elsewhere or once it is reaped. */
+export function processStartTicks(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const ticks = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
+    return Number.isFinite(ticks) ? ticks : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Signals every process of a job: the groups it leads and each tagged process. Returns how many were found. */
-export function signalJob(jobId: string, signal: NodeJS.Signals): number {
-  const processes = processesOfJob(jobId);
+export function signalJob(jobId: string, signal: NodeJS.Signals, startedAtTicks?: number): number {
+  const processes = processesOfJob(jobId, startedAtTicks);
   for (const { pid, pgid } of processes) {
     if (pgid === pid) killGroup(pgid, signal);
     try {
@@ -224,6 +238,8 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
   let killTimer: NodeJS.Timeout | undefined;
   let memoryTimer: NodeJS.Timeout | undefined;
   const pid = child.pid ?? -1;
+  // Read now, while the child cannot have been reaped: it bounds which processes may be its descendants.
+  const startedAtTicks = jobId !== undefined && pid > 0 ? processStartTicks(pid) : undefined;
 
   const stop = (why: string, graceMs = 5_000) => {
     if (reason === undefined) reason = why;
@@ -262,7 +278,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
       // not at "close": a daemon holding the script's stdout would otherwise
       // keep the job running until the daemon ends.
       killGroup(pid, "SIGKILL");
-      if (jobId !== undefined) signalJob(jobId, "SIGKILL");
+      if (jobId !== undefined) signalJob(jobId, "SIGKILL", startedAtTicks);
       // A process that escaped both (new session, scrubbed environment) may
       // still hold the pipes: stop waiting for them after a moment.
       setTimeout(() => {
