@@ -503,78 +503,65 @@ function workerError(root: string, error: WorkerFileError): KaosError {
 // Cache comparison.
 
 /**
- * Finds each walked path's cache entry and compares stats. Paths are visited
- * in sorted order and a cache saved by hashTree lists them in that order too,
- * so a cursor over the cache's keys usually finds the entry with one string
- * comparison; a Map lookup (hashing a freshly split string, several times
- * slower over 100k paths) is the fallback for new paths and for stores that
- * reorder entries.
+ * Finds each walked path's cache entry and compares stats, without allocating.
  *
- * The cached stats are packed once into 64-bit slots laid out like the
- * worker's, and both are compared as pairs of 32-bit halves: reading a
- * BigInt64Array element allocates a BigInt, and half a million of those per
- * 100k files is most of the garbage a warm run would make.
+ * Paths are visited in sorted order, and a cache saved by hashTree lists them
+ * in that order too. From a plain Map, a cursor over its keys finds each
+ * entry with one string comparison (a Map lookup hashes a freshly split
+ * string, several times slower over 100k paths) and falls back to get() for
+ * new paths and reordered stores. A Map subclass is only asked get(), in path
+ * order: a store may keep its entries lazily and make in-order lookups cheap,
+ * and iterating would undo that.
+ *
+ * Stats are compared as 32-bit halves: reading a BigInt64Array element makes
+ * a BigInt, and half a million of those per 100k files would be most of the
+ * garbage a warm run makes.
  */
-class CacheCursor {
-  private readonly keys: string[];
-  private readonly values: StatCacheEntry[];
-  /** Per entry: dev, ino, size, mtimeNs, ctimeNs. */
-  private readonly packed: Int32Array;
+class CacheLookup {
+  private readonly keys: string[] | undefined;
+  private readonly values: StatCacheEntry[] | undefined;
   private position = 0;
 
   constructor(
     private readonly cache: Map<string, StatCacheEntry>,
     private readonly limits: RacyLimits,
   ) {
-    this.keys = Array.from(cache.keys());
-    this.values = Array.from(cache.values());
-    const slots = new BigInt64Array(this.values.length * 5);
-    this.values.forEach((entry, index) => {
-      // Assignment wraps modulo 2^64, so signed, unsigned and plain-number
-      // ids all land on the bit pattern lstat gives.
-      slots[index * 5] = BigInt(entry.dev);
-      slots[index * 5 + 1] = BigInt(entry.ino);
-      slots[index * 5 + 2] = BigInt(entry.size);
-      slots[index * 5 + 3] = entry.mtimeNs;
-      slots[index * 5 + 4] = entry.ctimeNs;
-    });
-    this.packed = new Int32Array(slots.buffer);
+    if (Object.getPrototypeOf(cache) === Map.prototype) {
+      this.keys = Array.from(cache.keys());
+      this.values = Array.from(cache.values());
+    }
+  }
+
+  private find(path: string): StatCacheEntry | undefined {
+    const keys = this.keys;
+    if (keys === undefined) return this.cache.get(path);
+    while (this.position < keys.length) {
+      const key = keys[this.position]!;
+      if (key === path) return this.values![this.position++];
+      if (key > path) break;
+      this.position++;
+    }
+    return this.cache.get(path);
   }
 
   /** The entry for `path` if it still describes the file (same stat, outside the racy window). */
   unchanged(path: string, result: UnitResult, halves: StatHalves, index: number): StatCacheEntry | undefined {
-    const limits = this.limits;
-    let slot = -1;
-    while (this.position < this.keys.length) {
-      const key = this.keys[this.position]!;
-      if (key === path) {
-        slot = this.position++;
-        break;
-      }
-      if (key > path) break;
-      this.position++;
-    }
-    if (slot < 0) {
-      const entry = this.cache.get(path);
-      return entry !== undefined && isUnchanged(entry, result, index, limits) ? entry : undefined;
-    }
-    const entry = this.values[slot]!;
-    const cached = this.packed;
-    const c = slot * 10;
+    const entry = this.find(path);
+    if (entry === undefined) return undefined;
     const { ids, times } = halves;
     const i = index * 6;
     const t = index * 4;
     if (
-      cached[c + 6] !== times[t] || cached[c + 7] !== times[t + 1] ||
-      cached[c + 8] !== times[t + 2] || cached[c + 9] !== times[t + 3] ||
-      cached[c + 4] !== ids[i + 4] || cached[c + 5] !== ids[i + 5] ||
-      cached[c + 2] !== ids[i + 2] || cached[c + 3] !== ids[i + 3] ||
-      cached[c] !== ids[i] || cached[c + 1] !== ids[i + 1] ||
-      entry.mode !== MODE_NAMES[result.modes[index]!]
+      !sameBits(entry.mtimeNs, times, t) ||
+      !sameBits(entry.ctimeNs, times, t + 2) ||
+      entry.size !== numberAt(ids, i + 4) ||
+      entry.mode !== MODE_NAMES[result.modes[index]!] ||
+      !sameId(entry.ino, ids, i + 2) ||
+      !sameId(entry.dev, ids, i)
     ) {
       return undefined;
     }
-    return isOutsideRacyWindow(result, index, limits) ? entry : undefined;
+    return isOutsideRacyWindow(result, index, this.limits) ? entry : undefined;
   }
 }
 
@@ -591,27 +578,28 @@ function halvesOf(result: UnitResult): StatHalves {
   };
 }
 
-function sameId(cached: bigint | number, current: bigint): boolean {
-  if (typeof cached === "number") return cached === Number(current);
-  return cached === current || (cached < 0n && BigInt.asUintN(64, cached) === current);
+const scratch = new BigInt64Array(1);
+const scratchWords = new Int32Array(scratch.buffer);
+
+/** Whether `value` has the 64 bits at `words[at]`, `words[at + 1]` (writing a BigInt64Array wraps modulo 2^64). */
+function sameBits(value: bigint, words: Int32Array, at: number): boolean {
+  scratch[0] = value;
+  return scratchWords[0] === words[at] && scratchWords[1] === words[at + 1];
+}
+
+/** The unsigned 64-bit value at `words[at]` as a number (exact below 2^53). */
+function numberAt(words: Int32Array, at: number): number {
+  return (words[at + 1]! >>> 0) * 0x1_0000_0000 + (words[at]! >>> 0);
+}
+
+/** dev and ino: signed, unsigned and plain-number forms of the same value all match. */
+function sameId(cached: bigint | number, words: Int32Array, at: number): boolean {
+  return typeof cached === "number" ? cached === numberAt(words, at) : sameBits(cached, words, at);
 }
 
 interface RacyLimits {
   fine: bigint;
   coarse: bigint;
-}
-
-/** Whether a cache entry still describes the file: same stat, and not stamped within the racy window. */
-function isUnchanged(entry: StatCacheEntry, result: UnitResult, index: number, limits: RacyLimits): boolean {
-  return (
-    entry.mtimeNs === result.times[index * 2] &&
-    entry.ctimeNs === result.times[index * 2 + 1] &&
-    entry.size === Number(result.ids[index * 3 + 2]) &&
-    entry.mode === MODE_NAMES[result.modes[index]!] &&
-    sameId(entry.ino, result.ids[index * 3 + 1]!) &&
-    sameId(entry.dev, result.ids[index * 3]!) &&
-    isOutsideRacyWindow(result, index, limits)
-  );
 }
 
 /**
@@ -699,7 +687,7 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
     throw error;
   }
   const limits = savedAt === undefined ? undefined : { fine: savedAt - RACY_WINDOW_FINE_NS, coarse: savedAt - RACY_WINDOW_COARSE_NS };
-  const cursor = cache === undefined || cache.size === 0 || limits === undefined ? undefined : new CacheCursor(cache, limits);
+  const cursor = cache === undefined || cache.size === 0 || limits === undefined ? undefined : new CacheLookup(cache, limits);
   const listing = new Listing(cursor);
   run.consume((record) => {
     const jobs = listing.add(record);
@@ -727,7 +715,7 @@ class Listing {
   private streaming = true;
   private readonly jobs = new JobBuilder();
 
-  constructor(private readonly cursor: CacheCursor | undefined) {}
+  constructor(private readonly cursor: CacheLookup | undefined) {}
 
   /** Takes one walk result; returns the hash jobs for what must be read. */
   add(record: UnitRecord): HashJob[] {

@@ -426,6 +426,37 @@ describe("hashTree: stat cache", () => {
     expect(warm.hash).toBe(cold.hash);
   });
 
+  it("only asks get() of a Map subclass, so a store can keep its entries lazily", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    await waitPastRacyWindow();
+    const cache = memoryStatCache();
+    const cold = await hashTree(root, { statCache: cache });
+    class LookupOnly extends Map<string, StatCacheEntry> {
+      lookups = 0;
+      override get(path: string): StatCacheEntry | undefined {
+        this.lookups++;
+        return super.get(path);
+      }
+      override keys(): MapIterator<string> {
+        throw new Error("iterated");
+      }
+      override values(): MapIterator<StatCacheEntry> {
+        throw new Error("iterated");
+      }
+      override entries(): MapIterator<[string, StatCacheEntry]> {
+        throw new Error("iterated");
+      }
+    }
+    const lazy = new LookupOnly();
+    for (const entry of (await cache.load(root)).values()) Map.prototype.set.call(lazy, entry.path, entry);
+    const store: StatCacheStore = { load: () => lazy, save: () => undefined, savedAt: () => cache.savedAt(root) };
+    const warm = await hashTree(root, { statCache: store });
+    expect(warm.stats).toMatchObject({ hashedFiles: 0, cacheHits: Object.keys(SAMPLE).length });
+    expect(warm.hash).toBe(cold.hash);
+    expect(lazy.lookups).toBe(Object.keys(SAMPLE).length);
+  });
+
   it("re-reads thousands of changed files, and only those, through hash jobs", async () => {
     const root = makeTemporaryDirectory();
     for (let index = 0; index < 4000; index++) writeTree(root, { [`d${index % 5}/f${index}.txt`]: `v1 ${index}` });
