@@ -44,7 +44,7 @@ interface Case {
 
 const catalogue: Record<string, Case[]> = {
   "config files": [
-  { name: "config with a syntax error", files: { "kaos.config.ts": "export default defineConfig({\n" }, args: ["up"], message: "error: {dir}/kaos.config.ts: could not be loaded: ParseError", fresh: true },
+  { name: "config with a syntax error", files: { "kaos.config.ts": "export default defineConfig({\n" }, args: ["up"], message: "error: {dir}/kaos.config.ts: could not be loaded: ParseError" },
   { name: "config that throws", files: { "kaos.config.ts": `throw new Error("boom");\n` }, args: ["plan"], message: "error: {dir}/kaos.config.ts: could not be loaded: boom\nhint: fix the error above" },
   { name: "config whose default export is a number", files: { "kaos.config.ts": "export default 42;\n" }, args: ["up"], message: "error: {dir}/kaos.config.ts: the default export is 42; expected `export default defineConfig({ pipelines: {...} })`" },
   { name: "config without a default export", files: { "kaos.config.ts": "export const pipelines = {};\n" }, args: ["up"], message: "error: {dir}/kaos.config.ts: has no default export; expected `export default defineConfig({ pipelines: {...} })`", fresh: true },
@@ -83,7 +83,7 @@ const catalogue: Record<string, Case[]> = {
   ],
   "source bundles": [
   { name: "source bundle without a Dockerfile", remove: ["src/Dockerfile"], args: ["up"], message: "error: pipelines.p.source: invalid source bundle {dir}/src\n{dir}/src/Dockerfile: missing; expected the Dockerfile that builds the training image", fresh: true },
-  { name: "source bundle without train", remove: ["src/model/train"], args: ["plan"], message: "{dir}/src/model/train: missing; expected the executable training script", fresh: true },
+  { name: "source bundle without train", remove: ["src/model/train"], args: ["plan"], message: "{dir}/src/model/train: missing; expected the executable training script" },
   { name: "train not executable", files: { "src/model/train": { content: "#!/bin/sh\n", mode: 0o644 } }, args: ["up"], message: "{dir}/src/model/train: not executable; run `chmod +x {dir}/src/model/train`" },
   { name: "source bundle without requirements.txt", remove: ["src/model/requirements.txt"], args: ["up"], message: "{dir}/src/model/requirements.txt: missing; expected the Python requirements (may be empty)" },
   { name: "source bundle without model/", remove: ["src/model"], args: ["up"], message: "{dir}/src/model/: missing; expected a model/ directory with requirements.txt and an executable train\n" },
@@ -91,7 +91,7 @@ const catalogue: Record<string, Case[]> = {
   "manifests and locks": [
   { name: "manifest line not JSON", files: manifest("{nope"), args: ["up"], message: `error: {dir}/m.jsonl:1: invalid JSON (Expected property name or '}' in JSON at position 1) — expected one JSON object per line, like ${LINE_EXAMPLE}`, fresh: true },
   { name: "manifest line is an array", files: manifest(`{"url": "http://x/a", "path": "a"}`, "[1]"), args: ["plan"], message: `error: {dir}/m.jsonl:2: line is an array — expected a JSON object like ${LINE_EXAMPLE}` },
-  { name: "manifest path escaping with ..", files: manifest(`{"url": "http://x/a", "path": "train/../../a"}`), args: ["up"], message: `{dir}/m.jsonl:1: unsafe path "train/../../a" (has a '..' segment) — expected a relative path inside the data directory, such as "train/a.csv"`, fresh: true },
+  { name: "manifest path escaping with ..", files: manifest(`{"url": "http://x/a", "path": "train/../../a"}`), args: ["up"], message: `{dir}/m.jsonl:1: unsafe path "train/../../a" (has a '..' segment) — expected a relative path inside the data directory, such as "train/a.csv"` },
   { name: "manifest absolute path", files: manifest(`{"url": "http://x/a", "path": "/etc/passwd"}`), args: ["up"], message: `{dir}/m.jsonl:1: unsafe path "/etc/passwd" (is absolute)` },
   { name: "manifest unknown key", files: manifest(`{"url": "http://x/a", "path": "a", "md5": "x"}`), args: ["up"], message: `{dir}/m.jsonl:1: unknown key "md5" — expected only "url", "path", "sha256" and "size"` },
   { name: "manifest without url", files: manifest(`{"url": "http://x/a", "path": "a"}`, `{"path": "b"}`), args: ["up"], message: `{dir}/m.jsonl:2: missing "url" — expected a string URL with scheme http, https or file` },
@@ -119,9 +119,9 @@ const catalogue: Record<string, Case[]> = {
   { name: "unknown command", args: ["frobnicate"], message: "error: unknown command 'frobnicate'\n(run with --help for usage)", fresh: true },
   { name: "unknown option", args: ["up", "--frobnicate"], message: "error: unknown option '--frobnicate'" },
   { name: "extra argument to up", args: ["up", "extra"], message: "error: too many arguments for 'up'. Expected 0 arguments but got 1." },
-  { name: "--config that does not exist", args: ["--config", "nope.ts", "up"], message: "error: --config nope.ts: no such file: {dir}/nope.ts", fresh: true },
+  { name: "--config that does not exist", args: ["--config", "nope.ts", "up"], message: "error: --config nope.ts: no such file: {dir}/nope.ts" },
   { name: "no config anywhere", remove: ["kaos.config.ts"], args: ["plan"], message: "error: no kaos.config.ts found in {dir} or any parent directory" },
-  { name: "deploy without a source", args: ["train", "deploy", "-d", "data"], message: "error: required option '-s, --source <dir>' not specified", fresh: true },
+  { name: "deploy without a source", args: ["train", "deploy", "-d", "data"], message: "error: required option '-s, --source <dir>' not specified" },
   { name: "deploy without data", args: ["train", "deploy", "-s", "src"], message: "error: expected -d/--data DIR or -m/--manifest PATH" },
   { name: "deploy with data and manifest", args: ["train", "deploy", "-s", "src", "-d", "data", "-m", "m.jsonl"], message: "error: -d/--data and -m/--manifest are exclusive: give one of them" },
   { name: "deploy with negative cores", args: ["train", "deploy", "-s", "src", "-d", "data", "--cpu", "-1"], message: `error: option '--cpu <n>' argument '-1' is invalid. --cpu: expected a positive number, found "-1"` },
@@ -130,7 +130,7 @@ const catalogue: Record<string, Case[]> = {
   { name: "deploy with a memory word", args: ["train", "deploy", "-s", "src", "-d", "data", "--memory", "lots"], message: "error: --memory lots: expected a size with an SI or binary suffix such as 512M or 2Gi" },
   { name: "deploy with a missing hyperparams file", args: ["train", "deploy", "-s", "src", "-d", "data", "-h", "nope.json"], message: "error: invalid flags\n-h/--hyperparams: no such file: {dir}/nope.json; expected a JSON file holding an object of scalars and lists", fresh: true },
   { name: "deploy with a bad pipeline name", args: ["train", "deploy", "-s", "src", "-d", "data", "-n", "bad name"], message: `error: invalid flags\n-n/--name "bad name": expected a pipeline name of letters, digits, '-' and '_' (at most 63)` },
-  { name: "deploy of a bundle without train", remove: ["src/model/train"], args: ["train", "deploy", "-s", "src", "-d", "data"], message: "error: -s/--source: invalid source bundle {dir}/src\n{dir}/src/model/train: missing", fresh: true },
+  { name: "deploy of a bundle without train", remove: ["src/model/train"], args: ["train", "deploy", "-s", "src", "-d", "data"], message: "error: -s/--source: invalid source bundle {dir}/src\n{dir}/src/model/train: missing" },
   { name: "deploy of a bad manifest", files: { "m.jsonl": `{"url": "http://x/a", "path": "../a"}\n` }, args: ["train", "deploy", "-s", "src", "-m", "m.jsonl"], message: `error: {dir}/m.jsonl:1: unsafe path "../a" (has a '..' segment)`, fresh: true },
   { name: "list with limit 0", args: ["train", "list", "--limit", "0"], message: `--limit: expected a whole number, 1 or more, found "0"` },
   { name: "logs without a job", args: ["train", "logs"], message: "error: missing required argument 'job'" },

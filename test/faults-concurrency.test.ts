@@ -5,7 +5,7 @@
  * side.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, listJobs, processesWithEnv, trustProblems } from "./helpers/faults.js";
@@ -49,8 +49,14 @@ const LOCKED = /error: another kaos \(pid (\d+), `up`, started at \S+\) is apply
 
 describe("concurrency", () => {
   it("a second kaos up on the same stack refuses with a clear message while the first runs on", async () => {
-    const made = project({ grid: { score: [1, 2, 3, 4], sleep: 0.6 }, parallelism: 2 });
-    const first = startKaos(["up"], { cwd: made.dir, env: env(made) });
+    // The jobs wait for a file the test writes, so the first run lasts as long as the test needs.
+    const made = project({
+      grid: { score: [1, 2, 3, 4] },
+      parallelism: 2,
+      extra: { "src/model/train": { content: `#!/bin/sh\necho "start $KAOS_JOB_ID x 0" >> "$KAOS_TEST_LOG"\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`, mode: 0o755 } },
+    });
+    const release = made.path("release");
+    const first = startKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: release } });
     await first.waitFor(/p train 1\/4 \w+ .*running/);
     const second = await runKaos(["up"], { cwd: made.dir, env: env(made) });
     expect(second.code).toBe(1);
@@ -61,6 +67,7 @@ describe("concurrency", () => {
     // watch and train deploy go through the same lock; --force does not get around it.
     const forced = await runKaos(["up", "--force"], { cwd: made.dir, env: env(made) });
     expect(forced.stderr).toMatch(LOCKED);
+    writeFileSync(release, "");
     const result = await first.exited;
     expect(result.code, result.stderr).toBe(0);
     expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(4);

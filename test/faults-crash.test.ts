@@ -169,7 +169,7 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
 
   it("rebuilds killed at swept points inside the build (requirements edited each time)", async () => {
     const made = project({ grid: { score: [1, 2], sleep: 0.1 }, parallelism: 2 });
-    const delays = [0, 30, 60, 100, 150, 220, 300];
+    const delays = [0, 40, 100, 180, 300];
     let kills = 0;
     // Each edit makes a new environment key, so every run builds; the last run of each finishes the build.
     for (const [index, delay] of delays.entries()) {
@@ -193,7 +193,7 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
     writeFileSync(made.path("grid.json"), JSON.stringify({ score: [0], sleep: 0 }));
     expect((await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } })).code).toBe(0);
     writeFileSync(made.path("grid.json"), JSON.stringify({ score: [1, 2, 3, 4, 5, 6, 7, 8], sleep: 0.25 }));
-    const points = [0, 120, 240, 360, 480, 600, 720, 840].map((ms) => afterOutput(/p train \d\/8 \w+ .*running/, ms));
+    const points = [0, 150, 300, 450, 600, 800].map((ms) => afterOutput(/p train \d\/8 \w+ .*running/, ms));
     const outcome = await series(made, [...points, ...extraPoints(3, 20, 3000)]);
     expect(outcome.kills).toBeGreaterThanOrEqual(5);
     // Jobs caught running were recorded as interrupted by the next run, then rerun.
@@ -237,8 +237,6 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
         afterFile("a resumable partial download", resumable, 150),
         afterOutput(/p ingest \w+ +running/, 300),
         afterOutput(/p ingest \w+ +running/, 600),
-        afterOutput(/p ingest \w+ +running/, 900),
-        afterFile("a download in objects/tmp", downloading, 400),
         afterOutput(/p (ingest \w+ +succeeded|build \w+ +running)/, 0),
         ...extraPoints(4, 15, 3000),
       ];
