@@ -107,7 +107,7 @@ export interface HashJobResult {
 
 export interface WorkerFileError {
   path: string;
-  /** "special" for sockets, FIFOs and devices; otherwise the errno code (EACCES, ...). */
+  /** "special" for sockets, FIFOs and devices, "badname" for a name that is not UTF-8; otherwise the errno code (EACCES, ...). */
   code: string;
   directory: boolean;
   message: string;
@@ -223,11 +223,26 @@ function rulesFor(patterns: string[] | null): Ignore | undefined {
   return rules;
 }
 
+/**
+ * Paths are UTF-8 strings everywhere (the tree encoding, the listing, the
+ * stat cache). A name that is not valid UTF-8 reads back with U+FFFD in it
+ * and could not be opened under that name: refuse it by name instead of
+ * silently leaving the file out.
+ */
+function checkNameEncoding(directory: string, prefix: string, name: string): void {
+  const encoded = Buffer.from(name, "utf8");
+  const lossy = readdirSync(directory, { encoding: "buffer" }).some((raw) => raw.toString("utf8") === name && !encoded.equals(raw));
+  if (lossy) {
+    throw new FileError(prefix + name, "badname", false, "its name is not valid UTF-8");
+  }
+}
+
 /** Names of a listing that belong to the tree, directories with '/' appended, in walk order. */
-function entryKeys(entries: Dirent[], prefix: string, ignored: Ignore | undefined): string[] {
+function entryKeys(entries: Dirent[], directory: string, prefix: string, ignored: Ignore | undefined): string[] {
   const keys: string[] = [];
   for (const entry of entries) {
     const name = entry.name;
+    if (name.includes("\uFFFD")) checkNameEncoding(directory, prefix, name);
     if (ALWAYS_IGNORED.has(name)) continue;
     if (entry.isDirectory()) {
       if (ignored !== undefined && ignored.ignores(`${prefix}${name}/`)) continue;
@@ -293,7 +308,7 @@ class UnitCollector {
       throw new FileError(prefix === "" ? "." : prefix.slice(0, -1), code, true, error instanceof Error ? error.message : String(error));
     }
     this.entriesLeft -= DIRECTORY_COST;
-    const keys = entryKeys(entries, prefix, this.ignored);
+    const keys = entryKeys(entries, this.request.rootPrefix + prefix, prefix, this.ignored);
     for (let index = 0; index < keys.length; index++) {
       if (this.entriesLeft <= 0) {
         this.deferRest(prefix, keys, index);

@@ -490,6 +490,11 @@ function workerError(root: string, error: WorkerFileError): KaosError {
       hint: `Remove it from the bundle or exclude it in ${IGNORE_FILE}.`,
     });
   }
+  if (error.code === "badname") {
+    return new KaosError("BUNDLE_INVALID", `Cannot hash ${where}: ${error.message}.`, {
+      hint: `Rename it (bundle paths must be UTF-8) or exclude it in ${IGNORE_FILE}.`,
+    });
+  }
   const what = error.directory ? "list directory" : "read";
   if (error.code === "EACCES" || error.code === "EPERM") {
     return new KaosError("IO", `Cannot ${what} ${where}: permission denied.`, {

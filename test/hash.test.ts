@@ -562,6 +562,18 @@ describe("hashTree: errors", () => {
     expect(error.hint).toContain(".kaosignore");
   });
 
+  it("rejects a file name that is not valid UTF-8 instead of leaving the file out", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { "a.txt": "a", "sub/b.txt": "b" });
+    writeFileSync(Buffer.concat([Buffer.from(`${root}/sub/`), Buffer.from([0x66, 0xff, 0x2e, 0x74])]), "latin-1 name");
+    writeFileSync(join(root, "sub/ok-\uFFFD.txt"), "a real U+FFFD in a valid name");
+    const error = await expectKaosError(hashTree(root), "BUNDLE_INVALID", "not valid UTF-8");
+    expect(error.message).toContain('"sub/f\uFFFD.t"');
+    unlinkSync(Buffer.concat([Buffer.from(`${root}/sub/`), Buffer.from([0x66, 0xff, 0x2e, 0x74])]));
+    const result = await hashTree(root);
+    expect(result.files.map((file) => file.path)).toEqual(["a.txt", "sub/b.txt", "sub/ok-\uFFFD.txt"]);
+  });
+
   it("reports an unreadable file as an IO error naming it (run as an unprivileged user when the suite runs as root)", async () => {
     const root = makeTemporaryDirectory();
     chmodSync(root, 0o755);
