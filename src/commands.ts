@@ -321,6 +321,12 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
       const current = state.getJob(job.id);
       await printNew();
       if (!current || (current.state !== "running" && current.state !== "queued")) break;
+      // Killed kaos processes record nothing more: following such a job would never end.
+      if (!state.runOwnerAlive(current.runId)) {
+        await printNew();
+        process.stderr.write(`job ${job.id} was interrupted: the kaos that ran it is gone; the next kaos up reruns it\n`);
+        return EXIT_OK;
+      }
       await new Promise((done) => setTimeout(done, 200));
     }
     await printNew();

@@ -387,6 +387,13 @@ export class StateStore {
     return row === undefined ? undefined : runFromRow(row);
   }
 
+  /** Whether the kaos process running `runId` is still alive; false once the run is finished or its process gone. */
+  runOwnerAlive(runId: string): boolean {
+    if (this.db === null) return false;
+    const row = this.stmt("SELECT * FROM runs WHERE id = ?").get(runId) as RunRow | undefined;
+    return row !== undefined && row.state === "running" && isProcessAlive(row.pid, row.pid_start, row.host);
+  }
+
   // ---------------------------------------------------------------- jobs
 
   createJob(job: NewJob): JobRecord {
