@@ -10,6 +10,7 @@
 import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jobRows, runRows, stateFingerprint } from "./helpers/faults.js";
 import { makeProject, runKaos, trivialSourceBundle, under, writeFiles, type FileMap, type Project } from "./helpers/rig.js";
@@ -38,6 +39,8 @@ interface Case {
   message: string | ((ids: { train: string; build: string }) => string);
   /** Also run on a project that has no `.kaos/` yet. */
   fresh?: boolean;
+  /** Changes made to the copied project before the run, beyond `files`. */
+  setup?: (dir: string) => void;
   /** The few cases found out only by planning compare the recorded runs and jobs instead of the bytes (planning refreshes the stat cache). */
   state?: "bytes" | "records";
 }
@@ -115,6 +118,12 @@ const catalogue: Record<string, Case[]> = {
   { name: "kubernetes stack without a namespace", files: stack(`{ backend: "kubernetes", pachyderm: { address: "http://pachd:30650" }, registry: { url: "r.example.com/ml" } }`), args: ["up", "--stack", "s"], message: "error: invalid stack\n{dir}/stacks/s.ts: namespace: missing; expected a Kubernetes namespace name" },
   { name: "render of a local stack", files: stack(`{ backend: "local" }`), args: ["render", "--stack", "s", "-o", "out"], message: "error: --stack s: stack uses the local backend; `kaos render` needs a kubernetes stack" },
   ],
+  "state files": [
+    { name: "state.db that is not a database", files: { ".kaos/state.db": "this is not SQLite\n".repeat(300) }, args: ["up"], message: "error: {dir}/.kaos/state.db is not a readable kaos state database (file is not a database); move it away (mv {dir}/.kaos/state.db {dir}/.kaos/state.db.broken) and run kaos again" },
+    { name: "state.db that is not a database, read by train list", files: { ".kaos/state.db": "this is not SQLite\n".repeat(300) }, args: ["train", "list"], message: "error: {dir}/.kaos/state.db is not a readable kaos state database (file is not a database)" },
+    { name: "state.db written by a newer kaos", setup: (dir) => setUserVersion(dir, 99), args: ["up"], message: "error: {dir}/.kaos/state.db has state schema version 99, newer than this kaos understands (1); upgrade kaos to use it" },
+    { name: "state.db written by a newer kaos, read by train list", setup: (dir) => setUserVersion(dir, 99), args: ["train", "list", "--json"], message: "has state schema version 99, newer than this kaos understands (1)" },
+  ],
   "CLI flags": [
   { name: "unknown command", args: ["frobnicate"], message: "error: unknown command 'frobnicate'\n(run with --help for usage)", fresh: true },
   { name: "unknown option", args: ["up", "--frobnicate"], message: "error: unknown option '--frobnicate'" },
@@ -176,7 +185,14 @@ function prepare(entry: Case, withState: boolean): string {
   for (const path of entry.remove ?? []) rmSync(join(dir, path), { recursive: true, force: true });
   const files = typeof entry.files === "function" ? entry.files(dir) : entry.files;
   if (files) writeFiles(dir, files);
+  entry.setup?.(dir);
   return dir;
+}
+
+function setUserVersion(dir: string, version: number): void {
+  const db = new Database(join(dir, ".kaos", "state.db"));
+  db.pragma(`user_version = ${version}`);
+  db.close();
 }
 
 function records(dir: string): unknown {
@@ -186,7 +202,7 @@ function records(dir: string): unknown {
 async function check(entry: Case, withState: boolean): Promise<void> {
   const dir = prepare(entry, withState);
   const before = stateFingerprint(dir);
-  const recordsBefore = records(dir);
+  const recordsBefore = entry.state === "records" ? records(dir) : undefined;
   const args = typeof entry.args === "function" ? entry.args(ids) : entry.args;
   const message = (typeof entry.message === "function" ? entry.message(ids) : entry.message).replaceAll("{dir}", dir);
   const result = await runKaos(args, { cwd: dir, timeoutMs: 60_000 });

@@ -289,6 +289,10 @@ mkdir -p "$1" && echo done > "$1/done"
     expect(pidAlive(script)).toBe(true);
     expect(pidAlive(daemon)).toBe(true);
     expect(first!.state).toBe("running");
+    // Following it ends at once: nobody will record anything more for it.
+    const follow = await runKaos(["train", "logs", first!.id, "-f"], { cwd: made.dir, timeoutMs: 20_000 });
+    expect(follow.code).toBe(0);
+    expect(follow.stderr).toContain(`job ${first!.id} was interrupted: the kaos that ran it is gone; the next kaos up reruns it`);
 
     const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
     expect(again.code, again.stderr).toBe(0);
