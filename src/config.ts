@@ -12,7 +12,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { KaosError, describeError } from "./errors.js";
-import { parseGrid } from "./hyperparams.js";
+import { gridSize, parseGrid } from "./hyperparams.js";
 import type {
   ResolvedConfig,
   ResolvedPipeline,
@@ -21,6 +21,9 @@ import type {
 } from "./types.js";
 
 export const CONFIG_FILE_NAMES = ["kaos.config.ts", "kaos.config.mts", "kaos.config.js", "kaos.config.mjs"];
+
+/** The most jobs one pipeline's grid may expand to. */
+export const MAX_SWEEP_JOBS = 100_000;
 
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 const MEMORY_PATTERN = /^(\d+(?:\.\d+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$/;
@@ -387,6 +390,11 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
         // problem() names the key already.
         problem(at("hyperparams"), describeError(error).replace(`${formatPath(at("hyperparams"))}: `, ""));
       }
+    }
+    const combinations = gridSize(grid);
+    if (combinations > MAX_SWEEP_JOBS) {
+      // Expanding it would exhaust memory long before anything ran.
+      problem(at("hyperparams"), `the grid expands to ${combinations} jobs; expected at most ${MAX_SWEEP_JOBS} (is a list longer than meant?)`);
     }
     const memory = pipeline.resources?.memory;
     pipelines.push({
