@@ -82,6 +82,7 @@ const catalogue: Record<string, Case[]> = {
   { name: "hyperparams candidate twice", files: { "grid.json": `{"a": [1, 1]}` }, args: ["up"], message: `{dir}/grid.json: "a": the same candidate is listed twice; expected distinct values` },
   { name: "hyperparams path is a directory", files: { "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `"data"`)) }, args: ["up"], message: "pipelines.p.hyperparams: is a directory: {dir}/data; expected a JSON file holding an object of scalars and lists" },
   { name: "inline hyperparams with an empty list", files: { "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `{ lr: [] }`)) }, args: ["up"], message: `{dir}/kaos.config.ts:5: pipelines.p.hyperparams: "lr": empty list of candidates; expected at least one value (or a scalar to fix it)` },
+  { name: "a grid of a hundred million jobs", files: { "grid.json": JSON.stringify({ a: Array.from({ length: 1000 }, (_, i) => i), b: Array.from({ length: 1000 }, (_, i) => i), c: Array.from({ length: 100 }, (_, i) => i) }) }, args: ["plan"], message: "{dir}/kaos.config.ts:5: pipelines.p.hyperparams: the grid expands to 100000000 jobs; expected at most 100000 (is a list longer than meant?)", fresh: true },
   { name: "hyperparams a number", files: { "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `5`)) }, args: ["up"], message: "pipelines.p.hyperparams: expected a path to a JSON file or an object of scalars and lists, found 5" },
   ],
   "source bundles": [
