@@ -157,7 +157,7 @@ describe("config validation names the file, line, key path, bad value and what i
 
   it("hyperparams that are not an object of scalars and lists", async () => {
     const inline = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: [{ a: 1 }] },`));
-    expect(inline.message).toBe(`invalid config\n${inline.file}:7: pipelines.svm.hyperparams: pipelines.svm.hyperparams: "kernel"[0]: expected a string, number, boolean or null, found an object`);
+    expect(inline.message).toBe(`invalid config\n${inline.file}:7: pipelines.svm.hyperparams: "kernel"[0]: expected a string, number, boolean or null, found an object`);
     const nested = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: { a: 1 } },`));
     expect(nested.message).toContain(`"kernel": expected a scalar or a list of scalars, found an object`);
     const fromFile = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), { "bad.json": "[1, 2]" });
@@ -168,7 +168,7 @@ describe("config validation names the file, line, key path, bad value and what i
 
   it("an empty list of candidates", async () => {
     const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { degree: [], kernel: "poly" },`));
-    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.hyperparams: pipelines.svm.hyperparams: "degree": empty list of candidates; expected at least one value (or a scalar to fix it)`);
+    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.hyperparams: "degree": empty list of candidates; expected at least one value (or a scalar to fix it)`);
   });
 
   it("a default export that is not an object, and no pipelines", async () => {
