@@ -108,8 +108,50 @@ export function jobKeyOf(keys: { env: string; source: string; data: string }, pa
   return hashString("kaos job v1", keys.env, keys.source, keys.data, canonicalJson(params));
 }
 
+/** Byte order of the UTF-8 paths, the order trees list their files in. */
+function pathOrder(a: string, b: string): number {
+  if (a === b) return 0;
+  // UTF-16 order is UTF-8 byte order unless a code unit at or above U+D800 is involved.
+  if (!/[\ud800-\uffff]/.test(a) && !/[\ud800-\uffff]/.test(b)) return a < b ? -1 : 1;
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+/**
+ * diffTrees for two lists sorted by path, in one pass that builds no map of
+ * either: on a 100k-file tree the map and its garbage cost more than the
+ * rest of the plan. Undefined when a list turns out not to be sorted.
+ */
+function diffSorted(before: TreeFile[], after: TreeFile[]): ReturnType<typeof diffTrees> | undefined {
+  const diff: ReturnType<typeof diffTrees> = { added: [], changed: [], removed: [], modeChanged: [] };
+  let i = 0;
+  let j = 0;
+  while (i < before.length || j < after.length) {
+    const old = before[i];
+    const now = after[j];
+    if (old !== undefined && now !== undefined && old.path === now.path) {
+      if (old.hash !== now.hash) diff.changed.push(now);
+      else if (old.mode !== now.mode) diff.modeChanged.push(now);
+      i += 1;
+      j += 1;
+    } else if (now === undefined || (old !== undefined && pathOrder(old.path, now.path) < 0)) {
+      diff.removed.push(old!);
+      i += 1;
+    } else {
+      diff.added.push(now);
+      j += 1;
+    }
+    const previousOld = before[i - 1];
+    const nextOld = before[i];
+    const previousNow = after[j - 1];
+    const nextNow = after[j];
+    if (previousOld !== undefined && nextOld !== undefined && !(previousOld.path < nextOld.path) && pathOrder(previousOld.path, nextOld.path) >= 0) return undefined;
+    if (previousNow !== undefined && nextNow !== undefined && !(previousNow.path < nextNow.path) && pathOrder(previousNow.path, nextNow.path) >= 0) return undefined;
+  }
+  return diff;
+}
+
 function treeChange(before: TreeFile[] | undefined, after: TreeFile[]): TreeChange {
-  const diff = diffTrees(before, after);
+  const diff = (before !== undefined ? diffSorted(before, after) : undefined) ?? diffTrees(before, after);
   const changed = [...diff.changed, ...diff.modeChanged];
   const examples = [...diff.added.map((f) => `+${f.path}`), ...changed.map((f) => `~${f.path}`), ...diff.removed.map((f) => `-${f.path}`)];
   return {
