@@ -10,8 +10,9 @@
  *
  * Kill points are driven by what kaos prints (a job line), by files appearing
  * in `.kaos/`, or by a delay after one of those; which one is given in each
- * point's label. The normal run tries about 30; KAOS_FAULTS_LONG=1 adds
- * randomized points (seed printed) for a longer soak.
+ * point's label. The normal run tries about 25-30; KAOS_FAULTS_LONG=1 adds
+ * about 65 points at random delays from fixed seeds (replayable), each with new
+ * work to do, for a longer soak. The count tried is printed at the end.
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -48,6 +49,8 @@ afterAll(() => {
 interface KillPoint {
   label: string;
   wait: (live: LiveKaos, dir: string) => Promise<unknown>;
+  /** Run before this point's `kaos up`, to give it work (a new grid value, say). */
+  prepare?: (made: Project) => void;
 }
 
 const afterStart = (ms: number): KillPoint => ({ label: `${ms} ms after start`, wait: () => sleep(ms) });
@@ -102,6 +105,7 @@ async function series(made: Project, points: KillPoint[], env: Record<string, st
   const runEnv = { [TAG_NAME]: tag, KAOS_TEST_LOG: made.path("marks.log"), ...env };
   let kills = 0;
   for (const point of points) {
+    point.prepare?.(made);
     const { killed, result } = await killWhen(["up"], { cwd: made.dir, env: runEnv }, (live) => point.wait(live, made.dir));
     if (!killed) {
       // It finished first: that is a run, not a kill point, and it must have gone well.
@@ -142,11 +146,20 @@ function project(options: Parameters<typeof trainingProject>[0]): Project {
   return made;
 }
 
-function extraPoints(seed: number, count: number, maxMs: number): KillPoint[] {
+/**
+ * The long variant's points: random delays from a fixed seed (so a failure can
+ * be replayed), each after adding one more grid value so that every run has work.
+ */
+function extraPoints(seed: number, count: number, maxMs: number, grid?: (index: number) => Record<string, unknown>): KillPoint[] {
   if (!LONG) return [];
   const next = random(seed);
-  return Array.from({ length: count }, () => afterStart(Math.floor(next() * maxMs)));
+  return Array.from({ length: count }, (_, index) => ({
+    ...afterStart(Math.floor(next() * maxMs)),
+    ...(grid ? { prepare: (made: Project) => writeFileSync(made.path("grid.json"), JSON.stringify(grid(index))) } : {}),
+  }));
 }
+
+const growingGrid = (base: number[], sleep: number) => (index: number) => ({ score: [...base, ...Array.from({ length: index + 1 }, (_, i) => 100 + i)], sleep });
 
 describe("crash safety: kaos up killed with SIGKILL and run again", () => {
   it("a cold project: start-up, hashing, build, first jobs, results being recorded", async () => {
@@ -161,7 +174,7 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
       afterOutput(/p train 1\/6 \w+ .*running/, 0),
       afterOutput(/p train \d\/6 \w+ .*succeeded/, 0),
       afterOutput(/p train [3-6]\/6 \w+ .*running/, 100),
-      ...extraPoints(1, 20, 4000),
+      ...extraPoints(1, 20, 2500, growingGrid([1, 2, 3, 4, 5, 6], 0.3)),
     ];
     const outcome = await series(made, points);
     expect(outcome.kills).toBeGreaterThanOrEqual(6);
@@ -194,12 +207,12 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
     expect((await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } })).code).toBe(0);
     writeFileSync(made.path("grid.json"), JSON.stringify({ score: [1, 2, 3, 4, 5, 6, 7, 8], sleep: 0.25 }));
     const points = [0, 150, 300, 450, 600, 800].map((ms) => afterOutput(/p train \d\/8 \w+ .*running/, ms));
-    const outcome = await series(made, [...points, ...extraPoints(3, 20, 3000)]);
+    const outcome = await series(made, [...points, ...extraPoints(3, 20, 2500, growingGrid([1, 2, 3, 4, 5, 6, 7, 8], 0.25))]);
     expect(outcome.kills).toBeGreaterThanOrEqual(5);
     // Jobs caught running were recorded as interrupted by the next run, then rerun.
     expect(outcome.interrupted).toBeGreaterThan(0);
     const train = jobRows(made.dir).filter((row) => row.stage === "train" && row.state === "succeeded");
-    expect(new Set(train.map((row) => row.params)).size).toBe(9);
+    expect(new Set(train.map((row) => row.params)).size).toBe(9 + (LONG ? 20 : 0));
   }, 240_000);
 
   it("an ingest killed mid-download resumes, and no partial download is ever trusted", async () => {
