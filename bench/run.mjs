@@ -30,7 +30,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { availableParallelism, loadavg } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { SIZES as HASH_SIZES, dataRoot, hasCommand, prepareMixed, prepareWarmTree, prepared } from "./hash.mjs";
@@ -113,20 +113,22 @@ const TIME = existsSync("/usr/bin/time") ? "/usr/bin/time" : undefined;
 const PYTHON_RSS_WRAPPER =
   "import resource, subprocess, sys\n" +
   "status = subprocess.call(sys.argv[2:])\n" +
-  "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n" +
+  "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n" +
+  "open(sys.argv[1], 'w').write('%d %.2f %.2f' % (usage.ru_maxrss, usage.ru_utime, usage.ru_stime))\n" +
   "sys.exit(status)\n";
 
 let log = (line) => process.stderr.write(`${line}\n`);
 
 /**
- * Runs a command to its end and measures its wall time and peak resident
- * memory. Both sides of every comparison go through the same wrapper.
+ * Runs a command to its end and measures its wall time, peak resident memory
+ * and CPU time (user + system, children included). Both sides of every
+ * comparison go through the same wrapper.
  */
 function measure(command, args, { cwd, env = childEnv, allowStatus = [0], stdout = "pipe" } = {}) {
   const rssFile = join(runRoot, `.rss-${process.pid}`);
   rmSync(rssFile, { force: true });
   const [file, argv] = TIME
-    ? [TIME, ["-f", "%M", "-o", rssFile, command, ...args]]
+    ? [TIME, ["-f", "%M %U %S", "-o", rssFile, command, ...args]]
     : ["python3", ["-c", PYTHON_RSS_WRAPPER, rssFile, command, ...args]];
   const start = performance.now();
   const result = spawnSync(file, argv, { cwd, env, stdio: ["ignore", stdout, "pipe"], encoding: "utf8", maxBuffer: 1 << 30 });
@@ -136,13 +138,16 @@ function measure(command, args, { cwd, env = childEnv, allowStatus = [0], stdout
     throw new Error(`\`${[command, ...args].join(" ")}\` in ${cwd} exited with ${result.status}:\n${(result.stderr ?? "").slice(-3000)}`);
   }
   let rssMb;
+  let cpuSeconds;
   try {
-    const lines = readFileSync(rssFile, "utf8").trim().split("\n");
-    rssMb = Number(lines.at(-1)) / 1024;
+    // The last line: /usr/bin/time writes a line about a non-zero exit status before it.
+    const [rssKb, user, system] = readFileSync(rssFile, "utf8").trim().split("\n").at(-1).split(" ").map(Number);
+    rssMb = rssKb / 1024;
+    cpuSeconds = user + system;
   } catch {
     rssMb = undefined;
   }
-  return { seconds, rssMb, stdout: result.stdout ?? "", stderr: result.stderr ?? "", status: result.status };
+  return { seconds, rssMb, cpuSeconds, stdout: result.stdout ?? "", stderr: result.stderr ?? "", status: result.status };
 }
 
 function kaos(args, cwd, options = {}) {
@@ -197,8 +202,10 @@ function interleave(runs, sides) {
 
 function summary(samples) {
   const rss = samples.map((s) => s.rssMb).filter((v) => v !== undefined);
+  const cpu = samples.map((s) => s.cpuSeconds).filter((v) => v !== undefined && Number.isFinite(v));
   return {
     median: median(samples.map((s) => s.seconds)),
+    cpuMedian: cpu.length === 0 ? undefined : median(cpu),
     min: Math.min(...samples.map((s) => s.seconds)),
     max: Math.max(...samples.map((s) => s.seconds)),
     runs: samples.map((s) => Number(s.seconds.toFixed(4))),
@@ -318,8 +325,15 @@ function row(fields) {
 }
 
 function warmTree(files) {
-  return prepareWarmTree({ warmFiles: files }, join(runRoot, `tree-${files}`));
+  const tree = prepareWarmTree({ warmFiles: files }, join(runRoot, `tree-${files}`));
+  // A run stopped halfway through scenario 3 leaves its changed file behind.
+  if (!restoredTrees.has(tree)) {
+    setup("git", ["checkout", "--quiet", "--", "."], tree);
+    restoredTrees.add(tree);
+  }
+  return tree;
 }
+const restoredTrees = new Set();
 
 function warmProject(files) {
   const tree = warmTree(files);
@@ -720,7 +734,7 @@ function seconds(value) {
 }
 
 function tableText(rows) {
-  const header = ["scenario", "kaos", "baseline", "ratio", "target", "result", "kaos peak RSS", "notes"];
+  const header = ["scenario", "kaos", "baseline", "ratio", "target", "result", "kaos peak RSS", "CPU kaos / baseline", "notes"];
   const lines = rows.map((r) => [
     r.scenario,
     r.value ?? seconds(r.kaos?.median),
@@ -729,6 +743,7 @@ function tableText(rows) {
     r.target ?? "",
     r.pass === undefined ? "" : r.pass ? "pass" : "MISS",
     r.kaos?.peakRssMb !== undefined && r.id.indexOf("-dvc") === -1 ? `${r.kaos.peakRssMb.toFixed(0)} MB` : "",
+    r.kaos?.cpuMedian !== undefined && r.id.indexOf("-dvc") === -1 ? `${seconds(r.kaos.cpuMedian)} / ${seconds(r.baseline?.cpuMedian)}` : "",
     r.notes.join("; "),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
@@ -751,6 +766,7 @@ async function main() {
     log = toStderr;
   }
   const started = performance.now();
+  const loadBefore = loadavg()[0];
   const dvc = dvcCommand(options.dvc ?? !options.quick);
   log(`kaos bench (${options.quick ? "quick" : "full"}), ${cores} cores, ${runs} runs per figure, dvc: ${dvc.dvc ? dvc.version : dvc.why}; data in ${relative(repo, runRoot)}`);
 
@@ -762,6 +778,8 @@ async function main() {
   if (wanted(5)) rows.push(...(await scenarioSweep(size, runs)));
   if (wanted(6)) rows.push(...(await scenarioIngest(size, runs)));
   const duration = (performance.now() - started) / 1000;
+  // Other load on the machine inflates every wall time; this says how much there was.
+  const load = `load average ${loadBefore.toFixed(1)} at the start, ${loadavg()[0].toFixed(1)} at the end`;
 
   const text = [
     "",
@@ -769,7 +787,7 @@ async function main() {
     "",
     `medians of ${runs} interleaved runs; ratio = kaos time / baseline time; ${cores} cores; dvc: ${dvc.dvc ? dvc.version : dvc.why}`,
     ...setupNotes.map((note) => `setup: ${note}`),
-    `bench took ${duration.toFixed(0)} s (${options.quick ? "quick" : "full"})`,
+    `bench took ${duration.toFixed(0)} s (${options.quick ? "quick" : "full"}); ${load}`,
   ].join("\n");
   const results = {
     mode: options.quick ? "quick" : "full",
@@ -779,6 +797,7 @@ async function main() {
     runs,
     dvc: dvc.dvc ? dvc.version : null,
     durationSeconds: Number(duration.toFixed(1)),
+    load,
     rows,
     setup: setupNotes,
   };
