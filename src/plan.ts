@@ -18,6 +18,7 @@ import { ObjectStore } from "./objects.js";
 import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
 import type { JobRecord, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
+import { formatBytes } from "./output.js";
 
 export type Action = "run" | "skip";
 
@@ -365,16 +366,6 @@ export function exists(path: string | null | undefined): boolean {
   return path !== null && path !== undefined && existsSync(path);
 }
 
-function sizeText(bytes: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
-}
 
 /** A path as one line of text: with control characters (a newline in a file name) it is shown quoted and escaped. */
 function displayPath(path: string): string {
@@ -384,9 +375,9 @@ function displayPath(path: string): string {
 function changeLine(what: string, change: TreeChange): string {
   if (change.firstTime) return `${what}: first run`;
   const parts = [
-    `${change.added} added${change.bytesAdded ? ` (${sizeText(change.bytesAdded)})` : ""}`,
+    `${change.added} added${change.bytesAdded ? ` (${formatBytes(change.bytesAdded)})` : ""}`,
     `${change.changed} changed`,
-    `${change.removed} removed${change.bytesRemoved ? ` (${sizeText(change.bytesRemoved)})` : ""}`,
+    `${change.removed} removed${change.bytesRemoved ? ` (${formatBytes(change.bytesRemoved)})` : ""}`,
   ];
   const examples = change.examples.map((example) => example.slice(0, 1) + displayPath(example.slice(1)));
   return `${what}: ${parts.join(", ")}${examples.length ? `  [${examples.join(" ")}]` : ""}`;
@@ -410,7 +401,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
   const hashed = plan.stats.hashedFiles;
   lines.push(
     c.dim(
-      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plan.stats.files} files checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${sizeText(plan.stats.hashedBytes)})`,
+      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plan.stats.files} files checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${formatBytes(plan.stats.hashedBytes)})`,
     ),
   );
   let stagesToRun = 0;

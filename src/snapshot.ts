@@ -15,7 +15,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
 import { KaosError, describeError } from "./errors.js";
-import { hashString, type TreeFile, type TreeHash } from "./hash.js";
+import type { TreeFile, TreeHash } from "./hash.js";
 import type { ObjectStore } from "./objects.js";
 
 function listingPath(stateDir: string, treeHash: string): string {
@@ -131,7 +131,8 @@ function hashedLinkTarget(tree: TreeHash, file: TreeFile): string {
   } catch (error) {
     throw new KaosError("IO", `${path}: cannot read symlink: ${describeError(error)}`, { cause: error });
   }
-  if (hashString(target) !== file.hash && createHash("sha256").update(target).digest("hex") !== file.hash) {
+  // Links hash as the SHA-256 of their target string (see hash.ts).
+  if (createHash("sha256").update(target).digest("hex") !== file.hash) {
     throw new KaosError("IO", `${path} changed while kaos was taking its snapshot`, { hint: "rerun `kaos up`: the next plan hashes the new content" });
   }
   return target;

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { KaosError } from "../../errors.js";
 import type { PythonRuntime } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
+import { isProcessAlive } from "../../state.js";
 
 const COMPLETE_MARKER = ".kaos-complete";
 
@@ -22,14 +23,6 @@ export function environmentReady(envsDir: string, envKey: string): boolean {
   return existsSync(join(environmentPath(envsDir, envKey), COMPLETE_MARKER));
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /** Removes half-built environments whose builder is gone (crash, SIGKILL). */
 export function removeAbandonedBuilds(envsDir: string): void {
@@ -41,7 +34,7 @@ export function removeAbandonedBuilds(envsDir: string): void {
   }
   for (const entry of entries) {
     const match = /^\.building-(\d+)-/.exec(entry);
-    if (match && !isAlive(Number(match[1]))) rmSync(join(envsDir, entry), { recursive: true, force: true });
+    if (match && !isProcessAlive(Number(match[1]), null)) rmSync(join(envsDir, entry), { recursive: true, force: true });
   }
 }
 
