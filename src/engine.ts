@@ -76,6 +76,15 @@ export interface ApplyResult {
  * executes, and records the run. The lock is held for the whole run so two
  * writers never interleave on one stack.
  */
+/** A run whose jobs were only cancelled (Ctrl-C, `train kill`, a watch restart) was cancelled, not failed. */
+function runState(result: ExecuteResult | undefined): "succeeded" | "failed" | "cancelled" {
+  if (result === undefined) return "failed";
+  if (result.succeeded) return "succeeded";
+  if (result.cancelled) return "cancelled";
+  const states = result.pipelines.flatMap((p) => [...Object.values(p.stages).map((stage) => stage.state), ...p.jobs.map((job) => job.state)]);
+  return states.includes("failed") ? "failed" : states.includes("cancelled") ? "cancelled" : "failed";
+}
+
 export async function apply(session: Session, options: ApplyOptions): Promise<ApplyResult> {
   const lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
   try {
@@ -96,7 +105,7 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
       throw diskFullError(error, session.config.root);
     } finally {
       try {
-        session.state.finishRun(run.id, result === undefined ? "failed" : result.cancelled ? "cancelled" : result.succeeded ? "succeeded" : "failed");
+        session.state.finishRun(run.id, runState(result));
       } catch (error) {
         // After a failure its own error is the one to tell; the next kaos up recovers the run.
         if (result !== undefined) throw diskFullError(error, session.config.root);
