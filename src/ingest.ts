@@ -226,7 +226,11 @@ export function formatBytes(bytes: number): string {
 /** One line for a terminal: `412/1000 files  412.0 MB / 1.0 GB  350.2 MB/s  ETA 2s`. */
 export function formatIngestProgress(p: IngestProgress): string {
   const bytes = p.bytesTotal === undefined ? formatBytes(p.bytesDone) : `${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)}`;
-  const eta = p.etaSec === undefined ? "" : `  ETA ${p.etaSec < 60 ? `${Math.ceil(p.etaSec)}s` : `${Math.floor(p.etaSec / 60)}m${String(Math.ceil(p.etaSec % 60)).padStart(2, "0")}s`}`;
+  let eta = "";
+  if (p.etaSec !== undefined) {
+    const seconds = Math.ceil(p.etaSec);
+    eta = `  ETA ${seconds < 60 ? `${seconds}s` : `${Math.floor(seconds / 60)}m${String(seconds % 60).padStart(2, "0")}s`}`;
+  }
   return `${p.filesDone}/${p.filesTotal} files  ${bytes}  ${formatBytes(p.rateBytesPerSec)}/s${eta}`;
 }
 

@@ -69,6 +69,14 @@ async function runFailing(ws: Workspace, extra: Partial<IngestOptions> = {}): Pr
   return error as KaosError;
 }
 
+async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting for a condition");
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
 function rangeStart(header: string | undefined): number | undefined {
   const match = /^bytes=(\d+)-$/.exec(header ?? "");
   return match === null ? undefined : Number(match[1]);
@@ -96,10 +104,11 @@ describe("ingest over HTTP", () => {
     lines.forEach((line, i) => (line.url = `${srv.url}/f${i}.csv`));
     const ws = workspace(lines);
 
-    const result = await run(ws, { concurrency: 3 });
+    // Six at once: more than one transfer thread.
+    const result = await run(ws, { concurrency: 6 });
 
     expect(result).toMatchObject({ downloaded: 120, reused: 0, failures: [] });
-    expect(srv.inFlight.peak).toBeLessThanOrEqual(3);
+    expect(srv.inFlight.peak).toBeLessThanOrEqual(6);
     expect(srv.inFlight.peak).toBeGreaterThan(1);
     expect(readData(ws, "training/x000.csv")).toBe("file 0\n");
     expect(readData(ws, "test/x119.csv")).toBe("file 119\n".repeat(120));
@@ -427,6 +436,12 @@ describe("ingest over HTTP", () => {
     expect(formatIngestProgress({ filesDone: 412, filesTotal: 1000, bytesDone: 412e6, bytesTotal: 1e9, rateBytesPerSec: 350.2e6, etaSec: 1.7 })).toBe(
       "412/1000 files  412.0 MB / 1.0 GB  350.2 MB/s  ETA 2s",
     );
+    expect(formatIngestProgress({ filesDone: 0, filesTotal: 3, bytesDone: 999, bytesTotal: undefined, rateBytesPerSec: 0, etaSec: undefined })).toBe(
+      "0/3 files  999 B  0 B/s",
+    );
+    expect(formatIngestProgress({ filesDone: 1, filesTotal: 3, bytesDone: 0, bytesTotal: 5e9, rateBytesPerSec: 4e7, etaSec: 119.2 })).toBe(
+      "1/3 files  0 B / 5.0 GB  40.0 MB/s  ETA 2m00s",
+    );
   });
 
   it("stops on abort, leaving no data directory", async () => {
@@ -448,6 +463,64 @@ describe("ingest over HTTP", () => {
     expect(() => readManifest(ws.manifest)).toThrow(`${ws.manifest}:2: unsafe path "a/../../escape.txt" (has a '..' segment)`);
     expect(srv.requests).toHaveLength(0);
     expect(fs.existsSync(path.join(root, "escape.txt"))).toBe(false);
+  });
+
+  it("pins a manifest directory in kaos.lock inside it, which is not read as a manifest", async () => {
+    const srv = await serve({ "/a": { body: "from a" }, "/b": { body: "from b" } });
+    const dir = path.join(root, "manifests");
+    fs.mkdirSync(dir);
+    writeManifest(path.join(dir, "part1"), [{ url: `${srv.url}/a`, path: "a.txt" }]);
+    writeManifest(path.join(dir, "part2"), [{ url: `${srv.url}/b`, path: "b.txt" }]);
+    const ws: Workspace = { root, manifest: dir, objects: new ObjectStore(path.join(root, ".kaos", "objects")), dataDir: path.join(root, ".kaos", "data", "d") };
+    const first = await run(ws);
+    expect(fs.existsSync(path.join(dir, "kaos.lock"))).toBe(true);
+    expect(readManifest(dir)).toHaveLength(2);
+    const second = await run(ws);
+    expect(second).toMatchObject({ downloaded: 0, reused: 2, dataKey: first.dataKey });
+    expect(srv.requests).toHaveLength(2);
+  });
+
+  it("shows a new data directory only once every entry is settled", async () => {
+    const srv = await serve({ "/quick": { body: "quick" }, "/slow": { generated: { size: 256 * 1024 }, chunkSize: 16 * 1024, chunkDelayMs: 30 } });
+    const ws = workspace([
+      { url: `${srv.url}/quick`, path: "quick.txt" },
+      { url: `${srv.url}/slow`, path: "slow.bin" },
+    ]);
+    let sawDirectoryEarly = false;
+    const watcher = setInterval(() => {
+      if (fs.existsSync(ws.dataDir)) sawDirectoryEarly = true;
+    }, 5);
+    const running = run(ws);
+    // Until the quick file has been fetched and the slow one is under way.
+    await waitFor(() => srv.count("/quick") === 1 && srv.count("/slow") === 1);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    clearInterval(watcher);
+    expect(sawDirectoryEarly).toBe(false);
+    await running;
+    expect(readData(ws, "quick.txt")).toBe("quick");
+    expect(fs.statSync(path.join(ws.dataDir, "slow.bin")).size).toBe(256 * 1024);
+  });
+
+  it("keeps the old content of an existing data directory visible until the new content is complete", async () => {
+    const srv = await serve({ "/v1": { body: "old content" }, "/v2": { generated: { size: 256 * 1024, seed: 2 }, chunkSize: 16 * 1024, chunkDelayMs: 30 } });
+    const ws = workspace([{ url: `${srv.url}/v1`, path: "data.bin" }]);
+    await run(ws);
+    writeManifest(ws.manifest, [{ url: `${srv.url}/v2`, path: "data.bin" }]);
+    const running = run(ws);
+    await waitFor(() => srv.count("/v2") === 1);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(readData(ws, "data.bin")).toBe("old content");
+    await running;
+    expect(fs.readFileSync(path.join(ws.dataDir, "data.bin"))).toEqual(generatedBytes(2, 0, 256 * 1024));
+  });
+
+  it("keeps credentials in URLs out of messages", async () => {
+    const srv = await serve({});
+    const ws = workspace([{ url: `http://user:secret@127.0.0.1:${srv.port}/private.csv`, path: "p.csv" }]);
+    const error = await runFailing(ws);
+    expect(error.message).toContain(`p.csv (http://***@127.0.0.1:${srv.port}/private.csv): HTTP 404 Not Found`);
+    expect(error.message).not.toContain("secret");
+    expect(srv.requests[0]?.headers.authorization).toBe(`Basic ${Buffer.from("user:secret").toString("base64")}`);
   });
 
   it("keeps memory flat while a 200 MB file streams in (measured in a child process)", async () => {

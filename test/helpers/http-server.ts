@@ -230,7 +230,8 @@ async function serve(state: RouteState, request: http.IncomingMessage, response:
   if (options.range !== false) {
     headers["accept-ranges"] = "bytes";
     const match = rangeHeader === undefined ? null : /^bytes=(\d*)-(\d*)$/.exec(rangeHeader);
-    const ifRange = request.headers["if-range"];
+    const ifRangeHeader = request.headers["if-range"];
+    const ifRange = Array.isArray(ifRangeHeader) ? ifRangeHeader[0] : ifRangeHeader;
     if (match !== null && ifRangeHolds(ifRange, options)) {
       const first = match[1] ?? "";
       const last = match[2] ?? "";
