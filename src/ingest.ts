@@ -292,7 +292,16 @@ class PartialFile {
     const name = `dl-${createHash("sha256").update(url).digest("hex").slice(0, 40)}`;
     const file = path.join(tmpDir, `${name}.part`);
     const metaFile = path.join(tmpDir, `${name}.json`);
-    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    const flags = fs.constants.O_RDWR | fs.constants.O_CREAT;
+    let fd: number;
+    try {
+      fd = fs.openSync(file, flags, 0o644);
+    } catch (error) {
+      // Created on demand rather than checked before every transfer.
+      if (errnoCode(error) !== "ENOENT") throw error;
+      fs.mkdirSync(tmpDir, { recursive: true });
+      fd = fs.openSync(file, flags, 0o644);
+    }
     const part = new PartialFile(file, metaFile, url, fd);
     const size = fs.fstatSync(fd).size;
     if (size === 0) return part;
@@ -677,7 +686,7 @@ function backoffMs(failures: number, ctx: Context, retryAfterMs: number | undefi
 }
 
 async function fetchHttp(job: TransferJob, ctx: Context): Promise<FetchOutcome> {
-  const part = await PartialFile.open(ctx.objects.tmpDir(), job.url);
+  const part = await PartialFile.open(path.join(ctx.objects.dir, "tmp"), job.url);
   let keepPartial = true;
   try {
     let failuresWithoutProgress = 0;
@@ -756,6 +765,9 @@ function pickValidators(entry: ManifestLockEntry): Validators {
 // The data directory
 
 class DataTree {
+  /** Folders known to exist in a fresh tree, so each is created once. */
+  private readonly folders = new Set<string>();
+
   private constructor(
     readonly finalDir: string,
     readonly workDir: string,
@@ -791,7 +803,22 @@ class DataTree {
         // Missing or unreadable: link it below.
       }
     }
-    objects.link(hash, dest);
+    if (this.inPlace) {
+      objects.link(hash, dest);
+      return;
+    }
+    // Nobody sees a fresh tree before commit(), so a plain link will do.
+    const folder = path.dirname(dest);
+    if (!this.folders.has(folder)) {
+      fs.mkdirSync(folder, { recursive: true });
+      this.folders.add(folder);
+    }
+    try {
+      fs.linkSync(objects.pathOf(hash), dest);
+    } catch {
+      // Another device, a link limit, a file already there: the careful way.
+      objects.link(hash, dest);
+    }
   }
 
   remove(relative: string): void {
@@ -1020,9 +1047,13 @@ class TransferPool {
   }
 }
 
-/** One thread per four transfers at once, at most one per core (and four). */
+/**
+ * One thread per four transfers at once, leaving a core to everything else
+ * (the rest of kaos, the kernel's network stack, a server on the same machine),
+ * and at most four.
+ */
 function transferThreadsFor(concurrency: number): number {
-  return Math.max(1, Math.min(4, availableParallelism(), Math.ceil(concurrency / 4)));
+  return Math.max(1, Math.min(4, availableParallelism() - 1, Math.ceil(concurrency / 4)));
 }
 
 // ---------------------------------------------------------------------------

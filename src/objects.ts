@@ -123,8 +123,14 @@ export class ObjectStore {
       return dest;
     }
     fs.chmodSync(tmpPath, OBJECT_MODE);
-    fs.mkdirSync(path.dirname(dest), { recursive: true });
-    fs.renameSync(tmpPath, dest);
+    try {
+      fs.renameSync(tmpPath, dest);
+    } catch (error) {
+      // The shard folder is created the first time it is needed.
+      if (errnoCode(error) !== "ENOENT" || !fs.existsSync(tmpPath)) throw error;
+      fs.mkdirSync(path.dirname(dest), { recursive: true });
+      fs.renameSync(tmpPath, dest);
+    }
     return dest;
   }
 
