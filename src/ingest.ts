@@ -5,9 +5,11 @@
  * - An entry whose content hash is known (the manifest's `sha256`, else the
  *   lock's pin for the same URL) and already stored is only linked: a rerun
  *   with an unchanged manifest sends no request at all.
- * - Everything else is downloaded by a bounded pool (one keep-alive socket per
- *   worker), streamed into `<objects>/tmp/` while being hashed, verified, then
- *   renamed into the store. Memory does not grow with file size.
+ * - Everything else is downloaded by a bounded pool (keep-alive sockets,
+ *   `concurrency` transfers at once), streamed into `<objects>/tmp/` while
+ *   being hashed, verified, then renamed into the store. Memory does not grow
+ *   with file size. Entries with the same URL and expectations share one
+ *   transfer; identical content from different URLs is stored once.
  * - Transient failures (connection errors, idle timeouts, 408, 429, 5xx) are
  *   retried with exponential backoff and jitter, honouring Retry-After. A
  *   transfer that dies mid-body keeps its partial file and resumes with
@@ -22,8 +24,15 @@
  *   own directory when jobs must never see it change.
  * - The lock (see manifest.ts) is rewritten, only when its content changes,
  *   with every entry that succeeded (and the old pins of those that failed).
+ *   Content fetched again for a pinned entry (its object was deleted, or a
+ *   fresh clone) must match the pin; accepting new content takes `refresh`.
+ * - `refresh` asks the server whether each pinned entry changed: a
+ *   conditional GET (If-None-Match / If-Modified-Since) when the pin recorded
+ *   an ETag or Last-Modified, else a full download that is hashed and
+ *   compared; file:// URLs are read again. Entries whose `sha256` is written
+ *   in the manifest are fixed by it and not re-checked.
  *
- * Transfers run in a worker thread that loads only Node's built-ins and the
+ * Transfers run in worker threads that load only Node's built-ins and the
  * object store. Besides keeping the caller's event loop free, that matters
  * for speed: V8 counts the socket buffers a transfer churns through against
  * the old generation's limit, and in an isolate that has loaded a large
@@ -66,7 +75,7 @@ export interface IngestOptions {
   dataDir: string;
   /** Re-check remote content (conditional requests with ETag/Last-Modified); changed content is fetched and re-pinned. */
   refresh?: boolean;
-  /** Transfers at once. Default 8. */
+  /** Transfers at once (spread over up to four threads, one core left free). Default 8. */
   concurrency?: number;
   /** Retries per transfer after failures that made no progress. Default 4. */
   retries?: number;
