@@ -999,9 +999,9 @@ class TransferThread {
     this.worker.on("exit", (code) => fail(new FatalError(`the transfer thread exited (code ${code})`)));
   }
 
-  /** Transfers sent and not yet answered. */
+  /** Transfers sent and not yet answered; a broken thread takes no more. */
   get load(): number {
-    return this.pending.size;
+    return this.broken === undefined ? this.pending.size : Number.POSITIVE_INFINITY;
   }
 
   run(job: TransferJob): Promise<FetchOutcome> {
