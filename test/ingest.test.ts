@@ -291,6 +291,24 @@ describe("ingest over HTTP", () => {
     expect(error.message).toContain("s.txt (" + srv.url + "/s): size mismatch: the server announces 5 bytes, the manifest says 4");
   });
 
+  it("stops reading a body that runs past the manifest's size", async () => {
+    const srv = await serve({ "/long": { body: Buffer.alloc(200_000, 1), chunked: true, chunkSize: 10_000 } });
+    const ws = workspace([{ url: `${srv.url}/long`, path: "long.bin", size: 50_000 }]);
+    const error = await runFailing(ws);
+    expect(error.message).toContain("long.bin (" + srv.url + "/long): the server sent more than 50000 bytes, the size the manifest states");
+    expect(fs.readdirSync(ws.objects.tmpDir())).toEqual([]);
+  });
+
+  it("retries a refused connection, then reports it", async () => {
+    const srv = await serve({});
+    const port = srv.port;
+    await srv.close();
+    server = undefined;
+    const ws = workspace([{ url: `http://127.0.0.1:${port}/x`, path: "x" }]);
+    const error = await runFailing(ws, { retries: 2 });
+    expect(error.message).toMatch(/x \(http:\/\/127\.0\.0\.1:\d+\/x\): connect ECONNREFUSED 127\.0\.0\.1:\d+ \(gave up after 2 retries\)/);
+  });
+
   it("reports a 404 without retrying it", async () => {
     const srv = await serve({ "/here": { body: "x" } });
     const ws = workspace([
