@@ -93,7 +93,7 @@ function summarize(outcome: ApplyResult): string {
 async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: { force?: boolean; refresh?: boolean; json?: boolean; command: string }): Promise<number> {
   const { checkInputs, openSession, apply } = await engine();
   const { createReporter } = await import("./progress.js");
-  checkInputs(config);
+  const manifests = checkInputs(config);
   const session = openSession(config, stack);
   const interrupt = interruptSignal();
   const reporter = createReporter({ json: options.json, interactive: isInteractive(process.stderr) });
@@ -104,6 +104,7 @@ async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: {
       signal: interrupt.signal,
       force: options.force,
       refresh: options.refresh,
+      manifests,
       onPlan: (plan) => {
         if (!options.json && !plan.changes) reporter.event({ kind: "note", message: "nothing to do: every stage and job is up to date" });
       },
@@ -138,10 +139,10 @@ export async function planCommand(options: Common & { stack?: string; refresh?: 
     const { clusterPlan } = await import("./cluster.js");
     return clusterPlan(config, stack, options);
   }
-  checkInputs(config);
+  const manifests = checkInputs(config);
   const session = openSession(config, stack);
   try {
-    const current = await plan(session, { refresh: options.refresh });
+    const current = await plan(session, { refresh: options.refresh, manifests });
     session.backend.checkResources(current);
     if (options.json) printJson(planJson(current));
     else process.stdout.write(`${formatPlan(current, colors())}\n`);

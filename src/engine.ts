@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
 import { stopOrphanedJobs } from "./backends/local/process.js";
-import { readLock, readManifest } from "./manifest.js";
+import { readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { buildPlan, type Plan } from "./plan.js";
 import type { Reporter } from "./progress.js";
 import { StateStore } from "./state.js";
@@ -24,19 +24,25 @@ export interface Session {
 
 export { loadProject } from "./config.js";
 
+/** Each manifest's entries and lock as checkInputs read them, by manifest path. */
+export type CheckedManifests = ReadonlyMap<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>;
+
 /**
  * Checks every input that can be checked without the state store: each source
  * bundle's contract, each manifest and its lock. Commands call it before they
  * open the store, so bad input is reported without creating or touching `.kaos/`.
+ * Returns the manifests it read, for the plan that follows to use rather than
+ * parse them again.
  */
-export function checkInputs(config: ResolvedConfig): void {
+export function checkInputs(config: ResolvedConfig): CheckedManifests {
+  const manifests = new Map<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>();
   for (const pipeline of config.pipelines) {
     validateSourceBundle(pipeline.sourceDir, `pipelines.${pipeline.name}.source`);
     if (pipeline.data.kind === "manifest") {
-      readManifest(pipeline.data.path);
-      readLock(pipeline.data.path);
+      manifests.set(pipeline.data.path, { entries: readManifest(pipeline.data.path), lock: readLock(pipeline.data.path) });
     }
   }
+  return manifests;
 }
 
 /** Opens the state store and the backend of a loaded project. */
@@ -49,7 +55,7 @@ export function openSession(config: ResolvedConfig, stack: ResolvedStack): Sessi
   return { config, stack, state, backend, close: () => state.close() };
 }
 
-export function plan(session: Session, options: { force?: boolean; refresh?: boolean } = {}): Promise<Plan> {
+export function plan(session: Session, options: { force?: boolean; refresh?: boolean; manifests?: CheckedManifests } = {}): Promise<Plan> {
   return buildPlan({ config: session.config, stack: session.stack, state: session.state, oracle: session.backend, ...options });
 }
 
@@ -63,6 +69,8 @@ export interface ApplyOptions {
   onPlan?: (plan: Plan) => void;
   /** Set when the caller already holds the stack's writer lock (`kaos watch` holds it for its whole life). */
   locked?: boolean;
+  /** What checkInputs read just before; without it the plan reads the manifests itself. */
+  manifests?: CheckedManifests;
 }
 
 export interface ApplyResult {
@@ -91,7 +99,7 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
     const interrupted = session.state.recoverInterrupted();
     // Their kaos died without stopping them: stop them before anything reruns.
     await stopOrphanedJobs(interrupted.map((job) => job.id));
-    const current = await plan(session, { force: options.force, refresh: options.refresh });
+    const current = await plan(session, { force: options.force, refresh: options.refresh, manifests: options.manifests });
     session.backend.checkResources(current);
     options.onPlan?.(current);
     const run = session.state.beginRun(session.stack.name, options.command);

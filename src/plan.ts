@@ -184,6 +184,8 @@ export interface PlanOptions {
   oracle: PlanOracle;
   force?: boolean;
   refresh?: boolean;
+  /** Manifests already read and checked for this plan, by path (the command checks its inputs first). */
+  manifests?: ReadonlyMap<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>;
 }
 
 async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, applied: AppliedPipeline | undefined, objects: ObjectStore): Promise<{ plan: PipelinePlan; stats: Plan["stats"] }> {
@@ -206,8 +208,9 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
     checkTreeLinks(dataTree, `pipelines.${pipeline.name}.data`);
     dataKey = dataTree.hash;
   } else {
-    const entries = readManifest(pipeline.data.path);
-    const lock = readLock(pipeline.data.path);
+    const read = options.manifests?.get(pipeline.data.path);
+    const entries = read?.entries ?? readManifest(pipeline.data.path);
+    const lock = read !== undefined ? read.lock : readLock(pipeline.data.path);
     const missing = entries.filter((entry) => {
       const hash = pinnedHash(entry, lock);
       return hash === undefined || !objects.has(hash);
