@@ -221,28 +221,6 @@ class ProgressTracker implements TransferProgress {
   }
 }
 
-export function formatBytes(bytes: number): string {
-  const units = ["B", "kB", "MB", "GB", "TB"];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1000 && unit < units.length - 1) {
-    value /= 1000;
-    unit++;
-  }
-  return `${unit === 0 ? value.toFixed(0) : value.toFixed(1)} ${units[unit]}`;
-}
-
-/** One line for a terminal: `412/1000 files  412.0 MB / 1.0 GB  350.2 MB/s  ETA 2s`. */
-export function formatIngestProgress(p: IngestProgress): string {
-  const bytes = p.bytesTotal === undefined ? formatBytes(p.bytesDone) : `${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)}`;
-  let eta = "";
-  if (p.etaSec !== undefined) {
-    const seconds = Math.ceil(p.etaSec);
-    eta = `  ETA ${seconds < 60 ? `${seconds}s` : `${Math.floor(seconds / 60)}m${String(seconds % 60).padStart(2, "0")}s`}`;
-  }
-  return `${p.filesDone}/${p.filesTotal} files  ${bytes}  ${formatBytes(p.rateBytesPerSec)}/s${eta}`;
-}
-
 // ---------------------------------------------------------------------------
 // Partial files
 

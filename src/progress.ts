@@ -21,6 +21,13 @@ export type RunEvent =
     }
   | { kind: "note"; message: string };
 
+/** `412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2s`: an ingest's progress on one line. */
+export function formatIngestProgress(p: { filesDone: number; filesTotal: number; bytesDone: number; bytesTotal: number | undefined; rateBytesPerSec: number; etaSec: number | undefined }): string {
+  const bytes = p.bytesTotal === undefined ? formatBytes(p.bytesDone) : `${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)}`;
+  const eta = p.etaSec === undefined ? "" : `  ETA ${formatDuration(Math.ceil(p.etaSec) * 1000)}`;
+  return `${p.filesDone}/${p.filesTotal} files  ${bytes}  ${formatBytes(p.rateBytesPerSec)}/s${eta}`;
+}
+
 export interface Reporter {
   event(event: RunEvent): void;
   close(): void;
@@ -80,7 +87,7 @@ export class PlainReporter implements Reporter {
         const now = Date.now();
         if (event.filesDone !== event.filesTotal && now - this.lastIngest < 2000) return;
         this.lastIngest = now;
-        process.stderr.write(`${event.pipeline} ingest  ${event.filesDone}/${event.filesTotal} files, ${formatBytes(event.bytesDone)}\n`);
+        process.stderr.write(`${event.pipeline} ingest  ${formatIngestProgress(event)}\n`);
         break;
       }
       case "note":
@@ -149,9 +156,7 @@ export class LiveReporter implements Reporter {
       case "ingest": {
         const view = this.view(event.pipeline);
         view.stage = "ingest";
-        const rate = `${formatBytes(event.rateBytesPerSec)}/s`;
-        const eta = event.etaSec === undefined ? "" : `, ETA ${formatDuration(event.etaSec * 1000)}`;
-        view.ingest = `${event.filesDone}/${event.filesTotal} files, ${formatBytes(event.bytesDone)}${event.bytesTotal ? ` of ${formatBytes(event.bytesTotal)}` : ""}, ${rate}${eta}`;
+        view.ingest = formatIngestProgress(event);
         break;
       }
       case "note":

@@ -6,7 +6,8 @@ import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/errors.js";
-import { type IngestOptions, type IngestProgress, type IngestResult, formatIngestProgress, ingest } from "../src/ingest.js";
+import { type IngestOptions, type IngestProgress, type IngestResult, ingest } from "../src/ingest.js";
+import { formatIngestProgress } from "../src/progress.js";
 import { lockPathFor, manifestDataKey, readLock, readManifest } from "../src/manifest.js";
 import { ObjectStore } from "../src/objects.js";
 import { type RouteOptions, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
@@ -452,13 +453,13 @@ describe("ingest over HTTP", () => {
     expect(last).toMatchObject({ filesDone: 2, filesTotal: 2, bytesDone: 300_004, bytesTotal: 300_004 });
     expect(seen.every((p, i) => i === 0 || p.filesDone >= (seen[i - 1]?.filesDone ?? 0))).toBe(true);
     expect(formatIngestProgress({ filesDone: 412, filesTotal: 1000, bytesDone: 412e6, bytesTotal: 1e9, rateBytesPerSec: 350.2e6, etaSec: 1.7 })).toBe(
-      "412/1000 files  412.0 MB / 1.0 GB  350.2 MB/s  ETA 2s",
+      "412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2.0s",
     );
     expect(formatIngestProgress({ filesDone: 0, filesTotal: 3, bytesDone: 999, bytesTotal: undefined, rateBytesPerSec: 0, etaSec: undefined })).toBe(
       "0/3 files  999 B  0 B/s",
     );
     expect(formatIngestProgress({ filesDone: 1, filesTotal: 3, bytesDone: 0, bytesTotal: 5e9, rateBytesPerSec: 4e7, etaSec: 119.2 })).toBe(
-      "1/3 files  0 B / 5.0 GB  40.0 MB/s  ETA 2m00s",
+      "1/3 files  0 B / 4.7 GiB  38.1 MiB/s  ETA 2m00s",
     );
   });
 
