@@ -3,26 +3,18 @@
  * per state change otherwise, nothing under --json (the result is printed at
  * the end instead).
  */
+import type { IngestProgress } from "./ingest.js";
 import type { JobRecord, Stage } from "./state.js";
 import { colors, formatBytes, formatDuration, shortKey, type Colors } from "./output.js";
 
 export type RunEvent =
   | { kind: "stage"; pipeline: string; stage: Stage; status: "skipped"; reason: string }
   | { kind: "job"; job: JobRecord; message?: string }
-  | {
-      kind: "ingest";
-      pipeline: string;
-      filesDone: number;
-      filesTotal: number;
-      bytesDone: number;
-      bytesTotal: number | undefined;
-      rateBytesPerSec: number;
-      etaSec: number | undefined;
-    }
+  | ({ kind: "ingest"; pipeline: string } & IngestProgress)
   | { kind: "note"; message: string };
 
 /** `412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2s`: an ingest's progress on one line. */
-export function formatIngestProgress(p: { filesDone: number; filesTotal: number; bytesDone: number; bytesTotal: number | undefined; rateBytesPerSec: number; etaSec: number | undefined }): string {
+export function formatIngestProgress(p: IngestProgress): string {
   const bytes = p.bytesTotal === undefined ? formatBytes(p.bytesDone) : `${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)}`;
   const eta = p.etaSec === undefined ? "" : `  ETA ${formatDuration(Math.ceil(p.etaSec) * 1000)}`;
   return `${p.filesDone}/${p.filesTotal} files  ${bytes}  ${formatBytes(p.rateBytesPerSec)}/s${eta}`;

@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { makeProject, runKaos, sleep, startKaos, type Project } from "./helpers/rig.js";
+import { makeProject, pidAlive, runKaos, sleep, startKaos, type Project } from "./helpers/rig.js";
 import { maxConcurrency, readMarks, trainingProject, type ListedJob, type TrainingProjectOptions } from "./helpers/jobs.js";
 
 const projects: Project[] = [];
@@ -23,14 +23,6 @@ async function jobs(made: Project): Promise<ListedJob[]> {
   return JSON.parse(result.stdout) as ListedJob[];
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe("kaos up on the local backend (built CLI, real venvs and processes)", () => {
   it("builds, trains every combination, records them, and does nothing the second time", async () => {

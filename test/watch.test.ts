@@ -12,16 +12,9 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { isIgnoredPath, watchTargets, WatchMachine, type WatchState } from "../src/watch.js";
 import type { ResolvedConfig } from "../src/types.js";
-import { makeProject, runKaos, sleep, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
+import { makeProject, pidAlive, runKaos, sleep, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
+import type { ListedJob } from "./helpers/jobs.js";
 
-interface ListedJob {
-  id: string;
-  pipeline: string;
-  stage: "ingest" | "build" | "train";
-  state: string;
-  params: Record<string, unknown>;
-  startedAt: string | null;
-}
 
 function trainScript(marks: string): string {
   return `#!/bin/sh
@@ -115,14 +108,6 @@ function pidOf(marks: string, jobId: string): number {
   return Number(readFileSync(join(marks, `pid-${jobId}`), "utf8").trim());
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function waitUntil(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -300,7 +285,7 @@ describe("kaos watch", () => {
     const jobs = await r.jobs();
     const cancelled = jobs.find((job) => job.id === first!.id);
     expect(cancelled?.state).toBe("cancelled");
-    expect(alive(firstPid)).toBe(false);
+    expect(pidAlive(firstPid)).toBe(false);
     const second = ofStage(jobs, "train", "running")[0]!;
     expect(second.id).not.toBe(first!.id);
     await quit(kaos);
@@ -446,11 +431,11 @@ describe("kaos watch", () => {
       const running = ofStage(await r.jobs(), "train", "running");
       await waitUntil(() => running.every((job) => existsSync(join(r.marks, `pid-${job.id}`))), "both jobs wrote their pid");
       const pids = running.map((job) => pidOf(r.marks, job.id));
-      expect(pids.every(alive)).toBe(true);
+      expect(pids.every(pidAlive)).toBe(true);
       await quit(kaos, how);
       expect(output(kaos)).toContain("stopping: cancelling running jobs");
       expect(output(kaos)).toMatch(/run \w+ cancelled/);
-      expect(pids.filter(alive)).toEqual([]);
+      expect(pids.filter(pidAlive)).toEqual([]);
       const jobs = ofStage(await r.jobs(), "train");
       expect(jobs.map((job) => job.state)).toEqual(["cancelled", "cancelled"]);
     });

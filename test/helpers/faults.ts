@@ -171,20 +171,6 @@ export function processesWithEnv(name: string, value: string): number[] {
   return found;
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return false;
-  }
-}
-
 /** Waits until `check` holds, polling; returns whether it did before the deadline. */
 export async function eventually(check: () => boolean, timeoutMs = 10_000, everyMs = 50): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
@@ -218,3 +204,5 @@ export async function killWhen(args: string[], options: RunOptions, when: (live:
 }
 
 export { runKaos, startKaos };
+
+export { pidAlive } from "./rig.js";
