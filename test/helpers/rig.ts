@@ -69,29 +69,23 @@ function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.Proces
   return env;
 }
 
-/** Runs the built CLI to completion. */
-export function runKaos(args: string[], options: RunOptions): Promise<RunResult> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      cwd: options.cwd,
-      env: childEnv(options.env),
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`kaos ${args.join(" ")} timed out after ${options.timeoutMs ?? 120_000} ms\nstdout:\n${stdout}\nstderr:\n${stderr}`));
-    }, options.timeoutMs ?? 120_000);
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolvePromise({ code, signal, stdout, stderr });
-    });
-    child.stdin.end(options.input ?? "");
+/** Runs the built CLI to completion; it is killed and the test fails after `timeoutMs`. */
+export async function runKaos(args: string[], options: RunOptions): Promise<RunResult> {
+  const live = startKaos(args, options);
+  live.child.stdin?.end(options.input ?? "");
+  const timeoutMs = options.timeoutMs ?? 120_000;
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      live.child.kill("SIGKILL");
+      reject(new Error(`kaos ${args.join(" ")} timed out after ${timeoutMs} ms\nstdout:\n${live.stdout()}\nstderr:\n${live.stderr()}`));
+    }, timeoutMs);
   });
+  try {
+    return await Promise.race([live.exited, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** A running CLI process whose output can be awaited. */
