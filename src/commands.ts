@@ -7,7 +7,7 @@ import { cpSync, createReadStream, existsSync, lstatSync, mkdirSync, readdirSync
 import { basename, join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "./config.js";
-import { jobPaths } from "./layout.js";
+import { jobPaths, stateDirOf } from "./layout.js";
 import { KaosError, describeError } from "./errors.js";
 import type { ApplyResult } from "./engine.js";
 import { colors, formatDuration, isInteractive, printJson, table } from "./output.js";
@@ -219,7 +219,7 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
 async function readState(options: Common): Promise<{ config: ResolvedConfig; state: StateStore }> {
   const config = await loadConfig({ cwd: process.cwd(), configPath: options.config }).catch(async (error: unknown) => {
     // `train deploy` projects have no config file: their state sits in ./.kaos.
-    if (error instanceof KaosError && error.code === "CONFIG_NOT_FOUND" && options.config === undefined && existsSync(join(process.cwd(), ".kaos"))) {
+    if (error instanceof KaosError && error.code === "CONFIG_NOT_FOUND" && options.config === undefined && existsSync(stateDirOf(process.cwd()))) {
       return { file: join(process.cwd(), "kaos.config.ts"), root: process.cwd(), workspace: "kaos", pipelines: [], watch: { debounceMs: 200, onChange: "restart" as const } };
     }
     throw error;
@@ -285,7 +285,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
 }
 
 function logFileOf(root: string, job: JobRecord): string {
-  return job.logFile ?? jobPaths(join(root, ".kaos"), job.id).log;
+  return job.logFile ?? jobPaths(stateDirOf(root), job.id).log;
 }
 
 export async function logsCommand(options: Common & { job: string; follow?: boolean; stack?: string }): Promise<number> {
@@ -377,7 +377,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
   const { config, state } = await readState(options);
   try {
     const job = state.resolveJob(options.job);
-    const stateDir = join(config.root, ".kaos");
+    const stateDir = stateDirOf(config.root);
     const outDir = job.outputDir ?? jobPaths(stateDir, job.id).out;
     const metrics = readMetrics(outDir);
     const sweep = job.stage === "train" ? state.sweepMembers(job.runId, job.pipeline).filter((member) => member.stage === "train") : [];
@@ -451,7 +451,7 @@ export async function getCommand(options: Common & { job: string; out?: string; 
   const { config, state } = await readState(options);
   try {
     const job = state.resolveJob(options.job);
-    const paths = jobPaths(join(config.root, ".kaos"), job.id);
+    const paths = jobPaths(stateDirOf(config.root), job.id);
     const outDir = job.outputDir ?? paths.out;
     if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);
     if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
@@ -518,4 +518,3 @@ export async function renderCommand(options: Common & { stack: string; out: stri
   return clusterRender(config, stack, options);
 }
 
-export { EXIT_FAILURE };

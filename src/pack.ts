@@ -17,6 +17,7 @@ import { Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { create as createTar } from "tar";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { ALWAYS_IGNORED } from "./hash-worker.js";
 
 export type BundleFileMode = "file" | "exec" | "symlink";
 
@@ -42,7 +43,8 @@ export interface PackOptions {
 export const PACK_MTIME = new Date(Date.UTC(2000, 0, 1));
 
 /** Directories that never belong to a bundle when kaos walks it itself. */
-export const PACK_SKIPPED_DIRS: ReadonlySet<string> = new Set([".git", ".kaos", "node_modules", "__pycache__"]);
+/** The directories every bundle leaves out, as hashing does. */
+export const PACK_SKIPPED_DIRS: ReadonlySet<string> = ALWAYS_IGNORED;
 
 /**
  * Packs `dir` into a tar (gzipped unless told otherwise) written to `out`: a

@@ -8,16 +8,17 @@
  *   data key   = tree hash of the data bundle, or H(url, content) of a manifest
  *   job key    = H(env key, source key, data key, canonical JSON of the params)
  */
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, hashString, hashTree, type TreeFile, type TreeHash } from "./hash.js";
 import { canonicalJson, expandGrid } from "./hyperparams.js";
-import { lockPathFor, manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { ObjectStore } from "./objects.js";
 import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
 import type { JobRecord, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
+import { stateDirOf } from "./layout.js";
 import { formatBytes } from "./output.js";
 
 export type Action = "run" | "skip";
@@ -190,7 +191,7 @@ export interface PlanOptions {
 
 async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, applied: AppliedPipeline | undefined, objects: ObjectStore): Promise<{ plan: PipelinePlan; stats: Plan["stats"] }> {
   const { state, oracle, config } = options;
-  const stateDir = join(config.root, ".kaos");
+  const stateDir = stateDirOf(config.root);
   const where = `pipelines.${pipeline.name}.source`;
   const bundle = validateSourceBundle(pipeline.sourceDir, where);
   // Finding the interpreter runs a process (a pyenv shim takes a quarter of a
@@ -311,7 +312,7 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
 
 export async function buildPlan(options: PlanOptions): Promise<Plan> {
   const applied = (options.state.getApplied(options.stack.name)?.plan ?? {}) as AppliedState;
-  const objects = new ObjectStore(join(options.config.root, ".kaos", "objects"));
+  const objects = new ObjectStore(join(stateDirOf(options.config.root), "objects"));
   const pipelines: PipelinePlan[] = [];
   const stats: Plan["stats"] = { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };
   for (const pipeline of options.config.pipelines) {
@@ -360,15 +361,6 @@ export function planJson(plan: Plan): unknown {
     changes: plan.changes,
   };
 }
-
-export function manifestLockPath(pipeline: ResolvedPipeline): string | undefined {
-  return pipeline.data.kind === "manifest" ? lockPathFor(pipeline.data.path) : undefined;
-}
-
-export function exists(path: string | null | undefined): boolean {
-  return path !== null && path !== undefined && existsSync(path);
-}
-
 
 /** A path as one line of text: with control characters (a newline in a file name) it is shown quoted and escaped. */
 function displayPath(path: string): string {

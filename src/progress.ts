@@ -5,7 +5,7 @@
  */
 import type { IngestProgress } from "./ingest.js";
 import type { JobRecord, Stage } from "./state.js";
-import { colors, formatBytes, formatDuration, shortKey, type Colors } from "./output.js";
+import { colors, formatBytes, formatDuration, type Colors } from "./output.js";
 
 export type RunEvent =
   | { kind: "stage"; pipeline: string; stage: Stage; status: "skipped"; reason: string }
@@ -192,4 +192,3 @@ export function createReporter(options: { json?: boolean | undefined; interactiv
   return options.interactive ? new LiveReporter() : new PlainReporter();
 }
 
-export { shortKey };

@@ -81,6 +81,8 @@ import { PlainReporter, type Reporter, type RunEvent } from "./progress.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
 import type { JobRecord } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
+import { ALWAYS_IGNORED } from "./hash-worker.js";
+import { stateDirOf } from "./layout.js";
 
 export interface WatchCommandOptions {
   cwd: string;
@@ -164,8 +166,6 @@ export class WatchMachine {
 
 // ---------------------------------------------------------------------------
 // What is watched, and what is never a reason to rerun.
-
-const ALWAYS_IGNORED = new Set([".git", ".kaos", "node_modules", "__pycache__"]);
 
 /** Swap, backup and lock files of common editors, and atomic-save temporaries. */
 const EDITOR_TEMP = [
@@ -271,7 +271,7 @@ function inside(parent: string, path: string): string | undefined {
 export function isIgnoredPath(targets: WatchTargets, path: string, stats?: Stats): boolean {
   const absolute = resolve(path);
   if (targets.configFiles.has(absolute)) return false;
-  if (inside(join(targets.root, ".kaos"), absolute) !== undefined) return true;
+  if (inside(stateDirOf(targets.root), absolute) !== undefined) return true;
   const name = basename(absolute);
   if (isEditorTemp(name)) return true;
   for (const lock of targets.manifestLocks) if (absolute === lock || absolute.startsWith(`${lock}.tmp`)) return true;

@@ -15,7 +15,7 @@ import { KaosError, describeError } from "../../errors.js";
 import { canonicalJson } from "../../hyperparams.js";
 import { ingest } from "../../ingest.js";
 import { pinnedHash, readLock } from "../../manifest.js";
-import { jobPaths } from "../../layout.js";
+import { jobPaths, stateDirOf } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
 import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
@@ -49,8 +49,7 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
     }
     return false;
   };
-  const remove = removeTree;
-  remove(spoiled);
+  removeTree(spoiled);
   if (inodes.size === 0) return;
   for (const parent of parents) {
     let names: string[];
@@ -62,7 +61,7 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
     for (const name of names) {
       const dir = join(parent, name);
       try {
-        if (holds(dir)) remove(dir);
+        if (holds(dir)) removeTree(dir);
       } catch {
         // removed meanwhile
       }
@@ -121,7 +120,7 @@ export class LocalBackend implements PlanOracle {
     readonly stack: ResolvedStack,
     readonly state: StateStore,
   ) {
-    this.stateDir = join(config.root, ".kaos");
+    this.stateDir = stateDirOf(config.root);
     this.envsDir = join(this.stateDir, "envs");
     this.objects = new ObjectStore(join(this.stateDir, "objects"));
   }
