@@ -4,7 +4,7 @@
  * `plan --detailed-exitcode` with changes pending.
  */
 import { cpSync, createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { basename, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "./config.js";
 import { jobPaths, stateDirOf } from "./layout.js";
@@ -172,7 +172,7 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
   const cwd = process.cwd();
   const virtualFile = join(cwd, "kaos.config.ts");
   const value = {
-    workspace: basename(cwd).replace(/[^A-Za-z0-9_-]/g, "-").replace(/^[^A-Za-z0-9]+/, "") || "kaos",
+    // No workspace: resolveConfig names it after the directory, as for a config file there.
     pipelines: {
       [options.name]: {
         source: resolve(cwd, options.source),
