@@ -149,7 +149,7 @@ export function killGroup(pgid: number, signal: NodeJS.Signals): void {
  * descendant that does not scrub its environment, so it finds a job's
  * processes even after they left its process group or lost their parent.
  */
-export function processesOfJob(jobId: string, startedAtTicks?: number): { pid: number; pgid: number }[] {
+export function processesOfJob(jobId: string, since?: JobStart): { pid: number; pgid: number }[] {
   const needle = `${JOB_TAG}=${jobId}`;
   let entries: string[];
   try {
@@ -157,16 +157,21 @@ export function processesOfJob(jobId: string, startedAtTicks?: number): { pid: n
   } catch {
     return [];
   }
+  const pids = since === undefined ? undefined : pidsAllocatedSince(since.pid);
   const found: { pid: number; pgid: number }[] = [];
   for (const entry of entries) {
     if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
+    if (pids !== undefined) {
+      const pid = Number(entry);
+      if (pid < pids.from || pid > pids.to) continue;
+    }
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       if (fields[0] === "Z") continue;
       // Started before the job's first process: not one of its descendants, whose
       // environment need not be read (this scan runs after every job).
-      if (startedAtTicks !== undefined && Number(fields[19]) < startedAtTicks) continue;
+      if (since?.ticks !== undefined && Number(fields[19]) < since.ticks) continue;
       const environ = readFileSync(`/proc/${entry}/environ`, "latin1");
       if (!environ.split("\0").includes(needle)) continue;
       found.push({ pid: Number(entry), pgid: Number(fields[2]) });
@@ -175,6 +180,29 @@ export function processesOfJob(jobId: string, startedAtTicks?: number): { pid: n
     }
   }
   return found;
+}
+
+/** A job's first process: its pid and when it started, which bound where its descendants can be. */
+export interface JobStart {
+  pid: number;
+  ticks: number | undefined;
+}
+
+/**
+ * The pids handed out since `firstPid` was: Linux allocates them in increasing
+ * order, so a job's descendants lie between its first pid and the last one
+ * allocated, unless the counter wrapped around meanwhile, which the last pid
+ * being below the first one shows (then: undefined, look at every process).
+ * Skipping the rest spares reading the stat of every process on the machine
+ * after each job.
+ */
+function pidsAllocatedSince(firstPid: number): { from: number; to: number } | undefined {
+  try {
+    const last = Number(readFileSync("/proc/sys/kernel/ns_last_pid", "utf8"));
+    return Number.isInteger(last) && last >= firstPid ? { from: firstPid, to: last } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** When a process started, in clock ticks since boot (Linux /proc); undefined elsewhere or once it is reaped. */
@@ -189,8 +217,8 @@ export function processStartTicks(pid: number): number | undefined {
 }
 
 /** Signals every process of a job: the groups it leads and each tagged process. Returns how many were found. */
-export function signalJob(jobId: string, signal: NodeJS.Signals, startedAtTicks?: number): number {
-  const processes = processesOfJob(jobId, startedAtTicks);
+export function signalJob(jobId: string, signal: NodeJS.Signals, since?: JobStart): number {
+  const processes = processesOfJob(jobId, since);
   for (const { pid, pgid } of processes) {
     if (pgid === pid) killGroup(pgid, signal);
     try {
@@ -239,7 +267,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
   let memoryTimer: NodeJS.Timeout | undefined;
   const pid = child.pid ?? -1;
   // Read now, while the child cannot have been reaped: it bounds which processes may be its descendants.
-  const startedAtTicks = jobId !== undefined && pid > 0 ? processStartTicks(pid) : undefined;
+  const jobStart: JobStart | undefined = jobId !== undefined && pid > 0 ? { pid, ticks: processStartTicks(pid) } : undefined;
 
   const stop = (why: string, graceMs = 5_000) => {
     if (reason === undefined) reason = why;
@@ -278,7 +306,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
       // not at "close": a daemon holding the script's stdout would otherwise
       // keep the job running until the daemon ends.
       killGroup(pid, "SIGKILL");
-      if (jobId !== undefined) signalJob(jobId, "SIGKILL", startedAtTicks);
+      if (jobId !== undefined) signalJob(jobId, "SIGKILL", jobStart);
       // A process that escaped both (new session, scrubbed environment) may
       // still hold the pipes: stop waiting for them after a moment.
       setTimeout(() => {
