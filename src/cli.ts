@@ -8,6 +8,7 @@
  * status in exactly one place: `run` below.
  */
 import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { isKaosError } from "./errors.js";
 
@@ -52,6 +53,21 @@ function globals(command: Command): GlobalOptions {
   return command.optsWithGlobals<GlobalOptions>();
 }
 
+/**
+ * Starts what is slow to get going, the hashing threads and the Python probe,
+ * before the command's own modules load, so that both overlap that loading.
+ */
+async function warmUp(configPath: string | undefined): Promise<void> {
+  const [{ startHashWorkers }, { prefetchPython }, { findConfig, stateDirOf }] = await Promise.all([
+    import("./hash.js"),
+    import("./backends/local/python.js"),
+    import("./layout.js"),
+  ]);
+  startHashWorkers();
+  const config = configPath !== undefined ? resolve(configPath) : findConfig(process.cwd());
+  if (config !== undefined) prefetchPython(stateDirOf(dirname(config)));
+}
+
 function stackOption(): Option {
   return new Option("--stack <name>", "stack file stacks/NAME.ts to use (default: the local backend)");
 }
@@ -73,6 +89,7 @@ function buildProgram(): Command {
     .option("--refresh", "re-check the remote content of manifests")
     .option("--json", "print the result as JSON")
     .action(async (options: { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }, command: Command) => {
+      await warmUp(globals(command).config);
       const { upCommand } = await import("./commands.js");
       setExitStatus(await upCommand({ ...globals(command), ...options }));
     });
@@ -85,6 +102,7 @@ function buildProgram(): Command {
     .option("--json", "print the plan as JSON")
     .option("--detailed-exitcode", "exit 2 when anything would run, 0 when nothing would, 1 on error")
     .action(async (options: { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }, command: Command) => {
+      await warmUp(globals(command).config);
       const { planCommand } = await import("./commands.js");
       setExitStatus(await planCommand({ ...globals(command), ...options }));
     });
@@ -99,6 +117,7 @@ function buildProgram(): Command {
     .option("--poll-interval <ms>", "polling interval with --poll", wholeNumber("--poll-interval", 10), 500)
     .option("--force", "rerun everything on the first run")
     .action(async (options: { stack?: string; debounce?: number; onChange?: "restart" | "queue"; poll?: boolean; pollInterval: number; force?: boolean }, command: Command) => {
+      await warmUp(globals(command).config);
       const { watchCommand } = await import("./commands.js");
       setExitStatus(await watchCommand({ ...globals(command), ...options }));
     });

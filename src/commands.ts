@@ -28,6 +28,11 @@ async function startHashing(): Promise<void> {
   startHashWorkers();
 }
 
+async function stopHashing(): Promise<void> {
+  const { stopHashWorkers } = await import("./hash.js");
+  await stopHashWorkers();
+}
+
 
 interface Common {
   config?: string;
@@ -107,6 +112,8 @@ async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: {
       manifests,
       onPlan: (plan) => {
         if (!options.json && !plan.changes) reporter.event({ kind: "note", message: "nothing to do: every stage and job is up to date" });
+        // Hashing is over for this run: a smaller process forks every job faster.
+        void stopHashing();
       },
     });
     reporter.close();
@@ -121,7 +128,6 @@ async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: {
 }
 
 export async function upCommand(options: Common & { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }): Promise<number> {
-  await startHashing();
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
     const { clusterUp } = await import("./cluster.js");
@@ -131,7 +137,6 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
 }
 
 export async function planCommand(options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
-  await startHashing();
   const { checkInputs, openSession, plan } = await engine();
   const { formatPlan, planJson } = await import("./plan.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });

@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { KaosError, describeError } from "./errors.js";
 import { gridSize, parseGrid } from "./hyperparams.js";
+import { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
 import type {
   ResolvedConfig,
   ResolvedPipeline,
@@ -20,7 +21,6 @@ import type {
   StackConfig,
 } from "./types.js";
 
-export const CONFIG_FILE_NAMES = ["kaos.config.ts", "kaos.config.mts", "kaos.config.js", "kaos.config.mjs"];
 
 /** The most jobs one pipeline's grid may expand to. */
 export const MAX_SWEEP_JOBS = 100_000;
@@ -176,19 +176,7 @@ const stackSchema = z.discriminatedUnion(
 
 export { defineConfig, defineStack } from "./define.js";
 
-/** The config file in `cwd` or its nearest parent. */
-export function findConfig(cwd: string): string | undefined {
-  let dir = resolve(cwd);
-  for (;;) {
-    for (const name of CONFIG_FILE_NAMES) {
-      const candidate = join(dir, name);
-      if (existsSync(candidate)) return candidate;
-    }
-    const parent = dirname(dir);
-    if (parent === dir) return undefined;
-    dir = parent;
-  }
-}
+export { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
 
 /** Where the `kaos` package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos"`. */
 function packageEntry(): string {

@@ -2,7 +2,24 @@
  * Where kaos keeps things in `.kaos/` beside the config. One place, so that
  * the backend that writes and the commands that read agree.
  */
-import { join } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+
+export const CONFIG_FILE_NAMES = ["kaos.config.ts", "kaos.config.mts", "kaos.config.js", "kaos.config.mjs"];
+
+/** The config file in `cwd` or its nearest parent. */
+export function findConfig(cwd: string): string | undefined {
+  let dir = resolve(cwd);
+  for (;;) {
+    for (const name of CONFIG_FILE_NAMES) {
+      const candidate = join(dir, name);
+      if (existsSync(candidate)) return candidate;
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return undefined;
+    dir = parent;
+  }
+}
 
 export function stateDirOf(root: string): string {
   return join(root, ".kaos");

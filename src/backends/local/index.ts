@@ -24,7 +24,7 @@ import type { JobRecord, StateStore } from "../../state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { SourceBundle } from "../../bundle.js";
 import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
-import { resolvePython } from "./python.js";
+import { rememberPythonProbe, resolvePython } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
@@ -127,6 +127,7 @@ export class LocalBackend implements PlanOracle {
 
   async runtime(bundle: SourceBundle): Promise<string> {
     const python = await resolvePython(bundle.pythonVersion);
+    rememberPythonProbe(this.stateDir, python);
     return `local python ${python.version} ${process.platform}-${process.arch}`;
   }
 

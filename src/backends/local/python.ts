@@ -3,7 +3,7 @@
  * `FROM python:X.Y` names when such an interpreter is on PATH, else python3.
  */
 import { execFile } from "node:child_process";
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
 import { KaosError } from "../../errors.js";
@@ -19,6 +19,8 @@ export interface PythonRuntime {
   note: string | undefined;
   /** `uv` on PATH, used to build environments when present. */
   uv: string | undefined;
+  /** The command asked for its version (a PATH entry, maybe a pyenv shim), which `prefetchPython` may start early next time. */
+  probed: string;
 }
 
 export function which(command: string, path = process.env.PATH ?? ""): string | undefined {
@@ -35,7 +37,22 @@ export function which(command: string, path = process.env.PATH ?? ""): string | 
   return undefined;
 }
 
-async function versionOf(path: string): Promise<{ version: string; executable: string } | undefined> {
+type Probe = { version: string; executable: string } | undefined;
+
+const probes = new Map<string, Promise<Probe>>();
+
+/** Asks `path` for its version once per process and environment (a shim's answer depends on PATH). */
+function versionOf(path: string): Promise<Probe> {
+  const key = `${path}|${process.env.PATH ?? ""}|${process.env.PYENV_VERSION ?? ""}`;
+  let probe = probes.get(key);
+  if (probe === undefined) {
+    probe = askVersion(path);
+    probes.set(key, probe);
+  }
+  return probe;
+}
+
+async function askVersion(path: string): Promise<Probe> {
   try {
     // -S skips site-packages and the version comes from sys (the same string
     // platform.python_version() parses out of it): a third of the start-up.
@@ -75,9 +92,39 @@ async function findPython(wanted: string | undefined): Promise<PythonRuntime> {
       version: info.version,
       note: matches ? undefined : `the Dockerfile asks for Python ${wanted}, which is not installed here; using Python ${info.version} (${path})`,
       uv,
+      probed: path,
     };
   }
   throw new KaosError("BUILD_FAILED", "no Python interpreter found on PATH (looked for python3 and python)", {
     hint: "install Python 3, or point KAOS_PYTHON at an interpreter",
   });
+}
+
+/**
+ * The interpreter a project used last time is asked for its version as soon
+ * as a command starts, while the CLI and the config load, instead of after:
+ * a pyenv shim takes most of a tenth of a second to answer. Only the name of
+ * the command is remembered, never its answer, so a changed interpreter is
+ * still seen; a stale name costs one wasted process.
+ */
+const PROBE_HINT = "python-probe";
+
+export function prefetchPython(stateDir: string): void {
+  let path: string;
+  try {
+    path = readFileSync(join(stateDir, PROBE_HINT), "utf8").trim();
+  } catch {
+    return;
+  }
+  if (path.startsWith("/")) void versionOf(path);
+}
+
+export function rememberPythonProbe(stateDir: string, runtime: PythonRuntime): void {
+  const file = join(stateDir, PROBE_HINT);
+  try {
+    if (!existsSync(stateDir) || (existsSync(file) && readFileSync(file, "utf8").trim() === runtime.probed)) return;
+    writeFileSync(file, `${runtime.probed}\n`);
+  } catch {
+    // Only a hint: without it the next command asks a little later.
+  }
 }
