@@ -39,6 +39,8 @@ export const STATUS_HASHED = 1;
 export const STATUS_DEFERRED = 2;
 /** Gone between readdir and lstat (an editor's temporary file, say): left out of the tree. */
 export const STATUS_VANISHED = 3;
+/** Its stat cache entry still describes it: not read, and only its position in the cache comes back. */
+export const STATUS_HIT = 4;
 
 /** Skipped at any depth, whatever .kaosignore says. */
 export const ALWAYS_IGNORED: ReadonlySet<string> = new Set([".git", ".kaos", "node_modules", "__pycache__"]);
@@ -50,6 +52,38 @@ export interface WalkUnit {
   names: string | null;
 }
 
+/**
+ * A stat cache laid out for the workers to compare against in place: columns
+ * in one buffer shared by every thread, one row per file, rows sorted by the
+ * UTF-8 bytes of their paths (the order of the walk). Offsets are byte
+ * offsets into `bytes`, each a multiple of 8.
+ */
+export interface PackedColumns {
+  /** On a SharedArrayBuffer, so that sending it to a worker copies nothing. */
+  bytes: Uint8Array;
+  count: number;
+  /** u64 per row: dev, ino (the bits of the unsigned value); i64: mtimeNs, ctimeNs. */
+  dev: number;
+  ino: number;
+  mtime: number;
+  ctime: number;
+  /** f64 per row. */
+  size: number;
+  /** u32 per row: where path i ends in the path section; it starts one byte after path i - 1 ends (paths are NUL-joined). */
+  pathEnd: number;
+  /** u8 per row, bits 0-1: MODE_*. */
+  kind: number;
+  /** UTF-8 paths joined by NUL. */
+  paths: number;
+  /** When the walk that saved the cache started; with the windows below, the racy rule's limits. */
+  savedAt: bigint;
+}
+
+/** The racy windows of hash.ts, here so the workers apply the same rule. */
+export const RACY_WINDOW_FINE_NS = 1_000_000_000n;
+export const RACY_WINDOW_COARSE_NS = 3_000_000_000n;
+const NS_PER_SECOND = 1_000_000_000n;
+
 export interface WalkRequest {
   kind: "walk";
   id: number;
@@ -60,6 +94,9 @@ export interface WalkRequest {
   ignoreRules: string[] | null;
   /** Hash while walking (there is no trusted stat cache to spare the reads). */
   hashInline: boolean;
+  /** Compare every file with this cache; `cacheId` names it, so that a worker decodes it once. */
+  cache: PackedColumns | null;
+  cacheId: number;
   entryBudget: number;
   largeFileBytes: number;
   /** Inline hashing stops (later files are deferred) once a unit has read this many bytes. */
@@ -77,6 +114,14 @@ export interface UnitResult {
   times: BigInt64Array;
   /** Hex digests of the HASHED paths, in order, concatenated (64 characters each). */
   hashes: string;
+  /** Per path, its row in the stat cache when it is a HIT, else -1. */
+  cacheRows: Int32Array;
+  /**
+   * Every path is a HIT, at consecutive rows from `firstRow` (`paths` is then
+   * left empty: nobody needs it). Vacuously true for a unit of no paths.
+   */
+  allHits: boolean;
+  firstRow: number;
   /** The rest of the unit, in path order: everything here sorts after `paths`. */
   children: WalkUnit[];
 }
@@ -258,6 +303,125 @@ function entryKeys(entries: Dirent[], directory: string, prefix: string, ignored
 }
 
 // ---------------------------------------------------------------------------
+// Comparing with the stat cache.
+
+/** 64-bit values are compared by their two 32-bit words: reading them as bigints would allocate one per read. */
+const scratch = new BigInt64Array(1);
+const scratchWords = new Int32Array(scratch.buffer);
+
+/**
+ * One worker's reading of a packed stat cache. Units arrive in path order
+ * within themselves, so after one binary search per unit each file finds its
+ * row with one comparison against the bytes, allocating nothing.
+ */
+class CacheView {
+  private readonly words: Int32Array;
+  private readonly sizes: Float64Array;
+  private readonly pathEnds: Uint32Array;
+  private readonly kinds: Uint8Array;
+  private readonly paths: Uint8Array;
+  private readonly count: number;
+  private readonly fineLimit: bigint;
+  private readonly coarseLimit: bigint;
+  /** Where the next lookup looks first. */
+  private cursor = 0;
+
+  constructor(
+    readonly id: number,
+    columns: PackedColumns,
+  ) {
+    const { bytes, count } = columns;
+    const at = (offset: number): number => bytes.byteOffset + offset;
+    this.count = count;
+    // dev, ino, mtime and ctime are adjacent columns of `count` 64-bit values.
+    this.words = new Int32Array(bytes.buffer, at(columns.dev), 8 * count);
+    this.sizes = new Float64Array(bytes.buffer, at(columns.size), count);
+    this.pathEnds = new Uint32Array(bytes.buffer, at(columns.pathEnd), count);
+    this.kinds = new Uint8Array(bytes.buffer, at(columns.kind), count);
+    this.paths = new Uint8Array(bytes.buffer, at(columns.paths), bytes.byteLength - columns.paths);
+    this.fineLimit = columns.savedAt - RACY_WINDOW_FINE_NS;
+    this.coarseLimit = columns.savedAt - RACY_WINDOW_COARSE_NS;
+  }
+
+  /** The row of `path`, or -1. */
+  find(path: string): number {
+    if (this.cursor < this.count && this.compare(this.cursor, path) === 0) return this.cursor++;
+    let low = 0;
+    let high = this.count - 1;
+    while (low <= high) {
+      const middle = (low + high) >>> 1;
+      const order = this.compare(middle, path);
+      if (order === 0) {
+        this.cursor = middle + 1;
+        return middle;
+      }
+      if (order < 0) low = middle + 1;
+      else high = middle - 1;
+    }
+    this.cursor = low;
+    return -1;
+  }
+
+  /** The stored path of `row` against `path`, in UTF-8 byte order. */
+  private compare(row: number, path: string): number {
+    const start = row === 0 ? 0 : this.pathEnds[row - 1]! + 1;
+    const length = this.pathEnds[row]! - start;
+    const paths = this.paths;
+    const shared = Math.min(length, path.length);
+    for (let index = 0; index < shared; index++) {
+      const code = path.charCodeAt(index);
+      // ASCII code units are their own UTF-8 bytes; past the first other one, compare the encoding.
+      if (code >= 0x80) return this.compareEncoded(start, length, path);
+      const order = paths[start + index]! - code;
+      if (order !== 0) return order;
+    }
+    // One is a prefix of the other (in bytes, as far as it is ASCII).
+    return length - path.length;
+  }
+
+  private compareEncoded(start: number, length: number, path: string): number {
+    return Buffer.compare(this.paths.subarray(start, start + length), Buffer.from(path, "utf8"));
+  }
+
+  /** Whether `row` still describes a file with these stats and mode, outside the racy window. */
+  unchanged(row: number, stats: BigIntStats, modeCode: number): boolean {
+    if ((this.kinds[row]! & 3) !== modeCode || this.sizes[row] !== Number(stats.size)) return false;
+    const words = this.words;
+    const column = 2 * this.count;
+    const at = 2 * row;
+    scratch[0] = stats.mtimeNs;
+    if (scratchWords[0] !== words[2 * column + at] || scratchWords[1] !== words[2 * column + at + 1]) return false;
+    scratch[0] = stats.ctimeNs;
+    if (scratchWords[0] !== words[3 * column + at] || scratchWords[1] !== words[3 * column + at + 1]) return false;
+    scratch[0] = stats.ino;
+    if (scratchWords[0] !== words[column + at] || scratchWords[1] !== words[column + at + 1]) return false;
+    scratch[0] = stats.dev;
+    if (scratchWords[0] !== words[at] || scratchWords[1] !== words[at + 1]) return false;
+    return isOutsideRacyWindow(stats.mtimeNs, stats.ctimeNs, this.fineLimit, this.coarseLimit);
+  }
+}
+
+/**
+ * Racy rule (see the top of hash.ts): a file stamped too close to the moment
+ * its content was last read may have been written again within the same
+ * timestamp tick, leaving the same stat behind; it is read again until it has
+ * aged past the window.
+ */
+export function isOutsideRacyWindow(mtimeNs: bigint, ctimeNs: bigint, fineLimit: bigint, coarseLimit: bigint): boolean {
+  const newest = mtimeNs > ctimeNs ? mtimeNs : ctimeNs;
+  if (newest < coarseLimit) return true;
+  return ctimeNs % NS_PER_SECOND !== 0n && newest < fineLimit;
+}
+
+let cacheView: CacheView | undefined;
+
+function cacheViewFor(request: WalkRequest): CacheView | undefined {
+  if (request.cache === null) return undefined;
+  if (cacheView?.id !== request.cacheId) cacheView = new CacheView(request.cacheId, request.cache);
+  return cacheView;
+}
+
+// ---------------------------------------------------------------------------
 // Walking.
 
 class UnitCollector {
@@ -268,7 +432,10 @@ class UnitCollector {
   private modes = new Uint8Array(this.capacity);
   private ids = new BigUint64Array(this.capacity * 3);
   private times = new BigInt64Array(this.capacity * 2);
+  private cacheRows = new Int32Array(this.capacity);
   private readonly hashes: string[] = [];
+  /** Every file so far is a HIT at consecutive rows. */
+  private allHits = true;
   readonly children: WalkUnit[] = [];
   bytesLeft: number;
   entriesLeft: number;
@@ -276,6 +443,7 @@ class UnitCollector {
   constructor(
     private readonly request: WalkRequest,
     private readonly ignored: Ignore | undefined,
+    private readonly cache: CacheView | undefined,
   ) {
     this.bytesLeft = request.byteBudget;
     this.entriesLeft = request.entryBudget;
@@ -295,6 +463,9 @@ class UnitCollector {
     const times = new BigInt64Array(this.capacity * 2);
     times.set(this.times);
     this.times = times;
+    const cacheRows = new Int32Array(this.capacity);
+    cacheRows.set(this.cacheRows);
+    this.cacheRows = cacheRows;
   }
 
   visitDirectory(prefix: string): void {
@@ -362,8 +533,10 @@ class UnitCollector {
     if (this.count === this.capacity) this.grow();
     const index = this.count++;
     this.paths.push(path);
+    this.cacheRows[index] = -1;
     if (stats === undefined) {
       this.status[index] = STATUS_VANISHED;
+      this.allHits = false;
       return;
     }
     const mode = Number(stats.mode);
@@ -374,6 +547,17 @@ class UnitCollector {
     else if (type === S_IFDIR) throw new FileError(path, "EISDIR", false, "it became a directory while the bundle was being hashed");
     else throw new FileError(path, "special", false, "it is a socket, FIFO or device file");
     this.modes[index] = modeCode;
+    const cache = this.cache;
+    if (cache !== undefined) {
+      const row = cache.find(path);
+      if (row >= 0 && cache.unchanged(row, stats, modeCode)) {
+        this.status[index] = STATUS_HIT;
+        this.cacheRows[index] = row;
+        if (index > 0 && this.cacheRows[index - 1] !== row - 1) this.allHits = false;
+        return;
+      }
+    }
+    this.allHits = false;
     this.ids[index * 3] = stats.dev;
     this.ids[index * 3 + 1] = stats.ino;
     this.ids[index * 3 + 2] = stats.size;
@@ -407,12 +591,15 @@ class UnitCollector {
 
   finish(): UnitResult {
     return {
-      paths: this.paths.join("\0"),
+      paths: this.allHits ? "" : this.paths.join("\0"),
       status: this.status.slice(0, this.count),
       modes: this.modes.slice(0, this.count),
       ids: this.ids.slice(0, this.count * 3),
       times: this.times.slice(0, this.count * 2),
       hashes: this.hashes.join(""),
+      cacheRows: this.cacheRows.slice(0, this.count),
+      allHits: this.allHits,
+      firstRow: this.count === 0 ? -1 : this.cacheRows[0]!,
       children: this.children,
     };
   }
@@ -421,8 +608,9 @@ class UnitCollector {
 function runWalk(request: WalkRequest): WalkResult {
   const result: WalkResult = { kind: "walk", id: request.id, units: [] };
   const ignored = rulesFor(request.ignoreRules);
+  const cache = cacheViewFor(request);
   for (const unit of request.units) {
-    const collector = new UnitCollector(request, ignored);
+    const collector = new UnitCollector(request, ignored, cache);
     try {
       if (unit.names === null) collector.visitDirectory(unit.prefix);
       else collector.visitNames(unit.prefix, unit.names);
@@ -457,7 +645,7 @@ function runHashJob(request: HashJobRequest): HashJobResult {
 
 function transferList(result: WorkerResult): ArrayBuffer[] {
   if (result.kind !== "walk") return [];
-  return result.units.flatMap((unit) => [unit.status.buffer, unit.modes.buffer, unit.ids.buffer, unit.times.buffer] as ArrayBuffer[]);
+  return result.units.flatMap((unit) => [unit.status.buffer, unit.modes.buffer, unit.ids.buffer, unit.times.buffer, unit.cacheRows.buffer] as ArrayBuffer[]);
 }
 
 if (parentPort !== null && workerData === HASH_WORKER_MARK) {

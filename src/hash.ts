@@ -51,10 +51,15 @@
  * worker takes, so one deep subtree or one huge directory still spreads over
  * every worker; results come back as typed arrays, a few hundred messages for
  * 100k files. Without a trusted stat cache files are hashed during the walk.
- * With one, the main thread takes the results in path order while the
- * workers go on walking, compares each file's stat with its entry (one string
- * comparison to find it when the cache kept that order, no allocation to
- * compare) and hands out what must be read as hash jobs. Files above
+ * With one that the store can pack (`loadPacked`: columns in a
+ * SharedArrayBuffer, in walk order), the workers compare each file's stat
+ * with its row themselves and send back only the rows of the hits; a tree
+ * found exactly as cached takes its hash from the cache and builds its
+ * `files` only when asked. With any other store the main thread takes the
+ * results in path order while the workers go on walking, compares each file's
+ * stat with its entry (one string comparison to find it when the cache kept
+ * that order, no allocation to compare). Either way the main thread hands out
+ * what must be read as hash jobs. Files above
  * LARGE_FILE_BYTES are jobs of their own, biggest first, so big files spread
  * over every worker too. `startHashWorkers()` lets a caller start the threads
  * early, overlapping their start-up with its own.
@@ -71,10 +76,15 @@ import { KaosError, describeError, errnoCode } from "./errors.js";
 import {
   HASH_WORKER_MARK,
   MODE_NAMES,
+  RACY_WINDOW_COARSE_NS,
+  RACY_WINDOW_FINE_NS,
   STATUS_HASHED,
+  STATUS_HIT,
   STATUS_STATTED,
   STATUS_VANISHED,
+  isOutsideRacyWindow,
   type HashJobRequest,
+  type PackedColumns,
   type HashJobResult,
   type UnitResult,
   type WalkRequest,
@@ -121,12 +131,32 @@ export interface StatCacheEntry {
   hash: string;
 }
 
+/**
+ * A stat cache the hashing threads compare against in place (see
+ * PackedColumns), with the tree hash of its entries when known and the
+ * entries themselves on demand.
+ */
+export interface PackedStatCache extends PackedColumns {
+  treeHash: string | undefined;
+  entryAt(row: number): StatCacheEntry;
+  modeAt(row: number): TreeFile["mode"];
+}
+
 /** Implemented by the SQLite state store; `memoryStatCache()` is an in-memory one. */
 export interface StatCacheStore {
   /** All cached entries of one tree root, loaded in one go (the warm path must not do per-file queries). */
   load(root: string): Map<string, StatCacheEntry> | Promise<Map<string, StatCacheEntry>>;
-  /** Replace the cached entries of one root after a hash (one transaction). `cacheTimeNs` is when the walk started, for the racy rule. */
-  save(root: string, entries: StatCacheEntry[], cacheTimeNs: bigint): void | Promise<void>;
+  /**
+   * The cache of one root packed for the hashing threads, with the time it was
+   * saved at; undefined when there is none or it cannot be packed (`load` then
+   * serves it).
+   */
+  loadPacked?(root: string): PackedStatCache | undefined;
+  /**
+   * Replace the cached entries of one root after a hash (one transaction). `cacheTimeNs` is when the walk started, for the racy rule;
+   * `treeHash` is the tree hash of exactly these entries.
+   */
+  save(root: string, entries: StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string): void | Promise<void>;
   /** When the cache for root was last saved (the walk start time), or undefined. */
   savedAt?(root: string): bigint | undefined;
 }
@@ -142,11 +172,8 @@ export interface HashTreeOptions {
 const TREE_HASH_HEADER = "kaos-tree-v1\n";
 const IGNORE_FILE = ".kaosignore";
 
-/** Racy window when the filesystem stamps sub-second times (see the top of this file). */
-export const RACY_WINDOW_FINE_NS = 1_000_000_000n;
-/** Racy window for filesystems that stamp whole seconds, or two (FAT). */
-export const RACY_WINDOW_COARSE_NS = 3_000_000_000n;
-const NS_PER_SECOND = 1_000_000_000n;
+/** Racy windows: 1 s when the filesystem stamps sub-second times, 3 s for whole seconds, or two (FAT); see the top of this file. */
+export { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS };
 
 /** Entries a walk unit handles before handing the rest back: a few milliseconds of work. */
 const UNIT_ENTRY_BUDGET = 2048;
@@ -566,7 +593,8 @@ class CacheLookup {
     ) {
       return undefined;
     }
-    return isOutsideRacyWindow(result, index, this.limits) ? entry : undefined;
+    const outside = isOutsideRacyWindow(result.times[index * 2]!, result.times[index * 2 + 1]!, this.limits.fine, this.limits.coarse);
+    return outside ? entry : undefined;
   }
 }
 
@@ -605,19 +633,6 @@ function sameId(cached: bigint | number, words: Int32Array, at: number): boolean
 interface RacyLimits {
   fine: bigint;
   coarse: bigint;
-}
-
-/**
- * Racy rule: a file stamped too close to the moment its content was last read
- * may have been written again within the same timestamp tick, leaving the same
- * stat behind; it is read again until it has aged past the window.
- */
-function isOutsideRacyWindow(result: UnitResult, index: number, limits: RacyLimits): boolean {
-  const mtime = result.times[index * 2]!;
-  const ctime = result.times[index * 2 + 1]!;
-  const newest = mtime > ctime ? mtime : ctime;
-  if (newest < limits.coarse) return true;
-  return ctime % NS_PER_SECOND !== 0n && newest < limits.fine;
 }
 
 // ---------------------------------------------------------------------------
@@ -668,7 +683,10 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
   const rules = ignoreRules(absoluteRoot, options.ignore);
   const workers = workersFor(options.workers);
   const store = options.statCache;
-  const savedAt = store?.savedAt?.(absoluteRoot);
+  // A cache the threads can read in place is loaded before they start: they
+  // compare each file with it and send back little more than its row.
+  const packed = store?.loadPacked?.(absoluteRoot);
+  const savedAt = packed !== undefined ? packed.savedAt : store?.savedAt?.(absoluteRoot);
   const run = new TreeRun(
     absoluteRoot,
     workers,
@@ -677,33 +695,90 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
       ignoreRules: rules,
       // Without entries to trust every file is read anyway: read it while walking.
       hashInline: savedAt === undefined,
+      cache: packed === undefined || packed.count === 0 ? null : columnsOf(packed),
+      cacheId: nextCacheId++,
       entryBudget: UNIT_ENTRY_BUDGET,
       largeFileBytes: LARGE_FILE_BYTES,
       byteBudget: UNIT_BYTE_BUDGET,
     },
     { unit: { prefix: "", names: null }, children: [] },
   );
-  // The workers are walking already while the cache loads.
+  // Otherwise the workers are walking already while the cache loads.
   let cache: Map<string, StatCacheEntry> | undefined;
   try {
-    cache = store === undefined ? undefined : await store.load(absoluteRoot);
+    cache = store === undefined || packed !== undefined ? undefined : await store.load(absoluteRoot);
   } catch (error) {
     run.abandon(error);
     throw error;
   }
   const limits = savedAt === undefined ? undefined : { fine: savedAt - RACY_WINDOW_FINE_NS, coarse: savedAt - RACY_WINDOW_COARSE_NS };
   const cursor = cache === undefined || cache.size === 0 || limits === undefined ? undefined : new CacheLookup(cache, limits);
-  const listing = new Listing(cursor);
+  const listing = new Listing(cursor, packed !== undefined && packed.count > 0 && savedAt !== undefined ? packed : undefined);
   run.consume((record) => {
     const jobs = listing.add(record);
     if (jobs.length > 0) run.addJobs(jobs);
   });
   await run.finished();
   const tree = listing.finish(absoluteRoot);
-  // Skip the save when every cached entry was hit and nothing was read.
-  const unchanged = cursor !== undefined && listing.read === 0 && listing.cacheHits === cache?.size;
-  if (store !== undefined && !unchanged) await store.save(absoluteRoot, listing.entries, cacheTimeNs);
+  // Skip the save when every cached entry was hit and nothing was read
+  // (unless the store lacks the tree hash of an unchanged tree: then it learns it).
+  const unchanged =
+    listing.unchangedPacked !== undefined
+      ? listing.unchangedPacked.treeHash !== undefined
+      : cursor !== undefined && listing.read === 0 && listing.cacheHits === cache?.size;
+  if (store !== undefined && !unchanged) await store.save(absoluteRoot, listing.allEntries(), cacheTimeNs, tree.hash);
   return tree;
+}
+
+let nextCacheId = 1;
+
+/** The data part of a packed cache: what is sent to the threads. */
+function columnsOf(packed: PackedStatCache): PackedColumns {
+  const { bytes, count, dev, ino, mtime, ctime, size, pathEnd, kind, paths, savedAt } = packed;
+  return { bytes, count, dev, ino, mtime, ctime, size, pathEnd, kind, paths, savedAt };
+}
+
+/** Trees whose files are still only rows of a packed stat cache (see `lazyTree`). */
+const packedTrees = new WeakMap<TreeHash, PackedStatCache>();
+
+/**
+ * A tree found unchanged against a packed cache: its `files` are made from
+ * the cache only when asked for, since a plan that finds nothing changed
+ * needs only the hash.
+ */
+function lazyTree(root: string, hash: string, packed: PackedStatCache, stats: TreeHash["stats"]): TreeHash {
+  let files: TreeFile[] | undefined;
+  const tree = { root, hash, stats } as TreeHash;
+  Object.defineProperty(tree, "files", {
+    enumerable: true,
+    configurable: true,
+    get: () => (files ??= Array.from({ length: packed.count }, (_, row) => fileOf(packed.entryAt(row)))),
+    set: (value: TreeFile[]) => {
+      files = value;
+      packedTrees.delete(tree);
+    },
+  });
+  packedTrees.set(tree, packed);
+  return tree;
+}
+
+function fileOf(entry: StatCacheEntry): TreeFile {
+  return { path: entry.path, mode: entry.mode, size: entry.size, hash: entry.hash };
+}
+
+/**
+ * The tree with its symlinks as its only files, for checks that look only at
+ * links: an unchanged tree finds them without making every file.
+ */
+export function treeLinks(tree: TreeHash): TreeHash {
+  const packed = packedTrees.get(tree);
+  const links: TreeFile[] = [];
+  if (packed === undefined) {
+    for (const file of tree.files) if (file.mode === "symlink") links.push(file);
+  } else {
+    for (let row = 0; row < packed.count; row++) if (packed.modeAt(row) === "symlink") links.push(fileOf(packed.entryAt(row)));
+  }
+  return { root: tree.root, hash: tree.hash, files: links, stats: tree.stats };
 }
 
 /** The listing of one tree, built in path order as walk results come in. */
@@ -719,29 +794,52 @@ class Listing {
   /** The digest is fed in path order for as long as every hash is already known. */
   private streaming = true;
   private readonly jobs = new JobBuilder();
+  /**
+   * With a packed cache, while every file so far is a hit at rows 0, 1, 2...:
+   * how many rows that is. Nothing is built for them unless the walk turns
+   * out to differ from the cache somewhere.
+   */
+  private hitRows = 0;
+  private hitsOnly: boolean;
+  /** Set by finish() when the tree is exactly the packed cache's. */
+  unchangedPacked: PackedStatCache | undefined;
 
-  constructor(private readonly cursor: CacheLookup | undefined) {}
+  constructor(
+    private readonly cursor: CacheLookup | undefined,
+    private readonly packed: PackedStatCache | undefined,
+  ) {
+    this.hitsOnly = packed !== undefined;
+  }
 
   /** Takes one walk result; returns the hash jobs for what must be read. */
   add(record: UnitRecord): HashJob[] {
     const result = record.result!;
     const count = result.status.length;
-    const paths = count === 0 ? [] : result.paths.split("\0");
+    if (this.hitsOnly) {
+      if (result.allHits && (count === 0 || result.firstRow === this.hitRows)) {
+        this.hitRows += count;
+        this.cacheHits += count;
+        return [];
+      }
+      this.buildHitRows();
+    }
+    // A unit of hits only sends no paths: each comes from its cache row.
+    const paths = count === 0 || result.allHits ? [] : result.paths.split("\0");
     const cursor = this.cursor;
     const halves = cursor === undefined ? undefined : halvesOf(result);
     let inlineHashes = 0;
     for (let index = 0; index < count; index++) {
       const status = result.status[index];
       if (status === STATUS_VANISHED) continue;
+      if (status === STATUS_HIT) {
+        this.addHit(this.packed!.entryAt(result.cacheRows[index]!));
+        continue;
+      }
       const path = paths[index]!;
       if (status === STATUS_STATTED && cursor !== undefined) {
         const hit = cursor.unchanged(path, result, halves!, index);
         if (hit !== undefined) {
-          const file: TreeFile = { path, mode: hit.mode, size: hit.size, hash: hit.hash };
-          this.files.push(file);
-          this.entries.push(hit);
-          this.cacheHits++;
-          if (this.streaming) this.digest.add(file);
+          this.addHit(hit);
           continue;
         }
       }
@@ -775,7 +873,47 @@ class Listing {
     return this.jobs.take();
   }
 
+  private addHit(entry: StatCacheEntry): void {
+    const file = fileOf(entry);
+    this.files.push(file);
+    this.entries.push(entry);
+    this.cacheHits++;
+    if (this.streaming) this.digest.add(file);
+  }
+
+  /** The walk differs from the cache after all: the hits so far become files. */
+  private buildHitRows(): void {
+    this.hitsOnly = false;
+    this.cacheHits -= this.hitRows;
+    for (let row = 0; row < this.hitRows; row++) this.addHit(this.packed!.entryAt(row));
+  }
+
+  private digestOfRows(packed: PackedStatCache): string {
+    const digest = new TreeDigest();
+    for (let row = 0; row < packed.count; row++) digest.add(fileOf(packed.entryAt(row)));
+    return digest.finish();
+  }
+
+  /** What the stat cache should hold now, in path order. */
+  allEntries(): StatCacheEntry[] {
+    if (this.hitsOnly) this.buildHitRows();
+    return this.entries;
+  }
+
   finish(root: string): TreeHash {
+    const packed = this.packed;
+    if (this.hitsOnly && packed !== undefined) {
+      if (this.hitRows === packed.count) {
+        this.unchangedPacked = packed;
+        let bytes = 0;
+        const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
+        for (let row = 0; row < sizes.length; row++) bytes += sizes[row]!;
+        const stats = { files: packed.count, bytes, hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count };
+        return lazyTree(root, packed.treeHash ?? this.digestOfRows(packed), packed, stats);
+      }
+      // Files at the end of the cache are gone.
+      this.buildHitRows();
+    }
     let digest = this.digest;
     if (!this.streaming) {
       if (this.files.some((file) => file.hash === "")) {

@@ -11,7 +11,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
-import { diffTrees, hashString, hashTree, type TreeFile, type TreeHash } from "./hash.js";
+import { diffTrees, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { canonicalJson, expandGrid } from "./hyperparams.js";
 import { manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { ObjectStore } from "./objects.js";
@@ -200,13 +200,14 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
   runtimePending.catch(() => {});
   const statCache = state.readonly ? undefined : state.statCache();
   const sourceTree = await hashTree(pipeline.sourceDir, { statCache });
-  checkTreeLinks(sourceTree, where);
+  // Only the links are checked: an unchanged tree need not list every file.
+  checkTreeLinks(treeLinks(sourceTree), where);
   let dataTree: TreeHash | undefined;
   let manifest: PipelinePlan["manifest"];
   let dataKey: string | undefined;
   if (pipeline.data.kind === "dir") {
     dataTree = await hashTree(pipeline.data.dir, { statCache });
-    checkTreeLinks(dataTree, `pipelines.${pipeline.name}.data`);
+    checkTreeLinks(treeLinks(dataTree), `pipelines.${pipeline.name}.data`);
     dataKey = dataTree.hash;
   } else {
     const read = options.manifests?.get(pipeline.data.path);

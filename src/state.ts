@@ -12,7 +12,7 @@ import Database from "better-sqlite3";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { canonicalJson } from "./hyperparams.js";
 
-import type { StatCacheEntry, StatCacheStore } from "./hash.js";
+import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
 
 export type { StatCacheEntry, StatCacheStore };
 
@@ -291,7 +291,8 @@ export class StateStore {
   statCache(): StatCacheStore {
     return {
       load: (root) => this.loadStatCache(root),
-      save: (root, entries, cacheTimeNs) => this.saveStatCache(root, entries, cacheTimeNs),
+      loadPacked: (root) => this.loadPackedStatCache(root),
+      save: (root, entries, cacheTimeNs, treeHash) => this.saveStatCache(root, entries, cacheTimeNs, treeHash),
       savedAt: (root) => this.statCacheSavedAt(root),
     };
   }
@@ -314,11 +315,23 @@ export class StateStore {
     return new StatCacheMap(columns);
   }
 
-  saveStatCache(root: string, entries: readonly StatCacheEntry[], cacheTimeNs: bigint): void {
+  /**
+   * The cache of one tree for the hashing threads to compare against in place,
+   * or undefined when there is none or it is not in walk order (then
+   * `loadStatCache` serves it).
+   */
+  loadPackedStatCache(root: string): PackedStatCache | undefined {
+    this.loadStatCache(root);
+    const known = this.statCaches.get(root);
+    return known?.columns.packed(known.savedAt);
+  }
+
+  saveStatCache(root: string, entries: readonly StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string): void {
     this.writer();
     const previous = this.statCaches.get(root);
     if (
       previous !== undefined &&
+      (treeHash === undefined || previous.columns.treeHash === treeHash) &&
       previous.columns.count === entries.length &&
       entries.every((entry, i) => previous.columns.sameAt(i, entry))
     ) {
@@ -334,7 +347,7 @@ export class StateStore {
         return;
       }
     }
-    const blob = encodeStatCache(entries);
+    const blob = encodeStatCache(entries, treeHash);
     const row = this.transaction(
       () =>
         this.stmt(
@@ -910,13 +923,21 @@ export function isProcessAlive(pid: number, startToken: string | null, host?: st
  *   hashes   32 bytes x count when every hash is 64 lowercase hex digits (FLAG_RAW_HASHES),
  *            else the hash strings joined by NUL, hashBytes long
  *   paths    UTF-8, joined by NUL (no path holds one)
+ *   tree     with FLAG_TREE_HASH: the 32-byte tree hash of exactly these entries,
+ *            so that a walk that finds every file unchanged need not recompute it
+ *
+ * FLAG_SORTED means the paths are in strictly ascending order of their UTF-8
+ * bytes, the order of the walk: the hashing threads then compare against the
+ * blob in place (see `packed`).
  */
 const STAT_CACHE_MAGIC = 0x3143_534b; // "KSC1" as a little-endian u32
 const HEADER_BYTES = 32;
 const FLAG_RAW_HASHES = 1;
 const FLAG_ASCII_PATHS = 2;
-/** Paths are in strictly ascending order (checked only for ASCII paths, where code units are bytes). */
+/** Paths are in strictly ascending order of their UTF-8 bytes. */
 const FLAG_SORTED = 4;
+const FLAG_TREE_HASH = 8;
+const TREE_HASH_BYTES = 32;
 const MODES: readonly StatCacheEntry["mode"][] = ["file", "exec", "symlink"];
 const MODE_CODES: Readonly<Record<StatCacheEntry["mode"], number>> = { file: 0, exec: 1, symlink: 2 };
 const DEV_IS_NUMBER = 4;
@@ -939,6 +960,8 @@ interface Layout {
   kind: number;
   hashes: number;
   paths: number;
+  /** Where the tree hash lies, if the blob holds one. */
+  treeHash: number;
   total: number;
 }
 
@@ -946,7 +969,7 @@ function align8(n: number): number {
   return Math.ceil(n / 8) * 8;
 }
 
-function layout(count: number, hashBytes: number, pathBytes: number): Layout {
+function layout(count: number, hashBytes: number, pathBytes: number, withTreeHash: boolean): Layout {
   const dev = HEADER_BYTES;
   const ino = dev + 8 * count;
   const mtime = ino + 8 * count;
@@ -956,10 +979,12 @@ function layout(count: number, hashBytes: number, pathBytes: number): Layout {
   const kind = pathEnd + 4 * count;
   const hashes = align8(kind + count);
   const paths = align8(hashes + hashBytes);
-  return { dev, ino, mtime, ctime, size, pathEnd, kind, hashes, paths, total: paths + pathBytes };
+  const treeHash = paths + pathBytes;
+  return { dev, ino, mtime, ctime, size, pathEnd, kind, hashes, paths, treeHash, total: treeHash + (withTreeHash ? TREE_HASH_BYTES : 0) };
 }
 
-export function encodeStatCache(entries: readonly StatCacheEntry[]): Buffer {
+/** `treeHash`: the hex tree hash of exactly these entries, kept so that an unchanged tree need not be digested again. */
+export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: string): Buffer {
   const count = entries.length;
   const paths = new Array<string>(count);
   const hashes = new Array<string>(count);
@@ -973,8 +998,19 @@ export function encodeStatCache(entries: readonly StatCacheEntry[]): Buffer {
   const pathText = paths.join("\0");
   const pathBytes = Buffer.byteLength(pathText, "utf8");
   const asciiPaths = pathBytes === pathText.length;
-  let sorted = asciiPaths;
-  for (let i = 1; sorted && i < count; i++) if (!((paths[i - 1] as string) < (paths[i] as string))) sorted = false;
+  let sorted = true;
+  if (asciiPaths) {
+    for (let i = 1; sorted && i < count; i++) if (!((paths[i - 1] as string) < (paths[i] as string))) sorted = false;
+  } else {
+    let previous: Buffer | undefined;
+    for (let i = 0; sorted && i < count; i++) {
+      const current = Buffer.from(paths[i] as string, "utf8");
+      if (previous !== undefined && Buffer.compare(previous, current) >= 0) sorted = false;
+      previous = current;
+    }
+  }
+  const treeHashBytes = treeHash === undefined ? undefined : Buffer.from(treeHash, "hex");
+  const withTreeHash = treeHashBytes !== undefined && treeHashBytes.length === TREE_HASH_BYTES && treeHashBytes.toString("hex") === treeHash;
 
   // Raw 32-byte hashes only when decoding gives back exactly the same text: no
   // upper case (it would come back lower case) and nothing but hex digits. The
@@ -987,11 +1023,15 @@ export function encodeStatCache(entries: readonly StatCacheEntry[]): Buffer {
   }
   const hashText = rawHashes === undefined ? hashes.join("\0") : "";
   const hashBytes = rawHashes === undefined ? Buffer.byteLength(hashText, "utf8") : 32 * count;
-  const at = layout(count, hashBytes, pathBytes);
+  const at = layout(count, hashBytes, pathBytes, withTreeHash);
 
   const arrayBuffer = new ArrayBuffer(at.total);
   const buffer = Buffer.from(arrayBuffer);
-  const flags = (rawHashes === undefined ? 0 : FLAG_RAW_HASHES) | (asciiPaths ? FLAG_ASCII_PATHS : 0) | (sorted ? FLAG_SORTED : 0);
+  const flags =
+    (rawHashes === undefined ? 0 : FLAG_RAW_HASHES) |
+    (asciiPaths ? FLAG_ASCII_PATHS : 0) |
+    (sorted ? FLAG_SORTED : 0) |
+    (withTreeHash ? FLAG_TREE_HASH : 0);
   new Uint32Array(arrayBuffer, 0, 5).set([STAT_CACHE_MAGIC, count, flags, pathBytes, hashBytes]);
   const devs = new BigUint64Array(arrayBuffer, at.dev, count);
   const inos = new BigUint64Array(arrayBuffer, at.ino, count);
@@ -1026,6 +1066,7 @@ export function encodeStatCache(entries: readonly StatCacheEntry[]): Buffer {
   if (rawHashes !== undefined) buffer.set(rawHashes, at.hashes);
   else buffer.write(hashText, at.hashes, hashBytes, "utf8");
   buffer.write(pathText, at.paths, pathBytes, "utf8");
+  if (withTreeHash) buffer.set(treeHashBytes!, at.treeHash);
   return buffer;
 }
 
@@ -1051,6 +1092,11 @@ export class StatCacheColumns {
   private readonly rawHashes: boolean;
   private readonly asciiPaths: boolean;
   private readonly sorted: boolean;
+  /** Sorted in UTF-8 byte order, whatever the paths hold. */
+  private readonly inWalkOrder: boolean;
+  private readonly at: Layout;
+  /** The hex tree hash of exactly these entries, when the blob keeps it. */
+  readonly treeHash: string | undefined;
   private readonly hashStart: number;
   private readonly hashBytes: number;
   private readonly pathStart: number;
@@ -1079,20 +1125,27 @@ export class StatCacheColumns {
     this.rawHashes = (flags & FLAG_RAW_HASHES) !== 0;
     this.asciiPaths = (flags & FLAG_ASCII_PATHS) !== 0;
     this.sorted = (flags & FLAG_SORTED) !== 0 && this.asciiPaths;
+    this.inWalkOrder = (flags & FLAG_SORTED) !== 0;
+    this.at = at;
+    this.treeHash = (flags & FLAG_TREE_HASH) !== 0 ? bytes.toString("hex", at.treeHash, at.treeHash + TREE_HASH_BYTES) : undefined;
     this.hashStart = at.hashes;
     this.hashBytes = hashBytes;
     this.pathStart = at.paths;
     this.made = new Array<StatCacheEntry | undefined>(count);
   }
 
-  /** Undefined when the blob is not in this format (written by another version, or damaged). */
+  /**
+   * Undefined when the blob is not in this format (written by another version,
+   * or damaged). The columns live in a SharedArrayBuffer (a copy, unless the
+   * blob already is one), so that the hashing threads can read them in place.
+   */
   static decode(blob: Uint8Array): StatCacheColumns | undefined {
     if (blob.byteLength < HEADER_BYTES) return undefined;
     let bytes: Buffer;
-    if (blob.byteOffset % 8 === 0) {
+    if (blob.buffer instanceof SharedArrayBuffer && blob.byteOffset % 8 === 0) {
       bytes = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
     } else {
-      bytes = Buffer.from(new ArrayBuffer(blob.byteLength));
+      bytes = Buffer.from(new SharedArrayBuffer(blob.byteLength));
       bytes.set(blob);
     }
     if (bytes.readUInt32LE(0) !== STAT_CACHE_MAGIC) return undefined;
@@ -1101,11 +1154,37 @@ export class StatCacheColumns {
     const pathBytes = bytes.readUInt32LE(12);
     const hashBytes = bytes.readUInt32LE(16);
     if ((flags & FLAG_RAW_HASHES) !== 0 && hashBytes !== 32 * count) return undefined;
-    const at = layout(count, hashBytes, pathBytes);
+    const at = layout(count, hashBytes, pathBytes, (flags & FLAG_TREE_HASH) !== 0);
     if (at.total !== bytes.byteLength) return undefined;
     const columns = new StatCacheColumns(bytes, count, flags, hashBytes, at);
     if (count > 0 && columns.pathEnds[count - 1] !== pathBytes) return undefined;
     return columns;
+  }
+
+  /**
+   * These columns as the hashing threads read them, with the entries and the
+   * time they were saved at; undefined unless the paths are in walk order.
+   */
+  packed(savedAt: bigint): PackedStatCache | undefined {
+    if (!this.inWalkOrder) return undefined;
+    const at = this.at;
+    const kinds = this.kinds;
+    return {
+      bytes: this.bytes,
+      count: this.count,
+      dev: at.dev,
+      ino: at.ino,
+      mtime: at.mtime,
+      ctime: at.ctime,
+      size: at.size,
+      pathEnd: at.pathEnd,
+      kind: at.kind,
+      paths: at.paths,
+      savedAt,
+      treeHash: this.treeHash,
+      entryAt: (i) => this.entryAt(i),
+      modeAt: (i) => MODES[(kinds[i] as number) & 3] ?? "file",
+    };
   }
 
   /** The position of `path`, or -1. */

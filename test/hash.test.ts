@@ -29,12 +29,16 @@ import {
   memoryStatCache,
   startHashWorkers,
   stopHashWorkers,
+  treeLinks,
+  type PackedStatCache,
   type StatCacheEntry,
   type StatCacheStore,
   type TreeFile,
 } from "../src/hash.js";
+import { StateStore } from "../src/state.js";
 
 const temporaryDirectories: string[] = [];
+const stateStores: StateStore[] = [];
 // Start the worker threads before any timing-sensitive test runs.
 beforeAll(async () => {
   startHashWorkers();
@@ -42,6 +46,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await stopHashWorkers();
+  for (const store of stateStores) store.close();
   for (const directory of temporaryDirectories) {
     // Restore permissions a test may have removed so the cleanup can run.
     spawnSync("chmod", ["-R", "u+rwx", directory]);
@@ -505,6 +510,109 @@ describe("hashTree: stat cache", () => {
     const warm = await hashTree(root, { statCache: reloaded });
     expect(warm.stats.cacheHits).toBe(Object.keys(SAMPLE).length);
     expect(warm.hash).toBe(cold.hash);
+  });
+});
+
+/** A real SQLite stat cache (the one kaos uses), counting the packed loads and saves. */
+function sqliteStatCache(): StatCacheStore & { packedLoads: (PackedStatCache | undefined)[]; saves: number } {
+  const store = StateStore.open(makeTemporaryDirectory());
+  stateStores.push(store);
+  const inner = store.statCache();
+  const counted = {
+    packedLoads: [] as (PackedStatCache | undefined)[],
+    saves: 0,
+    load: inner.load,
+    savedAt: inner.savedAt,
+    loadPacked(root: string) {
+      const packed = inner.loadPacked!(root);
+      counted.packedLoads.push(packed);
+      return packed;
+    },
+    save(root: string, entries: StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string) {
+      counted.saves++;
+      return inner.save(root, entries, cacheTimeNs, treeHash);
+    },
+  };
+  return counted;
+}
+
+describe("hashTree: a stat cache the hashing threads compare against", () => {
+  it("finds an unchanged tree without reading or saving, lists it on demand, and finds edits, additions and removals", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { ...SAMPLE, "model/link": { symlink: "a/c.txt" } });
+    await waitPastRacyWindow();
+    const cache = sqliteStatCache();
+    const cold = await hashTree(root, { statCache: cache });
+    expect(cache.packedLoads).toEqual([undefined]);
+    expect(cache.saves).toBe(1);
+    const count = Object.keys(SAMPLE).length + 1;
+
+    const warm = await hashTree(root, { statCache: cache });
+    // Non-ASCII names included: the cache is in the walk's byte order, so the threads compare.
+    expect(cache.packedLoads[1]?.count).toBe(count);
+    expect(cache.packedLoads[1]?.treeHash).toBe(cold.hash);
+    expect(warm.stats).toEqual({ ...cold.stats, hashedFiles: 0, hashedBytes: 0, cacheHits: count });
+    expect(warm.hash).toBe(cold.hash);
+    expect(cache.saves).toBe(1);
+    expect(treeLinks(warm).files).toEqual(cold.files.filter((file) => file.mode === "symlink"));
+    expect(warm.files).toEqual(cold.files);
+
+    writeFileSync(join(root, "data/x.csv"), "4,5,6\n");
+    rmSync(join(root, "model/train"));
+    writeFileSync(join(root, "model/zz-new.txt"), "added last in path order\n");
+    const edited = await hashTree(root, { statCache: cache });
+    const uncached = await hashTree(root);
+    expect(edited.hash).toBe(uncached.hash);
+    expect(edited.files).toEqual(uncached.files);
+    expect(edited.stats).toMatchObject({ files: count, hashedFiles: 2, cacheHits: count - 2 });
+    expect(cache.saves).toBe(2);
+
+    // Once the edits have aged past the racy window (read once more, then trusted),
+    // remove the last file in path order and nothing else: every walked file is a hit, yet the tree changed.
+    await waitPastRacyWindow();
+    await hashTree(root, { statCache: cache });
+    rmSync(join(root, "model/zz-new.txt"));
+    const shorter = await hashTree(root, { statCache: cache });
+    expect(shorter.hash).toBe((await hashTree(root)).hash);
+    expect(shorter.stats).toMatchObject({ files: count - 1, hashedFiles: 0, cacheHits: count - 1 });
+  });
+
+  it("applies the racy rule and compares ctime in the threads too", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    const target = join(root, "data/x.csv");
+    const wholeSecond = new Date("2024-05-01T12:00:00Z");
+    utimesSync(target, wholeSecond, wholeSecond);
+    await waitPastRacyWindow();
+    writeFileSync(join(root, "fresh.txt"), "written within the same tick as the cache");
+    const cache = sqliteStatCache();
+    const cold = await hashTree(root, { statCache: cache });
+    const again = await hashTree(root, { statCache: cache });
+    expect(cache.packedLoads[1]).toBeDefined();
+    expect(again.stats).toMatchObject({ hashedFiles: 1, cacheHits: Object.keys(SAMPLE).length });
+    expect(again.hash).toBe(cold.hash);
+
+    writeFileSync(target, "7,7,7\n");
+    utimesSync(target, wholeSecond, wholeSecond);
+    const edited = await hashTree(root, { statCache: cache });
+    expect(edited.files.find((file) => file.path === "data/x.csv")!.hash).toBe(sha256("7,7,7\n"));
+    expect(edited.hash).toBe((await hashTree(root)).hash);
+  });
+
+  it("learns the tree hash from an unchanged tree when the saved cache lacks it", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, SAMPLE);
+    await waitPastRacyWindow();
+    const memory = memoryStatCache();
+    const cold = await hashTree(root, { statCache: memory });
+    const cache = sqliteStatCache();
+    cache.save(root, [...(await memory.load(root)).values()], memory.savedAt(root)!);
+    const warm = await hashTree(root, { statCache: cache });
+    expect(cache.packedLoads[0]?.treeHash).toBeUndefined();
+    expect(warm.hash).toBe(cold.hash);
+    expect(warm.stats.hashedFiles).toBe(0);
+    await hashTree(root, { statCache: cache });
+    expect(cache.packedLoads[1]?.treeHash).toBe(cold.hash);
   });
 });
 

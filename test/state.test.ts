@@ -645,6 +645,38 @@ describe("stat cache", () => {
     expect((fresh.load("/r") as Map<string, StatCacheEntry>).get(v1[3]!.path)?.size).toBe(v1[3]!.size);
   });
 
+  it("packs a cache in walk order for the hashing threads, with the tree hash it was saved with", () => {
+    const root = makeRoot();
+    const store = open(root);
+    const treeHash = "ab".repeat(32);
+    const sorted = Array.from({ length: 30 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    store.statCache().save("/r", sorted, 7n, treeHash);
+    const packed = open(root).statCache().loadPacked?.("/r");
+    expect(packed).toMatchObject({ count: 30, savedAt: 7n, treeHash });
+    expect(packed!.bytes.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(packed!.entryAt(4)).toEqual(sorted[4]);
+    expect(packed!.modeAt(4)).toBe(sorted[4]!.mode);
+    const words = new BigUint64Array(packed!.bytes.buffer, packed!.bytes.byteOffset + packed!.ino, packed!.count);
+    expect(words[5]).toBe(BigInt.asUintN(64, BigInt(sorted[5]!.ino)));
+
+    // UTF-8 byte order, not UTF-16 order: U+FB01 sorts before an astral character in bytes only.
+    const unicode = [
+      { ...entry(1), path: "a/\uFB01.txt" },
+      { ...entry(2), path: "a/\u{1F600}.txt" },
+    ];
+    store.statCache().save("/u", unicode, 1n);
+    expect(store.statCache().loadPacked?.("/u")).toMatchObject({ count: 2, treeHash: undefined });
+    store.statCache().save("/u", [...unicode].reverse(), 2n);
+    expect(store.statCache().loadPacked?.("/u")).toBeUndefined();
+    expect(store.statCache().loadPacked?.("/none")).toBeUndefined();
+
+    // The same entries saved with the tree hash they lacked: written whole, so the hash is kept.
+    store.statCache().save("/u", unicode, 3n);
+    store.statCache().load("/u");
+    store.statCache().save("/u", unicode, 4n, treeHash);
+    expect(open(root).statCache().loadPacked?.("/u")).toMatchObject({ savedAt: 4n, treeHash });
+  });
+
   it("treats a damaged cache blob as no cache", () => {
     const root = makeRoot();
     const store = open(root);
