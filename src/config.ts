@@ -10,7 +10,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { z } from "zod";
+import * as z from "zod";
 import { KaosError, describeError } from "./errors.js";
 import { gridSize, parseGrid } from "./hyperparams.js";
 import { CONFIG_FILE_NAMES, findConfig } from "./layout.js";

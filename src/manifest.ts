@@ -14,7 +14,7 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 
 export interface ManifestEntry {
