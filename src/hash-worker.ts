@@ -605,7 +605,7 @@ class UnitCollector {
   }
 }
 
-function runWalk(request: WalkRequest): WalkResult {
+export function runWalk(request: WalkRequest): WalkResult {
   const result: WalkResult = { kind: "walk", id: request.id, units: [] };
   const ignored = rulesFor(request.ignoreRules);
   const cache = cacheViewFor(request);
@@ -623,7 +623,7 @@ function runWalk(request: WalkRequest): WalkResult {
   return result;
 }
 
-function runHashJob(request: HashJobRequest): HashJobResult {
+export function runHashJob(request: HashJobRequest): HashJobResult {
   const result: HashJobResult = { kind: "hash", id: request.id, hashes: [] };
   for (let index = 0; index < request.paths.length; index++) {
     const path = request.paths[index]!;

@@ -61,8 +61,10 @@
  * that order, no allocation to compare). Either way the main thread hands out
  * what must be read as hash jobs. Files above
  * LARGE_FILE_BYTES are jobs of their own, biggest first, so big files spread
- * over every worker too. `startHashWorkers()` lets a caller start the threads
- * early, overlapping their start-up with its own.
+ * over every worker too. `startHashWorkers()` lets a caller start a thread
+ * early, overlapping its start-up with its own. A tree the stat cache lists
+ * at most SMALL_TREE_FILES files of is walked by one thread already running,
+ * or by the calling thread with the same code, starting none.
  */
 import { createHash } from "node:crypto";
 import { constants as fsConstants, existsSync, readFileSync, statSync } from "node:fs";
@@ -93,6 +95,8 @@ import {
   type WorkerFileError,
   type WorkerRequest,
   type WorkerResult,
+  runHashJob,
+  runWalk,
 } from "./hash-worker.js";
 
 export interface TreeFile {
@@ -198,7 +202,8 @@ interface PendingRequest {
 }
 
 interface PoolWorker {
-  thread: Worker;
+  /** Undefined for the calling thread itself (see `CALLING_THREAD`). */
+  thread: Worker | undefined;
   pending: Map<number, PendingRequest>;
   /** A hash job is running there: nothing else is queued behind it. */
   busyWithJob: boolean;
@@ -245,11 +250,14 @@ function spawnWorkerThread(): Worker {
 }
 
 /**
- * Starts the worker threads ahead of the first hashTree call, so that their
+ * Starts worker threads ahead of the first hashTree call, so that their
  * start-up (tens of milliseconds) overlaps whatever the caller does meanwhile,
- * such as loading the config and opening the state store.
+ * such as loading the config and opening the state store. By default one:
+ * a tree the stat cache knows to be small needs no more (see `walkersFor`),
+ * and a big one starts the rest when its walk starts, the first thread
+ * already walking.
  */
-export function startHashWorkers(workers?: number): void {
+export function startHashWorkers(workers = 1): void {
   workersFor(workers);
 }
 
@@ -259,18 +267,48 @@ function workersFor(requested: number | undefined): PoolWorker[] {
   return pool.slice(0, wanted);
 }
 
+/** Trees the stat cache lists at most this many files of are walked without starting threads. */
+const SMALL_TREE_FILES = 2000;
+
+/**
+ * The calling thread as a pool member, for small trees: the same walk code
+ * runs here, a request at a time on later turns of the event loop, and no
+ * thread pays its start-up (tens of milliseconds of CPU each) for a walk of
+ * a few milliseconds.
+ */
+const CALLING_THREAD: PoolWorker = { thread: undefined, pending: new Map(), busyWithJob: false };
+
+/**
+ * Who walks a tree that the stat cache lists `cachedFiles` files of: a small
+ * one goes to one thread already running, or to the calling thread.
+ */
+function walkersFor(requested: number | undefined, cachedFiles: number | undefined): PoolWorker[] {
+  if (cachedFiles !== undefined && cachedFiles <= SMALL_TREE_FILES && requested === undefined) {
+    return pool.length > 0 ? pool.slice(0, 1) : [CALLING_THREAD];
+  }
+  return workersFor(requested);
+}
+
 function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<WorkerResult> {
   return new Promise((resolve, reject) => {
     member.pending.set(request.id, { resolve, reject });
-    member.thread.ref();
-    member.thread.postMessage(request);
+    const thread = member.thread;
+    if (thread === undefined) {
+      setImmediate(() => {
+        member.pending.delete(request.id);
+        resolve(request.kind === "walk" ? runWalk(request) : runHashJob(request));
+      });
+      return;
+    }
+    thread.ref();
+    thread.postMessage(request);
   });
 }
 
 /** Stops the worker threads (they are restarted on demand); for tests and long-lived hosts. */
 export async function stopHashWorkers(): Promise<void> {
   const members = pool.splice(0, pool.length);
-  await Promise.all(members.map((member) => member.thread.terminate()));
+  await Promise.all(members.map((member) => member.thread?.terminate()));
 }
 
 // ---------------------------------------------------------------------------
@@ -681,11 +719,11 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
   const cacheTimeNs = BigInt(Date.now()) * 1_000_000n;
   checkRoot(absoluteRoot);
   const rules = ignoreRules(absoluteRoot, options.ignore);
-  const workers = workersFor(options.workers);
   const store = options.statCache;
   // A cache the threads can read in place is loaded before they start: they
   // compare each file with it and send back little more than its row.
   const packed = store?.loadPacked?.(absoluteRoot);
+  const workers = walkersFor(options.workers, packed?.count);
   const savedAt = packed !== undefined ? packed.savedAt : store?.savedAt?.(absoluteRoot);
   const run = new TreeRun(
     absoluteRoot,

@@ -599,6 +599,31 @@ describe("hashTree: a stat cache the hashing threads compare against", () => {
     expect(edited.hash).toBe((await hashTree(root)).hash);
   });
 
+  it("walks a tree the cache knows to be small in the calling thread when no thread runs, with the same results", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { ...SAMPLE, "model/link": { symlink: "a/c.txt" } });
+    await waitPastRacyWindow();
+    const cache = sqliteStatCache();
+    const cold = await hashTree(root, { statCache: cache });
+    await stopHashWorkers();
+    const warm = await hashTree(root, { statCache: cache });
+    expect(warm.hash).toBe(cold.hash);
+    expect(warm.stats.cacheHits).toBe(Object.keys(SAMPLE).length + 1);
+
+    await stopHashWorkers();
+    writeFileSync(join(root, "model/a/c.txt"), "edited\n");
+    writeFileSync(join(root, "data/new.csv"), "9\n");
+    const edited = await hashTree(root, { statCache: cache });
+    expect(edited.stats).toMatchObject({ hashedFiles: 2, cacheHits: Object.keys(SAMPLE).length });
+    const uncached = await hashTree(root);
+    expect(edited.hash).toBe(uncached.hash);
+    expect(edited.files).toEqual(uncached.files);
+
+    await stopHashWorkers();
+    execFileSync("mkfifo", [join(root, "data/pipe")]);
+    await expectKaosError(hashTree(root, { statCache: cache }), "BUNDLE_INVALID", "data/pipe");
+  });
+
   it("learns the tree hash from an unchanged tree when the saved cache lacks it", async () => {
     const root = makeTemporaryDirectory();
     writeTree(root, SAMPLE);
