@@ -12,7 +12,22 @@
  *   a directory that exists is complete.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  type FSWatcher,
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  watch,
+  writeFileSync,
+} from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
 import { KaosError, describeError } from "./errors.js";
 import type { TreeFile, TreeHash } from "./hash.js";
@@ -236,12 +251,24 @@ export function makeWritable(dir: string): void {
  * What a write into a laid-out tree would change: per path, its type, inode,
  * size and modification time (a directory's changes when an entry is added or
  * removed). Reading changes none of them.
+ *
+ * Comparing them all costs a stat per file, and a sweep checks after every
+ * job. On Linux the seal therefore also watches every directory of the tree
+ * (inotify reports writes, attribute changes, creations and removals of the
+ * entries of a watched directory), and the stats are compared only once
+ * something stirred; each check is then free however big the data. Where
+ * watching is not possible (another system, or the watch limit reached)
+ * every check compares every stat.
  */
 export interface Seal {
   root: string;
   stats: Map<string, string>;
   /** Set once a change was found, with the paths that changed. */
   broken: string[] | undefined;
+  /** Watching every directory: checks compare stats only after an event. */
+  watchers: FSWatcher[] | undefined;
+  /** An event came since the stats were last compared. */
+  stirred: boolean;
 }
 
 function statSignature(path: string): string | undefined {
@@ -267,7 +294,36 @@ export function sealTree(root: string): Seal {
   };
   stats.set("", statSignature(root) ?? "missing");
   walk(root, "");
-  return { root, stats, broken: undefined };
+  const seal: Seal = { root, stats, broken: undefined, watchers: undefined, stirred: false };
+  if (process.platform === "linux") seal.watchers = watchDirectories(seal);
+  return seal;
+}
+
+/** One inotify watch per directory, or undefined when they cannot all be set. */
+function watchDirectories(seal: Seal): FSWatcher[] | undefined {
+  const watchers: FSWatcher[] = [];
+  const stir = () => {
+    seal.stirred = true;
+  };
+  try {
+    for (const [path, signature] of seal.stats) {
+      if (!signature.startsWith("d:")) continue;
+      const watcher = watch(path === "" ? seal.root : `${seal.root}/${path}`, { persistent: false }, stir);
+      // A watch that fails later (its directory removed) has stirred too.
+      watcher.on("error", stir);
+      watchers.push(watcher);
+    }
+    return watchers;
+  } catch {
+    for (const watcher of watchers) watcher.close();
+    return undefined;
+  }
+}
+
+/** Stops watching a seal's tree; later checks compare every stat. */
+export function releaseSeal(seal: Seal): void {
+  for (const watcher of seal.watchers ?? []) watcher.close();
+  seal.watchers = undefined;
 }
 
 /**
@@ -277,9 +333,14 @@ export function sealTree(root: string): Seal {
  */
 export function checkSeal(seal: Seal, limit = 5): string[] {
   if (seal.broken !== undefined) return seal.broken;
+  if (seal.watchers !== undefined && !seal.stirred) return [];
+  seal.stirred = false;
   const changed: string[] = [];
+  // Concatenated, not joined: the paths are already normal, and path.join cost
+  // more than the lstat itself over a data view of many files.
+  const prefix = seal.root.endsWith("/") ? seal.root : `${seal.root}/`;
   for (const [path, signature] of seal.stats) {
-    if (statSignature(path === "" ? seal.root : join(seal.root, path)) === signature) continue;
+    if (statSignature(path === "" ? seal.root : prefix + path) === signature) continue;
     changed.push(path === "" ? "." : path);
     if (changed.length >= limit) break;
   }

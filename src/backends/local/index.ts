@@ -19,7 +19,7 @@ import { jobPaths, stateDirOf } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
 import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
-import { checkSeal, materializeTree, removeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
+import { checkSeal, materializeTree, releaseSeal, removeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
 import type { JobRecord, StateStore } from "../../state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { SourceBundle } from "../../bundle.js";
@@ -334,7 +334,8 @@ export class LocalBackend implements PlanOracle {
     const environment = environmentPath(this.envsDir, envKey);
     // The data view is read-only only by its permission bits, which root ignores: a
     // write into it would change the shared objects for every later job. Each job
-    // checks on its way out that the view is as it was when the sweep began.
+    // checks on its way out that the view is as it was when the sweep began; a job
+    // that finds it changed fails, and none starts after that.
     const data: DataView = { dir: dataDir!, seal: sealTree(dataDir!), hashes: this.dataHashes(p) };
     const records = toRun.map((job) =>
       this.state.createJob({
@@ -353,9 +354,12 @@ export class LocalBackend implements PlanOracle {
       }),
     );
     for (const record of records) this.record(reporter, record.id);
-    const results = await Promise.all(
-      records.map((record) => this.runTrainJob(record, p, { environment, data, pool, options })),
-    );
+    let results;
+    try {
+      results = await Promise.all(records.map((record) => this.runTrainJob(record, p, { environment, data, pool, options })));
+    } finally {
+      releaseSeal(data.seal);
+    }
     let failed = false;
     records.forEach((record, index) => {
       const result = results[index]!;
@@ -537,8 +541,10 @@ export class LocalBackend implements PlanOracle {
       };
       delete env.PYTHONHOME;
       if (cancelledReason) return finish("cancelled", null, cancelledReason);
-      if (this.dataSpoiled(context.data) !== undefined) {
-        return finish("failed", null, `not started: KAOS_DATA_DIR was written to by a job of this sweep (${context.data.seal.broken!.join(", ")}); it is read-only: the data is laid out again on the next kaos up`);
+      // Only what a job's check found on its way out: statting the whole view again
+      // before every start cost as much as the check itself, per job.
+      if (context.data.seal.broken !== undefined) {
+        return finish("failed", null, `not started: KAOS_DATA_DIR was written to by a job of this sweep (${context.data.seal.broken.join(", ")}); it is read-only: the data is laid out again on the next kaos up`);
       }
       current = spawnLogged({
         command: join(modelDir, "train"),

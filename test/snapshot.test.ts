@@ -1,0 +1,85 @@
+import { appendFileSync, chmodSync, mkdirSync, mkdtempSync, rmSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setImmediate as nextTurn } from "node:timers/promises";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { checkSeal, releaseSeal, sealTree, type Seal } from "../src/snapshot.js";
+
+let root: string;
+const seals: Seal[] = [];
+
+beforeEach(() => {
+  root = mkdtempSync(join(tmpdir(), "kaos-seal-"));
+  mkdirSync(join(root, "a", "b"), { recursive: true });
+  writeFileSync(join(root, "top.txt"), "top");
+  writeFileSync(join(root, "a", "b", "deep.txt"), "deep");
+});
+
+afterEach(() => {
+  for (const seal of seals.splice(0)) releaseSeal(seal);
+  rmSync(root, { recursive: true, force: true });
+});
+
+function seal(): Seal {
+  const made = sealTree(root);
+  seals.push(made);
+  return made;
+}
+
+/** Lets the event loop deliver what the kernel queued, as the end of a job does. */
+async function settle(): Promise<void> {
+  for (let turn = 0; turn < 5; turn++) await nextTurn();
+  await new Promise((done) => setTimeout(done, 20));
+}
+
+const changes: [string, () => void, string][] = [
+  ["a write into a file deep down", () => appendFileSync(join(root, "a", "b", "deep.txt"), "more"), "a/b/deep.txt"],
+  ["a new file", () => writeFileSync(join(root, "a", "new.txt"), "new"), "a"],
+  ["a removed file", () => unlinkSync(join(root, "top.txt")), "top.txt"],
+  ["a file's time set back after a write", () => {
+    appendFileSync(join(root, "top.txt"), "x");
+    utimesSync(join(root, "top.txt"), new Date(0), new Date(0));
+  }, "top.txt"],
+];
+
+describe("data view seals", () => {
+  for (const [what, change, path] of changes) {
+    it(`finds ${what} on Linux through directory watches, and by comparing stats elsewhere`, async () => {
+      const watched = seal();
+      const compared = seal();
+      releaseSeal(compared);
+      expect(compared.watchers).toBeUndefined();
+      if (process.platform === "linux") expect(watched.watchers?.length).toBe(3);
+      expect(checkSeal(watched)).toEqual([]);
+      expect(checkSeal(compared)).toEqual([]);
+      change();
+      await settle();
+      expect(checkSeal(watched)).toContain(path);
+      expect(checkSeal(compared)).toContain(path);
+      // Once broken, it stays broken.
+      expect(watched.broken).toContain(path);
+    });
+  }
+
+  it("with watches, stats are compared only after an event, and an event that changed no signature leaves the seal whole", async () => {
+    if (process.platform !== "linux") return;
+    const watched = seal();
+    await settle();
+    expect(checkSeal(watched)).toEqual([]);
+    expect(watched.stirred).toBe(false);
+    chmodSync(join(root, "top.txt"), 0o600);
+    await settle();
+    expect(watched.stirred).toBe(true);
+    // A mode change alters no part of the signature: the stats are compared, found equal, and the seal holds.
+    expect(checkSeal(watched)).toEqual([]);
+    expect(watched.stirred).toBe(false);
+    expect(watched.broken).toBeUndefined();
+  });
+
+  it("without watches every check compares every stat", async () => {
+    const compared = seal();
+    releaseSeal(compared);
+    writeFileSync(join(root, "a", "b", "deep.txt"), "DEEP");
+    expect(checkSeal(compared)).toEqual(["a/b/deep.txt"]);
+  });
+});
