@@ -97,8 +97,10 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
   const lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
   try {
     const interrupted = session.state.recoverInterrupted();
-    // Their kaos died without stopping them: stop them before anything reruns.
+    // Their kaos died without stopping them: stop them before anything reruns,
+    // and clear what it was writing when it died.
     await stopOrphanedJobs(interrupted.map((job) => job.id));
+    session.backend.removeAbandoned(interrupted.map((job) => job.id));
     const current = await plan(session, { force: options.force, refresh: options.refresh, manifests: options.manifests });
     session.backend.checkResources(current);
     options.onPlan?.(current);

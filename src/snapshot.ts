@@ -173,6 +173,34 @@ export function removeTree(dest: string): void {
   rmSync(dest, { recursive: true, force: true });
 }
 
+/** What a writer names its work in progress: trees being laid out, and listings being written. */
+const TEMPORARY_NAMES = [/\.building-(\d+)-[0-9a-f]{8}$/, /\.(\d+)\.[0-9a-f]{8}\.tmp$/];
+
+/**
+ * Removes, from the entries of `dirs`, the work in progress of writers that
+ * died (SIGKILL, a crash) before renaming it into place. Only names that hold
+ * a pid are touched, and only when that process is gone, so a writer still at
+ * work keeps its own. Returns how many were removed.
+ */
+export function removeAbandonedTemporaries(dirs: readonly string[], isAlive: (pid: number) => boolean): number {
+  let removed = 0;
+  for (const dir of dirs) {
+    let entries: string[];
+    try {
+      entries = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const entry of entries) {
+      const pid = TEMPORARY_NAMES.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
+      if (pid === undefined || Number(pid) === process.pid || isAlive(Number(pid))) continue;
+      removeTree(join(dir, entry));
+      removed++;
+    }
+  }
+  return removed;
+}
+
 /**
  * Lays out `tree` at `dest` from the object store. `copy` gives the job files
  * of its own (for the source, which scripts may write beside); otherwise

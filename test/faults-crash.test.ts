@@ -14,6 +14,7 @@
  * about 65 points at random delays from fixed seeds (replayable), each with new
  * work to do, for a longer soak. The count tried is printed at the end.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -137,6 +138,11 @@ async function series(made: Project, points: KillPoint[], env: Record<string, st
   // What the killed runs left running was stopped.
   expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
   expect(trustProblems(made.dir)).toEqual([]);
+  // What the killed runs were writing is gone too, not only never trusted.
+  const leftovers = ["snapshots", "data", "trees"].flatMap((sub) =>
+    entriesOf(join(made.dir, ".kaos", sub)).filter((name) => /\.building-\d+-|\.\d+\.[0-9a-f]{8}\.tmp$/.test(name)).map((name) => `${sub}/${name}`),
+  );
+  expect(leftovers).toEqual([]);
   return { kills, interrupted: rows.filter((row) => row.reason?.startsWith("interrupted")).length };
 }
 
@@ -307,8 +313,21 @@ mkdir -p "$1" && echo done > "$1/done"
     expect(follow.code).toBe(0);
     expect(follow.stderr).toContain(`job ${first!.id} was interrupted: the kaos that ran it is gone; the next kaos up reruns it`);
 
+    // What a kaos killed while laying out a tree or writing a listing leaves behind (its pid is gone).
+    const exited = spawn("true");
+    await new Promise((done) => exited.on("exit", done));
+    const leftovers = [
+      join(".kaos", "jobs", first!.id, `source.building-${exited.pid}-0123abcd`),
+      join(".kaos", "snapshots", `${"0".repeat(64)}.building-${exited.pid}-0123abcd`),
+      join(".kaos", "trees", `${"0".repeat(64)}.jsonl.${exited.pid}.0123abcd.tmp`),
+    ];
+    for (const leftover of leftovers.slice(0, 2)) mkdirSync(made.path(leftover, "model"), { recursive: true });
+    mkdirSync(made.path(".kaos", "trees"), { recursive: true });
+    writeFileSync(made.path(leftovers[2]!), "[");
+
     const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
     expect(again.code, again.stderr).toBe(0);
+    expect(leftovers.filter((leftover) => existsSync(made.path(leftover)))).toEqual([]);
     expect(pidAlive(script)).toBe(false);
     expect(pidAlive(daemon)).toBe(false);
     const rows = jobRows(made.dir).filter((row) => row.stage === "train");

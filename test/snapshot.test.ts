@@ -1,9 +1,9 @@
-import { appendFileSync, chmodSync, mkdirSync, mkdtempSync, rmSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { checkSeal, releaseSeal, sealTree, type Seal } from "../src/snapshot.js";
+import { checkSeal, releaseSeal, removeAbandonedTemporaries, sealTree, type Seal } from "../src/snapshot.js";
 
 let root: string;
 const seals: Seal[] = [];
@@ -81,5 +81,45 @@ describe("data view seals", () => {
     releaseSeal(compared);
     writeFileSync(join(root, "a", "b", "deep.txt"), "DEEP");
     expect(checkSeal(compared)).toEqual(["a/b/deep.txt"]);
+  });
+});
+
+describe("work left by writers that died", () => {
+  it("removes trees being laid out and listings being written whose process is gone, and nothing else", async () => {
+    const { spawn } = await import("node:child_process");
+    const exited = spawn("true");
+    await new Promise((done) => exited.on("exit", done));
+    const dead = exited.pid!;
+    const alive = spawn("sleep", ["30"]);
+    try {
+      const names = {
+        deadTree: `abc.building-${dead}-0123abcd`,
+        deadListing: `def.jsonl.${dead}.89abcdef.tmp`,
+        liveTree: `ghi.building-${alive.pid}-0123abcd`,
+        ownListing: `jkl.jsonl.${process.pid}.89abcdef.tmp`,
+        complete: "mno",
+        lookalike: `pqr.building-x${dead}`,
+      };
+      const dir = join(root, "snapshots");
+      mkdirSync(join(dir, names.deadTree, "inner"), { recursive: true });
+      writeFileSync(join(dir, names.deadTree, "inner", "f"), "half");
+      // Laid-out trees are read-only: removing one takes making it writable first.
+      chmodSync(join(dir, names.deadTree, "inner"), 0o555);
+      mkdirSync(join(dir, names.liveTree));
+      mkdirSync(join(dir, names.complete));
+      for (const name of [names.deadListing, names.ownListing, names.lookalike]) writeFileSync(join(dir, name), "x");
+      const isAlive = (pid: number) => {
+        try {
+          process.kill(pid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      expect(removeAbandonedTemporaries([dir, join(root, "no-such-dir")], isAlive)).toBe(2);
+      expect(readdirSync(dir).sort()).toEqual([names.complete, names.liveTree, names.lookalike, names.ownListing].sort());
+    } finally {
+      alive.kill();
+    }
   });
 });

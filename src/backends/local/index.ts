@@ -19,8 +19,8 @@ import { jobPaths, stateDirOf } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
 import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
-import { checkSeal, materializeTree, releaseSeal, removeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
-import type { JobRecord, StateStore } from "../../state.js";
+import { checkSeal, materializeTree, releaseSeal, removeAbandonedTemporaries, removeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
+import { isProcessAlive, type JobRecord, type StateStore } from "../../state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { SourceBundle } from "../../bundle.js";
 import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
@@ -129,6 +129,18 @@ export class LocalBackend implements PlanOracle {
     const python = await resolvePython(bundle.pythonVersion);
     rememberPythonProbe(this.stateDir, python);
     return `local python ${python.version} ${process.platform}-${process.arch}`;
+  }
+
+  /**
+   * Clears what writers killed mid-way left in `.kaos/`: half-laid-out data
+   * views and listings, and the half-copied sources of the jobs a crash
+   * interrupted (`jobIds`). The partial downloads in the object store stay:
+   * the next ingest resumes them.
+   */
+  removeAbandoned(jobIds: readonly string[]): number {
+    const dirs = [join(this.stateDir, "snapshots"), join(this.stateDir, "data"), join(this.stateDir, "trees")];
+    for (const id of jobIds) dirs.push(jobPaths(this.stateDir, id).dir);
+    return removeAbandonedTemporaries(dirs, (pid) => isProcessAlive(pid, null));
   }
 
   environmentReady(envKey: string): boolean {
