@@ -75,7 +75,7 @@ export interface IngestOptions {
   dataDir: string;
   /** Re-check remote content (conditional requests with ETag/Last-Modified); changed content is fetched and re-pinned. */
   refresh?: boolean;
-  /** Transfers at once (spread over up to four threads, one core left free). Default 8. */
+  /** Transfers at once (spread over up to four threads, one per four transfers and per core). Default 8. */
   concurrency?: number;
   /** Retries per transfer after failures that made no progress. Default 4. */
   retries?: number;
@@ -1035,12 +1035,13 @@ class TransferPool {
 }
 
 /**
- * One thread per four transfers at once, leaving a core to everything else
- * (the rest of kaos, the kernel's network stack, a server on the same machine),
- * and at most four.
+ * One thread per four transfers at once, at most one per core and at most
+ * four. The calling thread only coordinates while transfers run, so on a
+ * two-core machine both cores take transfers: one thread would be the
+ * bottleneck (it receives, hashes and writes every byte).
  */
 function transferThreadsFor(concurrency: number): number {
-  return Math.max(1, Math.min(4, availableParallelism() - 1, Math.ceil(concurrency / 4)));
+  return Math.max(1, Math.min(4, availableParallelism(), Math.ceil(concurrency / 4)));
 }
 
 // ---------------------------------------------------------------------------
