@@ -119,6 +119,35 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect(jobsPlanned.find((job) => job.action === "run")?.reason).toBe("previous attempt failed");
   });
 
+  it("two pipelines with the same environment, source, data and params run each job once and share its result", async () => {
+    const made = project({ grid: { exit: [0, 3] }, parallelism: 2 });
+    const pipeline = { source: "src", data: "data", hyperparams: "grid.json", parallelism: 2 };
+    writeFileSync(made.path("kaos.config.ts"), `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: { a: ${JSON.stringify(pipeline)}, b: ${JSON.stringify(pipeline)} } });\n`);
+    const result = await kaos(made, ["up", "--json"]);
+    expect(result.code, result.stderr).toBe(1);
+    type Outcome = { name: string; jobs: { id: string | null; key: string; params: { exit: number }; state: string; reused: boolean; reason: string | null }[] };
+    const outcome = JSON.parse(result.stdout) as { pipelines: Outcome[] };
+    expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(2);
+    const all = outcome.pipelines.flatMap((p) => p.jobs.map((job) => ({ ...job, pipeline: p.name })));
+    for (const exit of [0, 3]) {
+      const same = all.filter((job) => job.params.exit === exit);
+      expect(same).toHaveLength(2);
+      expect(same[0]!.key).toBe(same[1]!.key);
+      // Either pipeline may reach the key first.
+      const ran = same.find((job) => !job.reused && !job.reason?.startsWith("not run"))!;
+      const other = same.find((job) => job !== ran)!;
+      expect(ran.reused).toBe(false);
+      expect(ran.state).toBe(exit === 0 ? "succeeded" : "failed");
+      if (exit === 0) expect(other).toMatchObject({ id: ran.id, state: "succeeded", reused: true, reason: `identical job ${ran.id} of pipeline ${ran.pipeline} ran in this run` });
+      else expect(other).toMatchObject({ id: null, state: "failed", reused: false, reason: `not run: identical job ${ran.id} of pipeline ${ran.pipeline} failed` });
+    }
+    expect((await jobs(made)).filter((job) => job.stage === "train")).toHaveLength(2);
+    // The failed key runs again, once, on the next up; the shared success stays shared.
+    const again = await kaos(made, ["up"]);
+    expect(again.code).toBe(1);
+    expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(3);
+  });
+
   it("kills a job that goes over its memory limit and records why, as Kubernetes does", async () => {
     const made = project({ grid: { mem: [400] }, resources: { memory: "100Mi" } });
     const result = await kaos(made, ["up"]);

@@ -29,6 +29,17 @@ import { spawnLogged, type RunningProcess } from "./process.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
 
+/** How a job ended, for the pipelines of the same run that wait on its key. */
+interface ClaimResult {
+  id: string | null;
+  state: "succeeded" | "failed" | "cancelled";
+  exitCode: number | null;
+  pipeline: string;
+}
+
+/** The train jobs of one run by key, each claimed by the first pipeline to reach it. */
+type JobClaims = Map<string, { pipeline: string; result: Promise<ClaimResult> }>;
+
 /** A sweep's data directory and what it held when the sweep began. */
 interface DataView {
   dir: string;
@@ -199,7 +210,8 @@ export class LocalBackend implements PlanOracle {
     // Every queued and running job listens for the interrupt.
     setMaxListeners(0, options.signal);
     const pool = new ResourcePool(this.capacity());
-    const outcomes = await Promise.all(options.plan.pipelines.map((p) => this.executePipeline(p, pool, options)));
+    const claims: JobClaims = new Map();
+    const outcomes = await Promise.all(options.plan.pipelines.map((p) => this.executePipeline(p, pool, claims, options)));
     const cancelled = options.signal.aborted;
     const succeeded =
       !cancelled &&
@@ -213,7 +225,7 @@ export class LocalBackend implements PlanOracle {
     return job;
   }
 
-  private async executePipeline(p: PipelinePlan, pool: ResourcePool, options: ExecuteOptions): Promise<PipelineOutcome> {
+  private async executePipeline(p: PipelinePlan, pool: ResourcePool, claims: JobClaims, options: ExecuteOptions): Promise<PipelineOutcome> {
     const { reporter, signal, runId } = options;
     const name = p.pipeline.name;
     const outcome: PipelineOutcome = { name, stages: {}, jobs: [] };
@@ -337,6 +349,57 @@ export class LocalBackend implements PlanOracle {
       this.recordApplied(p, dataKey ?? null);
       return outcome;
     }
+    // A job of the same key (same environment, source, data and params) that another
+    // pipeline of this run already claimed runs once: this pipeline takes its result.
+    const shared = toRun.filter((job) => claims.has(job.key!));
+    const own = toRun.filter((job) => !claims.has(job.key!));
+    const settle = new Map<string, (result: ClaimResult) => void>();
+    for (const job of own) claims.set(job.key!, { pipeline: name, result: new Promise((resolve) => settle.set(job.key!, resolve)) });
+    try {
+      const sharedResults = Promise.all(shared.map((job) => claims.get(job.key!)!.result));
+      if (shared.length > 0) {
+        const owners = [...new Set(shared.map((job) => claims.get(job.key!)!.pipeline))].join(", ");
+        reporter.event({ kind: "note", message: `${name} train: ${shared.length} of ${toRun.length} jobs are identical to jobs of ${owners} in this run; each runs once` });
+      }
+      const failed = own.length > 0 ? await this.runOwnJobs(p, own, jobs.length, dataDir, dataKey, pool, settle, options, outcome) : false;
+      let sharedFailed = false;
+      (await sharedResults).forEach((result, index) => {
+        const job = shared[index]!;
+        const base = { key: job.key, params: job.params };
+        if (result.state === "succeeded") {
+          outcome.jobs.push({ ...base, id: result.id, state: "succeeded", exitCode: result.exitCode, reused: true, reason: `identical job ${result.id} of pipeline ${result.pipeline} ran in this run` });
+          return;
+        }
+        sharedFailed = true;
+        const identical = result.id === null ? `the identical job of pipeline ${result.pipeline}` : `identical job ${result.id} of pipeline ${result.pipeline}`;
+        outcome.jobs.push({ ...base, id: null, state: result.state, exitCode: null, reused: false, reason: `not run: ${identical} ${result.state}` });
+      });
+      const anyFailed = failed || sharedFailed;
+      outcome.stages.train = { action: "run", state: anyFailed ? (signal.aborted ? "cancelled" : "failed") : "succeeded" };
+      if (!anyFailed) this.recordApplied(p, dataKey ?? null);
+      return outcome;
+    } finally {
+      // A pipeline that stopped before its jobs ran must not leave the others waiting.
+      for (const resolve of settle.values()) resolve({ id: null, state: "cancelled", exitCode: null, pipeline: name });
+    }
+  }
+
+  /** Lays out the data, records and runs this pipeline's own train jobs; pushes their outcomes and settles their claims. Returns whether any failed. */
+  private async runOwnJobs(
+    p: PipelinePlan,
+    toRun: JobPlan[],
+    sweepSize: number,
+    knownDataDir: string | undefined,
+    dataKey: string | undefined,
+    pool: ResourcePool,
+    settle: Map<string, (result: ClaimResult) => void>,
+    options: ExecuteOptions,
+    outcome: PipelineOutcome,
+  ): Promise<boolean> {
+    const { reporter, runId } = options;
+    const name = p.pipeline.name;
+    const envKey = p.keys.env;
+    let dataDir = knownDataDir;
     if (dataDir === undefined && p.dataTree !== undefined) {
       await storeTree(this.objects, p.dataTree, `pipelines.${name}.data`);
       dataDir = join(this.stateDir, "snapshots", p.dataTree.hash);
@@ -351,7 +414,9 @@ export class LocalBackend implements PlanOracle {
     const data: DataView = { dir: dataDir!, seal: sealTree(dataDir!), hashes: this.dataHashes(p) };
     const records = toRun.map((job) =>
       this.state.createJob({
-        ...base,
+        runId,
+        stack: this.stack.name,
+        pipeline: name,
         stage: "train",
         key: job.key!,
         params: job.params,
@@ -360,7 +425,7 @@ export class LocalBackend implements PlanOracle {
         dataKey: dataKey ?? null,
         paramsKey: job.paramsKey,
         sweepIndex: job.index,
-        sweepSize: jobs.length,
+        sweepSize,
         outputDir: null,
         logFile: null,
       }),
@@ -377,10 +442,10 @@ export class LocalBackend implements PlanOracle {
       const result = results[index]!;
       if (result.state !== "succeeded") failed = true;
       outcome.jobs.push({ id: record.id, key: record.key, params: record.params, state: result.state, exitCode: result.exitCode, reused: false, reason: result.reason });
+      settle.get(record.key)?.({ id: record.id, state: result.state, exitCode: result.exitCode, pipeline: name });
+      settle.delete(record.key);
     });
-    outcome.stages.train = { action: "run", state: failed ? (signal.aborted ? "cancelled" : "failed") : "succeeded" };
-    if (!failed) this.recordApplied(p, dataKey ?? null);
-    return outcome;
+    return failed;
   }
 
   /** The content hash of every file of a pipeline's data view, by path. */
