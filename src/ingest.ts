@@ -863,8 +863,13 @@ function fetchEntry(job: TransferJob, ctx: Context): Promise<FetchOutcome> {
   return job.url.startsWith("file:") ? fetchFile(job, ctx) : fetchHttp(job, ctx);
 }
 
-/** The worker side: runs the transfers it is sent (the caller bounds how many at once) and reports back. */
-function serveTransfers(settings: TransferSettings): void {
+/**
+ * The worker side: runs the transfers it is sent, at most `activeLimit` at
+ * once, queueing the rest, and reports back. The caller sends a few more than
+ * that, so a finished transfer is followed at once by the next, without
+ * waiting for the calling thread (busy or descheduled) to answer.
+ */
+function serveTransfers(settings: TransferSettings, activeLimit: number): void {
   const port = parentPort;
   if (port === null) return;
   const abort = new AbortController();
@@ -906,35 +911,54 @@ function serveTransfers(settings: TransferSettings): void {
     progress,
     signal: abort.signal,
   };
+  const queue: TransferJob[] = [];
+  let active = 0;
+  const startQueued = (): void => {
+    for (let job = queue.shift(); job !== undefined; job = active < activeLimit ? queue.shift() : undefined) {
+      const id = job.id;
+      if (abort.signal.aborted) {
+        port.postMessage({ type: "failed", id, error: "ingest aborted" } satisfies FromWorker);
+        continue;
+      }
+      active++;
+      fetchEntry(job, ctx)
+        .then(
+          (outcome) => {
+            flush();
+            port.postMessage({ type: "done", id, outcome } satisfies FromWorker);
+          },
+          (error: unknown) => {
+            flush();
+            port.postMessage({ type: "failed", id, error: describeError(error) } satisfies FromWorker);
+          },
+        )
+        .finally(() => {
+          active--;
+          startQueued();
+        });
+    }
+  };
   port.on("message", (message: ToWorker) => {
     if (message.type === "abort") {
       abort.abort(new Error("ingest aborted"));
       return;
     }
-    const { job } = message;
-    fetchEntry(job, ctx).then(
-      (outcome) => {
-        flush();
-        port.postMessage({ type: "done", id: job.id, outcome } satisfies FromWorker);
-      },
-      (error: unknown) => {
-        flush();
-        port.postMessage({ type: "failed", id: job.id, error: describeError(error) } satisfies FromWorker);
-      },
-    );
+    queue.push(message.job);
+    if (active < activeLimit) startQueued();
   });
 }
 
 if (!isMainThread && (workerData as { mark?: unknown } | null)?.mark === WORKER_MARK) {
-  serveTransfers((workerData as { settings: TransferSettings }).settings);
+  const data = workerData as { settings: TransferSettings; activeLimit: number };
+  serveTransfers(data.settings, data.activeLimit);
 }
 
 /**
  * The compiled module is its own worker entry. When the sources run directly
  * (tests run src/*.ts), the worker's TypeScript goes through jiti.
  */
-function spawnTransferWorker(settings: TransferSettings): Worker {
-  const data = { mark: WORKER_MARK, settings };
+function spawnTransferWorker(settings: TransferSettings, activeLimit: number): Worker {
+  const data = { mark: WORKER_MARK, settings, activeLimit };
   const self = new URL(import.meta.url);
   if (!self.pathname.endsWith(".ts")) return new Worker(self, { workerData: data });
   const source = fileURLToPath(self);
@@ -950,8 +974,14 @@ class TransferThread {
   private broken: Error | undefined;
   private received = 0;
 
-  constructor(settings: TransferSettings, progress: ProgressTracker) {
-    this.worker = spawnTransferWorker(settings);
+  /** `activeLimit` transfers run at once; `capacity` (a few more) may be sent, the rest wait in the thread. */
+  constructor(
+    settings: TransferSettings,
+    progress: ProgressTracker,
+    activeLimit: number,
+    readonly capacity: number,
+  ) {
+    this.worker = spawnTransferWorker(settings, activeLimit);
     this.worker.on("message", (message: FromWorker) => {
       if (message.type === "progress") {
         for (const [id, done, total] of message.jobs) {
@@ -1000,25 +1030,36 @@ class TransferThread {
   }
 }
 
+/** Transfers each thread holds queued beyond those it runs. */
+const QUEUED_PER_THREAD = 2;
+
 /**
  * Transfers spread over a few threads, each taking the next job when it has
- * the fewest in flight: hashing and writing a fast stream keeps one thread
- * busy, so parallel transfers want more than one core.
+ * the most room: hashing and writing a fast stream keeps one thread busy, so
+ * parallel transfers want more than one core. The threads' limits add up to
+ * `concurrency`; the pool may be sent `capacity` jobs at once.
  */
 class TransferPool {
   private readonly threads: TransferThread[] = [];
+  readonly capacity: number;
 
   constructor(
     private readonly settings: TransferSettings,
     private readonly progress: ProgressTracker,
     private readonly size: number,
-  ) {}
+  ) {
+    this.capacity = settings.concurrency + QUEUED_PER_THREAD * size;
+  }
 
   run(job: TransferJob): Promise<FetchOutcome> {
-    let thread = this.threads.reduce<TransferThread | undefined>((best, candidate) => (best === undefined || candidate.load < best.load ? candidate : best), undefined);
+    const room = (thread: TransferThread): number => thread.capacity - thread.load;
+    let thread = this.threads.reduce<TransferThread | undefined>((best, candidate) => (best === undefined || room(candidate) > room(best) ? candidate : best), undefined);
     // Threads start on demand, so a handful of transfers costs one thread.
-    if (this.threads.length < this.size && (thread === undefined || thread.load > 0)) {
-      thread = new TransferThread(this.settings, this.progress);
+    if (this.threads.length < this.size && (thread === undefined || this.threads.every((candidate) => candidate.load > 0))) {
+      const index = this.threads.length;
+      const { concurrency } = this.settings;
+      const activeLimit = Math.floor(concurrency / this.size) + (index < concurrency % this.size ? 1 : 0);
+      thread = new TransferThread(this.settings, this.progress, activeLimit, activeLimit + QUEUED_PER_THREAD);
       this.threads.push(thread);
     }
     if (thread === undefined) throw new Error("unreachable: a transfer pool without threads");
@@ -1152,7 +1193,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
     }
     progress.emit(true);
 
-    await runPool(transfers, concurrency, async ({ job, entries: sharing }) => {
+    await runPool(transfers, thread?.capacity ?? 1, async ({ job, entries: sharing }) => {
       if (isAborted(signal) || thread === undefined) return;
       try {
         const outcome = await withPartialLock(job.url, () => thread.run(job));
