@@ -473,6 +473,24 @@ describe("ingest over HTTP", () => {
     expect(fs.readdirSync(path.dirname(ws.dataDir))).toEqual([]);
   });
 
+  it("on abort, transfers still queued in a transfer thread are never requested", async () => {
+    const routes: Record<string, RouteOptions> = {};
+    for (let i = 0; i < 6; i++) routes[`/slow${i}`] = { generated: { size: 1 << 20, seed: i }, chunkSize: 16384, chunkDelayMs: 50, etag: `"s${i}"` };
+    const srv = await serve(routes);
+    const ws = workspace(Array.from({ length: 6 }, (_, i) => ({ url: `${srv.url}/slow${i}`, path: `slow${i}.bin` })));
+    const controller = new AbortController();
+    // Two run at once (each takes seconds); the thread holds more queued behind them.
+    const ingesting = run(ws, { signal: controller.signal, concurrency: 2 });
+    await waitFor(() => srv.requests.length === 2);
+    const aborted = Date.now();
+    controller.abort(new Error("stopped by test"));
+    await expect(ingesting).rejects.toThrow("stopped by test");
+    expect(Date.now() - aborted).toBeLessThan(2000);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(srv.requests).toHaveLength(2);
+    expect(fs.existsSync(ws.dataDir)).toBe(false);
+  });
+
   it("fetches nothing when a manifest line tries to escape the data directory", async () => {
     const srv = await serve({ "/a": { body: "a" } });
     const ws = workspace([
