@@ -70,6 +70,41 @@ function pick({ largeFiles, largeBytes, smallFiles, smallAverageBytes }) {
 }
 
 const TRAIN_SCRIPT = '#!/bin/sh\necho done > "$1/result.txt"\n';
+/**
+ * What any Node program must do for a warm check, and nothing else: start,
+ * list every directory and lstat every file (nanosecond stats, as a stat cache
+ * needs), on one thread. It bounds how close kaos can come to git status.
+ */
+const NODE_WALK_FLOOR = `
+const { readdirSync, lstatSync } = require("node:fs");
+let files = 0;
+const walk = (dir) => {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.name === ".git") continue;
+    const path = dir + "/" + entry.name;
+    if (entry.isDirectory()) walk(path);
+    else { lstatSync(path, { bigint: true }); files++; }
+  }
+};
+walk(process.argv[1]);
+if (files === 0) process.exit(1);
+`;
+
+/** Starting the same jobs from Node with nothing else: the floor of any Node tool's sweep. */
+const NODE_SPAWN_FLOOR = `
+const { spawn } = require("node:child_process");
+const [out, count] = [process.argv[1], Number(process.argv[2])];
+let next = 0;
+const lane = async () => {
+  while (next < count) {
+    const index = next++;
+    const code = await new Promise((done) => spawn("./train", [out + "/" + index], { stdio: "ignore" }).on("exit", done));
+    if (code !== 0) process.exit(1);
+  }
+};
+Promise.all([lane(), lane()]);
+`;
+
 /** The same in Python, the language of the train scripts kaos is made for; it runs on the environment's interpreter. */
 const PYTHON_TRAIN_SCRIPT = '#!/usr/bin/env python3\nimport pathlib, sys\npathlib.Path(sys.argv[1], "result.txt").write_text("done\\n")\n';
 const MANIFEST_FILE_BYTES = 1_000_000;
@@ -375,6 +410,8 @@ async function scenarioWarmPlan(size, runs, dvc) {
         },
       },
       { name: "git status", run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) },
+      { name: "node: lstat every file", run: () => measure(process.execPath, ["-e", NODE_WALK_FLOOR, tree], { cwd: tree }) },
+      { name: "node -e 0", run: () => measure(process.execPath, ["-e", "0"], { cwd: tree }) },
     ];
     if (statusRepo) {
       sides.push({
@@ -385,9 +422,11 @@ async function scenarioWarmPlan(size, runs, dvc) {
         },
       });
     }
-    const [kaosSamples, gitSamples, dvcSamples] = interleave(runs, sides);
+    const [kaosSamples, gitSamples, walkSamples, nodeSamples, dvcSamples] = interleave(runs, sides);
     const k = summary(kaosSamples);
     const g = summary(gitSamples);
+    const walk = summary(walkSamples);
+    const bare = summary(nodeSamples);
     const label = `${files / 1000}k`;
     rows.push(
       row({
@@ -399,6 +438,15 @@ async function scenarioWarmPlan(size, runs, dvc) {
         target: "<= 1.00x",
         pass: k.median <= g.median,
         notes: [`${settled.files} files, 0 re-read`],
+      }),
+      row({
+        id: `1-${label}-floor`,
+        scenario: `  floor: node, lstat every file`,
+        kaos: walk,
+        baseline: { name: "git status", ...g },
+        ratio: walk.median / g.median,
+        target: "info",
+        notes: [`one thread, nothing else; node -e 0 alone: ${seconds(bare.median)} (${(bare.median / g.median).toFixed(2)}x git status)`],
       }),
     );
     if (dvcSamples) {
@@ -647,6 +695,14 @@ async function scenarioSweep(size, runs) {
         },
       },
       {
+        name: "node: spawn loop",
+        before: () => {
+          rmSync(byHand, { recursive: true, force: true });
+          for (let i = 0; i < jobs; i++) mkdirSync(join(byHand, String(i)), { recursive: true });
+        },
+        run: () => measure(process.execPath, ["-e", NODE_SPAWN_FLOOR, byHand, String(jobs)], { cwd: modelDir, env: handEnv }),
+      },
+      {
         name: "xargs -P 2",
         // The output directories are made before the clock starts, so the baseline runs nothing but the script.
         before: () => {
@@ -656,9 +712,10 @@ async function scenarioSweep(size, runs) {
         run: () => sh(`seq 0 ${jobs - 1} | xargs -P 2 -I{} ./train '${byHand}/{}'`, modelDir, { env: handEnv }),
       },
     ];
-    const [kaosSamples, noopSamples, handSamples] = interleave(runs, sides);
+    const [kaosSamples, noopSamples, spawnSamples, handSamples] = interleave(runs, sides);
     const k = summary(kaosSamples);
     const n = summary(noopSamples);
+    const floor = summary(spawnSamples);
     const h = summary(handSamples);
     const perJob = (seconds) => `${((seconds / jobs) * 1000).toFixed(1)} ms`;
     rows.push(
@@ -674,6 +731,15 @@ async function scenarioSweep(size, runs) {
           `per job: kaos ${perJob(k.median)}, by hand ${perJob(h.median)}`,
           `without kaos's fixed cost (a no-op up, ${seconds(n.median)}): ${((k.median - n.median) / h.median).toFixed(2)}x, ${perJob(k.median - n.median)} per job`,
         ],
+      }),
+      row({
+        id: `${variant.id}-floor`,
+        scenario: `  floor: node, a bare spawn loop`,
+        kaos: floor,
+        baseline: { name: "xargs -P 2", ...h },
+        ratio: floor.median / h.median,
+        target: "info",
+        notes: ["the same jobs started from Node with nothing else, 2 at a time"],
       }),
     );
   }
