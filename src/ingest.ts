@@ -854,10 +854,17 @@ function removeUnwanted(root: string, relative: string, wanted: Set<string>): bo
 const WORKER_MARK = "kaos-ingest-transfers";
 
 type ToWorker = { type: "fetch"; job: TransferJob } | { type: "abort" };
+/** What a thread's transfers did since its last report: its bytes so far, and the jobs whose done or total changed. */
+interface ProgressReport {
+  received: number;
+  jobs: [id: number, done: number, total: number | null][];
+}
+
+/** An answer carries the progress before it, so one message per finished transfer does. */
 type FromWorker =
-  | { type: "progress"; received: number; jobs: [id: number, done: number, total: number | null][] }
-  | { type: "done"; id: number; outcome: FetchOutcome }
-  | { type: "failed"; id: number; error: string };
+  | { type: "progress"; report: ProgressReport }
+  | { type: "done"; id: number; outcome: FetchOutcome; report: ProgressReport | undefined }
+  | { type: "failed"; id: number; error: string; report: ProgressReport | undefined };
 
 function fetchEntry(job: TransferJob, ctx: Context): Promise<FetchOutcome> {
   return job.url.startsWith("file:") ? fetchFile(job, ctx) : fetchHttp(job, ctx);
@@ -876,12 +883,16 @@ function serveTransfers(settings: TransferSettings, activeLimit: number): void {
   let received = 0;
   const jobs = new Map<number, [done: number, total: number | null]>();
   let dirty = false;
-  const flush = (): void => {
-    if (!dirty) return;
+  const takeReport = (): ProgressReport | undefined => {
+    if (!dirty) return undefined;
     dirty = false;
-    const message: FromWorker = { type: "progress", received, jobs: [...jobs].map(([id, [done, total]]) => [id, done, total]) };
+    const report: ProgressReport = { received, jobs: [...jobs].map(([id, [done, total]]) => [id, done, total]) };
     jobs.clear();
-    port.postMessage(message);
+    return report;
+  };
+  const flush = (): void => {
+    const report = takeReport();
+    if (report !== undefined) port.postMessage({ type: "progress", report } satisfies FromWorker);
   };
   const timer = setInterval(flush, 100);
   timer.unref();
@@ -917,20 +928,14 @@ function serveTransfers(settings: TransferSettings, activeLimit: number): void {
     for (let job = queue.shift(); job !== undefined; job = active < activeLimit ? queue.shift() : undefined) {
       const id = job.id;
       if (abort.signal.aborted) {
-        port.postMessage({ type: "failed", id, error: "ingest aborted" } satisfies FromWorker);
+        port.postMessage({ type: "failed", id, error: "ingest aborted", report: takeReport() } satisfies FromWorker);
         continue;
       }
       active++;
       fetchEntry(job, ctx)
         .then(
-          (outcome) => {
-            flush();
-            port.postMessage({ type: "done", id, outcome } satisfies FromWorker);
-          },
-          (error: unknown) => {
-            flush();
-            port.postMessage({ type: "failed", id, error: describeError(error) } satisfies FromWorker);
-          },
+          (outcome) => port.postMessage({ type: "done", id, outcome, report: takeReport() } satisfies FromWorker),
+          (error: unknown) => port.postMessage({ type: "failed", id, error: describeError(error), report: takeReport() } satisfies FromWorker),
         )
         .finally(() => {
           active--;
@@ -983,16 +988,17 @@ class TransferThread {
   ) {
     this.worker = spawnTransferWorker(settings, activeLimit);
     this.worker.on("message", (message: FromWorker) => {
-      if (message.type === "progress") {
-        for (const [id, done, total] of message.jobs) {
+      const { report } = message;
+      if (report !== undefined) {
+        for (const [id, done, total] of report.jobs) {
           progress.setDone(id, done);
           if (total !== null) progress.setTotal(id, total);
         }
         // Each thread counts its own bytes.
-        progress.addReceived(message.received - this.received);
-        this.received = message.received;
-        return;
+        progress.addReceived(report.received - this.received);
+        this.received = report.received;
       }
+      if (message.type === "progress") return;
       const waiter = this.pending.get(message.id);
       this.pending.delete(message.id);
       if (message.type === "done") waiter?.resolve(message.outcome);
