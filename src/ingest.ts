@@ -854,6 +854,7 @@ function removeUnwanted(root: string, relative: string, wanted: Set<string>): bo
 const WORKER_MARK = "kaos-ingest-transfers";
 
 type ToWorker = { type: "fetch"; job: TransferJob } | { type: "abort" };
+
 /** What a thread's transfers did since its last report: its bytes so far, and the jobs whose done or total changed. */
 interface ProgressReport {
   received: number;
