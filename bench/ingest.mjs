@@ -63,7 +63,7 @@ export async function startServerProcess(size) {
     child.once("error", reject);
     child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
   });
-  return { port, stop: () => child.kill() };
+  return { port, pid: child.pid, stop: () => child.kill() };
 }
 
 function rmrf(target) {

@@ -108,6 +108,8 @@ Promise.all([lane(), lane()]);
 /** The same in Python, the language of the train scripts kaos is made for; it runs on the environment's interpreter. */
 const PYTHON_TRAIN_SCRIPT = '#!/usr/bin/env python3\nimport pathlib, sys\npathlib.Path(sys.argv[1], "result.txt").write_text("done\\n")\n';
 const MANIFEST_FILE_BYTES = 1_000_000;
+/** Clock ticks per second in /proc's CPU times (getconf CLK_TCK; 100 on Linux). */
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
 /** kaos ingest's default number of transfers at once; curl gets the same. */
 const INGEST_CONCURRENCY = 8;
 
@@ -785,8 +787,32 @@ async function scenarioIngest(size, runs) {
         },
         run: () => measure("curl", ["--parallel", "--parallel-max", String(INGEST_CONCURRENCY), "-s", "--no-progress-meter", "-f", "-K", curlConfig], { cwd: runRoot }),
       },
+      {
+        // What kaos must do beyond curl: the SHA-256 of every byte (OpenSSL, on every core).
+        name: "curl, then SHA-256",
+        before: () => {
+          rmSync(curlDir, { recursive: true, force: true });
+          mkdirSync(curlDir);
+        },
+        run: () =>
+          sh(
+            `curl --parallel --parallel-max ${INGEST_CONCURRENCY} -s --no-progress-meter -f -K '${curlConfig}' && find '${curlDir}' -type f -print0 | xargs -0 -P ${cores} -n 50 openssl dgst -sha256 > /dev/null`,
+            runRoot,
+          ),
+      },
     ];
-    const [kaosSamples, curlSamples] = interleave(runs, sides);
+    // The loopback server shares the cores: its CPU time per run, for each side.
+    const serverCpu = sides.map(() => []);
+    sides.forEach((side, index) => {
+      const run = side.run;
+      side.run = (round) => {
+        const before = processCpuSeconds(server.pid);
+        const sample = run(round);
+        if (round >= 0) serverCpu[index].push(processCpuSeconds(server.pid) - before);
+        return sample;
+      };
+    });
+    const [kaosSamples, curlSamples, hashedSamples] = interleave(runs, sides);
     // The no-op rerun right after: everything stored and pinned.
     const [noopSamples] = interleave(runs, [
       {
@@ -799,8 +825,10 @@ async function scenarioIngest(size, runs) {
     ]);
     const k = summary(kaosSamples);
     const c = summary(curlSamples);
+    const hashed = summary(hashedSamples);
     const n = summary(noopSamples);
     const megabytes = (files * MANIFEST_FILE_BYTES) / 1e6;
+    const serverCpuOf = (index) => `${median(serverCpu[index]).toFixed(2)} s`;
     return [
       row({
         id: "6",
@@ -813,13 +841,30 @@ async function scenarioIngest(size, runs) {
         notes: [
           `kaos ${(megabytes / k.median).toFixed(0)} MB/s, curl ${(megabytes / c.median).toFixed(0)} MB/s`,
           `without the no-op up's fixed cost: ${((k.median - n.median) / c.median).toFixed(2)}x`,
+          `the server's CPU on the same cores: ${serverCpuOf(0)} during kaos, ${serverCpuOf(1)} during curl`,
         ],
+      }),
+      row({
+        id: "6-reference",
+        scenario: "  reference: curl, then SHA-256",
+        kaos: hashed,
+        baseline: { name: `curl --parallel ${INGEST_CONCURRENCY}`, ...c },
+        ratio: hashed.median / c.median,
+        target: "info",
+        notes: [`curl, then openssl dgst -sha256 on ${cores} cores: native tools doing what kaos must; server ${serverCpuOf(2)} CPU`],
       }),
       row({ id: "6-noop", scenario: "  no-op rerun (kaos up)", kaos: n, target: "< 1 s", pass: n.median < 1 }),
     ];
   } finally {
     server.stop();
   }
+}
+
+/** User plus system CPU seconds a process has used so far (Linux /proc). */
+function processCpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
 // ---------------------------------------------------------------------------
@@ -854,7 +899,7 @@ async function main() {
   const runs = options.runs ?? size.runs;
   const wanted = (id) => options.only === undefined || options.only.has(String(id));
   if (!existsSync(cli)) throw new Error("dist/cli.js is missing: run `npm run build` first (npm run bench does)");
-  for (const tool of ["git", "sha256sum", "curl", "xargs", "find", "python3"]) {
+  for (const tool of ["git", "sha256sum", "openssl", "curl", "xargs", "find", "python3"]) {
     if (!hasCommand(tool)) throw new Error(`${tool} is not on PATH; the benchmark compares against it`);
   }
   mkdirSync(runRoot, { recursive: true });
