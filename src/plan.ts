@@ -324,10 +324,24 @@ export async function buildPlan(options: PlanOptions): Promise<Plan> {
     stats.hashedBytes += result.stats.hashedBytes;
     stats.cacheHits += result.stats.cacheHits;
   }
+  markSharedJobs(pipelines);
   const changes = pipelines.some(
     (p) => p.stages.build.action === "run" || p.stages.train.action === "run" || p.stages.ingest?.action === "run",
   );
   return { stack: options.stack.name, pipelines, changes, stats };
+}
+
+/** Jobs of different pipelines with one key run once (the backend shares the result): say so. */
+function markSharedJobs(pipelines: PipelinePlan[]): void {
+  const firstWithKey = new Map<string, string>();
+  for (const p of pipelines) {
+    for (const job of p.jobs) {
+      if (job.action !== "run" || job.key === null) continue;
+      const owner = firstWithKey.get(job.key);
+      if (owner === undefined) firstWithKey.set(job.key, p.pipeline.name);
+      else if (owner !== p.pipeline.name) job.reason = `identical to a job of pipeline ${owner} in this plan: it runs once for both`;
+    }
+  }
 }
 
 /** What `kaos up` records as applied for a pipeline once it has run. */

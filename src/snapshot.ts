@@ -173,16 +173,20 @@ export function removeTree(dest: string): void {
   rmSync(dest, { recursive: true, force: true });
 }
 
-/** What a writer names its work in progress: trees being laid out, and listings being written. */
-const TEMPORARY_NAMES = [/\.building-(\d+)-[0-9a-f]{8}$/, /\.(\d+)\.[0-9a-f]{8}\.tmp$/];
+/** What a writer names its work in progress: trees being laid out, listings being written, data views being ingested. */
+const TEMPORARY_NAMES = [/\.building-(\d+)-[0-9a-f]{8}$/, /\.(\d+)\.[0-9a-f]{8}\.tmp$/, /\.tmp-(\d+)-[0-9a-z]+$/];
 
 /**
  * Removes, from the entries of `dirs`, the work in progress of writers that
- * died (SIGKILL, a crash) before renaming it into place. Only names that hold
- * a pid are touched, and only when that process is gone, so a writer still at
+ * died (SIGKILL, a crash) before renaming it into place. Only `names` that hold
+ * a pid (the pattern's first group) are touched, and only when that process is gone, so a writer still at
  * work keeps its own. Returns how many were removed.
  */
-export function removeAbandonedTemporaries(dirs: readonly string[], isAlive: (pid: number) => boolean): number {
+export function removeAbandonedTemporaries(
+  dirs: readonly string[],
+  isAlive: (pid: number) => boolean,
+  names: readonly RegExp[] = TEMPORARY_NAMES,
+): number {
   let removed = 0;
   for (const dir of dirs) {
     let entries: string[];
@@ -192,10 +196,14 @@ export function removeAbandonedTemporaries(dirs: readonly string[], isAlive: (pi
       continue;
     }
     for (const entry of entries) {
-      const pid = TEMPORARY_NAMES.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
+      const pid = names.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
       if (pid === undefined || Number(pid) === process.pid || isAlive(Number(pid))) continue;
-      removeTree(join(dir, entry));
-      removed++;
+      try {
+        removeTree(join(dir, entry));
+        removed++;
+      } catch {
+        // Left for a later run: a leftover that cannot be removed now must not stop this one.
+      }
     }
   }
   return removed;
@@ -284,9 +292,11 @@ export function makeWritable(dir: string): void {
  * job. On Linux the seal therefore also watches every directory of the tree
  * (inotify reports writes, attribute changes, creations and removals of the
  * entries of a watched directory), and the stats are compared only once
- * something stirred; each check is then free however big the data. Where
- * watching is not possible (another system, or the watch limit reached)
- * every check compares every stat.
+ * something stirred; each check is then free however big the data. inotify
+ * does not see writes through a shared memory mapping, nor events lost to an
+ * overflowing queue: a sweep ends with one check of every stat
+ * (`everyStat`) for those. Where watching is not possible (another system,
+ * or the watch limit reached) every check compares every stat.
  */
 export interface Seal {
   root: string;
@@ -359,9 +369,9 @@ export function releaseSeal(seal: Seal): void {
  * marks the seal broken when any did. Entries added inside show as a change
  * of their directory.
  */
-export function checkSeal(seal: Seal, limit = 5): string[] {
+export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean } = {}): string[] {
   if (seal.broken !== undefined) return seal.broken;
-  if (seal.watchers !== undefined && !seal.stirred) return [];
+  if (seal.watchers !== undefined && !seal.stirred && options.everyStat !== true) return [];
   seal.stirred = false;
   const changed: string[] = [];
   // Concatenated, not joined: the paths are already normal, and path.join cost

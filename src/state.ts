@@ -476,6 +476,17 @@ export class StateStore {
     return updated.changes === 1;
   }
 
+  /**
+   * Records as failed, for `reason`, those of `jobIds` that succeeded: their
+   * results turned out not to be trustworthy after they were recorded (the data
+   * they read was found changed). Returns how many it changed.
+   */
+  revokeSucceeded(jobIds: readonly string[], reason: string): number {
+    this.writer();
+    const revoke = this.stmt("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ? AND state = 'succeeded'");
+    return this.transaction(() => jobIds.reduce((count, id) => count + revoke.run(reason, id).changes, 0));
+  }
+
   getJob(id: string): JobRecord | undefined {
     if (this.db === null) return undefined;
     return this.selectJobs("WHERE id = ?", id)[0];

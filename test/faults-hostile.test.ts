@@ -270,6 +270,32 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     expect(trustProblems(made.dir)).toEqual([]);
   }, 60_000);
 
+  it("a write through a shared memory mapping, which no directory watch reports, fails the whole sweep at its end", async () => {
+    // mmap writes reach the file without a write(2), so inotify never hears of them; the sweep's last check of every stat does.
+    const train = `#!/usr/bin/env python3
+import json, mmap, os, sys
+params = json.load(open(os.environ["KAOS_PARAMS_FILE"]))
+if params["a"] == 2:
+    with open(os.path.join(os.environ["KAOS_DATA_DIR"], "value.txt"), "r+b") as f:
+        view = mmap.mmap(f.fileno(), 0)
+        view[0:1] = b"X"
+        view.flush()
+        view.close()
+os.makedirs(sys.argv[1], exist_ok=True)
+open(os.path.join(sys.argv[1], "done"), "w").write("done")
+`;
+    const made = project({ "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }) }, train);
+    const first = await up(made);
+    expect(first.code).toBe(1);
+    const rows = trainJobs(made);
+    expect(rows.map((row) => row.state)).toEqual(["failed", "failed"]);
+    for (const row of rows) {
+      expect(row.reason).toMatch(/^KAOS_DATA_DIR was written to during this sweep \(value\.txt\); it is read-only: the data is laid out again on the next kaos up; no job of the sweep is trusted$/);
+    }
+    expect(trustProblems(made.dir)).toEqual([]);
+    expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1");
+  }, 60_000);
+
   it("a script writing into its working directory or the project's bundle: its own copy, or a change the next plan sees", async () => {
     const train = `#!/bin/sh
 echo "scribbled" >> params.txt

@@ -123,6 +123,11 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const made = project({ grid: { exit: [0, 3] }, parallelism: 2 });
     const pipeline = { source: "src", data: "data", hyperparams: "grid.json", parallelism: 2 };
     writeFileSync(made.path("kaos.config.ts"), `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: { a: ${JSON.stringify(pipeline)}, b: ${JSON.stringify(pipeline)} } });\n`);
+    const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as { pipelines: { name: string; jobs: { action: string; reason: string }[] }[] };
+    expect(plan.pipelines.map((p) => [p.name, p.jobs.map((job) => [job.action, job.reason])])).toEqual([
+      ["a", [["run", "never ran"], ["run", "never ran"]]],
+      ["b", [["run", "identical to a job of pipeline a in this plan: it runs once for both"], ["run", "identical to a job of pipeline a in this plan: it runs once for both"]]],
+    ]);
     const result = await kaos(made, ["up", "--json"]);
     expect(result.code, result.stderr).toBe(1);
     type Outcome = { name: string; jobs: { id: string | null; key: string; params: { exit: number }; state: string; reused: boolean; reason: string | null }[] };

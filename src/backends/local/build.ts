@@ -12,6 +12,7 @@ import { KaosError } from "../../errors.js";
 import type { PythonRuntime } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
 import { isProcessAlive } from "../../state.js";
+import { removeAbandonedTemporaries } from "../../snapshot.js";
 
 const COMPLETE_MARKER = ".kaos-complete";
 
@@ -26,16 +27,7 @@ export function environmentReady(envsDir: string, envKey: string): boolean {
 
 /** Removes half-built environments whose builder is gone (crash, SIGKILL). */
 export function removeAbandonedBuilds(envsDir: string): void {
-  let entries: string[];
-  try {
-    entries = readdirSync(envsDir);
-  } catch {
-    return;
-  }
-  for (const entry of entries) {
-    const match = /^\.building-(\d+)-/.exec(entry);
-    if (match && !isProcessAlive(Number(match[1]), null)) rmSync(join(envsDir, entry), { recursive: true, force: true });
-  }
+  removeAbandonedTemporaries([envsDir], (pid) => isProcessAlive(pid, null), [/^\.building-(\d+)-/]);
 }
 
 /**

@@ -380,7 +380,7 @@ export class LocalBackend implements PlanOracle {
       return outcome;
     } finally {
       // A pipeline that stopped before its jobs ran must not leave the others waiting.
-      for (const resolve of settle.values()) resolve({ id: null, state: "cancelled", exitCode: null, pipeline: name });
+      for (const resolve of settle.values()) resolve({ id: null, state: signal.aborted ? "cancelled" : "failed", exitCode: null, pipeline: name });
     }
   }
 
@@ -410,7 +410,7 @@ export class LocalBackend implements PlanOracle {
     // The data view is read-only only by its permission bits, which root ignores: a
     // write into it would change the shared objects for every later job. Each job
     // checks on its way out that the view is as it was when the sweep began; a job
-    // that finds it changed fails, and none starts after that.
+    // that finds it changed fails, and no job starts once a check has found that.
     const data: DataView = { dir: dataDir!, seal: sealTree(dataDir!), hashes: this.dataHashes(p) };
     const records = toRun.map((job) =>
       this.state.createJob({
@@ -433,7 +433,23 @@ export class LocalBackend implements PlanOracle {
     for (const record of records) this.record(reporter, record.id);
     let results;
     try {
-      results = await Promise.all(records.map((record) => this.runTrainJob(record, p, { environment, data, pool, options })));
+      results = await Promise.all(
+        records.map(async (record) => {
+          const result = await this.runTrainJob(record, p, { environment, data, pool, options });
+          // Pipelines waiting on this key go on as soon as it is done, not when the whole sweep is.
+          settle.get(record.key)?.({ id: record.id, state: result.state, exitCode: result.exitCode, pipeline: name });
+          settle.delete(record.key);
+          return result;
+        }),
+      );
+      // What the watches cannot see (writes through a memory mapping, a lost event): every stat, once per sweep.
+      const late = data.seal.broken === undefined ? this.dataSpoiled(data, { everyStat: true }) : undefined;
+      if (late !== undefined) {
+        const reason = `${late.replace("while this job ran", "during this sweep")}; no job of the sweep is trusted`;
+        const revoked = this.state.revokeSucceeded(records.map((record) => record.id), reason);
+        results = results.map((result) => (result.state === "succeeded" ? { ...result, state: "failed" as const, reason } : result));
+        reporter.event({ kind: "note", message: `${name} train: ${reason} (${revoked} succeeded jobs recorded as failed)` });
+      }
     } finally {
       releaseSeal(data.seal);
     }
@@ -442,8 +458,6 @@ export class LocalBackend implements PlanOracle {
       const result = results[index]!;
       if (result.state !== "succeeded") failed = true;
       outcome.jobs.push({ id: record.id, key: record.key, params: record.params, state: result.state, exitCode: result.exitCode, reused: false, reason: result.reason });
-      settle.get(record.key)?.({ id: record.id, state: result.state, exitCode: result.exitCode, pipeline: name });
-      settle.delete(record.key);
     });
     return failed;
   }
@@ -468,9 +482,9 @@ export class LocalBackend implements PlanOracle {
    * that shares them are removed, so that nothing after this trusts them: the
    * next run stores and lays them out again from the bundle (or downloads them).
    */
-  private dataSpoiled(data: DataView): string | undefined {
+  private dataSpoiled(data: DataView, options: { everyStat?: boolean } = {}): string | undefined {
     const known = data.seal.broken !== undefined;
-    const changed = checkSeal(data.seal);
+    const changed = checkSeal(data.seal, 5, options);
     if (changed.length === 0) return undefined;
     if (!known) {
       const inodes = new Set<string>();
@@ -618,10 +632,12 @@ export class LocalBackend implements PlanOracle {
       };
       delete env.PYTHONHOME;
       if (cancelledReason) return finish("cancelled", null, cancelledReason);
-      // Only what a job's check found on its way out: statting the whole view again
-      // before every start cost as much as the check itself, per job.
-      if (context.data.seal.broken !== undefined) {
-        return finish("failed", null, `not started: KAOS_DATA_DIR was written to by a job of this sweep (${context.data.seal.broken.join(", ")}); it is read-only: the data is laid out again on the next kaos up`);
+      // Checked again only when a watch saw something since (or without watches, where
+      // each job's end compares every stat): a job still running may have written.
+      const seal = context.data.seal;
+      if (seal.broken !== undefined || seal.stirred) this.dataSpoiled(context.data);
+      if (seal.broken !== undefined) {
+        return finish("failed", null, `not started: KAOS_DATA_DIR was written to by a job of this sweep (${seal.broken.join(", ")}); it is read-only: the data is laid out again on the next kaos up`);
       }
       current = spawnLogged({
         command: join(modelDir, "train"),
