@@ -157,7 +157,7 @@ export function processesOfJob(jobId: string, since?: JobStart): { pid: number; 
   } catch {
     return [];
   }
-  const pids = since === undefined ? undefined : pidsAllocatedSince(since.pid);
+  const pids = since === undefined ? undefined : pidsAllocatedSince(since);
   const found: { pid: number; pgid: number }[] = [];
   for (const entry of entries) {
     if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
@@ -182,24 +182,30 @@ export function processesOfJob(jobId: string, since?: JobStart): { pid: number; 
   return found;
 }
 
-/** A job's first process: its pid and when it started, which bound where its descendants can be. */
+/** A job's first process: its pid, when it started (clock ticks since boot), and when kaos started it (ms). */
 export interface JobStart {
   pid: number;
   ticks: number | undefined;
+  startedAtMs: number;
 }
 
+/** Jobs shorter than this have their descendants looked for among the pids allocated since they started. */
+const PID_RANGE_MAX_MS = 60_000;
+
 /**
- * The pids handed out since `firstPid` was: Linux allocates them in increasing
- * order, so a job's descendants lie between its first pid and the last one
- * allocated, unless the counter wrapped around meanwhile, which the last pid
- * being below the first one shows (then: undefined, look at every process).
- * Skipping the rest spares reading the stat of every process on the machine
- * after each job.
+ * The pids handed out since a job's first one: Linux allocates them in
+ * increasing order, so its descendants lie between its first pid and the last
+ * one allocated, unless the counter wrapped around meanwhile. A last pid below
+ * the first shows one wrap, not two; so the range is used only for jobs short
+ * enough that the counter cannot have gone all the way round (undefined
+ * otherwise: look at every process). Short jobs are where it matters: it
+ * spares reading the stat of every process on the machine after each of them.
  */
-function pidsAllocatedSince(firstPid: number): { from: number; to: number } | undefined {
+function pidsAllocatedSince(start: JobStart): { from: number; to: number } | undefined {
+  if (Date.now() - start.startedAtMs > PID_RANGE_MAX_MS) return undefined;
   try {
     const last = Number(readFileSync("/proc/sys/kernel/ns_last_pid", "utf8"));
-    return Number.isInteger(last) && last >= firstPid ? { from: firstPid, to: last } : undefined;
+    return Number.isInteger(last) && last >= start.pid ? { from: start.pid, to: last } : undefined;
   } catch {
     return undefined;
   }
@@ -267,7 +273,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
   let memoryTimer: NodeJS.Timeout | undefined;
   const pid = child.pid ?? -1;
   // Read now, while the child cannot have been reaped: it bounds which processes may be its descendants.
-  const jobStart: JobStart | undefined = jobId !== undefined && pid > 0 ? { pid, ticks: processStartTicks(pid) } : undefined;
+  const jobStart: JobStart | undefined = jobId !== undefined && pid > 0 ? { pid, ticks: processStartTicks(pid), startedAtMs: Date.now() } : undefined;
 
   const stop = (why: string, graceMs = 5_000) => {
     if (reason === undefined) reason = why;
