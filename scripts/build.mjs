@@ -6,7 +6,7 @@
 // `kaos plan` on a small project; one file per entry point and shared chunk
 // cost less than half of that.
 import { execFileSync } from "node:child_process";
-import { chmodSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -19,11 +19,12 @@ const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url),
 const BUNDLED = new Set(["zod", "commander", "picocolors"]);
 
 /**
- * Entry points keep their names flat in dist/, beside the chunks, because code
- * finds some of them by URL relative to itself: the hashing and transfer
- * threads, the module a config's `import "kaos"` resolves to, and the Pulumi
- * provider implementation. The rest are the package's own entry and the
- * modules the benchmarks drive directly.
+ * Entry points and chunks sit flat in dist/, because code finds some modules
+ * by URL relative to itself, from whichever chunk it ended up in: the hashing
+ * thread (hash-worker.js), the module a config's `import "kaos"` resolves to
+ * (define.js), the Pulumi provider implementation (provider-impl.js), and
+ * the transfer threads, which load the very chunk that holds the ingest code.
+ * The rest are the package's own entry and the modules the benchmarks drive.
  */
 const ENTRIES = [
   "src/cli.ts",
@@ -59,6 +60,12 @@ await build({
   banner: { js: 'import { createRequire as __kaosCreateRequire } from "node:module";\nconst require = __kaosCreateRequire(import.meta.url);' },
   logLevel: "warning",
 });
+
+// Pulumi state written by earlier builds names the provider implementation by
+// its old place (the forwarding provider's import URL is serialized into it):
+// deleting those resources must still find it.
+mkdirSync(new URL("../dist/backends/kubernetes/", import.meta.url), { recursive: true });
+writeFileSync(new URL("../dist/backends/kubernetes/provider-impl.js", import.meta.url), 'export * from "../../provider-impl.js";\n');
 
 // `node_modules/.bin/kaos` and `./dist/cli.js` both run.
 chmodSync(new URL("../dist/cli.js", import.meta.url), 0o755);
