@@ -296,7 +296,11 @@ function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<Worke
     if (thread === undefined) {
       setImmediate(() => {
         member.pending.delete(request.id);
-        resolve(request.kind === "walk" ? runWalk(request) : runHashJob(request));
+        try {
+          resolve(request.kind === "walk" ? runWalk(request) : runHashJob(request));
+        } catch (error) {
+          reject(error);
+        }
       });
       return;
     }
@@ -467,7 +471,10 @@ class TreeRun {
     );
   }
 
-  private dispatchJob(member: PoolWorker, job: HashJob): void {
+  private dispatchJob(assigned: PoolWorker, job: HashJob): void {
+    // A big file is never read on the calling thread, whose event loop it would
+    // hold for as long (a cache that called the tree small may be out of date).
+    const member = assigned.thread === undefined && job.bytes > LARGE_FILE_BYTES ? workersFor(1)[0]! : assigned;
     this.inFlight++;
     member.busyWithJob = true;
     const request: HashJobRequest = {

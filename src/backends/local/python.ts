@@ -4,7 +4,7 @@
  */
 import { execFile } from "node:child_process";
 import { accessSync, constants, existsSync, readFileSync, writeFileSync } from "node:fs";
-import { delimiter, join } from "node:path";
+import { delimiter, isAbsolute, join } from "node:path";
 import { promisify } from "node:util";
 import { KaosError } from "../../errors.js";
 
@@ -116,7 +116,7 @@ export function prefetchPython(stateDir: string): void {
   } catch {
     return;
   }
-  if (path.startsWith("/")) void versionOf(path);
+  if (isAbsolute(path)) void versionOf(path);
 }
 
 export function rememberPythonProbe(stateDir: string, runtime: PythonRuntime): void {
