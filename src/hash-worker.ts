@@ -310,6 +310,24 @@ const scratch = new BigInt64Array(1);
 const scratchWords = new Int32Array(scratch.buffer);
 
 /**
+ * Binary search over `count` rows in sorted order; `compare(row)` orders the
+ * row against the sought key. Gives the row found (or -1) and the row after
+ * it (or where the key would go), where an in-order caller looks next.
+ */
+export function searchSortedRows(count: number, compare: (row: number) => number): { row: number; next: number } {
+  let low = 0;
+  let high = count - 1;
+  while (low <= high) {
+    const middle = (low + high) >>> 1;
+    const order = compare(middle);
+    if (order === 0) return { row: middle, next: middle + 1 };
+    if (order < 0) low = middle + 1;
+    else high = middle - 1;
+  }
+  return { row: -1, next: low };
+}
+
+/**
  * One worker's reading of a packed stat cache. Units arrive in path order
  * within themselves, so after one binary search per unit each file finds its
  * row with one comparison against the bytes, allocating nothing.
@@ -346,20 +364,9 @@ class CacheView {
   /** The row of `path`, or -1. */
   find(path: string): number {
     if (this.cursor < this.count && this.compare(this.cursor, path) === 0) return this.cursor++;
-    let low = 0;
-    let high = this.count - 1;
-    while (low <= high) {
-      const middle = (low + high) >>> 1;
-      const order = this.compare(middle, path);
-      if (order === 0) {
-        this.cursor = middle + 1;
-        return middle;
-      }
-      if (order < 0) low = middle + 1;
-      else high = middle - 1;
-    }
-    this.cursor = low;
-    return -1;
+    const found = searchSortedRows(this.count, (row) => this.compare(row, path));
+    this.cursor = found.next;
+    return found.row;
   }
 
   /** The stored path of `row` against `path`, in UTF-8 byte order. */

@@ -11,8 +11,8 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { canonicalJson } from "./hyperparams.js";
-
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
+import { searchSortedRows } from "./hash-worker.js";
 
 export type { StatCacheEntry, StatCacheStore };
 
@@ -1206,20 +1206,9 @@ export class StatCacheColumns {
       return cursor;
     }
     if (this.sorted) {
-      let low = 0;
-      let high = this.count - 1;
-      while (low <= high) {
-        const middle = (low + high) >>> 1;
-        const order = this.compareAsciiPath(middle, path);
-        if (order === 0) {
-          this.cursor = middle + 1;
-          return middle;
-        }
-        if (order < 0) low = middle + 1;
-        else high = middle - 1;
-      }
-      this.cursor = low;
-      return -1;
+      const found = searchSortedRows(this.count, (row) => this.compareAsciiPath(row, path));
+      this.cursor = found.next;
+      return found.row;
     }
     if (this.index === undefined) {
       this.index = new Map();
