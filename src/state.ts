@@ -12,7 +12,7 @@ import Database from "better-sqlite3";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { canonicalJson } from "./hyperparams.js";
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
-import { searchSortedRows } from "./hash-worker.js";
+import { searchSortedRows, type PackedColumns } from "./hash-worker.js";
 
 export type { StatCacheEntry, StatCacheStore };
 
@@ -961,16 +961,9 @@ const scratch = new BigInt64Array(1);
 const scratchWords = new Uint32Array(scratch.buffer);
 const INO_IS_NUMBER = 8;
 
-interface Layout {
-  dev: number;
-  ino: number;
-  mtime: number;
-  ctime: number;
-  size: number;
-  pathEnd: number;
-  kind: number;
+/** Where each column starts in a blob: those the hashing threads read, and the hashes, tree hash and total size. */
+interface Layout extends Pick<PackedColumns, "dev" | "ino" | "mtime" | "ctime" | "size" | "pathEnd" | "kind" | "paths"> {
   hashes: number;
-  paths: number;
   /** Where the tree hash lies, if the blob holds one. */
   treeHash: number;
   total: number;
