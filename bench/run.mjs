@@ -90,6 +90,45 @@ walk(process.argv[1]);
 if (files === 0) process.exit(1);
 `;
 
+/**
+ * Downloading with Node's own HTTP client, hashing and writing each file, and
+ * nothing else: two threads (one per core here), each with half of the
+ * transfers at once. The floor of any Node tool's verified download.
+ */
+const NODE_INGEST_FLOOR = `
+const { Worker } = require("node:worker_threads");
+const [urlsFile, outDir, concurrency] = [process.argv[1], process.argv[2], Number(process.argv[3])];
+const urls = require("node:fs").readFileSync(urlsFile, "utf8").trim().split("\\n");
+const threads = 2;
+const body = \`
+const { workerData, parentPort } = require("node:worker_threads");
+const http = require("node:http");
+const { createHash } = require("node:crypto");
+const fs = require("node:fs");
+const agent = new http.Agent({ keepAlive: true });
+const { urls, outDir, slots } = workerData;
+let next = 0;
+const one = (index) => new Promise((done, fail) => {
+  http.get(urls[index], { agent }, (response) => {
+    const hash = createHash("sha256");
+    const fd = fs.openSync(outDir + "/" + workerData.first + "-" + index, "w");
+    response.on("data", (chunk) => { hash.update(chunk); fs.writeSync(fd, chunk); });
+    response.on("end", () => { fs.closeSync(fd); hash.digest("hex"); done(); });
+    response.on("error", fail);
+  }).on("error", fail);
+});
+const lane = async () => { while (next < urls.length) await one(next++); };
+Promise.all(Array.from({ length: slots }, lane)).then(() => parentPort.postMessage("done"), (e) => { throw e; });
+\`;
+const share = Math.ceil(urls.length / threads);
+let running = threads;
+for (let t = 0; t < threads; t++) {
+  const worker = new Worker(body, { eval: true, workerData: { urls: urls.slice(t * share, (t + 1) * share), outDir, slots: concurrency / threads, first: t } });
+  worker.on("message", () => { if (--running === 0) process.exit(0); });
+  worker.on("error", (error) => { console.error(error); process.exit(1); });
+}
+`;
+
 /** Starting the same jobs from Node with nothing else: the floor of any Node tool's sweep. */
 const NODE_SPAWN_FLOOR = `
 const { spawn } = require("node:child_process");
@@ -766,6 +805,8 @@ async function scenarioIngest(size, runs) {
     const curlDir = join(runRoot, "ingest-curl");
     const curlConfig = join(runRoot, "ingest-curl.config");
     writeFileSync(curlConfig, urls.map((url, i) => `url = "${url}"\noutput = "${join(curlDir, `part-${i}.bin`)}"\n`).join(""));
+    const urlsFile = join(runRoot, "ingest-urls.txt");
+    writeFileSync(urlsFile, `${urls.join("\n")}\n`);
     const sides = [
       {
         name: "kaos up (cold)",
@@ -786,6 +827,14 @@ async function scenarioIngest(size, runs) {
           mkdirSync(curlDir);
         },
         run: () => measure("curl", ["--parallel", "--parallel-max", String(INGEST_CONCURRENCY), "-s", "--no-progress-meter", "-f", "-K", curlConfig], { cwd: runRoot }),
+      },
+      {
+        name: "node: download, hash, write",
+        before: () => {
+          rmSync(curlDir, { recursive: true, force: true });
+          mkdirSync(curlDir);
+        },
+        run: () => measure(process.execPath, ["-e", NODE_INGEST_FLOOR, urlsFile, curlDir, String(INGEST_CONCURRENCY)], { cwd: runRoot }),
       },
       {
         // What kaos must do beyond curl: the SHA-256 of every byte (OpenSSL, on every core).
@@ -812,7 +861,7 @@ async function scenarioIngest(size, runs) {
         return sample;
       };
     });
-    const [kaosSamples, curlSamples, hashedSamples] = interleave(runs, sides);
+    const [kaosSamples, curlSamples, floorSamples, hashedSamples] = interleave(runs, sides);
     // The no-op rerun right after: everything stored and pinned.
     const [noopSamples] = interleave(runs, [
       {
@@ -826,6 +875,7 @@ async function scenarioIngest(size, runs) {
     const k = summary(kaosSamples);
     const c = summary(curlSamples);
     const hashed = summary(hashedSamples);
+    const floor = summary(floorSamples);
     const n = summary(noopSamples);
     const megabytes = (files * MANIFEST_FILE_BYTES) / 1e6;
     const serverCpuOf = (index) => `${median(serverCpu[index]).toFixed(2)} s`;
@@ -851,7 +901,16 @@ async function scenarioIngest(size, runs) {
         baseline: { name: `curl --parallel ${INGEST_CONCURRENCY}`, ...c },
         ratio: hashed.median / c.median,
         target: "info",
-        notes: [`curl, then openssl dgst -sha256 on ${cores} cores: native tools doing what kaos must; server ${serverCpuOf(2)} CPU`],
+        notes: [`curl, then openssl dgst -sha256 on ${cores} cores: native tools doing what kaos must; server ${serverCpuOf(3)} CPU`],
+      }),
+      row({
+        id: "6-floor",
+        scenario: "  floor: node, download + hash + write",
+        kaos: floor,
+        baseline: { name: `curl --parallel ${INGEST_CONCURRENCY}`, ...c },
+        ratio: floor.median / c.median,
+        target: "info",
+        notes: [`node:http, SHA-256 and a write per chunk in 2 threads, ${INGEST_CONCURRENCY} transfers at once, nothing else; server ${serverCpuOf(2)} CPU`],
       }),
       row({ id: "6-noop", scenario: "  no-op rerun (kaos up)", kaos: n, target: "< 1 s", pass: n.median < 1 }),
     ];
