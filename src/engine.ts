@@ -98,9 +98,9 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
   try {
     const interrupted = session.state.recoverInterrupted();
     // Their kaos died without stopping them: stop them before anything reruns,
-    // and clear what it was writing when it died.
+    // clear what it was writing when it died, and distrust what they wrote unwatched.
     await stopOrphanedJobs(interrupted.map((job) => job.id));
-    session.backend.removeAbandoned(interrupted.map((job) => job.id));
+    await session.backend.recoverAfterCrash(interrupted);
     const current = await plan(session, { force: options.force, refresh: options.refresh, manifests: options.manifests });
     session.backend.checkResources(current);
     options.onPlan?.(current);

@@ -169,6 +169,7 @@ export function isMaterialized(dest: string): boolean {
 /** Removes a laid-out tree: its marker first, so that a removal cut short leaves nothing that looks complete. */
 export function removeTree(dest: string): void {
   rmSync(markerOf(dest), { force: true });
+  rmSync(sealedAtFile(dest), { force: true });
   makeWritable(dest);
   rmSync(dest, { recursive: true, force: true });
 }
@@ -356,6 +357,58 @@ function watchDirectories(seal: Seal): FSWatcher[] | undefined {
     for (const watcher of watchers) watcher.close();
     return undefined;
   }
+}
+
+/** Beside a sealed tree: when it was last sealed (ms since the epoch), for `writtenSinceSeal` after a crash. */
+function sealedAtFile(root: string): string {
+  return `${root}.sealed`;
+}
+
+/** Records that `seal` was just taken, so that a later run can tell what changed after it even if this one dies. */
+export function markSealed(seal: Seal): void {
+  try {
+    writeFileSync(sealedAtFile(seal.root), `${Date.now()}\n`);
+  } catch {
+    // Without it a crash's check takes every file as possibly changed.
+  }
+}
+
+/**
+ * What was written into a sealed tree since it was last sealed, found by
+ * modification times alone (a run that died left no watches and no seal in
+ * memory): files modified since (dev:ino of each), and whether any directory
+ * was (entries added or removed). `slackMs` covers the kernel's coarse clock
+ * running behind ours. Undefined when nothing was; every file counts when the
+ * seal's time is unknown.
+ */
+export function writtenSinceSeal(root: string, slackMs = 50): { files: { path: string; inode: string }[]; directories: boolean } | undefined {
+  let since = 0;
+  try {
+    since = Number(readFileSync(sealedAtFile(root), "utf8")) - slackMs;
+  } catch {
+    // unknown: everything is suspect
+  }
+  const files: { path: string; inode: string }[] = [];
+  let directories = false;
+  const walk = (dir: string): void => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const path = `${dir}/${entry.name}`;
+      const stat = lstatSync(path, { bigint: true });
+      if (entry.isDirectory()) {
+        if (Number(stat.mtimeMs) >= since) directories = true;
+        walk(path);
+      } else if (entry.isFile() && Number(stat.mtimeMs) >= since) {
+        files.push({ path, inode: `${stat.dev}:${stat.ino}` });
+      }
+    }
+  };
+  try {
+    if (Number(lstatSync(root, { bigint: true }).mtimeMs) >= since) directories = true;
+    walk(root);
+  } catch {
+    return { files, directories: true };
+  }
+  return files.length > 0 || directories ? { files, directories } : undefined;
 }
 
 /** Stops watching a seal's tree; later checks compare every stat. */

@@ -276,6 +276,42 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
     }
   }, 240_000);
 
+  it("what a job wrote into its data view after its kaos was killed is found by the next kaos up, and nothing it changed is trusted", async () => {
+    // Root ignores the view's read-only bits; with nobody watching, the write reaches the stored object behind the link.
+    const train = `#!/bin/sh
+if [ -f "$KAOS_SLOW" ]; then
+  echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"
+  while [ ! -f "$KAOS_PIDS/killed" ]; do sleep 0.05; done
+  echo tampered >> "$KAOS_DATA_DIR/value.txt"
+  echo written > "$KAOS_PIDS/written"
+  sleep 120
+fi
+mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
+`;
+    const made = makeProject({ ...trainingProject(), "src/model/train": { content: train, mode: 0o755 }, slow: "" }, "kaos-crash-");
+    projects.push(made);
+    mkdirSync(made.path("pids"));
+    const env = { [TAG_NAME]: tag, KAOS_PIDS: made.path("pids"), KAOS_SLOW: made.path("slow") };
+    const { killed } = await killWhen(["up"], { cwd: made.dir, env }, async (live) => {
+      await live.waitFor(/p train 1\/1 \w+ .*running/);
+      await eventually(() => readdirSync(made.path("pids")).length === 1, 10_000);
+    });
+    expect(killed).toBe(true);
+    killPointsTried += 1;
+    writeFileSync(made.path("pids", "killed"), "");
+    expect(await eventually(() => existsSync(made.path("pids", "written")), 10_000)).toBe(true);
+    // The write went through the view's link into the stored object: it is untrustworthy now.
+    expect(trustProblems(made.dir).some((problem) => problem.includes("holds bytes hashing to"))).toBe(true);
+
+    const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+    expect(again.code, again.stderr).toBe(0);
+    const rerun = jobRows(made.dir).find((row) => row.stage === "train" && row.state === "succeeded")!;
+    expect(readFileSync(made.path(".kaos", "jobs", rerun.id, "out", "data.txt"), "utf8")).toBe("v1");
+    expect(trustProblems(made.dir)).toEqual([]);
+    expect(readFileSync(made.path("data", "value.txt"), "utf8")).toBe("v1");
+    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  }, 120_000);
+
   it("a train script left running by a killed kaos is stopped by the next kaos up before its job reruns", async () => {
     const train = `#!/bin/sh
 echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"

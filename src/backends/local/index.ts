@@ -13,13 +13,26 @@ import { delimiter, join } from "node:path";
 import { parseMemory } from "../../config.js";
 import { KaosError, describeError } from "../../errors.js";
 import { canonicalJson } from "../../hyperparams.js";
+import { hashFile } from "../../hash.js";
 import { ingest } from "../../ingest.js";
 import { pinnedHash, readLock } from "../../manifest.js";
 import { jobPaths, stateDirOf } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
 import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
-import { checkSeal, materializeTree, releaseSeal, removeAbandonedTemporaries, removeTree, saveTreeListing, sealTree, storeTree, type Seal } from "../../snapshot.js";
+import {
+  checkSeal,
+  markSealed,
+  materializeTree,
+  releaseSeal,
+  removeAbandonedTemporaries,
+  removeTree,
+  saveTreeListing,
+  sealTree,
+  storeTree,
+  writtenSinceSeal,
+  type Seal,
+} from "../../snapshot.js";
 import { isProcessAlive, type JobRecord, type StateStore } from "../../state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { SourceBundle } from "../../bundle.js";
@@ -77,6 +90,14 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
         // removed meanwhile
       }
     }
+  }
+}
+
+function readdirSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
   }
 }
 
@@ -143,15 +164,68 @@ export class LocalBackend implements PlanOracle {
   }
 
   /**
-   * Clears what writers killed mid-way left in `.kaos/`: half-laid-out data
-   * views and listings, and the half-copied sources of the jobs a crash
-   * interrupted (`jobIds`). The partial downloads in the object store stay:
-   * the next ingest resumes them.
+   * After a kaos died with `interrupted` jobs (already stopped): clears what
+   * writers killed mid-way left in `.kaos/` (half-laid-out data views and
+   * listings, ingest work directories, the half-copied sources of those jobs)
+   * and distrusts what those jobs may have written into their data views while
+   * nobody watched. The partial downloads in the object store stay: the next
+   * ingest resumes them.
    */
-  removeAbandoned(jobIds: readonly string[]): number {
+  async recoverAfterCrash(interrupted: readonly JobRecord[]): Promise<void> {
     const dirs = [join(this.stateDir, "snapshots"), join(this.stateDir, "data"), join(this.stateDir, "trees")];
-    for (const id of jobIds) dirs.push(jobPaths(this.stateDir, id).dir);
-    return removeAbandonedTemporaries(dirs, (pid) => isProcessAlive(pid, null));
+    for (const job of interrupted) dirs.push(jobPaths(this.stateDir, job.id).dir);
+    removeAbandonedTemporaries(dirs, (pid) => isProcessAlive(pid, null));
+    await this.discardViewsWrittenUnwatched(interrupted);
+  }
+
+  /**
+   * A job whose kaos died ran on unwatched: what it wrote into its data view
+   * (as root, through the read-only links) changed the objects behind it for
+   * every later job. Each file of such a view modified since the view was last
+   * sealed is hashed again; one whose bytes no longer match the object it is
+   * a link to takes that object, and every view holding it, away. A view with
+   * entries added or removed is laid out again.
+   */
+  private async discardViewsWrittenUnwatched(interrupted: readonly JobRecord[]): Promise<void> {
+    const views = new Set<string>();
+    for (const job of interrupted) {
+      if (job.stage !== "train" || job.dataKey === null) continue;
+      for (const parent of ["snapshots", "data"]) {
+        const dir = join(this.stateDir, parent, job.dataKey);
+        if (existsSync(dir)) views.add(dir);
+      }
+    }
+    for (const view of views) {
+      const written = writtenSinceSeal(view);
+      if (written === undefined) continue;
+      const spoiled = new Set<string>();
+      for (const file of written.files) {
+        let intact = false;
+        try {
+          const stored = lstatSync(this.objects.pathOf(await hashFile(file.path)), { bigint: true });
+          intact = `${stored.dev}:${stored.ino}` === file.inode;
+        } catch {
+          // no object holds these bytes
+        }
+        if (!intact) spoiled.add(file.inode);
+      }
+      if (spoiled.size === 0 && !written.directories) continue;
+      this.removeObjectsByInode(spoiled);
+      discardViews([join(this.stateDir, "snapshots"), join(this.stateDir, "data")], view, new Set([...spoiled].map((inode) => inode.split(":")[1]!)));
+    }
+  }
+
+  /** Removes the stored objects that are the inodes `dev:ino` (their bytes changed under their name). */
+  private removeObjectsByInode(inodes: ReadonlySet<string>): void {
+    if (inodes.size === 0) return;
+    const root = join(this.objects.dir, "sha256");
+    for (const prefix of readdirSafe(root)) {
+      for (const name of readdirSafe(join(root, prefix))) {
+        const path = join(root, prefix, name);
+        const stat = lstatSync(path, { bigint: true });
+        if (inodes.has(`${stat.dev}:${stat.ino}`)) rmSync(path, { force: true });
+      }
+    }
   }
 
   environmentReady(envKey: string): boolean {
@@ -412,6 +486,7 @@ export class LocalBackend implements PlanOracle {
     // checks on its way out that the view is as it was when the sweep began; a job
     // that finds it changed fails, and no job starts once a check has found that.
     const data: DataView = { dir: dataDir!, seal: sealTree(dataDir!), hashes: this.dataHashes(p) };
+    markSealed(data.seal);
     const records = toRun.map((job) =>
       this.state.createJob({
         runId,
