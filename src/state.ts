@@ -6,15 +6,20 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { canonicalJson } from "./hyperparams.js";
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
 import { searchSortedRows, type PackedColumns } from "./hash-worker.js";
 
 export type { StatCacheEntry, StatCacheStore };
+
+// Required, not imported: importing a CommonJS package from an ES module makes
+// Node scan its source for exports first, a cost on every command.
+const SqliteDatabase = createRequire(import.meta.url)("better-sqlite3") as typeof Database;
 
 export type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
 export type Stage = "ingest" | "build" | "train";
@@ -713,7 +718,7 @@ export class StateStore {
 function openWriter(dbPath: string): Database.Database {
   let db: Database.Database | undefined;
   try {
-    db = new Database(dbPath, { timeout: BUSY_TIMEOUT_MS });
+    db = new SqliteDatabase(dbPath, { timeout: BUSY_TIMEOUT_MS });
     db.pragma("journal_mode = WAL");
     db.pragma("synchronous = NORMAL");
     db.pragma("foreign_keys = ON");
@@ -728,7 +733,7 @@ function openWriter(dbPath: string): Database.Database {
 function openReader(dbPath: string): Database.Database {
   let db: Database.Database | undefined;
   try {
-    db = new Database(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+    db = new SqliteDatabase(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
     const version = userVersion(db);
     if (version > SCHEMA_VERSION) throw newerSchemaError(dbPath, version);
     if (version < SCHEMA_VERSION) {
@@ -736,7 +741,7 @@ function openReader(dbPath: string): Database.Database {
       // date through a short-lived writer, then read.
       db.close();
       openWriter(dbPath).close();
-      db = new Database(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+      db = new SqliteDatabase(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
     }
     return db;
   } catch (error) {

@@ -188,7 +188,13 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
 
   it("rebuilds killed at swept points inside the build (requirements edited each time)", async () => {
     const made = project({ grid: { score: [1, 2], sleep: 0.1 }, parallelism: 2 });
-    const delays = [0, 40, 100, 180, 300];
+    // Kill points spread over a build as long as this machine takes for one, so that they land inside it.
+    writeFileSync(made.path("src/model/requirements.txt"), "# measure\n");
+    const measured = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag }, timeoutMs: 120_000 });
+    expect(measured.code, measured.stderr).toBe(0);
+    const build = jobRows(made.dir).find((row) => row.stage === "build" && row.state === "succeeded")!;
+    const buildMs = Date.parse(build.finished_at!) - Date.parse(build.started_at!);
+    const delays = [0, 0.15, 0.35, 0.55, 0.75].map((fraction) => Math.round(fraction * buildMs));
     let kills = 0;
     // Each edit makes a new environment key, so every run builds; the last run of each finishes the build.
     for (const [index, delay] of delays.entries()) {
