@@ -76,13 +76,7 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
   removeTree(spoiled);
   if (inodes.size === 0) return;
   for (const parent of parents) {
-    let names: string[];
-    try {
-      names = readdirSync(parent);
-    } catch {
-      continue;
-    }
-    for (const name of names) {
+    for (const name of readdirSafe(parent)) {
       const dir = join(parent, name);
       try {
         if (holds(dir)) removeTree(dir);
@@ -93,6 +87,7 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
   }
 }
 
+/** The names in `dir`, or none when it cannot be read (gone, or never made). */
 function readdirSafe(dir: string): string[] {
   try {
     return readdirSync(dir);
