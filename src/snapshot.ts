@@ -174,6 +174,15 @@ export function removeTree(dest: string): void {
   rmSync(dest, { recursive: true, force: true });
 }
 
+/** The names in `dir`, or none when it cannot be read (gone, or never made). */
+export function namesIn(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
 /** What a writer names its work in progress: trees being laid out, listings being written, data views being ingested. */
 const TEMPORARY_NAMES = [/\.building-(\d+)-[0-9a-f]{8}$/, /\.(\d+)\.[0-9a-f]{8}\.tmp$/, /\.tmp-(\d+)-[0-9a-z]+$/];
 
@@ -190,13 +199,7 @@ export function removeAbandonedTemporaries(
 ): number {
   let removed = 0;
   for (const dir of dirs) {
-    let entries: string[];
-    try {
-      entries = readdirSync(dir);
-    } catch {
-      continue;
-    }
-    for (const entry of entries) {
+    for (const entry of namesIn(dir)) {
       const pid = names.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
       if (pid === undefined || Number(pid) === process.pid || isAlive(Number(pid))) continue;
       try {

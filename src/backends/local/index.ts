@@ -24,6 +24,7 @@ import {
   checkSeal,
   markSealed,
   materializeTree,
+  namesIn,
   releaseSeal,
   removeAbandonedTemporaries,
   removeTree,
@@ -76,7 +77,7 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
   removeTree(spoiled);
   if (inodes.size === 0) return;
   for (const parent of parents) {
-    for (const name of readdirSafe(parent)) {
+    for (const name of namesIn(parent)) {
       const dir = join(parent, name);
       try {
         if (holds(dir)) removeTree(dir);
@@ -87,13 +88,9 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
   }
 }
 
-/** The names in `dir`, or none when it cannot be read (gone, or never made). */
-function readdirSafe(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
+/** Why a job failed when its data view changed: `when` it was written, and the first paths changed. */
+function dataWrittenReason(when: string, paths: readonly string[]): string {
+  return `KAOS_DATA_DIR was written to ${when} (${paths.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
 }
 
 /** GPUs this machine has, from nvidia-smi; none when it is missing. */
@@ -214,8 +211,8 @@ export class LocalBackend implements PlanOracle {
   private removeObjectsByInode(inodes: ReadonlySet<string>): void {
     if (inodes.size === 0) return;
     const root = join(this.objects.dir, "sha256");
-    for (const prefix of readdirSafe(root)) {
-      for (const name of readdirSafe(join(root, prefix))) {
+    for (const prefix of namesIn(root)) {
+      for (const name of namesIn(join(root, prefix))) {
         const path = join(root, prefix, name);
         const stat = lstatSync(path, { bigint: true });
         if (inodes.has(`${stat.dev}:${stat.ino}`)) rmSync(path, { force: true });
@@ -515,7 +512,7 @@ export class LocalBackend implements PlanOracle {
       // What the watches cannot see (writes through a memory mapping, a lost event): every stat, once per sweep.
       const late = data.seal.broken === undefined ? this.dataSpoiled(data, { everyStat: true }) : undefined;
       if (late !== undefined) {
-        const reason = `${late.replace("while this job ran", "during this sweep")}; no job of the sweep is trusted`;
+        const reason = `${dataWrittenReason("during this sweep", late)}; no job of the sweep is trusted`;
         const revoked = this.state.revokeSucceeded(records.map((record) => record.id), reason);
         results = results.map((result) => (result.state === "succeeded" ? { ...result, state: "failed" as const, reason } : result));
         reporter.event({ kind: "note", message: `${name} train: ${reason} (${revoked} succeeded jobs recorded as failed)` });
@@ -547,12 +544,12 @@ export class LocalBackend implements PlanOracle {
   }
 
   /**
-   * Why a job's data view can no longer be trusted, or undefined when it is as
+   * The paths of a job's data view that changed (at most five), or undefined when it is as
    * it was. The first time a change is seen, the changed objects and every view
    * that shares them are removed, so that nothing after this trusts them: the
    * next run stores and lays them out again from the bundle (or downloads them).
    */
-  private dataSpoiled(data: DataView, options: { everyStat?: boolean } = {}): string | undefined {
+  private dataSpoiled(data: DataView, options: { everyStat?: boolean } = {}): string[] | undefined {
     const known = data.seal.broken !== undefined;
     const changed = checkSeal(data.seal, 5, options);
     if (changed.length === 0) return undefined;
@@ -566,7 +563,7 @@ export class LocalBackend implements PlanOracle {
       }
       discardViews([join(this.stateDir, "snapshots"), join(this.stateDir, "data")], data.dir, inodes);
     }
-    return `KAOS_DATA_DIR was written to while this job ran (${changed.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
+    return changed;
   }
 
   /** Remembers what was applied, with the trees' listings for the next plan's diff. */
@@ -707,7 +704,7 @@ export class LocalBackend implements PlanOracle {
       const seal = context.data.seal;
       if (seal.broken !== undefined || seal.stirred) this.dataSpoiled(context.data);
       if (seal.broken !== undefined) {
-        return finish("failed", null, `not started: KAOS_DATA_DIR was written to by a job of this sweep (${seal.broken.join(", ")}); it is read-only: the data is laid out again on the next kaos up`);
+        return finish("failed", null, `not started: ${dataWrittenReason("by a job of this sweep", seal.broken)}`);
       }
       current = spawnLogged({
         command: join(modelDir, "train"),
@@ -727,7 +724,7 @@ export class LocalBackend implements PlanOracle {
       const logNote = result.logError === undefined ? "" : `; its log could not be written (${result.logError})`;
       if (cancelledReason) return finish("cancelled", result.exitCode, cancelledReason + logNote);
       const spoiled = this.dataSpoiled(context.data);
-      if (spoiled !== undefined) return finish("failed", result.exitCode, spoiled + logNote);
+      if (spoiled !== undefined) return finish("failed", result.exitCode, dataWrittenReason("while this job ran", spoiled) + logNote);
       if (result.oomKilled) return finish("failed", result.exitCode, (result.reason ?? "OOMKilled") + logNote);
       if (result.exitCode === 0) return finish("succeeded", 0, logNote === "" ? null : `succeeded${logNote}`);
       const reason = result.reason ?? (result.signal ? `killed by ${result.signal}` : `exited with code ${result.exitCode}`);
