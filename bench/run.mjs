@@ -714,6 +714,11 @@ async function scenarioSweep(size, runs) {
     if (envDir === undefined) throw new Error(`${envs} holds no environment`);
     const handEnv = { ...childEnv, PATH: `${join(envDir, "bin")}:${childEnv.PATH ?? ""}`, VIRTUAL_ENV: envDir };
     const byHand = join(runRoot, `${variant.name}-by-hand`);
+    // The output directories are made before the clock starts, so a by-hand side runs nothing but the script.
+    const freshOutputs = () => {
+      rmSync(byHand, { recursive: true, force: true });
+      for (let i = 0; i < jobs; i++) mkdirSync(join(byHand, String(i)), { recursive: true });
+    };
     let round = 0;
     const sides = [
       {
@@ -737,19 +742,12 @@ async function scenarioSweep(size, runs) {
       },
       {
         name: "node: spawn loop",
-        before: () => {
-          rmSync(byHand, { recursive: true, force: true });
-          for (let i = 0; i < jobs; i++) mkdirSync(join(byHand, String(i)), { recursive: true });
-        },
+        before: freshOutputs,
         run: () => measure(process.execPath, ["-e", NODE_SPAWN_FLOOR, byHand, String(jobs)], { cwd: modelDir, env: handEnv }),
       },
       {
         name: "xargs -P 2",
-        // The output directories are made before the clock starts, so the baseline runs nothing but the script.
-        before: () => {
-          rmSync(byHand, { recursive: true, force: true });
-          for (let i = 0; i < jobs; i++) mkdirSync(join(byHand, String(i)), { recursive: true });
-        },
+        before: freshOutputs,
         run: () => sh(`seq 0 ${jobs - 1} | xargs -P 2 -I{} ./train '${byHand}/{}'`, modelDir, { env: handEnv }),
       },
     ];
@@ -803,6 +801,10 @@ async function scenarioIngest(size, runs) {
     writeProject(project, { manifest });
     kaos(["up"], project);
     const curlDir = join(runRoot, "ingest-curl");
+    const emptyCurlDir = () => {
+      rmSync(curlDir, { recursive: true, force: true });
+      mkdirSync(curlDir);
+    };
     const curlConfig = join(runRoot, "ingest-curl.config");
     writeFileSync(curlConfig, urls.map((url, i) => `url = "${url}"\noutput = "${join(curlDir, `part-${i}.bin`)}"\n`).join(""));
     const urlsFile = join(runRoot, "ingest-urls.txt");
@@ -822,27 +824,18 @@ async function scenarioIngest(size, runs) {
       },
       {
         name: `curl --parallel-max ${INGEST_CONCURRENCY}`,
-        before: () => {
-          rmSync(curlDir, { recursive: true, force: true });
-          mkdirSync(curlDir);
-        },
+        before: emptyCurlDir,
         run: () => measure("curl", ["--parallel", "--parallel-max", String(INGEST_CONCURRENCY), "-s", "--no-progress-meter", "-f", "-K", curlConfig], { cwd: runRoot }),
       },
       {
         name: "node: download, hash, write",
-        before: () => {
-          rmSync(curlDir, { recursive: true, force: true });
-          mkdirSync(curlDir);
-        },
+        before: emptyCurlDir,
         run: () => measure(process.execPath, ["-e", NODE_INGEST_FLOOR, urlsFile, curlDir, String(INGEST_CONCURRENCY)], { cwd: runRoot }),
       },
       {
         // What kaos must do beyond curl: the SHA-256 of every byte (OpenSSL, on every core).
         name: "curl, then SHA-256",
-        before: () => {
-          rmSync(curlDir, { recursive: true, force: true });
-          mkdirSync(curlDir);
-        },
+        before: emptyCurlDir,
         run: () =>
           sh(
             `curl --parallel --parallel-max ${INGEST_CONCURRENCY} -s --no-progress-meter -f -K '${curlConfig}' && find '${curlDir}' -type f -print0 | xargs -0 -P ${cores} -n 50 openssl dgst -sha256 > /dev/null`,
