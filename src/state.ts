@@ -719,7 +719,7 @@ function openWriter(dbPath: string): Database.Database {
   let db: Database.Database | undefined;
   try {
     db = new SqliteDatabase(dbPath, { timeout: BUSY_TIMEOUT_MS });
-    db.pragma("journal_mode = WAL");
+    enableWal(db);
     db.pragma("synchronous = NORMAL");
     db.pragma("foreign_keys = ON");
     migrate(db, dbPath);
@@ -747,6 +747,24 @@ function openReader(dbPath: string): Database.Database {
   } catch (error) {
     db?.close();
     throw translateOpenError(error, dbPath);
+  }
+}
+
+/**
+ * Switching a new database to WAL needs the file to itself, and SQLite answers
+ * SQLITE_BUSY at once rather than waiting when another process is opening it
+ * too, so the wait is done here.
+ */
+function enableWal(db: Database.Database): void {
+  const deadline = Date.now() + BUSY_TIMEOUT_MS;
+  for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
+    try {
+      db.pragma("journal_mode = WAL");
+      return;
+    } catch (error) {
+      if (errnoCode(error)?.startsWith("SQLITE_BUSY") !== true || Date.now() + pause > deadline) throw error;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, pause);
+    }
   }
 }
 

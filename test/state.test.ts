@@ -514,6 +514,40 @@ describe("concurrency and crashes", () => {
     expect(reader.listJobs()).toHaveLength(2);
   });
 
+  it("several processes creating the same new project's state at the same moment all open it", async () => {
+    // SQLite refuses a switch to WAL at once, without waiting, while another process is creating the file.
+    const base = makeRoot();
+    const projects = 40;
+    const go = join(base, "go");
+    const openers = Array.from({ length: 3 }, (_, n) =>
+      startChild(`
+      const { existsSync, readFileSync } = await import("node:fs");
+      say("ready");
+      while (!existsSync(${JSON.stringify(go)})) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+      const start = Number(readFileSync(${JSON.stringify(go)}, "utf8"));
+      for (let i = 0; i < ${projects}; i++) {
+        while (Date.now() < start + i * 40);
+        try {
+          const store = StateStore.open(${JSON.stringify(base)} + "/" + i);
+          store.acquireWriter("stack-${n}", "up").release();
+          store.close();
+        } catch (error) {
+          say("project " + i + ": " + error.message);
+        }
+      }
+      say("done");
+    `),
+    );
+    await Promise.all(openers.map((opener) => opener.waitFor("ready")));
+    for (let i = 0; i < projects; i++) mkdirSync(join(base, String(i)));
+    writeFileSync(go, String(Date.now() + 200));
+    await Promise.all(openers.map((opener) => opener.waitFor("done")));
+    expect(openers.flatMap((opener) => opener.lines.filter((line) => line.startsWith("project ")))).toEqual([]);
+    const db = new Database(dbPath(join(base, "0")), { readonly: true });
+    expect(db.pragma("journal_mode", { simple: true })).toBe("wal");
+    db.close();
+  }, 60_000);
+
   it("opens cleanly and consistently after a writer is SIGKILLed mid-write", async () => {
     const root = makeRoot();
     open(root).close();
