@@ -13,6 +13,7 @@
  */
 import { createHash, randomUUID } from "node:crypto";
 import {
+  type BigIntStats,
   type FSWatcher,
   chmodSync,
   existsSync,
@@ -378,11 +379,14 @@ export function markSealed(seal: Seal): void {
 
 /**
  * What was written into a sealed tree since it was last sealed, found by
- * modification times alone (a run that died left no watches and no seal in
- * memory): files modified since (dev:ino of each), and whether any directory
- * was (entries added or removed). `slackMs` covers the kernel's coarse clock
- * running behind ours. Undefined when nothing was; every file counts when the
- * seal's time is unknown.
+ * change times alone (a run that died left no watches and no seal in memory):
+ * files changed since (dev:ino of each), and whether any directory was
+ * (entries added or removed). The inode change time, not the modification
+ * time, because a writer can set the latter back and nobody can set the
+ * former; a file only linked from elsewhere since shows too, and its hash
+ * then clears it. `slackMs` covers the kernel's coarse clock running behind
+ * ours. Undefined when nothing was; every file counts when the seal's time
+ * is unknown.
  */
 export function writtenSinceSeal(root: string, slackMs = 50): { files: { path: string; inode: string }[]; directories: boolean } | undefined {
   let since = 0;
@@ -398,20 +402,24 @@ export function writtenSinceSeal(root: string, slackMs = 50): { files: { path: s
       const path = `${dir}/${entry.name}`;
       const stat = lstatSync(path, { bigint: true });
       if (entry.isDirectory()) {
-        if (Number(stat.mtimeMs) >= since) directories = true;
+        if (changedSince(stat, since)) directories = true;
         walk(path);
-      } else if (entry.isFile() && Number(stat.mtimeMs) >= since) {
+      } else if (entry.isFile() && changedSince(stat, since)) {
         files.push({ path, inode: `${stat.dev}:${stat.ino}` });
       }
     }
   };
   try {
-    if (Number(lstatSync(root, { bigint: true }).mtimeMs) >= since) directories = true;
+    if (changedSince(lstatSync(root, { bigint: true }), since)) directories = true;
     walk(root);
   } catch {
     return { files, directories: true };
   }
   return files.length > 0 || directories ? { files, directories } : undefined;
+}
+
+function changedSince(stat: BigIntStats, since: number): boolean {
+  return Number(stat.ctimeMs) >= since || Number(stat.mtimeMs) >= since;
 }
 
 /** Stops watching a seal's tree; later checks compare every stat. */

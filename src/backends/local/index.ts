@@ -173,7 +173,7 @@ export class LocalBackend implements PlanOracle {
   /**
    * A job whose kaos died ran on unwatched: what it wrote into its data view
    * (as root, through the read-only links) changed the objects behind it for
-   * every later job. Each file of such a view modified since the view was last
+   * every later job. Each file of such a view changed since the view was last
    * sealed is hashed again; one whose bytes no longer match the object it is
    * a link to takes that object, and every view holding it, away. A view with
    * entries added or removed is laid out again.
