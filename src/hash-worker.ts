@@ -45,6 +45,29 @@ export const STATUS_HIT = 4;
 /** Skipped at any depth, whatever .kaosignore says. */
 export const ALWAYS_IGNORED: ReadonlySet<string> = new Set([".git", ".kaos", "node_modules", "__pycache__"]);
 
+/**
+ * Files an editor or file manager keeps beside the files it has open: swap,
+ * lock and autosave files, and folder metadata. Left out of every tree, so
+ * that a bundle's key does not depend on which editor had it open. Only
+ * names no dataset or program would choose; backups (`name~`) and `.tmp`
+ * files stay in.
+ */
+const EDITOR_FILES = [
+  /^\..+\.sw[a-p]$/, // vim's swap files (.name.swp, .name.swo, ...)
+  /^\.#/, // emacs lock links
+  /^#.*#$/, // emacs autosave
+  /^\.DS_Store$/, // macOS Finder
+  /\.kate-swp$/,
+  /^\.~lock\..*#$/, // LibreOffice
+  /^\.goutputstream-/, // GNOME
+  /___jb_(tmp|old)___$/, // JetBrains
+  /\.crswap$/, // Chrome's File System Access
+];
+
+export function isEditorFile(name: string): boolean {
+  return EDITOR_FILES.some((pattern) => pattern.test(name));
+}
+
 export interface WalkUnit {
   /** Directory relative to the root: "" or ending with "/". */
   prefix: string;
@@ -294,7 +317,7 @@ function entryKeys(entries: Dirent[], directory: string, prefix: string, ignored
       keys.push(`${name}/`);
       continue;
     }
-    if (ignored !== undefined && ignored.ignores(prefix + name)) continue;
+    if (isEditorFile(name) || (ignored !== undefined && ignored.ignores(prefix + name))) continue;
     if (!entry.isFile() && !entry.isSymbolicLink()) throw new FileError(prefix + name, "special", false, "it is a socket, FIFO or device file");
     keys.push(name);
   }

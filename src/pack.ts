@@ -17,7 +17,7 @@ import { Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { create as createTar } from "tar";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import { ALWAYS_IGNORED } from "./hash-worker.js";
+import { ALWAYS_IGNORED, isEditorFile } from "./hash-worker.js";
 
 export type BundleFileMode = "file" | "exec" | "symlink";
 
@@ -42,7 +42,6 @@ export interface PackOptions {
 /** Every entry's mtime: a fixed instant, so the clock never reaches the archive. */
 export const PACK_MTIME = new Date(Date.UTC(2000, 0, 1));
 
-/** Directories that never belong to a bundle when kaos walks it itself. */
 /** The directories every bundle leaves out, as hashing does. */
 export const PACK_SKIPPED_DIRS: ReadonlySet<string> = ALWAYS_IGNORED;
 
@@ -51,7 +50,8 @@ export const PACK_SKIPPED_DIRS: ReadonlySet<string> = ALWAYS_IGNORED;
  * file path (written to a temporary name beside it, then renamed, so a reader
  * never sees half an archive) or a stream (left open for the caller to end).
  * `files` lists what to pack with the mode to record; without it the
- * directory is walked (skipping .git, .kaos, node_modules and __pycache__).
+ * directory is walked (skipping .git, .kaos, node_modules, __pycache__ and
+ * editors' swap and lock files).
  */
 export async function packBundle(
   dir: string,
@@ -145,6 +145,8 @@ export async function walkBundle(dir: string): Promise<BundleFile[]> {
       const stat = await lstat(join(dir, path));
       if (stat.isDirectory()) {
         if (!PACK_SKIPPED_DIRS.has(name)) await visit(path);
+      } else if (isEditorFile(name)) {
+        continue;
       } else if (stat.isSymbolicLink()) {
         found.push({ path, mode: "symlink" });
       } else if (stat.isFile()) {

@@ -81,7 +81,7 @@ import { PlainReporter, type Reporter, type RunEvent } from "./progress.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
 import type { JobRecord } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
-import { ALWAYS_IGNORED } from "./hash-worker.js";
+import { ALWAYS_IGNORED, isEditorFile } from "./hash-worker.js";
 import { stateDirOf } from "./layout.js";
 
 export interface WatchCommandOptions {
@@ -167,26 +167,21 @@ export class WatchMachine {
 // ---------------------------------------------------------------------------
 // What is watched, and what is never a reason to rerun.
 
-/** Swap, backup and lock files of common editors, and atomic-save temporaries. */
+/**
+ * Besides the editor files no tree holds: backups and atomic-save
+ * temporaries. Bundles keep these (a dataset may have them), but an editor
+ * touching one is not an edit: the save it belongs to shows on the real file.
+ */
 const EDITOR_TEMP = [
-  /\.sw[px]$/, // vim
-  /^\..+\.sw[a-o]$/, // vim's further swap files (.swo, .swn, ...)
+  /\.sw[px]$/, // vim, with its swap directory elsewhere
   /^4913$/, // vim's write test
   /~$/, // emacs, gedit, kate backups
-  /^\.#/, // emacs lock links
-  /^#.*#$/, // emacs autosave
-  /^\.DS_Store$/,
   /\.tmp$/,
   /\.tmp-\d+$/,
-  /\.kate-swp$/,
-  /^\.~lock\..*#$/, // LibreOffice
-  /^\.goutputstream-/, // GNOME
-  /___jb_(tmp|old)___$/, // JetBrains
-  /\.crswap$/, // Chrome's File System Access
 ];
 
 export function isEditorTemp(name: string): boolean {
-  return EDITOR_TEMP.some((pattern) => pattern.test(name));
+  return isEditorFile(name) || EDITOR_TEMP.some((pattern) => pattern.test(name));
 }
 
 interface Bundle {

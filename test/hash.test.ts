@@ -271,6 +271,30 @@ describe("hashTree: ignore rules", () => {
     expect(after.hash).toBe(before.hash);
   });
 
+  it("leaves out editors' swap, lock and autosave files and folder metadata, but keeps backups and .tmp files", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { "train.py": "print(1)\n", "sub/data.csv": "1\n" });
+    const before = await hashTree(root);
+    writeTree(root, {
+      ".train.py.swp": "vim",
+      "sub/.data.csv.swo": "vim",
+      "#train.py#": "emacs autosave",
+      ".DS_Store": "finder",
+      "sub/data.csv.kate-swp": "kate",
+      ".~lock.data.csv#": "libreoffice",
+      ".goutputstream-X1Y2Z3": "gnome",
+      "train.py___jb_tmp___": "jetbrains",
+      "sub/data.csv.crswap": "chrome",
+    });
+    symlinkSync("user@host.1234:1700000000", join(root, ".#train.py"));
+    const after = await hashTree(root);
+    expect(after.files.map((file) => file.path)).toEqual(["sub/data.csv", "train.py"]);
+    expect(after.hash).toBe(before.hash);
+
+    writeTree(root, { "train.py~": "backup", "sub/data.tmp": "kept", "swp": "a name, not a swap file", "notes.swp": "kept" });
+    expect((await hashTree(root)).files.map((file) => file.path)).toEqual(["notes.swp", "sub/data.csv", "sub/data.tmp", "swp", "train.py", "train.py~"]);
+  });
+
   it("applies .kaosignore (with negation), keeps .kaosignore itself in the tree, and takes extra patterns", async () => {
     const root = makeTemporaryDirectory();
     writeTree(root, {

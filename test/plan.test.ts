@@ -99,6 +99,20 @@ describe("kaos plan (built CLI)", () => {
     expect(text.stdout).toContain("params: 1 combinations added, 1 removed");
   });
 
+  it("an editor's swap and lock files beside the bundles' files change nothing", async () => {
+    const project = makeProject(trainingProject({ extra: { "data/a.csv": "1" } }));
+    projects.push(project);
+    expect((await runKaos(["up"], { cwd: project.dir })).code).toBe(0);
+    writeFileSync(project.path("src/model/.train.swp"), "vim has train open");
+    writeFileSync(project.path("data/.a.csv.swp"), "vim has a.csv open");
+    writeFileSync(project.path("data/.DS_Store"), "finder");
+    const plan = await planJson(project);
+    expect(plan.changes).toBe(false);
+    // A file that only looks like one near the name is data.
+    writeFileSync(project.path("data/a.csv~"), "1");
+    expect((await planJson(project)).pipelines[0]?.changes.data?.examples).toEqual(["+a.csv~"]);
+  });
+
   it("a rename is a removal and an addition; a file moved back restores the old keys", async () => {
     const project = makeProject(trainingProject({ extra: { "data/a.csv": "same" } }));
     projects.push(project);
