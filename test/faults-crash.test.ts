@@ -218,14 +218,21 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
     // Build once so that every point below lands in the sweep.
     writeFileSync(made.path("grid.json"), JSON.stringify({ score: [0], sleep: 0 }));
     expect((await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } })).code).toBe(0);
-    writeFileSync(made.path("grid.json"), JSON.stringify({ score: [1, 2, 3, 4, 5, 6, 7, 8], sleep: 0.25 }));
-    const points = [0, 150, 300, 450, 600, 800].map((ms) => afterOutput(/p train \d\/8 \w+ .*running/, ms));
-    const outcome = await series(made, [...points, ...extraPoints(3, 20, 2500, growingGrid([1, 2, 3, 4, 5, 6, 7, 8], 0.25))]);
+    // Each point adds a round of 8 jobs (at least 1.6 s of work at parallelism 2), so that
+    // its kill lands in a running sweep however much earlier runs got done.
+    const scores = [1, 2, 3, 4, 5, 6, 7, 8];
+    const delays = [0, 150, 300, 450, 600, 800];
+    const points = delays.map((ms, index) => ({
+      ...afterOutput(/p train \d+\/\d+ \w+ .*running/, ms),
+      prepare: () => writeFileSync(made.path("grid.json"), JSON.stringify({ score: scores, round: Array.from({ length: index + 1 }, (_, round) => round), sleep: 0.4 })),
+    }));
+    const outcome = await series(made, [...points, ...extraPoints(3, 20, 2500, growingGrid(scores, 0.25))]);
     expect(outcome.kills).toBeGreaterThanOrEqual(5);
     // Jobs caught running were recorded as interrupted by the next run, then rerun.
     expect(outcome.interrupted).toBeGreaterThan(0);
     const train = jobRows(made.dir).filter((row) => row.stage === "train" && row.state === "succeeded");
-    expect(new Set(train.map((row) => row.params)).size).toBe(9 + (LONG ? 20 : 0));
+    // The warm-up job, every round's jobs, and in the long variant the growing grid's.
+    expect(new Set(train.map((row) => row.params)).size).toBe(1 + scores.length * delays.length + (LONG ? scores.length + 20 : 0));
   }, 240_000);
 
   it("an ingest killed mid-download resumes, and no partial download is ever trusted", async () => {
