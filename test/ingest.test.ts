@@ -138,14 +138,11 @@ describe("ingest over HTTP", () => {
     const requestsBefore = srv.requests.length;
     expect(requestsBefore).toBe(2);
 
-    const started = performance.now();
     const second = await run(ws);
-    const elapsed = performance.now() - started;
 
     expect(srv.requests.length).toBe(requestsBefore);
     expect(second).toMatchObject({ downloaded: 0, reused: 2, bytesDownloaded: 0, dataKey: first.dataKey });
     expect(fs.statSync(lockFile).mtimeMs).toBe(lockBefore);
-    expect(elapsed).toBeLessThan(1000);
 
     // A deleted data directory is rebuilt from the store, still without requests.
     fs.rmSync(ws.dataDir, { recursive: true });
@@ -329,7 +326,8 @@ describe("ingest over HTTP", () => {
     const elapsed = performance.now() - started;
     expect(error.message).toContain("slow.txt (" + srv.url + "/slow): no data for 200 ms (timed out) (gave up after 1 retries)");
     expect(srv.count("/slow")).toBe(2);
-    expect(elapsed).toBeLessThan(2000);
+    // Waiting out the server's delay instead would take 6 s.
+    expect(elapsed).toBeLessThan(5000);
   });
 
   it("times out a body that stalls, and accepts one that is slow but steady", async () => {
