@@ -13,7 +13,6 @@
  */
 import { createHash, randomUUID } from "node:crypto";
 import {
-  type BigIntStats,
   type FSWatcher,
   chmodSync,
   existsSync,
@@ -363,7 +362,11 @@ function watchDirectories(seal: Seal): FSWatcher[] | undefined {
   }
 }
 
-/** Beside a sealed tree: when it was last sealed (ms since the epoch), for `writtenSinceSeal` after a crash. */
+/**
+ * Beside a sealed tree, written as the seal is taken: its modification time,
+ * from the same kernel clock as every later write into the tree, is the
+ * seal's time for `writtenSinceSeal` after a crash.
+ */
 function sealedAtFile(root: string): string {
   return `${root}.sealed`;
 }
@@ -371,7 +374,7 @@ function sealedAtFile(root: string): string {
 /** Records that `seal` was just taken, so that a later run can tell what changed after it even if this one dies. */
 export function markSealed(seal: Seal): void {
   try {
-    writeFileSync(sealedAtFile(seal.root), `${Date.now()}\n`);
+    writeFileSync(sealedAtFile(seal.root), `${new Date().toISOString()}\n`);
   } catch {
     // Without it a crash's check takes every file as possibly changed.
   }
@@ -383,15 +386,15 @@ export function markSealed(seal: Seal): void {
  * files changed since (dev:ino of each), and whether any directory was
  * (entries added or removed). The inode change time, not the modification
  * time, because a writer can set the latter back and nobody can set the
- * former; a file only linked from elsewhere since shows too, and its hash
- * then clears it. `slackMs` covers the kernel's coarse clock running behind
- * ours. Undefined when nothing was; every file counts when the seal's time
- * is unknown.
+ * former. A file linked from elsewhere since shows too, as does one laid
+ * out in the same clock tick as the seal; hashing it then clears it.
+ * Undefined when nothing was; every file counts when the seal's time is
+ * unknown.
  */
-export function writtenSinceSeal(root: string, slackMs = 50): { files: { path: string; inode: string }[]; directories: boolean } | undefined {
-  let since = 0;
+export function writtenSinceSeal(root: string): { files: { path: string; inode: string }[]; directories: boolean } | undefined {
+  let since = 0n;
   try {
-    since = Number(readFileSync(sealedAtFile(root), "utf8")) - slackMs;
+    since = lstatSync(sealedAtFile(root), { bigint: true }).mtimeNs;
   } catch {
     // unknown: everything is suspect
   }
@@ -402,24 +405,20 @@ export function writtenSinceSeal(root: string, slackMs = 50): { files: { path: s
       const path = `${dir}/${entry.name}`;
       const stat = lstatSync(path, { bigint: true });
       if (entry.isDirectory()) {
-        if (changedSince(stat, since)) directories = true;
+        if (stat.ctimeNs >= since) directories = true;
         walk(path);
-      } else if (entry.isFile() && changedSince(stat, since)) {
+      } else if (entry.isFile() && stat.ctimeNs >= since) {
         files.push({ path, inode: `${stat.dev}:${stat.ino}` });
       }
     }
   };
   try {
-    if (changedSince(lstatSync(root, { bigint: true }), since)) directories = true;
+    if (lstatSync(root, { bigint: true }).ctimeNs >= since) directories = true;
     walk(root);
   } catch {
     return { files, directories: true };
   }
   return files.length > 0 || directories ? { files, directories } : undefined;
-}
-
-function changedSince(stat: BigIntStats, since: number): boolean {
-  return Number(stat.ctimeMs) >= since || Number(stat.mtimeMs) >= since;
 }
 
 /** Stops watching a seal's tree; later checks compare every stat. */

@@ -1,9 +1,9 @@
-import { appendFileSync, chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { checkSeal, releaseSeal, removeAbandonedTemporaries, sealTree, type Seal } from "../src/snapshot.js";
+import { checkSeal, markSealed, releaseSeal, removeAbandonedTemporaries, sealTree, writtenSinceSeal, type Seal } from "../src/snapshot.js";
 
 let root: string;
 const seals: Seal[] = [];
@@ -18,6 +18,7 @@ beforeEach(() => {
 afterEach(() => {
   for (const seal of seals.splice(0)) releaseSeal(seal);
   rmSync(root, { recursive: true, force: true });
+  rmSync(`${root}.sealed`, { force: true });
 });
 
 function seal(): Seal {
@@ -81,6 +82,37 @@ describe("data view seals", () => {
     releaseSeal(compared);
     writeFileSync(join(root, "a", "b", "deep.txt"), "DEEP");
     expect(checkSeal(compared)).toEqual(["a/b/deep.txt"]);
+  });
+});
+
+describe("what was written into a view after its seal, found after a crash", () => {
+  // Kernel timestamps advance by clock ticks (a few ms): a file written in the seal's tick counts as written after it.
+  const nextTick = () => new Promise((done) => setTimeout(done, 30));
+  const inode = (path: string) => {
+    const stat = lstatSync(path, { bigint: true });
+    return `${stat.dev}:${stat.ino}`;
+  };
+
+  it("finds nothing in a view laid out before its seal, whatever the files' times", async () => {
+    utimesSync(join(root, "top.txt"), new Date(0), new Date(4_000_000_000_000));
+    await nextTick();
+    markSealed(seal());
+    expect(writtenSinceSeal(root)).toBeUndefined();
+  });
+
+  it("finds a same-size write whose modification time was set back, and an added file", async () => {
+    await nextTick();
+    markSealed(seal());
+    await nextTick();
+    writeFileSync(join(root, "top.txt"), "TOP");
+    utimesSync(join(root, "top.txt"), new Date(0), new Date(0));
+    expect(writtenSinceSeal(root)).toEqual({ files: [{ path: join(root, "top.txt"), inode: inode(join(root, "top.txt")) }], directories: false });
+    writeFileSync(join(root, "a", "new.txt"), "new");
+    expect(writtenSinceSeal(root)?.directories).toBe(true);
+  });
+
+  it("suspects every file when the seal's time was never recorded", () => {
+    expect(writtenSinceSeal(root)?.files.map((file) => file.path).sort()).toEqual([join(root, "a", "b", "deep.txt"), join(root, "top.txt")]);
   });
 });
 
