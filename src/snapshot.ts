@@ -13,6 +13,7 @@
  */
 import { createHash, randomUUID } from "node:crypto";
 import {
+  type BigIntStats,
   type FSWatcher,
   chmodSync,
   existsSync,
@@ -305,6 +306,8 @@ export function makeWritable(dir: string): void {
 export interface Seal {
   root: string;
   stats: Map<string, string>;
+  /** The latest inode change time in the tree when it was sealed (ns). */
+  lastChangeNs: bigint;
   /** Set once a change was found, with the paths that changed. */
   broken: string[] | undefined;
   /** Watching every directory: checks compare stats only after an event. */
@@ -313,30 +316,45 @@ export interface Seal {
   stirred: boolean;
 }
 
-function statSignature(path: string): string | undefined {
+function statOf(path: string): BigIntStats | undefined {
   try {
-    const stat = lstatSync(path, { bigint: true });
-    const type = stat.isDirectory() ? "d" : stat.isFile() ? "f" : stat.isSymbolicLink() ? "l" : "o";
-    return `${type}:${stat.ino}:${type === "d" ? "" : stat.size}:${stat.mtimeNs}`;
+    return lstatSync(path, { bigint: true });
   } catch {
     return undefined;
   }
 }
 
+function signatureOf(stat: BigIntStats | undefined): string | undefined {
+  if (stat === undefined) return undefined;
+  const type = stat.isDirectory() ? "d" : stat.isFile() ? "f" : stat.isSymbolicLink() ? "l" : "o";
+  return `${type}:${stat.ino}:${type === "d" ? "" : stat.size}:${stat.mtimeNs}`;
+}
+
+function statSignature(path: string): string | undefined {
+  return signatureOf(statOf(path));
+}
+
 /** Takes the seal of the tree at `root`: every entry below it, and it. */
 export function sealTree(root: string): Seal {
   const stats = new Map<string, string>();
+  let lastChangeNs = 0n;
+  const record = (path: string, relative: string): void => {
+    const stat = statOf(path);
+    if (stat !== undefined && stat.ctimeNs > lastChangeNs) lastChangeNs = stat.ctimeNs;
+    const signature = signatureOf(stat);
+    if (signature !== undefined) stats.set(relative, signature);
+    else if (relative === "") stats.set("", "missing");
+  };
   const walk = (dir: string, prefix: string) => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
       const relative = prefix === "" ? entry.name : `${prefix}/${entry.name}`;
-      const signature = statSignature(join(dir, entry.name));
-      if (signature !== undefined) stats.set(relative, signature);
+      record(join(dir, entry.name), relative);
       if (entry.isDirectory()) walk(join(dir, entry.name), relative);
     }
   };
-  stats.set("", statSignature(root) ?? "missing");
+  record(root, "");
   walk(root, "");
-  const seal: Seal = { root, stats, broken: undefined, watchers: undefined, stirred: false };
+  const seal: Seal = { root, stats, lastChangeNs, broken: undefined, watchers: undefined, stirred: false };
   if (process.platform === "linux") seal.watchers = watchDirectories(seal);
   return seal;
 }
@@ -371,10 +389,20 @@ function sealedAtFile(root: string): string {
   return `${root}.sealed`;
 }
 
-/** Records that `seal` was just taken, so that a later run can tell what changed after it even if this one dies. */
+/**
+ * Records that `seal` was just taken, so that a later run can tell what
+ * changed after it even if this one dies. The record is written again until
+ * its time is past every change in the tree (a clock tick at most): what was
+ * laid out in the seal's own tick would otherwise look written after it.
+ */
 export function markSealed(seal: Seal): void {
+  const path = sealedAtFile(seal.root);
   try {
-    writeFileSync(sealedAtFile(seal.root), `${new Date().toISOString()}\n`);
+    for (let attempt = 0; attempt < 50; attempt++) {
+      writeFileSync(path, `${new Date().toISOString()}\n`);
+      if (lstatSync(path, { bigint: true }).mtimeNs > seal.lastChangeNs) return;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    }
   } catch {
     // Without it a crash's check takes every file as possibly changed.
   }
@@ -386,8 +414,8 @@ export function markSealed(seal: Seal): void {
  * files changed since (dev:ino of each), and whether any directory was
  * (entries added or removed). The inode change time, not the modification
  * time, because a writer can set the latter back and nobody can set the
- * former. A file linked from elsewhere since shows too, as does one laid
- * out in the same clock tick as the seal; hashing it then clears it.
+ * former. A file linked or unlinked elsewhere since (its object shared with
+ * another view) shows too; hashing it then clears it.
  * Undefined when nothing was; every file counts when the seal's time is
  * unknown.
  */
