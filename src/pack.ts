@@ -10,7 +10,7 @@
  * carries no time, no file name and an "unknown" operating system.
  */
 import { createHash } from "node:crypto";
-import { createWriteStream } from "node:fs";
+import { type Dirent, createWriteStream } from "node:fs";
 import { lstat, mkdir, readdir, rename, rm } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
 import { Transform, Writable } from "node:stream";
@@ -134,19 +134,20 @@ export async function walkBundle(dir: string): Promise<BundleFile[]> {
   const found: BundleFile[] = [];
   async function visit(relative: string): Promise<void> {
     const absolute = relative === "" ? dir : join(dir, relative);
-    let names: string[];
+    let entries: Dirent[];
     try {
-      names = await readdir(absolute);
+      entries = await readdir(absolute, { withFileTypes: true });
     } catch (error) {
       throw new KaosError("IO", `could not read directory ${absolute}: ${describeError(error)}`, { cause: error });
     }
-    for (const name of names) {
+    for (const entry of entries) {
+      const name = entry.name;
+      // Before any stat: an editor's file may be gone by then.
+      if (!entry.isDirectory() && isEditorFile(name)) continue;
       const path = relative === "" ? name : posix.join(relative, name);
       const stat = await lstat(join(dir, path));
       if (stat.isDirectory()) {
         if (!PACK_SKIPPED_DIRS.has(name)) await visit(path);
-      } else if (isEditorFile(name)) {
-        continue;
       } else if (stat.isSymbolicLink()) {
         found.push({ path, mode: "symlink" });
       } else if (stat.isFile()) {

@@ -173,7 +173,6 @@ export class WatchMachine {
  * touching one is not an edit: the save it belongs to shows on the real file.
  */
 const EDITOR_TEMP = [
-  /\.sw[px]$/, // vim, with its swap directory elsewhere
   /^4913$/, // vim's write test
   /~$/, // emacs, gedit, kate backups
   /\.tmp$/,

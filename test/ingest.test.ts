@@ -319,14 +319,14 @@ describe("ingest over HTTP", () => {
   });
 
   it("times out a server that sends nothing, and retries it", async () => {
-    const srv = await serve({ "/slow": { body: "zzz", headerDelayMs: 3000 } });
+    const srv = await serve({ "/slow": { body: "zzz", headerDelayMs: 10_000 } });
     const ws = workspace([{ url: `${srv.url}/slow`, path: "slow.txt" }]);
     const started = performance.now();
     const error = await runFailing(ws, { timeoutMs: 200, retries: 1 });
     const elapsed = performance.now() - started;
     expect(error.message).toContain("slow.txt (" + srv.url + "/slow): no data for 200 ms (timed out) (gave up after 1 retries)");
     expect(srv.count("/slow")).toBe(2);
-    // Waiting out the server's delay instead would take 6 s.
+    // Waiting out the server's delay even once would take 10 s.
     expect(elapsed).toBeLessThan(5000);
   });
 

@@ -216,10 +216,10 @@ describe("deterministic packing", () => {
     expect(readFileSync(join(out, "a.tar")).subarray(257, 262).toString()).toBe("ustar");
   });
 
-  it("walks a bundle without .git, .kaos, node_modules and __pycache__", async () => {
+  it("walks a bundle without .git, .kaos, node_modules, __pycache__ and editors' swap and lock files, as hashing does", async () => {
     const dir = tempDir();
     writeTree(dir, TREE);
-    for (const skipped of [".git/HEAD", ".kaos/state.db", "node_modules/x/index.js", "model/__pycache__/m.pyc"]) {
+    for (const skipped of [".git/HEAD", ".kaos/state.db", "node_modules/x/index.js", "model/__pycache__/m.pyc", "model/.train.swp", ".DS_Store"]) {
       mkdirSync(dirname(join(dir, skipped)), { recursive: true });
       writeFileSync(join(dir, skipped), "skip me");
     }

@@ -517,9 +517,9 @@ describe("concurrency and crashes", () => {
   it("several processes creating the same new project's state at the same moment all open it", async () => {
     // SQLite refuses a switch to WAL at once, without waiting, while another process is creating the file.
     const base = makeRoot();
-    const projects = 40;
+    const projects = 60;
     const go = join(base, "go");
-    const openers = Array.from({ length: 3 }, (_, n) =>
+    const openers = Array.from({ length: 4 }, (_, n) =>
       startChild(`
       const { existsSync, readFileSync } = await import("node:fs");
       say("ready");

@@ -198,7 +198,8 @@ describe("what watch ignores", () => {
     for (const path of ["/p/.kaos/jobs/x/out/model.pkl", "/p/src/model/.train.swp", "/p/src/model/train~", "/p/src/4913", "/p/src/.#train", "/p/src/#train#", "/p/.DS_Store", "/p/src/model/__pycache__/m.pyc", "/p/node_modules/x.js", "/p/.git/index"]) {
       expect(isIgnoredPath(targets, path), path).toBe(true);
     }
-    for (const path of ["/p/src/model/train", "/p/data.csv", "/p/kaos.config.ts", "/p/params.json"]) {
+    // Names bundles keep as files of their own.
+    for (const path of ["/p/src/model/train", "/p/data.csv", "/p/kaos.config.ts", "/p/params.json", "/p/src/notes.swp", "/p/src/.hidden"]) {
       expect(isIgnoredPath(targets, path), path).toBe(false);
     }
   });
