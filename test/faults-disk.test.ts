@@ -131,8 +131,10 @@ exit $status
     const fill = kind === "tmpfs" ? `"$1/filler"` : "/dev/null";
     const made = project(
       `{ source: "src", data: "data" }`,
+      // The disk fills once kaos has recorded the job as running (a disk full before that is the test above).
       `#!/bin/sh
 mkdir -p "$1"
+sleep 0.5
 head -c 16000000 /dev/zero > ${fill} 2>/dev/null
 i=0; while [ $i -lt 300 ]; do echo "line $i while the disk is full"; i=$((i+1)); done
 sleep 0.5
