@@ -167,6 +167,25 @@ function extraPoints(seed: number, count: number, maxMs: number, grid?: (index: 
 
 const growingGrid = (base: number[], sleep: number) => (index: number) => ({ score: [...base, ...Array.from({ length: index + 1 }, (_, i) => 100 + i)], sleep });
 
+/**
+ * A one-job project whose train script runs on while the file `slow` exists
+ * (KAOS_SLOW) and writes pid files into `pids/` (KAOS_PIDS): `kaos up` is
+ * SIGKILLed once the job runs and `pidFiles` of them are there.
+ */
+async function killWhileJobRuns(train: string, pidFiles: number): Promise<{ made: Project; env: Record<string, string> }> {
+  const made = makeProject({ ...trainingProject(), "src/model/train": { content: train, mode: 0o755 }, slow: "" }, "kaos-crash-");
+  projects.push(made);
+  mkdirSync(made.path("pids"));
+  const env = { [TAG_NAME]: tag, KAOS_PIDS: made.path("pids"), KAOS_SLOW: made.path("slow") };
+  const { killed } = await killWhen(["up"], { cwd: made.dir, env }, async (live) => {
+    await live.waitFor(/p train 1\/1 \w+ .*running/);
+    await eventually(() => readdirSync(made.path("pids")).length === pidFiles, 10_000);
+  });
+  expect(killed).toBe(true);
+  killPointsTried += 1;
+  return { made, env };
+}
+
 describe("crash safety: kaos up killed with SIGKILL and run again", () => {
   it("a cold project: start-up, hashing, build, first jobs, results being recorded", async () => {
     const made = project({ grid: { score: [1, 2, 3, 4, 5, 6], sleep: 0.3 }, parallelism: 2 });
@@ -309,16 +328,7 @@ if [ -f "$KAOS_SLOW" ]; then
 fi
 mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
 `;
-    const made = makeProject({ ...trainingProject(), "src/model/train": { content: train, mode: 0o755 }, slow: "" }, "kaos-crash-");
-    projects.push(made);
-    mkdirSync(made.path("pids"));
-    const env = { [TAG_NAME]: tag, KAOS_PIDS: made.path("pids"), KAOS_SLOW: made.path("slow") };
-    const { killed } = await killWhen(["up"], { cwd: made.dir, env }, async (live) => {
-      await live.waitFor(/p train 1\/1 \w+ .*running/);
-      await eventually(() => readdirSync(made.path("pids")).length === 1, 10_000);
-    });
-    expect(killed).toBe(true);
-    killPointsTried += 1;
+    const { made, env } = await killWhileJobRuns(train, 1);
     writeFileSync(made.path("pids", "killed"), "");
     expect(await eventually(() => existsSync(made.path("pids", "written")), 10_000)).toBe(true);
     // The write went through the view's link into the stored object: it is untrustworthy now.
@@ -341,23 +351,7 @@ setsid sh -c 'echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID.daemon"; exec sleep 120' &
 if [ -f "$KAOS_SLOW" ]; then sleep 120; fi
 mkdir -p "$1" && echo done > "$1/done"
 `;
-    const made = makeProject(
-      {
-        ...trainingProject(),
-        "src/model/train": { content: train, mode: 0o755 },
-        slow: "",
-      },
-      "kaos-crash-",
-    );
-    projects.push(made);
-    mkdirSync(made.path("pids"));
-    const env = { [TAG_NAME]: tag, KAOS_PIDS: made.path("pids"), KAOS_SLOW: made.path("slow") };
-    const { killed } = await killWhen(["up"], { cwd: made.dir, env }, async (live) => {
-      await live.waitFor(/p train 1\/1 \w+ .*running/);
-      await eventually(() => readdirSync(made.path("pids")).length === 2, 10_000);
-    });
-    expect(killed).toBe(true);
-    killPointsTried += 1;
+    const { made, env } = await killWhileJobRuns(train, 2);
     const [first] = jobRows(made.dir).filter((row) => row.stage === "train");
     const script = Number(readFileSync(made.path("pids", first!.id), "utf8"));
     const daemon = Number(readFileSync(made.path("pids", `${first!.id}.daemon`), "utf8"));
