@@ -90,6 +90,27 @@ function waitPastRacyWindow(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, 1_100));
 }
 
+/**
+ * SAMPLE past the racy window, with data/x.csv at a whole-second mtime, which
+ * utimes can put back exactly (it takes no nanoseconds) after a same-size edit.
+ */
+async function sampleWithSettledTarget(): Promise<{ root: string; target: string; editKeepingMtime: () => void }> {
+  const root = makeTemporaryDirectory();
+  writeTree(root, SAMPLE);
+  const target = join(root, "data/x.csv");
+  const wholeSecond = new Date("2024-05-01T12:00:00Z");
+  utimesSync(target, wholeSecond, wholeSecond);
+  await waitPastRacyWindow();
+  return {
+    root,
+    target,
+    editKeepingMtime: () => {
+      writeFileSync(target, "7,7,7\n");
+      utimesSync(target, wholeSecond, wholeSecond);
+    },
+  };
+}
+
 async function expectKaosError(promise: Promise<unknown>, code: string, mentions: string): Promise<KaosError> {
   const error: unknown = await promise.then(
     () => undefined,
@@ -254,11 +275,18 @@ describe("hashTree: change detection", () => {
 });
 
 describe("hashTree: ignore rules", () => {
-  it("always skips .git, .kaos, node_modules and __pycache__ at any depth", async () => {
-    const root = makeTemporaryDirectory();
-    writeTree(root, { "keep.txt": "kept", "sub/keep.txt": "kept" });
+  /** Hashes `kept`, adds `leftOut` beside it, and checks that the tree's files and hash did not change. */
+  async function expectLeftOut(root: string, kept: Spec, leftOut: Spec): Promise<void> {
+    writeTree(root, kept);
     const before = await hashTree(root);
-    writeTree(root, {
+    writeTree(root, leftOut);
+    const after = await hashTree(root);
+    expect(after.files.map((file) => file.path)).toEqual(Object.keys(kept).sort());
+    expect(after.hash).toBe(before.hash);
+  }
+
+  it("always skips .git, .kaos, node_modules and __pycache__ at any depth", async () => {
+    await expectLeftOut(makeTemporaryDirectory(), { "keep.txt": "kept", "sub/keep.txt": "kept" }, {
       ".git/HEAD": "ref",
       ".kaos/state.db": "db",
       "node_modules/x/index.js": "x",
@@ -266,16 +294,11 @@ describe("hashTree: ignore rules", () => {
       "sub/node_modules/y.js": "y",
       "sub/deeper/.git": "gitdir: elsewhere",
     });
-    const after = await hashTree(root);
-    expect(after.files.map((file) => file.path)).toEqual(["keep.txt", "sub/keep.txt"]);
-    expect(after.hash).toBe(before.hash);
   });
 
   it("leaves out editors' swap, lock and autosave files and folder metadata, but keeps backups and .tmp files", async () => {
     const root = makeTemporaryDirectory();
-    writeTree(root, { "train.py": "print(1)\n", "sub/data.csv": "1\n" });
-    const before = await hashTree(root);
-    writeTree(root, {
+    await expectLeftOut(root, { "sub/data.csv": "1\n", "train.py": "print(1)\n" }, {
       ".train.py.swp": "vim",
       "sub/.data.csv.swo": "vim",
       "#train.py#": "emacs autosave",
@@ -285,11 +308,8 @@ describe("hashTree: ignore rules", () => {
       ".goutputstream-X1Y2Z3": "gnome",
       "train.py___jb_tmp___": "jetbrains",
       "sub/data.csv.crswap": "chrome",
+      ".#train.py": { symlink: "user@host.1234:1700000000" },
     });
-    symlinkSync("user@host.1234:1700000000", join(root, ".#train.py"));
-    const after = await hashTree(root);
-    expect(after.files.map((file) => file.path)).toEqual(["sub/data.csv", "train.py"]);
-    expect(after.hash).toBe(before.hash);
 
     writeTree(root, { "train.py~": "backup", "sub/data.tmp": "kept", "swp": "a name, not a swap file", "notes.swp": "kept" });
     expect((await hashTree(root)).files.map((file) => file.path)).toEqual(["notes.swp", "sub/data.csv", "sub/data.tmp", "swp", "train.py", "train.py~"]);
@@ -395,20 +415,13 @@ describe("hashTree: stat cache", () => {
   });
 
   it("catches a same-size edit with the mtime put back: utimes moves ctime, which the cache compares", async () => {
-    const root = makeTemporaryDirectory();
-    writeTree(root, SAMPLE);
-    const target = join(root, "data/x.csv");
-    // A whole-second mtime can be put back exactly (utimes takes no nanoseconds).
-    const wholeSecond = new Date("2024-05-01T12:00:00Z");
-    utimesSync(target, wholeSecond, wholeSecond);
-    await waitPastRacyWindow();
+    const { root, target, editKeepingMtime } = await sampleWithSettledTarget();
     const cache = memoryStatCache();
     const cold = await hashTree(root, { statCache: cache });
     const before = statSync(target, { bigint: true });
-    writeFileSync(target, "7,7,7\n");
     // Same size, same mtime to the nanosecond: only ctime, which no user call
     // can set and which utimes itself moves, betrays the edit.
-    utimesSync(target, wholeSecond, wholeSecond);
+    editKeepingMtime();
     const after = statSync(target, { bigint: true });
     expect(after.size).toBe(before.size);
     expect(after.mtimeNs).toBe(before.mtimeNs);
@@ -602,12 +615,7 @@ describe("hashTree: a stat cache the hashing threads compare against", () => {
   });
 
   it("applies the racy rule and compares ctime in the threads too", async () => {
-    const root = makeTemporaryDirectory();
-    writeTree(root, SAMPLE);
-    const target = join(root, "data/x.csv");
-    const wholeSecond = new Date("2024-05-01T12:00:00Z");
-    utimesSync(target, wholeSecond, wholeSecond);
-    await waitPastRacyWindow();
+    const { root, editKeepingMtime } = await sampleWithSettledTarget();
     writeFileSync(join(root, "fresh.txt"), "written within the same tick as the cache");
     const cache = sqliteStatCache();
     const cold = await hashTree(root, { statCache: cache });
@@ -616,8 +624,7 @@ describe("hashTree: a stat cache the hashing threads compare against", () => {
     expect(again.stats).toMatchObject({ hashedFiles: 1, cacheHits: Object.keys(SAMPLE).length });
     expect(again.hash).toBe(cold.hash);
 
-    writeFileSync(target, "7,7,7\n");
-    utimesSync(target, wholeSecond, wholeSecond);
+    editKeepingMtime();
     const edited = await hashTree(root, { statCache: cache });
     expect(edited.files.find((file) => file.path === "data/x.csv")!.hash).toBe(sha256("7,7,7\n"));
     expect(edited.hash).toBe((await hashTree(root)).hash);
