@@ -1,4 +1,4 @@
-import { defineConfig } from "kaos";
+import { defineConfig } from "kaos-ml";
 
 // This repository's own pipeline: the mnist example on the local backend.
 export default defineConfig({

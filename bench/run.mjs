@@ -308,7 +308,7 @@ function writeProject(dir, { data, manifest, grid = {}, parallelism = 1, script 
   };
   writeFileSync(
     join(dir, "kaos.config.ts"),
-    `import { defineConfig } from "kaos";\n\nexport default defineConfig({\n  pipelines: {\n    bench: ${JSON.stringify(pipeline)},\n  },\n});\n`,
+    `import { defineConfig } from "kaos-ml";\n\nexport default defineConfig({\n  pipelines: {\n    bench: ${JSON.stringify(pipeline)},\n  },\n});\n`,
   );
 }
 

@@ -21,7 +21,7 @@ const BUNDLED = new Set(["zod", "commander", "picocolors"]);
 /**
  * Entry points and chunks sit flat in dist/, because code finds some modules
  * by URL relative to itself, from whichever chunk it ended up in: the hashing
- * thread (hash-worker.js), the module a config's `import "kaos"` resolves to
+ * thread (hash-worker.js), the module a config's `import "kaos-ml"` resolves to
  * (define.js), the Pulumi provider implementation (provider-impl.js), and
  * the transfer threads, which load the very chunk that holds the ingest code.
  * The rest are the package's own entry and the modules the benchmarks drive.

@@ -178,7 +178,7 @@ export { defineConfig, defineStack } from "./define.js";
 
 export { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
 
-/** Where the `kaos` package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos"`. */
+/** Where the package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos-ml"`. */
 function packageEntry(): string {
   const here = dirname(fileURLToPath(import.meta.url));
   const built = join(here, "define.js");
@@ -191,7 +191,7 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
   // Node scan its source for exports first, a cost on every command.
   const { createJiti } = createRequire(import.meta.url)("jiti") as typeof import("jiti");
   const jiti = createJiti(import.meta.url, {
-    alias: { kaos: packageEntry() },
+    alias: { "kaos-ml": packageEntry() },
     moduleCache: false,
     // Transpiled configs are cached by content, so an unchanged config loads without a compiler.
     fsCache: join(tmpdir(), "kaos-jiti"),

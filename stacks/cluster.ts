@@ -1,4 +1,4 @@
-import { defineStack } from "kaos";
+import { defineStack } from "kaos-ml";
 
 // Kubernetes + Pachyderm, applied through Pulumi: `kaos up --stack cluster`.
 // `kaos render --stack cluster -o DIR` writes what this stack would apply,

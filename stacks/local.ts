@@ -1,4 +1,4 @@
-import { defineStack } from "kaos";
+import { defineStack } from "kaos-ml";
 
 // The embedded backend: jobs run on this machine, state in .kaos/ beside kaos.config.ts.
 export default defineStack({

@@ -81,7 +81,7 @@ describe("the CLI frame (built CLI)", () => {
 
   it("reports an invalid config with file:line and key path, exit 1, and creates no state", async () => {
     const project = tempProject({
-      "kaos.config.ts": `import { defineConfig } from "kaos";\nexport default defineConfig({\n  pipelines: {\n    svm: { source: "src", data: "data", resources: { memory: "2GB" } },\n  },\n});\n`,
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({\n  pipelines: {\n    svm: { source: "src", data: "data", resources: { memory: "2GB" } },\n  },\n});\n`,
       ...under("src", trivialSourceBundle("#!/bin/sh\n")),
       "data/x": "1",
     });

@@ -24,7 +24,7 @@ function project(config: string, extra: Record<string, string> = {}, file = "kao
 
 /** A config whose svm pipeline has `body` inside it, so line numbers are predictable. */
 function pipelineConfig(body: string): string {
-  return `import { defineConfig } from "kaos";\nexport default defineConfig({\n  pipelines: {\n    svm: {\n${body}\n    },\n  },\n});\n`;
+  return `import { defineConfig } from "kaos-ml";\nexport default defineConfig({\n  pipelines: {\n    svm: {\n${body}\n    },\n  },\n});\n`;
 }
 
 async function configError(config: string, extra: Record<string, string> = {}): Promise<{ message: string; file: string }> {
@@ -182,7 +182,7 @@ describe("config validation names the file, line, key path, bad value and what i
 describe("stacks", () => {
   it("defaults to the local backend and loads stacks/NAME.ts", async () => {
     const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
-      "stacks/big.ts": `import { defineStack } from "kaos";\nexport default defineStack({ backend: "local", maxCpu: 8, maxMemory: "16Gi" });\n`,
+      "stacks/big.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", maxCpu: 8, maxMemory: "16Gi" });\n`,
     });
     const config = await loadConfig({ cwd: made.dir });
     expect(await loadStack(config, undefined)).toEqual({ name: "local", file: undefined, config: { backend: "local" } });

@@ -16,7 +16,7 @@ import { jobRows, runRows, stateFingerprint } from "./helpers/faults.js";
 import { makeProject, runKaos, trivialSourceBundle, under, writeFiles, type FileMap, type Project } from "./helpers/rig.js";
 
 const config = (pipeline: string, top = "") =>
-  `import { defineConfig } from "kaos";\n\nexport default defineConfig({\n${top}  pipelines: {\n    p: ${pipeline},\n  },\n});\n`;
+  `import { defineConfig } from "kaos-ml";\n\nexport default defineConfig({\n${top}  pipelines: {\n    p: ${pipeline},\n  },\n});\n`;
 const PIPELINE = `{ source: "src", data: "data", hyperparams: "grid.json" }`;
 const MANIFEST_PIPELINE = `{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`;
 const stack = (body: string) => ({ "stacks/s.ts": `export default ${body};\n` });

@@ -129,7 +129,7 @@ describe("concurrency", () => {
   }, 120_000);
 
   it("two stacks of one project apply at once, sharing one environment and one object store", async () => {
-    const stack = `import { defineStack } from "kaos";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n`;
+    const stack = `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n`;
     const made = project({ grid: { score: [1, 2, 3], sleep: 0.2 }, parallelism: 2, extra: { "stacks/a.ts": stack, "stacks/b.ts": stack } });
     const [a, b] = await Promise.all([
       runKaos(["up", "--stack", "a"], { cwd: made.dir, env: env(made) }),
@@ -155,7 +155,7 @@ describe("concurrency", () => {
       parallelism: 2,
       extra: {
         "data2/value.txt": "v2",
-        "kaos.config.ts": `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: {\n${["a", "b", "c"].map((name, i) => `  ${name}: { source: "src", data: "${i === 1 ? "data2" : "data"}", hyperparams: ${i === 2 ? `{ score: [3] }` : `"grid.json"`}, parallelism: 2 },`).join("\n")}\n} });\n`,
+        "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: {\n${["a", "b", "c"].map((name, i) => `  ${name}: { source: "src", data: "${i === 1 ? "data2" : "data"}", hyperparams: ${i === 2 ? `{ score: [3] }` : `"grid.json"`}, parallelism: 2 },`).join("\n")}\n} });\n`,
       },
     });
     const result = await runKaos(["up"], { cwd: made.dir, env: env(made) });

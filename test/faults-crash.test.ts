@@ -272,7 +272,7 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
     try {
       const made = makeProject(
         {
-          "kaos.config.ts": `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: { p: { source: "src", manifest: "m.jsonl", hyperparams: "grid.json" } } });\n`,
+          "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", manifest: "m.jsonl", hyperparams: "grid.json" } } });\n`,
           "grid.json": JSON.stringify({ score: [1, 2] }),
           "m.jsonl": [
             { url: `${server.url}/value.txt`, path: "value.txt" },

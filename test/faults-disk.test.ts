@@ -28,7 +28,7 @@ afterAll(() => {
 function project(pipeline: string, train: string, files: Record<string, string> = {}): Project {
   const made = makeProject(
     {
-      "kaos.config.ts": `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: { p: ${pipeline} } });\n`,
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: ${pipeline} } });\n`,
       ...under("src", trivialSourceBundle(train)),
       ...files,
     },

@@ -38,7 +38,7 @@ with open(os.path.join(out, "files.json"), "w", encoding="utf-8") as f:
 `;
 
 const CONFIG = (pipeline = `{ source: "src", data: "data", hyperparams: "grid.json" }`) =>
-  `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: { p: ${pipeline} } });\n`;
+  `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: ${pipeline} } });\n`;
 
 function project(files: FileMap, train = INSPECT): Project {
   const made = makeProject({ "kaos.config.ts": CONFIG(), "grid.json": "{}", ...under("src", trivialSourceBundle(train)), ...files }, "kaos-hostile-");

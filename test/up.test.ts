@@ -122,7 +122,7 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
   it("two pipelines with the same environment, source, data and params run each job once and share its result", async () => {
     const made = project({ grid: { exit: [0, 3] }, parallelism: 2 });
     const pipeline = { source: "src", data: "data", hyperparams: "grid.json", parallelism: 2 };
-    writeFileSync(made.path("kaos.config.ts"), `import { defineConfig } from "kaos";\nexport default defineConfig({ pipelines: { a: ${JSON.stringify(pipeline)}, b: ${JSON.stringify(pipeline)} } });\n`);
+    writeFileSync(made.path("kaos.config.ts"), `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { a: ${JSON.stringify(pipeline)}, b: ${JSON.stringify(pipeline)} } });\n`);
     const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as { pipelines: { name: string; jobs: { action: string; reason: string }[] }[] };
     expect(plan.pipelines.map((p) => [p.name, p.jobs.map((job) => [job.action, job.reason])])).toEqual([
       ["a", [["run", "never ran"], ["run", "never ran"]]],
@@ -168,7 +168,7 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
       grid: { score: [1, 2, 3, 4], sleep: 0.8 },
       parallelism: 4,
       resources: { cpu: 1 },
-      extra: { "stacks/two.ts": `import { defineStack } from "kaos";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n` },
+      extra: { "stacks/two.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n` },
     });
     expect((await kaos(made, ["up", "--stack", "two"])).code).toBe(0);
     expect(maxConcurrency(readMarks(made.path("marks.log")))).toBe(2);

@@ -1,4 +1,4 @@
-import { defineConfig } from "kaos";
+import { defineConfig } from "kaos-ml";
 
 // Trains an SVM on scikit-learn's digits, once per combination of the grid.
 export default defineConfig({

@@ -57,7 +57,7 @@ export function trainingProject(options: TrainingProjectOptions = {}): FileMap {
     ...(options.parallelism ? { parallelism: options.parallelism } : {}),
   };
   return {
-    "kaos.config.ts": `import { defineConfig } from "kaos";\n\nexport default defineConfig({\n  pipelines: {\n    p: ${JSON.stringify(pipeline)},\n  },\n});\n`,
+    "kaos.config.ts": `import { defineConfig } from "kaos-ml";\n\nexport default defineConfig({\n  pipelines: {\n    p: ${JSON.stringify(pipeline)},\n  },\n});\n`,
     "grid.json": JSON.stringify(options.grid ?? {}),
     "data/value.txt": options.value ?? "v1",
     ...under("src", trivialSourceBundle(TRAIN_SCRIPT, { requirements: options.requirements ?? "# no requirements\n" })),
