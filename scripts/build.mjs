@@ -6,7 +6,8 @@
 // `kaos plan` on a small project; one file per entry point and shared chunk
 // cost less than half of that.
 import { execFileSync } from "node:child_process";
-import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, relative } from "node:path";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -39,24 +40,31 @@ const ENTRIES = [
   "src/objects.ts",
 ];
 
-rmSync(new URL("../dist", import.meta.url), { recursive: true, force: true });
+// Built beside dist/ and moved in file by file, so that a kaos started while a
+// build runs (a test suite rebuilding, say) never finds dist/ missing.
+const dist = join(root, "dist");
+const next = join(root, `dist.next-${process.pid}`);
+rmSync(next, { recursive: true, force: true });
 
-execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "tsconfig.json", "--emitDeclarationOnly"], { cwd: root, stdio: "inherit" });
+execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "tsconfig.json", "--emitDeclarationOnly", "--outDir", next], {
+  cwd: root,
+  stdio: "inherit",
+});
 
 await build({
   absWorkingDir: root,
   entryPoints: ENTRIES,
-  outdir: "dist",
+  outdir: next,
   entryNames: "[name]",
   chunkNames: "chunk-[hash]",
   bundle: true,
   splitting: true,
   format: "esm",
   platform: "node",
-  target: "node20",
+  target: "node22",
   sourcemap: true,
-  external: Object.keys(pkg.dependencies).filter((name) => !BUNDLED.has(name)),
-  // commander is CommonJS: its require() calls need a require in an ES module.
+  external: [...Object.keys(pkg.dependencies), ...Object.keys(pkg.peerDependencies)].filter((name) => !BUNDLED.has(name)),
+  // CommonJS dependencies compiled in (picocolors) call require(), which an ES module lacks.
   banner: { js: 'import { createRequire as __kaosCreateRequire } from "node:module";\nconst require = __kaosCreateRequire(import.meta.url);' },
   logLevel: "warning",
 });
@@ -64,8 +72,27 @@ await build({
 // Pulumi state written by earlier builds names the provider implementation by
 // its old place (the forwarding provider's import URL is serialized into it):
 // deleting those resources must still find it.
-mkdirSync(new URL("../dist/backends/kubernetes/", import.meta.url), { recursive: true });
-writeFileSync(new URL("../dist/backends/kubernetes/provider-impl.js", import.meta.url), 'export * from "../../provider-impl.js";\n');
+mkdirSync(join(next, "backends/kubernetes"), { recursive: true });
+writeFileSync(join(next, "backends/kubernetes/provider-impl.js"), 'export * from "../../provider-impl.js";\n');
 
 // `node_modules/.bin/kaos` and `./dist/cli.js` both run.
-chmodSync(new URL("../dist/cli.js", import.meta.url), 0o755);
+chmodSync(join(next, "cli.js"), 0o755);
+
+/** Every file under `dir`, as paths relative to it. */
+function filesUnder(dir) {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((entry) => !entry.isDirectory())
+    .map((entry) => relative(dir, join(entry.parentPath, entry.name)));
+}
+
+const built = filesUnder(next);
+const entryFiles = new Set(ENTRIES.map((entry) => `${entry.replace(/^src\//, "").replace(/^.*\//, "").replace(/\.ts$/, "")}.js`));
+// Chunks first, then the entries that import them, so each entry moved in finds its chunks already there.
+const ordered = [...built.filter((file) => !entryFiles.has(file)), ...built.filter((file) => entryFiles.has(file))];
+for (const file of ordered) {
+  mkdirSync(dirname(join(dist, file)), { recursive: true });
+  renameSync(join(next, file), join(dist, file));
+}
+const current = new Set(built);
+for (const file of filesUnder(dist)) if (!current.has(file)) rmSync(join(dist, file));
+rmSync(next, { recursive: true, force: true });

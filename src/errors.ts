@@ -3,6 +3,8 @@
  * them, and the CLI turns every one of them into a message and an exit status in
  * a single place (see cli.ts).
  */
+import { sqliteCode } from "./sqlite.js";
+
 export type ErrorCode =
   | "CONFIG_NOT_FOUND"
   | "CONFIG_LOAD"
@@ -23,6 +25,7 @@ export type ErrorCode =
   | "USAGE"
   | "TEMPLATE_NOT_FOUND"
   | "PULUMI_MISSING"
+  | "PULUMI_SDK_MISSING"
   | "PULUMI_FAILED"
   | "PACHD_FAILED"
   | "IO"
@@ -51,7 +54,10 @@ export function describeError(error: unknown): string {
   return String(error);
 }
 
+/** Node's error code (`ENOENT`...), or for a `node:sqlite` error SQLite's own (`SQLITE_BUSY`...). */
 export function errnoCode(error: unknown): string | undefined {
+  const sqlite = sqliteCode(error);
+  if (sqlite !== undefined) return sqlite;
   if (typeof error === "object" && error !== null && "code" in error) {
     const code = (error as { code: unknown }).code;
     return typeof code === "string" ? code : undefined;

@@ -73,22 +73,19 @@ export async function packBundle(
       follow: false,
       noDirRecurse: true,
       mtime: PACK_MTIME,
-      gzip: gzip ? { level: 9, portable: true } : false,
+      gzip: gzip ? { level: 9 } : false,
       onWriteEntry(entry) {
         // The listed mode wins over the disk's, so a checkout with a lost
         // executable bit (or a umask of 0002) still packs to the same bytes.
-        if (!entry.stat) return;
+        if (entry.mode === undefined) return;
         const wanted = modes.get(entry.path);
-        const executable = wanted === undefined ? (entry.stat.mode & 0o111) !== 0 : wanted === "exec";
+        const executable = wanted === undefined ? (entry.mode & 0o111) !== 0 : wanted === "exec";
         const mode = entry.type === "SymbolicLink" ? 0o777 : executable ? 0o755 : 0o644;
-        entry.stat.mode = (entry.stat.mode & ~0o7777) | mode;
+        entry.mode = (entry.mode & ~0o7777) | mode;
       },
     },
     entries.map((entry) => entry.path),
   );
-
-  // tar can report one failure more than once; the pipeline below reports the first.
-  archive.on("error", () => undefined);
 
   const hash = createHash("sha256");
   let size = 0;

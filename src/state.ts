@@ -6,20 +6,15 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
-import type Database from "better-sqlite3";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { canonicalJson } from "./hyperparams.js";
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
 import { searchSortedRows, type PackedColumns } from "./hash-worker.js";
+import { inTransaction, openDatabase, pragmaValue, type DatabaseSync, type SQLInputValue, type StatementSync } from "./sqlite.js";
 
 export type { StatCacheEntry, StatCacheStore };
-
-// Required, not imported: importing a CommonJS package from an ES module makes
-// Node scan its source for exports first, a cost on every command.
-const SqliteDatabase = createRequire(import.meta.url)("better-sqlite3") as typeof Database;
 
 export type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
 export type Stage = "ingest" | "build" | "train";
@@ -231,8 +226,8 @@ export class StateStore {
   readonly root: string;
   readonly readonly: boolean;
   /** Null only for a read-only store whose database does not exist yet: it reads as empty. */
-  private readonly db: Database.Database | null;
-  private readonly statements = new Map<string, Database.Statement>();
+  private readonly db: DatabaseSync | null;
+  private readonly statements = new Map<string, StatementSync>();
   /**
    * The stat cache last read or written per root. Its time is the one paired
    * with its entries (read in the same query), and its generation lets an
@@ -242,7 +237,7 @@ export class StateStore {
   /** Releases of the writer locks this store holds, so that close() gives them back. */
   private readonly heldLocks = new Set<() => void>();
 
-  private constructor(root: string, path: string, db: Database.Database | null, readonly: boolean) {
+  private constructor(root: string, path: string, db: DatabaseSync | null, readonly: boolean) {
     this.root = root;
     this.path = path;
     this.db = db;
@@ -277,15 +272,13 @@ export class StateStore {
     for (const release of [...this.heldLocks]) release();
     this.statements.clear();
     this.statCaches.clear();
-    if (this.db?.open === true) this.db.close();
+    if (this.db?.isOpen === true) this.db.close();
   }
 
   transaction<T>(fn: () => T): T {
     const db = this.writer();
     try {
-      // IMMEDIATE takes the write lock up front, so a read that is later upgraded
-      // to a write cannot fail with SQLITE_BUSY halfway through.
-      return db.transaction(fn).immediate();
+      return inTransaction(db, fn);
     } catch (error) {
       throw errnoCode(error)?.startsWith("SQLITE_BUSY") === true ? translateOpenError(error, this.path) : error;
     }
@@ -489,7 +482,7 @@ export class StateStore {
   revokeSucceeded(jobIds: readonly string[], reason: string): number {
     this.writer();
     const revoke = this.stmt("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ? AND state = 'succeeded'");
-    return this.transaction(() => jobIds.reduce((count, id) => count + revoke.run(reason, id).changes, 0));
+    return this.transaction(() => jobIds.reduce((count, id) => count + Number(revoke.run(reason, id).changes), 0));
   }
 
   getJob(id: string): JobRecord | undefined {
@@ -571,7 +564,7 @@ export class StateStore {
   recoverInterrupted(isAlive?: (pid: number) => boolean): JobRecord[] {
     this.writer();
     return this.transaction(() => {
-      const runningRuns = this.stmt("SELECT * FROM runs WHERE state = 'running'").all() as RunRow[];
+      const runningRuns = this.stmt("SELECT * FROM runs WHERE state = 'running'").all() as unknown as RunRow[];
       const ownerAlive = (run: RunRow): boolean =>
         isAlive !== undefined ? isAlive(run.pid) : isProcessAlive(run.pid, run.pid_start, run.host);
       const deadRuns = new Set(runningRuns.filter((run) => !ownerAlive(run)).map((run) => run.id));
@@ -649,7 +642,7 @@ export class StateStore {
       ).run(stack, owner, process.pid, processStartToken(process.pid), host, command, nowIso());
     });
     const release = (): void => {
-      if (!this.heldLocks.delete(release) || this.db?.open !== true) return;
+      if (!this.heldLocks.delete(release) || this.db?.isOpen !== true) return;
       // Only our own row: a takeover after we were presumed dead must not be undone.
       this.stmt("DELETE FROM writer_locks WHERE stack = ? AND owner = ?").run(stack, owner);
     };
@@ -659,7 +652,7 @@ export class StateStore {
 
   // ---------------------------------------------------------------- internals
 
-  private writer(): Database.Database {
+  private writer(): DatabaseSync {
     if (this.readonly || this.db === null) {
       throw new Error(`the state store ${this.path} was opened read-only`);
     }
@@ -667,23 +660,23 @@ export class StateStore {
   }
 
   /** A cached prepared statement; `bigint` reads integers as bigints, `raw` gives rows as arrays. */
-  private stmt(sql: string, mode: "plain" | "bigint" | "raw" = "plain"): Database.Statement {
+  private stmt(sql: string, mode: "plain" | "bigint" | "raw" = "plain"): StatementSync {
     const cacheKey = `${mode}:${sql}`;
     let statement = this.statements.get(cacheKey);
     if (statement === undefined) {
       if (this.db === null) throw new Error(`the state store ${this.path} does not exist yet`);
       statement = this.db.prepare(sql);
-      if (mode === "bigint") statement.safeIntegers(true);
-      if (mode === "raw") statement.raw(true);
+      if (mode === "bigint") statement.setReadBigInts(true);
+      if (mode === "raw") statement.setReturnArrays(true);
       this.statements.set(cacheKey, statement);
     }
     return statement;
   }
 
-  /** Jobs by a WHERE/ORDER BY tail; rows come as arrays, which better-sqlite3 makes several times faster than objects. */
-  private selectJobs(tail: string, ...values: unknown[]): JobRecord[] {
+  /** Jobs by a WHERE/ORDER BY tail; rows come as arrays, several times faster to make than objects. */
+  private selectJobs(tail: string, ...values: SQLInputValue[]): JobRecord[] {
     if (this.db === null) return [];
-    const rows = this.stmt(`SELECT ${JOB_COLUMNS} FROM jobs ${tail}`, "raw").all(...values) as JobColumns[];
+    const rows = this.stmt(`SELECT ${JOB_COLUMNS} FROM jobs ${tail}`, "raw").all(...values) as unknown as JobColumns[];
     return rows.map(jobFromColumns);
   }
 
@@ -715,13 +708,12 @@ export class StateStore {
 
 // ------------------------------------------------------------------ opening
 
-function openWriter(dbPath: string): Database.Database {
-  let db: Database.Database | undefined;
+function openWriter(dbPath: string): DatabaseSync {
+  let db: DatabaseSync | undefined;
   try {
-    db = new SqliteDatabase(dbPath, { timeout: BUSY_TIMEOUT_MS });
+    db = openDatabase(dbPath, { busyTimeoutMs: BUSY_TIMEOUT_MS });
     enableWal(db);
-    db.pragma("synchronous = NORMAL");
-    db.pragma("foreign_keys = ON");
+    db.exec("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON");
     migrate(db, dbPath);
     return db;
   } catch (error) {
@@ -730,10 +722,10 @@ function openWriter(dbPath: string): Database.Database {
   }
 }
 
-function openReader(dbPath: string): Database.Database {
-  let db: Database.Database | undefined;
+function openReader(dbPath: string): DatabaseSync {
+  let db: DatabaseSync | undefined;
   try {
-    db = new SqliteDatabase(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+    db = openDatabase(dbPath, { readOnly: true, busyTimeoutMs: BUSY_TIMEOUT_MS });
     const version = userVersion(db);
     if (version > SCHEMA_VERSION) throw newerSchemaError(dbPath, version);
     if (version < SCHEMA_VERSION) {
@@ -741,7 +733,7 @@ function openReader(dbPath: string): Database.Database {
       // date through a short-lived writer, then read.
       db.close();
       openWriter(dbPath).close();
-      db = new SqliteDatabase(dbPath, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+      db = openDatabase(dbPath, { readOnly: true, busyTimeoutMs: BUSY_TIMEOUT_MS });
     }
     return db;
   } catch (error) {
@@ -755,11 +747,11 @@ function openReader(dbPath: string): Database.Database {
  * SQLITE_BUSY at once rather than waiting when another process is opening it
  * too, so the wait is done here.
  */
-function enableWal(db: Database.Database): void {
+function enableWal(db: DatabaseSync): void {
   const deadline = Date.now() + BUSY_TIMEOUT_MS;
   for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
     try {
-      db.pragma("journal_mode = WAL");
+      db.exec("PRAGMA journal_mode = WAL");
       return;
     } catch (error) {
       if (errnoCode(error)?.startsWith("SQLITE_BUSY") !== true || Date.now() + pause > deadline) throw error;
@@ -768,11 +760,11 @@ function enableWal(db: Database.Database): void {
   }
 }
 
-function migrate(db: Database.Database, dbPath: string): void {
+function migrate(db: DatabaseSync, dbPath: string): void {
   const initial = userVersion(db);
   if (initial > SCHEMA_VERSION) throw newerSchemaError(dbPath, initial);
   if (initial === SCHEMA_VERSION) return;
-  db.transaction(() => {
+  inTransaction(db, () => {
     // Read again under the write lock: another process may have migrated meanwhile.
     const current = userVersion(db);
     if (current > SCHEMA_VERSION) throw newerSchemaError(dbPath, current);
@@ -780,12 +772,12 @@ function migrate(db: Database.Database, dbPath: string): void {
       const migration = MIGRATIONS[version];
       if (migration !== undefined) db.exec(migration);
     }
-    db.pragma(`user_version = ${SCHEMA_VERSION}`);
-  }).immediate();
+    db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+  });
 }
 
-function userVersion(db: Database.Database): number {
-  return db.pragma("user_version", { simple: true }) as number;
+function userVersion(db: DatabaseSync): number {
+  return Number(pragmaValue(db, "user_version"));
 }
 
 function newerSchemaError(dbPath: string, version: number): KaosError {

@@ -587,8 +587,8 @@ class WatchSession {
       ignoreInitial: true,
       persistent: true,
       usePolling: this.options.poll === true,
-      interval,
-      binaryInterval: interval,
+      pollingInterval: interval,
+      pollingBinaryInterval: interval,
       ignored: (path: string, stats?: Stats) => isIgnoredPath(this.targets, path, stats),
     });
     watcher.on("all", (event, path) => this.onFsEvent(event, path));

@@ -10,7 +10,7 @@
 import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jobRows, runRows, stateFingerprint } from "./helpers/faults.js";
 import { makeProject, runKaos, trivialSourceBundle, under, writeFiles, type FileMap, type Project } from "./helpers/rig.js";
@@ -74,7 +74,7 @@ const catalogue: Record<string, Case[]> = {
   ],
   "hyperparams": [
   { name: "hyperparams file missing", remove: ["grid.json"], args: ["up"], message: "{dir}/kaos.config.ts:5: pipelines.p.hyperparams: no such file: {dir}/grid.json; expected a JSON file holding an object of scalars and lists", fresh: true },
-  { name: "hyperparams file not JSON", files: { "grid.json": "{nope" }, args: ["up"], message: "pipelines.p.hyperparams: {dir}/grid.json: not valid JSON (Expected property name or '}' in JSON at position 1); expected an object of scalars and lists" },
+  { name: "hyperparams file not JSON", files: { "grid.json": "{nope" }, args: ["up"], message: "pipelines.p.hyperparams: {dir}/grid.json: not valid JSON (Expected property name or '}' in JSON at position 1 (line 1 column 2)); expected an object of scalars and lists" },
   { name: "hyperparams file is a list", files: { "grid.json": "[1, 2]" }, args: ["plan"], message: `pipelines.p.hyperparams: {dir}/grid.json: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, found a list` },
   { name: "hyperparams empty list", files: { "grid.json": `{"a": []}` }, args: ["up"], message: `pipelines.p.hyperparams: {dir}/grid.json: "a": empty list of candidates; expected at least one value (or a scalar to fix it)` },
   { name: "hyperparams object value", files: { "grid.json": `{"a": {"b": 1}}` }, args: ["up"], message: `{dir}/grid.json: "a": expected a scalar or a list of scalars, found an object` },
@@ -93,7 +93,7 @@ const catalogue: Record<string, Case[]> = {
   { name: "source bundle without model/", remove: ["src/model"], args: ["up"], message: "{dir}/src/model/: missing; expected a model/ directory with requirements.txt and an executable train\n" },
   ],
   "manifests and locks": [
-  { name: "manifest line not JSON", files: manifest("{nope"), args: ["up"], message: `error: {dir}/m.jsonl:1: invalid JSON (Expected property name or '}' in JSON at position 1) — expected one JSON object per line, like ${LINE_EXAMPLE}`, fresh: true },
+  { name: "manifest line not JSON", files: manifest("{nope"), args: ["up"], message: `error: {dir}/m.jsonl:1: invalid JSON (Expected property name or '}' in JSON at position 1 (line 1 column 2)) — expected one JSON object per line, like ${LINE_EXAMPLE}`, fresh: true },
   { name: "manifest line is an array", files: manifest(`{"url": "http://x/a", "path": "a"}`, "[1]"), args: ["plan"], message: `error: {dir}/m.jsonl:2: line is an array — expected a JSON object like ${LINE_EXAMPLE}` },
   { name: "manifest path escaping with ..", files: manifest(`{"url": "http://x/a", "path": "train/../../a"}`), args: ["up"], message: `{dir}/m.jsonl:1: unsafe path "train/../../a" (has a '..' segment) — expected a relative path inside the data directory, such as "train/a.csv"` },
   { name: "manifest absolute path", files: manifest(`{"url": "http://x/a", "path": "/etc/passwd"}`), args: ["up"], message: `{dir}/m.jsonl:1: unsafe path "/etc/passwd" (is absolute)` },
@@ -105,7 +105,7 @@ const catalogue: Record<string, Case[]> = {
   { name: "manifest path twice", files: manifest(`{"url": "http://x/a", "path": "a"}`, `{"url": "http://x/b", "path": "a"}`), args: ["up"], message: `{dir}/m.jsonl:2: duplicate path "a" (first at {dir}/m.jsonl:1) — expected each path once` },
   { name: "manifest file inside a file", files: manifest(`{"url": "http://x/a", "path": "a"}`, `{"url": "http://x/b", "path": "a/b"}`), args: ["up"], message: `{dir}/m.jsonl:2: path "a/b" puts a file inside "a", which {dir}/m.jsonl:1 lists as a file — expected each path to be either a file or a folder, not both` },
   { name: "empty manifest", files: { ...manifest(), "m.jsonl": "\n\n" }, args: ["up"], message: `error: {dir}/m.jsonl: the manifest has no entries — expected at least one line like ${LINE_EXAMPLE}` },
-  { name: "lock not JSON", files: { ...manifest(`{"url": "http://x/a", "path": "a"}`), "m.jsonl.lock": "{bad" }, args: ["up"], message: "error: {dir}/m.jsonl.lock: the lock is not valid JSON (Expected property name or '}' in JSON at position 1)\nhint: Delete {dir}/m.jsonl.lock and run again" },
+  { name: "lock not JSON", files: { ...manifest(`{"url": "http://x/a", "path": "a"}`), "m.jsonl.lock": "{bad" }, args: ["up"], message: "error: {dir}/m.jsonl.lock: the lock is not valid JSON (Expected property name or '}' in JSON at position 1 (line 1 column 2))\nhint: Delete {dir}/m.jsonl.lock and run again" },
   { name: "lock of another version", files: { ...manifest(`{"url": "http://x/a", "path": "a"}`), "m.jsonl.lock": `{"version": 2, "entries": {}}` }, args: ["plan"], message: "error: {dir}/m.jsonl.lock: the lock is invalid at version: Invalid input: expected 1" },
   ],
   "stacks": [
@@ -128,7 +128,7 @@ const catalogue: Record<string, Case[]> = {
   "CLI flags": [
   { name: "unknown command", args: ["frobnicate"], message: "error: unknown command 'frobnicate'\n(run with --help for usage)", fresh: true },
   { name: "unknown option", args: ["up", "--frobnicate"], message: "error: unknown option '--frobnicate'" },
-  { name: "extra argument to up", args: ["up", "extra"], message: "error: too many arguments for 'up'. Expected 0 arguments but got 1." },
+  { name: "extra argument to up", args: ["up", "extra"], message: "error: too many arguments for 'up'. Expected 0 arguments but got 1: extra." },
   { name: "--config that does not exist", args: ["--config", "nope.ts", "up"], message: "error: --config nope.ts: no such file: {dir}/nope.ts" },
   { name: "no config anywhere", remove: ["kaos.config.ts"], args: ["plan"], message: "error: no kaos.config.ts found in {dir} or any parent directory" },
   { name: "deploy without a source", args: ["train", "deploy", "-d", "data"], message: "error: required option '-s, --source <dir>' not specified" },
@@ -191,8 +191,8 @@ function prepare(entry: Case, withState: boolean): string {
 }
 
 function setUserVersion(dir: string, version: number): void {
-  const db = new Database(join(dir, ".kaos", "state.db"));
-  db.pragma(`user_version = ${version}`);
+  const db = openRaw(join(dir, ".kaos", "state.db"));
+  db.exec(`PRAGMA user_version = ${version}`);
   db.close();
 }
 

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
-import Database from "better-sqlite3";
+import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, listJobs, processesWithEnv, trustProblems } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
@@ -27,9 +27,9 @@ function project(options: Parameters<typeof trainingProject>[0]): Project {
 const env = (made: Project) => ({ [TAG_NAME]: tag, KAOS_TEST_LOG: made.path("marks.log") });
 
 function integrity(made: Project): string {
-  const db = new Database(made.path(".kaos", "state.db"), { readonly: true });
+  const db = openRaw(made.path(".kaos", "state.db"), { readOnly: true });
   try {
-    return db.pragma("integrity_check", { simple: true }) as string;
+    return pragmaValue(db, "integrity_check") as string;
   } finally {
     db.close();
   }

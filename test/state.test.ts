@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import Database from "better-sqlite3";
+import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/errors.js";
 import {
@@ -129,10 +129,10 @@ describe("opening", () => {
     const store = open(root);
     expect(store.path).toBe(dbPath(root));
     store.close();
-    const db = new Database(dbPath(root), { readonly: true });
+    const db = openRaw(dbPath(root), { readOnly: true });
     try {
-      expect(db.pragma("user_version", { simple: true })).toBe(SCHEMA_VERSION);
-      expect(db.pragma("journal_mode", { simple: true })).toBe("wal");
+      expect(pragmaValue(db, "user_version")).toBe(SCHEMA_VERSION);
+      expect(pragmaValue(db, "journal_mode")).toBe("wal");
       const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map(
         (row) => row.name,
       );
@@ -165,8 +165,8 @@ describe("opening", () => {
   it("refuses a database written by a newer kaos, telling to upgrade", () => {
     const root = makeRoot();
     open(root).close();
-    const db = new Database(dbPath(root));
-    db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    const db = openRaw(dbPath(root));
+    db.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 1}`);
     db.close();
     for (const options of [undefined, { readonly: true }]) {
       const error = expectKaosError(() => open(root, options), "STATE_CORRUPT");
@@ -211,8 +211,8 @@ describe("opening", () => {
     writeFileSync(dbPath(root), "");
     const store = open(root, { readonly: true });
     expect(store.listJobs()).toEqual([]);
-    const db = new Database(dbPath(root), { readonly: true });
-    expect(db.pragma("user_version", { simple: true })).toBe(SCHEMA_VERSION);
+    const db = openRaw(dbPath(root), { readOnly: true });
+    expect(pragmaValue(db, "user_version")).toBe(SCHEMA_VERSION);
     db.close();
   });
 
@@ -477,7 +477,7 @@ describe("writer lock", () => {
     const store = open(root);
     const first = store.acquireWriter("local", "kaos up");
     // Same pid, different start time: the holder died and its pid was reused.
-    const db = new Database(dbPath(root));
+    const db = openRaw(dbPath(root));
     db.prepare("UPDATE writer_locks SET pid_start = 'another-boot:1' WHERE stack = 'local'").run();
     db.close();
     const second = store.acquireWriter("local", "kaos up");
@@ -543,8 +543,8 @@ describe("concurrency and crashes", () => {
     writeFileSync(go, String(Date.now() + 200));
     await Promise.all(openers.map((opener) => opener.waitFor("done")));
     expect(openers.flatMap((opener) => opener.lines.filter((line) => line.startsWith("project ")))).toEqual([]);
-    const db = new Database(dbPath(join(base, "0")), { readonly: true });
-    expect(db.pragma("journal_mode", { simple: true })).toBe("wal");
+    const db = openRaw(dbPath(join(base, "0")), { readOnly: true });
+    expect(pragmaValue(db, "journal_mode")).toBe("wal");
     db.close();
   }, 60_000);
 
@@ -571,8 +571,8 @@ describe("concurrency and crashes", () => {
     writer.child.kill("SIGKILL");
     await writer.exited;
 
-    const raw = new Database(dbPath(root));
-    expect(raw.pragma("integrity_check", { simple: true })).toBe("ok");
+    const raw = openRaw(dbPath(root));
+    expect(pragmaValue(raw, "integrity_check")).toBe("ok");
     raw.close();
     const store = open(root);
     const jobs = store.listJobs();
@@ -715,7 +715,7 @@ describe("stat cache", () => {
     const root = makeRoot();
     const store = open(root);
     store.statCache().save("/r", [entry(1)], 5n);
-    const db = new Database(dbPath(root));
+    const db = openRaw(dbPath(root));
     db.prepare("UPDATE stat_cache SET data = ? WHERE root = '/r'").run(Buffer.from("garbage"));
     db.close();
     expect((store.statCache().load("/r") as Map<string, StatCacheEntry>).size).toBe(0);

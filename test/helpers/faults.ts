@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import { existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import Database from "better-sqlite3";
+import { openRaw, pragmaValue } from "./sqlite.js";
 import { runKaos, startKaos, type LiveKaos, type RunOptions, type RunResult } from "./rig.js";
 import type { ListedJob } from "./jobs.js";
 
@@ -78,7 +78,7 @@ export interface JobRow {
 export function jobRows(projectDir: string): JobRow[] {
   const file = join(projectDir, ".kaos", "state.db");
   if (!existsSync(file)) return [];
-  const db = new Database(file, { readonly: true, fileMustExist: true, timeout: 10_000 });
+  const db = openRaw(file, { readOnly: true });
   try {
     return db.prepare("SELECT id, run_id, stage, key, state, params, pid, started_at, finished_at, exit_code, reason FROM jobs ORDER BY seq").all() as JobRow[];
   } finally {
@@ -89,7 +89,7 @@ export function jobRows(projectDir: string): JobRow[] {
 export function runRows(projectDir: string): { id: string; state: string; pid: number }[] {
   const file = join(projectDir, ".kaos", "state.db");
   if (!existsSync(file)) return [];
-  const db = new Database(file, { readonly: true, fileMustExist: true, timeout: 10_000 });
+  const db = openRaw(file, { readOnly: true });
   try {
     return db.prepare("SELECT id, state, pid FROM runs ORDER BY started_at").all() as { id: string; state: string; pid: number }[];
   } finally {

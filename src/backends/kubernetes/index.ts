@@ -7,9 +7,11 @@
  *   cluster program through the Automation API (needs the Pulumi CLI).
  * - `listClusterJobs` / `clusterJobLogs`: jobs and logs from pachd's API.
  *
- * Pulumi's SDK takes a second to load, so it is imported only by the two
- * functions that need it.
+ * Pulumi's SDK takes a second to load, and local-only projects need not
+ * install it at all, so it is imported only by the two functions that need it.
  */
+import { KaosError } from "../../errors.js";
+import packageJson from "../../../package.json" with { type: "json" };
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../types.js";
 import type { ClusterChangeSummary, ClusterRunOptions } from "./automation.js";
 
@@ -37,7 +39,7 @@ export async function previewCluster(
   inputs: readonly ClusterPipelineInput[],
   options?: ClusterRunOptions,
 ): Promise<ClusterChangeSummary> {
-  const automation = await import("./automation.js");
+  const automation = await loadAutomation();
   return automation.previewCluster(config, stack, inputs, options);
 }
 
@@ -48,6 +50,24 @@ export async function applyCluster(
   inputs: readonly ClusterPipelineInput[],
   options?: ClusterRunOptions,
 ): Promise<ClusterChangeSummary> {
-  const automation = await import("./automation.js");
+  const automation = await loadAutomation();
   return automation.applyCluster(config, stack, inputs, options);
+}
+
+/** The Pulumi packages are optional peer dependencies: a project that never uses a kubernetes stack does not install them. */
+async function loadAutomation(): Promise<typeof import("./automation.js")> {
+  try {
+    return await import("./automation.js");
+  } catch (error) {
+    const missing = /Cannot find (?:package|module) '(@pulumi\/[a-z-]+)/.exec(error instanceof Error ? error.message : "")?.[1];
+    if (missing === undefined) throw error;
+    const peers = packageJson.peerDependencies;
+    const install = Object.entries(peers)
+      .map(([name, range]) => `${name}@${range}`)
+      .join(" ");
+    throw new KaosError("PULUMI_SDK_MISSING", `a kubernetes stack needs the Pulumi SDK, and ${missing} is not installed in this project`, {
+      hint: `install it beside kaos-ml: npm install -D ${install}`,
+      cause: error,
+    });
+  }
 }
