@@ -16,9 +16,6 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const require = createRequire(import.meta.url);
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
 
-/** Dependencies compiled into dist/: small, always loaded, and many files each. */
-const BUNDLED = new Set(["zod", "commander", "picocolors"]);
-
 /**
  * Entry points and chunks sit flat in dist/, because code finds some modules
  * by URL relative to itself, from whichever chunk it ended up in: the hashing
@@ -63,7 +60,10 @@ await build({
   platform: "node",
   target: "node22",
   sourcemap: true,
-  external: [...Object.keys(pkg.dependencies), ...Object.keys(pkg.peerDependencies)].filter((name) => !BUNDLED.has(name)),
+  // What is not a dependency is compiled in: zod, commander and picocolors are
+  // small, always loaded and many files each, so they are devDependencies that an
+  // install of the package does not fetch.
+  external: [...Object.keys(pkg.dependencies), ...Object.keys(pkg.peerDependencies)],
   // CommonJS dependencies compiled in (picocolors) call require(), which an ES module lacks.
   banner: { js: 'import { createRequire as __kaosCreateRequire } from "node:module";\nconst require = __kaosCreateRequire(import.meta.url);' },
   logLevel: "warning",
