@@ -229,6 +229,15 @@ function buildProgram(): Command {
       setExitStatus(await renderCommand({ ...globals(command), ...options }));
     });
 
+  program
+    .command("unlock")
+    .description("break a stack's lock left by a kaos that ran on another machine or in another container and no longer runs")
+    .addOption(stackOption())
+    .action(async (options: { stack?: string }, command: Command) => {
+      const { unlockCommand } = await import("./commands.js");
+      setExitStatus(await unlockCommand({ ...globals(command), ...options }));
+    });
+
   return program;
 }
 

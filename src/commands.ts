@@ -514,6 +514,24 @@ export async function killCommand(options: Common & { job: string }): Promise<nu
   }
 }
 
+/**
+ * Breaks a stack's writer lock whose holder kaos cannot judge (it ran on
+ * another machine or in another container), and settles that run's jobs.
+ */
+export async function unlockCommand(options: Common & { stack?: string }): Promise<number> {
+  const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
+  const state = StateStore.open(config.root);
+  try {
+    const { holder, interrupted } = state.breakLock(stack.name);
+    const who = holder === undefined ? "no kaos held it" : `it was held by pid ${holder.pid} on host ${holder.host} (\`${holder.command}\`, since ${holder.acquiredAt})`;
+    process.stdout.write(`unlocked stack ${stack.name}: ${who}\n`);
+    if (interrupted.length > 0) process.stdout.write(`${interrupted.length} unfinished job${interrupted.length === 1 ? "" : "s"} of that run marked interrupted; the next \`kaos up\` runs them again\n`);
+    return EXIT_OK;
+  } finally {
+    state.close();
+  }
+}
+
 export async function renderCommand(options: Common & { stack: string; out: string }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (!isCluster(stack)) {

@@ -12,6 +12,7 @@ import { KaosError, describeError, errnoCode } from "./errors.js";
 import { canonicalJson } from "./hyperparams.js";
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
 import { searchSortedRows, type PackedColumns } from "./hash-worker.js";
+import { judgeProcess, originToken, processStartToken, type Liveness } from "./process-identity.js";
 import { inTransaction, openDatabase, pragmaValue, type DatabaseSync, type SQLInputValue, type StatementSync } from "./sqlite.js";
 
 export type { StatCacheEntry, StatCacheStore };
@@ -163,6 +164,12 @@ const MIGRATIONS: readonly string[] = [
     acquired_at TEXT NOT NULL
   );
   `,
+  // Where the process of a run or lock ran (machine, boot, pid namespace): its
+  // host name alone cannot tell whether it still runs.
+  `
+  ALTER TABLE runs ADD COLUMN origin TEXT;
+  ALTER TABLE writer_locks ADD COLUMN origin TEXT;
+  `,
 ];
 
 /** The schema version this code writes and reads. */
@@ -178,6 +185,7 @@ interface RunRow {
   pid: number;
   pid_start: string | null;
   host: string;
+  origin: string | null;
 }
 
 interface LockRow {
@@ -185,8 +193,23 @@ interface LockRow {
   pid: number;
   pid_start: string | null;
   host: string;
+  origin: string | null;
   command: string;
   acquired_at: string;
+}
+
+/** The kaos process that holds a stack's writer lock. */
+export interface LockHolder {
+  stack: string;
+  pid: number;
+  host: string;
+  command: string;
+  acquiredAt: string;
+  liveness: Liveness;
+}
+
+function livenessOf(row: { pid: number; pid_start: string | null; origin: string | null }): Liveness {
+  return judgeProcess({ pid: row.pid, startToken: row.pid_start, origin: row.origin });
 }
 
 /** A jobs row in JOB_COLUMNS order, as a raw statement returns it. */
@@ -380,8 +403,8 @@ export class StateStore {
     const startedAt = nowIso();
     const id = this.insertWithFreshId((runId) =>
       this.stmt(
-        "INSERT INTO runs (id, stack, command, started_at, state, pid, pid_start, host) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-      ).run(runId, stack, command, startedAt, process.pid, processStartToken(process.pid), hostname()),
+        "INSERT INTO runs (id, stack, command, started_at, state, pid, pid_start, host, origin) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+      ).run(runId, stack, command, startedAt, process.pid, processStartToken(process.pid), hostname(), originToken()),
     );
     return { id, stack, command, startedAt, finishedAt: null, state: "running", pid: process.pid };
   }
@@ -402,7 +425,7 @@ export class StateStore {
   runOwnerAlive(runId: string): boolean {
     if (this.db === null) return false;
     const row = this.stmt("SELECT * FROM runs WHERE id = ?").get(runId) as RunRow | undefined;
-    return row !== undefined && row.state === "running" && isProcessAlive(row.pid, row.pid_start, row.host);
+    return row !== undefined && row.state === "running" && livenessOf(row) !== "dead";
   }
 
   // ---------------------------------------------------------------- jobs
@@ -565,8 +588,8 @@ export class StateStore {
     this.writer();
     return this.transaction(() => {
       const runningRuns = this.stmt("SELECT * FROM runs WHERE state = 'running'").all() as unknown as RunRow[];
-      const ownerAlive = (run: RunRow): boolean =>
-        isAlive !== undefined ? isAlive(run.pid) : isProcessAlive(run.pid, run.pid_start, run.host);
+      // A run whose kaos cannot be judged (another machine or container) is left alone: `kaos unlock` settles it.
+      const ownerAlive = (run: RunRow): boolean => (isAlive !== undefined ? isAlive(run.pid) : livenessOf(run) !== "dead");
       const deadRuns = new Set(runningRuns.filter((run) => !ownerAlive(run)).map((run) => run.id));
       const liveRuns = new Set(runningRuns.map((run) => run.id).filter((id) => !deadRuns.has(id)));
       const unfinished = this.selectJobs("WHERE state IN ('queued','running') ORDER BY seq");
@@ -628,18 +651,23 @@ export class StateStore {
     const host = hostname();
     this.transaction(() => {
       const holder = this.stmt("SELECT * FROM writer_locks WHERE stack = ?").get(stack) as LockRow | undefined;
-      if (holder !== undefined && isProcessAlive(holder.pid, holder.pid_start, holder.host)) {
+      const liveness = holder === undefined ? "dead" : livenessOf(holder);
+      if (holder !== undefined && liveness !== "dead") {
         const where = holder.host === host ? "" : ` on host ${holder.host}`;
-        throw new KaosError(
-          "STATE_LOCKED",
-          `another kaos (pid ${holder.pid}${where}, \`${holder.command}\`, started at ${holder.acquired_at}) is applying stack '${stack}' in ${this.root}; wait for it to finish or stop it`,
-        );
+        const who = `another kaos (pid ${holder.pid}${where}, \`${holder.command}\`, started at ${holder.acquired_at})`;
+        throw liveness === "alive"
+          ? new KaosError("STATE_LOCKED", `${who} is applying stack '${stack}' in ${this.root}; wait for it to finish or stop it (kill ${holder.pid})`)
+          : new KaosError(
+              "STATE_LOCKED",
+              `${who} holds the lock of stack '${stack}' in ${this.root}, and it ran on another machine or in another container, so this kaos cannot tell whether it still runs`,
+              { hint: `if it has stopped, break its lock with \`kaos unlock${stack === "local" ? "" : ` --stack ${stack}`}\`: its unfinished jobs are marked interrupted and run again on the next up` },
+            );
       }
       this.stmt(
-        "INSERT INTO writer_locks (stack, owner, pid, pid_start, host, command, acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?) " +
+        "INSERT INTO writer_locks (stack, owner, pid, pid_start, host, origin, command, acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) " +
           "ON CONFLICT(stack) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, pid_start = excluded.pid_start, " +
-          "host = excluded.host, command = excluded.command, acquired_at = excluded.acquired_at",
-      ).run(stack, owner, process.pid, processStartToken(process.pid), host, command, nowIso());
+          "host = excluded.host, origin = excluded.origin, command = excluded.command, acquired_at = excluded.acquired_at",
+      ).run(stack, owner, process.pid, processStartToken(process.pid), host, originToken(), command, nowIso());
     });
     const release = (): void => {
       if (!this.heldLocks.delete(release) || this.db?.isOpen !== true) return;
@@ -648,6 +676,48 @@ export class StateStore {
     };
     this.heldLocks.add(release);
     return { release };
+  }
+
+  /** Who holds the writer lock of `stack`, if anyone. */
+  lockHolder(stack: string): LockHolder | undefined {
+    if (this.db === null) return undefined;
+    const row = this.stmt("SELECT * FROM writer_locks WHERE stack = ?").get(stack) as LockRow | undefined;
+    if (row === undefined) return undefined;
+    return { stack, pid: row.pid, host: row.host, command: row.command, acquiredAt: row.acquired_at, liveness: livenessOf(row) };
+  }
+
+  /**
+   * Breaks the writer lock of `stack` held by a kaos that this process cannot
+   * judge (or that is gone), and settles what it left: its runs failed, their
+   * unfinished jobs failed as interrupted, so the next up runs them again.
+   * Refuses while the holder visibly runs here.
+   */
+  breakLock(stack: string): { holder: LockHolder | undefined; interrupted: JobRecord[] } {
+    this.writer();
+    return this.transaction(() => {
+      const holder = this.lockHolder(stack);
+      if (holder?.liveness === "alive") {
+        throw new KaosError("STATE_LOCKED", `the kaos holding stack '${stack}' (pid ${holder.pid}, \`${holder.command}\`) is still running on this machine; stop it (kill ${holder.pid}) instead of breaking its lock`);
+      }
+      const row = this.stmt("SELECT * FROM writer_locks WHERE stack = ?").get(stack) as LockRow | undefined;
+      this.stmt("DELETE FROM writer_locks WHERE stack = ?").run(stack);
+      // The holder's runs: the same process (pid and start token) running this stack.
+      const runs = (this.stmt("SELECT * FROM runs WHERE state = 'running' AND stack = ?").all(stack) as unknown as RunRow[]).filter(
+        (run) => row === undefined ? livenessOf(run) !== "alive" : run.pid === row.pid && run.pid_start === row.pid_start && run.host === row.host,
+      );
+      const finishedAt = nowIso();
+      const interrupted: JobRecord[] = [];
+      const markJob = this.stmt("UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running')");
+      const markRun = this.stmt("UPDATE runs SET state = 'failed', finished_at = ? WHERE id = ? AND state = 'running'");
+      for (const run of runs) {
+        for (const job of this.selectJobs("WHERE run_id = ? AND state IN ('queued','running') ORDER BY seq", run.id)) {
+          markJob.run(INTERRUPTED_REASON, finishedAt, job.id);
+          interrupted.push({ ...job, state: "failed", reason: INTERRUPTED_REASON, finishedAt });
+        }
+        markRun.run(finishedAt, run.id);
+      }
+      return { holder, interrupted };
+    });
   }
 
   // ---------------------------------------------------------------- internals
@@ -880,57 +950,6 @@ function nowIso(): string {
   return new Date().toISOString();
 }
 
-
-let bootId: string | null | undefined;
-
-/**
- * Something that tells one process from a later one reusing its pid: on Linux the
- * boot id and the process start time from /proc; elsewhere null (pid only).
- */
-export function processStartToken(pid: number): string | null {
-  return readProcStat(pid)?.startToken ?? null;
-}
-
-function readProcStat(pid: number): { startToken: string; zombie: boolean } | undefined {
-  if (process.platform !== "linux") return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Fields after the command name (which may hold spaces and parentheses).
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const startTime = fields[19]; // field 22 of proc(5), counted from `state` (field 3)
-    if (startTime === undefined) return undefined;
-    if (bootId === undefined) {
-      try {
-        bootId = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
-      } catch {
-        bootId = null;
-      }
-    }
-    return { startToken: `${bootId ?? ""}:${startTime}`, zombie: fields[0] === "Z" };
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Whether the process recorded as (pid, start token, host) still runs. A process
- * on another host cannot be checked and counts as alive.
- */
-export function isProcessAlive(pid: number, startToken: string | null, host?: string): boolean {
-  if (host !== undefined && host !== hostname()) return true;
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-  } catch (error) {
-    // EPERM: it exists but belongs to another user.
-    if (errnoCode(error) !== "EPERM") return false;
-  }
-  const current = readProcStat(pid);
-  // A zombie has exited; only its parent has not collected it yet.
-  if (current === undefined) return true;
-  if (current.zombie) return false;
-  return startToken === null || current.startToken === startToken;
-}
 
 // ------------------------------------------------------------------ stat cache encoding
 

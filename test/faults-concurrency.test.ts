@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { eventually, jobRows, killTagged, listJobs, processesWithEnv, trustProblems } from "./helpers/faults.js";
+import { eventually, jobRows, killTagged, listJobs, processesWithEnv, runRows, trustProblems } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
 import { makeProject, runKaos, sleep, startKaos, type Project } from "./helpers/rig.js";
 
@@ -45,7 +45,7 @@ function expectConsistent(made: Project): void {
   expect(trustProblems(made.dir)).toEqual([]);
 }
 
-const LOCKED = /error: another kaos \(pid (\d+), `up`, started at \S+\) is applying stack 'local' in (\S+); wait for it to finish or stop it\n/;
+const LOCKED = /error: another kaos \(pid (\d+), `up`, started at \S+\) is applying stack 'local' in (\S+); wait for it to finish or stop it \(kill \d+\)\n/;
 
 describe("concurrency", () => {
   it("a second kaos up on the same stack refuses with a clear message while the first runs on", async () => {
@@ -196,4 +196,70 @@ describe("concurrency", () => {
     expect((await follow.exited).code).toBe(0);
     expectConsistent(made);
   }, 120_000);
+
+  describe("a lock left by a kaos that ran elsewhere", () => {
+    const waitingTrain = { content: `#!/bin/sh\necho "start $KAOS_JOB_ID x 0" >> "$KAOS_TEST_LOG"\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`, mode: 0o755 };
+
+    function unfinished(made: Project): string[] {
+      return jobRows(made.dir).filter((row) => row.state === "queued" || row.state === "running").map((row) => row.state);
+    }
+
+    it("a kaos SIGKILLed under another host name does not lock the stack for ever: the next up takes over and reruns its jobs", async () => {
+      const made = project({ grid: { score: [1, 2, 3, 4] }, parallelism: 2, extra: { "src/model/train": waitingTrain } });
+      const release = made.path("release");
+      // Containers and `unshare --uts` give a kaos another host name on the same machine and boot.
+      const first = startKaos(["up"], {
+        cwd: made.dir,
+        env: { ...env(made), KAOS_RELEASE: release },
+        launcher: ["unshare", "--uts", "sh", "-c", 'hostname kaos-elsewhere && exec "$0" "$@"'],
+      });
+      await first.waitFor(/p train 2\/4 \w+ .*running/);
+      first.child.kill("SIGKILL");
+      await first.exited;
+      expect(unfinished(made)).toContain("running");
+      writeFileSync(release, "");
+      const second = await runKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: release } });
+      expect(second.code, second.stderr).toBe(0);
+      expect(second.stderr).toContain("4 succeeded");
+      expectConsistent(made);
+    }, 120_000);
+
+    it("a lock held from another pid namespace cannot be judged: up names `kaos unlock`, which breaks it and settles that run's jobs", async () => {
+      const made = project({ grid: { score: [1, 2, 3, 4, 5, 6] }, parallelism: 2, extra: { "src/model/train": waitingTrain } });
+      const release = made.path("release");
+      const first = startKaos(["up"], {
+        cwd: made.dir,
+        env: { ...env(made), KAOS_RELEASE: release },
+        launcher: ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"],
+      });
+      await first.waitFor(/p train 2\/6 \w+ .*running/);
+      // Killing unshare kills the kaos it forked, pid 1 of its namespace, and with it every process there.
+      first.child.kill("SIGKILL");
+      await first.exited;
+      const left = unfinished(made);
+      expect(left.filter((state) => state === "running")).toHaveLength(2);
+      expect(left.filter((state) => state === "queued")).toHaveLength(4);
+
+      const refused = await runKaos(["up"], { cwd: made.dir, env: env(made) });
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/error: another kaos \(pid \d+, `up`, started at \S+\) holds the lock of stack 'local' in \S+, and it ran on another machine or in another container, so this kaos cannot tell whether it still runs\n/);
+      expect(refused.stderr).toContain("hint: if it has stopped, break its lock with `kaos unlock`: its unfinished jobs are marked interrupted and run again on the next up");
+      expect(unfinished(made)).toHaveLength(6);
+
+      const unlocked = await runKaos(["unlock"], { cwd: made.dir, env: env(made) });
+      expect(unlocked.code, unlocked.stderr).toBe(0);
+      expect(unlocked.stdout).toMatch(/^unlocked stack local: it was held by pid \d+ on host \S+ \(`up`, since \S+\)\n6 unfinished jobs of that run marked interrupted; the next `kaos up` runs them again\n$/);
+      expect(unfinished(made)).toEqual([]);
+      expect(runRows(made.dir).map((run) => run.state)).toEqual(["failed"]);
+
+      writeFileSync(release, "");
+      const second = await runKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: release } });
+      expect(second.code, second.stderr).toBe(0);
+      expect(second.stderr).toContain("6 succeeded");
+      expectConsistent(made);
+      // Nothing is left to break.
+      const again = await runKaos(["unlock"], { cwd: made.dir, env: env(made) });
+      expect(again.stdout).toBe("unlocked stack local: no kaos held it\n");
+    }, 120_000);
+  });
 });

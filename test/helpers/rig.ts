@@ -61,6 +61,8 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   timeoutMs?: number;
   input?: string;
+  /** A command that runs kaos, such as `unshare --uts`: the node binary and the CLI follow it as arguments. */
+  launcher?: string[];
 }
 
 function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
@@ -100,7 +102,8 @@ export interface LiveKaos {
 }
 
 export function startKaos(args: string[], options: RunOptions): LiveKaos {
-  const child = spawn(process.execPath, [CLI, ...args], {
+  const [command = process.execPath, ...prefix] = options.launcher ?? [];
+  const child = spawn(command, [...prefix, ...(options.launcher === undefined ? [] : [process.execPath]), CLI, ...args], {
     cwd: options.cwd,
     env: childEnv(options.env),
     stdio: ["pipe", "pipe", "pipe"],

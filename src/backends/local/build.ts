@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { KaosError } from "../../errors.js";
 import type { PythonRuntime } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
-import { isProcessAlive } from "../../state.js";
+import { isProcessAlive } from "../../process-identity.js";
 import { removeAbandonedTemporaries } from "../../snapshot.js";
 
 const COMPLETE_MARKER = ".kaos-complete";

@@ -34,7 +34,8 @@ import {
   writtenSinceSeal,
   type Seal,
 } from "../../snapshot.js";
-import { isProcessAlive, type JobRecord, type StateStore } from "../../state.js";
+import { isProcessAlive } from "../../process-identity.js";
+import type { JobRecord, StateStore } from "../../state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { SourceBundle } from "../../bundle.js";
 import { buildEnvironment, environmentPath, environmentReady } from "./build.js";

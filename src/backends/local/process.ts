@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import { createWriteStream, readdirSync, readFileSync, type WriteStream } from "node:fs";
 import { describeError } from "../../errors.js";
 import { formatBytes } from "../../output.js";
+import { readProcStat } from "../../process-identity.js";
 
 export interface ProcessResult {
   exitCode: number | null;
@@ -113,15 +114,8 @@ export function groupResidentBytes(pgid: number): number {
   }
   for (const entry of entries) {
     if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      // Fields after the command name, which may itself hold spaces and parentheses.
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[2]) !== pgid) continue;
-      total += Number(fields[21]) * PAGE_SIZE;
-    } catch {
-      // the process ended meanwhile
-    }
+    const stat = readProcStat(entry);
+    if (stat?.pgid === pgid) total += stat.rssPages * PAGE_SIZE;
   }
   return total;
 }
@@ -165,16 +159,14 @@ export function processesOfJob(jobId: string, since?: JobStart): { pid: number; 
       const pid = Number(entry);
       if (pid < pids.from || pid > pids.to) continue;
     }
+    const stat = readProcStat(entry);
+    // Gone meanwhile, a zombie, or started before the job's first process: not
+    // one of its descendants, whose environment need not be read (this scan runs after every job).
+    if (stat === undefined || stat.state === "Z" || (since?.ticks !== undefined && stat.startTicks < since.ticks)) continue;
     try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (fields[0] === "Z") continue;
-      // Started before the job's first process: not one of its descendants, whose
-      // environment need not be read (this scan runs after every job).
-      if (since?.ticks !== undefined && Number(fields[19]) < since.ticks) continue;
       const environ = readFileSync(`/proc/${entry}/environ`, "latin1");
       if (!environ.split("\0").includes(needle)) continue;
-      found.push({ pid: Number(entry), pgid: Number(fields[2]) });
+      found.push({ pid: Number(entry), pgid: stat.pgid });
     } catch {
       // ended meanwhile, or another user's
     }
@@ -213,13 +205,7 @@ function pidsAllocatedSince(start: JobStart): { from: number; to: number } | und
 
 /** When a process started, in clock ticks since boot (Linux /proc); undefined elsewhere or once it is reaped. */
 export function processStartTicks(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const ticks = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
-    return Number.isFinite(ticks) ? ticks : undefined;
-  } catch {
-    return undefined;
-  }
+  return readProcStat(pid)?.startTicks;
 }
 
 /** Signals every process of a job: the groups it leads and each tagged process. Returns how many were found. */
