@@ -269,6 +269,13 @@ async function reportFailure(error: unknown): Promise<number> {
     if (error.hint) process.stderr.write(`${c.dim("hint")}: ${error.hint}\n`);
     return EXIT_FAILURE;
   }
+  const { isCorruptionError } = await import("./state.js");
+  if (isCorruptionError(error)) {
+    // Damage met by a read: the writer checks the whole file when it opens, a reader does not.
+    process.stderr.write(`${c.red("error")}: kaos's state database .kaos/state.db is damaged (${error instanceof Error ? error.message : String(error)})\n`);
+    process.stderr.write(`${c.dim("hint")}: move it away (mv .kaos/state.db .kaos/state.db.broken, beside kaos.config.ts) and run kaos again: it starts with fresh state\n`);
+    return EXIT_FAILURE;
+  }
   const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
   process.stderr.write(`${c.red("internal error")}: ${detail}\n`);
   return EXIT_FAILURE;

@@ -5,9 +5,9 @@
  * every committed transaction survive a crash or SIGKILL.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { canonicalJson } from "./hyperparams.js";
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
@@ -278,6 +278,7 @@ export class StateStore {
     const readonly = options?.readonly === true;
     if (readonly) {
       if (!existsSync(dbPath)) return new StateStore(absoluteRoot, dbPath, null, true);
+      refuseEmptyStore(dbPath);
       return new StateStore(absoluteRoot, dbPath, openReader(dbPath), true);
     }
     try {
@@ -288,14 +289,24 @@ export class StateStore {
         cause: error,
       });
     }
-    return new StateStore(absoluteRoot, dbPath, openWriter(dbPath), false);
+    refuseEmptyStore(dbPath);
+    const db = openWriter(dbPath);
+    try {
+      verifyIntegrity(db, dbPath);
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+    return new StateStore(absoluteRoot, dbPath, db, false);
   }
 
   close(): void {
     for (const release of [...this.heldLocks]) release();
     this.statements.clear();
     this.statCaches.clear();
-    if (this.db?.isOpen === true) this.db.close();
+    if (this.db?.isOpen !== true) return;
+    this.db.close();
+    if (!this.readonly) recordVerified(this.path);
   }
 
   transaction<T>(fn: () => T): T {
@@ -303,7 +314,7 @@ export class StateStore {
     try {
       return inTransaction(db, fn);
     } catch (error) {
-      throw errnoCode(error)?.startsWith("SQLITE_BUSY") === true ? translateOpenError(error, this.path) : error;
+      throw errnoCode(error)?.startsWith("SQLITE_BUSY") === true || isCorruptionError(error) ? translateOpenError(error, this.path) : error;
     }
   }
 
@@ -858,16 +869,101 @@ function newerSchemaError(dbPath: string, version: number): KaosError {
   );
 }
 
+function corruptStoreError(dbPath: string, detail: string, cause?: unknown): KaosError {
+  return new KaosError(
+    "STATE_CORRUPT",
+    `${dbPath} is not a readable kaos state database (${detail}); move it away (mv ${dbPath} ${dbPath}.broken) and run kaos again`,
+    { hint: "kaos then starts with fresh state: the history of runs and jobs in the old file is not carried over", cause },
+  );
+}
+
+/** Whether an error from SQLite says the file is damaged or not a database at all. */
+export function isCorruptionError(error: unknown): boolean {
+  const code = errnoCode(error) ?? "";
+  return code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT");
+}
+
+/**
+ * An empty state.db is never one kaos left (it writes the schema as it creates
+ * the file): the record of the runs whose job folders remain was lost. Starting
+ * afresh would rerun everything and orphan those folders, so it is the user's call.
+ */
+function refuseEmptyStore(dbPath: string): void {
+  let size: number;
+  try {
+    size = statSync(dbPath).size;
+  } catch {
+    return;
+  }
+  if (size !== 0) return;
+  const jobsDir = join(dirname(dbPath), "jobs");
+  const jobFolders = existsSync(jobsDir) ? readdirSync(jobsDir).length : 0;
+  if (jobFolders === 0) return;
+  throw new KaosError(
+    "STATE_CORRUPT",
+    `${dbPath} is empty (0 bytes): the record of earlier runs is lost, while ${jobsDir} still holds ${jobFolders} job folder${jobFolders === 1 ? "" : "s"} it described`,
+    {
+      hint: `kaos does not start afresh on its own. To do so, move the file away (mv ${dbPath} ${dbPath}.empty) and run kaos again: every job then runs again, and the old job folders are no longer listed`,
+    },
+  );
+}
+
+/** Where the writer that closed last records what state.db looked like, so the next one need not check it again. */
+function verifiedStampPath(dbPath: string): string {
+  return `${dbPath}.verified`;
+}
+
+function fileStamp(path: string): string | undefined {
+  try {
+    const stats = statSync(path, { bigint: true });
+    return `${stats.ino}:${stats.size}:${stats.mtimeNs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Damage anywhere in the file, not only in its header, stops kaos before it
+ * writes: unless the file is exactly as the last kaos writer left it, SQLite's
+ * quick_check reads every page once (some 5 ms per MB). A kaos that crashed,
+ * or an outside write such as a bad disk or a stray `dd`, triggers it.
+ */
+function verifyIntegrity(db: DatabaseSync, dbPath: string): void {
+  const stamp = fileStamp(dbPath);
+  let recorded: string | undefined;
+  try {
+    recorded = readFileSync(verifiedStampPath(dbPath), "utf8");
+  } catch {
+    recorded = undefined;
+  }
+  if (stamp !== undefined && stamp === recorded) return;
+  let verdict: unknown;
+  try {
+    verdict = pragmaValue(db, "quick_check(1)");
+  } catch (error) {
+    throw isCorruptionError(error) ? corruptStoreError(dbPath, describeError(error), error) : error;
+  }
+  if (verdict !== "ok") throw corruptStoreError(dbPath, `damaged: ${String(verdict)}`);
+}
+
+function recordVerified(dbPath: string): void {
+  const stamp = fileStamp(dbPath);
+  if (stamp === undefined) return;
+  const stampPath = verifiedStampPath(dbPath);
+  const partial = `${stampPath}.${process.pid}`;
+  try {
+    writeFileSync(partial, stamp);
+    renameSync(partial, stampPath);
+  } catch {
+    // Only a shortcut: without it the next writer checks the file again.
+    rmSync(partial, { force: true });
+  }
+}
+
 function translateOpenError(error: unknown, dbPath: string): unknown {
   if (error instanceof KaosError) return error;
   const code = errnoCode(error) ?? "";
-  if (code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT")) {
-    return new KaosError(
-      "STATE_CORRUPT",
-      `${dbPath} is not a readable kaos state database (${describeError(error)}); move it away (mv ${dbPath} ${dbPath}.broken) and run kaos again`,
-      { hint: "kaos then starts with fresh state: the history of runs and jobs in the old file is not carried over", cause: error },
-    );
-  }
+  if (isCorruptionError(error)) return corruptStoreError(dbPath, describeError(error), error);
   if (code === "SQLITE_BUSY" || code.startsWith("SQLITE_BUSY")) {
     return new KaosError(
       "STATE_LOCKED",

@@ -7,10 +7,10 @@
  * `.kaos/`. Cases marked `fresh` also run on a project without `.kaos/`, which
  * must not be created.
  */
-import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { closeSync, cpSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openRaw, pragmaValue } from "./helpers/sqlite.js";
+import { openRaw } from "./helpers/sqlite.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jobRows, runRows, stateFingerprint } from "./helpers/faults.js";
 import { makeProject, runKaos, trivialSourceBundle, under, writeFiles, type FileMap, type Project } from "./helpers/rig.js";
@@ -122,8 +122,12 @@ const catalogue: Record<string, Case[]> = {
   "state files": [
     { name: "state.db that is not a database", files: { ".kaos/state.db": "this is not SQLite\n".repeat(300) }, args: ["up"], message: "error: {dir}/.kaos/state.db is not a readable kaos state database (file is not a database); move it away (mv {dir}/.kaos/state.db {dir}/.kaos/state.db.broken) and run kaos again" },
     { name: "state.db that is not a database, read by train list", files: { ".kaos/state.db": "this is not SQLite\n".repeat(300) }, args: ["train", "list"], message: "error: {dir}/.kaos/state.db is not a readable kaos state database (file is not a database)" },
-    { name: "state.db written by a newer kaos", setup: (dir) => setUserVersion(dir, 99), args: ["up"], message: "error: {dir}/.kaos/state.db has state schema version 99, newer than this kaos understands (1); upgrade kaos to use it" },
-    { name: "state.db written by a newer kaos, read by train list", setup: (dir) => setUserVersion(dir, 99), args: ["train", "list", "--json"], message: "has state schema version 99, newer than this kaos understands (1)" },
+    { name: "state.db written by a newer kaos", setup: (dir) => setUserVersion(dir, 99), args: ["up"], message: "error: {dir}/.kaos/state.db has state schema version 99, newer than this kaos understands (2); upgrade kaos to use it" },
+    { name: "state.db damaged in the middle, found before any write", setup: (dir) => damageMiddle(dir), args: ["up"], message: "error: {dir}/.kaos/state.db is not a readable kaos state database (" },
+    { name: "state.db damaged in the middle, a no-op plan included", setup: (dir) => damageMiddle(dir), args: ["plan"], message: "error: {dir}/.kaos/state.db is not a readable kaos state database (" },
+    { name: "state.db emptied while job folders remain", setup: (dir) => truncateSync(join(dir, ".kaos", "state.db"), 0), args: ["up"], message: "error: {dir}/.kaos/state.db is empty (0 bytes): the record of earlier runs is lost, while {dir}/.kaos/jobs still holds " },
+    { name: "state.db emptied, read by train list", setup: (dir) => truncateSync(join(dir, ".kaos", "state.db"), 0), args: ["train", "list"], message: "hint: kaos does not start afresh on its own. To do so, move the file away (mv {dir}/.kaos/state.db {dir}/.kaos/state.db.empty) and run kaos again" },
+    { name: "state.db written by a newer kaos, read by train list", setup: (dir) => setUserVersion(dir, 99), args: ["train", "list", "--json"], message: "has state schema version 99, newer than this kaos understands (2)" },
   ],
   "CLI flags": [
   { name: "unknown command", args: ["frobnicate"], message: "error: unknown command 'frobnicate'\n(run with --help for usage)", fresh: true },
@@ -194,6 +198,20 @@ function setUserVersion(dir: string, version: number): void {
   const db = openRaw(join(dir, ".kaos", "state.db"));
   db.exec(`PRAGMA user_version = ${version}`);
   db.close();
+}
+
+/** Overwrites the pages in the middle of state.db, past its header, as a failing disk or a stray `dd` would. */
+function damageMiddle(dir: string): void {
+  const file = join(dir, ".kaos", "state.db");
+  const { size } = statSync(file);
+  const pageSize = 4096;
+  const fd = openSync(file, "r+");
+  try {
+    const middlePage = Math.max(1, Math.floor(size / pageSize / 2));
+    writeSync(fd, Buffer.alloc(2 * pageSize, 0xa5), 0, 2 * pageSize, middlePage * pageSize);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function records(dir: string): unknown {
