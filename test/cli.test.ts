@@ -1,6 +1,7 @@
+import { spawn } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
-import { makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+import { makeProject, REPO_ROOT, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 afterAll(() => projects.forEach((project) => project.remove()));
@@ -24,9 +25,30 @@ const COMMANDS = [
   ["template", "list"],
   ["template", "get"],
   ["render"],
+  ["unlock"],
 ];
 
 describe("the CLI frame (built CLI)", () => {
+  it("keeps working while the package rebuilds: dist/ is never missing", async () => {
+    const project = tempProject();
+    const build = spawn(process.execPath, ["scripts/build.mjs"], { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "pipe"] });
+    let buildErrors = "";
+    build.stderr.setEncoding("utf8").on("data", (chunk: string) => (buildErrors += chunk));
+    const built = new Promise<number | null>((resolve) => build.on("close", resolve));
+    let building = true;
+    void built.then(() => (building = false));
+    let runs = 0;
+    // Run the CLI back to back for as long as the build lasts, and once after it.
+    do {
+      const result = await runKaos(["--version"], { cwd: project.dir });
+      expect(result.stderr).toBe("");
+      expect(result.code).toBe(0);
+      runs++;
+    } while (building);
+    expect(await built, buildErrors).toBe(0);
+    expect(runs).toBeGreaterThan(1);
+  }, 120_000);
+
   it("prints help listing every command and exits 0", async () => {
     const project = tempProject();
     const result = await runKaos(["--help"], { cwd: project.dir });
