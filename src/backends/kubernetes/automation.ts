@@ -32,11 +32,10 @@ import {
 } from "@pulumi/pulumi/automation/index.js";
 import { KaosError, describeError, errnoCode } from "../../errors.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
-import { planCluster, type ClusterPlan } from "./cluster-plan.js";
+import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { dockerConfigFromEnv } from "./manifests.js";
 import { clusterProgram } from "./program.js";
 import { assertValidSpecs } from "./render.js";
-import type { ClusterPipelineInput } from "./index.js";
 
 /** Starts the Pulumi CLI once and answers how it ended (never throws for a non-zero exit). */
 export type PulumiExec = (

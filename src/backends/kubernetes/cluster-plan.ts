@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { KaosError, describeError } from "../../errors.js";
-import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../../types.js";
+import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../types.js";
 import { walkBundle, type BundleFile } from "../../pack.js";
 import { canonicalJson } from "./canonical.js";
 import { clusterSettings, pachydermName, type ClusterSettings } from "./settings.js";
@@ -21,7 +21,16 @@ import {
   type PipelineNames,
   type Stage,
 } from "./specs.js";
-import type { ClusterPipelineInput } from "./index.js";
+
+/** What the engine hands the backend for one pipeline. */
+export interface ClusterPipelineInput {
+  /** Absolute sourceDir, data {kind:"dir",dir}|{kind:"manifest",path}, grid, resources, parallelism. */
+  pipeline: ResolvedPipeline;
+  /** Hex SHA-256 keys; `data` is undefined for a manifest not yet pinned. */
+  keys: { env: string; source: string; data: string | undefined; hyperparams: string };
+  /** The expanded grid, in canonical order. */
+  jobs: { key: string; params: HyperparamSet }[];
+}
 
 export { canonicalJson };
 

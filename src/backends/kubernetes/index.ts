@@ -12,19 +12,11 @@
  */
 import { KaosError } from "../../errors.js";
 import packageJson from "../../../package.json" with { type: "json" };
-import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../types.js";
+import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import type { ClusterChangeSummary, ClusterRunOptions } from "./automation.js";
+import type { ClusterPipelineInput } from "./cluster-plan.js";
 
-/** What the engine hands the backend for one pipeline. */
-export interface ClusterPipelineInput {
-  /** Absolute sourceDir, data {kind:"dir",dir}|{kind:"manifest",path}, grid, resources, parallelism. */
-  pipeline: ResolvedPipeline;
-  /** Hex SHA-256 keys; `data` is undefined for a manifest not yet pinned. */
-  keys: { env: string; source: string; data: string | undefined; hyperparams: string };
-  /** The expanded grid, in canonical order. */
-  jobs: { key: string; params: HyperparamSet }[];
-}
-
+export type { ClusterPipelineInput } from "./cluster-plan.js";
 export { renderCluster, specFileName } from "./render.js";
 export { validatePipelineSpec, compileSpecSchema, type SpecValidation } from "./schema.js";
 export { listClusterJobs, clusterJobLogs, jobState, type ClusterJob, type ClusterJobState, type ClusterJobsOptions, type ClusterLogLine } from "./jobs.js";

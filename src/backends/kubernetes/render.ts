@@ -9,10 +9,9 @@ import { dirname, join } from "node:path";
 import { stringify } from "yaml";
 import { KaosError } from "../../errors.js";
 import type { ResolvedConfig, ResolvedStack } from "../../types.js";
-import { planCluster, type ClusterPlan } from "./cluster-plan.js";
+import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { namespaceManifest, PLACEHOLDER_DOCKER_CONFIG, registrySecretManifest, type KubernetesObject } from "./manifests.js";
 import { validatePipelineSpec } from "./schema.js";
-import type { ClusterPipelineInput } from "./index.js";
 
 /** The file a stage's spec is rendered to, relative to the output directory. */
 export function specFileName(pipeline: string, stage: string): string {
