@@ -61,6 +61,8 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   timeoutMs?: number;
   input?: string;
+  /** Another built CLI to run, such as an installed copy of the package. */
+  cli?: string;
 }
 
 function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
@@ -100,7 +102,7 @@ export interface LiveKaos {
 }
 
 export function startKaos(args: string[], options: RunOptions): LiveKaos {
-  const child = spawn(process.execPath, [CLI, ...args], {
+  const child = spawn(process.execPath, [options.cli ?? CLI, ...args], {
     cwd: options.cwd,
     env: childEnv(options.env),
     stdio: ["pipe", "pipe", "pipe"],
