@@ -9,7 +9,7 @@
  */
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { isKaosError } from "./errors.js";
 
 /** Exit statuses; commands return 2 only for `plan --detailed-exitcode` (Terraform's convention). */
@@ -227,6 +227,25 @@ function buildProgram(): Command {
     .action(async (options: { stack: string; out: string }, command: Command) => {
       const { renderCommand } = await import("./commands.js");
       setExitStatus(await renderCommand({ ...globals(command), ...options }));
+    });
+
+  program
+    .command("completion")
+    .description("print a completion script for bash, zsh or fish (see the README to load it)")
+    .addArgument(new Argument("<shell>", "the shell").choices(["bash", "zsh", "fish"]))
+    .action(async (shell: "bash" | "zsh" | "fish") => {
+      const { completionScript } = await import("./completion.js");
+      process.stdout.write(completionScript(shell, buildProgram()));
+    });
+
+  // Asked by the completion scripts on Tab: stack names, job ids or template names, one a line.
+  program
+    .command("__complete", { hidden: true })
+    .addArgument(new Argument("<kind>").choices(["stacks", "jobs", "templates"]))
+    .action(async (kind: "stacks" | "jobs" | "templates", _options: unknown, command: Command) => {
+      const { dynamicValues } = await import("./completion.js");
+      const values = await dynamicValues(kind, globals(command).config).catch(() => []);
+      process.stdout.write(values.map((value) => `${value}\n`).join(""));
     });
 
   return program;
