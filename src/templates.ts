@@ -3,7 +3,7 @@
  * `examples/` directory and described by `examples/index.json`.
  */
 import { appendFileSync, copyFileSync, constants, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, type Stats } from "node:fs";
-import { dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { shellQuote } from "./backends/kubernetes/specs.js";
 import { errnoCode, KaosError } from "./errors.js";
@@ -98,7 +98,7 @@ function missingIgnoreLines(template: string, existing: string): string[] {
 function displayPath(destination: string): string {
   const fromCwd = relative(process.cwd(), destination);
   if (fromCwd === "") return ".";
-  return fromCwd.startsWith("..") || isAbsolute(fromCwd) ? destination : fromCwd;
+  return fromCwd === ".." || fromCwd.startsWith(`..${sep}`) || isAbsolute(fromCwd) ? destination : fromCwd;
 }
 
 function shellWord(path: string): string {
