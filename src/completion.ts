@@ -9,11 +9,8 @@ import { basename, dirname, extname, resolve } from "node:path";
 import type { Argument, Command, Option } from "commander";
 import { shellQuote as quoted } from "./backends/kubernetes/specs.js";
 
-export const SHELLS = ["bash", "zsh", "fish"] as const;
-export type Shell = (typeof SHELLS)[number];
-
-export const DYNAMIC_KINDS = ["stacks", "jobs", "templates"] as const;
-export type DynamicKind = (typeof DYNAMIC_KINDS)[number];
+export type Shell = "bash" | "zsh" | "fish";
+export type DynamicKind = "stacks" | "jobs" | "templates";
 
 /** What a value (of an option or a positional argument) completes to. */
 type ValueSource = { words: string[] } | { dynamic: DynamicKind } | { paths: "file" | "dir" } | { nothing: true };
@@ -71,20 +68,18 @@ export function describeProgram(program: Command): CommandSpec[] {
   const help = program.createHelp();
   // Program options other than --version and --help work after any subcommand too.
   const globalOptions = help.visibleOptions(program).filter((option) => option.long !== "--version" && option.long !== "--help");
-  const visit = (command: Command, path: string, parentSubcommands: string[]) => {
-    const subcommands = help.visibleCommands(command).map((sub) => ({ name: sub.name(), description: sub.description() }));
+  const visit = (command: Command, path: string, siblings: string[]) => {
+    const children = help.visibleCommands(command);
     const own = help.visibleOptions(command);
     const options = command === program ? own : [...own, ...globalOptions];
     specs.push({
       path,
-      subcommands,
+      subcommands: children.map((child) => ({ name: child.name(), description: child.description() })),
       options: options.map((option) => optionSpec(path, option)),
-      argument: argumentValue(command.registeredArguments[0], parentSubcommands),
+      argument: argumentValue(command.registeredArguments[0], siblings),
     });
-    const children = help.visibleCommands(command);
-    for (const child of children) {
-      visit(child, path === "" ? child.name() : `${path} ${child.name()}`, subcommands.map((sub) => sub.name));
-    }
+    const names = children.map((child) => child.name());
+    for (const child of children) visit(child, path === "" ? child.name() : `${path} ${child.name()}`, names);
   };
   visit(program, "", []);
   return specs;
