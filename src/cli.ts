@@ -9,7 +9,8 @@
  */
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import type { DynamicKind, Shell } from "./completion.js";
 import { isKaosError } from "./errors.js";
 
 /** Exit statuses; commands return 2 only for `plan --detailed-exitcode` (Terraform's convention). */
@@ -211,7 +212,7 @@ function buildProgram(): Command {
 
   template
     .command("get")
-    .description("copy a template into a new directory")
+    .description("copy a template into a directory: a new one, or one without the template's files")
     .requiredOption("--name <name>", "template name (see `kaos template list`)")
     .option("-o, --out <dir>", "destination directory (default: ./<name>)")
     .action(async (options: { name: string; out?: string }) => {
@@ -236,6 +237,25 @@ function buildProgram(): Command {
     .action(async (options: { stack?: string }, command: Command) => {
       const { unlockCommand } = await import("./commands.js");
       setExitStatus(await unlockCommand({ ...globals(command), ...options }));
+    });
+
+  program
+    .command("completion")
+    .description("print a completion script for bash, zsh or fish (see the README to load it)")
+    .addArgument(new Argument("<shell>", "the shell").choices(["bash", "zsh", "fish"]))
+    .action(async (shell: Shell) => {
+      const { completionScript } = await import("./completion.js");
+      process.stdout.write(completionScript(shell, buildProgram()));
+    });
+
+  // Asked by the completion scripts on Tab: stack names, job ids or template names, one a line.
+  program
+    .command("__complete", { hidden: true })
+    .addArgument(new Argument("<kind>").choices(["stacks", "jobs", "templates"]))
+    .action(async (kind: DynamicKind, _options: unknown, command: Command) => {
+      const { dynamicValues } = await import("./completion.js");
+      const values = await dynamicValues(kind, globals(command).config).catch(() => []);
+      process.stdout.write(values.map((value) => `${value}\n`).join(""));
     });
 
   return program;

@@ -150,7 +150,7 @@ describe("templates (built CLI)", () => {
     expect(parsed.pipelines[0]?.jobs).toHaveLength(12);
     const again = await runKaos(["template", "get", "--name", "mnist"], { cwd: project.dir });
     expect(again.code).toBe(1);
-    expect(again.stderr).toContain(`${project.path("mnist")} already exists and is not empty`);
+    expect(again.stderr).toContain("error: copying template mnist into mnist would overwrite these");
     const unknown = await runKaos(["template", "get", "--name", "cifar"], { cwd: project.dir });
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain("--name cifar: no such template; expected one of: mnist");

@@ -29,7 +29,7 @@ describe("kubernetes stack through the built CLI (no cluster, Pachyderm or Pulum
     expect(result.code, result.stderr).toBe(0);
     const specs = readdirSync(project.path("out/pachyderm")).sort();
     expect(specs).toEqual(["p-build.json", "p-train.json"]);
-    const schema = JSON.parse(readFileSync(join(REPO_ROOT, "..", "shared", "schemas", "pachyderm", "CreatePipelineRequest.v2.11.6.schema.json"), "utf8")) as unknown;
+    const schema = JSON.parse(readFileSync(join(REPO_ROOT, "src/backends/kubernetes/CreatePipelineRequest.v2.11.6.schema.json"), "utf8")) as unknown;
     const validate = compileSpecSchema(schema);
     for (const file of specs) {
       const spec = JSON.parse(readFileSync(project.path("out/pachyderm", file), "utf8")) as unknown;

@@ -63,6 +63,8 @@ export interface RunOptions {
   input?: string;
   /** A command that runs kaos, such as `unshare --uts`: the node binary and the CLI follow it as arguments. */
   launcher?: string[];
+  /** Another built CLI to run, such as an installed copy of the package. */
+  cli?: string;
 }
 
 function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
@@ -103,7 +105,7 @@ export interface LiveKaos {
 
 export function startKaos(args: string[], options: RunOptions): LiveKaos {
   const [command = process.execPath, ...prefix] = options.launcher ?? [];
-  const child = spawn(command, [...prefix, ...(options.launcher === undefined ? [] : [process.execPath]), CLI, ...args], {
+  const child = spawn(command, [...prefix, ...(options.launcher === undefined ? [] : [process.execPath]), options.cli ?? CLI, ...args], {
     cwd: options.cwd,
     env: childEnv(options.env),
     stdio: ["pipe", "pipe", "pipe"],
