@@ -11,6 +11,7 @@ import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { isKaosError } from "./errors.js";
+import { EXIT_BROKEN_PIPE, exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 
 /** Exit statuses; commands return 2 only for `plan --detailed-exitcode` (Terraform's convention). */
 const EXIT_OK = 0;
@@ -275,7 +276,8 @@ async function run(argv: string[]): Promise<number> {
   }
 }
 
+exitQuietlyOnClosedOutput();
 const status = await run(process.argv);
 // Leave stdout to drain on its own; process.exit could cut off piped output.
-process.exitCode = status;
+process.exitCode = outputClosed() ? EXIT_BROKEN_PIPE : status;
 

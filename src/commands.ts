@@ -12,6 +12,7 @@ import { KaosError, describeError } from "./errors.js";
 import type { ApplyResult } from "./engine.js";
 import { colors, formatDuration, isInteractive, printJson, table } from "./output.js";
 import { paramsText } from "./progress.js";
+import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
 
@@ -58,11 +59,14 @@ function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  // No one reads the progress any more: stop as on Ctrl-C, without a word (there is nowhere to say it).
+  const stopListening = onOutputClosed(() => controller.abort(new KaosError("JOBS_FAILED", "output closed")));
   return {
     signal: controller.signal,
     dispose: () => {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
+      stopListening();
     },
   };
 }

@@ -76,6 +76,7 @@ import { findConfig } from "./config.js";
 import { apply, loadProject, openSession, plan as planSession, type Session } from "./engine.js";
 import { KaosError, describeError, isKaosError } from "./errors.js";
 import { colors, isInteractive } from "./output.js";
+import { onOutputClosed } from "./pipes.js";
 import type { Plan } from "./plan.js";
 import { PlainReporter, type Reporter, type RunEvent } from "./progress.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
@@ -854,6 +855,7 @@ class WatchSession {
     const onSigterm = () => this.requestStop("terminated");
     process.on("SIGINT", onSigint);
     process.on("SIGTERM", onSigterm);
+    const stopListening = onOutputClosed(() => this.requestStop("output closed"));
     const stdin = process.stdin;
     const raw = stdin.isTTY === true && typeof stdin.setRawMode === "function";
     let buffered = "";
@@ -881,6 +883,7 @@ class WatchSession {
     return () => {
       process.off("SIGINT", onSigint);
       process.off("SIGTERM", onSigterm);
+      stopListening();
       stdin.off("data", onData);
       try {
         if (raw) stdin.setRawMode(false);

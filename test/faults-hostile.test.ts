@@ -8,7 +8,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
@@ -342,6 +342,44 @@ truncate -s 64M "$1/metrics/big.json"
     expect(sha256Of(made.path("got/out/real.bin"))).toBe(sha256Of(made.path(".kaos", "jobs", job!.id, "out", "real.bin")));
     expect(readdirSync(made.path("got/out/many"))).toHaveLength(500);
     expect(existsSync(made.path("got/out/pipe"))).toBe(false);
+  }, 60_000);
+});
+
+describe("closed pipes", () => {
+  /** Runs kaos with stdout (and stderr too when asked) a pipe whose reader has already gone, as after `| head -1`. */
+  function withClosedOutput(args: string[], cwd: string, closeStderr = false): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, NO_COLOR: "1", CI: "true", [TAG_NAME]: tag }, stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout.destroy();
+    let stderr = "";
+    if (closeStderr) child.stderr.destroy();
+    else child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    return new Promise((done) => child.on("close", (code, signal) => done({ code, signal, stderr })));
+  }
+
+  it("every command whose reader closes early ends silently with status 141, as git does", async () => {
+    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify({ a: [1, 2, 3] }) }, `#!/bin/sh\necho "a line for the log"\nmkdir -p "$1"\n`);
+    expect((await up(made)).code).toBe(0);
+    const [job] = trainJobs(made);
+    for (const args of [["train", "list"], ["train", "list", "--json"], ["plan"], ["plan", "--json"], ["train", "info", job!.id], ["train", "logs", job!.id], ["template", "list"], ["--help"]]) {
+      const result = await withClosedOutput(args, made.dir);
+      expect({ args, code: result.code, stderr: result.stderr }).toEqual({ args, code: 141, stderr: "" });
+    }
+    // A real `| head -1` on more than a pipe holds: kaos is mid-write when head exits.
+    made.write({ "grid.json": JSON.stringify({ a: Array.from({ length: 3000 }, (_, i) => i) }) });
+    const piped = spawnSync("bash", ["-c", `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} plan --json | head -1; echo "status \${PIPESTATUS[0]}"`], { cwd: made.dir, encoding: "utf8", env: { ...process.env, CI: "true" } });
+    expect(piped.stdout).toBe("{\nstatus 141\n");
+    expect(piped.stderr).toBe("");
+  }, 120_000);
+
+  it("kaos up whose progress reader goes away cancels its run like Ctrl-C, records it, and exits 141", async () => {
+    const made = project({ "data/value.txt": "v" }, `#!/bin/sh\nexec sleep 600\n`);
+    const result = await withClosedOutput(["up"], made.dir, true);
+    expect(result.code).toBe(141);
+    const rows = jobRows(made.dir);
+    expect(rows.length).toBeGreaterThan(0);
+    expect(rows.filter((row) => row.state === "running" || row.state === "queued")).toEqual([]);
+    expect(rows.map((row) => row.state)).toContain("cancelled");
+    expect(processesWithEnv(TAG_NAME, tag)).toEqual([]);
   }, 60_000);
 });
 
