@@ -25,6 +25,7 @@ export function shortKey(key: string | undefined | null): string {
   return key ? key.slice(0, 12) : "-";
 }
 
+/** A size or, with "/s" after it, a rate: `999 B`, `662 B/s`, `0.25 B/s`, `392.9 MiB`. */
 export function formatBytes(bytes: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let value = bytes;
@@ -33,7 +34,9 @@ export function formatBytes(bytes: number): string {
     value /= 1024;
     unit += 1;
   }
-  return unit === 0 ? `${value} ${units[0]}` : `${value.toFixed(1)} ${units[unit]}`;
+  if (unit > 0) return `${value.toFixed(1)} ${units[unit]}`;
+  // Whole bytes as they are; a rate's fraction of a byte only to three significant digits.
+  return `${Math.abs(value) >= 100 ? Math.round(value) : Number(value.toPrecision(3))} ${units[0]}`;
 }
 
 export function formatDuration(ms: number): string {

@@ -384,6 +384,24 @@ describe("closed pipes", () => {
 });
 
 describe("hostile manifests", () => {
+  it("progress without a terminal shows sizes and rates to a few significant digits, never a raw float", async () => {
+    // Two bytes in all: the rate is a few bytes a second, a fraction of a byte that must not show in full.
+    const server = await startServer({ "/a.csv": { body: "a" }, "/b.csv": { body: "b" } });
+    try {
+      const manifest = ["a.csv", "b.csv"].map((name) => JSON.stringify({ url: `${server.url}/${name}`, path: `train/${name}` })).join("\n");
+      const made = project({ "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`), "m.jsonl": manifest }, `#!/bin/sh\nmkdir -p "$1"\n`);
+      const result = await up(made);
+      expect(result.code, result.stderr).toBe(0);
+      const lines = result.stderr.split("\n").filter((line) => line.startsWith("p ingest  "));
+      expect(lines.length, result.stderr).toBeGreaterThan(0);
+      expect(lines.at(-1)).toMatch(/^p ingest {2}2\/2 files {2}2 B( \/ 2 B)? {2}\S+ (B|KiB|MiB|GiB)\/s/);
+      const amounts = lines.flatMap((line) => [...line.matchAll(/([\d.]+) (?:B|KiB|MiB|GiB|TiB)\b/g)].map((match) => match[1]!));
+      for (const amount of amounts) expect(amount.replace(".", "").replace(/^0+/, "").length, lines.join("\n")).toBeLessThanOrEqual(4);
+    } finally {
+      await server.close();
+    }
+  }, 60_000);
+
   it("2000 entries of which 7 fail: every failure named, the rest stored and pinned, and only the failures fetched again", async () => {
     const count = 2000;
     const paths = Array.from({ length: count }, (_, i) => (i === 7 ? "ü dir/a b.csv" : i === 8 ? "-dash/x.csv" : `part-${i % 10}/row-${i}.csv`));
