@@ -254,15 +254,16 @@ async function reportFailure(error: unknown): Promise<number> {
     if (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help") return EXIT_OK;
     return error.exitCode === 0 ? EXIT_OK : EXIT_FAILURE;
   }
-  const { colors } = await import("./output.js");
+  const { colors, displayMessage } = await import("./output.js");
   const c = colors(process.stderr);
+  // Messages quote what kaos read (a value from a file, a path): no control character reaches the terminal.
   if (isKaosError(error)) {
-    process.stderr.write(`${c.red("error")}: ${error.message}\n`);
-    if (error.hint) process.stderr.write(`${c.dim("hint")}: ${error.hint}\n`);
+    process.stderr.write(`${c.red("error")}: ${displayMessage(error.message)}\n`);
+    if (error.hint) process.stderr.write(`${c.dim("hint")}: ${displayMessage(error.hint)}\n`);
     return EXIT_FAILURE;
   }
   const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
-  process.stderr.write(`${c.red("internal error")}: ${detail}\n`);
+  process.stderr.write(`${c.red("internal error")}: ${displayMessage(detail)}\n`);
   return EXIT_FAILURE;
 }
 

@@ -10,8 +10,7 @@ import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "
 import { jobPaths, stateDirOf } from "./layout.js";
 import { KaosError, describeError } from "./errors.js";
 import type { ApplyResult } from "./engine.js";
-import { colors, formatDuration, isInteractive, printJson, table } from "./output.js";
-import { paramsText } from "./progress.js";
+import { colors, displayLine, displayText, formatDuration, isInteractive, paramsText, printJson, quoteText, table } from "./output.js";
 import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
@@ -89,7 +88,7 @@ function summarize(outcome: ApplyResult): string {
   const failedStages = outcome.result.pipelines.flatMap((p) =>
     Object.entries(p.stages)
       .filter(([, stage]) => stage.state === "failed")
-      .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${stage.reason ?? "failed"}`),
+      .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${displayLine(stage.reason ?? "failed")}`),
   );
   const lines = [
     `run ${outcome.runId}: ${count("succeeded")} succeeded, ${count("failed")} failed, ${count("cancelled")} cancelled, ${reused} reused`,
@@ -278,7 +277,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
     const paint = (s: string) => (s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s));
     const rows = jobs.map((job) => [
       job.id,
-      job.pipeline,
+      displayText(job.pipeline),
       job.stage,
       paint(job.state),
       job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
@@ -395,7 +394,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       const metric = options.sort;
       if (members.length > 0 && !members.some((member) => typeof member.metrics[metric] === "number")) {
         const known = [...new Set(members.flatMap((member) => Object.keys(member.metrics)))].sort();
-        throw new KaosError("USAGE", `-s ${metric}: no job of this sweep has a numeric metric "${metric}"; expected one of: ${known.join(", ") || "(none recorded)"}`);
+        throw new KaosError("USAGE", `-s ${displayText(metric)}: no job of this sweep has a numeric metric ${quoteText(metric)}; expected one of: ${known.map(displayText).join(", ") || "(none recorded)"}`);
       }
       members.sort((a, b) => {
         const x = a.metrics[metric];
@@ -418,7 +417,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     }
     const c = colors();
     const lines = [
-      `${c.bold(`job ${job.id}`)}  ${job.pipeline} ${job.stage}  ${job.state}${job.reason ? ` (${job.reason})` : ""}`,
+      `${c.bold(`job ${job.id}`)}  ${displayText(job.pipeline)} ${job.stage}  ${job.state}${job.reason ? ` (${displayLine(job.reason)})` : ""}`,
       `started   ${job.startedAt ?? "-"}    finished ${job.finishedAt ?? "-"}    duration ${duration(job) || "-"}    exit code ${job.exitCode ?? "-"}`,
       "",
       c.bold("inputs"),
@@ -429,17 +428,17 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       `  job key ${job.key}`,
       "",
       c.bold("metrics"),
-      ...(Object.keys(metrics).length === 0 ? ["  (none: the job wrote no OUT/metrics/*.json)"] : Object.entries(metrics).map(([key, value]) => `  ${key}  ${String(value)}`)),
+      ...(Object.keys(metrics).length === 0 ? ["  (none: the job wrote no OUT/metrics/*.json)"] : Object.entries(metrics).map(([key, value]) => `  ${displayText(key)}  ${typeof value === "string" ? displayText(value) : String(value)}`)),
       "",
-      `outputs   ${outDir}`,
+      `outputs   ${displayText(outDir)}`,
     ];
     if (members.length > 1) {
       const metricNames = [...new Set(members.flatMap((member) => Object.keys(member.metrics)))].filter((name) => members.some((m) => typeof m.metrics[name] === "number")).sort();
       const shown = options.sort ? [options.sort, ...metricNames.filter((name) => name !== options.sort)] : metricNames;
-      lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${options.sort}` : ""})`));
+      lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${displayText(options.sort)}` : ""})`));
       lines.push(
         table([
-          ["ID", "STATE", ...shown, "PARAMS"],
+          ["ID", "STATE", ...shown.map(displayText), "PARAMS"],
           ...members.map((member) => [
             member.job.id === job.id ? c.bold(member.job.id) : member.job.id,
             member.job.state,
@@ -479,7 +478,7 @@ export async function getCommand(options: Common & { job: string; out?: string; 
     };
     cpSync(outDir, join(destination, "out"), { recursive: true, filter: copyable });
     if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: copyable });
-    for (const source of skipped) process.stderr.write(`skipped ${source}: not a regular file, directory or symlink\n`);
+    for (const source of skipped) process.stderr.write(`skipped ${displayText(source)}: not a regular file, directory or symlink\n`);
     if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
     process.stdout.write(`copied job ${job.id} to ${destination}\n`);
     return EXIT_OK;

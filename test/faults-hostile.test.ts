@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
 import { startServer } from "./helpers/http-server.js";
-import { CLI, makeProject, runKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
+import { CLI, makeProject, runKaos, startKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
 
 const TAG_NAME = "KAOS_FAULTS_TAG";
 const tag = randomBytes(6).toString("hex");
@@ -342,6 +342,86 @@ truncate -s 64M "$1/metrics/big.json"
     expect(sha256Of(made.path("got/out/real.bin"))).toBe(sha256Of(made.path(".kaos", "jobs", job!.id, "out", "real.bin")));
     expect(readdirSync(made.path("got/out/many"))).toHaveLength(500);
     expect(existsSync(made.path("got/out/pipe"))).toBe(false);
+  }, 60_000);
+});
+
+/** What must never reach a terminal raw: a title-setting OSC, clear-screen, BEL, the one-byte CSI, a bidi override, a forged line. */
+const RAW = ["\u001b]0;", "\u001b[2J", "\u0007", "\u009b", "\u202e", "\nforged"];
+
+function expectNoRaw(text: string, what: string): void {
+  for (const raw of RAW) expect(text.includes(raw), `${what} holds ${JSON.stringify(raw)} raw:\n${text}`).toBe(false);
+}
+
+describe("hostile strings in human output", () => {
+  const grid = {
+    "t\u001b[2J": ["\u001b]0;owned\u0007", "x\nforged row"],
+    "\u202eevil": "\u009b31m",
+    "a=b": "c",
+    a: "b=c",
+  };
+  const metrics = { "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2 };
+  const COPY_METRICS = `#!/bin/sh\nmkdir -p "$1/metrics" && cp metrics.json "$1/metrics/m.json"\n`;
+  // As `plan --json` writes them, plus what JSON leaves raw (C1, bidi) as \\u escapes.
+  const shown = {
+    first: `a="b=c" "a=b"=c "t\\u001b[2J"="\\u001b]0;owned\\u0007" "\\u202eevil"="\\u009b31m"`,
+    second: `a="b=c" "a=b"=c "t\\u001b[2J"="x\\nforged row" "\\u202eevil"="\\u009b31m"`,
+  };
+
+  it("params and metrics with escape sequences, C1 and bidi controls and newlines are shown escaped by up (plain and live), plan, train list and train info; JSON stays exact", async () => {
+    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify(grid), "src/model/metrics.json": JSON.stringify(metrics) }, COPY_METRICS);
+    const plan = await runKaos(["plan"], { cwd: made.dir });
+    expect(plan.code, plan.stderr).toBe(0);
+    expectNoRaw(plan.stdout + plan.stderr, "plan");
+    expect(plan.stdout).toContain(`    run   1/2     ${shown.first}  never ran\n`);
+    expect(plan.stdout).toContain(`    run   2/2     ${shown.second}  never ran\n`);
+
+    const result = await up(made);
+    expect(result.code, result.stderr).toBe(0);
+    expectNoRaw(result.stdout + result.stderr, "up");
+    expect(result.stderr.split("\n").filter((line) => line.startsWith("p train 1/2 ") && line.includes(`  ${shown.first}  succeeded`))).toHaveLength(1);
+
+    const list = await runKaos(["train", "list"], { cwd: made.dir });
+    expectNoRaw(list.stdout, "train list");
+    expect(list.stdout.trimEnd().split("\n")).toHaveLength(4);
+    expect(list.stdout).toContain(shown.first);
+    const listed = JSON.parse((await runKaos(["train", "list", "--json"], { cwd: made.dir })).stdout) as { stage: string; params: unknown }[];
+    expect(listed.filter((job) => job.stage === "train").map((job) => job.params)).toEqual([
+      { a: "b=c", "a=b": "c", "t\u001b[2J": "x\nforged row", "\u202eevil": "\u009b31m" },
+      { a: "b=c", "a=b": "c", "t\u001b[2J": "\u001b]0;owned\u0007", "\u202eevil": "\u009b31m" },
+    ]);
+
+    const [job] = trainJobs(made);
+    const info = await runKaos(["train", "info", job!.id], { cwd: made.dir });
+    expect(info.code, info.stderr).toBe(0);
+    expectNoRaw(info.stdout, "train info");
+    expect(info.stdout).toContain(`\n  "acc\\u001b]0;owned\\u0007"  0.5\n  note  "\\u001b[2Jgone\\nforged row"\n  "bidi\\u202e"  1\n  "csi\\u009b"  2\n`);
+    expect(info.stdout).toMatch(/\n {2}ID +STATE +"acc\\u001b\]0;owned\\u0007" +"bidi\\u202e" +"csi\\u009b" +PARAMS\n/);
+    const unknown = await runKaos(["train", "info", job!.id, "-s", "nope"], { cwd: made.dir });
+    expectNoRaw(unknown.stderr, "train info -s nope");
+    expect(unknown.stderr).toContain(`expected one of: "acc\\u001b]0;owned\\u0007", "bidi\\u202e", "csi\\u009b", note\n`);
+    const infoJson = JSON.parse((await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir })).stdout) as { metrics: unknown };
+    expect(infoJson.metrics).toEqual({ "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2 });
+
+    // The live view, on a real terminal (a pseudo-terminal through script(1)).
+    const terminalEnv: NodeJS.ProcessEnv = { ...process.env, TERM: "xterm", NO_COLOR: "1", ...env };
+    delete terminalEnv.CI;
+    const live = execFileSync("script", ["-qec", `${process.execPath} ${CLI} up --force`, "/dev/null"], { cwd: made.dir, env: terminalEnv, encoding: "utf8", input: "" });
+    expectNoRaw(live, "up on a terminal");
+    expect(live).toContain(shown.second);
+  }, 120_000);
+
+  it("a file name with escape sequences and a newline that triggers kaos watch is shown escaped", async () => {
+    const made = project({ "data/value.txt": "v" }, `#!/bin/sh\nmkdir -p "$1"\n`);
+    const watch = startKaos(["watch"], { cwd: made.dir, env });
+    try {
+      await watch.waitFor("waiting for changes");
+      writeFileSync(made.path("data", "\u001b]0;owned\u0007\u202e\nforged.txt"), "x");
+      await watch.waitFor(/run \w+ succeeded: 1 ran, 0 reused\n[^]*run \w+ succeeded: 1 ran, 0 reused\n/);
+    } finally {
+      await watch.stop();
+    }
+    expectNoRaw(watch.stdout() + watch.stderr(), "watch");
+    expect(watch.stderr()).toContain(`change detected: 0 stages and 1 job to run, 0 skipped ("data/\\u001b]0;owned\\u0007\\u202e\\nforged.txt")\n`);
   }, 60_000);
 });
 
