@@ -329,12 +329,13 @@ truncate -s 64M "$1/metrics/big.json"
     const [job] = trainJobs(made);
     const info = await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir, timeoutMs: 20_000 });
     expect(info.code, info.stderr).toBe(0);
-    expect((JSON.parse(info.stdout) as { metrics: Record<string, unknown> }).metrics).toEqual({
-      accuracy: 0.5,
-      "big.json": `unreadable (${64 << 20} bytes, more than ${16 << 20})`,
-      "fifo.json": "unreadable (not a regular file)",
-      "zero.json": "unreadable (not a regular file)",
-    });
+    const read = JSON.parse(info.stdout) as { metrics: Record<string, unknown>; metricsSkipped: unknown[] };
+    expect(read.metrics).toEqual({ accuracy: 0.5 });
+    expect(read.metricsSkipped).toEqual([
+      { file: "metrics/big.json", reason: `${64 << 20} bytes, more than ${16 << 20}` },
+      { file: "metrics/fifo.json", reason: "not a regular file" },
+      { file: "metrics/zero.json", reason: "not a regular file" },
+    ]);
     const get = await runKaos(["train", "get", job!.id, "-o", "got"], { cwd: made.dir, timeoutMs: 60_000 });
     expect(get.code, get.stderr).toBe(0);
     expect(get.stderr).toContain(`skipped ${made.path(".kaos", "jobs", job!.id, "out", "metrics", "fifo.json")}: not a regular file, directory or symlink`);
@@ -342,6 +343,46 @@ truncate -s 64M "$1/metrics/big.json"
     expect(sha256Of(made.path("got/out/real.bin"))).toBe(sha256Of(made.path(".kaos", "jobs", job!.id, "out", "real.bin")));
     expect(readdirSync(made.path("got/out/many"))).toHaveLength(500);
     expect(existsSync(made.path("got/out/pipe"))).toBe(false);
+  }, 60_000);
+
+  it("metrics: nested objects become dotted names, lists and nulls are skipped with the reason, a file that is not JSON is named with its parse error, and -s offers only metric names", async () => {
+    const train = `#!/bin/sh
+mkdir -p "$1/metrics"
+echo '{"val": {"loss": 0.25, "top": {"k5": 0.9}}, "acc": 0.5, "model": "svm", "curve": [0.1, 0.2], "best": null}' > "$1/metrics/eval.json"
+echo '{"acc": 0.5,' > "$1/metrics/broken.json"
+echo '[0.1, 0.2]' > "$1/metrics/list.json"
+`;
+    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify({ a: [1, 2] }) }, train);
+    const result = await up(made);
+    expect(result.code, result.stderr).toBe(0);
+    const [job] = trainJobs(made);
+    const json = await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir });
+    expect(json.code, json.stderr).toBe(0);
+    const read = JSON.parse(json.stdout) as { metrics: Record<string, unknown>; metricsSkipped: { file: string; key?: string; reason: string }[] };
+    expect(read.metrics).toEqual({ "val.loss": 0.25, "val.top.k5": 0.9, acc: 0.5, model: "svm" });
+    expect(read.metricsSkipped.map((skip) => [skip.file, skip.key ?? null])).toEqual([
+      ["metrics/broken.json", null],
+      ["metrics/eval.json", "curve"],
+      ["metrics/eval.json", "best"],
+      ["metrics/list.json", null],
+    ]);
+    expect(read.metricsSkipped[0]!.reason).toMatch(/^not valid JSON \(.+\)$/);
+
+    const text = await runKaos(["train", "info", job!.id, "-s", "val.loss"], { cwd: made.dir });
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toContain("\n  val.loss  0.25\n");
+    expect(text.stdout).toMatch(/\n {2}skipped metrics\/broken\.json: not valid JSON \(.+\)\n/);
+    expect(text.stdout).toContain("\n  skipped metrics/eval.json: curve: a list; expected a number");
+    expect(text.stdout).toContain("\n  skipped metrics/eval.json: best: null; expected a number");
+    expect(text.stdout).toContain("\n  skipped metrics/list.json: a list; expected an object of metrics");
+    expect(text.stdout).toMatch(/sweep \(2 jobs, by val\.loss\)\n {2}ID +STATE +val\.loss +acc +val\.top\.k5 +PARAMS\n/);
+
+    const unknown = await runKaos(["train", "info", job!.id, "-s", "broken.json"], { cwd: made.dir });
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toBe(`error: -s broken.json: no job of this sweep has a numeric metric "broken.json"; expected one of: acc, val.loss, val.top.k5\n`);
+    const words = await runKaos(["train", "info", job!.id, "-s", "model"], { cwd: made.dir });
+    expect(words.code).toBe(1);
+    expect(words.stderr).toBe(`error: -s model: "model" is a string, not a number, in every job of this sweep that has it; expected one of: acc, val.loss, val.top.k5\n`);
   }, 60_000);
 });
 
@@ -359,7 +400,7 @@ describe("hostile strings in human output", () => {
     "a=b": "c",
     a: "b=c",
   };
-  const metrics = { "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2 };
+  const metrics = { "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2, val: { loss: 0.25 } };
   const COPY_METRICS = `#!/bin/sh\nmkdir -p "$1/metrics" && cp metrics.json "$1/metrics/m.json"\n`;
   // As `plan --json` writes them, plus what JSON leaves raw (C1, bidi) as \\u escapes.
   const shown = {
@@ -394,13 +435,13 @@ describe("hostile strings in human output", () => {
     const info = await runKaos(["train", "info", job!.id], { cwd: made.dir });
     expect(info.code, info.stderr).toBe(0);
     expectNoRaw(info.stdout, "train info");
-    expect(info.stdout).toContain(`\n  "acc\\u001b]0;owned\\u0007"  0.5\n  note  "\\u001b[2Jgone\\nforged row"\n  "bidi\\u202e"  1\n  "csi\\u009b"  2\n`);
-    expect(info.stdout).toMatch(/\n {2}ID +STATE +"acc\\u001b\]0;owned\\u0007" +"bidi\\u202e" +"csi\\u009b" +PARAMS\n/);
+    expect(info.stdout).toContain(`\n  "acc\\u001b]0;owned\\u0007"  0.5\n  note  "\\u001b[2Jgone\\nforged row"\n  "bidi\\u202e"  1\n  "csi\\u009b"  2\n  val.loss  0.25\n`);
+    expect(info.stdout).toMatch(/\n {2}ID +STATE +"acc\\u001b\]0;owned\\u0007" +"bidi\\u202e" +"csi\\u009b" +val\.loss +PARAMS\n/);
     const unknown = await runKaos(["train", "info", job!.id, "-s", "nope"], { cwd: made.dir });
     expectNoRaw(unknown.stderr, "train info -s nope");
-    expect(unknown.stderr).toContain(`expected one of: "acc\\u001b]0;owned\\u0007", "bidi\\u202e", "csi\\u009b", note\n`);
+    expect(unknown.stderr).toContain(`expected one of: "acc\\u001b]0;owned\\u0007", "bidi\\u202e", "csi\\u009b", val.loss\n`);
     const infoJson = JSON.parse((await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir })).stdout) as { metrics: unknown };
-    expect(infoJson.metrics).toEqual({ "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2 });
+    expect(infoJson.metrics).toEqual({ "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2, "val.loss": 0.25 });
 
     // The live view, on a real terminal (a pseudo-terminal through script(1)).
     const terminalEnv: NodeJS.ProcessEnv = { ...process.env, TERM: "xterm", NO_COLOR: "1", ...env };
