@@ -12,6 +12,7 @@ import { dirname, resolve } from "node:path";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import type { DynamicKind, Shell } from "./completion.js";
 import { isKaosError } from "./errors.js";
+import { EXIT_BROKEN_PIPE, exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 
 /** Exit statuses; commands return 2 only for `plan --detailed-exitcode` (Terraform's convention). */
 const EXIT_OK = 0;
@@ -282,11 +283,12 @@ async function reportFailure(error: unknown): Promise<number> {
     if (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help") return EXIT_OK;
     return error.exitCode === 0 ? EXIT_OK : EXIT_FAILURE;
   }
-  const { colors } = await import("./output.js");
+  const { colors, displayMessage } = await import("./output.js");
   const c = colors(process.stderr);
+  // Messages quote what kaos read (a value from a file, a path): no control character reaches the terminal.
   if (isKaosError(error)) {
-    process.stderr.write(`${c.red("error")}: ${error.message}\n`);
-    if (error.hint) process.stderr.write(`${c.dim("hint")}: ${error.hint}\n`);
+    process.stderr.write(`${c.red("error")}: ${displayMessage(error.message)}\n`);
+    if (error.hint) process.stderr.write(`${c.dim("hint")}: ${displayMessage(error.hint)}\n`);
     return EXIT_FAILURE;
   }
   const { isCorruptionError } = await import("./state.js");
@@ -297,7 +299,7 @@ async function reportFailure(error: unknown): Promise<number> {
     return EXIT_FAILURE;
   }
   const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
-  process.stderr.write(`${c.red("internal error")}: ${detail}\n`);
+  process.stderr.write(`${c.red("internal error")}: ${displayMessage(detail)}\n`);
   return EXIT_FAILURE;
 }
 
@@ -311,7 +313,8 @@ async function run(argv: string[]): Promise<number> {
   }
 }
 
+exitQuietlyOnClosedOutput();
 const status = await run(process.argv);
 // Leave stdout to drain on its own; process.exit could cut off piped output.
-process.exitCode = status;
+process.exitCode = outputClosed() ? EXIT_BROKEN_PIPE : status;
 

@@ -7,9 +7,8 @@
 import { join, resolve } from "node:path";
 import { KaosError } from "./errors.js";
 import type { ClusterChangeSummary, ClusterPipelineInput } from "./backends/kubernetes/index.js";
-import { colors, printJson, table } from "./output.js";
+import { colors, displayText, paramsText, printJson, table } from "./output.js";
 import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "./plan.js";
-import { paramsText } from "./progress.js";
 import { StateStore } from "./state.js";
 import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "./types.js";
 
@@ -115,7 +114,7 @@ export async function clusterList(config: ResolvedConfig, stack: ResolvedStack, 
     process.stdout.write(`no jobs on stack ${stack.name} yet: run \`kaos up --stack ${stack.name}\`\n`);
     return 0;
   }
-  const rows = jobs.map((job) => [job.id.slice(0, 16), job.pipeline, job.stage, job.state, job.startedAt ?? "", paramsText(job.params)]);
+  const rows = jobs.map((job) => [displayText(job.id.slice(0, 16)), displayText(job.pipeline), displayText(job.stage), displayText(job.state), displayText(job.startedAt ?? ""), paramsText(job.params)]);
   process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "STARTED", "PARAMS"], ...rows])}\n`);
   return 0;
 }

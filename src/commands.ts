@@ -3,15 +3,16 @@
  * the shared flow in engine.ts. Exit statuses: 0 success, 1 any failure, 2 for
  * `plan --detailed-exitcode` with changes pending.
  */
-import { cpSync, createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "./config.js";
 import { jobPaths, stateDirOf } from "./layout.js";
 import { KaosError, describeError } from "./errors.js";
 import type { ApplyResult } from "./engine.js";
-import { colors, formatDuration, isInteractive, printJson, table } from "./output.js";
-import { paramsText } from "./progress.js";
+import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "./metrics.js";
+import { colors, displayLine, displayText, formatDuration, isInteractive, paramsText, printJson, quoteText, table } from "./output.js";
+import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
 
@@ -58,11 +59,14 @@ function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  // No one reads the progress any more: stop as on Ctrl-C, without a word (there is nowhere to say it).
+  const stopListening = onOutputClosed(() => controller.abort(new KaosError("JOBS_FAILED", "output closed")));
   return {
     signal: controller.signal,
     dispose: () => {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
+      stopListening();
     },
   };
 }
@@ -85,7 +89,7 @@ function summarize(outcome: ApplyResult): string {
   const failedStages = outcome.result.pipelines.flatMap((p) =>
     Object.entries(p.stages)
       .filter(([, stage]) => stage.state === "failed")
-      .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${stage.reason ?? "failed"}`),
+      .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${displayLine(stage.reason ?? "failed")}`),
   );
   const lines = [
     `run ${outcome.runId}: ${count("succeeded")} succeeded, ${count("failed")} failed, ${count("cancelled")} cancelled, ${reused} reused`,
@@ -274,7 +278,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
     const paint = (s: string) => (s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s));
     const rows = jobs.map((job) => [
       job.id,
-      job.pipeline,
+      displayText(job.pipeline),
       job.stage,
       paint(job.state),
       job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
@@ -342,40 +346,18 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
   }
 }
 
-const MAX_METRICS_FILE_BYTES = 16 << 20;
+/** `metrics/eval.json: "hist": a list; expected ...`: one skipped file or value, for people. */
+function skippedText(skip: SkippedMetric): string {
+  return `${displayText(skip.file)}: ${skip.key !== undefined ? `${displayText(skip.key)}: ` : ""}${displayLine(skip.reason)}`;
+}
 
-/** Every metric of a job: the JSON objects under OUT/metrics/, flattened to numbers and strings. */
-function readMetrics(outDir: string): Record<string, unknown> {
-  const metrics: Record<string, unknown> = {};
-  const dir = join(outDir, "metrics");
-  let files: string[] = [];
-  try {
-    files = readdirSync(dir).filter((name) => name.endsWith(".json")).sort();
-  } catch {
-    return metrics;
-  }
-  for (const file of files) {
-    try {
-      // Outputs are whatever the script left: a FIFO would block the read forever,
-      // a link to /dev/zero never end it, a huge file exhaust memory.
-      const stat = statSync(join(dir, file));
-      if (!stat.isFile()) {
-        metrics[file] = "unreadable (not a regular file)";
-        continue;
-      }
-      if (stat.size > MAX_METRICS_FILE_BYTES) {
-        metrics[file] = `unreadable (${stat.size} bytes, more than ${MAX_METRICS_FILE_BYTES})`;
-        continue;
-      }
-      const value = JSON.parse(readFileSync(join(dir, file), "utf8")) as unknown;
-      if (typeof value === "object" && value !== null && !Array.isArray(value)) {
-        for (const [key, item] of Object.entries(value)) if (typeof item !== "object" || item === null) metrics[key] = item;
-      }
-    } catch {
-      metrics[`${file}`] = "unreadable";
-    }
-  }
-  return metrics;
+function metricText(value: MetricValue): string {
+  return typeof value === "string" ? displayText(value) : String(value);
+}
+
+/** The metric names that are numbers in at least one job: the ones a sweep can be sorted by. */
+function numericMetricNames(all: JobMetrics[]): string[] {
+  return [...new Set(all.flatMap((metrics) => Object.keys(metrics.values).filter((name) => typeof metrics.values[name] === "number")))].sort();
 }
 
 export async function infoCommand(options: Common & { job: string; sort?: string; json?: boolean }): Promise<number> {
@@ -387,15 +369,20 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     const metrics = readMetrics(outDir);
     const sweep = job.stage === "train" ? state.sweepMembers(job.runId, job.pipeline).filter((member) => member.stage === "train") : [];
     const members = sweep.map((member) => ({ job: member, metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out) }));
+    const sortable = numericMetricNames(members.map((member) => member.metrics));
     if (options.sort !== undefined) {
       const metric = options.sort;
-      if (members.length > 0 && !members.some((member) => typeof member.metrics[metric] === "number")) {
-        const known = [...new Set(members.flatMap((member) => Object.keys(member.metrics)))].sort();
-        throw new KaosError("USAGE", `-s ${metric}: no job of this sweep has a numeric metric "${metric}"; expected one of: ${known.join(", ") || "(none recorded)"}`);
+      if (members.length > 0 && !sortable.includes(metric)) {
+        const found = members.map((member) => member.metrics.values[metric]).find((value) => value !== undefined);
+        const why =
+          found === undefined
+            ? `no job of this sweep has a numeric metric ${quoteText(metric)}`
+            : `${quoteText(metric)} is a ${typeof found}, not a number, in every job of this sweep that has it`;
+        throw new KaosError("USAGE", `-s ${displayText(metric)}: ${why}; expected one of: ${sortable.map(displayText).join(", ") || "(none recorded)"}`);
       }
       members.sort((a, b) => {
-        const x = a.metrics[metric];
-        const y = b.metrics[metric];
+        const x = a.metrics.values[metric];
+        const y = b.metrics.values[metric];
         if (typeof x !== "number") return 1;
         if (typeof y !== "number") return -1;
         return y - x;
@@ -406,15 +393,19 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         ...listJson(job),
         keys: { env: job.envKey, source: job.sourceKey, data: job.dataKey, params: job.paramsKey, job: job.key },
         reason: job.reason,
-        metrics,
+        metrics: metrics.values,
+        metricsSkipped: metrics.skipped,
         outputDir: outDir,
-        sweep: members.map((member) => ({ id: member.job.id, state: member.job.state, params: member.job.params, metrics: member.metrics })),
+        sweep: members.map((member) => ({ id: member.job.id, state: member.job.state, params: member.job.params, metrics: member.metrics.values })),
       });
       return EXIT_OK;
     }
     const c = colors();
+    const metricLines = Object.entries(metrics.values).map(([key, value]) => `  ${displayText(key)}  ${metricText(value)}`);
+    if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
+    for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
     const lines = [
-      `${c.bold(`job ${job.id}`)}  ${job.pipeline} ${job.stage}  ${job.state}${job.reason ? ` (${job.reason})` : ""}`,
+      `${c.bold(`job ${job.id}`)}  ${displayText(job.pipeline)} ${job.stage}  ${job.state}${job.reason ? ` (${displayLine(job.reason)})` : ""}`,
       `started   ${job.startedAt ?? "-"}    finished ${job.finishedAt ?? "-"}    duration ${duration(job) || "-"}    exit code ${job.exitCode ?? "-"}`,
       "",
       c.bold("inputs"),
@@ -425,21 +416,20 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       `  job key ${job.key}`,
       "",
       c.bold("metrics"),
-      ...(Object.keys(metrics).length === 0 ? ["  (none: the job wrote no OUT/metrics/*.json)"] : Object.entries(metrics).map(([key, value]) => `  ${key}  ${String(value)}`)),
+      ...metricLines,
       "",
-      `outputs   ${outDir}`,
+      `outputs   ${displayText(outDir)}`,
     ];
     if (members.length > 1) {
-      const metricNames = [...new Set(members.flatMap((member) => Object.keys(member.metrics)))].filter((name) => members.some((m) => typeof m.metrics[name] === "number")).sort();
-      const shown = options.sort ? [options.sort, ...metricNames.filter((name) => name !== options.sort)] : metricNames;
-      lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${options.sort}` : ""})`));
+      const shown = options.sort ? [options.sort, ...sortable.filter((name) => name !== options.sort)] : sortable;
+      lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${displayText(options.sort)}` : ""})`));
       lines.push(
         table([
-          ["ID", "STATE", ...shown, "PARAMS"],
+          ["ID", "STATE", ...shown.map(displayText), "PARAMS"],
           ...members.map((member) => [
             member.job.id === job.id ? c.bold(member.job.id) : member.job.id,
             member.job.state,
-            ...shown.map((name) => (typeof member.metrics[name] === "number" ? String(member.metrics[name]) : "-")),
+            ...shown.map((name) => (typeof member.metrics.values[name] === "number" ? String(member.metrics.values[name]) : "-")),
             paramsText(member.job.params),
           ]),
         ]).replace(/^/gm, "  "),
@@ -475,7 +465,7 @@ export async function getCommand(options: Common & { job: string; out?: string; 
     };
     cpSync(outDir, join(destination, "out"), { recursive: true, filter: copyable });
     if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: copyable });
-    for (const source of skipped) process.stderr.write(`skipped ${source}: not a regular file, directory or symlink\n`);
+    for (const source of skipped) process.stderr.write(`skipped ${displayText(source)}: not a regular file, directory or symlink\n`);
     if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
     process.stdout.write(`copied job ${job.id} to ${destination}\n`);
     return EXIT_OK;

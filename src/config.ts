@@ -12,7 +12,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as z from "zod";
 import { KaosError, describeError } from "./errors.js";
-import { gridSize, parseGrid } from "./hyperparams.js";
+import { gridSize, parseGrid, parseGridJson } from "./hyperparams.js";
 import { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
 import type {
   ResolvedConfig,
@@ -362,7 +362,7 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
         problem(at("hyperparams"), `${state === "missing" ? "no such file" : "is a directory"}: ${hyperparamsFile}; expected a JSON file holding an object of scalars and lists`);
       } else {
         try {
-          grid = parseGrid(JSON.parse(readFileSync(hyperparamsFile, "utf8")), hyperparamsFile);
+          grid = parseGridJson(readFileSync(hyperparamsFile, "utf8"), hyperparamsFile);
         } catch (error) {
           if (error instanceof SyntaxError) {
             problem(at("hyperparams"), `${hyperparamsFile}: not valid JSON (${error.message}); expected an object of scalars and lists`);

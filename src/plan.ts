@@ -19,7 +19,7 @@ import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
 import type { JobRecord, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
 import { stateDirOf } from "./layout.js";
-import { formatBytes } from "./output.js";
+import { displayLine, displayText, formatBytes, paramsText } from "./output.js";
 
 export type Action = "run" | "skip";
 
@@ -264,15 +264,15 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
       .filter(Boolean)
       .join("; ") || undefined;
   const jobs: JobPlan[] = combinations.map((params, index) => {
-    const paramsText = canonicalJson(params);
-    const paramsKey = hashString("kaos params v1", paramsText);
+    const canonical = canonicalJson(params);
+    const paramsKey = hashString("kaos params v1", canonical);
     const key = dataKey === undefined ? null : jobKeyOf({ env: envKey, source: sourceTree.hash, data: dataKey }, params);
     const reuse = key === null || options.force ? undefined : oracle.succeededJob(key);
     if (reuse) return { index, key, params, paramsKey, action: "skip", reason: `identical job ${reuse.id} succeeded`, reuse };
     let reason: string;
     if (options.force) reason = "forced";
     else if (key === null) reason = "data key known after ingest";
-    else if (applied !== undefined && !previous.has(paramsText)) reason = "new combination";
+    else if (applied !== undefined && !previous.has(canonical)) reason = "new combination";
     else if (key !== null && state.lastFailed("train", key)) reason = "previous attempt failed";
     else reason = applied === undefined ? "never ran" : (inputReason ?? "never ran");
     return { index, key, params, paramsKey, action: "run", reason, reuse: undefined };
@@ -377,11 +377,6 @@ export function planJson(plan: Plan): unknown {
   };
 }
 
-/** A path as one line of text: with control characters (a newline in a file name) it is shown quoted and escaped. */
-function displayPath(path: string): string {
-  return /[\u0000-\u001f\u007f]/.test(path) ? JSON.stringify(path) : path;
-}
-
 function changeLine(what: string, change: TreeChange): string {
   if (change.firstTime) return `${what}: first run`;
   const parts = [
@@ -389,13 +384,8 @@ function changeLine(what: string, change: TreeChange): string {
     `${change.changed} changed`,
     `${change.removed} removed${change.bytesRemoved ? ` (${formatBytes(change.bytesRemoved)})` : ""}`,
   ];
-  const examples = change.examples.map((example) => example.slice(0, 1) + displayPath(example.slice(1)));
+  const examples = change.examples.map((example) => example.slice(0, 1) + displayText(example.slice(1)));
   return `${what}: ${parts.join(", ")}${examples.length ? `  [${examples.join(" ")}]` : ""}`;
-}
-
-function paramsLine(params: HyperparamSet): string {
-  const entries = Object.entries(params);
-  return entries.length === 0 ? "{}" : entries.map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`).join(" ");
 }
 
 export interface PlanPainter {
@@ -424,7 +414,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       if (!decision) continue;
       if (decision.action === "run" && stage !== "train") stagesToRun += 1;
       const action = decision.action === "run" ? c.yellow("run ") : c.dim("skip");
-      lines.push(`  ${stage.padEnd(6)}  ${action}  ${decision.reason}${decision.key ? c.dim(`  ${decision.key.slice(0, 12)}`) : ""}`);
+      lines.push(`  ${stage.padEnd(6)}  ${action}  ${displayLine(decision.reason)}${decision.key ? c.dim(`  ${decision.key.slice(0, 12)}`) : ""}`);
     }
     const details: string[] = [];
     if (p.changes.env) details.push("environment: Dockerfile, requirements.txt or runtime changed");
@@ -439,7 +429,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       if (job.action === "run") jobsToRun += 1;
       else jobsSkipped += 1;
       const action = job.action === "run" ? c.yellow("run ") : c.dim("skip");
-      lines.push(`    ${action}  ${`${job.index + 1}/${p.jobs.length}`.padEnd(7)} ${paramsLine(job.params)}  ${c.dim(job.reason)}`);
+      lines.push(`    ${action}  ${`${job.index + 1}/${p.jobs.length}`.padEnd(7)} ${paramsText(job.params) || "{}"}  ${c.dim(displayLine(job.reason))}`);
     }
   }
   lines.push("");

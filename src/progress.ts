@@ -5,7 +5,7 @@
  */
 import type { IngestProgress } from "./ingest.js";
 import type { JobRecord, Stage } from "./state.js";
-import { colors, formatBytes, formatDuration, type Colors } from "./output.js";
+import { colors, displayLine, displayMessage, displayText, formatBytes, formatDuration, paramsText, type Colors } from "./output.js";
 
 export type RunEvent =
   | { kind: "stage"; pipeline: string; stage: Stage; status: "skipped"; reason: string }
@@ -25,15 +25,9 @@ export interface Reporter {
   close(): void;
 }
 
-export function paramsText(params: Record<string, unknown>): string {
-  const entries = Object.entries(params);
-  if (entries.length === 0) return "";
-  return entries.map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`).join(" ");
-}
-
 function jobLabel(job: JobRecord): string {
   const sweep = job.sweepSize !== null && job.sweepIndex !== null && job.stage === "train" ? ` ${job.sweepIndex + 1}/${job.sweepSize}` : "";
-  return `${job.pipeline} ${job.stage}${sweep} ${job.id}`;
+  return `${displayText(job.pipeline)} ${job.stage}${sweep} ${job.id}`;
 }
 
 function stateColor(c: Colors, state: string): string {
@@ -56,7 +50,8 @@ function jobLine(c: Colors, job: JobRecord, message: string | undefined): string
   const duration =
     job.startedAt && job.finishedAt ? ` in ${formatDuration(Date.parse(job.finishedAt) - Date.parse(job.startedAt))}` : "";
   const extra = job.state === "failed" || job.state === "cancelled" ? (job.reason ?? (job.exitCode !== null ? `exit code ${job.exitCode}` : "")) : "";
-  return [jobLabel(job), params ? c.dim(params) : "", `${stateColor(c, job.state)}${duration}`, extra ? `(${extra})` : "", message ?? ""]
+  // A reason or message may quote what a job left behind (a file name it wrote): one line, no control characters.
+  return [jobLabel(job), params ? c.dim(params) : "", `${stateColor(c, job.state)}${duration}`, extra ? `(${displayLine(extra)})` : "", message ? displayLine(message) : ""]
     .filter(Boolean)
     .join("  ");
 }
@@ -79,11 +74,11 @@ export class PlainReporter implements Reporter {
         const now = Date.now();
         if (event.filesDone !== event.filesTotal && now - this.lastIngest < 2000) return;
         this.lastIngest = now;
-        process.stderr.write(`${event.pipeline} ingest  ${formatIngestProgress(event)}\n`);
+        process.stderr.write(`${displayText(event.pipeline)} ingest  ${formatIngestProgress(event)}\n`);
         break;
       }
       case "note":
-        process.stderr.write(`${event.message}\n`);
+        process.stderr.write(`${displayMessage(event.message)}\n`);
         break;
     }
   }
@@ -152,7 +147,7 @@ export class LiveReporter implements Reporter {
         break;
       }
       case "note":
-        this.print(event.message);
+        this.print(displayMessage(event.message));
         break;
     }
     this.draw();

@@ -75,7 +75,8 @@ import { DIRECTORY_LOCK_NAME } from "./manifest.js";
 import { findConfig } from "./config.js";
 import { apply, loadProject, openSession, plan as planSession, type Session } from "./engine.js";
 import { KaosError, describeError, isKaosError } from "./errors.js";
-import { colors, isInteractive } from "./output.js";
+import { colors, displayLine, displayMessage, displayText, isInteractive } from "./output.js";
+import { onOutputClosed } from "./pipes.js";
 import type { Plan } from "./plan.js";
 import { PlainReporter, type Reporter, type RunEvent } from "./progress.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
@@ -356,7 +357,12 @@ function jobItem(job: JobRecord): string {
   return `${job.pipeline} ${job.stage} ${job.key}`;
 }
 
+/** Why a run failed, in one line: a reason may quote what a job left behind. */
 function failureReason(result: ExecuteResult): string {
+  return displayLine(rawFailureReason(result));
+}
+
+function rawFailureReason(result: ExecuteResult): string {
   for (const outcome of result.pipelines) {
     for (const stage of ["ingest", "build"] as const) {
       const decision = outcome.stages[stage];
@@ -544,10 +550,10 @@ class WatchSession {
 
   private printError(error: unknown): void {
     if (isKaosError(error)) {
-      this.print(`${this.c.red("error")}: ${error.message}`);
-      if (error.hint) this.print(`${this.c.dim("hint")}: ${error.hint}`);
+      this.print(`${this.c.red("error")}: ${displayMessage(error.message)}`);
+      if (error.hint) this.print(`${this.c.dim("hint")}: ${displayMessage(error.hint)}`);
     } else {
-      this.print(`${this.c.red("internal error")}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+      this.print(`${this.c.red("internal error")}: ${displayMessage(error instanceof Error ? (error.stack ?? error.message) : String(error))}`);
     }
   }
 
@@ -565,7 +571,7 @@ class WatchSession {
     } else if (state === "debouncing") {
       text = this.c.dim("change detected; waiting for edits to settle");
     } else if (this.configError !== undefined) {
-      text = this.c.red(`failed: config invalid — fix ${relative(this.options.cwd, this.configFile) || this.configFile} to resume`);
+      text = this.c.red(`failed: config invalid — fix ${displayText(relative(this.options.cwd, this.configFile) || this.configFile)} to resume`);
     } else if (this.lastOutcome.startsWith("failed")) {
       text = this.c.red(`${this.lastOutcome} — waiting for an edit`);
     } else {
@@ -592,7 +598,7 @@ class WatchSession {
       ignored: (path: string, stats?: Stats) => isIgnoredPath(this.targets, path, stats),
     });
     watcher.on("all", (event, path) => this.onFsEvent(event, path));
-    watcher.on("error", (error) => this.print(`watch error: ${describeError(error)}`));
+    watcher.on("error", (error) => this.print(`watch error: ${displayLine(describeError(error))}`));
     await new Promise<void>((done) => watcher.once("ready", () => done()));
     this.watcher = watcher;
   }
@@ -621,7 +627,7 @@ class WatchSession {
       if (removed.length > 0) this.watcher.unwatch(removed);
       if (added.length > 0) this.watcher.add(added);
     }
-    if (added.length > 0 || removed.length > 0) this.print(`watching ${plural(next.paths.length, "path")} in ${next.root}`);
+    if (added.length > 0 || removed.length > 0) this.print(`watching ${plural(next.paths.length, "path")} in ${displayText(next.root)}`);
   }
 
   /** Loads the config again; on failure prints the error as `kaos up` would and keeps the last good one. */
@@ -656,7 +662,7 @@ class WatchSession {
     this.pending = [];
     if (paths.length === 0) return "";
     const first = relative(this.targets.root, paths[0]!) || paths[0]!;
-    return ` (${first}${paths.length > 1 ? ` and ${paths.length - 1} more` : ""})`;
+    return ` (${displayText(first)}${paths.length > 1 ? ` and ${paths.length - 1} more` : ""})`;
   }
 
   // ------------------------------------------------------------- running
@@ -812,7 +818,7 @@ class WatchSession {
     try {
       await this.startWatcher();
       this.print(
-        `watching ${plural(this.targets.paths.length, "path")} in ${this.targets.root} (debounce ${this.machine.quietMs} ms, on change: ${this.machine.onChange}, ${this.describeMode()}); q then Enter or Ctrl-C quits`,
+        `watching ${plural(this.targets.paths.length, "path")} in ${displayText(this.targets.root)} (debounce ${this.machine.quietMs} ms, on change: ${this.machine.onChange}, ${this.describeMode()}); q then Enter or Ctrl-C quits`,
       );
       if (this.configError !== undefined) {
         this.print("config invalid; waiting for a fix");
@@ -854,6 +860,7 @@ class WatchSession {
     const onSigterm = () => this.requestStop("terminated");
     process.on("SIGINT", onSigint);
     process.on("SIGTERM", onSigterm);
+    const stopListening = onOutputClosed(() => this.requestStop("output closed"));
     const stdin = process.stdin;
     const raw = stdin.isTTY === true && typeof stdin.setRawMode === "function";
     let buffered = "";
@@ -881,6 +888,7 @@ class WatchSession {
     return () => {
       process.off("SIGINT", onSigint);
       process.off("SIGTERM", onSigterm);
+      stopListening();
       stdin.off("data", onData);
       try {
         if (raw) stdin.setRawMode(false);
@@ -926,8 +934,8 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
     if (configError !== undefined) {
       const c = colors(process.stderr);
       const error = configError as KaosError;
-      process.stderr.write(`${c.red("error")}: ${error.message}\n`);
-      if (error.hint) process.stderr.write(`${c.dim("hint")}: ${error.hint}\n`);
+      process.stderr.write(`${c.red("error")}: ${displayMessage(error.message)}\n`);
+      if (error.hint) process.stderr.write(`${c.dim("hint")}: ${displayMessage(error.hint)}\n`);
     }
     return await session.run();
   } finally {

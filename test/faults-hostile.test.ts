@@ -8,12 +8,12 @@
  */
 import { randomBytes } from "node:crypto";
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
 import { startServer } from "./helpers/http-server.js";
-import { CLI, makeProject, runKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
+import { CLI, makeProject, runKaos, startKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
 
 const TAG_NAME = "KAOS_FAULTS_TAG";
 const tag = randomBytes(6).toString("hex");
@@ -329,12 +329,13 @@ truncate -s 64M "$1/metrics/big.json"
     const [job] = trainJobs(made);
     const info = await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir, timeoutMs: 20_000 });
     expect(info.code, info.stderr).toBe(0);
-    expect((JSON.parse(info.stdout) as { metrics: Record<string, unknown> }).metrics).toEqual({
-      accuracy: 0.5,
-      "big.json": `unreadable (${64 << 20} bytes, more than ${16 << 20})`,
-      "fifo.json": "unreadable (not a regular file)",
-      "zero.json": "unreadable (not a regular file)",
-    });
+    const read = JSON.parse(info.stdout) as { metrics: Record<string, unknown>; metricsSkipped: unknown[] };
+    expect(read.metrics).toEqual({ accuracy: 0.5 });
+    expect(read.metricsSkipped).toEqual([
+      { file: "metrics/big.json", reason: `${64 << 20} bytes, more than ${16 << 20}` },
+      { file: "metrics/fifo.json", reason: "not a regular file" },
+      { file: "metrics/zero.json", reason: "not a regular file" },
+    ]);
     const get = await runKaos(["train", "get", job!.id, "-o", "got"], { cwd: made.dir, timeoutMs: 60_000 });
     expect(get.code, get.stderr).toBe(0);
     expect(get.stderr).toContain(`skipped ${made.path(".kaos", "jobs", job!.id, "out", "metrics", "fifo.json")}: not a regular file, directory or symlink`);
@@ -343,9 +344,185 @@ truncate -s 64M "$1/metrics/big.json"
     expect(readdirSync(made.path("got/out/many"))).toHaveLength(500);
     expect(existsSync(made.path("got/out/pipe"))).toBe(false);
   }, 60_000);
+
+  it("metrics: nested objects become dotted names, lists and nulls are skipped with the reason, a file that is not JSON is named with its parse error, and -s offers only metric names", async () => {
+    const train = `#!/bin/sh
+mkdir -p "$1/metrics"
+echo '{"val": {"loss": 0.25, "top": {"k5": 0.9}}, "acc": 0.5, "model": "svm", "curve": [0.1, 0.2], "best": null}' > "$1/metrics/eval.json"
+echo '{"acc": 0.5,' > "$1/metrics/broken.json"
+echo '[0.1, 0.2]' > "$1/metrics/list.json"
+`;
+    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify({ a: [1, 2] }) }, train);
+    const result = await up(made);
+    expect(result.code, result.stderr).toBe(0);
+    const [job] = trainJobs(made);
+    const json = await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir });
+    expect(json.code, json.stderr).toBe(0);
+    const read = JSON.parse(json.stdout) as { metrics: Record<string, unknown>; metricsSkipped: { file: string; key?: string; reason: string }[] };
+    expect(read.metrics).toEqual({ "val.loss": 0.25, "val.top.k5": 0.9, acc: 0.5, model: "svm" });
+    expect(read.metricsSkipped.map((skip) => [skip.file, skip.key ?? null])).toEqual([
+      ["metrics/broken.json", null],
+      ["metrics/eval.json", "curve"],
+      ["metrics/eval.json", "best"],
+      ["metrics/list.json", null],
+    ]);
+    expect(read.metricsSkipped[0]!.reason).toMatch(/^not valid JSON \(.+\)$/);
+
+    const text = await runKaos(["train", "info", job!.id, "-s", "val.loss"], { cwd: made.dir });
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toContain("\n  val.loss  0.25\n");
+    expect(text.stdout).toMatch(/\n {2}skipped metrics\/broken\.json: not valid JSON \(.+\)\n/);
+    expect(text.stdout).toContain("\n  skipped metrics/eval.json: curve: a list; expected a number");
+    expect(text.stdout).toContain("\n  skipped metrics/eval.json: best: null; expected a number");
+    expect(text.stdout).toContain("\n  skipped metrics/list.json: a list; expected an object of metrics");
+    expect(text.stdout).toMatch(/sweep \(2 jobs, by val\.loss\)\n {2}ID +STATE +val\.loss +acc +val\.top\.k5 +PARAMS\n/);
+
+    const unknown = await runKaos(["train", "info", job!.id, "-s", "broken.json"], { cwd: made.dir });
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toBe(`error: -s broken.json: no job of this sweep has a numeric metric "broken.json"; expected one of: acc, val.loss, val.top.k5\n`);
+    const words = await runKaos(["train", "info", job!.id, "-s", "model"], { cwd: made.dir });
+    expect(words.code).toBe(1);
+    expect(words.stderr).toBe(`error: -s model: "model" is a string, not a number, in every job of this sweep that has it; expected one of: acc, val.loss, val.top.k5\n`);
+  }, 60_000);
+});
+
+/** What must never reach a terminal raw: a title-setting OSC, clear-screen, BEL, the one-byte CSI, a bidi override, a forged line. */
+const RAW = ["\u001b]0;", "\u001b[2J", "\u0007", "\u009b", "\u202e", "\nforged"];
+
+function expectNoRaw(text: string, what: string): void {
+  for (const raw of RAW) expect(text.includes(raw), `${what} holds ${JSON.stringify(raw)} raw:\n${text}`).toBe(false);
+}
+
+describe("hostile strings in human output", () => {
+  const grid = {
+    "t\u001b[2J": ["\u001b]0;owned\u0007", "x\nforged row"],
+    "\u202eevil": "\u009b31m",
+    "a=b": "c",
+    a: "b=c",
+  };
+  const metrics = { "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2, val: { loss: 0.25 } };
+  const COPY_METRICS = `#!/bin/sh\nmkdir -p "$1/metrics" && cp metrics.json "$1/metrics/m.json"\n`;
+  // As `plan --json` writes them, plus what JSON leaves raw (C1, bidi) as \\u escapes.
+  const shown = {
+    first: `a="b=c" "a=b"=c "t\\u001b[2J"="\\u001b]0;owned\\u0007" "\\u202eevil"="\\u009b31m"`,
+    second: `a="b=c" "a=b"=c "t\\u001b[2J"="x\\nforged row" "\\u202eevil"="\\u009b31m"`,
+  };
+
+  it("params and metrics with escape sequences, C1 and bidi controls and newlines are shown escaped by up (plain and live), plan, train list and train info; JSON stays exact", async () => {
+    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify(grid), "src/model/metrics.json": JSON.stringify(metrics) }, COPY_METRICS);
+    const plan = await runKaos(["plan"], { cwd: made.dir });
+    expect(plan.code, plan.stderr).toBe(0);
+    expectNoRaw(plan.stdout + plan.stderr, "plan");
+    expect(plan.stdout).toContain(`    run   1/2     ${shown.first}  never ran\n`);
+    expect(plan.stdout).toContain(`    run   2/2     ${shown.second}  never ran\n`);
+
+    const result = await up(made);
+    expect(result.code, result.stderr).toBe(0);
+    expectNoRaw(result.stdout + result.stderr, "up");
+    expect(result.stderr.split("\n").filter((line) => line.startsWith("p train 1/2 ") && line.includes(`  ${shown.first}  succeeded`))).toHaveLength(1);
+
+    const list = await runKaos(["train", "list"], { cwd: made.dir });
+    expectNoRaw(list.stdout, "train list");
+    expect(list.stdout.trimEnd().split("\n")).toHaveLength(4);
+    expect(list.stdout).toContain(shown.first);
+    const listed = JSON.parse((await runKaos(["train", "list", "--json"], { cwd: made.dir })).stdout) as { stage: string; params: unknown }[];
+    expect(listed.filter((job) => job.stage === "train").map((job) => job.params)).toEqual([
+      { a: "b=c", "a=b": "c", "t\u001b[2J": "x\nforged row", "\u202eevil": "\u009b31m" },
+      { a: "b=c", "a=b": "c", "t\u001b[2J": "\u001b]0;owned\u0007", "\u202eevil": "\u009b31m" },
+    ]);
+
+    const [job] = trainJobs(made);
+    const info = await runKaos(["train", "info", job!.id], { cwd: made.dir });
+    expect(info.code, info.stderr).toBe(0);
+    expectNoRaw(info.stdout, "train info");
+    expect(info.stdout).toContain(`\n  "acc\\u001b]0;owned\\u0007"  0.5\n  note  "\\u001b[2Jgone\\nforged row"\n  "bidi\\u202e"  1\n  "csi\\u009b"  2\n  val.loss  0.25\n`);
+    expect(info.stdout).toMatch(/\n {2}ID +STATE +"acc\\u001b\]0;owned\\u0007" +"bidi\\u202e" +"csi\\u009b" +val\.loss +PARAMS\n/);
+    const unknown = await runKaos(["train", "info", job!.id, "-s", "nope"], { cwd: made.dir });
+    expectNoRaw(unknown.stderr, "train info -s nope");
+    expect(unknown.stderr).toContain(`expected one of: "acc\\u001b]0;owned\\u0007", "bidi\\u202e", "csi\\u009b", val.loss\n`);
+    const infoJson = JSON.parse((await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir })).stdout) as { metrics: unknown };
+    expect(infoJson.metrics).toEqual({ "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2, "val.loss": 0.25 });
+
+    // The live view, on a real terminal (a pseudo-terminal through script(1)).
+    const terminalEnv: NodeJS.ProcessEnv = { ...process.env, TERM: "xterm", NO_COLOR: "1", ...env };
+    delete terminalEnv.CI;
+    const live = execFileSync("script", ["-qec", `${process.execPath} ${CLI} up --force`, "/dev/null"], { cwd: made.dir, env: terminalEnv, encoding: "utf8", input: "" });
+    expectNoRaw(live, "up on a terminal");
+    expect(live).toContain(shown.second);
+  }, 120_000);
+
+  it("a file name with escape sequences and a newline that triggers kaos watch is shown escaped", async () => {
+    const made = project({ "data/value.txt": "v" }, `#!/bin/sh\nmkdir -p "$1"\n`);
+    const watch = startKaos(["watch"], { cwd: made.dir, env });
+    try {
+      await watch.waitFor("waiting for changes");
+      writeFileSync(made.path("data", "\u001b]0;owned\u0007\u202e\nforged.txt"), "x");
+      await watch.waitFor(/run \w+ succeeded: 1 ran, 0 reused\n[^]*run \w+ succeeded: 1 ran, 0 reused\n/);
+    } finally {
+      await watch.stop();
+    }
+    expectNoRaw(watch.stdout() + watch.stderr(), "watch");
+    expect(watch.stderr()).toContain(`change detected: 0 stages and 1 job to run, 0 skipped ("data/\\u001b]0;owned\\u0007\\u202e\\nforged.txt")\n`);
+  }, 60_000);
+});
+
+describe("closed pipes", () => {
+  /** Runs kaos with stdout (and stderr too when asked) a pipe whose reader has already gone, as after `| head -1`. */
+  function withClosedOutput(args: string[], cwd: string, closeStderr = false): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, NO_COLOR: "1", CI: "true", [TAG_NAME]: tag }, stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout.destroy();
+    let stderr = "";
+    if (closeStderr) child.stderr.destroy();
+    else child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    return new Promise((done) => child.on("close", (code, signal) => done({ code, signal, stderr })));
+  }
+
+  it("every command whose reader closes early ends silently with status 141, as git does", async () => {
+    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify({ a: [1, 2, 3] }) }, `#!/bin/sh\necho "a line for the log"\nmkdir -p "$1"\n`);
+    expect((await up(made)).code).toBe(0);
+    const [job] = trainJobs(made);
+    for (const args of [["train", "list"], ["train", "list", "--json"], ["plan"], ["plan", "--json"], ["train", "info", job!.id], ["train", "logs", job!.id], ["template", "list"], ["--help"]]) {
+      const result = await withClosedOutput(args, made.dir);
+      expect({ args, code: result.code, stderr: result.stderr }).toEqual({ args, code: 141, stderr: "" });
+    }
+    // A real `| head -1` on more than a pipe holds: kaos is mid-write when head exits.
+    made.write({ "grid.json": JSON.stringify({ a: Array.from({ length: 3000 }, (_, i) => i) }) });
+    const piped = spawnSync("bash", ["-c", `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} plan --json | head -1; echo "status \${PIPESTATUS[0]}"`], { cwd: made.dir, encoding: "utf8", env: { ...process.env, CI: "true" } });
+    expect(piped.stdout).toBe("{\nstatus 141\n");
+    expect(piped.stderr).toBe("");
+  }, 120_000);
+
+  it("kaos up whose progress reader goes away cancels its run like Ctrl-C, records it, and exits 141", async () => {
+    const made = project({ "data/value.txt": "v" }, `#!/bin/sh\nexec sleep 600\n`);
+    const result = await withClosedOutput(["up"], made.dir, true);
+    expect(result.code).toBe(141);
+    const rows = jobRows(made.dir);
+    expect(rows.length).toBeGreaterThan(0);
+    expect(rows.filter((row) => row.state === "running" || row.state === "queued")).toEqual([]);
+    expect(rows.map((row) => row.state)).toContain("cancelled");
+    expect(processesWithEnv(TAG_NAME, tag)).toEqual([]);
+  }, 60_000);
 });
 
 describe("hostile manifests", () => {
+  it("progress without a terminal shows sizes and rates to a few significant digits, never a raw float", async () => {
+    // Two bytes in all: the rate is a few bytes a second, a fraction of a byte that must not show in full.
+    const server = await startServer({ "/a.csv": { body: "a" }, "/b.csv": { body: "b" } });
+    try {
+      const manifest = ["a.csv", "b.csv"].map((name) => JSON.stringify({ url: `${server.url}/${name}`, path: `train/${name}` })).join("\n");
+      const made = project({ "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`), "m.jsonl": manifest }, `#!/bin/sh\nmkdir -p "$1"\n`);
+      const result = await up(made);
+      expect(result.code, result.stderr).toBe(0);
+      const lines = result.stderr.split("\n").filter((line) => line.startsWith("p ingest  "));
+      expect(lines.length, result.stderr).toBeGreaterThan(0);
+      expect(lines.at(-1)).toMatch(/^p ingest {2}2\/2 files {2}2 B( \/ 2 B)? {2}\S+ (B|KiB|MiB|GiB)\/s/);
+      const amounts = lines.flatMap((line) => [...line.matchAll(/([\d.]+) (?:B|KiB|MiB|GiB|TiB)\b/g)].map((match) => match[1]!));
+      for (const amount of amounts) expect(amount.replace(".", "").replace(/^0+/, "").length, lines.join("\n")).toBeLessThanOrEqual(4);
+    } finally {
+      await server.close();
+    }
+  }, 60_000);
+
   it("2000 entries of which 7 fail: every failure named, the rest stored and pinned, and only the failures fetched again", async () => {
     const count = 2000;
     const paths = Array.from({ length: count }, (_, i) => (i === 7 ? "ü dir/a b.csv" : i === 8 ? "-dash/x.csv" : `part-${i % 10}/row-${i}.csv`));

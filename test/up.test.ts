@@ -299,7 +299,7 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect(info.stdout).toMatch(/inputs\n\s+env\s+[0-9a-f]{64}\n\s+source\s+[0-9a-f]{64}\n\s+data\s+[0-9a-f]{64}/);
     const badMetric = await runKaos(["train", "info", some.id, "-s", "accuracy"], { cwd: made.dir });
     expect(badMetric.code).toBe(1);
-    expect(badMetric.stderr).toContain('-s accuracy: no job of this sweep has a numeric metric "accuracy"; expected one of: data, score');
+    expect(badMetric.stderr).toContain('-s accuracy: no job of this sweep has a numeric metric "accuracy"; expected one of: score');
     const get = await runKaos(["train", "get", some.id, "-o", "fetched", "--code", "--params"], { cwd: made.dir });
     expect(get.code, get.stderr).toBe(0);
     expect(existsSync(made.path("fetched/out/metrics/m.json"))).toBe(true);

@@ -1,0 +1,47 @@
+/**
+ * A reader that goes away (`kaos train list | head -1`): Node ignores SIGPIPE,
+ * so every later write to the pipe fails with EPIPE, which would surface as an
+ * unhandled error with a stack. kaos ends the way a Unix tool killed by
+ * SIGPIPE does instead (`git log | head -1`): silently, with status 141
+ * (128 + SIGPIPE), as the shell reports it. A run in progress first cancels
+ * its jobs, as on Ctrl-C, so that nothing keeps running unrecorded.
+ */
+
+/** 128 + SIGPIPE: what a shell reports for a program killed by a closed pipe. */
+export const EXIT_BROKEN_PIPE = 141;
+
+const listeners = new Set<() => void>();
+let closed = false;
+
+/** True once stdout or stderr lost its reader. */
+export function outputClosed(): boolean {
+  return closed;
+}
+
+/**
+ * Calls `listener` once if stdout or stderr loses its reader while it is
+ * registered; while any listener is registered kaos does not exit at once but
+ * lets it wind down. Returns the function that unregisters it.
+ */
+export function onOutputClosed(listener: () => void): () => void {
+  listeners.add(listener);
+  return () => listeners.delete(listener);
+}
+
+function isBrokenPipe(error: unknown): boolean {
+  return typeof error === "object" && error !== null && (error as { code?: unknown }).code === "EPIPE";
+}
+
+/** Installs the handlers on stdout and stderr; the command line calls it once at start. */
+export function exitQuietlyOnClosedOutput(): void {
+  const onError = (error: unknown) => {
+    if (!isBrokenPipe(error)) throw error;
+    if (closed) return;
+    closed = true;
+    process.exitCode = EXIT_BROKEN_PIPE;
+    if (listeners.size === 0) process.exit(EXIT_BROKEN_PIPE);
+    for (const listener of [...listeners]) listener();
+  };
+  process.stdout.on("error", onError);
+  process.stderr.on("error", onError);
+}
