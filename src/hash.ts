@@ -29,6 +29,9 @@
  * syntax, negation included; the file itself stays in the tree) and
  * `options.ignore`. As in git, a file inside an ignored directory cannot be
  * re-included: ignored directories are not even read.
+ * `everyFile` turns all of this off, for trees that are results rather than
+ * bundles (a job's outputs): every file and symlink counts, and sockets,
+ * FIFOs and devices, which have no content to hash, are left out.
  *
  * Stat cache and the racy rule. With `statCache`, a file whose (dev, ino, size,
  * mtimeNs, ctimeNs, mode) equal its cached entry is not read. The cache also
@@ -171,6 +174,12 @@ export interface HashTreeOptions {
   ignore?: string[];
   /** Worker threads; default min(2, os.availableParallelism()). */
   workers?: number;
+  /**
+   * Hash every file and symlink under the root, as a job's outputs are: no
+   * default ignores, no `.kaosignore`, no editor files left out. Sockets,
+   * FIFOs and devices, which hold no content, are left out instead of refused.
+   */
+  everyFile?: boolean;
 }
 
 const TREE_HASH_HEADER = "kaos-tree-v1\n";
@@ -725,7 +734,7 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
   // read after this moment (what the racy rule needs from it).
   const cacheTimeNs = BigInt(Date.now()) * 1_000_000n;
   checkRoot(absoluteRoot);
-  const rules = ignoreRules(absoluteRoot, options.ignore);
+  const rules = options.everyFile === true ? null : ignoreRules(absoluteRoot, options.ignore);
   const store = options.statCache;
   // A cache the threads can read in place is loaded before they start: they
   // compare each file with it and send back little more than its row.
@@ -738,6 +747,7 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
     {
       rootPrefix: absoluteRoot.endsWith("/") ? absoluteRoot : `${absoluteRoot}/`,
       ignoreRules: rules,
+      everyFile: options.everyFile === true,
       // Without entries to trust every file is read anyway: read it while walking.
       hashInline: savedAt === undefined,
       cache: packed === undefined || packed.count === 0 ? null : columnsOf(packed),

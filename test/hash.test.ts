@@ -347,6 +347,24 @@ describe("hashTree: ignore rules", () => {
     const result = await hashTree(root);
     expect(result.files.map((file) => file.path)).toEqual([".kaosignore", "a.txt"]);
   });
+
+  it("with everyFile, ignores nothing (default names, editor files, .kaosignore) and leaves sockets and FIFOs out", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, {
+      ".kaosignore": "*.log\n",
+      "run.log": "kept",
+      ".git/HEAD": "ref",
+      "sub/__pycache__/m.pyc": "pyc",
+      "node_modules/x.js": "x",
+      ".model.swp": "swap",
+      "link": { symlink: "run.log" },
+    });
+    execFileSync("mkfifo", [join(root, "pipe")]);
+    const result = await hashTree(root, { everyFile: true });
+    expect(result.files.map((file) => file.path)).toEqual([".git/HEAD", ".kaosignore", ".model.swp", "link", "node_modules/x.js", "run.log", "sub/__pycache__/m.pyc"]);
+    writeFileSync(join(root, "sub/__pycache__/m.pyc"), "changed");
+    expect((await hashTree(root, { everyFile: true })).hash).not.toBe(result.hash);
+  });
 });
 
 describe("hashTree: symlinks", () => {
