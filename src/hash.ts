@@ -728,7 +728,22 @@ function ignoreRules(root: string, extra: string[] | undefined): string[] | null
   return rules.length === 0 ? null : rules;
 }
 
-export async function hashTree(root: string, options: HashTreeOptions = {}): Promise<TreeHash> {
+/**
+ * Trees are hashed one at a time: every walk shares the pool's threads, and a
+ * walk hands out more work only when its own replies come back, so two at
+ * once could each wait for threads the other keeps busy. Callers that start
+ * several (sealing jobs that end together, a plan checking reused results)
+ * are queued here.
+ */
+let treeQueue: Promise<unknown> = Promise.resolve();
+
+export function hashTree(root: string, options: HashTreeOptions = {}): Promise<TreeHash> {
+  const run = treeQueue.then(() => hashOneTree(root, options));
+  treeQueue = run.catch(() => undefined);
+  return run;
+}
+
+async function hashOneTree(root: string, options: HashTreeOptions): Promise<TreeHash> {
   const absoluteRoot = resolvePath(root);
   // Taken before anything is read, so that every file read in this call was
   // read after this moment (what the racy rule needs from it).

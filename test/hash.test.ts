@@ -208,6 +208,19 @@ describe("hashTree: identity", () => {
     expect(paths).toEqual(byteOrder);
     expect(one.files.find((file) => file.path === "deep/d1/e5/x-y/1699.txt")?.hash).toBe(sha256("1699"));
   });
+
+  it("hashes many trees asked for at once, each with its stat cache, without any of them stalling", async () => {
+    const roots = Array.from({ length: 8 }, (_, index) => {
+      const root = makeTemporaryDirectory();
+      writeTree(root, { ...SAMPLE, [`own-${index}.txt`]: `${index}` });
+      return root;
+    });
+    const caches = roots.map(() => memoryStatCache());
+    const first = await Promise.all(roots.map((root, index) => hashTree(root, { statCache: caches[index]! })));
+    const again = await Promise.all(roots.map((root, index) => hashTree(root, { statCache: caches[index]! })));
+    expect(again.map((tree) => tree.hash)).toEqual(first.map((tree) => tree.hash));
+    expect(new Set(first.map((tree) => tree.hash)).size).toBe(roots.length);
+  });
 });
 
 describe("hashTree: change detection", () => {
