@@ -183,3 +183,53 @@ done
     expect(results.problem).toMatch(/^job [0-9a-z]+'s results cannot be trusted: its seal .*seal\.json is not a valid seal/);
   }, 60_000);
 });
+
+describe("train get and symlinks in outputs", () => {
+  it("links are copied as they are; one leading out of the outputs is skipped and named, never rewritten", async () => {
+    const train = `#!/bin/sh
+set -e
+mkdir -p "$1/sub/deeper"
+echo model > "$1/model.txt"
+echo inner > "$1/sub/deeper/inner.txt"
+cd "$1"
+ln -s model.txt alias
+ln -s sub/deeper/inner.txt down
+ln -s ../model.txt sub/up
+ln -s .. sub/dirup
+ln -s not-there dangling
+ln -s ../../../../../../etc/hostname sub/escape
+ln -s /etc/hostname absolute
+ln -s sub/../../out/model.txt around
+ln -s dirup/.. sub/through-link
+`;
+    const made = project({ "grid.json": "{}" }, train);
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    const { id } = trainJobs(made)[0]!;
+    const get = await kaos(made, ["train", "get", id, "-o", "got"]);
+    expect(get.code, get.stderr).toBe(0);
+    const out = made.path(".kaos", "jobs", id, "out");
+    const skipped = get.stderr.split("\n").filter((line) => line.startsWith("skipped ")).sort();
+    expect(skipped).toEqual([
+      `skipped ${join(out, "absolute")}: symlink to /etc/hostname points outside the job's outputs`,
+      `skipped ${join(out, "around")}: symlink to sub/../../out/model.txt points outside the job's outputs`,
+      `skipped ${join(out, "sub", "escape")}: symlink to ../../../../../../etc/hostname points outside the job's outputs`,
+      `skipped ${join(out, "sub", "through-link")}: symlink to dirup/.. points outside the job's outputs`,
+    ]);
+    const got = made.path("got", "out");
+    const links = Object.fromEntries(["alias", "down", "sub/up", "sub/dirup", "dangling"].map((path) => [path, readlinkSync(join(got, path))]));
+    expect(links).toEqual({ alias: "model.txt", down: "sub/deeper/inner.txt", "sub/up": "../model.txt", "sub/dirup": "..", dangling: "not-there" });
+    for (const path of ["absolute", "around", "sub/escape", "sub/through-link"]) expect(existsSync(join(got, path)) || isLink(join(got, path)), path).toBe(false);
+    expect(readFileSync(join(got, "sub/up"), "utf8")).toBe("model\n");
+    // The copy is the user's: writable, though the sealed outputs are not.
+    writeFileSync(join(got, "model.txt"), "mine");
+    expect(readdirSync(join(got, "sub", "deeper"))).toEqual(["inner.txt"]);
+  }, 60_000);
+});
+
+function isLink(path: string): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}

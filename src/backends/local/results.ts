@@ -22,6 +22,7 @@ import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "../../errors.js";
 import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../hash.js";
 import { STATE_DIR_NAMES, jobPaths } from "../../layout.js";
+import { resolveInside } from "../../snapshot.js";
 
 /** path, mode, size, content hash, then the stats: dev, ino, mtime and ctime in ns (decimal strings). */
 type SealedEntry = [string, TreeFile["mode"], number, string, string, string, string, string];
@@ -285,16 +286,37 @@ export function resultsProblem(jobId: string, check: ResultsCheck): string | und
 }
 
 /**
- * Copies a job's tree (outputs or source) to `dest`. Sockets, FIFOs and
- * devices cannot be copied; `onSkip` hears of each. The copy is writable by
- * its owner, though the sealed tree is not.
+ * Copies a job's tree (outputs or source) to `dest` as it is: symlinks keep
+ * their targets, relative ones stay relative. A link that leads out of the
+ * tree is not copied (it would point at whatever sits at its target on this
+ * machine, not at anything the job produced), nor are sockets, FIFOs and
+ * devices; `onSkip` hears of each. The copy is writable by its owner, though
+ * the sealed tree is not.
  */
-export function copyResults(root: string, dest: string, _what: string, onSkip: (path: string, why: string) => void): void {
+export function copyResults(root: string, dest: string, what: string, onSkip: (path: string, why: string) => void): void {
+  const links = new Map<string, string>();
+  const collect = (dir: string, prefix: string): void => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const relative = prefix === "" ? entry.name : `${prefix}/${entry.name}`;
+      if (entry.isSymbolicLink()) links.set(relative, readlinkSync(join(dir, entry.name)));
+      else if (entry.isDirectory()) collect(join(dir, entry.name), relative);
+    }
+  };
+  collect(root, "");
+  const prefix = root.endsWith("/") ? root : `${root}/`;
   cpSync(root, dest, {
     recursive: true,
+    verbatimSymlinks: true,
     filter: (source) => {
       const stat = lstatSync(source);
-      if (stat.isFile() || stat.isDirectory() || stat.isSymbolicLink()) return true;
+      if (stat.isSymbolicLink()) {
+        const relative = source.slice(prefix.length);
+        const target = links.get(relative) ?? readlinkSync(source);
+        if (resolveInside(links, relative.split("/").slice(0, -1), target, { hops: 40 }) !== null) return true;
+        onSkip(source, `symlink to ${target} points outside the job's ${what}`);
+        return false;
+      }
+      if (stat.isFile() || stat.isDirectory()) return true;
       onSkip(source, "not a regular file, directory or symlink");
       return false;
     },
