@@ -318,9 +318,21 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
       });
       offset = size;
     };
+    // Said after the log, where it is seen: the line in the log that says it may be far up.
+    const noteDropped = async () => {
+      const { droppedNoteOf, LOG_LIMIT_VARIABLE } = await import("./backends/local/process.js");
+      let note: { droppedBytes: number; limitBytes: number };
+      try {
+        note = JSON.parse(readFileSync(droppedNoteOf(file), "utf8")) as typeof note;
+      } catch {
+        return;
+      }
+      process.stderr.write(`note: ${note.droppedBytes} bytes of job ${job.id}'s output were dropped from the middle of its log (cap ${note.limitBytes} bytes; ${LOG_LIMIT_VARIABLE} sets it)\n`);
+    };
     await printNew();
     if (!options.follow) {
       if (!existsSync(file)) process.stderr.write(`job ${job.id} has no log yet (${job.state})\n`);
+      await noteDropped();
       return EXIT_OK;
     }
     for (;;) {
@@ -336,6 +348,7 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
       await new Promise((done) => setTimeout(done, 200));
     }
     await printNew();
+    await noteDropped();
     return EXIT_OK;
   } finally {
     state.close();
