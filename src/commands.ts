@@ -448,7 +448,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     ];
     if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
     else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
-    else if (results !== undefined) lines.push(`results   not sealed: ${results.reason}`);
+    else if (results !== undefined) lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
     if (members.length > 1) {
       const metricNames = [...new Set(members.flatMap((member) => Object.keys(member.metrics)))].filter((name) => members.some((m) => typeof m.metrics[name] === "number")).sort();
       const shown = options.sort ? [options.sort, ...metricNames.filter((name) => name !== options.sort)] : metricNames;
