@@ -186,7 +186,8 @@ function buildProgram(): Command {
     .option("-o, --out <dir>", "destination directory (default: ./<job id>)")
     .option("--code", "also copy the source snapshot the job ran")
     .option("--params", "also write the job's params.json")
-    .action(async (job: string, options: { out?: string; code?: boolean; params?: boolean }, command: Command) => {
+    .option("--force", "copy results that changed after the job ended anyway (they cannot be trusted)")
+    .action(async (job: string, options: { out?: string; code?: boolean; params?: boolean; force?: boolean }, command: Command) => {
       const { getCommand } = await import("./commands.js");
       setExitStatus(await getCommand({ ...globals(command), ...options, job }));
     });

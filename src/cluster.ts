@@ -26,7 +26,7 @@ function clusterOracle(stack: ResolvedStack, applied: AppliedState): PlanOracle 
   return {
     runtime: async () => `kubernetes image build (${builder})`,
     environmentReady: (envKey) => envKeys.has(envKey),
-    succeededJob: () => undefined,
+    succeededJob: () => ({ job: undefined }),
   };
 }
 

@@ -3,7 +3,7 @@
  * the shared flow in engine.ts. Exit statuses: 0 success, 1 any failure, 2 for
  * `plan --detailed-exitcode` with changes pending.
  */
-import { cpSync, createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "./config.js";
@@ -322,9 +322,21 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
       });
       offset = size;
     };
+    // Said after the log, where it is seen: the line in the log that says it may be far up.
+    const noteDropped = async () => {
+      const { droppedNoteOf, LOG_LIMIT_VARIABLE } = await import("./backends/local/process.js");
+      let note: { droppedBytes: number; limitBytes: number };
+      try {
+        note = JSON.parse(readFileSync(droppedNoteOf(file), "utf8")) as typeof note;
+      } catch {
+        return;
+      }
+      process.stderr.write(`note: ${note.droppedBytes} bytes of job ${job.id}'s output were dropped from the middle of its log (cap ${note.limitBytes} bytes; ${LOG_LIMIT_VARIABLE} sets it)\n`);
+    };
     await printNew();
     if (!options.follow) {
       if (!existsSync(file)) process.stderr.write(`job ${job.id} has no log yet (${job.state})\n`);
+      await noteDropped();
       return EXIT_OK;
     }
     for (;;) {
@@ -340,6 +352,7 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
       await new Promise((done) => setTimeout(done, 200));
     }
     await printNew();
+    await noteDropped();
     return EXIT_OK;
   } finally {
     state.close();
@@ -370,6 +383,9 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     const sweep = job.stage === "train" ? state.sweepMembers(job.runId, job.pipeline).filter((member) => member.stage === "train") : [];
     const members = sweep.map((member) => ({ job: member, metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out) }));
     const sortable = numericMetricNames(members.map((member) => member.metrics));
+    const { checkJobResults, resultsProblem } = await import("./backends/local/results.js");
+    const results = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
+    const untrusted = results === undefined ? undefined : resultsProblem(job.id, results);
     if (options.sort !== undefined) {
       const metric = options.sort;
       if (members.length > 0 && !sortable.includes(metric)) {
@@ -396,6 +412,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         metrics: metrics.values,
         metricsSkipped: metrics.skipped,
         outputDir: outDir,
+        results: results === undefined ? null : { ...results, problem: untrusted ?? null },
         sweep: members.map((member) => ({ id: member.job.id, state: member.job.state, params: member.job.params, metrics: member.metrics.values })),
       });
       return EXIT_OK;
@@ -420,6 +437,9 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       "",
       `outputs   ${displayText(outDir)}`,
     ];
+    if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
+    else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
+    else if (results !== undefined) lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
     if (members.length > 1) {
       const shown = options.sort ? [options.sort, ...sortable.filter((name) => name !== options.sort)] : sortable;
       lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${displayText(options.sort)}` : ""})`));
@@ -442,7 +462,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
   }
 }
 
-export async function getCommand(options: Common & { job: string; out?: string; code?: boolean; params?: boolean }): Promise<number> {
+export async function getCommand(options: Common & { job: string; out?: string; code?: boolean; params?: boolean; force?: boolean }): Promise<number> {
   const { config, state } = await readState(options);
   try {
     const job = state.resolveJob(options.job);
@@ -454,18 +474,17 @@ export async function getCommand(options: Common & { job: string; out?: string; 
     if (existsSync(destination) && readdirSync(destination).length > 0) {
       throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, { hint: "pass -o DIR" });
     }
+    const { checkJobResults, copyResults, resultsProblem } = await import("./backends/local/results.js");
+    const untrusted = resultsProblem(job.id, await checkJobResults(stateDirOf(config.root), job.id));
+    if (untrusted !== undefined) {
+      if (!options.force) throw new KaosError("RESULTS_CHANGED", untrusted, { hint: "rerun the job (kaos up --force), or pass --force to copy them anyway" });
+      process.stderr.write(`warning: ${untrusted}; copied anyway (--force)\n`);
+    }
     mkdirSync(destination, { recursive: true });
-    // FIFOs, sockets and devices a script left in its outputs cannot be copied: skip and name them.
-    const skipped: string[] = [];
-    const copyable = (source: string): boolean => {
-      const stat = lstatSync(source);
-      if (stat.isFile() || stat.isDirectory() || stat.isSymbolicLink()) return true;
-      skipped.push(source);
-      return false;
-    };
-    cpSync(outDir, join(destination, "out"), { recursive: true, filter: copyable });
-    if (options.code) cpSync(paths.source, join(destination, "source"), { recursive: true, filter: copyable });
-    for (const source of skipped) process.stderr.write(`skipped ${displayText(source)}: not a regular file, directory or symlink\n`);
+    // What cannot be copied as the job left it (FIFOs, links out of the tree) is skipped and named.
+    const skipped = (source: string, why: string) => process.stderr.write(`skipped ${displayText(source)}: ${displayLine(why)}\n`);
+    copyResults(outDir, join(destination, "out"), "outputs", skipped);
+    if (options.code) copyResults(paths.source, join(destination, "source"), "source", skipped);
     if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
     process.stdout.write(`copied job ${job.id} to ${destination}\n`);
     return EXIT_OK;

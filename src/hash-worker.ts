@@ -117,6 +117,8 @@ export interface WalkRequest {
   units: WalkUnit[];
   /** Gitignore patterns (.kaosignore text and extra patterns), or null. */
   ignoreRules: string[] | null;
+  /** Every file and symlink, ignoring nothing; sockets, FIFOs and devices are left out instead of refused. */
+  everyFile: boolean;
   /** Hash while walking (there is no trusted stat cache to spare the reads). */
   hashInline: boolean;
   /** Compare every file with this cache; `cacheId` names it, so that a worker decodes it once. */
@@ -308,19 +310,22 @@ function checkNameEncoding(directory: string, prefix: string, name: string): voi
 }
 
 /** Names of a listing that belong to the tree, directories with '/' appended, in walk order. */
-function entryKeys(entries: Dirent[], directory: string, prefix: string, ignored: Ignore | undefined): string[] {
+function entryKeys(entries: Dirent[], directory: string, prefix: string, ignored: Ignore | undefined, everyFile: boolean): string[] {
   const keys: string[] = [];
   for (const entry of entries) {
     const name = entry.name;
     if (name.includes("\uFFFD")) checkNameEncoding(directory, prefix, name);
-    if (ALWAYS_IGNORED.has(name)) continue;
+    if (!everyFile && ALWAYS_IGNORED.has(name)) continue;
     if (entry.isDirectory()) {
       if (ignored !== undefined && ignored.ignores(`${prefix}${name}/`)) continue;
       keys.push(`${name}/`);
       continue;
     }
-    if (isEditorFile(name) || (ignored !== undefined && ignored.ignores(prefix + name))) continue;
-    if (!entry.isFile() && !entry.isSymbolicLink()) throw new FileError(prefix + name, "special", false, "it is a socket, FIFO or device file");
+    if (!everyFile && (isEditorFile(name) || (ignored !== undefined && ignored.ignores(prefix + name)))) continue;
+    if (!entry.isFile() && !entry.isSymbolicLink()) {
+      if (everyFile) continue;
+      throw new FileError(prefix + name, "special", false, "it is a socket, FIFO or device file");
+    }
     keys.push(name);
   }
   sortKeys(keys);
@@ -511,7 +516,7 @@ class UnitCollector {
       throw new FileError(prefix === "" ? "." : prefix.slice(0, -1), code, true, error instanceof Error ? error.message : String(error));
     }
     this.entriesLeft -= DIRECTORY_COST;
-    const keys = entryKeys(entries, this.request.rootPrefix + prefix, prefix, this.ignored);
+    const keys = entryKeys(entries, this.request.rootPrefix + prefix, prefix, this.ignored, this.request.everyFile);
     for (let index = 0; index < keys.length; index++) {
       if (this.entriesLeft <= 0) {
         this.deferRest(prefix, keys, index);
@@ -566,7 +571,7 @@ class UnitCollector {
     const index = this.count++;
     this.paths.push(path);
     this.cacheRows[index] = -1;
-    if (stats === undefined) {
+    if (stats === undefined || (this.request.everyFile && !stats.isFile() && !stats.isSymbolicLink() && !stats.isDirectory())) {
       this.status[index] = STATUS_VANISHED;
       this.allHits = false;
       return;

@@ -29,6 +29,9 @@
  * syntax, negation included; the file itself stays in the tree) and
  * `options.ignore`. As in git, a file inside an ignored directory cannot be
  * re-included: ignored directories are not even read.
+ * `everyFile` turns all of this off, for trees that are results rather than
+ * bundles (a job's outputs): every file and symlink counts, and sockets,
+ * FIFOs and devices, which have no content to hash, are left out.
  *
  * Stat cache and the racy rule. With `statCache`, a file whose (dev, ino, size,
  * mtimeNs, ctimeNs, mode) equal its cached entry is not read. The cache also
@@ -171,6 +174,12 @@ export interface HashTreeOptions {
   ignore?: string[];
   /** Worker threads; default min(2, os.availableParallelism()). */
   workers?: number;
+  /**
+   * Hash every file and symlink under the root, as a job's outputs are: no
+   * default ignores, no `.kaosignore`, no editor files left out. Sockets,
+   * FIFOs and devices, which hold no content, are left out instead of refused.
+   */
+  everyFile?: boolean;
 }
 
 const TREE_HASH_HEADER = "kaos-tree-v1\n";
@@ -719,13 +728,28 @@ function ignoreRules(root: string, extra: string[] | undefined): string[] | null
   return rules.length === 0 ? null : rules;
 }
 
-export async function hashTree(root: string, options: HashTreeOptions = {}): Promise<TreeHash> {
+/**
+ * Trees are hashed one at a time: every walk shares the pool's threads, and a
+ * walk hands out more work only when its own replies come back, so two at
+ * once could each wait for threads the other keeps busy. Callers that start
+ * several (sealing jobs that end together, a plan checking reused results)
+ * are queued here.
+ */
+let treeQueue: Promise<unknown> = Promise.resolve();
+
+export function hashTree(root: string, options: HashTreeOptions = {}): Promise<TreeHash> {
+  const run = treeQueue.then(() => hashOneTree(root, options));
+  treeQueue = run.catch(() => undefined);
+  return run;
+}
+
+async function hashOneTree(root: string, options: HashTreeOptions): Promise<TreeHash> {
   const absoluteRoot = resolvePath(root);
   // Taken before anything is read, so that every file read in this call was
   // read after this moment (what the racy rule needs from it).
   const cacheTimeNs = BigInt(Date.now()) * 1_000_000n;
   checkRoot(absoluteRoot);
-  const rules = ignoreRules(absoluteRoot, options.ignore);
+  const rules = options.everyFile === true ? null : ignoreRules(absoluteRoot, options.ignore);
   const store = options.statCache;
   // A cache the threads can read in place is loaded before they start: they
   // compare each file with it and send back little more than its row.
@@ -738,6 +762,7 @@ export async function hashTree(root: string, options: HashTreeOptions = {}): Pro
     {
       rootPrefix: absoluteRoot.endsWith("/") ? absoluteRoot : `${absoluteRoot}/`,
       ignoreRules: rules,
+      everyFile: options.everyFile === true,
       // Without entries to trust every file is read anyway: read it while walking.
       hashInline: savedAt === undefined,
       cache: packed === undefined || packed.count === 0 ? null : columnsOf(packed),

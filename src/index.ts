@@ -16,3 +16,7 @@ export type {
   Toleration,
   WatchOptions,
 } from "./types.js";
+
+/** For tools that show local results (a dashboard): whether a job's results are still what it left. */
+export { checkJobResults, resultsProblem } from "./backends/local/results.js";
+export type { ResultsCheck, TreeChanges } from "./backends/local/results.js";

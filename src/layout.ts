@@ -25,8 +25,37 @@ export function stateDirOf(root: string): string {
   return join(root, ".kaos");
 }
 
+/**
+ * What kaos itself keeps at the top of `.kaos/`: the state database and its
+ * SQLite companions, the object store, environments, laid-out data, tree
+ * listings, job directories, Pulumi's state and the interpreter hint. Any
+ * other name there was put by someone else.
+ */
+export const STATE_DIR_NAMES: ReadonlySet<string> = new Set([
+  "state.db",
+  "state.db-wal",
+  "state.db-shm",
+  "state.db-journal",
+  "objects",
+  "envs",
+  "snapshots",
+  "data",
+  "trees",
+  "jobs",
+  "pulumi",
+  "python-probe",
+]);
+
 /** A job's files: outputs, timestamped log, params, and its copy of the source. */
 export function jobPaths(stateDir: string, jobId: string) {
   const dir = join(stateDir, "jobs", jobId);
-  return { dir, out: join(dir, "out"), log: join(dir, "log"), params: join(dir, "params.json"), source: join(dir, "source") };
+  return {
+    dir,
+    out: join(dir, "out"),
+    log: join(dir, "log"),
+    params: join(dir, "params.json"),
+    source: join(dir, "source"),
+    /** The seal of its results, written when it ended (see backends/local/results.ts). */
+    seal: join(dir, "seal.json"),
+  };
 }

@@ -88,9 +88,15 @@ export interface PlanOracle {
   runtime(bundle: SourceBundle): Promise<string>;
   /** True when the environment of `envKey` is built and usable. */
   environmentReady(envKey: string): boolean;
-  /** The succeeded job with this key whose outputs are still present, if any. */
-  succeededJob(jobKey: string): JobRecord | undefined;
+  /**
+   * The succeeded job with this key whose outputs are still present and
+   * intact, if any; else, when there is one whose results cannot be reused,
+   * why (`distrusted`).
+   */
+  succeededJob(jobKey: string): Promise<Reusable> | Reusable;
 }
+
+export type Reusable = { job: JobRecord; distrusted?: undefined } | { job: undefined; distrusted?: string };
 
 /** What `kaos up` records per pipeline after applying it; plans diff against it. */
 export interface AppliedPipeline {
@@ -263,20 +269,21 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
     [envChanged ? "environment changed" : undefined, describeChange("source", sourceChange), describeChange("data", dataChange)]
       .filter(Boolean)
       .join("; ") || undefined;
-  const jobs: JobPlan[] = combinations.map((params, index) => {
+  const jobs: JobPlan[] = await Promise.all(combinations.map(async (params, index): Promise<JobPlan> => {
     const canonical = canonicalJson(params);
     const paramsKey = hashString("kaos params v1", canonical);
     const key = dataKey === undefined ? null : jobKeyOf({ env: envKey, source: sourceTree.hash, data: dataKey }, params);
-    const reuse = key === null || options.force ? undefined : oracle.succeededJob(key);
+    const { job: reuse, distrusted } = key === null || options.force ? { job: undefined } : await oracle.succeededJob(key);
     if (reuse) return { index, key, params, paramsKey, action: "skip", reason: `identical job ${reuse.id} succeeded`, reuse };
     let reason: string;
     if (options.force) reason = "forced";
+    else if (distrusted !== undefined) reason = distrusted;
     else if (key === null) reason = "data key known after ingest";
     else if (applied !== undefined && !previous.has(canonical)) reason = "new combination";
     else if (key !== null && state.lastFailed("train", key)) reason = "previous attempt failed";
     else reason = applied === undefined ? "never ran" : (inputReason ?? "never ran");
     return { index, key, params, paramsKey, action: "run", reason, reuse: undefined };
-  });
+  }));
   const running = jobs.filter((job) => job.action === "run").length;
   if (running > 0) {
     stages.train = { action: "run", key: hyperparamsKey, reason: `${running} of ${jobs.length} jobs to run` };

@@ -96,7 +96,7 @@ export async function storeTree(objects: ObjectStore, tree: TreeHash, where: str
  * `esc` normalizes to a path inside it). A loop resolves to nothing, which
  * stays inside.
  */
-function resolveInside(links: ReadonlyMap<string, string>, base: readonly string[], target: string, budget: { hops: number }): string[] | null {
+export function resolveInside(links: ReadonlyMap<string, string>, base: readonly string[], target: string, budget: { hops: number }): string[] | null {
   if (isAbsolute(target)) return null;
   let stack = [...base];
   for (const part of target.split("/")) {

@@ -504,6 +504,49 @@ describe("closed pipes", () => {
   }, 60_000);
 });
 
+describe("hostile output volume", () => {
+  it("a script printing far more than the log cap: the log keeps its head and its tail and says how much was dropped", async () => {
+    // About 1.2 MB on stdout in 8 KiB writes, then the reason it fails on stderr: the part that matters most.
+    const train = `#!/usr/bin/env python3
+import sys
+for i in range(40000):
+    sys.stdout.write("line %06d %s\\n" % (i, "x" * 20))
+sys.stdout.flush()
+print("failing: the last words", file=sys.stderr)
+sys.exit(3)
+`;
+    const made = project({ "data/value.txt": "v" }, train);
+    const cap = 65_536;
+    const result = await up(made, { KAOS_LOG_MAX_BYTES: String(cap) });
+    expect(result.code).toBe(1);
+    const [job] = trainJobs(made);
+    expect(job!.reason).toBe("exited with code 3");
+    const dir = made.path(".kaos", "jobs", job!.id);
+    const log = readFileSync(join(dir, "log"), "utf8");
+    expect(log.length).toBeLessThan(cap + 16_384);
+    expect(log).toMatch(/^\S+ stdout \| line 000000 x+$/m);
+    expect(log).toMatch(/^\S+ stdout \| line 039999 x+$/m);
+    expect(log).toMatch(/^\S+ stderr \| failing: the last words$/m);
+    expect(log).toMatch(/^\S+ kaos \| the log reached its cap of 64.0 KiB \(KAOS_LOG_MAX_BYTES\): the output from here on is dropped but for its last part, which follows when the job ends$/m);
+    const dropped = /^\S+ kaos \| (\d+) bytes of output dropped here \(the log keeps the first 16.0 KiB and the last [^;]+; cap 64.0 KiB per job, KAOS_LOG_MAX_BYTES\)$/m.exec(log);
+    expect(dropped, log.slice(0, 2000)).not.toBeNull();
+    expect(Number(dropped![1])).toBeGreaterThan(1_000_000);
+    // Head, then the note, then the tail, each in order and without a line cut in two.
+    const numbers = [...log.matchAll(/stdout \| line (\d{6}) x{20}$/gm)].map((match) => Number(match[1]));
+    expect(numbers).toEqual([...numbers].sort((a, b) => a - b));
+    expect(log.split("\n").filter((line) => line !== "" && !/^\S+ (stdout|stderr|kaos) \| /.test(line))).toEqual([]);
+    expect(readdirSync(dir).filter((name) => name.includes("tail"))).toEqual([]);
+    const logs = await runKaos(["train", "logs", job!.id], { cwd: made.dir });
+    expect(logs.code).toBe(0);
+    expect(logs.stdout).toBe(log);
+    expect(logs.stderr).toBe(`note: ${dropped![1]} bytes of job ${job!.id}'s output were dropped from the middle of its log (cap ${cap} bytes; KAOS_LOG_MAX_BYTES sets it)\n`);
+
+    const invalid = await up(made, { KAOS_LOG_MAX_BYTES: "lots" });
+    expect(invalid.code).toBe(1);
+    expect(trainJobs(made).at(-1)!.reason).toBe('KAOS_LOG_MAX_BYTES=lots: expected a number of bytes or a size such as "20M" or "1Gi" (0 for no cap)');
+  }, 60_000);
+});
+
 describe("hostile manifests", () => {
   it("progress without a terminal shows sizes and rates to a few significant digits, never a raw float", async () => {
     // Two bytes in all: the rate is a few bytes a second, a fraction of a byte that must not show in full.

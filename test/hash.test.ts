@@ -208,6 +208,19 @@ describe("hashTree: identity", () => {
     expect(paths).toEqual(byteOrder);
     expect(one.files.find((file) => file.path === "deep/d1/e5/x-y/1699.txt")?.hash).toBe(sha256("1699"));
   });
+
+  it("hashes many trees asked for at once, each with its stat cache, without any of them stalling", async () => {
+    const roots = Array.from({ length: 8 }, (_, index) => {
+      const root = makeTemporaryDirectory();
+      writeTree(root, { ...SAMPLE, [`own-${index}.txt`]: `${index}` });
+      return root;
+    });
+    const caches = roots.map(() => memoryStatCache());
+    const first = await Promise.all(roots.map((root, index) => hashTree(root, { statCache: caches[index]! })));
+    const again = await Promise.all(roots.map((root, index) => hashTree(root, { statCache: caches[index]! })));
+    expect(again.map((tree) => tree.hash)).toEqual(first.map((tree) => tree.hash));
+    expect(new Set(first.map((tree) => tree.hash)).size).toBe(roots.length);
+  });
 });
 
 describe("hashTree: change detection", () => {
@@ -346,6 +359,24 @@ describe("hashTree: ignore rules", () => {
     execFileSync("mkfifo", [join(root, "pipe.fifo")]);
     const result = await hashTree(root);
     expect(result.files.map((file) => file.path)).toEqual([".kaosignore", "a.txt"]);
+  });
+
+  it("with everyFile, ignores nothing (default names, editor files, .kaosignore) and leaves sockets and FIFOs out", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, {
+      ".kaosignore": "*.log\n",
+      "run.log": "kept",
+      ".git/HEAD": "ref",
+      "sub/__pycache__/m.pyc": "pyc",
+      "node_modules/x.js": "x",
+      ".model.swp": "swap",
+      "link": { symlink: "run.log" },
+    });
+    execFileSync("mkfifo", [join(root, "pipe")]);
+    const result = await hashTree(root, { everyFile: true });
+    expect(result.files.map((file) => file.path)).toEqual([".git/HEAD", ".kaosignore", ".model.swp", "link", "node_modules/x.js", "run.log", "sub/__pycache__/m.pyc"]);
+    writeFileSync(join(root, "sub/__pycache__/m.pyc"), "changed");
+    expect((await hashTree(root, { everyFile: true })).hash).not.toBe(result.hash);
   });
 });
 

@@ -18,7 +18,7 @@ import { ingest } from "../../ingest.js";
 import { pinnedHash, readLock } from "../../manifest.js";
 import { jobPaths, stateDirOf } from "../../layout.js";
 import { ObjectStore } from "../../objects.js";
-import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle } from "../../plan.js";
+import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../plan.js";
 import type { Reporter } from "../../progress.js";
 import {
   checkSeal,
@@ -41,6 +41,7 @@ import type { SourceBundle } from "../../bundle.js";
 import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
 import { rememberPythonProbe, resolvePython } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
+import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
 
@@ -225,10 +226,12 @@ export class LocalBackend implements PlanOracle {
     return environmentReady(this.envsDir, envKey);
   }
 
-  succeededJob(jobKey: string): JobRecord | undefined {
+  async succeededJob(jobKey: string): Promise<Reusable> {
     const job = this.state.latestSucceeded("train", jobKey);
-    if (job === undefined) return undefined;
-    return existsSync(jobPaths(this.stateDir, job.id).out) ? job : undefined;
+    if (job === undefined || !existsSync(jobPaths(this.stateDir, job.id).out)) return { job: undefined };
+    // Results written to after they were sealed are not what the key promises.
+    const problem = resultsProblem(job.id, await checkJobResults(this.stateDir, job.id));
+    return problem === undefined ? { job } : { job: undefined, distrusted: `${problem}: not reused` };
   }
 
   capacity(): Capacity {
@@ -369,12 +372,12 @@ export class LocalBackend implements PlanOracle {
     }
 
     // Jobs whose key waited for the ingest: now known, and maybe already done.
-    const jobs: JobPlan[] = p.jobs.map((job) => {
+    const jobs: JobPlan[] = await Promise.all(p.jobs.map(async (job) => {
       if (job.key !== null || dataKey === undefined) return job;
       const key = jobKeyOf({ env: p.keys.env, source: p.keys.source, data: dataKey }, job.params);
-      const reuse = this.succeededJob(key);
-      return reuse ? { ...job, key, action: "skip", reuse, reason: `identical job ${reuse.id} succeeded` } : { ...job, key };
-    });
+      const { job: reuse } = await this.succeededJob(key);
+      return reuse ? { ...job, key, action: "skip" as const, reuse, reason: `identical job ${reuse.id} succeeded` } : { ...job, key };
+    }));
     const toRun = jobs.filter((job) => job.action === "run");
 
     // Build.
@@ -510,6 +513,19 @@ export class LocalBackend implements PlanOracle {
           return result;
         }),
       );
+      // A job of the sweep may have written into another's sealed results: those are not trusted.
+      const tampered: { id: string; problem: string }[] = [];
+      for (const [index, record] of records.entries()) {
+        if (results[index]!.state !== "succeeded") continue;
+        const problem = resultsProblem(record.id, await checkJobResults(this.stateDir, record.id));
+        if (problem !== undefined) tampered.push({ id: record.id, problem });
+      }
+      for (const { id, problem } of tampered) {
+        const reason = `${problem.replace(`job ${id}'s results`, "its results")}; a job of this sweep wrote outside its output directory`;
+        this.state.revokeSucceeded([id], reason);
+        results = results.map((result, index) => (records[index]!.id === id ? { ...result, state: "failed" as const, reason } : result));
+        reporter.event({ kind: "note", message: `${name} train: ${problem}; recorded as failed` });
+      }
       // What the watches cannot see (writes through a memory mapping, a lost event): every stat, once per sweep.
       const late = data.seal.broken === undefined ? this.dataSpoiled(data, { everyStat: true }) : undefined;
       if (late !== undefined) {
@@ -707,6 +723,7 @@ export class LocalBackend implements PlanOracle {
       if (seal.broken !== undefined) {
         return finish("failed", null, `not started: ${dataWrittenReason("by a job of this sweep", seal.broken)}`);
       }
+      const stateBefore = listState(this.stateDir);
       current = spawnLogged({
         command: join(modelDir, "train"),
         args: [paths.out],
@@ -722,10 +739,25 @@ export class LocalBackend implements PlanOracle {
       this.record(reporter, record.id);
       const result = await current.done;
       // Told with the job's result, since the log that would say it could not be written.
-      const logNote = result.logError === undefined ? "" : `; its log could not be written (${result.logError})`;
+      let logNote = result.logError === undefined ? "" : `; its log could not be written (${result.logError})`;
+      let unsealed: string | undefined;
+      try {
+        const seal = await sealJobResults(this.stateDir, record.id, p.sourceTree.files);
+        if (seal.sourceChangedByJob !== null) {
+          logNote += `; it changed its own copy of the source while it ran (${describeChanges(seal.sourceChangedByJob)}): \`kaos train get --code\` gives the copy as it left it`;
+        }
+      } catch (error) {
+        unsealed = `its results could not be sealed: ${describeError(error)}`;
+      }
+      const intruded = foreignStateEntries(this.stateDir, stateBefore, (id) => this.state.getJob(id) !== undefined);
       if (cancelledReason) return finish("cancelled", result.exitCode, cancelledReason + logNote);
       const spoiled = this.dataSpoiled(context.data);
       if (spoiled !== undefined) return finish("failed", result.exitCode, dataWrittenReason("while this job ran", spoiled) + logNote);
+      if (unsealed !== undefined) return finish("failed", result.exitCode, unsealed + logNote);
+      if (intruded.length > 0) {
+        const reason = `${intruded.join(", ")} appeared in kaos's state directory while this job ran; a job writes only into KAOS_OUTPUT_DIR (left there for you to look at)`;
+        return finish("failed", result.exitCode, reason + logNote);
+      }
       if (result.oomKilled) return finish("failed", result.exitCode, (result.reason ?? "OOMKilled") + logNote);
       if (result.exitCode === 0) return finish("succeeded", 0, logNote === "" ? null : `succeeded${logNote}`);
       const reason = result.reason ?? (result.signal ? `killed by ${result.signal}` : `exited with code ${result.exitCode}`);

@@ -5,8 +5,10 @@
  * killed when its resident memory goes over the limit).
  */
 import { spawn } from "node:child_process";
-import { createWriteStream, readdirSync, readFileSync, type WriteStream } from "node:fs";
-import { describeError } from "../../errors.js";
+import { randomUUID } from "node:crypto";
+import { appendFileSync, createWriteStream, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
+import { parseMemory } from "../../config.js";
+import { KaosError, describeError } from "../../errors.js";
 import { formatBytes } from "../../output.js";
 import { readProcStat } from "../../process-identity.js";
 
@@ -41,33 +43,133 @@ export interface SpawnOptions {
    * that left the process group (setsid daemons).
    */
   jobId?: string | undefined;
+  /** The log's cap in bytes; default: KAOS_LOG_MAX_BYTES, else DEFAULT_LOG_LIMIT_BYTES. */
+  logLimitBytes?: number | undefined;
 }
 
 /** The environment variable that tags every process of a job. */
 export const JOB_TAG = "KAOS_JOB_ID";
 
+/** The environment variable that caps each job's log, and the cap without it. */
+export const LOG_LIMIT_VARIABLE = "KAOS_LOG_MAX_BYTES";
+export const DEFAULT_LOG_LIMIT_BYTES = 50 * 1024 * 1024;
+
+/** The log cap in bytes from KAOS_LOG_MAX_BYTES (a number of bytes, or a size such as 20M or 1Gi; 0: no cap). */
+export function logLimitBytes(env: NodeJS.ProcessEnv = process.env): number {
+  const text = env[LOG_LIMIT_VARIABLE]?.trim();
+  if (text === undefined || text === "") return DEFAULT_LOG_LIMIT_BYTES;
+  const bytes = /^\d+$/.test(text) ? Number(text) : parseMemory(text);
+  if (bytes === undefined || !Number.isSafeInteger(bytes)) {
+    throw new KaosError("USAGE", `${LOG_LIMIT_VARIABLE}=${text}: expected a number of bytes or a size such as "20M" or "1Gi" (0 for no cap)`);
+  }
+  return bytes === 0 ? Number.POSITIVE_INFINITY : bytes;
+}
+
+/** Beside a log whose middle was dropped: how much, as JSON `{"droppedBytes", "limitBytes"}`. */
+export function droppedNoteOf(logFile: string): string {
+  return `${logFile}.dropped`;
+}
+
+/** A quarter of the cap keeps the start of the output; the rest, its end, which tells why a job failed. */
+const HEAD_SHARE = 0.25;
+
 /**
  * A job's log file. A write that fails (a full disk) must not take kaos down
  * with an unhandled stream error: the failure is kept, later lines are
  * dropped, and the process's output is still drained so it never blocks.
+ *
+ * The log is capped (`limit` bytes, give or take a line): the first quarter
+ * of the cap goes to the log as it comes; past it, lines go to two tail files
+ * beside the log used in turn, each emptied when the other fills, so the last
+ * lines (between three eighths and three quarters of the cap) are always
+ * kept. When the job ends they follow a line that says how many bytes were
+ * dropped, and a note beside the log says it too.
  */
 class LogFile {
   private readonly out: WriteStream;
   error: string | undefined;
+  private readonly headLimit: number;
+  private readonly segmentLimit: number;
+  private written = 0;
+  /** Past the head: the tail files (older first), their sizes, and the bytes dropped from them so far. */
+  private tail: { files: [string, string]; sizes: [number, number]; active: 0 | 1; dropped: number } | undefined;
 
-  constructor(file: string) {
+  constructor(
+    private readonly file: string,
+    private readonly limit: number,
+  ) {
     this.out = createWriteStream(file, { flags: "a" });
     this.out.on("error", (error) => {
       this.error ??= describeError(error);
     });
+    this.headLimit = Math.floor(limit * HEAD_SHARE);
+    this.segmentLimit = Math.max(1, Math.floor((limit - this.headLimit) / 2));
   }
 
   write(text: string): void {
-    if (this.error === undefined && !this.out.destroyed) this.out.write(text);
+    if (this.error !== undefined || this.out.destroyed) return;
+    if (this.tail === undefined) {
+      const bytes = Buffer.byteLength(text);
+      if (this.written + bytes <= this.headLimit) {
+        this.written += bytes;
+        this.out.write(text);
+        return;
+      }
+      // The lines that still fit end the head; the rest begin the tail.
+      const lines = text.split(/(?<=\n)/);
+      let head = "";
+      let index = 0;
+      for (; index < lines.length; index++) {
+        const size = Buffer.byteLength(lines[index]!);
+        if (this.written + size > this.headLimit) break;
+        this.written += size;
+        head += lines[index];
+      }
+      this.out.write(head + `${new Date().toISOString()} kaos | the log reached its cap of ${formatBytes(this.limit)} (${LOG_LIMIT_VARIABLE}): the output from here on is dropped but for its last part, which follows when the job ends\n`);
+      const stamp = `${process.pid}.${randomUUID().slice(0, 8)}`;
+      this.tail = { files: [`${this.file}.tail-a.${stamp}.tmp`, `${this.file}.tail-b.${stamp}.tmp`], sizes: [0, 0], active: 0, dropped: 0 };
+      text = lines.slice(index).join("");
+      if (text === "") return;
+    }
+    this.writeTail(text);
+  }
+
+  private writeTail(text: string): void {
+    const tail = this.tail!;
+    try {
+      if (tail.sizes[tail.active] >= this.segmentLimit) {
+        const next = tail.active === 0 ? 1 : 0;
+        tail.dropped += tail.sizes[next];
+        writeFileSync(tail.files[next], "");
+        tail.sizes[next] = 0;
+        tail.active = next;
+      }
+      appendFileSync(tail.files[tail.active], text);
+      tail.sizes[tail.active] += Buffer.byteLength(text);
+    } catch (error) {
+      this.error ??= describeError(error);
+    }
   }
 
   /** Resolves once everything written is on disk, or the stream failed. */
   end(): Promise<void> {
+    const tail = this.tail;
+    if (tail !== undefined) {
+      if (this.error === undefined && !this.out.destroyed) {
+        const older: 0 | 1 = tail.active === 0 ? 1 : 0;
+        const kept = tail.sizes[older] + tail.sizes[tail.active];
+        this.out.write(
+          `${new Date().toISOString()} kaos | ${tail.dropped} bytes of output dropped here (the log keeps the first ${formatBytes(this.headLimit)} and the last ${formatBytes(kept)}; cap ${formatBytes(this.limit)} per job, ${LOG_LIMIT_VARIABLE})\n`,
+        );
+        try {
+          for (const index of [older, tail.active] as const) if (tail.sizes[index] > 0) this.out.write(readFileSync(tail.files[index]));
+          writeFileSync(droppedNoteOf(this.file), `${JSON.stringify({ droppedBytes: tail.dropped, limitBytes: this.limit })}\n`);
+        } catch (error) {
+          this.error ??= describeError(error);
+        }
+      }
+      for (const file of tail.files) rmSync(file, { force: true });
+    }
     return new Promise((resolve) => {
       if (this.out.destroyed || this.out.closed) return resolve();
       this.out.once("close", () => resolve());
@@ -75,6 +177,9 @@ class LogFile {
     });
   }
 }
+
+/** A line longer than this is logged in pieces, so that output without newlines cannot fill kaos's memory. */
+const MAX_LINE_CHARS = 1 << 20;
 
 /** Writes `<ISO time> <stream> | <line>` for every complete line of a stream. */
 class LineLogger {
@@ -88,6 +193,10 @@ class LineLogger {
     const text = this.pending + chunk;
     const lines = text.split("\n");
     this.pending = lines.pop() ?? "";
+    while (this.pending.length > MAX_LINE_CHARS) {
+      lines.push(this.pending.slice(0, MAX_LINE_CHARS));
+      this.pending = this.pending.slice(MAX_LINE_CHARS);
+    }
     if (lines.length === 0) return;
     const stamp = new Date().toISOString();
     this.out.write(lines.map((line) => `${stamp} ${this.stream} | ${line}\n`).join(""));
@@ -241,7 +350,7 @@ export async function stopOrphanedJobs(jobIds: readonly string[], graceMs = 3_00
 }
 
 export function spawnLogged(options: SpawnOptions): RunningProcess {
-  const log = new LogFile(options.logFile);
+  const log = new LogFile(options.logFile, options.logLimitBytes ?? logLimitBytes());
   const jobId = options.jobId;
   const child = spawn(options.command, options.args, {
     cwd: options.cwd,
