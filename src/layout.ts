@@ -36,6 +36,7 @@ export const STATE_DIR_NAMES: ReadonlySet<string> = new Set([
   "state.db-wal",
   "state.db-shm",
   "state.db-journal",
+  "state.db.verified",
   "objects",
   "envs",
   "snapshots",

@@ -5,7 +5,7 @@
  * every committed transaction survive a crash or SIGKILL.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
@@ -949,14 +949,11 @@ function verifyIntegrity(db: DatabaseSync, dbPath: string): void {
 function recordVerified(dbPath: string): void {
   const stamp = fileStamp(dbPath);
   if (stamp === undefined) return;
-  const stampPath = verifiedStampPath(dbPath);
-  const partial = `${stampPath}.${process.pid}`;
   try {
-    writeFileSync(partial, stamp);
-    renameSync(partial, stampPath);
+    // Written in place: a torn or mixed write only fails to match, and costs the next writer one check.
+    writeFileSync(verifiedStampPath(dbPath), stamp);
   } catch {
     // Only a shortcut: without it the next writer checks the file again.
-    rmSync(partial, { force: true });
   }
 }
 
