@@ -94,7 +94,12 @@ function runState(result: ExecuteResult | undefined): "succeeded" | "failed" | "
 }
 
 export async function apply(session: Session, options: ApplyOptions): Promise<ApplyResult> {
-  const lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
+  let lock: { release(): void };
+  try {
+    lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
+  } catch (error) {
+    throw diskFullError(error, session.config.root);
+  }
   try {
     const interrupted = session.state.recoverInterrupted();
     // Their kaos died without stopping them: stop them before anything reruns,

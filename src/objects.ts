@@ -134,6 +134,22 @@ export class ObjectStore {
     return dest;
   }
 
+  /**
+   * Removes an object that nothing links to (a hardlinked view holds a second
+   * link), such as the part of a snapshot that could not be completed.
+   * Returns whether it was removed.
+   */
+  discardUnlinked(hash: string): boolean {
+    const object = this.pathOf(hash);
+    try {
+      if (fs.statSync(object).nlink > 1) return false;
+      fs.rmSync(object, { force: true });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   link(hash: string, dest: string, mode: "file" | "exec" = "file"): void {
     const object = this.pathOf(hash);
     fs.mkdirSync(path.dirname(dest), { recursive: true });
