@@ -49,12 +49,14 @@ import * as https from "node:https";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import * as path from "node:path";
+import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "./manifest.js";
-import { ObjectStore, sha256File } from "./objects.js";
+import { HashingPassThrough, ObjectStore } from "./objects.js";
+import { FileUrlRefused, type FileUrlScope, openWithinScope, widenScopeHint } from "./urls.js";
 
 export interface IngestProgress {
   filesDone: number;
@@ -73,6 +75,8 @@ export interface IngestOptions {
   objects: ObjectStore;
   /** Where the data tree is materialized (links to objects); files appear only once verified. */
   dataDir: string;
+  /** Where `file:` URLs may read (see urls.ts): a URL outside it fails its entry, naming its manifest line. */
+  fileScope: FileUrlScope;
   /** Re-check remote content (conditional requests with ETag/Last-Modified); changed content is fetched and re-pinned. */
   refresh?: boolean;
   /** Transfers at once (spread over up to four threads, one per four transfers and per core). Default 8. */
@@ -431,6 +435,8 @@ function receiveBody(
 interface TransferJob {
   id: number;
   url: string;
+  /** The manifest line (file:line) of the first entry this transfer serves, for messages. */
+  where: string;
   /**
    * The hash the content must have, and where that requirement comes from:
    * the manifest (`where` is its file:line) or the lock (`where` is its path).
@@ -452,6 +458,7 @@ interface FetchOutcome {
 
 interface TransferSettings {
   objectsDir: string;
+  fileScope: FileUrlScope;
   retries: number;
   timeoutMs: number;
   maxRedirects: number;
@@ -489,30 +496,37 @@ async function fetchFile(job: TransferJob, ctx: Context): Promise<FetchOutcome> 
   } catch (error) {
     throw new FatalError(`cannot use this file URL: ${describeError(error)}`);
   }
-  let stat: fs.Stats;
+  let fd: number;
   try {
-    stat = fs.statSync(source);
+    fd = openWithinScope(source, ctx.fileScope);
   } catch (error) {
+    if (error instanceof FileUrlRefused) throw new FatalError(`${job.where}: may not be read: ${error.message}; ${widenScopeHint(ctx.fileScope)}`);
     throw new FatalError(errnoCode(error) === "ENOENT" ? `file not found: ${source}` : `cannot read ${source}: ${describeError(error)}`);
   }
-  if (!stat.isFile()) throw new FatalError(`${source} is not a regular file`);
-  if (job.size !== undefined && stat.size !== job.size) {
-    throw new FatalError(`size mismatch: ${source} has ${stat.size} bytes, the manifest says ${job.size}`);
-  }
-  ctx.progress.setTotal(job.id, stat.size);
   const tmp = ctx.objects.tmpPath("file");
   try {
-    fs.copyFileSync(source, tmp, fs.constants.COPYFILE_FICLONE);
-    const { hash, size } = await sha256File(tmp);
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new FatalError(`${source} is not a regular file`);
+    if (job.size !== undefined && stat.size !== job.size) {
+      throw new FatalError(`size mismatch: ${source} has ${stat.size} bytes, the manifest says ${job.size}`);
+    }
+    ctx.progress.setTotal(job.id, stat.size);
+    // Copied from the descriptor that was checked, never by its name again.
+    const hasher = new HashingPassThrough();
+    await pipeline(fs.createReadStream("", { fd, autoClose: false, highWaterMark: 1 << 20 }), hasher, fs.createWriteStream(tmp, { flags: "wx", mode: 0o600 }));
+    const hash = hasher.digest();
+    const size = hasher.size;
     ctx.progress.setDone(job.id, size);
     ctx.progress.addReceived(size);
     if (job.expected !== undefined && hash !== job.expected.hash) throw new FatalError(mismatchMessage(job.expected, hash));
     if (job.size !== undefined && size !== job.size) {
       throw new FatalError(`size mismatch: ${source} has ${size} bytes, the manifest says ${job.size}`);
     }
-    ctx.objects.adopt(tmp, hash);
+    // No more readable in the store than the file it came from.
+    ctx.objects.adopt(tmp, hash, stat.mode);
     return { hash, size, validators: {}, notModified: false };
   } finally {
+    fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
   }
 }
@@ -1157,7 +1171,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       continue;
     }
     const id = planned.size;
-    planned.set(key, { job: { id, url: entry.url, expected, size: entry.size, conditional }, entries: [entry] });
+    planned.set(key, { job: { id, url: entry.url, where: `${entry.file}:${entry.line}`, expected, size: entry.size, conditional }, entries: [entry] });
     progress.setTotal(id, entry.size ?? sameUrlPin?.size);
     progress.setDone(id, 0);
   }
@@ -1170,6 +1184,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       : new TransferPool(
           {
             objectsDir: objects.dir,
+            fileScope: options.fileScope,
             retries: Math.max(0, Math.floor(options.retries ?? 4)),
             timeoutMs: options.timeoutMs ?? 30_000,
             maxRedirects: options.maxRedirects ?? 5,

@@ -14,8 +14,10 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { fileURLToPath } from "node:url";
 import * as z from "zod";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { type FileUrlScope, fileUrlRefusal, widenScopeHint } from "./urls.js";
 
 export interface ManifestEntry {
   url: string;
@@ -311,4 +313,18 @@ export function manifestDataKey(entries: ManifestEntry[], lock: ManifestLock | u
   }
   rows.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   return createHash("sha256").update("kaos manifest data v1\n").update(JSON.stringify(rows)).digest("hex");
+}
+
+/**
+ * Refuses, naming its manifest line, the first entry whose `file:` URL reads
+ * outside `scope` (see urls.ts), before anything is read or fetched.
+ */
+export function checkFileUrls(entries: readonly ManifestEntry[], scope: FileUrlScope): void {
+  for (const entry of entries) {
+    if (!entry.url.startsWith("file:")) continue;
+    const refusal = fileUrlRefusal(fileURLToPath(entry.url), scope);
+    if (refusal !== undefined) {
+      throw new KaosError("MANIFEST_INVALID", `${entry.file}:${entry.line}: "url" ${entry.url} may not be read: ${refusal}`, { hint: widenScopeHint(scope) });
+    }
+  }
 }

@@ -33,7 +33,7 @@ import { dirname, isAbsolute, join } from "node:path";
 import { noSpaceError, isNoSpace } from "./disk.js";
 import { KaosError, describeError } from "./errors.js";
 import type { TreeFile, TreeHash } from "./hash.js";
-import type { ObjectStore } from "./objects.js";
+import { copyModeFor, type ObjectStore } from "./objects.js";
 
 function listingPath(stateDir: string, treeHash: string): string {
   return join(stateDir, "trees", `${treeHash}.jsonl`);
@@ -261,7 +261,7 @@ export function materializeTree(
         symlinkSync(links.get(file.path)!, target);
       } else if (options.copy) {
         objects.link(file.hash, target, "exec");
-        if (file.mode === "file") chmodSync(target, 0o644);
+        if (file.mode === "file") chmodSync(target, copyModeFor(statSync(objects.pathOf(file.hash)).mode, false));
       } else {
         objects.link(file.hash, target, file.mode);
       }

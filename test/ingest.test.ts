@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/errors.js";
 import { type IngestOptions, type IngestProgress, type IngestResult, ingest } from "../src/ingest.js";
 import { formatIngestProgress } from "../src/progress.js";
-import { lockPathFor, manifestDataKey, readLock, readManifest } from "../src/manifest.js";
+import { checkFileUrls, lockPathFor, manifestDataKey, readLock, readManifest } from "../src/manifest.js";
 import { ObjectStore } from "../src/objects.js";
 import { type RouteOptions, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
 
@@ -58,7 +58,15 @@ function writeManifest(file: string, lines: Line[]): void {
 }
 
 function run(ws: Workspace, extra: Partial<IngestOptions> = {}): Promise<IngestResult> {
-  return ingest({ entries: readManifest(ws.manifest), manifestPath: ws.manifest, objects: ws.objects, dataDir: ws.dataDir, retryBaseMs: 10, ...extra });
+  return ingest({
+    entries: readManifest(ws.manifest),
+    manifestPath: ws.manifest,
+    objects: ws.objects,
+    dataDir: ws.dataDir,
+    fileScope: { project: ws.root, allowed: [] },
+    retryBaseMs: 10,
+    ...extra,
+  });
 }
 
 async function runFailing(ws: Workspace, extra: Partial<IngestOptions> = {}): Promise<KaosError> {
@@ -399,6 +407,64 @@ describe("ingest over HTTP", () => {
     expect(readLock(ws.manifest)?.entries["local.csv"]).toEqual({ url: pathToFileURL(source).href, sha256: sha256("1,2,3\n"), size: 6 });
   });
 
+  it("refuses file URLs that read outside the project, through a symlink too, naming the manifest line", async () => {
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), "kaos-outside-"));
+    try {
+      const secret = path.join(outside, "secret.txt");
+      fs.writeFileSync(secret, "the host's secret\n", { mode: 0o600 });
+      fs.mkdirSync(path.join(root, "sub"));
+      fs.symlinkSync(secret, path.join(root, "sub", "link.txt"));
+      fs.symlinkSync(outside, path.join(root, "door"));
+      fs.writeFileSync(path.join(root, "mine.txt"), "mine\n");
+      const ws = workspace([
+        { url: pathToFileURL(secret).href, path: "a.txt" },
+        { url: pathToFileURL(path.join(root, "sub", "link.txt")).href, path: "b.txt" },
+        { url: pathToFileURL(path.join(root, "door", "secret.txt")).href, path: "c.txt" },
+        { url: `file://${root}/sub/../../${path.basename(outside)}/secret.txt`, path: "d.txt" },
+        { url: pathToFileURL(path.join(root, "mine.txt")).href, path: "mine.txt" },
+      ]);
+      const error = await runFailing(ws);
+      const hint = `expected a file inside the project ${root}; to read from another directory, list it in allowFileUrls in kaos.config.ts`;
+      expect(error.message).toContain(`a.txt (${pathToFileURL(secret).href}): ${ws.manifest}:1: may not be read: ${secret} is outside the project ${root}; ${hint}`);
+      expect(error.message).toContain(`${ws.manifest}:2: may not be read: ${root}/sub/link.txt leads through a symlink to ${secret}, outside the project ${root}`);
+      expect(error.message).toContain(`${ws.manifest}:3: may not be read: ${root}/door/secret.txt leads through a symlink to ${secret}, outside the project ${root}`);
+      expect(error.message).toContain(`${ws.manifest}:4: may not be read: ${secret} is outside the project ${root}`);
+      expect(readData(ws, "mine.txt")).toBe("mine\n");
+      expect(storedObjects(ws)).toEqual([sha256("mine\n")]);
+      expect(Object.keys(readLock(ws.manifest)?.entries ?? {})).toEqual(["mine.txt"]);
+
+      // The check before anything runs says the same for the first such line.
+      expect(() => checkFileUrls(readManifest(ws.manifest), { project: root, allowed: [] })).toThrow(
+        `${ws.manifest}:1: "url" ${pathToFileURL(secret).href} may not be read: ${secret} is outside the project ${root}`,
+      );
+      // Listing the directory lets them in, and the object is no more readable than the file.
+      expect(() => checkFileUrls(readManifest(ws.manifest), { project: root, allowed: [outside] })).not.toThrow();
+      await run(ws, { fileScope: { project: root, allowed: [outside] } });
+      expect(readData(ws, "a.txt")).toBe("the host's secret\n");
+      expect(fs.statSync(ws.objects.pathOf(sha256("the host's secret\n"))).mode & 0o777).toBe(0o400);
+      for (const name of ["a.txt", "b.txt", "c.txt", "d.txt"]) expect(fs.statSync(path.join(ws.dataDir, name)).mode & 0o777).toBe(0o400);
+      expect(fs.statSync(path.join(ws.dataDir, "mine.txt")).mode & 0o777).toBe(0o444);
+    } finally {
+      fs.rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
+  it("narrows an object already stored when the same bytes come from a file fewer may read", async () => {
+    const srv = await serve({ "/same": { body: "same bytes\n" } });
+    const ws = workspace([{ url: `${srv.url}/same`, path: "public.txt" }]);
+    await run(ws);
+    expect(fs.statSync(ws.objects.pathOf(sha256("same bytes\n"))).mode & 0o777).toBe(0o444);
+    const private_ = path.join(root, "private.txt");
+    fs.writeFileSync(private_, "same bytes\n", { mode: 0o640 });
+    fs.chmodSync(private_, 0o640);
+    writeManifest(ws.manifest, [
+      { url: `${srv.url}/same`, path: "public.txt" },
+      { url: pathToFileURL(private_).href, path: "private.txt" },
+    ]);
+    await run(ws);
+    expect(fs.statSync(ws.objects.pathOf(sha256("same bytes\n"))).mode & 0o777).toBe(0o440);
+  });
+
   it("re-checks remote content with --refresh: 304 keeps the pin, a new ETag re-fetches and re-pins", async () => {
     const lastModified = new Date(Date.UTC(2024, 0, 1)).toUTCString();
     const srv = await serve({ "/v": { body: "version 1", etag: '"v1"', lastModified } });
@@ -577,10 +643,11 @@ describe("ingest over HTTP", () => {
 import { readManifest } from ${JSON.stringify(path.join(repoRoot, "src/manifest.js"))};
 import { ObjectStore } from ${JSON.stringify(path.join(repoRoot, "src/objects.js"))};
 const [manifest, warmManifest, objects, dataDir, warmDataDir] = process.argv.slice(2);
-await ingest({ entries: readManifest(warmManifest), manifestPath: warmManifest, objects: new ObjectStore(objects), dataDir: warmDataDir });
+const fileScope = { project: ${JSON.stringify(root)}, allowed: [] };
+await ingest({ entries: readManifest(warmManifest), manifestPath: warmManifest, objects: new ObjectStore(objects), dataDir: warmDataDir, fileScope });
 globalThis.gc?.();
 const before = Math.max(process.memoryUsage().rss, process.resourceUsage().maxRSS * 1024);
-const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objects), dataDir });
+const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objects), dataDir, fileScope });
 const peak = process.resourceUsage().maxRSS * 1024;
 console.log(JSON.stringify({ before, peak, bytes: result.bytesDownloaded }));
 `,

@@ -41,6 +41,7 @@ import type { SourceBundle } from "../../bundle.js";
 import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
 import { rememberPythonProbe, resolvePython } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
+import { fileUrlScopeOf } from "../../urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
 
@@ -335,6 +336,7 @@ export class LocalBackend implements PlanOracle {
           manifestPath: p.pipeline.data.path,
           objects: this.objects,
           dataDir: target,
+          fileScope: fileUrlScopeOf(this.config),
           refresh: options.refresh === true,
           signal,
           onProgress: (progress) => reporter.event({ kind: "ingest", pipeline: name, ...progress }),
