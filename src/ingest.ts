@@ -56,7 +56,7 @@ import { Worker, isMainThread, parentPort, workerData } from "node:worker_thread
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "./manifest.js";
 import { HashingPassThrough, ObjectStore } from "./objects.js";
-import { FileUrlRefused, type FileUrlScope, openWithinScope, widenScopeHint } from "./urls.js";
+import { FileUrlRefused, type FileUrlScope, openWithinScope, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
 
 export interface IngestProgress {
   filesDone: number;
@@ -279,6 +279,7 @@ class PartialFile {
     private readonly fd: number,
   ) {}
 
+  /** `url` is a source identity (see urls.ts): no credential is written beside the bytes. */
   static async open(tmpDir: string, url: string): Promise<PartialFile> {
     const name = `dl-${createHash("sha256").update(url).digest("hex").slice(0, 40)}`;
     const file = path.join(tmpDir, `${name}.part`);
@@ -687,7 +688,7 @@ function backoffMs(failures: number, ctx: Context, retryAfterMs: number | undefi
 }
 
 async function fetchHttp(job: TransferJob, ctx: Context): Promise<FetchOutcome> {
-  const part = await PartialFile.open(path.join(ctx.objects.dir, "tmp"), job.url);
+  const part = await PartialFile.open(path.join(ctx.objects.dir, "tmp"), sourceIdentity(job.url));
   let keepPartial = true;
   try {
     let failuresWithoutProgress = 0;
@@ -1148,7 +1149,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   const planned = new Map<string, PlannedTransfer>();
   for (const entry of entries) {
     const locked = oldLock?.entries[entry.path];
-    const sameUrlPin = locked !== undefined && locked.url === entry.url ? locked : undefined;
+    const sameUrlPin = locked !== undefined && sameSource(locked.url, entry.url) ? locked : undefined;
     const known = pinnedHash(entry, oldLock);
     let expected: TransferJob["expected"];
     let conditional: TransferJob["conditional"];
@@ -1207,7 +1208,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       tree.place(objects, hash, entry.path);
       const locked = oldLock?.entries[entry.path];
       newEntries[entry.path] =
-        locked !== undefined && locked.url === entry.url && locked.sha256 === hash
+        locked !== undefined && sameSource(locked.url, entry.url) && locked.sha256 === hash
           ? locked
           : lockEntryFor(entry.url, hash, fs.statSync(objects.pathOf(hash)).size, {});
       reused++;
@@ -1218,7 +1219,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
     await runPool(transfers, thread?.capacity ?? 1, async ({ job, entries: sharing }) => {
       if (isAborted(signal) || thread === undefined) return;
       try {
-        const outcome = await withPartialLock(job.url, () => thread.run(job));
+        const outcome = await withPartialLock(sourceIdentity(job.url), () => thread.run(job));
         for (const entry of sharing) {
           tree.place(objects, outcome.hash, entry.path);
           newEntries[entry.path] = lockEntryFor(entry.url, outcome.hash, outcome.size, outcome.validators);
@@ -1234,7 +1235,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
           failures.push({ path: entry.path, url: redactUrl(entry.url), error: message });
           // A failed refresh leaves the pinned content in place; anything else leaves no file.
           const locked = oldLock?.entries[entry.path];
-          if (locked !== undefined && locked.url === entry.url && objects.has(locked.sha256)) tree.place(objects, locked.sha256, entry.path);
+          if (locked !== undefined && sameSource(locked.url, entry.url) && objects.has(locked.sha256)) tree.place(objects, locked.sha256, entry.path);
           else tree.remove(entry.path);
         }
       } finally {
@@ -1246,7 +1247,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
     // Entries that failed or never ran keep their old pin while the URL is unchanged.
     for (const entry of entries) {
       const locked = oldLock?.entries[entry.path];
-      if (newEntries[entry.path] === undefined && locked !== undefined && locked.url === entry.url) newEntries[entry.path] = locked;
+      if (newEntries[entry.path] === undefined && locked !== undefined && sameSource(locked.url, entry.url)) newEntries[entry.path] = locked;
     }
     const lock: ManifestLock = { version: 1, entries: newEntries };
     let previous: string | undefined;

@@ -1,7 +1,7 @@
 /**
  * What kaos does with the URLs of a manifest beyond fetching them: which
- * files a `file:` URL may read. Node's built-ins only: the transfer threads
- * load this module.
+ * files a `file:` URL may read, and the form of a URL that locks and data
+ * keys record. Node's built-ins only: the transfer threads load this module.
  *
  * A manifest is committed and shared, so a line such as `file:///etc/shadow`
  * would copy a file of whoever runs kaos into the object store and into the
@@ -9,6 +9,12 @@
  * only read inside the project (the directory holding kaos.config.ts) and the
  * directories the config lists in `allowFileUrls`, judged after following
  * symlinks, so that a link inside the project that leads out is refused too.
+ *
+ * A lock is committed too, so it must not hold credentials; and a token that
+ * is rotated, or a URL presigned again, still names the same content, so it
+ * must not change the data key. Both record a URL's identity: the URL without
+ * its `user:password@` part and without the query parameters that carry
+ * credentials or signing data (see `isCredentialParam`).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -96,4 +102,83 @@ export function openWithinScope(file: string, scope: FileUrlScope): number {
     fs.closeSync(fd);
     throw error;
   }
+}
+
+const CREDENTIAL_PARAM_NAMES = new Set([
+  "auth",
+  "sig",
+  "expires",
+  "policy",
+  "key-pair-id",
+  // Azure shared access signatures: expiry, start and the delegation key's fields.
+  "se",
+  "st",
+  "skoid",
+  "sktid",
+  "skt",
+  "ske",
+  "sks",
+  "skv",
+]);
+const CREDENTIAL_PARAM_PARTS = ["token", "signature", "secret", "password", "passwd", "credential", "apikey", "api_key", "api-key", "accesskey", "access_key", "accessid", "session"];
+const CREDENTIAL_PARAM_PREFIXES = ["x-amz-", "x-goog-"];
+
+/**
+ * Whether a query parameter carries a credential or signing data rather than
+ * naming content (case-insensitive): names containing token, signature,
+ * secret, password, passwd, credential, apikey, api_key, api-key, accesskey,
+ * access_key, accessid or session; the names auth, sig, expires, policy and
+ * key-pair-id; Azure SAS se, st, skoid, sktid, skt, ske, sks, skv; and every
+ * X-Amz-* and X-Goog-* parameter (presigned S3 and GCS URLs).
+ */
+export function isCredentialParam(name: string): boolean {
+  const lower = name.toLowerCase();
+  return (
+    CREDENTIAL_PARAM_NAMES.has(lower) ||
+    CREDENTIAL_PARAM_PARTS.some((part) => lower.includes(part)) ||
+    CREDENTIAL_PARAM_PREFIXES.some((prefix) => lower.startsWith(prefix))
+  );
+}
+
+function paramName(segment: string): string {
+  const raw = segment.split("=", 1)[0] ?? "";
+  try {
+    return decodeURIComponent(raw.replaceAll("+", " "));
+  } catch {
+    return raw;
+  }
+}
+
+/**
+ * The URL as locks and data keys record it: without userinfo and without
+ * credential parameters (the other parameters keep their order and
+ * encoding). A URL with neither is returned unchanged, byte for byte.
+ */
+export function sourceIdentity(url: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return url;
+  }
+  let changed = false;
+  if (parsed.username !== "" || parsed.password !== "") {
+    parsed.username = "";
+    parsed.password = "";
+    changed = true;
+  }
+  if (parsed.search.length > 1) {
+    const segments = parsed.search.slice(1).split("&");
+    const kept = segments.filter((segment) => !isCredentialParam(paramName(segment)));
+    if (kept.length !== segments.length) {
+      parsed.search = kept.length === 0 ? "" : `?${kept.join("&")}`;
+      changed = true;
+    }
+  }
+  return changed ? parsed.toString() : url;
+}
+
+/** Whether two URLs name the same content, credentials aside. */
+export function sameSource(a: string, b: string): boolean {
+  return a === b || sourceIdentity(a) === sourceIdentity(b);
 }

@@ -615,6 +615,59 @@ describe("ingest over HTTP", () => {
     expect(fs.readFileSync(path.join(ws.dataDir, "data.bin"))).toEqual(generatedBytes(2, 0, 256 * 1024));
   });
 
+  it("keeps credentials out of the lock and the data key: a rotated token or a URL signed again fetches nothing", async () => {
+    const srv = await serve({ "/a.csv": { body: "alpha" }, "/b.csv": { body: "beta" }, "/c.csv": { body: "gamma" } });
+    const host = `127.0.0.1:${srv.port}`;
+    const signed = (signature: string, date: string) =>
+      `${srv.url}/b.csv?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA${signature}%2F20261206&X-Amz-Date=${date}&X-Amz-Expires=3600&version=3&X-Amz-Signature=${signature}`;
+    const lines = (token: string, signature: string, date: string, version = "v1"): Line[] => [
+      { url: `http://user:${token}@${host}/a.csv`, path: "a.csv" },
+      { url: signed(signature, date), path: "b.csv" },
+      { url: `${srv.url}/c.csv?access_token=${token}&name=c&${version}&sig=${signature}&api_key=${token}`, path: "c.csv" },
+    ];
+    const ws = workspace(lines("tok3n-one", "5ig1", "20261206T000000Z"));
+    const first = await run(ws);
+    const lockText = fs.readFileSync(lockPathFor(ws.manifest), "utf8");
+    for (const secret of ["tok3n-one", "5ig1", "AKIA", "user"]) expect(lockText).not.toContain(secret);
+    expect(readLock(ws.manifest)?.entries).toEqual({
+      "a.csv": { url: `http://${host}/a.csv`, sha256: sha256("alpha"), size: 5 },
+      "b.csv": { url: `${srv.url}/b.csv?version=3`, sha256: sha256("beta"), size: 4 },
+      "c.csv": { url: `${srv.url}/c.csv?name=c&v1`, sha256: sha256("gamma"), size: 5 },
+    });
+    expect(srv.requests.find((request) => request.path === "/a.csv")?.headers.authorization).toBe(`Basic ${Buffer.from("user:tok3n-one").toString("base64")}`);
+
+    // New credentials, new signature, same content: no request, same key, the lock untouched.
+    const requests = srv.requests.length;
+    writeManifest(ws.manifest, lines("tok3n-two", "5ig2", "20261207T000000Z"));
+    const rotated = await run(ws);
+    expect(srv.requests.length).toBe(requests);
+    expect(rotated.dataKey).toBe(first.dataKey);
+    expect(fs.readFileSync(lockPathFor(ws.manifest), "utf8")).toBe(lockText);
+
+    // A parameter that names content is part of the source: changing it fetches again.
+    writeManifest(ws.manifest, lines("tok3n-two", "5ig2", "20261207T000000Z", "v2"));
+    const changed = await run(ws);
+    expect(srv.requests.filter((request) => request.path.startsWith("/c.csv?")).length).toBe(2);
+    expect(changed.dataKey).not.toBe(first.dataKey);
+  });
+
+  it("cleans credentials out of a lock written before they were kept out, without fetching again", async () => {
+    const srv = await serve({ "/a.csv": { body: "alpha" } });
+    const ws = workspace([{ url: `http://user:old-secret@127.0.0.1:${srv.port}/a.csv?token=old-token`, path: "a.csv" }]);
+    const object = path.join(root, "alpha");
+    fs.writeFileSync(object, "alpha");
+    await ws.objects.putFile(object);
+    fs.writeFileSync(
+      lockPathFor(ws.manifest),
+      JSON.stringify({ version: 1, entries: { "a.csv": { url: `http://user:old-secret@127.0.0.1:${srv.port}/a.csv?token=old-token`, sha256: sha256("alpha"), size: 5 } } }),
+    );
+    writeManifest(ws.manifest, [{ url: `http://user:new-secret@127.0.0.1:${srv.port}/a.csv?token=new-token`, path: "a.csv" }]);
+    const result = await run(ws);
+    expect(result).toMatchObject({ downloaded: 0, reused: 1 });
+    expect(srv.requests).toEqual([]);
+    expect(readLock(ws.manifest)?.entries["a.csv"]?.url).toBe(`http://127.0.0.1:${srv.port}/a.csv`);
+  });
+
   it("keeps credentials in URLs out of messages", async () => {
     const srv = await serve({});
     const ws = workspace([{ url: `http://user:secret@127.0.0.1:${srv.port}/private.csv`, path: "p.csv" }]);
