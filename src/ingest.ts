@@ -92,6 +92,8 @@ export interface IngestOptions {
   /** Longest wait between attempts, Retry-After included. Default 60000. */
   retryMaxWaitMs?: number;
   onProgress?: (progress: IngestProgress) => void;
+  /** Something worth telling while transfers run, such as a server asking kaos to wait before it retries. */
+  onNotice?: (message: string) => void;
   signal?: AbortSignal;
 }
 
@@ -480,6 +482,8 @@ interface Context extends TransferSettings {
   objects: ObjectStore;
   agents: { "http:": http.Agent; "https:": https.Agent };
   progress: TransferProgress;
+  /** Tells the user something while the transfer goes on. */
+  notice(message: string): void;
   signal: AbortSignal | undefined;
 }
 
@@ -681,6 +685,10 @@ async function attemptHttp(job: TransferJob, part: PartialFile, ctx: Context): P
   }
 }
 
+function seconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
+}
+
 function backoffMs(failures: number, ctx: Context, retryAfterMs: number | undefined): number {
   if (retryAfterMs !== undefined) return Math.min(retryAfterMs, ctx.retryMaxWaitMs);
   const step = Math.min(ctx.retryMaxWaitMs, ctx.retryBaseMs * 2 ** Math.max(0, failures - 1));
@@ -713,7 +721,18 @@ async function fetchHttp(job: TransferJob, ctx: Context): Promise<FetchOutcome> 
         if (failuresWithoutProgress > ctx.retries) {
           throw new FatalError(`${describeError(error)} (gave up after ${ctx.retries} retries)`);
         }
-        await sleep(backoffMs(failuresWithoutProgress, ctx, error instanceof RetryableError ? error.retryAfterMs : undefined), undefined, {
+        const retryAfterMs = error instanceof RetryableError ? error.retryAfterMs : undefined;
+        if (retryAfterMs !== undefined && retryAfterMs > ctx.retryMaxWaitMs) {
+          // Waiting hours in silence looks like a hang; the user can run again later.
+          throw new FatalError(
+            `${describeError(error)}: the server asks kaos to wait ${seconds(retryAfterMs)} before retrying (Retry-After), longer than the ${seconds(ctx.retryMaxWaitMs)} kaos waits at most (${job.where}) — run kaos up again later`,
+          );
+        }
+        const waitMs = backoffMs(failuresWithoutProgress, ctx, retryAfterMs);
+        if (retryAfterMs !== undefined) {
+          ctx.notice(`${redactUrl(job.url)} (${job.where}): ${describeError(error)}; the server asks kaos to wait ${seconds(retryAfterMs)} (Retry-After), retrying in ${seconds(waitMs)}`);
+        }
+        await sleep(waitMs, undefined, {
           signal: ctx.signal,
         }).catch(() => {
           throw abortReason(ctx.signal);
@@ -879,6 +898,7 @@ interface ProgressReport {
 /** An answer carries the progress before it, so one message per finished transfer does. */
 type FromWorker =
   | { type: "progress"; report: ProgressReport }
+  | { type: "notice"; message: string }
   | { type: "done"; id: number; outcome: FetchOutcome; report: ProgressReport | undefined }
   | { type: "failed"; id: number; error: string; report: ProgressReport | undefined };
 
@@ -936,6 +956,7 @@ function serveTransfers(settings: TransferSettings, activeLimit: number): void {
       "https:": new https.Agent({ keepAlive: true, maxSockets: settings.concurrency }),
     },
     progress,
+    notice: (message) => port.postMessage({ type: "notice", message } satisfies FromWorker),
     signal: abort.signal,
   };
   const queue: TransferJob[] = [];
@@ -1001,9 +1022,14 @@ class TransferThread {
     progress: ProgressTracker,
     activeLimit: number,
     readonly capacity: number,
+    onNotice: ((message: string) => void) | undefined,
   ) {
     this.worker = spawnTransferWorker(settings, activeLimit);
     this.worker.on("message", (message: FromWorker) => {
+      if (message.type === "notice") {
+        onNotice?.(message.message);
+        return;
+      }
       const { report } = message;
       if (report !== undefined) {
         for (const [id, done, total] of report.jobs) {
@@ -1069,6 +1095,7 @@ class TransferPool {
     private readonly settings: TransferSettings,
     private readonly progress: ProgressTracker,
     private readonly size: number,
+    private readonly onNotice: ((message: string) => void) | undefined,
   ) {
     this.capacity = settings.concurrency + QUEUED_PER_THREAD * size;
   }
@@ -1081,7 +1108,7 @@ class TransferPool {
       const index = this.threads.length;
       const { concurrency } = this.settings;
       const activeLimit = Math.floor(concurrency / this.size) + (index < concurrency % this.size ? 1 : 0);
-      thread = new TransferThread(this.settings, this.progress, activeLimit, activeLimit + QUEUED_PER_THREAD);
+      thread = new TransferThread(this.settings, this.progress, activeLimit, activeLimit + QUEUED_PER_THREAD, this.onNotice);
       this.threads.push(thread);
     }
     if (thread === undefined) throw new Error("unreachable: a transfer pool without threads");
@@ -1195,6 +1222,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
           },
           progress,
           transferThreadsFor(Math.min(concurrency, transfers.length)),
+          options.onNotice,
         );
   const onAbort = (): void => thread?.abort();
   signal?.addEventListener("abort", onAbort, { once: true });

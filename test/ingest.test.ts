@@ -615,6 +615,27 @@ describe("ingest over HTTP", () => {
     expect(fs.readFileSync(path.join(ws.dataDir, "data.bin"))).toEqual(generatedBytes(2, 0, 256 * 1024));
   });
 
+  it("says that a server asked to wait, and fails at once, naming the URL and line, when the wait asked is longer than kaos waits", async () => {
+    const srv = await serve({ "/busy": { body: "later", statuses: [503], retryAfter: "1" }, "/away": { status: 503, retryAfter: "99999" } });
+    const ws = workspace([{ url: `${srv.url}/busy`, path: "busy.txt" }]);
+    const notices: string[] = [];
+    await run(ws, { onNotice: (message) => notices.push(message) });
+    expect(notices).toEqual([`${srv.url}/busy (${ws.manifest}:1): HTTP 503 Service Unavailable; the server asks kaos to wait 1 s (Retry-After), retrying in 1 s`]);
+    expect(readData(ws, "busy.txt")).toBe("later");
+
+    // With the default cap (60 s) this would otherwise wait four times in silence.
+    writeManifest(ws.manifest, [
+      { url: `${srv.url}/busy`, path: "busy.txt" },
+      { url: `http://user:pw@127.0.0.1:${srv.port}/away`, path: "away.txt" },
+    ]);
+    const error = await runFailing(ws, { onNotice: (message) => notices.push(message) });
+    expect(error.message).toContain(
+      `away.txt (http://***@127.0.0.1:${srv.port}/away): HTTP 503 Service Unavailable: the server asks kaos to wait 99999 s before retrying (Retry-After), longer than the 60 s kaos waits at most (${ws.manifest}:2) — run kaos up again later`,
+    );
+    expect(srv.count("/away")).toBe(1);
+    expect(notices).toHaveLength(1);
+  });
+
   it("keeps credentials out of the lock and the data key: a rotated token or a URL signed again fetches nothing", async () => {
     const srv = await serve({ "/a.csv": { body: "alpha" }, "/b.csv": { body: "beta" }, "/c.csv": { body: "gamma" } });
     const host = `127.0.0.1:${srv.port}`;

@@ -340,6 +340,7 @@ export class LocalBackend implements PlanOracle {
           refresh: options.refresh === true,
           signal,
           onProgress: (progress) => reporter.event({ kind: "ingest", pipeline: name, ...progress }),
+          onNotice: (message) => reporter.event({ kind: "note", message: `${name} ingest: ${message}` }),
         });
         dataKey = result.dataKey;
         dataDir = join(this.stateDir, "data", result.dataKey);
