@@ -634,6 +634,14 @@ async function attemptHttp(job: TransferJob, part: PartialFile, ctx: Context): P
         const retryAfter = parseRetryAfter(headerValue(response.headers["retry-after"]));
         throw new RetryableError(`HTTP ${status} ${response.statusMessage ?? ""}`.trimEnd(), retryAfter);
       }
+      const encoding = headerValue(response.headers["content-encoding"])?.trim().toLowerCase();
+      if ((status === 200 || status === 206) && encoding !== undefined && encoding !== "" && encoding !== "identity") {
+        // Stored as sent, the bytes would be the compressed body, not the file the URL names.
+        response.resume();
+        throw new FatalError(
+          `the server sent the body with Content-Encoding: ${encoding} although kaos asked for it unencoded (Accept-Encoding: identity) (${job.where}) — serve the file without a Content-Encoding (a .gz file as application/gzip)`,
+        );
+      }
       let total: number | undefined;
       const contentLength = headerValue(response.headers["content-length"]);
       const validators: Validators = {};

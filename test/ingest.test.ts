@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { gzipSync } from "node:zlib";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/errors.js";
 import { type IngestOptions, type IngestProgress, type IngestResult, ingest } from "../src/ingest.js";
@@ -634,6 +635,32 @@ describe("ingest over HTTP", () => {
     );
     expect(srv.count("/away")).toBe(1);
     expect(notices).toHaveLength(1);
+  });
+
+  it("refuses a body sent with a Content-Encoding although kaos asked for identity, whatever the manifest expects", async () => {
+    const text = "a,b\n1,2\n".repeat(100);
+    const gzipped = gzipSync(text);
+    const srv = await serve({
+      "/gz.csv": { body: gzipped, headers: { "content-encoding": "gzip" } },
+      "/br.csv": { body: gzipped, headers: { "content-encoding": "br" } },
+      "/plain.csv": { body: text, headers: { "content-encoding": "identity" } },
+    });
+    const ws = workspace([
+      { url: `${srv.url}/gz.csv`, path: "gz.csv" },
+      { url: `${srv.url}/br.csv`, path: "br.csv", sha256: sha256(text) },
+      { url: `${srv.url}/plain.csv`, path: "plain.csv" },
+    ]);
+    const error = await runFailing(ws);
+    const refusal = (encoding: string, line: number) =>
+      `the server sent the body with Content-Encoding: ${encoding} although kaos asked for it unencoded (Accept-Encoding: identity) (${ws.manifest}:${line}) — serve the file without a Content-Encoding (a .gz file as application/gzip)`;
+    expect(error.message).toContain(`gz.csv (${srv.url}/gz.csv): ${refusal("gzip", 1)}`);
+    expect(error.message).toContain(`br.csv (${srv.url}/br.csv): ${refusal("br", 2)}`);
+    expect(srv.requests.find((request) => request.path === "/gz.csv")?.headers["accept-encoding"]).toBe("identity");
+    expect(readData(ws, "plain.csv")).toBe(text);
+    // Nothing encoded was stored or pinned.
+    expect(storedObjects(ws)).toEqual([sha256(text)]);
+    expect(Object.keys(readLock(ws.manifest)?.entries ?? {})).toEqual(["plain.csv"]);
+    expect(fs.readdirSync(ws.objects.tmpDir())).toEqual([]);
   });
 
   it("keeps credentials out of the lock and the data key: a rotated token or a URL signed again fetches nothing", async () => {
