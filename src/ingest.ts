@@ -56,7 +56,7 @@ import { Worker, isMainThread, parentPort, workerData } from "node:worker_thread
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "./manifest.js";
 import { HashingPassThrough, ObjectStore } from "./objects.js";
-import { FileUrlRefused, type FileUrlScope, openWithinScope, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
+import { FileUrlRefused, type FileUrlScope, isCredentialParam, openWithinScope, queryParamName, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
 
 export interface IngestProgress {
   filesDone: number;
@@ -147,14 +147,25 @@ function isRetryable(error: unknown): error is Error {
   return error instanceof Error && error.message === "aborted";
 }
 
-/** Credentials in a URL never reach a message. */
+/** Credentials in a URL never reach a message: its userinfo and credential query parameters (see urls.ts) show as ***. */
 export function redactUrl(url: string): string {
   try {
     const parsed = new URL(url);
-    if (parsed.username === "" && parsed.password === "") return url;
-    parsed.username = "***";
-    parsed.password = "";
-    return parsed.toString();
+    let changed = false;
+    if (parsed.username !== "" || parsed.password !== "") {
+      parsed.username = "***";
+      parsed.password = "";
+      changed = true;
+    }
+    if (parsed.search.length > 1) {
+      const segments = parsed.search.slice(1).split("&");
+      const masked = segments.map((segment) => (isCredentialParam(queryParamName(segment)) ? `${segment.split("=", 1)[0] ?? ""}=***` : segment));
+      if (masked.some((segment, index) => segment !== segments[index])) {
+        parsed.search = `?${masked.join("&")}`;
+        changed = true;
+      }
+    }
+    return changed ? parsed.toString() : url;
   } catch {
     return url;
   }

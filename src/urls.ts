@@ -140,7 +140,8 @@ export function isCredentialParam(name: string): boolean {
   );
 }
 
-function paramName(segment: string): string {
+/** The decoded name of one `name=value` segment of a query string. */
+export function queryParamName(segment: string): string {
   const raw = segment.split("=", 1)[0] ?? "";
   try {
     return decodeURIComponent(raw.replaceAll("+", " "));
@@ -169,7 +170,7 @@ export function sourceIdentity(url: string): string {
   }
   if (parsed.search.length > 1) {
     const segments = parsed.search.slice(1).split("&");
-    const kept = segments.filter((segment) => !isCredentialParam(paramName(segment)));
+    const kept = segments.filter((segment) => !isCredentialParam(queryParamName(segment)));
     if (kept.length !== segments.length) {
       parsed.search = kept.length === 0 ? "" : `?${kept.join("&")}`;
       changed = true;

@@ -718,9 +718,13 @@ describe("ingest over HTTP", () => {
 
   it("keeps credentials in URLs out of messages", async () => {
     const srv = await serve({});
-    const ws = workspace([{ url: `http://user:secret@127.0.0.1:${srv.port}/private.csv`, path: "p.csv" }]);
+    const ws = workspace([
+      { url: `http://user:secret@127.0.0.1:${srv.port}/private.csv`, path: "p.csv" },
+      { url: `${srv.url}/signed.csv?part=2&X-Amz-Signature=s3cret-sig&access_token=s3cret-token`, path: "q.csv" },
+    ]);
     const error = await runFailing(ws);
     expect(error.message).toContain(`p.csv (http://***@127.0.0.1:${srv.port}/private.csv): HTTP 404 Not Found`);
+    expect(error.message).toContain(`q.csv (${srv.url}/signed.csv?part=2&X-Amz-Signature=***&access_token=***): HTTP 404 Not Found`);
     expect(error.message).not.toContain("secret");
     expect(srv.requests[0]?.headers.authorization).toBe(`Basic ${Buffer.from("user:secret").toString("base64")}`);
   });
