@@ -105,7 +105,7 @@ async function main() {
     rmrf(path.join(dataRoot, "kaos"));
     rmrf(lockPathFor(manifest));
     const started = performance.now();
-    const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objectsDir), dataDir, concurrency });
+    const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objectsDir), dataDir, fileScope: { project: dataRoot, allowed: [] }, concurrency });
     const seconds = (performance.now() - started) / 1000;
     if (result.downloaded !== files || result.bytesDownloaded !== totalBytes) throw new Error(`unexpected result ${JSON.stringify(result)}`);
     return seconds;
@@ -158,7 +158,7 @@ async function main() {
     const noop = [];
     for (let round = 0; round < Math.max(3, rounds); round++) {
       const started = performance.now();
-      const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objectsDir), dataDir, concurrency });
+      const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objectsDir), dataDir, fileScope: { project: dataRoot, allowed: [] }, concurrency });
       noop.push((performance.now() - started) / 1000);
       if (result.downloaded !== 0 || result.reused !== files) throw new Error(`the rerun was not a no-op: ${JSON.stringify(result)}`);
     }
@@ -167,7 +167,7 @@ async function main() {
       `const { ingest } = await import(${JSON.stringify(new URL("../dist/ingest.js", import.meta.url).href)});`,
       `const { readManifest } = await import(${JSON.stringify(new URL("../dist/manifest.js", import.meta.url).href)});`,
       `const { ObjectStore } = await import(${JSON.stringify(new URL("../dist/objects.js", import.meta.url).href)});`,
-      `const r = await ingest({ entries: readManifest(${JSON.stringify(manifest)}), manifestPath: ${JSON.stringify(manifest)}, objects: new ObjectStore(${JSON.stringify(objectsDir)}), dataDir: ${JSON.stringify(dataDir)} });`,
+      `const r = await ingest({ entries: readManifest(${JSON.stringify(manifest)}), manifestPath: ${JSON.stringify(manifest)}, objects: new ObjectStore(${JSON.stringify(objectsDir)}), dataDir: ${JSON.stringify(dataDir)}, fileScope: { project: ${JSON.stringify(dataRoot)}, allowed: [] } });`,
       `if (r.downloaded !== 0) process.exit(3);`,
     ].join("\n");
     const noopProcess = [];

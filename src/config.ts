@@ -111,6 +111,9 @@ const configSchema = z.strictObject({
         }
       }
     }),
+  allowFileUrls: z
+    .array(pathSchema, { error: "expected a list of directories, such as [\"/datasets\"]" })
+    .optional(),
   watch: z
     .strictObject({
       debounceMs: z.number().int({ error: "expected whole milliseconds" }).min(0, { error: "expected 0 or more milliseconds" }).optional(),
@@ -400,6 +403,14 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
       parallelism: pipeline.parallelism ?? 1,
     });
   }
+  const allowFileUrls = (config.allowFileUrls ?? []).map((entry, index) => {
+    const dir = resolve(root, entry);
+    const state = checkDirectory(dir);
+    if (state !== "ok") {
+      problem(["allowFileUrls", index], `${state === "missing" ? "no such directory" : "not a directory"}: ${dir}; expected a directory whose files manifests may read through file: URLs`);
+    }
+    return dir;
+  });
   if (problems.length > 0) {
     throw new KaosError("CONFIG_INVALID", `invalid config\n${problems.join("\n")}`);
   }
@@ -409,6 +420,7 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
     workspace: config.workspace ?? (basename(root).replace(/[^A-Za-z0-9_-]/g, "-").replace(/^[^A-Za-z0-9]+/, "") || "kaos"),
     pipelines,
     watch: { debounceMs: config.watch?.debounceMs ?? 200, onChange: config.watch?.onChange ?? "restart" },
+    ...(allowFileUrls.length > 0 ? { allowFileUrls } : {}),
   };
 }
 

@@ -8,11 +8,12 @@ import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
 import { stopOrphanedJobs } from "./backends/local/process.js";
-import { readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { checkFileUrls, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { buildPlan, type Plan } from "./plan.js";
 import type { Reporter } from "./progress.js";
 import { StateStore } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
+import { fileUrlScopeOf } from "./urls.js";
 
 export interface Session {
   config: ResolvedConfig;
@@ -39,7 +40,9 @@ export function checkInputs(config: ResolvedConfig): CheckedManifests {
   for (const pipeline of config.pipelines) {
     validateSourceBundle(pipeline.sourceDir, `pipelines.${pipeline.name}.source`);
     if (pipeline.data.kind === "manifest") {
-      manifests.set(pipeline.data.path, { entries: readManifest(pipeline.data.path), lock: readLock(pipeline.data.path) });
+      const entries = readManifest(pipeline.data.path);
+      checkFileUrls(entries, fileUrlScopeOf(config));
+      manifests.set(pipeline.data.path, { entries, lock: readLock(pipeline.data.path) });
     }
   }
   return manifests;
@@ -94,7 +97,12 @@ function runState(result: ExecuteResult | undefined): "succeeded" | "failed" | "
 }
 
 export async function apply(session: Session, options: ApplyOptions): Promise<ApplyResult> {
-  const lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
+  let lock: { release(): void };
+  try {
+    lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
+  } catch (error) {
+    throw diskFullError(error, session.config.root);
+  }
   try {
     const interrupted = session.state.recoverInterrupted();
     // Their kaos died without stopping them: stop them before anything reruns,

@@ -49,12 +49,14 @@ import * as https from "node:https";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import * as path from "node:path";
+import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "./manifest.js";
-import { ObjectStore, sha256File } from "./objects.js";
+import { HashingPassThrough, ObjectStore } from "./objects.js";
+import { FileUrlRefused, type FileUrlScope, isCredentialParam, openWithinScope, queryParamName, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
 
 export interface IngestProgress {
   filesDone: number;
@@ -73,6 +75,8 @@ export interface IngestOptions {
   objects: ObjectStore;
   /** Where the data tree is materialized (links to objects); files appear only once verified. */
   dataDir: string;
+  /** Where `file:` URLs may read (see urls.ts): a URL outside it fails its entry, naming its manifest line. */
+  fileScope: FileUrlScope;
   /** Re-check remote content (conditional requests with ETag/Last-Modified); changed content is fetched and re-pinned. */
   refresh?: boolean;
   /** Transfers at once (spread over up to four threads, one per four transfers and per core). Default 8. */
@@ -88,6 +92,8 @@ export interface IngestOptions {
   /** Longest wait between attempts, Retry-After included. Default 60000. */
   retryMaxWaitMs?: number;
   onProgress?: (progress: IngestProgress) => void;
+  /** Something worth telling while transfers run, such as a server asking kaos to wait before it retries. */
+  onNotice?: (message: string) => void;
   signal?: AbortSignal;
 }
 
@@ -141,14 +147,25 @@ function isRetryable(error: unknown): error is Error {
   return error instanceof Error && error.message === "aborted";
 }
 
-/** Credentials in a URL never reach a message. */
+/** Credentials in a URL never reach a message: its userinfo and credential query parameters (see urls.ts) show as ***. */
 export function redactUrl(url: string): string {
   try {
     const parsed = new URL(url);
-    if (parsed.username === "" && parsed.password === "") return url;
-    parsed.username = "***";
-    parsed.password = "";
-    return parsed.toString();
+    let changed = false;
+    if (parsed.username !== "" || parsed.password !== "") {
+      parsed.username = "***";
+      parsed.password = "";
+      changed = true;
+    }
+    if (parsed.search.length > 1) {
+      const segments = parsed.search.slice(1).split("&");
+      const masked = segments.map((segment) => (isCredentialParam(queryParamName(segment)) ? `${segment.split("=", 1)[0] ?? ""}=***` : segment));
+      if (masked.some((segment, index) => segment !== segments[index])) {
+        parsed.search = `?${masked.join("&")}`;
+        changed = true;
+      }
+    }
+    return changed ? parsed.toString() : url;
   } catch {
     return url;
   }
@@ -275,6 +292,7 @@ class PartialFile {
     private readonly fd: number,
   ) {}
 
+  /** `url` is a source identity (see urls.ts): no credential is written beside the bytes. */
   static async open(tmpDir: string, url: string): Promise<PartialFile> {
     const name = `dl-${createHash("sha256").update(url).digest("hex").slice(0, 40)}`;
     const file = path.join(tmpDir, `${name}.part`);
@@ -431,6 +449,8 @@ function receiveBody(
 interface TransferJob {
   id: number;
   url: string;
+  /** The manifest line (file:line) of the first entry this transfer serves, for messages. */
+  where: string;
   /**
    * The hash the content must have, and where that requirement comes from:
    * the manifest (`where` is its file:line) or the lock (`where` is its path).
@@ -452,6 +472,7 @@ interface FetchOutcome {
 
 interface TransferSettings {
   objectsDir: string;
+  fileScope: FileUrlScope;
   retries: number;
   timeoutMs: number;
   maxRedirects: number;
@@ -472,6 +493,8 @@ interface Context extends TransferSettings {
   objects: ObjectStore;
   agents: { "http:": http.Agent; "https:": https.Agent };
   progress: TransferProgress;
+  /** Tells the user something while the transfer goes on. */
+  notice(message: string): void;
   signal: AbortSignal | undefined;
 }
 
@@ -489,30 +512,37 @@ async function fetchFile(job: TransferJob, ctx: Context): Promise<FetchOutcome> 
   } catch (error) {
     throw new FatalError(`cannot use this file URL: ${describeError(error)}`);
   }
-  let stat: fs.Stats;
+  let fd: number;
   try {
-    stat = fs.statSync(source);
+    fd = openWithinScope(source, ctx.fileScope);
   } catch (error) {
+    if (error instanceof FileUrlRefused) throw new FatalError(`${job.where}: may not be read: ${error.message}; ${widenScopeHint(ctx.fileScope)}`);
     throw new FatalError(errnoCode(error) === "ENOENT" ? `file not found: ${source}` : `cannot read ${source}: ${describeError(error)}`);
   }
-  if (!stat.isFile()) throw new FatalError(`${source} is not a regular file`);
-  if (job.size !== undefined && stat.size !== job.size) {
-    throw new FatalError(`size mismatch: ${source} has ${stat.size} bytes, the manifest says ${job.size}`);
-  }
-  ctx.progress.setTotal(job.id, stat.size);
   const tmp = ctx.objects.tmpPath("file");
   try {
-    fs.copyFileSync(source, tmp, fs.constants.COPYFILE_FICLONE);
-    const { hash, size } = await sha256File(tmp);
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new FatalError(`${source} is not a regular file`);
+    if (job.size !== undefined && stat.size !== job.size) {
+      throw new FatalError(`size mismatch: ${source} has ${stat.size} bytes, the manifest says ${job.size}`);
+    }
+    ctx.progress.setTotal(job.id, stat.size);
+    // Copied from the descriptor that was checked, never by its name again.
+    const hasher = new HashingPassThrough();
+    await pipeline(fs.createReadStream("", { fd, autoClose: false, highWaterMark: 1 << 20 }), hasher, fs.createWriteStream(tmp, { flags: "wx", mode: 0o600 }));
+    const hash = hasher.digest();
+    const size = hasher.size;
     ctx.progress.setDone(job.id, size);
     ctx.progress.addReceived(size);
     if (job.expected !== undefined && hash !== job.expected.hash) throw new FatalError(mismatchMessage(job.expected, hash));
     if (job.size !== undefined && size !== job.size) {
       throw new FatalError(`size mismatch: ${source} has ${size} bytes, the manifest says ${job.size}`);
     }
-    ctx.objects.adopt(tmp, hash);
+    // No more readable in the store than the file it came from.
+    ctx.objects.adopt(tmp, hash, stat.mode);
     return { hash, size, validators: {}, notModified: false };
   } finally {
+    fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
   }
 }
@@ -615,6 +645,14 @@ async function attemptHttp(job: TransferJob, part: PartialFile, ctx: Context): P
         const retryAfter = parseRetryAfter(headerValue(response.headers["retry-after"]));
         throw new RetryableError(`HTTP ${status} ${response.statusMessage ?? ""}`.trimEnd(), retryAfter);
       }
+      const encoding = headerValue(response.headers["content-encoding"])?.trim().toLowerCase();
+      if ((status === 200 || status === 206) && encoding !== undefined && encoding !== "" && encoding !== "identity") {
+        // Stored as sent, the bytes would be the compressed body, not the file the URL names.
+        response.resume();
+        throw new FatalError(
+          `the server sent the body with Content-Encoding: ${encoding} although kaos asked for it unencoded (Accept-Encoding: identity) (${job.where}) — serve the file without a Content-Encoding (a .gz file as application/gzip)`,
+        );
+      }
       let total: number | undefined;
       const contentLength = headerValue(response.headers["content-length"]);
       const validators: Validators = {};
@@ -666,6 +704,10 @@ async function attemptHttp(job: TransferJob, part: PartialFile, ctx: Context): P
   }
 }
 
+function seconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
+}
+
 function backoffMs(failures: number, ctx: Context, retryAfterMs: number | undefined): number {
   if (retryAfterMs !== undefined) return Math.min(retryAfterMs, ctx.retryMaxWaitMs);
   const step = Math.min(ctx.retryMaxWaitMs, ctx.retryBaseMs * 2 ** Math.max(0, failures - 1));
@@ -673,7 +715,7 @@ function backoffMs(failures: number, ctx: Context, retryAfterMs: number | undefi
 }
 
 async function fetchHttp(job: TransferJob, ctx: Context): Promise<FetchOutcome> {
-  const part = await PartialFile.open(path.join(ctx.objects.dir, "tmp"), job.url);
+  const part = await PartialFile.open(path.join(ctx.objects.dir, "tmp"), sourceIdentity(job.url));
   let keepPartial = true;
   try {
     let failuresWithoutProgress = 0;
@@ -698,7 +740,18 @@ async function fetchHttp(job: TransferJob, ctx: Context): Promise<FetchOutcome> 
         if (failuresWithoutProgress > ctx.retries) {
           throw new FatalError(`${describeError(error)} (gave up after ${ctx.retries} retries)`);
         }
-        await sleep(backoffMs(failuresWithoutProgress, ctx, error instanceof RetryableError ? error.retryAfterMs : undefined), undefined, {
+        const retryAfterMs = error instanceof RetryableError ? error.retryAfterMs : undefined;
+        if (retryAfterMs !== undefined && retryAfterMs > ctx.retryMaxWaitMs) {
+          // Waiting hours in silence looks like a hang; the user can run again later.
+          throw new FatalError(
+            `${describeError(error)}: the server asks kaos to wait ${seconds(retryAfterMs)} before retrying (Retry-After), longer than the ${seconds(ctx.retryMaxWaitMs)} kaos waits at most (${job.where}) — run kaos up again later`,
+          );
+        }
+        const waitMs = backoffMs(failuresWithoutProgress, ctx, retryAfterMs);
+        if (retryAfterMs !== undefined) {
+          ctx.notice(`${redactUrl(job.url)} (${job.where}): ${describeError(error)}; the server asks kaos to wait ${seconds(retryAfterMs)} (Retry-After), retrying in ${seconds(waitMs)}`);
+        }
+        await sleep(waitMs, undefined, {
           signal: ctx.signal,
         }).catch(() => {
           throw abortReason(ctx.signal);
@@ -864,6 +917,7 @@ interface ProgressReport {
 /** An answer carries the progress before it, so one message per finished transfer does. */
 type FromWorker =
   | { type: "progress"; report: ProgressReport }
+  | { type: "notice"; message: string }
   | { type: "done"; id: number; outcome: FetchOutcome; report: ProgressReport | undefined }
   | { type: "failed"; id: number; error: string; report: ProgressReport | undefined };
 
@@ -921,6 +975,7 @@ function serveTransfers(settings: TransferSettings, activeLimit: number): void {
       "https:": new https.Agent({ keepAlive: true, maxSockets: settings.concurrency }),
     },
     progress,
+    notice: (message) => port.postMessage({ type: "notice", message } satisfies FromWorker),
     signal: abort.signal,
   };
   const queue: TransferJob[] = [];
@@ -986,9 +1041,14 @@ class TransferThread {
     progress: ProgressTracker,
     activeLimit: number,
     readonly capacity: number,
+    onNotice: ((message: string) => void) | undefined,
   ) {
     this.worker = spawnTransferWorker(settings, activeLimit);
     this.worker.on("message", (message: FromWorker) => {
+      if (message.type === "notice") {
+        onNotice?.(message.message);
+        return;
+      }
       const { report } = message;
       if (report !== undefined) {
         for (const [id, done, total] of report.jobs) {
@@ -1054,6 +1114,7 @@ class TransferPool {
     private readonly settings: TransferSettings,
     private readonly progress: ProgressTracker,
     private readonly size: number,
+    private readonly onNotice: ((message: string) => void) | undefined,
   ) {
     this.capacity = settings.concurrency + QUEUED_PER_THREAD * size;
   }
@@ -1066,7 +1127,7 @@ class TransferPool {
       const index = this.threads.length;
       const { concurrency } = this.settings;
       const activeLimit = Math.floor(concurrency / this.size) + (index < concurrency % this.size ? 1 : 0);
-      thread = new TransferThread(this.settings, this.progress, activeLimit, activeLimit + QUEUED_PER_THREAD);
+      thread = new TransferThread(this.settings, this.progress, activeLimit, activeLimit + QUEUED_PER_THREAD, this.onNotice);
       this.threads.push(thread);
     }
     if (thread === undefined) throw new Error("unreachable: a transfer pool without threads");
@@ -1134,7 +1195,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   const planned = new Map<string, PlannedTransfer>();
   for (const entry of entries) {
     const locked = oldLock?.entries[entry.path];
-    const sameUrlPin = locked !== undefined && locked.url === entry.url ? locked : undefined;
+    const sameUrlPin = locked !== undefined && sameSource(locked.url, entry.url) ? locked : undefined;
     const known = pinnedHash(entry, oldLock);
     let expected: TransferJob["expected"];
     let conditional: TransferJob["conditional"];
@@ -1157,7 +1218,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       continue;
     }
     const id = planned.size;
-    planned.set(key, { job: { id, url: entry.url, expected, size: entry.size, conditional }, entries: [entry] });
+    planned.set(key, { job: { id, url: entry.url, where: `${entry.file}:${entry.line}`, expected, size: entry.size, conditional }, entries: [entry] });
     progress.setTotal(id, entry.size ?? sameUrlPin?.size);
     progress.setDone(id, 0);
   }
@@ -1170,6 +1231,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       : new TransferPool(
           {
             objectsDir: objects.dir,
+            fileScope: options.fileScope,
             retries: Math.max(0, Math.floor(options.retries ?? 4)),
             timeoutMs: options.timeoutMs ?? 30_000,
             maxRedirects: options.maxRedirects ?? 5,
@@ -1179,6 +1241,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
           },
           progress,
           transferThreadsFor(Math.min(concurrency, transfers.length)),
+          options.onNotice,
         );
   const onAbort = (): void => thread?.abort();
   signal?.addEventListener("abort", onAbort, { once: true });
@@ -1192,7 +1255,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       tree.place(objects, hash, entry.path);
       const locked = oldLock?.entries[entry.path];
       newEntries[entry.path] =
-        locked !== undefined && locked.url === entry.url && locked.sha256 === hash
+        locked !== undefined && sameSource(locked.url, entry.url) && locked.sha256 === hash
           ? locked
           : lockEntryFor(entry.url, hash, fs.statSync(objects.pathOf(hash)).size, {});
       reused++;
@@ -1203,7 +1266,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
     await runPool(transfers, thread?.capacity ?? 1, async ({ job, entries: sharing }) => {
       if (isAborted(signal) || thread === undefined) return;
       try {
-        const outcome = await withPartialLock(job.url, () => thread.run(job));
+        const outcome = await withPartialLock(sourceIdentity(job.url), () => thread.run(job));
         for (const entry of sharing) {
           tree.place(objects, outcome.hash, entry.path);
           newEntries[entry.path] = lockEntryFor(entry.url, outcome.hash, outcome.size, outcome.validators);
@@ -1219,7 +1282,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
           failures.push({ path: entry.path, url: redactUrl(entry.url), error: message });
           // A failed refresh leaves the pinned content in place; anything else leaves no file.
           const locked = oldLock?.entries[entry.path];
-          if (locked !== undefined && locked.url === entry.url && objects.has(locked.sha256)) tree.place(objects, locked.sha256, entry.path);
+          if (locked !== undefined && sameSource(locked.url, entry.url) && objects.has(locked.sha256)) tree.place(objects, locked.sha256, entry.path);
           else tree.remove(entry.path);
         }
       } finally {
@@ -1231,7 +1294,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
     // Entries that failed or never ran keep their old pin while the URL is unchanged.
     for (const entry of entries) {
       const locked = oldLock?.entries[entry.path];
-      if (newEntries[entry.path] === undefined && locked !== undefined && locked.url === entry.url) newEntries[entry.path] = locked;
+      if (newEntries[entry.path] === undefined && locked !== undefined && sameSource(locked.url, entry.url)) newEntries[entry.path] = locked;
     }
     const lock: ManifestLock = { version: 1, entries: newEntries };
     let previous: string | undefined;

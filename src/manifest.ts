@@ -6,7 +6,9 @@
  * Lock location: a manifest file `M` is pinned by `M.lock` beside it; a
  * manifest directory `D` by `D/kaos.lock` inside it (which is why reading a
  * directory skips `kaos.lock`). Either way the lock travels with the manifest,
- * so committing both pins the data for everyone.
+ * so committing both pins the data for everyone. It records each URL without
+ * credentials (see urls.ts), and a pin holds for its entry as long as the URL
+ * names the same source, credentials aside.
  *
  * Every line is checked before anything is downloaded; an error names the file
  * and line and what was expected.
@@ -14,8 +16,10 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { fileURLToPath } from "node:url";
 import * as z from "zod";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { type FileUrlScope, fileUrlRefusal, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
 
 export interface ManifestEntry {
   url: string;
@@ -262,13 +266,16 @@ export function readLock(manifestPath: string): ManifestLock | undefined {
   return { version: 1, entries };
 }
 
-/** The lock as written: keys sorted, fields in a fixed order, two-space indent, trailing newline. */
+/**
+ * The lock as written: keys sorted, fields in a fixed order, two-space indent,
+ * trailing newline, and each URL without its credentials (a lock is committed).
+ */
 export function serializeLock(lock: ManifestLock): string {
   const entries: Record<string, ManifestLockEntry> = {};
   for (const key of Object.keys(lock.entries).sort()) {
     const entry = lock.entries[key];
     if (entry === undefined) continue;
-    const ordered: ManifestLockEntry = { url: entry.url, sha256: entry.sha256, size: entry.size };
+    const ordered: ManifestLockEntry = { url: sourceIdentity(entry.url), sha256: entry.sha256, size: entry.size };
     if (entry.etag !== undefined) ordered.etag = entry.etag;
     if (entry.lastModified !== undefined) ordered.lastModified = entry.lastModified;
     entries[key] = ordered;
@@ -297,7 +304,7 @@ export function writeLock(manifestPath: string, lock: ManifestLock): void {
 export function pinnedHash(entry: ManifestEntry, lock: ManifestLock | undefined): string | undefined {
   if (entry.sha256 !== undefined) return entry.sha256;
   const locked = lock?.entries[entry.path];
-  if (locked === undefined || locked.url !== entry.url) return undefined;
+  if (locked === undefined || !sameSource(locked.url, entry.url)) return undefined;
   if (entry.size !== undefined && locked.size !== entry.size) return undefined;
   return locked.sha256;
 }
@@ -307,8 +314,23 @@ export function manifestDataKey(entries: ManifestEntry[], lock: ManifestLock | u
   for (const entry of entries) {
     const hash = pinnedHash(entry, lock);
     if (hash === undefined) return undefined;
-    rows.push([entry.path, entry.url, hash]);
+    // Credentials are not part of what names the data: a rotated token keeps the key.
+    rows.push([entry.path, sourceIdentity(entry.url), hash]);
   }
   rows.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   return createHash("sha256").update("kaos manifest data v1\n").update(JSON.stringify(rows)).digest("hex");
+}
+
+/**
+ * Refuses, naming its manifest line, the first entry whose `file:` URL reads
+ * outside `scope` (see urls.ts), before anything is read or fetched.
+ */
+export function checkFileUrls(entries: readonly ManifestEntry[], scope: FileUrlScope): void {
+  for (const entry of entries) {
+    if (!entry.url.startsWith("file:")) continue;
+    const refusal = fileUrlRefusal(fileURLToPath(entry.url), scope);
+    if (refusal !== undefined) {
+      throw new KaosError("MANIFEST_INVALID", `${entry.file}:${entry.line}: "url" ${entry.url} may not be read: ${refusal}`, { hint: widenScopeHint(scope) });
+    }
+  }
 }

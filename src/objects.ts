@@ -3,7 +3,9 @@
  *
  * Layout: `<dir>/sha256/<first 2 hex>/<remaining 62 hex>` holds the bytes whose
  * SHA-256 is the hex name, and `<dir>/tmp/` holds files being written. Objects
- * are always read-only (0o444) and carry no other metadata: the mode a file
+ * are always read-only (0o444, or fewer read bits: an object is never more
+ * readable than the file it was made from, so a 0o600 file gives a 0o400
+ * object, and every view linked to it shares that) and carry no other metadata: the mode a file
  * should have in a tree (plain or executable) is recorded by whoever records the
  * tree, and `link(hash, dest, "exec")` materializes an executable as a 0o755
  * copy, because changing the mode of a hardlink would change the shared object.
@@ -23,7 +25,17 @@ import { KaosError, describeError, errnoCode } from "./errors.js";
 
 const HASH_PATTERN = /^[0-9a-f]{64}$/;
 const OBJECT_MODE = 0o444;
-const EXEC_MODE = 0o755;
+
+/** An object's mode: read-only, with no read bit its source lacked (the owner always reads). */
+function objectModeFor(sourceMode: number | undefined): number {
+  return sourceMode === undefined ? OBJECT_MODE : (OBJECT_MODE & sourceMode) | 0o400;
+}
+
+/** A writable copy of an object for whoever may read it: 0o644 from 0o444, 0o600 from 0o400 (0o755 and 0o700 when executable). */
+export function copyModeFor(objectMode: number, executable: boolean): number {
+  const read = objectMode & 0o444;
+  return read | 0o200 | (executable ? read >> 2 : 0);
+}
 
 export function isSha256Hex(value: string): boolean {
   return HASH_PATTERN.test(value);
@@ -81,12 +93,13 @@ export class ObjectStore {
     try {
       // The copy is what gets hashed and stored, so a source edited meanwhile
       // cannot leave an object whose name does not match its bytes.
+      // The copy takes the source's mode bits with its bytes.
       fs.copyFileSync(src, tmp, fs.constants.COPYFILE_FICLONE);
       const { hash } = await sha256File(tmp);
       if (expectedHash !== undefined && hash !== expectedHash) {
         throw new KaosError("IO", `${src}: sha256 is ${hash} — expected ${expectedHash}`);
       }
-      this.adopt(tmp, hash);
+      this.adopt(tmp, hash, fs.statSync(tmp).mode);
       return hash;
     } catch (error) {
       fs.rmSync(tmp, { force: true });
@@ -114,15 +127,19 @@ export class ObjectStore {
     }
   }
 
-  adopt(tmpPath: string, hash: string): string {
+  /** Moves a finished file into the store under its hash; `sourceMode` is the mode of the file it was made from, when there was one. */
+  adopt(tmpPath: string, hash: string, sourceMode?: number): string {
     const dest = this.pathOf(hash);
+    const mode = objectModeFor(sourceMode);
     if (fs.existsSync(dest)) {
       // Same name means same bytes: keep the existing inode so the links
-      // already pointing at it stay the one copy.
+      // already pointing at it stay the one copy, readable by no more than this source allows.
       fs.rmSync(tmpPath, { force: true });
+      const current = fs.statSync(dest).mode & 0o777;
+      if ((current & ~mode) !== 0) fs.chmodSync(dest, current & mode);
       return dest;
     }
-    fs.chmodSync(tmpPath, OBJECT_MODE);
+    fs.chmodSync(tmpPath, mode);
     try {
       fs.renameSync(tmpPath, dest);
     } catch (error) {
@@ -134,6 +151,22 @@ export class ObjectStore {
     return dest;
   }
 
+  /**
+   * Removes an object that nothing links to (a hardlinked view holds a second
+   * link), such as the part of a snapshot that could not be completed.
+   * Returns whether it was removed.
+   */
+  discardUnlinked(hash: string): boolean {
+    const object = this.pathOf(hash);
+    try {
+      if (fs.statSync(object).nlink > 1) return false;
+      fs.rmSync(object, { force: true });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   link(hash: string, dest: string, mode: "file" | "exec" = "file"): void {
     const object = this.pathOf(hash);
     fs.mkdirSync(path.dirname(dest), { recursive: true });
@@ -143,7 +176,7 @@ export class ObjectStore {
     try {
       if (mode === "exec") {
         fs.copyFileSync(object, staging, fs.constants.COPYFILE_FICLONE);
-        fs.chmodSync(staging, EXEC_MODE);
+        fs.chmodSync(staging, copyModeFor(fs.statSync(object).mode, true));
       } else {
         try {
           fs.linkSync(object, staging);
@@ -153,7 +186,7 @@ export class ObjectStore {
           // without hardlinks: fall back to a (reflinked when possible) copy.
           if (code !== "EXDEV" && code !== "EMLINK" && code !== "EPERM" && code !== "ENOTSUP") throw error;
           fs.copyFileSync(object, staging, fs.constants.COPYFILE_FICLONE);
-          fs.chmodSync(staging, OBJECT_MODE);
+          fs.chmodSync(staging, fs.statSync(object).mode & 0o777);
         }
       }
       fs.renameSync(staging, dest);

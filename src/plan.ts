@@ -13,7 +13,8 @@ import { join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { canonicalJson, expandGrid } from "./hyperparams.js";
-import { manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { checkFileUrls, manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { fileUrlScopeOf } from "./urls.js";
 import { ObjectStore } from "./objects.js";
 import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
 import type { JobRecord, StateStore } from "./state.js";
@@ -218,6 +219,7 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
   } else {
     const read = options.manifests?.get(pipeline.data.path);
     const entries = read?.entries ?? readManifest(pipeline.data.path);
+    if (read === undefined) checkFileUrls(entries, fileUrlScopeOf(config));
     const lock = read !== undefined ? read.lock : readLock(pipeline.data.path);
     const missing = entries.filter((entry) => {
       const hash = pinnedHash(entry, lock);

@@ -30,9 +30,10 @@ import {
   writeFileSync,
 } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
+import { noSpaceError, isNoSpace } from "./disk.js";
 import { KaosError, describeError } from "./errors.js";
 import type { TreeFile, TreeHash } from "./hash.js";
-import type { ObjectStore } from "./objects.js";
+import { copyModeFor, type ObjectStore } from "./objects.js";
 
 function listingPath(stateDir: string, treeHash: string): string {
   return join(stateDir, "trees", `${treeHash}.jsonl`);
@@ -67,26 +68,44 @@ export function loadTreeListing(stateDir: string, treeHash: string): TreeFile[] 
   }
 }
 
-/** Copies every file of `tree` not yet stored into the object store, checking it still has the hashed content. */
+/**
+ * Copies every file of `tree` not yet stored into the object store, checking it still has the hashed content.
+ * A disk that fills up meanwhile is told as such, and the objects this call
+ * stored are taken back: half a snapshot serves nobody and holds the space.
+ */
 export async function storeTree(objects: ObjectStore, tree: TreeHash, where: string): Promise<void> {
   const pending = tree.files.filter((file) => file.mode !== "symlink" && !objects.has(file.hash));
+  const stored: string[] = [];
+  let failure: unknown;
   let next = 0;
   const worker = async () => {
-    while (next < pending.length) {
+    while (next < pending.length && failure === undefined) {
       const file = pending[next++];
       if (file === undefined) break;
       const source = join(tree.root, file.path);
       try {
         await objects.putFile(source, file.hash);
+        stored.push(file.hash);
       } catch (error) {
-        throw new KaosError("IO", `${where}: ${source} changed while kaos was taking its snapshot (${describeError(error)})`, {
-          hint: "rerun `kaos up`: the next plan hashes the new content",
-          cause: error,
-        });
+        failure ??= isNoSpace(error)
+          ? error
+          : new KaosError("IO", `${where}: ${source} changed while kaos was taking its snapshot (${describeError(error)})`, {
+              hint: "rerun `kaos up`: the next plan hashes the new content",
+              cause: error,
+            });
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(4, pending.length) }, worker));
+  if (failure === undefined) return;
+  if (!isNoSpace(failure)) throw failure;
+  for (const hash of stored) objects.discardUnlinked(hash);
+  const neededBytes = [...new Map(pending.map((file) => [file.hash, file.size])).values()].reduce((sum, size) => sum + size, 0);
+  throw noSpaceError(objects.dir, `${where}: cannot store the snapshot of ${tree.root}`, {
+    neededBytes,
+    after: "the part already stored is removed again",
+    cause: failure,
+  });
 }
 
 /**
@@ -242,7 +261,7 @@ export function materializeTree(
         symlinkSync(links.get(file.path)!, target);
       } else if (options.copy) {
         objects.link(file.hash, target, "exec");
-        if (file.mode === "file") chmodSync(target, 0o644);
+        if (file.mode === "file") chmodSync(target, copyModeFor(statSync(objects.pathOf(file.hash)).mode, false));
       } else {
         objects.link(file.hash, target, file.mode);
       }

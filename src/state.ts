@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { checkStateLocation, explainStateOpenFailure, openReadable } from "./disk.js";
 import { canonicalJson } from "./hyperparams.js";
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
 import { searchSortedRows, type PackedColumns } from "./hash-worker.js";
@@ -276,10 +277,11 @@ export class StateStore {
     const absoluteRoot = resolve(root);
     const dbPath = join(absoluteRoot, STATE_DIR, STATE_FILE);
     const readonly = options?.readonly === true;
+    checkStateLocation(dbPath, !readonly);
     if (readonly) {
       if (!existsSync(dbPath)) return new StateStore(absoluteRoot, dbPath, null, true);
       refuseEmptyStore(dbPath);
-      return new StateStore(absoluteRoot, dbPath, openReader(dbPath), true);
+      return new StateStore(absoluteRoot, dbPath, openReadable(dbPath, openReader), true);
     }
     try {
       mkdirSync(join(absoluteRoot, STATE_DIR), { recursive: true });
@@ -959,6 +961,8 @@ function recordVerified(dbPath: string): void {
 
 function translateOpenError(error: unknown, dbPath: string): unknown {
   if (error instanceof KaosError) return error;
+  const storage = explainStateOpenFailure(error, dbPath);
+  if (storage !== undefined) return storage;
   const code = errnoCode(error) ?? "";
   if (isCorruptionError(error)) return corruptStoreError(dbPath, describeError(error), error);
   if (code === "SQLITE_BUSY" || code.startsWith("SQLITE_BUSY")) {

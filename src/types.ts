@@ -52,6 +52,11 @@ export interface KaosConfig {
   workspace?: string;
   pipelines: Record<string, PipelineConfig>;
   watch?: WatchOptions;
+  /**
+   * Directories (relative to the config file, or absolute) whose files a
+   * manifest's `file:` URLs may read, besides the project itself. Default none.
+   */
+  allowFileUrls?: string[];
 }
 
 export interface LocalStack {
@@ -137,6 +142,8 @@ export interface ResolvedConfig {
   workspace: string;
   pipelines: ResolvedPipeline[];
   watch: { debounceMs: number; onChange: "restart" | "queue" };
+  /** Absolute directories, besides `root`, whose files `file:` URLs may read. None when unset. */
+  allowFileUrls?: string[];
 }
 
 export interface ResolvedStack {

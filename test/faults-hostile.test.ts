@@ -6,10 +6,11 @@
  * fail. Each must end in a clear message or a correct run, never a crash, a
  * hang, or a trusted store that no longer matches its names.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
 import { startServer } from "./helpers/http-server.js";
@@ -565,6 +566,48 @@ describe("hostile manifests", () => {
       await server.close();
     }
   }, 60_000);
+
+  it("file: URLs that read host files are refused with their manifest line, a symlink leading out too; allowFileUrls lets a directory in, keeping the file's privacy", async () => {
+    const outside = makeProject({ "keys/id_ed25519": { content: "-----BEGIN OPENSSH PRIVATE KEY-----\n", mode: 0o600 } }, "kaos-outside-");
+    projects.push(outside);
+    const secret = outside.path("keys", "id_ed25519");
+    const secretHash = createHash("sha256").update("-----BEGIN OPENSSH PRIVATE KEY-----\n").digest("hex");
+    const line = (url: string, path: string) => JSON.stringify({ url, path });
+    const made = project({
+      "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl" }`),
+      "mine.csv": "a,b\n",
+      "notes/key": { symlink: secret },
+    });
+    // The manifest names files by absolute URL: written once the project's directory is known.
+    const manifest = (second: string) => made.write({ "m.jsonl": [line(pathToFileURL(made.path("mine.csv")).href, "mine.csv"), line(second, "key")].join("\n") });
+    const hint = `hint: expected a file inside the project ${made.dir}; to read from another directory, list it in allowFileUrls in ${made.path("kaos.config.ts")}`;
+    const cases = [
+      { url: pathToFileURL(secret).href, why: `${secret} is outside the project ${made.dir}` },
+      { url: `file://${made.dir}/../${outside.dir.split("/").at(-1)}/keys/id_ed25519`, why: `${secret} is outside the project ${made.dir}` },
+      { url: pathToFileURL(made.path("notes", "key")).href, why: `${made.path("notes", "key")} leads through a symlink to ${secret}, outside the project ${made.dir}` },
+    ];
+    for (const { url, why } of cases) {
+      manifest(url);
+      for (const command of ["plan", "up"]) {
+        const result = await runKaos([command], { cwd: made.dir, env });
+        expect(result.code, `${command} ${url}`).toBe(1);
+        expect(result.stderr, `${command} ${url}`).toContain(`error: ${made.path("m.jsonl")}:2: "url" ${url} may not be read: ${why}\n${hint}`);
+      }
+      expect(existsSync(made.path(".kaos", "objects", "sha256", secretHash.slice(0, 2), secretHash.slice(2))), url).toBe(false);
+    }
+
+    // The explicit opt-in: the job reads the file, and neither the object nor the data view is more readable than it.
+    manifest(pathToFileURL(secret).href);
+    made.write({ "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl" }`).replace("pipelines:", `allowFileUrls: [${JSON.stringify(outside.path("keys"))}], pipelines:`) });
+    const allowed = await up(made);
+    expect(allowed.code, allowed.stderr).toBe(0);
+    const [job] = trainJobs(made);
+    expect(seenBy(made, job!.id)).toEqual({ "mine.csv": "a,b\n", key: "-----BEGIN OPENSSH PRIVATE KEY-----\n" });
+    expect(statSync(made.path(".kaos", "objects", "sha256", secretHash.slice(0, 2), secretHash.slice(2))).mode & 0o777).toBe(0o400);
+    const [view] = readdirSync(made.path(".kaos", "data")).filter((name) => /^[0-9a-f]{64}$/.test(name));
+    expect(statSync(made.path(".kaos", "data", view!, "key")).mode & 0o777).toBe(0o400);
+    expect(statSync(made.path(".kaos", "data", view!, "mine.csv")).mode & 0o777).toBe(0o444);
+  }, 120_000);
 
   it("2000 entries of which 7 fail: every failure named, the rest stored and pinned, and only the failures fetched again", async () => {
     const count = 2000;

@@ -4,11 +4,12 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { gzipSync } from "node:zlib";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/errors.js";
 import { type IngestOptions, type IngestProgress, type IngestResult, ingest } from "../src/ingest.js";
 import { formatIngestProgress } from "../src/progress.js";
-import { lockPathFor, manifestDataKey, readLock, readManifest } from "../src/manifest.js";
+import { checkFileUrls, lockPathFor, manifestDataKey, readLock, readManifest } from "../src/manifest.js";
 import { ObjectStore } from "../src/objects.js";
 import { type RouteOptions, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
 
@@ -58,7 +59,15 @@ function writeManifest(file: string, lines: Line[]): void {
 }
 
 function run(ws: Workspace, extra: Partial<IngestOptions> = {}): Promise<IngestResult> {
-  return ingest({ entries: readManifest(ws.manifest), manifestPath: ws.manifest, objects: ws.objects, dataDir: ws.dataDir, retryBaseMs: 10, ...extra });
+  return ingest({
+    entries: readManifest(ws.manifest),
+    manifestPath: ws.manifest,
+    objects: ws.objects,
+    dataDir: ws.dataDir,
+    fileScope: { project: ws.root, allowed: [] },
+    retryBaseMs: 10,
+    ...extra,
+  });
 }
 
 async function runFailing(ws: Workspace, extra: Partial<IngestOptions> = {}): Promise<KaosError> {
@@ -399,6 +408,64 @@ describe("ingest over HTTP", () => {
     expect(readLock(ws.manifest)?.entries["local.csv"]).toEqual({ url: pathToFileURL(source).href, sha256: sha256("1,2,3\n"), size: 6 });
   });
 
+  it("refuses file URLs that read outside the project, through a symlink too, naming the manifest line", async () => {
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), "kaos-outside-"));
+    try {
+      const secret = path.join(outside, "secret.txt");
+      fs.writeFileSync(secret, "the host's secret\n", { mode: 0o600 });
+      fs.mkdirSync(path.join(root, "sub"));
+      fs.symlinkSync(secret, path.join(root, "sub", "link.txt"));
+      fs.symlinkSync(outside, path.join(root, "door"));
+      fs.writeFileSync(path.join(root, "mine.txt"), "mine\n");
+      const ws = workspace([
+        { url: pathToFileURL(secret).href, path: "a.txt" },
+        { url: pathToFileURL(path.join(root, "sub", "link.txt")).href, path: "b.txt" },
+        { url: pathToFileURL(path.join(root, "door", "secret.txt")).href, path: "c.txt" },
+        { url: `file://${root}/sub/../../${path.basename(outside)}/secret.txt`, path: "d.txt" },
+        { url: pathToFileURL(path.join(root, "mine.txt")).href, path: "mine.txt" },
+      ]);
+      const error = await runFailing(ws);
+      const hint = `expected a file inside the project ${root}; to read from another directory, list it in allowFileUrls in kaos.config.ts`;
+      expect(error.message).toContain(`a.txt (${pathToFileURL(secret).href}): ${ws.manifest}:1: may not be read: ${secret} is outside the project ${root}; ${hint}`);
+      expect(error.message).toContain(`${ws.manifest}:2: may not be read: ${root}/sub/link.txt leads through a symlink to ${secret}, outside the project ${root}`);
+      expect(error.message).toContain(`${ws.manifest}:3: may not be read: ${root}/door/secret.txt leads through a symlink to ${secret}, outside the project ${root}`);
+      expect(error.message).toContain(`${ws.manifest}:4: may not be read: ${secret} is outside the project ${root}`);
+      expect(readData(ws, "mine.txt")).toBe("mine\n");
+      expect(storedObjects(ws)).toEqual([sha256("mine\n")]);
+      expect(Object.keys(readLock(ws.manifest)?.entries ?? {})).toEqual(["mine.txt"]);
+
+      // The check before anything runs says the same for the first such line.
+      expect(() => checkFileUrls(readManifest(ws.manifest), { project: root, allowed: [] })).toThrow(
+        `${ws.manifest}:1: "url" ${pathToFileURL(secret).href} may not be read: ${secret} is outside the project ${root}`,
+      );
+      // Listing the directory lets them in, and the object is no more readable than the file.
+      expect(() => checkFileUrls(readManifest(ws.manifest), { project: root, allowed: [outside] })).not.toThrow();
+      await run(ws, { fileScope: { project: root, allowed: [outside] } });
+      expect(readData(ws, "a.txt")).toBe("the host's secret\n");
+      expect(fs.statSync(ws.objects.pathOf(sha256("the host's secret\n"))).mode & 0o777).toBe(0o400);
+      for (const name of ["a.txt", "b.txt", "c.txt", "d.txt"]) expect(fs.statSync(path.join(ws.dataDir, name)).mode & 0o777).toBe(0o400);
+      expect(fs.statSync(path.join(ws.dataDir, "mine.txt")).mode & 0o777).toBe(0o444);
+    } finally {
+      fs.rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
+  it("narrows an object already stored when the same bytes come from a file fewer may read", async () => {
+    const srv = await serve({ "/same": { body: "same bytes\n" } });
+    const ws = workspace([{ url: `${srv.url}/same`, path: "public.txt" }]);
+    await run(ws);
+    expect(fs.statSync(ws.objects.pathOf(sha256("same bytes\n"))).mode & 0o777).toBe(0o444);
+    const private_ = path.join(root, "private.txt");
+    fs.writeFileSync(private_, "same bytes\n", { mode: 0o640 });
+    fs.chmodSync(private_, 0o640);
+    writeManifest(ws.manifest, [
+      { url: `${srv.url}/same`, path: "public.txt" },
+      { url: pathToFileURL(private_).href, path: "private.txt" },
+    ]);
+    await run(ws);
+    expect(fs.statSync(ws.objects.pathOf(sha256("same bytes\n"))).mode & 0o777).toBe(0o440);
+  });
+
   it("re-checks remote content with --refresh: 304 keeps the pin, a new ETag re-fetches and re-pins", async () => {
     const lastModified = new Date(Date.UTC(2024, 0, 1)).toUTCString();
     const srv = await serve({ "/v": { body: "version 1", etag: '"v1"', lastModified } });
@@ -549,11 +616,115 @@ describe("ingest over HTTP", () => {
     expect(fs.readFileSync(path.join(ws.dataDir, "data.bin"))).toEqual(generatedBytes(2, 0, 256 * 1024));
   });
 
+  it("says that a server asked to wait, and fails at once, naming the URL and line, when the wait asked is longer than kaos waits", async () => {
+    const srv = await serve({ "/busy": { body: "later", statuses: [503], retryAfter: "1" }, "/away": { status: 503, retryAfter: "99999" } });
+    const ws = workspace([{ url: `${srv.url}/busy`, path: "busy.txt" }]);
+    const notices: string[] = [];
+    await run(ws, { onNotice: (message) => notices.push(message) });
+    expect(notices).toEqual([`${srv.url}/busy (${ws.manifest}:1): HTTP 503 Service Unavailable; the server asks kaos to wait 1 s (Retry-After), retrying in 1 s`]);
+    expect(readData(ws, "busy.txt")).toBe("later");
+
+    // With the default cap (60 s) this would otherwise wait four times in silence.
+    writeManifest(ws.manifest, [
+      { url: `${srv.url}/busy`, path: "busy.txt" },
+      { url: `http://user:pw@127.0.0.1:${srv.port}/away`, path: "away.txt" },
+    ]);
+    const error = await runFailing(ws, { onNotice: (message) => notices.push(message) });
+    expect(error.message).toContain(
+      `away.txt (http://***@127.0.0.1:${srv.port}/away): HTTP 503 Service Unavailable: the server asks kaos to wait 99999 s before retrying (Retry-After), longer than the 60 s kaos waits at most (${ws.manifest}:2) — run kaos up again later`,
+    );
+    expect(srv.count("/away")).toBe(1);
+    expect(notices).toHaveLength(1);
+  });
+
+  it("refuses a body sent with a Content-Encoding although kaos asked for identity, whatever the manifest expects", async () => {
+    const text = "a,b\n1,2\n".repeat(100);
+    const gzipped = gzipSync(text);
+    const srv = await serve({
+      "/gz.csv": { body: gzipped, headers: { "content-encoding": "gzip" } },
+      "/br.csv": { body: gzipped, headers: { "content-encoding": "br" } },
+      "/plain.csv": { body: text, headers: { "content-encoding": "identity" } },
+    });
+    const ws = workspace([
+      { url: `${srv.url}/gz.csv`, path: "gz.csv" },
+      { url: `${srv.url}/br.csv`, path: "br.csv", sha256: sha256(text) },
+      { url: `${srv.url}/plain.csv`, path: "plain.csv" },
+    ]);
+    const error = await runFailing(ws);
+    const refusal = (encoding: string, line: number) =>
+      `the server sent the body with Content-Encoding: ${encoding} although kaos asked for it unencoded (Accept-Encoding: identity) (${ws.manifest}:${line}) — serve the file without a Content-Encoding (a .gz file as application/gzip)`;
+    expect(error.message).toContain(`gz.csv (${srv.url}/gz.csv): ${refusal("gzip", 1)}`);
+    expect(error.message).toContain(`br.csv (${srv.url}/br.csv): ${refusal("br", 2)}`);
+    expect(srv.requests.find((request) => request.path === "/gz.csv")?.headers["accept-encoding"]).toBe("identity");
+    expect(readData(ws, "plain.csv")).toBe(text);
+    // Nothing encoded was stored or pinned.
+    expect(storedObjects(ws)).toEqual([sha256(text)]);
+    expect(Object.keys(readLock(ws.manifest)?.entries ?? {})).toEqual(["plain.csv"]);
+    expect(fs.readdirSync(ws.objects.tmpDir())).toEqual([]);
+  });
+
+  it("keeps credentials out of the lock and the data key: a rotated token or a URL signed again fetches nothing", async () => {
+    const srv = await serve({ "/a.csv": { body: "alpha" }, "/b.csv": { body: "beta" }, "/c.csv": { body: "gamma" } });
+    const host = `127.0.0.1:${srv.port}`;
+    const signed = (signature: string, date: string) =>
+      `${srv.url}/b.csv?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA${signature}%2F20261206&X-Amz-Date=${date}&X-Amz-Expires=3600&version=3&X-Amz-Signature=${signature}`;
+    const lines = (token: string, signature: string, date: string, version = "v1"): Line[] => [
+      { url: `http://user:${token}@${host}/a.csv`, path: "a.csv" },
+      { url: signed(signature, date), path: "b.csv" },
+      { url: `${srv.url}/c.csv?access_token=${token}&name=c&${version}&sig=${signature}&api_key=${token}`, path: "c.csv" },
+    ];
+    const ws = workspace(lines("tok3n-one", "5ig1", "20261206T000000Z"));
+    const first = await run(ws);
+    const lockText = fs.readFileSync(lockPathFor(ws.manifest), "utf8");
+    for (const secret of ["tok3n-one", "5ig1", "AKIA", "user"]) expect(lockText).not.toContain(secret);
+    expect(readLock(ws.manifest)?.entries).toEqual({
+      "a.csv": { url: `http://${host}/a.csv`, sha256: sha256("alpha"), size: 5 },
+      "b.csv": { url: `${srv.url}/b.csv?version=3`, sha256: sha256("beta"), size: 4 },
+      "c.csv": { url: `${srv.url}/c.csv?name=c&v1`, sha256: sha256("gamma"), size: 5 },
+    });
+    expect(srv.requests.find((request) => request.path === "/a.csv")?.headers.authorization).toBe(`Basic ${Buffer.from("user:tok3n-one").toString("base64")}`);
+
+    // New credentials, new signature, same content: no request, same key, the lock untouched.
+    const requests = srv.requests.length;
+    writeManifest(ws.manifest, lines("tok3n-two", "5ig2", "20261207T000000Z"));
+    const rotated = await run(ws);
+    expect(srv.requests.length).toBe(requests);
+    expect(rotated.dataKey).toBe(first.dataKey);
+    expect(fs.readFileSync(lockPathFor(ws.manifest), "utf8")).toBe(lockText);
+
+    // A parameter that names content is part of the source: changing it fetches again.
+    writeManifest(ws.manifest, lines("tok3n-two", "5ig2", "20261207T000000Z", "v2"));
+    const changed = await run(ws);
+    expect(srv.requests.filter((request) => request.path.startsWith("/c.csv?")).length).toBe(2);
+    expect(changed.dataKey).not.toBe(first.dataKey);
+  });
+
+  it("cleans credentials out of a lock written before they were kept out, without fetching again", async () => {
+    const srv = await serve({ "/a.csv": { body: "alpha" } });
+    const ws = workspace([{ url: `http://user:old-secret@127.0.0.1:${srv.port}/a.csv?token=old-token`, path: "a.csv" }]);
+    const object = path.join(root, "alpha");
+    fs.writeFileSync(object, "alpha");
+    await ws.objects.putFile(object);
+    fs.writeFileSync(
+      lockPathFor(ws.manifest),
+      JSON.stringify({ version: 1, entries: { "a.csv": { url: `http://user:old-secret@127.0.0.1:${srv.port}/a.csv?token=old-token`, sha256: sha256("alpha"), size: 5 } } }),
+    );
+    writeManifest(ws.manifest, [{ url: `http://user:new-secret@127.0.0.1:${srv.port}/a.csv?token=new-token`, path: "a.csv" }]);
+    const result = await run(ws);
+    expect(result).toMatchObject({ downloaded: 0, reused: 1 });
+    expect(srv.requests).toEqual([]);
+    expect(readLock(ws.manifest)?.entries["a.csv"]?.url).toBe(`http://127.0.0.1:${srv.port}/a.csv`);
+  });
+
   it("keeps credentials in URLs out of messages", async () => {
     const srv = await serve({});
-    const ws = workspace([{ url: `http://user:secret@127.0.0.1:${srv.port}/private.csv`, path: "p.csv" }]);
+    const ws = workspace([
+      { url: `http://user:secret@127.0.0.1:${srv.port}/private.csv`, path: "p.csv" },
+      { url: `${srv.url}/signed.csv?part=2&X-Amz-Signature=s3cret-sig&access_token=s3cret-token`, path: "q.csv" },
+    ]);
     const error = await runFailing(ws);
     expect(error.message).toContain(`p.csv (http://***@127.0.0.1:${srv.port}/private.csv): HTTP 404 Not Found`);
+    expect(error.message).toContain(`q.csv (${srv.url}/signed.csv?part=2&X-Amz-Signature=***&access_token=***): HTTP 404 Not Found`);
     expect(error.message).not.toContain("secret");
     expect(srv.requests[0]?.headers.authorization).toBe(`Basic ${Buffer.from("user:secret").toString("base64")}`);
   });
@@ -577,10 +748,11 @@ describe("ingest over HTTP", () => {
 import { readManifest } from ${JSON.stringify(path.join(repoRoot, "src/manifest.js"))};
 import { ObjectStore } from ${JSON.stringify(path.join(repoRoot, "src/objects.js"))};
 const [manifest, warmManifest, objects, dataDir, warmDataDir] = process.argv.slice(2);
-await ingest({ entries: readManifest(warmManifest), manifestPath: warmManifest, objects: new ObjectStore(objects), dataDir: warmDataDir });
+const fileScope = { project: ${JSON.stringify(root)}, allowed: [] };
+await ingest({ entries: readManifest(warmManifest), manifestPath: warmManifest, objects: new ObjectStore(objects), dataDir: warmDataDir, fileScope });
 globalThis.gc?.();
 const before = Math.max(process.memoryUsage().rss, process.resourceUsage().maxRSS * 1024);
-const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objects), dataDir });
+const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objects), dataDir, fileScope });
 const peak = process.resourceUsage().maxRSS * 1024;
 console.log(JSON.stringify({ before, peak, bytes: result.bytesDownloaded }));
 `,

@@ -3,8 +3,9 @@
  * process may mount (root, CAP_SYS_ADMIN), else a simulated one: a module
  * preloaded into kaos (NODE_OPTIONS=--import) that makes Node's writes to
  * files under `.kaos/` fail with ENOSPC once a byte budget is spent. The
- * simulation reaches what kaos writes through Node (downloads, logs, snapshots)
- * but not SQLite's own writes nor a train script's, which the tmpfs reaches.
+ * simulation reaches what kaos writes through Node (downloads, logs, the
+ * copies a snapshot makes) but not SQLite's own writes nor a train script's,
+ * which the tmpfs reaches.
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -51,7 +52,8 @@ const watched = (path) => typeof path === "string" && path.startsWith(dir) && (m
 const full = () => Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC", errno: -28, syscall: "write" });
 const spend = (bytes) => { if (budget < bytes) return false; budget -= bytes; return true; };
 const size = (buffer, offset, length) => typeof buffer === "string" ? Buffer.byteLength(buffer) : typeof length === "number" ? length : buffer.byteLength - (typeof offset === "number" ? offset : 0);
-const { openSync, open, closeSync, close, writeSync, write, writev } = fs;
+const { openSync, open, closeSync, close, writeSync, write, writev, copyFileSync } = fs;
+fs.copyFileSync = function (src, dest, ...rest) { if (watched(String(dest)) && !spend(fs.statSync(src).size)) throw Object.assign(full(), { syscall: "copyfile" }); return copyFileSync.call(fs, src, dest, ...rest); };
 fs.openSync = function (path, ...rest) { const fd = openSync.call(fs, path, ...rest); if (watched(String(path))) fds.add(fd); return fd; };
 fs.open = function (path, ...rest) { const done = rest.pop(); return open.call(fs, path, ...rest, (error, fd) => { if (!error && watched(String(path))) fds.add(fd); done(error, fd); }); };
 fs.closeSync = function (fd) { fds.delete(fd); return closeSync.call(fs, fd); };
@@ -98,4 +100,14 @@ export function smallDisk(kind: DiskKind, stateDir: string, bytes: number, match
     release: () => rmSync(join(preload, ".."), { recursive: true, force: true }),
   };
   return disk;
+}
+
+/** Makes `dir` read-only by mounting it onto itself read-only (where this process may mount: see diskKind). */
+export function readOnlyMount(dir: string): { release(): void } {
+  if (!mount(["--bind", dir, dir])) throw new Error(`cannot bind-mount ${dir}`);
+  if (!mount(["-o", "remount,ro,bind", dir])) {
+    spawnSync("umount", [dir], { stdio: "ignore" });
+    throw new Error(`cannot remount ${dir} read-only`);
+  }
+  return { release: () => void spawnSync("umount", ["-l", dir], { stdio: "ignore" }) };
 }

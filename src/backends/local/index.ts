@@ -42,6 +42,7 @@ import { buildEnvironment, environmentPath, environmentReady } from "./build.js"
 import { rememberPythonProbe, resolvePython } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
 import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
+import { fileUrlScopeOf } from "../../urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
 
@@ -338,9 +339,11 @@ export class LocalBackend implements PlanOracle {
           manifestPath: p.pipeline.data.path,
           objects: this.objects,
           dataDir: target,
+          fileScope: fileUrlScopeOf(this.config),
           refresh: options.refresh === true,
           signal,
           onProgress: (progress) => reporter.event({ kind: "ingest", pipeline: name, ...progress }),
+          onNotice: (message) => reporter.event({ kind: "note", message: `${name} ingest: ${message}` }),
         });
         dataKey = result.dataKey;
         dataDir = join(this.stateDir, "data", result.dataKey);
