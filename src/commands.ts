@@ -11,7 +11,7 @@ import { jobPaths, stateDirOf } from "./layout.js";
 import { KaosError, describeError } from "./errors.js";
 import type { ApplyResult } from "./engine.js";
 import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "./metrics.js";
-import { colors, displayLine, displayText, formatDuration, isInteractive, paramsText, printJson, quoteText, table } from "./output.js";
+import { colors, displayLine, displayMessage, displayText, formatDuration, isInteractive, paramsText, printJson, quoteText, table } from "./output.js";
 import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
@@ -89,7 +89,8 @@ function summarize(outcome: ApplyResult): string {
   const failedStages = outcome.result.pipelines.flatMap((p) =>
     Object.entries(p.stages)
       .filter(([, stage]) => stage.state === "failed")
-      .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${displayLine(stage.reason ?? "failed")}`),
+            // A reason of several lines (a manifest's failed entries) keeps them: they are kaos's own, with control characters escaped.
+      .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${displayMessage(stage.reason ?? "failed")}`),
   );
   const lines = [
     `run ${outcome.runId}: ${count("succeeded")} succeeded, ${count("failed")} failed, ${count("cancelled")} cancelled, ${reused} reused`,
