@@ -135,7 +135,7 @@ async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: {
 export async function upCommand(options: Common & { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
-    const { clusterUp } = await import("./cluster.js");
+    const { clusterUp } = await import("./backends/kubernetes/backend.js");
     return clusterUp(config, stack, options);
   }
   return runApply(config, stack, { ...options, command: "up" });
@@ -146,7 +146,7 @@ export async function planCommand(options: Common & { stack?: string; refresh?: 
   const { formatPlan, planJson } = await import("./plan.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
-    const { clusterPlan } = await import("./cluster.js");
+    const { clusterPlan } = await import("./backends/kubernetes/backend.js");
     return clusterPlan(config, stack, options);
   }
   const manifests = checkInputs(config);
@@ -260,7 +260,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
     if (isCluster(stack)) {
-      const { clusterList } = await import("./cluster.js");
+      const { clusterList } = await import("./backends/kubernetes/backend.js");
       return clusterList(config, stack, options);
     }
   }
@@ -302,7 +302,7 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
     if (isCluster(stack)) {
-      const { clusterLogs } = await import("./cluster.js");
+      const { clusterLogs } = await import("./backends/kubernetes/backend.js");
       return clusterLogs(config, stack, options);
     }
   }
@@ -547,7 +547,7 @@ export async function renderCommand(options: Common & { stack: string; out: stri
   if (!isCluster(stack)) {
     throw new KaosError("USAGE", `--stack ${options.stack}: stack uses the ${stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`);
   }
-  const { clusterRender } = await import("./cluster.js");
+  const { clusterRender } = await import("./backends/kubernetes/backend.js");
   return clusterRender(config, stack, options);
 }
 

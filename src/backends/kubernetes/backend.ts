@@ -5,14 +5,14 @@
  * resources change.
  */
 import { join, resolve } from "node:path";
-import { KaosError } from "./errors.js";
-import type { ClusterChangeSummary, ClusterPipelineInput } from "./backends/kubernetes/index.js";
-import { colors, displayText, paramsText, printJson, table } from "./output.js";
-import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "./plan.js";
-import { StateStore } from "./state.js";
-import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "./types.js";
+import { KaosError } from "../../errors.js";
+import type { ClusterChangeSummary, ClusterPipelineInput } from "./index.js";
+import { colors, displayText, paramsText, printJson, table } from "../../output.js";
+import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "../../plan.js";
+import { StateStore } from "../../state.js";
+import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "../../types.js";
 
-const kubernetes = () => import("./backends/kubernetes/index.js");
+const kubernetes = () => import("./index.js");
 
 function stackConfig(stack: ResolvedStack): KubernetesStack {
   if (stack.config.backend !== "kubernetes") throw new KaosError("USAGE", `stack ${stack.name} is not a kubernetes stack`);
