@@ -25,16 +25,16 @@ const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url),
  * The rest are the package's own entry and the modules the benchmarks drive.
  */
 const ENTRIES = [
-  "src/cli.ts",
+  "src/cli/cli.ts",
   "src/index.ts",
   "src/define.ts",
-  "src/hash-worker.ts",
-  "src/ingest.ts",
+  "src/core/hash-worker.ts",
+  "src/backends/local/ingest.ts",
   "src/backends/kubernetes/provider-impl.ts",
-  "src/hash.ts",
-  "src/state.ts",
-  "src/manifest.ts",
-  "src/objects.ts",
+  "src/core/hash.ts",
+  "src/core/state.ts",
+  "src/core/manifest.ts",
+  "src/core/objects.ts",
 ];
 
 // Built beside dist/ and moved in file by file, so that a kaos started while a

@@ -2,7 +2,7 @@
  * The typed identities a config or stack file calls. Kept free of imports so
  * that loading a user's config stays fast.
  */
-import type { KaosConfig, StackConfig } from "./types.js";
+import type { KaosConfig, StackConfig } from "./core/types.js";
 
 /** Typed identity: lets an editor complete and check `kaos.config.ts`. */
 export function defineConfig(config: KaosConfig): KaosConfig {

@@ -15,7 +15,7 @@ export type {
   StackConfig,
   Toleration,
   WatchOptions,
-} from "./types.js";
+} from "./core/types.js";
 
 /** For tools that show local results (a dashboard): whether a job's results are still what it left. */
 export { checkJobResults, resultsProblem } from "./backends/local/results.js";

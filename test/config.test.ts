@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
-import { loadConfig, loadStack, locateKey, parseMemory } from "../src/config.js";
-import { validateSourceBundle, pythonVersionOf } from "../src/bundle.js";
-import { KaosError } from "../src/errors.js";
+import { loadConfig, loadStack, locateKey, parseMemory } from "../src/core/config.js";
+import { validateSourceBundle, pythonVersionOf } from "../src/core/bundle.js";
+import { KaosError } from "../src/core/errors.js";
 import { makeProject, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];

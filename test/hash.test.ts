@@ -20,7 +20,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { KaosError } from "../src/errors.js";
+import { KaosError } from "../src/core/errors.js";
 import {
   diffTrees,
   hashFile,
@@ -34,8 +34,8 @@ import {
   type StatCacheEntry,
   type StatCacheStore,
   type TreeFile,
-} from "../src/hash.js";
-import { StateStore } from "../src/state.js";
+} from "../src/core/hash.js";
+import { StateStore } from "../src/core/state.js";
 
 const temporaryDirectories: string[] = [];
 const stateStores: StateStore[] = [];
@@ -781,7 +781,7 @@ describe("hashTree: errors", () => {
     }
     // Root reads mode-000 files, so the same call runs in a child process as
     // "nobody", for whom the file really is unreadable.
-    const source = fileURLToPath(new URL("../src/hash.ts", import.meta.url));
+    const source = fileURLToPath(new URL("../src/core/hash.ts", import.meta.url));
     const jiti = fileURLToPath(new URL("../node_modules/jiti/lib/jiti-register.mjs", import.meta.url));
     const script = `
       const loaded = await import(${JSON.stringify(source)});

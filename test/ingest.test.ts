@@ -6,11 +6,11 @@ import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { gzipSync } from "node:zlib";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { KaosError } from "../src/errors.js";
-import { type IngestOptions, type IngestProgress, type IngestResult, ingest } from "../src/ingest.js";
-import { formatIngestProgress } from "../src/progress.js";
-import { checkFileUrls, lockPathFor, manifestDataKey, readLock, readManifest } from "../src/manifest.js";
-import { ObjectStore } from "../src/objects.js";
+import { KaosError } from "../src/core/errors.js";
+import { type IngestOptions, type IngestProgress, type IngestResult, ingest } from "../src/backends/local/ingest.js";
+import { formatIngestProgress } from "../src/cli/progress.js";
+import { checkFileUrls, lockPathFor, manifestDataKey, readLock, readManifest } from "../src/core/manifest.js";
+import { ObjectStore } from "../src/core/objects.js";
 import { type RouteOptions, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -744,9 +744,9 @@ describe("ingest over HTTP", () => {
     // that what is measured is what the 200 MB file adds, not the runtime's own start-up.
     fs.writeFileSync(
       script,
-      `import { ingest } from ${JSON.stringify(path.join(repoRoot, "src/ingest.js"))};
-import { readManifest } from ${JSON.stringify(path.join(repoRoot, "src/manifest.js"))};
-import { ObjectStore } from ${JSON.stringify(path.join(repoRoot, "src/objects.js"))};
+      `import { ingest } from ${JSON.stringify(path.join(repoRoot, "src/backends/local/ingest.js"))};
+import { readManifest } from ${JSON.stringify(path.join(repoRoot, "src/core/manifest.js"))};
+import { ObjectStore } from ${JSON.stringify(path.join(repoRoot, "src/core/objects.js"))};
 const [manifest, warmManifest, objects, dataDir, warmDataDir] = process.argv.slice(2);
 const fileScope = { project: ${JSON.stringify(root)}, allowed: [] };
 await ingest({ entries: readManifest(warmManifest), manifestPath: warmManifest, objects: new ObjectStore(objects), dataDir: warmDataDir, fileScope });

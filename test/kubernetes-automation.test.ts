@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parse as parseYaml } from "yaml";
-import { KaosError } from "../src/errors.js";
+import { KaosError } from "../src/core/errors.js";
 import { applyCluster, previewCluster, renderCluster, type PulumiCli, type PulumiExec } from "../src/backends/kubernetes/index.js";
 import { findPulumi, packageRoot, PULUMI_INSTALL_HINT, spawnPulumi } from "../src/backends/kubernetes/automation.js";
 import { makeClusterProject, type ClusterProject } from "./fixtures/kubernetes/project.js";

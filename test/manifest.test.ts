@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { KaosError } from "../src/errors.js";
+import { KaosError } from "../src/core/errors.js";
 import {
   type ManifestEntry,
   type ManifestLock,
@@ -12,7 +12,7 @@ import {
   readManifest,
   unsafePathReason,
   writeLock,
-} from "../src/manifest.js";
+} from "../src/core/manifest.js";
 
 const A = "a".repeat(64);
 const B = "b".repeat(64);

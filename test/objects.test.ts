@@ -4,8 +4,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { Readable } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { KaosError } from "../src/errors.js";
-import { ObjectStore, sha256File } from "../src/objects.js";
+import { KaosError } from "../src/core/errors.js";
+import { ObjectStore, sha256File } from "../src/core/objects.js";
 
 function sha256(data: string | Buffer): string {
   return createHash("sha256").update(data).digest("hex");

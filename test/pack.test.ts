@@ -5,8 +5,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { Writable } from "node:stream";
 import { list } from "tar";
-import { packBundle, PACK_MTIME, walkBundle, type BundleFile } from "../src/pack.js";
-import { KaosError } from "../src/errors.js";
+import { packBundle, PACK_MTIME, walkBundle, type BundleFile } from "../src/backends/kubernetes/pack.js";
+import { KaosError } from "../src/core/errors.js";
 
 const temps: string[] = [];
 function tempDir(): string {

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { checkSeal, markSealed, releaseSeal, removeAbandonedTemporaries, sealTree, writtenSinceSeal, type Seal } from "../src/snapshot.js";
+import { checkSeal, markSealed, releaseSeal, removeAbandonedTemporaries, sealTree, writtenSinceSeal, type Seal } from "../src/core/snapshot.js";
 
 let root: string;
 const seals: Seal[] = [];

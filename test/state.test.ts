@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterEach, describe, expect, it } from "vitest";
-import { KaosError } from "../src/errors.js";
+import { KaosError } from "../src/core/errors.js";
 import {
   INTERRUPTED_REASON,
   SCHEMA_VERSION,
@@ -13,10 +13,10 @@ import {
   type JobRecord,
   type NewJob,
   type StatCacheEntry,
-} from "../src/state.js";
+} from "../src/core/state.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url));
-const stateSource = join(repoRoot, "src", "state.ts");
+const stateSource = join(repoRoot, "src", "core", "state.ts");
 
 const roots: string[] = [];
 const children: ChildProcessWithoutNullStreams[] = [];

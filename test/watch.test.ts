@@ -10,8 +10,8 @@ import { tmpdir } from "node:os";
 import ignore from "ignore";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { isIgnoredPath, watchTargets, WatchMachine, type WatchState } from "../src/watch.js";
-import type { ResolvedConfig } from "../src/types.js";
+import { isIgnoredPath, watchTargets, WatchMachine, type WatchState } from "../src/cli/watch.js";
+import type { ResolvedConfig } from "../src/core/types.js";
 import { makeProject, pidAlive, runKaos, sleep, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
 import type { ListedJob } from "./helpers/jobs.js";
 

@@ -1,5 +1,5 @@
 /** Raw access to a project's state.db, for tests that inspect or damage it behind kaos's back. */
-import { openDatabase, pragmaValue, type DatabaseSync } from "../../src/sqlite.js";
+import { openDatabase, pragmaValue, type DatabaseSync } from "../../src/core/sqlite.js";
 
 export type { DatabaseSync };
 

@@ -30,8 +30,8 @@ import {
   type EngineEvent,
   type OpMap,
 } from "@pulumi/pulumi/automation/index.js";
-import { KaosError, describeError, errnoCode } from "../../errors.js";
-import type { ResolvedConfig, ResolvedStack } from "../../types.js";
+import { KaosError, describeError, errnoCode } from "../../core/errors.js";
+import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { dockerConfigFromEnv } from "./manifests.js";
 import { clusterProgram } from "./program.js";

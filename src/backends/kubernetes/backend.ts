@@ -5,12 +5,12 @@
  * resources change.
  */
 import { join, resolve } from "node:path";
-import { KaosError } from "../../errors.js";
+import { KaosError } from "../../core/errors.js";
 import type { ClusterChangeSummary, ClusterPipelineInput } from "./index.js";
-import { colors, displayText, paramsText, printJson, table } from "../../output.js";
-import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "../../plan.js";
-import { StateStore } from "../../state.js";
-import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "../../types.js";
+import { colors, displayText, paramsText, printJson, table } from "../../cli/output.js";
+import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "../../core/plan.js";
+import { StateStore } from "../../core/state.js";
+import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "../../core/types.js";
 
 const kubernetes = () => import("./index.js");
 

@@ -7,9 +7,9 @@
 import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { KaosError, describeError } from "../../errors.js";
-import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../types.js";
-import { walkBundle, type BundleFile } from "../../pack.js";
+import { KaosError, describeError } from "../../core/errors.js";
+import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../core/types.js";
+import { walkBundle, type BundleFile } from "./pack.js";
 import { canonicalJson } from "./canonical.js";
 import { clusterSettings, pachydermName, type ClusterSettings } from "./settings.js";
 import {

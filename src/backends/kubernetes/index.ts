@@ -10,9 +10,9 @@
  * Pulumi's SDK takes a second to load, and local-only projects need not
  * install it at all, so it is imported only by the two functions that need it.
  */
-import { KaosError } from "../../errors.js";
+import { KaosError } from "../../core/errors.js";
 import packageJson from "../../../package.json" with { type: "json" };
-import type { ResolvedConfig, ResolvedStack } from "../../types.js";
+import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import type { ClusterChangeSummary, ClusterRunOptions } from "./automation.js";
 import type { ClusterPipelineInput } from "./cluster-plan.js";
 

@@ -8,8 +8,8 @@
  * Pachyderm skipped because an earlier job already ran it is shown once,
  * from the job that ran it.
  */
-import { KaosError } from "../../errors.js";
-import type { HyperparamSet, ResolvedStack } from "../../types.js";
+import { KaosError } from "../../core/errors.js";
+import type { HyperparamSet, ResolvedStack } from "../../core/types.js";
 import {
   PachdClient,
   pipelineRef,

@@ -11,7 +11,7 @@
  * forwards to pachd as gRPC metadata. It is kept in a private field and is
  * scrubbed from every message this client produces.
  */
-import { KaosError, describeError } from "../../errors.js";
+import { KaosError, describeError } from "../../core/errors.js";
 
 export interface PachdClientOptions {
   /** pachd's HTTP address (its port 1659, which serves /api/), such as `http://localhost:1659`. */

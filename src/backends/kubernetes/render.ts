@@ -7,8 +7,8 @@
 import { mkdir, rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { stringify } from "yaml";
-import { KaosError } from "../../errors.js";
-import type { ResolvedConfig, ResolvedStack } from "../../types.js";
+import { KaosError } from "../../core/errors.js";
+import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { namespaceManifest, PLACEHOLDER_DOCKER_CONFIG, registrySecretManifest, type KubernetesObject } from "./manifests.js";
 import { validatePipelineSpec } from "./schema.js";

@@ -4,8 +4,8 @@
  */
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { KaosError } from "../../errors.js";
-import type { KubernetesStack, ResolvedConfig, ResolvedStack, Toleration } from "../../types.js";
+import { KaosError } from "../../core/errors.js";
+import type { KubernetesStack, ResolvedConfig, ResolvedStack, Toleration } from "../../core/types.js";
 
 export const DEFAULT_TOKEN_ENV = "PACHYDERM_TOKEN";
 export const DEFAULT_PROJECT = "default";

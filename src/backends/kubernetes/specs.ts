@@ -16,7 +16,7 @@
  * without waiting for the build, and the train job cannot start before the
  * build that pushed it has finished, because it reads the build's output.
  */
-import type { Toleration } from "../../types.js";
+import type { Toleration } from "../../core/types.js";
 import type { ClusterSettings } from "./settings.js";
 
 export type Stage = "build" | "ingest" | "train";

@@ -8,11 +8,11 @@ import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { KaosError } from "../../errors.js";
+import { KaosError } from "../../core/errors.js";
 import type { PythonRuntime } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
-import { isProcessAlive } from "../../process-identity.js";
-import { removeAbandonedTemporaries } from "../../snapshot.js";
+import { isProcessAlive } from "../../core/process-identity.js";
+import { removeAbandonedTemporaries } from "../../core/snapshot.js";
 
 const COMPLETE_MARKER = ".kaos-complete";
 

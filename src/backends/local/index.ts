@@ -10,16 +10,16 @@ import { setMaxListeners } from "node:events";
 import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, totalmem } from "node:os";
 import { delimiter, join } from "node:path";
-import { parseMemory } from "../../config.js";
-import { KaosError, describeError } from "../../errors.js";
-import { canonicalJson } from "../../hyperparams.js";
-import { hashFile } from "../../hash.js";
-import { ingest } from "../../ingest.js";
-import { pinnedHash, readLock } from "../../manifest.js";
-import { jobPaths, stateDirOf } from "../../layout.js";
-import { ObjectStore } from "../../objects.js";
-import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../plan.js";
-import type { Reporter } from "../../progress.js";
+import { parseMemory } from "../../core/config.js";
+import { KaosError, describeError } from "../../core/errors.js";
+import { canonicalJson } from "../../core/hyperparams.js";
+import { hashFile } from "../../core/hash.js";
+import { ingest } from "./ingest.js";
+import { pinnedHash, readLock } from "../../core/manifest.js";
+import { jobPaths, stateDirOf } from "../../core/layout.js";
+import { ObjectStore } from "../../core/objects.js";
+import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../core/plan.js";
+import type { Reporter } from "../../cli/progress.js";
 import {
   checkSeal,
   markSealed,
@@ -33,16 +33,16 @@ import {
   storeTree,
   writtenSinceSeal,
   type Seal,
-} from "../../snapshot.js";
-import { isProcessAlive } from "../../process-identity.js";
-import type { JobRecord, StateStore } from "../../state.js";
-import type { ResolvedConfig, ResolvedStack } from "../../types.js";
-import type { SourceBundle } from "../../bundle.js";
+} from "../../core/snapshot.js";
+import { isProcessAlive } from "../../core/process-identity.js";
+import type { JobRecord, StateStore } from "../../core/state.js";
+import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
+import type { SourceBundle } from "../../core/bundle.js";
 import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
 import { rememberPythonProbe, resolvePython } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
 import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
-import { fileUrlScopeOf } from "../../urls.js";
+import { fileUrlScopeOf } from "../../core/urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
 

@@ -7,10 +7,10 @@
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { appendFileSync, createWriteStream, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
-import { parseMemory } from "../../config.js";
-import { KaosError, describeError } from "../../errors.js";
-import { formatBytes } from "../../output.js";
-import { readProcStat } from "../../process-identity.js";
+import { parseMemory } from "../../core/config.js";
+import { KaosError, describeError } from "../../core/errors.js";
+import { formatBytes } from "../../cli/output.js";
+import { readProcStat } from "../../core/process-identity.js";
 
 export interface ProcessResult {
   exitCode: number | null;

@@ -6,7 +6,7 @@ import { execFile } from "node:child_process";
 import { accessSync, constants, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { delimiter, isAbsolute, join } from "node:path";
 import { promisify } from "node:util";
-import { KaosError } from "../../errors.js";
+import { KaosError } from "../../core/errors.js";
 
 const run = promisify(execFile);
 

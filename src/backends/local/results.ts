@@ -19,10 +19,10 @@
 import { randomUUID } from "node:crypto";
 import { chmodSync, cpSync, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { KaosError, describeError, errnoCode } from "../../errors.js";
-import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../hash.js";
-import { STATE_DIR_NAMES, jobPaths } from "../../layout.js";
-import { resolveInside } from "../../snapshot.js";
+import { KaosError, describeError, errnoCode } from "../../core/errors.js";
+import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../core/hash.js";
+import { STATE_DIR_NAMES, jobPaths } from "../../core/layout.js";
+import { resolveInside } from "../../core/snapshot.js";
 
 /** path, mode, size, content hash, then the stats: dev, ino, mtime and ctime in ns (decimal strings). */
 type SealedEntry = [string, TreeFile["mode"], number, string, string, string, string, string];

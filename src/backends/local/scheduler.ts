@@ -4,8 +4,8 @@
  * asks for left. Waiting jobs are considered in arrival order; a smaller job
  * may start while a larger one waits for room.
  */
-import { KaosError } from "../../errors.js";
-import { formatBytes } from "../../output.js";
+import { KaosError } from "../../core/errors.js";
+import { formatBytes } from "../../cli/output.js";
 
 export interface Capacity {
   cpu: number;

@@ -7,7 +7,7 @@
 import { existsSync, readdirSync } from "node:fs";
 import { basename, dirname, extname, resolve } from "node:path";
 import type { Argument, Command, Option } from "commander";
-import { shellQuote as quoted } from "./backends/kubernetes/specs.js";
+import { shellQuote as quoted } from "../backends/kubernetes/specs.js";
 
 export type Shell = "bash" | "zsh" | "fish";
 export type DynamicKind = "stacks" | "jobs" | "templates";
@@ -87,7 +87,7 @@ export function describeProgram(program: Command): CommandSpec[] {
 
 /** The values `kaos __complete KIND` prints, one a line; nothing when there are none (never an error). */
 export async function dynamicValues(kind: DynamicKind, configPath: string | undefined): Promise<string[]> {
-  const { findConfig } = await import("./layout.js");
+  const { findConfig } = await import("../core/layout.js");
   const config = configPath !== undefined ? resolve(configPath) : findConfig(process.cwd());
   const root = config !== undefined ? dirname(config) : process.cwd();
   if (kind === "templates") {
@@ -103,7 +103,7 @@ export async function dynamicValues(kind: DynamicKind, configPath: string | unde
     return [...new Set(names)].sort();
   }
   if (!existsSync(resolve(root, ".kaos"))) return [];
-  const { StateStore } = await import("./state.js");
+  const { StateStore } = await import("../core/state.js");
   const state = StateStore.open(root, { readonly: true });
   try {
     return state.listJobs({}).map((job) => job.id);

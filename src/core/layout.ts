@@ -4,6 +4,21 @@
  */
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/**
+ * The root of the kaos-ml package (where its package.json is), from wherever
+ * this module runs: the flat dist/ of an install, or src/ in this repository.
+ */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, "package.json"))) {
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = parent;
+  }
+  return dir;
+}
 
 export const CONFIG_FILE_NAMES = ["kaos.config.ts", "kaos.config.mts", "kaos.config.js", "kaos.config.mjs"];
 

@@ -6,31 +6,31 @@
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { DeployCliOptions } from "./cli.js";
-import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "./config.js";
-import { jobPaths, stateDirOf } from "./layout.js";
-import { KaosError, describeError } from "./errors.js";
-import type { ApplyResult } from "./engine.js";
-import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "./metrics.js";
+import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
+import { jobPaths, stateDirOf } from "../core/layout.js";
+import { KaosError, describeError } from "../core/errors.js";
+import type { ApplyResult } from "../core/engine.js";
+import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
 import { colors, displayLine, displayMessage, displayText, formatDuration, isInteractive, paramsText, printJson, quoteText, table } from "./output.js";
 import { onOutputClosed } from "./pipes.js";
-import { StateStore, type JobRecord } from "./state.js";
-import type { ResolvedConfig, ResolvedStack } from "./types.js";
+import { StateStore, type JobRecord } from "../core/state.js";
+import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
 
 // The engine (hashing, planning, the backends) loads only for commands that run
 // it, so the read-only commands start fast.
-const engine = () => import("./engine.js");
+const engine = () => import("../core/engine.js");
 
 /**
  * For commands that hash: the hashing threads boot (tens of milliseconds of
  * module loading each) while this thread loads the config and the engine.
  */
 async function startHashing(): Promise<void> {
-  const { startHashWorkers } = await import("./hash.js");
+  const { startHashWorkers } = await import("../core/hash.js");
   startHashWorkers();
 }
 
 async function stopHashing(): Promise<void> {
-  const { stopHashWorkers } = await import("./hash.js");
+  const { stopHashWorkers } = await import("../core/hash.js");
   await stopHashWorkers();
 }
 
@@ -135,7 +135,7 @@ async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: {
 export async function upCommand(options: Common & { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
-    const { clusterUp } = await import("./backends/kubernetes/backend.js");
+    const { clusterUp } = await import("../backends/kubernetes/backend.js");
     return clusterUp(config, stack, options);
   }
   return runApply(config, stack, { ...options, command: "up" });
@@ -143,10 +143,10 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
 
 export async function planCommand(options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
   const { checkInputs, openSession, plan } = await engine();
-  const { formatPlan, planJson } = await import("./plan.js");
+  const { formatPlan, planJson } = await import("../core/plan.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (isCluster(stack)) {
-    const { clusterPlan } = await import("./backends/kubernetes/backend.js");
+    const { clusterPlan } = await import("../backends/kubernetes/backend.js");
     return clusterPlan(config, stack, options);
   }
   const manifests = checkInputs(config);
@@ -260,7 +260,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
     if (isCluster(stack)) {
-      const { clusterList } = await import("./backends/kubernetes/backend.js");
+      const { clusterList } = await import("../backends/kubernetes/backend.js");
       return clusterList(config, stack, options);
     }
   }
@@ -302,7 +302,7 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
     if (isCluster(stack)) {
-      const { clusterLogs } = await import("./backends/kubernetes/backend.js");
+      const { clusterLogs } = await import("../backends/kubernetes/backend.js");
       return clusterLogs(config, stack, options);
     }
   }
@@ -325,7 +325,7 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
     };
     // Said after the log, where it is seen: the line in the log that says it may be far up.
     const noteDropped = async () => {
-      const { droppedNoteOf, LOG_LIMIT_VARIABLE } = await import("./backends/local/process.js");
+      const { droppedNoteOf, LOG_LIMIT_VARIABLE } = await import("../backends/local/process.js");
       let note: { droppedBytes: number; limitBytes: number };
       try {
         note = JSON.parse(readFileSync(droppedNoteOf(file), "utf8")) as typeof note;
@@ -384,7 +384,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     const sweep = job.stage === "train" ? state.sweepMembers(job.runId, job.pipeline).filter((member) => member.stage === "train") : [];
     const members = sweep.map((member) => ({ job: member, metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out) }));
     const sortable = numericMetricNames(members.map((member) => member.metrics));
-    const { checkJobResults, resultsProblem } = await import("./backends/local/results.js");
+    const { checkJobResults, resultsProblem } = await import("../backends/local/results.js");
     const results = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
     const untrusted = results === undefined ? undefined : resultsProblem(job.id, results);
     if (options.sort !== undefined) {
@@ -475,7 +475,7 @@ export async function getCommand(options: Common & { job: string; out?: string; 
     if (existsSync(destination) && readdirSync(destination).length > 0) {
       throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, { hint: "pass -o DIR" });
     }
-    const { checkJobResults, copyResults, resultsProblem } = await import("./backends/local/results.js");
+    const { checkJobResults, copyResults, resultsProblem } = await import("../backends/local/results.js");
     const untrusted = resultsProblem(job.id, await checkJobResults(stateDirOf(config.root), job.id));
     if (untrusted !== undefined) {
       if (!options.force) throw new KaosError("RESULTS_CHANGED", untrusted, { hint: "rerun the job (kaos up --force), or pass --force to copy them anyway" });
@@ -511,7 +511,7 @@ export async function killCommand(options: Common & { job: string }): Promise<nu
     // Record first, then signal: the runner sees the job already ended and keeps this result.
     state.finishJob(job.id, { state: "cancelled", exitCode: null, reason: "cancelled by kaos train kill" });
     if (job.pid !== null && job.pid !== process.pid && job.stage === "train") {
-      const { killGroup, groupAlive } = await import("./backends/local/process.js");
+      const { killGroup, groupAlive } = await import("../backends/local/process.js");
       killGroup(job.pid, "SIGTERM");
       const deadline = Date.now() + 5000;
       while (groupAlive(job.pid) && Date.now() < deadline) await new Promise((done) => setTimeout(done, 100));
@@ -547,7 +547,7 @@ export async function renderCommand(options: Common & { stack: string; out: stri
   if (!isCluster(stack)) {
     throw new KaosError("USAGE", `--stack ${options.stack}: stack uses the ${stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`);
   }
-  const { clusterRender } = await import("./backends/kubernetes/backend.js");
+  const { clusterRender } = await import("../backends/kubernetes/backend.js");
   return clusterRender(config, stack, options);
 }
 

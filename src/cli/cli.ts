@@ -8,10 +8,11 @@
  * status in exactly one place: `run` below.
  */
 import { readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import type { DynamicKind, Shell } from "./completion.js";
-import { isKaosError } from "./errors.js";
+import { isKaosError } from "../core/errors.js";
+import { packageRoot } from "../core/layout.js";
 import { EXIT_BROKEN_PIPE, exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 
 /** Exit statuses; commands return 2 only for `plan --detailed-exitcode` (Terraform's convention). */
@@ -25,7 +26,7 @@ function setExitStatus(status: number): void {
 }
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+  const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string };
   return pkg.version;
 }
 
@@ -61,9 +62,9 @@ function globals(command: Command): GlobalOptions {
  */
 async function warmUp(configPath: string | undefined): Promise<void> {
   const [{ startHashWorkers }, { prefetchPython }, { findConfig, stateDirOf }] = await Promise.all([
-    import("./hash.js"),
-    import("./backends/local/python.js"),
-    import("./layout.js"),
+    import("../core/hash.js"),
+    import("../backends/local/python.js"),
+    import("../core/layout.js"),
   ]);
   startHashWorkers();
   const config = configPath !== undefined ? resolve(configPath) : findConfig(process.cwd());
@@ -292,7 +293,7 @@ async function reportFailure(error: unknown): Promise<number> {
     if (error.hint) process.stderr.write(`${c.dim("hint")}: ${displayMessage(error.hint)}\n`);
     return EXIT_FAILURE;
   }
-  const { isCorruptionError } = await import("./state.js");
+  const { isCorruptionError } = await import("../core/state.js");
   if (isCorruptionError(error)) {
     // Damage met by a read: the writer checks the whole file when it opens, a reader does not.
     process.stderr.write(`${c.red("error")}: kaos's state database .kaos/state.db is damaged (${error instanceof Error ? error.message : String(error)})\n`);

@@ -177,15 +177,15 @@ const stackSchema = z.discriminatedUnion(
   { error: "expected `backend: \"local\"` or `backend: \"kubernetes\"`" },
 );
 
-export { defineConfig, defineStack } from "./define.js";
+export { defineConfig, defineStack } from "../define.js";
 
 export { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
+import { packageRoot } from "./layout.js";
 
 /** Where the package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos-ml"`. */
 function packageEntry(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const built = join(here, "define.js");
-  return existsSync(built) ? built : join(here, "define.ts");
+  const built = join(dirname(fileURLToPath(import.meta.url)), "define.js");
+  return existsSync(built) ? built : join(packageRoot(), "src", "define.ts");
 }
 
 /** Evaluates a config or stack module and returns its default export. */

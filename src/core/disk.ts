@@ -8,7 +8,7 @@ import { accessSync, constants, copyFileSync, existsSync, lstatSync, mkdtempSync
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import { formatBytes } from "./output.js";
+import { formatBytes } from "../cli/output.js";
 
 const NO_SPACE_CODES = new Set(["ENOSPC", "EDQUOT", "SQLITE_FULL"]);
 

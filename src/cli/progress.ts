@@ -3,8 +3,8 @@
  * per state change otherwise, nothing under --json (the result is printed at
  * the end instead).
  */
-import type { IngestProgress } from "./ingest.js";
-import type { JobRecord, Stage } from "./state.js";
+import type { IngestProgress } from "../backends/local/ingest.js";
+import type { JobRecord, Stage } from "../core/state.js";
 import { colors, displayLine, displayMessage, displayText, formatBytes, formatDuration, paramsText, type Colors } from "./output.js";
 
 export type RunEvent =

@@ -16,8 +16,8 @@ import { dirname, join, posix } from "node:path";
 import { Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { create as createTar } from "tar";
-import { KaosError, describeError, errnoCode } from "./errors.js";
-import { ALWAYS_IGNORED, isEditorFile } from "./hash-worker.js";
+import { KaosError, describeError, errnoCode } from "../../core/errors.js";
+import { ALWAYS_IGNORED, isEditorFile } from "../../core/hash-worker.js";
 
 export type BundleFileMode = "file" | "exec" | "symlink";
 

@@ -4,9 +4,9 @@
  */
 import { appendFileSync, copyFileSync, constants, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, type Stats } from "node:fs";
 import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
-import { fileURLToPath } from "node:url";
-import { shellQuote } from "./backends/kubernetes/specs.js";
-import { errnoCode, KaosError } from "./errors.js";
+import { shellQuote } from "../backends/kubernetes/specs.js";
+import { errnoCode, KaosError } from "../core/errors.js";
+import { packageRoot } from "../core/layout.js";
 import { printJson, table } from "./output.js";
 
 interface TemplateEntry {
@@ -15,7 +15,7 @@ interface TemplateEntry {
   path: string;
 }
 
-const EXAMPLES_DIR = fileURLToPath(new URL("../examples/", import.meta.url));
+const EXAMPLES_DIR = join(packageRoot(), "examples");
 
 /** Never part of a template, wherever they appear inside it: kaos's state, Python's caches, installed packages. */
 const LEFT_OUT = new Set([".kaos", "__pycache__", "node_modules"]);

@@ -6,11 +6,11 @@
 import { validateSourceBundle } from "./bundle.js";
 import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import { LocalBackend, type ExecuteResult } from "./backends/local/index.js";
-import { stopOrphanedJobs } from "./backends/local/process.js";
+import { LocalBackend, type ExecuteResult } from "../backends/local/index.js";
+import { stopOrphanedJobs } from "../backends/local/process.js";
 import { checkFileUrls, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { buildPlan, type Plan } from "./plan.js";
-import type { Reporter } from "./progress.js";
+import type { Reporter } from "../cli/progress.js";
 import { StateStore } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
 import { fileUrlScopeOf } from "./urls.js";

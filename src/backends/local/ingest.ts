@@ -53,10 +53,10 @@ import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
-import { KaosError, describeError, errnoCode } from "./errors.js";
-import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "./manifest.js";
-import { HashingPassThrough, ObjectStore } from "./objects.js";
-import { FileUrlRefused, type FileUrlScope, isCredentialParam, openWithinScope, queryParamName, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
+import { KaosError, describeError, errnoCode } from "../../core/errors.js";
+import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "../../core/manifest.js";
+import { HashingPassThrough, ObjectStore } from "../../core/objects.js";
+import { FileUrlRefused, type FileUrlScope, isCredentialParam, openWithinScope, queryParamName, sameSource, sourceIdentity, widenScopeHint } from "../../core/urls.js";
 
 export interface IngestProgress {
   filesDone: number;
@@ -1182,7 +1182,7 @@ interface PlannedTransfer {
 
 export async function ingest(options: IngestOptions): Promise<IngestResult> {
   const { entries, manifestPath, objects, signal } = options;
-  const { lockPathFor, manifestDataKey, pinnedHash, readLock, serializeLock, writeLock } = await import("./manifest.js");
+  const { lockPathFor, manifestDataKey, pinnedHash, readLock, serializeLock, writeLock } = await import("../../core/manifest.js");
   const refresh = options.refresh === true;
   const concurrency = Math.max(1, Math.floor(options.concurrency ?? 8));
   const oldLock = readLock(manifestPath);
