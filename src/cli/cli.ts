@@ -10,6 +10,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import type { DeployCliOptions } from "./commands.js";
 import type { DynamicKind, Shell } from "./completion.js";
 import { isKaosError } from "../core/errors.js";
 import { packageRoot } from "../core/layout.js";
@@ -264,19 +265,6 @@ function buildProgram(): Command {
   return program;
 }
 
-export interface DeployCliOptions {
-  source: string;
-  data?: string;
-  manifest?: string;
-  hyperparams?: string;
-  cpu?: number;
-  memory?: string;
-  gpu?: number;
-  parallelism?: number;
-  name: string;
-  force?: boolean;
-  json?: boolean;
-}
 
 /** Turns any failure into a message on stderr and an exit status. */
 async function reportFailure(error: unknown): Promise<number> {

@@ -5,7 +5,6 @@
  */
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { DeployCliOptions } from "./cli.js";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
 import { jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
@@ -165,6 +164,21 @@ export async function planCommand(options: Common & { stack?: string; refresh?: 
 export async function watchCommand(options: Common & { stack?: string; debounce?: number; onChange?: "restart" | "queue"; poll?: boolean; pollInterval?: number; force?: boolean }): Promise<number> {
   const { watch } = await import("./watch.js");
   return watch({ cwd: process.cwd(), configPath: options.config, stackName: options.stack, ...options });
+}
+
+/** The flags of `kaos train deploy`. */
+export interface DeployCliOptions {
+  source: string;
+  data?: string;
+  manifest?: string;
+  hyperparams?: string;
+  cpu?: number;
+  memory?: string;
+  gpu?: number;
+  parallelism?: number;
+  name: string;
+  force?: boolean;
+  json?: boolean;
 }
 
 /** `train deploy`: the same engine with a config made from flags, state in ./.kaos. */
