@@ -172,9 +172,7 @@ export async function runHashBench({ quick = false, log = console.log } = {}) {
   const gigabytes = tree.stats.bytes / 1e9;
   const list = (root) => `find ${JSON.stringify(root)} -type f ! -name .params -print0`;
   const sha256sum = await best(size.runs, () =>
-    shell(
-      `${list(large)} | xargs -0 -P ${cores} -n 1 sha256sum && ${list(join(mixed, "small"))} | xargs -0 -P ${cores} -n 50 sha256sum`,
-    ),
+    shell(`${list(large)} | xargs -0 -P ${cores} -n 1 sha256sum && ${list(join(mixed, "small"))} | xargs -0 -P ${cores} -n 50 sha256sum`),
   );
   const largeTree = await best(size.runs, () => hashTree(large));
   const openssl = hasCommand("openssl")
@@ -228,15 +226,21 @@ export async function runHashBench({ quick = false, log = console.log } = {}) {
   };
   const f = (seconds) => `${seconds.toFixed(3)} s`;
   log(`cold, ${tree.stats.files} files, ${(tree.stats.bytes / 1e9).toFixed(2)} GB (~${(mixedBytes / 1e9).toFixed(2)} GB planned):`);
-  log(`  hashTree ${f(cold.best)} (${results.cold.gigabytesPerSecond.toFixed(2)} GB/s), sha256sum x${cores} ${f(sha256sum.best)}: ${results.cold.speedupOverSha256sum.toFixed(2)}x sha256sum's speed (target > 1)`);
+  log(
+    `  hashTree ${f(cold.best)} (${results.cold.gigabytesPerSecond.toFixed(2)} GB/s), sha256sum x${cores} ${f(sha256sum.best)}: ${results.cold.speedupOverSha256sum.toFixed(2)}x sha256sum's speed (target > 1)`,
+  );
   log(`large files only, ${size.largeFiles} x ${size.largeBytes >> 20} MiB:`);
   log(
     `  hashTree ${f(largeTree.best)} (${results.large.gigabytesPerSecond.toFixed(2)} GB/s)` +
-      (openssl === undefined ? ", openssl missing" : `, openssl x${cores} ${f(openssl.best)}: ${results.large.fractionOfOpenssl.toFixed(2)} of OpenSSL's speed (target >= 0.8)`),
+      (openssl === undefined
+        ? ", openssl missing"
+        : `, openssl x${cores} ${f(openssl.best)}: ${results.large.fractionOfOpenssl.toFixed(2)} of OpenSSL's speed (target >= 0.8)`),
   );
   log(`warm no-op, ${size.warmFiles} files:`);
   log(`  hashTree in process ${f(warmInProcess.best)}, in a fresh process ${f(warmFresh.best)}, git status ${f(gitStatus.best)}`);
-  log(`  ratio to git status: ${results.warm.inProcessOverGit.toFixed(2)} in process, ${results.warm.freshProcessOverGit.toFixed(2)} fresh (target <= 1)`);
+  log(
+    `  ratio to git status: ${results.warm.inProcessOverGit.toFixed(2)} in process, ${results.warm.freshProcessOverGit.toFixed(2)} fresh (target <= 1)`,
+  );
   return results;
 }
 

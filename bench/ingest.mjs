@@ -57,7 +57,9 @@ function serve(size) {
 }
 
 export async function startServerProcess(size) {
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), "--serve", String(size)], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), "--serve", String(size)], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   const port = await new Promise((resolve, reject) => {
     child.stdout.once("data", (chunk) => resolve(Number(String(chunk).trim())));
     child.once("error", reject);
@@ -95,7 +97,10 @@ async function main() {
   const urls = Array.from({ length: files }, (_, i) => `${base}/f/${i}`);
 
   const manifest = path.join(dataRoot, "manifest.jsonl");
-  fs.writeFileSync(manifest, urls.map((url, i) => JSON.stringify({ url, path: `part-${String(i).padStart(4, "0")}.bin` })).join("\n") + "\n");
+  fs.writeFileSync(
+    manifest,
+    urls.map((url, i) => JSON.stringify({ url, path: `part-${String(i).padStart(4, "0")}.bin` })).join("\n") + "\n",
+  );
   const objectsDir = path.join(dataRoot, "kaos", "objects");
   const dataDir = path.join(dataRoot, "kaos", "data");
 
@@ -105,9 +110,17 @@ async function main() {
     rmrf(path.join(dataRoot, "kaos"));
     rmrf(lockPathFor(manifest));
     const started = performance.now();
-    const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objectsDir), dataDir, fileScope: { project: dataRoot, allowed: [] }, concurrency });
+    const result = await ingest({
+      entries: readManifest(manifest),
+      manifestPath: manifest,
+      objects: new ObjectStore(objectsDir),
+      dataDir,
+      fileScope: { project: dataRoot, allowed: [] },
+      concurrency,
+    });
     const seconds = (performance.now() - started) / 1000;
-    if (result.downloaded !== files || result.bytesDownloaded !== totalBytes) throw new Error(`unexpected result ${JSON.stringify(result)}`);
+    if (result.downloaded !== files || result.bytesDownloaded !== totalBytes)
+      throw new Error(`unexpected result ${JSON.stringify(result)}`);
     return seconds;
   }
 
@@ -118,7 +131,9 @@ async function main() {
     const config = path.join(dataRoot, "curl.config");
     fs.writeFileSync(config, urls.map((url, i) => `url = "${url}"\noutput = "${path.join(curlDir, `part-${i}.bin`)}"\n`).join(""));
     const started = performance.now();
-    const run = spawnSync("curl", ["--parallel", "--parallel-max", String(concurrency), "-s", "--no-progress-meter", "-f", "-K", config], { stdio: ["ignore", "ignore", "inherit"] });
+    const run = spawnSync("curl", ["--parallel", "--parallel-max", String(concurrency), "-s", "--no-progress-meter", "-f", "-K", config], {
+      stdio: ["ignore", "ignore", "inherit"],
+    });
     const seconds = (performance.now() - started) / 1000;
     if (run.status !== 0) throw new Error(`curl --parallel exited with ${run.status}`);
     return seconds;
@@ -130,7 +145,11 @@ async function main() {
     const list = path.join(dataRoot, "urls.txt");
     fs.writeFileSync(list, urls.join("\n") + "\n");
     const started = performance.now();
-    const run = spawnSync("sh", ["-c", `xargs -P ${concurrency} -n 50 curl -s --no-progress-meter -f --output-dir "${curlDir}" --remote-name-all < "${list}"`], { stdio: "inherit" });
+    const run = spawnSync(
+      "sh",
+      ["-c", `xargs -P ${concurrency} -n 50 curl -s --no-progress-meter -f --output-dir "${curlDir}" --remote-name-all < "${list}"`],
+      { stdio: "inherit" },
+    );
     const seconds = (performance.now() - started) / 1000;
     if (run.status !== 0) throw new Error(`xargs curl exited with ${run.status}`);
     return seconds;
@@ -158,7 +177,14 @@ async function main() {
     const noop = [];
     for (let round = 0; round < Math.max(3, rounds); round++) {
       const started = performance.now();
-      const result = await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objectsDir), dataDir, fileScope: { project: dataRoot, allowed: [] }, concurrency });
+      const result = await ingest({
+        entries: readManifest(manifest),
+        manifestPath: manifest,
+        objects: new ObjectStore(objectsDir),
+        dataDir,
+        fileScope: { project: dataRoot, allowed: [] },
+        concurrency,
+      });
       noop.push((performance.now() - started) / 1000);
       if (result.downloaded !== 0 || result.reused !== files) throw new Error(`the rerun was not a no-op: ${JSON.stringify(result)}`);
     }
@@ -184,13 +210,18 @@ async function main() {
       curlXargs: mbps(totalBytes, best.curlXargs),
     };
     const curlBest = Math.max(rates.curlParallel, rates.curlXargs);
-    const row = (name, seconds, rate) => console.log(`  ${name.padEnd(34)} ${seconds.toFixed(3).padStart(7)} s  ${rate.toFixed(0).padStart(6)} MB/s`);
+    const row = (name, seconds, rate) =>
+      console.log(`  ${name.padEnd(34)} ${seconds.toFixed(3).padStart(7)} s  ${rate.toFixed(0).padStart(6)} MB/s`);
     row("kaos ingest", best.kaos, rates.kaos);
     row(`curl --parallel --parallel-max ${concurrency}`, best.curlParallel, rates.curlParallel);
     row(`xargs -P ${concurrency} -n 50 curl`, best.curlXargs, rates.curlXargs);
     console.log(`  ratio kaos / faster curl: ${(rates.kaos / curlBest).toFixed(2)}x (target >= 0.8x)`);
-    console.log(`  no-op rerun (${files} entries): ${(Math.min(...noop) * 1000).toFixed(1)} ms best, ${(Math.max(...noop) * 1000).toFixed(1)} ms worst (target < 1000 ms)`);
-    console.log(`  no-op rerun in a new node process: ${(Math.min(...noopProcess) * 1000).toFixed(0)} ms best, ${(Math.max(...noopProcess) * 1000).toFixed(0)} ms worst`);
+    console.log(
+      `  no-op rerun (${files} entries): ${(Math.min(...noop) * 1000).toFixed(1)} ms best, ${(Math.max(...noop) * 1000).toFixed(1)} ms worst (target < 1000 ms)`,
+    );
+    console.log(
+      `  no-op rerun in a new node process: ${(Math.min(...noopProcess) * 1000).toFixed(0)} ms best, ${(Math.max(...noopProcess) * 1000).toFixed(0)} ms worst`,
+    );
   } finally {
     server.stop();
     rmrf(dataRoot);

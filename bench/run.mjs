@@ -168,16 +168,27 @@ function parseOptions(argv) {
     if (arg === "--quick") options.quick = true;
     else if (arg === "--json") options.json = argv[i + 1] !== undefined && !argv[i + 1].startsWith("--") ? value() : "-";
     else if (arg.startsWith("--json=")) options.json = arg.slice("--json=".length);
-    else if (arg === "--only") options.only = new Set(value().split(",").map((s) => s.trim()));
+    else if (arg === "--only")
+      options.only = new Set(
+        value()
+          .split(",")
+          .map((s) => s.trim()),
+      );
     else if (arg === "--runs") options.runs = Number(value());
     else if (arg === "--dvc") options.dvc = true;
     else if (arg === "--no-dvc") options.dvc = false;
     else if (arg === "--help" || arg === "-h") {
-      process.stdout.write(readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0].replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
+      process.stdout.write(
+        readFileSync(fileURLToPath(import.meta.url), "utf8")
+          .split("*/")[0]
+          .replace(/^#!.*\n\/\*\*\n/, "")
+          .replace(/^ \* ?/gm, ""),
+      );
       process.exit(0);
     } else throw new Error(`unknown option ${arg} (see --help)`);
   }
-  if (options.runs !== undefined && !(Number.isInteger(options.runs) && options.runs >= 1)) throw new Error("--runs expects a whole number, 1 or more");
+  if (options.runs !== undefined && !(Number.isInteger(options.runs) && options.runs >= 1))
+    throw new Error("--runs expects a whole number, 1 or more");
   return options;
 }
 
@@ -240,7 +251,10 @@ function sh(script, cwd, options = {}) {
 function setup(command, args, cwd, env = childEnv) {
   const result = spawnSync(command, args, { cwd, env, encoding: "utf8", maxBuffer: 1 << 30 });
   if (result.error) throw result.error;
-  if (result.status !== 0) throw new Error(`\`${[command, ...args].join(" ")}\` in ${cwd} exited with ${result.status}:\n${result.stdout}\n${result.stderr}`.slice(-4000));
+  if (result.status !== 0)
+    throw new Error(
+      `\`${[command, ...args].join(" ")}\` in ${cwd} exited with ${result.status}:\n${result.stdout}\n${result.stderr}`.slice(-4000),
+    );
   return result.stdout;
 }
 
@@ -333,7 +347,9 @@ function upProject(name, parameters, spec) {
     log(`  setting up ${name}: first \`kaos up\` (environment build and data snapshot)`);
     const first = kaos(["up"], dir);
     writeFileSync(join(dir, ".first-up.json"), JSON.stringify({ seconds: first.seconds, rssMb: first.rssMb }));
-    setupNotes.push(`${name}: first \`kaos up\` (venv build, snapshot of the data) took ${first.seconds.toFixed(1)} s, peak ${first.rssMb?.toFixed(0) ?? "?"} MB`);
+    setupNotes.push(
+      `${name}: first \`kaos up\` (venv build, snapshot of the data) took ${first.seconds.toFixed(1)} s, peak ${first.rssMb?.toFixed(0) ?? "?"} MB`,
+    );
   });
   return dir;
 }
@@ -369,12 +385,18 @@ function dvcCommand(wanted) {
   const failedMarker = `${dvcVenv}.failed`;
   if (!existsSync(dvc)) {
     if (existsSync(failedMarker)) {
-      return { dvc: undefined, why: `did not install from PyPI (${readFileSync(failedMarker, "utf8").trim().split("\n").at(-1)}; delete ${relative(repo, failedMarker)} to retry)` };
+      return {
+        dvc: undefined,
+        why: `did not install from PyPI (${readFileSync(failedMarker, "utf8").trim().split("\n").at(-1)}; delete ${relative(repo, failedMarker)} to retry)`,
+      };
     }
     log("installing dvc from PyPI into bench/.data/dvc-venv (once)");
     rmSync(dvcVenv, { recursive: true, force: true });
     const venv = spawnSync("python3", ["-m", "venv", dvcVenv], { encoding: "utf8" });
-    const pip = venv.status === 0 ? spawnSync(join(dvcVenv, "bin", "pip"), ["install", "--quiet", "dvc"], { encoding: "utf8", timeout: 900_000 }) : venv;
+    const pip =
+      venv.status === 0
+        ? spawnSync(join(dvcVenv, "bin", "pip"), ["install", "--quiet", "dvc"], { encoding: "utf8", timeout: 900_000 })
+        : venv;
     if (pip.status !== 0 || !existsSync(dvc)) {
       const reason = `${pip.stderr ?? ""}${pip.error ?? ""}`.trim() || `exit ${pip.status}`;
       writeFileSync(failedMarker, `${new Date().toISOString()}\n${reason}\n`);
@@ -492,7 +514,9 @@ async function scenarioWarmPlan(size, runs, dvc) {
     );
     if (dvcSamples) {
       const d = summary(dvcSamples);
-      rows.push(row({ id: `1-${label}-dvc`, scenario: `  same, vs dvc status`, kaos: k, baseline: { name: "dvc status", ...d }, target: "info" }));
+      rows.push(
+        row({ id: `1-${label}-dvc`, scenario: `  same, vs dvc status`, kaos: k, baseline: { name: "dvc status", ...d }, target: "info" }),
+      );
     } else {
       rows.push(row({ id: `1-${label}-dvc`, scenario: `  same, vs dvc status`, kaos: k, target: "info", notes: [`dvc ${dvc.why}`] }));
     }
@@ -564,7 +588,16 @@ async function scenarioColdHash(size, runs, dvc) {
   ];
   if (dvcSamples) {
     const d = summary(dvcSamples);
-    rows.push(row({ id: "2-dvc", scenario: "  same, vs dvc add --no-commit", kaos: k, baseline: { name: "dvc add --no-commit", ...d }, target: "info", notes: [`dvc ${(gb / d.median).toFixed(2)} GB/s (md5)`] }));
+    rows.push(
+      row({
+        id: "2-dvc",
+        scenario: "  same, vs dvc add --no-commit",
+        kaos: k,
+        baseline: { name: "dvc add --no-commit", ...d },
+        target: "info",
+        notes: [`dvc ${(gb / d.median).toFixed(2)} GB/s (md5)`],
+      }),
+    );
   } else {
     rows.push(row({ id: "2-dvc", scenario: "  same, vs dvc add", kaos: k, target: "info", notes: [`dvc ${dvc.why}`] }));
   }
@@ -644,9 +677,25 @@ async function jobsProject(count) {
           const sweepSize = Math.min(perRun, count - first);
           for (let index = 0; index < sweepSize; index++) {
             const params = { lr: [0.1, 0.01, 0.001][index % 3], depth: index, seed: first + index };
-            const job = state.createJob({ runId: run.id, stack: "local", pipeline: "bench", stage: "train", key: hex(), params, ...keys, paramsKey: hex(), sweepIndex: index, sweepSize, outputDir: null, logFile: null });
+            const job = state.createJob({
+              runId: run.id,
+              stack: "local",
+              pipeline: "bench",
+              stage: "train",
+              key: hex(),
+              params,
+              ...keys,
+              paramsKey: hex(),
+              sweepIndex: index,
+              sweepSize,
+              outputDir: null,
+              logFile: null,
+            });
             state.markRunning(job.id, null);
-            state.finishJob(job.id, index % 17 === 0 ? { state: "failed", exitCode: 1, reason: "exited with code 1" } : { state: "succeeded", exitCode: 0 });
+            state.finishJob(
+              job.id,
+              index % 17 === 0 ? { state: "failed", exitCode: 1, reason: "exited with code 1" } : { state: "succeeded", exitCode: 0 },
+            );
           }
           state.finishRun(run.id, "succeeded");
         }
@@ -680,7 +729,14 @@ async function scenarioStartup(size, runs) {
   const list = summary(listSamples);
   const node2 = summary(nodeSamples2);
   return [
-    row({ id: "4-help", scenario: "kaos --help", kaos: help, baseline: { name: "node -e 0", ...nodeTime }, target: "< 2.00x", pass: help.median < 2 * nodeTime.median }),
+    row({
+      id: "4-help",
+      scenario: "kaos --help",
+      kaos: help,
+      baseline: { name: "node -e 0", ...nodeTime },
+      target: "< 2.00x",
+      pass: help.median < 2 * nodeTime.median,
+    }),
     row({
       id: "4-list",
       scenario: `kaos train list, ${size.jobs / 1000}k jobs`,
@@ -707,7 +763,9 @@ async function scenarioSweep(size, runs) {
     const modelDir = join(project, "src", "model");
     // By hand means with the environment activated, as kaos runs the script: its interpreter, not a shim's.
     const envs = join(project, ".kaos", "envs");
-    const envDir = readdirSync(envs).map((name) => join(envs, name)).find((dir) => existsSync(join(dir, "bin", "python")));
+    const envDir = readdirSync(envs)
+      .map((name) => join(envs, name))
+      .find((dir) => existsSync(join(dir, "bin", "python")));
     if (envDir === undefined) throw new Error(`${envs} holds no environment`);
     const handEnv = { ...childEnv, PATH: `${join(envDir, "bin")}:${childEnv.PATH ?? ""}`, VIRTUAL_ENV: envDir };
     const byHand = join(runRoot, `${variant.name}-by-hand`);
@@ -721,11 +779,16 @@ async function scenarioSweep(size, runs) {
       {
         name: "kaos up",
         // New combinations every round, so all of them run; the environment is already built.
-        before: () => writeFileSync(join(project, "grid.json"), JSON.stringify({ i: Array.from({ length: jobs }, (_, i) => i), round: [`r${process.pid}-${round++}`] })),
+        before: () =>
+          writeFileSync(
+            join(project, "grid.json"),
+            JSON.stringify({ i: Array.from({ length: jobs }, (_, i) => i), round: [`r${process.pid}-${round++}`] }),
+          ),
         run: () => kaos(["up"], project),
         check: (sample) => {
           const match = /(\d+) succeeded, (\d+) failed/.exec(sample.stderr);
-          if (match === null || Number(match[1]) !== jobs) throw new Error(`kaos up did not run ${jobs} jobs:\n${sample.stderr.slice(-800)}`);
+          if (match === null || Number(match[1]) !== jobs)
+            throw new Error(`kaos up did not run ${jobs} jobs:\n${sample.stderr.slice(-800)}`);
           if (/ build .* succeeded/.test(sample.stderr)) throw new Error("kaos up built the environment again");
         },
       },
@@ -791,7 +854,10 @@ async function scenarioIngest(size, runs) {
     const project = join(runRoot, "projects", "ingest");
     mkdirSync(project, { recursive: true });
     const manifest = join(project, "data.jsonl");
-    writeFileSync(manifest, urls.map((url, i) => JSON.stringify({ url, path: `part-${String(i).padStart(4, "0")}.bin` })).join("\n") + "\n");
+    writeFileSync(
+      manifest,
+      urls.map((url, i) => JSON.stringify({ url, path: `part-${String(i).padStart(4, "0")}.bin` })).join("\n") + "\n",
+    );
     rmSync(`${manifest}.lock`, { force: true });
     writeProject(project, { manifest });
     kaos(["up"], project);
@@ -814,13 +880,19 @@ async function scenarioIngest(size, runs) {
         },
         run: () => kaos(["up"], project),
         check: (sample) => {
-          if (!new RegExp(`${files} downloaded`).test(sample.stderr)) throw new Error(`kaos up did not download ${files} files:\n${sample.stderr.slice(-800)}`);
+          if (!new RegExp(`${files} downloaded`).test(sample.stderr))
+            throw new Error(`kaos up did not download ${files} files:\n${sample.stderr.slice(-800)}`);
         },
       },
       {
         name: `curl --parallel-max ${INGEST_CONCURRENCY}`,
         before: emptyCurlDir,
-        run: () => measure("curl", ["--parallel", "--parallel-max", String(INGEST_CONCURRENCY), "-s", "--no-progress-meter", "-f", "-K", curlConfig], { cwd: runRoot }),
+        run: () =>
+          measure(
+            "curl",
+            ["--parallel", "--parallel-max", String(INGEST_CONCURRENCY), "-s", "--no-progress-meter", "-f", "-K", curlConfig],
+            { cwd: runRoot },
+          ),
       },
       {
         name: "node: download, hash, write",
@@ -856,7 +928,8 @@ async function scenarioIngest(size, runs) {
         name: "kaos up (no-op)",
         run: () => kaos(["up"], project),
         check: (sample) => {
-          if (/\d+ downloaded/.test(sample.stderr) || !/nothing to do/.test(sample.stderr)) throw new Error(`the rerun was not a no-op:\n${sample.stderr.slice(-800)}`);
+          if (/\d+ downloaded/.test(sample.stderr) || !/nothing to do/.test(sample.stderr))
+            throw new Error(`the rerun was not a no-op:\n${sample.stderr.slice(-800)}`);
         },
       },
     ]);
@@ -895,7 +968,9 @@ async function scenarioIngest(size, runs) {
         kaos: floor,
         baseline: { name: `curl --parallel ${INGEST_CONCURRENCY}`, ...c },
         target: "info",
-        notes: [`node:http, SHA-256 and a write per chunk in 2 threads, ${INGEST_CONCURRENCY} transfers at once, nothing else; server ${serverCpuOf(2)} CPU`],
+        notes: [
+          `node:http, SHA-256 and a write per chunk in 2 threads, ${INGEST_CONCURRENCY} transfers at once, nothing else; server ${serverCpuOf(2)} CPU`,
+        ],
       }),
       row({ id: "6-noop", scenario: "  no-op rerun (kaos up)", kaos: n, target: "< 1 s", pass: n.median < 1 }),
     ];
@@ -929,7 +1004,9 @@ function tableText(rows) {
     r.target ?? "",
     r.pass === undefined ? "" : r.pass ? "pass" : "MISS",
     r.kaos?.peakRssMb !== undefined && r.id.indexOf("-dvc") === -1 ? `${r.kaos.peakRssMb.toFixed(0)} MB` : "",
-    r.kaos?.cpuMedian !== undefined && r.id.indexOf("-dvc") === -1 ? `${seconds(r.kaos.cpuMedian)} / ${seconds(r.baseline?.cpuMedian)}` : "",
+    r.kaos?.cpuMedian !== undefined && r.id.indexOf("-dvc") === -1
+      ? `${seconds(r.kaos.cpuMedian)} / ${seconds(r.baseline?.cpuMedian)}`
+      : "",
     r.notes.join("; "),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
@@ -954,7 +1031,9 @@ async function main() {
   const started = performance.now();
   const loadBefore = loadavg()[0];
   const dvc = dvcCommand(options.dvc ?? !options.quick);
-  log(`kaos bench (${options.quick ? "quick" : "full"}), ${cores} cores, ${runs} runs per figure, dvc: ${dvc.dvc ? dvc.version : dvc.why}; data in ${relative(repo, runRoot)}`);
+  log(
+    `kaos bench (${options.quick ? "quick" : "full"}), ${cores} cores, ${runs} runs per figure, dvc: ${dvc.dvc ? dvc.version : dvc.why}; data in ${relative(repo, runRoot)}`,
+  );
 
   const rows = [];
   if (wanted(1)) rows.push(...(await scenarioWarmPlan(size, runs, dvc)));

@@ -65,7 +65,9 @@ await build({
   // install of the package does not fetch.
   external: [...Object.keys(pkg.dependencies), ...Object.keys(pkg.peerDependencies)],
   // CommonJS dependencies compiled in (picocolors) call require(), which an ES module lacks.
-  banner: { js: 'import { createRequire as __kaosCreateRequire } from "node:module";\nconst require = __kaosCreateRequire(import.meta.url);' },
+  banner: {
+    js: 'import { createRequire as __kaosCreateRequire } from "node:module";\nconst require = __kaosCreateRequire(import.meta.url);',
+  },
   logLevel: "warning",
 });
 
@@ -86,7 +88,15 @@ function filesUnder(dir) {
 }
 
 const built = filesUnder(next);
-const entryFiles = new Set(ENTRIES.map((entry) => `${entry.replace(/^src\//, "").replace(/^.*\//, "").replace(/\.ts$/, "")}.js`));
+const entryFiles = new Set(
+  ENTRIES.map(
+    (entry) =>
+      `${entry
+        .replace(/^src\//, "")
+        .replace(/^.*\//, "")
+        .replace(/\.ts$/, "")}.js`,
+  ),
+);
 // Chunks first, then the entries that import them, so each entry moved in finds its chunks already there.
 const ordered = [...built.filter((file) => !entryFiles.has(file)), ...built.filter((file) => entryFiles.has(file))];
 for (const file of ordered) {

@@ -4,7 +4,11 @@ import { afterAll, describe, expect, it } from "vitest";
 import { makeProject, REPO_ROOT, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
-afterAll(() => projects.forEach((project) => project.remove()));
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
 
 function tempProject(files = {}): Project {
   const project = makeProject(files);
@@ -109,7 +113,9 @@ describe("the CLI frame (built CLI)", () => {
     });
     const result = await runKaos(["up"], { cwd: project.dir });
     expect(result.code).toBe(1);
-    expect(result.stderr).toContain(`${project.path("kaos.config.ts")}:4: pipelines.svm.resources.memory: expected a positive size with an SI or binary suffix`);
+    expect(result.stderr).toContain(
+      `${project.path("kaos.config.ts")}:4: pipelines.svm.resources.memory: expected a positive size with an SI or binary suffix`,
+    );
     expect(result.stderr).toContain('found "2GB"');
     expect(existsSync(project.path(".kaos"))).toBe(false);
   });
@@ -141,7 +147,13 @@ describe("templates (built CLI)", () => {
     expect(result.code).toBe(0);
     const train = project.path("mnist/model-train/mnist/model/train");
     expect(statSync(train).mode & 0o111).not.toBe(0);
-    for (const file of ["kaos.config.ts", "hyperopt/params.json", "model-train/mnist/Dockerfile", "data/features/training/xaaa.csv", "data_manifest_micro/manifest.jsonl"]) {
+    for (const file of [
+      "kaos.config.ts",
+      "hyperopt/params.json",
+      "model-train/mnist/Dockerfile",
+      "data/features/training/xaaa.csv",
+      "data_manifest_micro/manifest.jsonl",
+    ]) {
       expect(existsSync(project.path("mnist", file)), file).toBe(true);
     }
     const plan = await runKaos(["plan", "--json"], { cwd: project.path("mnist") });

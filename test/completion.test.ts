@@ -16,7 +16,10 @@ let jobIds: string[];
 
 /** A project with two stacks and a finished sweep, and `kaos` on PATH as the built CLI. */
 beforeAll(async () => {
-  project = makeProject(trainingProject({ grid: { score: [1, 2] }, extra: { "stacks/local.ts": STACK, "stacks/gpu-cluster.ts": STACK } }), "kaos-completion-");
+  project = makeProject(
+    trainingProject({ grid: { score: [1, 2] }, extra: { "stacks/local.ts": STACK, "stacks/gpu-cluster.ts": STACK } }),
+    "kaos-completion-",
+  );
   project.write({ "bin/kaos": { content: `#!/bin/sh\nexec "${process.execPath}" "${CLI}" "$@"\n`, mode: 0o755 } });
   env = { ...process.env, PATH: `${project.path("bin")}:${process.env["PATH"] ?? ""}`, NO_COLOR: "1" };
   const up = await runKaos(["up"], { cwd: project.dir });
@@ -40,7 +43,14 @@ function bashComplete(file: string, words: string[]): string[] {
   const array = words.map((word) => `'${word}'`).join(" ");
   const output = execFileSync(
     "bash",
-    ["--norc", "--noprofile", "-c", `source "$1"; COMP_WORDS=(${array}); COMP_CWORD=${words.length - 1}; _kaos; printf '%s\\n' "\${COMPREPLY[@]}"`, "bash", file],
+    [
+      "--norc",
+      "--noprofile",
+      "-c",
+      `source "$1"; COMP_WORDS=(${array}); COMP_CWORD=${words.length - 1}; _kaos; printf '%s\\n' "\${COMPREPLY[@]}"`,
+      "bash",
+      file,
+    ],
     { cwd: project.dir, env, encoding: "utf8" },
   );
   return output.split("\n").filter((line) => line !== "");
@@ -63,13 +73,17 @@ describe("kaos completion", () => {
     expect(bashComplete(file, ["kaos", "template", "get", "--name", ""])).toEqual(["mnist"]);
     expect(bashComplete(file, ["kaos", "completion", ""])).toEqual(["bash", "zsh", "fish"]);
     expect(bashComplete(file, ["kaos", "train", "logs", ""]).sort()).toEqual([...jobIds].sort());
-    expect(bashComplete(file, ["kaos", "train", "info", "-s", "x", jobIds[0]!.slice(0, 6)])).toEqual(jobIds.filter((id) => id.startsWith(jobIds[0]!.slice(0, 6))));
+    expect(bashComplete(file, ["kaos", "train", "info", "-s", "x", jobIds[0]!.slice(0, 6)])).toEqual(
+      jobIds.filter((id) => id.startsWith(jobIds[0]!.slice(0, 6))),
+    );
   });
 
   it("bash: the options are the commander program's own: every flag `train deploy --help` lists", async () => {
     const file = await script("bash");
     const help = await runKaos(["train", "deploy", "--help"], { cwd: project.dir });
-    const fromHelp = [...help.stdout.matchAll(/^ {2}(-\w, )?(--[\w-]+)/gm)].flatMap((match) => [match[1]?.slice(0, 2), match[2]!]).filter((flag) => flag !== undefined);
+    const fromHelp = [...help.stdout.matchAll(/^ {2}(-\w, )?(--[\w-]+)/gm)]
+      .flatMap((match) => [match[1]?.slice(0, 2), match[2]!])
+      .filter((flag) => flag !== undefined);
     expect(fromHelp).toContain("-h");
     expect(bashComplete(file, ["kaos", "train", "deploy", "-"]).sort()).toEqual([...fromHelp, "-c", "--config"].sort());
     expect(bashComplete(file, ["kaos", "train", "deploy", "-p", ""])).toEqual([]);
@@ -103,7 +117,11 @@ describe("kaos completion", () => {
     expect(parsed.stderr).toBe("");
     expect(parsed.status).toBe(0);
     const complete = (line: string) =>
-      execFileSync("fish", ["--no-config", "-c", `source $argv[1]; complete -C '${line}'`, file], { cwd: project.dir, env, encoding: "utf8" })
+      execFileSync("fish", ["--no-config", "-c", `source $argv[1]; complete -C '${line}'`, file], {
+        cwd: project.dir,
+        env,
+        encoding: "utf8",
+      })
         .split("\n")
         .filter((entry) => entry !== "")
         .map((entry) => entry.split("\t")[0]);

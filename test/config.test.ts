@@ -40,7 +40,11 @@ async function configError(config: string, extra: Record<string, string> = {}): 
 
 describe("config loading", () => {
   it("loads a TypeScript config that imports defineConfig from kaos, resolving paths against its directory", async () => {
-    const made = project(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "grid.json",\n      resources: { cpu: 0.5, memory: "512Mi", gpu: 0 },\n      parallelism: 3,`));
+    const made = project(
+      pipelineConfig(
+        `      source: "src",\n      data: "data",\n      hyperparams: "grid.json",\n      resources: { cpu: 0.5, memory: "512Mi", gpu: 0 },\n      parallelism: 3,`,
+      ),
+    );
     const config = await loadConfig({ cwd: made.dir });
     expect(config.file).toBe(made.path("kaos.config.ts"));
     expect(config.root).toBe(made.dir);
@@ -60,7 +64,11 @@ describe("config loading", () => {
 
   it("loads .js, .mjs and .mts configs and finds the config in a parent directory", async () => {
     for (const file of ["kaos.config.js", "kaos.config.mjs", "kaos.config.mts"]) {
-      const made = project(`export default { workspace: "w", pipelines: { p: { source: "src", manifest: "manifest.jsonl", hyperparams: { a: [1, 2, 3], b: "x" } } } };\n`, { "deep/er/x": "" }, file);
+      const made = project(
+        `export default { workspace: "w", pipelines: { p: { source: "src", manifest: "manifest.jsonl", hyperparams: { a: [1, 2, 3], b: "x" } } } };\n`,
+        { "deep/er/x": "" },
+        file,
+      );
       const config = await loadConfig({ cwd: made.path("deep/er") });
       expect(config.file).toBe(made.path(file));
       expect(config.workspace).toBe("w");
@@ -73,7 +81,9 @@ describe("config loading", () => {
     const made = project(pipelineConfig(`      source: "src",\n      data: "data",`));
     const config = await loadConfig({ cwd: "/", configPath: made.path("kaos.config.ts") });
     expect(config.root).toBe(made.dir);
-    await expect(loadConfig({ cwd: made.dir, configPath: "nope.ts" })).rejects.toThrow(`--config nope.ts: no such file: ${made.path("nope.ts")}`);
+    await expect(loadConfig({ cwd: made.dir, configPath: "nope.ts" })).rejects.toThrow(
+      `--config nope.ts: no such file: ${made.path("nope.ts")}`,
+    );
   });
 
   it("reports a config that does not load, naming the file", async () => {
@@ -85,7 +95,9 @@ describe("config loading", () => {
 describe("config validation names the file, line, key path, bad value and what is expected", () => {
   it("unknown keys", async () => {
     const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      paralelism: 2,`));
-    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.paralelism: unknown key; check its spelling (see the config reference in the README)`);
+    expect(message).toBe(
+      `invalid config\n${file}:7: pipelines.svm.paralelism: unknown key; check its spelling (see the config reference in the README)`,
+    );
   });
 
   it("missing source", async () => {
@@ -94,13 +106,19 @@ describe("config validation names the file, line, key path, bad value and what i
   });
 
   it("both data and manifest", async () => {
-    const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      manifest: "manifest.jsonl",`));
-    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.manifest: \`data\` and \`manifest\` are exclusive: keep one of them, found "manifest.jsonl"`);
+    const { message, file } = await configError(
+      pipelineConfig(`      source: "src",\n      data: "data",\n      manifest: "manifest.jsonl",`),
+    );
+    expect(message).toBe(
+      `invalid config\n${file}:7: pipelines.svm.manifest: \`data\` and \`manifest\` are exclusive: keep one of them, found "manifest.jsonl"`,
+    );
   });
 
   it("neither data nor manifest", async () => {
     const { message, file } = await configError(pipelineConfig(`      source: "src",`));
-    expect(message).toBe(`invalid config\n${file}:4: pipelines.svm: expected \`data\` (a local directory) or \`manifest\` (a manifest file), found neither`);
+    expect(message).toBe(
+      `invalid config\n${file}:4: pipelines.svm: expected \`data\` (a local directory) or \`manifest\` (a manifest file), found neither`,
+    );
   });
 
   it("paths that do not exist", async () => {
@@ -125,7 +143,9 @@ describe("config validation names the file, line, key path, bad value and what i
 
   it("memory without a valid SI or binary suffix", async () => {
     for (const memory of ["512", "2GB", "1.5 Gi", "lots"]) {
-      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { memory: "${memory}" },`));
+      const { message, file } = await configError(
+        pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { memory: "${memory}" },`),
+      );
       expect(message).toBe(
         `invalid config\n${file}:7: pipelines.svm.resources.memory: expected a positive size with an SI or binary suffix (k, M, G, T, Ki, Mi, Gi, Ti), such as "512M" or "2Gi", found "${memory}"`,
       );
@@ -134,15 +154,23 @@ describe("config validation names the file, line, key path, bad value and what i
 
   it("negative or fractional GPU", async () => {
     for (const gpu of ["-1", "0.5"]) {
-      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { gpu: ${gpu} },`));
-      expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.resources.gpu: expected a whole number of GPUs, 0 or more, found ${gpu}`);
+      const { message, file } = await configError(
+        pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { gpu: ${gpu} },`),
+      );
+      expect(message).toBe(
+        `invalid config\n${file}:7: pipelines.svm.resources.gpu: expected a whole number of GPUs, 0 or more, found ${gpu}`,
+      );
     }
   });
 
   it("non-positive cpu", async () => {
     for (const cpu of ["0", "-2"]) {
-      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { cpu: ${cpu} },`));
-      expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.resources.cpu: expected a positive number of cores (fractions allowed, such as 0.5), found ${cpu}`);
+      const { message, file } = await configError(
+        pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { cpu: ${cpu} },`),
+      );
+      expect(message).toBe(
+        `invalid config\n${file}:7: pipelines.svm.resources.cpu: expected a positive number of cores (fractions allowed, such as 0.5), found ${cpu}`,
+      );
     }
     const { message } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { cpu: "2" },`));
     expect(message).toContain(`pipelines.svm.resources.cpu: expected a number of cores such as 1 or 0.5, found "2"`);
@@ -150,30 +178,50 @@ describe("config validation names the file, line, key path, bad value and what i
 
   it("parallelism below 1", async () => {
     for (const parallelism of ["0", "1.5"]) {
-      const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      parallelism: ${parallelism},`));
-      expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.parallelism: expected a whole number of jobs, 1 or more, found ${parallelism}`);
+      const { message, file } = await configError(
+        pipelineConfig(`      source: "src",\n      data: "data",\n      parallelism: ${parallelism},`),
+      );
+      expect(message).toBe(
+        `invalid config\n${file}:7: pipelines.svm.parallelism: expected a whole number of jobs, 1 or more, found ${parallelism}`,
+      );
     }
   });
 
   it("hyperparams that are not an object of scalars and lists", async () => {
-    const inline = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: [{ a: 1 }] },`));
-    expect(inline.message).toBe(`invalid config\n${inline.file}:7: pipelines.svm.hyperparams: "kernel"[0]: expected a string, number, boolean or null, found an object`);
+    const inline = await configError(
+      pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: [{ a: 1 }] },`),
+    );
+    expect(inline.message).toBe(
+      `invalid config\n${inline.file}:7: pipelines.svm.hyperparams: "kernel"[0]: expected a string, number, boolean or null, found an object`,
+    );
     const nested = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: { a: 1 } },`));
     expect(nested.message).toContain(`"kernel": expected a scalar or a list of scalars, found an object`);
-    const fromFile = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), { "bad.json": "[1, 2]" });
-    expect(fromFile.message).toContain(`pipelines.svm.hyperparams: ${fromFile.file.replace("kaos.config.ts", "bad.json")}: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, found a list`);
-    const notJson = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), { "bad.json": "{degree: 3}" });
+    const fromFile = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), {
+      "bad.json": "[1, 2]",
+    });
+    expect(fromFile.message).toContain(
+      `pipelines.svm.hyperparams: ${fromFile.file.replace("kaos.config.ts", "bad.json")}: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, found a list`,
+    );
+    const notJson = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), {
+      "bad.json": "{degree: 3}",
+    });
     expect(notJson.message).toContain(`bad.json: not valid JSON (`);
   });
 
   it("an empty list of candidates", async () => {
-    const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { degree: [], kernel: "poly" },`));
-    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.hyperparams: "degree": empty list of candidates; expected at least one value (or a scalar to fix it)`);
+    const { message, file } = await configError(
+      pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { degree: [], kernel: "poly" },`),
+    );
+    expect(message).toBe(
+      `invalid config\n${file}:7: pipelines.svm.hyperparams: "degree": empty list of candidates; expected at least one value (or a scalar to fix it)`,
+    );
   });
 
   it("a default export that is not an object, and no pipelines", async () => {
     const notObject = await configError(`export default 42;\n`);
-    expect(notObject.message).toBe(`${notObject.file}: the default export is 42; expected \`export default defineConfig({ pipelines: {...} })\``);
+    expect(notObject.message).toBe(
+      `${notObject.file}: the default export is 42; expected \`export default defineConfig({ pipelines: {...} })\``,
+    );
     const none = await configError(`export default { pipelines: {} };\n`);
     expect(none.message).toBe(`invalid config\n${none.file}:1: pipelines: expected at least one pipeline`);
   });
@@ -186,7 +234,11 @@ describe("stacks", () => {
     });
     const config = await loadConfig({ cwd: made.dir });
     expect(await loadStack(config, undefined)).toEqual({ name: "local", file: undefined, config: { backend: "local" } });
-    expect(await loadStack(config, "big")).toEqual({ name: "big", file: made.path("stacks/big.ts"), config: { backend: "local", maxCpu: 8, maxMemory: "16Gi" } });
+    expect(await loadStack(config, "big")).toEqual({
+      name: "big",
+      file: made.path("stacks/big.ts"),
+      config: { backend: "local", maxCpu: 8, maxMemory: "16Gi" },
+    });
   });
 
   it("a stack file that does not exist", async () => {
@@ -230,7 +282,9 @@ describe("source bundle contract", () => {
   });
 
   it("accepts a complete bundle and reads the Python version from the Dockerfile", () => {
-    const made = makeProject(under("src", trivialSourceBundle("#!/bin/sh\n", { dockerfile: "# build\nFROM docker.io/library/python:3.12-slim AS base\n" })));
+    const made = makeProject(
+      under("src", trivialSourceBundle("#!/bin/sh\n", { dockerfile: "# build\nFROM docker.io/library/python:3.12-slim AS base\n" })),
+    );
     projects.push(made);
     expect(validateSourceBundle(made.path("src"), "x").pythonVersion).toBe("3.12");
     expect(pythonVersionOf("FROM ubuntu:22.04\n")).toBeUndefined();

@@ -8,7 +8,9 @@ import type { ListedJob } from "./helpers/jobs.js";
 const made: Project[] = [];
 let server: TestServer | undefined;
 afterAll(async () => {
-  made.forEach((project) => project.remove());
+  made.forEach((project) => {
+    project.remove();
+  });
   await server?.close();
 });
 
@@ -33,7 +35,9 @@ describe("the mnist example end to end (built CLI, real scikit-learn venv)", () 
 
     // The data fetched from a local server first: serve the template's own files and point the manifest at them.
     const features = join(REPO_ROOT, "examples/mnist/data/features");
-    const routes = Object.fromEntries(filesUnder(features).map((file) => [`/data/features/${relative(features, file)}`, { body: readFileSync(file) }]));
+    const routes = Object.fromEntries(
+      filesUnder(features).map((file) => [`/data/features/${relative(features, file)}`, { body: readFileSync(file) }]),
+    );
     server = await startServer(routes);
     const manifest = join(root, "data_manifest_micro/manifest.jsonl");
     writeFileSync(manifest, readFileSync(manifest, "utf8").replaceAll("http://127.0.0.1:8765", server.url));
@@ -62,7 +66,9 @@ describe("the mnist example end to end (built CLI, real scikit-learn venv)", () 
     expect(train).toHaveLength(24);
     const info = await runKaos(["train", "info", train[0]!.id, "-s", "accuracy_validation"], { cwd: root });
     expect(info.code, info.stderr).toBe(0);
-    const accuracies = [...info.stdout.slice(info.stdout.indexOf("sweep (12 jobs")).matchAll(/succeeded\s+(0\.\d+)/g)].map((m) => Number(m[1]));
+    const accuracies = [...info.stdout.slice(info.stdout.indexOf("sweep (12 jobs")).matchAll(/succeeded\s+(0\.\d+)/g)].map((m) =>
+      Number(m[1]),
+    );
     expect(accuracies).toHaveLength(12);
     expect(Math.min(...accuracies)).toBeGreaterThan(0.9);
     expect([...accuracies].sort((a, b) => b - a)).toEqual(accuracies);

@@ -16,7 +16,11 @@ const TAG_NAME = "KAOS_FAULTS_TAG";
 const tag = randomBytes(6).toString("hex");
 const projects: Project[] = [];
 afterEach(() => killTagged(TAG_NAME, tag));
-afterAll(() => projects.forEach((project) => project.remove()));
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
 
 function project(options: Parameters<typeof trainingProject>[0]): Project {
   const made = makeProject(trainingProject(options), "kaos-conc-");
@@ -45,7 +49,8 @@ function expectConsistent(made: Project): void {
   expect(trustProblems(made.dir)).toEqual([]);
 }
 
-const LOCKED = /error: another kaos \(pid (\d+), `up`, started at \S+\) is applying stack 'local' in (\S+); wait for it to finish or stop it \(kill \d+\)\n/;
+const LOCKED =
+  /error: another kaos \(pid (\d+), `up`, started at \S+\) is applying stack 'local' in (\S+); wait for it to finish or stop it \(kill \d+\)\n/;
 
 describe("concurrency", () => {
   it("a second kaos up on the same stack refuses with a clear message while the first runs on", async () => {
@@ -53,7 +58,12 @@ describe("concurrency", () => {
     const made = project({
       grid: { score: [1, 2, 3, 4] },
       parallelism: 2,
-      extra: { "src/model/train": { content: `#!/bin/sh\necho "start $KAOS_JOB_ID x 0" >> "$KAOS_TEST_LOG"\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`, mode: 0o755 } },
+      extra: {
+        "src/model/train": {
+          content: `#!/bin/sh\necho "start $KAOS_JOB_ID x 0" >> "$KAOS_TEST_LOG"\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`,
+          mode: 0o755,
+        },
+      },
     });
     const release = made.path("release");
     const first = startKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: release } });
@@ -81,8 +91,13 @@ describe("concurrency", () => {
   it("two kaos up started at the same instant: exactly one runs, the other refuses, nothing runs twice", async () => {
     for (let round = 0; round < 3; round++) {
       const made = project({ grid: { score: [1, 2, 3], sleep: 0.2 }, parallelism: 3 });
-      const [a, b] = await Promise.all([runKaos(["up"], { cwd: made.dir, env: env(made) }), runKaos(["up"], { cwd: made.dir, env: env(made) })]);
-      const outcomes = [a, b].map((r) => (r.code === 0 ? "ran" : LOCKED.test(r.stderr) ? "refused" : `other (${r.code}): ${r.stderr}`)).sort();
+      const [a, b] = await Promise.all([
+        runKaos(["up"], { cwd: made.dir, env: env(made) }),
+        runKaos(["up"], { cwd: made.dir, env: env(made) }),
+      ]);
+      const outcomes = [a, b]
+        .map((r) => (r.code === 0 ? "ran" : LOCKED.test(r.stderr) ? "refused" : `other (${r.code}): ${r.stderr}`))
+        .sort();
       expect(outcomes).toEqual(["ran", "refused"]);
       expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(3);
       expect(jobRows(made.dir).filter((row) => row.stage === "build")).toHaveLength(1);
@@ -198,10 +213,15 @@ describe("concurrency", () => {
   }, 120_000);
 
   describe("a lock left by a kaos that ran elsewhere", () => {
-    const waitingTrain = { content: `#!/bin/sh\necho "start $KAOS_JOB_ID x 0" >> "$KAOS_TEST_LOG"\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`, mode: 0o755 };
+    const waitingTrain = {
+      content: `#!/bin/sh\necho "start $KAOS_JOB_ID x 0" >> "$KAOS_TEST_LOG"\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`,
+      mode: 0o755,
+    };
 
     function unfinished(made: Project): string[] {
-      return jobRows(made.dir).filter((row) => row.state === "queued" || row.state === "running").map((row) => row.state);
+      return jobRows(made.dir)
+        .filter((row) => row.state === "queued" || row.state === "running")
+        .map((row) => row.state);
     }
 
     it("a kaos SIGKILLed under another host name does not lock the stack for ever: the next up takes over and reruns its jobs", async () => {
@@ -242,13 +262,19 @@ describe("concurrency", () => {
 
       const refused = await runKaos(["up"], { cwd: made.dir, env: env(made) });
       expect(refused.code).toBe(1);
-      expect(refused.stderr).toMatch(/error: another kaos \(pid \d+, `up`, started at \S+\) holds the lock of stack 'local' in \S+, and it ran on another machine or in another container, so this kaos cannot tell whether it still runs\n/);
-      expect(refused.stderr).toContain("hint: if it has stopped, break its lock with `kaos unlock`: its unfinished jobs are marked interrupted and run again on the next up");
+      expect(refused.stderr).toMatch(
+        /error: another kaos \(pid \d+, `up`, started at \S+\) holds the lock of stack 'local' in \S+, and it ran on another machine or in another container, so this kaos cannot tell whether it still runs\n/,
+      );
+      expect(refused.stderr).toContain(
+        "hint: if it has stopped, break its lock with `kaos unlock`: its unfinished jobs are marked interrupted and run again on the next up",
+      );
       expect(unfinished(made)).toHaveLength(6);
 
       const unlocked = await runKaos(["unlock"], { cwd: made.dir, env: env(made) });
       expect(unlocked.code, unlocked.stderr).toBe(0);
-      expect(unlocked.stdout).toMatch(/^unlocked stack local: it was held by pid \d+ on host \S+ \(`up`, since \S+\)\n6 unfinished jobs of that run marked interrupted; the next `kaos up` runs them again\n$/);
+      expect(unlocked.stdout).toMatch(
+        /^unlocked stack local: it was held by pid \d+ on host \S+ \(`up`, since \S+\)\n6 unfinished jobs of that run marked interrupted; the next `kaos up` runs them again\n$/,
+      );
       expect(unfinished(made)).toEqual([]);
       expect(runRows(made.dir).map((run) => run.state)).toEqual(["failed"]);
 

@@ -19,16 +19,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import {
-  eventually,
-  jobRows,
-  killTagged,
-  killWhen,
-  listJobs,
-  pidAlive,
-  processesWithEnv,
-  trustProblems,
-} from "./helpers/faults.js";
+import { eventually, jobRows, killTagged, killWhen, listJobs, pidAlive, processesWithEnv, trustProblems } from "./helpers/faults.js";
 import { sha256OfGenerated, startServer, type TestServer } from "./helpers/http-server.js";
 import { TRAIN_SCRIPT, trainingProject } from "./helpers/jobs.js";
 import { makeProject, runKaos, sleep, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
@@ -42,7 +33,9 @@ let killPointsTried = 0;
 afterEach(() => killTagged(TAG_NAME, tag));
 afterAll(() => {
   killTagged(TAG_NAME, tag);
-  projects.forEach((project) => project.remove());
+  projects.forEach((project) => {
+    project.remove();
+  });
   // The count the issue asks for, in the test output.
   console.log(`faults-crash: ${killPointsTried} kill points tried${LONG ? " (long variant)" : ""}`);
 });
@@ -82,7 +75,8 @@ const entriesOf = (dir: string): string[] => {
 const buildingEnv = (dir: string) => entriesOf(join(dir, ".kaos", "envs")).some((name) => name.startsWith(".building-"));
 const downloading = (dir: string) => entriesOf(join(dir, ".kaos", "objects", "tmp")).length > 0;
 /** A partial download whose validators were saved, which a later run may resume. */
-const resumable = (dir: string) => entriesOf(join(dir, ".kaos", "objects", "tmp")).some((name) => name.startsWith("dl-") && name.endsWith(".json"));
+const resumable = (dir: string) =>
+  entriesOf(join(dir, ".kaos", "objects", "tmp")).some((name) => name.startsWith("dl-") && name.endsWith(".json"));
 
 /** A deterministic sequence for the long variant's random points. */
 function random(seed: number): () => number {
@@ -140,7 +134,9 @@ async function series(made: Project, points: KillPoint[], env: Record<string, st
   expect(trustProblems(made.dir)).toEqual([]);
   // What the killed runs were writing is gone too, not only never trusted.
   const leftovers = ["snapshots", "data", "trees"].flatMap((sub) =>
-    entriesOf(join(made.dir, ".kaos", sub)).filter((name) => /\.building-\d+-|\.\d+\.[0-9a-f]{8}\.tmp$/.test(name)).map((name) => `${sub}/${name}`),
+    entriesOf(join(made.dir, ".kaos", sub))
+      .filter((name) => /\.building-\d+-|\.\d+\.[0-9a-f]{8}\.tmp$/.test(name))
+      .map((name) => `${sub}/${name}`),
   );
   expect(leftovers).toEqual([]);
   return { kills, interrupted: rows.filter((row) => row.reason?.startsWith("interrupted")).length };
@@ -165,7 +161,10 @@ function extraPoints(seed: number, count: number, maxMs: number, grid?: (index: 
   }));
 }
 
-const growingGrid = (base: number[], sleep: number) => (index: number) => ({ score: [...base, ...Array.from({ length: index + 1 }, (_, i) => 100 + i)], sleep });
+const growingGrid = (base: number[], sleep: number) => (index: number) => ({
+  score: [...base, ...Array.from({ length: index + 1 }, (_, i) => 100 + i)],
+  sleep,
+});
 
 /**
  * A one-job project whose train script runs on while the file `slow` exists
@@ -243,11 +242,19 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
     const delays = [0, 150, 300, 450, 600, 800];
     const points = delays.map((ms, index) => ({
       ...afterOutput(/p train \d+\/\d+ \w+ .*running/, ms),
-      prepare: () => writeFileSync(made.path("grid.json"), JSON.stringify({ score: scores, round: Array.from({ length: index + 1 }, (_, round) => round), sleep: 0.4 })),
+      prepare: () =>
+        writeFileSync(
+          made.path("grid.json"),
+          JSON.stringify({ score: scores, round: Array.from({ length: index + 1 }, (_, round) => round), sleep: 0.4 }),
+        ),
     }));
     // The long variant's points grow the last round's grid, so that the last run still owes every round.
     const rounds = Array.from({ length: delays.length }, (_, round) => round);
-    const growing = (index: number) => ({ score: [...scores, ...Array.from({ length: index + 1 }, (_, i) => 100 + i)], round: rounds, sleep: 0.4 });
+    const growing = (index: number) => ({
+      score: [...scores, ...Array.from({ length: index + 1 }, (_, i) => 100 + i)],
+      round: rounds,
+      sleep: 0.4,
+    });
     const outcome = await series(made, [...points, ...extraPoints(3, 20, 2500, growing)]);
     expect(outcome.kills).toBeGreaterThanOrEqual(5);
     // Jobs caught running were recorded as interrupted by the next run, then rerun.
@@ -298,7 +305,9 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
       const outcome = await series(made, points);
       expect(outcome.kills).toBeGreaterThanOrEqual(4);
       // The data each job saw is the served content, whole.
-      const lock = JSON.parse(readFileSync(made.path("m.jsonl.lock"), "utf8")) as { entries: Record<string, { sha256: string; size: number }> };
+      const lock = JSON.parse(readFileSync(made.path("m.jsonl.lock"), "utf8")) as {
+        entries: Record<string, { sha256: string; size: number }>;
+      };
       for (const seed of [1, 2, 3]) {
         expect(lock.entries[`big/${seed}.bin`]).toMatchObject({ sha256: sha256OfGenerated(sizes[seed]!, seed), size: sizes[seed] });
       }
@@ -315,9 +324,11 @@ describe("crash safety: kaos up killed with SIGKILL and run again", () => {
   it.each([
     ["", ""],
     [" even with the file's modification time set back", `touch -m -d "2020-01-01 00:00:00" "$KAOS_DATA_DIR/value.txt"`],
-  ])("what a job wrote into its data view after its kaos was killed is found by the next kaos up%s, and nothing it changed is trusted", async (_, coverUp) => {
-    // Root ignores the view's read-only bits; with nobody watching, the write reaches the stored object behind the link.
-    const train = `#!/bin/sh
+  ])(
+    "what a job wrote into its data view after its kaos was killed is found by the next kaos up%s, and nothing it changed is trusted",
+    async (_, coverUp) => {
+      // Root ignores the view's read-only bits; with nobody watching, the write reaches the stored object behind the link.
+      const train = `#!/bin/sh
 if [ -f "$KAOS_SLOW" ]; then
   echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"
   while [ ! -f "$KAOS_PIDS/killed" ]; do sleep 0.05; done
@@ -328,20 +339,22 @@ if [ -f "$KAOS_SLOW" ]; then
 fi
 mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
 `;
-    const { made, env } = await killWhileJobRuns(train, 1);
-    writeFileSync(made.path("pids", "killed"), "");
-    expect(await eventually(() => existsSync(made.path("pids", "written")), 10_000)).toBe(true);
-    // The write went through the view's link into the stored object: it is untrustworthy now.
-    expect(trustProblems(made.dir).some((problem) => problem.includes("holds bytes hashing to"))).toBe(true);
+      const { made, env } = await killWhileJobRuns(train, 1);
+      writeFileSync(made.path("pids", "killed"), "");
+      expect(await eventually(() => existsSync(made.path("pids", "written")), 10_000)).toBe(true);
+      // The write went through the view's link into the stored object: it is untrustworthy now.
+      expect(trustProblems(made.dir).some((problem) => problem.includes("holds bytes hashing to"))).toBe(true);
 
-    const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
-    expect(again.code, again.stderr).toBe(0);
-    const rerun = jobRows(made.dir).find((row) => row.stage === "train" && row.state === "succeeded")!;
-    expect(readFileSync(made.path(".kaos", "jobs", rerun.id, "out", "data.txt"), "utf8")).toBe("v1");
-    expect(trustProblems(made.dir)).toEqual([]);
-    expect(readFileSync(made.path("data", "value.txt"), "utf8")).toBe("v1");
-    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
-  }, 120_000);
+      const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+      expect(again.code, again.stderr).toBe(0);
+      const rerun = jobRows(made.dir).find((row) => row.stage === "train" && row.state === "succeeded")!;
+      expect(readFileSync(made.path(".kaos", "jobs", rerun.id, "out", "data.txt"), "utf8")).toBe("v1");
+      expect(trustProblems(made.dir)).toEqual([]);
+      expect(readFileSync(made.path("data", "value.txt"), "utf8")).toBe("v1");
+      expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+    },
+    120_000,
+  );
 
   it("a train script left running by a killed kaos is stopped by the next kaos up before its job reruns", async () => {
     const train = `#!/bin/sh

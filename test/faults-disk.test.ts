@@ -24,7 +24,9 @@ const disks: SmallDisk[] = [];
 afterEach(() => killTagged(TAG_NAME, tag));
 afterAll(() => {
   for (const disk of disks) disk.release();
-  projects.forEach((project) => project.remove());
+  projects.forEach((project) => {
+    project.remove();
+  });
 });
 
 function project(pipeline: string, train: string, files: Record<string, string> = {}): Project {
@@ -52,7 +54,9 @@ const NO_INTERNAL = /internal error/;
 function storedObjects(made: Project): string[] {
   const base = made.path(".kaos", "objects", "sha256");
   if (!existsSync(base)) return [];
-  return readdirSync(base).flatMap((shard) => readdirSync(join(base, shard)).map((rest) => shard + rest)).sort();
+  return readdirSync(base)
+    .flatMap((shard) => readdirSync(join(base, shard)).map((rest) => shard + rest))
+    .sort();
 }
 
 const LIST_DATA = `#!/bin/sh\nmkdir -p "$1" && ls "$KAOS_DATA_DIR" > "$1/files"\n`;
@@ -65,12 +69,19 @@ describe(`disk trouble on a small ${kind === "tmpfs" ? "tmpfs mounted on .kaos/"
       const made = project(
         `{ source: "src", manifest: "m.jsonl" }`,
         `#!/bin/sh\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/value" && sha256sum "$KAOS_DATA_DIR/big.bin" | cut -d' ' -f1 > "$1/big"\n`,
-        { "m.jsonl": [JSON.stringify({ url: `${server.url}/value.txt`, path: "value.txt" }), JSON.stringify({ url: `${server.url}/big.bin`, path: "big.bin" })].join("\n") },
+        {
+          "m.jsonl": [
+            JSON.stringify({ url: `${server.url}/value.txt`, path: "value.txt" }),
+            JSON.stringify({ url: `${server.url}/big.bin`, path: "big.bin" }),
+          ].join("\n"),
+        },
       );
       const small = disk(made, kind === "tmpfs" ? 6 << 20 : 2 << 20, "/objects/tmp/");
       const first = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag, ...small.env } });
       expect(first.code).toBe(1);
-      expect(first.stderr).toContain(`1 of 2 manifest entries of ${made.path("m.jsonl")} failed:\n  big.bin (${server.url}/big.bin): cannot write ${made.path(".kaos", "objects", "tmp")}/`);
+      expect(first.stderr).toContain(
+        `1 of 2 manifest entries of ${made.path("m.jsonl")} failed:\n  big.bin (${server.url}/big.bin): cannot write ${made.path(".kaos", "objects", "tmp")}/`,
+      );
       expect(first.stderr).toMatch(/ENOSPC: no space left on device/);
       expect(first.stderr).not.toMatch(NO_INTERNAL);
       // The state opens and holds the failed ingest; no train job ran; nothing partial remains.
@@ -172,31 +183,37 @@ exit $status
     expect(seen).toContain("big1.bin\nbig2.bin\nbig3.bin\nvalue.txt\n");
   }, 120_000);
 
-  it.runIf(kind === "tmpfs")("a disk already full when kaos starts: kaos up names the full disk and its free space, and train list still reads (tmpfs)", async () => {
-    const made = project(`{ source: "src", data: "data" }`, LIST_DATA, { "data/value.txt": "v" });
-    const small = disk(made, 4 << 20);
-    const first = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
-    expect(first.code, first.stderr).toBe(0);
-    try {
-      writeFileSync(made.path(".kaos", "filler"), Buffer.alloc(8 << 20));
-    } catch {
-      // Filled: as much as fitted was written.
-    }
-    const full = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
-    expect(full.code).toBe(1);
-    expect(full.stderr).toContain(`error: cannot open ${made.path(".kaos", "state.db")}: the disk mounted at ${made.path(".kaos")} is full (`);
-    expect(full.stderr).toMatch(/is full \([\d.]+ (B|KiB) free, /);
-    expect(full.stderr).toContain(`hint: free some space on ${made.path(".kaos")} (or put .kaos/ on a bigger disk) and run kaos again`);
-    expect(full.stderr).not.toContain("readable and writable");
-    const list = await runKaos(["train", "list"], { cwd: made.dir });
-    expect(list.code, list.stderr).toBe(0);
-    expect(list.stdout).toMatch(/train\s+succeeded/);
+  it.runIf(kind === "tmpfs")(
+    "a disk already full when kaos starts: kaos up names the full disk and its free space, and train list still reads (tmpfs)",
+    async () => {
+      const made = project(`{ source: "src", data: "data" }`, LIST_DATA, { "data/value.txt": "v" });
+      const small = disk(made, 4 << 20);
+      const first = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
+      expect(first.code, first.stderr).toBe(0);
+      try {
+        writeFileSync(made.path(".kaos", "filler"), Buffer.alloc(8 << 20));
+      } catch {
+        // Filled: as much as fitted was written.
+      }
+      const full = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
+      expect(full.code).toBe(1);
+      expect(full.stderr).toContain(
+        `error: cannot open ${made.path(".kaos", "state.db")}: the disk mounted at ${made.path(".kaos")} is full (`,
+      );
+      expect(full.stderr).toMatch(/is full \([\d.]+ (B|KiB) free, /);
+      expect(full.stderr).toContain(`hint: free some space on ${made.path(".kaos")} (or put .kaos/ on a bigger disk) and run kaos again`);
+      expect(full.stderr).not.toContain("readable and writable");
+      const list = await runKaos(["train", "list"], { cwd: made.dir });
+      expect(list.code, list.stderr).toBe(0);
+      expect(list.stdout).toMatch(/train\s+succeeded/);
 
-    rmSync(made.path(".kaos", "filler"));
-    small.grow();
-    const again = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
-    expect(again.code, again.stderr).toBe(0);
-  }, 120_000);
+      rmSync(made.path(".kaos", "filler"));
+      small.grow();
+      const again = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
+      expect(again.code, again.stderr).toBe(0);
+    },
+    120_000,
+  );
 
   it(`a log that cannot be written: the job's result is recorded with the reason, and kaos carries on (${kind})`, async () => {
     const fill = kind === "tmpfs" ? `"$1/filler"` : "/dev/null";
@@ -229,36 +246,40 @@ echo done > "$1/result"
 });
 
 describe("a .kaos that cannot be written or is not there", () => {
-  it.runIf(kind === "tmpfs")("a read-only .kaos: the commands that only read work, and kaos up names the read-only path (a read-only mount)", async () => {
-    const made = project(`{ source: "src", data: "data" }`, LIST_DATA, { "data/value.txt": "v" });
-    const first = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
-    expect(first.code, first.stderr).toBe(0);
-    const [job] = jobRows(made.dir).filter((row) => row.stage === "train");
-    // Closed cleanly, as an archived .kaos is: no -wal or -shm file beside the database, which a
-    // reader cannot create on a read-only disk.
-    const db = openRaw(made.path(".kaos", "state.db"));
-    db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
-    db.close();
-    expect(readdirSync(made.path(".kaos")).filter((name) => /^state\.db-(wal|shm)$/.test(name))).toEqual([]);
-    const readOnly = readOnlyMount(made.path(".kaos"));
-    try {
-      const list = await runKaos(["train", "list", "--json"], { cwd: made.dir });
-      expect(list.code, list.stderr).toBe(0);
-      expect((JSON.parse(list.stdout) as { id: string; state: string }[]).find((row) => row.id === job!.id)?.state).toBe("succeeded");
-      const info = await runKaos(["train", "info", job!.id], { cwd: made.dir });
-      expect(info.code, info.stderr).toBe(0);
+  it.runIf(kind === "tmpfs")(
+    "a read-only .kaos: the commands that only read work, and kaos up names the read-only path (a read-only mount)",
+    async () => {
+      const made = project(`{ source: "src", data: "data" }`, LIST_DATA, { "data/value.txt": "v" });
+      const first = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
+      expect(first.code, first.stderr).toBe(0);
+      const [job] = jobRows(made.dir).filter((row) => row.stage === "train");
+      // Closed cleanly, as an archived .kaos is: no -wal or -shm file beside the database, which a
+      // reader cannot create on a read-only disk.
+      const db = openRaw(made.path(".kaos", "state.db"));
+      db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+      db.close();
+      expect(readdirSync(made.path(".kaos")).filter((name) => /^state\.db-(wal|shm)$/.test(name))).toEqual([]);
+      const readOnly = readOnlyMount(made.path(".kaos"));
+      try {
+        const list = await runKaos(["train", "list", "--json"], { cwd: made.dir });
+        expect(list.code, list.stderr).toBe(0);
+        expect((JSON.parse(list.stdout) as { id: string; state: string }[]).find((row) => row.id === job!.id)?.state).toBe("succeeded");
+        const info = await runKaos(["train", "info", job!.id], { cwd: made.dir });
+        expect(info.code, info.stderr).toBe(0);
 
-      const up = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
-      expect(up.code).toBe(1);
-      expect(up.stderr).toContain(
-        `error: cannot write ${made.path(".kaos", "state.db")}: ${made.path(".kaos")} is on a read-only file system (mounted at ${made.path(".kaos")})\n` +
-          "hint: remount it read-write, or link .kaos to a writable directory; kaos train list, train info, train logs and train get only read and work on it as it is",
-      );
-      expect(up.stderr).not.toMatch(NO_INTERNAL);
-    } finally {
-      readOnly.release();
-    }
-  }, 120_000);
+        const up = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag } });
+        expect(up.code).toBe(1);
+        expect(up.stderr).toContain(
+          `error: cannot write ${made.path(".kaos", "state.db")}: ${made.path(".kaos")} is on a read-only file system (mounted at ${made.path(".kaos")})\n` +
+            "hint: remount it read-write, or link .kaos to a writable directory; kaos train list, train info, train logs and train get only read and work on it as it is",
+        );
+        expect(up.stderr).not.toMatch(NO_INTERNAL);
+      } finally {
+        readOnly.release();
+      }
+    },
+    120_000,
+  );
 
   it("a .kaos symlink whose target is gone is named with its target, by readers and writers alike", async () => {
     const made = project(`{ source: "src", data: "data" }`, LIST_DATA, { "data/value.txt": "v" });

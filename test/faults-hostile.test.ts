@@ -7,7 +7,7 @@
  * hang, or a trusted store that no longer matches its names.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -20,7 +20,11 @@ const TAG_NAME = "KAOS_FAULTS_TAG";
 const tag = randomBytes(6).toString("hex");
 const projects: Project[] = [];
 afterEach(() => killTagged(TAG_NAME, tag));
-afterAll(() => projects.forEach((project) => project.remove()));
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
 
 /** Writes what the job sees in KAOS_DATA_DIR (files with their content, links with their target) to OUT/files.json. */
 const INSPECT = `#!/usr/bin/env python3
@@ -42,7 +46,10 @@ const CONFIG = (pipeline = `{ source: "src", data: "data", hyperparams: "grid.js
   `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: ${pipeline} } });\n`;
 
 function project(files: FileMap, train = INSPECT): Project {
-  const made = makeProject({ "kaos.config.ts": CONFIG(), "grid.json": "{}", ...under("src", trivialSourceBundle(train)), ...files }, "kaos-hostile-");
+  const made = makeProject(
+    { "kaos.config.ts": CONFIG(), "grid.json": "{}", ...under("src", trivialSourceBundle(train)), ...files },
+    "kaos-hostile-",
+  );
   projects.push(made);
   return made;
 }
@@ -64,10 +71,27 @@ describe("hostile bundles", () => {
     const outside = makeProject({ "secret.txt": "secret" }, "kaos-outside-");
     projects.push(outside);
     const cases: { name: string; files: FileMap; message: string }[] = [
-      { name: "absolute", files: { "data/secret": { symlink: outside.path("secret.txt") } }, message: `pipelines.p.data: {dir}/data/secret: symlink to ${outside.path("secret.txt")} points outside the bundle` },
-      { name: "relative", files: { "data/sub/secret": { symlink: "../../../secret.txt" } }, message: "pipelines.p.data: {dir}/data/sub/secret: symlink to ../../../secret.txt points outside the bundle" },
-      { name: "through another link", files: { "data/sub/up": { symlink: ".." }, "data/sub/esc": { symlink: "up/.." } }, message: "pipelines.p.data: {dir}/data/sub/esc: symlink to up/.. points outside the bundle" },
-      { name: "in the source bundle", files: { "src/model/helper.py": { symlink: "/etc/hostname" } }, message: "pipelines.p.source: {dir}/src/model/helper.py: symlink to /etc/hostname points outside the bundle; expected a link inside it (or a copy of the file)" },
+      {
+        name: "absolute",
+        files: { "data/secret": { symlink: outside.path("secret.txt") } },
+        message: `pipelines.p.data: {dir}/data/secret: symlink to ${outside.path("secret.txt")} points outside the bundle`,
+      },
+      {
+        name: "relative",
+        files: { "data/sub/secret": { symlink: "../../../secret.txt" } },
+        message: "pipelines.p.data: {dir}/data/sub/secret: symlink to ../../../secret.txt points outside the bundle",
+      },
+      {
+        name: "through another link",
+        files: { "data/sub/up": { symlink: ".." }, "data/sub/esc": { symlink: "up/.." } },
+        message: "pipelines.p.data: {dir}/data/sub/esc: symlink to up/.. points outside the bundle",
+      },
+      {
+        name: "in the source bundle",
+        files: { "src/model/helper.py": { symlink: "/etc/hostname" } },
+        message:
+          "pipelines.p.source: {dir}/src/model/helper.py: symlink to /etc/hostname points outside the bundle; expected a link inside it (or a copy of the file)",
+      },
     ];
     for (const entry of cases) {
       const made = project({ "data/value.txt": "v", ...entry.files });
@@ -130,7 +154,16 @@ describe("hostile bundles", () => {
   }, 60_000);
 
   it("file names with spaces, newlines, tabs, unicode and leading dashes, in data and source", async () => {
-    const names = ["with space.txt", "new\nline.txt", "tab\there.txt", "ünïcødé-😀.txt", "-rf", "--help", "- dash dir/-n", "日本/データ.csv"];
+    const names = [
+      "with space.txt",
+      "new\nline.txt",
+      "tab\there.txt",
+      "ünïcødé-😀.txt",
+      "-rf",
+      "--help",
+      "- dash dir/-n",
+      "日本/データ.csv",
+    ];
     const data = Object.fromEntries(names.map((name) => [`data/${name}`, `content of ${name}`]));
     const made = project({ ...data, "src/model/-n weird name.py": "x = 1\n" });
     const result = await up(made);
@@ -143,7 +176,8 @@ describe("hostile bundles", () => {
     // An edit to one of them is seen as exactly that change, and shown on one line.
     writeFileSync(made.path("data/new\nline.txt"), "edited");
     const plan = await runKaos(["plan", "--json"], { cwd: made.dir });
-    const change = (JSON.parse(plan.stdout) as { pipelines: { changes: { data: { changed: number; examples: string[] } } }[] }).pipelines[0]!.changes.data;
+    const change = (JSON.parse(plan.stdout) as { pipelines: { changes: { data: { changed: number; examples: string[] } } }[] })
+      .pipelines[0]!.changes.data;
     expect(change).toMatchObject({ changed: 1, examples: ["~new\nline.txt"] });
     const text = await runKaos(["plan"], { cwd: made.dir });
     expect(text.stdout).toContain(`data: 0 added, 1 changed, 0 removed  [~"new\\nline.txt"]`);
@@ -153,7 +187,12 @@ describe("hostile bundles", () => {
     const made = project({ "data/value.txt": "v", "data/.kaos-complete": "mine", "data/sub.complete": "also mine", "data/sub/x": "x" });
     const result = await up(made);
     expect(result.code, result.stderr).toBe(0);
-    expect(seenBy(made, trainJobs(made)[0]!.id)).toEqual({ ".kaos-complete": "mine", "sub.complete": "also mine", "sub/x": "x", "value.txt": "v" });
+    expect(seenBy(made, trainJobs(made)[0]!.id)).toEqual({
+      ".kaos-complete": "mine",
+      "sub.complete": "also mine",
+      "sub/x": "x",
+      "value.txt": "v",
+    });
     expect(trustProblems(made.dir)).toEqual([]);
   }, 60_000);
 
@@ -173,52 +212,80 @@ describe("hostile bundles", () => {
     for (const command of ["plan", "up"]) {
       const result = await runKaos([command], { cwd: made.dir, timeoutMs: 30_000 });
       expect(result.code).toBe(1);
-      expect(result.stderr).toContain(`error: Cannot hash "pipe" in bundle ${made.path("data")}: it is a socket, FIFO or device file, which a bundle cannot hold.\nhint: Remove it from the bundle or exclude it in .kaosignore.`);
+      expect(result.stderr).toContain(
+        `error: Cannot hash "pipe" in bundle ${made.path("data")}: it is a socket, FIFO or device file, which a bundle cannot hold.\nhint: Remove it from the bundle or exclude it in .kaosignore.`,
+      );
     }
     writeFileSync(made.path("data/.kaosignore"), "pipe\n");
     expect((await up(made)).code).toBe(0);
   }, 60_000);
 
-  const nobody = spawnSync("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", process.execPath, "-e", "process.exit(process.getuid() === 0 ? 1 : 0)"]).status === 0;
-  it.skipIf(!nobody)("unreadable files and directories are a clear error (run as user nobody through setpriv, since root reads everything)", async () => {
-    const made = project({ "data/value.txt": "v", "data/secret.txt": "secret", "data/closed/inner.txt": "inner" });
-    const home = made.path("home");
-    mkdirSync(home);
-    const own = (path: string) => {
-      chownSync(path, 65534, 65534);
-      if (statSync(path).isDirectory()) for (const entry of readdirSync(path)) own(join(path, entry));
-    };
-    own(made.dir);
-    chmodSync(made.path("data/secret.txt"), 0o000);
-    chownSync(made.path("data/secret.txt"), 0, 0);
-    const asNobody = (args: string[]) =>
-      spawnSync("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", process.execPath, CLI, ...args], {
-        cwd: made.dir,
-        env: { PATH: "/usr/local/bin:/usr/bin:/bin", HOME: home, TMPDIR: home, NO_COLOR: "1", KAOS_PYTHON: "/usr/bin/python3", [TAG_NAME]: tag },
-        encoding: "utf8",
-        timeout: 60_000,
-      });
-    let result = asNobody(["plan"]);
-    expect(result.status, result.stderr).toBe(1);
-    expect(result.stderr).toContain(`error: Cannot read "secret.txt" in bundle ${made.path("data")}: permission denied.\nhint: Make it readable (chmod u+r) or exclude it in .kaosignore.`);
-    chownSync(made.path("data/secret.txt"), 65534, 65534);
-    chmodSync(made.path("data/secret.txt"), 0o644);
-    chmodSync(made.path("data/closed"), 0o000);
-    chownSync(made.path("data/closed"), 0, 0);
-    result = asNobody(["up"]);
-    expect(result.status, result.stderr).toBe(1);
-    expect(result.stderr).toContain(`error: Cannot list directory "closed" in bundle ${made.path("data")}: permission denied.\nhint: Make it readable (chmod u+rx) or exclude it in .kaosignore.`);
-    expect(result.stderr).not.toContain("internal error");
-    chownSync(made.path("data/closed"), 65534, 65534);
-    chmodSync(made.path("data/closed"), 0o755);
-    // As a user the read-only data view holds: the script's write into it is refused by the system.
-    writeFileSync(made.path("src/model/train"), `#!/bin/sh\necho x >> "$KAOS_DATA_DIR/value.txt" 2>/dev/null && exit 0\nmkdir -p "$1" && echo refused > "$1/write"\n`);
-    result = asNobody(["up"]);
-    expect(result.status, result.stderr).toBe(0);
-    const [job] = trainJobs(made);
-    expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "write"), "utf8")).toBe("refused\n");
-    expect(trustProblems(made.dir)).toEqual([]);
-  }, 120_000);
+  const nobody =
+    spawnSync("setpriv", [
+      "--reuid=nobody",
+      "--regid=nogroup",
+      "--clear-groups",
+      process.execPath,
+      "-e",
+      "process.exit(process.getuid() === 0 ? 1 : 0)",
+    ]).status === 0;
+  it.skipIf(!nobody)(
+    "unreadable files and directories are a clear error (run as user nobody through setpriv, since root reads everything)",
+    async () => {
+      const made = project({ "data/value.txt": "v", "data/secret.txt": "secret", "data/closed/inner.txt": "inner" });
+      const home = made.path("home");
+      mkdirSync(home);
+      const own = (path: string) => {
+        chownSync(path, 65534, 65534);
+        if (statSync(path).isDirectory()) for (const entry of readdirSync(path)) own(join(path, entry));
+      };
+      own(made.dir);
+      chmodSync(made.path("data/secret.txt"), 0o000);
+      chownSync(made.path("data/secret.txt"), 0, 0);
+      const asNobody = (args: string[]) =>
+        spawnSync("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", process.execPath, CLI, ...args], {
+          cwd: made.dir,
+          env: {
+            PATH: "/usr/local/bin:/usr/bin:/bin",
+            HOME: home,
+            TMPDIR: home,
+            NO_COLOR: "1",
+            KAOS_PYTHON: "/usr/bin/python3",
+            [TAG_NAME]: tag,
+          },
+          encoding: "utf8",
+          timeout: 60_000,
+        });
+      let result = asNobody(["plan"]);
+      expect(result.status, result.stderr).toBe(1);
+      expect(result.stderr).toContain(
+        `error: Cannot read "secret.txt" in bundle ${made.path("data")}: permission denied.\nhint: Make it readable (chmod u+r) or exclude it in .kaosignore.`,
+      );
+      chownSync(made.path("data/secret.txt"), 65534, 65534);
+      chmodSync(made.path("data/secret.txt"), 0o644);
+      chmodSync(made.path("data/closed"), 0o000);
+      chownSync(made.path("data/closed"), 0, 0);
+      result = asNobody(["up"]);
+      expect(result.status, result.stderr).toBe(1);
+      expect(result.stderr).toContain(
+        `error: Cannot list directory "closed" in bundle ${made.path("data")}: permission denied.\nhint: Make it readable (chmod u+rx) or exclude it in .kaosignore.`,
+      );
+      expect(result.stderr).not.toContain("internal error");
+      chownSync(made.path("data/closed"), 65534, 65534);
+      chmodSync(made.path("data/closed"), 0o755);
+      // As a user the read-only data view holds: the script's write into it is refused by the system.
+      writeFileSync(
+        made.path("src/model/train"),
+        `#!/bin/sh\necho x >> "$KAOS_DATA_DIR/value.txt" 2>/dev/null && exit 0\nmkdir -p "$1" && echo refused > "$1/write"\n`,
+      );
+      result = asNobody(["up"]);
+      expect(result.status, result.stderr).toBe(0);
+      const [job] = trainJobs(made);
+      expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "write"), "utf8")).toBe("refused\n");
+      expect(trustProblems(made.dir)).toEqual([]);
+    },
+    120_000,
+  );
 });
 
 describe("hostile train scripts", () => {
@@ -258,7 +325,9 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     const byParam = (a: number) => rows.find((row) => JSON.parse(row.params).a === a)!;
     expect(byParam(1).state).toBe("succeeded");
     expect(byParam(2)).toMatchObject({ state: "failed" });
-    expect(byParam(2).reason).toMatch(/^KAOS_DATA_DIR was written to while this job ran \((\.|value\.txt)(, [^)]+)*\); it is read-only: the data is laid out again on the next kaos up$/);
+    expect(byParam(2).reason).toMatch(
+      /^KAOS_DATA_DIR was written to while this job ran \((\.|value\.txt)(, [^)]+)*\); it is read-only: the data is laid out again on the next kaos up$/,
+    );
     expect(byParam(3).reason).toMatch(/^not started: KAOS_DATA_DIR was written to by a job of this sweep/);
     expect(trustProblems(made.dir)).toEqual([]);
     // The user's bundle was never touched; the next run lays the data out again and every job sees it whole.
@@ -291,7 +360,9 @@ open(os.path.join(sys.argv[1], "done"), "w").write("done")
     const rows = trainJobs(made);
     expect(rows.map((row) => row.state)).toEqual(["failed", "failed"]);
     for (const row of rows) {
-      expect(row.reason).toMatch(/^KAOS_DATA_DIR was written to during this sweep \(value\.txt\); it is read-only: the data is laid out again on the next kaos up; no job of the sweep is trusted$/);
+      expect(row.reason).toMatch(
+        /^KAOS_DATA_DIR was written to during this sweep \(value\.txt\); it is read-only: the data is laid out again on the next kaos up; no job of the sweep is trusted$/,
+      );
     }
     expect(trustProblems(made.dir)).toEqual([]);
     expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1");
@@ -303,12 +374,17 @@ echo "scribbled" >> params.txt
 mkdir -p "$1" && wc -l < params.txt > "$1/lines"
 if grep -q '"a":2' "$KAOS_PARAMS_FILE"; then echo changed > "$KAOS_PROJECT/data/value.txt"; fi
 `;
-    const made = project({ "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }), "src/model/params.txt": "original\n" }, train);
+    const made = project(
+      { "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }), "src/model/params.txt": "original\n" },
+      train,
+    );
     const result = await up(made, { KAOS_PROJECT: made.dir });
     expect(result.code, result.stderr).toBe(0);
     for (const row of trainJobs(made)) expect(readFileSync(made.path(".kaos", "jobs", row.id, "out", "lines"), "utf8").trim()).toBe("2");
     expect(readFileSync(made.path("src/model/params.txt"), "utf8")).toBe("original\n");
-    const plan = JSON.parse((await runKaos(["plan", "--json"], { cwd: made.dir })).stdout) as { pipelines: { changes: { source: unknown; data: { changed: number } } }[] };
+    const plan = JSON.parse((await runKaos(["plan", "--json"], { cwd: made.dir })).stdout) as {
+      pipelines: { changes: { source: unknown; data: { changed: number } } }[];
+    };
     expect(plan.pipelines[0]!.changes.source).toBeNull();
     expect(plan.pipelines[0]!.changes.data.changed).toBe(1);
   }, 60_000);
@@ -339,7 +415,9 @@ truncate -s 64M "$1/metrics/big.json"
     ]);
     const get = await runKaos(["train", "get", job!.id, "-o", "got"], { cwd: made.dir, timeoutMs: 60_000 });
     expect(get.code, get.stderr).toBe(0);
-    expect(get.stderr).toContain(`skipped ${made.path(".kaos", "jobs", job!.id, "out", "metrics", "fifo.json")}: not a regular file, directory or symlink`);
+    expect(get.stderr).toContain(
+      `skipped ${made.path(".kaos", "jobs", job!.id, "out", "metrics", "fifo.json")}: not a regular file, directory or symlink`,
+    );
     expect(statSync(made.path("got/out/huge.bin")).size).toBe(256 << 20);
     expect(sha256Of(made.path("got/out/real.bin"))).toBe(sha256Of(made.path(".kaos", "jobs", job!.id, "out", "real.bin")));
     expect(readdirSync(made.path("got/out/many"))).toHaveLength(500);
@@ -359,7 +437,10 @@ echo '[0.1, 0.2]' > "$1/metrics/list.json"
     const [job] = trainJobs(made);
     const json = await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir });
     expect(json.code, json.stderr).toBe(0);
-    const read = JSON.parse(json.stdout) as { metrics: Record<string, unknown>; metricsSkipped: { file: string; key?: string; reason: string }[] };
+    const read = JSON.parse(json.stdout) as {
+      metrics: Record<string, unknown>;
+      metricsSkipped: { file: string; key?: string; reason: string }[];
+    };
     expect(read.metrics).toEqual({ "val.loss": 0.25, "val.top.k5": 0.9, acc: 0.5, model: "svm" });
     expect(read.metricsSkipped.map((skip) => [skip.file, skip.key ?? null])).toEqual([
       ["metrics/broken.json", null],
@@ -380,10 +461,14 @@ echo '[0.1, 0.2]' > "$1/metrics/list.json"
 
     const unknown = await runKaos(["train", "info", job!.id, "-s", "broken.json"], { cwd: made.dir });
     expect(unknown.code).toBe(1);
-    expect(unknown.stderr).toBe(`error: -s broken.json: no job of this sweep has a numeric metric "broken.json"; expected one of: acc, val.loss, val.top.k5\n`);
+    expect(unknown.stderr).toBe(
+      `error: -s broken.json: no job of this sweep has a numeric metric "broken.json"; expected one of: acc, val.loss, val.top.k5\n`,
+    );
     const words = await runKaos(["train", "info", job!.id, "-s", "model"], { cwd: made.dir });
     expect(words.code).toBe(1);
-    expect(words.stderr).toBe(`error: -s model: "model" is a string, not a number, in every job of this sweep that has it; expected one of: acc, val.loss, val.top.k5\n`);
+    expect(words.stderr).toBe(
+      `error: -s model: "model" is a string, not a number, in every job of this sweep that has it; expected one of: acc, val.loss, val.top.k5\n`,
+    );
   }, 60_000);
 });
 
@@ -401,7 +486,13 @@ describe("hostile strings in human output", () => {
     "a=b": "c",
     a: "b=c",
   };
-  const metrics = { "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2, val: { loss: 0.25 } };
+  const metrics = {
+    "acc\u001b]0;owned\u0007": 0.5,
+    note: "\u001b[2Jgone\nforged row",
+    "bidi\u202e": 1,
+    "csi\u009b": 2,
+    val: { loss: 0.25 },
+  };
   const COPY_METRICS = `#!/bin/sh\nmkdir -p "$1/metrics" && cp metrics.json "$1/metrics/m.json"\n`;
   // As `plan --json` writes them, plus what JSON leaves raw (C1, bidi) as \\u escapes.
   const shown = {
@@ -410,7 +501,10 @@ describe("hostile strings in human output", () => {
   };
 
   it("params and metrics with escape sequences, C1 and bidi controls and newlines are shown escaped by up (plain and live), plan, train list and train info; JSON stays exact", async () => {
-    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify(grid), "src/model/metrics.json": JSON.stringify(metrics) }, COPY_METRICS);
+    const made = project(
+      { "data/value.txt": "v", "grid.json": JSON.stringify(grid), "src/model/metrics.json": JSON.stringify(metrics) },
+      COPY_METRICS,
+    );
     const plan = await runKaos(["plan"], { cwd: made.dir });
     expect(plan.code, plan.stderr).toBe(0);
     expectNoRaw(plan.stdout + plan.stderr, "plan");
@@ -420,13 +514,18 @@ describe("hostile strings in human output", () => {
     const result = await up(made);
     expect(result.code, result.stderr).toBe(0);
     expectNoRaw(result.stdout + result.stderr, "up");
-    expect(result.stderr.split("\n").filter((line) => line.startsWith("p train 1/2 ") && line.includes(`  ${shown.first}  succeeded`))).toHaveLength(1);
+    expect(
+      result.stderr.split("\n").filter((line) => line.startsWith("p train 1/2 ") && line.includes(`  ${shown.first}  succeeded`)),
+    ).toHaveLength(1);
 
     const list = await runKaos(["train", "list"], { cwd: made.dir });
     expectNoRaw(list.stdout, "train list");
     expect(list.stdout.trimEnd().split("\n")).toHaveLength(4);
     expect(list.stdout).toContain(shown.first);
-    const listed = JSON.parse((await runKaos(["train", "list", "--json"], { cwd: made.dir })).stdout) as { stage: string; params: unknown }[];
+    const listed = JSON.parse((await runKaos(["train", "list", "--json"], { cwd: made.dir })).stdout) as {
+      stage: string;
+      params: unknown;
+    }[];
     expect(listed.filter((job) => job.stage === "train").map((job) => job.params)).toEqual([
       { a: "b=c", "a=b": "c", "t\u001b[2J": "x\nforged row", "\u202eevil": "\u009b31m" },
       { a: "b=c", "a=b": "c", "t\u001b[2J": "\u001b]0;owned\u0007", "\u202eevil": "\u009b31m" },
@@ -436,18 +535,31 @@ describe("hostile strings in human output", () => {
     const info = await runKaos(["train", "info", job!.id], { cwd: made.dir });
     expect(info.code, info.stderr).toBe(0);
     expectNoRaw(info.stdout, "train info");
-    expect(info.stdout).toContain(`\n  "acc\\u001b]0;owned\\u0007"  0.5\n  note  "\\u001b[2Jgone\\nforged row"\n  "bidi\\u202e"  1\n  "csi\\u009b"  2\n  val.loss  0.25\n`);
+    expect(info.stdout).toContain(
+      `\n  "acc\\u001b]0;owned\\u0007"  0.5\n  note  "\\u001b[2Jgone\\nforged row"\n  "bidi\\u202e"  1\n  "csi\\u009b"  2\n  val.loss  0.25\n`,
+    );
     expect(info.stdout).toMatch(/\n {2}ID +STATE +"acc\\u001b\]0;owned\\u0007" +"bidi\\u202e" +"csi\\u009b" +val\.loss +PARAMS\n/);
     const unknown = await runKaos(["train", "info", job!.id, "-s", "nope"], { cwd: made.dir });
     expectNoRaw(unknown.stderr, "train info -s nope");
     expect(unknown.stderr).toContain(`expected one of: "acc\\u001b]0;owned\\u0007", "bidi\\u202e", "csi\\u009b", val.loss\n`);
     const infoJson = JSON.parse((await runKaos(["train", "info", job!.id, "--json"], { cwd: made.dir })).stdout) as { metrics: unknown };
-    expect(infoJson.metrics).toEqual({ "acc\u001b]0;owned\u0007": 0.5, note: "\u001b[2Jgone\nforged row", "bidi\u202e": 1, "csi\u009b": 2, "val.loss": 0.25 });
+    expect(infoJson.metrics).toEqual({
+      "acc\u001b]0;owned\u0007": 0.5,
+      note: "\u001b[2Jgone\nforged row",
+      "bidi\u202e": 1,
+      "csi\u009b": 2,
+      "val.loss": 0.25,
+    });
 
     // The live view, on a real terminal (a pseudo-terminal through script(1)).
     const terminalEnv: NodeJS.ProcessEnv = { ...process.env, TERM: "xterm", NO_COLOR: "1", ...env };
     delete terminalEnv.CI;
-    const live = execFileSync("script", ["-qec", `${process.execPath} ${CLI} up --force`, "/dev/null"], { cwd: made.dir, env: terminalEnv, encoding: "utf8", input: "" });
+    const live = execFileSync("script", ["-qec", `${process.execPath} ${CLI} up --force`, "/dev/null"], {
+      cwd: made.dir,
+      env: terminalEnv,
+      encoding: "utf8",
+      input: "",
+    });
     expectNoRaw(live, "up on a terminal");
     expect(live).toContain(shown.second);
   }, 120_000);
@@ -458,19 +570,29 @@ describe("hostile strings in human output", () => {
     try {
       await watch.waitFor("waiting for changes");
       writeFileSync(made.path("data", "\u001b]0;owned\u0007\u202e\nforged.txt"), "x");
-      await watch.waitFor(/run \w+ succeeded: 1 ran, 0 reused\n[^]*run \w+ succeeded: 1 ran, 0 reused\n/);
+      await watch.waitFor(/run \w+ succeeded: 1 ran, 0 reused\n[\s\S]*run \w+ succeeded: 1 ran, 0 reused\n/);
     } finally {
       await watch.stop();
     }
     expectNoRaw(watch.stdout() + watch.stderr(), "watch");
-    expect(watch.stderr()).toContain(`change detected: 0 stages and 1 job to run, 0 skipped ("data/\\u001b]0;owned\\u0007\\u202e\\nforged.txt")\n`);
+    expect(watch.stderr()).toContain(
+      `change detected: 0 stages and 1 job to run, 0 skipped ("data/\\u001b]0;owned\\u0007\\u202e\\nforged.txt")\n`,
+    );
   }, 60_000);
 });
 
 describe("closed pipes", () => {
   /** Runs kaos with stdout (and stderr too when asked) a pipe whose reader has already gone, as after `| head -1`. */
-  function withClosedOutput(args: string[], cwd: string, closeStderr = false): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, NO_COLOR: "1", CI: "true", [TAG_NAME]: tag }, stdio: ["ignore", "pipe", "pipe"] });
+  function withClosedOutput(
+    args: string[],
+    cwd: string,
+    closeStderr = false,
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd,
+      env: { ...process.env, NO_COLOR: "1", CI: "true", [TAG_NAME]: tag },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     child.stdout.destroy();
     let stderr = "";
     if (closeStderr) child.stderr.destroy();
@@ -479,16 +601,32 @@ describe("closed pipes", () => {
   }
 
   it("every command whose reader closes early ends silently with status 141, as git does", async () => {
-    const made = project({ "data/value.txt": "v", "grid.json": JSON.stringify({ a: [1, 2, 3] }) }, `#!/bin/sh\necho "a line for the log"\nmkdir -p "$1"\n`);
+    const made = project(
+      { "data/value.txt": "v", "grid.json": JSON.stringify({ a: [1, 2, 3] }) },
+      `#!/bin/sh\necho "a line for the log"\nmkdir -p "$1"\n`,
+    );
     expect((await up(made)).code).toBe(0);
     const [job] = trainJobs(made);
-    for (const args of [["train", "list"], ["train", "list", "--json"], ["plan"], ["plan", "--json"], ["train", "info", job!.id], ["train", "logs", job!.id], ["template", "list"], ["--help"]]) {
+    for (const args of [
+      ["train", "list"],
+      ["train", "list", "--json"],
+      ["plan"],
+      ["plan", "--json"],
+      ["train", "info", job!.id],
+      ["train", "logs", job!.id],
+      ["template", "list"],
+      ["--help"],
+    ]) {
       const result = await withClosedOutput(args, made.dir);
       expect({ args, code: result.code, stderr: result.stderr }).toEqual({ args, code: 141, stderr: "" });
     }
     // A real `| head -1` on more than a pipe holds: kaos is mid-write when head exits.
     made.write({ "grid.json": JSON.stringify({ a: Array.from({ length: 3000 }, (_, i) => i) }) });
-    const piped = spawnSync("bash", ["-c", `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} plan --json | head -1; echo "status \${PIPESTATUS[0]}"`], { cwd: made.dir, encoding: "utf8", env: { ...process.env, CI: "true" } });
+    const piped = spawnSync(
+      "bash",
+      ["-c", `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} plan --json | head -1; echo "status \${PIPESTATUS[0]}"`],
+      { cwd: made.dir, encoding: "utf8", env: { ...process.env, CI: "true" } },
+    );
     expect(piped.stdout).toBe("{\nstatus 141\n");
     expect(piped.stderr).toBe("");
   }, 120_000);
@@ -528,8 +666,13 @@ sys.exit(3)
     expect(log).toMatch(/^\S+ stdout \| line 000000 x+$/m);
     expect(log).toMatch(/^\S+ stdout \| line 039999 x+$/m);
     expect(log).toMatch(/^\S+ stderr \| failing: the last words$/m);
-    expect(log).toMatch(/^\S+ kaos \| the log reached its cap of 64.0 KiB \(KAOS_LOG_MAX_BYTES\): the output from here on is dropped but for its last part, which follows when the job ends$/m);
-    const dropped = /^\S+ kaos \| (\d+) bytes of output dropped here \(the log keeps the first 16.0 KiB and the last [^;]+; cap 64.0 KiB per job, KAOS_LOG_MAX_BYTES\)$/m.exec(log);
+    expect(log).toMatch(
+      /^\S+ kaos \| the log reached its cap of 64.0 KiB \(KAOS_LOG_MAX_BYTES\): the output from here on is dropped but for its last part, which follows when the job ends$/m,
+    );
+    const dropped =
+      /^\S+ kaos \| (\d+) bytes of output dropped here \(the log keeps the first 16.0 KiB and the last [^;]+; cap 64.0 KiB per job, KAOS_LOG_MAX_BYTES\)$/m.exec(
+        log,
+      );
     expect(dropped, log.slice(0, 2000)).not.toBeNull();
     expect(Number(dropped![1])).toBeGreaterThan(1_000_000);
     // Head, then the note, then the tail, each in order and without a line cut in two.
@@ -540,11 +683,15 @@ sys.exit(3)
     const logs = await runKaos(["train", "logs", job!.id], { cwd: made.dir });
     expect(logs.code).toBe(0);
     expect(logs.stdout).toBe(log);
-    expect(logs.stderr).toBe(`note: ${dropped![1]} bytes of job ${job!.id}'s output were dropped from the middle of its log (cap ${cap} bytes; KAOS_LOG_MAX_BYTES sets it)\n`);
+    expect(logs.stderr).toBe(
+      `note: ${dropped![1]} bytes of job ${job!.id}'s output were dropped from the middle of its log (cap ${cap} bytes; KAOS_LOG_MAX_BYTES sets it)\n`,
+    );
 
     const invalid = await up(made, { KAOS_LOG_MAX_BYTES: "lots" });
     expect(invalid.code).toBe(1);
-    expect(trainJobs(made).at(-1)!.reason).toBe('KAOS_LOG_MAX_BYTES=lots: expected a number of bytes or a size such as "20M" or "1Gi" (0 for no cap)');
+    expect(trainJobs(made).at(-1)!.reason).toBe(
+      'KAOS_LOG_MAX_BYTES=lots: expected a number of bytes or a size such as "20M" or "1Gi" (0 for no cap)',
+    );
   }, 60_000);
 });
 
@@ -554,7 +701,10 @@ describe("hostile manifests", () => {
     const server = await startServer({ "/a.csv": { body: "a" }, "/b.csv": { body: "b" } });
     try {
       const manifest = ["a.csv", "b.csv"].map((name) => JSON.stringify({ url: `${server.url}/${name}`, path: `train/${name}` })).join("\n");
-      const made = project({ "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`), "m.jsonl": manifest }, `#!/bin/sh\nmkdir -p "$1"\n`);
+      const made = project(
+        { "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`), "m.jsonl": manifest },
+        `#!/bin/sh\nmkdir -p "$1"\n`,
+      );
       const result = await up(made);
       expect(result.code, result.stderr).toBe(0);
       const lines = result.stderr.split("\n").filter((line) => line.startsWith("p ingest  "));
@@ -579,26 +729,40 @@ describe("hostile manifests", () => {
       "notes/key": { symlink: secret },
     });
     // The manifest names files by absolute URL: written once the project's directory is known.
-    const manifest = (second: string) => made.write({ "m.jsonl": [line(pathToFileURL(made.path("mine.csv")).href, "mine.csv"), line(second, "key")].join("\n") });
+    const manifest = (second: string) =>
+      made.write({ "m.jsonl": [line(pathToFileURL(made.path("mine.csv")).href, "mine.csv"), line(second, "key")].join("\n") });
     const hint = `hint: expected a file inside the project ${made.dir}; to read from another directory, list it in allowFileUrls in ${made.path("kaos.config.ts")}`;
     const cases = [
       { url: pathToFileURL(secret).href, why: `${secret} is outside the project ${made.dir}` },
-      { url: `file://${made.dir}/../${outside.dir.split("/").at(-1)}/keys/id_ed25519`, why: `${secret} is outside the project ${made.dir}` },
-      { url: pathToFileURL(made.path("notes", "key")).href, why: `${made.path("notes", "key")} leads through a symlink to ${secret}, outside the project ${made.dir}` },
+      {
+        url: `file://${made.dir}/../${outside.dir.split("/").at(-1)}/keys/id_ed25519`,
+        why: `${secret} is outside the project ${made.dir}`,
+      },
+      {
+        url: pathToFileURL(made.path("notes", "key")).href,
+        why: `${made.path("notes", "key")} leads through a symlink to ${secret}, outside the project ${made.dir}`,
+      },
     ];
     for (const { url, why } of cases) {
       manifest(url);
       for (const command of ["plan", "up"]) {
         const result = await runKaos([command], { cwd: made.dir, env });
         expect(result.code, `${command} ${url}`).toBe(1);
-        expect(result.stderr, `${command} ${url}`).toContain(`error: ${made.path("m.jsonl")}:2: "url" ${url} may not be read: ${why}\n${hint}`);
+        expect(result.stderr, `${command} ${url}`).toContain(
+          `error: ${made.path("m.jsonl")}:2: "url" ${url} may not be read: ${why}\n${hint}`,
+        );
       }
       expect(existsSync(made.path(".kaos", "objects", "sha256", secretHash.slice(0, 2), secretHash.slice(2))), url).toBe(false);
     }
 
     // The explicit opt-in: the job reads the file, and neither the object nor the data view is more readable than it.
     manifest(pathToFileURL(secret).href);
-    made.write({ "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl" }`).replace("pipelines:", `allowFileUrls: [${JSON.stringify(outside.path("keys"))}], pipelines:`) });
+    made.write({
+      "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl" }`).replace(
+        "pipelines:",
+        `allowFileUrls: [${JSON.stringify(outside.path("keys"))}], pipelines:`,
+      ),
+    });
     const allowed = await up(made);
     expect(allowed.code, allowed.stderr).toBe(0);
     const [job] = trainJobs(made);
@@ -611,21 +775,34 @@ describe("hostile manifests", () => {
 
   it("2000 entries of which 7 fail: every failure named, the rest stored and pinned, and only the failures fetched again", async () => {
     const count = 2000;
-    const paths = Array.from({ length: count }, (_, i) => (i === 7 ? "ü dir/a b.csv" : i === 8 ? "-dash/x.csv" : `part-${i % 10}/row-${i}.csv`));
+    const paths = Array.from({ length: count }, (_, i) =>
+      i === 7 ? "ü dir/a b.csv" : i === 8 ? "-dash/x.csv" : `part-${i % 10}/row-${i}.csv`,
+    );
     const missing = new Set([11, 222, 999, 1500, 1999]);
-    const routes = Object.fromEntries(paths.map((path, i) => [`/f/${encodeURI(path)}`, { body: `row ${i}\n` }]).filter((_, i) => !missing.has(i)));
+    const routes = Object.fromEntries(
+      paths.map((path, i) => [`/f/${encodeURI(path)}`, { body: `row ${i}\n` }]).filter((_, i) => !missing.has(i)),
+    );
     routes["/f/value.txt"] = { body: "remote" };
     const server = await startServer(routes);
     try {
       const wrongHash = "0".repeat(64);
       const line = (path: string, i: number) =>
-        JSON.stringify({ url: `${server.url}/f/${encodeURI(path)}`, path, ...(i === 300 ? { sha256: wrongHash } : {}), ...(i === 301 ? { size: 1 } : {}) });
+        JSON.stringify({
+          url: `${server.url}/f/${encodeURI(path)}`,
+          path,
+          ...(i === 300 ? { sha256: wrongHash } : {}),
+          ...(i === 301 ? { size: 1 } : {}),
+        });
       const manifest = [JSON.stringify({ url: `${server.url}/f/value.txt`, path: "value.txt" }), ...paths.map(line)].join("\n");
-      const made = project({ "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`), "m.jsonl": manifest });
+      const made = project({
+        "kaos.config.ts": CONFIG(`{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`),
+        "m.jsonl": manifest,
+      });
       const first = await up(made);
       expect(first.code).toBe(1);
       expect(first.stderr).toContain(`7 of ${count + 1} manifest entries of ${made.path("m.jsonl")} failed:`);
-      for (const i of missing) expect(first.stderr).toContain(`  ${paths[i]} (${server.url}/f/${encodeURI(paths[i]!)}): HTTP 404 Not Found`);
+      for (const i of missing)
+        expect(first.stderr).toContain(`  ${paths[i]} (${server.url}/f/${encodeURI(paths[i]!)}): HTTP 404 Not Found`);
       expect(first.stderr).toContain(`  ${paths[300]} (${server.url}/f/${paths[300]}): sha256 mismatch: the content hashes to`);
       expect(first.stderr).toContain(`  ${paths[301]} (${server.url}/f/${paths[301]}): size mismatch`);
       expect(jobRows(made.dir).filter((row) => row.stage === "train")).toEqual([]);
@@ -636,7 +813,13 @@ describe("hostile manifests", () => {
 
       // Fix the server and the two manifest lines: only the seven are fetched.
       for (const i of missing) server.route(`/f/${encodeURI(paths[i]!)}`, { body: `row ${i}\n` });
-      writeFileSync(made.path("m.jsonl"), [JSON.stringify({ url: `${server.url}/f/value.txt`, path: "value.txt" }), ...paths.map((path) => JSON.stringify({ url: `${server.url}/f/${encodeURI(path)}`, path }))].join("\n"));
+      writeFileSync(
+        made.path("m.jsonl"),
+        [
+          JSON.stringify({ url: `${server.url}/f/value.txt`, path: "value.txt" }),
+          ...paths.map((path) => JSON.stringify({ url: `${server.url}/f/${encodeURI(path)}`, path })),
+        ].join("\n"),
+      );
       const before = server.requests.length;
       const second = await up(made);
       expect(second.code, second.stderr).toBe(0);

@@ -5,7 +5,19 @@
  * must be found and told, and nothing tampered served or reused as a result.
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { jobRows, killTagged } from "./helpers/faults.js";
@@ -15,7 +27,11 @@ const TAG_NAME = "KAOS_FAULTS_TAG";
 const tag = randomBytes(6).toString("hex");
 const projects: Project[] = [];
 afterEach(() => killTagged(TAG_NAME, tag));
-afterAll(() => projects.forEach((project) => project.remove()));
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
 
 const CONFIG = `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", data: "data", hyperparams: "grid.json" } } });\n`;
 
@@ -46,15 +62,22 @@ fi
 `;
 
 function project(files: FileMap = {}, train = TRAIN): Project {
-  const made = makeProject({ "kaos.config.ts": CONFIG, "data/value.txt": "v", ...under("src", trivialSourceBundle(train)), ...files }, "kaos-tamper-");
+  const made = makeProject(
+    { "kaos.config.ts": CONFIG, "data/value.txt": "v", ...under("src", trivialSourceBundle(train)), ...files },
+    "kaos-tamper-",
+  );
   projects.push(made);
   return made;
 }
 
 const env = { [TAG_NAME]: tag };
-const kaos = (made: Project, args: string[], extra: Record<string, string> = {}) => runKaos(args, { cwd: made.dir, env: { ...env, ...extra }, timeoutMs: 120_000 });
+const kaos = (made: Project, args: string[], extra: Record<string, string> = {}) =>
+  runKaos(args, { cwd: made.dir, env: { ...env, ...extra }, timeoutMs: 120_000 });
 const trainJobs = (made: Project) => jobRows(made.dir).filter((row) => row.stage === "train");
-const jobOf = (made: Project, a: number) => trainJobs(made).filter((row) => JSON.parse(row.params).a === a).at(-1)!;
+const jobOf = (made: Project, a: number) =>
+  trainJobs(made)
+    .filter((row) => JSON.parse(row.params).a === a)
+    .at(-1)!;
 
 interface InfoResults {
   sealed: boolean;
@@ -79,7 +102,13 @@ describe("sealed results", () => {
     expect(victim.state).toBe("succeeded");
     const out = made.path(".kaos", "jobs", victim.id, "out");
     // Finished outputs and the source copy are read-only, and the seal sits outside them.
-    for (const path of [out, join(out, "model.txt"), join(out, "sub"), join(out, "sub", "weights.bin"), made.path(".kaos", "jobs", victim.id, "source", "model", "train")]) {
+    for (const path of [
+      out,
+      join(out, "model.txt"),
+      join(out, "sub"),
+      join(out, "sub", "weights.bin"),
+      made.path(".kaos", "jobs", victim.id, "source", "model", "train"),
+    ]) {
       expect(statSync(path).mode & 0o222, path).toBe(0);
     }
     expect(lstatSync(made.path(".kaos", "jobs", victim.id, "seal.json")).mode & 0o222).toBe(0);
@@ -92,7 +121,9 @@ describe("sealed results", () => {
     expect(jobOf(made, 1).id).toBe(victim.id);
     const attacker = jobOf(made, 2);
     expect(attacker.state).toBe("failed");
-    expect(attacker.reason).toContain(`${made.path(".kaos", "dropped.txt")}, ${made.path(".kaos", "jobs", "not-a-job")} appeared in kaos's state directory while this job ran; a job writes only into KAOS_OUTPUT_DIR`);
+    expect(attacker.reason).toContain(
+      `${made.path(".kaos", "dropped.txt")}, ${made.path(".kaos", "jobs", "not-a-job")} appeared in kaos's state directory while this job ran; a job writes only into KAOS_OUTPUT_DIR`,
+    );
     expect(readFileSync(join(out, "model.txt"), "utf8")).toBe("tampered\n");
 
     const results = await infoResults(made, victim.id);
@@ -123,7 +154,14 @@ describe("sealed results", () => {
     writeFileSync(made.path("grid.json"), JSON.stringify({ a: [1] }));
     const plan = await kaos(made, ["plan", "--json"]);
     const jobs = (JSON.parse(plan.stdout) as { pipelines: { jobs: { action: string; reason: string }[] }[] }).pipelines[0]!.jobs;
-    expect(jobs).toEqual([{ key: expect.any(String), params: { a: 1 }, action: "run", reason: expect.stringContaining(`job ${victim.id}'s results changed after it ended`) }]);
+    expect(jobs).toEqual([
+      {
+        key: expect.any(String),
+        params: { a: 1 },
+        action: "run",
+        reason: expect.stringContaining(`job ${victim.id}'s results changed after it ended`),
+      },
+    ]);
     const third = await kaos(made, ["up"]);
     expect(third.code, third.stderr).toBe(0);
     const rerun = jobOf(made, 1);
@@ -175,7 +213,10 @@ done
     chmodSync(out, 0o755);
     renameSync(out, `${out}.moved`);
     symlinkSync(`${out}.moved`, out);
-    expect(await infoResults(made, id)).toMatchObject({ intact: false, output: { added: ["."], changed: [], removed: ["model.txt", "sub/model-link", "sub/weights.bin"] } });
+    expect(await infoResults(made, id)).toMatchObject({
+      intact: false,
+      output: { added: ["."], changed: [], removed: ["model.txt", "sub/model-link", "sub/weights.bin"] },
+    });
     rmSync(made.path(".kaos", "jobs", id, "seal.json"), { force: true });
     writeFileSync(made.path(".kaos", "jobs", id, "seal.json"), "{not json");
     const results = await infoResults(made, id);
@@ -208,7 +249,10 @@ ln -s dirup/.. sub/through-link
     const get = await kaos(made, ["train", "get", id, "-o", "got"]);
     expect(get.code, get.stderr).toBe(0);
     const out = made.path(".kaos", "jobs", id, "out");
-    const skipped = get.stderr.split("\n").filter((line) => line.startsWith("skipped ")).sort();
+    const skipped = get.stderr
+      .split("\n")
+      .filter((line) => line.startsWith("skipped "))
+      .sort();
     expect(skipped).toEqual([
       `skipped ${join(out, "absolute")}: symlink to /etc/hostname points outside the job's outputs`,
       `skipped ${join(out, "around")}: symlink to sub/../../out/model.txt points outside the job's outputs`,
@@ -216,9 +260,18 @@ ln -s dirup/.. sub/through-link
       `skipped ${join(out, "sub", "through-link")}: symlink to dirup/.. points outside the job's outputs`,
     ]);
     const got = made.path("got", "out");
-    const links = Object.fromEntries(["alias", "down", "sub/up", "sub/dirup", "dangling"].map((path) => [path, readlinkSync(join(got, path))]));
-    expect(links).toEqual({ alias: "model.txt", down: "sub/deeper/inner.txt", "sub/up": "../model.txt", "sub/dirup": "..", dangling: "not-there" });
-    for (const path of ["absolute", "around", "sub/escape", "sub/through-link"]) expect(existsSync(join(got, path)) || isLink(join(got, path)), path).toBe(false);
+    const links = Object.fromEntries(
+      ["alias", "down", "sub/up", "sub/dirup", "dangling"].map((path) => [path, readlinkSync(join(got, path))]),
+    );
+    expect(links).toEqual({
+      alias: "model.txt",
+      down: "sub/deeper/inner.txt",
+      "sub/up": "../model.txt",
+      "sub/dirup": "..",
+      dangling: "not-there",
+    });
+    for (const path of ["absolute", "around", "sub/escape", "sub/through-link"])
+      expect(existsSync(join(got, path)) || isLink(join(got, path)), path).toBe(false);
     expect(readFileSync(join(got, "sub/up"), "utf8")).toBe("model\n");
     // The copy is the user's: writable, though the sealed outputs are not.
     writeFileSync(join(got, "model.txt"), "mine");

@@ -124,7 +124,7 @@ async function expectKaosError(promise: Promise<unknown>, code: string, mentions
 }
 
 const SAMPLE: Spec = {
-  "Dockerfile": "FROM python:3.12\n",
+  Dockerfile: "FROM python:3.12\n",
   "model/train": { content: "#!/usr/bin/env python3\nprint('hi')\n", executable: true },
   "model/requirements.txt": "numpy\n",
   "model/a-b.txt": "dash sorts before slash\n",
@@ -299,33 +299,48 @@ describe("hashTree: ignore rules", () => {
   }
 
   it("always skips .git, .kaos, node_modules and __pycache__ at any depth", async () => {
-    await expectLeftOut(makeTemporaryDirectory(), { "keep.txt": "kept", "sub/keep.txt": "kept" }, {
-      ".git/HEAD": "ref",
-      ".kaos/state.db": "db",
-      "node_modules/x/index.js": "x",
-      "sub/__pycache__/m.pyc": "pyc",
-      "sub/node_modules/y.js": "y",
-      "sub/deeper/.git": "gitdir: elsewhere",
-    });
+    await expectLeftOut(
+      makeTemporaryDirectory(),
+      { "keep.txt": "kept", "sub/keep.txt": "kept" },
+      {
+        ".git/HEAD": "ref",
+        ".kaos/state.db": "db",
+        "node_modules/x/index.js": "x",
+        "sub/__pycache__/m.pyc": "pyc",
+        "sub/node_modules/y.js": "y",
+        "sub/deeper/.git": "gitdir: elsewhere",
+      },
+    );
   });
 
   it("leaves out editors' swap, lock and autosave files and folder metadata, but keeps backups and .tmp files", async () => {
     const root = makeTemporaryDirectory();
-    await expectLeftOut(root, { "sub/data.csv": "1\n", "train.py": "print(1)\n" }, {
-      ".train.py.swp": "vim",
-      "sub/.data.csv.swo": "vim",
-      "#train.py#": "emacs autosave",
-      ".DS_Store": "finder",
-      "sub/data.csv.kate-swp": "kate",
-      ".~lock.data.csv#": "libreoffice",
-      ".goutputstream-X1Y2Z3": "gnome",
-      "train.py___jb_tmp___": "jetbrains",
-      "sub/data.csv.crswap": "chrome",
-      ".#train.py": { symlink: "user@host.1234:1700000000" },
-    });
+    await expectLeftOut(
+      root,
+      { "sub/data.csv": "1\n", "train.py": "print(1)\n" },
+      {
+        ".train.py.swp": "vim",
+        "sub/.data.csv.swo": "vim",
+        "#train.py#": "emacs autosave",
+        ".DS_Store": "finder",
+        "sub/data.csv.kate-swp": "kate",
+        ".~lock.data.csv#": "libreoffice",
+        ".goutputstream-X1Y2Z3": "gnome",
+        "train.py___jb_tmp___": "jetbrains",
+        "sub/data.csv.crswap": "chrome",
+        ".#train.py": { symlink: "user@host.1234:1700000000" },
+      },
+    );
 
-    writeTree(root, { "train.py~": "backup", "sub/data.tmp": "kept", "swp": "a name, not a swap file", "notes.swp": "kept" });
-    expect((await hashTree(root)).files.map((file) => file.path)).toEqual(["notes.swp", "sub/data.csv", "sub/data.tmp", "swp", "train.py", "train.py~"]);
+    writeTree(root, { "train.py~": "backup", "sub/data.tmp": "kept", swp: "a name, not a swap file", "notes.swp": "kept" });
+    expect((await hashTree(root)).files.map((file) => file.path)).toEqual([
+      "notes.swp",
+      "sub/data.csv",
+      "sub/data.tmp",
+      "swp",
+      "train.py",
+      "train.py~",
+    ]);
   });
 
   it("applies .kaosignore (with negation), keeps .kaosignore itself in the tree, and takes extra patterns", async () => {
@@ -370,11 +385,19 @@ describe("hashTree: ignore rules", () => {
       "sub/__pycache__/m.pyc": "pyc",
       "node_modules/x.js": "x",
       ".model.swp": "swap",
-      "link": { symlink: "run.log" },
+      link: { symlink: "run.log" },
     });
     execFileSync("mkfifo", [join(root, "pipe")]);
     const result = await hashTree(root, { everyFile: true });
-    expect(result.files.map((file) => file.path)).toEqual([".git/HEAD", ".kaosignore", ".model.swp", "link", "node_modules/x.js", "run.log", "sub/__pycache__/m.pyc"]);
+    expect(result.files.map((file) => file.path)).toEqual([
+      ".git/HEAD",
+      ".kaosignore",
+      ".model.swp",
+      "link",
+      "node_modules/x.js",
+      "run.log",
+      "sub/__pycache__/m.pyc",
+    ]);
     writeFileSync(join(root, "sub/__pycache__/m.pyc"), "changed");
     expect((await hashTree(root, { everyFile: true })).hash).not.toBe(result.hash);
   });
@@ -388,7 +411,7 @@ describe("hashTree: symlinks", () => {
     writeTree(root, {
       "to-file": { symlink: join(outside, "secret.txt") },
       "to-dir": { symlink: join(outside, "dir") },
-      "dangling": { symlink: "does/not/exist" },
+      dangling: { symlink: "does/not/exist" },
     });
     const first = await hashTree(root);
     expect(first.files).toEqual([

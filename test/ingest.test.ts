@@ -111,7 +111,9 @@ describe("ingest over HTTP", () => {
       lines.push({ url: "", path: `${["training", "validation", "test"][i % 3]}/x${String(i).padStart(3, "0")}.csv` });
     }
     const srv = await serve(routes);
-    lines.forEach((line, i) => (line.url = `${srv.url}/f${i}.csv`));
+    lines.forEach((line, i) => {
+      line.url = `${srv.url}/f${i}.csv`;
+    });
     const ws = workspace(lines);
 
     // Six at once: more than one transfer thread.
@@ -125,7 +127,12 @@ describe("ingest over HTTP", () => {
     expect(fs.readdirSync(ws.dataDir).sort()).toEqual(["test", "training", "validation"]);
     const lock = readLock(ws.manifest);
     expect(Object.keys(lock?.entries ?? {})).toHaveLength(120);
-    expect(lock?.entries["validation/x001.csv"]).toEqual({ url: `${srv.url}/f1.csv`, sha256: sha256("file 1\n".repeat(2)), size: 14, etag: '"e1"' });
+    expect(lock?.entries["validation/x001.csv"]).toEqual({
+      url: `${srv.url}/f1.csv`,
+      sha256: sha256("file 1\n".repeat(2)),
+      size: 14,
+      etag: '"e1"',
+    });
     expect(result.dataKey).toBe(manifestDataKey(readManifest(ws.manifest), lock));
     // Data files are links to read-only objects.
     const stat = fs.statSync(path.join(ws.dataDir, "training/x000.csv"));
@@ -356,7 +363,11 @@ describe("ingest over HTTP", () => {
   });
 
   it("follows redirects, and stops a redirect loop at the limit", async () => {
-    const srv = await serve({ "/old": { redirect: "/new", redirectStatus: 301 }, "/new": { body: "moved here" }, "/loop": { redirect: "/loop" } });
+    const srv = await serve({
+      "/old": { redirect: "/new", redirectStatus: 301 },
+      "/new": { body: "moved here" },
+      "/loop": { redirect: "/loop" },
+    });
     const ws = workspace([
       { url: `${srv.url}/old`, path: "moved.txt" },
       { url: `${srv.url}/loop`, path: "loop.txt" },
@@ -401,7 +412,9 @@ describe("ingest over HTTP", () => {
       { url: pathToFileURL(path.join(root, "nope.csv")).href, path: "nope.csv" },
     ]);
     const error = await runFailing(ws);
-    expect(error.message).toContain(`nope.csv (${pathToFileURL(path.join(root, "nope.csv")).href}): file not found: ${path.join(root, "nope.csv")}`);
+    expect(error.message).toContain(
+      `nope.csv (${pathToFileURL(path.join(root, "nope.csv")).href}): file not found: ${path.join(root, "nope.csv")}`,
+    );
     expect(readData(ws, "local.csv")).toBe("1,2,3\n");
     // A copy, not a link to the user's file.
     expect(fs.statSync(path.join(ws.dataDir, "local.csv")).ino).not.toBe(fs.statSync(source).ino);
@@ -426,9 +439,15 @@ describe("ingest over HTTP", () => {
       ]);
       const error = await runFailing(ws);
       const hint = `expected a file inside the project ${root}; to read from another directory, list it in allowFileUrls in kaos.config.ts`;
-      expect(error.message).toContain(`a.txt (${pathToFileURL(secret).href}): ${ws.manifest}:1: may not be read: ${secret} is outside the project ${root}; ${hint}`);
-      expect(error.message).toContain(`${ws.manifest}:2: may not be read: ${root}/sub/link.txt leads through a symlink to ${secret}, outside the project ${root}`);
-      expect(error.message).toContain(`${ws.manifest}:3: may not be read: ${root}/door/secret.txt leads through a symlink to ${secret}, outside the project ${root}`);
+      expect(error.message).toContain(
+        `a.txt (${pathToFileURL(secret).href}): ${ws.manifest}:1: may not be read: ${secret} is outside the project ${root}; ${hint}`,
+      );
+      expect(error.message).toContain(
+        `${ws.manifest}:2: may not be read: ${root}/sub/link.txt leads through a symlink to ${secret}, outside the project ${root}`,
+      );
+      expect(error.message).toContain(
+        `${ws.manifest}:3: may not be read: ${root}/door/secret.txt leads through a symlink to ${secret}, outside the project ${root}`,
+      );
       expect(error.message).toContain(`${ws.manifest}:4: may not be read: ${secret} is outside the project ${root}`);
       expect(readData(ws, "mine.txt")).toBe("mine\n");
       expect(storedObjects(ws)).toEqual([sha256("mine\n")]);
@@ -517,12 +536,12 @@ describe("ingest over HTTP", () => {
     const last = seen.at(-1);
     expect(last).toMatchObject({ filesDone: 2, filesTotal: 2, bytesDone: 300_004, bytesTotal: 300_004 });
     expect(seen.every((p, i) => i === 0 || p.filesDone >= (seen[i - 1]?.filesDone ?? 0))).toBe(true);
-    expect(formatIngestProgress({ filesDone: 412, filesTotal: 1000, bytesDone: 412e6, bytesTotal: 1e9, rateBytesPerSec: 350.2e6, etaSec: 1.7 })).toBe(
-      "412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2.0s",
-    );
-    expect(formatIngestProgress({ filesDone: 0, filesTotal: 3, bytesDone: 999, bytesTotal: undefined, rateBytesPerSec: 0, etaSec: undefined })).toBe(
-      "0/3 files  999 B  0 B/s",
-    );
+    expect(
+      formatIngestProgress({ filesDone: 412, filesTotal: 1000, bytesDone: 412e6, bytesTotal: 1e9, rateBytesPerSec: 350.2e6, etaSec: 1.7 }),
+    ).toBe("412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2.0s");
+    expect(
+      formatIngestProgress({ filesDone: 0, filesTotal: 3, bytesDone: 999, bytesTotal: undefined, rateBytesPerSec: 0, etaSec: undefined }),
+    ).toBe("0/3 files  999 B  0 B/s");
     expect(formatIngestProgress({ filesDone: 1, filesTotal: 3, bytesDone: 0, bytesTotal: 5e9, rateBytesPerSec: 4e7, etaSec: 119.2 })).toBe(
       "1/3 files  0 B / 4.7 GiB  38.1 MiB/s  ETA 2m00s",
     );
@@ -540,7 +559,8 @@ describe("ingest over HTTP", () => {
 
   it("on abort, transfers still queued in a transfer thread are never requested", async () => {
     const routes: Record<string, RouteOptions> = {};
-    for (let i = 0; i < 6; i++) routes[`/slow${i}`] = { generated: { size: 1 << 20, seed: i }, chunkSize: 16384, chunkDelayMs: 50, etag: `"s${i}"` };
+    for (let i = 0; i < 6; i++)
+      routes[`/slow${i}`] = { generated: { size: 1 << 20, seed: i }, chunkSize: 16384, chunkDelayMs: 50, etag: `"s${i}"` };
     const srv = await serve(routes);
     const ws = workspace(Array.from({ length: 6 }, (_, i) => ({ url: `${srv.url}/slow${i}`, path: `slow${i}.bin` })));
     const controller = new AbortController();
@@ -573,7 +593,12 @@ describe("ingest over HTTP", () => {
     fs.mkdirSync(dir);
     writeManifest(path.join(dir, "part1"), [{ url: `${srv.url}/a`, path: "a.txt" }]);
     writeManifest(path.join(dir, "part2"), [{ url: `${srv.url}/b`, path: "b.txt" }]);
-    const ws: Workspace = { root, manifest: dir, objects: new ObjectStore(path.join(root, ".kaos", "objects")), dataDir: path.join(root, ".kaos", "data", "d") };
+    const ws: Workspace = {
+      root,
+      manifest: dir,
+      objects: new ObjectStore(path.join(root, ".kaos", "objects")),
+      dataDir: path.join(root, ".kaos", "data", "d"),
+    };
     const first = await run(ws);
     expect(fs.existsSync(path.join(dir, "kaos.lock"))).toBe(true);
     expect(readManifest(dir)).toHaveLength(2);
@@ -583,7 +608,10 @@ describe("ingest over HTTP", () => {
   });
 
   it("shows a new data directory only once every entry is settled", async () => {
-    const srv = await serve({ "/quick": { body: "quick" }, "/slow": { generated: { size: 256 * 1024 }, chunkSize: 16 * 1024, chunkDelayMs: 30 } });
+    const srv = await serve({
+      "/quick": { body: "quick" },
+      "/slow": { generated: { size: 256 * 1024 }, chunkSize: 16 * 1024, chunkDelayMs: 30 },
+    });
     const ws = workspace([
       { url: `${srv.url}/quick`, path: "quick.txt" },
       { url: `${srv.url}/slow`, path: "slow.bin" },
@@ -604,7 +632,10 @@ describe("ingest over HTTP", () => {
   });
 
   it("keeps the old content of an existing data directory visible until the new content is complete", async () => {
-    const srv = await serve({ "/v1": { body: "old content" }, "/v2": { generated: { size: 256 * 1024, seed: 2 }, chunkSize: 16 * 1024, chunkDelayMs: 30 } });
+    const srv = await serve({
+      "/v1": { body: "old content" },
+      "/v2": { generated: { size: 256 * 1024, seed: 2 }, chunkSize: 16 * 1024, chunkDelayMs: 30 },
+    });
     const ws = workspace([{ url: `${srv.url}/v1`, path: "data.bin" }]);
     await run(ws);
     writeManifest(ws.manifest, [{ url: `${srv.url}/v2`, path: "data.bin" }]);
@@ -617,11 +648,16 @@ describe("ingest over HTTP", () => {
   });
 
   it("says that a server asked to wait, and fails at once, naming the URL and line, when the wait asked is longer than kaos waits", async () => {
-    const srv = await serve({ "/busy": { body: "later", statuses: [503], retryAfter: "1" }, "/away": { status: 503, retryAfter: "99999" } });
+    const srv = await serve({
+      "/busy": { body: "later", statuses: [503], retryAfter: "1" },
+      "/away": { status: 503, retryAfter: "99999" },
+    });
     const ws = workspace([{ url: `${srv.url}/busy`, path: "busy.txt" }]);
     const notices: string[] = [];
     await run(ws, { onNotice: (message) => notices.push(message) });
-    expect(notices).toEqual([`${srv.url}/busy (${ws.manifest}:1): HTTP 503 Service Unavailable; the server asks kaos to wait 1 s (Retry-After), retrying in 1 s`]);
+    expect(notices).toEqual([
+      `${srv.url}/busy (${ws.manifest}:1): HTTP 503 Service Unavailable; the server asks kaos to wait 1 s (Retry-After), retrying in 1 s`,
+    ]);
     expect(readData(ws, "busy.txt")).toBe("later");
 
     // With the default cap (60 s) this would otherwise wait four times in silence.
@@ -682,7 +718,9 @@ describe("ingest over HTTP", () => {
       "b.csv": { url: `${srv.url}/b.csv?version=3`, sha256: sha256("beta"), size: 4 },
       "c.csv": { url: `${srv.url}/c.csv?name=c&v1`, sha256: sha256("gamma"), size: 5 },
     });
-    expect(srv.requests.find((request) => request.path === "/a.csv")?.headers.authorization).toBe(`Basic ${Buffer.from("user:tok3n-one").toString("base64")}`);
+    expect(srv.requests.find((request) => request.path === "/a.csv")?.headers.authorization).toBe(
+      `Basic ${Buffer.from("user:tok3n-one").toString("base64")}`,
+    );
 
     // New credentials, new signature, same content: no request, same key, the lock untouched.
     const requests = srv.requests.length;
@@ -707,7 +745,12 @@ describe("ingest over HTTP", () => {
     await ws.objects.putFile(object);
     fs.writeFileSync(
       lockPathFor(ws.manifest),
-      JSON.stringify({ version: 1, entries: { "a.csv": { url: `http://user:old-secret@127.0.0.1:${srv.port}/a.csv?token=old-token`, sha256: sha256("alpha"), size: 5 } } }),
+      JSON.stringify({
+        version: 1,
+        entries: {
+          "a.csv": { url: `http://user:old-secret@127.0.0.1:${srv.port}/a.csv?token=old-token`, sha256: sha256("alpha"), size: 5 },
+        },
+      }),
     );
     writeManifest(ws.manifest, [{ url: `http://user:new-secret@127.0.0.1:${srv.port}/a.csv?token=new-token`, path: "a.csv" }]);
     const result = await run(ws);
@@ -759,10 +802,14 @@ console.log(JSON.stringify({ before, peak, bytes: result.bytesDownloaded }));
     );
     const warmDataDir = path.join(root, ".kaos", "data", "warm");
     const output = await new Promise<string>((resolve, reject) => {
-      const child = spawn(process.execPath, ["--expose-gc", "--import", "jiti/register", script, ws.manifest, warmManifest, ws.objects.dir, ws.dataDir, warmDataDir], {
-        cwd: repoRoot,
-        stdio: ["ignore", "pipe", "inherit"],
-      });
+      const child = spawn(
+        process.execPath,
+        ["--expose-gc", "--import", "jiti/register", script, ws.manifest, warmManifest, ws.objects.dir, ws.dataDir, warmDataDir],
+        {
+          cwd: repoRoot,
+          stdio: ["ignore", "pipe", "inherit"],
+        },
+      );
       let stdout = "";
       child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
       child.on("error", reject);
@@ -773,6 +820,8 @@ console.log(JSON.stringify({ before, peak, bytes: result.bytesDownloaded }));
     expect(peak - before).toBeLessThan(100 * 1024 * 1024);
     expect(fs.statSync(path.join(ws.dataDir, "huge.bin")).size).toBe(size);
     // The helper's generated content is what the test expects it to be.
-    expect(fs.readFileSync(path.join(ws.dataDir, "huge.bin")).subarray(5 << 20, (5 << 20) + 64)).toEqual(generatedBytes(11, 5 << 20, (5 << 20) + 64));
+    expect(fs.readFileSync(path.join(ws.dataDir, "huge.bin")).subarray(5 << 20, (5 << 20) + 64)).toEqual(
+      generatedBytes(11, 5 << 20, (5 << 20) + 64),
+    );
   });
 });

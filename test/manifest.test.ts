@@ -89,21 +89,48 @@ describe("readManifest", () => {
 
   it.each([
     [`[1, 2]`, `M:1: line is an array — expected a JSON object like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`],
-    [`"just a string"`, `M:1: line is a string — expected a JSON object like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`],
+    [
+      `"just a string"`,
+      `M:1: line is a string — expected a JSON object like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`,
+    ],
     [`null`, `M:1: line is null — expected a JSON object like {"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`],
     [`{"path": "a"}`, `M:1: missing "url" — expected a string URL with scheme http, https or file`],
     [`{"url": 7, "path": "a"}`, `M:1: "url" is a number — expected a string URL with scheme http, https or file`],
-    [`{"url": "not a url", "path": "a"}`, `M:1: "url" "not a url" is not a valid URL — expected an absolute URL such as https://example.com/a.csv`],
+    [
+      `{"url": "not a url", "path": "a"}`,
+      `M:1: "url" "not a url" is not a valid URL — expected an absolute URL such as https://example.com/a.csv`,
+    ],
     [`{"url": "ftp://example.com/a", "path": "a"}`, `M:1: "url" has unsupported scheme "ftp" — expected http, https or file`],
     [`{"url": "s3://bucket/a", "path": "a"}`, `M:1: "url" has unsupported scheme "s3" — expected http, https or file`],
-    [`{"url": "file://server/share/a", "path": "a"}`, `M:1: "url" names host "server" in a file URL — expected file:///absolute/path (no host)`],
+    [
+      `{"url": "file://server/share/a", "path": "a"}`,
+      `M:1: "url" names host "server" in a file URL — expected file:///absolute/path (no host)`,
+    ],
     [`{"url": "https://x/a"}`, `M:1: missing "path" — expected a relative path inside the data directory, such as "train/a.csv"`],
-    [`{"url": "https://x/a", "path": ["a"]}`, `M:1: "path" is an array — expected a relative path inside the data directory, such as "train/a.csv"`],
-    [`{"url": "https://x/a", "path": "a", "sha256": "abc"}`, `M:1: "sha256" "abc" is not 64 hex digits — expected the SHA-256 of the file's content in hex`],
-    [`{"url": "https://x/a", "path": "a", "sha256": 5}`, `M:1: "sha256" 5 is not 64 hex digits — expected the SHA-256 of the file's content in hex`],
-    [`{"url": "https://x/a", "path": "a", "size": -1}`, `M:1: "size" -1 is not a non-negative integer — expected the file's length in bytes`],
-    [`{"url": "https://x/a", "path": "a", "size": 1.5}`, `M:1: "size" 1.5 is not a non-negative integer — expected the file's length in bytes`],
-    [`{"url": "https://x/a", "path": "a", "size": "10"}`, `M:1: "size" "10" is not a non-negative integer — expected the file's length in bytes`],
+    [
+      `{"url": "https://x/a", "path": ["a"]}`,
+      `M:1: "path" is an array — expected a relative path inside the data directory, such as "train/a.csv"`,
+    ],
+    [
+      `{"url": "https://x/a", "path": "a", "sha256": "abc"}`,
+      `M:1: "sha256" "abc" is not 64 hex digits — expected the SHA-256 of the file's content in hex`,
+    ],
+    [
+      `{"url": "https://x/a", "path": "a", "sha256": 5}`,
+      `M:1: "sha256" 5 is not 64 hex digits — expected the SHA-256 of the file's content in hex`,
+    ],
+    [
+      `{"url": "https://x/a", "path": "a", "size": -1}`,
+      `M:1: "size" -1 is not a non-negative integer — expected the file's length in bytes`,
+    ],
+    [
+      `{"url": "https://x/a", "path": "a", "size": 1.5}`,
+      `M:1: "size" 1.5 is not a non-negative integer — expected the file's length in bytes`,
+    ],
+    [
+      `{"url": "https://x/a", "path": "a", "size": "10"}`,
+      `M:1: "size" "10" is not a non-negative integer — expected the file's length in bytes`,
+    ],
     [`{"url": "https://x/a", "path": "a", "md5": "x"}`, `M:1: unknown key "md5" — expected only "url", "path", "sha256" and "size"`],
   ])("rejects %s with an exact message", (line, message) => {
     expect(errorFor([line])).toBe(message);
@@ -141,7 +168,9 @@ describe("readManifest", () => {
     );
     const one = manifestFile(`{"url": "https://x/1", "path": "same"}\n`, "dir/1");
     const two = manifestFile(`\n{"url": "https://x/2", "path": "same"}\n`, "dir/2");
-    expect(() => readManifest(path.join(root, "dir"))).toThrow(`${two}:2: duplicate path "same" (first at ${one}:1) — expected each path once`);
+    expect(() => readManifest(path.join(root, "dir"))).toThrow(
+      `${two}:2: duplicate path "same" (first at ${one}:1) — expected each path once`,
+    );
   });
 
   it("rejects a path that is both a file and a folder", () => {
@@ -212,7 +241,10 @@ describe("the lock", () => {
     const file = manifestFile(ok);
     fs.writeFileSync(`${file}.lock`, "{ nope");
     expect(() => readLock(file)).toThrow(`${file}.lock: the lock is not valid JSON`);
-    fs.writeFileSync(`${file}.lock`, JSON.stringify({ version: 1, entries: { "a.csv": { url: "https://x/a", sha256: "short", size: 1 } } }));
+    fs.writeFileSync(
+      `${file}.lock`,
+      JSON.stringify({ version: 1, entries: { "a.csv": { url: "https://x/a", sha256: "short", size: 1 } } }),
+    );
     let error: unknown;
     try {
       readLock(file);
@@ -221,7 +253,9 @@ describe("the lock", () => {
     }
     expect(error).toBeInstanceOf(KaosError);
     expect((error as KaosError).code).toBe("MANIFEST_INVALID");
-    expect((error as KaosError).message).toBe(`${file}.lock: the lock is invalid at entries.a.csv.sha256: expected 64 lowercase hex digits`);
+    expect((error as KaosError).message).toBe(
+      `${file}.lock: the lock is invalid at entries.a.csv.sha256: expected 64 lowercase hex digits`,
+    );
     expect((error as KaosError).hint).toBe(`Delete ${file}.lock and run again: the manifest's content is then fetched and pinned afresh.`);
     fs.writeFileSync(`${file}.lock`, JSON.stringify({ version: 2, entries: {} }));
     expect(() => readLock(file)).toThrow(`${file}.lock: the lock is invalid at version`);
@@ -229,7 +263,13 @@ describe("the lock", () => {
 });
 
 describe("manifestDataKey", () => {
-  const entry = (p: string, url: string, sha256?: string): ManifestEntry => ({ url, path: p, file: "m", line: 1, ...(sha256 === undefined ? {} : { sha256 }) });
+  const entry = (p: string, url: string, sha256?: string): ManifestEntry => ({
+    url,
+    path: p,
+    file: "m",
+    line: 1,
+    ...(sha256 === undefined ? {} : { sha256 }),
+  });
   const pin = (url: string, sha256: string, size = 1) => ({ url, sha256, size });
 
   it("is undefined until every entry has a known content hash", () => {

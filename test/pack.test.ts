@@ -1,6 +1,17 @@
 import { describe, it, expect, afterEach } from "vitest";
 import { createHash } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { Writable } from "node:stream";
@@ -219,7 +230,14 @@ describe("deterministic packing", () => {
   it("walks a bundle without .git, .kaos, node_modules, __pycache__ and editors' swap and lock files, as hashing does", async () => {
     const dir = tempDir();
     writeTree(dir, TREE);
-    for (const skipped of [".git/HEAD", ".kaos/state.db", "node_modules/x/index.js", "model/__pycache__/m.pyc", "model/.train.swp", ".DS_Store"]) {
+    for (const skipped of [
+      ".git/HEAD",
+      ".kaos/state.db",
+      "node_modules/x/index.js",
+      "model/__pycache__/m.pyc",
+      "model/.train.swp",
+      ".DS_Store",
+    ]) {
       mkdirSync(dirname(join(dir, skipped)), { recursive: true });
       writeFileSync(join(dir, skipped), "skip me");
     }

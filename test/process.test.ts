@@ -13,7 +13,10 @@ afterEach(() => {
 
 /** A job's first process, which forks a child into a session of its own (as a daemon would) and waits. */
 async function jobWithDaemon(jobId: string): Promise<{ start: JobStart; daemon: number }> {
-  const child = spawn("sh", ["-c", 'setsid sleep 30 & echo $!; wait'], { env: { ...process.env, [JOB_TAG]: jobId }, stdio: ["ignore", "pipe", "ignore"] });
+  const child = spawn("sh", ["-c", "setsid sleep 30 & echo $!; wait"], {
+    env: { ...process.env, [JOB_TAG]: jobId },
+    stdio: ["ignore", "pipe", "ignore"],
+  });
   started.push(child);
   const daemon = await new Promise<number>((done) => child.stdout!.once("data", (chunk: Buffer) => done(Number(String(chunk).trim()))));
   return { start: { pid: child.pid!, ticks: processStartTicks(child.pid!), startedAtMs: Date.now() }, daemon };
@@ -24,7 +27,10 @@ describe("finding a job's processes by its tag (Linux /proc)", () => {
     const jobId = randomBytes(5).toString("hex");
     const { start, daemon } = await jobWithDaemon(jobId);
     const other = await jobWithDaemon(randomBytes(5).toString("hex"));
-    const pids = (since?: JobStart) => processesOfJob(jobId, since).map((found) => found.pid).sort();
+    const pids = (since?: JobStart) =>
+      processesOfJob(jobId, since)
+        .map((found) => found.pid)
+        .sort();
     const expected = [start.pid, daemon].sort();
     // Looking among the pids allocated since the job started, among all of them, and for a job started long ago.
     expect(pids(start)).toEqual(expected);
@@ -33,18 +39,25 @@ describe("finding a job's processes by its tag (Linux /proc)", () => {
     expect(pids(start)).not.toContain(other.daemon);
   });
 
-  it.runIf(linux)("looks only above the job's first pid while the job is short: a process older than the job is not one of it", async () => {
-    const jobId = randomBytes(5).toString("hex");
-    const { start, daemon } = await jobWithDaemon(jobId);
-    // A process started after the job's: as if the job had started then, none of its processes lies in the range.
-    const later = spawn("true");
-    await new Promise((done) => later.on("exit", done));
-    const since: JobStart = { pid: later.pid!, ticks: undefined, startedAtMs: Date.now() };
-    expect(Number(readFileSync("/proc/sys/kernel/ns_last_pid", "utf8"))).toBeGreaterThanOrEqual(since.pid);
-    expect(processesOfJob(jobId, since)).toEqual([]);
-    // The same, for a job started long ago: the counter may have wrapped, so every process is looked at.
-    expect(processesOfJob(jobId, { ...since, startedAtMs: Date.now() - 3_600_000 }).map((found) => found.pid).sort()).toEqual([start.pid, daemon].sort());
-  });
+  it.runIf(linux)(
+    "looks only above the job's first pid while the job is short: a process older than the job is not one of it",
+    async () => {
+      const jobId = randomBytes(5).toString("hex");
+      const { start, daemon } = await jobWithDaemon(jobId);
+      // A process started after the job's: as if the job had started then, none of its processes lies in the range.
+      const later = spawn("true");
+      await new Promise((done) => later.on("exit", done));
+      const since: JobStart = { pid: later.pid!, ticks: undefined, startedAtMs: Date.now() };
+      expect(Number(readFileSync("/proc/sys/kernel/ns_last_pid", "utf8"))).toBeGreaterThanOrEqual(since.pid);
+      expect(processesOfJob(jobId, since)).toEqual([]);
+      // The same, for a job started long ago: the counter may have wrapped, so every process is looked at.
+      expect(
+        processesOfJob(jobId, { ...since, startedAtMs: Date.now() - 3_600_000 })
+          .map((found) => found.pid)
+          .sort(),
+      ).toEqual([start.pid, daemon].sort());
+    },
+  );
 
   it.runIf(linux)("signalJob stops every tagged process, the daemon included", async () => {
     const jobId = randomBytes(5).toString("hex");

@@ -1,9 +1,28 @@
-import { appendFileSync, chmodSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { checkSeal, markSealed, releaseSeal, removeAbandonedTemporaries, sealTree, writtenSinceSeal, type Seal } from "../src/core/snapshot.js";
+import {
+  checkSeal,
+  markSealed,
+  releaseSeal,
+  removeAbandonedTemporaries,
+  sealTree,
+  writtenSinceSeal,
+  type Seal,
+} from "../src/core/snapshot.js";
 
 let root: string;
 const seals: Seal[] = [];
@@ -37,10 +56,14 @@ const changes: [string, () => void, string][] = [
   ["a write into a file deep down", () => appendFileSync(join(root, "a", "b", "deep.txt"), "more"), "a/b/deep.txt"],
   ["a new file", () => writeFileSync(join(root, "a", "new.txt"), "new"), "a"],
   ["a removed file", () => unlinkSync(join(root, "top.txt")), "top.txt"],
-  ["a same-size write whose time is set back", () => {
-    writeFileSync(join(root, "top.txt"), "TOP");
-    utimesSync(join(root, "top.txt"), new Date(0), new Date(0));
-  }, "top.txt"],
+  [
+    "a same-size write whose time is set back",
+    () => {
+      writeFileSync(join(root, "top.txt"), "TOP");
+      utimesSync(join(root, "top.txt"), new Date(0), new Date(0));
+    },
+    "top.txt",
+  ],
 ];
 
 describe("data view seals", () => {
@@ -106,13 +129,20 @@ describe("what was written into a view after its seal, found after a crash", () 
     markSealed(seal());
     writeFileSync(join(root, "top.txt"), "TOP");
     utimesSync(join(root, "top.txt"), new Date(0), new Date(0));
-    expect(writtenSinceSeal(root)).toEqual({ files: [{ path: join(root, "top.txt"), inode: inode(join(root, "top.txt")) }], directories: false });
+    expect(writtenSinceSeal(root)).toEqual({
+      files: [{ path: join(root, "top.txt"), inode: inode(join(root, "top.txt")) }],
+      directories: false,
+    });
     writeFileSync(join(root, "a", "new.txt"), "new");
     expect(writtenSinceSeal(root)?.directories).toBe(true);
   });
 
   it("suspects every file when the seal's time was never recorded", () => {
-    expect(writtenSinceSeal(root)?.files.map((file) => file.path).sort()).toEqual([join(root, "a", "b", "deep.txt"), join(root, "top.txt")]);
+    expect(
+      writtenSinceSeal(root)
+        ?.files.map((file) => file.path)
+        .sort(),
+    ).toEqual([join(root, "a", "b", "deep.txt"), join(root, "top.txt")]);
   });
 });
 

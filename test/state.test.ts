@@ -6,14 +6,7 @@ import { fileURLToPath } from "node:url";
 import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/core/errors.js";
-import {
-  INTERRUPTED_REASON,
-  SCHEMA_VERSION,
-  StateStore,
-  type JobRecord,
-  type NewJob,
-  type StatCacheEntry,
-} from "../src/core/state.js";
+import { INTERRUPTED_REASON, SCHEMA_VERSION, StateStore, type JobRecord, type NewJob, type StatCacheEntry } from "../src/core/state.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url));
 const stateSource = join(repoRoot, "src", "core", "state.ts");
@@ -79,7 +72,12 @@ function expectKaosError(action: () => unknown, code: string): KaosError {
  * A separate node process running the real src/state.ts (through jiti, which the
  * project already uses to load kaos.config.ts). `StateStore` is in scope in body.
  */
-function startChild(body: string): { child: ChildProcessWithoutNullStreams; lines: string[]; waitFor(line: string): Promise<void>; exited: Promise<number | null> } {
+function startChild(body: string): {
+  child: ChildProcessWithoutNullStreams;
+  lines: string[];
+  waitFor(line: string): Promise<void>;
+  exited: Promise<number | null>;
+} {
   const script = `import { createJiti } from "jiti";
 const { StateStore } = await createJiti(import.meta.url).import(${JSON.stringify(stateSource)});
 const say = (line) => process.stdout.write(line + "\\n");
@@ -95,8 +93,7 @@ ${body}`;
   child.stderr.on("data", (text: string) => (stderr += text));
   child.stdout.on("data", (text: string) => {
     pending += text;
-    let newline: number;
-    while ((newline = pending.indexOf("\n")) >= 0) {
+    for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
       const line = pending.slice(0, newline);
       pending = pending.slice(newline + 1);
       lines.push(line);
@@ -117,9 +114,7 @@ ${body}`;
     lines,
     exited,
     waitFor: (line) =>
-      lines.includes(line)
-        ? Promise.resolve()
-        : new Promise<void>((resolve, reject) => waiters.push({ line, resolve, reject })),
+      lines.includes(line) ? Promise.resolve() : new Promise<void>((resolve, reject) => waiters.push({ line, resolve, reject })),
   };
 }
 
@@ -298,7 +293,9 @@ describe("runs and jobs", () => {
     const target = jobs[17]!;
     expect(store.resolveJob(target.id).id).toBe(target.id);
     expect(store.resolveJob(target.id.toUpperCase()).id).toBe(target.id);
-    const unique = [...Array(10).keys()].map((n) => target.id.slice(0, n + 1)).find((prefix) => jobs.filter((j) => j.id.startsWith(prefix)).length === 1)!;
+    const unique = [...Array(10).keys()]
+      .map((n) => target.id.slice(0, n + 1))
+      .find((prefix) => jobs.filter((j) => j.id.startsWith(prefix)).length === 1)!;
     expect(store.resolveJob(unique).id).toBe(target.id);
 
     const none = expectKaosError(() => store.resolveJob("uuu"), "JOB_NOT_FOUND");
@@ -442,7 +439,9 @@ describe("writer lock", () => {
     const store = open(root);
     const refused = expectKaosError(() => store.acquireWriter("local", "kaos watch"), "STATE_LOCKED");
     expect(refused.message).toMatch(
-      new RegExp(`^another kaos \\(pid ${holder.child.pid}, \`kaos up\`, started at \\d{4}-\\d\\d-\\d\\dT[^)]+\\) is applying stack 'local' in `),
+      new RegExp(
+        `^another kaos \\(pid ${holder.child.pid}, \`kaos up\`, started at \\d{4}-\\d\\d-\\d\\dT[^)]+\\) is applying stack 'local' in `,
+      ),
     );
     expect(refused.message).toContain(root);
     expect(refused.message).toContain("wait for it to finish or stop it");
@@ -649,7 +648,11 @@ describe("stat cache", () => {
     store.statCache().save("/s", hex, 1n);
     store.statCache().load("/s");
     // Unchanged: only the time moves.
-    store.statCache().save("/s", hex.map((e) => ({ ...e })), 2n);
+    store.statCache().save(
+      "/s",
+      hex.map((e) => ({ ...e })),
+      2n,
+    );
     expect(store.statCache().savedAt?.("/s")).toBe(2n);
     const changed = hex.map((e, i) => (i === 10 ? { ...e, mtimeNs: e.mtimeNs + 1n } : e));
     store.statCache().save("/s", changed, 3n);

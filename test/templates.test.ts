@@ -1,10 +1,14 @@
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync } from "node:fs";
 import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { CLI, makeProject, REPO_ROOT, runKaos, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
-afterAll(() => projects.forEach((project) => project.remove()));
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
 
 function tempProject(files = {}): Project {
   const project = makeProject(files, "kaos-template-");
@@ -52,7 +56,11 @@ describe("kaos template get (built CLI)", () => {
   });
 
   it("copies into a non-empty directory, leaving the files that were there alone", async () => {
-    const project = tempProject({ "package.json": '{ "name": "mine" }\n', "node_modules/some-package/index.js": "x\n", "notes.txt": "mine\n" });
+    const project = tempProject({
+      "package.json": '{ "name": "mine" }\n',
+      "node_modules/some-package/index.js": "x\n",
+      "notes.txt": "mine\n",
+    });
     const result = await runKaos(["template", "get", "--name", "mnist", "-o", "."], { cwd: project.dir });
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toBe(`copied template mnist (${EXPECTED.length} files) into .\nnext: npx kaos up\n`);
@@ -67,7 +75,9 @@ describe("kaos template get (built CLI)", () => {
     const result = await runKaos(["template", "get", "--name", "mnist", "-o", "."], { cwd: project.dir });
     expect(result.code).toBe(1);
     expect(result.stdout).toBe("");
-    expect(result.stderr).toContain("error: copying template mnist into . would overwrite these 2 files; nothing was copied\n  README.md\n  hyperopt/params.json\n");
+    expect(result.stderr).toContain(
+      "error: copying template mnist into . would overwrite these 2 files; nothing was copied\n  README.md\n  hyperopt/params.json\n",
+    );
     expect(filesUnder(project.dir)).toEqual(["README.md", "hyperopt/params.json", "other.txt"]);
     expect(readFileSync(project.path("README.md"), "utf8")).toBe("my readme\n");
 
@@ -75,14 +85,18 @@ describe("kaos template get (built CLI)", () => {
     expect((await runKaos(["template", "get", "--name", "mnist"], { cwd: again.dir })).code).toBe(0);
     const twice = await runKaos(["template", "get", "--name", "mnist"], { cwd: again.dir });
     expect(twice.code).toBe(1);
-    expect(twice.stderr).toContain(`error: copying template mnist into mnist would overwrite these ${EXPECTED.length - 1} files; nothing was copied\n  mnist/README.md\n`);
+    expect(twice.stderr).toContain(
+      `error: copying template mnist into mnist would overwrite these ${EXPECTED.length - 1} files; nothing was copied\n  mnist/README.md\n`,
+    );
   });
 
   it("adds .kaos/ to an existing .gitignore instead of refusing it", async () => {
     const project = tempProject({ ".gitignore": "dist/\n.kaos\n*.log" });
     const result = await runKaos(["template", "get", "--name", "mnist", "-o", "."], { cwd: project.dir });
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toContain(`copied template mnist (${EXPECTED.length - 1} files) into .\nadded __pycache__/, node_modules/ to .gitignore\n`);
+    expect(result.stdout).toContain(
+      `copied template mnist (${EXPECTED.length - 1} files) into .\nadded __pycache__/, node_modules/ to .gitignore\n`,
+    );
     expect(readFileSync(project.path(".gitignore"), "utf8")).toBe("dist/\n.kaos\n*.log\n__pycache__/\nnode_modules/\n");
   });
 
@@ -106,7 +120,15 @@ describe("kaos template get (built CLI)", () => {
     const readme = readFileSync(join(TEMPLATE, "README.md"), "utf8");
     expect(readme).toContain(`\`\`\`ts\n${readFileSync(join(TEMPLATE, "kaos.config.ts"), "utf8")}\`\`\``);
     const rows = (split: string) =>
-      filesUnder(join(TEMPLATE, "data/features", split)).reduce((sum, file) => sum + readFileSync(join(TEMPLATE, "data/features", split, file), "utf8").trim().split("\n").length - 1, 0);
+      filesUnder(join(TEMPLATE, "data/features", split)).reduce(
+        (sum, file) =>
+          sum +
+          readFileSync(join(TEMPLATE, "data/features", split, file), "utf8")
+            .trim()
+            .split("\n").length -
+          1,
+        0,
+      );
     const files = (split: string) => filesUnder(join(TEMPLATE, "data/features", split)).length;
     const count = (n: number) => n.toLocaleString("en-US");
     expect(readme).toContain(`training/xaaa.csv ...       ${count(rows("training"))} rows in ${files("training")} files of up to 200`);
@@ -119,7 +141,9 @@ describe("kaos template get (built CLI)", () => {
     expect(readme).toContain(`hyperopt/params.json          ${JSON.stringify(grid).replaceAll(",", ", ").replaceAll(":", ": ")}`);
     const jobs = Object.values(grid).reduce((product, values) => product * values.length, 1);
     expect(readme).toContain(`12-job\nhyperparameter grid`);
-    expect(readme).toContain(`once for each of the ${jobs}\ncombinations (${grid["degree"]!.length} degrees x ${grid["kernel"]!.length} kernels x ${grid["gamma"]!.length} gammas)`);
+    expect(readme).toContain(
+      `once for each of the ${jobs}\ncombinations (${grid["degree"]!.length} degrees x ${grid["kernel"]!.length} kernels x ${grid["gamma"]!.length} gammas)`,
+    );
     expect(jobs).toBe(12);
     const config = readFileSync(join(TEMPLATE, "kaos.config.ts"), "utf8");
     const memory = /memory: "([^"]+)"/.exec(config)![1]!;

@@ -5,7 +5,11 @@ import { makeProject, pidAlive, runKaos, sleep, startKaos, type Project } from "
 import { maxConcurrency, readMarks, trainingProject, type ListedJob, type TrainingProjectOptions } from "./helpers/jobs.js";
 
 const projects: Project[] = [];
-afterAll(() => projects.forEach((project) => project.remove()));
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
 
 function project(options: TrainingProjectOptions = {}): Project {
   const made = makeProject(trainingProject(options));
@@ -23,7 +27,6 @@ async function jobs(made: Project): Promise<ListedJob[]> {
   return JSON.parse(result.stdout) as ListedJob[];
 }
 
-
 describe("kaos up on the local backend (built CLI, real venvs and processes)", () => {
   it("builds, trains every combination, records them, and does nothing the second time", async () => {
     const made = project({ grid: { score: [1, 2, 3] }, parallelism: 2 });
@@ -38,7 +41,10 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
 
     const second = await kaos(made, ["up", "--json"]);
     expect(second.code).toBe(0);
-    const result = JSON.parse(second.stdout) as { succeeded: boolean; pipelines: { stages: Record<string, { state: string }>; jobs: { reused: boolean }[] }[] };
+    const result = JSON.parse(second.stdout) as {
+      succeeded: boolean;
+      pipelines: { stages: Record<string, { state: string }>; jobs: { reused: boolean }[] }[];
+    };
     expect(result.succeeded).toBe(true);
     expect(result.pipelines[0]?.stages.build?.state).toBe("skipped");
     expect(result.pipelines[0]?.stages.train?.state).toBe("skipped");
@@ -64,7 +70,13 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect((await kaos(made, ["up"])).code).toBe(0);
     writeFileSync(made.path("data/value.txt"), "v2");
     const plan = await kaos(made, ["plan", "--json"]);
-    const parsed = JSON.parse(plan.stdout) as { pipelines: { stages: Record<string, { action: string }>; jobs: { action: string; reason: string }[]; changes: { data: { changed: number } } }[] };
+    const parsed = JSON.parse(plan.stdout) as {
+      pipelines: {
+        stages: Record<string, { action: string }>;
+        jobs: { action: string; reason: string }[];
+        changes: { data: { changed: number } };
+      }[];
+    };
     expect(parsed.pipelines[0]?.stages.build?.action).toBe("skip");
     expect(parsed.pipelines[0]?.jobs.map((job) => job.action)).toEqual(["run", "run"]);
     expect(parsed.pipelines[0]?.jobs[0]?.reason).toBe("data: 1 changed");
@@ -95,7 +107,12 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const detailed = await kaos(made, ["plan", "--detailed-exitcode"]);
     expect(detailed.code).toBe(2);
     expect((await kaos(made, ["up"])).code).toBe(0);
-    expect(readMarks(made.path("marks.log")).filter((m) => m.what === "start").map((m) => m.params).sort()).toEqual(['{"score": 1}', '{"score": 2}', '{"score": 3}']);
+    expect(
+      readMarks(made.path("marks.log"))
+        .filter((m) => m.what === "start")
+        .map((m) => m.params)
+        .sort(),
+    ).toEqual(['{"score": 1}', '{"score": 2}', '{"score": 3}']);
     expect(readMarks(made.path("marks.log")).filter((m) => m.what === "start")).toHaveLength(3);
     expect((await kaos(made, ["plan", "--detailed-exitcode"])).code).toBe(0);
     const forced = await kaos(made, ["up", "--force"]);
@@ -114,7 +131,9 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const train = (await jobs(made)).filter((job) => job.stage === "train");
     expect(train.filter((job) => job.state === "failed").every((job) => job.exitCode === 3 && job.params.exit === 3)).toBe(true);
     const plan = await kaos(made, ["plan", "--json"]);
-    const jobsPlanned = (JSON.parse(plan.stdout) as { pipelines: { jobs: { action: string; reason: string; params: { exit: number } }[] }[] }).pipelines[0]!.jobs;
+    const jobsPlanned = (
+      JSON.parse(plan.stdout) as { pipelines: { jobs: { action: string; reason: string; params: { exit: number } }[] }[] }
+    ).pipelines[0]!.jobs;
     expect(jobsPlanned.filter((job) => job.action === "run").map((job) => job.params.exit)).toEqual([3, 3]);
     expect(jobsPlanned.find((job) => job.action === "run")?.reason).toBe("previous attempt failed");
   });
@@ -122,15 +141,35 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
   it("two pipelines with the same environment, source, data and params run each job once and share its result", async () => {
     const made = project({ grid: { exit: [0, 3] }, parallelism: 2 });
     const pipeline = { source: "src", data: "data", hyperparams: "grid.json", parallelism: 2 };
-    writeFileSync(made.path("kaos.config.ts"), `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { a: ${JSON.stringify(pipeline)}, b: ${JSON.stringify(pipeline)} } });\n`);
-    const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as { pipelines: { name: string; jobs: { action: string; reason: string }[] }[] };
+    writeFileSync(
+      made.path("kaos.config.ts"),
+      `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { a: ${JSON.stringify(pipeline)}, b: ${JSON.stringify(pipeline)} } });\n`,
+    );
+    const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as {
+      pipelines: { name: string; jobs: { action: string; reason: string }[] }[];
+    };
     expect(plan.pipelines.map((p) => [p.name, p.jobs.map((job) => [job.action, job.reason])])).toEqual([
-      ["a", [["run", "never ran"], ["run", "never ran"]]],
-      ["b", [["run", "identical to a job of pipeline a in this plan: it runs once for both"], ["run", "identical to a job of pipeline a in this plan: it runs once for both"]]],
+      [
+        "a",
+        [
+          ["run", "never ran"],
+          ["run", "never ran"],
+        ],
+      ],
+      [
+        "b",
+        [
+          ["run", "identical to a job of pipeline a in this plan: it runs once for both"],
+          ["run", "identical to a job of pipeline a in this plan: it runs once for both"],
+        ],
+      ],
     ]);
     const result = await kaos(made, ["up", "--json"]);
     expect(result.code, result.stderr).toBe(1);
-    type Outcome = { name: string; jobs: { id: string | null; key: string; params: { exit: number }; state: string; reused: boolean; reason: string | null }[] };
+    type Outcome = {
+      name: string;
+      jobs: { id: string | null; key: string; params: { exit: number }; state: string; reused: boolean; reason: string | null }[];
+    };
     const outcome = JSON.parse(result.stdout) as { pipelines: Outcome[] };
     expect(readMarks(made.path("marks.log")).filter((mark) => mark.what === "start")).toHaveLength(2);
     const all = outcome.pipelines.flatMap((p) => p.jobs.map((job) => ({ ...job, pipeline: p.name })));
@@ -143,8 +182,20 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
       const other = same.find((job) => job !== ran)!;
       expect(ran.reused).toBe(false);
       expect(ran.state).toBe(exit === 0 ? "succeeded" : "failed");
-      if (exit === 0) expect(other).toMatchObject({ id: ran.id, state: "succeeded", reused: true, reason: `identical job ${ran.id} of pipeline ${ran.pipeline} ran in this run` });
-      else expect(other).toMatchObject({ id: null, state: "failed", reused: false, reason: `not run: identical job ${ran.id} of pipeline ${ran.pipeline} failed` });
+      if (exit === 0)
+        expect(other).toMatchObject({
+          id: ran.id,
+          state: "succeeded",
+          reused: true,
+          reason: `identical job ${ran.id} of pipeline ${ran.pipeline} ran in this run`,
+        });
+      else
+        expect(other).toMatchObject({
+          id: null,
+          state: "failed",
+          reused: false,
+          reason: `not run: identical job ${ran.id} of pipeline ${ran.pipeline} failed`,
+        });
     }
     expect((await jobs(made)).filter((job) => job.stage === "train")).toHaveLength(2);
     // The failed key runs again, once, on the next up; the shared success stays shared.
@@ -260,7 +311,9 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const train = (await jobs(made)).filter((job) => job.stage === "train");
     expect(train.map((job) => job.state).sort()).toEqual(["cancelled", "succeeded"]);
     for (const file of readdirSync(made.path("pids"))) expect(pidAlive(Number(readFileSync(made.path("pids", file), "utf8")))).toBe(false);
-    const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as { pipelines: { jobs: { action: string; params: { sleep: number } }[] }[] };
+    const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as {
+      pipelines: { jobs: { action: string; params: { sleep: number } }[] }[];
+    };
     expect(plan.pipelines[0]?.jobs.map((job) => [job.params.sleep, job.action])).toEqual([
       [0, "skip"],
       [30, "run"],
@@ -315,7 +368,22 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const dir = makeProject({}, "kaos-deploy-");
     projects.push(dir);
     const result = await runKaos(
-      ["train", "deploy", "-s", made.path("src"), "-d", made.path("data"), "-h", made.path("grid.json"), "--cpu", "1", "--memory", "512Mi", "-p", "2"],
+      [
+        "train",
+        "deploy",
+        "-s",
+        made.path("src"),
+        "-d",
+        made.path("data"),
+        "-h",
+        made.path("grid.json"),
+        "--cpu",
+        "1",
+        "--memory",
+        "512Mi",
+        "-p",
+        "2",
+      ],
       { cwd: dir.dir },
     );
     expect(result.code, result.stderr).toBe(0);

@@ -14,7 +14,9 @@ import { REPO_ROOT } from "./helpers/rig.js";
 const NODE = process.env["KAOS_TEST_NODE"] ?? process.execPath;
 
 const temps: string[] = [];
-afterAll(() => temps.forEach((dir) => rmSync(dir, { recursive: true, force: true })));
+afterAll(() => {
+  for (const dir of temps) rmSync(dir, { recursive: true, force: true });
+});
 
 function tempDir(prefix: string): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
@@ -37,13 +39,24 @@ function userEnv(): NodeJS.ProcessEnv {
   const bin = tempDir("kaos-user-node-");
   symlinkSync(NODE, join(bin, "node"));
   const repoBin = resolve(REPO_ROOT, "node_modules/.bin");
-  const path = (process.env["PATH"] ?? "").split(delimiter).filter((entry) => entry !== "" && !resolve(entry).startsWith(resolve(REPO_ROOT)));
+  const path = (process.env["PATH"] ?? "")
+    .split(delimiter)
+    .filter((entry) => entry !== "" && !resolve(entry).startsWith(resolve(REPO_ROOT)));
   const env: NodeJS.ProcessEnv = {};
   for (const [key, value] of Object.entries(process.env)) {
-    if (!/^npm_/i.test(key) && key !== "INIT_CWD" && key !== "NODE_OPTIONS" && key !== "NODE" && !key.startsWith("VITEST")) env[key] = value;
+    if (!/^npm_/i.test(key) && key !== "INIT_CWD" && key !== "NODE_OPTIONS" && key !== "NODE" && !key.startsWith("VITEST"))
+      env[key] = value;
   }
   expect(path).not.toContain(repoBin);
-  return { ...env, PATH: [bin, ...path].join(delimiter), NO_COLOR: "1", CI: "true", npm_config_fund: "false", npm_config_audit: "false", npm_config_update_notifier: "false" };
+  return {
+    ...env,
+    PATH: [bin, ...path].join(delimiter),
+    NO_COLOR: "1",
+    CI: "true",
+    npm_config_fund: "false",
+    npm_config_audit: "false",
+    npm_config_update_notifier: "false",
+  };
 }
 
 function run(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<Ran> {

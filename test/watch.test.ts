@@ -12,9 +12,18 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { isIgnoredPath, watchTargets, WatchMachine, type WatchState } from "../src/cli/watch.js";
 import type { ResolvedConfig } from "../src/core/types.js";
-import { makeProject, pidAlive, runKaos, sleep, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
+import {
+  makeProject,
+  pidAlive,
+  runKaos,
+  sleep,
+  startKaos,
+  trivialSourceBundle,
+  under,
+  type LiveKaos,
+  type Project,
+} from "./helpers/rig.js";
 import type { ListedJob } from "./helpers/jobs.js";
-
 
 function trainScript(marks: string): string {
   return `#!/bin/sh
@@ -108,7 +117,6 @@ function pidOf(marks: string, jobId: string): number {
   return Number(readFileSync(join(marks, `pid-${jobId}`), "utf8").trim());
 }
 
-
 async function waitUntil(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
@@ -195,7 +203,18 @@ describe("what watch ignores", () => {
   it("skips state, editor temp files and always-ignored directories, and keeps the rest", () => {
     const targets = watchTargets(config, undefined, config.file, undefined);
     expect(targets.paths).toEqual(["/p", "/p/kaos.config.ts", "/p/params.json", "/p/src"]);
-    for (const path of ["/p/.kaos/jobs/x/out/model.pkl", "/p/src/model/.train.swp", "/p/src/model/train~", "/p/src/4913", "/p/src/.#train", "/p/src/#train#", "/p/.DS_Store", "/p/src/model/__pycache__/m.pyc", "/p/node_modules/x.js", "/p/.git/index"]) {
+    for (const path of [
+      "/p/.kaos/jobs/x/out/model.pkl",
+      "/p/src/model/.train.swp",
+      "/p/src/model/train~",
+      "/p/src/4913",
+      "/p/src/.#train",
+      "/p/src/#train#",
+      "/p/.DS_Store",
+      "/p/src/model/__pycache__/m.pyc",
+      "/p/node_modules/x.js",
+      "/p/.git/index",
+    ]) {
       expect(isIgnoredPath(targets, path), path).toBe(true);
     }
     // Names bundles keep as files of their own.
@@ -383,7 +402,9 @@ describe("kaos watch", () => {
     expect(count(output(kaos), "change detected")).toBe(0);
 
     // An editor's atomic save (write a temp file, rename over the original) does count.
-    writeFileSync(r.project.path("src/model/train.tmp"), readFileSync(r.project.path("src/model/train"), "utf8") + "# edited\n", { mode: 0o755 });
+    writeFileSync(r.project.path("src/model/train.tmp"), readFileSync(r.project.path("src/model/train"), "utf8") + "# edited\n", {
+      mode: 0o755,
+    });
     renameSync(r.project.path("src/model/train.tmp"), r.project.path("src/model/train"));
     await waitCount(kaos, "waiting for changes", 2);
     expect(count(output(kaos), "change detected")).toBe(1);

@@ -115,16 +115,34 @@ function buildProgram(): Command {
     .command("watch")
     .description("run `kaos up`, then rerun it whenever a bundle, manifest, hyperparams, config or stack file changes")
     .addOption(stackOption())
-    .option("--debounce <ms>", "quiet time after the last edit before rerunning (default: the config's watch.debounceMs or 200)", wholeNumber("--debounce", 0))
-    .addOption(new Option("--on-change <mode>", "an edit during a run: restart the affected jobs, or queue one rerun").choices(["restart", "queue"]))
+    .option(
+      "--debounce <ms>",
+      "quiet time after the last edit before rerunning (default: the config's watch.debounceMs or 200)",
+      wholeNumber("--debounce", 0),
+    )
+    .addOption(
+      new Option("--on-change <mode>", "an edit during a run: restart the affected jobs, or queue one rerun").choices(["restart", "queue"]),
+    )
     .option("--poll", "poll for changes instead of using file system events (network file systems)")
     .option("--poll-interval <ms>", "polling interval with --poll", wholeNumber("--poll-interval", 10), 500)
     .option("--force", "rerun everything on the first run")
-    .action(async (options: { stack?: string; debounce?: number; onChange?: "restart" | "queue"; poll?: boolean; pollInterval: number; force?: boolean }, command: Command) => {
-      await warmUp(globals(command).config);
-      const { watchCommand } = await import("./commands.js");
-      setExitStatus(await watchCommand({ ...globals(command), ...options }));
-    });
+    .action(
+      async (
+        options: {
+          stack?: string;
+          debounce?: number;
+          onChange?: "restart" | "queue";
+          poll?: boolean;
+          pollInterval: number;
+          force?: boolean;
+        },
+        command: Command,
+      ) => {
+        await warmUp(globals(command).config);
+        const { watchCommand } = await import("./commands.js");
+        setExitStatus(await watchCommand({ ...globals(command), ...options }));
+      },
+    );
 
   const train = program.command("train").description("run, inspect and manage training jobs");
 
@@ -265,7 +283,6 @@ function buildProgram(): Command {
   return program;
 }
 
-
 /** Turns any failure into a message on stderr and an exit status. */
 async function reportFailure(error: unknown): Promise<number> {
   if (error instanceof CommanderError) {
@@ -284,8 +301,12 @@ async function reportFailure(error: unknown): Promise<number> {
   const { isCorruptionError } = await import("../core/state.js");
   if (isCorruptionError(error)) {
     // Damage met by a read: the writer checks the whole file when it opens, a reader does not.
-    process.stderr.write(`${c.red("error")}: kaos's state database .kaos/state.db is damaged (${error instanceof Error ? error.message : String(error)})\n`);
-    process.stderr.write(`${c.dim("hint")}: move it away (mv .kaos/state.db .kaos/state.db.broken, beside kaos.config.ts) and run kaos again: it starts with fresh state\n`);
+    process.stderr.write(
+      `${c.red("error")}: kaos's state database .kaos/state.db is damaged (${error instanceof Error ? error.message : String(error)})\n`,
+    );
+    process.stderr.write(
+      `${c.dim("hint")}: move it away (mv .kaos/state.db .kaos/state.db.broken, beside kaos.config.ts) and run kaos again: it starts with fresh state\n`,
+    );
     return EXIT_FAILURE;
   }
   const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
@@ -307,4 +328,3 @@ exitQuietlyOnClosedOutput();
 const status = await run(process.argv);
 // Leave stdout to drain on its own; process.exit could cut off piped output.
 process.exitCode = outputClosed() ? EXIT_BROKEN_PIPE : status;
-

@@ -10,7 +10,18 @@ import { jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
 import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
-import { colors, displayLine, displayMessage, displayText, formatDuration, isInteractive, paramsText, printJson, quoteText, table } from "./output.js";
+import {
+  colors,
+  displayLine,
+  displayMessage,
+  displayText,
+  formatDuration,
+  isInteractive,
+  paramsText,
+  printJson,
+  quoteText,
+  table,
+} from "./output.js";
 import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
@@ -33,7 +44,6 @@ async function stopHashing(): Promise<void> {
   await stopHashWorkers();
 }
 
-
 interface Common {
   config?: string;
 }
@@ -53,7 +63,9 @@ function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   const onSignal = (name: NodeJS.Signals) => {
     count += 1;
     if (count > 1) process.exit(130);
-    process.stderr.write(`\n${name === "SIGINT" ? "interrupted" : "terminated"}: stopping running jobs (press Ctrl-C again to exit at once)\n`);
+    process.stderr.write(
+      `\n${name === "SIGINT" ? "interrupted" : "terminated"}: stopping running jobs (press Ctrl-C again to exit at once)\n`,
+    );
     controller.abort(new KaosError("JOBS_FAILED", "interrupted"));
   };
   process.on("SIGINT", onSignal);
@@ -88,7 +100,7 @@ function summarize(outcome: ApplyResult): string {
   const failedStages = outcome.result.pipelines.flatMap((p) =>
     Object.entries(p.stages)
       .filter(([, stage]) => stage.state === "failed")
-            // A reason of several lines (a manifest's failed entries) keeps them: they are kaos's own, with control characters escaped.
+      // A reason of several lines (a manifest's failed entries) keeps them: they are kaos's own, with control characters escaped.
       .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${displayMessage(stage.reason ?? "failed")}`),
   );
   const lines = [
@@ -99,7 +111,11 @@ function summarize(outcome: ApplyResult): string {
 }
 
 /** Runs a plan to completion with progress, and prints its result. */
-async function runApply(config: ResolvedConfig, stack: ResolvedStack, options: { force?: boolean; refresh?: boolean; json?: boolean; command: string }): Promise<number> {
+async function runApply(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  options: { force?: boolean; refresh?: boolean; json?: boolean; command: string },
+): Promise<number> {
   const { checkInputs, openSession, apply } = await engine();
   const { createReporter } = await import("./progress.js");
   const manifests = checkInputs(config);
@@ -140,7 +156,9 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
   return runApply(config, stack, { ...options, command: "up" });
 }
 
-export async function planCommand(options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }): Promise<number> {
+export async function planCommand(
+  options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean },
+): Promise<number> {
   const { checkInputs, openSession, plan } = await engine();
   const { formatPlan, planJson } = await import("../core/plan.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
@@ -161,7 +179,16 @@ export async function planCommand(options: Common & { stack?: string; refresh?: 
   }
 }
 
-export async function watchCommand(options: Common & { stack?: string; debounce?: number; onChange?: "restart" | "queue"; poll?: boolean; pollInterval?: number; force?: boolean }): Promise<number> {
+export async function watchCommand(
+  options: Common & {
+    stack?: string;
+    debounce?: number;
+    onChange?: "restart" | "queue";
+    poll?: boolean;
+    pollInterval?: number;
+    force?: boolean;
+  },
+): Promise<number> {
   const { watch } = await import("./watch.js");
   return watch({ cwd: process.cwd(), configPath: options.config, stackName: options.stack, ...options });
 }
@@ -243,8 +270,19 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
 async function readState(options: Common): Promise<{ config: ResolvedConfig; state: StateStore }> {
   const config = await loadConfig({ cwd: process.cwd(), configPath: options.config }).catch(async (error: unknown) => {
     // `train deploy` projects have no config file: their state sits in ./.kaos.
-    if (error instanceof KaosError && error.code === "CONFIG_NOT_FOUND" && options.config === undefined && existsSync(stateDirOf(process.cwd()))) {
-      return { file: join(process.cwd(), "kaos.config.ts"), root: process.cwd(), workspace: "kaos", pipelines: [], watch: { debounceMs: 200, onChange: "restart" as const } };
+    if (
+      error instanceof KaosError &&
+      error.code === "CONFIG_NOT_FOUND" &&
+      options.config === undefined &&
+      existsSync(stateDirOf(process.cwd()))
+    ) {
+      return {
+        file: join(process.cwd(), "kaos.config.ts"),
+        root: process.cwd(),
+        workspace: "kaos",
+        pipelines: [],
+        watch: { debounceMs: 200, onChange: "restart" as const },
+      };
     }
     throw error;
   });
@@ -290,7 +328,8 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
       return EXIT_OK;
     }
     const c = colors();
-    const paint = (s: string) => (s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s));
+    const paint = (s: string) =>
+      s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s);
     const rows = jobs.map((job) => [
       job.id,
       displayText(job.pipeline),
@@ -346,7 +385,9 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
       } catch {
         return;
       }
-      process.stderr.write(`note: ${note.droppedBytes} bytes of job ${job.id}'s output were dropped from the middle of its log (cap ${note.limitBytes} bytes; ${LOG_LIMIT_VARIABLE} sets it)\n`);
+      process.stderr.write(
+        `note: ${note.droppedBytes} bytes of job ${job.id}'s output were dropped from the middle of its log (cap ${note.limitBytes} bytes; ${LOG_LIMIT_VARIABLE} sets it)\n`,
+      );
     };
     await printNew();
     if (!options.follow) {
@@ -385,7 +426,9 @@ function metricText(value: MetricValue): string {
 
 /** The metric names that are numbers in at least one job: the ones a sweep can be sorted by. */
 function numericMetricNames(all: JobMetrics[]): string[] {
-  return [...new Set(all.flatMap((metrics) => Object.keys(metrics.values).filter((name) => typeof metrics.values[name] === "number")))].sort();
+  return [
+    ...new Set(all.flatMap((metrics) => Object.keys(metrics.values).filter((name) => typeof metrics.values[name] === "number"))),
+  ].sort();
 }
 
 export async function infoCommand(options: Common & { job: string; sort?: string; json?: boolean }): Promise<number> {
@@ -409,7 +452,10 @@ export async function infoCommand(options: Common & { job: string; sort?: string
           found === undefined
             ? `no job of this sweep has a numeric metric ${quoteText(metric)}`
             : `${quoteText(metric)} is a ${typeof found}, not a number, in every job of this sweep that has it`;
-        throw new KaosError("USAGE", `-s ${displayText(metric)}: ${why}; expected one of: ${sortable.map(displayText).join(", ") || "(none recorded)"}`);
+        throw new KaosError(
+          "USAGE",
+          `-s ${displayText(metric)}: ${why}; expected one of: ${sortable.map(displayText).join(", ") || "(none recorded)"}`,
+        );
       }
       members.sort((a, b) => {
         const x = a.metrics.values[metric];
@@ -428,7 +474,12 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         metricsSkipped: metrics.skipped,
         outputDir: outDir,
         results: results === undefined ? null : { ...results, problem: untrusted ?? null },
-        sweep: members.map((member) => ({ id: member.job.id, state: member.job.state, params: member.job.params, metrics: member.metrics.values })),
+        sweep: members.map((member) => ({
+          id: member.job.id,
+          state: member.job.state,
+          params: member.job.params,
+          metrics: member.metrics.values,
+        })),
       });
       return EXIT_OK;
     }
@@ -454,7 +505,8 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     ];
     if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
     else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
-    else if (results !== undefined) lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
+    else if (results !== undefined)
+      lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
     if (members.length > 1) {
       const shown = options.sort ? [options.sort, ...sortable.filter((name) => name !== options.sort)] : sortable;
       lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${displayText(options.sort)}` : ""})`));
@@ -477,7 +529,9 @@ export async function infoCommand(options: Common & { job: string; sort?: string
   }
 }
 
-export async function getCommand(options: Common & { job: string; out?: string; code?: boolean; params?: boolean; force?: boolean }): Promise<number> {
+export async function getCommand(
+  options: Common & { job: string; out?: string; code?: boolean; params?: boolean; force?: boolean },
+): Promise<number> {
   const { config, state } = await readState(options);
   try {
     const job = state.resolveJob(options.job);
@@ -487,12 +541,15 @@ export async function getCommand(options: Common & { job: string; out?: string; 
     if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
     const destination = resolve(options.out ?? job.id);
     if (existsSync(destination) && readdirSync(destination).length > 0) {
-      throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, { hint: "pass -o DIR" });
+      throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, {
+        hint: "pass -o DIR",
+      });
     }
     const { checkJobResults, copyResults, resultsProblem } = await import("../backends/local/results.js");
     const untrusted = resultsProblem(job.id, await checkJobResults(stateDirOf(config.root), job.id));
     if (untrusted !== undefined) {
-      if (!options.force) throw new KaosError("RESULTS_CHANGED", untrusted, { hint: "rerun the job (kaos up --force), or pass --force to copy them anyway" });
+      if (!options.force)
+        throw new KaosError("RESULTS_CHANGED", untrusted, { hint: "rerun the job (kaos up --force), or pass --force to copy them anyway" });
       process.stderr.write(`warning: ${untrusted}; copied anyway (--force)\n`);
     }
     mkdirSync(destination, { recursive: true });
@@ -547,9 +604,15 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
   const state = StateStore.open(config.root);
   try {
     const { holder, interrupted } = state.breakLock(stack.name);
-    const who = holder === undefined ? "no kaos held it" : `it was held by pid ${holder.pid} on host ${holder.host} (\`${holder.command}\`, since ${holder.acquiredAt})`;
+    const who =
+      holder === undefined
+        ? "no kaos held it"
+        : `it was held by pid ${holder.pid} on host ${holder.host} (\`${holder.command}\`, since ${holder.acquiredAt})`;
     process.stdout.write(`unlocked stack ${stack.name}: ${who}\n`);
-    if (interrupted.length > 0) process.stdout.write(`${interrupted.length} unfinished job${interrupted.length === 1 ? "" : "s"} of that run marked interrupted; the next \`kaos up\` runs them again\n`);
+    if (interrupted.length > 0)
+      process.stdout.write(
+        `${interrupted.length} unfinished job${interrupted.length === 1 ? "" : "s"} of that run marked interrupted; the next \`kaos up\` runs them again\n`,
+      );
     return EXIT_OK;
   } finally {
     state.close();
@@ -559,9 +622,11 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
 export async function renderCommand(options: Common & { stack: string; out: string }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (!isCluster(stack)) {
-    throw new KaosError("USAGE", `--stack ${options.stack}: stack uses the ${stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`);
+    throw new KaosError(
+      "USAGE",
+      `--stack ${options.stack}: stack uses the ${stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`,
+    );
   }
   const { clusterRender } = await import("../backends/kubernetes/backend.js");
   return clusterRender(config, stack, options);
 }
-

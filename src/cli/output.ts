@@ -125,7 +125,11 @@ export function table(rows: string[][]): string {
   // eslint-disable-next-line no-control-regex
   const visible = (cell: string) => cell.replace(/\u001b\[[0-9;]*m/g, "").length;
   const widths: number[] = [];
-  for (const row of rows) row.forEach((cell, index) => (widths[index] = Math.max(widths[index] ?? 0, visible(cell))));
+  for (const row of rows) {
+    row.forEach((cell, index) => {
+      widths[index] = Math.max(widths[index] ?? 0, visible(cell));
+    });
+  }
   return rows
     .map((row) =>
       row

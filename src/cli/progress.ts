@@ -47,11 +47,17 @@ function stateColor(c: Colors, state: string): string {
 
 function jobLine(c: Colors, job: JobRecord, message: string | undefined): string {
   const params = paramsText(job.params);
-  const duration =
-    job.startedAt && job.finishedAt ? ` in ${formatDuration(Date.parse(job.finishedAt) - Date.parse(job.startedAt))}` : "";
-  const extra = job.state === "failed" || job.state === "cancelled" ? (job.reason ?? (job.exitCode !== null ? `exit code ${job.exitCode}` : "")) : "";
+  const duration = job.startedAt && job.finishedAt ? ` in ${formatDuration(Date.parse(job.finishedAt) - Date.parse(job.startedAt))}` : "";
+  const extra =
+    job.state === "failed" || job.state === "cancelled" ? (job.reason ?? (job.exitCode !== null ? `exit code ${job.exitCode}` : "")) : "";
   // A reason or message may quote what a job left behind (a file name it wrote): one line, no control characters.
-  return [jobLabel(job), params ? c.dim(params) : "", `${stateColor(c, job.state)}${duration}`, extra ? `(${displayLine(extra)})` : "", message ? displayLine(message) : ""]
+  return [
+    jobLabel(job),
+    params ? c.dim(params) : "",
+    `${stateColor(c, job.state)}${duration}`,
+    extra ? `(${displayLine(extra)})` : "",
+    message ? displayLine(message) : "",
+  ]
     .filter(Boolean)
     .join("  ");
 }
@@ -186,4 +192,3 @@ export function createReporter(options: { json?: boolean | undefined; interactiv
   if (options.json) return new QuietReporter();
   return options.interactive ? new LiveReporter() : new PlainReporter();
 }
-

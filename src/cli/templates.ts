@@ -109,9 +109,13 @@ export async function templateGetCommand(options: { name: string; out?: string }
   const templates = catalogue();
   const template = templates.find((entry) => entry.name === options.name);
   if (!template) {
-    throw new KaosError("TEMPLATE_NOT_FOUND", `--name ${options.name}: no such template; expected one of: ${templates.map((t) => t.name).join(", ")}`, {
-      hint: "run `kaos template list` to see them",
-    });
+    throw new KaosError(
+      "TEMPLATE_NOT_FOUND",
+      `--name ${options.name}: no such template; expected one of: ${templates.map((t) => t.name).join(", ")}`,
+      {
+        hint: "run `kaos template list` to see them",
+      },
+    );
   }
   const destination = resolve(options.out ?? template.name);
   const destinationStat = lstatOrUndefined(destination);
@@ -120,9 +124,13 @@ export async function templateGetCommand(options: { name: string; out?: string }
   }
   const { files, dirs } = templateFiles(join(EXAMPLES_DIR, template.path));
   if (files.length === 0) {
-    throw new KaosError("IO", `template ${template.name}: no files found in ${join(EXAMPLES_DIR, template.path)}; the kaos-ml package is incomplete`, {
-      hint: "reinstall kaos-ml",
-    });
+    throw new KaosError(
+      "IO",
+      `template ${template.name}: no files found in ${join(EXAMPLES_DIR, template.path)}; the kaos-ml package is incomplete`,
+      {
+        hint: "reinstall kaos-ml",
+      },
+    );
   }
 
   // Everything is checked before anything is written: a refused copy leaves the directory as it was.
@@ -167,7 +175,9 @@ export async function templateGetCommand(options: { name: string; out?: string }
     // COPYFILE_EXCL: a file that appeared since the check is never overwritten.
     copyFileSync(file.source, target, constants.COPYFILE_EXCL);
     if (statSync(target).size !== file.size) {
-      throw new KaosError("IO", `${target}: copied ${statSync(target).size} bytes of ${file.size}`, { hint: "check the free space, then run it again into an empty directory" });
+      throw new KaosError("IO", `${target}: copied ${statSync(target).size} bytes of ${file.size}`, {
+        hint: "check the free space, then run it again into an empty directory",
+      });
     }
     written += 1;
   }

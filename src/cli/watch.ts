@@ -316,7 +316,9 @@ function runItems(plan: Plan): Map<string, string[]> {
   for (const p of plan.pipelines) {
     const name = p.pipeline.name;
     // A manifest whose data key is only known after the download: its entries stand in for it.
-    const pending = `pending:${createHash("sha256").update(JSON.stringify(p.manifest?.entries ?? [])).digest("hex")}`;
+    const pending = `pending:${createHash("sha256")
+      .update(JSON.stringify(p.manifest?.entries ?? []))
+      .digest("hex")}`;
     const list: string[] = [];
     if (p.stages.ingest?.action === "run") list.push(`${name} ingest ${p.stages.ingest.key ?? pending}`);
     if (p.stages.build.action === "run") list.push(`${name} build ${p.stages.build.key ?? ""}`);
@@ -366,10 +368,12 @@ function rawFailureReason(result: ExecuteResult): string {
   for (const outcome of result.pipelines) {
     for (const stage of ["ingest", "build"] as const) {
       const decision = outcome.stages[stage];
-      if (decision?.state === "failed") return `${outcome.name} ${stage}${decision.jobId ? ` ${decision.jobId}` : ""}: ${decision.reason ?? "failed"}`;
+      if (decision?.state === "failed")
+        return `${outcome.name} ${stage}${decision.jobId ? ` ${decision.jobId}` : ""}: ${decision.reason ?? "failed"}`;
     }
     const job = outcome.jobs.find((j) => j.state === "failed");
-    if (job) return `${outcome.name} train${job.id ? ` ${job.id}` : ""}: ${job.reason ?? (job.exitCode !== null ? `exited with code ${job.exitCode}` : "failed")}`;
+    if (job)
+      return `${outcome.name} train${job.id ? ` ${job.id}` : ""}: ${job.reason ?? (job.exitCode !== null ? `exited with code ${job.exitCode}` : "failed")}`;
     if (outcome.stages.train?.state === "failed") return `${outcome.name} train: ${outcome.stages.train.reason ?? "failed"}`;
   }
   return "a job did not succeed";
@@ -553,7 +557,9 @@ class WatchSession {
       this.print(`${this.c.red("error")}: ${displayMessage(error.message)}`);
       if (error.hint) this.print(`${this.c.dim("hint")}: ${displayMessage(error.hint)}`);
     } else {
-      this.print(`${this.c.red("internal error")}: ${displayMessage(error instanceof Error ? (error.stack ?? error.message) : String(error))}`);
+      this.print(
+        `${this.c.red("internal error")}: ${displayMessage(error instanceof Error ? (error.stack ?? error.message) : String(error))}`,
+      );
     }
   }
 
@@ -571,7 +577,9 @@ class WatchSession {
     } else if (state === "debouncing") {
       text = this.c.dim("change detected; waiting for edits to settle");
     } else if (this.configError !== undefined) {
-      text = this.c.red(`failed: config invalid — fix ${displayText(relative(this.options.cwd, this.configFile) || this.configFile)} to resume`);
+      text = this.c.red(
+        `failed: config invalid — fix ${displayText(relative(this.options.cwd, this.configFile) || this.configFile)} to resume`,
+      );
     } else if (this.lastOutcome.startsWith("failed")) {
       text = this.c.red(`${this.lastOutcome} — waiting for an edit`);
     } else {
@@ -634,12 +642,22 @@ class WatchSession {
   private async reload(): Promise<Session | undefined> {
     this.configDirty = false;
     try {
-      const { config, stack } = await loadProject({ cwd: this.options.cwd, configPath: this.configFile, stackName: this.options.stackName });
+      const { config, stack } = await loadProject({
+        cwd: this.options.cwd,
+        configPath: this.configFile,
+        stackName: this.options.stackName,
+      });
       if (stack.config.backend !== "local") {
-        throw new KaosError("NOT_SUPPORTED", `stack ${stack.name} uses the ${stack.config.backend} backend; kaos watch runs the local backend`);
+        throw new KaosError(
+          "NOT_SUPPORTED",
+          `stack ${stack.name} uses the ${stack.config.backend} backend; kaos watch runs the local backend`,
+        );
       }
       if (stack.name !== this.baseSession.stack.name) {
-        throw new KaosError("STACK_INVALID", `the stack changed from ${this.baseSession.stack.name} to ${stack.name} while watching; restart kaos watch`);
+        throw new KaosError(
+          "STACK_INVALID",
+          `the stack changed from ${this.baseSession.stack.name} to ${stack.name} while watching; restart kaos watch`,
+        );
       }
       const wasBroken = this.configError !== undefined;
       this.configError = undefined;
@@ -900,7 +918,6 @@ class WatchSession {
       }
     };
   }
-
 }
 
 /** `kaos watch`: see the top of this file. Returns the exit status (0 after a clean quit). */
@@ -914,16 +931,28 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
     if (!isKaosError(error) || !["CONFIG_INVALID", "CONFIG_LOAD", "HYPERPARAMS_INVALID", "STACK_INVALID"].includes(error.code)) throw error;
     configError = error;
   }
-  const configFile = loaded?.config.file ?? (options.configPath !== undefined ? resolve(options.cwd, options.configPath) : findConfig(options.cwd));
-  if (configFile === undefined || !existsSync(configFile)) throw configError ?? new KaosError("CONFIG_NOT_FOUND", "no config file to watch");
+  const configFile =
+    loaded?.config.file ?? (options.configPath !== undefined ? resolve(options.cwd, options.configPath) : findConfig(options.cwd));
+  if (configFile === undefined || !existsSync(configFile))
+    throw configError ?? new KaosError("CONFIG_NOT_FOUND", "no config file to watch");
   if (loaded !== undefined && loaded.stack.config.backend !== "local") {
-    throw new KaosError("NOT_SUPPORTED", `stack ${loaded.stack.name} uses the ${loaded.stack.config.backend} backend; kaos watch runs the local backend`, {
-      hint: "run `kaos up --stack NAME` for a cluster stack",
-    });
+    throw new KaosError(
+      "NOT_SUPPORTED",
+      `stack ${loaded.stack.name} uses the ${loaded.stack.config.backend} backend; kaos watch runs the local backend`,
+      {
+        hint: "run `kaos up --stack NAME` for a cluster stack",
+      },
+    );
   }
   // Without a loadable config the state store and lock still need a project: a placeholder one.
   const project = loaded ?? {
-    config: { file: configFile, root: dirname(configFile), workspace: "kaos", pipelines: [], watch: { debounceMs: 200, onChange: "restart" as const } },
+    config: {
+      file: configFile,
+      root: dirname(configFile),
+      workspace: "kaos",
+      pipelines: [],
+      watch: { debounceMs: 200, onChange: "restart" as const },
+    },
     stack: { name: options.stackName ?? "local", file: undefined, config: { backend: "local" as const } },
   };
   const base = openSession(project.config, project.stack);

@@ -13,14 +13,8 @@ import { fileURLToPath } from "node:url";
 import * as z from "zod";
 import { KaosError, describeError } from "./errors.js";
 import { gridSize, parseGrid, parseGridJson } from "./hyperparams.js";
-import { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
-import type {
-  ResolvedConfig,
-  ResolvedPipeline,
-  ResolvedStack,
-  StackConfig,
-} from "./types.js";
-
+import { findConfig } from "./layout.js";
+import type { ResolvedConfig, ResolvedPipeline, ResolvedStack, StackConfig } from "./types.js";
 
 /** The most jobs one pipeline's grid may expand to. */
 export const MAX_SWEEP_JOBS = 100_000;
@@ -52,10 +46,11 @@ export function parseMemory(value: string): number | undefined {
   return Math.round(Number(amount) * factor);
 }
 
-const memorySchema = z.string({ error: "expected a string such as \"512M\" or \"2Gi\"" }).refine(
-  (value) => parseMemory(value) !== undefined && (parseMemory(value) ?? 0) > 0,
-  { error: "expected a positive size with an SI or binary suffix (k, M, G, T, Ki, Mi, Gi, Ti), such as \"512M\" or \"2Gi\"" },
-);
+const memorySchema = z
+  .string({ error: 'expected a string such as "512M" or "2Gi"' })
+  .refine((value) => parseMemory(value) !== undefined && (parseMemory(value) ?? 0) > 0, {
+    error: 'expected a positive size with an SI or binary suffix (k, M, G, T, Ki, Mi, Gi, Ti), such as "512M" or "2Gi"',
+  });
 
 const resourcesSchema = z.strictObject({
   cpu: z
@@ -91,7 +86,11 @@ const pipelineSchema = z
     if (pipeline.data !== undefined && pipeline.manifest !== undefined) {
       ctx.addIssue({ code: "custom", path: ["manifest"], message: "`data` and `manifest` are exclusive: keep one of them" });
     } else if (pipeline.data === undefined && pipeline.manifest === undefined) {
-      ctx.addIssue({ code: "custom", path: [], message: "expected `data` (a local directory) or `manifest` (a manifest file), found neither" });
+      ctx.addIssue({
+        code: "custom",
+        path: [],
+        message: "expected `data` (a local directory) or `manifest` (a manifest file), found neither",
+      });
     }
   });
 
@@ -111,13 +110,11 @@ const configSchema = z.strictObject({
         }
       }
     }),
-  allowFileUrls: z
-    .array(pathSchema, { error: "expected a list of directories, such as [\"/datasets\"]" })
-    .optional(),
+  allowFileUrls: z.array(pathSchema, { error: 'expected a list of directories, such as ["/datasets"]' }).optional(),
   watch: z
     .strictObject({
       debounceMs: z.number().int({ error: "expected whole milliseconds" }).min(0, { error: "expected 0 or more milliseconds" }).optional(),
-      onChange: z.enum(["restart", "queue"], { error: "expected \"restart\" or \"queue\"" }).optional(),
+      onChange: z.enum(["restart", "queue"], { error: 'expected "restart" or "queue"' }).optional(),
     })
     .optional(),
 });
@@ -147,12 +144,12 @@ const stackSchema = z.discriminatedUnion(
         .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, { error: "expected a Kubernetes namespace name (lowercase letters, digits, '-')" }),
       kubeContext: z.string().optional(),
       pachyderm: z.strictObject({
-        address: z.url({ error: "expected pachd's URL, such as \"http://pachd.pachyderm.svc:30650\"" }),
+        address: z.url({ error: 'expected pachd\'s URL, such as "http://pachd.pachyderm.svc:30650"' }),
         tokenEnv: envNameSchema.optional(),
         project: z.string().optional(),
       }),
       registry: z.strictObject({
-        url: z.string({ error: "expected an image repository prefix such as \"registry.example.com/ml\"" }).min(1),
+        url: z.string({ error: 'expected an image repository prefix such as "registry.example.com/ml"' }).min(1),
         secretName: z.string().optional(),
         usernameEnv: envNameSchema.optional(),
         passwordEnv: envNameSchema.optional(),
@@ -174,7 +171,7 @@ const stackSchema = z.discriminatedUnion(
       builderImage: z.string().optional(),
     }),
   ],
-  { error: "expected `backend: \"local\"` or `backend: \"kubernetes\"`" },
+  { error: 'expected `backend: "local"` or `backend: "kubernetes"`' },
 );
 
 export { defineConfig, defineStack } from "../define.js";
@@ -200,7 +197,8 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
     fsCache: join(tmpdir(), "kaos-jiti"),
     interopDefault: true,
   });
-  const expected = code === "CONFIG_LOAD" ? "`export default defineConfig({ pipelines: {...} })`" : "`export default defineStack({ backend: ... })`";
+  const expected =
+    code === "CONFIG_LOAD" ? "`export default defineConfig({ pipelines: {...} })`" : "`export default defineStack({ backend: ... })`";
   let module: unknown;
   try {
     module = await jiti.import(file);
@@ -343,17 +341,22 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
     const sourceDir = resolve(root, pipeline.source);
     const sourceState = checkDirectory(sourceDir);
     if (sourceState !== "ok") {
-      problem(at("source"), `${sourceState === "missing" ? "no such directory" : "not a directory"}: ${sourceDir}; expected a source bundle directory (Dockerfile and model/)`);
+      problem(
+        at("source"),
+        `${sourceState === "missing" ? "no such directory" : "not a directory"}: ${sourceDir}; expected a source bundle directory (Dockerfile and model/)`,
+      );
     }
     let data: ResolvedPipeline["data"] | undefined;
     if (pipeline.data !== undefined) {
       const dir = resolve(root, pipeline.data);
       const state = checkDirectory(dir);
-      if (state !== "ok") problem(at("data"), `${state === "missing" ? "no such directory" : "not a directory"}: ${dir}; expected a data bundle directory`);
+      if (state !== "ok")
+        problem(at("data"), `${state === "missing" ? "no such directory" : "not a directory"}: ${dir}; expected a data bundle directory`);
       data = { kind: "dir", dir };
     } else if (pipeline.manifest !== undefined) {
       const path = resolve(root, pipeline.manifest);
-      if (!existsSync(path)) problem(at("manifest"), `no such file or directory: ${path}; expected a manifest file or a directory of manifest files`);
+      if (!existsSync(path))
+        problem(at("manifest"), `no such file or directory: ${path}; expected a manifest file or a directory of manifest files`);
       data = { kind: "manifest", path };
     }
     let grid: ResolvedPipeline["grid"] = {};
@@ -362,7 +365,10 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
       hyperparamsFile = resolve(root, pipeline.hyperparams);
       const state = checkFile(hyperparamsFile);
       if (state !== "ok") {
-        problem(at("hyperparams"), `${state === "missing" ? "no such file" : "is a directory"}: ${hyperparamsFile}; expected a JSON file holding an object of scalars and lists`);
+        problem(
+          at("hyperparams"),
+          `${state === "missing" ? "no such file" : "is a directory"}: ${hyperparamsFile}; expected a JSON file holding an object of scalars and lists`,
+        );
       } else {
         try {
           grid = parseGridJson(readFileSync(hyperparamsFile, "utf8"), hyperparamsFile);
@@ -385,7 +391,10 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
     const combinations = gridSize(grid);
     if (combinations > MAX_SWEEP_JOBS) {
       // Expanding it would exhaust memory long before anything ran.
-      problem(at("hyperparams"), `the grid expands to ${combinations} jobs; expected at most ${MAX_SWEEP_JOBS} (is a list longer than meant?)`);
+      problem(
+        at("hyperparams"),
+        `the grid expands to ${combinations} jobs; expected at most ${MAX_SWEEP_JOBS} (is a list longer than meant?)`,
+      );
     }
     const memory = pipeline.resources?.memory;
     pipelines.push({
@@ -407,7 +416,10 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
     const dir = resolve(root, entry);
     const state = checkDirectory(dir);
     if (state !== "ok") {
-      problem(["allowFileUrls", index], `${state === "missing" ? "no such directory" : "not a directory"}: ${dir}; expected a directory whose files manifests may read through file: URLs`);
+      problem(
+        ["allowFileUrls", index],
+        `${state === "missing" ? "no such directory" : "not a directory"}: ${dir}; expected a directory whose files manifests may read through file: URLs`,
+      );
     }
     return dir;
   });
@@ -417,7 +429,12 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
   return {
     file,
     root,
-    workspace: config.workspace ?? (basename(root).replace(/[^A-Za-z0-9_-]/g, "-").replace(/^[^A-Za-z0-9]+/, "") || "kaos"),
+    workspace:
+      config.workspace ??
+      (basename(root)
+        .replace(/[^A-Za-z0-9_-]/g, "-")
+        .replace(/^[^A-Za-z0-9]+/, "") ||
+        "kaos"),
     pipelines,
     watch: { debounceMs: config.watch?.debounceMs ?? 200, onChange: config.watch?.onChange ?? "restart" },
     ...(allowFileUrls.length > 0 ? { allowFileUrls } : {}),
@@ -442,7 +459,10 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
   }
   const value = await importModule(file, "CONFIG_LOAD");
   if (typeof value !== "object" || value === null) {
-    throw new KaosError("CONFIG_INVALID", `${file}: the default export is ${describeValue(value)}; expected \`export default defineConfig({ pipelines: {...} })\``);
+    throw new KaosError(
+      "CONFIG_INVALID",
+      `${file}: the default export is ${describeValue(value)}; expected \`export default defineConfig({ pipelines: {...} })\``,
+    );
   }
   return resolveConfig(value, file);
 }

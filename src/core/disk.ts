@@ -4,7 +4,20 @@
  * nowhere. These are facts about the machine, not about kaos's data, so each
  * message names the path and the mount point, and says what to do there.
  */
-import { accessSync, constants, copyFileSync, existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, statfsSync } from "node:fs";
+import {
+  accessSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  statfsSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
@@ -142,7 +155,10 @@ function unwritableError(dbPath: string, target: string, reason: "read-only" | "
     reason === "read-only"
       ? `${target} is on a read-only file system (mounted at ${mountPointOf(target)})`
       : `${target} is not writable by this user (uid ${process.getuid?.() ?? "?"})`;
-  const fix = reason === "read-only" ? "remount it read-write, or link .kaos to a writable directory" : `run kaos as the owner of ${target}, or give this user write permission there`;
+  const fix =
+    reason === "read-only"
+      ? "remount it read-write, or link .kaos to a writable directory"
+      : `run kaos as the owner of ${target}, or give this user write permission there`;
   return new KaosError("IO", `cannot write ${dbPath}: ${why}`, { hint: `${fix}; ${READ_ONLY_COMMANDS} and work on it as it is`, cause });
 }
 
@@ -199,7 +215,12 @@ function checkStateLink(dir: string): void {
   } catch (error) {
     if (error instanceof KaosError) throw error;
     const code = errnoCode(error);
-    const what = code === "ENOENT" ? "which does not exist" : code === "ELOOP" ? "which is a loop of links" : `which cannot be reached (${describeError(error)})`;
+    const what =
+      code === "ENOENT"
+        ? "which does not exist"
+        : code === "ELOOP"
+          ? "which is a loop of links"
+          : `which cannot be reached (${describeError(error)})`;
     throw new KaosError("IO", `${dir} is a symlink to ${link}, ${what}`, {
       hint: `create ${resolve(dirname(dir), link)} (or mount the disk it is on), or remove the link and kaos makes a fresh ${basename(dir)} directory`,
       cause: error,

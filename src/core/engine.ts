@@ -51,7 +51,10 @@ export function checkInputs(config: ResolvedConfig): CheckedManifests {
 /** Opens the state store and the backend of a loaded project. */
 export function openSession(config: ResolvedConfig, stack: ResolvedStack): Session {
   if (stack.config.backend !== "local") {
-    throw new KaosError("NOT_SUPPORTED", `stack ${stack.name} uses the ${stack.config.backend} backend, which this command runs through the cluster flow`);
+    throw new KaosError(
+      "NOT_SUPPORTED",
+      `stack ${stack.name} uses the ${stack.config.backend} backend, which this command runs through the cluster flow`,
+    );
   }
   const state = StateStore.open(config.root);
   const backend = new LocalBackend(config, stack, state);
@@ -92,7 +95,10 @@ function runState(result: ExecuteResult | undefined): "succeeded" | "failed" | "
   if (result === undefined) return "failed";
   if (result.succeeded) return "succeeded";
   if (result.cancelled) return "cancelled";
-  const states = result.pipelines.flatMap((p) => [...Object.values(p.stages).map((stage) => stage.state), ...p.jobs.map((job) => job.state)]);
+  const states = result.pipelines.flatMap((p) => [
+    ...Object.values(p.stages).map((stage) => stage.state),
+    ...p.jobs.map((job) => job.state),
+  ]);
   return states.includes("failed") ? "failed" : states.includes("cancelled") ? "cancelled" : "failed";
 }
 
@@ -114,21 +120,24 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
     options.onPlan?.(current);
     const run = session.state.beginRun(session.stack.name, options.command);
     let result: ExecuteResult | undefined;
+    let recordError: unknown;
     try {
-      result = await session.backend.execute({ plan: current, runId: run.id, reporter: options.reporter, signal: options.signal, refresh: options.refresh });
+      result = await session.backend.execute({
+        plan: current,
+        runId: run.id,
+        reporter: options.reporter,
+        signal: options.signal,
+        refresh: options.refresh,
+      });
     } catch (error) {
       // The run cannot go on (a full disk, most likely): jobs still running would
       // outlive it unrecorded, so they are stopped before the error is told.
       await session.backend.stopAll("stopped: kaos could not go on with this run");
       throw diskFullError(error, session.config.root);
     } finally {
-      try {
-        session.state.finishRun(run.id, runState(result));
-      } catch (error) {
-        // After a failure its own error is the one to tell; the next kaos up recovers the run.
-        if (result !== undefined) throw diskFullError(error, session.config.root);
-      }
+      recordError = finishRun(session, run.id, result);
     }
+    if (recordError !== undefined) throw recordError;
     return { runId: run.id, plan: current, result };
   } finally {
     try {
@@ -136,6 +145,20 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
     } catch {
       // A lock that could not be given back is taken over by the next kaos: this process is gone by then.
     }
+  }
+}
+
+/**
+ * Records how the run ended. A failure to record it is returned (told as a full
+ * disk when it is one) when the run itself got through; after a failed run that
+ * failure is the error to tell, and the next kaos up recovers the run.
+ */
+function finishRun(session: Session, runId: string, result: ExecuteResult | undefined): unknown {
+  try {
+    session.state.finishRun(runId, runState(result));
+    return undefined;
+  } catch (error) {
+    return result === undefined ? undefined : diskFullError(error, session.config.root);
   }
 }
 

@@ -18,7 +18,17 @@
  * compiled (dist) or through jiti (tests run the sources).
  */
 import { createHash, hash as oneShotHash } from "node:crypto";
-import { type BigIntStats, type Dirent, closeSync, constants as fsConstants, lstatSync, openSync, readSync, readdirSync, readlinkSync } from "node:fs";
+import {
+  type BigIntStats,
+  type Dirent,
+  closeSync,
+  constants as fsConstants,
+  lstatSync,
+  openSync,
+  readSync,
+  readdirSync,
+  readlinkSync,
+} from "node:fs";
 import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
 import type { Ignore } from "ignore";
@@ -317,11 +327,11 @@ function entryKeys(entries: Dirent[], directory: string, prefix: string, ignored
     if (name.includes("\uFFFD")) checkNameEncoding(directory, prefix, name);
     if (!everyFile && ALWAYS_IGNORED.has(name)) continue;
     if (entry.isDirectory()) {
-      if (ignored !== undefined && ignored.ignores(`${prefix}${name}/`)) continue;
+      if (ignored?.ignores(`${prefix}${name}/`)) continue;
       keys.push(`${name}/`);
       continue;
     }
-    if (!everyFile && (isEditorFile(name) || (ignored !== undefined && ignored.ignores(prefix + name)))) continue;
+    if (!everyFile && (isEditorFile(name) || ignored?.ignores(prefix + name))) continue;
     if (!entry.isFile() && !entry.isSymbolicLink()) {
       if (everyFile) continue;
       throw new FileError(prefix + name, "special", false, "it is a socket, FIFO or device file");
@@ -621,7 +631,8 @@ class UnitCollector {
       this.hashes.push(hashRegularFile(absolutePath));
       this.status[index] = STATUS_HASHED;
     } catch (error) {
-      if (errnoOf(error) !== "ENOENT") throw new FileError(path, errnoOf(error), false, error instanceof Error ? error.message : String(error));
+      if (errnoOf(error) !== "ENOENT")
+        throw new FileError(path, errnoOf(error), false, error instanceof Error ? error.message : String(error));
       this.status[index] = STATUS_VANISHED;
     }
   }
@@ -682,7 +693,9 @@ export function runHashJob(request: HashJobRequest): HashJobResult {
 
 function transferList(result: WorkerResult): ArrayBuffer[] {
   if (result.kind !== "walk") return [];
-  return result.units.flatMap((unit) => [unit.status.buffer, unit.modes.buffer, unit.ids.buffer, unit.times.buffer, unit.cacheRows.buffer] as ArrayBuffer[]);
+  return result.units.flatMap(
+    (unit) => [unit.status.buffer, unit.modes.buffer, unit.ids.buffer, unit.times.buffer, unit.cacheRows.buffer] as ArrayBuffer[],
+  );
 }
 
 if (parentPort !== null && workerData === HASH_WORKER_MARK) {

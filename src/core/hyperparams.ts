@@ -6,12 +6,7 @@ import { KaosError } from "./errors.js";
 import type { HyperparamGrid, HyperparamScalar, HyperparamSet } from "./types.js";
 
 function isScalar(value: unknown): value is HyperparamScalar {
-  return (
-    value === null ||
-    typeof value === "string" ||
-    typeof value === "boolean" ||
-    (typeof value === "number" && Number.isFinite(value))
-  );
+  return value === null || typeof value === "string" || typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value));
 }
 
 function kindOf(value: unknown): string {
@@ -136,7 +131,10 @@ function checkGrid(value: unknown, where: string, refuseInexact: boolean): Hyper
     if (refuseInexact && inexactWhole(candidate)) refuse([key], candidate);
     if (Array.isArray(candidate)) {
       if (candidate.length === 0) {
-        throw new KaosError("HYPERPARAMS_INVALID", `${where}: "${key}": empty list of candidates; expected at least one value (or a scalar to fix it)`);
+        throw new KaosError(
+          "HYPERPARAMS_INVALID",
+          `${where}: "${key}": empty list of candidates; expected at least one value (or a scalar to fix it)`,
+        );
       }
       candidate.forEach((item: unknown, index) => {
         if (refuseInexact && inexactWhole(item)) refuse([key, index], item);
@@ -155,10 +153,7 @@ function checkGrid(value: unknown, where: string, refuseInexact: boolean): Hyper
     } else if (isScalar(candidate)) {
       grid[key] = candidate;
     } else {
-      throw new KaosError(
-        "HYPERPARAMS_INVALID",
-        `${where}: "${key}": expected a scalar or a list of scalars, found ${kindOf(candidate)}`,
-      );
+      throw new KaosError("HYPERPARAMS_INVALID", `${where}: "${key}": expected a scalar or a list of scalars, found ${kindOf(candidate)}`);
     }
   }
   return grid;

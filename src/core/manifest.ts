@@ -178,7 +178,12 @@ export function readManifest(pathOrDir: string): ManifestEntry[] {
       const entry = parseLine(raw, file, index + 1);
       const first = byPath.get(entry.path);
       if (first !== undefined) {
-        throw invalid(file, entry.line, `duplicate path ${JSON.stringify(entry.path)} (first at ${first.file}:${first.line})`, "each path once");
+        throw invalid(
+          file,
+          entry.line,
+          `duplicate path ${JSON.stringify(entry.path)} (first at ${first.file}:${first.line})`,
+          "each path once",
+        );
       }
       byPath.set(entry.path, entry);
       entries.push(entry);
@@ -201,9 +206,19 @@ function checkFileFolderClashes(entries: ManifestEntry[], byPath: Map<string, Ma
         const parentFirst = parent.file < entry.file || (parent.file === entry.file && parent.line < entry.line);
         const expected = "each path to be either a file or a folder, not both";
         if (parentFirst) {
-          throw invalid(entry.file, entry.line, `path ${JSON.stringify(entry.path)} puts a file inside ${JSON.stringify(parent.path)}, which ${parent.file}:${parent.line} lists as a file`, expected);
+          throw invalid(
+            entry.file,
+            entry.line,
+            `path ${JSON.stringify(entry.path)} puts a file inside ${JSON.stringify(parent.path)}, which ${parent.file}:${parent.line} lists as a file`,
+            expected,
+          );
         }
-        throw invalid(parent.file, parent.line, `path ${JSON.stringify(parent.path)} is a file, but ${entry.file}:${entry.line} puts ${JSON.stringify(entry.path)} inside it`, expected);
+        throw invalid(
+          parent.file,
+          parent.line,
+          `path ${JSON.stringify(parent.path)} is a file, but ${entry.file}:${entry.line} puts ${JSON.stringify(entry.path)} inside it`,
+          expected,
+        );
       }
       slash = entry.path.indexOf("/", slash + 1);
     }
@@ -254,7 +269,9 @@ export function readLock(manifestPath: string): ManifestLock | undefined {
   if (!result.success) {
     const issue = result.error.issues[0];
     const where = issue === undefined || issue.path.length === 0 ? "" : ` at ${issue.path.map(String).join(".")}`;
-    throw new KaosError("MANIFEST_INVALID", `${lockPath}: the lock is invalid${where}: ${issue?.message ?? "unknown problem"}`, { hint: fix });
+    throw new KaosError("MANIFEST_INVALID", `${lockPath}: the lock is invalid${where}: ${issue?.message ?? "unknown problem"}`, {
+      hint: fix,
+    });
   }
   const entries: Record<string, ManifestLockEntry> = {};
   for (const [key, entry] of Object.entries(result.data.entries)) {
@@ -330,7 +347,9 @@ export function checkFileUrls(entries: readonly ManifestEntry[], scope: FileUrlS
     if (!entry.url.startsWith("file:")) continue;
     const refusal = fileUrlRefusal(fileURLToPath(entry.url), scope);
     if (refusal !== undefined) {
-      throw new KaosError("MANIFEST_INVALID", `${entry.file}:${entry.line}: "url" ${entry.url} may not be read: ${refusal}`, { hint: widenScopeHint(scope) });
+      throw new KaosError("MANIFEST_INVALID", `${entry.file}:${entry.line}: "url" ${entry.url} may not be read: ${refusal}`, {
+        hint: widenScopeHint(scope),
+      });
     }
   }
 }

@@ -55,7 +55,9 @@ export function readMetrics(outDir: string): JobMetrics {
   const dir = join(outDir, "metrics");
   let names: string[];
   try {
-    names = readdirSync(dir).filter((name) => name.endsWith(".json")).sort();
+    names = readdirSync(dir)
+      .filter((name) => name.endsWith(".json"))
+      .sort();
   } catch {
     return metrics;
   }

@@ -153,8 +153,20 @@ function diffSorted(before: TreeFile[], after: TreeFile[]): ReturnType<typeof di
     const nextOld = before[i];
     const previousNow = after[j - 1];
     const nextNow = after[j];
-    if (previousOld !== undefined && nextOld !== undefined && !(previousOld.path < nextOld.path) && pathOrder(previousOld.path, nextOld.path) >= 0) return undefined;
-    if (previousNow !== undefined && nextNow !== undefined && !(previousNow.path < nextNow.path) && pathOrder(previousNow.path, nextNow.path) >= 0) return undefined;
+    if (
+      previousOld !== undefined &&
+      nextOld !== undefined &&
+      !(previousOld.path < nextOld.path) &&
+      pathOrder(previousOld.path, nextOld.path) >= 0
+    )
+      return undefined;
+    if (
+      previousNow !== undefined &&
+      nextNow !== undefined &&
+      !(previousNow.path < nextNow.path) &&
+      pathOrder(previousNow.path, nextNow.path) >= 0
+    )
+      return undefined;
   }
   return diff;
 }
@@ -196,7 +208,12 @@ export interface PlanOptions {
   manifests?: ReadonlyMap<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>;
 }
 
-async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, applied: AppliedPipeline | undefined, objects: ObjectStore): Promise<{ plan: PipelinePlan; stats: Plan["stats"] }> {
+async function planPipeline(
+  options: PlanOptions,
+  pipeline: ResolvedPipeline,
+  applied: AppliedPipeline | undefined,
+  objects: ObjectStore,
+): Promise<{ plan: PipelinePlan; stats: Plan["stats"] }> {
   const { state, oracle, config } = options;
   const stateDir = stateDirOf(config.root);
   const where = `pipelines.${pipeline.name}.source`;
@@ -233,7 +250,10 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
   const hyperparamsKey = hashString("kaos grid v1", canonicalJson(pipeline.grid));
   const keys = { env: envKey, source: sourceTree.hash, data: dataKey, hyperparams: hyperparamsKey };
 
-  const sourceChange = applied?.sourceKey === sourceTree.hash ? undefined : treeChange(applied ? loadTreeListing(stateDir, applied.sourceKey) : undefined, sourceTree.files);
+  const sourceChange =
+    applied?.sourceKey === sourceTree.hash
+      ? undefined
+      : treeChange(applied ? loadTreeListing(stateDir, applied.sourceKey) : undefined, sourceTree.files);
   const dataChange =
     dataTree === undefined || applied?.dataKey === dataTree.hash
       ? undefined
@@ -261,7 +281,11 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
   }
   if (options.force) stages.build = { action: "run", key: envKey, reason: "forced" };
   else if (!oracle.environmentReady(envKey)) {
-    stages.build = { action: "run", key: envKey, reason: envChanged ? "Dockerfile, requirements.txt or runtime changed" : "environment not built yet" };
+    stages.build = {
+      action: "run",
+      key: envKey,
+      reason: envChanged ? "Dockerfile, requirements.txt or runtime changed" : "environment not built yet",
+    };
   }
 
   const previous = new Set((applied?.params ?? []).map((params) => canonicalJson(params)));
@@ -271,21 +295,23 @@ async function planPipeline(options: PlanOptions, pipeline: ResolvedPipeline, ap
     [envChanged ? "environment changed" : undefined, describeChange("source", sourceChange), describeChange("data", dataChange)]
       .filter(Boolean)
       .join("; ") || undefined;
-  const jobs: JobPlan[] = await Promise.all(combinations.map(async (params, index): Promise<JobPlan> => {
-    const canonical = canonicalJson(params);
-    const paramsKey = hashString("kaos params v1", canonical);
-    const key = dataKey === undefined ? null : jobKeyOf({ env: envKey, source: sourceTree.hash, data: dataKey }, params);
-    const { job: reuse, distrusted } = key === null || options.force ? { job: undefined } : await oracle.succeededJob(key);
-    if (reuse) return { index, key, params, paramsKey, action: "skip", reason: `identical job ${reuse.id} succeeded`, reuse };
-    let reason: string;
-    if (options.force) reason = "forced";
-    else if (distrusted !== undefined) reason = distrusted;
-    else if (key === null) reason = "data key known after ingest";
-    else if (applied !== undefined && !previous.has(canonical)) reason = "new combination";
-    else if (key !== null && state.lastFailed("train", key)) reason = "previous attempt failed";
-    else reason = applied === undefined ? "never ran" : (inputReason ?? "never ran");
-    return { index, key, params, paramsKey, action: "run", reason, reuse: undefined };
-  }));
+  const jobs: JobPlan[] = await Promise.all(
+    combinations.map(async (params, index): Promise<JobPlan> => {
+      const canonical = canonicalJson(params);
+      const paramsKey = hashString("kaos params v1", canonical);
+      const key = dataKey === undefined ? null : jobKeyOf({ env: envKey, source: sourceTree.hash, data: dataKey }, params);
+      const { job: reuse, distrusted } = key === null || options.force ? { job: undefined } : await oracle.succeededJob(key);
+      if (reuse) return { index, key, params, paramsKey, action: "skip", reason: `identical job ${reuse.id} succeeded`, reuse };
+      let reason: string;
+      if (options.force) reason = "forced";
+      else if (distrusted !== undefined) reason = distrusted;
+      else if (key === null) reason = "data key known after ingest";
+      else if (applied !== undefined && !previous.has(canonical)) reason = "new combination";
+      else if (key !== null && state.lastFailed("train", key)) reason = "previous attempt failed";
+      else reason = applied === undefined ? "never ran" : (inputReason ?? "never ran");
+      return { index, key, params, paramsKey, action: "run", reason, reuse: undefined };
+    }),
+  );
   const running = jobs.filter((job) => job.action === "run").length;
   if (running > 0) {
     stages.train = { action: "run", key: hyperparamsKey, reason: `${running} of ${jobs.length} jobs to run` };
@@ -373,7 +399,13 @@ export function planJson(plan: Plan): unknown {
           }),
       ),
       keys: p.keys,
-      jobs: p.jobs.map((job) => ({ key: job.key, params: job.params, action: job.action, reason: job.reason, ...(job.reuse ? { reuses: job.reuse.id } : {}) })),
+      jobs: p.jobs.map((job) => ({
+        key: job.key,
+        params: job.params,
+        action: job.action,
+        reason: job.reason,
+        ...(job.reuse ? { reuses: job.reuse.id } : {}),
+      })),
       changes: {
         source: p.changes.source ?? null,
         data: p.changes.data ?? null,
@@ -423,7 +455,9 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       if (!decision) continue;
       if (decision.action === "run" && stage !== "train") stagesToRun += 1;
       const action = decision.action === "run" ? c.yellow("run ") : c.dim("skip");
-      lines.push(`  ${stage.padEnd(6)}  ${action}  ${displayLine(decision.reason)}${decision.key ? c.dim(`  ${decision.key.slice(0, 12)}`) : ""}`);
+      lines.push(
+        `  ${stage.padEnd(6)}  ${action}  ${displayLine(decision.reason)}${decision.key ? c.dim(`  ${decision.key.slice(0, 12)}`) : ""}`,
+      );
     }
     const details: string[] = [];
     if (p.changes.env) details.push("environment: Dockerfile, requirements.txt or runtime changed");
@@ -438,13 +472,17 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       if (job.action === "run") jobsToRun += 1;
       else jobsSkipped += 1;
       const action = job.action === "run" ? c.yellow("run ") : c.dim("skip");
-      lines.push(`    ${action}  ${`${job.index + 1}/${p.jobs.length}`.padEnd(7)} ${paramsText(job.params) || "{}"}  ${c.dim(displayLine(job.reason))}`);
+      lines.push(
+        `    ${action}  ${`${job.index + 1}/${p.jobs.length}`.padEnd(7)} ${paramsText(job.params) || "{}"}  ${c.dim(displayLine(job.reason))}`,
+      );
     }
   }
   lines.push("");
   lines.push(
     plan.changes
-      ? c.bold(`Plan: ${stagesToRun} stage${stagesToRun === 1 ? "" : "s"} and ${jobsToRun} job${jobsToRun === 1 ? "" : "s"} to run, ${jobsSkipped} skipped.`)
+      ? c.bold(
+          `Plan: ${stagesToRun} stage${stagesToRun === 1 ? "" : "s"} and ${jobsToRun} job${jobsToRun === 1 ? "" : "s"} to run, ${jobsSkipped} skipped.`,
+        )
       : c.green(`No changes: ${jobsSkipped} job${jobsSkipped === 1 ? "" : "s"} already succeeded.`),
   );
   return lines.join("\n");

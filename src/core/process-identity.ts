@@ -108,7 +108,10 @@ export type Liveness = "alive" | "dead" | "unknown";
 export function judgeProcess(recorded: RecordedProcess): Liveness {
   const here = currentOrigin();
   // Old records carry the boot id in their start token only.
-  const origin = recorded.origin === null ? { machineId: "", bootId: recorded.startToken?.split(":")[0] ?? "", pidNamespace: "" } : parseOrigin(recorded.origin);
+  const origin =
+    recorded.origin === null
+      ? { machineId: "", bootId: recorded.startToken?.split(":")[0] ?? "", pidNamespace: "" }
+      : parseOrigin(recorded.origin);
   const sameBoot = origin.bootId !== "" && origin.bootId === here.bootId;
   if (sameBoot) {
     const sameNamespace = origin.pidNamespace === "" || origin.pidNamespace === here.pidNamespace;

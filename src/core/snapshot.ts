@@ -28,6 +28,7 @@ import {
   symlinkSync,
   watch,
   writeFileSync,
+  type Stats,
 } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
 import { noSpaceError, isNoSpace } from "./disk.js";
@@ -115,7 +116,12 @@ export async function storeTree(objects: ObjectStore, tree: TreeHash, where: str
  * `esc` normalizes to a path inside it). A loop resolves to nothing, which
  * stays inside.
  */
-export function resolveInside(links: ReadonlyMap<string, string>, base: readonly string[], target: string, budget: { hops: number }): string[] | null {
+export function resolveInside(
+  links: ReadonlyMap<string, string>,
+  base: readonly string[],
+  target: string,
+  budget: { hops: number },
+): string[] | null {
   if (isAbsolute(target)) return null;
   let stack = [...base];
   for (const part of target.split("/")) {
@@ -168,7 +174,9 @@ function hashedLinkTarget(tree: TreeHash, file: TreeFile): string {
   }
   // Links hash as the SHA-256 of their target string (see hash.ts).
   if (createHash("sha256").update(target).digest("hex") !== file.hash) {
-    throw new KaosError("IO", `${path} changed while kaos was taking its snapshot`, { hint: "rerun `kaos up`: the next plan hashes the new content" });
+    throw new KaosError("IO", `${path} changed while kaos was taking its snapshot`, {
+      hint: "rerun `kaos up`: the next plan hashes the new content",
+    });
   }
   return target;
 }
@@ -294,7 +302,7 @@ export function materializeTree(
 
 /** Restores write permission on a tree made read-only, so it can be removed. */
 export function makeWritable(dir: string): void {
-  let stat;
+  let stat: Stats;
   try {
     stat = statSync(dir);
   } catch {

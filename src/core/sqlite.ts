@@ -24,7 +24,8 @@ function sqlite(): SqliteModule {
   process.emitWarning = function filtered(this: unknown, warning: string | Error, ...rest: unknown[]): void {
     const text = typeof warning === "string" ? warning : warning.message;
     const type = typeof rest[0] === "string" ? rest[0] : (rest[0] as { type?: unknown } | undefined)?.type;
-    const isSqliteNotice = (type === "ExperimentalWarning" || (warning instanceof Error && warning.name === "ExperimentalWarning")) && /SQLite/.test(text);
+    const isSqliteNotice =
+      (type === "ExperimentalWarning" || (warning instanceof Error && warning.name === "ExperimentalWarning")) && /SQLite/.test(text);
     if (!isSqliteNotice) (emitWarning as (...args: unknown[]) => void).call(process, warning, ...rest);
   } as typeof process.emitWarning;
   try {

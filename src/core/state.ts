@@ -61,10 +61,9 @@ export interface RunRecord {
   pid: number;
 }
 
-export type NewJob = Omit<
-  JobRecord,
-  "id" | "createdAt" | "state" | "pid" | "startedAt" | "finishedAt" | "exitCode" | "reason"
-> & { state?: JobState };
+export type NewJob = Omit<JobRecord, "id" | "createdAt" | "state" | "pid" | "startedAt" | "finishedAt" | "exitCode" | "reason"> & {
+  state?: JobState;
+};
 
 export interface JobFilter {
   stack?: string;
@@ -542,9 +541,7 @@ export class StateStore {
     const [first] = rows;
     if (first === undefined) throw notFound();
     if (rows.length === 1) return first;
-    const total = (
-      this.stmt("SELECT count(*) AS n FROM jobs WHERE id >= ? AND id < ?").get(prefix, `${prefix}~`) as { n: number }
-    ).n;
+    const total = (this.stmt("SELECT count(*) AS n FROM jobs WHERE id >= ? AND id < ?").get(prefix, `${prefix}~`) as { n: number }).n;
     const shown = rows.slice(0, 5).map((row) => `  ${row.id}  ${row.pipeline} ${row.stage} ${row.state} ${row.createdAt}`);
     const more = total > shown.length ? `\n  ... and ${total - shown.length} more` : "";
     throw new KaosError("JOB_AMBIGUOUS", `'${idOrPrefix}' matches ${total} jobs:\n${shown.join("\n")}${more}`, {
@@ -645,10 +642,7 @@ export class StateStore {
 
   setMeta(key: string, value: string): void {
     this.writer();
-    this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(
-      key,
-      value,
-    );
+    this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(key, value);
   }
 
   // ---------------------------------------------------------------- writer lock
@@ -669,11 +663,16 @@ export class StateStore {
         const where = holder.host === host ? "" : ` on host ${holder.host}`;
         const who = `another kaos (pid ${holder.pid}${where}, \`${holder.command}\`, started at ${holder.acquired_at})`;
         throw liveness === "alive"
-          ? new KaosError("STATE_LOCKED", `${who} is applying stack '${stack}' in ${this.root}; wait for it to finish or stop it (kill ${holder.pid})`)
+          ? new KaosError(
+              "STATE_LOCKED",
+              `${who} is applying stack '${stack}' in ${this.root}; wait for it to finish or stop it (kill ${holder.pid})`,
+            )
           : new KaosError(
               "STATE_LOCKED",
               `${who} holds the lock of stack '${stack}' in ${this.root}, and it ran on another machine or in another container, so this kaos cannot tell whether it still runs`,
-              { hint: `if it has stopped, break its lock with \`kaos unlock${stack === "local" ? "" : ` --stack ${stack}`}\`: its unfinished jobs are marked interrupted and run again on the next up` },
+              {
+                hint: `if it has stopped, break its lock with \`kaos unlock${stack === "local" ? "" : ` --stack ${stack}`}\`: its unfinished jobs are marked interrupted and run again on the next up`,
+              },
             );
       }
       this.stmt(
@@ -710,17 +709,23 @@ export class StateStore {
     return this.transaction(() => {
       const holder = this.lockHolder(stack);
       if (holder?.liveness === "alive") {
-        throw new KaosError("STATE_LOCKED", `the kaos holding stack '${stack}' (pid ${holder.pid}, \`${holder.command}\`) is still running on this machine; stop it (kill ${holder.pid}) instead of breaking its lock`);
+        throw new KaosError(
+          "STATE_LOCKED",
+          `the kaos holding stack '${stack}' (pid ${holder.pid}, \`${holder.command}\`) is still running on this machine; stop it (kill ${holder.pid}) instead of breaking its lock`,
+        );
       }
       const row = this.stmt("SELECT * FROM writer_locks WHERE stack = ?").get(stack) as LockRow | undefined;
       this.stmt("DELETE FROM writer_locks WHERE stack = ?").run(stack);
       // The holder's runs: the same process (pid and start token) running this stack.
       const runs = (this.stmt("SELECT * FROM runs WHERE state = 'running' AND stack = ?").all(stack) as unknown as RunRow[]).filter(
-        (run) => row === undefined ? livenessOf(run) !== "alive" : run.pid === row.pid && run.pid_start === row.pid_start && run.host === row.host,
+        (run) =>
+          row === undefined ? livenessOf(run) !== "alive" : run.pid === row.pid && run.pid_start === row.pid_start && run.host === row.host,
       );
       const finishedAt = nowIso();
       const interrupted: JobRecord[] = [];
-      const markJob = this.stmt("UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running')");
+      const markJob = this.stmt(
+        "UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running')",
+      );
       const markRun = this.stmt("UPDATE runs SET state = 'failed', finished_at = ? WHERE id = ? AND state = 'running'");
       for (const run of runs) {
         for (const job of this.selectJobs("WHERE run_id = ? AND state IN ('queued','running') ORDER BY seq", run.id)) {
@@ -1047,7 +1052,6 @@ function nowIso(): string {
   return new Date().toISOString();
 }
 
-
 // ------------------------------------------------------------------ stat cache encoding
 
 /*
@@ -1145,7 +1149,8 @@ export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: s
     }
   }
   const treeHashBytes = treeHash === undefined ? undefined : Buffer.from(treeHash, "hex");
-  const withTreeHash = treeHashBytes !== undefined && treeHashBytes.length === TREE_HASH_BYTES && treeHashBytes.toString("hex") === treeHash;
+  const withTreeHash =
+    treeHashBytes !== undefined && treeHashBytes.length === TREE_HASH_BYTES && treeHashBytes.toString("hex") === treeHash;
 
   // Raw 32-byte hashes only when decoding gives back exactly the same text: no
   // upper case (it would come back lower case) and nothing but hex digits. The

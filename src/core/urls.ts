@@ -47,7 +47,9 @@ function realOrSelf(dir: string): string {
 }
 
 function describeScope(scope: FileUrlScope): string {
-  return scope.allowed.length === 0 ? `the project ${scope.project}` : `the project ${scope.project} and allowFileUrls (${scope.allowed.join(", ")})`;
+  return scope.allowed.length === 0
+    ? `the project ${scope.project}`
+    : `the project ${scope.project} and allowFileUrls (${scope.allowed.join(", ")})`;
 }
 
 /** What a refusal tells the user to do. */
@@ -75,7 +77,8 @@ export function fileUrlRefusal(file: string, scope: FileUrlScope): string | unde
   } catch {
     return undefined;
   }
-  if (!realRoots.some((root) => isWithin(real, root))) return `${lexical} leads through a symlink to ${real}, outside ${describeScope(scope)}`;
+  if (!realRoots.some((root) => isWithin(real, root)))
+    return `${lexical} leads through a symlink to ${real}, outside ${describeScope(scope)}`;
   return undefined;
 }
 
@@ -120,7 +123,21 @@ const CREDENTIAL_PARAM_NAMES = new Set([
   "sks",
   "skv",
 ]);
-const CREDENTIAL_PARAM_PARTS = ["token", "signature", "secret", "password", "passwd", "credential", "apikey", "api_key", "api-key", "accesskey", "access_key", "accessid", "session"];
+const CREDENTIAL_PARAM_PARTS = [
+  "token",
+  "signature",
+  "secret",
+  "password",
+  "passwd",
+  "credential",
+  "apikey",
+  "api_key",
+  "api-key",
+  "accesskey",
+  "access_key",
+  "accessid",
+  "session",
+];
 const CREDENTIAL_PARAM_PREFIXES = ["x-amz-", "x-goog-"];
 
 /**

@@ -4,9 +4,9 @@
  * processes a test's kaos left behind, and a direct read of the jobs table.
  */
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
+import { type Dirent, existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import { openRaw, pragmaValue } from "./sqlite.js";
+import { openRaw } from "./sqlite.js";
 import { runKaos, startKaos, type LiveKaos, type RunOptions, type RunResult } from "./rig.js";
 import type { ListedJob } from "./jobs.js";
 
@@ -14,7 +14,7 @@ import type { ListedJob } from "./jobs.js";
 export function listTree(dir: string, skip: (relativePath: string) => boolean = () => false): string[] {
   const out: string[] = [];
   const walk = (current: string) => {
-    let entries;
+    let entries: Dirent[];
     try {
       entries = readdirSync(current, { withFileTypes: true });
     } catch {
@@ -80,7 +80,9 @@ export function jobRows(projectDir: string): JobRow[] {
   if (!existsSync(file)) return [];
   const db = openRaw(file, { readOnly: true });
   try {
-    return db.prepare("SELECT id, run_id, stage, key, state, params, pid, started_at, finished_at, exit_code, reason FROM jobs ORDER BY seq").all() as JobRow[];
+    return db
+      .prepare("SELECT id, run_id, stage, key, state, params, pid, started_at, finished_at, exit_code, reason FROM jobs ORDER BY seq")
+      .all() as unknown as JobRow[];
   } finally {
     db.close();
   }
@@ -193,7 +195,11 @@ export function killTagged(name: string, value: string): void {
 }
 
 /** Starts kaos and SIGKILLs it once `when` resolves (or it exits first); returns how it ended. */
-export async function killWhen(args: string[], options: RunOptions, when: (live: LiveKaos) => Promise<unknown>): Promise<{ killed: boolean; result: RunResult }> {
+export async function killWhen(
+  args: string[],
+  options: RunOptions,
+  when: (live: LiveKaos) => Promise<unknown>,
+): Promise<{ killed: boolean; result: RunResult }> {
   const live = startKaos(args, options);
   let exited = false;
   void live.exited.then(() => (exited = true));

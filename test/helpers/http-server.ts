@@ -158,7 +158,8 @@ function contentSlice(options: RouteOptions, start: number, end: number): Buffer
 
 function ifRangeHolds(header: string | undefined, options: RouteOptions): boolean {
   if (header === undefined) return true;
-  if (header.startsWith('"') || header.startsWith("W/")) return options.etag !== undefined && header === options.etag && !header.startsWith("W/");
+  if (header.startsWith('"') || header.startsWith("W/"))
+    return options.etag !== undefined && header === options.etag && !header.startsWith("W/");
   return options.lastModified !== undefined && header === options.lastModified;
 }
 
@@ -190,7 +191,12 @@ function drainOrClose(response: http.ServerResponse): Promise<void> {
   });
 }
 
-async function serve(state: RouteState, request: http.IncomingMessage, response: http.ServerResponse, record: RequestRecord): Promise<void> {
+async function serve(
+  state: RouteState,
+  request: http.IncomingMessage,
+  response: http.ServerResponse,
+  record: RequestRecord,
+): Promise<void> {
   const options = state.options;
   if (options.headerDelayMs !== undefined) await sleep(options.headerDelayMs);
   if (response.destroyed) return;

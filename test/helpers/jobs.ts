@@ -103,7 +103,9 @@ export function readMarks(file: string): Mark[] {
 
 /** The most jobs that were running at the same time. */
 export function maxConcurrency(marks: Mark[]): number {
-  const events = marks.map((mark) => ({ time: mark.time, delta: mark.what === "start" ? 1 : -1 })).sort((a, b) => a.time - b.time || a.delta - b.delta);
+  const events = marks
+    .map((mark) => ({ time: mark.time, delta: mark.what === "start" ? 1 : -1 }))
+    .sort((a, b) => a.time - b.time || a.delta - b.delta);
   let current = 0;
   let max = 0;
   for (const event of events) {

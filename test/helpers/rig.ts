@@ -113,7 +113,10 @@ export function startKaos(args: string[], options: RunOptions): LiveKaos {
   let stdout = "";
   let stderr = "";
   const waiters = new Set<() => void>();
-  const notify = () => waiters.forEach((waiter) => waiter());
+  const notify = () =>
+    waiters.forEach((waiter) => {
+      waiter();
+    });
   child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
     stdout += chunk;
     notify();

@@ -24,7 +24,6 @@ export function environmentReady(envsDir: string, envKey: string): boolean {
   return existsSync(join(environmentPath(envsDir, envKey), COMPLETE_MARKER));
 }
 
-
 /** Removes half-built environments whose builder is gone (crash, SIGKILL). */
 export function removeAbandonedBuilds(envsDir: string): void {
   removeAbandonedTemporaries([envsDir], (pid) => isProcessAlive(pid, null), [/^\.building-(\d+)-/]);
@@ -77,7 +76,10 @@ export async function buildEnvironment(options: BuildOptions): Promise<string> {
   if (environmentReady(options.envsDir, options.envKey)) return final;
   mkdirSync(options.envsDir, { recursive: true });
   removeAbandonedBuilds(options.envsDir);
-  const building = join(options.envsDir, `.building-${process.pid}-${options.envKey.slice(0, 12)}-${Date.now()}-${randomUUID().slice(0, 8)}`);
+  const building = join(
+    options.envsDir,
+    `.building-${process.pid}-${options.envKey.slice(0, 12)}-${Date.now()}-${randomUUID().slice(0, 8)}`,
+  );
   const requirements = join(options.modelDir, "requirements.txt");
   const needsInstall = readFileSync(requirements, "utf8")
     .split("\n")
@@ -110,7 +112,15 @@ export async function buildEnvironment(options: BuildOptions): Promise<string> {
     } else if (needsInstall && !(await hasPip(python.path))) {
       // No pip beside the interpreter (Debian's python3 without python3-pip): let venv bring its own.
       await step(python.path, ["-m", "venv", building]);
-      await step(join(building, "bin", "python"), ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-r", requirements]);
+      await step(join(building, "bin", "python"), [
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-r",
+        requirements,
+      ]);
     } else {
       // Without pip inside the environment the venv is made in a fraction of the time;
       // the interpreter's own pip installs into it.

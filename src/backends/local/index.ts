@@ -18,7 +18,16 @@ import { ingest } from "./ingest.js";
 import { pinnedHash, readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
-import { appliedOf, jobKeyOf, type AppliedState, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../core/plan.js";
+import {
+  appliedOf,
+  jobKeyOf,
+  type AppliedState,
+  type JobPlan,
+  type Plan,
+  type PipelinePlan,
+  type PlanOracle,
+  type Reusable,
+} from "../../core/plan.js";
 import type { Reporter } from "../../cli/progress.js";
 import {
   checkSeal,
@@ -44,7 +53,6 @@ import { spawnLogged, type RunningProcess } from "./process.js";
 import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
 import { fileUrlScopeOf } from "../../core/urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
-
 
 /** How a job ended, for the pipelines of the same run that wait on its key. */
 interface ClaimResult {
@@ -102,7 +110,11 @@ export function detectGpus(): number[] {
     return process.env.KAOS_GPUS.split(",").filter(Boolean).map(Number).filter(Number.isInteger);
   }
   try {
-    const output = execFileSync("nvidia-smi", ["--query-gpu=index", "--format=csv,noheader"], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "ignore"] });
+    const output = execFileSync("nvidia-smi", ["--query-gpu=index", "--format=csv,noheader"], {
+      encoding: "utf8",
+      timeout: 10_000,
+      stdio: ["ignore", "pipe", "ignore"],
+    });
     return output
       .split("\n")
       .filter((line) => line.trim() !== "")
@@ -123,8 +135,21 @@ export interface ExecuteOptions {
 
 export interface PipelineOutcome {
   name: string;
-  stages: Partial<Record<"ingest" | "build" | "train", { action: "run" | "skip"; state: "succeeded" | "failed" | "cancelled" | "skipped"; jobId?: string; reason?: string }>>;
-  jobs: { id: string | null; key: string | null; params: Record<string, unknown>; state: string; exitCode: number | null; reused: boolean; reason: string | null }[];
+  stages: Partial<
+    Record<
+      "ingest" | "build" | "train",
+      { action: "run" | "skip"; state: "succeeded" | "failed" | "cancelled" | "skipped"; jobId?: string; reason?: string }
+    >
+  >;
+  jobs: {
+    id: string | null;
+    key: string | null;
+    params: Record<string, unknown>;
+    state: string;
+    exitCode: number | null;
+    reused: boolean;
+    reason: string | null;
+  }[];
 }
 
 export interface ExecuteResult {
@@ -206,7 +231,11 @@ export class LocalBackend implements PlanOracle {
       }
       if (spoiled.size === 0 && !written.directories) continue;
       this.removeObjectsByInode(spoiled);
-      discardViews([join(this.stateDir, "snapshots"), join(this.stateDir, "data")], view, new Set([...spoiled].map((inode) => inode.split(":")[1]!)));
+      discardViews(
+        [join(this.stateDir, "snapshots"), join(this.stateDir, "data")],
+        view,
+        new Set([...spoiled].map((inode) => inode.split(":")[1]!)),
+      );
     }
   }
 
@@ -286,7 +315,11 @@ export class LocalBackend implements PlanOracle {
     const cancelled = options.signal.aborted;
     const succeeded =
       !cancelled &&
-      outcomes.every((o) => Object.values(o.stages).every((s) => s.state !== "failed" && s.state !== "cancelled") && o.jobs.every((j) => j.state === "succeeded"));
+      outcomes.every(
+        (o) =>
+          Object.values(o.stages).every((s) => s.state !== "failed" && s.state !== "cancelled") &&
+          o.jobs.every((j) => j.state === "succeeded"),
+      );
     return { succeeded, cancelled, pipelines: outcomes };
   }
 
@@ -375,12 +408,14 @@ export class LocalBackend implements PlanOracle {
     }
 
     // Jobs whose key waited for the ingest: now known, and maybe already done.
-    const jobs: JobPlan[] = await Promise.all(p.jobs.map(async (job) => {
-      if (job.key !== null || dataKey === undefined) return job;
-      const key = jobKeyOf({ env: p.keys.env, source: p.keys.source, data: dataKey }, job.params);
-      const { job: reuse } = await this.succeededJob(key);
-      return reuse ? { ...job, key, action: "skip" as const, reuse, reason: `identical job ${reuse.id} succeeded` } : { ...job, key };
-    }));
+    const jobs: JobPlan[] = await Promise.all(
+      p.jobs.map(async (job) => {
+        if (job.key !== null || dataKey === undefined) return job;
+        const key = jobKeyOf({ env: p.keys.env, source: p.keys.source, data: dataKey }, job.params);
+        const { job: reuse } = await this.succeededJob(key);
+        return reuse ? { ...job, key, action: "skip" as const, reuse, reason: `identical job ${reuse.id} succeeded` } : { ...job, key };
+      }),
+    );
     const toRun = jobs.filter((job) => job.action === "run");
 
     // Build.
@@ -397,7 +432,16 @@ export class LocalBackend implements PlanOracle {
         const built = await building;
         outcome.stages.build = built;
         if (built.state !== "succeeded") {
-          for (const job of jobs) outcome.jobs.push({ id: null, key: job.key, params: job.params, state: "cancelled", exitCode: null, reused: false, reason: "build failed" });
+          for (const job of jobs)
+            outcome.jobs.push({
+              id: null,
+              key: job.key,
+              params: job.params,
+              state: "cancelled",
+              exitCode: null,
+              reused: false,
+              reason: "build failed",
+            });
           outcome.stages.train = { action: "run", state: "cancelled", reason: "build failed" };
           return outcome;
         }
@@ -413,11 +457,25 @@ export class LocalBackend implements PlanOracle {
     // Train.
     for (const job of jobs) {
       if (job.action === "skip" && job.reuse) {
-        outcome.jobs.push({ id: job.reuse.id, key: job.key, params: job.params, state: "succeeded", exitCode: job.reuse.exitCode, reused: true, reason: job.reason });
+        outcome.jobs.push({
+          id: job.reuse.id,
+          key: job.key,
+          params: job.params,
+          state: "succeeded",
+          exitCode: job.reuse.exitCode,
+          reused: true,
+          reason: job.reason,
+        });
       }
     }
     if (toRun.length === 0) {
-      reporter.event({ kind: "stage", pipeline: name, stage: "train", status: "skipped", reason: `all ${jobs.length} jobs already succeeded` });
+      reporter.event({
+        kind: "stage",
+        pipeline: name,
+        stage: "train",
+        status: "skipped",
+        reason: `all ${jobs.length} jobs already succeeded`,
+      });
       outcome.stages.train = { action: "skip", state: "skipped" };
       this.recordApplied(p, dataKey ?? null);
       return outcome;
@@ -432,7 +490,10 @@ export class LocalBackend implements PlanOracle {
       const sharedResults = Promise.all(shared.map((job) => claims.get(job.key!)!.result));
       if (shared.length > 0) {
         const owners = [...new Set(shared.map((job) => claims.get(job.key!)!.pipeline))].join(", ");
-        reporter.event({ kind: "note", message: `${name} train: ${shared.length} of ${toRun.length} jobs are identical to jobs of ${owners} in this run; each runs once` });
+        reporter.event({
+          kind: "note",
+          message: `${name} train: ${shared.length} of ${toRun.length} jobs are identical to jobs of ${owners} in this run; each runs once`,
+        });
       }
       const failed = own.length > 0 ? await this.runOwnJobs(p, own, jobs.length, dataDir, dataKey, pool, settle, options, outcome) : false;
       let sharedFailed = false;
@@ -440,12 +501,29 @@ export class LocalBackend implements PlanOracle {
         const job = shared[index]!;
         const base = { key: job.key, params: job.params };
         if (result.state === "succeeded") {
-          outcome.jobs.push({ ...base, id: result.id, state: "succeeded", exitCode: result.exitCode, reused: true, reason: `identical job ${result.id} of pipeline ${result.pipeline} ran in this run` });
+          outcome.jobs.push({
+            ...base,
+            id: result.id,
+            state: "succeeded",
+            exitCode: result.exitCode,
+            reused: true,
+            reason: `identical job ${result.id} of pipeline ${result.pipeline} ran in this run`,
+          });
           return;
         }
         sharedFailed = true;
-        const identical = result.id === null ? `the identical job of pipeline ${result.pipeline}` : `identical job ${result.id} of pipeline ${result.pipeline}`;
-        outcome.jobs.push({ ...base, id: null, state: result.state, exitCode: null, reused: false, reason: `not run: ${identical} ${result.state}` });
+        const identical =
+          result.id === null
+            ? `the identical job of pipeline ${result.pipeline}`
+            : `identical job ${result.id} of pipeline ${result.pipeline}`;
+        outcome.jobs.push({
+          ...base,
+          id: null,
+          state: result.state,
+          exitCode: null,
+          reused: false,
+          reason: `not run: ${identical} ${result.state}`,
+        });
       });
       const anyFailed = failed || sharedFailed;
       outcome.stages.train = { action: "run", state: anyFailed ? (signal.aborted ? "cancelled" : "failed") : "succeeded" };
@@ -453,7 +531,8 @@ export class LocalBackend implements PlanOracle {
       return outcome;
     } finally {
       // A pipeline that stopped before its jobs ran must not leave the others waiting.
-      for (const resolve of settle.values()) resolve({ id: null, state: signal.aborted ? "cancelled" : "failed", exitCode: null, pipeline: name });
+      for (const resolve of settle.values())
+        resolve({ id: null, state: signal.aborted ? "cancelled" : "failed", exitCode: null, pipeline: name });
     }
   }
 
@@ -505,7 +584,7 @@ export class LocalBackend implements PlanOracle {
       }),
     );
     for (const record of records) this.record(reporter, record.id);
-    let results;
+    let results: Awaited<ReturnType<typeof this.runTrainJob>>[];
     try {
       results = await Promise.all(
         records.map(async (record) => {
@@ -533,7 +612,10 @@ export class LocalBackend implements PlanOracle {
       const late = data.seal.broken === undefined ? this.dataSpoiled(data, { everyStat: true }) : undefined;
       if (late !== undefined) {
         const reason = `${dataWrittenReason("during this sweep", late)}; no job of the sweep is trusted`;
-        const revoked = this.state.revokeSucceeded(records.map((record) => record.id), reason);
+        const revoked = this.state.revokeSucceeded(
+          records.map((record) => record.id),
+          reason,
+        );
         results = results.map((result) => (result.state === "succeeded" ? { ...result, state: "failed" as const, reason } : result));
         reporter.event({ kind: "note", message: `${name} train: ${reason} (${revoked} succeeded jobs recorded as failed)` });
       }
@@ -544,7 +626,15 @@ export class LocalBackend implements PlanOracle {
     records.forEach((record, index) => {
       const result = results[index]!;
       if (result.state !== "succeeded") failed = true;
-      outcome.jobs.push({ id: record.id, key: record.key, params: record.params, state: result.state, exitCode: result.exitCode, reused: false, reason: result.reason });
+      outcome.jobs.push({
+        id: record.id,
+        key: record.key,
+        params: record.params,
+        state: result.state,
+        exitCode: result.exitCode,
+        reused: false,
+        reason: result.reason,
+      });
     });
     return failed;
   }
@@ -687,9 +777,11 @@ export class LocalBackend implements PlanOracle {
       const recorded = this.state.finishJob(record.id, { state, exitCode, reason });
       const job = this.record(reporter, record.id, state === "failed" ? `see kaos train logs ${record.id}` : undefined);
       // `kaos train kill` may have recorded the end first; its word stands.
-      return recorded ? { state, exitCode, reason } : { state: job.state as "succeeded" | "failed" | "cancelled", exitCode: job.exitCode, reason: job.reason };
+      return recorded
+        ? { state, exitCode, reason }
+        : { state: job.state as "succeeded" | "failed" | "cancelled", exitCode: job.exitCode, reason: job.reason };
     };
-    let lease;
+    let lease: Awaited<ReturnType<typeof context.pool.acquire>>;
     try {
       lease = await context.pool.acquire(
         { cpu: resources.cpu, memoryBytes: resources.memoryBytes ?? 0, gpu: resources.gpu, group: name, groupLimit: parallelism },

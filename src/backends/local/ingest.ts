@@ -56,7 +56,16 @@ import { Worker, isMainThread, parentPort, workerData } from "node:worker_thread
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "../../core/manifest.js";
 import { HashingPassThrough, ObjectStore } from "../../core/objects.js";
-import { FileUrlRefused, type FileUrlScope, isCredentialParam, openWithinScope, queryParamName, sameSource, sourceIdentity, widenScopeHint } from "../../core/urls.js";
+import {
+  FileUrlRefused,
+  type FileUrlScope,
+  isCredentialParam,
+  openWithinScope,
+  queryParamName,
+  sameSource,
+  sourceIdentity,
+  widenScopeHint,
+} from "../../core/urls.js";
 
 export interface IngestProgress {
   filesDone: number;
@@ -159,7 +168,9 @@ export function redactUrl(url: string): string {
     }
     if (parsed.search.length > 1) {
       const segments = parsed.search.slice(1).split("&");
-      const masked = segments.map((segment) => (isCredentialParam(queryParamName(segment)) ? `${segment.split("=", 1)[0] ?? ""}=***` : segment));
+      const masked = segments.map((segment) =>
+        isCredentialParam(queryParamName(segment)) ? `${segment.split("=", 1)[0] ?? ""}=***` : segment,
+      );
       if (masked.some((segment, index) => segment !== segments[index])) {
         parsed.search = `?${masked.join("&")}`;
         changed = true;
@@ -516,7 +527,8 @@ async function fetchFile(job: TransferJob, ctx: Context): Promise<FetchOutcome> 
   try {
     fd = openWithinScope(source, ctx.fileScope);
   } catch (error) {
-    if (error instanceof FileUrlRefused) throw new FatalError(`${job.where}: may not be read: ${error.message}; ${widenScopeHint(ctx.fileScope)}`);
+    if (error instanceof FileUrlRefused)
+      throw new FatalError(`${job.where}: may not be read: ${error.message}; ${widenScopeHint(ctx.fileScope)}`);
     throw new FatalError(errnoCode(error) === "ENOENT" ? `file not found: ${source}` : `cannot read ${source}: ${describeError(error)}`);
   }
   const tmp = ctx.objects.tmpPath("file");
@@ -529,7 +541,11 @@ async function fetchFile(job: TransferJob, ctx: Context): Promise<FetchOutcome> 
     ctx.progress.setTotal(job.id, stat.size);
     // Copied from the descriptor that was checked, never by its name again.
     const hasher = new HashingPassThrough();
-    await pipeline(fs.createReadStream("", { fd, autoClose: false, highWaterMark: 1 << 20 }), hasher, fs.createWriteStream(tmp, { flags: "wx", mode: 0o600 }));
+    await pipeline(
+      fs.createReadStream("", { fd, autoClose: false, highWaterMark: 1 << 20 }),
+      hasher,
+      fs.createWriteStream(tmp, { flags: "wx", mode: 0o600 }),
+    );
     const hash = hasher.digest();
     const size = hasher.size;
     ctx.progress.setDone(job.id, size);
@@ -684,7 +700,11 @@ async function attemptHttp(job: TransferJob, part: PartialFile, ctx: Context): P
       }
       ctx.progress.setTotal(job.id, total ?? job.size ?? job.conditional?.pinned.size);
       const limit =
-        job.size !== undefined ? { bytes: job.size, what: "size the manifest states" } : total !== undefined ? { bytes: total, what: "length it announced" } : undefined;
+        job.size !== undefined
+          ? { bytes: job.size, what: "size the manifest states" }
+          : total !== undefined
+            ? { bytes: total, what: "length it announced" }
+            : undefined;
       const onBytes = (bytes: number): void => {
         ctx.progress.setDone(job.id, part.offset);
         ctx.progress.addReceived(bytes);
@@ -749,7 +769,9 @@ async function fetchHttp(job: TransferJob, ctx: Context): Promise<FetchOutcome> 
         }
         const waitMs = backoffMs(failuresWithoutProgress, ctx, retryAfterMs);
         if (retryAfterMs !== undefined) {
-          ctx.notice(`${redactUrl(job.url)} (${job.where}): ${describeError(error)}; the server asks kaos to wait ${seconds(retryAfterMs)} (Retry-After), retrying in ${seconds(waitMs)}`);
+          ctx.notice(
+            `${redactUrl(job.url)} (${job.where}): ${describeError(error)}; the server asks kaos to wait ${seconds(retryAfterMs)} (Retry-After), retrying in ${seconds(waitMs)}`,
+          );
         }
         await sleep(waitMs, undefined, {
           signal: ctx.signal,
@@ -991,7 +1013,8 @@ function serveTransfers(settings: TransferSettings, activeLimit: number): void {
       fetchEntry(job, ctx)
         .then(
           (outcome) => port.postMessage({ type: "done", id, outcome, report: takeReport() } satisfies FromWorker),
-          (error: unknown) => port.postMessage({ type: "failed", id, error: describeError(error), report: takeReport() } satisfies FromWorker),
+          (error: unknown) =>
+            port.postMessage({ type: "failed", id, error: describeError(error), report: takeReport() } satisfies FromWorker),
         )
         .finally(() => {
           active--;
@@ -1121,7 +1144,10 @@ class TransferPool {
 
   run(job: TransferJob): Promise<FetchOutcome> {
     const room = (thread: TransferThread): number => thread.capacity - thread.load;
-    let thread = this.threads.reduce<TransferThread | undefined>((best, candidate) => (best === undefined || room(candidate) > room(best) ? candidate : best), undefined);
+    let thread = this.threads.reduce<TransferThread | undefined>(
+      (best, candidate) => (best === undefined || room(candidate) > room(best) ? candidate : best),
+      undefined,
+    );
     // Threads start on demand, so a handful of transfers costs one thread.
     if (this.threads.length < this.size && (thread === undefined || this.threads.every((candidate) => candidate.load > 0))) {
       const index = this.threads.length;
@@ -1206,9 +1232,16 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       }
       if (known !== undefined) {
         expected =
-          entry.sha256 !== undefined ? { hash: known, from: "manifest", where: `${entry.file}:${entry.line}` } : { hash: known, from: "lock", where: lockFile };
+          entry.sha256 !== undefined
+            ? { hash: known, from: "manifest", where: `${entry.file}:${entry.line}` }
+            : { hash: known, from: "lock", where: lockFile };
       }
-    } else if (sameUrlPin !== undefined && known !== undefined && objects.has(known) && (sameUrlPin.etag !== undefined || sameUrlPin.lastModified !== undefined)) {
+    } else if (
+      sameUrlPin !== undefined &&
+      known !== undefined &&
+      objects.has(known) &&
+      (sameUrlPin.etag !== undefined || sameUrlPin.lastModified !== undefined)
+    ) {
       conditional = { ...pickValidators(sameUrlPin), pinned: sameUrlPin };
     }
     const key = `${entry.url}\0${expected?.hash ?? ""}\0${entry.size ?? ""}\0${conditional === undefined ? "" : "c"}`;
@@ -1218,7 +1251,10 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
       continue;
     }
     const id = planned.size;
-    planned.set(key, { job: { id, url: entry.url, where: `${entry.file}:${entry.line}`, expected, size: entry.size, conditional }, entries: [entry] });
+    planned.set(key, {
+      job: { id, url: entry.url, where: `${entry.file}:${entry.line}`, expected, size: entry.size, conditional },
+      entries: [entry],
+    });
     progress.setTotal(id, entry.size ?? sameUrlPin?.size);
     progress.setDone(id, 0);
   }
@@ -1282,7 +1318,8 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
           failures.push({ path: entry.path, url: redactUrl(entry.url), error: message });
           // A failed refresh leaves the pinned content in place; anything else leaves no file.
           const locked = oldLock?.entries[entry.path];
-          if (locked !== undefined && sameSource(locked.url, entry.url) && objects.has(locked.sha256)) tree.place(objects, locked.sha256, entry.path);
+          if (locked !== undefined && sameSource(locked.url, entry.url) && objects.has(locked.sha256))
+            tree.place(objects, locked.sha256, entry.path);
           else tree.remove(entry.path);
         }
       } finally {
@@ -1294,7 +1331,8 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
     // Entries that failed or never ran keep their old pin while the URL is unchanged.
     for (const entry of entries) {
       const locked = oldLock?.entries[entry.path];
-      if (newEntries[entry.path] === undefined && locked !== undefined && sameSource(locked.url, entry.url)) newEntries[entry.path] = locked;
+      if (newEntries[entry.path] === undefined && locked !== undefined && sameSource(locked.url, entry.url))
+        newEntries[entry.path] = locked;
     }
     const lock: ManifestLock = { version: 1, entries: newEntries };
     let previous: string | undefined;

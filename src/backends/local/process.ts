@@ -60,7 +60,10 @@ export function logLimitBytes(env: NodeJS.ProcessEnv = process.env): number {
   if (text === undefined || text === "") return DEFAULT_LOG_LIMIT_BYTES;
   const bytes = /^\d+$/.test(text) ? Number(text) : parseMemory(text);
   if (bytes === undefined || !Number.isSafeInteger(bytes)) {
-    throw new KaosError("USAGE", `${LOG_LIMIT_VARIABLE}=${text}: expected a number of bytes or a size such as "20M" or "1Gi" (0 for no cap)`);
+    throw new KaosError(
+      "USAGE",
+      `${LOG_LIMIT_VARIABLE}=${text}: expected a number of bytes or a size such as "20M" or "1Gi" (0 for no cap)`,
+    );
   }
   return bytes === 0 ? Number.POSITIVE_INFINITY : bytes;
 }
@@ -125,7 +128,10 @@ class LogFile {
         this.written += size;
         head += lines[index];
       }
-      this.out.write(head + `${new Date().toISOString()} kaos | the log reached its cap of ${formatBytes(this.limit)} (${LOG_LIMIT_VARIABLE}): the output from here on is dropped but for its last part, which follows when the job ends\n`);
+      this.out.write(
+        head +
+          `${new Date().toISOString()} kaos | the log reached its cap of ${formatBytes(this.limit)} (${LOG_LIMIT_VARIABLE}): the output from here on is dropped but for its last part, which follows when the job ends\n`,
+      );
       const stamp = `${process.pid}.${randomUUID().slice(0, 8)}`;
       this.tail = { files: [`${this.file}.tail-a.${stamp}.tmp`, `${this.file}.tail-b.${stamp}.tmp`], sizes: [0, 0], active: 0, dropped: 0 };
       text = lines.slice(index).join("");
@@ -368,7 +374,8 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
   let memoryTimer: NodeJS.Timeout | undefined;
   const pid = child.pid ?? -1;
   // Read now, while the child cannot have been reaped: it bounds which processes may be its descendants.
-  const jobStart: JobStart | undefined = jobId !== undefined && pid > 0 ? { pid, ticks: processStartTicks(pid), startedAtMs: Date.now() } : undefined;
+  const jobStart: JobStart | undefined =
+    jobId !== undefined && pid > 0 ? { pid, ticks: processStartTicks(pid), startedAtMs: Date.now() } : undefined;
 
   const stop = (why: string, graceMs = 5_000) => {
     if (reason === undefined) reason = why;

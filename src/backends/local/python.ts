@@ -56,7 +56,9 @@ async function askVersion(path: string): Promise<Probe> {
   try {
     // -S skips site-packages and the version comes from sys (the same string
     // platform.python_version() parses out of it): a third of the start-up.
-    const { stdout } = await run(path, ["-S", "-c", "import sys; print(sys.version.split()[0]); print(sys.executable)"], { timeout: 15_000 });
+    const { stdout } = await run(path, ["-S", "-c", "import sys; print(sys.version.split()[0]); print(sys.executable)"], {
+      timeout: 15_000,
+    });
     const [version, executable] = stdout.trim().split("\n");
     return version && executable ? { version, executable } : undefined;
   } catch {
@@ -90,7 +92,9 @@ async function findPython(wanted: string | undefined): Promise<PythonRuntime> {
     return {
       path: info.executable,
       version: info.version,
-      note: matches ? undefined : `the Dockerfile asks for Python ${wanted}, which is not installed here; using Python ${info.version} (${path})`,
+      note: matches
+        ? undefined
+        : `the Dockerfile asks for Python ${wanted}, which is not installed here; using Python ${info.version} (${path})`,
       uv,
       probed: path,
     };

@@ -17,7 +17,19 @@
  * `sealTree`), so a write after the seal always shows in the stats.
  */
 import { randomUUID } from "node:crypto";
-import { chmodSync, cpSync, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  type Stats,
+  chmodSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../core/hash.js";
@@ -117,7 +129,16 @@ function sealStore(sealed?: SealedTree): StatCacheStore & { saved: { entries: St
     load: (): Map<string, StatCacheEntry> => {
       const entries = new Map<string, StatCacheEntry>();
       for (const [path, mode, size, hash, dev, ino, mtimeNs, ctimeNs] of sealed?.entries ?? []) {
-        entries.set(path, { path, mode, size, hash, dev: BigInt(dev), ino: BigInt(ino), mtimeNs: BigInt(mtimeNs), ctimeNs: BigInt(ctimeNs) });
+        entries.set(path, {
+          path,
+          mode,
+          size,
+          hash,
+          dev: BigInt(dev),
+          ino: BigInt(ino),
+          mtimeNs: BigInt(mtimeNs),
+          ctimeNs: BigInt(ctimeNs),
+        });
       }
       return entries;
     },
@@ -148,7 +169,16 @@ async function sealTree(root: string, readFromNs: bigint): Promise<SealedTree> {
   return {
     hash: tree.hash,
     savedAtNs: String(savedAtNs),
-    entries: entries.map((entry) => [entry.path, entry.mode, entry.size, entry.hash, String(entry.dev), String(entry.ino), String(entry.mtimeNs), String(entry.ctimeNs)]),
+    entries: entries.map((entry) => [
+      entry.path,
+      entry.mode,
+      entry.size,
+      entry.hash,
+      String(entry.dev),
+      String(entry.ino),
+      String(entry.mtimeNs),
+      String(entry.ctimeNs),
+    ]),
   };
 }
 
@@ -168,7 +198,7 @@ function filesOf(sealed: SealedTree): TreeFile[] {
 
 /** Throws when the job replaced its output directory (kaos made it a directory) by something else. */
 function checkOutputDirectory(out: string): void {
-  let stat;
+  let stat: Stats;
   try {
     stat = lstatSync(out);
   } catch (error) {
@@ -177,7 +207,10 @@ function checkOutputDirectory(out: string): void {
   }
   if (!stat.isDirectory()) {
     const what = stat.isSymbolicLink() ? `a symlink to ${readlinkSync(out)}` : "not a directory";
-    throw new KaosError("JOBS_FAILED", `its output directory ${out} was replaced by ${what}; outputs must be written inside KAOS_OUTPUT_DIR`);
+    throw new KaosError(
+      "JOBS_FAILED",
+      `its output directory ${out} was replaced by ${what}; outputs must be written inside KAOS_OUTPUT_DIR`,
+    );
   }
 }
 
@@ -219,7 +252,8 @@ function readSeal(stateDir: string, jobId: string): SealRecord | undefined | { p
   }
   try {
     const record = JSON.parse(text) as SealRecord;
-    if (record.version !== 1 || record.jobId !== jobId || typeof record.output?.hash !== "string") throw new Error("not a seal of this job");
+    if (record.version !== 1 || record.jobId !== jobId || typeof record.output?.hash !== "string")
+      throw new Error("not a seal of this job");
     return record;
   } catch (error) {
     return { problem: `its seal ${sealPathOf(stateDir, jobId)} is not a valid seal (${describeError(error)})` };
@@ -228,7 +262,7 @@ function readSeal(stateDir: string, jobId: string): SealRecord | undefined | { p
 
 /** The changes to one sealed tree, or a description of why it is gone. */
 async function treeChanges(root: string, sealed: SealedTree): Promise<TreeChanges | null> {
-  let stat;
+  let stat: Stats | undefined;
   try {
     stat = lstatSync(root);
   } catch {
@@ -236,7 +270,9 @@ async function treeChanges(root: string, sealed: SealedTree): Promise<TreeChange
   }
   if (stat === undefined || !stat.isDirectory()) {
     const files = filesOf(sealed);
-    return files.length === 0 && stat === undefined ? null : { added: stat === undefined ? [] : ["."], changed: [], removed: files.map((file) => file.path) };
+    return files.length === 0 && stat === undefined
+      ? null
+      : { added: stat === undefined ? [] : ["."], changed: [], removed: files.map((file) => file.path) };
   }
   const tree = await hashTree(root, { everyFile: true, statCache: sealStore(sealed) });
   if (tree.hash === sealed.hash) return null;
@@ -259,7 +295,15 @@ export async function checkJobResults(stateDir: string, jobId: string): Promise<
   const paths = jobPaths(stateDir, jobId);
   const output = await treeChanges(paths.out, seal.output);
   const source = seal.source === null ? null : await treeChanges(paths.source, seal.source);
-  return { sealed: true, intact: output === null && source === null, sealedAt: seal.sealedAt, output, source, problem: null, sourceChangedByJob: seal.sourceChangedByJob };
+  return {
+    sealed: true,
+    intact: output === null && source === null,
+    sealedAt: seal.sealedAt,
+    output,
+    source,
+    problem: null,
+    sourceChangedByJob: seal.sourceChangedByJob,
+  };
 }
 
 const SHOWN_PATHS = 10;
