@@ -1,0 +1,503 @@
+/**
+ * The stat cache's storage format: one tree's entries as one columnar blob, so
+ * that loading 100k entries is one row read and the hashing threads can read
+ * it in place. The state store keeps the blobs; this file owns their bytes.
+ */
+import type { PackedStatCache, StatCacheEntry } from "./hash.js";
+import { searchSortedRows, type PackedColumns } from "./hash-worker.js";
+
+/*
+ * One tree's stat cache is one blob, so loading 100k entries is one row read, and
+ * the blob is read in place rather than turned into 100k objects up front.
+ * Columnar layout, little-endian, every section 8-byte aligned so that typed
+ * arrays can view it without copying:
+ *
+ *   header   u32 magic "KSC1", count, flags, pathBytes, hashBytes, 3 x reserved
+ *   dev      u64 x count          ino     u64 x count
+ *   mtimeNs  i64 x count          ctimeNs i64 x count
+ *   size     f64 x count
+ *   pathEnd  u32 x count   end of path i in the path section
+ *   kind     u8 x count    bits 0-1 mode; bit 2/3: dev/ino were numbers, not bigints
+ *   hashes   32 bytes x count when every hash is 64 lowercase hex digits (FLAG_RAW_HASHES),
+ *            else the hash strings joined by NUL, hashBytes long
+ *   paths    UTF-8, joined by NUL (no path holds one)
+ *   tree     with FLAG_TREE_HASH: the 32-byte tree hash of exactly these entries,
+ *            so that a walk that finds every file unchanged need not recompute it
+ *
+ * FLAG_SORTED means the paths are in strictly ascending order of their UTF-8
+ * bytes, the order of the walk: the hashing threads then compare against the
+ * blob in place (see `packed`).
+ */
+const STAT_CACHE_MAGIC = 0x3143_534b; // "KSC1" as a little-endian u32
+const HEADER_BYTES = 32;
+const FLAG_RAW_HASHES = 1;
+const FLAG_ASCII_PATHS = 2;
+/** Paths are in strictly ascending order of their UTF-8 bytes. */
+const FLAG_SORTED = 4;
+const FLAG_TREE_HASH = 8;
+const TREE_HASH_BYTES = 32;
+const MODES: readonly StatCacheEntry["mode"][] = ["file", "exec", "symlink"];
+const MODE_CODES: Readonly<Record<StatCacheEntry["mode"], number>> = { file: 0, exec: 1, symlink: 2 };
+const DEV_IS_NUMBER = 4;
+const DEV_COLUMN = 0;
+const INO_COLUMN = 1;
+const MTIME_COLUMN = 2;
+const CTIME_COLUMN = 3;
+/** Any 64-bit value written here can be compared by its two 32-bit words. */
+const scratch = new BigInt64Array(1);
+const scratchWords = new Uint32Array(scratch.buffer);
+const INO_IS_NUMBER = 8;
+
+/** Where each column starts in a blob: those the hashing threads read, and the hashes, tree hash and total size. */
+interface Layout extends Pick<PackedColumns, "dev" | "ino" | "mtime" | "ctime" | "size" | "pathEnd" | "kind" | "paths"> {
+  hashes: number;
+  /** Where the tree hash lies, if the blob holds one. */
+  treeHash: number;
+  total: number;
+}
+
+function align8(n: number): number {
+  return Math.ceil(n / 8) * 8;
+}
+
+function layout(count: number, hashBytes: number, pathBytes: number, withTreeHash: boolean): Layout {
+  const dev = HEADER_BYTES;
+  const ino = dev + 8 * count;
+  const mtime = ino + 8 * count;
+  const ctime = mtime + 8 * count;
+  const size = ctime + 8 * count;
+  const pathEnd = size + 8 * count;
+  const kind = pathEnd + 4 * count;
+  const hashes = align8(kind + count);
+  const paths = align8(hashes + hashBytes);
+  const treeHash = paths + pathBytes;
+  return { dev, ino, mtime, ctime, size, pathEnd, kind, hashes, paths, treeHash, total: treeHash + (withTreeHash ? TREE_HASH_BYTES : 0) };
+}
+
+/** `treeHash`: the hex tree hash of exactly these entries, kept so that an unchanged tree need not be digested again. */
+export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: string): Buffer {
+  const count = entries.length;
+  const paths = new Array<string>(count);
+  const hashes = new Array<string>(count);
+  let hashesAre64 = true;
+  for (let i = 0; i < count; i++) {
+    const entry = entries[i] as StatCacheEntry;
+    paths[i] = entry.path;
+    hashes[i] = entry.hash;
+    if (entry.hash.length !== 64) hashesAre64 = false;
+  }
+  const pathText = paths.join("\0");
+  const pathBytes = Buffer.byteLength(pathText, "utf8");
+  const asciiPaths = pathBytes === pathText.length;
+  let sorted = true;
+  if (asciiPaths) {
+    for (let i = 1; sorted && i < count; i++) if (!((paths[i - 1] as string) < (paths[i] as string))) sorted = false;
+  } else {
+    let previous: Buffer | undefined;
+    for (let i = 0; sorted && i < count; i++) {
+      const current = Buffer.from(paths[i] as string, "utf8");
+      if (previous !== undefined && Buffer.compare(previous, current) >= 0) sorted = false;
+      previous = current;
+    }
+  }
+  const treeHashBytes = treeHash === undefined ? undefined : Buffer.from(treeHash, "hex");
+  const withTreeHash =
+    treeHashBytes !== undefined && treeHashBytes.length === TREE_HASH_BYTES && treeHashBytes.toString("hex") === treeHash;
+
+  // Raw 32-byte hashes only when decoding gives back exactly the same text: no
+  // upper case (it would come back lower case) and nothing but hex digits. The
+  // native round trip is several times faster than a regular expression here.
+  let rawHashes: Buffer | undefined;
+  if (hashesAre64) {
+    const hexText = hashes.join("");
+    const decoded = Buffer.from(hexText, "hex");
+    if (decoded.length === 32 * count && decoded.toString("hex") === hexText) rawHashes = decoded;
+  }
+  const hashText = rawHashes === undefined ? hashes.join("\0") : "";
+  const hashBytes = rawHashes === undefined ? Buffer.byteLength(hashText, "utf8") : 32 * count;
+  const at = layout(count, hashBytes, pathBytes, withTreeHash);
+
+  const arrayBuffer = new ArrayBuffer(at.total);
+  const buffer = Buffer.from(arrayBuffer);
+  const flags =
+    (rawHashes === undefined ? 0 : FLAG_RAW_HASHES) |
+    (asciiPaths ? FLAG_ASCII_PATHS : 0) |
+    (sorted ? FLAG_SORTED : 0) |
+    (withTreeHash ? FLAG_TREE_HASH : 0);
+  new Uint32Array(arrayBuffer, 0, 5).set([STAT_CACHE_MAGIC, count, flags, pathBytes, hashBytes]);
+  const devs = new BigUint64Array(arrayBuffer, at.dev, count);
+  const inos = new BigUint64Array(arrayBuffer, at.ino, count);
+  const mtimes = new BigInt64Array(arrayBuffer, at.mtime, count);
+  const ctimes = new BigInt64Array(arrayBuffer, at.ctime, count);
+  const sizes = new Float64Array(arrayBuffer, at.size, count);
+  const pathEnds = new Uint32Array(arrayBuffer, at.pathEnd, count);
+  const kinds = new Uint8Array(arrayBuffer, at.kind, count);
+  let pathEnd = -1;
+  for (let i = 0; i < count; i++) {
+    const entry = entries[i] as StatCacheEntry;
+    let kind = MODE_CODES[entry.mode];
+    if (typeof entry.dev === "number") {
+      kind |= DEV_IS_NUMBER;
+      devs[i] = BigInt(entry.dev);
+    } else {
+      devs[i] = entry.dev;
+    }
+    if (typeof entry.ino === "number") {
+      kind |= INO_IS_NUMBER;
+      inos[i] = BigInt(entry.ino);
+    } else {
+      inos[i] = entry.ino;
+    }
+    mtimes[i] = entry.mtimeNs;
+    ctimes[i] = entry.ctimeNs;
+    sizes[i] = entry.size;
+    kinds[i] = kind;
+    pathEnd += 1 + (asciiPaths ? entry.path.length : Buffer.byteLength(entry.path, "utf8"));
+    pathEnds[i] = pathEnd;
+  }
+  if (rawHashes !== undefined) buffer.set(rawHashes, at.hashes);
+  else buffer.write(hashText, at.hashes, hashBytes, "utf8");
+  buffer.write(pathText, at.paths, pathBytes, "utf8");
+  if (withTreeHash) buffer.set(treeHashBytes!, at.treeHash);
+  return buffer;
+}
+
+/**
+ * A decoded view of one stat cache blob. Entries are made when asked for; a
+ * lookup in saved order (the next walk usually visits files in the order the
+ * last one saved them) costs one comparison against the bytes, and otherwise a
+ * binary search or, for unsorted or non-ASCII paths, a path index built once.
+ */
+export class StatCacheColumns {
+  readonly count: number;
+  private readonly bytes: Buffer;
+  private readonly devs: BigUint64Array;
+  private readonly devWords: Uint32Array;
+  /** dev, ino, mtimeNs and ctimeNs columns as 32-bit words. */
+  private readonly words: Uint32Array;
+  private readonly inos: BigUint64Array;
+  private readonly mtimes: BigInt64Array;
+  private readonly ctimes: BigInt64Array;
+  private readonly sizes: Float64Array;
+  private readonly pathEnds: Uint32Array;
+  private readonly kinds: Uint8Array;
+  private readonly rawHashes: boolean;
+  private readonly asciiPaths: boolean;
+  private readonly sorted: boolean;
+  /** Sorted in UTF-8 byte order, whatever the paths hold. */
+  private readonly inWalkOrder: boolean;
+  private readonly at: Layout;
+  /** The hex tree hash of exactly these entries, when the blob keeps it. */
+  readonly treeHash: string | undefined;
+  private readonly hashStart: number;
+  private readonly hashBytes: number;
+  private readonly pathStart: number;
+  private readonly made: (StatCacheEntry | undefined)[];
+  private cursor = 0;
+  private index: Map<string, number> | undefined;
+  private hashText: string | undefined;
+  private pathText: string | undefined;
+  private hashList: string[] | undefined;
+  private lastDev: { low: number; high: number; value: bigint } | undefined;
+
+  private constructor(bytes: Buffer, count: number, flags: number, hashBytes: number, at: Layout) {
+    const arrayBuffer = bytes.buffer;
+    const base = bytes.byteOffset;
+    this.bytes = bytes;
+    this.count = count;
+    this.devs = new BigUint64Array(arrayBuffer, base + at.dev, count);
+    this.devWords = new Uint32Array(arrayBuffer, base + at.dev, 2 * count);
+    this.words = new Uint32Array(arrayBuffer, base + at.dev, 8 * count);
+    this.inos = new BigUint64Array(arrayBuffer, base + at.ino, count);
+    this.mtimes = new BigInt64Array(arrayBuffer, base + at.mtime, count);
+    this.ctimes = new BigInt64Array(arrayBuffer, base + at.ctime, count);
+    this.sizes = new Float64Array(arrayBuffer, base + at.size, count);
+    this.pathEnds = new Uint32Array(arrayBuffer, base + at.pathEnd, count);
+    this.kinds = new Uint8Array(arrayBuffer, base + at.kind, count);
+    this.rawHashes = (flags & FLAG_RAW_HASHES) !== 0;
+    this.asciiPaths = (flags & FLAG_ASCII_PATHS) !== 0;
+    this.sorted = (flags & FLAG_SORTED) !== 0 && this.asciiPaths;
+    this.inWalkOrder = (flags & FLAG_SORTED) !== 0;
+    this.at = at;
+    this.treeHash = (flags & FLAG_TREE_HASH) !== 0 ? bytes.toString("hex", at.treeHash, at.treeHash + TREE_HASH_BYTES) : undefined;
+    this.hashStart = at.hashes;
+    this.hashBytes = hashBytes;
+    this.pathStart = at.paths;
+    this.made = new Array<StatCacheEntry | undefined>(count);
+  }
+
+  /**
+   * Undefined when the blob is not in this format (written by another version,
+   * or damaged). The columns live in a SharedArrayBuffer (a copy, unless the
+   * blob already is one), so that the hashing threads can read them in place.
+   */
+  static decode(blob: Uint8Array): StatCacheColumns | undefined {
+    if (blob.byteLength < HEADER_BYTES) return undefined;
+    let bytes: Buffer;
+    if (blob.buffer instanceof SharedArrayBuffer && blob.byteOffset % 8 === 0) {
+      bytes = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
+    } else {
+      bytes = Buffer.from(new SharedArrayBuffer(blob.byteLength));
+      bytes.set(blob);
+    }
+    if (bytes.readUInt32LE(0) !== STAT_CACHE_MAGIC) return undefined;
+    const count = bytes.readUInt32LE(4);
+    const flags = bytes.readUInt32LE(8);
+    const pathBytes = bytes.readUInt32LE(12);
+    const hashBytes = bytes.readUInt32LE(16);
+    if ((flags & FLAG_RAW_HASHES) !== 0 && hashBytes !== 32 * count) return undefined;
+    const at = layout(count, hashBytes, pathBytes, (flags & FLAG_TREE_HASH) !== 0);
+    if (at.total !== bytes.byteLength) return undefined;
+    const columns = new StatCacheColumns(bytes, count, flags, hashBytes, at);
+    if (count > 0 && columns.pathEnds[count - 1] !== pathBytes) return undefined;
+    return columns;
+  }
+
+  /**
+   * These columns as the hashing threads read them, with the entries and the
+   * time they were saved at; undefined unless the paths are in walk order.
+   */
+  packed(savedAt: bigint): PackedStatCache | undefined {
+    if (!this.inWalkOrder) return undefined;
+    const at = this.at;
+    const kinds = this.kinds;
+    return {
+      bytes: this.bytes,
+      count: this.count,
+      dev: at.dev,
+      ino: at.ino,
+      mtime: at.mtime,
+      ctime: at.ctime,
+      size: at.size,
+      pathEnd: at.pathEnd,
+      kind: at.kind,
+      paths: at.paths,
+      savedAt,
+      treeHash: this.treeHash,
+      entryAt: (i) => this.entryAt(i),
+      modeAt: (i) => MODES[(kinds[i] as number) & 3] ?? "file",
+    };
+  }
+
+  /** The position of `path`, or -1. */
+  find(path: string): number {
+    const cursor = this.cursor;
+    if (cursor < this.count && this.pathIs(cursor, path)) {
+      this.cursor = cursor + 1;
+      return cursor;
+    }
+    if (this.sorted) {
+      const found = searchSortedRows(this.count, (row) => this.compareAsciiPath(row, path));
+      this.cursor = found.next;
+      return found.row;
+    }
+    if (this.index === undefined) {
+      this.index = new Map();
+      for (let i = 0; i < this.count; i++) this.index.set(this.pathAt(i), i);
+    }
+    const found = this.index.get(path);
+    if (found === undefined) return -1;
+    this.cursor = found + 1;
+    return found;
+  }
+
+  /** The entry at `i`; the same object on every call, as a Map would give. */
+  entryAt(i: number, knownPath?: string): StatCacheEntry {
+    const made = this.made[i];
+    if (made !== undefined) return made;
+    const kind = this.kinds[i] as number;
+    const ino = this.inos[i] as bigint;
+    const entry: StatCacheEntry = {
+      path: knownPath ?? this.pathAt(i),
+      dev: (kind & DEV_IS_NUMBER) !== 0 ? Number(this.devAt(i)) : this.devAt(i),
+      ino: (kind & INO_IS_NUMBER) !== 0 ? Number(ino) : ino,
+      size: this.sizes[i] as number,
+      mtimeNs: this.mtimes[i] as bigint,
+      ctimeNs: this.ctimes[i] as bigint,
+      mode: MODES[kind & 3] ?? "file",
+      hash: this.hashAt(i),
+    };
+    this.made[i] = entry;
+    return entry;
+  }
+
+  /** Whether `entry` holds exactly what position `i` holds, value and type. */
+  sameAt(i: number, entry: StatCacheEntry): boolean {
+    const kind = this.kinds[i] as number;
+    if (
+      entry.size !== this.sizes[i] ||
+      MODE_CODES[entry.mode] !== (kind & 3) ||
+      (typeof entry.dev === "number") !== ((kind & DEV_IS_NUMBER) !== 0) ||
+      (typeof entry.ino === "number") !== ((kind & INO_IS_NUMBER) !== 0) ||
+      !this.sameBits(MTIME_COLUMN, i, entry.mtimeNs) ||
+      !this.sameBits(CTIME_COLUMN, i, entry.ctimeNs) ||
+      !this.sameBits(INO_COLUMN, i, typeof entry.ino === "number" ? BigInt(entry.ino) : entry.ino) ||
+      !this.sameBits(DEV_COLUMN, i, typeof entry.dev === "number" ? BigInt(entry.dev) : entry.dev)
+    ) {
+      return false;
+    }
+    if (entry.hash !== this.hashAt(i)) return false;
+    return this.pathIs(i, entry.path);
+  }
+
+  /** Compares a 64-bit column by its bits, without making a bigint per read. */
+  private sameBits(column: number, i: number, value: bigint): boolean {
+    scratch[0] = value;
+    const at = 2 * (column * this.count + i);
+    return scratchWords[0] === this.words[at] && scratchWords[1] === this.words[at + 1];
+  }
+
+  /** Where path `i` lies in the path section. */
+  private pathStartOf(i: number): number {
+    return i === 0 ? 0 : (this.pathEnds[i - 1] as number) + 1;
+  }
+
+  private pathAt(i: number): string {
+    const start = this.pathStartOf(i);
+    const end = this.pathEnds[i] as number;
+    if (this.asciiPaths) return this.asciiPathText().slice(start, end);
+    return this.bytes.toString("utf8", this.pathStart + start, this.pathStart + end);
+  }
+
+  /** ASCII paths as one string, decoded once: slicing it is far cheaper than decoding per path. */
+  private asciiPathText(): string {
+    this.pathText ??= this.bytes.toString("latin1", this.pathStart, this.bytes.byteLength);
+    return this.pathText;
+  }
+
+  private pathIs(i: number, path: string): boolean {
+    if (!this.asciiPaths) return this.pathAt(i) === path;
+    const start = this.pathStartOf(i);
+    const end = this.pathEnds[i] as number;
+    return end - start === path.length && this.asciiPathText().slice(start, end) === path;
+  }
+
+  /** Stored path at `i` against `path`, in the order of JS `<` (which for ASCII is byte order). */
+  private compareAsciiPath(i: number, path: string): number {
+    const stored = this.pathAt(i);
+    return stored < path ? -1 : stored > path ? 1 : 0;
+  }
+
+  /** Files of one tree nearly always share a device: share one bigint for it. */
+  private devAt(i: number): bigint {
+    const low = this.devWords[2 * i] as number;
+    const high = this.devWords[2 * i + 1] as number;
+    const last = this.lastDev;
+    if (last !== undefined && last.low === low && last.high === high) return last.value;
+    const value = this.devs[i] as bigint;
+    this.lastDev = { low, high, value };
+    return value;
+  }
+
+  private hashAt(i: number): string {
+    if (this.rawHashes) {
+      this.hashText ??= this.bytes.toString("hex", this.hashStart, this.hashStart + this.hashBytes);
+      return this.hashText.slice(64 * i, 64 * i + 64);
+    }
+    this.hashList ??= this.bytes.toString("utf8", this.hashStart, this.hashStart + this.hashBytes).split("\0");
+    return this.hashList[i] ?? "";
+  }
+}
+
+const lazyCount = Symbol("lazyCount");
+
+/**
+ * What `statCache().load()` returns: a Map whose entries stay in the loaded blob
+ * until asked for, so that loading a 100k-file cache costs one row read. `get`
+ * and `has` look up in place; anything else (iteration, `set`, `delete`) first
+ * turns it into an ordinary Map. Structured cloning (`postMessage` to a worker)
+ * sees only entries already turned into an ordinary Map: call `materialize()`
+ * before cloning, or send the saved blob itself.
+ */
+export class StatCacheMap extends Map<string, StatCacheEntry> {
+  #columns: StatCacheColumns | undefined;
+
+  constructor(columns?: StatCacheColumns) {
+    super();
+    this.#columns = columns !== undefined && columns.count > 0 ? columns : undefined;
+  }
+
+  override get(path: string): StatCacheEntry | undefined {
+    const columns = this.#columns;
+    if (columns === undefined) return super.get(path);
+    const i = columns.find(path);
+    return i < 0 ? undefined : columns.entryAt(i, path);
+  }
+
+  override has(path: string): boolean {
+    const columns = this.#columns;
+    return columns === undefined ? super.has(path) : columns.find(path) >= 0;
+  }
+
+  override set(path: string, entry: StatCacheEntry): this {
+    this.materialize();
+    return super.set(path, entry);
+  }
+
+  override delete(path: string): boolean {
+    this.materialize();
+    return super.delete(path);
+  }
+
+  override clear(): void {
+    this.#columns = undefined;
+    super.clear();
+  }
+
+  override forEach(callback: (entry: StatCacheEntry, path: string, map: Map<string, StatCacheEntry>) => void, thisArg?: unknown): void {
+    this.materialize();
+    super.forEach(callback, thisArg);
+  }
+
+  override keys(): MapIterator<string> {
+    this.materialize();
+    return super.keys();
+  }
+
+  override values(): MapIterator<StatCacheEntry> {
+    this.materialize();
+    return super.values();
+  }
+
+  override entries(): MapIterator<[string, StatCacheEntry]> {
+    this.materialize();
+    return super.entries();
+  }
+
+  override [Symbol.iterator](): MapIterator<[string, StatCacheEntry]> {
+    return this.entries();
+  }
+
+  /** Turns this into an ordinary Map holding every entry (idempotent). */
+  materialize(): this {
+    const columns = this.#columns;
+    if (columns === undefined) return this;
+    this.#columns = undefined;
+    for (let i = 0; i < columns.count; i++) {
+      const entry = columns.entryAt(i);
+      super.set(entry.path, entry);
+    }
+    return this;
+  }
+
+  /** The count without turning the view into a Map. */
+  [lazyCount](): number | undefined {
+    return this.#columns?.count;
+  }
+}
+
+// `size` is a data property in lib.d.ts, so TypeScript forbids overriding it with
+// an accessor in the class body; it is an accessor on Map.prototype at run time.
+const mapSize = Object.getOwnPropertyDescriptor(Map.prototype, "size")?.get;
+Object.defineProperty(StatCacheMap.prototype, "size", {
+  configurable: true,
+  get(this: StatCacheMap): number {
+    return this[lazyCount]() ?? (mapSize?.call(this) as number);
+  },
+});
+
+/** Decodes a whole blob into an ordinary Map; undefined when it is not in this format. */
+export function decodeStatCache(blob: Uint8Array): Map<string, StatCacheEntry> | undefined {
+  const columns = StatCacheColumns.decode(blob);
+  return columns === undefined ? undefined : new StatCacheMap(columns).materialize();
+}
