@@ -10,7 +10,8 @@ import { tmpdir } from "node:os";
 import ignore from "ignore";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { isIgnoredPath, watchTargets, WatchMachine, type WatchState } from "../src/cli/watch.js";
+import { WatchMachine, type WatchState } from "../src/cli/watch/machine.js";
+import { isIgnoredPath, watchTargets } from "../src/cli/watch/targets.js";
 import type { ResolvedConfig } from "../src/core/types.js";
 import {
   makeProject,

@@ -189,7 +189,7 @@ export async function watchCommand(
     force?: boolean;
   },
 ): Promise<number> {
-  const { watch } = await import("./watch.js");
+  const { watch } = await import("./watch/session.js");
   return watch({ cwd: process.cwd(), configPath: options.config, stackName: options.stack, ...options });
 }
 
