@@ -100,7 +100,7 @@ import {
   type WorkerResult,
   runHashJob,
   runWalk,
-} from "./hash-worker.js";
+} from "./tree-walk.js";
 
 export interface TreeFile {
   /** POSIX relative path inside the bundle, '/' separated. */

@@ -4,7 +4,7 @@
  * it in place. The state store keeps the blobs; this file owns their bytes.
  */
 import type { PackedStatCache, StatCacheEntry } from "./hash.js";
-import { searchSortedRows, type PackedColumns } from "./hash-worker.js";
+import { searchSortedRows, type PackedColumns } from "./tree-walk.js";
 
 /*
  * One tree's stat cache is one blob, so loading 100k entries is one row read, and

@@ -17,7 +17,7 @@ import { Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { create as createTar } from "tar";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
-import { ALWAYS_IGNORED, isEditorFile } from "../../core/hash-worker.js";
+import { ALWAYS_IGNORED, isEditorFile } from "../../core/tree-walk.js";
 
 export type BundleFileMode = "file" | "exec" | "symlink";
 

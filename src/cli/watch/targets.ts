@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve, sep } from "node:path";
 import ignore, { type Ignore } from "ignore";
 import { DIRECTORY_LOCK_NAME } from "../../core/manifest.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
-import { ALWAYS_IGNORED, isEditorFile } from "../../core/hash-worker.js";
+import { ALWAYS_IGNORED, isEditorFile } from "../../core/tree-walk.js";
 import { stateDirOf } from "../../core/layout.js";
 
 /**
