@@ -143,7 +143,9 @@ describe("opening", () => {
     const run = first.beginRun("local", "kaos up");
     const created = first.createJob(job(run.id));
     first.finishJob(created.id, { state: "succeeded", exitCode: 0 });
-    first.setApplied("local", { pipelines: ["svm"], n: 1 });
+    first.updateApplied("local", (applied) => {
+      applied["svm"] = { envKey: "e", sourceKey: "s", dataKey: null, params: [{ n: 1 }] };
+    });
     first.setMeta("manifest-pin", "abc");
     first.statCache().save("/data", [entry(0)], 42n);
     first.close();
@@ -151,7 +153,7 @@ describe("opening", () => {
     const second = open(root);
     expect(second.getJob(created.id)).toMatchObject({ state: "succeeded", exitCode: 0, runId: run.id });
     expect(second.getRun(run.id)).toMatchObject({ stack: "local", command: "kaos up", state: "running", pid: process.pid });
-    expect(second.getApplied("local")?.plan).toEqual({ n: 1, pipelines: ["svm"] });
+    expect(second.getApplied("local")).toEqual({ svm: { envKey: "e", sourceKey: "s", dataKey: null, params: [{ n: 1 }] } });
     expect(second.getMeta("manifest-pin")).toBe("abc");
     expect(second.statCache().savedAt?.("/data")).toBe(42n);
     expect(second.statCache().load("/data")).toBeInstanceOf(Map);
@@ -190,7 +192,7 @@ describe("opening", () => {
     expect(store.getJob("abc")).toBeUndefined();
     expect(store.latestSucceeded("train", "k")).toBeUndefined();
     expect(store.sweepMembers("r", "svm")).toEqual([]);
-    expect(store.getApplied("local")).toBeUndefined();
+    expect(store.getApplied("local")).toEqual({});
     expect(store.getMeta("x")).toBeUndefined();
     expect(store.statCache().savedAt?.("/data")).toBeUndefined();
     expect((store.statCache().load("/data") as Map<string, StatCacheEntry>).size).toBe(0);
@@ -344,13 +346,24 @@ describe("runs and jobs", () => {
     expect(store.sweepMembers(run.id, "svm").map((j) => j.id)).toEqual([first.id, second.id, third.id]);
   });
 
-  it("stores what a stack last applied and small metadata", () => {
-    const store = open(makeRoot());
-    expect(store.getApplied("local")).toBeUndefined();
-    store.setApplied("local", { b: [1, 2], a: null });
-    store.setApplied("local", { version: 2 });
-    expect(store.getApplied("local")?.plan).toEqual({ version: 2 });
-    expect(Date.parse(store.getApplied("local")?.appliedAt ?? "")).not.toBeNaN();
+  it("stores what a stack last applied, typed and checked, and small metadata", () => {
+    const root = makeRoot();
+    const store = open(root);
+    expect(store.getApplied("local")).toEqual({});
+    const svm = { envKey: "e1", sourceKey: "s1", dataKey: "d1", params: [{ b: 1 }, { b: 2 }] };
+    store.updateApplied("local", (applied) => {
+      applied["svm"] = svm;
+    });
+    store.updateApplied("local", (applied) => {
+      applied["other"] = { ...svm, dataKey: null, params: [] };
+    });
+    expect(store.getApplied("local")).toEqual({ svm, other: { ...svm, dataKey: null, params: [] } });
+    expect(store.getApplied("cluster")).toEqual({});
+    // A record kaos did not write is refused by name, not trusted.
+    const db = openRaw(dbPath(root));
+    db.prepare("UPDATE applied SET plan = ? WHERE stack = 'local'").run(JSON.stringify({ svm: { envKey: 1 } }));
+    db.close();
+    expect(() => store.getApplied("local")).toThrow(/the applied record of stack 'local' is not what kaos writes/);
     store.setMeta("pin", "1");
     store.setMeta("pin", "2");
     expect(store.getMeta("pin")).toBe("2");

@@ -100,14 +100,8 @@ export interface PlanOracle {
 export type Reusable = { job: JobRecord; distrusted?: undefined } | { job: undefined; distrusted?: string };
 
 /** What `kaos up` records per pipeline after applying it; plans diff against it. */
-export interface AppliedPipeline {
-  envKey: string;
-  sourceKey: string;
-  dataKey: string | null;
-  params: HyperparamSet[];
-}
-
-export type AppliedState = Record<string, AppliedPipeline>;
+import type { AppliedPipeline, AppliedState } from "./state.js";
+export type { AppliedPipeline, AppliedState };
 
 export function envKeyOf(bundle: SourceBundle, runtime: string): string {
   return hashString("kaos env v1", readFileSync(bundle.dockerfile, "utf8"), readFileSync(bundle.requirements, "utf8"), runtime);
@@ -347,7 +341,7 @@ async function planPipeline(
 }
 
 export async function buildPlan(options: PlanOptions): Promise<Plan> {
-  const applied = (options.state.getApplied(options.stack.name)?.plan ?? {}) as AppliedState;
+  const applied = options.state.getApplied(options.stack.name);
   const objects = new ObjectStore(join(stateDirOf(options.config.root), "objects"));
   const pipelines: PipelinePlan[] = [];
   const stats: Plan["stats"] = { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };

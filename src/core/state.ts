@@ -8,7 +8,9 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { z } from "zod";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import type { HyperparamSet } from "./types.js";
 import { checkStateLocation, explainStateOpenFailure, openReadable } from "./disk.js";
 import { canonicalJson } from "./hyperparams.js";
 import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
@@ -50,6 +52,27 @@ export interface JobRecord {
   logFile: string | null;
   createdAt: string;
 }
+
+/** What `kaos up` applied for one pipeline: the keys the next plan diffs against. */
+export interface AppliedPipeline {
+  envKey: string;
+  sourceKey: string;
+  dataKey: string | null;
+  params: HyperparamSet[];
+}
+
+/** What `kaos up` last applied to a stack, by pipeline name. */
+export type AppliedState = Record<string, AppliedPipeline>;
+
+const APPLIED_SCHEMA = z.record(
+  z.string(),
+  z.object({
+    envKey: z.string(),
+    sourceKey: z.string(),
+    dataKey: z.string().nullable(),
+    params: z.array(z.record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.null()]))),
+  }),
+) satisfies z.ZodType<AppliedState>;
 
 export interface RunRecord {
   id: string;
@@ -618,20 +641,37 @@ export class StateStore {
 
   // ---------------------------------------------------------------- applied plans, meta
 
-  getApplied(stack: string): { plan: unknown; appliedAt: string } | undefined {
-    if (this.db === null) return undefined;
-    const row = this.stmt("SELECT plan, applied_at FROM applied WHERE stack = ?").get(stack) as
-      | { plan: string; applied_at: string }
-      | undefined;
-    return row === undefined ? undefined : { plan: JSON.parse(row.plan) as unknown, appliedAt: row.applied_at };
+  /** What `kaos up` last applied to `stack`, by pipeline; empty before the first up. */
+  getApplied(stack: string): AppliedState {
+    if (this.db === null) return {};
+    const row = this.stmt("SELECT plan FROM applied WHERE stack = ?").get(stack) as { plan: string } | undefined;
+    if (row === undefined) return {};
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(row.plan);
+    } catch (error) {
+      throw corruptStoreError(this.path, `the applied record of stack '${stack}' is not JSON: ${describeError(error)}`, error);
+    }
+    const checked = APPLIED_SCHEMA.safeParse(parsed);
+    if (!checked.success) {
+      throw corruptStoreError(
+        this.path,
+        `the applied record of stack '${stack}' is not what kaos writes: ${checked.error.issues[0]?.message ?? "invalid"}`,
+      );
+    }
+    return checked.data;
   }
 
-  setApplied(stack: string, plan: unknown): void {
-    this.writer();
-    this.stmt(
-      "INSERT INTO applied (stack, plan, applied_at) VALUES (?, ?, ?) " +
-        "ON CONFLICT(stack) DO UPDATE SET plan = excluded.plan, applied_at = excluded.applied_at",
-    ).run(stack, canonicalJson(plan), nowIso());
+  /** Changes what is recorded as applied to `stack`, read and written in one transaction. */
+  updateApplied(stack: string, change: (applied: AppliedState) => void): void {
+    this.transaction(() => {
+      const applied = this.getApplied(stack);
+      change(applied);
+      this.stmt(
+        "INSERT INTO applied (stack, plan, applied_at) VALUES (?, ?, ?) " +
+          "ON CONFLICT(stack) DO UPDATE SET plan = excluded.plan, applied_at = excluded.applied_at",
+      ).run(stack, canonicalJson(applied), nowIso());
+    });
   }
 
   getMeta(key: string): string | undefined {

@@ -45,7 +45,7 @@ function markApplied(plan: Plan, applied: AppliedState): Plan {
 }
 
 async function clusterPlanOf(config: ResolvedConfig, stack: ResolvedStack, state: StateStore, force = false): Promise<Plan> {
-  const applied = (state.getApplied(stack.name)?.plan ?? {}) as AppliedState;
+  const applied = state.getApplied(stack.name);
   const plan = await buildPlan({ config, stack, state, oracle: clusterOracle(stack, applied), force });
   return force ? plan : markApplied(plan, applied);
 }
@@ -89,10 +89,8 @@ export async function clusterUp(config: ResolvedConfig, stack: ResolvedStack, op
     const summary = await applyCluster(config, stack, clusterInputs(plan), {
       onOutput: options.json ? undefined : (line: string) => process.stderr.write(line),
     });
-    state.transaction(() => {
-      const applied = (state.getApplied(stack.name)?.plan ?? {}) as AppliedState;
+    state.updateApplied(stack.name, (applied) => {
       for (const p of plan.pipelines) applied[p.pipeline.name] = appliedOf(p, p.keys.data ?? null);
-      state.setApplied(stack.name, applied);
     });
     if (options.json) printJson({ ...(planJson(plan) as object), pulumi: summary });
     else process.stdout.write(`applied: ${summaryLines(summary)}\n`);

@@ -18,16 +18,7 @@ import { ingest } from "./ingest.js";
 import { pinnedHash, readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
-import {
-  appliedOf,
-  jobKeyOf,
-  type AppliedState,
-  type JobPlan,
-  type Plan,
-  type PipelinePlan,
-  type PlanOracle,
-  type Reusable,
-} from "../../core/plan.js";
+import { appliedOf, jobKeyOf, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../core/plan.js";
 import type { Reporter } from "../../cli/progress.js";
 import {
   checkSeal,
@@ -680,10 +671,8 @@ export class LocalBackend implements PlanOracle {
   private recordApplied(p: PipelinePlan, dataKey: string | null): void {
     saveTreeListing(this.stateDir, p.sourceTree);
     if (p.dataTree) saveTreeListing(this.stateDir, p.dataTree);
-    this.state.transaction(() => {
-      const applied = (this.state.getApplied(this.stack.name)?.plan ?? {}) as AppliedState;
+    this.state.updateApplied(this.stack.name, (applied) => {
       applied[p.pipeline.name] = appliedOf(p, dataKey);
-      this.state.setApplied(this.stack.name, applied);
     });
   }
 
