@@ -25,6 +25,7 @@ import {
 import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
+import { WATCH_DEFAULTS } from "../core/defaults.js";
 
 // The engine (hashing, planning, the backends) loads only for commands that run
 // it, so the read-only commands start fast.
@@ -281,7 +282,7 @@ async function readState(options: Common): Promise<{ config: ResolvedConfig; sta
         root: process.cwd(),
         workspace: "kaos",
         pipelines: [],
-        watch: { debounceMs: 200, onChange: "restart" as const },
+        watch: WATCH_DEFAULTS,
       };
     }
     throw error;

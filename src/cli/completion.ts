@@ -8,6 +8,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { basename, dirname, extname, resolve } from "node:path";
 import type { Argument, Command, Option } from "commander";
 import { shellQuote as quoted } from "../backends/kubernetes/specs.js";
+import { MODULE_EXTENSIONS, stacksDirOf, stateDirOf } from "../core/layout.js";
 
 export type Shell = "bash" | "zsh" | "fish";
 export type DynamicKind = "stacks" | "jobs" | "templates";
@@ -95,14 +96,14 @@ export async function dynamicValues(kind: DynamicKind, configPath: string | unde
     return templateNames();
   }
   if (kind === "stacks") {
-    const dir = resolve(root, "stacks");
+    const dir = stacksDirOf(resolve(root));
     if (!existsSync(dir)) return [];
     const names = readdirSync(dir)
-      .filter((file) => [".ts", ".mts", ".js", ".mjs"].includes(extname(file)) && !file.endsWith(".d.ts"))
+      .filter((file) => (MODULE_EXTENSIONS as readonly string[]).includes(extname(file).slice(1)) && !file.endsWith(".d.ts"))
       .map((file) => basename(file, extname(file)));
     return [...new Set(names)].sort();
   }
-  if (!existsSync(resolve(root, ".kaos"))) return [];
+  if (!existsSync(stateDirOf(resolve(root)))) return [];
   const { StateStore } = await import("../core/state.js");
   const state = StateStore.open(root, { readonly: true });
   try {

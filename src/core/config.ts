@@ -177,7 +177,8 @@ const stackSchema = z.discriminatedUnion(
 export { defineConfig, defineStack } from "../define.js";
 
 export { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
-import { packageRoot } from "./layout.js";
+import { packageRoot, stackFileCandidates, stacksDirOf } from "./layout.js";
+import { DEFAULT_STACK_NAME, WATCH_DEFAULTS } from "./defaults.js";
 
 /** Where the package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos-ml"`. */
 function packageEntry(): string {
@@ -436,7 +437,7 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
         .replace(/^[^A-Za-z0-9]+/, "") ||
         "kaos"),
     pipelines,
-    watch: { debounceMs: config.watch?.debounceMs ?? 200, onChange: config.watch?.onChange ?? "restart" },
+    watch: { ...WATCH_DEFAULTS, ...config.watch },
     ...(allowFileUrls.length > 0 ? { allowFileUrls } : {}),
   };
 }
@@ -468,7 +469,7 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
 }
 
 /** The built-in stack used when `--stack` is not given. */
-export const DEFAULT_STACK: ResolvedStack = { name: "local", file: undefined, config: { backend: "local" } };
+export const DEFAULT_STACK: ResolvedStack = { name: DEFAULT_STACK_NAME, file: undefined, config: { backend: "local" } };
 
 /** Loads `stacks/NAME.ts` (or .mts/.js/.mjs) beside the config; without a name, the local backend. */
 export async function loadStack(config: Pick<ResolvedConfig, "root">, name: string | undefined): Promise<ResolvedStack> {
@@ -476,11 +477,11 @@ export async function loadStack(config: Pick<ResolvedConfig, "root">, name: stri
   if (!NAME_PATTERN.test(name)) {
     throw new KaosError("USAGE", `--stack ${name}: expected a stack name of letters, digits, '-' and '_' (the file stacks/NAME.ts)`);
   }
-  const dir = join(config.root, "stacks");
-  const candidates = ["ts", "mts", "js", "mjs"].map((ext) => join(dir, `${name}.${ext}`));
+  const dir = stacksDirOf(config.root);
+  const candidates = stackFileCandidates(config.root, name);
   const file = candidates.find((candidate) => checkFile(candidate) === "ok");
   if (file === undefined) {
-    if (name === "local") return DEFAULT_STACK;
+    if (name === DEFAULT_STACK_NAME) return DEFAULT_STACK;
     throw new KaosError("STACK_NOT_FOUND", `--stack ${name}: no stack file ${join(dir, `${name}.ts`)}`, {
       hint: `create it with \`export default defineStack({ backend: "local" })\` or pick an existing stack in ${dir}`,
     });

@@ -4,7 +4,6 @@
  * `watch` and `train deploy` are thin layers over these functions.
  */
 import { validateSourceBundle } from "./bundle.js";
-import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "../backends/local/index.js";
 import { stopOrphanedJobs } from "../backends/local/process.js";
@@ -14,6 +13,7 @@ import type { Reporter } from "../cli/progress.js";
 import { StateStore } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
 import { fileUrlScopeOf } from "./urls.js";
+import { stateDirOf } from "./layout.js";
 
 export interface Session {
   config: ResolvedConfig;
@@ -169,7 +169,7 @@ function finishRun(session: Session, runId: string, result: ExecuteResult | unde
 export function diskFullError(error: unknown, root: string): unknown {
   const code = errnoCode(error);
   if (code !== "SQLITE_FULL" && code !== "ENOSPC" && code !== "EDQUOT") return error;
-  return new KaosError("IO", `the disk holding ${join(root, ".kaos")} is full (${describeError(error)}); kaos could not record this run`, {
+  return new KaosError("IO", `the disk holding ${stateDirOf(root)} is full (${describeError(error)}); kaos could not record this run`, {
     hint: "free some space and run kaos up again: jobs that finished are kept, the others run again",
     cause: error,
   });

@@ -20,7 +20,27 @@ export function packageRoot(): string {
   return dir;
 }
 
-export const CONFIG_FILE_NAMES = ["kaos.config.ts", "kaos.config.mts", "kaos.config.js", "kaos.config.mjs"];
+/** The module kinds a config or a stack file may be, in the order they are looked for. */
+export const MODULE_EXTENSIONS = ["ts", "mts", "js", "mjs"] as const;
+
+export const CONFIG_FILE_NAMES = MODULE_EXTENSIONS.map((ext) => `kaos.config.${ext}`);
+
+/** Where kaos keeps a project's state, beside its config. */
+export const STATE_DIR_NAME = ".kaos";
+
+/** The stack files of a project: `stacks/NAME.ts` (or another module extension). */
+export function stacksDirOf(root: string): string {
+  return join(root, "stacks");
+}
+
+export function stackFileCandidates(root: string, name: string): string[] {
+  return MODULE_EXTENSIONS.map((ext) => join(stacksDirOf(root), `${name}.${ext}`));
+}
+
+/** The state database of a project. */
+export function stateDbOf(root: string): string {
+  return join(stateDirOf(root), "state.db");
+}
 
 /** The config file in `cwd` or its nearest parent. */
 export function findConfig(cwd: string): string | undefined {
@@ -37,7 +57,7 @@ export function findConfig(cwd: string): string | undefined {
 }
 
 export function stateDirOf(root: string): string {
-  return join(root, ".kaos");
+  return join(root, STATE_DIR_NAME);
 }
 
 /**

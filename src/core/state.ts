@@ -9,6 +9,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { z } from "zod";
+import { BUSY_TIMEOUT_MS } from "./defaults.js";
+import { stateDbOf, stateDirOf } from "./layout.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import type { HyperparamSet } from "./types.js";
 import { checkStateLocation, explainStateOpenFailure, openReadable } from "./disk.js";
@@ -102,10 +104,6 @@ export interface WriterLock {
 }
 
 export const INTERRUPTED_REASON = "interrupted: kaos exited while the job ran";
-
-const STATE_DIR = ".kaos";
-const STATE_FILE = "state.db";
-const BUSY_TIMEOUT_MS = 10_000;
 
 /**
  * Ordered schema migrations; the database's `PRAGMA user_version` is the number
@@ -297,7 +295,7 @@ export class StateStore {
    */
   static open(root: string, options?: { readonly?: boolean }): StateStore {
     const absoluteRoot = resolve(root);
-    const dbPath = join(absoluteRoot, STATE_DIR, STATE_FILE);
+    const dbPath = stateDbOf(absoluteRoot);
     const readonly = options?.readonly === true;
     checkStateLocation(dbPath, !readonly);
     if (readonly) {
@@ -306,9 +304,9 @@ export class StateStore {
       return new StateStore(absoluteRoot, dbPath, openReadable(dbPath, openReader), true);
     }
     try {
-      mkdirSync(join(absoluteRoot, STATE_DIR), { recursive: true });
+      mkdirSync(stateDirOf(absoluteRoot), { recursive: true });
     } catch (error) {
-      throw new KaosError("IO", `cannot create ${join(absoluteRoot, STATE_DIR)}: ${describeError(error)}`, {
+      throw new KaosError("IO", `cannot create ${stateDirOf(absoluteRoot)}: ${describeError(error)}`, {
         hint: "check that the project directory is writable",
         cause: error,
       });

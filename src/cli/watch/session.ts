@@ -94,6 +94,7 @@ import { WatchMachine } from "./machine.js";
 import { failedItems, failureReason, jobItem, planSummary, plural, runItems, wantedKeys } from "./outcomes.js";
 import { isIgnoredPath, loadRules, watchTargets, type WatchTargets } from "./targets.js";
 import { Terminal, WatchReporter } from "./terminal.js";
+import { WATCH_DEFAULTS } from "../../core/defaults.js";
 
 /** Thrown from `onPlan` to leave `apply` before anything is recorded. */
 class SkipRun extends Error {
@@ -148,7 +149,7 @@ class WatchSession {
     this.session = loaded ? base : undefined;
     this.configError = configError;
     this.targets = watchTargets(loaded?.config, loaded?.stack, configFile, options.stackName);
-    const watchConfig = loaded?.config.watch ?? { debounceMs: 200, onChange: "restart" as const };
+    const watchConfig = loaded?.config.watch ?? WATCH_DEFAULTS;
     this.machine = new WatchMachine(
       {
         startRun: () => this.track(this.runCycle()),
@@ -575,7 +576,7 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
       root: dirname(configFile),
       workspace: "kaos",
       pipelines: [],
-      watch: { debounceMs: 200, onChange: "restart" as const },
+      watch: WATCH_DEFAULTS,
     },
     stack: { name: options.stackName ?? "local", file: undefined, config: { backend: "local" as const } },
   };
