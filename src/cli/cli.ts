@@ -290,7 +290,7 @@ async function reportFailure(error: unknown): Promise<number> {
     if (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help") return EXIT_OK;
     return error.exitCode === 0 ? EXIT_OK : EXIT_FAILURE;
   }
-  const { colors, displayMessage } = await import("./output.js");
+  const [{ colors }, { displayMessage }] = await Promise.all([import("./output.js"), import("../core/format.js")]);
   const c = colors(process.stderr);
   // Messages quote what kaos read (a value from a file, a path): no control character reaches the terminal.
   if (isKaosError(error)) {

@@ -10,18 +10,8 @@ import { jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
 import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
-import {
-  colors,
-  displayLine,
-  displayMessage,
-  displayText,
-  formatDuration,
-  isInteractive,
-  paramsText,
-  printJson,
-  quoteText,
-  table,
-} from "./output.js";
+import { colors, isInteractive, printJson, table } from "./output.js";
+import { displayLine, displayMessage, displayText, formatDuration, paramsText, quoteText } from "../core/format.js";
 import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../core/types.js";

@@ -3,26 +3,16 @@
  * per state change otherwise, nothing under --json (the result is printed at
  * the end instead).
  */
-import type { IngestProgress } from "../backends/local/ingest.js";
-import type { JobRecord, Stage } from "../core/state.js";
-import { colors, displayLine, displayMessage, displayText, formatBytes, formatDuration, paramsText, type Colors } from "./output.js";
-
-export type RunEvent =
-  | { kind: "stage"; pipeline: string; stage: Stage; status: "skipped"; reason: string }
-  | { kind: "job"; job: JobRecord; message?: string }
-  | ({ kind: "ingest"; pipeline: string } & IngestProgress)
-  | { kind: "note"; message: string };
+import type { IngestProgress, Reporter, RunEvent } from "../core/events.js";
+import type { JobRecord } from "../core/state.js";
+import { colors, type Colors } from "./output.js";
+import { displayLine, displayMessage, displayText, formatBytes, formatDuration, paramsText } from "../core/format.js";
 
 /** `412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2s`: an ingest's progress on one line. */
 export function formatIngestProgress(p: IngestProgress): string {
   const bytes = p.bytesTotal === undefined ? formatBytes(p.bytesDone) : `${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)}`;
   const eta = p.etaSec === undefined ? "" : `  ETA ${formatDuration(Math.ceil(p.etaSec) * 1000)}`;
   return `${p.filesDone}/${p.filesTotal} files  ${bytes}  ${formatBytes(p.rateBytesPerSec)}/s${eta}`;
-}
-
-export interface Reporter {
-  event(event: RunEvent): void;
-  close(): void;
 }
 
 function jobLabel(job: JobRecord): string {

@@ -21,7 +21,7 @@ import {
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import { formatBytes } from "../cli/output.js";
+import { formatBytes } from "./format.js";
 
 const NO_SPACE_CODES = new Set(["ENOSPC", "EDQUOT", "SQLITE_FULL"]);
 

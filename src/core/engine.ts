@@ -9,7 +9,7 @@ import { LocalBackend, type ExecuteResult } from "../backends/local/index.js";
 import { stopOrphanedJobs } from "../backends/local/process.js";
 import { checkFileUrls, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { buildPlan, type Plan } from "./plan.js";
-import type { Reporter } from "../cli/progress.js";
+import type { Reporter } from "./events.js";
 import { StateStore } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
 import { fileUrlScopeOf } from "./urls.js";

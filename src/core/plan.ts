@@ -20,7 +20,7 @@ import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
 import type { JobRecord, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
 import { stateDirOf } from "./layout.js";
-import { displayLine, displayText, formatBytes, paramsText } from "../cli/output.js";
+import { displayLine, displayText, formatBytes, paramsText } from "./format.js";
 
 export type Action = "run" | "skip";
 

@@ -7,7 +7,8 @@
 import { join, resolve } from "node:path";
 import { KaosError } from "../../core/errors.js";
 import type { ClusterChangeSummary, ClusterPipelineInput } from "./index.js";
-import { colors, displayText, paramsText, printJson, table } from "../../cli/output.js";
+import { colors, printJson, table } from "../../cli/output.js";
+import { displayText, paramsText } from "../../core/format.js";
 import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "../../core/plan.js";
 import { StateStore } from "../../core/state.js";
 import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "../../core/types.js";

@@ -19,7 +19,7 @@ import { pinnedHash, readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
 import { appliedOf, jobKeyOf, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../core/plan.js";
-import type { Reporter } from "../../cli/progress.js";
+import type { Reporter } from "../../core/events.js";
 import {
   checkSeal,
   markSealed,

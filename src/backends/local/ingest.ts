@@ -49,7 +49,8 @@ import type { ObjectStore } from "../../core/objects.js";
 import { type FileUrlScope, sameSource, sourceIdentity } from "../../core/urls.js";
 import { DataTree } from "./data-tree.js";
 import { abortReason, isAborted, pickValidators, redactUrl, withPartialLock, type TransferJob, type Validators } from "./fetch.js";
-import { ProgressTracker, TransferPool, transferThreadsFor, type IngestProgress } from "./transfers.js";
+import { ProgressTracker, TransferPool, transferThreadsFor } from "./transfers.js";
+import { type IngestProgress } from "../../core/events.js";
 
 export type { IngestProgress };
 

@@ -9,7 +9,7 @@ import { randomUUID } from "node:crypto";
 import { appendFileSync, createWriteStream, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from "node:fs";
 import { parseMemory } from "../../core/config.js";
 import { KaosError, describeError } from "../../core/errors.js";
-import { formatBytes } from "../../cli/output.js";
+import { formatBytes } from "../../core/format.js";
 import { readProcStat } from "../../core/process-identity.js";
 
 export interface ProcessResult {

@@ -5,7 +5,7 @@
  * may start while a larger one waits for room.
  */
 import { KaosError } from "../../core/errors.js";
-import { formatBytes } from "../../cli/output.js";
+import { formatBytes } from "../../core/format.js";
 
 export interface Capacity {
   cpu: number;

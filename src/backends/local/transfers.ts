@@ -21,17 +21,7 @@ import {
   type TransferProgress,
   type TransferSettings,
 } from "./fetch.js";
-
-export interface IngestProgress {
-  filesDone: number;
-  filesTotal: number;
-  /** Bytes of content settled so far (a restarted transfer counts once). */
-  bytesDone: number;
-  /** Undefined while some transfer's length is still unknown. */
-  bytesTotal: number | undefined;
-  rateBytesPerSec: number;
-  etaSec: number | undefined;
-}
+import type { IngestProgress } from "../../core/events.js";
 
 // ---------------------------------------------------------------------------
 // Progress

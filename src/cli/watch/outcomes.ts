@@ -1,6 +1,6 @@
 /** Plans, outcomes and what failed, in the words `kaos watch` prints. */
 import { createHash } from "node:crypto";
-import { displayLine } from "../output.js";
+import { displayLine } from "../../core/format.js";
 import type { Plan } from "../../core/plan.js";
 import type { ExecuteResult } from "../../backends/local/index.js";
 import type { JobRecord } from "../../core/state.js";
