@@ -12,16 +12,12 @@ import { dirname, join, resolve } from "node:path";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import type { DeployCliOptions } from "./commands.js";
 import type { DynamicKind, Shell } from "./completion.js";
-import { isKaosError } from "../core/errors.js";
 import { packageRoot } from "../core/layout.js";
-import { EXIT_BROKEN_PIPE, exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
-
-/** Exit statuses; commands return 2 only for `plan --detailed-exitcode` (Terraform's convention). */
-const EXIT_OK = 0;
-const EXIT_FAILURE = 1;
+import { EXIT } from "./exit.js";
+import { exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 
 /** Set by commands that finish without throwing but must not exit 0. */
-let exitStatus = EXIT_OK;
+let exitStatus: number = EXIT.ok;
 function setExitStatus(status: number): void {
   exitStatus = Math.max(exitStatus, status);
 }
@@ -287,35 +283,16 @@ function buildProgram(): Command {
 async function reportFailure(error: unknown): Promise<number> {
   if (error instanceof CommanderError) {
     // Commander already printed its message (or the help/version text).
-    if (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help") return EXIT_OK;
-    return error.exitCode === 0 ? EXIT_OK : EXIT_FAILURE;
+    if (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help") return EXIT.ok;
+    return error.exitCode === 0 ? EXIT.ok : EXIT.failure;
   }
-  const [{ colors }, { displayMessage }] = await Promise.all([import("./output.js"), import("../core/format.js")]);
-  const c = colors(process.stderr);
-  // Messages quote what kaos read (a value from a file, a path): no control character reaches the terminal.
-  if (isKaosError(error)) {
-    process.stderr.write(`${c.red("error")}: ${displayMessage(error.message)}\n`);
-    if (error.hint) process.stderr.write(`${c.dim("hint")}: ${displayMessage(error.hint)}\n`);
-    return EXIT_FAILURE;
-  }
-  const { isCorruptionError } = await import("../core/state.js");
-  if (isCorruptionError(error)) {
-    // Damage met by a read: the writer checks the whole file when it opens, a reader does not.
-    process.stderr.write(
-      `${c.red("error")}: kaos's state database .kaos/state.db is damaged (${error instanceof Error ? error.message : String(error)})\n`,
-    );
-    process.stderr.write(
-      `${c.dim("hint")}: move it away (mv .kaos/state.db .kaos/state.db.broken, beside kaos.config.ts) and run kaos again: it starts with fresh state\n`,
-    );
-    return EXIT_FAILURE;
-  }
-  const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
-  process.stderr.write(`${c.red("internal error")}: ${displayMessage(detail)}\n`);
-  return EXIT_FAILURE;
+  const [{ colors }, { failureLines }] = await Promise.all([import("./output.js"), import("./exit.js")]);
+  for (const line of failureLines(error, colors(process.stderr))) process.stderr.write(`${line}\n`);
+  return EXIT.failure;
 }
 
 async function run(argv: string[]): Promise<number> {
-  exitStatus = EXIT_OK;
+  exitStatus = EXIT.ok;
   try {
     await buildProgram().parseAsync(argv);
     return exitStatus;
@@ -327,4 +304,4 @@ async function run(argv: string[]): Promise<number> {
 exitQuietlyOnClosedOutput();
 const status = await run(process.argv);
 // Leave stdout to drain on its own; process.exit could cut off piped output.
-process.exitCode = outputClosed() ? EXIT_BROKEN_PIPE : status;
+process.exitCode = outputClosed() ? EXIT.brokenPipe : status;

@@ -12,10 +12,10 @@ import type { ApplyResult } from "../core/engine.js";
 import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
 import { displayLine, displayMessage, displayText, formatDuration, paramsText, quoteText } from "../core/format.js";
-import { onOutputClosed } from "./pipes.js";
 import { StateStore, type JobRecord } from "../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
+import { EXIT, onStopRequest } from "./exit.js";
 
 // The engine (hashing, planning, the backends) loads only for commands that run
 // it, so the read-only commands start fast.
@@ -39,38 +39,20 @@ interface Common {
   config?: string;
 }
 
-const EXIT_OK = 0;
-const EXIT_FAILURE = 1;
-const EXIT_CHANGES = 2;
-
 function isCluster(stack: ResolvedStack): boolean {
   return stack.config.backend === "kubernetes";
 }
 
-/** Ctrl-C (and SIGTERM) cancel the run cleanly; a second Ctrl-C exits at once. */
+/** Ctrl-C (and SIGTERM) cancel the run cleanly; a second Ctrl-C exits at once; a lost reader stops it without a word. */
 function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
-  let count = 0;
-  const onSignal = (name: NodeJS.Signals) => {
-    count += 1;
-    if (count > 1) process.exit(130);
-    process.stderr.write(
-      `\n${name === "SIGINT" ? "interrupted" : "terminated"}: stopping running jobs (press Ctrl-C again to exit at once)\n`,
-    );
-    controller.abort(new KaosError("JOBS_FAILED", "interrupted"));
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-  // No one reads the progress any more: stop as on Ctrl-C, without a word (there is nowhere to say it).
-  const stopListening = onOutputClosed(() => controller.abort(new KaosError("JOBS_FAILED", "output closed")));
-  return {
-    signal: controller.signal,
-    dispose: () => {
-      process.off("SIGINT", onSignal);
-      process.off("SIGTERM", onSignal);
-      stopListening();
-    },
-  };
+  const dispose = onStopRequest((why) => {
+    if (why !== "output closed") {
+      process.stderr.write(`\n${why}: stopping running jobs (press Ctrl-C again to exit at once)\n`);
+    }
+    controller.abort(new KaosError("JOBS_FAILED", why));
+  });
+  return { signal: controller.signal, dispose };
 }
 
 function upJson(outcome: ApplyResult, stack: string) {
@@ -130,7 +112,7 @@ async function runApply(
     reporter.close();
     if (options.json) printJson(upJson(outcome, stack.name));
     else process.stderr.write(`${summarize(outcome)}\n`);
-    return outcome.result.succeeded ? EXIT_OK : EXIT_FAILURE;
+    return outcome.result.succeeded ? EXIT.ok : EXIT.failure;
   } finally {
     reporter.close();
     interrupt.dispose();
@@ -164,7 +146,7 @@ export async function planCommand(
     session.backend.checkResources(current);
     if (options.json) printJson(planJson(current));
     else process.stdout.write(`${formatPlan(current, colors())}\n`);
-    return options.detailedExitcode && current.changes ? EXIT_CHANGES : EXIT_OK;
+    return options.detailedExitcode && current.changes ? EXIT.changes : EXIT.ok;
   } finally {
     session.close();
   }
@@ -312,11 +294,11 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
     const jobs = state.listJobs({ ...(options.stack ? { stack: options.stack } : {}), ...(options.limit ? { limit: options.limit } : {}) });
     if (options.json) {
       printJson(jobs.map(listJson));
-      return EXIT_OK;
+      return EXIT.ok;
     }
     if (jobs.length === 0) {
       process.stdout.write("no jobs yet: run `kaos up`\n");
-      return EXIT_OK;
+      return EXIT.ok;
     }
     const c = colors();
     const paint = (s: string) =>
@@ -332,7 +314,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
       paramsText(job.params),
     ]);
     process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", "PARAMS"], ...rows])}\n`);
-    return EXIT_OK;
+    return EXIT.ok;
   } finally {
     state.close();
   }
@@ -384,7 +366,7 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
     if (!options.follow) {
       if (!existsSync(file)) process.stderr.write(`job ${job.id} has no log yet (${job.state})\n`);
       await noteDropped();
-      return EXIT_OK;
+      return EXIT.ok;
     }
     for (;;) {
       const current = state.getJob(job.id);
@@ -394,13 +376,13 @@ export async function logsCommand(options: Common & { job: string; follow?: bool
       if (!state.runOwnerAlive(current.runId)) {
         await printNew();
         process.stderr.write(`job ${job.id} was interrupted: the kaos that ran it is gone; the next kaos up reruns it\n`);
-        return EXIT_OK;
+        return EXIT.ok;
       }
       await new Promise((done) => setTimeout(done, 200));
     }
     await printNew();
     await noteDropped();
-    return EXIT_OK;
+    return EXIT.ok;
   } finally {
     state.close();
   }
@@ -472,7 +454,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
           metrics: member.metrics.values,
         })),
       });
-      return EXIT_OK;
+      return EXIT.ok;
     }
     const c = colors();
     const metricLines = Object.entries(metrics.values).map(([key, value]) => `  ${displayText(key)}  ${metricText(value)}`);
@@ -514,7 +496,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       );
     }
     process.stdout.write(`${lines.join("\n")}\n`);
-    return EXIT_OK;
+    return EXIT.ok;
   } finally {
     state.close();
   }
@@ -550,7 +532,7 @@ export async function getCommand(
     if (options.code) copyResults(paths.source, join(destination, "source"), "source", skipped);
     if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
     process.stdout.write(`copied job ${job.id} to ${destination}\n`);
-    return EXIT_OK;
+    return EXIT.ok;
   } finally {
     state.close();
   }
@@ -580,7 +562,7 @@ export async function killCommand(options: Common & { job: string }): Promise<nu
       if (groupAlive(job.pid)) killGroup(job.pid, "SIGKILL");
     }
     process.stdout.write(`cancelled job ${job.id}\n`);
-    return EXIT_OK;
+    return EXIT.ok;
   } finally {
     state.close();
   }
@@ -604,7 +586,7 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
       process.stdout.write(
         `${interrupted.length} unfinished job${interrupted.length === 1 ? "" : "s"} of that run marked interrupted; the next \`kaos up\` runs them again\n`,
       );
-    return EXIT_OK;
+    return EXIT.ok;
   } finally {
     state.close();
   }

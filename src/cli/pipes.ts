@@ -7,8 +7,8 @@
  * its jobs, as on Ctrl-C, so that nothing keeps running unrecorded.
  */
 
-/** 128 + SIGPIPE: what a shell reports for a program killed by a closed pipe. */
-export const EXIT_BROKEN_PIPE = 141;
+/** 128 + SIGPIPE: what a shell reports for a program killed by a closed pipe (EXIT.brokenPipe in exit.ts). */
+const EXIT_BROKEN_PIPE = 141;
 
 const listeners = new Set<() => void>();
 let closed = false;

@@ -80,9 +80,16 @@ export interface ApplyOptions {
 }
 
 export interface ApplyResult {
+  skipped?: false;
   runId: string;
   plan: Plan;
   result: ExecuteResult;
+}
+
+/** `onPlan` answered "skip": nothing ran and nothing was recorded. */
+export interface SkippedApply {
+  skipped: true;
+  plan: Plan;
 }
 
 /**
@@ -102,7 +109,13 @@ function runState(result: ExecuteResult | undefined): "succeeded" | "failed" | "
   return states.includes("failed") ? "failed" : states.includes("cancelled") ? "cancelled" : "failed";
 }
 
-export async function apply(session: Session, options: ApplyOptions): Promise<ApplyResult> {
+/** With `skip`, `apply` returns without running or recording anything when it answers true. */
+export function apply(session: Session, options: ApplyOptions & { skip: (plan: Plan) => boolean }): Promise<ApplyResult | SkippedApply>;
+export function apply(session: Session, options: ApplyOptions & { skip?: undefined }): Promise<ApplyResult>;
+export async function apply(
+  session: Session,
+  options: ApplyOptions & { skip?: (plan: Plan) => boolean },
+): Promise<ApplyResult | SkippedApply> {
   let lock: { release(): void };
   try {
     lock = options.locked ? { release() {} } : session.state.acquireWriter(session.stack.name, options.command);
@@ -117,6 +130,7 @@ export async function apply(session: Session, options: ApplyOptions): Promise<Ap
     await session.backend.recoverAfterCrash(interrupted);
     const current = await plan(session, { force: options.force, refresh: options.refresh, manifests: options.manifests });
     session.backend.checkResources(current);
+    if (options.skip?.(current) === true) return { skipped: true, plan: current };
     options.onPlan?.(current);
     const run = session.state.beginRun(session.stack.name, options.command);
     let result: ExecuteResult | undefined;

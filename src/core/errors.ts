@@ -65,3 +65,9 @@ export function errnoCode(error: unknown): string | undefined {
   }
   return undefined;
 }
+
+/** Whether an error from SQLite says the file is damaged or not a database at all. */
+export function isCorruptionError(error: unknown): boolean {
+  const code = errnoCode(error) ?? "";
+  return code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT");
+}

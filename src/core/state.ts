@@ -11,7 +11,7 @@ import { dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { BUSY_TIMEOUT_MS } from "./defaults.js";
 import { stateDbOf, stateDirOf } from "./layout.js";
-import { KaosError, describeError, errnoCode } from "./errors.js";
+import { KaosError, describeError, errnoCode, isCorruptionError } from "./errors.js";
 import type { HyperparamSet } from "./types.js";
 import { checkStateLocation, explainStateOpenFailure, openReadable } from "./disk.js";
 import { canonicalJson } from "./hyperparams.js";
@@ -920,12 +920,6 @@ function corruptStoreError(dbPath: string, detail: string, cause?: unknown): Kao
     `${dbPath} is not a readable kaos state database (${detail}); move it away (mv ${dbPath} ${dbPath}.broken) and run kaos again`,
     { hint: "kaos then starts with fresh state: the history of runs and jobs in the old file is not carried over", cause },
   );
-}
-
-/** Whether an error from SQLite says the file is damaged or not a database at all. */
-export function isCorruptionError(error: unknown): boolean {
-  const code = errnoCode(error) ?? "";
-  return code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT");
 }
 
 /**

@@ -74,7 +74,6 @@ import { apply, loadProject, openSession, plan as planSession, type Session } fr
 import { KaosError, describeError, isKaosError } from "../../core/errors.js";
 import { colors, isInteractive } from "../output.js";
 import { displayLine, displayMessage, displayText } from "../../core/format.js";
-import { onOutputClosed } from "../pipes.js";
 import { LocalBackend } from "../../backends/local/index.js";
 import type { JobRecord } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
@@ -96,13 +95,7 @@ import { failedItems, failureReason, jobItem, planSummary, plural, runItems, wan
 import { isIgnoredPath, loadRules, watchTargets, type WatchTargets } from "./targets.js";
 import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
-
-/** Thrown from `onPlan` to leave `apply` before anything is recorded. */
-class SkipRun extends Error {
-  constructor(readonly why: "nothing" | "failed") {
-    super(why);
-  }
-}
+import { EXIT, failureLines, onStopRequest } from "../exit.js";
 
 interface CurrentRun {
   reporter: WatchReporter;
@@ -179,14 +172,7 @@ class WatchSession {
   }
 
   private printError(error: unknown): void {
-    if (isKaosError(error)) {
-      this.print(`${this.c.red("error")}: ${displayMessage(error.message)}`);
-      if (error.hint) this.print(`${this.c.dim("hint")}: ${displayMessage(error.hint)}`);
-    } else {
-      this.print(
-        `${this.c.red("internal error")}: ${displayMessage(error instanceof Error ? (error.stack ?? error.message) : String(error))}`,
-      );
-    }
+    for (const line of failureLines(error, this.c)) this.print(line);
   }
 
   private drawStatus(): void {
@@ -346,52 +332,49 @@ class WatchSession {
     const current: CurrentRun = { reporter, backend: session.backend, wanted: undefined, cancelledForRestart: 0, announcedQueue: false };
     this.current = current;
     this.drawStatus();
-    try {
-      const outcome = await apply(session, {
-        command: "watch",
-        reporter,
-        signal: this.quit.signal,
-        force: first && this.options.force === true,
-        locked: true,
-        onPlan: (plan) => {
-          if (!first && !plan.changes) {
-            this.print(`change detected: ${planSummary(plan)}${trigger}`);
-            throw new SkipRun("nothing");
-          }
-          if (!first && this.failed.size > 0) {
-            const items = [...runItems(plan).values()].flat();
-            if (items.length > 0 && items.every((item) => this.failed.has(item))) throw new SkipRun("failed");
-          }
-          this.print(first ? `initial run: ${planSummary(plan)}` : `change detected: ${planSummary(plan)}${trigger}`);
-        },
-      });
-      const result = outcome.result;
-      if (result.cancelled) {
-        this.print(`run ${outcome.runId} cancelled`);
-        this.lastOutcome = "last run cancelled";
-      } else if (current.cancelledForRestart > 0) {
-        this.print(`run ${outcome.runId} restarted: ${plural(current.cancelledForRestart, "job")} cancelled because their inputs changed`);
-        this.failed = failedItems(outcome.plan, result);
-        this.lastOutcome = "restarting";
-      } else if (result.succeeded) {
-        const jobs = result.pipelines.flatMap((p) => p.jobs);
-        const reused = jobs.filter((job) => job.reused).length;
-        this.print(`run ${outcome.runId} succeeded: ${jobs.length - reused} ran, ${reused} reused`);
-        this.failed = new Set();
-        this.lastOutcome = "last run succeeded";
-      } else {
-        const reason = failureReason(result);
-        this.print(`run ${outcome.runId} failed: ${reason}`);
-        this.failed = failedItems(outcome.plan, result);
-        this.lastOutcome = `failed: ${reason}`;
-      }
-    } catch (error) {
-      if (error instanceof SkipRun) {
-        if (error.why === "nothing") return true;
-        this.print("unchanged since the failure; waiting for an edit");
-        return false;
-      }
-      throw error;
+    // Why the plan was not run: nothing changed, or only what just failed, unchanged.
+    let skipped: "nothing" | "failed" | undefined;
+    const outcome = await apply(session, {
+      command: "watch",
+      reporter,
+      signal: this.quit.signal,
+      force: first && this.options.force === true,
+      locked: true,
+      skip: (plan) => {
+        if (!first && !plan.changes) {
+          this.print(`change detected: ${planSummary(plan)}${trigger}`);
+          skipped = "nothing";
+        } else if (!first && this.failed.size > 0) {
+          const items = [...runItems(plan).values()].flat();
+          if (items.length > 0 && items.every((item) => this.failed.has(item))) skipped = "failed";
+        }
+        return skipped !== undefined;
+      },
+      onPlan: (plan) => this.print(first ? `initial run: ${planSummary(plan)}` : `change detected: ${planSummary(plan)}${trigger}`),
+    });
+    if (outcome.skipped) {
+      if (skipped === "failed") this.print("unchanged since the failure; waiting for an edit");
+      return skipped !== "failed";
+    }
+    const result = outcome.result;
+    if (result.cancelled) {
+      this.print(`run ${outcome.runId} cancelled`);
+      this.lastOutcome = "last run cancelled";
+    } else if (current.cancelledForRestart > 0) {
+      this.print(`run ${outcome.runId} restarted: ${plural(current.cancelledForRestart, "job")} cancelled because their inputs changed`);
+      this.failed = failedItems(outcome.plan, result);
+      this.lastOutcome = "restarting";
+    } else if (result.succeeded) {
+      const jobs = result.pipelines.flatMap((p) => p.jobs);
+      const reused = jobs.filter((job) => job.reused).length;
+      this.print(`run ${outcome.runId} succeeded: ${jobs.length - reused} ran, ${reused} reused`);
+      this.failed = new Set();
+      this.lastOutcome = "last run succeeded";
+    } else {
+      const reason = failureReason(result);
+      this.print(`run ${outcome.runId} failed: ${reason}`);
+      this.failed = failedItems(outcome.plan, result);
+      this.lastOutcome = `failed: ${reason}`;
     }
     return true;
   }
@@ -484,7 +467,7 @@ class WatchSession {
   private requestStop(why: string): void {
     if (this.stopping) {
       process.stderr.write("\nstopping at once\n");
-      process.exit(130);
+      process.exit(EXIT.interrupted);
     }
     this.stopping = true;
     if (this.terminal.interactive) this.terminal.line(this.c.dim(why));
@@ -500,11 +483,7 @@ class WatchSession {
 
   /** Ctrl-C, SIGTERM, and `q` on stdin. Returns the function that stops listening. */
   private listenForQuit(): () => void {
-    const onSigint = () => this.requestStop("interrupted");
-    const onSigterm = () => this.requestStop("terminated");
-    process.on("SIGINT", onSigint);
-    process.on("SIGTERM", onSigterm);
-    const stopListening = onOutputClosed(() => this.requestStop("output closed"));
+    const stopListening = onStopRequest((why) => this.requestStop(why));
     const stdin = process.stdin;
     const raw = stdin.isTTY === true && typeof stdin.setRawMode === "function";
     let buffered = "";
@@ -530,8 +509,6 @@ class WatchSession {
       // No usable stdin: signals still quit.
     }
     return () => {
-      process.off("SIGINT", onSigint);
-      process.off("SIGTERM", onSigterm);
       stopListening();
       stdin.off("data", onData);
       try {

@@ -1,6 +1,6 @@
 /** The terminal of `kaos watch`: plain lines, and on a TTY one status line kept below them. */
 import { PlainReporter } from "../progress.js";
-import { type Reporter, type RunEvent } from "../../core/events.js";
+import type { Reporter, RunEvent } from "../../core/events.js";
 import type { JobRecord } from "../../core/state.js";
 
 const ERASE_LINE = "\r\u001b[2K";
