@@ -45,6 +45,22 @@ import { checkJobResults, describeChanges, foreignStateEntries, listState, resul
 import { fileUrlScopeOf } from "../../core/urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
+/** The train jobs a pipeline runs itself in one run (the others are identical to another pipeline's). */
+interface OwnJobs {
+  p: PipelinePlan;
+  toRun: JobPlan[];
+  /** The whole sweep's size, for each job's n of N. */
+  sweepSize: number;
+  /** The data view when an ingest laid it out already; else the data bundle's snapshot is used. */
+  knownDataDir: string | undefined;
+  dataKey: string | undefined;
+  pool: ResourcePool;
+  /** Resolves each job's claim, for the pipelines waiting on the same key. */
+  settle: Map<string, (result: ClaimResult) => void>;
+  options: ExecuteOptions;
+  outcome: PipelineOutcome;
+}
+
 /** How a job ended, for the pipelines of the same run that wait on its key. */
 interface ClaimResult {
   id: string | null;
@@ -149,11 +165,60 @@ export interface ExecuteResult {
   pipelines: PipelineOutcome[];
 }
 
+/**
+ * How a running job is stopped: the first reason given wins, the process it
+ * runs (once there is one) is stopped with it, a wait for resources is
+ * abandoned, and kaos's own interrupt cancels it. `kaos train kill` and a
+ * watch restart reach it through LocalBackend.cancel.
+ */
+class JobControl {
+  reason: string | undefined;
+  private process: RunningProcess | undefined;
+  private readonly queue = new AbortController();
+  private readonly onAbort = () => this.cancel("cancelled: kaos was interrupted");
+
+  constructor(
+    private readonly signal: AbortSignal,
+    private readonly running: Map<string, { control: JobControl; job: JobRecord }>,
+    job: JobRecord,
+  ) {
+    running.set(job.id, { control: this, job });
+    if (signal.aborted) this.onAbort();
+    else signal.addEventListener("abort", this.onAbort, { once: true });
+  }
+
+  /** Aborted when the job is cancelled while it waits for resources. */
+  get queueSignal(): AbortSignal {
+    return this.queue.signal;
+  }
+
+  get cancelled(): boolean {
+    return this.reason !== undefined;
+  }
+
+  readonly cancel = (reason: string): void => {
+    this.reason ??= reason;
+    this.queue.abort(new KaosError("JOBS_FAILED", reason));
+    this.process?.stop(reason);
+  };
+
+  /** The process the job now runs; stopped at once if the job was cancelled before it started. */
+  attach(process: RunningProcess | undefined): void {
+    this.process = process;
+    if (process !== undefined && this.reason !== undefined) process.stop(this.reason);
+  }
+
+  release(jobId: string): void {
+    this.signal.removeEventListener("abort", this.onAbort);
+    this.running.delete(jobId);
+  }
+}
+
 export class LocalBackend implements PlanOracle {
   readonly stateDir: string;
   readonly envsDir: string;
   readonly objects: ObjectStore;
-  private readonly running = new Map<string, { process: RunningProcess | undefined; job: JobRecord; cancel: (reason: string) => void }>();
+  private readonly running = new Map<string, { control: JobControl; job: JobRecord }>();
   private capacityCache: Capacity | undefined;
   /** Builds under way in this process by env key: pipelines sharing a source bundle share its build. */
   private readonly builds = new Map<string, Promise<NonNullable<PipelineOutcome["stages"]["build"]>>>();
@@ -293,7 +358,7 @@ export class LocalBackend implements PlanOracle {
 
   /** Cancels running and queued jobs that `select` picks (all by default). */
   cancel(reason: string, select: (job: JobRecord) => boolean = () => true): void {
-    for (const entry of this.running.values()) if (select(entry.job)) entry.cancel(reason);
+    for (const entry of this.running.values()) if (select(entry.job)) entry.control.cancel(reason);
   }
 
   async execute(options: ExecuteOptions): Promise<ExecuteResult> {
@@ -486,7 +551,10 @@ export class LocalBackend implements PlanOracle {
           message: `${name} train: ${shared.length} of ${toRun.length} jobs are identical to jobs of ${owners} in this run; each runs once`,
         });
       }
-      const failed = own.length > 0 ? await this.runOwnJobs(p, own, jobs.length, dataDir, dataKey, pool, settle, options, outcome) : false;
+      const failed =
+        own.length > 0
+          ? await this.runOwnJobs({ p, toRun: own, sweepSize: jobs.length, knownDataDir: dataDir, dataKey, pool, settle, options, outcome })
+          : false;
       let sharedFailed = false;
       (await sharedResults).forEach((result, index) => {
         const job = shared[index]!;
@@ -528,17 +596,8 @@ export class LocalBackend implements PlanOracle {
   }
 
   /** Lays out the data, records and runs this pipeline's own train jobs; pushes their outcomes and settles their claims. Returns whether any failed. */
-  private async runOwnJobs(
-    p: PipelinePlan,
-    toRun: JobPlan[],
-    sweepSize: number,
-    knownDataDir: string | undefined,
-    dataKey: string | undefined,
-    pool: ResourcePool,
-    settle: Map<string, (result: ClaimResult) => void>,
-    options: ExecuteOptions,
-    outcome: PipelineOutcome,
-  ): Promise<boolean> {
+  private async runOwnJobs(sweep: OwnJobs): Promise<boolean> {
+    const { p, toRun, sweepSize, knownDataDir, dataKey, pool, settle, options, outcome } = sweep;
     const { reporter, runId } = options;
     const name = p.pipeline.name;
     const envKey = p.keys.env;
@@ -699,15 +758,7 @@ export class LocalBackend implements PlanOracle {
     mkdirSync(paths.dir, { recursive: true });
     this.state.markRunning(job.id, process.pid);
     this.record(reporter, job.id);
-    let cancelledReason: string | undefined;
-    let current: RunningProcess | undefined;
-    const cancel = (reason: string) => {
-      cancelledReason ??= reason;
-      current?.stop(reason);
-    };
-    const onAbort = () => cancel("cancelled: kaos was interrupted");
-    signal.addEventListener("abort", onAbort, { once: true });
-    this.running.set(job.id, { process: undefined, job, cancel });
+    const control = new JobControl(signal, this.running, job);
     try {
       await storeTree(this.objects, p.sourceTree, `pipelines.${p.pipeline.name}.source`);
       materializeTree(this.objects, p.sourceTree, paths.source, { copy: true });
@@ -721,24 +772,20 @@ export class LocalBackend implements PlanOracle {
         logFile: paths.log,
         jobId: job.id,
         env: { ...process.env, PIP_DISABLE_PIP_VERSION_CHECK: "1" },
-        onProcess: (running) => {
-          current = running;
-          if (running && cancelledReason) running.stop(cancelledReason);
-        },
-        isCancelled: () => cancelledReason !== undefined,
+        onProcess: (running) => control.attach(running),
+        isCancelled: () => control.cancelled,
       });
       this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 });
       this.record(reporter, job.id);
       return { action: "run", state: "succeeded", jobId: job.id };
     } catch (error) {
-      const state = cancelledReason ? "cancelled" : "failed";
-      const reason = cancelledReason ?? describeError(error);
+      const state = control.cancelled ? "cancelled" : "failed";
+      const reason = control.reason ?? describeError(error);
       this.state.finishJob(job.id, { state, exitCode: null, reason });
       this.record(reporter, job.id, state === "failed" ? `see kaos train logs ${job.id}` : undefined);
       return { action: "run", state, jobId: job.id, reason };
     } finally {
-      signal.removeEventListener("abort", onAbort);
-      this.running.delete(job.id);
+      control.release(job.id);
     }
   }
 
@@ -750,18 +797,7 @@ export class LocalBackend implements PlanOracle {
     const { reporter, signal } = context.options;
     const { resources, parallelism, name } = p.pipeline;
     const paths = jobPaths(this.stateDir, record.id);
-    let cancelledReason: string | undefined;
-    let current: RunningProcess | undefined;
-    const queueAbort = new AbortController();
-    const cancel = (reason: string) => {
-      cancelledReason ??= reason;
-      queueAbort.abort(new KaosError("JOBS_FAILED", reason));
-      current?.stop(reason);
-    };
-    const onAbort = () => cancel("cancelled: kaos was interrupted");
-    if (signal.aborted) onAbort();
-    signal.addEventListener("abort", onAbort, { once: true });
-    this.running.set(record.id, { process: undefined, job: record, cancel });
+    const control = new JobControl(signal, this.running, record);
     const finish = (state: "succeeded" | "failed" | "cancelled", exitCode: number | null, reason: string | null) => {
       const recorded = this.state.finishJob(record.id, { state, exitCode, reason });
       const job = this.record(reporter, record.id, state === "failed" ? `see kaos train logs ${record.id}` : undefined);
@@ -774,12 +810,11 @@ export class LocalBackend implements PlanOracle {
     try {
       lease = await context.pool.acquire(
         { cpu: resources.cpu, memoryBytes: resources.memoryBytes ?? 0, gpu: resources.gpu, group: name, groupLimit: parallelism },
-        queueAbort.signal,
+        control.queueSignal,
       );
     } catch (error) {
-      signal.removeEventListener("abort", onAbort);
-      this.running.delete(record.id);
-      return finish("cancelled", null, cancelledReason ?? describeError(error));
+      control.release(record.id);
+      return finish("cancelled", null, control.reason ?? describeError(error));
     }
     try {
       mkdirSync(paths.out, { recursive: true });
@@ -799,7 +834,7 @@ export class LocalBackend implements PlanOracle {
         CUDA_VISIBLE_DEVICES: lease.gpus.join(","),
       };
       delete env.PYTHONHOME;
-      if (cancelledReason) return finish("cancelled", null, cancelledReason);
+      if (control.reason !== undefined) return finish("cancelled", null, control.reason);
       // Checked again only when a watch saw something since (or without watches, where
       // each job's end compares every stat): a job still running may have written.
       const seal = context.data.seal;
@@ -808,7 +843,7 @@ export class LocalBackend implements PlanOracle {
         return finish("failed", null, `not started: ${dataWrittenReason("by a job of this sweep", seal.broken)}`);
       }
       const stateBefore = listState(this.stateDir);
-      current = spawnLogged({
+      const current = spawnLogged({
         command: join(modelDir, "train"),
         args: [paths.out],
         cwd: modelDir,
@@ -818,7 +853,7 @@ export class LocalBackend implements PlanOracle {
         memoryLimitText: resources.memory,
         jobId: record.id,
       });
-      this.running.set(record.id, { process: current, job: record, cancel });
+      control.attach(current);
       this.state.markRunning(record.id, current.pid);
       this.record(reporter, record.id);
       const result = await current.done;
@@ -834,7 +869,7 @@ export class LocalBackend implements PlanOracle {
         unsealed = `its results could not be sealed: ${describeError(error)}`;
       }
       const intruded = foreignStateEntries(this.stateDir, stateBefore, (id) => this.state.getJob(id) !== undefined);
-      if (cancelledReason) return finish("cancelled", result.exitCode, cancelledReason + logNote);
+      if (control.reason !== undefined) return finish("cancelled", result.exitCode, control.reason + logNote);
       const spoiled = this.dataSpoiled(context.data);
       if (spoiled !== undefined) return finish("failed", result.exitCode, dataWrittenReason("while this job ran", spoiled) + logNote);
       if (unsealed !== undefined) return finish("failed", result.exitCode, unsealed + logNote);
@@ -847,11 +882,10 @@ export class LocalBackend implements PlanOracle {
       const reason = result.reason ?? (result.signal ? `killed by ${result.signal}` : `exited with code ${result.exitCode}`);
       return finish("failed", result.exitCode, reason + logNote);
     } catch (error) {
-      return finish(cancelledReason ? "cancelled" : "failed", null, cancelledReason ?? describeError(error));
+      return finish(control.cancelled ? "cancelled" : "failed", null, control.reason ?? describeError(error));
     } finally {
       lease.release();
-      signal.removeEventListener("abort", onAbort);
-      this.running.delete(record.id);
+      control.release(record.id);
     }
   }
 }

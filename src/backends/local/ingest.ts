@@ -50,7 +50,7 @@ import { type FileUrlScope, sameSource, sourceIdentity } from "../../core/urls.j
 import { DataTree } from "./data-tree.js";
 import { abortReason, isAborted, pickValidators, redactUrl, withPartialLock, type TransferJob, type Validators } from "./fetch.js";
 import { ProgressTracker, TransferPool, transferThreadsFor } from "./transfers.js";
-import { type IngestProgress } from "../../core/events.js";
+import type { IngestProgress } from "../../core/events.js";
 
 export type { IngestProgress };
 
