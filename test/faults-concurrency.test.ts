@@ -10,7 +10,7 @@ import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, listJobs, processesWithEnv, runRows, trustProblems } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { makeProject, runKaos, sleep, startKaos, type Project } from "./helpers/rig.js";
+import { makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
 
 const TAG_NAME = "KAOS_FAULTS_TAG";
 const tag = randomBytes(6).toString("hex");
@@ -207,7 +207,6 @@ describe("concurrency", () => {
     const follow = startKaos(["train", "logs", job!.id, "-f"], { cwd: made.dir });
     const result = await up.exited;
     expect(result.code, result.stderr).toBe(0);
-    await sleep(100);
     expect((await follow.exited).code).toBe(0);
     expectConsistent(made);
   }, 120_000);

@@ -298,13 +298,11 @@ nohup sleep 302 > /dev/null 2>&1 &
 mkdir -p "$1" && echo done > "$1/done"
 `;
     const made = project({ "data/value.txt": "v" }, train);
-    const started = Date.now();
+    // Had kaos waited for the children (sleeping for minutes), the test would time out.
     const result = await up(made);
     expect(result.code, result.stderr).toBe(0);
-    expect(Date.now() - started).toBeLessThan(30_000);
     const [job] = trainJobs(made);
     expect(job!.state).toBe("succeeded");
-    expect(Date.parse(job!.finished_at!) - Date.parse(job!.started_at!)).toBeLessThan(5_000);
     expect(await eventually(() => processesWithEnv("KAOS_JOB_ID", job!.id).length === 0, 5_000)).toBe(true);
     expect(processesWithEnv(TAG_NAME, tag)).toEqual([]);
   }, 60_000);

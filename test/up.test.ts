@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { makeProject, pidAlive, runKaos, sleep, startKaos, type Project } from "./helpers/rig.js";
+import { fileContent, makeProject, pidAlive, runKaos, startKaos, type Project } from "./helpers/rig.js";
 import { maxConcurrency, readMarks, trainingProject, type ListedJob, type TrainingProjectOptions } from "./helpers/jobs.js";
 
 const projects: Project[] = [];
@@ -282,8 +282,8 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids") } });
     await up.waitFor(/train 1\/1 \w+ .*running/);
     const [job] = (await jobs(made)).filter((j) => j.stage === "train");
-    await sleep(300);
-    const pid = Number(readFileSync(made.path("pids", job!.id), "utf8"));
+    // The script writes its pid first thing: once the file is there, it runs.
+    const pid = Number(await fileContent(made.path("pids", job!.id)));
     expect(pidAlive(pid)).toBe(true);
     const kill = await runKaos(["train", "kill", job!.id.slice(0, 4)], { cwd: made.dir });
     expect(kill.code, kill.stderr).toBe(0);
@@ -304,7 +304,8 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     mkdirSync(made.path("pids"));
     const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids"), KAOS_TEST_LOG: made.path("marks.log") } });
     await up.waitFor(/train 2\/2 \w+ .*running/);
-    await sleep(300);
+    const running = (await jobs(made)).find((j) => j.stage === "train" && j.state === "running");
+    await fileContent(made.path("pids", running!.id));
     const result = await up.stop("SIGINT");
     expect(result.code).toBe(1);
     expect(result.stderr).toContain("interrupted: stopping running jobs");

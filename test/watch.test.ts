@@ -9,7 +9,7 @@ import { appendFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSy
 import { tmpdir } from "node:os";
 import ignore from "ignore";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { WatchMachine, type WatchState } from "../src/cli/watch/machine.js";
 import { isIgnoredPath, watchTargets } from "../src/cli/watch/targets.js";
 import type { ResolvedConfig } from "../src/core/types.js";
@@ -127,6 +127,14 @@ async function waitUntil(check: () => boolean | Promise<boolean>, what: string, 
 }
 
 describe("the watch state machine", () => {
+  // The machine's only clock is its quiet timer: fake timers drive it exactly.
+  beforeEach(() => {
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
   function machine(onChange: "restart" | "queue" = "restart") {
     const log: string[] = [];
     const m = new WatchMachine(
@@ -141,27 +149,34 @@ describe("the watch state machine", () => {
     return { m, log };
   }
 
-  it("debounces edits into one run and goes back to idle when it ends", async () => {
+  it("debounces edits into one run and goes back to idle when it ends", () => {
     const { m, log } = machine();
     m.dispatch("change");
-    await sleep(5);
+    vi.advanceTimersByTime(15);
     m.dispatch("change");
+    vi.advanceTimersByTime(15);
     m.dispatch("change");
+    // Each edit re-arms the quiet timer: 30 ms after the first edit, still debouncing.
     expect(m.state).toBe("debouncing");
-    await sleep(60);
+    vi.advanceTimersByTime(19);
+    expect(m.state).toBe("debouncing");
+    vi.advanceTimersByTime(1);
     expect(m.state).toBe("running");
     expect(log).toEqual(["debouncing", "running", "run"]);
     m.dispatch("run-ended");
     expect(m.state).toBe("idle");
+    expect(vi.getTimerCount()).toBe(0);
   });
 
-  it("queues edits during a run, reports them once settled, and starts the queued run when the run ends", async () => {
+  it("queues edits during a run, reports them once settled, and starts the queued run when the run ends", () => {
     for (const mode of ["restart", "queue"] as const) {
       const { m, log } = machine(mode);
       m.dispatch("start");
       m.dispatch("change");
       expect(m.state).toBe("queued");
-      await sleep(60);
+      vi.advanceTimersByTime(19);
+      expect(log).toEqual(["running", "run", "queued"]);
+      vi.advanceTimersByTime(1);
       expect(log).toEqual(["running", "run", "queued", `settled ${mode}`]);
       m.dispatch("run-ended");
       expect(m.state).toBe("running");
@@ -169,15 +184,25 @@ describe("the watch state machine", () => {
     }
   });
 
-  it("lets edits settle before the queued run starts", async () => {
-    const { m } = machine();
+  it("lets edits settle before the queued run starts", () => {
+    const { m, log } = machine();
     m.dispatch("start");
     m.dispatch("change");
     m.dispatch("run-ended");
     expect(m.state).toBe("debouncing");
-    await sleep(60);
+    vi.advanceTimersByTime(20);
     expect(m.state).toBe("running");
+    expect(log.filter((entry) => entry === "run")).toHaveLength(2);
     m.stop();
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it("does nothing at all without an event: no timer, no run", () => {
+    const { m, log } = machine();
+    vi.advanceTimersByTime(10_000);
+    expect(m.state).toBe("idle");
+    expect(log).toEqual([]);
+    expect(vi.getTimerCount()).toBe(0);
   });
 });
 

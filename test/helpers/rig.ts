@@ -3,7 +3,7 @@
  * run as a real process inside it, and helpers that wait for its output.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, symlinkSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, watch, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -182,6 +182,45 @@ export function trivialSourceBundle(train: string, options: { requirements?: str
 /** Prefixes every path of a file map with a directory. */
 export function under(prefix: string, files: FileMap): FileMap {
   return Object.fromEntries(Object.entries(files).map(([path, spec]) => [`${prefix}/${path}`, spec]));
+}
+
+/**
+ * The content of a file that a process writes (a pid, a mark), as soon as it
+ * is there: the directory is watched, nothing sleeps. Rejects after `timeoutMs`.
+ */
+export function fileContent(file: string, timeoutMs = 30_000): Promise<string> {
+  const read = (): string | undefined => {
+    try {
+      const text = readFileSync(file, "utf8");
+      return text.trim() === "" ? undefined : text;
+    } catch {
+      return undefined;
+    }
+  };
+  const now = read();
+  if (now !== undefined) return Promise.resolve(now);
+  return new Promise((resolvePromise, reject) => {
+    const watcher = watch(dirname(file), () => {
+      const text = read();
+      if (text === undefined) return;
+      finish();
+      resolvePromise(text);
+    });
+    const timer = setTimeout(() => {
+      finish();
+      reject(new Error(`timed out waiting for ${file}`));
+    }, timeoutMs);
+    const finish = () => {
+      clearTimeout(timer);
+      watcher.close();
+    };
+    // Written between the first read and the watch starting.
+    const late = read();
+    if (late !== undefined) {
+      finish();
+      resolvePromise(late);
+    }
+  });
 }
 
 export function sleep(ms: number): Promise<void> {
