@@ -172,7 +172,7 @@ const stackSchema = z.discriminatedUnion(
     }),
   ],
   { error: 'expected `backend: "local"` or `backend: "kubernetes"`' },
-);
+) satisfies z.ZodType<StackConfig>;
 
 export { defineConfig, defineStack } from "../define.js";
 
@@ -491,7 +491,7 @@ export async function loadStack(config: Pick<ResolvedConfig, "root">, name: stri
   if (!parsed.success) {
     throw new KaosError("STACK_INVALID", `invalid stack\n${zodProblems(parsed.error, file, value).join("\n")}`);
   }
-  return { name, file, config: parsed.data as StackConfig };
+  return { name, file, config: parsed.data };
 }
 
 /** The config and the stack a command works on. */
