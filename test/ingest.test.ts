@@ -8,7 +8,7 @@ import { gzipSync } from "node:zlib";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/core/errors.js";
 import { type IngestOptions, type IngestResult, ingest } from "../src/backends/local/ingest.js";
-import { type IngestProgress } from "../src/core/events.js";
+import type { IngestProgress } from "../src/core/events.js";
 import { formatIngestProgress } from "../src/cli/progress.js";
 import { checkFileUrls, lockPathFor, manifestDataKey, readLock, readManifest } from "../src/core/manifest.js";
 import { ObjectStore } from "../src/core/objects.js";

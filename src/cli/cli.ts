@@ -10,7 +10,12 @@
 import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import type * as commands from "./commands.js";
 import type { DeployCliOptions } from "./commands.js";
+import type * as templates from "./templates.js";
+
+/** A command's options as commander parses them: the command's own, less the global --config and a positional job. */
+type OptionsOf<F extends (options: never) => unknown> = Omit<Parameters<F>[0], "config" | "job">;
 import type { DynamicKind, Shell } from "./completion.js";
 import { packageRoot } from "../core/layout.js";
 import { EXIT } from "./exit.js";
@@ -88,7 +93,7 @@ function buildProgram(): Command {
     .option("--force", "rerun every stage and job even when an identical one succeeded")
     .option("--refresh", "re-check the remote content of manifests")
     .option("--json", "print the result as JSON")
-    .action(async (options: { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }, command: Command) => {
+    .action(async (options: OptionsOf<typeof commands.upCommand>, command: Command) => {
       await warmUp(globals(command).config);
       const { upCommand } = await import("./commands.js");
       setExitStatus(await upCommand({ ...globals(command), ...options }));
@@ -101,7 +106,7 @@ function buildProgram(): Command {
     .option("--refresh", "re-check the remote content of manifests")
     .option("--json", "print the plan as JSON")
     .option("--detailed-exitcode", "exit 2 when anything would run, 0 when nothing would, 1 on error")
-    .action(async (options: { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean }, command: Command) => {
+    .action(async (options: OptionsOf<typeof commands.planCommand>, command: Command) => {
       await warmUp(globals(command).config);
       const { planCommand } = await import("./commands.js");
       setExitStatus(await planCommand({ ...globals(command), ...options }));
@@ -122,23 +127,11 @@ function buildProgram(): Command {
     .option("--poll", "poll for changes instead of using file system events (network file systems)")
     .option("--poll-interval <ms>", "polling interval with --poll", wholeNumber("--poll-interval", 10), 500)
     .option("--force", "rerun everything on the first run")
-    .action(
-      async (
-        options: {
-          stack?: string;
-          debounce?: number;
-          onChange?: "restart" | "queue";
-          poll?: boolean;
-          pollInterval: number;
-          force?: boolean;
-        },
-        command: Command,
-      ) => {
-        await warmUp(globals(command).config);
-        const { watchCommand } = await import("./commands.js");
-        setExitStatus(await watchCommand({ ...globals(command), ...options }));
-      },
-    );
+    .action(async (options: OptionsOf<typeof commands.watchCommand>, command: Command) => {
+      await warmUp(globals(command).config);
+      const { watchCommand } = await import("./commands.js");
+      setExitStatus(await watchCommand({ ...globals(command), ...options }));
+    });
 
   const train = program.command("train").description("run, inspect and manage training jobs");
 
@@ -168,7 +161,7 @@ function buildProgram(): Command {
     .addOption(stackOption())
     .option("--json", "print the jobs as JSON")
     .option("--limit <n>", "at most this many jobs", wholeNumber("--limit", 1))
-    .action(async (options: { stack?: string; json?: boolean; limit?: number }, command: Command) => {
+    .action(async (options: OptionsOf<typeof commands.listCommand>, command: Command) => {
       const { listCommand } = await import("./commands.js");
       setExitStatus(await listCommand({ ...globals(command), ...options }));
     });
@@ -179,7 +172,7 @@ function buildProgram(): Command {
     .argument("<job>", "job id or an unambiguous prefix")
     .addOption(stackOption())
     .option("-f, --follow", "keep printing while the job runs")
-    .action(async (job: string, options: { stack?: string; follow?: boolean }, command: Command) => {
+    .action(async (job: string, options: OptionsOf<typeof commands.logsCommand>, command: Command) => {
       const { logsCommand } = await import("./commands.js");
       setExitStatus(await logsCommand({ ...globals(command), ...options, job }));
     });
@@ -190,7 +183,7 @@ function buildProgram(): Command {
     .argument("<job>", "job id or an unambiguous prefix")
     .option("-s, --sort <metric>", "sort the sweep's jobs by this metric (highest first)")
     .option("--json", "print the information as JSON")
-    .action(async (job: string, options: { sort?: string; json?: boolean }, command: Command) => {
+    .action(async (job: string, options: OptionsOf<typeof commands.infoCommand>, command: Command) => {
       const { infoCommand } = await import("./commands.js");
       setExitStatus(await infoCommand({ ...globals(command), ...options, job }));
     });
@@ -203,7 +196,7 @@ function buildProgram(): Command {
     .option("--code", "also copy the source snapshot the job ran")
     .option("--params", "also write the job's params.json")
     .option("--force", "copy results that changed after the job ended anyway (they cannot be trusted)")
-    .action(async (job: string, options: { out?: string; code?: boolean; params?: boolean; force?: boolean }, command: Command) => {
+    .action(async (job: string, options: OptionsOf<typeof commands.getCommand>, command: Command) => {
       const { getCommand } = await import("./commands.js");
       setExitStatus(await getCommand({ ...globals(command), ...options, job }));
     });
@@ -223,7 +216,7 @@ function buildProgram(): Command {
     .command("list")
     .description("list the templates")
     .option("--json", "print the templates as JSON")
-    .action(async (options: { json?: boolean }) => {
+    .action(async (options: Parameters<typeof templates.templateListCommand>[0]) => {
       const { templateListCommand } = await import("./templates.js");
       setExitStatus(await templateListCommand(options));
     });
@@ -233,7 +226,7 @@ function buildProgram(): Command {
     .description("copy a template into a directory: a new one, or one without the template's files")
     .requiredOption("--name <name>", "template name (see `kaos template list`)")
     .option("-o, --out <dir>", "destination directory (default: ./<name>)")
-    .action(async (options: { name: string; out?: string }) => {
+    .action(async (options: Parameters<typeof templates.templateGetCommand>[0]) => {
       const { templateGetCommand } = await import("./templates.js");
       setExitStatus(await templateGetCommand(options));
     });
@@ -243,7 +236,7 @@ function buildProgram(): Command {
     .description("write the Pachyderm pipeline specs and Kubernetes manifests of a stack, offline")
     .requiredOption("--stack <name>", "a kubernetes stack file stacks/NAME.ts")
     .requiredOption("-o, --out <dir>", "directory to write into")
-    .action(async (options: { stack: string; out: string }, command: Command) => {
+    .action(async (options: OptionsOf<typeof commands.renderCommand>, command: Command) => {
       const { renderCommand } = await import("./commands.js");
       setExitStatus(await renderCommand({ ...globals(command), ...options }));
     });
@@ -252,7 +245,7 @@ function buildProgram(): Command {
     .command("unlock")
     .description("break a stack's lock left by a kaos that ran on another machine or in another container and no longer runs")
     .addOption(stackOption())
-    .action(async (options: { stack?: string }, command: Command) => {
+    .action(async (options: OptionsOf<typeof commands.unlockCommand>, command: Command) => {
       const { unlockCommand } = await import("./commands.js");
       setExitStatus(await unlockCommand({ ...globals(command), ...options }));
     });
