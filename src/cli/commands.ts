@@ -278,6 +278,7 @@ function listJson(job: JobRecord) {
     startedAt: job.startedAt,
     finishedAt: job.finishedAt,
     exitCode: job.exitCode,
+    collectedAt: job.collectedAt,
   };
 }
 
@@ -307,7 +308,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
       job.id,
       displayText(job.pipeline),
       job.stage,
-      paint(job.state),
+      job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
       job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
       job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
       duration(job),
@@ -476,7 +477,8 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       "",
       `outputs   ${displayText(outDir)}`,
     ];
-    if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
+    if (job.collectedAt !== null) lines.push(`results   collected by kaos gc at ${job.collectedAt}: its folder was removed`);
+    else if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
     else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
     else if (results !== undefined)
       lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
@@ -511,6 +513,11 @@ export async function getCommand(
     const paths = jobPaths(stateDirOf(config.root), job.id);
     const outDir = job.outputDir ?? paths.out;
     if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);
+    if (job.collectedAt !== null) {
+      throw new KaosError("JOB_NOT_FOUND", `job ${job.id}'s outputs were collected by kaos gc at ${job.collectedAt}`, {
+        hint: "a `kaos up` whose config still holds its inputs and params trains it again",
+      });
+    }
     if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
     const destination = resolve(options.out ?? job.id);
     if (existsSync(destination) && readdirSync(destination).length > 0) {
