@@ -418,6 +418,9 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     const { checkJobResults, resultsProblem } = await import("../backends/local/results.js");
     const results = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
     const untrusted = results === undefined ? undefined : resultsProblem(job.id, results);
+    const { environmentPackages, freezePath } = await import("../backends/local/build.js");
+    const envsDir = join(stateDir, "envs");
+    const packages = job.envKey === null ? undefined : environmentPackages(envsDir, job.envKey);
     if (options.sort !== undefined) {
       const metric = options.sort;
       if (members.length > 0 && !sortable.includes(metric)) {
@@ -444,6 +447,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         ...listJson(job),
         keys: { env: job.envKey, source: job.sourceKey, data: job.dataKey, params: job.paramsKey, job: job.key },
         reason: job.reason,
+        packages: packages ?? null,
         metrics: metrics.values,
         metricsSkipped: metrics.skipped,
         outputDir: outDir,
@@ -458,6 +462,13 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       return EXIT.ok;
     }
     const c = colors();
+    const listed = (packages ?? []).slice(0, 3).map(displayText).join(", ") + ((packages?.length ?? 0) > 3 ? ", ..." : "");
+    const packagesText =
+      packages === undefined
+        ? "unknown (the environment is gone, or was built before kaos recorded its packages)"
+        : packages.length === 0
+          ? "0"
+          : `${packages.length} (${listed}; all in ${displayText(freezePath(envsDir, job.envKey!))})`;
     const metricLines = Object.entries(metrics.values).map(([key, value]) => `  ${displayText(key)}  ${metricText(value)}`);
     if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
     for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
@@ -471,6 +482,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       `  data    ${job.dataKey ?? "-"}`,
       `  params  ${job.paramsKey ?? "-"}  ${paramsText(job.params) || "{}"}`,
       `  job key ${job.key}`,
+      `  packages ${packagesText}`,
       "",
       c.bold("metrics"),
       ...metricLines,
