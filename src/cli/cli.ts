@@ -13,6 +13,7 @@ import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 
 import type * as commands from "./commands.js";
 import type { DeployCliOptions } from "./commands.js";
 import type * as templates from "./templates.js";
+import type * as storage from "./storage.js";
 
 /** A command's options as commander parses them: the command's own, less the global --config and a positional job. */
 type OptionsOf<F extends (options: never) => unknown> = Omit<Parameters<F>[0], "config" | "job">;
@@ -248,6 +249,30 @@ function buildProgram(): Command {
     .action(async (options: OptionsOf<typeof commands.unlockCommand>, command: Command) => {
       const { unlockCommand } = await import("./commands.js");
       setExitStatus(await unlockCommand({ ...globals(command), ...options }));
+    });
+
+  program
+    .command("du")
+    .description("show what .kaos/ holds, by kind and by pipeline, and the free space of its disk")
+    .option("--json", "print the usage as JSON")
+    .action(async (options: OptionsOf<typeof storage.duCommand>, command: Command) => {
+      const { duCommand } = await import("./storage.js");
+      setExitStatus(await duCommand({ ...globals(command), ...options }));
+    });
+
+  program
+    .command("gc")
+    .description("remove what no stack's next `kaos up` reuses and nothing asks to keep (a dry run unless --yes)")
+    .option("--dry-run", "only tell what would be removed (the default)")
+    .option("--yes", "remove it")
+    .option("--keep-runs <n>", "keep everything of the last N runs", wholeNumber("--keep-runs", 0), 1)
+    .option("--keep-best <k>", "keep the best K succeeded jobs of each sweep by --metric", wholeNumber("--keep-best", 1))
+    .option("--metric <name>", "the metric --keep-best ranks by (highest first)")
+    .option("--asc", "with --keep-best: lowest first (a loss)")
+    .option("--json", "print the result as JSON")
+    .action(async (options: OptionsOf<typeof storage.gcCommand>, command: Command) => {
+      const { gcCommand } = await import("./storage.js");
+      setExitStatus(await gcCommand({ ...globals(command), ...options }));
     });
 
   program

@@ -278,6 +278,7 @@ function listJson(job: JobRecord) {
     startedAt: job.startedAt,
     finishedAt: job.finishedAt,
     exitCode: job.exitCode,
+    collectedAt: job.collectedAt,
   };
 }
 
@@ -307,7 +308,7 @@ export async function listCommand(options: Common & { stack?: string; json?: boo
       job.id,
       displayText(job.pipeline),
       job.stage,
-      paint(job.state),
+      job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
       job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
       job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
       duration(job),
@@ -417,6 +418,9 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     const { checkJobResults, resultsProblem } = await import("../backends/local/results.js");
     const results = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
     const untrusted = results === undefined ? undefined : resultsProblem(job.id, results);
+    const { environmentPackages, freezePath } = await import("../backends/local/build.js");
+    const envsDir = join(stateDir, "envs");
+    const packages = job.envKey === null ? undefined : environmentPackages(envsDir, job.envKey);
     if (options.sort !== undefined) {
       const metric = options.sort;
       if (members.length > 0 && !sortable.includes(metric)) {
@@ -443,6 +447,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         ...listJson(job),
         keys: { env: job.envKey, source: job.sourceKey, data: job.dataKey, params: job.paramsKey, job: job.key },
         reason: job.reason,
+        packages: packages ?? null,
         metrics: metrics.values,
         metricsSkipped: metrics.skipped,
         outputDir: outDir,
@@ -457,6 +462,13 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       return EXIT.ok;
     }
     const c = colors();
+    const listed = (packages ?? []).slice(0, 3).map(displayText).join(", ") + ((packages?.length ?? 0) > 3 ? ", ..." : "");
+    const packagesText =
+      packages === undefined
+        ? "unknown (the environment is gone, or was built before kaos recorded its packages)"
+        : packages.length === 0
+          ? "0"
+          : `${packages.length} (${listed}; all in ${displayText(freezePath(envsDir, job.envKey!))})`;
     const metricLines = Object.entries(metrics.values).map(([key, value]) => `  ${displayText(key)}  ${metricText(value)}`);
     if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
     for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
@@ -470,13 +482,15 @@ export async function infoCommand(options: Common & { job: string; sort?: string
       `  data    ${job.dataKey ?? "-"}`,
       `  params  ${job.paramsKey ?? "-"}  ${paramsText(job.params) || "{}"}`,
       `  job key ${job.key}`,
+      `  packages ${packagesText}`,
       "",
       c.bold("metrics"),
       ...metricLines,
       "",
       `outputs   ${displayText(outDir)}`,
     ];
-    if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
+    if (job.collectedAt !== null) lines.push(`results   collected by kaos gc at ${job.collectedAt}: its folder was removed`);
+    else if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
     else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
     else if (results !== undefined)
       lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
@@ -511,6 +525,11 @@ export async function getCommand(
     const paths = jobPaths(stateDirOf(config.root), job.id);
     const outDir = job.outputDir ?? paths.out;
     if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);
+    if (job.collectedAt !== null) {
+      throw new KaosError("JOB_NOT_FOUND", `job ${job.id}'s outputs were collected by kaos gc at ${job.collectedAt}`, {
+        hint: "a `kaos up` whose config still holds its inputs and params trains it again",
+      });
+    }
     if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
     const destination = resolve(options.out ?? job.id);
     if (existsSync(destination) && readdirSync(destination).length > 0) {

@@ -1,6 +1,8 @@
 /**
  * The source bundle contract: a directory holding `Dockerfile` and `model/`
- * with `requirements.txt` and an executable `train`.
+ * with `requirements.txt` and an executable `train`, and optionally
+ * `requirements.lock` (every package pinned, as `pip freeze` writes them)
+ * from which the environment is then built.
  */
 import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -10,6 +12,8 @@ export interface SourceBundle {
   dir: string;
   dockerfile: string;
   requirements: string;
+  /** `model/requirements.lock`, when the bundle pins its packages. */
+  lock: string | undefined;
   train: string;
   /** `X.Y` from a `FROM python:X.Y...` line, when the Dockerfile names one. */
   pythonVersion: string | undefined;
@@ -67,6 +71,62 @@ export function validateSourceBundle(dir: string, where: string): SourceBundle {
   if (missing.length > 0) {
     throw new KaosError("BUNDLE_INVALID", `${where}: invalid source bundle ${dir}\n${missing.join("\n")}`);
   }
+  const lockPath = join(model, "requirements.lock");
+  const lockKind = kind(lockPath);
+  if (lockKind !== "missing" && lockKind !== "file") {
+    throw new KaosError("BUNDLE_INVALID", `${where}: ${lockPath}: not a file; expected the pinned packages (name==version per line)`);
+  }
+  if (lockKind === "file") readRequirementsLock(lockPath);
   const dockerText = readFileSync(dockerfile, "utf8");
-  return { dir, dockerfile, requirements, train, pythonVersion: pythonVersionOf(dockerText) };
+  const lock = lockKind === "file" ? lockPath : undefined;
+  return { dir, dockerfile, requirements, lock, train, pythonVersion: pythonVersionOf(dockerText) };
+}
+
+/** The index options a lock may carry, so that pins can come from a private index or a wheel directory. */
+const LOCK_OPTIONS = /^(?:--index-url|-i|--extra-index-url|--find-links|-f|--trusted-host)(?:=|\s+)\S+$|^--no-index$/;
+/** A PEP 508 name, then `==` and a version (PEP 440 characters), as `pip freeze` writes. */
+const LOCK_PIN = /^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*===?\s*([A-Za-z0-9][A-Za-z0-9.!+_-]*)$/;
+/** `name @ URL`: what `pip freeze` writes for a package installed from a URL or a file. */
+const LOCK_DIRECT = /^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s+@\s+\S+$/;
+
+export interface RequirementsLock {
+  /** The pinned packages, one requirement line each. */
+  pins: string[];
+}
+
+/**
+ * Reads and checks a `requirements.lock`: every line a pin (`name==version`
+ * or `name @ URL`), an index option, a comment or blank. Anything else (a
+ * range, an unpinned name, an editable install, an include) would let pip
+ * choose, so it is refused with the file and line.
+ */
+export function readRequirementsLock(path: string): RequirementsLock {
+  const text = readFileSync(path, "utf8");
+  const pins: string[] = [];
+  const seen = new Map<string, number>();
+  const lines = text.split(/\r?\n/);
+  for (const [index, raw] of lines.entries()) {
+    const line = raw.replace(/(^|\s)#.*$/, "").trim();
+    if (line === "" || LOCK_OPTIONS.test(line)) continue;
+    const name = (LOCK_PIN.exec(line) ?? LOCK_DIRECT.exec(line))?.[1];
+    if (name === undefined) {
+      throw new KaosError(
+        "BUNDLE_INVALID",
+        `${path}:${index + 1}: ${JSON.stringify(raw.trim())} is not a pinned package; expected name==version (as \`pip freeze\` writes), name @ URL, or an index option (--index-url, --extra-index-url, --find-links, --no-index, --trusted-host)`,
+        { hint: `write the lock from a working environment: python -m pip freeze > ${path}` },
+      );
+    }
+    // Package names compare case-insensitively, with runs of -_. as one.
+    const normal = name.toLowerCase().replace(/[-_.]+/g, "-");
+    const earlier = seen.get(normal);
+    if (earlier !== undefined) {
+      throw new KaosError(
+        "BUNDLE_INVALID",
+        `${path}:${index + 1}: ${name} is pinned twice (first at line ${earlier}); expected one pin per package`,
+      );
+    }
+    seen.set(normal, index + 1);
+    pins.push(line);
+  }
+  return { pins };
 }

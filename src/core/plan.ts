@@ -3,7 +3,7 @@
  * stage and per job whether it runs or is skipped, and why. `kaos plan` prints
  * it, `kaos up` and `kaos watch` execute it; all three build it here.
  *
- *   env key    = H(Dockerfile, requirements.txt, runtime that builds it)
+ *   env key    = H(Dockerfile, requirements.txt, requirements.lock if any, runtime that builds it)
  *   source key = tree hash of the source bundle
  *   data key   = tree hash of the data bundle, or H(url, content) of a manifest
  *   job key    = H(env key, source key, data key, canonical JSON of the params)
@@ -104,7 +104,10 @@ import type { AppliedPipeline, AppliedState } from "./state.js";
 export type { AppliedPipeline, AppliedState };
 
 export function envKeyOf(bundle: SourceBundle, runtime: string): string {
-  return hashString("kaos env v1", readFileSync(bundle.dockerfile, "utf8"), readFileSync(bundle.requirements, "utf8"), runtime);
+  const parts = ["kaos env v1", readFileSync(bundle.dockerfile, "utf8"), readFileSync(bundle.requirements, "utf8"), runtime];
+  // Appended only when there is a lock, so that the environments of bundles without one keep their keys.
+  if (bundle.lock !== undefined) parts.push("requirements.lock", readFileSync(bundle.lock, "utf8"));
+  return hashString(...parts);
 }
 
 export function jobKeyOf(keys: { env: string; source: string; data: string }, params: HyperparamSet): string {
@@ -278,7 +281,7 @@ async function planPipeline(
     stages.build = {
       action: "run",
       key: envKey,
-      reason: envChanged ? "Dockerfile, requirements.txt or runtime changed" : "environment not built yet",
+      reason: envChanged ? "Dockerfile, requirements.txt, requirements.lock or runtime changed" : "environment not built yet",
     };
   }
 
@@ -454,7 +457,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       );
     }
     const details: string[] = [];
-    if (p.changes.env) details.push("environment: Dockerfile, requirements.txt or runtime changed");
+    if (p.changes.env) details.push("environment: Dockerfile, requirements.txt, requirements.lock or runtime changed");
     if (p.changes.source) details.push(changeLine("source", p.changes.source));
     if (p.changes.data) details.push(changeLine("data", p.changes.data));
     if (p.manifest) details.push(`manifest: ${p.manifest.entries.length} entries, ${p.manifest.missing} to download`);

@@ -53,6 +53,8 @@ export interface JobRecord {
   outputDir: string | null;
   logFile: string | null;
   createdAt: string;
+  /** When `kaos gc` removed the job's folder (outputs, log, source copy); null while it is there. */
+  collectedAt: string | null;
 }
 
 /** What `kaos up` applied for one pipeline: the keys the next plan diffs against. */
@@ -86,7 +88,10 @@ export interface RunRecord {
   pid: number;
 }
 
-export type NewJob = Omit<JobRecord, "id" | "createdAt" | "state" | "pid" | "startedAt" | "finishedAt" | "exitCode" | "reason"> & {
+export type NewJob = Omit<
+  JobRecord,
+  "id" | "createdAt" | "state" | "pid" | "startedAt" | "finishedAt" | "exitCode" | "reason" | "collectedAt"
+> & {
   state?: JobState;
 };
 
@@ -191,6 +196,10 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE runs ADD COLUMN origin TEXT;
   ALTER TABLE writer_locks ADD COLUMN origin TEXT;
   `,
+  // When `kaos gc` removed a job's folder: such a job is listed but never reused.
+  `
+  ALTER TABLE jobs ADD COLUMN collected_at TEXT;
+  `,
 ];
 
 /** The schema version this code writes and reads. */
@@ -257,11 +266,12 @@ type JobColumns = [
   outputDir: string | null,
   logFile: string | null,
   createdAt: string,
+  collectedAt: string | null,
 ];
 
 const JOB_COLUMNS =
   "id, run_id, stack, pipeline, stage, key, state, params, env_key, source_key, data_key, params_key, " +
-  "sweep_index, sweep_size, pid, started_at, finished_at, exit_code, reason, output_dir, log_file, created_at";
+  "sweep_index, sweep_size, pid, started_at, finished_at, exit_code, reason, output_dir, log_file, created_at, collected_at";
 
 const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "cancelled"];
 
@@ -470,7 +480,7 @@ export class StateStore {
     const params = canonicalJson(job.params);
     const id = this.insertWithFreshId((jobId) =>
       this.stmt(
-        `INSERT INTO jobs (${JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, ?)`,
+        `INSERT INTO jobs (${JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?, ?, NULL)`,
       ).run(
         jobId,
         job.runId,
@@ -502,6 +512,7 @@ export class StateStore {
       exitCode: null,
       reason: null,
       createdAt,
+      collectedAt: null,
     };
   }
 
@@ -594,9 +605,14 @@ export class StateStore {
     return this.selectJobs(`${where} ORDER BY created_at DESC, seq DESC${limit}`, ...values);
   }
 
-  /** The cache: the most recent success of this job key, whose outputs can be reused. */
+  /** The cache: the most recent success of this job key whose outputs were not collected, to be reused. */
   latestSucceeded(stage: Stage, key: string): JobRecord | undefined {
-    return this.latestInState(stage, key, "succeeded");
+    if (this.db === null) return undefined;
+    return this.selectJobs(
+      "WHERE stage = ? AND key = ? AND state = 'succeeded' AND collected_at IS NULL ORDER BY finished_at DESC, seq DESC LIMIT 1",
+      stage,
+      key,
+    )[0];
   }
 
   lastFailed(stage: Stage, key: string): JobRecord | undefined {
@@ -635,6 +651,37 @@ export class StateStore {
       for (const runId of deadRuns) markRun.run(finishedAt, runId);
       return orphaned.map((job): JobRecord => ({ ...job, state: "failed", reason: INTERRUPTED_REASON, finishedAt }));
     });
+  }
+
+  /**
+   * Records that the folders of `jobIds` are being removed, before a byte of
+   * them is: a removal cut short then leaves jobs that are never reused and
+   * whose leftovers the next `kaos gc` removes. Returns the time recorded.
+   */
+  markCollected(jobIds: readonly string[]): string {
+    this.writer();
+    const collectedAt = nowIso();
+    const mark = this.stmt("UPDATE jobs SET collected_at = ? WHERE id = ? AND collected_at IS NULL");
+    this.transaction(() => {
+      for (const id of jobIds) mark.run(collectedAt, id);
+    });
+    return collectedAt;
+  }
+
+  /** The ids of the `count` most recent runs, newest first. */
+  recentRuns(count: number): string[] {
+    if (this.db === null || count <= 0) return [];
+    const rows = this.stmt("SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?").all(count) as { id: string }[];
+    return rows.map((row) => row.id);
+  }
+
+  /** Every stack this store has heard of: applied, run, or locked. */
+  knownStacks(): string[] {
+    if (this.db === null) return [];
+    const rows = this.stmt(
+      "SELECT stack FROM applied UNION SELECT stack FROM runs UNION SELECT stack FROM writer_locks ORDER BY stack",
+    ).all() as { stack: string }[];
+    return rows.map((row) => row.stack);
   }
 
   // ---------------------------------------------------------------- applied plans, meta
@@ -1049,6 +1096,7 @@ function jobFromColumns(row: JobColumns): JobRecord {
     outputDir: row[19],
     logFile: row[20],
     createdAt: row[21],
+    collectedAt: row[22],
   };
 }
 

@@ -1,0 +1,118 @@
+/**
+ * Environments as provenance: each build records its packages (`pip freeze`
+ * beside the environment), `kaos train info` shows them, and a
+ * `requirements.lock` pins them. Real venvs and pip, offline: the packages are
+ * wheels made here and installed from a directory of the source bundle.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { afterAll, describe, expect, it } from "vitest";
+import { TRAIN_SCRIPT } from "./helpers/jobs.js";
+import { makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+
+const projects: Project[] = [];
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
+
+/** A pure-Python wheel `name-version` requiring `requires`, written into `dir`. */
+function makeWheel(dir: string, name: string, version: string, requires: string[] = []): void {
+  const script = `
+import sys, zipfile
+name, version, dest, *requires = sys.argv[1:]
+info = f"{name}-{version}.dist-info"
+files = {
+    f"{name}/__init__.py": f"VERSION = {version!r}\\n",
+    f"{info}/METADATA": f"Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n" + "".join(f"Requires-Dist: {r}\\n" for r in requires),
+    f"{info}/WHEEL": "Wheel-Version: 1.0\\nGenerator: kaos-test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+}
+files[f"{info}/RECORD"] = "".join(f"{path},,\\n" for path in files) + f"{info}/RECORD,,\\n"
+with zipfile.ZipFile(f"{dest}/{name}-{version}-py3-none-any.whl", "w") as wheel:
+    for path, content in files.items():
+        wheel.writestr(path, content)
+`;
+  execFileSync("python3", ["-c", script, name, version, dir, ...requires]);
+}
+
+const OFFLINE = "--no-index\n--find-links wheels\n";
+
+/** A project whose source bundle carries wheels of `kaostiny` 1.0 (needing `kaosmissing`, which no index has) and 1.1. */
+function project(files: { requirements: string; lock?: string }): Project {
+  const made = makeProject(
+    {
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", data: "data" } } });\n`,
+      "data/value.txt": "v1",
+      ...under("src", trivialSourceBundle(TRAIN_SCRIPT, { requirements: files.requirements })),
+      ...(files.lock === undefined ? {} : { "src/model/requirements.lock": files.lock }),
+      "src/model/wheels/.keep": "",
+    },
+    "kaos-env-",
+  );
+  makeWheel(made.path("src/model/wheels"), "kaostiny", "1.0", ["kaosmissing"]);
+  makeWheel(made.path("src/model/wheels"), "kaostiny", "1.1");
+  projects.push(made);
+  return made;
+}
+
+async function kaos(made: Project, ...args: string[]) {
+  const result = await runKaos(args, { cwd: made.dir });
+  expect(result.code, `kaos ${args.join(" ")}\n${result.stderr}`).toBe(0);
+  return result;
+}
+
+interface Info {
+  keys: { env: string };
+  packages: string[] | null;
+}
+
+async function trainInfo(made: Project): Promise<Info> {
+  const jobs = JSON.parse((await kaos(made, "train", "list", "--json")).stdout) as { id: string; stage: string }[];
+  const train = jobs.find((job) => job.stage === "train")!;
+  return JSON.parse((await kaos(made, "train", "info", train.id, "--json")).stdout) as Info;
+}
+
+describe("environments", () => {
+  it("record their packages beside them, and train info shows them", async () => {
+    const made = project({ requirements: `${OFFLINE}kaostiny==1.1\n` });
+    await kaos(made, "up");
+    const info = await trainInfo(made);
+    expect(info.packages).toEqual(["kaostiny==1.1"]);
+    const freeze = made.path(".kaos", "envs", info.keys.env, "freeze.txt");
+    expect(readFileSync(freeze, "utf8")).toContain("kaostiny==1.1");
+    const jobs = JSON.parse((await kaos(made, "train", "list", "--json")).stdout) as { id: string; stage: string }[];
+    const text = (await kaos(made, "train", "info", jobs.find((job) => job.stage === "train")!.id)).stdout;
+    expect(text).toContain(`  packages 1 (kaostiny==1.1; all in ${freeze})`);
+  });
+
+  it("are built from requirements.lock alone when there is one (--no-deps), and editing the lock rebuilds", async () => {
+    // requirements.txt would take the newest version; the lock pins the older one, whose dependency no index has.
+    const made = project({ requirements: `${OFFLINE}kaostiny\n`, lock: `# pip freeze\n${OFFLINE}kaostiny==1.0\n` });
+    await kaos(made, "up");
+    const first = await trainInfo(made);
+    expect(first.packages).toEqual(["kaostiny==1.0"]);
+
+    writeFileSync(made.path("src/model/requirements.lock"), `${OFFLINE}kaostiny==1.1\n`);
+    const plan = JSON.parse((await kaos(made, "plan", "--json")).stdout) as { pipelines: { stages: { build: { action: string } } }[] };
+    expect(plan.pipelines[0]!.stages.build.action).toBe("run");
+    await kaos(made, "up");
+    const second = await trainInfo(made);
+    expect(second.keys.env).not.toBe(first.keys.env);
+    expect(second.packages).toEqual(["kaostiny==1.1"]);
+  });
+
+  it("refuse a lock line that is not a pin, naming the file and line, before anything runs", async () => {
+    const made = project({ requirements: `${OFFLINE}kaostiny\n`, lock: `${OFFLINE}kaostiny>=1.0\n` });
+    const result = await runKaos(["up"], { cwd: made.dir });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(
+      `error: ${made.path("src/model/requirements.lock")}:3: "kaostiny>=1.0" is not a pinned package; expected name==version (as \`pip freeze\` writes)`,
+    );
+    expect(result.stderr).toContain("hint: write the lock from a working environment: python -m pip freeze >");
+    expect(existsSync(made.path(".kaos"))).toBe(false);
+    writeFileSync(made.path("src/model/requirements.lock"), "kaostiny==1.0\nKaosTiny==1.1\n");
+    const twice = await runKaos(["plan"], { cwd: made.dir });
+    expect(twice.stderr).toContain("requirements.lock:2: KaosTiny is pinned twice (first at line 1)");
+  });
+});

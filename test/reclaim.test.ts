@@ -1,0 +1,211 @@
+/**
+ * `kaos du` and `kaos gc` end to end: the built CLI over real projects, real
+ * job folders, hardlinked objects and the state store.
+ */
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, writeFileSync } from "node:fs";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { jobRows, killTagged, killWhen, listTree } from "./helpers/faults.js";
+import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
+import { makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
+
+const TAG_NAME = "KAOS_FAULTS_TAG";
+const tag = randomBytes(6).toString("hex");
+const projects: Project[] = [];
+afterEach(() => killTagged(TAG_NAME, tag));
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
+
+function project(options: Parameters<typeof trainingProject>[0]): Project {
+  const made = makeProject(trainingProject(options), "kaos-gc-");
+  projects.push(made);
+  return made;
+}
+
+const env = (made: Project) => ({ [TAG_NAME]: tag, KAOS_TEST_LOG: made.path("marks.log") });
+
+async function kaos(made: Project, ...args: string[]) {
+  const result = await runKaos(args, { cwd: made.dir, env: env(made) });
+  expect(result.code, `kaos ${args.join(" ")}\n${result.stderr}`).toBe(0);
+  return result;
+}
+
+async function kaosJson<T>(made: Project, ...args: string[]): Promise<T> {
+  return JSON.parse((await kaos(made, ...args, "--json")).stdout) as T;
+}
+
+interface GcJson {
+  applied: boolean;
+  freed: Record<"jobs" | "environments" | "objects" | "dataViews" | "treeListings", { entries: number; bytes: number }>;
+  freedBytes: number;
+  jobs: { id: string; pipeline: string }[];
+  dataViews: string[];
+}
+
+interface ListedWithCollected extends ListedJob {
+  collectedAt: string | null;
+}
+
+/** The train jobs of one project by their `score` param. */
+async function trainJobs(made: Project): Promise<ListedWithCollected[]> {
+  const jobs = await kaosJson<ListedWithCollected[]>(made, "train", "list");
+  return jobs.filter((job) => job.stage === "train");
+}
+
+/** Two runs: `scores` on data v1, then the same on data v2, which is what stays applied. */
+async function twoRuns(made: Project): Promise<{ old: ListedWithCollected[]; current: ListedWithCollected[] }> {
+  await kaos(made, "up");
+  const old = await trainJobs(made);
+  writeFileSync(made.path("data/value.txt"), "v2");
+  await kaos(made, "up");
+  const current = (await trainJobs(made)).filter((job) => !old.some((o) => o.id === job.id));
+  return { old, current };
+}
+
+describe("kaos du", () => {
+  it("counts each file once however many links it has, as du(1) does, and tells jobs by pipeline", async () => {
+    const made = project({ grid: { score: [1, 2] }, extra: { "data/big.bin": randomBytes(256 * 1024).toString("base64") } });
+    await kaos(made, "up");
+    const usage = await kaosJson<{
+      totalBytes: number;
+      kinds: Record<string, { entries: number; bytes: number }>;
+      jobsByPipeline: { pipeline: string; jobs: number }[];
+      disk: { freeBytes: number };
+    }>(made, "du");
+    // The data view's files are links to objects: their bytes count once, under objects.
+    const bigFile = 256 * 1024 * (4 / 3);
+    expect(usage.kinds.objects!.bytes).toBeGreaterThan(bigFile);
+    expect(usage.kinds.dataViews!.bytes).toBeLessThan(bigFile / 4);
+    expect(usage.kinds.dataViews!.entries).toBe(1);
+    const duBytes = Number(execFileSync("du", ["-sB1", made.path(".kaos")], { encoding: "utf8" }).split("\t")[0]);
+    const withLinksTwice = Number(execFileSync("du", ["-sB1", "-l", made.path(".kaos")], { encoding: "utf8" }).split("\t")[0]);
+    expect(usage.totalBytes).toBe(duBytes);
+    expect(withLinksTwice).toBeGreaterThan(duBytes + bigFile / 2);
+    expect(Object.values(usage.kinds).reduce((sum, kind) => sum + kind.bytes, 0)).toBe(usage.totalBytes);
+    // The build job and the two train jobs.
+    expect(usage.jobsByPipeline).toEqual([expect.objectContaining({ pipeline: "p", jobs: 3 })]);
+    expect(usage.disk.freeBytes).toBeGreaterThan(0);
+    const text = (await kaos(made, "du")).stdout;
+    expect(text).toContain("count under objects");
+    expect(text).toMatch(/disk: .* free on \//);
+  });
+});
+
+describe("kaos gc", () => {
+  it("a dry run removes nothing and lists what it would free; --yes frees it, and the next up reuses every kept job", async () => {
+    const made = project({ grid: { score: [1, 2, 3] } });
+    const { old, current } = await twoRuns(made);
+    const notDb = (path: string) => path.startsWith("state.db");
+    const before = listTree(made.path(".kaos"), notDb);
+
+    const dry = await kaosJson<GcJson>(made, "gc");
+    expect(dry.applied).toBe(false);
+    expect(dry.jobs.map((job) => job.id).sort()).toEqual(old.map((job) => job.id).sort());
+    expect(dry.freed.jobs.entries).toBe(3);
+    expect(dry.freed.dataViews.entries).toBe(1);
+    expect(dry.freedBytes).toBeGreaterThan(0);
+    expect(listTree(made.path(".kaos"), notDb)).toEqual(before);
+    expect((await kaos(made, "gc")).stdout).toMatch(/^would free .* \(a dry run: nothing was removed/);
+
+    const done = await kaosJson<GcJson>(made, "gc", "--yes");
+    expect(done.applied).toBe(true);
+    expect(done.freedBytes).toBe(dry.freedBytes);
+    for (const job of old) expect(existsSync(made.path(".kaos", "jobs", job.id))).toBe(false);
+    for (const job of current) expect(existsSync(made.path(".kaos", "jobs", job.id, "out"))).toBe(true);
+    const listed = await trainJobs(made);
+    expect(
+      listed
+        .filter((job) => job.collectedAt !== null)
+        .map((job) => job.id)
+        .sort(),
+    ).toEqual(old.map((job) => job.id).sort());
+    expect((await kaos(made, "train", "list")).stdout).toContain("succeeded (collected)");
+    const get = await runKaos(["train", "get", old[0]!.id, "-o", made.path("got")], { cwd: made.dir, env: env(made) });
+    expect(get.code).toBe(1);
+    expect(get.stderr).toContain(`job ${old[0]!.id}'s outputs were collected by kaos gc at `);
+    expect((await kaos(made, "train", "info", old[0]!.id)).stdout).toContain("results   collected by kaos gc at");
+
+    const starts = readMarks(made.path("marks.log")).length;
+    const again = await kaosJson<{ pipelines: { jobs: { id: string; reused: boolean }[] }[] }>(made, "up");
+    expect(again.pipelines[0]!.jobs.every((job) => job.reused)).toBe(true);
+    expect(again.pipelines[0]!.jobs.map((job) => job.id).sort()).toEqual(current.map((job) => job.id).sort());
+    expect(readMarks(made.path("marks.log")).length).toBe(starts);
+    // Nothing left to take.
+    expect((await kaosJson<GcJson>(made, "gc")).freedBytes).toBe(0);
+  });
+
+  it("--keep-best K --metric keeps the K best jobs of each sweep, highest first or with --asc lowest", async () => {
+    const made = project({ grid: { score: [3, 1, 4, 2] } });
+    const { old } = await twoRuns(made);
+    const idOf = (score: number) => old.find((job) => job.params.score === score)!.id;
+    const removed = async (...args: string[]) =>
+      (await kaosJson<GcJson>(made, "gc", "--keep-runs", "0", ...args)).jobs.map((job) => job.id).sort();
+    expect(await removed()).toEqual(old.map((job) => job.id).sort());
+    expect(await removed("--keep-best", "1", "--metric", "score")).toEqual([idOf(1), idOf(2), idOf(3)].sort());
+    expect(await removed("--keep-best", "2", "--metric", "score", "--asc")).toEqual([idOf(3), idOf(4)].sort());
+    await kaos(made, "gc", "--yes", "--keep-runs", "0", "--keep-best", "1", "--metric", "score");
+    expect(existsSync(made.path(".kaos", "jobs", idOf(4), "out", "metrics", "m.json"))).toBe(true);
+    expect(existsSync(made.path(".kaos", "jobs", idOf(3)))).toBe(false);
+    const usage = await runKaos(["gc", "--keep-best", "1"], { cwd: made.dir, env: env(made) });
+    expect(usage.code).toBe(1);
+    expect(usage.stderr).toContain("--keep-best K and --metric NAME go together");
+  });
+
+  it("refuses while a kaos up runs, and removes nothing", async () => {
+    const made = project({
+      grid: { score: [1] },
+      extra: {
+        "src/model/train": {
+          content: `#!/bin/sh\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`,
+          mode: 0o755,
+        },
+      },
+    });
+    writeFileSync(made.path("release"), "");
+    expect((await runKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: made.path("release") } })).code).toBe(0);
+    writeFileSync(made.path("data/value.txt"), "v2");
+    const release = made.path("release-2");
+    const up = startKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: release } });
+    await up.waitFor(/p train 1\/1 \w+ .*running/);
+    // What gc would remove, and not the files the running job is writing (its log appears when it first writes).
+    const outsideRun = (path: string) => path.startsWith("state.db") || path.split("/").length > 2;
+    const before = listTree(made.path(".kaos"), outsideRun);
+    const refused = await runKaos(["gc", "--yes"], { cwd: made.dir, env: env(made) });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(
+      /error: another kaos \(pid \d+, `up`, started at \S+\) is applying stack 'local' in \S+; wait for it to finish or stop it/,
+    );
+    expect(listTree(made.path(".kaos"), outsideRun)).toEqual(before);
+    expect((await trainJobs(made)).filter((job) => job.collectedAt !== null)).toEqual([]);
+    writeFileSync(release, "");
+    expect((await up.exited).code).toBe(0);
+    expect((await kaosJson<GcJson>(made, "gc", "--yes")).freed.jobs.entries).toBe(1);
+  });
+
+  it("a gc killed after it marked the jobs collected leaves state that the next up and gc work from", async () => {
+    const made = project({ grid: { score: [1, 2, 3, 4, 5, 6, 7, 8] }, parallelism: 4 });
+    const { old, current } = await twoRuns(made);
+    const { killed } = await killWhen(["gc", "--yes"], { cwd: made.dir, env: env(made) }, (live) =>
+      live.waitFor("marked 8 jobs collected"),
+    );
+    expect(killed || old.every((job) => !existsSync(made.path(".kaos", "jobs", job.id)))).toBe(true);
+    // Every old job is recorded as collected, whatever is left of its folder.
+    expect((await trainJobs(made)).filter((job) => job.collectedAt !== null)).toHaveLength(8);
+    const starts = readMarks(made.path("marks.log")).length;
+    const again = await kaosJson<{ pipelines: { jobs: { id: string; reused: boolean }[] }[] }>(made, "up");
+    expect(again.pipelines[0]!.jobs.map((job) => job.id).sort()).toEqual(current.map((job) => job.id).sort());
+    expect(readMarks(made.path("marks.log")).length).toBe(starts);
+    // A collected job is never reused, even with its folder still whole and its key wanted again: it trains again.
+    writeFileSync(made.path("data/value.txt"), "v1");
+    const back = await kaosJson<{ pipelines: { jobs: { id: string; reused: boolean }[] }[] }>(made, "up");
+    expect(back.pipelines[0]!.jobs.filter((job) => job.reused)).toEqual([]);
+    expect(readMarks(made.path("marks.log")).length).toBe(starts + 16);
+    await kaos(made, "gc", "--yes");
+    for (const job of old) expect(existsSync(made.path(".kaos", "jobs", job.id))).toBe(false);
+    expect(jobRows(made.dir).filter((row) => row.state === "running" || row.state === "queued")).toEqual([]);
+  });
+});
