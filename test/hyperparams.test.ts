@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { KaosError } from "../src/core/errors.js";
+import { defineConfig } from "../src/define.js";
 import { canonicalJson, expandSpace, parseSpace, parseSpaceJson, spaceSize } from "../src/core/hyperparams.js";
 import type { HyperparamSpace, RandomSearch } from "../src/core/types.js";
 
@@ -132,6 +133,40 @@ describe("a random search", () => {
     expect(problem(() => parseSpace(narrow, "hyperparams"))).toMatch(
       /^hyperparams: "samples": 1100 draws gave only \d distinct combinations of the 5 asked: rounded to 6 significant digits, the space holds fewer/,
     );
+  });
+
+  it("is written inline in kaos.config.ts as the README shows it, and type-checks there", () => {
+    const config = defineConfig({
+      pipelines: {
+        grids: {
+          source: "src",
+          data: "data",
+          hyperparams: [
+            { kernel: ["linear"], C: [1, 10] },
+            { kernel: ["poly"], degree: [3, 5], C: [1, 10] },
+          ],
+        },
+        random: {
+          source: "src",
+          data: "data",
+          hyperparams: {
+            search: "random",
+            seed: 7,
+            samples: 20,
+            space: {
+              C: { logUniform: [0.01, 100] },
+              gamma: { uniform: [0.001, 1] },
+              degree: { intRange: [2, 6] },
+              kernel: { choice: ["rbf", "poly"] },
+              shrinking: [true, false],
+              decision_function_shape: "ovr",
+            },
+          },
+        },
+      },
+    });
+    expect(expandSpace(parseSpace(config.pipelines.grids?.hyperparams, "hyperparams"))).toHaveLength(6);
+    expect(expandSpace(parseSpace(config.pipelines.random?.hyperparams, "hyperparams"))).toHaveLength(20);
   });
 
   it("is told from a grid by its `search` key and typed for kaos.config.ts", () => {
