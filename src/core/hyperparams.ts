@@ -63,11 +63,12 @@ function fail(path: KeyPath, detail: string): never {
 
 /**
  * Walks a JSON text (already known to be valid) and calls `visit` at the start
- * of every value with its key path and line; `visit` returns true to stop.
+ * of every value with its key path (made only when asked) and line; `visit`
+ * returns true to stop.
  * Only the text tells `12345678901234567891` from `1.5e20`, and only the text
  * has lines.
  */
-function walkJsonText(text: string, visit: (path: KeyPath, line: number, start: number) => boolean | undefined): void {
+function walkJsonText(text: string, visit: (path: () => KeyPath, line: number, start: number) => boolean | undefined): void {
   const frames: { list: boolean; index: number; key: string; expectingKey: boolean }[] = [];
   const number = /-?\d+(\.\d+)?([eE][+-]?\d+)?/y;
   const literal = /true|false|null/y;
@@ -81,10 +82,10 @@ function walkJsonText(text: string, visit: (path: KeyPath, line: number, start: 
       let end = i + 1;
       while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
       if (top && !top.list && top.expectingKey) top.key = JSON.parse(text.slice(i, end + 1)) as string;
-      else if (visit(pathHere(), line, i)) return;
+      else if (visit(pathHere, line, i)) return;
       i = end + 1;
     } else if (char === "{" || char === "[") {
-      if (visit(pathHere(), line, i)) return;
+      if (visit(pathHere, line, i)) return;
       frames.push({ list: char === "[", index: 0, key: "", expectingKey: char === "{" });
       i += 1;
     } else if (char === "}" || char === "]") {
@@ -98,11 +99,11 @@ function walkJsonText(text: string, visit: (path: KeyPath, line: number, start: 
       top.expectingKey = false;
       i += 1;
     } else if (char === "-" || (char >= "0" && char <= "9")) {
-      if (visit(pathHere(), line, i)) return;
+      if (visit(pathHere, line, i)) return;
       number.lastIndex = i;
       i += number.exec(text)![0].length;
     } else if (char === "t" || char === "f" || char === "n") {
-      if (visit(pathHere(), line, i)) return;
+      if (visit(pathHere, line, i)) return;
       literal.lastIndex = i;
       i += literal.exec(text)![0].length;
     } else {
@@ -125,7 +126,7 @@ function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string;
     number.lastIndex = start;
     const match = number.exec(text)!;
     if (match[1] === undefined && match[2] === undefined && !Number.isSafeInteger(Number(match[0]))) {
-      found.push({ path, literal: match[0], line });
+      found.push({ path: path(), literal: match[0], line });
     }
     return undefined;
   });
@@ -136,7 +137,8 @@ function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string;
 function lineOfPath(text: string, path: KeyPath): number {
   let best = 1;
   let bestDepth = -1;
-  walkJsonText(text, (at, line) => {
+  walkJsonText(text, (pathHere, line) => {
+    const at = pathHere();
     if (at.length > path.length || at.length <= bestDepth) return undefined;
     if (at.every((key, index) => key === path[index])) {
       best = line;
