@@ -54,7 +54,7 @@ describe("config loading", () => {
       name: "svm",
       sourceDir: made.path("src"),
       data: { kind: "dir", dir: made.path("data") },
-      grid: { C: [1, 2] },
+      hyperparams: { C: [1, 2] },
       hyperparamsFile: made.path("grid.json"),
       resources: { cpu: 0.5, memory: "512Mi", memoryBytes: 512 * 2 ** 20, gpu: 0 },
       parallelism: 3,
@@ -73,7 +73,7 @@ describe("config loading", () => {
       expect(config.file).toBe(made.path(file));
       expect(config.workspace).toBe("w");
       expect(config.pipelines[0]?.data).toEqual({ kind: "manifest", path: made.path("manifest.jsonl") });
-      expect(config.pipelines[0]?.grid).toEqual({ a: [1, 2, 3], b: "x" });
+      expect(config.pipelines[0]?.hyperparams).toEqual({ a: [1, 2, 3], b: "x" });
     }
   });
 
@@ -197,10 +197,10 @@ describe("config validation names the file, line, key path, bad value and what i
     const nested = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { kernel: { a: 1 } },`));
     expect(nested.message).toContain(`"kernel": expected a scalar or a list of scalars, found an object`);
     const fromFile = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), {
-      "bad.json": "[1, 2]",
+      "bad.json": "5",
     });
     expect(fromFile.message).toContain(
-      `pipelines.svm.hyperparams: ${fromFile.file.replace("kaos.config.ts", "bad.json")}: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, found a list`,
+      `pipelines.svm.hyperparams: ${fromFile.file.replace("kaos.config.ts", "bad.json")}:1: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, a list of such grids, or a random search, found the number 5`,
     );
     const notJson = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), {
       "bad.json": "{degree: 3}",

@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { startServer, type TestServer } from "./helpers/http-server.js";
 import { makeProject, REPO_ROOT, runKaos, type Project } from "./helpers/rig.js";
 import type { ListedJob } from "./helpers/jobs.js";
+import { readMetricSeries } from "../src/core/metrics.js";
 
 const made: Project[] = [];
 let server: TestServer | undefined;
@@ -72,5 +73,14 @@ describe("the mnist example end to end (built CLI, real scikit-learn venv)", () 
     expect(accuracies).toHaveLength(12);
     expect(Math.min(...accuracies)).toBeGreaterThan(0.9);
     expect([...accuracies].sort((a, b) => b - a)).toEqual(accuracies);
+
+    // Each job appended its learning curve as per-step metrics: growing training sets, the last fit the job's model.
+    const series = readMetricSeries(project.path("mnist", ".kaos", "jobs", train[0]!.id, "out"));
+    expect(series.skipped).toEqual([]);
+    expect(series.series.accuracy_validation?.map((point) => point.step)).toEqual([269, 539, 808, 1078]);
+    const detail = JSON.parse((await runKaos(["train", "info", train[0]!.id, "--json"], { cwd: root })).stdout) as {
+      metrics: Record<string, number>;
+    };
+    expect(series.series.accuracy_validation?.at(-1)?.value).toBe(detail.metrics.accuracy_validation);
   });
 });

@@ -21,6 +21,9 @@ const PIPELINE = `{ source: "src", data: "data", hyperparams: "grid.json" }`;
 const MANIFEST_PIPELINE = `{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`;
 const stack = (body: string) => ({ "stacks/s.ts": `export default ${body};\n` });
 const manifest = (...lines: string[]): FileMap => ({ "kaos.config.ts": config(MANIFEST_PIPELINE), "m.jsonl": `${lines.join("\n")}\n` });
+/** A random search over `space`, one key a line: `search` is on line 2, `seed` and `samples` on 3, `space`'s first key on 6. */
+const random = (space: string, draws = `"seed": 7, "samples": 3`) =>
+  `{\n  "search": "random",\n  ${draws},\n  "space": {\n    "kernel": "rbf",\n    ${space}\n  }\n}\n`;
 const LINE_EXAMPLE = `{"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`;
 
 const BASE: FileMap = {
@@ -231,34 +234,34 @@ const catalogue: Record<string, Case[]> = {
         "pipelines.p.hyperparams: {dir}/grid.json: not valid JSON (Expected property name or '}' in JSON at position 1 (line 1 column 2)); expected an object of scalars and lists",
     },
     {
-      name: "hyperparams file is a list",
-      files: { "grid.json": "[1, 2]" },
+      name: "hyperparams file is a string",
+      files: { "grid.json": `"C=1"` },
       args: ["plan"],
-      message: `pipelines.p.hyperparams: {dir}/grid.json: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, found a list`,
+      message: `pipelines.p.hyperparams: {dir}/grid.json:1: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, a list of such grids, or a random search, found a string`,
     },
     {
       name: "hyperparams empty list",
       files: { "grid.json": `{"a": []}` },
       args: ["up"],
-      message: `pipelines.p.hyperparams: {dir}/grid.json: "a": empty list of candidates; expected at least one value (or a scalar to fix it)`,
+      message: `pipelines.p.hyperparams: {dir}/grid.json:1: "a": empty list of candidates; expected at least one value (or a scalar to fix it)`,
     },
     {
       name: "hyperparams object value",
       files: { "grid.json": `{"a": {"b": 1}}` },
       args: ["up"],
-      message: `{dir}/grid.json: "a": expected a scalar or a list of scalars, found an object`,
+      message: `{dir}/grid.json:1: "a": expected a scalar or a list of scalars, found an object`,
     },
     {
       name: "hyperparams nested list",
       files: { "grid.json": `{"a": [[1]]}` },
       args: ["up"],
-      message: `{dir}/grid.json: "a"[0]: expected a string, number, boolean or null, found a list`,
+      message: `{dir}/grid.json:1: "a"[0]: expected a string, number, boolean or null, found a list`,
     },
     {
       name: "hyperparams candidate twice",
       files: { "grid.json": `{"a": [1, 1]}` },
       args: ["up"],
-      message: `{dir}/grid.json: "a": the same candidate is listed twice; expected distinct values`,
+      message: `{dir}/grid.json:1: "a": the same candidate is listed twice; expected distinct values`,
     },
     {
       name: "hyperparams path is a directory",
@@ -290,7 +293,8 @@ const catalogue: Record<string, Case[]> = {
       name: "hyperparams a number",
       files: { "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `5`)) },
       args: ["up"],
-      message: "pipelines.p.hyperparams: expected a path to a JSON file or an object of scalars and lists, found 5",
+      message:
+        "pipelines.p.hyperparams: expected a path to a JSON file, an object of scalars and lists, a list of such grids, or a random search, found 5",
     },
     // Past 2^53 a double skips whole numbers: kaos refuses rather than run a rounded seed (or call two seeds the same).
     {
@@ -317,6 +321,99 @@ const catalogue: Record<string, Case[]> = {
       files: { "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `{ seed: 98765432109876543210n }`)) },
       args: ["plan"],
       message: `{dir}/kaos.config.ts:5: pipelines.p.hyperparams: "seed": the bigint 98765432109876543210n: params are passed as JSON, where a number is a double; write it as a string to keep every digit, such as "98765432109876543210"`,
+    },
+    {
+      name: "hyperparams an empty list of grids",
+      files: { "grid.json": "[]" },
+      args: ["up"],
+      message: `{dir}/kaos.config.ts:5: pipelines.p.hyperparams: {dir}/grid.json:1: empty list of grids; expected at least one grid such as {"kernel": ["linear", "poly"], "C": 1}`,
+      fresh: true,
+    },
+    {
+      name: "hyperparams a list of grids holding a number",
+      files: { "grid.json": `[\n  {"kernel": ["linear"], "C": [1, 10]},\n  3\n]\n` },
+      args: ["plan"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:3: [1]: expected a grid such as {"kernel": ["linear", "poly"], "C": 1}, found the number 3`,
+    },
+    {
+      name: "hyperparams a bad candidate in the second grid",
+      files: { "grid.json": `[\n  {"kernel": ["linear"]},\n  {"kernel": ["poly"],\n   "degree": [3, []]}\n]\n` },
+      args: ["up"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:4: [1]."degree"[1]: expected a string, number, boolean or null, found a list`,
+    },
+    {
+      name: "inline list of grids with an empty one's list",
+      files: { "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `[{ a: [1] }, { a: [] }]`)) },
+      args: ["up"],
+      message: `{dir}/kaos.config.ts:5: pipelines.p.hyperparams: [1]."a": empty list of candidates; expected at least one value (or a scalar to fix it)`,
+    },
+    {
+      name: "random search with an unknown distribution",
+      files: { "grid.json": random(`"C": {"logNormal": [0, 1]}`) },
+      args: ["up"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:6: "space"."C"."logNormal": unknown distribution; expected one of "uniform", "logUniform", "intRange", "choice", such as {"uniform": [0, 1]}`,
+      fresh: true,
+    },
+    {
+      name: "random search with low above high",
+      files: { "grid.json": random(`"gamma": {"uniform": [1, 0.001]}`) },
+      args: ["plan"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:6: "space"."gamma"."uniform": low 1 is above high 0.001; expected [low, high] with low <= high`,
+    },
+    {
+      name: "random search with a logUniform bound at 0",
+      files: { "grid.json": random(`"C": {"logUniform": [0, 100]}`) },
+      args: ["up"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:6: "space"."C"."logUniform": low 0 is not above 0, and a logarithm is drawn; expected bounds above 0 such as [0.001, 10] (or "uniform")`,
+    },
+    {
+      name: "random search with an intRange of floats",
+      files: { "grid.json": random(`"degree": {"intRange": [2.5, 6]}`) },
+      args: ["up"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:6: "space"."degree"."intRange"[0]: expected a whole number, found the number 2.5`,
+    },
+    {
+      name: "random search with samples not a positive whole number",
+      files: { "grid.json": random(`"C": 1`, `"seed": 7, "samples": 0`) },
+      args: ["up"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:3: "samples": expected a whole number of combinations, 1 or more, found the number 0`,
+    },
+    {
+      name: "random search with a fractional seed",
+      files: { "grid.json": random(`"C": 1`, `"seed": 1.5, "samples": 3`) },
+      args: ["plan"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:3: "seed": expected a whole number such as 7, found the number 1.5`,
+    },
+    {
+      name: "random search with more samples than the space holds",
+      files: { "grid.json": random(`"kernel": {"choice": ["rbf", "poly"]}`, `"seed": 7, "samples": 3`) },
+      args: ["up"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:3: "samples": 3 is more than the 2 distinct combinations the space holds; expected at most 2 (or widen the space)`,
+    },
+    {
+      name: "random search of an unknown kind",
+      files: { "grid.json": random(`"C": 1`).replace(`"random"`, `"bayesian"`) },
+      args: ["up"],
+      message: `pipelines.p.hyperparams: {dir}/grid.json:2: "search": unknown search "bayesian"; expected "random" (a grid has no "search" key)`,
+    },
+    {
+      name: "inline random search with a misspelt key",
+      files: {
+        "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `{ search: "random", seed: 7, samples: 2, spaces: { C: [1, 2] } }`)),
+      },
+      args: ["up"],
+      message: `{dir}/kaos.config.ts:5: pipelines.p.hyperparams: "spaces": unknown key of a random search; expected only search, seed, samples, space`,
+    },
+    {
+      name: "inline random search of a million samples",
+      files: {
+        "kaos.config.ts": config(
+          PIPELINE.replace(`"grid.json"`, `{ search: "random", seed: 7, samples: 1000000, space: { C: { uniform: [0, 1] } } }`),
+        ),
+      },
+      args: ["plan"],
+      message: `{dir}/kaos.config.ts:5: pipelines.p.hyperparams: samples asks for 1000000 jobs; expected at most 100000`,
+      fresh: true,
     },
   ],
   "source bundles": [

@@ -217,7 +217,7 @@ describe("what watch ignores", () => {
         name: "a",
         sourceDir: "/p/src",
         data: { kind: "dir", dir: "/p" },
-        grid: {},
+        hyperparams: {},
         hyperparamsFile: "/p/params.json",
         resources: { cpu: 1, memory: undefined, memoryBytes: undefined, gpu: 0 },
         parallelism: 1,

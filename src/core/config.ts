@@ -12,12 +12,11 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as z from "zod";
 import { KaosError, describeError } from "./errors.js";
-import { gridSize, parseGrid, parseGridJson } from "./hyperparams.js";
+import { isRandomSearch, MAX_SWEEP_JOBS, parseSpace, parseSpaceJson, spaceSize } from "./hyperparams.js";
 import { findConfig } from "./layout.js";
 import type { ResolvedConfig, ResolvedPipeline, ResolvedStack, StackConfig } from "./types.js";
 
-/** The most jobs one pipeline's grid may expand to. */
-export const MAX_SWEEP_JOBS = 100_000;
+export { MAX_SWEEP_JOBS };
 
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 const MEMORY_PATTERN = /^(\d+(?:\.\d+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$/;
@@ -72,8 +71,8 @@ const pipelineSchema = z
     data: pathSchema.optional(),
     manifest: pathSchema.optional(),
     hyperparams: z
-      .union([pathSchema, z.record(z.string(), z.unknown())], {
-        error: "expected a path to a JSON file or an object of scalars and lists",
+      .union([pathSchema, z.record(z.string(), z.unknown()), z.array(z.unknown())], {
+        error: "expected a path to a JSON file, an object of scalars and lists, a list of such grids, or a random search",
       })
       .optional(),
     resources: resourcesSchema.optional(),
@@ -360,7 +359,7 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
         problem(at("manifest"), `no such file or directory: ${path}; expected a manifest file or a directory of manifest files`);
       data = { kind: "manifest", path };
     }
-    let grid: ResolvedPipeline["grid"] = {};
+    let hyperparams: ResolvedPipeline["hyperparams"] = {};
     let hyperparamsFile: string | undefined;
     if (typeof pipeline.hyperparams === "string") {
       hyperparamsFile = resolve(root, pipeline.hyperparams);
@@ -372,7 +371,7 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
         );
       } else {
         try {
-          grid = parseGridJson(readFileSync(hyperparamsFile, "utf8"), hyperparamsFile);
+          hyperparams = parseSpaceJson(readFileSync(hyperparamsFile, "utf8"), hyperparamsFile);
         } catch (error) {
           if (error instanceof SyntaxError) {
             problem(at("hyperparams"), `${hyperparamsFile}: not valid JSON (${error.message}); expected an object of scalars and lists`);
@@ -383,26 +382,28 @@ export function resolveConfig(value: unknown, file: string): ResolvedConfig {
       }
     } else if (pipeline.hyperparams !== undefined) {
       try {
-        grid = parseGrid(pipeline.hyperparams, formatPath(at("hyperparams")));
+        hyperparams = parseSpace(pipeline.hyperparams, formatPath(at("hyperparams")));
       } catch (error) {
         // problem() names the key already.
         problem(at("hyperparams"), describeError(error).replace(`${formatPath(at("hyperparams"))}: `, ""));
       }
     }
-    const combinations = gridSize(grid);
+    const combinations = spaceSize(hyperparams);
     if (combinations > MAX_SWEEP_JOBS) {
       // Expanding it would exhaust memory long before anything ran.
-      problem(
-        at("hyperparams"),
-        `the grid expands to ${combinations} jobs; expected at most ${MAX_SWEEP_JOBS} (is a list longer than meant?)`,
-      );
+      const what = Array.isArray(hyperparams)
+        ? `the grids expand to ${combinations} jobs; expected at most ${MAX_SWEEP_JOBS} (is a list longer than meant?)`
+        : isRandomSearch(hyperparams)
+          ? `samples asks for ${combinations} jobs; expected at most ${MAX_SWEEP_JOBS}`
+          : `the grid expands to ${combinations} jobs; expected at most ${MAX_SWEEP_JOBS} (is a list longer than meant?)`;
+      problem(at("hyperparams"), what);
     }
     const memory = pipeline.resources?.memory;
     pipelines.push({
       name,
       sourceDir,
       data: data ?? { kind: "dir", dir: root },
-      grid,
+      hyperparams,
       hyperparamsFile,
       resources: {
         cpu: pipeline.resources?.cpu ?? 1,

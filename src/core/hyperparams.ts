@@ -1,9 +1,14 @@
 /**
- * Hyperparameter grids: a list value is a set of candidates, a scalar is fixed,
- * and the jobs are the Cartesian product of the lists.
+ * Hyperparameter search spaces, and the jobs they expand to:
+ * - a grid: a list value is a set of candidates, a scalar is fixed, and the
+ *   jobs are the Cartesian product of the lists;
+ * - a list of grids: the union of their combinations, each combination once;
+ * - a seeded random search: `samples` distinct combinations drawn from
+ *   per-parameter distributions.
  */
+import { createHash } from "node:crypto";
 import { KaosError } from "./errors.js";
-import type { HyperparamGrid, HyperparamScalar, HyperparamSet } from "./types.js";
+import type { HyperparamGrid, HyperparamScalar, HyperparamSet, HyperparamSpace, RandomSearch, SearchDistribution } from "./types.js";
 
 function isScalar(value: unknown): value is HyperparamScalar {
   return value === null || typeof value === "string" || typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value));
@@ -42,16 +47,33 @@ function formatKeyPath(path: KeyPath): string {
   return path.map((key, index) => (typeof key === "number" ? `[${key}]` : `${index > 0 ? "." : ""}${JSON.stringify(key)}`)).join("");
 }
 
+/** A mistake at a key path inside a search space; the caller names where the space came from. */
+class SpaceProblem extends Error {
+  constructor(
+    readonly path: KeyPath,
+    readonly detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+function fail(path: KeyPath, detail: string): never {
+  throw new SpaceProblem(path, detail);
+}
+
 /**
- * Every whole-number literal of a JSON text that a double cannot hold
- * exactly, with its key path and line. The text must already be valid JSON:
- * only the source text tells `12345678901234567891` (refused) from `1.5e20` (a
- * float like any other), and JSON.parse gives the numbers only.
+ * Walks a JSON text (already known to be valid) and calls `visit` at the start
+ * of every value with its key path (made only when asked) and line; `visit`
+ * returns true to stop.
+ * Only the text tells `12345678901234567891` from `1.5e20`, and only the text
+ * has lines.
  */
-function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string; line: number }[] {
-  const found: { path: KeyPath; literal: string; line: number }[] = [];
+function walkJsonText(text: string, visit: (path: () => KeyPath, line: number, start: number) => boolean | undefined): void {
   const frames: { list: boolean; index: number; key: string; expectingKey: boolean }[] = [];
   const number = /-?\d+(\.\d+)?([eE][+-]?\d+)?/y;
+  const literal = /true|false|null/y;
+  const pathHere = () => frames.map((frame) => (frame.list ? frame.index : frame.key));
+  let line = 1;
   let i = 0;
   while (i < text.length) {
     const char = text[i]!;
@@ -60,8 +82,10 @@ function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string;
       let end = i + 1;
       while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
       if (top && !top.list && top.expectingKey) top.key = JSON.parse(text.slice(i, end + 1)) as string;
+      else if (visit(pathHere, line, i)) return;
       i = end + 1;
     } else if (char === "{" || char === "[") {
+      if (visit(pathHere, line, i)) return;
       frames.push({ list: char === "[", index: 0, key: "", expectingKey: char === "{" });
       i += 1;
     } else if (char === "}" || char === "]") {
@@ -75,26 +99,66 @@ function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string;
       top.expectingKey = false;
       i += 1;
     } else if (char === "-" || (char >= "0" && char <= "9")) {
+      if (visit(pathHere, line, i)) return;
       number.lastIndex = i;
-      const match = number.exec(text)!;
-      if (match[1] === undefined && match[2] === undefined && !Number.isSafeInteger(Number(match[0]))) {
-        const path = frames.map((frame) => (frame.list ? frame.index : frame.key));
-        found.push({ path, literal: match[0], line: text.slice(0, i).split("\n").length });
-      }
-      i += match[0].length;
+      i += number.exec(text)![0].length;
+    } else if (char === "t" || char === "f" || char === "n") {
+      if (visit(pathHere, line, i)) return;
+      literal.lastIndex = i;
+      i += literal.exec(text)![0].length;
     } else {
+      if (char === "\n") line += 1;
       i += 1;
     }
   }
-  return found;
 }
 
 /**
- * A hyperparams file's text: a grid as parseGrid checks it, and no whole
- * number that would lose digits. `file` names it in messages. A text that is
- * not JSON throws JSON.parse's SyntaxError.
+ * Every whole-number literal of a JSON text that a double cannot hold
+ * exactly, with its key path and line: JSON.parse gives the numbers only.
  */
-export function parseGridJson(text: string, file: string): HyperparamGrid {
+function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string; line: number }[] {
+  const found: { path: KeyPath; literal: string; line: number }[] = [];
+  const number = /-?\d+(\.\d+)?([eE][+-]?\d+)?/y;
+  walkJsonText(text, (path, line, start) => {
+    const char = text[start]!;
+    if (char !== "-" && (char < "0" || char > "9")) return undefined;
+    number.lastIndex = start;
+    const match = number.exec(text)!;
+    if (match[1] === undefined && match[2] === undefined && !Number.isSafeInteger(Number(match[0]))) {
+      found.push({ path: path(), literal: match[0], line });
+    }
+    return undefined;
+  });
+  return found;
+}
+
+/** The line where the value at `path` starts, or where its nearest written parent does (a missing key has no line of its own). */
+function lineOfPath(text: string, path: KeyPath): number {
+  let best = 1;
+  let bestDepth = -1;
+  walkJsonText(text, (pathHere, line) => {
+    const at = pathHere();
+    if (at.length > path.length || at.length <= bestDepth) return undefined;
+    if (at.every((key, index) => key === path[index])) {
+      best = line;
+      bestDepth = at.length;
+    }
+    return bestDepth === path.length;
+  });
+  return best;
+}
+
+function problemText(path: KeyPath, detail: string): string {
+  return path.length > 0 ? `${formatKeyPath(path)}: ${detail}` : detail;
+}
+
+/**
+ * A hyperparams file's text: a search space as parseSpace checks it, and no
+ * whole number that would lose digits. `file` names it in messages, with the
+ * line. A text that is not JSON throws JSON.parse's SyntaxError.
+ */
+export function parseSpaceJson(text: string, file: string): HyperparamSpace {
   const value = JSON.parse(text) as unknown;
   const [inexact] = inexactIntegerLiterals(text);
   if (inexact !== undefined) {
@@ -104,59 +168,189 @@ export function parseGridJson(text: string, file: string): HyperparamGrid {
       `${file}:${inexact.line}:${at} ${inexact.literal} is ${SAFE_LIMIT} a JSON number loses digits (it would become ${Number(inexact.literal)}); write it as a string to keep every digit: "${inexact.literal}"`,
     );
   }
-  return checkGrid(value, file, false);
+  try {
+    return checkDraws(checkSpace(value, false));
+  } catch (error) {
+    if (!(error instanceof SpaceProblem)) throw error;
+    throw new KaosError("HYPERPARAMS_INVALID", `${file}:${lineOfPath(text, error.path)}: ${problemText(error.path, error.detail)}`);
+  }
 }
 
 /**
- * Checks that `value` is an object of scalars and non-empty lists of scalars.
+ * Checks that `value` is a search space: a grid (an object of scalars and
+ * non-empty lists of scalars), a non-empty list of grids, or a random search.
  * `where` names the source (a file or a key path) in messages.
  */
-export function parseGrid(value: unknown, where: string): HyperparamGrid {
-  return checkGrid(value, where, true);
+export function parseSpace(value: unknown, where: string): HyperparamSpace {
+  try {
+    return checkDraws(checkSpace(value, true));
+  } catch (error) {
+    if (!(error instanceof SpaceProblem)) throw error;
+    throw new KaosError("HYPERPARAMS_INVALID", `${where}: ${problemText(error.path, error.detail)}`);
+  }
 }
 
-/** Refuses an inexact whole number only when the value says so itself: a file's literals are checked on its text. */
-function checkGrid(value: unknown, where: string, refuseInexact: boolean): HyperparamGrid {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new KaosError(
-      "HYPERPARAMS_INVALID",
-      `${where}: expected an object of scalars and lists such as {"kernel": ["linear", "poly"], "C": 1}, found ${kindOf(value)}`,
+/** The most jobs one pipeline's space may expand to. */
+export const MAX_SWEEP_JOBS = 100_000;
+
+/**
+ * A random search is drawn once here, where a space too narrow for its
+ * samples can still be named with its file; the plan reuses the draws.
+ * Past MAX_SWEEP_JOBS the config check refuses it before anything is drawn.
+ */
+function checkDraws(space: HyperparamSpace): HyperparamSpace {
+  if (isRandomSearch(space) && space.samples <= MAX_SWEEP_JOBS) expandSpace(space);
+  return space;
+}
+
+const GRID_EXAMPLE = `{"kernel": ["linear", "poly"], "C": 1}`;
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** An object whose `search` key holds a string describes a search, not a grid. */
+function isSearch(value: Record<string, unknown>): boolean {
+  return typeof value.search === "string";
+}
+
+/**
+ * Refuses an inexact whole number only when the value says so itself: a
+ * file's literals are checked on its text.
+ */
+function checkSpace(value: unknown, refuseInexact: boolean): HyperparamSpace {
+  if (Array.isArray(value)) {
+    if (value.length === 0) fail([], `empty list of grids; expected at least one grid such as ${GRID_EXAMPLE}`);
+    return value.map((grid: unknown, index) => {
+      if (!isPlainObject(grid)) fail([index], `expected a grid such as ${GRID_EXAMPLE}, found ${kindOf(grid)}`);
+      if (isSearch(grid)) fail([index, "search"], "a random search stands on its own; expected a grid in a list of grids");
+      return checkGrid(grid, [index], refuseInexact);
+    });
+  }
+  if (!isPlainObject(value)) {
+    fail(
+      [],
+      `expected an object of scalars and lists such as ${GRID_EXAMPLE}, a list of such grids, or a random search, found ${kindOf(value)}`,
     );
   }
+  return isSearch(value) ? checkRandomSearch(value, refuseInexact) : checkGrid(value, [], refuseInexact);
+}
+
+function checkScalar(value: unknown, path: KeyPath, refuseInexact: boolean): HyperparamScalar {
+  if (refuseInexact && inexactWhole(value)) fail(path, inexactMessage(value));
+  if (!isScalar(value)) fail(path, `expected a string, number, boolean or null, found ${kindOf(value)}`);
+  return value;
+}
+
+/** A non-empty list of distinct scalars. */
+function checkCandidates(list: unknown[], path: KeyPath, refuseInexact: boolean, what: string): HyperparamScalar[] {
+  if (list.length === 0) fail(path, `empty list of ${what}; expected at least one value (or a scalar to fix it)`);
+  const candidates = list.map((item, index) => checkScalar(item, [...path, index], refuseInexact));
+  if (new Set(candidates.map((item) => canonicalJson(item))).size !== candidates.length) {
+    fail(path, `the same ${what === "candidates" ? "candidate" : "value"} is listed twice; expected distinct values`);
+  }
+  return candidates;
+}
+
+function checkGrid(value: Record<string, unknown>, at: KeyPath, refuseInexact: boolean): HyperparamGrid {
   const grid: HyperparamGrid = {};
-  const refuse = (path: KeyPath, item: number | bigint) => {
-    throw new KaosError("HYPERPARAMS_INVALID", `${where}: ${formatKeyPath(path)}: ${inexactMessage(item)}`);
-  };
   for (const [key, candidate] of Object.entries(value)) {
-    if (refuseInexact && inexactWhole(candidate)) refuse([key], candidate);
+    const path = [...at, key];
     if (Array.isArray(candidate)) {
-      if (candidate.length === 0) {
-        throw new KaosError(
-          "HYPERPARAMS_INVALID",
-          `${where}: "${key}": empty list of candidates; expected at least one value (or a scalar to fix it)`,
-        );
-      }
-      candidate.forEach((item: unknown, index) => {
-        if (refuseInexact && inexactWhole(item)) refuse([key, index], item);
-        if (!isScalar(item)) {
-          throw new KaosError(
-            "HYPERPARAMS_INVALID",
-            `${where}: "${key}"[${index}]: expected a string, number, boolean or null, found ${kindOf(item)}`,
-          );
-        }
-      });
-      const seen = new Set(candidate.map((item) => canonicalJson(item)));
-      if (seen.size !== candidate.length) {
-        throw new KaosError("HYPERPARAMS_INVALID", `${where}: "${key}": the same candidate is listed twice; expected distinct values`);
-      }
-      grid[key] = candidate as HyperparamScalar[];
-    } else if (isScalar(candidate)) {
-      grid[key] = candidate;
+      grid[key] = checkCandidates(candidate, path, refuseInexact, "candidates");
+    } else if (isScalar(candidate) || (refuseInexact && inexactWhole(candidate))) {
+      grid[key] = checkScalar(candidate, path, refuseInexact);
     } else {
-      throw new KaosError("HYPERPARAMS_INVALID", `${where}: "${key}": expected a scalar or a list of scalars, found ${kindOf(candidate)}`);
+      fail(path, `expected a scalar or a list of scalars, found ${kindOf(candidate)}`);
     }
   }
   return grid;
+}
+
+const SEARCH_KEYS = ["search", "seed", "samples", "space"];
+const DISTRIBUTIONS = ["uniform", "logUniform", "intRange", "choice"] as const;
+type DistributionName = (typeof DISTRIBUTIONS)[number];
+const SPACE_EXAMPLE = `{"C": {"logUniform": [0.01, 100]}, "kernel": {"choice": ["rbf", "poly"]}}`;
+
+function checkRandomSearch(value: Record<string, unknown>, refuseInexact: boolean): RandomSearch {
+  for (const key of Object.keys(value)) {
+    if (!SEARCH_KEYS.includes(key)) fail([key], `unknown key of a random search; expected only ${SEARCH_KEYS.join(", ")}`);
+  }
+  if (value.search !== "random") {
+    fail(["search"], `unknown search ${JSON.stringify(value.search)}; expected "random" (a grid has no "search" key)`);
+  }
+  const { seed, samples, space } = value;
+  if (seed === undefined) fail(["seed"], "missing; expected a whole number such as 7, which fixes what is drawn");
+  if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
+    fail(["seed"], `expected a whole number such as 7, found ${kindOf(seed)}`);
+  }
+  if (samples === undefined) fail(["samples"], "missing; expected how many combinations to draw, such as 20");
+  if (typeof samples !== "number" || !Number.isSafeInteger(samples) || samples < 1) {
+    fail(["samples"], `expected a whole number of combinations, 1 or more, found ${kindOf(samples)}`);
+  }
+  if (space === undefined) fail(["space"], `missing; expected an object of parameters such as ${SPACE_EXAMPLE}`);
+  if (!isPlainObject(space)) fail(["space"], `expected an object of parameters such as ${SPACE_EXAMPLE}, found ${kindOf(space)}`);
+  const checked: RandomSearch["space"] = {};
+  let distinct = 1;
+  for (const [name, entry] of Object.entries(space)) {
+    const path = ["space", name];
+    if (Array.isArray(entry)) {
+      checked[name] = checkCandidates(entry, path, refuseInexact, "values");
+      distinct *= entry.length;
+    } else if (isPlainObject(entry)) {
+      const distribution = checkDistribution(entry, path, refuseInexact);
+      checked[name] = distribution;
+      distinct *=
+        "choice" in distribution
+          ? distribution.choice.length
+          : "intRange" in distribution
+            ? distribution.intRange[1] - distribution.intRange[0] + 1
+            : Number.POSITIVE_INFINITY;
+    } else {
+      checked[name] = checkScalar(entry, path, refuseInexact);
+    }
+  }
+  if (samples > distinct) {
+    fail(
+      ["samples"],
+      `${samples} is more than the ${distinct} distinct combinations the space holds; expected at most ${distinct} (or widen the space)`,
+    );
+  }
+  return { search: "random", seed, samples, space: checked };
+}
+
+function checkDistribution(entry: Record<string, unknown>, path: KeyPath, refuseInexact: boolean): SearchDistribution {
+  const keys = Object.keys(entry);
+  const expected = `expected one of ${DISTRIBUTIONS.map((name) => JSON.stringify(name)).join(", ")}, such as {"uniform": [0, 1]}`;
+  if (keys.length === 0) fail(path, `an empty object; ${expected}`);
+  const unknown = keys.find((key) => !(DISTRIBUTIONS as readonly string[]).includes(key));
+  if (unknown !== undefined) fail([...path, unknown], `unknown distribution; ${expected}`);
+  if (keys.length > 1)
+    fail(path, `${keys.map((key) => JSON.stringify(key)).join(" and ")} together; expected one distribution per parameter`);
+  const name = keys[0] as DistributionName;
+  const at = [...path, name];
+  const bounds = entry[name];
+  if (name === "choice") {
+    if (!Array.isArray(bounds)) fail(at, `expected a list of values such as ["rbf", "poly"], found ${kindOf(bounds)}`);
+    return { choice: checkCandidates(bounds, at, refuseInexact, "values") };
+  }
+  const whole = name === "intRange";
+  const shape = whole ? "[low, high], two whole numbers such as [2, 6]" : "[low, high], two numbers such as [0.01, 100]";
+  if (!Array.isArray(bounds) || bounds.length !== 2) fail(at, `expected ${shape}, found ${kindOf(bounds)}`);
+  bounds.forEach((bound: unknown, index) => {
+    if (refuseInexact && inexactWhole(bound)) fail([...at, index], inexactMessage(bound));
+    if (typeof bound !== "number" || !Number.isFinite(bound) || (whole && !Number.isSafeInteger(bound))) {
+      fail([...at, index], `expected ${whole ? "a whole number" : "a number"}, found ${kindOf(bound)}`);
+    }
+  });
+  const [low, high] = bounds as [number, number];
+  if (low > high) fail(at, `low ${low} is above high ${high}; expected [low, high] with low <= high`);
+  if (name === "logUniform" && low <= 0) {
+    fail(at, `low ${low} is not above 0, and a logarithm is drawn; expected bounds above 0 such as [0.001, 10] (or "uniform")`);
+  }
+  if (name === "uniform") return { uniform: [low, high] };
+  if (name === "logUniform") return { logUniform: [low, high] };
+  return { intRange: [low, high] };
 }
 
 /**
@@ -182,6 +376,16 @@ export function gridSize(grid: HyperparamGrid): number {
   return Object.values(grid).reduce<number>((total, value) => total * (Array.isArray(value) ? value.length : 1), 1);
 }
 
+/** Most jobs a space expands to: a list of grids may give fewer, once combinations found twice count once. */
+export function spaceSize(space: HyperparamSpace): number {
+  if (Array.isArray(space)) return space.reduce((total, grid) => total + gridSize(grid), 0);
+  return isRandomSearch(space) ? space.samples : gridSize(space);
+}
+
+export function isRandomSearch(space: HyperparamSpace): space is RandomSearch {
+  return !Array.isArray(space) && space.search === "random" && typeof space.space === "object";
+}
+
 /**
  * The Cartesian product, in a stable order: keys sorted, candidates in the
  * order written, the last key varying fastest. An empty grid gives one `{}`.
@@ -198,5 +402,107 @@ export function expandGrid(grid: HyperparamGrid): HyperparamSet[] {
     }
     combinations = next;
   }
+  return combinations;
+}
+
+/**
+ * The union of the grids' combinations, in the order written: each grid's
+ * own order, a combination already given by an earlier grid left out.
+ */
+export function expandGrids(grids: HyperparamGrid[]): HyperparamSet[] {
+  const seen = new Set<string>();
+  const combinations: HyperparamSet[] = [];
+  for (const grid of grids) {
+    for (const combination of expandGrid(grid)) {
+      const canonical = canonicalJson(combination);
+      if (seen.has(canonical)) continue;
+      seen.add(canonical);
+      combinations.push(combination);
+    }
+  }
+  return combinations;
+}
+
+/** Floats drawn are kept to this many significant digits: params JSON then reads the same on every machine. */
+export const SAMPLE_DIGITS = 6;
+
+/**
+ * The uniform number in [0, 1) of one parameter in one draw: 53 bits of
+ * SHA-256 over the seed, the draw's number and the parameter's name. Each is
+ * its own stream, so a draw never depends on the ones before it nor on the
+ * other parameters, and the same inputs give the same number everywhere.
+ */
+function unitDraw(seed: number, draw: number, name: string): number {
+  const digest = createHash("sha256").update(`kaos random v1\0${seed}\0${draw}\0${name}`).digest();
+  return (digest.readUInt32BE(0) * 2 ** 21 + (digest.readUInt32BE(4) >>> 11)) / 2 ** 53;
+}
+
+function roundSample(value: number, low: number, high: number): number {
+  return Math.min(high, Math.max(low, Number(value.toPrecision(SAMPLE_DIGITS))));
+}
+
+function drawValue(entry: RandomSearch["space"][string], unit: number): HyperparamScalar {
+  if (Array.isArray(entry)) return entry[Math.min(entry.length - 1, Math.floor(unit * entry.length))] ?? null;
+  if (typeof entry !== "object" || entry === null) return entry;
+  if ("choice" in entry) return entry.choice[Math.min(entry.choice.length - 1, Math.floor(unit * entry.choice.length))] ?? null;
+  if ("intRange" in entry) {
+    const [low, high] = entry.intRange;
+    return Math.min(high, low + Math.floor(unit * (high - low + 1)));
+  }
+  if ("uniform" in entry) {
+    const [low, high] = entry.uniform;
+    return roundSample(low + unit * (high - low), low, high);
+  }
+  const [low, high] = entry.logUniform;
+  return roundSample(Math.exp(Math.log(low) + unit * (Math.log(high) - Math.log(low))), low, high);
+}
+
+/** Draws past this many per sample asked mean the space is too narrow for `samples` distinct combinations. */
+const DRAWS_PER_SAMPLE = 20;
+
+/**
+ * The first `samples` distinct combinations of the draws 0, 1, 2, ...: the
+ * same search gives the same jobs, and raising `samples` keeps them as a
+ * prefix and adds new ones after.
+ */
+function sampleRandomSearch(search: RandomSearch): HyperparamSet[] {
+  const names = Object.keys(search.space).sort();
+  const seen = new Set<string>();
+  const combinations: HyperparamSet[] = [];
+  const limit = search.samples * DRAWS_PER_SAMPLE + 1000;
+  for (let draw = 0; combinations.length < search.samples; draw += 1) {
+    if (draw >= limit) {
+      fail(
+        ["samples"],
+        `${limit} draws gave only ${combinations.length} distinct combinations of the ${search.samples} asked: rounded to ${SAMPLE_DIGITS} significant digits, the space holds fewer; widen a range or lower samples`,
+      );
+    }
+    const combination: HyperparamSet = {};
+    for (const name of names) combination[name] = drawValue(search.space[name] ?? null, unitDraw(search.seed, draw, name));
+    const canonical = canonicalJson(combination);
+    if (seen.has(canonical)) continue;
+    seen.add(canonical);
+    combinations.push(combination);
+  }
+  return combinations;
+}
+
+const expanded = new WeakMap<object, HyperparamSet[]>();
+
+/**
+ * The jobs' params of a space, in a stable order. Remembered per space, as
+ * the config check expands a space once and the plan again.
+ */
+export function expandSpace(space: HyperparamSpace): HyperparamSet[] {
+  const known = expanded.get(space);
+  if (known !== undefined) return known;
+  let combinations: HyperparamSet[];
+  try {
+    combinations = Array.isArray(space) ? expandGrids(space) : isRandomSearch(space) ? sampleRandomSearch(space) : expandGrid(space);
+  } catch (error) {
+    if (!(error instanceof SpaceProblem)) throw error;
+    throw new KaosError("HYPERPARAMS_INVALID", `hyperparams: ${problemText(error.path, error.detail)}`);
+  }
+  expanded.set(space, combinations);
   return combinations;
 }

@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
-import { canonicalJson, expandGrid } from "./hyperparams.js";
+import { canonicalJson, expandSpace } from "./hyperparams.js";
 import { checkFileUrls, manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { fileUrlScopeOf } from "./urls.js";
 import { ObjectStore } from "./objects.js";
@@ -244,7 +244,7 @@ async function planPipeline(
   }
   const runtime = await runtimePending;
   const envKey = envKeyOf(bundle, runtime);
-  const hyperparamsKey = hashString("kaos grid v1", canonicalJson(pipeline.grid));
+  const hyperparamsKey = hashString("kaos grid v1", canonicalJson(pipeline.hyperparams));
   const keys = { env: envKey, source: sourceTree.hash, data: dataKey, hyperparams: hyperparamsKey };
 
   const sourceChange =
@@ -286,7 +286,7 @@ async function planPipeline(
   }
 
   const previous = new Set((applied?.params ?? []).map((params) => canonicalJson(params)));
-  const combinations = expandGrid(pipeline.grid);
+  const combinations = expandSpace(pipeline.hyperparams);
   const current = new Set(combinations.map((params) => canonicalJson(params)));
   const inputReason =
     [envChanged ? "environment changed" : undefined, describeChange("source", sourceChange), describeChange("data", dataChange)]

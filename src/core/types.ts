@@ -16,6 +16,42 @@ export type HyperparamGrid = Record<string, HyperparamScalar | HyperparamScalar[
 /** One combination of a grid: what one job sees in `KAOS_PARAMS_FILE`. */
 export type HyperparamSet = Record<string, HyperparamScalar>;
 
+/**
+ * How a random search draws one parameter. Bounds are inclusive; drawn floats
+ * are rounded to 6 significant digits so that params JSON is the same on every
+ * machine.
+ */
+export type SearchDistribution =
+  /** A float drawn evenly between the bounds. */
+  | { uniform: [low: number, high: number] }
+  /** A float whose logarithm is drawn evenly between the bounds' logarithms; both bounds above 0. */
+  | { logUniform: [low: number, high: number] }
+  /** A whole number between the bounds, both included. */
+  | { intRange: [low: number, high: number] }
+  /** One of the values, each as likely. */
+  | { choice: HyperparamScalar[] };
+
+/**
+ * A seeded random search: `samples` distinct combinations drawn from `space`.
+ * The same seed gives the same jobs on any machine, and raising `samples`
+ * keeps the jobs drawn before and adds new ones.
+ */
+export interface RandomSearch {
+  search: "random";
+  /** Any whole number. */
+  seed: number;
+  /** How many distinct combinations to draw, 1 or more. */
+  samples: number;
+  /** Per parameter: a distribution, a list (a choice among its values) or a scalar (fixed). */
+  space: Record<string, SearchDistribution | HyperparamScalar | HyperparamScalar[]>;
+}
+
+/**
+ * What `hyperparams` describes: one grid, a list of grids (the union of their
+ * combinations, each combination once), or a random search.
+ */
+export type HyperparamSpace = HyperparamGrid | HyperparamGrid[] | RandomSearch;
+
 /** Same meaning as Kubernetes requests/limits. */
 export interface Resources {
   /** Cores; fractions allowed (0.5). Default 1. */
@@ -33,8 +69,8 @@ export interface PipelineConfig {
   data?: string;
   /** A manifest file or directory of JSON lines `{url, path[, sha256, size]}`. Exclusive with `data`. */
   manifest?: string;
-  /** A JSON file holding a grid, or the grid itself. Without it, one job with `{}`. */
-  hyperparams?: string | HyperparamGrid;
+  /** A JSON file holding the search space, or the space itself: a grid, a list of grids or a random search. Without it, one job with `{}`. */
+  hyperparams?: string | HyperparamSpace;
   resources?: Resources;
   /** Most jobs of this pipeline running at once. Default 1. */
   parallelism?: number;
@@ -121,14 +157,14 @@ export type StackConfig = LocalStack | KubernetesStack;
 /** What a pipeline's data comes from, with absolute paths. */
 export type DataSource = { kind: "dir"; dir: string } | { kind: "manifest"; path: string };
 
-/** A pipeline after validation: absolute paths, defaults applied, the grid loaded. */
+/** A pipeline after validation: absolute paths, defaults applied, the search space loaded. */
 export interface ResolvedPipeline {
   name: string;
   /** Absolute path of the source bundle. */
   sourceDir: string;
   data: DataSource;
-  grid: HyperparamGrid;
-  /** Absolute path of the hyperparams file, when the grid came from one. */
+  hyperparams: HyperparamSpace;
+  /** Absolute path of the hyperparams file, when the space came from one. */
   hyperparamsFile: string | undefined;
   resources: { cpu: number; memory: string | undefined; memoryBytes: number | undefined; gpu: number };
   parallelism: number;

@@ -1,0 +1,114 @@
+import { appendFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { readMetricSeries, readMetrics } from "../src/core/metrics.js";
+
+const dirs: string[] = [];
+afterEach(() => {
+  while (dirs.length > 0) rmSync(dirs.pop()!, { recursive: true, force: true });
+});
+
+/** A job's output directory holding `files` under metrics/. */
+function outDir(files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), "kaos-metrics-"));
+  dirs.push(dir);
+  mkdirSync(join(dir, "metrics"));
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, "metrics", name), text);
+  return dir;
+}
+
+const lines = (...records: unknown[]) => records.map((record) => `${JSON.stringify(record)}\n`).join("");
+
+describe("per-step metrics (OUT/metrics/*.jsonl)", () => {
+  it("gives each field's series, steps as written or else the record's place in its file", () => {
+    const dir = outDir({
+      "curve.jsonl": lines({ step: 100, loss: 0.9, acc: 0.5 }, { step: 200, loss: 0.4 }, { step: 300, loss: 0.2, acc: 0.8 }),
+      "lr.jsonl": lines({ lr: 0.1 }, { lr: 0.05 }),
+    });
+    expect(readMetricSeries(dir)).toEqual({
+      series: {
+        loss: [
+          { step: 100, value: 0.9 },
+          { step: 200, value: 0.4 },
+          { step: 300, value: 0.2 },
+        ],
+        acc: [
+          { step: 100, value: 0.5 },
+          { step: 300, value: 0.8 },
+        ],
+        lr: [
+          { step: 0, value: 0.1 },
+          { step: 1, value: 0.05 },
+        ],
+      },
+      skipped: [],
+    });
+  });
+
+  it("the last value of each field is the job's metric, unless a metrics/*.json gives it", () => {
+    const dir = outDir({
+      "curve.jsonl": lines({ step: 1, loss: 0.9, accuracy: 0.5 }, { step: 2, loss: 0.3, accuracy: 0.7 }),
+      "final.json": JSON.stringify({ accuracy: 0.75, kernel: "rbf" }),
+    });
+    expect(readMetrics(dir)).toEqual({ values: { accuracy: 0.75, kernel: "rbf", loss: 0.3 }, skipped: [] });
+  });
+
+  it("reads a file while it is appended: a half-written last line waits for the next read", () => {
+    const dir = outDir({ "curve.jsonl": `${lines({ step: 1, loss: 0.9 })}{"step": 2, "lo` });
+    expect(readMetricSeries(dir)).toEqual({ series: { loss: [{ step: 1, value: 0.9 }] }, skipped: [] });
+    expect(readMetrics(dir).values).toEqual({ loss: 0.9 });
+    appendFileSync(join(dir, "metrics", "curve.jsonl"), `ss": 0.5}`);
+    // Complete but for its newline: a record like any other.
+    expect(readMetricSeries(dir).series.loss).toEqual([
+      { step: 1, value: 0.9 },
+      { step: 2, value: 0.5 },
+    ]);
+  });
+
+  it("skips a bad line, a bad step or a field that is not a number, naming file:line and why, and reads on", () => {
+    const dir = outDir({
+      "curve.jsonl": [
+        `{"step": 1, "loss": 0.9}`,
+        `{"step": 2, "loss": `,
+        `[1, 2]`,
+        `{"step": 2.5, "loss": 0.7}`,
+        `{"step": 3, "loss": 0.5, "phase": "warmup", "__proto__": 1}`,
+        "",
+        `{"step": 4, "loss": 0.4}`,
+        "",
+      ].join("\n"),
+    });
+    const { series, skipped } = readMetricSeries(dir);
+    expect(series.loss?.map((point) => point.step)).toEqual([1, 3, 4]);
+    expect(Object.hasOwn(series, "__proto__")).toBe(true);
+    expect(skipped).toEqual([
+      { file: "metrics/curve.jsonl:2", reason: expect.stringMatching(/^not valid JSON \(/) as string },
+      { file: "metrics/curve.jsonl:3", reason: `a list; expected an object of numbers such as {"step": 10, "loss": 0.25}` },
+      { file: "metrics/curve.jsonl:4", key: "step", reason: "the number 2.5; expected a whole number, 0 or more (the line is skipped)" },
+      { file: "metrics/curve.jsonl:5", key: "phase", reason: "a string; expected a number" },
+    ]);
+    expect(readMetrics(dir)).toEqual({ values: { loss: 0.4, ["__proto__"]: 1 }, skipped });
+  });
+
+  it("lists the first ten problems of a file and counts the rest", () => {
+    const dir = outDir({ "noisy.jsonl": Array.from({ length: 25 }, (_, i) => `{"step": ${i}, "tag": "x"}\n`).join("") });
+    const { skipped } = readMetricSeries(dir);
+    expect(skipped).toHaveLength(11);
+    expect(skipped[9]).toEqual({ file: "metrics/noisy.jsonl:10", key: "tag", reason: "a string; expected a number" });
+    expect(skipped[10]).toEqual({ file: "metrics/noisy.jsonl", reason: "15 more problems not listed" });
+  });
+
+  it("never blocks on a FIFO nor reads a link to /dev/zero", () => {
+    const dir = outDir({});
+    symlinkSync("/dev/zero", join(dir, "metrics", "zero.jsonl"));
+    expect(readMetricSeries(dir)).toEqual({ series: {}, skipped: [{ file: "metrics/zero.jsonl", reason: "not a regular file" }] });
+  });
+
+  it("gives nothing for a job that wrote no metrics", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kaos-metrics-"));
+    dirs.push(dir);
+    expect(readMetricSeries(dir)).toEqual({ series: {}, skipped: [] });
+    expect(readMetrics(dir)).toEqual({ values: {}, skipped: [] });
+  });
+});
