@@ -10,6 +10,7 @@
 import { closeSync, cpSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { SCHEMA_VERSION } from "../src/core/state.js";
 import { openRaw } from "./helpers/sqlite.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jobRows, runRows, stateFingerprint } from "./helpers/faults.js";
@@ -619,7 +620,7 @@ const catalogue: Record<string, Case[]> = {
       name: "state.db written by a newer kaos",
       setup: (dir) => setUserVersion(dir, 99),
       args: ["up"],
-      message: "error: {dir}/.kaos/state.db has state schema version 99, newer than this kaos understands (2); upgrade kaos to use it",
+      message: `error: {dir}/.kaos/state.db has state schema version 99, newer than this kaos understands (${SCHEMA_VERSION}); upgrade kaos to use it`,
     },
     {
       name: "state.db damaged in the middle, found before any write",
@@ -650,7 +651,7 @@ const catalogue: Record<string, Case[]> = {
       name: "state.db written by a newer kaos, read by train list",
       setup: (dir) => setUserVersion(dir, 99),
       args: ["train", "list", "--json"],
-      message: "has state schema version 99, newer than this kaos understands (2)",
+      message: `has state schema version 99, newer than this kaos understands (${SCHEMA_VERSION})`,
     },
   ],
   "CLI flags": [

@@ -957,7 +957,7 @@ function newerSchemaError(dbPath: string, version: number): KaosError {
   return new KaosError(
     "STATE_CORRUPT",
     `${dbPath} has state schema version ${version}, newer than this kaos understands (${SCHEMA_VERSION}); upgrade kaos to use it`,
-    { hint: "a newer kaos wrote this state; install that version (npm install kaos@latest) rather than downgrading" },
+    { hint: "a newer kaos wrote this state; install that version (npm install kaos-ml@latest) rather than downgrading" },
   );
 }
 
