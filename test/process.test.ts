@@ -71,7 +71,9 @@ describe("finding a job's processes by its tag (Linux /proc)", () => {
         return true;
       }
     };
-    for (let tries = 0; tries < 100 && !gone(); tries++) await new Promise((done) => setTimeout(done, 20));
+    // A killed process leaves /proc a moment after the signal: wait for every tagged one to be gone.
+    const allGone = () => gone() && processesOfJob(jobId).length === 0;
+    for (let tries = 0; tries < 250 && !allGone(); tries++) await new Promise((done) => setTimeout(done, 20));
     expect(gone()).toBe(true);
     expect(processesOfJob(jobId)).toEqual([]);
   });
