@@ -47,6 +47,20 @@ function bundleInputs(overrides: Partial<BundleInputs> & Pick<BundleInputs, "sou
 }
 
 describe("pachd client (against a local HTTP server following Pachyderm's API shapes)", () => {
+  it("sends no hop-by-hop header, which pachd's gateway would forward as illegal gRPC metadata", async () => {
+    await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
+    const commit = await client.startCommit("default", "mnist-svm-source", "master", "kaos bundle k");
+    await client.replaceFiles(commit, [{ path: "/a.txt", data: Buffer.from("streamed body") }]);
+    await client.finishCommit(commit);
+    expect(await client.listJobs("default")).toEqual([]);
+    for (const request of pachd.requests) {
+      for (const name of ["connection", "keep-alive", "proxy-connection", "upgrade"]) expect(request.headers[name], `${request.path} ${name}`).toBeUndefined();
+    }
+    // Node's own fetch always sends `Connection`, and the gateway refuses it as pachd does.
+    const withFetch = new PachdClient({ address: pachd.address, token: TOKEN, tokenEnv: TOKEN_ENV, fetch: globalThis.fetch });
+    await expect(withFetch.createRepo("default", "other", "")).rejects.toThrow(/RST_STREAM with error code: PROTOCOL_ERROR/);
+  });
+
   it("creates a repo through POST /api/pfs_v2.API/CreateRepo with the token header, idempotently", async () => {
     await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
     await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
