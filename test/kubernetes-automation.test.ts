@@ -44,7 +44,16 @@ const STEPS = [
 ];
 
 /** A stand-in for the Pulumi CLI: records every start, knows which stacks exist, writes engine events. */
-function fakeCli(options: { failWith?: { code: number; stderr: string }; version?: string } = {}): { cli: PulumiCli; calls: ExecCall[] } {
+interface FakeRun {
+  code: number;
+  stderr: string;
+  stdout?: string;
+  /** Engine events written to the event log before the run ends. */
+  events?: string;
+}
+
+function fakeCli(options: { failWith?: FakeRun; failFirst?: FakeRun[]; version?: string } = {}): { cli: PulumiCli; calls: ExecCall[] } {
+  const failFirst = [...(options.failFirst ?? [])];
   const calls: ExecCall[] = [];
   const stacks = new Set<string>();
   const exec: PulumiExec = async (command, args, run) => {
@@ -59,9 +68,14 @@ function fakeCli(options: { failWith?: { code: number; stderr: string }; version
     }
     if (args[0] === "stack" && args[1] === "output") return { stdout: "{}", stderr: "", code: 0 };
     if (args[0] === "stack" && args[1] === "history") return { stdout: "[]", stderr: "", code: 0 };
+    if (args[0] === "cancel") return { stdout: "The currently running update for 'cluster' has been canceled!", stderr: "", code: 0 };
     if (args[0] === "preview" || args[0] === "up") {
-      if (options.failWith) return { stdout: "", ...options.failWith };
       const log = args[args.indexOf("--event-log") + 1] ?? "";
+      const failure = failFirst.shift() ?? options.failWith;
+      if (failure) {
+        if (failure.events) appendFileSync(log, failure.events);
+        return { stdout: failure.stdout ?? "", stderr: failure.stderr, code: failure.code };
+      }
       appendFileSync(log, engineEvents(STEPS, { same: 2, update: 1, create: 1 }));
       run.onOutput?.(`${args[0] === "up" ? "Updating" : "Previewing update"} (cluster)\n`);
       return { stdout: "Resources: 1 to create, 1 to update, 2 unchanged", stderr: "", code: 0 };
@@ -185,11 +199,96 @@ describe("Automation API seam (injected command runner)", () => {
     expect(hint).not.toContain(TOKEN);
   });
 
+  it("shows the engine's error diagnostics, not the outputs block that ends Pulumi's output", async () => {
+    const made = project();
+    const failed = "urn:pulumi:cluster::kaos-mnist::pulumi-nodejs:dynamic/pachyderm:Bundle::mnist-svm-params-bundle";
+    const events = [
+      { sequence: 1, timestamp: 1, diagnosticEvent: { urn: failed, message: "<{%reset%}>pachd pfs_v2.API/StartCommit failed: repo mnist-svm-params not found (NOT_FOUND)<{%reset%}>\n", color: "raw", severity: "error" } },
+      { sequence: 2, timestamp: 1, diagnosticEvent: { urn: `${URN_PREFIX}pulumi:pulumi:Stack::kaos-mnist-cluster`, message: "update failed", color: "raw", severity: "error" } },
+      { sequence: 3, timestamp: 1, diagnosticEvent: { message: "a warning", color: "raw", severity: "warning" } },
+    ].map((event) => JSON.stringify(event)).join("\n") + "\n";
+    const stdout = [
+      "Updating (cluster):",
+      "Diagnostics:",
+      "  pulumi-nodejs:dynamic/pachyderm:Bundle (mnist-svm-params-bundle):",
+      "    error: pachd pfs_v2.API/StartCommit failed: repo mnist-svm-params not found (NOT_FOUND)",
+      "Outputs:",
+      ...Array.from({ length: 20 }, (_, index) => `    images: mnist-${index}`),
+      "Resources:",
+      "    12 unchanged",
+      "Duration: 3s",
+    ].join("\n");
+    const { cli } = fakeCli({ failWith: { code: 255, stderr: "", stdout, events } });
+    const error = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, env: env() }).catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PULUMI_FAILED");
+    expect((error as KaosError).hint).toBe(
+      "mnist-svm-params-bundle: pachd pfs_v2.API/StartCommit failed: repo mnist-svm-params not found (NOT_FOUND)\nupdate failed",
+    );
+    // Without engine events, the Diagnostics block of the text output.
+    const { cli: textOnly } = fakeCli({ failWith: { code: 255, stderr: "", stdout } });
+    const fromText = await applyCluster(made.config, made.stack, made.inputs, { pulumi: textOnly, env: env() }).catch((e: unknown) => e);
+    expect((fromText as KaosError).hint).toContain("repo mnist-svm-params not found");
+    expect((fromText as KaosError).hint).not.toContain("images:");
+  });
+
+  it("counts exactly the steps it lists, leaving out the stack and its default providers", async () => {
+    const made = project();
+    const steps = [
+      { op: "create", type: "pulumi:pulumi:Stack", name: "kaos-mnist-cluster" },
+      { op: "create", type: "pulumi:providers:pulumi-nodejs", name: "default" },
+      { op: "create", type: "pulumi:providers:kubernetes", name: "kubernetes" },
+      { op: "create", type: "kubernetes:core/v1:Namespace", name: "namespace" },
+      { op: "same", type: "pulumi-nodejs:dynamic/pachyderm:Repo", name: "mnist-svm-source" },
+    ];
+    const { cli } = fakeCli({ failFirst: [] });
+    const exec = cli.exec;
+    const withBookkeeping: PulumiCli = {
+      ...cli,
+      exec: async (command, args, run) => {
+        if (args[0] !== "preview") return exec(command, args, run);
+        appendFileSync(args[args.indexOf("--event-log") + 1] ?? "", engineEvents(steps, { create: 4, same: 1 }));
+        return { stdout: "", stderr: "", code: 0 };
+      },
+    };
+    const summary = await previewCluster(made.config, made.stack, made.inputs, { pulumi: withBookkeeping, env: env() });
+    expect(summary.resources.map((change) => change.name)).toEqual(["kubernetes", "namespace"]);
+    expect(summary).toMatchObject({ create: 2, update: 0, same: 1 });
+  });
+
+  it("cancels a lock left by a killed update of kaos's own state and applies again", async () => {
+    const made = project();
+    const locked = { code: 255, stderr: "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file with `pulumi cancel`." };
+    const { cli, calls } = fakeCli({ failFirst: [locked] });
+    const output: string[] = [];
+    const summary = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, env: env(), onOutput: (text) => output.push(text) });
+    expect(calls.map((call) => call.args[0]).filter((command) => command !== "stack")).toEqual(["up", "cancel", "up"]);
+    expect(calls.find((call) => call.args[0] === "cancel")?.args).toEqual(["cancel", "--yes", "--stack", "cluster", "--non-interactive"]);
+    expect(output.join("")).toContain("was left locked by a Pulumi update that was killed");
+    expect(summary).toMatchObject({ create: 1, update: 1 });
+  });
+
+  it("says the passphrase variable's name when the passphrase does not unlock the stack", async () => {
+    const made = project({ pulumi: { passphraseEnv: "TEAM_PASSPHRASE" } });
+    const { cli } = fakeCli({ failWith: { code: 255, stderr: "error: getting stack configuration: incorrect passphrase" } });
+    const error = await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, env: env({ TEAM_PASSPHRASE: "wrong one" }) }).catch((e: unknown) => e);
+    expect((error as KaosError).message).toBe("the passphrase in TEAM_PASSPHRASE does not unlock stack 'cluster' (getting stack configuration: incorrect passphrase)");
+    expect((error as KaosError).hint).toContain("export TEAM_PASSPHRASE with the passphrase the stack was created with");
+  });
+
   it("maps a locked stack to STATE_LOCKED", async () => {
     const made = project();
     const { cli } = fakeCli({ failWith: { code: 255, stderr: "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file" } });
     const error = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, env: env() }).catch((e: unknown) => e);
     expect((error as KaosError).code).toBe("STATE_LOCKED");
+    // State kaos does not own alone: nothing is cancelled, and the hint says exactly what to run.
+    const shared = project({ pulumi: { backendUrl: "s3://ml-state/kaos" } });
+    const { cli: sharedCli, calls } = fakeCli({ failWith: { code: 255, stderr: "error: the stack is currently locked by 1 lock(s)." } });
+    const sharedError = await applyCluster(shared.config, shared.stack, shared.inputs, { pulumi: sharedCli, env: env() }).catch((e: unknown) => e);
+    expect((sharedError as KaosError).code).toBe("STATE_LOCKED");
+    expect(calls.map((call) => call.args[0])).not.toContain("cancel");
+    expect((sharedError as KaosError).hint).toBe(
+      `wait for it to finish; if it was killed, cancel it: cd ${join(shared.dir, ".kaos", "pulumi", "workspaces", "cluster")} && PULUMI_BACKEND_URL=s3://ml-state/kaos pulumi cancel --stack cluster --yes, then rerun`,
+    );
   });
 
   it("refuses to put registry credentials into the state without a passphrase, before starting Pulumi", async () => {
