@@ -35,6 +35,7 @@ import type { ResolvedConfig, ResolvedStack } from "../../types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { dockerConfigFromEnv } from "./manifests.js";
 import { clusterProgram } from "./program.js";
+import { PACHD_ADDRESS_ENV } from "./settings.js";
 import { assertValidSpecs } from "./render.js";
 
 /** Starts the Pulumi CLI once and answers how it ended (never throws for a non-zero exit). */
@@ -67,6 +68,8 @@ export interface ClusterRunOptions {
   onOutput?: (text: string) => void;
   /** Where the dynamic providers load their implementation from (tests). */
   implUrl?: string;
+  /** Re-read every resource from the cluster first (Pulumi's refresh), so what went missing is created again. */
+  refresh?: boolean;
   signal?: AbortSignal;
 }
 
@@ -170,6 +173,7 @@ async function runCluster(
     );
     const common = {
       onEvent,
+      ...(options.refresh ? { refresh: true } : {}),
       ...(options.onOutput ? { onOutput: options.onOutput } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     };
@@ -256,6 +260,7 @@ export function pulumiEnv(plan: ClusterPlan, env: NodeJS.ProcessEnv): Record<str
     // kaos keeps no other secret in the state: an empty passphrase is allowed then.
     PULUMI_CONFIG_PASSPHRASE: passphrase ?? "",
     PULUMI_SKIP_UPDATE_CHECK: "true",
+    [PACHD_ADDRESS_ENV]: settings.pachyderm.address,
   };
   const token = env[settings.pachyderm.tokenEnv];
   if (token !== undefined && token !== "") vars[settings.pachyderm.tokenEnv] = token;

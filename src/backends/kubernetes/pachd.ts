@@ -186,6 +186,17 @@ export class PachdClient {
     await this.call("pfs_v2.API", "CreateRepo", { repo: repoRef(project, name), description, update: true });
   }
 
+  /** Whether pachd has the repo (InspectRepo). */
+  async repoExists(project: string, name: string): Promise<boolean> {
+    try {
+      await this.call("pfs_v2.API", "InspectRepo", { repo: repoRef(project, name) });
+      return true;
+    } catch (error) {
+      if (error instanceof PachdError && error.notFound) return false;
+      throw error;
+    }
+  }
+
   async deleteRepo(project: string, name: string): Promise<void> {
     try {
       await this.call("pfs_v2.API", "DeleteRepo", { repo: repoRef(project, name), force: false });
