@@ -36,6 +36,7 @@ import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./clus
 import { dockerConfigFromEnv } from "./manifests.js";
 import { clusterProgram } from "./program.js";
 import { PACHD_ADDRESS_ENV } from "./settings.js";
+import { preflight, stableKubeconfig } from "./preflight.js";
 import { assertValidSpecs } from "./render.js";
 
 /** Starts the Pulumi CLI once and answers how it ended (never throws for a non-zero exit). */
@@ -70,6 +71,8 @@ export interface ClusterRunOptions {
   implUrl?: string;
   /** Re-read every resource from the cluster first (Pulumi's refresh), so what went missing is created again. */
   refresh?: boolean;
+  /** Check the kube context and pachd before Pulumi starts (default true; off in tests of the seam alone). */
+  preflight?: boolean;
   signal?: AbortSignal;
 }
 
@@ -90,6 +93,8 @@ export interface ClusterChangeSummary {
   same: number;
   /** Steps that change something, in the order Pulumi reported them. */
   resources: ClusterChange[];
+  /** What was checked before Pulumi started. */
+  checked?: { kubeContext: string; kubeServer: string; pachdVersion: string };
 }
 
 export const PULUMI_INSTALL_HINT =
@@ -132,7 +137,18 @@ async function runCluster(
   const secretValues = secretsIn(plan, env);
 
   await prepareDirectories(plan);
-  const program = clusterProgram(plan, { env, ...(options.implUrl ? { implUrl: options.implUrl } : {}) });
+  let kubeconfig: string | undefined;
+  let checked: ClusterChangeSummary["checked"];
+  if (options.preflight !== false) {
+    const found = await preflight(settings, env);
+    kubeconfig = await stableKubeconfig(found.kube, settings.pulumi.workDir);
+    checked = { kubeContext: found.kube.context, kubeServer: found.kube.server, pachdVersion: found.pachd };
+  }
+  const program = clusterProgram(plan, {
+    env,
+    ...(options.implUrl ? { implUrl: options.implUrl } : {}),
+    ...(kubeconfig ? { kubeconfig } : {}),
+  });
   const changes: ClusterChange[] = [];
   const steps: ClusterChange[] = [];
   const diagnostics: string[] = [];
@@ -197,7 +213,7 @@ async function runCluster(
   } catch (error) {
     throw pulumiError(error, operation, settings.pulumi, secretValues, diagnostics);
   }
-  return summarize(settings.pulumi.stackName, summary, changes, steps);
+  return { ...summarize(settings.pulumi.stackName, summary, changes, steps), ...(checked ? { checked } : {}) };
 }
 
 /**

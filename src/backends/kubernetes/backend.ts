@@ -75,7 +75,10 @@ export function formatClusterPlan(plan: Plan): string {
 }
 
 function summaryLines(summary: ClusterChangeSummary): string {
-  const head = `Pulumi (stack ${summary.stack}): ${summary.create} to create, ${summary.update} to update, ${summary.replace} to replace, ${summary.delete} to delete, ${summary.same} unchanged`;
+  const checked = summary.checked
+    ? `kube context ${summary.checked.kubeContext} (${summary.checked.kubeServer}) answers; pachd ${summary.checked.pachdVersion}\n`
+    : "";
+  const head = `${checked}Pulumi (stack ${summary.stack}): ${summary.create} to create, ${summary.update} to update, ${summary.replace} to replace, ${summary.delete} to delete, ${summary.same} unchanged`;
   return [head, ...summary.resources.map((change) => `  ${change.op.padEnd(8)} ${change.type}  ${change.name}`)].join("\n");
 }
 

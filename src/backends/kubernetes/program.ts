@@ -31,6 +31,8 @@ export interface ClusterProgramOptions {
   implUrl?: string;
   /** Read for the registry credentials. Default process.env. */
   env?: NodeJS.ProcessEnv;
+  /** The kubeconfig file for the Kubernetes provider; default what KUBECONFIG names. */
+  kubeconfig?: string;
 }
 
 export interface DeclaredCluster {
@@ -59,6 +61,7 @@ export function declareCluster(plan: ClusterPlan, options: ClusterProgramOptions
   const providers = pachydermProviders(options.implUrl ?? defaultImplUrl());
 
   const kubernetes = new k8s.Provider("kubernetes", {
+    ...(options.kubeconfig !== undefined ? { kubeconfig: options.kubeconfig } : {}),
     ...(settings.kubeContext !== undefined ? { context: settings.kubeContext } : {}),
     enableServerSideApply: true,
     upsertExistingObjects: true,
