@@ -82,9 +82,9 @@ export function moduleReplaces(goModText) {
   return replaces;
 }
 
-/** A fresh scratch main module in the engine's folder. */
+/** A fresh scratch main module in the engine's folder, this process's own. */
 function scratchModule(dir, name) {
-  const work = join(dir, "src");
+  const work = join(dir, `src-${process.pid}`);
   rmSync(work, { recursive: true, force: true });
   mkdirSync(work, { recursive: true });
   go(["mod", "init", `kaos.engines/${name}`], work);
@@ -100,7 +100,7 @@ function cached(name, version, build) {
   const started = Date.now();
   log(`building ${name} ${version} (a few minutes, once)`);
   build(dir);
-  rmSync(join(dir, "src"), { recursive: true, force: true });
+  rmSync(join(dir, `src-${process.pid}`), { recursive: true, force: true });
   writeFileSync(`${stamp}.tmp`, `${new Date().toISOString()}\n`);
   renameSync(`${stamp}.tmp`, stamp);
   log(`built ${name} ${version} in ${Math.round((Date.now() - started) / 1000)} s`);

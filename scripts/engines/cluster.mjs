@@ -209,7 +209,7 @@ export async function startCluster(options = {}) {
       "--service-cluster-ip-range", "10.96.0.0/24",
       "--endpoint-reconciler-type", "none",
       "--enable-priority-and-fairness=false",
-      "--disable-admission-plugins", "ServiceAccount",
+      "--disable-admission-plugins", "ServiceAccount,TaintNodesByCondition",
       "--profiling=false",
       // Logs every request, so each readiness probe brings the output event that checks again.
       "--v=3",
