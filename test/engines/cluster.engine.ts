@@ -149,6 +149,13 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     expect(up.stdout).toContain("No changes: 4 jobs already applied to the cluster.");
     const plan = await kaos(["plan", "--detailed-exitcode"]);
     expect(plan.code, plan.stderr).toBe(0);
+    expect(plan.stderr).toContain("Previewing update (cluster)");
+    expect(plan.stdout).toContain(`kube context kaos-engines (${cluster.server}) answers; pachd 2.11.6`);
+    // The same kubeconfig under another path is no change to the Kubernetes provider.
+    project.write({ "kubeconfig-copy": readFileSync(cluster.kubeconfig, "utf8") });
+    const moved = await kaos(["plan", "--detailed-exitcode"], { KUBECONFIG: project.path("kubeconfig-copy") });
+    expect(moved.code, `${moved.stdout}\n${moved.stderr}`).toBe(0);
+    expect(pulumiSummary(moved.stdout).steps).toEqual([]);
     expect(pachd.mutatingCalls().length).toBe(before);
   });
 
@@ -232,16 +239,21 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
   });
 
   it("a switched pachd address: deletes go to the address the stack names now", async () => {
+    project.write({ "kaos.config.ts": configFile(["svm", "cnn"]) });
+    const added = await kaos(["up"]);
+    expect(added.code, added.stderr).toBe(0);
+    // The same pachd, reached at another address (another port-forward).
     const moved = new FakePachd();
     await moved.start();
     try {
       for (const [key, repo] of pachd.repos) moved.repos.set(key, repo);
       for (const [key, pipeline] of pachd.pipelines) moved.pipelines.set(key, pipeline);
-      project.write({ "stacks/cluster.ts": stackFile(moved.address), "kaos.config.ts": configFile([]) });
+      project.write({ "stacks/cluster.ts": stackFile(moved.address), "kaos.config.ts": configFile(["svm"]) });
       const before = pachd.requests.length;
       const up = await kaos(["up"]);
       expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
-      expect(moved.calls("DeletePipeline").length).toBe(2);
+      expect(moved.calls("DeletePipeline").map((call) => JSON.parse(call.body).pipeline.name).sort()).toEqual(["mnist-cnn-build", "mnist-cnn-train"]);
+      expect(moved.calls("DeleteRepo")).toHaveLength(3);
       expect(pachd.requests.length).toBe(before);
     } finally {
       project.write({ "stacks/cluster.ts": stackFile(pachd.address), "kaos.config.ts": configFile(["svm"]) });

@@ -88,7 +88,10 @@ export async function clusterPlan(config: ResolvedConfig, stack: ResolvedStack, 
     const plan = await clusterPlanOf(config, stack, state);
     if (!options.json) process.stdout.write(`${formatClusterPlan(plan)}\n\n`);
     const { previewCluster } = await kubernetes();
-    const summary = await previewCluster(config, stack, clusterInputs(plan), options.refresh ? { refresh: true } : {});
+    const summary = await previewCluster(config, stack, clusterInputs(plan), {
+      ...(options.json ? {} : { onOutput: (line: string) => process.stderr.write(line) }),
+      ...(options.refresh ? { refresh: true } : {}),
+    });
     const pulumiChanges = summary.create + summary.update + summary.replace + summary.delete > 0;
     if (options.json) printJson({ ...(planJson(plan) as object), pulumi: summary });
     else process.stdout.write(`${summaryLines(summary)}\n`);
