@@ -96,6 +96,17 @@ function pulumiSummary(stdout: string): { create: number; update: number; replac
   return { create: create ?? -1, update: update ?? -1, replace: replace ?? -1, delete: remove ?? -1, same: same ?? -1, steps };
 }
 
+/** Each resource's dependencies (by name) in Pulumi's state file. */
+function stateDependencies(): Map<string, string[]> {
+  const stacks = join(project.dir, ".kaos/pulumi/.pulumi/stacks");
+  const file = readdirSync(stacks, { recursive: true }).map(String).find((name) => name.endsWith("cluster.json"));
+  const state = JSON.parse(readFileSync(join(stacks, file ?? "cluster.json"), "utf8")) as {
+    checkpoint: { latest: { resources: { urn: string; dependencies?: string[] }[] } };
+  };
+  const name = (urn: string) => urn.split("::").pop() ?? urn;
+  return new Map(state.checkpoint.latest.resources.map((resource) => [name(resource.urn), (resource.dependencies ?? []).map(name)]));
+}
+
 beforeAll(async () => {
   cluster = (await startCluster({ scheduler: false })) as Cluster;
   pachd = new FakePachd();
@@ -184,6 +195,10 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     const buildUpdated = calls.indexOf("CreatePipelineV2 mnist-svm-build");
     expect(buildUpdated, calls.join("\n")).toBeGreaterThan(sourceFinished);
     expect(sourceFinished, calls.join("\n")).toBeGreaterThanOrEqual(0);
+    // The order is the engine's, not luck: each pipeline depends on the bundle commits it reads.
+    const dependencies = stateDependencies();
+    expect(dependencies.get("mnist-svm-build")).toContain("mnist-svm-source-bundle");
+    expect(dependencies.get("mnist-svm-train")).toEqual(expect.arrayContaining(["mnist-svm-data-bundle", "mnist-svm-params-bundle", "mnist-svm-build"]));
   });
 
   it("render writes exactly the specs that were applied", async () => {
