@@ -168,7 +168,11 @@ export async function startCluster(options = {}) {
   const kubeDir = buildKubernetes();
   const dir = mkdtempSync(join(tmpdir(), "kaos-engines-cluster-"));
   const processes = [];
+  // A test run that ends without stop() (killed, crashed) leaves no server behind.
+  const orphans = () => processes.forEach((started) => started.child.kill("SIGKILL"));
+  process.once("exit", orphans);
   const stop = async () => {
+    process.removeListener("exit", orphans);
     for (const started of processes.reverse()) await started.stop();
     if (!options.keep) rmSync(dir, { recursive: true, force: true });
   };

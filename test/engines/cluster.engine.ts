@@ -243,9 +243,15 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     expect(pachd.repo("default", "mnist-svm-params")?.head?.files.size).toBe(8);
   });
 
-  it("drift: after pachd lost its repos and pipelines, up --refresh re-reads pachd and creates them again", async () => {
+  it("drift: after pachd lost its repos and pipelines, up names what is missing, and up --refresh creates them again", async () => {
     pachd.repos.clear();
     pachd.pipelines.clear();
+    project.write({ "svm/grid.json": JSON.stringify({ C: [1, 10, 100, 1000, 5], kernel: ["linear", "poly"] }) });
+    const failed = await kaos(["up"]);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain("repo mnist-svm-params not found");
+    const json = await kaos(["plan", "--json"]);
+    expect(json.code).toBe(0);
     const up = await kaos(["up", "--refresh"]);
     expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
     expect([...pachd.repos.keys()].sort()).toEqual(["default/mnist-svm-data", "default/mnist-svm-params", "default/mnist-svm-source"]);
