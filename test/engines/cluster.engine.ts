@@ -96,6 +96,17 @@ function pulumiSummary(stdout: string): { create: number; update: number; replac
   return { create: create ?? -1, update: update ?? -1, replace: replace ?? -1, delete: remove ?? -1, same: same ?? -1, steps };
 }
 
+/** Every process below `pid`. */
+function descendants(pid: number): number[] {
+  let children: number[] = [];
+  try {
+    children = execFileSync("pgrep", ["-P", String(pid)], { encoding: "utf8" }).trim().split("\n").filter(Boolean).map(Number);
+  } catch {
+    // pgrep exits 1 when there are none
+  }
+  return children.flatMap((child) => [child, ...descendants(child)]);
+}
+
 /** Each resource's dependencies (by name) in Pulumi's state file. */
 function stateDependencies(): Map<string, string[]> {
   const stacks = join(project.dir, ".kaos/pulumi/.pulumi/stacks");
@@ -232,15 +243,27 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     const gate = pachd.hold("ModifyFile");
     const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
     await gate.arrived;
-    const pulumiPid = execFileSync("pgrep", ["-P", String(live.child.pid), "-x", "pulumi"], { encoding: "utf8" }).trim().split("\n")[0];
-    process.kill(Number(pulumiPid), "SIGKILL");
+    const pulumiPid = Number(execFileSync("pgrep", ["-P", String(live.child.pid), "-x", "pulumi"], { encoding: "utf8" }).trim().split("\n")[0]);
+    // Its plugin processes outlive it; the test ends them once it is done.
+    const plugins = descendants(pulumiPid);
+    process.kill(pulumiPid, "SIGKILL");
     const killed = await live.exited;
     gate.release();
-    expect(killed.code).not.toBe(0);
-    const up = await kaos(["up"]);
-    expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
-    expect(up.stderr).toContain("was left locked by a Pulumi update that was killed");
-    expect(pachd.repo("default", "mnist-svm-params")?.head?.files.size).toBe(8);
+    try {
+      expect(killed.code).not.toBe(0);
+      const up = await kaos(["up"]);
+      expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
+      expect(up.stderr).toContain("was left locked by a Pulumi update that was killed");
+      expect(pachd.repo("default", "mnist-svm-params")?.head?.files.size).toBe(8);
+    } finally {
+      for (const pid of plugins) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+    }
   });
 
   it("drift: after pachd lost its repos and pipelines, up names what is missing, and up --refresh creates them again", async () => {
