@@ -12,7 +12,7 @@ import { packBundle } from "../src/backends/kubernetes/pack.js";
 import { PachdClient, PachdError } from "../src/backends/kubernetes/pachd.js";
 import { applyPipeline, pushBundle, bundleDescription } from "../src/backends/kubernetes/provider-impl.js";
 import { pachydermProviders, type BundleInputs, type PipelineInputs } from "../src/backends/kubernetes/provider.js";
-import { clusterJobLogs, listClusterJobs } from "../src/backends/kubernetes/jobs.js";
+import { clusterJobLogs, listClusterJobs, shortJobId } from "../src/backends/kubernetes/jobs.js";
 import { canonicalJson } from "../src/backends/kubernetes/canonical.js";
 import { FakePachd } from "./fixtures/kubernetes/fake-pachd.js";
 import { makeClusterProject, type ClusterProject } from "./fixtures/kubernetes/project.js";
@@ -47,6 +47,20 @@ function bundleInputs(overrides: Partial<BundleInputs> & Pick<BundleInputs, "sou
 }
 
 describe("pachd client (against a local HTTP server following Pachyderm's API shapes)", () => {
+  it("sends no hop-by-hop header, which pachd's gateway would forward as illegal gRPC metadata", async () => {
+    await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
+    const commit = await client.startCommit("default", "mnist-svm-source", "master", "kaos bundle k");
+    await client.replaceFiles(commit, [{ path: "/a.txt", data: Buffer.from("streamed body") }]);
+    await client.finishCommit(commit);
+    expect(await client.listJobs("default")).toEqual([]);
+    for (const request of pachd.requests) {
+      for (const name of ["connection", "keep-alive", "proxy-connection", "upgrade"]) expect(request.headers[name], `${request.path} ${name}`).toBeUndefined();
+    }
+    // Node's own fetch always sends `Connection`, and the gateway refuses it as pachd does.
+    const withFetch = new PachdClient({ address: pachd.address, token: TOKEN, tokenEnv: TOKEN_ENV, fetch: globalThis.fetch });
+    await expect(withFetch.createRepo("default", "other", "")).rejects.toThrow(/RST_STREAM with error code: PROTOCOL_ERROR/);
+  });
+
   it("creates a repo through POST /api/pfs_v2.API/CreateRepo with the token header, idempotently", async () => {
     await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
     await client.createRepo("default", "mnist-svm-source", "kaos source bundle");
@@ -316,6 +330,16 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
     const ambiguous = await clusterJobLogs(project.stack, "mnist-", { workspace: "mnist" }).next().catch((e: unknown) => e);
     expect((ambiguous as KaosError).code).toBe("JOB_AMBIGUOUS");
   });
+
+  it("shows a Pachyderm job id with its whole pipeline name, short enough and still found by `train logs`", async () => {
+    const realId = "mnist-svm-train@5c1f0e8d7a6b4c3d2e1f0a9b8c7d6e5f";
+    expect(shortJobId(realId)).toBe("mnist-svm-train@5c1f0e8d7a6b");
+    expect(shortJobId("a".repeat(64))).toBe("a".repeat(16));
+    seedJobs();
+    const lines = [];
+    for await (const line of clusterJobLogs(project.stack, shortJobId("mnist-svm-build@j1"), { workspace: "mnist" })) lines.push(line.message);
+    expect(lines).toEqual(["pushed"]);
+  });
 });
 
 describe("dynamic providers (serialized as Pulumi does, run in a separate Node process against the local HTTP server)", () => {
@@ -365,6 +389,22 @@ describe("dynamic providers (serialized as Pulumi does, run in a separate Node p
     const updated = await hostCall(serialized.text, "update", ["default/mnist-svm-build", inputs, { ...inputs, spec: newSpec }], env);
     expect(updated.ok).toBe(true);
     expect(pachd.pipelines.get("default/mnist-svm-build")?.version).toBe(2);
+  }, 120_000);
+
+  it("refreshes from pachd (what it lost is dropped from the state) and deletes at the current run's address", async () => {
+    const providers = pachydermProviders(implUrl);
+    const serialized = await pulumi.runtime.serializeFunction(() => providers.repo, { allowSecrets: true });
+    // The state names an address where no pachd listens any more.
+    const stale = { address: "http://127.0.0.1:9", project: "default", tokenEnv: TOKEN_ENV, name: "mnist-svm-source", description: "" };
+    const env = { ...process.env, [TOKEN_ENV]: TOKEN, KAOS_PACHD_ADDRESS: pachd.address };
+    await client.createRepo("default", "mnist-svm-source", "");
+    const present = await hostCall(serialized.text, "read", ["default/mnist-svm-source", stale], env);
+    expect(present).toEqual({ ok: true, result: { id: "default/mnist-svm-source", props: stale } });
+    const deleted = await hostCall(serialized.text, "delete", ["default/mnist-svm-source", stale], env);
+    expect(deleted.ok).toBe(true);
+    expect(pachd.repo("default", "mnist-svm-source")).toBeUndefined();
+    const gone = await hostCall(serialized.text, "read", ["default/mnist-svm-source", stale], env);
+    expect(gone).toEqual({ ok: true, result: { id: "", props: {} } });
   }, 120_000);
 
   it("fails with pachd's message (and no token) when the provider process has the wrong token", async () => {

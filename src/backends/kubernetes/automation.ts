@@ -35,6 +35,8 @@ import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { dockerConfigFromEnv } from "./manifests.js";
 import { clusterProgram } from "./program.js";
+import { PACHD_ADDRESS_ENV } from "./settings.js";
+import { preflight, stableKubeconfig } from "./preflight.js";
 import { assertValidSpecs } from "./render.js";
 
 /** Starts the Pulumi CLI once and answers how it ended (never throws for a non-zero exit). */
@@ -67,6 +69,10 @@ export interface ClusterRunOptions {
   onOutput?: (text: string) => void;
   /** Where the dynamic providers load their implementation from (tests). */
   implUrl?: string;
+  /** Re-read every resource from the cluster first (Pulumi's refresh), so what went missing is created again. */
+  refresh?: boolean;
+  /** Check the kube context and pachd before Pulumi starts (default true; off in tests of the seam alone). */
+  preflight?: boolean;
   signal?: AbortSignal;
 }
 
@@ -87,6 +93,8 @@ export interface ClusterChangeSummary {
   same: number;
   /** Steps that change something, in the order Pulumi reported them. */
   resources: ClusterChange[];
+  /** What was checked before Pulumi started. */
+  checked?: { kubeContext: string; kubeServer: string; pachdVersion: string };
 }
 
 export const PULUMI_INSTALL_HINT =
@@ -129,13 +137,34 @@ async function runCluster(
   const secretValues = secretsIn(plan, env);
 
   await prepareDirectories(plan);
-  const program = clusterProgram(plan, { env, ...(options.implUrl ? { implUrl: options.implUrl } : {}) });
+  let kubeconfig: string | undefined;
+  let checked: ClusterChangeSummary["checked"];
+  if (options.preflight !== false) {
+    const found = await preflight(settings, env);
+    kubeconfig = await stableKubeconfig(found.kube, settings.pulumi.workDir);
+    checked = { kubeContext: found.kube.context, kubeServer: found.kube.server, pachdVersion: found.pachd };
+  }
+  const program = clusterProgram(plan, {
+    env,
+    ...(options.implUrl ? { implUrl: options.implUrl } : {}),
+    ...(kubeconfig ? { kubeconfig } : {}),
+  });
   const changes: ClusterChange[] = [];
+  const steps: ClusterChange[] = [];
+  const diagnostics: string[] = [];
   let summary: OpMap | undefined;
   const onEvent = (event: EngineEvent): void => {
     const step = event.resourcePreEvent?.metadata;
-    if (step && step.op !== "same" && step.op !== "read") {
-      changes.push({ op: step.op, type: step.type, name: step.urn.split("::").pop() ?? step.urn, urn: step.urn });
+    if (step && !isBookkeeping(step.type, step.urn)) {
+      const change = { op: step.op, type: step.type, name: resourceName(step.urn), urn: step.urn };
+      steps.push(change);
+      if (step.op !== "same" && step.op !== "read") changes.push(change);
+    }
+    const diagnostic = event.diagnosticEvent;
+    if (diagnostic?.severity === "error") {
+      const message = plainText(diagnostic.message);
+      const line = diagnostic.urn && !isBookkeeping("", diagnostic.urn) ? `${resourceName(diagnostic.urn)}: ${message}` : message;
+      if (message !== "" && !diagnostics.includes(line)) diagnostics.push(line);
     }
     if (event.summaryEvent) summary = event.summaryEvent.resourceChanges;
   };
@@ -160,29 +189,71 @@ async function runCluster(
     );
     const common = {
       onEvent,
+      ...(options.refresh ? { refresh: true } : {}),
       ...(options.onOutput ? { onOutput: options.onOutput } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     };
     if (operation === "preview") await workspaceStack.preview(common);
-    else await workspaceStack.up(common);
+    else {
+      try {
+        await workspaceStack.up(common);
+      } catch (error) {
+        if (!(error instanceof ConcurrentUpdateError) || !ownsState(settings.pulumi.backendUrl)) throw error;
+        // The state is kaos's own, and kaos holds the stack's writer lock: the
+        // Pulumi lock is left by a CLI that was killed. Cancel it and go again.
+        options.onOutput?.(`kaos: stack '${settings.pulumi.stackName}' was left locked by a Pulumi update that was killed; cancelling it (pulumi cancel) and applying again\n`);
+        changes.length = 0;
+        steps.length = 0;
+        diagnostics.length = 0;
+        summary = undefined;
+        await workspaceStack.cancel();
+        await workspaceStack.up(common);
+      }
+    }
   } catch (error) {
-    throw pulumiError(error, operation, settings.pulumi.stackName, secretValues);
+    throw pulumiError(error, operation, settings.pulumi, secretValues, diagnostics);
   }
-  return summarize(settings.pulumi.stackName, summary, changes);
+  return { ...summarize(settings.pulumi.stackName, summary, changes, steps), ...(checked ? { checked } : {}) };
 }
 
-function summarize(stack: string, summary: OpMap | undefined, changes: ClusterChange[]): ClusterChangeSummary {
+/**
+ * The counts are those of the listed steps, so that they add up to the list:
+ * Pulumi's own summary also counts the stack and its default providers.
+ */
+function summarize(stack: string, summary: OpMap | undefined, changes: ClusterChange[], steps: ClusterChange[]): ClusterChangeSummary {
   const count = (op: keyof OpMap): number =>
-    summary?.[op] ?? changes.filter((change) => change.op === op).length;
+    steps.length > 0 ? steps.filter((step) => step.op === op).length : (summary?.[op] ?? 0);
   return {
     stack,
     create: count("create"),
     update: count("update"),
     delete: count("delete"),
     replace: count("replace"),
-    same: summary?.same ?? 0,
+    same: count("same"),
     resources: changes,
   };
+}
+
+/** The stack itself and Pulumi's default providers: Pulumi's bookkeeping, not something kaos declares. */
+function isBookkeeping(type: string, urn: string): boolean {
+  const urnType = urn.split("::")[2] ?? "";
+  const kind = type !== "" ? type : urnType;
+  return kind === "pulumi:pulumi:Stack" || (kind.startsWith("pulumi:providers:") && resourceName(urn).startsWith("default"));
+}
+
+function resourceName(urn: string): string {
+  return urn.split("::").pop() ?? urn;
+}
+
+/** Pulumi's messages carry ANSI escapes or its own `<{%reset%}>` colour tags. */
+function plainText(message: string): string {
+  // eslint-disable-next-line no-control-regex
+  return message.replace(/\u001b\[[0-9;]*m/g, "").replace(/<\{%[^%]*%\}>/g, "").trim();
+}
+
+/** kaos's own file backend under .kaos/pulumi, which no one but kaos (holding its writer lock) updates. */
+function ownsState(backendUrl: string): boolean {
+  return backendUrl.startsWith("file://");
 }
 
 /**
@@ -205,6 +276,7 @@ export function pulumiEnv(plan: ClusterPlan, env: NodeJS.ProcessEnv): Record<str
     // kaos keeps no other secret in the state: an empty passphrase is allowed then.
     PULUMI_CONFIG_PASSPHRASE: passphrase ?? "",
     PULUMI_SKIP_UPDATE_CHECK: "true",
+    [PACHD_ADDRESS_ENV]: settings.pachyderm.address,
   };
   const token = env[settings.pachyderm.tokenEnv];
   if (token !== undefined && token !== "") vars[settings.pachyderm.tokenEnv] = token;
@@ -354,12 +426,21 @@ export async function findPulumi(env: NodeJS.ProcessEnv = process.env, exec: Pul
 }
 
 /** Maps what the SDK throws to kaos errors; secrets are masked in everything shown. */
-export function pulumiError(error: unknown, operation: string, stack: string, secrets: readonly string[]): KaosError {
+export function pulumiError(
+  error: unknown,
+  operation: string,
+  pulumiSettings: { stackName: string; backendUrl: string; workDir: string; passphraseEnv: string },
+  secrets: readonly string[],
+  diagnostics: readonly string[] = [],
+): KaosError {
   if (error instanceof KaosError) return error;
+  const stack = pulumiSettings.stackName;
   const mask = (text: string): string => secrets.reduce((masked, secret) => masked.split(secret).join("***"), text);
   if (error instanceof ConcurrentUpdateError) {
-    return new KaosError("STATE_LOCKED", `another Pulumi update of stack '${stack}' is running`, {
-      hint: "wait for it to finish; if it was killed, run `pulumi cancel` in .kaos/pulumi/workspaces/<stack>",
+    return new KaosError("STATE_LOCKED", `another Pulumi update of stack '${stack}' is running, or one was killed and left its lock`, {
+      hint:
+        `wait for it to finish; if it was killed, cancel it: cd ${pulumiSettings.workDir} && ` +
+        `PULUMI_BACKEND_URL=${pulumiSettings.backendUrl} pulumi cancel --stack ${stack} --yes, then rerun`,
       cause: error,
     });
   }
@@ -371,13 +452,32 @@ export function pulumiError(error: unknown, operation: string, stack: string, se
     if (result?.err !== undefined && (errnoCode(result.err) === "ENOENT" || /ENOENT/.test(stderr))) {
       return new KaosError("PULUMI_MISSING", "the Pulumi CLI could not be started", { hint: PULUMI_INSTALL_HINT });
     }
-    const tail = lastLines(stderr.trim() !== "" ? stderr : mask(result?.stdout ?? ""), 15);
+    if (/incorrect passphrase|passphrase must be set|PULUMI_CONFIG_PASSPHRASE/i.test(stderr)) {
+      return new KaosError("PULUMI_FAILED", `the passphrase in ${pulumiSettings.passphraseEnv} does not unlock stack '${stack}' (${firstLine(plainText(stderr.replace(/^error:\s*/m, "")))})`, {
+        hint: `export ${pulumiSettings.passphraseEnv} with the passphrase the stack was created with${pulumiSettings.passphraseEnv === "PULUMI_CONFIG_PASSPHRASE" ? "" : " (kaos hands it to Pulumi as PULUMI_CONFIG_PASSPHRASE)"}`,
+        cause: error,
+      });
+    }
+    const output = stderr.trim() !== "" ? stderr : mask(result?.stdout ?? "");
+    // The engine's error diagnostics say what failed; the end of the output is
+    // usually Pulumi's outputs and resource counts.
+    const detail = diagnostics.length > 0 ? diagnostics.map(mask).join("\n") : (diagnosticsSection(output) ?? lastLines(output, 15));
     return new KaosError("PULUMI_FAILED", `pulumi ${operation} failed for stack '${stack}' (exit ${result?.code ?? "unknown"})`, {
-      hint: tail === "" ? undefined : tail,
+      hint: detail === "" ? undefined : detail,
       cause: error,
     });
   }
   return new KaosError("PULUMI_FAILED", `pulumi ${operation} failed for stack '${stack}': ${mask(describeError(error))}`, { cause: error });
+}
+
+/** The `Diagnostics:` block of Pulumi's text output, without what follows it. */
+function diagnosticsSection(text: string): string | undefined {
+  const lines = plainText(text).split("\n");
+  const start = lines.findIndex((line) => /^Diagnostics:\s*$/.test(line.trim()));
+  if (start < 0) return undefined;
+  const end = lines.findIndex((line, index) => index > start && /^(Outputs|Resources|Duration|Policies):/.test(line.trim()));
+  const section = lastLines(lines.slice(start + 1, end < 0 ? undefined : end).join("\n"), 30);
+  return section === "" ? undefined : section;
 }
 
 function lastLines(text: string, count: number): string {

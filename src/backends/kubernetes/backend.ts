@@ -7,6 +7,9 @@
 import { join, resolve } from "node:path";
 import { KaosError } from "../../core/errors.js";
 import type { ClusterChangeSummary, ClusterPipelineInput } from "./index.js";
+import { shortJobId } from "./jobs.js";
+import { saveTreeListing } from "../../core/snapshot.js";
+import { stateDirOf } from "../../core/layout.js";
 import { colors, printJson, table } from "../../cli/output.js";
 import { displayText, paramsText } from "../../core/format.js";
 import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "../../core/plan.js";
@@ -59,18 +62,37 @@ export function clusterInputs(plan: Plan): ClusterPipelineInput[] {
   }));
 }
 
+/**
+ * kaos's plan for a cluster: on a cluster kaos knows what it applied, not
+ * which jobs Pachyderm ran, so nothing is said to have succeeded.
+ */
+export function formatClusterPlan(plan: Plan): string {
+  const text = formatPlan(plan, colors());
+  if (plan.changes) return text;
+  const jobs = plan.pipelines.reduce((sum, p) => sum + p.jobs.length, 0);
+  const lines = text.split("\n");
+  lines[lines.length - 1] = colors().green(`No changes: ${jobs} job${jobs === 1 ? "" : "s"} already applied to the cluster.`);
+  return lines.join("\n");
+}
+
 function summaryLines(summary: ClusterChangeSummary): string {
-  const head = `Pulumi (stack ${summary.stack}): ${summary.create} to create, ${summary.update} to update, ${summary.replace} to replace, ${summary.delete} to delete, ${summary.same} unchanged`;
+  const checked = summary.checked
+    ? `kube context ${summary.checked.kubeContext} (${summary.checked.kubeServer}) answers; pachd ${summary.checked.pachdVersion}\n`
+    : "";
+  const head = `${checked}Pulumi (stack ${summary.stack}): ${summary.create} to create, ${summary.update} to update, ${summary.replace} to replace, ${summary.delete} to delete, ${summary.same} unchanged`;
   return [head, ...summary.resources.map((change) => `  ${change.op.padEnd(8)} ${change.type}  ${change.name}`)].join("\n");
 }
 
-export async function clusterPlan(config: ResolvedConfig, stack: ResolvedStack, options: { json?: boolean; detailedExitcode?: boolean }): Promise<number> {
+export async function clusterPlan(config: ResolvedConfig, stack: ResolvedStack, options: { json?: boolean; detailedExitcode?: boolean; refresh?: boolean }): Promise<number> {
   const state = StateStore.open(config.root);
   try {
     const plan = await clusterPlanOf(config, stack, state);
-    if (!options.json) process.stdout.write(`${formatPlan(plan, colors())}\n\n`);
+    if (!options.json) process.stdout.write(`${formatClusterPlan(plan)}\n\n`);
     const { previewCluster } = await kubernetes();
-    const summary = await previewCluster(config, stack, clusterInputs(plan));
+    const summary = await previewCluster(config, stack, clusterInputs(plan), {
+      ...(options.json ? {} : { onOutput: (line: string) => process.stderr.write(line) }),
+      ...(options.refresh ? { refresh: true } : {}),
+    });
     const pulumiChanges = summary.create + summary.update + summary.replace + summary.delete > 0;
     if (options.json) printJson({ ...(planJson(plan) as object), pulumi: summary });
     else process.stdout.write(`${summaryLines(summary)}\n`);
@@ -80,16 +102,22 @@ export async function clusterPlan(config: ResolvedConfig, stack: ResolvedStack, 
   }
 }
 
-export async function clusterUp(config: ResolvedConfig, stack: ResolvedStack, options: { json?: boolean; force?: boolean }): Promise<number> {
+export async function clusterUp(config: ResolvedConfig, stack: ResolvedStack, options: { json?: boolean; force?: boolean; refresh?: boolean }): Promise<number> {
   const state = StateStore.open(config.root);
   const lock = state.acquireWriter(stack.name, "up");
   try {
     const plan = await clusterPlanOf(config, stack, state, options.force);
-    if (!options.json) process.stdout.write(`${formatPlan(plan, colors())}\n\n`);
+    if (!options.json) process.stdout.write(`${formatClusterPlan(plan)}\n\n`);
     const { applyCluster } = await kubernetes();
     const summary = await applyCluster(config, stack, clusterInputs(plan), {
       onOutput: options.json ? undefined : (line: string) => process.stderr.write(line),
+      ...(options.refresh ? { refresh: true } : {}),
     });
+    // What the next plan compares an edit with, as the local backend keeps it.
+    for (const p of plan.pipelines) {
+      saveTreeListing(stateDirOf(config.root), p.sourceTree);
+      if (p.dataTree) saveTreeListing(stateDirOf(config.root), p.dataTree);
+    }
     state.updateApplied(stack.name, (applied) => {
       for (const p of plan.pipelines) applied[p.pipeline.name] = appliedOf(p, p.keys.data ?? null);
     });
@@ -113,7 +141,7 @@ export async function clusterList(config: ResolvedConfig, stack: ResolvedStack, 
     process.stdout.write(`no jobs on stack ${stack.name} yet: run \`kaos up --stack ${stack.name}\`\n`);
     return 0;
   }
-  const rows = jobs.map((job) => [displayText(job.id.slice(0, 16)), displayText(job.pipeline), displayText(job.stage), displayText(job.state), displayText(job.startedAt ?? ""), paramsText(job.params)]);
+  const rows = jobs.map((job) => [displayText(shortJobId(job.id)), displayText(job.pipeline), displayText(job.stage), displayText(job.state), displayText(job.startedAt ?? ""), paramsText(job.params)]);
   process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "STARTED", "PARAMS"], ...rows])}\n`);
   return 0;
 }

@@ -224,6 +224,15 @@ export async function* clusterJobLogs(
   }
 }
 
+/**
+ * An id as `train list` shows it, still a prefix `train logs` finds: a job
+ * key to 16 characters; `<pipeline>@<id>` keeps its pipeline name whole.
+ */
+export function shortJobId(id: string): string {
+  const at = id.lastIndexOf("@");
+  return at < 0 ? id.slice(0, 16) : `${id.slice(0, at + 1)}${id.slice(at + 1, at + 13)}`;
+}
+
 async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions): Promise<Located> {
   const all = await locateJobs(stack, options);
   const exact = all.find((entry) => entry.job.id === jobId);
@@ -232,7 +241,7 @@ async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobs
   if (matches.length === 1 && matches[0]) return matches[0];
   if (matches.length > 1) {
     throw new KaosError("JOB_AMBIGUOUS", `'${jobId}' matches ${matches.length} jobs on stack '${stack.name}'`, {
-      hint: `give more of the id: ${matches.slice(0, 5).map((entry) => entry.job.id.slice(0, 16)).join(", ")}`,
+      hint: `give more of the id: ${matches.slice(0, 5).map((entry) => shortJobId(entry.job.id)).join(", ")}`,
     });
   }
   throw new KaosError("JOB_NOT_FOUND", `no job '${jobId}' on stack '${stack.name}'`, {

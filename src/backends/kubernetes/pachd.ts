@@ -11,6 +11,9 @@
  * forwards to pachd as gRPC metadata. It is kept in a private field and is
  * scrubbed from every message this client produces.
  */
+import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { Readable } from "node:stream";
 import { KaosError, describeError } from "../../core/errors.js";
 
 export interface PachdClientOptions {
@@ -20,6 +23,7 @@ export interface PachdClientOptions {
   token?: string | undefined;
   /** Environment variable the token came from, named in hints. */
   tokenEnv?: string;
+  /** Default `pachdFetch`: Node's own fetch sends a `Connection` header, which pachd's gateway cannot forward. */
   fetch?: typeof fetch;
   /** Largest raw chunk per AddFile message (bytes). Default 4 MiB, well under pachd's 20 MB message limit once base64-encoded. */
   chunkBytes?: number;
@@ -171,7 +175,7 @@ export class PachdClient {
     this.address = options.address.replace(/\/+$/, "");
     this.#token = options.token === "" ? undefined : options.token;
     this.#tokenEnv = options.tokenEnv ?? "PACHYDERM_TOKEN";
-    this.#fetch = options.fetch ?? globalThis.fetch;
+    this.#fetch = options.fetch ?? pachdFetch;
     this.#chunkBytes = options.chunkBytes ?? 4 * 1024 * 1024;
   }
 
@@ -180,6 +184,17 @@ export class PachdClient {
   /** Creates the repo, or leaves it as it is when it exists (CreateRepo with `update`). */
   async createRepo(project: string, name: string, description: string): Promise<void> {
     await this.call("pfs_v2.API", "CreateRepo", { repo: repoRef(project, name), description, update: true });
+  }
+
+  /** Whether pachd has the repo (InspectRepo). */
+  async repoExists(project: string, name: string): Promise<boolean> {
+    try {
+      await this.call("pfs_v2.API", "InspectRepo", { repo: repoRef(project, name) });
+      return true;
+    } catch (error) {
+      if (error instanceof PachdError && error.notFound) return false;
+      throw error;
+    }
   }
 
   async deleteRepo(project: string, name: string): Promise<void> {
@@ -466,6 +481,58 @@ export class PachdClient {
     return this.#token === undefined ? text : text.split(this.#token).join("***");
   }
 }
+
+/**
+ * Hop-by-hop headers: they describe one HTTP/1.1 connection and are illegal
+ * in HTTP/2. pachd's gateway forwards every request header as gRPC metadata,
+ * so one of these in a request makes the call fail with RST_STREAM
+ * PROTOCOL_ERROR.
+ */
+export const HOP_BY_HOP_HEADERS: readonly string[] = ["connection", "keep-alive", "proxy-connection", "upgrade", "te"];
+
+/**
+ * A `fetch` for pachd on Node's http module, which (unlike Node's fetch, whose
+ * HTTP/1.1 client always writes `Connection`) can send a request without any
+ * hop-by-hop header: HTTP/1.1 connections are persistent without it.
+ */
+export const pachdFetch = ((input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
+  const url = new URL(input instanceof Request ? input.url : input);
+  const headers: OutgoingHttpHeaders = {};
+  new Headers(init.headers).forEach((value, name) => {
+    if (!HOP_BY_HOP_HEADERS.includes(name)) headers[name] = value;
+  });
+  const body = init.body;
+  if (typeof body === "string") headers["content-length"] = Buffer.byteLength(body);
+  const send = url.protocol === "https:" ? httpsRequest : httpRequest;
+  return new Promise<Response>((resolve, reject) => {
+    const request = send(url, { method: init.method ?? "GET", headers, ...(init.signal ? { signal: init.signal } : {}) });
+    request.removeHeader("connection");
+    request.on("error", reject);
+    request.on("response", (response: IncomingMessage) => {
+      const responseHeaders = new Headers();
+      for (const [name, value] of Object.entries(response.headers)) {
+        if (value === undefined) continue;
+        for (const one of Array.isArray(value) ? value : [value]) responseHeaders.append(name, one);
+      }
+      const status = response.statusCode ?? 500;
+      const empty = status === 204 || status === 304 || init.method === "HEAD";
+      resolve(
+        new Response(empty ? null : (Readable.toWeb(response) as ReadableStream<Uint8Array>), {
+          status,
+          statusText: response.statusMessage ?? "",
+          headers: responseHeaders,
+        }),
+      );
+    });
+    if (body === undefined || body === null) request.end();
+    else if (typeof body === "string") request.end(body);
+    else if (body instanceof ReadableStream) {
+      const stream = Readable.fromWeb(body as import("node:stream/web").ReadableStream<Uint8Array>);
+      stream.on("error", (error) => request.destroy(error));
+      stream.pipe(request);
+    } else reject(new TypeError("pachdFetch sends only string or stream bodies"));
+  });
+}) as typeof fetch;
 
 async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
   const all: T[] = [];

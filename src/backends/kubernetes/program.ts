@@ -31,6 +31,8 @@ export interface ClusterProgramOptions {
   implUrl?: string;
   /** Read for the registry credentials. Default process.env. */
   env?: NodeJS.ProcessEnv;
+  /** The kubeconfig file for the Kubernetes provider; default what KUBECONFIG names. */
+  kubeconfig?: string;
 }
 
 export interface DeclaredCluster {
@@ -59,6 +61,7 @@ export function declareCluster(plan: ClusterPlan, options: ClusterProgramOptions
   const providers = pachydermProviders(options.implUrl ?? defaultImplUrl());
 
   const kubernetes = new k8s.Provider("kubernetes", {
+    ...(options.kubeconfig !== undefined ? { kubeconfig: options.kubeconfig } : {}),
     ...(settings.kubeContext !== undefined ? { context: settings.kubeContext } : {}),
     enableServerSideApply: true,
     upsertExistingObjects: true,
@@ -120,15 +123,17 @@ export function declareCluster(plan: ClusterPlan, options: ClusterProgramOptions
       const need = (resource: pulumi.Resource | undefined): void => {
         if (resource) after.push(resource);
       };
+      // A pipeline waits for the commits of the bundles it reads (each after
+      // its repo): an edit is pushed before the spec that expects it.
       if (spec.stage === "build") {
-        need(repos.get(names.source));
+        need(bundles.get(names.source));
         after.push(...secretDeps);
       } else if (spec.stage === "ingest") {
-        need(repos.get(names.manifest ?? ""));
+        need(bundles.get(names.manifest ?? ""));
       } else {
-        need(names.data !== undefined ? repos.get(names.data) : pipelines.get(names.ingest ?? ""));
+        need(names.data !== undefined ? bundles.get(names.data) : pipelines.get(names.ingest ?? ""));
         need(pipelines.get(names.build));
-        need(repos.get(names.params));
+        need(bundles.get(names.params));
         after.push(...secretDeps);
       }
       pipelines.set(

@@ -20,6 +20,7 @@ import { KaosError, describeError } from "../../core/errors.js";
 import { packBundle, walkBundle, type BundleFile } from "./pack.js";
 import { canonicalJson } from "./canonical.js";
 import { PachdClient, type CommitRef, type UploadFile } from "./pachd.js";
+import { PACHD_ADDRESS_ENV } from "./settings.js";
 import type { BundleInputs, PachdConnection, PipelineInputs, RepoInputs } from "./provider.js";
 
 type Props = Record<string, unknown>;
@@ -31,8 +32,11 @@ function own<T>(props: Props): T {
 }
 
 export function pachdFor(connection: PachdConnection, env: NodeJS.ProcessEnv = process.env, fetchImpl?: typeof fetch): PachdClient {
+  // Inputs of a delete or a refresh come from the state, written when the
+  // stack may have named another address for the same pachd.
+  const current = env[PACHD_ADDRESS_ENV];
   return new PachdClient({
-    address: connection.address,
+    address: current !== undefined && current !== "" ? current : connection.address,
     token: env[connection.tokenEnv],
     tokenEnv: connection.tokenEnv,
     ...(fetchImpl ? { fetch: fetchImpl } : {}),
@@ -121,6 +125,9 @@ function sameJson(a: string, b: string): boolean {
   }
 }
 
+/** What a refresh answers for a resource pachd no longer has: Pulumi drops it from the state, and the next up creates it. */
+const GONE: pulumi.dynamic.ReadResult = { id: "", props: {} };
+
 export const providerImpl: Record<"repo" | "bundle" | "pipeline", pulumi.dynamic.ResourceProvider> = {
   repo: {
     async create(props: Props) {
@@ -137,6 +144,11 @@ export const providerImpl: Record<"repo" | "bundle" | "pipeline", pulumi.dynamic
       const inputs = own<RepoInputs>(props);
       await reported(() => pachdFor(inputs).deleteRepo(inputs.project, inputs.name));
     },
+    async read(id: string, props: Props) {
+      const inputs = own<RepoInputs>(props);
+      const exists = await reported(() => pachdFor(inputs).repoExists(inputs.project, inputs.name));
+      return exists ? { id, props } : GONE;
+    },
   },
   bundle: {
     async create(props: Props) {
@@ -151,6 +163,11 @@ export const providerImpl: Record<"repo" | "bundle" | "pipeline", pulumi.dynamic
     },
     // The commits stay in the repo's history; deleting the repo removes them.
     async delete() {},
+    async read(id: string, props: Props) {
+      const inputs = own<BundleInputs>(props);
+      const head = await reported(() => pachdFor(inputs).headCommit(inputs.project, inputs.repo, BUNDLE_BRANCH));
+      return head?.description === bundleDescription(inputs.key) && head.finished !== undefined ? { id, props } : GONE;
+    },
   },
   pipeline: {
     async create(props: Props) {
@@ -166,6 +183,13 @@ export const providerImpl: Record<"repo" | "bundle" | "pipeline", pulumi.dynamic
     async delete(_id: string, props: Props) {
       const inputs = own<PipelineInputs>(props);
       await reported(() => pachdFor(inputs).deletePipeline(inputs.project, inputs.name));
+    },
+    async read(id: string, props: Props) {
+      const inputs = own<PipelineInputs>(props);
+      const live = await reported(() => pachdFor(inputs).inspectPipeline(inputs.project, inputs.name));
+      if (!live) return GONE;
+      // Another spec under that name: the state forgets it, and the next up sends kaos's spec again.
+      return live.userSpecJson === undefined || sameJson(live.userSpecJson, inputs.spec) ? { id, props } : GONE;
     },
   },
 };

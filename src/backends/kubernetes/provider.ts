@@ -18,7 +18,12 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 
-/** How to reach pachd; identical on every resource. Not compared by `diff`. */
+/**
+ * How to reach pachd; identical on every resource. Not compared by `diff`:
+ * the address says how to reach pachd, not which one, so deletes and
+ * refreshes use the current run's address (KAOS_PACHD_ADDRESS), not the one
+ * in the state.
+ */
 export interface PachdConnection {
   address: string;
   project: string;
@@ -90,6 +95,10 @@ function forwardingProvider(implUrl: string, kind: Kind, compared: string[], rep
     async delete(id: string, props: Record<string, unknown>) {
       const impl = await load();
       if (impl.delete) await impl.delete(id, props);
+    },
+    async read(id: string, props: Record<string, unknown>) {
+      const impl = await load();
+      return impl.read ? impl.read(id, props) : { id, props };
     },
   };
 }

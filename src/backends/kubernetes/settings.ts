@@ -12,6 +12,8 @@ export const DEFAULT_PROJECT = "default";
 export const DEFAULT_REGISTRY_SECRET = "kaos-registry";
 export const DEFAULT_GPU_RESOURCE = "nvidia.com/gpu";
 export const DEFAULT_PASSPHRASE_ENV = "PULUMI_CONFIG_PASSPHRASE";
+/** Set by kaos for the Pulumi CLI (and so its provider process): pachd's address in this run's stack. */
+export const PACHD_ADDRESS_ENV = "KAOS_PACHD_ADDRESS";
 export const DEFAULT_BUILDER_IMAGE = "moby/buildkit:v0.16.0-rootless";
 
 export interface ClusterSettings {
