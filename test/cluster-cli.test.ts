@@ -7,7 +7,9 @@ import { makeProject, REPO_ROOT, runKaos, type Project } from "./helpers/rig.js"
 import { trainingProject } from "./helpers/jobs.js";
 
 const projects: Project[] = [];
-afterAll(() => projects.forEach((project) => project.remove()));
+afterAll(() => {
+  for (const project of projects) project.remove();
+});
 
 function clusterProject(): Project {
   const project = makeProject(
@@ -29,7 +31,9 @@ describe("kubernetes stack through the built CLI (no cluster, Pachyderm or Pulum
     expect(result.code, result.stderr).toBe(0);
     const specs = readdirSync(project.path("out/pachyderm")).sort();
     expect(specs).toEqual(["p-build.json", "p-train.json"]);
-    const schema = JSON.parse(readFileSync(join(REPO_ROOT, "src/backends/kubernetes/CreatePipelineRequest.v2.11.6.schema.json"), "utf8")) as unknown;
+    const schema = JSON.parse(
+      readFileSync(join(REPO_ROOT, "src/backends/kubernetes/CreatePipelineRequest.v2.11.6.schema.json"), "utf8"),
+    ) as unknown;
     const validate = compileSpecSchema(schema);
     for (const file of specs) {
       const spec = JSON.parse(readFileSync(project.path("out/pachyderm", file), "utf8")) as unknown;
@@ -52,7 +56,8 @@ describe("kubernetes stack through the built CLI (no cluster, Pachyderm or Pulum
     }
     const again = await runKaos(["render", "--stack", "cluster", "-o", "out2"], { cwd: project.dir });
     expect(again.code).toBe(0);
-    for (const file of specs) expect(readFileSync(project.path("out2/pachyderm", file), "utf8")).toBe(readFileSync(project.path("out/pachyderm", file), "utf8"));
+    for (const file of specs)
+      expect(readFileSync(project.path("out2/pachyderm", file), "utf8")).toBe(readFileSync(project.path("out/pachyderm", file), "utf8"));
   });
 
   it("plan and up on the cluster stack print kaos's plan, then say the Pulumi CLI is missing and how to install it, exit 1", async () => {

@@ -1,5 +1,16 @@
 import { describe, it, expect, afterEach } from "vitest";
-import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -35,7 +46,11 @@ function engineEvents(steps: { op: string; type: string; name: string }[], summa
       resourcePreEvent: { metadata: { op: step.op, urn: `${URN_PREFIX}${step.type}::${step.name}`, type: step.type, provider: "" } },
     });
   });
-  lines.push({ sequence: steps.length + 1, timestamp: 2, summaryEvent: { maybeCorrupt: false, durationSeconds: 1, resourceChanges: summary, PolicyPacks: {} } });
+  lines.push({
+    sequence: steps.length + 1,
+    timestamp: 2,
+    summaryEvent: { maybeCorrupt: false, durationSeconds: 1, resourceChanges: summary, PolicyPacks: {} },
+  });
   return `${lines.map((line) => JSON.stringify(line)).join("\n")}\n`;
 }
 
@@ -63,7 +78,9 @@ function fakeCli(options: { failWith?: FakeRun; failFirst?: FakeRun[]; version?:
     calls.push({ command, args: [...args], cwd: run.cwd, env: { ...run.env } });
     const stackName = args[args.indexOf("--stack") + 1] ?? "";
     if (args[0] === "stack" && args[1] === "select") {
-      return stacks.has(stackName) ? { stdout: "", stderr: "", code: 0 } : { stdout: "", stderr: `error: no stack named '${stackName}' found`, code: 255 };
+      return stacks.has(stackName)
+        ? { stdout: "", stderr: "", code: 0 }
+        : { stdout: "", stderr: `error: no stack named '${stackName}' found`, code: 255 };
     }
     if (args[0] === "stack" && args[1] === "init") {
       stacks.add(args[2] ?? "");
@@ -110,10 +127,19 @@ describe("Automation API seam (injected command runner)", () => {
     const made = project();
     const { cli, calls } = fakeCli();
     const output: string[] = [];
-    const summary = await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env(), onOutput: (text) => output.push(text) });
+    const summary = await previewCluster(made.config, made.stack, made.inputs, {
+      pulumi: cli,
+      preflight: false,
+      env: env(),
+      onOutput: (text) => output.push(text),
+    });
 
     const workDir = join(made.dir, ".kaos", "pulumi", "workspaces", "cluster");
-    expect(calls.map((call) => call.args.slice(0, 2).join(" "))).toEqual(["stack select", "stack init", "preview --client=" + calls[2]?.args[1]?.slice("--client=".length)]);
+    expect(calls.map((call) => call.args.slice(0, 2).join(" "))).toEqual([
+      "stack select",
+      "stack init",
+      "preview --client=" + calls[2]?.args[1]?.slice("--client=".length),
+    ]);
     expect(calls[0]?.args).toEqual(["stack", "select", "--stack", "cluster", "--non-interactive"]);
     expect(calls[1]?.args).toEqual(["stack", "init", "cluster", "--secrets-provider", "passphrase", "--non-interactive"]);
     const preview = calls[2]?.args ?? [];
@@ -154,8 +180,18 @@ describe("Automation API seam (injected command runner)", () => {
       replace: 0,
       same: 2,
       resources: [
-        { op: "update", type: "pulumi-nodejs:dynamic/pachyderm:Pipeline", name: "mnist-svm-train", urn: `${URN_PREFIX}pulumi-nodejs:dynamic/pachyderm:Pipeline::mnist-svm-train` },
-        { op: "create", type: "pulumi-nodejs:dynamic/pachyderm:Bundle", name: "mnist-svm-data-bundle", urn: `${URN_PREFIX}pulumi-nodejs:dynamic/pachyderm:Bundle::mnist-svm-data-bundle` },
+        {
+          op: "update",
+          type: "pulumi-nodejs:dynamic/pachyderm:Pipeline",
+          name: "mnist-svm-train",
+          urn: `${URN_PREFIX}pulumi-nodejs:dynamic/pachyderm:Pipeline::mnist-svm-train`,
+        },
+        {
+          op: "create",
+          type: "pulumi-nodejs:dynamic/pachyderm:Bundle",
+          name: "mnist-svm-data-bundle",
+          urn: `${URN_PREFIX}pulumi-nodejs:dynamic/pachyderm:Bundle::mnist-svm-data-bundle`,
+        },
       ],
     });
     expect(output.join("")).toContain("Previewing update (cluster)");
@@ -180,7 +216,11 @@ describe("Automation API seam (injected command runner)", () => {
   it("passes the stack's own backend URL, stack name and passphrase variable", async () => {
     const made = project({ pulumi: { backendUrl: "s3://ml-state/kaos", stackName: "gpu-prod", passphraseEnv: "TEAM_PASSPHRASE" } });
     const { cli, calls } = fakeCli();
-    await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env({ TEAM_PASSPHRASE: "team secret", PULUMI_CONFIG_PASSPHRASE: "other" }) });
+    await previewCluster(made.config, made.stack, made.inputs, {
+      pulumi: cli,
+      preflight: false,
+      env: env({ TEAM_PASSPHRASE: "team secret", PULUMI_CONFIG_PASSPHRASE: "other" }),
+    });
     expect(calls[0]?.args).toEqual(["stack", "select", "--stack", "gpu-prod", "--non-interactive"]);
     expect(calls[0]?.env).toMatchObject({ PULUMI_BACKEND_URL: "s3://ml-state/kaos", PULUMI_CONFIG_PASSPHRASE: "team secret" });
     expect(calls[0]?.cwd).toBe(join(made.dir, ".kaos", "pulumi", "workspaces", "gpu-prod"));
@@ -188,9 +228,15 @@ describe("Automation API seam (injected command runner)", () => {
 
   it("maps a failed command to PULUMI_FAILED with the end of its stderr, secrets masked", async () => {
     const made = project();
-    const stderr = [...Array.from({ length: 30 }, (_, index) => `noise line ${index}`), `error: pachd refused token ${TOKEN}`, "error: update failed"].join("\n");
+    const stderr = [
+      ...Array.from({ length: 30 }, (_, index) => `noise line ${index}`),
+      `error: pachd refused token ${TOKEN}`,
+      "error: update failed",
+    ].join("\n");
     const { cli } = fakeCli({ failWith: { code: 255, stderr } });
-    const error = await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env() }).catch((e: unknown) => e);
+    const error = await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env() }).catch(
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(KaosError);
     expect((error as KaosError).code).toBe("PULUMI_FAILED");
     expect((error as KaosError).message).toBe("pulumi preview failed for stack 'cluster' (exit 255)");
@@ -205,11 +251,32 @@ describe("Automation API seam (injected command runner)", () => {
   it("shows the engine's error diagnostics, not the outputs block that ends Pulumi's output", async () => {
     const made = project();
     const failed = "urn:pulumi:cluster::kaos-mnist::pulumi-nodejs:dynamic/pachyderm:Bundle::mnist-svm-params-bundle";
-    const events = [
-      { sequence: 1, timestamp: 1, diagnosticEvent: { urn: failed, message: "<{%reset%}>pachd pfs_v2.API/StartCommit failed: repo mnist-svm-params not found (NOT_FOUND)<{%reset%}>\n", color: "raw", severity: "error" } },
-      { sequence: 2, timestamp: 1, diagnosticEvent: { urn: `${URN_PREFIX}pulumi:pulumi:Stack::kaos-mnist-cluster`, message: "update failed", color: "raw", severity: "error" } },
-      { sequence: 3, timestamp: 1, diagnosticEvent: { message: "a warning", color: "raw", severity: "warning" } },
-    ].map((event) => JSON.stringify(event)).join("\n") + "\n";
+    const events =
+      [
+        {
+          sequence: 1,
+          timestamp: 1,
+          diagnosticEvent: {
+            urn: failed,
+            message: "<{%reset%}>pachd pfs_v2.API/StartCommit failed: repo mnist-svm-params not found (NOT_FOUND)<{%reset%}>\n",
+            color: "raw",
+            severity: "error",
+          },
+        },
+        {
+          sequence: 2,
+          timestamp: 1,
+          diagnosticEvent: {
+            urn: `${URN_PREFIX}pulumi:pulumi:Stack::kaos-mnist-cluster`,
+            message: "update failed",
+            color: "raw",
+            severity: "error",
+          },
+        },
+        { sequence: 3, timestamp: 1, diagnosticEvent: { message: "a warning", color: "raw", severity: "warning" } },
+      ]
+        .map((event) => JSON.stringify(event))
+        .join("\n") + "\n";
     const stdout = [
       "Updating (cluster):",
       "Diagnostics:",
@@ -222,14 +289,18 @@ describe("Automation API seam (injected command runner)", () => {
       "Duration: 3s",
     ].join("\n");
     const { cli } = fakeCli({ failWith: { code: 255, stderr: "", stdout, events } });
-    const error = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env() }).catch((e: unknown) => e);
+    const error = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env() }).catch(
+      (e: unknown) => e,
+    );
     expect((error as KaosError).code).toBe("PULUMI_FAILED");
     expect((error as KaosError).hint).toBe(
       "mnist-svm-params-bundle: pachd pfs_v2.API/StartCommit failed: repo mnist-svm-params not found (NOT_FOUND)\nupdate failed",
     );
     // Without engine events, the Diagnostics block of the text output.
     const { cli: textOnly } = fakeCli({ failWith: { code: 255, stderr: "", stdout } });
-    const fromText = await applyCluster(made.config, made.stack, made.inputs, { pulumi: textOnly, preflight: false, env: env() }).catch((e: unknown) => e);
+    const fromText = await applyCluster(made.config, made.stack, made.inputs, { pulumi: textOnly, preflight: false, env: env() }).catch(
+      (e: unknown) => e,
+    );
     expect((fromText as KaosError).hint).toContain("repo mnist-svm-params not found");
     expect((fromText as KaosError).hint).not.toContain("images:");
   });
@@ -260,10 +331,19 @@ describe("Automation API seam (injected command runner)", () => {
 
   it("cancels a lock left by a killed update of kaos's own state and applies again", async () => {
     const made = project();
-    const locked = { code: 255, stderr: "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file with `pulumi cancel`." };
+    const locked = {
+      code: 255,
+      stderr:
+        "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file with `pulumi cancel`.",
+    };
     const { cli, calls } = fakeCli({ failFirst: [locked] });
     const output: string[] = [];
-    const summary = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env(), onOutput: (text) => output.push(text) });
+    const summary = await applyCluster(made.config, made.stack, made.inputs, {
+      pulumi: cli,
+      preflight: false,
+      env: env(),
+      onOutput: (text) => output.push(text),
+    });
     expect(calls.map((call) => call.args[0]).filter((command) => command !== "stack")).toEqual(["up", "cancel", "up"]);
     expect(calls.find((call) => call.args[0] === "cancel")?.args).toEqual(["cancel", "--yes", "--stack", "cluster", "--non-interactive"]);
     expect(output.join("")).toContain("was left locked by a Pulumi update that was killed");
@@ -273,8 +353,14 @@ describe("Automation API seam (injected command runner)", () => {
   it("says the passphrase variable's name when the passphrase does not unlock the stack", async () => {
     const made = project({ pulumi: { passphraseEnv: "TEAM_PASSPHRASE" } });
     const { cli } = fakeCli({ failWith: { code: 255, stderr: "error: getting stack configuration: incorrect passphrase" } });
-    const error = await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env({ TEAM_PASSPHRASE: "wrong one" }) }).catch((e: unknown) => e);
-    expect((error as KaosError).message).toBe("the passphrase in TEAM_PASSPHRASE does not unlock stack 'cluster' (getting stack configuration: incorrect passphrase)");
+    const error = await previewCluster(made.config, made.stack, made.inputs, {
+      pulumi: cli,
+      preflight: false,
+      env: env({ TEAM_PASSPHRASE: "wrong one" }),
+    }).catch((e: unknown) => e);
+    expect((error as KaosError).message).toBe(
+      "the passphrase in TEAM_PASSPHRASE does not unlock stack 'cluster' (getting stack configuration: incorrect passphrase)",
+    );
     expect((error as KaosError).hint).toContain("export TEAM_PASSPHRASE with the passphrase the stack was created with");
   });
 
@@ -286,9 +372,14 @@ describe("Automation API seam (injected command runner)", () => {
     try {
       const made = project({ pachyderm: { address: pachd.address, tokenEnv: "KAOS_TEST_PACHYDERM_TOKEN", project: "default" } });
       const { cli, calls } = fakeCli();
-      const noKubeconfig = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, env: env({ KUBECONFIG: join(dir, "absent") }) }).catch((e: unknown) => e);
+      const noKubeconfig = await applyCluster(made.config, made.stack, made.inputs, {
+        pulumi: cli,
+        env: env({ KUBECONFIG: join(dir, "absent") }),
+      }).catch((e: unknown) => e);
       expect((noKubeconfig as KaosError).code).toBe("STACK_INVALID");
-      expect((noKubeconfig as KaosError).message).toBe(`stack 'cluster' needs a kube context, and there is no kubeconfig at ${join(dir, "absent")}`);
+      expect((noKubeconfig as KaosError).message).toBe(
+        `stack 'cluster' needs a kube context, and there is no kubeconfig at ${join(dir, "absent")}`,
+      );
 
       // A kube context whose API server is this test's HTTP server, and one that nothing answers.
       const api = createServer((_request, response) => response.end('{"gitVersion":"v1.36.2"}'));
@@ -300,18 +391,29 @@ describe("Automation API seam (injected command runner)", () => {
       writeFileSync(join(dir, "copy"), kubeconfig(`http://127.0.0.1:${port}`));
       writeFileSync(join(dir, "down"), kubeconfig("http://127.0.0.1:9"));
       try {
-        const down = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, env: env({ KUBECONFIG: join(dir, "down") }) }).catch((e: unknown) => e);
+        const down = await applyCluster(made.config, made.stack, made.inputs, {
+          pulumi: cli,
+          env: env({ KUBECONFIG: join(dir, "down") }),
+        }).catch((e: unknown) => e);
         expect((down as KaosError).message).toContain("the API server of kube context 'test' (http://127.0.0.1:9, from");
 
-        const noPachd = project({ pachyderm: { address: "http://127.0.0.1:9", tokenEnv: "KAOS_TEST_PACHYDERM_TOKEN", project: "default" } });
-        const pachdDown = await applyCluster(noPachd.config, noPachd.stack, noPachd.inputs, { pulumi: cli, env: env({ KUBECONFIG: join(dir, "good") }) }).catch((e: unknown) => e);
+        const noPachd = project({
+          pachyderm: { address: "http://127.0.0.1:9", tokenEnv: "KAOS_TEST_PACHYDERM_TOKEN", project: "default" },
+        });
+        const pachdDown = await applyCluster(noPachd.config, noPachd.stack, noPachd.inputs, {
+          pulumi: cli,
+          env: env({ KUBECONFIG: join(dir, "good") }),
+        }).catch((e: unknown) => e);
         expect((pachdDown as KaosError).code).toBe("PACHD_FAILED");
         expect((pachdDown as KaosError).message).toContain("cannot reach pachd at http://127.0.0.1:9");
         expect(calls.some((call) => call.args[0] === "up" || call.args[0] === "preview")).toBe(false);
         expect(pachd.mutatingCalls()).toEqual([]);
 
         // Reachable: Pulumi runs, with the kubeconfig named by its content whichever path held it.
-        const first = await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, env: env({ KUBECONFIG: join(dir, "good") }) });
+        const first = await previewCluster(made.config, made.stack, made.inputs, {
+          pulumi: cli,
+          env: env({ KUBECONFIG: join(dir, "good") }),
+        });
         expect(first.checked).toEqual({ kubeContext: "test", kubeServer: `http://127.0.0.1:${port}`, pachdVersion: "2.11.6" });
         const workDir = join(made.dir, ".kaos", "pulumi", "workspaces", "cluster");
         const copies = () => readdirSync(workDir).filter((file) => file.startsWith("kubeconfig-"));
@@ -329,13 +431,24 @@ describe("Automation API seam (injected command runner)", () => {
 
   it("maps a locked stack to STATE_LOCKED", async () => {
     const made = project();
-    const { cli } = fakeCli({ failWith: { code: 255, stderr: "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file" } });
-    const error = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env() }).catch((e: unknown) => e);
+    const { cli } = fakeCli({
+      failWith: {
+        code: 255,
+        stderr: "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file",
+      },
+    });
+    const error = await applyCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: env() }).catch(
+      (e: unknown) => e,
+    );
     expect((error as KaosError).code).toBe("STATE_LOCKED");
     // State kaos does not own alone: nothing is cancelled, and the hint says exactly what to run.
     const shared = project({ pulumi: { backendUrl: "s3://ml-state/kaos" } });
     const { cli: sharedCli, calls } = fakeCli({ failWith: { code: 255, stderr: "error: the stack is currently locked by 1 lock(s)." } });
-    const sharedError = await applyCluster(shared.config, shared.stack, shared.inputs, { pulumi: sharedCli, preflight: false, env: env() }).catch((e: unknown) => e);
+    const sharedError = await applyCluster(shared.config, shared.stack, shared.inputs, {
+      pulumi: sharedCli,
+      preflight: false,
+      env: env(),
+    }).catch((e: unknown) => e);
     expect((sharedError as KaosError).code).toBe("STATE_LOCKED");
     expect(calls.map((call) => call.args[0])).not.toContain("cancel");
     expect((sharedError as KaosError).hint).toBe(
@@ -394,7 +507,7 @@ describe("Automation API with a stand-in `pulumi` executable (real processes)", 
         `  preview) env > '${envLog}'`,
         '    while [ $# -gt 0 ]; do if [ "$1" = --event-log ]; then shift; log_file="$1"; fi; shift; done',
         `    printf '%s' '${events}' >> "$log_file" ;;`,
-        "  *) echo \"unexpected: $*\" >&2; exit 1 ;;",
+        '  *) echo "unexpected: $*" >&2; exit 1 ;;',
         "esac",
       ].join("\n"),
     );
@@ -416,7 +529,9 @@ describe("Automation API with a stand-in `pulumi` executable (real processes)", 
     expect(calls[0]).toBe("version");
     expect(calls[1]).toBe("stack select --stack cluster --non-interactive");
     expect(calls[2]).toBe("stack init cluster --secrets-provider passphrase --non-interactive");
-    expect(calls[3]).toMatch(/^preview --client=127\.0\.0\.1:\d+ --exec-kind auto\.inline --event-log \S+ --stack cluster --non-interactive$/);
+    expect(calls[3]).toMatch(
+      /^preview --client=127\.0\.0\.1:\d+ --exec-kind auto\.inline --event-log \S+ --stack cluster --non-interactive$/,
+    );
     expect(calls.join("\n")).not.toContain(TOKEN);
     const childEnv = readFileSync(install.envLog, "utf8");
     expect(childEnv).toContain(`KAOS_TEST_PACHYDERM_TOKEN=${TOKEN}`);

@@ -54,7 +54,8 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     await client.finishCommit(commit);
     expect(await client.listJobs("default")).toEqual([]);
     for (const request of pachd.requests) {
-      for (const name of ["connection", "keep-alive", "proxy-connection", "upgrade"]) expect(request.headers[name], `${request.path} ${name}`).toBeUndefined();
+      for (const name of ["connection", "keep-alive", "proxy-connection", "upgrade"])
+        expect(request.headers[name], `${request.path} ${name}`).toBeUndefined();
     }
     // Node's own fetch always sends `Connection`, and the gateway refuses it as pachd does.
     const withFetch = new PachdClient({ address: pachd.address, token: TOKEN, tokenEnv: TOKEN_ENV, fetch: globalThis.fetch });
@@ -93,8 +94,17 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     expect([...(repo?.head?.files.keys() ?? [])]).toEqual(["/bundle.tar.gz"]);
 
     const modify = pachd.calls("ModifyFile")[0];
-    const lines = (modify?.body ?? "").trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
-    expect(lines[0]).toEqual({ setCommit: { repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } }, id: commit, branch: { repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } }, name: "master" } } });
+    const lines = (modify?.body ?? "")
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines[0]).toEqual({
+      setCommit: {
+        repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } },
+        id: commit,
+        branch: { repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } }, name: "master" },
+      },
+    });
     expect(lines[1]).toEqual({ deleteFile: { path: "/" } });
     expect(Object.keys(lines[2] ?? {})).toEqual(["addFile"]);
     rmSync(join(expected, ".."), { recursive: true, force: true });
@@ -117,7 +127,7 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     await client.createRepo("default", "mnist-svm-data", "");
     const big = Buffer.alloc(2500);
     for (let index = 0; index < big.length; index += 1) big[index] = index % 251;
-    const dataDir = (project.inputs[0]?.pipeline.data as { dir: string }).dir;
+    const dataDir = (project.inputs[0]!.pipeline.data as { dir: string }).dir;
     writeFileSync(join(dataDir, "training", "big.bin"), big);
     writeFileSync(join(dataDir, "empty.txt"), "");
     const small = new PachdClient({ address: pachd.address, token: TOKEN, chunkBytes: 1000 });
@@ -159,7 +169,13 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
 
   it("creates a pipeline with CreatePipelineV2, skips an identical spec, and updates a changed one without reprocessing", async () => {
     const spec = { pipeline: { name: "mnist-svm-train", project: { name: "default" } }, transform: { image: "a:1", cmd: ["sh"] } };
-    const inputs: PipelineInputs = { address: pachd.address, project: "default", tokenEnv: TOKEN_ENV, name: "mnist-svm-train", spec: canonicalJson(spec) };
+    const inputs: PipelineInputs = {
+      address: pachd.address,
+      project: "default",
+      tokenEnv: TOKEN_ENV,
+      name: "mnist-svm-train",
+      spec: canonicalJson(spec),
+    };
     await applyPipeline(client, inputs, "create");
     const created = pachd.calls("CreatePipelineV2");
     expect(created).toHaveLength(1);
@@ -187,7 +203,9 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     const error = await wrong.createRepo("default", "x", "").catch((e: unknown) => e);
     expect(error).toBeInstanceOf(KaosError);
     expect((error as KaosError).code).toBe("PACHD_FAILED");
-    expect((error as KaosError).message).toBe("pachd pfs_v2.API/CreateRepo failed: no authentication token (try logging in) (UNAUTHENTICATED)");
+    expect((error as KaosError).message).toBe(
+      "pachd pfs_v2.API/CreateRepo failed: no authentication token (try logging in) (UNAUTHENTICATED)",
+    );
     expect((error as KaosError).hint).toContain(TOKEN_ENV);
     expect(pachd.requests.at(-1)?.headers["authn-token"]).toBe("not-the-token-123");
 
@@ -222,7 +240,14 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
       project: "default",
       name: "mnist-svm-params",
       description: "",
-      commits: [{ id: "c1", description: "", finished: "2026-01-01T00:00:00Z", files: new Map(keys.map((key, index) => [`/${key}.json`, Buffer.from(JSON.stringify({ index }))])) }],
+      commits: [
+        {
+          id: "c1",
+          description: "",
+          finished: "2026-01-01T00:00:00Z",
+          files: new Map(keys.map((key, index) => [`/${key}.json`, Buffer.from(JSON.stringify({ index }))])),
+        },
+      ],
       head: undefined,
     });
     pachd.jobs = [
@@ -252,7 +277,14 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
           { id: "d2", state: "FAILED", paramsFile: `/${keys[1]}.json`, paramsRepo: "mnist-svm-params", commit: "c1" },
         ],
       },
-      { pipeline: "mnist-svm-build", id: "j1", state: "JOB_SUCCESS", started: "2026-01-01T00:00:00Z", finished: "2026-01-01T00:10:00Z", logs: [{ message: "pushed" }] },
+      {
+        pipeline: "mnist-svm-build",
+        id: "j1",
+        state: "JOB_SUCCESS",
+        started: "2026-01-01T00:00:00Z",
+        finished: "2026-01-01T00:10:00Z",
+        logs: [{ message: "pushed" }],
+      },
       { pipeline: "mnist-cnn-ingest", id: "j9", state: "JOB_KILLED", started: "2026-01-01T00:00:00Z" },
       { pipeline: "mnist-cnn-build", id: "j8", state: "JOB_CREATED" },
       { pipeline: "mnist-cnn-train", id: "j7", state: "JOB_UNRUNNABLE" },
@@ -325,9 +357,13 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
     const lines = [];
     for await (const line of clusterJobLogs(project.stack, "mnist-svm-build@j1", { workspace: "mnist" })) lines.push(line.message);
     expect(lines).toEqual(["pushed"]);
-    const missing = await clusterJobLogs(project.stack, "ffffffffffff", { workspace: "mnist" }).next().catch((e: unknown) => e);
+    const missing = await clusterJobLogs(project.stack, "ffffffffffff", { workspace: "mnist" })
+      .next()
+      .catch((e: unknown) => e);
     expect((missing as KaosError).code).toBe("JOB_NOT_FOUND");
-    const ambiguous = await clusterJobLogs(project.stack, "mnist-", { workspace: "mnist" }).next().catch((e: unknown) => e);
+    const ambiguous = await clusterJobLogs(project.stack, "mnist-", { workspace: "mnist" })
+      .next()
+      .catch((e: unknown) => e);
     expect((ambiguous as KaosError).code).toBe("JOB_AMBIGUOUS");
   });
 
@@ -337,7 +373,8 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
     expect(shortJobId("a".repeat(64))).toBe("a".repeat(16));
     seedJobs();
     const lines = [];
-    for await (const line of clusterJobLogs(project.stack, shortJobId("mnist-svm-build@j1"), { workspace: "mnist" })) lines.push(line.message);
+    for await (const line of clusterJobLogs(project.stack, shortJobId("mnist-svm-build@j1"), { workspace: "mnist" }))
+      lines.push(line.message);
     expect(lines).toEqual(["pushed"]);
   });
 });
@@ -345,14 +382,26 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
 describe("dynamic providers (serialized as Pulumi does, run in a separate Node process against the local HTTP server)", () => {
   const implUrl = pathToFileURL(join(REPO_ROOT, "src/backends/kubernetes/provider-impl.ts")).href;
 
-  async function hostCall(serialized: string, method: string, args: unknown[], env: NodeJS.ProcessEnv): Promise<{ ok: boolean; result?: unknown; error?: string }> {
+  async function hostCall(
+    serialized: string,
+    method: string,
+    args: unknown[],
+    env: NodeJS.ProcessEnv,
+  ): Promise<{ ok: boolean; result?: unknown; error?: string }> {
     const dir = mkdtempSync(join(tmpdir(), "kaos-provider-"));
     try {
       writeFileSync(join(dir, "provider.js"), serialized);
       writeFileSync(join(dir, "args.json"), JSON.stringify(args));
       const { stdout } = await run(
         process.execPath,
-        ["--import", "jiti/register", join(REPO_ROOT, "test/fixtures/kubernetes/provider-host.mjs"), join(dir, "provider.js"), method, join(dir, "args.json")],
+        [
+          "--import",
+          "jiti/register",
+          join(REPO_ROOT, "test/fixtures/kubernetes/provider-host.mjs"),
+          join(dir, "provider.js"),
+          method,
+          join(dir, "args.json"),
+        ],
         { cwd: REPO_ROOT, env, timeout: 60_000 },
       );
       return JSON.parse(stdout) as { ok: boolean; result?: unknown; error?: string };
@@ -368,11 +417,19 @@ describe("dynamic providers (serialized as Pulumi does, run in a separate Node p
     expect(serialized.text).not.toContain("PachdClient"); // the work is loaded at run time, not captured
     expect(serialized.text).toContain(implUrl);
 
-    const spec = canonicalJson({ pipeline: { name: "mnist-svm-build", project: { name: "default" } }, transform: { image: "b", cmd: ["sh"] } });
+    const spec = canonicalJson({
+      pipeline: { name: "mnist-svm-build", project: { name: "default" } },
+      transform: { image: "b", cmd: ["sh"] },
+    });
     const inputs: PipelineInputs = { address: pachd.address, project: "default", tokenEnv: TOKEN_ENV, name: "mnist-svm-build", spec };
     const env = { ...process.env, [TOKEN_ENV]: TOKEN };
 
-    const same = await hostCall(serialized.text, "diff", ["default/mnist-svm-build", inputs, { ...inputs, address: "http://elsewhere:1" }], env);
+    const same = await hostCall(
+      serialized.text,
+      "diff",
+      ["default/mnist-svm-build", inputs, { ...inputs, address: "http://elsewhere:1" }],
+      env,
+    );
     expect(same).toEqual({ ok: true, result: { changes: false, replaces: [] } });
     const changed = await hostCall(serialized.text, "diff", ["default/mnist-svm-build", inputs, { ...inputs, spec: `${spec} ` }], env);
     expect(changed).toEqual({ ok: true, result: { changes: true, replaces: [] } });
@@ -385,7 +442,10 @@ describe("dynamic providers (serialized as Pulumi does, run in a separate Node p
     expect(pachd.pipelines.get("default/mnist-svm-build")?.specJson).toBe(spec);
     expect(pachd.calls("CreatePipelineV2")[0]?.headers["authn-token"]).toBe(TOKEN);
 
-    const newSpec = canonicalJson({ pipeline: { name: "mnist-svm-build", project: { name: "default" } }, transform: { image: "c", cmd: ["sh"] } });
+    const newSpec = canonicalJson({
+      pipeline: { name: "mnist-svm-build", project: { name: "default" } },
+      transform: { image: "c", cmd: ["sh"] },
+    });
     const updated = await hostCall(serialized.text, "update", ["default/mnist-svm-build", inputs, { ...inputs, spec: newSpec }], env);
     expect(updated.ok).toBe(true);
     expect(pachd.pipelines.get("default/mnist-svm-build")?.version).toBe(2);

@@ -99,7 +99,10 @@ describe("Pulumi program (under pulumi.runtime.setMocks)", () => {
     });
     const secret = byName(declared, "registry-secret");
     expect(secret.type).toBe("kubernetes:core/v1:Secret");
-    expect(secret.inputs).toMatchObject({ type: "kubernetes.io/dockerconfigjson", metadata: { name: "kaos-registry", namespace: "pachyderm" } });
+    expect(secret.inputs).toMatchObject({
+      type: "kubernetes.io/dockerconfigjson",
+      metadata: { name: "kaos-registry", namespace: "pachyderm" },
+    });
     // The credentials reach Pulumi only as a secret (Pulumi's secret signature wraps them).
     const stringData = secret.inputs["stringData"] as Record<string, unknown>;
     expect(stringData[SECRET_SIGNATURE_KEY]).toBe(SECRET_SIGNATURE);
@@ -108,14 +111,11 @@ describe("Pulumi program (under pulumi.runtime.setMocks)", () => {
     };
     expect(dockerConfig.auths["registry.example.com"]).toMatchObject({ username: "robot", password: "registry-password-55" });
 
-    expect(ofType(declared, "pulumi-nodejs:dynamic/pachyderm:Repo").map((repo) => repo.name).sort()).toEqual([
-      "mnist-cnn-manifest",
-      "mnist-cnn-params",
-      "mnist-cnn-source",
-      "mnist-svm-data",
-      "mnist-svm-params",
-      "mnist-svm-source",
-    ]);
+    expect(
+      ofType(declared, "pulumi-nodejs:dynamic/pachyderm:Repo")
+        .map((repo) => repo.name)
+        .sort(),
+    ).toEqual(["mnist-cnn-manifest", "mnist-cnn-params", "mnist-cnn-source", "mnist-svm-data", "mnist-svm-params", "mnist-svm-source"]);
     const svm = project.inputs[0];
     const bundles = ofType(declared, "pulumi-nodejs:dynamic/pachyderm:Bundle");
     expect(bundles.map((bundle) => bundle.name).sort()).toEqual([
@@ -132,15 +132,17 @@ describe("Pulumi program (under pulumi.runtime.setMocks)", () => {
     expect(params.kind).toBe("params");
     expect(params.files.map((file) => file.path)).toEqual(svm?.jobs.map((job) => `/${job.key}.json`));
 
-    expect(ofType(declared, "pulumi-nodejs:dynamic/pachyderm:Pipeline").map((pipeline) => pipeline.name).sort()).toEqual([
-      "mnist-cnn-build",
-      "mnist-cnn-ingest",
-      "mnist-cnn-train",
-      "mnist-svm-build",
-      "mnist-svm-train",
-    ]);
+    expect(
+      ofType(declared, "pulumi-nodejs:dynamic/pachyderm:Pipeline")
+        .map((pipeline) => pipeline.name)
+        .sort(),
+    ).toEqual(["mnist-cnn-build", "mnist-cnn-ingest", "mnist-cnn-train", "mnist-svm-build", "mnist-svm-train"]);
     for (const resource of declared.filter((resource) => resource.type.startsWith("pulumi-nodejs:dynamic/"))) {
-      expect(resource.inputs).toMatchObject({ address: "http://127.0.0.1:30650", project: "default", tokenEnv: "KAOS_TEST_PACHYDERM_TOKEN" });
+      expect(resource.inputs).toMatchObject({
+        address: "http://127.0.0.1:30650",
+        project: "default",
+        tokenEnv: "KAOS_TEST_PACHYDERM_TOKEN",
+      });
       expect(typeof resource.inputs["__provider"]).toBe("string");
     }
   });

@@ -125,7 +125,10 @@ describe("Pachyderm specs (ajv strict against src/backends/kubernetes/CreatePipe
   });
 
   it("crosses data, the build output and one params file per datum in the train stage", async () => {
-    const made = project([{ name: "svm", grid: { C: [1, 2, 3] } }, { name: "web", manifest: true }]);
+    const made = project([
+      { name: "svm", grid: { C: [1, 2, 3] } },
+      { name: "web", manifest: true },
+    ]);
     const out = join(made.dir, "out");
     await renderCluster(made.config, made.stack, made.inputs, out);
     const train = readJson(join(out, "pachyderm/svm-train.json")) as unknown as Spec;
@@ -214,9 +217,17 @@ describe("Pachyderm specs (ajv strict against src/backends/kubernetes/CreatePipe
     const out = join(made.dir, "out");
     const files = await renderCluster(made.config, made.stack, made.inputs, out);
     const namespace = parseYaml(readFileSync(join(out, "kubernetes/namespace.yaml"), "utf8")) as Record<string, unknown>;
-    expect(namespace).toEqual({ apiVersion: "v1", kind: "Namespace", metadata: { name: "pachyderm", labels: { "app.kubernetes.io/managed-by": "kaos" } } });
+    expect(namespace).toEqual({
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: { name: "pachyderm", labels: { "app.kubernetes.io/managed-by": "kaos" } },
+    });
     const secret = parseYaml(readFileSync(join(out, "kubernetes/registry-secret.yaml"), "utf8")) as Record<string, unknown>;
-    expect(secret).toMatchObject({ kind: "Secret", type: "kubernetes.io/dockerconfigjson", metadata: { name: "kaos-registry", namespace: "pachyderm" } });
+    expect(secret).toMatchObject({
+      kind: "Secret",
+      type: "kubernetes.io/dockerconfigjson",
+      metadata: { name: "kaos-registry", namespace: "pachyderm" },
+    });
     expect(secret["stringData"]).toEqual({ ".dockerconfigjson": '{"auths":{}}' });
     for (const file of files) {
       const text = readFileSync(file, "utf8");
@@ -227,7 +238,10 @@ describe("Pachyderm specs (ajv strict against src/backends/kubernetes/CreatePipe
   });
 
   it("renders the same bytes twice", async () => {
-    const made = project([{ name: "svm", grid: { C: [1, 2] } }, { name: "cnn", gpu: 1, manifest: true }]);
+    const made = project([
+      { name: "svm", grid: { C: [1, 2] } },
+      { name: "cnn", gpu: 1, manifest: true },
+    ]);
     const first = await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "a"));
     const second = await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "b"));
     const digest = (files: string[], root: string) =>
@@ -265,7 +279,10 @@ describe("stage scripts (run here with sh, tar and python3, /pfs replaced by a t
     writeFileSync(join(pfs, pipeline.names.params, `${job?.key}.json`), JSON.stringify(job?.params));
     mkdirSync(join(pfs, "out"));
     const script = (train?.transform.cmd[2] ?? "").split("/pfs/").join(`${pfs}/`);
-    const env = { PATH: process.env["PATH"] ?? "", ...Object.fromEntries(Object.entries(train?.transform.env ?? {}).map(([k, v]) => [k, v.split("/pfs/").join(`${pfs}/`)])) };
+    const env = {
+      PATH: process.env["PATH"] ?? "",
+      ...Object.fromEntries(Object.entries(train?.transform.env ?? {}).map(([k, v]) => [k, v.split("/pfs/").join(`${pfs}/`)])),
+    };
     await run("sh", ["-c", script], { env });
     const out = join(pfs, "out", job?.key as string);
     const seen = readFileSync(join(out, "seen.txt"), "utf8").trim().split("\n");
@@ -340,7 +357,9 @@ describe("stage scripts (run here with sh, tar and python3, /pfs replaced by a t
   });
 
   it.skipIf(!hasPython)("ingest: refuses a path that escapes the data directory, naming the line", async () => {
-    const result = await ingest(`${JSON.stringify({ url: "http://127.0.0.1:9/x", path: "ok.csv" })}\n${JSON.stringify({ url: "http://127.0.0.1:9/x", path: "../etc/passwd" })}\n`);
+    const result = await ingest(
+      `${JSON.stringify({ url: "http://127.0.0.1:9/x", path: "ok.csv" })}\n${JSON.stringify({ url: "http://127.0.0.1:9/x", path: "../etc/passwd" })}\n`,
+    );
     expect(result.code).toBe(1);
     expect(result.stderr).toContain('manifest.jsonl:2: path "../etc/passwd" escapes the data directory');
   });

@@ -70,8 +70,14 @@ export function moduleReplaces(goModText) {
   const lines = goModText.split("\n").map((line) => line.replace(/\/\/.*$/, "").trim());
   let inBlock = false;
   for (const line of lines) {
-    if (line === "replace (") { inBlock = true; continue; }
-    if (inBlock && line === ")") { inBlock = false; continue; }
+    if (line === "replace (") {
+      inBlock = true;
+      continue;
+    }
+    if (inBlock && line === ")") {
+      inBlock = false;
+      continue;
+    }
     const body = inBlock ? line : line.startsWith("replace ") ? line.slice("replace ".length) : null;
     if (!body) continue;
     const match = /^(\S+)(?:\s+\S+)?\s*=>\s*(\S+)(?:\s+(\S+))?$/.exec(body);
@@ -136,8 +142,17 @@ export function buildPulumi(version = versions.pulumi) {
     copyGoSources(join(pkgModule.Dir, "cmd", "pulumi"), work);
     go(["get", `github.com/pulumi/pulumi/pkg/v3@v${version}`, `github.com/pulumi/pulumi/sdk/v3@v${version}`], work);
     go(["mod", "tidy"], work);
-    go(["build", "-ldflags", `-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v${version}`,
-      "-o", join(dir, "bin", "pulumi"), "."], work);
+    go(
+      [
+        "build",
+        "-ldflags",
+        `-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v${version}`,
+        "-o",
+        join(dir, "bin", "pulumi"),
+        ".",
+      ],
+      work,
+    );
     // Dynamic providers run through this plugin, a script of the npm package.
     const plugin = join(root, "node_modules", "@pulumi", "pulumi", "pulumi-resource-pulumi-nodejs");
     copyFileSync(plugin, join(dir, "bin", "pulumi-resource-pulumi-nodejs"));
@@ -181,8 +196,19 @@ export function buildKubernetes(version = versions.kubernetes) {
       `-X k8s.io/component-base/version.gitMinor=${minor}`,
       "-X k8s.io/component-base/version.gitTreeState=clean",
     ].join(" ");
-    go(["build", "-ldflags", ldflags, "-o", join(dir, "bin") + "/",
-      "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-scheduler"], work, { CGO_ENABLED: "0" });
+    go(
+      [
+        "build",
+        "-ldflags",
+        ldflags,
+        "-o",
+        join(dir, "bin") + "/",
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+      ],
+      work,
+      { CGO_ENABLED: "0" },
+    );
   });
 }
 
@@ -209,8 +235,11 @@ export function buildProvider(moduleVersion = versions.providerModule, version =
     writeFileSync(join(work, "terraform-mapping-embed.json"), JSON.stringify(mapping));
     go(["get", `${modulePath}@${moduleVersion}`], work);
     go(["mod", "tidy"], work);
-    go(["build", "-ldflags", `-X ${modulePath}/pkg/version.Version=${version}`,
-      "-o", join(dir, "bin", "pulumi-resource-kubernetes"), "."], work, { CGO_ENABLED: "0" });
+    go(
+      ["build", "-ldflags", `-X ${modulePath}/pkg/version.Version=${version}`, "-o", join(dir, "bin", "pulumi-resource-kubernetes"), "."],
+      work,
+      { CGO_ENABLED: "0" },
+    );
   });
 }
 

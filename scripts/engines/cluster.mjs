@@ -35,7 +35,9 @@ function startProcess(name, command, args, logFile) {
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const listeners = new Set();
-  const notify = () => listeners.forEach((listener) => listener());
+  const notify = () => {
+    for (const listener of listeners) listener();
+  };
   for (const stream of [child.stdout, child.stderr]) {
     stream.setEncoding("utf8").on("data", (chunk) => {
       output += chunk;
@@ -59,12 +61,19 @@ function startProcess(name, command, args, logFile) {
         let busy = false;
         let again = false;
         const attempt = async () => {
-          if (busy) { again = true; return; }
+          if (busy) {
+            again = true;
+            return;
+          }
           busy = true;
           try {
             do {
               again = false;
-              if (await check()) { listeners.delete(attempt); resolve(); return; }
+              if (await check()) {
+                listeners.delete(attempt);
+                resolve();
+                return;
+              }
             } while (again);
             if (exit) {
               listeners.delete(attempt);
@@ -169,7 +178,9 @@ export async function startCluster(options = {}) {
   const dir = mkdtempSync(join(tmpdir(), "kaos-engines-cluster-"));
   const processes = [];
   // A test run that ends without stop() (killed, crashed) leaves no server behind.
-  const orphans = () => processes.forEach((started) => started.child.kill("SIGKILL"));
+  const orphans = () => {
+    for (const started of processes) started.child.kill("SIGKILL");
+  };
   process.once("exit", orphans);
   const stop = async () => {
     process.removeListener("exit", orphans);
@@ -178,16 +189,28 @@ export async function startCluster(options = {}) {
   };
   try {
     const [etcdClient, etcdPeer, apiPort, schedulerPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-    const etcd = startProcess("etcd", join(etcdDir, "bin", "etcd"), [
-      "--name", "kaos",
-      "--data-dir", join(dir, "etcd"),
-      "--listen-client-urls", `http://127.0.0.1:${etcdClient}`,
-      "--advertise-client-urls", `http://127.0.0.1:${etcdClient}`,
-      "--listen-peer-urls", `http://127.0.0.1:${etcdPeer}`,
-      "--initial-advertise-peer-urls", `http://127.0.0.1:${etcdPeer}`,
-      "--initial-cluster", `kaos=http://127.0.0.1:${etcdPeer}`,
-      "--unsafe-no-fsync",
-    ], join(dir, "etcd.log"));
+    const etcd = startProcess(
+      "etcd",
+      join(etcdDir, "bin", "etcd"),
+      [
+        "--name",
+        "kaos",
+        "--data-dir",
+        join(dir, "etcd"),
+        "--listen-client-urls",
+        `http://127.0.0.1:${etcdClient}`,
+        "--advertise-client-urls",
+        `http://127.0.0.1:${etcdClient}`,
+        "--listen-peer-urls",
+        `http://127.0.0.1:${etcdPeer}`,
+        "--initial-advertise-peer-urls",
+        `http://127.0.0.1:${etcdPeer}`,
+        "--initial-cluster",
+        `kaos=http://127.0.0.1:${etcdPeer}`,
+        "--unsafe-no-fsync",
+      ],
+      join(dir, "etcd.log"),
+    );
     processes.push(etcd);
     await etcd.until(() => /ready to serve client requests/.test(etcd.output()));
 
@@ -198,26 +221,44 @@ export async function startCluster(options = {}) {
     writeFileSync(join(dir, "pki", "sa.key"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
     writeFileSync(join(dir, "pki", "tokens.csv"), `${token},kaos-admin,kaos-admin,"system:masters"\n`, { mode: 0o600 });
     const server = `https://127.0.0.1:${apiPort}`;
-    const apiserver = startProcess("kube-apiserver", join(kubeDir, "bin", "kube-apiserver"), [
-      "--etcd-servers", `http://127.0.0.1:${etcdClient}`,
-      "--bind-address", "127.0.0.1",
-      "--advertise-address", "127.0.0.1",
-      "--secure-port", String(apiPort),
-      // No TLS files: the API server makes a self-signed certificate here.
-      "--cert-dir", join(dir, "pki", "serving"),
-      "--token-auth-file", join(dir, "pki", "tokens.csv"),
-      "--authorization-mode", "AlwaysAllow",
-      "--service-account-issuer", "https://kubernetes.default.svc",
-      "--service-account-key-file", join(dir, "pki", "sa.pub"),
-      "--service-account-signing-key-file", join(dir, "pki", "sa.key"),
-      "--service-cluster-ip-range", "10.96.0.0/24",
-      "--endpoint-reconciler-type", "none",
-      "--enable-priority-and-fairness=false",
-      "--disable-admission-plugins", "ServiceAccount,TaintNodesByCondition",
-      "--profiling=false",
-      // Logs every request, so each readiness probe brings the output event that checks again.
-      "--v=3",
-    ], join(dir, "kube-apiserver.log"));
+    const apiserver = startProcess(
+      "kube-apiserver",
+      join(kubeDir, "bin", "kube-apiserver"),
+      [
+        "--etcd-servers",
+        `http://127.0.0.1:${etcdClient}`,
+        "--bind-address",
+        "127.0.0.1",
+        "--advertise-address",
+        "127.0.0.1",
+        "--secure-port",
+        String(apiPort),
+        // No TLS files: the API server makes a self-signed certificate here.
+        "--cert-dir",
+        join(dir, "pki", "serving"),
+        "--token-auth-file",
+        join(dir, "pki", "tokens.csv"),
+        "--authorization-mode",
+        "AlwaysAllow",
+        "--service-account-issuer",
+        "https://kubernetes.default.svc",
+        "--service-account-key-file",
+        join(dir, "pki", "sa.pub"),
+        "--service-account-signing-key-file",
+        join(dir, "pki", "sa.key"),
+        "--service-cluster-ip-range",
+        "10.96.0.0/24",
+        "--endpoint-reconciler-type",
+        "none",
+        "--enable-priority-and-fairness=false",
+        "--disable-admission-plugins",
+        "ServiceAccount,TaintNodesByCondition",
+        "--profiling=false",
+        // Logs every request, so each readiness probe brings the output event that checks again.
+        "--v=3",
+      ],
+      join(dir, "kube-apiserver.log"),
+    );
     processes.push(apiserver);
     const cluster = { server, token, dir };
     await apiserver.until(async () => (await apiGet(cluster, "/readyz")).status === 200);
@@ -227,18 +268,31 @@ export async function startCluster(options = {}) {
     const version = JSON.parse((await apiGet(cluster, "/version")).body);
 
     if (options.scheduler) {
-      const scheduler = startProcess("kube-scheduler", join(kubeDir, "bin", "kube-scheduler"), [
-        "--kubeconfig", kubeconfig,
-        "--authentication-kubeconfig", kubeconfig,
-        "--authorization-kubeconfig", kubeconfig,
-        "--bind-address", "127.0.0.1",
-        "--secure-port", String(schedulerPort),
-        "--cert-dir", join(dir, "pki", "scheduler"),
-        "--leader-elect=false",
-        "--profiling=false",
-      ], join(dir, "kube-scheduler.log"));
+      const scheduler = startProcess(
+        "kube-scheduler",
+        join(kubeDir, "bin", "kube-scheduler"),
+        [
+          "--kubeconfig",
+          kubeconfig,
+          "--authentication-kubeconfig",
+          kubeconfig,
+          "--authorization-kubeconfig",
+          kubeconfig,
+          "--bind-address",
+          "127.0.0.1",
+          "--secure-port",
+          String(schedulerPort),
+          "--cert-dir",
+          join(dir, "pki", "scheduler"),
+          "--leader-elect=false",
+          "--profiling=false",
+        ],
+        join(dir, "kube-scheduler.log"),
+      );
       processes.push(scheduler);
-      await scheduler.until(() => /Serving securely|Starting Kubernetes Scheduler|Successfully acquired|"Starting"/.test(scheduler.output()));
+      await scheduler.until(() =>
+        /Serving securely|Starting Kubernetes Scheduler|Successfully acquired|"Starting"/.test(scheduler.output()),
+      );
     }
     return { ...cluster, kubeconfig, context: options.context ?? "kaos-engines", version: version.gitVersion, stop };
   } catch (error) {

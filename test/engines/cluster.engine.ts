@@ -50,7 +50,10 @@ export default defineStack({
 
 function configFile(pipelines: string[]): string {
   const body = pipelines
-    .map((name) => `    ${name}: { source: "${name}/src", data: "${name}/data", hyperparams: "${name}/grid.json", resources: { cpu: 1, memory: "1Gi", gpu: ${name === "cnn" ? 1 : 0} } },`)
+    .map(
+      (name) =>
+        `    ${name}: { source: "${name}/src", data: "${name}/data", hyperparams: "${name}/grid.json", resources: { cpu: 1, memory: "1Gi", gpu: ${name === "cnn" ? 1 : 0} } },`,
+    )
     .join("\n");
   return `import { defineConfig } from "kaos-ml";\n\nexport default defineConfig({\n  workspace: "mnist",\n  pipelines: {\n${body}\n  },\n});\n`;
 }
@@ -100,7 +103,11 @@ function pulumiSummary(stdout: string): { create: number; update: number; replac
 function descendants(pid: number): number[] {
   let children: number[] = [];
   try {
-    children = execFileSync("pgrep", ["-P", String(pid)], { encoding: "utf8" }).trim().split("\n").filter(Boolean).map(Number);
+    children = execFileSync("pgrep", ["-P", String(pid)], { encoding: "utf8" })
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map(Number);
   } catch {
     // pgrep exits 1 when there are none
   }
@@ -110,7 +117,9 @@ function descendants(pid: number): number[] {
 /** Each resource's dependencies (by name) in Pulumi's state file. */
 function stateDependencies(): Map<string, string[]> {
   const stacks = join(project.dir, ".kaos/pulumi/.pulumi/stacks");
-  const file = readdirSync(stacks, { recursive: true }).map(String).find((name) => name.endsWith("cluster.json"));
+  const file = readdirSync(stacks, { recursive: true })
+    .map(String)
+    .find((name) => name.endsWith("cluster.json"));
   const state = JSON.parse(readFileSync(join(stacks, file ?? "cluster.json"), "utf8")) as {
     checkpoint: { latest: { resources: { urn: string; dependencies?: string[] }[] } };
   };
@@ -122,11 +131,14 @@ beforeAll(async () => {
   cluster = (await startCluster({ scheduler: false })) as Cluster;
   pachd = new FakePachd();
   await pachd.start();
-  project = makeProject({
-    "kaos.config.ts": configFile(["svm"]),
-    "stacks/cluster.ts": stackFile(pachd.address),
-    ...pipelineFiles("svm", { C: [1, 10], kernel: ["linear", "poly"] }),
-  }, "kaos-engines-");
+  project = makeProject(
+    {
+      "kaos.config.ts": configFile(["svm"]),
+      "stacks/cluster.ts": stackFile(pachd.address),
+      ...pipelineFiles("svm", { C: [1, 10], kernel: ["linear", "poly"] }),
+    },
+    "kaos-engines-",
+  );
   process.stdout.write(`engines: ${engines.pulumiVersion} against Kubernetes ${cluster.version}\n`);
 });
 
@@ -201,15 +213,24 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     const before = pachd.requests.length;
     const up = await kaos(["up"]);
     expect(up.code, up.stderr).toBe(0);
-    const calls = pachd.requests.slice(before).map((request) => `${request.path.split("/").pop()} ${JSON.parse(request.body.split("\n")[0] || "{}")?.branch?.repo?.name ?? JSON.parse(JSON.parse(request.body.split("\n")[0] || "{}")?.createPipelineRequestJson ?? "{}")?.pipeline?.name ?? ""}`);
-    const sourceFinished = calls.findIndex((call, index) => call.startsWith("FinishCommit") && calls.slice(0, index).some((c) => c === "StartCommit mnist-svm-source"));
+    const calls = pachd.requests
+      .slice(before)
+      .map(
+        (request) =>
+          `${request.path.split("/").pop()} ${JSON.parse(request.body.split("\n")[0] || "{}")?.branch?.repo?.name ?? JSON.parse(JSON.parse(request.body.split("\n")[0] || "{}")?.createPipelineRequestJson ?? "{}")?.pipeline?.name ?? ""}`,
+      );
+    const sourceFinished = calls.findIndex(
+      (call, index) => call.startsWith("FinishCommit") && calls.slice(0, index).some((c) => c === "StartCommit mnist-svm-source"),
+    );
     const buildUpdated = calls.indexOf("CreatePipelineV2 mnist-svm-build");
     expect(buildUpdated, calls.join("\n")).toBeGreaterThan(sourceFinished);
     expect(sourceFinished, calls.join("\n")).toBeGreaterThanOrEqual(0);
     // The order is the engine's, not luck: each pipeline depends on the bundle commits it reads.
     const dependencies = stateDependencies();
     expect(dependencies.get("mnist-svm-build")).toContain("mnist-svm-source-bundle");
-    expect(dependencies.get("mnist-svm-train")).toEqual(expect.arrayContaining(["mnist-svm-data-bundle", "mnist-svm-params-bundle", "mnist-svm-build"]));
+    expect(dependencies.get("mnist-svm-train")).toEqual(
+      expect.arrayContaining(["mnist-svm-data-bundle", "mnist-svm-params-bundle", "mnist-svm-build"]),
+    );
   });
 
   it("render writes exactly the specs that were applied", async () => {
@@ -243,7 +264,11 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     const gate = pachd.hold("ModifyFile");
     const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
     await gate.arrived;
-    const pulumiPid = Number(execFileSync("pgrep", ["-P", String(live.child.pid), "-x", "pulumi"], { encoding: "utf8" }).trim().split("\n")[0]);
+    const pulumiPid = Number(
+      execFileSync("pgrep", ["-P", String(live.child.pid), "-x", "pulumi"], { encoding: "utf8" })
+        .trim()
+        .split("\n")[0],
+    );
     // Its plugin processes outlive it; the test ends them once it is done.
     const plugins = descendants(pulumiPid);
     process.kill(pulumiPid, "SIGKILL");
@@ -296,7 +321,12 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
       const before = pachd.requests.length;
       const up = await kaos(["up"]);
       expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
-      expect(moved.calls("DeletePipeline").map((call) => JSON.parse(call.body).pipeline.name).sort()).toEqual(["mnist-cnn-build", "mnist-cnn-train"]);
+      expect(
+        moved
+          .calls("DeletePipeline")
+          .map((call) => JSON.parse(call.body).pipeline.name)
+          .sort(),
+      ).toEqual(["mnist-cnn-build", "mnist-cnn-train"]);
       expect(moved.calls("DeleteRepo")).toHaveLength(3);
       expect(pachd.requests.length).toBe(before);
     } finally {

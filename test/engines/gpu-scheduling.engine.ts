@@ -48,7 +48,9 @@ function node(name: string, options: { gpu: boolean }): unknown {
     status: {
       capacity: resources,
       allocatable: resources,
-      conditions: [{ type: "Ready", status: "True", reason: "KubeletReady", message: "ready", lastHeartbeatTime: now, lastTransitionTime: now }],
+      conditions: [
+        { type: "Ready", status: "True", reason: "KubeletReady", message: "ready", lastHeartbeatTime: now, lastTransitionTime: now },
+      ],
     },
   };
 }
@@ -74,7 +76,11 @@ function toleration(spec: TolerationSpec): Record<string, unknown> {
   };
 }
 
-function pod(name: string, spec: Record<string, unknown>, resources: { requests: Record<string, string>; limits: Record<string, string> }): unknown {
+function pod(
+  name: string,
+  spec: Record<string, unknown>,
+  resources: { requests: Record<string, string>; limits: Record<string, string> },
+): unknown {
   return {
     apiVersion: "v1",
     kind: "Pod",
@@ -85,7 +91,8 @@ function pod(name: string, spec: Record<string, unknown>, resources: { requests:
 
 const bound = (name: string) => (object: Pod) => object.metadata.name === name && object.spec.nodeName !== undefined;
 const unschedulable = (name: string) => (object: Pod) =>
-  object.metadata.name === name && (object.status?.conditions ?? []).some((c) => c.type === "PodScheduled" && c.status === "False" && c.reason === "Unschedulable");
+  object.metadata.name === name &&
+  (object.status?.conditions ?? []).some((c) => c.type === "PodScheduled" && c.status === "False" && c.reason === "Unschedulable");
 
 beforeAll(async () => {
   cluster = (await startCluster({ scheduler: true })) as Cluster;
@@ -116,14 +123,20 @@ describe("GPU scheduling of kaos's train spec (real kube-apiserver and kube-sche
       tolerations: (train.tolerations ?? []).map(toleration),
     };
     const watching = watchUntil(cluster, `/api/v1/namespaces/${NAMESPACE}/pods`, bound("gpu-train"));
-    await create(`/api/v1/namespaces/${NAMESPACE}/pods`, pod("gpu-train", spec, { requests: quantities(train.resourceRequests), limits: quantities(train.resourceLimits) }));
+    await create(
+      `/api/v1/namespaces/${NAMESPACE}/pods`,
+      pod("gpu-train", spec, { requests: quantities(train.resourceRequests), limits: quantities(train.resourceLimits) }),
+    );
     const scheduled = (await watching) as Pod;
     expect(scheduled.spec.nodeName).toBe("gpu-node");
   });
 
   it("places a CPU-only pod on the CPU node, never on the tainted GPU node", async () => {
     const watching = watchUntil(cluster, `/api/v1/namespaces/${NAMESPACE}/pods`, bound("cpu-build"));
-    await create(`/api/v1/namespaces/${NAMESPACE}/pods`, pod("cpu-build", {}, { requests: { cpu: "1", memory: "1Gi" }, limits: { cpu: "1", memory: "1Gi" } }));
+    await create(
+      `/api/v1/namespaces/${NAMESPACE}/pods`,
+      pod("cpu-build", {}, { requests: { cpu: "1", memory: "1Gi" }, limits: { cpu: "1", memory: "1Gi" } }),
+    );
     expect(((await watching) as Pod).spec.nodeName).toBe("cpu-node");
     // Aimed at the GPU node without the toleration: the taint keeps it off, and it stays unschedulable.
     const refused = watchUntil(cluster, `/api/v1/namespaces/${NAMESPACE}/pods`, unschedulable("cpu-on-gpu"));

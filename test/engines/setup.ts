@@ -38,10 +38,22 @@ export default function setup(project: TestProject): () => void {
   let providerMissing: string | undefined;
   try {
     const providerDir: string = buildProvider();
-    execFileSync(pulumi, ["plugin", "install", "resource", "kubernetes", `v${versions.provider}`, "-f", join(providerDir, "bin", "pulumi-resource-kubernetes")], {
-      env: { ...process.env, PULUMI_HOME: pulumiHome, PULUMI_SKIP_UPDATE_CHECK: "true" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    execFileSync(
+      pulumi,
+      [
+        "plugin",
+        "install",
+        "resource",
+        "kubernetes",
+        `v${versions.provider}`,
+        "-f",
+        join(providerDir, "bin", "pulumi-resource-kubernetes"),
+      ],
+      {
+        env: { ...process.env, PULUMI_HOME: pulumiHome, PULUMI_SKIP_UPDATE_CHECK: "true" },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
   } catch (error) {
     providerMissing = error instanceof Error ? error.message : String(error);
   }

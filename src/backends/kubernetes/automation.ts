@@ -201,7 +201,9 @@ async function runCluster(
         if (!(error instanceof ConcurrentUpdateError) || !ownsState(settings.pulumi.backendUrl)) throw error;
         // The state is kaos's own, and kaos holds the stack's writer lock: the
         // Pulumi lock is left by a CLI that was killed. Cancel it and go again.
-        options.onOutput?.(`kaos: stack '${settings.pulumi.stackName}' was left locked by a Pulumi update that was killed; cancelling it (pulumi cancel) and applying again\n`);
+        options.onOutput?.(
+          `kaos: stack '${settings.pulumi.stackName}' was left locked by a Pulumi update that was killed; cancelling it (pulumi cancel) and applying again\n`,
+        );
         changes.length = 0;
         steps.length = 0;
         diagnostics.length = 0;
@@ -221,8 +223,7 @@ async function runCluster(
  * Pulumi's own summary also counts the stack and its default providers.
  */
 function summarize(stack: string, summary: OpMap | undefined, changes: ClusterChange[], steps: ClusterChange[]): ClusterChangeSummary {
-  const count = (op: keyof OpMap): number =>
-    steps.length > 0 ? steps.filter((step) => step.op === op).length : (summary?.[op] ?? 0);
+  const count = (op: keyof OpMap): number => (steps.length > 0 ? steps.filter((step) => step.op === op).length : (summary?.[op] ?? 0));
   return {
     stack,
     create: count("create"),
@@ -248,7 +249,10 @@ function resourceName(urn: string): string {
 /** Pulumi's messages carry ANSI escapes or its own `<{%reset%}>` colour tags. */
 function plainText(message: string): string {
   // eslint-disable-next-line no-control-regex
-  return message.replace(/\u001b\[[0-9;]*m/g, "").replace(/<\{%[^%]*%\}>/g, "").trim();
+  return message
+    .replace(/\u001b\[[0-9;]*m/g, "")
+    .replace(/<\{%[^%]*%\}>/g, "")
+    .trim();
 }
 
 /** kaos's own file backend under .kaos/pulumi, which no one but kaos (holding its writer lock) updates. */
@@ -268,7 +272,9 @@ export function pulumiEnv(plan: ClusterPlan, env: NodeJS.ProcessEnv): Record<str
     throw new KaosError(
       "STACK_INVALID",
       `stack '${settings.stack}' puts registry credentials in a Kubernetes secret, which Pulumi keeps encrypted in its state, but ${settings.pulumi.passphraseEnv} is not set`,
-      { hint: `export ${settings.pulumi.passphraseEnv}=<a passphrase you keep>, or create the secret yourself and unset ${settings.registry.usernameEnv}/${settings.registry.passwordEnv}` },
+      {
+        hint: `export ${settings.pulumi.passphraseEnv}=<a passphrase you keep>, or create the secret yourself and unset ${settings.registry.usernameEnv}/${settings.registry.passwordEnv}`,
+      },
     );
   }
   const vars: Record<string, string> = {
@@ -404,9 +410,13 @@ export async function findPulumi(env: NodeJS.ProcessEnv = process.env, exec: Pul
     }
   }
   if (found === undefined) {
-    throw new KaosError("PULUMI_MISSING", "the Pulumi CLI is required for stack 'cluster' (and every kubernetes stack), and `pulumi` is not on PATH", {
-      hint: PULUMI_INSTALL_HINT,
-    });
+    throw new KaosError(
+      "PULUMI_MISSING",
+      "the Pulumi CLI is required for stack 'cluster' (and every kubernetes stack), and `pulumi` is not on PATH",
+      {
+        hint: PULUMI_INSTALL_HINT,
+      },
+    );
   }
   const binDir = dirname(found);
   try {
@@ -453,10 +463,14 @@ export function pulumiError(
       return new KaosError("PULUMI_MISSING", "the Pulumi CLI could not be started", { hint: PULUMI_INSTALL_HINT });
     }
     if (/incorrect passphrase|passphrase must be set|PULUMI_CONFIG_PASSPHRASE/i.test(stderr)) {
-      return new KaosError("PULUMI_FAILED", `the passphrase in ${pulumiSettings.passphraseEnv} does not unlock stack '${stack}' (${firstLine(plainText(stderr.replace(/^error:\s*/m, "")))})`, {
-        hint: `export ${pulumiSettings.passphraseEnv} with the passphrase the stack was created with${pulumiSettings.passphraseEnv === "PULUMI_CONFIG_PASSPHRASE" ? "" : " (kaos hands it to Pulumi as PULUMI_CONFIG_PASSPHRASE)"}`,
-        cause: error,
-      });
+      return new KaosError(
+        "PULUMI_FAILED",
+        `the passphrase in ${pulumiSettings.passphraseEnv} does not unlock stack '${stack}' (${firstLine(plainText(stderr.replace(/^error:\s*/m, "")))})`,
+        {
+          hint: `export ${pulumiSettings.passphraseEnv} with the passphrase the stack was created with${pulumiSettings.passphraseEnv === "PULUMI_CONFIG_PASSPHRASE" ? "" : " (kaos hands it to Pulumi as PULUMI_CONFIG_PASSPHRASE)"}`,
+          cause: error,
+        },
+      );
     }
     const output = stderr.trim() !== "" ? stderr : mask(result?.stdout ?? "");
     // The engine's error diagnostics say what failed; the end of the output is

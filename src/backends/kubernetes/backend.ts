@@ -39,12 +39,21 @@ function markApplied(plan: Plan, applied: AppliedState): Plan {
   for (const p of plan.pipelines) {
     const before = applied[p.pipeline.name];
     if (!before || before.dataKey === null) continue;
-    const done = new Set(before.params.map((params) => jobKeyOf({ env: before.envKey, source: before.sourceKey, data: before.dataKey! }, params)));
-    p.jobs = p.jobs.map((job) => (job.key !== null && done.has(job.key) ? { ...job, action: "skip", reason: "already applied to the cluster" } : job));
+    const done = new Set(
+      before.params.map((params) => jobKeyOf({ env: before.envKey, source: before.sourceKey, data: before.dataKey! }, params)),
+    );
+    p.jobs = p.jobs.map((job) =>
+      job.key !== null && done.has(job.key) ? { ...job, action: "skip", reason: "already applied to the cluster" } : job,
+    );
     const running = p.jobs.filter((job) => job.action === "run").length;
-    p.stages.train = running > 0 ? { action: "run", key: p.keys.hyperparams, reason: `${running} of ${p.jobs.length} jobs to run` } : { action: "skip", key: p.keys.hyperparams, reason: "every job already applied" };
+    p.stages.train =
+      running > 0
+        ? { action: "run", key: p.keys.hyperparams, reason: `${running} of ${p.jobs.length} jobs to run` }
+        : { action: "skip", key: p.keys.hyperparams, reason: "every job already applied" };
   }
-  plan.changes = plan.pipelines.some((p) => p.stages.build.action === "run" || p.stages.train.action === "run" || p.stages.ingest?.action === "run");
+  plan.changes = plan.pipelines.some(
+    (p) => p.stages.build.action === "run" || p.stages.train.action === "run" || p.stages.ingest?.action === "run",
+  );
   return plan;
 }
 
@@ -83,7 +92,11 @@ function summaryLines(summary: ClusterChangeSummary): string {
   return [head, ...summary.resources.map((change) => `  ${change.op.padEnd(8)} ${change.type}  ${change.name}`)].join("\n");
 }
 
-export async function clusterPlan(config: ResolvedConfig, stack: ResolvedStack, options: { json?: boolean; detailedExitcode?: boolean; refresh?: boolean }): Promise<number> {
+export async function clusterPlan(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  options: { json?: boolean; detailedExitcode?: boolean; refresh?: boolean },
+): Promise<number> {
   const state = StateStore.open(config.root);
   try {
     const plan = await clusterPlanOf(config, stack, state);
@@ -102,7 +115,11 @@ export async function clusterPlan(config: ResolvedConfig, stack: ResolvedStack, 
   }
 }
 
-export async function clusterUp(config: ResolvedConfig, stack: ResolvedStack, options: { json?: boolean; force?: boolean; refresh?: boolean }): Promise<number> {
+export async function clusterUp(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  options: { json?: boolean; force?: boolean; refresh?: boolean },
+): Promise<number> {
   const state = StateStore.open(config.root);
   const lock = state.acquireWriter(stack.name, "up");
   try {
@@ -141,12 +158,23 @@ export async function clusterList(config: ResolvedConfig, stack: ResolvedStack, 
     process.stdout.write(`no jobs on stack ${stack.name} yet: run \`kaos up --stack ${stack.name}\`\n`);
     return 0;
   }
-  const rows = jobs.map((job) => [displayText(shortJobId(job.id)), displayText(job.pipeline), displayText(job.stage), displayText(job.state), displayText(job.startedAt ?? ""), paramsText(job.params)]);
+  const rows = jobs.map((job) => [
+    displayText(shortJobId(job.id)),
+    displayText(job.pipeline),
+    displayText(job.stage),
+    displayText(job.state),
+    displayText(job.startedAt ?? ""),
+    paramsText(job.params),
+  ]);
   process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "STARTED", "PARAMS"], ...rows])}\n`);
   return 0;
 }
 
-export async function clusterLogs(config: ResolvedConfig, stack: ResolvedStack, options: { job: string; follow?: boolean }): Promise<number> {
+export async function clusterLogs(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  options: { job: string; follow?: boolean },
+): Promise<number> {
   const { clusterJobLogs } = await kubernetes();
   for await (const line of clusterJobLogs(stack, options.job, { workspace: config.workspace, follow: options.follow ?? false })) {
     process.stdout.write(`${line.time ?? ""} ${line.user ? "user  " : "worker"} | ${line.message.replace(/\n$/, "")}\n`);
@@ -162,7 +190,9 @@ export async function clusterRender(config: ResolvedConfig, stack: ResolvedStack
     const { renderCluster } = await kubernetes();
     const outDir = resolve(options.out);
     const files = await renderCluster(config, stack, clusterInputs(plan), outDir);
-    process.stdout.write(`${files.map((file) => join(file).replace(`${outDir}/`, "")).join("\n")}\nwrote ${files.length} files to ${outDir}\n`);
+    process.stdout.write(
+      `${files.map((file) => join(file).replace(`${outDir}/`, "")).join("\n")}\nwrote ${files.length} files to ${outDir}\n`,
+    );
     return 0;
   } finally {
     state.close();

@@ -12,15 +12,7 @@ import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } f
 import { walkBundle, type BundleFile } from "./pack.js";
 import { canonicalJson } from "./canonical.js";
 import { clusterSettings, pachydermName, type ClusterSettings } from "./settings.js";
-import {
-  buildSpec,
-  BUNDLE_FILE,
-  ingestSpec,
-  trainSpec,
-  type CreatePipelineRequestSpec,
-  type PipelineNames,
-  type Stage,
-} from "./specs.js";
+import { buildSpec, BUNDLE_FILE, ingestSpec, trainSpec, type CreatePipelineRequestSpec, type PipelineNames, type Stage } from "./specs.js";
 
 /** What the engine hands the backend for one pipeline. */
 export interface ClusterPipelineInput {
@@ -114,7 +106,15 @@ async function planPipeline(settings: ClusterSettings, workspace: string, input:
 
   const repos: RepoPlan[] = [{ id: names.source, name: names.source, description: `kaos source bundle of ${where}` }];
   const bundles: BundlePlan[] = [
-    { kind: "archive", id: `${names.source}-bundle`, repo: names.source, key: keys.source, dir: pipeline.sourceDir, files: undefined, path: `/${BUNDLE_FILE}` },
+    {
+      kind: "archive",
+      id: `${names.source}-bundle`,
+      repo: names.source,
+      key: keys.source,
+      dir: pipeline.sourceDir,
+      files: undefined,
+      path: `/${BUNDLE_FILE}`,
+    },
   ];
 
   if (pipeline.data.kind === "dir") {

@@ -19,7 +19,15 @@ import type { ClusterPipelineInput } from "./cluster-plan.js";
 export type { ClusterPipelineInput } from "./cluster-plan.js";
 export { renderCluster, specFileName } from "./render.js";
 export { validatePipelineSpec, compileSpecSchema, type SpecValidation } from "./schema.js";
-export { listClusterJobs, clusterJobLogs, jobState, type ClusterJob, type ClusterJobState, type ClusterJobsOptions, type ClusterLogLine } from "./jobs.js";
+export {
+  listClusterJobs,
+  clusterJobLogs,
+  jobState,
+  type ClusterJob,
+  type ClusterJobState,
+  type ClusterJobsOptions,
+  type ClusterLogLine,
+} from "./jobs.js";
 export { PachdClient, PachdError } from "./pachd.js";
 export { clusterSettings, type ClusterSettings } from "./settings.js";
 export type { ClusterChange, ClusterChangeSummary, ClusterRunOptions, PulumiCli, PulumiExec } from "./automation.js";

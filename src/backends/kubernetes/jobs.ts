@@ -241,7 +241,10 @@ async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobs
   if (matches.length === 1 && matches[0]) return matches[0];
   if (matches.length > 1) {
     throw new KaosError("JOB_AMBIGUOUS", `'${jobId}' matches ${matches.length} jobs on stack '${stack.name}'`, {
-      hint: `give more of the id: ${matches.slice(0, 5).map((entry) => shortJobId(entry.job.id)).join(", ")}`,
+      hint: `give more of the id: ${matches
+        .slice(0, 5)
+        .map((entry) => shortJobId(entry.job.id))
+        .join(", ")}`,
     });
   }
   throw new KaosError("JOB_NOT_FOUND", `no job '${jobId}' on stack '${stack.name}'`, {

@@ -432,7 +432,7 @@ export class PachdClient {
 
   private async readUnary(response: Response, service: string, method: string): Promise<unknown> {
     const text = await response.text();
-    let parsed: unknown = undefined;
+    let parsed: unknown;
     if (text.trim() !== "") {
       try {
         parsed = JSON.parse(text);

@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { type Dirent, createWriteStream } from "node:fs";
 import { lstat, mkdir, readdir, rename, rm } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
-import { Transform, Writable } from "node:stream";
+import { Transform, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { create as createTar } from "tar";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";

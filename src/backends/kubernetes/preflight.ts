@@ -19,7 +19,15 @@ import type { ClusterSettings } from "./settings.js";
 interface KubeconfigFile {
   "current-context"?: string;
   contexts?: { name?: string; context?: { cluster?: string; user?: string } }[];
-  clusters?: { name?: string; cluster?: { server?: string; "certificate-authority-data"?: string; "certificate-authority"?: string; "insecure-skip-tls-verify"?: boolean } }[];
+  clusters?: {
+    name?: string;
+    cluster?: {
+      server?: string;
+      "certificate-authority-data"?: string;
+      "certificate-authority"?: string;
+      "insecure-skip-tls-verify"?: boolean;
+    };
+  }[];
   users?: { name?: string; user?: { token?: string; "client-certificate-data"?: string; "client-key-data"?: string } }[];
 }
 
@@ -69,7 +77,10 @@ export function kubeTarget(settings: ClusterSettings, env: NodeJS.ProcessEnv): K
   }
   const server = parsed.clusters?.find((candidate) => candidate.name === entry.cluster)?.cluster?.server;
   if (server === undefined) {
-    throw new KaosError("STACK_INVALID", `kube context '${context}' in ${path} names cluster '${entry.cluster ?? ""}', which has no server`);
+    throw new KaosError(
+      "STACK_INVALID",
+      `kube context '${context}' in ${path} names cluster '${entry.cluster ?? ""}', which has no server`,
+    );
   }
   return { path, text, context, server };
 }
@@ -99,9 +110,13 @@ async function reachKube(target: KubeTarget): Promise<void> {
     request.on("timeout", () => request.destroy(new Error("no answer within 10 s")));
     request.on("error", (error) =>
       reject(
-        new KaosError("STACK_INVALID", `the API server of kube context '${target.context}' (${target.server}, from ${target.path}) does not answer: ${describeError(error)}`, {
-          hint: "check that the cluster is up and that this kube context reaches it (`kubectl --context " + target.context + " version`)",
-        }),
+        new KaosError(
+          "STACK_INVALID",
+          `the API server of kube context '${target.context}' (${target.server}, from ${target.path}) does not answer: ${describeError(error)}`,
+          {
+            hint: "check that the cluster is up and that this kube context reaches it (`kubectl --context " + target.context + " version`)",
+          },
+        ),
       ),
     );
     request.end();

@@ -100,10 +100,7 @@ export function declareCluster(plan: ClusterPlan, options: ClusterProgramOptions
 
   for (const pipeline of plan.pipelines) {
     for (const repo of pipeline.repos) {
-      repos.set(
-        repo.name,
-        new PachydermRepo(repo.id, { ...connection, name: repo.name, description: repo.description }, providers.repo),
-      );
+      repos.set(repo.name, new PachydermRepo(repo.id, { ...connection, name: repo.name, description: repo.description }, providers.repo));
     }
     for (const bundle of pipeline.bundles) {
       const repo = repos.get(bundle.repo);

@@ -30,9 +30,13 @@ export function assertValidSpecs(plan: ClusterPlan): void {
     }
   }
   if (problems.length > 0) {
-    throw new KaosError("STACK_INVALID", `generated Pachyderm specs do not match Pachyderm's CreatePipelineRequest schema:\n${problems.join("\n")}`, {
-      hint: "check the resources and gpu settings named above in kaos.config.ts and the stack file",
-    });
+    throw new KaosError(
+      "STACK_INVALID",
+      `generated Pachyderm specs do not match Pachyderm's CreatePipelineRequest schema:\n${problems.join("\n")}`,
+      {
+        hint: "check the resources and gpu settings named above in kaos.config.ts and the stack file",
+      },
+    );
   }
 }
 
@@ -54,10 +58,7 @@ export async function renderCluster(
   const { settings } = plan;
   files.set(
     join(outDir, "kubernetes", "namespace.yaml"),
-    manifestYaml(
-      namespaceManifest(settings),
-      "The namespace Pachyderm runs pipelines in (kaos adopts it if it exists).",
-    ),
+    manifestYaml(namespaceManifest(settings), "The namespace Pachyderm runs pipelines in (kaos adopts it if it exists)."),
   );
   files.set(
     join(outDir, "kubernetes", "registry-secret.yaml"),

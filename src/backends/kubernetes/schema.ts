@@ -85,8 +85,14 @@ let bundledValidator: ValidateFunction | undefined;
  * Checks one CreatePipelineRequest against the schema. The bundled schema is
  * compiled once; pass a compiled validator to check against another copy.
  */
+/** The validator of the schema shipped with kaos, compiled on first use. */
+function bundled(): ValidateFunction {
+  bundledValidator ??= compileSpecSchema();
+  return bundledValidator;
+}
+
 export function validatePipelineSpec(spec: unknown, validator?: ValidateFunction): SpecValidation {
-  const validate = validator ?? (bundledValidator ??= compileSpecSchema());
+  const validate = validator ?? bundled();
   const valid = validate(spec) === true;
   return { valid, errors: valid ? [] : describeSpecErrors(validate.errors ?? [], spec as JsonValue) };
 }
@@ -102,7 +108,9 @@ function describeSpecErrors(errors: readonly ErrorObject[], spec: JsonValue): st
       lines.add(`${where}: unknown key '${extra}'`);
     } else if (error.keyword === "enum") {
       const allowed = (error.params as { allowedValues?: unknown[] }).allowedValues ?? [];
-      lines.add(`${where}: ${JSON.stringify(pointerValue(spec, error.instancePath))} is not one of ${allowed.map((v) => JSON.stringify(v)).join(", ")}`);
+      lines.add(
+        `${where}: ${JSON.stringify(pointerValue(spec, error.instancePath))} is not one of ${allowed.map((v) => JSON.stringify(v)).join(", ")}`,
+      );
     } else {
       lines.add(`${where}: ${error.message ?? error.keyword}`);
     }

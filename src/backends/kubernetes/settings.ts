@@ -34,7 +34,7 @@ export interface ClusterSettings {
 export function kubernetesStack(stack: ResolvedStack): KubernetesStack {
   if (stack.config.backend !== "kubernetes") {
     throw new KaosError("STACK_INVALID", `stack '${stack.name}' uses the ${stack.config.backend} backend, not kubernetes`, {
-      hint: "pick a stack file whose defineStack has backend: \"kubernetes\" (see stacks/cluster.ts)",
+      hint: 'pick a stack file whose defineStack has backend: "kubernetes" (see stacks/cluster.ts)',
     });
   }
   return stack.config;

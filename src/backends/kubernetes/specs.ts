@@ -224,7 +224,10 @@ function labels(workspace: string, pipeline: string, stage: Stage): Record<strin
 
 /** Kubernetes label values: at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric. */
 function labelValue(value: string): string {
-  const cleaned = value.replace(/[^A-Za-z0-9_.-]+/g, "-").slice(0, 63).replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, "");
+  const cleaned = value
+    .replace(/[^A-Za-z0-9_.-]+/g, "-")
+    .slice(0, 63)
+    .replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, "");
   return cleaned === "" ? "kaos" : cleaned;
 }
 
