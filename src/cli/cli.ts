@@ -92,7 +92,10 @@ function buildProgram(): Command {
     .description("hash every bundle, plan against what was applied, and run only what changed")
     .addOption(stackOption())
     .option("--force", "rerun every stage and job even when an identical one succeeded")
-    .option("--refresh", "re-check the remote content of manifests")
+    .option(
+      "--refresh",
+      "re-check the remote content of manifests; on a kubernetes stack, also re-read from the cluster what kaos applied (Pulumi's refresh), so what went missing is created again",
+    )
     .option("--json", "print the result as JSON")
     .action(async (options: OptionsOf<typeof commands.upCommand>, command: Command) => {
       await warmUp(globals(command).config);
@@ -104,7 +107,10 @@ function buildProgram(): Command {
     .command("plan")
     .description("show what `kaos up` would run, and why, without running it")
     .addOption(stackOption())
-    .option("--refresh", "re-check the remote content of manifests")
+    .option(
+      "--refresh",
+      "re-check the remote content of manifests; on a kubernetes stack, also re-read from the cluster what kaos applied (Pulumi's refresh), so what went missing is created again",
+    )
     .option("--json", "print the plan as JSON")
     .option("--detailed-exitcode", "exit 2 when anything would run, 0 when nothing would, 1 on error")
     .action(async (options: OptionsOf<typeof commands.planCommand>, command: Command) => {
