@@ -130,5 +130,17 @@ describe("the user's path: npm pack, npm install -D, template get, plan, up", ()
     const render = await kaos("render", "--stack", "cluster", "-o", "out");
     expect(render.code, describeRun("kaos render", render)).toBe(0);
     expect(readdirSync(join(project, "out/pachyderm")).sort()).toEqual(["svm-build.json", "svm-train.json"]);
+
+    // The Pulumi SDK is an optional peer: a local-only install has none of it,
+    // and a kubernetes stack says exactly what to install.
+    expect(existsSync(join(project, "node_modules", "@pulumi"))).toBe(false);
+    const cluster = await kaos("plan", "--stack", "cluster");
+    expect(cluster.code, describeRun("kaos plan --stack cluster", cluster)).toBe(1);
+    expect(cluster.stderr).toContain(
+      "error: a kubernetes stack needs the Pulumi SDK, and @pulumi/pulumi is not installed in this project\n",
+    );
+    expect(cluster.stderr).toMatch(
+      /hint: install it beside kaos-ml: npm install -D @pulumi\/kubernetes@\^\d+\.\d+\.\d+ @pulumi\/pulumi@\^\d+\.\d+\.\d+\n/,
+    );
   });
 });
