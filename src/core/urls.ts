@@ -168,11 +168,12 @@ export function queryParamName(segment: string): string {
 }
 
 /**
- * The URL as locks and data keys record it: without userinfo and without
- * credential parameters (the other parameters keep their order and
- * encoding). A URL with neither is returned unchanged, byte for byte.
+ * A URL with its credentials, userinfo and credential query parameters,
+ * masked as *** (`mask`) or left out (`drop`); the other parameters keep
+ * their order and encoding. A URL with none, or text that is not a URL, is
+ * returned unchanged, byte for byte.
  */
-export function sourceIdentity(url: string): string {
+function rewriteCredentials(url: string, how: "mask" | "drop"): string {
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -181,19 +182,32 @@ export function sourceIdentity(url: string): string {
   }
   let changed = false;
   if (parsed.username !== "" || parsed.password !== "") {
-    parsed.username = "";
+    parsed.username = how === "mask" ? "***" : "";
     parsed.password = "";
     changed = true;
   }
   if (parsed.search.length > 1) {
     const segments = parsed.search.slice(1).split("&");
-    const kept = segments.filter((segment) => !isCredentialParam(queryParamName(segment)));
-    if (kept.length !== segments.length) {
-      parsed.search = kept.length === 0 ? "" : `?${kept.join("&")}`;
+    const rewritten = segments.flatMap((segment) => {
+      if (!isCredentialParam(queryParamName(segment))) return [segment];
+      return how === "mask" ? [`${segment.split("=", 1)[0] ?? ""}=***`] : [];
+    });
+    if (rewritten.length !== segments.length || rewritten.some((segment, index) => segment !== segments[index])) {
+      parsed.search = rewritten.length === 0 ? "" : `?${rewritten.join("&")}`;
       changed = true;
     }
   }
   return changed ? parsed.toString() : url;
+}
+
+/** The URL as locks and data keys record it: its credentials left out. */
+export function sourceIdentity(url: string): string {
+  return rewriteCredentials(url, "drop");
+}
+
+/** The URL as messages show it: its credentials as ***, so they never reach a terminal or a log. */
+export function redactUrl(url: string): string {
+  return rewriteCredentials(url, "mask");
 }
 
 /** Whether two URLs name the same content, credentials aside. */

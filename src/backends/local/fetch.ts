@@ -14,15 +14,7 @@ import { fileURLToPath } from "node:url";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import type { ManifestLockEntry } from "../../core/manifest.js";
 import { HashingPassThrough, type ObjectStore } from "../../core/objects.js";
-import {
-  FileUrlRefused,
-  type FileUrlScope,
-  isCredentialParam,
-  openWithinScope,
-  queryParamName,
-  sourceIdentity,
-  widenScopeHint,
-} from "../../core/urls.js";
+import { FileUrlRefused, type FileUrlScope, openWithinScope, redactUrl, sourceIdentity, widenScopeHint } from "../../core/urls.js";
 
 class RetryableError extends Error {
   readonly retryAfterMs: number | undefined;
@@ -54,32 +46,6 @@ function isRetryable(error: unknown): error is Error {
   const code = errnoCode(error);
   if (code !== undefined && (RETRYABLE_CODES.has(code) || code.startsWith("HPE_"))) return true;
   return error instanceof Error && error.message === "aborted";
-}
-
-/** Credentials in a URL never reach a message: its userinfo and credential query parameters (see urls.ts) show as ***. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    let changed = false;
-    if (parsed.username !== "" || parsed.password !== "") {
-      parsed.username = "***";
-      parsed.password = "";
-      changed = true;
-    }
-    if (parsed.search.length > 1) {
-      const segments = parsed.search.slice(1).split("&");
-      const masked = segments.map((segment) =>
-        isCredentialParam(queryParamName(segment)) ? `${segment.split("=", 1)[0] ?? ""}=***` : segment,
-      );
-      if (masked.some((segment, index) => segment !== segments[index])) {
-        parsed.search = `?${masked.join("&")}`;
-        changed = true;
-      }
-    }
-    return changed ? parsed.toString() : url;
-  } catch {
-    return url;
-  }
 }
 
 function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {

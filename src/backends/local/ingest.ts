@@ -46,9 +46,9 @@ import * as fs from "node:fs";
 import { KaosError, describeError } from "../../core/errors.js";
 import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "../../core/manifest.js";
 import type { ObjectStore } from "../../core/objects.js";
-import { type FileUrlScope, sameSource, sourceIdentity } from "../../core/urls.js";
+import { type FileUrlScope, redactUrl, sameSource, sourceIdentity } from "../../core/urls.js";
 import { DataTree } from "./data-tree.js";
-import { abortReason, isAborted, pickValidators, redactUrl, withPartialLock, type TransferJob, type Validators } from "./fetch.js";
+import { abortReason, isAborted, pickValidators, withPartialLock, type TransferJob, type Validators } from "./fetch.js";
 import { ProgressTracker, TransferPool, transferThreadsFor } from "./transfers.js";
 import type { IngestProgress } from "../../core/events.js";
 
