@@ -186,11 +186,15 @@ function buildProgram(): Command {
 
   train
     .command("info")
-    .description("show a job's inputs, params, metrics, and its sweep sorted by a metric")
-    .argument("<job>", "job id or an unambiguous prefix")
-    .option("-s, --sort <metric>", "sort the sweep's jobs by this metric (highest first)")
+    .description(
+      "show a job's inputs, params and metrics, and its pipeline's sweep (every combination of the grid now), ranked by a metric",
+    )
+    .argument("[job]", "job id or an unambiguous prefix (without it: the sweep alone)")
+    .option("-s, --sort <metric>", "rank the sweep by this metric (highest first)")
+    .option("--asc", "with -s: lowest first (a loss)")
+    .option("--pipeline <name>", "without a job: the pipeline whose sweep to show (needed when there are several)")
     .option("--json", "print the information as JSON")
-    .action(async (job: string, options: OptionsOf<typeof commands.infoCommand>, command: Command) => {
+    .action(async (job: string | undefined, options: OptionsOf<typeof commands.infoCommand>, command: Command) => {
       const { infoCommand } = await import("./commands.js");
       setExitStatus(await infoCommand({ ...globals(command), ...options, job }));
     });

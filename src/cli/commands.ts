@@ -9,11 +9,12 @@ import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "
 import { jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
-import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
+import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
+import type { Sweep, SweepRow } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
 import { displayLine, displayMessage, displayText, formatDuration, paramsText, quoteText } from "../core/format.js";
 import { StateStore, type JobRecord } from "../core/state.js";
-import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
+import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
 import { EXIT, onStopRequest } from "./exit.js";
 
@@ -398,50 +399,172 @@ function metricText(value: MetricValue): string {
   return typeof value === "string" ? displayText(value) : String(value);
 }
 
-/** The metric names that are numbers in at least one job: the ones a sweep can be sorted by. */
-function numericMetricNames(all: JobMetrics[]): string[] {
-  return [
-    ...new Set(all.flatMap((metrics) => Object.keys(metrics.values).filter((name) => typeof metrics.values[name] === "number"))),
-  ].sort();
+/** The pipeline a sweep command is about: the one named, or else the config's only one. */
+function pickPipeline(config: ResolvedConfig, name: string | undefined): string {
+  const names = config.pipelines.map((p) => p.name);
+  if (name !== undefined) {
+    if (names.includes(name)) return name;
+    throw new KaosError(
+      "USAGE",
+      `no pipeline ${quoteText(name)} in ${config.file}; expected one of: ${names.map(displayText).join(", ") || "(none)"}`,
+    );
+  }
+  if (names.length === 1) return names[0]!;
+  if (names.length === 0) {
+    throw new KaosError("USAGE", `${config.file} names no pipeline, so there is no sweep to show`, {
+      hint: "jobs of `kaos train deploy` are shown with `kaos train info JOB`",
+    });
+  }
+  throw new KaosError("USAGE", `${config.file} has ${names.length} pipelines; name one: ${names.map(displayText).join(", ")}`, {
+    hint: `for example \`kaos train compare ${displayText(names[0]!)}\` or \`--pipeline ${displayText(names[0]!)}\``,
+  });
 }
 
-export async function infoCommand(options: Common & { job: string; sort?: string; json?: boolean }): Promise<number> {
+/**
+ * The current sweep of a pipeline (its grid now, with the job last recorded
+ * for each combination), read from the local backend's state.
+ */
+async function sweepOf(
+  config: ResolvedConfig,
+  state: StateStore,
+  pipeline: string,
+  stackName: string | undefined,
+  what: string,
+): Promise<Sweep> {
+  const stack = await loadStack(config, stackName);
+  if (isCluster(stack)) {
+    throw new KaosError("NOT_SUPPORTED", `${what} reads the local backend's state; stack ${stack.name} uses the kubernetes backend`, {
+      hint: "run it without --stack (or with a local stack)",
+    });
+  }
+  const [{ sweepInputs }, { currentSweep }] = await Promise.all([engine(), import("../core/sweep.js")]);
+  await startHashing();
+  try {
+    const inputs = (await sweepInputs(config, stack, state, [pipeline])).get(pipeline);
+    if (inputs === undefined) throw new Error(`no keys were computed for pipeline ${pipeline}`);
+    return currentSweep(config, pipeline, state, inputs);
+  } finally {
+    await stopHashing();
+  }
+}
+
+/** The sweep ranked by `-s METRIC` (with `--asc` lowest first), or as the grid lists it; a metric no row has is refused. */
+async function rankedRows<Row extends { metrics: Record<string, MetricValue> }>(
+  rows: readonly Row[],
+  sort: string | undefined,
+  ascending: boolean | undefined,
+  flag = "-s",
+): Promise<Row[]> {
+  if (sort === undefined) return [...rows];
+  const { numericMetricNames, rankSweep } = await import("../core/sweep.js");
+  const sortable = numericMetricNames(rows);
+  if (rows.length > 0 && !sortable.includes(sort)) {
+    const found = rows.map((row) => row.metrics[sort]).find((value) => value !== undefined);
+    const why =
+      found === undefined
+        ? `no job of this sweep has a numeric metric ${quoteText(sort)}`
+        : `${quoteText(sort)} is a ${typeof found}, not a number, in every job of this sweep that has it`;
+    throw new KaosError(
+      "USAGE",
+      `${flag} ${displayText(sort)}: ${why}; expected one of: ${sortable.map(displayText).join(", ") || "(none recorded)"}`,
+    );
+  }
+  return rankSweep(rows, sort, { ascending });
+}
+
+/** A sweep's rows as JSON: exact values, pending rows with a null id. */
+function sweepRowsJson(rows: readonly SweepRow[]) {
+  return rows.map((row) => ({
+    id: row.jobId ?? null,
+    key: row.key,
+    state: row.state,
+    params: row.params,
+    metrics: row.metrics,
+    runId: row.runId ?? null,
+    finishedAt: row.finishedAt ?? null,
+  }));
+}
+
+/** The sweep table: id, state, the metrics (the ranked one first), then the params. */
+function sweepTable(rows: readonly SweepRow[], metricNames: readonly string[], options: { sort?: string; highlight?: string }): string {
+  const c = colors();
+  const shown = options.sort ? [options.sort, ...metricNames.filter((name) => name !== options.sort)] : [...metricNames];
+  return table([
+    ["ID", "STATE", ...shown.map(displayText), "PARAMS"],
+    ...rows.map((row) => [
+      row.jobId === undefined ? "-" : row.jobId === options.highlight ? c.bold(row.jobId) : row.jobId,
+      row.state,
+      ...shown.map((name) => metricCell(row.metrics[name])),
+      paramsText(row.params) || "{}",
+    ]),
+  ]);
+}
+
+function metricCell(value: MetricValue | undefined): string {
+  return typeof value === "number" ? String(value) : "-";
+}
+
+/** For a job no config pipeline describes (`train deploy`, a pipeline since removed): the train jobs of its own run. */
+function runSweepRows(state: StateStore, stateDir: string, job: JobRecord): SweepRow[] {
+  return state
+    .sweepMembers(job.runId, job.pipeline)
+    .filter((member) => member.stage === "train")
+    .map((member, index) => ({
+      index,
+      key: member.key,
+      params: member.params as HyperparamSet,
+      state: member.state,
+      jobId: member.id,
+      runId: member.runId,
+      ...(member.finishedAt !== null ? { finishedAt: member.finishedAt } : {}),
+      metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out).values,
+    }));
+}
+
+export async function infoCommand(
+  options: Common & { job?: string; sort?: string; asc?: boolean; pipeline?: string; json?: boolean },
+): Promise<number> {
   const { config, state } = await readState(options);
   try {
+    if (options.job === undefined) {
+      const pipeline = pickPipeline(config, options.pipeline);
+      const sweep = await sweepOf(config, state, pipeline, undefined, "kaos train info");
+      const rows = await rankedRows(sweep.rows, options.sort, options.asc);
+      if (options.json) {
+        printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
+        return EXIT.ok;
+      }
+      const header = `sweep of ${displayText(pipeline)} (${rows.length} combinations${options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : ""})`;
+      process.stdout.write(`${colors().bold(header)}\n${sweepTable(rows, sweep.metricNames, { sort: options.sort })}\n`);
+      return EXIT.ok;
+    }
     const job = state.resolveJob(options.job);
     const stateDir = stateDirOf(config.root);
     const outDir = job.outputDir ?? jobPaths(stateDir, job.id).out;
     const metrics = readMetrics(outDir);
-    const sweep = job.stage === "train" ? state.sweepMembers(job.runId, job.pipeline).filter((member) => member.stage === "train") : [];
-    const members = sweep.map((member) => ({ job: member, metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out) }));
-    const sortable = numericMetricNames(members.map((member) => member.metrics));
+    let members: SweepRow[] = [];
+    let sweepNote: string | undefined;
+    if (job.stage === "train") {
+      if (config.pipelines.some((p) => p.name === job.pipeline)) {
+        try {
+          members = (await sweepOf(config, state, job.pipeline, undefined, "kaos train info")).rows;
+        } catch (error) {
+          if (!(error instanceof KaosError)) throw error;
+          // The job is still worth showing when its pipeline's inputs cannot be read now.
+          sweepNote = `the current sweep could not be read (${describeError(error).split("\n")[0]}); shown: the jobs of run ${job.runId}`;
+          members = runSweepRows(state, stateDir, job);
+        }
+      } else members = runSweepRows(state, stateDir, job);
+    }
+    const { numericMetricNames } = await import("../core/sweep.js");
+    const sortable = numericMetricNames(members);
     const { checkJobResults, resultsProblem } = await import("../backends/local/results.js");
     const results = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
     const untrusted = results === undefined ? undefined : resultsProblem(job.id, results);
     const { environmentPackages, freezePath } = await import("../backends/local/build.js");
     const envsDir = join(stateDir, "envs");
     const packages = job.envKey === null ? undefined : environmentPackages(envsDir, job.envKey);
-    if (options.sort !== undefined) {
-      const metric = options.sort;
-      if (members.length > 0 && !sortable.includes(metric)) {
-        const found = members.map((member) => member.metrics.values[metric]).find((value) => value !== undefined);
-        const why =
-          found === undefined
-            ? `no job of this sweep has a numeric metric ${quoteText(metric)}`
-            : `${quoteText(metric)} is a ${typeof found}, not a number, in every job of this sweep that has it`;
-        throw new KaosError(
-          "USAGE",
-          `-s ${displayText(metric)}: ${why}; expected one of: ${sortable.map(displayText).join(", ") || "(none recorded)"}`,
-        );
-      }
-      members.sort((a, b) => {
-        const x = a.metrics.values[metric];
-        const y = b.metrics.values[metric];
-        if (typeof x !== "number") return 1;
-        if (typeof y !== "number") return -1;
-        return y - x;
-      });
-    }
+    members = await rankedRows(members, options.sort, options.asc);
     if (options.json) {
       printJson({
         ...listJson(job),
@@ -452,12 +575,7 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         metricsSkipped: metrics.skipped,
         outputDir: outDir,
         results: results === undefined ? null : { ...results, problem: untrusted ?? null },
-        sweep: members.map((member) => ({
-          id: member.job.id,
-          state: member.job.state,
-          params: member.job.params,
-          metrics: member.metrics.values,
-        })),
+        sweep: sweepRowsJson(members),
       });
       return EXIT.ok;
     }
@@ -494,20 +612,14 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
     else if (results !== undefined)
       lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
-    if (members.length > 1) {
-      const shown = options.sort ? [options.sort, ...sortable.filter((name) => name !== options.sort)] : sortable;
-      lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${displayText(options.sort)}` : ""})`));
-      lines.push(
-        table([
-          ["ID", "STATE", ...shown.map(displayText), "PARAMS"],
-          ...members.map((member) => [
-            member.job.id === job.id ? c.bold(member.job.id) : member.job.id,
-            member.job.state,
-            ...shown.map((name) => (typeof member.metrics.values[name] === "number" ? String(member.metrics.values[name]) : "-")),
-            paramsText(member.job.params),
-          ]),
-        ]).replace(/^/gm, "  "),
-      );
+    if (members.length > 1 || (members.length === 1 && members[0]!.jobId !== job.id)) {
+      const by = options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : "";
+      lines.push("", c.bold(`sweep (${members.length} ${sweepNote === undefined ? "combinations" : "jobs"}${by})`));
+      if (sweepNote !== undefined) lines.push(c.dim(`  ${displayLine(sweepNote)}`));
+      else if (!members.some((member) => member.jobId === job.id)) {
+        lines.push(c.dim(`  job ${job.id} is not part of it: its inputs or params are no longer what the config names`));
+      }
+      lines.push(sweepTable(members, sortable, { sort: options.sort, highlight: job.id }).replace(/^/gm, "  "));
     }
     process.stdout.write(`${lines.join("\n")}\n`);
     return EXIT.ok;
