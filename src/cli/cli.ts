@@ -200,6 +200,21 @@ function buildProgram(): Command {
     });
 
   train
+    .command("compare")
+    .description(
+      "show a pipeline's sweep (every combination of its grid now, with the job last recorded for it) as a table of params and metrics",
+    )
+    .argument("[pipeline]", "the pipeline (default: the config's only one)")
+    .addOption(stackOption())
+    .option("-s, --sort <metric>", "rank by this metric (highest first)")
+    .option("--asc", "with -s: lowest first (a loss)")
+    .option("--json", "print the sweep as JSON")
+    .action(async (pipeline: string | undefined, options: OptionsOf<typeof commands.compareCommand>, command: Command) => {
+      const { compareCommand } = await import("./commands.js");
+      setExitStatus(await compareCommand({ ...globals(command), ...options, pipeline }));
+    });
+
+  train
     .command("get")
     .description("copy a job's outputs (and optionally its code and params) to a directory")
     .argument("<job>", "job id or an unambiguous prefix")

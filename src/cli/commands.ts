@@ -12,7 +12,7 @@ import type { ApplyResult } from "../core/engine.js";
 import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
 import type { Sweep, SweepRow } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
-import { displayLine, displayMessage, displayText, formatDuration, paramsText, quoteText } from "../core/format.js";
+import { displayLine, displayMessage, displayText, formatDuration, paramValueText, paramsText, quoteText } from "../core/format.js";
 import { StateStore, type JobRecord } from "../core/state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
@@ -621,6 +621,51 @@ export async function infoCommand(
       }
       lines.push(sweepTable(members, sortable, { sort: options.sort, highlight: job.id }).replace(/^/gm, "  "));
     }
+    process.stdout.write(`${lines.join("\n")}\n`);
+    return EXIT.ok;
+  } finally {
+    state.close();
+  }
+}
+
+/** `train compare`: the current sweep of a pipeline as a table of its params and metrics. */
+export async function compareCommand(
+  options: Common & { pipeline?: string; sort?: string; asc?: boolean; json?: boolean; stack?: string },
+): Promise<number> {
+  const { config, state } = await readState(options);
+  try {
+    const pipeline = pickPipeline(config, options.pipeline);
+    const sweep = await sweepOf(config, state, pipeline, options.stack, "kaos train compare");
+    const rows = await rankedRows(sweep.rows, options.sort, options.asc);
+    if (options.json) {
+      printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
+      return EXIT.ok;
+    }
+    const c = colors();
+    const paramNames = [...new Set(rows.flatMap((row) => Object.keys(row.params)))];
+    const metricNames = options.sort ? [options.sort, ...sweep.metricNames.filter((name) => name !== options.sort)] : sweep.metricNames;
+    const counts = new Map<string, number>();
+    for (const row of rows) counts.set(row.state, (counts.get(row.state) ?? 0) + 1);
+    const by = options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : "";
+    const summary = [...counts].map(([state, count]) => `${count} ${state}`).join(", ");
+    const lines = [
+      c.bold(`sweep of ${displayText(pipeline)}: ${rows.length} combinations (${summary || "none"})${by}`),
+      table([
+        [
+          ...paramNames.map(displayText),
+          // A metric may share its name with a param (a script that logs its own params).
+          ...metricNames.map((name) => (paramNames.includes(name) ? `${displayText(name)} (metric)` : displayText(name))),
+          "STATE",
+          "ID",
+        ],
+        ...rows.map((row) => [
+          ...paramNames.map((name) => (Object.hasOwn(row.params, name) ? paramValueText(row.params[name]) : "-")),
+          ...metricNames.map((name) => metricCell(row.metrics[name])),
+          row.state,
+          row.jobId ?? "-",
+        ]),
+      ]),
+    ];
     process.stdout.write(`${lines.join("\n")}\n`);
     return EXIT.ok;
   } finally {

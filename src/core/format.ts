@@ -85,7 +85,8 @@ function paramKeyText(key: string): string {
   return BARE_PARAM.test(key) && !UNSAFE.test(key) ? key : quoteText(key);
 }
 
-function paramValueText(value: unknown): string {
+/** One param's value as `paramsText` shows it. */
+export function paramValueText(value: unknown): string {
   if (typeof value !== "string") return displayLine(JSON.stringify(value) ?? String(value));
   return BARE_PARAM.test(value) && !UNSAFE.test(value) && !JSON_LITERAL.test(value) ? value : quoteText(value);
 }
