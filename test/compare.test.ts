@@ -5,9 +5,10 @@
  * compare`, `train get --best` and `train list` show it.
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { REPO_ROOT, makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 afterAll(() =>
@@ -130,5 +131,73 @@ describe("a pipeline's sweep (built CLI, real processes)", () => {
       ]);
       expect(new Set(sweep.map((row) => row.id))).toEqual(new Set(succeeded.map((job) => job.id)));
     }
+  });
+
+  it("train compare shows the sweep without a job id, and train get --best fetches its best succeeded job", async () => {
+    const made = project({ score: [1, 2, 3], kernel: "rbf" });
+    await kaos(made, ["up"]);
+    const jobs = await trainJobs(made);
+    const idOf = (score: number) => jobs.find((job) => job.params.score === score)!.id;
+
+    const compared = JSON.parse((await kaos(made, ["train", "compare", "-s", "loss", "--asc", "--json"])).stdout) as {
+      pipeline: string;
+      sweep: SweepEntry[];
+    };
+    expect(compared.pipeline).toBe("p");
+    expect(compared.sweep.map((row) => [row.params.score, row.id, row.state])).toEqual([
+      [3, idOf(3), "succeeded"],
+      [2, idOf(2), "succeeded"],
+      [1, idOf(1), "succeeded"],
+    ]);
+    const table = (await kaos(made, ["train", "compare", "p", "-s", "score"])).stdout.split("\n");
+    expect(table[0]).toBe("sweep of p: 3 combinations (3 succeeded), by score");
+    expect(table[1]).toMatch(/^kernel\s+score\s+score \(metric\)\s+loss\s+lr\s+STATE\s+ID$/);
+    expect(table[2]).toMatch(new RegExp(`^rbf\\s+3\\s+1\\s+.*succeeded\\s+${idOf(3)}$`));
+
+    const best = await kaos(made, ["train", "get", "--best", "score", "-o", "best"]);
+    expect(best.stdout).toBe(`copied job ${idOf(3)} to ${made.path("best")}\n`);
+    expect(readFileSync(made.path("best", "out", "model.txt"), "utf8")).toBe("model 3 rbf");
+    const lowest = await kaos(made, ["train", "get", "--best", "loss", "--asc", "--pipeline", "p", "-o", "lowest"]);
+    expect(lowest.stdout).toContain(`copied job ${idOf(3)}`);
+    const highestLoss = await kaos(made, ["train", "get", "--best", "loss", "-o", "worst"]);
+    expect(highestLoss.stdout).toContain(`copied job ${idOf(1)}`);
+
+    const missing = await runKaos(["train", "get", "--best", "accuracy", "-o", "none"], { cwd: made.dir });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(
+      'error: --best accuracy: none of the 3 succeeded jobs of pipeline p\'s sweep has a numeric metric "accuracy"; expected one of: loss, lr, score',
+    );
+    expect(existsSync(made.path("none"))).toBe(false);
+    const neither = await runKaos(["train", "get"], { cwd: made.dir });
+    expect(neither.code).toBe(1);
+    expect(neither.stderr).toContain("expected a job id, or --best METRIC");
+  });
+
+  it("with several pipelines, names them; on a kubernetes stack, says it is not supported", async () => {
+    const made = project({ score: [1] });
+    made.write({
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", data: "data", hyperparams: "grid.json" }, q: { source: "src", data: "data" } } });\n`,
+      "stacks/cluster.ts": readFileSync(join(REPO_ROOT, "stacks/cluster.ts"), "utf8"),
+    });
+    const which = await runKaos(["train", "compare"], { cwd: made.dir });
+    expect(which.code).toBe(1);
+    expect(which.stderr).toContain("has 2 pipelines; name one: p, q");
+    const best = await runKaos(["train", "get", "--best", "score"], { cwd: made.dir });
+    expect(best.stderr).toContain("has 2 pipelines; name one: p, q");
+    for (const args of [
+      ["train", "compare", "q", "--stack", "cluster"],
+      ["train", "get", "--best", "score", "--pipeline", "q", "--stack", "cluster"],
+    ]) {
+      const cluster = await runKaos(args, { cwd: made.dir });
+      expect(cluster.code).toBe(1);
+      expect(cluster.stderr).toMatch(
+        /error: kaos train (compare|get --best) reads the local backend's state; stack cluster uses the kubernetes backend/,
+      );
+    }
+    // The second pipeline, never run, is one pending job.
+    const pending = JSON.parse((await kaos(made, ["train", "compare", "q", "--json"])).stdout) as { sweep: SweepEntry[] };
+    expect(pending.sweep).toEqual([
+      { id: null, key: expect.any(String) as string, state: "pending", params: {}, metrics: {}, runId: null, finishedAt: null },
+    ]);
   });
 });

@@ -216,13 +216,17 @@ function buildProgram(): Command {
 
   train
     .command("get")
-    .description("copy a job's outputs (and optionally its code and params) to a directory")
-    .argument("<job>", "job id or an unambiguous prefix")
+    .description("copy a job's outputs (and optionally its code and params) to a directory; --best picks the best job of a sweep")
+    .argument("[job]", "job id or an unambiguous prefix")
+    .option("--best <metric>", "instead of a job: the succeeded job of the current sweep highest by this metric")
+    .option("--asc", "with --best: lowest first (a loss)")
+    .option("--pipeline <name>", "with --best: the pipeline whose sweep (default: the config's only one)")
+    .addOption(stackOption())
     .option("-o, --out <dir>", "destination directory (default: ./<job id>)")
     .option("--code", "also copy the source snapshot the job ran")
     .option("--params", "also write the job's params.json")
     .option("--force", "copy results that changed after the job ended anyway (they cannot be trusted)")
-    .action(async (job: string, options: OptionsOf<typeof commands.getCommand>, command: Command) => {
+    .action(async (job: string | undefined, options: OptionsOf<typeof commands.getCommand>, command: Command) => {
       const { getCommand } = await import("./commands.js");
       setExitStatus(await getCommand({ ...globals(command), ...options, job }));
     });

@@ -673,12 +673,60 @@ export async function compareCommand(
   }
 }
 
+/** `train get --best METRIC`: the succeeded job of the current sweep that ranks first by the metric. */
+async function bestJob(
+  config: ResolvedConfig,
+  state: StateStore,
+  options: { best: string; asc?: boolean; pipeline?: string; stack?: string },
+): Promise<JobRecord> {
+  const pipeline = pickPipeline(config, options.pipeline);
+  const sweep = await sweepOf(config, state, pipeline, options.stack, "kaos train get --best");
+  const { bestOfSweep } = await import("../core/sweep.js");
+  const best = bestOfSweep(sweep.rows, options.best, { ascending: options.asc });
+  const succeeded = sweep.rows.filter((row) => row.state === "succeeded");
+  if (best?.jobId === undefined) {
+    const recorded = [
+      ...new Set(succeeded.flatMap((row) => Object.keys(row.metrics).filter((name) => typeof row.metrics[name] === "number"))),
+    ].sort();
+    throw new KaosError(
+      "USAGE",
+      succeeded.length === 0
+        ? `--best ${displayText(options.best)}: no job of pipeline ${displayText(pipeline)}'s sweep has succeeded yet (${sweep.rows.length} combinations)`
+        : `--best ${displayText(options.best)}: none of the ${succeeded.length} succeeded jobs of pipeline ${displayText(pipeline)}'s sweep has a numeric metric ${quoteText(options.best)}; expected one of: ${recorded.map(displayText).join(", ") || "(none recorded)"}`,
+      { hint: `\`kaos train compare ${displayText(pipeline)}\` shows the sweep and its metrics` },
+    );
+  }
+  return state.resolveJob(best.jobId);
+}
+
 export async function getCommand(
-  options: Common & { job: string; out?: string; code?: boolean; params?: boolean; force?: boolean },
+  options: Common & {
+    job?: string;
+    best?: string;
+    asc?: boolean;
+    pipeline?: string;
+    stack?: string;
+    out?: string;
+    code?: boolean;
+    params?: boolean;
+    force?: boolean;
+  },
 ): Promise<number> {
+  if ((options.job === undefined) === (options.best === undefined)) {
+    throw new KaosError(
+      "USAGE",
+      options.job === undefined ? "expected a job id, or --best METRIC" : "a job id and --best are exclusive: give one of them",
+    );
+  }
+  if (options.best === undefined && (options.asc || options.pipeline !== undefined)) {
+    throw new KaosError("USAGE", `${options.asc ? "--asc" : "--pipeline"} goes with --best METRIC`);
+  }
   const { config, state } = await readState(options);
   try {
-    const job = state.resolveJob(options.job);
+    const job =
+      options.best !== undefined
+        ? await bestJob(config, state, { best: options.best, asc: options.asc, pipeline: options.pipeline, stack: options.stack })
+        : state.resolveJob(options.job!);
     const paths = jobPaths(stateDirOf(config.root), job.id);
     const outDir = job.outputDir ?? paths.out;
     if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);
