@@ -164,10 +164,14 @@ function buildProgram(): Command {
 
   train
     .command("list")
-    .description("list jobs, newest first")
+    .description("list jobs, newest first (50 unless --limit or --all), with each pipeline's leading metric")
     .addOption(stackOption())
-    .option("--json", "print the jobs as JSON")
+    .option("--json", "print the jobs as JSON (every one unless --limit)")
     .option("--limit <n>", "at most this many jobs", wholeNumber("--limit", 1))
+    .option("--all", "every job")
+    .option("--pipeline <name>", "only this pipeline's jobs")
+    .addOption(new Option("--state <state>", "only jobs in this state").choices(["queued", "running", "succeeded", "failed", "cancelled"]))
+    .option("--run <id>", "only the jobs of this run (the id `kaos up` prints)")
     .action(async (options: OptionsOf<typeof commands.listCommand>, command: Command) => {
       const { listCommand } = await import("./commands.js");
       setExitStatus(await listCommand({ ...globals(command), ...options }));

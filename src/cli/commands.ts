@@ -13,7 +13,7 @@ import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metri
 import type { Sweep, SweepRow } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
 import { displayLine, displayMessage, displayText, formatDuration, paramValueText, paramsText, quoteText } from "../core/format.js";
-import { StateStore, type JobRecord } from "../core/state.js";
+import { StateStore, type JobRecord, type JobState } from "../core/state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
 import { EXIT, onStopRequest } from "./exit.js";
@@ -283,39 +283,122 @@ function listJson(job: JobRecord) {
   };
 }
 
-export async function listCommand(options: Common & { stack?: string; json?: boolean; limit?: number }): Promise<number> {
+/** What `kaos train list` shows when neither --limit nor --all says otherwise. */
+const LIST_PAGE = 50;
+
+export interface ListOptions {
+  stack?: string;
+  json?: boolean;
+  limit?: number;
+  all?: boolean;
+  pipeline?: string;
+  state?: JobState;
+  run?: string;
+}
+
+/**
+ * Each pipeline's leading metric among the listed jobs (the first numeric
+ * metric its newest succeeded train job wrote), and that metric's value per
+ * listed job. Only the listed jobs are read: a page of them, not the history.
+ */
+function listedMetrics(stateDir: string, jobs: readonly JobRecord[]): { names: Map<string, string>; values: Map<string, number> } {
+  const names = new Map<string, string>();
+  const metricsById = new Map<string, Record<string, MetricValue>>();
+  const metricsOf = (job: JobRecord): Record<string, MetricValue> => {
+    let values = metricsById.get(job.id);
+    if (values === undefined) {
+      values = job.collectedAt === null ? readMetrics(job.outputDir ?? jobPaths(stateDir, job.id).out).values : {};
+      metricsById.set(job.id, values);
+    }
+    return values;
+  };
+  for (const job of jobs) {
+    if (job.stage !== "train" || job.state !== "succeeded" || names.has(job.pipeline)) continue;
+    const metrics = metricsOf(job);
+    const first = Object.keys(metrics).find((name) => typeof metrics[name] === "number");
+    if (first !== undefined) names.set(job.pipeline, first);
+  }
+  const values = new Map<string, number>();
+  for (const job of jobs) {
+    const name = names.get(job.pipeline);
+    if (job.stage !== "train" || name === undefined || job.state === "queued") continue;
+    const value = metricsOf(job)[name];
+    if (typeof value === "number") values.set(job.id, value);
+  }
+  return { names, values };
+}
+
+export async function listCommand(options: Common & ListOptions): Promise<number> {
+  if (options.all && options.limit !== undefined) throw new KaosError("USAGE", "--limit and --all are exclusive: give one of them");
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
     if (isCluster(stack)) {
+      const unsupported = (["pipeline", "state", "run", "all"] as const).filter((flag) => options[flag] !== undefined);
+      if (unsupported.length > 0) {
+        throw new KaosError(
+          "NOT_SUPPORTED",
+          `kaos train list ${unsupported.map((flag) => `--${flag}`).join(", ")}: not supported on stack ${stack.name}, which uses the kubernetes backend`,
+          { hint: "list the cluster's jobs without these options" },
+        );
+      }
       const { clusterList } = await import("../backends/kubernetes/backend.js");
       return clusterList(config, stack, options);
     }
   }
-  const { state } = await readState(options);
+  const { config, state } = await readState(options);
   try {
-    const jobs = state.listJobs({ ...(options.stack ? { stack: options.stack } : {}), ...(options.limit ? { limit: options.limit } : {}) });
+    const filter = {
+      ...(options.stack ? { stack: options.stack } : {}),
+      ...(options.pipeline !== undefined ? { pipeline: options.pipeline } : {}),
+      ...(options.state !== undefined ? { state: options.state } : {}),
+      ...(options.run !== undefined ? { runId: options.run } : {}),
+    };
+    // Scripts reading --json get every job unless they ask for fewer; people get a page.
+    const limit = options.limit ?? (options.all || options.json ? undefined : LIST_PAGE);
+    const jobs = state.listJobs({ ...filter, ...(limit !== undefined ? { limit } : {}) });
     if (options.json) {
       printJson(jobs.map(listJson));
       return EXIT.ok;
     }
     if (jobs.length === 0) {
-      process.stdout.write("no jobs yet: run `kaos up`\n");
+      const filtered = Object.keys(filter).length > (options.stack ? 1 : 0);
+      process.stdout.write(filtered ? "no jobs match\n" : "no jobs yet: run `kaos up`\n");
       return EXIT.ok;
     }
     const c = colors();
     const paint = (s: string) =>
       s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s);
-    const rows = jobs.map((job) => [
-      job.id,
-      displayText(job.pipeline),
-      job.stage,
-      job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
-      job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
-      job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
-      duration(job),
-      paramsText(job.params),
-    ]);
-    process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", "PARAMS"], ...rows])}\n`);
+    const metrics = listedMetrics(stateDirOf(config.root), jobs);
+    const metricNames = new Set(metrics.names.values());
+    // One metric for every pipeline listed: its name heads the column; else each cell names its metric.
+    const [onlyMetric] = metricNames.size === 1 ? [...metricNames] : [];
+    const rows = jobs.map((job) => {
+      const value = metrics.values.get(job.id);
+      const name = metrics.names.get(job.pipeline);
+      return [
+        job.id,
+        displayText(job.pipeline),
+        job.stage,
+        job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
+        job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
+        job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
+        duration(job),
+        ...(metricNames.size === 0
+          ? []
+          : [value === undefined ? "" : onlyMetric !== undefined ? metricCell(value) : `${displayText(name!)}=${metricCell(value)}`]),
+        paramsText(job.params),
+      ];
+    });
+    const metricHeader = metricNames.size === 0 ? [] : [onlyMetric !== undefined ? displayText(onlyMetric) : "METRIC"];
+    process.stdout.write(
+      `${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", ...metricHeader, "PARAMS"], ...rows])}\n`,
+    );
+    if (limit !== undefined && jobs.length === limit) {
+      const more = state.countJobs(filter) - jobs.length;
+      if (more > 0) {
+        process.stdout.write(c.dim(`${more} more; --limit N shows more, --all every one\n`));
+      }
+    }
     return EXIT.ok;
   } finally {
     state.close();
