@@ -7,6 +7,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { StateStore } from "../src/core/state.js";
 import { trainingProject, type ListedJob } from "./helpers/jobs.js";
 import { REPO_ROOT, makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
 
@@ -154,6 +155,15 @@ describe("a pipeline's sweep (built CLI, real processes)", () => {
     expect(table[1]).toMatch(/^kernel\s+score\s+score \(metric\)\s+loss\s+lr\s+STATE\s+ID$/);
     expect(table[2]).toMatch(new RegExp(`^rbf\\s+3\\s+1\\s+.*succeeded\\s+${idOf(3)}$`));
 
+    // Tables round to 4 significant digits; --json is exact. Per-step fields tell how far they got.
+    expect(table[4]).toMatch(/^rbf\s+1\s+0\.3333\s+1\s+0\.03333\s+succeeded/);
+    expect(compared.sweep[2]!.metrics).toEqual({ score: 1 / 3, loss: 1, lr: 0.1 / 3 });
+    const info = (await kaos(made, ["train", "info", idOf(1)])).stdout;
+    expect(info).toContain("\n  score  0.3333\n  loss  1\n  lr  0.03333  (series: last step 20, 3 points)\n");
+    const infoJson = JSON.parse((await kaos(made, ["train", "info", idOf(1), "--json"])).stdout) as { metrics: unknown; series: unknown };
+    expect(infoJson.metrics).toEqual({ score: 1 / 3, loss: 1, lr: 0.1 / 3 });
+    expect(infoJson.series).toEqual({ lr: { points: 3, lastStep: 20 } });
+
     const best = await kaos(made, ["train", "get", "--best", "score", "-o", "best"]);
     expect(best.stdout).toBe(`copied job ${idOf(3)} to ${made.path("best")}\n`);
     expect(readFileSync(made.path("best", "out", "model.txt"), "utf8")).toBe("model 3 rbf");
@@ -199,5 +209,66 @@ describe("a pipeline's sweep (built CLI, real processes)", () => {
     expect(pending.sweep).toEqual([
       { id: null, key: expect.any(String) as string, state: "pending", params: {}, metrics: {}, runId: null, finishedAt: null },
     ]);
+  });
+
+  it("train list filters by pipeline, state and run, pages by default, and shows the leading metric", async () => {
+    const made = project({ score: [1, 2] });
+    await kaos(made, ["up"]);
+    const [newest, older] = await trainJobs(made);
+    const listed = (await kaos(made, ["train", "list", "--pipeline", "p"])).stdout.split("\n");
+    expect(listed[0]).toMatch(/^ID\s+PIPELINE\s+STAGE\s+STATE\s+N\/N\s+STARTED\s+DURATION\s+score\s+PARAMS$/);
+    expect(listed[1]).toMatch(new RegExp(`^${newest!.id}\\s+p\\s+train\\s+succeeded\\s+2/2\\s.*\\s0\\.6667\\s+score=2$`));
+
+    // Jobs of other runs, pipelines and states, recorded through the store.
+    const state = StateStore.open(made.dir);
+    let otherRun: string;
+    try {
+      const run = state.beginRun("local", "up");
+      otherRun = run.id;
+      for (let index = 0; index < 60; index++) {
+        const job = state.createJob({
+          runId: run.id,
+          stack: "local",
+          pipeline: "other",
+          stage: "train",
+          key: `${index}`.padStart(64, "0"),
+          params: { index },
+          envKey: null,
+          sourceKey: null,
+          dataKey: null,
+          paramsKey: null,
+          sweepIndex: index,
+          sweepSize: 60,
+          outputDir: null,
+          logFile: null,
+        });
+        state.finishJob(job.id, index % 2 === 0 ? { state: "failed", exitCode: 1 } : { state: "cancelled", exitCode: null });
+      }
+      state.finishRun(run.id, "failed");
+    } finally {
+      state.close();
+    }
+    const page = (await kaos(made, ["train", "list"])).stdout.trimEnd().split("\n");
+    const total = 1 + 2 + 60; // the build, the two train jobs of p, the sixty of "other"
+    expect(page).toHaveLength(52);
+    expect(page[51]).toBe(`${total - 50} more; --limit N shows more, --all every one`);
+    expect((await kaos(made, ["train", "list", "--all"])).stdout.trimEnd().split("\n")).toHaveLength(total + 1);
+    const limited = (await kaos(made, ["train", "list", "--limit", "3"])).stdout.trimEnd().split("\n");
+    expect(limited).toHaveLength(5);
+    expect(limited[4]).toBe(`${total - 3} more; --limit N shows more, --all every one`);
+
+    const json = async (args: string[]) => JSON.parse((await kaos(made, ["train", "list", ...args, "--json"])).stdout) as ListedJob[];
+    expect(await json([])).toHaveLength(total);
+    expect((await json(["--state", "failed"])).map((job) => job.state)).toEqual(Array(30).fill("failed"));
+    expect((await json(["--pipeline", "p", "--state", "succeeded"])).filter((job) => job.stage === "train").map((job) => job.id)).toEqual([
+      newest!.id,
+      older!.id,
+    ]);
+    expect(await json(["--run", otherRun, "--limit", "2"])).toHaveLength(2);
+    expect((await json(["--run", otherRun])).every((job) => job.pipeline === "other")).toBe(true);
+    expect((await kaos(made, ["train", "list", "--pipeline", "nope"])).stdout).toBe("no jobs match\n");
+    const badState = await runKaos(["train", "list", "--state", "done"], { cwd: made.dir });
+    expect(badState.code).toBe(1);
+    expect(badState.stderr).toContain("Allowed choices are queued, running, succeeded, failed, cancelled");
   });
 });

@@ -9,10 +9,19 @@ import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "
 import { jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
-import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
+import { readMetricSeries, readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
 import type { Sweep, SweepRow } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
-import { displayLine, displayMessage, displayText, formatDuration, paramValueText, paramsText, quoteText } from "../core/format.js";
+import {
+  displayLine,
+  displayMessage,
+  displayText,
+  formatDuration,
+  metricNumberText,
+  paramValueText,
+  paramsText,
+  quoteText,
+} from "../core/format.js";
 import { StateStore, type JobRecord, type JobState } from "../core/state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
@@ -479,7 +488,7 @@ function skippedText(skip: SkippedMetric): string {
 }
 
 function metricText(value: MetricValue): string {
-  return typeof value === "string" ? displayText(value) : String(value);
+  return typeof value === "string" ? displayText(value) : typeof value === "number" ? metricNumberText(value) : String(value);
 }
 
 /** The pipeline a sweep command is about: the one named, or else the config's only one. */
@@ -584,7 +593,7 @@ function sweepTable(rows: readonly SweepRow[], metricNames: readonly string[], o
 }
 
 function metricCell(value: MetricValue | undefined): string {
-  return typeof value === "number" ? String(value) : "-";
+  return typeof value === "number" ? metricNumberText(value) : "-";
 }
 
 /** For a job no config pipeline describes (`train deploy`, a pipeline since removed): the train jobs of its own run. */
@@ -625,6 +634,13 @@ export async function infoCommand(
     const stateDir = stateDirOf(config.root);
     const outDir = job.outputDir ?? jobPaths(stateDir, job.id).out;
     const metrics = readMetrics(outDir);
+    // Per field of the per-step series: how far it got (metrics already names what it skipped).
+    const series = Object.fromEntries(
+      Object.entries(readMetricSeries(outDir).series).map(([field, points]) => [
+        field,
+        { points: points.length, lastStep: points.reduce((last, point) => Math.max(last, point.step), 0) },
+      ]),
+    );
     let members: SweepRow[] = [];
     let sweepNote: string | undefined;
     if (job.stage === "train") {
@@ -656,6 +672,7 @@ export async function infoCommand(
         packages: packages ?? null,
         metrics: metrics.values,
         metricsSkipped: metrics.skipped,
+        series,
         outputDir: outDir,
         results: results === undefined ? null : { ...results, problem: untrusted ?? null },
         sweep: sweepRowsJson(members),
@@ -670,7 +687,12 @@ export async function infoCommand(
         : packages.length === 0
           ? "0"
           : `${packages.length} (${listed}; all in ${displayText(freezePath(envsDir, job.envKey!))})`;
-    const metricLines = Object.entries(metrics.values).map(([key, value]) => `  ${displayText(key)}  ${metricText(value)}`);
+    const metricLines = Object.entries(metrics.values).map(([key, value]) => {
+      const steps = Object.hasOwn(series, key) ? series[key] : undefined;
+      const progress =
+        steps === undefined ? "" : c.dim(`  (series: last step ${steps.lastStep}, ${steps.points} point${steps.points === 1 ? "" : "s"})`);
+      return `  ${displayText(key)}  ${metricText(value)}${progress}`;
+    });
     if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
     for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
     const lines = [

@@ -102,3 +102,12 @@ export function paramsText(params: Record<string, unknown>): string {
     .map(([key, value]) => `${paramKeyText(key)}=${paramValueText(value)}`)
     .join(" ");
 }
+
+/**
+ * A metric for a table: 4 significant digits (`0.3333`, `1.235e-7`), where
+ * `--json` carries the exact number. Whole numbers stay whole.
+ */
+export function metricNumberText(value: number): string {
+  if (!Number.isFinite(value) || Number.isInteger(value)) return String(value);
+  return String(Number(value.toPrecision(4)));
+}
