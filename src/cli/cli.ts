@@ -317,10 +317,10 @@ function buildProgram(): Command {
       process.stdout.write(completionScript(shell, buildProgram()));
     });
 
-  // Asked by the completion scripts on Tab: stack names, job ids or template names, one a line.
+  // Asked by the completion scripts on Tab: stack names, job ids, template or pipeline names, one a line.
   program
     .command("__complete", { hidden: true })
-    .addArgument(new Argument("<kind>").choices(["stacks", "jobs", "templates"]))
+    .addArgument(new Argument("<kind>").choices(["stacks", "jobs", "templates", "pipelines"]))
     .action(async (kind: DynamicKind, _options: unknown, command: Command) => {
       const { dynamicValues } = await import("./completion.js");
       const values = await dynamicValues(kind, globals(command).config).catch(() => []);
