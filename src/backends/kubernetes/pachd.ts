@@ -47,11 +47,24 @@ export interface CommitRef {
   id?: string;
   branch?: BranchRef;
 }
+/**
+ * pachd's gateway writes every field, unset timestamps as `null`. A commit is
+ * closed once `finishing` is set (FinishCommit); `finished` follows when
+ * pachd has compacted it, which may be a while later.
+ */
 export interface CommitInfo {
   commit?: CommitRef;
   description?: string;
-  started?: string;
-  finished?: string;
+  started?: string | null;
+  finishing?: string | null;
+  finished?: string | null;
+  /** Set when the commit was finished as failed. */
+  error?: string;
+}
+
+/** Whether FinishCommit has closed the commit (pachd may still be compacting it). */
+export function commitClosed(info: CommitInfo): boolean {
+  return Boolean(info.finishing) || Boolean(info.finished);
 }
 export interface PipelineRef {
   name: string;
@@ -84,9 +97,9 @@ export interface JobInfo {
   job?: { pipeline?: PipelineRef; id?: string };
   state?: PachydermJobState;
   reason?: string;
-  created?: string;
-  started?: string;
-  finished?: string;
+  created?: string | null;
+  started?: string | null;
+  finished?: string | null;
   dataTotal?: string;
   dataFailed?: string;
 }
@@ -213,8 +226,9 @@ export class PachdClient {
     });
   }
 
-  async finishCommit(commit: CommitRef): Promise<void> {
-    await this.call("pfs_v2.API", "FinishCommit", { commit });
+  /** Closes the commit; with `error`, closed as failed, so pipelines reading it do not run on it. */
+  async finishCommit(commit: CommitRef, options: { error?: string; description?: string } = {}): Promise<void> {
+    await this.call("pfs_v2.API", "FinishCommit", { commit, ...options });
   }
 
   /** Throws away an open commit (and the commit set it started), leaving the branch as it was. */
