@@ -1,6 +1,8 @@
 import { describe, it, expect, beforeEach, afterEach } from "vitest";
 import { execFile } from "node:child_process";
 import { request as httpRequest } from "node:http";
+import { createServer as createHttp2Server } from "node:http2";
+import type { AddressInfo } from "node:net";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -222,7 +224,7 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     const address = pachd.address;
     await pachd.stop();
     const error = await client.listJobs("default").catch((e: unknown) => e);
-    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).code).toBe("PACHD_UNREACHABLE");
     expect((error as KaosError).message).toContain(`cannot reach pachd at ${address}`);
     expect((error as KaosError).hint).toContain("pachyderm.address");
     await pachd.start(); // afterEach stops it again
@@ -291,6 +293,23 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     const pushed = await pushBundle(client, inputs);
     expect(pushed).not.toBe(failed.id);
     expect(pachd.calls("StartCommit")).toHaveLength(2);
+  });
+
+  it("says an address that answers in HTTP/2 only is likely pachd's gRPC port, not its HTTP one", async () => {
+    // pachd's gRPC port is cleartext HTTP/2: it opens with its SETTINGS frame, which no HTTP/1.1 client can read.
+    const grpc = createHttp2Server();
+    await new Promise<void>((resolve) => grpc.listen(0, "127.0.0.1", resolve));
+    const address = `http://127.0.0.1:${(grpc.address() as AddressInfo).port}`;
+    try {
+      const error = await new PachdClient({ address }).call("versionpb_v2.API", "GetVersion", {}).catch((e: unknown) => e);
+      expect((error as KaosError).code).toBe("PACHD_UNREACHABLE");
+      expect((error as KaosError).message).toMatch(
+        /does not answer in HTTP\/1\.1 \(versionpb_v2\.API\/GetVersion\).*is it pachd's gRPC port\?$/,
+      );
+      expect((error as KaosError).hint).toContain("not its gRPC port (1650 or 30650)");
+    } finally {
+      await new Promise<void>((resolve) => grpc.close(() => resolve()));
+    }
   });
 
   it("answers undefined for a pipeline or branch pachd does not have", async () => {
