@@ -202,6 +202,30 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     await client.deletePipeline("default", "mnist-svm-train"); // already gone: fine
   });
 
+  it("names the missing secret and how to make it when pachd refuses a pipeline for it", async () => {
+    await client.createRepo("default", "mnist-svm-source", "");
+    pachd.secretExists = () => false;
+    const spec = {
+      pipeline: { name: "mnist-svm-build", project: { name: "default" } },
+      input: { pfs: { project: "default", repo: "mnist-svm-source", glob: "/" } },
+      transform: { image: "b:1", cmd: ["sh"], secrets: [{ name: "kaos-registry", mountPath: "/kaos/registry" }] },
+    };
+    const inputs: PipelineInputs = {
+      address: pachd.address,
+      project: "default",
+      tokenEnv: TOKEN_ENV,
+      name: "mnist-svm-build",
+      spec: canonicalJson(spec),
+    };
+    const error = await applyPipeline(client, inputs, "create").catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).message).toBe(
+      "pachd refused pipeline mnist-svm-build: there is no Kubernetes secret 'kaos-registry' in the namespace pachd runs in",
+    );
+    expect((error as KaosError).hint).toContain("create secret docker-registry kaos-registry");
+    expect(pachd.pipelines.size).toBe(0);
+  });
+
   it("maps pachd's status to PACHD_FAILED with the method and message, never the token", async () => {
     const wrong = new PachdClient({ address: pachd.address, token: "not-the-token-123", tokenEnv: TOKEN_ENV });
     const error = await wrong.createRepo("default", "x", "").catch((e: unknown) => e);
@@ -582,6 +606,18 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
       .next()
       .catch((e: unknown) => e);
     expect((ambiguous as KaosError).code).toBe("JOB_AMBIGUOUS");
+  });
+
+  it("says a job has no logs while Pachyderm has no worker pods to read them from", async () => {
+    seedJobs();
+    const error = await clusterJobLogs(project.stack, "mnist-cnn-build@j8", { workspace: "mnist" })
+      .next()
+      .catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).message).toBe(
+      "no logs for job 'mnist-cnn-build@j8': Pachyderm has no worker pods of pipeline mnist-cnn-build to read them from",
+    );
+    expect((error as KaosError).hint).toContain(`kubectl -n pachyderm get pods -l pipelineName=mnist-cnn-build`);
   });
 
   it("shows a Pachyderm job id with its whole pipeline name, short enough and still found by `train logs`", async () => {

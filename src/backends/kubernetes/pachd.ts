@@ -122,7 +122,7 @@ export interface LogMessage {
   datumId?: string;
   master?: boolean;
   user?: boolean;
-  ts?: string;
+  ts?: string | null;
   message?: string;
 }
 

@@ -19,7 +19,7 @@ import type * as pulumi from "@pulumi/pulumi";
 import { KaosError, describeError } from "../../core/errors.js";
 import { packBundle, walkBundle, type BundleFile } from "./pack.js";
 import { canonicalJson } from "./canonical.js";
-import { commitClosed, PachdClient, repoRef, type CommitInfo, type CommitRef, type UploadFile } from "./pachd.js";
+import { commitClosed, PachdClient, PachdError, repoRef, type CommitInfo, type CommitRef, type UploadFile } from "./pachd.js";
 import { PACHD_ADDRESS_ENV } from "./settings.js";
 import type { BundleInputs, PachdConnection, PipelineInputs, RepoInputs } from "./provider.js";
 
@@ -144,6 +144,24 @@ async function bundleFiles(inputs: BundleInputs, scratch: string): Promise<Uploa
 
 /** Creates the pipeline, or updates it when pachd has another spec under that name. */
 export async function applyPipeline(client: PachdClient, inputs: PipelineInputs, mode: "create" | "update"): Promise<void> {
+  try {
+    await sendPipeline(client, inputs, mode);
+  } catch (error) {
+    // pachd checks that every secret the spec mounts exists in its own namespace.
+    const missing = error instanceof PachdError ? /missing Kubernetes secret (\S+)/.exec(error.message)?.[1] : undefined;
+    if (missing === undefined) throw error;
+    throw new KaosError(
+      "PACHD_FAILED",
+      `pachd refused pipeline ${inputs.name}: there is no Kubernetes secret '${missing}' in the namespace pachd runs in`,
+      {
+        hint: `set the stack's registry.usernameEnv and passwordEnv (kaos then creates it), or create it there yourself: \`kubectl -n <pachd's namespace> create secret docker-registry ${missing} --docker-server=... --docker-username=... --docker-password=...\`; the stack's namespace must be pachd's`,
+        cause: error,
+      },
+    );
+  }
+}
+
+async function sendPipeline(client: PachdClient, inputs: PipelineInputs, mode: "create" | "update"): Promise<void> {
   if (mode === "create") {
     const existing = await client.inspectPipeline(inputs.project, inputs.name);
     if (existing) {
