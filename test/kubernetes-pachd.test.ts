@@ -389,6 +389,21 @@ describe("the local server answers as pachd v2.11.6 did on loopback", () => {
     const file = await post("pfs_v2.API/GetFile", { file: { commit: { repo: repo("r"), id: "c" }, path: "/x" } });
     expect(file.status).toBe(404);
     expect(file.json).toEqual({ error: expect.objectContaining({ code: 5 }) });
+    // A job's datums come from its meta commit, which builds on the previous job's.
+    pachd.jobs = [
+      { pipeline: "p", id: "0123", state: "JOB_CREATED" },
+      { pipeline: "p", id: "0042", state: "JOB_RUNNING" },
+    ];
+    expect(await post("pps_v2.API/ListDatum", { job })).toEqual({
+      status: 500,
+      json: {
+        error: {
+          code: 2,
+          message: "next: rpc error: code = Unknown desc = base commit default/p.meta@0042 for commit default/p.meta@0123 unfinished",
+          details: [],
+        },
+      },
+    });
     // Without Loki, pachd reads logs from the worker pods, and a job whose pipeline has none fails.
     pachd.jobs = [{ pipeline: "p", id: "0123", state: "JOB_CREATED" }];
     expect(await post("pps_v2.API/GetLogs", { job })).toEqual({
@@ -570,6 +585,14 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
     expect(listJob?.path).toBe("/api/pps_v2.API/ListJob");
     expect(JSON.parse(listJob?.body ?? "")).toEqual({ projects: [{ name: "default" }], details: false });
     expect(listJob?.headers["authn-token"]).toBe(TOKEN);
+  });
+
+  it("shows a train job whole while pachd cannot list its datums, behind a job still running", async () => {
+    seedJobs();
+    pachd.jobs.unshift({ pipeline: "mnist-svm-train", id: "j3", state: "JOB_CREATED" });
+    const jobs = await listClusterJobs(project.stack, { workspace: "mnist" });
+    expect(jobs.find((job) => job.id === "mnist-svm-train@j3")).toMatchObject({ stage: "train", state: "queued" });
+    expect(jobs.filter((job) => job.stage === "train" && !job.id.includes("@"))).toHaveLength(4);
   });
 
   it("takes params from the caller when it knows them, without reading the params repo", async () => {

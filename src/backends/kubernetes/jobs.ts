@@ -141,7 +141,7 @@ async function locateJobs(stack: ResolvedStack, options: ClusterJobsOptions): Pr
       located.push({ job: base, pachydermJob, datum: undefined });
       continue;
     }
-    const datums = await client.listDatums(pachydermJob);
+    const datums = await datumsOf(client, pachydermJob);
     const paramsRepo = `${pipelineName.slice(0, -"-train".length)}-params`;
     let listed = 0;
     for (const datum of datums) {
@@ -161,6 +161,20 @@ async function locateJobs(stack: ResolvedStack, options: ClusterJobsOptions): Pr
     if (listed === 0) located.push({ job: base, pachydermJob, datum: undefined });
   }
   return located;
+}
+
+/**
+ * A job's datums; none when pachd cannot list them yet (it lists them from the
+ * job's meta commit, which builds on the previous job's: while that one runs,
+ * ListDatum fails), so the job is shown whole.
+ */
+async function datumsOf(client: PachdClient, job: JobRef): Promise<DatumInfo[]> {
+  try {
+    return await client.listDatums(job);
+  } catch (error) {
+    if (error instanceof PachdError && error.grpcCode !== undefined && /\bunfinished\b/.test(error.message)) return [];
+    throw error;
+  }
 }
 
 function jobEntry(info: JobInfo, pipeline: string, stage: Stage, id: string): ClusterJob {
