@@ -358,6 +358,7 @@ describe("Automation API seam (injected command runner)", () => {
       preflight: false,
       env: env({ TEAM_PASSPHRASE: "wrong one" }),
     }).catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PASSPHRASE_INVALID");
     expect((error as KaosError).message).toBe(
       "the passphrase in TEAM_PASSPHRASE does not unlock stack 'cluster' (getting stack configuration: incorrect passphrase)",
     );
@@ -395,6 +396,7 @@ describe("Automation API seam (injected command runner)", () => {
           pulumi: cli,
           env: env({ KUBECONFIG: join(dir, "down") }),
         }).catch((e: unknown) => e);
+        expect((down as KaosError).code).toBe("CLUSTER_UNREACHABLE");
         expect((down as KaosError).message).toContain("the API server of kube context 'test' (http://127.0.0.1:9, from");
 
         const noPachd = project({
@@ -404,7 +406,7 @@ describe("Automation API seam (injected command runner)", () => {
           pulumi: cli,
           env: env({ KUBECONFIG: join(dir, "good") }),
         }).catch((e: unknown) => e);
-        expect((pachdDown as KaosError).code).toBe("PACHD_FAILED");
+        expect((pachdDown as KaosError).code).toBe("PACHD_UNREACHABLE");
         expect((pachdDown as KaosError).message).toContain("cannot reach pachd at http://127.0.0.1:9");
         expect(calls.some((call) => call.args[0] === "up" || call.args[0] === "preview")).toBe(false);
         expect(pachd.mutatingCalls()).toEqual([]);

@@ -464,7 +464,7 @@ export function pulumiError(
     }
     if (/incorrect passphrase|passphrase must be set|PULUMI_CONFIG_PASSPHRASE/i.test(stderr)) {
       return new KaosError(
-        "PULUMI_FAILED",
+        "PASSPHRASE_INVALID",
         `the passphrase in ${pulumiSettings.passphraseEnv} does not unlock stack '${stack}' (${firstLine(plainText(stderr.replace(/^error:\s*/m, "")))})`,
         {
           hint: `export ${pulumiSettings.passphraseEnv} with the passphrase the stack was created with${pulumiSettings.passphraseEnv === "PULUMI_CONFIG_PASSPHRASE" ? "" : " (kaos hands it to Pulumi as PULUMI_CONFIG_PASSPHRASE)"}`,
