@@ -249,6 +249,14 @@ function buildProgram(): Command {
     });
 
   program
+    .command("monitor")
+    .description("serve the file system monitor alone (as `kaos watch` does), so that `kaos plan` and `kaos up` need not walk the bundles")
+    .action(async (_options: unknown, command: Command) => {
+      const { monitorCommand } = await import("./commands.js");
+      setExitStatus(await monitorCommand(globals(command)));
+    });
+
+  program
     .command("unlock")
     .description("break a stack's lock left by a kaos that ran on another machine or in another container and no longer runs")
     .addOption(stackOption())

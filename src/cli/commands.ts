@@ -611,6 +611,40 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
   }
 }
 
+/**
+ * `kaos monitor`: the file system monitor of `kaos watch` without the runs,
+ * for `kaos plan` and `kaos up` to read changes from instead of walking the
+ * bundles. Serves until Ctrl-C or SIGTERM.
+ */
+export async function monitorCommand(options: Common): Promise<number> {
+  const { config } = await loadProject({ cwd: process.cwd(), configPath: options.config });
+  const stateDir = stateDirOf(config.root);
+  try {
+    mkdirSync(stateDir, { recursive: true });
+  } catch (error) {
+    throw new KaosError("IO", `cannot create ${stateDir}: ${describeError(error)}`, {
+      hint: "check that the project directory is writable",
+    });
+  }
+  const { startMonitor } = await import("../core/monitor.js");
+  const started = await startMonitor(stateDir);
+  if (started.server === undefined) {
+    throw new KaosError("NOT_SUPPORTED", `the file system monitor cannot start: ${started.reason}`, {
+      hint: "plans already read changes from the monitor that serves it; otherwise stop that process first",
+    });
+  }
+  const server = started.server;
+  await new Promise<void>((resolve) => {
+    const stopListening = onStopRequest(() => {
+      stopListening();
+      resolve();
+    });
+    process.stderr.write(`file system monitor ready: plans read changes from ${displayText(server.socketPath)}; Ctrl-C stops\n`);
+  });
+  await server.close();
+  return EXIT.ok;
+}
+
 export async function renderCommand(options: Common & { stack: string; out: string }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   if (!isCluster(stack)) {
