@@ -48,6 +48,17 @@
  * the window could hide an edit made within one tick of being hashed.
  * A store without `savedAt` gives no trusted entries: every file is read.
  *
+ * File system monitor. With `monitor` and a store that keeps its token, the
+ * monitor is asked, before anything is walked, what changed since the token
+ * saved with the cache. When it names the paths exactly, only those are
+ * lstat'ed (and read when their stat differs or is racy) and every other
+ * file is taken from the cache as it is: no event since the token means no
+ * change since the walk that read it began. The cache then keeps its old
+ * `savedAt`, the earliest moment any of its entries was read. When the
+ * monitor cannot tell, or the changes are more than paths to look at one by
+ * one, the tree is walked, and the token asked for before the walk is saved
+ * with what it found.
+ *
  * Speed. A small pool of worker threads (hash-worker.ts) lists directories,
  * lstats and reads files with synchronous fs calls and one reused buffer
  * each. The walk is split into units of a couple of thousand entries that any
