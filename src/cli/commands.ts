@@ -4,9 +4,9 @@
  * `plan --detailed-exitcode` with changes pending.
  */
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
-import { jobPaths, stateDirOf } from "../core/layout.js";
+import { findConfig, jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
 import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
@@ -617,8 +617,18 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
  * bundles. Serves until Ctrl-C or SIGTERM.
  */
 export async function monitorCommand(options: Common): Promise<number> {
-  const { config } = await loadProject({ cwd: process.cwd(), configPath: options.config });
-  const stateDir = stateDirOf(config.root);
+  // The project's place is all it needs: a config being edited into shape still has its plans served.
+  const configFile = options.config !== undefined ? resolve(options.config) : findConfig(process.cwd());
+  if (configFile === undefined || !existsSync(configFile)) {
+    throw new KaosError(
+      "CONFIG_NOT_FOUND",
+      options.config !== undefined
+        ? `--config ${options.config}: no such file: ${configFile}`
+        : `no kaos.config.ts found in ${process.cwd()} or any parent directory`,
+      { hint: "run kaos monitor in the project whose plans it is to serve, or pass --config PATH" },
+    );
+  }
+  const stateDir = stateDirOf(dirname(configFile));
   try {
     mkdirSync(stateDir, { recursive: true });
   } catch (error) {
