@@ -876,6 +876,11 @@ async function treeFromChanges(
   const updates = new Map<string, StatCacheEntry | null>();
   const removedPrefixes: string[] = [];
   const directories = new Map<string, boolean>();
+  // Only a path the cache lists changes the tree by going: an editor's swap file coming and going does not.
+  const drop = (path: string): void => {
+    if (findRow(packed, path) >= 0) updates.set(path, null);
+    else updates.delete(path);
+  };
   let read = 0;
   let readBytes = 0;
   for (const path of changed) {
@@ -885,7 +890,7 @@ async function treeFromChanges(
     const absolute = `${root}/${path}`;
     if (!underRealDirectories(root, path, directories)) {
       // A directory on the way became a link or a file, or went: the walk does not go in there.
-      updates.set(path, null);
+      drop(path);
       continue;
     }
     let stats: BigIntStats | undefined;
@@ -896,14 +901,16 @@ async function treeFromChanges(
     }
     if (stats?.isDirectory() === true) {
       // A directory that came (or was moved in) holds files no event named.
-      if (ignored?.ignores(`${path}/`) === true) continue;
-      return undefined;
+      if (ignored?.ignores(`${path}/`) !== true) return undefined;
+      drop(path);
+      removedPrefixes.push(`${path}/`);
+      continue;
     }
     // Whatever this path held below it, as a directory, is gone.
     removedPrefixes.push(`${path}/`);
     const name = path.slice(path.lastIndexOf("/") + 1);
     if (stats === undefined || isEditorFile(name) || ignored?.ignores(path) === true) {
-      updates.set(path, null);
+      drop(path);
       continue;
     }
     // Sockets and FIFOs: the walk says what is wrong with them.
@@ -924,7 +931,7 @@ async function treeFromChanges(
       }
     } catch (error) {
       if (errnoCode(error) === "ENOENT") {
-        updates.set(path, null);
+        drop(path);
         continue;
       }
       // The walk reports it with the bundle's wording.
