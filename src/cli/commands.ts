@@ -4,9 +4,9 @@
  * `plan --detailed-exitcode` with changes pending.
  */
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
-import { jobPaths, stateDirOf } from "../core/layout.js";
+import { findConfig, jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
 import { readMetricSeries, readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
@@ -919,6 +919,50 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
   } finally {
     state.close();
   }
+}
+
+/**
+ * `kaos monitor`: the file system monitor of `kaos watch` without the runs,
+ * for `kaos plan` and `kaos up` to read changes from instead of walking the
+ * bundles. Serves until Ctrl-C or SIGTERM.
+ */
+export async function monitorCommand(options: Common): Promise<number> {
+  // The project's place is all it needs: a config being edited into shape still has its plans served.
+  const configFile = options.config !== undefined ? resolve(options.config) : findConfig(process.cwd());
+  if (configFile === undefined || !existsSync(configFile)) {
+    throw new KaosError(
+      "CONFIG_NOT_FOUND",
+      options.config !== undefined
+        ? `--config ${options.config}: no such file: ${configFile}`
+        : `no kaos.config.ts found in ${process.cwd()} or any parent directory`,
+      { hint: "run kaos monitor in the project whose plans it is to serve, or pass --config PATH" },
+    );
+  }
+  const stateDir = stateDirOf(dirname(configFile));
+  try {
+    mkdirSync(stateDir, { recursive: true });
+  } catch (error) {
+    throw new KaosError("IO", `cannot create ${stateDir}: ${describeError(error)}`, {
+      hint: "check that the project directory is writable",
+    });
+  }
+  const { startMonitor } = await import("../core/monitor.js");
+  const started = await startMonitor(stateDir);
+  if (started.server === undefined) {
+    throw new KaosError("NOT_SUPPORTED", `the file system monitor cannot start: ${started.reason}`, {
+      hint: "plans already read changes from the monitor that serves it; otherwise stop that process first",
+    });
+  }
+  const server = started.server;
+  await new Promise<void>((resolve) => {
+    const stopListening = onStopRequest(() => {
+      stopListening();
+      resolve();
+    });
+    process.stderr.write(`file system monitor ready: plans read changes from ${displayText(server.socketPath)}; Ctrl-C stops\n`);
+  });
+  await server.close();
+  return EXIT.ok;
 }
 
 export async function renderCommand(options: Common & { stack: string; out: string }): Promise<number> {

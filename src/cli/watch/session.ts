@@ -95,6 +95,8 @@ import { failedItems, failureReason, jobItem, planSummary, plural, runItems, wan
 import { isIgnoredPath, loadRules, watchTargets, type WatchTargets } from "./targets.js";
 import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
+import { stateDirOf } from "../../core/layout.js";
+import { startMonitor, type MonitorServer } from "../../core/monitor.js";
 import { EXIT, failureLines, onStopRequest } from "../exit.js";
 
 interface CurrentRun {
@@ -221,6 +223,23 @@ class WatchSession {
     watcher.on("error", (error) => this.print(`watch error: ${displayLine(describeError(error))}`));
     await new Promise<void>((done) => watcher.once("ready", () => done()));
     this.watcher = watcher;
+  }
+
+  /**
+   * Serves the file system monitor, so that `kaos plan` and `kaos up` run
+   * elsewhere ask it what changed instead of walking every bundle. Not when
+   * polling: events there come late or not at all.
+   */
+  private async startMonitor(): Promise<MonitorServer | undefined> {
+    if (this.options.poll === true) return undefined;
+    const stateDir = stateDirOf(this.baseSession.state.root);
+    const started = await startMonitor(stateDir);
+    if (started.server === undefined) {
+      this.print(`file system monitor not started: ${displayLine(started.reason)}`);
+      return undefined;
+    }
+    this.print(`file system monitor ready: plans read changes from ${displayText(relative(this.options.cwd, started.server.socketPath))}`);
+    return started.server;
   }
 
   private onFsEvent(event: string, path: string): void {
@@ -442,8 +461,10 @@ class WatchSession {
 
   async run(): Promise<number> {
     const stopKeys = this.listenForQuit();
+    let monitor: MonitorServer | undefined;
     try {
       await this.startWatcher();
+      monitor = await this.startMonitor();
       this.print(
         `watching ${plural(this.targets.paths.length, "path")} in ${displayText(this.targets.root)} (debounce ${this.machine.quietMs} ms, on change: ${this.machine.onChange}, ${this.describeMode()}); q then Enter or Ctrl-C quits`,
       );
@@ -459,6 +480,7 @@ class WatchSession {
       stopKeys();
       this.machine.stop();
       await this.watcher?.close();
+      await monitor?.close();
       while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
       this.terminal.close();
     }
