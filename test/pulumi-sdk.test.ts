@@ -13,8 +13,9 @@ describe("the Pulumi SDK kaos drives", () => {
     expect(typeof automation.PulumiCommand.get).toBe("function");
     expect(typeof automation.PulumiCommand.install).toBe("function");
     expect(typeof automation.LocalWorkspace.createOrSelectStack).toBe("function");
-    for (const name of ["CommandError", "ConcurrentUpdateError", "StackNotFoundError", "StackAlreadyExistsError"] as const) {
-      expect(typeof automation[name], name).toBe("function");
+    const { CommandError, ConcurrentUpdateError, StackNotFoundError, StackAlreadyExistsError } = automation;
+    for (const [name, type] of Object.entries({ CommandError, ConcurrentUpdateError, StackNotFoundError, StackAlreadyExistsError })) {
+      expect(typeof type, name).toBe("function");
     }
     expect(Object.getPrototypeOf(automation.ConcurrentUpdateError)).toBe(automation.CommandError);
   });
