@@ -7,7 +7,6 @@
 import type { Reporter } from "./events.js";
 import type { ManifestEntry, ManifestLock } from "./manifest.js";
 import type { Plan, PlanOracle } from "./plan.js";
-import { KaosError } from "./errors.js";
 import type { JobRecord, Stage, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "./types.js";
 
@@ -150,10 +149,3 @@ export interface BackendContext {
 
 /** Makes the backend of a stack: `backends/index.ts` is the one implementation, the engine takes it as a parameter. */
 export type BackendFactory = (context: BackendContext) => Promise<Backend>;
-
-/** The error for a command a backend does not offer. */
-export function notSupported(stack: ResolvedStack, what: string, instead?: string): KaosError {
-  return new KaosError("NOT_SUPPORTED", `stack ${stack.name} uses the ${stack.config.backend} backend, which does not support ${what}`, {
-    ...(instead !== undefined ? { hint: instead } : {}),
-  });
-}
