@@ -16,7 +16,7 @@ import { PachdClient, PachdError, pachdFetch } from "../src/backends/kubernetes/
 import { applyPipeline, pushBundle, bundleDescription } from "../src/backends/kubernetes/provider-impl.js";
 import { pachydermProviders, type BundleInputs, type PipelineInputs } from "../src/backends/kubernetes/provider.js";
 import { clusterJobLogs, listClusterJobs, shortJobId } from "../src/backends/kubernetes/jobs.js";
-import { canonicalJson } from "../src/backends/kubernetes/canonical.js";
+import { canonicalJson } from "../src/core/hyperparams.js";
 import { FakePachd } from "./fixtures/kubernetes/fake-pachd.js";
 import { makeClusterProject, type ClusterProject } from "./fixtures/kubernetes/project.js";
 

@@ -81,6 +81,8 @@ export interface Plan {
   pipelines: PipelinePlan[];
   /** True when any stage or job would run. */
   changes: boolean;
+  /** How the plan says a job need not run when nothing changes; default "already succeeded". */
+  upToDate?: string;
   stats: PlanStats;
 }
 
@@ -505,7 +507,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       ? c.bold(
           `Plan: ${stagesToRun} stage${stagesToRun === 1 ? "" : "s"} and ${jobsToRun} job${jobsToRun === 1 ? "" : "s"} to run, ${jobsSkipped} skipped.`,
         )
-      : c.green(`No changes: ${jobsSkipped} job${jobsSkipped === 1 ? "" : "s"} already succeeded.`),
+      : c.green(`No changes: ${jobsSkipped} job${jobsSkipped === 1 ? "" : "s"} ${plan.upToDate ?? "already succeeded"}.`),
   );
   return lines.join("\n");
 }

@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, readdirSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { canonicalJson } from "../../src/backends/kubernetes/canonical.js";
+import { canonicalJson } from "../../src/core/hyperparams.js";
 import { FakePachd } from "../fixtures/kubernetes/fake-pachd.js";
 import { makeProject, runKaos, startKaos, type Project, type RunResult } from "../helpers/rig.js";
 // @ts-expect-error plain JavaScript module of the engine scripts

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import type * as pulumi from "@pulumi/pulumi";
 import { KaosError, describeError } from "../../core/errors.js";
 import { packBundle, walkBundle, type BundleFile } from "./pack.js";
-import { canonicalJson } from "./canonical.js";
+import { canonicalJson } from "../../core/hyperparams.js";
 import { commitClosed, PachdClient, PachdError, repoRef, type CommitInfo, type CommitRef, type UploadFile } from "./pachd.js";
 import { PACHD_ADDRESS_ENV } from "./settings.js";
 import type { BundleInputs, PachdConnection, PipelineInputs, RepoInputs } from "./provider.js";
