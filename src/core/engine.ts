@@ -7,7 +7,7 @@ import { validateSourceBundle } from "./bundle.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "../backends/local/index.js";
 import { stopOrphanedJobs } from "../backends/local/process.js";
-import { checkFileUrls, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { checkFileUrls, readLock, scanManifest, type ManifestEntries, type ManifestLock } from "./manifest.js";
 import { buildPlan, type Plan } from "./plan.js";
 import type { Reporter } from "./events.js";
 import { StateStore } from "./state.js";
@@ -26,7 +26,7 @@ export interface Session {
 export { loadProject } from "./config.js";
 
 /** Each manifest's entries and lock as checkInputs read them, by manifest path. */
-export type CheckedManifests = ReadonlyMap<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>;
+export type CheckedManifests = ReadonlyMap<string, { entries: ManifestEntries; lock: ManifestLock | undefined }>;
 
 /**
  * Checks every input that can be checked without the state store: each source
@@ -36,12 +36,12 @@ export type CheckedManifests = ReadonlyMap<string, { entries: ManifestEntry[]; l
  * parse them again.
  */
 export function checkInputs(config: ResolvedConfig): CheckedManifests {
-  const manifests = new Map<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>();
+  const manifests = new Map<string, { entries: ManifestEntries; lock: ManifestLock | undefined }>();
   for (const pipeline of config.pipelines) {
     validateSourceBundle(pipeline.sourceDir, `pipelines.${pipeline.name}.source`);
     if (pipeline.data.kind === "manifest") {
-      const entries = readManifest(pipeline.data.path);
-      checkFileUrls(entries, fileUrlScopeOf(config));
+      const entries = scanManifest(pipeline.data.path);
+      checkFileUrls(entries.fileUrls(), fileUrlScopeOf(config));
       manifests.set(pipeline.data.path, { entries, lock: readLock(pipeline.data.path) });
     }
   }

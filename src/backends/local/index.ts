@@ -15,7 +15,7 @@ import { KaosError, describeError } from "../../core/errors.js";
 import { canonicalJson } from "../../core/hyperparams.js";
 import { hashFile } from "../../core/hash.js";
 import { ingest } from "./ingest.js";
-import { pinnedHash, readLock } from "../../core/manifest.js";
+import { readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
 import { appliedOf, jobKeyOf, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../core/plan.js";
@@ -424,7 +424,7 @@ export class LocalBackend implements PlanOracle {
         const known = options.refresh ? undefined : dataKey;
         const target = join(this.stateDir, "data", known ?? `incoming-${name}`);
         const result = await ingest({
-          entries: p.manifest.entries,
+          entries: p.manifest.entries.list(),
           manifestPath: p.pipeline.data.path,
           objects: this.objects,
           dataDir: target,
@@ -695,9 +695,10 @@ export class LocalBackend implements PlanOracle {
     const hashes = new Map<string, string>();
     if (p.manifest !== undefined && p.pipeline.data.kind === "manifest") {
       const lock = readLock(p.pipeline.data.path);
-      for (const entry of p.manifest.entries) {
-        const hash = pinnedHash(entry, lock);
-        if (hash !== undefined) hashes.set(entry.path, hash);
+      const entries = p.manifest.entries;
+      for (let index = 0; index < entries.count; index++) {
+        const hash = entries.pinnedHash(index, lock);
+        if (hash !== undefined) hashes.set(entries.path(index), hash);
       }
     }
     return hashes;
