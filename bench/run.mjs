@@ -11,7 +11,8 @@
  * 2. cold hashing of ~2 GB, large and small files / `sha256sum` on every core /
  *    `dvc add --no-commit` (hashing only, as kaos plan);
  * 3. one changed file among 100k: plan time and how many files were re-read;
- * 4. start-up: `kaos --help` and `kaos train list` over 10k recorded jobs / `node -e 0`;
+ * 4. start-up: `kaos --help`, a no-op `kaos up` and `kaos train list` over 10k
+ *    recorded jobs / `node -e 0`;
  * 5. a 100-job sweep of a trivial train script, parallelism 2 / the script run
  *    by `xargs -P 2`;
  * 6. manifest ingest of 1,000 x 1 MB from a loopback server / `curl --parallel`;
@@ -734,6 +735,20 @@ async function scenarioStartup(size, runs) {
   ]);
   const list = summary(listSamples);
   const node2 = summary(nodeSamples2);
+  // A project already up to date: what every CI step and every watch event pays when nothing changed.
+  const noopProject = upProject("noop-up", { data: "tiny" }, { data: neutral });
+  const [upSamples, nodeSamples3] = interleave(runs * 2, [
+    {
+      name: "kaos up (no-op)",
+      run: () => kaos(["up"], noopProject),
+      check: (sample) => {
+        if (!/nothing to do/.test(sample.stderr)) throw new Error(`kaos up was not a no-op:\n${sample.stderr.slice(-800)}`);
+      },
+    },
+    node,
+  ]);
+  const noop = summary(upSamples);
+  const node3 = summary(nodeSamples3);
   return [
     row({
       id: "4-help",
@@ -742,6 +757,15 @@ async function scenarioStartup(size, runs) {
       baseline: { name: "node -e 0", ...nodeTime },
       target: "< 2.00x",
       pass: help.median < 2 * nodeTime.median,
+    }),
+    row({
+      id: "4-noop-up",
+      scenario: "no-op kaos up, tiny project",
+      kaos: noop,
+      baseline: { name: "node -e 0", ...node3 },
+      target: "<= 2.00x",
+      pass: noop.median <= 2 * node3.median,
+      notes: ["environment built, one job already succeeded: nothing to do"],
     }),
     row({
       id: "4-list",

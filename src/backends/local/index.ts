@@ -14,7 +14,6 @@ import { parseMemory } from "../../core/config.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { canonicalJson } from "../../core/hyperparams.js";
 import { hashFile } from "../../core/hash.js";
-import { ingest } from "./ingest.js";
 import { readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
@@ -109,6 +108,10 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
 /** Why a job failed when its data view changed: `when` it was written, and the first paths changed. */
 function dataWrittenReason(when: string, paths: readonly string[]): string {
   return `KAOS_DATA_DIR was written to ${when} (${paths.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
+}
+
+function jobsToRun(plan: Plan): boolean {
+  return plan.pipelines.some((p) => p.jobs.some((job) => job.action === "run"));
 }
 
 /** GPUs this machine has, from nvidia-smi; none when it is missing. */
@@ -321,19 +324,23 @@ export class LocalBackend implements PlanOracle {
   }
 
   capacity(): Capacity {
-    if (!this.capacityCache) {
-      const stack = this.stack.config.backend === "local" ? this.stack.config : { maxCpu: undefined, maxMemory: undefined };
-      this.capacityCache = {
-        cpu: stack.maxCpu ?? availableParallelism(),
-        memoryBytes: stack.maxMemory ? (parseMemory(stack.maxMemory) ?? totalmem()) : totalmem(),
-        gpus: detectGpus(),
-      };
-    }
+    this.capacityCache ??= { ...this.capacityWithout(), gpus: detectGpus() };
     return this.capacityCache;
+  }
+
+  /** The cores and memory jobs may use, as the stack bounds them. */
+  private capacityWithout(): Omit<Capacity, "gpus"> {
+    const stack = this.stack.config.backend === "local" ? this.stack.config : { maxCpu: undefined, maxMemory: undefined };
+    return {
+      cpu: stack.maxCpu ?? availableParallelism(),
+      memoryBytes: stack.maxMemory ? (parseMemory(stack.maxMemory) ?? totalmem()) : totalmem(),
+    };
   }
 
   /** Refuses, before anything runs, a job that asks for more than this machine has. */
   checkResources(plan: Plan): void {
+    // With nothing to run there is nothing to check: the machine is not even asked for its GPUs.
+    if (!jobsToRun(plan)) return;
     const pool = new ResourcePool(this.capacity());
     const problems: string[] = [];
     for (const p of plan.pipelines) {
@@ -365,7 +372,8 @@ export class LocalBackend implements PlanOracle {
     this.checkResources(options.plan);
     // Every queued and running job listens for the interrupt.
     setMaxListeners(0, options.signal);
-    const pool = new ResourcePool(this.capacity());
+    // A plan with no job to run hands out no GPU: nvidia-smi, which lists them, is not run for it.
+    const pool = new ResourcePool(jobsToRun(options.plan) ? this.capacity() : { ...this.capacityWithout(), gpus: [] });
     const claims: JobClaims = new Map();
     const outcomes = await Promise.all(options.plan.pipelines.map((p) => this.executePipeline(p, pool, claims, options)));
     const cancelled = options.signal.aborted;
@@ -423,6 +431,8 @@ export class LocalBackend implements PlanOracle {
         // when the key is only known after the download, the data lands beside it first.
         const known = options.refresh ? undefined : dataKey;
         const target = join(this.stateDir, "data", known ?? `incoming-${name}`);
+        // Loaded here, not at the top: node:http, which it needs, costs a no-op run a tenth of a second.
+        const { ingest } = await import("./ingest.js");
         const result = await ingest({
           entries: p.manifest.entries.list(),
           manifestPath: p.pipeline.data.path,
