@@ -4,7 +4,7 @@
  * generated projects, against the tools people compare it with, measured in
  * the same run and interleaved with them.
  *
- *   npm run bench [-- --quick] [-- --json [FILE]] [-- --only 1,3] [-- --runs N] [-- --dvc | --no-dvc]
+ *   npm run bench [-- --quick] [-- --json [FILE]] [-- --only 1,3] [-- --runs N] [-- --dvc | --no-dvc] [-- --cli PATH]
  *
  * 1. warm no-op `kaos plan` on 10k and 100k files / `git status` on the same
  *    tree (committed) / `dvc status` on a copy of it; the same plan while
@@ -12,14 +12,17 @@
  * 2. cold hashing of ~2 GB, large and small files / `sha256sum` on every core /
  *    `dvc add --no-commit` (hashing only, as kaos plan);
  * 3. one changed file among 100k: plan time and how many files were re-read;
- * 4. start-up: `kaos --help` and `kaos train list --all` over 10k recorded jobs / `node -e 0`;
- *    `kaos train list` (its default page) over 100k recorded jobs, target 0.3 s;
+ * 4. start-up: `kaos --help`, a no-op `kaos up` and `kaos train list --all` over 10k
+ *    recorded jobs / `node -e 0`; `kaos train list` (its default page) over
+ *    100k recorded jobs, target 0.3 s;
  * 5. a 100-job sweep of a trivial train script, parallelism 2 / the script run
  *    by `xargs -P 2`;
  * 6. manifest ingest of 1,000 x 1 MB from a loopback server / `curl --parallel`;
- *    the no-op rerun.
+ *    the no-op rerun;
+ * 7. `kaos plan` of a manifest of 1M lines (sha256 and size given, nothing to
+ *    download): time and peak memory / `sha256sum` of the manifest file.
  *
- * --quick: 10k files, ~200 MB, 20-job sweep, 100 manifest files, 1k jobs,
+ * --quick: 10k files, ~200 MB, 20-job sweep, 100 manifest files, 1k jobs, 100k manifest lines,
  * 5 runs, no dvc (unless --dvc): for CI. The full run (7 runs) is for people.
  *
  * Data is generated under bench/.data/run/ (never committed) and reused while
@@ -30,17 +33,18 @@
  * /usr/bin/time (or a Python wrapper when it is missing).
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { appendFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
-import { dirname, join, relative } from "node:path";
+import { dirname, join, relative, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { SIZES as HASH_SIZES, dataRoot, hasCommand, prepareMixed, prepareWarmTree, prepared } from "./hash.mjs";
 import { startServerProcess } from "./ingest.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..");
-const cli = join(repo, "dist", "cli.js");
+/** The build measured: dist/, or another one given with --cli (a copy of an older dist/, for before and after figures). */
+let cli = join(repo, "dist", "cli.js");
 const runRoot = join(dataRoot, "run");
 const dvcVenv = join(dataRoot, "dvc-venv");
 const cores = availableParallelism();
@@ -54,6 +58,7 @@ const SIZES = {
     manyJobs: 100_000,
     sweep: 20,
     manifestFiles: 100,
+    manifestLines: 100_000,
     runs: 5,
   },
   full: {
@@ -64,6 +69,7 @@ const SIZES = {
     manyJobs: 100_000,
     sweep: 100,
     manifestFiles: 1_000,
+    manifestLines: 1_000_000,
     runs: 7,
   },
 };
@@ -179,6 +185,7 @@ function parseOptions(argv) {
           .map((s) => s.trim()),
       );
     else if (arg === "--runs") options.runs = Number(value());
+    else if (arg === "--cli") cli = resolvePath(value());
     else if (arg === "--dvc") options.dvc = true;
     else if (arg === "--no-dvc") options.dvc = false;
     else if (arg === "--help" || arg === "-h") {
@@ -809,6 +816,20 @@ async function scenarioStartup(size, runs) {
     },
   ]);
   const page = summary(pageSamples);
+  // A project already up to date: what every CI step and every watch event pays when nothing changed.
+  const noopProject = upProject("noop-up", { data: "tiny" }, { data: neutral });
+  const [upSamples, nodeSamples3] = interleave(runs * 2, [
+    {
+      name: "kaos up (no-op)",
+      run: () => kaos(["up"], noopProject),
+      check: (sample) => {
+        if (!/nothing to do/.test(sample.stderr)) throw new Error(`kaos up was not a no-op:\n${sample.stderr.slice(-800)}`);
+      },
+    },
+    node,
+  ]);
+  const noop = summary(upSamples);
+  const node3 = summary(nodeSamples3);
   return [
     row({
       id: "4-help",
@@ -817,6 +838,15 @@ async function scenarioStartup(size, runs) {
       baseline: { name: "node -e 0", ...nodeTime },
       target: "< 2.00x",
       pass: help.median < 2 * nodeTime.median,
+    }),
+    row({
+      id: "4-noop-up",
+      scenario: "no-op kaos up, tiny project",
+      kaos: noop,
+      baseline: { name: "node -e 0", ...node3 },
+      target: "<= 2.00x",
+      pass: noop.median <= 2 * node3.median,
+      notes: ["environment built, one job already succeeded: nothing to do"],
     }),
     row({
       id: "4-list",
@@ -1069,6 +1099,65 @@ async function scenarioIngest(size, runs) {
 }
 
 /** User plus system CPU seconds a process has used so far (Linux /proc). */
+/**
+ * A manifest of `lines` entries, each with its sha256 and size, in no
+ * particular path order (as a manifest made by a script often is), and a
+ * project whose data it is. Nothing is downloaded: the URLs lead nowhere.
+ */
+function bigManifestProject(lines) {
+  const dir = join(runRoot, "projects", `manifest-${lines}`);
+  prepared(dir, { lines, version: 1 }, () => {
+    log(`  generating a manifest of ${lines} lines`);
+    const manifest = join(dir, "data.jsonl");
+    const chunk = [];
+    writeFileSync(manifest, "");
+    for (let i = 0; i < lines; i++) {
+      const sha256 = createHash("sha256").update(String(i)).digest("hex");
+      const path = `part-${String(i % 1000).padStart(3, "0")}/f-${String(i).padStart(7, "0")}.bin`;
+      chunk.push(JSON.stringify({ url: `https://data.example.com/shard-${i % 1000}/f-${i}.bin`, path, sha256, size: 1000 + (i % 5000) }));
+      if (chunk.length === 10_000 || i === lines - 1) {
+        appendFileSync(manifest, `${chunk.join("\n")}\n`);
+        chunk.length = 0;
+      }
+    }
+    writeProject(dir, { manifest });
+  });
+  return dir;
+}
+
+async function scenarioBigManifest(size, runs) {
+  const lines = size.manifestLines;
+  const label = lines >= 1_000_000 ? `${lines / 1_000_000}M` : `${lines / 1000}k`;
+  log(`[7] kaos plan of a ${label}-line manifest`);
+  const project = bigManifestProject(lines);
+  const [planSamples, sumSamples] = interleave(runs, [
+    {
+      name: "kaos plan",
+      before: () => rmSync(join(project, ".kaos"), { recursive: true, force: true }),
+      run: () => kaos(["plan"], project),
+      check: (sample) => {
+        if (!new RegExp(`${lines} of ${lines} entries not downloaded yet`).test(sample.stdout))
+          throw new Error(`kaos plan did not list the manifest's ${lines} entries:\n${sample.stdout.slice(0, 800)}`);
+      },
+    },
+    { name: "sha256sum", run: () => measure("sha256sum", ["data.jsonl"], { cwd: project }) },
+  ]);
+  const k = summary(planSamples);
+  const sum = summary(sumSamples);
+  const megabytes = statSync(join(project, "data.jsonl")).size / 1e6;
+  return [
+    row({
+      id: "7",
+      scenario: `plan of a ${label}-line manifest`,
+      kaos: k,
+      baseline: { name: "sha256sum of the manifest", ...sum },
+      target: lines >= 1_000_000 ? "<= 3 s, <= 500 MB" : "info",
+      pass: lines >= 1_000_000 ? k.median <= 3 && k.peakRssMb <= 500 : undefined,
+      notes: [`${megabytes.toFixed(0)} MB of JSON lines, sha256 and size on every line, .kaos/ removed before each run`],
+    }),
+  ];
+}
+
 function processCpuSeconds(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -1131,6 +1220,7 @@ async function main() {
   if (wanted(4)) rows.push(...(await scenarioStartup(size, runs)));
   if (wanted(5)) rows.push(...(await scenarioSweep(size, runs)));
   if (wanted(6)) rows.push(...(await scenarioIngest(size, runs)));
+  if (wanted(7)) rows.push(...(await scenarioBigManifest(size, runs)));
   const duration = (performance.now() - started) / 1000;
   // Other load on the machine inflates every wall time; this says how much there was.
   const load = `load average ${loadBefore.toFixed(1)} at the start, ${loadavg()[0].toFixed(1)} at the end`;

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -10,6 +11,7 @@ import {
   manifestDataKey,
   readLock,
   readManifest,
+  scanManifest,
   unsafePathReason,
   writeLock,
 } from "../src/core/manifest.js";
@@ -301,5 +303,83 @@ describe("manifestDataKey", () => {
     const keys = new Set(variants.map((v) => manifestDataKey(v, undefined)));
     expect(keys.size).toBe(3);
     expect(keys.has(key)).toBe(false);
+  });
+});
+
+describe("scanManifest", () => {
+  const repoRoot = path.resolve(import.meta.dirname, "..");
+  const line = (p: string, url: string, extra: Record<string, unknown> = {}) => JSON.stringify({ url, path: p, ...extra });
+
+  it("gives the data key manifestDataKey gives over the same entries, in any order and whatever the paths hold", () => {
+    const lines = [
+      line("b/z.csv", "https://x/z", { sha256: A }),
+      line("a.csv", "https://user:secret@x/a?part=1&X-Amz-Signature=s", { sha256: B }),
+      line('quote"d/and\u0001control', "https://x/q", { sha256: A }),
+      line("é/ü.csv", "https://x/%C3%A9", { sha256: B }),
+      line("\ue000private", "https://x/p", { sha256: A }),
+      line("\ud83d\ude00/astral", "https://x/s", { sha256: B }),
+      line("\ud7ff", "https://x/h", { sha256: A }),
+      line("b/a.csv", "https://x/tab\there", { sha256: B }),
+      line("locked", "https://x/l"),
+    ];
+    const lock: ManifestLock = { version: 1, entries: { locked: { url: "https://x/l", sha256: A, size: 3 } } };
+    for (const order of [lines, [...lines].reverse(), [...lines].sort()]) {
+      const file = manifestFile(`${order.join("\n")}\n`);
+      const scanned = scanManifest(file);
+      expect(scanned.dataKey(lock)).toBe(manifestDataKey(readManifest(file), lock));
+      expect(scanned.dataKey(undefined)).toBeUndefined();
+    }
+    const sorted = manifestFile(`${[line("a", "https://x/a", { sha256: A }), line("b", "https://x/b", { sha256: B })].join("\n")}\n`);
+    expect(scanManifest(sorted).dataKey(undefined)).toBe(manifestDataKey(readManifest(sorted), undefined));
+  });
+
+  it("keeps the entries of thousands of lines, finding a duplicate and a file/folder clash among them", () => {
+    const many = Array.from({ length: 5000 }, (_, i) => line(`d${i % 97}/f${i}`, `https://x/${i}`, { size: i }));
+    const file = manifestFile(`${many.join("\n")}\n`);
+    const scanned = scanManifest(file);
+    expect(scanned.count).toBe(5000);
+    expect(scanned.entry(4321)).toEqual({ url: "https://x/4321", path: "d53/f4321", size: 4321, file, line: 4322 });
+    expect(errorFor([...many, line("d30/f1000", "https://x/again")])).toBe(
+      `M:5001: duplicate path "d30/f1000" (first at M:1001) — expected each path once`,
+    );
+    expect(errorFor([...many, line("d30/f1000/inside", "https://x/again")])).toBe(
+      `M:5001: path "d30/f1000/inside" puts a file inside "d30/f1000", which M:1001 lists as a file — expected each path to be either a file or a folder, not both`,
+    );
+  });
+
+  it("rejects a path holding half a surrogate pair, which no file can be named", () => {
+    expect(errorFor([line("a\ud800b", "https://x/a")])).toBe(
+      `M:1: unsafe path "a\\ud800b" (contains an unpaired UTF-16 surrogate (not valid Unicode)) — expected a relative path inside the data directory, such as "train/a.csv"`,
+    );
+  });
+
+  it("reads 300,000 lines in an old generation of 48 MB, keeping no object per entry (in a child process)", () => {
+    const file = path.join(root, "big.jsonl");
+    const fd = fs.openSync(file, "w");
+    for (let start = 0; start < 300_000; start += 10_000) {
+      const chunk: string[] = [];
+      for (let i = start; i < start + 10_000; i++) {
+        chunk.push(line(`part-${i % 1000}/f-${i}.bin`, `https://data.example.com/shard-${i % 1000}/f-${i}.bin`, { sha256: A, size: i }));
+      }
+      fs.writeSync(fd, `${chunk.join("\n")}\n`);
+    }
+    fs.closeSync(fd);
+    const script = path.join(root, "child.ts");
+    fs.writeFileSync(
+      script,
+      `import { scanManifest } from ${JSON.stringify(path.join(repoRoot, "src/core/manifest.js"))};
+const scanned = scanManifest(process.argv[2]);
+console.log(JSON.stringify({ count: scanned.count, key: scanned.dataKey(undefined) }));
+`,
+    );
+    const child = spawnSync(process.execPath, ["--max-old-space-size=48", "--import", "jiti/register", script, file], {
+      cwd: repoRoot,
+      encoding: "utf8",
+    });
+    expect(child.stderr).not.toMatch(/heap out of memory/);
+    expect(child.status).toBe(0);
+    const { count, key } = JSON.parse(child.stdout.trim().split("\n").at(-1) ?? "{}") as { count: number; key: string };
+    expect(count).toBe(300_000);
+    expect(key).toMatch(/^[0-9a-f]{64}$/);
   });
 });

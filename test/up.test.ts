@@ -263,6 +263,21 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect(seen).toEqual(["0", "1"]);
   });
 
+  it("asks the machine for its GPUs only when a job is to run: a no-op up starts no nvidia-smi", async () => {
+    const made = project();
+    const bin = made.path("fake-bin");
+    mkdirSync(bin);
+    const asked = made.path("nvidia-smi-asked");
+    writeFileSync(join(bin, "nvidia-smi"), `#!/bin/sh\necho asked >> "${asked}"\n`, { mode: 0o755 });
+    const path = { PATH: `${bin}:${process.env.PATH ?? ""}` };
+    expect((await kaos(made, ["up"], path)).code).toBe(0);
+    expect(readFileSync(asked, "utf8")).toBe("asked\n");
+    const noop = await kaos(made, ["up"], path);
+    expect(noop.code).toBe(0);
+    expect(noop.stderr).toContain("nothing to do");
+    expect(readFileSync(asked, "utf8")).toBe("asked\n");
+  });
+
   it("trains on the snapshot that was hashed: an edit during the run does not leak in", async () => {
     const made = project({ grid: { sleep: 2 } });
     const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });

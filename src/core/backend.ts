@@ -5,13 +5,13 @@
  * A backend returns values and emits run events (events.ts); it never prints.
  */
 import type { Reporter } from "./events.js";
-import type { ManifestEntry, ManifestLock } from "./manifest.js";
+import type { ManifestEntries, ManifestLock } from "./manifest.js";
 import type { Plan, PlanOracle } from "./plan.js";
 import type { JobFilter, JobRecord, Stage, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "./types.js";
 
 /** Each manifest's entries and lock as checkInputs read them, by manifest path. */
-export type CheckedManifests = ReadonlyMap<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>;
+export type CheckedManifests = ReadonlyMap<string, { entries: ManifestEntries; lock: ManifestLock | undefined }>;
 
 export interface ExecuteOptions {
   plan: Plan;

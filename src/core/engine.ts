@@ -6,7 +6,7 @@
 import { validateSourceBundle } from "./bundle.js";
 import type { Backend, BackendFactory, CheckedManifests, ExecuteResult, JobRunner } from "./backend.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import { checkFileUrls, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { checkFileUrls, readLock, scanManifest, type ManifestEntries, type ManifestLock } from "./manifest.js";
 import { buildPlan, type Plan, type PlanOracle } from "./plan.js";
 import type { SweepInputs } from "./sweep.js";
 import type { Reporter } from "./events.js";
@@ -39,12 +39,12 @@ export type { CheckedManifests } from "./backend.js";
  * parse them again.
  */
 export function checkInputs(config: ResolvedConfig): CheckedManifests {
-  const manifests = new Map<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>();
+  const manifests = new Map<string, { entries: ManifestEntries; lock: ManifestLock | undefined }>();
   for (const pipeline of config.pipelines) {
     validateSourceBundle(pipeline.sourceDir, `pipelines.${pipeline.name}.source`);
     if (pipeline.data.kind === "manifest") {
-      const entries = readManifest(pipeline.data.path);
-      checkFileUrls(entries, fileUrlScopeOf(config));
+      const entries = scanManifest(pipeline.data.path);
+      checkFileUrls(entries.fileUrls(), fileUrlScopeOf(config));
       manifests.set(pipeline.data.path, { entries, lock: readLock(pipeline.data.path) });
     }
   }

@@ -1,7 +1,7 @@
 /**
  * Expected failures carry a stable code so that scripts and tests can match on
  * them, and the CLI turns every one of them into a message and an exit status in
- * a single place (see cli.ts).
+ * a single place (see program.ts).
  */
 import { sqliteCode } from "./sqlite.js";
 

@@ -12,10 +12,17 @@
  *
  * Every line is checked before anything is downloaded; an error names the file
  * and line and what was expected.
+ *
+ * A manifest may list millions of files, so it is read as a stream, a line at a
+ * time, into columns (`ManifestEntries`): paths and URLs as UTF-8 in two byte
+ * heaps, content hashes as raw bytes, sizes and line numbers in typed arrays,
+ * and an open-addressing table of path hashes that finds duplicates and
+ * file/folder clashes. One entry becomes an object only when asked for.
  */
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { StringDecoder } from "node:string_decoder";
 import { fileURLToPath } from "node:url";
 import * as z from "zod";
 import { KaosError, describeError, errnoCode } from "./errors.js";
@@ -52,6 +59,16 @@ export const SUPPORTED_SCHEMES = ["http:", "https:", "file:"] as const;
 const KNOWN_KEYS = new Set(["url", "path", "sha256", "size"]);
 const LINE_EXAMPLE = `{"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`;
 const PATH_EXPECTED = `a relative path inside the data directory, such as "train/a.csv"`;
+const PLAIN_PATH = /^(?:(?!\.\.?\/)[\w.-]+\/)*(?!\.\.?$)[\w.-]+$/;
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const ANY_SURROGATE = /[\ud800-\udfff]/;
+
+const SHA256_SCRATCH = Buffer.alloc(32);
+
+/** Whether `text` is 64 hex digits: Buffer's hex decoder stops at the first pair that is not. */
+function isHex64(text: string): boolean {
+  return text.length === 64 && SHA256_SCRATCH.write(text, 0, "hex") === 32;
+}
 
 function invalid(file: string, line: number, what: string, expected: string): KaosError {
   return new KaosError("MANIFEST_INVALID", `${file}:${line}: ${what} — expected ${expected}`);
@@ -66,11 +83,15 @@ function describeType(value: unknown): string {
 
 /** Why `p` could land outside the data directory (or be ambiguous there), or undefined when it is safe. */
 export function unsafePathReason(p: string): string | undefined {
+  // Nearly every path is plain: ASCII segments that are neither "." nor "..".
+  if (PLAIN_PATH.test(p)) return undefined;
   if (p.length === 0) return "is empty";
   if (p.includes("\0")) return "contains a NUL character";
   if (p.includes("\\")) return "contains a backslash";
   if (p.startsWith("/")) return "is absolute";
   if (/^[A-Za-z]:/.test(p)) return "starts with a Windows drive letter";
+  // No file can be named by half a UTF-16 surrogate pair: it would land under a replacement character.
+  if (LONE_SURROGATE.test(p)) return "contains an unpaired UTF-16 surrogate (not valid Unicode)";
   for (const segment of p.split("/")) {
     if (segment === "") return "has an empty segment (a leading, doubled or trailing '/')";
     if (segment === ".") return "has a '.' segment";
@@ -82,6 +103,21 @@ export function unsafePathReason(p: string): string | undefined {
     return "does not normalize to itself";
   }
   return undefined;
+}
+
+function checkUrl(url: string, file: string, line: number): void {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw invalid(file, line, `"url" ${JSON.stringify(url)} is not a valid URL`, "an absolute URL such as https://example.com/a.csv");
+  }
+  if (!(SUPPORTED_SCHEMES as readonly string[]).includes(parsed.protocol)) {
+    throw invalid(file, line, `"url" has unsupported scheme "${parsed.protocol.slice(0, -1)}"`, "http, https or file");
+  }
+  if (parsed.protocol === "file:" && parsed.hostname !== "" && parsed.hostname !== "localhost") {
+    throw invalid(file, line, `"url" names host "${parsed.hostname}" in a file URL`, "file:///absolute/path (no host)");
+  }
 }
 
 function parseLine(text: string, file: string, line: number): ManifestEntry {
@@ -105,18 +141,8 @@ function parseLine(text: string, file: string, line: number): ManifestEntry {
   const urlExpected = "a string URL with scheme http, https or file";
   if (url === undefined) throw invalid(file, line, `missing "url"`, urlExpected);
   if (typeof url !== "string") throw invalid(file, line, `"url" is ${describeType(url)}`, urlExpected);
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw invalid(file, line, `"url" ${JSON.stringify(url)} is not a valid URL`, "an absolute URL such as https://example.com/a.csv");
-  }
-  if (!(SUPPORTED_SCHEMES as readonly string[]).includes(parsed.protocol)) {
-    throw invalid(file, line, `"url" has unsupported scheme "${parsed.protocol.slice(0, -1)}"`, "http, https or file");
-  }
-  if (parsed.protocol === "file:" && parsed.hostname !== "" && parsed.hostname !== "localhost") {
-    throw invalid(file, line, `"url" names host "${parsed.hostname}" in a file URL`, "file:///absolute/path (no host)");
-  }
+  // Most URLs are plainly http(s): parsing one without building a URL object is half the cost.
+  if (!((url.startsWith("https://") || url.startsWith("http://")) && URL.canParse(url))) checkUrl(url, file, line);
 
   const entryPath = record["path"];
   if (entryPath === undefined) throw invalid(file, line, `missing "path"`, PATH_EXPECTED);
@@ -127,7 +153,7 @@ function parseLine(text: string, file: string, line: number): ManifestEntry {
   const entry: ManifestEntry = { url, path: entryPath, file, line };
   const sha256 = record["sha256"];
   if (sha256 !== undefined) {
-    if (typeof sha256 !== "string" || !/^[0-9a-fA-F]{64}$/.test(sha256)) {
+    if (typeof sha256 !== "string" || !isHex64(sha256)) {
       throw invalid(file, line, `"sha256" ${JSON.stringify(sha256)} is not 64 hex digits`, "the SHA-256 of the file's content in hex");
     }
     entry.sha256 = sha256.toLowerCase();
@@ -160,67 +186,592 @@ function manifestFiles(pathOrDir: string): string[] {
     .filter((file) => fs.statSync(file).isFile());
 }
 
+/** Entries of a manifest, each one an object: for tests and small manifests (see `scanManifest`). */
 export function readManifest(pathOrDir: string): ManifestEntry[] {
-  const entries: ManifestEntry[] = [];
-  const byPath = new Map<string, ManifestEntry>();
-  for (const file of manifestFiles(pathOrDir)) {
-    let text: string;
-    try {
-      text = fs.readFileSync(file, "utf8");
-    } catch (error) {
-      throw new KaosError("MANIFEST_INVALID", `${file}: cannot read the manifest (${describeError(error)})`);
-    }
-    if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
-    const lines = text.split("\n");
-    for (let index = 0; index < lines.length; index++) {
-      const raw = lines[index] ?? "";
-      if (raw.trim() === "") continue;
-      const entry = parseLine(raw, file, index + 1);
-      const first = byPath.get(entry.path);
-      if (first !== undefined) {
-        throw invalid(
-          file,
-          entry.line,
-          `duplicate path ${JSON.stringify(entry.path)} (first at ${first.file}:${first.line})`,
-          "each path once",
-        );
-      }
-      byPath.set(entry.path, entry);
-      entries.push(entry);
-    }
-  }
-  if (entries.length === 0) {
-    throw new KaosError("MANIFEST_INVALID", `${pathOrDir}: the manifest has no entries — expected at least one line like ${LINE_EXAMPLE}`);
-  }
-  checkFileFolderClashes(entries, byPath);
-  return entries;
+  return scanManifest(pathOrDir).list();
 }
 
-/** `a` and `a/b` cannot both be files: one of them would have to be a folder. */
-function checkFileFolderClashes(entries: ManifestEntry[], byPath: Map<string, ManifestEntry>): void {
-  for (const entry of entries) {
-    let slash = entry.path.indexOf("/");
-    while (slash !== -1) {
-      const parent = byPath.get(entry.path.slice(0, slash));
-      if (parent !== undefined) {
-        const parentFirst = parent.file < entry.file || (parent.file === entry.file && parent.line < entry.line);
-        const expected = "each path to be either a file or a folder, not both";
-        if (parentFirst) {
-          throw invalid(
-            entry.file,
-            entry.line,
-            `path ${JSON.stringify(entry.path)} puts a file inside ${JSON.stringify(parent.path)}, which ${parent.file}:${parent.line} lists as a file`,
-            expected,
-          );
-        }
-        throw invalid(
-          parent.file,
-          parent.line,
-          `path ${JSON.stringify(parent.path)} is a file, but ${entry.file}:${entry.line} puts ${JSON.stringify(entry.path)} inside it`,
-          expected,
-        );
+/**
+ * Reads and checks a manifest file or directory line by line, in memory
+ * proportional to its entries' bytes, not to a million objects.
+ */
+export function scanManifest(pathOrDir: string): ManifestEntries {
+  const builder = new EntriesBuilder(pathOrDir);
+  for (const file of manifestFiles(pathOrDir)) builder.readFile(file);
+  return builder.finish();
+}
+
+const DATA_KEY_HEADER = "kaos manifest data v1\n";
+const READ_CHUNK_BYTES = 1 << 22;
+const FNV_OFFSET = 0x811c9dc5;
+const FNV_PRIME = 0x01000193;
+const SLASH = 0x2f;
+/** Lead bytes of UTF-8 sequences from U+D000 up: paths holding one may not sort the same as UTF-16 strings. */
+const HIGH_LEAD_BYTE = 0xed;
+/** The line gave a `sha256`. */
+const HAS_SHA256 = 1;
+/** The entry's data-key row is its path and URL bytes as they are: neither needs JSON escaping, the URL carries no credentials. */
+const PLAIN_ROW = 2;
+/** Entries whose hashes are turned into hex at once (a string of 256 KiB). */
+const HEX_BATCH = 4096;
+const HEX_DIGITS = Buffer.from("0123456789abcdef");
+
+function grownBytes(heap: Buffer, needed: number): Buffer {
+  if (needed <= heap.length) return heap;
+  const next = Buffer.allocUnsafe(Math.max(needed, heap.length * 2));
+  heap.copy(next);
+  return next;
+}
+
+/** `array` with room for exactly `length` elements when it has less. */
+function exactly<A extends Uint8Array | Uint32Array | Float64Array>(array: A, length: number): A {
+  if (length <= array.length) return array;
+  const next = (Buffer.isBuffer(array) ? Buffer.allocUnsafe(length) : new (array.constructor as new (length: number) => A)(length)) as A;
+  next.set(array);
+  return next;
+}
+
+function grown<A extends Uint8Array | Uint32Array | Float64Array>(array: A, needed: number): A {
+  if (needed <= array.length) return array;
+  const next = new (array.constructor as new (length: number) => A)(Math.max(needed, array.length * 2));
+  next.set(array);
+  return next;
+}
+
+/** A byte that a JSON string must escape ('"', '\\', control characters). */
+function needsJsonEscape(byte: number): boolean {
+  return byte < 0x20 || byte === 0x22 || byte === 0x5c;
+}
+
+/**
+ * The entries of a manifest, in manifest order, as columns. Entry `i` is
+ * described by its path and URL (UTF-8 ranges of two heaps), its `sha256`
+ * (32 raw bytes, when the line gave one), its `size` (NaN when not given), and
+ * the file and line it was read from.
+ */
+export class ManifestEntries {
+  constructor(
+    readonly source: string,
+    readonly count: number,
+    private readonly columns: EntryColumns,
+  ) {}
+
+  private digested: string | undefined;
+
+  /** A SHA-256 of every entry as read (path, URL, hash and size): it changes whenever an entry does. */
+  digest(): string {
+    if (this.digested === undefined) {
+      const { paths, pathEnds, urls, urlEnds, oddUrls, flags, sha256s, sizes } = this.columns;
+      const last = this.count - 1;
+      const hash = createHash("sha256")
+        .update(new Uint8Array(pathEnds.buffer, 0, this.count * 4))
+        .update(paths.subarray(0, pathEnds[last]))
+        .update(new Uint8Array(urlEnds.buffer, 0, this.count * 4))
+        .update(urls.subarray(0, urlEnds[last]))
+        .update(JSON.stringify([...oddUrls]))
+        .update(flags.subarray(0, this.count))
+        .update(sha256s.subarray(0, this.count * 32))
+        .update(new Uint8Array(sizes.buffer, 0, this.count * 8));
+      this.digested = hash.digest("hex");
+    }
+    return this.digested;
+  }
+
+  private start(heapEnds: Uint32Array, index: number): number {
+    return index === 0 ? 0 : heapEnds[index - 1]!;
+  }
+
+  path(index: number): string {
+    const { paths, pathEnds } = this.columns;
+    return paths.toString("utf8", this.start(pathEnds, index), pathEnds[index]!);
+  }
+
+  url(index: number): string {
+    const { urls, urlEnds, oddUrls } = this.columns;
+    return oddUrls.get(index) ?? urls.toString("utf8", this.start(urlEnds, index), urlEnds[index]!);
+  }
+
+  sha256(index: number): string | undefined {
+    const { flags, sha256s } = this.columns;
+    return (flags[index]! & HAS_SHA256) === 0 ? undefined : sha256s.toString("hex", index * 32, index * 32 + 32);
+  }
+
+  fileOf(index: number): string {
+    return fileOfEntry(this.columns, index);
+  }
+
+  entry(index: number): ManifestEntry {
+    const entry: ManifestEntry = {
+      url: this.url(index),
+      path: this.path(index),
+      file: this.fileOf(index),
+      line: this.columns.lines[index]!,
+    };
+    const sha256 = this.sha256(index);
+    if (sha256 !== undefined) entry.sha256 = sha256;
+    const size = this.columns.sizes[index]!;
+    if (!Number.isNaN(size)) entry.size = size;
+    return entry;
+  }
+
+  /** Every entry as an object: what ingest works through. */
+  list(): ManifestEntry[] {
+    const entries: ManifestEntry[] = new Array(this.count);
+    for (let i = 0; i < this.count; i++) entries[i] = this.entry(i);
+    return entries;
+  }
+
+  /** The entries whose URL is a `file:` URL, for `checkFileUrls`. */
+  fileUrls(): ManifestEntry[] {
+    return this.columns.fileUrlEntries.map((index) => this.entry(index));
+  }
+
+  /** `pinnedHash` of entry `index`. */
+  pinnedHash(index: number, lock: ManifestLock | undefined): string | undefined {
+    return this.sha256(index) ?? pinnedHash(this.entry(index), lock);
+  }
+
+  /** How many entries have no pinned hash or one that `stored` does not hold. */
+  countMissing(lock: ManifestLock | undefined, stored: (hash: string) => boolean): number {
+    const { flags, sha256s } = this.columns;
+    let missing = 0;
+    for (let batch = 0; batch < this.count; batch += HEX_BATCH) {
+      const end = Math.min(this.count, batch + HEX_BATCH);
+      const hex = sha256s.toString("hex", batch * 32, end * 32);
+      for (let index = batch; index < end; index++) {
+        const hash =
+          (flags[index]! & HAS_SHA256) !== 0 ? hex.slice((index - batch) * 64, (index - batch + 1) * 64) : this.pinnedHash(index, lock);
+        if (hash === undefined || !stored(hash)) missing += 1;
       }
-      slash = entry.path.indexOf("/", slash + 1);
+    }
+    return missing;
+  }
+
+  /**
+   * `manifestDataKey` of these entries, hashed row by row as bytes: the JSON of
+   * a plain row is its path and URL bytes as they are, so nothing is decoded.
+   */
+  dataKey(lock: ManifestLock | undefined): string | undefined {
+    const { paths, pathEnds, urls, urlEnds, flags, sha256s } = this.columns;
+    const order = this.columns.sorted ? undefined : this.pathOrder();
+    const hash = createHash("sha256").update(DATA_KEY_HEADER);
+    let out: Buffer = Buffer.allocUnsafe(1 << 20);
+    let at = 0;
+    out[at++] = 0x5b; // [
+    for (let k = 0; k < this.count; k++) {
+      const index = order === undefined ? k : order[k]!;
+      const pathStart = this.start(pathEnds, index);
+      const urlStart = this.start(urlEnds, index);
+      const room = pathEnds[index]! - pathStart + urlEnds[index]! - urlStart + 128;
+      if (at + room > out.length) {
+        hash.update(out.subarray(0, at));
+        at = 0;
+        out = grownBytes(out, room);
+      }
+      if (k > 0) out[at++] = 0x2c; // ,
+      if ((flags[index]! & (HAS_SHA256 | PLAIN_ROW)) === (HAS_SHA256 | PLAIN_ROW)) {
+        at += out.write('["', at, "latin1");
+        at += paths.copy(out, at, pathStart, pathEnds[index]!);
+        at += out.write('","', at, "latin1");
+        at += urls.copy(out, at, urlStart, urlEnds[index]!);
+        at += out.write('","', at, "latin1");
+        for (let i = index * 32; i < index * 32 + 32; i++) {
+          const byte = sha256s[i]!;
+          out[at++] = HEX_DIGITS[byte >> 4]!;
+          out[at++] = HEX_DIGITS[byte & 15]!;
+        }
+        at += out.write('"]', at, "latin1");
+      } else {
+        const pinned = this.pinnedHash(index, lock);
+        if (pinned === undefined) return undefined;
+        const row = Buffer.from(JSON.stringify([this.path(index), sourceIdentity(this.url(index)), pinned]));
+        if (at + row.length + 1 > out.length) {
+          hash.update(out.subarray(0, at));
+          at = 0;
+          out = grownBytes(out, row.length + 1);
+        }
+        at += row.copy(out, at);
+      }
+    }
+    out[at++] = 0x5d; // ]
+    return hash.update(out.subarray(0, at)).digest("hex");
+  }
+
+  /** Entry indices by path in UTF-16 order, as `manifestDataKey` sorts its rows. */
+  private pathOrder(): Uint32Array {
+    const { paths, pathEnds, exotic } = this.columns;
+    const order = new Uint32Array(this.count);
+    if (exotic) {
+      const strings: string[] = new Array(this.count);
+      for (let i = 0; i < this.count; i++) strings[i] = this.path(i);
+      for (let i = 0; i < this.count; i++) order[i] = i;
+      return order.sort((a, b) => (strings[a]! < strings[b]! ? -1 : strings[a]! > strings[b]! ? 1 : 0));
+    }
+    // Below U+D000, UTF-16 order is the order of the UTF-8 bytes.
+    for (let i = 0; i < this.count; i++) order[i] = i;
+    sortByBytes(order, paths, pathEnds);
+    return order;
+  }
+}
+
+/** Ranges at most this long are sorted by insertion rather than by radix. */
+const INSERTION_SORT_MAX = 24;
+
+/**
+ * Sorts entry indices by the bytes of their paths: an MSD radix sort over
+ * the path heap, with no string made and no comparison function called per
+ * pair (a million paths sort in a tenth of the time Array#sort takes).
+ */
+function sortByBytes(order: Uint32Array, heap: Buffer, ends: Uint32Array): void {
+  const startOf = (index: number): number => (index === 0 ? 0 : ends[index - 1]!);
+  /** Byte `depth` of the path of `index` plus one, or 0 past its end. */
+  const keyAt = (index: number, depth: number): number => {
+    const at = startOf(index) + depth;
+    return at < ends[index]! ? heap[at]! + 1 : 0;
+  };
+  const scratch = new Uint32Array(order.length);
+  const counts = new Uint32Array(257);
+  const bucketStarts = new Uint32Array(258);
+  const next = new Uint32Array(257);
+  const stack: number[] = [0, order.length, 0];
+  while (stack.length > 0) {
+    const depth = stack.pop()!;
+    const high = stack.pop()!;
+    const low = stack.pop()!;
+    if (high - low <= INSERTION_SORT_MAX) {
+      for (let i = low + 1; i < high; i++) {
+        const index = order[i]!;
+        const start = startOf(index) + depth;
+        let j = i;
+        for (; j > low; j--) {
+          const other = order[j - 1]!;
+          // Buffer#compare compares its own range (the earlier entry's path) with the target's.
+          if (heap.compare(heap, start, ends[index]!, startOf(other) + depth, ends[other]!) <= 0) break;
+          order[j] = other;
+        }
+        order[j] = index;
+      }
+      continue;
+    }
+    counts.fill(0);
+    for (let i = low; i < high; i++) counts[keyAt(order[i]!, depth)]! += 1;
+    let sum = low;
+    for (let key = 0; key < 257; key++) {
+      bucketStarts[key] = sum;
+      sum += counts[key]!;
+    }
+    bucketStarts[257] = sum;
+    next.set(bucketStarts.subarray(0, 257));
+    for (let i = low; i < high; i++) {
+      const index = order[i]!;
+      scratch[next[keyAt(index, depth)]!++] = index;
+    }
+    order.set(scratch.subarray(low, high), low);
+    // Bucket 0 holds the path that ends here, at most one: the paths are distinct.
+    for (let key = 1; key < 257; key++) {
+      if (bucketStarts[key + 1]! - bucketStarts[key]! > 1) stack.push(bucketStarts[key]!, bucketStarts[key + 1]!, depth + 1);
+    }
+  }
+}
+
+/** What a `ManifestEntries` is made of (see there). */
+interface EntryColumns {
+  files: string[];
+  /** Index of the first entry of each file of `files`. */
+  fileStarts: number[];
+  lines: Uint32Array;
+  paths: Buffer;
+  pathEnds: Uint32Array;
+  pathHashes: Uint32Array;
+  /** Open addressing by path hash: entry index + 1, 0 for a free slot; at most half full. */
+  table: Uint32Array;
+  urls: Buffer;
+  urlEnds: Uint32Array;
+  /** URLs whose UTF-16 text UTF-8 cannot carry (unpaired surrogates), by entry. */
+  oddUrls: Map<number, string>;
+  flags: Uint8Array;
+  sha256s: Buffer;
+  sizes: Float64Array;
+  /** The paths are in UTF-16 order already, as the data key lists them. */
+  sorted: boolean;
+  /** Some path holds a character from U+D000 up. */
+  exotic: boolean;
+  fileUrlEntries: number[];
+}
+
+function fileOfEntry(columns: EntryColumns, index: number): string {
+  const { fileStarts, files } = columns;
+  let low = 0;
+  let high = fileStarts.length - 1;
+  while (low < high) {
+    const middle = (low + high + 1) >> 1;
+    if (fileStarts[middle]! <= index) low = middle;
+    else high = middle - 1;
+  }
+  return files[low]!;
+}
+
+/** The entry whose path is bytes `start` to `end` of the path heap, or -1. */
+function findBytes(columns: EntryColumns, hash: number, start: number, end: number): number {
+  const { table, pathHashes, pathEnds, paths } = columns;
+  const mask = table.length - 1;
+  for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
+    const held = table[slot]!;
+    if (held === 0) return -1;
+    const index = held - 1;
+    if (pathHashes[index] !== hash) continue;
+    const heldStart = index === 0 ? 0 : pathEnds[index - 1]!;
+    if (paths.compare(paths, start, end, heldStart, pathEnds[index]!) === 0) return index;
+  }
+}
+
+/** Reads manifest lines into the columns of a `ManifestEntries`, checking each as it comes. */
+class EntriesBuilder {
+  private count = 0;
+  private readonly columns: EntryColumns = {
+    files: [],
+    fileStarts: [],
+    lines: new Uint32Array(1024),
+    paths: Buffer.allocUnsafe(1 << 16),
+    pathEnds: new Uint32Array(1024),
+    pathHashes: new Uint32Array(1024),
+    table: new Uint32Array(1 << 12),
+    urls: Buffer.allocUnsafe(1 << 16),
+    urlEnds: new Uint32Array(1024),
+    oddUrls: new Map(),
+    flags: new Uint8Array(1024),
+    sha256s: Buffer.alloc(1024 * 32),
+    sizes: new Float64Array(1024),
+    sorted: true,
+    exotic: false,
+    fileUrlEntries: [],
+  };
+
+  constructor(private readonly source: string) {}
+
+  readFile(file: string): void {
+    let fd: number;
+    const cannotRead = (error: unknown) => new KaosError("MANIFEST_INVALID", `${file}: cannot read the manifest (${describeError(error)})`);
+    try {
+      fd = fs.openSync(file, "r");
+    } catch (error) {
+      throw cannotRead(error);
+    }
+    this.columns.files.push(file);
+    this.columns.fileStarts.push(this.count);
+    const decoder = new StringDecoder("utf8");
+    const chunk = Buffer.allocUnsafe(READ_CHUNK_BYTES);
+    let carry = "";
+    let line = 0;
+    let atStart = true;
+    let reserved = false;
+    const firstEntry = this.count;
+    try {
+      for (;;) {
+        let read: number;
+        try {
+          read = fs.readSync(fd, chunk, 0, chunk.length, null);
+        } catch (error) {
+          throw cannotRead(error);
+        }
+        if (read === 0) break;
+        let text = carry + decoder.write(chunk.subarray(0, read));
+        if (atStart && text.length > 0) {
+          if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+          atStart = false;
+        }
+        let start = 0;
+        for (let newline = text.indexOf("\n"); newline !== -1; newline = text.indexOf("\n", start)) {
+          line += 1;
+          this.addLine(text.slice(start, newline), file, line);
+          start = newline + 1;
+        }
+        carry = text.slice(start);
+        if (!reserved) {
+          reserved = true;
+          this.reserveLike(fs.fstatSync(fd).size / read, firstEntry);
+        }
+      }
+      let rest = carry + decoder.end();
+      if (atStart && rest.charCodeAt(0) === 0xfeff) rest = rest.slice(1);
+      this.addLine(rest, file, line + 1);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
+   * Makes room at once for `times` as many entries as were read since entry
+   * `since`, and their bytes: a column grown by doubling can hold twice what it
+   * needs, and each step leaves a copy behind.
+   */
+  private reserveLike(times: number, since: number): void {
+    const c = this.columns;
+    const entries = this.count - since;
+    if (entries === 0 || times <= 1.5) return;
+    const scale = times * 1.02;
+    const ends = (heapEnds: Uint32Array) => {
+      const start = since === 0 ? 0 : heapEnds[since - 1]!;
+      return start + Math.ceil(((this.count === 0 ? 0 : heapEnds[this.count - 1]!) - start) * scale);
+    };
+    const room = since + Math.ceil(entries * scale);
+    c.paths = exactly(c.paths, ends(c.pathEnds));
+    c.urls = exactly(c.urls, ends(c.urlEnds));
+    if (room > c.lines.length) {
+      c.lines = exactly(c.lines, room);
+      c.pathEnds = exactly(c.pathEnds, room);
+      c.pathHashes = exactly(c.pathHashes, room);
+      c.urlEnds = exactly(c.urlEnds, room);
+      c.flags = exactly(c.flags, room);
+      c.sizes = exactly(c.sizes, room);
+      c.sha256s = exactly(c.sha256s, room * 32);
+    }
+  }
+
+  private ensureRoom(entries: number): void {
+    const c = this.columns;
+    if (entries <= c.lines.length) return;
+    c.lines = grown(c.lines, entries);
+    c.pathEnds = grown(c.pathEnds, entries);
+    c.pathHashes = grown(c.pathHashes, entries);
+    c.urlEnds = grown(c.urlEnds, entries);
+    c.flags = grown(c.flags, entries);
+    c.sizes = grown(c.sizes, entries);
+    c.sha256s = grownBytes(c.sha256s, entries * 32);
+  }
+
+  private addLine(raw: string, file: string, line: number): void {
+    if (raw.charCodeAt(0) !== 0x7b && raw.trim() === "") return;
+    const entry = parseLine(raw, file, line);
+    const c = this.columns;
+    const index = this.count;
+    this.ensureRoom(index + 1);
+
+    const pathStart = index === 0 ? 0 : c.pathEnds[index - 1]!;
+    c.paths = grownBytes(c.paths, pathStart + entry.path.length * 3);
+    const pathEnd = pathStart + c.paths.write(entry.path, pathStart, "utf8");
+    let hash = FNV_OFFSET;
+    let exotic = false;
+    let plain = true;
+    const paths = c.paths;
+    for (let i = pathStart; i < pathEnd; i++) {
+      const byte = paths[i]!;
+      if (byte >= HIGH_LEAD_BYTE) exotic = true;
+      if (needsJsonEscape(byte)) plain = false;
+      hash = Math.imul(hash ^ byte, FNV_PRIME);
+    }
+    hash >>>= 0;
+    const first = findBytes(c, hash, pathStart, pathEnd);
+    if (first !== -1) {
+      throw invalid(
+        file,
+        line,
+        `duplicate path ${JSON.stringify(entry.path)} (first at ${fileOfEntry(c, first)}:${c.lines[first]})`,
+        "each path once",
+      );
+    }
+    if (exotic) c.exotic = true;
+    if (c.sorted && index > 0) {
+      const previousStart = index === 1 ? 0 : c.pathEnds[index - 2]!;
+      // Byte order is UTF-16 order below U+D000, and the data key sorts by UTF-16.
+      // Buffer#compare compares its own range (this path) with the target's (the one before).
+      if (exotic || c.paths.compare(c.paths, previousStart, pathStart, pathStart, pathEnd) <= 0) c.sorted = false;
+    }
+    c.pathEnds[index] = pathEnd;
+    c.lines[index] = line;
+    c.pathHashes[index] = hash;
+    this.count = index + 1;
+    this.insert(index);
+
+    const url = entry.url;
+    const urlStart = index === 0 ? 0 : c.urlEnds[index - 1]!;
+    c.urls = grownBytes(c.urls, urlStart + url.length * 3);
+    const urlEnd = urlStart + c.urls.write(url, urlStart, "utf8");
+    c.urlEnds[index] = urlEnd;
+    const urls = c.urls;
+    for (let i = urlStart; i < urlEnd && plain; i++) {
+      const byte = urls[i]!;
+      // '@' or '?' may carry credentials, which the data key leaves out (sourceIdentity).
+      if (needsJsonEscape(byte) || byte === 0x40 || byte === 0x3f) plain = false;
+    }
+    if (ANY_SURROGATE.test(url) && LONE_SURROGATE.test(url)) {
+      c.oddUrls.set(index, url);
+      plain = false;
+    }
+    if (url.startsWith("file:")) c.fileUrlEntries.push(index);
+    let flags = plain ? PLAIN_ROW : 0;
+    const sha256 = entry.sha256;
+    if (sha256 !== undefined) {
+      // parseLine decoded it last, checking it.
+      c.sha256s.set(SHA256_SCRATCH, index * 32);
+      flags |= HAS_SHA256;
+    }
+    c.flags[index] = flags;
+    c.sizes[index] = entry.size ?? Number.NaN;
+  }
+
+  private insert(index: number): void {
+    const c = this.columns;
+    if (this.count * 2 > c.table.length) {
+      c.table = new Uint32Array(c.table.length * 2);
+      for (let i = 0; i < this.count; i++) this.place(i);
+    } else this.place(index);
+  }
+
+  private place(index: number): void {
+    const { table, pathHashes } = this.columns;
+    const mask = table.length - 1;
+    let slot = pathHashes[index]! & mask;
+    while (table[slot] !== 0) slot = (slot + 1) & mask;
+    table[slot] = index + 1;
+  }
+
+  finish(): ManifestEntries {
+    if (this.count === 0) {
+      throw new KaosError(
+        "MANIFEST_INVALID",
+        `${this.source}: the manifest has no entries — expected at least one line like ${LINE_EXAMPLE}`,
+      );
+    }
+    this.checkFileFolderClashes();
+    return new ManifestEntries(this.source, this.count, this.columns);
+  }
+
+  /** `a` and `a/b` cannot both be files: one of them would have to be a folder. */
+  private checkFileFolderClashes(): void {
+    const c = this.columns;
+    const expected = "each path to be either a file or a folder, not both";
+    for (let index = 0; index < this.count; index++) {
+      const start = index === 0 ? 0 : c.pathEnds[index - 1]!;
+      const end = c.pathEnds[index]!;
+      let hash = FNV_OFFSET;
+      for (let i = start; i < end; i++) {
+        const byte = c.paths[i]!;
+        if (byte === SLASH) {
+          const parent = findBytes(c, hash >>> 0, start, i);
+          if (parent !== -1) {
+            const [file, line] = [fileOfEntry(c, index), c.lines[index]!];
+            const [parentFile, parentLine] = [fileOfEntry(c, parent), c.lines[parent]!];
+            const parentPath = c.paths.toString("utf8", start, i);
+            const entryPath = c.paths.toString("utf8", start, end);
+            if (parent < index) {
+              throw invalid(
+                file,
+                line,
+                `path ${JSON.stringify(entryPath)} puts a file inside ${JSON.stringify(parentPath)}, which ${parentFile}:${parentLine} lists as a file`,
+                expected,
+              );
+            }
+            throw invalid(
+              parentFile,
+              parentLine,
+              `path ${JSON.stringify(parentPath)} is a file, but ${file}:${line} puts ${JSON.stringify(entryPath)} inside it`,
+              expected,
+            );
+          }
+        }
+        hash = Math.imul(hash ^ byte, FNV_PRIME);
+      }
     }
   }
 }
@@ -335,7 +886,7 @@ export function manifestDataKey(entries: ManifestEntry[], lock: ManifestLock | u
     rows.push([entry.path, sourceIdentity(entry.url), hash]);
   }
   rows.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  return createHash("sha256").update("kaos manifest data v1\n").update(JSON.stringify(rows)).digest("hex");
+  return createHash("sha256").update(DATA_KEY_HEADER).update(JSON.stringify(rows)).digest("hex");
 }
 
 /**

@@ -8,13 +8,13 @@
  *   data key   = tree hash of the data bundle, or H(url, content) of a manifest
  *   job key    = H(env key, source key, data key, canonical JSON of the params)
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { projectMonitor } from "./monitor.js";
 import { canonicalJson, expandSpace } from "./hyperparams.js";
-import { checkFileUrls, manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
+import { checkFileUrls, readLock, scanManifest, type ManifestEntries, type ManifestLock } from "./manifest.js";
 import { fileUrlScopeOf } from "./urls.js";
 import { ObjectStore } from "./objects.js";
 import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
@@ -63,7 +63,7 @@ export interface PipelinePlan {
   /** The data tree, for a data bundle. */
   dataTree: TreeHash | undefined;
   /** The entries and lock, for a manifest. */
-  manifest: { entries: ManifestEntry[]; lock: ManifestLock | undefined; missing: number } | undefined;
+  manifest: { entries: ManifestEntries; lock: ManifestLock | undefined; missing: number } | undefined;
   keys: { env: string; source: string; data: string | undefined; hyperparams: string };
   stages: { ingest?: StageDecision; build: StageDecision; train: StageDecision };
   jobs: JobPlan[];
@@ -207,6 +207,26 @@ function describeChange(what: string, change: TreeChange | undefined): string | 
   return parts.length === 0 ? undefined : `${what}: ${parts.join(", ")}`;
 }
 
+/**
+ * `objects.has` for a million hashes: an object whose folder does not exist is
+ * not stored, so a store that holds few of them costs a stat per folder, not
+ * one per entry.
+ */
+function storedObjects(objects: ObjectStore): (hash: string) => boolean {
+  if (!existsSync(objects.dir)) return () => false;
+  const folders = new Map<string, boolean>();
+  return (hash) => {
+    const file = objects.pathOf(hash);
+    const folder = dirname(file);
+    let present = folders.get(folder);
+    if (present === undefined) {
+      present = existsSync(folder);
+      folders.set(folder, present);
+    }
+    return present && existsSync(file);
+  };
+}
+
 export interface PlanOptions {
   config: ResolvedConfig;
   stack: ResolvedStack;
@@ -215,7 +235,7 @@ export interface PlanOptions {
   force?: boolean;
   refresh?: boolean;
   /** Manifests already read and checked for this plan, by path (the command checks its inputs first). */
-  manifests?: ReadonlyMap<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>;
+  manifests?: ReadonlyMap<string, { entries: ManifestEntries; lock: ManifestLock | undefined }>;
 }
 
 async function planPipeline(
@@ -248,15 +268,12 @@ async function planPipeline(
     dataKey = dataTree.hash;
   } else {
     const read = options.manifests?.get(pipeline.data.path);
-    const entries = read?.entries ?? readManifest(pipeline.data.path);
-    if (read === undefined) checkFileUrls(entries, fileUrlScopeOf(config));
+    const entries = read?.entries ?? scanManifest(pipeline.data.path);
+    if (read === undefined) checkFileUrls(entries.fileUrls(), fileUrlScopeOf(config));
     const lock = read !== undefined ? read.lock : readLock(pipeline.data.path);
-    const missing = entries.filter((entry) => {
-      const hash = pinnedHash(entry, lock);
-      return hash === undefined || !objects.has(hash);
-    }).length;
+    const missing = entries.countMissing(lock, storedObjects(objects));
     manifest = { entries, lock, missing };
-    dataKey = manifestDataKey(entries, lock);
+    dataKey = entries.dataKey(lock);
   }
   const runtime = await runtimePending;
   const envKey = envKeyOf(bundle, runtime);
@@ -288,7 +305,7 @@ async function planPipeline(
               ? "forced"
               : refresh
                 ? "--refresh re-checks remote content"
-                : `${manifest.missing} of ${manifest.entries.length} entries not downloaded yet`,
+                : `${manifest.missing} of ${manifest.entries.count} entries not downloaded yet`,
           }
         : { action: "skip", key: dataKey, reason: "every entry is downloaded and verified" };
   }
@@ -487,7 +504,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
     if (p.changes.env) details.push("environment: Dockerfile, requirements.txt, requirements.lock or runtime changed");
     if (p.changes.source) details.push(changeLine("source", p.changes.source));
     if (p.changes.data) details.push(changeLine("data", p.changes.data));
-    if (p.manifest) details.push(`manifest: ${p.manifest.entries.length} entries, ${p.manifest.missing} to download`);
+    if (p.manifest) details.push(`manifest: ${p.manifest.entries.count} entries, ${p.manifest.missing} to download`);
     if (p.changes.paramsAdded.length || p.changes.paramsRemoved.length) {
       details.push(`params: ${p.changes.paramsAdded.length} combinations added, ${p.changes.paramsRemoved.length} removed`);
     }

@@ -14,8 +14,7 @@ import { parseMemory } from "../../core/config.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { canonicalJson } from "../../core/hyperparams.js";
 import { hashFile } from "../../core/hash.js";
-import { ingest } from "./ingest.js";
-import { pinnedHash, readLock } from "../../core/manifest.js";
+import { readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
 import { appliedOf, jobKeyOf, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../core/plan.js";
@@ -126,6 +125,10 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
 /** Why a job failed when its data view changed: `when` it was written, and the first paths changed. */
 function dataWrittenReason(when: string, paths: readonly string[]): string {
   return `KAOS_DATA_DIR was written to ${when} (${paths.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
+}
+
+function jobsToRun(plan: Plan): boolean {
+  return plan.pipelines.some((p) => p.jobs.some((job) => job.action === "run"));
 }
 
 /** GPUs this machine has, from nvidia-smi; none when it is missing. */
@@ -354,19 +357,23 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   }
 
   capacity(): Capacity {
-    if (!this.capacityCache) {
-      const stack = this.stack.config.backend === "local" ? this.stack.config : { maxCpu: undefined, maxMemory: undefined };
-      this.capacityCache = {
-        cpu: stack.maxCpu ?? availableParallelism(),
-        memoryBytes: stack.maxMemory ? (parseMemory(stack.maxMemory) ?? totalmem()) : totalmem(),
-        gpus: detectGpus(),
-      };
-    }
+    this.capacityCache ??= { ...this.capacityWithout(), gpus: detectGpus() };
     return this.capacityCache;
+  }
+
+  /** The cores and memory jobs may use, as the stack bounds them. */
+  private capacityWithout(): Omit<Capacity, "gpus"> {
+    const stack = this.stack.config.backend === "local" ? this.stack.config : { maxCpu: undefined, maxMemory: undefined };
+    return {
+      cpu: stack.maxCpu ?? availableParallelism(),
+      memoryBytes: stack.maxMemory ? (parseMemory(stack.maxMemory) ?? totalmem()) : totalmem(),
+    };
   }
 
   /** Refuses, before anything runs, a job that asks for more than this machine has. */
   checkResources(plan: Plan): void {
+    // With nothing to run there is nothing to check: the machine is not even asked for its GPUs.
+    if (!jobsToRun(plan)) return;
     const pool = new ResourcePool(this.capacity());
     const problems: string[] = [];
     for (const p of plan.pipelines) {
@@ -398,7 +405,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     this.checkResources(options.plan);
     // Every queued and running job listens for the interrupt.
     setMaxListeners(0, options.signal);
-    const pool = new ResourcePool(this.capacity());
+    // A plan with no job to run hands out no GPU: nvidia-smi, which lists them, is not run for it.
+    const pool = new ResourcePool(jobsToRun(options.plan) ? this.capacity() : { ...this.capacityWithout(), gpus: [] });
     const claims: JobClaims = new Map();
     const outcomes = await Promise.all(options.plan.pipelines.map((p) => this.executePipeline(p, pool, claims, options)));
     const cancelled = options.signal.aborted;
@@ -456,8 +464,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         // when the key is only known after the download, the data lands beside it first.
         const known = options.refresh ? undefined : dataKey;
         const target = join(this.stateDir, "data", known ?? `incoming-${name}`);
+        // Loaded here, not at the top: node:http, which it needs, costs a no-op run a tenth of a second.
+        const { ingest } = await import("./ingest.js");
         const result = await ingest({
-          entries: p.manifest.entries,
+          entries: p.manifest.entries.list(),
           manifestPath: p.pipeline.data.path,
           objects: this.objects,
           dataDir: target,
@@ -728,9 +738,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const hashes = new Map<string, string>();
     if (p.manifest !== undefined && p.pipeline.data.kind === "manifest") {
       const lock = readLock(p.pipeline.data.path);
-      for (const entry of p.manifest.entries) {
-        const hash = pinnedHash(entry, lock);
-        if (hash !== undefined) hashes.set(entry.path, hash);
+      const entries = p.manifest.entries;
+      for (let index = 0; index < entries.count; index++) {
+        const hash = entries.pinnedHash(index, lock);
+        if (hash !== undefined) hashes.set(entries.path(index), hash);
       }
     }
     return hashes;

@@ -1,5 +1,4 @@
 /** Plans, outcomes and what failed, in the words `kaos watch` prints. */
-import { createHash } from "node:crypto";
 import { displayLine } from "../../core/format.js";
 import type { Plan } from "../../core/plan.js";
 import type { ExecuteResult } from "../../core/backend.js";
@@ -31,13 +30,11 @@ export function runItems(plan: Plan): Map<string, string[]> {
   for (const p of plan.pipelines) {
     const name = p.pipeline.name;
     // A manifest whose data key is only known after the download: its entries stand in for it.
-    const pending = `pending:${createHash("sha256")
-      .update(JSON.stringify(p.manifest?.entries ?? []))
-      .digest("hex")}`;
+    const pending = (): string => `pending:${p.manifest?.entries.digest() ?? ""}`;
     const list: string[] = [];
-    if (p.stages.ingest?.action === "run") list.push(`${name} ingest ${p.stages.ingest.key ?? pending}`);
+    if (p.stages.ingest?.action === "run") list.push(`${name} ingest ${p.stages.ingest.key ?? pending()}`);
     if (p.stages.build.action === "run") list.push(`${name} build ${p.stages.build.key ?? ""}`);
-    for (const job of p.jobs) if (job.action === "run") list.push(`${name} train ${job.key ?? `${pending}:${job.paramsKey}`}`);
+    for (const job of p.jobs) if (job.action === "run") list.push(`${name} train ${job.key ?? `${pending()}:${job.paramsKey}`}`);
     items.set(name, list);
   }
   return items;
