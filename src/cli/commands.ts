@@ -591,6 +591,35 @@ export async function killCommand(options: Common & { job: string }): Promise<nu
  * Breaks a stack's writer lock whose holder kaos cannot judge (it ran on
  * another machine or in another container), and settles that run's jobs.
  */
+export async function uiCommand(options: Common & { port: number; host: string; token?: string; open?: boolean }): Promise<number> {
+  const { config, state } = await readState(options);
+  state.close();
+  const { startUiServer } = await import("../ui/server.js");
+  const ui = await startUiServer({ root: config.root, host: options.host, port: options.port, token: options.token });
+  process.stdout.write(`kaos ui: ${ui.url}\n`);
+  if (options.open) openInBrowser(ui.url);
+  await new Promise<void>((resolve) => {
+    const stopListening = onStopRequest(() => {
+      stopListening();
+      resolve();
+    });
+  });
+  await ui.close();
+  return EXIT.ok;
+}
+
+/** Best effort: without a desktop the printed address is there to open by hand. */
+function openInBrowser(url: string): void {
+  const opener = process.platform === "darwin" ? "open" : process.platform === "win32" ? "explorer" : "xdg-open";
+  import("node:child_process")
+    .then(({ spawn }) =>
+      spawn(opener, [url], { stdio: "ignore", detached: true })
+        .on("error", () => {})
+        .unref(),
+    )
+    .catch(() => {});
+}
+
 export async function unlockCommand(options: Common & { stack?: string }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   const state = StateStore.open(config.root);
