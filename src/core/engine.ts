@@ -8,7 +8,8 @@ import { KaosError, describeError, errnoCode } from "./errors.js";
 import { LocalBackend, type ExecuteResult } from "../backends/local/index.js";
 import { stopOrphanedJobs } from "../backends/local/process.js";
 import { checkFileUrls, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
-import { buildPlan, type Plan } from "./plan.js";
+import { buildPlan, type Plan, type PlanOracle } from "./plan.js";
+import type { SweepInputs } from "./sweep.js";
 import type { Reporter } from "./events.js";
 import { StateStore } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
@@ -59,6 +60,36 @@ export function openSession(config: ResolvedConfig, stack: ResolvedStack): Sessi
   const state = StateStore.open(config.root);
   const backend = new LocalBackend(config, stack, state);
   return { config, stack, state, backend, close: () => state.close() };
+}
+
+/**
+ * The env, source and data keys of `pipelines` (default: every pipeline) as
+ * their bundles stand now, hashed by the planner itself, so that a sweep
+ * (core/sweep.ts) names the very job keys `kaos up` would. Nothing is built,
+ * run or written; a read-only store serves.
+ */
+export async function sweepInputs(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  state: StateStore,
+  pipelines?: readonly string[],
+): Promise<Map<string, SweepInputs>> {
+  if (stack.config.backend !== "local") {
+    throw new KaosError(
+      "NOT_SUPPORTED",
+      `stack ${stack.name} uses the ${stack.config.backend} backend; sweeps are read from the local backend's state`,
+    );
+  }
+  const backend = new LocalBackend(config, stack, state);
+  // Only the keys are wanted: whether a job is reusable is the sweep's own question.
+  const oracle: PlanOracle = {
+    runtime: (bundle) => backend.runtime(bundle),
+    environmentReady: () => true,
+    succeededJob: () => ({ job: undefined }),
+  };
+  const wanted = pipelines === undefined ? config.pipelines : config.pipelines.filter((p) => pipelines.includes(p.name));
+  const planned = await buildPlan({ config: { ...config, pipelines: wanted }, stack, state, oracle });
+  return new Map(planned.pipelines.map((p) => [p.pipeline.name, { env: p.keys.env, source: p.keys.source, data: p.keys.data }]));
 }
 
 export function plan(session: Session, options: { force?: boolean; refresh?: boolean; manifests?: CheckedManifests } = {}): Promise<Plan> {

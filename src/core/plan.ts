@@ -219,7 +219,8 @@ async function planPipeline(
   // second): let it run while the trees are hashed.
   const runtimePending = oracle.runtime(bundle);
   runtimePending.catch(() => {});
-  const statCache = state.readonly ? undefined : state.statCache();
+  // A reader (a sweep's keys) trusts the cache as a writer would, and leaves it as it found it.
+  const statCache = state.readonly ? { ...state.statCache(), save: () => {} } : state.statCache();
   const sourceTree = await hashTree(pipeline.sourceDir, { statCache });
   // Only the links are checked: an unchanged tree need not list every file.
   checkTreeLinks(treeLinks(sourceTree), where);

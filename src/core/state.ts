@@ -625,6 +625,22 @@ export class StateStore {
     return this.latestInState(stage, key, "failed");
   }
 
+  /**
+   * The job recorded last (whichever run, whatever its state) for each of
+   * `keys` that has one, by key: what the grid's combinations stand at now.
+   */
+  latestJobsByKey(stage: Stage, keys: readonly string[]): Map<string, JobRecord> {
+    const latest = new Map<string, JobRecord>();
+    if (this.db === null || keys.length === 0) return latest;
+    const jobs = this.selectJobs(
+      "WHERE seq IN (SELECT max(seq) FROM jobs WHERE stage = ? AND key IN (SELECT value FROM json_each(?)) GROUP BY key)",
+      stage,
+      JSON.stringify(keys),
+    );
+    for (const job of jobs) latest.set(job.key, job);
+    return latest;
+  }
+
   /** The train jobs of one pipeline's sweep in one run, by sweep index. */
   sweepMembers(runId: string, pipeline: string): JobRecord[] {
     if (this.db === null) return [];
