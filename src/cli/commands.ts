@@ -595,7 +595,13 @@ export async function uiCommand(options: Common & { port: number; host: string; 
   const { config, state } = await readState(options);
   state.close();
   const { startUiServer } = await import("../ui/server.js");
-  const ui = await startUiServer({ root: config.root, host: options.host, port: options.port, token: options.token });
+  const ui = await startUiServer({
+    root: config.root,
+    configFile: existsSync(config.file) ? config.file : undefined,
+    host: options.host,
+    port: options.port,
+    token: options.token,
+  });
   process.stdout.write(`kaos ui: ${ui.url}\n`);
   if (options.open) openInBrowser(ui.url);
   await new Promise<void>((resolve) => {

@@ -7,9 +7,11 @@
 import { closeSync, fstatSync, lstatSync, openSync, readdirSync, readSync } from "node:fs";
 import { join, relative } from "node:path";
 import { KaosError } from "../core/errors.js";
-import { readMetricSeries, readMetrics, type MetricSeries, type MetricValue } from "../core/metrics.js";
+import { readMetricSeries, readMetrics, type MetricSeries } from "../core/metrics.js";
+import { leadingMetric, numericMetricNames } from "../core/sweep.js";
 import type { JobRecord, JobState, Stage } from "../core/state.js";
 import type { StoreReader } from "./reader.js";
+import type { SweepReader, SweepView } from "./sweep.js";
 
 export const DEFAULT_PAGE = 50;
 export const MAX_PAGE = 500;
@@ -81,10 +83,13 @@ export function jobSummary(job: JobRecord) {
 export type JobSummary = ReturnType<typeof jobSummary>;
 
 export class Api {
-  constructor(private readonly reader: StoreReader) {}
+  constructor(
+    private readonly reader: StoreReader,
+    private readonly sweeps: SweepReader,
+  ) {}
 
   /** Answers GET `path` with `query`; throws ApiError for what the client got wrong. */
-  handle(path: string, query: URLSearchParams): ApiReply {
+  async handle(path: string, query: URLSearchParams): Promise<ApiReply> {
     const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
     const [api, kind, name, detail, ...rest] = parts;
     if (api !== "api" || rest.length > 0) throw new ApiError(404, `no such API path: ${path}`);
@@ -95,7 +100,7 @@ export class Api {
     if (kind === "jobs" && name !== undefined && detail === "log") return ok(this.log(name, query));
     if (kind === "jobs" && name !== undefined && detail === "series") return ok(this.series(this.requireJob(name)));
     if (kind === "series" && name === undefined) return ok(this.manySeries(query));
-    if (kind === "pipelines" && name !== undefined && detail === "sweep") return ok(this.sweep(name));
+    if (kind === "pipelines" && name !== undefined && detail === "sweep") return ok(await this.sweep(name));
     throw new ApiError(404, `no such API path: ${path}`);
   }
 
@@ -163,17 +168,27 @@ export class Api {
     return { items: ids.map((id) => this.series(this.requireJob(id))) };
   }
 
-  /** The pipeline's sweep: its train jobs of the newest run that trained it, with params and metrics. */
-  sweep(pipeline: string) {
-    const store = this.reader.get();
-    const [latest] = store.listJobs({ pipeline, stage: "train", limit: 1 });
-    if (latest === undefined) throw new ApiError(404, `pipeline '${pipeline}' has no train jobs`);
-    const members = store.sweepMembers(latest.runId, pipeline);
-    return { pipeline, items: members.map((job) => this.sweepRow(job)) };
+  /** The pipeline's sweep: its current grid, or for a pipeline the config no longer names, the jobs of its last run. */
+  async sweep(pipeline: string): Promise<SweepView> {
+    const sweep = await this.sweeps.sweep(pipeline, () => this.lastRunSweep(pipeline));
+    if (sweep === undefined) throw new ApiError(404, `no pipeline '${pipeline}' in the config or the recorded jobs`);
+    return sweep;
   }
 
-  sweepRow(job: JobRecord): JobSummary & { metrics: Record<string, MetricValue> } {
-    return { ...jobSummary(job), metrics: job.collectedAt === null ? readMetrics(this.reader.outDirOf(job)).values : {} };
+  private lastRunSweep(pipeline: string): SweepView | undefined {
+    const store = this.reader.get();
+    const [latest] = store.listJobs({ pipeline, stage: "train", limit: 1 });
+    if (latest === undefined) return undefined;
+    const items = store.sweepMembers(latest.runId, pipeline).map((job, index) => ({
+      index,
+      id: job.id,
+      runId: job.runId,
+      state: job.state,
+      params: job.params,
+      metrics: job.collectedAt === null ? readMetrics(this.reader.outDirOf(job)).values : {},
+      finishedAt: job.finishedAt,
+    }));
+    return { pipeline, source: "run", metricNames: numericMetricNames(items), leadingMetric: leadingMetric(items) ?? null, items };
   }
 
   requireJob(id: string): JobRecord {

@@ -16,12 +16,15 @@ import { Api, ApiError } from "./api.js";
 import { loadAssets, type Asset } from "./assets.js";
 import { EventHub } from "./events.js";
 import { StoreReader } from "./reader.js";
+import { SweepReader } from "./sweep.js";
 
 export const TOKEN_COOKIE = "kaos_ui_token";
 
 export interface UiOptions {
   /** The project root: where kaos.config.ts and .kaos/ are. */
   root: string;
+  /** The config file, for the sweeps' current grids; absent for a project of `kaos train deploy` alone. */
+  configFile?: string | undefined;
   host: string;
   /** 0 picks a free port. */
   port: number;
@@ -98,10 +101,10 @@ export async function startUiServer(options: UiOptions): Promise<UiServer> {
   const token = options.token ?? (loopback ? undefined : newToken());
   const assets = loadAssets(options.assetsDir);
   const reader = new StoreReader(options.root);
-  const api = new Api(reader);
+  const api = new Api(reader, new SweepReader(reader, options.configFile));
   const events = new EventHub(reader, options.pollMs);
 
-  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? "/", "http://kaos.invalid");
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { allow: "GET, HEAD" }).end();
@@ -131,7 +134,7 @@ export async function startUiServer(options: UiOptions): Promise<UiServer> {
         return;
       }
       if (url.pathname.startsWith("/api/")) {
-        const reply = api.handle(url.pathname, url.searchParams);
+        const reply = await api.handle(url.pathname, url.searchParams);
         sendJson(res, reply.status, reply.body);
         return;
       }
@@ -139,11 +142,12 @@ export async function startUiServer(options: UiOptions): Promise<UiServer> {
     } catch (error) {
       if (error instanceof ApiError) sendJson(res, error.status, { error: error.message });
       else if (error instanceof KaosError && error.code === "USAGE") sendJson(res, 400, { error: error.message });
+      else if (error instanceof KaosError) sendJson(res, 409, { error: error.message, hint: error.hint ?? null });
       else sendJson(res, 500, { error: describeError(error) });
     }
   };
 
-  const server = createServer(handle);
+  const server = createServer((req, res) => void handle(req, res));
   await new Promise<void>((resolve, reject) => {
     const failed = (error: NodeJS.ErrnoException) => {
       reject(

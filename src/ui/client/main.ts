@@ -31,11 +31,27 @@ interface Job {
   collectedAt: string | null;
 }
 
-interface SweepRow extends Job {
+/** One combination of the sweep's grid and the job last recorded for it (none while pending). */
+interface SweepRow {
+  index: number;
+  id: string | null;
+  runId: string | null;
+  state: JobState | "pending";
+  params: Record<string, unknown>;
   metrics: Record<string, MetricValue>;
+  finishedAt: string | null;
 }
 
-interface JobDetail extends SweepRow {
+interface Sweep {
+  pipeline: string;
+  source: "config" | "run";
+  metricNames: string[];
+  leadingMetric: string | null;
+  items: SweepRow[];
+}
+
+interface JobDetail extends Job {
+  metrics: Record<string, MetricValue>;
   keys: Record<string, string | null>;
   metricsSkipped: { file: string; key?: string; reason: string }[];
   outputDir: string;
@@ -351,6 +367,14 @@ function curvesChart(container: HTMLElement, all: Series[], field: string, label
   );
 }
 
+function xRange(xs: number[], categories: number): uPlot.Range.MinMax {
+  if (categories > 0) return [-0.5, categories - 0.5];
+  const min = Math.min(...xs);
+  const max = Math.max(...xs);
+  const pad = max > min ? (max - min) * 0.05 : Math.abs(min) * 0.1 || 1;
+  return [min - pad, max + pad];
+}
+
 /** Each job as a point: a param (x) against a metric (y). Text params are placed by their sorted values. */
 function scatterChart(container: HTMLElement, rows: SweepRow[], param: string, metric: string): uPlot | undefined {
   const values = rows.map((row) => row.params[param]);
@@ -371,7 +395,16 @@ function scatterChart(container: HTMLElement, rows: SweepRow[], param: string, m
       title: `${metric} by ${param}`,
       width: chartWidth(container),
       height: 280,
-      scales: { x: { time: false, ...(categories.length > 0 ? { range: [-0.5, categories.length - 0.5] as uPlot.Range.MinMax } : {}) } },
+      // An explicit x range, wider than the points: uPlot looks up the first and last point by x, which misses repeated x values at the ends.
+      scales: {
+        x: {
+          time: false,
+          range: xRange(
+            points.map((p) => p.x),
+            categories.length,
+          ),
+        },
+      },
       series: [
         { label: param },
         { label: metric, stroke: PALETTE[0], paths: () => null, points: { show: true, size: 9, fill: PALETTE[0] } },
@@ -427,12 +460,12 @@ function cellValue(row: SweepRow, column: string): unknown {
   if (column in row.params) return row.params[column];
   if (column in row.metrics) return row.metrics[column];
   if (column === "state") return row.state;
-  if (column === "job") return row.id;
+  if (column === "job") return row.id ?? undefined;
   return undefined;
 }
 
 function rowText(row: SweepRow): string {
-  return [row.id, row.state, ...Object.values(row.params).map(valueText), ...Object.values(row.metrics).map(valueText)]
+  return [row.id ?? "", row.state, ...Object.values(row.params).map(valueText), ...Object.values(row.metrics).map(valueText)]
     .join(" ")
     .toLowerCase();
 }
@@ -454,6 +487,7 @@ function sweepView(pipeline: string): View {
       const selected = new Set<string>();
       const filterInput = h("input", { type: "search", id: "filter", placeholder: "filter: lr=0.1 accuracy>0.9 state=succeeded" });
       const count = h("span", { class: "muted", id: "shown" });
+      const note = h("p", { class: "muted" });
       const table = h("table", { id: "sweep" });
       const paramSelect = h("select", { id: "x-param" });
       const metricSelect = h("select", { id: "y-metric" });
@@ -462,6 +496,7 @@ function sweepView(pipeline: string): View {
       const curves = h("div", { class: "chart", id: "curves" });
       main.replaceChildren(
         h("h1", {}, `Sweep of ${pipeline}`),
+        note,
         h("section", { class: "card" }, h("div", { class: "toolbar" }, filterInput, count), table),
         h(
           "section",
@@ -534,19 +569,21 @@ function sweepView(pipeline: string): View {
             "tbody",
             {},
             ...shown.map((row) => {
-              const box = h("input", { type: "checkbox", "aria-label": `select ${row.id}` });
-              box.checked = selected.has(row.id);
+              const id = row.id;
+              const box = h("input", { type: "checkbox", "aria-label": `select ${id ?? "pending"}`, disabled: id === null });
+              box.checked = id !== null && selected.has(id);
               box.addEventListener("change", () => {
-                if (box.checked) selected.add(row.id);
-                else selected.delete(row.id);
+                if (id === null) return;
+                if (box.checked) selected.add(id);
+                else selected.delete(id);
                 tr.classList.toggle("selected", box.checked);
                 void drawCurves();
               });
               const tr = h(
                 "tr",
-                { "data-job": row.id, class: selected.has(row.id) ? "selected" : undefined },
+                { "data-job": id ?? undefined, "data-index": row.index, class: box.checked ? "selected" : undefined },
                 h("td", {}, box),
-                h("td", {}, jobLink(row.id)),
+                h("td", {}, id === null ? h("span", { class: "muted" }, "not run") : jobLink(id)),
                 h("td", {}, stateBadge(row.state)),
                 ...params.map((p) => h("td", { class: typeof row.params[p] === "number" ? "num" : "" }, valueText(row.params[p]))),
                 ...metrics.map((m) => h("td", { class: "num", "data-metric": m }, valueText(row.metrics[m]))),
@@ -579,9 +616,16 @@ function sweepView(pipeline: string): View {
         if (!fieldSelect.value) curves.replaceChildren(h("p", { class: "muted" }, "no step series recorded (OUT/metrics/*.jsonl)"));
       };
       const load = async () => {
-        rows = (await get<{ items: SweepRow[] }>(`/api/pipelines/${encodeURIComponent(pipeline)}/sweep`)).items;
+        const sweep = await get<Sweep>(`/api/pipelines/${encodeURIComponent(pipeline)}/sweep`);
+        rows = sweep.items;
+        note.textContent =
+          sweep.source === "config"
+            ? "every combination the config names now, with the job last recorded for it"
+            : "not in the config: the jobs of its last run";
+        const firstLoad = metricSelect.options.length === 0;
         setOptions(paramSelect, paramNames());
-        setOptions(metricSelect, metricNames());
+        setOptions(metricSelect, sweep.metricNames);
+        if (firstLoad && sweep.leadingMetric !== null) metricSelect.value = sweep.leadingMetric;
         drawTable();
         drawScatter();
       };
