@@ -12,6 +12,7 @@
  *    `dvc add --no-commit` (hashing only, as kaos plan);
  * 3. one changed file among 100k: plan time and how many files were re-read;
  * 4. start-up: `kaos --help` and `kaos train list` over 10k recorded jobs / `node -e 0`;
+ *    and the API requests of `kaos ui`'s first page over those jobs;
  * 5. a 100-job sweep of a trivial train script, parallelism 2 / the script run
  *    by `xargs -P 2`;
  * 6. manifest ingest of 1,000 x 1 MB from a loopback server / `curl --parallel`;
@@ -27,7 +28,7 @@
  * largest maximum resident set size of kaos over the timed runs, from
  * /usr/bin/time (or a Python wrapper when it is missing).
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
@@ -728,6 +729,7 @@ async function scenarioStartup(size, runs) {
   ]);
   const list = summary(listSamples);
   const node2 = summary(nodeSamples2);
+  const firstPage = await uiFirstPage(project, runs);
   return [
     row({
       id: "4-help",
@@ -745,7 +747,55 @@ async function scenarioStartup(size, runs) {
       target: "info",
       notes: ["design: well under dvc's 0.3-1.3 s"],
     }),
+    row({
+      id: "4-ui",
+      scenario: `kaos ui first page, ${size.jobs / 1000}k jobs`,
+      kaos: firstPage,
+      target: "< 1 s",
+      pass: firstPage.median < 1,
+      notes: ["API time of the runs page: overview, first page of runs and of jobs"],
+    }),
   ];
+}
+
+/**
+ * The requests the dashboard's first page makes, timed against a running
+ * `kaos ui` over the project's recorded jobs: what a user waits for once the
+ * server is up.
+ */
+async function uiFirstPage(project, runs) {
+  const server = spawn(process.execPath, [cli, "ui", "--port", "0"], { cwd: project, env: childEnv, stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    const base = await new Promise((resolve, reject) => {
+      let out = "";
+      server.stdout.setEncoding("utf8").on("data", (chunk) => {
+        out += chunk;
+        const match = /kaos ui: (http:\/\/\S+)\n/.exec(out);
+        if (match) resolve(match[1]);
+      });
+      server.on("exit", (code) => reject(new Error(`kaos ui exited with ${code} before serving:\n${out}`)));
+    });
+    const load = async () => {
+      const start = performance.now();
+      const [overview, runsPage, jobsPage] = await Promise.all(
+        ["api/overview", "api/runs?limit=50", "api/jobs?limit=100"].map(async (path) => {
+          const response = await fetch(`${base}${path}`);
+          if (!response.ok) throw new Error(`GET ${path}: ${response.status} ${await response.text()}`);
+          return response.json();
+        }),
+      );
+      if (overview.pipelines.length === 0 || runsPage.items.length === 0 || jobsPage.items.length !== 100) {
+        throw new Error("kaos ui's first page came back empty");
+      }
+      return { seconds: (performance.now() - start) / 1000 };
+    };
+    await load();
+    const samples = [];
+    for (let i = 0; i < runs; i++) samples.push(await load());
+    return summary(samples);
+  } finally {
+    server.kill("SIGTERM");
+  }
 }
 
 async function scenarioSweep(size, runs) {
