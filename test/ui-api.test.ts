@@ -4,6 +4,7 @@
  * and 400s, the access token off loopback, and a job written by another
  * process reaching a listening event stream.
  */
+import { writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StateStore } from "../src/core/state.js";
@@ -34,6 +35,25 @@ async function getJson<T>(url: string): Promise<T> {
 }
 
 const JOBS = 130;
+
+function jobFields(pipeline: string, runId: string) {
+  return {
+    runId,
+    stack: "local",
+    pipeline,
+    stage: "train" as const,
+    key: pipeline,
+    params: {},
+    envKey: null,
+    sourceKey: null,
+    dataKey: null,
+    paramsKey: null,
+    sweepIndex: 0,
+    sweepSize: 1,
+    outputDir: null,
+    logFile: null,
+  };
+}
 
 /**
  * A project whose store holds JOBS finished train jobs in runs of 20, recorded
@@ -154,6 +174,33 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
     expect(await getJson(`${base}api/jobs/${id}`)).toMatchObject({ id, params: { n: JOBS - (JOBS % 20) }, metrics: {}, outputs: [] });
   });
 
+  it("sends a long log in pieces that end at a line, or its last piece from a line start", async () => {
+    const logFile = project.path("long.log");
+    const lines = Array.from({ length: 20_000 }, (_, i) => `line ${i} ${"x".repeat(30)}\n`);
+    writeFileSync(logFile, lines.join(""));
+    const size = Buffer.byteLength(lines.join(""));
+    const state = StateStore.open(project.dir);
+    let id: string;
+    try {
+      const run = state.beginRun("local", "up");
+      id = state.createJob({ ...jobFields("long", run.id), logFile }).id;
+    } finally {
+      state.close();
+    }
+    const first = await getJson<{ offset: number; next: number; size: number; text: string }>(`${base}api/jobs/${id}/log`);
+    expect(first).toMatchObject({ offset: 0, size });
+    expect(first.next).toBeLessThanOrEqual(256 << 10);
+    expect(first.text.endsWith("\n")).toBe(true);
+    const second = await getJson<{ offset: number; text: string }>(`${base}api/jobs/${id}/log?offset=${first.next}`);
+    expect(second.offset).toBe(first.next);
+    expect(second.text.startsWith(lines[first.text.split("\n").length - 1]!)).toBe(true);
+    const tail = await getJson<{ offset: number; next: number; text: string }>(`${base}api/jobs/${id}/log?tail=1`);
+    expect(tail.next).toBe(size);
+    expect(tail.offset).toBeGreaterThan(size - (256 << 10));
+    expect(tail.text.startsWith("line ")).toBe(true);
+    expect(tail.text.endsWith(lines.at(-1)!)).toBe(true);
+  });
+
   it("serves the page and its script, and refuses a host name that is not loopback", async () => {
     const page = await get(base);
     expect(page.status).toBe(200);
@@ -178,22 +225,7 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
     const state = StateStore.open(project.dir);
     try {
       const run = state.beginRun("local", "up");
-      state.createJob({
-        runId: run.id,
-        stack: "local",
-        pipeline: "live",
-        stage: "train",
-        key: "live",
-        params: {},
-        envKey: null,
-        sourceKey: null,
-        dataKey: null,
-        paramsKey: null,
-        sweepIndex: 0,
-        sweepSize: 1,
-        outputDir: null,
-        logFile: null,
-      });
+      state.createJob(jobFields("live", run.id));
     } finally {
       state.close();
     }

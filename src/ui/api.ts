@@ -150,12 +150,17 @@ export class Api {
     };
   }
 
-  /** A piece of a job's log from `offset`; `next` is where the following piece starts. */
+  /**
+   * A piece of a job's log from `offset`, or with `tail=1` its last piece
+   * (from a line start); `next` is where the following piece starts.
+   */
   log(id: string, query: URLSearchParams) {
     const job = this.requireJob(id);
+    const file = this.reader.logFileOf(job);
+    if (query.get("tail") === "1") return { id: job.id, state: job.state, ...readLogChunk(file, 0, { tail: true }) };
     const offset = Number(query.get("offset") ?? "0");
     if (!Number.isSafeInteger(offset) || offset < 0) throw new ApiError(400, `offset: expected a whole number, 0 or more`);
-    return { id: job.id, state: job.state, ...readLogChunk(this.reader.logFileOf(job), offset) };
+    return { id: job.id, state: job.state, ...readLogChunk(file, offset) };
   }
 
   series(job: JobRecord): MetricSeries & { id: string } {
@@ -206,8 +211,16 @@ function ok(body: unknown): ApiReply {
   return { status: 200, body };
 }
 
-/** At most {@link LOG_CHUNK_BYTES} of `file` from `offset`, cut at the last whole line unless that leaves nothing. */
-export function readLogChunk(file: string, offset: number): { offset: number; next: number; size: number; text: string } {
+/**
+ * At most {@link LOG_CHUNK_BYTES} of `file` from `offset`, cut at the last
+ * whole line unless that leaves nothing; with `tail`, the last such piece,
+ * starting at a line.
+ */
+export function readLogChunk(
+  file: string,
+  offset: number,
+  options: { tail?: boolean } = {},
+): { offset: number; next: number; size: number; text: string } {
   let fd: number;
   try {
     fd = openSync(file, "r");
@@ -216,7 +229,14 @@ export function readLogChunk(file: string, offset: number): { offset: number; ne
   }
   try {
     const size = fstatSync(fd).size;
-    const start = Math.min(offset, size);
+    let start = Math.min(offset, size);
+    if (options.tail === true && size > LOG_CHUNK_BYTES) {
+      // From the first line that starts within the last piece.
+      start = size - LOG_CHUNK_BYTES;
+      const head = Buffer.alloc(Math.min(LOG_CHUNK_BYTES, 64 << 10));
+      const newline = head.subarray(0, readSync(fd, head, 0, head.length, start)).indexOf(10);
+      if (newline >= 0) start += newline + 1;
+    }
     const buffer = Buffer.alloc(Math.min(LOG_CHUNK_BYTES, size - start));
     const read = buffer.length === 0 ? 0 : readSync(fd, buffer, 0, buffer.length, start);
     let end = read;

@@ -18,6 +18,7 @@ import { jobSummary, readLogChunk } from "./api.js";
 import type { StoreReader } from "./reader.js";
 
 export const POLL_MS = 300;
+const MAX_LOG_PIECES_PER_TICK = 4;
 /** A comment line now and then keeps proxies and browsers from dropping an idle stream. */
 const HEARTBEAT_MS = 15_000;
 
@@ -151,7 +152,8 @@ export class EventHub {
     if (update !== undefined) follow.job = update;
     // Everything the job wrote is read once more after it ended, then it is left alone.
     const ended = isTerminalJobState(follow.job.state);
-    for (;;) {
+    // A few pieces a tick at most: a job printing fast is caught up with over the next ticks.
+    for (let pieces = 0; pieces < MAX_LOG_PIECES_PER_TICK; pieces++) {
       const chunk = readLogChunk(this.reader.logFileOf(follow.job), follow.logOffset);
       if (chunk.next === follow.logOffset) break;
       send(client.res, "log", { offset: chunk.offset, next: chunk.next, text: chunk.text });
@@ -164,7 +166,7 @@ export class EventHub {
       send(client.res, "series", { id: follow.job.id, ...readMetricSeries(outDir) });
       send(client.res, "metrics", { id: follow.job.id, metrics: readMetrics(outDir).values });
     }
-    if (ended) follow.done = true;
+    if (ended && readLogChunk(this.reader.logFileOf(follow.job), follow.logOffset).next === follow.logOffset) follow.done = true;
   }
 
   private broadcast(event: string, data: unknown): void {

@@ -658,11 +658,13 @@ function jobView(id: string): View {
   return {
     async render(main) {
       const job = await get<JobDetail>(`/api/jobs/${encodeURIComponent(id)}`);
-      const log = await get<{ next: number; text: string }>(`/api/jobs/${encodeURIComponent(job.id)}/log`);
+      const log = await get<{ offset: number; next: number; text: string }>(`/api/jobs/${encodeURIComponent(job.id)}/log?tail=1`);
       const state = h("span", { id: "job-state" }, stateBadge(job.state));
       const timing = h("span", { class: "muted", id: "job-timing" });
       const metrics = h("tbody", { id: "metrics" });
       const pre = h("pre", { class: "log", id: "log" }, log.text);
+      const earlier =
+        log.offset > 0 ? h("p", { class: "muted" }, `the first ${log.offset} bytes are not shown: `, h("code", {}, job.logFile)) : null;
       const fieldSelect = h("select", { id: "job-curve-field" });
       const curves = h("div", { class: "chart", id: "job-curves" });
       let series: Series = { id: job.id, series: {} };
@@ -740,7 +742,7 @@ function jobView(id: string): View {
             h("tbody", {}, ...job.outputs.map((o) => h("tr", {}, h("td", { class: "mono" }, o.path), h("td", { class: "num" }, o.size)))),
           ),
         ),
-        h("section", { class: "card" }, h("h2", {}, "Log"), pre),
+        h("section", { class: "card" }, h("h2", {}, "Log"), earlier, pre),
       );
       series = await get<Series>(`/api/jobs/${encodeURIComponent(job.id)}/series`);
       drawCurves();
