@@ -164,10 +164,14 @@ function buildProgram(): Command {
 
   train
     .command("list")
-    .description("list jobs, newest first")
+    .description("list jobs, newest first (50 unless --limit or --all), with each pipeline's leading metric")
     .addOption(stackOption())
-    .option("--json", "print the jobs as JSON")
+    .option("--json", "print the jobs as JSON (every one unless --limit)")
     .option("--limit <n>", "at most this many jobs", wholeNumber("--limit", 1))
+    .option("--all", "every job")
+    .option("--pipeline <name>", "only this pipeline's jobs")
+    .addOption(new Option("--state <state>", "only jobs in this state").choices(["queued", "running", "succeeded", "failed", "cancelled"]))
+    .option("--run <id>", "only the jobs of this run (the id `kaos up` prints)")
     .action(async (options: OptionsOf<typeof commands.listCommand>, command: Command) => {
       const { listCommand } = await import("./commands.js");
       setExitStatus(await listCommand({ ...globals(command), ...options }));
@@ -186,24 +190,47 @@ function buildProgram(): Command {
 
   train
     .command("info")
-    .description("show a job's inputs, params, metrics, and its sweep sorted by a metric")
-    .argument("<job>", "job id or an unambiguous prefix")
-    .option("-s, --sort <metric>", "sort the sweep's jobs by this metric (highest first)")
+    .description(
+      "show a job's inputs, params and metrics, and its pipeline's sweep (every combination of the grid now), ranked by a metric",
+    )
+    .argument("[job]", "job id or an unambiguous prefix (without it: the sweep alone)")
+    .option("-s, --sort <metric>", "rank the sweep by this metric (highest first)")
+    .option("--asc", "with -s: lowest first (a loss)")
+    .option("--pipeline <name>", "without a job: the pipeline whose sweep to show (needed when there are several)")
     .option("--json", "print the information as JSON")
-    .action(async (job: string, options: OptionsOf<typeof commands.infoCommand>, command: Command) => {
+    .action(async (job: string | undefined, options: OptionsOf<typeof commands.infoCommand>, command: Command) => {
       const { infoCommand } = await import("./commands.js");
       setExitStatus(await infoCommand({ ...globals(command), ...options, job }));
     });
 
   train
+    .command("compare")
+    .description(
+      "show a pipeline's sweep (every combination of its grid now, with the job last recorded for it) as a table of params and metrics",
+    )
+    .argument("[pipeline]", "the pipeline (default: the config's only one)")
+    .addOption(stackOption())
+    .option("-s, --sort <metric>", "rank by this metric (highest first)")
+    .option("--asc", "with -s: lowest first (a loss)")
+    .option("--json", "print the sweep as JSON")
+    .action(async (pipeline: string | undefined, options: OptionsOf<typeof commands.compareCommand>, command: Command) => {
+      const { compareCommand } = await import("./commands.js");
+      setExitStatus(await compareCommand({ ...globals(command), ...options, pipeline }));
+    });
+
+  train
     .command("get")
-    .description("copy a job's outputs (and optionally its code and params) to a directory")
-    .argument("<job>", "job id or an unambiguous prefix")
+    .description("copy a job's outputs (and optionally its code and params) to a directory; --best picks the best job of a sweep")
+    .argument("[job]", "job id or an unambiguous prefix")
+    .option("--best <metric>", "instead of a job: the succeeded job of the current sweep highest by this metric")
+    .option("--asc", "with --best: lowest first (a loss)")
+    .option("--pipeline <name>", "with --best: the pipeline whose sweep (default: the config's only one)")
+    .addOption(stackOption())
     .option("-o, --out <dir>", "destination directory (default: ./<job id>)")
     .option("--code", "also copy the source snapshot the job ran")
     .option("--params", "also write the job's params.json")
     .option("--force", "copy results that changed after the job ended anyway (they cannot be trusted)")
-    .action(async (job: string, options: OptionsOf<typeof commands.getCommand>, command: Command) => {
+    .action(async (job: string | undefined, options: OptionsOf<typeof commands.getCommand>, command: Command) => {
       const { getCommand } = await import("./commands.js");
       setExitStatus(await getCommand({ ...globals(command), ...options, job }));
     });
@@ -302,10 +329,10 @@ function buildProgram(): Command {
       process.stdout.write(completionScript(shell, buildProgram()));
     });
 
-  // Asked by the completion scripts on Tab: stack names, job ids or template names, one a line.
+  // Asked by the completion scripts on Tab: stack names, job ids, template or pipeline names, one a line.
   program
     .command("__complete", { hidden: true })
-    .addArgument(new Argument("<kind>").choices(["stacks", "jobs", "templates"]))
+    .addArgument(new Argument("<kind>").choices(["stacks", "jobs", "templates", "pipelines"]))
     .action(async (kind: DynamicKind, _options: unknown, command: Command) => {
       const { dynamicValues } = await import("./completion.js");
       const values = await dynamicValues(kind, globals(command).config).catch(() => []);

@@ -9,11 +9,21 @@ import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "
 import { jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
-import { readMetrics, type JobMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
+import { readMetricSeries, readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
+import type { Sweep, SweepRow } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
-import { displayLine, displayMessage, displayText, formatDuration, paramsText, quoteText } from "../core/format.js";
-import { StateStore, type JobRecord } from "../core/state.js";
-import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
+import {
+  displayLine,
+  displayMessage,
+  displayText,
+  formatDuration,
+  metricNumberText,
+  paramValueText,
+  paramsText,
+  quoteText,
+} from "../core/format.js";
+import { StateStore, type JobRecord, type JobState } from "../core/state.js";
+import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
 import { EXIT, onStopRequest } from "./exit.js";
 
@@ -282,39 +292,122 @@ function listJson(job: JobRecord) {
   };
 }
 
-export async function listCommand(options: Common & { stack?: string; json?: boolean; limit?: number }): Promise<number> {
+/** What `kaos train list` shows when neither --limit nor --all says otherwise. */
+const LIST_PAGE = 50;
+
+export interface ListOptions {
+  stack?: string;
+  json?: boolean;
+  limit?: number;
+  all?: boolean;
+  pipeline?: string;
+  state?: JobState;
+  run?: string;
+}
+
+/**
+ * Each pipeline's leading metric among the listed jobs (the first numeric
+ * metric its newest succeeded train job wrote), and that metric's value per
+ * listed job. Only the listed jobs are read: a page of them, not the history.
+ */
+function listedMetrics(stateDir: string, jobs: readonly JobRecord[]): { names: Map<string, string>; values: Map<string, number> } {
+  const names = new Map<string, string>();
+  const metricsById = new Map<string, Record<string, MetricValue>>();
+  const metricsOf = (job: JobRecord): Record<string, MetricValue> => {
+    let values = metricsById.get(job.id);
+    if (values === undefined) {
+      values = job.collectedAt === null ? readMetrics(job.outputDir ?? jobPaths(stateDir, job.id).out).values : {};
+      metricsById.set(job.id, values);
+    }
+    return values;
+  };
+  for (const job of jobs) {
+    if (job.stage !== "train" || job.state !== "succeeded" || names.has(job.pipeline)) continue;
+    const metrics = metricsOf(job);
+    const first = Object.keys(metrics).find((name) => typeof metrics[name] === "number");
+    if (first !== undefined) names.set(job.pipeline, first);
+  }
+  const values = new Map<string, number>();
+  for (const job of jobs) {
+    const name = names.get(job.pipeline);
+    if (job.stage !== "train" || name === undefined || job.state === "queued") continue;
+    const value = metricsOf(job)[name];
+    if (typeof value === "number") values.set(job.id, value);
+  }
+  return { names, values };
+}
+
+export async function listCommand(options: Common & ListOptions): Promise<number> {
+  if (options.all && options.limit !== undefined) throw new KaosError("USAGE", "--limit and --all are exclusive: give one of them");
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
     if (isCluster(stack)) {
+      const unsupported = (["pipeline", "state", "run", "all"] as const).filter((flag) => options[flag] !== undefined);
+      if (unsupported.length > 0) {
+        throw new KaosError(
+          "NOT_SUPPORTED",
+          `kaos train list ${unsupported.map((flag) => `--${flag}`).join(", ")}: not supported on stack ${stack.name}, which uses the kubernetes backend`,
+          { hint: "list the cluster's jobs without these options" },
+        );
+      }
       const { clusterList } = await import("../backends/kubernetes/backend.js");
       return clusterList(config, stack, options);
     }
   }
-  const { state } = await readState(options);
+  const { config, state } = await readState(options);
   try {
-    const jobs = state.listJobs({ ...(options.stack ? { stack: options.stack } : {}), ...(options.limit ? { limit: options.limit } : {}) });
+    const filter = {
+      ...(options.stack ? { stack: options.stack } : {}),
+      ...(options.pipeline !== undefined ? { pipeline: options.pipeline } : {}),
+      ...(options.state !== undefined ? { state: options.state } : {}),
+      ...(options.run !== undefined ? { runId: options.run } : {}),
+    };
+    // Scripts reading --json get every job unless they ask for fewer; people get a page.
+    const limit = options.limit ?? (options.all || options.json ? undefined : LIST_PAGE);
+    const jobs = state.listJobs({ ...filter, ...(limit !== undefined ? { limit } : {}) });
     if (options.json) {
       printJson(jobs.map(listJson));
       return EXIT.ok;
     }
     if (jobs.length === 0) {
-      process.stdout.write("no jobs yet: run `kaos up`\n");
+      const filtered = Object.keys(filter).length > (options.stack ? 1 : 0);
+      process.stdout.write(filtered ? "no jobs match\n" : "no jobs yet: run `kaos up`\n");
       return EXIT.ok;
     }
     const c = colors();
     const paint = (s: string) =>
       s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s);
-    const rows = jobs.map((job) => [
-      job.id,
-      displayText(job.pipeline),
-      job.stage,
-      job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
-      job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
-      job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
-      duration(job),
-      paramsText(job.params),
-    ]);
-    process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", "PARAMS"], ...rows])}\n`);
+    const metrics = listedMetrics(stateDirOf(config.root), jobs);
+    const metricNames = new Set(metrics.names.values());
+    // One metric for every pipeline listed: its name heads the column; else each cell names its metric.
+    const [onlyMetric] = metricNames.size === 1 ? [...metricNames] : [];
+    const rows = jobs.map((job) => {
+      const value = metrics.values.get(job.id);
+      const name = metrics.names.get(job.pipeline);
+      return [
+        job.id,
+        displayText(job.pipeline),
+        job.stage,
+        job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
+        job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
+        job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
+        duration(job),
+        ...(metricNames.size === 0
+          ? []
+          : [value === undefined ? "" : onlyMetric !== undefined ? metricCell(value) : `${displayText(name!)}=${metricCell(value)}`]),
+        paramsText(job.params),
+      ];
+    });
+    const metricHeader = metricNames.size === 0 ? [] : [onlyMetric !== undefined ? displayText(onlyMetric) : "METRIC"];
+    process.stdout.write(
+      `${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", ...metricHeader, "PARAMS"], ...rows])}\n`,
+    );
+    if (limit !== undefined && jobs.length === limit) {
+      const more = state.countJobs(filter) - jobs.length;
+      if (more > 0) {
+        process.stdout.write(c.dim(`${more} more; --limit N shows more, --all every one\n`));
+      }
+    }
     return EXIT.ok;
   } finally {
     state.close();
@@ -395,53 +488,182 @@ function skippedText(skip: SkippedMetric): string {
 }
 
 function metricText(value: MetricValue): string {
-  return typeof value === "string" ? displayText(value) : String(value);
+  return typeof value === "string" ? displayText(value) : typeof value === "number" ? metricNumberText(value) : String(value);
 }
 
-/** The metric names that are numbers in at least one job: the ones a sweep can be sorted by. */
-function numericMetricNames(all: JobMetrics[]): string[] {
-  return [
-    ...new Set(all.flatMap((metrics) => Object.keys(metrics.values).filter((name) => typeof metrics.values[name] === "number"))),
-  ].sort();
+/** The pipeline a sweep command is about: the one named, or else the config's only one. */
+function pickPipeline(config: ResolvedConfig, name: string | undefined): string {
+  const names = config.pipelines.map((p) => p.name);
+  if (name !== undefined) {
+    if (names.includes(name)) return name;
+    throw new KaosError(
+      "USAGE",
+      `no pipeline ${quoteText(name)} in ${config.file}; expected one of: ${names.map(displayText).join(", ") || "(none)"}`,
+    );
+  }
+  if (names.length === 1) return names[0]!;
+  if (names.length === 0) {
+    throw new KaosError("USAGE", `${config.file} names no pipeline, so there is no sweep to show`, {
+      hint: "jobs of `kaos train deploy` are shown with `kaos train info JOB`",
+    });
+  }
+  throw new KaosError("USAGE", `${config.file} has ${names.length} pipelines; name one: ${names.map(displayText).join(", ")}`, {
+    hint: `for example \`kaos train compare ${displayText(names[0]!)}\` or \`--pipeline ${displayText(names[0]!)}\``,
+  });
 }
 
-export async function infoCommand(options: Common & { job: string; sort?: string; json?: boolean }): Promise<number> {
+/**
+ * The current sweep of a pipeline (its grid now, with the job last recorded
+ * for each combination), read from the local backend's state.
+ */
+async function sweepOf(
+  config: ResolvedConfig,
+  state: StateStore,
+  pipeline: string,
+  stackName: string | undefined,
+  what: string,
+): Promise<Sweep> {
+  const stack = await loadStack(config, stackName);
+  if (isCluster(stack)) {
+    throw new KaosError("NOT_SUPPORTED", `${what} reads the local backend's state; stack ${stack.name} uses the kubernetes backend`, {
+      hint: "run it without --stack (or with a local stack)",
+    });
+  }
+  const [{ sweepInputs }, { currentSweep }] = await Promise.all([engine(), import("../core/sweep.js")]);
+  await startHashing();
+  try {
+    const inputs = (await sweepInputs(config, stack, state, [pipeline])).get(pipeline);
+    if (inputs === undefined) throw new Error(`no keys were computed for pipeline ${pipeline}`);
+    return currentSweep(config, pipeline, state, inputs);
+  } finally {
+    await stopHashing();
+  }
+}
+
+/** The sweep ranked by `-s METRIC` (with `--asc` lowest first), or as the grid lists it; a metric no row has is refused. */
+async function rankedRows<Row extends { metrics: Record<string, MetricValue> }>(
+  rows: readonly Row[],
+  sort: string | undefined,
+  ascending: boolean | undefined,
+  flag = "-s",
+): Promise<Row[]> {
+  if (sort === undefined) return [...rows];
+  const { numericMetricNames, rankSweep } = await import("../core/sweep.js");
+  const sortable = numericMetricNames(rows);
+  if (rows.length > 0 && !sortable.includes(sort)) {
+    const found = rows.map((row) => row.metrics[sort]).find((value) => value !== undefined);
+    const why =
+      found === undefined
+        ? `no job of this sweep has a numeric metric ${quoteText(sort)}`
+        : `${quoteText(sort)} is a ${typeof found}, not a number, in every job of this sweep that has it`;
+    throw new KaosError(
+      "USAGE",
+      `${flag} ${displayText(sort)}: ${why}; expected one of: ${sortable.map(displayText).join(", ") || "(none recorded)"}`,
+    );
+  }
+  return rankSweep(rows, sort, { ascending });
+}
+
+/** A sweep's rows as JSON: exact values, pending rows with a null id. */
+function sweepRowsJson(rows: readonly SweepRow[]) {
+  return rows.map((row) => ({
+    id: row.jobId ?? null,
+    key: row.key,
+    state: row.state,
+    params: row.params,
+    metrics: row.metrics,
+    runId: row.runId ?? null,
+    finishedAt: row.finishedAt ?? null,
+  }));
+}
+
+/** The sweep table: id, state, the metrics (the ranked one first), then the params. */
+function sweepTable(rows: readonly SweepRow[], metricNames: readonly string[], options: { sort?: string; highlight?: string }): string {
+  const c = colors();
+  const shown = options.sort ? [options.sort, ...metricNames.filter((name) => name !== options.sort)] : [...metricNames];
+  return table([
+    ["ID", "STATE", ...shown.map(displayText), "PARAMS"],
+    ...rows.map((row) => [
+      row.jobId === undefined ? "-" : row.jobId === options.highlight ? c.bold(row.jobId) : row.jobId,
+      row.state,
+      ...shown.map((name) => metricCell(row.metrics[name])),
+      paramsText(row.params) || "{}",
+    ]),
+  ]);
+}
+
+function metricCell(value: MetricValue | undefined): string {
+  return typeof value === "number" ? metricNumberText(value) : "-";
+}
+
+/** For a job no config pipeline describes (`train deploy`, a pipeline since removed): the train jobs of its own run. */
+function runSweepRows(state: StateStore, stateDir: string, job: JobRecord): SweepRow[] {
+  return state
+    .sweepMembers(job.runId, job.pipeline)
+    .filter((member) => member.stage === "train")
+    .map((member, index) => ({
+      index,
+      key: member.key,
+      params: member.params as HyperparamSet,
+      state: member.state,
+      jobId: member.id,
+      runId: member.runId,
+      ...(member.finishedAt !== null ? { finishedAt: member.finishedAt } : {}),
+      metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out).values,
+    }));
+}
+
+export async function infoCommand(
+  options: Common & { job?: string; sort?: string; asc?: boolean; pipeline?: string; json?: boolean },
+): Promise<number> {
   const { config, state } = await readState(options);
   try {
+    if (options.job === undefined) {
+      const pipeline = pickPipeline(config, options.pipeline);
+      const sweep = await sweepOf(config, state, pipeline, undefined, "kaos train info");
+      const rows = await rankedRows(sweep.rows, options.sort, options.asc);
+      if (options.json) {
+        printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
+        return EXIT.ok;
+      }
+      const header = `sweep of ${displayText(pipeline)} (${rows.length} combinations${options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : ""})`;
+      process.stdout.write(`${colors().bold(header)}\n${sweepTable(rows, sweep.metricNames, { sort: options.sort })}\n`);
+      return EXIT.ok;
+    }
     const job = state.resolveJob(options.job);
     const stateDir = stateDirOf(config.root);
     const outDir = job.outputDir ?? jobPaths(stateDir, job.id).out;
     const metrics = readMetrics(outDir);
-    const sweep = job.stage === "train" ? state.sweepMembers(job.runId, job.pipeline).filter((member) => member.stage === "train") : [];
-    const members = sweep.map((member) => ({ job: member, metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out) }));
-    const sortable = numericMetricNames(members.map((member) => member.metrics));
+    // Per field of the per-step series: how far it got (metrics already names what it skipped).
+    const series = Object.fromEntries(
+      Object.entries(readMetricSeries(outDir).series).map(([field, points]) => [
+        field,
+        { points: points.length, lastStep: points.reduce((last, point) => Math.max(last, point.step), 0) },
+      ]),
+    );
+    let members: SweepRow[] = [];
+    let sweepNote: string | undefined;
+    if (job.stage === "train") {
+      if (config.pipelines.some((p) => p.name === job.pipeline)) {
+        try {
+          members = (await sweepOf(config, state, job.pipeline, undefined, "kaos train info")).rows;
+        } catch (error) {
+          if (!(error instanceof KaosError)) throw error;
+          // The job is still worth showing when its pipeline's inputs cannot be read now.
+          sweepNote = `the current sweep could not be read (${describeError(error).split("\n")[0]}); shown: the jobs of run ${job.runId}`;
+          members = runSweepRows(state, stateDir, job);
+        }
+      } else members = runSweepRows(state, stateDir, job);
+    }
+    const { numericMetricNames } = await import("../core/sweep.js");
+    const sortable = numericMetricNames(members);
     const { checkJobResults, resultsProblem } = await import("../backends/local/results.js");
     const results = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
     const untrusted = results === undefined ? undefined : resultsProblem(job.id, results);
     const { environmentPackages, freezePath } = await import("../backends/local/build.js");
     const envsDir = join(stateDir, "envs");
     const packages = job.envKey === null ? undefined : environmentPackages(envsDir, job.envKey);
-    if (options.sort !== undefined) {
-      const metric = options.sort;
-      if (members.length > 0 && !sortable.includes(metric)) {
-        const found = members.map((member) => member.metrics.values[metric]).find((value) => value !== undefined);
-        const why =
-          found === undefined
-            ? `no job of this sweep has a numeric metric ${quoteText(metric)}`
-            : `${quoteText(metric)} is a ${typeof found}, not a number, in every job of this sweep that has it`;
-        throw new KaosError(
-          "USAGE",
-          `-s ${displayText(metric)}: ${why}; expected one of: ${sortable.map(displayText).join(", ") || "(none recorded)"}`,
-        );
-      }
-      members.sort((a, b) => {
-        const x = a.metrics.values[metric];
-        const y = b.metrics.values[metric];
-        if (typeof x !== "number") return 1;
-        if (typeof y !== "number") return -1;
-        return y - x;
-      });
-    }
+    members = await rankedRows(members, options.sort, options.asc);
     if (options.json) {
       printJson({
         ...listJson(job),
@@ -450,14 +672,10 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         packages: packages ?? null,
         metrics: metrics.values,
         metricsSkipped: metrics.skipped,
+        series,
         outputDir: outDir,
         results: results === undefined ? null : { ...results, problem: untrusted ?? null },
-        sweep: members.map((member) => ({
-          id: member.job.id,
-          state: member.job.state,
-          params: member.job.params,
-          metrics: member.metrics.values,
-        })),
+        sweep: sweepRowsJson(members),
       });
       return EXIT.ok;
     }
@@ -469,7 +687,12 @@ export async function infoCommand(options: Common & { job: string; sort?: string
         : packages.length === 0
           ? "0"
           : `${packages.length} (${listed}; all in ${displayText(freezePath(envsDir, job.envKey!))})`;
-    const metricLines = Object.entries(metrics.values).map(([key, value]) => `  ${displayText(key)}  ${metricText(value)}`);
+    const metricLines = Object.entries(metrics.values).map(([key, value]) => {
+      const steps = Object.hasOwn(series, key) ? series[key] : undefined;
+      const progress =
+        steps === undefined ? "" : c.dim(`  (series: last step ${steps.lastStep}, ${steps.points} point${steps.points === 1 ? "" : "s"})`);
+      return `  ${displayText(key)}  ${metricText(value)}${progress}`;
+    });
     if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
     for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
     const lines = [
@@ -494,20 +717,14 @@ export async function infoCommand(options: Common & { job: string; sort?: string
     else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
     else if (results !== undefined)
       lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
-    if (members.length > 1) {
-      const shown = options.sort ? [options.sort, ...sortable.filter((name) => name !== options.sort)] : sortable;
-      lines.push("", c.bold(`sweep (${members.length} jobs${options.sort ? `, by ${displayText(options.sort)}` : ""})`));
-      lines.push(
-        table([
-          ["ID", "STATE", ...shown.map(displayText), "PARAMS"],
-          ...members.map((member) => [
-            member.job.id === job.id ? c.bold(member.job.id) : member.job.id,
-            member.job.state,
-            ...shown.map((name) => (typeof member.metrics.values[name] === "number" ? String(member.metrics.values[name]) : "-")),
-            paramsText(member.job.params),
-          ]),
-        ]).replace(/^/gm, "  "),
-      );
+    if (members.length > 1 || (members.length === 1 && members[0]!.jobId !== job.id)) {
+      const by = options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : "";
+      lines.push("", c.bold(`sweep (${members.length} ${sweepNote === undefined ? "combinations" : "jobs"}${by})`));
+      if (sweepNote !== undefined) lines.push(c.dim(`  ${displayLine(sweepNote)}`));
+      else if (!members.some((member) => member.jobId === job.id)) {
+        lines.push(c.dim(`  job ${job.id} is not part of it: its inputs or params are no longer what the config names`));
+      }
+      lines.push(sweepTable(members, sortable, { sort: options.sort, highlight: job.id }).replace(/^/gm, "  "));
     }
     process.stdout.write(`${lines.join("\n")}\n`);
     return EXIT.ok;
@@ -516,12 +733,105 @@ export async function infoCommand(options: Common & { job: string; sort?: string
   }
 }
 
-export async function getCommand(
-  options: Common & { job: string; out?: string; code?: boolean; params?: boolean; force?: boolean },
+/** `train compare`: the current sweep of a pipeline as a table of its params and metrics. */
+export async function compareCommand(
+  options: Common & { pipeline?: string; sort?: string; asc?: boolean; json?: boolean; stack?: string },
 ): Promise<number> {
   const { config, state } = await readState(options);
   try {
-    const job = state.resolveJob(options.job);
+    const pipeline = pickPipeline(config, options.pipeline);
+    const sweep = await sweepOf(config, state, pipeline, options.stack, "kaos train compare");
+    const rows = await rankedRows(sweep.rows, options.sort, options.asc);
+    if (options.json) {
+      printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
+      return EXIT.ok;
+    }
+    const c = colors();
+    const paramNames = [...new Set(rows.flatMap((row) => Object.keys(row.params)))];
+    const metricNames = options.sort ? [options.sort, ...sweep.metricNames.filter((name) => name !== options.sort)] : sweep.metricNames;
+    const counts = new Map<string, number>();
+    for (const row of rows) counts.set(row.state, (counts.get(row.state) ?? 0) + 1);
+    const by = options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : "";
+    const summary = [...counts].map(([state, count]) => `${count} ${state}`).join(", ");
+    const lines = [
+      c.bold(`sweep of ${displayText(pipeline)}: ${rows.length} combinations (${summary || "none"})${by}`),
+      table([
+        [
+          ...paramNames.map(displayText),
+          // A metric may share its name with a param (a script that logs its own params).
+          ...metricNames.map((name) => (paramNames.includes(name) ? `${displayText(name)} (metric)` : displayText(name))),
+          "STATE",
+          "ID",
+        ],
+        ...rows.map((row) => [
+          ...paramNames.map((name) => (Object.hasOwn(row.params, name) ? paramValueText(row.params[name]) : "-")),
+          ...metricNames.map((name) => metricCell(row.metrics[name])),
+          row.state,
+          row.jobId ?? "-",
+        ]),
+      ]),
+    ];
+    process.stdout.write(`${lines.join("\n")}\n`);
+    return EXIT.ok;
+  } finally {
+    state.close();
+  }
+}
+
+/** `train get --best METRIC`: the succeeded job of the current sweep that ranks first by the metric. */
+async function bestJob(
+  config: ResolvedConfig,
+  state: StateStore,
+  options: { best: string; asc?: boolean; pipeline?: string; stack?: string },
+): Promise<JobRecord> {
+  const pipeline = pickPipeline(config, options.pipeline);
+  const sweep = await sweepOf(config, state, pipeline, options.stack, "kaos train get --best");
+  const { bestOfSweep } = await import("../core/sweep.js");
+  const best = bestOfSweep(sweep.rows, options.best, { ascending: options.asc });
+  const succeeded = sweep.rows.filter((row) => row.state === "succeeded");
+  if (best?.jobId === undefined) {
+    const recorded = [
+      ...new Set(succeeded.flatMap((row) => Object.keys(row.metrics).filter((name) => typeof row.metrics[name] === "number"))),
+    ].sort();
+    throw new KaosError(
+      "USAGE",
+      succeeded.length === 0
+        ? `--best ${displayText(options.best)}: no job of pipeline ${displayText(pipeline)}'s sweep has succeeded yet (${sweep.rows.length} combinations)`
+        : `--best ${displayText(options.best)}: none of the ${succeeded.length} succeeded jobs of pipeline ${displayText(pipeline)}'s sweep has a numeric metric ${quoteText(options.best)}; expected one of: ${recorded.map(displayText).join(", ") || "(none recorded)"}`,
+      { hint: `\`kaos train compare ${displayText(pipeline)}\` shows the sweep and its metrics` },
+    );
+  }
+  return state.resolveJob(best.jobId);
+}
+
+export async function getCommand(
+  options: Common & {
+    job?: string;
+    best?: string;
+    asc?: boolean;
+    pipeline?: string;
+    stack?: string;
+    out?: string;
+    code?: boolean;
+    params?: boolean;
+    force?: boolean;
+  },
+): Promise<number> {
+  if ((options.job === undefined) === (options.best === undefined)) {
+    throw new KaosError(
+      "USAGE",
+      options.job === undefined ? "expected a job id, or --best METRIC" : "a job id and --best are exclusive: give one of them",
+    );
+  }
+  if (options.best === undefined && (options.asc || options.pipeline !== undefined)) {
+    throw new KaosError("USAGE", `${options.asc ? "--asc" : "--pipeline"} goes with --best METRIC`);
+  }
+  const { config, state } = await readState(options);
+  try {
+    const job =
+      options.best !== undefined
+        ? await bestJob(config, state, { best: options.best, asc: options.asc, pipeline: options.pipeline, stack: options.stack })
+        : state.resolveJob(options.job!);
     const paths = jobPaths(stateDirOf(config.root), job.id);
     const outDir = job.outputDir ?? paths.out;
     if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);

@@ -11,7 +11,7 @@ import { shellQuote as quoted } from "../backends/kubernetes/specs.js";
 import { MODULE_EXTENSIONS, stacksDirOf, stateDirOf } from "../core/layout.js";
 
 export type Shell = "bash" | "zsh" | "fish";
-export type DynamicKind = "stacks" | "jobs" | "templates";
+export type DynamicKind = "stacks" | "jobs" | "templates" | "pipelines";
 
 /** What a value (of an option or a positional argument) completes to. */
 type ValueSource = { words: string[] } | { dynamic: DynamicKind } | { paths: "file" | "dir" } | { nothing: true };
@@ -39,6 +39,7 @@ function optionValue(path: string, option: Option): ValueSource | undefined {
   if (!option.required && !option.optional) return undefined;
   if (option.argChoices) return { words: option.argChoices };
   if (option.attributeName() === "stack") return { dynamic: "stacks" };
+  if (option.attributeName() === "pipeline") return { dynamic: "pipelines" };
   if (path === "template get" && option.attributeName() === "name") return { dynamic: "templates" };
   const name = placeholder(option);
   if (name === "dir") return { paths: "dir" };
@@ -50,6 +51,7 @@ function argumentValue(argument: Argument | undefined, siblings: string[]): Valu
   if (argument === undefined) return undefined;
   if (argument.argChoices) return { words: argument.argChoices };
   if (argument.name() === "job") return { dynamic: "jobs" };
+  if (argument.name() === "pipeline") return { dynamic: "pipelines" };
   // The implicit `help [command]`.
   if (argument.name() === "command") return { words: siblings.filter((name) => name !== "help") };
   return { nothing: true };
@@ -102,6 +104,11 @@ export async function dynamicValues(kind: DynamicKind, configPath: string | unde
       .filter((file) => (MODULE_EXTENSIONS as readonly string[]).includes(extname(file).slice(1)) && !file.endsWith(".d.ts"))
       .map((file) => basename(file, extname(file)));
     return [...new Set(names)].sort();
+  }
+  if (kind === "pipelines") {
+    if (config === undefined) return [];
+    const { loadConfig } = await import("../core/config.js");
+    return (await loadConfig({ cwd: process.cwd(), configPath: config })).pipelines.map((p) => p.name);
   }
   if (!existsSync(stateDirOf(resolve(root)))) return [];
   const { StateStore } = await import("../core/state.js");
@@ -233,7 +240,7 @@ __kaos_reply() {
   local kind="\${1%% *}" words="\${1#* }"
   case "$kind" in
     words) COMPREPLY=($(compgen -W "$words" -- "$cur")) ;;
-    stacks|jobs|templates) COMPREPLY=($(compgen -W "$("\${COMP_WORDS[0]}" __complete "$kind" "\${config[@]}" 2>/dev/null)" -- "$cur")) ;;
+    stacks|jobs|templates|pipelines) COMPREPLY=($(compgen -W "$("\${COMP_WORDS[0]}" __complete "$kind" "\${config[@]}" 2>/dev/null)" -- "$cur")) ;;
     file) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")) ;;
     dir) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur")) ;;
     *) COMPREPLY=() ;;
@@ -271,7 +278,7 @@ __kaos_zsh_reply() {
   local kind="\${1%% *}" rest="\${1#* }"
   case "$kind" in
     words) compadd -- \${=rest} ;;
-    stacks|jobs|templates) compadd -- \${(f)"$("\${words[1]}" __complete "$kind" "\${config[@]}" 2>/dev/null)"} ;;
+    stacks|jobs|templates|pipelines) compadd -- \${(f)"$("\${words[1]}" __complete "$kind" "\${config[@]}" 2>/dev/null)"} ;;
     file) _files ;;
     dir) _files -/ ;;
   esac

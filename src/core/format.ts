@@ -85,7 +85,8 @@ function paramKeyText(key: string): string {
   return BARE_PARAM.test(key) && !UNSAFE.test(key) ? key : quoteText(key);
 }
 
-function paramValueText(value: unknown): string {
+/** One param's value as `paramsText` shows it. */
+export function paramValueText(value: unknown): string {
   if (typeof value !== "string") return displayLine(JSON.stringify(value) ?? String(value));
   return BARE_PARAM.test(value) && !UNSAFE.test(value) && !JSON_LITERAL.test(value) ? value : quoteText(value);
 }
@@ -100,4 +101,13 @@ export function paramsText(params: Record<string, unknown>): string {
   return Object.entries(params)
     .map(([key, value]) => `${paramKeyText(key)}=${paramValueText(value)}`)
     .join(" ");
+}
+
+/**
+ * A metric for a table: 4 significant digits (`0.3333`, `1.235e-7`), where
+ * `--json` carries the exact number. Whole numbers stay whole.
+ */
+export function metricNumberText(value: number): string {
+  if (!Number.isFinite(value) || Number.isInteger(value)) return String(value);
+  return String(Number(value.toPrecision(4)));
 }

@@ -206,6 +206,10 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE jobs ADD COLUMN collected_at TEXT;
   `,
+  // `kaos train list --state failed` pages through one state's jobs, newest first, without scanning the others.
+  `
+  CREATE INDEX jobs_state_created ON jobs(state, created_at);
+  `,
 ];
 
 /** The schema version this code writes and reads. */
@@ -587,28 +591,23 @@ export class StateStore {
     });
   }
 
-  /** Newest first. */
+  /** Newest first; `limit` is applied by SQLite, which walks an index and stops there. */
   listJobs(filter: JobFilter = {}): JobRecord[] {
     if (this.db === null) return [];
-    const conditions: string[] = [];
-    const values: (string | number)[] = [];
-    const add = (column: string, value: string | undefined): void => {
-      if (value === undefined) return;
-      conditions.push(`${column} = ?`);
-      values.push(value);
-    };
-    add("stack", filter.stack);
-    add("pipeline", filter.pipeline);
-    add("run_id", filter.runId);
-    add("stage", filter.stage);
-    add("state", filter.state);
-    const where = conditions.length === 0 ? "" : ` WHERE ${conditions.join(" AND ")}`;
+    const { where, values } = jobConditions(filter);
     let limit = "";
     if (filter.limit !== undefined) {
       limit = " LIMIT ?";
       values.push(Math.max(0, Math.floor(filter.limit)));
     }
     return this.selectJobs(`${where} ORDER BY created_at DESC, seq DESC${limit}`, ...values);
+  }
+
+  /** How many jobs match `filter` (its `limit` aside). */
+  countJobs(filter: JobFilter = {}): number {
+    if (this.db === null) return 0;
+    const { where, values } = jobConditions(filter);
+    return Number((this.stmt(`SELECT count(*) AS n FROM jobs${where}`).get(...values) as { n: number }).n);
   }
 
   /** The cache: the most recent success of this job key whose outputs were not collected, to be reused. */
@@ -1205,6 +1204,22 @@ function isUniqueViolation(error: unknown): boolean {
 }
 
 // ------------------------------------------------------------------ rows
+
+function jobConditions(filter: JobFilter): { where: string; values: (string | number)[] } {
+  const conditions: string[] = [];
+  const values: (string | number)[] = [];
+  const add = (column: string, value: string | undefined): void => {
+    if (value === undefined) return;
+    conditions.push(`${column} = ?`);
+    values.push(value);
+  };
+  add("stack", filter.stack);
+  add("pipeline", filter.pipeline);
+  add("run_id", filter.runId);
+  add("stage", filter.stage);
+  add("state", filter.state);
+  return { where: conditions.length === 0 ? "" : ` WHERE ${conditions.join(" AND ")}`, values };
+}
 
 function jobFromColumns(row: JobColumns): JobRecord {
   return {
