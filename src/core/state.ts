@@ -715,27 +715,15 @@ export class StateStore {
    */
   pageJobs(filter: Omit<JobFilter, "limit">, page: { limit: number; cursor?: string }): { jobs: JobRecord[]; next: string | null } {
     if (this.db === null) return { jobs: [], next: null };
-    const conditions: string[] = [];
-    const values: SQLInputValue[] = [];
-    for (const [column, value] of [
-      ["stack", filter.stack],
-      ["pipeline", filter.pipeline],
-      ["run_id", filter.runId],
-      ["stage", filter.stage],
-      ["state", filter.state],
-    ] as const) {
-      if (value === undefined) continue;
-      conditions.push(`${column} = ?`);
-      values.push(value);
-    }
+    const { where: matching, values } = jobConditions(filter);
+    let where = matching;
     const after = page.cursor === undefined ? undefined : decodeCursor(page.cursor);
     if (after !== undefined) {
-      conditions.push("(created_at < ? OR (created_at = ? AND seq < ?))");
+      where += `${matching === "" ? " WHERE" : " AND"} (created_at < ? OR (created_at = ? AND seq < ?))`;
       values.push(after.at, after.at, after.seq);
     }
     const limit = Math.max(1, Math.floor(page.limit));
-    const where = conditions.length === 0 ? "" : `WHERE ${conditions.join(" AND ")}`;
-    const rows = this.stmt(`SELECT seq, ${JOB_COLUMNS} FROM jobs ${where} ORDER BY created_at DESC, seq DESC LIMIT ?`, "raw").all(
+    const rows = this.stmt(`SELECT seq, ${JOB_COLUMNS} FROM jobs${where} ORDER BY created_at DESC, seq DESC LIMIT ?`, "raw").all(
       ...values,
       limit + 1,
     ) as unknown as [number, ...JobColumns][];
