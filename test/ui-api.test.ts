@@ -235,6 +235,35 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
   });
 });
 
+describe("kaos ui before the first kaos up", () => {
+  it("serves a project whose config does not load and has no store yet, then reads the store once a writer made it", async () => {
+    const project = makeProject({
+      "kaos.config.ts": 'export default { pipelines: { p: { source: "src", data: "data" } } };\n',
+    });
+    const { ui, url } = await serve(project);
+    try {
+      expect(await getJson(`${url}api/overview`)).toMatchObject({ pipelines: [] });
+      expect(await getJson(`${url}api/runs`)).toEqual({ items: [], next: null });
+      // The config names bundles that do not exist: the sweep says so.
+      const sweep = await get(`${url}api/pipelines/p/sweep`);
+      expect(sweep.status).toBe(409);
+      expect(JSON.parse(sweep.body).error).toContain("pipelines.p.source: no such directory");
+      const state = StateStore.open(project.dir);
+      try {
+        const run = state.beginRun("local", "up");
+        state.createJob(jobFields("p", run.id));
+      } finally {
+        state.close();
+      }
+      expect(await getJson(`${url}api/overview`)).toMatchObject({ pipelines: [{ name: "p", total: 1, jobs: { queued: 1 } }] });
+      expect((await getJson<{ items: unknown[] }>(`${url}api/runs`)).items).toHaveLength(1);
+    } finally {
+      await ui.stop();
+      project.remove();
+    }
+  });
+});
+
 describe("kaos ui access token", () => {
   let project: Project;
   afterAll(() => project?.remove());

@@ -4,9 +4,9 @@
  * `plan --detailed-exitcode` with changes pending.
  */
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
-import { jobPaths, stateDirOf } from "../core/layout.js";
+import { findConfig, jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import type { ApplyResult } from "../core/engine.js";
 import { readMetricSeries, readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
@@ -902,12 +902,21 @@ export async function killCommand(options: Common & { job: string }): Promise<nu
  * another machine or in another container), and settles that run's jobs.
  */
 export async function uiCommand(options: Common & { port: number; host: string; token?: string; open?: boolean }): Promise<number> {
-  const { config, state } = await readState(options);
-  state.close();
   const { startUiServer } = await import("../ui/server.js");
+  // A config that does not load right now (mid-edit beside `kaos watch`) still has a project to show;
+  // the sweeps say what is wrong with it.
+  const configFile = options.config !== undefined ? resolve(options.config) : findConfig(process.cwd());
+  let root: string;
+  if (configFile !== undefined) root = dirname(configFile);
+  else {
+    // A project of `kaos train deploy` alone: no config, its state in ./.kaos.
+    const { config, state } = await readState(options);
+    state.close();
+    root = config.root;
+  }
   const ui = await startUiServer({
-    root: config.root,
-    configFile: existsSync(config.file) ? config.file : undefined,
+    root,
+    configFile,
     host: options.host,
     port: options.port,
     token: options.token,
