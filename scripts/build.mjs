@@ -83,9 +83,11 @@ await build({
   platform: "browser",
   target: "es2022",
   minify: true,
-  legalComments: "eof",
+  // uPlot's notice is an ordinary comment, which minifying drops: its licence ships beside the bundle.
+  banner: { js: "/*! includes uPlot, MIT licensed, copyright Leon Sorokin: see uPlot.LICENSE */" },
   logLevel: "warning",
 });
+writeFileSync(join(next, "ui", "uPlot.LICENSE"), readFileSync(require.resolve("uplot/LICENSE")));
 writeFileSync(
   join(next, "ui", "app.css"),
   `${readFileSync(require.resolve("uplot/dist/uPlot.min.css"), "utf8")}\n${readFileSync(join(root, "src/ui/client/app.css"), "utf8")}`,
