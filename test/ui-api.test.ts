@@ -242,7 +242,9 @@ describe("kaos ui before the first kaos up", () => {
     });
     const { ui, url } = await serve(project);
     try {
-      expect(await getJson(`${url}api/overview`)).toMatchObject({ pipelines: [] });
+      const overview = await getJson<{ pipelines: unknown[]; configError: string }>(`${url}api/overview`);
+      expect(overview.pipelines).toEqual([]);
+      expect(overview.configError).toContain("pipelines.p.source: no such directory");
       expect(await getJson(`${url}api/runs`)).toEqual({ items: [], next: null });
       // The config names bundles that do not exist: the sweep says so.
       const sweep = await get(`${url}api/pipelines/p/sweep`);

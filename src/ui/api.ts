@@ -6,7 +6,7 @@
  */
 import { closeSync, fstatSync, lstatSync, openSync, readdirSync, readSync } from "node:fs";
 import { join, relative } from "node:path";
-import { KaosError } from "../core/errors.js";
+import { KaosError, describeError } from "../core/errors.js";
 import { readMetricSeries, readMetrics, type MetricSeries } from "../core/metrics.js";
 import { leadingMetric, numericMetricNames } from "../core/sweep.js";
 import type { JobRecord, JobState, Stage } from "../core/state.js";
@@ -93,7 +93,7 @@ export class Api {
     const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
     const [api, kind, name, detail, ...rest] = parts;
     if (api !== "api" || rest.length > 0) throw new ApiError(404, `no such API path: ${path}`);
-    if (kind === "overview" && name === undefined) return ok(this.overview());
+    if (kind === "overview" && name === undefined) return ok(await this.overview());
     if (kind === "runs" && name === undefined) return ok(this.runs(query));
     if (kind === "jobs" && name === undefined) return ok(this.jobs(query));
     if (kind === "jobs" && name !== undefined && detail === undefined) return ok(this.job(name));
@@ -104,9 +104,16 @@ export class Api {
     throw new ApiError(404, `no such API path: ${path}`);
   }
 
-  overview() {
+  /** The pipelines the config names and those with recorded jobs, and what is wrong with a config that does not load. */
+  async overview() {
     const store = this.reader.get();
     const pipelines = new Map<string, { name: string; jobs: Partial<Record<JobState, number>>; builds: number; total: number }>();
+    let configError: string | null = null;
+    try {
+      for (const name of (await this.sweeps.pipelineNames()) ?? []) pipelines.set(name, { name, jobs: {}, builds: 0, total: 0 });
+    } catch (error) {
+      configError = describeError(error);
+    }
     for (const { pipeline, stage, state, count } of store.pipelineCounts()) {
       const entry = pipelines.get(pipeline) ?? { name: pipeline, jobs: {}, builds: 0, total: 0 };
       if (stage === "train") {
@@ -115,7 +122,7 @@ export class Api {
       } else if (stage === "build") entry.builds += count;
       pipelines.set(pipeline, entry);
     }
-    return { root: this.reader.root, pipelines: [...pipelines.values()] };
+    return { root: this.reader.root, configError, pipelines: [...pipelines.values()] };
   }
 
   runs(query: URLSearchParams) {

@@ -34,18 +34,28 @@ export interface SweepView {
   }[];
 }
 
+interface Current {
+  config: ResolvedConfig;
+  inputs(): Promise<Map<string, SweepInputs>>;
+}
+
 export class SweepReader {
-  private cached: { at: number; stamp: string; config: ResolvedConfig; inputs: Promise<Map<string, SweepInputs>> } | undefined;
+  private cached: (Current & { at: number; stamp: string }) | undefined;
 
   constructor(
     private readonly reader: StoreReader,
     private readonly configFile: string | undefined,
   ) {}
 
+  /** The names of the pipelines the config names now; undefined without a config; throws why a config does not load. */
+  async pipelineNames(): Promise<string[] | undefined> {
+    return (await this.current())?.config.pipelines.map((pipeline) => pipeline.name);
+  }
+
   /** The sweep of `pipeline`, or undefined when neither the config nor the store knows it. */
   async sweep(pipeline: string, lastRun: () => SweepView | undefined): Promise<SweepView | undefined> {
-    const current = await this.inputs();
-    const inputs = current === undefined ? undefined : (await current.inputs).get(pipeline);
+    const current = await this.current();
+    const inputs = current === undefined ? undefined : (await current.inputs()).get(pipeline);
     if (current === undefined || inputs === undefined) return lastRun();
     const sweep = currentSweep(current.config, pipeline, this.reader.get(), inputs);
     return {
@@ -65,18 +75,22 @@ export class SweepReader {
     };
   }
 
-  private async inputs(): Promise<{ config: ResolvedConfig; inputs: Promise<Map<string, SweepInputs>> } | undefined> {
+  /** The config as it stands, and its bundles' keys, hashed on first need. */
+  private async current(): Promise<Current | undefined> {
     if (this.configFile === undefined) return undefined;
     const files = [this.configFile, ...(this.cached?.config.pipelines.map((p) => p.hyperparamsFile) ?? [])];
     const stamp = [this.reader.get().recentRuns(1)[0], ...files.map(mtimeOf)].join("|");
     if (this.cached !== undefined && this.cached.stamp === stamp && Date.now() - this.cached.at < INPUTS_FRESH_MS) return this.cached;
     const config = await loadConfig({ cwd: this.reader.root, configPath: this.configFile });
-    const stack = await loadStack(config, undefined);
-    const inputs = sweepInputs(config, stack, this.reader.get());
-    // A failure (a bundle being edited, say) is not kept: the next request tries again.
-    inputs.catch(() => {
-      this.cached = undefined;
-    });
+    let hashed: Promise<Map<string, SweepInputs>> | undefined;
+    const inputs = (): Promise<Map<string, SweepInputs>> => {
+      hashed ??= loadStack(config, undefined).then((stack) => sweepInputs(config, stack, this.reader.get()));
+      // A failure (a bundle being edited, say) is not kept: the next request tries again.
+      hashed.catch(() => {
+        if (this.cached?.inputs === inputs) this.cached = undefined;
+      });
+      return hashed;
+    };
     const hyperparams = config.pipelines.map((p) => mtimeOf(p.hyperparamsFile));
     this.cached = {
       at: Date.now(),

@@ -82,6 +82,7 @@ interface Series {
 
 interface Overview {
   root: string;
+  configError: string | null;
   pipelines: { name: string; jobs: Partial<Record<JobState, number>>; total: number; builds: number }[];
 }
 
@@ -280,7 +281,8 @@ function runsView(): View {
           "section",
           { class: "card" },
           h("h2", {}, "Pipelines"),
-          overview.pipelines.length ? pipelines : h("p", { class: "muted" }, "no jobs yet: run kaos up"),
+          overview.configError ? h("p", { class: "error", id: "config-error" }, overview.configError) : null,
+          overview.pipelines.length ? pipelines : h("p", { class: "muted" }, "no pipelines yet"),
         ),
         h("section", { class: "card", id: "runs" }, runs.element),
       );
