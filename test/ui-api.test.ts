@@ -8,7 +8,7 @@ import { writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StateStore } from "../src/core/state.js";
-import { makeProject, startKaos, type LiveKaos, type Project } from "./helpers/rig.js";
+import { makeProject, runKaos, startKaos, type LiveKaos, type Project } from "./helpers/rig.js";
 
 interface Reply {
   status: number;
@@ -162,6 +162,7 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
     expect((await get(`${base}api/jobs?limit=0`)).status).toBe(400);
     expect((await get(`${base}api/jobs?state=sleeping`)).status).toBe(400);
     expect((await get(`${base}api/jobs?cursor=bm9wZQ`)).status).toBe(400);
+    expect((await get(`${base}api/jobs/%E0%A4%A`)).status).toBe(400);
   });
 
   it("shows the last run of a pipeline no config names as its sweep, and a job's log and series", async () => {
@@ -293,6 +294,12 @@ describe("kaos ui access token", () => {
     } finally {
       await ui.stop();
     }
+  });
+
+  it("refuses a short token", async () => {
+    const result = await runKaos(["ui", "--port", "0", "--token", "short"], { cwd: project.dir });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("--token: expected at least 8 characters, found 5");
   });
 
   it("a token given on loopback is required too", async () => {

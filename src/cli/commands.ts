@@ -902,6 +902,11 @@ export async function killCommand(options: Common & { job: string }): Promise<nu
  * another machine or in another container), and settles that run's jobs.
  */
 export async function uiCommand(options: Common & { port: number; host: string; token?: string; open?: boolean }): Promise<number> {
+  if (options.token !== undefined && options.token.length < 8) {
+    throw new KaosError("USAGE", `--token: expected at least 8 characters, found ${options.token.length}`, {
+      hint: "leave --token out on another host and kaos makes up a strong one",
+    });
+  }
   const { startUiServer } = await import("../ui/server.js");
   // A config that does not load right now (mid-edit beside `kaos watch`) still has a project to show;
   // the sweeps say what is wrong with it.

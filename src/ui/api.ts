@@ -90,7 +90,12 @@ export class Api {
 
   /** Answers GET `path` with `query`; throws ApiError for what the client got wrong. */
   async handle(path: string, query: URLSearchParams): Promise<ApiReply> {
-    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    let parts: string[];
+    try {
+      parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    } catch {
+      throw new ApiError(400, `the path ${path} is not valid percent-encoding`);
+    }
     const [api, kind, name, detail, ...rest] = parts;
     if (api !== "api" || rest.length > 0) throw new ApiError(404, `no such API path: ${path}`);
     if (kind === "overview" && name === undefined) return ok(await this.overview());
