@@ -911,6 +911,9 @@ export async function uiCommand(options: Common & { port: number; host: string; 
   // A config that does not load right now (mid-edit beside `kaos watch`) still has a project to show;
   // the sweeps say what is wrong with it.
   const configFile = options.config !== undefined ? resolve(options.config) : findConfig(process.cwd());
+  if (configFile !== undefined && !existsSync(configFile)) {
+    throw new KaosError("CONFIG_NOT_FOUND", `-c ${options.config}: no such file ${configFile}`);
+  }
   let root: string;
   if (configFile !== undefined) root = dirname(configFile);
   else {
