@@ -206,6 +206,7 @@ function pagedTable<T>(
   const element = h("div", {}, h("table", {}, h("thead", {}, h("tr", {}, ...header.map((name) => h("th", {}, name)))), body), more);
   let next: string | null = null;
   let shown = 0;
+  let reloads = 0;
   const append = async (cursor: string | null) => {
     const page = await load(cursor);
     for (const item of page.items) body.append(rowOf(item));
@@ -218,6 +219,7 @@ function pagedTable<T>(
     element,
     // The first page again, and as many more rows as were shown: live updates keep the view where it was.
     async reload() {
+      const asked = ++reloads;
       const keep = Math.max(shown, 1);
       const fresh = h("tbody");
       let cursor: string | null = null;
@@ -228,6 +230,7 @@ function pagedTable<T>(
         count += page.items.length;
         cursor = page.next;
       } while (cursor !== null && count < keep);
+      if (asked !== reloads) return;
       body.replaceChildren(...fresh.childNodes);
       shown = count;
       next = cursor;
@@ -603,7 +606,10 @@ function sweepView(pipeline: string): View {
         void drawCurves();
       };
       let curvesChartNow: uPlot | undefined;
+      // Only the latest request draws: ticking boxes quickly sends several, whose answers may come back in any order.
+      let curvesAsked = 0;
       const drawCurves = async () => {
+        const asked = ++curvesAsked;
         const ids =
           selected.size > 0
             ? [...selected]
@@ -612,13 +618,17 @@ function sweepView(pipeline: string): View {
                 .map((row) => row.id);
         if (ids.length === 0) return;
         const { items } = await get<{ items: Series[] }>(`/api/series?ids=${ids.join(",")}`);
+        if (asked !== curvesAsked) return;
         setOptions(fieldSelect, [...new Set(items.flatMap((item) => Object.keys(item.series)))].sort());
         curvesChartNow?.destroy();
         curvesChartNow = fieldSelect.value ? curvesChart(curves, items, fieldSelect.value, (id) => id) : undefined;
         if (!fieldSelect.value) curves.replaceChildren(h("p", { class: "muted" }, "no step series recorded (OUT/metrics/*.jsonl)"));
       };
+      let loads = 0;
       const load = async () => {
+        const asked = ++loads;
         const sweep = await get<Sweep>(`/api/pipelines/${encodeURIComponent(pipeline)}/sweep`);
+        if (asked !== loads) return;
         rows = sweep.items;
         note.textContent =
           sweep.source === "config"
