@@ -7,7 +7,8 @@
  *   npm run bench [-- --quick] [-- --json [FILE]] [-- --only 1,3] [-- --runs N] [-- --dvc | --no-dvc]
  *
  * 1. warm no-op `kaos plan` on 10k and 100k files / `git status` on the same
- *    tree (committed) / `dvc status` on a copy of it;
+ *    tree (committed) / `dvc status` on a copy of it; the same plan while
+ *    `kaos monitor` runs / `git status`;
  * 2. cold hashing of ~2 GB, large and small files / `sha256sum` on every core /
  *    `dvc add --no-commit` (hashing only, as kaos plan);
  * 3. one changed file among 100k: plan time and how many files were re-read;
@@ -516,6 +517,43 @@ async function scenarioWarmPlan(size, runs, dvc) {
         notes: [`one thread, nothing else; node -e 0 alone: ${seconds(bare.median)} (${(bare.median / g.median).toFixed(2)}x git status)`],
       }),
     );
+    const monitored = await withMonitor(project, () => {
+      // The first plan asks the new monitor, is told "I don't know", walks and keeps its token.
+      kaos(["plan"], project);
+      return interleave(runs, [
+        {
+          name: "kaos plan, monitor running",
+          run: () => kaos(["plan"], project),
+          check: (sample) => {
+            const stats = planStats(sample.stdout);
+            if (stats.hashed !== 0) throw new Error(`monitored kaos plan re-read ${stats.hashed} files`);
+            if (!/file system monitor: 2 of 2 trees not walked/.test(sample.stdout))
+              throw new Error(`kaos plan walked with a monitor running:\n${sample.stdout.slice(0, 800)}`);
+          },
+        },
+        { name: "git status", run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) },
+      ]);
+    });
+    const m = summary(monitored[0]);
+    const mg = summary(monitored[1]);
+    monitorMedians.set(files, m.median);
+    const smallest = monitorMedians.get(size.warmFiles[0]);
+    rows.push(
+      row({
+        id: `1-${label}-monitor`,
+        scenario: `  same, with a monitor running`,
+        kaos: m,
+        baseline: { name: "git status", ...mg },
+        target: "<= 1.00x",
+        pass: m.median <= mg.median,
+        notes: [
+          "`kaos monitor` serving; no tree walked",
+          ...(files !== size.warmFiles[0] && smallest !== undefined
+            ? [`${(m.median / smallest).toFixed(2)}x the ${size.warmFiles[0] / 1000}k figure`]
+            : []),
+        ],
+      }),
+    );
     if (dvcSamples) {
       const d = summary(dvcSamples);
       rows.push(
@@ -526,6 +564,31 @@ async function scenarioWarmPlan(size, runs, dvc) {
     }
   }
   return rows;
+}
+
+/** Monitored plan medians by tree size, to show that they stay flat. */
+const monitorMedians = new Map();
+
+/** Runs `body` while `kaos monitor` serves the project, then stops it. */
+async function withMonitor(project, body) {
+  const child = spawn(process.execPath, [cli, "monitor"], { cwd: project, env: childEnv, stdio: ["ignore", "ignore", "pipe"] });
+  try {
+    await new Promise((resolve, reject) => {
+      let text = "";
+      child.stderr.setEncoding("utf8").on("data", (chunk) => {
+        text += chunk;
+        if (text.includes("file system monitor ready")) resolve();
+      });
+      child.on("exit", (code) => reject(new Error(`kaos monitor exited with ${code}:\n${text}`)));
+    });
+    return body();
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGINT");
+      await exited;
+    }
+  }
 }
 
 async function scenarioColdHash(size, runs, dvc) {

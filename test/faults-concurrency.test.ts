@@ -1,34 +1,18 @@
-/**
- * Concurrency: two `kaos up` on one project (one refuses with a clear message,
- * nothing is corrupted), readers (`train list`, `logs -f`, `plan`) while a
- * sweep writes, two stacks of one project at once, and two projects side by
- * side.
- */
-import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { openRaw, pragmaValue } from "./helpers/sqlite.js";
-import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { eventually, jobRows, killTagged, listJobs, processesWithEnv, runRows, trustProblems } from "./helpers/faults.js";
+import { describe, expect, it } from "vitest";
+import { eventually, jobRows, listJobs, runRows, trustProblems } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { taggedProjects } from "./helpers/tagged-projects.js";
 
-const TAG_NAME = "KAOS_FAULTS_TAG";
-const tag = randomBytes(6).toString("hex");
-const projects: Project[] = [];
-afterEach(() => killTagged(TAG_NAME, tag));
-afterAll(() =>
-  projects.forEach((project) => {
-    project.remove();
-  }),
-);
+const tagged = taggedProjects("kaos-conc-");
 
 function project(options: Parameters<typeof trainingProject>[0]): Project {
-  const made = makeProject(trainingProject(options), "kaos-conc-");
-  projects.push(made);
-  return made;
+  return tagged.make(trainingProject(options));
 }
 
-const env = (made: Project) => ({ [TAG_NAME]: tag, KAOS_TEST_LOG: made.path("marks.log") });
+const env = (made: Project) => ({ ...tagged.env, KAOS_TEST_LOG: made.path("marks.log") });
 
 function integrity(made: Project): string {
   const db = openRaw(made.path(".kaos", "state.db"), { readOnly: true });
@@ -196,7 +180,7 @@ describe("concurrency", () => {
       for (const row of train) expect(readFileSync(made.path(".kaos", "jobs", row.id, "out", "data.txt"), "utf8")).toBe(value);
       expectConsistent(made);
     }
-    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+    expect(await eventually(() => tagged.running().length === 0, 5_000)).toBe(true);
   }, 120_000);
 
   it("a reader never blocks the writer: a slow logs -f on one job while the sweep finishes", async () => {

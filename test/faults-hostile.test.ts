@@ -6,25 +6,18 @@
  * fail. Each must end in a clear message or a correct run, never a crash, a
  * hang, or a trusted store that no longer matches its names.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { eventually, jobRows, killTagged, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
+import { describe, expect, it } from "vitest";
+import { eventually, jobRows, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
 import { startServer } from "./helpers/http-server.js";
-import { CLI, makeProject, runKaos, startKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
+import { CLI, runKaos, startKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
+import { taggedProjects } from "./helpers/tagged-projects.js";
 
-const TAG_NAME = "KAOS_FAULTS_TAG";
-const tag = randomBytes(6).toString("hex");
-const projects: Project[] = [];
-afterEach(() => killTagged(TAG_NAME, tag));
-afterAll(() =>
-  projects.forEach((project) => {
-    project.remove();
-  }),
-);
+const tagged = taggedProjects("kaos-hostile-");
 
 /** Writes what the job sees in KAOS_DATA_DIR (files with their content, links with their target) to OUT/files.json. */
 const INSPECT = `#!/usr/bin/env python3
@@ -46,15 +39,10 @@ const CONFIG = (pipeline = `{ source: "src", data: "data", hyperparams: "grid.js
   `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: ${pipeline} } });\n`;
 
 function project(files: FileMap, train = INSPECT): Project {
-  const made = makeProject(
-    { "kaos.config.ts": CONFIG(), "grid.json": "{}", ...under("src", trivialSourceBundle(train)), ...files },
-    "kaos-hostile-",
-  );
-  projects.push(made);
-  return made;
+  return tagged.make({ "kaos.config.ts": CONFIG(), "grid.json": "{}", ...under("src", trivialSourceBundle(train)), ...files });
 }
 
-const env = { [TAG_NAME]: tag };
+const env = tagged.env;
 
 async function up(made: Project, extra: Record<string, string> = {}) {
   return runKaos(["up"], { cwd: made.dir, env: { ...env, ...extra }, timeoutMs: 120_000 });
@@ -68,8 +56,7 @@ const trainJobs = (made: Project) => jobRows(made.dir).filter((row) => row.stage
 
 describe("hostile bundles", () => {
   it("symlinks leading out of a data or source bundle are refused at plan time, before any build or job", async () => {
-    const outside = makeProject({ "secret.txt": "secret" }, "kaos-outside-");
-    projects.push(outside);
+    const outside = tagged.make({ "secret.txt": "secret" }, "kaos-outside-");
     const cases: { name: string; files: FileMap; message: string }[] = [
       {
         name: "absolute",
@@ -251,7 +238,7 @@ describe("hostile bundles", () => {
             TMPDIR: home,
             NO_COLOR: "1",
             KAOS_PYTHON: "/usr/bin/python3",
-            [TAG_NAME]: tag,
+            ...tagged.env,
           },
           encoding: "utf8",
           timeout: 60_000,
@@ -304,7 +291,7 @@ mkdir -p "$1" && echo done > "$1/done"
     const [job] = trainJobs(made);
     expect(job!.state).toBe("succeeded");
     expect(await eventually(() => processesWithEnv("KAOS_JOB_ID", job!.id).length === 0, 5_000)).toBe(true);
-    expect(processesWithEnv(TAG_NAME, tag)).toEqual([]);
+    expect(tagged.running()).toEqual([]);
   }, 60_000);
 
   it("a script writing into KAOS_DATA_DIR (as root, which mode bits do not stop) fails, and nothing it changed is trusted again", async () => {
@@ -588,7 +575,7 @@ describe("closed pipes", () => {
   ): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
     const child = spawn(process.execPath, [CLI, ...args], {
       cwd,
-      env: { ...process.env, NO_COLOR: "1", CI: "true", [TAG_NAME]: tag },
+      env: { ...process.env, NO_COLOR: "1", CI: "true", ...tagged.env },
       stdio: ["ignore", "pipe", "pipe"],
     });
     child.stdout.destroy();
@@ -637,7 +624,7 @@ describe("closed pipes", () => {
     expect(rows.length).toBeGreaterThan(0);
     expect(rows.filter((row) => row.state === "running" || row.state === "queued")).toEqual([]);
     expect(rows.map((row) => row.state)).toContain("cancelled");
-    expect(processesWithEnv(TAG_NAME, tag)).toEqual([]);
+    expect(tagged.running()).toEqual([]);
   }, 60_000);
 });
 
@@ -716,8 +703,7 @@ describe("hostile manifests", () => {
   }, 60_000);
 
   it("file: URLs that read host files are refused with their manifest line, a symlink leading out too; allowFileUrls lets a directory in, keeping the file's privacy", async () => {
-    const outside = makeProject({ "keys/id_ed25519": { content: "-----BEGIN OPENSSH PRIVATE KEY-----\n", mode: 0o600 } }, "kaos-outside-");
-    projects.push(outside);
+    const outside = tagged.make({ "keys/id_ed25519": { content: "-----BEGIN OPENSSH PRIVATE KEY-----\n", mode: 0o600 } }, "kaos-outside-");
     const secret = outside.path("keys", "id_ed25519");
     const secretHash = createHash("sha256").update("-----BEGIN OPENSSH PRIVATE KEY-----\n").digest("hex");
     const line = (url: string, path: string) => JSON.stringify({ url, path });

@@ -1,10 +1,3 @@
-/**
- * Train scripts that write where they should not: into finished jobs'
- * results, kaos's state directory, their own and other jobs' copies of the
- * source. The local backend has no sandbox, so these writes happen; each
- * must be found and told, and nothing tampered served or reused as a result.
- */
-import { randomBytes } from "node:crypto";
 import {
   chmodSync,
   existsSync,
@@ -19,19 +12,12 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { jobRows, killTagged } from "./helpers/faults.js";
-import { makeProject, runKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
+import { describe, expect, it } from "vitest";
+import { jobRows } from "./helpers/faults.js";
+import { runKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
+import { taggedProjects } from "./helpers/tagged-projects.js";
 
-const TAG_NAME = "KAOS_FAULTS_TAG";
-const tag = randomBytes(6).toString("hex");
-const projects: Project[] = [];
-afterEach(() => killTagged(TAG_NAME, tag));
-afterAll(() =>
-  projects.forEach((project) => {
-    project.remove();
-  }),
-);
+const tagged = taggedProjects("kaos-tamper-");
 
 const CONFIG = `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", data: "data", hyperparams: "grid.json" } } });\n`;
 
@@ -62,15 +48,10 @@ fi
 `;
 
 function project(files: FileMap = {}, train = TRAIN): Project {
-  const made = makeProject(
-    { "kaos.config.ts": CONFIG, "data/value.txt": "v", ...under("src", trivialSourceBundle(train)), ...files },
-    "kaos-tamper-",
-  );
-  projects.push(made);
-  return made;
+  return tagged.make({ "kaos.config.ts": CONFIG, "data/value.txt": "v", ...under("src", trivialSourceBundle(train)), ...files });
 }
 
-const env = { [TAG_NAME]: tag };
+const env = tagged.env;
 const kaos = (made: Project, args: string[], extra: Record<string, string> = {}) =>
   runKaos(args, { cwd: made.dir, env: { ...env, ...extra }, timeoutMs: 120_000 });
 const trainJobs = (made: Project) => jobRows(made.dir).filter((row) => row.stage === "train");

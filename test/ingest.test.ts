@@ -552,8 +552,11 @@ describe("ingest over HTTP", () => {
     const srv = await serve({ "/slow": { generated: { size: 1 << 20 }, chunkSize: 16384, chunkDelayMs: 50, etag: '"s"' } });
     const ws = workspace([{ url: `${srv.url}/slow`, path: "slow.bin" }]);
     const controller = new AbortController();
-    setTimeout(() => controller.abort(new Error("stopped by test")), 300);
-    await expect(run(ws, { signal: controller.signal })).rejects.toThrow("stopped by test");
+    const ingesting = run(ws, { signal: controller.signal });
+    // Stopped mid-transfer: once the server is sending it.
+    await waitFor(() => srv.count("/slow") === 1);
+    controller.abort(new Error("stopped by test"));
+    await expect(ingesting).rejects.toThrow("stopped by test");
     expect(fs.existsSync(ws.dataDir)).toBe(false);
     expect(fs.readdirSync(path.dirname(ws.dataDir))).toEqual([]);
   });

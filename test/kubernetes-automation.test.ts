@@ -19,7 +19,8 @@ import { pathToFileURL } from "node:url";
 import { parse as parseYaml } from "yaml";
 import { KaosError } from "../src/core/errors.js";
 import { applyCluster, previewCluster, renderCluster, type PulumiCli, type PulumiExec } from "../src/backends/kubernetes/index.js";
-import { findPulumi, packageRoot, PULUMI_INSTALL_HINT, spawnPulumi } from "../src/backends/kubernetes/automation.js";
+import { findPulumi, packageRoot, PULUMI_INSTALL_HINT } from "../src/backends/kubernetes/automation.js";
+import { PulumiCommand } from "@pulumi/pulumi/automation/index.js";
 import { makeClusterProject, type ClusterProject } from "./fixtures/kubernetes/project.js";
 import { FakePachd } from "./fixtures/kubernetes/fake-pachd.js";
 
@@ -358,6 +359,7 @@ describe("Automation API seam (injected command runner)", () => {
       preflight: false,
       env: env({ TEAM_PASSPHRASE: "wrong one" }),
     }).catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PASSPHRASE_INVALID");
     expect((error as KaosError).message).toBe(
       "the passphrase in TEAM_PASSPHRASE does not unlock stack 'cluster' (getting stack configuration: incorrect passphrase)",
     );
@@ -395,6 +397,7 @@ describe("Automation API seam (injected command runner)", () => {
           pulumi: cli,
           env: env({ KUBECONFIG: join(dir, "down") }),
         }).catch((e: unknown) => e);
+        expect((down as KaosError).code).toBe("CLUSTER_UNREACHABLE");
         expect((down as KaosError).message).toContain("the API server of kube context 'test' (http://127.0.0.1:9, from");
 
         const noPachd = project({
@@ -404,7 +407,7 @@ describe("Automation API seam (injected command runner)", () => {
           pulumi: cli,
           env: env({ KUBECONFIG: join(dir, "good") }),
         }).catch((e: unknown) => e);
-        expect((pachdDown as KaosError).code).toBe("PACHD_FAILED");
+        expect((pachdDown as KaosError).code).toBe("PACHD_UNREACHABLE");
         expect((pachdDown as KaosError).message).toContain("cannot reach pachd at http://127.0.0.1:9");
         expect(calls.some((call) => call.args[0] === "up" || call.args[0] === "preview")).toBe(false);
         expect(pachd.mutatingCalls()).toEqual([]);
@@ -521,8 +524,9 @@ describe("Automation API with a stand-in `pulumi` executable (real processes)", 
     const processEnv = env({ PATH: `${join(install.root, "bin")}:/usr/bin:/bin` });
     const cli = await findPulumi(processEnv);
     expect(cli.command).toBe(join(install.root, "bin", "pulumi"));
-    expect(cli.version).toBe("3.205.0");
-    expect(cli.exec).toBe(spawnPulumi);
+    expect(String(cli.version)).toBe("3.205.0");
+    // The SDK's own command, from its public PulumiCommand.get: the SDK starts the CLI itself.
+    expect(cli).toBeInstanceOf(PulumiCommand);
     const summary = await previewCluster(made.config, made.stack, made.inputs, { pulumi: cli, preflight: false, env: processEnv });
     expect(summary).toMatchObject({ create: 1, update: 1, same: 2 });
     const calls = readFileSync(install.log, "utf8").trim().split("\n");

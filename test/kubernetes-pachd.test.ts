@@ -1,5 +1,8 @@
 import { describe, it, expect, beforeEach, afterEach } from "vitest";
 import { execFile } from "node:child_process";
+import { request as httpRequest } from "node:http";
+import { createServer as createHttp2Server } from "node:http2";
+import type { AddressInfo } from "node:net";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,11 +12,11 @@ import { promisify } from "node:util";
 import * as pulumi from "@pulumi/pulumi";
 import { KaosError } from "../src/core/errors.js";
 import { packBundle } from "../src/backends/kubernetes/pack.js";
-import { PachdClient, PachdError } from "../src/backends/kubernetes/pachd.js";
+import { PachdClient, PachdError, pachdFetch } from "../src/backends/kubernetes/pachd.js";
 import { applyPipeline, pushBundle, bundleDescription } from "../src/backends/kubernetes/provider-impl.js";
 import { pachydermProviders, type BundleInputs, type PipelineInputs } from "../src/backends/kubernetes/provider.js";
 import { clusterJobLogs, listClusterJobs, shortJobId } from "../src/backends/kubernetes/jobs.js";
-import { canonicalJson } from "../src/backends/kubernetes/canonical.js";
+import { canonicalJson } from "../src/core/hyperparams.js";
 import { FakePachd } from "./fixtures/kubernetes/fake-pachd.js";
 import { makeClusterProject, type ClusterProject } from "./fixtures/kubernetes/project.js";
 
@@ -102,7 +105,8 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
       setCommit: {
         repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } },
         id: commit,
-        branch: { repo: { name: "mnist-svm-source", type: "user", project: { name: "default" } }, name: "master" },
+        // The commit as StartCommit answered it: pachd v2.11.6 leaves its branch out.
+        branch: null,
       },
     });
     expect(lines[1]).toEqual({ deleteFile: { path: "/" } });
@@ -198,6 +202,30 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     await client.deletePipeline("default", "mnist-svm-train"); // already gone: fine
   });
 
+  it("names the missing secret and how to make it when pachd refuses a pipeline for it", async () => {
+    await client.createRepo("default", "mnist-svm-source", "");
+    pachd.secretExists = () => false;
+    const spec = {
+      pipeline: { name: "mnist-svm-build", project: { name: "default" } },
+      input: { pfs: { project: "default", repo: "mnist-svm-source", glob: "/" } },
+      transform: { image: "b:1", cmd: ["sh"], secrets: [{ name: "kaos-registry", mountPath: "/kaos/registry" }] },
+    };
+    const inputs: PipelineInputs = {
+      address: pachd.address,
+      project: "default",
+      tokenEnv: TOKEN_ENV,
+      name: "mnist-svm-build",
+      spec: canonicalJson(spec),
+    };
+    const error = await applyPipeline(client, inputs, "create").catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).message).toBe(
+      "pachd refused pipeline mnist-svm-build: there is no Kubernetes secret 'kaos-registry' in the namespace pachd runs in",
+    );
+    expect((error as KaosError).hint).toContain("create secret docker-registry kaos-registry");
+    expect(pachd.pipelines.size).toBe(0);
+  });
+
   it("maps pachd's status to PACHD_FAILED with the method and message, never the token", async () => {
     const wrong = new PachdClient({ address: pachd.address, token: "not-the-token-123", tokenEnv: TOKEN_ENV });
     const error = await wrong.createRepo("default", "x", "").catch((e: unknown) => e);
@@ -220,10 +248,92 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
     const address = pachd.address;
     await pachd.stop();
     const error = await client.listJobs("default").catch((e: unknown) => e);
-    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).code).toBe("PACHD_UNREACHABLE");
     expect((error as KaosError).message).toContain(`cannot reach pachd at ${address}`);
     expect((error as KaosError).hint).toContain("pachyderm.address");
     await pachd.start(); // afterEach stops it again
+  });
+
+  it("takes back a push that was cut off with its commit open, which pachd would start no commit on", async () => {
+    await client.createRepo("default", "mnist-svm-source", "");
+    const dir = project.inputs[0]?.pipeline.sourceDir as string;
+    const inputs = bundleInputs({ key: "c".repeat(64), source: { kind: "archive", dir, files: null, path: "/bundle.tar.gz" } });
+    // A push of this very bundle killed between StartCommit and FinishCommit: the branch head is its open commit.
+    const cut = await client.startCommit("default", "mnist-svm-source", "master", bundleDescription(inputs.key));
+    const open = await client.headCommit("default", "mnist-svm-source", "master");
+    expect(open?.commit?.id).toBe(cut.id);
+    expect(open?.finishing).toBeNull();
+    await expect(client.startCommit("default", "mnist-svm-source", "master", "x")).rejects.toThrow(/has not been finished/);
+
+    const pushed = await pushBundle(client, inputs);
+    expect(pushed).not.toBe(cut.id);
+    expect(pachd.calls("DropCommitSet").map((call) => JSON.parse(call.body))).toEqual([{ commitSet: { id: cut.id } }]);
+    const head = await client.headCommit("default", "mnist-svm-source", "master");
+    expect(head?.commit?.id).toBe(pushed);
+    expect(head?.description).toBe(bundleDescription(inputs.key));
+    expect(head?.finishing).toEqual(expect.any(String));
+    expect(pachd.repo("default", "mnist-svm-source")?.commits.map((commit) => commit.id)).toEqual([pushed]);
+  });
+
+  it("finishes a cut-off commit as failed when pachd refuses to drop it, and pushes on top", async () => {
+    for (const repo of ["mnist-svm-data", "mnist-svm-params"]) await client.createRepo("default", repo, "");
+    const input = { cross: ["mnist-svm-data", "mnist-svm-params"].map((repo) => ({ pfs: { project: "default", repo, glob: "/" } })) };
+    await client.createPipelineV2(
+      canonicalJson({
+        pipeline: { name: "mnist-svm-train", project: { name: "default" } },
+        input,
+        transform: { image: "a:1", cmd: ["sh"] },
+      }),
+      { update: false },
+    );
+    const cut = await client.startCommit("default", "mnist-svm-data", "master", bundleDescription("d1"));
+    // The params bundle pushed meanwhile: its commit set builds on the open data commit.
+    await pushBundle(
+      client,
+      bundleInputs({ repo: "mnist-svm-params", key: "p1", source: { kind: "params", files: [{ path: "/k.json", content: "{}" }] } }),
+    );
+
+    const dir = (project.inputs[0]!.pipeline.data as { dir: string }).dir;
+    const pushed = await pushBundle(client, bundleInputs({ repo: "mnist-svm-data", key: "d2", source: { kind: "files", dir } }));
+    const commits = pachd.repo("default", "mnist-svm-data")?.commits ?? [];
+    expect(commits.map((commit) => [commit.id, commit.description, commit.error, commit.finishing !== undefined])).toEqual([
+      [cut.id, `${bundleDescription("d1")} (cut off)`, "kaos: the push was cut off", true],
+      [pushed, bundleDescription("d2"), "", true],
+    ]);
+    // Pushed again for that key: the failed commit is not taken for it.
+    const again = await pushBundle(client, bundleInputs({ repo: "mnist-svm-data", key: "d1", source: { kind: "files", dir } }));
+    expect(again).not.toBe(cut.id);
+  });
+
+  it("pushes again over a head that holds the key but was finished as failed", async () => {
+    await client.createRepo("default", "mnist-svm-params", "");
+    const inputs = bundleInputs({
+      repo: "mnist-svm-params",
+      key: "e".repeat(64),
+      source: { kind: "params", files: [{ path: "/k.json", content: "{}" }] },
+    });
+    const failed = await client.startCommit("default", "mnist-svm-params", "master", bundleDescription(inputs.key));
+    await client.finishCommit(failed, { error: "upload failed" });
+    const pushed = await pushBundle(client, inputs);
+    expect(pushed).not.toBe(failed.id);
+    expect(pachd.calls("StartCommit")).toHaveLength(2);
+  });
+
+  it("says an address that answers in HTTP/2 only is likely pachd's gRPC port, not its HTTP one", async () => {
+    // pachd's gRPC port is cleartext HTTP/2: it opens with its SETTINGS frame, which no HTTP/1.1 client can read.
+    const grpc = createHttp2Server();
+    await new Promise<void>((resolve) => grpc.listen(0, "127.0.0.1", resolve));
+    const address = `http://127.0.0.1:${(grpc.address() as AddressInfo).port}`;
+    try {
+      const error = await new PachdClient({ address }).call("versionpb_v2.API", "GetVersion", {}).catch((e: unknown) => e);
+      expect((error as KaosError).code).toBe("PACHD_UNREACHABLE");
+      expect((error as KaosError).message).toMatch(
+        /does not answer in HTTP\/1\.1 \(versionpb_v2\.API\/GetVersion\).*is it pachd's gRPC port\?$/,
+      );
+      expect((error as KaosError).hint).toContain("not its gRPC port (1650 or 30650)");
+    } finally {
+      await new Promise<void>((resolve) => grpc.close(() => resolve()));
+    }
   });
 
   it("answers undefined for a pipeline or branch pachd does not have", async () => {
@@ -233,22 +343,168 @@ describe("pachd client (against a local HTTP server following Pachyderm's API sh
   });
 });
 
+describe("the local server answers as pachd v2.11.6 did on loopback", () => {
+  const repo = (name: string) => ({ name, type: "user", project: { name: "default" } });
+  async function post(method: string, body: unknown): Promise<{ status: number; json: unknown }> {
+    const response = await pachdFetch(`${pachd.address}/api/${method}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "authn-token": TOKEN },
+      body: JSON.stringify(body),
+    });
+    const text = await response.text();
+    return { status: response.status, json: text.trim() === "" ? undefined : JSON.parse(text.trim().split("\n")[0] ?? "") };
+  }
+
+  it("writes every field, with unset timestamps as null, and leaves StartCommit's branch out", async () => {
+    await post("pfs_v2.API/CreateRepo", { repo: repo("r"), update: true });
+    const started = await post("pfs_v2.API/StartCommit", { branch: { repo: repo("r"), name: "master" }, description: "d" });
+    expect(started.json).toEqual({ repo: repo("r"), id: expect.any(String), branch: null });
+    const open = (await post("pfs_v2.API/InspectCommit", { commit: { branch: { repo: repo("r"), name: "master" } } })).json;
+    expect(open).toMatchObject({ description: "d", parentCommit: null, finishing: null, finished: null, error: "" });
+    await post("pfs_v2.API/FinishCommit", { commit: started.json });
+    // pachd sets `finished` only once it has compacted the commit.
+    const closed = (await post("pfs_v2.API/InspectCommit", { commit: { branch: { repo: repo("r"), name: "master" } } })).json;
+    expect(closed).toMatchObject({ finishing: expect.any(String), finished: null });
+    pachd.compact();
+    expect((await post("pfs_v2.API/InspectCommit", { commit: { branch: { repo: repo("r"), name: "master" } } })).json).toMatchObject({
+      finished: expect.any(String),
+    });
+    pachd.jobs = [{ pipeline: "p", id: "j", state: "JOB_CREATED" }];
+    expect((await post("pps_v2.API/ListJob", { projects: [{ name: "default" }] })).json).toMatchObject({
+      result: { state: "JOB_CREATED", started: null, finished: null, dataTotal: "0", reason: "" },
+    });
+  });
+
+  it("answers a failed streamed call with an error message under its HTTP status", async () => {
+    await post("pfs_v2.API/CreateRepo", { repo: repo("r"), update: true });
+    const job = { pipeline: { name: "p", project: { name: "default" } }, id: "0123" };
+    expect(await post("pps_v2.API/ListDatum", { job })).toEqual({
+      status: 404,
+      json: { error: { code: 5, message: "jobs default/p@0123 not found", details: [] } },
+    });
+    expect(await post("pps_v2.API/ListJob", { projects: [{ name: "default" }], pipeline: job.pipeline })).toEqual({
+      status: 404,
+      json: { error: { code: 5, message: 'pipeline "default/p" not found', details: [] } },
+    });
+    const file = await post("pfs_v2.API/GetFile", { file: { commit: { repo: repo("r"), id: "c" }, path: "/x" } });
+    expect(file.status).toBe(404);
+    expect(file.json).toEqual({ error: expect.objectContaining({ code: 5 }) });
+    // A job's datums come from its meta commit, which builds on the previous job's.
+    pachd.jobs = [
+      { pipeline: "p", id: "0123", state: "JOB_CREATED" },
+      { pipeline: "p", id: "0042", state: "JOB_RUNNING" },
+    ];
+    expect(await post("pps_v2.API/ListDatum", { job })).toEqual({
+      status: 500,
+      json: {
+        error: {
+          code: 2,
+          message: "next: rpc error: code = Unknown desc = base commit default/p.meta@0042 for commit default/p.meta@0123 unfinished",
+          details: [],
+        },
+      },
+    });
+    // Without Loki, pachd reads logs from the worker pods, and a job whose pipeline has none fails.
+    pachd.jobs = [{ pipeline: "p", id: "0123", state: "JOB_CREATED" }];
+    expect(await post("pps_v2.API/GetLogs", { job })).toEqual({
+      status: 500,
+      json: { error: { code: 2, message: 'no pods belonging to the rc "default-p-v1" were found', details: [] } },
+    });
+  });
+
+  it("refuses to start a commit on an open head, and to drop a commit set another builds on", async () => {
+    for (const name of ["a", "b"]) await post("pfs_v2.API/CreateRepo", { repo: repo(name), update: true });
+    const input = { cross: [{ pfs: { project: "default", repo: "a", glob: "/" } }, { pfs: { project: "default", repo: "b", glob: "/" } }] };
+    const spec = JSON.stringify({ pipeline: { name: "p", project: { name: "default" } }, input, transform: { image: "i", cmd: ["sh"] } });
+    expect((await post("pps_v2.API/CreatePipelineV2", { createPipelineRequestJson: spec })).status).toBe(200);
+    const open = (await post("pfs_v2.API/StartCommit", { branch: { repo: repo("a"), name: "master" } })).json as { id: string };
+    expect(await post("pfs_v2.API/StartCommit", { branch: { repo: repo("a"), name: "master" } })).toEqual({
+      status: 500,
+      json: { code: 2, message: `start commit in transaction: parent commit default/a@${open.id} has not been finished`, details: [] },
+    });
+    const other = (await post("pfs_v2.API/StartCommit", { branch: { repo: repo("b"), name: "master" } })).json as { id: string };
+    expect(await post("pfs_v2.API/DropCommitSet", { commitSet: { id: open.id } })).toEqual({
+      status: 500,
+      json: {
+        code: 2,
+        message: `commit set "id:\\"${open.id}\\"" cannot be dropped because it has subvenant commit sets: [id:"${other.id}"]`,
+        details: [],
+      },
+    });
+    await post("pfs_v2.API/FinishCommit", { commit: { repo: repo("a"), id: open.id } });
+    expect(await post("pfs_v2.API/ModifyFile", { setCommit: { repo: repo("a"), id: open.id } })).toEqual({
+      status: 500,
+      json: { code: 2, message: `commit default/a@${open.id} has already finished`, details: [] },
+    });
+  });
+
+  it("checks a pipeline's input repos and secrets, keeps a repo a pipeline reads, and deletes what is gone as done", async () => {
+    await post("pfs_v2.API/CreateRepo", { repo: repo("a"), update: true });
+    const spec = (inputRepo: string, secrets: { name: string; mountPath: string }[] = []) =>
+      JSON.stringify({
+        pipeline: { name: "p", project: { name: "default" } },
+        input: { pfs: { project: "default", repo: inputRepo, glob: "/" } },
+        transform: { image: "i", cmd: ["sh"], secrets },
+      });
+    expect(await post("pps_v2.API/CreatePipelineV2", { createPipelineRequestJson: spec("missing") })).toEqual({
+      status: 404,
+      json: { code: 5, message: "repo default/missing not found", details: [] },
+    });
+    pachd.secretExists = (name) => name === "kaos-registry";
+    expect(
+      await post("pps_v2.API/CreatePipelineV2", { createPipelineRequestJson: spec("a", [{ name: "other", mountPath: "/s" }]) }),
+    ).toEqual({
+      status: 500,
+      json: { code: 2, message: "missing Kubernetes secret other", details: [] },
+    });
+    const created = await post("pps_v2.API/CreatePipelineV2", {
+      createPipelineRequestJson: spec("a", [{ name: "kaos-registry", mountPath: "/s" }]),
+    });
+    expect(created.status).toBe(200);
+    const refused = await post("pfs_v2.API/DeleteRepo", { repo: repo("a") });
+    expect(refused.status).toBe(500);
+    expect(refused.json).toMatchObject({
+      code: 2,
+      message: expect.stringContaining("cannot be deleted because it's in the direct provenance of"),
+    });
+    expect(await post("pps_v2.API/DeletePipeline", { pipeline: { name: "p", project: { name: "default" } } })).toEqual({
+      status: 200,
+      json: {},
+    });
+    expect(await post("pps_v2.API/DeletePipeline", { pipeline: { name: "p", project: { name: "default" } } })).toEqual({
+      status: 200,
+      json: {},
+    });
+    expect(await post("pfs_v2.API/DeleteRepo", { repo: repo("a") })).toEqual({ status: 200, json: { deleted: true } });
+    expect(await post("pfs_v2.API/DeleteRepo", { repo: repo("a") })).toEqual({ status: 200, json: { deleted: false } });
+  });
+
+  it("breaks a call carrying Connection only, and answers an unknown method NOT_FOUND", async () => {
+    const send = (headers: Record<string, string>) =>
+      new Promise<number>((resolve, reject) => {
+        const request = httpRequest(`${pachd.address}/api/versionpb_v2.API/GetVersion`, { method: "POST", headers }, (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        });
+        // Node writes `Connection` itself unless the request names one.
+        if (headers["connection"] === undefined) request.removeHeader("connection");
+        request.on("error", reject);
+        request.end("{}");
+      });
+    expect(
+      await send({ "authn-token": TOKEN, "keep-alive": "timeout=5", upgrade: "h2c", te: "gzip", "proxy-connection": "keep-alive" }),
+    ).toBe(200);
+    expect(await send({ "authn-token": TOKEN, connection: "close" })).toBe(500);
+    expect(await post("pfs_v2.API/NoSuchMethod", {})).toEqual({ status: 404, json: { code: 5, message: "Not Found", details: [] } });
+  });
+});
+
 describe("train list and logs from Pachyderm jobs (against a local HTTP server following Pachyderm's API shapes)", () => {
   function seedJobs(): { keys: string[] } {
     const keys = (project.inputs[0]?.jobs ?? []).map((job) => job.key);
-    pachd.repos.set("default/mnist-svm-params", {
-      project: "default",
-      name: "mnist-svm-params",
-      description: "",
-      commits: [
-        {
-          id: "c1",
-          description: "",
-          finished: "2026-01-01T00:00:00Z",
-          files: new Map(keys.map((key, index) => [`/${key}.json`, Buffer.from(JSON.stringify({ index }))])),
-        },
-      ],
-      head: undefined,
+    pachd.seedCommit("default", "mnist-svm-params", {
+      id: "c1",
+      files: new Map(keys.map((key, index) => [`/${key}.json`, Buffer.from(JSON.stringify({ index }))])),
     });
     pachd.jobs = [
       {
@@ -331,6 +587,14 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
     expect(listJob?.headers["authn-token"]).toBe(TOKEN);
   });
 
+  it("shows a train job whole while pachd cannot list its datums, behind a job still running", async () => {
+    seedJobs();
+    pachd.jobs.unshift({ pipeline: "mnist-svm-train", id: "j3", state: "JOB_CREATED" });
+    const jobs = await listClusterJobs(project.stack, { workspace: "mnist" });
+    expect(jobs.find((job) => job.id === "mnist-svm-train@j3")).toMatchObject({ stage: "train", state: "queued" });
+    expect(jobs.filter((job) => job.stage === "train" && !job.id.includes("@"))).toHaveLength(4);
+  });
+
   it("takes params from the caller when it knows them, without reading the params repo", async () => {
     const { keys } = seedJobs();
     const params = new Map((project.inputs[0]?.jobs ?? []).map((job) => [job.key, job.params]));
@@ -365,6 +629,18 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
       .next()
       .catch((e: unknown) => e);
     expect((ambiguous as KaosError).code).toBe("JOB_AMBIGUOUS");
+  });
+
+  it("says a job has no logs while Pachyderm has no worker pods to read them from", async () => {
+    seedJobs();
+    const error = await clusterJobLogs(project.stack, "mnist-cnn-build@j8", { workspace: "mnist" })
+      .next()
+      .catch((e: unknown) => e);
+    expect((error as KaosError).code).toBe("PACHD_FAILED");
+    expect((error as KaosError).message).toBe(
+      "no logs for job 'mnist-cnn-build@j8': Pachyderm has no worker pods of pipeline mnist-cnn-build to read them from",
+    );
+    expect((error as KaosError).hint).toContain(`kubectl -n pachyderm get pods -l pipelineName=mnist-cnn-build`);
   });
 
   it("shows a Pachyderm job id with its whole pipeline name, short enough and still found by `train logs`", async () => {

@@ -5,28 +5,19 @@
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, writeFileSync } from "node:fs";
-import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { jobRows, killTagged, killWhen, listTree } from "./helpers/faults.js";
+import { describe, expect, it } from "vitest";
+import { jobRows, killWhen, listTree } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { taggedProjects } from "./helpers/tagged-projects.js";
 
-const TAG_NAME = "KAOS_FAULTS_TAG";
-const tag = randomBytes(6).toString("hex");
-const projects: Project[] = [];
-afterEach(() => killTagged(TAG_NAME, tag));
-afterAll(() =>
-  projects.forEach((project) => {
-    project.remove();
-  }),
-);
+const tagged = taggedProjects("kaos-gc-");
 
 function project(options: Parameters<typeof trainingProject>[0]): Project {
-  const made = makeProject(trainingProject(options), "kaos-gc-");
-  projects.push(made);
-  return made;
+  return tagged.make(trainingProject(options));
 }
 
-const env = (made: Project) => ({ [TAG_NAME]: tag, KAOS_TEST_LOG: made.path("marks.log") });
+const env = (made: Project) => ({ ...tagged.env, KAOS_TEST_LOG: made.path("marks.log") });
 
 async function kaos(made: Project, ...args: string[]) {
   const result = await runKaos(args, { cwd: made.dir, env: env(made) });

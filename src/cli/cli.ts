@@ -7,7 +7,7 @@
  * Expected failures arrive here as KaosError and become a message and an exit
  * status in exactly one place: `run` below.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import type * as commands from "./commands.js";
@@ -64,14 +64,17 @@ function globals(command: Command): GlobalOptions {
  * before the command's own modules load, so that both overlap that loading.
  */
 async function warmUp(configPath: string | undefined): Promise<void> {
-  const [{ startHashWorkers }, { prefetchPython }, { findConfig, stateDirOf }] = await Promise.all([
+  const [{ startHashWorkers }, { prefetchPython }, { findConfig, monitorSocketOf, stateDirOf }] = await Promise.all([
     import("../core/hash.js"),
     import("../backends/local/python.js"),
     import("../core/layout.js"),
   ]);
-  startHashWorkers();
   const config = configPath !== undefined ? resolve(configPath) : findConfig(process.cwd());
-  if (config !== undefined) prefetchPython(stateDirOf(dirname(config)));
+  const stateDir = config === undefined ? undefined : stateDirOf(dirname(config));
+  // With a file system monitor to answer, there is likely nothing to walk: a
+  // thread booting for nothing would only take a core from this one.
+  if (stateDir === undefined || !existsSync(monitorSocketOf(stateDir))) startHashWorkers();
+  if (stateDir !== undefined) prefetchPython(stateDir);
 }
 
 function stackOption(): Option {
@@ -273,6 +276,14 @@ function buildProgram(): Command {
     .action(async (options: OptionsOf<typeof commands.renderCommand>, command: Command) => {
       const { renderCommand } = await import("./commands.js");
       setExitStatus(await renderCommand({ ...globals(command), ...options }));
+    });
+
+  program
+    .command("monitor")
+    .description("serve the file system monitor alone (as `kaos watch` does), so that `kaos plan` and `kaos up` need not walk the bundles")
+    .action(async (_options: unknown, command: Command) => {
+      const { monitorCommand } = await import("./commands.js");
+      setExitStatus(await monitorCommand(globals(command)));
     });
 
   program

@@ -3,12 +3,14 @@
  * the shared flow in engine.ts. Exit statuses: 0 success, 1 any failure, 2 for
  * `plan --detailed-exitcode` with changes pending.
  */
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
 import { findConfig, jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
-import type { ApplyResult } from "../core/engine.js";
+import { listRecords, type JobListFilter, type JobListing, type ResourceChanges, type UpOutcome } from "../core/backend.js";
+import type { Session } from "../core/engine.js";
 import { readMetricSeries, readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
 import type { Sweep, SweepRow } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
@@ -31,6 +33,13 @@ import { EXIT, onStopRequest } from "./exit.js";
 // it, so the read-only commands start fast.
 const engine = () => import("../core/engine.js");
 
+/** Opens the project's store and the stack's backend, made by the backend registry. */
+async function openBackendSession(config: ResolvedConfig, stack: ResolvedStack, options: { readonly?: boolean } = {}): Promise<Session> {
+  const { openSession } = await engine();
+  const { createBackend } = await import("../backends/index.js");
+  return openSession(config, stack, createBackend, options);
+}
+
 /**
  * For commands that hash: the hashing threads boot (tens of milliseconds of
  * module loading each) while this thread loads the config and the engine.
@@ -49,10 +58,6 @@ interface Common {
   config?: string;
 }
 
-function isCluster(stack: ResolvedStack): boolean {
-  return stack.config.backend === "kubernetes";
-}
-
 /** Ctrl-C (and SIGTERM) cancel the run cleanly; a second Ctrl-C exits at once; a lost reader stops it without a word. */
 function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
@@ -65,7 +70,9 @@ function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   return { signal: controller.signal, dispose };
 }
 
-function upJson(outcome: ApplyResult, stack: string) {
+type RunOutcome = Extract<UpOutcome, { kind: "run" }>;
+
+function upJson(outcome: RunOutcome, stack: string) {
   return {
     stack,
     runId: outcome.runId,
@@ -75,7 +82,7 @@ function upJson(outcome: ApplyResult, stack: string) {
   };
 }
 
-function summarize(outcome: ApplyResult): string {
+function summarize(outcome: RunOutcome): string {
   const jobs = outcome.result.pipelines.flatMap((p) => p.jobs);
   const ran = jobs.filter((job) => !job.reused);
   const count = (state: string) => ran.filter((job) => job.state === state).length;
@@ -93,20 +100,30 @@ function summarize(outcome: ApplyResult): string {
   return lines.join("\n");
 }
 
+/** What applying changed outside kaos, for people: Pulumi's counts and each resource that changes. */
+function changesLines(changes: ResourceChanges): string {
+  const checked = changes.checked
+    ? `kube context ${changes.checked.kubeContext} (${changes.checked.kubeServer}) answers; pachd ${changes.checked.pachdVersion}\n`
+    : "";
+  const head = `${checked}Pulumi (stack ${changes.stack}): ${changes.create} to create, ${changes.update} to update, ${changes.replace} to replace, ${changes.delete} to delete, ${changes.same} unchanged`;
+  return [head, ...changes.resources.map((change) => `  ${change.op.padEnd(8)} ${change.type}  ${change.name}`)].join("\n");
+}
+
 /** Runs a plan to completion with progress, and prints its result. */
 async function runApply(
   config: ResolvedConfig,
   stack: ResolvedStack,
   options: { force?: boolean; refresh?: boolean; json?: boolean; command: string },
 ): Promise<number> {
-  const { checkInputs, openSession, apply } = await engine();
+  const { checkInputs } = await engine();
   const { createReporter } = await import("./progress.js");
+  const { planJson } = await import("../core/plan.js");
   const manifests = checkInputs(config);
-  const session = openSession(config, stack);
+  const session = await openBackendSession(config, stack);
   const interrupt = interruptSignal();
   const reporter = createReporter({ json: options.json, interactive: isInteractive(process.stderr) });
   try {
-    const outcome = await apply(session, {
+    const outcome = await session.backend.up({
       command: options.command,
       reporter,
       signal: interrupt.signal,
@@ -120,6 +137,11 @@ async function runApply(
       },
     });
     reporter.close();
+    if (outcome.kind === "applied") {
+      if (options.json) printJson({ ...(planJson(outcome.plan) as object), pulumi: outcome.changes });
+      else process.stdout.write(`applied: ${changesLines(outcome.changes)}\n`);
+      return EXIT.ok;
+    }
     if (options.json) printJson(upJson(outcome, stack.name));
     else process.stderr.write(`${summarize(outcome)}\n`);
     return outcome.result.succeeded ? EXIT.ok : EXIT.failure;
@@ -132,31 +154,33 @@ async function runApply(
 
 export async function upCommand(options: Common & { stack?: string; force?: boolean; refresh?: boolean; json?: boolean }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
-  if (isCluster(stack)) {
-    const { clusterUp } = await import("../backends/kubernetes/backend.js");
-    return clusterUp(config, stack, options);
-  }
   return runApply(config, stack, { ...options, command: "up" });
 }
 
 export async function planCommand(
   options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean },
 ): Promise<number> {
-  const { checkInputs, openSession, plan } = await engine();
+  const { checkInputs } = await engine();
   const { formatPlan, planJson } = await import("../core/plan.js");
+  const { createReporter } = await import("./progress.js");
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
-  if (isCluster(stack)) {
-    const { clusterPlan } = await import("../backends/kubernetes/backend.js");
-    return clusterPlan(config, stack, options);
-  }
   const manifests = checkInputs(config);
-  const session = openSession(config, stack);
+  const session = await openBackendSession(config, stack);
   try {
-    const current = await plan(session, { refresh: options.refresh, manifests });
-    session.backend.checkResources(current);
-    if (options.json) printJson(planJson(current));
-    else process.stdout.write(`${formatPlan(current, colors())}\n`);
-    return options.detailedExitcode && current.changes ? EXIT.changes : EXIT.ok;
+    const { backend } = session;
+    const current = await backend.plan({ refresh: options.refresh, manifests });
+    backend.runner?.checkResources(current);
+    if (!options.json) process.stdout.write(`${formatPlan(current, colors())}\n`);
+    let changes: ResourceChanges | undefined;
+    if (backend.preview !== undefined) {
+      if (!options.json) process.stdout.write("\n");
+      const reporter = createReporter({ json: options.json, interactive: false });
+      changes = await backend.preview(current, { refresh: options.refresh, reporter });
+    }
+    const outside = changes !== undefined && changes.create + changes.update + changes.replace + changes.delete > 0;
+    if (options.json) printJson(changes === undefined ? planJson(current) : { ...(planJson(current) as object), pulumi: changes });
+    else if (changes !== undefined) process.stdout.write(`${changesLines(changes)}\n`);
+    return options.detailedExitcode && (current.changes || outside) ? EXIT.changes : EXIT.ok;
   } finally {
     session.close();
   }
@@ -337,148 +361,130 @@ function listedMetrics(stateDir: string, jobs: readonly JobRecord[]): { names: M
   return { names, values };
 }
 
-export async function listCommand(options: Common & ListOptions): Promise<number> {
-  if (options.all && options.limit !== undefined) throw new KaosError("USAGE", "--limit and --all are exclusive: give one of them");
+/** The filters of `kaos train list` as the store and the backends take them. */
+function listFilter(options: ListOptions): JobListFilter {
+  return {
+    ...(options.pipeline !== undefined ? { pipeline: options.pipeline } : {}),
+    ...(options.state !== undefined ? { state: options.state } : {}),
+    ...(options.run !== undefined ? { runId: options.run } : {}),
+  };
+}
+
+/** The jobs of `--stack`'s backend, or of every stack in the project's store without one; and the project's root. */
+async function jobListing(options: Common & ListOptions, limit: number | undefined): Promise<{ listing: JobListing; root: string }> {
+  const request = { filter: listFilter(options), ...(limit !== undefined ? { limit } : {}) };
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
-    if (isCluster(stack)) {
-      const unsupported = (["pipeline", "state", "run", "all"] as const).filter((flag) => options[flag] !== undefined);
-      if (unsupported.length > 0) {
-        throw new KaosError(
-          "NOT_SUPPORTED",
-          `kaos train list ${unsupported.map((flag) => `--${flag}`).join(", ")}: not supported on stack ${stack.name}, which uses the kubernetes backend`,
-          { hint: "list the cluster's jobs without these options" },
-        );
-      }
-      const { clusterList } = await import("../backends/kubernetes/backend.js");
-      return clusterList(config, stack, options);
+    const session = await openBackendSession(config, stack, { readonly: true });
+    try {
+      return { listing: await session.backend.listJobs(request), root: config.root };
+    } finally {
+      session.close();
     }
   }
   const { config, state } = await readState(options);
   try {
-    const filter = {
-      ...(options.stack ? { stack: options.stack } : {}),
-      ...(options.pipeline !== undefined ? { pipeline: options.pipeline } : {}),
-      ...(options.state !== undefined ? { state: options.state } : {}),
-      ...(options.run !== undefined ? { runId: options.run } : {}),
-    };
-    // Scripts reading --json get every job unless they ask for fewer; people get a page.
-    const limit = options.limit ?? (options.all || options.json ? undefined : LIST_PAGE);
-    const jobs = state.listJobs({ ...filter, ...(limit !== undefined ? { limit } : {}) });
-    if (options.json) {
-      printJson(jobs.map(listJson));
-      return EXIT.ok;
-    }
-    if (jobs.length === 0) {
-      const filtered = Object.keys(filter).length > (options.stack ? 1 : 0);
-      process.stdout.write(filtered ? "no jobs match\n" : "no jobs yet: run `kaos up`\n");
-      return EXIT.ok;
-    }
-    const c = colors();
-    const paint = (s: string) =>
-      s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s);
-    const metrics = listedMetrics(stateDirOf(config.root), jobs);
-    const metricNames = new Set(metrics.names.values());
-    // One metric for every pipeline listed: its name heads the column; else each cell names its metric.
-    const [onlyMetric] = metricNames.size === 1 ? [...metricNames] : [];
-    const rows = jobs.map((job) => {
-      const value = metrics.values.get(job.id);
-      const name = metrics.names.get(job.pipeline);
-      return [
-        job.id,
-        displayText(job.pipeline),
-        job.stage,
-        job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
-        job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
-        job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
-        duration(job),
-        ...(metricNames.size === 0
-          ? []
-          : [value === undefined ? "" : onlyMetric !== undefined ? metricCell(value) : `${displayText(name!)}=${metricCell(value)}`]),
-        paramsText(job.params),
-      ];
-    });
-    const metricHeader = metricNames.size === 0 ? [] : [onlyMetric !== undefined ? displayText(onlyMetric) : "METRIC"];
-    process.stdout.write(
-      `${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", ...metricHeader, "PARAMS"], ...rows])}\n`,
-    );
-    if (limit !== undefined && jobs.length === limit) {
-      const more = state.countJobs(filter) - jobs.length;
-      if (more > 0) {
-        process.stdout.write(c.dim(`${more} more; --limit N shows more, --all every one\n`));
-      }
-    }
-    return EXIT.ok;
+    return { listing: listRecords(state, request), root: config.root };
   } finally {
     state.close();
   }
 }
 
-function logFileOf(root: string, job: JobRecord): string {
-  return job.logFile ?? jobPaths(stateDirOf(root), job.id).log;
+export async function listCommand(options: Common & ListOptions): Promise<number> {
+  if (options.all && options.limit !== undefined) throw new KaosError("USAGE", "--limit and --all are exclusive: give one of them");
+  // Scripts reading --json get every job unless they ask for fewer; people get a page.
+  const limit = options.limit ?? (options.all || options.json ? undefined : LIST_PAGE);
+  const { listing, root } = await jobListing(options, limit);
+  if (options.json) {
+    printJson(listing.kind === "records" ? listing.jobs.map(listJson) : listing.jobs);
+    return EXIT.ok;
+  }
+  if (listing.jobs.length === 0) {
+    const filtered = Object.keys(listFilter(options)).length > 0;
+    process.stdout.write(
+      filtered
+        ? "no jobs match\n"
+        : listing.kind === "records"
+          ? "no jobs yet: run `kaos up`\n"
+          : `no jobs on stack ${listing.stack} yet: run \`kaos up --stack ${listing.stack}\`\n`,
+    );
+    return EXIT.ok;
+  }
+  if (listing.kind === "remote") {
+    const rows = listing.jobs.map((job) => [
+      displayText(listing.shortId(job.id)),
+      displayText(job.pipeline),
+      displayText(job.stage),
+      displayText(job.state),
+      displayText(job.startedAt ?? ""),
+      paramsText(job.params),
+    ]);
+    process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "STARTED", "PARAMS"], ...rows])}\n`);
+    return EXIT.ok;
+  }
+  const { jobs } = listing;
+  const c = colors();
+  const paint = (s: string) =>
+    s === "succeeded" ? c.green(s) : s === "failed" ? c.red(s) : s === "running" ? c.cyan(s) : s === "cancelled" ? c.yellow(s) : c.dim(s);
+  const metrics = listedMetrics(stateDirOf(root), jobs);
+  const metricNames = new Set(metrics.names.values());
+  // One metric for every pipeline listed: its name heads the column; else each cell names its metric.
+  const [onlyMetric] = metricNames.size === 1 ? [...metricNames] : [];
+  const rows = jobs.map((job) => {
+    const value = metrics.values.get(job.id);
+    const name = metrics.names.get(job.pipeline);
+    return [
+      job.id,
+      displayText(job.pipeline),
+      job.stage,
+      job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
+      job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
+      job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
+      duration(job),
+      ...(metricNames.size === 0
+        ? []
+        : [value === undefined ? "" : onlyMetric !== undefined ? metricCell(value) : `${displayText(name!)}=${metricCell(value)}`]),
+      paramsText(job.params),
+    ];
+  });
+  const metricHeader = metricNames.size === 0 ? [] : [onlyMetric !== undefined ? displayText(onlyMetric) : "METRIC"];
+  process.stdout.write(
+    `${table([["ID", "PIPELINE", "STAGE", "STATE", "N/N", "STARTED", "DURATION", ...metricHeader, "PARAMS"], ...rows])}\n`,
+  );
+  if (listing.total !== undefined) {
+    const more = listing.total - jobs.length;
+    if (more > 0) {
+      process.stdout.write(c.dim(`${more} more; --limit N shows more, --all every one\n`));
+    }
+  }
+  return EXIT.ok;
+}
+
+async function writeOut(data: Uint8Array | string): Promise<void> {
+  if (!process.stdout.write(data)) await once(process.stdout, "drain");
 }
 
 export async function logsCommand(options: Common & { job: string; follow?: boolean; stack?: string }): Promise<number> {
+  let session: Session;
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
-    if (isCluster(stack)) {
-      const { clusterLogs } = await import("../backends/kubernetes/backend.js");
-      return clusterLogs(config, stack, options);
-    }
+    session = await openBackendSession(config, stack, { readonly: true });
+  } else {
+    // Without --stack, the job is looked up in the project's store, whichever local stack ran it.
+    const { config, state } = await readState(options);
+    state.close();
+    session = await openBackendSession(config, await loadStack(config, undefined), { readonly: true });
   }
-  const { config, state } = await readState(options);
   try {
-    const job = state.resolveJob(options.job);
-    const file = logFileOf(config.root, job);
-    let offset = 0;
-    const printNew = async () => {
-      if (!existsSync(file)) return;
-      const size = statSync(file).size;
-      if (size <= offset) return;
-      await new Promise<void>((done, fail) => {
-        const stream = createReadStream(file, { start: offset, end: size - 1 });
-        stream.on("error", fail);
-        stream.on("end", () => done());
-        stream.pipe(process.stdout, { end: false });
-      });
-      offset = size;
-    };
-    // Said after the log, where it is seen: the line in the log that says it may be far up.
-    const noteDropped = async () => {
-      const { droppedNoteOf, LOG_LIMIT_VARIABLE } = await import("../backends/local/process.js");
-      let note: { droppedBytes: number; limitBytes: number };
-      try {
-        note = JSON.parse(readFileSync(droppedNoteOf(file), "utf8")) as typeof note;
-      } catch {
-        return;
-      }
-      process.stderr.write(
-        `note: ${note.droppedBytes} bytes of job ${job.id}'s output were dropped from the middle of its log (cap ${note.limitBytes} bytes; ${LOG_LIMIT_VARIABLE} sets it)\n`,
-      );
-    };
-    await printNew();
-    if (!options.follow) {
-      if (!existsSync(file)) process.stderr.write(`job ${job.id} has no log yet (${job.state})\n`);
-      await noteDropped();
-      return EXIT.ok;
+    for await (const output of session.backend.jobLogs({ job: options.job, follow: options.follow ?? false })) {
+      if (output.kind === "chunk") await writeOut(output.data);
+      else if (output.kind === "line")
+        await writeOut(`${output.time ?? ""} ${output.user ? "user  " : "worker"} | ${output.message.replace(/\n$/, "")}\n`);
+      else process.stderr.write(`${output.message}\n`);
     }
-    for (;;) {
-      const current = state.getJob(job.id);
-      await printNew();
-      if (!current || (current.state !== "running" && current.state !== "queued")) break;
-      // Killed kaos processes record nothing more: following such a job would never end.
-      if (!state.runOwnerAlive(current.runId)) {
-        await printNew();
-        process.stderr.write(`job ${job.id} was interrupted: the kaos that ran it is gone; the next kaos up reruns it\n`);
-        return EXIT.ok;
-      }
-      await new Promise((done) => setTimeout(done, 200));
-    }
-    await printNew();
-    await noteDropped();
     return EXIT.ok;
   } finally {
-    state.close();
+    session.close();
   }
 }
 
@@ -524,15 +530,17 @@ async function sweepOf(
   what: string,
 ): Promise<Sweep> {
   const stack = await loadStack(config, stackName);
-  if (isCluster(stack)) {
-    throw new KaosError("NOT_SUPPORTED", `${what} reads the local backend's state; stack ${stack.name} uses the kubernetes backend`, {
+  const { createBackend } = await import("../backends/index.js");
+  const backend = await createBackend({ config, stack, state });
+  if (backend.runner === undefined) {
+    throw new KaosError("NOT_SUPPORTED", `${what} reads the local backend's state; stack ${stack.name} uses the ${backend.kind} backend`, {
       hint: "run it without --stack (or with a local stack)",
     });
   }
   const [{ sweepInputs }, { currentSweep }] = await Promise.all([engine(), import("../core/sweep.js")]);
   await startHashing();
   try {
-    const inputs = (await sweepInputs(config, stack, state, [pipeline])).get(pipeline);
+    const inputs = (await sweepInputs(config, stack, state, backend, [pipeline])).get(pipeline);
     if (inputs === undefined) throw new Error(`no keys were computed for pipeline ${pipeline}`);
     return currentSweep(config, pipeline, state, inputs);
   } finally {
@@ -973,14 +981,62 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
   }
 }
 
-export async function renderCommand(options: Common & { stack: string; out: string }): Promise<number> {
-  const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
-  if (!isCluster(stack)) {
+/**
+ * `kaos monitor`: the file system monitor of `kaos watch` without the runs,
+ * for `kaos plan` and `kaos up` to read changes from instead of walking the
+ * bundles. Serves until Ctrl-C or SIGTERM.
+ */
+export async function monitorCommand(options: Common): Promise<number> {
+  // The project's place is all it needs: a config being edited into shape still has its plans served.
+  const configFile = options.config !== undefined ? resolve(options.config) : findConfig(process.cwd());
+  if (configFile === undefined || !existsSync(configFile)) {
     throw new KaosError(
-      "USAGE",
-      `--stack ${options.stack}: stack uses the ${stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`,
+      "CONFIG_NOT_FOUND",
+      options.config !== undefined
+        ? `--config ${options.config}: no such file: ${configFile}`
+        : `no kaos.config.ts found in ${process.cwd()} or any parent directory`,
+      { hint: "run kaos monitor in the project whose plans it is to serve, or pass --config PATH" },
     );
   }
-  const { clusterRender } = await import("../backends/kubernetes/backend.js");
-  return clusterRender(config, stack, options);
+  const stateDir = stateDirOf(dirname(configFile));
+  try {
+    mkdirSync(stateDir, { recursive: true });
+  } catch (error) {
+    throw new KaosError("IO", `cannot create ${stateDir}: ${describeError(error)}`, {
+      hint: "check that the project directory is writable",
+    });
+  }
+  const { startMonitor } = await import("../core/monitor.js");
+  const started = await startMonitor(stateDir);
+  if (started.server === undefined) {
+    throw new KaosError("NOT_SUPPORTED", `the file system monitor cannot start: ${started.reason}`, {
+      hint: "plans already read changes from the monitor that serves it; otherwise stop that process first",
+    });
+  }
+  const server = started.server;
+  await new Promise<void>((resolve) => {
+    const stopListening = onStopRequest(() => {
+      stopListening();
+      resolve();
+    });
+    process.stderr.write(`file system monitor ready: plans read changes from ${displayText(server.socketPath)}; Ctrl-C stops\n`);
+  });
+  await server.close();
+  return EXIT.ok;
+}
+
+export async function renderCommand(options: Common & { stack: string; out: string }): Promise<number> {
+  const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
+  // Rendering reads the project but records nothing: it works from a read-only store.
+  const session = await openBackendSession(config, stack, { readonly: true });
+  try {
+    const outDir = resolve(options.out);
+    const files = await session.backend.render({ outDir });
+    process.stdout.write(
+      `${files.map((file) => join(file).replace(`${outDir}/`, "")).join("\n")}\nwrote ${files.length} files to ${outDir}\n`,
+    );
+    return EXIT.ok;
+  } finally {
+    session.close();
+  }
 }

@@ -5,6 +5,7 @@
  */
 import type { IngestProgress, Reporter, RunEvent } from "../core/events.js";
 import type { JobRecord } from "../core/state.js";
+import { formatPlan } from "../core/plan.js";
 import { colors, type Colors } from "./output.js";
 import { displayLine, displayMessage, displayText, formatBytes, formatDuration, paramsText } from "../core/format.js";
 
@@ -76,6 +77,12 @@ export class PlainReporter implements Reporter {
       case "note":
         process.stderr.write(`${displayMessage(event.message)}\n`);
         break;
+      case "plan":
+        process.stdout.write(`${formatPlan(event.plan, colors())}\n\n`);
+        break;
+      case "output":
+        process.stderr.write(event.text);
+        break;
     }
   }
 
@@ -144,6 +151,14 @@ export class LiveReporter implements Reporter {
       }
       case "note":
         this.print(displayMessage(event.message));
+        break;
+      case "plan":
+        this.update.clear();
+        process.stdout.write(`${formatPlan(event.plan, colors())}\n\n`);
+        break;
+      case "output":
+        this.update.clear();
+        process.stderr.write(event.text);
         break;
     }
     this.draw();

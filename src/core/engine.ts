@@ -4,9 +4,8 @@
  * `watch` and `train deploy` are thin layers over these functions.
  */
 import { validateSourceBundle } from "./bundle.js";
+import type { Backend, BackendFactory, CheckedManifests, ExecuteResult, JobRunner } from "./backend.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import { LocalBackend, type ExecuteResult } from "../backends/local/index.js";
-import { stopOrphanedJobs } from "../backends/local/process.js";
 import { checkFileUrls, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { buildPlan, type Plan, type PlanOracle } from "./plan.js";
 import type { SweepInputs } from "./sweep.js";
@@ -20,14 +19,17 @@ export interface Session {
   config: ResolvedConfig;
   stack: ResolvedStack;
   state: StateStore;
-  backend: LocalBackend;
+  backend: Backend;
   close(): void;
 }
 
-export { loadProject } from "./config.js";
+/** A session whose backend runs jobs in this process: what `apply` drives. */
+export interface RunnerSession extends Session {
+  backend: Backend & { runner: JobRunner };
+}
 
-/** Each manifest's entries and lock as checkInputs read them, by manifest path. */
-export type CheckedManifests = ReadonlyMap<string, { entries: ManifestEntry[]; lock: ManifestLock | undefined }>;
+export { loadProject } from "./config.js";
+export type { CheckedManifests } from "./backend.js";
 
 /**
  * Checks every input that can be checked without the state store: each source
@@ -49,17 +51,25 @@ export function checkInputs(config: ResolvedConfig): CheckedManifests {
   return manifests;
 }
 
-/** Opens the state store and the backend of a loaded project. */
-export function openSession(config: ResolvedConfig, stack: ResolvedStack): Session {
-  if (stack.config.backend !== "local") {
-    throw new KaosError(
-      "NOT_SUPPORTED",
-      `stack ${stack.name} uses the ${stack.config.backend} backend, which this command runs through the cluster flow`,
-    );
+/**
+ * Opens the state store and the stack's backend, made by `createBackend`
+ * (`backends/index.ts`: core does not know the backends). Read-only for
+ * commands that record nothing.
+ */
+export async function openSession(
+  config: ResolvedConfig,
+  stack: ResolvedStack,
+  createBackend: BackendFactory,
+  options: { readonly?: boolean } = {},
+): Promise<Session> {
+  const state = StateStore.open(config.root, options.readonly ? { readonly: true } : undefined);
+  try {
+    const backend = await createBackend({ config, stack, state });
+    return { config, stack, state, backend, close: () => state.close() };
+  } catch (error) {
+    state.close();
+    throw error;
   }
-  const state = StateStore.open(config.root);
-  const backend = new LocalBackend(config, stack, state);
-  return { config, stack, state, backend, close: () => state.close() };
 }
 
 /**
@@ -72,15 +82,9 @@ export async function sweepInputs(
   config: ResolvedConfig,
   stack: ResolvedStack,
   state: StateStore,
+  backend: Pick<PlanOracle, "runtime">,
   pipelines?: readonly string[],
 ): Promise<Map<string, SweepInputs>> {
-  if (stack.config.backend !== "local") {
-    throw new KaosError(
-      "NOT_SUPPORTED",
-      `stack ${stack.name} uses the ${stack.config.backend} backend; sweeps are read from the local backend's state`,
-    );
-  }
-  const backend = new LocalBackend(config, stack, state);
   // Only the keys are wanted: whether a job is reusable is the sweep's own question.
   const oracle: PlanOracle = {
     runtime: (bundle) => backend.runtime(bundle),
@@ -92,8 +96,42 @@ export async function sweepInputs(
   return new Map(planned.pipelines.map((p) => [p.pipeline.name, { env: p.keys.env, source: p.keys.source, data: p.keys.data }]));
 }
 
-export function plan(session: Session, options: { force?: boolean; refresh?: boolean; manifests?: CheckedManifests } = {}): Promise<Plan> {
-  return buildPlan({ config: session.config, stack: session.stack, state: session.state, oracle: session.backend, ...options });
+/** The session's backend when it runs jobs in this process; else NOT_SUPPORTED, naming `command`. */
+export function runnerSession(session: Session, command: string, hint?: string): RunnerSession {
+  const { backend } = session;
+  if (backend.runner === undefined) {
+    throw new KaosError(
+      "NOT_SUPPORTED",
+      `stack ${session.stack.name} uses the ${backend.kind} backend; ${command} runs the jobs in this process, which that backend does not`,
+      hint !== undefined ? { hint } : undefined,
+    );
+  }
+  return session as RunnerSession;
+}
+
+/** kaos's plan against the state store, asking `oracle` what exists. */
+export function buildSessionPlan(
+  session: Session,
+  oracle: PlanOracle,
+  options: { force?: boolean | undefined; refresh?: boolean | undefined; manifests?: CheckedManifests | undefined } = {},
+): Promise<Plan> {
+  return buildPlan({
+    config: session.config,
+    stack: session.stack,
+    state: session.state,
+    oracle,
+    ...(options.force !== undefined ? { force: options.force } : {}),
+    ...(options.refresh !== undefined ? { refresh: options.refresh } : {}),
+    ...(options.manifests !== undefined ? { manifests: options.manifests } : {}),
+  });
+}
+
+/** The backend's plan. */
+export function plan(
+  session: Session,
+  options: { force?: boolean | undefined; refresh?: boolean | undefined; manifests?: CheckedManifests | undefined } = {},
+): Promise<Plan> {
+  return session.backend.plan(options);
 }
 
 export interface ApplyOptions {
@@ -141,10 +179,13 @@ function runState(result: ExecuteResult | undefined): "succeeded" | "failed" | "
 }
 
 /** With `skip`, `apply` returns without running or recording anything when it answers true. */
-export function apply(session: Session, options: ApplyOptions & { skip: (plan: Plan) => boolean }): Promise<ApplyResult | SkippedApply>;
-export function apply(session: Session, options: ApplyOptions & { skip?: undefined }): Promise<ApplyResult>;
+export function apply(
+  session: RunnerSession,
+  options: ApplyOptions & { skip: (plan: Plan) => boolean },
+): Promise<ApplyResult | SkippedApply>;
+export function apply(session: RunnerSession, options: ApplyOptions & { skip?: undefined }): Promise<ApplyResult>;
 export async function apply(
-  session: Session,
+  session: RunnerSession,
   options: ApplyOptions & { skip?: (plan: Plan) => boolean },
 ): Promise<ApplyResult | SkippedApply> {
   let lock: { release(): void };
@@ -155,19 +196,23 @@ export async function apply(
   }
   try {
     const interrupted = session.state.recoverInterrupted();
+    const runner = session.backend.runner;
     // Their kaos died without stopping them: stop them before anything reruns,
     // clear what it was writing when it died, and distrust what they wrote unwatched.
-    await stopOrphanedJobs(interrupted.map((job) => job.id));
-    await session.backend.recoverAfterCrash(interrupted);
-    const current = await plan(session, { force: options.force, refresh: options.refresh, manifests: options.manifests });
-    session.backend.checkResources(current);
+    await runner.recoverAfterCrash(interrupted);
+    const current = await buildSessionPlan(session, session.backend, {
+      force: options.force,
+      refresh: options.refresh,
+      manifests: options.manifests,
+    });
+    runner.checkResources(current);
     if (options.skip?.(current) === true) return { skipped: true, plan: current };
     options.onPlan?.(current);
     const run = session.state.beginRun(session.stack.name, options.command);
     let result: ExecuteResult | undefined;
     let recordError: unknown;
     try {
-      result = await session.backend.execute({
+      result = await runner.execute({
         plan: current,
         runId: run.id,
         reporter: options.reporter,
@@ -177,7 +222,7 @@ export async function apply(
     } catch (error) {
       // The run cannot go on (a full disk, most likely): jobs still running would
       // outlive it unrecorded, so they are stopped before the error is told.
-      await session.backend.stopAll("stopped: kaos could not go on with this run");
+      await runner.stopAll("stopped: kaos could not go on with this run");
       throw diskFullError(error, session.config.root);
     } finally {
       recordError = finishRun(session, run.id, result);
@@ -198,7 +243,7 @@ export async function apply(
  * disk when it is one) when the run itself got through; after a failed run that
  * failure is the error to tell, and the next kaos up recovers the run.
  */
-function finishRun(session: Session, runId: string, result: ExecuteResult | undefined): unknown {
+function finishRun(session: RunnerSession, runId: string, result: ExecuteResult | undefined): unknown {
   try {
     session.state.finishRun(runId, runState(result));
     return undefined;

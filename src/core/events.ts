@@ -2,6 +2,7 @@
  * What a run reports while it goes: the events a backend emits and the
  * reporter the CLI renders them with (cli/progress.ts).
  */
+import type { Plan } from "./plan.js";
 import type { JobRecord, Stage } from "./state.js";
 
 /** An ingest's progress: files and bytes so far, rate and time left. */
@@ -20,7 +21,11 @@ export type RunEvent =
   | { kind: "stage"; pipeline: string; stage: Stage; status: "skipped"; reason: string }
   | { kind: "job"; job: JobRecord; message?: string }
   | ({ kind: "ingest"; pipeline: string } & IngestProgress)
-  | { kind: "note"; message: string };
+  | { kind: "note"; message: string }
+  /** The plan a backend whose jobs run elsewhere is about to apply. */
+  | { kind: "plan"; plan: Plan }
+  /** What a tool the backend drives (Pulumi) printed, as it printed it. */
+  | { kind: "output"; text: string };
 
 export interface Reporter {
   event(event: RunEvent): void;

@@ -48,6 +48,17 @@
  * the window could hide an edit made within one tick of being hashed.
  * A store without `savedAt` gives no trusted entries: every file is read.
  *
+ * File system monitor. With `monitor` and a store that keeps its token, the
+ * monitor is asked, before anything is walked, what changed since the token
+ * saved with the cache. When it names the paths exactly, only those are
+ * lstat'ed (and read when their stat differs or is racy) and every other
+ * file is taken from the cache as it is: no event since the token means no
+ * change since the walk that read it began. The cache then keeps its old
+ * `savedAt`, the earliest moment any of its entries was read. When the
+ * monitor cannot tell, or the changes are more than paths to look at one by
+ * one, the tree is walked, and the token asked for before the walk is saved
+ * with what it found.
+ *
  * Speed. A small pool of worker threads (hash-worker.ts) lists directories,
  * lstats and reads files with synchronous fs calls and one reused buffer
  * each. The walk is split into units of a couple of thousand entries that any
@@ -70,7 +81,7 @@
  * or by the calling thread with the same code, starting none.
  */
 import { createHash } from "node:crypto";
-import { constants as fsConstants, existsSync, readFileSync, statSync } from "node:fs";
+import { type BigIntStats, constants as fsConstants, existsSync, lstatSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
@@ -78,7 +89,9 @@ import { join, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import type { TreeMonitor } from "./monitor.js";
 import {
+  ALWAYS_IGNORED,
   HASH_WORKER_MARK,
   MODE_NAMES,
   RACY_WINDOW_COARSE_NS,
@@ -98,8 +111,12 @@ import {
   type WorkerFileError,
   type WorkerRequest,
   type WorkerResult,
+  hashRegularFile,
+  isEditorFile,
+  rulesFor,
   runHashJob,
   runWalk,
+  searchSortedRows,
 } from "./tree-walk.js";
 
 export interface TreeFile {
@@ -119,7 +136,15 @@ export interface TreeHash {
   hash: string;
   /** Sorted by path (byte order of the UTF-8 path). */
   files: TreeFile[];
-  stats: { files: number; bytes: number; hashedFiles: number; hashedBytes: number; cacheHits: number };
+  stats: {
+    files: number;
+    bytes: number;
+    hashedFiles: number;
+    hashedBytes: number;
+    cacheHits: number;
+    /** The file system monitor named what changed: only that was looked at. */
+    monitored?: boolean;
+  };
 }
 
 /**
@@ -163,9 +188,17 @@ export interface StatCacheStore {
    * Replace the cached entries of one root after a hash (one transaction). `cacheTimeNs` is when the walk started, for the racy rule;
    * `treeHash` is the tree hash of exactly these entries.
    */
-  save(root: string, entries: StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string): void | Promise<void>;
+  save(root: string, entries: StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string, monitorToken?: string): void | Promise<void>;
   /** When the cache for root was last saved (the walk start time), or undefined. */
   savedAt?(root: string): bigint | undefined;
+  /**
+   * The file system monitor's token saved together with the entries last
+   * loaded: every change since it is one the monitor can name. Undefined
+   * when the walk that saved them did not ask the monitor first.
+   */
+  monitorToken?(root: string): string | undefined;
+  /** Pairs a newer token with the entries last loaded or saved, found still true. */
+  recordMonitorToken?(root: string, token: string): void;
 }
 
 export interface HashTreeOptions {
@@ -180,6 +213,12 @@ export interface HashTreeOptions {
    * FIFOs and devices, which hold no content, are left out instead of refused.
    */
   everyFile?: boolean;
+  /**
+   * A file system monitor to ask what changed since the stat cache was saved
+   * (core/monitor.ts); when it can say exactly, only those paths are looked
+   * at. Only with a `statCache` that keeps its token.
+   */
+  monitor?: TreeMonitor;
 }
 
 const TREE_HASH_HEADER = "kaos-tree-v1\n";
@@ -754,8 +793,19 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
   // A cache the threads can read in place is loaded before they start: they
   // compare each file with it and send back little more than its row.
   const packed = store?.loadPacked?.(absoluteRoot);
-  const workers = walkersFor(options.workers, packed?.count);
   const savedAt = packed !== undefined ? packed.savedAt : store?.savedAt?.(absoluteRoot);
+  // Asked before anything is walked: whatever changes from here on, the monitor names next time.
+  let monitorToken: string | undefined;
+  if (options.monitor !== undefined && store?.monitorToken !== undefined && options.everyFile !== true) {
+    const previous = store.monitorToken(absoluteRoot);
+    const answer = await options.monitor.changesSince(absoluteRoot, previous);
+    monitorToken = answer?.token;
+    if (answer !== undefined && answer.changed !== null && previous !== undefined && packed !== undefined) {
+      const tree = await treeFromChanges(absoluteRoot, rules, packed, answer.changed, store, answer.token);
+      if (tree !== undefined) return tree;
+    }
+  }
+  const workers = walkersFor(options.workers, packed?.count);
   const run = new TreeRun(
     absoluteRoot,
     workers,
@@ -796,8 +846,213 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
     listing.unchangedPacked !== undefined
       ? listing.unchangedPacked.treeHash !== undefined
       : cursor !== undefined && listing.read === 0 && listing.cacheHits === cache?.size;
-  if (store !== undefined && !unchanged) await store.save(absoluteRoot, listing.allEntries(), cacheTimeNs, tree.hash);
+  if (store !== undefined && !unchanged) await store.save(absoluteRoot, listing.allEntries(), cacheTimeNs, tree.hash, monitorToken);
+  else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
   return tree;
+}
+
+/** Changed paths past this many are walked in parallel instead of looked at one by one here. */
+const MONITORED_CHANGES_MAX = 256;
+
+/**
+ * The tree from its packed stat cache and the paths the monitor says changed
+ * since the cache was saved: only those are lstat'ed (and read when their
+ * stat differs or is racy); every other file is as cached. Undefined when
+ * the changes are not plain files to look at one by one (a directory came
+ * or went, `.kaosignore` changed, too many of them): the caller walks.
+ */
+async function treeFromChanges(
+  root: string,
+  rules: string[] | null,
+  packed: PackedStatCache,
+  changed: string[],
+  store: StatCacheStore,
+  token: string,
+): Promise<TreeHash | undefined> {
+  if (changed.length > MONITORED_CHANGES_MAX || changed.includes(IGNORE_FILE)) return undefined;
+  const ignored = rulesFor(rules);
+  const limits: RacyLimits = { fine: packed.savedAt - RACY_WINDOW_FINE_NS, coarse: packed.savedAt - RACY_WINDOW_COARSE_NS };
+  /** New entries by path; null for paths that are no longer part of the tree. */
+  const updates = new Map<string, StatCacheEntry | null>();
+  const removedPrefixes: string[] = [];
+  const directories = new Map<string, boolean>();
+  // Only a path the cache lists changes the tree by going: an editor's swap file coming and going does not.
+  const drop = (path: string): void => {
+    if (findRow(packed, path) >= 0) updates.set(path, null);
+    else updates.delete(path);
+  };
+  let read = 0;
+  let readBytes = 0;
+  for (const path of changed) {
+    if (path === "" || path.startsWith("/") || path.split("/").some((part) => part === "" || part === "." || part === ".."))
+      return undefined;
+    if (isLeftOut(path, ignored)) continue;
+    const absolute = `${root}/${path}`;
+    if (!underRealDirectories(root, path, directories)) {
+      // A directory on the way became a link or a file, or went: the walk does not go in there.
+      drop(path);
+      continue;
+    }
+    let stats: BigIntStats | undefined;
+    try {
+      stats = lstatSync(absolute, { bigint: true, throwIfNoEntry: false });
+    } catch {
+      return undefined;
+    }
+    if (stats?.isDirectory() === true) {
+      // A directory that came (or was moved in) holds files no event named.
+      if (ignored?.ignores(`${path}/`) !== true) return undefined;
+      drop(path);
+      removedPrefixes.push(`${path}/`);
+      continue;
+    }
+    // Whatever this path held below it, as a directory, is gone.
+    removedPrefixes.push(`${path}/`);
+    const name = path.slice(path.lastIndexOf("/") + 1);
+    if (stats === undefined || isEditorFile(name) || ignored?.ignores(path) === true) {
+      drop(path);
+      continue;
+    }
+    // Sockets and FIFOs: the walk says what is wrong with them.
+    if (!stats.isFile() && !stats.isSymbolicLink()) return undefined;
+    const mode: TreeFile["mode"] = stats.isSymbolicLink() ? "symlink" : (stats.mode & 0o100n) !== 0n ? "exec" : "file";
+    const row = findRow(packed, path);
+    const cached = row < 0 ? undefined : packed.entryAt(row);
+    if (cached !== undefined && sameStats(cached, stats, mode, limits)) continue;
+    let hash: string;
+    let size = Number(stats.size);
+    try {
+      if (mode === "symlink") {
+        const target = readlinkSync(absolute, { encoding: "buffer" });
+        size = target.length;
+        hash = createHash("sha256").update(target).digest("hex");
+      } else {
+        hash = hashRegularFile(absolute);
+      }
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT") {
+        drop(path);
+        continue;
+      }
+      // The walk reports it with the bundle's wording.
+      return undefined;
+    }
+    read++;
+    readBytes += size;
+    updates.set(path, { path, dev: stats.dev, ino: stats.ino, size, mtimeNs: stats.mtimeNs, ctimeNs: stats.ctimeNs, mode, hash });
+  }
+  const removedRows = rowsUnder(packed, removedPrefixes);
+  if (updates.size === 0 && removedRows.size === 0) {
+    let bytes = 0;
+    const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
+    for (let row = 0; row < sizes.length; row++) bytes += sizes[row]!;
+    const stats = { files: packed.count, bytes, hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count, monitored: true };
+    const tree = lazyTree(root, packed.treeHash ?? digestOfRows(packed), packed, stats);
+    store.recordMonitorToken?.(root, token);
+    return tree;
+  }
+  // Every row stays but those replaced or gone; new paths go in in path order.
+  const entries: StatCacheEntry[] = [];
+  const added = [...updates.values()].filter((entry): entry is StatCacheEntry => entry !== null && findRow(packed, entry.path) < 0);
+  added.sort((a, b) => comparePaths(a.path, b.path));
+  let next = 0;
+  for (let row = 0; row < packed.count; row++) {
+    if (removedRows.has(row)) continue;
+    const entry = packed.entryAt(row);
+    while (next < added.length && comparePaths(added[next]!.path, entry.path) < 0) entries.push(added[next++]!);
+    const update = updates.get(entry.path);
+    if (update === null) continue;
+    entries.push(update ?? entry);
+  }
+  while (next < added.length) entries.push(added[next++]!);
+  const digest = new TreeDigest();
+  const files: TreeFile[] = [];
+  let bytes = 0;
+  for (const entry of entries) {
+    const file = fileOf(entry);
+    files.push(file);
+    digest.add(file);
+    bytes += file.size;
+  }
+  const hash = digest.finish();
+  // Entries kept from the cache were read before its time, new ones after: the
+  // cache's time stays, the earliest, which is what the racy rule needs.
+  await store.save(root, entries, packed.savedAt, hash, token);
+  return {
+    root,
+    hash,
+    files,
+    stats: { files: files.length, bytes, hashedFiles: read, hashedBytes: readBytes, cacheHits: files.length - read, monitored: true },
+  };
+}
+
+/** Whether every directory above `path` is a directory, not a symlink to one (results kept in `known`). */
+function underRealDirectories(root: string, path: string, known: Map<string, boolean>): boolean {
+  for (let slash = path.indexOf("/"); slash >= 0; slash = path.indexOf("/", slash + 1)) {
+    const directory = path.slice(0, slash);
+    let real = known.get(directory);
+    if (real === undefined) {
+      real = lstatSync(`${root}/${directory}`, { throwIfNoEntry: false })?.isDirectory() === true;
+      known.set(directory, real);
+    }
+    if (!real) return false;
+  }
+  return true;
+}
+
+/** Left out of every bundle whatever it holds: an always-ignored name on the way, or an ignored directory above it. */
+function isLeftOut(path: string, ignored: ReturnType<typeof rulesFor>): boolean {
+  const parts = path.split("/");
+  let prefix = "";
+  for (let index = 0; index < parts.length; index++) {
+    const part = parts[index]!;
+    if (ALWAYS_IGNORED.has(part)) return true;
+    if (index < parts.length - 1) {
+      prefix += `${part}/`;
+      if (ignored?.ignores(prefix) === true) return true;
+    }
+  }
+  return false;
+}
+
+function sameStats(entry: StatCacheEntry, stats: BigIntStats, mode: TreeFile["mode"], limits: RacyLimits): boolean {
+  return (
+    entry.mode === mode &&
+    entry.size === Number(stats.size) &&
+    entry.mtimeNs === stats.mtimeNs &&
+    entry.ctimeNs === stats.ctimeNs &&
+    BigInt.asUintN(64, BigInt(entry.ino)) === BigInt.asUintN(64, stats.ino) &&
+    BigInt.asUintN(64, BigInt(entry.dev)) === BigInt.asUintN(64, stats.dev) &&
+    isOutsideRacyWindow(stats.mtimeNs, stats.ctimeNs, limits.fine, limits.coarse)
+  );
+}
+
+/** Paths in the order of their UTF-8 bytes, the order of the walk and of the cache. */
+function comparePaths(left: string, right: string): number {
+  if (/[\uD800-\uDFFF]/.test(left) || /[\uD800-\uDFFF]/.test(right)) {
+    return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8"));
+  }
+  return left < right ? -1 : left > right ? 1 : 0;
+}
+
+function findRow(packed: PackedStatCache, path: string): number {
+  return searchSortedRows(packed.count, (row) => comparePaths(packed.entryAt(row).path, path)).row;
+}
+
+/** The rows whose paths start with one of the prefixes. */
+function rowsUnder(packed: PackedStatCache, prefixes: string[]): Set<number> {
+  const rows = new Set<number>();
+  for (const prefix of prefixes) {
+    let row = searchSortedRows(packed.count, (at) => comparePaths(packed.entryAt(at).path, prefix)).next;
+    while (row < packed.count && packed.entryAt(row).path.startsWith(prefix)) rows.add(row++);
+  }
+  return rows;
+}
+
+function digestOfRows(packed: PackedStatCache): string {
+  const digest = new TreeDigest();
+  for (let row = 0; row < packed.count; row++) digest.add(fileOf(packed.entryAt(row)));
+  return digest.finish();
 }
 
 let nextCacheId = 1;
@@ -958,12 +1213,6 @@ class Listing {
     for (let row = 0; row < this.hitRows; row++) this.addHit(this.packed!.entryAt(row));
   }
 
-  private digestOfRows(packed: PackedStatCache): string {
-    const digest = new TreeDigest();
-    for (let row = 0; row < packed.count; row++) digest.add(fileOf(packed.entryAt(row)));
-    return digest.finish();
-  }
-
   /** What the stat cache should hold now, in path order. */
   allEntries(): StatCacheEntry[] {
     if (this.hitsOnly) this.buildHitRows();
@@ -979,7 +1228,7 @@ class Listing {
         const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
         for (let row = 0; row < sizes.length; row++) bytes += sizes[row]!;
         const stats = { files: packed.count, bytes, hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count };
-        return lazyTree(root, packed.treeHash ?? this.digestOfRows(packed), packed, stats);
+        return lazyTree(root, packed.treeHash ?? digestOfRows(packed), packed, stats);
       }
       // Files at the end of the cache are gone.
       this.buildHitRows();

@@ -354,15 +354,21 @@ function checkDistribution(entry: Record<string, unknown>, path: KeyPath, refuse
 }
 
 /**
- * JSON with object keys sorted at every level, so that the same params give the
- * same text (and so the same job key) whatever order they were written in.
+ * JSON with object keys sorted at every level (by code unit, digits-only keys
+ * too) and no whitespace, so that the same params give the same text (and so
+ * the same job key) whatever order they were written in. Keys whose value is
+ * undefined are left out, as JSON.stringify leaves them out; in an array an
+ * undefined is null. Job keys, grid keys, the applied record and the cluster's
+ * pipeline specs are all written with it.
  */
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map((item) => canonicalJson(item)).join(",")}]`;
   if (typeof value === "object" && value !== null) {
-    const entries = Object.keys(value)
+    const record = value as Record<string, unknown>;
+    const entries = Object.keys(record)
+      .filter((key) => record[key] !== undefined)
       .sort()
-      .map((key) => `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`);
+      .map((key) => `${JSON.stringify(key)}:${canonicalJson(record[key])}`);
     return `{${entries.join(",")}}`;
   }
   if (typeof value === "number" && !Number.isFinite(value)) {

@@ -63,7 +63,8 @@ export function stateDirOf(root: string): string {
 /**
  * What kaos itself keeps at the top of `.kaos/`: the state database and its
  * SQLite companions, the object store, environments, laid-out data, tree
- * listings, job directories, Pulumi's state and the interpreter hint. Any
+ * listings, job directories, Pulumi's state, the interpreter hint and the
+ * file system monitor's socket and cookies. Any
  * other name there was put by someone else.
  */
 export const STATE_DIR_NAMES: ReadonlySet<string> = new Set([
@@ -80,7 +81,19 @@ export const STATE_DIR_NAMES: ReadonlySet<string> = new Set([
   "jobs",
   "pulumi",
   "python-probe",
+  "monitor.sock",
+  "monitor.cookies",
 ]);
+
+/** The socket the file system monitor (`kaos watch`, `kaos monitor`) answers on; see core/monitor.ts. */
+export function monitorSocketOf(stateDir: string): string {
+  return join(stateDir, "monitor.sock");
+}
+
+/** Where the monitor writes the cookie files that tell it every earlier event has arrived. */
+export function monitorCookiesOf(stateDir: string): string {
+  return join(stateDir, "monitor.cookies");
+}
 
 /** A job's files: outputs, timestamped log, params, and its copy of the source. */
 export function jobPaths(stateDir: string, jobId: string) {

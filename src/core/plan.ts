@@ -12,6 +12,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
+import { projectMonitor } from "./monitor.js";
 import { canonicalJson, expandSpace } from "./hyperparams.js";
 import { checkFileUrls, manifestDataKey, pinnedHash, readLock, readManifest, type ManifestEntry, type ManifestLock } from "./manifest.js";
 import { fileUrlScopeOf } from "./urls.js";
@@ -80,7 +81,19 @@ export interface Plan {
   pipelines: PipelinePlan[];
   /** True when any stage or job would run. */
   changes: boolean;
-  stats: { files: number; hashedFiles: number; hashedBytes: number; cacheHits: number };
+  /** How the plan says a job need not run when nothing changes; default "already succeeded". */
+  upToDate?: string;
+  stats: PlanStats;
+}
+
+/** What hashing the bundles took: files checked, read, and how many trees the file system monitor answered for. */
+export interface PlanStats {
+  files: number;
+  hashedFiles: number;
+  hashedBytes: number;
+  cacheHits: number;
+  trees: number;
+  monitoredTrees: number;
 }
 
 /** What a backend answers for the planner: how environments are built and what already exists. */
@@ -219,16 +232,18 @@ async function planPipeline(
   // second): let it run while the trees are hashed.
   const runtimePending = oracle.runtime(bundle);
   runtimePending.catch(() => {});
-  // A reader (a sweep's keys) trusts the cache as a writer would, and leaves it as it found it.
+  // A reader (a sweep's keys) trusts the cache as a writer would, and leaves it as it found it;
+  // only a writer keeps the monitor's token with the cache.
   const statCache = state.readonly ? { ...state.statCache(), save: () => {} } : state.statCache();
-  const sourceTree = await hashTree(pipeline.sourceDir, { statCache });
+  const monitor = state.readonly ? undefined : projectMonitor(stateDir);
+  const sourceTree = await hashTree(pipeline.sourceDir, { statCache, monitor });
   // Only the links are checked: an unchanged tree need not list every file.
   checkTreeLinks(treeLinks(sourceTree), where);
   let dataTree: TreeHash | undefined;
   let manifest: PipelinePlan["manifest"];
   let dataKey: string | undefined;
   if (pipeline.data.kind === "dir") {
-    dataTree = await hashTree(pipeline.data.dir, { statCache });
+    dataTree = await hashTree(pipeline.data.dir, { statCache, monitor });
     checkTreeLinks(treeLinks(dataTree), `pipelines.${pipeline.name}.data`);
     dataKey = dataTree.hash;
   } else {
@@ -325,8 +340,10 @@ async function planPipeline(
             hashedFiles: sum.hashedFiles + tree.stats.hashedFiles,
             hashedBytes: sum.hashedBytes + tree.stats.hashedBytes,
             cacheHits: sum.cacheHits + tree.stats.cacheHits,
+            trees: sum.trees + 1,
+            monitoredTrees: sum.monitoredTrees + (tree.stats.monitored === true ? 1 : 0),
           },
-    { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 },
+    { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0, trees: 0, monitoredTrees: 0 },
   );
   return {
     plan: {
@@ -348,7 +365,7 @@ export async function buildPlan(options: PlanOptions): Promise<Plan> {
   const applied = options.state.getApplied(options.stack.name);
   const objects = new ObjectStore(join(stateDirOf(options.config.root), "objects"));
   const pipelines: PipelinePlan[] = [];
-  const stats: Plan["stats"] = { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 };
+  const stats: Plan["stats"] = { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0, trees: 0, monitoredTrees: 0 };
   for (const pipeline of options.config.pipelines) {
     const result = await planPipeline(options, pipeline, applied[pipeline.name], objects);
     pipelines.push(result.plan);
@@ -356,6 +373,8 @@ export async function buildPlan(options: PlanOptions): Promise<Plan> {
     stats.hashedFiles += result.stats.hashedFiles;
     stats.hashedBytes += result.stats.hashedBytes;
     stats.cacheHits += result.stats.cacheHits;
+    stats.trees += result.stats.trees;
+    stats.monitoredTrees += result.stats.monitoredTrees;
   }
   markSharedJobs(pipelines);
   const changes = pipelines.some(
@@ -383,6 +402,12 @@ export function appliedOf(plan: PipelinePlan, dataKey: string | null): AppliedPi
 }
 
 /** The stable JSON of `kaos plan --json`. */
+/** How many trees the file system monitor spared a walk, when it did. */
+function monitored(stats: PlanStats): string {
+  if (stats.monitoredTrees === 0) return "";
+  return `; file system monitor: ${stats.monitoredTrees} of ${stats.trees} tree${stats.trees === 1 ? "" : "s"} not walked`;
+}
+
 export function planJson(plan: Plan): unknown {
   return {
     stack: plan.stack,
@@ -413,6 +438,7 @@ export function planJson(plan: Plan): unknown {
       },
     })),
     changes: plan.changes,
+    stats: plan.stats,
   };
 }
 
@@ -440,7 +466,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
   const hashed = plan.stats.hashedFiles;
   lines.push(
     c.dim(
-      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plan.stats.files} files checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${formatBytes(plan.stats.hashedBytes)})`,
+      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plan.stats.files} files checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${formatBytes(plan.stats.hashedBytes)}${monitored(plan.stats)})`,
     ),
   );
   let stagesToRun = 0;
@@ -481,7 +507,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       ? c.bold(
           `Plan: ${stagesToRun} stage${stagesToRun === 1 ? "" : "s"} and ${jobsToRun} job${jobsToRun === 1 ? "" : "s"} to run, ${jobsSkipped} skipped.`,
         )
-      : c.green(`No changes: ${jobsSkipped} job${jobsSkipped === 1 ? "" : "s"} already succeeded.`),
+      : c.green(`No changes: ${jobsSkipped} job${jobsSkipped === 1 ? "" : "s"} ${plan.upToDate ?? "already succeeded"}.`),
   );
   return lines.join("\n");
 }

@@ -285,6 +285,16 @@ const JOB_COLUMNS =
 
 const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "cancelled"];
 
+/** The meta key, followed by the root, under which a stat cache's monitor token is kept: "GENERATION TOKEN". */
+const MONITOR_TOKEN_KEY = "monitor-token:";
+
+/** The token kept for a stat cache, if it was kept for exactly this generation of it. */
+function monitorTokenFor(value: string | null, generation: bigint): string | undefined {
+  if (value === null) return undefined;
+  const space = value.indexOf(" ");
+  return space > 0 && value.slice(0, space) === String(generation) ? value.slice(space + 1) : undefined;
+}
+
 export class StateStore {
   readonly path: string;
   readonly root: string;
@@ -297,7 +307,10 @@ export class StateStore {
    * with its entries (read in the same query), and its generation lets an
    * unchanged save touch only the time, unless another process rewrote it since.
    */
-  private readonly statCaches = new Map<string, { columns: StatCacheColumns; savedAt: bigint; generation: bigint }>();
+  private readonly statCaches = new Map<
+    string,
+    { columns: StatCacheColumns; savedAt: bigint; generation: bigint; monitorToken: string | undefined }
+  >();
   /** Releases of the writer locks this store holds, so that close() gives them back. */
   private readonly heldLocks = new Set<() => void>();
 
@@ -366,8 +379,10 @@ export class StateStore {
     return {
       load: (root) => this.loadStatCache(root),
       loadPacked: (root) => this.loadPackedStatCache(root),
-      save: (root, entries, cacheTimeNs, treeHash) => this.saveStatCache(root, entries, cacheTimeNs, treeHash),
+      save: (root, entries, cacheTimeNs, treeHash, monitorToken) => this.saveStatCache(root, entries, cacheTimeNs, treeHash, monitorToken),
       savedAt: (root) => this.statCacheSavedAt(root),
+      monitorToken: (root) => this.statCaches.get(root)?.monitorToken,
+      recordMonitorToken: (root, token) => this.recordMonitorToken(root, token),
     };
   }
 
@@ -377,15 +392,23 @@ export class StateStore {
    */
   loadStatCache(root: string): StatCacheMap {
     if (this.db === null) return new StatCacheMap();
-    const row = this.stmt("SELECT data, saved_at, generation FROM stat_cache WHERE root = ?", "bigint").get(root) as
-      | { data: Buffer; saved_at: bigint; generation: bigint }
-      | undefined;
+    // The monitor's token is read in the same statement, so that it pairs with these entries.
+    const row = this.stmt(
+      "SELECT s.data, s.saved_at, s.generation, m.value AS token FROM stat_cache s " +
+        "LEFT JOIN meta m ON m.key = ? || s.root WHERE s.root = ?",
+      "bigint",
+    ).get(MONITOR_TOKEN_KEY, root) as { data: Buffer; saved_at: bigint; generation: bigint; token: string | null } | undefined;
     const columns = row === undefined ? undefined : StatCacheColumns.decode(row.data);
     if (row === undefined || columns === undefined) {
       this.statCaches.delete(root);
       return new StatCacheMap();
     }
-    this.statCaches.set(root, { columns, savedAt: row.saved_at, generation: row.generation });
+    this.statCaches.set(root, {
+      columns,
+      savedAt: row.saved_at,
+      generation: row.generation,
+      monitorToken: monitorTokenFor(row.token, row.generation),
+    });
     return new StatCacheMap(columns);
   }
 
@@ -400,7 +423,7 @@ export class StateStore {
     return known?.columns.packed(known.savedAt);
   }
 
-  saveStatCache(root: string, entries: readonly StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string): void {
+  saveStatCache(root: string, entries: readonly StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string, monitorToken?: string): void {
     this.writer();
     const previous = this.statCaches.get(root);
     if (
@@ -418,22 +441,47 @@ export class StateStore {
       );
       if (updated.changes === 1) {
         previous.savedAt = cacheTimeNs;
+        // The same entries: a token paired with them before stays true.
+        if (monitorToken !== undefined) this.recordMonitorToken(root, monitorToken);
         return;
       }
     }
     const blob = encodeStatCache(entries, treeHash);
-    const row = this.transaction(
-      () =>
-        this.stmt(
-          "INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES (?, ?, 1, ?, ?) " +
-            "ON CONFLICT(root) DO UPDATE SET saved_at = excluded.saved_at, generation = stat_cache.generation + 1, " +
-            "entries = excluded.entries, data = excluded.data RETURNING generation",
-          "bigint",
-        ).get(root, cacheTimeNs, entries.length, blob) as { generation: bigint },
-    );
+    const row = this.transaction(() => {
+      const saved = this.stmt(
+        "INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES (?, ?, 1, ?, ?) " +
+          "ON CONFLICT(root) DO UPDATE SET saved_at = excluded.saved_at, generation = stat_cache.generation + 1, " +
+          "entries = excluded.entries, data = excluded.data RETURNING generation",
+        "bigint",
+      ).get(root, cacheTimeNs, entries.length, blob) as { generation: bigint };
+      if (monitorToken === undefined) this.stmt("DELETE FROM meta WHERE key = ?").run(MONITOR_TOKEN_KEY + root);
+      else this.writeMonitorToken(root, saved.generation, monitorToken);
+      return saved;
+    });
     const columns = StatCacheColumns.decode(blob);
     if (columns === undefined) this.statCaches.delete(root);
-    else this.statCaches.set(root, { columns, savedAt: cacheTimeNs, generation: row.generation });
+    else this.statCaches.set(root, { columns, savedAt: cacheTimeNs, generation: row.generation, monitorToken });
+  }
+
+  /**
+   * Pairs the monitor's `token` with the stat cache of `root` last loaded or
+   * saved here, whose entries a walk or the monitor found still true. If
+   * another process has rewritten that cache since, the pair names the old
+   * generation and is never trusted.
+   */
+  recordMonitorToken(root: string, token: string): void {
+    const known = this.statCaches.get(root);
+    if (known === undefined || known.monitorToken === token) return;
+    this.writer();
+    this.writeMonitorToken(root, known.generation, token);
+    known.monitorToken = token;
+  }
+
+  private writeMonitorToken(root: string, generation: bigint, token: string): void {
+    this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(
+      MONITOR_TOKEN_KEY + root,
+      `${generation} ${token}`,
+    );
   }
 
   /**

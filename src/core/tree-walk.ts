@@ -295,7 +295,8 @@ function compareCodePoints(left: string, right: string): number {
 let rulesSource: string[] | null = null;
 let rules: Ignore | undefined;
 
-function rulesFor(patterns: string[] | null): Ignore | undefined {
+/** The gitignore matcher of these patterns (the last one made is kept), or undefined for none. */
+export function rulesFor(patterns: string[] | null): Ignore | undefined {
   if (patterns === null) return undefined;
   if (rulesSource === null || rulesSource.length !== patterns.length || rulesSource.some((rule, index) => rule !== patterns[index])) {
     // Loaded on first need: most bundles have no .kaosignore, and every module

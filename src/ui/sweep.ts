@@ -8,6 +8,7 @@
  */
 import { statSync } from "node:fs";
 import { loadConfig, loadStack } from "../core/config.js";
+import { createBackend } from "../backends/index.js";
 import { sweepInputs } from "../core/engine.js";
 import { currentSweep, type SweepInputs } from "../core/sweep.js";
 import type { MetricValue } from "../core/metrics.js";
@@ -84,7 +85,7 @@ export class SweepReader {
     const config = await loadConfig({ cwd: this.reader.root, configPath: this.configFile });
     let hashed: Promise<Map<string, SweepInputs>> | undefined;
     const inputs = (): Promise<Map<string, SweepInputs>> => {
-      hashed ??= loadStack(config, undefined).then((stack) => sweepInputs(config, stack, this.reader.get()));
+      hashed ??= this.hashInputs(config);
       // A failure (a bundle being edited, say) is not kept: the next request tries again.
       hashed.catch(() => {
         if (this.cached?.inputs === inputs) this.cached = undefined;
@@ -99,6 +100,14 @@ export class SweepReader {
       inputs,
     };
     return this.cached;
+  }
+
+  /** The keys of every pipeline's bundles, hashed as the local backend's planner hashes them. */
+  private async hashInputs(config: ResolvedConfig): Promise<Map<string, SweepInputs>> {
+    const stack = await loadStack(config, undefined);
+    const state = this.reader.get();
+    const backend = await createBackend({ config, stack, state });
+    return sweepInputs(config, stack, state, backend);
   }
 }
 

@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, readdirSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { canonicalJson } from "../../src/backends/kubernetes/canonical.js";
+import { canonicalJson } from "../../src/core/hyperparams.js";
 import { FakePachd } from "../fixtures/kubernetes/fake-pachd.js";
 import { makeProject, runKaos, startKaos, type Project, type RunResult } from "../helpers/rig.js";
 // @ts-expect-error plain JavaScript module of the engine scripts
@@ -130,6 +130,8 @@ function stateDependencies(): Map<string, string[]> {
 beforeAll(async () => {
   cluster = (await startCluster({ scheduler: false })) as Cluster;
   pachd = new FakePachd();
+  // As pachd does, a pipeline that mounts a secret is refused until the secret is in the namespace.
+  pachd.secretExists = async (name) => (await apiGet(cluster, `/api/v1/namespaces/${NAMESPACE}/secrets/${name}`)).status === 200;
   await pachd.start();
   project = makeProject(
     {
@@ -297,7 +299,7 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     project.write({ "svm/grid.json": JSON.stringify({ C: [1, 10, 100, 1000, 5], kernel: ["linear", "poly"] }) });
     const failed = await kaos(["up"]);
     expect(failed.code).toBe(1);
-    expect(failed.stderr).toContain("repo mnist-svm-params not found");
+    expect(failed.stderr).toContain("repo default/mnist-svm-params not found");
     const json = await kaos(["plan", "--json"]);
     expect(json.code).toBe(0);
     const up = await kaos(["up", "--refresh"]);

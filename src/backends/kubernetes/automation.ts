@@ -4,24 +4,18 @@
  * `.kaos/pulumi` (or the stack's `pulumi.backendUrl`), with passphrase
  * secrets.
  *
- * The Pulumi CLI does the work; the SDK drives it through a `PulumiCommand`,
- * of which it only reads `command` and `version` and calls `run(args, cwd,
- * env, ...)`. kaos hands it a runner of that shape that does what
- * PulumiCommand.run does (adds `--non-interactive`, marks the environment as
- * Automation API, puts the CLI's directory first on PATH so its bundled
- * plugins are found) and starts the process through a `PulumiExec`. That
- * function is the seam: tests inject one and see the exact arguments and
- * environment the CLI would get; failures come back as the SDK's own error
- * classes, so `createOrSelectStack` and locking work as with the SDK's runner.
+ * The Pulumi CLI does the work; the SDK drives it through the
+ * `PulumiCommand` that `PulumiCommand.get` returns (findPulumi). Tests hand
+ * in a `PulumiCli` instead: a `PulumiExec` that sees the exact arguments and
+ * environment the CLI would get (pulumi-runner.ts). What kaos reads of the
+ * SDK beyond its typed API is listed in test/pulumi-sdk.test.ts.
  */
-import { spawn } from "node:child_process";
 import { constants } from "node:fs";
 import { access, mkdir } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { homedir } from "node:os";
-import { basename, delimiter, dirname, isAbsolute, join } from "node:path";
+import { basename, delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import * as automation from "@pulumi/pulumi/automation/index.js";
 import {
   CommandError,
   ConcurrentUpdateError,
@@ -38,31 +32,16 @@ import { clusterProgram } from "./program.js";
 import { PACHD_ADDRESS_ENV } from "./settings.js";
 import { preflight, stableKubeconfig } from "./preflight.js";
 import { assertValidSpecs } from "./render.js";
+import { InjectedPulumiRunner, type PulumiCli } from "./pulumi-runner.js";
 
-/** Starts the Pulumi CLI once and answers how it ended (never throws for a non-zero exit). */
-export type PulumiExec = (
-  command: string,
-  args: readonly string[],
-  options: {
-    cwd: string;
-    /** Added to kaos's own environment. */
-    env: Record<string, string>;
-    onOutput?: ((data: string) => void) | undefined;
-    onError?: ((data: string) => void) | undefined;
-    signal?: AbortSignal | undefined;
-  },
-) => Promise<{ stdout: string; stderr: string; code: number }>;
-
-/** A Pulumi CLI: where it is, its version, and how to start it. */
-export interface PulumiCli {
-  command: string;
-  version: string;
-  exec: PulumiExec;
-}
+export type { PulumiCli, PulumiExec } from "./pulumi-runner.js";
 
 export interface ClusterRunOptions {
-  /** The Pulumi CLI to drive; default the `pulumi` found on PATH (or in ~/.pulumi/bin), started as a child process. */
-  pulumi?: PulumiCli;
+  /**
+   * The Pulumi CLI to drive; default the `pulumi` found on PATH (or in
+   * ~/.pulumi/bin), as the SDK's PulumiCommand. Tests give a PulumiCli.
+   */
+  pulumi?: PulumiCommand | PulumiCli;
   /** Environment read for the token, the passphrase and registry credentials. Default process.env. */
   env?: NodeJS.ProcessEnv;
   /** Pulumi's own progress output, as it comes. */
@@ -131,7 +110,8 @@ async function runCluster(
   const env = options.env ?? process.env;
   const plan = await planCluster(config, stack, inputs);
   assertValidSpecs(plan);
-  const runner = new PulumiProcessRunner(options.pulumi ?? (await findPulumi(env)));
+  const pulumi = options.pulumi ?? (await findPulumi(env));
+  const pulumiCommand = pulumi instanceof PulumiCommand ? pulumi : new InjectedPulumiRunner(pulumi).asPulumiCommand();
   const { settings } = plan;
   const envVars = pulumiEnv(plan, env);
   const secretValues = secretsIn(plan, env);
@@ -174,8 +154,7 @@ async function runCluster(
       { stackName: settings.pulumi.stackName, projectName: settings.pulumi.projectName, program },
       {
         workDir: settings.pulumi.workDir,
-        // The SDK uses nothing of PulumiCommand beyond what PulumiProcessRunner has.
-        pulumiCommand: runner as unknown as PulumiCommand,
+        pulumiCommand,
         envVars,
         secretsProvider: "passphrase",
         projectSettings: {
@@ -311,89 +290,12 @@ export function packageRoot(): string {
   return dirname(dirname(dirname(dirname(entry))));
 }
 
-/** The SDK's error classes are built by an internal helper; kaos needs them to behave like its runner. */
-const sdkInternals = automation as unknown as {
-  createCommandError(result: unknown): Error;
-  CommandResult: new (stdout: string, stderr: string, code: number, err?: Error) => { stdout: string; stderr: string; code: number };
-};
-
-/** Does what PulumiCommand.run does, through a PulumiExec. */
-export class PulumiProcessRunner {
-  readonly command: string;
-  readonly version: { toString(): string };
-  readonly #exec: PulumiExec;
-
-  constructor(cli: PulumiCli) {
-    this.command = cli.command;
-    this.version = { toString: () => cli.version.replace(/^v/, "") };
-    this.#exec = cli.exec;
-  }
-
-  async run(
-    args: string[],
-    cwd: string,
-    additionalEnv: { [key: string]: string },
-    onOutput?: (data: string) => void,
-    onError?: (data: string) => void,
-    signal?: AbortSignal,
-  ): Promise<{ stdout: string; stderr: string; code: number }> {
-    // Commands fail rather than prompt (and hang) without a terminal.
-    const fullArgs = args.includes("--non-interactive") ? [...args] : [...args, "--non-interactive"];
-    const env: Record<string, string> = { ...additionalEnv, PULUMI_AUTOMATION_API: "true" };
-    if (isAbsolute(this.command)) {
-      env["PATH"] = `${dirname(this.command)}${delimiter}${additionalEnv["PATH"] ?? process.env["PATH"] ?? ""}`;
-    }
-    let result: { stdout: string; stderr: string; code: number };
-    try {
-      result = await this.#exec(this.command, fullArgs, { cwd, env, onOutput, onError, signal });
-    } catch (error) {
-      const cause = error instanceof Error ? error : new Error(String(error));
-      throw sdkInternals.createCommandError(new sdkInternals.CommandResult("", cause.message, -2, cause));
-    }
-    const commandResult = new sdkInternals.CommandResult(result.stdout, result.stderr, result.code);
-    if (result.code !== 0) throw sdkInternals.createCommandError(commandResult);
-    return commandResult;
-  }
-}
-
-/** Starts the CLI as a child process with kaos's environment plus `env`. */
-export const spawnPulumi: PulumiExec = (command, args, options) =>
-  new Promise((resolve, reject) => {
-    const child = spawn(command, [...args], {
-      cwd: options.cwd,
-      env: { ...process.env, ...options.env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (data: string) => {
-      stdout += data;
-      options.onOutput?.(data);
-    });
-    child.stderr.setEncoding("utf8").on("data", (data: string) => {
-      stderr += data;
-      options.onError?.(data);
-    });
-    const abort = (): void => {
-      child.kill("SIGINT");
-    };
-    options.signal?.addEventListener("abort", abort, { once: true });
-    child.on("error", (error) => {
-      options.signal?.removeEventListener("abort", abort);
-      reject(error);
-    });
-    child.on("close", (code, signal) => {
-      options.signal?.removeEventListener("abort", abort);
-      resolve({ stdout, stderr, code: code ?? (signal ? 128 : 1) });
-    });
-  });
-
 /**
  * The Pulumi CLI on PATH, else in the default install location
  * (~/.pulumi/bin, where the install script puts it); PULUMI_MISSING otherwise.
  * The SDK checks its version.
  */
-export async function findPulumi(env: NodeJS.ProcessEnv = process.env, exec: PulumiExec = spawnPulumi): Promise<PulumiCli> {
+export async function findPulumi(env: NodeJS.ProcessEnv = process.env): Promise<PulumiCommand> {
   const candidates = (env["PATH"] ?? "")
     .split(delimiter)
     .filter((dir) => dir !== "")
@@ -420,9 +322,9 @@ export async function findPulumi(env: NodeJS.ProcessEnv = process.env, exec: Pul
   }
   const binDir = dirname(found);
   try {
-    // PulumiCommand.get runs `<root>/bin/pulumi version` and checks it against the SDK's minimum.
-    const command = basename(binDir) === "bin" ? await PulumiCommand.get({ root: dirname(binDir) }) : await PulumiCommand.get();
-    return { command: command.command === "pulumi" ? found : command.command, version: String(command.version ?? "3.0.0"), exec };
+    // PulumiCommand.get runs `<root>/bin/pulumi version` (or the `pulumi` on
+    // this process's PATH) and checks it against the SDK's minimum.
+    return basename(binDir) === "bin" ? await PulumiCommand.get({ root: dirname(binDir) }) : await PulumiCommand.get();
   } catch (error) {
     const message = describeError(error);
     if (errnoCode(error) === "ENOENT" || /ENOENT/.test(message)) {
@@ -455,16 +357,14 @@ export function pulumiError(
     });
   }
   if (error instanceof CommandError) {
-    // ConcurrentUpdateError is handled above; TypeScript cannot tell the two classes apart.
-    const result = (error as unknown as { commandResult?: { stdout?: string; stderr?: string; code?: number; err?: unknown } })
-      .commandResult;
+    const result = commandOutcome(error);
     const stderr = mask(result?.stderr ?? "");
-    if (result?.err !== undefined && (errnoCode(result.err) === "ENOENT" || /ENOENT/.test(stderr))) {
+    if (result !== undefined && result.err !== "" && (/ENOENT/.test(result.err) || /ENOENT/.test(stderr))) {
       return new KaosError("PULUMI_MISSING", "the Pulumi CLI could not be started", { hint: PULUMI_INSTALL_HINT });
     }
     if (/incorrect passphrase|passphrase must be set|PULUMI_CONFIG_PASSPHRASE/i.test(stderr)) {
       return new KaosError(
-        "PULUMI_FAILED",
+        "PASSPHRASE_INVALID",
         `the passphrase in ${pulumiSettings.passphraseEnv} does not unlock stack '${stack}' (${firstLine(plainText(stderr.replace(/^error:\s*/m, "")))})`,
         {
           hint: `export ${pulumiSettings.passphraseEnv} with the passphrase the stack was created with${pulumiSettings.passphraseEnv === "PULUMI_CONFIG_PASSPHRASE" ? "" : " (kaos hands it to Pulumi as PULUMI_CONFIG_PASSPHRASE)"}`,
@@ -482,6 +382,17 @@ export function pulumiError(
     });
   }
   return new KaosError("PULUMI_FAILED", `pulumi ${operation} failed for stack '${stack}': ${mask(describeError(error))}`, { cause: error });
+}
+
+/**
+ * How a Pulumi command ended, read from its CommandError's message: the SDK
+ * words it `code: N\n stdout: ...\n stderr: ...\n err?: ...\n` and keeps the
+ * parts themselves private. Undefined when the message is worded otherwise.
+ */
+export function commandOutcome(error: Error): { code: number; stdout: string; stderr: string; err: string } | undefined {
+  const match = /^code: (-?\d+)\n stdout: ([\s\S]*?)\n stderr: ([\s\S]*)\n err\?: ([\s\S]*)\n$/.exec(error.message);
+  if (match === null) return undefined;
+  return { code: Number(match[1]), stdout: match[2] ?? "", stderr: match[3] ?? "", err: match[4] ?? "" };
 }
 
 /** The `Diagnostics:` block of Pulumi's text output, without what follows it. */

@@ -1,37 +1,45 @@
 /**
- * Commands on a kubernetes stack: the same config, hashes and keys as on the
- * local backend, applied through Pulumi to Kubernetes and Pachyderm. kaos's
- * own plan says which stages and jobs are new; Pulumi's preview says which
- * resources change.
+ * The kubernetes backend: the same config, hashes and keys as on the local
+ * backend, applied through Pulumi to Kubernetes and Pachyderm. kaos's own
+ * plan says which stages and jobs are new; Pulumi's preview says which
+ * resources change. Nothing here prints: Pulumi's output goes out as run
+ * events, results as values.
  */
-import { join, resolve } from "node:path";
+import type {
+  Backend,
+  BackendContext,
+  JobListRequest,
+  JobListing,
+  LogOutput,
+  PlanRequest,
+  ResourceChanges,
+  UpOutcome,
+  UpRequest,
+} from "../../core/backend.js";
+import { buildSessionPlan } from "../../core/engine.js";
 import { KaosError } from "../../core/errors.js";
-import type { ClusterChangeSummary, ClusterPipelineInput } from "./index.js";
-import { shortJobId } from "./jobs.js";
-import { saveTreeListing } from "../../core/snapshot.js";
+import type { Reporter } from "../../core/events.js";
 import { stateDirOf } from "../../core/layout.js";
-import { colors, printJson, table } from "../../cli/output.js";
-import { displayText, paramsText } from "../../core/format.js";
-import { appliedOf, buildPlan, formatPlan, jobKeyOf, planJson, type AppliedState, type Plan, type PlanOracle } from "../../core/plan.js";
-import { StateStore } from "../../core/state.js";
+import { appliedOf, jobKeyOf, type AppliedState, type Plan, type Reusable } from "../../core/plan.js";
+import { saveTreeListing } from "../../core/snapshot.js";
+import type { StateStore } from "../../core/state.js";
 import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "../../core/types.js";
+import type { ClusterPipelineInput } from "./cluster-plan.js";
+import { shortJobId } from "./jobs.js";
 
 const kubernetes = () => import("./index.js");
+
+/** How a plan on a cluster says a job need not run. */
+const APPLIED = "already applied to the cluster";
 
 function stackConfig(stack: ResolvedStack): KubernetesStack {
   if (stack.config.backend !== "kubernetes") throw new KaosError("USAGE", `stack ${stack.name} is not a kubernetes stack`);
   return stack.config;
 }
 
-/** On a cluster the image is built from the Dockerfile; what was applied tells what exists. */
-function clusterOracle(stack: ResolvedStack, applied: AppliedState): PlanOracle {
-  const builder = stackConfig(stack).builderImage ?? "default builder";
-  const envKeys = new Set(Object.values(applied).map((pipeline) => pipeline.envKey));
-  return {
-    runtime: async () => `kubernetes image build (${builder})`,
-    environmentReady: (envKey) => envKeys.has(envKey),
-    succeededJob: () => ({ job: undefined }),
-  };
+/** The kubernetes backend of a stack, as the backend registry makes it. */
+export async function createKubernetesBackend(context: BackendContext): Promise<Backend> {
+  return new KubernetesBackend(context.config, context.stack, context.state);
 }
 
 /** Jobs whose key is already applied to the cluster are skipped: Pachyderm keeps their outputs. */
@@ -42,9 +50,7 @@ function markApplied(plan: Plan, applied: AppliedState): Plan {
     const done = new Set(
       before.params.map((params) => jobKeyOf({ env: before.envKey, source: before.sourceKey, data: before.dataKey! }, params)),
     );
-    p.jobs = p.jobs.map((job) =>
-      job.key !== null && done.has(job.key) ? { ...job, action: "skip", reason: "already applied to the cluster" } : job,
-    );
+    p.jobs = p.jobs.map((job) => (job.key !== null && done.has(job.key) ? { ...job, action: "skip", reason: APPLIED } : job));
     const running = p.jobs.filter((job) => job.action === "run").length;
     p.stages.train =
       running > 0
@@ -57,12 +63,6 @@ function markApplied(plan: Plan, applied: AppliedState): Plan {
   return plan;
 }
 
-async function clusterPlanOf(config: ResolvedConfig, stack: ResolvedStack, state: StateStore, force = false): Promise<Plan> {
-  const applied = state.getApplied(stack.name);
-  const plan = await buildPlan({ config, stack, state, oracle: clusterOracle(stack, applied), force });
-  return force ? plan : markApplied(plan, applied);
-}
-
 export function clusterInputs(plan: Plan): ClusterPipelineInput[] {
   return plan.pipelines.map((p) => ({
     pipeline: p.pipeline,
@@ -71,130 +71,116 @@ export function clusterInputs(plan: Plan): ClusterPipelineInput[] {
   }));
 }
 
-/**
- * kaos's plan for a cluster: on a cluster kaos knows what it applied, not
- * which jobs Pachyderm ran, so nothing is said to have succeeded.
- */
-export function formatClusterPlan(plan: Plan): string {
-  const text = formatPlan(plan, colors());
-  if (plan.changes) return text;
-  const jobs = plan.pipelines.reduce((sum, p) => sum + p.jobs.length, 0);
-  const lines = text.split("\n");
-  lines[lines.length - 1] = colors().green(`No changes: ${jobs} job${jobs === 1 ? "" : "s"} already applied to the cluster.`);
-  return lines.join("\n");
+function outputTo(reporter: Reporter): (text: string) => void {
+  return (text) => reporter.event({ kind: "output", text });
 }
 
-function summaryLines(summary: ClusterChangeSummary): string {
-  const checked = summary.checked
-    ? `kube context ${summary.checked.kubeContext} (${summary.checked.kubeServer}) answers; pachd ${summary.checked.pachdVersion}\n`
-    : "";
-  const head = `${checked}Pulumi (stack ${summary.stack}): ${summary.create} to create, ${summary.update} to update, ${summary.replace} to replace, ${summary.delete} to delete, ${summary.same} unchanged`;
-  return [head, ...summary.resources.map((change) => `  ${change.op.padEnd(8)} ${change.type}  ${change.name}`)].join("\n");
-}
+export class KubernetesBackend implements Backend {
+  readonly kind = "kubernetes";
+  /** Pachyderm runs the jobs, not this process. */
+  readonly runner = undefined;
+  private applied: AppliedState | undefined;
 
-export async function clusterPlan(
-  config: ResolvedConfig,
-  stack: ResolvedStack,
-  options: { json?: boolean; detailedExitcode?: boolean; refresh?: boolean },
-): Promise<number> {
-  const state = StateStore.open(config.root);
-  try {
-    const plan = await clusterPlanOf(config, stack, state);
-    if (!options.json) process.stdout.write(`${formatClusterPlan(plan)}\n\n`);
+  constructor(
+    readonly config: ResolvedConfig,
+    readonly stack: ResolvedStack,
+    readonly state: StateStore,
+  ) {}
+
+  /** On a cluster the image is built from the Dockerfile. */
+  async runtime(): Promise<string> {
+    return `kubernetes image build (${stackConfig(this.stack).builderImage ?? "default builder"})`;
+  }
+
+  /** What was applied tells what exists. */
+  environmentReady(envKey: string): boolean {
+    return Object.values(this.appliedState()).some((pipeline) => pipeline.envKey === envKey);
+  }
+
+  /** kaos knows what it applied to a cluster, not which jobs Pachyderm ran: nothing is said to have succeeded. */
+  succeededJob(): Reusable {
+    return { job: undefined };
+  }
+
+  private appliedState(): AppliedState {
+    this.applied ??= this.state.getApplied(this.stack.name);
+    return this.applied;
+  }
+
+  async plan(request: PlanRequest): Promise<Plan> {
+    this.applied = undefined;
+    const applied = this.appliedState();
+    // `refresh` re-reads the cluster (Pulumi's refresh), not the manifests' remote content.
+    const plan = await buildSessionPlan(this.session(), this, {
+      ...(request.force !== undefined ? { force: request.force } : {}),
+      ...(request.manifests !== undefined ? { manifests: request.manifests } : {}),
+    });
+    plan.upToDate = APPLIED;
+    return request.force ? plan : markApplied(plan, applied);
+  }
+
+  async preview(plan: Plan, request: { refresh?: boolean | undefined; reporter: Reporter }): Promise<ResourceChanges> {
     const { previewCluster } = await kubernetes();
-    const summary = await previewCluster(config, stack, clusterInputs(plan), {
-      ...(options.json ? {} : { onOutput: (line: string) => process.stderr.write(line) }),
-      ...(options.refresh ? { refresh: true } : {}),
+    return previewCluster(this.config, this.stack, clusterInputs(plan), {
+      onOutput: outputTo(request.reporter),
+      ...(request.refresh ? { refresh: true } : {}),
     });
-    const pulumiChanges = summary.create + summary.update + summary.replace + summary.delete > 0;
-    if (options.json) printJson({ ...(planJson(plan) as object), pulumi: summary });
-    else process.stdout.write(`${summaryLines(summary)}\n`);
-    return options.detailedExitcode && (plan.changes || pulumiChanges) ? 2 : 0;
-  } finally {
-    state.close();
   }
-}
 
-export async function clusterUp(
-  config: ResolvedConfig,
-  stack: ResolvedStack,
-  options: { json?: boolean; force?: boolean; refresh?: boolean },
-): Promise<number> {
-  const state = StateStore.open(config.root);
-  const lock = state.acquireWriter(stack.name, "up");
-  try {
-    const plan = await clusterPlanOf(config, stack, state, options.force);
-    if (!options.json) process.stdout.write(`${formatClusterPlan(plan)}\n\n`);
-    const { applyCluster } = await kubernetes();
-    const summary = await applyCluster(config, stack, clusterInputs(plan), {
-      onOutput: options.json ? undefined : (line: string) => process.stderr.write(line),
-      ...(options.refresh ? { refresh: true } : {}),
-    });
-    // What the next plan compares an edit with, as the local backend keeps it.
-    for (const p of plan.pipelines) {
-      saveTreeListing(stateDirOf(config.root), p.sourceTree);
-      if (p.dataTree) saveTreeListing(stateDirOf(config.root), p.dataTree);
+  async up(request: UpRequest): Promise<UpOutcome> {
+    const lock = this.state.acquireWriter(this.stack.name, request.command);
+    try {
+      const plan = await this.plan({ force: request.force, manifests: request.manifests });
+      request.reporter.event({ kind: "plan", plan });
+      const { applyCluster } = await kubernetes();
+      const changes = await applyCluster(this.config, this.stack, clusterInputs(plan), {
+        onOutput: outputTo(request.reporter),
+        ...(request.refresh ? { refresh: true } : {}),
+      });
+      // What the next plan compares an edit with, as the local backend keeps it.
+      const stateDir = stateDirOf(this.config.root);
+      for (const p of plan.pipelines) {
+        saveTreeListing(stateDir, p.sourceTree);
+        if (p.dataTree) saveTreeListing(stateDir, p.dataTree);
+      }
+      this.state.updateApplied(this.stack.name, (applied) => {
+        for (const p of plan.pipelines) applied[p.pipeline.name] = appliedOf(p, p.keys.data ?? null);
+      });
+      return { kind: "applied", plan, changes };
+    } finally {
+      lock.release();
     }
-    state.updateApplied(stack.name, (applied) => {
-      for (const p of plan.pipelines) applied[p.pipeline.name] = appliedOf(p, p.keys.data ?? null);
-    });
-    if (options.json) printJson({ ...(planJson(plan) as object), pulumi: summary });
-    else process.stdout.write(`applied: ${summaryLines(summary)}\n`);
-    return 0;
-  } finally {
-    lock.release();
-    state.close();
   }
-}
 
-export async function clusterList(config: ResolvedConfig, stack: ResolvedStack, options: { json?: boolean }): Promise<number> {
-  const { listClusterJobs } = await kubernetes();
-  const jobs = await listClusterJobs(stack, { workspace: config.workspace });
-  if (options.json) {
-    printJson(jobs);
-    return 0;
+  async listJobs(request: JobListRequest): Promise<JobListing> {
+    const flags = { pipeline: "--pipeline", state: "--state", runId: "--run" } as const;
+    const unsupported = (Object.keys(flags) as (keyof typeof flags)[]).filter((key) => request.filter?.[key] !== undefined);
+    if (unsupported.length > 0) {
+      throw new KaosError(
+        "NOT_SUPPORTED",
+        `kaos train list ${unsupported.map((key) => flags[key]).join(", ")}: not supported on stack ${this.stack.name}, which uses the kubernetes backend`,
+        { hint: "list the cluster's jobs without these options" },
+      );
+    }
+    const { listClusterJobs } = await kubernetes();
+    const jobs = await listClusterJobs(this.stack, { workspace: this.config.workspace });
+    return { kind: "remote", stack: this.stack.name, jobs, shortId: shortJobId };
   }
-  if (jobs.length === 0) {
-    process.stdout.write(`no jobs on stack ${stack.name} yet: run \`kaos up --stack ${stack.name}\`\n`);
-    return 0;
-  }
-  const rows = jobs.map((job) => [
-    displayText(shortJobId(job.id)),
-    displayText(job.pipeline),
-    displayText(job.stage),
-    displayText(job.state),
-    displayText(job.startedAt ?? ""),
-    paramsText(job.params),
-  ]);
-  process.stdout.write(`${table([["ID", "PIPELINE", "STAGE", "STATE", "STARTED", "PARAMS"], ...rows])}\n`);
-  return 0;
-}
 
-export async function clusterLogs(
-  config: ResolvedConfig,
-  stack: ResolvedStack,
-  options: { job: string; follow?: boolean },
-): Promise<number> {
-  const { clusterJobLogs } = await kubernetes();
-  for await (const line of clusterJobLogs(stack, options.job, { workspace: config.workspace, follow: options.follow ?? false })) {
-    process.stdout.write(`${line.time ?? ""} ${line.user ? "user  " : "worker"} | ${line.message.replace(/\n$/, "")}\n`);
+  async *jobLogs(request: { job: string; follow: boolean }): AsyncGenerator<LogOutput> {
+    const { clusterJobLogs } = await kubernetes();
+    for await (const line of clusterJobLogs(this.stack, request.job, { workspace: this.config.workspace, follow: request.follow })) {
+      yield { kind: "line", ...line };
+    }
   }
-  return 0;
-}
 
-export async function clusterRender(config: ResolvedConfig, stack: ResolvedStack, options: { out: string }): Promise<number> {
-  // Rendering reads the project but records nothing: it works from a read-only store.
-  const state = StateStore.open(config.root, { readonly: true });
-  try {
-    const plan = await clusterPlanOf(config, stack, state);
+  async render(request: { outDir: string }): Promise<string[]> {
+    const plan = await this.plan({});
     const { renderCluster } = await kubernetes();
-    const outDir = resolve(options.out);
-    const files = await renderCluster(config, stack, clusterInputs(plan), outDir);
-    process.stdout.write(
-      `${files.map((file) => join(file).replace(`${outDir}/`, "")).join("\n")}\nwrote ${files.length} files to ${outDir}\n`,
-    );
-    return 0;
-  } finally {
-    state.close();
+    return renderCluster(this.config, this.stack, clusterInputs(plan), request.outDir);
+  }
+
+  private session() {
+    return { config: this.config, stack: this.stack, state: this.state, backend: this, close() {} };
   }
 }

@@ -10,7 +10,7 @@ import { basename, dirname, join } from "node:path";
 import { KaosError, describeError } from "../../core/errors.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../core/types.js";
 import { walkBundle, type BundleFile } from "./pack.js";
-import { canonicalJson } from "./canonical.js";
+import { canonicalJson } from "../../core/hyperparams.js";
 import { clusterSettings, pachydermName, type ClusterSettings } from "./settings.js";
 import { buildSpec, BUNDLE_FILE, ingestSpec, trainSpec, type CreatePipelineRequestSpec, type PipelineNames, type Stage } from "./specs.js";
 

@@ -12,6 +12,7 @@ import { KaosError } from "../../core/errors.js";
 import type { HyperparamSet, ResolvedStack } from "../../core/types.js";
 import {
   PachdClient,
+  PachdError,
   pipelineRef,
   type CommitRef,
   type DatumInfo,
@@ -140,7 +141,7 @@ async function locateJobs(stack: ResolvedStack, options: ClusterJobsOptions): Pr
       located.push({ job: base, pachydermJob, datum: undefined });
       continue;
     }
-    const datums = await client.listDatums(pachydermJob);
+    const datums = await datumsOf(client, pachydermJob);
     const paramsRepo = `${pipelineName.slice(0, -"-train".length)}-params`;
     let listed = 0;
     for (const datum of datums) {
@@ -160,6 +161,20 @@ async function locateJobs(stack: ResolvedStack, options: ClusterJobsOptions): Pr
     if (listed === 0) located.push({ job: base, pachydermJob, datum: undefined });
   }
   return located;
+}
+
+/**
+ * A job's datums; none when pachd cannot list them yet (it lists them from the
+ * job's meta commit, which builds on the previous job's: while that one runs,
+ * ListDatum fails), so the job is shown whole.
+ */
+async function datumsOf(client: PachdClient, job: JobRef): Promise<DatumInfo[]> {
+  try {
+    return await client.listDatums(job);
+  } catch (error) {
+    if (error instanceof PachdError && error.grpcCode !== undefined && /\bunfinished\b/.test(error.message)) return [];
+    throw error;
+  }
 }
 
 function jobEntry(info: JobInfo, pipeline: string, stage: Stage, id: string): ClusterJob {
@@ -213,14 +228,29 @@ export async function* clusterJobLogs(
   options: ClusterJobsOptions & { follow?: boolean; signal?: AbortSignal } = {},
 ): AsyncGenerator<ClusterLogLine> {
   const { client } = clientFor(stack, options);
+  const k8s = kubernetesStack(stack);
   const found = await findJob(stack, jobId, options);
   const request: Parameters<PachdClient["getLogs"]>[0] = { job: found.pachydermJob, follow: options.follow ?? false };
   if (options.signal) request.signal = options.signal;
   const datum = found.datum;
   if (datum !== undefined) request.datum = datum;
-  for await (const line of client.getLogs(request)) {
-    if (datum !== undefined && line.datumId !== undefined && line.datumId !== datum) continue;
-    yield { time: line.ts, user: line.user ?? false, message: line.message ?? "" };
+  try {
+    for await (const line of client.getLogs(request)) {
+      if (datum !== undefined && line.datumId !== undefined && line.datumId !== datum) continue;
+      yield { time: line.ts ?? undefined, user: line.user ?? false, message: line.message ?? "" };
+    }
+  } catch (error) {
+    // Without Loki, pachd reads logs from the pipeline's worker pods, and fails when there are none.
+    if (!(error instanceof PachdError) || !/no pods belonging to the rc/.test(error.message)) throw error;
+    const pipeline = found.pachydermJob.pipeline.name;
+    throw new KaosError(
+      "PACHD_FAILED",
+      `no logs for job '${shortJobId(found.job.id)}': Pachyderm has no worker pods of pipeline ${pipeline} to read them from`,
+      {
+        hint: `its workers are not running (yet, or any more): \`kubectl -n ${k8s.namespace} get pods -l pipelineName=${pipeline}\` shows them; Pachyderm without Loki keeps logs only while they run`,
+        cause: error,
+      },
+    );
   }
 }
 

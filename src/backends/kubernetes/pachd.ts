@@ -14,7 +14,7 @@
 import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { Readable } from "node:stream";
-import { KaosError, describeError } from "../../core/errors.js";
+import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 
 export interface PachdClientOptions {
   /** pachd's HTTP address (its port 1659, which serves /api/), such as `http://localhost:1659`. */
@@ -47,11 +47,24 @@ export interface CommitRef {
   id?: string;
   branch?: BranchRef;
 }
+/**
+ * pachd's gateway writes every field, unset timestamps as `null`. A commit is
+ * closed once `finishing` is set (FinishCommit); `finished` follows when
+ * pachd has compacted it, which may be a while later.
+ */
 export interface CommitInfo {
   commit?: CommitRef;
   description?: string;
-  started?: string;
-  finished?: string;
+  started?: string | null;
+  finishing?: string | null;
+  finished?: string | null;
+  /** Set when the commit was finished as failed. */
+  error?: string;
+}
+
+/** Whether FinishCommit has closed the commit (pachd may still be compacting it). */
+export function commitClosed(info: CommitInfo): boolean {
+  return Boolean(info.finishing) || Boolean(info.finished);
 }
 export interface PipelineRef {
   name: string;
@@ -84,9 +97,9 @@ export interface JobInfo {
   job?: { pipeline?: PipelineRef; id?: string };
   state?: PachydermJobState;
   reason?: string;
-  created?: string;
-  started?: string;
-  finished?: string;
+  created?: string | null;
+  started?: string | null;
+  finished?: string | null;
   dataTotal?: string;
   dataFailed?: string;
 }
@@ -109,7 +122,7 @@ export interface LogMessage {
   datumId?: string;
   master?: boolean;
   user?: boolean;
-  ts?: string;
+  ts?: string | null;
   message?: string;
 }
 
@@ -145,8 +158,11 @@ export class PachdError extends KaosError {
   readonly grpcCode: number | undefined;
   readonly httpStatus: number | undefined;
 
-  constructor(message: string, details: { grpcCode?: number; httpStatus?: number; hint?: string; cause?: unknown }) {
-    super("PACHD_FAILED", message, { hint: details.hint, cause: details.cause });
+  constructor(
+    message: string,
+    details: { grpcCode?: number; httpStatus?: number; hint?: string; cause?: unknown; code?: "PACHD_FAILED" | "PACHD_UNREACHABLE" },
+  ) {
+    super(details.code ?? "PACHD_FAILED", message, { hint: details.hint, cause: details.cause });
     this.grpcCode = details.grpcCode;
     this.httpStatus = details.httpStatus;
   }
@@ -213,8 +229,9 @@ export class PachdClient {
     });
   }
 
-  async finishCommit(commit: CommitRef): Promise<void> {
-    await this.call("pfs_v2.API", "FinishCommit", { commit });
+  /** Closes the commit; with `error`, closed as failed, so pipelines reading it do not run on it. */
+  async finishCommit(commit: CommitRef, options: { error?: string; description?: string } = {}): Promise<void> {
+    await this.call("pfs_v2.API", "FinishCommit", { commit, ...options });
   }
 
   /** Throws away an open commit (and the commit set it started), leaving the branch as it was. */
@@ -423,8 +440,21 @@ export class PachdClient {
     try {
       return await this.#fetch(url, init);
     } catch (error) {
+      const forward = "`kubectl -n <namespace> port-forward deploy/pachd 1659`";
+      // pachd's gRPC port (1650, or 30650 as a NodePort) speaks HTTP/2 only: Node's HTTP/1.1 parser cannot read its answer.
+      if (errnoCode(error)?.startsWith("HPE_")) {
+        throw new PachdError(
+          `${this.address} does not answer in HTTP/1.1 (${service}/${method}): ${this.scrub(describeError(error))}; is it pachd's gRPC port?`,
+          {
+            code: "PACHD_UNREACHABLE",
+            hint: `kaos talks to pachd's HTTP port (1659, the one that serves /api/), not its gRPC port (1650 or 30650): set \`pachyderm.address\` to it, or forward it: ${forward}`,
+            cause: error,
+          },
+        );
+      }
       throw new PachdError(`cannot reach pachd at ${this.address} (${service}/${method}): ${this.scrub(describeError(error))}`, {
-        hint: "check `pachyderm.address` in the stack file (pachd's HTTP port, 1659), or forward it: `kubectl -n <namespace> port-forward deploy/pachd 1659`",
+        code: "PACHD_UNREACHABLE",
+        hint: `check \`pachyderm.address\` in the stack file (pachd's HTTP port, 1659), or forward it: ${forward}`,
         cause: error,
       });
     }

@@ -111,7 +111,7 @@ async function reachKube(target: KubeTarget): Promise<void> {
     request.on("error", (error) =>
       reject(
         new KaosError(
-          "STACK_INVALID",
+          "CLUSTER_UNREACHABLE",
           `the API server of kube context '${target.context}' (${target.server}, from ${target.path}) does not answer: ${describeError(error)}`,
           {
             hint: "check that the cluster is up and that this kube context reaches it (`kubectl --context " + target.context + " version`)",
@@ -123,7 +123,7 @@ async function reachKube(target: KubeTarget): Promise<void> {
   });
 }
 
-/** pachd answers GetVersion with a 2.x version; PACHD_FAILED naming the address otherwise. */
+/** pachd answers GetVersion with a 2.x version: PACHD_UNREACHABLE when nothing answers, PACHD_FAILED for another version. */
 export async function pachdVersion(settings: ClusterSettings, env: NodeJS.ProcessEnv, fetchImpl?: typeof fetch): Promise<string> {
   const client = new PachdClient({
     address: settings.pachyderm.address,
@@ -134,7 +134,9 @@ export async function pachdVersion(settings: ClusterSettings, env: NodeJS.Proces
   const version = await client.call<{ major?: number; minor?: number; micro?: number }>("versionpb_v2.API", "GetVersion", {});
   const text = `${version.major ?? 0}.${version.minor ?? 0}.${version.micro ?? 0}`;
   if (version.major !== 2) {
-    throw new KaosError("PACHD_FAILED", `pachd at ${settings.pachyderm.address} is version ${text}; kaos needs Pachyderm 2.x`);
+    throw new KaosError("PACHD_FAILED", `pachd at ${settings.pachyderm.address} is version ${text}; kaos needs Pachyderm 2.x`, {
+      hint: "point `pachyderm.address` in the stack file at a Pachyderm 2.x pachd (kaos is checked against 2.11.6)",
+    });
   }
   return text;
 }

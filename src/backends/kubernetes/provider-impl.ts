@@ -18,8 +18,8 @@ import { join } from "node:path";
 import type * as pulumi from "@pulumi/pulumi";
 import { KaosError, describeError } from "../../core/errors.js";
 import { packBundle, walkBundle, type BundleFile } from "./pack.js";
-import { canonicalJson } from "./canonical.js";
-import { PachdClient, type CommitRef, type UploadFile } from "./pachd.js";
+import { canonicalJson } from "../../core/hyperparams.js";
+import { commitClosed, PachdClient, PachdError, repoRef, type CommitInfo, type CommitRef, type UploadFile } from "./pachd.js";
 import { PACHD_ADDRESS_ENV } from "./settings.js";
 import type { BundleInputs, PachdConnection, PipelineInputs, RepoInputs } from "./provider.js";
 
@@ -63,7 +63,8 @@ export function bundleDescription(key: string): string {
 export async function pushBundle(client: PachdClient, inputs: BundleInputs): Promise<string> {
   const description = bundleDescription(inputs.key);
   const head = await client.headCommit(inputs.project, inputs.repo, BUNDLE_BRANCH);
-  if (head?.description === description && head.finished !== undefined && head.commit?.id) return head.commit.id;
+  if (head && !commitClosed(head)) await closeCutOffPush(client, inputs, head);
+  else if (head?.description === description && !head.error && head.commit?.id) return head.commit.id;
 
   const scratch = await mkdtemp(join(tmpdir(), "kaos-bundle-"));
   let commit: CommitRef | undefined;
@@ -74,11 +75,50 @@ export async function pushBundle(client: PachdClient, inputs: BundleInputs): Pro
     await client.finishCommit(commit);
     return commit.id ?? inputs.key;
   } catch (error) {
-    if (commit?.id) await client.dropCommitSet(commit.id).catch(() => undefined);
+    if (commit?.id) await abandonCommit(client, commit, inputs.key).catch(() => undefined);
     throw error;
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }
+}
+
+/**
+ * Takes back a commit kaos started and could not fill. Dropping its commit set
+ * leaves the branch as it was; pachd refuses that once another commit builds
+ * on it (a sibling bundle of the same pipeline pushed meanwhile), and then it
+ * is finished as failed: the branch takes commits again, and pipelines do not
+ * run on what it holds. Its description no longer names the key, so the next
+ * push does not take it for the bundle.
+ */
+async function abandonCommit(client: PachdClient, commit: CommitRef, key: string): Promise<void> {
+  if (!commit.id) return;
+  try {
+    await client.dropCommitSet(commit.id);
+  } catch {
+    await client.finishCommit(commit, { error: "kaos: the push was cut off", description: `${bundleDescription(key)} (cut off)` });
+  }
+}
+
+/**
+ * An open head commit is a push that was cut off before it could finish or
+ * drop its commit (the process was killed), and pachd starts no commit on an
+ * open parent: kaos takes its own back; anyone else's is left to them.
+ */
+async function closeCutOffPush(client: PachdClient, inputs: BundleInputs, head: CommitInfo): Promise<void> {
+  const id = head.commit?.id;
+  const prefix = bundleDescription("");
+  if (id && head.description?.startsWith(prefix)) {
+    const commit: CommitRef = { repo: repoRef(inputs.project, inputs.repo), id };
+    await abandonCommit(client, commit, head.description.slice(prefix.length));
+    return;
+  }
+  throw new KaosError(
+    "PACHD_FAILED",
+    `branch ${BUNDLE_BRANCH} of repo ${inputs.project}/${inputs.repo} has an open commit ${id ?? ""} that kaos did not start, and pachd starts no commit on an open one`,
+    {
+      hint: `finish it (\`pachctl finish commit ${inputs.repo}@${id ?? BUNDLE_BRANCH} --project ${inputs.project}\`) or drop it, then rerun`,
+    },
+  );
 }
 
 async function bundleFiles(inputs: BundleInputs, scratch: string): Promise<UploadFile[] | AsyncIterable<UploadFile>> {
@@ -104,6 +144,24 @@ async function bundleFiles(inputs: BundleInputs, scratch: string): Promise<Uploa
 
 /** Creates the pipeline, or updates it when pachd has another spec under that name. */
 export async function applyPipeline(client: PachdClient, inputs: PipelineInputs, mode: "create" | "update"): Promise<void> {
+  try {
+    await sendPipeline(client, inputs, mode);
+  } catch (error) {
+    // pachd checks that every secret the spec mounts exists in its own namespace.
+    const missing = error instanceof PachdError ? /missing Kubernetes secret (\S+)/.exec(error.message)?.[1] : undefined;
+    if (missing === undefined) throw error;
+    throw new KaosError(
+      "PACHD_FAILED",
+      `pachd refused pipeline ${inputs.name}: there is no Kubernetes secret '${missing}' in the namespace pachd runs in`,
+      {
+        hint: `set the stack's registry.usernameEnv and passwordEnv (kaos then creates it), or create it there yourself: \`kubectl -n <pachd's namespace> create secret docker-registry ${missing} --docker-server=... --docker-username=... --docker-password=...\`; the stack's namespace must be pachd's`,
+        cause: error,
+      },
+    );
+  }
+}
+
+async function sendPipeline(client: PachdClient, inputs: PipelineInputs, mode: "create" | "update"): Promise<void> {
   if (mode === "create") {
     const existing = await client.inspectPipeline(inputs.project, inputs.name);
     if (existing) {
@@ -166,7 +224,7 @@ export const providerImpl: Record<"repo" | "bundle" | "pipeline", pulumi.dynamic
     async read(id: string, props: Props) {
       const inputs = own<BundleInputs>(props);
       const head = await reported(() => pachdFor(inputs).headCommit(inputs.project, inputs.repo, BUNDLE_BRANCH));
-      return head?.description === bundleDescription(inputs.key) && head.finished !== undefined ? { id, props } : GONE;
+      return head?.description === bundleDescription(inputs.key) && commitClosed(head) && !head.error ? { id, props } : GONE;
     },
   },
   pipeline: {

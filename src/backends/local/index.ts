@@ -19,6 +19,22 @@ import { pinnedHash, readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
 import { appliedOf, jobKeyOf, type JobPlan, type Plan, type PipelinePlan, type PlanOracle, type Reusable } from "../../core/plan.js";
+import {
+  listRecords,
+  type Backend,
+  type BackendContext,
+  type ExecuteOptions,
+  type ExecuteResult,
+  type JobListRequest,
+  type JobListing,
+  type JobRunner,
+  type LogOutput,
+  type PipelineOutcome,
+  type PlanRequest,
+  type UpOutcome,
+  type UpRequest,
+} from "../../core/backend.js";
+import { apply, buildSessionPlan, type RunnerSession } from "../../core/engine.js";
 import type { Reporter } from "../../core/events.js";
 import {
   checkSeal,
@@ -40,7 +56,8 @@ import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import type { SourceBundle } from "../../core/bundle.js";
 import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
 import { rememberPythonProbe, resolvePython } from "./python.js";
-import { spawnLogged, type RunningProcess } from "./process.js";
+import { spawnLogged, stopOrphanedJobs, type RunningProcess } from "./process.js";
+import { localJobLogs } from "./logs.js";
 import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
 import { fileUrlScopeOf } from "../../core/urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
@@ -132,38 +149,7 @@ export function detectGpus(): number[] {
   }
 }
 
-export interface ExecuteOptions {
-  plan: Plan;
-  runId: string;
-  reporter: Reporter;
-  signal: AbortSignal;
-  refresh?: boolean;
-}
-
-export interface PipelineOutcome {
-  name: string;
-  stages: Partial<
-    Record<
-      "ingest" | "build" | "train",
-      { action: "run" | "skip"; state: "succeeded" | "failed" | "cancelled" | "skipped"; jobId?: string; reason?: string }
-    >
-  >;
-  jobs: {
-    id: string | null;
-    key: string | null;
-    params: Record<string, unknown>;
-    state: string;
-    exitCode: number | null;
-    reused: boolean;
-    reason: string | null;
-  }[];
-}
-
-export interface ExecuteResult {
-  succeeded: boolean;
-  cancelled: boolean;
-  pipelines: PipelineOutcome[];
-}
+export type { ExecuteOptions, ExecuteResult, PipelineOutcome } from "../../core/backend.js";
 
 /**
  * How a running job is stopped: the first reason given wins, the process it
@@ -214,7 +200,13 @@ class JobControl {
   }
 }
 
-export class LocalBackend implements PlanOracle {
+/** The local backend of a stack, as the backend registry makes it. */
+export async function createLocalBackend(context: BackendContext): Promise<Backend> {
+  return new LocalBackend(context.config, context.stack, context.state);
+}
+
+export class LocalBackend implements Backend, JobRunner, PlanOracle {
+  readonly kind = "local";
   readonly stateDir: string;
   readonly envsDir: string;
   readonly objects: ObjectStore;
@@ -233,6 +225,46 @@ export class LocalBackend implements PlanOracle {
     this.objects = new ObjectStore(join(this.stateDir, "objects"));
   }
 
+  get runner(): JobRunner {
+    return this;
+  }
+
+  private session(): RunnerSession {
+    return { config: this.config, stack: this.stack, state: this.state, backend: this, close() {} };
+  }
+
+  plan(request: PlanRequest): Promise<Plan> {
+    return buildSessionPlan(this.session(), this, request);
+  }
+
+  async up(request: UpRequest): Promise<UpOutcome> {
+    const outcome = await apply(this.session(), {
+      command: request.command,
+      reporter: request.reporter,
+      signal: request.signal,
+      ...(request.force !== undefined ? { force: request.force } : {}),
+      ...(request.refresh !== undefined ? { refresh: request.refresh } : {}),
+      ...(request.manifests !== undefined ? { manifests: request.manifests } : {}),
+      ...(request.onPlan !== undefined ? { onPlan: request.onPlan } : {}),
+    });
+    return { kind: "run", runId: outcome.runId, plan: outcome.plan, result: outcome.result };
+  }
+
+  async listJobs(request: JobListRequest): Promise<JobListing> {
+    return listRecords(this.state, request, this.stack.name);
+  }
+
+  jobLogs(request: { job: string; follow: boolean }): AsyncIterable<LogOutput> {
+    return localJobLogs(this.config.root, this.state, request.job, request.follow);
+  }
+
+  async render(): Promise<string[]> {
+    throw new KaosError(
+      "NOT_SUPPORTED",
+      `--stack ${this.stack.name}: stack uses the ${this.stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`,
+    );
+  }
+
   async runtime(bundle: SourceBundle): Promise<string> {
     const python = await resolvePython(bundle.pythonVersion);
     rememberPythonProbe(this.stateDir, python);
@@ -240,7 +272,7 @@ export class LocalBackend implements PlanOracle {
   }
 
   /**
-   * After a kaos died with `interrupted` jobs (already stopped): clears what
+   * After a kaos died with `interrupted` jobs: stops their processes, clears what
    * writers killed mid-way left in `.kaos/` (half-laid-out data views and
    * listings, ingest work directories, the half-copied sources of those jobs)
    * and distrusts what those jobs may have written into their data views while
@@ -248,6 +280,7 @@ export class LocalBackend implements PlanOracle {
    * ingest resumes them.
    */
   async recoverAfterCrash(interrupted: readonly JobRecord[]): Promise<void> {
+    await stopOrphanedJobs(interrupted.map((job) => job.id));
     const dirs = [join(this.stateDir, "snapshots"), join(this.stateDir, "data"), join(this.stateDir, "trees")];
     for (const job of interrupted) dirs.push(jobPaths(this.stateDir, job.id).dir);
     removeAbandonedTemporaries(dirs, (pid) => isProcessAlive(pid, null));

@@ -2,7 +2,7 @@
 import { createHash } from "node:crypto";
 import { displayLine } from "../../core/format.js";
 import type { Plan } from "../../core/plan.js";
-import type { ExecuteResult } from "../../backends/local/index.js";
+import type { ExecuteResult } from "../../core/backend.js";
 import type { JobRecord } from "../../core/state.js";
 
 export function plural(n: number, word: string): string {

@@ -70,11 +70,12 @@
 import { existsSync, type Stats } from "node:fs";
 import { basename, dirname, relative, resolve } from "node:path";
 import { findConfig } from "../../core/config.js";
-import { apply, loadProject, openSession, plan as planSession, type Session } from "../../core/engine.js";
+import { apply, loadProject, openSession, plan as planSession, runnerSession, type RunnerSession } from "../../core/engine.js";
 import { KaosError, describeError, isKaosError } from "../../core/errors.js";
 import { colors, isInteractive } from "../output.js";
 import { displayLine, displayMessage, displayText } from "../../core/format.js";
-import { LocalBackend } from "../../backends/local/index.js";
+import { createBackend } from "../../backends/index.js";
+import type { JobRunner } from "../../core/backend.js";
 import type { JobRecord } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 
@@ -95,11 +96,13 @@ import { failedItems, failureReason, jobItem, planSummary, plural, runItems, wan
 import { isIgnoredPath, loadRules, watchTargets, type WatchTargets } from "./targets.js";
 import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
+import { stateDirOf } from "../../core/layout.js";
+import { startMonitor, type MonitorServer } from "../../core/monitor.js";
 import { EXIT, failureLines, onStopRequest } from "../exit.js";
 
 interface CurrentRun {
   reporter: WatchReporter;
-  backend: LocalBackend;
+  backend: JobRunner;
   /** Keys the latest plan wants, once an edit came in during this run. */
   wanted: Set<string> | undefined;
   cancelledForRestart: number;
@@ -114,8 +117,8 @@ class WatchSession {
   private readonly machine: WatchMachine;
   private readonly quit = new AbortController();
   private readonly configFile: string;
-  private session: Session | undefined;
-  private readonly baseSession: Session;
+  private session: RunnerSession | undefined;
+  private readonly baseSession: RunnerSession;
   private targets: WatchTargets;
   private watcher: import("chokidar").FSWatcher | undefined;
   private configDirty = false;
@@ -135,7 +138,7 @@ class WatchSession {
     private readonly options: WatchCommandOptions,
     loaded: { config: ResolvedConfig; stack: ResolvedStack } | undefined,
     configError: string | undefined,
-    base: Session,
+    base: RunnerSession,
     configFile: string,
   ) {
     this.configFile = configFile;
@@ -223,6 +226,23 @@ class WatchSession {
     this.watcher = watcher;
   }
 
+  /**
+   * Serves the file system monitor, so that `kaos plan` and `kaos up` run
+   * elsewhere ask it what changed instead of walking every bundle. Not when
+   * polling: events there come late or not at all.
+   */
+  private async startMonitor(): Promise<MonitorServer | undefined> {
+    if (this.options.poll === true) return undefined;
+    const stateDir = stateDirOf(this.baseSession.state.root);
+    const started = await startMonitor(stateDir);
+    if (started.server === undefined) {
+      this.print(`file system monitor not started: ${displayLine(started.reason)}`);
+      return undefined;
+    }
+    this.print(`file system monitor ready: plans read changes from ${displayText(relative(this.options.cwd, started.server.socketPath))}`);
+    return started.server;
+  }
+
   private onFsEvent(event: string, path: string): void {
     if (this.stopping) return;
     const absolute = resolve(path);
@@ -251,7 +271,7 @@ class WatchSession {
   }
 
   /** Loads the config again; on failure prints the error as `kaos up` would and keeps the last good one. */
-  private async reload(): Promise<Session | undefined> {
+  private async reload(): Promise<RunnerSession | undefined> {
     this.configDirty = false;
     try {
       const { config, stack } = await loadProject({
@@ -259,12 +279,6 @@ class WatchSession {
         configPath: this.configFile,
         stackName: this.options.stackName,
       });
-      if (stack.config.backend !== "local") {
-        throw new KaosError(
-          "NOT_SUPPORTED",
-          `stack ${stack.name} uses the ${stack.config.backend} backend; kaos watch runs the local backend`,
-        );
-      }
       if (stack.name !== this.baseSession.stack.name) {
         throw new KaosError(
           "STACK_INVALID",
@@ -273,7 +287,8 @@ class WatchSession {
       }
       const wasBroken = this.configError !== undefined;
       this.configError = undefined;
-      this.session = { ...this.baseSession, config, stack, backend: new LocalBackend(config, stack, this.baseSession.state) };
+      const backend = await createBackend({ config, stack, state: this.baseSession.state });
+      this.session = runnerSession({ ...this.baseSession, config, stack, backend }, "kaos watch");
       if (this.options.debounce === undefined) this.machine.quietMs = config.watch.debounceMs;
       if (this.options.onChange === undefined) this.machine.onChange = config.watch.onChange;
       this.print(wasBroken ? "config reloaded; resuming" : "config reloaded");
@@ -329,7 +344,13 @@ class WatchSession {
       (job) => this.checkStale(job),
       () => this.drawStatus(),
     );
-    const current: CurrentRun = { reporter, backend: session.backend, wanted: undefined, cancelledForRestart: 0, announcedQueue: false };
+    const current: CurrentRun = {
+      reporter,
+      backend: session.backend.runner,
+      wanted: undefined,
+      cancelledForRestart: 0,
+      announcedQueue: false,
+    };
     this.current = current;
     this.drawStatus();
     // Why the plan was not run: nothing changed, or only what just failed, unchanged.
@@ -442,8 +463,10 @@ class WatchSession {
 
   async run(): Promise<number> {
     const stopKeys = this.listenForQuit();
+    let monitor: MonitorServer | undefined;
     try {
       await this.startWatcher();
+      monitor = await this.startMonitor();
       this.print(
         `watching ${plural(this.targets.paths.length, "path")} in ${displayText(this.targets.root)} (debounce ${this.machine.quietMs} ms, on change: ${this.machine.onChange}, ${this.describeMode()}); q then Enter or Ctrl-C quits`,
       );
@@ -459,6 +482,7 @@ class WatchSession {
       stopKeys();
       this.machine.stop();
       await this.watcher?.close();
+      await monitor?.close();
       while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
       this.terminal.close();
     }
@@ -538,14 +562,14 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
     loaded?.config.file ?? (options.configPath !== undefined ? resolve(options.cwd, options.configPath) : findConfig(options.cwd));
   if (configFile === undefined || !existsSync(configFile))
     throw configError ?? new KaosError("CONFIG_NOT_FOUND", "no config file to watch");
-  if (loaded !== undefined && loaded.stack.config.backend !== "local") {
-    throw new KaosError(
-      "NOT_SUPPORTED",
-      `stack ${loaded.stack.name} uses the ${loaded.stack.config.backend} backend; kaos watch runs the local backend`,
-      {
-        hint: "run `kaos up --stack NAME` for a cluster stack",
-      },
-    );
+  if (loaded !== undefined) {
+    // Asked of a read-only store, so a stack kaos watch cannot run leaves no .kaos/ behind.
+    const probe = await openSession(loaded.config, loaded.stack, createBackend, { readonly: true });
+    try {
+      runnerSession(probe, "kaos watch", "run `kaos up --stack NAME` for a cluster stack");
+    } finally {
+      probe.close();
+    }
   }
   // Without a loadable config the state store and lock still need a project: a placeholder one.
   const project = loaded ?? {
@@ -558,7 +582,7 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
     },
     stack: { name: options.stackName ?? "local", file: undefined, config: { backend: "local" as const } },
   };
-  const base = openSession(project.config, project.stack);
+  const base = runnerSession(await openSession(project.config, project.stack, createBackend), "kaos watch");
   let lock: { release(): void } | undefined;
   try {
     lock = base.state.acquireWriter(project.stack.name, "watch");
