@@ -14,7 +14,8 @@
  * 3. one changed file among 100k: plan time and how many files were re-read;
  * 4. start-up: `kaos --help`, a no-op `kaos up` and `kaos train list --all` over 10k
  *    recorded jobs / `node -e 0`; `kaos train list` (its default page) over
- *    100k recorded jobs, target 0.3 s;
+ *    100k recorded jobs, target 0.3 s; the API requests of `kaos ui`'s first
+ *    page over the 10k jobs;
  * 5. a 100-job sweep of a trivial train script, parallelism 2 / the script run
  *    by `xargs -P 2`;
  * 6. manifest ingest of 1,000 x 1 MB from a loopback server / `curl --parallel`;
@@ -801,6 +802,7 @@ async function scenarioStartup(size, runs) {
   ]);
   const list = summary(listSamples);
   const node2 = summary(nodeSamples2);
+  const firstPage = await uiFirstPage(project, runs);
   // The default page of a long history: newest 50, the rest counted. SQLite stops at the page.
   const many = await jobsProject(size.manyJobs);
   const [pageSamples] = interleave(runs, [
@@ -864,7 +866,55 @@ async function scenarioStartup(size, runs) {
       target: "< 0.3 s",
       pass: page.median < 0.3,
     }),
+    row({
+      id: "4-ui",
+      scenario: `kaos ui first page, ${size.jobs / 1000}k jobs`,
+      kaos: firstPage,
+      target: "< 1 s",
+      pass: firstPage.median < 1,
+      notes: ["API time of the runs page: overview, first page of runs and of jobs"],
+    }),
   ];
+}
+
+/**
+ * The requests the dashboard's first page makes, timed against a running
+ * `kaos ui` over the project's recorded jobs: what a user waits for once the
+ * server is up.
+ */
+async function uiFirstPage(project, runs) {
+  const server = spawn(process.execPath, [cli, "ui", "--port", "0"], { cwd: project, env: childEnv, stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    const base = await new Promise((resolve, reject) => {
+      let out = "";
+      server.stdout.setEncoding("utf8").on("data", (chunk) => {
+        out += chunk;
+        const match = /kaos ui: (http:\/\/\S+)\n/.exec(out);
+        if (match) resolve(match[1]);
+      });
+      server.on("exit", (code) => reject(new Error(`kaos ui exited with ${code} before serving:\n${out}`)));
+    });
+    const load = async () => {
+      const start = performance.now();
+      const [overview, runsPage, jobsPage] = await Promise.all(
+        ["api/overview", "api/runs?limit=50", "api/jobs?limit=100"].map(async (path) => {
+          const response = await fetch(`${base}${path}`);
+          if (!response.ok) throw new Error(`GET ${path}: ${response.status} ${await response.text()}`);
+          return response.json();
+        }),
+      );
+      if (overview.pipelines.length === 0 || runsPage.items.length === 0 || jobsPage.items.length !== 100) {
+        throw new Error("kaos ui's first page came back empty");
+      }
+      return { seconds: (performance.now() - start) / 1000 };
+    };
+    await load();
+    const samples = [];
+    for (let i = 0; i < runs; i++) samples.push(await load());
+    return summary(samples);
+  } finally {
+    server.kill("SIGTERM");
+  }
 }
 
 async function scenarioSweep(size, runs) {

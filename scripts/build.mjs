@@ -71,6 +71,29 @@ await build({
   logLevel: "warning",
 });
 
+// The dashboard of `kaos ui`: its page, and its client bundled with uPlot for
+// the browser, in dist/ui/, found relative to the module that serves them.
+mkdirSync(join(next, "ui"), { recursive: true });
+await build({
+  absWorkingDir: root,
+  entryPoints: ["src/ui/client/main.ts"],
+  outfile: join(next, "ui", "app.js"),
+  bundle: true,
+  format: "iife",
+  platform: "browser",
+  target: "es2022",
+  minify: true,
+  // uPlot's notice is an ordinary comment, which minifying drops: its licence ships beside the bundle.
+  banner: { js: "/*! includes uPlot, MIT licensed, copyright Leon Sorokin: see uPlot.LICENSE */" },
+  logLevel: "warning",
+});
+writeFileSync(join(next, "ui", "uPlot.LICENSE"), readFileSync(require.resolve("uplot/LICENSE")));
+writeFileSync(
+  join(next, "ui", "app.css"),
+  `${readFileSync(require.resolve("uplot/dist/uPlot.min.css"), "utf8")}\n${readFileSync(join(root, "src/ui/client/app.css"), "utf8")}`,
+);
+writeFileSync(join(next, "ui", "index.html"), readFileSync(join(root, "src/ui/client/index.html")));
+
 // Pulumi state written by earlier builds names the provider implementation by
 // its old place (the forwarding provider's import URL is serialized into it):
 // deleting those resources must still find it.

@@ -30,6 +30,7 @@ const COMMANDS = [
   ["template", "get"],
   ["render"],
   ["unlock"],
+  ["ui"],
 ];
 
 describe("the CLI frame (built CLI)", () => {

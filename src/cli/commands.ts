@@ -909,6 +909,58 @@ export async function killCommand(options: Common & { job: string }): Promise<nu
  * Breaks a stack's writer lock whose holder kaos cannot judge (it ran on
  * another machine or in another container), and settles that run's jobs.
  */
+export async function uiCommand(options: Common & { port: number; host: string; token?: string; open?: boolean }): Promise<number> {
+  if (options.token !== undefined && options.token.length < 8) {
+    throw new KaosError("USAGE", `--token: expected at least 8 characters, found ${options.token.length}`, {
+      hint: "leave --token out on another host and kaos makes up a strong one",
+    });
+  }
+  const { startUiServer } = await import("../ui/server.js");
+  // A config that does not load right now (mid-edit beside `kaos watch`) still has a project to show;
+  // the sweeps say what is wrong with it.
+  const configFile = options.config !== undefined ? resolve(options.config) : findConfig(process.cwd());
+  if (configFile !== undefined && !existsSync(configFile)) {
+    throw new KaosError("CONFIG_NOT_FOUND", `-c ${options.config}: no such file ${configFile}`);
+  }
+  let root: string;
+  if (configFile !== undefined) root = dirname(configFile);
+  else {
+    // A project of `kaos train deploy` alone: no config, its state in ./.kaos.
+    const { config, state } = await readState(options);
+    state.close();
+    root = config.root;
+  }
+  const ui = await startUiServer({
+    root,
+    configFile,
+    host: options.host,
+    port: options.port,
+    token: options.token,
+  });
+  process.stdout.write(`kaos ui: ${ui.url}\n`);
+  if (options.open) openInBrowser(ui.url);
+  await new Promise<void>((resolve) => {
+    const stopListening = onStopRequest(() => {
+      stopListening();
+      resolve();
+    });
+  });
+  await ui.close();
+  return EXIT.ok;
+}
+
+/** Best effort: without a desktop the printed address is there to open by hand. */
+function openInBrowser(url: string): void {
+  const opener = process.platform === "darwin" ? "open" : process.platform === "win32" ? "explorer" : "xdg-open";
+  import("node:child_process")
+    .then(({ spawn }) =>
+      spawn(opener, [url], { stdio: "ignore", detached: true })
+        .on("error", () => {})
+        .unref(),
+    )
+    .catch(() => {});
+}
+
 export async function unlockCommand(options: Common & { stack?: string }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   const state = StateStore.open(config.root);

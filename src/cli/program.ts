@@ -296,6 +296,18 @@ function buildProgram(): Command {
     });
 
   program
+    .command("ui")
+    .description("serve a local web dashboard of runs, sweeps, jobs and logs, updated live")
+    .option("--port <n>", "port to listen on (0 picks a free one)", wholeNumber("--port", 0), 7070)
+    .option("--host <address>", "address to bind; any but loopback requires the access token", "127.0.0.1")
+    .option("--token <token>", "access token to require (made up and printed when the host is not loopback)")
+    .option("--open", "open the dashboard in the default browser")
+    .action(async (options: OptionsOf<typeof commands.uiCommand>, command: Command) => {
+      const { uiCommand } = await import("./commands.js");
+      setExitStatus(await uiCommand({ ...globals(command), ...options }));
+    });
+
+  program
     .command("du")
     .description("show what .kaos/ holds, by kind and by pipeline, and the free space of its disk")
     .option("--json", "print the usage as JSON")

@@ -88,6 +88,12 @@ export interface RunRecord {
   pid: number;
 }
 
+/** A run with how many of its jobs are in each state, and the pipelines they belong to. */
+export interface RunSummary extends RunRecord {
+  jobs: Partial<Record<JobState, number>>;
+  pipelines: string[];
+}
+
 export type NewJob = Omit<
   JobRecord,
   "id" | "createdAt" | "state" | "pid" | "startedAt" | "finishedAt" | "exitCode" | "reason" | "collectedAt"
@@ -747,6 +753,106 @@ export class StateStore {
     return rows.map((row) => row.stack);
   }
 
+  // ---------------------------------------------------------------- pages (kaos ui)
+
+  /**
+   * One page of jobs, newest first, and the cursor of the next page (null on
+   * the last). Keyset paging on the (created_at, seq) order of `listJobs`, so
+   * a page costs the same at any depth and rows inserted meanwhile do not
+   * shift the pages after it.
+   */
+  pageJobs(filter: Omit<JobFilter, "limit">, page: { limit: number; cursor?: string }): { jobs: JobRecord[]; next: string | null } {
+    if (this.db === null) return { jobs: [], next: null };
+    const { where: matching, values } = jobConditions(filter);
+    let where = matching;
+    const after = page.cursor === undefined ? undefined : decodeCursor(page.cursor);
+    if (after !== undefined) {
+      where += `${matching === "" ? " WHERE" : " AND"} (created_at < ? OR (created_at = ? AND seq < ?))`;
+      values.push(after.at, after.at, after.seq);
+    }
+    const limit = Math.max(1, Math.floor(page.limit));
+    const rows = this.stmt(`SELECT seq, ${JOB_COLUMNS} FROM jobs${where} ORDER BY created_at DESC, seq DESC LIMIT ?`, "raw").all(
+      ...values,
+      limit + 1,
+    ) as unknown as [number, ...JobColumns][];
+    const shown = rows.slice(0, limit);
+    const last = shown[shown.length - 1];
+    return {
+      jobs: shown.map(([, ...columns]) => jobFromColumns(columns)),
+      next: rows.length > limit && last !== undefined ? encodeCursor(last[22], last[0]) : null,
+    };
+  }
+
+  /** One page of runs, newest first, each with how many of its jobs are in each state. */
+  pageRuns(page: { limit: number; cursor?: string }): { runs: RunSummary[]; next: string | null } {
+    if (this.db === null) return { runs: [], next: null };
+    const after = page.cursor === undefined ? undefined : decodeCursor(page.cursor);
+    const limit = Math.max(1, Math.floor(page.limit));
+    const rows = (after === undefined
+      ? this.stmt("SELECT rowid AS seq, * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?").all(limit + 1)
+      : this.stmt(
+          "SELECT rowid AS seq, * FROM runs WHERE started_at < ? OR (started_at = ? AND rowid < ?) ORDER BY started_at DESC, rowid DESC LIMIT ?",
+        ).all(after.at, after.at, after.seq, limit + 1)) as unknown as (RunRow & { seq: number })[];
+    const shown = rows.slice(0, limit);
+    const count = this.stmt("SELECT pipeline, state, count(*) AS n FROM jobs WHERE run_id = ? GROUP BY pipeline, state");
+    const runs = shown.map((row): RunSummary => {
+      const jobs: Partial<Record<JobState, number>> = {};
+      const pipelines = new Set<string>();
+      for (const { pipeline, state, n } of count.all(row.id) as { pipeline: string; state: JobState; n: number }[]) {
+        jobs[state] = (jobs[state] ?? 0) + n;
+        pipelines.add(pipeline);
+      }
+      return { ...runFromRow(row), jobs, pipelines: [...pipelines].sort() };
+    });
+    const last = shown[shown.length - 1];
+    return { runs, next: rows.length > limit && last !== undefined ? encodeCursor(last.started_at, last.seq) : null };
+  }
+
+  /** How many jobs each pipeline has, by stage and state. */
+  pipelineCounts(): { pipeline: string; stage: Stage; state: JobState; count: number }[] {
+    if (this.db === null) return [];
+    return this.stmt(
+      "SELECT pipeline, stage, state, count(*) AS count FROM jobs GROUP BY pipeline, stage, state ORDER BY pipeline",
+    ).all() as {
+      pipeline: string;
+      stage: Stage;
+      state: JobState;
+      count: number;
+    }[];
+  }
+
+  /**
+   * The jobs added after `afterSeq` and the current rows of `ids` (the
+   * unfinished ones a reader follows), read by index: what a reader polling
+   * for changes reads once {@link dataVersion} has moved.
+   */
+  changesSince(afterSeq: number, ids: readonly string[]): { lastSeq: number; jobs: JobRecord[] } {
+    if (this.db === null) return { lastSeq: afterSeq, jobs: [] };
+    const added = this.stmt(`SELECT seq, ${JOB_COLUMNS} FROM jobs WHERE seq > ? ORDER BY seq`, "raw").all(afterSeq) as unknown as [
+      number,
+      ...JobColumns,
+    ][];
+    const jobs = added.map(([, ...columns]) => jobFromColumns(columns));
+    const seen = new Set(jobs.map((job) => job.id));
+    for (const id of ids) {
+      if (seen.has(id)) continue;
+      const job = this.getJob(id);
+      if (job !== undefined) jobs.push(job);
+    }
+    return { lastSeq: added[added.length - 1]?.[0] ?? afterSeq, jobs };
+  }
+
+  /** SQLite's data_version: it changes when any other connection commits to the database. */
+  dataVersion(): number {
+    return this.db === null ? 0 : Number(pragmaValue(this.db, "data_version"));
+  }
+
+  /** The highest job sequence number so far. */
+  lastJobSeq(): number {
+    if (this.db === null) return 0;
+    return (this.stmt("SELECT coalesce(max(seq), 0) AS seq FROM jobs").get() as { seq: number }).seq;
+  }
+
   // ---------------------------------------------------------------- applied plans, meta
 
   /** What `kaos up` last applied to `stack`, by pipeline; empty before the first up. */
@@ -1189,6 +1295,21 @@ function runFromRow(row: RunRow): RunRecord {
     state: row.state,
     pid: row.pid,
   };
+}
+
+/** A page cursor: the sort time and sequence number of the last row shown, opaque to the reader. */
+function encodeCursor(at: string, seq: number): string {
+  return Buffer.from(`${at}|${seq}`).toString("base64url");
+}
+
+function decodeCursor(cursor: string): { at: string; seq: number } {
+  const text = Buffer.from(cursor, "base64url").toString("utf8");
+  const bar = text.lastIndexOf("|");
+  const seq = Number(text.slice(bar + 1));
+  if (bar <= 0 || !Number.isSafeInteger(seq)) {
+    throw new KaosError("USAGE", `the page cursor '${cursor}' is not one kaos gave out`, { hint: "start again from the first page" });
+  }
+  return { at: text.slice(0, bar), seq };
 }
 
 export function isTerminalJobState(state: JobState): boolean {

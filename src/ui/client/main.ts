@@ -1,0 +1,826 @@
+/**
+ * The dashboard in the browser: plain DOM, a hash router, the JSON API, one
+ * event stream for live updates, and uPlot for the charts.
+ *
+ *   #/runs              runs, newest first, and the pipelines
+ *   #/runs/ID           the jobs of one run
+ *   #/pipelines/NAME    the pipeline's sweep: table, params against a metric, step curves
+ *   #/jobs/ID           one job: params, metrics, keys, outputs, curves, live log
+ *   #/environments      the environment builds and their logs
+ */
+import uPlot from "uplot";
+
+type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+type MetricValue = number | string | boolean;
+
+interface Job {
+  id: string;
+  runId: string;
+  stack: string;
+  pipeline: string;
+  stage: string;
+  state: JobState;
+  params: Record<string, unknown>;
+  sweepIndex: number | null;
+  sweepSize: number | null;
+  startedAt: string | null;
+  finishedAt: string | null;
+  exitCode: number | null;
+  reason: string | null;
+  createdAt: string;
+  collectedAt: string | null;
+}
+
+/** One combination of the sweep's grid and the job last recorded for it (none while pending). */
+interface SweepRow {
+  index: number;
+  id: string | null;
+  runId: string | null;
+  state: JobState | "pending";
+  params: Record<string, unknown>;
+  metrics: Record<string, MetricValue>;
+  finishedAt: string | null;
+}
+
+interface Sweep {
+  pipeline: string;
+  source: "config" | "run";
+  metricNames: string[];
+  leadingMetric: string | null;
+  items: SweepRow[];
+}
+
+interface JobDetail extends Job {
+  metrics: Record<string, MetricValue>;
+  keys: Record<string, string | null>;
+  metricsSkipped: { file: string; key?: string; reason: string }[];
+  outputDir: string;
+  outputs: { path: string; size: number }[];
+  logFile: string;
+}
+
+interface Run {
+  id: string;
+  stack: string;
+  command: string;
+  startedAt: string;
+  finishedAt: string | null;
+  state: string;
+  jobs: Partial<Record<JobState, number>>;
+  pipelines: string[];
+}
+
+interface Page<T> {
+  items: T[];
+  next: string | null;
+}
+
+interface Series {
+  id: string;
+  series: Record<string, { step: number; value: number }[]>;
+}
+
+interface Overview {
+  root: string;
+  configError: string | null;
+  pipelines: { name: string; jobs: Partial<Record<JobState, number>>; total: number; builds: number }[];
+}
+
+// ------------------------------------------------------------------ DOM and data helpers
+
+type Child = Node | string | number | null | undefined | false;
+
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string | number | boolean | EventListener | undefined> = {},
+  ...children: Child[]
+): HTMLElementTagNameMap[K] {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === false) continue;
+    if (typeof value === "function") element.addEventListener(name.replace(/^on/, ""), value);
+    else element.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(typeof child === "object" ? child : String(child));
+  }
+  return element;
+}
+
+async function get<T>(path: string): Promise<T> {
+  const response = await fetch(path, { headers: { accept: "application/json" } });
+  const body = (await response.json()) as T & { error?: string };
+  if (!response.ok) throw new Error(body.error ?? `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function stateBadge(state: string): HTMLElement {
+  return h("span", { class: `state state-${state}`, "data-state": state }, state);
+}
+
+function when(iso: string | null): string {
+  return iso === null ? "" : iso.replace("T", " ").slice(0, 19);
+}
+
+function duration(job: { startedAt: string | null; finishedAt: string | null }): string {
+  if (job.startedAt === null) return "";
+  const ms = (job.finishedAt === null ? Date.now() : Date.parse(job.finishedAt)) - Date.parse(job.startedAt);
+  const s = Math.max(0, Math.round(ms / 1000));
+  return s < 60
+    ? `${s}s`
+    : s < 3600
+      ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`
+      : `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
+}
+
+function valueText(value: unknown): string {
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(6)));
+  if (value === undefined) return "";
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+function jobLink(id: string): HTMLElement {
+  return h("a", { href: `#/jobs/${encodeURIComponent(id)}`, class: "mono" }, id);
+}
+
+function countsText(counts: Partial<Record<JobState, number>>): HTMLElement {
+  const span = h("span");
+  for (const state of ["running", "queued", "succeeded", "failed", "cancelled"] as const) {
+    const n = counts[state];
+    if (n) span.append(h("span", { class: `state-${state}` }, `${n} ${state}`), " ");
+  }
+  return span;
+}
+
+// ------------------------------------------------------------------ live updates
+
+type JobsListener = (jobs: Job[]) => void;
+const jobsListeners = new Set<JobsListener>();
+let globalStream: EventSource | undefined;
+
+function connectLive(): void {
+  const live = document.getElementById("live")!;
+  globalStream = new EventSource("/api/events");
+  globalStream.addEventListener("open", () => {
+    live.textContent = "live";
+    live.classList.add("on");
+  });
+  globalStream.addEventListener("error", () => {
+    live.textContent = "reconnecting";
+    live.classList.remove("on");
+  });
+  globalStream.addEventListener("jobs", (event) => {
+    const jobs = JSON.parse((event as MessageEvent<string>).data) as Job[];
+    for (const listener of jobsListeners) listener(jobs);
+  });
+}
+
+/** Calls `fn` at most once per `ms`, with the latest call's effect. */
+function throttle(fn: () => void, ms: number): () => void {
+  let timer: number | undefined;
+  return () => {
+    if (timer !== undefined) return;
+    timer = window.setTimeout(() => {
+      timer = undefined;
+      fn();
+    }, ms);
+  };
+}
+
+// ------------------------------------------------------------------ views
+
+interface View {
+  render(main: HTMLElement): Promise<void>;
+  dispose?(): void;
+}
+
+/** A table of `T` rows filled page by page with a "more" button. */
+function pagedTable<T>(
+  header: string[],
+  rowOf: (item: T) => HTMLTableRowElement,
+  load: (cursor: string | null) => Promise<Page<T>>,
+): { element: HTMLElement; reload(): Promise<void> } {
+  const body = h("tbody");
+  const more = h("button", { class: "more", type: "button" }, "more");
+  const element = h("div", {}, h("table", {}, h("thead", {}, h("tr", {}, ...header.map((name) => h("th", {}, name)))), body), more);
+  let next: string | null = null;
+  let shown = 0;
+  let reloads = 0;
+  const append = async (cursor: string | null) => {
+    const page = await load(cursor);
+    for (const item of page.items) body.append(rowOf(item));
+    shown += page.items.length;
+    next = page.next;
+    more.hidden = next === null;
+  };
+  more.addEventListener("click", () => void append(next));
+  return {
+    element,
+    // The first page again, and as many more rows as were shown: live updates keep the view where it was.
+    async reload() {
+      const asked = ++reloads;
+      const keep = Math.max(shown, 1);
+      const fresh = h("tbody");
+      let cursor: string | null = null;
+      let count = 0;
+      do {
+        const page = await load(cursor);
+        for (const item of page.items) fresh.append(rowOf(item));
+        count += page.items.length;
+        cursor = page.next;
+      } while (cursor !== null && count < keep);
+      if (asked !== reloads) return;
+      body.replaceChildren(...fresh.childNodes);
+      shown = count;
+      next = cursor;
+      more.hidden = next === null;
+    },
+  };
+}
+
+function runsView(): View {
+  let listener: JobsListener | undefined;
+  return {
+    async render(main) {
+      const overview = await get<Overview>("/api/overview");
+      const pipelines = h(
+        "table",
+        {},
+        h("thead", {}, h("tr", {}, h("th", {}, "pipeline"), h("th", {}, "train jobs"), h("th", {}, "by state"))),
+        h(
+          "tbody",
+          {},
+          ...overview.pipelines.map((p) =>
+            h(
+              "tr",
+              {},
+              h("td", {}, h("a", { href: `#/pipelines/${encodeURIComponent(p.name)}` }, p.name)),
+              h("td", { class: "num" }, p.total),
+              h("td", {}, countsText(p.jobs)),
+            ),
+          ),
+        ),
+      );
+      const runs = pagedTable<Run>(
+        ["run", "stack", "command", "started", "state", "jobs", "pipelines"],
+        (run) =>
+          h(
+            "tr",
+            { "data-run": run.id },
+            h("td", {}, h("a", { href: `#/runs/${run.id}`, class: "mono" }, run.id)),
+            h("td", {}, run.stack),
+            h("td", {}, run.command),
+            h("td", {}, when(run.startedAt)),
+            h("td", {}, stateBadge(run.state)),
+            h("td", {}, countsText(run.jobs)),
+            h("td", {}, run.pipelines.join(", ")),
+          ),
+        (cursor) => get<Page<Run>>(`/api/runs?limit=50${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
+      );
+      main.replaceChildren(
+        h("h1", {}, "Runs"),
+        h(
+          "section",
+          { class: "card" },
+          h("h2", {}, "Pipelines"),
+          overview.configError ? h("p", { class: "error", id: "config-error" }, overview.configError) : null,
+          overview.pipelines.length ? pipelines : h("p", { class: "muted" }, "no pipelines yet"),
+        ),
+        h("section", { class: "card", id: "runs" }, runs.element),
+      );
+      await runs.reload();
+      listener = throttle(() => void runs.reload(), 500);
+      jobsListeners.add(listener);
+    },
+    dispose() {
+      if (listener) jobsListeners.delete(listener);
+    },
+  };
+}
+
+function jobRow(job: Job): HTMLTableRowElement {
+  return h(
+    "tr",
+    { "data-job": job.id },
+    h("td", {}, jobLink(job.id)),
+    h("td", {}, job.pipeline),
+    h("td", {}, job.stage),
+    h("td", {}, stateBadge(job.state)),
+    h("td", {}, job.sweepIndex !== null && job.sweepSize !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : ""),
+    h("td", {}, when(job.startedAt)),
+    h("td", {}, duration(job)),
+    h(
+      "td",
+      { class: "mono" },
+      Object.entries(job.params)
+        .map(([k, v]) => `${k}=${valueText(v)}`)
+        .join(" "),
+    ),
+  );
+}
+
+const JOB_HEADER = ["job", "pipeline", "stage", "state", "n/N", "started", "duration", "params"];
+
+function jobListView(title: string, query: string): View {
+  let listener: JobsListener | undefined;
+  return {
+    async render(main) {
+      const table = pagedTable<Job>(JOB_HEADER, jobRow, (cursor) =>
+        get<Page<Job>>(`/api/jobs?${query}&limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
+      );
+      main.replaceChildren(h("h1", {}, title), h("section", { class: "card" }, table.element));
+      await table.reload();
+      listener = throttle(() => void table.reload(), 500);
+      jobsListeners.add(listener);
+    },
+    dispose() {
+      if (listener) jobsListeners.delete(listener);
+    },
+  };
+}
+
+// ------------------------------------------------------------------ charts
+
+const PALETTE = ["#3559e0", "#e0543a", "#16a34a", "#a855f7", "#f59e0b", "#0891b2", "#db2777", "#65a30d", "#7c3aed", "#ea580c"];
+
+function chartWidth(container: HTMLElement): number {
+  return Math.max(320, container.clientWidth - 8);
+}
+
+/** Lines of `field` over steps, one per job. */
+function curvesChart(container: HTMLElement, all: Series[], field: string, label: (id: string) => string): uPlot | undefined {
+  const tables: uPlot.AlignedData[] = [];
+  const series: uPlot.Series[] = [{ label: "step" }];
+  all.forEach((item, index) => {
+    const points = item.series[field];
+    if (!points || points.length === 0) return;
+    const sorted = [...points].sort((a, b) => a.step - b.step);
+    tables.push([sorted.map((p) => p.step), sorted.map((p) => p.value)]);
+    series.push({ label: label(item.id), stroke: PALETTE[index % PALETTE.length], width: 2, spanGaps: true });
+  });
+  container.replaceChildren();
+  if (tables.length === 0) {
+    container.append(h("p", { class: "muted" }, `no step series "${field}" recorded`));
+    return undefined;
+  }
+  const data = tables.length === 1 ? tables[0]! : uPlot.join(tables);
+  return new uPlot(
+    { title: field, width: chartWidth(container), height: 280, scales: { x: { time: false } }, series, axes: [{ label: "step" }, {}] },
+    data,
+    container,
+  );
+}
+
+function xRange(xs: number[], categories: number): uPlot.Range.MinMax {
+  if (categories > 0) return [-0.5, categories - 0.5];
+  const min = Math.min(...xs);
+  const max = Math.max(...xs);
+  const pad = max > min ? (max - min) * 0.05 : Math.abs(min) * 0.1 || 1;
+  return [min - pad, max + pad];
+}
+
+/** Each job as a point: a param (x) against a metric (y). Text params are placed by their sorted values. */
+function scatterChart(container: HTMLElement, rows: SweepRow[], param: string, metric: string): uPlot | undefined {
+  const values = rows.map((row) => row.params[param]);
+  const categories = [...new Set(values.filter((v) => typeof v !== "number").map(valueText))].sort();
+  const xOf = (v: unknown): number => (typeof v === "number" ? v : categories.indexOf(valueText(v)));
+  const points = rows
+    .map((row) => ({ x: xOf(row.params[param]), y: row.metrics[metric] }))
+    .filter((p): p is { x: number; y: number } => typeof p.y === "number" && p.x >= 0)
+    .sort((a, b) => a.x - b.x);
+  container.replaceChildren();
+  if (points.length === 0) {
+    container.append(h("p", { class: "muted" }, `no job has both ${param} and a numeric ${metric}`));
+    return undefined;
+  }
+  const axisValues = categories.length > 0 ? (_u: uPlot, splits: number[]) => splits.map((s) => categories[s] ?? "") : undefined;
+  return new uPlot(
+    {
+      title: `${metric} by ${param}`,
+      width: chartWidth(container),
+      height: 280,
+      // An explicit x range, wider than the points: uPlot looks up the first and last point by x, which misses repeated x values at the ends.
+      scales: {
+        x: {
+          time: false,
+          range: xRange(
+            points.map((p) => p.x),
+            categories.length,
+          ),
+        },
+      },
+      series: [
+        { label: param },
+        { label: metric, stroke: PALETTE[0], paths: () => null, points: { show: true, size: 9, fill: PALETTE[0] } },
+      ],
+      axes: [{ label: param, ...(axisValues ? { values: axisValues, splits: () => categories.map((_, i) => i) } : {}) }, { label: metric }],
+    },
+    [points.map((p) => p.x), points.map((p) => p.y)],
+    container,
+  );
+}
+
+// ------------------------------------------------------------------ the sweep
+
+interface Filter {
+  test(row: SweepRow): boolean;
+}
+
+/** `lr=0.1 acc>0.9 state=failed poly`: comparisons on params, metrics and columns; other words match any cell. */
+function parseFilter(text: string): Filter {
+  const terms = text
+    .trim()
+    .split(/\s+/)
+    .filter(Boolean)
+    .map((term) => {
+      const match = /^([^<>=!]+)(<=|>=|!=|=|<|>)(.*)$/.exec(term);
+      if (match === null) return (row: SweepRow) => rowText(row).includes(term.toLowerCase());
+      const [, name = "", op, wanted = ""] = match;
+      return (row: SweepRow) => {
+        const value = cellValue(row, name);
+        if (value === undefined) return false;
+        const a = typeof value === "number" ? value : valueText(value);
+        const b = typeof value === "number" && wanted !== "" && !Number.isNaN(Number(wanted)) ? Number(wanted) : wanted;
+        switch (op) {
+          case "=":
+            return String(a) === String(b);
+          case "!=":
+            return String(a) !== String(b);
+          case "<":
+            return a < b;
+          case ">":
+            return a > b;
+          case "<=":
+            return a <= b;
+          default:
+            return a >= b;
+        }
+      };
+    });
+  return { test: (row) => terms.every((term) => term(row)) };
+}
+
+function cellValue(row: SweepRow, column: string): unknown {
+  if (column in row.params) return row.params[column];
+  if (column in row.metrics) return row.metrics[column];
+  if (column === "state") return row.state;
+  if (column === "job") return row.id ?? undefined;
+  return undefined;
+}
+
+function rowText(row: SweepRow): string {
+  return [row.id ?? "", row.state, ...Object.values(row.params).map(valueText), ...Object.values(row.metrics).map(valueText)]
+    .join(" ")
+    .toLowerCase();
+}
+
+function compare(a: unknown, b: unknown): number {
+  if (a === undefined) return b === undefined ? 0 : 1;
+  if (b === undefined) return -1;
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return valueText(a).localeCompare(valueText(b), undefined, { numeric: true });
+}
+
+function sweepView(pipeline: string): View {
+  let listener: JobsListener | undefined;
+  const charts: uPlot[] = [];
+  return {
+    async render(main) {
+      let rows: SweepRow[] = [];
+      let sort: { column: string; descending: boolean } | undefined;
+      const selected = new Set<string>();
+      const filterInput = h("input", { type: "search", id: "filter", placeholder: "filter: lr=0.1 accuracy>0.9 state=succeeded" });
+      const count = h("span", { class: "muted", id: "shown" });
+      const note = h("p", { class: "muted" });
+      const table = h("table", { id: "sweep" });
+      const paramSelect = h("select", { id: "x-param" });
+      const metricSelect = h("select", { id: "y-metric" });
+      const fieldSelect = h("select", { id: "curve-field" });
+      const scatter = h("div", { class: "chart", id: "scatter" });
+      const curves = h("div", { class: "chart", id: "curves" });
+      main.replaceChildren(
+        h("h1", {}, `Sweep of ${pipeline}`),
+        note,
+        h("section", { class: "card" }, h("div", { class: "toolbar" }, filterInput, count), table),
+        h(
+          "section",
+          { class: "card" },
+          h(
+            "div",
+            { class: "toolbar" },
+            "param ",
+            paramSelect,
+            " against metric ",
+            metricSelect,
+            " · step curves of the selected jobs: ",
+            fieldSelect,
+          ),
+          h("div", { class: "charts" }, scatter, curves),
+        ),
+      );
+
+      const paramNames = () => [...new Set(rows.flatMap((row) => Object.keys(row.params)))].sort();
+      const metricNames = () =>
+        [...new Set(rows.flatMap((row) => Object.keys(row.metrics).filter((k) => typeof row.metrics[k] === "number")))].sort();
+      const setOptions = (select: HTMLSelectElement, names: string[]) => {
+        const current = select.value;
+        select.replaceChildren(...names.map((name) => h("option", { value: name }, name)));
+        if (names.includes(current)) select.value = current;
+      };
+      const visible = () => {
+        const filter = parseFilter(filterInput.value);
+        const shown = rows.filter((row) => filter.test(row));
+        if (sort !== undefined) {
+          const { column, descending } = sort;
+          shown.sort((a, b) => {
+            const x = cellValue(a, column);
+            const y = cellValue(b, column);
+            // Rows without the value stay last either way.
+            if (x === undefined || y === undefined) return compare(x, y);
+            return descending ? compare(y, x) : compare(x, y);
+          });
+        }
+        return shown;
+      };
+      const drawTable = () => {
+        const params = paramNames();
+        const metrics = metricNames();
+        const header = (column: string, label = column) => {
+          const cls = sort?.column === column ? `sortable sorted-${sort.descending ? "desc" : "asc"}` : "sortable";
+          return h(
+            "th",
+            {
+              class: cls,
+              "data-column": column,
+              onclick: () => {
+                sort =
+                  sort?.column === column ? { column, descending: !sort.descending } : { column, descending: metrics.includes(column) };
+                drawTable();
+              },
+            },
+            label,
+          );
+        };
+        const shown = visible();
+        count.textContent = `${shown.length} of ${rows.length} jobs`;
+        table.replaceChildren(
+          h(
+            "thead",
+            {},
+            h("tr", {}, h("th", {}, ""), header("job"), header("state"), ...params.map((p) => header(p)), ...metrics.map((m) => header(m))),
+          ),
+          h(
+            "tbody",
+            {},
+            ...shown.map((row) => {
+              const id = row.id;
+              const box = h("input", { type: "checkbox", "aria-label": `select ${id ?? "pending"}`, disabled: id === null });
+              box.checked = id !== null && selected.has(id);
+              box.addEventListener("change", () => {
+                if (id === null) return;
+                if (box.checked) selected.add(id);
+                else selected.delete(id);
+                tr.classList.toggle("selected", box.checked);
+                void drawCurves();
+              });
+              const tr = h(
+                "tr",
+                { "data-job": id ?? undefined, "data-index": row.index, class: box.checked ? "selected" : undefined },
+                h("td", {}, box),
+                h("td", {}, id === null ? h("span", { class: "muted" }, "not run") : jobLink(id)),
+                h("td", {}, stateBadge(row.state)),
+                ...params.map((p) => h("td", { class: typeof row.params[p] === "number" ? "num" : "" }, valueText(row.params[p]))),
+                ...metrics.map((m) => h("td", { class: "num", "data-metric": m }, valueText(row.metrics[m]))),
+              );
+              return tr;
+            }),
+          ),
+        );
+      };
+      const drawScatter = () => {
+        for (const chart of charts.splice(0)) chart.destroy();
+        const chart =
+          paramSelect.value && metricSelect.value ? scatterChart(scatter, visible(), paramSelect.value, metricSelect.value) : undefined;
+        if (chart) charts.push(chart);
+        void drawCurves();
+      };
+      let curvesChartNow: uPlot | undefined;
+      // Only the latest request draws: ticking boxes quickly sends several, whose answers may come back in any order.
+      let curvesAsked = 0;
+      const drawCurves = async () => {
+        const asked = ++curvesAsked;
+        const ids =
+          selected.size > 0
+            ? [...selected]
+            : visible()
+                .slice(0, 10)
+                .map((row) => row.id);
+        if (ids.length === 0) return;
+        const { items } = await get<{ items: Series[] }>(`/api/series?ids=${ids.join(",")}`);
+        if (asked !== curvesAsked) return;
+        setOptions(fieldSelect, [...new Set(items.flatMap((item) => Object.keys(item.series)))].sort());
+        curvesChartNow?.destroy();
+        curvesChartNow = fieldSelect.value ? curvesChart(curves, items, fieldSelect.value, (id) => id) : undefined;
+        if (!fieldSelect.value) curves.replaceChildren(h("p", { class: "muted" }, "no step series recorded (OUT/metrics/*.jsonl)"));
+      };
+      let loads = 0;
+      const load = async () => {
+        const asked = ++loads;
+        const sweep = await get<Sweep>(`/api/pipelines/${encodeURIComponent(pipeline)}/sweep`);
+        if (asked !== loads) return;
+        rows = sweep.items;
+        note.textContent =
+          sweep.source === "config"
+            ? "every combination the config names now, with the job last recorded for it"
+            : "not in the config: the jobs of its last run";
+        const firstLoad = metricSelect.options.length === 0;
+        setOptions(paramSelect, paramNames());
+        setOptions(metricSelect, sweep.metricNames);
+        if (firstLoad && sweep.leadingMetric !== null) metricSelect.value = sweep.leadingMetric;
+        drawTable();
+        drawScatter();
+      };
+      filterInput.addEventListener("input", () => {
+        drawTable();
+        drawScatter();
+      });
+      paramSelect.addEventListener("change", drawScatter);
+      metricSelect.addEventListener("change", drawScatter);
+      fieldSelect.addEventListener("change", () => void drawCurves());
+      await load();
+      const reload = throttle(() => void load(), 500);
+      listener = (jobs) => {
+        if (jobs.some((job) => job.pipeline === pipeline && job.stage === "train")) reload();
+      };
+      jobsListeners.add(listener);
+    },
+    dispose() {
+      if (listener) jobsListeners.delete(listener);
+      for (const chart of charts.splice(0)) chart.destroy();
+    },
+  };
+}
+
+// ------------------------------------------------------------------ one job
+
+function jobView(id: string): View {
+  let stream: EventSource | undefined;
+  let chart: uPlot | undefined;
+  return {
+    async render(main) {
+      const job = await get<JobDetail>(`/api/jobs/${encodeURIComponent(id)}`);
+      const log = await get<{ offset: number; next: number; text: string }>(`/api/jobs/${encodeURIComponent(job.id)}/log?tail=1`);
+      const state = h("span", { id: "job-state" }, stateBadge(job.state));
+      const timing = h("span", { class: "muted", id: "job-timing" });
+      const metrics = h("tbody", { id: "metrics" });
+      const pre = h("pre", { class: "log", id: "log" }, log.text);
+      const earlier =
+        log.offset > 0 ? h("p", { class: "muted" }, `the first ${log.offset} bytes are not shown: `, h("code", {}, job.logFile)) : null;
+      const fieldSelect = h("select", { id: "job-curve-field" });
+      const curves = h("div", { class: "chart", id: "job-curves" });
+      let series: Series = { id: job.id, series: {} };
+      const showTiming = (j: Job) => {
+        timing.textContent = `started ${when(j.startedAt) || "-"} · finished ${when(j.finishedAt) || "-"} · ${duration(j) || "-"}${j.exitCode !== null ? ` · exit ${j.exitCode}` : ""}${j.reason ? ` · ${j.reason}` : ""}`;
+      };
+      const showMetrics = (values: Record<string, MetricValue>) => {
+        const entries = Object.entries(values);
+        metrics.replaceChildren(
+          ...(entries.length === 0
+            ? [h("tr", {}, h("td", { class: "muted" }, "none yet"))]
+            : entries.map(([name, value]) =>
+                h("tr", { "data-metric": name }, h("td", {}, name), h("td", { class: "num" }, valueText(value))),
+              )),
+        );
+      };
+      const drawCurves = () => {
+        const fields = Object.keys(series.series).sort();
+        const current = fieldSelect.value;
+        fieldSelect.replaceChildren(...fields.map((f) => h("option", { value: f }, f)));
+        if (fields.includes(current)) fieldSelect.value = current;
+        chart?.destroy();
+        chart = fieldSelect.value ? curvesChart(curves, [series], fieldSelect.value, () => fieldSelect.value) : undefined;
+        if (!fieldSelect.value) curves.replaceChildren(h("p", { class: "muted" }, "no step series recorded (OUT/metrics/*.jsonl)"));
+      };
+      fieldSelect.addEventListener("change", drawCurves);
+      showTiming(job);
+      showMetrics(job.metrics);
+      const kv = (pairs: [string, Child][]) => h("dl", { class: "kv" }, ...pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+      main.replaceChildren(
+        h("h1", {}, "Job ", h("span", { class: "mono" }, job.id), " ", state),
+        h(
+          "section",
+          { class: "card" },
+          kv([
+            ["pipeline", h("a", { href: `#/pipelines/${encodeURIComponent(job.pipeline)}` }, job.pipeline)],
+            ["stage", job.stage],
+            ["run", h("a", { href: `#/runs/${job.runId}`, class: "mono" }, job.runId)],
+            ["sweep", job.sweepIndex !== null && job.sweepSize !== null ? `${job.sweepIndex + 1} of ${job.sweepSize}` : "-"],
+            ["when", timing],
+          ]),
+        ),
+        h(
+          "div",
+          { class: "charts" },
+          h(
+            "section",
+            { class: "card" },
+            h("h2", {}, "Params"),
+            h(
+              "table",
+              { id: "params" },
+              h(
+                "tbody",
+                {},
+                ...Object.entries(job.params).map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", { class: "mono" }, valueText(v)))),
+              ),
+            ),
+            h("h2", {}, "Metrics"),
+            h("table", {}, metrics),
+            ...job.metricsSkipped.map((s) => h("p", { class: "muted" }, `skipped ${s.file}${s.key ? ` ${s.key}` : ""}: ${s.reason}`)),
+          ),
+          h("section", { class: "card" }, h("h2", {}, "Step curves ", fieldSelect), curves),
+        ),
+        h(
+          "section",
+          { class: "card" },
+          h("h2", {}, "Keys"),
+          kv(Object.entries(job.keys).map(([k, v]) => [k, h("span", { class: "mono" }, v ?? "-")])),
+          h("h2", {}, "Outputs"),
+          h("p", { class: "mono muted" }, job.collectedAt ? `collected by kaos gc at ${job.collectedAt}` : job.outputDir),
+          h(
+            "table",
+            {},
+            h("tbody", {}, ...job.outputs.map((o) => h("tr", {}, h("td", { class: "mono" }, o.path), h("td", { class: "num" }, o.size)))),
+          ),
+        ),
+        h("section", { class: "card" }, h("h2", {}, "Log"), earlier, pre),
+      );
+      series = await get<Series>(`/api/jobs/${encodeURIComponent(job.id)}/series`);
+      drawCurves();
+      stream = new EventSource(`/api/events?job=${encodeURIComponent(job.id)}&logOffset=${log.next}`);
+      stream.addEventListener("log", (event) => {
+        const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.append((JSON.parse((event as MessageEvent<string>).data) as { text: string }).text);
+        if (atBottom) pre.scrollTop = pre.scrollHeight;
+      });
+      stream.addEventListener("series", (event) => {
+        series = JSON.parse((event as MessageEvent<string>).data) as Series;
+        drawCurves();
+      });
+      stream.addEventListener("metrics", (event) =>
+        showMetrics((JSON.parse((event as MessageEvent<string>).data) as { metrics: Record<string, MetricValue> }).metrics),
+      );
+      stream.addEventListener("jobs", (event) => {
+        const update = (JSON.parse((event as MessageEvent<string>).data) as Job[]).find((j) => j.id === job.id);
+        if (update === undefined) return;
+        state.replaceChildren(stateBadge(update.state));
+        showTiming(update);
+      });
+    },
+    dispose() {
+      stream?.close();
+      chart?.destroy();
+    },
+  };
+}
+
+// ------------------------------------------------------------------ routing
+
+let current: View | undefined;
+
+function route(): View {
+  const [, kind, name] = location.hash.replace(/^#/, "").split("/").map(decodeURIComponent);
+  if (kind === "runs" && name) return jobListView(`Run ${name}`, `run=${encodeURIComponent(name)}`);
+  if (kind === "pipelines" && name) return sweepView(name);
+  if (kind === "jobs" && name) return jobView(name);
+  if (kind === "environments") return jobListView("Environment builds", "stage=build");
+  return runsView();
+}
+
+async function show(): Promise<void> {
+  current?.dispose?.();
+  const main = document.getElementById("main")!;
+  const kind = location.hash.split("/")[1] ?? "runs";
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.getAttribute("data-kind") === kind);
+  const view = route();
+  current = view;
+  main.setAttribute("aria-busy", "true");
+  try {
+    await view.render(main);
+  } catch (error) {
+    main.replaceChildren(h("p", { class: "error" }, error instanceof Error ? error.message : String(error)));
+  } finally {
+    main.removeAttribute("aria-busy");
+  }
+}
+
+document
+  .getElementById("nav")!
+  .append(
+    h("a", { href: "#/runs", "data-kind": "runs" }, "Runs"),
+    h("a", { href: "#/environments", "data-kind": "environments" }, "Environments"),
+  );
+window.addEventListener("hashchange", () => void show());
+connectLive();
+void show();
