@@ -27,6 +27,7 @@ import { availableParallelism } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { deserialize, serialize } from "node:v8";
+import { Worker, isMainThread, workerData } from "node:worker_threads";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const dataRoot = join(here, ".data");
@@ -71,10 +72,13 @@ export function prepared(directory, parameters, generate) {
   writeFileSync(marker, wanted);
 }
 
-/** Small files spread 100 to a directory, 100 directories to a parent, sizes from 1/16 to 31/16 of the average. */
-export function writeSmallFiles(root, count, averageBytes, seed) {
-  const block = fill(Buffer.alloc(averageBytes * 2), seed);
-  for (let index = 0; index < count; index++) {
+/**
+ * Small files spread 100 to a directory, 100 directories to a parent, sizes from 1/16 to 31/16 of the average.
+ * `first` and `end` write a slice of the indices, so that several threads can share a large tree.
+ */
+export function writeSmallFiles(root, count, averageBytes, seed, first = 0, end = count) {
+  const block = fill(Buffer.alloc(averageBytes * 2), seed + first);
+  for (let index = first; index < end; index++) {
     const directory = join(root, `d${Math.floor(index / 10_000)}`, `s${Math.floor(index / 100) % 100}`);
     if (index % 100 === 0) mkdirSync(directory, { recursive: true });
     const size = Math.floor((averageBytes * (1 + ((index * 7) % 30))) / 16);
@@ -82,6 +86,26 @@ export function writeSmallFiles(root, count, averageBytes, seed) {
     block.writeUInt32LE(index, start);
     writeFileSync(join(directory, `f${index}.dat`), block.subarray(start, start + size));
   }
+}
+
+/**
+ * The same tree written by `threads` worker threads, each a run of whole directories: creating a
+ * million files is system calls, which run in parallel.
+ */
+export async function writeSmallFilesParallel(root, count, averageBytes, seed, threads = 4) {
+  const perThread = Math.ceil(count / threads / 100) * 100;
+  const workers = [];
+  for (let first = 0; first < count; first += perThread) {
+    const workerData = { root, count, averageBytes, seed, first, end: Math.min(count, first + perThread) };
+    const worker = new Worker(fileURLToPath(import.meta.url), { workerData });
+    workers.push(
+      new Promise((resolve, reject) => {
+        worker.on("error", reject);
+        worker.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`writing ${root}: a thread exited with ${code}`))));
+      }),
+    );
+  }
+  await Promise.all(workers);
 }
 
 export function prepareMixed(size, directory = join(dataRoot, `mixed-${size.largeFiles}x${size.largeBytes}-${size.smallFiles}`)) {
@@ -244,7 +268,12 @@ export async function runHashBench({ quick = false, log = console.log } = {}) {
   return results;
 }
 
-const invokedDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
+if (!isMainThread && workerData?.root !== undefined) {
+  const { root, count, averageBytes, seed, first, end } = workerData;
+  writeSmallFiles(root, count, averageBytes, seed, first, end);
+}
+
+const invokedDirectly = isMainThread && process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
 if (invokedDirectly) {
   const args = process.argv.slice(2);
   if (args[0] === "--warm-child") {

@@ -22,6 +22,9 @@
  *    the no-op rerun;
  * 7. `kaos plan` of a manifest of 1M lines (sha256 and size given, nothing to
  *    download): time and peak memory / `sha256sum` of the manifest file.
+ * 8. (only with --only 8: it makes a million files once) a local data bundle
+ *    of 100k and 1M files: cold plan, first up, warm no-op plan / the Node
+ *    floor (and git status at 100k), one changed file: time, CPU, peak memory.
  *
  * --quick: 10k files, ~200 MB, 20-job sweep, 100 manifest files, 1k jobs, 100k manifest lines,
  * 5 runs, no dvc (unless --dvc): for CI. The full run (7 runs) is for people.
@@ -39,7 +42,15 @@ import { appendFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSyn
 import { availableParallelism, loadavg } from "node:os";
 import { dirname, join, relative, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { SIZES as HASH_SIZES, dataRoot, hasCommand, prepareMixed, prepareWarmTree, prepared } from "./hash.mjs";
+import {
+  SIZES as HASH_SIZES,
+  dataRoot,
+  hasCommand,
+  prepareMixed,
+  prepareWarmTree,
+  prepared,
+  writeSmallFilesParallel,
+} from "./hash.mjs";
 import { startServerProcess } from "./ingest.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -60,6 +71,7 @@ const SIZES = {
     sweep: 20,
     manifestFiles: 100,
     manifestLines: 100_000,
+    hugeFiles: [100_000],
     runs: 5,
   },
   full: {
@@ -71,6 +83,7 @@ const SIZES = {
     sweep: 100,
     manifestFiles: 1_000,
     manifestLines: 1_000_000,
+    hugeFiles: [100_000, 1_000_000],
     runs: 7,
   },
 };
@@ -1208,6 +1221,138 @@ async function scenarioBigManifest(size, runs) {
   ];
 }
 
+/**
+ * A tree of `files` small files of 1 KiB on average, 100 to a directory, written by
+ * a few threads once and reused. Not a git repository: `git add` of a million
+ * files writes a million loose objects, longer than the rest of the scenario.
+ */
+async function hugeTree(files) {
+  const dir = join(runRoot, `huge-${files}`);
+  const wanted = JSON.stringify({ files, averageBytes: 1024, version: 1 });
+  const marker = join(dir, ".params");
+  if (existsSync(marker) && readFileSync(marker, "utf8") === wanted) return dir;
+  log(`  generating ${files} files in ${relative(repo, dir)} (once)`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  await writeSmallFilesParallel(dir, files, 1024, 13);
+  writeFileSync(marker, wanted);
+  return dir;
+}
+
+/**
+ * A local data bundle at scale: 100k files (scenario 1's tree, a git
+ * repository) and 1M (its own tree). Cold plan and first up once each (the
+ * cold ones cannot be repeated without undoing the other), then the warm
+ * no-op plan against the Node floor, then one changed file.
+ */
+async function scenarioHugeBundle(size, runs) {
+  const rows = [];
+  const timed = Math.min(runs, 3);
+  for (const files of size.hugeFiles) {
+    const label = files >= 1_000_000 ? `${files / 1_000_000}M` : `${files / 1000}k`;
+    log(`[8] local data bundle of ${label} files`);
+    const isGit = files <= 100_000;
+    const tree = isGit ? warmTree(files) : await hugeTree(files);
+    const project = join(runRoot, "projects", `huge-${files}`);
+    prepared(project, { tree: readFileSync(join(tree, ".params"), "utf8"), version: 1 }, () => writeProject(project, { data: tree }));
+    const memoryTarget = files >= 1_000_000 ? 600 : undefined;
+    const memoryPass = (s) => (memoryTarget === undefined ? undefined : s.peakRssMb !== undefined && s.peakRssMb < memoryTarget);
+    const memoryNote = memoryTarget === undefined ? "info" : `< ${memoryTarget} MB`;
+
+    rmSync(join(project, ".kaos"), { recursive: true, force: true });
+    const cold = kaos(["plan"], project);
+    const coldStats = planStats(cold.stdout);
+    if (coldStats.hashed !== coldStats.files) throw new Error(`cold kaos plan hashed ${coldStats.hashed} of ${coldStats.files} files`);
+    rmSync(join(project, ".kaos"), { recursive: true, force: true });
+    const first = kaos(["up"], project);
+    const settled = await settle(project);
+
+    const sides = [
+      {
+        name: "kaos plan",
+        run: () => kaos(["plan"], project),
+        check: (sample) => {
+          const stats = planStats(sample.stdout);
+          if (stats.hashed !== 0) throw new Error(`warm kaos plan re-read ${stats.hashed} files`);
+          if (!/No changes/.test(sample.stdout)) throw new Error(`warm kaos plan is not a no-op:\n${sample.stdout.slice(-800)}`);
+        },
+      },
+      { name: "node: lstat every file", run: () => measure(process.execPath, ["-e", NODE_WALK_FLOOR, tree], { cwd: tree }) },
+    ];
+    if (isGit) sides.push({ name: "git status", run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) });
+    const [warmSamples, floorSamples, gitSamples] = interleave(timed, sides);
+    const warm = summary(warmSamples);
+    const floor = summary(floorSamples);
+    const git = gitSamples ? summary(gitSamples) : undefined;
+
+    const target = join(tree, "d0", "s0", "f0.dat");
+    const original = readFileSync(target);
+    const hashedCounts = [];
+    let changed;
+    try {
+      let version = 0;
+      const change = () => {
+        version += 1;
+        const content = Buffer.from(original);
+        content.write(`changed ${version} ${Date.now()}`.padEnd(40), 0);
+        writeFileSync(target, content);
+      };
+      [changed] = interleave(timed, [
+        { name: "kaos plan", before: change, run: () => kaos(["plan"], project), check: (s) => hashedCounts.push(planStats(s.stdout).hashed) },
+      ]);
+    } finally {
+      writeFileSync(target, original);
+    }
+    const one = summary(changed);
+    const floorBaseline = { name: "node floor", ...floor };
+    rows.push(
+      row({
+        id: `8-${label}-cold`,
+        scenario: `${label}-file bundle: cold plan`,
+        kaos: summary([cold]),
+        target: memoryNote,
+        pass: memoryPass(summary([cold])),
+        notes: [`${coldStats.files} files hashed, .kaos/ removed; one run`],
+      }),
+      row({
+        id: `8-${label}-first-up`,
+        scenario: "  first kaos up",
+        kaos: summary([first]),
+        target: memoryNote,
+        pass: memoryPass(summary([first])),
+        notes: ["from an empty .kaos/: environment build, data snapshot, one job; one run"],
+      }),
+      row({
+        id: `8-${label}-warm`,
+        scenario: "  warm no-op plan",
+        kaos: warm,
+        baseline: floorBaseline,
+        target: memoryTarget === undefined ? "<= 1.30x" : `<= 1.30x, ${memoryNote}`,
+        pass: warm.median <= 1.3 * floor.median && memoryPass(warm) !== false,
+        notes: [`${settled.files} files, 0 re-read`],
+      }),
+      row({
+        id: `8-${label}-floor`,
+        scenario: "    floor: node, lstat every file",
+        kaos: floor,
+        ...(git ? { baseline: { name: "git status", ...git } } : {}),
+        target: "info",
+        notes: [git ? "one thread, nothing else" : "one thread, nothing else; no git status: a git index of 1M files is not made"],
+      }),
+      row({
+        id: `8-${label}-changed`,
+        scenario: "  one changed file: plan",
+        kaos: one,
+        baseline: floorBaseline,
+        target: memoryNote,
+        pass: memoryPass(one),
+        notes: [`files re-read per run: ${hashedCounts.slice(1).join(", ")}`],
+      }),
+    );
+  }
+  return rows;
+}
+
 function processCpuSeconds(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -1271,6 +1416,8 @@ async function main() {
   if (wanted(5)) rows.push(...(await scenarioSweep(size, runs)));
   if (wanted(6)) rows.push(...(await scenarioIngest(size, runs)));
   if (wanted(7)) rows.push(...(await scenarioBigManifest(size, runs)));
+  // A million files take minutes to make and gigabytes of disk: asked for by name only.
+  if (options.only?.has("8")) rows.push(...(await scenarioHugeBundle(size, runs)));
   const duration = (performance.now() - started) / 1000;
   // Other load on the machine inflates every wall time; this says how much there was.
   const load = `load average ${loadBefore.toFixed(1)} at the start, ${loadavg()[0].toFixed(1)} at the end`;
