@@ -170,7 +170,14 @@ export interface StatCacheEntry {
  */
 export interface PackedStatCache extends PackedColumns {
   treeHash: string | undefined;
+  /** Where the raw 32-byte hashes start in `bytes`; undefined when the blob keeps them as text. */
+  rawHashes: number | undefined;
+  /** Every path is ASCII. */
+  asciiPaths: boolean;
   entryAt(row: number): StatCacheEntry;
+  /** The file at `row`, made afresh (entryAt keeps what it makes). */
+  fileAt(row: number): TreeFile;
+  pathAt(row: number): string;
   modeAt(row: number): TreeFile["mode"];
 }
 
@@ -189,6 +196,8 @@ export interface StatCacheStore {
    * `treeHash` is the tree hash of exactly these entries.
    */
   save(root: string, entries: StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string, monitorToken?: string): void | Promise<void>;
+  /** `save` for the rows a walk leaves (cached rows kept by position), so that no object is made per file. */
+  saveRows?(root: string, rows: StatCacheRows, cacheTimeNs: bigint, treeHash?: string, monitorToken?: string): void | Promise<void>;
   /** When the cache for root was last saved (the walk start time), or undefined. */
   savedAt?(root: string): bigint | undefined;
   /**
@@ -377,10 +386,11 @@ interface UnitRecord {
   children: UnitRecord[];
 }
 
-/** A file of the listing, with the cache entry that will describe it. */
+/** A file of the listing whose content must be read: its fresh row, path and size. */
 interface PendingFile {
-  file: TreeFile;
-  entry: StatCacheEntry;
+  row: number;
+  path: string;
+  size: number;
 }
 
 interface HashJob {
@@ -405,6 +415,8 @@ class TreeRun {
     private readonly workers: PoolWorker[],
     private readonly walkSettings: Omit<WalkRequest, "kind" | "id" | "units">,
     top: UnitRecord,
+    /** Where a job's digests go, by fresh row ("" for a file gone meanwhile). */
+    private readonly hashed: (row: number, hash: string) => void,
   ) {
     this.order = [top];
     this.unitQueue.push(top);
@@ -529,7 +541,7 @@ class TreeRun {
       kind: "hash",
       id: nextRequestId++,
       rootPrefix: this.walkSettings.rootPrefix,
-      paths: job.files.map((pending) => pending.file.path),
+      paths: job.files.map((pending) => pending.path),
       modes: job.modes,
     };
     sendToWorker(member, request).then(
@@ -569,9 +581,7 @@ class TreeRun {
       return;
     }
     job.files.forEach((pending, position) => {
-      const hash = result.hashes[position] ?? "";
-      pending.file.hash = hash;
-      pending.entry.hash = hash;
+      this.hashed(pending.row, result.hashes[position] ?? "");
     });
   }
 }
@@ -582,7 +592,7 @@ class JobBuilder {
   private small: HashJob | undefined;
 
   add(pending: PendingFile, mode: number): void {
-    const bytes = pending.file.size;
+    const bytes = pending.size;
     if (bytes > LARGE_FILE_BYTES) {
       this.jobs.push({ files: [pending], modes: [mode], bytes });
       return;
@@ -806,6 +816,8 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
     }
   }
   const workers = walkersFor(options.workers, packed?.count);
+  const limits = savedAt === undefined ? undefined : { fine: savedAt - RACY_WINDOW_FINE_NS, coarse: savedAt - RACY_WINDOW_COARSE_NS };
+  const listing = new Listing(packed !== undefined && packed.count > 0 && savedAt !== undefined ? packed : undefined);
   const run = new TreeRun(
     absoluteRoot,
     workers,
@@ -822,6 +834,7 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
       byteBudget: UNIT_BYTE_BUDGET,
     },
     { unit: { prefix: "", names: null }, children: [] },
+    (row, hash) => listing.fresh.setHash(row, hash),
   );
   // Otherwise the workers are walking already while the cache loads.
   let cache: Map<string, StatCacheEntry> | undefined;
@@ -831,9 +844,8 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
     run.abandon(error);
     throw error;
   }
-  const limits = savedAt === undefined ? undefined : { fine: savedAt - RACY_WINDOW_FINE_NS, coarse: savedAt - RACY_WINDOW_COARSE_NS };
   const cursor = cache === undefined || cache.size === 0 || limits === undefined ? undefined : new CacheLookup(cache, limits);
-  const listing = new Listing(cursor, packed !== undefined && packed.count > 0 && savedAt !== undefined ? packed : undefined);
+  listing.cursor = cursor;
   run.consume((record) => {
     const jobs = listing.add(record);
     if (jobs.length > 0) run.addJobs(jobs);
@@ -846,8 +858,11 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
     listing.unchangedPacked !== undefined
       ? listing.unchangedPacked.treeHash !== undefined
       : cursor !== undefined && listing.read === 0 && listing.cacheHits === cache?.size;
-  if (store !== undefined && !unchanged) await store.save(absoluteRoot, listing.allEntries(), cacheTimeNs, tree.hash, monitorToken);
-  else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
+  if (store !== undefined && !unchanged) {
+    // A store that takes rows copies the cached ones by the column; others get one entry per file.
+    if (store.saveRows !== undefined) await store.saveRows(absoluteRoot, listing.rows(), cacheTimeNs, tree.hash, monitorToken);
+    else await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
+  } else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
   return tree;
 }
 
@@ -947,7 +962,7 @@ async function treeFromChanges(
     const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
     for (let row = 0; row < sizes.length; row++) bytes += sizes[row]!;
     const stats = { files: packed.count, bytes, hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count, monitored: true };
-    const tree = lazyTree(root, packed.treeHash ?? digestOfRows(packed), packed, stats);
+    const tree = lazyTree(root, packed.treeHash ?? digestOfRows(packed), packedRows(packed), stats);
     store.recordMonitorToken?.(root, token);
     return tree;
   }
@@ -1051,7 +1066,7 @@ function rowsUnder(packed: PackedStatCache, prefixes: string[]): Set<number> {
 
 function digestOfRows(packed: PackedStatCache): string {
   const digest = new TreeDigest();
-  for (let row = 0; row < packed.count; row++) digest.add(fileOf(packed.entryAt(row)));
+  for (let row = 0; row < packed.count; row++) digest.add(packed.fileAt(row));
   return digest.finish();
 }
 
@@ -1063,27 +1078,38 @@ function columnsOf(packed: PackedStatCache): PackedColumns {
   return { bytes, count, dev, ino, mtime, ctime, size, pathEnd, kind, paths, savedAt };
 }
 
-/** Trees whose files are still only rows of a packed stat cache (see `lazyTree`). */
-const packedTrees = new WeakMap<TreeHash, PackedStatCache>();
+/** The files of a tree as rows, made into objects one at a time. */
+interface TreeRows {
+  count: number;
+  fileAt(row: number): TreeFile;
+  modeAt(row: number): TreeFile["mode"];
+}
+
+function packedRows(packed: PackedStatCache): TreeRows {
+  return { count: packed.count, fileAt: (row) => packed.fileAt(row), modeAt: (row) => packed.modeAt(row) };
+}
+
+/** Trees whose files are still only rows (see `lazyTree`). */
+const rowTrees = new WeakMap<TreeHash, TreeRows>();
 
 /**
- * A tree found unchanged against a packed cache: its `files` are made from
- * the cache only when asked for, since a plan that finds nothing changed
- * needs only the hash.
+ * A tree whose `files` are made from its rows only when asked for: a plan
+ * that finds nothing changed needs only the hash, and one that finds a few
+ * changes need not hold a million objects.
  */
-function lazyTree(root: string, hash: string, packed: PackedStatCache, stats: TreeHash["stats"]): TreeHash {
+function lazyTree(root: string, hash: string, rows: TreeRows, stats: TreeHash["stats"]): TreeHash {
   let files: TreeFile[] | undefined;
   const tree = { root, hash, stats } as TreeHash;
   Object.defineProperty(tree, "files", {
     enumerable: true,
     configurable: true,
-    get: () => (files ??= Array.from({ length: packed.count }, (_, row) => fileOf(packed.entryAt(row)))),
+    get: () => (files ??= Array.from({ length: rows.count }, (_, row) => rows.fileAt(row))),
     set: (value: TreeFile[]) => {
       files = value;
-      packedTrees.delete(tree);
+      rowTrees.delete(tree);
     },
   });
-  packedTrees.set(tree, packed);
+  rowTrees.set(tree, rows);
   return tree;
 }
 
@@ -1096,173 +1122,344 @@ function fileOf(entry: StatCacheEntry): TreeFile {
  * links: an unchanged tree finds them without making every file.
  */
 export function treeLinks(tree: TreeHash): TreeHash {
-  const packed = packedTrees.get(tree);
+  const rows = rowTrees.get(tree);
   const links: TreeFile[] = [];
-  if (packed === undefined) {
+  if (rows === undefined) {
     for (const file of tree.files) if (file.mode === "symlink") links.push(file);
   } else {
-    for (let row = 0; row < packed.count; row++) if (packed.modeAt(row) === "symlink") links.push(fileOf(packed.entryAt(row)));
+    for (let row = 0; row < rows.count; row++) if (rows.modeAt(row) === "symlink") links.push(rows.fileAt(row));
   }
   return { root: tree.root, hash: tree.hash, files: links, stats: tree.stats };
 }
 
+/** The first `count` files of a tree, without listing the rest of a tree still kept as cache rows. */
+export function firstFiles(tree: TreeHash, count: number): TreeFile[] {
+  const rows = rowTrees.get(tree);
+  if (rows === undefined) return tree.files.slice(0, count);
+  const files: TreeFile[] = [];
+  for (let row = 0; row < Math.min(count, rows.count); row++) files.push(rows.fileAt(row));
+  return files;
+}
+
+/** A run of a listing's rows, in path order: rows of the packed stat cache, or fresh rows of the listing. */
+export interface RowRun {
+  fromPacked: boolean;
+  first: number;
+  count: number;
+}
+
+const HEX_HASH = /^[0-9a-f]{64}$/;
+const FRESH_DEV_IS_NUMBER = 1;
+const FRESH_INO_IS_NUMBER = 2;
+/** The content is still being read. */
+const FRESH_PENDING = 4;
+/** Its hash is not 64 lower-case hex digits: kept as text in `odd`. */
+const FRESH_ODD_HASH = 8;
+
+/**
+ * The files of a listing that are not rows of the packed stat cache (read
+ * this time, or found in an unpacked cache), as columns: a million files cost
+ * a few typed arrays and their path strings, not a million objects.
+ */
+export class FreshRows {
+  count = 0;
+  private capacity = 1024;
+  readonly paths: string[] = [];
+  modes = new Uint8Array(this.capacity);
+  flags = new Uint8Array(this.capacity);
+  sizes = new Float64Array(this.capacity);
+  /** dev, ino per row. */
+  ids = new BigUint64Array(this.capacity * 2);
+  /** mtimeNs, ctimeNs per row. */
+  times = new BigInt64Array(this.capacity * 2);
+  /** Raw 32-byte SHA-256 per row. */
+  hashes = Buffer.alloc(this.capacity * 32);
+  /** Hashes that are not 64 lower-case hex digits, by row ("" for a file gone before it was read). */
+  readonly odd = new Map<number, string>();
+
+  /** A new row; `hash` undefined while its content is still to be read. */
+  push(
+    path: string,
+    mode: TreeFile["mode"],
+    dev: bigint | number,
+    ino: bigint | number,
+    size: number,
+    mtimeNs: bigint,
+    ctimeNs: bigint,
+    hash: string | undefined,
+  ): number {
+    if (this.count === this.capacity) this.grow();
+    const row = this.count++;
+    this.paths.push(path);
+    this.modes[row] = MODE_NAMES.indexOf(mode);
+    this.flags[row] = (typeof dev === "number" ? FRESH_DEV_IS_NUMBER : 0) | (typeof ino === "number" ? FRESH_INO_IS_NUMBER : 0);
+    this.sizes[row] = size;
+    this.ids[2 * row] = BigInt(dev);
+    this.ids[2 * row + 1] = BigInt(ino);
+    this.times[2 * row] = mtimeNs;
+    this.times[2 * row + 1] = ctimeNs;
+    if (hash === undefined) this.flags[row]! |= FRESH_PENDING;
+    else this.setHash(row, hash);
+    return row;
+  }
+
+  setHash(row: number, hash: string): void {
+    this.flags[row]! &= ~(FRESH_PENDING | FRESH_ODD_HASH);
+    if (HEX_HASH.test(hash)) {
+      this.hashes.write(hash, 32 * row, 32, "hex");
+      this.odd.delete(row);
+    } else {
+      this.flags[row]! |= FRESH_ODD_HASH;
+      this.odd.set(row, hash);
+    }
+  }
+
+  hashAt(row: number): string {
+    if ((this.flags[row]! & FRESH_ODD_HASH) !== 0) return this.odd.get(row) ?? "";
+    if ((this.flags[row]! & FRESH_PENDING) !== 0) return "";
+    return this.hashes.toString("hex", 32 * row, 32 * row + 32);
+  }
+
+  modeAt(row: number): TreeFile["mode"] {
+    return MODE_NAMES[this.modes[row]!]!;
+  }
+
+  fileAt(row: number): TreeFile {
+    return { path: this.paths[row]!, mode: this.modeAt(row), size: this.sizes[row]!, hash: this.hashAt(row) };
+  }
+
+  entryAt(row: number): StatCacheEntry {
+    const flags = this.flags[row]!;
+    const dev = this.ids[2 * row]!;
+    const ino = this.ids[2 * row + 1]!;
+    return {
+      path: this.paths[row]!,
+      dev: (flags & FRESH_DEV_IS_NUMBER) !== 0 ? Number(dev) : dev,
+      ino: (flags & FRESH_INO_IS_NUMBER) !== 0 ? Number(ino) : ino,
+      size: this.sizes[row]!,
+      mtimeNs: this.times[2 * row]!,
+      ctimeNs: this.times[2 * row + 1]!,
+      mode: this.modeAt(row),
+      hash: this.hashAt(row),
+    };
+  }
+
+  /** Whether dev and ino of `row` were numbers rather than bigints (bits as in the stat cache's kind column, shifted down by 2). */
+  numberBits(row: number): number {
+    return this.flags[row]! & (FRESH_DEV_IS_NUMBER | FRESH_INO_IS_NUMBER);
+  }
+
+  private grow(): void {
+    this.capacity *= 2;
+    const grown = <T extends { set(source: T): void }>(old: T, make: (length: number) => T, perRow: number): T => {
+      const next = make(this.capacity * perRow);
+      next.set(old);
+      return next;
+    };
+    this.modes = grown(this.modes, (n) => new Uint8Array(n), 1);
+    this.flags = grown(this.flags, (n) => new Uint8Array(n), 1);
+    this.sizes = grown(this.sizes, (n) => new Float64Array(n), 1);
+    this.ids = grown(this.ids, (n) => new BigUint64Array(n), 2);
+    this.times = grown(this.times, (n) => new BigInt64Array(n), 2);
+    const hashes = Buffer.alloc(this.capacity * 32);
+    this.hashes.copy(hashes);
+    this.hashes = hashes;
+  }
+}
+
+/**
+ * What the stat cache should hold after a walk, in path order: runs of the
+ * packed cache's rows (copied by the column) and fresh rows. A store that
+ * takes these (`saveRows`) never makes an object per file.
+ */
+export class StatCacheRows {
+  readonly count: number;
+  private runIndex = 0;
+  private runStart = 0;
+
+  constructor(
+    readonly runs: readonly RowRun[],
+    readonly packed: PackedStatCache | undefined,
+    readonly fresh: FreshRows,
+  ) {
+    let count = 0;
+    for (const run of runs) count += run.count;
+    this.count = count;
+  }
+
+  /** Where row `i` of the listing lies: its run and its row there. Cheap when asked in order. */
+  private locate(i: number): { fromPacked: boolean; row: number } {
+    if (i < this.runStart) {
+      this.runIndex = 0;
+      this.runStart = 0;
+    }
+    while (i >= this.runStart + this.runs[this.runIndex]!.count) {
+      this.runStart += this.runs[this.runIndex]!.count;
+      this.runIndex++;
+    }
+    const run = this.runs[this.runIndex]!;
+    return { fromPacked: run.fromPacked, row: run.first + i - this.runStart };
+  }
+
+  fileAt(i: number): TreeFile {
+    const { fromPacked, row } = this.locate(i);
+    return fromPacked ? this.packed!.fileAt(row) : this.fresh.fileAt(row);
+  }
+
+  modeAt(i: number): TreeFile["mode"] {
+    const { fromPacked, row } = this.locate(i);
+    return fromPacked ? this.packed!.modeAt(row) : this.fresh.modeAt(row);
+  }
+
+  entryAt(i: number): StatCacheEntry {
+    const { fromPacked, row } = this.locate(i);
+    return fromPacked ? this.packed!.entryAt(row) : this.fresh.entryAt(row);
+  }
+
+  entries(): StatCacheEntry[] {
+    return Array.from({ length: this.count }, (_, i) => this.entryAt(i));
+  }
+}
+
 /** The listing of one tree, built in path order as walk results come in. */
 class Listing {
-  files: TreeFile[] = [];
-  /** Parallel to `files`: what the stat cache will hold for each. */
-  entries: StatCacheEntry[] = [];
+  readonly fresh = new FreshRows();
+  private runs: RowRun[] = [];
   cacheHits = 0;
   /** Files whose content this run reads (or read while walking), and their bytes. */
   read = 0;
   readBytes = 0;
-  private readonly digest = new TreeDigest();
-  /** The digest is fed in path order for as long as every hash is already known. */
-  private streaming = true;
   private readonly jobs = new JobBuilder();
-  /**
-   * With a packed cache, while every file so far is a hit at rows 0, 1, 2...:
-   * how many rows that is. Nothing is built for them unless the walk turns
-   * out to differ from the cache somewhere.
-   */
-  private hitRows = 0;
-  private hitsOnly: boolean;
   /** Set by finish() when the tree is exactly the packed cache's. */
   unchangedPacked: PackedStatCache | undefined;
+  cursor: CacheLookup | undefined;
+  private finalRows: StatCacheRows | undefined;
 
-  constructor(
-    private readonly cursor: CacheLookup | undefined,
-    private readonly packed: PackedStatCache | undefined,
-  ) {
-    this.hitsOnly = packed !== undefined;
+  constructor(private readonly packed: PackedStatCache | undefined) {}
+
+  private addRows(fromPacked: boolean, first: number, count: number): void {
+    const last = this.runs[this.runs.length - 1];
+    if (last !== undefined && last.fromPacked === fromPacked && last.first + last.count === first) last.count += count;
+    else this.runs.push({ fromPacked, first, count });
   }
 
   /** Takes one walk result; returns the hash jobs for what must be read. */
   add(record: UnitRecord): HashJob[] {
     const result = record.result!;
     const count = result.status.length;
-    if (this.hitsOnly) {
-      if (result.allHits && (count === 0 || result.firstRow === this.hitRows)) {
-        this.hitRows += count;
-        this.cacheHits += count;
-        return [];
-      }
-      this.buildHitRows();
+    if (count === 0) return [];
+    if (this.packed !== undefined && result.allHits) {
+      this.addRows(true, result.firstRow, count);
+      this.cacheHits += count;
+      return [];
     }
     // A unit of hits only sends no paths: each comes from its cache row.
-    const paths = count === 0 || result.allHits ? [] : result.paths.split("\0");
+    const paths = result.allHits ? [] : result.paths.split("\0");
     const cursor = this.cursor;
     const halves = cursor === undefined ? undefined : halvesOf(result);
+    const fresh = this.fresh;
     let inlineHashes = 0;
     for (let index = 0; index < count; index++) {
       const status = result.status[index];
       if (status === STATUS_VANISHED) continue;
       if (status === STATUS_HIT) {
-        this.addHit(this.packed!.entryAt(result.cacheRows[index]!));
+        this.addRows(true, result.cacheRows[index]!, 1);
+        this.cacheHits++;
         continue;
       }
       const path = paths[index]!;
       if (status === STATUS_STATTED && cursor !== undefined) {
         const hit = cursor.unchanged(path, result, halves!, index);
         if (hit !== undefined) {
-          this.addHit(hit);
+          const row = fresh.push(path, hit.mode, hit.dev, hit.ino, hit.size, hit.mtimeNs, hit.ctimeNs, hit.hash);
+          this.addRows(false, row, 1);
+          this.cacheHits++;
           continue;
         }
       }
       const modeCode = result.modes[index]!;
-      const mode = MODE_NAMES[modeCode]!;
       const size = Number(result.ids[index * 3 + 2]);
-      let hash = "";
+      let hash: string | undefined;
       if (status === STATUS_HASHED) hash = result.hashes.slice(inlineHashes * 64, ++inlineHashes * 64);
-      const file: TreeFile = { path, mode, size, hash };
-      const entry: StatCacheEntry = {
+      const row = fresh.push(
         path,
-        dev: result.ids[index * 3]!,
-        ino: result.ids[index * 3 + 1]!,
+        MODE_NAMES[modeCode]!,
+        result.ids[index * 3]!,
+        result.ids[index * 3 + 1]!,
         size,
-        mtimeNs: result.times[index * 2]!,
-        ctimeNs: result.times[index * 2 + 1]!,
-        mode,
+        result.times[index * 2]!,
+        result.times[index * 2 + 1]!,
         hash,
-      };
-      this.files.push(file);
-      this.entries.push(entry);
+      );
+      this.addRows(false, row, 1);
       this.read++;
       this.readBytes += size;
-      if (hash === "") {
-        this.streaming = false;
-        this.jobs.add({ file, entry }, modeCode);
-      } else if (this.streaming) {
-        this.digest.add(file);
-      }
+      if (hash === undefined) this.jobs.add({ row, path, size }, modeCode);
     }
     return this.jobs.take();
   }
 
-  private addHit(entry: StatCacheEntry): void {
-    const file = fileOf(entry);
-    this.files.push(file);
-    this.entries.push(entry);
-    this.cacheHits++;
-    if (this.streaming) this.digest.add(file);
-  }
-
-  /** The walk differs from the cache after all: the hits so far become files. */
-  private buildHitRows(): void {
-    this.hitsOnly = false;
-    this.cacheHits -= this.hitRows;
-    for (let row = 0; row < this.hitRows; row++) this.addHit(this.packed!.entryAt(row));
-  }
-
-  /** What the stat cache should hold now, in path order. */
-  allEntries(): StatCacheEntry[] {
-    if (this.hitsOnly) this.buildHitRows();
-    return this.entries;
+  /** What the stat cache should hold now, in path order (after finish()). */
+  rows(): StatCacheRows {
+    return this.finalRows ?? new StatCacheRows(this.runs, this.packed, this.fresh);
   }
 
   finish(root: string): TreeHash {
     const packed = this.packed;
-    if (this.hitsOnly && packed !== undefined) {
-      if (this.hitRows === packed.count) {
-        this.unchangedPacked = packed;
-        let bytes = 0;
-        const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
-        for (let row = 0; row < sizes.length; row++) bytes += sizes[row]!;
-        const stats = { files: packed.count, bytes, hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count };
-        return lazyTree(root, packed.treeHash ?? digestOfRows(packed), packed, stats);
-      }
-      // Files at the end of the cache are gone.
-      this.buildHitRows();
+    const only = this.runs.length === 1 ? this.runs[0]! : undefined;
+    if (packed !== undefined && only?.fromPacked === true && only.first === 0 && only.count === packed.count) {
+      this.unchangedPacked = packed;
+      const stats = { files: packed.count, bytes: sumOf(packed), hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count };
+      return lazyTree(root, packed.treeHash ?? digestOfRows(packed), packedRows(packed), stats);
     }
-    let digest = this.digest;
-    if (!this.streaming) {
-      if (this.files.some((file) => file.hash === "")) {
-        // Files that vanished before their job could read them are not part of the tree.
-        const files: TreeFile[] = [];
-        const entries: StatCacheEntry[] = [];
-        this.files.forEach((file, index) => {
-          if (file.hash !== "") {
-            files.push(file);
-            entries.push(this.entries[index]!);
-            return;
-          }
-          this.read--;
-          this.readBytes -= file.size;
-        });
-        this.files = files;
-        this.entries = entries;
-      }
-      digest = new TreeDigest();
-      for (const file of this.files) digest.add(file);
-    }
+    this.dropVanished();
+    const rows = new StatCacheRows(this.runs, packed, this.fresh);
+    this.finalRows = rows;
+    const digest = new TreeDigest();
     let bytes = 0;
-    for (const file of this.files) bytes += file.size;
-    return {
-      root,
-      hash: digest.finish(),
-      files: this.files,
-      stats: { files: this.files.length, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits },
-    };
+    for (let i = 0; i < rows.count; i++) {
+      const file = rows.fileAt(i);
+      digest.add(file);
+      bytes += file.size;
+    }
+    const stats = { files: rows.count, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits };
+    return lazyTree(root, digest.finish(), rows, stats);
   }
+
+  /** Files that vanished before their job could read them are not part of the tree. */
+  private dropVanished(): void {
+    const fresh = this.fresh;
+    const gone = (row: number): boolean => fresh.odd.get(row) === "";
+    if (fresh.odd.size === 0 || ![...fresh.odd.values()].includes("")) return;
+    const runs: RowRun[] = [];
+    const keep = (run: RowRun): void => {
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last.fromPacked === run.fromPacked && last.first + last.count === run.first) last.count += run.count;
+      else runs.push({ ...run });
+    };
+    for (const run of this.runs) {
+      if (run.fromPacked) {
+        keep(run);
+        continue;
+      }
+      for (let row = run.first; row < run.first + run.count; row++) {
+        if (!gone(row)) {
+          keep({ fromPacked: false, first: row, count: 1 });
+          continue;
+        }
+        this.read--;
+        this.readBytes -= fresh.sizes[row]!;
+      }
+    }
+    this.runs = runs;
+  }
+}
+
+function sumOf(packed: PackedStatCache): number {
+  let bytes = 0;
+  const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
+  for (let row = 0; row < sizes.length; row++) bytes += sizes[row]!;
+  return bytes;
 }
 
 /**

@@ -3,7 +3,7 @@
  * that loading 100k entries is one row read and the hashing threads can read
  * it in place. The state store keeps the blobs; this file owns their bytes.
  */
-import type { PackedStatCache, StatCacheEntry } from "./hash.js";
+import type { PackedStatCache, StatCacheEntry, StatCacheRows, TreeFile } from "./hash.js";
 import { searchSortedRows, type PackedColumns } from "./tree-walk.js";
 
 /*
@@ -162,6 +162,123 @@ export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: s
   return buffer;
 }
 
+/** Byte order of the UTF-8 paths. */
+function pathsInOrder(left: string, right: string, ascii: boolean): boolean {
+  return ascii ? left < right : Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8")) < 0;
+}
+
+/**
+ * `encodeStatCache` of the rows a walk leaves, without an object per row:
+ * runs of rows from the packed cache are copied column by column, fresh rows
+ * written from their columns. Falls back to the entries when a hash is not
+ * 64 hex digits (the blob then keeps them as text).
+ */
+export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buffer {
+  const { packed, fresh, runs, count } = rows;
+  const usesPacked = runs.some((run) => run.fromPacked);
+  if (fresh.odd.size > 0 || (usesPacked && packed?.rawHashes === undefined)) return encodeStatCache(rows.entries(), treeHash);
+  // The path section: packed runs are slices of the old one, fresh runs are joined here.
+  const chunks: Uint8Array[] = [];
+  let asciiPaths = true;
+  let sorted = true;
+  let previousPath: string | undefined;
+  for (const run of runs) {
+    if (run.fromPacked) {
+      const source = packed!;
+      if (!source.asciiPaths) asciiPaths = false;
+      const ends = new Uint32Array(source.bytes.buffer, source.bytes.byteOffset + source.pathEnd, source.count);
+      const start = run.first === 0 ? 0 : (ends[run.first - 1] as number) + 1;
+      const end = ends[run.first + run.count - 1] as number;
+      chunks.push(source.bytes.subarray(source.paths + start, source.paths + end));
+      const firstPath = source.pathAt(run.first);
+      if (previousPath !== undefined && sorted && !pathsInOrder(previousPath, firstPath, false)) sorted = false;
+      previousPath = source.pathAt(run.first + run.count - 1);
+      continue;
+    }
+    const paths = fresh.paths.slice(run.first, run.first + run.count);
+    for (const path of paths) {
+      if (sorted && previousPath !== undefined && !pathsInOrder(previousPath, path, asciiPaths)) sorted = false;
+      previousPath = path;
+    }
+    const text = paths.join("\0");
+    const encoded = Buffer.from(text, "utf8");
+    if (encoded.length !== text.length) asciiPaths = false;
+    chunks.push(encoded);
+  }
+  // A non-ASCII path met after an ASCII comparison: check the order again by bytes.
+  if (!asciiPaths && sorted) {
+    let previous: Buffer | undefined;
+    for (let i = 0; sorted && i < count; i++) {
+      const current = Buffer.from(rows.fileAt(i).path, "utf8");
+      if (previous !== undefined && Buffer.compare(previous, current) >= 0) sorted = false;
+      previous = current;
+    }
+  }
+  let pathBytes = chunks.length === 0 ? 0 : chunks.length - 1;
+  for (const chunk of chunks) pathBytes += chunk.length;
+  const treeHashBytes = treeHash === undefined ? undefined : Buffer.from(treeHash, "hex");
+  const withTreeHash =
+    treeHashBytes !== undefined && treeHashBytes.length === TREE_HASH_BYTES && treeHashBytes.toString("hex") === treeHash;
+  const hashBytes = 32 * count;
+  const at = layout(count, hashBytes, pathBytes, withTreeHash);
+  // Shared from the start: the state store keeps these bytes as the cache the hashing threads read, without a copy.
+  const arrayBuffer = new SharedArrayBuffer(at.total);
+  const buffer = Buffer.from(arrayBuffer);
+  const flags = FLAG_RAW_HASHES | (asciiPaths ? FLAG_ASCII_PATHS : 0) | (sorted ? FLAG_SORTED : 0) | (withTreeHash ? FLAG_TREE_HASH : 0);
+  new Uint32Array(arrayBuffer, 0, 5).set([STAT_CACHE_MAGIC, count, flags, pathBytes, hashBytes]);
+  const wordColumns = [at.dev, at.ino, at.mtime, at.ctime, at.size];
+  const pathEnds = new Uint32Array(arrayBuffer, at.pathEnd, count);
+  const kinds = new Uint8Array(arrayBuffer, at.kind, count);
+  const devs = new BigUint64Array(arrayBuffer, at.dev, count);
+  const inos = new BigUint64Array(arrayBuffer, at.ino, count);
+  const mtimes = new BigInt64Array(arrayBuffer, at.mtime, count);
+  const ctimes = new BigInt64Array(arrayBuffer, at.ctime, count);
+  const sizes = new Float64Array(arrayBuffer, at.size, count);
+  let out = 0;
+  let pathOffset = 0;
+  let chunk = 0;
+  for (const run of runs) {
+    const pathsChunk = chunks[chunk++] as Uint8Array;
+    buffer.set(pathsChunk, at.paths + pathOffset);
+    if (run.fromPacked) {
+      const source = packed!;
+      const from = source.bytes;
+      const columns = [source.dev, source.ino, source.mtime, source.ctime, source.size];
+      for (let c = 0; c < columns.length; c++) {
+        const start = (columns[c] as number) + 8 * run.first;
+        buffer.set(from.subarray(start, start + 8 * run.count), (wordColumns[c] as number) + 8 * out);
+      }
+      buffer.set(from.subarray(source.kind + run.first, source.kind + run.first + run.count), at.kind + out);
+      const hashStart = (source.rawHashes as number) + 32 * run.first;
+      buffer.set(from.subarray(hashStart, hashStart + 32 * run.count), at.hashes + 32 * out);
+      const ends = new Uint32Array(from.buffer, from.byteOffset + source.pathEnd, source.count);
+      const base = run.first === 0 ? 0 : (ends[run.first - 1] as number) + 1;
+      for (let i = 0; i < run.count; i++) pathEnds[out + i] = (ends[run.first + i] as number) - base + pathOffset;
+    } else {
+      let end = pathOffset - 1;
+      for (let i = 0; i < run.count; i++) {
+        const row = run.first + i;
+        const path = fresh.paths[row] as string;
+        end += 1 + (asciiPaths ? path.length : Buffer.byteLength(path, "utf8"));
+        pathEnds[out + i] = end;
+        const numberBits = fresh.numberBits(row);
+        kinds[out + i] =
+          (fresh.modes[row] as number) | ((numberBits & 1) !== 0 ? DEV_IS_NUMBER : 0) | ((numberBits & 2) !== 0 ? INO_IS_NUMBER : 0);
+        devs[out + i] = fresh.ids[2 * row] as bigint;
+        inos[out + i] = fresh.ids[2 * row + 1] as bigint;
+        mtimes[out + i] = fresh.times[2 * row] as bigint;
+        ctimes[out + i] = fresh.times[2 * row + 1] as bigint;
+        sizes[out + i] = fresh.sizes[row] as number;
+      }
+      fresh.hashes.copy(buffer, at.hashes + 32 * out, 32 * run.first, 32 * (run.first + run.count));
+    }
+    pathOffset += pathsChunk.length + 1;
+    out += run.count;
+  }
+  if (withTreeHash) buffer.set(treeHashBytes!, at.treeHash);
+  return buffer;
+}
+
 /**
  * A decoded view of one stat cache blob. Entries are made when asked for; a
  * lookup in saved order (the next walk usually visits files in the order the
@@ -274,7 +391,11 @@ export class StatCacheColumns {
       paths: at.paths,
       savedAt,
       treeHash: this.treeHash,
+      rawHashes: this.rawHashes ? at.hashes : undefined,
+      asciiPaths: this.asciiPaths,
       entryAt: (i) => this.entryAt(i),
+      fileAt: (i) => this.fileAt(i),
+      pathAt: (i) => this.pathAt(i),
       modeAt: (i) => MODES[(kinds[i] as number) & 3] ?? "file",
     };
   }
@@ -321,6 +442,23 @@ export class StatCacheColumns {
     return entry;
   }
 
+  /** The file at `i`, made afresh and not kept. */
+  fileAt(i: number): TreeFile {
+    const made = this.made[i];
+    if (made !== undefined) return { path: made.path, mode: made.mode, size: made.size, hash: made.hash };
+    return {
+      path: this.pathAt(i),
+      mode: MODES[(this.kinds[i] as number) & 3] ?? "file",
+      size: this.sizes[i] as number,
+      hash: this.hashAt(i),
+    };
+  }
+
+  /** Whether `blob` is byte for byte the blob these columns were read from. */
+  sameBlob(blob: Uint8Array): boolean {
+    return this.bytes.equals(blob);
+  }
+
   /** Whether `entry` holds exactly what position `i` holds, value and type. */
   sameAt(i: number, entry: StatCacheEntry): boolean {
     const kind = this.kinds[i] as number;
@@ -352,7 +490,7 @@ export class StatCacheColumns {
     return i === 0 ? 0 : (this.pathEnds[i - 1] as number) + 1;
   }
 
-  private pathAt(i: number): string {
+  pathAt(i: number): string {
     const start = this.pathStartOf(i);
     const end = this.pathEnds[i] as number;
     if (this.asciiPaths) return this.asciiPathText().slice(start, end);

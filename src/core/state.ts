@@ -15,8 +15,8 @@ import { KaosError, describeError, errnoCode, isCorruptionError } from "./errors
 import type { HyperparamSet } from "./types.js";
 import { checkStateLocation, explainStateOpenFailure, openReadable } from "./disk.js";
 import { canonicalJson } from "./hyperparams.js";
-import type { PackedStatCache, StatCacheEntry, StatCacheStore } from "./hash.js";
-import { StatCacheColumns, StatCacheMap, encodeStatCache } from "./stat-cache.js";
+import type { PackedStatCache, StatCacheEntry, StatCacheRows, StatCacheStore } from "./hash.js";
+import { StatCacheColumns, StatCacheMap, encodeStatCache, encodeStatCacheRows } from "./stat-cache.js";
 import { judgeProcess, originToken, processStartToken, type Liveness } from "./process-identity.js";
 import { inTransaction, openDatabase, pragmaValue, type DatabaseSync, type SQLInputValue, type StatementSync } from "./sqlite.js";
 
@@ -380,6 +380,8 @@ export class StateStore {
       load: (root) => this.loadStatCache(root),
       loadPacked: (root) => this.loadPackedStatCache(root),
       save: (root, entries, cacheTimeNs, treeHash, monitorToken) => this.saveStatCache(root, entries, cacheTimeNs, treeHash, monitorToken),
+      saveRows: (root, rows, cacheTimeNs, treeHash, monitorToken) =>
+        this.saveStatCacheRows(root, rows, cacheTimeNs, treeHash, monitorToken),
       savedAt: (root) => this.statCacheSavedAt(root),
       monitorToken: (root) => this.statCaches.get(root)?.monitorToken,
       recordMonitorToken: (root, token) => this.recordMonitorToken(root, token),
@@ -430,30 +432,52 @@ export class StateStore {
       previous !== undefined &&
       (treeHash === undefined || previous.columns.treeHash === treeHash) &&
       previous.columns.count === entries.length &&
-      entries.every((entry, i) => previous.columns.sameAt(i, entry))
-    ) {
+      entries.every((entry, i) => previous.columns.sameAt(i, entry)) &&
       // Nothing changed: only the cache time moves (which keeps the racy window
       // small) and megabytes are not rewritten.
-      const updated = this.stmt("UPDATE stat_cache SET saved_at = ? WHERE root = ? AND generation = ?").run(
-        cacheTimeNs,
-        root,
-        previous.generation,
-      );
-      if (updated.changes === 1) {
-        previous.savedAt = cacheTimeNs;
-        // The same entries: a token paired with them before stays true.
-        if (monitorToken !== undefined) this.recordMonitorToken(root, monitorToken);
-        return;
-      }
+      this.touchStatCache(root, previous, cacheTimeNs, monitorToken)
+    ) {
+      return;
     }
-    const blob = encodeStatCache(entries, treeHash);
+    this.writeStatCache(root, encodeStatCache(entries, treeHash), entries.length, cacheTimeNs, monitorToken);
+  }
+
+  /** `saveStatCache` of the rows a walk leaves: encoded by the column, compared by the byte. */
+  saveStatCacheRows(root: string, rows: StatCacheRows, cacheTimeNs: bigint, treeHash?: string, monitorToken?: string): void {
+    this.writer();
+    const blob = encodeStatCacheRows(rows, treeHash);
+    const previous = this.statCaches.get(root);
+    if (previous?.columns.sameBlob(blob) && this.touchStatCache(root, previous, cacheTimeNs, monitorToken)) return;
+    this.writeStatCache(root, blob, rows.count, cacheTimeNs, monitorToken);
+  }
+
+  /** Moves only the cache time of an unchanged cache; false when another process rewrote it meanwhile. */
+  private touchStatCache(
+    root: string,
+    previous: { savedAt: bigint; generation: bigint },
+    cacheTimeNs: bigint,
+    monitorToken: string | undefined,
+  ): boolean {
+    const updated = this.stmt("UPDATE stat_cache SET saved_at = ? WHERE root = ? AND generation = ?").run(
+      cacheTimeNs,
+      root,
+      previous.generation,
+    );
+    if (updated.changes !== 1) return false;
+    previous.savedAt = cacheTimeNs;
+    // The same entries: a token paired with them before stays true.
+    if (monitorToken !== undefined) this.recordMonitorToken(root, monitorToken);
+    return true;
+  }
+
+  private writeStatCache(root: string, blob: Buffer, count: number, cacheTimeNs: bigint, monitorToken: string | undefined): void {
     const row = this.transaction(() => {
       const saved = this.stmt(
         "INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES (?, ?, 1, ?, ?) " +
           "ON CONFLICT(root) DO UPDATE SET saved_at = excluded.saved_at, generation = stat_cache.generation + 1, " +
           "entries = excluded.entries, data = excluded.data RETURNING generation",
         "bigint",
-      ).get(root, cacheTimeNs, entries.length, blob) as { generation: bigint };
+      ).get(root, cacheTimeNs, count, blob) as { generation: bigint };
       if (monitorToken === undefined) this.stmt("DELETE FROM meta WHERE key = ?").run(MONITOR_TOKEN_KEY + root);
       else this.writeMonitorToken(root, saved.generation, monitorToken);
       return saved;
