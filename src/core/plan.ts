@@ -11,7 +11,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
-import { diffTrees, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
+import { diffTrees, firstFiles, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { projectMonitor } from "./monitor.js";
 import { canonicalJson, expandSpace } from "./hyperparams.js";
 import { checkFileUrls, readLock, scanManifest, type ManifestEntries, type ManifestLock } from "./manifest.js";
@@ -181,8 +181,21 @@ function diffSorted(before: TreeFile[], after: TreeFile[]): ReturnType<typeof di
   return diff;
 }
 
-function treeChange(before: TreeFile[] | undefined, after: TreeFile[]): TreeChange {
-  const diff = (before !== undefined ? diffSorted(before, after) : undefined) ?? diffTrees(before, after);
+function treeChange(before: TreeFile[] | undefined, tree: TreeHash): TreeChange {
+  if (before === undefined) {
+    // Everything is new: the counts are the tree's own, and a million-file tree need not list its files for them.
+    return {
+      added: tree.stats.files,
+      changed: 0,
+      removed: 0,
+      bytesAdded: tree.stats.bytes,
+      bytesRemoved: 0,
+      examples: firstFiles(tree, 5).map((f) => `+${f.path}`),
+      firstTime: true,
+    };
+  }
+  const after = tree.files;
+  const diff = diffSorted(before, after) ?? diffTrees(before, after);
   const changed = [...diff.changed, ...diff.modeChanged];
   const examples = [...diff.added.map((f) => `+${f.path}`), ...changed.map((f) => `~${f.path}`), ...diff.removed.map((f) => `-${f.path}`)];
   return {
@@ -283,11 +296,11 @@ async function planPipeline(
   const sourceChange =
     applied?.sourceKey === sourceTree.hash
       ? undefined
-      : treeChange(applied ? loadTreeListing(stateDir, applied.sourceKey) : undefined, sourceTree.files);
+      : treeChange(applied ? loadTreeListing(stateDir, applied.sourceKey) : undefined, sourceTree);
   const dataChange =
     dataTree === undefined || applied?.dataKey === dataTree.hash
       ? undefined
-      : treeChange(applied?.dataKey ? loadTreeListing(stateDir, applied.dataKey) : undefined, dataTree.files);
+      : treeChange(applied?.dataKey ? loadTreeListing(stateDir, applied.dataKey) : undefined, dataTree);
   const envChanged = applied !== undefined && applied.envKey !== envKey;
 
   const stages: PipelinePlan["stages"] = {
