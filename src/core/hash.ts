@@ -1132,6 +1132,16 @@ export function treeLinks(tree: TreeHash): TreeHash {
   return { root: tree.root, hash: tree.hash, files: links, stats: tree.stats };
 }
 
+/** The files of a tree in path order, made one at a time from a tree still kept as rows. */
+export function* filesOf(tree: TreeHash): Generator<TreeFile> {
+  const rows = rowTrees.get(tree);
+  if (rows === undefined) {
+    yield* tree.files;
+    return;
+  }
+  for (let row = 0; row < rows.count; row++) yield rows.fileAt(row);
+}
+
 /** The first `count` files of a tree, without listing the rest of a tree still kept as cache rows. */
 export function firstFiles(tree: TreeHash, count: number): TreeFile[] {
   const rows = rowTrees.get(tree);

@@ -11,13 +11,13 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
-import { diffTrees, firstFiles, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
+import { diffTrees, filesOf, firstFiles, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { projectMonitor } from "./monitor.js";
 import { canonicalJson, expandSpace } from "./hyperparams.js";
 import { checkFileUrls, readLock, scanManifest, type ManifestEntries, type ManifestLock } from "./manifest.js";
 import { fileUrlScopeOf } from "./urls.js";
 import { ObjectStore } from "./objects.js";
-import { checkTreeLinks, loadTreeListing } from "./snapshot.js";
+import { checkTreeLinks, loadTreeListing, streamTreeListing } from "./snapshot.js";
 import type { JobRecord, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
 import { stateDirOf } from "./layout.js";
@@ -135,78 +135,119 @@ function pathOrder(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
-/**
- * diffTrees for two lists sorted by path, in one pass that builds no map of
- * either: on a 100k-file tree the map and its garbage cost more than the
- * rest of the plan. Undefined when a list turns out not to be sorted.
- */
-function diffSorted(before: TreeFile[], after: TreeFile[]): ReturnType<typeof diffTrees> | undefined {
-  const diff: ReturnType<typeof diffTrees> = { added: [], changed: [], removed: [], modeChanged: [] };
-  let i = 0;
-  let j = 0;
-  while (i < before.length || j < after.length) {
-    const old = before[i];
-    const now = after[j];
-    if (old !== undefined && now !== undefined && old.path === now.path) {
-      if (old.hash !== now.hash) diff.changed.push(now);
-      else if (old.mode !== now.mode) diff.modeChanged.push(now);
-      i += 1;
-      j += 1;
-    } else if (now === undefined || (old !== undefined && pathOrder(old.path, now.path) < 0)) {
-      diff.removed.push(old!);
-      i += 1;
+/** Counts what changed between two listings, and keeps the first few paths of each kind to show. */
+class ChangeCount {
+  private readonly change: TreeChange = {
+    added: 0,
+    changed: 0,
+    removed: 0,
+    bytesAdded: 0,
+    bytesRemoved: 0,
+    examples: [],
+    firstTime: false,
+  };
+  private readonly shown: Record<"added" | "changed" | "modeChanged" | "removed", string[]> = {
+    added: [],
+    changed: [],
+    modeChanged: [],
+    removed: [],
+  };
+
+  add(kind: "added" | "changed" | "modeChanged" | "removed", file: TreeFile): void {
+    if (kind === "added") {
+      this.change.added++;
+      this.change.bytesAdded += file.size;
+    } else if (kind === "removed") {
+      this.change.removed++;
+      this.change.bytesRemoved += file.size;
     } else {
-      diff.added.push(now);
-      j += 1;
+      this.change.changed++;
     }
-    const previousOld = before[i - 1];
-    const nextOld = before[i];
-    const previousNow = after[j - 1];
-    const nextNow = after[j];
-    if (
-      previousOld !== undefined &&
-      nextOld !== undefined &&
-      !(previousOld.path < nextOld.path) &&
-      pathOrder(previousOld.path, nextOld.path) >= 0
-    )
-      return undefined;
-    if (
-      previousNow !== undefined &&
-      nextNow !== undefined &&
-      !(previousNow.path < nextNow.path) &&
-      pathOrder(previousNow.path, nextNow.path) >= 0
-    )
-      return undefined;
+    const shown = this.shown[kind];
+    if (shown.length < EXAMPLES) shown.push(file.path);
   }
-  return diff;
+
+  result(): TreeChange {
+    const { added, changed, modeChanged, removed } = this.shown;
+    const examples = [...added.map((p) => `+${p}`), ...[...changed, ...modeChanged].map((p) => `~${p}`), ...removed.map((p) => `-${p}`)];
+    return { ...this.change, examples: examples.slice(0, EXAMPLES) };
+  }
 }
 
-function treeChange(before: TreeFile[] | undefined, tree: TreeHash): TreeChange {
-  if (before === undefined) {
-    // Everything is new: the counts are the tree's own, and a million-file tree need not list its files for them.
-    return {
-      added: tree.stats.files,
-      changed: 0,
-      removed: 0,
-      bytesAdded: tree.stats.bytes,
-      bytesRemoved: 0,
-      examples: firstFiles(tree, 5).map((f) => `+${f.path}`),
-      firstTime: true,
-    };
-  }
-  const after = tree.files;
-  const diff = diffSorted(before, after) ?? diffTrees(before, after);
-  const changed = [...diff.changed, ...diff.modeChanged];
-  const examples = [...diff.added.map((f) => `+${f.path}`), ...changed.map((f) => `~${f.path}`), ...diff.removed.map((f) => `-${f.path}`)];
-  return {
-    added: diff.added.length,
-    changed: changed.length,
-    removed: diff.removed.length,
-    bytesAdded: diff.added.reduce((sum, f) => sum + f.size, 0),
-    bytesRemoved: diff.removed.reduce((sum, f) => sum + f.size, 0),
-    examples: examples.slice(0, 5),
-    firstTime: before === undefined,
+const EXAMPLES = 5;
+
+/**
+ * The change between two listings sorted by path, in one pass over both that
+ * keeps neither: a million-file tree is compared without a million objects
+ * held. Undefined when a listing turns out not to be sorted.
+ */
+function diffInOrder(before: Iterator<TreeFile>, after: Iterator<TreeFile>): TreeChange | undefined {
+  const count = new ChangeCount();
+  let old = before.next().value as TreeFile | undefined;
+  let now = after.next().value as TreeFile | undefined;
+  const advance = (iterator: Iterator<TreeFile>, current: TreeFile): TreeFile | undefined | null => {
+    const next = iterator.next().value as TreeFile | undefined;
+    return next !== undefined && !(current.path < next.path) && pathOrder(current.path, next.path) >= 0 ? null : next;
   };
+  while (old !== undefined || now !== undefined) {
+    let nextOld: TreeFile | undefined | null = old;
+    let nextNow: TreeFile | undefined | null = now;
+    if (old !== undefined && now !== undefined && old.path === now.path) {
+      if (old.hash !== now.hash) count.add("changed", now);
+      else if (old.mode !== now.mode) count.add("modeChanged", now);
+      nextOld = advance(before, old);
+      nextNow = advance(after, now);
+    } else if (now === undefined || (old !== undefined && pathOrder(old.path, now.path) < 0)) {
+      count.add("removed", old!);
+      nextOld = advance(before, old!);
+    } else {
+      count.add("added", now);
+      nextNow = advance(after, now);
+    }
+    if (nextOld === null || nextNow === null) return undefined;
+    old = nextOld;
+    now = nextNow;
+  }
+  return count.result();
+}
+
+function firstTimeChange(tree: TreeHash): TreeChange {
+  // Everything is new: the counts are the tree's own, and a million-file tree need not list its files for them.
+  return {
+    added: tree.stats.files,
+    changed: 0,
+    removed: 0,
+    bytesAdded: tree.stats.bytes,
+    bytesRemoved: 0,
+    examples: firstFiles(tree, EXAMPLES).map((f) => `+${f.path}`),
+    firstTime: true,
+  };
+}
+
+/** What changed in `tree` since the tree of `beforeKey` (its listing read as it is compared), or that it is new. */
+function treeChange(stateDir: string, beforeKey: string | undefined, tree: TreeHash): TreeChange {
+  const before = beforeKey === undefined ? undefined : streamTreeListing(stateDir, beforeKey);
+  if (before === undefined) return firstTimeChange(tree);
+  const listed = before[Symbol.iterator]();
+  const files = filesOf(tree)[Symbol.iterator]();
+  let change: TreeChange | undefined;
+  try {
+    change = diffInOrder(listed, files);
+  } catch (error) {
+    // A listing that does not parse is as good as none.
+    if (error instanceof SyntaxError) return firstTimeChange(tree);
+    throw error;
+  } finally {
+    listed.return?.(undefined);
+    files.return?.(undefined);
+  }
+  if (change !== undefined) return change;
+  const previous = loadTreeListing(stateDir, beforeKey!);
+  if (previous === undefined) return firstTimeChange(tree);
+  const diff = diffTrees(previous, tree.files);
+  const count = new ChangeCount();
+  for (const kind of ["added", "changed", "modeChanged", "removed"] as const) for (const file of diff[kind]) count.add(kind, file);
+  return count.result();
 }
 
 function describeChange(what: string, change: TreeChange | undefined): string | undefined {
@@ -293,14 +334,11 @@ async function planPipeline(
   const hyperparamsKey = hashString("kaos grid v1", canonicalJson(pipeline.hyperparams));
   const keys = { env: envKey, source: sourceTree.hash, data: dataKey, hyperparams: hyperparamsKey };
 
-  const sourceChange =
-    applied?.sourceKey === sourceTree.hash
-      ? undefined
-      : treeChange(applied ? loadTreeListing(stateDir, applied.sourceKey) : undefined, sourceTree);
+  const sourceChange = applied?.sourceKey === sourceTree.hash ? undefined : treeChange(stateDir, applied?.sourceKey, sourceTree);
   const dataChange =
     dataTree === undefined || applied?.dataKey === dataTree.hash
       ? undefined
-      : treeChange(applied?.dataKey ? loadTreeListing(stateDir, applied.dataKey) : undefined, dataTree);
+      : treeChange(stateDir, applied?.dataKey ?? undefined, dataTree);
   const envChanged = applied !== undefined && applied.envKey !== envKey;
 
   const stages: PipelinePlan["stages"] = {

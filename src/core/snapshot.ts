@@ -16,6 +16,9 @@ import {
   type BigIntStats,
   type FSWatcher,
   chmodSync,
+  closeSync,
+  openSync,
+  readSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -31,6 +34,7 @@ import {
   type Stats,
 } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
+import { StringDecoder } from "node:string_decoder";
 import { noSpaceError, isNoSpace } from "./disk.js";
 import { KaosError, describeError } from "./errors.js";
 import type { TreeFile, TreeHash } from "./hash.js";
@@ -67,6 +71,43 @@ export function loadTreeListing(stateDir: string, treeHash: string): TreeFile[] 
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The files of a saved listing one at a time, read a megabyte at a time: a
+ * plan compares a million-file tree with its listing without holding either.
+ * Undefined when unknown; iterating throws a SyntaxError on a damaged line.
+ */
+export function streamTreeListing(stateDir: string, treeHash: string): Iterable<TreeFile> | undefined {
+  let fd: number;
+  try {
+    fd = openSync(listingPath(stateDir, treeHash), "r");
+  } catch {
+    return undefined;
+  }
+  return (function* () {
+    try {
+      const buffer = Buffer.allocUnsafe(1 << 20);
+      const decoder = new StringDecoder("utf8");
+      let rest = "";
+      for (;;) {
+        const read = readSync(fd, buffer, 0, buffer.length, null);
+        if (read === 0) break;
+        const lines = (rest + decoder.write(buffer.subarray(0, read))).split("\n");
+        rest = lines.pop()!;
+        for (const line of lines) yield listedFile(line);
+      }
+      rest += decoder.end();
+      if (rest !== "") yield listedFile(rest);
+    } finally {
+      closeSync(fd);
+    }
+  })();
+}
+
+function listedFile(line: string): TreeFile {
+  const [path, mode, size, hash] = JSON.parse(line) as [string, TreeFile["mode"], number, string];
+  return { path, mode, size, hash };
 }
 
 /**
