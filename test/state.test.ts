@@ -6,6 +6,8 @@ import { fileURLToPath } from "node:url";
 import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/core/errors.js";
+import { FreshRows, StatCacheRows, type RowRun } from "../src/core/hash.js";
+import { encodeStatCache } from "../src/core/stat-cache.js";
 import { INTERRUPTED_REASON, SCHEMA_VERSION, StateStore, type JobRecord, type NewJob, type StatCacheEntry } from "../src/core/state.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url));
@@ -725,6 +727,58 @@ describe("stat cache", () => {
     store.statCache().load("/u");
     store.statCache().save("/u", unicode, 4n, treeHash);
     expect(open(root).statCache().loadPacked?.("/u")).toMatchObject({ savedAt: 4n, treeHash });
+  });
+
+  it("saves the rows a walk leaves by copying cached runs column by column, byte for byte what the entries give", () => {
+    const root = makeRoot();
+    const store = open(root);
+    const count = 50_000;
+    const cached = Array.from({ length: count }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    store.statCache().save("/big", cached, 1n, "cd".repeat(32));
+    const packed = store.statCache().loadPacked!("/big")!;
+    expect(packed.rawHashes).toBeDefined();
+
+    // One file changed, one new file (not ASCII) between cached runs, one gone, and a number-typed inode.
+    const changed = { ...cached[1000]!, mtimeNs: cached[1000]!.mtimeNs + 1n, hash: "0f".repeat(32) };
+    const added = { ...entry(count), path: `${cached[2000]!.path}-\u00e9`, dev: 7, ino: 8 };
+    const fresh = new FreshRows();
+    const push = (e: StatCacheEntry): number => fresh.push(e.path, e.mode, e.dev, e.ino, e.size, e.mtimeNs, e.ctimeNs, e.hash);
+    const runs: RowRun[] = [
+      { fromPacked: true, first: 0, count: 1000 },
+      { fromPacked: false, first: push(changed), count: 1 },
+      { fromPacked: true, first: 1001, count: 1000 },
+      { fromPacked: false, first: push(added), count: 1 },
+      { fromPacked: true, first: 2002, count: count - 2002 },
+    ];
+    const expected = [...cached.slice(0, 1000), changed, ...cached.slice(1001, 2001), added, ...cached.slice(2002)];
+    const treeHash = "ef".repeat(32);
+    store.statCache().saveRows!("/big", new StatCacheRows(runs, packed, fresh), 2n, treeHash);
+
+    const db = openRaw(dbPath(root));
+    const saved = db.prepare("SELECT data, entries FROM stat_cache WHERE root = '/big'").get() as { data: Uint8Array; entries: number };
+    db.close();
+    expect(saved.entries).toBe(count);
+    expect(Buffer.compare(Buffer.from(saved.data), encodeStatCache(expected, treeHash))).toBe(0);
+    const reloaded = open(root).statCache().loadPacked!("/big")!;
+    expect(reloaded).toMatchObject({ count, savedAt: 2n, treeHash });
+    expect(reloaded.entryAt(2001)).toEqual(added);
+
+    // The same rows again: the blob is not rewritten, only its time moves.
+    const again = open(root);
+    const packedAgain = again.statCache().loadPacked!("/big")!;
+    again.statCache().saveRows!(
+      "/big",
+      new StatCacheRows([{ fromPacked: true, first: 0, count }], packedAgain, new FreshRows()),
+      3n,
+      treeHash,
+    );
+    const db2 = openRaw(dbPath(root));
+    const row = db2.prepare("SELECT generation, saved_at FROM stat_cache WHERE root = '/big'").get() as {
+      generation: number;
+      saved_at: number;
+    };
+    db2.close();
+    expect(row).toEqual({ generation: 2, saved_at: 3 });
   });
 
   it("treats a damaged cache blob as no cache", () => {

@@ -162,7 +162,9 @@ export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: s
   return buffer;
 }
 
-/** Byte order of the UTF-8 paths. */
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** Whether `left` sorts before `right` in the byte order of their UTF-8 (for ASCII, that of JS `<`). */
 function pathsInOrder(left: string, right: string, ascii: boolean): boolean {
   return ascii ? left < right : Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8")) < 0;
 }
@@ -197,22 +199,14 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
     }
     const paths = fresh.paths.slice(run.first, run.first + run.count);
     for (const path of paths) {
-      if (sorted && previousPath !== undefined && !pathsInOrder(previousPath, path, asciiPaths)) sorted = false;
+      if (sorted && previousPath !== undefined && !pathsInOrder(previousPath, path, !NON_ASCII.test(previousPath) && !NON_ASCII.test(path)))
+        sorted = false;
       previousPath = path;
     }
     const text = paths.join("\0");
     const encoded = Buffer.from(text, "utf8");
     if (encoded.length !== text.length) asciiPaths = false;
     chunks.push(encoded);
-  }
-  // A non-ASCII path met after an ASCII comparison: check the order again by bytes.
-  if (!asciiPaths && sorted) {
-    let previous: Buffer | undefined;
-    for (let i = 0; sorted && i < count; i++) {
-      const current = Buffer.from(rows.fileAt(i).path, "utf8");
-      if (previous !== undefined && Buffer.compare(previous, current) >= 0) sorted = false;
-      previous = current;
-    }
   }
   let pathBytes = chunks.length === 0 ? 0 : chunks.length - 1;
   for (const chunk of chunks) pathBytes += chunk.length;
