@@ -1427,10 +1427,27 @@ class Listing {
     this.finalRows = rows;
     const digest = new TreeDigest();
     let bytes = 0;
-    for (let i = 0; i < rows.count; i++) {
-      const file = rows.fileAt(i);
-      digest.add(file);
-      bytes += file.size;
+    // Row by row from the columns: no file objects, and no hex text of every cached hash at once.
+    const fresh = this.fresh;
+    const freshHashes = fresh.hashes;
+    for (const run of this.runs) {
+      const end = run.first + run.count;
+      if (!run.fromPacked) {
+        for (let row = run.first; row < end; row++) {
+          const hash = fresh.odd.size > 0 ? fresh.hashAt(row) : freshHashes.toString("hex", 32 * row, 32 * row + 32);
+          digest.addLine(fresh.modeAt(row), fresh.paths[row]!, hash);
+          bytes += fresh.sizes[row]!;
+        }
+        continue;
+      }
+      const source = packed!;
+      const sizes = new Float64Array(source.bytes.buffer, source.bytes.byteOffset + source.size, source.count);
+      const raw = source.rawHashes === undefined ? undefined : Buffer.from(source.bytes.buffer, source.bytes.byteOffset + source.rawHashes);
+      for (let row = run.first; row < end; row++) {
+        const hash = raw === undefined ? source.fileAt(row).hash : raw.toString("hex", 32 * row, 32 * row + 32);
+        digest.addLine(source.modeAt(row), source.pathAt(row), hash);
+        bytes += sizes[row]!;
+      }
     }
     const stats = { files: rows.count, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits };
     return lazyTree(root, digest.finish(), rows, stats);
@@ -1481,7 +1498,11 @@ class TreeDigest {
   private chunk = TREE_HASH_HEADER;
 
   add(file: TreeFile): void {
-    this.chunk += file.mode + "\0" + file.path + "\0" + file.hash + "\n";
+    this.addLine(file.mode, file.path, file.hash);
+  }
+
+  addLine(mode: TreeFile["mode"], path: string, hash: string): void {
+    this.chunk += mode + "\0" + path + "\0" + hash + "\n";
     if (this.chunk.length >= 1 << 16) {
       this.digest.update(this.chunk, "utf8");
       this.chunk = "";
