@@ -15,7 +15,10 @@
  * 5. a 100-job sweep of a trivial train script, parallelism 2 / the script run
  *    by `xargs -P 2`;
  * 6. manifest ingest of 1,000 x 1 MB from a loopback server / `curl --parallel`;
- *    the no-op rerun.
+ *    the no-op rerun;
+ * 7. the first `kaos up` of a new 20k-file, ~120 MB data bundle / a cold
+ *    `kaos plan` of it, `cp -a` and `cp -al` of the tree; and what `.kaos/`
+ *    (environments aside) holds against the data's size.
  *
  * --quick: 10k files, ~200 MB, 20-job sweep, 100 manifest files, 1k jobs,
  * 5 runs, no dvc (unless --dvc): for CI. The full run (7 runs) is for people.
@@ -33,7 +36,7 @@ import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, write
 import { availableParallelism, loadavg } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { SIZES as HASH_SIZES, dataRoot, hasCommand, prepareMixed, prepareWarmTree, prepared } from "./hash.mjs";
+import { SIZES as HASH_SIZES, dataRoot, hasCommand, prepareMixed, prepareWarmTree, prepared, writeSmallFiles } from "./hash.mjs";
 import { startServerProcess } from "./ingest.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -51,6 +54,7 @@ const SIZES = {
     jobs: 1_000,
     sweep: 20,
     manifestFiles: 100,
+    viewFiles: 5_000,
     runs: 5,
   },
   full: {
@@ -60,6 +64,7 @@ const SIZES = {
     jobs: 10_000,
     sweep: 100,
     manifestFiles: 1_000,
+    viewFiles: 20_000,
     runs: 7,
   },
 };
@@ -979,6 +984,70 @@ async function scenarioIngest(size, runs) {
   }
 }
 
+/** Disk bytes of `paths` as du(1) counts them: an inode met under an earlier path counts there only. */
+function duBytes(paths, exclude = []) {
+  const out = setup("du", ["-sB1", ...exclude.map((name) => `--exclude=${name}`), ...paths], runRoot);
+  return out
+    .trim()
+    .split("\n")
+    .map((line) => Number(line.split("\t")[0]));
+}
+
+async function scenarioFirstUp(size, runs) {
+  const files = size.viewFiles;
+  log(`[7] first kaos up of a new ${files / 1000}k-file data bundle`);
+  const tree = join(runRoot, `views-${files}`);
+  prepared(tree, { files, averageBytes: 6144 }, () => writeSmallFiles(tree, files, 6144, 17));
+  // The environment is built once and kept: the first up of new data builds nothing.
+  const project = upProject(`views-${files}`, { tree: readFileSync(join(tree, ".params"), "utf8") }, { data: tree });
+  const kaosDir = join(project, ".kaos");
+  /** Everything kaos knows but its environments: the next command meets this data for the first time. */
+  const forgetAllButEnvironments = () => {
+    for (const name of readdirSync(kaosDir)) if (name !== "envs") rmSync(join(kaosDir, name), { recursive: true, force: true });
+  };
+  const copies = join(runRoot, "views-copies");
+  const freshCopyTarget = () => {
+    rmSync(copies, { recursive: true, force: true });
+    mkdirSync(copies);
+  };
+  const [dataBytes] = duBytes([tree]);
+  const sides = [
+    { name: "kaos plan (cold)", before: forgetAllButEnvironments, run: () => kaos(["plan"], project, { allowStatus: [0, 2] }) },
+    { name: "kaos up (first)", before: forgetAllButEnvironments, run: () => kaos(["up"], project) },
+    { name: "cp -a", before: freshCopyTarget, run: () => measure("cp", ["-a", tree, join(copies, "tree")], { cwd: runRoot }) },
+    { name: "cp -al", before: freshCopyTarget, run: () => measure("cp", ["-al", tree, join(copies, "tree")], { cwd: runRoot }) },
+  ];
+  const [plan, up, copy, link] = interleave(runs, sides).map(summary);
+  rmSync(copies, { recursive: true, force: true });
+  // The last up ran last or after its plan; lay the state out once more so what is measured is one first up's.
+  forgetAllButEnvironments();
+  kaos(["up"], project);
+  // The data first: du(1) then counts under .kaos/ only the bytes that are not the data's own.
+  const [, kaosBytes] = duBytes([tree, kaosDir], ["envs"]);
+  const [kaosAlone] = duBytes([kaosDir], ["envs"]);
+  const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`;
+  return [
+    row({
+      id: "7-up",
+      scenario: `first up, ${files / 1000}k files, ${mb(dataBytes)}`,
+      kaos: up,
+      baseline: { name: "kaos plan (cold)", ...plan },
+      target: "<= 1.30x",
+      pass: up.median / plan.median <= 1.3,
+      notes: ["train script: one `echo`; the environment is kept between runs"],
+    }),
+    row({ id: "7-cp", scenario: "  vs cp -a of the tree", kaos: up, baseline: { name: "cp -a", ...copy }, target: "info" }),
+    row({ id: "7-cpl", scenario: "  vs cp -al of the tree", kaos: up, baseline: { name: "cp -al", ...link }, target: "info" }),
+    {
+      ...row({ id: "7-du", scenario: "  .kaos/ without envs / data size", target: "<= 0.20x" }),
+      value: `${mb(kaosBytes)} of ${mb(dataBytes)}`,
+      ratio: kaosBytes / dataBytes,
+      pass: kaosBytes / dataBytes <= 0.2,
+      notes: [`du -sB1 of the data, then of .kaos/ (du counts a shared inode once, under the data); .kaos/ alone: ${mb(kaosAlone)}`],
+    },
+  ];
+}
+
 /** User plus system CPU seconds a process has used so far (Linux /proc). */
 function processCpuSeconds(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
@@ -1042,6 +1111,7 @@ async function main() {
   if (wanted(4)) rows.push(...(await scenarioStartup(size, runs)));
   if (wanted(5)) rows.push(...(await scenarioSweep(size, runs)));
   if (wanted(6)) rows.push(...(await scenarioIngest(size, runs)));
+  if (wanted(7)) rows.push(...(await scenarioFirstUp(size, runs)));
   const duration = (performance.now() - started) / 1000;
   // Other load on the machine inflates every wall time; this says how much there was.
   const load = `load average ${loadBefore.toFixed(1)} at the start, ${loadavg()[0].toFixed(1)} at the end`;
