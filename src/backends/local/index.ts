@@ -32,6 +32,7 @@ import {
   sealTree,
   storeTree,
   isLinkedView,
+  isMaterialized,
   writtenSinceSeal,
   type Seal,
 } from "../../core/snapshot.js";
@@ -709,7 +710,10 @@ export class LocalBackend implements PlanOracle {
     const where = `pipelines.${p.pipeline.name}.data`;
     const dir = join(this.stateDir, "snapshots", tree.hash);
     const hashes = this.dataHashes(p);
-    if (dataViewMode(this.objects, tree) !== "link") {
+    const wanted = this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "link") : "link";
+    // A copy laid out earlier (by a stack that asks for copies) isolates at least as well as links: it is kept.
+    const keptCopy = isMaterialized(dir) && !isLinkedView(dir);
+    if (wanted === "copy" || keptCopy || dataViewMode(this.objects, tree) !== "link") {
       // A view linked to the bundle's files while they were on this device may hold edits since: not reused.
       if (isLinkedView(dir)) removeTree(dir);
       await storeTree(this.objects, tree, where);
