@@ -114,6 +114,26 @@ describe("data views on a file system with hardlinks and no clones", () => {
   }, 60_000);
 });
 
+describe("the stat cache after a linked view", () => {
+  it("linking moves the files' inode change times, and the plan after kaos up still reads none of them", async () => {
+    // The job waits past the racy window (1 s) after the files were linked, so that their new stamps are settled when the sweep ends.
+    const train = `#!/bin/sh\necho started > "$KAOS_TEST_STARTED"\nread go < "$KAOS_TEST_FIFO"\nmkdir -p "$1"\n`;
+    const made = project(train, { "value.txt": "v1", "sub/a.txt": "a", "sub/b.txt": "b" });
+    const fifo = made.path("go.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const linkedAt = statSync(made.path("data", "value.txt")).ctimeMs;
+    const running = runKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
+    await fileContent(made.path("started"));
+    expect(statSync(made.path("data", "value.txt")).ctimeMs).not.toBe(linkedAt);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    writeFileSync(fifo, "go\n");
+    const result = await running;
+    expect(result.code, result.stderr).toBe(0);
+    const plan = await runKaos(["plan"], { cwd: made.dir });
+    expect(plan.stdout.split("\n")[0]).toMatch(/^stack local: 1 pipeline, (\d+) files checked \(\1 unchanged, 0 hashed, 0 B\)/);
+  }, 60_000);
+});
+
 describe("data views where links cannot be made", () => {
   it("a bundle on another device (tmpfs) is copied into the object store once, and a write into the view leaves the bundle whole", async () => {
     const shm = mkdtempSync("/dev/shm/kaos-views-");

@@ -138,3 +138,56 @@ export function holdsHash(path: string, hash: string): boolean {
     return false;
   }
 }
+
+/**
+ * The stat cache of a linked bundle brought up to date after its view was
+ * sealed and checked at `checkedAt` (every file of the view still had the
+ * stats it was sealed with). Linking moved each file's inode change time, so
+ * without this the next plan would read the whole bundle again. A file takes
+ * the inode change time it was sealed with when it is the inode, size,
+ * modification time and content the entry describes; the view was confirmed
+ * to hold the planned content when sealed (`unverifiedFiles`). The cache time
+ * becomes `checkedAt`: an entry that was within the racy window of the old
+ * cache time and is not confirmed here is dropped, so that moving the time
+ * trusts nothing new. Undefined when nothing would change.
+ */
+export function refreshedStatCache(
+  tree: TreeHash,
+  seal: Seal,
+  cache: ReadonlyMap<string, StatCacheEntry>,
+  savedAt: bigint,
+  checkedAt: bigint,
+): { entries: StatCacheEntry[]; treeHash: string | undefined } | undefined {
+  const fine = savedAt - RACY_WINDOW_FINE_NS;
+  const coarse = savedAt - RACY_WINDOW_COARSE_NS;
+  const planned = new Map(tree.files.map((file) => [file.path, file.hash]));
+  const entries: StatCacheEntry[] = [];
+  let updated = 0;
+  for (const entry of cache.values()) {
+    const signature = seal.stats.get(entry.path);
+    const sealed = sealedFileStat(signature);
+    const ctimeNs = signature === undefined ? undefined : sealedChangeTime(signature);
+    if (
+      sealed !== undefined &&
+      ctimeNs !== undefined &&
+      entry.mode !== "symlink" &&
+      planned.get(entry.path) === entry.hash &&
+      unsigned(entry.ino) === sealed.ino &&
+      BigInt(entry.size) === sealed.size &&
+      entry.mtimeNs === sealed.mtimeNs
+    ) {
+      if (entry.ctimeNs !== ctimeNs) updated++;
+      entries.push({ ...entry, ctimeNs });
+    } else if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) {
+      entries.push(entry);
+    }
+  }
+  if (updated === 0 || checkedAt <= savedAt) return undefined;
+  return { entries, treeHash: entries.length === cache.size && entries.length === tree.files.length ? tree.hash : undefined };
+}
+
+/** The inode change time a file's seal signature (`f:ino:size:mtime|ctime`) holds. */
+function sealedChangeTime(signature: string): bigint | undefined {
+  const bar = signature.indexOf("|");
+  return bar < 0 ? undefined : BigInt(signature.slice(bar + 1));
+}

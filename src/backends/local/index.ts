@@ -36,8 +36,8 @@ import {
   writtenSinceSeal,
   type Seal,
 } from "../../core/snapshot.js";
-import type { TreeHash } from "../../core/hash.js";
-import { dataViewMode, holdsHash, unverifiedFiles } from "./data-view.js";
+import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
+import { dataViewMode, holdsHash, refreshedStatCache, unverifiedFiles } from "./data-view.js";
 import { isProcessAlive } from "../../core/process-identity.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
@@ -84,6 +84,8 @@ interface DataView {
   hashes: Map<string, string>;
   /** The bundle whose own files the view's files are hardlinks to (see data-view.ts), when they are. */
   linkedTo: string | undefined;
+  /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
+  bundle?: { tree: TreeHash; cache: ReadonlyMap<string, StatCacheEntry>; savedAt: bigint };
 }
 
 /**
@@ -669,7 +671,9 @@ export class LocalBackend implements PlanOracle {
         reporter.event({ kind: "note", message: `${name} train: ${problem}; recorded as failed` });
       }
       // What the watches cannot see (writes through a memory mapping, a lost event): every stat, once per sweep.
+      const checkedAt = BigInt(Date.now()) * 1_000_000n;
       const late = data.seal.broken === undefined ? this.dataSpoiled(data, { everyStat: true }) : undefined;
+      if (late === undefined && data.seal.broken === undefined) this.refreshBundleStatCache(data, checkedAt);
       if (late !== undefined) {
         const reason = `${dataWrittenReason(data, { written: "during this sweep", changed: "during this sweep" }, late)}; no job of the sweep is trusted`;
         const revoked = this.state.revokeSucceeded(
@@ -727,7 +731,10 @@ export class LocalBackend implements PlanOracle {
       materializeTree(this.objects, tree, dir, { readonlyDirs: true, linkFrom: tree.root });
       const seal = sealTree(dir, { alsoWatch: tree.root });
       const unverified = unverifiedFiles(tree, seal, cache, savedAt);
-      if (unverified.length === 0) return { dir, seal, hashes, linkedTo: tree.root };
+      if (unverified.length === 0) {
+        const bundle = cache !== undefined && savedAt !== undefined ? { tree, cache, savedAt } : undefined;
+        return { dir, seal, hashes, linkedTo: tree.root, bundle };
+      }
       releaseSeal(seal);
       removeTree(dir);
       if (!kept || attempt > 0) {
@@ -738,6 +745,21 @@ export class LocalBackend implements PlanOracle {
         );
       }
     }
+  }
+
+  /**
+   * Linking a bundle's files moved their inode change times: the bundle's stat
+   * cache takes the new ones (see `refreshedStatCache`), so that the next plan
+   * reads none of them again. `checkedAt` was taken before the sweep's last
+   * check of every stat of the view.
+   */
+  private refreshBundleStatCache(data: DataView, checkedAt: bigint): void {
+    if (data.bundle === undefined || this.state.readonly) return;
+    const { tree, cache, savedAt } = data.bundle;
+    // Another plan saved since: its cache is newer than what this one would write.
+    if (this.state.statCacheSavedAt(tree.root) !== savedAt) return;
+    const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);
+    if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
   }
 
   /** The content hash of every file of a pipeline's data view, by path. */
