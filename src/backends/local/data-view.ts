@@ -149,7 +149,8 @@ export function holdsHash(path: string, hash: string): boolean {
  * to hold the planned content when sealed (`unverifiedFiles`). The cache time
  * becomes `checkedAt`: an entry that was within the racy window of the old
  * cache time and is not confirmed here is dropped, so that moving the time
- * trusts nothing new. Undefined when nothing would change.
+ * trusts nothing new. Undefined when no file would be skipped by the next
+ * plan that is not already (a sweep shorter than the racy window).
  */
 export function refreshedStatCache(
   tree: TreeHash,
@@ -160,6 +161,8 @@ export function refreshedStatCache(
 ): { entries: StatCacheEntry[]; treeHash: string | undefined } | undefined {
   const fine = savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt - RACY_WINDOW_COARSE_NS;
+  const settledFine = checkedAt - RACY_WINDOW_FINE_NS;
+  const settledCoarse = checkedAt - RACY_WINDOW_COARSE_NS;
   const planned = new Map(tree.files.map((file) => [file.path, file.hash]));
   const entries: StatCacheEntry[] = [];
   let updated = 0;
@@ -176,7 +179,8 @@ export function refreshedStatCache(
       BigInt(entry.size) === sealed.size &&
       entry.mtimeNs === sealed.mtimeNs
     ) {
-      if (entry.ctimeNs !== ctimeNs) updated++;
+      // Stamps still within the racy window of `checkedAt` are read again by the next plan all the same.
+      if (entry.ctimeNs !== ctimeNs && isOutsideRacyWindow(entry.mtimeNs, ctimeNs, settledFine, settledCoarse)) updated++;
       entries.push({ ...entry, ctimeNs });
     } else if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) {
       entries.push(entry);
