@@ -256,6 +256,18 @@ describe("stacks", () => {
       `invalid stack\n${made.path("stacks/gpu.ts")}:3: namespace: expected a Kubernetes namespace name (lowercase letters, digits, '-'), found "Bad_NS"`,
     );
   });
+
+  it('dataViews takes "link" or "copy", and anything else names the key and both choices', async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/isolated.ts": `export default { backend: "local", dataViews: "copy" };\n`,
+      "stacks/bad.ts": `export default {\n  backend: "local",\n  dataViews: "reflink",\n};\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    expect((await loadStack(config, "isolated")).config).toEqual({ backend: "local", dataViews: "copy" });
+    await expect(loadStack(config, "bad")).rejects.toThrow(
+      `invalid stack\n${made.path("stacks/bad.ts")}:3: dataViews: expected "link" (a data bundle's own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files), found "reflink"`,
+    );
+  });
 });
 
 describe("source bundle contract", () => {

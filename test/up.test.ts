@@ -278,16 +278,22 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect(readFileSync(asked, "utf8")).toBe("asked\n");
   });
 
-  it("trains on the snapshot that was hashed: an edit during the run does not leak in", async () => {
+  it('trains on the snapshot that was hashed: an edit during the run does not leak in (dataViews: "copy")', async () => {
+    // Views linked to the bundle's own files (the default without clones) fail the job instead: test/data-views.test.ts.
     const made = project({ grid: { sleep: 2 } });
-    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
+    mkdirSync(made.path("stacks"));
+    writeFileSync(
+      made.path("stacks/copy.ts"),
+      `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", dataViews: "copy" });\n`,
+    );
+    const up = startKaos(["up", "--stack", "copy"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
     await up.waitFor(/train 1\/1 \w+ .*running/);
     writeFileSync(made.path("data/value.txt"), "edited while running");
     const result = await up.exited;
     expect(result.code, result.stderr).toBe(0);
     const [job] = (await jobs(made)).filter((j) => j.stage === "train");
     expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "data.txt"), "utf8")).toBe("v1");
-    const plan = await kaos(made, ["plan", "--detailed-exitcode"]);
+    const plan = await kaos(made, ["plan", "--detailed-exitcode", "--stack", "copy"]);
     expect(plan.code).toBe(2);
   });
 

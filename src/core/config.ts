@@ -135,6 +135,12 @@ const stackSchema = z.discriminatedUnion(
       backend: z.literal("local"),
       maxCpu: z.number().positive({ error: "expected a positive number of cores" }).optional(),
       maxMemory: memorySchema.optional(),
+      dataViews: z
+        .enum(["link", "copy"], {
+          error:
+            'expected "link" (a data bundle\'s own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files)',
+        })
+        .optional(),
     }),
     z.strictObject({
       backend: z.literal("kubernetes"),
