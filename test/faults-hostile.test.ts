@@ -548,7 +548,7 @@ echo '[0.1, 0.2]' > "$1/metrics/list.json"
     expect(text.stdout).toContain("\n  skipped metrics/eval.json: curve: a list; expected a number");
     expect(text.stdout).toContain("\n  skipped metrics/eval.json: best: null; expected a number");
     expect(text.stdout).toContain("\n  skipped metrics/list.json: a list; expected an object of metrics");
-    expect(text.stdout).toMatch(/sweep \(2 jobs, by val\.loss\)\n {2}ID +STATE +val\.loss +acc +val\.top\.k5 +PARAMS\n/);
+    expect(text.stdout).toMatch(/sweep \(2 combinations, by val\.loss\)\n {2}ID +STATE +val\.loss +acc +val\.top\.k5 +PARAMS\n/);
 
     const unknown = await runKaos(["train", "info", job!.id, "-s", "broken.json"], { cwd: made.dir });
     expect(unknown.code).toBe(1);

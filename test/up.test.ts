@@ -364,12 +364,12 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const listed = await jobs(made);
     expect(listed[listed.length - 1]?.stage).toBe("build");
     const text = await runKaos(["train", "list"], { cwd: made.dir });
-    expect(text.stdout.split("\n")[0]).toMatch(/^ID\s+PIPELINE\s+STAGE\s+STATE\s+N\/N\s+STARTED\s+DURATION\s+PARAMS$/);
+    expect(text.stdout.split("\n")[0]).toMatch(/^ID\s+PIPELINE\s+STAGE\s+STATE\s+N\/N\s+STARTED\s+DURATION\s+score\s+PARAMS$/);
     expect(text.stdout).toMatch(/\s\d\/3\s/);
     const some = listed.find((job) => job.stage === "train")!;
     const info = await runKaos(["train", "info", some.id, "-s", "score"], { cwd: made.dir });
     expect(info.code, info.stderr).toBe(0);
-    const sweep = info.stdout.slice(info.stdout.indexOf("sweep (3 jobs, by score)"));
+    const sweep = info.stdout.slice(info.stdout.indexOf("sweep (3 combinations, by score)"));
     expect([...sweep.matchAll(/score=(\d)/g)].map((m) => m[1])).toEqual(["9", "5", "3"]);
     expect(info.stdout).toMatch(/inputs\n\s+env\s+[0-9a-f]{64}\n\s+source\s+[0-9a-f]{64}\n\s+data\s+[0-9a-f]{64}/);
     const badMetric = await runKaos(["train", "info", some.id, "-s", "accuracy"], { cwd: made.dir });
