@@ -5,7 +5,7 @@
  * - `renderCluster`: every pipeline spec and manifest, offline.
  * - `previewCluster` / `applyCluster`: `pulumi preview` / `pulumi up` of the
  *   cluster program through the Automation API (needs the Pulumi CLI).
- * - `listClusterJobs` / `clusterJobLogs`: jobs and logs from pachd's API.
+ * - `listClusterJobs` / `clusterJobLogs` / `inspectClusterJob`: jobs and logs from pachd's API.
  *
  * Pulumi's SDK takes a second to load, and local-only projects need not
  * install it at all, so it is imported only by the two functions that need it.
@@ -22,7 +22,9 @@ export { validatePipelineSpec, compileSpecSchema, type SpecValidation } from "./
 export {
   listClusterJobs,
   clusterJobLogs,
+  inspectClusterJob,
   jobState,
+  type ClusterJobDetails,
   type ClusterJob,
   type ClusterJobState,
   type ClusterJobsOptions,

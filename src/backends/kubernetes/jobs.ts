@@ -254,6 +254,24 @@ export async function* clusterJobLogs(
   }
 }
 
+/** A job and the file of Pachyderm's output commit that holds what it wrote. */
+export interface ClusterJobDetails {
+  job: ClusterJob;
+  /** `<repo>@<commit>:<path>`, as `pachctl get file` takes it. */
+  outputs: string;
+  /** `<pipeline>@<id>` of the Pachyderm job, as `pachctl stop job` takes it: for a train job, every combination it runs. */
+  pachydermJob: string;
+}
+
+/** A job by an id from `train list` (or a unique prefix of one), as `clusterJobLogs` finds it. */
+export async function inspectClusterJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions = {}): Promise<ClusterJobDetails> {
+  const found = await findJob(stack, jobId, options);
+  const { pipeline, id } = found.pachydermJob;
+  // A train datum writes under /pfs/out/<job key> (see trainScript); the output commit of a job has the job's id.
+  const path = found.job.stage === "train" && found.datum !== undefined ? `/${found.job.id}` : "/";
+  return { job: found.job, outputs: `${pipeline.name}@${id}:${path}`, pachydermJob: `${pipeline.name}@${id}` };
+}
+
 /**
  * An id as `train list` shows it, still a prefix `train logs` finds: a job
  * key to 16 characters; `<pipeline>@<id>` keeps its pipeline name whole.

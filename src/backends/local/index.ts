@@ -24,6 +24,9 @@ import {
   type BackendContext,
   type ExecuteOptions,
   type ExecuteResult,
+  type FetchedOutputs,
+  type FetchOutputsRequest,
+  type JobInfo,
   type JobListRequest,
   type JobListing,
   type JobRunner,
@@ -61,6 +64,11 @@ import { buildEnvironment, environmentPath, environmentReady } from "./build.js"
 import { rememberPythonProbe, resolvePython } from "./python.js";
 import { spawnLogged, stopOrphanedJobs, type RunningProcess } from "./process.js";
 import { localJobLogs } from "./logs.js";
+import { localJobInfo } from "./job-info.js";
+import { killLocalJob } from "./kill.js";
+import { fetchLocalOutputs } from "./outputs.js";
+import { localSweep } from "./sweep.js";
+import type { Sweep } from "../../core/sweep.js";
 import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
 import { fileUrlScopeOf } from "../../core/urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
@@ -271,6 +279,23 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
 
   jobLogs(request: { job: string; follow: boolean }): AsyncIterable<LogOutput> {
     return localJobLogs(this.config.root, this.state, request.job, request.follow);
+  }
+
+  sweep(request: { pipeline: string }): Promise<Sweep> {
+    return localSweep(this, this, request.pipeline);
+  }
+
+  /** Finds the job in the project's store, whichever local stack ran it. */
+  jobInfo(request: { job: string }): Promise<JobInfo> {
+    return localJobInfo(this, request.job, (pipeline) => this.sweep({ pipeline }));
+  }
+
+  fetchOutputs(request: FetchOutputsRequest): Promise<FetchedOutputs> {
+    return fetchLocalOutputs(this, request);
+  }
+
+  killJob(request: { job: string }): Promise<{ id: string }> {
+    return killLocalJob(this, request.job);
   }
 
   async render(): Promise<string[]> {
