@@ -114,16 +114,29 @@ describe("train info, get, kill and compare --stack on a kubernetes stack (built
         [`/${KEY_2}.json`, Buffer.from(JSON.stringify({ lr: 0.2 }))],
       ]),
     });
+    // What the train script of each combination wrote under /pfs/out/<job key> of the output commit.
+    pachd.seedCommit("default", "mnist-p-train", {
+      id: "j1",
+      files: new Map([
+        [`/${KEY_1}/model.txt`, Buffer.from("model 0.1")],
+        [`/${KEY_1}/metrics/m.json`, Buffer.from('{"score": 0.5}')],
+      ]),
+    });
     pachd.jobs = [
       {
         pipeline: "mnist-p-train",
-        id: "j1",
+        id: "j2",
         state: "JOB_RUNNING",
+        started: "2026-01-02T00:00:00Z",
+        datums: [{ id: "d2", state: "STARTING", paramsFile: `/${KEY_2}.json`, paramsRepo: "mnist-p-params", commit: "c1" }],
+      },
+      {
+        pipeline: "mnist-p-train",
+        id: "j1",
+        state: "JOB_SUCCESS",
         started: "2026-01-01T00:00:00Z",
-        datums: [
-          { id: "d1", state: "SUCCESS", paramsFile: `/${KEY_1}.json`, paramsRepo: "mnist-p-params", commit: "c1" },
-          { id: "d2", state: "STARTING", paramsFile: `/${KEY_2}.json`, paramsRepo: "mnist-p-params", commit: "c1" },
-        ],
+        finished: "2026-01-01T01:00:00Z",
+        datums: [{ id: "d1", state: "SUCCESS", paramsFile: `/${KEY_1}.json`, paramsRepo: "mnist-p-params", commit: "c1" }],
       },
       { pipeline: "mnist-p-build", id: "b1", state: "JOB_SUCCESS", started: "2026-01-01T00:00:00Z", finished: "2026-01-01T00:05:00Z" },
     ];
@@ -136,7 +149,7 @@ describe("train info, get, kill and compare --stack on a kubernetes stack (built
     const info = await kaos(made, ["train", "info", KEY_1.slice(0, 8), "--stack", "cluster"]);
     expect(info.stdout.split("\n")).toEqual([
       `job ${KEY_1.slice(0, 16)}  p train  succeeded    stack cluster`,
-      "started   2026-01-01T00:00:00Z    finished -",
+      "started   2026-01-01T00:00:00Z    finished 2026-01-01T01:00:00Z",
       `id        ${KEY_1}`,
       "params    lr=0.1",
       `outputs   mnist-p-train@j1:/${KEY_1}`,
@@ -149,11 +162,11 @@ describe("train info, get, kill and compare --stack on a kubernetes stack (built
       stage: "train",
       state: "running",
       params: { lr: 0.2 },
-      startedAt: "2026-01-01T00:00:00Z",
+      startedAt: "2026-01-02T00:00:00Z",
       finishedAt: null,
       exitCode: null,
       stack: "cluster",
-      outputs: `mnist-p-train@j1:/${KEY_2}`,
+      outputs: `mnist-p-train@j2:/${KEY_2}`,
     });
     const build = await kaos(made, ["train", "info", "mnist-p-build@b1", "--stack", "cluster"]);
     expect(build.stdout).toContain("outputs   mnist-p-build@b1:/");
@@ -163,24 +176,46 @@ describe("train info, get, kill and compare --stack on a kubernetes stack (built
     expect(pachd.mutatingCalls()).toEqual([]);
   });
 
-  it("train get and train kill say they are not supported there, and which pachctl command does it; nothing is changed", async () => {
-    const get = await runKaos(["train", "get", KEY_1.slice(0, 8), "--stack", "cluster"], { cwd: made.dir });
-    expect(get.code).toBe(1);
-    expect(get.stderr).toContain(
-      `error: kaos train get: not supported on stack cluster, which uses the kubernetes backend; job ${KEY_1.slice(0, 16)}'s outputs are in Pachyderm at mnist-p-train@j1:/${KEY_1}`,
-    );
-    expect(get.stderr).toContain(
-      `hint: copy them with pachctl: \`pachctl get file -r mnist-p-train@j1:/${KEY_1} -o ${KEY_1.slice(0, 16)}\``,
-    );
-    expect(existsSync(made.path(KEY_1.slice(0, 16)))).toBe(false);
+  it("train get copies a job's files from its Pachyderm job's output commit once that job ended; nothing is changed", async () => {
+    const get = await kaos(made, ["train", "get", KEY_1.slice(0, 8), "--stack", "cluster", "-o", "got", "--params"]);
+    expect(get.stdout).toBe(`copied job ${KEY_1} to ${made.path("got")}\n`);
+    expect(readFileSync(made.path("got/out/model.txt"), "utf8")).toBe("model 0.1");
+    expect(readFileSync(made.path("got/out/metrics/m.json"), "utf8")).toBe('{"score": 0.5}');
+    expect(JSON.parse(readFileSync(made.path("got/params.json"), "utf8"))).toEqual({ lr: 0.1 });
+    expect(pachd.calls("GlobFile")).toHaveLength(1);
+    // The params are read from the params repo as `train list` reads them; the outputs from the output commit.
+    const read = pachd
+      .calls("GetFile")
+      .map((call) => JSON.parse(call.body) as { file: { commit: { repo: { name: string } }; path: string } });
+    expect(read.filter((request) => request.file.commit.repo.name === "mnist-p-train").map((request) => request.file.path)).toEqual([
+      `/${KEY_1}/metrics/m.json`,
+      `/${KEY_1}/model.txt`,
+    ]);
 
+    const running = await runKaos(["train", "get", KEY_2, "--stack", "cluster"], { cwd: made.dir });
+    expect(running.code).toBe(1);
+    expect(running.stderr).toContain(
+      `error: job ${KEY_2.slice(0, 16)} is running: Pachyderm job mnist-p-train@j2 has not ended, so its output commit may still change`,
+    );
+    const code = await runKaos(["train", "get", KEY_1, "--stack", "cluster", "--code", "-o", "code"], { cwd: made.dir });
+    expect(code.code).toBe(1);
+    expect(code.stderr).toContain("error: kaos train get --code: not supported on stack cluster, which uses the kubernetes backend");
+    const full = await runKaos(["train", "get", KEY_1, "--stack", "cluster", "-o", "got"], { cwd: made.dir });
+    expect(full.code).toBe(1);
+    expect(full.stderr).toContain(`${made.path("got")} already exists and is not empty`);
+    expect(existsSync(made.path(KEY_2.slice(0, 16)))).toBe(false);
+    expect(existsSync(made.path("code"))).toBe(false);
+    expect(pachd.mutatingCalls()).toEqual([]);
+  });
+
+  it("train kill says it is not supported there, and which pachctl command stops the job; nothing is changed", async () => {
     const kill = await runKaos(["train", "kill", KEY_2, "--stack", "cluster"], { cwd: made.dir });
     expect(kill.code).toBe(1);
     expect(kill.stderr).toContain(
-      `error: kaos train kill: not supported on stack cluster, which uses the kubernetes backend; job ${KEY_2.slice(0, 16)} runs in Pachyderm job mnist-p-train@j1`,
+      `error: kaos train kill: not supported on stack cluster, which uses the kubernetes backend; job ${KEY_2.slice(0, 16)} runs in Pachyderm job mnist-p-train@j2`,
     );
     expect(kill.stderr).toContain(
-      "hint: stop it with pachctl: `pachctl stop job mnist-p-train@j1` (it stops every combination that Pachyderm job runs)",
+      "hint: stop it with pachctl: `pachctl stop job mnist-p-train@j2` (it stops every combination that Pachyderm job runs)",
     );
     expect(pachd.mutatingCalls()).toEqual([]);
     expect(existsSync(made.path(".kaos"))).toBe(false);

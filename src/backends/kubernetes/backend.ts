@@ -196,16 +196,10 @@ export class KubernetesBackend implements Backend {
     return { kind: "remote", stack: this.stack.name, job: found.job, shortId: shortJobId, outputs: found.outputs };
   }
 
-  /** Pachyderm keeps a job's outputs in its output commit; pachctl copies a folder of it. */
+  /** Copies a train job's files from its Pachyderm job's output commit. */
   async fetchOutputs(request: FetchOutputsRequest): Promise<FetchedOutputs> {
-    const { inspectClusterJob } = await kubernetes();
-    const found = await inspectClusterJob(this.stack, request.job, { workspace: this.config.workspace });
-    const out = request.outDir ?? shortJobId(found.job.id).replace(/[@:/]/g, "-");
-    throw new KaosError(
-      "NOT_SUPPORTED",
-      `kaos train get: not supported on stack ${this.stack.name}, which uses the kubernetes backend; job ${shortJobId(found.job.id)}'s outputs are in Pachyderm at ${found.outputs}`,
-      { hint: `copy them with pachctl: \`pachctl get file -r ${found.outputs} -o ${out}${this.projectFlag()}\`` },
-    );
+    const { fetchClusterOutputs } = await kubernetes();
+    return fetchClusterOutputs(this.stack, request, { workspace: this.config.workspace });
   }
 
   /** Pachyderm stops a whole job, which for a train job is every combination it runs. */

@@ -55,7 +55,7 @@ export interface ClusterLogLine {
   message: string;
 }
 
-interface Located {
+export interface Located {
   job: ClusterJob;
   pachydermJob: JobRef;
   datum: string | undefined;
@@ -96,7 +96,7 @@ function datumState(state: PachydermDatumState | undefined, job: ClusterJobState
   }
 }
 
-function clientFor(stack: ResolvedStack, options: ClusterJobsOptions): { client: PachdClient; project: string } {
+export function clientFor(stack: ResolvedStack, options: ClusterJobsOptions): { client: PachdClient; project: string } {
   const k8s = kubernetesStack(stack);
   const env = options.env ?? process.env;
   const tokenEnv = k8s.pachyderm.tokenEnv ?? DEFAULT_TOKEN_ENV;
@@ -281,7 +281,8 @@ export function shortJobId(id: string): string {
   return at < 0 ? id.slice(0, 16) : `${id.slice(0, at + 1)}${id.slice(at + 1, at + 13)}`;
 }
 
-async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions): Promise<Located> {
+/** A job by an id from `train list` or a unique prefix of one; JOB_NOT_FOUND or JOB_AMBIGUOUS otherwise. */
+export async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions): Promise<Located> {
   const all = await locateJobs(stack, options);
   const exact = all.find((entry) => entry.job.id === jobId);
   if (exact) return exact;

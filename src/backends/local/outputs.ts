@@ -3,9 +3,10 @@
  * directory (and, asked, its source snapshot and params) out of `.kaos/`,
  * refusing results that changed after the job ended unless forced.
  */
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { BackendContext, FetchedOutputs, FetchOutputsRequest } from "../../core/backend.js";
+import { emptyDestination } from "../../core/destination.js";
 import { KaosError } from "../../core/errors.js";
 import { displayLine, displayText } from "../../core/format.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
@@ -23,12 +24,7 @@ export async function fetchLocalOutputs(context: BackendContext, request: FetchO
     });
   }
   if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
-  const destination = resolve(request.outDir ?? job.id);
-  if (existsSync(destination) && readdirSync(destination).length > 0) {
-    throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, {
-      hint: "pass -o DIR",
-    });
-  }
+  const destination = emptyDestination(request.outDir ?? job.id);
   const notes: string[] = [];
   const untrusted = resultsProblem(job.id, await checkJobResults(stateDir, job.id));
   if (untrusted !== undefined) {
