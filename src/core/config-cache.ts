@@ -15,7 +15,8 @@
  *   in the whole text, comments included, so it errs only towards evaluating);
  * - a value JSON cannot carry exactly.
  *
- * Code that names `process` is kept under the whole environment, the working
+ * Values are written when the command opens the state store to write
+ * (`saveConfigCache`). Code that names `process` is kept under the whole environment, the working
  * directory and the arguments as well. kaos's own version, and the build of
  * this module, are part of every key: another kaos evaluates again.
  */
@@ -171,16 +172,34 @@ export async function cachedModuleValue<T>(kind: string, file: string, stateDir:
   if (entry !== undefined && entry.key === key) return entry.value as T;
   const value = await evaluate();
   // A file edited while it was evaluated: its value may belong to either text, so it is not kept.
-  if (isPlainData(value) && existsSync(stateDir) && keyOf(kind, file) === key) {
-    const entries = { ...readCache(stateDir), [`${kind}:${file}`]: { key, value } };
-    const target = configCacheOf(stateDir);
-    const temporary = `${target}.${process.pid}.tmp`;
-    try {
-      writeFileSync(temporary, JSON.stringify({ format: FORMAT, kaos: kaos(), entries } satisfies CacheFile));
-      renameSync(temporary, target);
-    } catch {
-      // Only a cache: the next command evaluates the file again.
-    }
+  if (isPlainData(value) && keyOf(kind, file) === key) {
+    const waiting = pending.get(stateDir) ?? {};
+    waiting[`${kind}:${file}`] = { key, value };
+    pending.set(stateDir, waiting);
   }
   return value;
+}
+
+/** Values evaluated in this process, written only once the command is past checking its input. */
+const pending = new Map<string, CacheFile["entries"]>();
+
+/**
+ * Writes the values evaluated in this process into the cache in `stateDir`.
+ * Called when a command opens the state store to write: bad input is
+ * reported before `.kaos/` is touched, and a command that records nothing
+ * leaves it as it was.
+ */
+export function saveConfigCache(stateDir: string): void {
+  const waiting = pending.get(stateDir);
+  if (waiting === undefined || !existsSync(stateDir)) return;
+  pending.delete(stateDir);
+  const entries = { ...readCache(stateDir), ...waiting };
+  const target = configCacheOf(stateDir);
+  const temporary = `${target}.${process.pid}.tmp`;
+  try {
+    writeFileSync(temporary, JSON.stringify({ format: FORMAT, kaos: kaos(), entries } satisfies CacheFile));
+    renameSync(temporary, target);
+  } catch {
+    // Only a cache: the next command evaluates the file again.
+  }
 }
