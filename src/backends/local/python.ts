@@ -83,10 +83,13 @@ async function probeWithCache(path: string, stateDir: string | undefined): Promi
   const probe = await askVersion(path);
   const executableId = probe === undefined ? undefined : fileIdentity(probe.executable);
   if (probe !== undefined && executableId !== undefined) {
-    writeVersionCache(stateDir, { ...readVersionCache(stateDir), [identity]: { ...probe, executableId } });
+    pendingVersions.set(stateDir, { ...pendingVersions.get(stateDir), [identity]: { ...probe, executableId } });
   }
   return probe;
 }
+
+/** Answers asked in this process, written by `rememberPythonProbe` once the command is planning (past checking its input). */
+const pendingVersions = new Map<string, Record<string, CachedVersion>>();
 
 /** What a file is, as far as its stat can tell: a changed, replaced or rebuilt file has another identity. */
 function fileIdentity(path: string): string | undefined {
@@ -287,6 +290,11 @@ export function prefetchPython(stateDir: string): void {
 }
 
 export function rememberPythonProbe(stateDir: string, runtime: PythonRuntime): void {
+  const answers = pendingVersions.get(stateDir);
+  if (answers !== undefined) {
+    pendingVersions.delete(stateDir);
+    writeVersionCache(stateDir, { ...readVersionCache(stateDir), ...answers });
+  }
   const file = join(stateDir, PROBE_HINT);
   try {
     if (!existsSync(stateDir) || (existsSync(file) && readFileSync(file, "utf8").trim() === runtime.probed)) return;
