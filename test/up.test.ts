@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { fileContent, makeProject, pidAlive, runKaos, startKaos, type Project } from "./helpers/rig.js";
 import { maxConcurrency, readMarks, trainingProject, type ListedJob, type TrainingProjectOptions } from "./helpers/jobs.js";
@@ -276,6 +277,33 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect(noop.code).toBe(0);
     expect(noop.stderr).toContain("nothing to do");
     expect(readFileSync(asked, "utf8")).toBe("asked\n");
+  });
+
+  it("a no-op up, which checks the results it reuses, starts no thread", async () => {
+    const made = project();
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    // Preloaded into kaos: every thread started is named in `threads`.
+    const threads = made.path("threads");
+    const preload = made.path("count-threads.mjs");
+    writeFileSync(
+      preload,
+      `import { createRequire, syncBuiltinESMExports } from "node:module";
+import { appendFileSync } from "node:fs";
+const threads = createRequire(import.meta.url)("node:worker_threads");
+const Worker = threads.Worker;
+threads.Worker = class extends Worker {
+  constructor(...args) {
+    appendFileSync(${JSON.stringify(threads)}, "thread\\n");
+    super(...args);
+  }
+};
+syncBuiltinESMExports();
+`,
+    );
+    const noop = await kaos(made, ["up"], { NODE_OPTIONS: `--import=${pathToFileURL(preload).href}` });
+    expect(noop.code).toBe(0);
+    expect(noop.stderr).toContain("nothing to do");
+    expect(existsSync(threads)).toBe(false);
   });
 
   it('trains on the snapshot that was hashed: an edit during the run does not leak in (dataViews: "copy")', async () => {

@@ -256,7 +256,7 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
   };
   let config: ResolvedConfig;
   try {
-    config = resolveConfig(value, virtualFile);
+    config = await resolveConfig(value, virtualFile);
     const { checkInputs } = await engine();
     checkInputs(config);
   } catch (error) {

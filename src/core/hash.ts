@@ -191,6 +191,8 @@ export interface StatCacheStore {
   save(root: string, entries: StatCacheEntry[], cacheTimeNs: bigint, treeHash?: string, monitorToken?: string): void | Promise<void>;
   /** When the cache for root was last saved (the walk start time), or undefined. */
   savedAt?(root: string): bigint | undefined;
+  /** How many files the cache of root lists, when it knows without loading them (a store without `loadPacked`). */
+  cachedFiles?(root: string): number | undefined;
   /**
    * The file system monitor's token saved together with the entries last
    * loaded: every change since it is one the monitor can name. Undefined
@@ -805,7 +807,7 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
       if (tree !== undefined) return tree;
     }
   }
-  const workers = walkersFor(options.workers, packed?.count);
+  const workers = walkersFor(options.workers, packed !== undefined ? packed.count : store?.cachedFiles?.(absoluteRoot));
   const run = new TreeRun(
     absoluteRoot,
     workers,

@@ -306,7 +306,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   }
 
   async runtime(bundle: SourceBundle): Promise<string> {
-    const python = await resolvePython(bundle.pythonVersion);
+    const python = await resolvePython(bundle.pythonVersion, this.stateDir);
     rememberPythonProbe(this.stateDir, python);
     return `local python ${python.version} ${process.platform}-${process.arch}`;
   }
@@ -921,7 +921,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     try {
       await storeTree(this.objects, p.sourceTree, `pipelines.${p.pipeline.name}.source`);
       materializeTree(this.objects, p.sourceTree, paths.source, { copy: true });
-      const python = await resolvePython(p.bundle.pythonVersion);
+      const python = await resolvePython(p.bundle.pythonVersion, this.stateDir);
       if (python.note) reporter.event({ kind: "note", message: `${p.pipeline.name} build: ${python.note}` });
       await buildEnvironment({
         envsDir: this.envsDir,

@@ -125,6 +125,8 @@ function sealStore(sealed?: SealedTree): StatCacheStore & { saved: { entries: St
       store.saved = { entries, cacheTimeNs };
     },
     savedAt: (): bigint | undefined => (sealed === undefined ? undefined : BigInt(sealed.savedAtNs)),
+    // A check of a small sealed tree (most are) then starts no hashing thread.
+    cachedFiles: (): number | undefined => sealed?.entries.length,
   };
   return store;
 }
