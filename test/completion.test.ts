@@ -69,6 +69,8 @@ describe("kaos completion", () => {
     expect(bashComplete(file, ["kaos", "up", "--stack", ""])).toEqual(["gpu-cluster", "local"]);
     expect(bashComplete(file, ["kaos", "plan", "--json", "--stack", "g"])).toEqual(["gpu-cluster"]);
     expect(bashComplete(file, ["kaos", "up", "--stack", "=", ""])).toEqual(["gpu-cluster", "local"]);
+    expect(bashComplete(file, ["kaos", "train", "kill", "--st"])).toEqual(["--stack"]);
+    expect(bashComplete(file, ["kaos", "train", "info", "--stack", "g"])).toEqual(["gpu-cluster"]);
     expect(bashComplete(file, ["kaos", "watch", "--on-change", ""])).toEqual(["restart", "queue"]);
     expect(bashComplete(file, ["kaos", "template", "get", "--name", ""])).toEqual(["mnist"]);
     expect(bashComplete(file, ["kaos", "completion", ""])).toEqual(["bash", "zsh", "fish"]);

@@ -1,8 +1,9 @@
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { loadConfig, loadStack, locateKey, parseMemory } from "../src/core/config.js";
 import { validateSourceBundle, pythonVersionOf } from "../src/core/bundle.js";
 import { KaosError } from "../src/core/errors.js";
-import { makeProject, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+import { makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 afterEach(() => {
@@ -256,6 +257,18 @@ describe("stacks", () => {
       `invalid stack\n${made.path("stacks/gpu.ts")}:3: namespace: expected a Kubernetes namespace name (lowercase letters, digits, '-'), found "Bad_NS"`,
     );
   });
+
+  it('dataViews takes "link" or "copy", and anything else names the key and both choices', async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/isolated.ts": `export default { backend: "local", dataViews: "copy" };\n`,
+      "stacks/bad.ts": `export default {\n  backend: "local",\n  dataViews: "reflink",\n};\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    expect((await loadStack(config, "isolated")).config).toEqual({ backend: "local", dataViews: "copy" });
+    await expect(loadStack(config, "bad")).rejects.toThrow(
+      `invalid stack\n${made.path("stacks/bad.ts")}:3: dataViews: expected "link" (a data bundle's own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files), found "reflink"`,
+    );
+  });
 });
 
 describe("source bundle contract", () => {
@@ -305,5 +318,98 @@ describe("small parsers", () => {
     expect(locateKey(text, ["pipelines", "b", "source"])).toBe(5);
     expect(locateKey(text, ["pipelines", "a", "source"])).toBe(3);
     expect(locateKey(text, ["nothing"])).toBeUndefined();
+  });
+});
+
+describe("the config cache", () => {
+  /** `kaos plan --json` with jiti reporting what it loads: `evaluated` says whether any module was. */
+  async function plan(made: Project, args: string[] = [], env: Record<string, string> = {}) {
+    const result = await runKaos(["plan", "--json", ...args], { cwd: made.dir, env: { JITI_DEBUG: "1", ...env } });
+    // jiti writes its debug lines to stdout.
+    const evaluated = result.stdout.includes("[jiti]");
+    if (result.code !== 0) return { code: result.code, stderr: result.stderr, evaluated, jobs: -1 };
+    const json = result.stdout
+      .split("\n")
+      .filter((line) => !line.includes("[jiti]"))
+      .join("\n");
+    const parsed = JSON.parse(json) as { pipelines: { jobs: unknown[] }[] };
+    return { code: result.code, stderr: result.stderr, evaluated, jobs: parsed.pipelines[0]!.jobs.length };
+  }
+
+  function cachedProject(config: string, extra: Record<string, string> = {}): Project {
+    const made = project(config, extra);
+    mkdirSync(made.path(".kaos"));
+    return made;
+  }
+
+  const helperConfig = `import { defineConfig } from "kaos-ml";
+import { grid } from "./grid-helper";
+
+export default defineConfig({
+  pipelines: {
+    svm: { source: "src", data: "data", hyperparams: grid },
+  },
+});
+`;
+
+  it("evaluates an unchanged config once, and sees an edit of it, of a module it imports and of the stack file", async () => {
+    const made = cachedProject(helperConfig, {
+      "grid-helper.ts": `export const grid = { C: [1, 2] };\n`,
+      "stacks/dev.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n`,
+    });
+    expect(await plan(made, ["--stack", "dev"])).toMatchObject({ code: 0, evaluated: true, jobs: 2 });
+    expect(await plan(made, ["--stack", "dev"])).toMatchObject({ code: 0, evaluated: false, jobs: 2 });
+
+    made.write({ "grid-helper.ts": `export const grid = { C: [1, 2, 3] };\n` });
+    expect(await plan(made, ["--stack", "dev"])).toMatchObject({ code: 0, evaluated: true, jobs: 3 });
+
+    made.write({ "kaos.config.ts": helperConfig.replace("hyperparams: grid", "hyperparams: { ...grid, kernel: ['rbf', 'linear'] }") });
+    expect(await plan(made, ["--stack", "dev"])).toMatchObject({ code: 0, evaluated: true, jobs: 6 });
+    expect(await plan(made, ["--stack", "dev"])).toMatchObject({ code: 0, evaluated: false, jobs: 6 });
+
+    made.write({
+      "stacks/dev.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({\n  backend: "local",\n  maxCpu: -1,\n});\n`,
+    });
+    const badStack = await plan(made, ["--stack", "dev"]);
+    expect(badStack.code).toBe(1);
+    expect(badStack.stderr).toContain(`${made.path("stacks/dev.ts")}:4: maxCpu: expected a positive number of cores`);
+
+    made.write({ "kaos.config.ts": helperConfig.replace("hyperparams: grid", "hyperparams: grid,\n      paralelism: 2") });
+    const badConfig = await plan(made);
+    expect(badConfig.code).toBe(1);
+    expect(badConfig.stderr).toContain(`${made.path("kaos.config.ts")}:7: pipelines.svm.paralelism: unknown key`);
+  });
+
+  it("ignores and rewrites a cache file that is corrupt or from another kaos", async () => {
+    const made = cachedProject(helperConfig, { "grid-helper.ts": `export const grid = { C: [1, 2] };\n` });
+    const cacheFile = made.path(".kaos", "config-cache.json");
+    expect(await plan(made)).toMatchObject({ evaluated: true, jobs: 2 });
+    const written = readFileSync(cacheFile, "utf8");
+
+    writeFileSync(cacheFile, written.slice(0, written.length / 2));
+    expect(await plan(made)).toMatchObject({ evaluated: true, jobs: 2 });
+    expect(readFileSync(cacheFile, "utf8")).toBe(written);
+
+    const other = JSON.parse(written) as { kaos: string; entries: Record<string, { value: { pipelines: { svm: object } } }> };
+    other.kaos = "0.0.1|1|1";
+    for (const entry of Object.values(other.entries)) entry.value.pipelines.svm = { source: "src", data: "data" };
+    writeFileSync(cacheFile, JSON.stringify(other));
+    expect(await plan(made)).toMatchObject({ evaluated: true, jobs: 2 });
+    expect(readFileSync(cacheFile, "utf8")).toBe(written);
+  });
+
+  it("keeps the value of a config that reads the environment under the environment, and never one that reads the clock", async () => {
+    const made = cachedProject(
+      pipelineConfig(`      source: "src", data: "data",\n      hyperparams: { C: process.env.KAOS_TEST_C === "two" ? [1, 2] : [1] },`),
+    );
+    expect(await plan(made, [], { KAOS_TEST_C: "one" })).toMatchObject({ evaluated: true, jobs: 1 });
+    expect(await plan(made, [], { KAOS_TEST_C: "two" })).toMatchObject({ evaluated: true, jobs: 2 });
+    expect(await plan(made, [], { KAOS_TEST_C: "two" })).toMatchObject({ evaluated: false, jobs: 2 });
+
+    made.write({
+      "kaos.config.ts": pipelineConfig(`      source: "src", data: "data",\n      hyperparams: { C: [new Date(0).getTime()] },`),
+    });
+    expect(await plan(made)).toMatchObject({ evaluated: true, jobs: 1 });
+    expect(await plan(made)).toMatchObject({ evaluated: true, jobs: 1 });
   });
 });

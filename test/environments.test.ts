@@ -6,6 +6,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { TRAIN_SCRIPT } from "./helpers/jobs.js";
 import { makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
@@ -114,5 +115,84 @@ describe("environments", () => {
     writeFileSync(made.path("src/model/requirements.lock"), "kaostiny==1.0\nKaosTiny==1.1\n");
     const twice = await runKaos(["plan"], { cwd: made.dir });
     expect(twice.stderr).toContain("requirements.lock:2: KaosTiny is pinned twice (first at line 1)");
+  });
+});
+
+describe("the interpreter's version", () => {
+  /** A project and, inside it, a pyenv whose shim counts in `asked` how often it is asked for a version. */
+  function pyenvProject(): { made: Project; shim: string; asked: () => number } {
+    const made = makeProject(
+      {
+        "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", data: "data" } } });\n`,
+        "data/value.txt": "v1",
+        ...under("src", trivialSourceBundle(TRAIN_SCRIPT)),
+        "pyenv/version": "3.11.7\n",
+        "pyenv/versions/3.11.7/bin/python3": { content: "3.11.7", mode: 0o755 },
+        "pyenv/versions/3.12.1/bin/python3": { content: "3.12.1", mode: 0o755 },
+      },
+      "kaos-pyenv-",
+    );
+    projects.push(made);
+    const root = made.path("pyenv");
+    made.write({
+      "pyenv/shims/python3": {
+        content: `#!/usr/bin/env bash\nset -e\nprogram="\${0##*/}"\n\nexport PYENV_ROOT="${root}"\nexec "${root}/libexec/pyenv" exec "$program" "$@"\n`,
+        mode: 0o755,
+      },
+      // pyenv's choice: PYENV_VERSION, else the nearest .python-version, else the global version file.
+      "pyenv/libexec/pyenv": {
+        content: `#!/bin/sh
+echo asked >> "$PYENV_ROOT/asked"
+dir="$PWD"; file="$PYENV_ROOT/version"
+while [ "$dir" != "/" ]; do if [ -f "$dir/.python-version" ]; then file="$dir/.python-version"; break; fi; dir=$(dirname "$dir"); done
+version="\${PYENV_VERSION:-$(cat "$file")}"
+echo "$version"; echo "$PYENV_ROOT/versions/$version/bin/python3"
+`,
+        mode: 0o755,
+      },
+    });
+    const asked = () => (existsSync(join(root, "asked")) ? readFileSync(join(root, "asked"), "utf8").split("\n").length - 1 : 0);
+    return { made, shim: made.path("pyenv/shims/python3"), asked };
+  }
+
+  async function buildKey(made: Project, python: string): Promise<string> {
+    const result = await runKaos(["plan", "--json"], { cwd: made.dir, env: { KAOS_PYTHON: python } });
+    expect(result.code, result.stderr).toBe(0);
+    const plan = JSON.parse(result.stdout) as { pipelines: { stages: { build: { key: string } } }[] };
+    return plan.pipelines[0]!.stages.build.key;
+  }
+
+  it("is asked once per interpreter, and again when pyenv would choose another or it changed", async () => {
+    const { made, shim, asked } = pyenvProject();
+    const first = await buildKey(made, shim);
+    expect(asked()).toBe(1);
+    expect(await buildKey(made, shim)).toBe(first);
+    expect(asked()).toBe(1);
+
+    made.write({ ".python-version": "3.12.1\n" });
+    const other = await buildKey(made, shim);
+    expect(asked()).toBe(2);
+    expect(other).not.toBe(first);
+    expect(await buildKey(made, shim)).toBe(other);
+    expect(asked()).toBe(2);
+
+    // The interpreter pyenv chose was rebuilt in place: it is asked again.
+    made.write({ "pyenv/versions/3.12.1/bin/python3": "3.12.1, rebuilt" });
+    expect(await buildKey(made, shim)).toBe(other);
+    expect(asked()).toBe(3);
+  });
+
+  it("is asked every time of a script that chooses its interpreter in its own way", async () => {
+    const { made, asked } = pyenvProject();
+    const counter = made.path("pyenv/asked");
+    made.write({
+      "wrapper/python3": {
+        content: `#!/bin/sh\necho asked >> "${counter}"\necho 3.11.7\necho "${made.path("pyenv/versions/3.11.7/bin/python3")}"\n`,
+        mode: 0o755,
+      },
+    });
+    const first = await buildKey(made, made.path("wrapper/python3"));
+    expect(await buildKey(made, made.path("wrapper/python3"))).toBe(first);
+    expect(asked()).toBe(2);
   });
 });

@@ -67,7 +67,7 @@ describe("the mnist example end to end (built CLI, real scikit-learn venv)", () 
     expect(train).toHaveLength(24);
     const info = await runKaos(["train", "info", train[0]!.id, "-s", "accuracy_validation"], { cwd: root });
     expect(info.code, info.stderr).toBe(0);
-    const accuracies = [...info.stdout.slice(info.stdout.indexOf("sweep (12 jobs")).matchAll(/succeeded\s+(0\.\d+)/g)].map((m) =>
+    const accuracies = [...info.stdout.slice(info.stdout.indexOf("sweep (12 combinations")).matchAll(/succeeded\s+(0\.\d+)/g)].map((m) =>
       Number(m[1]),
     );
     expect(accuracies).toHaveLength(12);

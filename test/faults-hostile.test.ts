@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { type SpawnSyncReturns, execFileSync, spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -44,8 +44,35 @@ function project(files: FileMap, train = INSPECT): Project {
 
 const env = tagged.env;
 
-async function up(made: Project, extra: Record<string, string> = {}) {
-  return runKaos(["up"], { cwd: made.dir, env: { ...env, ...extra }, timeoutMs: 120_000 });
+/**
+ * A stack whose data views are copies kaos owns (`dataViews: "copy"`): on a
+ * file system without clones (ext4 here) the default links the view's files
+ * to the bundle's own, so a job's write reaches the user's files and is found
+ * after the fact; with copies it reaches only kaos's copy.
+ */
+const COPY_STACK: FileMap = {
+  "stacks/copy.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", dataViews: "copy" });\n`,
+};
+
+async function up(made: Project, extra: Record<string, string> = {}, stack?: string) {
+  const args = stack === undefined ? ["up"] : ["up", "--stack", stack];
+  return runKaos(args, { cwd: made.dir, env: { ...env, ...extra }, timeoutMs: 120_000 });
+}
+
+/** The start of the reason a job on a linked data view fails with when the bundle file `file` changed. */
+function linkedDataChanged(when: string, file: string): RegExp {
+  const quoted = file.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+  return new RegExp(
+    `^(not started: )?the data changed ${when} \\(([^)]*, )?${quoted}(, [^)]*)?\\): KAOS_DATA_DIR holds links to the data bundle's own files`,
+  );
+}
+
+/** The jobs the next plan of the default stack would run, by key: none of them one the bundle's old content gave. */
+async function nextPlanJobs(made: Project): Promise<{ key: string; action: string }[]> {
+  const plan = JSON.parse((await runKaos(["plan", "--json"], { cwd: made.dir })).stdout) as {
+    pipelines: { jobs: { key: string; action: string }[] }[];
+  };
+  return plan.pipelines[0]!.jobs;
 }
 
 function seenBy(made: Project, jobId: string): Record<string, string> {
@@ -216,33 +243,45 @@ describe("hostile bundles", () => {
       "-e",
       "process.exit(process.getuid() === 0 ? 1 : 0)",
     ]).status === 0;
+  /** The project, owned by nobody, and a way to run the CLI in it as nobody. */
+  function nobodysProject(files: FileMap): { made: Project; asNobody: (args: string[]) => SpawnSyncReturns<string> } {
+    const made = project(files);
+    const home = made.path("home");
+    mkdirSync(home);
+    const own = (path: string) => {
+      chownSync(path, 65534, 65534);
+      if (statSync(path).isDirectory()) for (const entry of readdirSync(path)) own(join(path, entry));
+    };
+    own(made.dir);
+    const asNobody = (args: string[]) =>
+      spawnSync("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", process.execPath, CLI, ...args], {
+        cwd: made.dir,
+        env: {
+          PATH: "/usr/local/bin:/usr/bin:/bin",
+          HOME: home,
+          TMPDIR: home,
+          NO_COLOR: "1",
+          KAOS_PYTHON: "/usr/bin/python3",
+          ...tagged.env,
+        },
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+    return { made, asNobody };
+  }
+  /** Writes into its data view and says whether the system refused the write. */
+  const TRIES_TO_WRITE_ITS_DATA = `#!/bin/sh\nmkdir -p "$1"\nif echo x >> "$KAOS_DATA_DIR/value.txt" 2>/dev/null; then echo written > "$1/write"; else echo refused > "$1/write"; fi\n`;
   it.skipIf(!nobody)(
-    "unreadable files and directories are a clear error (run as user nobody through setpriv, since root reads everything)",
+    'unreadable files and directories are a clear error (run as user nobody through setpriv, since root reads everything; dataViews: "copy")',
     async () => {
-      const made = project({ "data/value.txt": "v", "data/secret.txt": "secret", "data/closed/inner.txt": "inner" });
-      const home = made.path("home");
-      mkdirSync(home);
-      const own = (path: string) => {
-        chownSync(path, 65534, 65534);
-        if (statSync(path).isDirectory()) for (const entry of readdirSync(path)) own(join(path, entry));
-      };
-      own(made.dir);
+      const { made, asNobody } = nobodysProject({
+        "data/value.txt": "v",
+        "data/secret.txt": "secret",
+        "data/closed/inner.txt": "inner",
+        ...COPY_STACK,
+      });
       chmodSync(made.path("data/secret.txt"), 0o000);
       chownSync(made.path("data/secret.txt"), 0, 0);
-      const asNobody = (args: string[]) =>
-        spawnSync("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", process.execPath, CLI, ...args], {
-          cwd: made.dir,
-          env: {
-            PATH: "/usr/local/bin:/usr/bin:/bin",
-            HOME: home,
-            TMPDIR: home,
-            NO_COLOR: "1",
-            KAOS_PYTHON: "/usr/bin/python3",
-            ...tagged.env,
-          },
-          encoding: "utf8",
-          timeout: 60_000,
-        });
       let result = asNobody(["plan"]);
       expect(result.status, result.stderr).toBe(1);
       expect(result.stderr).toContain(
@@ -260,16 +299,32 @@ describe("hostile bundles", () => {
       expect(result.stderr).not.toContain("internal error");
       chownSync(made.path("data/closed"), 65534, 65534);
       chmodSync(made.path("data/closed"), 0o755);
-      // As a user the read-only data view holds: the script's write into it is refused by the system.
-      writeFileSync(
-        made.path("src/model/train"),
-        `#!/bin/sh\necho x >> "$KAOS_DATA_DIR/value.txt" 2>/dev/null && exit 0\nmkdir -p "$1" && echo refused > "$1/write"\n`,
-      );
-      result = asNobody(["up"]);
+      // As a user a copied data view holds: the script's write into it is refused by the system.
+      writeFileSync(made.path("src/model/train"), TRIES_TO_WRITE_ITS_DATA);
+      result = asNobody(["up", "--stack", "copy"]);
       expect(result.status, result.stderr).toBe(0);
       const [job] = trainJobs(made);
       expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "write"), "utf8")).toBe("refused\n");
+      expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v");
       expect(trustProblems(made.dir)).toEqual([]);
+    },
+    120_000,
+  );
+
+  it.skipIf(!nobody)(
+    "as a user, a linked data view's files are the user's own and writable: the write goes through, is found, and the job fails naming the file",
+    async () => {
+      const { made, asNobody } = nobodysProject({ "data/value.txt": "v" });
+      writeFileSync(made.path("src/model/train"), TRIES_TO_WRITE_ITS_DATA);
+      const result = asNobody(["up"]);
+      expect(result.status, result.stderr).toBe(1);
+      const [job] = trainJobs(made);
+      expect(job!.state).toBe("failed");
+      expect(job!.reason).toMatch(linkedDataChanged("while this job ran", made.path("data/value.txt")));
+      expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("vx\n");
+      expect(trustProblems(made.dir)).toEqual([]);
+      const [next] = await nextPlanJobs(made);
+      expect(next!.key).not.toBe(job!.key);
     },
     120_000,
   );
@@ -294,8 +349,7 @@ mkdir -p "$1" && echo done > "$1/done"
     expect(tagged.running()).toEqual([]);
   }, 60_000);
 
-  it("a script writing into KAOS_DATA_DIR (as root, which mode bits do not stop) fails, and nothing it changed is trusted again", async () => {
-    const train = `#!/bin/sh
+  const WRITES_ITS_DATA = `#!/bin/sh
 cat "$KAOS_DATA_DIR/value.txt" > /dev/null
 if [ -f "$KAOS_EVIL" ] && grep -q '"a":2' "$KAOS_PARAMS_FILE"; then
   echo tampered >> "$KAOS_DATA_DIR/value.txt"
@@ -303,8 +357,12 @@ if [ -f "$KAOS_EVIL" ] && grep -q '"a":2' "$KAOS_PARAMS_FILE"; then
 fi
 mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
 `;
-    const made = project({ "data/value.txt": "v1", "data/other.txt": "o", "grid.json": JSON.stringify({ a: [1, 2, 3] }), evil: "" }, train);
-    const first = await up(made, { KAOS_EVIL: made.path("evil") });
+  it('a script writing into KAOS_DATA_DIR (as root, which mode bits do not stop) fails, and nothing it changed is trusted again (dataViews: "copy")', async () => {
+    const made = project(
+      { "data/value.txt": "v1", "data/other.txt": "o", "grid.json": JSON.stringify({ a: [1, 2, 3] }), evil: "", ...COPY_STACK },
+      WRITES_ITS_DATA,
+    );
+    const first = await up(made, { KAOS_EVIL: made.path("evil") }, "copy");
     expect(first.code).toBe(1);
     const rows = trainJobs(made);
     const byParam = (a: number) => rows.find((row) => JSON.parse(row.params).a === a)!;
@@ -317,7 +375,7 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     expect(trustProblems(made.dir)).toEqual([]);
     // The user's bundle was never touched; the next run lays the data out again and every job sees it whole.
     expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1");
-    const second = await up(made, { KAOS_EVIL: made.path("no-such-file") });
+    const second = await up(made, { KAOS_EVIL: made.path("no-such-file") }, "copy");
     expect(second.code, second.stderr).toBe(0);
     for (const row of trainJobs(made).filter((r) => r.state === "succeeded")) {
       expect(readFileSync(made.path(".kaos", "jobs", row.id, "out", "data.txt"), "utf8")).toBe("v1");
@@ -325,9 +383,39 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     expect(trustProblems(made.dir)).toEqual([]);
   }, 60_000);
 
-  it("a write through a shared memory mapping, which no directory watch reports, fails the whole sweep at its end", async () => {
-    // mmap writes reach the file without a write(2), so inotify never hears of them; the sweep's last check of every stat does.
-    const train = `#!/usr/bin/env python3
+  it("a script writing into a linked KAOS_DATA_DIR changes the user's file: the job fails naming it, no later job starts, and the next plan sees the change", async () => {
+    const made = project(
+      { "data/value.txt": "v1", "data/other.txt": "o", "grid.json": JSON.stringify({ a: [1, 2, 3] }), evil: "" },
+      WRITES_ITS_DATA,
+    );
+    const first = await up(made, { KAOS_EVIL: made.path("evil") });
+    expect(first.code).toBe(1);
+    const rows = trainJobs(made);
+    const byParam = (a: number) => rows.find((row) => JSON.parse(row.params).a === a)!;
+    expect(byParam(1).state).toBe("succeeded");
+    expect(byParam(2).state).toBe("failed");
+    expect(byParam(2).reason).toMatch(linkedDataChanged("while this job ran", made.path("data/value.txt")));
+    expect(byParam(3).state).toBe("failed");
+    expect(byParam(3).reason).toMatch(linkedDataChanged("before this job started", made.path("data/value.txt")));
+    // The view's files are the user's: the write went through to them.
+    expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1tampered\n");
+    // Directories are kaos's own: a new file lands in the view only, and goes with it.
+    expect(existsSync(made.path("data/added.txt"))).toBe(false);
+    // Only the job that ran before the write succeeded, on the data its key names.
+    expect(rows.filter((row) => row.state === "succeeded").map((row) => row.id)).toEqual([byParam(1).id]);
+    expect(readFileSync(made.path(".kaos", "jobs", byParam(1).id, "out", "data.txt"), "utf8")).toBe("v1");
+    expect(trustProblems(made.dir)).toEqual([]);
+    const keys = new Set(rows.map((row) => row.key));
+    const next = await nextPlanJobs(made);
+    expect(next).toHaveLength(3);
+    for (const job of next) {
+      expect(job.action).toBe("run");
+      expect(keys.has(job.key)).toBe(false);
+    }
+  }, 60_000);
+
+  // mmap writes reach the file without a write(2), so inotify never hears of them; the sweep's last check of every stat does.
+  const WRITES_THROUGH_MMAP = `#!/usr/bin/env python3
 import json, mmap, os, sys
 params = json.load(open(os.environ["KAOS_PARAMS_FILE"]))
 if params["a"] == 2:
@@ -339,8 +427,9 @@ if params["a"] == 2:
 os.makedirs(sys.argv[1], exist_ok=True)
 open(os.path.join(sys.argv[1], "done"), "w").write("done")
 `;
-    const made = project({ "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }) }, train);
-    const first = await up(made);
+  it('a write through a shared memory mapping, which no directory watch reports, fails the whole sweep at its end (dataViews: "copy")', async () => {
+    const made = project({ "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }), ...COPY_STACK }, WRITES_THROUGH_MMAP);
+    const first = await up(made, {}, "copy");
     expect(first.code).toBe(1);
     const rows = trainJobs(made);
     expect(rows.map((row) => row.state)).toEqual(["failed", "failed"]);
@@ -353,21 +442,38 @@ open(os.path.join(sys.argv[1], "done"), "w").write("done")
     expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1");
   }, 60_000);
 
+  it("a write through a shared memory mapping of a linked view changes the user's file: the whole sweep fails naming it, and the next plan sees the change", async () => {
+    const made = project({ "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }) }, WRITES_THROUGH_MMAP);
+    const first = await up(made);
+    expect(first.code).toBe(1);
+    const rows = trainJobs(made);
+    expect(rows.map((row) => row.state)).toEqual(["failed", "failed"]);
+    for (const row of rows) {
+      expect(row.reason).toMatch(linkedDataChanged("during this sweep", made.path("data/value.txt")));
+      expect(row.reason).toMatch(/; no job of the sweep is trusted$/);
+    }
+    expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("X1");
+    expect(trustProblems(made.dir)).toEqual([]);
+    const keys = new Set(rows.map((row) => row.key));
+    for (const job of await nextPlanJobs(made)) expect(keys.has(job.key)).toBe(false);
+  }, 60_000);
+
   it("a script writing into its working directory or the project's bundle: its own copy, or a change the next plan sees", async () => {
     const train = `#!/bin/sh
 echo "scribbled" >> params.txt
 mkdir -p "$1" && wc -l < params.txt > "$1/lines"
 if grep -q '"a":2' "$KAOS_PARAMS_FILE"; then echo changed > "$KAOS_PROJECT/data/value.txt"; fi
 `;
+    // With a linked view the edit of the bundle would also reach the running job, and fail it (test/data-views.test.ts).
     const made = project(
-      { "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }), "src/model/params.txt": "original\n" },
+      { "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }), "src/model/params.txt": "original\n", ...COPY_STACK },
       train,
     );
-    const result = await up(made, { KAOS_PROJECT: made.dir });
+    const result = await up(made, { KAOS_PROJECT: made.dir }, "copy");
     expect(result.code, result.stderr).toBe(0);
     for (const row of trainJobs(made)) expect(readFileSync(made.path(".kaos", "jobs", row.id, "out", "lines"), "utf8").trim()).toBe("2");
     expect(readFileSync(made.path("src/model/params.txt"), "utf8")).toBe("original\n");
-    const plan = JSON.parse((await runKaos(["plan", "--json"], { cwd: made.dir })).stdout) as {
+    const plan = JSON.parse((await runKaos(["plan", "--json", "--stack", "copy"], { cwd: made.dir })).stdout) as {
       pipelines: { changes: { source: unknown; data: { changed: number } } }[];
     };
     expect(plan.pipelines[0]!.changes.source).toBeNull();
@@ -442,7 +548,7 @@ echo '[0.1, 0.2]' > "$1/metrics/list.json"
     expect(text.stdout).toContain("\n  skipped metrics/eval.json: curve: a list; expected a number");
     expect(text.stdout).toContain("\n  skipped metrics/eval.json: best: null; expected a number");
     expect(text.stdout).toContain("\n  skipped metrics/list.json: a list; expected an object of metrics");
-    expect(text.stdout).toMatch(/sweep \(2 jobs, by val\.loss\)\n {2}ID +STATE +val\.loss +acc +val\.top\.k5 +PARAMS\n/);
+    expect(text.stdout).toMatch(/sweep \(2 combinations, by val\.loss\)\n {2}ID +STATE +val\.loss +acc +val\.top\.k5 +PARAMS\n/);
 
     const unknown = await runKaos(["train", "info", job!.id, "-s", "broken.json"], { cwd: made.dir });
     expect(unknown.code).toBe(1);

@@ -4,7 +4,8 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { jobRows, killWhen, listTree } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
@@ -57,32 +58,87 @@ async function twoRuns(made: Project): Promise<{ old: ListedWithCollected[]; cur
   return { old, current };
 }
 
+interface DuJson {
+  totalBytes: number;
+  linkedBytes: number;
+  kinds: Record<string, { entries: number; bytes: number }>;
+  jobsByPipeline: { pipeline: string; jobs: number }[];
+  disk: { freeBytes: number };
+}
+
+const duOf = (...paths: string[]): number[] =>
+  execFileSync("du", ["-sB1", ...paths], { encoding: "utf8" })
+    .trim()
+    .split("\n")
+    .map((line) => Number(line.split("\t")[0]));
+
 describe("kaos du", () => {
   it("counts each file once however many links it has, as du(1) does, and tells jobs by pipeline", async () => {
+    // The data on another device than .kaos/: the view's files are links to objects.
+    const shm = mkdtempSync("/dev/shm/kaos-du-");
+    try {
+      writeFileSync(join(shm, "value.txt"), "v1");
+      writeFileSync(join(shm, "big.bin"), randomBytes(256 * 1024).toString("base64"));
+      const made = project({ grid: { score: [1, 2] } });
+      writeFileSync(
+        made.path("kaos.config.ts"),
+        readFileSync(made.path("kaos.config.ts"), "utf8").replace('"data":"data"', `"data":${JSON.stringify(shm)}`),
+      );
+      await kaos(made, "up");
+      const usage = await kaosJson<DuJson>(made, "du");
+      // The data view's files are links to objects: their bytes count once, under objects.
+      const bigFile = 256 * 1024 * (4 / 3);
+      expect(usage.kinds.objects!.bytes).toBeGreaterThan(bigFile);
+      expect(usage.kinds.dataViews!.bytes).toBeLessThan(bigFile / 4);
+      expect(usage.kinds.dataViews!.entries).toBe(1);
+      expect(usage.linkedBytes).toBe(0);
+      const [duBytes] = duOf(made.path(".kaos"));
+      const withLinksTwice = Number(execFileSync("du", ["-sB1", "-l", made.path(".kaos")], { encoding: "utf8" }).split("\t")[0]);
+      expect(usage.totalBytes).toBe(duBytes);
+      expect(withLinksTwice).toBeGreaterThan(duBytes! + bigFile / 2);
+      expect(Object.values(usage.kinds).reduce((sum, kind) => sum + kind.bytes, 0)).toBe(usage.totalBytes);
+      // The build job and the two train jobs.
+      expect(usage.jobsByPipeline).toEqual([expect.objectContaining({ pipeline: "p", jobs: 3 })]);
+      expect(usage.disk.freeBytes).toBeGreaterThan(0);
+      const text = (await kaos(made, "du")).stdout;
+      expect(text).toContain("count under objects");
+      expect(text).toMatch(/disk: .* free on \//);
+    } finally {
+      rmSync(shm, { recursive: true, force: true });
+    }
+  });
+
+  it("a data view linked to the bundle's own files: their bytes are the bundle's, told apart and not counted as kaos's", async () => {
     const made = project({ grid: { score: [1, 2] }, extra: { "data/big.bin": randomBytes(256 * 1024).toString("base64") } });
     await kaos(made, "up");
-    const usage = await kaosJson<{
-      totalBytes: number;
-      kinds: Record<string, { entries: number; bytes: number }>;
-      jobsByPipeline: { pipeline: string; jobs: number }[];
-      disk: { freeBytes: number };
-    }>(made, "du");
-    // The data view's files are links to objects: their bytes count once, under objects.
+    const usage = await kaosJson<DuJson>(made, "du");
     const bigFile = 256 * 1024 * (4 / 3);
-    expect(usage.kinds.objects!.bytes).toBeGreaterThan(bigFile);
+    expect(usage.kinds.objects!.bytes).toBeLessThan(bigFile / 4);
     expect(usage.kinds.dataViews!.bytes).toBeLessThan(bigFile / 4);
-    expect(usage.kinds.dataViews!.entries).toBe(1);
-    const duBytes = Number(execFileSync("du", ["-sB1", made.path(".kaos")], { encoding: "utf8" }).split("\t")[0]);
-    const withLinksTwice = Number(execFileSync("du", ["-sB1", "-l", made.path(".kaos")], { encoding: "utf8" }).split("\t")[0]);
-    expect(usage.totalBytes).toBe(duBytes);
-    expect(withLinksTwice).toBeGreaterThan(duBytes + bigFile / 2);
+    expect(usage.linkedBytes).toBeGreaterThan(bigFile);
+    // du(1) given the data first counts the shared inodes there: what is left under .kaos/ is kaos's own.
+    const [, kaosOwn] = duOf(made.path("data"), made.path(".kaos"));
+    expect(usage.totalBytes).toBe(kaosOwn);
     expect(Object.values(usage.kinds).reduce((sum, kind) => sum + kind.bytes, 0)).toBe(usage.totalBytes);
-    // The build job and the two train jobs.
-    expect(usage.jobsByPipeline).toEqual([expect.objectContaining({ pipeline: "p", jobs: 3 })]);
-    expect(usage.disk.freeBytes).toBeGreaterThan(0);
-    const text = (await kaos(made, "du")).stdout;
-    expect(text).toContain("count under objects");
-    expect(text).toMatch(/disk: .* free on \//);
+    expect((await kaos(made, "du")).stdout).toMatch(/data views also link to .* of the data bundles' own files: theirs, not counted here/);
+  });
+
+  it("gc of a linked data view frees none of the bundle's bytes and leaves its files whole", async () => {
+    const made = project({ grid: { score: [1] }, extra: { "data/big.bin": randomBytes(64 * 1024).toString("base64") } });
+    const big = readFileSync(made.path("data/big.bin"));
+    await kaos(made, "up");
+    writeFileSync(made.path("data/value.txt"), "v2");
+    await kaos(made, "up");
+    // The first view links data/big.bin too: both views and the bundle share its inode.
+    expect(statSync(made.path("data/big.bin")).nlink).toBe(3);
+    const done = await kaosJson<GcJson>(made, "gc", "--yes", "--keep-runs", "0");
+    expect(done.freed.dataViews.entries).toBe(1);
+    expect(done.freed.dataViews.bytes).toBeLessThan(64 * 1024);
+    expect(readFileSync(made.path("data/big.bin"))).toEqual(big);
+    expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v2");
+    expect(statSync(made.path("data/big.bin")).nlink).toBe(2);
+    const again = await kaosJson<{ pipelines: { jobs: { reused: boolean }[] }[] }>(made, "up");
+    expect(again.pipelines[0]!.jobs.every((job) => job.reused)).toBe(true);
   });
 });
 

@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { fileContent, makeProject, pidAlive, runKaos, startKaos, type Project } from "./helpers/rig.js";
 import { maxConcurrency, readMarks, trainingProject, type ListedJob, type TrainingProjectOptions } from "./helpers/jobs.js";
@@ -278,16 +279,49 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect(readFileSync(asked, "utf8")).toBe("asked\n");
   });
 
-  it("trains on the snapshot that was hashed: an edit during the run does not leak in", async () => {
+  it("a no-op up, which checks the results it reuses, starts no thread", async () => {
+    const made = project();
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    // Preloaded into kaos: every thread started is named in `threads`.
+    const threads = made.path("threads");
+    const preload = made.path("count-threads.mjs");
+    writeFileSync(
+      preload,
+      `import { createRequire, syncBuiltinESMExports } from "node:module";
+import { appendFileSync } from "node:fs";
+const threads = createRequire(import.meta.url)("node:worker_threads");
+const Worker = threads.Worker;
+threads.Worker = class extends Worker {
+  constructor(...args) {
+    appendFileSync(${JSON.stringify(threads)}, "thread\\n");
+    super(...args);
+  }
+};
+syncBuiltinESMExports();
+`,
+    );
+    const noop = await kaos(made, ["up"], { NODE_OPTIONS: `--import=${pathToFileURL(preload).href}` });
+    expect(noop.code).toBe(0);
+    expect(noop.stderr).toContain("nothing to do");
+    expect(existsSync(threads)).toBe(false);
+  });
+
+  it('trains on the snapshot that was hashed: an edit during the run does not leak in (dataViews: "copy")', async () => {
+    // Views linked to the bundle's own files (the default without clones) fail the job instead: test/data-views.test.ts.
     const made = project({ grid: { sleep: 2 } });
-    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
+    mkdirSync(made.path("stacks"));
+    writeFileSync(
+      made.path("stacks/copy.ts"),
+      `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", dataViews: "copy" });\n`,
+    );
+    const up = startKaos(["up", "--stack", "copy"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
     await up.waitFor(/train 1\/1 \w+ .*running/);
     writeFileSync(made.path("data/value.txt"), "edited while running");
     const result = await up.exited;
     expect(result.code, result.stderr).toBe(0);
     const [job] = (await jobs(made)).filter((j) => j.stage === "train");
     expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "data.txt"), "utf8")).toBe("v1");
-    const plan = await kaos(made, ["plan", "--detailed-exitcode"]);
+    const plan = await kaos(made, ["plan", "--detailed-exitcode", "--stack", "copy"]);
     expect(plan.code).toBe(2);
   });
 
@@ -358,12 +392,12 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const listed = await jobs(made);
     expect(listed[listed.length - 1]?.stage).toBe("build");
     const text = await runKaos(["train", "list"], { cwd: made.dir });
-    expect(text.stdout.split("\n")[0]).toMatch(/^ID\s+PIPELINE\s+STAGE\s+STATE\s+N\/N\s+STARTED\s+DURATION\s+PARAMS$/);
+    expect(text.stdout.split("\n")[0]).toMatch(/^ID\s+PIPELINE\s+STAGE\s+STATE\s+N\/N\s+STARTED\s+DURATION\s+score\s+PARAMS$/);
     expect(text.stdout).toMatch(/\s\d\/3\s/);
     const some = listed.find((job) => job.stage === "train")!;
     const info = await runKaos(["train", "info", some.id, "-s", "score"], { cwd: made.dir });
     expect(info.code, info.stderr).toBe(0);
-    const sweep = info.stdout.slice(info.stdout.indexOf("sweep (3 jobs, by score)"));
+    const sweep = info.stdout.slice(info.stdout.indexOf("sweep (3 combinations, by score)"));
     expect([...sweep.matchAll(/score=(\d)/g)].map((m) => m[1])).toEqual(["9", "5", "3"]);
     expect(info.stdout).toMatch(/inputs\n\s+env\s+[0-9a-f]{64}\n\s+source\s+[0-9a-f]{64}\n\s+data\s+[0-9a-f]{64}/);
     const badMetric = await runKaos(["train", "info", some.id, "-s", "accuracy"], { cwd: made.dir });

@@ -4,15 +4,23 @@
  * `plan --detailed-exitcode` with changes pending.
  */
 import { once } from "node:events";
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
 import { findConfig, jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
-import { listRecords, type JobListFilter, type JobListing, type ResourceChanges, type UpOutcome } from "../core/backend.js";
+import {
+  listRecords,
+  type JobListFilter,
+  type JobListing,
+  type RecordedJobInfo,
+  type RemoteJobInfo,
+  type ResourceChanges,
+  type UpOutcome,
+} from "../core/backend.js";
 import type { Session } from "../core/engine.js";
-import { readMetricSeries, readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
-import type { Sweep, SweepRow } from "../core/sweep.js";
+import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
+import type { SweepRow } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
 import {
   displayLine,
@@ -25,7 +33,7 @@ import {
   quoteText,
 } from "../core/format.js";
 import { StateStore, type JobRecord, type JobState } from "../core/state.js";
-import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "../core/types.js";
+import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
 import { EXIT, onStopRequest } from "./exit.js";
 
@@ -248,7 +256,7 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
   };
   let config: ResolvedConfig;
   try {
-    config = resolveConfig(value, virtualFile);
+    config = await resolveConfig(value, virtualFile);
     const { checkInputs } = await engine();
     checkInputs(config);
   } catch (error) {
@@ -464,17 +472,23 @@ async function writeOut(data: Uint8Array | string): Promise<void> {
   if (!process.stdout.write(data)) await once(process.stdout, "drain");
 }
 
-export async function logsCommand(options: Common & { job: string; follow?: boolean; stack?: string }): Promise<number> {
-  let session: Session;
+/**
+ * The backend a job command asks: `--stack`'s, or without it the default
+ * stack's, which looks the job up in the project's store whichever local
+ * stack ran it.
+ */
+async function jobSession(options: Common & { stack?: string }): Promise<Session> {
   if (options.stack !== undefined) {
     const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
-    session = await openBackendSession(config, stack, { readonly: true });
-  } else {
-    // Without --stack, the job is looked up in the project's store, whichever local stack ran it.
-    const { config, state } = await readState(options);
-    state.close();
-    session = await openBackendSession(config, await loadStack(config, undefined), { readonly: true });
+    return openBackendSession(config, stack, { readonly: true });
   }
+  const { config, state } = await readState(options);
+  state.close();
+  return openBackendSession(config, await loadStack(config, undefined), { readonly: true });
+}
+
+export async function logsCommand(options: Common & { job: string; follow?: boolean; stack?: string }): Promise<number> {
+  const session = await jobSession(options);
   try {
     for await (const output of session.backend.jobLogs({ job: options.job, follow: options.follow ?? false })) {
       if (output.kind === "chunk") await writeOut(output.data);
@@ -516,36 +530,6 @@ function pickPipeline(config: ResolvedConfig, name: string | undefined): string 
   throw new KaosError("USAGE", `${config.file} has ${names.length} pipelines; name one: ${names.map(displayText).join(", ")}`, {
     hint: `for example \`kaos train compare ${displayText(names[0]!)}\` or \`--pipeline ${displayText(names[0]!)}\``,
   });
-}
-
-/**
- * The current sweep of a pipeline (its grid now, with the job last recorded
- * for each combination), read from the local backend's state.
- */
-async function sweepOf(
-  config: ResolvedConfig,
-  state: StateStore,
-  pipeline: string,
-  stackName: string | undefined,
-  what: string,
-): Promise<Sweep> {
-  const stack = await loadStack(config, stackName);
-  const { createBackend } = await import("../backends/index.js");
-  const backend = await createBackend({ config, stack, state });
-  if (backend.runner === undefined) {
-    throw new KaosError("NOT_SUPPORTED", `${what} reads the local backend's state; stack ${stack.name} uses the ${backend.kind} backend`, {
-      hint: "run it without --stack (or with a local stack)",
-    });
-  }
-  const [{ sweepInputs }, { currentSweep }] = await Promise.all([engine(), import("../core/sweep.js")]);
-  await startHashing();
-  try {
-    const inputs = (await sweepInputs(config, stack, state, backend, [pipeline])).get(pipeline);
-    if (inputs === undefined) throw new Error(`no keys were computed for pipeline ${pipeline}`);
-    return currentSweep(config, pipeline, state, inputs);
-  } finally {
-    await stopHashing();
-  }
 }
 
 /** The sweep ranked by `-s METRIC` (with `--asc` lowest first), or as the grid lists it; a metric no row has is refused. */
@@ -604,31 +588,14 @@ function metricCell(value: MetricValue | undefined): string {
   return typeof value === "number" ? metricNumberText(value) : "-";
 }
 
-/** For a job no config pipeline describes (`train deploy`, a pipeline since removed): the train jobs of its own run. */
-function runSweepRows(state: StateStore, stateDir: string, job: JobRecord): SweepRow[] {
-  return state
-    .sweepMembers(job.runId, job.pipeline)
-    .filter((member) => member.stage === "train")
-    .map((member, index) => ({
-      index,
-      key: member.key,
-      params: member.params as HyperparamSet,
-      state: member.state,
-      jobId: member.id,
-      runId: member.runId,
-      ...(member.finishedAt !== null ? { finishedAt: member.finishedAt } : {}),
-      metrics: readMetrics(member.outputDir ?? jobPaths(stateDir, member.id).out).values,
-    }));
-}
-
 export async function infoCommand(
-  options: Common & { job?: string; sort?: string; asc?: boolean; pipeline?: string; json?: boolean },
+  options: Common & { job?: string; sort?: string; asc?: boolean; pipeline?: string; json?: boolean; stack?: string },
 ): Promise<number> {
-  const { config, state } = await readState(options);
+  const session = await jobSession(options);
   try {
     if (options.job === undefined) {
-      const pipeline = pickPipeline(config, options.pipeline);
-      const sweep = await sweepOf(config, state, pipeline, undefined, "kaos train info");
+      const pipeline = pickPipeline(session.config, options.pipeline);
+      const sweep = await session.backend.sweep({ pipeline, command: "kaos train info" });
       const rows = await rankedRows(sweep.rows, options.sort, options.asc);
       if (options.json) {
         printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
@@ -638,117 +605,122 @@ export async function infoCommand(
       process.stdout.write(`${colors().bold(header)}\n${sweepTable(rows, sweep.metricNames, { sort: options.sort })}\n`);
       return EXIT.ok;
     }
-    const job = state.resolveJob(options.job);
-    const stateDir = stateDirOf(config.root);
-    const outDir = job.outputDir ?? jobPaths(stateDir, job.id).out;
-    const metrics = readMetrics(outDir);
-    // Per field of the per-step series: how far it got (metrics already names what it skipped).
-    const series = Object.fromEntries(
-      Object.entries(readMetricSeries(outDir).series).map(([field, points]) => [
-        field,
-        { points: points.length, lastStep: points.reduce((last, point) => Math.max(last, point.step), 0) },
-      ]),
-    );
-    let members: SweepRow[] = [];
-    let sweepNote: string | undefined;
-    if (job.stage === "train") {
-      if (config.pipelines.some((p) => p.name === job.pipeline)) {
-        try {
-          members = (await sweepOf(config, state, job.pipeline, undefined, "kaos train info")).rows;
-        } catch (error) {
-          if (!(error instanceof KaosError)) throw error;
-          // The job is still worth showing when its pipeline's inputs cannot be read now.
-          sweepNote = `the current sweep could not be read (${describeError(error).split("\n")[0]}); shown: the jobs of run ${job.runId}`;
-          members = runSweepRows(state, stateDir, job);
-        }
-      } else members = runSweepRows(state, stateDir, job);
-    }
-    const { numericMetricNames } = await import("../core/sweep.js");
-    const sortable = numericMetricNames(members);
-    const { checkJobResults, resultsProblem } = await import("../backends/local/results.js");
-    const results = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
-    const untrusted = results === undefined ? undefined : resultsProblem(job.id, results);
-    const { environmentPackages, freezePath } = await import("../backends/local/build.js");
-    const envsDir = join(stateDir, "envs");
-    const packages = job.envKey === null ? undefined : environmentPackages(envsDir, job.envKey);
-    members = await rankedRows(members, options.sort, options.asc);
-    if (options.json) {
-      printJson({
-        ...listJson(job),
-        keys: { env: job.envKey, source: job.sourceKey, data: job.dataKey, params: job.paramsKey, job: job.key },
-        reason: job.reason,
-        packages: packages ?? null,
-        metrics: metrics.values,
-        metricsSkipped: metrics.skipped,
-        series,
-        outputDir: outDir,
-        results: results === undefined ? null : { ...results, problem: untrusted ?? null },
-        sweep: sweepRowsJson(members),
-      });
+    const info = await session.backend.jobInfo({ job: options.job });
+    if (info.kind === "remote") {
+      printRemoteInfo(info, options.json);
       return EXIT.ok;
     }
-    const c = colors();
-    const listed = (packages ?? []).slice(0, 3).map(displayText).join(", ") + ((packages?.length ?? 0) > 3 ? ", ..." : "");
-    const packagesText =
-      packages === undefined
-        ? "unknown (the environment is gone, or was built before kaos recorded its packages)"
-        : packages.length === 0
-          ? "0"
-          : `${packages.length} (${listed}; all in ${displayText(freezePath(envsDir, job.envKey!))})`;
-    const metricLines = Object.entries(metrics.values).map(([key, value]) => {
-      const steps = Object.hasOwn(series, key) ? series[key] : undefined;
-      const progress =
-        steps === undefined ? "" : c.dim(`  (series: last step ${steps.lastStep}, ${steps.points} point${steps.points === 1 ? "" : "s"})`);
-      return `  ${displayText(key)}  ${metricText(value)}${progress}`;
-    });
-    if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
-    for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
-    const lines = [
-      `${c.bold(`job ${job.id}`)}  ${displayText(job.pipeline)} ${job.stage}  ${job.state}${job.reason ? ` (${displayLine(job.reason)})` : ""}`,
-      `started   ${job.startedAt ?? "-"}    finished ${job.finishedAt ?? "-"}    duration ${duration(job) || "-"}    exit code ${job.exitCode ?? "-"}`,
-      "",
-      c.bold("inputs"),
-      `  env     ${job.envKey ?? "-"}`,
-      `  source  ${job.sourceKey ?? "-"}`,
-      `  data    ${job.dataKey ?? "-"}`,
-      `  params  ${job.paramsKey ?? "-"}  ${paramsText(job.params) || "{}"}`,
-      `  job key ${job.key}`,
-      `  packages ${packagesText}`,
-      "",
-      c.bold("metrics"),
-      ...metricLines,
-      "",
-      `outputs   ${displayText(outDir)}`,
-    ];
-    if (job.collectedAt !== null) lines.push(`results   collected by kaos gc at ${job.collectedAt}: its folder was removed`);
-    else if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
-    else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
-    else if (results !== undefined)
-      lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
-    if (members.length > 1 || (members.length === 1 && members[0]!.jobId !== job.id)) {
-      const by = options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : "";
-      lines.push("", c.bold(`sweep (${members.length} ${sweepNote === undefined ? "combinations" : "jobs"}${by})`));
-      if (sweepNote !== undefined) lines.push(c.dim(`  ${displayLine(sweepNote)}`));
-      else if (!members.some((member) => member.jobId === job.id)) {
-        lines.push(c.dim(`  job ${job.id} is not part of it: its inputs or params are no longer what the config names`));
-      }
-      lines.push(sweepTable(members, sortable, { sort: options.sort, highlight: job.id }).replace(/^/gm, "  "));
-    }
-    process.stdout.write(`${lines.join("\n")}\n`);
+    const { numericMetricNames } = await import("../core/sweep.js");
+    const sortable = numericMetricNames(info.sweep.rows);
+    printRecordedInfo(info, { rows: await rankedRows(info.sweep.rows, options.sort, options.asc), sortable }, options);
     return EXIT.ok;
   } finally {
-    state.close();
+    session.close();
   }
+}
+
+/** `train info JOB` of a job that ran outside kaos: what its backend reports. */
+function printRemoteInfo(info: RemoteJobInfo, json: boolean | undefined): void {
+  const { job } = info;
+  if (json) {
+    printJson({ ...job, stack: info.stack, outputs: info.outputs ?? null });
+    return;
+  }
+  const lines = [
+    `${colors().bold(`job ${displayText(info.shortId(job.id))}`)}  ${displayText(job.pipeline)} ${job.stage}  ${displayText(job.state)}    stack ${displayText(info.stack)}`,
+    `started   ${job.startedAt ?? "-"}    finished ${job.finishedAt ?? "-"}`,
+    `id        ${displayText(job.id)}`,
+    `params    ${paramsText(job.params) || "{}"}`,
+    `outputs   ${info.outputs === undefined ? "-" : displayText(info.outputs)}`,
+  ];
+  process.stdout.write(`${lines.join("\n")}\n`);
+}
+
+/** `train info JOB` of a job its backend recorded: inputs, packages, metrics, results, and its sweep ranked as asked. */
+function printRecordedInfo(
+  info: RecordedJobInfo,
+  sweep: { rows: SweepRow[]; sortable: string[] },
+  options: { sort?: string; asc?: boolean; json?: boolean },
+): void {
+  const { job, metrics, series, outputDir } = info;
+  const members = sweep.rows;
+  const untrusted = info.results?.problem;
+  const results = info.results?.check;
+  const packages = info.packages?.names;
+  const sweepNote = info.sweep.note;
+  if (options.json) {
+    printJson({
+      ...listJson(job),
+      keys: { env: job.envKey, source: job.sourceKey, data: job.dataKey, params: job.paramsKey, job: job.key },
+      reason: job.reason,
+      packages: packages ?? null,
+      metrics: metrics.values,
+      metricsSkipped: metrics.skipped,
+      series,
+      outputDir,
+      results: results === undefined ? null : { ...results, problem: untrusted ?? null },
+      sweep: sweepRowsJson(members),
+    });
+    return;
+  }
+  const c = colors();
+  const listed = (packages ?? []).slice(0, 3).map(displayText).join(", ") + ((packages?.length ?? 0) > 3 ? ", ..." : "");
+  const packagesText =
+    info.packages === undefined
+      ? "unknown (the environment is gone, or was built before kaos recorded its packages)"
+      : info.packages.names.length === 0
+        ? "0"
+        : `${info.packages.names.length} (${listed}; all in ${displayText(info.packages.file)})`;
+  const metricLines = Object.entries(metrics.values).map(([key, value]) => {
+    const steps = Object.hasOwn(series, key) ? series[key] : undefined;
+    const progress =
+      steps === undefined ? "" : c.dim(`  (series: last step ${steps.lastStep}, ${steps.points} point${steps.points === 1 ? "" : "s"})`);
+    return `  ${displayText(key)}  ${metricText(value)}${progress}`;
+  });
+  if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
+  for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
+  const lines = [
+    `${c.bold(`job ${job.id}`)}  ${displayText(job.pipeline)} ${job.stage}  ${job.state}${job.reason ? ` (${displayLine(job.reason)})` : ""}`,
+    `started   ${job.startedAt ?? "-"}    finished ${job.finishedAt ?? "-"}    duration ${duration(job) || "-"}    exit code ${job.exitCode ?? "-"}`,
+    "",
+    c.bold("inputs"),
+    `  env     ${job.envKey ?? "-"}`,
+    `  source  ${job.sourceKey ?? "-"}`,
+    `  data    ${job.dataKey ?? "-"}`,
+    `  params  ${job.paramsKey ?? "-"}  ${paramsText(job.params) || "{}"}`,
+    `  job key ${job.key}`,
+    `  packages ${packagesText}`,
+    "",
+    c.bold("metrics"),
+    ...metricLines,
+    "",
+    `outputs   ${displayText(outputDir)}`,
+  ];
+  if (job.collectedAt !== null) lines.push(`results   collected by kaos gc at ${job.collectedAt}: its folder was removed`);
+  else if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));
+  else if (results?.sealed) lines.push(`results   intact: as the job left them (sealed ${results.sealedAt})`);
+  else if (results !== undefined)
+    lines.push(`results   not sealed: ${job.state === "running" || job.state === "queued" ? "the job has not ended" : results.reason}`);
+  if (members.length > 1 || (members.length === 1 && members[0]!.jobId !== job.id)) {
+    const by = options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : "";
+    lines.push("", c.bold(`sweep (${members.length} ${sweepNote === undefined ? "combinations" : "jobs"}${by})`));
+    if (sweepNote !== undefined) lines.push(c.dim(`  ${displayLine(sweepNote)}`));
+    else if (!members.some((member) => member.jobId === job.id)) {
+      lines.push(c.dim(`  job ${job.id} is not part of it: its inputs or params are no longer what the config names`));
+    }
+    lines.push(sweepTable(members, sweep.sortable, { sort: options.sort, highlight: job.id }).replace(/^/gm, "  "));
+  }
+  process.stdout.write(`${lines.join("\n")}\n`);
 }
 
 /** `train compare`: the current sweep of a pipeline as a table of its params and metrics. */
 export async function compareCommand(
   options: Common & { pipeline?: string; sort?: string; asc?: boolean; json?: boolean; stack?: string },
 ): Promise<number> {
-  const { config, state } = await readState(options);
+  const session = await jobSession(options);
   try {
-    const pipeline = pickPipeline(config, options.pipeline);
-    const sweep = await sweepOf(config, state, pipeline, options.stack, "kaos train compare");
+    const pipeline = pickPipeline(session.config, options.pipeline);
+    const sweep = await session.backend.sweep({ pipeline, command: "kaos train compare" });
     const rows = await rankedRows(sweep.rows, options.sort, options.asc);
     if (options.json) {
       printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
@@ -782,18 +754,14 @@ export async function compareCommand(
     process.stdout.write(`${lines.join("\n")}\n`);
     return EXIT.ok;
   } finally {
-    state.close();
+    session.close();
   }
 }
 
-/** `train get --best METRIC`: the succeeded job of the current sweep that ranks first by the metric. */
-async function bestJob(
-  config: ResolvedConfig,
-  state: StateStore,
-  options: { best: string; asc?: boolean; pipeline?: string; stack?: string },
-): Promise<JobRecord> {
-  const pipeline = pickPipeline(config, options.pipeline);
-  const sweep = await sweepOf(config, state, pipeline, options.stack, "kaos train get --best");
+/** `train get --best METRIC`: the id of the succeeded job of the current sweep that ranks first by the metric. */
+async function bestJob(session: Session, options: { best: string; asc?: boolean; pipeline?: string }): Promise<string> {
+  const pipeline = pickPipeline(session.config, options.pipeline);
+  const sweep = await session.backend.sweep({ pipeline, command: "kaos train get --best" });
   const { bestOfSweep } = await import("../core/sweep.js");
   const best = bestOfSweep(sweep.rows, options.best, { ascending: options.asc });
   const succeeded = sweep.rows.filter((row) => row.state === "succeeded");
@@ -809,7 +777,7 @@ async function bestJob(
       { hint: `\`kaos train compare ${displayText(pipeline)}\` shows the sweep and its metrics` },
     );
   }
-  return state.resolveJob(best.jobId);
+  return best.jobId;
 }
 
 export async function getCommand(
@@ -834,74 +802,35 @@ export async function getCommand(
   if (options.best === undefined && (options.asc || options.pipeline !== undefined)) {
     throw new KaosError("USAGE", `${options.asc ? "--asc" : "--pipeline"} goes with --best METRIC`);
   }
-  const { config, state } = await readState(options);
+  const session = await jobSession(options);
   try {
     const job =
       options.best !== undefined
-        ? await bestJob(config, state, { best: options.best, asc: options.asc, pipeline: options.pipeline, stack: options.stack })
-        : state.resolveJob(options.job!);
-    const paths = jobPaths(stateDirOf(config.root), job.id);
-    const outDir = job.outputDir ?? paths.out;
-    if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);
-    if (job.collectedAt !== null) {
-      throw new KaosError("JOB_NOT_FOUND", `job ${job.id}'s outputs were collected by kaos gc at ${job.collectedAt}`, {
-        hint: "a `kaos up` whose config still holds its inputs and params trains it again",
-      });
-    }
-    if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
-    const destination = resolve(options.out ?? job.id);
-    if (existsSync(destination) && readdirSync(destination).length > 0) {
-      throw new KaosError("USAGE", `${destination} already exists and is not empty; expected a new or empty directory`, {
-        hint: "pass -o DIR",
-      });
-    }
-    const { checkJobResults, copyResults, resultsProblem } = await import("../backends/local/results.js");
-    const untrusted = resultsProblem(job.id, await checkJobResults(stateDirOf(config.root), job.id));
-    if (untrusted !== undefined) {
-      if (!options.force)
-        throw new KaosError("RESULTS_CHANGED", untrusted, { hint: "rerun the job (kaos up --force), or pass --force to copy them anyway" });
-      process.stderr.write(`warning: ${untrusted}; copied anyway (--force)\n`);
-    }
-    mkdirSync(destination, { recursive: true });
-    // What cannot be copied as the job left it (FIFOs, links out of the tree) is skipped and named.
-    const skipped = (source: string, why: string) => process.stderr.write(`skipped ${displayText(source)}: ${displayLine(why)}\n`);
-    copyResults(outDir, join(destination, "out"), "outputs", skipped);
-    if (options.code) copyResults(paths.source, join(destination, "source"), "source", skipped);
-    if (options.params) writeFileSync(join(destination, "params.json"), `${JSON.stringify(job.params, null, 2)}\n`);
-    process.stdout.write(`copied job ${job.id} to ${destination}\n`);
+        ? await bestJob(session, { best: options.best, asc: options.asc, pipeline: options.pipeline })
+        : options.job!;
+    const fetched = await session.backend.fetchOutputs({
+      job,
+      outDir: options.out,
+      code: options.code === true,
+      params: options.params === true,
+      force: options.force === true,
+    });
+    for (const note of fetched.notes) process.stderr.write(`${note}\n`);
+    process.stdout.write(`copied job ${fetched.id} to ${fetched.destination}\n`);
     return EXIT.ok;
   } finally {
-    state.close();
+    session.close();
   }
 }
 
-export async function killCommand(options: Common & { job: string }): Promise<number> {
-  const { config, state: reader } = await readState(options);
-  // Resolve the job before opening for writing: a job that does not exist must not create `.kaos/`.
+export async function killCommand(options: Common & { job: string; stack?: string }): Promise<number> {
+  const session = await jobSession(options);
   try {
-    reader.resolveJob(options.job);
-  } finally {
-    reader.close();
-  }
-  const state = StateStore.open(config.root);
-  try {
-    const job = state.resolveJob(options.job);
-    if (job.state !== "running" && job.state !== "queued") {
-      throw new KaosError("USAGE", `job ${job.id} is ${job.state}; only a queued or running job can be killed`);
-    }
-    // Record first, then signal: the runner sees the job already ended and keeps this result.
-    state.finishJob(job.id, { state: "cancelled", exitCode: null, reason: "cancelled by kaos train kill" });
-    if (job.pid !== null && job.pid !== process.pid && job.stage === "train") {
-      const { killGroup, groupAlive } = await import("../backends/local/process.js");
-      killGroup(job.pid, "SIGTERM");
-      const deadline = Date.now() + 5000;
-      while (groupAlive(job.pid) && Date.now() < deadline) await new Promise((done) => setTimeout(done, 100));
-      if (groupAlive(job.pid)) killGroup(job.pid, "SIGKILL");
-    }
-    process.stdout.write(`cancelled job ${job.id}\n`);
+    const { id } = await session.backend.killJob({ job: options.job });
+    process.stdout.write(`cancelled job ${id}\n`);
     return EXIT.ok;
   } finally {
-    state.close();
+    session.close();
   }
 }
 

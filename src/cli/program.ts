@@ -197,6 +197,7 @@ function buildProgram(): Command {
       "show a job's inputs, params and metrics, and its pipeline's sweep (every combination of the grid now), ranked by a metric",
     )
     .argument("[job]", "job id or an unambiguous prefix (without it: the sweep alone)")
+    .addOption(stackOption())
     .option("-s, --sort <metric>", "rank the sweep by this metric (highest first)")
     .option("--asc", "with -s: lowest first (a loss)")
     .option("--pipeline <name>", "without a job: the pipeline whose sweep to show (needed when there are several)")
@@ -242,9 +243,10 @@ function buildProgram(): Command {
     .command("kill")
     .description("stop a running job and its children; it is recorded as cancelled")
     .argument("<job>", "job id or an unambiguous prefix")
-    .action(async (job: string, _options: unknown, command: Command) => {
+    .addOption(stackOption())
+    .action(async (job: string, options: OptionsOf<typeof commands.killCommand>, command: Command) => {
       const { killCommand } = await import("./commands.js");
-      setExitStatus(await killCommand({ ...globals(command), job }));
+      setExitStatus(await killCommand({ ...globals(command), ...options, job }));
     });
 
   const template = program.command("template").description("example projects to start from");

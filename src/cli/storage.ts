@@ -55,6 +55,9 @@ export async function duCommand(options: Common & { json?: boolean }): Promise<n
       table([["KIND", "COUNT", "SIZE"], ...kinds]).replace(/^/gm, "  "),
       "  (each file counted once: the files of data views are links to objects, and count under objects)",
     ];
+    if (usage.linkedBytes > 0) {
+      lines.push(`  data views also link to ${formatBytes(usage.linkedBytes)} of the data bundles' own files: theirs, not counted here`);
+    }
     if (usage.jobsByPipeline.length > 0) {
       lines.push(
         "",

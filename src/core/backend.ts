@@ -1,13 +1,16 @@
 /**
  * What every backend does for the commands, and the only way core and the
- * CLI reach one: `up`, `plan`, `watch`, `train list/logs` and `render` ask a
- * `Backend`, which `backends/index.ts` makes from the stack's `backend`.
+ * CLI reach one: `up`, `plan`, `watch`, `render` and every `train` command
+ * but `deploy` ask a `Backend`, which `backends/index.ts` makes from the
+ * stack's `backend`.
  * A backend returns values and emits run events (events.ts); it never prints.
  */
 import type { Reporter } from "./events.js";
 import type { ManifestEntries, ManifestLock } from "./manifest.js";
+import type { JobMetrics } from "./metrics.js";
 import type { Plan, PlanOracle } from "./plan.js";
 import type { JobFilter, JobRecord, Stage, StateStore } from "./state.js";
+import type { Sweep, SweepRow } from "./sweep.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "./types.js";
 
 /** Each manifest's entries and lock as checkInputs read them, by manifest path. */
@@ -133,6 +136,77 @@ export type LogOutput =
   /** Something kaos says about the log (for stderr). */
   | { kind: "note"; message: string };
 
+/** Paths that differ between two states of a tree; `changed` includes a change of the executable bit alone. */
+export interface TreeChanges {
+  added: string[];
+  changed: string[];
+  removed: string[];
+}
+
+/** Whether a job's results are as it left them (the local backend's `checkJobResults`). */
+export type ResultsCheck =
+  | { sealed: false; reason: string }
+  | {
+      sealed: true;
+      /** Nothing changed since the seal: the results are what the job left. */
+      intact: boolean;
+      sealedAt: string;
+      /** Changes since the seal, or null when none. */
+      output: TreeChanges | null;
+      source: TreeChanges | null;
+      /** Set when the seal itself cannot be read: nothing about the results is known. */
+      problem: string | null;
+      /** What the job changed in its own copy of the source while it ran (not a seal break). */
+      sourceChangedByJob: TreeChanges | null;
+    };
+
+/** What `kaos train info JOB` shows of a job its backend records itself. */
+export interface RecordedJobInfo {
+  kind: "record";
+  job: JobRecord;
+  outputDir: string;
+  metrics: JobMetrics;
+  /** Per field of the per-step series: how far it got (`metrics` already names what it skipped). */
+  series: Record<string, { points: number; lastStep: number }>;
+  /** Undefined for a job that leaves no results (build, ingest); `problem` says why they are not trusted. */
+  results: { check: ResultsCheck; problem: string | undefined } | undefined;
+  /** The packages of its environment; undefined when they are not known. */
+  packages: { names: string[]; file: string } | undefined;
+  /** Its pipeline's current sweep, or, with `note` saying why, the train jobs of its own run. */
+  sweep: { rows: SweepRow[]; note: string | undefined };
+}
+
+/** A job that runs outside kaos, as its backend reports it for `kaos train info JOB`. */
+export interface RemoteJobInfo {
+  kind: "remote";
+  stack: string;
+  job: RemoteJob;
+  shortId(id: string): string;
+  /** Where its outputs are kept, in the words of the system that ran it; undefined when it has none. */
+  outputs: string | undefined;
+}
+
+export type JobInfo = RecordedJobInfo | RemoteJobInfo;
+
+export interface FetchOutputsRequest {
+  job: string;
+  /** The destination (a new or empty directory); default `./<job id>`. */
+  outDir: string | undefined;
+  /** Also the source snapshot the job ran. */
+  code: boolean;
+  /** Also the job's params.json. */
+  params: boolean;
+  /** Copy results that changed after the job ended anyway. */
+  force: boolean;
+}
+
+export interface FetchedOutputs {
+  id: string;
+  destination: string;
+  /** What was copied anyway or left out, for stderr. */
+  notes: string[];
+}
+
 export interface Backend extends PlanOracle {
   /** The stack's `backend`. */
   readonly kind: string;
@@ -145,6 +219,17 @@ export interface Backend extends PlanOracle {
   up(request: UpRequest): Promise<UpOutcome>;
   listJobs(request: JobListRequest): Promise<JobListing>;
   jobLogs(request: { job: string; follow: boolean }): AsyncIterable<LogOutput>;
+  /**
+   * A pipeline's current sweep: every combination of its grid now, with the
+   * job last recorded for each. `command` names what asks, for a refusal.
+   */
+  sweep(request: { pipeline: string; command: string }): Promise<Sweep>;
+  /** What is known of one job (an id or an unambiguous prefix). */
+  jobInfo(request: { job: string }): Promise<JobInfo>;
+  /** Copies a train job's outputs (and, asked, its code and params) to a directory. */
+  fetchOutputs(request: FetchOutputsRequest): Promise<FetchedOutputs>;
+  /** Stops a queued or running job, recorded as cancelled; answers its id. */
+  killJob(request: { job: string }): Promise<{ id: string }>;
   /** Writes what would be applied, offline; returns the files written. */
   render(request: { outDir: string }): Promise<string[]>;
 }

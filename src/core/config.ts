@@ -10,168 +10,16 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import * as z from "zod";
+import { cachedModuleValue } from "./config-cache.js";
+import type { ParsedConfig } from "./config-schema.js";
+import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position } from "./config-text.js";
 import { KaosError, describeError } from "./errors.js";
 import { isRandomSearch, MAX_SWEEP_JOBS, parseSpace, parseSpaceJson, spaceSize } from "./hyperparams.js";
-import { findConfig } from "./layout.js";
-import type { ResolvedConfig, ResolvedPipeline, ResolvedStack, StackConfig } from "./types.js";
+import { findConfig, stateDirOf } from "./layout.js";
+import type { ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
 
 export { MAX_SWEEP_JOBS };
-
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
-const MEMORY_PATTERN = /^(\d+(?:\.\d+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$/;
-const MEMORY_FACTORS: Record<string, number> = {
-  k: 1e3,
-  M: 1e6,
-  G: 1e9,
-  T: 1e12,
-  P: 1e15,
-  E: 1e18,
-  Ki: 2 ** 10,
-  Mi: 2 ** 20,
-  Gi: 2 ** 30,
-  Ti: 2 ** 40,
-  Pi: 2 ** 50,
-  Ei: 2 ** 60,
-};
-
-/** Bytes of a Kubernetes-style quantity such as `512M` or `2Gi`; undefined when it is not one. */
-export function parseMemory(value: string): number | undefined {
-  const match = MEMORY_PATTERN.exec(value);
-  if (!match) return undefined;
-  const [, amount, suffix] = match;
-  const factor = MEMORY_FACTORS[suffix ?? ""];
-  if (amount === undefined || factor === undefined) return undefined;
-  return Math.round(Number(amount) * factor);
-}
-
-const memorySchema = z
-  .string({ error: 'expected a string such as "512M" or "2Gi"' })
-  .refine((value) => parseMemory(value) !== undefined && (parseMemory(value) ?? 0) > 0, {
-    error: 'expected a positive size with an SI or binary suffix (k, M, G, T, Ki, Mi, Gi, Ti), such as "512M" or "2Gi"',
-  });
-
-const resourcesSchema = z.strictObject({
-  cpu: z
-    .number({ error: "expected a number of cores such as 1 or 0.5" })
-    .refine((n) => Number.isFinite(n) && n > 0, { error: "expected a positive number of cores (fractions allowed, such as 0.5)" })
-    .optional(),
-  memory: memorySchema.optional(),
-  gpu: z
-    .number({ error: "expected a whole number of GPUs" })
-    .refine((n) => Number.isInteger(n) && n >= 0, { error: "expected a whole number of GPUs, 0 or more" })
-    .optional(),
-});
-
-const pathSchema = z.string({ error: "expected a path relative to the config file" }).min(1, { error: "expected a non-empty path" });
-
-const pipelineSchema = z
-  .strictObject({
-    source: pathSchema,
-    data: pathSchema.optional(),
-    manifest: pathSchema.optional(),
-    hyperparams: z
-      .union([pathSchema, z.record(z.string(), z.unknown()), z.array(z.unknown())], {
-        error: "expected a path to a JSON file, an object of scalars and lists, a list of such grids, or a random search",
-      })
-      .optional(),
-    resources: resourcesSchema.optional(),
-    parallelism: z
-      .number({ error: "expected a whole number of jobs, 1 or more" })
-      .refine((n) => Number.isInteger(n) && n >= 1, { error: "expected a whole number of jobs, 1 or more" })
-      .optional(),
-  })
-  .superRefine((pipeline, ctx) => {
-    if (pipeline.data !== undefined && pipeline.manifest !== undefined) {
-      ctx.addIssue({ code: "custom", path: ["manifest"], message: "`data` and `manifest` are exclusive: keep one of them" });
-    } else if (pipeline.data === undefined && pipeline.manifest === undefined) {
-      ctx.addIssue({
-        code: "custom",
-        path: [],
-        message: "expected `data` (a local directory) or `manifest` (a manifest file), found neither",
-      });
-    }
-  });
-
-const configSchema = z.strictObject({
-  workspace: z
-    .string({ error: "expected a name" })
-    .regex(NAME_PATTERN, { error: "expected a name of letters, digits, '-' and '_' (at most 63)" })
-    .optional(),
-  pipelines: z
-    .record(z.string(), pipelineSchema, { error: "expected an object of pipelines, such as { svm: { source, data } }" })
-    .superRefine((pipelines, ctx) => {
-      const names = Object.keys(pipelines);
-      if (names.length === 0) ctx.addIssue({ code: "custom", message: "expected at least one pipeline" });
-      for (const name of names) {
-        if (!NAME_PATTERN.test(name)) {
-          ctx.addIssue({ code: "custom", path: [name], message: "expected a pipeline name of letters, digits, '-' and '_' (at most 63)" });
-        }
-      }
-    }),
-  allowFileUrls: z.array(pathSchema, { error: 'expected a list of directories, such as ["/datasets"]' }).optional(),
-  watch: z
-    .strictObject({
-      debounceMs: z.number().int({ error: "expected whole milliseconds" }).min(0, { error: "expected 0 or more milliseconds" }).optional(),
-      onChange: z.enum(["restart", "queue"], { error: 'expected "restart" or "queue"' }).optional(),
-    })
-    .optional(),
-});
-
-const tolerationSchema = z.strictObject({
-  key: z.string().optional(),
-  operator: z.enum(["Exists", "Equal"]).optional(),
-  value: z.string().optional(),
-  effect: z.enum(["NoSchedule", "PreferNoSchedule", "NoExecute"]).optional(),
-  tolerationSeconds: z.number().int().optional(),
-});
-
-const envNameSchema = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { error: "expected the name of an environment variable" });
-
-const stackSchema = z.discriminatedUnion(
-  "backend",
-  [
-    z.strictObject({
-      backend: z.literal("local"),
-      maxCpu: z.number().positive({ error: "expected a positive number of cores" }).optional(),
-      maxMemory: memorySchema.optional(),
-    }),
-    z.strictObject({
-      backend: z.literal("kubernetes"),
-      namespace: z
-        .string({ error: "expected a Kubernetes namespace name" })
-        .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, { error: "expected a Kubernetes namespace name (lowercase letters, digits, '-')" }),
-      kubeContext: z.string().optional(),
-      pachyderm: z.strictObject({
-        address: z.url({ error: 'expected pachd\'s URL, such as "http://pachd.pachyderm.svc:30650"' }),
-        tokenEnv: envNameSchema.optional(),
-        project: z.string().optional(),
-      }),
-      registry: z.strictObject({
-        url: z.string({ error: 'expected an image repository prefix such as "registry.example.com/ml"' }).min(1),
-        secretName: z.string().optional(),
-        usernameEnv: envNameSchema.optional(),
-        passwordEnv: envNameSchema.optional(),
-      }),
-      gpu: z
-        .strictObject({
-          resourceName: z.string().optional(),
-          nodeSelector: z.record(z.string(), z.string()).optional(),
-          tolerations: z.array(tolerationSchema).optional(),
-        })
-        .optional(),
-      pulumi: z
-        .strictObject({
-          backendUrl: z.string().optional(),
-          stackName: z.string().optional(),
-          passphraseEnv: envNameSchema.optional(),
-        })
-        .optional(),
-      builderImage: z.string().optional(),
-    }),
-  ],
-  { error: 'expected `backend: "local"` or `backend: "kubernetes"`' },
-) satisfies z.ZodType<StackConfig>;
+export { locateKey, parseMemory } from "./config-text.js";
 
 export { defineConfig, defineStack } from "../define.js";
 
@@ -215,90 +63,6 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
   return (module as { default: unknown }).default;
 }
 
-type PathKey = PropertyKey;
-
-/**
- * Best effort: the line of `file` where the last key of `path` is written,
- * found by looking for each key in turn after the previous one.
- */
-export function locateKey(source: string, path: readonly PathKey[]): number | undefined {
-  let offset = 0;
-  let found = false;
-  for (const key of path) {
-    if (typeof key !== "string") continue;
-    const escaped = key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-    const pattern = new RegExp(`(?:^|[\\s{,])(?:${escaped}|"${escaped}"|'${escaped}')\\s*:`, "g");
-    pattern.lastIndex = offset;
-    const match = pattern.exec(source);
-    if (!match) break;
-    offset = match.index + match[0].length;
-    found = true;
-  }
-  if (!found) return undefined;
-  return source.slice(0, offset).split("\n").length;
-}
-
-function formatPath(path: readonly PathKey[]): string {
-  return path.map((key) => String(key)).join(".");
-}
-
-function describeValue(value: unknown): string {
-  if (value === undefined) return "nothing";
-  try {
-    const text = JSON.stringify(value);
-    if (text === undefined) return String(value);
-    return text.length > 60 ? `${text.slice(0, 57)}...` : text;
-  } catch {
-    return String(value);
-  }
-}
-
-function valueAt(root: unknown, path: readonly PathKey[]): unknown {
-  let current = root;
-  for (const key of path) {
-    if (typeof current !== "object" || current === null) return undefined;
-    current = (current as Record<PropertyKey, unknown>)[key];
-  }
-  return current;
-}
-
-/** Where in `file` a key path is: `file:line` when the line can be found, else the file. */
-function position(file: string, source: string | undefined, path: readonly PathKey[]): string {
-  const line = source === undefined ? undefined : locateKey(source, path);
-  return line === undefined ? file : `${file}:${line}`;
-}
-
-/** One line per problem: `file:line: key.path: what was found; what is expected`. */
-function zodProblems(error: z.ZodError, file: string, value: unknown, prefix: readonly PathKey[] = []): string[] {
-  let source: string | undefined;
-  try {
-    source = readFileSync(file, "utf8");
-  } catch {
-    source = undefined;
-  }
-  return error.issues.map((issue) => {
-    if (issue.code === "unrecognized_keys") {
-      return issue.keys
-        .map((key) => {
-          const path = [...prefix, ...issue.path, key];
-          return `${position(file, source, path)}: ${formatPath(path)}: unknown key; check its spelling (see the config reference in the README)`;
-        })
-        .join("\n");
-    }
-    const path = [...prefix, ...issue.path];
-    const found = valueAt(value, issue.path);
-    const where = position(file, source, path);
-    const name = path.length === 0 ? "(top level)" : formatPath(path);
-    if (found === undefined && issue.code === "invalid_type") {
-      return `${where}: ${name}: missing; ${issue.message}`;
-    }
-    if (issue.code === "custom" && issue.path.length > 0 && (found === undefined || typeof found === "object")) {
-      return `${where}: ${name}: ${issue.message}`;
-    }
-    return `${where}: ${name}: ${issue.message}, found ${describeValue(found)}`;
-  });
-}
-
 function checkDirectory(path: string): "missing" | "not-dir" | "ok" {
   try {
     return statSync(path).isDirectory() ? "ok" : "not-dir";
@@ -316,13 +80,17 @@ function checkFile(path: string): "missing" | "dir" | "ok" {
 }
 
 /** Validates a loaded config value and resolves its paths against the config's directory. */
-export function resolveConfig(value: unknown, file: string): ResolvedConfig {
-  // A config is parsed once per process: compiling zod's fast path would cost more than it saves.
-  const parsed = configSchema.safeParse(value, { jitless: true });
-  if (!parsed.success) {
-    throw new KaosError("CONFIG_INVALID", `invalid config\n${zodProblems(parsed.error, file, value).join("\n")}`);
-  }
-  const config = parsed.data;
+export async function resolveConfig(value: unknown, file: string): Promise<ResolvedConfig> {
+  const { validateConfig } = await import("./config-schema.js");
+  return resolveParsedConfig(validateConfig(value, file), file);
+}
+
+/**
+ * Resolves a validated config's paths against the config's directory, and
+ * checks what they name. Not kept in the config cache: the directories and the
+ * hyperparameter file are looked at on every load.
+ */
+function resolveParsedConfig(config: ParsedConfig, file: string): ResolvedConfig {
   const root = dirname(file);
   let source: string | undefined;
   try {
@@ -459,14 +227,19 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
       });
     }
   }
-  const value = await importModule(file, "CONFIG_LOAD");
-  if (typeof value !== "object" || value === null) {
-    throw new KaosError(
-      "CONFIG_INVALID",
-      `${file}: the default export is ${describeValue(value)}; expected \`export default defineConfig({ pipelines: {...} })\``,
-    );
-  }
-  return resolveConfig(value, file);
+  const configFile = file;
+  const parsed = await cachedModuleValue("config", configFile, stateDirOf(dirname(configFile)), async () => {
+    const value = await importModule(configFile, "CONFIG_LOAD");
+    if (typeof value !== "object" || value === null) {
+      throw new KaosError(
+        "CONFIG_INVALID",
+        `${configFile}: the default export is ${describeValue(value)}; expected \`export default defineConfig({ pipelines: {...} })\``,
+      );
+    }
+    const { validateConfig } = await import("./config-schema.js");
+    return validateConfig(value, configFile);
+  });
+  return resolveParsedConfig(parsed, configFile);
 }
 
 /** The built-in stack used when `--stack` is not given. */
@@ -487,12 +260,12 @@ export async function loadStack(config: Pick<ResolvedConfig, "root">, name: stri
       hint: `create it with \`export default defineStack({ backend: "local" })\` or pick an existing stack in ${dir}`,
     });
   }
-  const value = await importModule(file, "STACK_INVALID");
-  const parsed = stackSchema.safeParse(value, { jitless: true });
-  if (!parsed.success) {
-    throw new KaosError("STACK_INVALID", `invalid stack\n${zodProblems(parsed.error, file, value).join("\n")}`);
-  }
-  return { name, file, config: parsed.data };
+  const stackConfig = await cachedModuleValue("stack", file, stateDirOf(config.root), async () => {
+    const value = await importModule(file, "STACK_INVALID");
+    const { validateStack } = await import("./config-schema.js");
+    return validateStack(value, file);
+  });
+  return { name, file, config: stackConfig };
 }
 
 /** The config and the stack a command works on. */

@@ -14,6 +14,7 @@ import { StateStore } from "./state.js";
 import type { ResolvedConfig, ResolvedStack } from "./types.js";
 import { fileUrlScopeOf } from "./urls.js";
 import { stateDirOf } from "./layout.js";
+import { saveConfigCache } from "./config-cache.js";
 
 export interface Session {
   config: ResolvedConfig;
@@ -65,6 +66,7 @@ export async function openSession(
   const state = StateStore.open(config.root, options.readonly ? { readonly: true } : undefined);
   try {
     const backend = await createBackend({ config, stack, state });
+    if (options.readonly !== true) saveConfigCache(stateDirOf(config.root));
     return { config, stack, state, backend, close: () => state.close() };
   } catch (error) {
     state.close();

@@ -200,6 +200,8 @@ export interface StatCacheStore {
   saveRows?(root: string, rows: StatCacheRows, cacheTimeNs: bigint, treeHash?: string, monitorToken?: string): void | Promise<void>;
   /** When the cache for root was last saved (the walk start time), or undefined. */
   savedAt?(root: string): bigint | undefined;
+  /** How many files the cache of root lists, when it knows without loading them (a store without `loadPacked`). */
+  cachedFiles?(root: string): number | undefined;
   /**
    * The file system monitor's token saved together with the entries last
    * loaded: every change since it is one the monitor can name. Undefined
@@ -815,7 +817,7 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
       if (tree !== undefined) return tree;
     }
   }
-  const workers = walkersFor(options.workers, packed?.count);
+  const workers = walkersFor(options.workers, packed !== undefined ? packed.count : store?.cachedFiles?.(absoluteRoot));
   const limits = savedAt === undefined ? undefined : { fine: savedAt - RACY_WINDOW_FINE_NS, coarse: savedAt - RACY_WINDOW_COARSE_NS };
   const listing = new Listing(packed !== undefined && packed.count > 0 && savedAt !== undefined ? packed : undefined);
   const run = new TreeRun(

@@ -81,9 +81,21 @@ export const STATE_DIR_NAMES: ReadonlySet<string> = new Set([
   "jobs",
   "pulumi",
   "python-probe",
+  "python-versions.json",
+  "config-cache.json",
   "monitor.sock",
   "monitor.cookies",
 ]);
+
+/** The Python versions interpreters answered, by what identifies each interpreter (backends/local/python.ts). */
+export function pythonVersionsOf(stateDir: string): string {
+  return join(stateDir, "python-versions.json");
+}
+
+/** The validated values of the config and stack files, by their content (core/config-cache.ts). */
+export function configCacheOf(stateDir: string): string {
+  return join(stateDir, "config-cache.json");
+}
 
 /** The socket the file system monitor (`kaos watch`, `kaos monitor`) answers on; see core/monitor.ts. */
 export function monitorSocketOf(stateDir: string): string {

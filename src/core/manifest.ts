@@ -24,7 +24,6 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import { fileURLToPath } from "node:url";
-import * as z from "zod";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { type FileUrlScope, fileUrlRefusal, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
 
@@ -786,19 +785,52 @@ export function lockPathFor(manifestPath: string): string {
   return isDirectory ? path.join(manifestPath, DIRECTORY_LOCK_NAME) : `${manifestPath}.lock`;
 }
 
-const lockSchema = z.strictObject({
-  version: z.literal(1),
-  entries: z.record(
-    z.string(),
-    z.strictObject({
-      url: z.string(),
-      sha256: z.string().regex(/^[0-9a-f]{64}$/, "expected 64 lowercase hex digits"),
-      size: z.number().int().nonnegative(),
-      etag: z.string().optional(),
-      lastModified: z.string().optional(),
-    }),
-  ),
-});
+const LOCK_ENTRY_KEYS = new Set(["url", "sha256", "size", "etag", "lastModified"]);
+
+function describeKind(value: unknown): string {
+  return value === null ? "null" : Array.isArray(value) ? "array" : typeof value;
+}
+
+/**
+ * The first problem of a lock that is not as `serializeLock` writes it, with
+ * the key path where it is; undefined when it is. Checked by hand: a schema
+ * library would load on every command, manifests or not.
+ */
+function lockProblem(value: unknown): { path: string[]; message: string } | undefined {
+  const isObject = (item: unknown): item is Record<string, unknown> => typeof item === "object" && item !== null && !Array.isArray(item);
+  const expected = (path: string[], what: string, found: unknown) => ({
+    path,
+    message: `Invalid input: expected ${what}, received ${describeKind(found)}`,
+  });
+  const unknownKey = (path: string[], keys: string[]) => ({
+    path,
+    message: `Unrecognized key${keys.length > 1 ? "s" : ""}: ${keys.map((key) => `"${key}"`).join(", ")}`,
+  });
+  if (!isObject(value)) return expected([], "object", value);
+  if (value["version"] !== 1) return { path: ["version"], message: "Invalid input: expected 1" };
+  const entries = value["entries"];
+  if (!isObject(entries)) return expected(["entries"], "record", entries);
+  const extra = Object.keys(value).filter((key) => key !== "version" && key !== "entries");
+  for (const [key, entry] of Object.entries(entries)) {
+    const at = ["entries", key];
+    if (!isObject(entry)) return expected(at, "object", entry);
+    if (typeof entry["url"] !== "string") return expected([...at, "url"], "string", entry["url"]);
+    const sha256 = entry["sha256"];
+    if (typeof sha256 !== "string") return expected([...at, "sha256"], "string", sha256);
+    if (!/^[0-9a-f]{64}$/.test(sha256)) return { path: [...at, "sha256"], message: "expected 64 lowercase hex digits" };
+    const size = entry["size"];
+    if (typeof size !== "number") return expected([...at, "size"], "number", size);
+    if (!Number.isSafeInteger(size)) return expected([...at, "size"], "int", size);
+    if (size < 0) return { path: [...at, "size"], message: "Too small: expected number to be >=0" };
+    for (const optional of ["etag", "lastModified"]) {
+      if (entry[optional] !== undefined && typeof entry[optional] !== "string")
+        return expected([...at, optional], "string", entry[optional]);
+    }
+    const unknown = Object.keys(entry).filter((name) => !LOCK_ENTRY_KEYS.has(name));
+    if (unknown.length > 0) return unknownKey(at, unknown);
+  }
+  return extra.length > 0 ? unknownKey([], extra) : undefined;
+}
 
 export function readLock(manifestPath: string): ManifestLock | undefined {
   const lockPath = lockPathFor(manifestPath);
@@ -816,16 +848,14 @@ export function readLock(manifestPath: string): ManifestLock | undefined {
   } catch (error) {
     throw new KaosError("MANIFEST_INVALID", `${lockPath}: the lock is not valid JSON (${describeError(error)})`, { hint: fix });
   }
-  const result = lockSchema.safeParse(value);
-  if (!result.success) {
-    const issue = result.error.issues[0];
-    const where = issue === undefined || issue.path.length === 0 ? "" : ` at ${issue.path.map(String).join(".")}`;
-    throw new KaosError("MANIFEST_INVALID", `${lockPath}: the lock is invalid${where}: ${issue?.message ?? "unknown problem"}`, {
-      hint: fix,
-    });
+  const problem = lockProblem(value);
+  if (problem !== undefined) {
+    const where = problem.path.length === 0 ? "" : ` at ${problem.path.join(".")}`;
+    throw new KaosError("MANIFEST_INVALID", `${lockPath}: the lock is invalid${where}: ${problem.message}`, { hint: fix });
   }
+  const lock = value as { entries: Record<string, ManifestLockEntry> };
   const entries: Record<string, ManifestLockEntry> = {};
-  for (const [key, entry] of Object.entries(result.data.entries)) {
+  for (const [key, entry] of Object.entries(lock.entries)) {
     const clean: ManifestLockEntry = { url: entry.url, sha256: entry.sha256, size: entry.size };
     if (entry.etag !== undefined) clean.etag = entry.etag;
     if (entry.lastModified !== undefined) clean.lastModified = entry.lastModified;

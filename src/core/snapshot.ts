@@ -8,8 +8,9 @@
  * - `storeTree` copies the files into the object store, verifying each copy
  *   against the hash the plan saw.
  * - `materializeTree` lays a tree out from the store (hardlinks to read-only
- *   objects, or copies), built beside its destination and renamed into place, so
- *   a directory that exists is complete.
+ *   objects, or copies), or as hardlinks to the bundle's own files
+ *   (`linkFrom`), built beside its destination and renamed into place, so a
+ *   directory that exists is complete.
  */
 import { createHash, randomUUID } from "node:crypto";
 import {
@@ -17,6 +18,9 @@ import {
   type FSWatcher,
   chmodSync,
   closeSync,
+  constants as fsConstants,
+  copyFileSync,
+  linkSync,
   openSync,
   readSync,
   existsSync,
@@ -36,7 +40,7 @@ import {
 import { dirname, isAbsolute, join } from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import { noSpaceError, isNoSpace } from "./disk.js";
-import { KaosError, describeError } from "./errors.js";
+import { KaosError, describeError, errnoCode } from "./errors.js";
 import type { TreeFile, TreeHash } from "./hash.js";
 import { copyModeFor, type ObjectStore } from "./objects.js";
 
@@ -235,6 +239,31 @@ export function isMaterialized(dest: string): boolean {
   return existsSync(markerOf(dest)) && existsSync(dest);
 }
 
+/** What a complete tree's marker holds when its files are links to a bundle's own files rather than to objects. */
+const LINKED_MARKER = "linked\n";
+
+/** Whether the complete tree at `dest` links to a bundle's own files (laid out with `linkFrom`). */
+export function isLinkedView(dest: string): boolean {
+  try {
+    return readFileSync(markerOf(dest), "utf8") === LINKED_MARKER;
+  } catch {
+    return false;
+  }
+}
+
+/** Errors of link(2) that say this file cannot be linked here, not that something is wrong. */
+const CANNOT_LINK = new Set(["EXDEV", "EPERM", "EMLINK", "ENOTSUP", "EOPNOTSUPP"]);
+
+/** Links `source` at `target`, or copies it (reflinked when possible) where it cannot be linked. */
+function linkOrCopy(source: string, target: string): void {
+  try {
+    linkSync(source, target);
+  } catch (error) {
+    if (!CANNOT_LINK.has(errnoCode(error) ?? "")) throw error;
+    copyFileSync(source, target, fsConstants.COPYFILE_FICLONE);
+  }
+}
+
 /** Removes a laid-out tree: its marker first, so that a removal cut short leaves nothing that looks complete. */
 export function removeTree(dest: string): void {
   rmSync(markerOf(dest), { force: true });
@@ -285,13 +314,17 @@ export function removeAbandonedTemporaries(
 /**
  * Lays out `tree` at `dest` from the object store. `copy` gives the job files
  * of its own (for the source, which scripts may write beside); otherwise
- * read-only hardlinks are shared. An existing complete `dest` is kept.
+ * read-only hardlinks are shared. `linkFrom` links each file to the file of
+ * that name under it instead (the bundle the tree was hashed from), copying
+ * where a link cannot be made: nothing is stored, and nothing here checks that
+ * the files still hold what was hashed (the caller does, see
+ * backends/local/data-view.ts). An existing complete `dest` is kept.
  */
 export function materializeTree(
   objects: ObjectStore,
   tree: TreeHash,
   dest: string,
-  options: { copy?: boolean; readonlyDirs?: boolean } = {},
+  options: { copy?: boolean; readonlyDirs?: boolean; linkFrom?: string } = {},
 ): void {
   if (isMaterialized(dest)) return;
   const building = `${dest}.building-${process.pid}-${randomUUID().slice(0, 8)}`;
@@ -299,15 +332,21 @@ export function materializeTree(
     const links = checkTreeLinks(tree, "bundle");
     mkdirSync(building, { recursive: true });
     const directories = new Set<string>([building]);
+    // A tree's paths are relative and normal (the walk made them): joined by hand, which over
+    // many files costs less than path.join's normalizing.
+    const linkFrom = options.linkFrom === undefined ? undefined : `${options.linkFrom}/`;
     for (const file of tree.files) {
-      const target = join(building, file.path);
-      const parent = dirname(target);
+      const target = `${building}/${file.path}`;
+      const slash = target.lastIndexOf("/");
+      const parent = target.slice(0, slash);
       if (!directories.has(parent)) {
         mkdirSync(parent, { recursive: true });
         directories.add(parent);
       }
       if (file.mode === "symlink") {
         symlinkSync(links.get(file.path)!, target);
+      } else if (linkFrom !== undefined) {
+        linkOrCopy(linkFrom + file.path, target);
       } else if (options.copy) {
         objects.link(file.hash, target, "exec");
         if (file.mode === "file") chmodSync(target, copyModeFor(statSync(objects.pathOf(file.hash)).mode, false));
@@ -333,7 +372,7 @@ export function materializeTree(
       removeTree(building);
       return;
     }
-    writeFileSync(markerOf(dest), "");
+    writeFileSync(markerOf(dest), options.linkFrom !== undefined ? LINKED_MARKER : "");
   } catch (error) {
     removeTree(building);
     if (error instanceof KaosError) throw error;
@@ -392,18 +431,43 @@ function statOf(path: string): BigIntStats | undefined {
   }
 }
 
+/**
+ * `type:ino:size:mtime`, and for a file `|ctime` after it: the inode change
+ * time moves on every write, even one whose modification time is set back,
+ * but also when the file is linked elsewhere or its mode changes, so a change
+ * of it alone counts only where the caller can confirm the content (`checkSeal`).
+ */
 function signatureOf(stat: BigIntStats | undefined): string | undefined {
   if (stat === undefined) return undefined;
   const type = stat.isDirectory() ? "d" : stat.isFile() ? "f" : stat.isSymbolicLink() ? "l" : "o";
-  return `${type}:${stat.ino}:${type === "d" ? "" : stat.size}:${stat.mtimeNs}`;
+  const signature = `${type}:${stat.ino}:${type === "d" ? "" : stat.size}:${stat.mtimeNs}`;
+  return type === "f" ? `${signature}|${stat.ctimeNs}` : signature;
+}
+
+/** A signature without its inode change time. */
+function withoutChangeTime(signature: string): string {
+  const bar = signature.indexOf("|");
+  return bar < 0 ? signature : signature.slice(0, bar);
+}
+
+/** The inode, size and modification time a file's seal signature holds, or undefined when it is not a file's. */
+export function sealedFileStat(signature: string | undefined): { ino: bigint; size: bigint; mtimeNs: bigint } | undefined {
+  if (signature === undefined || !signature.startsWith("f:")) return undefined;
+  const [, ino, size, mtimeNs] = withoutChangeTime(signature).split(":");
+  return { ino: BigInt(ino!), size: BigInt(size!), mtimeNs: BigInt(mtimeNs!) };
 }
 
 function statSignature(path: string): string | undefined {
   return signatureOf(statOf(path));
 }
 
-/** Takes the seal of the tree at `root`: every entry below it, and it. */
-export function sealTree(root: string): Seal {
+/**
+ * Takes the seal of the tree at `root`: every entry below it, and it.
+ * `alsoWatch` is a second tree whose directories of the same names are
+ * watched too: the bundle a linked view's files are links to, since a write
+ * through the bundle's own names is reported to its directories, not the view's.
+ */
+export function sealTree(root: string, options: { alsoWatch?: string } = {}): Seal {
   const stats = new Map<string, string>();
   let lastChangeNs = 0n;
   const record = (path: string, relative: string): void => {
@@ -416,19 +480,20 @@ export function sealTree(root: string): Seal {
   const walk = (dir: string, prefix: string) => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
       const relative = prefix === "" ? entry.name : `${prefix}/${entry.name}`;
-      record(join(dir, entry.name), relative);
-      if (entry.isDirectory()) walk(join(dir, entry.name), relative);
+      const path = `${dir}/${entry.name}`;
+      record(path, relative);
+      if (entry.isDirectory()) walk(path, relative);
     }
   };
   record(root, "");
   walk(root, "");
   const seal: Seal = { root, stats, lastChangeNs, broken: undefined, watchers: undefined, stirred: false };
-  if (process.platform === "linux") seal.watchers = watchDirectories(seal);
+  if (process.platform === "linux") seal.watchers = watchDirectories(seal, options.alsoWatch);
   return seal;
 }
 
-/** One inotify watch per directory, or undefined when they cannot all be set. */
-function watchDirectories(seal: Seal): FSWatcher[] | undefined {
+/** One inotify watch per directory (of the seal's tree, and of `alsoWatch`), or undefined when they cannot all be set. */
+function watchDirectories(seal: Seal, alsoWatch: string | undefined): FSWatcher[] | undefined {
   const watchers: FSWatcher[] = [];
   const stir = () => {
     seal.stirred = true;
@@ -436,10 +501,12 @@ function watchDirectories(seal: Seal): FSWatcher[] | undefined {
   try {
     for (const [path, signature] of seal.stats) {
       if (!signature.startsWith("d:")) continue;
-      const watcher = watch(path === "" ? seal.root : `${seal.root}/${path}`, { persistent: false }, stir);
-      // A watch that fails later (its directory removed) has stirred too.
-      watcher.on("error", stir);
-      watchers.push(watcher);
+      for (const root of alsoWatch === undefined ? [seal.root] : [seal.root, alsoWatch]) {
+        const watcher = watch(path === "" ? root : `${root}/${path}`, { persistent: false }, stir);
+        // A watch that fails later (its directory removed) has stirred too.
+        watcher.on("error", stir);
+        watchers.push(watcher);
+      }
     }
     return watchers;
   } catch {
@@ -526,9 +593,11 @@ export function releaseSeal(seal: Seal): void {
 /**
  * Paths of a sealed tree that changed since the seal (at most `limit`), and
  * marks the seal broken when any did. Entries added inside show as a change
- * of their directory.
+ * of their directory. A file whose inode change time alone moved counts as
+ * changed only when `confirm` is given and says its content is not what was
+ * sealed; one it vouches for is sealed again as it is now.
  */
-export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean } = {}): string[] {
+export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean; confirm?: (path: string) => boolean } = {}): string[] {
   if (seal.broken !== undefined) return seal.broken;
   if (seal.watchers !== undefined && !seal.stirred && options.everyStat !== true) return [];
   seal.stirred = false;
@@ -537,7 +606,15 @@ export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean 
   // more than the lstat itself over a data view of many files.
   const prefix = seal.root.endsWith("/") ? seal.root : `${seal.root}/`;
   for (const [path, signature] of seal.stats) {
-    if (statSignature(path === "" ? seal.root : prefix + path) === signature) continue;
+    const now = statSignature(path === "" ? seal.root : prefix + path);
+    if (now === signature) continue;
+    if (now !== undefined && withoutChangeTime(now) === withoutChangeTime(signature)) {
+      if (options.confirm === undefined) continue;
+      if (options.confirm(path)) {
+        seal.stats.set(path, now);
+        continue;
+      }
+    }
     changed.push(path === "" ? "." : path);
     if (changed.length >= limit) break;
   }

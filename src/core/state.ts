@@ -8,7 +8,6 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { z } from "zod";
 import { BUSY_TIMEOUT_MS } from "./defaults.js";
 import { stateDbOf, stateDirOf } from "./layout.js";
 import { KaosError, describeError, errnoCode, isCorruptionError } from "./errors.js";
@@ -68,15 +67,35 @@ export interface AppliedPipeline {
 /** What `kaos up` last applied to a stack, by pipeline name. */
 export type AppliedState = Record<string, AppliedPipeline>;
 
-const APPLIED_SCHEMA = z.record(
-  z.string(),
-  z.object({
-    envKey: z.string(),
-    sourceKey: z.string(),
-    dataKey: z.string().nullable(),
-    params: z.array(z.record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.null()]))),
-  }),
-) satisfies z.ZodType<AppliedState>;
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function isScalar(value: unknown): boolean {
+  return value === null || typeof value === "string" || typeof value === "number" || typeof value === "boolean";
+}
+
+/**
+ * The applied record as `updateApplied` writes it, or the first thing that is
+ * not. Checked by hand: a schema library would load on every command for
+ * four fields.
+ */
+function checkApplied(value: unknown): { applied: AppliedState } | { problem: string } {
+  if (!isObject(value)) return { problem: "expected an object of pipelines" };
+  const applied: AppliedState = {};
+  for (const [name, pipeline] of Object.entries(value)) {
+    if (!isObject(pipeline)) return { problem: `${name}: expected an object` };
+    const { envKey, sourceKey, dataKey, params } = pipeline;
+    if (typeof envKey !== "string") return { problem: `${name}.envKey: expected a string` };
+    if (typeof sourceKey !== "string") return { problem: `${name}.sourceKey: expected a string` };
+    if (typeof dataKey !== "string" && dataKey !== null) return { problem: `${name}.dataKey: expected a string or null` };
+    if (!Array.isArray(params) || !params.every((set) => isObject(set) && Object.values(set).every(isScalar))) {
+      return { problem: `${name}.params: expected a list of objects of scalars` };
+    }
+    applied[name] = { envKey, sourceKey, dataKey, params: params as HyperparamSet[] };
+  }
+  return { applied };
+}
 
 export interface RunRecord {
   id: string;
@@ -890,14 +909,11 @@ export class StateStore {
     } catch (error) {
       throw corruptStoreError(this.path, `the applied record of stack '${stack}' is not JSON: ${describeError(error)}`, error);
     }
-    const checked = APPLIED_SCHEMA.safeParse(parsed);
-    if (!checked.success) {
-      throw corruptStoreError(
-        this.path,
-        `the applied record of stack '${stack}' is not what kaos writes: ${checked.error.issues[0]?.message ?? "invalid"}`,
-      );
+    const checked = checkApplied(parsed);
+    if ("problem" in checked) {
+      throw corruptStoreError(this.path, `the applied record of stack '${stack}' is not what kaos writes: ${checked.problem}`);
     }
-    return checked.data;
+    return checked.applied;
   }
 
   /** Changes what is recorded as applied to `stack`, read and written in one transaction. */

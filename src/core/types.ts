@@ -101,6 +101,15 @@ export interface LocalStack {
   maxCpu?: number;
   /** Memory kaos may hand to jobs at once (`16Gi`). Default: the machine's total memory. */
   maxMemory?: string;
+  /**
+   * How a local data bundle reaches its jobs where the file system has no
+   * clones (ext4): `link` (default) makes the view's files hardlinks to the
+   * bundle's own, so nothing is copied, and a job that writes them changes
+   * your files (it is found and failed); `copy` stores a copy in `.kaos/`
+   * first, so a job can only change kaos's copy. With clones (btrfs, XFS,
+   * APFS) both clone, isolated and without a copy.
+   */
+  dataViews?: "link" | "copy";
 }
 
 export interface Toleration {

@@ -131,8 +131,10 @@ export function trustProblems(projectDir: string): string[] {
     if (!existsSync(join(envs, env, "bin", "python"))) problems.push(`environment ${env} has no bin/python`);
   }
   // A laid-out tree is trusted when its marker `<dir>.complete` sits beside it; then it must hold what it was made of.
+  // A view linked to the bundle's own files (its marker says "linked") is checked against the plan whenever it is used instead.
   const snapshots = join(stateDir, "snapshots");
   for (const marker of safeList(snapshots).filter((name) => name.endsWith(".complete"))) {
+    if (readFileSync(join(snapshots, marker), "utf8") === "linked\n") continue;
     const hash = marker.slice(0, -".complete".length);
     if (!existsSync(join(snapshots, hash))) continue;
     const listing = join(stateDir, "trees", `${hash}.jsonl`);

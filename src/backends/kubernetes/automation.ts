@@ -10,6 +10,7 @@
  * environment the CLI would get (pulumi-runner.ts). What kaos reads of the
  * SDK beyond its typed API is listed in test/pulumi-sdk.test.ts.
  */
+import type { ResourceChange, ResourceChanges } from "../../core/backend.js";
 import { constants } from "node:fs";
 import { access, mkdir } from "node:fs/promises";
 import { createRequire } from "node:module";
@@ -55,26 +56,9 @@ export interface ClusterRunOptions {
   signal?: AbortSignal;
 }
 
-/** One resource step of a preview or an update. */
-export interface ClusterChange {
-  op: string;
-  type: string;
-  name: string;
-  urn: string;
-}
-
-export interface ClusterChangeSummary {
-  stack: string;
-  create: number;
-  update: number;
-  delete: number;
-  replace: number;
-  same: number;
-  /** Steps that change something, in the order Pulumi reported them. */
-  resources: ClusterChange[];
-  /** What was checked before Pulumi started. */
-  checked?: { kubeContext: string; kubeServer: string; pachdVersion: string };
-}
+/** One resource step of a preview or an update, and their summary: the Backend's own types. */
+export type ClusterChange = ResourceChange;
+export type ClusterChangeSummary = ResourceChanges;
 
 export const PULUMI_INSTALL_HINT =
   "install it: curl -fsSL https://get.pulumi.com | sh (or brew install pulumi), then rerun; " +

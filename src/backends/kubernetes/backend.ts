@@ -8,6 +8,9 @@
 import type {
   Backend,
   BackendContext,
+  FetchedOutputs,
+  FetchOutputsRequest,
+  JobInfo,
   JobListRequest,
   JobListing,
   LogOutput,
@@ -23,9 +26,11 @@ import { stateDirOf } from "../../core/layout.js";
 import { appliedOf, jobKeyOf, type AppliedState, type Plan, type Reusable } from "../../core/plan.js";
 import { saveTreeListing } from "../../core/snapshot.js";
 import type { StateStore } from "../../core/state.js";
+import type { Sweep } from "../../core/sweep.js";
 import type { KubernetesStack, ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import type { ClusterPipelineInput } from "./cluster-plan.js";
 import { shortJobId } from "./jobs.js";
+import { DEFAULT_PROJECT } from "./settings.js";
 
 const kubernetes = () => import("./index.js");
 
@@ -172,6 +177,46 @@ export class KubernetesBackend implements Backend {
     for await (const line of clusterJobLogs(this.stack, request.job, { workspace: this.config.workspace, follow: request.follow })) {
       yield { kind: "line", ...line };
     }
+  }
+
+  /** kaos does not read the metrics of a cluster's jobs, which a sweep ranks by. */
+  async sweep(request: { pipeline: string; command: string }): Promise<Sweep> {
+    throw new KaosError(
+      "NOT_SUPPORTED",
+      `${request.command} reads the local backend's state; stack ${this.stack.name} uses the kubernetes backend, whose jobs' metrics kaos does not read`,
+      {
+        hint: `\`kaos train list --stack ${this.stack.name}\` lists its jobs, \`kaos train info JOB --stack ${this.stack.name}\` says where a job's outputs are; or run it without --stack (or with a local stack)`,
+      },
+    );
+  }
+
+  async jobInfo(request: { job: string }): Promise<JobInfo> {
+    const { inspectClusterJob } = await kubernetes();
+    const found = await inspectClusterJob(this.stack, request.job, { workspace: this.config.workspace });
+    return { kind: "remote", stack: this.stack.name, job: found.job, shortId: shortJobId, outputs: found.outputs };
+  }
+
+  /** Copies a train job's files from its Pachyderm job's output commit. */
+  async fetchOutputs(request: FetchOutputsRequest): Promise<FetchedOutputs> {
+    const { fetchClusterOutputs } = await kubernetes();
+    return fetchClusterOutputs(this.stack, request, { workspace: this.config.workspace });
+  }
+
+  /** Pachyderm stops a whole job, which for a train job is every combination it runs. */
+  async killJob(request: { job: string }): Promise<{ id: string }> {
+    const { inspectClusterJob } = await kubernetes();
+    const found = await inspectClusterJob(this.stack, request.job, { workspace: this.config.workspace });
+    const whole = found.job.stage === "train" ? " (it stops every combination that Pachyderm job runs)" : "";
+    throw new KaosError(
+      "NOT_SUPPORTED",
+      `kaos train kill: not supported on stack ${this.stack.name}, which uses the kubernetes backend; job ${shortJobId(found.job.id)} runs in Pachyderm job ${found.pachydermJob}`,
+      { hint: `stop it with pachctl: \`pachctl stop job ${found.pachydermJob}${this.projectFlag()}\`${whole}` },
+    );
+  }
+
+  private projectFlag(): string {
+    const project = stackConfig(this.stack).pachyderm.project ?? DEFAULT_PROJECT;
+    return project === DEFAULT_PROJECT ? "" : ` --project ${project}`;
   }
 
   async render(request: { outDir: string }): Promise<string[]> {

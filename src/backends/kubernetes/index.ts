@@ -5,7 +5,8 @@
  * - `renderCluster`: every pipeline spec and manifest, offline.
  * - `previewCluster` / `applyCluster`: `pulumi preview` / `pulumi up` of the
  *   cluster program through the Automation API (needs the Pulumi CLI).
- * - `listClusterJobs` / `clusterJobLogs`: jobs and logs from pachd's API.
+ * - `listClusterJobs` / `clusterJobLogs` / `inspectClusterJob` / `fetchClusterOutputs`: jobs, logs and
+ *   outputs from pachd's API.
  *
  * Pulumi's SDK takes a second to load, and local-only projects need not
  * install it at all, so it is imported only by the two functions that need it.
@@ -22,12 +23,15 @@ export { validatePipelineSpec, compileSpecSchema, type SpecValidation } from "./
 export {
   listClusterJobs,
   clusterJobLogs,
+  inspectClusterJob,
   jobState,
+  type ClusterJobDetails,
   type ClusterJob,
   type ClusterJobState,
   type ClusterJobsOptions,
   type ClusterLogLine,
 } from "./jobs.js";
+export { fetchClusterOutputs } from "./outputs.js";
 export { PachdClient, PachdError } from "./pachd.js";
 export { clusterSettings, type ClusterSettings } from "./settings.js";
 export type { ClusterChange, ClusterChangeSummary, ClusterRunOptions, PulumiCli, PulumiExec } from "./automation.js";

@@ -55,7 +55,7 @@ export interface ClusterLogLine {
   message: string;
 }
 
-interface Located {
+export interface Located {
   job: ClusterJob;
   pachydermJob: JobRef;
   datum: string | undefined;
@@ -96,7 +96,7 @@ function datumState(state: PachydermDatumState | undefined, job: ClusterJobState
   }
 }
 
-function clientFor(stack: ResolvedStack, options: ClusterJobsOptions): { client: PachdClient; project: string } {
+export function clientFor(stack: ResolvedStack, options: ClusterJobsOptions): { client: PachdClient; project: string } {
   const k8s = kubernetesStack(stack);
   const env = options.env ?? process.env;
   const tokenEnv = k8s.pachyderm.tokenEnv ?? DEFAULT_TOKEN_ENV;
@@ -254,6 +254,24 @@ export async function* clusterJobLogs(
   }
 }
 
+/** A job and the file of Pachyderm's output commit that holds what it wrote. */
+export interface ClusterJobDetails {
+  job: ClusterJob;
+  /** `<repo>@<commit>:<path>`, as `pachctl get file` takes it. */
+  outputs: string;
+  /** `<pipeline>@<id>` of the Pachyderm job, as `pachctl stop job` takes it: for a train job, every combination it runs. */
+  pachydermJob: string;
+}
+
+/** A job by an id from `train list` (or a unique prefix of one), as `clusterJobLogs` finds it. */
+export async function inspectClusterJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions = {}): Promise<ClusterJobDetails> {
+  const found = await findJob(stack, jobId, options);
+  const { pipeline, id } = found.pachydermJob;
+  // A train datum writes under /pfs/out/<job key> (see trainScript); the output commit of a job has the job's id.
+  const path = found.job.stage === "train" && found.datum !== undefined ? `/${found.job.id}` : "/";
+  return { job: found.job, outputs: `${pipeline.name}@${id}:${path}`, pachydermJob: `${pipeline.name}@${id}` };
+}
+
 /**
  * An id as `train list` shows it, still a prefix `train logs` finds: a job
  * key to 16 characters; `<pipeline>@<id>` keeps its pipeline name whole.
@@ -263,7 +281,8 @@ export function shortJobId(id: string): string {
   return at < 0 ? id.slice(0, 16) : `${id.slice(0, at + 1)}${id.slice(at + 1, at + 13)}`;
 }
 
-async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions): Promise<Located> {
+/** A job by an id from `train list` or a unique prefix of one; JOB_NOT_FOUND or JOB_AMBIGUOUS otherwise. */
+export async function findJob(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions): Promise<Located> {
   const all = await locateJobs(stack, options);
   const exact = all.find((entry) => entry.job.id === jobId);
   if (exact) return exact;

@@ -317,6 +317,11 @@ export class PachdClient {
     return Buffer.concat(parts);
   }
 
+  /** The files and directories of a commit whose paths match `pattern` (`/dir/**`: everything under /dir). */
+  async globFile(commit: CommitRef, pattern: string): Promise<FileInfo[]> {
+    return collect(this.stream<FileInfo>("pfs_v2.API", "GlobFile", { commit, pattern }));
+  }
+
   // ---- PPS ----
 
   /** The pipeline as pachd knows it, or undefined when there is none of that name. */

@@ -24,6 +24,9 @@ import {
   type BackendContext,
   type ExecuteOptions,
   type ExecuteResult,
+  type FetchedOutputs,
+  type FetchOutputsRequest,
+  type JobInfo,
   type JobListRequest,
   type JobListing,
   type JobRunner,
@@ -46,9 +49,13 @@ import {
   saveTreeListing,
   sealTree,
   storeTree,
+  isLinkedView,
+  isMaterialized,
   writtenSinceSeal,
   type Seal,
 } from "../../core/snapshot.js";
+import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
+import { dataViewMode, holdsHash, refreshedStatCache, unverifiedFiles } from "./data-view.js";
 import { isProcessAlive } from "../../core/process-identity.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
@@ -57,6 +64,11 @@ import { buildEnvironment, environmentPath, environmentReady } from "./build.js"
 import { rememberPythonProbe, resolvePython } from "./python.js";
 import { spawnLogged, stopOrphanedJobs, type RunningProcess } from "./process.js";
 import { localJobLogs } from "./logs.js";
+import { localJobInfo } from "./job-info.js";
+import { killLocalJob } from "./kill.js";
+import { fetchLocalOutputs } from "./outputs.js";
+import { localSweep } from "./sweep.js";
+import type { Sweep } from "../../core/sweep.js";
 import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
 import { fileUrlScopeOf } from "../../core/urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
@@ -94,6 +106,10 @@ interface DataView {
   seal: Seal;
   /** Content hash by path, to find the objects behind changed files. */
   hashes: Map<string, string>;
+  /** The bundle whose own files the view's files are hardlinks to (see data-view.ts), when they are. */
+  linkedTo: string | undefined;
+  /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
+  bundle?: { tree: TreeHash; cache: ReadonlyMap<string, StatCacheEntry>; savedAt: bigint };
 }
 
 /**
@@ -123,8 +139,12 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
 }
 
 /** Why a job failed when its data view changed: `when` it was written, and the first paths changed. */
-function dataWrittenReason(when: string, paths: readonly string[]): string {
-  return `KAOS_DATA_DIR was written to ${when} (${paths.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
+function dataWrittenReason(data: DataView, when: { written: string; changed: string }, paths: readonly string[]): string {
+  if (data.linkedTo === undefined) {
+    return `KAOS_DATA_DIR was written to ${when.written} (${paths.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
+  }
+  const named = paths.map((path) => (path === "." ? data.linkedTo! : join(data.linkedTo!, path)));
+  return `the data changed ${when.changed} (${named.join(", ")}): KAOS_DATA_DIR holds links to the data bundle's own files, so a write into it changes the bundle and an edit of the bundle shows in it; the job did not train on the data its key names: check those files, the next kaos up hashes them again`;
 }
 
 function jobsToRun(plan: Plan): boolean {
@@ -261,6 +281,23 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return localJobLogs(this.config.root, this.state, request.job, request.follow);
   }
 
+  sweep(request: { pipeline: string }): Promise<Sweep> {
+    return localSweep(this, this, request.pipeline);
+  }
+
+  /** Finds the job in the project's store, whichever local stack ran it. */
+  jobInfo(request: { job: string }): Promise<JobInfo> {
+    return localJobInfo(this, request.job, (pipeline) => this.sweep({ pipeline }));
+  }
+
+  fetchOutputs(request: FetchOutputsRequest): Promise<FetchedOutputs> {
+    return fetchLocalOutputs(this, request);
+  }
+
+  killJob(request: { job: string }): Promise<{ id: string }> {
+    return killLocalJob(this, request.job);
+  }
+
   async render(): Promise<string[]> {
     throw new KaosError(
       "NOT_SUPPORTED",
@@ -269,7 +306,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   }
 
   async runtime(bundle: SourceBundle): Promise<string> {
-    const python = await resolvePython(bundle.pythonVersion);
+    const python = await resolvePython(bundle.pythonVersion, this.stateDir);
     rememberPythonProbe(this.stateDir, python);
     return `local python ${python.version} ${process.platform}-${process.arch}`;
   }
@@ -308,6 +345,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       }
     }
     for (const view of views) {
+      // A linked view is checked against the plan's hashes before every sweep that uses it.
+      if (isLinkedView(view)) continue;
       const written = writtenSinceSeal(view);
       if (written === undefined) continue;
       const spoiled = new Set<string>();
@@ -644,20 +683,18 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const { reporter, runId } = options;
     const name = p.pipeline.name;
     const envKey = p.keys.env;
-    let dataDir = knownDataDir;
-    if (dataDir === undefined && p.dataTree !== undefined) {
-      await storeTree(this.objects, p.dataTree, `pipelines.${name}.data`);
-      dataDir = join(this.stateDir, "snapshots", p.dataTree.hash);
-      materializeTree(this.objects, p.dataTree, dataDir, { readonlyDirs: true });
-    }
+    // The data view is read-only only by its permission bits, which root ignores: a
+    // write into it would change the shared objects (or, linked, the bundle's own files)
+    // for every later job. Each job checks on its way out that the view is as it was
+    // when the sweep began; a job that finds it changed fails, and no job starts once
+    // a check has found that.
+    const data: DataView =
+      knownDataDir === undefined && p.dataTree !== undefined
+        ? await this.layOutDataBundle(p, p.dataTree)
+        : { dir: knownDataDir!, seal: sealTree(knownDataDir!), hashes: this.dataHashes(p), linkedTo: undefined };
+    markSealed(data.seal);
     await storeTree(this.objects, p.sourceTree, `pipelines.${name}.source`);
     const environment = environmentPath(this.envsDir, envKey);
-    // The data view is read-only only by its permission bits, which root ignores: a
-    // write into it would change the shared objects for every later job. Each job
-    // checks on its way out that the view is as it was when the sweep began; a job
-    // that finds it changed fails, and no job starts once a check has found that.
-    const data: DataView = { dir: dataDir!, seal: sealTree(dataDir!), hashes: this.dataHashes(p) };
-    markSealed(data.seal);
     const records = toRun.map((job) =>
       this.state.createJob({
         runId,
@@ -702,9 +739,11 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         reporter.event({ kind: "note", message: `${name} train: ${problem}; recorded as failed` });
       }
       // What the watches cannot see (writes through a memory mapping, a lost event): every stat, once per sweep.
+      const checkedAt = BigInt(Date.now()) * 1_000_000n;
       const late = data.seal.broken === undefined ? this.dataSpoiled(data, { everyStat: true }) : undefined;
+      if (late === undefined && data.seal.broken === undefined) this.refreshBundleStatCache(data, checkedAt);
       if (late !== undefined) {
-        const reason = `${dataWrittenReason("during this sweep", late)}; no job of the sweep is trusted`;
+        const reason = `${dataWrittenReason(data, { written: "during this sweep", changed: "during this sweep" }, late)}; no job of the sweep is trusted`;
         const revoked = this.state.revokeSucceeded(
           records.map((record) => record.id),
           reason,
@@ -732,6 +771,65 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return failed;
   }
 
+  /**
+   * Lays out and seals the view of a local data bundle (see data-view.ts for
+   * the modes). A linked view, made now or kept from an earlier run, is
+   * checked against what the plan hashed once sealed, so that a file edited
+   * since is found before any job sees it; a kept view that fails is laid out
+   * again once, a fresh one is an error naming the file.
+   */
+  private async layOutDataBundle(p: PipelinePlan, tree: TreeHash): Promise<DataView> {
+    const where = `pipelines.${p.pipeline.name}.data`;
+    const dir = join(this.stateDir, "snapshots", tree.hash);
+    const hashes = this.dataHashes(p);
+    const wanted = this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "link") : "link";
+    // A copy laid out earlier (by a stack that asks for copies) isolates at least as well as links: it is kept.
+    const keptCopy = isMaterialized(dir) && !isLinkedView(dir);
+    if (wanted === "copy" || keptCopy || dataViewMode(this.objects, tree) !== "link") {
+      // A view linked to the bundle's files while they were on this device may hold edits since: not reused.
+      if (isLinkedView(dir)) removeTree(dir);
+      await storeTree(this.objects, tree, where);
+      materializeTree(this.objects, tree, dir, { readonlyDirs: true });
+      return { dir, seal: sealTree(dir), hashes, linkedTo: undefined };
+    }
+    const cache = this.state.readonly ? undefined : this.state.loadStatCache(tree.root);
+    const savedAt = this.state.readonly ? undefined : this.state.statCacheSavedAt(tree.root);
+    for (let attempt = 0; ; attempt++) {
+      const kept = existsSync(dir);
+      materializeTree(this.objects, tree, dir, { readonlyDirs: true, linkFrom: tree.root });
+      const seal = sealTree(dir, { alsoWatch: tree.root });
+      const unverified = unverifiedFiles(tree, seal, cache, savedAt);
+      if (unverified.length === 0) {
+        const bundle = cache !== undefined && savedAt !== undefined ? { tree, cache, savedAt } : undefined;
+        return { dir, seal, hashes, linkedTo: tree.root, bundle };
+      }
+      releaseSeal(seal);
+      removeTree(dir);
+      if (!kept || attempt > 0) {
+        throw new KaosError(
+          "IO",
+          `${where}: ${unverified.map((path) => join(tree.root, path)).join(", ")} changed after kaos hashed ${unverified.length === 1 ? "it" : "them"}, before any job ran`,
+          { hint: "rerun `kaos up`: the next plan hashes the new content" },
+        );
+      }
+    }
+  }
+
+  /**
+   * Linking a bundle's files moved their inode change times: the bundle's stat
+   * cache takes the new ones (see `refreshedStatCache`), so that the next plan
+   * reads none of them again. `checkedAt` was taken before the sweep's last
+   * check of every stat of the view.
+   */
+  private refreshBundleStatCache(data: DataView, checkedAt: bigint): void {
+    if (data.bundle === undefined || this.state.readonly) return;
+    const { tree, cache, savedAt } = data.bundle;
+    // Another plan saved since: its cache is newer than what this one would write.
+    if (this.state.statCacheSavedAt(tree.root) !== savedAt) return;
+    const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);
+    if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
+  }
+
   /** The content hash of every file of a pipeline's data view, by path. */
   private dataHashes(p: PipelinePlan): Map<string, string> {
     if (p.dataTree !== undefined) return new Map(p.dataTree.files.map((file) => [file.path, file.hash]));
@@ -755,15 +853,32 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
    */
   private dataSpoiled(data: DataView, options: { everyStat?: boolean } = {}): string[] | undefined {
     const known = data.seal.broken !== undefined;
-    const changed = checkSeal(data.seal, 5, options);
+    // A linked file's inode change time also moves when it is linked into another view: its content says whether it changed.
+    const confirm =
+      data.linkedTo === undefined
+        ? undefined
+        : (path: string) => {
+            const hash = data.hashes.get(path);
+            return hash !== undefined && holdsHash(join(data.dir, path), hash);
+          };
+    const changed = checkSeal(data.seal, 5, { ...options, confirm });
     if (changed.length === 0) return undefined;
     if (!known) {
       const inodes = new Set<string>();
       for (const path of changed) {
         const signature = data.seal.stats.get(path);
-        if (signature?.startsWith("f:")) inodes.add(signature.split(":")[1]!);
+        if (!signature?.startsWith("f:")) continue;
+        const inode = signature.split(":")[1]!;
+        inodes.add(inode);
+        // The object behind the file, when the file is one (a linked view's are the bundle's own).
         const hash = data.hashes.get(path);
-        if (hash !== undefined) rmSync(this.objects.pathOf(hash), { force: true });
+        if (hash === undefined) continue;
+        try {
+          if (String(lstatSync(this.objects.pathOf(hash), { bigint: true }).ino) === inode)
+            rmSync(this.objects.pathOf(hash), { force: true });
+        } catch {
+          // not stored
+        }
       }
       discardViews([join(this.stateDir, "snapshots"), join(this.stateDir, "data")], data.dir, inodes);
     }
@@ -806,7 +921,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     try {
       await storeTree(this.objects, p.sourceTree, `pipelines.${p.pipeline.name}.source`);
       materializeTree(this.objects, p.sourceTree, paths.source, { copy: true });
-      const python = await resolvePython(p.bundle.pythonVersion);
+      const python = await resolvePython(p.bundle.pythonVersion, this.stateDir);
       if (python.note) reporter.event({ kind: "note", message: `${p.pipeline.name} build: ${python.note}` });
       await buildEnvironment({
         envsDir: this.envsDir,
@@ -884,7 +999,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       const seal = context.data.seal;
       if (seal.broken !== undefined || seal.stirred) this.dataSpoiled(context.data);
       if (seal.broken !== undefined) {
-        return finish("failed", null, `not started: ${dataWrittenReason("by a job of this sweep", seal.broken)}`);
+        const when = { written: "by a job of this sweep", changed: "before this job started" };
+        return finish("failed", null, `not started: ${dataWrittenReason(context.data, when, seal.broken)}`);
       }
       const stateBefore = listState(this.stateDir);
       const current = spawnLogged({
@@ -915,7 +1031,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       const intruded = foreignStateEntries(this.stateDir, stateBefore, (id) => this.state.getJob(id) !== undefined);
       if (control.reason !== undefined) return finish("cancelled", result.exitCode, control.reason + logNote);
       const spoiled = this.dataSpoiled(context.data);
-      if (spoiled !== undefined) return finish("failed", result.exitCode, dataWrittenReason("while this job ran", spoiled) + logNote);
+      if (spoiled !== undefined) {
+        const when = { written: "while this job ran", changed: "while this job ran" };
+        return finish("failed", result.exitCode, dataWrittenReason(context.data, when, spoiled) + logNote);
+      }
       if (unsealed !== undefined) return finish("failed", result.exitCode, unsealed + logNote);
       if (intruded.length > 0) {
         const reason = `${intruded.join(", ")} appeared in kaos's state directory while this job ran; a job writes only into KAOS_OUTPUT_DIR (left there for you to look at)`;

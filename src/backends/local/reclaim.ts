@@ -3,7 +3,10 @@
  *
  * Sizes are disk blocks counted once per inode: the files of a data view are
  * hardlinks to objects of the store, so a view's files count under objects
- * (measured first) and the view itself only for what is its own.
+ * (measured first) and the view itself only for what is its own. A view may
+ * instead link to a data bundle's own files (backends/local/data-view.ts):
+ * those bytes are the bundle's, on disk whether kaos is there or not, and are
+ * told apart (`linkedBytes`) rather than counted as kaos's.
  *
  * `collectGarbage` keeps what the next `kaos up` of any stack reuses (the
  * jobs whose keys the applied record names, their environments, data views
@@ -41,6 +44,8 @@ export interface KindUsage {
 export interface StorageUsage {
   stateDir: string;
   totalBytes: number;
+  /** Bytes of data bundles' own files that data views are links to: not in `totalBytes`, since removing `.kaos/` frees none of them. */
+  linkedBytes: number;
   kinds: Record<StorageKind, KindUsage>;
   jobsByPipeline: { pipeline: string; jobs: number; bytes: number }[];
   disk: { mount: string; freeBytes: number | null };
@@ -69,6 +74,11 @@ function lstatOrUndefined(path: string): Stats | undefined {
 class InodeTally {
   private readonly seen = new Set<string>();
 
+  /** Counts the inodes `ids` as met already: their bytes are someone else's. */
+  exclude(ids: Iterable<string>): void {
+    for (const id of ids) this.seen.add(id);
+  }
+
   /** The bytes of `path` and, unless `shallow`, everything below it, not counted before. */
   add(path: string, shallow = false): number {
     const stat = lstatOrUndefined(path);
@@ -84,10 +94,55 @@ class InodeTally {
   }
 }
 
+/**
+ * The files of the data views in `stateDir` that have names outside `.kaos/`
+ * (links to a bundle's own files), by `dev:ino`, with their bytes. A file
+ * linked only from views and objects is kaos's, even when the bundle file it
+ * was linked to is gone.
+ */
+function linkedFromOutside(stateDir: string): Map<string, number> {
+  const names = new Map<string, { nlink: number; blocks: number; seen: number }>();
+  const walk = (path: string): void => {
+    const stat = lstatOrUndefined(path);
+    if (stat === undefined) return;
+    if (stat.isDirectory()) {
+      for (const name of namesIn(path)) walk(join(path, name));
+      return;
+    }
+    if (!stat.isFile() || stat.nlink < 2) return;
+    const id = `${stat.dev}:${stat.ino}`;
+    const known = names.get(id);
+    if (known === undefined) names.set(id, { nlink: stat.nlink, blocks: stat.blocks * 512, seen: 1 });
+    else known.seen += 1;
+  };
+  for (const parent of ["snapshots", "data"]) walk(join(stateDir, parent));
+  const outside = new Map<string, number>();
+  if (names.size === 0) return outside;
+  const objects = objectInodes(stateDir);
+  for (const [id, { nlink, blocks, seen }] of names) {
+    // The object holding these bytes is one more name inside `.kaos/`.
+    if (nlink > seen + (objects.has(id) ? 1 : 0)) outside.set(id, blocks);
+  }
+  return outside;
+}
+
+/** The inodes of the object store, by `dev:ino`. */
+function objectInodes(stateDir: string): Set<string> {
+  const inodes = new Set<string>();
+  const root = join(stateDir, "objects", "sha256");
+  for (const name of objectNames(stateDir)) {
+    const stat = lstatOrUndefined(join(root, name));
+    if (stat !== undefined) inodes.add(`${stat.dev}:${stat.ino}`);
+  }
+  return inodes;
+}
+
 /** What each kind of thing in `.kaos/` of the project at `root` takes on disk. */
 export function measureStorage(root: string, state: StateStore): StorageUsage {
   const stateDir = stateDirOf(root);
   const tally = new InodeTally();
+  const linked = linkedFromOutside(stateDir);
+  tally.exclude(linked.keys());
   const kinds = Object.fromEntries(STORAGE_KINDS.map((kind) => [kind, { entries: 0, bytes: 0 }])) as Record<StorageKind, KindUsage>;
   const byPipeline = new Map<string, { pipeline: string; jobs: number; bytes: number }>();
   const top = namesIn(stateDir).sort((a, b) => STORAGE_KINDS.indexOf(kindOfTop(a)) - STORAGE_KINDS.indexOf(kindOfTop(b)));
@@ -124,6 +179,7 @@ export function measureStorage(root: string, state: StateStore): StorageUsage {
   return {
     stateDir,
     totalBytes,
+    linkedBytes: [...linked.values()].reduce((sum, bytes) => sum + bytes, 0),
     kinds,
     jobsByPipeline: [...byPipeline.values()].sort((a, b) => b.bytes - a.bytes || a.pipeline.localeCompare(b.pipeline)),
     disk: { mount: mountPointOf(stateDir), freeBytes: free ?? null },

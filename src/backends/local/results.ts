@@ -16,6 +16,7 @@
  * after the clock has moved past every change time in the tree (see
  * `sealTree`), so a write after the seal always shows in the stats.
  */
+import type { ResultsCheck, TreeChanges } from "../../core/backend.js";
 import { randomUUID } from "node:crypto";
 import {
   type Stats,
@@ -58,29 +59,7 @@ export interface SealRecord {
   sourceChangedByJob: TreeChanges | null;
 }
 
-/** Paths that differ between two states of a tree; `changed` includes a change of the executable bit alone. */
-export interface TreeChanges {
-  added: string[];
-  changed: string[];
-  removed: string[];
-}
-
-/** What `checkJobResults` found. */
-export type ResultsCheck =
-  | { sealed: false; reason: string }
-  | {
-      sealed: true;
-      /** Nothing changed since the seal: the results are what the job left. */
-      intact: boolean;
-      sealedAt: string;
-      /** Changes since the seal, or null when none. */
-      output: TreeChanges | null;
-      source: TreeChanges | null;
-      /** Set when the seal itself cannot be read: nothing about the results is known. */
-      problem: string | null;
-      /** What the job changed in its own copy of the source while it ran (not a seal break). */
-      sourceChangedByJob: TreeChanges | null;
-    };
+export type { ResultsCheck, TreeChanges };
 
 function sealPathOf(stateDir: string, jobId: string): string {
   return jobPaths(stateDir, jobId).seal;
@@ -146,6 +125,8 @@ function sealStore(sealed?: SealedTree): StatCacheStore & { saved: { entries: St
       store.saved = { entries, cacheTimeNs };
     },
     savedAt: (): bigint | undefined => (sealed === undefined ? undefined : BigInt(sealed.savedAtNs)),
+    // A check of a small sealed tree (most are) then starts no hashing thread.
+    cachedFiles: (): number | undefined => sealed?.entries.length,
   };
   return store;
 }

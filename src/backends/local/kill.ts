@@ -1,0 +1,36 @@
+/**
+ * `kaos train kill` on the local backend: records the job cancelled, then
+ * stops its process group (SIGTERM, then SIGKILL after five seconds). The
+ * kaos running the job sees it already ended and keeps this result.
+ */
+import type { BackendContext } from "../../core/backend.js";
+import { KaosError } from "../../core/errors.js";
+import { StateStore, type JobRecord } from "../../core/state.js";
+import { groupAlive, killGroup } from "./process.js";
+
+const GRACE_MS = 5000;
+const POLL_MS = 100;
+
+export async function killLocalJob(context: BackendContext, jobRef: string): Promise<{ id: string }> {
+  // Resolved in the store as the command opened it first: a job that does not exist must not create `.kaos/`.
+  context.state.resolveJob(jobRef);
+  const state = StateStore.open(context.config.root);
+  let job: JobRecord;
+  try {
+    job = state.resolveJob(jobRef);
+    if (job.state !== "running" && job.state !== "queued") {
+      throw new KaosError("USAGE", `job ${job.id} is ${job.state}; only a queued or running job can be killed`);
+    }
+    // Record first, then signal: the runner sees the job already ended and keeps this result.
+    state.finishJob(job.id, { state: "cancelled", exitCode: null, reason: "cancelled by kaos train kill" });
+  } finally {
+    state.close();
+  }
+  if (job.pid !== null && job.pid !== process.pid && job.stage === "train") {
+    killGroup(job.pid, "SIGTERM");
+    const deadline = Date.now() + GRACE_MS;
+    while (groupAlive(job.pid) && Date.now() < deadline) await new Promise((done) => setTimeout(done, POLL_MS));
+    if (groupAlive(job.pid)) killGroup(job.pid, "SIGKILL");
+  }
+  return { id: job.id };
+}

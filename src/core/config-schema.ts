@@ -1,0 +1,196 @@
+/**
+ * The shapes of `kaos.config.ts` and of stack files, as zod schemas, and
+ * their problems as `file:line: key.path: ...` lines. Loaded only when a
+ * config or stack file is evaluated, not when its validated value is taken
+ * from the config cache (config-cache.ts).
+ */
+import { readFileSync } from "node:fs";
+import * as z from "zod";
+import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position, valueAt } from "./config-text.js";
+import { KaosError } from "./errors.js";
+import type { StackConfig } from "./types.js";
+
+const memorySchema = z
+  .string({ error: 'expected a string such as "512M" or "2Gi"' })
+  .refine((value) => parseMemory(value) !== undefined && (parseMemory(value) ?? 0) > 0, {
+    error: 'expected a positive size with an SI or binary suffix (k, M, G, T, Ki, Mi, Gi, Ti), such as "512M" or "2Gi"',
+  });
+
+const resourcesSchema = z.strictObject({
+  cpu: z
+    .number({ error: "expected a number of cores such as 1 or 0.5" })
+    .refine((n) => Number.isFinite(n) && n > 0, { error: "expected a positive number of cores (fractions allowed, such as 0.5)" })
+    .optional(),
+  memory: memorySchema.optional(),
+  gpu: z
+    .number({ error: "expected a whole number of GPUs" })
+    .refine((n) => Number.isInteger(n) && n >= 0, { error: "expected a whole number of GPUs, 0 or more" })
+    .optional(),
+});
+
+const pathSchema = z.string({ error: "expected a path relative to the config file" }).min(1, { error: "expected a non-empty path" });
+
+const pipelineSchema = z
+  .strictObject({
+    source: pathSchema,
+    data: pathSchema.optional(),
+    manifest: pathSchema.optional(),
+    hyperparams: z
+      .union([pathSchema, z.record(z.string(), z.unknown()), z.array(z.unknown())], {
+        error: "expected a path to a JSON file, an object of scalars and lists, a list of such grids, or a random search",
+      })
+      .optional(),
+    resources: resourcesSchema.optional(),
+    parallelism: z
+      .number({ error: "expected a whole number of jobs, 1 or more" })
+      .refine((n) => Number.isInteger(n) && n >= 1, { error: "expected a whole number of jobs, 1 or more" })
+      .optional(),
+  })
+  .superRefine((pipeline, ctx) => {
+    if (pipeline.data !== undefined && pipeline.manifest !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["manifest"], message: "`data` and `manifest` are exclusive: keep one of them" });
+    } else if (pipeline.data === undefined && pipeline.manifest === undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: [],
+        message: "expected `data` (a local directory) or `manifest` (a manifest file), found neither",
+      });
+    }
+  });
+
+const configSchema = z.strictObject({
+  workspace: z
+    .string({ error: "expected a name" })
+    .regex(NAME_PATTERN, { error: "expected a name of letters, digits, '-' and '_' (at most 63)" })
+    .optional(),
+  pipelines: z
+    .record(z.string(), pipelineSchema, { error: "expected an object of pipelines, such as { svm: { source, data } }" })
+    .superRefine((pipelines, ctx) => {
+      const names = Object.keys(pipelines);
+      if (names.length === 0) ctx.addIssue({ code: "custom", message: "expected at least one pipeline" });
+      for (const name of names) {
+        if (!NAME_PATTERN.test(name)) {
+          ctx.addIssue({ code: "custom", path: [name], message: "expected a pipeline name of letters, digits, '-' and '_' (at most 63)" });
+        }
+      }
+    }),
+  allowFileUrls: z.array(pathSchema, { error: 'expected a list of directories, such as ["/datasets"]' }).optional(),
+  watch: z
+    .strictObject({
+      debounceMs: z.number().int({ error: "expected whole milliseconds" }).min(0, { error: "expected 0 or more milliseconds" }).optional(),
+      onChange: z.enum(["restart", "queue"], { error: 'expected "restart" or "queue"' }).optional(),
+    })
+    .optional(),
+});
+
+const tolerationSchema = z.strictObject({
+  key: z.string().optional(),
+  operator: z.enum(["Exists", "Equal"]).optional(),
+  value: z.string().optional(),
+  effect: z.enum(["NoSchedule", "PreferNoSchedule", "NoExecute"]).optional(),
+  tolerationSeconds: z.number().int().optional(),
+});
+
+const envNameSchema = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { error: "expected the name of an environment variable" });
+
+const stackSchema = z.discriminatedUnion(
+  "backend",
+  [
+    z.strictObject({
+      backend: z.literal("local"),
+      maxCpu: z.number().positive({ error: "expected a positive number of cores" }).optional(),
+      maxMemory: memorySchema.optional(),
+      dataViews: z
+        .enum(["link", "copy"], {
+          error:
+            'expected "link" (a data bundle\'s own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files)',
+        })
+        .optional(),
+    }),
+    z.strictObject({
+      backend: z.literal("kubernetes"),
+      namespace: z
+        .string({ error: "expected a Kubernetes namespace name" })
+        .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, { error: "expected a Kubernetes namespace name (lowercase letters, digits, '-')" }),
+      kubeContext: z.string().optional(),
+      pachyderm: z.strictObject({
+        address: z.url({ error: 'expected pachd\'s URL, such as "http://pachd.pachyderm.svc:30650"' }),
+        tokenEnv: envNameSchema.optional(),
+        project: z.string().optional(),
+      }),
+      registry: z.strictObject({
+        url: z.string({ error: 'expected an image repository prefix such as "registry.example.com/ml"' }).min(1),
+        secretName: z.string().optional(),
+        usernameEnv: envNameSchema.optional(),
+        passwordEnv: envNameSchema.optional(),
+      }),
+      gpu: z
+        .strictObject({
+          resourceName: z.string().optional(),
+          nodeSelector: z.record(z.string(), z.string()).optional(),
+          tolerations: z.array(tolerationSchema).optional(),
+        })
+        .optional(),
+      pulumi: z
+        .strictObject({
+          backendUrl: z.string().optional(),
+          stackName: z.string().optional(),
+          passphraseEnv: envNameSchema.optional(),
+        })
+        .optional(),
+      builderImage: z.string().optional(),
+    }),
+  ],
+  { error: 'expected `backend: "local"` or `backend: "kubernetes"`' },
+) satisfies z.ZodType<StackConfig>;
+
+/** A config as its schema leaves it: checked, but its paths not yet resolved. */
+export type ParsedConfig = z.output<typeof configSchema>;
+
+/** One line per problem: `file:line: key.path: what was found; what is expected`. */
+function zodProblems(error: z.ZodError, file: string, value: unknown, prefix: readonly PathKey[] = []): string[] {
+  let source: string | undefined;
+  try {
+    source = readFileSync(file, "utf8");
+  } catch {
+    source = undefined;
+  }
+  return error.issues.map((issue) => {
+    if (issue.code === "unrecognized_keys") {
+      return issue.keys
+        .map((key) => {
+          const path = [...prefix, ...issue.path, key];
+          return `${position(file, source, path)}: ${formatPath(path)}: unknown key; check its spelling (see the config reference in the README)`;
+        })
+        .join("\n");
+    }
+    const path = [...prefix, ...issue.path];
+    const found = valueAt(value, issue.path);
+    const where = position(file, source, path);
+    const name = path.length === 0 ? "(top level)" : formatPath(path);
+    if (found === undefined && issue.code === "invalid_type") {
+      return `${where}: ${name}: missing; ${issue.message}`;
+    }
+    if (issue.code === "custom" && issue.path.length > 0 && (found === undefined || typeof found === "object")) {
+      return `${where}: ${name}: ${issue.message}`;
+    }
+    return `${where}: ${name}: ${issue.message}, found ${describeValue(found)}`;
+  });
+}
+
+export function validateConfig(value: unknown, file: string): ParsedConfig {
+  // A config is parsed once per process: compiling zod's fast path would cost more than it saves.
+  const parsed = configSchema.safeParse(value, { jitless: true });
+  if (!parsed.success) {
+    throw new KaosError("CONFIG_INVALID", `invalid config\n${zodProblems(parsed.error, file, value).join("\n")}`);
+  }
+  return parsed.data;
+}
+
+export function validateStack(value: unknown, file: string): StackConfig {
+  const parsed = stackSchema.safeParse(value, { jitless: true });
+  if (!parsed.success) {
+    throw new KaosError("STACK_INVALID", `invalid stack\n${zodProblems(parsed.error, file, value).join("\n")}`);
+  }
+  return parsed.data;
+}

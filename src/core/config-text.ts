@@ -1,0 +1,83 @@
+/**
+ * What the config loader and its validator share without the validator
+ * itself: names, sizes, and where in a config file a key is written.
+ */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+const MEMORY_PATTERN = /^(\d+(?:\.\d+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$/;
+const MEMORY_FACTORS: Record<string, number> = {
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  P: 1e15,
+  E: 1e18,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+  Pi: 2 ** 50,
+  Ei: 2 ** 60,
+};
+
+/** Bytes of a Kubernetes-style quantity such as `512M` or `2Gi`; undefined when it is not one. */
+export function parseMemory(value: string): number | undefined {
+  const match = MEMORY_PATTERN.exec(value);
+  if (!match) return undefined;
+  const [, amount, suffix] = match;
+  const factor = MEMORY_FACTORS[suffix ?? ""];
+  if (amount === undefined || factor === undefined) return undefined;
+  return Math.round(Number(amount) * factor);
+}
+
+export type PathKey = PropertyKey;
+
+/**
+ * Best effort: the line of `file` where the last key of `path` is written,
+ * found by looking for each key in turn after the previous one.
+ */
+export function locateKey(source: string, path: readonly PathKey[]): number | undefined {
+  let offset = 0;
+  let found = false;
+  for (const key of path) {
+    if (typeof key !== "string") continue;
+    const escaped = key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const pattern = new RegExp(`(?:^|[\\s{,])(?:${escaped}|"${escaped}"|'${escaped}')\\s*:`, "g");
+    pattern.lastIndex = offset;
+    const match = pattern.exec(source);
+    if (!match) break;
+    offset = match.index + match[0].length;
+    found = true;
+  }
+  if (!found) return undefined;
+  return source.slice(0, offset).split("\n").length;
+}
+
+export function formatPath(path: readonly PathKey[]): string {
+  return path.map((key) => String(key)).join(".");
+}
+
+export function describeValue(value: unknown): string {
+  if (value === undefined) return "nothing";
+  try {
+    const text = JSON.stringify(value);
+    if (text === undefined) return String(value);
+    return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+  } catch {
+    return String(value);
+  }
+}
+
+export function valueAt(root: unknown, path: readonly PathKey[]): unknown {
+  let current = root;
+  for (const key of path) {
+    if (typeof current !== "object" || current === null) return undefined;
+    current = (current as Record<PropertyKey, unknown>)[key];
+  }
+  return current;
+}
+
+/** Where in `file` a key path is: `file:line` when the line can be found, else the file. */
+export function position(file: string, source: string | undefined, path: readonly PathKey[]): string {
+  const line = source === undefined ? undefined : locateKey(source, path);
+  return line === undefined ? file : `${file}:${line}`;
+}

@@ -1,0 +1,159 @@
+/**
+ * How a local data bundle reaches its jobs without a second copy: hardlinks to
+ * the bundle's own files where the file system has no clones (ext4 here), a
+ * copy into the object store where links cannot be made (another device), and
+ * a job whose data changed under it failed with the file named.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { jobRows, trustProblems } from "./helpers/faults.js";
+import { fileContent, makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+
+const projects: Project[] = [];
+const elsewhere: string[] = [];
+afterAll(() => {
+  for (const made of projects) made.remove();
+  for (const dir of elsewhere) rmSync(dir, { recursive: true, force: true });
+});
+
+function project(train: string, data: Record<string, string>, dataPath = "data", grid: Record<string, unknown> = {}): Project {
+  const pipeline = { source: "src", data: dataPath, hyperparams: "grid.json" };
+  const made = makeProject(
+    {
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\n\nexport default defineConfig({\n  pipelines: {\n    p: ${JSON.stringify(pipeline)},\n  },\n});\n`,
+      "grid.json": JSON.stringify(grid),
+      ...under("data", data),
+      ...under("src", trivialSourceBundle(train)),
+    },
+    "kaos-views-",
+  );
+  projects.push(made);
+  return made;
+}
+
+const COPY_DATA = `#!/bin/sh\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
+
+function onlyView(made: Project): string {
+  const names = execFileSync("ls", [made.path(".kaos", "snapshots")], { encoding: "utf8" })
+    .split("\n")
+    .filter((name) => /^[0-9a-f]{64}$/.test(name));
+  expect(names).toHaveLength(1);
+  return made.path(".kaos", "snapshots", names[0]!);
+}
+
+function objectOf(made: Project, file: string): string {
+  const hash = execFileSync("sha256sum", [file], { encoding: "utf8" }).split(" ")[0]!;
+  return made.path(".kaos", "objects", "sha256", hash.slice(0, 2), hash.slice(2));
+}
+
+function trainReasons(made: Project): (string | null)[] {
+  return jobRows(made.dir)
+    .filter((row) => row.stage === "train")
+    .map((row) => row.reason);
+}
+
+describe("data views on a file system with hardlinks and no clones", () => {
+  it("the view's files are the bundle's own inodes: nothing is copied into the object store", async () => {
+    expect(execFileSync("stat", ["-f", "-c", "%T", "/tmp"], { encoding: "utf8" }).trim()).toMatch(/ext2\/ext3|ext4/);
+    const made = project(COPY_DATA, { "value.txt": "v1", "sub/more.bin": "x".repeat(100_000) });
+    const result = await runKaos(["up"], { cwd: made.dir });
+    expect(result.code, result.stderr).toBe(0);
+    const view = onlyView(made);
+    for (const file of ["value.txt", "sub/more.bin"]) {
+      const [bundle, linked] = [statSync(made.path("data", file)), statSync(join(view, file))];
+      expect(linked.ino).toBe(bundle.ino);
+      expect(bundle.nlink).toBe(2);
+      expect(existsSync(objectOf(made, made.path("data", file)))).toBe(false);
+    }
+    const [job] = jobRows(made.dir).filter((row) => row.stage === "train");
+    expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "data.txt"), "utf8")).toBe("v1");
+    expect(trustProblems(made.dir)).toEqual([]);
+  }, 60_000);
+
+  it("a job that writes into its input file is failed, the bundle file named, and the next plan sees the bundle changed", async () => {
+    const train = `#!/bin/sh\necho tampered >> "$KAOS_DATA_DIR/value.txt"\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
+    const made = project(train, { "value.txt": "v1\n" });
+    const first = await runKaos(["up"], { cwd: made.dir });
+    expect(first.code).toBe(1);
+    const [reason] = trainReasons(made);
+    expect(reason).toBe(
+      `the data changed while this job ran (${made.path("data", "value.txt")}): KAOS_DATA_DIR holds links to the data bundle's own files, so a write into it changes the bundle and an edit of the bundle shows in it; the job did not train on the data its key names: check those files, the next kaos up hashes them again`,
+    );
+    // The view is not kept: nothing is reused from it.
+    expect(execFileSync("ls", [made.path(".kaos", "snapshots")], { encoding: "utf8" }).trim()).toBe("");
+    // The bundle now holds what the job wrote: the next plan gives the job a new key.
+    expect(readFileSync(made.path("data", "value.txt"), "utf8")).toBe("v1\ntampered\n");
+    const [failed] = jobRows(made.dir).filter((row) => row.stage === "train");
+    const plan = JSON.parse((await runKaos(["plan", "--json"], { cwd: made.dir })).stdout) as {
+      pipelines: { jobs: { key: string; action: string }[] }[];
+    };
+    expect(plan.pipelines[0]!.jobs).toEqual([expect.objectContaining({ action: "run" })]);
+    expect(plan.pipelines[0]!.jobs[0]!.key).not.toBe(failed!.key);
+  }, 60_000);
+
+  it("an edit of the bundle while a job runs, same size and its modification time set back, fails the job", async () => {
+    const train = `#!/bin/sh\necho started > "$KAOS_TEST_STARTED"\nread go < "$KAOS_TEST_FIFO"\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
+    const made = project(train, { "value.txt": "v1" });
+    const fifo = made.path("go.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const running = runKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
+    await fileContent(made.path("started"));
+    const value = made.path("data", "value.txt");
+    const before = statSync(value);
+    writeFileSync(value, "V2");
+    utimesSync(value, before.atime, before.mtime);
+    writeFileSync(fifo, "go\n");
+    const result = await running;
+    expect(result.code).toBe(1);
+    const [reason] = trainReasons(made);
+    expect(reason).toMatch(
+      new RegExp(`^the data changed (while this job ran|during this sweep) \\(${value.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}\\)`),
+    );
+  }, 60_000);
+});
+
+describe("the stat cache after a linked view", () => {
+  it("linking moves the files' inode change times, and the plan after kaos up still reads none of them", async () => {
+    // The job waits past the racy window (1 s) after the files were linked, so that their new stamps are settled when the sweep ends.
+    const train = `#!/bin/sh\necho started > "$KAOS_TEST_STARTED"\nread go < "$KAOS_TEST_FIFO"\nmkdir -p "$1"\n`;
+    const made = project(train, { "value.txt": "v1", "sub/a.txt": "a", "sub/b.txt": "b" });
+    const fifo = made.path("go.fifo");
+    execFileSync("mkfifo", [fifo]);
+    // Every file of the project past the racy window first, so that the plan of kaos up vouches for all of them.
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const settled = statSync(made.path("data", "value.txt")).ctimeMs;
+    const running = runKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
+    await fileContent(made.path("started"));
+    expect(statSync(made.path("data", "value.txt")).ctimeMs).not.toBe(settled);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    writeFileSync(fifo, "go\n");
+    const result = await running;
+    expect(result.code, result.stderr).toBe(0);
+    const plan = await runKaos(["plan"], { cwd: made.dir });
+    expect(plan.stdout.split("\n")[0]).toMatch(/^stack local: 1 pipeline, (\d+) files checked \(\1 unchanged, 0 hashed, 0 B\)/);
+  }, 60_000);
+});
+
+describe("data views where links cannot be made", () => {
+  it("a bundle on another device (tmpfs) is copied into the object store once, and a write into the view leaves the bundle whole", async () => {
+    const shm = mkdtempSync("/dev/shm/kaos-views-");
+    elsewhere.push(shm);
+    expect(statSync(shm).dev).not.toBe(statSync("/tmp").dev);
+    writeFileSync(join(shm, "value.txt"), "v1");
+    const made = project(COPY_DATA, {}, shm);
+    const first = await runKaos(["up"], { cwd: made.dir });
+    expect(first.code, first.stderr).toBe(0);
+    const view = onlyView(made);
+    expect(statSync(join(view, "value.txt")).ino).toBe(statSync(objectOf(made, join(shm, "value.txt"))).ino);
+    expect(statSync(join(shm, "value.txt")).nlink).toBe(1);
+    // As root no permission bit stops the write: it lands in kaos's copy, is found, and the object is dropped.
+    writeFileSync(made.path("src/model/train"), `#!/bin/sh\necho tampered >> "$KAOS_DATA_DIR/value.txt"\n${COPY_DATA.split("\n")[1]}\n`);
+    const second = await runKaos(["up"], { cwd: made.dir });
+    expect(second.code).toBe(1);
+    expect(trainReasons(made)).toContainEqual(expect.stringMatching(/^KAOS_DATA_DIR was written to while this job ran \(value\.txt\)/));
+    expect(readFileSync(join(shm, "value.txt"), "utf8")).toBe("v1");
+    expect(trustProblems(made.dir)).toEqual([]);
+  }, 60_000);
+});
