@@ -308,7 +308,7 @@ async function planPipeline(
   runtimePending.catch(() => {});
   // A reader (a sweep's keys) trusts the cache as a writer would, and leaves it as it found it;
   // only a writer keeps the monitor's token with the cache.
-  const statCache = state.readonly ? { ...state.statCache(), save: () => {} } : state.statCache();
+  const statCache = state.readonly ? { ...state.statCache(), save: () => {}, saveRows: () => {} } : state.statCache();
   const monitor = state.readonly ? undefined : projectMonitor(stateDir);
   const sourceTree = await hashTree(pipeline.sourceDir, { statCache, monitor });
   // Only the links are checked: an unchanged tree need not list every file.
