@@ -287,8 +287,9 @@ class WatchSession {
       }
       const wasBroken = this.configError !== undefined;
       this.configError = undefined;
-      const backend = await createBackend({ config, stack, state: this.baseSession.state });
-      this.session = runnerSession({ ...this.baseSession, config, stack, backend }, "kaos watch");
+      const runStack = watchedStack(stack, this.options.onChange ?? config.watch.onChange);
+      const backend = await createBackend({ config, stack: runStack, state: this.baseSession.state });
+      this.session = runnerSession({ ...this.baseSession, config, stack: runStack, backend }, "kaos watch");
       if (this.options.debounce === undefined) this.machine.quietMs = config.watch.debounceMs;
       if (this.options.onChange === undefined) this.machine.onChange = config.watch.onChange;
       this.print(wasBroken ? "config reloaded; resuming" : "config reloaded");
@@ -582,7 +583,8 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
     },
     stack: { name: options.stackName ?? "local", file: undefined, config: { backend: "local" as const } },
   };
-  const base = runnerSession(await openSession(project.config, project.stack, createBackend), "kaos watch");
+  const runStack = watchedStack(project.stack, options.onChange ?? project.config.watch.onChange);
+  const base = runnerSession(await openSession(project.config, runStack, createBackend), "kaos watch");
   let lock: { release(): void } | undefined;
   try {
     lock = base.state.acquireWriter(project.stack.name, "watch");
@@ -598,4 +600,15 @@ export async function watch(options: WatchCommandOptions): Promise<number> {
     lock?.release();
     base.close();
   }
+}
+
+/**
+ * `--on-change queue` lets a run finish on the data it started with while the
+ * bundle is edited. Where data views would link to the bundle's own files (a
+ * file system without clones), an edit in place would reach the running job
+ * and fail it; so a local stack that did not choose gets copies kaos owns.
+ */
+function watchedStack(stack: ResolvedStack, onChange: "restart" | "queue"): ResolvedStack {
+  if (onChange !== "queue" || stack.config.backend !== "local" || stack.config.dataViews !== undefined) return stack;
+  return { ...stack, config: { ...stack.config, dataViews: "copy" } };
 }
