@@ -83,6 +83,10 @@ describe(`disk trouble on a small ${kind === "tmpfs" ? "tmpfs mounted on .kaos/"
         `1 of 2 manifest entries of ${made.path("m.jsonl")} failed:\n  big.bin (${server.url}/big.bin): cannot write ${made.path(".kaos", "objects", "tmp")}/`,
       );
       expect(first.stderr).toMatch(/ENOSPC: no space left on device/);
+      // The full disk is named with what is free, and the fix is said.
+      expect(first.stderr).toContain(`: the disk holding ${made.path(".kaos", "objects", "tmp")}/`);
+      expect(first.stderr).toMatch(/ is full \([^)]*free, ENOSPC: no space left on device/);
+      expect(first.stderr).toContain("; free some space on ");
       expect(first.stderr).not.toMatch(NO_INTERNAL);
       // The state opens and holds the failed ingest; no train job ran; nothing partial remains.
       const listed = await listJobs(made.dir);

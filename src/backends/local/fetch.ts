@@ -11,6 +11,7 @@ import * as path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { isNoSpace, noSpaceError } from "../../core/disk.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import type { ManifestLockEntry } from "../../core/manifest.js";
 import { HashingPassThrough, type ObjectStore } from "../../core/objects.js";
@@ -223,6 +224,20 @@ async function sha256Prefix(file: string, size: number, hash: ReturnType<typeof 
 }
 
 /**
+ * Why a downloaded chunk could not be written to `file`: on a full disk, which
+ * disk, what is free, what the whole file needs, and the fix, as a snapshot
+ * that does not fit says it.
+ */
+function writeFailure(file: string, error: unknown, neededBytes: number | undefined): string {
+  if (!isNoSpace(error)) return `cannot write ${file}: ${describeError(error)}`;
+  const full = noSpaceError(file, `cannot write ${file}`, {
+    ...(neededBytes !== undefined ? { neededBytes } : {}),
+    detail: describeError(error),
+  });
+  return `${full.message}; ${full.hint}`;
+}
+
+/**
  * Streams a response body into `part`. When the response breaks, the bytes
  * already written stay (a retry resumes after them) and the error is reported.
  */
@@ -249,7 +264,7 @@ function receiveBody(
       try {
         part.append(chunk);
       } catch (error) {
-        fail(new FatalError(`cannot write ${part.file}: ${describeError(error)}`));
+        fail(new FatalError(writeFailure(part.file, error, limit?.bytes)));
         return;
       }
       onBytes(chunk.length);
