@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { StateStore } from "../src/core/state.js";
 import { trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { REPO_ROOT, makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { REPO_ROOT, makeProject, runKaos, runKaosOk, startKaos, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 afterAll(() =>
@@ -48,10 +48,8 @@ function project(grid: unknown): Project {
   return made;
 }
 
-async function kaos(made: Project, args: string[], env: Record<string, string> = {}) {
-  const result = await runKaos(args, { cwd: made.dir, env });
-  expect(result.code, `kaos ${args.join(" ")}\n${result.stderr}`).toBe(0);
-  return result;
+function kaos(made: Project, args: string[], env: Record<string, string> = {}) {
+  return runKaosOk(args, { cwd: made.dir, env });
 }
 
 async function trainJobs(made: Project): Promise<ListedJob[]> {

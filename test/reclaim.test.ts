@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { jobRows, killWhen, listTree } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { runKaos, runKaosOk, startKaos, type Project } from "./helpers/rig.js";
 import { taggedProjects } from "./helpers/tagged-projects.js";
 
 const tagged = taggedProjects("kaos-gc-");
@@ -20,10 +20,8 @@ function project(options: Parameters<typeof trainingProject>[0]): Project {
 
 const env = (made: Project) => ({ ...tagged.env, KAOS_TEST_LOG: made.path("marks.log") });
 
-async function kaos(made: Project, ...args: string[]) {
-  const result = await runKaos(args, { cwd: made.dir, env: env(made) });
-  expect(result.code, `kaos ${args.join(" ")}\n${result.stderr}`).toBe(0);
-  return result;
+function kaos(made: Project, ...args: string[]) {
+  return runKaosOk(args, { cwd: made.dir, env: env(made) });
 }
 
 async function kaosJson<T>(made: Project, ...args: string[]): Promise<T> {

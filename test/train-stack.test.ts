@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { FakePachd } from "./fixtures/kubernetes/fake-pachd.js";
 import { trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { fileContent, makeProject, runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { fileContent, makeProject, runKaos, runKaosOk, startKaos, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 afterAll(() => {
@@ -21,10 +21,8 @@ function project(grid: unknown, extra: Record<string, string> = {}): Project {
   return made;
 }
 
-async function kaos(made: Project, args: string[], env: Record<string, string> = {}) {
-  const result = await runKaos(args, { cwd: made.dir, env });
-  expect(result.code, `kaos ${args.join(" ")}\n${result.stderr}`).toBe(0);
-  return result;
+function kaos(made: Project, args: string[], env: Record<string, string> = {}) {
+  return runKaosOk(args, { cwd: made.dir, env });
 }
 
 async function trainJobs(made: Project, stack: string): Promise<ListedJob[]> {

@@ -7,6 +7,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, w
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const CLI = join(REPO_ROOT, "dist", "cli.js");
@@ -74,6 +75,13 @@ function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.Proces
 }
 
 /** Runs the built CLI to completion; it is killed and the test fails after `timeoutMs`. */
+/** `runKaos`, asserting that the command exits 0 (the failure shows the command and its stderr). */
+export async function runKaosOk(args: string[], options: RunOptions): Promise<RunResult> {
+  const result = await runKaos(args, options);
+  expect(result.code, `kaos ${args.join(" ")}\n${result.stderr}`).toBe(0);
+  return result;
+}
+
 export async function runKaos(args: string[], options: RunOptions): Promise<RunResult> {
   const live = startKaos(args, options);
   live.child.stdin?.end(options.input ?? "");
