@@ -74,6 +74,26 @@ function layout(count: number, hashBytes: number, pathBytes: number, withTreeHas
   return { dev, ino, mtime, ctime, size, pathEnd, kind, hashes, paths, treeHash, total: treeHash + (withTreeHash ? TREE_HASH_BYTES : 0) };
 }
 
+/** The typed views of a blob's columns, the blob starting `base` bytes into `buffer`. */
+function columnViews(buffer: ArrayBufferLike, base: number, at: Layout, count: number) {
+  return {
+    devs: new BigUint64Array(buffer, base + at.dev, count),
+    inos: new BigUint64Array(buffer, base + at.ino, count),
+    mtimes: new BigInt64Array(buffer, base + at.mtime, count),
+    ctimes: new BigInt64Array(buffer, base + at.ctime, count),
+    sizes: new Float64Array(buffer, base + at.size, count),
+    pathEnds: new Uint32Array(buffer, base + at.pathEnd, count),
+    kinds: new Uint8Array(buffer, base + at.kind, count),
+  };
+}
+
+/** The tree hash's 32 bytes, when it is a hex hash that decodes back to exactly itself; else it is not kept. */
+function keptTreeHash(treeHash: string | undefined): Buffer | undefined {
+  if (treeHash === undefined) return undefined;
+  const bytes = Buffer.from(treeHash, "hex");
+  return bytes.length === TREE_HASH_BYTES && bytes.toString("hex") === treeHash ? bytes : undefined;
+}
+
 /** `treeHash`: the hex tree hash of exactly these entries, kept so that an unchanged tree need not be digested again. */
 export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: string): Buffer {
   const count = entries.length;
@@ -100,9 +120,8 @@ export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: s
       previous = current;
     }
   }
-  const treeHashBytes = treeHash === undefined ? undefined : Buffer.from(treeHash, "hex");
-  const withTreeHash =
-    treeHashBytes !== undefined && treeHashBytes.length === TREE_HASH_BYTES && treeHashBytes.toString("hex") === treeHash;
+  const treeHashBytes = keptTreeHash(treeHash);
+  const withTreeHash = treeHashBytes !== undefined;
 
   // Raw 32-byte hashes only when decoding gives back exactly the same text: no
   // upper case (it would come back lower case) and nothing but hex digits. The
@@ -125,13 +144,7 @@ export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: s
     (sorted ? FLAG_SORTED : 0) |
     (withTreeHash ? FLAG_TREE_HASH : 0);
   new Uint32Array(arrayBuffer, 0, 5).set([STAT_CACHE_MAGIC, count, flags, pathBytes, hashBytes]);
-  const devs = new BigUint64Array(arrayBuffer, at.dev, count);
-  const inos = new BigUint64Array(arrayBuffer, at.ino, count);
-  const mtimes = new BigInt64Array(arrayBuffer, at.mtime, count);
-  const ctimes = new BigInt64Array(arrayBuffer, at.ctime, count);
-  const sizes = new Float64Array(arrayBuffer, at.size, count);
-  const pathEnds = new Uint32Array(arrayBuffer, at.pathEnd, count);
-  const kinds = new Uint8Array(arrayBuffer, at.kind, count);
+  const { devs, inos, mtimes, ctimes, sizes, pathEnds, kinds } = columnViews(arrayBuffer, 0, at, count);
   let pathEnd = -1;
   for (let i = 0; i < count; i++) {
     const entry = entries[i] as StatCacheEntry;
@@ -158,7 +171,7 @@ export function encodeStatCache(entries: readonly StatCacheEntry[], treeHash?: s
   if (rawHashes !== undefined) buffer.set(rawHashes, at.hashes);
   else buffer.write(hashText, at.hashes, hashBytes, "utf8");
   buffer.write(pathText, at.paths, pathBytes, "utf8");
-  if (withTreeHash) buffer.set(treeHashBytes!, at.treeHash);
+  if (treeHashBytes !== undefined) buffer.set(treeHashBytes, at.treeHash);
   return buffer;
 }
 
@@ -210,9 +223,8 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
   }
   let pathBytes = chunks.length === 0 ? 0 : chunks.length - 1;
   for (const chunk of chunks) pathBytes += chunk.length;
-  const treeHashBytes = treeHash === undefined ? undefined : Buffer.from(treeHash, "hex");
-  const withTreeHash =
-    treeHashBytes !== undefined && treeHashBytes.length === TREE_HASH_BYTES && treeHashBytes.toString("hex") === treeHash;
+  const treeHashBytes = keptTreeHash(treeHash);
+  const withTreeHash = treeHashBytes !== undefined;
   const hashBytes = 32 * count;
   const at = layout(count, hashBytes, pathBytes, withTreeHash);
   // Shared from the start: the state store keeps these bytes as the cache the hashing threads read, without a copy.
@@ -221,13 +233,7 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
   const flags = FLAG_RAW_HASHES | (asciiPaths ? FLAG_ASCII_PATHS : 0) | (sorted ? FLAG_SORTED : 0) | (withTreeHash ? FLAG_TREE_HASH : 0);
   new Uint32Array(arrayBuffer, 0, 5).set([STAT_CACHE_MAGIC, count, flags, pathBytes, hashBytes]);
   const wordColumns = [at.dev, at.ino, at.mtime, at.ctime, at.size];
-  const pathEnds = new Uint32Array(arrayBuffer, at.pathEnd, count);
-  const kinds = new Uint8Array(arrayBuffer, at.kind, count);
-  const devs = new BigUint64Array(arrayBuffer, at.dev, count);
-  const inos = new BigUint64Array(arrayBuffer, at.ino, count);
-  const mtimes = new BigInt64Array(arrayBuffer, at.mtime, count);
-  const ctimes = new BigInt64Array(arrayBuffer, at.ctime, count);
-  const sizes = new Float64Array(arrayBuffer, at.size, count);
+  const { devs, inos, mtimes, ctimes, sizes, pathEnds, kinds } = columnViews(arrayBuffer, 0, at, count);
   let out = 0;
   let pathOffset = 0;
   let chunk = 0;
@@ -269,7 +275,7 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
     pathOffset += pathsChunk.length + 1;
     out += run.count;
   }
-  if (withTreeHash) buffer.set(treeHashBytes!, at.treeHash);
+  if (treeHashBytes !== undefined) buffer.set(treeHashBytes, at.treeHash);
   return buffer;
 }
 
@@ -316,15 +322,17 @@ export class StatCacheColumns {
     const base = bytes.byteOffset;
     this.bytes = bytes;
     this.count = count;
-    this.devs = new BigUint64Array(arrayBuffer, base + at.dev, count);
+    ({
+      devs: this.devs,
+      inos: this.inos,
+      mtimes: this.mtimes,
+      ctimes: this.ctimes,
+      sizes: this.sizes,
+      pathEnds: this.pathEnds,
+      kinds: this.kinds,
+    } = columnViews(arrayBuffer, base, at, count));
     this.devWords = new Uint32Array(arrayBuffer, base + at.dev, 2 * count);
     this.words = new Uint32Array(arrayBuffer, base + at.dev, 8 * count);
-    this.inos = new BigUint64Array(arrayBuffer, base + at.ino, count);
-    this.mtimes = new BigInt64Array(arrayBuffer, base + at.mtime, count);
-    this.ctimes = new BigInt64Array(arrayBuffer, base + at.ctime, count);
-    this.sizes = new Float64Array(arrayBuffer, base + at.size, count);
-    this.pathEnds = new Uint32Array(arrayBuffer, base + at.pathEnd, count);
-    this.kinds = new Uint8Array(arrayBuffer, base + at.kind, count);
     this.rawHashes = (flags & FLAG_RAW_HASHES) !== 0;
     this.asciiPaths = (flags & FLAG_ASCII_PATHS) !== 0;
     this.sorted = (flags & FLAG_SORTED) !== 0 && this.asciiPaths;
