@@ -215,26 +215,23 @@ const PLAIN_ROW = 2;
 const HEX_BATCH = 4096;
 const HEX_DIGITS = Buffer.from("0123456789abcdef");
 
-function grownBytes(heap: Buffer, needed: number): Buffer {
-  if (needed <= heap.length) return heap;
-  const next = Buffer.allocUnsafe(Math.max(needed, heap.length * 2));
-  heap.copy(next);
-  return next;
-}
+type Column = Uint8Array | Uint32Array | Float64Array;
 
-/** `array` with room for exactly `length` elements when it has less. */
-function exactly<A extends Uint8Array | Uint32Array | Float64Array>(array: A, length: number): A {
-  if (length <= array.length) return array;
+/** A new column of `array`'s kind (a Buffer for a Buffer) with room for `length` elements, holding `array`'s. */
+function copiedInto<A extends Column>(array: A, length: number): A {
   const next = (Buffer.isBuffer(array) ? Buffer.allocUnsafe(length) : new (array.constructor as new (length: number) => A)(length)) as A;
   next.set(array);
   return next;
 }
 
-function grown<A extends Uint8Array | Uint32Array | Float64Array>(array: A, needed: number): A {
-  if (needed <= array.length) return array;
-  const next = new (array.constructor as new (length: number) => A)(Math.max(needed, array.length * 2));
-  next.set(array);
-  return next;
+/** `array` with room for exactly `length` elements when it has less. */
+function exactly<A extends Column>(array: A, length: number): A {
+  return length <= array.length ? array : copiedInto(array, length);
+}
+
+/** `array` with room for `needed` elements when it has less, doubled so that appending one at a time copies little. */
+function grown<A extends Column>(array: A, needed: number): A {
+  return needed <= array.length ? array : copiedInto(array, Math.max(needed, array.length * 2));
 }
 
 /** A byte that a JSON string must escape ('"', '\\', control characters). */
@@ -365,7 +362,7 @@ export class ManifestEntries {
       if (at + room > out.length) {
         hash.update(out.subarray(0, at));
         at = 0;
-        out = grownBytes(out, room);
+        out = grown(out, room);
       }
       if (k > 0) out[at++] = 0x2c; // ,
       if ((flags[index]! & (HAS_SHA256 | PLAIN_ROW)) === (HAS_SHA256 | PLAIN_ROW)) {
@@ -387,7 +384,7 @@ export class ManifestEntries {
         if (at + row.length + 1 > out.length) {
           hash.update(out.subarray(0, at));
           at = 0;
-          out = grownBytes(out, row.length + 1);
+          out = grown(out, row.length + 1);
         }
         at += row.copy(out, at);
       }
@@ -616,27 +613,23 @@ class EntriesBuilder {
     const room = since + Math.ceil(entries * scale);
     c.paths = exactly(c.paths, ends(c.pathEnds));
     c.urls = exactly(c.urls, ends(c.urlEnds));
-    if (room > c.lines.length) {
-      c.lines = exactly(c.lines, room);
-      c.pathEnds = exactly(c.pathEnds, room);
-      c.pathHashes = exactly(c.pathHashes, room);
-      c.urlEnds = exactly(c.urlEnds, room);
-      c.flags = exactly(c.flags, room);
-      c.sizes = exactly(c.sizes, room);
-      c.sha256s = exactly(c.sha256s, room * 32);
-    }
+    if (room > c.lines.length) this.resizeRows(room, exactly);
   }
 
   private ensureRoom(entries: number): void {
+    if (entries > this.columns.lines.length) this.resizeRows(entries, grown);
+  }
+
+  /** Every column with one element (or hash) per entry, resized by `resize` to hold `entries`. */
+  private resizeRows(entries: number, resize: <A extends Column>(array: A, length: number) => A): void {
     const c = this.columns;
-    if (entries <= c.lines.length) return;
-    c.lines = grown(c.lines, entries);
-    c.pathEnds = grown(c.pathEnds, entries);
-    c.pathHashes = grown(c.pathHashes, entries);
-    c.urlEnds = grown(c.urlEnds, entries);
-    c.flags = grown(c.flags, entries);
-    c.sizes = grown(c.sizes, entries);
-    c.sha256s = grownBytes(c.sha256s, entries * 32);
+    c.lines = resize(c.lines, entries);
+    c.pathEnds = resize(c.pathEnds, entries);
+    c.pathHashes = resize(c.pathHashes, entries);
+    c.urlEnds = resize(c.urlEnds, entries);
+    c.flags = resize(c.flags, entries);
+    c.sizes = resize(c.sizes, entries);
+    c.sha256s = resize(c.sha256s, entries * 32);
   }
 
   private addLine(raw: string, file: string, line: number): void {
@@ -647,7 +640,7 @@ class EntriesBuilder {
     this.ensureRoom(index + 1);
 
     const pathStart = index === 0 ? 0 : c.pathEnds[index - 1]!;
-    c.paths = grownBytes(c.paths, pathStart + entry.path.length * 3);
+    c.paths = grown(c.paths, pathStart + entry.path.length * 3);
     const pathEnd = pathStart + c.paths.write(entry.path, pathStart, "utf8");
     let hash = FNV_OFFSET;
     let exotic = false;
@@ -684,7 +677,7 @@ class EntriesBuilder {
 
     const url = entry.url;
     const urlStart = index === 0 ? 0 : c.urlEnds[index - 1]!;
-    c.urls = grownBytes(c.urls, urlStart + url.length * 3);
+    c.urls = grown(c.urls, urlStart + url.length * 3);
     const urlEnd = urlStart + c.urls.write(url, urlStart, "utf8");
     c.urlEnds[index] = urlEnd;
     const urls = c.urls;
