@@ -697,25 +697,38 @@ async function scenarioColdHash(size, runs, dvc) {
   return rows;
 }
 
+/**
+ * Changes one file of `tree` (d0/s0/f0.dat) to new bytes of the same size on
+ * every call of `change`; `restore` puts its first content back.
+ */
+function oneFileChanger(tree) {
+  const target = join(tree, "d0", "s0", "f0.dat");
+  const original = readFileSync(target);
+  let version = 0;
+  return {
+    change() {
+      version += 1;
+      const content = Buffer.from(original);
+      content.write(`changed ${version} ${Date.now()}`.padEnd(40), 0);
+      writeFileSync(target, content);
+    },
+    restore() {
+      writeFileSync(target, original);
+    },
+  };
+}
+
 async function scenarioOneChanged(size, runs) {
   const files = size.changedFiles;
   log(`[3] one changed file among ${files}`);
   const project = warmProject(files);
   const tree = warmTree(files);
   await settle(project);
-  const target = join(tree, "d0", "s0", "f0.dat");
-  const original = readFileSync(target);
+  const { change, restore } = oneFileChanger(tree);
   const hashedCounts = [];
   let noop;
   try {
     // Every round writes new bytes into the same file; both sides then see one change.
-    let version = 0;
-    const change = () => {
-      version += 1;
-      const content = Buffer.from(original);
-      content.write(`changed ${version} ${Date.now()}`.padEnd(40), 0);
-      writeFileSync(target, content);
-    };
     const sides = [
       {
         name: "kaos plan",
@@ -728,7 +741,7 @@ async function scenarioOneChanged(size, runs) {
     const [kaosSamples, gitSamples] = interleave(runs, sides);
     noop = { kaos: summary(kaosSamples), git: summary(gitSamples) };
   } finally {
-    writeFileSync(target, original);
+    restore();
   }
   const timed = hashedCounts.slice(1);
   const reread = [...new Set(timed)].join("/");
@@ -1380,18 +1393,10 @@ async function scenarioHugeBundle(size, runs) {
     const floor = summary(floorSamples);
     const git = gitSamples ? summary(gitSamples) : undefined;
 
-    const target = join(tree, "d0", "s0", "f0.dat");
-    const original = readFileSync(target);
+    const { change, restore } = oneFileChanger(tree);
     const hashedCounts = [];
     let changed;
     try {
-      let version = 0;
-      const change = () => {
-        version += 1;
-        const content = Buffer.from(original);
-        content.write(`changed ${version} ${Date.now()}`.padEnd(40), 0);
-        writeFileSync(target, content);
-      };
       [changed] = interleave(timed, [
         {
           name: "kaos plan",
@@ -1401,7 +1406,7 @@ async function scenarioHugeBundle(size, runs) {
         },
       ]);
     } finally {
-      writeFileSync(target, original);
+      restore();
     }
     const one = summary(changed);
     const floorBaseline = { name: "node floor", ...floor };
