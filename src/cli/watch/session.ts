@@ -287,11 +287,12 @@ class WatchSession {
       }
       const wasBroken = this.configError !== undefined;
       this.configError = undefined;
-      const runStack = watchedStack(stack, this.options.onChange ?? config.watch.onChange);
+      const onChange = this.options.onChange ?? config.watch.onChange;
+      const runStack = watchedStack(stack, onChange);
       const backend = await createBackend({ config, stack: runStack, state: this.baseSession.state });
       this.session = runnerSession({ ...this.baseSession, config, stack: runStack, backend }, "kaos watch");
       if (this.options.debounce === undefined) this.machine.quietMs = config.watch.debounceMs;
-      if (this.options.onChange === undefined) this.machine.onChange = config.watch.onChange;
+      this.machine.onChange = onChange;
       this.print(wasBroken ? "config reloaded; resuming" : "config reloaded");
       this.retarget(config, stack);
       return this.session;
