@@ -58,6 +58,7 @@ async function trainJobs(made: Project): Promise<ListedJob[]> {
 }
 
 interface SweepEntry {
+  index: number;
   id: string | null;
   state: string;
   params: { score: number; kernel?: string };
@@ -148,6 +149,18 @@ describe("a pipeline's sweep (built CLI, real processes)", () => {
       [2, idOf(2), "succeeded"],
       [1, idOf(1), "succeeded"],
     ]);
+    // The dashboard's sweep gives the same rows in the same shape, in grid order.
+    const ui = startKaos(["ui", "--port", "0"], { cwd: made.dir });
+    try {
+      const url = /kaos ui: (http:\/\/\S+)/.exec(await ui.waitFor(/kaos ui: http:\/\/\S+\n/))![1]!;
+      const served = (await (await fetch(`${url}api/pipelines/p/sweep`)).json()) as { items: unknown[] };
+      const inGridOrder = [...compared.sweep].sort((a, b) => a.index - b.index);
+      expect(served.items).toEqual(inGridOrder);
+      expect(inGridOrder.map((row) => row.index)).toEqual([0, 1, 2]);
+      expect(inGridOrder[0]).toMatchObject({ key: expect.stringMatching(/^[0-9a-f]{64}$/) as string, collectedAt: null });
+    } finally {
+      await ui.stop();
+    }
     const table = (await kaos(made, ["train", "compare", "p", "-s", "score"])).stdout.split("\n");
     expect(table[0]).toBe("sweep of p: 3 combinations (3 succeeded), by score");
     expect(table[1]).toMatch(/^kernel\s+score\s+score \(metric\)\s+loss\s+lr\s+STATE\s+ID$/);
@@ -205,7 +218,17 @@ describe("a pipeline's sweep (built CLI, real processes)", () => {
     // The second pipeline, never run, is one pending job.
     const pending = JSON.parse((await kaos(made, ["train", "compare", "q", "--json"])).stdout) as { sweep: SweepEntry[] };
     expect(pending.sweep).toEqual([
-      { id: null, key: expect.any(String) as string, state: "pending", params: {}, metrics: {}, runId: null, finishedAt: null },
+      {
+        index: 0,
+        key: expect.any(String) as string,
+        id: null,
+        runId: null,
+        state: "pending",
+        params: {},
+        metrics: {},
+        finishedAt: null,
+        collectedAt: null,
+      },
     ]);
   });
 

@@ -20,7 +20,7 @@ import {
 } from "../core/backend.js";
 import type { Session } from "../core/engine.js";
 import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
-import type { SweepRow } from "../core/sweep.js";
+import type { SweepRow, SweepRowJson } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
 import {
   displayLine,
@@ -557,16 +557,9 @@ async function rankedRows<Row extends { metrics: Record<string, MetricValue> }>(
 }
 
 /** A sweep's rows as JSON: exact values, pending rows with a null id. */
-function sweepRowsJson(rows: readonly SweepRow[]) {
-  return rows.map((row) => ({
-    id: row.jobId ?? null,
-    key: row.key,
-    state: row.state,
-    params: row.params,
-    metrics: row.metrics,
-    runId: row.runId ?? null,
-    finishedAt: row.finishedAt ?? null,
-  }));
+async function sweepRowsJson(rows: readonly SweepRow[]): Promise<SweepRowJson[]> {
+  const { sweepRowJson } = await import("../core/sweep.js");
+  return rows.map(sweepRowJson);
 }
 
 /** The sweep table: id, state, the metrics (the ranked one first), then the params. */
@@ -598,7 +591,7 @@ export async function infoCommand(
       const sweep = await session.backend.sweep({ pipeline, command: "kaos train info" });
       const rows = await rankedRows(sweep.rows, options.sort, options.asc);
       if (options.json) {
-        printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
+        printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: await sweepRowsJson(rows) });
         return EXIT.ok;
       }
       const header = `sweep of ${displayText(pipeline)} (${rows.length} combinations${options.sort ? `, by ${displayText(options.sort)}${options.asc ? " ascending" : ""}` : ""})`;
@@ -612,7 +605,7 @@ export async function infoCommand(
     }
     const { numericMetricNames } = await import("../core/sweep.js");
     const sortable = numericMetricNames(info.sweep.rows);
-    printRecordedInfo(info, { rows: await rankedRows(info.sweep.rows, options.sort, options.asc), sortable }, options);
+    await printRecordedInfo(info, { rows: await rankedRows(info.sweep.rows, options.sort, options.asc), sortable }, options);
     return EXIT.ok;
   } finally {
     session.close();
@@ -637,11 +630,11 @@ function printRemoteInfo(info: RemoteJobInfo, json: boolean | undefined): void {
 }
 
 /** `train info JOB` of a job its backend recorded: inputs, packages, metrics, results, and its sweep ranked as asked. */
-function printRecordedInfo(
+async function printRecordedInfo(
   info: RecordedJobInfo,
   sweep: { rows: SweepRow[]; sortable: string[] },
   options: { sort?: string; asc?: boolean; json?: boolean },
-): void {
+): Promise<void> {
   const { job, metrics, series, outputDir } = info;
   const members = sweep.rows;
   const untrusted = info.results?.problem;
@@ -659,7 +652,7 @@ function printRecordedInfo(
       series,
       outputDir,
       results: results === undefined ? null : { ...results, problem: untrusted ?? null },
-      sweep: sweepRowsJson(members),
+      sweep: await sweepRowsJson(members),
     });
     return;
   }
@@ -723,7 +716,7 @@ export async function compareCommand(
     const sweep = await session.backend.sweep({ pipeline, command: "kaos train compare" });
     const rows = await rankedRows(sweep.rows, options.sort, options.asc);
     if (options.json) {
-      printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: sweepRowsJson(rows) });
+      printJson({ pipeline, sortedBy: options.sort ?? null, ascending: options.asc === true, sweep: await sweepRowsJson(rows) });
       return EXIT.ok;
     }
     const c = colors();

@@ -51,6 +51,36 @@ export interface Sweep {
   leadingMetric: string | undefined;
 }
 
+/**
+ * A sweep row as `--json` output and the dashboard's API give it: one shape
+ * for both, with null for what a pending row lacks.
+ */
+export interface SweepRowJson {
+  index: number;
+  key: string | null;
+  id: string | null;
+  runId: string | null;
+  state: SweepRowState;
+  params: Record<string, unknown>;
+  metrics: Record<string, MetricValue>;
+  finishedAt: string | null;
+  collectedAt: string | null;
+}
+
+export function sweepRowJson(row: SweepRow): SweepRowJson {
+  return {
+    index: row.index,
+    key: row.key,
+    id: row.jobId ?? null,
+    runId: row.runId ?? null,
+    state: row.state,
+    params: row.params,
+    metrics: row.metrics,
+    finishedAt: row.finishedAt ?? null,
+    collectedAt: row.collectedAt ?? null,
+  };
+}
+
 /** The env, source and data keys of a pipeline's current bundles; `data` is undefined while a manifest is not ingested. */
 export interface SweepInputs {
   env: string;

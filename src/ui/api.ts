@@ -198,12 +198,14 @@ export class Api {
     if (latest === undefined) return undefined;
     const items = store.sweepMembers(latest.runId, pipeline).map((job, index) => ({
       index,
+      key: job.key,
       id: job.id,
       runId: job.runId,
       state: job.state,
       params: job.params,
       metrics: job.collectedAt === null ? readMetrics(this.reader.outDirOf(job)).values : {},
       finishedAt: job.finishedAt,
+      collectedAt: job.collectedAt,
     }));
     return { pipeline, source: "run", metricNames: numericMetricNames(items), leadingMetric: leadingMetric(items) ?? null, items };
   }

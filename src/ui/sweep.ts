@@ -10,8 +10,7 @@ import { statSync } from "node:fs";
 import { loadConfig, loadStack } from "../core/config.js";
 import { createBackend } from "../backends/index.js";
 import { sweepInputs } from "../core/engine.js";
-import { currentSweep, type SweepInputs } from "../core/sweep.js";
-import type { MetricValue } from "../core/metrics.js";
+import { currentSweep, sweepRowJson, type SweepInputs, type SweepRowJson } from "../core/sweep.js";
 import type { ResolvedConfig } from "../core/types.js";
 import type { StoreReader } from "./reader.js";
 
@@ -24,15 +23,7 @@ export interface SweepView {
   source: "config" | "run";
   metricNames: string[];
   leadingMetric: string | null;
-  items: {
-    index: number;
-    id: string | null;
-    runId: string | null;
-    state: string;
-    params: Record<string, unknown>;
-    metrics: Record<string, MetricValue>;
-    finishedAt: string | null;
-  }[];
+  items: SweepRowJson[];
 }
 
 interface Current {
@@ -64,15 +55,7 @@ export class SweepReader {
       source: "config",
       metricNames: sweep.metricNames,
       leadingMetric: sweep.leadingMetric ?? null,
-      items: sweep.rows.map((row) => ({
-        index: row.index,
-        id: row.jobId ?? null,
-        runId: row.runId ?? null,
-        state: row.state,
-        params: row.params,
-        metrics: row.metrics,
-        finishedAt: row.finishedAt ?? null,
-      })),
+      items: sweep.rows.map(sweepRowJson),
     };
   }
 

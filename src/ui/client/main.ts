@@ -34,12 +34,14 @@ interface Job {
 /** One combination of the sweep's grid and the job last recorded for it (none while pending). */
 interface SweepRow {
   index: number;
+  key: string | null;
   id: string | null;
   runId: string | null;
   state: JobState | "pending";
   params: Record<string, unknown>;
   metrics: Record<string, MetricValue>;
   finishedAt: string | null;
+  collectedAt: string | null;
 }
 
 interface Sweep {
