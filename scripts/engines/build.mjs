@@ -55,6 +55,15 @@ function go(args, cwd, extraEnv = {}) {
   return result.stdout;
 }
 
+/**
+ * `go build` for test engines: without optimisation or inlining and without
+ * symbol tables, which cuts the compile by about a third (etcd: 101 to 72 s of
+ * CPU) at a cost in speed these engines never feel under a test's load.
+ */
+function goBuild(work, { ldflags = "", output, packages = ["."], env = {} }) {
+  go(["build", "-gcflags=all=-N -l", "-ldflags", `-s -w ${ldflags}`.trim(), "-o", output, ...packages], work, env);
+}
+
 function download(modulePath, version, cwd) {
   return JSON.parse(go(["mod", "download", "-json", `${modulePath}@${version}`], cwd));
 }
@@ -142,17 +151,10 @@ export function buildPulumi(version = versions.pulumi) {
     copyGoSources(join(pkgModule.Dir, "cmd", "pulumi"), work);
     go(["get", `github.com/pulumi/pulumi/pkg/v3@v${version}`, `github.com/pulumi/pulumi/sdk/v3@v${version}`], work);
     go(["mod", "tidy"], work);
-    go(
-      [
-        "build",
-        "-ldflags",
-        `-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v${version}`,
-        "-o",
-        join(dir, "bin", "pulumi"),
-        ".",
-      ],
-      work,
-    );
+    goBuild(work, {
+      ldflags: `-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v${version}`,
+      output: join(dir, "bin", "pulumi"),
+    });
     // Dynamic providers run through this plugin, a script of the npm package.
     const plugin = join(root, "node_modules", "@pulumi", "pulumi", "pulumi-resource-pulumi-nodejs");
     copyFileSync(plugin, join(dir, "bin", "pulumi-resource-pulumi-nodejs"));
@@ -167,7 +169,7 @@ export function buildEtcd(version = versions.etcd) {
     writeTools(work, ["go.etcd.io/etcd/server/v3"]);
     go(["get", `go.etcd.io/etcd/server/v3@v${version}`], work);
     go(["mod", "tidy"], work);
-    go(["build", "-o", join(dir, "bin", "etcd"), "go.etcd.io/etcd/server/v3"], work, { CGO_ENABLED: "0" });
+    goBuild(work, { output: join(dir, "bin", "etcd"), packages: ["go.etcd.io/etcd/server/v3"], env: { CGO_ENABLED: "0" } });
   });
 }
 
@@ -196,19 +198,12 @@ export function buildKubernetes(version = versions.kubernetes) {
       `-X k8s.io/component-base/version.gitMinor=${minor}`,
       "-X k8s.io/component-base/version.gitTreeState=clean",
     ].join(" ");
-    go(
-      [
-        "build",
-        "-ldflags",
-        ldflags,
-        "-o",
-        join(dir, "bin") + "/",
-        "k8s.io/kubernetes/cmd/kube-apiserver",
-        "k8s.io/kubernetes/cmd/kube-scheduler",
-      ],
-      work,
-      { CGO_ENABLED: "0" },
-    );
+    goBuild(work, {
+      ldflags,
+      output: join(dir, "bin") + "/",
+      packages: ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-scheduler"],
+      env: { CGO_ENABLED: "0" },
+    });
   });
 }
 
@@ -235,11 +230,11 @@ export function buildProvider(moduleVersion = versions.providerModule, version =
     writeFileSync(join(work, "terraform-mapping-embed.json"), JSON.stringify(mapping));
     go(["get", `${modulePath}@${moduleVersion}`], work);
     go(["mod", "tidy"], work);
-    go(
-      ["build", "-ldflags", `-X ${modulePath}/pkg/version.Version=${version}`, "-o", join(dir, "bin", "pulumi-resource-kubernetes"), "."],
-      work,
-      { CGO_ENABLED: "0" },
-    );
+    goBuild(work, {
+      ldflags: `-X ${modulePath}/pkg/version.Version=${version}`,
+      output: join(dir, "bin", "pulumi-resource-kubernetes"),
+      env: { CGO_ENABLED: "0" },
+    });
   });
 }
 
