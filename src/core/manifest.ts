@@ -365,17 +365,24 @@ export class ManifestEntries {
       }
       if (k > 0) out[at++] = 0x2c; // ,
       if ((flags[index]! & (HAS_SHA256 | PLAIN_ROW)) === (HAS_SHA256 | PLAIN_ROW)) {
-        at += out.write('["', at, "latin1");
-        at += paths.copy(out, at, pathStart, pathEnds[index]!);
-        at += out.write('","', at, "latin1");
-        at += urls.copy(out, at, urlStart, urlEnds[index]!);
-        at += out.write('","', at, "latin1");
+        // Byte by byte: a row is short, and Buffer#write or #copy would cost more per call than the copy.
+        out[at++] = 0x5b; // [
+        out[at++] = QUOTE;
+        at += copyBytes(paths, pathStart, pathEnds[index]!, out, at);
+        out[at++] = QUOTE;
+        out[at++] = COMMA;
+        out[at++] = QUOTE;
+        at += copyBytes(urls, urlStart, urlEnds[index]!, out, at);
+        out[at++] = QUOTE;
+        out[at++] = COMMA;
+        out[at++] = QUOTE;
         for (let i = index * 32; i < index * 32 + 32; i++) {
           const byte = sha256s[i]!;
           out[at++] = HEX_DIGITS[byte >> 4]!;
           out[at++] = HEX_DIGITS[byte & 15]!;
         }
-        at += out.write('"]', at, "latin1");
+        out[at++] = QUOTE;
+        out[at++] = 0x5d; // ]
       } else {
         const pinned = this.pinnedHash(index, lock);
         if (pinned === undefined) return undefined;
