@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -507,6 +508,29 @@ describe("scanManifest", () => {
       parse.mockRestore();
       canParse.mockRestore();
     }
+  });
+
+  it("counts the entries a store lacks, asking about their hashes in order of the first byte", () => {
+    const hashOf = (i: number) => createHash("sha256").update(String(i)).digest("hex");
+    const lines = Array.from({ length: 300 }, (_, i) => line(`f${i}`, `https://x/${i}`, i % 3 === 0 ? {} : { sha256: hashOf(i) }));
+    const file = manifestFile(`${lines.join("\n")}\n`);
+    const scanned = scanManifest(file);
+    // The lock pins every third entry but one, whose URL moved.
+    const entries: ManifestLock["entries"] = {};
+    for (let i = 3; i < 300; i += 3) entries[`f${i}`] = { url: `https://x/${i}`, sha256: hashOf(i), size: 1 };
+    const lock: ManifestLock = { version: 1, entries };
+    entries["f150"] = { url: "https://x/moved", sha256: hashOf(150), size: 1 };
+    const asked: string[] = [];
+    const stored = new Set(Array.from({ length: 300 }, (_, i) => hashOf(i)).filter((_, i) => i % 2 === 0));
+    const missing = scanned.countMissing(lock, (hash) => {
+      asked.push(hash);
+      return stored.has(hash);
+    });
+    // Unpinned: f0 and f150; of the others, the odd ones are not stored.
+    expect(missing).toBe(2 + Array.from({ length: 300 }, (_, i) => i).filter((i) => i % 2 === 1 && i !== 0 && i !== 150).length);
+    expect(asked).toHaveLength(298);
+    expect(asked.map((hash) => hash.slice(0, 2))).toEqual(asked.map((hash) => hash.slice(0, 2)).sort());
+    expect(scanned.countMissing(lock, undefined)).toBe(300);
   });
 
   it("reads 300,000 lines in an old generation of 48 MB, keeping no object per entry (in a child process)", () => {

@@ -210,8 +210,6 @@ const HIGH_LEAD_BYTE = 0xed;
 const HAS_SHA256 = 1;
 /** The entry's data-key row is its path and URL bytes as they are: neither needs JSON escaping, the URL carries no credentials. */
 const PLAIN_ROW = 2;
-/** Entries whose hashes are turned into hex at once (a string of 256 KiB). */
-const HEX_BATCH = 4096;
 const HEX_DIGITS = Buffer.from("0123456789abcdef");
 
 type Column = Uint8Array | Uint32Array | Float64Array;
@@ -326,18 +324,40 @@ export class ManifestEntries {
     return this.sha256(index) ?? pinnedHash(this.entry(index), lock);
   }
 
-  /** How many entries have no pinned hash or one that `stored` does not hold. */
-  countMissing(lock: ManifestLock | undefined, stored: (hash: string) => boolean): number {
+  /**
+   * How many entries have no pinned hash or one that `stored` does not hold
+   * (undefined: a store that holds nothing). `stored` is asked in order of the
+   * hashes' first byte, the folder they are kept in (`ObjectStore.hasEach`).
+   */
+  countMissing(lock: ManifestLock | undefined, stored: ((hash: string) => boolean) | undefined): number {
+    if (stored === undefined) return this.count;
     const { flags, sha256s } = this.columns;
     let missing = 0;
-    for (let batch = 0; batch < this.count; batch += HEX_BATCH) {
-      const end = Math.min(this.count, batch + HEX_BATCH);
-      const hex = sha256s.toString("hex", batch * 32, end * 32);
-      for (let index = batch; index < end; index++) {
-        const hash =
-          (flags[index]! & HAS_SHA256) !== 0 ? hex.slice((index - batch) * 64, (index - batch + 1) * 64) : this.pinnedHash(index, lock);
-        if (hash === undefined || !stored(hash)) missing += 1;
+    // Entries by their hash's first byte (a counting sort), the lock's pins kept aside.
+    const pins = new Map<number, string>();
+    const firstByte = new Uint8Array(this.count);
+    const counts = new Uint32Array(257);
+    for (let index = 0; index < this.count; index++) {
+      if ((flags[index]! & HAS_SHA256) !== 0) firstByte[index] = sha256s[index * 32]!;
+      else {
+        const pinned = this.pinnedHash(index, lock);
+        if (pinned === undefined) {
+          missing += 1;
+          continue;
+        }
+        pins.set(index, pinned);
+        firstByte[index] = Number.parseInt(pinned.slice(0, 2), 16);
       }
+      counts[firstByte[index]! + 1]! += 1;
+    }
+    for (let byte = 1; byte < 257; byte++) counts[byte]! += counts[byte - 1]!;
+    const order = new Uint32Array(this.count - missing);
+    for (let index = 0; index < this.count; index++) {
+      if ((flags[index]! & HAS_SHA256) !== 0 || pins.has(index)) order[counts[firstByte[index]!]!++] = index;
+    }
+    for (const index of order) {
+      const hash = pins.get(index) ?? sha256s.toString("hex", index * 32, index * 32 + 32);
+      if (!stored(hash)) missing += 1;
     }
     return missing;
   }
