@@ -483,6 +483,12 @@ function sortByBytes(order: Uint32Array, heap: Buffer, ends: Uint32Array): void 
       sum += counts[key]!;
     }
     bucketStarts[257] = sum;
+    // A byte every path of the range shares (a common prefix) sorts nothing: the next one is looked at without moving any.
+    const shared = keyAt(order[low]!, depth);
+    if (counts[shared] === high - low) {
+      if (shared !== 0) stack.push(low, high, depth + 1);
+      continue;
+    }
     next.set(bucketStarts.subarray(0, 257));
     for (let i = low; i < high; i++) {
       const index = order[i]!;
@@ -969,6 +975,7 @@ class EntriesBuilder {
     c.paths = exactly(c.paths, ends(c.pathEnds));
     c.urls = exactly(c.urls, ends(c.urlEnds));
     if (room > c.lines.length) this.resizeRows(room, exactly);
+    this.tableFor(room);
   }
 
   private ensureRoom(entries: number): void {
@@ -1096,11 +1103,18 @@ class EntriesBuilder {
   }
 
   private insert(index: number): void {
+    if (this.count * 2 > this.columns.table.length) this.tableFor(this.count);
+    else this.place(index);
+  }
+
+  /** A table of paths at most half full with `entries`, holding those read so far: made once when the count can be foreseen. */
+  private tableFor(entries: number): void {
     const c = this.columns;
-    if (this.count * 2 > c.table.length) {
-      c.table = new Uint32Array(c.table.length * 2);
-      for (let i = 0; i < this.count; i++) this.place(i);
-    } else this.place(index);
+    if (entries * 2 <= c.table.length) return;
+    let length = c.table.length;
+    while (entries * 2 > length) length *= 2;
+    c.table = new Uint32Array(length);
+    for (let i = 0; i < this.count; i++) this.place(i);
   }
 
   private place(index: number): void {
