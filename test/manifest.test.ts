@@ -335,6 +335,16 @@ describe("scanManifest", () => {
     expect(scanManifest(sorted).dataKey(undefined)).toBe(manifestDataKey(readManifest(sorted), undefined));
   });
 
+  it("gives the data key manifestDataKey gives over thousands of unordered paths sharing long prefixes", () => {
+    const lines = Array.from({ length: 5000 }, (_, i) =>
+      line(`shared/prefix-${i % 37}/${i % 3 === 0 ? "x" : "xy"}/f-${String((i * 7919) % 5000).padStart(5, "0")}`, `https://x/${i}`, {
+        sha256: i % 2 === 0 ? A : B,
+      }),
+    );
+    const file = manifestFile(`${lines.join("\n")}\n`);
+    expect(scanManifest(file).dataKey(undefined)).toBe(manifestDataKey(readManifest(file), undefined));
+  });
+
   it("keeps the entries of thousands of lines, finding a duplicate and a file/folder clash among them", () => {
     const many = Array.from({ length: 5000 }, (_, i) => line(`d${i % 97}/f${i}`, `https://x/${i}`, { size: i }));
     const file = manifestFile(`${many.join("\n")}\n`);
