@@ -177,6 +177,18 @@ describe("readManifest", () => {
     );
   });
 
+  it("reports the first line in manifest order that repeats a path, or that is wrong in another way", () => {
+    const at = (p: string, i: number) => `{"url": "https://x/${i}", "path": "${p}"}`;
+    expect(errorFor([at("b", 1), at("a", 2), at("c", 3), at("a", 4), at("b", 5), at("a", 6)])).toBe(
+      `M:4: duplicate path "a" (first at M:2) — expected each path once`,
+    );
+    expect(errorFor([at("b", 1), at("c", 2), at("c", 3), at("b", 4), `{"url": "https://x/5"`])).toBe(
+      `M:3: duplicate path "c" (first at M:2) — expected each path once`,
+    );
+    expect(errorFor([at("b", 1), `{"url": "https://x/2"`, at("b", 3)])).toMatch(/^M:2: invalid JSON/);
+    expect(errorFor([at("b", 1), at("b", 2), at("b/c", 3)])).toBe(`M:2: duplicate path "b" (first at M:1) — expected each path once`);
+  });
+
   it("rejects a path that is both a file and a folder", () => {
     expect(errorFor([`{"url": "https://x/1", "path": "train"}`, `{"url": "https://x/2", "path": "train/a.csv"}`])).toBe(
       `M:2: path "train/a.csv" puts a file inside "train", which M:1 lists as a file — expected each path to be either a file or a folder, not both`,

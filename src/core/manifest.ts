@@ -15,9 +15,10 @@
  *
  * A manifest may list millions of files, so it is read as a stream, a line at a
  * time, into columns (`ManifestEntries`): paths and URLs as UTF-8 in two byte
- * heaps, content hashes as raw bytes, sizes and line numbers in typed arrays,
- * and an open-addressing table of path hashes that finds duplicates and
- * file/folder clashes. One entry becomes an object only when asked for.
+ * heaps, content hashes as raw bytes, sizes and line numbers in typed arrays.
+ * Duplicate paths are found by sorting them (which the data key needs anyway),
+ * file/folder clashes by a table of the folders the paths name. One entry
+ * becomes an object only when asked for.
  */
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -195,7 +196,13 @@ export function readManifest(pathOrDir: string): ManifestEntry[] {
  */
 export function scanManifest(pathOrDir: string): ManifestEntries {
   const builder = new EntriesBuilder(pathOrDir);
-  for (const file of manifestFiles(pathOrDir)) builder.readFile(file);
+  try {
+    for (const file of manifestFiles(pathOrDir)) builder.readFile(file);
+  } catch (error) {
+    // Errors are reported in line order: a duplicate among the lines read comes before this one's error.
+    builder.checkDuplicates();
+    throw error;
+  }
   return builder.finish();
 }
 
@@ -368,7 +375,7 @@ export class ManifestEntries {
    */
   dataKey(lock: ManifestLock | undefined): string | undefined {
     const { paths, pathEnds, urls, urlEnds, flags, sha256s } = this.columns;
-    const order = this.columns.sorted ? undefined : this.pathOrder();
+    const order = this.columns.order;
     const hash = createHash("sha256").update(DATA_KEY_HEADER);
     let out: Buffer = Buffer.allocUnsafe(1 << 20);
     let at = 0;
@@ -418,22 +425,21 @@ export class ManifestEntries {
     out[at++] = 0x5d; // ]
     return hash.update(out.subarray(0, at)).digest("hex");
   }
+}
 
-  /** Entry indices by path in UTF-16 order, as `manifestDataKey` sorts its rows. */
-  private pathOrder(): Uint32Array {
-    const { paths, pathEnds, exotic } = this.columns;
-    const order = new Uint32Array(this.count);
-    if (exotic) {
-      const strings: string[] = new Array(this.count);
-      for (let i = 0; i < this.count; i++) strings[i] = this.path(i);
-      for (let i = 0; i < this.count; i++) order[i] = i;
-      return order.sort((a, b) => (strings[a]! < strings[b]! ? -1 : strings[a]! > strings[b]! ? 1 : 0));
-    }
-    // Below U+D000, UTF-16 order is the order of the UTF-8 bytes.
-    for (let i = 0; i < this.count; i++) order[i] = i;
-    sortByBytes(order, paths, pathEnds);
-    return order;
+/** Indices of the first `count` entries by path in UTF-16 order, as `manifestDataKey` sorts its rows. */
+function pathOrder(columns: EntryColumns, count: number): Uint32Array {
+  const { paths, pathEnds, exotic } = columns;
+  const order = new Uint32Array(count);
+  for (let i = 0; i < count; i++) order[i] = i;
+  if (exotic) {
+    const strings: string[] = new Array(count);
+    for (let i = 0; i < count; i++) strings[i] = paths.toString("utf8", i === 0 ? 0 : pathEnds[i - 1]!, pathEnds[i]!);
+    return order.sort((a, b) => (strings[a]! < strings[b]! ? -1 : strings[a]! > strings[b]! ? 1 : 0));
   }
+  // Below U+D000, UTF-16 order is the order of the UTF-8 bytes.
+  sortByBytes(order, paths, pathEnds);
+  return order;
 }
 
 /** Ranges at most this long are sorted by insertion rather than by radix. */
@@ -495,7 +501,7 @@ function sortByBytes(order: Uint32Array, heap: Buffer, ends: Uint32Array): void 
       scratch[next[keyAt(index, depth)]!++] = index;
     }
     order.set(scratch.subarray(low, high), low);
-    // Bucket 0 holds the path that ends here, at most one: the paths are distinct.
+    // Bucket 0 holds the paths that end here, all equal.
     for (let key = 1; key < 257; key++) {
       if (bucketStarts[key + 1]! - bucketStarts[key]! > 1) stack.push(bucketStarts[key]!, bucketStarts[key + 1]!, depth + 1);
     }
@@ -511,8 +517,6 @@ interface EntryColumns {
   paths: Buffer;
   pathEnds: Uint32Array;
   pathHashes: Uint32Array;
-  /** Open addressing by path hash: entry index + 1, 0 for a free slot; at most half full. */
-  table: Uint32Array;
   urls: Buffer;
   urlEnds: Uint32Array;
   /** URLs whose UTF-16 text UTF-8 cannot carry (unpaired surrogates), by entry. */
@@ -522,6 +526,8 @@ interface EntryColumns {
   sizes: Float64Array;
   /** The paths are in UTF-16 order already, as the data key lists them. */
   sorted: boolean;
+  /** Entry indices in path order, when the entries are not in it (see `sorted`). */
+  order: Uint32Array | undefined;
   /** Some path holds a character from U+D000 up. */
   exotic: boolean;
   fileUrlEntries: number[];
@@ -537,20 +543,6 @@ function fileOfEntry(columns: EntryColumns, index: number): string {
     else high = middle - 1;
   }
   return files[low]!;
-}
-
-/** The entry whose path is bytes `start` to `end` of the path heap, or -1. */
-function findBytes(columns: EntryColumns, hash: number, start: number, end: number): number {
-  const { table, pathHashes, pathEnds, paths } = columns;
-  const mask = table.length - 1;
-  for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
-    const held = table[slot]!;
-    if (held === 0) return -1;
-    const index = held - 1;
-    if (pathHashes[index] !== hash) continue;
-    const heldStart = index === 0 ? 0 : pathEnds[index - 1]!;
-    if (compareBytes(paths, start, end, paths, heldStart, pathEnds[index]!) === 0) return index;
-  }
 }
 
 /** Where `EntriesBuilder.parsePlainLine` found a line's values, as offsets in the line's buffer. */
@@ -694,7 +686,7 @@ function copyBytes(from: Uint8Array, start: number, end: number, to: Uint8Array,
 
 /**
  * The folders of the paths read so far, each once, as ranges of the path heap
- * (the first path that named it), by the same hash as the entries' table.
+ * (the first path that named it), by their FNV-1a hash.
  */
 class FolderSet {
   private table = new Uint32Array(1 << 10);
@@ -759,7 +751,6 @@ class EntriesBuilder {
     paths: Buffer.allocUnsafe(1 << 16),
     pathEnds: new Uint32Array(1024),
     pathHashes: new Uint32Array(1024),
-    table: new Uint32Array(1 << 12),
     urls: Buffer.allocUnsafe(1 << 16),
     urlEnds: new Uint32Array(1024),
     oddUrls: new Map(),
@@ -767,6 +758,7 @@ class EntriesBuilder {
     sha256s: Buffer.alloc(1024 * 32),
     sizes: new Float64Array(1024),
     sorted: true,
+    order: undefined,
     exotic: false,
     fileUrlEntries: [],
   };
@@ -787,8 +779,6 @@ class EntriesBuilder {
   /** Whether a plain URL with this scheme and authority parses. */
   private readonly origins = new Map<string, boolean>();
   private readonly folders = new FolderSet(this.columns);
-  /** Some path is also a folder of another: `checkFileFolderClashes` says which. */
-  private clashes = false;
 
   constructor(private readonly source: string) {}
 
@@ -853,7 +843,7 @@ class EntriesBuilder {
    * gives the same entry, or the error naming what is wrong.
    */
   private addLineBytes(bytes: Buffer, start: number, end: number, file: string, line: number): void {
-    if (bytes[start] === 0x7b && this.parsePlainLine(bytes, start, end)) this.addPlainLine(bytes, file, line);
+    if (bytes[start] === 0x7b && this.parsePlainLine(bytes, start, end)) this.addPlainLine(bytes, line);
     else this.addLine(bytes.toString("utf8", start, end), file, line);
   }
 
@@ -975,7 +965,6 @@ class EntriesBuilder {
     c.paths = exactly(c.paths, ends(c.pathEnds));
     c.urls = exactly(c.urls, ends(c.urlEnds));
     if (room > c.lines.length) this.resizeRows(room, exactly);
-    this.tableFor(room);
   }
 
   private ensureRoom(entries: number): void {
@@ -995,7 +984,7 @@ class EntriesBuilder {
   }
 
   /** Adds a line `parsePlainLine` has just read. */
-  private addPlainLine(b: Buffer, file: string, line: number): void {
+  private addPlainLine(b: Buffer, line: number): void {
     const c = this.columns;
     const plain = this.plain;
     const index = this.count;
@@ -1014,7 +1003,7 @@ class EntriesBuilder {
       }
       flags |= HAS_SHA256;
     }
-    this.commit(file, line, pathEnd, urlEnd, flags, plain.size);
+    this.commit(line, pathEnd, urlEnd, flags, plain.size);
   }
 
   /** Adds a line of any shape, decoded: what `parseLine` accepts, or its error. */
@@ -1051,15 +1040,15 @@ class EntriesBuilder {
       c.sha256s.set(SHA256_SCRATCH, index * 32);
       flags |= HAS_SHA256;
     }
-    this.commit(file, line, pathEnd, urlEnd, flags, entry.size ?? Number.NaN);
+    this.commit(line, pathEnd, urlEnd, flags, entry.size ?? Number.NaN);
   }
 
   /**
    * Makes the entry whose path and URL were just written to the heaps (up to
-   * `pathEnd` and `urlEnd`) and whose hash is in place the next one, once its
-   * path is checked: not a duplicate, and whether it is a file/folder clash.
+   * `pathEnd` and `urlEnd`) and whose hash is in place the next one, noting
+   * its folders and whether the paths are still in order.
    */
-  private commit(file: string, line: number, pathEnd: number, urlEnd: number, urlFlags: number, size: number): void {
+  private commit(line: number, pathEnd: number, urlEnd: number, urlFlags: number, size: number): void {
     const c = this.columns;
     const index = this.count;
     const pathStart = index === 0 ? 0 : c.pathEnds[index - 1]!;
@@ -1072,20 +1061,10 @@ class EntriesBuilder {
       if (byte >= HIGH_LEAD_BYTE) exotic = true;
       if (needsJsonEscape(byte)) plain = false;
       // The path so far is a folder of this entry's.
-      if (byte === SLASH && this.folders.add(hash >>> 0, pathStart, i)) this.clashes ||= findBytes(c, hash >>> 0, pathStart, i) !== -1;
+      if (byte === SLASH) this.folders.add(hash >>> 0, pathStart, i);
       hash = Math.imul(hash ^ byte, FNV_PRIME);
     }
     hash >>>= 0;
-    const first = findBytes(c, hash, pathStart, pathEnd);
-    if (first !== -1) {
-      throw invalid(
-        file,
-        line,
-        `duplicate path ${JSON.stringify(paths.toString("utf8", pathStart, pathEnd))} (first at ${fileOfEntry(c, first)}:${c.lines[first]})`,
-        "each path once",
-      );
-    }
-    this.clashes ||= this.folders.has(hash, pathStart, pathEnd);
     if (exotic) c.exotic = true;
     if (c.sorted && index > 0) {
       const previousStart = index === 1 ? 0 : c.pathEnds[index - 2]!;
@@ -1099,30 +1078,6 @@ class EntriesBuilder {
     c.flags[index] = plain ? urlFlags : urlFlags & ~PLAIN_ROW;
     c.sizes[index] = size;
     this.count = index + 1;
-    this.insert(index);
-  }
-
-  private insert(index: number): void {
-    if (this.count * 2 > this.columns.table.length) this.tableFor(this.count);
-    else this.place(index);
-  }
-
-  /** A table of paths at most half full with `entries`, holding those read so far: made once when the count can be foreseen. */
-  private tableFor(entries: number): void {
-    const c = this.columns;
-    if (entries * 2 <= c.table.length) return;
-    let length = c.table.length;
-    while (entries * 2 > length) length *= 2;
-    c.table = new Uint32Array(length);
-    for (let i = 0; i < this.count; i++) this.place(i);
-  }
-
-  private place(index: number): void {
-    const { table, pathHashes } = this.columns;
-    const mask = table.length - 1;
-    let slot = pathHashes[index]! & mask;
-    while (table[slot] !== 0) slot = (slot + 1) & mask;
-    table[slot] = index + 1;
   }
 
   finish(): ManifestEntries {
@@ -1132,45 +1087,88 @@ class EntriesBuilder {
         `${this.source}: the manifest has no entries — expected at least one line like ${LINE_EXAMPLE}`,
       );
     }
-    // The check that names the clash runs only when there is one.
-    if (this.clashes) this.checkFileFolderClashes();
+    this.checkDuplicates();
+    this.checkFileFolderClashes();
     return new ManifestEntries(this.source, this.count, this.columns);
   }
 
-  /** `a` and `a/b` cannot both be files: one of them would have to be a folder. */
+  /**
+   * Throws for the first line (in manifest order) whose path an earlier line
+   * gave, naming that line. The entries sorted by path, for the data key,
+   * put equal paths side by side.
+   */
+  checkDuplicates(): void {
+    const c = this.columns;
+    if (c.sorted || this.count === 0) return;
+    const order = c.order?.length === this.count ? c.order : pathOrder(c, this.count);
+    c.order = order;
+    const startOf = (index: number) => (index === 0 ? 0 : c.pathEnds[index - 1]!);
+    const same = (a: number, b: number) => compareBytes(c.paths, startOf(a), c.pathEnds[a]!, c.paths, startOf(b), c.pathEnds[b]!) === 0;
+    let found: { first: number; again: number } | undefined;
+    for (let k = 1; k < order.length; k++) {
+      if (!same(order[k - 1]!, order[k]!)) continue;
+      // A run of equal paths: its line that repeats an earlier one first is its second smallest.
+      let first = Math.min(order[k - 1]!, order[k]!);
+      let again = Math.max(order[k - 1]!, order[k]!);
+      for (; k + 1 < order.length && same(order[k]!, order[k + 1]!); k++) {
+        const next = order[k + 1]!;
+        if (next < first) [first, again] = [next, first];
+        else if (next < again) again = next;
+      }
+      if (found === undefined || again < found.again) found = { first, again };
+    }
+    if (found === undefined) return;
+    const { first, again } = found;
+    throw invalid(
+      fileOfEntry(c, again),
+      c.lines[again]!,
+      `duplicate path ${JSON.stringify(c.paths.toString("utf8", startOf(again), c.pathEnds[again]!))} (first at ${fileOfEntry(c, first)}:${c.lines[first]})`,
+      "each path once",
+    );
+  }
+
+  /**
+   * `a` and `a/b` cannot both be files: one of them would have to be a folder.
+   * The first entry (in manifest order) with a clash is named, with the other
+   * side of it.
+   */
   private checkFileFolderClashes(): void {
     const c = this.columns;
+    const startOf = (index: number) => (index === 0 ? 0 : c.pathEnds[index - 1]!);
+    // Nearly always none: the paths that are also folders, by path.
+    const asFolders = new Map<string, number>();
+    for (let index = 0; index < this.count; index++) {
+      if (this.folders.has(c.pathHashes[index]!, startOf(index), c.pathEnds[index]!)) {
+        asFolders.set(c.paths.toString("latin1", startOf(index), c.pathEnds[index]!), index);
+      }
+    }
+    if (asFolders.size === 0) return;
     const expected = "each path to be either a file or a folder, not both";
     for (let index = 0; index < this.count; index++) {
-      const start = index === 0 ? 0 : c.pathEnds[index - 1]!;
+      const start = startOf(index);
       const end = c.pathEnds[index]!;
-      let hash = FNV_OFFSET;
       for (let i = start; i < end; i++) {
-        const byte = c.paths[i]!;
-        if (byte === SLASH) {
-          const parent = findBytes(c, hash >>> 0, start, i);
-          if (parent !== -1) {
-            const [file, line] = [fileOfEntry(c, index), c.lines[index]!];
-            const [parentFile, parentLine] = [fileOfEntry(c, parent), c.lines[parent]!];
-            const parentPath = c.paths.toString("utf8", start, i);
-            const entryPath = c.paths.toString("utf8", start, end);
-            if (parent < index) {
-              throw invalid(
-                file,
-                line,
-                `path ${JSON.stringify(entryPath)} puts a file inside ${JSON.stringify(parentPath)}, which ${parentFile}:${parentLine} lists as a file`,
-                expected,
-              );
-            }
-            throw invalid(
-              parentFile,
-              parentLine,
-              `path ${JSON.stringify(parentPath)} is a file, but ${file}:${line} puts ${JSON.stringify(entryPath)} inside it`,
-              expected,
-            );
-          }
+        if (c.paths[i] !== SLASH) continue;
+        const parent = asFolders.get(c.paths.toString("latin1", start, i));
+        if (parent === undefined) continue;
+        const [file, line] = [fileOfEntry(c, index), c.lines[index]!];
+        const [parentFile, parentLine] = [fileOfEntry(c, parent), c.lines[parent]!];
+        const parentPath = c.paths.toString("utf8", start, i);
+        const entryPath = c.paths.toString("utf8", start, end);
+        if (parent < index) {
+          throw invalid(
+            file,
+            line,
+            `path ${JSON.stringify(entryPath)} puts a file inside ${JSON.stringify(parentPath)}, which ${parentFile}:${parentLine} lists as a file`,
+            expected,
+          );
         }
-        hash = Math.imul(hash ^ byte, FNV_PRIME);
+        throw invalid(
+          parentFile,
+          parentLine,
+          `path ${JSON.stringify(parentPath)} is a file, but ${file}:${line} puts ${JSON.stringify(entryPath)} inside it`,
+          expected,
+        );
       }
     }
   }
