@@ -1,8 +1,9 @@
 import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { KaosError } from "../src/core/errors.js";
 import {
   type ManifestEntry,
@@ -50,6 +51,7 @@ function errorFor(lines: string[]): string {
 }
 
 const ok = `{"url": "https://example.com/a.csv", "path": "train/a.csv"}`;
+const PATH_EXPECTED = `a relative path inside the data directory, such as "train/a.csv"`;
 
 describe("readManifest", () => {
   it("reads entries with their file and line, skipping blank lines and a BOM", () => {
@@ -173,6 +175,18 @@ describe("readManifest", () => {
     expect(() => readManifest(path.join(root, "dir"))).toThrow(
       `${two}:2: duplicate path "same" (first at ${one}:1) — expected each path once`,
     );
+  });
+
+  it("reports the first line in manifest order that repeats a path, or that is wrong in another way", () => {
+    const at = (p: string, i: number) => `{"url": "https://x/${i}", "path": "${p}"}`;
+    expect(errorFor([at("b", 1), at("a", 2), at("c", 3), at("a", 4), at("b", 5), at("a", 6)])).toBe(
+      `M:4: duplicate path "a" (first at M:2) — expected each path once`,
+    );
+    expect(errorFor([at("b", 1), at("c", 2), at("c", 3), at("b", 4), `{"url": "https://x/5"`])).toBe(
+      `M:3: duplicate path "c" (first at M:2) — expected each path once`,
+    );
+    expect(errorFor([at("b", 1), `{"url": "https://x/2"`, at("b", 3)])).toMatch(/^M:2: invalid JSON/);
+    expect(errorFor([at("b", 1), at("b", 2), at("b/c", 3)])).toBe(`M:2: duplicate path "b" (first at M:1) — expected each path once`);
   });
 
   it("rejects a path that is both a file and a folder", () => {
@@ -333,6 +347,16 @@ describe("scanManifest", () => {
     expect(scanManifest(sorted).dataKey(undefined)).toBe(manifestDataKey(readManifest(sorted), undefined));
   });
 
+  it("gives the data key manifestDataKey gives over thousands of unordered paths sharing long prefixes", () => {
+    const lines = Array.from({ length: 5000 }, (_, i) =>
+      line(`shared/prefix-${i % 37}/${i % 3 === 0 ? "x" : "xy"}/f-${String((i * 7919) % 5000).padStart(5, "0")}`, `https://x/${i}`, {
+        sha256: i % 2 === 0 ? A : B,
+      }),
+    );
+    const file = manifestFile(`${lines.join("\n")}\n`);
+    expect(scanManifest(file).dataKey(undefined)).toBe(manifestDataKey(readManifest(file), undefined));
+  });
+
   it("keeps the entries of thousands of lines, finding a duplicate and a file/folder clash among them", () => {
     const many = Array.from({ length: 5000 }, (_, i) => line(`d${i % 97}/f${i}`, `https://x/${i}`, { size: i }));
     const file = manifestFile(`${many.join("\n")}\n`);
@@ -351,6 +375,184 @@ describe("scanManifest", () => {
     expect(errorFor([line("a\ud800b", "https://x/a")])).toBe(
       `M:1: unsafe path "a\\ud800b" (contains an unpaired UTF-16 surrogate (not valid Unicode)) — expected a relative path inside the data directory, such as "train/a.csv"`,
     );
+  });
+
+  it("keeps the data key of a fixed manifest, so that applied state stays valid", () => {
+    const file = manifestFile(
+      `\ufeff${[
+        `{"url": "https://data.example.com/train/a.csv", "path": "train/a.csv", "sha256": "${A}", "size": 10}`,
+        `{"path":"train/b.csv","size":0,"sha256":"${B.toUpperCase()}","url":"http://data.example.com/train/b.csv"}`,
+        `\t{ "url" : "https://user:secret@data.example.com/c?sig=1" , "path" : "c.csv" , "sha256" : "${A}" }\t\r`,
+        `{"url": "https:\\/\\/data.example.com\\/d", "path": "escaped\\/d.csv", "sha256": "${B}"}`,
+        `{"url": "https://data.example.com/é", "path": "unicode/é ü.csv", "sha256": "${A}"}`,
+        `{"url": "https://data.example.com/e", "path": "\\u00e9/\\ud83d\\ude00", "sha256": "${B}", "size": 1e3}`,
+        "",
+        `{"url": "https://data.example.com/f", "path": "dup-key", "path": "last-wins", "sha256": "${A}"}`,
+        `{"url": "HTTPS://DATA.example.com:443/g", "path": "upper/scheme", "sha256": "${B}"}`,
+        `{"url": "https://data.example.com/locked", "path": "locked"}`,
+      ].join("\r\n")}`,
+    );
+    const lock: ManifestLock = { version: 1, entries: { locked: { url: "https://data.example.com/locked", sha256: B, size: 5 } } };
+    const key = "9e402e5ca6b521dfb2221e16a360ea80e0399e9dd31d1b41352c4f218f992bd1";
+    expect(scanManifest(file).dataKey(lock)).toBe(key);
+    expect(manifestDataKey(readManifest(file), lock)).toBe(key);
+    expect(readManifest(file).map((entry) => [entry.line, entry.path, entry.url, entry.size])).toEqual([
+      [1, "train/a.csv", "https://data.example.com/train/a.csv", 10],
+      [2, "train/b.csv", "http://data.example.com/train/b.csv", 0],
+      [3, "c.csv", "https://user:secret@data.example.com/c?sig=1", undefined],
+      [4, "escaped/d.csv", "https://data.example.com/d", undefined],
+      [5, "unicode/é ü.csv", "https://data.example.com/é", undefined],
+      [6, "é/\ud83d\ude00", "https://data.example.com/e", 1000],
+      [8, "last-wins", "https://data.example.com/f", undefined],
+      [9, "upper/scheme", "HTTPS://DATA.example.com:443/g", undefined],
+      [10, "locked", "https://data.example.com/locked", undefined],
+    ]);
+  });
+
+  it.each([
+    ["the usual shape", `{"url": "https://x.example/a", "path": "d/a.bin", "sha256": "${A}", "size": 12}`],
+    ["no spaces, keys in another order", `{"size":12,"sha256":"${A}","path":"d/a.bin","url":"https://x.example/a"}`],
+    ["spaces and tabs everywhere", `  {\t"url" :\t"https://x.example/a" ,"path":  "d/a.bin"\t, "size" : 0 }  `],
+    ["a carriage return before the newline", `{"url": "https://x.example/a", "path": "d/a.bin"}\r`],
+    ["an upper-case sha256", `{"url": "https://x.example/a", "path": "a", "sha256": "${"AbCdEf".repeat(10)}ABCD"}`],
+    ["escapes in every string", `{"url": "https:\\/\\/x.example\\/\\u0061", "path": "d\\/\\u0061", "sha256": "\\u0061${"a".repeat(63)}"}`],
+    ["escaped keys", `{"\\u0075rl": "https://x.example/a", "pat\\u0068": "a"}`],
+    ["UTF-8 in the path and URL", `{"url": "https://x.example/é", "path": "é/ü 😀.csv"}`],
+    ["a repeated key, the last one counting", `{"url": "https://x.example/a", "path": "first", "path": "second", "size": 1, "size": 2}`],
+    ["a size with an exponent or a fraction", `{"url": "https://x.example/a", "path": "a", "size": 1.2e1}`],
+    ["the largest safe size", `{"url": "https://x.example/a", "path": "a", "size": 9007199254740991}`],
+    ["credentials and a query", `{"url": "http://user:secret@x.example:8080/a?sig=1#part", "path": "a"}`],
+    ["a host after extra slashes", `{"url": "https:///x.example/a", "path": "a"}`],
+    ["an upper-case scheme", `{"url": "HTTP://x.example/a", "path": "a"}`],
+    ["a file URL", `{"url": "file:///srv/a", "path": "a"}`],
+    ["a path with spaces and a leading dot", `{"url": "https://x.example/a", "path": ".d/a b/..c"}`],
+  ])("reads a line with %s as JSON.parse reads it", (_, text) => {
+    const file = manifestFile(`${text}\n`);
+    const value = JSON.parse(text) as { url: string; path: string; sha256?: string; size?: number };
+    const expected: ManifestEntry = { url: value.url, path: value.path, file, line: 1 };
+    if (value.sha256 !== undefined) expected.sha256 = value.sha256.toLowerCase();
+    if (value.size !== undefined) expected.size = value.size;
+    expect(readManifest(file)).toEqual([expected]);
+    const lock: ManifestLock = { version: 1, entries: { [value.path]: { url: value.url, sha256: B, size: value.size ?? 1 } } };
+    expect(scanManifest(file).dataKey(lock)).toBe(manifestDataKey([expected], lock));
+  });
+
+  it.each([
+    [
+      `{"url": "https://[::1/a", "path": "a"}`,
+      `M:1: "url" "https://[::1/a" is not a valid URL — expected an absolute URL such as https://example.com/a.csv`,
+    ],
+    [
+      `{"url": "https://?a", "path": "a"}`,
+      `M:1: "url" "https://?a" is not a valid URL — expected an absolute URL such as https://example.com/a.csv`,
+    ],
+    [`{"url": "https://x.example/a", "path": "a/./b"}`, `M:1: unsafe path "a/./b" (has a '.' segment) — expected ${PATH_EXPECTED}`],
+    [`{"url": "https://x.example/a", "path": "a/../b"}`, `M:1: unsafe path "a/../b" (has a '..' segment) — expected ${PATH_EXPECTED}`],
+    [
+      `{"url": "https://x.example/a", "path": "a//b"}`,
+      `M:1: unsafe path "a//b" (has an empty segment (a leading, doubled or trailing '/')) — expected ${PATH_EXPECTED}`,
+    ],
+    [`{"url": "https://x.example/a", "path": ""}`, `M:1: unsafe path "" (is empty) — expected ${PATH_EXPECTED}`],
+    [
+      `{"url": "https://x.example/a", "path": "a", "sha256": "${A.slice(1)}"}`,
+      `M:1: "sha256" "${A.slice(1)}" is not 64 hex digits — expected the SHA-256 of the file's content in hex`,
+    ],
+    [
+      `{"url": "https://x.example/a", "path": "a", "sha256": "${A.slice(1)}g"}`,
+      `M:1: "sha256" "${A.slice(1)}g" is not 64 hex digits — expected the SHA-256 of the file's content in hex`,
+    ],
+    [
+      `{"url": "https://x.example/a", "path": "a", "size": 9007199254740992}`,
+      `M:1: "size" 9007199254740992 is not a non-negative integer — expected the file's length in bytes`,
+    ],
+    [
+      `{"url": "https://x.example/a", "path": "a", "size": 12, "extra": 1}`,
+      `M:1: unknown key "extra" — expected only "url", "path", "sha256" and "size"`,
+    ],
+    [`{"url": "https://x.example/a"}`, `M:1: missing "path" — expected ${PATH_EXPECTED}`],
+  ])("gives %s the error it gives any line", (text, message) => {
+    expect(errorFor([text])).toBe(message);
+  });
+
+  it("names the line of a bad URL, number or object of the usual shape, after good lines on the same host", () => {
+    const good = (i: number) => `{"url": "https://x.example:8080/${i}", "path": "f${i}"}`;
+    expect(errorFor([good(1), good(2), `{"url": "https://x.example:99999/3", "path": "f3"}`])).toBe(
+      `M:3: "url" "https://x.example:99999/3" is not a valid URL — expected an absolute URL such as https://example.com/a.csv`,
+    );
+    expect(errorFor([good(1), `{"url": "https://x.example/2", "path": "f2", "size": 012}`])).toMatch(
+      /^M:2: invalid JSON \(.+\) — expected one JSON object per line/,
+    );
+    expect(errorFor([good(1), `{"url": "https://x.example/2", "path": "f2",}`])).toMatch(
+      /^M:2: invalid JSON \(.+\) — expected one JSON object per line/,
+    );
+    expect(errorFor([good(1), `{"url": "https://x.example/2", "path": "f2"} {}`])).toMatch(
+      /^M:2: invalid JSON \(.+\) — expected one JSON object per line/,
+    );
+    expect(errorFor([good(1), `{"url": "https://x.example/2", "path": "f2"`])).toMatch(
+      /^M:2: invalid JSON \(.+\) — expected one JSON object per line/,
+    );
+  });
+
+  it("finds a file/folder clash whichever comes first, however far apart and however deep", () => {
+    const filler = Array.from({ length: 3000 }, (_, i) => line(`deep/a/b${i % 7}/f${i}`, `https://x/${i}`));
+    expect(errorFor([...filler, line("deep/a/b3", "https://x/late")])).toBe(
+      `M:3001: path "deep/a/b3" is a file, but M:4 puts "deep/a/b3/f3" inside it — expected each path to be either a file or a folder, not both`,
+    );
+    expect(errorFor([line("deep/a", "https://x/early"), ...filler])).toBe(
+      `M:2: path "deep/a/b0/f0" puts a file inside "deep/a", which M:1 lists as a file — expected each path to be either a file or a folder, not both`,
+    );
+    expect(scanManifest(manifestFile(`${[...filler, line("deep/a/b3x", "https://x/sibling")].join("\n")}\n`)).count).toBe(3001);
+  });
+
+  it("reads a line longer than its read buffer, and a last line without a newline", () => {
+    const long = `https://x.example/${"a".repeat(5 << 20)}`;
+    const file = manifestFile(
+      `${line("first", "https://x.example/1")}\n${line("long", long, { size: 1 })}\n${line("last", "https://x.example/3")}`,
+    );
+    const scanned = scanManifest(file);
+    expect(scanned.count).toBe(3);
+    expect(scanned.entry(1)).toEqual({ url: long, path: "long", size: 1, file, line: 2 });
+    expect(scanned.entry(2)).toEqual({ url: "https://x.example/3", path: "last", file, line: 3 });
+  });
+
+  it("reads lines of the usual shape from their bytes: no JSON.parse, one URL parsed per host", () => {
+    const lines = Array.from({ length: 1000 }, (_, i) =>
+      line(`part-${i % 10}/f-${i}.bin`, `https://host-${i % 2}.example/f-${i}.bin`, { sha256: A, size: i }),
+    );
+    const file = manifestFile(`${lines.join("\n")}\n`);
+    const parse = vi.spyOn(JSON, "parse");
+    const canParse = vi.spyOn(URL, "canParse");
+    try {
+      expect(scanManifest(file).count).toBe(1000);
+      expect(parse).not.toHaveBeenCalled();
+      expect(canParse).toHaveBeenCalledTimes(2);
+    } finally {
+      parse.mockRestore();
+      canParse.mockRestore();
+    }
+  });
+
+  it("counts the entries a store lacks, asking about their hashes in order of the first byte", () => {
+    const hashOf = (i: number) => createHash("sha256").update(String(i)).digest("hex");
+    const lines = Array.from({ length: 300 }, (_, i) => line(`f${i}`, `https://x/${i}`, i % 3 === 0 ? {} : { sha256: hashOf(i) }));
+    const file = manifestFile(`${lines.join("\n")}\n`);
+    const scanned = scanManifest(file);
+    // The lock pins every third entry but one, whose URL moved.
+    const entries: ManifestLock["entries"] = {};
+    for (let i = 3; i < 300; i += 3) entries[`f${i}`] = { url: `https://x/${i}`, sha256: hashOf(i), size: 1 };
+    const lock: ManifestLock = { version: 1, entries };
+    entries["f150"] = { url: "https://x/moved", sha256: hashOf(150), size: 1 };
+    const asked: string[] = [];
+    const stored = new Set(Array.from({ length: 300 }, (_, i) => hashOf(i)).filter((_, i) => i % 2 === 0));
+    const missing = scanned.countMissing(lock, (hash) => {
+      asked.push(hash);
+      return stored.has(hash);
+    });
+    // Unpinned: f0 and f150; of the others, the odd ones are not stored.
+    expect(missing).toBe(2 + Array.from({ length: 300 }, (_, i) => i).filter((i) => i % 2 === 1 && i !== 0 && i !== 150).length);
+    expect(asked).toHaveLength(298);
+    expect(asked.map((hash) => hash.slice(0, 2))).toEqual(asked.map((hash) => hash.slice(0, 2)).sort());
+    expect(scanned.countMissing(lock, undefined)).toBe(300);
   });
 
   it("reads 300,000 lines in an old generation of 48 MB, keeping no object per entry (in a child process)", () => {

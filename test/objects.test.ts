@@ -31,6 +31,22 @@ function write(name: string, content: string | Buffer): string {
 }
 
 describe("ObjectStore", () => {
+  it("answers has for many hashes from one listing of each folder, whatever order they come in", async () => {
+    const stored: string[] = [];
+    for (const content of ["a", "b", "c", "d", "e", "f", "g", "h"])
+      stored.push(await store.putStream(Readable.from([content])).then((r) => r.hash));
+    const absent = ["x", "y", "z"].map((content) => sha256(content));
+    const has = store.hasEach();
+    for (const hash of [...stored, ...absent, ...[...stored].reverse(), ...absent]) expect(has(hash)).toBe(store.has(hash));
+    // A folder listed before an object was added to it is listed again once another folder was asked about.
+    const late = sha256("late");
+    expect(has(late)).toBe(false);
+    await store.putStream(Readable.from(["late"]));
+    expect(has(absent.find((hash) => hash.slice(0, 2) !== late.slice(0, 2))!)).toBe(false);
+    expect(has(late)).toBe(true);
+    expect(() => has("../../etc/passwd")).toThrow(KaosError);
+  });
+
   it("lays objects out as sha256/<2 hex>/<62 hex>", () => {
     const hash = sha256("x");
     expect(store.pathOf(hash)).toBe(path.join(root, "objects", "sha256", hash.slice(0, 2), hash.slice(2)));

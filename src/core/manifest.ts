@@ -15,14 +15,14 @@
  *
  * A manifest may list millions of files, so it is read as a stream, a line at a
  * time, into columns (`ManifestEntries`): paths and URLs as UTF-8 in two byte
- * heaps, content hashes as raw bytes, sizes and line numbers in typed arrays,
- * and an open-addressing table of path hashes that finds duplicates and
- * file/folder clashes. One entry becomes an object only when asked for.
+ * heaps, content hashes as raw bytes, sizes and line numbers in typed arrays.
+ * Duplicate paths are found by sorting them (which the data key needs anyway),
+ * file/folder clashes by a table of the folders the paths name. One entry
+ * becomes an object only when asked for.
  */
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { StringDecoder } from "node:string_decoder";
 import { fileURLToPath } from "node:url";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { type FileUrlScope, fileUrlRefusal, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
@@ -196,7 +196,13 @@ export function readManifest(pathOrDir: string): ManifestEntry[] {
  */
 export function scanManifest(pathOrDir: string): ManifestEntries {
   const builder = new EntriesBuilder(pathOrDir);
-  for (const file of manifestFiles(pathOrDir)) builder.readFile(file);
+  try {
+    for (const file of manifestFiles(pathOrDir)) builder.readFile(file);
+  } catch (error) {
+    // Errors are reported in line order: a duplicate among the lines read comes before this one's error.
+    builder.checkDuplicates();
+    throw error;
+  }
   return builder.finish();
 }
 
@@ -211,8 +217,6 @@ const HIGH_LEAD_BYTE = 0xed;
 const HAS_SHA256 = 1;
 /** The entry's data-key row is its path and URL bytes as they are: neither needs JSON escaping, the URL carries no credentials. */
 const PLAIN_ROW = 2;
-/** Entries whose hashes are turned into hex at once (a string of 256 KiB). */
-const HEX_BATCH = 4096;
 const HEX_DIGITS = Buffer.from("0123456789abcdef");
 
 type Column = Uint8Array | Uint32Array | Float64Array;
@@ -327,18 +331,40 @@ export class ManifestEntries {
     return this.sha256(index) ?? pinnedHash(this.entry(index), lock);
   }
 
-  /** How many entries have no pinned hash or one that `stored` does not hold. */
-  countMissing(lock: ManifestLock | undefined, stored: (hash: string) => boolean): number {
+  /**
+   * How many entries have no pinned hash or one that `stored` does not hold
+   * (undefined: a store that holds nothing). `stored` is asked in order of the
+   * hashes' first byte, the folder they are kept in (`ObjectStore.hasEach`).
+   */
+  countMissing(lock: ManifestLock | undefined, stored: ((hash: string) => boolean) | undefined): number {
+    if (stored === undefined) return this.count;
     const { flags, sha256s } = this.columns;
     let missing = 0;
-    for (let batch = 0; batch < this.count; batch += HEX_BATCH) {
-      const end = Math.min(this.count, batch + HEX_BATCH);
-      const hex = sha256s.toString("hex", batch * 32, end * 32);
-      for (let index = batch; index < end; index++) {
-        const hash =
-          (flags[index]! & HAS_SHA256) !== 0 ? hex.slice((index - batch) * 64, (index - batch + 1) * 64) : this.pinnedHash(index, lock);
-        if (hash === undefined || !stored(hash)) missing += 1;
+    // Entries by their hash's first byte (a counting sort), the lock's pins kept aside.
+    const pins = new Map<number, string>();
+    const firstByte = new Uint8Array(this.count);
+    const counts = new Uint32Array(257);
+    for (let index = 0; index < this.count; index++) {
+      if ((flags[index]! & HAS_SHA256) !== 0) firstByte[index] = sha256s[index * 32]!;
+      else {
+        const pinned = this.pinnedHash(index, lock);
+        if (pinned === undefined) {
+          missing += 1;
+          continue;
+        }
+        pins.set(index, pinned);
+        firstByte[index] = Number.parseInt(pinned.slice(0, 2), 16);
       }
+      counts[firstByte[index]! + 1]! += 1;
+    }
+    for (let byte = 1; byte < 257; byte++) counts[byte]! += counts[byte - 1]!;
+    const order = new Uint32Array(this.count - missing);
+    for (let index = 0; index < this.count; index++) {
+      if ((flags[index]! & HAS_SHA256) !== 0 || pins.has(index)) order[counts[firstByte[index]!]!++] = index;
+    }
+    for (const index of order) {
+      const hash = pins.get(index) ?? sha256s.toString("hex", index * 32, index * 32 + 32);
+      if (!stored(hash)) missing += 1;
     }
     return missing;
   }
@@ -349,7 +375,7 @@ export class ManifestEntries {
    */
   dataKey(lock: ManifestLock | undefined): string | undefined {
     const { paths, pathEnds, urls, urlEnds, flags, sha256s } = this.columns;
-    const order = this.columns.sorted ? undefined : this.pathOrder();
+    const order = this.columns.order;
     const hash = createHash("sha256").update(DATA_KEY_HEADER);
     let out: Buffer = Buffer.allocUnsafe(1 << 20);
     let at = 0;
@@ -366,17 +392,24 @@ export class ManifestEntries {
       }
       if (k > 0) out[at++] = 0x2c; // ,
       if ((flags[index]! & (HAS_SHA256 | PLAIN_ROW)) === (HAS_SHA256 | PLAIN_ROW)) {
-        at += out.write('["', at, "latin1");
+        // The brackets, quotes and commas byte by byte: a Buffer#write per field costs more than the row.
+        out[at++] = 0x5b; // [
+        out[at++] = QUOTE;
         at += paths.copy(out, at, pathStart, pathEnds[index]!);
-        at += out.write('","', at, "latin1");
+        out[at++] = QUOTE;
+        out[at++] = COMMA;
+        out[at++] = QUOTE;
         at += urls.copy(out, at, urlStart, urlEnds[index]!);
-        at += out.write('","', at, "latin1");
+        out[at++] = QUOTE;
+        out[at++] = COMMA;
+        out[at++] = QUOTE;
         for (let i = index * 32; i < index * 32 + 32; i++) {
           const byte = sha256s[i]!;
           out[at++] = HEX_DIGITS[byte >> 4]!;
           out[at++] = HEX_DIGITS[byte & 15]!;
         }
-        at += out.write('"]', at, "latin1");
+        out[at++] = QUOTE;
+        out[at++] = 0x5d; // ]
       } else {
         const pinned = this.pinnedHash(index, lock);
         if (pinned === undefined) return undefined;
@@ -392,22 +425,21 @@ export class ManifestEntries {
     out[at++] = 0x5d; // ]
     return hash.update(out.subarray(0, at)).digest("hex");
   }
+}
 
-  /** Entry indices by path in UTF-16 order, as `manifestDataKey` sorts its rows. */
-  private pathOrder(): Uint32Array {
-    const { paths, pathEnds, exotic } = this.columns;
-    const order = new Uint32Array(this.count);
-    if (exotic) {
-      const strings: string[] = new Array(this.count);
-      for (let i = 0; i < this.count; i++) strings[i] = this.path(i);
-      for (let i = 0; i < this.count; i++) order[i] = i;
-      return order.sort((a, b) => (strings[a]! < strings[b]! ? -1 : strings[a]! > strings[b]! ? 1 : 0));
-    }
-    // Below U+D000, UTF-16 order is the order of the UTF-8 bytes.
-    for (let i = 0; i < this.count; i++) order[i] = i;
-    sortByBytes(order, paths, pathEnds);
-    return order;
+/** Indices of the first `count` entries by path in UTF-16 order, as `manifestDataKey` sorts its rows. */
+function pathOrder(columns: EntryColumns, count: number): Uint32Array {
+  const { paths, pathEnds, exotic } = columns;
+  const order = new Uint32Array(count);
+  for (let i = 0; i < count; i++) order[i] = i;
+  if (exotic) {
+    const strings: string[] = new Array(count);
+    for (let i = 0; i < count; i++) strings[i] = paths.toString("utf8", i === 0 ? 0 : pathEnds[i - 1]!, pathEnds[i]!);
+    return order.sort((a, b) => (strings[a]! < strings[b]! ? -1 : strings[a]! > strings[b]! ? 1 : 0));
   }
+  // Below U+D000, UTF-16 order is the order of the UTF-8 bytes.
+  sortByBytes(order, paths, pathEnds);
+  return order;
 }
 
 /** Ranges at most this long are sorted by insertion rather than by radix. */
@@ -441,8 +473,8 @@ function sortByBytes(order: Uint32Array, heap: Buffer, ends: Uint32Array): void 
         let j = i;
         for (; j > low; j--) {
           const other = order[j - 1]!;
-          // Buffer#compare compares its own range (the earlier entry's path) with the target's.
-          if (heap.compare(heap, start, ends[index]!, startOf(other) + depth, ends[other]!) <= 0) break;
+          // The earlier path first: when it is not greater, the place is found.
+          if (compareBytes(heap, startOf(other) + depth, ends[other]!, heap, start, ends[index]!) <= 0) break;
           order[j] = other;
         }
         order[j] = index;
@@ -457,13 +489,19 @@ function sortByBytes(order: Uint32Array, heap: Buffer, ends: Uint32Array): void 
       sum += counts[key]!;
     }
     bucketStarts[257] = sum;
+    // A byte every path of the range shares (a common prefix) sorts nothing: the next one is looked at without moving any.
+    const shared = keyAt(order[low]!, depth);
+    if (counts[shared] === high - low) {
+      if (shared !== 0) stack.push(low, high, depth + 1);
+      continue;
+    }
     next.set(bucketStarts.subarray(0, 257));
     for (let i = low; i < high; i++) {
       const index = order[i]!;
       scratch[next[keyAt(index, depth)]!++] = index;
     }
     order.set(scratch.subarray(low, high), low);
-    // Bucket 0 holds the path that ends here, at most one: the paths are distinct.
+    // Bucket 0 holds the paths that end here, all equal.
     for (let key = 1; key < 257; key++) {
       if (bucketStarts[key + 1]! - bucketStarts[key]! > 1) stack.push(bucketStarts[key]!, bucketStarts[key + 1]!, depth + 1);
     }
@@ -479,8 +517,6 @@ interface EntryColumns {
   paths: Buffer;
   pathEnds: Uint32Array;
   pathHashes: Uint32Array;
-  /** Open addressing by path hash: entry index + 1, 0 for a free slot; at most half full. */
-  table: Uint32Array;
   urls: Buffer;
   urlEnds: Uint32Array;
   /** URLs whose UTF-16 text UTF-8 cannot carry (unpaired surrogates), by entry. */
@@ -490,6 +526,8 @@ interface EntryColumns {
   sizes: Float64Array;
   /** The paths are in UTF-16 order already, as the data key lists them. */
   sorted: boolean;
+  /** Entry indices in path order, when the entries are not in it (see `sorted`). */
+  order: Uint32Array | undefined;
   /** Some path holds a character from U+D000 up. */
   exotic: boolean;
   fileUrlEntries: number[];
@@ -507,17 +545,193 @@ function fileOfEntry(columns: EntryColumns, index: number): string {
   return files[low]!;
 }
 
-/** The entry whose path is bytes `start` to `end` of the path heap, or -1. */
-function findBytes(columns: EntryColumns, hash: number, start: number, end: number): number {
-  const { table, pathHashes, pathEnds, paths } = columns;
-  const mask = table.length - 1;
-  for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
-    const held = table[slot]!;
-    if (held === 0) return -1;
-    const index = held - 1;
-    if (pathHashes[index] !== hash) continue;
-    const heldStart = index === 0 ? 0 : pathEnds[index - 1]!;
-    if (paths.compare(paths, start, end, heldStart, pathEnds[index]!) === 0) return index;
+/** Where `EntriesBuilder.parsePlainLine` found a line's values, as offsets in the line's buffer. */
+interface PlainLine {
+  urlStart: number;
+  urlEnd: number;
+  /** The URL has no '@' or '?', which may carry credentials: its data-key row is its bytes. */
+  urlPlain: boolean;
+  pathStart: number;
+  pathEnd: number;
+  hasSha256: boolean;
+  sha256Start: number;
+  /** NaN when not given. */
+  size: number;
+}
+
+const NEWLINE = 0x0a;
+const QUOTE = 0x22;
+const COMMA = 0x2c;
+const DOT = 0x2e;
+const COLON = 0x3a;
+const BACKSLASH = 0x5c;
+const CLOSE_BRACE = 0x7d;
+const URL_KEY = 1;
+const PATH_KEY = 2;
+const SHA256_KEY = 4;
+const SIZE_KEY = 8;
+/** The keys of a line, each with its closing quote. */
+const PLAIN_KEYS = {
+  url: { bit: URL_KEY, bytes: Buffer.from('url"') },
+  path: { bit: PATH_KEY, bytes: Buffer.from('path"') },
+  sha256: { bit: SHA256_KEY, bytes: Buffer.from('sha256"') },
+  size: { bit: SIZE_KEY, bytes: Buffer.from('size"') },
+};
+/** Scheme-and-authority answers kept while reading a manifest of many hosts. */
+const ORIGINS_KEPT = 4096;
+
+/** Bytes of a plain path segment, as PLAIN_PATH's `[\w.-]`. */
+const PATH_BYTES = new Uint8Array(256);
+for (const byte of Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")) PATH_BYTES[byte] = 1;
+/** The value of each hex digit, -1 for any other byte. */
+const HEX_VALUES = new Int8Array(256).fill(-1);
+for (const [value, digit] of [..."0123456789abcdef"].entries()) {
+  HEX_VALUES[digit.charCodeAt(0)] = value;
+  HEX_VALUES[digit.toUpperCase().charCodeAt(0)] = value;
+}
+
+/** The index of the first byte from `at` that is not JSON whitespace (a line holds no newline). */
+function skipJsonSpace(b: Buffer, at: number): number {
+  let i = at;
+  for (let byte = b[i]; byte === 0x20 || byte === 0x09 || byte === 0x0d; byte = b[++i]);
+  return i;
+}
+
+/** The key whose name and closing quote start at `at`, if it is one of a manifest's. */
+function plainKeyAt(b: Buffer, at: number): (typeof PLAIN_KEYS)[keyof typeof PLAIN_KEYS] | undefined {
+  let key: (typeof PLAIN_KEYS)[keyof typeof PLAIN_KEYS];
+  switch (b[at]) {
+    case 0x75: // u
+      key = PLAIN_KEYS.url;
+      break;
+    case 0x70: // p
+      key = PLAIN_KEYS.path;
+      break;
+    case 0x73: // s
+      key = b[at + 1] === 0x68 ? PLAIN_KEYS.sha256 : PLAIN_KEYS.size;
+      break;
+    default:
+      return undefined;
+  }
+  const bytes = key.bytes;
+  for (let i = 1; i < bytes.length; i++) if (b[at + i] !== bytes[i]) return undefined;
+  return key;
+}
+
+/**
+ * The index of the quote that ends the plain path starting at `at` (PLAIN_PATH:
+ * segments of `[\w.-]` that are neither "." nor ".."), or -1.
+ */
+function plainPathEnd(b: Buffer, at: number): number {
+  let segmentStart = at;
+  for (let i = at; ; i++) {
+    const byte = b[i];
+    if (byte === SLASH || byte === QUOTE) {
+      const length = i - segmentStart;
+      if (length === 0 || (b[segmentStart] === DOT && (length === 1 || (length === 2 && b[segmentStart + 1] === DOT)))) return -1;
+      if (byte === QUOTE) return i;
+      segmentStart = i + 1;
+    } else if (byte === undefined || PATH_BYTES[byte] !== 1) return -1;
+  }
+}
+
+/**
+ * The index of the byte that ends the http(s) URL starting at `at` (printable
+ * ASCII but '"' and backslash), or -1 when the URL has another scheme. Notes in
+ * `plain` whether the URL holds '@' or '?'.
+ */
+function plainUrlEnd(b: Buffer, at: number, plain: PlainLine): number {
+  if (b[at] !== 0x68 || b[at + 1] !== 0x74 || b[at + 2] !== 0x74 || b[at + 3] !== 0x70) return -1;
+  const colon = b[at + 4] === 0x73 ? at + 5 : at + 4;
+  if (b[colon] !== COLON || b[colon + 1] !== SLASH || b[colon + 2] !== SLASH) return -1;
+  let urlPlain = true;
+  let i = colon + 3;
+  for (let byte = b[i]!; byte > 0x20 && byte < 0x7f && byte !== QUOTE && byte !== BACKSLASH; byte = b[++i]!) {
+    if (byte === 0x40 || byte === 0x3f) urlPlain = false;
+  }
+  plain.urlPlain = urlPlain;
+  return i;
+}
+
+/** The index after the 64 hex digits starting at `at`, or -1. */
+function hex64End(b: Buffer, at: number): number {
+  for (let i = at; i < at + 64; i++) if (!(HEX_VALUES[b[i]!]! >= 0)) return -1;
+  return at + 64;
+}
+
+/** Where an http(s) URL's authority ends: its path, query or fragment. */
+function isAuthorityEnd(byte: number): boolean {
+  return byte === SLASH || byte === 0x3f || byte === 0x23;
+}
+
+/**
+ * Bytes `aStart` to `aEnd` of `a` against bytes `bStart` to `bEnd` of `b`:
+ * negative, zero or positive as for Buffer#compare, whose call costs more than
+ * comparing a short path by hand.
+ */
+function compareBytes(a: Uint8Array, aStart: number, aEnd: number, b: Uint8Array, bStart: number, bEnd: number): number {
+  const length = Math.min(aEnd - aStart, bEnd - bStart);
+  for (let i = 0; i < length; i++) {
+    const difference = a[aStart + i]! - b[bStart + i]!;
+    if (difference !== 0) return difference;
+  }
+  return aEnd - aStart - (bEnd - bStart);
+}
+
+/**
+ * The folders of the paths read so far, each once, as ranges of the path heap
+ * (the first path that named it), by their FNV-1a hash.
+ */
+class FolderSet {
+  private table = new Uint32Array(1 << 10);
+  private hashes = new Uint32Array(512);
+  private starts = new Uint32Array(512);
+  private ends = new Uint32Array(512);
+  private count = 0;
+
+  constructor(private readonly columns: EntryColumns) {}
+
+  /** Whether bytes `start` to `end` of the path heap are a folder already listed. */
+  has(hash: number, start: number, end: number): boolean {
+    return this.slotOf(hash, start, end) < 0;
+  }
+
+  /** Adds the folder at bytes `start` to `end` of the path heap: true when it is new. */
+  add(hash: number, start: number, end: number): boolean {
+    const slot = this.slotOf(hash, start, end);
+    if (slot < 0) return false;
+    const index = this.count++;
+    if (index === this.hashes.length) {
+      this.hashes = grown(this.hashes, index + 1);
+      this.starts = grown(this.starts, index + 1);
+      this.ends = grown(this.ends, index + 1);
+    }
+    this.hashes[index] = hash;
+    this.starts[index] = start;
+    this.ends[index] = end;
+    if (this.count * 2 > this.table.length) {
+      this.table = new Uint32Array(this.table.length * 2);
+      const mask = this.table.length - 1;
+      for (let i = 0; i < this.count; i++) {
+        let free = this.hashes[i]! & mask;
+        while (this.table[free] !== 0) free = (free + 1) & mask;
+        this.table[free] = i + 1;
+      }
+    } else this.table[slot] = index + 1;
+    return true;
+  }
+
+  /** The free slot for the folder, or -1 when it is listed. */
+  private slotOf(hash: number, start: number, end: number): number {
+    const { table, hashes, starts, ends } = this;
+    const paths = this.columns.paths;
+    const mask = table.length - 1;
+    for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
+      const held = table[slot]!;
+      if (held === 0) return slot;
+      const index = held - 1;
+      if (hashes[index] === hash && compareBytes(paths, start, end, paths, starts[index]!, ends[index]!) === 0) return -1;
+    }
   }
 }
 
@@ -531,7 +745,6 @@ class EntriesBuilder {
     paths: Buffer.allocUnsafe(1 << 16),
     pathEnds: new Uint32Array(1024),
     pathHashes: new Uint32Array(1024),
-    table: new Uint32Array(1 << 12),
     urls: Buffer.allocUnsafe(1 << 16),
     urlEnds: new Uint32Array(1024),
     oddUrls: new Map(),
@@ -539,9 +752,27 @@ class EntriesBuilder {
     sha256s: Buffer.alloc(1024 * 32),
     sizes: new Float64Array(1024),
     sorted: true,
+    order: undefined,
     exotic: false,
     fileUrlEntries: [],
   };
+
+  /** Where the values of the line `parsePlainLine` read last are. */
+  private readonly plain: PlainLine = {
+    urlStart: 0,
+    urlEnd: 0,
+    urlPlain: true,
+    pathStart: 0,
+    pathEnd: 0,
+    hasSha256: false,
+    sha256Start: 0,
+    size: Number.NaN,
+  };
+  /** The scheme and authority of the last plain URL that parsed. */
+  private lastOrigin: Buffer = Buffer.alloc(0);
+  /** Whether a plain URL with this scheme and authority parses. */
+  private readonly origins = new Map<string, boolean>();
+  private readonly folders = new FolderSet(this.columns);
 
   constructor(private readonly source: string) {}
 
@@ -555,45 +786,159 @@ class EntriesBuilder {
     }
     this.columns.files.push(file);
     this.columns.fileStarts.push(this.count);
-    const decoder = new StringDecoder("utf8");
-    const chunk = Buffer.allocUnsafe(READ_CHUNK_BYTES);
-    let carry = "";
+    // Lines are split on the bytes: UTF-8 never puts 0x0a inside a character,
+    // so decoding a line on its own gives what decoding the whole file would.
+    let buffer = Buffer.allocUnsafe(READ_CHUNK_BYTES);
+    let carried = 0;
     let line = 0;
     let atStart = true;
     let reserved = false;
     const firstEntry = this.count;
     try {
       for (;;) {
+        // A line longer than the buffer: make room for more of it.
+        if (carried === buffer.length) buffer = copiedInto(buffer, buffer.length * 2);
         let read: number;
         try {
-          read = fs.readSync(fd, chunk, 0, chunk.length, null);
+          read = fs.readSync(fd, buffer, carried, buffer.length - carried, null);
         } catch (error) {
           throw cannotRead(error);
         }
         if (read === 0) break;
-        let text = carry + decoder.write(chunk.subarray(0, read));
-        if (atStart && text.length > 0) {
-          if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
-          atStart = false;
-        }
+        const bytes = buffer.subarray(0, carried + read);
         let start = 0;
-        for (let newline = text.indexOf("\n"); newline !== -1; newline = text.indexOf("\n", start)) {
+        if (atStart) {
+          atStart = false;
+          if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) start = 3;
+        }
+        // The carried bytes hold no newline: the search starts after them.
+        for (let newline = bytes.indexOf(NEWLINE, carried); newline !== -1; newline = bytes.indexOf(NEWLINE, start)) {
           line += 1;
-          this.addLine(text.slice(start, newline), file, line);
+          this.addLineBytes(bytes, start, newline, file, line);
           start = newline + 1;
         }
-        carry = text.slice(start);
+        carried = bytes.length - start;
+        buffer.copyWithin(0, start, bytes.length);
         if (!reserved) {
           reserved = true;
           this.reserveLike(fs.fstatSync(fd).size / read, firstEntry);
         }
       }
-      let rest = carry + decoder.end();
-      if (atStart && rest.charCodeAt(0) === 0xfeff) rest = rest.slice(1);
-      this.addLine(rest, file, line + 1);
+      this.addLineBytes(buffer.subarray(0, carried), 0, carried, file, line + 1);
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  /**
+   * Adds the line held by bytes `start` to `end` of `bytes` (where `bytes[end]`
+   * is a newline or past the end). A line of the usual shape is read from its
+   * bytes as they are; anything else is decoded and read by `JSON.parse`, which
+   * gives the same entry, or the error naming what is wrong.
+   */
+  private addLineBytes(bytes: Buffer, start: number, end: number, file: string, line: number): void {
+    if (bytes[start] === 0x7b && this.parsePlainLine(bytes, start, end)) this.addPlainLine(bytes, line);
+    else this.addLine(bytes.toString("utf8", start, end), file, line);
+  }
+
+  /**
+   * Whether bytes `start` to `end` are a line of the usual shape, noting where
+   * its values are: one JSON object of "url" (http or https), "path" (a plain
+   * path: see PLAIN_PATH), an optional "sha256" (64 hex digits) and an optional
+   * "size" (an integer of at most 15 digits), each at most once and in any
+   * order, with every string printable ASCII without escapes, and JSON
+   * whitespace anywhere. Such a line is one that `parseLine` accepts, and it
+   * gives the same entry.
+   */
+  private parsePlainLine(b: Buffer, start: number, end: number): boolean {
+    const plain = this.plain;
+    let seen = 0;
+    let at = skipJsonSpace(b, start + 1);
+    for (;;) {
+      if (b[at] !== QUOTE) return false;
+      const key = plainKeyAt(b, at + 1);
+      if (key === undefined || (seen & key.bit) !== 0) return false;
+      seen |= key.bit;
+      at = skipJsonSpace(b, at + key.bytes.length + 1);
+      if (b[at] !== COLON) return false;
+      at = skipJsonSpace(b, at + 1);
+      if (key.bit === SIZE_KEY) {
+        at = this.parsePlainSize(b, at);
+      } else {
+        if (b[at] !== QUOTE) return false;
+        const valueStart = at + 1;
+        at =
+          key.bit === PATH_KEY
+            ? plainPathEnd(b, valueStart)
+            : key.bit === URL_KEY
+              ? plainUrlEnd(b, valueStart, plain)
+              : hex64End(b, valueStart);
+        if (at === -1 || b[at] !== QUOTE) return false;
+        if (key.bit === PATH_KEY) {
+          plain.pathStart = valueStart;
+          plain.pathEnd = at;
+        } else if (key.bit === URL_KEY) {
+          plain.urlStart = valueStart;
+          plain.urlEnd = at;
+        } else plain.sha256Start = valueStart;
+        at += 1;
+      }
+      if (at === -1) return false;
+      at = skipJsonSpace(b, at);
+      if (b[at] === COMMA) at = skipJsonSpace(b, at + 1);
+      else if (b[at] === CLOSE_BRACE) break;
+      else return false;
+    }
+    if (skipJsonSpace(b, at + 1) !== end || (seen & (URL_KEY | PATH_KEY)) !== (URL_KEY | PATH_KEY)) return false;
+    plain.hasSha256 = (seen & SHA256_KEY) !== 0;
+    if ((seen & SIZE_KEY) === 0) plain.size = Number.NaN;
+    return this.plainUrlParses(b);
+  }
+
+  /** Reads the integer at `at` into the plain line's size; the index past it, or -1 when it is not a plain integer. */
+  private parsePlainSize(b: Buffer, at: number): number {
+    let value = 0;
+    let i = at;
+    for (; i < at + 16; i++) {
+      const digit = b[i]! - 0x30;
+      if (!(digit >= 0 && digit <= 9)) break;
+      value = value * 10 + digit;
+    }
+    const digits = i - at;
+    // JSON allows no leading zero; fractions, exponents, signs and longer numbers go through JSON.parse.
+    if (digits === 0 || digits > 15 || (b[at] === 0x30 && digits > 1)) return -1;
+    const next = b[i];
+    if (next === 0x2e || next === 0x65 || next === 0x45) return -1;
+    this.plain.size = value;
+    return i;
+  }
+
+  /**
+   * Whether the plain line's http(s) URL parses. Only the scheme and the
+   * authority can make such a URL fail to parse (no path, query or fragment
+   * does), so the answer is kept by what the URL holds up to its path, and a
+   * manifest of a million URLs on one host parses one.
+   */
+  private plainUrlParses(b: Buffer): boolean {
+    const { urlStart, urlEnd } = this.plain;
+    const schemeEnd = urlStart + (b[urlStart + 4] === 0x73 ? 8 : 7);
+    let originEnd = schemeEnd;
+    while (originEnd < urlEnd && !isAuthorityEnd(b[originEnd]!)) originEnd++;
+    // "https:///x" names host x: an empty authority is left to the parser.
+    if (originEnd === schemeEnd) return URL.canParse(b.toString("latin1", urlStart, urlEnd));
+    const last = this.lastOrigin;
+    const length = originEnd - urlStart;
+    if (length === last.length && compareBytes(b, urlStart, originEnd, last, 0, length) === 0) return true;
+    const origin = b.toString("latin1", urlStart, originEnd);
+    let parses = this.origins.get(origin);
+    if (parses === undefined) {
+      parses = URL.canParse(b.toString("latin1", urlStart, urlEnd));
+      if (this.origins.size >= ORIGINS_KEPT) this.origins.clear();
+      this.origins.set(origin, parses);
+    }
+    // A copy: the read buffer is reused.
+    if (parses) this.lastOrigin = Buffer.from(b.subarray(urlStart, originEnd));
+    return parses;
   }
 
   /**
@@ -632,6 +977,30 @@ class EntriesBuilder {
     c.sha256s = resize(c.sha256s, entries * 32);
   }
 
+  /** Adds a line `parsePlainLine` has just read. */
+  private addPlainLine(b: Buffer, line: number): void {
+    const c = this.columns;
+    const plain = this.plain;
+    const index = this.count;
+    this.ensureRoom(index + 1);
+    const pathStart = index === 0 ? 0 : c.pathEnds[index - 1]!;
+    c.paths = grown(c.paths, pathStart + plain.pathEnd - plain.pathStart);
+    const pathEnd = pathStart + b.copy(c.paths, pathStart, plain.pathStart, plain.pathEnd);
+    const urlStart = index === 0 ? 0 : c.urlEnds[index - 1]!;
+    c.urls = grown(c.urls, urlStart + plain.urlEnd - plain.urlStart);
+    const urlEnd = urlStart + b.copy(c.urls, urlStart, plain.urlStart, plain.urlEnd);
+    let flags = plain.urlPlain ? PLAIN_ROW : 0;
+    if (plain.hasSha256) {
+      const sha256s = c.sha256s;
+      for (let i = 0, from = plain.sha256Start; i < 32; i++, from += 2) {
+        sha256s[index * 32 + i] = (HEX_VALUES[b[from]!]! << 4) | HEX_VALUES[b[from + 1]!]!;
+      }
+      flags |= HAS_SHA256;
+    }
+    this.commit(line, pathEnd, urlEnd, flags, plain.size);
+  }
+
+  /** Adds a line of any shape, decoded: what `parseLine` accepts, or its error. */
   private addLine(raw: string, file: string, line: number): void {
     if (raw.charCodeAt(0) !== 0x7b && raw.trim() === "") return;
     const entry = parseLine(raw, file, line);
@@ -642,44 +1011,12 @@ class EntriesBuilder {
     const pathStart = index === 0 ? 0 : c.pathEnds[index - 1]!;
     c.paths = grown(c.paths, pathStart + entry.path.length * 3);
     const pathEnd = pathStart + c.paths.write(entry.path, pathStart, "utf8");
-    let hash = FNV_OFFSET;
-    let exotic = false;
-    let plain = true;
-    const paths = c.paths;
-    for (let i = pathStart; i < pathEnd; i++) {
-      const byte = paths[i]!;
-      if (byte >= HIGH_LEAD_BYTE) exotic = true;
-      if (needsJsonEscape(byte)) plain = false;
-      hash = Math.imul(hash ^ byte, FNV_PRIME);
-    }
-    hash >>>= 0;
-    const first = findBytes(c, hash, pathStart, pathEnd);
-    if (first !== -1) {
-      throw invalid(
-        file,
-        line,
-        `duplicate path ${JSON.stringify(entry.path)} (first at ${fileOfEntry(c, first)}:${c.lines[first]})`,
-        "each path once",
-      );
-    }
-    if (exotic) c.exotic = true;
-    if (c.sorted && index > 0) {
-      const previousStart = index === 1 ? 0 : c.pathEnds[index - 2]!;
-      // Byte order is UTF-16 order below U+D000, and the data key sorts by UTF-16.
-      // Buffer#compare compares its own range (this path) with the target's (the one before).
-      if (exotic || c.paths.compare(c.paths, previousStart, pathStart, pathStart, pathEnd) <= 0) c.sorted = false;
-    }
-    c.pathEnds[index] = pathEnd;
-    c.lines[index] = line;
-    c.pathHashes[index] = hash;
-    this.count = index + 1;
-    this.insert(index);
 
     const url = entry.url;
     const urlStart = index === 0 ? 0 : c.urlEnds[index - 1]!;
     c.urls = grown(c.urls, urlStart + url.length * 3);
     const urlEnd = urlStart + c.urls.write(url, urlStart, "utf8");
-    c.urlEnds[index] = urlEnd;
+    let plain = true;
     const urls = c.urls;
     for (let i = urlStart; i < urlEnd && plain; i++) {
       const byte = urls[i]!;
@@ -692,30 +1029,49 @@ class EntriesBuilder {
     }
     if (url.startsWith("file:")) c.fileUrlEntries.push(index);
     let flags = plain ? PLAIN_ROW : 0;
-    const sha256 = entry.sha256;
-    if (sha256 !== undefined) {
+    if (entry.sha256 !== undefined) {
       // parseLine decoded it last, checking it.
       c.sha256s.set(SHA256_SCRATCH, index * 32);
       flags |= HAS_SHA256;
     }
-    c.flags[index] = flags;
-    c.sizes[index] = entry.size ?? Number.NaN;
+    this.commit(line, pathEnd, urlEnd, flags, entry.size ?? Number.NaN);
   }
 
-  private insert(index: number): void {
+  /**
+   * Makes the entry whose path and URL were just written to the heaps (up to
+   * `pathEnd` and `urlEnd`) and whose hash is in place the next one, noting
+   * its folders and whether the paths are still in order.
+   */
+  private commit(line: number, pathEnd: number, urlEnd: number, urlFlags: number, size: number): void {
     const c = this.columns;
-    if (this.count * 2 > c.table.length) {
-      c.table = new Uint32Array(c.table.length * 2);
-      for (let i = 0; i < this.count; i++) this.place(i);
-    } else this.place(index);
-  }
-
-  private place(index: number): void {
-    const { table, pathHashes } = this.columns;
-    const mask = table.length - 1;
-    let slot = pathHashes[index]! & mask;
-    while (table[slot] !== 0) slot = (slot + 1) & mask;
-    table[slot] = index + 1;
+    const index = this.count;
+    const pathStart = index === 0 ? 0 : c.pathEnds[index - 1]!;
+    let hash = FNV_OFFSET;
+    let exotic = false;
+    let plain = true;
+    const paths = c.paths;
+    for (let i = pathStart; i < pathEnd; i++) {
+      const byte = paths[i]!;
+      if (byte >= HIGH_LEAD_BYTE) exotic = true;
+      if (needsJsonEscape(byte)) plain = false;
+      // The path so far is a folder of this entry's.
+      if (byte === SLASH) this.folders.add(hash >>> 0, pathStart, i);
+      hash = Math.imul(hash ^ byte, FNV_PRIME);
+    }
+    hash >>>= 0;
+    if (exotic) c.exotic = true;
+    if (c.sorted && index > 0) {
+      const previousStart = index === 1 ? 0 : c.pathEnds[index - 2]!;
+      // Byte order is UTF-16 order below U+D000, and the data key sorts by UTF-16.
+      if (exotic || compareBytes(paths, pathStart, pathEnd, paths, previousStart, pathStart) <= 0) c.sorted = false;
+    }
+    c.pathEnds[index] = pathEnd;
+    c.lines[index] = line;
+    c.pathHashes[index] = hash;
+    c.urlEnds[index] = urlEnd;
+    c.flags[index] = plain ? urlFlags : urlFlags & ~PLAIN_ROW;
+    c.sizes[index] = size;
+    this.count = index + 1;
   }
 
   finish(): ManifestEntries {
@@ -725,44 +1081,88 @@ class EntriesBuilder {
         `${this.source}: the manifest has no entries — expected at least one line like ${LINE_EXAMPLE}`,
       );
     }
+    this.checkDuplicates();
     this.checkFileFolderClashes();
     return new ManifestEntries(this.source, this.count, this.columns);
   }
 
-  /** `a` and `a/b` cannot both be files: one of them would have to be a folder. */
+  /**
+   * Throws for the first line (in manifest order) whose path an earlier line
+   * gave, naming that line. The entries sorted by path, for the data key,
+   * put equal paths side by side.
+   */
+  checkDuplicates(): void {
+    const c = this.columns;
+    if (c.sorted || this.count === 0) return;
+    const order = c.order?.length === this.count ? c.order : pathOrder(c, this.count);
+    c.order = order;
+    const startOf = (index: number) => (index === 0 ? 0 : c.pathEnds[index - 1]!);
+    const same = (a: number, b: number) => compareBytes(c.paths, startOf(a), c.pathEnds[a]!, c.paths, startOf(b), c.pathEnds[b]!) === 0;
+    let found: { first: number; again: number } | undefined;
+    for (let k = 1; k < order.length; k++) {
+      if (!same(order[k - 1]!, order[k]!)) continue;
+      // A run of equal paths: its line that repeats an earlier one first is its second smallest.
+      let first = Math.min(order[k - 1]!, order[k]!);
+      let again = Math.max(order[k - 1]!, order[k]!);
+      for (; k + 1 < order.length && same(order[k]!, order[k + 1]!); k++) {
+        const next = order[k + 1]!;
+        if (next < first) [first, again] = [next, first];
+        else if (next < again) again = next;
+      }
+      if (found === undefined || again < found.again) found = { first, again };
+    }
+    if (found === undefined) return;
+    const { first, again } = found;
+    throw invalid(
+      fileOfEntry(c, again),
+      c.lines[again]!,
+      `duplicate path ${JSON.stringify(c.paths.toString("utf8", startOf(again), c.pathEnds[again]!))} (first at ${fileOfEntry(c, first)}:${c.lines[first]})`,
+      "each path once",
+    );
+  }
+
+  /**
+   * `a` and `a/b` cannot both be files: one of them would have to be a folder.
+   * The first entry (in manifest order) with a clash is named, with the other
+   * side of it.
+   */
   private checkFileFolderClashes(): void {
     const c = this.columns;
+    const startOf = (index: number) => (index === 0 ? 0 : c.pathEnds[index - 1]!);
+    // Nearly always none: the paths that are also folders, by path.
+    const asFolders = new Map<string, number>();
+    for (let index = 0; index < this.count; index++) {
+      if (this.folders.has(c.pathHashes[index]!, startOf(index), c.pathEnds[index]!)) {
+        asFolders.set(c.paths.toString("latin1", startOf(index), c.pathEnds[index]!), index);
+      }
+    }
+    if (asFolders.size === 0) return;
     const expected = "each path to be either a file or a folder, not both";
     for (let index = 0; index < this.count; index++) {
-      const start = index === 0 ? 0 : c.pathEnds[index - 1]!;
+      const start = startOf(index);
       const end = c.pathEnds[index]!;
-      let hash = FNV_OFFSET;
       for (let i = start; i < end; i++) {
-        const byte = c.paths[i]!;
-        if (byte === SLASH) {
-          const parent = findBytes(c, hash >>> 0, start, i);
-          if (parent !== -1) {
-            const [file, line] = [fileOfEntry(c, index), c.lines[index]!];
-            const [parentFile, parentLine] = [fileOfEntry(c, parent), c.lines[parent]!];
-            const parentPath = c.paths.toString("utf8", start, i);
-            const entryPath = c.paths.toString("utf8", start, end);
-            if (parent < index) {
-              throw invalid(
-                file,
-                line,
-                `path ${JSON.stringify(entryPath)} puts a file inside ${JSON.stringify(parentPath)}, which ${parentFile}:${parentLine} lists as a file`,
-                expected,
-              );
-            }
-            throw invalid(
-              parentFile,
-              parentLine,
-              `path ${JSON.stringify(parentPath)} is a file, but ${file}:${line} puts ${JSON.stringify(entryPath)} inside it`,
-              expected,
-            );
-          }
+        if (c.paths[i] !== SLASH) continue;
+        const parent = asFolders.get(c.paths.toString("latin1", start, i));
+        if (parent === undefined) continue;
+        const [file, line] = [fileOfEntry(c, index), c.lines[index]!];
+        const [parentFile, parentLine] = [fileOfEntry(c, parent), c.lines[parent]!];
+        const parentPath = c.paths.toString("utf8", start, i);
+        const entryPath = c.paths.toString("utf8", start, end);
+        if (parent < index) {
+          throw invalid(
+            file,
+            line,
+            `path ${JSON.stringify(entryPath)} puts a file inside ${JSON.stringify(parentPath)}, which ${parentFile}:${parentLine} lists as a file`,
+            expected,
+          );
         }
-        hash = Math.imul(hash ^ byte, FNV_PRIME);
+        throw invalid(
+          parentFile,
+          parentLine,
+          `path ${JSON.stringify(parentPath)} is a file, but ${file}:${line} puts ${JSON.stringify(entryPath)} inside it`,
+          expected,
+        );
       }
     }
   }

@@ -72,7 +72,36 @@ export class ObjectStore {
 
   pathOf(hash: string): string {
     assertHash(hash);
-    return path.join(this.dir, "sha256", hash.slice(0, 2), hash.slice(2));
+    return path.join(this.folderOf(hash.slice(0, 2)), hash.slice(2));
+  }
+
+  /** The folder of the objects whose hash starts with these two hex digits. */
+  private folderOf(prefix: string): string {
+    return path.join(this.dir, "sha256", prefix);
+  }
+
+  /**
+   * `has` for many hashes: a listing of each folder of the store instead of a
+   * stat per hash. Only the last folder's names are kept, so hashes asked in
+   * order of their first byte list each folder once.
+   */
+  hasEach(): (hash: string) => boolean {
+    let prefix = "";
+    let names = new Set<string>();
+    return (hash) => {
+      assertHash(hash);
+      const first = hash.slice(0, 2);
+      if (first !== prefix) {
+        prefix = first;
+        try {
+          names = new Set(fs.readdirSync(this.folderOf(prefix)));
+        } catch {
+          // As for `has`: a folder that cannot be read holds nothing this store can use.
+          names = new Set();
+        }
+      }
+      return names.has(hash.slice(2));
+    };
   }
 
   tmpDir(): string {

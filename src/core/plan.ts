@@ -9,7 +9,7 @@
  *   job key    = H(env key, source key, data key, canonical JSON of the params)
  */
 import { existsSync, readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, filesOf, firstFiles, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { projectMonitor } from "./monitor.js";
@@ -261,24 +261,9 @@ function describeChange(what: string, change: TreeChange | undefined): string | 
   return parts.length === 0 ? undefined : `${what}: ${parts.join(", ")}`;
 }
 
-/**
- * `objects.has` for a million hashes: an object whose folder does not exist is
- * not stored, so a store that holds few of them costs a stat per folder, not
- * one per entry.
- */
-function storedObjects(objects: ObjectStore): (hash: string) => boolean {
-  if (!existsSync(objects.dir)) return () => false;
-  const folders = new Map<string, boolean>();
-  return (hash) => {
-    const file = objects.pathOf(hash);
-    const folder = dirname(file);
-    let present = folders.get(folder);
-    if (present === undefined) {
-      present = existsSync(folder);
-      folders.set(folder, present);
-    }
-    return present && existsSync(file);
-  };
+/** `objects.has` for a million hashes, or undefined when the store holds nothing yet. */
+function storedObjects(objects: ObjectStore): ((hash: string) => boolean) | undefined {
+  return existsSync(objects.dir) ? objects.hasEach() : undefined;
 }
 
 export interface PlanOptions {
