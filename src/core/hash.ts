@@ -89,7 +89,7 @@ import { join, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import type { TreeMonitor } from "./monitor.js";
+import type { MonitorAnswer, TreeMonitor } from "./monitor.js";
 import {
   ALWAYS_IGNORED,
   HASH_WORKER_MARK,
@@ -210,6 +210,26 @@ export interface StatCacheStore {
   monitorToken?(root: string): string | undefined;
   /** Pairs a newer token with the entries last loaded or saved, found still true. */
   recordMonitorToken?(root: string, token: string): void;
+  /**
+   * What the cache of root keeps beside its rows for the monitor, read
+   * without loading them: a tree the monitor finds unchanged is described
+   * from it alone. Undefined when no token or tree hash is kept with them.
+   */
+  keptTree?(root: string): KeptTree | undefined;
+}
+
+/** A stat cache's tree described without its rows (see `StatCacheStore.keptTree`). */
+export interface KeptTree {
+  /** The monitor's token paired with the rows. */
+  monitorToken: string;
+  /** The tree hash of the rows. */
+  hash: string;
+  files: number;
+  bytes: number;
+  /** How many of the files are symlinks. */
+  links: number;
+  /** The first few files, in path order. */
+  head: TreeFile[];
 }
 
 export interface HashTreeOptions {
@@ -802,15 +822,27 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
   checkRoot(absoluteRoot);
   const rules = options.everyFile === true ? null : ignoreRules(absoluteRoot, options.ignore);
   const store = options.statCache;
+  const monitor = options.everyFile === true || store?.monitorToken === undefined ? undefined : options.monitor;
+  // With a monitor, the tree kept beside the cache's rows may be all there is
+  // to know: when nothing changed since its token, the rows are not even loaded.
+  const kept = monitor === undefined ? undefined : store?.keptTree?.(absoluteRoot);
+  let early: MonitorAnswer | undefined;
+  if (monitor !== undefined && kept !== undefined) {
+    early = await monitor.changesSince(absoluteRoot, kept.monitorToken);
+    if (early?.changed?.length === 0) return keptTreeHash(absoluteRoot, kept, store!, early.token);
+  }
   // A cache the threads can read in place is loaded before they start: they
   // compare each file with it and send back little more than its row.
   const packed = store?.loadPacked?.(absoluteRoot);
   const savedAt = packed !== undefined ? packed.savedAt : store?.savedAt?.(absoluteRoot);
   // Asked before anything is walked: whatever changes from here on, the monitor names next time.
   let monitorToken: string | undefined;
-  if (options.monitor !== undefined && store?.monitorToken !== undefined && options.everyFile !== true) {
+  if (monitor !== undefined && store?.monitorToken !== undefined) {
     const previous = store.monitorToken(absoluteRoot);
-    const answer = await options.monitor.changesSince(absoluteRoot, previous);
+    // The answer already given holds for the rows loaded only if they are the ones its token was kept with.
+    let answer = early;
+    if (kept === undefined) answer = await monitor.changesSince(absoluteRoot, previous);
+    else if (early !== undefined && previous !== kept.monitorToken) answer = { token: early.token, changed: null };
     monitorToken = answer?.token;
     if (answer !== undefined && answer.changed !== null && previous !== undefined && packed !== undefined) {
       const tree = await treeFromChanges(absoluteRoot, rules, packed, answer.changed, store, answer.token);
@@ -866,6 +898,36 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
     else await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
   } else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
   return tree;
+}
+
+/**
+ * The tree the monitor found unchanged since the token kept with it, from
+ * what the store keeps beside the rows. Its files are read from the rows only
+ * if asked for, and links are checked only if it has any.
+ */
+function keptTreeHash(root: string, kept: KeptTree, store: StatCacheStore, token: string): TreeHash {
+  store.recordMonitorToken?.(root, token);
+  let packed: PackedStatCache | undefined;
+  const loaded = (): PackedStatCache => {
+    if (packed !== undefined) return packed;
+    const rows = store.loadPacked?.(root);
+    // Another process may have saved a different tree since the kept one was read.
+    if (rows === undefined || rows.count !== kept.files || (rows.treeHash ?? digestOfRows(rows)) !== kept.hash) {
+      throw new KaosError("IO", `The stat cache of ${root} was rewritten by another kaos process while this one read it.`, {
+        hint: "Run the command again.",
+      });
+    }
+    packed = rows;
+    return packed;
+  };
+  const rows: TreeRows = {
+    count: kept.files,
+    links: kept.links,
+    fileAt: (row) => (row < kept.head.length ? { ...kept.head[row]! } : loaded().fileAt(row)),
+    modeAt: (row) => (row < kept.head.length ? kept.head[row]!.mode : loaded().modeAt(row)),
+  };
+  const stats = { files: kept.files, bytes: kept.bytes, hashedFiles: 0, hashedBytes: 0, cacheHits: kept.files, monitored: true };
+  return lazyTree(root, kept.hash, rows, stats);
 }
 
 /** Changed paths past this many are walked in parallel instead of looked at one by one here. */
@@ -1083,6 +1145,8 @@ function columnsOf(packed: PackedStatCache): PackedColumns {
 /** The files of a tree as rows, made into objects one at a time. */
 interface TreeRows {
   count: number;
+  /** How many of the rows are symlinks, when known without looking at them. */
+  links?: number;
   fileAt(row: number): TreeFile;
   modeAt(row: number): TreeFile["mode"];
 }
@@ -1126,6 +1190,7 @@ function fileOf(entry: StatCacheEntry): TreeFile {
 export function treeLinks(tree: TreeHash): TreeHash {
   const rows = rowTrees.get(tree);
   const links: TreeFile[] = [];
+  if (rows?.links === 0) return { root: tree.root, hash: tree.hash, files: links, stats: tree.stats };
   if (rows === undefined) {
     for (const file of tree.files) if (file.mode === "symlink") links.push(file);
   } else {
