@@ -100,6 +100,7 @@ import {
   STATUS_HIT,
   STATUS_STATTED,
   STATUS_VANISHED,
+  WORKER_READY,
   isOutsideRacyWindow,
   type HashJobRequest,
   type PackedColumns,
@@ -286,6 +287,8 @@ interface PoolWorker {
   pending: Map<number, PendingRequest>;
   /** A hash job is running there: nothing else is queued behind it. */
   busyWithJob: boolean;
+  /** Its start-up is over: what is sent to it now is taken at once. */
+  ready: boolean;
 }
 
 const pool: PoolWorker[] = [];
@@ -293,14 +296,18 @@ let nextRequestId = 1;
 
 function startWorker(): PoolWorker {
   const thread = spawnWorkerThread();
-  const member: PoolWorker = { thread, pending: new Map(), busyWithJob: false };
+  const member: PoolWorker = { thread, pending: new Map(), busyWithJob: false, ready: false };
   const fail = (error: unknown): void => {
     const index = pool.indexOf(member);
     if (index >= 0) pool.splice(index, 1);
     for (const request of member.pending.values()) request.reject(error);
     member.pending.clear();
   };
-  thread.on("message", (result: WorkerResult) => {
+  thread.on("message", (result: WorkerResult | typeof WORKER_READY) => {
+    if (result === WORKER_READY) {
+      member.ready = true;
+      return;
+    }
     const request = member.pending.get(result.id);
     if (request === undefined) return;
     member.pending.delete(result.id);
@@ -340,6 +347,16 @@ export function startHashWorkers(workers = 1): void {
   workersFor(workers);
 }
 
+/**
+ * Starts, ahead of the first hashTree call, the threads that a walk of a tree
+ * the stat cache lists `cachedFiles` files of will use: none for a small
+ * one, which needs none (see `walkersFor`), all of them for a big one, whose
+ * walk then finds them ready instead of waiting for their start-up.
+ */
+export function startHashWorkersFor(cachedFiles: number | undefined): void {
+  if (cachedFiles !== undefined && cachedFiles > SMALL_TREE_FILES) workersFor(undefined);
+}
+
 function workersFor(requested: number | undefined): PoolWorker[] {
   const wanted = Math.max(1, Math.floor(requested ?? Math.min(2, availableParallelism())));
   while (pool.length < wanted) pool.push(startWorker());
@@ -355,17 +372,17 @@ const SMALL_TREE_FILES = 2000;
  * thread pays its start-up (tens of milliseconds of CPU each) for a walk of
  * a few milliseconds.
  */
-const CALLING_THREAD: PoolWorker = { thread: undefined, pending: new Map(), busyWithJob: false };
+const CALLING_THREAD: PoolWorker = { thread: undefined, pending: new Map(), busyWithJob: false, ready: true };
 
 /**
  * Who walks a tree that the stat cache lists `cachedFiles` files of: a small
  * one goes to one thread already running, or to the calling thread.
  */
 function walkersFor(requested: number | undefined, cachedFiles: number | undefined): PoolWorker[] {
-  if (cachedFiles !== undefined && cachedFiles <= SMALL_TREE_FILES && requested === undefined) {
-    return pool.length > 0 ? pool.slice(0, 1) : [CALLING_THREAD];
-  }
-  return workersFor(requested);
+  if (requested !== undefined) return workersFor(requested);
+  if (cachedFiles !== undefined && cachedFiles <= SMALL_TREE_FILES) return pool[0]?.ready === true ? pool.slice(0, 1) : [CALLING_THREAD];
+  // The calling thread, idle while the threads walk, walks too until one of them is ready.
+  return [CALLING_THREAD, ...workersFor(undefined)];
 }
 
 function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<WorkerResult> {
@@ -513,8 +530,10 @@ class TreeRun {
 
   private idlestWorker(): PoolWorker | undefined {
     let best: PoolWorker | undefined;
+    const threadReady = this.workers.some((member) => member.thread !== undefined && member.ready);
     for (const member of this.workers) {
       if (member.busyWithJob || member.pending.size >= MAX_OUTSTANDING) continue;
+      if (member === CALLING_THREAD && threadReady && this.workers.length > 1) continue;
       if (best === undefined || member.pending.size < best.pending.size) best = member;
     }
     // A job goes only to a worker with nothing queued, so it never delays a walk unit.

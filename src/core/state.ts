@@ -1151,6 +1151,28 @@ function openWriter(dbPath: string): DatabaseSync {
   }
 }
 
+/**
+ * How many files the largest stat cache of the project at `root` lists, read
+ * without opening the store (no migration, no check), so that the hashing
+ * threads a big tree needs can start before the store opens. Undefined when
+ * there is no store, or it cannot be read.
+ */
+export function largestStatCache(root: string): number | undefined {
+  const dbPath = stateDbOf(root);
+  if (!existsSync(dbPath)) return undefined;
+  let db: DatabaseSync | undefined;
+  try {
+    db = openDatabase(dbPath, { readOnly: true, busyTimeoutMs: 0 });
+    const row = db.prepare("SELECT max(entries) AS files FROM stat_cache").get() as { files: number | null } | undefined;
+    return row?.files ?? undefined;
+  } catch {
+    // Only a hint: the store, when it opens, says what is wrong with it.
+    return undefined;
+  } finally {
+    db?.close();
+  }
+}
+
 function openReader(dbPath: string): DatabaseSync {
   let db: DatabaseSync | undefined;
   try {

@@ -197,6 +197,9 @@ export interface WorkerFileError {
   message: string;
 }
 
+/** What a worker thread posts once, when its start-up is over and it takes requests. */
+export const WORKER_READY = "ready";
+
 export type WorkerRequest = WalkRequest | HashJobRequest;
 export type WorkerResult = WalkResult | HashJobResult;
 
