@@ -246,14 +246,27 @@ describe("hashTree with a file system monitor, in process", () => {
   });
 
   it("loads the rows when the monitor names a change, and finds the tree a walk finds", async () => {
-    const { bundle, stateDir, open } = await served({ "a.txt": "a\n", "b/c.txt": "c\n" });
+    const { bundle, stateDir, open } = await served({
+      "a.txt": "a\n",
+      "b/c.txt": "c\n",
+      "b/e.txt": "e\n",
+      "d/f.txt": "f\n",
+      "g.txt": "g\n",
+    });
     const monitor = projectMonitor(stateDir);
     await hashTree(bundle, { statCache: open(), monitor });
     await hashTree(bundle, { statCache: open(), monitor });
+    // An edit, additions first, between two files and last, and removals of a file and of a directory.
     writeFileSync(join(bundle, "b/c.txt"), "changed\n");
+    writeFileSync(join(bundle, "0.txt"), "first\n");
+    writeFileSync(join(bundle, "b/d.txt"), "between\n");
+    writeFileSync(join(bundle, "z.txt"), "last\n");
+    rmSync(join(bundle, "a.txt"));
+    rmSync(join(bundle, "d"), { recursive: true });
     const store = open();
     const changed = await hashTree(bundle, { statCache: store, monitor });
-    expect(changed.stats).toMatchObject({ monitored: true, hashedFiles: 1 });
+    expect(changed.stats).toMatchObject({ monitored: true, hashedFiles: 4, files: 6 });
+    expect(changed.files.map((file) => file.path)).toEqual(["0.txt", "b/c.txt", "b/d.txt", "b/e.txt", "g.txt", "z.txt"]);
     expect(store.rowLoads).toBe(1);
     expect(changed.hash).toBe((await hashTree(bundle)).hash);
     // And the next plan takes the new tree from what is kept.

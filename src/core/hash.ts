@@ -1049,39 +1049,57 @@ async function treeFromChanges(
     store.recordMonitorToken?.(root, token);
     return tree;
   }
-  // Every row stays but those replaced or gone; new paths go in in path order.
-  const entries: StatCacheEntry[] = [];
-  const added = [...updates.values()].filter((entry): entry is StatCacheEntry => entry !== null && findRow(packed, entry.path) < 0);
-  added.sort((a, b) => comparePaths(a.path, b.path));
+  // Every row stays but those replaced or gone, copied by the run; new paths go in in path order.
+  const changedRows = new Map<number, StatCacheEntry | null>();
+  const added: { at: number; entry: StatCacheEntry }[] = [];
+  for (const [path, update] of updates) {
+    const found = searchSortedRows(packed.count, (at) => comparePaths(packed.pathAt(at), path));
+    if (found.row >= 0) changedRows.set(found.row, update);
+    else if (update !== null) added.push({ at: found.next, entry: update });
+  }
+  for (const row of removedRows) if (!changedRows.has(row)) changedRows.set(row, null);
+  added.sort((a, b) => comparePaths(a.entry.path, b.entry.path));
+  const fresh = new FreshRows();
+  const runs: RowRun[] = [];
+  const pushFresh = (entry: StatCacheEntry): void => {
+    const row = fresh.push(entry.path, entry.mode, entry.dev, entry.ino, entry.size, entry.mtimeNs, entry.ctimeNs, entry.hash);
+    appendRun(runs, { fromPacked: false, first: row, count: 1 });
+  };
   let next = 0;
-  for (let row = 0; row < packed.count; row++) {
-    if (removedRows.has(row)) continue;
-    const entry = packed.entryAt(row);
-    while (next < added.length && comparePaths(added[next]!.path, entry.path) < 0) entries.push(added[next++]!);
-    const update = updates.get(entry.path);
-    if (update === null) continue;
-    entries.push(update ?? entry);
+  let kept = 0;
+  for (const row of [...changedRows.keys()].sort((a, b) => a - b)) {
+    while (next < added.length && added[next]!.at <= row) {
+      appendRun(runs, { fromPacked: true, first: kept, count: added[next]!.at - kept });
+      kept = added[next]!.at;
+      pushFresh(added[next++]!.entry);
+    }
+    appendRun(runs, { fromPacked: true, first: kept, count: row - kept });
+    const update = changedRows.get(row);
+    if (update !== null && update !== undefined) pushFresh(update);
+    kept = row + 1;
   }
-  while (next < added.length) entries.push(added[next++]!);
-  const digest = new TreeDigest();
-  const files: TreeFile[] = [];
-  let bytes = 0;
-  for (const entry of entries) {
-    const file = fileOf(entry);
-    files.push(file);
-    digest.add(file);
-    bytes += file.size;
+  for (; next < added.length; next++) {
+    appendRun(runs, { fromPacked: true, first: kept, count: added[next]!.at - kept });
+    kept = added[next]!.at;
+    pushFresh(added[next]!.entry);
   }
-  const hash = digest.finish();
+  appendRun(runs, { fromPacked: true, first: kept, count: packed.count - kept });
+  const rows = new StatCacheRows(runs, packed, fresh);
+  const { hash, bytes } = digestOfRuns(runs, packed, fresh);
   // Entries kept from the cache were read before its time, new ones after: the
   // cache's time stays, the earliest, which is what the racy rule needs.
-  await store.save(root, entries, packed.savedAt, hash, token);
-  return {
-    root,
-    hash,
-    files,
-    stats: { files: files.length, bytes, hashedFiles: read, hashedBytes: readBytes, cacheHits: files.length - read, monitored: true },
-  };
+  if (store.saveRows !== undefined) await store.saveRows(root, rows, packed.savedAt, hash, token);
+  else await store.save(root, rows.entries(), packed.savedAt, hash, token);
+  const stats = { files: rows.count, bytes, hashedFiles: read, hashedBytes: readBytes, cacheHits: rows.count - read, monitored: true };
+  return lazyTree(root, hash, rows, stats);
+}
+
+/** Adds a run of rows to a listing's runs, joined to the last one when it continues it; empty runs add nothing. */
+function appendRun(runs: RowRun[], run: RowRun): void {
+  if (run.count === 0) return;
+  const last = runs[runs.length - 1];
+  if (last !== undefined && last.fromPacked === run.fromPacked && last.first + last.count === run.first) last.count += run.count;
+  else runs.push({ ...run });
 }
 
 /** Whether every directory above `path` is a directory, not a symlink to one (results kept in `known`). */
@@ -1196,10 +1214,6 @@ function lazyTree(root: string, hash: string, rows: TreeRows, stats: TreeHash["s
   });
   rowTrees.set(tree, rows);
   return tree;
-}
-
-function fileOf(entry: StatCacheEntry): TreeFile {
-  return { path: entry.path, mode: entry.mode, size: entry.size, hash: entry.hash };
 }
 
 /**
@@ -1434,9 +1448,7 @@ class Listing {
   constructor(private readonly packed: PackedStatCache | undefined) {}
 
   private addRows(fromPacked: boolean, first: number, count: number): void {
-    const last = this.runs[this.runs.length - 1];
-    if (last !== undefined && last.fromPacked === fromPacked && last.first + last.count === first) last.count += count;
-    else this.runs.push({ fromPacked, first, count });
+    appendRun(this.runs, { fromPacked, first, count });
   }
 
   /** Takes one walk result; returns the hash jobs for what must be read. */
@@ -1511,32 +1523,9 @@ class Listing {
     this.dropVanished();
     const rows = new StatCacheRows(this.runs, packed, this.fresh);
     this.finalRows = rows;
-    const digest = new TreeDigest();
-    let bytes = 0;
-    // Row by row from the columns: no file objects, and no hex text of every cached hash at once.
-    const fresh = this.fresh;
-    const freshHashes = fresh.hashes;
-    for (const run of this.runs) {
-      const end = run.first + run.count;
-      if (!run.fromPacked) {
-        for (let row = run.first; row < end; row++) {
-          const hash = fresh.odd.size > 0 ? fresh.hashAt(row) : freshHashes.toString("hex", 32 * row, 32 * row + 32);
-          digest.addLine(fresh.modeAt(row), fresh.paths[row]!, hash);
-          bytes += fresh.sizes[row]!;
-        }
-        continue;
-      }
-      const source = packed!;
-      const sizes = new Float64Array(source.bytes.buffer, source.bytes.byteOffset + source.size, source.count);
-      const raw = source.rawHashes === undefined ? undefined : Buffer.from(source.bytes.buffer, source.bytes.byteOffset + source.rawHashes);
-      for (let row = run.first; row < end; row++) {
-        const hash = raw === undefined ? source.fileAt(row).hash : raw.toString("hex", 32 * row, 32 * row + 32);
-        digest.addLine(source.modeAt(row), source.pathAt(row), hash);
-        bytes += sizes[row]!;
-      }
-    }
+    const { hash, bytes } = digestOfRuns(this.runs, packed, this.fresh);
     const stats = { files: rows.count, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits };
-    return lazyTree(root, digest.finish(), rows, stats);
+    return lazyTree(root, hash, rows, stats);
   }
 
   /** Files that vanished before their job could read them are not part of the tree. */
@@ -1545,11 +1534,7 @@ class Listing {
     const gone = (row: number): boolean => fresh.odd.get(row) === "";
     if (fresh.odd.size === 0 || ![...fresh.odd.values()].includes("")) return;
     const runs: RowRun[] = [];
-    const keep = (run: RowRun): void => {
-      const last = runs[runs.length - 1];
-      if (last !== undefined && last.fromPacked === run.fromPacked && last.first + last.count === run.first) last.count += run.count;
-      else runs.push({ ...run });
-    };
+    const keep = (run: RowRun): void => appendRun(runs, run);
     for (const run of this.runs) {
       if (run.fromPacked) {
         keep(run);
@@ -1566,6 +1551,33 @@ class Listing {
     }
     this.runs = runs;
   }
+}
+
+/** The tree hash and total size of a listing's runs, row by row from the columns: no file objects, and no hex text of every cached hash at once. */
+function digestOfRuns(runs: readonly RowRun[], packed: PackedStatCache | undefined, fresh: FreshRows): { hash: string; bytes: number } {
+  const digest = new TreeDigest();
+  let bytes = 0;
+  const freshHashes = fresh.hashes;
+  for (const run of runs) {
+    const end = run.first + run.count;
+    if (!run.fromPacked) {
+      for (let row = run.first; row < end; row++) {
+        const hash = fresh.odd.size > 0 ? fresh.hashAt(row) : freshHashes.toString("hex", 32 * row, 32 * row + 32);
+        digest.addLine(fresh.modeAt(row), fresh.paths[row]!, hash);
+        bytes += fresh.sizes[row]!;
+      }
+      continue;
+    }
+    const source = packed!;
+    const sizes = new Float64Array(source.bytes.buffer, source.bytes.byteOffset + source.size, source.count);
+    const raw = source.rawHashes === undefined ? undefined : Buffer.from(source.bytes.buffer, source.bytes.byteOffset + source.rawHashes);
+    for (let row = run.first; row < end; row++) {
+      const hash = raw === undefined ? source.fileAt(row).hash : raw.toString("hex", 32 * row, 32 * row + 32);
+      digest.addLine(source.modeAt(row), source.pathAt(row), hash);
+      bytes += sizes[row]!;
+    }
+  }
+  return { hash: digest.finish(), bytes };
 }
 
 function sumOf(packed: PackedStatCache): number {
