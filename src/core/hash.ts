@@ -57,7 +57,10 @@
  * `savedAt`, the earliest moment any of its entries was read. When the
  * monitor cannot tell, or the changes are more than paths to look at one by
  * one, the tree is walked, and the token asked for before the walk is saved
- * with what it found.
+ * with what it found. A store that keeps the tree beside its rows
+ * (`keptTree`: the token, tree hash, size, link count and first files) is
+ * asked first: when the monitor names no change, the rows are not loaded at
+ * all, so a no-op plan of a million files costs what one of a thousand does.
  *
  * Speed. A small pool of worker threads (hash-worker.ts) lists directories,
  * lstats and reads files with synchronous fs calls and one reused buffer
@@ -75,10 +78,12 @@
  * that order, no allocation to compare). Either way the main thread hands out
  * what must be read as hash jobs. Files above
  * LARGE_FILE_BYTES are jobs of their own, biggest first, so big files spread
- * over every worker too. `startHashWorkers()` lets a caller start a thread
- * early, overlapping its start-up with its own. A tree the stat cache lists
- * at most SMALL_TREE_FILES files of is walked by one thread already running,
- * or by the calling thread with the same code, starting none.
+ * over every worker too. `startHashWorkers()` and `startHashWorkersFor()` let
+ * a caller start threads early, overlapping their start-up with its own. A
+ * tree the stat cache lists at most SMALL_TREE_FILES files of is walked by
+ * one thread already running, or by the calling thread with the same code,
+ * starting none. A bigger one is walked by the calling thread too until a
+ * thread has started (it would only wait for them otherwise).
  */
 import { createHash } from "node:crypto";
 import { type BigIntStats, constants as fsConstants, existsSync, lstatSync, readFileSync, readlinkSync, statSync } from "node:fs";
