@@ -21,19 +21,13 @@
  * compiled (dist) or through jiti (tests run the sources).
  */
 import { createHash, hash as oneShotHash } from "node:crypto";
-import {
-  type BigIntStats,
-  type Dirent,
-  closeSync,
-  constants as fsConstants,
-  lstatSync,
-  openSync,
-  readSync,
-  readdirSync,
-  readlinkSync,
-} from "node:fs";
+import type { BigIntStats, Dirent } from "node:fs";
 import { createRequire } from "node:module";
 import type { Ignore } from "ignore";
+
+// The module itself rather than its ES module facade, whose making reads every
+// export (and so loads the streams) in each thread that imports it.
+const { closeSync, constants: fsConstants, lstatSync, openSync, readSync, readdirSync, readlinkSync } = process.getBuiltinModule("node:fs");
 
 /** workerData that marks a thread as a hash worker (hash.ts imports this module's constants on the main thread too). */
 export const HASH_WORKER_MARK = "kaos-hash-worker";
