@@ -709,6 +709,37 @@ describe("hashTree: a stat cache the hashing threads compare against", () => {
     await expectKaosError(hashTree(root, { statCache: cache }), "BUNDLE_INVALID", "data/pipe");
   });
 
+  it("walks a big tree in the calling thread too while the threads start, with one thread's answer, racy files included", async () => {
+    const root = makeTemporaryDirectory();
+    // More files than a tree walked without threads.
+    const spec: Spec = {};
+    for (let i = 0; i < 3000; i++) spec[`d${i % 40}/f${i}.txt`] = `${i}\n`;
+    writeTree(root, spec);
+    await waitPastRacyWindow();
+    const cache = sqliteStatCache();
+    const cold = await hashTree(root, { statCache: cache, workers: 1 });
+    await stopHashWorkers();
+    const warm = await hashTree(root, { statCache: cache });
+    expect(warm.hash).toBe(cold.hash);
+    expect(warm.stats).toMatchObject({ files: 3000, hashedFiles: 0, cacheHits: 3000 });
+
+    // Edits, and files written within the racy window of the next save, in every part of the tree.
+    for (let i = 0; i < 3000; i += 150) writeFileSync(join(root, `d${i % 40}/f${i}.txt`), `edited ${i}\n`);
+    writeFileSync(join(root, "d0/new.txt"), "new\n");
+    writeFileSync(join(root, "d39/new.txt"), "new\n");
+    await stopHashWorkers();
+    const edited = await hashTree(root, { statCache: cache });
+    const oneThread = await hashTree(root, { workers: 1 });
+    expect(edited.hash).toBe(oneThread.hash);
+    expect(edited.files).toEqual(oneThread.files);
+    expect(edited.stats).toMatchObject({ files: 3002, hashedFiles: 22, cacheHits: 2980 });
+    // Saved right after they were written, they are read again by the next walk, and give the same tree.
+    await stopHashWorkers();
+    const racy = await hashTree(root, { statCache: cache });
+    expect(racy.hash).toBe(oneThread.hash);
+    expect(racy.stats.hashedFiles).toBe(22);
+  });
+
   it("learns the tree hash from an unchanged tree when the saved cache lacks it", async () => {
     const root = makeTemporaryDirectory();
     writeTree(root, SAMPLE);

@@ -4,9 +4,12 @@
  * asks it what changed instead of walking the bundles, or walks when the
  * monitor cannot say.
  */
-import { existsSync, mkdirSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { firstFiles, hashTree, stopHashWorkers, treeLinks, type StatCacheStore } from "../src/core/hash.js";
+import { projectMonitor, startMonitor } from "../src/core/monitor.js";
+import { StateStore } from "../src/core/state.js";
 import { makeProject, runKaos, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
 
 const CONFIG = `export default { pipelines: { p: { source: "src", data: "data" } } };\n`;
@@ -29,6 +32,8 @@ const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
+
+afterAll(() => stopHashWorkers());
 
 function project(): Project {
   const made = makeProject({
@@ -170,5 +175,114 @@ describe("kaos plan with a file system monitor", () => {
     const edited = await plan(p.dir);
     expect(edited.stats).toMatchObject({ monitoredTrees: 2, hashedFiles: 1 });
     expect(edited.pipelines[0]!.keys.data).not.toBe(next.pipelines[0]!.keys.data);
+  });
+});
+
+describe("hashTree with a file system monitor, in process", () => {
+  /** A bundle beside a project's .kaos/, a monitor serving it, and a store opened afresh per plan, as by separate processes. */
+  async function served(files: Record<string, string>): Promise<{ bundle: string; stateDir: string; open(): CountingStore }> {
+    const made = makeProject({ "kaos.config.ts": CONFIG, ...under("data", files) });
+    cleanups.push(() => made.remove());
+    const stateDir = join(made.dir, ".kaos");
+    mkdirSync(stateDir, { recursive: true });
+    const started = await startMonitor(stateDir);
+    if (started.server === undefined) throw new Error(started.reason);
+    const server = started.server;
+    cleanups.push(() => server.close());
+    const stores: StateStore[] = [];
+    cleanups.push(() => {
+      for (const store of stores) store.close();
+    });
+    return {
+      bundle: join(made.dir, "data"),
+      stateDir,
+      open: () => {
+        const state = StateStore.open(made.dir);
+        stores.push(state);
+        return countingStore(state.statCache());
+      },
+    };
+  }
+
+  interface CountingStore extends StatCacheStore {
+    /** How many times the cache's rows were loaded. */
+    rowLoads: number;
+  }
+
+  function countingStore(inner: StatCacheStore): CountingStore {
+    const store: CountingStore = {
+      ...inner,
+      rowLoads: 0,
+      load: (root) => {
+        store.rowLoads++;
+        return inner.load(root);
+      },
+      loadPacked: (root) => {
+        store.rowLoads++;
+        return inner.loadPacked?.(root);
+      },
+    };
+    return store;
+  }
+
+  it("takes a tree the monitor finds unchanged from what its cache keeps, loading no row unless its files are asked for", async () => {
+    // More files than the few kept beside the rows.
+    const files = Object.fromEntries(Array.from({ length: 30 }, (_, i) => [`d${i % 3}/f${i}.txt`, `${i}\n`]));
+    const { bundle, stateDir, open } = await served(files);
+    const monitor = projectMonitor(stateDir);
+    // The first plan is told "I don't know" and walks; its token is kept with the rows it saves.
+    const walked = await hashTree(bundle, { statCache: open(), monitor });
+    const store = open();
+    const kept = await hashTree(bundle, { statCache: store, monitor });
+    expect(kept.stats.monitored).toBe(true);
+    expect(kept.hash).toBe(walked.hash);
+    expect(kept.stats).toMatchObject({ files: 30, bytes: walked.stats.bytes, hashedFiles: 0, cacheHits: 30 });
+    expect(treeLinks(kept).files).toEqual([]);
+    expect(firstFiles(kept, 2)).toEqual(walked.files.slice(0, 2));
+    expect(store.rowLoads).toBe(0);
+    // Asked for every file, it loads the rows once.
+    expect(kept.files).toEqual(walked.files);
+    expect(store.rowLoads).toBe(1);
+  });
+
+  it("loads the rows when the monitor names a change, and finds the tree a walk finds", async () => {
+    const { bundle, stateDir, open } = await served({
+      "a.txt": "a\n",
+      "b/c.txt": "c\n",
+      "b/e.txt": "e\n",
+      "d/f.txt": "f\n",
+      "g.txt": "g\n",
+    });
+    const monitor = projectMonitor(stateDir);
+    await hashTree(bundle, { statCache: open(), monitor });
+    await hashTree(bundle, { statCache: open(), monitor });
+    // An edit, additions first, between two files and last, and removals of a file and of a directory.
+    writeFileSync(join(bundle, "b/c.txt"), "changed\n");
+    writeFileSync(join(bundle, "0.txt"), "first\n");
+    writeFileSync(join(bundle, "b/d.txt"), "between\n");
+    writeFileSync(join(bundle, "z.txt"), "last\n");
+    rmSync(join(bundle, "a.txt"));
+    rmSync(join(bundle, "d"), { recursive: true });
+    const store = open();
+    const changed = await hashTree(bundle, { statCache: store, monitor });
+    expect(changed.stats).toMatchObject({ monitored: true, hashedFiles: 4, files: 6 });
+    expect(changed.files.map((file) => file.path)).toEqual(["0.txt", "b/c.txt", "b/d.txt", "b/e.txt", "g.txt", "z.txt"]);
+    expect(store.rowLoads).toBe(1);
+    expect(changed.hash).toBe((await hashTree(bundle)).hash);
+    // And the next plan takes the new tree from what is kept.
+    const next = open();
+    const again = await hashTree(bundle, { statCache: next, monitor });
+    expect(again.hash).toBe(changed.hash);
+    expect(next.rowLoads).toBe(0);
+  });
+
+  it("checks the links of a kept tree that has some", async () => {
+    const { bundle, stateDir, open } = await served({ "a.txt": "a\n" });
+    symlinkSync("a.txt", join(bundle, "link"));
+    const monitor = projectMonitor(stateDir);
+    await hashTree(bundle, { statCache: open(), monitor });
+    const kept = await hashTree(bundle, { statCache: open(), monitor });
+    expect(kept.stats.monitored).toBe(true);
+    expect(treeLinks(kept).files.map((file) => file.path)).toEqual(["link"]);
   });
 });

@@ -63,17 +63,22 @@ function globals(command: Command): GlobalOptions {
  * before the command's own modules load, so that both overlap that loading.
  */
 async function warmUp(configPath: string | undefined): Promise<void> {
-  const [{ startHashWorkers }, { prefetchPython }, { findConfig, stateDirOf }] = await Promise.all([
+  const [{ startHashWorkers, startHashWorkersFor }, { prefetchPython }, { findConfig, monitorSocketOf, stateDirOf }] = await Promise.all([
     import("../core/hash.js"),
     import("../backends/local/python.js"),
     import("../core/layout.js"),
   ]);
   const config = configPath !== undefined ? resolve(configPath) : findConfig(process.cwd());
-  const stateDir = config === undefined ? undefined : stateDirOf(dirname(config));
+  const projectRoot = config === undefined ? undefined : dirname(config);
+  const stateDir = projectRoot === undefined ? undefined : stateDirOf(projectRoot);
   // Only a first run has every file to hash. Later ones find most files in the
   // stat cache: small trees are then walked without a thread, and a large one
-  // starts its threads when it needs them.
-  if (stateDir === undefined || !existsSync(stateDir)) startHashWorkers();
+  // has its threads started now, unless a file system monitor may spare it the walk.
+  if (projectRoot === undefined || stateDir === undefined || !existsSync(stateDir)) startHashWorkers();
+  else if (!existsSync(monitorSocketOf(stateDir))) {
+    const { largestStatCache } = await import("../core/state.js");
+    startHashWorkersFor(largestStatCache(projectRoot));
+  }
   if (stateDir !== undefined) prefetchPython(stateDir);
 }
 

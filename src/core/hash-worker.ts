@@ -4,7 +4,7 @@
  * rather than copying them.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { HASH_WORKER_MARK, runHashJob, runWalk, type WorkerRequest, type WorkerResult } from "./tree-walk.js";
+import { HASH_WORKER_MARK, WORKER_READY, runHashJob, runWalk, type WorkerRequest, type WorkerResult } from "./tree-walk.js";
 
 function transferList(result: WorkerResult): ArrayBuffer[] {
   if (result.kind !== "walk") return [];
@@ -19,4 +19,5 @@ if (parentPort !== null && workerData === HASH_WORKER_MARK) {
     const result = request.kind === "walk" ? runWalk(request) : runHashJob(request);
     port.postMessage(result, transferList(result));
   });
+  port.postMessage(WORKER_READY);
 }

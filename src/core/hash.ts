@@ -57,7 +57,10 @@
  * `savedAt`, the earliest moment any of its entries was read. When the
  * monitor cannot tell, or the changes are more than paths to look at one by
  * one, the tree is walked, and the token asked for before the walk is saved
- * with what it found.
+ * with what it found. A store that keeps the tree beside its rows
+ * (`keptTree`: the token, tree hash, size, link count and first files) is
+ * asked first: when the monitor names no change, the rows are not loaded at
+ * all, so a no-op plan of a million files costs what one of a thousand does.
  *
  * Speed. A small pool of worker threads (hash-worker.ts) lists directories,
  * lstats and reads files with synchronous fs calls and one reused buffer
@@ -75,10 +78,12 @@
  * that order, no allocation to compare). Either way the main thread hands out
  * what must be read as hash jobs. Files above
  * LARGE_FILE_BYTES are jobs of their own, biggest first, so big files spread
- * over every worker too. `startHashWorkers()` lets a caller start a thread
- * early, overlapping its start-up with its own. A tree the stat cache lists
- * at most SMALL_TREE_FILES files of is walked by one thread already running,
- * or by the calling thread with the same code, starting none.
+ * over every worker too. `startHashWorkers()` and `startHashWorkersFor()` let
+ * a caller start threads early, overlapping their start-up with its own. A
+ * tree the stat cache lists at most SMALL_TREE_FILES files of is walked by
+ * one thread already running, or by the calling thread with the same code,
+ * starting none. A bigger one is walked by the calling thread too until a
+ * thread has started (it would only wait for them otherwise).
  */
 import { createHash } from "node:crypto";
 import { type BigIntStats, constants as fsConstants, existsSync, lstatSync, readFileSync, readlinkSync, statSync } from "node:fs";
@@ -89,7 +94,7 @@ import { join, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import type { TreeMonitor } from "./monitor.js";
+import type { MonitorAnswer, TreeMonitor } from "./monitor.js";
 import {
   ALWAYS_IGNORED,
   HASH_WORKER_MARK,
@@ -100,6 +105,7 @@ import {
   STATUS_HIT,
   STATUS_STATTED,
   STATUS_VANISHED,
+  WORKER_READY,
   isOutsideRacyWindow,
   type HashJobRequest,
   type PackedColumns,
@@ -210,6 +216,26 @@ export interface StatCacheStore {
   monitorToken?(root: string): string | undefined;
   /** Pairs a newer token with the entries last loaded or saved, found still true. */
   recordMonitorToken?(root: string, token: string): void;
+  /**
+   * What the cache of root keeps beside its rows for the monitor, read
+   * without loading them: a tree the monitor finds unchanged is described
+   * from it alone. Undefined when no token or tree hash is kept with them.
+   */
+  keptTree?(root: string): KeptTree | undefined;
+}
+
+/** A stat cache's tree described without its rows (see `StatCacheStore.keptTree`). */
+export interface KeptTree {
+  /** The monitor's token paired with the rows. */
+  monitorToken: string;
+  /** The tree hash of the rows. */
+  hash: string;
+  files: number;
+  bytes: number;
+  /** How many of the files are symlinks. */
+  links: number;
+  /** The first few files, in path order. */
+  head: TreeFile[];
 }
 
 export interface HashTreeOptions {
@@ -266,6 +292,8 @@ interface PoolWorker {
   pending: Map<number, PendingRequest>;
   /** A hash job is running there: nothing else is queued behind it. */
   busyWithJob: boolean;
+  /** Its start-up is over: what is sent to it now is taken at once. */
+  ready: boolean;
 }
 
 const pool: PoolWorker[] = [];
@@ -273,14 +301,18 @@ let nextRequestId = 1;
 
 function startWorker(): PoolWorker {
   const thread = spawnWorkerThread();
-  const member: PoolWorker = { thread, pending: new Map(), busyWithJob: false };
+  const member: PoolWorker = { thread, pending: new Map(), busyWithJob: false, ready: false };
   const fail = (error: unknown): void => {
     const index = pool.indexOf(member);
     if (index >= 0) pool.splice(index, 1);
     for (const request of member.pending.values()) request.reject(error);
     member.pending.clear();
   };
-  thread.on("message", (result: WorkerResult) => {
+  thread.on("message", (result: WorkerResult | typeof WORKER_READY) => {
+    if (result === WORKER_READY) {
+      member.ready = true;
+      return;
+    }
     const request = member.pending.get(result.id);
     if (request === undefined) return;
     member.pending.delete(result.id);
@@ -320,6 +352,16 @@ export function startHashWorkers(workers = 1): void {
   workersFor(workers);
 }
 
+/**
+ * Starts, ahead of the first hashTree call, the threads that a walk of a tree
+ * the stat cache lists `cachedFiles` files of will use: none for a small
+ * one, which needs none (see `walkersFor`), all of them for a big one, whose
+ * walk then finds them ready instead of waiting for their start-up.
+ */
+export function startHashWorkersFor(cachedFiles: number | undefined): void {
+  if (cachedFiles !== undefined && cachedFiles > SMALL_TREE_FILES) workersFor(undefined);
+}
+
 function workersFor(requested: number | undefined): PoolWorker[] {
   const wanted = Math.max(1, Math.floor(requested ?? Math.min(2, availableParallelism())));
   while (pool.length < wanted) pool.push(startWorker());
@@ -335,17 +377,17 @@ const SMALL_TREE_FILES = 2000;
  * thread pays its start-up (tens of milliseconds of CPU each) for a walk of
  * a few milliseconds.
  */
-const CALLING_THREAD: PoolWorker = { thread: undefined, pending: new Map(), busyWithJob: false };
+const CALLING_THREAD: PoolWorker = { thread: undefined, pending: new Map(), busyWithJob: false, ready: true };
 
 /**
  * Who walks a tree that the stat cache lists `cachedFiles` files of: a small
  * one goes to one thread already running, or to the calling thread.
  */
 function walkersFor(requested: number | undefined, cachedFiles: number | undefined): PoolWorker[] {
-  if (cachedFiles !== undefined && cachedFiles <= SMALL_TREE_FILES && requested === undefined) {
-    return pool.length > 0 ? pool.slice(0, 1) : [CALLING_THREAD];
-  }
-  return workersFor(requested);
+  if (requested !== undefined) return workersFor(requested);
+  if (cachedFiles !== undefined && cachedFiles <= SMALL_TREE_FILES) return pool[0]?.ready === true ? pool.slice(0, 1) : [CALLING_THREAD];
+  // The calling thread, idle while the threads walk, walks too until one of them is ready.
+  return [CALLING_THREAD, ...workersFor(undefined)];
 }
 
 function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<WorkerResult> {
@@ -493,8 +535,10 @@ class TreeRun {
 
   private idlestWorker(): PoolWorker | undefined {
     let best: PoolWorker | undefined;
+    const threadReady = this.workers.some((member) => member.thread !== undefined && member.ready);
     for (const member of this.workers) {
       if (member.busyWithJob || member.pending.size >= MAX_OUTSTANDING) continue;
+      if (member === CALLING_THREAD && threadReady && this.workers.length > 1) continue;
       if (best === undefined || member.pending.size < best.pending.size) best = member;
     }
     // A job goes only to a worker with nothing queued, so it never delays a walk unit.
@@ -802,15 +846,27 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
   checkRoot(absoluteRoot);
   const rules = options.everyFile === true ? null : ignoreRules(absoluteRoot, options.ignore);
   const store = options.statCache;
+  const monitor = options.everyFile === true || store?.monitorToken === undefined ? undefined : options.monitor;
+  // With a monitor, the tree kept beside the cache's rows may be all there is
+  // to know: when nothing changed since its token, the rows are not even loaded.
+  const kept = monitor === undefined ? undefined : store?.keptTree?.(absoluteRoot);
+  let early: MonitorAnswer | undefined;
+  if (monitor !== undefined && kept !== undefined) {
+    early = await monitor.changesSince(absoluteRoot, kept.monitorToken);
+    if (early?.changed?.length === 0) return keptTreeHash(absoluteRoot, kept, store!, early.token);
+  }
   // A cache the threads can read in place is loaded before they start: they
   // compare each file with it and send back little more than its row.
   const packed = store?.loadPacked?.(absoluteRoot);
   const savedAt = packed !== undefined ? packed.savedAt : store?.savedAt?.(absoluteRoot);
   // Asked before anything is walked: whatever changes from here on, the monitor names next time.
   let monitorToken: string | undefined;
-  if (options.monitor !== undefined && store?.monitorToken !== undefined && options.everyFile !== true) {
+  if (monitor !== undefined && store?.monitorToken !== undefined) {
     const previous = store.monitorToken(absoluteRoot);
-    const answer = await options.monitor.changesSince(absoluteRoot, previous);
+    // The answer already given holds for the rows loaded only if they are the ones its token was kept with.
+    let answer = early;
+    if (kept === undefined) answer = await monitor.changesSince(absoluteRoot, previous);
+    else if (early !== undefined && previous !== kept.monitorToken) answer = { token: early.token, changed: null };
     monitorToken = answer?.token;
     if (answer !== undefined && answer.changed !== null && previous !== undefined && packed !== undefined) {
       const tree = await treeFromChanges(absoluteRoot, rules, packed, answer.changed, store, answer.token);
@@ -866,6 +922,36 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
     else await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
   } else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
   return tree;
+}
+
+/**
+ * The tree the monitor found unchanged since the token kept with it, from
+ * what the store keeps beside the rows. Its files are read from the rows only
+ * if asked for, and links are checked only if it has any.
+ */
+function keptTreeHash(root: string, kept: KeptTree, store: StatCacheStore, token: string): TreeHash {
+  store.recordMonitorToken?.(root, token);
+  let packed: PackedStatCache | undefined;
+  const loaded = (): PackedStatCache => {
+    if (packed !== undefined) return packed;
+    const rows = store.loadPacked?.(root);
+    // Another process may have saved a different tree since the kept one was read.
+    if (rows === undefined || rows.count !== kept.files || (rows.treeHash ?? digestOfRows(rows)) !== kept.hash) {
+      throw new KaosError("IO", `The stat cache of ${root} was rewritten by another kaos process while this one read it.`, {
+        hint: "Run the command again.",
+      });
+    }
+    packed = rows;
+    return packed;
+  };
+  const rows: TreeRows = {
+    count: kept.files,
+    links: kept.links,
+    fileAt: (row) => (row < kept.head.length ? { ...kept.head[row]! } : loaded().fileAt(row)),
+    modeAt: (row) => (row < kept.head.length ? kept.head[row]!.mode : loaded().modeAt(row)),
+  };
+  const stats = { files: kept.files, bytes: kept.bytes, hashedFiles: 0, hashedBytes: 0, cacheHits: kept.files, monitored: true };
+  return lazyTree(root, kept.hash, rows, stats);
 }
 
 /** Changed paths past this many are walked in parallel instead of looked at one by one here. */
@@ -968,39 +1054,57 @@ async function treeFromChanges(
     store.recordMonitorToken?.(root, token);
     return tree;
   }
-  // Every row stays but those replaced or gone; new paths go in in path order.
-  const entries: StatCacheEntry[] = [];
-  const added = [...updates.values()].filter((entry): entry is StatCacheEntry => entry !== null && findRow(packed, entry.path) < 0);
-  added.sort((a, b) => comparePaths(a.path, b.path));
+  // Every row stays but those replaced or gone, copied by the run; new paths go in in path order.
+  const changedRows = new Map<number, StatCacheEntry | null>();
+  const added: { at: number; entry: StatCacheEntry }[] = [];
+  for (const [path, update] of updates) {
+    const found = searchSortedRows(packed.count, (at) => comparePaths(packed.pathAt(at), path));
+    if (found.row >= 0) changedRows.set(found.row, update);
+    else if (update !== null) added.push({ at: found.next, entry: update });
+  }
+  for (const row of removedRows) if (!changedRows.has(row)) changedRows.set(row, null);
+  added.sort((a, b) => comparePaths(a.entry.path, b.entry.path));
+  const fresh = new FreshRows();
+  const runs: RowRun[] = [];
+  const pushFresh = (entry: StatCacheEntry): void => {
+    const row = fresh.push(entry.path, entry.mode, entry.dev, entry.ino, entry.size, entry.mtimeNs, entry.ctimeNs, entry.hash);
+    appendRun(runs, { fromPacked: false, first: row, count: 1 });
+  };
   let next = 0;
-  for (let row = 0; row < packed.count; row++) {
-    if (removedRows.has(row)) continue;
-    const entry = packed.entryAt(row);
-    while (next < added.length && comparePaths(added[next]!.path, entry.path) < 0) entries.push(added[next++]!);
-    const update = updates.get(entry.path);
-    if (update === null) continue;
-    entries.push(update ?? entry);
+  let kept = 0;
+  for (const row of [...changedRows.keys()].sort((a, b) => a - b)) {
+    while (next < added.length && added[next]!.at <= row) {
+      appendRun(runs, { fromPacked: true, first: kept, count: added[next]!.at - kept });
+      kept = added[next]!.at;
+      pushFresh(added[next++]!.entry);
+    }
+    appendRun(runs, { fromPacked: true, first: kept, count: row - kept });
+    const update = changedRows.get(row);
+    if (update !== null && update !== undefined) pushFresh(update);
+    kept = row + 1;
   }
-  while (next < added.length) entries.push(added[next++]!);
-  const digest = new TreeDigest();
-  const files: TreeFile[] = [];
-  let bytes = 0;
-  for (const entry of entries) {
-    const file = fileOf(entry);
-    files.push(file);
-    digest.add(file);
-    bytes += file.size;
+  for (; next < added.length; next++) {
+    appendRun(runs, { fromPacked: true, first: kept, count: added[next]!.at - kept });
+    kept = added[next]!.at;
+    pushFresh(added[next]!.entry);
   }
-  const hash = digest.finish();
+  appendRun(runs, { fromPacked: true, first: kept, count: packed.count - kept });
+  const rows = new StatCacheRows(runs, packed, fresh);
+  const { hash, bytes } = digestOfRuns(runs, packed, fresh);
   // Entries kept from the cache were read before its time, new ones after: the
   // cache's time stays, the earliest, which is what the racy rule needs.
-  await store.save(root, entries, packed.savedAt, hash, token);
-  return {
-    root,
-    hash,
-    files,
-    stats: { files: files.length, bytes, hashedFiles: read, hashedBytes: readBytes, cacheHits: files.length - read, monitored: true },
-  };
+  if (store.saveRows !== undefined) await store.saveRows(root, rows, packed.savedAt, hash, token);
+  else await store.save(root, rows.entries(), packed.savedAt, hash, token);
+  const stats = { files: rows.count, bytes, hashedFiles: read, hashedBytes: readBytes, cacheHits: rows.count - read, monitored: true };
+  return lazyTree(root, hash, rows, stats);
+}
+
+/** Adds a run of rows to a listing's runs, joined to the last one when it continues it; empty runs add nothing. */
+function appendRun(runs: RowRun[], run: RowRun): void {
+  if (run.count === 0) return;
+  const last = runs[runs.length - 1];
+  if (last !== undefined && last.fromPacked === run.fromPacked && last.first + last.count === run.first) last.count += run.count;
+  else runs.push({ ...run });
 }
 
 /** Whether every directory above `path` is a directory, not a symlink to one (results kept in `known`). */
@@ -1083,6 +1187,8 @@ function columnsOf(packed: PackedStatCache): PackedColumns {
 /** The files of a tree as rows, made into objects one at a time. */
 interface TreeRows {
   count: number;
+  /** How many of the rows are symlinks, when known without looking at them. */
+  links?: number;
   fileAt(row: number): TreeFile;
   modeAt(row: number): TreeFile["mode"];
 }
@@ -1115,10 +1221,6 @@ function lazyTree(root: string, hash: string, rows: TreeRows, stats: TreeHash["s
   return tree;
 }
 
-function fileOf(entry: StatCacheEntry): TreeFile {
-  return { path: entry.path, mode: entry.mode, size: entry.size, hash: entry.hash };
-}
-
 /**
  * The tree with its symlinks as its only files, for checks that look only at
  * links: an unchanged tree finds them without making every file.
@@ -1126,6 +1228,7 @@ function fileOf(entry: StatCacheEntry): TreeFile {
 export function treeLinks(tree: TreeHash): TreeHash {
   const rows = rowTrees.get(tree);
   const links: TreeFile[] = [];
+  if (rows?.links === 0) return { root: tree.root, hash: tree.hash, files: links, stats: tree.stats };
   if (rows === undefined) {
     for (const file of tree.files) if (file.mode === "symlink") links.push(file);
   } else {
@@ -1350,9 +1453,7 @@ class Listing {
   constructor(private readonly packed: PackedStatCache | undefined) {}
 
   private addRows(fromPacked: boolean, first: number, count: number): void {
-    const last = this.runs[this.runs.length - 1];
-    if (last !== undefined && last.fromPacked === fromPacked && last.first + last.count === first) last.count += count;
-    else this.runs.push({ fromPacked, first, count });
+    appendRun(this.runs, { fromPacked, first, count });
   }
 
   /** Takes one walk result; returns the hash jobs for what must be read. */
@@ -1427,32 +1528,9 @@ class Listing {
     this.dropVanished();
     const rows = new StatCacheRows(this.runs, packed, this.fresh);
     this.finalRows = rows;
-    const digest = new TreeDigest();
-    let bytes = 0;
-    // Row by row from the columns: no file objects, and no hex text of every cached hash at once.
-    const fresh = this.fresh;
-    const freshHashes = fresh.hashes;
-    for (const run of this.runs) {
-      const end = run.first + run.count;
-      if (!run.fromPacked) {
-        for (let row = run.first; row < end; row++) {
-          const hash = fresh.odd.size > 0 ? fresh.hashAt(row) : freshHashes.toString("hex", 32 * row, 32 * row + 32);
-          digest.addLine(fresh.modeAt(row), fresh.paths[row]!, hash);
-          bytes += fresh.sizes[row]!;
-        }
-        continue;
-      }
-      const source = packed!;
-      const sizes = new Float64Array(source.bytes.buffer, source.bytes.byteOffset + source.size, source.count);
-      const raw = source.rawHashes === undefined ? undefined : Buffer.from(source.bytes.buffer, source.bytes.byteOffset + source.rawHashes);
-      for (let row = run.first; row < end; row++) {
-        const hash = raw === undefined ? source.fileAt(row).hash : raw.toString("hex", 32 * row, 32 * row + 32);
-        digest.addLine(source.modeAt(row), source.pathAt(row), hash);
-        bytes += sizes[row]!;
-      }
-    }
+    const { hash, bytes } = digestOfRuns(this.runs, packed, this.fresh);
     const stats = { files: rows.count, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits };
-    return lazyTree(root, digest.finish(), rows, stats);
+    return lazyTree(root, hash, rows, stats);
   }
 
   /** Files that vanished before their job could read them are not part of the tree. */
@@ -1461,11 +1539,7 @@ class Listing {
     const gone = (row: number): boolean => fresh.odd.get(row) === "";
     if (fresh.odd.size === 0 || ![...fresh.odd.values()].includes("")) return;
     const runs: RowRun[] = [];
-    const keep = (run: RowRun): void => {
-      const last = runs[runs.length - 1];
-      if (last !== undefined && last.fromPacked === run.fromPacked && last.first + last.count === run.first) last.count += run.count;
-      else runs.push({ ...run });
-    };
+    const keep = (run: RowRun): void => appendRun(runs, run);
     for (const run of this.runs) {
       if (run.fromPacked) {
         keep(run);
@@ -1482,6 +1556,33 @@ class Listing {
     }
     this.runs = runs;
   }
+}
+
+/** The tree hash and total size of a listing's runs, row by row from the columns: no file objects, and no hex text of every cached hash at once. */
+function digestOfRuns(runs: readonly RowRun[], packed: PackedStatCache | undefined, fresh: FreshRows): { hash: string; bytes: number } {
+  const digest = new TreeDigest();
+  let bytes = 0;
+  const freshHashes = fresh.hashes;
+  for (const run of runs) {
+    const end = run.first + run.count;
+    if (!run.fromPacked) {
+      for (let row = run.first; row < end; row++) {
+        const hash = fresh.odd.size > 0 ? fresh.hashAt(row) : freshHashes.toString("hex", 32 * row, 32 * row + 32);
+        digest.addLine(fresh.modeAt(row), fresh.paths[row]!, hash);
+        bytes += fresh.sizes[row]!;
+      }
+      continue;
+    }
+    const source = packed!;
+    const sizes = new Float64Array(source.bytes.buffer, source.bytes.byteOffset + source.size, source.count);
+    const raw = source.rawHashes === undefined ? undefined : Buffer.from(source.bytes.buffer, source.bytes.byteOffset + source.rawHashes);
+    for (let row = run.first; row < end; row++) {
+      const hash = raw === undefined ? source.fileAt(row).hash : raw.toString("hex", 32 * row, 32 * row + 32);
+      digest.addLine(source.modeAt(row), source.pathAt(row), hash);
+      bytes += sizes[row]!;
+    }
+  }
+  return { hash: digest.finish(), bytes };
 }
 
 function sumOf(packed: PackedStatCache): number {

@@ -456,6 +456,27 @@ export class StatCacheColumns {
     };
   }
 
+  /**
+   * The total size of the files, how many are symlinks, and the first `head`
+   * files: what describes an unchanged tree without its rows.
+   */
+  outline(head: number): { bytes: number; links: number; head: TreeFile[] } {
+    let bytes = 0;
+    let links = 0;
+    for (let i = 0; i < this.count; i++) {
+      bytes += this.sizes[i] as number;
+      if (((this.kinds[i] as number) & 3) === MODE_CODES.symlink) links++;
+    }
+    const first: TreeFile[] = [];
+    for (let i = 0; i < Math.min(head, this.count); i++) {
+      // One path and hash each: pathAt and hashAt would turn all of them into text first.
+      const path = this.bytes.toString("utf8", this.pathStart + this.pathStartOf(i), this.pathStart + (this.pathEnds[i] as number));
+      const hash = this.rawHashes ? this.bytes.toString("hex", this.hashStart + 32 * i, this.hashStart + 32 * i + 32) : this.hashAt(i);
+      first.push({ path, mode: MODES[(this.kinds[i] as number) & 3] ?? "file", size: this.sizes[i] as number, hash });
+    }
+    return { bytes, links, head: first };
+  }
+
   /** Whether `blob` is byte for byte the blob these columns were read from. */
   sameBlob(blob: Uint8Array): boolean {
     return this.bytes.equals(blob);

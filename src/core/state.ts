@@ -14,7 +14,7 @@ import { KaosError, describeError, errnoCode, isCorruptionError } from "./errors
 import type { HyperparamSet } from "./types.js";
 import { checkStateLocation, explainStateOpenFailure, openReadable } from "./disk.js";
 import { canonicalJson } from "./hyperparams.js";
-import type { PackedStatCache, StatCacheEntry, StatCacheRows, StatCacheStore } from "./hash.js";
+import type { KeptTree, PackedStatCache, StatCacheEntry, StatCacheRows, StatCacheStore } from "./hash.js";
 import { StatCacheColumns, StatCacheMap, encodeStatCache, encodeStatCacheRows } from "./stat-cache.js";
 import { judgeProcess, originToken, processStartToken, type Liveness } from "./process-identity.js";
 import { inTransaction, openDatabase, pragmaValue, type DatabaseSync, type SQLInputValue, type StatementSync } from "./sqlite.js";
@@ -307,6 +307,15 @@ const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "cancelled"
 /** The meta key, followed by the root, under which a stat cache's monitor token is kept: "GENERATION TOKEN". */
 const MONITOR_TOKEN_KEY = "monitor-token:";
 
+/**
+ * The meta key, followed by the root, under which a stat cache with a monitor
+ * token keeps its tree described without its rows: JSON of its generation and
+ * `KeptTree` but the token.
+ */
+const KEPT_TREE_KEY = "monitor-tree:";
+/** First files a kept tree lists: more than a plan shows as examples. */
+const KEPT_HEAD_FILES = 8;
+
 /** The token kept for a stat cache, if it was kept for exactly this generation of it. */
 function monitorTokenFor(value: string | null, generation: bigint): string | undefined {
   if (value === null) return undefined;
@@ -330,6 +339,8 @@ export class StateStore {
     string,
     { columns: StatCacheColumns; savedAt: bigint; generation: bigint; monitorToken: string | undefined }
   >();
+  /** The generation and token of each tree last read by `keptTree`, whose rows were not loaded. */
+  private readonly keptTrees = new Map<string, { generation: bigint; monitorToken: string }>();
   /** Releases of the writer locks this store holds, so that close() gives them back. */
   private readonly heldLocks = new Set<() => void>();
 
@@ -378,6 +389,7 @@ export class StateStore {
     for (const release of [...this.heldLocks]) release();
     this.statements.clear();
     this.statCaches.clear();
+    this.keptTrees.clear();
     if (this.db?.isOpen !== true) return;
     this.db.close();
     if (!this.readonly) recordVerified(this.path);
@@ -404,6 +416,7 @@ export class StateStore {
       savedAt: (root) => this.statCacheSavedAt(root),
       monitorToken: (root) => this.statCaches.get(root)?.monitorToken,
       recordMonitorToken: (root, token) => this.recordMonitorToken(root, token),
+      keptTree: (root) => this.keptTree(root),
     };
   }
 
@@ -490,6 +503,7 @@ export class StateStore {
   }
 
   private writeStatCache(root: string, blob: Buffer, count: number, cacheTimeNs: bigint, monitorToken: string | undefined): void {
+    const columns = StatCacheColumns.decode(blob);
     const row = this.transaction(() => {
       const saved = this.stmt(
         "INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES (?, ?, 1, ?, ?) " +
@@ -497,11 +511,10 @@ export class StateStore {
           "entries = excluded.entries, data = excluded.data RETURNING generation",
         "bigint",
       ).get(root, cacheTimeNs, count, blob) as { generation: bigint };
-      if (monitorToken === undefined) this.stmt("DELETE FROM meta WHERE key = ?").run(MONITOR_TOKEN_KEY + root);
-      else this.writeMonitorToken(root, saved.generation, monitorToken);
+      if (monitorToken === undefined) this.stmt("DELETE FROM meta WHERE key IN (?, ?)").run(MONITOR_TOKEN_KEY + root, KEPT_TREE_KEY + root);
+      else this.writeMonitorToken(root, saved.generation, monitorToken, columns);
       return saved;
     });
-    const columns = StatCacheColumns.decode(blob);
     if (columns === undefined) this.statCaches.delete(root);
     else this.statCaches.set(root, { columns, savedAt: cacheTimeNs, generation: row.generation, monitorToken });
   }
@@ -513,18 +526,52 @@ export class StateStore {
    * generation and is never trusted.
    */
   recordMonitorToken(root: string, token: string): void {
-    const known = this.statCaches.get(root);
+    const known = this.statCaches.get(root) ?? this.keptTrees.get(root);
     if (known === undefined || known.monitorToken === token) return;
     this.writer();
-    this.writeMonitorToken(root, known.generation, token);
+    // A kept tree was read with its generation: it is written already.
+    this.writeMonitorToken(root, known.generation, token, "columns" in known ? known.columns : undefined);
     known.monitorToken = token;
   }
 
-  private writeMonitorToken(root: string, generation: bigint, token: string): void {
-    this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(
-      MONITOR_TOKEN_KEY + root,
-      `${generation} ${token}`,
+  private writeMonitorToken(root: string, generation: bigint, token: string, columns: StatCacheColumns | undefined): void {
+    const upsert = this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+    upsert.run(MONITOR_TOKEN_KEY + root, `${generation} ${token}`);
+    if (columns?.treeHash === undefined) return;
+    const { bytes, links, head } = columns.outline(KEPT_HEAD_FILES);
+    upsert.run(
+      KEPT_TREE_KEY + root,
+      JSON.stringify({ generation: String(generation), hash: columns.treeHash, files: columns.count, bytes, links, head }),
     );
+  }
+
+  /**
+   * The tree of the stat cache of `root` as kept beside its rows for the
+   * monitor, read without the rows (a million of them take a second to
+   * load): the token and the tree must both name the cache's current
+   * generation.
+   */
+  keptTree(root: string): KeptTree | undefined {
+    if (this.db === null) return undefined;
+    const row = this.stmt(
+      "SELECT s.generation, m.value AS token, t.value AS tree FROM stat_cache s " +
+        "LEFT JOIN meta m ON m.key = ? || s.root LEFT JOIN meta t ON t.key = ? || s.root WHERE s.root = ?",
+      "bigint",
+    ).get(MONITOR_TOKEN_KEY, KEPT_TREE_KEY, root) as { generation: bigint; token: string | null; tree: string | null } | undefined;
+    this.keptTrees.delete(root);
+    const monitorToken = row === undefined ? undefined : monitorTokenFor(row.token, row.generation);
+    if (row === undefined || monitorToken === undefined || row.tree === null) return undefined;
+    let tree: Omit<KeptTree, "monitorToken"> & { generation: string };
+    try {
+      tree = JSON.parse(row.tree) as typeof tree;
+    } catch {
+      return undefined;
+    }
+    if (tree.generation !== String(row.generation) || typeof tree.hash !== "string" || !Array.isArray(tree.head)) return undefined;
+    // Rows loaded here before are of an older generation: a token recorded now pairs with this one.
+    if (this.statCaches.get(root)?.generation !== row.generation) this.statCaches.delete(root);
+    this.keptTrees.set(root, { generation: row.generation, monitorToken });
+    return { monitorToken, hash: tree.hash, files: tree.files, bytes: tree.bytes, links: tree.links, head: tree.head };
   }
 
   /**
@@ -1101,6 +1148,28 @@ function openWriter(dbPath: string): DatabaseSync {
   } catch (error) {
     db?.close();
     throw translateOpenError(error, dbPath);
+  }
+}
+
+/**
+ * How many files the largest stat cache of the project at `root` lists, read
+ * without opening the store (no migration, no check), so that the hashing
+ * threads a big tree needs can start before the store opens. Undefined when
+ * there is no store, or it cannot be read.
+ */
+export function largestStatCache(root: string): number | undefined {
+  const dbPath = stateDbOf(root);
+  if (!existsSync(dbPath)) return undefined;
+  let db: DatabaseSync | undefined;
+  try {
+    db = openDatabase(dbPath, { readOnly: true, busyTimeoutMs: 0 });
+    const row = db.prepare("SELECT max(entries) AS files FROM stat_cache").get() as { files: number | null } | undefined;
+    return row?.files ?? undefined;
+  } catch {
+    // Only a hint: the store, when it opens, says what is wrong with it.
+    return undefined;
+  } finally {
+    db?.close();
   }
 }
 

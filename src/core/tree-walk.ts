@@ -21,19 +21,13 @@
  * compiled (dist) or through jiti (tests run the sources).
  */
 import { createHash, hash as oneShotHash } from "node:crypto";
-import {
-  type BigIntStats,
-  type Dirent,
-  closeSync,
-  constants as fsConstants,
-  lstatSync,
-  openSync,
-  readSync,
-  readdirSync,
-  readlinkSync,
-} from "node:fs";
+import type { BigIntStats, Dirent } from "node:fs";
 import { createRequire } from "node:module";
 import type { Ignore } from "ignore";
+
+// The module itself rather than its ES module facade, whose making reads every
+// export (and so loads the streams) in each thread that imports it.
+const { closeSync, constants: fsConstants, lstatSync, openSync, readSync, readdirSync, readlinkSync } = process.getBuiltinModule("node:fs");
 
 /** workerData that marks a thread as a hash worker (hash.ts imports this module's constants on the main thread too). */
 export const HASH_WORKER_MARK = "kaos-hash-worker";
@@ -196,6 +190,9 @@ export interface WorkerFileError {
   directory: boolean;
   message: string;
 }
+
+/** What a worker thread posts once, when its start-up is over and it takes requests. */
+export const WORKER_READY = "ready";
 
 export type WorkerRequest = WalkRequest | HashJobRequest;
 export type WorkerResult = WalkResult | HashJobResult;
