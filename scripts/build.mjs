@@ -37,6 +37,46 @@ const ENTRIES = [
   "src/core/objects.ts",
 ];
 
+/**
+ * Node's built-in modules, reached through require() rather than ES imports.
+ * An ES import of a built-in builds a module facade that reads every export
+ * once, and reading some of them loads more: `fs.promises` and `fs.ReadStream`
+ * bring in the streams, `fs/promises` and readline, `crypto.webcrypto` the Web
+ * Crypto API. That was a good part of what starting any command cost. Through
+ * require(), only the names a module imports are read. The import statements
+ * of kaos's own sources (and commander's) are rewritten in place, line for line (so the source
+ * maps still match); dynamic imports stay imports.
+ */
+const BUILTIN_IMPORT = /^import\s+(\{[^}]*\}|\*\s+as\s+[\w$]+|[\w$]+)\s+from\s+["'](node:[^"']+)["'];/gm;
+
+/** `{ a, type B, c as d }` as a destructuring pattern, `{ a, c: d }`, with its line breaks kept. */
+function bindingPattern(clause) {
+  if (!clause.startsWith("{")) return clause.replace(/^\*\s+as\s+/, "");
+  const names = clause
+    .slice(1, -1)
+    .split(",")
+    .map((name) => name.trim())
+    .filter((name) => name !== "" && !name.startsWith("type "))
+    .map((name) => name.replace(/\s+as\s+/, ": "));
+  const lineBreaks = "\n".repeat((clause.match(/\n/g) ?? []).length);
+  return `{ ${names.join(", ")} }${lineBreaks}`;
+}
+
+const builtinsThroughRequire = {
+  name: "builtins-through-require",
+  setup(build) {
+    // kaos's sources, and commander's: it is loaded by every command.
+    build.onLoad({ filter: /[\\/](src[\\/].*\.ts|node_modules[\\/]commander[\\/].*\.js)$/ }, (args) => {
+      const source = readFileSync(args.path, "utf8");
+      const contents = source.replace(
+        BUILTIN_IMPORT,
+        (_statement, clause, id) => `const ${bindingPattern(clause)} = globalThis.process.getBuiltinModule("${id}");`,
+      );
+      return { contents, loader: args.path.endsWith(".ts") ? "ts" : "js" };
+    });
+  },
+};
+
 // Built beside dist/ and moved in file by file, so that a kaos started while a
 // build runs (a test suite rebuilding, say) never finds dist/ missing.
 const dist = join(root, "dist");
@@ -64,10 +104,13 @@ await build({
   // small, always loaded and many files each, so they are devDependencies that an
   // install of the package does not fetch.
   external: [...Object.keys(pkg.dependencies), ...Object.keys(pkg.peerDependencies)],
-  // CommonJS dependencies compiled in (picocolors) call require(), which an ES module lacks.
+  // CommonJS dependencies compiled in (commander, picocolors) call require(), which an ES module lacks, and so do
+  // the built-in modules above. Built-ins come straight from the process; anything else through a require made
+  // only when asked, since making one per chunk costs time at every start.
   banner: {
-    js: 'import { createRequire as __kaosCreateRequire } from "node:module";\nconst require = __kaosCreateRequire(import.meta.url);',
+    js: 'const require = (id) => process.getBuiltinModule(id) ?? process.getBuiltinModule("node:module").createRequire(import.meta.url)(id);',
   },
+  plugins: [builtinsThroughRequire],
   logLevel: "warning",
 });
 
