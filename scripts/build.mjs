@@ -44,22 +44,51 @@ const ENTRIES = [
  * bring in the streams, `fs/promises` and readline, `crypto.webcrypto` the Web
  * Crypto API. That was a good part of what starting any command cost. Through
  * require(), only the names a module imports are read. The import statements
- * of kaos's own sources (and commander's) are rewritten in place, line for line (so the source
- * maps still match); dynamic imports stay imports.
+ * of kaos's own sources (and commander's) are rewritten in place, line for
+ * line (so the source maps still match); dynamic imports stay imports.
  */
 const BUILTIN_IMPORT = /^import\s+(\{[^}]*\}|\*\s+as\s+[\w$]+|[\w$]+)\s+from\s+["'](node:[^"']+)["'];/gm;
 
-/** `{ a, type B, c as d }` as a destructuring pattern, `{ a, c: d }`, with its line breaks kept. */
-function bindingPattern(clause) {
-  if (!clause.startsWith("{")) return clause.replace(/^\*\s+as\s+/, "");
-  const names = clause
+/**
+ * Built-ins loaded only when first used. child_process loads net, dgram and
+ * the streams, and most commands never start a process (commander imports it
+ * for subcommands kaos does not have). Their imports must be functions, or a
+ * namespace used as `name.fn(...)`.
+ */
+const LAZY_BUILTINS = new Set(["node:child_process"]);
+
+/** `{ a, type B, c as d }` as `[["a", "a"], ["c", "d"]]`: each imported name and its local name. */
+function importedNames(clause) {
+  return clause
     .slice(1, -1)
     .split(",")
     .map((name) => name.trim())
     .filter((name) => name !== "" && !name.startsWith("type "))
-    .map((name) => name.replace(/\s+as\s+/, ": "));
+    .map((name) => {
+      const [imported, local = imported] = name.split(/\s+as\s+/);
+      return [imported, local];
+    });
+}
+
+/** The statement that replaces `import CLAUSE from "ID"`, on as many lines. */
+function builtinBinding(clause, id) {
   const lineBreaks = "\n".repeat((clause.match(/\n/g) ?? []).length);
-  return `{ ${names.join(", ")} }${lineBreaks}`;
+  const module = `globalThis.process.getBuiltinModule(${JSON.stringify(id)})`;
+  if (!clause.startsWith("{")) {
+    const local = clause.replace(/^\*\s+as\s+/, "");
+    if (!LAZY_BUILTINS.has(id)) return `const ${local} = ${module};`;
+    return `const ${local} = new Proxy({}, { get: (_, name) => ${module}[name] });`;
+  }
+  const names = importedNames(clause);
+  if (!LAZY_BUILTINS.has(id))
+    return `const { ${names.map(([imported, local]) => (imported === local ? local : `${imported}: ${local}`)).join(", ")} } = ${module};${lineBreaks}`;
+  // A forwarding function, which also forwards util.promisify's variant (execFile has one).
+  const custom = 'Symbol.for("nodejs.util.promisify.custom")';
+  const forwarders = names.map(
+    ([imported, local]) =>
+      `const ${local} = Object.defineProperty((...args) => ${module}.${imported}(...args), ${custom}, { get: () => ${module}.${imported}[${custom}] });`,
+  );
+  return `${forwarders.join(" ")}${lineBreaks}`;
 }
 
 const builtinsThroughRequire = {
@@ -68,10 +97,7 @@ const builtinsThroughRequire = {
     // kaos's sources, and commander's: it is loaded by every command.
     build.onLoad({ filter: /[\\/](src[\\/].*\.ts|node_modules[\\/]commander[\\/].*\.js)$/ }, (args) => {
       const source = readFileSync(args.path, "utf8");
-      const contents = source.replace(
-        BUILTIN_IMPORT,
-        (_statement, clause, id) => `const ${bindingPattern(clause)} = globalThis.process.getBuiltinModule("${id}");`,
-      );
+      const contents = source.replace(BUILTIN_IMPORT, (_statement, clause, id) => builtinBinding(clause, id));
       return { contents, loader: args.path.endsWith(".ts") ? "ts" : "js" };
     });
   },
