@@ -137,6 +137,8 @@ await build({
     js: 'const require = (id) => process.getBuiltinModule(id) ?? process.getBuiltinModule("node:module").createRequire(import.meta.url)(id);',
   },
   plugins: [builtinsThroughRequire],
+  // The version every start would otherwise read from package.json (core/layout.ts).
+  define: { KAOS_PACKAGE_VERSION: JSON.stringify(pkg.version) },
   logLevel: "warning",
 });
 

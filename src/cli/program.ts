@@ -6,8 +6,8 @@
  * Expected failures arrive here as KaosError and become a message and an exit
  * status in exactly one place: `run` below.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import type * as commands from "./commands.js";
 import type { DeployCliOptions } from "./commands.js";
@@ -17,7 +17,7 @@ import type * as storage from "./storage.js";
 /** A command's options as commander parses them: the command's own, less the global --config and a positional job. */
 type OptionsOf<F extends (options: never) => unknown> = Omit<Parameters<F>[0], "config" | "job">;
 import type { DynamicKind, Shell } from "./completion.js";
-import { packageRoot } from "../core/layout.js";
+import { kaosVersion } from "../core/layout.js";
 import { EXIT } from "./exit.js";
 import { exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 
@@ -25,11 +25,6 @@ import { exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 let exitStatus: number = EXIT.ok;
 function setExitStatus(status: number): void {
   exitStatus = Math.max(exitStatus, status);
-}
-
-function version(): string {
-  const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string };
-  return pkg.version;
 }
 
 function positiveNumber(flag: string) {
@@ -110,7 +105,7 @@ function buildProgram(argv?: readonly string[]): Command {
   const wanted = (name: string): boolean => only === undefined || only === name;
   const program = new Command("kaos")
     .description("Machine-learning training as pipeline-as-code: source bundle + data bundle (+ hyperparameters) = trained model.")
-    .version(version(), "-V, --version", "print the version")
+    .version(kaosVersion(), "-V, --version", "print the version")
     .option("-c, --config <path>", "config file (default: kaos.config.ts in this directory or a parent)")
     .showHelpAfterError("(run with --help for usage)")
     .configureHelp({ sortSubcommands: false })
