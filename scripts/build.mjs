@@ -37,6 +37,72 @@ const ENTRIES = [
   "src/core/objects.ts",
 ];
 
+/**
+ * Node's built-in modules, reached through require() rather than ES imports.
+ * An ES import of a built-in builds a module facade that reads every export
+ * once, and reading some of them loads more: `fs.promises` and `fs.ReadStream`
+ * bring in the streams, `fs/promises` and readline, `crypto.webcrypto` the Web
+ * Crypto API. That was a good part of what starting any command cost. Through
+ * require(), only the names a module imports are read. The import statements
+ * of kaos's own sources (and commander's) are rewritten in place, line for
+ * line (so the source maps still match); dynamic imports stay imports.
+ */
+const BUILTIN_IMPORT = /^import\s+(\{[^}]*\}|\*\s+as\s+[\w$]+|[\w$]+)\s+from\s+["'](node:[^"']+)["'];/gm;
+
+/**
+ * Built-ins loaded only when first used. child_process loads net, dgram and
+ * the streams, and most commands never start a process (commander imports it
+ * for subcommands kaos does not have). Their imports must be functions, or a
+ * namespace used as `name.fn(...)`.
+ */
+const LAZY_BUILTINS = new Set(["node:child_process"]);
+
+/** `{ a, type B, c as d }` as `[["a", "a"], ["c", "d"]]`: each imported name and its local name. */
+function importedNames(clause) {
+  return clause
+    .slice(1, -1)
+    .split(",")
+    .map((name) => name.trim())
+    .filter((name) => name !== "" && !name.startsWith("type "))
+    .map((name) => {
+      const [imported, local = imported] = name.split(/\s+as\s+/);
+      return [imported, local];
+    });
+}
+
+/** The statement that replaces `import CLAUSE from "ID"`, on as many lines. */
+function builtinBinding(clause, id) {
+  const lineBreaks = "\n".repeat((clause.match(/\n/g) ?? []).length);
+  const module = `globalThis.process.getBuiltinModule(${JSON.stringify(id)})`;
+  if (!clause.startsWith("{")) {
+    const local = clause.replace(/^\*\s+as\s+/, "");
+    if (!LAZY_BUILTINS.has(id)) return `const ${local} = ${module};`;
+    return `const ${local} = new Proxy({}, { get: (_, name) => ${module}[name] });`;
+  }
+  const names = importedNames(clause);
+  if (!LAZY_BUILTINS.has(id))
+    return `const { ${names.map(([imported, local]) => (imported === local ? local : `${imported}: ${local}`)).join(", ")} } = ${module};${lineBreaks}`;
+  // A forwarding function, which also forwards util.promisify's variant (execFile has one).
+  const custom = 'Symbol.for("nodejs.util.promisify.custom")';
+  const forwarders = names.map(
+    ([imported, local]) =>
+      `const ${local} = Object.defineProperty((...args) => ${module}.${imported}(...args), ${custom}, { get: () => ${module}.${imported}[${custom}] });`,
+  );
+  return `${forwarders.join(" ")}${lineBreaks}`;
+}
+
+const builtinsThroughRequire = {
+  name: "builtins-through-require",
+  setup(build) {
+    // kaos's sources, and commander's: it is loaded by every command.
+    build.onLoad({ filter: /[\\/](src[\\/].*\.ts|node_modules[\\/]commander[\\/].*\.js)$/ }, (args) => {
+      const source = readFileSync(args.path, "utf8");
+      const contents = source.replace(BUILTIN_IMPORT, (_statement, clause, id) => builtinBinding(clause, id));
+      return { contents, loader: args.path.endsWith(".ts") ? "ts" : "js" };
+    });
+  },
+};
+
 // Built beside dist/ and moved in file by file, so that a kaos started while a
 // build runs (a test suite rebuilding, say) never finds dist/ missing.
 const dist = join(root, "dist");
@@ -64,10 +130,15 @@ await build({
   // small, always loaded and many files each, so they are devDependencies that an
   // install of the package does not fetch.
   external: [...Object.keys(pkg.dependencies), ...Object.keys(pkg.peerDependencies)],
-  // CommonJS dependencies compiled in (picocolors) call require(), which an ES module lacks.
+  // CommonJS dependencies compiled in (commander, picocolors) call require(), which an ES module lacks, and so do
+  // the built-in modules above. Built-ins come straight from the process; anything else through a require made
+  // only when asked, since making one per chunk costs time at every start.
   banner: {
-    js: 'import { createRequire as __kaosCreateRequire } from "node:module";\nconst require = __kaosCreateRequire(import.meta.url);',
+    js: 'const require = (id) => process.getBuiltinModule(id) ?? process.getBuiltinModule("node:module").createRequire(import.meta.url)(id);',
   },
+  plugins: [builtinsThroughRequire],
+  // The version every start would otherwise read from package.json (core/layout.ts).
+  define: { KAOS_PACKAGE_VERSION: JSON.stringify(pkg.version) },
   logLevel: "warning",
 });
 

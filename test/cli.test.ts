@@ -1,7 +1,9 @@
 import { spawn } from "node:child_process";
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
-import { makeProject, REPO_ROOT, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+import { trainingProject } from "./helpers/jobs.js";
+import { makeProject, REPO_ROOT, runKaos, runKaosOk, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 afterAll(() =>
@@ -129,6 +131,41 @@ describe("the CLI frame (built CLI)", () => {
     expect(forced.stderr).toMatch(/\u001b\[31merror/);
     const both = await runKaos(["plan"], { cwd: project.dir, env: { NO_COLOR: "1", FORCE_COLOR: "1" } });
     expect(both.stderr).not.toMatch(/\u001b\[/);
+  });
+});
+
+/**
+ * The built-in modules a run of the built CLI loaded, as Node names them
+ * (`NativeModule child_process`): a module given to `--import` writes them out
+ * as the process exits.
+ */
+async function builtinsLoaded(project: Project, args: string[]): Promise<string[]> {
+  const listing = project.path(`builtins-${args.join("-")}.json`);
+  const probe = project.path("list-builtins.mjs");
+  writeFileSync(
+    probe,
+    `import { writeFileSync } from "node:fs";\nprocess.on("exit", () => writeFileSync(${JSON.stringify(listing)}, JSON.stringify(process.moduleLoadList)));\n`,
+  );
+  await runKaosOk(args, { cwd: project.dir, env: { NODE_OPTIONS: `--import ${pathToFileURL(probe).href}` } });
+  return JSON.parse(readFileSync(listing, "utf8")) as string[];
+}
+
+describe("start-up (built CLI)", () => {
+  it("loads no built-in module that --help or a no-op up does not use", async () => {
+    const project = tempProject(trainingProject());
+    await runKaosOk(["up"], { cwd: project.dir });
+
+    const help = await builtinsLoaded(project, ["--help"]);
+    // commander imports child_process for subcommands kaos does not have; importing node:fs as an ES module loaded fs/promises.
+    expect(help).not.toContain("NativeModule child_process");
+    expect(help).not.toContain("NativeModule fs/promises");
+    expect(help).not.toContain("NativeModule internal/crypto/webcrypto");
+
+    const noop = await builtinsLoaded(project, ["up"]);
+    expect(noop).toContain("NativeModule sqlite");
+    // No process is started: the environment is built and the Python probe cached.
+    expect(noop).not.toContain("NativeModule child_process");
+    expect(noop).not.toContain("NativeModule internal/crypto/webcrypto");
   });
 });
 

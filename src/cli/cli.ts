@@ -7,7 +7,7 @@
  * what a no-op `kaos up` costs. The import must be dynamic: the modules a
  * static import names are compiled before this module's body runs.
  */
-import { enableCompileCache } from "node:module";
+import { enableCompileCache, registerHooks } from "node:module";
 import { homedir, platform } from "node:os";
 import { join } from "node:path";
 
@@ -27,5 +27,22 @@ if (process.env["NODE_COMPILE_CACHE"] === undefined) {
     // A cache that cannot be made (a read-only home) only makes starting slower.
   }
 }
+
+/**
+ * kaos's own modules import each other by relative paths inside one folder
+ * (dist/, see scripts/build.mjs). Node's resolver would check each such path on
+ * disk, resolve symlinks and read package.json scopes to learn the format,
+ * for every module of every start; they are ES modules next to this one.
+ */
+const ownFolder = new URL("./", import.meta.url).href;
+registerHooks?.({
+  resolve(specifier, context, nextResolve) {
+    if (specifier.startsWith("./") && specifier.endsWith(".js") && context.parentURL?.startsWith(ownFolder) === true) {
+      const url = new URL(specifier, context.parentURL).href;
+      if (url.startsWith(ownFolder) && !url.slice(ownFolder.length).includes("/")) return { url, format: "module", shortCircuit: true };
+    }
+    return nextResolve(specifier, context);
+  },
+});
 
 await import("./program.js");

@@ -42,6 +42,30 @@ export function exitQuietlyOnClosedOutput(): void {
     if (listeners.size === 0) process.exit(EXIT_BROKEN_PIPE);
     for (const listener of [...listeners]) listener();
   };
-  process.stdout.on("error", onError);
-  process.stderr.on("error", onError);
+  whenOpened("stdout", (stream) => stream.on("error", onError));
+  whenOpened("stderr", (stream) => stream.on("error", onError));
+}
+
+/**
+ * Calls `install` with `process[name]` as soon as something opens it. Node makes
+ * the stream on first use, and making one (a socket for a pipe) costs a start
+ * that never writes there, such as a no-op `kaos up` on stdout.
+ */
+function whenOpened(name: "stdout" | "stderr", install: (stream: NodeJS.WriteStream) => void): void {
+  const descriptor = Object.getOwnPropertyDescriptor(process, name);
+  const open = descriptor?.get;
+  if (descriptor === undefined || open === undefined || descriptor.configurable !== true) {
+    install(process[name]);
+    return;
+  }
+  Object.defineProperty(process, name, {
+    configurable: true,
+    enumerable: descriptor.enumerable,
+    get(): NodeJS.WriteStream {
+      const stream = open.call(process) as NodeJS.WriteStream;
+      Object.defineProperty(process, name, descriptor);
+      install(stream);
+      return stream;
+    },
+  });
 }

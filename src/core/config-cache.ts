@@ -24,7 +24,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { configCacheOf, packageRoot } from "./layout.js";
+import { configCacheOf, kaosVersion } from "./layout.js";
 
 const FORMAT = 1;
 
@@ -125,7 +125,7 @@ let kaosIdentity: string | undefined;
 /** This kaos: its version, and this module's build (a rebuilt checkout keeps its version). */
 function kaos(): string {
   if (kaosIdentity === undefined) {
-    const version = (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
+    const version = kaosVersion();
     const self = statSync(fileURLToPath(import.meta.url));
     kaosIdentity = `${version}|${self.size}|${self.mtimeMs}`;
   }

@@ -2,7 +2,7 @@
  * Where kaos keeps things in `.kaos/` beside the config. One place, so that
  * the backend that writes and the commands that read agree.
  */
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -18,6 +18,18 @@ export function packageRoot(): string {
     dir = parent;
   }
   return dir;
+}
+
+/** Written in by the build (scripts/build.mjs); absent when running from src/. */
+declare const KAOS_PACKAGE_VERSION: string | undefined;
+
+let packageVersion: string | undefined;
+
+/** The version of the kaos-ml package that runs, without reading its package.json when the build wrote it in. */
+export function kaosVersion(): string {
+  if (typeof KAOS_PACKAGE_VERSION === "string") return KAOS_PACKAGE_VERSION;
+  packageVersion ??= (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
+  return packageVersion;
 }
 
 /** The module kinds a config or a stack file may be, in the order they are looked for. */

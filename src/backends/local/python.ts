@@ -22,8 +22,6 @@ import { promisify } from "node:util";
 import { KaosError } from "../../core/errors.js";
 import { pythonVersionsOf } from "../../core/layout.js";
 
-const run = promisify(execFile);
-
 export interface PythonRuntime {
   /** Absolute path of the interpreter. */
   path: string;
@@ -218,7 +216,8 @@ async function askVersion(path: string): Promise<Probe> {
   try {
     // -S skips site-packages and the version comes from sys (the same string
     // platform.python_version() parses out of it): a third of the start-up.
-    const { stdout } = await run(path, ["-S", "-c", "import sys; print(sys.version.split()[0]); print(sys.executable)"], {
+    // Promisified here, not when the module loads: a start with its probe cached never loads child_process.
+    const { stdout } = await promisify(execFile)(path, ["-S", "-c", "import sys; print(sys.version.split()[0]); print(sys.executable)"], {
       timeout: 15_000,
     });
     const [version, executable] = stdout.trim().split("\n");
