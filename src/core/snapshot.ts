@@ -557,6 +557,29 @@ function sealedAtFile(root: string): string {
 }
 
 /**
+ * Waits until the file system's clock has moved past its current tick, and
+ * returns the new time (ns), read from a probe file written in `dir`. A file
+ * of that file system changed before this call then has a change time older
+ * than it; one changed after, this time or a later one.
+ */
+export function nextClockTick(dir: string): bigint {
+  const probe = join(dir, `clock.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
+  try {
+    writeFileSync(probe, "0");
+    const first = lstatSync(probe, { bigint: true }).mtimeNs;
+    for (let attempt = 1; attempt < 2000; attempt++) {
+      writeFileSync(probe, String(attempt));
+      const now = lstatSync(probe, { bigint: true }).mtimeNs;
+      if (now > first) return now;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    }
+    return first;
+  } finally {
+    rmSync(probe, { force: true });
+  }
+}
+
+/**
  * Records that `seal` was just taken, so that a later run can tell what
  * changed after it even if this one dies. The record is written again until
  * its time is past every change in the tree (a clock tick at most): what was

@@ -21,11 +21,11 @@
  *   as with `reflink` but at the cost of a copy.
  */
 import { type BigIntStats, constants as fsConstants, copyFileSync, linkSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { errnoCode } from "../../core/errors.js";
 import type { StatCacheEntry, TreeFile, TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
-import { sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
+import { nextClockTick, sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
 import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 
 export type DataViewMode = "reflink" | "link" | "copy";
@@ -92,11 +92,16 @@ function unsigned(value: bigint | number): bigint {
  * while the view was sealed: the planned entries in the cache's order, each
  * with the inode change time its file was sealed with when it is the inode,
  * size, modification time and content the entry describes (`updated` of them
- * moved).
+ * moved). `settledBefore` is a tick of the file system's clock taken after
+ * the links were made and before any file was sealed.
  */
 export interface PendingStatCache {
   entries: StatCacheEntry[];
   updated: number;
+  /** The latest modification or inode change time among the entries sealed anew. */
+  newestNs: bigint;
+  /** Every entry sealed anew changed before `settledBefore` and was sealed after it. */
+  settled: boolean;
 }
 
 /** A linked view sealed: its seal, the files that may not hold what was planned (at most `limit`), and the stat cache to take. */
@@ -117,6 +122,11 @@ export interface LinkedSeal {
  * outside the racy window (the same rule that lets a warm plan skip it); its
  * inode change time moved when it was linked, so it cannot take part. Any
  * other file is read and hashed through the view.
+ *
+ * The clock tick taken between linking and sealing is what lets the next plan
+ * trust the new inode change times at once (`settled`): a write after a
+ * file's seal moves its change time past that tick, so a stat sealed with an
+ * older one held the checked content until the stat changes.
  */
 export function sealLinkedView(
   tree: TreeHash,
@@ -126,6 +136,7 @@ export function sealLinkedView(
   options: { laidOutNow: boolean; limit?: number },
 ): LinkedSeal {
   const limit = options.limit ?? 5;
+  const settledBefore = nextClockTick(dirname(dir));
   const viewDevice = statSync(dir, { bigint: true }).dev;
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
@@ -142,6 +153,8 @@ export function sealLinkedView(
   const sealedEntries: (StatCacheEntry | null | undefined)[] = new Array(files.length);
   const unverified: string[] = [];
   let updated = 0;
+  let newestNs = 0n;
+  let settled = true;
   const onStat = (relative: string, stat: BigIntStats | undefined): void => {
     // Directories are no tree's files: a file of the tree found as one stays unsealed, and unverified.
     if (relative === "" || stat?.isDirectory() === true) return;
@@ -173,6 +186,9 @@ export function sealLinkedView(
     }
     const ctimeNs = stat.ctimeNs;
     if (entry.ctimeNs !== ctimeNs) updated++;
+    if (ctimeNs >= settledBefore || stat.mtimeNs >= settledBefore) settled = false;
+    if (ctimeNs > newestNs) newestNs = ctimeNs;
+    if (stat.mtimeNs > newestNs) newestNs = stat.mtimeNs;
     sealedEntries[index] = entry.ctimeNs === ctimeNs ? entry : { ...entry, ctimeNs };
   };
   const seal = sealTree(dir, {
@@ -184,7 +200,7 @@ export function sealLinkedView(
     const file = files[index]!;
     if (sealedEntries[index] === undefined && file.mode !== "symlink") unverified.push(file.path);
   }
-  return { seal, unverified, pending: pendingStatCache(files, sealedEntries, cache, savedAt, updated) };
+  return { seal, unverified, pending: pendingStatCache(files, sealedEntries, cache, savedAt, { updated, newestNs, settled }) };
 }
 
 /**
@@ -198,7 +214,7 @@ function pendingStatCache(
   sealedEntries: readonly (StatCacheEntry | null | undefined)[],
   cache: { get(path: string): StatCacheEntry | undefined; readonly size: number } | undefined,
   savedAt: bigint | undefined,
-  updated: number,
+  found: { updated: number; newestNs: bigint; settled: boolean },
 ): PendingStatCache | undefined {
   if (cache === undefined || savedAt === undefined || cache.size !== files.length) return undefined;
   const fine = savedAt - RACY_WINDOW_FINE_NS;
@@ -214,7 +230,19 @@ function pendingStatCache(
     if (entry === undefined) return undefined;
     if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) entries.push(entry);
   }
-  return { entries, updated };
+  return { entries, ...found };
+}
+
+/**
+ * The cache time to save `pending` with, once the sweep's last check at
+ * `checkedAt` found every sealed stat unchanged. Settled entries are past the
+ * racy window however soon the next plan comes: the time is put just beyond
+ * it. Otherwise `checkedAt`, and entries linked within the window of it are
+ * read again by the next plan.
+ */
+export function pendingCacheTime(pending: PendingStatCache, checkedAt: bigint): bigint {
+  const beyond = pending.newestNs + RACY_WINDOW_COARSE_NS + 1n;
+  return pending.settled && beyond > checkedAt ? beyond : checkedAt;
 }
 
 /** Whether the file at `path` has the content `hash`; false when it cannot be read. */

@@ -55,7 +55,7 @@ import {
   type Seal,
 } from "../../core/snapshot.js";
 import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
-import { type PendingStatCache, dataViewMode, holdsHash, refreshedStatCache, sealLinkedView } from "./data-view.js";
+import { type PendingStatCache, dataViewMode, holdsHash, pendingCacheTime, refreshedStatCache, sealLinkedView } from "./data-view.js";
 import { isProcessAlive } from "../../core/process-identity.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
@@ -830,7 +830,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     if (pending !== undefined && data.seal.resealed === 0) {
       if (pending.updated === 0) return;
       const treeHash = pending.entries.length === tree.files.length ? tree.hash : undefined;
-      this.state.saveStatCache(tree.root, pending.entries, checkedAt, treeHash);
+      this.state.saveStatCache(tree.root, pending.entries, pendingCacheTime(pending, checkedAt), treeHash);
       return;
     }
     const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);

@@ -28,14 +28,13 @@ import {
   readFileSync,
   readlinkSync,
   renameSync,
-  rmSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../core/hash.js";
 import { STATE_DIR_NAMES, jobPaths } from "../../core/layout.js";
-import { resolveInside } from "../../core/snapshot.js";
+import { nextClockTick, resolveInside } from "../../core/snapshot.js";
 
 /** path, mode, size, content hash, then the stats: dev, ino, mtime and ctime in ns (decimal strings). */
 type SealedEntry = [string, TreeFile["mode"], number, string, string, string, string, string];
@@ -77,28 +76,6 @@ function makeReadOnly(root: string): void {
     if ((stat.isDirectory() || stat.isFile()) && (stat.mode & 0o222) !== 0) chmodSync(path, stat.mode & 0o7555);
   };
   visit(root);
-}
-
-/**
- * Waits until the file system's clock has moved past its current tick, and
- * returns the new time (ns). A file changed before this call then has a
- * change time older than it; one changed after, a later one.
- */
-function nextClockTick(dir: string): bigint {
-  const probe = join(dir, `clock.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
-  try {
-    writeFileSync(probe, "0");
-    const first = lstatSync(probe, { bigint: true }).mtimeNs;
-    for (let attempt = 1; attempt < 2000; attempt++) {
-      writeFileSync(probe, String(attempt));
-      const now = lstatSync(probe, { bigint: true }).mtimeNs;
-      if (now > first) return now;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
-    }
-    return first;
-  } finally {
-    rmSync(probe, { force: true });
-  }
 }
 
 /** A stat cache that records what one hash saw, and serves it back to later checks. */
