@@ -67,19 +67,33 @@ function sealPathOf(stateDir: string, jobId: string): string {
 /**
  * Removes every write bit under `root` (files and directories, never through
  * a symlink). Directories after their entries, which need them writable to be done.
+ * Returns how many entries lie below `root`.
  */
-function makeReadOnly(root: string): void {
+function makeReadOnly(root: string): number {
+  let entries = 0;
   const visit = (path: string): void => {
     const stat = lstatSync(path);
     if (stat.isSymbolicLink()) return;
-    if (stat.isDirectory()) for (const name of readdirSync(path)) visit(join(path, name));
+    if (stat.isDirectory()) {
+      for (const name of readdirSync(path)) {
+        entries++;
+        visit(join(path, name));
+      }
+    }
     if ((stat.isDirectory() || stat.isFile()) && (stat.mode & 0o222) !== 0) chmodSync(path, stat.mode & 0o7555);
   };
   visit(root);
+  return entries;
 }
 
-/** A stat cache that records what one hash saw, and serves it back to later checks. */
-function sealStore(sealed?: SealedTree): StatCacheStore & { saved: { entries: StatCacheEntry[]; cacheTimeNs: bigint } | undefined } {
+/**
+ * A stat cache that records what one hash saw, and serves it back to later
+ * checks. `entries` is how many a tree not sealed yet holds, when known.
+ */
+function sealStore(
+  sealed?: SealedTree,
+  entries?: number,
+): StatCacheStore & { saved: { entries: StatCacheEntry[]; cacheTimeNs: bigint } | undefined } {
   const store = {
     saved: undefined as { entries: StatCacheEntry[]; cacheTimeNs: bigint } | undefined,
     load: (): Map<string, StatCacheEntry> => {
@@ -102,15 +116,15 @@ function sealStore(sealed?: SealedTree): StatCacheStore & { saved: { entries: St
       store.saved = { entries, cacheTimeNs };
     },
     savedAt: (): bigint | undefined => (sealed === undefined ? undefined : BigInt(sealed.savedAtNs)),
-    // A check of a small sealed tree (most are) then starts no hashing thread.
-    cachedFiles: (): number | undefined => sealed?.entries.length,
+    // A small tree (most results are) is then hashed without starting a hashing thread.
+    cachedFiles: (): number | undefined => sealed?.entries.length ?? entries,
   };
   return store;
 }
 
-/** Seals the tree at `root`, whose content is read only after `readFromNs` (see `nextClockTick`). */
-async function sealTree(root: string, readFromNs: bigint): Promise<SealedTree> {
-  const store = sealStore();
+/** Seals the tree at `root` of `size` entries, whose content is read only after `readFromNs` (see `nextClockTick`). */
+async function sealTree(root: string, readFromNs: bigint, size: number): Promise<SealedTree> {
+  const store = sealStore(undefined, size);
   const tree = await hashTree(root, { everyFile: true, statCache: store });
   const entries = store.saved?.entries ?? [];
   // Every file last changed before its content was read: any later write shows
@@ -181,15 +195,15 @@ export async function sealJobResults(stateDir: string, jobId: string, sourceFile
   const paths = jobPaths(stateDir, jobId);
   checkOutputDirectory(paths.out);
   const hasSource = existsSync(paths.source) && lstatSync(paths.source).isDirectory();
-  makeReadOnly(paths.out);
-  if (hasSource) makeReadOnly(paths.source);
+  const outputEntries = makeReadOnly(paths.out);
+  const sourceEntries = hasSource ? makeReadOnly(paths.source) : 0;
   const readFromNs = nextClockTick(paths.dir);
-  const output = await sealTree(paths.out, readFromNs);
-  const source = hasSource ? await sealTree(paths.source, readFromNs) : null;
+  const output = await sealTree(paths.out, readFromNs, outputEntries);
+  const source = hasSource ? await sealTree(paths.source, readFromNs, sourceEntries) : null;
   let sourceChangedByJob: TreeChanges | null = null;
   if (hasSource && sourceFiles !== undefined) {
     // Hashed as bundles are, so that what a script may leave beside its code (__pycache__) does not count.
-    const asBundle = await hashTree(paths.source);
+    const asBundle = await hashTree(paths.source, { statCache: sealStore(undefined, sourceEntries) });
     sourceChangedByJob = changesOf(sourceFiles, asBundle.files);
   }
   const record: SealRecord = { version: 1, jobId, sealedAt: new Date().toISOString(), output, source, sourceChangedByJob };
