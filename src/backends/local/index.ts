@@ -105,7 +105,7 @@ interface DataView {
   dir: string;
   seal: Seal;
   /** Content hash by path, to find the objects behind changed files. */
-  hashes: Map<string, string>;
+  hashes: { get(path: string): string | undefined };
   /** The bundle whose own files the view's files are hardlinks to (see data-view.ts), when they are. */
   linkedTo: string | undefined;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
@@ -837,9 +837,22 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
   }
 
-  /** The content hash of every file of a pipeline's data view, by path. */
-  private dataHashes(p: PipelinePlan): Map<string, string> {
-    if (p.dataTree !== undefined) return new Map(p.dataTree.files.map((file) => [file.path, file.hash]));
+  /**
+   * The content hash of every file of a pipeline's data view, by path. A
+   * bundle's are looked up only once a check finds a file changed, which most
+   * sweeps never do: the map is made then.
+   */
+  private dataHashes(p: PipelinePlan): { get(path: string): string | undefined } {
+    const tree = p.dataTree;
+    if (tree !== undefined) {
+      let byPath: Map<string, string> | undefined;
+      return {
+        get: (path) => {
+          byPath ??= new Map(tree.files.map((file) => [file.path, file.hash]));
+          return byPath.get(path);
+        },
+      };
+    }
     const hashes = new Map<string, string>();
     if (p.manifest !== undefined && p.pipeline.data.kind === "manifest") {
       const lock = readLock(p.pipeline.data.path);
