@@ -134,6 +134,33 @@ describe("the stat cache after a linked view", () => {
     const plan = await runKaos(["plan"], { cwd: made.dir });
     expect(plan.stdout.split("\n")[0]).toMatch(/^stack local: 1 pipeline, (\d+) files checked \(\1 unchanged, 0 hashed, 0 B\)/);
   }, 60_000);
+
+  it("a plan right after the first kaos up of new data reads none of the data's files", async () => {
+    const data = Object.fromEntries(Array.from({ length: 20 }, (_, index) => [`part-${index % 4}/${index}.csv`, `${index}\n`.repeat(100)]));
+    const made = project('#!/bin/sh\nmkdir -p "$1"\n', data);
+    const up = await runKaos(["up"], { cwd: made.dir });
+    expect(up.code, up.stderr).toBe(0);
+    const plan = await runKaos(["plan", "--detailed-exitcode"], { cwd: made.dir });
+    expect(plan.code, plan.stdout).toBe(0);
+    const [, files, unchanged, hashed] = /(\d+) files checked \((\d+) unchanged, (\d+) hashed/.exec(plan.stdout) ?? [];
+    expect(Number(files)).toBe(20 + Object.keys(trivialSourceBundle("")).length);
+    // The source bundle, written as the data was, may be read again; none of the data's files is.
+    expect(Number(hashed)).toBeLessThanOrEqual(Object.keys(trivialSourceBundle("")).length);
+    expect(Number(unchanged)).toBeGreaterThanOrEqual(20);
+  }, 60_000);
+
+  it("an edit right after the first kaos up, same size and its modification time set back, is seen by the next plan", async () => {
+    const made = project('#!/bin/sh\nmkdir -p "$1"\n', { "value.txt": "v1", "other.txt": "o" });
+    const up = await runKaos(["up"], { cwd: made.dir });
+    expect(up.code, up.stderr).toBe(0);
+    const value = made.path("data", "value.txt");
+    const before = statSync(value);
+    writeFileSync(value, "V2");
+    utimesSync(value, before.atime, before.mtime);
+    const plan = await runKaos(["plan", "--detailed-exitcode"], { cwd: made.dir });
+    expect(plan.code, plan.stdout).toBe(2);
+    expect(plan.stdout).toMatch(/Plan: 0 stages and 1 job to run/);
+  }, 60_000);
 });
 
 describe("data views where links cannot be made", () => {

@@ -421,6 +421,8 @@ export interface Seal {
   watchers: FSWatcher[] | undefined;
   /** An event came since the stats were last compared. */
   stirred: boolean;
+  /** How many stats a check took anew after confirming their content (see `checkSeal`). */
+  resealed: number;
 }
 
 function statOf(path: string): BigIntStats | undefined {
@@ -466,16 +468,29 @@ function statSignature(path: string): string | undefined {
  * `alsoWatch` is a second tree whose directories of the same names are
  * watched too: the bundle a linked view's files are links to, since a write
  * through the bundle's own names is reported to its directories, not the view's.
+ * `paths` lists the tree's files (relative, normal) when the caller has just
+ * laid it out and knows them: they and their directories are sealed without
+ * listing any directory. `onStat` sees every entry's stat as it is sealed,
+ * so that one lstat per file serves the caller's own checks too.
  */
-export function sealTree(root: string, options: { alsoWatch?: string } = {}): Seal {
+export function sealTree(
+  root: string,
+  options: {
+    alsoWatch?: string;
+    paths?: Iterable<string>;
+    onStat?: (relative: string, stat: BigIntStats | undefined) => void;
+  } = {},
+): Seal {
   const stats = new Map<string, string>();
   let lastChangeNs = 0n;
+  const onStat = options.onStat;
   const record = (path: string, relative: string): void => {
     const stat = statOf(path);
     if (stat !== undefined && stat.ctimeNs > lastChangeNs) lastChangeNs = stat.ctimeNs;
     const signature = signatureOf(stat);
     if (signature !== undefined) stats.set(relative, signature);
     else if (relative === "") stats.set("", "missing");
+    onStat?.(relative, stat);
   };
   const walk = (dir: string, prefix: string) => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
@@ -486,8 +501,25 @@ export function sealTree(root: string, options: { alsoWatch?: string } = {}): Se
     }
   };
   record(root, "");
-  walk(root, "");
-  const seal: Seal = { root, stats, lastChangeNs, broken: undefined, watchers: undefined, stirred: false };
+  if (options.paths === undefined) {
+    walk(root, "");
+  } else {
+    const prefix = root.endsWith("/") ? root : `${root}/`;
+    const directories = new Set<string>([""]);
+    for (const relative of options.paths) {
+      // The directories on the way, each once, before their first entry.
+      const parentEnd = relative.lastIndexOf("/");
+      if (parentEnd >= 0 && !directories.has(relative.slice(0, parentEnd)))
+        for (let slash = relative.indexOf("/"); slash >= 0; slash = relative.indexOf("/", slash + 1)) {
+          const directory = relative.slice(0, slash);
+          if (directories.has(directory)) continue;
+          directories.add(directory);
+          record(prefix + directory, directory);
+        }
+      record(prefix + relative, relative);
+    }
+  }
+  const seal: Seal = { root, stats, lastChangeNs, broken: undefined, watchers: undefined, stirred: false, resealed: 0 };
   if (process.platform === "linux") seal.watchers = watchDirectories(seal, options.alsoWatch);
   return seal;
 }
@@ -522,6 +554,29 @@ function watchDirectories(seal: Seal, alsoWatch: string | undefined): FSWatcher[
  */
 function sealedAtFile(root: string): string {
   return `${root}.sealed`;
+}
+
+/**
+ * Waits until the file system's clock has moved past its current tick, and
+ * returns the new time (ns), read from a probe file written in `dir`. A file
+ * of that file system changed before this call then has a change time older
+ * than it; one changed after, this time or a later one.
+ */
+export function nextClockTick(dir: string): bigint {
+  const probe = join(dir, `clock.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
+  try {
+    writeFileSync(probe, "0");
+    const first = lstatSync(probe, { bigint: true }).mtimeNs;
+    for (let attempt = 1; attempt < 2000; attempt++) {
+      writeFileSync(probe, String(attempt));
+      const now = lstatSync(probe, { bigint: true }).mtimeNs;
+      if (now > first) return now;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    }
+    return first;
+  } finally {
+    rmSync(probe, { force: true });
+  }
 }
 
 /**
@@ -612,6 +667,7 @@ export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean;
       if (options.confirm === undefined) continue;
       if (options.confirm(path)) {
         seal.stats.set(path, now);
+        seal.resealed++;
         continue;
       }
     }

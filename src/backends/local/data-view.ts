@@ -20,12 +20,12 @@
  *   bundle is copied into the object store and the view links to the objects,
  *   as with `reflink` but at the cost of a copy.
  */
-import { constants as fsConstants, copyFileSync, linkSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { type BigIntStats, constants as fsConstants, copyFileSync, linkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { errnoCode } from "../../core/errors.js";
-import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
+import type { StatCacheEntry, TreeFile, TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
-import { sealedFileStat, type Seal } from "../../core/snapshot.js";
+import { nextClockTick, sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
 import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 
 export type DataViewMode = "reflink" | "link" | "copy";
@@ -88,46 +88,161 @@ function unsigned(value: bigint | number): bigint {
 }
 
 /**
- * The files of a linked view (at most `limit`) that may not hold what the
- * plan hashed. A file is trusted without being read when it is the inode the
- * plan's stat cache entry describes, with the same size and modification time,
- * the entry names the hashed content and lies outside the racy window (the
- * same rule that lets a warm plan skip it); its inode change time moved when
- * it was linked, so it cannot take part. Any other file is read and hashed
- * through the view.
+ * The stat cache a linked bundle takes once its sweep's data checks out, made
+ * while the view was sealed: the planned entries in the cache's order, each
+ * with the inode change time its file was sealed with when it is the inode,
+ * size, modification time and content the entry describes (`updated` of them
+ * moved). `settledBefore` is a tick of the file system's clock taken after
+ * the links were made and before any file was sealed.
  */
-export function unverifiedFiles(
+export interface PendingStatCache {
+  entries: StatCacheEntry[];
+  updated: number;
+  /** The latest modification or inode change time among the entries sealed anew. */
+  newestNs: bigint;
+  /** Every entry sealed anew changed before `settledBefore` and was sealed after it. */
+  settled: boolean;
+}
+
+/** A linked view sealed: its seal, the files that may not hold what was planned (at most `limit`), and the stat cache to take. */
+export interface LinkedSeal {
+  seal: Seal;
+  unverified: string[];
+  pending: PendingStatCache | undefined;
+}
+
+/**
+ * Seals the linked view at `dir` of the bundle `tree` and checks it against
+ * what the plan hashed, with one lstat per file: the seal's stat is the
+ * check's, and the stat cache's next entry (a hardlink is the bundle's own
+ * inode). `laidOutNow` says the view was just made from `tree`, so its files
+ * are known without listing a directory. A file is trusted without being read
+ * when it is the inode the plan's stat cache entry describes, with the same
+ * size and modification time, the entry names the hashed content and lies
+ * outside the racy window (the same rule that lets a warm plan skip it); its
+ * inode change time moved when it was linked, so it cannot take part. Any
+ * other file is read and hashed through the view.
+ *
+ * The clock tick taken between linking and sealing is what lets the next plan
+ * trust the new inode change times at once (`settled`): a write after a
+ * file's seal moves its change time past that tick, so a stat sealed with an
+ * older one held the checked content until the stat changes.
+ */
+export function sealLinkedView(
   tree: TreeHash,
-  seal: Seal,
-  cache: { get(path: string): StatCacheEntry | undefined } | undefined,
+  dir: string,
+  cache: { get(path: string): StatCacheEntry | undefined; readonly size: number } | undefined,
   savedAt: bigint | undefined,
-  limit = 5,
-): string[] {
-  const viewDevice = statSync(seal.root, { bigint: true }).dev;
+  options: { laidOutNow: boolean; limit?: number },
+): LinkedSeal {
+  const limit = options.limit ?? 5;
+  const settledBefore = nextClockTick(dirname(dir));
+  const viewDevice = statSync(dir, { bigint: true }).dev;
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
+  const files = tree.files;
+  // Sealed in the tree's order when laid out now; a kept view is listed, in directory order.
+  let cursor = 0;
+  let byPath: Map<string, number> | undefined;
+  const indexOf = (path: string): number => {
+    if (cursor < files.length && files[cursor]!.path === path) return cursor++;
+    byPath ??= new Map(files.map((file, index) => [file.path, index]));
+    return byPath.get(path) ?? -1;
+  };
+  // What each tree file was sealed with: undefined until sealed.
+  const sealedEntries: (StatCacheEntry | null | undefined)[] = new Array(files.length);
   const unverified: string[] = [];
-  for (const file of tree.files) {
-    if (file.mode === "symlink") continue;
-    const sealed = sealedFileStat(seal.stats.get(file.path));
-    if (sealed === undefined) {
-      unverified.push(file.path);
-    } else {
-      const entry = savedAt === undefined ? undefined : cache?.get(file.path);
-      const trusted =
-        entry !== undefined &&
-        entry.hash === file.hash &&
-        entry.mode === file.mode &&
-        unsigned(entry.dev) === viewDevice &&
-        unsigned(entry.ino) === sealed.ino &&
-        BigInt(entry.size) === sealed.size &&
-        entry.mtimeNs === sealed.mtimeNs &&
-        isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse);
-      if (!trusted && !holdsHash(join(seal.root, file.path), file.hash)) unverified.push(file.path);
+  let updated = 0;
+  let newestNs = 0n;
+  let settled = true;
+  const onStat = (relative: string, stat: BigIntStats | undefined): void => {
+    // Directories are no tree's files: a file of the tree found as one stays unsealed, and unverified.
+    if (relative === "" || stat?.isDirectory() === true) return;
+    const index = indexOf(relative);
+    if (index < 0) return;
+    const file = files[index]!;
+    if (file.mode === "symlink") {
+      sealedEntries[index] = null;
+      return;
     }
-    if (unverified.length >= limit) break;
+    if (stat === undefined || !stat.isFile()) {
+      if (unverified.length < limit) unverified.push(file.path);
+      sealedEntries[index] = null;
+      return;
+    }
+    const entry = savedAt === undefined ? undefined : cache?.get(file.path);
+    const same =
+      entry !== undefined &&
+      entry.hash === file.hash &&
+      entry.mode === file.mode &&
+      unsigned(entry.ino) === stat.ino &&
+      BigInt(entry.size) === stat.size &&
+      entry.mtimeNs === stat.mtimeNs;
+    const trusted = same && unsigned(entry.dev) === viewDevice && isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse);
+    if (!trusted && unverified.length < limit && !holdsHash(join(dir, file.path), file.hash)) unverified.push(file.path);
+    if (!same) {
+      sealedEntries[index] = null;
+      return;
+    }
+    const ctimeNs = stat.ctimeNs;
+    if (entry.ctimeNs !== ctimeNs) updated++;
+    if (ctimeNs >= settledBefore || stat.mtimeNs >= settledBefore) settled = false;
+    if (ctimeNs > newestNs) newestNs = ctimeNs;
+    if (stat.mtimeNs > newestNs) newestNs = stat.mtimeNs;
+    sealedEntries[index] = entry.ctimeNs === ctimeNs ? entry : { ...entry, ctimeNs };
+  };
+  const seal = sealTree(dir, {
+    alsoWatch: tree.root,
+    onStat,
+    ...(options.laidOutNow ? { paths: files.map((file) => file.path) } : {}),
+  });
+  for (let index = 0; index < files.length && unverified.length < limit; index++) {
+    const file = files[index]!;
+    if (sealedEntries[index] === undefined && file.mode !== "symlink") unverified.push(file.path);
   }
-  return unverified;
+  return { seal, unverified, pending: pendingStatCache(files, sealedEntries, cache, savedAt, { updated, newestNs, settled }) };
+}
+
+/**
+ * The stat cache to take after the sweep, in the cache's order (the tree's):
+ * entries sealed anew, and the others that were outside the racy window of
+ * the old cache time. Undefined when the cache is not the tree's file for
+ * file (`refreshedStatCache` then works it out after the sweep).
+ */
+function pendingStatCache(
+  files: readonly TreeFile[],
+  sealedEntries: readonly (StatCacheEntry | null | undefined)[],
+  cache: { get(path: string): StatCacheEntry | undefined; readonly size: number } | undefined,
+  savedAt: bigint | undefined,
+  found: { updated: number; newestNs: bigint; settled: boolean },
+): PendingStatCache | undefined {
+  if (cache === undefined || savedAt === undefined || cache.size !== files.length) return undefined;
+  const fine = savedAt - RACY_WINDOW_FINE_NS;
+  const coarse = savedAt - RACY_WINDOW_COARSE_NS;
+  const entries: StatCacheEntry[] = [];
+  for (let index = 0; index < files.length; index++) {
+    const sealed = sealedEntries[index];
+    if (sealed !== undefined && sealed !== null) {
+      entries.push(sealed);
+      continue;
+    }
+    const entry = cache.get(files[index]!.path);
+    if (entry === undefined) return undefined;
+    if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) entries.push(entry);
+  }
+  return { entries, ...found };
+}
+
+/**
+ * The cache time to save `pending` with, once the sweep's last check at
+ * `checkedAt` found every sealed stat unchanged. Settled entries are past the
+ * racy window however soon the next plan comes: the time is put just beyond
+ * it. Otherwise `checkedAt`, and entries linked within the window of it are
+ * read again by the next plan.
+ */
+export function pendingCacheTime(pending: PendingStatCache, checkedAt: bigint): bigint {
+  const beyond = pending.newestNs + RACY_WINDOW_COARSE_NS + 1n;
+  return pending.settled && beyond > checkedAt ? beyond : checkedAt;
 }
 
 /** Whether the file at `path` has the content `hash`; false when it cannot be read. */

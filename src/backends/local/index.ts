@@ -55,7 +55,7 @@ import {
   type Seal,
 } from "../../core/snapshot.js";
 import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
-import { dataViewMode, holdsHash, refreshedStatCache, unverifiedFiles } from "./data-view.js";
+import { type PendingStatCache, dataViewMode, holdsHash, pendingCacheTime, refreshedStatCache, sealLinkedView } from "./data-view.js";
 import { isProcessAlive } from "../../core/process-identity.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
@@ -105,11 +105,11 @@ interface DataView {
   dir: string;
   seal: Seal;
   /** Content hash by path, to find the objects behind changed files. */
-  hashes: Map<string, string>;
+  hashes: { get(path: string): string | undefined };
   /** The bundle whose own files the view's files are hardlinks to (see data-view.ts), when they are. */
   linkedTo: string | undefined;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
-  bundle?: { tree: TreeHash; cache: ReadonlyMap<string, StatCacheEntry>; savedAt: bigint };
+  bundle?: { tree: TreeHash; cache: ReadonlyMap<string, StatCacheEntry>; savedAt: bigint; pending: PendingStatCache | undefined };
 }
 
 /**
@@ -796,11 +796,11 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const savedAt = this.state.readonly ? undefined : this.state.statCacheSavedAt(tree.root);
     for (let attempt = 0; ; attempt++) {
       const kept = existsSync(dir);
+      const laidOutNow = !isMaterialized(dir);
       materializeTree(this.objects, tree, dir, { readonlyDirs: true, linkFrom: tree.root });
-      const seal = sealTree(dir, { alsoWatch: tree.root });
-      const unverified = unverifiedFiles(tree, seal, cache, savedAt);
+      const { seal, unverified, pending } = sealLinkedView(tree, dir, cache, savedAt, { laidOutNow });
       if (unverified.length === 0) {
-        const bundle = cache !== undefined && savedAt !== undefined ? { tree, cache, savedAt } : undefined;
+        const bundle = cache !== undefined && savedAt !== undefined ? { tree, cache, savedAt, pending } : undefined;
         return { dir, seal, hashes, linkedTo: tree.root, bundle };
       }
       releaseSeal(seal);
@@ -823,16 +823,36 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
    */
   private refreshBundleStatCache(data: DataView, checkedAt: bigint): void {
     if (data.bundle === undefined || this.state.readonly) return;
-    const { tree, cache, savedAt } = data.bundle;
+    const { tree, cache, savedAt, pending } = data.bundle;
     // Another plan saved since: its cache is newer than what this one would write.
     if (this.state.statCacheSavedAt(tree.root) !== savedAt) return;
+    // Made while the view was sealed, and still true when no check took a stat anew since.
+    if (pending !== undefined && data.seal.resealed === 0) {
+      if (pending.updated === 0) return;
+      const treeHash = pending.entries.length === tree.files.length ? tree.hash : undefined;
+      this.state.saveStatCache(tree.root, pending.entries, pendingCacheTime(pending, checkedAt), treeHash);
+      return;
+    }
     const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);
     if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
   }
 
-  /** The content hash of every file of a pipeline's data view, by path. */
-  private dataHashes(p: PipelinePlan): Map<string, string> {
-    if (p.dataTree !== undefined) return new Map(p.dataTree.files.map((file) => [file.path, file.hash]));
+  /**
+   * The content hash of every file of a pipeline's data view, by path. A
+   * bundle's are looked up only once a check finds a file changed, which most
+   * sweeps never do: the map is made then.
+   */
+  private dataHashes(p: PipelinePlan): { get(path: string): string | undefined } {
+    const tree = p.dataTree;
+    if (tree !== undefined) {
+      let byPath: Map<string, string> | undefined;
+      return {
+        get: (path) => {
+          byPath ??= new Map(tree.files.map((file) => [file.path, file.hash]));
+          return byPath.get(path);
+        },
+      };
+    }
     const hashes = new Map<string, string>();
     if (p.manifest !== undefined && p.pipeline.data.kind === "manifest") {
       const lock = readLock(p.pipeline.data.path);

@@ -28,14 +28,13 @@ import {
   readFileSync,
   readlinkSync,
   renameSync,
-  rmSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../core/hash.js";
 import { STATE_DIR_NAMES, jobPaths } from "../../core/layout.js";
-import { resolveInside } from "../../core/snapshot.js";
+import { nextClockTick, resolveInside } from "../../core/snapshot.js";
 
 /** path, mode, size, content hash, then the stats: dev, ino, mtime and ctime in ns (decimal strings). */
 type SealedEntry = [string, TreeFile["mode"], number, string, string, string, string, string];
@@ -68,41 +67,33 @@ function sealPathOf(stateDir: string, jobId: string): string {
 /**
  * Removes every write bit under `root` (files and directories, never through
  * a symlink). Directories after their entries, which need them writable to be done.
+ * Returns how many entries lie below `root`.
  */
-function makeReadOnly(root: string): void {
+function makeReadOnly(root: string): number {
+  let entries = 0;
   const visit = (path: string): void => {
     const stat = lstatSync(path);
     if (stat.isSymbolicLink()) return;
-    if (stat.isDirectory()) for (const name of readdirSync(path)) visit(join(path, name));
+    if (stat.isDirectory()) {
+      for (const name of readdirSync(path)) {
+        entries++;
+        visit(join(path, name));
+      }
+    }
     if ((stat.isDirectory() || stat.isFile()) && (stat.mode & 0o222) !== 0) chmodSync(path, stat.mode & 0o7555);
   };
   visit(root);
+  return entries;
 }
 
 /**
- * Waits until the file system's clock has moved past its current tick, and
- * returns the new time (ns). A file changed before this call then has a
- * change time older than it; one changed after, a later one.
+ * A stat cache that records what one hash saw, and serves it back to later
+ * checks. `entries` is how many a tree not sealed yet holds, when known.
  */
-function nextClockTick(dir: string): bigint {
-  const probe = join(dir, `clock.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
-  try {
-    writeFileSync(probe, "0");
-    const first = lstatSync(probe, { bigint: true }).mtimeNs;
-    for (let attempt = 1; attempt < 2000; attempt++) {
-      writeFileSync(probe, String(attempt));
-      const now = lstatSync(probe, { bigint: true }).mtimeNs;
-      if (now > first) return now;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
-    }
-    return first;
-  } finally {
-    rmSync(probe, { force: true });
-  }
-}
-
-/** A stat cache that records what one hash saw, and serves it back to later checks. */
-function sealStore(sealed?: SealedTree): StatCacheStore & { saved: { entries: StatCacheEntry[]; cacheTimeNs: bigint } | undefined } {
+function sealStore(
+  sealed?: SealedTree,
+  entries?: number,
+): StatCacheStore & { saved: { entries: StatCacheEntry[]; cacheTimeNs: bigint } | undefined } {
   const store = {
     saved: undefined as { entries: StatCacheEntry[]; cacheTimeNs: bigint } | undefined,
     load: (): Map<string, StatCacheEntry> => {
@@ -125,15 +116,15 @@ function sealStore(sealed?: SealedTree): StatCacheStore & { saved: { entries: St
       store.saved = { entries, cacheTimeNs };
     },
     savedAt: (): bigint | undefined => (sealed === undefined ? undefined : BigInt(sealed.savedAtNs)),
-    // A check of a small sealed tree (most are) then starts no hashing thread.
-    cachedFiles: (): number | undefined => sealed?.entries.length,
+    // A small tree (most results are) is then hashed without starting a hashing thread.
+    cachedFiles: (): number | undefined => sealed?.entries.length ?? entries,
   };
   return store;
 }
 
-/** Seals the tree at `root`, whose content is read only after `readFromNs` (see `nextClockTick`). */
-async function sealTree(root: string, readFromNs: bigint): Promise<SealedTree> {
-  const store = sealStore();
+/** Seals the tree at `root` of `size` entries, whose content is read only after `readFromNs` (see `nextClockTick`). */
+async function sealTree(root: string, readFromNs: bigint, size: number): Promise<SealedTree> {
+  const store = sealStore(undefined, size);
   const tree = await hashTree(root, { everyFile: true, statCache: store });
   const entries = store.saved?.entries ?? [];
   // Every file last changed before its content was read: any later write shows
@@ -204,15 +195,15 @@ export async function sealJobResults(stateDir: string, jobId: string, sourceFile
   const paths = jobPaths(stateDir, jobId);
   checkOutputDirectory(paths.out);
   const hasSource = existsSync(paths.source) && lstatSync(paths.source).isDirectory();
-  makeReadOnly(paths.out);
-  if (hasSource) makeReadOnly(paths.source);
+  const outputEntries = makeReadOnly(paths.out);
+  const sourceEntries = hasSource ? makeReadOnly(paths.source) : 0;
   const readFromNs = nextClockTick(paths.dir);
-  const output = await sealTree(paths.out, readFromNs);
-  const source = hasSource ? await sealTree(paths.source, readFromNs) : null;
+  const output = await sealTree(paths.out, readFromNs, outputEntries);
+  const source = hasSource ? await sealTree(paths.source, readFromNs, sourceEntries) : null;
   let sourceChangedByJob: TreeChanges | null = null;
   if (hasSource && sourceFiles !== undefined) {
     // Hashed as bundles are, so that what a script may leave beside its code (__pycache__) does not count.
-    const asBundle = await hashTree(paths.source);
+    const asBundle = await hashTree(paths.source, { statCache: sealStore(undefined, sourceEntries) });
     sourceChangedByJob = changesOf(sourceFiles, asBundle.files);
   }
   const record: SealRecord = { version: 1, jobId, sealedAt: new Date().toISOString(), output, source, sourceChangedByJob };
