@@ -483,6 +483,11 @@ export class StateStore {
     this.writeStatCache(root, blob, rows.count, cacheTimeNs, monitorToken);
   }
 
+  /** The monitor token paired with the stat cache of `root` as this store last read or wrote it. */
+  monitorTokenOf(root: string): string | undefined {
+    return this.statCaches.get(root)?.monitorToken ?? this.keptTrees.get(root)?.monitorToken;
+  }
+
   /** Moves only the cache time of an unchanged cache; false when another process rewrote it meanwhile. */
   private touchStatCache(
     root: string,

@@ -826,15 +826,18 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const { tree, cache, savedAt, pending } = data.bundle;
     // Another plan saved since: its cache is newer than what this one would write.
     if (this.state.statCacheSavedAt(tree.root) !== savedAt) return;
+    // The monitor's token stays true for the refreshed cache: it names a point before the links were made, so
+    // the monitor reports every file whose change time they moved, and the plan finds it matches the new entry.
+    const monitorToken = this.state.monitorTokenOf(tree.root);
     // Made while the view was sealed, and still true when no check took a stat anew since.
     if (pending !== undefined && data.seal.resealed === 0) {
       if (pending.updated === 0) return;
       const treeHash = pending.entries.length === tree.files.length ? tree.hash : undefined;
-      this.state.saveStatCache(tree.root, pending.entries, pendingCacheTime(pending, checkedAt), treeHash);
+      this.state.saveStatCache(tree.root, pending.entries, pendingCacheTime(pending, checkedAt), treeHash, monitorToken);
       return;
     }
     const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);
-    if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
+    if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash, monitorToken);
   }
 
   /**
