@@ -166,6 +166,8 @@ describe("start-up (built CLI)", () => {
     // No process is started: the environment is built and the Python probe cached.
     expect(noop).not.toContain("NativeModule child_process");
     expect(noop).not.toContain("NativeModule internal/crypto/webcrypto");
+    // A tiny tree is hashed in the calling thread: no thread is started, so none of their machinery loads.
+    expect(noop).not.toContain("NativeModule worker_threads");
   });
 });
 
