@@ -39,12 +39,11 @@ import { EXIT, onStopRequest } from "./exit.js";
 
 // The engine (hashing, planning, the backends) loads only for commands that run
 // it, so the read-only commands start fast.
-const engine = () => import("../core/engine.js");
+const engine = () => import("./engine-modules.js");
 
 /** Opens the project's store and the stack's backend, made by the backend registry. */
 async function openBackendSession(config: ResolvedConfig, stack: ResolvedStack, options: { readonly?: boolean } = {}): Promise<Session> {
-  const { openSession } = await engine();
-  const { createBackend } = await import("../backends/index.js");
+  const { openSession, createBackend } = await engine();
   return openSession(config, stack, createBackend, options);
 }
 
@@ -53,12 +52,12 @@ async function openBackendSession(config: ResolvedConfig, stack: ResolvedStack, 
  * module loading each) while this thread loads the config and the engine.
  */
 async function startHashing(): Promise<void> {
-  const { startHashWorkers } = await import("../core/hash.js");
+  const { startHashWorkers } = await engine();
   startHashWorkers();
 }
 
 async function stopHashing(): Promise<void> {
-  const { stopHashWorkers } = await import("../core/hash.js");
+  const { stopHashWorkers } = await engine();
   await stopHashWorkers();
 }
 
@@ -123,9 +122,7 @@ async function runApply(
   stack: ResolvedStack,
   options: { force?: boolean; refresh?: boolean; json?: boolean; command: string },
 ): Promise<number> {
-  const { checkInputs } = await engine();
-  const { createReporter } = await import("./progress.js");
-  const { planJson } = await import("../core/plan.js");
+  const { checkInputs, createReporter, planJson } = await engine();
   const manifests = checkInputs(config);
   const session = await openBackendSession(config, stack);
   const interrupt = interruptSignal();
@@ -168,9 +165,7 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
 export async function planCommand(
   options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean },
 ): Promise<number> {
-  const { checkInputs } = await engine();
-  const { formatPlan, planJson } = await import("../core/plan.js");
-  const { createReporter } = await import("./progress.js");
+  const { checkInputs, formatPlan, planJson, createReporter } = await engine();
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   const manifests = checkInputs(config);
   const session = await openBackendSession(config, stack);

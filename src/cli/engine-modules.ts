@@ -1,0 +1,12 @@
+/**
+ * What the commands that plan, apply or open a stack's backend load, as one
+ * module. The bundler splits the built code at every module loaded by a
+ * dynamic import; loaded one by one, these made a no-op `kaos up` read dozens
+ * of small files. Read-only commands that only open the store (`train list`)
+ * load none of it.
+ */
+export { checkInputs, openSession } from "../core/engine.js";
+export { createBackend } from "../backends/index.js";
+export { startHashWorkers, stopHashWorkers } from "../core/hash.js";
+export { formatPlan, planJson } from "../core/plan.js";
+export { createReporter } from "./progress.js";
