@@ -535,7 +535,7 @@ async function rankedRows<Row extends { metrics: Record<string, MetricValue> }>(
   flag = "-s",
 ): Promise<Row[]> {
   if (sort === undefined) return [...rows];
-  const { numericMetricNames, rankSweep } = await import("../core/sweep.js");
+  const { numericMetricNames, rankSweep } = await engine();
   const sortable = numericMetricNames(rows);
   if (rows.length > 0 && !sortable.includes(sort)) {
     const found = rows.map((row) => row.metrics[sort]).find((value) => value !== undefined);
@@ -553,7 +553,7 @@ async function rankedRows<Row extends { metrics: Record<string, MetricValue> }>(
 
 /** A sweep's rows as JSON: exact values, pending rows with a null id. */
 async function sweepRowsJson(rows: readonly SweepRow[]): Promise<SweepRowJson[]> {
-  const { sweepRowJson } = await import("../core/sweep.js");
+  const { sweepRowJson } = await engine();
   return rows.map(sweepRowJson);
 }
 
@@ -598,7 +598,7 @@ export async function infoCommand(
       printRemoteInfo(info, options.json);
       return EXIT.ok;
     }
-    const { numericMetricNames } = await import("../core/sweep.js");
+    const { numericMetricNames } = await engine();
     const sortable = numericMetricNames(info.sweep.rows);
     await printRecordedInfo(info, { rows: await rankedRows(info.sweep.rows, options.sort, options.asc), sortable }, options);
     return EXIT.ok;
@@ -750,7 +750,7 @@ export async function compareCommand(
 async function bestJob(session: Session, options: { best: string; asc?: boolean; pipeline?: string }): Promise<string> {
   const pipeline = pickPipeline(session.config, options.pipeline);
   const sweep = await session.backend.sweep({ pipeline, command: "kaos train get --best" });
-  const { bestOfSweep } = await import("../core/sweep.js");
+  const { bestOfSweep } = await engine();
   const best = bestOfSweep(sweep.rows, options.best, { ascending: options.asc });
   const succeeded = sweep.rows.filter((row) => row.state === "succeeded");
   if (best?.jobId === undefined) {
@@ -923,7 +923,7 @@ export async function monitorCommand(options: Common): Promise<number> {
       hint: "check that the project directory is writable",
     });
   }
-  const { startMonitor } = await import("../core/monitor.js");
+  const { startMonitor } = await engine();
   const started = await startMonitor(stateDir);
   if (started.server === undefined) {
     throw new KaosError("NOT_SUPPORTED", `the file system monitor cannot start: ${started.reason}`, {
