@@ -23,19 +23,22 @@ const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url),
  * (define.js), the Pulumi provider implementation (provider-impl.js), and
  * the transfer threads, which load the very chunk that holds the ingest code.
  * The rest are the package's own entry and the modules the benchmarks drive.
+ *
+ * The two sets are built apart. esbuild puts the modules reached from each
+ * distinct set of entries in a chunk of their own, so every entry the command
+ * line never loads would cut the modules it does load into more files, each
+ * one more to read at every start. The library's entries get their own chunks
+ * (lib-*.js); nothing they hold keeps state a command line module shares.
  */
-const ENTRIES = [
+const CLI_ENTRIES = [
   "src/cli/cli.ts",
-  "src/index.ts",
   "src/define.ts",
   "src/core/hash-worker.ts",
   "src/backends/local/ingest.ts",
   "src/backends/kubernetes/provider-impl.ts",
-  "src/core/hash.ts",
-  "src/core/state.ts",
-  "src/core/manifest.ts",
-  "src/core/objects.ts",
 ];
+const LIBRARY_ENTRIES = ["src/index.ts", "src/core/hash.ts", "src/core/state.ts", "src/core/manifest.ts", "src/core/objects.ts"];
+const ENTRIES = [...CLI_ENTRIES, ...LIBRARY_ENTRIES];
 
 /**
  * Node's built-in modules, reached through require() rather than ES imports.
@@ -52,10 +55,11 @@ const BUILTIN_IMPORT = /^import\s+(\{[^}]*\}|\*\s+as\s+[\w$]+|[\w$]+)\s+from\s+[
 /**
  * Built-ins loaded only when first used. child_process loads net, dgram and
  * the streams, and most commands never start a process (commander imports it
- * for subcommands kaos does not have). Their imports must be functions, or a
- * namespace used as `name.fn(...)`.
+ * for subcommands kaos does not have); fs/promises is needed only by the
+ * commands that read a log, hash a single file or talk to a cluster. Their
+ * imports must be functions, or a namespace used as `name.fn(...)`.
  */
-const LAZY_BUILTINS = new Set(["node:child_process"]);
+const LAZY_BUILTINS = new Set(["node:child_process", "node:fs/promises"]);
 
 /** `{ a, type B, c as d }` as `[["a", "a"], ["c", "d"]]`: each imported name and its local name. */
 function importedNames(clause) {
@@ -114,12 +118,10 @@ execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "ts
   stdio: "inherit",
 });
 
-await build({
+const esm = {
   absWorkingDir: root,
-  entryPoints: ENTRIES,
   outdir: next,
   entryNames: "[name]",
-  chunkNames: "chunk-[hash]",
   bundle: true,
   splitting: true,
   format: "esm",
@@ -140,7 +142,9 @@ await build({
   // The version every start would otherwise read from package.json (core/layout.ts).
   define: { KAOS_PACKAGE_VERSION: JSON.stringify(pkg.version) },
   logLevel: "warning",
-});
+};
+await build({ ...esm, entryPoints: CLI_ENTRIES, chunkNames: "chunk-[hash]" });
+await build({ ...esm, entryPoints: LIBRARY_ENTRIES, chunkNames: "lib-[hash]" });
 
 // The dashboard of `kaos ui`: its page, and its client bundled with uPlot for
 // the browser, in dist/ui/, found relative to the module that serves them.

@@ -140,14 +140,27 @@ describe("the CLI frame (built CLI)", () => {
  * as the process exits.
  */
 async function builtinsLoaded(project: Project, args: string[]): Promise<string[]> {
-  const listing = project.path(`builtins-${args.join("-")}.json`);
-  const probe = project.path("list-builtins.mjs");
+  return (await modulesLoaded(project, args)).builtins;
+}
+
+/** The built-in modules a run of the built CLI loads, and the files of dist/ it reads code from, by name. */
+async function modulesLoaded(project: Project, args: string[]): Promise<{ builtins: string[]; ownFiles: string[] }> {
+  const listing = project.path(`modules-${args.join("-")}.json`);
+  const probe = project.path("list-modules.mjs");
+  const dist = pathToFileURL(`${REPO_ROOT}/dist/`).href;
   writeFileSync(
     probe,
-    `import { writeFileSync } from "node:fs";\nprocess.on("exit", () => writeFileSync(${JSON.stringify(listing)}, JSON.stringify(process.moduleLoadList)));\n`,
+    [
+      `import { writeFileSync } from "node:fs";`,
+      `import { registerHooks } from "node:module";`,
+      "const own = [];",
+      `registerHooks({ load(url, context, next) { if (url.startsWith(${JSON.stringify(dist)})) own.push(url.slice(${dist.length})); return next(url, context); } });`,
+      `process.on("exit", () => writeFileSync(${JSON.stringify(listing)}, JSON.stringify({ builtins: process.moduleLoadList, ownFiles: own })));`,
+      "",
+    ].join("\n"),
   );
   await runKaosOk(args, { cwd: project.dir, env: { NODE_OPTIONS: `--import ${pathToFileURL(probe).href}` } });
-  return JSON.parse(readFileSync(listing, "utf8")) as string[];
+  return JSON.parse(readFileSync(listing, "utf8")) as { builtins: string[]; ownFiles: string[] };
 }
 
 describe("start-up (built CLI)", () => {
@@ -166,6 +179,18 @@ describe("start-up (built CLI)", () => {
     // No process is started: the environment is built and the Python probe cached.
     expect(noop).not.toContain("NativeModule child_process");
     expect(noop).not.toContain("NativeModule internal/crypto/webcrypto");
+    // A tiny tree is hashed in the calling thread: no thread is started, so none of their machinery loads.
+    expect(noop).not.toContain("NativeModule worker_threads");
+  });
+
+  it("reads a no-op up's code from the command line's own files, not the library's entries", async () => {
+    const project = tempProject(trainingProject());
+    await runKaosOk(["up"], { cwd: project.dir });
+    const { ownFiles } = await modulesLoaded(project, ["up"]);
+    expect(ownFiles).toContain("cli.js");
+    // The library's entries (the package's main, the modules the benchmarks drive) and their chunks are built apart:
+    // sharing the command line's chunks, they cut the modules every up loads into more files.
+    expect(ownFiles.filter((file) => /^(lib-.*|index|hash|state|manifest|objects)\.js$/.test(file))).toEqual([]);
   });
 });
 

@@ -39,12 +39,11 @@ import { EXIT, onStopRequest } from "./exit.js";
 
 // The engine (hashing, planning, the backends) loads only for commands that run
 // it, so the read-only commands start fast.
-const engine = () => import("../core/engine.js");
+const engine = () => import("./engine-modules.js");
 
 /** Opens the project's store and the stack's backend, made by the backend registry. */
 async function openBackendSession(config: ResolvedConfig, stack: ResolvedStack, options: { readonly?: boolean } = {}): Promise<Session> {
-  const { openSession } = await engine();
-  const { createBackend } = await import("../backends/index.js");
+  const { openSession, createBackend } = await engine();
   return openSession(config, stack, createBackend, options);
 }
 
@@ -53,12 +52,12 @@ async function openBackendSession(config: ResolvedConfig, stack: ResolvedStack, 
  * module loading each) while this thread loads the config and the engine.
  */
 async function startHashing(): Promise<void> {
-  const { startHashWorkers } = await import("../core/hash.js");
+  const { startHashWorkers } = await engine();
   startHashWorkers();
 }
 
 async function stopHashing(): Promise<void> {
-  const { stopHashWorkers } = await import("../core/hash.js");
+  const { stopHashWorkers } = await engine();
   await stopHashWorkers();
 }
 
@@ -123,9 +122,7 @@ async function runApply(
   stack: ResolvedStack,
   options: { force?: boolean; refresh?: boolean; json?: boolean; command: string },
 ): Promise<number> {
-  const { checkInputs } = await engine();
-  const { createReporter } = await import("./progress.js");
-  const { planJson } = await import("../core/plan.js");
+  const { checkInputs, createReporter, planJson } = await engine();
   const manifests = checkInputs(config);
   const session = await openBackendSession(config, stack);
   const interrupt = interruptSignal();
@@ -168,9 +165,7 @@ export async function upCommand(options: Common & { stack?: string; force?: bool
 export async function planCommand(
   options: Common & { stack?: string; refresh?: boolean; json?: boolean; detailedExitcode?: boolean },
 ): Promise<number> {
-  const { checkInputs } = await engine();
-  const { formatPlan, planJson } = await import("../core/plan.js");
-  const { createReporter } = await import("./progress.js");
+  const { checkInputs, formatPlan, planJson, createReporter } = await engine();
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   const manifests = checkInputs(config);
   const session = await openBackendSession(config, stack);
@@ -540,7 +535,7 @@ async function rankedRows<Row extends { metrics: Record<string, MetricValue> }>(
   flag = "-s",
 ): Promise<Row[]> {
   if (sort === undefined) return [...rows];
-  const { numericMetricNames, rankSweep } = await import("../core/sweep.js");
+  const { numericMetricNames, rankSweep } = await engine();
   const sortable = numericMetricNames(rows);
   if (rows.length > 0 && !sortable.includes(sort)) {
     const found = rows.map((row) => row.metrics[sort]).find((value) => value !== undefined);
@@ -558,7 +553,7 @@ async function rankedRows<Row extends { metrics: Record<string, MetricValue> }>(
 
 /** A sweep's rows as JSON: exact values, pending rows with a null id. */
 async function sweepRowsJson(rows: readonly SweepRow[]): Promise<SweepRowJson[]> {
-  const { sweepRowJson } = await import("../core/sweep.js");
+  const { sweepRowJson } = await engine();
   return rows.map(sweepRowJson);
 }
 
@@ -603,7 +598,7 @@ export async function infoCommand(
       printRemoteInfo(info, options.json);
       return EXIT.ok;
     }
-    const { numericMetricNames } = await import("../core/sweep.js");
+    const { numericMetricNames } = await engine();
     const sortable = numericMetricNames(info.sweep.rows);
     await printRecordedInfo(info, { rows: await rankedRows(info.sweep.rows, options.sort, options.asc), sortable }, options);
     return EXIT.ok;
@@ -755,7 +750,7 @@ export async function compareCommand(
 async function bestJob(session: Session, options: { best: string; asc?: boolean; pipeline?: string }): Promise<string> {
   const pipeline = pickPipeline(session.config, options.pipeline);
   const sweep = await session.backend.sweep({ pipeline, command: "kaos train get --best" });
-  const { bestOfSweep } = await import("../core/sweep.js");
+  const { bestOfSweep } = await engine();
   const best = bestOfSweep(sweep.rows, options.best, { ascending: options.asc });
   const succeeded = sweep.rows.filter((row) => row.state === "succeeded");
   if (best?.jobId === undefined) {
@@ -928,7 +923,7 @@ export async function monitorCommand(options: Common): Promise<number> {
       hint: "check that the project directory is writable",
     });
   }
-  const { startMonitor } = await import("../core/monitor.js");
+  const { startMonitor } = await engine();
   const started = await startMonitor(stateDir);
   if (started.server === undefined) {
     throw new KaosError("NOT_SUPPORTED", `the file system monitor cannot start: ${started.reason}`, {

@@ -8,7 +8,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { basename, dirname, extname, resolve } from "node:path";
 import type { Argument, Command, Option } from "commander";
 import { shellQuote as quoted } from "../backends/kubernetes/specs.js";
-import { MODULE_EXTENSIONS, stacksDirOf, stateDirOf } from "../core/layout.js";
+import { MODULE_EXTENSIONS, findConfig, stacksDirOf, stateDirOf } from "../core/layout.js";
 
 export type Shell = "bash" | "zsh" | "fish";
 export type DynamicKind = "stacks" | "jobs" | "templates" | "pipelines";
@@ -90,7 +90,6 @@ export function describeProgram(program: Command): CommandSpec[] {
 
 /** The values `kaos __complete KIND` prints, one a line; nothing when there are none (never an error). */
 export async function dynamicValues(kind: DynamicKind, configPath: string | undefined): Promise<string[]> {
-  const { findConfig } = await import("../core/layout.js");
   const config = configPath !== undefined ? resolve(configPath) : findConfig(process.cwd());
   const root = config !== undefined ? dirname(config) : process.cwd();
   if (kind === "templates") {

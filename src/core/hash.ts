@@ -92,7 +92,7 @@ import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import { join, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import type { MonitorAnswer, TreeMonitor } from "./monitor.js";
 import {
@@ -330,6 +330,9 @@ function startWorker(): PoolWorker {
  * directly (tests run src/*.ts), the worker's TypeScript goes through jiti.
  */
 function spawnWorkerThread(): Worker {
+  // Loaded here, not imported: a small tree is hashed in the calling thread, and
+  // worker_threads costs every command that never starts a thread.
+  const { Worker } = process.getBuiltinModule("node:worker_threads");
   const compiled = new URL("./hash-worker.js", import.meta.url);
   if (existsSync(fileURLToPath(compiled))) return new Worker(compiled, { workerData: HASH_WORKER_MARK });
   const source = fileURLToPath(new URL("./hash-worker.ts", import.meta.url));
