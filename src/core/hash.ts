@@ -848,11 +848,33 @@ export function hashTree(root: string, options: HashTreeOptions = {}): Promise<T
 }
 
 /**
- * `ready` is the monitor's answer once it had set up its watches of the root,
- * for the walk that pairs the cache with its token after a walk that began
- * before.
+ * After a walk that began while the monitor was setting up its watches: once
+ * it is done, the tree walked again from the stat cache that walk wrote, with
+ * the monitor's token asked for before, so that the cache is kept with it.
+ * A file changed during the first walk differs from its cached stat and is
+ * read again. When the monitor gives up, the first walk is the answer.
  */
-async function hashOneTree(root: string, options: HashTreeOptions, ready?: MonitorAnswer): Promise<TreeHash> {
+async function hashOneTree(root: string, options: HashTreeOptions): Promise<TreeHash> {
+  let walked: TreeHash | undefined = await walkOneTree(root, options);
+  if (walked.stats.monitorSettingUp !== true || options.monitor === undefined) return walked;
+  const ready = await options.monitor.changesSince(resolvePath(root), undefined, { untilReady: true });
+  if (ready === undefined || ready.settingUp !== undefined) return walked;
+  const { hashedFiles, hashedBytes } = walked.stats;
+  // Let the first walk's columns go before the second is made: a million files' worth.
+  walked = undefined;
+  const tree = await walkOneTree(root, options, ready);
+  tree.stats.hashedFiles += hashedFiles;
+  tree.stats.hashedBytes += hashedBytes;
+  tree.stats.cacheHits = Math.max(0, tree.stats.files - tree.stats.hashedFiles);
+  tree.stats.monitorSettingUp = true;
+  return tree;
+}
+
+/**
+ * One look at the tree. `ready` is the monitor's answer once it had set up
+ * its watches of the root, for the walk that pairs the cache with its token.
+ */
+async function walkOneTree(root: string, options: HashTreeOptions, ready?: MonitorAnswer): Promise<TreeHash> {
   const absoluteRoot = resolvePath(root);
   // Taken before anything is read, so that every file read in this call was
   // read after this moment (what the racy rule needs from it).
@@ -939,28 +961,7 @@ async function hashOneTree(root: string, options: HashTreeOptions, ready?: Monit
     if (store.saveRows !== undefined) await store.saveRows(absoluteRoot, listing.rows(), cacheTimeNs, tree.hash, monitorToken);
     else await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
   } else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
-  if (settingUp && monitor !== undefined) return pairedWithMonitor(absoluteRoot, options, monitor, tree);
-  return tree;
-}
-
-/**
- * After a walk that began while the monitor was setting up its watches: once
- * it is done, the tree walked again from the stat cache that walk wrote, with
- * the monitor's token asked for before, so that the cache is kept with it.
- * A file changed during the first walk differs from its cached stat and is
- * read again. When the monitor gives up, the first walk is the answer.
- */
-async function pairedWithMonitor(root: string, options: HashTreeOptions, monitor: TreeMonitor, walked: TreeHash): Promise<TreeHash> {
-  const ready = await monitor.changesSince(root, undefined, { untilReady: true });
-  if (ready === undefined || ready.settingUp !== undefined) {
-    walked.stats.monitorSettingUp = true;
-    return walked;
-  }
-  const tree = await hashOneTree(root, options, ready);
-  tree.stats.hashedFiles += walked.stats.hashedFiles;
-  tree.stats.hashedBytes += walked.stats.hashedBytes;
-  tree.stats.cacheHits = Math.max(0, tree.stats.files - tree.stats.hashedFiles);
-  tree.stats.monitorSettingUp = true;
+  if (settingUp) tree.stats.monitorSettingUp = true;
   return tree;
 }
 
