@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync }
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { firstFiles, hashTree, stopHashWorkers, treeLinks, type StatCacheStore } from "../src/core/hash.js";
-import { projectMonitor, startMonitor } from "../src/core/monitor.js";
+import { projectMonitor, startMonitor, type TreeMonitor } from "../src/core/monitor.js";
 import { StateStore } from "../src/core/state.js";
 import { makeProject, runKaos, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
 
@@ -178,6 +178,73 @@ describe("kaos plan with a file system monitor", () => {
   });
 });
 
+/** More directories than the monitor watches in one slice: their set-up spans several turns of its event loop. */
+const MANY_DIRECTORIES = 1500;
+
+function manyDirectories(edited: Record<string, string> = {}): Record<string, string> {
+  const files: Record<string, string> = {};
+  for (let index = 0; index < MANY_DIRECTORIES; index++) files[`d${String(index).padStart(4, "0")}/f.txt`] = `${index}\n`;
+  return { ...files, ...edited };
+}
+
+describe("kaos plan while the monitor sets up its watches", () => {
+  function bigProject(): Project {
+    const made = makeProject({
+      "kaos.config.ts": CONFIG,
+      ...under("src", trivialSourceBundle('#!/bin/sh\necho trained > "$1/out.txt"\n')),
+      ...under("data", manyDirectories()),
+    });
+    cleanups.push(() => made.remove());
+    return made;
+  }
+
+  it("answers at once with its progress, and a question that waits once every directory is watched", async () => {
+    const p = bigProject();
+    const monitor = start(p.dir, ["monitor"]);
+    await monitor.waitFor("file system monitor ready");
+    const client = projectMonitor(join(p.dir, ".kaos"));
+    const bundle = join(p.dir, "data");
+    const early = await client.changesSince(bundle, undefined);
+    expect(early?.changed).toBeNull();
+    expect(early?.settingUp).toBeDefined();
+    expect(early!.settingUp!.watched).toBeLessThan(early!.settingUp!.found);
+    const ready = await client.changesSince(bundle, undefined, { untilReady: true });
+    expect(ready).toMatchObject({ changed: null });
+    expect(ready?.settingUp).toBeUndefined();
+    expect(monitor.stderr()).toContain(`file system monitor: watching all ${MANY_DIRECTORIES + 1} directories under data`);
+    // Its token vouches for what follows: nothing changed since.
+    expect(await client.changesSince(bundle, ready!.token)).toMatchObject({ changed: [] });
+  });
+
+  it("walks a bundle still being set up, says so, and the next plan walks nothing and sees an edit made meanwhile", async () => {
+    const p = bigProject();
+    const monitor = start(p.dir, ["monitor"]);
+    await monitor.waitFor("file system monitor ready");
+    const first = runKaos(["plan"], { cwd: p.dir });
+    await monitor.waitFor("setting up watches under data");
+    // While that plan walks: before or after it read the file, the next plan must see the edit.
+    writeFileSync(join(p.dir, "data/d0007/f.txt"), "edited while a plan walked\n");
+    const walked = await first;
+    expect(walked.code, walked.stderr).toBe(0);
+    expect(walked.stdout.split("\n")[0]).toMatch(/; file system monitor: 1 tree walked while it set up its watches\)$/);
+    const next = await plan(p.dir);
+    expect(next.stats).toMatchObject({ trees: 2, monitoredTrees: 2 });
+    expect(next.stats.hashedFiles).toBeLessThanOrEqual(1);
+    const again = await plan(p.dir);
+    expect(again.stats).toMatchObject({ trees: 2, monitoredTrees: 2, hashedFiles: 0 });
+    // The same tree walked from scratch has the same key.
+    const fresh = makeProject({
+      "kaos.config.ts": CONFIG,
+      ...under("src", trivialSourceBundle('#!/bin/sh\necho trained > "$1/out.txt"\n')),
+      ...under("data", manyDirectories({ "d0007/f.txt": "edited while a plan walked\n" })),
+    });
+    cleanups.push(() => fresh.remove());
+    const scratch = await plan(fresh.dir);
+    expect(next.pipelines[0]!.keys).toEqual(scratch.pipelines[0]!.keys);
+    expect(again.pipelines[0]!.keys).toEqual(scratch.pipelines[0]!.keys);
+  });
+});
+
 describe("hashTree with a file system monitor, in process", () => {
   /** A bundle beside a project's .kaos/, a monitor serving it, and a store opened afresh per plan, as by separate processes. */
   async function served(files: Record<string, string>): Promise<{ bundle: string; stateDir: string; open(): CountingStore }> {
@@ -274,6 +341,30 @@ describe("hashTree with a file system monitor, in process", () => {
     const again = await hashTree(bundle, { statCache: next, monitor });
     expect(again.hash).toBe(changed.hash);
     expect(next.rowLoads).toBe(0);
+  });
+
+  it("walks a tree the monitor is still setting up, and pairs its cache with a token from after the set-up", async () => {
+    const { bundle, stateDir, open } = await served(manyDirectories());
+    const client = projectMonitor(stateDir);
+    const answers: (boolean | undefined)[] = [];
+    // The worst moment for an edit: after the walk read the file, before the monitor's token.
+    const monitor: TreeMonitor = {
+      changesSince: async (root, token, options) => {
+        if (options?.untilReady === true) writeFileSync(join(bundle, "d0042/f.txt"), "edited after the walk read it\n");
+        const answer = await client.changesSince(root, token, options);
+        answers.push(answer?.settingUp !== undefined);
+        return answer;
+      },
+    };
+    const walked = await hashTree(bundle, { statCache: open(), monitor });
+    expect(answers).toEqual([true, false]);
+    expect(walked.stats).toMatchObject({ monitorSettingUp: true, files: MANY_DIRECTORIES });
+    expect(walked.hash).toBe((await hashTree(bundle)).hash);
+    const store = open();
+    const next = await hashTree(bundle, { statCache: store, monitor: client });
+    expect(next.stats).toMatchObject({ monitored: true, hashedFiles: 0 });
+    expect(store.rowLoads).toBe(0);
+    expect(next.hash).toBe(walked.hash);
   });
 
   it("checks the links of a kept tree that has some", async () => {

@@ -923,8 +923,11 @@ export async function monitorCommand(options: Common): Promise<number> {
       hint: "check that the project directory is writable",
     });
   }
-  const { startMonitor } = await engine();
-  const started = await startMonitor(stateDir);
+  const { setupReporter, startMonitor } = await engine();
+  const started = await startMonitor(
+    stateDir,
+    setupReporter(process.cwd(), (line) => process.stderr.write(`${displayLine(line)}\n`)),
+  );
   if (started.server === undefined) {
     throw new KaosError("NOT_SUPPORTED", `the file system monitor cannot start: ${started.reason}`, {
       hint: "plans already read changes from the monitor that serves it; otherwise stop that process first",

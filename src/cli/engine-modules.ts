@@ -12,5 +12,5 @@ export { prefetchPython } from "../backends/local/python.js";
 export { largestStatCache } from "../core/state.js";
 export { formatPlan, planJson } from "../core/plan.js";
 export { bestOfSweep, numericMetricNames, rankSweep, sweepRowJson } from "../core/sweep.js";
-export { startMonitor } from "../core/monitor.js";
+export { setupReporter, startMonitor } from "../core/monitor.js";
 export { createReporter } from "./progress.js";

@@ -61,6 +61,13 @@
  * (`keptTree`: the token, tree hash, size, link count and first files) is
  * asked first: when the monitor names no change, the rows are not loaded at
  * all, so a no-op plan of a million files costs what one of a thousand does.
+ * A monitor still setting up its watches of the root cannot vouch for any
+ * walk begun before it is done: the tree is walked at once, alongside the
+ * set-up, and saved without a token; then, once the monitor says every
+ * directory is watched (it reports progress meanwhile: the wait lasts as long
+ * as the set-up advances), the token it gives is asked for and the tree
+ * walked again from the stat cache just written, reading only what changed
+ * since. That cache is kept with the token, so the next plan walks nothing.
  *
  * Speed. A small pool of worker threads (hash-worker.ts) lists directories,
  * lstats and reads files with synchronous fs calls and one reused buffer
@@ -150,6 +157,8 @@ export interface TreeHash {
     cacheHits: number;
     /** The file system monitor named what changed: only that was looked at. */
     monitored?: boolean;
+    /** The file system monitor was still setting up its watches of the tree when asked: it was walked. */
+    monitorSettingUp?: boolean;
   };
 }
 
@@ -841,7 +850,34 @@ export function hashTree(root: string, options: HashTreeOptions = {}): Promise<T
   return run;
 }
 
+/**
+ * After a walk that began while the monitor was setting up its watches: once
+ * it is done, the tree walked again from the stat cache that walk wrote, with
+ * the monitor's token asked for before, so that the cache is kept with it.
+ * A file changed during the first walk differs from its cached stat and is
+ * read again. When the monitor gives up, the first walk is the answer.
+ */
 async function hashOneTree(root: string, options: HashTreeOptions): Promise<TreeHash> {
+  let walked: TreeHash | undefined = await walkOneTree(root, options);
+  if (walked.stats.monitorSettingUp !== true || options.monitor === undefined) return walked;
+  const ready = await options.monitor.changesSince(resolvePath(root), undefined, { untilReady: true });
+  if (ready === undefined || ready.settingUp !== undefined) return walked;
+  const { hashedFiles, hashedBytes } = walked.stats;
+  // Let the first walk's columns go before the second is made: a million files' worth.
+  walked = undefined;
+  const tree = await walkOneTree(root, options, ready);
+  tree.stats.hashedFiles += hashedFiles;
+  tree.stats.hashedBytes += hashedBytes;
+  tree.stats.cacheHits = Math.max(0, tree.stats.files - tree.stats.hashedFiles);
+  tree.stats.monitorSettingUp = true;
+  return tree;
+}
+
+/**
+ * One look at the tree. `ready` is the monitor's answer once it had set up
+ * its watches of the root, for the walk that pairs the cache with its token.
+ */
+async function walkOneTree(root: string, options: HashTreeOptions, ready?: MonitorAnswer): Promise<TreeHash> {
   const absoluteRoot = resolvePath(root);
   // Taken before anything is read, so that every file read in this call was
   // read after this moment (what the racy rule needs from it).
@@ -852,7 +888,7 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
   const monitor = options.everyFile === true || store?.monitorToken === undefined ? undefined : options.monitor;
   // With a monitor, the tree kept beside the cache's rows may be all there is
   // to know: when nothing changed since its token, the rows are not even loaded.
-  const kept = monitor === undefined ? undefined : store?.keptTree?.(absoluteRoot);
+  const kept = monitor === undefined || ready !== undefined ? undefined : store?.keptTree?.(absoluteRoot);
   let early: MonitorAnswer | undefined;
   if (monitor !== undefined && kept !== undefined) {
     early = await monitor.changesSince(absoluteRoot, kept.monitorToken);
@@ -864,13 +900,17 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
   const savedAt = packed !== undefined ? packed.savedAt : store?.savedAt?.(absoluteRoot);
   // Asked before anything is walked: whatever changes from here on, the monitor names next time.
   let monitorToken: string | undefined;
+  let settingUp = false;
   if (monitor !== undefined && store?.monitorToken !== undefined) {
     const previous = store.monitorToken(absoluteRoot);
     // The answer already given holds for the rows loaded only if they are the ones its token was kept with.
     let answer = early;
-    if (kept === undefined) answer = await monitor.changesSince(absoluteRoot, previous);
+    if (ready !== undefined) answer = ready;
+    else if (kept === undefined) answer = await monitor.changesSince(absoluteRoot, previous);
     else if (early !== undefined && previous !== kept.monitorToken) answer = { token: early.token, changed: null };
-    monitorToken = answer?.token;
+    settingUp = answer?.settingUp !== undefined;
+    // A token given during the set-up vouches for nothing this walk reads.
+    monitorToken = settingUp ? undefined : answer?.token;
     if (answer !== undefined && answer.changed !== null && previous !== undefined && packed !== undefined) {
       const tree = await treeFromChanges(absoluteRoot, rules, packed, answer.changed, store, answer.token);
       if (tree !== undefined) return tree;
@@ -924,6 +964,7 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
     if (store.saveRows !== undefined) await store.saveRows(absoluteRoot, listing.rows(), cacheTimeNs, tree.hash, monitorToken);
     else await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
   } else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
+  if (settingUp) tree.stats.monitorSettingUp = true;
   return tree;
 }
 

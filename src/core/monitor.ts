@@ -28,9 +28,25 @@
  * older walks all of it and one whose token is newer hears of every change
  * inside it.
  *
- * The protocol is one JSON line each way: `{"root", "token"}` then
- * `{"token", "changed"}` with `changed` a list of paths relative to the root
- * ('/' separated), or null for "I don't know".
+ * Watching a root of many directories takes a while (10k directories of a
+ * million files: seconds on a loaded machine), and the monitor sets it up a
+ * slice of directories at a time, answering questions in between. A question
+ * about a root still being set up is answered at once, "I don't know" with
+ * how far the set-up has gone: the planner walks rather than wait. Its walk
+ * began before the set-up ended, so no token handed out then can vouch for
+ * it; the planner asks again with `wait`, and the monitor answers that one
+ * only once every directory is watched, sending a progress line after each
+ * slice meanwhile (so a planner waits while the set-up advances, not for a
+ * fixed time). The token of that answer comes after the set-up: a planner
+ * that then looks at every file's stat afresh, which its own walk has just
+ * cached, can keep that token, and the next plan walks nothing.
+ *
+ * The protocol is one JSON line each way: `{"root", "token", "wait"?}` then
+ * `{"token", "changed", "settingUp"?}` with `changed` a list of paths
+ * relative to the root ('/' separated), or null for "I don't know", and
+ * `settingUp` (`{"watched", "found"}` directories) while the root is being
+ * set up. A question with `wait` may get `{"settingUp"}` lines before its
+ * answer.
  */
 import { randomBytes } from "node:crypto";
 import {
@@ -46,7 +62,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { type Server, type Socket, connect, createServer } from "node:net";
-import { basename, join } from "node:path";
+import { basename, join, relative } from "node:path";
 import { errnoCode } from "./errors.js";
 import { monitorCookiesOf, monitorSocketOf } from "./layout.js";
 import { ALWAYS_IGNORED } from "./tree-walk.js";
@@ -58,20 +74,55 @@ export interface TreeMonitor {
    * the token to keep; `changed` is null when the monitor cannot tell.
    * Undefined when no monitor answers.
    */
-  changesSince(root: string, token: string | undefined): Promise<MonitorAnswer | undefined>;
+  changesSince(root: string, token: string | undefined, options?: { untilReady?: boolean }): Promise<MonitorAnswer | undefined>;
 }
 
 export interface MonitorAnswer {
   token: string;
   changed: string[] | null;
+  /** Present while the monitor is still setting up the watches of the root: `changed` is null then. */
+  settingUp?: SetupProgress;
+}
+
+/** How far the monitor has got watching a root's directories. */
+export interface SetupProgress {
+  watched: number;
+  /** Directories found so far (the watched ones included): more may turn up below those not yet watched. */
+  found: number;
+}
+
+/** What `startMonitor` tells its caller about the roots it sets up. */
+export interface MonitorEvents {
+  /** A question about `root` started watching it, and the set-up will take more than one slice. */
+  settingUp?(root: string, progress: SetupProgress): void;
+  /** Every directory of `root` is watched. */
+  ready?(root: string, directories: number): void;
+}
+
+/** Events that tell of each root whose set-up takes a while, as lines relative to `dir` given to `print`. */
+export function setupReporter(dir: string, print: (line: string) => void): MonitorEvents {
+  const shown = (root: string): string => relative(dir, root) || ".";
+  return {
+    settingUp: (root, progress) =>
+      print(
+        `file system monitor: setting up watches under ${shown(root)} (${progress.watched} of ${progress.found} directories found so far)`,
+      ),
+    ready: (root, directories) => print(`file system monitor: watching all ${directories} directories under ${shown(root)}`),
+  };
 }
 
 /** More changed paths than this since a token: walking in parallel is as fast, so the answer is "I don't know". */
 export const MAX_ANSWER_PATHS = 1024;
 /** Distinct changed paths a root remembers; past it, older tokens get "I don't know". */
 const MAX_REMEMBERED_PATHS = 65_536;
-/** How long a planner waits for an answer before it walks anyway. */
+/**
+ * How long a planner waits for an answer, or for the next progress line of a
+ * set-up, before it walks anyway: a monitor that says nothing for this long
+ * is stuck.
+ */
 const ANSWER_TIMEOUT_MS = 5_000;
+/** Directories watched between two turns of the event loop while a root is set up. */
+const SETUP_SLICE_DIRS = 100;
 /** Longest socket path the kernel takes (sun_path is 108 bytes with its NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -81,10 +132,10 @@ const MAX_SOCKET_PATH_BYTES = 107;
 /** The monitor of the project whose state directory is `stateDir`, asked through its socket. */
 export function projectMonitor(stateDir: string): TreeMonitor {
   const socketPath = monitorSocketOf(stateDir);
-  return { changesSince: (root, token) => ask(socketPath, root, token) };
+  return { changesSince: (root, token, options) => ask(socketPath, root, token, options?.untilReady === true) };
 }
 
-function ask(socketPath: string, root: string, token: string | undefined): Promise<MonitorAnswer | undefined> {
+function ask(socketPath: string, root: string, token: string | undefined, untilReady: boolean): Promise<MonitorAnswer | undefined> {
   let socketIno: number;
   try {
     const stats = lstatSync(socketPath);
@@ -104,13 +155,26 @@ function ask(socketPath: string, root: string, token: string | undefined): Promi
       socket.destroy();
       resolve(answer);
     };
-    const timer = setTimeout(() => finish(undefined), ANSWER_TIMEOUT_MS);
+    let timer = setTimeout(() => finish(undefined), ANSWER_TIMEOUT_MS);
     socket.setEncoding("utf8");
-    socket.on("connect", () => socket.write(`${JSON.stringify({ root, token: token ?? null })}\n`));
+    socket.on("connect", () =>
+      socket.write(`${JSON.stringify(untilReady ? { root, token: token ?? null, wait: true } : { root, token: token ?? null })}\n`),
+    );
     socket.on("data", (chunk: string) => {
       text += chunk;
-      const end = text.indexOf("\n");
-      if (end >= 0) finish(parseAnswer(text.slice(0, end)));
+      let end = text.indexOf("\n");
+      while (end >= 0 && !settled) {
+        const line = text.slice(0, end);
+        text = text.slice(end + 1);
+        if (untilReady && isProgress(line)) {
+          // The set-up is moving: wait on.
+          clearTimeout(timer);
+          timer = setTimeout(() => finish(undefined), ANSWER_TIMEOUT_MS);
+        } else {
+          finish(parseAnswer(line));
+        }
+        end = text.indexOf("\n");
+      }
     });
     socket.on("error", (error) => {
       // A monitor that died without cleaning up leaves its socket behind: take
@@ -122,10 +186,28 @@ function ask(socketPath: string, root: string, token: string | undefined): Promi
   });
 }
 
+/** A `{"settingUp"}` line the monitor sends while a waited-for set-up advances. */
+function isProgress(line: string): boolean {
+  try {
+    const value = JSON.parse(line) as { token?: unknown; settingUp?: unknown };
+    return value.token === undefined && progressOf(value.settingUp) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+function progressOf(value: unknown): SetupProgress | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const { watched, found } = value as { watched?: unknown; found?: unknown };
+  return Number.isSafeInteger(watched) && Number.isSafeInteger(found) ? { watched: watched as number, found: found as number } : undefined;
+}
+
 function parseAnswer(line: string): MonitorAnswer | undefined {
   try {
-    const value = JSON.parse(line) as { token?: unknown; changed?: unknown };
+    const value = JSON.parse(line) as { token?: unknown; changed?: unknown; settingUp?: unknown };
     if (typeof value.token !== "string") return undefined;
+    const settingUp = progressOf(value.settingUp);
+    if (settingUp !== undefined) return { token: value.token, changed: null, settingUp };
     if (value.changed === null) return { token: value.token, changed: null };
     if (Array.isArray(value.changed) && value.changed.every((path) => typeof path === "string")) {
       return { token: value.token, changed: value.changed as string[] };
@@ -159,6 +241,15 @@ interface WatchedRoot {
   validFrom: number;
   /** Set when the watch of this root failed: it is dropped and watched afresh on the next question. */
   failed: boolean;
+  /** Present until every directory of the root is watched. */
+  setup?: RootSetup;
+}
+
+interface RootSetup {
+  /** Directories found but not watched yet. */
+  pending: string[];
+  /** Told after each slice with the progress, then with `true` once every directory is watched (`false`: dropped). */
+  listeners: Set<(progress: SetupProgress | boolean) => void>;
 }
 
 export interface MonitorServer {
@@ -174,7 +265,7 @@ export type StartMonitorResult = { server: MonitorServer } | { server: undefined
  * `stateDir`. When another live monitor already serves it, or the socket
  * cannot be made, says why instead.
  */
-export async function startMonitor(stateDir: string): Promise<StartMonitorResult> {
+export async function startMonitor(stateDir: string, events: MonitorEvents = {}): Promise<StartMonitorResult> {
   const socketPath = monitorSocketOf(stateDir);
   if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
     return {
@@ -183,7 +274,7 @@ export async function startMonitor(stateDir: string): Promise<StartMonitorResult
     };
   }
   if (await isServed(socketPath)) return { server: undefined, reason: `another kaos process already serves ${socketPath}` };
-  const monitor = new Monitor(stateDir);
+  const monitor = new Monitor(stateDir, events);
   try {
     monitor.startCookies();
     rmSync(socketPath, { force: true });
@@ -238,7 +329,10 @@ class Monitor {
   private readonly burstLimit = Math.floor(kernelQueueLimit() / 4);
   private readonly sockets = new Set<Socket>();
 
-  constructor(stateDir: string) {
+  constructor(
+    stateDir: string,
+    private readonly events: MonitorEvents,
+  ) {
     this.cookies = monitorCookiesOf(stateDir);
   }
 
@@ -285,16 +379,17 @@ class Monitor {
       while (end >= 0) {
         const line = text.slice(0, end);
         text = text.slice(end + 1);
-        void this.answer(line).then((answer) => {
-          if (!socket.destroyed) socket.write(`${JSON.stringify(answer)}\n`);
-        });
+        const send = (message: object): void => {
+          if (!socket.destroyed) socket.write(`${JSON.stringify(message)}\n`);
+        };
+        void this.answer(line, send).then(send);
         end = text.indexOf("\n");
       }
     });
   }
 
-  private async answer(line: string): Promise<MonitorAnswer> {
-    let request: { root?: unknown; token?: unknown };
+  private async answer(line: string, send: (progress: { settingUp: SetupProgress }) => void): Promise<MonitorAnswer> {
+    let request: { root?: unknown; token?: unknown; wait?: unknown };
     try {
       request = JSON.parse(line) as typeof request;
     } catch {
@@ -303,7 +398,11 @@ class Monitor {
     if (typeof request.root !== "string" || !request.root.startsWith("/")) return { token: this.token(), changed: null };
     // Everything changed before the question is recorded once the cookie comes back.
     const synced = await this.sync();
-    const root = this.rootFor(request.root);
+    let root = this.rootFor(request.root);
+    if (root?.setup !== undefined) {
+      if (request.wait !== true) return { token: this.token(), changed: null, settingUp: this.progress(root) };
+      root = (await this.untilReady(root, (settingUp) => send({ settingUp }))) ? root : undefined;
+    }
     const token = this.token();
     if (!synced || root === undefined) return { token, changed: null };
     return { token, changed: this.changesSince(root, typeof request.token === "string" ? request.token : undefined) };
@@ -379,10 +478,66 @@ class Monitor {
       failed: false,
     };
     this.roots.set(path, root);
-    this.watchTree(root, "");
+    // The first slice is set up before answering: a small root is ready at once.
+    root.setup = { pending: [""], listeners: new Set() };
+    this.setUpSlice(root);
+    if (root.failed) return undefined;
+    if (root.setup !== undefined) {
+      this.events.settingUp?.(root.root, this.progress(root));
+      setImmediate(() => this.setUpRest(root));
+    }
+    return root;
+  }
+
+  private progress(root: WatchedRoot): SetupProgress {
+    return { watched: root.dirs.size, found: root.dirs.size + (root.setup?.pending.length ?? 0) };
+  }
+
+  /** Watches the next slice of the root's directories; marks the root ready when none is left. */
+  private setUpSlice(root: WatchedRoot): void {
+    const setup = root.setup;
+    if (setup === undefined) return;
+    for (let count = 0; count < SETUP_SLICE_DIRS && setup.pending.length > 0 && !root.failed; count++) {
+      const dir = setup.pending.pop()!;
+      for (const child of this.watchDir(root, dir)) setup.pending.push(child);
+    }
+    if (root.failed || setup.pending.length > 0) return;
+    root.setup = undefined;
     // A token handed out before every directory was watched says nothing.
     root.validFrom = ++this.generation;
-    return root.failed ? undefined : root;
+    for (const listener of setup.listeners) listener(true);
+  }
+
+  /** The rest of a root's set-up, a slice each turn of the event loop, so that questions are answered meanwhile. */
+  private setUpRest(root: WatchedRoot): void {
+    const setup = root.setup;
+    if (setup === undefined || root.failed) return;
+    this.setUpSlice(root);
+    if (root.failed) return;
+    if (root.setup === undefined) {
+      this.events.ready?.(root.root, root.dirs.size);
+      return;
+    }
+    const progress = this.progress(root);
+    for (const listener of setup.listeners) listener(progress);
+    setImmediate(() => this.setUpRest(root));
+  }
+
+  /** Resolves once every directory of the root is watched (true) or the root is dropped (false); `progress` hears of each slice. */
+  private untilReady(root: WatchedRoot, progress: (settingUp: SetupProgress) => void): Promise<boolean> {
+    const setup = root.setup;
+    if (setup === undefined) return Promise.resolve(!root.failed);
+    return new Promise((resolve) => {
+      const listener = (state: SetupProgress | boolean): void => {
+        if (typeof state !== "boolean") {
+          progress(state);
+          return;
+        }
+        setup.listeners.delete(listener);
+        resolve(state);
+      };
+      setup.listeners.add(listener);
+    });
   }
 
   private drop(root: WatchedRoot): void {
@@ -390,21 +545,34 @@ class Monitor {
     root.dirs.clear();
     root.failed = true;
     if (this.roots.get(root.root) === root) this.roots.delete(root.root);
+    const setup = root.setup;
+    if (setup !== undefined) {
+      root.setup = undefined;
+      for (const listener of setup.listeners) listener(false);
+    }
   }
 
   /** Watches `dir` (relative to the root) and every directory below it that a bundle can hold. */
   private watchTree(root: WatchedRoot, dir: string): void {
-    if (root.failed || root.dirs.has(dir)) return;
+    const pending = [dir];
+    while (pending.length > 0 && !root.failed) {
+      for (const child of this.watchDir(root, pending.pop()!)) pending.push(child);
+    }
+  }
+
+  /** Watches `dir` (relative to the root) alone; returns the directories in it to watch next. */
+  private watchDir(root: WatchedRoot, dir: string): string[] {
+    if (root.failed || root.dirs.has(dir)) return [];
     const absolute = dir === "" ? root.root : join(root.root, dir);
     let watcher: FSWatcher;
     try {
       watcher = watch(absolute, { persistent: false }, (event, name) => this.onEvent(root, dir, event, name));
     } catch (error) {
       const code = errnoCode(error);
-      if (code === "ENOENT" || code === "ENOTDIR") return;
+      if (code === "ENOENT" || code === "ENOTDIR") return [];
       // Out of inotify watches (ENOSPC), permission denied...: this root cannot be followed.
       this.drop(root);
-      return;
+      return [];
     }
     watcher.on("error", () => this.drop(root));
     root.dirs.set(dir, watcher);
@@ -412,11 +580,13 @@ class Monitor {
     try {
       names = readdirSync(absolute, { withFileTypes: true });
     } catch {
-      return;
+      return [];
     }
+    const children: string[] = [];
     for (const entry of names) {
-      if (entry.isDirectory() && !ALWAYS_IGNORED.has(entry.name)) this.watchTree(root, dir === "" ? entry.name : `${dir}/${entry.name}`);
+      if (entry.isDirectory() && !ALWAYS_IGNORED.has(entry.name)) children.push(dir === "" ? entry.name : `${dir}/${entry.name}`);
     }
+    return children;
   }
 
   private unwatchTree(root: WatchedRoot, dir: string): void {

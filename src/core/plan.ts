@@ -94,6 +94,8 @@ export interface PlanStats {
   cacheHits: number;
   trees: number;
   monitoredTrees: number;
+  /** Trees walked because the file system monitor was still setting up its watches of them (not in `plan --json`). */
+  settingUpTrees: number;
 }
 
 /** What a backend answers for the planner: how environments are built and what already exists. */
@@ -395,8 +397,9 @@ async function planPipeline(
             cacheHits: sum.cacheHits + tree.stats.cacheHits,
             trees: sum.trees + 1,
             monitoredTrees: sum.monitoredTrees + (tree.stats.monitored === true ? 1 : 0),
+            settingUpTrees: sum.settingUpTrees + (tree.stats.monitorSettingUp === true ? 1 : 0),
           },
-    { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0, trees: 0, monitoredTrees: 0 },
+    { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0, trees: 0, monitoredTrees: 0, settingUpTrees: 0 },
   );
   return {
     plan: {
@@ -418,7 +421,7 @@ export async function buildPlan(options: PlanOptions): Promise<Plan> {
   const applied = options.state.getApplied(options.stack.name);
   const objects = new ObjectStore(join(stateDirOf(options.config.root), "objects"));
   const pipelines: PipelinePlan[] = [];
-  const stats: Plan["stats"] = { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0, trees: 0, monitoredTrees: 0 };
+  const stats: Plan["stats"] = { files: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0, trees: 0, monitoredTrees: 0, settingUpTrees: 0 };
   for (const pipeline of options.config.pipelines) {
     const result = await planPipeline(options, pipeline, applied[pipeline.name], objects);
     pipelines.push(result.plan);
@@ -428,6 +431,7 @@ export async function buildPlan(options: PlanOptions): Promise<Plan> {
     stats.cacheHits += result.stats.cacheHits;
     stats.trees += result.stats.trees;
     stats.monitoredTrees += result.stats.monitoredTrees;
+    stats.settingUpTrees += result.stats.settingUpTrees;
   }
   markSharedJobs(pipelines);
   const changes = pipelines.some(
@@ -455,10 +459,14 @@ export function appliedOf(plan: PipelinePlan, dataKey: string | null): AppliedPi
 }
 
 /** The stable JSON of `kaos plan --json`. */
-/** How many trees the file system monitor spared a walk, when it did. */
+/** How many trees the file system monitor spared a walk, and how many it could not yet because it was setting up. */
 function monitored(stats: PlanStats): string {
-  if (stats.monitoredTrees === 0) return "";
-  return `; file system monitor: ${stats.monitoredTrees} of ${stats.trees} tree${stats.trees === 1 ? "" : "s"} not walked`;
+  const parts: string[] = [];
+  if (stats.monitoredTrees > 0) parts.push(`${stats.monitoredTrees} of ${stats.trees} tree${stats.trees === 1 ? "" : "s"} not walked`);
+  if (stats.settingUpTrees > 0) {
+    parts.push(`${stats.settingUpTrees} tree${stats.settingUpTrees === 1 ? "" : "s"} walked while it set up its watches`);
+  }
+  return parts.length === 0 ? "" : `; file system monitor: ${parts.join(", ")}`;
 }
 
 export function planJson(plan: Plan): unknown {
@@ -491,7 +499,14 @@ export function planJson(plan: Plan): unknown {
       },
     })),
     changes: plan.changes,
-    stats: plan.stats,
+    stats: {
+      files: plan.stats.files,
+      hashedFiles: plan.stats.hashedFiles,
+      hashedBytes: plan.stats.hashedBytes,
+      cacheHits: plan.stats.cacheHits,
+      trees: plan.stats.trees,
+      monitoredTrees: plan.stats.monitoredTrees,
+    },
   };
 }
 

@@ -97,7 +97,7 @@ import { isIgnoredPath, loadRules, watchTargets, type WatchTargets } from "./tar
 import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
 import { stateDirOf } from "../../core/layout.js";
-import { startMonitor, type MonitorServer } from "../../core/monitor.js";
+import { setupReporter, startMonitor, type MonitorServer } from "../../core/monitor.js";
 import { EXIT, failureLines, onStopRequest } from "../exit.js";
 
 interface CurrentRun {
@@ -234,7 +234,10 @@ class WatchSession {
   private async startMonitor(): Promise<MonitorServer | undefined> {
     if (this.options.poll === true) return undefined;
     const stateDir = stateDirOf(this.baseSession.state.root);
-    const started = await startMonitor(stateDir);
+    const started = await startMonitor(
+      stateDir,
+      setupReporter(this.options.cwd, (line) => this.print(displayLine(line))),
+    );
     if (started.server === undefined) {
       this.print(`file system monitor not started: ${displayLine(started.reason)}`);
       return undefined;
