@@ -444,6 +444,50 @@ export class StatCacheColumns {
     return entry;
   }
 
+  /** The entry at `i`, made afresh and not kept: for one pass over every entry, which must not hold them all. */
+  peekAt(i: number): StatCacheEntry {
+    const made = this.made[i];
+    if (made !== undefined) return made;
+    const kind = this.kinds[i] as number;
+    const ino = this.inos[i] as bigint;
+    return {
+      path: this.pathAt(i),
+      dev: (kind & DEV_IS_NUMBER) !== 0 ? Number(this.devAt(i)) : this.devAt(i),
+      ino: (kind & INO_IS_NUMBER) !== 0 ? Number(ino) : ino,
+      size: this.sizes[i] as number,
+      mtimeNs: this.mtimes[i] as bigint,
+      ctimeNs: this.ctimes[i] as bigint,
+      mode: MODES[kind & 3] ?? "file",
+      hash: this.rawHashes ? this.bytes.toString("hex", this.hashStart + 32 * i, this.hashStart + 32 * i + 32) : this.hashAt(i),
+    };
+  }
+
+  /** The size of the blob these columns were read from. */
+  get byteLength(): number {
+    return this.bytes.byteLength;
+  }
+
+  /** Whether the paths are in walk order (UTF-8 byte order), the order of a tree's files. */
+  get inPathOrder(): boolean {
+    return this.inWalkOrder;
+  }
+
+  /**
+   * A copy of this blob with the inode change time of every entry replaced by
+   * `changeTimeAt(i)`, without an object per entry; the tree hash is kept only
+   * when `keepTreeHash` (the entries are still exactly the tree's).
+   */
+  withChangeTimes(changeTimeAt: (i: number) => bigint, keepTreeHash: boolean): Buffer {
+    const dropTreeHash = this.treeHash !== undefined && !keepTreeHash;
+    const total = this.at.total - (dropTreeHash ? TREE_HASH_BYTES : 0);
+    const copy = Buffer.from(new SharedArrayBuffer(total));
+    this.bytes.copy(copy, 0, 0, total);
+    if (dropTreeHash) copy.writeUInt32LE(copy.readUInt32LE(8) & ~FLAG_TREE_HASH, 8);
+    const ctimes = new BigInt64Array(copy.buffer, this.at.ctime, this.count);
+    for (let i = 0; i < this.count; i++) ctimes[i] = changeTimeAt(i);
+    return copy;
+  }
+
   /** The file at `i`, made afresh and not kept. */
   fileAt(i: number): TreeFile {
     const made = this.made[i];
@@ -606,6 +650,19 @@ export class StatCacheMap extends Map<string, StatCacheEntry> {
 
   override [Symbol.iterator](): MapIterator<[string, StatCacheEntry]> {
     return this.entries();
+  }
+
+  /** `get` without keeping the entry: for one pass over every path, which must not hold an object per file. */
+  peek(path: string): StatCacheEntry | undefined {
+    const columns = this.#columns;
+    if (columns === undefined) return super.get(path);
+    const i = columns.find(path);
+    return i < 0 ? undefined : columns.peekAt(i);
+  }
+
+  /** The blob's columns, while this is still a view of them (nothing set or deleted since it was loaded). */
+  columns(): StatCacheColumns | undefined {
+    return this.#columns;
   }
 
   /** Turns this into an ordinary Map holding every entry (idempotent). */
