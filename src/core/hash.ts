@@ -1092,7 +1092,7 @@ function packedRows(packed: PackedStatCache): TreeRows {
 }
 
 /** Trees whose files are still only rows (see `lazyTree`). */
-const rowTrees = new WeakMap<TreeHash, TreeRows>();
+const rowTrees = new WeakMap<Pick<TreeHash, "files">, TreeRows>();
 
 /**
  * A tree whose `files` are made from its rows only when asked for: a plan
@@ -1135,13 +1135,37 @@ export function treeLinks(tree: TreeHash): TreeHash {
 }
 
 /** The files of a tree in path order, made one at a time from a tree still kept as rows. */
-export function* filesOf(tree: TreeHash): Generator<TreeFile> {
+export function* filesOf(tree: Pick<TreeHash, "files">): Generator<TreeFile> {
   const rows = rowTrees.get(tree);
   if (rows === undefined) {
     yield* tree.files;
     return;
   }
   for (let row = 0; row < rows.count; row++) yield rows.fileAt(row);
+}
+
+/**
+ * The content hash of a tree's file by path, for the few lookups a sweep
+ * makes when a file of its data changed: a tree still kept as rows is
+ * searched in place (its rows are in path order), any other is indexed once.
+ */
+export function treeHashLookup(tree: TreeHash): { get(path: string): string | undefined } {
+  const rows = rowTrees.get(tree);
+  if (rows === undefined) {
+    let index: Map<string, string> | undefined;
+    return {
+      get: (path) => {
+        index ??= new Map(tree.files.map((file) => [file.path, file.hash]));
+        return index.get(path);
+      },
+    };
+  }
+  return {
+    get: (path) => {
+      const row = searchSortedRows(rows.count, (at) => comparePaths(rows.fileAt(at).path, path)).row;
+      return row < 0 ? undefined : rows.fileAt(row).hash;
+    },
+  };
 }
 
 /** The first `count` files of a tree, without listing the rest of a tree still kept as cache rows. */

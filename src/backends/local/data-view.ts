@@ -23,9 +23,10 @@
 import { constants as fsConstants, copyFileSync, linkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { errnoCode } from "../../core/errors.js";
-import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
+import { filesOf, type StatCacheEntry, type TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
 import { sealedFileStat, type Seal } from "../../core/snapshot.js";
+import type { StatCacheMap } from "../../core/stat-cache.js";
 import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 
 export type DataViewMode = "reflink" | "link" | "copy";
@@ -62,7 +63,12 @@ function probe(objects: ObjectStore, tree: TreeHash, bundleDevice: number): Data
     } catch {
       // No clones here.
     }
-    const file = tree.files.find((candidate) => candidate.mode !== "symlink");
+    let file: TreeHash["files"][number] | undefined;
+    for (const candidate of filesOf(tree)) {
+      if (candidate.mode === "symlink") continue;
+      file = candidate;
+      break;
+    }
     if (file === undefined) return "link";
     const link = `${sample}.link`;
     try {
@@ -99,7 +105,7 @@ function unsigned(value: bigint | number): bigint {
 export function unverifiedFiles(
   tree: TreeHash,
   seal: Seal,
-  cache: { get(path: string): StatCacheEntry | undefined } | undefined,
+  cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   limit = 5,
 ): string[] {
@@ -107,13 +113,13 @@ export function unverifiedFiles(
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
   const unverified: string[] = [];
-  for (const file of tree.files) {
+  for (const file of filesOf(tree)) {
     if (file.mode === "symlink") continue;
     const sealed = sealedFileStat(seal.stats.get(file.path));
     if (sealed === undefined) {
       unverified.push(file.path);
     } else {
-      const entry = savedAt === undefined ? undefined : cache?.get(file.path);
+      const entry = savedAt === undefined ? undefined : cache?.peek(file.path);
       const trusted =
         entry !== undefined &&
         entry.hash === file.hash &&
@@ -155,6 +161,97 @@ export function holdsHash(path: string, hash: string): boolean {
 export function refreshedStatCache(
   tree: TreeHash,
   seal: Seal,
+  cache: StatCacheMap,
+  savedAt: bigint,
+  checkedAt: bigint,
+): { entries: StatCacheEntry[]; treeHash: string | undefined } | { blob: Buffer; count: number } | undefined {
+  if (checkedAt <= savedAt) return undefined;
+  const fromColumns = refreshedColumns(tree, seal, cache, savedAt, checkedAt);
+  // null: nothing the next plan would skip that it does not already.
+  if (fromColumns === null) return undefined;
+  return fromColumns ?? refreshedEntries(tree, seal, cache, savedAt, checkedAt);
+}
+
+/** What the refreshed cache holds for one entry: its new inode change time, or undefined when it is dropped. */
+function refreshedChangeTime(
+  entry: StatCacheEntry,
+  planned: string | undefined,
+  signature: string | undefined,
+  fine: bigint,
+  coarse: bigint,
+): bigint | undefined {
+  const sealed = sealedFileStat(signature);
+  const ctimeNs = signature === undefined ? undefined : sealedChangeTime(signature);
+  if (
+    sealed !== undefined &&
+    ctimeNs !== undefined &&
+    entry.mode !== "symlink" &&
+    planned === entry.hash &&
+    unsigned(entry.ino) === sealed.ino &&
+    BigInt(entry.size) === sealed.size &&
+    entry.mtimeNs === sealed.mtimeNs
+  ) {
+    return ctimeNs;
+  }
+  return isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse) ? entry.ctimeNs : undefined;
+}
+
+/**
+ * The refreshed cache as a copy of the loaded blob with new change times,
+ * when every entry is kept and the blob's paths are in the tree's order (the
+ * cache a plan just saved): no object per file is kept. Undefined otherwise.
+ */
+function refreshedColumns(
+  tree: TreeHash,
+  seal: Seal,
+  cache: StatCacheMap,
+  savedAt: bigint,
+  checkedAt: bigint,
+): { blob: Buffer; count: number } | null | undefined {
+  const columns = cache.columns();
+  if (columns === undefined || !columns.inPathOrder) return undefined;
+  const fine = savedAt - RACY_WINDOW_FINE_NS;
+  const coarse = savedAt - RACY_WINDOW_COARSE_NS;
+  const settledFine = checkedAt - RACY_WINDOW_FINE_NS;
+  const settledCoarse = checkedAt - RACY_WINDOW_COARSE_NS;
+  const changeTimes = new BigInt64Array(columns.count);
+  const files = filesOf(tree)[Symbol.iterator]();
+  let file = files.next();
+  let treeFiles = 0;
+  let updated = 0;
+  for (let i = 0; i < columns.count; i++) {
+    const entry = columns.peekAt(i);
+    // Both in path order: the tree's file of this path, if any, is the next one not before it.
+    while (!file.done && pathBefore(file.value.path, entry.path)) {
+      file = files.next();
+      treeFiles++;
+    }
+    const planned = !file.done && file.value.path === entry.path ? file.value.hash : undefined;
+    const ctimeNs = refreshedChangeTime(entry, planned, seal.stats.get(entry.path), fine, coarse);
+    // An entry to drop: the general way below.
+    if (ctimeNs === undefined) return undefined;
+    if (ctimeNs !== entry.ctimeNs && isOutsideRacyWindow(entry.mtimeNs, ctimeNs, settledFine, settledCoarse)) updated++;
+    changeTimes[i] = ctimeNs;
+  }
+  while (!file.done) {
+    file = files.next();
+    treeFiles++;
+  }
+  if (updated === 0) return null;
+  const exactlyTheTree = treeFiles === columns.count && columns.treeHash === tree.hash;
+  return { blob: columns.withChangeTimes((i) => changeTimes[i] as bigint, exactlyTheTree), count: columns.count };
+}
+
+/** Whether `left` sorts before `right` in the byte order of their UTF-8. */
+function pathBefore(left: string, right: string): boolean {
+  if (/[\uD800-\uDFFF]/.test(left) || /[\uD800-\uDFFF]/.test(right))
+    return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8")) < 0;
+  return left < right;
+}
+
+function refreshedEntries(
+  tree: TreeHash,
+  seal: Seal,
   cache: ReadonlyMap<string, StatCacheEntry>,
   savedAt: bigint,
   checkedAt: bigint,
@@ -167,26 +264,13 @@ export function refreshedStatCache(
   const entries: StatCacheEntry[] = [];
   let updated = 0;
   for (const entry of cache.values()) {
-    const signature = seal.stats.get(entry.path);
-    const sealed = sealedFileStat(signature);
-    const ctimeNs = signature === undefined ? undefined : sealedChangeTime(signature);
-    if (
-      sealed !== undefined &&
-      ctimeNs !== undefined &&
-      entry.mode !== "symlink" &&
-      planned.get(entry.path) === entry.hash &&
-      unsigned(entry.ino) === sealed.ino &&
-      BigInt(entry.size) === sealed.size &&
-      entry.mtimeNs === sealed.mtimeNs
-    ) {
-      // Stamps still within the racy window of `checkedAt` are read again by the next plan all the same.
-      if (entry.ctimeNs !== ctimeNs && isOutsideRacyWindow(entry.mtimeNs, ctimeNs, settledFine, settledCoarse)) updated++;
-      entries.push({ ...entry, ctimeNs });
-    } else if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) {
-      entries.push(entry);
-    }
+    const ctimeNs = refreshedChangeTime(entry, planned.get(entry.path), seal.stats.get(entry.path), fine, coarse);
+    if (ctimeNs === undefined) continue;
+    // Stamps still within the racy window of `checkedAt` are read again by the next plan all the same.
+    if (ctimeNs !== entry.ctimeNs && isOutsideRacyWindow(entry.mtimeNs, ctimeNs, settledFine, settledCoarse)) updated++;
+    entries.push(ctimeNs === entry.ctimeNs ? entry : { ...entry, ctimeNs });
   }
-  if (updated === 0 || checkedAt <= savedAt) return undefined;
+  if (updated === 0) return undefined;
   return { entries, treeHash: entries.length === cache.size && entries.length === tree.files.length ? tree.hash : undefined };
 }
 

@@ -13,7 +13,7 @@ import { delimiter, join } from "node:path";
 import { parseMemory } from "../../core/config.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { canonicalJson } from "../../core/hyperparams.js";
-import { hashFile } from "../../core/hash.js";
+import { hashFile, treeHashLookup } from "../../core/hash.js";
 import { readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
@@ -54,7 +54,8 @@ import {
   writtenSinceSeal,
   type Seal,
 } from "../../core/snapshot.js";
-import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
+import type { TreeHash } from "../../core/hash.js";
+import type { StatCacheMap } from "../../core/stat-cache.js";
 import { dataViewMode, holdsHash, refreshedStatCache, unverifiedFiles } from "./data-view.js";
 import { isProcessAlive } from "../../core/process-identity.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
@@ -105,11 +106,11 @@ interface DataView {
   dir: string;
   seal: Seal;
   /** Content hash by path, to find the objects behind changed files. */
-  hashes: Map<string, string>;
+  hashes: { get(path: string): string | undefined };
   /** The bundle whose own files the view's files are hardlinks to (see data-view.ts), when they are. */
   linkedTo: string | undefined;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
-  bundle?: { tree: TreeHash; cache: ReadonlyMap<string, StatCacheEntry>; savedAt: bigint };
+  bundle?: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint };
 }
 
 /**
@@ -827,12 +828,14 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     // Another plan saved since: its cache is newer than what this one would write.
     if (this.state.statCacheSavedAt(tree.root) !== savedAt) return;
     const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);
-    if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
+    if (refreshed === undefined) return;
+    if ("blob" in refreshed) this.state.saveStatCacheBlob(tree.root, refreshed.blob, refreshed.count, checkedAt);
+    else this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
   }
 
   /** The content hash of every file of a pipeline's data view, by path. */
-  private dataHashes(p: PipelinePlan): Map<string, string> {
-    if (p.dataTree !== undefined) return new Map(p.dataTree.files.map((file) => [file.path, file.hash]));
+  private dataHashes(p: PipelinePlan): { get(path: string): string | undefined } {
+    if (p.dataTree !== undefined) return treeHashLookup(p.dataTree);
     const hashes = new Map<string, string>();
     if (p.manifest !== undefined && p.pipeline.data.kind === "manifest") {
       const lock = readLock(p.pipeline.data.path);
