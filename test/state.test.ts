@@ -782,6 +782,24 @@ describe("stat cache", () => {
     expect(row).toEqual({ generation: 2, saved_at: 3 });
   });
 
+  it("saves the rows of a walk with nothing cached (tens of thousands of fresh paths, one not ASCII) byte for byte as the entries give", () => {
+    const root = makeRoot();
+    const store = open(root);
+    const entries = Array.from({ length: 70_000 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    entries[40_000] = { ...entries[40_000]!, path: `${entries[40_000]!.path}-\u00e9` };
+    const fresh = new FreshRows();
+    for (const e of entries) fresh.push(e.path, e.mode, e.dev, e.ino, e.size, e.mtimeNs, e.ctimeNs, e.hash);
+    store.statCache().saveRows!(
+      "/fresh",
+      new StatCacheRows([{ fromPacked: false, first: 0, count: entries.length }], undefined, fresh),
+      2n,
+    );
+    const db = openRaw(dbPath(root));
+    const blob = storedStatCacheBlob(db, "/fresh");
+    db.close();
+    expect(Buffer.compare(blob, encodeStatCache(entries))).toBe(0);
+  });
+
   it("stores a big cache in pieces of a few megabytes and reads it back whole, in shared memory", () => {
     const root = makeRoot();
     const entries = Array.from({ length: 100_000 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
