@@ -870,8 +870,16 @@ async function hashOneTree(root: string, options: HashTreeOptions): Promise<Tree
       : cursor !== undefined && listing.read === 0 && listing.cacheHits === cache?.size;
   if (store !== undefined && !unchanged) {
     // A store that takes rows copies the cached ones by the column; others get one entry per file.
-    if (store.saveRows !== undefined) await store.saveRows(absoluteRoot, listing.rows(), cacheTimeNs, tree.hash, monitorToken);
-    else await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
+    if (store.saveRows !== undefined) {
+      await store.saveRows(absoluteRoot, listing.rows(), cacheTimeNs, tree.hash, monitorToken);
+      // The saved blob holds exactly the tree's rows: the tree reads them there, and the walk's own columns can go.
+      const saved = store.loadPacked?.(absoluteRoot);
+      if (saved !== undefined && saved.count === tree.stats.files && saved.treeHash === tree.hash && rowTrees.has(tree)) {
+        rowTrees.set(tree, savedRows(saved));
+      }
+    } else {
+      await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
+    }
   } else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
   return tree;
 }
@@ -1099,6 +1107,23 @@ function packedRows(packed: PackedStatCache): TreeRows {
   return { count: packed.count, fileAt: (row) => packed.fileAt(row), modeAt: (row) => packed.modeAt(row) };
 }
 
+/** A tree's rows read from the stat cache it was just saved as, each hash made from its bytes alone. */
+function savedRows(packed: PackedStatCache): TreeRows {
+  const raw =
+    packed.rawHashes === undefined
+      ? undefined
+      : Buffer.from(packed.bytes.buffer, packed.bytes.byteOffset + packed.rawHashes, 32 * packed.count);
+  const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
+  return {
+    count: packed.count,
+    fileAt: (row) =>
+      raw === undefined
+        ? packed.fileAt(row)
+        : { path: packed.pathAt(row), mode: packed.modeAt(row), size: sizes[row]!, hash: raw.toString("hex", 32 * row, 32 * row + 32) },
+    modeAt: (row) => packed.modeAt(row),
+  };
+}
+
 /** Trees whose files are still only rows (see `lazyTree`). */
 const rowTrees = new WeakMap<Pick<TreeHash, "files">, TreeRows>();
 
@@ -1110,10 +1135,15 @@ const rowTrees = new WeakMap<Pick<TreeHash, "files">, TreeRows>();
 function lazyTree(root: string, hash: string, rows: TreeRows, stats: TreeHash["stats"]): TreeHash {
   let files: TreeFile[] | undefined;
   const tree = { root, hash, stats } as TreeHash;
+  const list = (): TreeFile[] => {
+    // Read at the time of asking: the rows may have moved to the saved stat cache since.
+    const current = rowTrees.get(tree)!;
+    return Array.from({ length: current.count }, (_, row) => current.fileAt(row));
+  };
   Object.defineProperty(tree, "files", {
     enumerable: true,
     configurable: true,
-    get: () => (files ??= Array.from({ length: rows.count }, (_, row) => rows.fileAt(row))),
+    get: () => (files ??= list()),
     set: (value: TreeFile[]) => {
       files = value;
       rowTrees.delete(tree);
