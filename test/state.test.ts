@@ -865,7 +865,7 @@ describe("stat cache", () => {
     expect(a.statCache().savedAt?.("/r")).toBe(5n);
   });
 
-  it("copies a blob with new change times, keeping its tree hash only when asked, and peeks without keeping entries", () => {
+  it("sets new change times in a copy of a blob (keeping its tree hash only when asked) or in place, and peeks without keeping entries", () => {
     const entries = Array.from({ length: 300 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
     const treeHash = "ab".repeat(32);
     const columns = StatCacheColumns.decode(encodeStatCache(entries, treeHash))!;
@@ -877,6 +877,13 @@ describe("stat cache", () => {
     expect(Buffer.compare(columns.withChangeTimes(moved, false), encodeStatCache(expected))).toBe(0);
     // The original is untouched.
     expect(columns.sameBlob(encodeStatCache(entries, treeHash))).toBe(true);
+    // In place, and back.
+    const patched = columns.setChangeTimes(BigInt64Array.from(entries, (_, i) => moved(i)));
+    expect(Buffer.compare(patched.blob, encodeStatCache(expected, treeHash))).toBe(0);
+    expect(columns.entryAt(7).ctimeNs).toBe(moved(7));
+    patched.undo();
+    expect(columns.sameBlob(encodeStatCache(entries, treeHash))).toBe(true);
+    expect(columns.entryAt(7).ctimeNs).toBe(entries[7]!.ctimeNs);
 
     const map = new StatCacheMap(columns);
     const path = entries[42]!.path;

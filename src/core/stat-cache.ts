@@ -511,6 +511,24 @@ export class StatCacheColumns {
     return copy;
   }
 
+  /**
+   * Sets the inode change time of every entry in place (a copy of a million
+   * entries' blob is the largest thing a sweep would hold) and returns the
+   * blob; `undo` puts the old times back, for when it could not be saved.
+   */
+  setChangeTimes(changeTimes: BigInt64Array): { blob: Buffer; undo: () => void } {
+    const old = this.ctimes.slice();
+    this.ctimes.set(changeTimes);
+    this.made.fill(undefined);
+    return {
+      blob: this.bytes,
+      undo: () => {
+        this.ctimes.set(old);
+        this.made.fill(undefined);
+      },
+    };
+  }
+
   /** The file at `i`, made afresh and not kept. */
   fileAt(i: number): TreeFile {
     const made = this.made[i];

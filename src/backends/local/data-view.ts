@@ -164,7 +164,7 @@ export function refreshedStatCache(
   cache: StatCacheMap,
   savedAt: bigint,
   checkedAt: bigint,
-): { entries: StatCacheEntry[]; treeHash: string | undefined } | { blob: Buffer; count: number } | undefined {
+): { entries: StatCacheEntry[]; treeHash: string | undefined } | { blob: Buffer; count: number; undo?: () => void } | undefined {
   if (checkedAt <= savedAt) return undefined;
   const fromColumns = refreshedColumns(tree, seal, cache, savedAt, checkedAt);
   // null: nothing the next plan would skip that it does not already.
@@ -197,7 +197,8 @@ function refreshedChangeTime(
 }
 
 /**
- * The refreshed cache as a copy of the loaded blob with new change times,
+ * The refreshed cache as the loaded blob with new change times (set in
+ * place, or in a copy when the tree hash must go),
  * when every entry is kept and the blob's paths are in the tree's order (the
  * cache a plan just saved): no object per file is kept. Undefined otherwise.
  */
@@ -207,7 +208,7 @@ function refreshedColumns(
   cache: StatCacheMap,
   savedAt: bigint,
   checkedAt: bigint,
-): { blob: Buffer; count: number } | null | undefined {
+): { blob: Buffer; count: number; undo?: () => void } | null | undefined {
   const columns = cache.columns();
   if (columns === undefined || !columns.inPathOrder) return undefined;
   const fine = savedAt - RACY_WINDOW_FINE_NS;
@@ -239,7 +240,8 @@ function refreshedColumns(
   }
   if (updated === 0) return null;
   const exactlyTheTree = treeFiles === columns.count && columns.treeHash === tree.hash;
-  return { blob: columns.withChangeTimes((i) => changeTimes[i] as bigint, exactlyTheTree), count: columns.count };
+  if (!exactlyTheTree) return { blob: columns.withChangeTimes((i) => changeTimes[i] as bigint, false), count: columns.count };
+  return { ...columns.setChangeTimes(changeTimes), count: columns.count };
 }
 
 /** Whether `left` sorts before `right` in the byte order of their UTF-8. */

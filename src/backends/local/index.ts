@@ -829,8 +829,14 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     if (this.state.statCacheSavedAt(tree.root) !== savedAt) return;
     const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);
     if (refreshed === undefined) return;
-    if ("blob" in refreshed) this.state.saveStatCacheBlob(tree.root, refreshed.blob, refreshed.count, checkedAt);
-    else this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
+    if ("blob" in refreshed) {
+      try {
+        this.state.saveStatCacheBlob(tree.root, refreshed.blob, refreshed.count, checkedAt);
+      } catch (error) {
+        refreshed.undo?.();
+        throw error;
+      }
+    } else this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash);
   }
 
   /** The content hash of every file of a pipeline's data view, by path. */
