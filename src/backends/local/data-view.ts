@@ -250,7 +250,9 @@ export function sealLinkedView(
     }
   }
   const found = { updated, newestNs, settled };
-  if (cache === undefined || savedAt === undefined || cache.size !== count) return { seal, unverified, pending: undefined };
+  // A view that does not check out is laid out again: no cache to take.
+  if (unverified.length > 0 || cache === undefined || savedAt === undefined || cache.size !== count)
+    return { seal, unverified, pending: undefined };
   const rows =
     (aligned && met === count ? changeTimesRows(columns!, sealedAs, changeTimes, fine, coarse) : undefined) ??
     entriesRows(tree, sealedAs, changeTimes, cache, fine, coarse);
