@@ -364,7 +364,7 @@ export function holdsHash(path: string, hash: string): boolean {
  * without this the next plan would read the whole bundle again. A file takes
  * the inode change time it was sealed with when it is the inode, size,
  * modification time and content the entry describes; the view was confirmed
- * to hold the planned content when sealed (`unverifiedFiles`). The cache time
+ * to hold the planned content when sealed (`sealLinkedView`). The cache time
  * becomes `checkedAt`: an entry that was within the racy window of the old
  * cache time and is not confirmed here is dropped, so that moving the time
  * trusts nothing new. Undefined when no file would be skipped by the next
