@@ -29,6 +29,7 @@ import {
   memoryStatCache,
   startHashWorkers,
   stopHashWorkers,
+  treeHashLookup,
   treeLinks,
   type PackedStatCache,
   type StatCacheEntry,
@@ -148,6 +149,19 @@ describe("hashTree: identity", () => {
     expect(a.files).toEqual(b.files);
     expect(a.root).toBe(first);
     expect(a.hash).not.toBe(sha256("kaos-tree-v1\n"));
+  });
+
+  it("finds a file's hash by path, in a tree still kept as rows and in a listed one", async () => {
+    const dir = makeTemporaryDirectory();
+    writeTree(dir, SAMPLE);
+    const tree = await hashTree(dir);
+    const listed = { ...tree, files: [...tree.files] };
+    for (const lookup of [treeHashLookup(tree), treeHashLookup(listed)]) {
+      // Out of order too: each lookup stands alone.
+      for (const file of [...listed.files].reverse()) expect(lookup.get(file.path)).toBe(file.hash);
+      expect(lookup.get("model")).toBeUndefined();
+      expect(lookup.get("zz-not-there")).toBeUndefined();
+    }
   });
 
   it("follows the documented encoding: sorted by UTF-8 bytes, mode, path and content hash per line", async () => {

@@ -156,6 +156,17 @@ describe("kaos plan with a file system monitor", () => {
     expect(next.pipelines[0]!.keys).toEqual(walked.pipelines[0]!.keys);
   });
 
+  it("walks no tree after kaos up linked the data: the stat cache refreshed after the sweep keeps the monitor's token", async () => {
+    const p = project();
+    const monitor = start(p.dir, ["monitor"]);
+    await monitor.waitFor("file system monitor ready");
+    await plan(p.dir);
+    const up = await runKaos(["up"], { cwd: p.dir });
+    expect(up.code, up.stderr).toBe(0);
+    const next = await plan(p.dir);
+    expect(next.stats).toMatchObject({ trees: 2, monitoredTrees: 2, hashedFiles: 0 });
+  });
+
   it("walks a directory that appeared, with every file in it", async () => {
     const p = project();
     const monitor = start(p.dir, ["monitor"]);

@@ -67,6 +67,38 @@ const changes: [string, () => void, string][] = [
 ];
 
 describe("data view seals", () => {
+  it("seals every entry in the byte order of its path, with its signature, found in any order", () => {
+    mkdirSync(join(root, "a", "x"));
+    for (const name of ["a-b.txt", "a.txt", "b", "\uFB01.txt", "\u{1F600}.txt"]) writeFileSync(join(root, name), name);
+    const made = seal();
+    expect([...made.stats].map(([path]) => path)).toEqual([
+      "",
+      "a-b.txt",
+      "a.txt",
+      "a",
+      "a/b",
+      "a/b/deep.txt",
+      "a/x",
+      "b",
+      "top.txt",
+      "\uFB01.txt",
+      "\u{1F600}.txt",
+    ]);
+    const file = lstatSync(join(root, "a", "b", "deep.txt"), { bigint: true });
+    const directory = lstatSync(join(root, "a"), { bigint: true });
+    for (const path of ["top.txt", "a/b/deep.txt", "a", "nothing"]) {
+      const expected =
+        path === "a/b/deep.txt"
+          ? `f:${file.ino}:${file.size}:${file.mtimeNs}|${file.ctimeNs}`
+          : path === "a"
+            ? `d:${directory.ino}::${directory.mtimeNs}`
+            : undefined;
+      if (path === "top.txt") expect(made.stats.get(path)).toMatch(/^f:\d+:3:\d+\|\d+$/);
+      else expect(made.stats.get(path)).toBe(expected);
+    }
+    expect(made.stats.size).toBe(11);
+  });
+
   for (const [what, change, path] of changes) {
     it(`finds ${what} on Linux through directory watches, and by comparing stats elsewhere`, async () => {
       const watched = seal();

@@ -7,7 +7,7 @@ import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { afterEach, describe, expect, it } from "vitest";
 import { KaosError } from "../src/core/errors.js";
 import { FreshRows, StatCacheRows, type RowRun } from "../src/core/hash.js";
-import { encodeStatCache } from "../src/core/stat-cache.js";
+import { StatCacheColumns, StatCacheMap, encodeStatCache } from "../src/core/stat-cache.js";
 import { INTERRUPTED_REASON, SCHEMA_VERSION, StateStore, type JobRecord, type NewJob, type StatCacheEntry } from "../src/core/state.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url));
@@ -133,7 +133,7 @@ describe("opening", () => {
       const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map(
         (row) => row.name,
       );
-      expect(tables).toEqual(["applied", "jobs", "meta", "runs", "stat_cache", "writer_locks"]);
+      expect(tables).toEqual(["applied", "jobs", "meta", "runs", "stat_cache", "stat_cache_chunks", "writer_locks"]);
     } finally {
       db.close();
     }
@@ -755,10 +755,11 @@ describe("stat cache", () => {
     store.statCache().saveRows!("/big", new StatCacheRows(runs, packed, fresh), 2n, treeHash);
 
     const db = openRaw(dbPath(root));
-    const saved = db.prepare("SELECT data, entries FROM stat_cache WHERE root = '/big'").get() as { data: Uint8Array; entries: number };
+    const saved = db.prepare("SELECT entries FROM stat_cache WHERE root = '/big'").get() as { entries: number };
+    const blob = storedStatCacheBlob(db, "/big");
     db.close();
     expect(saved.entries).toBe(count);
-    expect(Buffer.compare(Buffer.from(saved.data), encodeStatCache(expected, treeHash))).toBe(0);
+    expect(Buffer.compare(blob, encodeStatCache(expected, treeHash))).toBe(0);
     const reloaded = open(root).statCache().loadPacked!("/big")!;
     expect(reloaded).toMatchObject({ count, savedAt: 2n, treeHash });
     expect(reloaded.entryAt(2001)).toEqual(added);
@@ -781,6 +782,117 @@ describe("stat cache", () => {
     expect(row).toEqual({ generation: 2, saved_at: 3 });
   });
 
+  it("saves the rows of a walk with nothing cached (tens of thousands of fresh paths, one not ASCII) byte for byte as the entries give", () => {
+    const root = makeRoot();
+    const store = open(root);
+    const entries = Array.from({ length: 70_000 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    entries[40_000] = { ...entries[40_000]!, path: `${entries[40_000]!.path}-\u00e9` };
+    const fresh = new FreshRows();
+    for (const e of entries) fresh.push(e.path, e.mode, e.dev, e.ino, e.size, e.mtimeNs, e.ctimeNs, e.hash);
+    store.statCache().saveRows!(
+      "/fresh",
+      new StatCacheRows([{ fromPacked: false, first: 0, count: entries.length }], undefined, fresh),
+      2n,
+    );
+    const db = openRaw(dbPath(root));
+    const blob = storedStatCacheBlob(db, "/fresh");
+    db.close();
+    expect(Buffer.compare(blob, encodeStatCache(entries))).toBe(0);
+  });
+
+  it("stores a big cache in pieces of a few megabytes and reads it back whole, in shared memory", () => {
+    const root = makeRoot();
+    const entries = Array.from({ length: 100_000 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    open(root).statCache().save("/big", entries, 7n);
+    const db = openRaw(dbPath(root));
+    const pieces = db.prepare("SELECT seq, length(data) AS bytes FROM stat_cache_chunks WHERE root = '/big' ORDER BY seq").all() as {
+      seq: number;
+      bytes: number;
+    }[];
+    const inline = db.prepare("SELECT length(data) AS bytes FROM stat_cache WHERE root = '/big'").get() as { bytes: number };
+    const blob = storedStatCacheBlob(db, "/big");
+    db.close();
+    expect(inline.bytes).toBe(0);
+    expect(pieces.length).toBeGreaterThan(1);
+    expect(pieces.map((piece) => piece.seq)).toEqual(pieces.map((_, i) => i));
+    expect(Math.max(...pieces.map((piece) => piece.bytes))).toBeLessThanOrEqual(4 << 20);
+    expect(Buffer.compare(blob, encodeStatCache(entries))).toBe(0);
+    const packed = open(root).statCache().loadPacked!("/big")!;
+    expect(packed.bytes.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(packed.count).toBe(100_000);
+    expect(packed.entryAt(54_321)).toEqual(entries[54_321]);
+  });
+
+  it("reads a cache kept whole in its row, as an older kaos stored it", () => {
+    const root = makeRoot();
+    const entries = Array.from({ length: 50 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    open(root).close();
+    const db = openRaw(dbPath(root));
+    db.prepare("INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES ('/old', 3, 1, ?, ?)").run(
+      entries.length,
+      encodeStatCache(entries),
+    );
+    db.close();
+    const store = open(root);
+    expect(store.statCache().savedAt?.("/old")).toBe(3n);
+    const loaded = store.statCache().load("/old") as Map<string, StatCacheEntry>;
+    expect([...loaded.values()]).toEqual(entries);
+  });
+
+  it("treats a cache with a piece missing as no cache", () => {
+    const root = makeRoot();
+    const entries = Array.from({ length: 100_000 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    open(root).statCache().save("/big", entries, 7n);
+    const db = openRaw(dbPath(root));
+    db.prepare("DELETE FROM stat_cache_chunks WHERE root = '/big' AND seq = 1").run();
+    db.close();
+    expect((open(root).statCache().load("/big") as Map<string, StatCacheEntry>).size).toBe(0);
+  });
+
+  it("takes again the cache it holds while no other process rewrote it, and reads one that another process did", () => {
+    const root = makeRoot();
+    const v1 = Array.from({ length: 20 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    const v2 = v1.map((e, i) => (i === 3 ? { ...e, size: e.size + 1 } : e));
+    const a = open(root);
+    a.statCache().save("/r", v1, 1n);
+    const first = a.loadStatCache("/r").columns();
+    expect(first).toBeDefined();
+    expect(a.loadStatCache("/r").columns()).toBe(first);
+    open(root).statCache().save("/r", v2, 5n);
+    const reread = a.loadStatCache("/r");
+    expect(reread.columns()).not.toBe(first);
+    expect(reread.get(v1[3]!.path)?.size).toBe(v1[3]!.size + 1);
+    expect(a.statCache().savedAt?.("/r")).toBe(5n);
+  });
+
+  it("sets new change times in a copy of a blob (keeping its tree hash only when asked) or in place, and peeks without keeping entries", () => {
+    const entries = Array.from({ length: 300 }, (_, i) => entry(i)).sort((a, b) => (a.path < b.path ? -1 : 1));
+    const treeHash = "ab".repeat(32);
+    const columns = StatCacheColumns.decode(encodeStatCache(entries, treeHash))!;
+    const moved = (i: number): bigint => entries[i]!.ctimeNs - BigInt(i) - 1n;
+    const expected = entries.map((e, i) => ({ ...e, ctimeNs: moved(i) }));
+    const kept = columns.withChangeTimes(moved, true);
+    expect(kept.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(Buffer.compare(kept, encodeStatCache(expected, treeHash))).toBe(0);
+    expect(Buffer.compare(columns.withChangeTimes(moved, false), encodeStatCache(expected))).toBe(0);
+    // The original is untouched.
+    expect(columns.sameBlob(encodeStatCache(entries, treeHash))).toBe(true);
+    // In place, and back.
+    const patched = columns.setChangeTimes(BigInt64Array.from(entries, (_, i) => moved(i)));
+    expect(Buffer.compare(patched.blob, encodeStatCache(expected, treeHash))).toBe(0);
+    expect(columns.entryAt(7).ctimeNs).toBe(moved(7));
+    patched.undo();
+    expect(columns.sameBlob(encodeStatCache(entries, treeHash))).toBe(true);
+    expect(columns.entryAt(7).ctimeNs).toBe(entries[7]!.ctimeNs);
+
+    const map = new StatCacheMap(columns);
+    const path = entries[42]!.path;
+    expect(map.peek(path)).toEqual(entries[42]);
+    expect(map.peek(path)).not.toBe(map.peek(path));
+    expect(map.peek("none")).toBeUndefined();
+    expect(map.get(path)).toBe(map.get(path));
+  });
+
   it("treats a damaged cache blob as no cache", () => {
     const root = makeRoot();
     const store = open(root);
@@ -791,6 +903,12 @@ describe("stat cache", () => {
     expect((store.statCache().load("/r") as Map<string, StatCacheEntry>).size).toBe(0);
   });
 });
+
+/** A stat cache blob as stored: its pieces, in order. */
+function storedStatCacheBlob(db: ReturnType<typeof openRaw>, root: string): Buffer {
+  const pieces = db.prepare("SELECT data FROM stat_cache_chunks WHERE root = ? ORDER BY seq").all(root) as { data: Uint8Array }[];
+  return Buffer.concat(pieces.map((piece) => piece.data));
+}
 
 function sameEntry(actual: StatCacheEntry | undefined, expected: StatCacheEntry): boolean {
   return (

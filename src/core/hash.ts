@@ -335,6 +335,13 @@ function startWorker(): PoolWorker {
 }
 
 /**
+ * A hashing thread's short-lived objects (walk results, paths) die young; left
+ * to grow, each thread's young generation reached tens of megabytes over a
+ * million-file walk without saving any time.
+ */
+const WORKER_YOUNG_GENERATION_MB = 12;
+
+/**
  * The compiled worker sits beside this file in dist/. When the sources run
  * directly (tests run src/*.ts), the worker's TypeScript goes through jiti.
  */
@@ -343,13 +350,14 @@ function spawnWorkerThread(): Worker {
   // worker_threads costs every command that never starts a thread.
   const { Worker } = process.getBuiltinModule("node:worker_threads");
   const compiled = new URL("./hash-worker.js", import.meta.url);
-  if (existsSync(fileURLToPath(compiled))) return new Worker(compiled, { workerData: HASH_WORKER_MARK });
+  const options = { workerData: HASH_WORKER_MARK, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } };
+  if (existsSync(fileURLToPath(compiled))) return new Worker(compiled, options);
   const source = fileURLToPath(new URL("./hash-worker.ts", import.meta.url));
   const jiti = pathToFileURL(createRequire(import.meta.url).resolve("jiti")).href;
   // A dynamic import runs whether the eval'd code is taken as CommonJS or, with
   // an inherited --input-type=module, as an ES module.
   const bootstrap = `import(${JSON.stringify(jiti)}).then((jiti) => jiti.createJiti(${JSON.stringify(source)}).import(${JSON.stringify(source)}));`;
-  return new Worker(bootstrap, { eval: true, workerData: HASH_WORKER_MARK });
+  return new Worker(bootstrap, { eval: true, ...options });
 }
 
 /**
@@ -961,8 +969,16 @@ async function walkOneTree(root: string, options: HashTreeOptions, ready?: Monit
       : cursor !== undefined && listing.read === 0 && listing.cacheHits === cache?.size;
   if (store !== undefined && !unchanged) {
     // A store that takes rows copies the cached ones by the column; others get one entry per file.
-    if (store.saveRows !== undefined) await store.saveRows(absoluteRoot, listing.rows(), cacheTimeNs, tree.hash, monitorToken);
-    else await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
+    if (store.saveRows !== undefined) {
+      await store.saveRows(absoluteRoot, listing.rows(), cacheTimeNs, tree.hash, monitorToken);
+      // The saved blob holds exactly the tree's rows: the tree reads them there, and the walk's own columns can go.
+      const saved = store.loadPacked?.(absoluteRoot);
+      if (saved !== undefined && saved.count === tree.stats.files && saved.treeHash === tree.hash && rowTrees.has(tree)) {
+        rowTrees.set(tree, savedRows(saved));
+      }
+    } else {
+      await store.save(absoluteRoot, listing.rows().entries(), cacheTimeNs, tree.hash, monitorToken);
+    }
   } else if (monitorToken !== undefined) store?.recordMonitorToken?.(absoluteRoot, monitorToken);
   if (settingUp) tree.stats.monitorSettingUp = true;
   return tree;
@@ -1241,8 +1257,25 @@ function packedRows(packed: PackedStatCache): TreeRows {
   return { count: packed.count, fileAt: (row) => packed.fileAt(row), modeAt: (row) => packed.modeAt(row) };
 }
 
+/** A tree's rows read from the stat cache it was just saved as, each hash made from its bytes alone. */
+function savedRows(packed: PackedStatCache): TreeRows {
+  const raw =
+    packed.rawHashes === undefined
+      ? undefined
+      : Buffer.from(packed.bytes.buffer, packed.bytes.byteOffset + packed.rawHashes, 32 * packed.count);
+  const sizes = new Float64Array(packed.bytes.buffer, packed.bytes.byteOffset + packed.size, packed.count);
+  return {
+    count: packed.count,
+    fileAt: (row) =>
+      raw === undefined
+        ? packed.fileAt(row)
+        : { path: packed.pathAt(row), mode: packed.modeAt(row), size: sizes[row]!, hash: raw.toString("hex", 32 * row, 32 * row + 32) },
+    modeAt: (row) => packed.modeAt(row),
+  };
+}
+
 /** Trees whose files are still only rows (see `lazyTree`). */
-const rowTrees = new WeakMap<TreeHash, TreeRows>();
+const rowTrees = new WeakMap<Pick<TreeHash, "files">, TreeRows>();
 
 /**
  * A tree whose `files` are made from its rows only when asked for: a plan
@@ -1252,10 +1285,15 @@ const rowTrees = new WeakMap<TreeHash, TreeRows>();
 function lazyTree(root: string, hash: string, rows: TreeRows, stats: TreeHash["stats"]): TreeHash {
   let files: TreeFile[] | undefined;
   const tree = { root, hash, stats } as TreeHash;
+  const list = (): TreeFile[] => {
+    // Read at the time of asking: the rows may have moved to the saved stat cache since.
+    const current = rowTrees.get(tree)!;
+    return Array.from({ length: current.count }, (_, row) => current.fileAt(row));
+  };
   Object.defineProperty(tree, "files", {
     enumerable: true,
     configurable: true,
-    get: () => (files ??= Array.from({ length: rows.count }, (_, row) => rows.fileAt(row))),
+    get: () => (files ??= list()),
     set: (value: TreeFile[]) => {
       files = value;
       rowTrees.delete(tree);
@@ -1281,14 +1319,43 @@ export function treeLinks(tree: TreeHash): TreeHash {
   return { root: tree.root, hash: tree.hash, files: links, stats: tree.stats };
 }
 
+/** How many files a tree has, counted without making them for a tree still kept as rows. */
+export function fileCountOf(tree: Pick<TreeHash, "files">): number {
+  return rowTrees.get(tree)?.count ?? tree.files.length;
+}
+
 /** The files of a tree in path order, made one at a time from a tree still kept as rows. */
-export function* filesOf(tree: TreeHash): Generator<TreeFile> {
+export function* filesOf(tree: Pick<TreeHash, "files">): Generator<TreeFile> {
   const rows = rowTrees.get(tree);
   if (rows === undefined) {
     yield* tree.files;
     return;
   }
   for (let row = 0; row < rows.count; row++) yield rows.fileAt(row);
+}
+
+/**
+ * The content hash of a tree's file by path, for the few lookups a sweep
+ * makes when a file of its data changed: a tree still kept as rows is
+ * searched in place (its rows are in path order), any other is indexed once.
+ */
+export function treeHashLookup(tree: TreeHash): { get(path: string): string | undefined } {
+  const rows = rowTrees.get(tree);
+  if (rows === undefined) {
+    let index: Map<string, string> | undefined;
+    return {
+      get: (path) => {
+        index ??= new Map(tree.files.map((file) => [file.path, file.hash]));
+        return index.get(path);
+      },
+    };
+  }
+  return {
+    get: (path) => {
+      const row = searchSortedRows(rows.count, (at) => comparePaths(rows.fileAt(at).path, path)).row;
+      return row < 0 ? undefined : rows.fileAt(row).hash;
+    },
+  };
 }
 
 /** The first `count` files of a tree, without listing the rest of a tree still kept as cache rows. */

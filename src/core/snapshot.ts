@@ -15,6 +15,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import {
   type BigIntStats,
+  type Dirent,
   type FSWatcher,
   chmodSync,
   closeSync,
@@ -35,18 +36,22 @@ import {
   symlinkSync,
   watch,
   writeFileSync,
+  writeSync,
   type Stats,
 } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import { noSpaceError, isNoSpace } from "./disk.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
-import type { TreeFile, TreeHash } from "./hash.js";
+import { filesOf, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { copyModeFor, type ObjectStore } from "./objects.js";
 
 function listingPath(stateDir: string, treeHash: string): string {
   return join(stateDir, "trees", `${treeHash}.jsonl`);
 }
+
+/** About a megabyte of listing text per write. */
+const LISTING_CHUNK_CHARS = 1 << 20;
 
 /** Writes a tree's listing once; listings are immutable, named by their tree hash. */
 export function saveTreeListing(stateDir: string, tree: Pick<TreeHash, "hash" | "files">): void {
@@ -54,7 +59,23 @@ export function saveTreeListing(stateDir: string, tree: Pick<TreeHash, "hash" | 
   if (existsSync(target)) return;
   mkdirSync(dirname(target), { recursive: true });
   const temporary = `${target}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
-  writeFileSync(temporary, tree.files.map((file) => JSON.stringify([file.path, file.mode, file.size, file.hash])).join("\n"));
+  // Written a chunk at a time: a million-file listing is never one string.
+  const fd = openSync(temporary, "w");
+  try {
+    let chunk = "";
+    let separator = "";
+    for (const file of filesOf(tree)) {
+      chunk += `${separator}${JSON.stringify([file.path, file.mode, file.size, file.hash])}`;
+      separator = "\n";
+      if (chunk.length >= LISTING_CHUNK_CHARS) {
+        writeSync(fd, chunk);
+        chunk = "";
+      }
+    }
+    if (chunk !== "") writeSync(fd, chunk);
+  } finally {
+    closeSync(fd);
+  }
   renameSync(temporary, target);
 }
 
@@ -195,7 +216,7 @@ export function resolveInside(
  */
 export function checkTreeLinks(tree: TreeHash, where: string): Map<string, string> {
   const links = new Map<string, string>();
-  for (const file of tree.files) if (file.mode === "symlink") links.set(file.path, hashedLinkTarget(tree, file));
+  for (const file of treeLinks(tree).files) links.set(file.path, hashedLinkTarget(tree, file));
   for (const [path, target] of links) {
     const base = path.split("/").slice(0, -1);
     if (resolveInside(links, base, target, { hops: 40 }) === null) {
@@ -335,7 +356,7 @@ export function materializeTree(
     // A tree's paths are relative and normal (the walk made them): joined by hand, which over
     // many files costs less than path.join's normalizing.
     const linkFrom = options.linkFrom === undefined ? undefined : `${options.linkFrom}/`;
-    for (const file of tree.files) {
+    for (const file of filesOf(tree)) {
       const target = `${building}/${file.path}`;
       const slash = target.lastIndexOf("/");
       const parent = target.slice(0, slash);
@@ -412,7 +433,7 @@ export function makeWritable(dir: string): void {
  */
 export interface Seal {
   root: string;
-  stats: Map<string, string>;
+  stats: SealStats;
   /** The latest inode change time in the tree when it was sealed (ns). */
   lastChangeNs: bigint;
   /** Set once a change was found, with the paths that changed. */
@@ -433,19 +454,6 @@ function statOf(path: string): BigIntStats | undefined {
   }
 }
 
-/**
- * `type:ino:size:mtime`, and for a file `|ctime` after it: the inode change
- * time moves on every write, even one whose modification time is set back,
- * but also when the file is linked elsewhere or its mode changes, so a change
- * of it alone counts only where the caller can confirm the content (`checkSeal`).
- */
-function signatureOf(stat: BigIntStats | undefined): string | undefined {
-  if (stat === undefined) return undefined;
-  const type = stat.isDirectory() ? "d" : stat.isFile() ? "f" : stat.isSymbolicLink() ? "l" : "o";
-  const signature = `${type}:${stat.ino}:${type === "d" ? "" : stat.size}:${stat.mtimeNs}`;
-  return type === "f" ? `${signature}|${stat.ctimeNs}` : signature;
-}
-
 /** A signature without its inode change time. */
 function withoutChangeTime(signature: string): string {
   const bar = signature.indexOf("|");
@@ -459,8 +467,151 @@ export function sealedFileStat(signature: string | undefined): { ino: bigint; si
   return { ino: BigInt(ino!), size: BigInt(size!), mtimeNs: BigInt(mtimeNs!) };
 }
 
-function statSignature(path: string): string | undefined {
-  return signatureOf(statOf(path));
+/** Entry types by code in `SealStats`; the last one stands for an entry that could not be stat'ed. */
+const SEAL_TYPES = ["d", "f", "l", "o", "missing"] as const;
+const SEAL_DIRECTORY = 0;
+const SEAL_FILE = 1;
+const SEAL_MISSING = 4;
+
+function sealTypeOf(stat: BigIntStats | undefined): number {
+  if (stat === undefined) return SEAL_MISSING;
+  return stat.isDirectory() ? SEAL_DIRECTORY : stat.isFile() ? SEAL_FILE : stat.isSymbolicLink() ? 2 : 3;
+}
+
+/** How an entry's stat compares with what was sealed. */
+export type SealComparison = "same" | "changeTimeOnly" | "changed";
+
+/**
+ * The signatures of a sealed tree (see `signatureAt`) by path, kept as
+ * columns: a million-entry view costs its paths and a few typed arrays, not
+ * a string per stat. Signatures are made only when asked for. Lookups in
+ * the seal's order (which is the tree's path order) take one comparison;
+ * others build an index once.
+ */
+export class SealStats implements Iterable<[string, string]> {
+  private readonly paths: string[] = [];
+  private types = new Uint8Array(1024);
+  /** ino, size per row. */
+  private sizes = new BigUint64Array(2048);
+  /** mtimeNs, ctimeNs per row. */
+  private times = new BigInt64Array(2048);
+  private index: Map<string, number> | undefined;
+  private cursor = 0;
+
+  get size(): number {
+    return this.paths.length;
+  }
+
+  /** Appends an entry as `stat` (undefined: it could not be stat'ed). */
+  add(path: string, stat: BigIntStats | undefined): void {
+    const row = this.paths.length;
+    if (row === this.types.length) this.grow();
+    this.paths.push(path);
+    this.index?.set(path, row);
+    this.record(row, stat);
+  }
+
+  pathAt(row: number): string {
+    return this.paths[row]!;
+  }
+
+  isDirectoryAt(row: number): boolean {
+    return this.types[row] === SEAL_DIRECTORY;
+  }
+
+  /** Seals row `row` again as `stat`. */
+  record(row: number, stat: BigIntStats | undefined): void {
+    this.types[row] = sealTypeOf(stat);
+    this.sizes[2 * row] = stat?.ino ?? 0n;
+    this.sizes[2 * row + 1] = stat?.size ?? 0n;
+    this.times[2 * row] = stat?.mtimeNs ?? 0n;
+    this.times[2 * row + 1] = stat?.ctimeNs ?? 0n;
+  }
+
+  /** `stat` against row `row`, as comparing their signatures would tell. */
+  compare(row: number, stat: BigIntStats | undefined): SealComparison {
+    const type = sealTypeOf(stat);
+    // A root missing when sealed never matches, as its signature "missing" matched no stat.
+    if (type !== this.types[row] || stat === undefined) return "changed";
+    if (
+      stat.ino !== this.sizes[2 * row] ||
+      (type !== SEAL_DIRECTORY && stat.size !== this.sizes[2 * row + 1]) ||
+      stat.mtimeNs !== this.times[2 * row]
+    ) {
+      return "changed";
+    }
+    return type === SEAL_FILE && stat.ctimeNs !== this.times[2 * row + 1] ? "changeTimeOnly" : "same";
+  }
+
+  /** The signature of `path`, or undefined when the seal has no such entry. */
+  get(path: string): string | undefined {
+    const row = this.rowOf(path);
+    return row < 0 ? undefined : this.signatureAt(row);
+  }
+
+  /**
+   * `type:ino:size:mtime` (no size for a directory), and for a file `|ctime`
+   * after it: the inode change time moves on every write, even one whose
+   * modification time is set back, but also when the file is linked elsewhere
+   * or its mode changes, so a change of it alone counts only where the caller
+   * can confirm the content (`checkSeal`).
+   */
+  signatureAt(row: number): string {
+    const type = this.types[row]!;
+    if (type === SEAL_MISSING) return "missing";
+    const signature = `${SEAL_TYPES[type]}:${this.sizes[2 * row]}:${type === SEAL_DIRECTORY ? "" : this.sizes[2 * row + 1]}:${this.times[2 * row]}`;
+    return type === SEAL_FILE ? `${signature}|${this.times[2 * row + 1]}` : signature;
+  }
+
+  *[Symbol.iterator](): Iterator<[string, string]> {
+    for (let row = 0; row < this.paths.length; row++) yield [this.paths[row]!, this.signatureAt(row)];
+  }
+
+  private rowOf(path: string): number {
+    // Asked in path order, the next entry is the one (past the directories, which trees do not list).
+    let row = this.cursor;
+    while (row < this.paths.length && this.types[row] === SEAL_DIRECTORY && this.paths[row] !== path) row++;
+    if (row < this.paths.length && this.paths[row] === path) {
+      this.cursor = row + 1;
+      return row;
+    }
+    if (this.index === undefined) {
+      this.index = new Map();
+      for (let at = 0; at < this.paths.length; at++) this.index.set(this.paths[at]!, at);
+    }
+    const found = this.index.get(path);
+    if (found === undefined) return -1;
+    this.cursor = found + 1;
+    return found;
+  }
+
+  private grow(): void {
+    const capacity = this.types.length * 2;
+    const types = new Uint8Array(capacity);
+    types.set(this.types);
+    this.types = types;
+    const sizes = new BigUint64Array(2 * capacity);
+    sizes.set(this.sizes);
+    this.sizes = sizes;
+    const times = new BigInt64Array(2 * capacity);
+    times.set(this.times);
+    this.times = times;
+  }
+}
+
+/** Directory entries in the byte order of the paths they lead to: a directory's name sorts as if followed by its "/". */
+function inPathOrder(entries: Dirent[]): Dirent[] {
+  const keyed = entries.map((entry) => ({ entry, key: entry.isDirectory() ? `${entry.name}/` : entry.name }));
+  keyed.sort((left, right) => byteOrder(left.key, right.key));
+  return keyed.map(({ entry }) => entry);
+}
+
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/** UTF-8 byte order, which is that of JS `<` unless a string holds a surrogate pair. */
+function byteOrder(left: string, right: string): number {
+  if (SURROGATE.test(left) || SURROGATE.test(right)) return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8"));
+  return left < right ? -1 : left > right ? 1 : 0;
 }
 
 /**
@@ -481,19 +632,18 @@ export function sealTree(
     onStat?: (relative: string, stat: BigIntStats | undefined) => void;
   } = {},
 ): Seal {
-  const stats = new Map<string, string>();
+  const stats = new SealStats();
   let lastChangeNs = 0n;
   const onStat = options.onStat;
   const record = (path: string, relative: string): void => {
     const stat = statOf(path);
     if (stat !== undefined && stat.ctimeNs > lastChangeNs) lastChangeNs = stat.ctimeNs;
-    const signature = signatureOf(stat);
-    if (signature !== undefined) stats.set(relative, signature);
-    else if (relative === "") stats.set("", "missing");
+    if (stat !== undefined || relative === "") stats.add(relative, stat);
     onStat?.(relative, stat);
   };
+  // In the order of the tree's paths, so that looking up its files one after another finds each at once.
   const walk = (dir: string, prefix: string) => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    for (const entry of inPathOrder(readdirSync(dir, { withFileTypes: true }))) {
       const relative = prefix === "" ? entry.name : `${prefix}/${entry.name}`;
       const path = `${dir}/${entry.name}`;
       record(path, relative);
@@ -531,8 +681,10 @@ function watchDirectories(seal: Seal, alsoWatch: string | undefined): FSWatcher[
     seal.stirred = true;
   };
   try {
-    for (const [path, signature] of seal.stats) {
-      if (!signature.startsWith("d:")) continue;
+    const stats = seal.stats;
+    for (let row = 0; row < stats.size; row++) {
+      if (!stats.isDirectoryAt(row)) continue;
+      const path = stats.pathAt(row);
       for (const root of alsoWatch === undefined ? [seal.root] : [seal.root, alsoWatch]) {
         const watcher = watch(path === "" ? root : `${root}/${path}`, { persistent: false }, stir);
         // A watch that fails later (its directory removed) has stirred too.
@@ -660,13 +812,16 @@ export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean;
   // Concatenated, not joined: the paths are already normal, and path.join cost
   // more than the lstat itself over a data view of many files.
   const prefix = seal.root.endsWith("/") ? seal.root : `${seal.root}/`;
-  for (const [path, signature] of seal.stats) {
-    const now = statSignature(path === "" ? seal.root : prefix + path);
-    if (now === signature) continue;
-    if (now !== undefined && withoutChangeTime(now) === withoutChangeTime(signature)) {
+  const stats = seal.stats;
+  for (let row = 0; row < stats.size; row++) {
+    const path = stats.pathAt(row);
+    const now = statOf(path === "" ? seal.root : prefix + path);
+    const comparison = stats.compare(row, now);
+    if (comparison === "same") continue;
+    if (comparison === "changeTimeOnly") {
       if (options.confirm === undefined) continue;
       if (options.confirm(path)) {
-        seal.stats.set(path, now);
+        stats.record(row, now);
         seal.resealed++;
         continue;
       }

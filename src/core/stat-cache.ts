@@ -182,6 +182,15 @@ function pathsInOrder(left: string, right: string, ascii: boolean): boolean {
   return ascii ? left < right : Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8")) < 0;
 }
 
+/** Fresh paths joined a window at a time: a million of them are never one string. */
+const PATH_WINDOW = 1 << 15;
+
+function* freshWindows(fresh: StatCacheRows["fresh"], run: { first: number; count: number }): Generator<string[]> {
+  for (let start = run.first; start < run.first + run.count; start += PATH_WINDOW) {
+    yield fresh.paths.slice(start, Math.min(start + PATH_WINDOW, run.first + run.count));
+  }
+}
+
 /**
  * `encodeStatCache` of the rows a walk leaves, without an object per row:
  * runs of rows from the packed cache are copied column by column, fresh rows
@@ -193,7 +202,8 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
   const usesPacked = runs.some((run) => run.fromPacked);
   if (fresh.odd.size > 0 || (usesPacked && packed?.rawHashes === undefined)) return encodeStatCache(rows.entries(), treeHash);
   // The path section: packed runs are slices of the old one, fresh runs are joined here.
-  const chunks: Uint8Array[] = [];
+  // Per run: a packed run's path bytes, or the byte length of a fresh run's (written later, a window at a time).
+  const chunks: (Uint8Array | number)[] = [];
   let asciiPaths = true;
   let sorted = true;
   let previousPath: string | undefined;
@@ -210,19 +220,26 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
       previousPath = source.pathAt(run.first + run.count - 1);
       continue;
     }
-    const paths = fresh.paths.slice(run.first, run.first + run.count);
-    for (const path of paths) {
-      if (sorted && previousPath !== undefined && !pathsInOrder(previousPath, path, !NON_ASCII.test(previousPath) && !NON_ASCII.test(path)))
-        sorted = false;
-      previousPath = path;
+    let runBytes = -1;
+    for (const window of freshWindows(fresh, run)) {
+      for (const path of window) {
+        if (
+          sorted &&
+          previousPath !== undefined &&
+          !pathsInOrder(previousPath, path, !NON_ASCII.test(previousPath) && !NON_ASCII.test(path))
+        )
+          sorted = false;
+        previousPath = path;
+      }
+      const text = window.join("\0");
+      const bytes = Buffer.byteLength(text, "utf8");
+      if (bytes !== text.length) asciiPaths = false;
+      runBytes += 1 + bytes;
     }
-    const text = paths.join("\0");
-    const encoded = Buffer.from(text, "utf8");
-    if (encoded.length !== text.length) asciiPaths = false;
-    chunks.push(encoded);
+    chunks.push(Math.max(runBytes, 0));
   }
   let pathBytes = chunks.length === 0 ? 0 : chunks.length - 1;
-  for (const chunk of chunks) pathBytes += chunk.length;
+  for (const chunk of chunks) pathBytes += typeof chunk === "number" ? chunk : chunk.length;
   const treeHashBytes = keptTreeHash(treeHash);
   const withTreeHash = treeHashBytes !== undefined;
   const hashBytes = 32 * count;
@@ -238,8 +255,14 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
   let pathOffset = 0;
   let chunk = 0;
   for (const run of runs) {
-    const pathsChunk = chunks[chunk++] as Uint8Array;
-    buffer.set(pathsChunk, at.paths + pathOffset);
+    const pathsChunk = chunks[chunk++] as Uint8Array | number;
+    if (typeof pathsChunk !== "number") {
+      buffer.set(pathsChunk, at.paths + pathOffset);
+    } else {
+      // The buffer starts zeroed: skipping a byte between windows leaves their separator.
+      let offset = at.paths + pathOffset;
+      for (const window of freshWindows(fresh, run)) offset += buffer.write(window.join("\0"), offset, "utf8") + 1;
+    }
     if (run.fromPacked) {
       const source = packed!;
       const from = source.bytes;
@@ -272,7 +295,7 @@ export function encodeStatCacheRows(rows: StatCacheRows, treeHash?: string): Buf
       }
       fresh.hashes.copy(buffer, at.hashes + 32 * out, 32 * run.first, 32 * (run.first + run.count));
     }
-    pathOffset += pathsChunk.length + 1;
+    pathOffset += (typeof pathsChunk === "number" ? pathsChunk : pathsChunk.length) + 1;
     out += run.count;
   }
   if (treeHashBytes !== undefined) buffer.set(treeHashBytes, at.treeHash);
@@ -442,6 +465,68 @@ export class StatCacheColumns {
     };
     this.made[i] = entry;
     return entry;
+  }
+
+  /** The entry at `i`, made afresh and not kept: for one pass over every entry, which must not hold them all. */
+  peekAt(i: number): StatCacheEntry {
+    const made = this.made[i];
+    if (made !== undefined) return made;
+    const kind = this.kinds[i] as number;
+    const ino = this.inos[i] as bigint;
+    return {
+      path: this.pathAt(i),
+      dev: (kind & DEV_IS_NUMBER) !== 0 ? Number(this.devAt(i)) : this.devAt(i),
+      ino: (kind & INO_IS_NUMBER) !== 0 ? Number(ino) : ino,
+      size: this.sizes[i] as number,
+      mtimeNs: this.mtimes[i] as bigint,
+      ctimeNs: this.ctimes[i] as bigint,
+      mode: MODES[kind & 3] ?? "file",
+      hash: this.rawHashes ? this.bytes.toString("hex", this.hashStart + 32 * i, this.hashStart + 32 * i + 32) : this.hashAt(i),
+    };
+  }
+
+  /** The size of the blob these columns were read from. */
+  get byteLength(): number {
+    return this.bytes.byteLength;
+  }
+
+  /** Whether the paths are in walk order (UTF-8 byte order), the order of a tree's files. */
+  get inPathOrder(): boolean {
+    return this.inWalkOrder;
+  }
+
+  /**
+   * A copy of this blob with the inode change time of every entry replaced by
+   * `changeTimeAt(i)`, without an object per entry; the tree hash is kept only
+   * when `keepTreeHash` (the entries are still exactly the tree's).
+   */
+  withChangeTimes(changeTimeAt: (i: number) => bigint, keepTreeHash: boolean): Buffer {
+    const dropTreeHash = this.treeHash !== undefined && !keepTreeHash;
+    const total = this.at.total - (dropTreeHash ? TREE_HASH_BYTES : 0);
+    const copy = Buffer.from(new SharedArrayBuffer(total));
+    this.bytes.copy(copy, 0, 0, total);
+    if (dropTreeHash) copy.writeUInt32LE(copy.readUInt32LE(8) & ~FLAG_TREE_HASH, 8);
+    const ctimes = new BigInt64Array(copy.buffer, this.at.ctime, this.count);
+    for (let i = 0; i < this.count; i++) ctimes[i] = changeTimeAt(i);
+    return copy;
+  }
+
+  /**
+   * Sets the inode change time of every entry in place (a copy of a million
+   * entries' blob is the largest thing a sweep would hold) and returns the
+   * blob; `undo` puts the old times back, for when it could not be saved.
+   */
+  setChangeTimes(changeTimes: BigInt64Array): { blob: Buffer; undo: () => void } {
+    const old = this.ctimes.slice();
+    this.ctimes.set(changeTimes);
+    this.made.fill(undefined);
+    return {
+      blob: this.bytes,
+      undo: () => {
+        this.ctimes.set(old);
+        this.made.fill(undefined);
+      },
+    };
   }
 
   /** The file at `i`, made afresh and not kept. */
@@ -627,6 +712,19 @@ export class StatCacheMap extends Map<string, StatCacheEntry> {
 
   override [Symbol.iterator](): MapIterator<[string, StatCacheEntry]> {
     return this.entries();
+  }
+
+  /** `get` without keeping the entry: for one pass over every path, which must not hold an object per file. */
+  peek(path: string): StatCacheEntry | undefined {
+    const columns = this.#columns;
+    if (columns === undefined) return super.get(path);
+    const i = columns.find(path);
+    return i < 0 ? undefined : columns.peekAt(i);
+  }
+
+  /** The blob's columns, while this is still a view of them (nothing set or deleted since it was loaded). */
+  columns(): StatCacheColumns | undefined {
+    return this.#columns;
   }
 
   /** Turns this into an ordinary Map holding every entry (idempotent). */

@@ -229,7 +229,20 @@ const MIGRATIONS: readonly string[] = [
   `
   CREATE INDEX jobs_state_created ON jobs(state, created_at);
   `,
+  // A stat cache's blob in pieces (its row's own data then empty): a million-entry cache is written
+  // and read a piece at a time, never copied whole through SQLite.
+  `
+  CREATE TABLE stat_cache_chunks (
+    root  TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    data  BLOB NOT NULL,
+    PRIMARY KEY (root, seq)
+  );
+  `,
 ];
+
+/** Bytes per piece of a stored stat cache blob. */
+const STAT_CACHE_CHUNK_BYTES = 4 << 20;
 
 /** The schema version this code writes and reads. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -426,13 +439,31 @@ export class StateStore {
    */
   loadStatCache(root: string): StatCacheMap {
     if (this.db === null) return new StatCacheMap();
+    // The blob this store read or wrote last is taken again while no other process has rewritten it
+    // (same generation): a million-entry cache is then not read and decoded a second time.
+    const known = this.statCaches.get(root);
+    if (known !== undefined) {
+      const head = this.stmt(
+        "SELECT s.saved_at, s.generation, length(s.data) AS bytes, m.value AS token FROM stat_cache s " +
+          "LEFT JOIN meta m ON m.key = ? || s.root WHERE s.root = ?",
+        "bigint",
+      ).get(MONITOR_TOKEN_KEY, root) as { saved_at: bigint; generation: bigint; bytes: bigint; token: string | null } | undefined;
+      // The blob's stored length too: a row whose data was rewritten in place is read again.
+      if (head !== undefined && head.generation === known.generation && Number(head.bytes) === 0) {
+        known.savedAt = head.saved_at;
+        known.monitorToken = monitorTokenFor(head.token, head.generation);
+        return new StatCacheMap(known.columns);
+      }
+    }
     // The monitor's token is read in the same statement, so that it pairs with these entries.
     const row = this.stmt(
       "SELECT s.data, s.saved_at, s.generation, m.value AS token FROM stat_cache s " +
         "LEFT JOIN meta m ON m.key = ? || s.root WHERE s.root = ?",
       "bigint",
     ).get(MONITOR_TOKEN_KEY, root) as { data: Buffer; saved_at: bigint; generation: bigint; token: string | null } | undefined;
-    const columns = row === undefined ? undefined : StatCacheColumns.decode(row.data);
+    // Pieces rewritten since the row was read only pair newer entries with an older time, which trusts less.
+    const columns =
+      row === undefined ? undefined : StatCacheColumns.decode(row.data.byteLength > 0 ? row.data : this.readStatCacheChunks(root));
     if (row === undefined || columns === undefined) {
       this.statCaches.delete(root);
       return new StatCacheMap();
@@ -444,6 +475,26 @@ export class StateStore {
       monitorToken: monitorTokenFor(row.token, row.generation),
     });
     return new StatCacheMap(columns);
+  }
+
+  /** A blob stored in pieces, put together in shared memory (where the hashing threads read it). */
+  private readStatCacheChunks(root: string): Uint8Array {
+    const sizes = this.stmt("SELECT count(*) AS pieces, coalesce(sum(length(data)), 0) AS bytes FROM stat_cache_chunks WHERE root = ?").get(
+      root,
+    ) as { pieces: number; bytes: number };
+    const blob = Buffer.from(new SharedArrayBuffer(sizes.bytes));
+    let filled = 0;
+    let expected = 0;
+    for (const piece of this.stmt("SELECT seq, data FROM stat_cache_chunks WHERE root = ? ORDER BY seq").iterate(root) as Iterable<{
+      seq: number;
+      data: Uint8Array;
+    }>) {
+      // A missing piece or a size that moved meanwhile: no cache rather than a wrong one.
+      if (piece.seq !== expected++ || filled + piece.data.byteLength > blob.byteLength) return new Uint8Array(0);
+      blob.set(piece.data, filled);
+      filled += piece.data.byteLength;
+    }
+    return filled === blob.byteLength && expected === sizes.pieces ? blob : new Uint8Array(0);
   }
 
   /**
@@ -488,6 +539,12 @@ export class StateStore {
     return this.statCaches.get(root)?.monitorToken ?? this.keptTrees.get(root)?.monitorToken;
   }
 
+  /** Saves a blob already encoded (see stat-cache.ts) as the cache of `root`, paired with `monitorToken` when given. */
+  saveStatCacheBlob(root: string, blob: Buffer, count: number, cacheTimeNs: bigint, monitorToken?: string): void {
+    this.writer();
+    this.writeStatCache(root, blob, count, cacheTimeNs, monitorToken);
+  }
+
   /** Moves only the cache time of an unchanged cache; false when another process rewrote it meanwhile. */
   private touchStatCache(
     root: string,
@@ -511,11 +568,16 @@ export class StateStore {
     const columns = StatCacheColumns.decode(blob);
     const row = this.transaction(() => {
       const saved = this.stmt(
-        "INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES (?, ?, 1, ?, ?) " +
+        "INSERT INTO stat_cache (root, saved_at, generation, entries, data) VALUES (?, ?, 1, ?, X'') " +
           "ON CONFLICT(root) DO UPDATE SET saved_at = excluded.saved_at, generation = stat_cache.generation + 1, " +
           "entries = excluded.entries, data = excluded.data RETURNING generation",
         "bigint",
-      ).get(root, cacheTimeNs, count, blob) as { generation: bigint };
+      ).get(root, cacheTimeNs, count) as { generation: bigint };
+      this.stmt("DELETE FROM stat_cache_chunks WHERE root = ?").run(root);
+      const insert = this.stmt("INSERT INTO stat_cache_chunks (root, seq, data) VALUES (?, ?, ?)");
+      for (let seq = 0, at = 0; at < blob.byteLength || seq === 0; seq++, at += STAT_CACHE_CHUNK_BYTES) {
+        insert.run(root, seq, blob.subarray(at, at + STAT_CACHE_CHUNK_BYTES));
+      }
       if (monitorToken === undefined) this.stmt("DELETE FROM meta WHERE key IN (?, ?)").run(MONITOR_TOKEN_KEY + root, KEPT_TREE_KEY + root);
       else this.writeMonitorToken(root, saved.generation, monitorToken, columns);
       return saved;

@@ -23,9 +23,10 @@
 import { type BigIntStats, constants as fsConstants, copyFileSync, linkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { errnoCode } from "../../core/errors.js";
-import type { StatCacheEntry, TreeFile, TreeHash } from "../../core/hash.js";
+import { fileCountOf, filesOf, type StatCacheEntry, type TreeFile, type TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
 import { nextClockTick, sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
+import type { StatCacheColumns, StatCacheMap } from "../../core/stat-cache.js";
 import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 
 export type DataViewMode = "reflink" | "link" | "copy";
@@ -62,7 +63,12 @@ function probe(objects: ObjectStore, tree: TreeHash, bundleDevice: number): Data
     } catch {
       // No clones here.
     }
-    const file = tree.files.find((candidate) => candidate.mode !== "symlink");
+    let file: TreeHash["files"][number] | undefined;
+    for (const candidate of filesOf(tree)) {
+      if (candidate.mode === "symlink") continue;
+      file = candidate;
+      break;
+    }
     if (file === undefined) return "link";
     const link = `${sample}.link`;
     try {
@@ -96,7 +102,7 @@ function unsigned(value: bigint | number): bigint {
  * the links were made and before any file was sealed.
  */
 export interface PendingStatCache {
-  entries: StatCacheEntry[];
+  rows: PendingRows;
   updated: number;
   /** The latest modification or inode change time among the entries sealed anew. */
   newestNs: bigint;
@@ -104,12 +110,28 @@ export interface PendingStatCache {
   settled: boolean;
 }
 
+/**
+ * The entries of a pending stat cache: the loaded blob's own rows with a new
+ * change time each, when every row is kept and they are the tree's files in
+ * its order (a million of them then make no object each), or entries.
+ */
+export type PendingRows =
+  | { kind: "changeTimes"; columns: StatCacheColumns; changeTimes: BigInt64Array }
+  | { kind: "entries"; entries: StatCacheEntry[] };
+
 /** A linked view sealed: its seal, the files that may not hold what was planned (at most `limit`), and the stat cache to take. */
 export interface LinkedSeal {
   seal: Seal;
   unverified: string[];
   pending: PendingStatCache | undefined;
 }
+
+/** How a tree file of a linked view was sealed (see `sealLinkedView`). */
+const NOT_SEALED = 0;
+/** Sealed as the inode, size, modification time and content its stat cache entry describes. */
+const SEALED_AS_ENTRY = 1;
+/** Sealed, but not as its entry describes (or a symlink, or no entry). */
+const SEALED_OTHERWISE = 2;
 
 /**
  * Seals the linked view at `dir` of the bundle `tree` and checks it against
@@ -127,11 +149,16 @@ export interface LinkedSeal {
  * trust the new inode change times at once (`settled`): a write after a
  * file's seal moves its change time past that tick, so a stat sealed with an
  * older one held the checked content until the stat changes.
+ *
+ * The view is sealed in the tree's path order (its files when laid out now,
+ * a listing in path order otherwise), so each stat meets its tree file by
+ * walking both together, and what was found is kept in typed arrays by the
+ * file's position: nothing is made per file but what the walk itself makes.
  */
 export function sealLinkedView(
   tree: TreeHash,
   dir: string,
-  cache: { get(path: string): StatCacheEntry | undefined; readonly size: number } | undefined,
+  cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   options: { laidOutNow: boolean; limit?: number },
 ): LinkedSeal {
@@ -140,17 +167,31 @@ export function sealLinkedView(
   const viewDevice = statSync(dir, { bigint: true }).dev;
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
-  const files = tree.files;
-  // Sealed in the tree's order when laid out now; a kept view is listed, in directory order.
-  let cursor = 0;
-  let byPath: Map<string, number> | undefined;
-  const indexOf = (path: string): number => {
-    if (cursor < files.length && files[cursor]!.path === path) return cursor++;
-    byPath ??= new Map(files.map((file, index) => [file.path, index]));
-    return byPath.get(path) ?? -1;
+  const count = fileCountOf(tree);
+  const columns = savedAt === undefined ? undefined : cache?.columns();
+  const sealedAs = new Uint8Array(count);
+  // The change time each file sealed as its entry was sealed with, by position: the pending blob's new column when aligned.
+  const changeTimes = new BigInt64Array(count);
+  // Whether every tree file met so far is the cache row of its own position.
+  let aligned = columns?.inPathOrder === true && columns.count === count;
+  let met = 0;
+  const files = filesOf(tree)[Symbol.iterator]();
+  let current = files.next();
+  let position = 0;
+  const advance = (): void => {
+    current = files.next();
+    position++;
   };
-  // What each tree file was sealed with: undefined until sealed.
-  const sealedEntries: (StatCacheEntry | null | undefined)[] = new Array(files.length);
+  /** The tree file at `path`, passing over those before it (not in the view: left unsealed). */
+  const meet = (path: string): TreeFile | undefined => {
+    if (current.done) return undefined;
+    if (current.value.path !== path) {
+      while (!current.done && pathBefore(current.value.path, path)) advance();
+      if (current.done || current.value.path !== path) return undefined;
+    }
+    met++;
+    return current.value;
+  };
   const unverified: string[] = [];
   let updated = 0;
   let newestNs = 0n;
@@ -158,19 +199,21 @@ export function sealLinkedView(
   const onStat = (relative: string, stat: BigIntStats | undefined): void => {
     // Directories are no tree's files: a file of the tree found as one stays unsealed, and unverified.
     if (relative === "" || stat?.isDirectory() === true) return;
-    const index = indexOf(relative);
-    if (index < 0) return;
-    const file = files[index]!;
-    if (file.mode === "symlink") {
-      sealedEntries[index] = null;
-      return;
-    }
+    const file = meet(relative);
+    if (file === undefined) return;
+    const index = position;
+    advance();
+    // Found by its own position while the two agree: the search is one comparison.
+    const row = columns === undefined ? -1 : columns.find(file.path);
+    if (aligned && row !== index) aligned = false;
+    sealedAs[index] = SEALED_OTHERWISE;
+    if (file.mode === "symlink") return;
     if (stat === undefined || !stat.isFile()) {
       if (unverified.length < limit) unverified.push(file.path);
-      sealedEntries[index] = null;
       return;
     }
-    const entry = savedAt === undefined ? undefined : cache?.get(file.path);
+    const entry =
+      columns !== undefined ? (row < 0 ? undefined : columns.peekAt(row)) : savedAt === undefined ? undefined : cache?.peek(file.path);
     const same =
       entry !== undefined &&
       entry.hash === file.hash &&
@@ -180,57 +223,91 @@ export function sealLinkedView(
       entry.mtimeNs === stat.mtimeNs;
     const trusted = same && unsigned(entry.dev) === viewDevice && isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse);
     if (!trusted && unverified.length < limit && !holdsHash(join(dir, file.path), file.hash)) unverified.push(file.path);
-    if (!same) {
-      sealedEntries[index] = null;
-      return;
-    }
+    if (!same) return;
     const ctimeNs = stat.ctimeNs;
     if (entry.ctimeNs !== ctimeNs) updated++;
     if (ctimeNs >= settledBefore || stat.mtimeNs >= settledBefore) settled = false;
     if (ctimeNs > newestNs) newestNs = ctimeNs;
     if (stat.mtimeNs > newestNs) newestNs = stat.mtimeNs;
-    sealedEntries[index] = entry.ctimeNs === ctimeNs ? entry : { ...entry, ctimeNs };
+    sealedAs[index] = SEALED_AS_ENTRY;
+    changeTimes[index] = ctimeNs;
   };
-  const seal = sealTree(dir, {
-    alsoWatch: tree.root,
-    onStat,
-    ...(options.laidOutNow ? { paths: files.map((file) => file.path) } : {}),
-  });
-  for (let index = 0; index < files.length && unverified.length < limit; index++) {
-    const file = files[index]!;
-    if (sealedEntries[index] === undefined && file.mode !== "symlink") unverified.push(file.path);
+  // Laid out now: the tree's own paths, taken from the same walk over its files that meets each stat.
+  function* treePaths(): Generator<string> {
+    while (!current.done) {
+      const at = position;
+      yield current.value.path;
+      // Its stat was a directory's, or missing from the walk: on to the next file all the same.
+      if (position === at) advance();
+    }
   }
-  return { seal, unverified, pending: pendingStatCache(files, sealedEntries, cache, savedAt, { updated, newestNs, settled }) };
+  const seal = sealTree(dir, { alsoWatch: tree.root, onStat, ...(options.laidOutNow ? { paths: treePaths() } : {}) });
+  if (met < count) {
+    let index = 0;
+    for (const file of filesOf(tree)) {
+      if (unverified.length >= limit) break;
+      if (sealedAs[index++] === NOT_SEALED && file.mode !== "symlink") unverified.push(file.path);
+    }
+  }
+  const found = { updated, newestNs, settled };
+  // A view that does not check out is laid out again: no cache to take.
+  if (unverified.length > 0 || cache === undefined || savedAt === undefined || cache.size !== count)
+    return { seal, unverified, pending: undefined };
+  const rows =
+    (aligned && met === count ? changeTimesRows(columns!, sealedAs, changeTimes, fine, coarse) : undefined) ??
+    entriesRows(tree, sealedAs, changeTimes, cache, fine, coarse);
+  return { seal, unverified, pending: rows === undefined ? undefined : { rows, ...found } };
 }
 
 /**
- * The stat cache to take after the sweep, in the cache's order (the tree's):
- * entries sealed anew, and the others that were outside the racy window of
- * the old cache time. Undefined when the cache is not the tree's file for
- * file (`refreshedStatCache` then works it out after the sweep).
+ * The pending cache as the blob's rows with new change times, when every row
+ * is kept: the entries sealed anew, and the others outside the racy window of
+ * the old cache time. Undefined when one must go (`entriesRows` then).
  */
-function pendingStatCache(
-  files: readonly TreeFile[],
-  sealedEntries: readonly (StatCacheEntry | null | undefined)[],
-  cache: { get(path: string): StatCacheEntry | undefined; readonly size: number } | undefined,
-  savedAt: bigint | undefined,
-  found: { updated: number; newestNs: bigint; settled: boolean },
-): PendingStatCache | undefined {
-  if (cache === undefined || savedAt === undefined || cache.size !== files.length) return undefined;
-  const fine = savedAt - RACY_WINDOW_FINE_NS;
-  const coarse = savedAt - RACY_WINDOW_COARSE_NS;
-  const entries: StatCacheEntry[] = [];
-  for (let index = 0; index < files.length; index++) {
-    const sealed = sealedEntries[index];
-    if (sealed !== undefined && sealed !== null) {
-      entries.push(sealed);
-      continue;
-    }
-    const entry = cache.get(files[index]!.path);
-    if (entry === undefined) return undefined;
-    if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) entries.push(entry);
+function changeTimesRows(
+  columns: StatCacheColumns,
+  sealedAs: Uint8Array,
+  changeTimes: BigInt64Array,
+  fine: bigint,
+  coarse: bigint,
+): PendingRows | undefined {
+  for (let i = 0; i < columns.count; i++) {
+    if (sealedAs[i] === SEALED_AS_ENTRY) continue;
+    const entry = columns.peekAt(i);
+    if (!isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) return undefined;
+    changeTimes[i] = entry.ctimeNs;
   }
-  return { entries, ...found };
+  return { kind: "changeTimes", columns, changeTimes };
+}
+
+/**
+ * The pending cache in the tree's order (the cache's): entries sealed anew,
+ * and the others that were outside the racy window of the old cache time.
+ * Undefined when the cache is not the tree's file for file
+ * (`refreshedStatCache` then works it out after the sweep).
+ */
+function entriesRows(
+  tree: TreeHash,
+  sealedAs: Uint8Array,
+  changeTimes: BigInt64Array,
+  cache: StatCacheMap,
+  fine: bigint,
+  coarse: bigint,
+): PendingRows | undefined {
+  const entries: StatCacheEntry[] = [];
+  let index = 0;
+  for (const file of filesOf(tree)) {
+    const at = index++;
+    const entry = cache.peek(file.path);
+    if (entry === undefined) return undefined;
+    if (sealedAs[at] === SEALED_AS_ENTRY) {
+      const ctimeNs = changeTimes[at] as bigint;
+      entries.push(entry.ctimeNs === ctimeNs ? entry : { ...entry, ctimeNs });
+    } else if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) {
+      entries.push(entry);
+    }
+  }
+  return { kind: "entries", entries };
 }
 
 /**
@@ -243,6 +320,32 @@ function pendingStatCache(
 export function pendingCacheTime(pending: PendingStatCache, checkedAt: bigint): bigint {
   const beyond = pending.newestNs + RACY_WINDOW_COARSE_NS + 1n;
   return pending.settled && beyond > checkedAt ? beyond : checkedAt;
+}
+
+/**
+ * What saving `pending` as the cache of `tree` writes: the blob patched in
+ * place when its rows are exactly the tree's (`undo` puts the old change
+ * times back if the save fails), a patched copy without the tree hash when
+ * they are not, or the entries.
+ */
+export function pendingStatCacheRows(
+  pending: PendingStatCache,
+  tree: TreeHash,
+): { entries: StatCacheEntry[]; treeHash: string | undefined } | { blob: Buffer; count: number; undo?: () => void } {
+  const rows = pending.rows;
+  if (rows.kind === "entries")
+    return { entries: rows.entries, treeHash: rows.entries.length === fileCountOf(tree) ? tree.hash : undefined };
+  return patchedBlob(rows.columns, rows.changeTimes, rows.columns.treeHash === tree.hash);
+}
+
+/** The blob of `columns` with `changeTimes`: in place when `exactlyTheTree`, else in a copy without the tree hash. */
+function patchedBlob(
+  columns: StatCacheColumns,
+  changeTimes: BigInt64Array,
+  exactlyTheTree: boolean,
+): { blob: Buffer; count: number; undo?: () => void } {
+  if (!exactlyTheTree) return { blob: columns.withChangeTimes((i) => changeTimes[i] as bigint, false), count: columns.count };
+  return { ...columns.setChangeTimes(changeTimes), count: columns.count };
 }
 
 /** Whether the file at `path` has the content `hash`; false when it cannot be read. */
@@ -261,13 +364,104 @@ export function holdsHash(path: string, hash: string): boolean {
  * without this the next plan would read the whole bundle again. A file takes
  * the inode change time it was sealed with when it is the inode, size,
  * modification time and content the entry describes; the view was confirmed
- * to hold the planned content when sealed (`unverifiedFiles`). The cache time
+ * to hold the planned content when sealed (`sealLinkedView`). The cache time
  * becomes `checkedAt`: an entry that was within the racy window of the old
  * cache time and is not confirmed here is dropped, so that moving the time
  * trusts nothing new. Undefined when no file would be skipped by the next
  * plan that is not already (a sweep shorter than the racy window).
  */
 export function refreshedStatCache(
+  tree: TreeHash,
+  seal: Seal,
+  cache: StatCacheMap,
+  savedAt: bigint,
+  checkedAt: bigint,
+): { entries: StatCacheEntry[]; treeHash: string | undefined } | { blob: Buffer; count: number; undo?: () => void } | undefined {
+  if (checkedAt <= savedAt) return undefined;
+  const fromColumns = refreshedColumns(tree, seal, cache, savedAt, checkedAt);
+  // null: nothing the next plan would skip that it does not already.
+  if (fromColumns === null) return undefined;
+  return fromColumns ?? refreshedEntries(tree, seal, cache, savedAt, checkedAt);
+}
+
+/** What the refreshed cache holds for one entry: its new inode change time, or undefined when it is dropped. */
+function refreshedChangeTime(
+  entry: StatCacheEntry,
+  planned: string | undefined,
+  signature: string | undefined,
+  fine: bigint,
+  coarse: bigint,
+): bigint | undefined {
+  const sealed = sealedFileStat(signature);
+  const ctimeNs = signature === undefined ? undefined : sealedChangeTime(signature);
+  if (
+    sealed !== undefined &&
+    ctimeNs !== undefined &&
+    entry.mode !== "symlink" &&
+    planned === entry.hash &&
+    unsigned(entry.ino) === sealed.ino &&
+    BigInt(entry.size) === sealed.size &&
+    entry.mtimeNs === sealed.mtimeNs
+  ) {
+    return ctimeNs;
+  }
+  return isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse) ? entry.ctimeNs : undefined;
+}
+
+/**
+ * The refreshed cache as the loaded blob with new change times (set in
+ * place, or in a copy when the tree hash must go),
+ * when every entry is kept and the blob's paths are in the tree's order (the
+ * cache a plan just saved): no object per file is kept. Undefined otherwise.
+ */
+function refreshedColumns(
+  tree: TreeHash,
+  seal: Seal,
+  cache: StatCacheMap,
+  savedAt: bigint,
+  checkedAt: bigint,
+): { blob: Buffer; count: number; undo?: () => void } | null | undefined {
+  const columns = cache.columns();
+  if (columns === undefined || !columns.inPathOrder) return undefined;
+  const fine = savedAt - RACY_WINDOW_FINE_NS;
+  const coarse = savedAt - RACY_WINDOW_COARSE_NS;
+  const settledFine = checkedAt - RACY_WINDOW_FINE_NS;
+  const settledCoarse = checkedAt - RACY_WINDOW_COARSE_NS;
+  const changeTimes = new BigInt64Array(columns.count);
+  const files = filesOf(tree)[Symbol.iterator]();
+  let file = files.next();
+  let treeFiles = 0;
+  let updated = 0;
+  for (let i = 0; i < columns.count; i++) {
+    const entry = columns.peekAt(i);
+    // Both in path order: the tree's file of this path, if any, is the next one not before it.
+    while (!file.done && pathBefore(file.value.path, entry.path)) {
+      file = files.next();
+      treeFiles++;
+    }
+    const planned = !file.done && file.value.path === entry.path ? file.value.hash : undefined;
+    const ctimeNs = refreshedChangeTime(entry, planned, seal.stats.get(entry.path), fine, coarse);
+    // An entry to drop: the general way below.
+    if (ctimeNs === undefined) return undefined;
+    if (ctimeNs !== entry.ctimeNs && isOutsideRacyWindow(entry.mtimeNs, ctimeNs, settledFine, settledCoarse)) updated++;
+    changeTimes[i] = ctimeNs;
+  }
+  while (!file.done) {
+    file = files.next();
+    treeFiles++;
+  }
+  if (updated === 0) return null;
+  return patchedBlob(columns, changeTimes, treeFiles === columns.count && columns.treeHash === tree.hash);
+}
+
+/** Whether `left` sorts before `right` in the byte order of their UTF-8. */
+function pathBefore(left: string, right: string): boolean {
+  if (/[\uD800-\uDFFF]/.test(left) || /[\uD800-\uDFFF]/.test(right))
+    return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8")) < 0;
+  return left < right;
+}
+
+function refreshedEntries(
   tree: TreeHash,
   seal: Seal,
   cache: ReadonlyMap<string, StatCacheEntry>,
@@ -282,26 +476,13 @@ export function refreshedStatCache(
   const entries: StatCacheEntry[] = [];
   let updated = 0;
   for (const entry of cache.values()) {
-    const signature = seal.stats.get(entry.path);
-    const sealed = sealedFileStat(signature);
-    const ctimeNs = signature === undefined ? undefined : sealedChangeTime(signature);
-    if (
-      sealed !== undefined &&
-      ctimeNs !== undefined &&
-      entry.mode !== "symlink" &&
-      planned.get(entry.path) === entry.hash &&
-      unsigned(entry.ino) === sealed.ino &&
-      BigInt(entry.size) === sealed.size &&
-      entry.mtimeNs === sealed.mtimeNs
-    ) {
-      // Stamps still within the racy window of `checkedAt` are read again by the next plan all the same.
-      if (entry.ctimeNs !== ctimeNs && isOutsideRacyWindow(entry.mtimeNs, ctimeNs, settledFine, settledCoarse)) updated++;
-      entries.push({ ...entry, ctimeNs });
-    } else if (isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse)) {
-      entries.push(entry);
-    }
+    const ctimeNs = refreshedChangeTime(entry, planned.get(entry.path), seal.stats.get(entry.path), fine, coarse);
+    if (ctimeNs === undefined) continue;
+    // Stamps still within the racy window of `checkedAt` are read again by the next plan all the same.
+    if (ctimeNs !== entry.ctimeNs && isOutsideRacyWindow(entry.mtimeNs, ctimeNs, settledFine, settledCoarse)) updated++;
+    entries.push(ctimeNs === entry.ctimeNs ? entry : { ...entry, ctimeNs });
   }
-  if (updated === 0 || checkedAt <= savedAt) return undefined;
+  if (updated === 0) return undefined;
   return { entries, treeHash: entries.length === cache.size && entries.length === tree.files.length ? tree.hash : undefined };
 }
 

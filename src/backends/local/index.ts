@@ -13,7 +13,7 @@ import { delimiter, join } from "node:path";
 import { parseMemory } from "../../core/config.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { canonicalJson } from "../../core/hyperparams.js";
-import { hashFile } from "../../core/hash.js";
+import { hashFile, treeHashLookup } from "../../core/hash.js";
 import { readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
@@ -55,7 +55,16 @@ import {
   type Seal,
 } from "../../core/snapshot.js";
 import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
-import { type PendingStatCache, dataViewMode, holdsHash, pendingCacheTime, refreshedStatCache, sealLinkedView } from "./data-view.js";
+import type { StatCacheMap } from "../../core/stat-cache.js";
+import {
+  type PendingStatCache,
+  dataViewMode,
+  holdsHash,
+  pendingCacheTime,
+  pendingStatCacheRows,
+  refreshedStatCache,
+  sealLinkedView,
+} from "./data-view.js";
 import { isProcessAlive } from "../../core/process-identity.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
@@ -109,7 +118,7 @@ interface DataView {
   /** The bundle whose own files the view's files are hardlinks to (see data-view.ts), when they are. */
   linkedTo: string | undefined;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
-  bundle?: { tree: TreeHash; cache: ReadonlyMap<string, StatCacheEntry>; savedAt: bigint; pending: PendingStatCache | undefined };
+  bundle?: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint; pending: PendingStatCache | undefined };
 }
 
 /**
@@ -832,30 +841,39 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     // Made while the view was sealed, and still true when no check took a stat anew since.
     if (pending !== undefined && data.seal.resealed === 0) {
       if (pending.updated === 0) return;
-      const treeHash = pending.entries.length === tree.files.length ? tree.hash : undefined;
-      this.state.saveStatCache(tree.root, pending.entries, pendingCacheTime(pending, checkedAt), treeHash, monitorToken);
+      this.saveRefreshedStatCache(tree.root, pendingStatCacheRows(pending, tree), pendingCacheTime(pending, checkedAt), monitorToken);
       return;
     }
     const refreshed = refreshedStatCache(tree, data.seal, cache, savedAt, checkedAt);
-    if (refreshed !== undefined) this.state.saveStatCache(tree.root, refreshed.entries, checkedAt, refreshed.treeHash, monitorToken);
+    if (refreshed !== undefined) this.saveRefreshedStatCache(tree.root, refreshed, checkedAt, monitorToken);
+  }
+
+  /** Saves a bundle's refreshed stat cache: a blob patched in place gets its old change times back if it cannot be saved. */
+  private saveRefreshedStatCache(
+    root: string,
+    refreshed: { entries: StatCacheEntry[]; treeHash: string | undefined } | { blob: Buffer; count: number; undo?: () => void },
+    cacheTimeNs: bigint,
+    monitorToken: string | undefined,
+  ): void {
+    if (!("blob" in refreshed)) {
+      this.state.saveStatCache(root, refreshed.entries, cacheTimeNs, refreshed.treeHash, monitorToken);
+      return;
+    }
+    try {
+      this.state.saveStatCacheBlob(root, refreshed.blob, refreshed.count, cacheTimeNs, monitorToken);
+    } catch (error) {
+      refreshed.undo?.();
+      throw error;
+    }
   }
 
   /**
    * The content hash of every file of a pipeline's data view, by path. A
    * bundle's are looked up only once a check finds a file changed, which most
-   * sweeps never do: the map is made then.
+   * sweeps never do: its rows are searched in place then.
    */
   private dataHashes(p: PipelinePlan): { get(path: string): string | undefined } {
-    const tree = p.dataTree;
-    if (tree !== undefined) {
-      let byPath: Map<string, string> | undefined;
-      return {
-        get: (path) => {
-          byPath ??= new Map(tree.files.map((file) => [file.path, file.hash]));
-          return byPath.get(path);
-        },
-      };
-    }
+    if (p.dataTree !== undefined) return treeHashLookup(p.dataTree);
     const hashes = new Map<string, string>();
     if (p.manifest !== undefined && p.pipeline.data.kind === "manifest") {
       const lock = readLock(p.pipeline.data.path);
