@@ -451,18 +451,7 @@ export class StatCacheColumns {
   entryAt(i: number, knownPath?: string): StatCacheEntry {
     const made = this.made[i];
     if (made !== undefined) return made;
-    const kind = this.kinds[i] as number;
-    const ino = this.inos[i] as bigint;
-    const entry: StatCacheEntry = {
-      path: knownPath ?? this.pathAt(i),
-      dev: (kind & DEV_IS_NUMBER) !== 0 ? Number(this.devAt(i)) : this.devAt(i),
-      ino: (kind & INO_IS_NUMBER) !== 0 ? Number(ino) : ino,
-      size: this.sizes[i] as number,
-      mtimeNs: this.mtimes[i] as bigint,
-      ctimeNs: this.ctimes[i] as bigint,
-      mode: MODES[kind & 3] ?? "file",
-      hash: this.hashAt(i),
-    };
+    const entry = this.newEntry(i, knownPath ?? this.pathAt(i), this.hashAt(i));
     this.made[i] = entry;
     return entry;
   }
@@ -471,17 +460,23 @@ export class StatCacheColumns {
   peekAt(i: number): StatCacheEntry {
     const made = this.made[i];
     if (made !== undefined) return made;
+    // Not through hashAt, which keeps the hex of every hash for later calls.
+    const hash = this.rawHashes ? this.bytes.toString("hex", this.hashStart + 32 * i, this.hashStart + 32 * i + 32) : this.hashAt(i);
+    return this.newEntry(i, this.pathAt(i), hash);
+  }
+
+  private newEntry(i: number, path: string, hash: string): StatCacheEntry {
     const kind = this.kinds[i] as number;
     const ino = this.inos[i] as bigint;
     return {
-      path: this.pathAt(i),
+      path,
       dev: (kind & DEV_IS_NUMBER) !== 0 ? Number(this.devAt(i)) : this.devAt(i),
       ino: (kind & INO_IS_NUMBER) !== 0 ? Number(ino) : ino,
       size: this.sizes[i] as number,
       mtimeNs: this.mtimes[i] as bigint,
       ctimeNs: this.ctimes[i] as bigint,
       mode: MODES[kind & 3] ?? "file",
-      hash: this.rawHashes ? this.bytes.toString("hex", this.hashStart + 32 * i, this.hashStart + 32 * i + 32) : this.hashAt(i),
+      hash,
     };
   }
 
