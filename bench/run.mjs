@@ -407,6 +407,22 @@ async function settle(project) {
   }
 }
 
+/**
+ * The timed side of a warm no-op `kaos plan`: each run must read no file and,
+ * when the project's pipelines were applied, have nothing to do.
+ */
+function warmPlanSide(project, { applied }) {
+  return {
+    name: "kaos plan",
+    run: () => kaos(["plan"], project),
+    check: (sample) => {
+      const stats = planStats(sample.stdout);
+      if (stats.hashed !== 0) throw new Error(`warm kaos plan re-read ${stats.hashed} files`);
+      if (applied && !/No changes/.test(sample.stdout)) throw new Error(`warm kaos plan is not a no-op:\n${sample.stdout.slice(-800)}`);
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------
 // DVC, from PyPI into a venv kept under bench/.data.
 
@@ -496,15 +512,7 @@ async function scenarioWarmPlan(size, runs, dvc) {
     const statusRepo = dvc.dvc ? dvcStatusRepo(dvc.dvc, files) : undefined;
     const settled = await settle(project);
     const sides = [
-      {
-        name: "kaos plan",
-        run: () => kaos(["plan"], project),
-        check: (sample) => {
-          const stats = planStats(sample.stdout);
-          if (stats.hashed !== 0) throw new Error(`warm kaos plan re-read ${stats.hashed} files`);
-          if (!/No changes/.test(sample.stdout)) throw new Error(`warm kaos plan is not a no-op:\n${sample.stdout.slice(-800)}`);
-        },
-      },
+      warmPlanSide(project, { applied: true }),
       { name: "git status", run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) },
       { name: "node: lstat every file", run: () => measure(process.execPath, ["-e", NODE_WALK_FLOOR, tree], { cwd: tree }) },
       { name: "node -e 0", run: () => measure(process.execPath, ["-e", "0"], { cwd: tree }) },
@@ -1396,15 +1404,7 @@ async function scenarioHugeBundle(size, runs) {
     const settled = await settle(project);
 
     const sides = [
-      {
-        name: "kaos plan",
-        run: () => kaos(["plan"], project),
-        check: (sample) => {
-          const stats = planStats(sample.stdout);
-          if (stats.hashed !== 0) throw new Error(`warm kaos plan re-read ${stats.hashed} files`);
-          if (withUp && !/No changes/.test(sample.stdout)) throw new Error(`warm kaos plan is not a no-op:\n${sample.stdout.slice(-800)}`);
-        },
-      },
+      warmPlanSide(project, { applied: withUp }),
       { name: "node: lstat every file", run: () => measure(process.execPath, ["-e", NODE_WALK_FLOOR, tree], { cwd: tree }) },
     ];
     if (isGit) sides.push({ name: "git status", run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) });
