@@ -1132,23 +1132,23 @@ async function treeFromChanges(
   };
   let next = 0;
   let kept = 0;
-  for (const row of [...changedRows.keys()].sort((a, b) => a - b)) {
-    while (next < added.length && added[next]!.at <= row) {
+  // Cached rows up to `row` (excluded) go in, with the new paths that sort before it.
+  const keepUpTo = (row: number): void => {
+    for (; next < added.length && added[next]!.at <= row; next++) {
       appendRun(runs, { fromPacked: true, first: kept, count: added[next]!.at - kept });
       kept = added[next]!.at;
-      pushFresh(added[next++]!.entry);
+      pushFresh(added[next]!.entry);
     }
     appendRun(runs, { fromPacked: true, first: kept, count: row - kept });
+    kept = row;
+  };
+  for (const row of [...changedRows.keys()].sort((a, b) => a - b)) {
+    keepUpTo(row);
     const update = changedRows.get(row);
     if (update !== null && update !== undefined) pushFresh(update);
     kept = row + 1;
   }
-  for (; next < added.length; next++) {
-    appendRun(runs, { fromPacked: true, first: kept, count: added[next]!.at - kept });
-    kept = added[next]!.at;
-    pushFresh(added[next]!.entry);
-  }
-  appendRun(runs, { fromPacked: true, first: kept, count: packed.count - kept });
+  keepUpTo(packed.count);
   const rows = new StatCacheRows(runs, packed, fresh);
   const { hash, bytes } = digestOfRuns(runs, packed, fresh);
   // Entries kept from the cache were read before its time, new ones after: the
