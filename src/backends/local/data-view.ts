@@ -93,6 +93,11 @@ function unsigned(value: bigint | number): bigint {
   return BigInt.asUintN(64, BigInt(value));
 }
 
+/** Whether a stat cache entry describes the inode, size and modification time a file was found with. */
+function describesStat(entry: StatCacheEntry, stat: { ino: bigint; size: bigint; mtimeNs: bigint }): boolean {
+  return unsigned(entry.ino) === stat.ino && BigInt(entry.size) === stat.size && entry.mtimeNs === stat.mtimeNs;
+}
+
 /**
  * The stat cache a linked bundle takes once its sweep's data checks out, made
  * while the view was sealed: the planned entries in the cache's order, each
@@ -214,13 +219,7 @@ export function sealLinkedView(
     }
     const entry =
       columns !== undefined ? (row < 0 ? undefined : columns.peekAt(row)) : savedAt === undefined ? undefined : cache?.peek(file.path);
-    const same =
-      entry !== undefined &&
-      entry.hash === file.hash &&
-      entry.mode === file.mode &&
-      unsigned(entry.ino) === stat.ino &&
-      BigInt(entry.size) === stat.size &&
-      entry.mtimeNs === stat.mtimeNs;
+    const same = entry !== undefined && entry.hash === file.hash && entry.mode === file.mode && describesStat(entry, stat);
     const trusted = same && unsigned(entry.dev) === viewDevice && isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse);
     if (!trusted && unverified.length < limit && !holdsHash(join(dir, file.path), file.hash)) unverified.push(file.path);
     if (!same) return;
@@ -394,15 +393,7 @@ function refreshedChangeTime(
 ): bigint | undefined {
   const sealed = sealedFileStat(signature);
   const ctimeNs = signature === undefined ? undefined : sealedChangeTime(signature);
-  if (
-    sealed !== undefined &&
-    ctimeNs !== undefined &&
-    entry.mode !== "symlink" &&
-    planned === entry.hash &&
-    unsigned(entry.ino) === sealed.ino &&
-    BigInt(entry.size) === sealed.size &&
-    entry.mtimeNs === sealed.mtimeNs
-  ) {
+  if (sealed !== undefined && ctimeNs !== undefined && entry.mode !== "symlink" && planned === entry.hash && describesStat(entry, sealed)) {
     return ctimeNs;
   }
   return isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse) ? entry.ctimeNs : undefined;
