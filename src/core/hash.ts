@@ -113,6 +113,7 @@ import {
   STATUS_STATTED,
   STATUS_VANISHED,
   WORKER_READY,
+  comparePaths,
   isOutsideRacyWindow,
   type HashJobRequest,
   type PackedColumns,
@@ -1206,14 +1207,6 @@ function sameStats(entry: StatCacheEntry, stats: BigIntStats, mode: TreeFile["mo
     BigInt.asUintN(64, BigInt(entry.dev)) === BigInt.asUintN(64, stats.dev) &&
     isOutsideRacyWindow(stats.mtimeNs, stats.ctimeNs, limits.fine, limits.coarse)
   );
-}
-
-/** Paths in the order of their UTF-8 bytes, the order of the walk and of the cache. */
-function comparePaths(left: string, right: string): number {
-  if (/[\uD800-\uDFFF]/.test(left) || /[\uD800-\uDFFF]/.test(right)) {
-    return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8"));
-  }
-  return left < right ? -1 : left > right ? 1 : 0;
 }
 
 function findRow(packed: PackedStatCache, path: string): number {

@@ -45,6 +45,7 @@ import { noSpaceError, isNoSpace } from "./disk.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { filesOf, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { copyModeFor, type ObjectStore } from "./objects.js";
+import { comparePaths } from "./tree-walk.js";
 
 function listingPath(stateDir: string, treeHash: string): string {
   return join(stateDir, "trees", `${treeHash}.jsonl`);
@@ -602,16 +603,8 @@ export class SealStats implements Iterable<[string, string]> {
 /** Directory entries in the byte order of the paths they lead to: a directory's name sorts as if followed by its "/". */
 function inPathOrder(entries: Dirent[]): Dirent[] {
   const keyed = entries.map((entry) => ({ entry, key: entry.isDirectory() ? `${entry.name}/` : entry.name }));
-  keyed.sort((left, right) => byteOrder(left.key, right.key));
+  keyed.sort((left, right) => comparePaths(left.key, right.key));
   return keyed.map(({ entry }) => entry);
-}
-
-const SURROGATE = /[\uD800-\uDFFF]/;
-
-/** UTF-8 byte order, which is that of JS `<` unless a string holds a surrogate pair. */
-function byteOrder(left: string, right: string): number {
-  if (SURROGATE.test(left) || SURROGATE.test(right)) return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8"));
-  return left < right ? -1 : left > right ? 1 : 0;
 }
 
 /**

@@ -279,6 +279,14 @@ export function sortKeys(keys: string[]): void {
   if (keys.some((key) => /[\uD800-\uDFFF]/.test(key))) keys.sort(compareCodePoints);
 }
 
+/** Paths in the order of their UTF-8 bytes (that of JS `<` unless one holds a surrogate pair): the order of walks and stat caches. */
+export function comparePaths(left: string, right: string): number {
+  if (/[\uD800-\uDFFF]/.test(left) || /[\uD800-\uDFFF]/.test(right)) {
+    return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8"));
+  }
+  return left < right ? -1 : left > right ? 1 : 0;
+}
+
 function compareCodePoints(left: string, right: string): number {
   const a = Array.from(left, (char) => char.codePointAt(0) ?? 0);
   const b = Array.from(right, (char) => char.codePointAt(0) ?? 0);

@@ -27,7 +27,7 @@ import { fileCountOf, filesOf, type StatCacheEntry, type TreeFile, type TreeHash
 import type { ObjectStore } from "../../core/objects.js";
 import { nextClockTick, sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
 import type { StatCacheColumns, StatCacheMap } from "../../core/stat-cache.js";
-import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
+import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, comparePaths, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 
 export type DataViewMode = "reflink" | "link" | "copy";
 
@@ -191,7 +191,7 @@ export function sealLinkedView(
   const meet = (path: string): TreeFile | undefined => {
     if (current.done) return undefined;
     if (current.value.path !== path) {
-      while (!current.done && pathBefore(current.value.path, path)) advance();
+      while (!current.done && comparePaths(current.value.path, path) < 0) advance();
       if (current.done || current.value.path !== path) return undefined;
     }
     met++;
@@ -426,7 +426,7 @@ function refreshedColumns(
   for (let i = 0; i < columns.count; i++) {
     const entry = columns.peekAt(i);
     // Both in path order: the tree's file of this path, if any, is the next one not before it.
-    while (!file.done && pathBefore(file.value.path, entry.path)) {
+    while (!file.done && comparePaths(file.value.path, entry.path) < 0) {
       file = files.next();
       treeFiles++;
     }
@@ -443,13 +443,6 @@ function refreshedColumns(
   }
   if (updated === 0) return null;
   return patchedBlob(columns, changeTimes, treeFiles === columns.count && columns.treeHash === tree.hash);
-}
-
-/** Whether `left` sorts before `right` in the byte order of their UTF-8. */
-function pathBefore(left: string, right: string): boolean {
-  if (/[\uD800-\uDFFF]/.test(left) || /[\uD800-\uDFFF]/.test(right))
-    return Buffer.compare(Buffer.from(left, "utf8"), Buffer.from(right, "utf8")) < 0;
-  return left < right;
 }
 
 function refreshedEntries(
