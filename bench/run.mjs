@@ -23,7 +23,9 @@
  * 7. `kaos plan` of a manifest of 1M lines (sha256 and size given, nothing to
  *    download): time and peak memory / `sha256sum` of the manifest file.
  * 8. the first `kaos up` of a new 20k-file, ~120 MB data bundle / a cold
- *    `kaos plan` of it, `cp -a` and `cp -al` of the tree; and what `.kaos/`
+ *    `kaos plan` of it, alone and plus the floor of a linked view (links
+ *    made and lstat'ed twice by bench/floors/link-view.mjs, on one thread and
+ *    on two), `cp -a` and `cp -al` of the tree; and what `.kaos/`
  *    (environments aside) holds against the data's size.
  * 9. (only with --only 9: it makes a million files once) a local data bundle
  *    of 100k and 1M files: cold plan, first up, warm no-op plan / the Node
@@ -159,6 +161,9 @@ for (let t = 0; t < threads; t++) {
 }
 `;
 
+/** Floors written as scripts of their own, each described in its opening comment. */
+const floorScripts = join(here, "floors");
+
 /** Starting the same jobs from Node with nothing else: the floor of any Node tool's sweep. */
 const NODE_SPAWN_FLOOR = `
 const { spawn } = require("node:child_process");
@@ -268,6 +273,11 @@ function measure(command, args, { cwd, env = childEnv, allowStatus = [0], stdout
     rssMb = undefined;
   }
   return { seconds, rssMb, cpuSeconds, stdout: result.stdout ?? "", stderr: result.stderr ?? "", status: result.status };
+}
+
+/** A side that starts Node and nothing else: the part of every Node floor that is Node's own start-up. */
+function nodeStartSide(cwd) {
+  return { name: "node -e 0", run: () => measure(process.execPath, ["-e", "0"], { cwd }) };
 }
 
 function kaos(args, cwd, options = {}) {
@@ -515,7 +525,7 @@ async function scenarioWarmPlan(size, runs, dvc) {
       warmPlanSide(project, { applied: true }),
       { name: "git status", run: () => measure("git", ["status", "--porcelain"], { cwd: tree }) },
       { name: "node: lstat every file", run: () => measure(process.execPath, ["-e", NODE_WALK_FLOOR, tree], { cwd: tree }) },
-      { name: "node -e 0", run: () => measure(process.execPath, ["-e", "0"], { cwd: tree }) },
+      nodeStartSide(tree),
     ];
     if (statusRepo) {
       sides.push({
@@ -842,7 +852,7 @@ async function jobsProject(count) {
 async function scenarioStartup(size, runs) {
   log("[4] start-up: kaos --help, kaos train list");
   const neutral = tinyData();
-  const node = { name: "node -e 0", run: () => measure(process.execPath, ["-e", "0"], { cwd: neutral }) };
+  const node = nodeStartSide(neutral);
   const [helpSamples, nodeSamples] = interleave(runs * 2, [{ name: "kaos --help", run: () => kaos(["--help"], neutral) }, node]);
   const help = summary(helpSamples);
   const nodeTime = summary(nodeSamples);
@@ -1240,13 +1250,28 @@ async function scenarioFirstUp(size, runs) {
     mkdirSync(copies);
   };
   const [dataBytes] = duBytes([tree]);
+  // The files a plan knows, for the floors: they are given their list, as the up has it from its plan.
+  const paths = join(runRoot, `views-${files}.paths`);
+  writeFileSync(paths, setup("find", [".", "-type", "f", "!", "-name", ".params", "-printf", "%P\\n"], tree));
+  const linkFloor = (threads) => ({
+    name: `node: link and lstat twice, ${threads} thread${threads === 1 ? "" : "s"}`,
+    before: freshCopyTarget,
+    run: () =>
+      measure(process.execPath, [join(floorScripts, "link-view.mjs"), tree, paths, join(copies, "tree"), String(threads)], {
+        cwd: runRoot,
+      }),
+  });
   const sides = [
     { name: "kaos plan (cold)", before: forgetAllButEnvironments, run: () => kaos(["plan"], project, { allowStatus: [0, 2] }) },
     { name: "kaos up (first)", before: forgetAllButEnvironments, run: () => kaos(["up"], project) },
     { name: "cp -a", before: freshCopyTarget, run: () => measure("cp", ["-a", tree, join(copies, "tree")], { cwd: runRoot }) },
     { name: "cp -al", before: freshCopyTarget, run: () => measure("cp", ["-al", tree, join(copies, "tree")], { cwd: runRoot }) },
+    linkFloor(1),
+    linkFloor(2),
+    nodeStartSide(runRoot),
   ];
-  const [plan, up, copy, link] = interleave(runs, sides).map(summary);
+  const [plan, up, copy, link, linkOne, linkTwo, bare] = interleave(runs, sides).map(summary);
+  const fileSystem = setup("stat", ["-f", "-c", "%T", tree], runRoot).trim();
   rmSync(copies, { recursive: true, force: true });
   // The last up ran last or after its plan; lay the state out once more so what is measured is one first up's.
   forgetAllButEnvironments();
@@ -1255,6 +1280,19 @@ async function scenarioFirstUp(size, runs) {
   const [, kaosBytes] = duBytes([tree, kaosDir], ["envs"]);
   const [kaosAlone] = duBytes([kaosDir], ["envs"]);
   const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`;
+  /** The least a first up can cost: the cold plan it makes, then the view linked, sealed and checked by a bare Node script. */
+  const linkFloorRow = (id, threads, floor, how) =>
+    row({
+      id,
+      scenario: `  floor: cold plan + node, link + lstat x2, ${threads}`,
+      kaos: { median: plan.median + floor.median, cpuMedian: plan.cpuMedian + floor.cpuMedian },
+      baseline: { name: "kaos plan (cold)", ...plan },
+      target: "info",
+      notes: [
+        `the floor alone: ${seconds(floor.median)}, ${seconds(floor.cpuMedian)} CPU (mkdir, link, lstat every link and directory twice${how ? `; ${how}` : ""}; a ${fileSystem} file system)`,
+        `without its second Node start-up (node -e 0: ${seconds(bare.median)}): ${((plan.median + floor.median - bare.median) / plan.median).toFixed(2)}x`,
+      ],
+    });
   return [
     row({
       id: "8-up",
@@ -1267,6 +1305,13 @@ async function scenarioFirstUp(size, runs) {
     }),
     row({ id: "8-cp", scenario: "  vs cp -a of the tree", kaos: up, baseline: { name: "cp -a", ...copy }, target: "info" }),
     row({ id: "8-cpl", scenario: "  vs cp -al of the tree", kaos: up, baseline: { name: "cp -al", ...link }, target: "info" }),
+    linkFloorRow("8-floor", "1 thread", linkOne),
+    linkFloorRow(
+      "8-floor-2",
+      "2 threads",
+      linkTwo,
+      `directories split between them: ${(linkTwo.median / linkOne.median).toFixed(2)}x the time on 1 thread, ${(linkTwo.cpuMedian / linkOne.cpuMedian).toFixed(2)}x the CPU`,
+    ),
     {
       ...row({ id: "8-du", scenario: "  .kaos/ without envs / data size", target: "<= 0.20x" }),
       value: `${mb(kaosBytes)} of ${mb(dataBytes)}`,
