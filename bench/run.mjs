@@ -13,7 +13,8 @@
  *    `dvc add --no-commit` (hashing only, as kaos plan);
  * 3. one changed file among 100k: plan time and how many files were re-read;
  * 4. start-up: `kaos --help`, a no-op `kaos up` and `kaos train list --all` over 10k
- *    recorded jobs / `node -e 0`; `kaos train list` (its default page) over
+ *    recorded jobs / `node -e 0`, and the no-op up's own steps alone
+ *    (bench/floors/noop-up.mjs); `kaos train list` (its default page) over
  *    100k recorded jobs, target 0.3 s; the API requests of `kaos ui`'s first
  *    page over the 10k jobs;
  * 5. a 100-job sweep of a trivial train script, parallelism 2 / the script run
@@ -888,7 +889,9 @@ async function scenarioStartup(size, runs) {
   const page = summary(pageSamples);
   // A project already up to date: what every CI step and every watch event pays when nothing changed.
   const noopProject = upProject("noop-up", { data: "tiny" }, { data: neutral });
-  const [upSamples, nodeSamples3] = interleave(runs * 2, [
+  // The floor writes its run record into a copy of the project's state, fresh for every run: kaos's own is never touched.
+  const floorState = join(runRoot, "noop-up-floor");
+  const [upSamples, nodeSamples3, floorSamples] = interleave(runs * 2, [
     {
       name: "kaos up (no-op)",
       run: () => kaos(["up"], noopProject),
@@ -897,9 +900,25 @@ async function scenarioStartup(size, runs) {
       },
     },
     node,
+    {
+      name: "node: a no-op up's own steps",
+      before: () => {
+        rmSync(floorState, { recursive: true, force: true });
+        mkdirSync(floorState);
+        for (const suffix of ["", "-wal"]) {
+          const file = join(noopProject, ".kaos", `state.db${suffix}`);
+          if (existsSync(file)) cpSync(file, join(floorState, `state.db${suffix}`));
+        }
+      },
+      run: () =>
+        measure(process.execPath, [join(floorScripts, "noop-up.mjs"), join(floorState, "state.db"), "kaos.config.ts", "src", neutral], {
+          cwd: noopProject,
+        }),
+    },
   ]);
   const noop = summary(upSamples);
   const node3 = summary(nodeSamples3);
+  const noopFloor = summary(floorSamples);
   return [
     row({
       id: "4-help",
@@ -917,6 +936,16 @@ async function scenarioStartup(size, runs) {
       target: "<= 2.00x",
       pass: noop.median <= 2 * node3.median,
       notes: ["environment built, one job already succeeded: nothing to do"],
+    }),
+    row({
+      id: "4-noop-up-floor",
+      scenario: "  floor: node, a no-op up's own steps",
+      kaos: noopFloor,
+      baseline: { name: "node -e 0", ...node3 },
+      target: "info",
+      notes: [
+        "ES module; node:sqlite on a copy of state.db: a few rows read, the run record written; node:crypto SHA-256 of the config; source and data listed and lstat'ed",
+      ],
     }),
     row({
       id: "4-list",
