@@ -56,10 +56,11 @@ const BUILTIN_IMPORT = /^import\s+(\{[^}]*\}|\*\s+as\s+[\w$]+|[\w$]+)\s+from\s+[
  * Built-ins loaded only when first used. child_process loads net, dgram and
  * the streams, and most commands never start a process (commander imports it
  * for subcommands kaos does not have); fs/promises is needed only by the
- * commands that read a log, hash a single file or talk to a cluster. Their
- * imports must be functions, or a namespace used as `name.fn(...)`.
+ * commands that read a log, hash a single file or talk to a cluster; v8 only
+ * once heavy work is ahead (core/heap.ts). Their imports must be functions, or
+ * a namespace used as `name.fn(...)`.
  */
-const LAZY_BUILTINS = new Set(["node:child_process", "node:fs/promises"]);
+const LAZY_BUILTINS = new Set(["node:child_process", "node:fs/promises", "node:v8"]);
 
 /** `{ a, type B, c as d }` as `[["a", "a"], ["c", "d"]]`: each imported name and its local name. */
 function importedNames(clause) {

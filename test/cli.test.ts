@@ -183,6 +183,16 @@ describe("start-up (built CLI)", () => {
     expect(noop).not.toContain("NativeModule worker_threads");
   });
 
+  it("keeps young generations small for heavy work only: a first up and train list, not a no-op up", async () => {
+    const project = tempProject(trainingProject());
+    // node:v8 is loaded to set the flag (src/core/heap.ts), and only then.
+    const first = await builtinsLoaded(project, ["up"]);
+    expect(first).toContain("NativeModule worker_threads");
+    expect(first).toContain("NativeModule v8");
+    expect(await builtinsLoaded(project, ["up"])).not.toContain("NativeModule v8");
+    expect(await builtinsLoaded(project, ["train", "list"])).toContain("NativeModule v8");
+  });
+
   it("reads a no-op up's code from the command line's own files, not the library's entries", async () => {
     const project = tempProject(trainingProject());
     await runKaosOk(["up"], { cwd: project.dir });

@@ -10,14 +10,6 @@
 import { enableCompileCache, registerHooks } from "node:module";
 import { homedir, platform } from "node:os";
 import { join } from "node:path";
-import { setFlagsFromString } from "node:v8";
-
-// V8 doubles the young generation each time a scavenge finds it full. Walking a
-// million files makes garbage at that pace the whole time, and the young
-// generations of this thread and the hashing threads grew to over 200 MB of
-// memory that only held dead objects; kept at its starting size, scavenges
-// are more frequent but cheaper, and the CPU time is no higher.
-setFlagsFromString("--semi-space-growth-factor=1");
 
 /** The per-user cache folder of the OS, as other tools use it. */
 function userCacheDir(): string {

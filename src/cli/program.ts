@@ -18,6 +18,7 @@ import type * as storage from "./storage.js";
 type OptionsOf<F extends (options: never) => unknown> = Omit<Parameters<F>[0], "config" | "job">;
 import type { DynamicKind, Shell } from "./completion.js";
 import { findConfig, kaosVersion, monitorSocketOf, stateDirOf } from "../core/layout.js";
+import { keepYoungGenerationsSmall } from "../core/heap.js";
 import { EXIT } from "./exit.js";
 import { exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 
@@ -423,8 +424,16 @@ async function reportFailure(error: unknown): Promise<number> {
   return EXIT.failure;
 }
 
+/**
+ * The commands that often have little to do (a no-op `up` or `plan` is every CI
+ * step's fixed cost): they size the heap for heavy work once they meet it.
+ */
+const OFTEN_LIGHT_COMMANDS: ReadonlySet<string> = new Set(["up", "plan"]);
+
 async function run(argv: string[]): Promise<number> {
   exitStatus = EXIT.ok;
+  const first = argv[2];
+  if (first === undefined || !OFTEN_LIGHT_COMMANDS.has(first)) keepYoungGenerationsSmall();
   try {
     await buildProgram(argv).parseAsync(argv);
     return exitStatus;

@@ -101,6 +101,7 @@ import { join, resolve as resolvePath } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import type { Worker } from "node:worker_threads";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { keepYoungGenerationsSmall } from "./heap.js";
 import type { MonitorAnswer, TreeMonitor } from "./monitor.js";
 import {
   ALWAYS_IGNORED,
@@ -385,6 +386,8 @@ export function startHashWorkersFor(cachedFiles: number | undefined): void {
 
 function workersFor(requested: number | undefined): PoolWorker[] {
   const wanted = Math.max(1, Math.floor(requested ?? Math.min(2, availableParallelism())));
+  // Threads walk trees too big, or not yet known, to be small.
+  if (pool.length < wanted) keepYoungGenerationsSmall();
   while (pool.length < wanted) pool.push(startWorker());
   return pool.slice(0, wanted);
 }

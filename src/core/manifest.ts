@@ -25,6 +25,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { keepYoungGenerationsSmall } from "./heap.js";
 import { type FileUrlScope, fileUrlRefusal, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
 
 export interface ManifestEntry {
@@ -195,6 +196,7 @@ export function readManifest(pathOrDir: string): ManifestEntry[] {
  * proportional to its entries' bytes, not to a million objects.
  */
 export function scanManifest(pathOrDir: string): ManifestEntries {
+  keepYoungGenerationsSmall();
   const builder = new EntriesBuilder(pathOrDir);
   try {
     for (const file of manifestFiles(pathOrDir)) builder.readFile(file);
