@@ -173,6 +173,7 @@ describe("start-up (built CLI)", () => {
     expect(help).not.toContain("NativeModule child_process");
     expect(help).not.toContain("NativeModule fs/promises");
     expect(help).not.toContain("NativeModule internal/crypto/webcrypto");
+    expect(help).not.toContain("NativeModule v8");
 
     const noop = await builtinsLoaded(project, ["up"]);
     expect(noop).toContain("NativeModule sqlite");

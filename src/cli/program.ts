@@ -425,15 +425,15 @@ async function reportFailure(error: unknown): Promise<number> {
 }
 
 /**
- * The commands that often have little to do (a no-op `up` or `plan` is every CI
- * step's fixed cost): they size the heap for heavy work once they meet it.
+ * What often has little to do (a no-op `up` or `plan` is every CI step's fixed
+ * cost) or nothing heavy at all (help, the version): the commands size the heap
+ * for heavy work once they meet it.
  */
-const OFTEN_LIGHT_COMMANDS: ReadonlySet<string> = new Set(["up", "plan"]);
+const OFTEN_LIGHT_STARTS: ReadonlySet<string | undefined> = new Set([undefined, "up", "plan", "--help", "-h", "--version", "-V"]);
 
 async function run(argv: string[]): Promise<number> {
   exitStatus = EXIT.ok;
-  const first = argv[2];
-  if (first === undefined || !OFTEN_LIGHT_COMMANDS.has(first)) keepYoungGenerationsSmall();
+  if (!OFTEN_LIGHT_STARTS.has(argv[2])) keepYoungGenerationsSmall();
   try {
     await buildProgram(argv).parseAsync(argv);
     return exitStatus;
