@@ -101,6 +101,35 @@ describe("environments", () => {
     expect(second.packages).toEqual(["kaostiny==1.1"]);
   });
 
+  it("are built again when a requirements file that requirements.txt includes (-r, -c) changes", async () => {
+    const made = project({ requirements: `${OFFLINE}-r base.txt\n` });
+    made.write({ "src/model/base.txt": "-c pins/constraints.txt\nkaostiny\n", "src/model/pins/constraints.txt": "kaostiny==1.0\n" });
+    makeWheel(made.path("src/model/wheels"), "kaosmissing", "1.0");
+    await kaos(made, "up");
+    const first = await trainInfo(made);
+    expect(first.packages).toEqual(["kaosmissing==1.0", "kaostiny==1.0"]);
+
+    // Nested includes are relative to the file that names them, as pip reads them.
+    writeFileSync(made.path("src/model/pins/constraints.txt"), "kaostiny==1.1\n");
+    const plan = JSON.parse((await kaos(made, "plan", "--json")).stdout) as { pipelines: { stages: { build: { action: string } } }[] };
+    expect(plan.pipelines[0]!.stages.build.action).toBe("run");
+    await kaos(made, "up");
+    const second = await trainInfo(made);
+    expect(second.keys.env).not.toBe(first.keys.env);
+    expect(second.packages).toEqual(["kaostiny==1.1"]);
+  });
+
+  it("refuse a requirements file that includes a missing one, naming the file and line, before anything runs", async () => {
+    const made = project({ requirements: `${OFFLINE}-r base.txt\n` });
+    made.write({ "src/model/base.txt": "kaostiny\n--constraint=pins.txt\n" });
+    const result = await runKaos(["up"], { cwd: made.dir });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(
+      `error: ${made.path("src/model/base.txt")}:2: "--constraint=pins.txt" names ${made.path("src/model/pins.txt")}, which is not a file`,
+    );
+    expect(existsSync(made.path(".kaos"))).toBe(false);
+  });
+
   it("refuse a lock line that is not a pin, naming the file and line, before anything runs", async () => {
     const made = project({ requirements: `${OFFLINE}kaostiny\n`, lock: `${OFFLINE}kaostiny>=1.0\n` });
     const result = await runKaos(["up"], { cwd: made.dir });

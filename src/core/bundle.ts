@@ -5,7 +5,7 @@
  * from which the environment is then built.
  */
 import { accessSync, constants, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { KaosError } from "./errors.js";
 
 export interface SourceBundle {
@@ -14,6 +14,8 @@ export interface SourceBundle {
   requirements: string;
   /** `model/requirements.lock`, when the bundle pins its packages. */
   lock: string | undefined;
+  /** The files requirements.txt brings in with `-r` or `-c`, nested ones included: pip reads them too. */
+  includes: string[];
   train: string;
   /** `X.Y` from a `FROM python:X.Y...` line, when the Dockerfile names one. */
   pythonVersion: string | undefined;
@@ -79,7 +81,61 @@ export function validateSourceBundle(dir: string, where: string): SourceBundle {
   if (lockKind === "file") readRequirementsLock(lockPath);
   const dockerText = readFileSync(dockerfile, "utf8");
   const lock = lockKind === "file" ? lockPath : undefined;
-  return { dir, dockerfile, requirements, lock, train, pythonVersion: pythonVersionOf(dockerText) };
+  const includes = requirementsIncludes(requirements);
+  return { dir, dockerfile, requirements, lock, includes, train, pythonVersion: pythonVersionOf(dockerText) };
+}
+
+/** `-r FILE`, `--requirement FILE`, `-c FILE`, `--constraint FILE` (or `=FILE`, or `-rFILE`). */
+const INCLUDE_OPTION = /^(?:-r|--requirement|-c|--constraint)(?:\s*=\s*|\s*)(\S+)$/;
+/** A URL, which pip fetches: its address is in the including file's text, its content is not kaos's to read. */
+const URL_REFERENCE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;
+
+/** The logical lines of a pip requirements file as pip reads them: continuations joined, comments dropped. */
+function requirementLines(text: string): { line: string; number: number }[] {
+  const lines: { line: string; number: number }[] = [];
+  let pending: { line: string; number: number } | undefined;
+  for (const [index, raw] of text.split(/\r?\n/).entries()) {
+    const part = pending === undefined ? { line: raw, number: index + 1 } : { line: `${pending.line}${raw}`, number: pending.number };
+    if (part.line.endsWith("\\")) {
+      pending = { line: part.line.slice(0, -1), number: part.number };
+      continue;
+    }
+    pending = undefined;
+    lines.push({ line: part.line.replace(/(^|\s)#.*$/, "").trim(), number: part.number });
+  }
+  if (pending !== undefined) lines.push({ line: pending.line.replace(/(^|\s)#.*$/, "").trim(), number: pending.number });
+  return lines;
+}
+
+/**
+ * The files a requirements file brings in with `-r` and `-c`, and those they
+ * bring in, each relative to the file that names it as pip resolves them.
+ * They decide what is installed as much as requirements.txt does, so they
+ * belong in the env key. A named file that is missing stops the run with the
+ * file and line that name it.
+ */
+export function requirementsIncludes(requirements: string): string[] {
+  const found: string[] = [];
+  const seen = new Set([resolve(requirements)]);
+  const visit = (file: string): void => {
+    for (const { line, number } of requirementLines(readFileSync(file, "utf8"))) {
+      const target = INCLUDE_OPTION.exec(line)?.[1];
+      if (target === undefined || URL_REFERENCE.test(target)) continue;
+      const path = resolve(dirname(file), target);
+      if (seen.has(path)) continue;
+      if (kind(path) !== "file") {
+        throw new KaosError(
+          "BUNDLE_INVALID",
+          `${file}:${number}: ${JSON.stringify(line)} names ${path}, which is not a file; expected the requirements file it includes`,
+        );
+      }
+      seen.add(path);
+      found.push(path);
+      visit(path);
+    }
+  };
+  visit(requirements);
+  return found;
 }
 
 /** The index options a lock may carry, so that pins can come from a private index or a wheel directory. */

@@ -3,13 +3,13 @@
  * stage and per job whether it runs or is skipped, and why. `kaos plan` prints
  * it, `kaos up` and `kaos watch` execute it; all three build it here.
  *
- *   env key    = H(Dockerfile, requirements.txt, requirements.lock if any, runtime that builds it)
+ *   env key    = H(Dockerfile, requirements.txt, requirements.lock if any, the files requirements.txt includes, runtime that builds it)
  *   source key = tree hash of the source bundle
  *   data key   = tree hash of the data bundle, or H(url, content) of a manifest
  *   job key    = H(env key, source key, data key, canonical JSON of the params)
  */
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, filesOf, firstFiles, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { projectMonitor } from "./monitor.js";
@@ -122,6 +122,8 @@ export function envKeyOf(bundle: SourceBundle, runtime: string): string {
   const parts = ["kaos env v1", readFileSync(bundle.dockerfile, "utf8"), readFileSync(bundle.requirements, "utf8"), runtime];
   // Appended only when there is a lock, so that the environments of bundles without one keep their keys.
   if (bundle.lock !== undefined) parts.push("requirements.lock", readFileSync(bundle.lock, "utf8"));
+  // Likewise the files requirements.txt includes, named as they are inside the bundle so that the key is the same on any machine.
+  for (const include of bundle.includes) parts.push("included", relative(bundle.dir, include), readFileSync(include, "utf8"));
   return hashString(...parts);
 }
 
@@ -352,7 +354,9 @@ async function planPipeline(
     stages.build = {
       action: "run",
       key: envKey,
-      reason: envChanged ? "Dockerfile, requirements.txt, requirements.lock or runtime changed" : "environment not built yet",
+      reason: envChanged
+        ? "Dockerfile, requirements.txt or a file it includes, requirements.lock or runtime changed"
+        : "environment not built yet",
     };
   }
 
@@ -552,7 +556,8 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       );
     }
     const details: string[] = [];
-    if (p.changes.env) details.push("environment: Dockerfile, requirements.txt, requirements.lock or runtime changed");
+    if (p.changes.env)
+      details.push("environment: Dockerfile, requirements.txt or a file it includes, requirements.lock or runtime changed");
     if (p.changes.source) details.push(changeLine("source", p.changes.source));
     if (p.changes.data) details.push(changeLine("data", p.changes.data));
     if (p.manifest) details.push(`manifest: ${p.manifest.entries.count} entries, ${p.manifest.missing} to download`);
