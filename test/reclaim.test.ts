@@ -200,6 +200,23 @@ describe("kaos gc", () => {
     expect(usage.stderr).toContain("--keep-best K and --metric NAME go together");
   });
 
+  it("--keep-best refuses a metric that no job recorded as a number, naming the flag, and removes nothing", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    await twoRuns(made);
+    const before = listTree(made.path(".kaos"), (path) => path.startsWith("state.db"));
+    const gc = (...args: string[]) => runKaos(["gc", "--yes", "--keep-runs", "0", ...args], { cwd: made.dir, env: env(made) });
+    const unknown = await gc("--keep-best", "1", "--metric", "accuracy");
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain(`error: --metric accuracy: no succeeded job has a numeric metric "accuracy"; expected one of: score`);
+    const text = await gc("--keep-best", "1", "--metric", "data");
+    expect(text.code).toBe(1);
+    expect(text.stderr).toContain(
+      `error: --metric data: "data" is a string, not a number, in every succeeded job that has it; expected one of: score`,
+    );
+    expect(listTree(made.path(".kaos"), (path) => path.startsWith("state.db"))).toEqual(before);
+    expect((await trainJobs(made)).filter((job) => job.collectedAt !== null)).toEqual([]);
+  });
+
   it("refuses while a kaos up runs, and removes nothing", async () => {
     const made = project({
       grid: { score: [1] },

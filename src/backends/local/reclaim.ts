@@ -24,9 +24,11 @@ import { join } from "node:path";
 import { mountPointOf, freeBytes } from "../../core/disk.js";
 import { KaosError } from "../../core/errors.js";
 import { MODULE_EXTENSIONS, jobPaths, stacksDirOf, stateDirOf } from "../../core/layout.js";
-import { readMetrics } from "../../core/metrics.js";
+import { displayText, quoteText } from "../../core/format.js";
+import { readMetrics, type MetricValue } from "../../core/metrics.js";
 import { jobKeyOf } from "../../core/plan.js";
 import { loadTreeListing, namesIn, removeTree } from "../../core/snapshot.js";
+import { numericMetricNames } from "../../core/sweep.js";
 import type { JobRecord, StateStore, WriterLock } from "../../core/state.js";
 import { environmentPath } from "./build.js";
 
@@ -281,13 +283,17 @@ function keptJobs(state: StateStore, all: readonly JobRecord[], options: GcOptio
   if (options.keepBest !== undefined) {
     const { count, metric, ascending } = options.keepBest;
     const sweeps = new Map<string, { job: JobRecord; value: number }[]>();
+    const rows: { metrics: Record<string, MetricValue> }[] = [];
     for (const job of all) {
       if (job.stage !== "train" || job.state !== "succeeded" || job.collectedAt !== null) continue;
-      const value = readMetrics(job.outputDir ?? jobPaths(stateDir, job.id).out).values[metric];
+      const metrics = readMetrics(job.outputDir ?? jobPaths(stateDir, job.id).out).values;
+      rows.push({ metrics });
+      const value = metrics[metric];
       if (typeof value !== "number" || Number.isNaN(value)) continue;
       const sweep = `${job.runId}\0${job.pipeline}`;
       sweeps.set(sweep, [...(sweeps.get(sweep) ?? []), { job, value }]);
     }
+    refuseUnrankable(rows, metric);
     for (const members of sweeps.values()) {
       members.sort((a, b) => (ascending ? a.value - b.value : b.value - a.value));
       for (const { job } of members.slice(0, count)) kept.add(job.id);
@@ -302,6 +308,24 @@ function keptJobs(state: StateStore, all: readonly JobRecord[], options: GcOptio
     kept.add(job.id);
   }
   return kept;
+}
+
+/**
+ * A metric that no succeeded job has as a number would keep none of them: a
+ * misspelt name must not turn `--keep-best` into "remove them all".
+ */
+function refuseUnrankable(rows: readonly { metrics: Record<string, MetricValue> }[], metric: string): void {
+  const numeric = numericMetricNames(rows);
+  if (rows.length === 0 || numeric.includes(metric)) return;
+  const found = rows.map((row) => row.metrics[metric]).find((value) => value !== undefined);
+  const why =
+    found === undefined
+      ? `no succeeded job has a numeric metric ${quoteText(metric)}`
+      : `${quoteText(metric)} is a ${typeof found}, not a number, in every succeeded job that has it`;
+  throw new KaosError(
+    "USAGE",
+    `--metric ${displayText(metric)}: ${why}; expected one of: ${numeric.map(displayText).join(", ") || "(none recorded)"}`,
+  );
 }
 
 /**
