@@ -200,11 +200,22 @@ describe("kaos gc", () => {
     expect(usage.stderr).toContain("--keep-best K and --metric NAME go together");
   });
 
-  it("--keep-best refuses a metric that no job recorded as a number, naming the flag, and removes nothing", async () => {
+  it("refuses a flag value it cannot honour (a count that is not one, a metric no job has as a number), naming the flag, and removes nothing", async () => {
     const made = project({ grid: { score: [1, 2] } });
     await twoRuns(made);
     const before = listTree(made.path(".kaos"), (path) => path.startsWith("state.db"));
     const gc = (...args: string[]) => runKaos(["gc", "--yes", "--keep-runs", "0", ...args], { cwd: made.dir, env: env(made) });
+    // An unset shell variable (`--keep-runs "$KEEP"`) is not 0 runs to keep.
+    for (const [flag, value] of [
+      ["--keep-runs", ""],
+      ["--keep-runs", " "],
+      ["--keep-runs", "0x1"],
+      ["--keep-best", "1e0"],
+    ] as const) {
+      const count = await gc(flag, value, ...(flag === "--keep-best" ? ["--metric", "score"] : []));
+      expect(count.code).toBe(1);
+      expect(count.stderr).toContain(`${flag}: expected a whole number, ${flag === "--keep-best" ? 1 : 0} or more, found "${value}"`);
+    }
     const unknown = await gc("--keep-best", "1", "--metric", "accuracy");
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain(`error: --metric accuracy: no succeeded job has a numeric metric "accuracy"; expected one of: score`);

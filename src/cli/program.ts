@@ -38,8 +38,9 @@ function positiveNumber(flag: string) {
 
 function wholeNumber(flag: string, min: number) {
   return (value: string): number => {
-    const number = Number(value);
-    if (!Number.isInteger(number) || number < min) {
+    // Digits only: Number() reads "" and " " as 0 (an unset shell variable), and takes "0x10" and "1e3".
+    const number = /^\d+$/.test(value) ? Number(value) : Number.NaN;
+    if (!Number.isSafeInteger(number) || number < min) {
       throw new InvalidArgumentError(`${flag}: expected a whole number, ${min} or more, found "${value}"`);
     }
     return number;
