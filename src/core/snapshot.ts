@@ -287,9 +287,13 @@ function linkOrCopy(source: string, target: string): void {
 }
 
 /** Removes a laid-out tree: its marker first, so that a removal cut short leaves nothing that looks complete. */
+/** The files beside a laid-out tree that go with it (its completion marker, then its seal's time): `removeTree` removes them first. */
+export function markersOf(dest: string): string[] {
+  return [markerOf(dest), sealedAtFile(dest)];
+}
+
 export function removeTree(dest: string): void {
-  rmSync(markerOf(dest), { force: true });
-  rmSync(sealedAtFile(dest), { force: true });
+  for (const marker of markersOf(dest)) rmSync(marker, { force: true });
   makeWritable(dest);
   rmSync(dest, { recursive: true, force: true });
 }

@@ -27,7 +27,7 @@ import { MODULE_EXTENSIONS, jobPaths, stacksDirOf, stateDirOf } from "../../core
 import { displayText, quoteText } from "../../core/format.js";
 import { readMetrics, type MetricValue } from "../../core/metrics.js";
 import { jobKeyOf } from "../../core/plan.js";
-import { loadTreeListing, namesIn, removeTree } from "../../core/snapshot.js";
+import { loadTreeListing, markersOf, namesIn, removeTree } from "../../core/snapshot.js";
 import { numericMetricNames } from "../../core/sweep.js";
 import type { JobRecord, StateStore, WriterLock } from "../../core/state.js";
 import { environmentPath } from "./build.js";
@@ -411,10 +411,14 @@ function collectLocked(root: string, state: StateStore, options: GcOptions): GcR
   });
 
   const freed = new FreedTally();
-  for (const job of removedJobs) freed.add("jobs", jobPaths(stateDir, job.id).dir);
-  for (const key of removedEnvs) freed.add("environments", environmentPath(envsDir, key));
+  // What removeTree removes: the tree and the markers beside it.
+  const addTree = (kind: StorageKind, dir: string): void => {
+    for (const path of [dir, ...markersOf(dir)]) freed.add(kind, path);
+  };
+  for (const job of removedJobs) addTree("jobs", jobPaths(stateDir, job.id).dir);
+  for (const key of removedEnvs) addTree("environments", environmentPath(envsDir, key));
   for (const name of removedObjects) freed.add("objects", join(objectsRoot, name));
-  for (const dir of viewDirs) freed.add("dataViews", dir);
+  for (const dir of viewDirs) addTree("dataViews", dir);
   for (const hash of removedListings) freed.add("treeListings", join(treesDir, `${hash}.jsonl`));
 
   if (options.apply) {
