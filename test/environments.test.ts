@@ -130,6 +130,34 @@ describe("environments", () => {
     expect(existsSync(made.path(".kaos"))).toBe(false);
   });
 
+  it("refuse a lock that disagrees with requirements.txt (a package it lacks, another exact version), before anything runs", async () => {
+    const made = project({
+      requirements: `${OFFLINE}-r base.txt\n-c pins.txt\nkaostiny[extra] ; python_version < "3"\n`,
+      lock: `${OFFLINE}kaostiny==1.1\n`,
+    });
+    // A constraints file names what may be installed, not what must: only -r files are required.
+    made.write({ "src/model/base.txt": "# ours\nKaosTiny >=1.0\nkaosmissing\n", "src/model/pins.txt": "other==2.0\n" });
+    const lacks = await runKaos(["up"], { cwd: made.dir });
+    expect(lacks.code).toBe(1);
+    expect(lacks.stderr).toContain(
+      `error: ${made.path("src/model/base.txt")}:3: kaosmissing is not pinned in ${made.path("src/model/requirements.lock")}; the environment is built from the lock alone, so it would lack it`,
+    );
+    expect(lacks.stderr).toContain(`hint: update the lock from an environment made from requirements.txt: python -m pip freeze >`);
+
+    writeFileSync(made.path("src/model/base.txt"), "kaostiny==1.0.0\n");
+    const other = await runKaos(["plan"], { cwd: made.dir });
+    expect(other.code).toBe(1);
+    expect(other.stderr).toContain(
+      `error: ${made.path("src/model/base.txt")}:1: "kaostiny==1.0.0" asks for another version than ${made.path("src/model/requirements.lock")}:3 pins (kaostiny==1.1)`,
+    );
+    expect(existsSync(made.path(".kaos"))).toBe(false);
+
+    // The same version written differently agrees.
+    writeFileSync(made.path("src/model/base.txt"), "kaostiny==1.1.0\n");
+    await kaos(made, "up");
+    expect((await trainInfo(made)).packages).toEqual(["kaostiny==1.1"]);
+  });
+
   it("refuse a lock line that is not a pin, naming the file and line, before anything runs", async () => {
     const made = project({ requirements: `${OFFLINE}kaostiny\n`, lock: `${OFFLINE}kaostiny>=1.0\n` });
     const result = await runKaos(["up"], { cwd: made.dir });

@@ -78,15 +78,16 @@ export function validateSourceBundle(dir: string, where: string): SourceBundle {
   if (lockKind !== "missing" && lockKind !== "file") {
     throw new KaosError("BUNDLE_INVALID", `${where}: ${lockPath}: not a file; expected the pinned packages (name==version per line)`);
   }
-  if (lockKind === "file") readRequirementsLock(lockPath);
+  const files = requirementFiles(requirements);
+  if (lockKind === "file") checkLockCovers(files, lockPath, readRequirementsLock(lockPath));
   const dockerText = readFileSync(dockerfile, "utf8");
   const lock = lockKind === "file" ? lockPath : undefined;
-  const includes = requirementsIncludes(requirements);
+  const includes = files.slice(1).map((file) => file.path);
   return { dir, dockerfile, requirements, lock, includes, train, pythonVersion: pythonVersionOf(dockerText) };
 }
 
 /** `-r FILE`, `--requirement FILE`, `-c FILE`, `--constraint FILE` (or `=FILE`, or `-rFILE`). */
-const INCLUDE_OPTION = /^(?:-r|--requirement|-c|--constraint)(?:\s*=\s*|\s*)(\S+)$/;
+const INCLUDE_OPTION = /^(-r|--requirement|-c|--constraint)(?:\s*=\s*|\s*)(\S+)$/;
 /** A URL, which pip fetches: its address is in the including file's text, its content is not kaos's to read. */
 const URL_REFERENCE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;
 
@@ -107,35 +108,98 @@ function requirementLines(text: string): { line: string; number: number }[] {
   return lines;
 }
 
+/** A requirements file and whether pip reads it as constraints (reached through `-c`), which install nothing themselves. */
+interface RequirementFile {
+  path: string;
+  constraints: boolean;
+}
+
 /**
  * The files a requirements file brings in with `-r` and `-c`, and those they
  * bring in, each relative to the file that names it as pip resolves them.
  * They decide what is installed as much as requirements.txt does, so they
  * belong in the env key. A named file that is missing stops the run with the
- * file and line that name it.
+ * file and line that name it. `requirements` comes first, then the included
+ * files in the order pip meets them.
  */
-export function requirementsIncludes(requirements: string): string[] {
-  const found: string[] = [];
-  const seen = new Set([resolve(requirements)]);
-  const visit = (file: string): void => {
-    for (const { line, number } of requirementLines(readFileSync(file, "utf8"))) {
-      const target = INCLUDE_OPTION.exec(line)?.[1];
+function requirementFiles(requirements: string): RequirementFile[] {
+  const files: RequirementFile[] = [{ path: resolve(requirements), constraints: false }];
+  const seen = new Set([files[0]!.path]);
+  const visit = (file: RequirementFile): void => {
+    for (const { line, number } of requirementLines(readFileSync(file.path, "utf8"))) {
+      const match = INCLUDE_OPTION.exec(line);
+      const target = match?.[2];
       if (target === undefined || URL_REFERENCE.test(target)) continue;
-      const path = resolve(dirname(file), target);
+      const path = resolve(dirname(file.path), target);
       if (seen.has(path)) continue;
       if (kind(path) !== "file") {
         throw new KaosError(
           "BUNDLE_INVALID",
-          `${file}:${number}: ${JSON.stringify(line)} names ${path}, which is not a file; expected the requirements file it includes`,
+          `${file.path}:${number}: ${JSON.stringify(line)} names ${path}, which is not a file; expected the requirements file it includes`,
         );
       }
       seen.add(path);
-      found.push(path);
-      visit(path);
+      const included = { path, constraints: file.constraints || match?.[1] === "-c" || match?.[1] === "--constraint" };
+      files.push(included);
+      visit(included);
     }
   };
-  visit(requirements);
-  return found;
+  visit(files[0]!);
+  return files;
+}
+
+/** A requirement line that names a package: the name, extras, then a version specifier, `@ URL`, markers or nothing. */
+const REQUIREMENT = /^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[[^\]]*\])?\s*(?:(@|===?|~=|!=|<=?|>=?)\s*(.*?))?\s*(;.*)?$/;
+/** A plain release number, which compares as numbers with missing parts as zeros (PEP 440: 1.1 == 1.1.0). */
+const RELEASE = /^\d+(?:\.\d+)*$/;
+
+/** Package names compare case-insensitively, with runs of -_. as one (PEP 503). */
+function normalName(name: string): string {
+  return name.toLowerCase().replace(/[-_.]+/g, "-");
+}
+
+function sameRelease(a: string, b: string): boolean {
+  const x = a.split(".").map(Number);
+  const y = b.split(".").map(Number);
+  for (let i = 0; i < Math.max(x.length, y.length); i += 1) if ((x[i] ?? 0) !== (y[i] ?? 0)) return false;
+  return true;
+}
+
+/**
+ * A lock is the whole environment, so one that has fallen behind
+ * requirements.txt (a package added there, or pinned to another version) would
+ * build an environment that is not what requirements.txt says: refused with
+ * the line. Requirements with markers, and paths or URLs without a name, are
+ * left to the lock, as kaos cannot judge them here.
+ */
+function checkLockCovers(files: readonly RequirementFile[], lockPath: string, lock: RequirementsLock): void {
+  const hint = { hint: `update the lock from an environment made from requirements.txt: python -m pip freeze > ${lockPath}` };
+  for (const file of files) {
+    if (file.constraints) continue;
+    for (const { line, number } of requirementLines(readFileSync(file.path, "utf8"))) {
+      if (line === "" || line.startsWith("-")) continue;
+      const match = REQUIREMENT.exec(line);
+      if (match === null || match[4] !== undefined) continue;
+      const [, name = "", operator, version] = match;
+      if (/\.(?:whl|zip|tar\.gz|tgz)$/i.test(name)) continue;
+      const pinned = lock.packages.get(normalName(name));
+      if (pinned === undefined) {
+        throw new KaosError(
+          "BUNDLE_INVALID",
+          `${file.path}:${number}: ${name} is not pinned in ${lockPath}; the environment is built from the lock alone, so it would lack it`,
+          hint,
+        );
+      }
+      if (operator !== "==" || version === undefined || pinned.version === undefined) continue;
+      if (RELEASE.test(version) && RELEASE.test(pinned.version) && !sameRelease(version, pinned.version)) {
+        throw new KaosError(
+          "BUNDLE_INVALID",
+          `${file.path}:${number}: ${JSON.stringify(line)} asks for another version than ${lockPath}:${pinned.line} pins (${pinned.pin})`,
+          hint,
+        );
+      }
+    }
+  }
 }
 
 /** The index options a lock may carry, so that pins can come from a private index or a wheel directory. */
@@ -148,6 +212,8 @@ const LOCK_DIRECT = /^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s+@\s+\S+$/;
 export interface RequirementsLock {
   /** The pinned packages, one requirement line each. */
   pins: string[];
+  /** Each package by its normal name: the line that pins it, and its version (none for `name @ URL`). */
+  packages: Map<string, { line: number; pin: string; version: string | undefined }>;
 }
 
 /**
@@ -159,12 +225,13 @@ export interface RequirementsLock {
 export function readRequirementsLock(path: string): RequirementsLock {
   const text = readFileSync(path, "utf8");
   const pins: string[] = [];
-  const seen = new Map<string, number>();
+  const packages: RequirementsLock["packages"] = new Map();
   const lines = text.split(/\r?\n/);
   for (const [index, raw] of lines.entries()) {
     const line = raw.replace(/(^|\s)#.*$/, "").trim();
     if (line === "" || LOCK_OPTIONS.test(line)) continue;
-    const name = (LOCK_PIN.exec(line) ?? LOCK_DIRECT.exec(line))?.[1];
+    const pin = LOCK_PIN.exec(line);
+    const name = (pin ?? LOCK_DIRECT.exec(line))?.[1];
     if (name === undefined) {
       throw new KaosError(
         "BUNDLE_INVALID",
@@ -172,17 +239,16 @@ export function readRequirementsLock(path: string): RequirementsLock {
         { hint: `write the lock from a working environment: python -m pip freeze > ${path}` },
       );
     }
-    // Package names compare case-insensitively, with runs of -_. as one.
-    const normal = name.toLowerCase().replace(/[-_.]+/g, "-");
-    const earlier = seen.get(normal);
+    const normal = normalName(name);
+    const earlier = packages.get(normal);
     if (earlier !== undefined) {
       throw new KaosError(
         "BUNDLE_INVALID",
-        `${path}:${index + 1}: ${name} is pinned twice (first at line ${earlier}); expected one pin per package`,
+        `${path}:${index + 1}: ${name} is pinned twice (first at line ${earlier.line}); expected one pin per package`,
       );
     }
-    seen.set(normal, index + 1);
+    packages.set(normal, { line: index + 1, pin: line, version: pin?.[2] });
     pins.push(line);
   }
-  return { pins };
+  return { pins, packages };
 }
