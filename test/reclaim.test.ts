@@ -232,6 +232,18 @@ describe("kaos gc", () => {
     expect(usage.stderr).toContain("--keep-best K and --metric NAME go together");
   });
 
+  it("in a project that never ran has nothing to take, and makes no .kaos/ to say so", async () => {
+    const made = project({ grid: { score: [1] } });
+    for (const args of [[], ["--yes"]]) {
+      const result = await kaosJson<GcJson>(made, "gc", ...args);
+      expect(result.applied).toBe(args.length > 0);
+      expect(result.freedBytes).toBe(0);
+      expect(result.jobs).toEqual([]);
+    }
+    expect((await kaos(made, "gc")).stdout).toMatch(/^would free 0 B \(a dry run/);
+    expect(existsSync(made.path(".kaos"))).toBe(false);
+  });
+
   it("refuses a flag value it cannot honour (a count that is not one, a metric no job has as a number), naming the flag, and removes nothing", async () => {
     const made = project({ grid: { score: [1, 2] } });
     await twoRuns(made);

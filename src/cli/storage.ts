@@ -2,13 +2,20 @@
  * `kaos du` and `kaos gc`: what `.kaos/` holds, and taking back what nothing
  * needs. The counting and the removing are in backends/local/reclaim.ts.
  */
-import { existsSync } from "node:fs";
+import { existsSync, lstatSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { KaosError } from "../core/errors.js";
 import { displayText, formatBytes } from "../core/format.js";
 import { findConfig, stateDirOf } from "../core/layout.js";
 import { StateStore } from "../core/state.js";
-import { collectGarbage, measureStorage, type GcResult, type KindUsage, type StorageKind } from "../backends/local/reclaim.js";
+import {
+  collectGarbage,
+  measureStorage,
+  nothingCollected,
+  type GcResult,
+  type KindUsage,
+  type StorageKind,
+} from "../backends/local/reclaim.js";
 import { EXIT } from "./exit.js";
 import { printJson, table } from "./output.js";
 
@@ -115,6 +122,14 @@ export async function gcCommand(
   if (options.asc && options.metric === undefined)
     throw new KaosError("USAGE", "--asc orders by --metric: give --keep-best K --metric NAME");
   const root = projectRoot(options);
+  const print = (result: GcResult): number => {
+    if (options.json) printJson(result);
+    else process.stdout.write(`${gcText(result)}\n`);
+    return EXIT.ok;
+  };
+  // Nothing was ever recorded here, so nothing is kaos's to take; opening the store to say so would make `.kaos/`.
+  // (A `.kaos` link whose target is gone is there: the store names its target.)
+  if (lstatSync(stateDirOf(root), { throwIfNoEntry: false }) === undefined) return print(nothingCollected(options.yes === true));
   const state = StateStore.open(root);
   try {
     const result = collectGarbage(root, state, {
@@ -127,9 +142,7 @@ export async function gcCommand(
         if (!options.json) process.stderr.write(`marked ${jobs} job${jobs === 1 ? "" : "s"} collected; removing files\n`);
       },
     });
-    if (options.json) printJson(result);
-    else process.stdout.write(`${gcText(result)}\n`);
-    return EXIT.ok;
+    return print(result);
   } finally {
     state.close();
   }

@@ -461,6 +461,21 @@ function collectLocked(root: string, state: StateStore, options: GcOptions): GcR
   return result;
 }
 
+/** What a gc takes where nothing was ever recorded. */
+export function nothingCollected(applied: boolean): GcResult {
+  const none = (): KindUsage => ({ entries: 0, bytes: 0 });
+  return {
+    applied,
+    kept: { jobs: 0, environments: 0, dataViews: 0, treeListings: 0, objects: 0 },
+    freed: { jobs: none(), environments: none(), objects: none(), dataViews: none(), treeListings: none() },
+    freedBytes: 0,
+    jobs: [],
+    environments: [],
+    dataViews: [],
+    treeListings: [],
+  };
+}
+
 /** An environment stops being ready (its marker goes) before its files do, so a removal cut short is built again. */
 function removeEnvironment(dir: string): void {
   rmSync(join(dir, ".kaos-complete"), { force: true });
