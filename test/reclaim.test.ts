@@ -232,6 +232,32 @@ describe("kaos gc", () => {
     expect(usage.stderr).toContain("--keep-best K and --metric NAME go together");
   });
 
+  it("--keep-best ranks a grid grown over two runs as one sweep, and a new data version as another", async () => {
+    const made = project({ grid: { score: [3, 1] } });
+    await kaos(made, "up");
+    writeFileSync(made.path("grid.json"), JSON.stringify({ score: [3, 1, 4, 2] }));
+    const second = await kaosJson<{ pipelines: { jobs: { reused: boolean }[] }[] }>(made, "up");
+    expect(second.pipelines[0]!.jobs.map((job) => job.reused)).toEqual([true, true, false, false]);
+    const grown = await trainJobs(made);
+    writeFileSync(made.path("data/value.txt"), "v2");
+    await kaos(made, "up");
+    const idOf = (score: number) => grown.find((job) => job.params.score === score)!.id;
+    const removed = (await kaosJson<GcJson>(made, "gc", "--keep-runs", "0", "--keep-best", "1", "--metric", "score")).jobs
+      .map((job) => job.id)
+      .sort();
+    // The best of the four on data v1 is kept, wherever it was trained; the applied sweep on v2 is kept whole.
+    expect(removed).toEqual([idOf(1), idOf(2), idOf(3)].sort());
+  });
+
+  it("--keep-runs counts the runs that ran a job: no-op ups push no experiment out", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    const { old } = await twoRuns(made);
+    for (let i = 0; i < 3; i++) expect((await kaos(made, "up")).stderr).toContain("nothing to do");
+    expect((await kaosJson<GcJson>(made, "gc", "--keep-runs", "2")).jobs).toEqual([]);
+    const removed = (await kaosJson<GcJson>(made, "gc", "--keep-runs", "1")).jobs.map((job) => job.id).sort();
+    expect(removed).toEqual(old.map((job) => job.id).sort());
+  });
+
   it("in a project that never ran has nothing to take, and makes no .kaos/ to say so", async () => {
     const made = project({ grid: { score: [1] } });
     for (const args of [[], ["--yes"]]) {

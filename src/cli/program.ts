@@ -376,7 +376,7 @@ function buildProgram(argv?: readonly string[]): Command {
       .description("remove what no stack's next `kaos up` reuses and nothing asks to keep (a dry run unless --yes)")
       .option("--dry-run", "only tell what would be removed (the default)")
       .option("--yes", "remove it")
-      .option("--keep-runs <n>", "keep everything of the last N runs", wholeNumber("--keep-runs", 0), 1)
+      .option("--keep-runs <n>", "keep everything of the last N runs that ran a job", wholeNumber("--keep-runs", 0), 1)
       .option("--keep-best <k>", "keep the best K succeeded jobs of each sweep by --metric", wholeNumber("--keep-best", 1))
       .option("--metric <name>", "the metric --keep-best ranks by (highest first)")
       .option("--asc", "with --keep-best: lowest first (a loss)")

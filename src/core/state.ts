@@ -901,6 +901,19 @@ export class StateStore {
     return rows.map((row) => row.id);
   }
 
+  /**
+   * The ids of the `count` most recent runs that recorded a job of their own
+   * (built, trained or ingested something, or tried to): a run that found
+   * everything up to date, as most CI steps and watch events do, made nothing to keep.
+   */
+  recentRunsWithJobs(count: number): string[] {
+    if (this.db === null || count <= 0) return [];
+    const rows = this.stmt(
+      "SELECT id FROM runs WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.run_id = runs.id) ORDER BY started_at DESC, rowid DESC LIMIT ?",
+    ).all(count) as { id: string }[];
+    return rows.map((row) => row.id);
+  }
+
   /** Every stack this store has heard of: applied, run, or locked. */
   knownStacks(): string[] {
     if (this.db === null) return [];

@@ -195,7 +195,7 @@ function objectNames(stateDir: string): string[] {
 }
 
 export interface GcOptions {
-  /** Keep every job of this many most recent runs. */
+  /** Keep every job of this many most recent runs that recorded jobs (a run that found everything up to date is not counted). */
   keepRuns: number;
   /** Keep the best `count` succeeded jobs of each sweep by `metric` (highest first unless `ascending`). */
   keepBest?: { count: number; metric: string; ascending: boolean };
@@ -276,7 +276,7 @@ function keptJobs(state: StateStore, all: readonly JobRecord[], options: GcOptio
       }
     }
   }
-  const recent = new Set(state.recentRuns(options.keepRuns));
+  const recent = new Set(state.recentRunsWithJobs(options.keepRuns));
   for (const job of all) {
     if (recent.has(job.runId) || job.state === "queued" || job.state === "running") kept.add(job.id);
   }
@@ -290,7 +290,8 @@ function keptJobs(state: StateStore, all: readonly JobRecord[], options: GcOptio
       rows.push({ metrics });
       const value = metrics[metric];
       if (typeof value !== "number" || Number.isNaN(value)) continue;
-      const sweep = `${job.runId}\0${job.pipeline}`;
+      // One grid of a stack over the same environment, code and data, however many runs trained it (a grid grown by a value).
+      const sweep = [job.stack, job.pipeline, job.envKey, job.sourceKey, job.dataKey].join("\0");
       sweeps.set(sweep, [...(sweeps.get(sweep) ?? []), { job, value }]);
     }
     refuseUnrankable(rows, metric);
