@@ -206,7 +206,26 @@ describe("config validation names the file, line, key path, bad value and what i
     const notJson = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "bad.json",`), {
       "bad.json": "{degree: 3}",
     });
-    expect(notJson.message).toContain(`bad.json: not valid JSON (`);
+    expect(notJson.message).toContain(
+      `bad.json:1:2: not valid JSON: found degree; expected a JSON value (keys and strings take double quotes; NaN and comments are not JSON)`,
+    );
+  });
+
+  it("a hyperparams file that is not JSON, with the line and column of the mistake", async () => {
+    // JSON.parse says only "Unexpected token '}'" for a trailing comma: nothing to find it by in a long file.
+    const trailing = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "grid.json",`), {
+      "grid.json": '{\n  "degree": [3, 5],\n  "kernel": ["linear", "poly",]\n}\n',
+    });
+    const grid = trailing.file.replace("kaos.config.ts", "grid.json");
+    expect(trailing.message).toBe(
+      `invalid config\n${trailing.file}:7: pipelines.svm.hyperparams: ${grid}:3:31: not valid JSON: found ]; expected a value (JSON allows no comma after the last item)`,
+    );
+    const missingComma = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: "grid.json",`), {
+      "grid.json": '{\n  "degree": [3, 5]\n  "kernel": "poly"\n}\n',
+    });
+    expect(missingComma.message).toContain(
+      `${missingComma.file.replace("kaos.config.ts", "grid.json")}:3:3: not valid JSON: found "kernel"; expected ',' before the next entry`,
+    );
   });
 
   it("an empty list of candidates", async () => {

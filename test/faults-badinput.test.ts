@@ -232,7 +232,7 @@ const catalogue: Record<string, Case[]> = {
       files: { "grid.json": "{nope" },
       args: ["up"],
       message:
-        "pipelines.p.hyperparams: {dir}/grid.json: not valid JSON (Expected property name or '}' in JSON at position 1 (line 1 column 2)); expected an object of scalars and lists",
+        "pipelines.p.hyperparams: {dir}/grid.json:1:2: not valid JSON: found nope; expected a JSON value (keys and strings take double quotes; NaN and comments are not JSON)",
     },
     {
       name: "hyperparams file is a string",
@@ -790,7 +790,7 @@ const catalogue: Record<string, Case[]> = {
       name: "plan --detailed-exitcode on a bad config still exits 1",
       files: { "grid.json": "{" },
       args: ["plan", "--detailed-exitcode", "--json"],
-      message: "pipelines.p.hyperparams: {dir}/grid.json: not valid JSON",
+      message: "pipelines.p.hyperparams: {dir}/grid.json:1:2: not valid JSON: expected '}' to close the object",
     },
   ],
 };

@@ -82,7 +82,7 @@ function checkFile(path: string): "missing" | "dir" | "ok" {
 /** Validates a loaded config value and resolves its paths against the config's directory. */
 export async function resolveConfig(value: unknown, file: string): Promise<ResolvedConfig> {
   const { validateConfig } = await import("./config-schema.js");
-  return resolveParsedConfig(validateConfig(value, file), file);
+  return await resolveParsedConfig(validateConfig(value, file), file);
 }
 
 /**
@@ -90,7 +90,7 @@ export async function resolveConfig(value: unknown, file: string): Promise<Resol
  * checks what they name. Not kept in the config cache: the directories and the
  * hyperparameter file are looked at on every load.
  */
-function resolveParsedConfig(config: ParsedConfig, file: string): ResolvedConfig {
+async function resolveParsedConfig(config: ParsedConfig, file: string): Promise<ResolvedConfig> {
   const root = dirname(file);
   let source: string | undefined;
   try {
@@ -138,11 +138,20 @@ function resolveParsedConfig(config: ParsedConfig, file: string): ResolvedConfig
           `${state === "missing" ? "no such file" : "is a directory"}: ${hyperparamsFile}; expected a JSON file holding an object of scalars and lists`,
         );
       } else {
+        let text: string | undefined;
         try {
-          hyperparams = parseSpaceJson(readFileSync(hyperparamsFile, "utf8"), hyperparamsFile);
+          text = readFileSync(hyperparamsFile, "utf8");
+          hyperparams = parseSpaceJson(text, hyperparamsFile);
         } catch (error) {
-          if (error instanceof SyntaxError) {
-            problem(at("hyperparams"), `${hyperparamsFile}: not valid JSON (${error.message}); expected an object of scalars and lists`);
+          if (error instanceof SyntaxError && text !== undefined) {
+            const { jsonSyntaxProblem } = await import("./json-syntax.js");
+            const syntax = jsonSyntaxProblem(text);
+            problem(
+              at("hyperparams"),
+              syntax === undefined
+                ? `${hyperparamsFile}: not valid JSON (${error.message}); expected an object of scalars and lists`
+                : `${hyperparamsFile}:${syntax.line}:${syntax.column}: not valid JSON: ${syntax.detail}`,
+            );
           } else {
             problem(at("hyperparams"), describeError(error));
           }
@@ -239,7 +248,7 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
     const { validateConfig } = await import("./config-schema.js");
     return validateConfig(value, configFile);
   });
-  return resolveParsedConfig(parsed, configFile);
+  return await resolveParsedConfig(parsed, configFile);
 }
 
 /** The built-in stack used when `--stack` is not given. */
