@@ -765,6 +765,12 @@ const catalogue: Record<string, Case[]> = {
       message: "error: {dir}/taken already exists and is not empty; expected a new or empty directory",
     },
     {
+      name: "get into a file",
+      files: { "taken.txt": "x" },
+      args: (ids) => ["train", "get", ids.train, "-o", "taken.txt"],
+      message: "error: {dir}/taken.txt is a file; expected a new or empty directory",
+    },
+    {
       name: "kill of a finished job",
       args: (ids) => ["train", "kill", ids.train],
       message: (ids) => `error: job ${ids.train} is succeeded; only a queued or running job can be killed`,
