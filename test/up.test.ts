@@ -362,12 +362,13 @@ syncBuiltinESMExports();
     expect(train.map((job) => job.state).sort()).toEqual(["cancelled", "succeeded"]);
     for (const file of readdirSync(made.path("pids"))) expect(pidAlive(Number(readFileSync(made.path("pids", file), "utf8")))).toBe(false);
     const plan = JSON.parse((await kaos(made, ["plan", "--json"])).stdout) as {
-      pipelines: { jobs: { action: string; params: { sleep: number } }[] }[];
+      pipelines: { jobs: { action: string; reason: string; params: { sleep: number } }[] }[];
     };
     expect(plan.pipelines[0]?.jobs.map((job) => [job.params.sleep, job.action])).toEqual([
       [0, "skip"],
       [30, "run"],
     ]);
+    expect(plan.pipelines[0]?.jobs[1]?.reason).toBe("previous attempt cancelled");
   });
 
   it("logs -f follows a running job until it ends", async () => {

@@ -380,6 +380,8 @@ async function planPipeline(
       else if (key === null) reason = "data key known after ingest";
       else if (applied !== undefined && !previous.has(canonical)) reason = "new combination";
       else if (key !== null && state.lastFailed("train", key)) reason = "previous attempt failed";
+      // Ctrl-C, `kaos train kill` or a stopped watch: the combination ran, so "never ran" would mislead.
+      else if (key !== null && state.lastCancelled("train", key)) reason = "previous attempt cancelled";
       else reason = applied === undefined ? "never ran" : (inputReason ?? "never ran");
       return { index, key, params, paramsKey, action: "run", reason, reuse: undefined };
     }),

@@ -829,6 +829,10 @@ export class StateStore {
     return this.latestInState(stage, key, "failed");
   }
 
+  lastCancelled(stage: Stage, key: string): JobRecord | undefined {
+    return this.latestInState(stage, key, "cancelled");
+  }
+
   /**
    * The job recorded last (whichever run, whatever its state) for each of
    * `keys` that has one, by key: what the grid's combinations stand at now.
