@@ -112,3 +112,29 @@ describe("per-step metrics (OUT/metrics/*.jsonl)", () => {
     expect(readMetrics(dir)).toEqual({ values: {}, skipped: [] });
   });
 });
+
+describe("NaN and infinities, as Python's json module writes them", () => {
+  // json.dump({"loss": float("nan")}) writes `NaN`, which is not JSON: a diverged run must not lose its other metrics.
+  it("skips only the values that are not finite, naming each, and keeps the rest of the file or line", () => {
+    const dir = outDir({
+      "final.json": '{"acc": 0.5, "loss": NaN, "val": {"loss": -Infinity, "note": "NaN stays a string"}, "gap": Infinity}\n',
+      "curve.jsonl": '{"step": 1, "loss": 0.7}\n{"step": 2, "loss": NaN, "acc": 0.6}\n{"step": NaN, "loss": 0.1}\n',
+    });
+    expect(readMetrics(dir)).toEqual({
+      values: { acc: 0.5, "val.note": "NaN stays a string" },
+      skipped: [
+        { file: "metrics/final.json", key: "loss", reason: "NaN; expected a finite number" },
+        { file: "metrics/final.json", key: "val.loss", reason: "-Infinity; expected a finite number" },
+        { file: "metrics/final.json", key: "gap", reason: "Infinity; expected a finite number" },
+        { file: "metrics/curve.jsonl:2", key: "loss", reason: "NaN; expected a finite number" },
+        { file: "metrics/curve.jsonl:3", key: "step", reason: "NaN; expected a whole number, 0 or more (the line is skipped)" },
+      ],
+    });
+    expect(readMetricSeries(dir).series).toEqual({ loss: [{ step: 1, value: 0.7 }], acc: [{ step: 2, value: 0.6 }] });
+  });
+
+  it("still skips a file that is not JSON for another reason", () => {
+    const dir = outDir({ "final.json": "{acc: NaN}\n" });
+    expect(readMetrics(dir).skipped).toEqual([{ file: "metrics/final.json", reason: expect.stringMatching(/^not valid JSON \(/) }]);
+  });
+});

@@ -37,7 +37,42 @@ export interface JobMetrics {
   skipped: SkippedMetric[];
 }
 
+/**
+ * Python's json module writes float("nan") and the infinities as bare `NaN`,
+ * `Infinity` and `-Infinity`, which JSON has not: a run whose loss diverged
+ * would lose every metric of its file. Such a text is read with each of them
+ * in place of a marked string, so that only those values are skipped.
+ */
+const NON_FINITE_TOKEN = /"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)/g;
+const NON_FINITE_MARK = "\u0000kaos non-finite ";
+
+function parseMetricsJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (error) {
+    let found = false;
+    const marked = text.replace(NON_FINITE_TOKEN, (match, token: string | undefined) => {
+      if (token === undefined) return match;
+      found = true;
+      return JSON.stringify(`${NON_FINITE_MARK}${token}`);
+    });
+    if (!found) throw error;
+    try {
+      return JSON.parse(marked) as unknown;
+    } catch {
+      throw error;
+    }
+  }
+}
+
+/** `NaN`, `Infinity` or `-Infinity` where the text had it, else undefined. */
+function nonFinite(value: unknown): string | undefined {
+  return typeof value === "string" && value.startsWith(NON_FINITE_MARK) ? value.slice(NON_FINITE_MARK.length) : undefined;
+}
+
 function kindOf(value: unknown): string {
+  const token = nonFinite(value);
+  if (token !== undefined) return token;
   if (Array.isArray(value)) return "a list";
   if (value === null) return "null";
   return typeof value === "object" ? "an object" : `a ${typeof value}`;
@@ -48,14 +83,24 @@ function setMetric(values: Record<string, MetricValue>, key: string, value: Metr
   Object.defineProperty(values, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
-function flatten(value: Record<string, unknown>, prefix: string, depth: number, file: string, metrics: JobMetrics): void {
+function flatten(
+  value: Record<string, unknown>,
+  prefix: string,
+  depth: number,
+  file: string,
+  metrics: JobMetrics,
+  given: Set<string>,
+): void {
   for (const [name, item] of Object.entries(value)) {
     const key = `${prefix}${name}`;
-    if (typeof item === "number" || typeof item === "string" || typeof item === "boolean") {
+    if (nonFinite(item) !== undefined) {
+      given.add(key);
+      metrics.skipped.push({ file, key, reason: `${kindOf(item)}; expected a finite number` });
+    } else if (typeof item === "number" || typeof item === "string" || typeof item === "boolean") {
       setMetric(metrics.values, key, item);
     } else if (typeof item === "object" && item !== null && !Array.isArray(item)) {
       if (depth >= MAX_DEPTH) metrics.skipped.push({ file, key, reason: `nested deeper than ${MAX_DEPTH} levels` });
-      else flatten(item as Record<string, unknown>, `${key}.`, depth + 1, file, metrics);
+      else flatten(item as Record<string, unknown>, `${key}.`, depth + 1, file, metrics, given);
     } else {
       metrics.skipped.push({ file, key, reason: `${kindOf(item)}; expected a number (or a string, a boolean, an object of them)` });
     }
@@ -124,7 +169,13 @@ export interface MetricSeries {
  * taken as half-written and left for the next read.
  */
 export function readMetricSeries(outDir: string): MetricSeries {
-  const result: MetricSeries = { series: {}, skipped: [] };
+  const { series, skipped } = readSeries(outDir);
+  return { series, skipped };
+}
+
+/** The series, and the fields whose last value written was not finite: no earlier value may stand for them. */
+function readSeries(outDir: string): MetricSeries & { endsNonFinite: Set<string> } {
+  const result: MetricSeries & { endsNonFinite: Set<string> } = { series: {}, skipped: [], endsNonFinite: new Set() };
   // A Map, as field names are the script's: `__proto__` is a field like any other.
   const series = new Map<string, MetricPoint[]>();
   for (const name of metricFiles(outDir, ".jsonl")) {
@@ -149,7 +200,7 @@ export function readMetricSeries(outDir: string): MetricSeries {
       const at = `${file}:${index + 1}`;
       let value: unknown;
       try {
-        value = JSON.parse(text) as unknown;
+        value = parseMetricsJson(text);
       } catch (error) {
         if (!(last && !complete)) skip({ file: at, reason: `not valid JSON (${describeError(error)})` });
         return;
@@ -171,7 +222,11 @@ export function readMetricSeries(outDir: string): MetricSeries {
       }
       for (const [key, item] of Object.entries(record)) {
         if (key === "step") continue;
-        if (typeof item === "number") {
+        if (nonFinite(item) !== undefined) {
+          result.endsNonFinite.add(key);
+          skip({ file: at, key, reason: `${kindOf(item)}; expected a finite number` });
+        } else if (typeof item === "number") {
+          result.endsNonFinite.delete(key);
           let points = series.get(key);
           if (points === undefined) {
             points = [];
@@ -197,6 +252,8 @@ export function readMetricSeries(outDir: string): MetricSeries {
  */
 export function readMetrics(outDir: string): JobMetrics {
   const metrics: JobMetrics = { values: {}, skipped: [] };
+  // Names a .json file gave as NaN or an infinity: an earlier value of a series must not stand for them.
+  const given = new Set<string>();
   for (const name of metricFiles(outDir, ".json")) {
     const file = `metrics/${name}`;
     const read = readRegularFile(join(outDir, "metrics", name), MAX_METRICS_FILE_BYTES);
@@ -206,7 +263,7 @@ export function readMetrics(outDir: string): JobMetrics {
     }
     let value: unknown;
     try {
-      value = JSON.parse(read.text) as unknown;
+      value = parseMetricsJson(read.text);
     } catch (error) {
       metrics.skipped.push({ file, reason: `not valid JSON (${describeError(error)})` });
       continue;
@@ -215,12 +272,14 @@ export function readMetrics(outDir: string): JobMetrics {
       metrics.skipped.push({ file, reason: `${kindOf(value)}; expected an object of metrics such as {"accuracy": 0.9}` });
       continue;
     }
-    flatten(value as Record<string, unknown>, "", 1, file, metrics);
+    flatten(value as Record<string, unknown>, "", 1, file, metrics, given);
   }
-  const { series, skipped } = readMetricSeries(outDir);
+  const { series, skipped, endsNonFinite } = readSeries(outDir);
   for (const [key, points] of Object.entries(series)) {
     const last = points[points.length - 1];
-    if (last !== undefined && !Object.hasOwn(metrics.values, key)) setMetric(metrics.values, key, last.value);
+    if (last !== undefined && !Object.hasOwn(metrics.values, key) && !given.has(key) && !endsNonFinite.has(key)) {
+      setMetric(metrics.values, key, last.value);
+    }
   }
   metrics.skipped.push(...skipped);
   return metrics;
