@@ -267,6 +267,20 @@ describe("ingest over HTTP", () => {
     expect(sha256(fs.readFileSync(path.join(ws.dataDir, "big.bin")))).toBe(sha256OfGenerated(size, 3));
   });
 
+  it("does not resume in a later run bytes vouched for by a weak ETag alone, which If-Range cannot check", async () => {
+    const size = 2 * 1024 * 1024;
+    const srv = await serve({ "/big": { generated: { size, seed: 3 }, etag: 'W/"v1"', dropAfterBytes: 700_000 } });
+    const ws = workspace([{ url: `${srv.url}/big`, path: "big.bin" }]);
+    const error = await runFailing(ws, { retries: 0 });
+    expect(error.message).toContain("the connection closed");
+    // The content changes before the next run: a resumed transfer would stitch two versions together.
+    srv.route("/big", { generated: { size, seed: 4 }, etag: 'W/"v2"' });
+    await run(ws);
+    expect(srv.requests.map((r) => r.headers.range)).toEqual([undefined, undefined]);
+    expect(sha256(fs.readFileSync(path.join(ws.dataDir, "big.bin")))).toBe(sha256OfGenerated(size, 4));
+    expect(readLock(ws.manifest)?.entries["big.bin"]?.sha256).toBe(sha256OfGenerated(size, 4));
+  });
+
   it("starts over when the server ignores Range", async () => {
     const size = 1024 * 1024;
     const srv = await serve({ "/plain": { generated: { size, seed: 5 }, range: false, dropAfterBytes: 400_000 } });

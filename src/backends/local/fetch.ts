@@ -69,6 +69,15 @@ export interface Validators {
   lastModified?: string;
 }
 
+/**
+ * Whether a later request can ask the server to resume only if the content is
+ * still the one these bytes came from (If-Range): a weak ETag cannot be used
+ * there (RFC 9110), so bytes vouched for by one alone may be another version's.
+ */
+function canValidateResume(validators: Validators): boolean {
+  return (validators.etag !== undefined && !validators.etag.startsWith("W/")) || validators.lastModified !== undefined;
+}
+
 /** Transfers of the same partial file in this process wait for each other. */
 const partialLocks = new Map<string, Promise<void>>();
 
@@ -141,12 +150,13 @@ class PartialFile {
     } catch {
       meta = undefined;
     }
-    if (meta?.url === url && (typeof meta.etag === "string" || typeof meta.lastModified === "string")) {
-      if (typeof meta.etag === "string") part.validators.etag = meta.etag;
-      if (typeof meta.lastModified === "string") part.validators.lastModified = meta.lastModified;
+    if (typeof meta?.etag === "string") part.validators.etag = meta.etag;
+    if (typeof meta?.lastModified === "string") part.validators.lastModified = meta.lastModified;
+    if (meta?.url === url && canValidateResume(part.validators)) {
       part.offset = await sha256Prefix(file, size, part.hash);
       part.resumed = true;
     } else {
+      part.validators = {};
       fs.ftruncateSync(fd, 0);
     }
     return part;
@@ -178,7 +188,7 @@ class PartialFile {
   }
 
   private saveMeta(): void {
-    if (this.validators.etag === undefined && this.validators.lastModified === undefined) return;
+    if (!canValidateResume(this.validators)) return;
     fs.writeFileSync(this.metaFile, JSON.stringify({ url: this.url, ...this.validators }));
   }
 
@@ -195,7 +205,7 @@ class PartialFile {
   /** Keeps the bytes for a later process only when it could validate them. */
   closeAfterFailure(keep: boolean): void {
     this.close();
-    if (keep && this.offset > 0 && (this.validators.etag !== undefined || this.validators.lastModified !== undefined)) {
+    if (keep && this.offset > 0 && canValidateResume(this.validators)) {
       this.saveMeta();
     } else {
       this.discard();
