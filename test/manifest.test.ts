@@ -85,6 +85,16 @@ describe("readManifest", () => {
     ]);
   });
 
+  it("names a link to nothing in a manifest directory instead of failing on it", () => {
+    const dir = path.join(root, "manifests");
+    manifestFile(`{"url": "https://x/1", "path": "one"}\n`, "manifests/a_part");
+    fs.symlinkSync("gone", path.join(dir, "b_part"));
+    expect(() => readManifest(dir)).toThrow(KaosError);
+    expect(() => readManifest(dir)).toThrow(
+      `${dir}/b_part: is a symbolic link to nothing — expected a JSON-lines manifest file in the manifest directory; remove it or point it at one`,
+    );
+  });
+
   it("names the file and line of bad JSON", () => {
     expect(errorFor([ok, `{"url": "https://x/b", "path": "b"`])).toMatch(
       /^M:2: invalid JSON \(.+\) — expected one JSON object per line, like \{"url": "https:\/\/example.com\/train\/a.csv", "path": "train\/a.csv"\}$/,

@@ -183,7 +183,20 @@ function manifestFiles(pathOrDir: string): string[] {
     .filter((name) => !name.startsWith(".") && name !== DIRECTORY_LOCK_NAME)
     .sort()
     .map((name) => path.join(pathOrDir, name))
-    .filter((file) => fs.statSync(file).isFile());
+    .filter(isManifestFile);
+}
+
+/** Whether an entry of a manifest directory is a file to read: a link to nothing is a mistake to report, not to skip. */
+function isManifestFile(file: string): boolean {
+  try {
+    return fs.statSync(file).isFile();
+  } catch (error) {
+    const what = errnoCode(error) === "ENOENT" ? "is a symbolic link to nothing" : `cannot be read (${describeError(error)})`;
+    throw new KaosError(
+      "MANIFEST_INVALID",
+      `${file}: ${what} — expected a JSON-lines manifest file in the manifest directory; remove it or point it at one`,
+    );
+  }
 }
 
 /** Entries of a manifest, each one an object: for tests and small manifests (see `scanManifest`). */
