@@ -72,12 +72,14 @@ describe("readManifest", () => {
     ]);
   });
 
-  it("reads every regular file of a directory in name order, skipping the lock, dotfiles and subfolders", () => {
+  it("reads every regular file of a directory in name order, skipping the lock (half-written too), dotfiles and subfolders", () => {
     const dir = path.join(root, "manifests");
     manifestFile(`{"url": "https://x/2", "path": "two"}\n`, "manifests/b_part");
     manifestFile(`{"url": "https://x/1", "path": "one"}\n`, "manifests/a_part");
     manifestFile(`not json`, "manifests/.hidden");
     manifestFile(`not json`, "manifests/kaos.lock");
+    // A lock being written, or one a crash left before its rename.
+    manifestFile(`{"version": 1, "ent`, "manifests/kaos.lock.tmp-4242");
     manifestFile(`not json`, "manifests/nested/file");
     expect(readManifest(dir).map((e) => [path.basename(e.file), e.line, e.path])).toEqual([
       ["a_part", 1, "one"],

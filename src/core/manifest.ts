@@ -5,8 +5,9 @@
  *
  * Lock location: a manifest file `M` is pinned by `M.lock` beside it; a
  * manifest directory `D` by `D/kaos.lock` inside it (which is why reading a
- * directory skips `kaos.lock`). Either way the lock travels with the manifest,
- * so committing both pins the data for everyone. It records each URL without
+ * directory skips `kaos.lock`, and a lock a crash left half-written). Either
+ * way the lock travels with the manifest, so committing both pins the data for
+ * everyone. It records each URL without
  * credentials (see urls.ts), and a pin holds for its entry as long as the URL
  * names the same source, credentials aside.
  *
@@ -54,6 +55,9 @@ export interface ManifestLock {
 
 /** Name of the lock inside a manifest directory. */
 export const DIRECTORY_LOCK_NAME = "kaos.lock";
+/** How a lock being written is named beside it until renamed into place; a crash can leave one behind. */
+const LOCK_TMP_SUFFIX = ".tmp-";
+const DIRECTORY_LOCK_TMP_PREFIX = `${DIRECTORY_LOCK_NAME}${LOCK_TMP_SUFFIX}`;
 export const SUPPORTED_SCHEMES = ["http:", "https:", "file:"] as const;
 
 const KNOWN_KEYS = new Set(["url", "path", "sha256", "size"]);
@@ -180,7 +184,7 @@ function manifestFiles(pathOrDir: string): string[] {
   // Subdirectories are not read: a manifest directory is flat.
   return fs
     .readdirSync(pathOrDir)
-    .filter((name) => !name.startsWith(".") && name !== DIRECTORY_LOCK_NAME)
+    .filter((name) => !name.startsWith(".") && name !== DIRECTORY_LOCK_NAME && !name.startsWith(DIRECTORY_LOCK_TMP_PREFIX))
     .sort()
     .map((name) => path.join(pathOrDir, name))
     .filter(isManifestFile);
@@ -1292,7 +1296,7 @@ export function serializeLock(lock: ManifestLock): string {
 export function writeLock(manifestPath: string, lock: ManifestLock): void {
   const lockPath = lockPathFor(manifestPath);
   const text = serializeLock(lock);
-  const tmp = `${lockPath}.tmp-${process.pid}`;
+  const tmp = `${lockPath}${LOCK_TMP_SUFFIX}${process.pid}`;
   try {
     fs.writeFileSync(tmp, text);
     fs.renameSync(tmp, lockPath);
