@@ -210,6 +210,20 @@ describe("readManifest", () => {
     );
   });
 
+  it("names the line that is not UTF-8 rather than reading a path or URL changed by decoding", () => {
+    const file = path.join(root, "latin1");
+    fs.writeFileSync(
+      file,
+      Buffer.concat([Buffer.from(`${ok}\n{"url": "https://x/b", "path": "caf`), Buffer.from([0xe9]), Buffer.from(`"}\n`)]),
+    );
+    expect(() => readManifest(file)).toThrow(
+      `${file}:2: the line holds bytes that are not UTF-8 — expected UTF-8 text (convert a file saved as UTF-16 or Latin-1)`,
+    );
+    const utf16 = path.join(root, "utf16");
+    fs.writeFileSync(utf16, Buffer.from(`\ufeff${ok}\n`, "utf16le"));
+    expect(() => readManifest(utf16)).toThrow(`${utf16}:1: the line holds bytes that are not UTF-8`);
+  });
+
   it("rejects an empty manifest and a missing one", () => {
     const empty = manifestFile("\n\n");
     expect(() => readManifest(empty)).toThrow(

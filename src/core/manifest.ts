@@ -21,6 +21,7 @@
  * file/folder clashes by a table of the folders the paths name. One entry
  * becomes an object only when asked for.
  */
+import { isUtf8 } from "node:buffer";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -857,7 +858,13 @@ class EntriesBuilder {
    */
   private addLineBytes(bytes: Buffer, start: number, end: number, file: string, line: number): void {
     if (bytes[start] === 0x7b && this.parsePlainLine(bytes, start, end)) this.addPlainLine(bytes, line);
-    else this.addLine(bytes.toString("utf8", start, end), file, line);
+    else {
+      // Decoding would turn a byte that is not UTF-8 into U+FFFD: a file would land under another name than written.
+      if (!isUtf8(bytes.subarray(start, end))) {
+        throw invalid(file, line, "the line holds bytes that are not UTF-8", "UTF-8 text (convert a file saved as UTF-16 or Latin-1)");
+      }
+      this.addLine(bytes.toString("utf8", start, end), file, line);
+    }
   }
 
   /**
