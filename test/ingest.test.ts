@@ -1,6 +1,8 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -788,6 +790,67 @@ describe("ingest over HTTP", () => {
     expect(error.message).toContain(`q.csv (${srv.url}/signed.csv?part=2&X-Amz-Signature=***&access_token=***): HTTP 404 Not Found`);
     expect(error.message).not.toContain("secret");
     expect(srv.requests[0]?.headers.authorization).toBe(`Basic ${Buffer.from("user:secret").toString("base64")}`);
+  });
+
+  it("keeps apart two processes downloading the same URL into one store at once (two stacks' ups)", async () => {
+    const size = 3 * 1024 * 1024;
+    const first = generatedBytes(13, 0, size);
+    const second = generatedBytes(14, 0, size);
+    // The first request gets half the body, then waits while the other process
+    // downloads the whole of the next version (the file changed on the server meanwhile).
+    let finishFirst: (() => void) | undefined;
+    const held = http.createServer((_request, response) => {
+      if (finishFirst !== undefined) {
+        response.writeHead(200, { "content-length": String(size), etag: '"v2"' });
+        response.end(second);
+      } else {
+        response.writeHead(200, { "content-length": String(size), etag: '"v1"' });
+        response.write(first.subarray(0, size / 2));
+        finishFirst = () => response.end(first.subarray(size / 2));
+      }
+    });
+    await new Promise<void>((resolve) => held.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `http://127.0.0.1:${(held.address() as AddressInfo).port}/shared.bin`;
+      const ws = workspace([{ url, path: "shared.bin" }]);
+      const script = path.join(root, "child.ts");
+      fs.writeFileSync(
+        script,
+        `import { ingest } from ${JSON.stringify(path.join(repoRoot, "src/backends/local/ingest.js"))};
+import { readManifest } from ${JSON.stringify(path.join(repoRoot, "src/core/manifest.js"))};
+import { ObjectStore } from ${JSON.stringify(path.join(repoRoot, "src/core/objects.js"))};
+const [manifest, objects, dataDir] = process.argv.slice(2);
+await ingest({ entries: readManifest(manifest), manifestPath: manifest, objects: new ObjectStore(objects), dataDir, fileScope: { project: ${JSON.stringify(root)}, allowed: [] } });
+`,
+      );
+      const otherDataDir = path.join(root, ".kaos", "data", "other");
+      const child = spawn(process.execPath, ["--import", "jiti/register", script, ws.manifest, ws.objects.dir, otherDataDir], {
+        cwd: repoRoot,
+        stdio: ["ignore", "inherit", "pipe"],
+      });
+      let stderr = "";
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
+      const partial = (): number => {
+        const tmp = path.join(ws.objects.dir, "tmp");
+        const name = fs.existsSync(tmp) ? fs.readdirSync(tmp).find((entry) => entry.endsWith(".part")) : undefined;
+        return name === undefined ? 0 : fs.statSync(path.join(tmp, name)).size;
+      };
+      await waitFor(() => partial() === size / 2);
+
+      await run(ws);
+      finishFirst?.();
+      expect(await exited, stderr).toBe(0);
+      expect(sha256(fs.readFileSync(path.join(ws.dataDir, "shared.bin")))).toBe(sha256(second));
+      expect(sha256(fs.readFileSync(path.join(otherDataDir, "shared.bin")))).toBe(sha256(first));
+      // Every object holds the content its name says.
+      for (const hash of storedObjects(ws)) expect(sha256(fs.readFileSync(ws.objects.pathOf(hash)))).toBe(hash);
+      expect(storedObjects(ws).sort()).toEqual([sha256(first), sha256(second)].sort());
+      expect(fs.readdirSync(ws.objects.tmpDir())).toEqual([]);
+    } finally {
+      held.closeAllConnections();
+      await new Promise((resolve) => held.close(resolve));
+    }
   });
 
   it("keeps memory flat while a 200 MB file streams in (measured in a child process)", async () => {

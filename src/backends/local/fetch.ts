@@ -3,7 +3,7 @@
  * redirects and resumable partial downloads, or from a file: URL inside the
  * allowed scope. Runs on the transfer threads (transfers.ts).
  */
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import * as fs from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
@@ -15,6 +15,7 @@ import { isNoSpace, noSpaceError } from "../../core/disk.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import type { ManifestLockEntry } from "../../core/manifest.js";
 import { HashingPassThrough, type ObjectStore } from "../../core/objects.js";
+import { isProcessAlive, processStartToken } from "../../core/process-identity.js";
 import { FileUrlRefused, type FileUrlScope, openWithinScope, redactUrl, sourceIdentity, widenScopeHint } from "../../core/urls.js";
 
 class RetryableError extends Error {
@@ -119,7 +120,10 @@ class PartialFile {
 
   private constructor(
     readonly file: string,
-    private readonly metaFile: string,
+    /** Where a later process finds the validators; undefined for a private file, which no later process resumes. */
+    private readonly metaFile: string | undefined,
+    /** The claim on the shared partial file of the URL, undefined for a private file. */
+    private readonly ownerFile: string | undefined,
     private readonly url: string,
     private readonly fd: number,
   ) {}
@@ -127,19 +131,17 @@ class PartialFile {
   /** `url` is a source identity (see urls.ts): no credential is written beside the bytes. */
   static async open(tmpDir: string, url: string): Promise<PartialFile> {
     const name = `dl-${createHash("sha256").update(url).digest("hex").slice(0, 40)}`;
+    const ownerFile = path.join(tmpDir, `${name}.owner`);
+    if (!claimPartial(tmpDir, ownerFile)) {
+      // Another kaos (another stack's up) is downloading the same URL into this
+      // store: sharing its partial file would mix the two transfers' bytes.
+      const file = path.join(tmpDir, `${name}-${process.pid}-${randomUUID()}.part`);
+      return new PartialFile(file, undefined, undefined, url, fs.openSync(file, "wx", 0o644));
+    }
     const file = path.join(tmpDir, `${name}.part`);
     const metaFile = path.join(tmpDir, `${name}.json`);
-    const flags = fs.constants.O_RDWR | fs.constants.O_CREAT;
-    let fd: number;
-    try {
-      fd = fs.openSync(file, flags, 0o644);
-    } catch (error) {
-      // Created on demand rather than checked before every transfer.
-      if (errnoCode(error) !== "ENOENT") throw error;
-      fs.mkdirSync(tmpDir, { recursive: true });
-      fd = fs.openSync(file, flags, 0o644);
-    }
-    const part = new PartialFile(file, metaFile, url, fd);
+    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    const part = new PartialFile(file, metaFile, ownerFile, url, fd);
     const size = fs.fstatSync(fd).size;
     if (size === 0) return part;
     // Bytes left by an earlier process are only trusted with a validator the
@@ -179,7 +181,7 @@ class PartialFile {
     this.hash = createHash("sha256");
     this.resumed = false;
     this.validators = {};
-    fs.rmSync(this.metaFile, { force: true });
+    if (this.metaFile !== undefined) fs.rmSync(this.metaFile, { force: true });
   }
 
   setValidators(validators: Validators): void {
@@ -188,7 +190,7 @@ class PartialFile {
   }
 
   private saveMeta(): void {
-    if (!canValidateResume(this.validators)) return;
+    if (this.metaFile === undefined || !canValidateResume(this.validators)) return;
     fs.writeFileSync(this.metaFile, JSON.stringify({ url: this.url, ...this.validators }));
   }
 
@@ -205,8 +207,9 @@ class PartialFile {
   /** Keeps the bytes for a later process only when it could validate them. */
   closeAfterFailure(keep: boolean): void {
     this.close();
-    if (keep && this.offset > 0 && canValidateResume(this.validators)) {
+    if (keep && this.offset > 0 && this.metaFile !== undefined && canValidateResume(this.validators)) {
       this.saveMeta();
+      this.release();
     } else {
       this.discard();
     }
@@ -214,13 +217,60 @@ class PartialFile {
 
   discard(): void {
     fs.rmSync(this.file, { force: true });
-    fs.rmSync(this.metaFile, { force: true });
+    if (this.metaFile !== undefined) fs.rmSync(this.metaFile, { force: true });
+    this.release();
   }
 
   /** The partial file has become an object: its sidecar is obsolete. */
   adopted(): void {
-    if (this.offset >= SAVE_VALIDATORS_FROM || this.resumed) fs.rmSync(this.metaFile, { force: true });
+    if (this.metaFile !== undefined && (this.offset >= SAVE_VALIDATORS_FROM || this.resumed)) fs.rmSync(this.metaFile, { force: true });
+    this.release();
   }
+
+  /** Lets another transfer of the URL take the shared partial file: only once it is renamed away, removed or complete on disk. */
+  private release(): void {
+    if (this.ownerFile !== undefined) fs.rmSync(this.ownerFile, { force: true });
+  }
+}
+
+/** What `claimPartial` writes: the same for every transfer of this process. */
+let ownClaim: string | undefined;
+
+/**
+ * Claims the shared partial file of a URL for this process, in `ownerFile`
+ * beside it (pid and start token). False while another live process holds
+ * it; a claim left by a process that ended, or by this one (a transfer thread
+ * stopped mid-transfer), is taken over. Transfers of one URL in this process
+ * are already one at a time (`withPartialLock`).
+ */
+function claimPartial(tmpDir: string, ownerFile: string): boolean {
+  ownClaim ??= JSON.stringify({ pid: process.pid, startToken: processStartToken(process.pid) });
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      fs.writeFileSync(ownerFile, ownClaim, { flag: "wx" });
+      return true;
+    } catch (error) {
+      // Created on demand rather than checked before every transfer.
+      if (errnoCode(error) === "ENOENT") {
+        fs.mkdirSync(tmpDir, { recursive: true });
+        continue;
+      }
+      if (errnoCode(error) !== "EEXIST") throw error;
+    }
+    let owner: { pid?: unknown; startToken?: unknown } | undefined;
+    try {
+      owner = JSON.parse(fs.readFileSync(ownerFile, "utf8")) as typeof owner;
+    } catch (error) {
+      // Released since: claim it again. Otherwise its owner is writing it this instant.
+      if (errnoCode(error) === "ENOENT") continue;
+      return false;
+    }
+    const pid = owner?.pid;
+    const startToken = typeof owner?.startToken === "string" ? owner.startToken : null;
+    if (typeof pid === "number" && pid !== process.pid && isProcessAlive(pid, startToken)) return false;
+    fs.rmSync(ownerFile, { force: true });
+  }
+  return false;
 }
 
 async function sha256Prefix(file: string, size: number, hash: ReturnType<typeof createHash>): Promise<number> {
