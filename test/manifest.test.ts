@@ -575,10 +575,36 @@ describe("scanManifest", () => {
       return stored.has(hash);
     });
     // Unpinned: f0 and f150; of the others, the odd ones are not stored.
-    expect(missing).toBe(2 + Array.from({ length: 300 }, (_, i) => i).filter((i) => i % 2 === 1 && i !== 0 && i !== 150).length);
+    expect(missing.entries).toBe(2 + Array.from({ length: 300 }, (_, i) => i).filter((i) => i % 2 === 1 && i !== 0 && i !== 150).length);
     expect(asked).toHaveLength(298);
     expect(asked.map((hash) => hash.slice(0, 2))).toEqual(asked.map((hash) => hash.slice(0, 2)).sort());
-    expect(scanned.countMissing(lock, undefined)).toBe(300);
+    expect(scanned.countMissing(lock, undefined).entries).toBe(300);
+  });
+
+  it("adds up the bytes a store lacks, from each line's size, else the lock's for the same content", () => {
+    const file = manifestFile(
+      `${[
+        line("sized", "https://x/1", { size: 1000 }),
+        line("pinned", "https://x/2"),
+        line("moved", "https://x/3"),
+        line("hashed", "https://x/4", { sha256: A }),
+        line("unknown", "https://x/5"),
+        line("stored", "https://x/6", { sha256: B, size: 7 }),
+      ].join("\n")}\n`,
+    );
+    const lock: ManifestLock = {
+      version: 1,
+      entries: {
+        pinned: { url: "https://x/2", sha256: A, size: 20 },
+        // Pinned for another URL: its size says nothing of what the line's URL serves.
+        moved: { url: "https://x/elsewhere", sha256: A, size: 300 },
+        hashed: { url: "https://x/4", sha256: A, size: 4000 },
+      },
+    };
+    const scanned = scanManifest(file);
+    expect(scanned.countMissing(lock, (hash) => hash === B)).toEqual({ entries: 5, bytes: 1000 + 20 + 4000, unsized: 2 });
+    expect(scanned.countMissing(lock, undefined)).toEqual({ entries: 6, bytes: 1000 + 20 + 4000 + 7, unsized: 2 });
+    expect(scanned.countMissing(undefined, undefined)).toEqual({ entries: 6, bytes: 1000 + 7, unsized: 4 });
   });
 
   it("reads 300,000 lines in an old generation of 48 MB, keeping no object per entry (in a child process)", () => {

@@ -1,4 +1,4 @@
-import { chmodSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
 import { makeProject, runKaos, type Project } from "./helpers/rig.js";
 import { trainingProject } from "./helpers/jobs.js";
@@ -69,6 +69,31 @@ describe("kaos plan (built CLI)", () => {
     const nothing = await runKaos(["plan", "--detailed-exitcode"], { cwd: project.dir });
     expect(nothing.code).toBe(0);
     expect(nothing.stdout).toContain("No changes: 2 jobs already succeeded.");
+  });
+
+  it("of a manifest never ingested, says how many entries it will download and what their stated sizes come to", async () => {
+    const line = (name: string, size?: number) => JSON.stringify({ url: `https://data.example.com/${name}`, path: name, size });
+    const project = makeProject(
+      trainingProject({ extra: { "m.jsonl": `${[line("a.csv", 1536), line("b.csv", 512), line("c.csv")].join("\n")}\n` } }),
+    );
+    projects.push(project);
+    writeFileSync(
+      project.path("kaos.config.ts"),
+      readFileSync(project.path("kaos.config.ts"), "utf8").replace(`"data":"data"`, `"manifest":"m.jsonl"`),
+    );
+    const text = await runKaos(["plan"], { cwd: project.dir });
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toContain("\n  ingest  run   3 of 3 entries not downloaded yet (2.0 KiB, and 1 of unknown size)\n");
+    expect(text.stdout).toContain("\n          manifest: 3 entries, 3 to download (2.0 KiB, and 1 of unknown size)\n");
+    const json = await planJson(project);
+    expect(json.pipelines[0]?.stages["ingest"]).toEqual({
+      action: "run",
+      key: null,
+      reason: "3 of 3 entries not downloaded yet (2.0 KiB, and 1 of unknown size)",
+    });
+
+    writeFileSync(project.path("m.jsonl"), `${[line("a.csv", 1536), line("b.csv", 512)].join("\n")}\n`);
+    expect((await planJson(project)).pipelines[0]?.stages["ingest"]?.reason).toBe("2 of 2 entries not downloaded yet (2.0 KiB)");
   });
 
   it("a job key does not depend on the order params are written in, nor on where the project lives", async () => {

@@ -352,14 +352,28 @@ export class ManifestEntries {
   }
 
   /**
-   * How many entries have no pinned hash or one that `stored` does not hold
-   * (undefined: a store that holds nothing). `stored` is asked in order of the
-   * hashes' first byte, the folder they are kept in (`ObjectStore.hasEach`).
+   * The entries that have no pinned hash or one that `stored` does not hold
+   * (undefined: a store that holds nothing), and how many bytes they come to.
+   * `stored` is asked in order of the hashes' first byte, the folder they are
+   * kept in (`ObjectStore.hasEach`).
    */
-  countMissing(lock: ManifestLock | undefined, stored: ((hash: string) => boolean) | undefined): number {
-    if (stored === undefined) return this.count;
+  countMissing(lock: ManifestLock | undefined, stored: ((hash: string) => boolean) | undefined): MissingEntries {
     const { flags, sha256s } = this.columns;
-    let missing = 0;
+    const missing: MissingEntries = { entries: 0, bytes: 0, unsized: 0 };
+    const miss = (index: number, hash: string | undefined): void => {
+      missing.entries += 1;
+      const size = this.knownSize(index, lock, hash);
+      if (size === undefined) missing.unsized += 1;
+      else missing.bytes += size;
+    };
+    if (stored === undefined) {
+      // The hash only matters to find a size in the lock: most lines give theirs.
+      const { sizes } = this.columns;
+      for (let index = 0; index < this.count; index++) {
+        miss(index, Number.isNaN(sizes[index]!) && lock !== undefined ? this.pinnedHash(index, lock) : undefined);
+      }
+      return missing;
+    }
     // Entries by their hash's first byte (a counting sort), the lock's pins kept aside.
     const pins = new Map<number, string>();
     const firstByte = new Uint8Array(this.count);
@@ -369,7 +383,7 @@ export class ManifestEntries {
       else {
         const pinned = this.pinnedHash(index, lock);
         if (pinned === undefined) {
-          missing += 1;
+          miss(index, undefined);
           continue;
         }
         pins.set(index, pinned);
@@ -378,15 +392,23 @@ export class ManifestEntries {
       counts[firstByte[index]! + 1]! += 1;
     }
     for (let byte = 1; byte < 257; byte++) counts[byte]! += counts[byte - 1]!;
-    const order = new Uint32Array(this.count - missing);
+    const order = new Uint32Array(this.count - missing.entries);
     for (let index = 0; index < this.count; index++) {
       if ((flags[index]! & HAS_SHA256) !== 0 || pins.has(index)) order[counts[firstByte[index]!]!++] = index;
     }
     for (const index of order) {
       const hash = pins.get(index) ?? sha256s.toString("hex", index * 32, index * 32 + 32);
-      if (!stored(hash)) missing += 1;
+      if (!stored(hash)) miss(index, hash);
     }
     return missing;
+  }
+
+  /** The size of entry `index` as its line states it, else as the lock records it for the same content. */
+  private knownSize(index: number, lock: ManifestLock | undefined, hash: string | undefined): number | undefined {
+    const size = this.columns.sizes[index]!;
+    if (!Number.isNaN(size)) return size;
+    const locked = hash === undefined ? undefined : lock?.entries[this.path(index)];
+    return locked !== undefined && locked.sha256 === hash ? locked.size : undefined;
   }
 
   /**
@@ -445,6 +467,15 @@ export class ManifestEntries {
     out[at++] = 0x5d; // ]
     return hash.update(out.subarray(0, at)).digest("hex");
   }
+}
+
+/** What a manifest's entries lack in the object store (see `ManifestEntries.countMissing`). */
+export interface MissingEntries {
+  entries: number;
+  /** The bytes of those whose size the manifest or the lock states. */
+  bytes: number;
+  /** Those whose size neither states. */
+  unsized: number;
 }
 
 /** Indices of the first `count` entries by path in UTF-16 order, as `manifestDataKey` sorts its rows. */

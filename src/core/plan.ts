@@ -14,7 +14,7 @@ import { validateSourceBundle, type SourceBundle } from "./bundle.js";
 import { diffTrees, filesOf, firstFiles, hashString, hashTree, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { projectMonitor } from "./monitor.js";
 import { canonicalJson, expandSpace } from "./hyperparams.js";
-import { checkFileUrls, readLock, scanManifest, type ManifestEntries, type ManifestLock } from "./manifest.js";
+import { checkFileUrls, readLock, scanManifest, type ManifestEntries, type ManifestLock, type MissingEntries } from "./manifest.js";
 import { fileUrlScopeOf } from "./urls.js";
 import { ObjectStore } from "./objects.js";
 import { checkTreeLinks, loadTreeListing, streamTreeListing } from "./snapshot.js";
@@ -63,7 +63,7 @@ export interface PipelinePlan {
   /** The data tree, for a data bundle. */
   dataTree: TreeHash | undefined;
   /** The entries and lock, for a manifest. */
-  manifest: { entries: ManifestEntries; lock: ManifestLock | undefined; missing: number } | undefined;
+  manifest: { entries: ManifestEntries; lock: ManifestLock | undefined; missing: MissingEntries } | undefined;
   keys: { env: string; source: string; data: string | undefined; hyperparams: string };
   stages: { ingest?: StageDecision; build: StageDecision; train: StageDecision };
   jobs: JobPlan[];
@@ -266,6 +266,13 @@ function describeChange(what: string, change: TreeChange | undefined): string | 
 }
 
 /** `objects.has` for a million hashes, or undefined when the store holds nothing yet. */
+/** What the entries to download come to, as far as their manifest lines or the lock state it: " (2.9 MiB)", " (4 B, and 2 of unknown size)". */
+function downloadSizeNote(missing: MissingEntries): string {
+  if (missing.unsized === missing.entries) return "";
+  const unsized = missing.unsized === 0 ? "" : `, and ${missing.unsized} of unknown size`;
+  return ` (${formatBytes(missing.bytes)}${unsized})`;
+}
+
 function storedObjects(objects: ObjectStore): ((hash: string) => boolean) | undefined {
   return existsSync(objects.dir) ? objects.hasEach() : undefined;
 }
@@ -337,7 +344,7 @@ async function planPipeline(
   if (manifest !== undefined) {
     const refresh = options.refresh === true;
     stages.ingest =
-      dataKey === undefined || manifest.missing > 0 || refresh || options.force
+      dataKey === undefined || manifest.missing.entries > 0 || refresh || options.force
         ? {
             action: "run",
             key: dataKey ?? null,
@@ -345,7 +352,7 @@ async function planPipeline(
               ? "forced"
               : refresh
                 ? "--refresh re-checks remote content"
-                : `${manifest.missing} of ${manifest.entries.count} entries not downloaded yet`,
+                : `${manifest.missing.entries} of ${manifest.entries.count} entries not downloaded yet${downloadSizeNote(manifest.missing)}`,
           }
         : { action: "skip", key: dataKey, reason: "every entry is downloaded and verified" };
   }
@@ -562,7 +569,10 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       details.push("environment: Dockerfile, requirements.txt or a file it includes, requirements.lock or runtime changed");
     if (p.changes.source) details.push(changeLine("source", p.changes.source));
     if (p.changes.data) details.push(changeLine("data", p.changes.data));
-    if (p.manifest) details.push(`manifest: ${p.manifest.entries.count} entries, ${p.manifest.missing} to download`);
+    if (p.manifest) {
+      const { missing } = p.manifest;
+      details.push(`manifest: ${p.manifest.entries.count} entries, ${missing.entries} to download${downloadSizeNote(missing)}`);
+    }
     if (p.changes.paramsAdded.length || p.changes.paramsRemoved.length) {
       details.push(`params: ${p.changes.paramsAdded.length} combinations added, ${p.changes.paramsRemoved.length} removed`);
     }
