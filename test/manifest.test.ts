@@ -168,6 +168,8 @@ describe("readManifest", () => {
     ["a/", "has an empty segment (a leading, doubled or trailing '/')"],
     ["", "is empty"],
     ["a\u0000b", "contains a NUL character"],
+    [`a/${"x".repeat(256)}/b`, "has a segment of 256 bytes, longer than the 255 a file name may have"],
+    ["é".repeat(128), "has a segment of 256 bytes, longer than the 255 a file name may have"],
   ])("rejects the unsafe path %j before anything is fetched", (unsafe, reason) => {
     expect(errorFor([ok, JSON.stringify({ url: "https://x/y", path: unsafe })])).toBe(
       `M:2: unsafe path ${JSON.stringify(unsafe)} (${reason}) — expected a relative path inside the data directory, such as "train/a.csv"`,
@@ -175,7 +177,8 @@ describe("readManifest", () => {
   });
 
   it("accepts ordinary relative paths, dots inside names included", () => {
-    for (const safe of ["a", "a/b/c.csv", ".hidden", "a/.b", "a..b", "...", "x/y..z/w"]) expect(unsafePathReason(safe)).toBeUndefined();
+    for (const safe of ["a", "a/b/c.csv", ".hidden", "a/.b", "a..b", "...", "x/y..z/w", `${"x".repeat(255)}/${"é".repeat(127)}`])
+      expect(unsafePathReason(safe)).toBeUndefined();
   });
 
   it("names both lines of a duplicate path, across files of a directory too", () => {

@@ -64,7 +64,9 @@ export const SUPPORTED_SCHEMES = ["http:", "https:", "file:"] as const;
 const KNOWN_KEYS = new Set(["url", "path", "sha256", "size"]);
 const LINE_EXAMPLE = `{"url": "https://example.com/train/a.csv", "path": "train/a.csv"}`;
 const PATH_EXPECTED = `a relative path inside the data directory, such as "train/a.csv"`;
-const PLAIN_PATH = /^(?:(?!\.\.?\/)[\w.-]+\/)*(?!\.\.?$)[\w.-]+$/;
+/** The longest file name (one segment of a path) that Linux file systems and APFS take, in bytes. */
+const NAME_MAX_BYTES = 255;
+const PLAIN_PATH = /^(?:(?!\.\.?\/)[\w.-]{1,255}\/)*(?!\.\.?$)[\w.-]{1,255}$/;
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 const ANY_SURROGATE = /[\ud800-\udfff]/;
 
@@ -101,6 +103,9 @@ export function unsafePathReason(p: string): string | undefined {
     if (segment === "") return "has an empty segment (a leading, doubled or trailing '/')";
     if (segment === ".") return "has a '.' segment";
     if (segment === "..") return "has a '..' segment";
+    const bytes = Buffer.byteLength(segment);
+    // Found here, not after the download, when the file cannot be created.
+    if (bytes > NAME_MAX_BYTES) return `has a segment of ${bytes} bytes, longer than the ${NAME_MAX_BYTES} a file name may have`;
   }
   // Belt and braces: whatever passed above must normalize to itself and stay inside.
   const normalized = path.posix.normalize(p);
@@ -679,7 +684,12 @@ function plainPathEnd(b: Buffer, at: number): number {
     const byte = b[i];
     if (byte === SLASH || byte === QUOTE) {
       const length = i - segmentStart;
-      if (length === 0 || (b[segmentStart] === DOT && (length === 1 || (length === 2 && b[segmentStart + 1] === DOT)))) return -1;
+      if (
+        length === 0 ||
+        length > NAME_MAX_BYTES ||
+        (b[segmentStart] === DOT && (length === 1 || (length === 2 && b[segmentStart + 1] === DOT)))
+      )
+        return -1;
       if (byte === QUOTE) return i;
       segmentStart = i + 1;
     } else if (byte === undefined || PATH_BYTES[byte] !== 1) return -1;
