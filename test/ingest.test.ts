@@ -193,6 +193,31 @@ describe("ingest over HTTP", () => {
     expect(Object.keys(readLock(ws.manifest)?.entries ?? {})).toEqual(["a.txt", "b.txt"]);
   });
 
+  it("moves a file to another path of the manifest without fetching it again, keeping its pin", async () => {
+    const srv = await serve({ "/a": { body: "alpha", etag: '"a1"' }, "/b": { body: "beta" } });
+    const ws = workspace([
+      { url: `${srv.url}/a`, path: "train/a.txt" },
+      { url: `${srv.url}/b`, path: "b.txt" },
+    ]);
+    await run(ws);
+    expect(srv.requests.length).toBe(2);
+    // The server's content changed meanwhile: the move keeps what was pinned, as an unchanged line would.
+    srv.route("/a", { body: "alpha two" });
+    writeManifest(ws.manifest, [
+      { url: `${srv.url}/a`, path: "data/train/a.txt" },
+      { url: `${srv.url}/b`, path: "b.txt" },
+    ]);
+    const moved = await run(ws);
+    expect(srv.requests.length).toBe(2);
+    expect(moved).toMatchObject({ downloaded: 0, reused: 2 });
+    expect(readData(ws, "data/train/a.txt")).toBe("alpha");
+    expect(fs.existsSync(path.join(ws.dataDir, "train"))).toBe(false);
+    expect(readLock(ws.manifest)?.entries).toEqual({
+      "b.txt": { url: `${srv.url}/b`, sha256: sha256("beta"), size: 4 },
+      "data/train/a.txt": { url: `${srv.url}/a`, sha256: sha256("alpha"), size: 5, etag: '"a1"' },
+    });
+  });
+
   it("retries 500s with backoff and then succeeds", async () => {
     const srv = await serve({ "/flaky": { body: "finally", statuses: [500, 502] } });
     const ws = workspace([{ url: `${srv.url}/flaky`, path: "f.txt" }]);

@@ -329,6 +329,14 @@ describe("manifestDataKey", () => {
     expect(manifestDataKey([entry("a", "https://x/moved")], lock)).toBeUndefined();
   });
 
+  it("takes the pin of another path for the same URL, as a file moved in the manifest keeps what its URL served", () => {
+    const lock: ManifestLock = { version: 1, entries: { a: pin("https://x/a", A), b: pin("https://user:token@x/b", B) } };
+    expect(manifestDataKey([entry("moved/a", "https://x/a")], lock)).toBe(manifestDataKey([entry("moved/a", "https://x/a", A)], undefined));
+    expect(manifestDataKey([entry("a", "https://x/b"), entry("b", "https://other:secret@x/a")], lock)).toBe(
+      manifestDataKey([entry("a", "https://x/b", B), entry("b", "https://x/a", A)], undefined),
+    );
+  });
+
   it("prefers the manifest's sha256 over the lock", () => {
     const lock: ManifestLock = { version: 1, entries: { a: pin("https://x/a", A) } };
     expect(manifestDataKey([entry("a", "https://x/a", B)], lock)).toBe(manifestDataKey([entry("a", "https://x/a", B)], undefined));

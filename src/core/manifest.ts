@@ -1354,15 +1354,40 @@ export function writeLock(manifestPath: string, lock: ManifestLock): void {
   }
 }
 
+/** A lock's entries by the source their URL names (see `pinFor`), made once per lock read. */
+const pinsBySource = new WeakMap<ManifestLock, Map<string, ManifestLockEntry>>();
+
+/**
+ * The lock entry that pins what `entry`'s URL serves: the one of its path when
+ * it is for the same URL, else one of another path with the same URL (the
+ * file moved in the manifest: what its URL served is pinned all the same).
+ */
+export function pinFor(entry: ManifestEntry, lock: ManifestLock | undefined): ManifestLockEntry | undefined {
+  if (lock === undefined) return undefined;
+  const locked = lock.entries[entry.path];
+  if (locked !== undefined && sameSource(locked.url, entry.url)) return locked;
+  let bySource = pinsBySource.get(lock);
+  if (bySource === undefined) {
+    bySource = new Map();
+    for (const pin of Object.values(lock.entries)) {
+      // A lock as kaos writes it holds no credentials: only a URL that may carry some is parsed.
+      const source = pin.url.includes("@") || pin.url.includes("?") ? sourceIdentity(pin.url) : pin.url;
+      if (!bySource.has(source)) bySource.set(source, pin);
+    }
+    pinsBySource.set(lock, bySource);
+  }
+  return bySource.get(sourceIdentity(entry.url));
+}
+
 /**
  * The content hash an entry is pinned to: the manifest's own `sha256` first,
- * else the lock's, as long as the lock entry is for the same URL (and agrees
- * with the manifest's `size` when one is given).
+ * else the lock's for the same URL (`pinFor`), as long as it agrees with the
+ * manifest's `size` when one is given.
  */
 export function pinnedHash(entry: ManifestEntry, lock: ManifestLock | undefined): string | undefined {
   if (entry.sha256 !== undefined) return entry.sha256;
-  const locked = lock?.entries[entry.path];
-  if (locked === undefined || !sameSource(locked.url, entry.url)) return undefined;
+  const locked = pinFor(entry, lock);
+  if (locked === undefined) return undefined;
   if (entry.size !== undefined && locked.size !== entry.size) return undefined;
   return locked.sha256;
 }

@@ -46,7 +46,7 @@ import * as fs from "node:fs";
 import { KaosError, describeError } from "../../core/errors.js";
 import type { ManifestEntry, ManifestLock, ManifestLockEntry } from "../../core/manifest.js";
 import type { ObjectStore } from "../../core/objects.js";
-import { type FileUrlScope, redactUrl, sameSource, sourceIdentity } from "../../core/urls.js";
+import { type FileUrlScope, redactUrl, sourceIdentity } from "../../core/urls.js";
 import { DataTree } from "./data-tree.js";
 import { abortReason, isAborted, pickValidators, withPartialLock, type TransferJob, type Validators } from "./fetch.js";
 import { ProgressTracker, TransferPool, transferThreadsFor } from "./transfers.js";
@@ -127,7 +127,7 @@ interface PlannedTransfer {
 
 export async function ingest(options: IngestOptions): Promise<IngestResult> {
   const { entries, manifestPath, objects, signal } = options;
-  const { lockPathFor, manifestDataKey, pinnedHash, readLock, serializeLock, writeLock } = await import("../../core/manifest.js");
+  const { lockPathFor, manifestDataKey, pinFor, pinnedHash, readLock, serializeLock, writeLock } = await import("../../core/manifest.js");
   const refresh = options.refresh === true;
   const concurrency = Math.max(1, Math.floor(options.concurrency ?? 8));
   const oldLock = readLock(manifestPath);
@@ -139,8 +139,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   const reusedEntries: { entry: ManifestEntry; hash: string }[] = [];
   const planned = new Map<string, PlannedTransfer>();
   for (const entry of entries) {
-    const locked = oldLock?.entries[entry.path];
-    const sameUrlPin = locked !== undefined && sameSource(locked.url, entry.url) ? locked : undefined;
+    const sameUrlPin = pinFor(entry, oldLock);
     const known = pinnedHash(entry, oldLock);
     let expected: TransferJob["expected"];
     let conditional: TransferJob["conditional"];
@@ -208,11 +207,9 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   try {
     for (const { entry, hash } of reusedEntries) {
       tree.place(objects, hash, entry.path);
-      const locked = oldLock?.entries[entry.path];
+      const locked = pinFor(entry, oldLock);
       newEntries[entry.path] =
-        locked !== undefined && sameSource(locked.url, entry.url) && locked.sha256 === hash
-          ? locked
-          : lockEntryFor(entry.url, hash, fs.statSync(objects.pathOf(hash)).size, {});
+        locked !== undefined && locked.sha256 === hash ? locked : lockEntryFor(entry.url, hash, fs.statSync(objects.pathOf(hash)).size, {});
       reused++;
       progress.filesDone++;
     }
@@ -236,9 +233,8 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
         for (const entry of sharing) {
           failures.push({ path: entry.path, url: redactUrl(entry.url), error: message });
           // A failed refresh leaves the pinned content in place; anything else leaves no file.
-          const locked = oldLock?.entries[entry.path];
-          if (locked !== undefined && sameSource(locked.url, entry.url) && objects.has(locked.sha256))
-            tree.place(objects, locked.sha256, entry.path);
+          const locked = pinFor(entry, oldLock);
+          if (locked !== undefined && objects.has(locked.sha256)) tree.place(objects, locked.sha256, entry.path);
           else tree.remove(entry.path);
         }
       } finally {
@@ -249,9 +245,8 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
 
     // Entries that failed or never ran keep their old pin while the URL is unchanged.
     for (const entry of entries) {
-      const locked = oldLock?.entries[entry.path];
-      if (newEntries[entry.path] === undefined && locked !== undefined && sameSource(locked.url, entry.url))
-        newEntries[entry.path] = locked;
+      const locked = pinFor(entry, oldLock);
+      if (newEntries[entry.path] === undefined && locked !== undefined) newEntries[entry.path] = locked;
     }
     const lock: ManifestLock = { version: 1, entries: newEntries };
     let previous: string | undefined;
