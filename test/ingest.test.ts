@@ -427,6 +427,16 @@ describe("ingest over HTTP", () => {
     expect(error.message).toContain('redirected to unsupported scheme "file"');
   });
 
+  it("names a redirect to something that is not a URL", async () => {
+    const srv = await serve({ "/broken": { redirect: "http://[bad" } });
+    const ws = workspace([{ url: `${srv.url}/broken`, path: "p.txt" }]);
+    const error = await runFailing(ws);
+    expect(error.message).toContain(
+      `p.txt (${srv.url}/broken): redirected (HTTP 302) to "http://[bad", which is not a URL — the server's Location header is wrong`,
+    );
+    expect(srv.count("/broken")).toBe(1);
+  });
+
   it("stores identical content once, however many paths and URLs name it", async () => {
     const srv = await serve({ "/one": { body: "same bytes" }, "/two": { body: "same bytes" } });
     const ws = workspace([

@@ -522,7 +522,14 @@ async function attemptHttp(job: TransferJob, part: PartialFile, ctx: Context): P
         if (redirects >= ctx.maxRedirects) {
           throw new FatalError(`too many redirects (more than ${ctx.maxRedirects}) starting at ${redactUrl(job.url)}`);
         }
-        const next = new URL(response.headers.location, url);
+        let next: URL;
+        try {
+          next = new URL(response.headers.location, url);
+        } catch {
+          throw new FatalError(
+            `redirected (HTTP ${status}) to ${JSON.stringify(response.headers.location)}, which is not a URL — the server's Location header is wrong: ask its owner, or use the URL it should name`,
+          );
+        }
         if (next.protocol !== "http:" && next.protocol !== "https:") {
           throw new FatalError(`redirected to unsupported scheme "${next.protocol.slice(0, -1)}" (${redactUrl(next.toString())})`);
         }
