@@ -15,6 +15,7 @@ import { formatIngestProgress } from "../src/cli/progress.js";
 import { checkFileUrls, lockPathFor, manifestDataKey, readLock, readManifest } from "../src/core/manifest.js";
 import { ObjectStore } from "../src/core/objects.js";
 import { type RouteOptions, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
+import { makeProject, runKaos, runKaosOk, trivialSourceBundle, under } from "./helpers/rig.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..");
@@ -939,5 +940,33 @@ console.log(JSON.stringify({ before, peak, bytes: result.bytesDownloaded }));
     expect(fs.readFileSync(path.join(ws.dataDir, "huge.bin")).subarray(5 << 20, (5 << 20) + 64)).toEqual(
       generatedBytes(11, 5 << 20, (5 << 20) + 64),
     );
+  });
+});
+
+describe("kaos up --refresh (built CLI)", () => {
+  it("trains again on the content a refresh fetched anew, as the next plan would ask", async () => {
+    const srv = await serve({ "/a.txt": { body: "v1", etag: '"1"' } });
+    const project = makeProject({
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", manifest: "m.jsonl" } } });\n`,
+      "m.jsonl": `${JSON.stringify({ url: `${srv.url}/a.txt`, path: "a.txt" })}\n`,
+      ...under("src", trivialSourceBundle(`#!/bin/sh\nmkdir -p "$1"\ncat "$KAOS_DATA_DIR/a.txt" > "$1/seen"\n`)),
+    });
+    try {
+      await runKaosOk(["up"], { cwd: project.dir });
+      srv.route("/a.txt", { body: "v2", etag: '"2"' });
+      const refreshed = await runKaosOk(["up", "--refresh"], { cwd: project.dir });
+      expect(refreshed.stderr).toContain("1 downloaded, 0 reused");
+      const listed = JSON.parse((await runKaosOk(["train", "list", "--json"], { cwd: project.dir })).stdout) as {
+        id: string;
+        stage: string;
+        state: string;
+      }[];
+      const trained = listed.filter((job) => job.stage === "train" && job.state === "succeeded");
+      const seen = trained.map((job) => fs.readFileSync(path.join(project.dir, ".kaos", "jobs", job.id, "out", "seen"), "utf8"));
+      expect(seen.sort()).toEqual(["v1", "v2"]);
+      expect((await runKaos(["plan", "--detailed-exitcode"], { cwd: project.dir })).code).toBe(0);
+    } finally {
+      project.remove();
+    }
   });
 });

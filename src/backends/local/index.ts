@@ -554,13 +554,19 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       outcome.stages.ingest = { action: "skip", state: "skipped" };
     }
 
-    // Jobs whose key waited for the ingest: now known, and maybe already done.
+    // Jobs whose key waited for the ingest: now known, and maybe already done. So are the
+    // jobs keyed with data the ingest replaced (--refresh fetched new content).
+    const replaced = dataKey !== undefined && p.keys.data !== undefined && dataKey !== p.keys.data;
     const jobs: JobPlan[] = await Promise.all(
       p.jobs.map(async (job) => {
-        if (job.key !== null || dataKey === undefined) return job;
+        if (dataKey === undefined || (job.key !== null && !replaced)) return job;
         const key = jobKeyOf({ env: p.keys.env, source: p.keys.source, data: dataKey }, job.params);
+        // One the plan runs anyway (forced, or never done) runs on the new data.
+        if (job.key !== null && job.action === "run") return { ...job, key };
         const { job: reuse } = await this.succeededJob(key);
-        return reuse ? { ...job, key, action: "skip" as const, reuse, reason: `identical job ${reuse.id} succeeded` } : { ...job, key };
+        if (reuse) return { ...job, key, action: "skip" as const, reuse, reason: `identical job ${reuse.id} succeeded` };
+        if (job.key === null) return { ...job, key };
+        return { ...job, key, action: "run" as const, reuse: undefined, reason: "the ingest fetched new content" };
       }),
     );
     const toRun = jobs.filter((job) => job.action === "run");
