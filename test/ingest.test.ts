@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as http from "node:http";
@@ -472,6 +472,23 @@ describe("ingest over HTTP", () => {
     // A copy, not a link to the user's file.
     expect(fs.statSync(path.join(ws.dataDir, "local.csv")).ino).not.toBe(fs.statSync(source).ino);
     expect(readLock(ws.manifest)?.entries["local.csv"]).toEqual({ url: pathToFileURL(source).href, sha256: sha256("1,2,3\n"), size: 6 });
+  });
+
+  it("reports a file URL naming a pipe instead of waiting forever for a writer", async () => {
+    const pipe = path.join(root, "pipe");
+    expect(spawnSync("mkfifo", [pipe]).status).toBe(0);
+    const ws = workspace([{ url: pathToFileURL(pipe).href, path: "pipe.csv" }]);
+    try {
+      const error = await runFailing(ws);
+      expect(error.message).toContain(`pipe.csv (${pathToFileURL(pipe).href}): ${pipe} is not a regular file`);
+    } finally {
+      // A reader still waiting on the pipe is let go, so that a failing run ends.
+      try {
+        fs.closeSync(fs.openSync(pipe, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
+      } catch {
+        // No reader: nothing waits.
+      }
+    }
   });
 
   it("refuses file URLs that read outside the project, through a symlink too, naming the manifest line", async () => {

@@ -93,7 +93,8 @@ export function openWithinScope(file: string, scope: FileUrlScope): number {
   const refusal = fileUrlRefusal(file, scope);
   if (refusal !== undefined) throw new FileUrlRefused(refusal);
   const real = fs.realpathSync(path.resolve(file));
-  const fd = fs.openSync(real, fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0));
+  // Non-blocking, or opening a named pipe would wait for a writer forever: the caller refuses anything but a file.
+  const fd = fs.openSync(real, fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0) | (fs.constants.O_NONBLOCK ?? 0));
   try {
     const opened = fs.fstatSync(fd);
     const now = fs.statSync(real);
