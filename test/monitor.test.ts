@@ -4,7 +4,7 @@
  * asks it what changed instead of walking the bundles, or walks when the
  * monitor cannot say.
  */
-import { existsSync, mkdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { firstFiles, hashTree, stopHashWorkers, treeLinks, type StatCacheStore } from "../src/core/hash.js";
@@ -165,6 +165,28 @@ describe("kaos plan with a file system monitor", () => {
     expect(up.code, up.stderr).toBe(0);
     const next = await plan(p.dir);
     expect(next.stats).toMatchObject({ trees: 2, monitoredTrees: 2, hashedFiles: 0 });
+  });
+
+  it("walks a bundle a job changed through its linked data view, which no event of the bundle's folders tells", async () => {
+    const p = project();
+    // The data view holds hard links to the bundle's own files: the append lands in data/a.txt.
+    p.write(under("src", trivialSourceBundle('#!/bin/sh\necho appended >> "$KAOS_DATA_DIR/a.txt"\necho trained > "$1/out.txt"\n')));
+    const monitor = start(p.dir, ["monitor"]);
+    await monitor.waitFor("file system monitor ready");
+    await plan(p.dir);
+    const before = await plan(p.dir);
+    expect(before.stats.monitoredTrees).toBe(2);
+    const up = await runKaos(["up"], { cwd: p.dir });
+    expect(up.code).toBe(1);
+    expect(up.stderr).toContain("the data changed while this job ran");
+    expect(readFileSync(join(p.dir, "data/a.txt"), "utf8")).toBe("a\nappended\n");
+    const after = await plan(p.dir);
+    expect(after.stats.monitoredTrees).toBe(1);
+    expect(after.pipelines[0]!.keys.data).not.toBe(before.pipelines[0]!.keys.data);
+    // Walked once, the bundle is trusted to the monitor again.
+    const next = await plan(p.dir);
+    expect(next.stats).toMatchObject({ monitoredTrees: 2, hashedFiles: 0 });
+    expect(next.pipelines[0]!.keys).toEqual(after.pipelines[0]!.keys);
   });
 
   it("walks a directory that appeared, with every file in it", async () => {

@@ -601,6 +601,19 @@ export class StateStore {
     known.monitorToken = token;
   }
 
+  /**
+   * Unpairs the monitor's token from the stat cache of `root`, so that the
+   * next plan walks it: for a change the monitor cannot have seen, such as a
+   * write through a hard link to one of its files from outside it.
+   */
+  forgetMonitorToken(root: string): void {
+    if (this.db === null || this.readonly) return;
+    this.stmt("DELETE FROM meta WHERE key IN (?, ?)").run(MONITOR_TOKEN_KEY + root, KEPT_TREE_KEY + root);
+    const known = this.statCaches.get(root);
+    if (known !== undefined) known.monitorToken = undefined;
+    this.keptTrees.delete(root);
+  }
+
   private writeMonitorToken(root: string, generation: bigint, token: string, columns: StatCacheColumns | undefined): void {
     const upsert = this.stmt("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value");
     upsert.run(MONITOR_TOKEN_KEY + root, `${generation} ${token}`);

@@ -821,6 +821,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       releaseSeal(seal);
       removeTree(dir);
       if (!kept || attempt > 0) {
+        // Edited after the plan, perhaps through the links of a view: the next plan walks it (see dataSpoiled).
+        this.state.forgetMonitorToken(tree.root);
         throw new KaosError(
           "IO",
           `${where}: ${unverified.map((path) => join(tree.root, path)).join(", ")} changed after kaos hashed ${unverified.length === 1 ? "it" : "them"}, before any job ran`,
@@ -910,6 +912,9 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
           };
     const changed = checkSeal(data.seal, 5, { ...options, confirm });
     if (changed.length === 0) return undefined;
+    // A write through a view's links is an event of the view's folders, not of the bundle's: the file
+    // system monitor cannot have seen it, so the next plan walks the bundle rather than ask it.
+    if (data.linkedTo !== undefined) this.state.forgetMonitorToken(data.linkedTo);
     if (!known) {
       const inodes = new Set<string>();
       for (const path of changed) {
