@@ -5,7 +5,7 @@
  * project, fails when the data says "fail", and sleeps as long as the marks
  * directory's `sleep` file says.
  */
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, type Stats } from "node:fs";
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
 import ignore from "ignore";
 import { join } from "node:path";
@@ -21,6 +21,7 @@ import {
   startKaos,
   trivialSourceBundle,
   under,
+  type FileMap,
   type LiveKaos,
   type Project,
 } from "./helpers/rig.js";
@@ -53,7 +54,7 @@ interface Rig {
   watch(args?: string[]): LiveKaos;
 }
 
-function rig(options: { params?: string; config?: string; data?: Record<string, string> } = {}): Rig {
+function rig(options: { params?: string; config?: string; data?: FileMap } = {}): Rig {
   const marks = mkdtempSync(join(tmpdir(), "kaos-watch-marks-"));
   const project = makeProject({
     "kaos.config.ts": options.config ?? CONFIG,
@@ -504,6 +505,23 @@ describe("kaos watch", () => {
       expect(jobs.map((job) => job.state)).toEqual(["cancelled", "cancelled"]);
     });
   }
+
+  it("follows a data folder that is a symlink when it is pointed at another folder", async () => {
+    const r = rig({ data: { "v1/a.txt": "1\n", "v2/a.txt": "2\n", data: { symlink: "v1" } } });
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    // As `ln -sfn v2 data` does it when it replaces the link in one step.
+    symlinkSync("v2", r.project.path("data.new"));
+    renameSync(r.project.path("data.new"), r.project.path("data"));
+    await waitCount(kaos, "waiting for changes", 2);
+    expect(output(kaos)).toContain("change detected: 0 stages and 1 job to run, 0 skipped (data)");
+    // The new target is the one watched now.
+    r.project.write({ "v2/a.txt": "3\n" });
+    await waitCount(kaos, "waiting for changes", 3);
+    expect(output(kaos)).toContain("change detected: 0 stages and 1 job to run, 0 skipped (data/a.txt)");
+    expect(ofStage(await r.jobs(), "train", "succeeded")).toHaveLength(3);
+    await quit(kaos);
+  });
 
   it("waits for a config that does not load at start, then runs", async () => {
     const r = rig({ config: CONFIG.replace("parallelism: 2", "parallelism: 0") });

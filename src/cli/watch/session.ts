@@ -94,6 +94,7 @@ export interface WatchCommandOptions {
 import { WatchMachine } from "./machine.js";
 import { failedItems, failureReason, jobItem, planSummary, plural, runItems, wantedKeys } from "./outcomes.js";
 import { isIgnoredPath, loadRules, watchTargets, type WatchTargets } from "./targets.js";
+import { LinkWatcher } from "./links.js";
 import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
 import { stateDirOf } from "../../core/layout.js";
@@ -121,6 +122,7 @@ class WatchSession {
   private readonly baseSession: RunnerSession;
   private targets: WatchTargets;
   private watcher: import("chokidar").FSWatcher | undefined;
+  private readonly links = new LinkWatcher((link) => this.onLinkRetargeted(link));
   private configDirty = false;
   private configError: string | undefined;
   private pending: string[] = [];
@@ -224,6 +226,15 @@ class WatchSession {
     watcher.on("error", (error) => this.print(`watch error: ${displayLine(describeError(error))}`));
     await new Promise<void>((done) => watcher.once("ready", () => done()));
     this.watcher = watcher;
+    this.links.update(this.targets.paths);
+  }
+
+  /** A watched symlink now points elsewhere: the watcher follows it afresh, and that is an edit. */
+  private onLinkRetargeted(link: string): void {
+    if (this.stopping || this.watcher === undefined) return;
+    this.watcher.unwatch(link);
+    this.watcher.add(link);
+    this.onFsEvent("change", link);
   }
 
   /**
@@ -269,6 +280,7 @@ class WatchSession {
     if (this.watcher) {
       if (removed.length > 0) this.watcher.unwatch(removed);
       if (added.length > 0) this.watcher.add(added);
+      this.links.update(next.paths);
     }
     if (added.length > 0 || removed.length > 0) this.print(`watching ${plural(next.paths.length, "path")} in ${displayText(next.root)}`);
   }
@@ -486,6 +498,7 @@ class WatchSession {
     } finally {
       stopKeys();
       this.machine.stop();
+      this.links.close();
       await this.watcher?.close();
       await monitor?.close();
       while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
