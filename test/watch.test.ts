@@ -506,6 +506,33 @@ describe("kaos watch", () => {
     });
   }
 
+  it("a second Ctrl-C exits at once with 130 and takes with it a job that ignores SIGTERM", async () => {
+    const r = rig();
+    r.project.write(
+      under(
+        "src",
+        trivialSourceBundle(
+          `#!/bin/sh\ntrap "" TERM\necho $$ > '${r.marks}/pid.tmp'\nmv '${r.marks}/pid.tmp' '${r.marks}/pid'\nwhile :; do sleep 0.1; done\n`,
+        ),
+      ),
+    );
+    const kaos = r.watch();
+    await kaos.waitFor(/p train 1\/1 \w+ {2}a=1 {2}running/);
+    await waitUntil(() => existsSync(join(r.marks, "pid")), "the job wrote its pid");
+    const pid = Number(readFileSync(join(r.marks, "pid"), "utf8").trim());
+    cleanups.push(() => {
+      if (pidAlive(pid)) process.kill(-pid, "SIGKILL");
+    });
+    kaos.child.kill("SIGINT");
+    await kaos.waitFor("stopping: cancelling running jobs");
+    expect(pidAlive(pid)).toBe(true);
+    kaos.child.kill("SIGINT");
+    const result = await kaos.exited;
+    expect(result.code).toBe(130);
+    expect(result.stderr).toContain("stopping at once");
+    await waitUntil(() => !pidAlive(pid), "the job is gone");
+  });
+
   it("follows a data folder that is a symlink when it is pointed at another folder", async () => {
     const r = rig({ data: { "v1/a.txt": "1\n", "v2/a.txt": "2\n", data: { symlink: "v1" } } });
     const kaos = r.watch();

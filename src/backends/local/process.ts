@@ -355,6 +355,26 @@ export async function stopOrphanedJobs(jobIds: readonly string[], graceMs = 3_00
   return stopped;
 }
 
+/** The process groups of the jobs and builds this process runs. */
+const liveGroups = new Set<number>();
+let killingGroupsOnExit = false;
+
+/**
+ * Each job runs in a process group of its own, which the terminal's Ctrl-C
+ * does not reach: a kaos that exits at once (a second Ctrl-C) takes them
+ * with it, rather than leave a script that ignores SIGTERM running for good.
+ * Their records are left as a crash leaves them, for the next run to recover.
+ */
+function trackGroup(pid: number): void {
+  if (!killingGroupsOnExit) {
+    killingGroupsOnExit = true;
+    process.on("exit", () => {
+      for (const group of liveGroups) killGroup(group, "SIGKILL");
+    });
+  }
+  liveGroups.add(pid);
+}
+
 export function spawnLogged(options: SpawnOptions): RunningProcess {
   const log = new LogFile(options.logFile, options.logLimitBytes ?? logLimitBytes());
   const jobId = options.jobId;
@@ -376,6 +396,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
   // Read now, while the child cannot have been reaped: it bounds which processes may be its descendants.
   const jobStart: JobStart | undefined =
     jobId !== undefined && pid > 0 ? { pid, ticks: processStartTicks(pid), startedAtMs: Date.now() } : undefined;
+  if (pid > 0) trackGroup(pid);
 
   const stop = (why: string, graceMs = 5_000) => {
     if (reason === undefined) reason = why;
@@ -428,6 +449,7 @@ export function spawnLogged(options: SpawnOptions): RunningProcess {
       if (memoryTimer) clearInterval(memoryTimer);
       if (killTimer) clearTimeout(killTimer);
       killGroup(pid, "SIGKILL");
+      liveGroups.delete(pid);
       stdout.flush();
       stderr.flush();
       void log.end().then(() => resolve({ exitCode, signal, reason, oomKilled, logError: log.error }));

@@ -65,7 +65,8 @@
  * (`watching 3 paths — last run succeeded`, `running 2 of 12 (3 done)`,
  * `failed: REASON — waiting for an edit`), and a `q` keypress quits. Ctrl-C,
  * SIGTERM and `q` cancel the running jobs (recorded `cancelled`), release the
- * lock and exit 0; a second Ctrl-C exits at once with 130.
+ * lock and exit 0; a second Ctrl-C exits at once with 130, killing the jobs
+ * still running (see spawnLogged).
  */
 import { existsSync, type Stats } from "node:fs";
 import { basename, dirname, relative, resolve } from "node:path";
