@@ -195,6 +195,12 @@ const catalogue: Record<string, Case[]> = {
       message: "{dir}/kaos.config.ts:4: watch.debounceMs: expected 0 or more milliseconds, found -1",
     },
     {
+      name: "watch.debounceMs longer than a timer holds",
+      files: { "kaos.config.ts": config(PIPELINE, `  watch: { debounceMs: 3000000000 },\n`) },
+      args: ["up"],
+      message: "{dir}/kaos.config.ts:4: watch.debounceMs: expected at most 2147483647 milliseconds (about 24 days), found 3000000000",
+    },
+    {
       name: "allowFileUrls naming a missing directory and a file",
       files: { "kaos.config.ts": config(PIPELINE, `  allowFileUrls: ["/no/such/datasets", "grid.json"],\n`) },
       args: ["up"],
@@ -785,6 +791,11 @@ const catalogue: Record<string, Case[]> = {
       name: "watch with a negative debounce",
       args: ["watch", "--debounce", "-5"],
       message: `--debounce: expected a whole number, 0 or more, found "-5"`,
+    },
+    {
+      name: "watch with a debounce longer than a timer holds",
+      args: ["watch", "--debounce", "2147483648"],
+      message: `--debounce: expected at most 2147483647 (milliseconds, about 24 days), found "2147483648"`,
     },
     { name: "render without a stack", args: ["render", "-o", "out"], message: "error: required option '--stack <name>' not specified" },
     {

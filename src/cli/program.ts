@@ -19,6 +19,7 @@ type OptionsOf<F extends (options: never) => unknown> = Omit<Parameters<F>[0], "
 import type { DynamicKind, Shell } from "./completion.js";
 import { findConfig, kaosVersion, monitorSocketOf, stateDirOf } from "../core/layout.js";
 import { keepYoungGenerationsSmall } from "../core/heap.js";
+import { MAX_DEBOUNCE_MS } from "../core/defaults.js";
 import { EXIT } from "./exit.js";
 import { exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
 
@@ -36,12 +37,15 @@ function positiveNumber(flag: string) {
   };
 }
 
-function wholeNumber(flag: string, min: number) {
+function wholeNumber(flag: string, min: number, max?: { value: number; what: string }) {
   return (value: string): number => {
     // Digits only: Number() reads "" and " " as 0 (an unset shell variable), and takes "0x10" and "1e3".
     const number = /^\d+$/.test(value) ? Number(value) : Number.NaN;
     if (!Number.isSafeInteger(number) || number < min) {
       throw new InvalidArgumentError(`${flag}: expected a whole number, ${min} or more, found "${value}"`);
+    }
+    if (max !== undefined && number > max.value) {
+      throw new InvalidArgumentError(`${flag}: expected at most ${max.value} (${max.what}), found "${value}"`);
     }
     return number;
   };
@@ -159,7 +163,7 @@ function buildProgram(argv?: readonly string[]): Command {
       .option(
         "--debounce <ms>",
         "quiet time after the last edit before rerunning (default: the config's watch.debounceMs or 200)",
-        wholeNumber("--debounce", 0),
+        wholeNumber("--debounce", 0, { value: MAX_DEBOUNCE_MS, what: "milliseconds, about 24 days" }),
       )
       .addOption(
         new Option("--on-change <mode>", "an edit during a run: restart the affected jobs, or queue one rerun").choices([

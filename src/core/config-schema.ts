@@ -7,6 +7,7 @@
 import { readFileSync } from "node:fs";
 import * as z from "zod";
 import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position, valueAt } from "./config-text.js";
+import { MAX_DEBOUNCE_MS } from "./defaults.js";
 import { KaosError } from "./errors.js";
 import type { StackConfig } from "./types.js";
 
@@ -77,7 +78,12 @@ const configSchema = z.strictObject({
   allowFileUrls: z.array(pathSchema, { error: 'expected a list of directories, such as ["/datasets"]' }).optional(),
   watch: z
     .strictObject({
-      debounceMs: z.number().int({ error: "expected whole milliseconds" }).min(0, { error: "expected 0 or more milliseconds" }).optional(),
+      debounceMs: z
+        .number()
+        .int({ error: "expected whole milliseconds" })
+        .min(0, { error: "expected 0 or more milliseconds" })
+        .max(MAX_DEBOUNCE_MS, { error: `expected at most ${MAX_DEBOUNCE_MS} milliseconds (about 24 days)` })
+        .optional(),
       onChange: z.enum(["restart", "queue"], { error: 'expected "restart" or "queue"' }).optional(),
     })
     .optional(),
