@@ -5,6 +5,7 @@
  * monitor cannot say.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { firstFiles, hashTree, stopHashWorkers, treeLinks, type StatCacheStore } from "../src/core/hash.js";
@@ -408,5 +409,27 @@ describe("hashTree with a file system monitor, in process", () => {
     const kept = await hashTree(bundle, { statCache: open(), monitor });
     expect(kept.stats.monitored).toBe(true);
     expect(treeLinks(kept).files.map((file) => file.path)).toEqual(["link"]);
+  });
+});
+
+describe("a monitor that does not answer", () => {
+  it("is asked once per plan: a stopped monitor costs one wait, not one per tree", async () => {
+    const made = makeProject({ "kaos.config.ts": CONFIG });
+    cleanups.push(() => made.remove());
+    const stateDir = join(made.dir, ".kaos");
+    mkdirSync(stateDir, { recursive: true });
+    // What a monitor stopped with Ctrl-Z is to its clients: the kernel accepts, nobody answers.
+    const sockets: Socket[] = [];
+    const silent = createServer((socket) => sockets.push(socket));
+    await new Promise<void>((listening) => silent.listen(join(stateDir, "monitor.sock"), listening));
+    cleanups.push(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((closed) => silent.close(() => closed()));
+    });
+    const monitor = projectMonitor(stateDir);
+    expect(await monitor.changesSince(join(made.dir, "src"), undefined)).toBeUndefined();
+    expect(sockets).toHaveLength(1);
+    expect(await monitor.changesSince(join(made.dir, "data"), undefined)).toBeUndefined();
+    expect(sockets).toHaveLength(1);
   });
 });

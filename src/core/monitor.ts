@@ -132,10 +132,26 @@ const MAX_SOCKET_PATH_BYTES = 107;
 /** The monitor of the project whose state directory is `stateDir`, asked through its socket. */
 export function projectMonitor(stateDir: string): TreeMonitor {
   const socketPath = monitorSocketOf(stateDir);
-  return { changesSince: (root, token, options) => ask(socketPath, root, token, options?.untilReady === true) };
+  // A monitor that let a question go unanswered (stopped with Ctrl-Z, stuck) is not asked again:
+  // each question would wait as long, one per tree of the plan.
+  let silent = false;
+  return {
+    changesSince: async (root, token, options) => {
+      if (silent) return undefined;
+      return ask(socketPath, root, token, options?.untilReady === true, () => {
+        silent = true;
+      });
+    },
+  };
 }
 
-function ask(socketPath: string, root: string, token: string | undefined, untilReady: boolean): Promise<MonitorAnswer | undefined> {
+function ask(
+  socketPath: string,
+  root: string,
+  token: string | undefined,
+  untilReady: boolean,
+  timedOut: () => void,
+): Promise<MonitorAnswer | undefined> {
   let socketIno: number;
   try {
     const stats = lstatSync(socketPath);
@@ -155,7 +171,11 @@ function ask(socketPath: string, root: string, token: string | undefined, untilR
       socket.destroy();
       resolve(answer);
     };
-    let timer = setTimeout(() => finish(undefined), ANSWER_TIMEOUT_MS);
+    const giveUp = (): void => {
+      timedOut();
+      finish(undefined);
+    };
+    let timer = setTimeout(giveUp, ANSWER_TIMEOUT_MS);
     socket.setEncoding("utf8");
     socket.on("connect", () =>
       socket.write(`${JSON.stringify(untilReady ? { root, token: token ?? null, wait: true } : { root, token: token ?? null })}\n`),
@@ -169,7 +189,7 @@ function ask(socketPath: string, root: string, token: string | undefined, untilR
         if (untilReady && isProgress(line)) {
           // The set-up is moving: wait on.
           clearTimeout(timer);
-          timer = setTimeout(() => finish(undefined), ANSWER_TIMEOUT_MS);
+          timer = setTimeout(giveUp, ANSWER_TIMEOUT_MS);
         } else {
           finish(parseAnswer(line));
         }
