@@ -550,6 +550,20 @@ describe("kaos watch", () => {
     await quit(kaos);
   });
 
+  it("says the config was removed, not that a flag names a missing file, and resumes once it is back", async () => {
+    const r = rig();
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    rmSync(r.project.path("kaos.config.ts"));
+    await kaos.waitFor("config invalid; waiting for a fix");
+    expect(output(kaos)).toContain(`error: ${r.project.path("kaos.config.ts")}: removed while watching`);
+    expect(output(kaos)).not.toContain("--config");
+    r.project.write({ "kaos.config.ts": CONFIG });
+    await kaos.waitFor("config reloaded; resuming");
+    await waitCount(kaos, "waiting for changes", 2);
+    await quit(kaos);
+  });
+
   it("waits for a config that does not load at start, then runs", async () => {
     const r = rig({ config: CONFIG.replace("parallelism: 2", "parallelism: 0") });
     const kaos = r.watch();

@@ -290,6 +290,12 @@ class WatchSession {
   private async reload(): Promise<RunnerSession | undefined> {
     this.configDirty = false;
     try {
+      // Loaded by its path, a config that is gone would be told as a --config flag naming a missing file.
+      if (!existsSync(this.configFile)) {
+        throw new KaosError("CONFIG_NOT_FOUND", `${this.configFile}: removed while watching`, {
+          hint: "put it back to resume: kaos watch goes on watching for it",
+        });
+      }
       const { config, stack } = await loadProject({
         cwd: this.options.cwd,
         configPath: this.configFile,
