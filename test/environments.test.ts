@@ -83,6 +83,14 @@ describe("environments", () => {
     const jobs = JSON.parse((await kaos(made, "train", "list", "--json")).stdout) as { id: string; stage: string }[];
     const text = (await kaos(made, "train", "info", jobs.find((job) => job.stage === "train")!.id)).stdout;
     expect(text).toContain(`  packages 1 (kaostiny==1.1; all in ${freeze})`);
+    // The build job's result is the environment it made, and it has no metrics to look for.
+    const build = jobs.find((job) => job.stage === "build")!;
+    const buildText = (await kaos(made, "train", "info", build.id)).stdout;
+    expect(buildText).toContain(`env       ${made.path(".kaos", "envs", info.keys.env)}\n`);
+    expect(buildText).toContain("(none: a build job has no metrics)");
+    expect(buildText).not.toContain("outputs ");
+    const buildJson = JSON.parse((await kaos(made, "train", "info", build.id, "--json")).stdout) as { outputDir: string };
+    expect(buildJson.outputDir).toBe(made.path(".kaos", "envs", info.keys.env));
   });
 
   it("are built from requirements.lock alone when there is one (--no-deps), and editing the lock rebuilds", async () => {

@@ -247,6 +247,11 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const gpu = project({ resources: { gpu: 1 } });
     const noGpu = await kaos(gpu, ["up"], { KAOS_GPUS: "" });
     expect(noGpu.stderr).toContain("each job asks for 1 GPUs, this machine has 0");
+    // No stack setting gives GPUs a machine lacks: the hint says what does.
+    expect(noGpu.stderr).toContain(
+      "hint: lower the pipeline's resources.gpu to what this machine has, or use a cluster stack with GPU nodes",
+    );
+    expect(noGpu.stderr).not.toContain("maxCpu");
   });
 
   it("hands GPUs out through CUDA_VISIBLE_DEVICES", async () => {

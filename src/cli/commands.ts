@@ -665,7 +665,10 @@ async function printRecordedInfo(
       steps === undefined ? "" : c.dim(`  (series: last step ${steps.lastStep}, ${steps.points} point${steps.points === 1 ? "" : "s"})`);
     return `  ${displayText(key)}  ${metricText(value)}${progress}`;
   });
-  if (metricLines.length === 0 && metrics.skipped.length === 0) metricLines.push("  (none: the job wrote no OUT/metrics/*.json)");
+  if (metricLines.length === 0 && metrics.skipped.length === 0)
+    metricLines.push(
+      job.stage === "train" ? "  (none: the job wrote no OUT/metrics/*.json)" : `  (none: a ${job.stage} job has no metrics)`,
+    );
   for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
   const lines = [
     `${c.bold(`job ${job.id}`)}  ${displayText(job.pipeline)} ${job.stage}  ${job.state}${job.reason ? ` (${displayLine(job.reason)})` : ""}`,
@@ -682,7 +685,7 @@ async function printRecordedInfo(
     c.bold("metrics"),
     ...metricLines,
     "",
-    `outputs   ${displayText(outputDir)}`,
+    job.stage === "build" ? `env       ${displayText(outputDir)}` : `outputs   ${displayText(outputDir)}`,
   ];
   if (job.collectedAt !== null) lines.push(`results   collected by kaos gc at ${job.collectedAt}: its folder was removed`);
   else if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));

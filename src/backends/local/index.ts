@@ -422,18 +422,23 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   checkResources(plan: Plan): void {
     // With nothing to run there is nothing to check: the machine is not even asked for its GPUs.
     if (!jobsToRun(plan)) return;
-    const pool = new ResourcePool(this.capacity());
+    const capacity = this.capacity();
+    const pool = new ResourcePool(capacity);
     const problems: string[] = [];
+    let gpusLacking = false;
     for (const p of plan.pipelines) {
       if (!p.jobs.some((job) => job.action === "run")) continue;
       const { resources, name } = p.pipeline;
       const why = pool.unsatisfiable({ cpu: resources.cpu, memoryBytes: resources.memoryBytes ?? 0, gpu: resources.gpu });
       if (why) problems.push(`pipelines.${name}.resources: each job ${why}`);
+      if (resources.gpu > capacity.gpus.length) gpusLacking = true;
     }
     if (problems.length > 0) {
-      throw new KaosError("RESOURCES_UNSATISFIABLE", problems.join("\n"), {
-        hint: "lower the pipeline's resources, raise maxCpu/maxMemory in the stack, or use a cluster stack",
-      });
+      // A stack's caps bound cores and memory only: GPUs this machine lacks no setting of it gives.
+      const hint = gpusLacking
+        ? "lower the pipeline's resources.gpu to what this machine has, or use a cluster stack with GPU nodes"
+        : "lower the pipeline's resources, raise maxCpu/maxMemory in the stack, or use a cluster stack";
+      throw new KaosError("RESOURCES_UNSATISFIABLE", problems.join("\n"), { hint });
     }
   }
 

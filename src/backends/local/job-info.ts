@@ -9,7 +9,7 @@ import { KaosError, describeError } from "../../core/errors.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { readMetricSeries, readMetrics } from "../../core/metrics.js";
 import type { SweepRow } from "../../core/sweep.js";
-import { environmentPackages, freezePath } from "./build.js";
+import { environmentPackages, environmentPath, freezePath } from "./build.js";
 import { checkJobResults, resultsProblem } from "./results.js";
 import { runSweepRows } from "./sweep.js";
 
@@ -21,9 +21,12 @@ export async function localJobInfo(
   const { config, state } = context;
   const job = state.resolveJob(jobRef);
   const stateDir = stateDirOf(config.root);
-  const outputDir = job.outputDir ?? jobPaths(stateDir, job.id).out;
+  const envsDir = join(stateDir, "envs");
+  // A build's result is the environment it made; its job folder holds only the log.
+  const outputDir =
+    job.stage === "build" && job.envKey !== null ? environmentPath(envsDir, job.envKey) : (job.outputDir ?? jobPaths(stateDir, job.id).out);
   const series = Object.fromEntries(
-    Object.entries(readMetricSeries(outputDir).series).map(([field, points]) => [
+    Object.entries(job.stage === "train" ? readMetricSeries(outputDir).series : {}).map(([field, points]) => [
       field,
       { points: points.length, lastStep: points.reduce((last, point) => Math.max(last, point.step), 0) },
     ]),
@@ -43,13 +46,12 @@ export async function localJobInfo(
     } else rows = runSweepRows(config.root, state, job);
   }
   const check = job.stage === "train" ? await checkJobResults(stateDir, job.id) : undefined;
-  const envsDir = join(stateDir, "envs");
   const packages = job.envKey === null ? undefined : environmentPackages(envsDir, job.envKey);
   return {
     kind: "record",
     job,
     outputDir,
-    metrics: readMetrics(outputDir),
+    metrics: job.stage === "train" ? readMetrics(outputDir) : { values: {}, skipped: [] },
     series,
     results: check === undefined ? undefined : { check, problem: resultsProblem(job.id, check) },
     packages: packages === undefined ? undefined : { names: packages, file: freezePath(envsDir, job.envKey!) },
