@@ -784,6 +784,28 @@ sys.exit(3)
       'KAOS_LOG_MAX_BYTES=lots: expected a number of bytes or a size such as "20M" or "1Gi" (0 for no cap)',
     );
   }, 60_000);
+  it("long lines keep the log within its cap: a line longer than the tail's share keeps its end", async () => {
+    const train = `#!/usr/bin/env python3
+import sys
+for i in range(60):
+    sys.stdout.write("long %02d %s\\n" % (i, "y" * 20000))
+sys.stdout.write("huge %s end-of-huge\\n" % ("z" * 200000))
+sys.stdout.flush()
+print("failing: the last words", file=sys.stderr)
+sys.exit(3)
+`;
+    const made = project({ "data/value.txt": "v" }, train);
+    const cap = 65_536;
+    expect((await up(made, { KAOS_LOG_MAX_BYTES: String(cap) })).code).toBe(1);
+    const [job] = trainJobs(made);
+    const log = readFileSync(made.path(".kaos", "jobs", job!.id, "log"));
+    // The cap, and the two lines kaos adds to say what it dropped.
+    expect(log.length).toBeLessThanOrEqual(cap + 1024);
+    const text = log.toString("utf8");
+    expect(text).toMatch(/z+ end-of-huge\n\S+ stderr \| failing: the last words\n$/);
+    const dropped = /^\S+ kaos \| (\d+) bytes of output dropped here /m.exec(text);
+    expect(Number(dropped?.[1])).toBeGreaterThan(60 * 20000 + 200000 - cap);
+  }, 60_000);
 });
 
 describe("hostile manifests", () => {

@@ -81,11 +81,11 @@ const HEAD_SHARE = 0.25;
  * with an unhandled stream error: the failure is kept, later lines are
  * dropped, and the process's output is still drained so it never blocks.
  *
- * The log is capped (`limit` bytes, give or take a line): the first quarter
- * of the cap goes to the log as it comes; past it, lines go to two tail files
- * beside the log used in turn, each emptied when the other fills, so the last
- * lines (between three eighths and three quarters of the cap) are always
- * kept. When the job ends they follow a line that says how many bytes were
+ * The log is capped (`limit` bytes, and the lines kaos adds): the first
+ * quarter of the cap goes to the log as it comes; past it, lines go to two
+ * tail files beside the log used in turn, each emptied when the other fills,
+ * so the last lines (between three eighths and three quarters of the cap) are
+ * always kept. A line longer than a tail file's share keeps only its end. When the job ends they follow a line that says how many bytes were
  * dropped, and a note beside the log says it too.
  */
 class LogFile {
@@ -143,7 +143,23 @@ class LogFile {
   private writeTail(text: string): void {
     const tail = this.tail!;
     try {
-      if (tail.sizes[tail.active] >= this.segmentLimit) {
+      const bytes = Buffer.byteLength(text);
+      if (bytes > this.segmentLimit) {
+        // Longer than a tail file may hold: only its end fits the cap, and it is all the tail keeps.
+        const buffer = Buffer.from(text);
+        let start = buffer.length - this.segmentLimit;
+        // Not from the middle of a character.
+        while (start < buffer.length && ((buffer[start] as number) & 0xc0) === 0x80) start++;
+        const other = tail.active === 0 ? 1 : 0;
+        tail.dropped += tail.sizes[0] + tail.sizes[1] + start;
+        writeFileSync(tail.files[other], "");
+        tail.sizes[other] = 0;
+        writeFileSync(tail.files[tail.active], buffer.subarray(start));
+        tail.sizes[tail.active] = buffer.length - start;
+        return;
+      }
+      // A tail file never grows past its share, so the two together stay within the cap whatever the lines' lengths.
+      if (tail.sizes[tail.active] > 0 && tail.sizes[tail.active] + bytes > this.segmentLimit) {
         const next = tail.active === 0 ? 1 : 0;
         tail.dropped += tail.sizes[next];
         writeFileSync(tail.files[next], "");
@@ -151,7 +167,7 @@ class LogFile {
         tail.active = next;
       }
       appendFileSync(tail.files[tail.active], text);
-      tail.sizes[tail.active] += Buffer.byteLength(text);
+      tail.sizes[tail.active] += bytes;
     } catch (error) {
       this.error ??= describeError(error);
     }
