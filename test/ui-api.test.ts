@@ -4,7 +4,7 @@
  * and 400s, the access token off loopback, and a job written by another
  * process reaching a listening event stream.
  */
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StateStore } from "../src/core/state.js";
@@ -261,6 +261,51 @@ describe("kaos ui before the first kaos up", () => {
       expect(await getJson(`${url}api/overview`)).toMatchObject({ pipelines: [{ name: "p", total: 1, jobs: { queued: 1 } }] });
       expect((await getJson<{ items: unknown[] }>(`${url}api/runs`)).items).toHaveLength(1);
     } finally {
+      await ui.stop();
+      project.remove();
+    }
+  });
+});
+
+describe("kaos ui when the store is removed under it", () => {
+  it("reads the store a later writer makes in its place, and tells listening pages to start over", async () => {
+    const project = recordedProject();
+    const { ui, url } = await serve(project);
+    let stream: ReturnType<typeof request> | undefined;
+    try {
+      const before = await getJson<{ items: { id: string }[] }>(`${url}api/runs?limit=500`);
+      expect(before.items).toHaveLength(Math.ceil(JOBS / 20));
+
+      let events = "";
+      let heard: () => void = () => {};
+      const reset = new Promise<void>((resolve) => (heard = resolve));
+      const open = new Promise<void>((resolve) => {
+        stream = request(`${url}api/events`, (res) => {
+          res.setEncoding("utf8").on("data", (chunk: string) => {
+            events += chunk;
+            resolve();
+            if (events.includes("event: reset\n")) heard();
+          });
+        });
+        stream.end();
+      });
+      await open;
+
+      rmSync(project.path(".kaos"), { recursive: true, force: true });
+      const state = StateStore.open(project.dir);
+      let runId: string;
+      try {
+        runId = state.beginRun("local", "up").id;
+        state.createJob(jobFields("fresh", runId));
+      } finally {
+        state.close();
+      }
+      const after = await getJson<{ items: { id: string }[] }>(`${url}api/runs`);
+      expect(after.items.map((run) => run.id)).toEqual([runId]);
+      expect(await getJson(`${url}api/overview`)).toMatchObject({ pipelines: [{ name: "fresh", total: 1 }] });
+      await reset;
+    } finally {
+      stream?.destroy();
       await ui.stop();
       project.remove();
     }

@@ -7,7 +7,8 @@
  * metrics when its .jsonl files change.
  *
  * Events: `jobs` (the jobs that changed, as list rows), `log` (text appended
- * to the followed job's log), `series` and `metrics` (the followed job's).
+ * to the followed job's log), `series` and `metrics` (the followed job's), and
+ * `reset` when the store was removed or replaced: what the page shows is gone.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { readdirSync, statSync } from "node:fs";
@@ -46,6 +47,7 @@ export class EventHub {
   private heartbeat: NodeJS.Timeout | undefined;
   private version = -1;
   private lastSeq = -1;
+  private generation = -1;
   /** Unfinished jobs, by id, with their last stamp: the ones whose rows are read again on every change. */
   private readonly watched = new Map<string, string>();
 
@@ -110,6 +112,7 @@ export class EventHub {
 
   private tick(): void {
     try {
+      this.noticeNewStore();
       const changed = this.changedJobs();
       if (changed.length > 0) this.broadcast("jobs", changed.map(jobSummary));
       for (const client of this.clients) if (client.follow !== undefined) this.followJob(client, client.follow, changed);
@@ -117,6 +120,19 @@ export class EventHub {
       // A busy or briefly unreadable store is tried again on the next tick.
       this.broadcast("problem", { message: error instanceof Error ? error.message : String(error) });
     }
+  }
+
+  /** A store removed or replaced under the dashboard starts everything over, on the server and in the pages. */
+  private noticeNewStore(): void {
+    const generation = this.reader.generation();
+    if (generation === this.generation) return;
+    const first = this.generation < 0;
+    this.generation = generation;
+    if (first) return;
+    this.lastSeq = -1;
+    this.watched.clear();
+    for (const client of this.clients) if (client.follow !== undefined) client.follow.done = true;
+    this.broadcast("reset", {});
   }
 
   private changedJobs(): JobRecord[] {

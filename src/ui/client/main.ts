@@ -176,6 +176,8 @@ function connectLive(): void {
     const jobs = JSON.parse((event as MessageEvent<string>).data) as Job[];
     for (const listener of jobsListeners) listener(jobs);
   });
+  // The store was removed or replaced: nothing the page shows holds any more.
+  globalStream.addEventListener("reset", () => void show());
 }
 
 /** Calls `fn` at most once per `ms`, with the latest call's effect. */
