@@ -170,6 +170,38 @@ describe.skipIf(skipWithoutChromium)("kaos ui in a browser (built CLI, real proc
     }
   });
 
+  it("catches up after the dashboard restarts: a job that ended meanwhile shows its state and metric", async () => {
+    writeFileSync(project.path("grid.json"), JSON.stringify([GRID, { lr: 2, depth: 1, gate: true }, { lr: 3, depth: 1, gate: true }]));
+    const up = startKaos(["up"], { cwd: project.dir, env: env() });
+    try {
+      await page.goto(`${url}#/pipelines/p`);
+      const running = page.locator("#sweep tr[data-job]:has([data-state=running])");
+      await running.waitFor({ timeout: 60_000 });
+      const id = (await running.getAttribute("data-job"))!;
+      await page.locator(`#sweep a[href="#/jobs/${id}"]`).click();
+      await page.locator("#job-state [data-state=running]").waitFor();
+      await expect.poll(() => page.locator("#log").textContent(), { timeout: 30_000 }).toContain("waiting for the gate");
+
+      // The dashboard stops; the job ends while nobody serves the page; the dashboard comes back on the same port.
+      const port = new URL(url).port;
+      await ui.stop();
+      await expect.poll(() => page.locator("#live").textContent()).toBe("reconnecting");
+      writeFileSync(project.path("gate"), "go\n");
+      const result = await up.exited;
+      expect(result.code, result.stderr).toBe(0);
+      ui = startKaos(["ui", "--port", port], { cwd: project.dir });
+      await ui.waitFor(/kaos ui: http:\/\/\S+\n/);
+
+      await page.locator("#job-state [data-state=succeeded]").waitFor({ timeout: 30_000 });
+      await page.locator('#metrics tr[data-metric="score"]').waitFor();
+      expect(await page.locator('#metrics tr[data-metric="score"] td.num').textContent()).toBe("30");
+      await expect.poll(() => page.locator("#log").textContent()).toContain('trained {"depth": 1, "gate": true, "lr": 3}');
+      expect((await page.locator("#log").textContent())!.split("waiting for the gate").length).toBe(2);
+    } finally {
+      await up.stop();
+    }
+  });
+
   it("shows the environment builds with a link to their log", async () => {
     await page.goto(`${url}#/environments`);
     const build = page.locator("tr[data-job]").first();

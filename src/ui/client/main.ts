@@ -164,11 +164,16 @@ let globalStream: EventSource | undefined;
 function connectLive(): void {
   const live = document.getElementById("live")!;
   globalStream = new EventSource("/api/events");
+  let lost = false;
   globalStream.addEventListener("open", () => {
     live.textContent = "live";
     live.classList.add("on");
+    // What changed while the stream was down (a dashboard restarted, a job that ended meanwhile) was never sent.
+    if (lost) void show();
+    lost = false;
   });
   globalStream.addEventListener("error", () => {
+    lost = true;
     live.textContent = "reconnecting";
     live.classList.remove("on");
   });
