@@ -12,6 +12,7 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { StateStore } from "../src/core/state.js";
 import { makeProject, REPO_ROOT, runKaos, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -199,6 +200,35 @@ describe.skipIf(skipWithoutChromium)("kaos ui in a browser (built CLI, real proc
       expect((await page.locator("#log").textContent())!.split("waiting for the gate").length).toBe(2);
     } finally {
       await up.stop();
+    }
+  });
+
+  it("a page left before it loaded does not replace the page opened next", async () => {
+    const state = StateStore.open(project.dir, { readonly: true });
+    const id = state.listJobs({ stage: "train", limit: 1 })[0]!.id;
+    state.close();
+    await page.goto(`${url}#/runs`);
+    await page.locator("#runs tr[data-run]").first().waitFor();
+    // The job's own request is held until the next page is shown.
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const jobRequest = `**/api/jobs/${id}`;
+    await page.route(jobRequest, async (route) => {
+      await held;
+      await route.continue();
+    });
+    try {
+      await page.goto(`${url}#/jobs/${id}`);
+      await page.goto(`${url}#/environments`);
+      await page.locator("h1", { hasText: "Environment builds" }).waitFor();
+      // The job page goes on: its log, then (once it has drawn itself) its step series.
+      const drawn = page.waitForRequest(`**/api/jobs/${id}/series`);
+      release();
+      await drawn;
+      await page.locator("tr[data-job]").first().waitFor();
+      expect(await page.locator("h1").allTextContents()).toEqual(["Environment builds"]);
+    } finally {
+      await page.unroute(jobRequest);
     }
   });
 

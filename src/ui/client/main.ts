@@ -250,6 +250,7 @@ function pagedTable<T>(
 
 function runsView(): View {
   let listener: JobsListener | undefined;
+  let disposed = false;
   return {
     async render(main) {
       const overview = await get<Overview>("/api/overview");
@@ -299,10 +300,12 @@ function runsView(): View {
         h("section", { class: "card", id: "runs" }, runs.element),
       );
       await runs.reload();
+      if (disposed) return;
       listener = throttle(() => void runs.reload(), 500);
       jobsListeners.add(listener);
     },
     dispose() {
+      disposed = true;
       if (listener) jobsListeners.delete(listener);
     },
   };
@@ -333,6 +336,7 @@ const JOB_HEADER = ["job", "pipeline", "stage", "state", "n/N", "started", "dura
 
 function jobListView(title: string, query: string): View {
   let listener: JobsListener | undefined;
+  let disposed = false;
   return {
     async render(main) {
       const table = pagedTable<Job>(JOB_HEADER, jobRow, (cursor) =>
@@ -340,10 +344,12 @@ function jobListView(title: string, query: string): View {
       );
       main.replaceChildren(h("h1", {}, title), h("section", { class: "card" }, table.element));
       await table.reload();
+      if (disposed) return;
       listener = throttle(() => void table.reload(), 500);
       jobsListeners.add(listener);
     },
     dispose() {
+      disposed = true;
       if (listener) jobsListeners.delete(listener);
     },
   };
@@ -493,6 +499,7 @@ function compare(a: unknown, b: unknown): number {
 
 function sweepView(pipeline: string): View {
   let listener: JobsListener | undefined;
+  let disposed = false;
   const charts: uPlot[] = [];
   return {
     async render(main) {
@@ -658,6 +665,7 @@ function sweepView(pipeline: string): View {
       metricSelect.addEventListener("change", drawScatter);
       fieldSelect.addEventListener("change", () => void drawCurves());
       await load();
+      if (disposed) return;
       const reload = throttle(() => void load(), 500);
       listener = (jobs) => {
         if (jobs.some((job) => job.pipeline === pipeline && job.stage === "train")) reload();
@@ -665,6 +673,7 @@ function sweepView(pipeline: string): View {
       jobsListeners.add(listener);
     },
     dispose() {
+      disposed = true;
       if (listener) jobsListeners.delete(listener);
       for (const chart of charts.splice(0)) chart.destroy();
     },
@@ -676,6 +685,7 @@ function sweepView(pipeline: string): View {
 function jobView(id: string): View {
   let stream: EventSource | undefined;
   let chart: uPlot | undefined;
+  let disposed = false;
   return {
     async render(main) {
       const job = await get<JobDetail>(`/api/jobs/${encodeURIComponent(id)}`);
@@ -767,6 +777,7 @@ function jobView(id: string): View {
       );
       series = await get<Series>(`/api/jobs/${encodeURIComponent(job.id)}/series`);
       drawCurves();
+      if (disposed) return;
       stream = new EventSource(`/api/events?job=${encodeURIComponent(job.id)}&logOffset=${log.next}`);
       stream.addEventListener("log", (event) => {
         const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
@@ -788,6 +799,7 @@ function jobView(id: string): View {
       });
     },
     dispose() {
+      disposed = true;
       stream?.close();
       chart?.destroy();
     },
@@ -814,13 +826,16 @@ async function show(): Promise<void> {
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.getAttribute("data-kind") === kind);
   const view = route();
   current = view;
+  // Each view draws in its own element: one left before it finished loading goes on drawing out of sight.
+  const root = h("div", { class: "view" });
+  main.replaceChildren(root);
   main.setAttribute("aria-busy", "true");
   try {
-    await view.render(main);
+    await view.render(root);
   } catch (error) {
-    main.replaceChildren(h("p", { class: "error" }, error instanceof Error ? error.message : String(error)));
+    root.replaceChildren(h("p", { class: "error" }, error instanceof Error ? error.message : String(error)));
   } finally {
-    main.removeAttribute("aria-busy");
+    if (current === view) main.removeAttribute("aria-busy");
   }
 }
 
