@@ -8,7 +8,7 @@
  * KAOS_UI_SCREENSHOT=1 also saves the sweep page to docs/ui-sweep.png.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -229,6 +229,54 @@ describe.skipIf(skipWithoutChromium)("kaos ui in a browser (built CLI, real proc
       expect(await page.locator("h1").allTextContents()).toEqual(["Environment builds"]);
     } finally {
       await page.unroute(jobRequest);
+    }
+  });
+
+  it("keeps only the end of a log that grows by megabytes while the job page is open", async () => {
+    const logFile = project.path("loud.log");
+    writeFileSync(logFile, "first line\n");
+    const state = StateStore.open(project.dir);
+    let id: string;
+    try {
+      const run = state.beginRun("local", "up");
+      const job = state.createJob({
+        runId: run.id,
+        stack: "local",
+        pipeline: "loud",
+        stage: "train",
+        key: "loud",
+        params: {},
+        envKey: null,
+        sourceKey: null,
+        dataKey: null,
+        paramsKey: null,
+        sweepIndex: 0,
+        sweepSize: 1,
+        outputDir: null,
+        logFile,
+      });
+      id = job.id;
+      state.markRunning(id, null);
+    } finally {
+      state.close();
+    }
+    await page.goto(`${url}#/jobs/${id}`);
+    await expect.poll(() => page.locator("#log").textContent()).toBe("first line\n");
+    await page.locator("#job-state [data-state=running]").waitFor();
+    // 8 MB more, in lines, then a last one.
+    const block = `${"step loss=0.1 ".repeat(7)}\n`.repeat(80_000);
+    for (let i = 0; i < 8; i++) appendFileSync(logFile, block);
+    appendFileSync(logFile, "the last line\n");
+    await expect.poll(() => page.locator("#log").textContent(), { timeout: 60_000 }).toMatch(/the last line\n$/);
+    const shown = (await page.locator("#log").textContent())!;
+    expect(shown.length).toBeLessThanOrEqual(2 << 20);
+    expect(shown).not.toContain("first line");
+    expect(await page.locator("#log-earlier").textContent()).toMatch(/^the first \d+ bytes are not shown/);
+    const writer = StateStore.open(project.dir);
+    try {
+      writer.finishJob(id, { state: "succeeded", exitCode: 0 });
+    } finally {
+      writer.close();
     }
   });
 

@@ -682,6 +682,9 @@ function sweepView(pipeline: string): View {
 
 // ------------------------------------------------------------------ one job
 
+/** The most of a log a job page holds: appending megabytes a job prints would leave the page too slow to use. */
+const LOG_SHOWN_CHARS = 1 << 20;
+
 function jobView(id: string): View {
   let stream: EventSource | undefined;
   let chart: uPlot | undefined;
@@ -693,9 +696,29 @@ function jobView(id: string): View {
       const state = h("span", { id: "job-state" }, stateBadge(job.state));
       const timing = h("span", { class: "muted", id: "job-timing" });
       const metrics = h("tbody", { id: "metrics" });
-      const pre = h("pre", { class: "log", id: "log" }, log.text);
-      const earlier =
-        log.offset > 0 ? h("p", { class: "muted" }, `the first ${log.offset} bytes are not shown: `, h("code", {}, job.logFile)) : null;
+      const pre = h("pre", { class: "log", id: "log" });
+      const earlier = h("p", { class: "muted", id: "log-earlier" });
+      const showEarlier = (offset: number) => {
+        earlier.hidden = offset === 0;
+        earlier.replaceChildren(`the first ${offset} bytes are not shown: `, h("code", {}, job.logFile));
+      };
+      // The pieces shown, each with where it starts in the file: the oldest go once the page holds too much.
+      const pieces: { node: Text; offset: number }[] = [];
+      let shownChars = 0;
+      const appendLog = (text: string, offset: number) => {
+        const node = document.createTextNode(text);
+        pre.append(node);
+        pieces.push({ node, offset });
+        shownChars += text.length;
+        while (shownChars > LOG_SHOWN_CHARS && pieces.length > 1) {
+          const oldest = pieces.shift()!;
+          oldest.node.remove();
+          shownChars -= oldest.node.length;
+          showEarlier(pieces[0]!.offset);
+        }
+      };
+      appendLog(log.text, log.offset);
+      showEarlier(log.offset);
       const fieldSelect = h("select", { id: "job-curve-field" });
       const curves = h("div", { class: "chart", id: "job-curves" });
       let series: Series = { id: job.id, series: {} };
@@ -781,7 +804,8 @@ function jobView(id: string): View {
       stream = new EventSource(`/api/events?job=${encodeURIComponent(job.id)}&logOffset=${log.next}`);
       stream.addEventListener("log", (event) => {
         const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        pre.append((JSON.parse((event as MessageEvent<string>).data) as { text: string }).text);
+        const piece = JSON.parse((event as MessageEvent<string>).data) as { offset: number; text: string };
+        appendLog(piece.text, piece.offset);
         if (atBottom) pre.scrollTop = pre.scrollHeight;
       });
       stream.addEventListener("series", (event) => {
