@@ -289,3 +289,34 @@ describe.skipIf(skipWithoutChromium)("kaos ui in a browser (built CLI, real proc
     await expect.poll(() => page.locator("#log").textContent()).not.toBe("");
   });
 });
+
+describe.skipIf(skipWithoutChromium)("two kaos ui with access tokens in one browser", () => {
+  it("opening the second dashboard leaves the first one signed in", async () => {
+    const project = makeProject({
+      "kaos.config.ts": 'export default { pipelines: { p: { source: "src", data: "data" } } };\n',
+    });
+    const started: LiveKaos[] = [];
+    const browser = await chromium.launch({ executablePath: CHROMIUM });
+    try {
+      const urls: string[] = [];
+      for (let i = 0; i < 2; i++) {
+        const ui = startKaos(["ui", "--port", "0", "--token", `token-number-${i}`], { cwd: project.dir });
+        started.push(ui);
+        urls.push(/kaos ui: (http:\/\/\S+)/.exec(await ui.waitFor(/kaos ui: http:\/\/\S+\n/))![1]!);
+      }
+      const context = await browser.newContext();
+      const first = await context.newPage();
+      await first.goto(urls[0]!);
+      await first.locator("#runs").waitFor();
+      const second = await context.newPage();
+      await second.goto(urls[1]!);
+      await second.locator("#runs").waitFor();
+      // The first page's own requests carry its cookie: the second dashboard's must not have replaced it.
+      expect(await first.evaluate(async () => (await fetch("/api/overview")).status)).toBe(200);
+    } finally {
+      await browser.close();
+      for (const ui of started) await ui.stop();
+      project.remove();
+    }
+  });
+});

@@ -20,6 +20,14 @@ import { SweepReader } from "./sweep.js";
 
 export const TOKEN_COOKIE = "kaos_ui_token";
 
+/**
+ * The cookie of the dashboard on `port`: a browser sends a host's cookies to
+ * every port of it, so dashboards side by side would overwrite each other's.
+ */
+function cookieName(port: number): string {
+  return `${TOKEN_COOKIE}_${port}`;
+}
+
 export interface UiOptions {
   /** The project root: where kaos.config.ts and .kaos/ are. */
   root: string;
@@ -61,20 +69,20 @@ function sameSecret(given: string, expected: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-function cookieToken(req: IncomingMessage): string | undefined {
+function cookieToken(req: IncomingMessage, cookie: string): string | undefined {
   for (const part of (req.headers.cookie ?? "").split(";")) {
     const [name, ...value] = part.trim().split("=");
-    if (name === TOKEN_COOKIE) return value.join("=");
+    if (name === cookie) return value.join("=");
   }
   return undefined;
 }
 
-function requestToken(req: IncomingMessage, url: URL): { token: string | undefined; fromQuery: boolean } {
+function requestToken(req: IncomingMessage, url: URL, cookie: string): { token: string | undefined; fromQuery: boolean } {
   const query = url.searchParams.get("token");
   if (query !== null) return { token: query, fromQuery: true };
   const auth = req.headers.authorization;
   if (auth?.startsWith("Bearer ")) return { token: auth.slice("Bearer ".length).trim(), fromQuery: false };
-  return { token: cookieToken(req), fromQuery: false };
+  return { token: cookieToken(req, cookie), fromQuery: false };
 }
 
 /** The host part of a Host header (`127.0.0.1:8080`, `[::1]:80`, `localhost`). */
@@ -111,13 +119,14 @@ export async function startUiServer(options: UiOptions): Promise<UiServer> {
       return;
     }
     if (token !== undefined) {
-      const given = requestToken(req, url);
+      const cookie = cookieName(listeningPort());
+      const given = requestToken(req, url, cookie);
       if (given.token === undefined || !sameSecret(given.token, token)) {
         sendJson(res, 401, { error: "this dashboard needs its access token: open the address `kaos ui` printed, with ?token=..." });
         return;
       }
       // The page's own requests (scripts, API calls, the event stream) then carry it as a cookie.
-      if (given.fromQuery) res.setHeader("set-cookie", `${TOKEN_COOKIE}=${token}; HttpOnly; SameSite=Strict; Path=/`);
+      if (given.fromQuery) res.setHeader("set-cookie", `${cookie}=${token}; HttpOnly; SameSite=Strict; Path=/`);
     } else if (!isLoopbackHost(hostOfHeader(req.headers.host))) {
       sendJson(res, 403, { error: `this dashboard answers only to a loopback host name, not ${req.headers.host ?? "(none)"}` });
       return;
@@ -148,6 +157,10 @@ export async function startUiServer(options: UiOptions): Promise<UiServer> {
   };
 
   const server = createServer((req, res) => void handle(req, res));
+  const listeningPort = (): number => {
+    const address = server.address();
+    return typeof address === "object" && address !== null ? address.port : options.port;
+  };
   await new Promise<void>((resolve, reject) => {
     const failed = (error: NodeJS.ErrnoException) => {
       reject(
@@ -163,8 +176,7 @@ export async function startUiServer(options: UiOptions): Promise<UiServer> {
       resolve();
     });
   });
-  const address = server.address();
-  const port = typeof address === "object" && address !== null ? address.port : options.port;
+  const port = listeningPort();
   const shownHost = isIP(options.host) === 6 ? `[${options.host}]` : options.host;
   const url = `http://${shownHost}:${port}/${token === undefined ? "" : `?token=${token}`}`;
   return {
