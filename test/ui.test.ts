@@ -280,6 +280,24 @@ describe.skipIf(skipWithoutChromium)("kaos ui in a browser (built CLI, real proc
     }
   });
 
+  it("opens one event stream a tab: four job pages side by side all load", async () => {
+    const state = StateStore.open(project.dir, { readonly: true });
+    const id = state.listJobs({ stage: "train", state: "succeeded", limit: 1 })[0]!.id;
+    state.close();
+    // A browser opens at most six connections to a host, shared by every tab.
+    const context = await browser.newContext();
+    try {
+      for (let tab = 0; tab < 4; tab++) {
+        const other = await context.newPage();
+        await other.goto(`${url}#/jobs/${id}`);
+        await other.locator("#job-state [data-state=succeeded]").waitFor();
+        await expect.poll(() => other.locator("#live").textContent()).toBe("live");
+      }
+    } finally {
+      await context.close();
+    }
+  });
+
   it("shows the environment builds with a link to their log", async () => {
     await page.goto(`${url}#/environments`);
     const build = page.locator("tr[data-job]").first();

@@ -159,30 +159,52 @@ function countsText(counts: Partial<Record<JobState, number>>): HTMLElement {
 
 type JobsListener = (jobs: Job[]) => void;
 const jobsListeners = new Set<JobsListener>();
-let globalStream: EventSource | undefined;
+let stream: EventSource | undefined;
+/** What the followed job's events go to, while a job page is shown. */
+let followed: Partial<Record<"log" | "series" | "metrics", (data: unknown) => void>> = {};
 
-function connectLive(): void {
+/**
+ * One event stream for the whole tab, following a job (`?job=ID`) while its
+ * page is shown: a browser opens at most six connections to a host, shared by
+ * every tab, and each stream holds one for as long as it is open.
+ */
+function connectLive(query = ""): void {
+  stream?.close();
   const live = document.getElementById("live")!;
-  globalStream = new EventSource("/api/events");
+  const source = new EventSource(`/api/events${query}`);
+  stream = source;
   let lost = false;
-  globalStream.addEventListener("open", () => {
+  source.addEventListener("open", () => {
     live.textContent = "live";
     live.classList.add("on");
     // What changed while the stream was down (a dashboard restarted, a job that ended meanwhile) was never sent.
     if (lost) void show();
     lost = false;
   });
-  globalStream.addEventListener("error", () => {
+  source.addEventListener("error", () => {
     lost = true;
     live.textContent = "reconnecting";
     live.classList.remove("on");
   });
-  globalStream.addEventListener("jobs", (event) => {
+  source.addEventListener("jobs", (event) => {
     const jobs = JSON.parse((event as MessageEvent<string>).data) as Job[];
     for (const listener of jobsListeners) listener(jobs);
   });
+  for (const name of ["log", "series", "metrics"] as const) {
+    source.addEventListener(name, (event) => followed[name]?.(JSON.parse((event as MessageEvent<string>).data)));
+  }
   // The store was removed or replaced: nothing the page shows holds any more.
-  globalStream.addEventListener("reset", () => void show());
+  source.addEventListener("reset", () => void show());
+}
+
+/** Follows a job's log from `logOffset`, its step series and metrics; returns how to stop. */
+function followJob(id: string, logOffset: number, handlers: typeof followed): () => void {
+  followed = handlers;
+  connectLive(`?job=${encodeURIComponent(id)}&logOffset=${logOffset}`);
+  return () => {
+    followed = {};
+    connectLive();
+  };
 }
 
 /** Calls `fn` at most once per `ms`, with the latest call's effect. */
@@ -686,7 +708,8 @@ function sweepView(pipeline: string): View {
 const LOG_SHOWN_CHARS = 1 << 20;
 
 function jobView(id: string): View {
-  let stream: EventSource | undefined;
+  let unfollow: (() => void) | undefined;
+  let listener: JobsListener | undefined;
   let chart: uPlot | undefined;
   let disposed = false;
   return {
@@ -801,30 +824,31 @@ function jobView(id: string): View {
       series = await get<Series>(`/api/jobs/${encodeURIComponent(job.id)}/series`);
       drawCurves();
       if (disposed) return;
-      stream = new EventSource(`/api/events?job=${encodeURIComponent(job.id)}&logOffset=${log.next}`);
-      stream.addEventListener("log", (event) => {
-        const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        const piece = JSON.parse((event as MessageEvent<string>).data) as { offset: number; text: string };
-        appendLog(piece.text, piece.offset);
-        if (atBottom) pre.scrollTop = pre.scrollHeight;
-      });
-      stream.addEventListener("series", (event) => {
-        series = JSON.parse((event as MessageEvent<string>).data) as Series;
-        drawCurves();
-      });
-      stream.addEventListener("metrics", (event) =>
-        showMetrics((JSON.parse((event as MessageEvent<string>).data) as { metrics: Record<string, MetricValue> }).metrics),
-      );
-      stream.addEventListener("jobs", (event) => {
-        const update = (JSON.parse((event as MessageEvent<string>).data) as Job[]).find((j) => j.id === job.id);
+      listener = (jobs) => {
+        const update = jobs.find((j) => j.id === job.id);
         if (update === undefined) return;
         state.replaceChildren(stateBadge(update.state));
         showTiming(update);
+      };
+      jobsListeners.add(listener);
+      unfollow = followJob(job.id, log.next, {
+        log: (data) => {
+          const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+          const piece = data as { offset: number; text: string };
+          appendLog(piece.text, piece.offset);
+          if (atBottom) pre.scrollTop = pre.scrollHeight;
+        },
+        series: (data) => {
+          series = data as Series;
+          drawCurves();
+        },
+        metrics: (data) => showMetrics((data as { metrics: Record<string, MetricValue> }).metrics),
       });
     },
     dispose() {
       disposed = true;
-      stream?.close();
+      unfollow?.();
+      if (listener) jobsListeners.delete(listener);
       chart?.destroy();
     },
   };
