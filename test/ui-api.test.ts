@@ -202,6 +202,32 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
     expect(tail.text.endsWith(lines.at(-1)!)).toBe(true);
   });
 
+  it("cuts a line longer than a piece between characters, never inside one", async () => {
+    const logFile = project.path("wide.log");
+    const line = `${"é".repeat(200_000)}\n`;
+    writeFileSync(logFile, `a${line}`);
+    const state = StateStore.open(project.dir);
+    let id: string;
+    try {
+      const run = state.beginRun("local", "up");
+      id = state.createJob({ ...jobFields("wide", run.id), logFile }).id;
+    } finally {
+      state.close();
+    }
+    let text = "";
+    let offset = 0;
+    for (;;) {
+      const piece = await getJson<{ next: number; size: number; text: string }>(`${base}api/jobs/${id}/log?offset=${offset}`);
+      text += piece.text;
+      if (piece.next === piece.size) break;
+      expect(piece.next).toBeGreaterThan(offset);
+      offset = piece.next;
+    }
+    expect(text).toBe(`a${line}`);
+    const tail = await getJson<{ text: string }>(`${base}api/jobs/${id}/log?tail=1`);
+    expect(tail.text).toMatch(/^é+\n$/);
+  });
+
   it("serves the page and its script, and refuses a host name that is not loopback", async () => {
     const page = await get(base);
     expect(page.status).toBe(200);

@@ -248,18 +248,40 @@ export function readLogChunk(
       // From the first line that starts within the last piece.
       start = size - LOG_CHUNK_BYTES;
       const head = Buffer.alloc(Math.min(LOG_CHUNK_BYTES, 64 << 10));
-      const newline = head.subarray(0, readSync(fd, head, 0, head.length, start)).indexOf(10);
+      const headRead = head.subarray(0, readSync(fd, head, 0, head.length, start));
+      const newline = headRead.indexOf(10);
       if (newline >= 0) start += newline + 1;
+      else {
+        // No line starts there: from the next character then, not from the middle of one.
+        let skip = 0;
+        while (skip < 3 && skip < headRead.length && (headRead[skip]! & 0xc0) === 0x80) skip += 1;
+        start += skip;
+      }
     }
     const buffer = Buffer.alloc(Math.min(LOG_CHUNK_BYTES, size - start));
     const read = buffer.length === 0 ? 0 : readSync(fd, buffer, 0, buffer.length, start);
     let end = read;
     const newline = buffer.lastIndexOf(10, read - 1);
     if (newline >= 0) end = newline + 1;
+    else end = wholeCharacters(buffer, read) || read;
     return { offset: start, next: start + end, size, text: buffer.toString("utf8", 0, end) };
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * How many of the first `length` bytes end on a UTF-8 character boundary: a
+ * line longer than a piece is cut between characters, so that neither piece
+ * shows a character split in two as replacement marks.
+ */
+function wholeCharacters(buffer: Buffer, length: number): number {
+  let start = length - 1;
+  // Back over at most three continuation bytes (10xxxxxx) to the last character's first byte.
+  while (start > 0 && length - start < 4 && (buffer[start]! & 0xc0) === 0x80) start -= 1;
+  const lead = buffer[start] ?? 0;
+  const size = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+  return start + size > length ? start : length;
 }
 
 function listOutputs(outDir: string): { path: string; size: number }[] {
