@@ -245,6 +245,39 @@ describe("config validation names the file, line, key path, bad value and what i
     const none = await configError(`export default { pipelines: {} };\n`);
     expect(none.message).toBe(`invalid config\n${none.file}:1: pipelines: expected at least one pipeline`);
   });
+
+  it("a default export of null, nothing, a list, a function or a promise that rejects", async () => {
+    const expected = "expected `export default defineConfig({ pipelines: {...} })`";
+    for (const [text, found] of [
+      ["export default null;\n", "null"],
+      ["export default undefined;\n", "nothing"],
+      ["export default [];\n", "[]"],
+      ["export default Promise.resolve(null);\n", "null"],
+    ] as const) {
+      const { message, file } = await configError(text);
+      expect(message, text).toBe(`${file}: the default export is ${found}; ${expected}`);
+    }
+    const fn = await configError(`export default () => ({ pipelines: {} });\n`);
+    expect(fn.message).toBe(
+      `${fn.file}: the default export is a function; ${expected}, the object itself rather than a function that returns it`,
+    );
+    const rejected = await configError(`export default Promise.reject(new Error("no secrets"));\n`);
+    expect(rejected.message).toBe(`${rejected.file}: could not be loaded: no secrets`);
+  });
+
+  it("a stack whose default export is null or a function", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/none.ts": "export default null;\n",
+      "stacks/fn.ts": `export default () => ({ backend: "local" });\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    await expect(loadStack(config, "none")).rejects.toThrow(
+      `${made.path("stacks/none.ts")}: the default export is null; expected \`export default defineStack({ backend: ... })\``,
+    );
+    await expect(loadStack(config, "fn")).rejects.toThrow(
+      `${made.path("stacks/fn.ts")}: the default export is a function; expected \`export default defineStack({ backend: ... })\`, the object itself rather than a function that returns it`,
+    );
+  });
 });
 
 describe("stacks", () => {

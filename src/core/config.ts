@@ -33,8 +33,8 @@ function packageEntry(): string {
   return existsSync(built) ? built : join(packageRoot(), "src", "define.ts");
 }
 
-/** Evaluates a config or stack module and returns its default export. */
-async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID"): Promise<unknown> {
+/** Evaluates a module with jiti; `interopDefault` as jiti takes it. */
+async function evaluateModule(file: string, interopDefault: boolean): Promise<unknown> {
   // Required, not imported: importing jiti's CommonJS bundle from ESM makes
   // Node scan its source for exports first, a cost on every command.
   const { createJiti } = createRequire(import.meta.url)("jiti") as typeof import("jiti");
@@ -43,24 +43,68 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
     moduleCache: false,
     // Transpiled configs are cached by content, so an unchanged config loads without a compiler.
     fsCache: join(tmpdir(), "kaos-jiti"),
-    interopDefault: true,
+    interopDefault,
   });
+  return await jiti.import(file);
+}
+
+/**
+ * The default export as the module wrote it. jiti's interop answers `default`
+ * with the whole module when the export is null or undefined; the property's
+ * own descriptor is not intercepted.
+ */
+function writtenDefault(module: object): unknown {
+  const descriptor = Object.getOwnPropertyDescriptor(module, "default");
+  if (descriptor === undefined) return undefined;
+  return "value" in descriptor ? descriptor.value : descriptor.get?.call(module);
+}
+
+/** Whether a module of `file`, evaluated without jiti's interop, exports a null default. */
+async function exportsNullDefault(file: string): Promise<boolean> {
+  try {
+    const module = await evaluateModule(file, false);
+    return typeof module === "object" && module !== null && "default" in module && module.default === null;
+  } catch {
+    return false;
+  }
+}
+
+/** Evaluates a config or stack module and returns its default export, awaited when it is a promise: an object. */
+async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID"): Promise<object> {
   const expected =
     code === "CONFIG_LOAD" ? "`export default defineConfig({ pipelines: {...} })`" : "`export default defineStack({ backend: ... })`";
-  let module: unknown;
+  const invalid = code === "CONFIG_LOAD" ? "CONFIG_INVALID" : code;
+  let value: unknown;
   try {
-    module = await jiti.import(file);
+    const module = await evaluateModule(file, true);
+    // Without this check a module of named exports would be validated as if it were the config.
+    if (typeof module !== "object" || module === null || !("default" in module)) {
+      throw new KaosError(invalid, `${file}: has no default export; expected ${expected}`);
+    }
+    const written = writtenDefault(module);
+    // A promise is awaited here, so that one that rejects is told as a file that does not load.
+    value = written === null || written === undefined ? written : await (module as { default: unknown }).default;
   } catch (error) {
+    if (error instanceof KaosError) throw error;
+    // jiti's interop reads `.then` of a null default export and fails; only a second look without it tells that case.
+    if (error instanceof TypeError && error.message.includes("(reading 'then')") && (await exportsNullDefault(file))) {
+      throw new KaosError(invalid, `${file}: the default export is null; expected ${expected}`);
+    }
     throw new KaosError(code, `${file}: could not be loaded: ${describeError(error)}`, {
       hint: "fix the error above; the file must `export default defineConfig({...})` (or `defineStack` for a stack)",
       cause: error,
     });
   }
-  // Without this check a module of named exports would be validated as if it were the config.
-  if (typeof module !== "object" || module === null || !("default" in module)) {
-    throw new KaosError(code === "CONFIG_LOAD" ? "CONFIG_INVALID" : code, `${file}: has no default export; expected ${expected}`);
+  if (typeof value === "function") {
+    throw new KaosError(
+      invalid,
+      `${file}: the default export is a function; expected ${expected}, the object itself rather than a function that returns it`,
+    );
   }
-  return (module as { default: unknown }).default;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new KaosError(invalid, `${file}: the default export is ${describeValue(value)}; expected ${expected}`);
+  }
+  return value;
 }
 
 function checkDirectory(path: string): "missing" | "not-dir" | "ok" {
@@ -239,12 +283,6 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
   const configFile = file;
   const parsed = await cachedModuleValue("config", configFile, stateDirOf(dirname(configFile)), async () => {
     const value = await importModule(configFile, "CONFIG_LOAD");
-    if (typeof value !== "object" || value === null) {
-      throw new KaosError(
-        "CONFIG_INVALID",
-        `${configFile}: the default export is ${describeValue(value)}; expected \`export default defineConfig({ pipelines: {...} })\``,
-      );
-    }
     const { validateConfig } = await import("./config-schema.js");
     return validateConfig(value, configFile);
   });
