@@ -96,8 +96,27 @@ describe("config loading", () => {
 describe("config validation names the file, line, key path, bad value and what is expected", () => {
   it("unknown keys", async () => {
     const { message, file } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      paralelism: 2,`));
-    expect(message).toBe(
-      `invalid config\n${file}:7: pipelines.svm.paralelism: unknown key; check its spelling (see the config reference in the README)`,
+    expect(message).toBe(`invalid config\n${file}:7: pipelines.svm.paralelism: unknown key; did you mean "parallelism"?`);
+  });
+
+  it("an unknown key close to a known one is named with it", async () => {
+    const field = await configError(pipelineConfig(`      sorce: "src",\n      data: "data",\n      resources: { CPU: 2 },`));
+    expect(field.message).toBe(
+      [
+        "invalid config",
+        `${field.file}:4: pipelines.svm.source: missing; expected a path relative to the config file`,
+        `${field.file}:7: pipelines.svm.resources.CPU: unknown key; did you mean "cpu"?`,
+        `${field.file}:5: pipelines.svm.sorce: unknown key; did you mean "source"?`,
+      ].join("\n"),
+    );
+    const top = await configError(`export default {\n  pipeline: { svm: { source: "src", data: "data" } },\n  wach: {},\n};\n`);
+    expect(top.message).toBe(
+      [
+        "invalid config",
+        `${top.file}: pipelines: missing; expected an object of pipelines, such as { svm: { source, data } }`,
+        `${top.file}:2: pipeline: unknown key; did you mean "pipelines"?`,
+        `${top.file}:3: wach: unknown key; did you mean "watch"?`,
+      ].join("\n"),
     );
   });
 
@@ -307,6 +326,22 @@ describe("stacks", () => {
     const config = await loadConfig({ cwd: made.dir });
     await expect(loadStack(config, "gpu")).rejects.toThrow(
       `invalid stack\n${made.path("stacks/gpu.ts")}:3: namespace: expected a Kubernetes namespace name (lowercase letters, digits, '-'), found "Bad_NS"`,
+    );
+  });
+
+  it("an unknown key close to one of the backend's own is named with it", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/big.ts": `export default {\n  backend: "local",\n  maxCPU: 8,\n  maxMemroy: "16Gi",\n  namespace: "ml",\n};\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    const file = made.path("stacks/big.ts");
+    await expect(loadStack(config, "big")).rejects.toThrow(
+      [
+        "invalid stack",
+        `${file}:3: maxCPU: unknown key; did you mean "maxCpu"?`,
+        `${file}:4: maxMemroy: unknown key; did you mean "maxMemory"?`,
+        `${file}:5: namespace: unknown key; check its spelling (see the config reference in the README)`,
+      ].join("\n"),
     );
   });
 

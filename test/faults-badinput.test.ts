@@ -81,7 +81,7 @@ const catalogue: Record<string, Case[]> = {
       files: { "kaos.config.ts": config(PIPELINE).replace("pipelines:", "pipeline:") },
       args: ["up"],
       message:
-        "error: invalid config\n{dir}/kaos.config.ts: pipelines: missing; expected an object of pipelines, such as { svm: { source, data } }\n{dir}/kaos.config.ts:4: pipeline: unknown key; check its spelling",
+        'error: invalid config\n{dir}/kaos.config.ts: pipelines: missing; expected an object of pipelines, such as { svm: { source, data } }\n{dir}/kaos.config.ts:4: pipeline: unknown key; did you mean "pipelines"?',
     },
     {
       name: "no pipelines",

@@ -5,6 +5,7 @@
  * from the config cache (config-cache.ts).
  */
 import { readFileSync } from "node:fs";
+import { closest, distance } from "fastest-levenshtein";
 import * as z from "zod";
 import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position, valueAt } from "./config-text.js";
 import { MAX_DEBOUNCE_MS } from "./defaults.js";
@@ -153,8 +154,43 @@ const stackSchema = z.discriminatedUnion(
 /** A config as its schema leaves it: checked, but its paths not yet resolved. */
 export type ParsedConfig = z.output<typeof configSchema>;
 
+/** The object schema that `value` at `path` was checked against, through optionals, records and the stack's backends. */
+function objectSchemaAt(schema: z.ZodType, value: unknown, path: readonly PathKey[]): z.ZodObject | undefined {
+  let current: z.ZodType | undefined = schema;
+  let found = value;
+  for (let depth = 0; ; depth += 1) {
+    while (current instanceof z.ZodOptional || current instanceof z.ZodDiscriminatedUnion) {
+      if (current instanceof z.ZodOptional) {
+        current = current.unwrap() as z.ZodType;
+      } else {
+        const { discriminator } = current.def;
+        const tag = valueAt(found, [discriminator]);
+        current = (current.options as z.ZodObject[]).find((option) => option.shape[discriminator]?.safeParse(tag).success);
+      }
+    }
+    const key = path[depth];
+    if (key === undefined) return current instanceof z.ZodObject ? current : undefined;
+    if (current instanceof z.ZodObject && typeof key === "string") current = current.shape[key] as z.ZodType | undefined;
+    else if (current instanceof z.ZodRecord) current = current.valueType as z.ZodType;
+    else return undefined;
+    found = valueAt(found, [key]);
+  }
+}
+
+/** The key `unknown` was likely meant to be: a key of its object not given, a few edits away (case counts as half an edit). */
+function meantKey(unknown: string, object: z.ZodObject | undefined, given: unknown): string | undefined {
+  if (object === undefined) return undefined;
+  const present = typeof given === "object" && given !== null ? Object.keys(given) : [];
+  const candidates = Object.keys(object.shape).filter((key) => !present.includes(key));
+  if (candidates.length === 0) return undefined;
+  const sameCase = candidates.find((key) => key.toLowerCase() === unknown.toLowerCase());
+  if (sameCase !== undefined) return sameCase;
+  const best = closest(unknown, candidates);
+  return distance(unknown, best) <= Math.max(1, Math.floor(unknown.length / 3)) ? best : undefined;
+}
+
 /** One line per problem: `file:line: key.path: what was found; what is expected`. */
-function zodProblems(error: z.ZodError, file: string, value: unknown, prefix: readonly PathKey[] = []): string[] {
+function zodProblems(error: z.ZodError, file: string, value: unknown, schema: z.ZodType, prefix: readonly PathKey[] = []): string[] {
   let source: string | undefined;
   try {
     source = readFileSync(file, "utf8");
@@ -163,10 +199,14 @@ function zodProblems(error: z.ZodError, file: string, value: unknown, prefix: re
   }
   return error.issues.map((issue) => {
     if (issue.code === "unrecognized_keys") {
+      const object = objectSchemaAt(schema, value, issue.path);
+      const given = valueAt(value, issue.path);
       return issue.keys
         .map((key) => {
           const path = [...prefix, ...issue.path, key];
-          return `${position(file, source, path)}: ${formatPath(path)}: unknown key; check its spelling (see the config reference in the README)`;
+          const meant = meantKey(key, object, given);
+          const advice = meant === undefined ? "check its spelling (see the config reference in the README)" : `did you mean "${meant}"?`;
+          return `${position(file, source, path)}: ${formatPath(path)}: unknown key; ${advice}`;
         })
         .join("\n");
     }
@@ -188,7 +228,7 @@ export function validateConfig(value: unknown, file: string): ParsedConfig {
   // A config is parsed once per process: compiling zod's fast path would cost more than it saves.
   const parsed = configSchema.safeParse(value, { jitless: true });
   if (!parsed.success) {
-    throw new KaosError("CONFIG_INVALID", `invalid config\n${zodProblems(parsed.error, file, value).join("\n")}`);
+    throw new KaosError("CONFIG_INVALID", `invalid config\n${zodProblems(parsed.error, file, value, configSchema).join("\n")}`);
   }
   return parsed.data;
 }
@@ -196,7 +236,7 @@ export function validateConfig(value: unknown, file: string): ParsedConfig {
 export function validateStack(value: unknown, file: string): StackConfig {
   const parsed = stackSchema.safeParse(value, { jitless: true });
   if (!parsed.success) {
-    throw new KaosError("STACK_INVALID", `invalid stack\n${zodProblems(parsed.error, file, value).join("\n")}`);
+    throw new KaosError("STACK_INVALID", `invalid stack\n${zodProblems(parsed.error, file, value, stackSchema).join("\n")}`);
   }
   return parsed.data;
 }
