@@ -120,6 +120,13 @@ describe("config validation names the file, line, key path, bad value and what i
     );
   });
 
+  it("a value that refers to itself is named, not followed forever", async () => {
+    const { message, file } = await configError(
+      `const grid: Record<string, unknown> = { C: [1, 2] };\ngrid.self = grid;\nexport default {\n  pipelines: { svm: { source: "src", data: "data", hyperparams: grid } },\n};\n`,
+    );
+    expect(message).toMatch(new RegExp(`^invalid config\\n${file}:4: pipelines\\.svm\\.hyperparams: "self": `));
+  });
+
   it("missing source", async () => {
     const { message, file } = await configError(pipelineConfig(`      data: "data",`));
     expect(message).toBe(`invalid config\n${file}:4: pipelines.svm.source: missing; expected a path relative to the config file`);

@@ -109,15 +109,16 @@ function fingerprint(file: string): Fingerprint | undefined {
   return visit(file, true) ? { files, readsProcess } : undefined;
 }
 
-/** Plain data only: what JSON gives back exactly as it was. */
-function isPlainData(value: unknown): boolean {
+/** Plain data only: what JSON gives back exactly as it was. A value that contains itself is not. */
+function isPlainData(value: unknown, within: readonly object[] = []): boolean {
   if (value === null || typeof value === "string" || typeof value === "boolean") return true;
   if (typeof value === "number") return Number.isFinite(value) && !Object.is(value, -0);
-  if (Array.isArray(value)) return value.every((item, index) => index in value && isPlainData(item));
-  if (typeof value !== "object") return false;
+  if (typeof value !== "object" || within.includes(value)) return false;
+  const path = [...within, value];
+  if (Array.isArray(value)) return value.every((item, index) => index in value && isPlainData(item, path));
   const prototype = Object.getPrototypeOf(value);
   if (prototype !== Object.prototype && prototype !== null) return false;
-  return Object.values(value).every(isPlainData);
+  return Object.values(value).every((item) => isPlainData(item, path));
 }
 
 let kaosIdentity: string | undefined;
