@@ -760,6 +760,18 @@ const catalogue: Record<string, Case[]> = {
       message: `-s accuracy: no job of this sweep has a numeric metric "accuracy"; expected one of: (none recorded)`,
     },
     {
+      name: "info --asc without a metric",
+      args: ["train", "info", "--asc"],
+      message: "error: --asc goes with -s/--sort METRIC",
+      fresh: true,
+    },
+    { name: "compare --asc without a metric", args: ["train", "compare", "--asc"], message: "error: --asc goes with -s/--sort METRIC" },
+    {
+      name: "info of a job with --pipeline",
+      args: (ids) => ["train", "info", ids.train, "--pipeline", "p"],
+      message: "error: --pipeline names the sweep to show without a job; a job is shown with its own pipeline's sweep",
+    },
+    {
       name: "get of a build job",
       args: (ids) => ["train", "get", ids.build, "-o", "x"],
       message: (ids) => `error: job ${ids.build} is a build job; expected a train job, which has outputs`,

@@ -576,9 +576,18 @@ function metricCell(value: MetricValue | undefined): string {
   return typeof value === "number" ? metricNumberText(value) : "-";
 }
 
+/** `--asc` turns the order of `-s` round: alone it would be ignored. */
+function checkSortOrder(options: { sort?: string; asc?: boolean }): void {
+  if (options.asc && options.sort === undefined) throw new KaosError("USAGE", "--asc goes with -s/--sort METRIC");
+}
+
 export async function infoCommand(
   options: Common & { job?: string; sort?: string; asc?: boolean; pipeline?: string; json?: boolean; stack?: string },
 ): Promise<number> {
+  checkSortOrder(options);
+  if (options.job !== undefined && options.pipeline !== undefined) {
+    throw new KaosError("USAGE", "--pipeline names the sweep to show without a job; a job is shown with its own pipeline's sweep");
+  }
   const session = await jobSession(options);
   try {
     if (options.job === undefined) {
@@ -708,6 +717,7 @@ async function printRecordedInfo(
 export async function compareCommand(
   options: Common & { pipeline?: string; sort?: string; asc?: boolean; json?: boolean; stack?: string },
 ): Promise<number> {
+  checkSortOrder(options);
   const session = await jobSession(options);
   try {
     const pipeline = pickPipeline(session.config, options.pipeline);
