@@ -69,6 +69,8 @@ describe("the CLI frame (built CLI)", () => {
       const result = await runKaos([...command, "--help"], { cwd: project.dir });
       expect(result.code, command.join(" ")).toBe(0);
       expect(result.stdout, command.join(" ")).toContain(`Usage: kaos ${command.join(" ")}`);
+      // Every command takes the program's options after its name too (`kaos up -c other.ts`).
+      expect(result.stdout, command.join(" ")).toMatch(/^Global Options:\n(.*\n)* {2}-c, --config <path> /m);
     }
     const deploy = await runKaos(["train", "deploy", "--help"], { cwd: project.dir });
     expect(deploy.stdout).toContain("-h, --hyperparams <file>");

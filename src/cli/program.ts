@@ -116,7 +116,7 @@ function buildProgram(argv?: readonly string[]): Command {
     .version(kaosVersion(), "-V, --version", "print the version")
     .option("-c, --config <path>", "config file (default: kaos.config.ts in this directory or a parent)")
     .showHelpAfterError("(run with --help for usage)")
-    .configureHelp({ sortSubcommands: false })
+    .configureHelp({ sortSubcommands: false, showGlobalOptions: true })
     .exitOverride();
 
   if (wanted("up")) {
