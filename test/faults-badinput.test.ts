@@ -800,6 +800,11 @@ const catalogue: Record<string, Case[]> = {
       message: "error: option '--on-change <mode>' argument 'sometimes' is invalid. Allowed choices are restart, queue.",
     },
     {
+      name: "watch --poll-interval without --poll",
+      args: ["watch", "--poll-interval", "100"],
+      message: "error: --poll-interval goes with --poll",
+    },
+    {
       name: "watch with a negative debounce",
       args: ["watch", "--debounce", "-5"],
       message: `--debounce: expected a whole number, 0 or more, found "-5"`,

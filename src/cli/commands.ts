@@ -199,6 +199,7 @@ export async function watchCommand(
     force?: boolean;
   },
 ): Promise<number> {
+  if (options.pollInterval !== undefined && !options.poll) throw new KaosError("USAGE", "--poll-interval goes with --poll");
   const { watch } = await import("./watch/session.js");
   return watch({ cwd: process.cwd(), configPath: options.config, stackName: options.stack, ...options });
 }

@@ -172,7 +172,8 @@ function buildProgram(argv?: readonly string[]): Command {
         ]),
       )
       .option("--poll", "poll for changes instead of using file system events (network file systems)")
-      .option("--poll-interval <ms>", "polling interval with --poll", wholeNumber("--poll-interval", 10), 500)
+      // No commander default: given without --poll, it is refused rather than ignored.
+      .option("--poll-interval <ms>", "polling interval with --poll (default: 500)", wholeNumber("--poll-interval", 10))
       .option("--force", "rerun everything on the first run")
       .action(async (options: OptionsOf<typeof commands.watchCommand>, command: Command) => {
         await warmUp(globals(command).config);
