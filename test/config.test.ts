@@ -326,6 +326,18 @@ describe("stacks", () => {
     await expect(loadStack(config, "prod")).rejects.toThrow(`--stack prod: no stack file ${made.path("stacks/prod.ts")}`);
   });
 
+  it("a stack name close to an existing stack's is named with it, and the hint lists the stacks", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/local.ts": `export default { backend: "local" };\n`,
+      "stacks/gpu-cluster.mts": `export default { backend: "local" };\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    const error = await loadStack(config, "locl").catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(KaosError);
+    expect((error as KaosError).message).toBe(`--stack locl: no stack file ${made.path("stacks/locl.ts")}; did you mean "local"?`);
+    expect((error as KaosError).hint).toBe(`the stacks in ${made.path("stacks")} are: gpu-cluster, local`);
+  });
+
   it("an invalid stack names the key", async () => {
     const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
       "stacks/gpu.ts": `export default {\n  backend: "kubernetes",\n  namespace: "Bad_NS",\n  pachyderm: { address: "http://pachd:30650" },\n  registry: { url: "r.example/ml" },\n};\n`,

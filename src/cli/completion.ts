@@ -4,11 +4,11 @@
  * touching this file. What depends on the project (stack names, job ids,
  * template names) is asked of `kaos __complete KIND` when Tab is pressed.
  */
-import { existsSync, readdirSync } from "node:fs";
-import { basename, dirname, extname, resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import type { Argument, Command, Option } from "commander";
 import { shellQuote as quoted } from "../backends/kubernetes/specs.js";
-import { MODULE_EXTENSIONS, findConfig, stacksDirOf, stateDirOf } from "../core/layout.js";
+import { findConfig, stackNames, stateDirOf } from "../core/layout.js";
 
 export type Shell = "bash" | "zsh" | "fish";
 export type DynamicKind = "stacks" | "jobs" | "templates" | "pipelines";
@@ -97,12 +97,7 @@ export async function dynamicValues(kind: DynamicKind, configPath: string | unde
     return templateNames();
   }
   if (kind === "stacks") {
-    const dir = stacksDirOf(resolve(root));
-    if (!existsSync(dir)) return [];
-    const names = readdirSync(dir)
-      .filter((file) => (MODULE_EXTENSIONS as readonly string[]).includes(extname(file).slice(1)) && !file.endsWith(".d.ts"))
-      .map((file) => basename(file, extname(file)));
-    return [...new Set(names)].sort();
+    return stackNames(resolve(root));
   }
   if (kind === "pipelines") {
     if (config === undefined) return [];

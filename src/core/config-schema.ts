@@ -5,11 +5,11 @@
  * from the config cache (config-cache.ts).
  */
 import { readFileSync } from "node:fs";
-import { closest, distance } from "fastest-levenshtein";
 import * as z from "zod";
 import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position, valueAt } from "./config-text.js";
 import { MAX_DEBOUNCE_MS } from "./defaults.js";
 import { KaosError } from "./errors.js";
+import { similarName } from "./suggest.js";
 import type { StackConfig } from "./types.js";
 
 const memorySchema = z
@@ -177,16 +177,14 @@ function objectSchemaAt(schema: z.ZodType, value: unknown, path: readonly PathKe
   }
 }
 
-/** The key `unknown` was likely meant to be: a key of its object not given, a few edits away (case counts as half an edit). */
+/** The key `unknown` was likely meant to be: a key of its object that was not given. */
 function meantKey(unknown: string, object: z.ZodObject | undefined, given: unknown): string | undefined {
   if (object === undefined) return undefined;
   const present = typeof given === "object" && given !== null ? Object.keys(given) : [];
-  const candidates = Object.keys(object.shape).filter((key) => !present.includes(key));
-  if (candidates.length === 0) return undefined;
-  const sameCase = candidates.find((key) => key.toLowerCase() === unknown.toLowerCase());
-  if (sameCase !== undefined) return sameCase;
-  const best = closest(unknown, candidates);
-  return distance(unknown, best) <= Math.max(1, Math.floor(unknown.length / 3)) ? best : undefined;
+  return similarName(
+    unknown,
+    Object.keys(object.shape).filter((key) => !present.includes(key)),
+  );
 }
 
 /** One line per problem: `file:line: key.path: what was found; what is expected`. */

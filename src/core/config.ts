@@ -24,7 +24,7 @@ export { locateKey, parseMemory } from "./config-text.js";
 export { defineConfig, defineStack } from "../define.js";
 
 export { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
-import { packageRoot, stackFileCandidates, stacksDirOf } from "./layout.js";
+import { packageRoot, stackFileCandidates, stackNames, stacksDirOf } from "./layout.js";
 import { DEFAULT_STACK_NAME, WATCH_DEFAULTS } from "./defaults.js";
 
 /** Where the package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos-ml"`. */
@@ -303,9 +303,21 @@ export async function loadStack(config: Pick<ResolvedConfig, "root">, name: stri
   const file = candidates.find((candidate) => checkFile(candidate) === "ok");
   if (file === undefined) {
     if (name === DEFAULT_STACK_NAME) return DEFAULT_STACK;
-    throw new KaosError("STACK_NOT_FOUND", `--stack ${name}: no stack file ${join(dir, `${name}.ts`)}`, {
-      hint: `create it with \`export default defineStack({ backend: "local" })\` or pick an existing stack in ${dir}`,
-    });
+    const names = stackNames(config.root);
+    const { similarName } = await import("./suggest.js");
+    const meant = similarName(name, names);
+    throw new KaosError(
+      "STACK_NOT_FOUND",
+      `--stack ${name}: no stack file ${join(dir, `${name}.ts`)}${meant === undefined ? "" : `; did you mean "${meant}"?`}`,
+      {
+        hint:
+          names.length === 0
+            ? `create it with \`export default defineStack({ backend: "local" })\``
+            : meant === undefined
+              ? `create it with \`export default defineStack({ backend: "local" })\`, or pick one of the stacks in ${dir}: ${names.join(", ")}`
+              : `the stacks in ${dir} are: ${names.join(", ")}`,
+      },
+    );
   }
   const stackConfig = await cachedModuleValue("stack", file, stateDirOf(config.root), async () => {
     const value = await importModule(file, "STACK_INVALID");

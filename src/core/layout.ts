@@ -2,8 +2,8 @@
  * Where kaos keeps things in `.kaos/` beside the config. One place, so that
  * the backend that writes and the commands that read agree.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { basename, dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /**
@@ -43,6 +43,20 @@ export const STATE_DIR_NAME = ".kaos";
 /** The stack files of a project: `stacks/NAME.ts` (or another module extension). */
 export function stacksDirOf(root: string): string {
   return join(root, "stacks");
+}
+
+/** The names of the stack files in a project's `stacks/`, sorted; none when it has no such folder. */
+export function stackNames(root: string): string[] {
+  let files: string[];
+  try {
+    files = readdirSync(stacksDirOf(root));
+  } catch {
+    return [];
+  }
+  const names = files
+    .filter((file) => (MODULE_EXTENSIONS as readonly string[]).includes(extname(file).slice(1)) && !file.endsWith(".d.ts"))
+    .map((file) => basename(file, extname(file)));
+  return [...new Set(names)].sort();
 }
 
 export function stackFileCandidates(root: string, name: string): string[] {
