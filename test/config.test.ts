@@ -203,6 +203,17 @@ describe("config validation names the file, line, key path, bad value and what i
     expect(message).toContain(`pipelines.svm.resources.cpu: expected a number of cores such as 1 or 0.5, found "2"`);
   });
 
+  it("a value JSON cannot write is shown as the code wrote it, not as something valid", async () => {
+    for (const [cpu, found] of [
+      ["2n", "2n"],
+      ["() => 2", "a function"],
+      ['Symbol("cores")', "Symbol(cores)"],
+    ]) {
+      const { message } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { cpu: ${cpu} },`));
+      expect(message, cpu).toContain(`pipelines.svm.resources.cpu: expected a number of cores such as 1 or 0.5, found ${found}`);
+    }
+  });
+
   it("parallelism below 1", async () => {
     for (const parallelism of ["0", "1.5"]) {
       const { message, file } = await configError(

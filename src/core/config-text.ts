@@ -58,13 +58,18 @@ export function formatPath(path: readonly PathKey[]): string {
 
 export function describeValue(value: unknown): string {
   if (value === undefined) return "nothing";
+  // JSON has no words for these: a bigint would read as the number it is not, a function as its whole source.
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "function") return "a function";
+  if (typeof value === "symbol") return String(value);
+  let text: string | undefined;
   try {
-    const text = JSON.stringify(value);
-    if (text === undefined) return String(value);
-    return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+    text = JSON.stringify(value);
   } catch {
-    return String(value);
+    text = undefined;
   }
+  text ??= String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
 export function valueAt(root: unknown, path: readonly PathKey[]): unknown {
