@@ -91,6 +91,21 @@ describe("config loading", () => {
     const { message, file } = await configError(`export default {{ broken`);
     expect(message).toContain(`${file}: could not be loaded:`);
   });
+
+  it("a config that throws is reported with the line of the throw in the project's code", async () => {
+    const { message, file } = await configError(
+      `function dataDir(): string {\n  throw new Error("DATA_DIR is not set");\n}\nexport default { pipelines: { svm: { source: "src", data: dataDir() } } };\n`,
+    );
+    expect(message).toBe(`${file}: could not be loaded: DATA_DIR is not set\n  at ${file}:2`);
+    const imported = await configError(`import { d } from "./lib";\nexport default { pipelines: { svm: { source: "src", data: d } } };\n`, {
+      "lib.ts": `const env: Record<string, string> = {};\nexport const d = env.DATA.trim();\n`,
+    });
+    expect(imported.message).toMatch(
+      new RegExp(
+        `^${imported.file}: could not be loaded: Cannot read properties of undefined \\(reading 'trim'\\)\\n  at ${imported.file.replace("kaos.config.ts", "lib.ts")}:2$`,
+      ),
+    );
+  });
 });
 
 describe("config validation names the file, line, key path, bad value and what is expected", () => {
@@ -299,7 +314,7 @@ describe("config validation names the file, line, key path, bad value and what i
       `${fn.file}: the default export is a function; ${expected}, the object itself rather than a function that returns it`,
     );
     const rejected = await configError(`export default Promise.reject(new Error("no secrets"));\n`);
-    expect(rejected.message).toBe(`${rejected.file}: could not be loaded: no secrets`);
+    expect(rejected.message).toBe(`${rejected.file}: could not be loaded: no secrets\n  at ${rejected.file}:1`);
   });
 
   it("a stack whose default export is null or a function", async () => {

@@ -61,7 +61,7 @@ const catalogue: Record<string, Case[]> = {
       name: "config that throws",
       files: { "kaos.config.ts": `throw new Error("boom");\n` },
       args: ["plan"],
-      message: "error: {dir}/kaos.config.ts: could not be loaded: boom\nhint: fix the error above",
+      message: "error: {dir}/kaos.config.ts: could not be loaded: boom\n  at {dir}/kaos.config.ts:1\nhint: fix the error above",
     },
     {
       name: "config whose default export is a number",

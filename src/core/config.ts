@@ -8,7 +8,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cachedModuleValue } from "./config-cache.js";
 import type { ParsedConfig } from "./config-schema.js";
@@ -69,6 +69,26 @@ async function exportsNullDefault(file: string): Promise<boolean> {
   }
 }
 
+/**
+ * Where in the project's own code `error` was thrown, as `FILE:LINE`: the
+ * first frame of its stack in a file under `root` and outside node_modules.
+ * jiti keeps the lines of the source it transpiles, not the columns of its first line.
+ */
+function thrownAt(error: unknown, root: string): string | undefined {
+  if (!(error instanceof Error) || typeof error.stack !== "string") return undefined;
+  for (const frame of error.stack.matchAll(/^\s+at (?:.* \()?(\S+?):(\d+):(\d+)\)?$/gm)) {
+    const [, location = "", line] = frame;
+    let path: string;
+    try {
+      path = location.startsWith("file:") ? fileURLToPath(location) : location;
+    } catch {
+      continue;
+    }
+    if (path.startsWith(`${root}${sep}`) && !path.includes(`${sep}node_modules${sep}`)) return `${path}:${line}`;
+  }
+  return undefined;
+}
+
 /** Evaluates a config or stack module and returns its default export, awaited when it is a promise: an object. */
 async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID"): Promise<object> {
   const expected =
@@ -90,7 +110,8 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
     if (error instanceof TypeError && error.message.includes("(reading 'then')") && (await exportsNullDefault(file))) {
       throw new KaosError(invalid, `${file}: the default export is null; expected ${expected}`);
     }
-    throw new KaosError(code, `${file}: could not be loaded: ${describeError(error)}`, {
+    const at = thrownAt(error, dirname(file));
+    throw new KaosError(code, `${file}: could not be loaded: ${describeError(error)}${at === undefined ? "" : `\n  at ${at}`}`, {
       hint: "fix the error above; the file must `export default defineConfig({...})` (or `defineStack` for a stack)",
       cause: error,
     });
