@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
@@ -74,5 +74,42 @@ describe("kubernetes stack through the built CLI (no cluster, Pachyderm or Pulum
     const local = await runKaos(["render", "--stack", "local", "-o", "x"], { cwd: project.dir });
     expect(local.code).toBe(1);
     expect(local.stderr).toContain("--stack local: stack uses the local backend; `kaos render` needs a kubernetes stack");
+  });
+
+  it("pipeline names Pachyderm would refuse (too long, or one Kubernetes name for two pipelines) stop render and plan before anything is written or applied", async () => {
+    const project = clusterProject();
+    const pipeline = `{ source: "src", data: "data", hyperparams: "grid.json" }`;
+    const long = "resnet50_finetune_on_imagenet_with_augmentation";
+    project.write({
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";
+
+export default defineConfig({
+  workspace: "Image_Classification",
+  pipelines: {
+    my_model: ${pipeline},
+    "My-Model": ${pipeline},
+    ${long}: ${pipeline},
+  },
+});
+`,
+    });
+    const render = await runKaos(["render", "--stack", "cluster", "-o", "out"], { cwd: project.dir });
+    expect(render.code, render.stdout).toBe(1);
+    expect(existsSync(project.path("out"))).toBe(false);
+    // Pachyderm takes at most 51 characters, and its workers' Kubernetes name `<project>-<pipeline>-v<N>` at most 63.
+    expect(render.stderr).toContain(
+      `kaos.config.ts:8: pipelines.${long}: the Pachyderm pipeline Image_Classification-${long}-build is 74 characters long; Pachyderm takes at most 51`,
+    );
+    // Kubernetes names are lowercase with '-' for '_': both would run as the workers of default-image-classification-my-model-build-v1.
+    expect(render.stderr).toContain(
+      "kaos.config.ts:7: pipelines.My-Model: the Pachyderm pipeline Image_Classification-My-Model-build has the Kubernetes name of Image_Classification-my_model-build (pipelines.my_model)",
+    );
+    expect(render.stderr).toContain("hint: rename the pipelines named above (or shorten the workspace)");
+    const env = { PATH: "/usr/bin:/bin", HOME: project.dir };
+    const plan = await runKaos(["plan", "--stack", "cluster"], { cwd: project.dir, env });
+    expect(plan.code).toBe(1);
+    expect(plan.stderr).toContain(`pipelines.${long}: the Pachyderm pipeline`);
+    expect(plan.stderr).not.toContain("Pulumi CLI");
+    expect(existsSync(project.path(".kaos/pulumi"))).toBe(false);
   });
 });

@@ -5,8 +5,10 @@
  * exactly what `up` applies.
  */
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { formatPath, position } from "../../core/config-text.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../core/types.js";
 import { walkBundle, type BundleFile } from "./pack.js";
@@ -84,7 +86,75 @@ export async function planCluster(
   const settings = clusterSettings(config, stack);
   const pipelines: ClusterPipelinePlan[] = [];
   for (const input of inputs) pipelines.push(await planPipeline(settings, config.workspace, input));
+  assertPachydermNames(config, settings, pipelines);
   return { settings, workspace: config.workspace, pipelines };
+}
+
+/** Pachyderm's longest pipeline name (pps `maxPipelineNameLength`). */
+const MAX_PIPELINE_NAME = 51;
+/** Kubernetes names, such as the ReplicationController of a pipeline's workers, are DNS labels. */
+const MAX_KUBERNETES_NAME = 63;
+
+/**
+ * The name Pachyderm gives the ReplicationController of a pipeline's workers
+ * (ppsutil.PipelineRcName): lowercase, `_` as `-`, version 99 being the
+ * longest Pachyderm checks against the limit.
+ */
+function workersName(project: string, pipeline: string): string {
+  return `${project}-${pipeline}-v99`.toLowerCase().replaceAll("_", "-");
+}
+
+/**
+ * Refuses pipeline names that pachd would refuse at CreatePipelineV2, after
+ * the repos and bundles before it were applied: a name over 51 characters, a
+ * workers' Kubernetes name over 63, or two pipelines with one Kubernetes name.
+ */
+function assertPachydermNames(config: ResolvedConfig, settings: ClusterSettings, pipelines: readonly ClusterPipelinePlan[]): void {
+  let source: string | undefined;
+  try {
+    source = readFileSync(config.file, "utf8");
+  } catch {
+    source = undefined;
+  }
+  const project = settings.pachyderm.project;
+  const problems: string[] = [];
+  const owners = new Map<string, { pipeline: string; name: string }>();
+  for (const pipeline of pipelines) {
+    const path = ["pipelines", pipeline.name];
+    const where = `${position(config.file, source, path)}: ${formatPath(path)}`;
+    for (const { name } of pipeline.specs) {
+      const kubernetes = workersName(project, name);
+      if (name.length > MAX_PIPELINE_NAME) {
+        problems.push(
+          `${where}: the Pachyderm pipeline ${name} is ${name.length} characters long; Pachyderm takes at most ${MAX_PIPELINE_NAME}`,
+        );
+        break;
+      }
+      if (kubernetes.length > MAX_KUBERNETES_NAME) {
+        problems.push(
+          `${where}: the Kubernetes name of the Pachyderm pipeline ${name} in project ${project} (${kubernetes}) is ${kubernetes.length} characters long; Kubernetes takes at most ${MAX_KUBERNETES_NAME}`,
+        );
+        break;
+      }
+      const owner = owners.get(kubernetes);
+      if (owner !== undefined) {
+        problems.push(
+          `${where}: the Pachyderm pipeline ${name} has the Kubernetes name of ${owner.name} (${formatPath(["pipelines", owner.pipeline])}): Kubernetes names are lowercase, with '-' for '_'`,
+        );
+        break;
+      }
+      owners.set(kubernetes, { pipeline: pipeline.name, name });
+    }
+  }
+  if (problems.length > 0) {
+    throw new KaosError(
+      "CONFIG_INVALID",
+      `pipeline names that Pachyderm would refuse on stack '${settings.stack}':\n${problems.join("\n")}`,
+      {
+        hint: `rename the pipelines named above (or shorten the workspace): each Pachyderm pipeline is named <workspace>-<pipeline>-<stage> (build, ingest, train)`,
+      },
+    );
+  }
 }
 
 async function planPipeline(settings: ClusterSettings, workspace: string, input: ClusterPipelineInput): Promise<ClusterPipelinePlan> {
