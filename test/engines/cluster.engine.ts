@@ -127,6 +127,18 @@ function stateDependencies(): Map<string, string[]> {
   return new Map(state.checkpoint.latest.resources.map((resource) => [name(resource.urn), (resource.dependencies ?? []).map(name)]));
 }
 
+/** The operations Pulumi's state says were under way when an update stopped. */
+function pendingOperations(): unknown[] {
+  const stacks = join(project.dir, ".kaos/pulumi/.pulumi/stacks");
+  const file = readdirSync(stacks, { recursive: true })
+    .map(String)
+    .find((name) => name.endsWith("cluster.json"));
+  const state = JSON.parse(readFileSync(join(stacks, file ?? "cluster.json"), "utf8")) as {
+    checkpoint: { latest: { pending_operations?: unknown[] } };
+  };
+  return state.checkpoint.latest.pending_operations ?? [];
+}
+
 beforeAll(async () => {
   cluster = (await startCluster({ scheduler: false })) as Cluster;
   pachd = new FakePachd();
@@ -291,6 +303,56 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
         }
       }
     }
+  });
+
+  it("SIGINT to kaos alone (kill -INT, a CI runner's cancel) mid-create: Pulumi stops at once, kaos says so and what to run, and that rerun finishes", async () => {
+    project.write({ "kaos.config.ts": configFile(["svm", "cnn"]), ...pipelineFiles("cnn", { lr: [0.1] }) });
+    const gate = pachd.hold("CreateRepo");
+    const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
+    await gate.arrived;
+    process.kill(live.child.pid as number, "SIGINT");
+    await live.waitFor("^C received; cancelling");
+    gate.release();
+    const interrupted = await live.exited;
+    expect(interrupted.code, interrupted.stderr).toBe(1);
+    expect(interrupted.stderr).toContain("error: pulumi up of stack 'cluster' was interrupted: Pulumi stopped it part way");
+    expect(interrupted.stderr).toContain("hint: run `kaos up --stack cluster` again to finish");
+    expect(pendingOperations()).toEqual([]);
+    const up = await kaos(["up"]);
+    expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
+    expect(pachd.pipelines.has("default/mnist-cnn-train")).toBe(true);
+    expect(pendingOperations()).toEqual([]);
+    project.write({ "kaos.config.ts": configFile(["svm"]) });
+    const removed = await kaos(["up"]);
+    expect(removed.code, `${removed.stdout}\n${removed.stderr}`).toBe(0);
+  });
+
+  it("Ctrl-C in a terminal (every process of the group) mid-create: kaos says it was interrupted and what to run, and that rerun finishes", async () => {
+    project.write({ "kaos.config.ts": configFile(["svm", "cnn"]) });
+    const gate = pachd.hold("CreateRepo");
+    const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
+    await gate.arrived;
+    const group = [live.child.pid as number, ...descendants(live.child.pid as number)];
+    for (const pid of group) {
+      try {
+        process.kill(pid, "SIGINT");
+      } catch {
+        // already gone
+      }
+    }
+    const interrupted = await live.exited;
+    // pachd finishes the call its client gave up on.
+    gate.release();
+    expect(interrupted.code, interrupted.stderr).toBe(1);
+    expect(interrupted.stderr).toContain("error: pulumi up of stack 'cluster' was interrupted");
+    expect(interrupted.stderr).toContain("hint: run `kaos up --stack cluster` again to finish");
+    const up = await kaos(["up"]);
+    expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
+    expect(pachd.pipelines.has("default/mnist-cnn-train")).toBe(true);
+    expect(pendingOperations()).toEqual([]);
+    project.write({ "kaos.config.ts": configFile(["svm"]) });
+    const removed = await kaos(["up"]);
+    expect(removed.code, `${removed.stdout}\n${removed.stderr}`).toBe(0);
   });
 
   it("drift: after pachd lost its repos and pipelines, up names what is missing, and up --refresh creates them again", async () => {

@@ -30,7 +30,7 @@ import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { dockerConfigFromEnv } from "./manifests.js";
 import { clusterProgram } from "./program.js";
-import { PACHD_ADDRESS_ENV } from "./settings.js";
+import { type ClusterSettings, PACHD_ADDRESS_ENV } from "./settings.js";
 import { preflight, stableKubeconfig } from "./preflight.js";
 import { assertValidSpecs } from "./render.js";
 import { InjectedPulumiRunner, type PulumiCli } from "./pulumi-runner.js";
@@ -53,6 +53,7 @@ export interface ClusterRunOptions {
   refresh?: boolean;
   /** Check the kube context and pachd before Pulumi starts (default true; off in tests of the seam alone). */
   preflight?: boolean;
+  /** Ctrl-C or SIGTERM: Pulumi is asked to stop (its own SIGINT), and the update ends as interrupted. */
   signal?: AbortSignal;
 }
 
@@ -156,6 +157,8 @@ async function runCluster(
       ...(options.onOutput ? { onOutput: options.onOutput } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     };
+    // The SDK listens for an abort only once a command started.
+    throwIfInterrupted(options.signal, operation, settings);
     if (operation === "preview") await workspaceStack.preview(common);
     else {
       try {
@@ -172,13 +175,36 @@ async function runCluster(
         diagnostics.length = 0;
         summary = undefined;
         await workspaceStack.cancel();
+        throwIfInterrupted(options.signal, operation, settings);
         await workspaceStack.up(common);
       }
     }
   } catch (error) {
+    // What the stopped providers said (connection reset, ...) is the interruption, not the cause.
+    if (options.signal?.aborted && !(error instanceof KaosError)) throw interrupted(options.signal, operation, settings, error);
     throw pulumiError(error, operation, settings.pulumi, secretValues, diagnostics);
   }
   return { ...summarize(settings.pulumi.stackName, summary, changes, steps), ...(checked ? { checked } : {}) };
+}
+
+function throwIfInterrupted(signal: AbortSignal | undefined, operation: "preview" | "up", settings: ClusterSettings): void {
+  if (signal?.aborted) throw interrupted(signal, operation, settings, undefined);
+}
+
+function interrupted(signal: AbortSignal, operation: "preview" | "up", settings: ClusterSettings, cause: unknown): KaosError {
+  const why = signal.reason instanceof Error ? signal.reason.message : "interrupted";
+  const command = `kaos ${operation === "up" ? "up" : "plan"} --stack ${settings.stack}`;
+  return new KaosError(
+    "PULUMI_FAILED",
+    `pulumi ${operation} of stack '${settings.pulumi.stackName}' was ${why}: Pulumi stopped it part way`,
+    {
+      hint:
+        operation === "up"
+          ? `run \`${command}\` again to finish: what was applied is kept, and a Pulumi lock left behind is cancelled by itself`
+          : `run \`${command}\` again`,
+      cause,
+    },
+  );
 }
 
 /**

@@ -140,6 +140,7 @@ export class KubernetesBackend implements Backend {
       const { applyCluster } = await kubernetes();
       const changes = await applyCluster(this.config, this.stack, clusterInputs(plan), {
         onOutput: outputTo(request.reporter),
+        signal: request.signal,
         ...(request.refresh ? { refresh: true } : {}),
       });
       // What the next plan compares an edit with, as the local backend keeps it.
