@@ -271,6 +271,13 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     expect(pulumiSummary(removed.stdout).delete).toBeGreaterThan(0);
     expect([...pachd.pipelines.keys()].filter((key) => key.includes("cnn"))).toEqual([]);
     expect([...pachd.repos.keys()].filter((key) => key.includes("cnn"))).toEqual([]);
+    // Added back, its jobs are to run again: what was deleted is no longer applied.
+    project.write({ "kaos.config.ts": configFile(["svm", "cnn"]) });
+    const again = await kaos(["plan"]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/run +1\/1 +lr=0\.1/);
+    expect(again.stdout).not.toContain("No changes");
+    project.write({ "kaos.config.ts": configFile(["svm"]) });
   });
 
   it("a Pulumi CLI killed mid-update leaves a lock that the next up recovers from by itself", async () => {

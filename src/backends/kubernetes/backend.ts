@@ -150,6 +150,9 @@ export class KubernetesBackend implements Backend {
         if (p.dataTree) saveTreeListing(stateDir, p.dataTree);
       }
       this.state.updateApplied(this.stack.name, (applied) => {
+        // Pulumi deleted what the config no longer declares: added back, its jobs run again.
+        const declared = new Set(plan.pipelines.map((p) => p.pipeline.name));
+        for (const name of Object.keys(applied)) if (!declared.has(name)) delete applied[name];
         for (const p of plan.pipelines) applied[p.pipeline.name] = appliedOf(p, p.keys.data ?? null);
       });
       return { kind: "applied", plan, changes };
