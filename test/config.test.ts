@@ -390,6 +390,28 @@ describe("stacks", () => {
     );
   });
 
+  it("a kubernetes stack refuses names the API server or pachd would refuse, and a pachd address that is not http(s), naming each key", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/cluster.ts": `export default {
+  backend: "kubernetes",
+  namespace: "pachyderm",
+  pachyderm: {
+    address: "localhost:1659",
+    project: "my project",
+  },
+  registry: { url: "r.example/ml", secretName: "Registry_Secret" },
+};
+`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    const file = made.path("stacks/cluster.ts");
+    await expect(loadStack(config, "cluster")).rejects.toThrow(
+      `invalid stack\n${file}:5: pachyderm.address: expected pachd's http:// or https:// URL, such as "http://localhost:1659", found "localhost:1659"\n` +
+        `${file}:6: pachyderm.project: expected a Pachyderm project name (letters, digits, '-' and '_', starting with a letter or digit), found "my project"\n` +
+        `${file}:8: registry.secretName: expected a Kubernetes secret name (lowercase letters, digits, '-' and '.'), found "Registry_Secret"`,
+    );
+  });
+
   it('dataViews takes "link" or "copy", and anything else names the key and both choices', async () => {
     const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
       "stacks/isolated.ts": `export default { backend: "local", dataViews: "copy" };\n`,

@@ -121,13 +121,25 @@ const stackSchema = z.discriminatedUnion(
         .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, { error: "expected a Kubernetes namespace name (lowercase letters, digits, '-')" }),
       kubeContext: z.string().optional(),
       pachyderm: z.strictObject({
-        address: z.url({ error: 'expected pachd\'s URL, such as "http://pachd.pachyderm.svc:30650"' }),
+        // kaos speaks HTTP to pachd: "localhost:1659" parses as a URL of scheme "localhost:".
+        address: z.url({ protocol: /^https?$/, error: 'expected pachd\'s http:// or https:// URL, such as "http://localhost:1659"' }),
         tokenEnv: envNameSchema.optional(),
-        project: z.string().optional(),
+        project: z
+          .string()
+          .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, {
+            error: "expected a Pachyderm project name (letters, digits, '-' and '_', starting with a letter or digit)",
+          })
+          .optional(),
       }),
       registry: z.strictObject({
         url: z.string({ error: 'expected an image repository prefix such as "registry.example.com/ml"' }).min(1),
-        secretName: z.string().optional(),
+        secretName: z
+          .string()
+          .max(253, { error: "expected a Kubernetes secret name of at most 253 characters" })
+          .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/, {
+            error: "expected a Kubernetes secret name (lowercase letters, digits, '-' and '.')",
+          })
+          .optional(),
         usernameEnv: envNameSchema.optional(),
         passwordEnv: envNameSchema.optional(),
       }),

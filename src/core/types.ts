@@ -127,7 +127,7 @@ export interface KubernetesStack {
   /** Kubeconfig context; the current context when unset. */
   kubeContext?: string;
   pachyderm: {
-    /** pachd's HTTP API address, such as `http://pachd.pachyderm.svc:30650`. */
+    /** pachd's HTTP API address (its port 1659), such as `http://localhost:1659`. */
     address: string;
     /** Name of the environment variable holding the auth token. Never stored. Default `PACHYDERM_TOKEN`. */
     tokenEnv?: string;
