@@ -224,6 +224,8 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     expect(plan.code, plan.stderr).toBe(0);
     expect(plan.stdout).toContain("source: 0 added, 1 changed, 0 removed");
     expect(plan.stdout).not.toContain("source: first run");
+    // The image is tagged by the env and source keys: Pachyderm builds it again.
+    expect(plan.stdout).toMatch(/build +run +source changed/);
     const before = pachd.requests.length;
     const up = await kaos(["up"]);
     expect(up.code, up.stderr).toBe(0);
@@ -262,6 +264,8 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     project.write({ "kaos.config.ts": configFile(["svm", "cnn"]), ...pipelineFiles("cnn", { lr: [0.1] }) });
     const added = await kaos(["up"]);
     expect(added.code, added.stderr).toBe(0);
+    // svm's environment is cnn's too, but not its image.
+    expect(added.stdout).toMatch(/cnn\n +build +run +image not built yet/);
     expect(pachd.pipelines.has("default/mnist-cnn-train")).toBe(true);
     const train = JSON.parse(pachd.pipelines.get("default/mnist-cnn-train")!.specJson);
     expect(train.resourceLimits.gpu).toEqual({ type: "nvidia.com/gpu", number: 1 });

@@ -51,6 +51,12 @@ export async function createKubernetesBackend(context: BackendContext): Promise<
 function markApplied(plan: Plan, applied: AppliedState): Plan {
   for (const p of plan.pipelines) {
     const before = applied[p.pipeline.name];
+    // A pipeline's image is tagged by its env and source keys: an environment
+    // built for another pipeline, or before a source edit, is not its image.
+    if (p.stages.build.action === "skip" && (before?.envKey !== p.keys.env || before.sourceKey !== p.keys.source)) {
+      const reason = before === undefined ? "image not built yet" : "source changed: the image is tagged by the env and source keys";
+      p.stages.build = { action: "run", key: p.keys.env, reason };
+    }
     if (!before || before.dataKey === null) continue;
     const done = new Set(
       before.params.map((params) => jobKeyOf({ env: before.envKey, source: before.sourceKey, data: before.dataKey! }, params)),
