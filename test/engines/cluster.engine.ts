@@ -316,6 +316,42 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     }
   });
 
+  it("a Pulumi CLI killed while creating leaves pending creates, which the next up takes back and creates again", async () => {
+    project.write({ "kaos.config.ts": configFile(["svm", "cnn"]), ...pipelineFiles("cnn", { lr: [0.1] }) });
+    const gate = pachd.hold("CreateRepo");
+    const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
+    await gate.arrived;
+    const pulumiPid = Number(
+      execFileSync("pgrep", ["-P", String(live.child.pid), "-x", "pulumi"], { encoding: "utf8" })
+        .trim()
+        .split("\n")[0],
+    );
+    const plugins = descendants(pulumiPid);
+    process.kill(pulumiPid, "SIGKILL");
+    const killed = await live.exited;
+    gate.release();
+    try {
+      expect(killed.code).not.toBe(0);
+      expect(pendingOperations().length).toBeGreaterThan(0);
+      const up = await kaos(["up"]);
+      expect(up.code, `${up.stdout}\n${up.stderr}`).toBe(0);
+      expect(up.stderr).toMatch(/holds \d create\(s\) an interrupted update left pending \(mnist-cnn-/);
+      expect(pendingOperations()).toEqual([]);
+      expect(pachd.pipelines.has("default/mnist-cnn-train")).toBe(true);
+      project.write({ "kaos.config.ts": configFile(["svm"]) });
+      const removed = await kaos(["up"]);
+      expect(removed.code, `${removed.stdout}\n${removed.stderr}`).toBe(0);
+    } finally {
+      for (const pid of plugins) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+    }
+  });
+
   it("SIGINT to kaos alone (kill -INT, a CI runner's cancel) mid-create: Pulumi stops at once, kaos says so and what to run, and that rerun finishes", async () => {
     project.write({ "kaos.config.ts": configFile(["svm", "cnn"]), ...pipelineFiles("cnn", { lr: [0.1] }) });
     const gate = pachd.hold("CreateRepo");

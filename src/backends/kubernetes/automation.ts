@@ -12,7 +12,7 @@
  */
 import type { ResourceChange, ResourceChanges } from "../../core/backend.js";
 import { constants } from "node:fs";
-import { access, mkdir } from "node:fs/promises";
+import { access, mkdir, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { basename, delimiter, dirname, join } from "node:path";
@@ -161,8 +161,12 @@ async function runCluster(
     throwIfInterrupted(options.signal, operation, settings);
     if (operation === "preview") await workspaceStack.preview(common);
     else {
-      try {
+      const apply = async (): Promise<void> => {
+        if (ownsState(settings.pulumi.backendUrl)) await dropPendingCreates(pulumiCommand, settings, envVars, options.onOutput);
         await workspaceStack.up(common);
+      };
+      try {
+        await apply();
       } catch (error) {
         if (!(error instanceof ConcurrentUpdateError) || !ownsState(settings.pulumi.backendUrl)) throw error;
         // The state is kaos's own, and kaos holds the stack's writer lock: the
@@ -176,7 +180,7 @@ async function runCluster(
         summary = undefined;
         await workspaceStack.cancel();
         throwIfInterrupted(options.signal, operation, settings);
-        await workspaceStack.up(common);
+        await apply();
       }
     }
   } catch (error) {
@@ -185,6 +189,44 @@ async function runCluster(
     throw pulumiError(error, operation, settings.pulumi, secretValues, diagnostics);
   }
   return { ...summarize(settings.pulumi.stackName, summary, changes, steps), ...(checked ? { checked } : {}) };
+}
+
+/**
+ * A Pulumi CLI stopped at once (killed, or a second Ctrl-C) leaves the
+ * resources it was creating as pending creates, which every later update
+ * only warns about until a refresh resolves them. kaos's creates adopt what
+ * a call that was cut off made, so they are dropped and created again. The
+ * state goes through `stack export`/`import` as it is stored: secrets stay
+ * encrypted.
+ */
+async function dropPendingCreates(
+  command: PulumiCommand,
+  settings: ClusterSettings,
+  envVars: Record<string, string>,
+  onOutput: ((text: string) => void) | undefined,
+): Promise<void> {
+  // `run` is in the SDK's JavaScript, not its types (test/pulumi-sdk.test.ts checks it is there).
+  const pulumi = command as unknown as { run(args: string[], cwd: string, env: Record<string, string>): Promise<{ stdout: string }> };
+  const { stackName, workDir } = settings.pulumi;
+  const stackArgs = ["--stack", stackName, "--non-interactive"];
+  const exported = await pulumi.run(["stack", "export", ...stackArgs], workDir, envVars);
+  const state = JSON.parse(exported.stdout) as {
+    deployment?: { pending_operations?: { type?: string; resource?: { urn?: string } }[] };
+  };
+  const pending = state.deployment?.pending_operations ?? [];
+  const creates = pending.filter((operation) => operation.type === "creating");
+  if (state.deployment === undefined || creates.length === 0) return;
+  onOutput?.(
+    `kaos: stack '${stackName}' holds ${creates.length} create(s) an interrupted update left pending (${creates.map((operation) => resourceName(operation.resource?.urn ?? "")).join(", ")}); creating them again\n`,
+  );
+  state.deployment.pending_operations = pending.filter((operation) => operation.type !== "creating");
+  const file = join(workDir, `pending-creates-${process.pid}.json`);
+  await writeFile(file, JSON.stringify(state), { mode: 0o600 });
+  try {
+    await pulumi.run(["stack", "import", "--file", file, ...stackArgs], workDir, envVars);
+  } finally {
+    await rm(file, { force: true });
+  }
 }
 
 function throwIfInterrupted(signal: AbortSignal | undefined, operation: "preview" | "up", settings: ClusterSettings): void {
