@@ -72,6 +72,16 @@ async function trainInfo(made: Project): Promise<Info> {
   return JSON.parse((await kaos(made, "train", "info", train.id, "--json")).stdout) as Info;
 }
 
+/** Plans and runs `made` after an edit that must rebuild its environment, and returns the new one's job info. */
+async function rebuilt(made: Project, before: Info): Promise<Info> {
+  const plan = JSON.parse((await kaos(made, "plan", "--json")).stdout) as { pipelines: { stages: { build: { action: string } } }[] };
+  expect(plan.pipelines[0]!.stages.build.action).toBe("run");
+  await kaos(made, "up");
+  const after = await trainInfo(made);
+  expect(after.keys.env).not.toBe(before.keys.env);
+  return after;
+}
+
 describe("environments", () => {
   it("record their packages beside them, and train info shows them", async () => {
     const made = project({ requirements: `${OFFLINE}kaostiny==1.1\n` });
@@ -101,11 +111,7 @@ describe("environments", () => {
     expect(first.packages).toEqual(["kaostiny==1.0"]);
 
     writeFileSync(made.path("src/model/requirements.lock"), `${OFFLINE}kaostiny==1.1\n`);
-    const plan = JSON.parse((await kaos(made, "plan", "--json")).stdout) as { pipelines: { stages: { build: { action: string } } }[] };
-    expect(plan.pipelines[0]!.stages.build.action).toBe("run");
-    await kaos(made, "up");
-    const second = await trainInfo(made);
-    expect(second.keys.env).not.toBe(first.keys.env);
+    const second = await rebuilt(made, first);
     expect(second.packages).toEqual(["kaostiny==1.1"]);
   });
 
@@ -119,11 +125,7 @@ describe("environments", () => {
 
     // Nested includes are relative to the file that names them, as pip reads them.
     writeFileSync(made.path("src/model/pins/constraints.txt"), "kaostiny==1.1\n");
-    const plan = JSON.parse((await kaos(made, "plan", "--json")).stdout) as { pipelines: { stages: { build: { action: string } } }[] };
-    expect(plan.pipelines[0]!.stages.build.action).toBe("run");
-    await kaos(made, "up");
-    const second = await trainInfo(made);
-    expect(second.keys.env).not.toBe(first.keys.env);
+    const second = await rebuilt(made, first);
     expect(second.packages).toEqual(["kaostiny==1.1"]);
   });
 
