@@ -8,6 +8,7 @@ import { rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StateStore } from "../src/core/state.js";
+import { trainJobFields } from "./helpers/jobs.js";
 import { makeProject, runKaos, startKaos, type LiveKaos, type Project } from "./helpers/rig.js";
 
 interface Reply {
@@ -35,25 +36,6 @@ async function getJson<T>(url: string): Promise<T> {
 }
 
 const JOBS = 130;
-
-function jobFields(pipeline: string, runId: string) {
-  return {
-    runId,
-    stack: "local",
-    pipeline,
-    stage: "train" as const,
-    key: pipeline,
-    params: {},
-    envKey: null,
-    sourceKey: null,
-    dataKey: null,
-    paramsKey: null,
-    sweepIndex: 0,
-    sweepSize: 1,
-    outputDir: null,
-    logFile: null,
-  };
-}
 
 /**
  * A project whose store holds JOBS finished train jobs in runs of 20, recorded
@@ -184,7 +166,7 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
     let id: string;
     try {
       const run = state.beginRun("local", "up");
-      id = state.createJob({ ...jobFields("long", run.id), logFile }).id;
+      id = state.createJob({ ...trainJobFields("long", run.id), logFile }).id;
     } finally {
       state.close();
     }
@@ -210,7 +192,7 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
     let id: string;
     try {
       const run = state.beginRun("local", "up");
-      id = state.createJob({ ...jobFields("wide", run.id), logFile }).id;
+      id = state.createJob({ ...trainJobFields("wide", run.id), logFile }).id;
     } finally {
       state.close();
     }
@@ -252,7 +234,7 @@ describe("kaos ui API (built CLI, real HTTP)", () => {
     const state = StateStore.open(project.dir);
     try {
       const run = state.beginRun("local", "up");
-      state.createJob(jobFields("live", run.id));
+      state.createJob(trainJobFields("live", run.id));
     } finally {
       state.close();
     }
@@ -280,7 +262,7 @@ describe("kaos ui before the first kaos up", () => {
       const state = StateStore.open(project.dir);
       try {
         const run = state.beginRun("local", "up");
-        state.createJob(jobFields("p", run.id));
+        state.createJob(trainJobFields("p", run.id));
       } finally {
         state.close();
       }
@@ -322,7 +304,7 @@ describe("kaos ui when the store is removed under it", () => {
       let runId: string;
       try {
         runId = state.beginRun("local", "up").id;
-        state.createJob(jobFields("fresh", runId));
+        state.createJob(trainJobFields("fresh", runId));
       } finally {
         state.close();
       }

@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StateStore } from "../src/core/state.js";
+import { trainJobFields } from "./helpers/jobs.js";
 import { makeProject, REPO_ROOT, runKaos, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -239,22 +240,7 @@ describe.skipIf(skipWithoutChromium)("kaos ui in a browser (built CLI, real proc
     let id: string;
     try {
       const run = state.beginRun("local", "up");
-      const job = state.createJob({
-        runId: run.id,
-        stack: "local",
-        pipeline: "loud",
-        stage: "train",
-        key: "loud",
-        params: {},
-        envKey: null,
-        sourceKey: null,
-        dataKey: null,
-        paramsKey: null,
-        sweepIndex: 0,
-        sweepSize: 1,
-        outputDir: null,
-        logFile,
-      });
+      const job = state.createJob({ ...trainJobFields("loud", run.id), logFile });
       id = job.id;
       state.markRunning(id, null);
     } finally {

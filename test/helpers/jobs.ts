@@ -114,3 +114,23 @@ export function maxConcurrency(marks: Mark[]): number {
   }
   return max;
 }
+
+/** A train job of `pipeline` in run `runId` as a test records it straight into the store (`StateStore.createJob`), with no inputs or log. */
+export function trainJobFields(pipeline: string, runId: string) {
+  return {
+    runId,
+    stack: "local",
+    pipeline,
+    stage: "train" as const,
+    key: pipeline,
+    params: {},
+    envKey: null,
+    sourceKey: null,
+    dataKey: null,
+    paramsKey: null,
+    sweepIndex: 0,
+    sweepSize: 1,
+    outputDir: null,
+    logFile: null,
+  };
+}
