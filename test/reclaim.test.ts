@@ -18,6 +18,18 @@ function project(options: Parameters<typeof trainingProject>[0]): Project {
   return tagged.make(trainingProject(options));
 }
 
+/** A project of two jobs whose data bundle is `dir`, filled with value.txt and a big.bin of `bigBytes` random bytes in base64. */
+function projectWithDataIn(dir: string, bigBytes: number): Project {
+  writeFileSync(join(dir, "value.txt"), "v1");
+  writeFileSync(join(dir, "big.bin"), randomBytes(bigBytes).toString("base64"));
+  const made = project({ grid: { score: [1, 2] } });
+  writeFileSync(
+    made.path("kaos.config.ts"),
+    readFileSync(made.path("kaos.config.ts"), "utf8").replace('"data":"data"', `"data":${JSON.stringify(dir)}`),
+  );
+  return made;
+}
+
 const env = (made: Project) => ({ ...tagged.env, KAOS_TEST_LOG: made.path("marks.log") });
 
 function kaos(made: Project, ...args: string[]) {
@@ -75,13 +87,7 @@ describe("kaos du", () => {
     // The data on another device than .kaos/: the view's files are links to objects.
     const shm = mkdtempSync("/dev/shm/kaos-du-");
     try {
-      writeFileSync(join(shm, "value.txt"), "v1");
-      writeFileSync(join(shm, "big.bin"), randomBytes(256 * 1024).toString("base64"));
-      const made = project({ grid: { score: [1, 2] } });
-      writeFileSync(
-        made.path("kaos.config.ts"),
-        readFileSync(made.path("kaos.config.ts"), "utf8").replace('"data":"data"', `"data":${JSON.stringify(shm)}`),
-      );
+      const made = projectWithDataIn(shm, 256 * 1024);
       await kaos(made, "up");
       const usage = await kaosJson<DuJson>(made, "du");
       // The data view's files are links to objects: their bytes count once, under objects.
@@ -187,13 +193,7 @@ describe("kaos gc", () => {
     // The data on another device than .kaos/: its views are links to objects, which go with them.
     const shm = mkdtempSync("/dev/shm/kaos-gc-");
     try {
-      writeFileSync(join(shm, "value.txt"), "v1");
-      writeFileSync(join(shm, "big.bin"), randomBytes(64 * 1024).toString("base64"));
-      const made = project({ grid: { score: [1, 2] } });
-      writeFileSync(
-        made.path("kaos.config.ts"),
-        readFileSync(made.path("kaos.config.ts"), "utf8").replace('"data":"data"', `"data":${JSON.stringify(shm)}`),
-      );
+      const made = projectWithDataIn(shm, 64 * 1024);
       await kaos(made, "up");
       rmSync(join(shm, "big.bin"));
       writeFileSync(join(shm, "big.bin"), randomBytes(64 * 1024).toString("base64"));
