@@ -114,6 +114,33 @@ function descendants(pid: number): number[] {
   return children.flatMap((child) => [child, ...descendants(child)]);
 }
 
+/**
+ * Kills with SIGKILL the Pulumi CLI that the kaos process `kaosPid` started, as
+ * a crash would. Returns its plugin processes, which outlive it: the test ends
+ * them with `killAll` once it is done.
+ */
+function killPulumiOf(kaosPid: number): number[] {
+  const pulumiPid = Number(
+    execFileSync("pgrep", ["-P", String(kaosPid), "-x", "pulumi"], { encoding: "utf8" })
+      .trim()
+      .split("\n")[0],
+  );
+  const plugins = descendants(pulumiPid);
+  process.kill(pulumiPid, "SIGKILL");
+  return plugins;
+}
+
+/** Sends `signal` to each of `pids` that is still there. */
+function killAll(pids: readonly number[], signal: NodeJS.Signals = "SIGKILL"): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
 /** Each resource's dependencies (by name) in Pulumi's state file. */
 function stateDependencies(): Map<string, string[]> {
   const stacks = join(project.dir, ".kaos/pulumi/.pulumi/stacks");
@@ -289,14 +316,7 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     const gate = pachd.hold("ModifyFile");
     const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
     await gate.arrived;
-    const pulumiPid = Number(
-      execFileSync("pgrep", ["-P", String(live.child.pid), "-x", "pulumi"], { encoding: "utf8" })
-        .trim()
-        .split("\n")[0],
-    );
-    // Its plugin processes outlive it; the test ends them once it is done.
-    const plugins = descendants(pulumiPid);
-    process.kill(pulumiPid, "SIGKILL");
+    const plugins = killPulumiOf(live.child.pid as number);
     const killed = await live.exited;
     gate.release();
     try {
@@ -306,13 +326,7 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
       expect(up.stderr).toContain("was left locked by a Pulumi update that was killed");
       expect(pachd.repo("default", "mnist-svm-params")?.head?.files.size).toBe(8);
     } finally {
-      for (const pid of plugins) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
+      killAll(plugins);
     }
   });
 
@@ -321,13 +335,7 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     const gate = pachd.hold("CreateRepo");
     const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
     await gate.arrived;
-    const pulumiPid = Number(
-      execFileSync("pgrep", ["-P", String(live.child.pid), "-x", "pulumi"], { encoding: "utf8" })
-        .trim()
-        .split("\n")[0],
-    );
-    const plugins = descendants(pulumiPid);
-    process.kill(pulumiPid, "SIGKILL");
+    const plugins = killPulumiOf(live.child.pid as number);
     const killed = await live.exited;
     gate.release();
     try {
@@ -342,13 +350,7 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
       const removed = await kaos(["up"]);
       expect(removed.code, `${removed.stdout}\n${removed.stderr}`).toBe(0);
     } finally {
-      for (const pid of plugins) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
+      killAll(plugins);
     }
   });
 
@@ -379,14 +381,7 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     const gate = pachd.hold("CreateRepo");
     const live = startKaos(["up", "--stack", "cluster"], { cwd: project.dir, env: kaosEnv() });
     await gate.arrived;
-    const group = [live.child.pid as number, ...descendants(live.child.pid as number)];
-    for (const pid of group) {
-      try {
-        process.kill(pid, "SIGINT");
-      } catch {
-        // already gone
-      }
-    }
+    killAll([live.child.pid as number, ...descendants(live.child.pid as number)], "SIGINT");
     const interrupted = await live.exited;
     // pachd finishes the call its client gave up on.
     gate.release();
