@@ -292,7 +292,9 @@ function keptJobs(state: StateStore, all: readonly JobRecord[], options: GcOptio
       if (typeof value !== "number" || Number.isNaN(value)) continue;
       // One grid of a stack over the same environment, code and data, however many runs trained it (a grid grown by a value).
       const sweep = [job.stack, job.pipeline, job.envKey, job.sourceKey, job.dataKey].join("\0");
-      sweeps.set(sweep, [...(sweeps.get(sweep) ?? []), { job, value }]);
+      const members = sweeps.get(sweep);
+      if (members === undefined) sweeps.set(sweep, [{ job, value }]);
+      else members.push({ job, value });
     }
     refuseUnrankable(rows, metric);
     for (const members of sweeps.values()) {
