@@ -112,6 +112,8 @@ function requirementLines(text: string): { line: string; number: number }[] {
 interface RequirementFile {
   path: string;
   constraints: boolean;
+  /** Its logical lines, read once for both the includes and the lock check. */
+  lines: { line: string; number: number }[];
 }
 
 /**
@@ -123,10 +125,15 @@ interface RequirementFile {
  * files in the order pip meets them.
  */
 function requirementFiles(requirements: string): RequirementFile[] {
-  const files: RequirementFile[] = [{ path: resolve(requirements), constraints: false }];
+  const read = (path: string, constraints: boolean): RequirementFile => ({
+    path,
+    constraints,
+    lines: requirementLines(readFileSync(path, "utf8")),
+  });
+  const files: RequirementFile[] = [read(resolve(requirements), false)];
   const seen = new Set([files[0]!.path]);
   const visit = (file: RequirementFile): void => {
-    for (const { line, number } of requirementLines(readFileSync(file.path, "utf8"))) {
+    for (const { line, number } of file.lines) {
       const match = INCLUDE_OPTION.exec(line);
       const target = match?.[2];
       if (target === undefined || URL_REFERENCE.test(target)) continue;
@@ -139,7 +146,7 @@ function requirementFiles(requirements: string): RequirementFile[] {
         );
       }
       seen.add(path);
-      const included = { path, constraints: file.constraints || match?.[1] === "-c" || match?.[1] === "--constraint" };
+      const included = read(path, file.constraints || match?.[1] === "-c" || match?.[1] === "--constraint");
       files.push(included);
       visit(included);
     }
@@ -176,7 +183,7 @@ function checkLockCovers(files: readonly RequirementFile[], lockPath: string, lo
   const hint = { hint: `update the lock from an environment made from requirements.txt: python -m pip freeze > ${lockPath}` };
   for (const file of files) {
     if (file.constraints) continue;
-    for (const { line, number } of requirementLines(readFileSync(file.path, "utf8"))) {
+    for (const { line, number } of file.lines) {
       if (line === "" || line.startsWith("-")) continue;
       const match = REQUIREMENT.exec(line);
       if (match === null || match[4] !== undefined) continue;
