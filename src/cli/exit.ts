@@ -2,8 +2,9 @@
  * How kaos ends: the exit statuses, the one place a failure becomes the lines
  * that tell it, and the one way Ctrl-C, SIGTERM or a lost reader stop a run.
  */
-import { isCorruptionError, isKaosError } from "../core/errors.js";
-import { displayMessage } from "../core/format.js";
+import { CommanderError } from "commander";
+import { describeError, type ErrorCode, isCorruptionError, isKaosError } from "../core/errors.js";
+import { displayMessage, withoutColours } from "../core/format.js";
 import type { Colors } from "./output.js";
 import { onOutputClosed } from "./pipes.js";
 
@@ -19,25 +20,61 @@ export const EXIT = {
   brokenPipe: 141,
 } as const;
 
+/** A failure as every report of it tells it: a stable code, the message and the fix. */
+interface Failure {
+  code: ErrorCode | "INTERNAL";
+  message: string;
+  hint: string | undefined;
+}
+
+function failureOf(error: unknown): Failure {
+  if (isKaosError(error)) return { code: error.code, message: error.message, hint: error.hint };
+  if (isCorruptionError(error)) {
+    // A writer checks the whole file when it opens; a reader meets damage only where it reads.
+    return {
+      code: "STATE_CORRUPT",
+      message: `kaos's state database .kaos/state.db is damaged (${describeError(error)})`,
+      hint: "move it away (mv .kaos/state.db .kaos/state.db.broken, beside kaos.config.ts) and run kaos again: it starts with fresh state",
+    };
+  }
+  if (error instanceof CommanderError) {
+    // Commander has printed its own lines, `error: ` first, and how to ask for the usage.
+    return { code: "USAGE", message: error.message.replace(/^error: /, ""), hint: "run with --help for usage" };
+  }
+  return { code: "INTERNAL", message: describeError(error), hint: undefined };
+}
+
 /**
  * `error: MESSAGE` and `hint: HINT` for an expected failure; a damaged state
  * database met by a read, told as such; anything else as an internal error
  * with its stack. Messages quote what kaos read, so control characters are escaped.
  */
 export function failureLines(error: unknown, c: Colors): string[] {
-  if (isKaosError(error)) {
-    const lines = [`${c.red("error")}: ${displayMessage(error.message)}`];
-    if (error.hint) lines.push(`${c.dim("hint")}: ${displayMessage(error.hint)}`);
-    return lines;
+  const { code, message, hint } = failureOf(error);
+  if (code === "INTERNAL") {
+    // kaos's own bug: the stack tells where.
+    return [`${c.red("internal error")}: ${displayMessage(error instanceof Error ? (error.stack ?? message) : message)}`];
   }
-  if (isCorruptionError(error)) {
-    // A writer checks the whole file when it opens; a reader meets damage only where it reads.
-    return [
-      `${c.red("error")}: kaos's state database .kaos/state.db is damaged (${displayMessage(error instanceof Error ? error.message : String(error))})`,
-      `${c.dim("hint")}: move it away (mv .kaos/state.db .kaos/state.db.broken, beside kaos.config.ts) and run kaos again: it starts with fresh state`,
-    ];
-  }
-  return [`${c.red("internal error")}: ${displayMessage(error instanceof Error ? (error.stack ?? error.message) : String(error))}`];
+  const lines = [`${c.red("error")}: ${displayMessage(message)}`];
+  if (hint) lines.push(`${c.dim("hint")}: ${displayMessage(hint)}`);
+  return lines;
+}
+
+export interface FailureJson {
+  error: { code: Failure["code"]; message: string; hint: string | null; exitCode: number };
+}
+
+/**
+ * What a command run with `--json` prints on stdout when it fails, the same
+ * for every command, so that a script reads one JSON object either way:
+ * `{"error": {"code", "message", "hint", "exitCode"}}`. The code is the
+ * stable one scripts match on (`USAGE` for a command line kaos cannot parse,
+ * `INTERNAL` for a bug); the strings are plain text, colour codes taken out
+ * and anything else left to JSON's escapes.
+ */
+export function failureJson(error: unknown, exitCode: number): FailureJson {
+  const { code, message, hint } = failureOf(error);
+  return { error: { code, message: withoutColours(message), hint: hint ? withoutColours(hint) : null, exitCode } };
 }
 
 export type StopReason = "interrupted" | "terminated" | "output closed";

@@ -40,6 +40,15 @@ export function table(rows: string[][]): string {
     .join("\n");
 }
 
+let resultPrinted = false;
+
+/** Prints a command's result under --json: the one JSON value its stdout holds. */
 export function printJson(value: unknown): void {
+  resultPrinted = true;
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Whether a command printed its JSON result, so that a failure after it adds no second value to stdout. */
+export function jsonResultPrinted(): boolean {
+  return resultPrinted;
 }

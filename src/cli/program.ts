@@ -418,16 +418,52 @@ function buildProgram(argv?: readonly string[]): Command {
   return program;
 }
 
-/** Turns any failure into a message on stderr and an exit status. */
-async function reportFailure(error: unknown): Promise<number> {
-  if (error instanceof CommanderError) {
-    // Commander already printed its message (or the help/version text).
-    if (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help") return EXIT.ok;
-    return error.exitCode === 0 ? EXIT.ok : EXIT.failure;
+/**
+ * Turns any failure into a message on stderr and an exit status; under --json
+ * also into one JSON object on stdout (`failureJson`), unless the command had
+ * printed its result already: stdout then holds that one value, and the exit
+ * status and stderr tell the failure.
+ */
+async function reportFailure(error: unknown, json: boolean): Promise<number> {
+  const usage = error instanceof CommanderError;
+  // Commander already printed its message (or the help/version text).
+  if (usage && (error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help")) {
+    return EXIT.ok;
   }
-  const [{ colors }, { failureLines }] = await Promise.all([import("./output.js"), import("./exit.js")]);
-  for (const line of failureLines(error, colors(process.stderr))) process.stderr.write(`${line}\n`);
+  if (usage && error.exitCode === 0) return EXIT.ok;
+  const [{ colors, jsonResultPrinted, printJson }, { failureJson, failureLines }] = await Promise.all([
+    import("./output.js"),
+    import("./exit.js"),
+  ]);
+  if (!usage) for (const line of failureLines(error, colors(process.stderr))) process.stderr.write(`${line}\n`);
+  if (json && !jsonResultPrinted()) printJson(failureJson(error, EXIT.failure));
   return EXIT.failure;
+}
+
+/**
+ * Whether the command line gives `--json` to a command that takes it, read
+ * from its words: a command line commander refuses is not parsed to its end
+ * (`--limit 0 --json` stops at `--limit`), yet it asked for JSON.
+ */
+function asksForJson(program: Command, words: readonly string[]): boolean {
+  const commands = [program];
+  let json = false;
+  for (let index = 0; index < words.length; index++) {
+    const word = words[index] ?? "";
+    if (word === "--") break;
+    if (word === "--json") {
+      json = true;
+    } else if (word.startsWith("-")) {
+      // The value of an option is neither an option nor a command (`--pipeline up`).
+      const option = commands.flatMap((command) => command.options).find((known) => known.long === word || known.short === word);
+      const next = words[index + 1];
+      if (option !== undefined && (option.required || (option.optional && next !== undefined && !next.startsWith("-")))) index++;
+    } else {
+      const subcommand = commands.at(-1)?.commands.find((command) => command.name() === word || command.aliases().includes(word));
+      if (subcommand !== undefined) commands.push(subcommand);
+    }
+  }
+  return json && (commands.at(-1)?.options.some((option) => option.long === "--json") ?? false);
 }
 
 /**
@@ -440,11 +476,18 @@ const OFTEN_LIGHT_STARTS: ReadonlySet<string | undefined> = new Set([undefined, 
 async function run(argv: string[]): Promise<number> {
   exitStatus = EXIT.ok;
   if (!OFTEN_LIGHT_STARTS.has(argv[2])) keepYoungGenerationsSmall();
+  let json = false;
   try {
-    await buildProgram(argv).parseAsync(argv);
+    const program = buildProgram(argv);
+    json = asksForJson(program, argv.slice(2));
+    // Once commander has parsed the command line, the options it found are the answer.
+    program.hook("preAction", (_program, action) => {
+      json = action.opts<{ json?: boolean }>().json === true;
+    });
+    await program.parseAsync(argv);
     return exitStatus;
   } catch (error) {
-    return reportFailure(error);
+    return reportFailure(error, json);
   }
 }
 

@@ -31,6 +31,11 @@ export function formatDuration(ms: number): string {
   return `${Math.floor(minutes / 60)}h${String(minutes % 60).padStart(2, "0")}m`;
 }
 
+/** Text with its colour codes (ANSI SGR sequences) taken out, as it reads on a terminal that shows none. */
+export function withoutColours(text: string): string {
+  return text.replace(/\u001b\[[0-9;]*m/g, "");
+}
+
 /**
  * Characters never sent raw to a terminal: C0 controls (newline, ESC, BEL),
  * DEL, C1 controls (U+009B alone starts a control sequence on some
