@@ -2,6 +2,8 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
+import { failureJson as exitFailureJson } from "../src/cli/exit.js";
+import { KaosError } from "../src/core/errors.js";
 import { trainingProject } from "./helpers/jobs.js";
 import { makeProject, REPO_ROOT, runKaos, runKaosOk, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
@@ -133,6 +135,123 @@ describe("the CLI frame (built CLI)", () => {
     expect(forced.stderr).toMatch(/\u001b\[31merror/);
     const both = await runKaos(["plan"], { cwd: project.dir, env: { NO_COLOR: "1", FORCE_COLOR: "1" } });
     expect(both.stderr).not.toMatch(/\u001b\[/);
+  });
+});
+
+/** A command's stdout under --json when it fails: one JSON object, nothing before or after it. */
+function failureJson(stdout: string): { error: { code: string; message: string; hint: string | null; exitCode: number } } {
+  const parsed = JSON.parse(stdout) as { error: { code: string; message: string; hint: string | null; exitCode: number } };
+  expect(Object.keys(parsed)).toEqual(["error"]);
+  expect(Object.keys(parsed.error)).toEqual(["code", "message", "hint", "exitCode"]);
+  return parsed;
+}
+
+const INVALID_CONFIG = {
+  "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({\n  pipelines: {\n    svm: { source: "src", data: "data", resources: { memory: "2GB" } },\n  },\n});\n`,
+  ...under("src", trivialSourceBundle("#!/bin/sh\n")),
+  "data/x": "1",
+};
+
+describe("failures under --json (built CLI)", () => {
+  it("prints a bad config under plan --json as one JSON error on stdout, with the same lines on stderr as without --json", async () => {
+    const project = tempProject(INVALID_CONFIG);
+    const text = await runKaos(["plan"], { cwd: project.dir });
+    const json = await runKaos(["plan", "--json"], { cwd: project.dir });
+    expect(text.code).toBe(1);
+    expect(text.stdout).toBe("");
+    expect(json.code).toBe(1);
+    expect(json.stderr).toBe(text.stderr);
+    expect(json.stderr).toContain(`error: invalid config\n${project.path("kaos.config.ts")}:4: pipelines.svm.resources.memory:`);
+    const { error } = failureJson(json.stdout);
+    expect(error).toEqual({
+      code: "CONFIG_INVALID",
+      message: expect.stringContaining(`invalid config\n${project.path("kaos.config.ts")}:4: pipelines.svm.resources.memory: expected`),
+      hint: null,
+      exitCode: 1,
+    });
+    expect(error.message).toContain('found "2GB"');
+    // The hint comes along when the error has one: no config at all says how to make one.
+    const none = await runKaos(["up", "--json"], { cwd: tempProject().dir });
+    expect(none.code).toBe(1);
+    expect(failureJson(none.stdout).error).toMatchObject({ code: "CONFIG_NOT_FOUND", hint: expect.stringContaining("create one") });
+    expect(none.stderr).toContain("hint: create one");
+  });
+
+  it("prints commander's refusals (an unknown option, a bad flag value, a missing option) as USAGE, and stderr as without --json", async () => {
+    const project = tempProject(trainingProject());
+    const refusals = [
+      { args: ["plan", "--json", "--frobnicate"], message: "unknown option '--frobnicate'" },
+      // --limit is refused before --json is reached.
+      { args: ["train", "list", "--limit", "0", "--json"], message: '--limit: expected a whole number, 1 or more, found "0"' },
+      { args: ["train", "deploy", "--json"], message: "required option '-s, --source <dir>' not specified" },
+    ];
+    for (const { args, message } of refusals) {
+      const json = await runKaos(args, { cwd: project.dir });
+      const text = await runKaos(
+        args.filter((arg) => arg !== "--json"),
+        { cwd: project.dir },
+      );
+      expect(json.code, args.join(" ")).toBe(1);
+      expect(json.stderr, args.join(" ")).toBe(text.stderr);
+      expect(json.stderr, args.join(" ")).toContain("(run with --help for usage)");
+      expect(text.stdout, args.join(" ")).toBe("");
+      const { error } = failureJson(json.stdout);
+      expect(error, args.join(" ")).toEqual({
+        code: "USAGE",
+        message: expect.stringContaining(message),
+        hint: "run with --help for usage",
+        exitCode: 1,
+      });
+      expect(error.message, args.join(" ")).not.toMatch(/^error:/);
+    }
+    // A command without --json refuses it as any unknown option, and prints no JSON.
+    const watch = await runKaos(["watch", "--json"], { cwd: project.dir });
+    expect(watch.code).toBe(1);
+    expect(watch.stderr).toContain("unknown option '--json'");
+    expect(watch.stdout).toBe("");
+    // --json given as another option's value asks for no JSON.
+    const valued = await runKaos(["train", "info", "--pipeline", "--json", "--asc"], { cwd: project.dir });
+    expect(valued.code).toBe(1);
+    expect(valued.stderr).toContain("error: --asc goes with -s/--sort METRIC");
+    expect(valued.stdout).toBe("");
+  });
+
+  it("prints a job that does not exist under train info JOB --json as JOB_NOT_FOUND", async () => {
+    const project = tempProject(trainingProject());
+    const text = await runKaos(["train", "info", "nosuchjob"], { cwd: project.dir });
+    const json = await runKaos(["train", "info", "nosuchjob", "--json"], { cwd: project.dir });
+    expect(text.code).toBe(1);
+    expect(json.code).toBe(1);
+    expect(json.stderr).toBe(text.stderr);
+    expect(json.stderr).toContain("error: ");
+    expect(text.stdout).toBe("");
+    const { error } = failureJson(json.stdout);
+    expect(error).toMatchObject({ code: "JOB_NOT_FOUND", message: expect.stringContaining("nosuchjob"), exitCode: 1 });
+  });
+
+  it("prints only the result when a command reports through its exit status: plan --detailed-exitcode with changes, up whose job failed", async () => {
+    const project = tempProject(trainingProject({ grid: { exit: 3 } }));
+    const plan = await runKaos(["plan", "--json", "--detailed-exitcode"], { cwd: project.dir });
+    expect(plan.code, plan.stderr).toBe(2);
+    expect(plan.stderr).toBe("");
+    const planned = JSON.parse(plan.stdout) as Record<string, unknown>;
+    expect(planned).toHaveProperty("pipelines");
+    expect(planned).not.toHaveProperty("error");
+    const up = await runKaos(["up", "--json"], { cwd: project.dir });
+    expect(up.code, up.stderr).toBe(1);
+    const outcome = JSON.parse(up.stdout) as Record<string, unknown>;
+    expect(outcome).toMatchObject({ succeeded: false });
+    expect(outcome).not.toHaveProperty("error");
+  });
+
+  it("names an internal error INTERNAL, and takes colour codes out of messages", () => {
+    expect(exitFailureJson(new TypeError("x is undefined"), 1)).toEqual({
+      error: { code: "INTERNAL", message: "x is undefined", hint: null, exitCode: 1 },
+    });
+    const coloured = new KaosError("IO", "cannot write \u001b[1mout\u001b[22m", { hint: "\u001b[2mfree some space\u001b[0m" });
+    expect(exitFailureJson(coloured, 1)).toEqual({
+      error: { code: "IO", message: "cannot write out", hint: "free some space", exitCode: 1 },
+    });
   });
 });
 
