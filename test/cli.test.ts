@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { failureJson as exitFailureJson } from "../src/cli/exit.js";
 import { KaosError } from "../src/core/errors.js";
 import { trainingProject } from "./helpers/jobs.js";
-import { makeProject, REPO_ROOT, runKaos, runKaosOk, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+import { CLI, makeProject, REPO_ROOT, runKaos, runKaosOk, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 afterAll(() =>
@@ -242,6 +242,20 @@ describe("failures under --json (built CLI)", () => {
     const outcome = JSON.parse(up.stdout) as Record<string, unknown>;
     expect(outcome).toMatchObject({ succeeded: false });
     expect(outcome).not.toHaveProperty("error");
+  });
+
+  it("keeps a failure's exit status when the reader of stdout has gone before the JSON error reaches it", async () => {
+    const project = tempProject(INVALID_CONFIG);
+    const child = spawn(process.execPath, [CLI, "plan", "--json"], {
+      cwd: project.dir,
+      env: { ...process.env, NO_COLOR: "1", CI: "true" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout.destroy();
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    const code = await new Promise<number | null>((done) => child.on("close", done));
+    expect({ code, stderr }).toEqual({ code: 1, stderr: expect.stringMatching(/^error: invalid config\n/) });
   });
 
   it("names an internal error INTERNAL, and takes colour codes out of messages", () => {

@@ -45,7 +45,12 @@ let resultPrinted = false;
 /** Prints a command's result under --json: the one JSON value its stdout holds. */
 export function printJson(value: unknown): void {
   resultPrinted = true;
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  process.stdout.write(jsonText(value));
+}
+
+/** A JSON value as kaos prints it: indented, on lines of its own. */
+export function jsonText(value: unknown): string {
+  return `${JSON.stringify(value, null, 2)}\n`;
 }
 
 /** Whether a command printed its JSON result, so that a failure after it adds no second value to stdout. */

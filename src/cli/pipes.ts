@@ -12,6 +12,8 @@ const EXIT_BROKEN_PIPE = 141;
 
 const listeners = new Set<() => void>();
 let closed = false;
+/** Set once kaos wrote the last thing it prints on stdout. */
+let finished = false;
 
 /** True once stdout or stderr lost its reader. */
 export function outputClosed(): boolean {
@@ -28,6 +30,17 @@ export function onOutputClosed(listener: () => void): () => void {
   return () => listeners.delete(listener);
 }
 
+/**
+ * Writes what kaos prints last on stdout, a failure's JSON under --json. A
+ * reader gone by then misses only a copy of what stderr told, so the
+ * failure keeps its own exit status rather than 141, whenever the reader left.
+ */
+export function writeLastOnStdout(text: string): void {
+  if (closed) return;
+  finished = true;
+  process.stdout.write(text);
+}
+
 function isBrokenPipe(error: unknown): boolean {
   return typeof error === "object" && error !== null && (error as { code?: unknown }).code === "EPIPE";
 }
@@ -36,7 +49,7 @@ function isBrokenPipe(error: unknown): boolean {
 export function exitQuietlyOnClosedOutput(): void {
   const onError = (error: unknown) => {
     if (!isBrokenPipe(error)) throw error;
-    if (closed) return;
+    if (closed || finished) return;
     closed = true;
     process.exitCode = EXIT_BROKEN_PIPE;
     if (listeners.size === 0) process.exit(EXIT_BROKEN_PIPE);

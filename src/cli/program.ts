@@ -21,7 +21,7 @@ import { findConfig, kaosVersion, monitorSocketOf, stateDirOf } from "../core/la
 import { keepYoungGenerationsSmall } from "../core/heap.js";
 import { MAX_DEBOUNCE_MS } from "../core/defaults.js";
 import { EXIT } from "./exit.js";
-import { exitQuietlyOnClosedOutput, outputClosed } from "./pipes.js";
+import { exitQuietlyOnClosedOutput, outputClosed, writeLastOnStdout } from "./pipes.js";
 
 /** Set by commands that finish without throwing but must not exit 0. */
 let exitStatus: number = EXIT.ok;
@@ -422,7 +422,8 @@ function buildProgram(argv?: readonly string[]): Command {
  * Turns any failure into a message on stderr and an exit status; under --json
  * also into one JSON object on stdout (`failureJson`), unless the command had
  * printed its result already: stdout then holds that one value, and the exit
- * status and stderr tell the failure.
+ * status and stderr tell the failure. A reader of stdout gone before that
+ * object misses it, and the failure's status stands.
  */
 async function reportFailure(error: unknown, json: boolean): Promise<number> {
   const usage = error instanceof CommanderError;
@@ -431,12 +432,12 @@ async function reportFailure(error: unknown, json: boolean): Promise<number> {
     return EXIT.ok;
   }
   if (usage && error.exitCode === 0) return EXIT.ok;
-  const [{ colors, jsonResultPrinted, printJson }, { failureJson, failureLines }] = await Promise.all([
+  const [{ colors, jsonResultPrinted, jsonText }, { failureJson, failureLines }] = await Promise.all([
     import("./output.js"),
     import("./exit.js"),
   ]);
   if (!usage) for (const line of failureLines(error, colors(process.stderr))) process.stderr.write(`${line}\n`);
-  if (json && !jsonResultPrinted()) printJson(failureJson(error, EXIT.failure));
+  if (json && !jsonResultPrinted()) writeLastOnStdout(jsonText(failureJson(error, EXIT.failure)));
   return EXIT.failure;
 }
 
