@@ -3,6 +3,7 @@
  * NO_COLOR, plain lines when piped, and nothing but JSON under --json.
  */
 import pc from "picocolors";
+import { withoutColours } from "../core/format.js";
 
 export type Colors = ReturnType<typeof pc.createColors>;
 
@@ -22,8 +23,7 @@ export function isInteractive(stream: NodeJS.WriteStream = process.stdout): bool
 
 /** Pads a table's columns to the widest cell, ignoring ANSI colour codes. */
 export function table(rows: string[][]): string {
-  // eslint-disable-next-line no-control-regex
-  const visible = (cell: string) => cell.replace(/\u001b\[[0-9;]*m/g, "").length;
+  const visible = (cell: string) => withoutColours(cell).length;
   const widths: number[] = [];
   for (const row of rows) {
     row.forEach((cell, index) => {

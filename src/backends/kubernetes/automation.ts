@@ -26,6 +26,7 @@ import {
   type OpMap,
 } from "@pulumi/pulumi/automation/index.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
+import { withoutColours } from "../../core/format.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
 import { dockerConfigFromEnv } from "./manifests.js";
@@ -279,9 +280,7 @@ function resourceName(urn: string): string {
 
 /** Pulumi's messages carry ANSI escapes or its own `<{%reset%}>` colour tags. */
 function plainText(message: string): string {
-  // eslint-disable-next-line no-control-regex
-  return message
-    .replace(/\u001b\[[0-9;]*m/g, "")
+  return withoutColours(message)
     .replace(/<\{%[^%]*%\}>/g, "")
     .trim();
 }

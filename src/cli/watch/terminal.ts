@@ -2,6 +2,7 @@
 import { PlainReporter } from "../progress.js";
 import type { Reporter, RunEvent } from "../../core/events.js";
 import type { JobRecord } from "../../core/state.js";
+import { withoutColours } from "../../core/format.js";
 
 const ERASE_LINE = "\r\u001b[2K";
 
@@ -19,8 +20,7 @@ export class Terminal {
   private fit(text: string): string {
     const columns = process.stderr.columns;
     if (!columns || columns < 10) return text;
-    // eslint-disable-next-line no-control-regex
-    const visible = text.replace(/\u001b\[[0-9;]*m/g, "");
+    const visible = withoutColours(text);
     return visible.length < columns ? text : `${visible.slice(0, columns - 2)}…`;
   }
 
