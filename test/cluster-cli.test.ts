@@ -112,4 +112,55 @@ export default defineConfig({
     expect(plan.stderr).not.toContain("Pulumi CLI");
     expect(existsSync(project.path(".kaos/pulumi"))).toBe(false);
   });
+
+  it("odd pipeline names get image references registries take, and two pipelines with one image repository stop render, plan and up before anything is applied", async () => {
+    const project = clusterProject();
+    const pipeline = `{ source: "src", data: "data", hyperparams: "grid.json" }`;
+    const config = (names: string[]) => `import { defineConfig } from "kaos-ml";
+
+export default defineConfig({
+  workspace: "vision_",
+  pipelines: {
+${names.map((name) => `    "${name}": ${pipeline},`).join("\n")}
+  },
+});
+`;
+    project.write({ "kaos.config.ts": config(["MNIST", "my_-Model_"]) });
+    const render = await runKaos(["render", "--stack", "cluster", "-o", "out"], { cwd: project.dir });
+    expect(render.code, render.stderr).toBe(0);
+    const validate = compileSpecSchema(
+      JSON.parse(readFileSync(join(REPO_ROOT, "src/backends/kubernetes/CreatePipelineRequest.v2.11.6.schema.json"), "utf8")) as unknown,
+    );
+    // The OCI distribution spec's grammar: registry host, then lowercase path components, then the tag.
+    const component = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
+    const reference = new RegExp(`^registry\\.example\\.com/ml/(${component}):[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`);
+    const repositories: string[] = [];
+    for (const name of ["MNIST", "my_-Model_"]) {
+      const train = JSON.parse(readFileSync(project.path(`out/pachyderm/${name}-train.json`), "utf8")) as { transform: { image: string } };
+      const build = JSON.parse(readFileSync(project.path(`out/pachyderm/${name}-build.json`), "utf8")) as { transform: { cmd: string[] } };
+      expect(validatePipelineSpec(train, validate).errors, name).toEqual([]);
+      expect(train.transform.image, name).toMatch(reference);
+      expect(build.transform.cmd[2], name).toContain(`name='${train.transform.image}',push=true`);
+      repositories.push(reference.exec(train.transform.image)?.[1] ?? "");
+    }
+    expect(repositories).toEqual(["vision--mnist", "vision--my--model"]);
+
+    // `model` and `model_` run as different Pachyderm pipelines, but registries would take both images as vision--model.
+    project.write({ "kaos.config.ts": config(["model", "model_"]) });
+    const refused = await runKaos(["render", "--stack", "cluster", "-o", "refused"], { cwd: project.dir });
+    expect(refused.code, refused.stdout).toBe(1);
+    expect(existsSync(project.path("refused"))).toBe(false);
+    const problem =
+      "kaos.config.ts:7: pipelines.model_: the image repository registry.example.com/ml/vision--model is also that of pipelines.model";
+    expect(refused.stderr).toContain(problem);
+    expect(refused.stderr).toContain("hint: rename the pipelines named above (or shorten the workspace)");
+    const env = { PATH: "/usr/bin:/bin", HOME: project.dir };
+    for (const command of ["plan", "up"]) {
+      const result = await runKaos([command, "--stack", "cluster"], { cwd: project.dir, env });
+      expect(result.code, command).toBe(1);
+      expect(result.stderr, command).toContain(problem);
+      expect(result.stderr, command).not.toContain("Pulumi CLI");
+    }
+    expect(existsSync(project.path(".kaos/pulumi"))).toBe(false);
+  });
 });

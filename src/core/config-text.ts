@@ -3,6 +3,12 @@
  * itself: names, sizes, and where in a config file a key is written.
  */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+/**
+ * One path component of an image repository, as the OCI distribution spec
+ * and Docker's reference grammar write it: lowercase runs of letters and
+ * digits joined by `.`, `_`, `__` or dashes.
+ */
+export const IMAGE_PATH_COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
 const MEMORY_PATTERN = /^(\d+(?:\.\d+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$/;
 const MEMORY_FACTORS: Record<string, number> = {
   k: 1e3,

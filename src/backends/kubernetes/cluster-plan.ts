@@ -13,6 +13,7 @@ import { KaosError, describeError } from "../../core/errors.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "../../core/types.js";
 import { walkBundle, type BundleFile } from "./pack.js";
 import { canonicalJson } from "../../core/hyperparams.js";
+import { imageNameProblem, imageRepository, pipelineNameProblem, repoNameProblem, workersName } from "./names.js";
 import { clusterSettings, pachydermName, type ClusterSettings } from "./settings.js";
 import { buildSpec, BUNDLE_FILE, ingestSpec, trainSpec, type CreatePipelineRequestSpec, type PipelineNames, type Stage } from "./specs.js";
 
@@ -86,30 +87,18 @@ export async function planCluster(
   const settings = clusterSettings(config, stack);
   const pipelines: ClusterPipelinePlan[] = [];
   for (const input of inputs) pipelines.push(await planPipeline(settings, config.workspace, input));
-  assertPachydermNames(config, settings, pipelines);
+  assertClusterNames(config, settings, pipelines);
   return { settings, workspace: config.workspace, pipelines };
 }
 
-/** Pachyderm's longest pipeline name (pps `maxPipelineNameLength`). */
-const MAX_PIPELINE_NAME = 51;
-/** Kubernetes names, such as the ReplicationController of a pipeline's workers, are DNS labels. */
-const MAX_KUBERNETES_NAME = 63;
-
 /**
- * The name Pachyderm gives the ReplicationController of a pipeline's workers
- * (ppsutil.PipelineRcName): lowercase, `_` as `-`, version 99 being the
- * longest Pachyderm checks against the limit.
+ * Refuses names that pachd, Kubernetes or a registry would refuse once the
+ * repos and bundles before them were applied: repo and pipeline names pachd
+ * refuses, a pipeline name over 51 characters, a workers' Kubernetes name
+ * over 63, two pipelines with one Kubernetes name or one image repository,
+ * or an image name over 255.
  */
-function workersName(project: string, pipeline: string): string {
-  return `${project}-${pipeline}-v99`.toLowerCase().replaceAll("_", "-");
-}
-
-/**
- * Refuses pipeline names that pachd would refuse at CreatePipelineV2, after
- * the repos and bundles before it were applied: a name over 51 characters, a
- * workers' Kubernetes name over 63, or two pipelines with one Kubernetes name.
- */
-function assertPachydermNames(config: ResolvedConfig, settings: ClusterSettings, pipelines: readonly ClusterPipelinePlan[]): void {
+function assertClusterNames(config: ResolvedConfig, settings: ClusterSettings, pipelines: readonly ClusterPipelinePlan[]): void {
   let source: string | undefined;
   try {
     source = readFileSync(config.file, "utf8");
@@ -119,23 +108,25 @@ function assertPachydermNames(config: ResolvedConfig, settings: ClusterSettings,
   const project = settings.pachyderm.project;
   const problems: string[] = [];
   const owners = new Map<string, { pipeline: string; name: string }>();
+  const images = new Map<string, string>();
   for (const pipeline of pipelines) {
     const path = ["pipelines", pipeline.name];
     const where = `${position(config.file, source, path)}: ${formatPath(path)}`;
+    const found = problems.length;
+    for (const repo of pipeline.repos) {
+      const problem = repoNameProblem(repo.name);
+      if (problem !== undefined) {
+        problems.push(`${where}: ${problem}`);
+        break;
+      }
+    }
     for (const { name } of pipeline.specs) {
+      const problem = pipelineNameProblem(project, name);
+      if (problem !== undefined) {
+        problems.push(`${where}: ${problem}`);
+        break;
+      }
       const kubernetes = workersName(project, name);
-      if (name.length > MAX_PIPELINE_NAME) {
-        problems.push(
-          `${where}: the Pachyderm pipeline ${name} is ${name.length} characters long; Pachyderm takes at most ${MAX_PIPELINE_NAME}`,
-        );
-        break;
-      }
-      if (kubernetes.length > MAX_KUBERNETES_NAME) {
-        problems.push(
-          `${where}: the Kubernetes name of the Pachyderm pipeline ${name} in project ${project} (${kubernetes}) is ${kubernetes.length} characters long; Kubernetes takes at most ${MAX_KUBERNETES_NAME}`,
-        );
-        break;
-      }
       const owner = owners.get(kubernetes);
       if (owner !== undefined) {
         problems.push(
@@ -145,13 +136,23 @@ function assertPachydermNames(config: ResolvedConfig, settings: ClusterSettings,
       }
       owners.set(kubernetes, { pipeline: pipeline.name, name });
     }
+    if (problems.length > found) continue;
+    const repository = imageRepository(settings.prefix, pachydermName(pipeline.name));
+    const tooLong = imageNameProblem(settings.registry.url, repository);
+    const other = images.get(repository);
+    if (tooLong !== undefined) problems.push(`${where}: ${tooLong}`);
+    else if (other !== undefined) {
+      problems.push(
+        `${where}: the image repository ${settings.registry.url}/${repository} is also that of ${formatPath(["pipelines", other])}: image repositories are lowercase, of letters, digits and single separators ('.', '_', '__' or dashes) between them`,
+      );
+    } else images.set(repository, pipeline.name);
   }
   if (problems.length > 0) {
     throw new KaosError(
       "CONFIG_INVALID",
-      `pipeline names that Pachyderm would refuse on stack '${settings.stack}':\n${problems.join("\n")}`,
+      `pipeline names that Pachyderm or the registry would refuse on stack '${settings.stack}':\n${problems.join("\n")}`,
       {
-        hint: `rename the pipelines named above (or shorten the workspace): each Pachyderm pipeline is named <workspace>-<pipeline>-<stage> (build, ingest, train)`,
+        hint: "rename the pipelines named above (or shorten the workspace): each Pachyderm pipeline is named <workspace>-<pipeline>-<stage> (build, ingest, train), each repo <workspace>-<pipeline>-<role> (source, data, manifest, params), each image <registry>/<workspace>-<pipeline>, lowercase",
       },
     );
   }
@@ -225,12 +226,9 @@ async function planPipeline(settings: ClusterSettings, workspace: string, input:
   return { name: pipeline.name, names, image, gpu: pipeline.resources.gpu, repos, bundles, specs };
 }
 
-/** `<registry>/<workspace>-<pipeline>:<env key[0:12]>-<source key[0:12]>`, lowercase as registries want. */
+/** `<registry>/<workspace>-<pipeline>:<env key[0:12]>-<source key[0:12]>`, its repository as registries take it. */
 export function imageTag(settings: ClusterSettings, pipeline: string, envKey: string, sourceKey: string): string {
-  const repository = `${settings.prefix}-${pachydermName(pipeline)}`
-    .toLowerCase()
-    .replace(/[^a-z0-9._-]+/g, "-")
-    .replace(/^[^a-z0-9]+/, "");
+  const repository = imageRepository(settings.prefix, pachydermName(pipeline));
   return `${settings.registry.url}/${repository}:${envKey.slice(0, 12)}-${sourceKey.slice(0, 12)}`;
 }
 
