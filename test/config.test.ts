@@ -2,6 +2,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { loadConfig, loadStack, locateKey, parseMemory } from "../src/core/config.js";
 import { validateSourceBundle, pythonVersionOf } from "../src/core/bundle.js";
+import { IMAGE_REGISTRY_PATTERN } from "../src/core/config-text.js";
 import { KaosError } from "../src/core/errors.js";
 import { makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
 
@@ -410,6 +411,50 @@ describe("stacks", () => {
         `${file}:6: pachyderm.project: expected a Pachyderm project name (letters, digits, '-' and '_', starting with a letter or digit), found "my project"\n` +
         `${file}:8: registry.secretName: expected a Kubernetes secret name (lowercase letters, digits, '-' and '.'), found "Registry_Secret"`,
     );
+  });
+
+  it("a kubernetes stack refuses a registry.url that would give image references registries refuse, naming the key", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/cluster.ts": `export default {
+  backend: "kubernetes",
+  namespace: "pachyderm",
+  pachyderm: { address: "http://localhost:1659" },
+  registry: {
+    url: "https://registry.example.com/ML",
+  },
+};
+`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    await expect(loadStack(config, "cluster")).rejects.toThrow(
+      `invalid stack\n${made.path("stacks/cluster.ts")}:6: registry.url: expected an image repository prefix such as "registry.example.com/ml": a registry host, then lowercase path components, no scheme, found "https://registry.example.com/ML"`,
+    );
+  });
+
+  it("a kubernetes stack's registry.url takes registry prefixes with a host, a port or localhost and lowercase paths, or Docker Hub paths; refuses schemes and uppercase paths", () => {
+    for (const good of [
+      "registry.example.com/ml",
+      "Registry.Example.com/ml",
+      "localhost:5000",
+      "localhost",
+      "r:5000/a/b",
+      "[::1]:5000/x",
+      "myuser",
+      "ghcr.io/org/team_a/",
+    ]) {
+      expect(good).toMatch(IMAGE_REGISTRY_PATTERN);
+    }
+    for (const bad of [
+      "https://registry.example.com/ml",
+      "registry.example.com/ML",
+      "MyUser",
+      "registry.example.com/ml:tag",
+      "registry.example.com//ml",
+      "registry.example.com/-ml",
+      "",
+    ]) {
+      expect(bad).not.toMatch(IMAGE_REGISTRY_PATTERN);
+    }
   });
 
   it('dataViews takes "link" or "copy", and anything else names the key and both choices', async () => {

@@ -6,7 +6,16 @@
  */
 import { readFileSync } from "node:fs";
 import * as z from "zod";
-import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position, valueAt } from "./config-text.js";
+import {
+  IMAGE_REGISTRY_PATTERN,
+  NAME_PATTERN,
+  type PathKey,
+  describeValue,
+  formatPath,
+  parseMemory,
+  position,
+  valueAt,
+} from "./config-text.js";
 import { MAX_DEBOUNCE_MS } from "./defaults.js";
 import { KaosError } from "./errors.js";
 import { similarName } from "./suggest.js";
@@ -132,7 +141,10 @@ const stackSchema = z.discriminatedUnion(
           .optional(),
       }),
       registry: z.strictObject({
-        url: z.string({ error: 'expected an image repository prefix such as "registry.example.com/ml"' }).min(1),
+        url: z.string({ error: 'expected an image repository prefix such as "registry.example.com/ml"' }).regex(IMAGE_REGISTRY_PATTERN, {
+          error:
+            'expected an image repository prefix such as "registry.example.com/ml": a registry host, then lowercase path components, no scheme',
+        }),
         secretName: z
           .string()
           .max(253, { error: "expected a Kubernetes secret name of at most 253 characters" })

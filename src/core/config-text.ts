@@ -9,6 +9,16 @@ export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
  * digits joined by `.`, `_`, `__` or dashes.
  */
 export const IMAGE_PATH_COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
+const DOMAIN_COMPONENT = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?";
+const PORT = "(?::[0-9]+)?";
+/** Docker reads a first segment as a registry host only when it has a `.` or a port, or is `localhost`. */
+const REGISTRY_HOST = `(?:localhost${PORT}|${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})+${PORT}|${DOMAIN_COMPONENT}:[0-9]+|\\[[A-Fa-f0-9:]+\\]${PORT})`;
+/**
+ * The registry prefix of image references (`registry.url` of a stack): a
+ * registry host and any path components, or path components alone (Docker
+ * Hub), with no scheme and no tag.
+ */
+export const IMAGE_REGISTRY_PATTERN = new RegExp(`^(?:${REGISTRY_HOST}|${IMAGE_PATH_COMPONENT})(?:/${IMAGE_PATH_COMPONENT})*/*$`);
 const MEMORY_PATTERN = /^(\d+(?:\.\d+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)$/;
 const MEMORY_FACTORS: Record<string, number> = {
   k: 1e3,
