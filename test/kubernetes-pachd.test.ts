@@ -375,6 +375,41 @@ describe("the local server answers as pachd v2.11.6 did on loopback", () => {
     });
   });
 
+  it("refuses repo and pipeline names pachd refuses, with pachd's messages, and takes the rest", async () => {
+    const invalid = (name: string) => `name (${name}) invalid: only alphanumeric characters, underscores, and dashes are allowed`;
+    for (const name of ["my.repo", "a b", "Repo@master", ""]) {
+      expect(await post("pfs_v2.API/CreateRepo", { repo: repo(name), update: true }), name).toEqual({
+        status: 500,
+        json: { code: 2, message: invalid(name), details: [] },
+      });
+    }
+    expect(pachd.repos.size).toBe(0);
+    expect((await post("pfs_v2.API/CreateRepo", { repo: repo("Image_Classification-My-Model-source"), update: true })).status).toBe(200);
+    const create = (name: string, project = "default") =>
+      post("pps_v2.API/CreatePipelineV2", {
+        createPipelineRequestJson: JSON.stringify({
+          pipeline: { name, project: { name: project } },
+          transform: { image: "i", cmd: ["sh"] },
+        }),
+      });
+    expect((await create("a.b")).json).toEqual({ code: 2, message: `invalid pipeline name: ${invalid("a.b")}`, details: [] });
+    const long = "p".repeat(52);
+    expect((await create(long)).json).toEqual({
+      code: 2,
+      message: `pipeline name "${long}" is 1 characters longer than the 51 max`,
+      details: [],
+    });
+    // Pachyderm's workers are the ReplicationController <project>-<pipeline>-v<N>, lowercase with '-' for '_'.
+    const workers = `kaos-models-${"q".repeat(51)}-v99`;
+    expect((await create("Q".repeat(51), "kaos_models")).json).toEqual({
+      code: 2,
+      message: `Kubernetes name "${workers}" is ${workers.length - 63} characters longer than the 63 max`,
+      details: [],
+    });
+    expect(pachd.pipelines.size).toBe(0);
+    expect((await create("My_Model-train")).status).toBe(200);
+  });
+
   it("answers a failed streamed call with an error message under its HTTP status", async () => {
     await post("pfs_v2.API/CreateRepo", { repo: repo("r"), update: true });
     const job = { pipeline: { name: "p", project: { name: "default" } }, id: "0123" };
