@@ -52,7 +52,7 @@ function configFile(pipelines: string[]): string {
   const body = pipelines
     .map(
       (name) =>
-        `    ${name}: { source: "${name}/src", data: "${name}/data", hyperparams: "${name}/grid.json", resources: { cpu: 1, memory: "1Gi", gpu: ${name === "cnn" ? 1 : 0} } },`,
+        `    "${name}": { source: "${name}/src", data: "${name}/data", hyperparams: "${name}/grid.json", resources: { cpu: 1, memory: "1Gi", gpu: ${name === "cnn" ? 1 : 0} } },`,
     )
     .join("\n");
   return `import { defineConfig } from "kaos-ml";\n\nexport default defineConfig({\n  workspace: "mnist",\n  pipelines: {\n${body}\n  },\n});\n`;
@@ -309,6 +309,21 @@ describe.runIf(engines.providerMissing === undefined)("the cluster path through 
     expect(again.stdout).toMatch(/run +1\/1 +lr=0\.1/);
     expect(again.stdout).not.toContain("No changes");
     project.write({ "kaos.config.ts": configFile(["svm"]) });
+  });
+
+  it("a pipeline with an odd name is applied with an image reference registries take", async () => {
+    const odd = "My_-Model_";
+    project.write({ "kaos.config.ts": configFile(["svm", odd]), ...pipelineFiles(odd, { lr: [0.1] }) });
+    const up = await kaos(["up"]);
+    expect(up.code, up.stderr).toBe(0);
+    expect(pachd.repos.has(`default/mnist-${odd}-source`)).toBe(true);
+    const train = JSON.parse(pachd.pipelines.get(`default/mnist-${odd}-train`)?.specJson ?? "{}") as { transform?: { image?: string } };
+    // Lowercase, `_-` as dashes, the trailing `_` dropped: the OCI grammar's path component.
+    expect(train.transform?.image).toMatch(/^registry\.example\.com\/ml\/mnist-my--model:[0-9a-f]{12}-[0-9a-f]{12}$/);
+    project.write({ "kaos.config.ts": configFile(["svm"]) });
+    const removed = await kaos(["up"]);
+    expect(removed.code, removed.stderr).toBe(0);
+    expect([...pachd.pipelines.keys()].filter((key) => key.includes(odd))).toEqual([]);
   });
 
   it("a Pulumi CLI killed mid-update leaves a lock that the next up recovers from by itself", async () => {
