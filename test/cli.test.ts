@@ -108,7 +108,9 @@ describe("the CLI frame (built CLI)", () => {
     const project = tempProject();
     const result = await runKaos(["plan"], { cwd: project.dir });
     expect(result.code).toBe(1);
-    expect(result.stderr).toContain(`error: no kaos.config.ts found in ${project.dir} or any parent directory`);
+    expect(result.stderr).toContain(
+      `error: no kaos.config.ts (or .mts, .cts, .js, .mjs, .cjs) found in ${project.dir} or any parent directory`,
+    );
     expect(result.stderr).toContain("hint: create one");
   });
 

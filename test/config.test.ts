@@ -64,8 +64,8 @@ describe("config loading", () => {
     expect(config.watch).toEqual({ debounceMs: 200, onChange: "restart" });
   });
 
-  it("loads .js, .mjs and .mts configs and finds the config in a parent directory", async () => {
-    for (const file of ["kaos.config.js", "kaos.config.mjs", "kaos.config.mts"]) {
+  it("loads .js, .mjs, .mts and .cts configs and finds the config in a parent directory", async () => {
+    for (const file of ["kaos.config.js", "kaos.config.mjs", "kaos.config.mts", "kaos.config.cts"]) {
       const made = project(
         `export default { workspace: "w", pipelines: { p: { source: "src", manifest: "manifest.jsonl", hyperparams: { a: [1, 2, 3], b: "x" } } } };\n`,
         { "deep/er/x": "" },
@@ -77,6 +77,41 @@ describe("config loading", () => {
       expect(config.pipelines[0]?.data).toEqual({ kind: "manifest", path: made.path("manifest.jsonl") });
       expect(config.pipelines[0]?.hyperparams).toEqual({ a: [1, 2, 3], b: "x" });
     }
+  });
+
+  it("loads CommonJS configs: `module.exports`, or `exports.default` as TypeScript writes it", async () => {
+    const body = `{ workspace: "w", pipelines: { p: { source: "src", data: "data" } } }`;
+    for (const [file, text] of [
+      ["kaos.config.cjs", `const { defineConfig } = require("kaos-ml");\nmodule.exports = defineConfig(${body});\n`],
+      ["kaos.config.js", `module.exports = ${body};\n`],
+      ["kaos.config.cts", `import { defineConfig } from "kaos-ml";\nexport = defineConfig(${body});\n`],
+      ["kaos.config.cjs", `Object.defineProperty(exports, "__esModule", { value: true });\nexports.default = ${body};\n`],
+    ] as const) {
+      const made = project(text, {}, file);
+      const config = await loadConfig({ cwd: made.dir });
+      expect(config.file, text).toBe(made.path(file));
+      expect(config.workspace, text).toBe("w");
+    }
+    const empty = project(`const unused = 1;\n`, {}, "kaos.config.cjs");
+    await expect(loadConfig({ cwd: empty.dir })).rejects.toThrow(
+      `${empty.path("kaos.config.cjs")}: has no default export; expected \`export default defineConfig({ pipelines: {...} })\` (or \`module.exports = ...\` in CommonJS)`,
+    );
+  });
+
+  it("takes the config names in vitest's order, TypeScript first, and refuses a folder with two of them", async () => {
+    const made = project(`export default { workspace: "ts", pipelines: { p: { source: "src", data: "data" } } };\n`, {}, "kaos.config.cjs");
+    expect((await loadConfig({ cwd: made.dir })).file).toBe(made.path("kaos.config.cjs"));
+    made.write({ "kaos.config.ts": readFileSync(made.path("kaos.config.cjs"), "utf8") });
+    const error = await loadConfig({ cwd: made.dir }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(KaosError);
+    expect((error as KaosError).code).toBe("CONFIG_AMBIGUOUS");
+    expect((error as KaosError).message).toBe(
+      `${made.path("kaos.config.ts")} and ${made.path("kaos.config.cjs")}: 2 files where kaos reads one`,
+    );
+    expect((error as KaosError).hint).toBe(
+      "keep one: remove or rename the other (kaos.config.ts is looked for first), or name one with --config PATH",
+    );
+    expect((await loadConfig({ cwd: made.dir, configPath: "kaos.config.cjs" })).file).toBe(made.path("kaos.config.cjs"));
   });
 
   it("takes --config PATH and reports a missing one", async () => {
@@ -347,6 +382,26 @@ describe("stacks", () => {
     });
   });
 
+  it("loads a CommonJS stack file, and refuses two files of one stack", async () => {
+    const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+      "stacks/big.cjs": `const { defineStack } = require("kaos-ml");\nmodule.exports = defineStack({ backend: "local", maxCpu: 8 });\n`,
+    });
+    const config = await loadConfig({ cwd: made.dir });
+    expect(await loadStack(config, "big")).toEqual({
+      name: "big",
+      file: made.path("stacks/big.cjs"),
+      config: { backend: "local", maxCpu: 8 },
+    });
+    made.write({ "stacks/big.mts": `export default { backend: "local" };\n` });
+    const error = await loadStack(config, "big").catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(KaosError);
+    expect((error as KaosError).code).toBe("CONFIG_AMBIGUOUS");
+    expect((error as KaosError).message).toBe(
+      `${made.path("stacks/big.mts")} and ${made.path("stacks/big.cjs")}: 2 files where kaos reads one`,
+    );
+    expect((error as KaosError).hint).toBe("keep one: remove or rename the other (big.mts is looked for first)");
+  });
+
   it("a stack file that does not exist", async () => {
     const made = project(pipelineConfig(`      source: "src",\n      data: "data",`));
     const config = await loadConfig({ cwd: made.dir });
@@ -535,8 +590,8 @@ describe("the config cache", () => {
     return { code: result.code, stderr: result.stderr, evaluated, jobs: parsed.pipelines[0]!.jobs.length };
   }
 
-  function cachedProject(config: string, extra: Record<string, string> = {}): Project {
-    const made = project(config, extra);
+  function cachedProject(config: string, extra: Record<string, string> = {}, file = "kaos.config.ts"): Project {
+    const made = project(config, extra, file);
     mkdirSync(made.path(".kaos"));
     return made;
   }
@@ -577,6 +632,42 @@ export default defineConfig({
     const badConfig = await plan(made);
     expect(badConfig.code).toBe(1);
     expect(badConfig.stderr).toContain(`${made.path("kaos.config.ts")}:7: pipelines.svm.paralelism: unknown key`);
+  });
+
+  it("finds a CommonJS kaos.config.cjs that requires kaos-ml and a helper, keeps its value, and sees an edit of the helper", async () => {
+    const config = `const { defineConfig } = require("kaos-ml");
+const { grid } = require("./grid-helper.cjs");
+
+module.exports = defineConfig({
+  pipelines: {
+    svm: { source: "src", data: "data", hyperparams: grid },
+  },
+});
+`;
+    const made = cachedProject(config, { "grid-helper.cjs": `exports.grid = { C: [1, 2] };\n` }, "kaos.config.cjs");
+    expect(await plan(made)).toMatchObject({ code: 0, evaluated: true, jobs: 2 });
+    expect(await plan(made)).toMatchObject({ code: 0, evaluated: false, jobs: 2 });
+    made.write({ "grid-helper.cjs": `exports.grid = { C: [1, 2, 3] };\n` });
+    expect(await plan(made)).toMatchObject({ code: 0, evaluated: true, jobs: 3 });
+    expect(await plan(made)).toMatchObject({ code: 0, evaluated: false, jobs: 3 });
+
+    made.write({ "kaos.config.cjs": config.replace("hyperparams: grid", "hyperparams: grid,\n    paralelism: 2") });
+    const bad = await plan(made);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(`${made.path("kaos.config.cjs")}:7: pipelines.svm.paralelism: unknown key`);
+  });
+
+  it("refuses a folder with two config files, naming both, rather than running one of them", async () => {
+    const made = cachedProject(`export default { pipelines: { svm: { source: "src", data: "data" } } };\n`, {}, "kaos.config.mjs");
+    expect(await plan(made)).toMatchObject({ code: 0, jobs: 1 });
+    made.write({ "kaos.config.ts": `export default { pipelines: { other: { source: "src", data: "data" } } };\n` });
+    const both = await plan(made);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toBe(
+      `error: ${made.path("kaos.config.ts")} and ${made.path("kaos.config.mjs")}: 2 files where kaos reads one\n` +
+        "hint: keep one: remove or rename the other (kaos.config.ts is looked for first), or name one with --config PATH\n",
+    );
+    expect(await plan(made, ["-c", "kaos.config.mjs"])).toMatchObject({ code: 0, jobs: 1 });
   });
 
   it("ignores and rewrites a cache file that is corrupt or from another kaos", async () => {

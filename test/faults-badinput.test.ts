@@ -682,7 +682,7 @@ const catalogue: Record<string, Case[]> = {
       name: "no config anywhere",
       remove: ["kaos.config.ts"],
       args: ["plan"],
-      message: "error: no kaos.config.ts found in {dir} or any parent directory",
+      message: "error: no kaos.config.ts (or .mts, .cts, .js, .mjs, .cjs) found in {dir} or any parent directory",
     },
     {
       name: "deploy without a source",

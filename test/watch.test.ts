@@ -54,10 +54,10 @@ interface Rig {
   watch(args?: string[]): LiveKaos;
 }
 
-function rig(options: { params?: string; config?: string; data?: FileMap } = {}): Rig {
+function rig(options: { params?: string; config?: string; configFile?: string; data?: FileMap } = {}): Rig {
   const marks = mkdtempSync(join(tmpdir(), "kaos-watch-marks-"));
   const project = makeProject({
-    "kaos.config.ts": options.config ?? CONFIG,
+    [options.configFile ?? "kaos.config.ts"]: options.config ?? CONFIG,
     "params.json": options.params ?? `{"a": 1}\n`,
     ...under("src", trivialSourceBundle(trainScript(marks))),
     ...(options.data ?? { "data/a.txt": "1\n" }),
@@ -303,6 +303,22 @@ describe.each([
 });
 
 describe("kaos watch", () => {
+  it.each([
+    ["kaos.config.mjs", CONFIG],
+    ["kaos.config.cjs", CONFIG.replace("export default", "module.exports =")],
+  ])("reruns on every edit of a %s, which Node alone would load once per process", async (file, config) => {
+    const r = rig({ configFile: file, config });
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    for (const [index, grid] of ["{ a: [1, 2] }", "{ a: [1, 2, 3] }"].entries()) {
+      r.project.write({ [file]: config.replace('"params.json"', grid) });
+      await waitCount(kaos, "waiting for changes", index + 2);
+      expect(output(kaos)).toContain(`change detected: 0 stages and 1 job to run, ${index + 1} skipped (${file})`);
+    }
+    expect(ofStage(await r.jobs(), "train", "succeeded")).toHaveLength(3);
+    await quit(kaos);
+  });
+
   it("rebuilds the environment when requirements.txt changes", async () => {
     const r = rig();
     const kaos = r.watch();

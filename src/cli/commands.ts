@@ -7,7 +7,7 @@ import { once } from "node:events";
 import { existsSync, mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
-import { findConfig, jobPaths, stateDirOf } from "../core/layout.js";
+import { CONFIG_NAMES_TEXT, findConfig, jobPaths, stateDirOf } from "../core/layout.js";
 import { KaosError, describeError } from "../core/errors.js";
 import {
   listRecords,
@@ -925,7 +925,7 @@ export async function monitorCommand(options: Common): Promise<number> {
       "CONFIG_NOT_FOUND",
       options.config !== undefined
         ? `--config ${options.config}: no such file: ${configFile}`
-        : `no kaos.config.ts found in ${process.cwd()} or any parent directory`,
+        : `no ${CONFIG_NAMES_TEXT} found in ${process.cwd()} or any parent directory`,
       { hint: "run kaos monitor in the project whose plans it is to serve, or pass --config PATH" },
     );
   }

@@ -114,7 +114,7 @@ function buildProgram(argv?: readonly string[]): Command {
   const program = new Command("kaos")
     .description("Machine-learning training as pipeline-as-code: source bundle + data bundle (+ hyperparameters) = trained model.")
     .version(kaosVersion(), "-V, --version", "print the version")
-    .option("-c, --config <path>", "config file (default: kaos.config.ts in this directory or a parent)")
+    .option("-c, --config <path>", "config file (default: kaos.config.ts, .mts, .cts, .js, .mjs or .cjs in this directory or a parent)")
     .showHelpAfterError("(run with --help for usage)")
     .configureHelp({ sortSubcommands: false, showGlobalOptions: true })
     .exitOverride();

@@ -6,7 +6,7 @@ import { existsSync, lstatSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { KaosError } from "../core/errors.js";
 import { displayText, formatBytes } from "../core/format.js";
-import { findConfig, stateDirOf } from "../core/layout.js";
+import { CONFIG_NAMES_TEXT, findConfig, stateDirOf } from "../core/layout.js";
 import { StateStore } from "../core/state.js";
 import {
   collectGarbage,
@@ -38,7 +38,7 @@ function projectRoot(options: Common): string {
   const config = findConfig(process.cwd());
   if (config !== undefined) return dirname(config);
   if (existsSync(stateDirOf(process.cwd()))) return process.cwd();
-  throw new KaosError("CONFIG_NOT_FOUND", `no kaos.config.ts in ${process.cwd()} or a parent, and no .kaos/ here`, {
+  throw new KaosError("CONFIG_NOT_FOUND", `no ${CONFIG_NAMES_TEXT} in ${process.cwd()} or a parent, and no .kaos/ here`, {
     hint: "run kaos in a project directory, or pass -c PATH",
   });
 }

@@ -8,10 +8,11 @@
  * module it imports, found by reading their import statements. Any doubt
  * means no keeping, and the file is evaluated as before:
  *
- * - an import of anything but a relative path or `kaos-ml` (a package, a
- *   Node built-in), or an `import(...)` of something else than a string;
+ * - an import or a CommonJS `require` of anything but a relative path or
+ *   `kaos-ml` (a package, a Node built-in), or an `import(...)` or a
+ *   `require` of something else than a string (`require.resolve`, too);
  * - a word through which code reads the world beyond its files: the clock,
- *   randomness, globals, `require`, `import.meta`, the network (looked for
+ *   randomness, globals, `import.meta`, the network (looked for
  *   in the whole text, comments included, so it errs only towards evaluating);
  * - a value JSON cannot carry exactly.
  *
@@ -30,11 +31,13 @@ const FORMAT = 1;
 
 /** Reads of the world beyond a module's files; see the module comment. */
 const UNKEPT_WORDS =
-  /\b(?:globalThis|global|Date|Math\s*\.\s*random|eval|Function|require|fetch|crypto|performance|Deno|Bun|import\s*\.\s*meta|__dirname|__filename|setTimeout|setInterval|queueMicrotask|WebAssembly|Intl)\b/;
+  /\b(?:globalThis|global|Date|Math\s*\.\s*random|eval|Function|fetch|crypto|performance|Deno|Bun|import\s*\.\s*meta|__dirname|__filename|setTimeout|setInterval|queueMicrotask|WebAssembly|Intl)\b/;
 const PROCESS_WORD = /\bprocess\b/;
 const FROM_SPECIFIER = /\b(?:from|import)\s*["']([^"'\n]*)["']/g;
 const DYNAMIC_IMPORT = /\bimport\s*\(/g;
 const LITERAL_DYNAMIC_IMPORT = /^import\s*\(\s*["']([^"'\n]*)["']\s*\)/;
+const REQUIRE = /\brequire\b/g;
+const LITERAL_REQUIRE = /^require\s*\(\s*["']([^"'\n]*)["']\s*\)/;
 
 /** The extensions a relative import may leave out, and index files, roughly in the order a TypeScript loader tries them. */
 const EXTENSIONS = [".ts", ".mts", ".cts", ".js", ".mjs", ".cjs", ".json", ".tsx", ".jsx"];
@@ -50,13 +53,18 @@ function candidates(from: string, specifier: string): string[] {
   return [base, ...twins, ...EXTENSIONS.map((ext) => base + ext), ...EXTENSIONS.map((ext) => join(base, `index${ext}`))];
 }
 
-/** The specifiers a module's text imports, or undefined when one cannot be read off the text. */
+/** The specifiers a module's text imports or requires, or undefined when one cannot be read off the text. */
 function importsOf(text: string): string[] | undefined {
   const specifiers = [...text.matchAll(FROM_SPECIFIER)].map((match) => match[1] ?? "");
-  for (const match of text.matchAll(DYNAMIC_IMPORT)) {
-    const literal = LITERAL_DYNAMIC_IMPORT.exec(text.slice(match.index));
-    if (literal === null) return undefined;
-    specifiers.push(literal[1] ?? "");
+  for (const [calls, literal] of [
+    [DYNAMIC_IMPORT, LITERAL_DYNAMIC_IMPORT],
+    [REQUIRE, LITERAL_REQUIRE],
+  ] as const) {
+    for (const match of text.matchAll(calls)) {
+      const found = literal.exec(text.slice(match.index));
+      if (found === null) return undefined;
+      specifiers.push(found[1] ?? "");
+    }
   }
   return specifiers;
 }

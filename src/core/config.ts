@@ -15,7 +15,7 @@ import type { ParsedConfig } from "./config-schema.js";
 import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position } from "./config-text.js";
 import { KaosError, describeError } from "./errors.js";
 import { isRandomSearch, MAX_SWEEP_JOBS, parseSpace, parseSpaceJson, spaceSize } from "./hyperparams.js";
-import { findConfig, stateDirOf } from "./layout.js";
+import { stateDirOf } from "./layout.js";
 import type { ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
 
 export { MAX_SWEEP_JOBS };
@@ -24,7 +24,7 @@ export { locateKey, parseMemory } from "./config-text.js";
 export { defineConfig, defineStack } from "../define.js";
 
 export { CONFIG_FILE_NAMES, findConfig } from "./layout.js";
-import { packageRoot, stackFileCandidates, stackNames, stacksDirOf } from "./layout.js";
+import { CONFIG_NAMES_TEXT, findConfigs, packageRoot, stackFilesOf, stackNames, stacksDirOf } from "./layout.js";
 import { DEFAULT_STACK_NAME, WATCH_DEFAULTS } from "./defaults.js";
 
 /** Where the package's own entry lives, so configs anywhere can `import { defineConfig } from "kaos-ml"`. */
@@ -33,8 +33,12 @@ function packageEntry(): string {
   return existsSync(built) ? built : join(packageRoot(), "src", "define.ts");
 }
 
-/** Evaluates a module with jiti; `interopDefault` as jiti takes it. */
-async function evaluateModule(file: string, interopDefault: boolean): Promise<unknown> {
+/**
+ * Evaluates a module with jiti and answers what it exports. The file itself is
+ * always transpiled by jiti, never imported by Node, whose module cache would
+ * answer a second load in this process (`kaos watch`) with the first text.
+ */
+async function evaluateModule(file: string): Promise<unknown> {
   // Required, not imported: importing jiti's CommonJS bundle from ESM makes
   // Node scan its source for exports first, a cost on every command.
   const { createJiti } = createRequire(import.meta.url)("jiti") as typeof import("jiti");
@@ -43,30 +47,37 @@ async function evaluateModule(file: string, interopDefault: boolean): Promise<un
     moduleCache: false,
     // Transpiled configs are cached by content, so an unchanged config loads without a compiler.
     fsCache: join(tmpdir(), "kaos-jiti"),
-    interopDefault,
+    interopDefault: false,
   });
-  return await jiti.import(file);
+  forgetRequiredFiles();
+  return await jiti.evalModule(readFileSync(file, "utf8"), { filename: file, id: file, async: true, forceTranspile: true });
 }
 
 /**
- * The default export as the module wrote it. jiti's interop answers `default`
- * with the whole module when the export is null or undefined; the property's
- * own descriptor is not intercepted.
+ * Drops the CommonJS files outside node_modules that an earlier load in this
+ * process required from Node's module cache, so that a config evaluated
+ * again reads them again. ES modules it imports natively (`.mjs`) stay
+ * cached by Node for the life of the process.
  */
-function writtenDefault(module: object): unknown {
-  const descriptor = Object.getOwnPropertyDescriptor(module, "default");
-  if (descriptor === undefined) return undefined;
-  return "value" in descriptor ? descriptor.value : descriptor.get?.call(module);
+function forgetRequiredFiles(): void {
+  const cache = createRequire(import.meta.url).cache;
+  for (const path of Object.keys(cache)) if (!path.includes(`${sep}node_modules${sep}`)) delete cache[path];
 }
 
-/** Whether a module of `file`, evaluated without jiti's interop, exports a null default. */
-async function exportsNullDefault(file: string): Promise<boolean> {
-  try {
-    const module = await evaluateModule(file, false);
-    return typeof module === "object" && module !== null && "default" in module && module.default === null;
-  } catch {
-    return false;
-  }
+/** What `defaultExport` answers for a module that exports no default. */
+const NO_DEFAULT = Symbol("no default export");
+
+/**
+ * A module's default export as Node gives it: an ES module's `default` (jiti
+ * marks what it transpiles from ES syntax with `__esModule`, as TypeScript
+ * marks its CommonJS output); a CommonJS module's `module.exports`, which
+ * exported nothing when it is still the empty object it started as.
+ */
+function defaultExport(module: unknown): unknown {
+  if (typeof module !== "object" || module === null) return module;
+  if ((module as { __esModule?: unknown }).__esModule === true) return "default" in module ? module.default : NO_DEFAULT;
+  const isEmpty = Object.getPrototypeOf(module) === Object.prototype && Reflect.ownKeys(module).length === 0;
+  return isEmpty ? NO_DEFAULT : module;
 }
 
 /**
@@ -96,20 +107,16 @@ async function importModule(file: string, code: "CONFIG_LOAD" | "STACK_INVALID")
   const invalid = code === "CONFIG_LOAD" ? "CONFIG_INVALID" : code;
   let value: unknown;
   try {
-    const module = await evaluateModule(file, true);
+    const written = defaultExport(await evaluateModule(file));
     // Without this check a module of named exports would be validated as if it were the config.
-    if (typeof module !== "object" || module === null || !("default" in module)) {
-      throw new KaosError(invalid, `${file}: has no default export; expected ${expected}`);
+    if (written === NO_DEFAULT) {
+      const commonJs = /\.c[jt]s$/.test(file) ? " (or `module.exports = ...` in CommonJS)" : "";
+      throw new KaosError(invalid, `${file}: has no default export; expected ${expected}${commonJs}`);
     }
-    const written = writtenDefault(module);
     // A promise is awaited here, so that one that rejects is told as a file that does not load.
-    value = written === null || written === undefined ? written : await (module as { default: unknown }).default;
+    value = await written;
   } catch (error) {
     if (error instanceof KaosError) throw error;
-    // jiti's interop reads `.then` of a null default export and fails; only a second look without it tells that case.
-    if (error instanceof TypeError && error.message.includes("(reading 'then')") && (await exportsNullDefault(file))) {
-      throw new KaosError(invalid, `${file}: the default export is null; expected ${expected}`);
-    }
     const at = thrownAt(error, dirname(file));
     throw new KaosError(code, `${file}: could not be loaded: ${describeError(error)}${at === undefined ? "" : `\n  at ${at}`}`, {
       hint: "fix the error above; the file must `export default defineConfig({...})` (or `defineStack` for a stack)",
@@ -294,12 +301,14 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
       throw new KaosError("CONFIG_NOT_FOUND", `--config ${options.configPath}: no such file: ${file}`);
     }
   } else {
-    file = findConfig(options.cwd);
+    const found = findConfigs(options.cwd);
+    file = found[0];
     if (file === undefined) {
-      throw new KaosError("CONFIG_NOT_FOUND", `no kaos.config.ts found in ${resolve(options.cwd)} or any parent directory`, {
+      throw new KaosError("CONFIG_NOT_FOUND", `no ${CONFIG_NAMES_TEXT} found in ${resolve(options.cwd)} or any parent directory`, {
         hint: "create one (see `kaos template get --name mnist` for a complete example) or pass --config PATH",
       });
     }
+    if (found.length > 1) throw ambiguous(found, "--config PATH");
   }
   const configFile = file;
   const parsed = await cachedModuleValue("config", configFile, stateDirOf(dirname(configFile)), async () => {
@@ -310,18 +319,27 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
   return await resolveParsedConfig(parsed, configFile);
 }
 
+/** Two or more module files where one is read: which one was meant cannot be told, and the other would be silently ignored. */
+function ambiguous(files: string[], otherwise?: string): KaosError {
+  const [first = "", ...others] = files;
+  return new KaosError("CONFIG_AMBIGUOUS", `${files.join(" and ")}: ${files.length} files where kaos reads one`, {
+    hint: `keep one: remove or rename ${others.length === 1 ? "the other" : "the others"} (${basename(first)} is looked for first)${otherwise === undefined ? "" : `, or name one with ${otherwise}`}`,
+  });
+}
+
 /** The built-in stack used when `--stack` is not given. */
 export const DEFAULT_STACK: ResolvedStack = { name: DEFAULT_STACK_NAME, file: undefined, config: { backend: "local" } };
 
-/** Loads `stacks/NAME.ts` (or .mts/.js/.mjs) beside the config; without a name, the local backend. */
+/** Loads `stacks/NAME.ts` (or another module extension) beside the config; without a name, the local backend. */
 export async function loadStack(config: Pick<ResolvedConfig, "root">, name: string | undefined): Promise<ResolvedStack> {
   if (name === undefined) return DEFAULT_STACK;
   if (!NAME_PATTERN.test(name)) {
     throw new KaosError("USAGE", `--stack ${name}: expected a stack name of letters, digits, '-' and '_' (the file stacks/NAME.ts)`);
   }
   const dir = stacksDirOf(config.root);
-  const candidates = stackFileCandidates(config.root, name);
-  const file = candidates.find((candidate) => checkFile(candidate) === "ok");
+  const found = stackFilesOf(config.root, name);
+  const file = found[0];
+  if (found.length > 1) throw ambiguous(found);
   if (file === undefined) {
     if (name === DEFAULT_STACK_NAME) return DEFAULT_STACK;
     const names = stackNames(config.root);

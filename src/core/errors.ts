@@ -9,6 +9,8 @@ export type ErrorCode =
   | "CONFIG_NOT_FOUND"
   | "CONFIG_LOAD"
   | "CONFIG_INVALID"
+  /** Two config files in one folder, or two files of one stack. */
+  | "CONFIG_AMBIGUOUS"
   | "STACK_NOT_FOUND"
   | "STACK_INVALID"
   | "BUNDLE_INVALID"

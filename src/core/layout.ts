@@ -2,7 +2,7 @@
  * Where kaos keeps things in `.kaos/` beside the config. One place, so that
  * the backend that writes and the commands that read agree.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -32,10 +32,22 @@ export function kaosVersion(): string {
   return packageVersion;
 }
 
-/** The module kinds a config or a stack file may be, in the order they are looked for. */
-export const MODULE_EXTENSIONS = ["ts", "mts", "js", "mjs"] as const;
+/**
+ * The module kinds a config or a stack file may be, in the order they are
+ * looked for: vitest's, TypeScript first, then JavaScript, each as the
+ * package decides, as an ES module, as CommonJS.
+ */
+export const MODULE_EXTENSIONS = ["ts", "mts", "cts", "js", "mjs", "cjs"] as const;
 
 export const CONFIG_FILE_NAMES = MODULE_EXTENSIONS.map((ext) => `kaos.config.${ext}`);
+
+/** The config's names, for messages: `kaos.config.ts (or .mts, .cts, .js, .mjs, .cjs)`. */
+export const CONFIG_NAMES_TEXT = `kaos.config.ts (or ${MODULE_EXTENSIONS.slice(1)
+  .map((ext) => `.${ext}`)
+  .join(", ")})`;
+
+/** A TypeScript declaration file, which a folder of modules may hold beside them and which is no module itself. */
+const DECLARATION_FILE = /\.d\.[cm]?ts$/;
 
 /** Where kaos keeps a project's state, beside its config. */
 export const STATE_DIR_NAME = ".kaos";
@@ -54,7 +66,7 @@ export function stackNames(root: string): string[] {
     return [];
   }
   const names = files
-    .filter((file) => (MODULE_EXTENSIONS as readonly string[]).includes(extname(file).slice(1)) && !file.endsWith(".d.ts"))
+    .filter((file) => (MODULE_EXTENSIONS as readonly string[]).includes(extname(file).slice(1)) && !DECLARATION_FILE.test(file))
     .map((file) => basename(file, extname(file)));
   return [...new Set(names)].sort();
 }
@@ -63,21 +75,41 @@ export function stackFileCandidates(root: string, name: string): string[] {
   return MODULE_EXTENSIONS.map((ext) => join(stacksDirOf(root), `${name}.${ext}`));
 }
 
+/** The files of stack `name` that exist, in the order they are looked for: more than one is a mistake to report. */
+export function stackFilesOf(root: string, name: string): string[] {
+  return stackFileCandidates(root, name).filter(isFile);
+}
+
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
 /** The state database of a project. */
 export function stateDbOf(root: string): string {
   return join(stateDirOf(root), "state.db");
 }
 
-/** The config file in `cwd` or its nearest parent. */
+/** The config file in `cwd` or its nearest parent; the first by `CONFIG_FILE_NAMES` where one folder has several. */
 export function findConfig(cwd: string): string | undefined {
+  return findConfigs(cwd)[0];
+}
+
+/**
+ * The config files of the nearest folder, from `cwd` up, that has any, in the
+ * order of `CONFIG_FILE_NAMES`; none when no folder has one. Loading a config
+ * refuses a folder with several, since which one was meant cannot be told.
+ */
+export function findConfigs(cwd: string): string[] {
   let dir = resolve(cwd);
   for (;;) {
-    for (const name of CONFIG_FILE_NAMES) {
-      const candidate = join(dir, name);
-      if (existsSync(candidate)) return candidate;
-    }
+    const found = CONFIG_FILE_NAMES.map((name) => join(dir, name)).filter((candidate) => existsSync(candidate));
+    if (found.length > 0) return found;
     const parent = dirname(dir);
-    if (parent === dir) return undefined;
+    if (parent === dir) return [];
     dir = parent;
   }
 }

@@ -1,11 +1,11 @@
 /** What `kaos watch` watches, and what is never a reason to rerun. */
-import { existsSync, readFileSync, statSync, type Stats } from "node:fs";
+import { readFileSync, statSync, type Stats } from "node:fs";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import ignore, { type Ignore } from "ignore";
 import { DIRECTORY_LOCK_NAME } from "../../core/manifest.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { ALWAYS_IGNORED, isEditorFile } from "../../core/tree-walk.js";
-import { stateDirOf } from "../../core/layout.js";
+import { stackFilesOf, stateDirOf } from "../../core/layout.js";
 
 /**
  * Besides the editor files no tree holds: backups and atomic-save
@@ -58,8 +58,7 @@ function isDirectory(path: string): boolean {
 
 /** The file of stack `name`, when there is one. */
 function stackFileOf(root: string, name: string | undefined): string | undefined {
-  if (name === undefined) return undefined;
-  return ["ts", "mts", "js", "mjs"].map((ext) => join(root, "stacks", `${name}.${ext}`)).find((file) => existsSync(file));
+  return name === undefined ? undefined : stackFilesOf(root, name)[0];
 }
 
 export function watchTargets(
