@@ -413,8 +413,10 @@ mkdir -p "$1" && echo done > "$1/done"
     expect(first!.state).toBe("running");
     // Following it ends at once: nobody will record anything more for it.
     const follow = await runKaos(["train", "logs", first!.id, "-f"], { cwd: made.dir, timeoutMs: 20_000 });
-    expect(follow.code).toBe(0);
-    expect(follow.stderr).toContain(`job ${first!.id} was interrupted: the kaos that ran it is gone; the next kaos up reruns it`);
+    expect(follow.code).toBe(1);
+    expect(follow.stderr).toBe(
+      `job ${first!.id} was interrupted while running: the kaos that ran it is gone; the next kaos up reruns it; \`kaos train info ${first!.id}\` says more\n`,
+    );
 
     // What a kaos killed while laying out a tree or writing a listing leaves behind (its pid is gone).
     const exited = spawn("true");

@@ -4,7 +4,7 @@ import { request as httpRequest } from "node:http";
 import { createServer as createHttp2Server } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -19,6 +19,7 @@ import { clusterJobLogs, listClusterJobs, shortJobId } from "../src/backends/kub
 import { canonicalJson } from "../src/core/hyperparams.js";
 import { FakePachd } from "./fixtures/kubernetes/fake-pachd.js";
 import { makeClusterProject, type ClusterProject } from "./fixtures/kubernetes/project.js";
+import { runKaos } from "./helpers/rig.js";
 
 const run = promisify(execFile);
 const TOKEN = "tok-3f9a0c7e5b1d4e2a";
@@ -648,6 +649,38 @@ describe("train list and logs from Pachyderm jobs (against a local HTTP server f
       job: { pipeline: { name: "mnist-svm-train", project: { name: "default" } }, id: "j2" },
       follow: false,
       datum: { job: { pipeline: { name: "mnist-svm-train", project: { name: "default" } }, id: "j2" }, id: "d3" },
+    });
+  });
+
+  it("train logs -f through the built CLI on a cluster stack exits as the Pachyderm job or datum ended; train logs alone 0", async () => {
+    const { keys } = seedJobs();
+    const failedJob = pachd.jobs.find((job) => job.pipeline === "mnist-svm-train" && job.id === "j1");
+    failedJob!.logs = [{ datumId: "d2", user: true, ts: "2026-01-01T00:00:01Z", message: "diverged" }];
+    writeFileSync(
+      join(project.dir, "kaos.config.ts"),
+      `export default { workspace: "mnist", pipelines: { svm: { source: "svm/src", data: "svm/data" } } };\n`,
+    );
+    mkdirSync(join(project.dir, "stacks"));
+    writeFileSync(join(project.dir, "stacks", "cluster.ts"), `export default ${JSON.stringify(project.stack.config)};\n`);
+    const logs = (job: string, ...flags: string[]) =>
+      runKaos(["train", "logs", job, "--stack", "cluster", ...flags], { cwd: project.dir, env: { [TOKEN_ENV]: TOKEN } });
+
+    const failed = shortJobId(keys[1] as string);
+    const followed = await logs(failed, "-f");
+    expect(followed.code).toBe(1);
+    expect(followed.stdout).toBe("2026-01-01T00:00:01Z user   | diverged\n");
+    expect(followed.stderr).toBe(`job ${failed} failed; \`kaos train info ${failed} --stack cluster\` says more\n`);
+    const plain = await logs(failed);
+    expect(plain.code).toBe(0);
+    expect(plain.stdout).toBe(followed.stdout);
+    expect(plain.stderr).toBe("");
+
+    expect(await logs("mnist-svm-build@j1", "-f")).toMatchObject({ code: 0, stdout: " user   | pushed\n", stderr: "" });
+    // The fake ends a followed stream at once: a datum still running then is told as such.
+    const running = shortJobId(keys[2] as string);
+    expect(await logs(running, "-f")).toMatchObject({
+      code: 1,
+      stderr: `job ${running} was interrupted while running: pachd ended its log stream before the job ended; \`kaos train info ${running} --stack cluster\` says more\n`,
     });
   });
 

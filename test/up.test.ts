@@ -392,6 +392,51 @@ syncBuiltinESMExports();
     expect(buildLog.stdout).toMatch(/kaos {3}\| \$ .*-m venv --without-pip/);
   });
 
+  it("logs -f exits as the followed job ended: 1 and a line with its exit code when it failed, before or after it ended; logs alone 0", async () => {
+    const made = project({ grid: { lines: 4, line_delay: 0.25, exit: 3 } });
+    const up = startKaos(["up"], { cwd: made.dir });
+    await up.waitFor(/train 1\/1 \w+ .*running/);
+    const [job] = (await jobs(made)).filter((j) => j.stage === "train");
+    const told = `job ${job!.id} failed: exited with code 3; \`kaos train info ${job!.id}\` says more\n`;
+    const follow = await runKaos(["train", "logs", job!.id, "-f"], { cwd: made.dir });
+    expect(follow.code).toBe(1);
+    expect(follow.stdout.split("\n").filter((line) => / stdout \| line \d$/.test(line))).toHaveLength(4);
+    expect(follow.stderr).toBe(told);
+    expect((await up.exited).code).toBe(1);
+    const after = await runKaos(["train", "logs", job!.id.slice(0, 5), "--follow"], { cwd: made.dir });
+    expect(after.code).toBe(1);
+    expect(after.stdout).toBe(follow.stdout);
+    expect(after.stderr).toBe(told);
+    const plain = await runKaos(["train", "logs", job!.id], { cwd: made.dir });
+    expect(plain.code).toBe(0);
+    expect(plain.stdout).toBe(follow.stdout);
+    expect(plain.stderr).toBe("");
+  });
+
+  it("logs -f of a job killed while followed exits 1 saying it was cancelled; Ctrl-C while following exits 130", async () => {
+    const made = project({ grid: { sleep: [30, 31] }, parallelism: 2 });
+    mkdirSync(made.path("pids"));
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids") } });
+    await up.waitFor(/train 2\/2 \w+ .*running/);
+    const [first, second] = (await jobs(made)).filter((j) => j.stage === "train");
+    await fileContent(made.path("pids", first!.id));
+    const follow = startKaos(["train", "logs", first!.id, "-f"], { cwd: made.dir });
+    await follow.waitFor(/stdout \| params/);
+    expect((await runKaos(["train", "kill", first!.id], { cwd: made.dir })).code).toBe(0);
+    const followed = await follow.exited;
+    expect(followed.code).toBe(1);
+    expect(followed.stderr).toBe(
+      `job ${first!.id} was cancelled: cancelled by kaos train kill; \`kaos train info ${first!.id}\` says more\n`,
+    );
+
+    const interrupted = startKaos(["train", "logs", second!.id, "-f"], { cwd: made.dir });
+    await interrupted.waitFor(/stdout \| params/);
+    const stopped = await interrupted.stop("SIGINT");
+    // Ended by the signal itself, which a shell reports as 130.
+    expect(stopped.code === 130 || (stopped.code === null && stopped.signal === "SIGINT"), JSON.stringify(stopped)).toBe(true);
+    await up.stop("SIGINT");
+  });
+
   it("list, info, get: newest first, metrics, sweeps sorted by a metric, outputs with code and params", async () => {
     const made = project({ grid: { score: [3, 9, 5] }, parallelism: 3 });
     expect((await kaos(made, ["up"])).code).toBe(0);

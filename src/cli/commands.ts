@@ -13,6 +13,7 @@ import {
   listRecords,
   type JobListFilter,
   type JobListing,
+  type LogEnd,
   type RecordedJobInfo,
   type RemoteJobInfo,
   type ResourceChanges,
@@ -483,19 +484,48 @@ async function jobSession(options: Common & { stack?: string }): Promise<Session
   return openBackendSession(config, await loadStack(config, undefined), { readonly: true });
 }
 
+/**
+ * `kaos train logs`. Without `-f` it prints the log and exits 0 whatever the
+ * job's state, as `docker logs`, `kubectl logs` and `pachctl logs` do. With
+ * `-f` it follows the job to its end and exits as it ended, as `kubectl wait`
+ * and `gh run watch --exit-status` do: 0 when it succeeded, else 1 with a line
+ * on stderr saying how it ended.
+ */
 export async function logsCommand(options: Common & { job: string; follow?: boolean; stack?: string }): Promise<number> {
   const session = await jobSession(options);
+  const follow = options.follow ?? false;
+  let end: LogEnd | undefined;
   try {
-    for await (const output of session.backend.jobLogs({ job: options.job, follow: options.follow ?? false })) {
+    for await (const output of session.backend.jobLogs({ job: options.job, follow })) {
       if (output.kind === "chunk") await writeOut(output.data);
       else if (output.kind === "line")
         await writeOut(`${output.time ?? ""} ${output.user ? "user  " : "worker"} | ${output.message.replace(/\n$/, "")}\n`);
+      else if (output.kind === "end") end = output;
       else process.stderr.write(`${output.message}\n`);
     }
-    return EXIT.ok;
   } finally {
     session.close();
   }
+  if (!follow || end?.state === "succeeded") return EXIT.ok;
+  process.stderr.write(`${followedEndText(end, options)}\n`);
+  return EXIT.failure;
+}
+
+/** `job ID failed: exited with code 3; `kaos train info ID` says more`: how a followed job that did not succeed ended. */
+function followedEndText(end: LogEnd | undefined, options: { job: string; stack?: string }): string {
+  const job = end?.job ?? options.job;
+  const how =
+    end === undefined
+      ? "did not say how it ended"
+      : end.state === "failed"
+        ? "failed"
+        : end.state === "cancelled"
+          ? "was cancelled"
+          : `was interrupted while ${end.state}`;
+  const why = end?.reason ?? (end?.exitCode != null ? `exited with code ${end.exitCode}` : undefined);
+  // Job ids and stack names are plain words: the command needs no quoting.
+  const info = `kaos train info ${displayText(job)}${options.stack !== undefined ? ` --stack ${options.stack}` : ""}`;
+  return `job ${displayText(job)} ${how}${why === undefined ? "" : `: ${displayLine(why)}`}; \`${info}\` says more`;
 }
 
 /** `metrics/eval.json: "hist": a list; expected ...`: one skipped file or value, for people. */

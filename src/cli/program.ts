@@ -227,7 +227,7 @@ function buildProgram(argv?: readonly string[]): Command {
       .description("print a job's timestamped output")
       .argument("<job>", "job id or an unambiguous prefix")
       .addOption(stackOption())
-      .option("-f, --follow", "keep printing while the job runs")
+      .option("-f, --follow", "keep printing while the job runs, then exit as it ended (0 when it succeeded, else 1)")
       .action(async (job: string, options: OptionsOf<typeof commands.logsCommand>, command: Command) => {
         const { logsCommand } = await import("./commands.js");
         setExitStatus(await logsCommand({ ...globals(command), ...options, job }));

@@ -9,7 +9,7 @@ import type { Reporter } from "./events.js";
 import type { ManifestEntries, ManifestLock } from "./manifest.js";
 import type { JobMetrics } from "./metrics.js";
 import type { Plan, PlanOracle } from "./plan.js";
-import type { JobFilter, JobRecord, Stage, StateStore } from "./state.js";
+import type { JobFilter, JobRecord, JobState, Stage, StateStore } from "./state.js";
 import type { Sweep, SweepRow } from "./sweep.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedStack } from "./types.js";
 
@@ -134,7 +134,25 @@ export type LogOutput =
   /** One line of a log kept by the system that ran the job. */
   | { kind: "line"; time: string | undefined; user: boolean; message: string }
   /** Something kaos says about the log (for stderr). */
-  | { kind: "note"; message: string };
+  | { kind: "note"; message: string }
+  | LogEnd;
+
+/**
+ * How a followed job ended: the last output of `jobLogs` with `follow`, once
+ * the job has ended (at once when it had already). `state` is still `running`
+ * or `queued` when following stopped without an end to tell (the process
+ * that ran the job is gone, the log stream ended first), and `reason` says why.
+ */
+export interface LogEnd {
+  kind: "end";
+  /** The job's id as `kaos train info` takes it. */
+  job: string;
+  state: JobState;
+  /** The script's exit code, when it exited and the backend knows it. */
+  exitCode: number | null;
+  /** Why it failed or was cancelled (an exit code, a signal, a kill), when known. */
+  reason: string | null;
+}
 
 /** Paths that differ between two states of a tree; `changed` includes a change of the executable bit alone. */
 export interface TreeChanges {
@@ -218,6 +236,7 @@ export interface Backend extends PlanOracle {
   preview?(plan: Plan, request: { refresh?: boolean | undefined; reporter: Reporter }): Promise<ResourceChanges>;
   up(request: UpRequest): Promise<UpOutcome>;
   listJobs(request: JobListRequest): Promise<JobListing>;
+  /** A job's log; with `follow`, until the job ends, then how it ended (a `LogEnd`). */
   jobLogs(request: { job: string; follow: boolean }): AsyncIterable<LogOutput>;
   /**
    * A pipeline's current sweep: every combination of its grid now, with the

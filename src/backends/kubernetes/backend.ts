@@ -183,10 +183,12 @@ export class KubernetesBackend implements Backend {
   }
 
   async *jobLogs(request: { job: string; follow: boolean }): AsyncGenerator<LogOutput> {
-    const { clusterJobLogs } = await kubernetes();
-    for await (const line of clusterJobLogs(this.stack, request.job, { workspace: this.config.workspace, follow: request.follow })) {
+    const { clusterJobLogs, clusterJobEnd } = await kubernetes();
+    const options = { workspace: this.config.workspace };
+    for await (const line of clusterJobLogs(this.stack, request.job, { ...options, follow: request.follow })) {
       yield { kind: "line", ...line };
     }
+    if (request.follow) yield await clusterJobEnd(this.stack, request.job, options);
   }
 
   /** kaos does not read the metrics of a cluster's jobs, which a sweep ranks by. */

@@ -5,7 +5,7 @@
  * - `renderCluster`: every pipeline spec and manifest, offline.
  * - `previewCluster` / `applyCluster`: `pulumi preview` / `pulumi up` of the
  *   cluster program through the Automation API (needs the Pulumi CLI).
- * - `listClusterJobs` / `clusterJobLogs` / `inspectClusterJob` / `fetchClusterOutputs`: jobs, logs and
+ * - `listClusterJobs` / `clusterJobLogs` / `clusterJobEnd` / `inspectClusterJob` / `fetchClusterOutputs`: jobs, logs and
  *   outputs from pachd's API.
  *
  * Pulumi's SDK takes a second to load, and local-only projects need not
@@ -22,6 +22,7 @@ export { renderCluster, specFileName } from "./render.js";
 export { validatePipelineSpec, compileSpecSchema, type SpecValidation } from "./schema.js";
 export {
   listClusterJobs,
+  clusterJobEnd,
   clusterJobLogs,
   inspectClusterJob,
   jobState,

@@ -8,6 +8,7 @@
  * Pachyderm skipped because an earlier job already ran it is shown once,
  * from the job that ran it.
  */
+import type { LogEnd } from "../../core/backend.js";
 import { KaosError } from "../../core/errors.js";
 import type { HyperparamSet, ResolvedStack } from "../../core/types.js";
 import {
@@ -252,6 +253,23 @@ export async function* clusterJobLogs(
       },
     );
   }
+}
+
+/**
+ * How a job stands once its followed log has ended (pachd ends the stream
+ * when the job ends): the end `kaos train logs -f` exits by. Pachyderm
+ * records no exit code of the script.
+ */
+export async function clusterJobEnd(stack: ResolvedStack, jobId: string, options: ClusterJobsOptions = {}): Promise<LogEnd> {
+  const { job } = await findJob(stack, jobId, options);
+  const ended = job.state !== "running" && job.state !== "queued";
+  return {
+    kind: "end",
+    job: shortJobId(job.id),
+    state: job.state,
+    exitCode: null,
+    reason: ended ? null : "pachd ended its log stream before the job ended",
+  };
 }
 
 /** A job and the file of Pachyderm's output commit that holds what it wrote. */

@@ -4,9 +4,9 @@
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
-import type { LogOutput } from "../../core/backend.js";
+import type { LogEnd, LogOutput } from "../../core/backend.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
-import type { StateStore } from "../../core/state.js";
+import type { JobRecord, StateStore } from "../../core/state.js";
 import { droppedNoteOf, LOG_LIMIT_VARIABLE } from "./process.js";
 
 const CHUNK_BYTES = 1 << 20;
@@ -53,14 +53,15 @@ export async function* localJobLogs(root: string, state: StateStore, jobRef: str
     if (note) yield note;
     return;
   }
+  let current = job;
   for (;;) {
-    const current = state.getJob(job.id);
+    current = state.getJob(job.id) ?? current;
     yield* readNew();
-    if (!current || (current.state !== "running" && current.state !== "queued")) break;
+    if (current.state !== "running" && current.state !== "queued") break;
     // Killed kaos processes record nothing more: following such a job would never end.
     if (!state.runOwnerAlive(current.runId)) {
       yield* readNew();
-      yield { kind: "note", message: `job ${job.id} was interrupted: the kaos that ran it is gone; the next kaos up reruns it` };
+      yield { ...endOf(current), reason: "the kaos that ran it is gone; the next kaos up reruns it" };
       return;
     }
     await new Promise((done) => setTimeout(done, FOLLOW_INTERVAL_MS));
@@ -68,4 +69,9 @@ export async function* localJobLogs(root: string, state: StateStore, jobRef: str
   yield* readNew();
   const note = droppedNote();
   if (note) yield note;
+  yield endOf(current);
+}
+
+function endOf(job: JobRecord): LogEnd {
+  return { kind: "end", job: job.id, state: job.state, exitCode: job.exitCode, reason: job.reason };
 }
