@@ -2,7 +2,9 @@
  * The dashboard's JSON API: short reads of the state store and of job files.
  * Lists come in pages (`?limit=N&cursor=C`, the cursor taken from the
  * previous page's `next`), so a project with many thousands of jobs costs the
- * same to open as a small one.
+ * same to open as a small one. A sweep comes in numbered pages instead
+ * (`?limit=N&offset=O&sort=COLUMN&order=desc&filter=TEXT`): it is ordered
+ * by any param or metric, so the page shows where it stands in the whole.
  */
 import { closeSync, fstatSync, lstatSync, openSync, readdirSync, readSync } from "node:fs";
 import { join, relative } from "node:path";
@@ -12,6 +14,7 @@ import { leadingMetric, numericMetricNames } from "../core/sweep.js";
 import type { JobRecord, JobState, Stage } from "../core/state.js";
 import type { StoreReader } from "./reader.js";
 import type { SweepReader, SweepView } from "./sweep.js";
+import { cellValue, parseFilter, sortRows, type SweepSort } from "./sweep-query.js";
 
 export const DEFAULT_PAGE = 50;
 export const MAX_PAGE = 500;
@@ -19,6 +22,8 @@ export const MAX_PAGE = 500;
 export const LOG_CHUNK_BYTES = 256 << 10;
 /** The step curves of at most this many jobs are sent at once. */
 const MAX_SERIES_JOBS = 50;
+/** The most points of a sweep's chart sent at once: every row of the largest sweep a pipeline expands to. */
+const MAX_POINTS = 100_000;
 /** Output listings stop here: the script may have written anything. */
 const MAX_OUTPUT_ENTRIES = 500;
 
@@ -82,7 +87,45 @@ export function jobSummary(job: JobRecord) {
 
 export type JobSummary = ReturnType<typeof jobSummary>;
 
+/** A sweep's rows as a query asked for them, kept while the sweep read stays the same. */
+interface OrderedSweep {
+  view: SweepView;
+  filter: string;
+  sort: string;
+  rows: SweepView["items"];
+}
+
+/** One page of a sweep: where it stands among the rows the filter keeps, in the order asked for. */
+export interface SweepPage extends Omit<SweepView, "items"> {
+  paramNames: string[];
+  /** Rows of the whole sweep. */
+  total: number;
+  /** Rows the filter keeps. */
+  matched: number;
+  offset: number;
+  limit: number;
+  sort: SweepSort | null;
+  filter: string;
+  items: SweepView["items"];
+}
+
+function sortOf(query: URLSearchParams): SweepSort | undefined {
+  const column = optional(query, "sort");
+  if (column === undefined) return undefined;
+  const order = oneOf(query, "order", ["asc", "desc"] as const) ?? "asc";
+  return { column, descending: order === "desc" };
+}
+
+function offsetOf(query: URLSearchParams): number {
+  const raw = query.get("offset") ?? "0";
+  const offset = Number(raw);
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new ApiError(400, `offset: expected a whole number, 0 or more, found "${raw}"`);
+  return offset;
+}
+
 export class Api {
+  private readonly ordered = new Map<string, OrderedSweep>();
+
   constructor(
     private readonly reader: StoreReader,
     private readonly sweeps: SweepReader,
@@ -105,7 +148,10 @@ export class Api {
     if (kind === "jobs" && name !== undefined && detail === "log") return ok(this.log(name, query));
     if (kind === "jobs" && name !== undefined && detail === "series") return ok(this.series(this.requireJob(name)));
     if (kind === "series" && name === undefined) return ok(this.manySeries(query));
-    if (kind === "pipelines" && name !== undefined && detail === "sweep") return ok(await this.sweep(name));
+    if (kind === "pipelines" && name !== undefined && detail === "sweep") {
+      return ok(query.has("limit") ? await this.sweepPage(name, query) : await this.sweep(name));
+    }
+    if (kind === "pipelines" && name !== undefined && detail === "points") return ok(await this.sweepPoints(name, query));
     throw new ApiError(404, `no such API path: ${path}`);
   }
 
@@ -192,6 +238,67 @@ export class Api {
     return sweep;
   }
 
+  /**
+   * One page of the sweep, filtered and sorted as the page's table asks
+   * (the filter language and the order of `sweep-query.ts`). An offset past
+   * the last row gives the last page: the sweep may have shrunk since the
+   * address was written.
+   */
+  async sweepPage(pipeline: string, query: URLSearchParams): Promise<SweepPage> {
+    const { limit } = pageOf(query);
+    const sort = sortOf(query);
+    const filter = query.get("filter") ?? "";
+    const view = await this.sweep(pipeline);
+    const rows = this.orderedRows(view, filter, sort);
+    const lastPage = rows.length === 0 ? 0 : Math.floor((rows.length - 1) / limit) * limit;
+    const offset = Math.min(Math.floor(offsetOf(query) / limit) * limit, lastPage);
+    const { items, ...about } = view;
+    return {
+      ...about,
+      paramNames: [...new Set(items.flatMap((row) => Object.keys(row.params)))].sort(),
+      total: items.length,
+      matched: rows.length,
+      offset,
+      limit,
+      sort: sort ?? null,
+      filter,
+      items: rows.slice(offset, offset + limit),
+    };
+  }
+
+  /**
+   * The sweep's chart: param `x` against metric `y` for every row the filter
+   * keeps that has both (`y` a number), as two columns.
+   */
+  async sweepPoints(pipeline: string, query: URLSearchParams) {
+    const x = optional(query, "x");
+    const y = optional(query, "y");
+    if (x === undefined || y === undefined) throw new ApiError(400, "x and y: expected a param and a metric of the sweep");
+    const rows = this.orderedRows(await this.sweep(pipeline), query.get("filter") ?? "", undefined);
+    const xs: unknown[] = [];
+    const ys: number[] = [];
+    for (const row of rows) {
+      const value = row.metrics[y];
+      const param = cellValue(row, x);
+      if (typeof value !== "number" || param === undefined) continue;
+      if (xs.length === MAX_POINTS) break;
+      xs.push(param);
+      ys.push(value);
+    }
+    return { x, y, xs, ys };
+  }
+
+  /** The rows `filter` keeps, ordered by `sort`: kept per pipeline, so that paging through costs a slice. */
+  private orderedRows(view: SweepView, filter: string, sort: SweepSort | undefined): SweepView["items"] {
+    const sortKey = sort === undefined ? "" : `${sort.descending ? "-" : "+"}${sort.column}`;
+    const kept = this.ordered.get(view.pipeline);
+    if (kept !== undefined && kept.view === view && kept.filter === filter && kept.sort === sortKey) return kept.rows;
+    const test = parseFilter(filter);
+    const rows = sortRows(filter.trim() === "" ? view.items : view.items.filter(test), sort);
+    this.ordered.set(view.pipeline, { view, filter, sort: sortKey, rows });
+    return rows;
+  }
+
   private lastRunSweep(pipeline: string): SweepView | undefined {
     const store = this.reader.get();
     const [latest] = store.listJobs({ pipeline, stage: "train", limit: 1 });
@@ -203,7 +310,7 @@ export class Api {
       runId: job.runId,
       state: job.state,
       params: job.params,
-      metrics: job.collectedAt === null ? readMetrics(this.reader.outDirOf(job)).values : {},
+      metrics: job.collectedAt === null ? this.sweeps.metricsOf(job).values : {},
       finishedAt: job.finishedAt,
       collectedAt: job.collectedAt,
     }));

@@ -5,12 +5,19 @@
  * a running sweep asks again and again, so the keys are kept until the config
  * or a hyperparams file changes, a new run starts (a `kaos up` or `kaos watch`
  * acting on an edit), or they are some seconds old.
+ *
+ * A sweep of many thousand jobs is read once per change of the store, not
+ * once per request: the page asks for it a page at a time, and again on every
+ * job that changes. The metrics of a finished job are read from its files
+ * once, and kept while its record says the same.
  */
 import { statSync } from "node:fs";
 import { loadConfig, loadStack } from "../core/config.js";
 import { createBackend } from "../backends/index.js";
 import { sweepInputs } from "../core/engine.js";
-import { currentSweep, sweepRowJson, type SweepInputs, type SweepRowJson } from "../core/sweep.js";
+import { readMetrics, type JobMetrics } from "../core/metrics.js";
+import { isTerminalJobState, type JobRecord } from "../core/state.js";
+import { currentSweep, leadingMetric, numericMetricNames, sweepRowJson, type SweepInputs, type SweepRowJson } from "../core/sweep.js";
 import type { ResolvedConfig } from "../core/types.js";
 import type { StoreReader } from "./reader.js";
 
@@ -31,8 +38,23 @@ interface Current {
   inputs(): Promise<Map<string, SweepInputs>>;
 }
 
+/** A pipeline's sweep as last read, and what it was read from. */
+interface KeptSweep {
+  current: Current;
+  /** The store's generation and data version then: a commit by any writer moves it. */
+  storeStamp: string;
+  /** Whether a row's job runs: its metrics may grow without a commit, so they are read again on every request. */
+  unfinished: boolean;
+  view: SweepView;
+}
+
+/** The metrics of finished jobs, by job id, with the record's stamp they were read under. */
+type MetricsKept = Map<string, { stamp: string; metrics: JobMetrics }>;
+
 export class SweepReader {
   private cached: (Current & { at: number; stamp: string }) | undefined;
+  private readonly kept = new Map<string, KeptSweep>();
+  private metricsKept: MetricsKept = new Map();
 
   constructor(
     private readonly reader: StoreReader,
@@ -48,15 +70,70 @@ export class SweepReader {
   async sweep(pipeline: string, lastRun: () => SweepView | undefined): Promise<SweepView | undefined> {
     const current = await this.current();
     const inputs = current === undefined ? undefined : (await current.inputs()).get(pipeline);
-    if (current === undefined || inputs === undefined) return lastRun();
-    const sweep = currentSweep(current.config, pipeline, this.reader.get(), inputs);
-    return {
+    if (current === undefined || inputs === undefined) {
+      this.kept.delete(pipeline);
+      return lastRun();
+    }
+    const store = this.reader.get();
+    const storeStamp = `${this.reader.generation()}|${store.dataVersion()}`;
+    const kept = this.kept.get(pipeline);
+    if (kept !== undefined && kept.current === current && kept.storeStamp === storeStamp) {
+      if (kept.unfinished) kept.view = this.withRunningMetrics(kept.view);
+      return kept.view;
+    }
+    const sweep = currentSweep(current.config, pipeline, store, inputs, { metricsOf: (job) => this.metricsOf(job) });
+    const view: SweepView = {
       pipeline,
       source: "config",
       metricNames: sweep.metricNames,
       leadingMetric: sweep.leadingMetric ?? null,
       items: sweep.rows.map(sweepRowJson),
     };
+    const unfinished = sweep.rows.some((row) => row.state === "queued" || row.state === "running");
+    this.kept.set(pipeline, { current, storeStamp, unfinished, view });
+    this.forgetMetricsOfOthers();
+    return view;
+  }
+
+  /**
+   * The view with the metrics its running jobs have written since: they grow
+   * without a commit to the store. The same view when none moved, so that
+   * what was sorted from it is still good.
+   */
+  private withRunningMetrics(view: SweepView): SweepView {
+    const store = this.reader.get();
+    let items: SweepRowJson[] | undefined;
+    view.items.forEach((row, position) => {
+      if (row.id === null || row.state !== "running") return;
+      const job = store.getJob(row.id);
+      if (job === undefined) return;
+      const metrics = readMetrics(this.reader.outDirOf(job)).values;
+      if (JSON.stringify(metrics) === JSON.stringify(row.metrics)) return;
+      items ??= [...view.items];
+      items[position] = { ...row, metrics };
+    });
+    if (items === undefined) return view;
+    return { ...view, metricNames: numericMetricNames(items), leadingMetric: leadingMetric(items) ?? null, items };
+  }
+
+  /** A job's metrics: read from its files, once for a job that has ended. */
+  metricsOf(job: JobRecord): JobMetrics {
+    if (!isTerminalJobState(job.state)) return readMetrics(this.reader.outDirOf(job));
+    const stamp = `${job.state}|${job.finishedAt}|${job.collectedAt}|${job.outputDir}`;
+    const kept = this.metricsKept.get(job.id);
+    if (kept !== undefined && kept.stamp === stamp) return kept.metrics;
+    const metrics = readMetrics(this.reader.outDirOf(job));
+    this.metricsKept.set(job.id, { stamp, metrics });
+    return metrics;
+  }
+
+  /** Keeps the metrics of the jobs the kept sweeps show, and no others: jobs replaced by newer ones would pile up. */
+  private forgetMetricsOfOthers(): void {
+    const shown = new Set<string>();
+    for (const { view } of this.kept.values()) for (const row of view.items) if (row.id !== null) shown.add(row.id);
+    const fresh: MetricsKept = new Map();
+    for (const [id, entry] of this.metricsKept) if (shown.has(id)) fresh.set(id, entry);
+    this.metricsKept = fresh;
   }
 
   /** The config as it stands, and its bundles' keys, hashed on first need. */
