@@ -9,6 +9,7 @@
  *   #/environments      the environment builds and their logs
  */
 import uPlot from "uplot";
+import { valueText, type SweepSort } from "../sweep-query.js";
 
 type JobState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
 type MetricValue = number | string | boolean;
@@ -44,12 +45,23 @@ interface SweepRow {
   collectedAt: string | null;
 }
 
-interface Sweep {
+/** One page of a sweep, filtered and sorted by the server. */
+interface SweepPage {
   pipeline: string;
   source: "config" | "run";
   metricNames: string[];
+  paramNames: string[];
   leadingMetric: string | null;
+  total: number;
+  matched: number;
+  offset: number;
   items: SweepRow[];
+}
+
+/** The sweep's chart: a param (`xs`) against a metric (`ys`), one point per row the filter keeps. */
+interface SweepPoints {
+  xs: unknown[];
+  ys: number[];
 }
 
 interface JobDetail extends Job {
@@ -134,12 +146,6 @@ function duration(job: { startedAt: string | null; finishedAt: string | null }):
     : s < 3600
       ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`
       : `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
-}
-
-function valueText(value: unknown): string {
-  if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(6)));
-  if (value === undefined) return "";
-  return typeof value === "string" ? value : JSON.stringify(value);
 }
 
 function jobLink(id: string): HTMLElement {
@@ -409,25 +415,31 @@ function curvesChart(container: HTMLElement, all: Series[], field: string, label
   );
 }
 
+/** The x range of points sorted by x. */
 function xRange(xs: number[], categories: number): uPlot.Range.MinMax {
   if (categories > 0) return [-0.5, categories - 0.5];
-  const min = Math.min(...xs);
-  const max = Math.max(...xs);
+  const min = xs[0] ?? 0;
+  const max = xs[xs.length - 1] ?? 0;
   const pad = max > min ? (max - min) * 0.05 : Math.abs(min) * 0.1 || 1;
   return [min - pad, max + pad];
 }
 
-/** Each job as a point: a param (x) against a metric (y). Text params are placed by their sorted values. */
-function scatterChart(container: HTMLElement, rows: SweepRow[], param: string, metric: string): uPlot | undefined {
-  const values = rows.map((row) => row.params[param]);
-  const categories = [...new Set(values.filter((v) => typeof v !== "number").map(valueText))].sort();
-  const xOf = (v: unknown): number => (typeof v === "number" ? v : categories.indexOf(valueText(v)));
-  const points = rows
-    .map((row) => ({ x: xOf(row.params[param]), y: row.metrics[metric] }))
-    .filter((p): p is { x: number; y: number } => typeof p.y === "number" && p.x >= 0)
+/** The chart's columns, by x: text params are placed by their sorted values. */
+function scatterData(points: SweepPoints): { x: number[]; y: number[]; categories: string[] } {
+  const categories = [...new Set(points.xs.filter((v) => typeof v !== "number").map(valueText))].sort();
+  const index = new Map(categories.map((name, i) => [name, i]));
+  const pairs = points.xs
+    .map((v, i) => ({ x: typeof v === "number" ? v : (index.get(valueText(v)) ?? -1), y: points.ys[i]! }))
+    .filter((p) => p.x >= 0)
     .sort((a, b) => a.x - b.x);
+  return { x: pairs.map((p) => p.x), y: pairs.map((p) => p.y), categories };
+}
+
+/** Each job as a point: a param (x) against a metric (y). */
+function scatterChart(container: HTMLElement, data: ReturnType<typeof scatterData>, param: string, metric: string): uPlot | undefined {
+  const { categories } = data;
   container.replaceChildren();
-  if (points.length === 0) {
+  if (data.x.length === 0) {
     container.append(h("p", { class: "muted" }, `no job has both ${param} and a numeric ${metric}`));
     return undefined;
   }
@@ -441,10 +453,7 @@ function scatterChart(container: HTMLElement, rows: SweepRow[], param: string, m
       scales: {
         x: {
           time: false,
-          range: xRange(
-            points.map((p) => p.x),
-            categories.length,
-          ),
+          range: xRange(data.x, categories.length),
         },
       },
       series: [
@@ -453,85 +462,66 @@ function scatterChart(container: HTMLElement, rows: SweepRow[], param: string, m
       ],
       axes: [{ label: param, ...(axisValues ? { values: axisValues, splits: () => categories.map((_, i) => i) } : {}) }, { label: metric }],
     },
-    [points.map((p) => p.x), points.map((p) => p.y)],
+    [data.x, data.y],
     container,
   );
 }
 
 // ------------------------------------------------------------------ the sweep
 
-interface Filter {
-  test(row: SweepRow): boolean;
+/** Rows of the sweep table a page shows: the server filters, sorts and pages the whole sweep. */
+const SWEEP_PAGE = 50;
+
+/** The sweep page's address: `#/pipelines/NAME?page=2&sort=score&order=desc&filter=lr%3D0.1`, so a reload shows the same view. */
+interface SweepAddress {
+  page: number;
+  sort: SweepSort | undefined;
+  filter: string;
 }
 
-/** `lr=0.1 acc>0.9 state=failed poly`: comparisons on params, metrics and columns; other words match any cell. */
-function parseFilter(text: string): Filter {
-  const terms = text
-    .trim()
-    .split(/\s+/)
-    .filter(Boolean)
-    .map((term) => {
-      const match = /^([^<>=!]+)(<=|>=|!=|=|<|>)(.*)$/.exec(term);
-      if (match === null) return (row: SweepRow) => rowText(row).includes(term.toLowerCase());
-      const [, name = "", op, wanted = ""] = match;
-      return (row: SweepRow) => {
-        const value = cellValue(row, name);
-        if (value === undefined) return false;
-        const a = typeof value === "number" ? value : valueText(value);
-        const b = typeof value === "number" && wanted !== "" && !Number.isNaN(Number(wanted)) ? Number(wanted) : wanted;
-        switch (op) {
-          case "=":
-            return String(a) === String(b);
-          case "!=":
-            return String(a) !== String(b);
-          case "<":
-            return a < b;
-          case ">":
-            return a > b;
-          case "<=":
-            return a <= b;
-          default:
-            return a >= b;
-        }
-      };
-    });
-  return { test: (row) => terms.every((term) => term(row)) };
+function sweepAddress(query: URLSearchParams): SweepAddress {
+  const page = Number(query.get("page") ?? "1");
+  const column = query.get("sort");
+  return {
+    page: Number.isSafeInteger(page) && page >= 1 ? page : 1,
+    sort: column ? { column, descending: query.get("order") === "desc" } : undefined,
+    filter: query.get("filter") ?? "",
+  };
 }
 
-function cellValue(row: SweepRow, column: string): unknown {
-  if (column in row.params) return row.params[column];
-  if (column in row.metrics) return row.metrics[column];
-  if (column === "state") return row.state;
-  if (column === "job") return row.id ?? undefined;
-  return undefined;
+function sweepQuery(address: SweepAddress): URLSearchParams {
+  const query = new URLSearchParams();
+  if (address.page > 1) query.set("page", String(address.page));
+  if (address.sort !== undefined) {
+    query.set("sort", address.sort.column);
+    query.set("order", address.sort.descending ? "desc" : "asc");
+  }
+  if (address.filter !== "") query.set("filter", address.filter);
+  return query;
 }
 
-function rowText(row: SweepRow): string {
-  return [row.id ?? "", row.state, ...Object.values(row.params).map(valueText), ...Object.values(row.metrics).map(valueText)]
-    .join(" ")
-    .toLowerCase();
-}
-
-function compare(a: unknown, b: unknown): number {
-  if (a === undefined) return b === undefined ? 0 : 1;
-  if (b === undefined) return -1;
-  if (typeof a === "number" && typeof b === "number") return a - b;
-  return valueText(a).localeCompare(valueText(b), undefined, { numeric: true });
-}
-
-function sweepView(pipeline: string): View {
+function sweepView(pipeline: string, query: URLSearchParams): View {
   let listener: JobsListener | undefined;
   let disposed = false;
   const charts: uPlot[] = [];
   return {
     async render(main) {
-      let rows: SweepRow[] = [];
-      let sort: { column: string; descending: boolean } | undefined;
+      const address = sweepAddress(query);
       const selected = new Set<string>();
       const filterInput = h("input", { type: "search", id: "filter", placeholder: "filter: lr=0.1 accuracy>0.9 state=succeeded" });
+      filterInput.value = address.filter;
       const count = h("span", { class: "muted", id: "shown" });
       const note = h("p", { class: "muted" });
-      const table = h("table", { id: "sweep" });
+      const head = h("thead");
+      const body = h("tbody");
+      const table = h("table", { id: "sweep" }, head, body);
+      const pageButton = (id: string, label: string, to: () => number) =>
+        h("button", { type: "button", id, class: "pager", onclick: () => void goTo(to()) }, label);
+      const pageInfo = h("span", { class: "muted", id: "page-info" });
+      const first = pageButton("page-first", "«", () => 1);
+      const previous = pageButton("page-prev", "‹ previous", () => address.page - 1);
+      const next = pageButton("page-next", "next ›", () => address.page + 1);
+      const last = pageButton("page-last", "»", () => pages);
       const paramSelect = h("select", { id: "x-param" });
       const metricSelect = h("select", { id: "y-metric" });
       const fieldSelect = h("select", { id: "curve-field" });
@@ -540,7 +530,13 @@ function sweepView(pipeline: string): View {
       main.replaceChildren(
         h("h1", {}, `Sweep of ${pipeline}`),
         note,
-        h("section", { class: "card" }, h("div", { class: "toolbar" }, filterInput, count), table),
+        h(
+          "section",
+          { class: "card" },
+          h("div", { class: "toolbar" }, filterInput, count),
+          table,
+          h("div", { class: "toolbar", id: "pager" }, first, previous, pageInfo, next, last),
+        ),
         h(
           "section",
           { class: "card" },
@@ -558,33 +554,42 @@ function sweepView(pipeline: string): View {
         ),
       );
 
-      const paramNames = () => [...new Set(rows.flatMap((row) => Object.keys(row.params)))].sort();
-      const metricNames = () =>
-        [...new Set(rows.flatMap((row) => Object.keys(row.metrics).filter((k) => typeof row.metrics[k] === "number")))].sort();
+      let pages = 1;
+      let shown: SweepRow[] = [];
+      /** What each row drawn shows: a row whose content is the same is left as it is. */
+      let drawn: { text: string; tr: HTMLTableRowElement }[] = [];
+      let columns = "";
       const setOptions = (select: HTMLSelectElement, names: string[]) => {
+        if ([...select.options].map((o) => o.value).join("\n") === names.join("\n")) return;
         const current = select.value;
         select.replaceChildren(...names.map((name) => h("option", { value: name }, name)));
         if (names.includes(current)) select.value = current;
       };
-      const visible = () => {
-        const filter = parseFilter(filterInput.value);
-        const shown = rows.filter((row) => filter.test(row));
-        if (sort !== undefined) {
-          const { column, descending } = sort;
-          shown.sort((a, b) => {
-            const x = cellValue(a, column);
-            const y = cellValue(b, column);
-            // Rows without the value stay last either way.
-            if (x === undefined || y === undefined) return compare(x, y);
-            return descending ? compare(y, x) : compare(x, y);
-          });
-        }
-        return shown;
+      const rowOf = (row: SweepRow, params: string[], metrics: string[]) => {
+        const id = row.id;
+        const box = h("input", { type: "checkbox", "aria-label": `select ${id ?? "pending"}`, disabled: id === null });
+        box.checked = id !== null && selected.has(id);
+        const tr = h(
+          "tr",
+          { "data-job": id ?? undefined, "data-index": row.index, class: box.checked ? "selected" : undefined },
+          h("td", {}, box),
+          h("td", {}, id === null ? h("span", { class: "muted" }, "not run") : jobLink(id)),
+          h("td", {}, stateBadge(row.state)),
+          ...params.map((p) => h("td", { class: typeof row.params[p] === "number" ? "num" : "" }, valueText(row.params[p]))),
+          ...metrics.map((m) => h("td", { class: "num", "data-metric": m }, valueText(row.metrics[m]))),
+        );
+        box.addEventListener("change", () => {
+          if (id === null) return;
+          if (box.checked) selected.add(id);
+          else selected.delete(id);
+          tr.classList.toggle("selected", box.checked);
+          void drawCurves();
+        });
+        return tr;
       };
-      const drawTable = () => {
-        const params = paramNames();
-        const metrics = metricNames();
-        const header = (column: string, label = column) => {
+      const drawHead = (params: string[], metrics: string[]) => {
+        const header = (column: string) => {
+          const sort = address.sort;
           const cls = sort?.column === column ? `sortable sorted-${sort.descending ? "desc" : "asc"}` : "sortable";
           return h(
             "th",
@@ -592,55 +597,106 @@ function sweepView(pipeline: string): View {
               class: cls,
               "data-column": column,
               onclick: () => {
-                sort =
+                // A metric sorts best first: highest first, as `kaos train info -s` does; a second click turns it round.
+                address.sort =
                   sort?.column === column ? { column, descending: !sort.descending } : { column, descending: metrics.includes(column) };
-                drawTable();
+                address.page = 1;
+                void load({ chart: false });
               },
             },
-            label,
+            column,
           );
         };
-        const shown = visible();
-        count.textContent = `${shown.length} of ${rows.length} jobs`;
-        table.replaceChildren(
-          h(
-            "thead",
-            {},
-            h("tr", {}, h("th", {}, ""), header("job"), header("state"), ...params.map((p) => header(p)), ...metrics.map((m) => header(m))),
-          ),
-          h(
-            "tbody",
-            {},
-            ...shown.map((row) => {
-              const id = row.id;
-              const box = h("input", { type: "checkbox", "aria-label": `select ${id ?? "pending"}`, disabled: id === null });
-              box.checked = id !== null && selected.has(id);
-              box.addEventListener("change", () => {
-                if (id === null) return;
-                if (box.checked) selected.add(id);
-                else selected.delete(id);
-                tr.classList.toggle("selected", box.checked);
-                void drawCurves();
-              });
-              const tr = h(
-                "tr",
-                { "data-job": id ?? undefined, "data-index": row.index, class: box.checked ? "selected" : undefined },
-                h("td", {}, box),
-                h("td", {}, id === null ? h("span", { class: "muted" }, "not run") : jobLink(id)),
-                h("td", {}, stateBadge(row.state)),
-                ...params.map((p) => h("td", { class: typeof row.params[p] === "number" ? "num" : "" }, valueText(row.params[p]))),
-                ...metrics.map((m) => h("td", { class: "num", "data-metric": m }, valueText(row.metrics[m]))),
-              );
-              return tr;
-            }),
-          ),
+        head.replaceChildren(
+          h("tr", {}, h("th", {}, ""), header("job"), header("state"), ...params.map((p) => header(p)), ...metrics.map((m) => header(m))),
         );
       };
-      const drawScatter = () => {
-        for (const chart of charts.splice(0)) chart.destroy();
-        const chart =
-          paramSelect.value && metricSelect.value ? scatterChart(scatter, visible(), paramSelect.value, metricSelect.value) : undefined;
-        if (chart) charts.push(chart);
+      // Only rows whose content changed are drawn again: a live update during a run touches the jobs that moved.
+      const drawRows = (rows: SweepRow[], params: string[], metrics: string[], columnsChanged: boolean) => {
+        const next = rows.map((row, position) => {
+          const text = JSON.stringify(row);
+          const old = drawn[position];
+          if (!columnsChanged && old !== undefined && old.text === text) return old;
+          const tr = rowOf(row, params, metrics);
+          if (old !== undefined) old.tr.replaceWith(tr);
+          else body.append(tr);
+          return { text, tr };
+        });
+        for (const gone of drawn.slice(rows.length)) gone.tr.remove();
+        drawn = next;
+      };
+      const writeAddress = () => {
+        const search = sweepQuery(address).toString();
+        const hash = `#/pipelines/${encodeURIComponent(pipeline)}${search ? `?${search}` : ""}`;
+        if (location.hash !== hash) history.replaceState(history.state, "", hash);
+      };
+      const goTo = async (page: number) => {
+        address.page = Math.min(Math.max(1, page), pages);
+        await load({ chart: false });
+      };
+
+      let loads = 0;
+      /** Asks for the page the address names and draws it; `chart` also redraws the chart, for a new filter or a live update. */
+      const load = async (options: { chart: boolean }) => {
+        const asked = ++loads;
+        const api = new URLSearchParams(sweepQuery(address));
+        api.delete("page");
+        api.set("limit", String(SWEEP_PAGE));
+        api.set("offset", String((address.page - 1) * SWEEP_PAGE));
+        const page = await get<SweepPage>(`/api/pipelines/${encodeURIComponent(pipeline)}/sweep?${api}`);
+        if (asked !== loads || disposed) return;
+        note.textContent =
+          page.source === "config"
+            ? "every combination the config names now, with the job last recorded for it"
+            : "not in the config: the jobs of its last run";
+        pages = Math.max(1, Math.ceil(page.matched / SWEEP_PAGE));
+        address.page = Math.floor(page.offset / SWEEP_PAGE) + 1;
+        count.textContent = `${page.matched} of ${page.total} jobs`;
+        pageInfo.textContent =
+          page.matched === 0
+            ? "no rows"
+            : `rows ${page.offset + 1}–${page.offset + page.items.length} of ${page.matched} · page ${address.page} of ${pages}`;
+        first.disabled = previous.disabled = address.page <= 1;
+        next.disabled = last.disabled = address.page >= pages;
+        const names = `${page.paramNames.join("\n")}\n\n${page.metricNames.join("\n")}\n\n${address.sort?.column}:${address.sort?.descending}`;
+        const columnsChanged = names !== columns;
+        columns = names;
+        if (columnsChanged) drawHead(page.paramNames, page.metricNames);
+        shown = page.items;
+        drawRows(page.items, page.paramNames, page.metricNames, columnsChanged);
+        writeAddress();
+        const firstLoad = metricSelect.options.length === 0;
+        setOptions(paramSelect, page.paramNames);
+        setOptions(metricSelect, page.metricNames);
+        if (firstLoad && page.leadingMetric !== null) metricSelect.value = page.leadingMetric;
+        if (options.chart || firstLoad) await drawScatter();
+        else if (selected.size === 0) void drawCurves();
+      };
+
+      let scatterAsked = 0;
+      let scatterOf = "";
+      const drawScatter = async () => {
+        const asked = ++scatterAsked;
+        const x = paramSelect.value;
+        const y = metricSelect.value;
+        if (x && y) {
+          const query = new URLSearchParams({ x, y, filter: address.filter });
+          const points = await get<SweepPoints>(`/api/pipelines/${encodeURIComponent(pipeline)}/points?${query}`);
+          if (asked !== scatterAsked || disposed) return;
+          const chart = charts[0];
+          const data = scatterData(points);
+          // New points of the same chart are drawn into it: a chart of 10,000 points is not built again on every job that ends.
+          const of = `${x}\n${y}\n${data.categories.join("\n")}`;
+          if (chart !== undefined && of === scatterOf && data.x.length > 0) chart.setData([data.x, data.y]);
+          else {
+            for (const old of charts.splice(0)) old.destroy();
+            const made = scatterChart(scatter, data, x, y);
+            if (made) charts.push(made);
+          }
+          scatterOf = of;
+        } else {
+          for (const old of charts.splice(0)) old.destroy();
+        }
         void drawCurves();
       };
       let curvesChartNow: uPlot | undefined;
@@ -651,9 +707,10 @@ function sweepView(pipeline: string): View {
         const ids =
           selected.size > 0
             ? [...selected]
-            : visible()
+            : shown
                 .slice(0, 10)
-                .map((row) => row.id);
+                .map((row) => row.id)
+                .filter((id) => id !== null);
         if (ids.length === 0) return;
         const { items } = await get<{ items: Series[] }>(`/api/series?ids=${ids.join(",")}`);
         if (asked !== curvesAsked) return;
@@ -662,33 +719,17 @@ function sweepView(pipeline: string): View {
         curvesChartNow = fieldSelect.value ? curvesChart(curves, items, fieldSelect.value, (id) => id) : undefined;
         if (!fieldSelect.value) curves.replaceChildren(h("p", { class: "muted" }, "no step series recorded (OUT/metrics/*.jsonl)"));
       };
-      let loads = 0;
-      const load = async () => {
-        const asked = ++loads;
-        const sweep = await get<Sweep>(`/api/pipelines/${encodeURIComponent(pipeline)}/sweep`);
-        if (asked !== loads) return;
-        rows = sweep.items;
-        note.textContent =
-          sweep.source === "config"
-            ? "every combination the config names now, with the job last recorded for it"
-            : "not in the config: the jobs of its last run";
-        const firstLoad = metricSelect.options.length === 0;
-        setOptions(paramSelect, paramNames());
-        setOptions(metricSelect, sweep.metricNames);
-        if (firstLoad && sweep.leadingMetric !== null) metricSelect.value = sweep.leadingMetric;
-        drawTable();
-        drawScatter();
-      };
       filterInput.addEventListener("input", () => {
-        drawTable();
-        drawScatter();
+        address.filter = filterInput.value;
+        address.page = 1;
+        void load({ chart: true });
       });
-      paramSelect.addEventListener("change", drawScatter);
-      metricSelect.addEventListener("change", drawScatter);
+      paramSelect.addEventListener("change", () => void drawScatter());
+      metricSelect.addEventListener("change", () => void drawScatter());
       fieldSelect.addEventListener("change", () => void drawCurves());
-      await load();
+      await load({ chart: true });
       if (disposed) return;
-      const reload = throttle(() => void load(), 500);
+      const reload = throttle(() => void load({ chart: true }), 500);
       listener = (jobs) => {
         if (jobs.some((job) => job.pipeline === pipeline && job.stage === "train")) reload();
       };
@@ -859,9 +900,12 @@ function jobView(id: string): View {
 let current: View | undefined;
 
 function route(): View {
-  const [, kind, name] = location.hash.replace(/^#/, "").split("/").map(decodeURIComponent);
+  const hash = location.hash.replace(/^#/, "");
+  const mark = hash.indexOf("?");
+  const query = new URLSearchParams(mark < 0 ? "" : hash.slice(mark + 1));
+  const [, kind, name] = (mark < 0 ? hash : hash.slice(0, mark)).split("/").map(decodeURIComponent);
   if (kind === "runs" && name) return jobListView(`Run ${name}`, `run=${encodeURIComponent(name)}`);
-  if (kind === "pipelines" && name) return sweepView(name);
+  if (kind === "pipelines" && name) return sweepView(name, query);
   if (kind === "jobs" && name) return jobView(name);
   if (kind === "environments") return jobListView("Environment builds", "stage=build");
   return runsView();
