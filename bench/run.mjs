@@ -850,6 +850,53 @@ async function jobsProject(count) {
   return dir;
 }
 
+/**
+ * A project whose pipeline sweeps `count` combinations (a grid of count/100 x
+ * 100), a succeeded job recorded for each with the keys `kaos plan --json`
+ * gives, and a `score` in its outputs: `kaos ui`'s sweep page at that size.
+ */
+async function sweepProject(count) {
+  const dir = join(runRoot, "projects", `sweep-${count}`);
+  const { StateStore } = await import(pathToFileURL(join(repo, "dist", "state.js")).href);
+  prepared(dir, { count, version: 1 }, () => {
+    writeProject(dir, { data: tinyData(), grid: { a: [...Array(count / 100).keys()], b: [...Array(100).keys()] } });
+    const plan = JSON.parse(setup(process.execPath, [cli, "plan", "--json"], dir));
+    const state = StateStore.open(dir);
+    try {
+      state.transaction(() => {
+        const run = state.beginRun("local", "up");
+        plan.pipelines[0].jobs.forEach(({ key, params }, index) => {
+          const outputDir = join(dir, "outs", String(index));
+          mkdirSync(join(outputDir, "metrics"), { recursive: true });
+          writeFileSync(join(outputDir, "metrics", "m.json"), JSON.stringify({ score: ((index * 7919) % count) / 100 }));
+          const job = state.createJob({
+            runId: run.id,
+            stack: "local",
+            pipeline: "bench",
+            stage: "train",
+            key,
+            params,
+            envKey: null,
+            sourceKey: null,
+            dataKey: null,
+            paramsKey: null,
+            sweepIndex: index,
+            sweepSize: count,
+            outputDir,
+            logFile: null,
+          });
+          state.markRunning(job.id, null);
+          state.finishJob(job.id, { state: "succeeded", exitCode: 0 });
+        });
+        state.finishRun(run.id, "succeeded");
+      });
+    } finally {
+      state.close();
+    }
+  });
+  return dir;
+}
+
 async function scenarioStartup(size, runs) {
   log("[4] start-up: kaos --help, kaos train list");
   const neutral = tinyData();
@@ -872,6 +919,7 @@ async function scenarioStartup(size, runs) {
   const list = summary(listSamples);
   const node2 = summary(nodeSamples2);
   const firstPage = await uiFirstPage(project, runs);
+  const sweepPage = await uiSweepPage(await sweepProject(size.jobs), runs);
   // The default page of a long history: newest 50, the rest counted. SQLite stops at the page.
   const many = await jobsProject(size.manyJobs);
   const [pageSamples] = interleave(runs, [
@@ -971,7 +1019,144 @@ async function scenarioStartup(size, runs) {
       pass: firstPage.median < 1,
       notes: ["API time of the runs page: overview, first page of runs and of jobs"],
     }),
+    row({
+      id: "4-ui-sweep",
+      scenario: `kaos ui sweep first page, ${size.jobs / 1000}k jobs`,
+      kaos: sweepPage.api,
+      baseline: { name: "whole sweep", ...sweepPage.whole },
+      target: "< 0.3 s",
+      pass: sweepPage.api.median < 0.3,
+      notes: [
+        sweepPage.paged
+          ? "API time of the sweep page (a page of 50 and the chart's points), server warm; baseline: the whole sweep in one request, as the page asked before"
+          : "this build's sweep page asks for the whole sweep: both sides are that request",
+      ],
+    }),
+    ...(sweepPage.browser === undefined
+      ? []
+      : [
+          row({
+            id: "4-ui-sweep-browser",
+            scenario: "  in chromium: its first draw",
+            kaos: sweepPage.browser,
+            target: "< 0.3 s",
+            pass: sweepPage.browser.median < 0.3,
+            notes: [
+              `main-thread time (script, style, layout) from the runs page to the table and chart drawn; wall: ${sweepPage.browserWall}`,
+            ],
+          }),
+        ]),
   ];
+}
+
+/** Starts `kaos ui` in `project`; resolves with its address and how to stop it. */
+async function startUi(project) {
+  const server = spawn(process.execPath, [cli, "ui", "--port", "0"], { cwd: project, env: childEnv, stdio: ["ignore", "pipe", "inherit"] });
+  const base = await new Promise((resolve, reject) => {
+    let out = "";
+    server.stdout.setEncoding("utf8").on("data", (chunk) => {
+      out += chunk;
+      const match = /kaos ui: (http:\/\/\S+)\n/.exec(out);
+      if (match) resolve(match[1]);
+    });
+    server.on("exit", (code) => reject(new Error(`kaos ui exited with ${code} before serving:\n${out}`)));
+  });
+  return { base, stop: () => server.kill("SIGTERM") };
+}
+
+async function getJson(base, path) {
+  const response = await fetch(`${base}${path}`);
+  if (!response.ok) throw new Error(`GET ${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+/**
+ * The sweep page of `kaos ui` over a sweep of many jobs: the requests its
+ * first page makes, against the whole sweep the page asked for before, taking
+ * turns on the same running server; then, when chromium is installed, the
+ * browser's main-thread time to draw that page.
+ */
+async function uiSweepPage(project, runs) {
+  const { base, stop } = await startUi(project);
+  try {
+    const timed = (load) => async () => {
+      const start = performance.now();
+      await load();
+      return { seconds: (performance.now() - start) / 1000 };
+    };
+    // A build from before the sweep came in pages (`--cli`) has no points to ask for: its page asks for the whole sweep.
+    const paged = (await fetch(`${base}api/pipelines/bench/points?x=a&y=score`)).ok;
+    const page = timed(async () => {
+      if (!paged) {
+        if ((await getJson(base, "api/pipelines/bench/sweep")).items.length === 0) throw new Error("kaos ui's sweep came back empty");
+        return;
+      }
+      const [first, points] = await Promise.all([
+        getJson(base, "api/pipelines/bench/sweep?limit=50"),
+        getJson(base, "api/pipelines/bench/points?x=a&y=score"),
+      ]);
+      if (first.items.length === 0 || points.ys.length === 0) throw new Error("kaos ui's sweep page came back empty");
+    });
+    const whole = timed(async () => {
+      if ((await getJson(base, "api/pipelines/bench/sweep")).items.length === 0) throw new Error("kaos ui's sweep came back empty");
+    });
+    await page();
+    await whole();
+    const pageSamples = [];
+    const wholeSamples = [];
+    for (let i = 0; i < runs; i++) {
+      const order = i % 2 === 0 ? [page, whole] : [whole, page];
+      for (const load of order) (load === page ? pageSamples : wholeSamples).push(await load());
+    }
+    const browser = await browserFirstDraw(base, runs);
+    return { api: summary(pageSamples), whole: summary(wholeSamples), paged, ...browser };
+  } finally {
+    stop();
+  }
+}
+
+/** Chromium's main-thread time (Chrome's TaskDuration) from the runs page to the sweep page drawn, when chromium and playwright-core are there. */
+async function browserFirstDraw(base, runs) {
+  const executablePath = "/usr/bin/chromium";
+  if (!existsSync(executablePath)) return {};
+  let chromium;
+  try {
+    ({ chromium } = await import("playwright-core"));
+  } catch {
+    return {};
+  }
+  const browser = await chromium.launch({ executablePath });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    const cdp = await page.context().newCDPSession(page);
+    await cdp.send("Performance.enable");
+    const taskSeconds = async () => (await cdp.send("Performance.getMetrics")).metrics.find((m) => m.name === "TaskDuration").value;
+    const idle = () => page.waitForFunction(() => !document.getElementById("main").hasAttribute("aria-busy"), null, { timeout: 120_000 });
+    const samples = [];
+    const walls = [];
+    for (let i = 0; i <= runs; i++) {
+      await page.goto(`${base}#/runs`);
+      await page.locator("#runs tr[data-run]").first().waitFor();
+      await idle();
+      const before = await taskSeconds();
+      const start = performance.now();
+      await page.evaluate(() => {
+        location.hash = "#/pipelines/bench";
+      });
+      await page.locator("#sweep tbody tr").first().waitFor({ timeout: 120_000 });
+      await idle();
+      await page.locator("#scatter canvas").waitFor({ timeout: 120_000 });
+      const wall = (performance.now() - start) / 1000;
+      // The first round warms the server and the browser's caches.
+      if (i > 0) {
+        samples.push({ seconds: (await taskSeconds()) - before });
+        walls.push(wall);
+      }
+    }
+    return { browser: summary(samples), browserWall: `median ${(median(walls) * 1000).toFixed(0)} ms` };
+  } finally {
+    await browser.close();
+  }
 }
 
 /**
@@ -980,25 +1165,12 @@ async function scenarioStartup(size, runs) {
  * server is up.
  */
 async function uiFirstPage(project, runs) {
-  const server = spawn(process.execPath, [cli, "ui", "--port", "0"], { cwd: project, env: childEnv, stdio: ["ignore", "pipe", "inherit"] });
+  const { base, stop } = await startUi(project);
   try {
-    const base = await new Promise((resolve, reject) => {
-      let out = "";
-      server.stdout.setEncoding("utf8").on("data", (chunk) => {
-        out += chunk;
-        const match = /kaos ui: (http:\/\/\S+)\n/.exec(out);
-        if (match) resolve(match[1]);
-      });
-      server.on("exit", (code) => reject(new Error(`kaos ui exited with ${code} before serving:\n${out}`)));
-    });
     const load = async () => {
       const start = performance.now();
       const [overview, runsPage, jobsPage] = await Promise.all(
-        ["api/overview", "api/runs?limit=50", "api/jobs?limit=100"].map(async (path) => {
-          const response = await fetch(`${base}${path}`);
-          if (!response.ok) throw new Error(`GET ${path}: ${response.status} ${await response.text()}`);
-          return response.json();
-        }),
+        ["api/overview", "api/runs?limit=50", "api/jobs?limit=100"].map((path) => getJson(base, path)),
       );
       if (overview.pipelines.length === 0 || runsPage.items.length === 0 || jobsPage.items.length !== 100) {
         throw new Error("kaos ui's first page came back empty");
@@ -1010,7 +1182,7 @@ async function uiFirstPage(project, runs) {
     for (let i = 0; i < runs; i++) samples.push(await load());
     return summary(samples);
   } finally {
-    server.kill("SIGTERM");
+    stop();
   }
 }
 
