@@ -1,8 +1,12 @@
+import { once } from "node:events";
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { fileContent, makeProject, pidAlive, runKaos, startKaos, type Project } from "./helpers/rig.js";
+import { processesOfJob } from "../src/backends/local/process.js";
 import { maxConcurrency, readMarks, trainingProject, type ListedJob, type TrainingProjectOptions } from "./helpers/jobs.js";
 
 const projects: Project[] = [];
@@ -350,6 +354,55 @@ syncBuiltinESMExports();
     const again = await runKaos(["train", "kill", job!.id], { cwd: made.dir });
     expect(again.code).toBe(1);
     expect(again.stderr).toContain(`job ${job!.id} is cancelled; only a queued or running job can be killed`);
+  });
+
+  it("kaos train kill of a queued job: it never starts once a place frees up", async () => {
+    const made = project({ grid: { sleep: [60, 0] }, parallelism: 1 });
+    mkdirSync(made.path("pids"));
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids"), KAOS_TEST_LOG: made.path("marks.log") } });
+    await up.waitFor(/train 1\/2 \w+ .*running/);
+    const train = (await jobs(made)).filter((j) => j.stage === "train");
+    const running = train.find((j) => j.state === "running")!;
+    const queued = train.find((j) => j.state === "queued")!;
+    await fileContent(made.path("pids", running.id));
+    expect((await runKaos(["train", "kill", queued.id], { cwd: made.dir })).code).toBe(0);
+    // Its place frees up: the killed job must not take it.
+    expect((await runKaos(["train", "kill", running.id], { cwd: made.dir })).code).toBe(0);
+    expect((await up.exited).code).toBe(1);
+    expect(existsSync(made.path("pids", queued.id))).toBe(false);
+    const after = (await jobs(made)).find((j) => j.id === queued.id)!;
+    expect(after).toMatchObject({ state: "cancelled", startedAt: null });
+  });
+
+  it("kaos train kill of a running build stops its steps at once, and nothing trains on it", async () => {
+    // A package index that never answers: pip waits in the build's install step.
+    let asked: () => void = () => {};
+    const askedOnce = new Promise<void>((resolve) => {
+      asked = resolve;
+    });
+    const index = createServer(() => asked());
+    index.listen(0, "127.0.0.1");
+    await once(index, "listening");
+    const { port } = index.address() as AddressInfo;
+    const made = project({ requirements: `--index-url http://127.0.0.1:${port}/simple\nkaos-never-answered\n` });
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
+    try {
+      await askedOnce;
+      const build = (await jobs(made)).find((j) => j.stage === "build")!;
+      expect(processesOfJob(build.id).length).toBeGreaterThan(0);
+      const kill = await runKaos(["train", "kill", build.id], { cwd: made.dir });
+      expect(kill.code, kill.stderr).toBe(0);
+      expect(processesOfJob(build.id)).toEqual([]);
+      const result = await up.exited;
+      expect(result.code).toBe(1);
+      const listed = await jobs(made);
+      expect(listed.map((j) => [j.stage, j.state])).toEqual([["build", "cancelled"]]);
+      expect(existsSync(made.path("marks.log"))).toBe(false);
+    } finally {
+      await up.stop("SIGINT");
+      index.closeAllConnections();
+      index.close();
+    }
   });
 
   it("Ctrl-C cancels running jobs cleanly, and the next up reruns only what did not finish", async () => {

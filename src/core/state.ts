@@ -744,12 +744,17 @@ export class StateStore {
     };
   }
 
-  markRunning(jobId: string, pid: number | null): void {
+  /**
+   * Records a job as running in process `pid`. Returns false when the job has
+   * ended already: `kaos train kill` may cancel a job before it starts.
+   */
+  markRunning(jobId: string, pid: number | null): boolean {
     this.writer();
     const result = this.stmt(
       "UPDATE jobs SET state = 'running', pid = ?, started_at = ? WHERE id = ? AND state IN ('queued','running')",
     ).run(pid, nowIso(), jobId);
     if (result.changes === 0) this.requireJob(jobId);
+    return result.changes === 1;
   }
 
   /**

@@ -537,12 +537,15 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
           else renameSync(target, dataDir);
         }
         if (job) {
-          this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 });
+          if (!this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 })) {
+            // `kaos train kill` cancelled the ingest while it ran: nothing trains on it in this run.
+            throw new KaosError("JOBS_FAILED", this.endedElsewhere(job.id) ?? "cancelled");
+          }
           this.record(reporter, job.id, `${result.downloaded} downloaded, ${result.reused} reused`);
           outcome.stages.ingest = { action: "run", state: "succeeded", jobId: job.id };
         }
       } catch (error) {
-        const state = signal.aborted ? "cancelled" : "failed";
+        const state = signal.aborted || (job !== undefined && this.endedElsewhere(job.id) !== undefined) ? "cancelled" : "failed";
         if (job) {
           this.state.finishJob(job.id, { state, exitCode: null, reason: describeError(error) });
           this.record(reporter, job.id);
@@ -942,6 +945,13 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return changed;
   }
 
+  /** Why a job this process runs was ended by another process (`kaos train kill`), or undefined while it has not been. */
+  private endedElsewhere(jobId: string): string | undefined {
+    const job = this.state.getJob(jobId);
+    if (job === undefined || job.state === "queued" || job.state === "running") return undefined;
+    return job.reason ?? job.state;
+  }
+
   /** Remembers what was applied, with the trees' listings for the next plan's diff. */
   private recordApplied(p: PipelinePlan, dataKey: string | null): void {
     saveTreeListing(this.stateDir, p.sourceTree);
@@ -989,14 +999,24 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         jobId: job.id,
         env: { ...process.env, PIP_DISABLE_PIP_VERSION_CHECK: "1" },
         onProcess: (running) => control.attach(running),
-        isCancelled: () => control.cancelled,
+        // `kaos train kill` of the build records it cancelled and stops its step; the next step must not start.
+        isCancelled: () => {
+          const ended = control.cancelled ? undefined : this.endedElsewhere(job.id);
+          if (ended !== undefined) control.cancel(ended);
+          return control.cancelled;
+        },
       });
-      this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 });
+      if (!this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 })) {
+        // Killed as it finished: its word stands, and no job trains on this build in this run.
+        this.record(reporter, job.id);
+        return { action: "run", state: "cancelled", jobId: job.id, reason: this.endedElsewhere(job.id) ?? "cancelled" };
+      }
       this.record(reporter, job.id);
       return { action: "run", state: "succeeded", jobId: job.id };
     } catch (error) {
-      const state = control.cancelled ? "cancelled" : "failed";
-      const reason = control.reason ?? describeError(error);
+      const ended = control.cancelled ? undefined : this.endedElsewhere(job.id);
+      const state = control.cancelled || ended !== undefined ? "cancelled" : "failed";
+      const reason = control.reason ?? ended ?? describeError(error);
       this.state.finishJob(job.id, { state, exitCode: null, reason });
       this.record(reporter, job.id, state === "failed" ? `see kaos train logs ${job.id}` : undefined);
       return { action: "run", state, jobId: job.id, reason };
@@ -1051,6 +1071,9 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       };
       delete env.PYTHONHOME;
       if (control.reason !== undefined) return finish("cancelled", null, control.reason);
+      // Cancelled while it waited (`kaos train kill` of a queued job): it never starts.
+      const endedMeanwhile = this.endedElsewhere(record.id);
+      if (endedMeanwhile !== undefined) return finish("cancelled", null, endedMeanwhile);
       // Checked again only when a watch saw something since (or without watches, where
       // each job's end compares every stat): a job still running may have written.
       const seal = context.data.seal;
@@ -1071,7 +1094,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         jobId: record.id,
       });
       control.attach(current);
-      this.state.markRunning(record.id, current.pid);
+      // Killed between the check above and now: the process is stopped at once.
+      if (!this.state.markRunning(record.id, current.pid)) control.cancel(this.endedElsewhere(record.id) ?? "cancelled");
       this.record(reporter, record.id);
       const result = await current.done;
       // Told with the job's result, since the log that would say it could not be written.

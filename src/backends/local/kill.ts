@@ -1,12 +1,14 @@
 /**
  * `kaos train kill` on the local backend: records the job cancelled, then
- * stops its process group (SIGTERM, then SIGKILL after five seconds). The
- * kaos running the job sees it already ended and keeps this result.
+ * stops its process group, or a build's steps (SIGTERM, then SIGKILL after
+ * five seconds). The kaos running the job sees it already ended, keeps this
+ * result, and starts neither a job killed while queued nor the next step of
+ * a killed build.
  */
 import type { BackendContext } from "../../core/backend.js";
 import { KaosError } from "../../core/errors.js";
 import { StateStore, type JobRecord } from "../../core/state.js";
-import { groupAlive, killGroup } from "./process.js";
+import { groupAlive, killGroup, stopOrphanedJobs } from "./process.js";
 
 const GRACE_MS = 5000;
 const POLL_MS = 100;
@@ -31,6 +33,9 @@ export async function killLocalJob(context: BackendContext, jobRef: string): Pro
     const deadline = Date.now() + GRACE_MS;
     while (groupAlive(job.pid) && Date.now() < deadline) await new Promise((done) => setTimeout(done, POLL_MS));
     if (groupAlive(job.pid)) killGroup(job.pid, "SIGKILL");
+  } else if (job.stage === "build") {
+    // A build runs inside the kaos that applies it (its recorded pid); its steps (venv, pip) carry the job's id.
+    await stopOrphanedJobs([job.id], GRACE_MS);
   }
   return { id: job.id };
 }
