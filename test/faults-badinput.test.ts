@@ -21,6 +21,7 @@ const config = (pipeline: string, top = "") =>
 const PIPELINE = `{ source: "src", data: "data", hyperparams: "grid.json" }`;
 const MANIFEST_PIPELINE = `{ source: "src", manifest: "m.jsonl", hyperparams: "grid.json" }`;
 const stack = (body: string) => ({ "stacks/s.ts": `export default ${body};\n` });
+const CLUSTER_STACK = `{ backend: "kubernetes", namespace: "pachyderm", pachyderm: { address: "http://pachd:1659" }, registry: { url: "r.example.com/ml" } }`;
 const manifest = (...lines: string[]): FileMap => ({ "kaos.config.ts": config(MANIFEST_PIPELINE), "m.jsonl": `${lines.join("\n")}\n` });
 /** A random search over `space`, one key a line: `search` is on line 2, `seed` and `samples` on 3, `space`'s first key on 6. */
 const random = (space: string, draws = `"seed": 7, "samples": 3`) =>
@@ -789,6 +790,22 @@ const catalogue: Record<string, Case[]> = {
       message: "error: {dir}/taken.txt is a file; expected a new or empty directory",
     },
     {
+      name: "get into kaos's state directory",
+      args: (ids) => ["train", "get", ids.train, "-o", ".kaos/got"],
+      message: "error: -o {dir}/.kaos/got: inside {dir}/.kaos, kaos's state directory; expected a new or empty directory outside it",
+    },
+    {
+      name: "get into a link into kaos's state directory",
+      files: { "state-link": { symlink: ".kaos/jobs" } },
+      args: (ids) => ["train", "get", ids.train, "-o", "state-link/got"],
+      message: "error: -o {dir}/state-link/got: inside {dir}/.kaos, kaos's state directory",
+    },
+    {
+      name: "get into an empty -o (an unset shell variable)",
+      args: (ids) => ["train", "get", ids.train, "-o", ""],
+      message: "error: -o: expected a new or empty directory, found an empty value",
+    },
+    {
       name: "kill of a finished job",
       args: (ids) => ["train", "kill", ids.train],
       message: (ids) => `error: job ${ids.train} is succeeded; only a queued or running job can be killed`,
@@ -815,6 +832,44 @@ const catalogue: Record<string, Case[]> = {
       message: `--debounce: expected at most 2147483647 (milliseconds, about 24 days), found "2147483648"`,
     },
     { name: "render without a stack", args: ["render", "-o", "out"], message: "error: required option '--stack <name>' not specified" },
+    {
+      name: "render into a file",
+      files: stack(CLUSTER_STACK),
+      args: ["render", "--stack", "s", "-o", "kaos.config.ts"],
+      message: "error: {dir}/kaos.config.ts is a file; expected a directory",
+      fresh: true,
+    },
+    {
+      name: "render under a file",
+      files: stack(CLUSTER_STACK),
+      args: ["render", "--stack", "s", "-o", "kaos.config.ts/out"],
+      message: "error: {dir}/kaos.config.ts is a file; expected a directory",
+      fresh: true,
+    },
+    {
+      name: "render into an empty -o",
+      files: stack(CLUSTER_STACK),
+      args: ["render", "--stack", "s", "-o", ""],
+      message: "error: -o: expected a directory, found an empty value",
+      fresh: true,
+    },
+    {
+      name: "render into kaos's state directory",
+      files: stack(CLUSTER_STACK),
+      args: ["render", "--stack", "s", "-o", ".kaos/out"],
+      message: "error: -o {dir}/.kaos/out: inside {dir}/.kaos, kaos's state directory; expected a directory outside it",
+    },
+    {
+      name: "template into kaos's state directory",
+      args: ["template", "get", "--name", "mnist", "-o", ".kaos/mnist"],
+      message: "error: -o {dir}/.kaos/mnist: inside {dir}/.kaos, kaos's state directory",
+    },
+    {
+      name: "template into an empty -o",
+      args: ["template", "get", "--name", "mnist", "-o", ""],
+      message: "error: -o: expected a directory (new, empty, or without the template's files), found an empty value",
+      fresh: true,
+    },
     {
       name: "template that does not exist",
       args: ["template", "get", "--name", "nope"],

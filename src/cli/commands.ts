@@ -8,6 +8,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
 import { CONFIG_NAMES_TEXT, findConfig, jobPaths, stateDirOf } from "../core/layout.js";
+import { destinationDir } from "../core/destination.js";
 import { KaosError, describeError } from "../core/errors.js";
 import {
   listRecords,
@@ -994,7 +995,7 @@ export async function renderCommand(options: Common & { stack: string; out: stri
   // Rendering reads the project but records nothing: it works from a read-only store.
   const session = await openBackendSession(config, stack, { readonly: true });
   try {
-    const outDir = resolve(options.out);
+    const outDir = destinationDir(options.out, { flag: "-o", expected: "a directory" });
     const files = await session.backend.render({ outDir });
     process.stdout.write(
       `${files.map((file) => join(file).replace(`${outDir}/`, "")).join("\n")}\nwrote ${files.length} files to ${outDir}\n`,

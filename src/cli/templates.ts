@@ -3,8 +3,9 @@
  * `examples/` directory and described by `examples/index.json`.
  */
 import { appendFileSync, copyFileSync, constants, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, type Stats } from "node:fs";
-import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { shellQuote } from "../backends/kubernetes/specs.js";
+import { destinationDir } from "../core/destination.js";
 import { errnoCode, KaosError } from "../core/errors.js";
 import { packageRoot } from "../core/layout.js";
 import { printJson, table } from "./output.js";
@@ -117,11 +118,10 @@ export async function templateGetCommand(options: { name: string; out?: string }
       },
     );
   }
-  const destination = resolve(options.out ?? template.name);
-  const destinationStat = lstatOrUndefined(destination);
-  if (destinationStat !== undefined && !destinationStat.isDirectory()) {
-    throw new KaosError("USAGE", `-o ${destination}: is a file; expected a directory (new, empty, or without the template's files)`);
-  }
+  const destination = destinationDir(options.out ?? template.name, {
+    flag: "-o",
+    expected: "a directory (new, empty, or without the template's files)",
+  });
   const { files, dirs } = templateFiles(join(EXAMPLES_DIR, template.path));
   if (files.length === 0) {
     throw new KaosError(
