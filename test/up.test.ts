@@ -356,6 +356,31 @@ syncBuiltinESMExports();
     expect(again.stderr).toContain(`job ${job!.id} is cancelled; only a queued or running job can be killed`);
   });
 
+  it("train get of a job that has not ended is refused (--force copies what it wrote so far); of a cancelled one, it says so", async () => {
+    const made = project({ grid: { sleep: 60 } });
+    mkdirSync(made.path("pids"));
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids") } });
+    await up.waitFor(/train 1\/1 \w+ .*running/);
+    const [job] = (await jobs(made)).filter((j) => j.stage === "train");
+    await fileContent(made.path("pids", job!.id));
+    const refused = await runKaos(["train", "get", job!.id, "-o", "early"], { cwd: made.dir });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      `error: job ${job!.id} is running: it has not ended, so its outputs may still change\n` +
+        `hint: get it once it ends (\`kaos train logs -f ${job!.id}\` waits for that), or pass --force to copy what it has written so far\n`,
+    );
+    expect(existsSync(made.path("early"))).toBe(false);
+    const forced = await runKaos(["train", "get", job!.id, "-o", "early", "--force"], { cwd: made.dir });
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(forced.stderr).toContain(`warning: job ${job!.id} is running: it has not ended, so its outputs may still change; copied`);
+    expect(existsSync(made.path("early", "out"))).toBe(true);
+    expect((await runKaos(["train", "kill", job!.id], { cwd: made.dir })).code).toBe(0);
+    await up.exited;
+    const after = await runKaos(["train", "get", job!.id, "-o", "late"], { cwd: made.dir });
+    expect(after.code, after.stderr).toBe(0);
+    expect(after.stderr).toBe(`note: job ${job!.id} cancelled (cancelled by kaos train kill): copied the outputs it left\n`);
+  });
+
   it("kaos train kill of a queued job: it never starts once a place frees up", async () => {
     const made = project({ grid: { sleep: [60, 0] }, parallelism: 1 });
     mkdirSync(made.path("pids"));

@@ -275,7 +275,10 @@ function buildProgram(argv?: readonly string[]): Command {
       .option("-o, --out <dir>", "destination directory (default: ./<job id>)")
       .option("--code", "also copy the source snapshot the job ran")
       .option("--params", "also write the job's params.json")
-      .option("--force", "copy results that changed after the job ended anyway (they cannot be trusted)")
+      .option(
+        "--force",
+        "copy anyway results that changed after the job ended (they cannot be trusted), or what a job that has not ended has written so far",
+      )
       .action(async (job: string | undefined, options: OptionsOf<typeof commands.getCommand>, command: Command) => {
         const { getCommand } = await import("./commands.js");
         setExitStatus(await getCommand({ ...globals(command), ...options, job }));

@@ -26,6 +26,18 @@ export async function fetchLocalOutputs(context: BackendContext, request: FetchO
   if (!existsSync(outDir)) throw new KaosError("JOB_NOT_FOUND", `job ${job.id} has no outputs at ${outDir} (${job.state})`);
   const destination = emptyDestination(request.outDir ?? job.id);
   const notes: string[] = [];
+  if (job.state === "queued" || job.state === "running") {
+    // As on a cluster stack: what a job has not finished writing is not its result.
+    const unfinished = `job ${job.id} is ${job.state}: it has not ended, so its outputs may still change`;
+    if (!request.force) {
+      throw new KaosError("USAGE", unfinished, {
+        hint: `get it once it ends (\`kaos train logs -f ${job.id}\` waits for that), or pass --force to copy what it has written so far`,
+      });
+    }
+    notes.push(`warning: ${unfinished}; copied what it has written so far (--force)`);
+  } else if (job.state !== "succeeded") {
+    notes.push(`note: job ${job.id} ${job.state}${job.reason ? ` (${displayLine(job.reason)})` : ""}: copied the outputs it left`);
+  }
   const untrusted = resultsProblem(job.id, await checkJobResults(stateDir, job.id));
   if (untrusted !== undefined) {
     if (!request.force)
