@@ -203,8 +203,13 @@ describe("a pipeline's sweep (built CLI, real processes)", () => {
     const which = await runKaos(["train", "compare"], { cwd: made.dir });
     expect(which.code).toBe(1);
     expect(which.stderr).toContain("has 2 pipelines; name one: p, q");
+    // Each hint is a command line that command takes.
+    expect(which.stderr).toContain("hint: for example `kaos train compare p`\n");
+    const info = await runKaos(["train", "info"], { cwd: made.dir });
+    expect(info.stderr).toContain("hint: for example `kaos train info --pipeline p`\n");
     const best = await runKaos(["train", "get", "--best", "score"], { cwd: made.dir });
     expect(best.stderr).toContain("has 2 pipelines; name one: p, q");
+    expect(best.stderr).toContain("hint: for example `kaos train get --best score --pipeline p`\n");
     for (const args of [
       ["train", "compare", "q", "--stack", "cluster"],
       ["train", "get", "--best", "score", "--pipeline", "q", "--stack", "cluster"],

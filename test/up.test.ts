@@ -569,6 +569,13 @@ syncBuiltinESMExports();
     expect(result.stderr).toContain("2 succeeded, 0 failed");
     const listed = JSON.parse((await runKaos(["train", "list", "--json"], { cwd: dir.dir })).stdout) as ListedJob[];
     expect(listed.filter((job) => job.stage === "train" && job.pipeline === "deploy")).toHaveLength(2);
+    // No config names a sweep: the commands that show one say so, without naming a config file that is not there.
+    const compare = await runKaos(["train", "compare"], { cwd: dir.dir });
+    expect(compare.code).toBe(1);
+    expect(compare.stderr).toBe(
+      `error: no kaos.config.ts (or .mts, .cts, .js, .mjs, .cjs) in ${dir.dir}, so no pipeline has a sweep to show\n` +
+        "hint: jobs of `kaos train deploy` are shown with `kaos train info JOB`, each with the other jobs of its run\n",
+    );
     const bad = await runKaos(["train", "deploy", "-s", made.path("src"), "-d", made.path("data"), "--memory", "lots"], { cwd: dir.dir });
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("--memory lots: expected a size with an SI or binary suffix such as 512M or 2Gi");

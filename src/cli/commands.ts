@@ -538,9 +538,18 @@ function metricText(value: MetricValue): string {
   return typeof value === "string" ? displayText(value) : typeof value === "number" ? metricNumberText(value) : String(value);
 }
 
-/** The pipeline a sweep command is about: the one named, or else the config's only one. */
-function pickPipeline(config: ResolvedConfig, name: string | undefined): string {
+/**
+ * The pipeline a sweep command is about: the one named, or else the config's
+ * only one. `naming` is how the command takes a pipeline's name, for the hint.
+ */
+function pickPipeline(config: ResolvedConfig, name: string | undefined, naming: (pipeline: string) => string): string {
   const names = config.pipelines.map((p) => p.name);
+  if (names.length === 0 && !existsSync(config.file)) {
+    // A project of `kaos train deploy` alone: its jobs come from no config.
+    throw new KaosError("USAGE", `no ${CONFIG_NAMES_TEXT} in ${config.root}, so no pipeline has a sweep to show`, {
+      hint: "jobs of `kaos train deploy` are shown with `kaos train info JOB`, each with the other jobs of its run",
+    });
+  }
   if (name !== undefined) {
     if (names.includes(name)) return name;
     throw new KaosError(
@@ -555,7 +564,7 @@ function pickPipeline(config: ResolvedConfig, name: string | undefined): string 
     });
   }
   throw new KaosError("USAGE", `${config.file} has ${names.length} pipelines; name one: ${names.map(displayText).join(", ")}`, {
-    hint: `for example \`kaos train compare ${displayText(names[0]!)}\` or \`--pipeline ${displayText(names[0]!)}\``,
+    hint: `for example \`${naming(displayText(names[0]!))}\``,
   });
 }
 
@@ -623,7 +632,7 @@ export async function infoCommand(
   const session = await jobSession(options);
   try {
     if (options.job === undefined) {
-      const pipeline = pickPipeline(session.config, options.pipeline);
+      const pipeline = pickPipeline(session.config, options.pipeline, (name) => `kaos train info --pipeline ${name}`);
       const sweep = await session.backend.sweep({ pipeline, command: "kaos train info" });
       const rows = await rankedRows(sweep.rows, options.sort, options.asc);
       if (options.json) {
@@ -752,7 +761,7 @@ export async function compareCommand(
   checkSortOrder(options);
   const session = await jobSession(options);
   try {
-    const pipeline = pickPipeline(session.config, options.pipeline);
+    const pipeline = pickPipeline(session.config, options.pipeline, (name) => `kaos train compare ${name}`);
     const sweep = await session.backend.sweep({ pipeline, command: "kaos train compare" });
     const rows = await rankedRows(sweep.rows, options.sort, options.asc);
     if (options.json) {
@@ -793,7 +802,11 @@ export async function compareCommand(
 
 /** `train get --best METRIC`: the id of the succeeded job of the current sweep that ranks first by the metric. */
 async function bestJob(session: Session, options: { best: string; asc?: boolean; pipeline?: string }): Promise<string> {
-  const pipeline = pickPipeline(session.config, options.pipeline);
+  const pipeline = pickPipeline(
+    session.config,
+    options.pipeline,
+    (name) => `kaos train get --best ${displayText(options.best)}${options.asc ? " --asc" : ""} --pipeline ${name}`,
+  );
   const sweep = await session.backend.sweep({ pipeline, command: "kaos train get --best" });
   const { bestOfSweep } = await engine();
   const best = bestOfSweep(sweep.rows, options.best, { ascending: options.asc });
