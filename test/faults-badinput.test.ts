@@ -860,6 +860,23 @@ const catalogue: Record<string, Case[]> = {
       message: "error: -o {dir}/.kaos/out: inside {dir}/.kaos, kaos's state directory; expected a directory outside it",
     },
     {
+      name: "template with a misspelt name",
+      args: ["template", "get", "--name", "mnst"],
+      message: `error: --name mnst: no such template; did you mean "mnist"? expected one of: mnist`,
+      fresh: true,
+    },
+    {
+      name: "template with an empty name",
+      args: ["template", "get", "--name", ""],
+      message: "error: --name: found an empty value; expected a template name, one of: mnist",
+      fresh: true,
+    },
+    {
+      name: "compare of a misspelt pipeline",
+      args: ["train", "compare", "P"],
+      message: `error: no pipeline "P" in {dir}/kaos.config.ts; did you mean "p"? expected one of: p`,
+    },
+    {
       name: "template into kaos's state directory",
       args: ["template", "get", "--name", "mnist", "-o", ".kaos/mnist"],
       message: "error: -o {dir}/.kaos/mnist: inside {dir}/.kaos, kaos's state directory",

@@ -542,7 +542,7 @@ function metricText(value: MetricValue): string {
  * The pipeline a sweep command is about: the one named, or else the config's
  * only one. `naming` is how the command takes a pipeline's name, for the hint.
  */
-function pickPipeline(config: ResolvedConfig, name: string | undefined, naming: (pipeline: string) => string): string {
+async function pickPipeline(config: ResolvedConfig, name: string | undefined, naming: (pipeline: string) => string): Promise<string> {
   const names = config.pipelines.map((p) => p.name);
   if (names.length === 0 && !existsSync(config.file)) {
     // A project of `kaos train deploy` alone: its jobs come from no config.
@@ -552,9 +552,11 @@ function pickPipeline(config: ResolvedConfig, name: string | undefined, naming: 
   }
   if (name !== undefined) {
     if (names.includes(name)) return name;
+    const { similarName } = await import("../core/suggest.js");
+    const meant = similarName(name, names);
     throw new KaosError(
       "USAGE",
-      `no pipeline ${quoteText(name)} in ${config.file}; expected one of: ${names.map(displayText).join(", ") || "(none)"}`,
+      `no pipeline ${quoteText(name)} in ${config.file}; ${meant === undefined ? "" : `did you mean ${quoteText(meant)}? `}expected one of: ${names.map(displayText).join(", ") || "(none)"}`,
     );
   }
   if (names.length === 1) return names[0]!;
@@ -632,7 +634,7 @@ export async function infoCommand(
   const session = await jobSession(options);
   try {
     if (options.job === undefined) {
-      const pipeline = pickPipeline(session.config, options.pipeline, (name) => `kaos train info --pipeline ${name}`);
+      const pipeline = await pickPipeline(session.config, options.pipeline, (name) => `kaos train info --pipeline ${name}`);
       const sweep = await session.backend.sweep({ pipeline, command: "kaos train info" });
       const rows = await rankedRows(sweep.rows, options.sort, options.asc);
       if (options.json) {
@@ -761,7 +763,7 @@ export async function compareCommand(
   checkSortOrder(options);
   const session = await jobSession(options);
   try {
-    const pipeline = pickPipeline(session.config, options.pipeline, (name) => `kaos train compare ${name}`);
+    const pipeline = await pickPipeline(session.config, options.pipeline, (name) => `kaos train compare ${name}`);
     const sweep = await session.backend.sweep({ pipeline, command: "kaos train compare" });
     const rows = await rankedRows(sweep.rows, options.sort, options.asc);
     if (options.json) {
@@ -802,7 +804,7 @@ export async function compareCommand(
 
 /** `train get --best METRIC`: the id of the succeeded job of the current sweep that ranks first by the metric. */
 async function bestJob(session: Session, options: { best: string; asc?: boolean; pipeline?: string }): Promise<string> {
-  const pipeline = pickPipeline(
+  const pipeline = await pickPipeline(
     session.config,
     options.pipeline,
     (name) => `kaos train get --best ${displayText(options.best)}${options.asc ? " --asc" : ""} --pipeline ${name}`,

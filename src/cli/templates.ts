@@ -110,9 +110,17 @@ export async function templateGetCommand(options: { name: string; out?: string }
   const templates = catalogue();
   const template = templates.find((entry) => entry.name === options.name);
   if (!template) {
+    const names = templates.map((t) => t.name);
+    if (options.name.trim() === "") {
+      throw new KaosError("USAGE", `--name: found an empty value; expected a template name, one of: ${names.join(", ")}`, {
+        hint: "run `kaos template list` to see them",
+      });
+    }
+    const { similarName } = await import("../core/suggest.js");
+    const meant = similarName(options.name, names);
     throw new KaosError(
       "TEMPLATE_NOT_FOUND",
-      `--name ${options.name}: no such template; expected one of: ${templates.map((t) => t.name).join(", ")}`,
+      `--name ${options.name}: no such template; ${meant === undefined ? "" : `did you mean "${meant}"? `}expected one of: ${names.join(", ")}`,
       {
         hint: "run `kaos template list` to see them",
       },
