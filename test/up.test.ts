@@ -542,6 +542,31 @@ syncBuiltinESMExports();
     expect(none.stderr).toContain("no job matches 'zzzz'");
   });
 
+  it("train info of an ingest job names the data it brought in, and no environment", async () => {
+    const made = project();
+    made.write({
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", manifest: "manifest" } } });\n`,
+      "files/value.txt": "from the manifest",
+      manifest: `${JSON.stringify({ url: pathToFileURL(made.path("files/value.txt")).href, path: "value.txt" })}\n`,
+    });
+    expect((await kaos(made, ["up"])).code).toBe(0);
+    const ingest = (await jobs(made)).find((j) => j.stage === "ingest")!;
+    const info = JSON.parse((await runKaos(["train", "info", ingest.id, "--json"], { cwd: made.dir })).stdout) as {
+      keys: { data: string | null };
+      outputDir: string;
+    };
+    expect(info.keys.data).toMatch(/^[0-9a-f]{64}$/);
+    expect(info.outputDir).toBe(made.path(".kaos", "data", info.keys.data!));
+    expect(readFileSync(join(info.outputDir, "value.txt"), "utf8")).toBe("from the manifest");
+    const text = (await runKaos(["train", "info", ingest.id], { cwd: made.dir })).stdout;
+    expect(text).toContain(`  data    ${info.keys.data}\n`);
+    expect(text).toContain("  packages -\n");
+    expect(text).toContain("  (none: an ingest job has no metrics)\n");
+    expect(text).toContain(`data      ${info.outputDir}\n`);
+    const get = await runKaos(["train", "get", ingest.id], { cwd: made.dir });
+    expect(get.stderr).toContain(`error: job ${ingest.id} is an ingest job; expected a train job, which has outputs`);
+  });
+
   it("train deploy runs the same engine without a config file", async () => {
     const made = project({ grid: { score: [1, 2] } });
     const dir = makeProject({}, "kaos-deploy-");

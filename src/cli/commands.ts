@@ -706,11 +706,13 @@ async function printRecordedInfo(
   const c = colors();
   const listed = (packages ?? []).slice(0, 3).map(displayText).join(", ") + ((packages?.length ?? 0) > 3 ? ", ..." : "");
   const packagesText =
-    info.packages === undefined
-      ? "unknown (the environment is gone, or was built before kaos recorded its packages)"
-      : info.packages.names.length === 0
-        ? "0"
-        : `${info.packages.names.length} (${listed}; all in ${displayText(info.packages.file)})`;
+    job.envKey === null
+      ? "-"
+      : info.packages === undefined
+        ? "unknown (the environment is gone, or was built before kaos recorded its packages)"
+        : info.packages.names.length === 0
+          ? "0"
+          : `${info.packages.names.length} (${listed}; all in ${displayText(info.packages.file)})`;
   const metricLines = Object.entries(metrics.values).map(([key, value]) => {
     const steps = Object.hasOwn(series, key) ? series[key] : undefined;
     const progress =
@@ -719,7 +721,9 @@ async function printRecordedInfo(
   });
   if (metricLines.length === 0 && metrics.skipped.length === 0)
     metricLines.push(
-      job.stage === "train" ? "  (none: the job wrote no OUT/metrics/*.json)" : `  (none: a ${job.stage} job has no metrics)`,
+      job.stage === "train"
+        ? "  (none: the job wrote no OUT/metrics/*.json)"
+        : `  (none: ${job.stage === "ingest" ? "an" : "a"} ${job.stage} job has no metrics)`,
     );
   for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
   const lines = [
@@ -737,7 +741,7 @@ async function printRecordedInfo(
     c.bold("metrics"),
     ...metricLines,
     "",
-    job.stage === "build" ? `env       ${displayText(outputDir)}` : `outputs   ${displayText(outputDir)}`,
+    `${job.stage === "build" ? "env    " : job.stage === "ingest" ? "data   " : "outputs"}   ${displayText(outputDir)}`,
   ];
   if (job.collectedAt !== null) lines.push(`results   collected by kaos gc at ${job.collectedAt}: its folder was removed`);
   else if (untrusted !== undefined) lines.push(c.red(`results   CHANGED: ${untrusted}`));

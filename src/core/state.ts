@@ -757,6 +757,12 @@ export class StateStore {
     return result.changes === 1;
   }
 
+  /** Records the data key an ingest job's download gave (unknown when the job was created). */
+  recordDataKey(jobId: string, dataKey: string): void {
+    this.writer();
+    this.stmt("UPDATE jobs SET data_key = ? WHERE id = ?").run(dataKey, jobId);
+  }
+
   /**
    * Records how a job ended. A job that has already ended keeps its first result,
    * so a cancellation recorded by `kaos train kill` is not overwritten by the

@@ -537,6 +537,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
           else renameSync(target, dataDir);
         }
         if (job) {
+          this.state.recordDataKey(job.id, result.dataKey);
           if (!this.state.finishJob(job.id, { state: "succeeded", exitCode: 0 })) {
             // `kaos train kill` cancelled the ingest while it ran: nothing trains on it in this run.
             throw new KaosError("JOBS_FAILED", this.endedElsewhere(job.id) ?? "cancelled");

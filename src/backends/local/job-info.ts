@@ -22,9 +22,13 @@ export async function localJobInfo(
   const job = state.resolveJob(jobRef);
   const stateDir = stateDirOf(config.root);
   const envsDir = join(stateDir, "envs");
-  // A build's result is the environment it made; its job folder holds only the log.
+  // A build's result is the environment it made, an ingest's the data it brought in; their job folders hold only the log.
   const outputDir =
-    job.stage === "build" && job.envKey !== null ? environmentPath(envsDir, job.envKey) : (job.outputDir ?? jobPaths(stateDir, job.id).out);
+    job.stage === "build" && job.envKey !== null
+      ? environmentPath(envsDir, job.envKey)
+      : job.stage === "ingest" && job.dataKey !== null
+        ? join(stateDir, "data", job.dataKey)
+        : (job.outputDir ?? jobPaths(stateDir, job.id).out);
   const series = Object.fromEntries(
     Object.entries(job.stage === "train" ? readMetricSeries(outputDir).series : {}).map(([field, points]) => [
       field,

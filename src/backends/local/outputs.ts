@@ -17,7 +17,11 @@ export async function fetchLocalOutputs(context: BackendContext, request: FetchO
   const job = context.state.resolveJob(request.job);
   const paths = jobPaths(stateDir, job.id);
   const outDir = job.outputDir ?? paths.out;
-  if (job.stage !== "train") throw new KaosError("USAGE", `job ${job.id} is a ${job.stage} job; expected a train job, which has outputs`);
+  if (job.stage !== "train")
+    throw new KaosError(
+      "USAGE",
+      `job ${job.id} is ${job.stage === "ingest" ? "an" : "a"} ${job.stage} job; expected a train job, which has outputs`,
+    );
   if (job.collectedAt !== null) {
     throw new KaosError("JOB_NOT_FOUND", `job ${job.id}'s outputs were collected by kaos gc at ${job.collectedAt}`, {
       hint: "a `kaos up` whose config still holds its inputs and params trains it again",
