@@ -20,6 +20,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { eventually, jobRows, killTagged, killWhen, listJobs, pidAlive, processesWithEnv, trustProblems } from "./helpers/faults.js";
+import { openRaw } from "./helpers/sqlite.js";
 import { sha256OfGenerated, startServer, type TestServer } from "./helpers/http-server.js";
 import { TRAIN_SCRIPT, trainingProject } from "./helpers/jobs.js";
 import { makeProject, runKaos, sleep, trivialSourceBundle, under, type FileMap, type LiveKaos, type Project } from "./helpers/rig.js";
@@ -445,5 +446,38 @@ mkdir -p "$1" && echo done > "$1/done"
     expect(Date.parse(second.finished_at!) - Date.parse(second.started_at!)).toBeLessThan(10_000);
     expect(existsSync(made.path(".kaos", "jobs", second.id, "out", "done"))).toBe(true);
     expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  }, 120_000);
+
+  /** A job that runs on (with a daemon that left its process group) until the file KAOS_SLOW goes. */
+  const lingeringTrain = `#!/bin/sh
+echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"
+setsid sh -c 'echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID.daemon"; exec sleep 120' &
+if [ -f "$KAOS_SLOW" ]; then sleep 120; fi
+mkdir -p "$1" && echo done > "$1/done"
+`;
+
+  it("kaos train kill of a job whose kaos was killed stops its processes by their tag, never the group of a pid reused since", async () => {
+    const { made } = await killWhileJobRuns(lingeringTrain, 2);
+    const [first] = jobRows(made.dir).filter((row) => row.stage === "train");
+    const script = Number(readFileSync(made.path("pids", first!.id), "utf8"));
+    const daemon = Number(readFileSync(made.path("pids", `${first!.id}.daemon`), "utf8"));
+    // Another program now leads a process group under the pid the record holds (a reboot or a wrapped pid counter).
+    const stranger = spawn("sleep", ["120"], { detached: true, stdio: "ignore" });
+    const db = openRaw(made.path(".kaos", "state.db"));
+    try {
+      db.prepare("UPDATE jobs SET pid = ? WHERE id = ?").run(stranger.pid!, first!.id);
+    } finally {
+      db.close();
+    }
+    try {
+      const killed = await runKaos(["train", "kill", first!.id], { cwd: made.dir });
+      expect(killed.code, killed.stderr).toBe(0);
+      expect(pidAlive(stranger.pid!)).toBe(true);
+      expect(pidAlive(script)).toBe(false);
+      expect(pidAlive(daemon)).toBe(false);
+      expect(jobRows(made.dir).find((row) => row.id === first!.id)?.state).toBe("cancelled");
+    } finally {
+      stranger.kill("SIGKILL");
+    }
   }, 120_000);
 });

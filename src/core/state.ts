@@ -694,9 +694,14 @@ export class StateStore {
 
   /** Whether the kaos process running `runId` is still alive; false once the run is finished or its process gone. */
   runOwnerAlive(runId: string): boolean {
-    if (this.db === null) return false;
+    return this.runOwnerLiveness(runId) !== "dead";
+  }
+
+  /** Where the kaos process running `runId` stands: `dead` once the run is finished or its process gone. */
+  runOwnerLiveness(runId: string): Liveness {
+    if (this.db === null) return "dead";
     const row = this.stmt("SELECT * FROM runs WHERE id = ?").get(runId) as RunRow | undefined;
-    return row !== undefined && row.state === "running" && livenessOf(row) !== "dead";
+    return row !== undefined && row.state === "running" ? livenessOf(row) : "dead";
   }
 
   // ---------------------------------------------------------------- jobs
