@@ -456,6 +456,33 @@ if [ -f "$KAOS_SLOW" ]; then sleep 120; fi
 mkdir -p "$1" && echo done > "$1/done"
 `;
 
+  it("kaos unlock after a killed kaos stops the job processes it left, so the next up does not run them twice", async () => {
+    const { made, env } = await killWhileJobRuns(lingeringTrain, 2);
+    const [first] = jobRows(made.dir).filter((row) => row.stage === "train");
+    const script = Number(readFileSync(made.path("pids", first!.id), "utf8"));
+    const daemon = Number(readFileSync(made.path("pids", `${first!.id}.daemon`), "utf8"));
+
+    const unlocked = await runKaos(["unlock"], { cwd: made.dir, env });
+    expect(unlocked.code, unlocked.stderr).toBe(0);
+    expect(unlocked.stdout).toMatch(
+      /^unlocked stack local: it was held by pid \d+ on host \S+ \(`up`, since \S+\)\n1 unfinished job of that run marked interrupted; the next `kaos up` runs them again\n$/,
+    );
+    expect(pidAlive(script)).toBe(false);
+    expect(pidAlive(daemon)).toBe(false);
+
+    const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+    expect(again.code, again.stderr).toBe(0);
+    expect(
+      jobRows(made.dir)
+        .filter((row) => row.stage === "train")
+        .map((row) => [row.id === first!.id, row.state]),
+    ).toEqual([
+      [true, "failed"],
+      [false, "succeeded"],
+    ]);
+    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  }, 120_000);
+
   it("kaos train kill of a job whose kaos was killed stops its processes by their tag, never the group of a pid reused since", async () => {
     const { made } = await killWhileJobRuns(lingeringTrain, 2);
     const [first] = jobRows(made.dir).filter((row) => row.stage === "train");

@@ -946,7 +946,16 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   const state = StateStore.open(config.root);
   try {
-    const { holder, interrupted } = state.breakLock(stack.name);
+    const { holder, interrupted, lock } = state.breakLock(stack.name, "unlock");
+    try {
+      // What its jobs left running here would otherwise run on beside their reruns: the next up sees them settled already.
+      if (interrupted.length > 0) {
+        const { createBackend } = await engine();
+        await (await createBackend({ config, stack, state })).runner?.recoverAfterCrash(interrupted);
+      }
+    } finally {
+      lock.release();
+    }
     const who =
       holder === undefined
         ? "no kaos held it"

@@ -1129,12 +1129,20 @@ export class StateStore {
               },
             );
       }
-      this.stmt(
-        "INSERT INTO writer_locks (stack, owner, pid, pid_start, host, origin, command, acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) " +
-          "ON CONFLICT(stack) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, pid_start = excluded.pid_start, " +
-          "host = excluded.host, origin = excluded.origin, command = excluded.command, acquired_at = excluded.acquired_at",
-      ).run(stack, owner, process.pid, processStartToken(process.pid), host, originToken(), command, nowIso());
+      this.writeLockRow(stack, owner, command);
     });
+    return this.heldLock(stack, owner);
+  }
+
+  private writeLockRow(stack: string, owner: string, command: string): void {
+    this.stmt(
+      "INSERT INTO writer_locks (stack, owner, pid, pid_start, host, origin, command, acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) " +
+        "ON CONFLICT(stack) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, pid_start = excluded.pid_start, " +
+        "host = excluded.host, origin = excluded.origin, command = excluded.command, acquired_at = excluded.acquired_at",
+    ).run(stack, owner, process.pid, processStartToken(process.pid), hostname(), originToken(), command, nowIso());
+  }
+
+  private heldLock(stack: string, owner: string): WriterLock {
     const release = (): void => {
       if (!this.heldLocks.delete(release) || this.db?.isOpen !== true) return;
       // Only our own row: a takeover after we were presumed dead must not be undone.
@@ -1156,11 +1164,14 @@ export class StateStore {
    * Breaks the writer lock of `stack` held by a kaos that this process cannot
    * judge (or that is gone), and settles what it left: its runs failed, their
    * unfinished jobs failed as interrupted, so the next up runs them again.
-   * Refuses while the holder visibly runs here.
+   * Refuses while the holder visibly runs here. The lock passes to this process
+   * (held as `command`), so that no other kaos starts on the stack before what
+   * the holder left running is cleared away.
    */
-  breakLock(stack: string): { holder: LockHolder | undefined; interrupted: JobRecord[] } {
+  breakLock(stack: string, command: string): { holder: LockHolder | undefined; interrupted: JobRecord[]; lock: WriterLock } {
     this.writer();
-    return this.transaction(() => {
+    const owner = randomBytes(16).toString("hex");
+    const broken = this.transaction(() => {
       const holder = this.lockHolder(stack);
       if (holder?.liveness === "alive") {
         throw new KaosError(
@@ -1188,8 +1199,10 @@ export class StateStore {
         }
         markRun.run(finishedAt, run.id);
       }
+      this.writeLockRow(stack, owner, command);
       return { holder, interrupted };
     });
+    return { ...broken, lock: this.heldLock(stack, owner) };
   }
 
   // ---------------------------------------------------------------- internals
