@@ -23,7 +23,7 @@ import { eventually, jobRows, killTagged, killWhen, listJobs, pidAlive, processe
 import { openRaw } from "./helpers/sqlite.js";
 import { sha256OfGenerated, startServer, type TestServer } from "./helpers/http-server.js";
 import { TRAIN_SCRIPT, trainingProject } from "./helpers/jobs.js";
-import { makeProject, runKaos, sleep, trivialSourceBundle, under, type FileMap, type LiveKaos, type Project } from "./helpers/rig.js";
+import { CLI, makeProject, runKaos, sleep, trivialSourceBundle, under, type FileMap, type LiveKaos, type Project } from "./helpers/rig.js";
 
 const LONG = process.env.KAOS_FAULTS_LONG === "1";
 const TAG_NAME = "KAOS_FAULTS_TAG";
@@ -506,5 +506,52 @@ mkdir -p "$1" && echo done > "$1/done"
     } finally {
       stranger.kill("SIGKILL");
     }
+  }, 120_000);
+
+  it("a terminal that hangs up (a closed window, a dropped ssh session) stops kaos up like SIGTERM: jobs stopped and recorded cancelled, the next up reruns them", async () => {
+    const made = makeProject(
+      {
+        ...trainingProject({ grid: { score: [1, 2] }, parallelism: 2 }),
+        "src/model/train": { content: lingeringTrain, mode: 0o755 },
+        slow: "",
+      },
+      "kaos-crash-",
+    );
+    projects.push(made);
+    mkdirSync(made.path("pids"));
+    const env = { [TAG_NAME]: tag, KAOS_PIDS: made.path("pids"), KAOS_SLOW: made.path("slow") };
+    // kaos on a terminal of its own, whose other end closes once both jobs run: the kernel hangs the session up.
+    const driver = `
+import os, pty, select, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+pids = os.environ["KAOS_PIDS"]
+while len([name for name in os.listdir(pids) if not name.endswith(".daemon")]) < 2:
+    if select.select([fd], [], [], 0.05)[0]:
+        os.read(fd, 65536)
+os.close(fd)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+`;
+    const exit = await new Promise<string>((resolve, reject) => {
+      const child = spawn("python3", ["-c", driver, process.execPath, CLI, "up"], {
+        cwd: made.dir,
+        env: { ...process.env, ...env, NO_COLOR: "1" },
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      let out = "";
+      child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+      child.on("error", reject);
+      child.on("close", () => resolve(out.trim()));
+    });
+    // It ended by itself, not by the signal (-1 on SIGHUP).
+    expect(Number(exit)).toBeGreaterThan(0);
+    const train = jobRows(made.dir).filter((row) => row.stage === "train");
+    expect(train.map((row) => row.state)).toEqual(["cancelled", "cancelled"]);
+    for (const name of readdirSync(made.path("pids"))) expect(pidAlive(Number(readFileSync(made.path("pids", name), "utf8")))).toBe(false);
+
+    const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toContain("2 succeeded");
   }, 120_000);
 });

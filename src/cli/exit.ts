@@ -77,11 +77,17 @@ export function failureJson(error: unknown, exitCode: number): FailureJson {
   return { error: { code, message: withoutColours(message), hint: hint ? withoutColours(hint) : null, exitCode } };
 }
 
-export type StopReason = "interrupted" | "terminated" | "output closed";
+export type StopReason = "interrupted" | "terminated" | "hung up" | "output closed";
+
+const STOP_SIGNALS = { SIGINT: "interrupted", SIGTERM: "terminated", SIGHUP: "hung up" } as const satisfies Partial<
+  Record<NodeJS.Signals, StopReason>
+>;
 
 /**
- * Calls `stop` on Ctrl-C, SIGTERM, or when the output loses its reader; a
- * second signal exits at once with 130. Returns the function that stops listening.
+ * Calls `stop` on Ctrl-C, SIGTERM, SIGHUP (its terminal closed: the jobs, in
+ * process groups of their own, would run on unrecorded), or when the output
+ * loses its reader; a second signal exits at once with 130. Returns the
+ * function that stops listening.
  */
 export function onStopRequest(stop: (why: StopReason) => void): () => void {
   let signals = 0;
@@ -91,14 +97,12 @@ export function onStopRequest(stop: (why: StopReason) => void): () => void {
       process.stderr.write("\nstopping at once\n");
       process.exit(EXIT.interrupted);
     }
-    stop(name === "SIGINT" ? "interrupted" : "terminated");
+    stop(STOP_SIGNALS[name as keyof typeof STOP_SIGNALS] ?? "terminated");
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  for (const name of Object.keys(STOP_SIGNALS)) process.on(name, onSignal);
   const stopListening = onOutputClosed(() => stop("output closed"));
   return () => {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    for (const name of Object.keys(STOP_SIGNALS)) process.off(name, onSignal);
     stopListening();
   };
 }

@@ -41,22 +41,24 @@ export function writeLastOnStdout(text: string): void {
   process.stdout.write(text);
 }
 
-function isBrokenPipe(error: unknown): boolean {
-  return typeof error === "object" && error !== null && (error as { code?: unknown }).code === "EPIPE";
+/** EPIPE, or EIO from a terminal that hung up (its window closed, its ssh session dropped). */
+function isLostReader(error: unknown, stream: NodeJS.WriteStream): boolean {
+  const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+  return code === "EPIPE" || (code === "EIO" && stream.isTTY === true);
 }
 
 /** Installs the handlers on stdout and stderr; the command line calls it once at start. */
 export function exitQuietlyOnClosedOutput(): void {
-  const onError = (error: unknown) => {
-    if (!isBrokenPipe(error)) throw error;
+  const onError = (stream: NodeJS.WriteStream, error: unknown) => {
+    if (!isLostReader(error, stream)) throw error;
     if (closed || finished) return;
     closed = true;
     process.exitCode = EXIT_BROKEN_PIPE;
     if (listeners.size === 0) process.exit(EXIT_BROKEN_PIPE);
     for (const listener of [...listeners]) listener();
   };
-  whenOpened("stdout", (stream) => stream.on("error", onError));
-  whenOpened("stderr", (stream) => stream.on("error", onError));
+  whenOpened("stdout", (stream) => stream.on("error", (error) => onError(stream, error)));
+  whenOpened("stderr", (stream) => stream.on("error", (error) => onError(stream, error)));
 }
 
 /**
