@@ -270,5 +270,33 @@ describe("concurrency", () => {
       const again = await runKaos(["unlock"], { cwd: made.dir, env: env(made) });
       expect(again.stdout).toBe("unlocked stack local: no kaos held it\n");
     }, 120_000);
+
+    it("kaos unlock --json: refused as a JSON error while the holder runs, then the holder and the jobs it settled, then no holder", async () => {
+      const made = project({ grid: { score: [1, 2, 3] }, parallelism: 2, extra: { "src/model/train": waitingTrain } });
+      const first = startKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: made.path("release") } });
+      await first.waitFor(/p train 2\/3 \w+ .*running/);
+
+      const refused = await runKaos(["unlock", "--json"], { cwd: made.dir, env: env(made) });
+      expect(refused.code).toBe(1);
+      expect((JSON.parse(refused.stdout) as { error: { code: string } }).error.code).toBe("STATE_LOCKED");
+
+      first.child.kill("SIGKILL");
+      await first.exited;
+      const unfinished = jobRows(made.dir)
+        .filter((row) => row.state === "queued" || row.state === "running")
+        .map((row) => row.id);
+      expect(unfinished).toHaveLength(3);
+      const unlocked = await runKaos(["unlock", "--json"], { cwd: made.dir, env: env(made) });
+      expect(unlocked.code, unlocked.stderr).toBe(0);
+      expect(JSON.parse(unlocked.stdout)).toEqual({
+        stack: "local",
+        holder: { pid: first.child.pid, host: expect.any(String), command: "up", acquiredAt: expect.any(String) },
+        interrupted: unfinished,
+      });
+
+      const again = await runKaos(["unlock", "--json"], { cwd: made.dir, env: env(made) });
+      expect(again.code, again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout)).toEqual({ stack: "local", holder: null, interrupted: [] });
+    }, 120_000);
   });
 });

@@ -942,7 +942,7 @@ function openInBrowser(url: string): void {
     .catch(() => {});
 }
 
-export async function unlockCommand(options: Common & { stack?: string }): Promise<number> {
+export async function unlockCommand(options: Common & { stack?: string; json?: boolean }): Promise<number> {
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   const state = StateStore.open(config.root);
   try {
@@ -955,6 +955,15 @@ export async function unlockCommand(options: Common & { stack?: string }): Promi
       }
     } finally {
       lock.release();
+    }
+    if (options.json) {
+      printJson({
+        stack: stack.name,
+        holder:
+          holder === undefined ? null : { pid: holder.pid, host: holder.host, command: holder.command, acquiredAt: holder.acquiredAt },
+        interrupted: interrupted.map((job) => job.id),
+      });
+      return EXIT.ok;
     }
     const who =
       holder === undefined

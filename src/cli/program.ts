@@ -347,6 +347,7 @@ function buildProgram(argv?: readonly string[]): Command {
       .command("unlock")
       .description("break a stack's lock left by a kaos that ran on another machine or in another container and no longer runs")
       .addOption(stackOption())
+      .option("--json", "print the result as JSON")
       .action(async (options: OptionsOf<typeof commands.unlockCommand>, command: Command) => {
         const { unlockCommand } = await import("./commands.js");
         setExitStatus(await unlockCommand({ ...globals(command), ...options }));
