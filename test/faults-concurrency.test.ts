@@ -127,6 +127,32 @@ describe("concurrency", () => {
     expectConsistent(made);
   }, 120_000);
 
+  it("plan while an up runs does not wait, and says which of the jobs it would run are running or queued now, and in which run", async () => {
+    const waiting = { content: `#!/bin/sh\nwhile [ ! -f "$KAOS_RELEASE" ]; do sleep 0.05; done\nmkdir -p "$1"\n`, mode: 0o755 };
+    const made = project({ grid: { score: [1, 2, 3] }, parallelism: 2, extra: { "src/model/train": waiting } });
+    const upEnv = { ...env(made), KAOS_RELEASE: made.path("release") };
+    const up = startKaos(["up"], { cwd: made.dir, env: upEnv });
+    await up.waitFor(/p train 2\/3 \w+ .*running/);
+    const runId = runRows(made.dir)[0]!.id;
+
+    const plan = await runKaos(["plan", "--json"], { cwd: made.dir, env: env(made) });
+    expect(plan.code, plan.stderr).toBe(0);
+    const jobs = (JSON.parse(plan.stdout) as { pipelines: { jobs: { action: string; reason: string }[] }[] }).pipelines[0]!.jobs;
+    expect(jobs.map((job) => [job.action, job.reason])).toEqual([
+      ["run", `running now in run ${runId}`],
+      ["run", `running now in run ${runId}`],
+      ["run", `queued in run ${runId}`],
+    ]);
+    const human = await runKaos(["plan"], { cwd: made.dir, env: env(made) });
+    expect(human.stdout).toContain(`score=3  queued in run ${runId}`);
+
+    writeFileSync(made.path("release"), "");
+    expect((await up.exited).code).toBe(0);
+    const after = await runKaos(["plan", "--json"], { cwd: made.dir, env: env(made) });
+    expect((JSON.parse(after.stdout) as { changes: boolean }).changes).toBe(false);
+    expectConsistent(made);
+  }, 120_000);
+
   it("two stacks of one project apply at once, sharing one environment and one object store", async () => {
     const stack = `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n`;
     const made = project({ grid: { score: [1, 2, 3], sleep: 0.2 }, parallelism: 2, extra: { "stacks/a.ts": stack, "stacks/b.ts": stack } });

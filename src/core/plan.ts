@@ -382,9 +382,12 @@ async function planPipeline(
       const { job: reuse, distrusted } = key === null || options.force ? { job: undefined } : await oracle.succeededJob(key);
       if (reuse) return { index, key, params, paramsKey, action: "skip", reason: `identical job ${reuse.id} succeeded`, reuse };
       let reason: string;
+      // A plan made while a kaos applies this (or another) stack: what it runs now is not done, and is not new either.
+      const unfinished = key === null || options.force ? undefined : state.unfinishedJob("train", key);
       if (options.force) reason = "forced";
       else if (distrusted !== undefined) reason = distrusted;
       else if (key === null) reason = "data key known after ingest";
+      else if (unfinished !== undefined) reason = `${unfinished.state === "queued" ? "queued" : "running now"} in run ${unfinished.runId}`;
       else if (applied !== undefined && !previous.has(canonical)) reason = "new combination";
       else if (key !== null && state.lastFailed("train", key)) reason = "previous attempt failed";
       // Ctrl-C, `kaos train kill` or a stopped watch: the combination ran, so "never ran" would mislead.

@@ -862,6 +862,14 @@ export class StateStore {
     return this.latestInState(stage, key, "cancelled");
   }
 
+  /** The job of `key` queued or running now, in a run whose kaos has not gone (here, or where this one cannot look). */
+  unfinishedJob(stage: Stage, key: string): JobRecord | undefined {
+    if (this.db === null) return undefined;
+    return this.selectJobs("WHERE stage = ? AND key = ? AND state IN ('queued','running') ORDER BY seq DESC", stage, key).find((job) =>
+      this.runOwnerAlive(job.runId),
+    );
+  }
+
   /**
    * The job recorded last (whichever run, whatever its state) for each of
    * `keys` that has one, by key: what the grid's combinations stand at now.
