@@ -454,6 +454,31 @@ syncBuiltinESMExports();
     expect(plan.pipelines[0]?.jobs[1]?.reason).toBe("previous attempt cancelled");
   });
 
+  it("Ctrl-C before the plan is made stops at once, as kaos plan does: no run is recorded and nothing starts", async () => {
+    const made = project({ grid: { score: [1] } });
+    // An interpreter that answers kaos's version probe only once released: kaos is still planning until then.
+    const python = made.path("python");
+    writeFileSync(python, `#!/bin/sh\necho asked > "$KAOS_PROBED"\nwhile [ ! -f "$KAOS_GO" ]; do sleep 0.05; done\nexec python3 "$@"\n`, {
+      mode: 0o755,
+    });
+    const env = { KAOS_PYTHON: python, KAOS_PROBED: made.path("probed"), KAOS_GO: made.path("go"), KAOS_TEST_LOG: made.path("marks.log") };
+    const up = startKaos(["up"], { cwd: made.dir, env });
+    await fileContent(made.path("probed"));
+    up.child.kill("SIGINT");
+    writeFileSync(made.path("go"), "");
+    const result = await up.exited;
+    expect(result.code, result.stderr).toBe(130);
+    expect(result.stderr).toContain("interrupted: stopped before anything ran");
+    expect(await jobs(made)).toEqual([]);
+    // The lock went with it: the next up neither waits nor takes anything over.
+    const again = await kaos(made, ["up"], env);
+    expect(again.code, again.stderr).toBe(0);
+    expect((await jobs(made)).map((job) => [job.stage, job.state])).toEqual([
+      ["train", "succeeded"],
+      ["build", "succeeded"],
+    ]);
+  });
+
   it("logs -f follows a running job until it ends", async () => {
     const made = project({ grid: { lines: 8, line_delay: 0.25 } });
     const up = startKaos(["up"], { cwd: made.dir });

@@ -37,7 +37,7 @@ import {
 import { StateStore, type JobRecord, type JobState } from "../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
-import { EXIT, onStopRequest } from "./exit.js";
+import { EXIT, onStopRequest, type StopReason } from "./exit.js";
 
 // The engine (hashing, planning, the backends) loads only for commands that run
 // it, so the read-only commands start fast.
@@ -67,10 +67,14 @@ interface Common {
   config?: string;
 }
 
-/** Ctrl-C (and SIGTERM) cancel the run cleanly; a second Ctrl-C exits at once; a lost reader stops it without a word. */
-function interruptSignal(): { signal: AbortSignal; dispose(): void } {
+/**
+ * Ctrl-C (and SIGTERM) cancel the run cleanly; a second Ctrl-C exits at once; a lost reader stops it without a word.
+ * `stopAtOnce` is asked first: when it answers true, it has stopped kaos itself.
+ */
+function interruptSignal(stopAtOnce: (why: StopReason) => boolean = () => false): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
   const dispose = onStopRequest((why) => {
+    if (stopAtOnce(why)) return;
     if (why !== "output closed") {
       process.stderr.write(`\n${why}: stopping running jobs (press Ctrl-C again to exit at once)\n`);
     }
@@ -127,7 +131,17 @@ async function runApply(
   const { checkInputs, createReporter, planJson } = await engine();
   const manifests = checkInputs(config);
   const session = await openBackendSession(config, stack);
-  const interrupt = interruptSignal();
+  let planning = false;
+  const interrupt = interruptSignal((why) => {
+    // While the plan is made nothing has started: stop at once, as `kaos plan` does, rather than hash on
+    // only to start the jobs and cancel them.
+    if (!planning || why === "output closed") return false;
+    // The live view gives the terminal back its cursor; closing the store gives the stack's lock back.
+    reporter.close();
+    session.close();
+    process.stderr.write(`\n${why}: stopped before anything ran\n`);
+    process.exit(EXIT.interrupted);
+  });
   const reporter = createReporter({ json: options.json, interactive: isInteractive(process.stderr) });
   try {
     const outcome = await session.backend.up({
@@ -137,7 +151,11 @@ async function runApply(
       force: options.force,
       refresh: options.refresh,
       manifests,
+      onPlanning: () => {
+        planning = true;
+      },
       onPlan: (plan) => {
+        planning = false;
         if (!options.json && !plan.changes) reporter.event({ kind: "note", message: "nothing to do: every stage and job is up to date" });
         // Hashing is over for this run: a smaller process forks every job faster.
         void stopHashing();

@@ -93,6 +93,8 @@ export interface UpRequest extends PlanRequest {
   command: string;
   reporter: Reporter;
   signal: AbortSignal;
+  /** Called when what a crash left is settled and the plan is being made: until `onPlan`, stopping loses nothing. */
+  onPlanning?: () => void;
   /** Called with the plan before jobs run in this process. */
   onPlan?: (plan: Plan) => void;
 }

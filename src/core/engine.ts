@@ -142,6 +142,8 @@ export interface ApplyOptions {
   signal: AbortSignal;
   force?: boolean;
   refresh?: boolean;
+  /** Called once what a crash left is settled, as the plan is being made: until `onPlan`, stopping loses nothing. */
+  onPlanning?: () => void;
   /** Called with the plan before anything runs. */
   onPlan?: (plan: Plan) => void;
   /** Set when the caller already holds the stack's writer lock (`kaos watch` holds it for its whole life). */
@@ -202,6 +204,7 @@ export async function apply(
     // Their kaos died without stopping them: stop them before anything reruns,
     // clear what it was writing when it died, and distrust what they wrote unwatched.
     await runner.recoverAfterCrash(interrupted);
+    options.onPlanning?.();
     const current = await buildSessionPlan(session, session.backend, {
       force: options.force,
       refresh: options.refresh,

@@ -277,6 +277,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       ...(request.force !== undefined ? { force: request.force } : {}),
       ...(request.refresh !== undefined ? { refresh: request.refresh } : {}),
       ...(request.manifests !== undefined ? { manifests: request.manifests } : {}),
+      ...(request.onPlanning !== undefined ? { onPlanning: request.onPlanning } : {}),
       ...(request.onPlan !== undefined ? { onPlan: request.onPlan } : {}),
     });
     return { kind: "run", runId: outcome.runId, plan: outcome.plan, result: outcome.result };
