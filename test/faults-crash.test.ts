@@ -456,6 +456,21 @@ if [ -f "$KAOS_SLOW" ]; then sleep 120; fi
 mkdir -p "$1" && echo done > "$1/done"
 `;
 
+  it("train list and train info tell a job left running by a killed kaos from one that runs: its kaos is gone, and the next up reruns it", async () => {
+    const { made } = await killWhileJobRuns(lingeringTrain, 2);
+    const [first] = jobRows(made.dir).filter((row) => row.stage === "train");
+    const list = await runKaos(["train", "list"], { cwd: made.dir });
+    expect(list.code, list.stderr).toBe(0);
+    expect(list.stdout.split("\n").find((line) => line.startsWith(first!.id))).toMatch(/ running \(kaos gone\) /);
+    // Scripts read the recorded state, unchanged.
+    expect((await listJobs(made.dir)).find((job) => job.id === first!.id)?.state).toBe("running");
+    const info = await runKaos(["train", "info", first!.id], { cwd: made.dir });
+    expect(info.code, info.stderr).toBe(0);
+    expect(info.stdout.split("\n")[0]).toBe(
+      `job ${first!.id}  p train  running (the kaos that ran it is gone; the next kaos up reruns it)`,
+    );
+  }, 120_000);
+
   it("kaos unlock after a killed kaos stops the job processes it left, so the next up does not run them twice", async () => {
     const { made, env } = await killWhileJobRuns(lingeringTrain, 2);
     const [first] = jobRows(made.dir).filter((row) => row.stage === "train");

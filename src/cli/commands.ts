@@ -461,7 +461,11 @@ export async function listCommand(options: Common & ListOptions): Promise<number
       job.id,
       displayText(job.pipeline),
       job.stage,
-      job.collectedAt === null ? paint(job.state) : `${paint(job.state)} ${c.dim("(collected)")}`,
+      listing.abandoned.has(job.id)
+        ? `${paint(job.state)} ${c.dim("(kaos gone)")}`
+        : job.collectedAt === null
+          ? paint(job.state)
+          : `${paint(job.state)} ${c.dim("(collected)")}`,
       job.sweepSize !== null && job.sweepIndex !== null ? `${job.sweepIndex + 1}/${job.sweepSize}` : "",
       job.startedAt ? job.startedAt.replace("T", " ").slice(0, 19) : "",
       duration(job),
@@ -745,7 +749,9 @@ async function printRecordedInfo(
     );
   for (const skip of metrics.skipped) metricLines.push(`  ${c.yellow("skipped")} ${skippedText(skip)}`);
   const lines = [
-    `${c.bold(`job ${job.id}`)}  ${displayText(job.pipeline)} ${job.stage}  ${job.state}${job.reason ? ` (${displayLine(job.reason)})` : ""}`,
+    `${c.bold(`job ${job.id}`)}  ${displayText(job.pipeline)} ${job.stage}  ${job.state}${
+      info.abandoned ? " (the kaos that ran it is gone; the next kaos up reruns it)" : job.reason ? ` (${displayLine(job.reason)})` : ""
+    }`,
     `started   ${job.startedAt ?? "-"}    finished ${job.finishedAt ?? "-"}    duration ${duration(job) || "-"}    exit code ${job.exitCode ?? "-"}`,
     "",
     c.bold("inputs"),

@@ -127,7 +127,13 @@ export interface JobListRequest {
 
 export type JobListing =
   /** Newest first; `total` counts every match when `limit` cut the list short. */
-  | { kind: "records"; jobs: JobRecord[]; total?: number }
+  | {
+      kind: "records";
+      jobs: JobRecord[];
+      total?: number;
+      /** The listed jobs still recorded queued or running whose kaos is gone: nobody will end them but the next up. */
+      abandoned: ReadonlySet<string>;
+    }
   | { kind: "remote"; stack: string; jobs: RemoteJob[]; shortId(id: string): string };
 
 export type LogOutput =
@@ -194,6 +200,8 @@ export interface RecordedJobInfo {
   packages: { names: string[]; file: string } | undefined;
   /** Its pipeline's current sweep, or, with `note` saying why, the train jobs of its own run. */
   sweep: { rows: SweepRow[]; note: string | undefined };
+  /** Recorded queued or running by a kaos that is gone: nobody will end it but the next up. */
+  abandoned: boolean;
 }
 
 /** A job that runs outside kaos, as its backend reports it for `kaos train info JOB`. */
@@ -269,7 +277,21 @@ export type BackendFactory = (context: BackendContext) => Promise<Backend>;
 export function listRecords(state: StateStore, request: JobListRequest, stack?: string): JobListing {
   const filter: JobFilter = { ...request.filter, ...(stack !== undefined ? { stack } : {}) };
   const jobs = state.listJobs({ ...filter, ...(request.limit !== undefined ? { limit: request.limit } : {}) });
+  const abandoned = abandonedJobs(state, jobs);
   return request.limit !== undefined && jobs.length === request.limit
-    ? { kind: "records", jobs, total: state.countJobs(filter) }
-    : { kind: "records", jobs };
+    ? { kind: "records", jobs, total: state.countJobs(filter), abandoned }
+    : { kind: "records", jobs, abandoned };
+}
+
+/** The ids of `jobs` recorded queued or running by a kaos that is gone (killed, crashed), each run asked once. */
+export function abandonedJobs(state: StateStore, jobs: readonly JobRecord[]): Set<string> {
+  const ownerAlive = new Map<string, boolean>();
+  const abandoned = new Set<string>();
+  for (const job of jobs) {
+    if (job.state !== "running" && job.state !== "queued") continue;
+    const alive = ownerAlive.get(job.runId) ?? state.runOwnerAlive(job.runId);
+    ownerAlive.set(job.runId, alive);
+    if (!alive) abandoned.add(job.id);
+  }
+  return abandoned;
 }

@@ -4,7 +4,7 @@
  * sealed results) and the packages of the environment it ran in.
  */
 import { join } from "node:path";
-import type { BackendContext, RecordedJobInfo } from "../../core/backend.js";
+import { abandonedJobs, type BackendContext, type RecordedJobInfo } from "../../core/backend.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { readMetricSeries, readMetrics } from "../../core/metrics.js";
@@ -60,5 +60,6 @@ export async function localJobInfo(
     results: check === undefined ? undefined : { check, problem: resultsProblem(job.id, check) },
     packages: packages === undefined ? undefined : { names: packages, file: freezePath(envsDir, job.envKey!) },
     sweep: { rows, note },
+    abandoned: abandonedJobs(state, [job]).size > 0,
   };
 }
