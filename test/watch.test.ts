@@ -51,7 +51,7 @@ interface Rig {
   marks: string;
   setSleep(seconds: number): void;
   jobs(): Promise<ListedJob[]>;
-  watch(args?: string[]): LiveKaos;
+  watch(args?: string[], env?: Record<string, string>): LiveKaos;
 }
 
 function rig(options: { params?: string; config?: string; configFile?: string; data?: FileMap } = {}): Rig {
@@ -82,8 +82,8 @@ function rig(options: { params?: string; config?: string; configFile?: string; d
       expect(result.code, result.stderr).toBe(0);
       return JSON.parse(result.stdout) as ListedJob[];
     },
-    watch(args = []) {
-      const kaos = startKaos(["watch", "--debounce", "100", ...args], { cwd: project.dir });
+    watch(args = [], env = {}) {
+      const kaos = startKaos(["watch", "--debounce", "100", ...args], { cwd: project.dir, env });
       live.push(kaos);
       return kaos;
     },
@@ -159,6 +159,9 @@ describe("the watch state machine", () => {
       {
         startRun: () => log.push("run"),
         settledDuringRun: (mode) => log.push(`settled ${mode}`),
+        abandonPlan: () => log.push("abandon plan"),
+        stopRuns: () => log.push("stop runs"),
+        stopAtOnce: () => log.push("stop at once"),
         entered: (state: WatchState) => log.push(state),
       },
       20,
@@ -179,8 +182,10 @@ describe("the watch state machine", () => {
     vi.advanceTimersByTime(19);
     expect(m.state).toBe("debouncing");
     vi.advanceTimersByTime(1);
+    expect(m.state).toBe("planning");
+    m.dispatch("planned");
     expect(m.state).toBe("running");
-    expect(log).toEqual(["debouncing", "running", "run"]);
+    expect(log).toEqual(["debouncing", "planning", "run", "running"]);
     m.dispatch("run-ended");
     expect(m.state).toBe("idle");
     expect(vi.getTimerCount()).toBe(0);
@@ -190,14 +195,15 @@ describe("the watch state machine", () => {
     for (const mode of ["restart", "queue"] as const) {
       const { m, log } = machine(mode);
       m.dispatch("start");
+      m.dispatch("planned");
       m.dispatch("change");
       expect(m.state).toBe("queued");
       vi.advanceTimersByTime(19);
-      expect(log).toEqual(["running", "run", "queued"]);
+      expect(log).toEqual(["planning", "run", "running", "queued"]);
       vi.advanceTimersByTime(1);
-      expect(log).toEqual(["running", "run", "queued", `settled ${mode}`]);
+      expect(log).toEqual(["planning", "run", "running", "queued", `settled ${mode}`]);
       m.dispatch("run-ended");
-      expect(m.state).toBe("running");
+      expect(m.state).toBe("planning");
       expect(log.at(-1)).toBe("run");
     }
   });
@@ -209,10 +215,53 @@ describe("the watch state machine", () => {
     m.dispatch("run-ended");
     expect(m.state).toBe("debouncing");
     vi.advanceTimersByTime(20);
-    expect(m.state).toBe("running");
+    expect(m.state).toBe("planning");
     expect(log.filter((entry) => entry === "run")).toHaveLength(2);
     m.stop();
     expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it("queues an edit made while planning, then runs once more after the run", () => {
+    const { m, log } = machine("queue");
+    m.dispatch("start");
+    m.dispatch("change");
+    expect(m.state).toBe("planning-queued");
+    vi.advanceTimersByTime(20);
+    expect(log).toEqual(["planning", "run", "planning-queued", "settled queue"]);
+    m.dispatch("planned");
+    expect(m.state).toBe("queued");
+    m.dispatch("run-ended");
+    expect(m.state).toBe("planning");
+    expect(log.filter((entry) => entry === "run")).toHaveLength(2);
+    m.dispatch("planned");
+    m.dispatch("run-ended");
+    expect(m.state).toBe("idle");
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it("drops the plan on a quit while planning, stops the runs on a quit after it, and stops at once on a second quit", () => {
+    for (const edited of [false, true]) {
+      const { m, log } = machine();
+      m.dispatch("start");
+      if (edited) m.dispatch("change");
+      m.dispatch("quit");
+      expect(m.state).toBe("stopping");
+      expect(log.at(-1)).toBe("abandon plan");
+      expect(vi.getTimerCount()).toBe(0);
+    }
+    const { m, log } = machine();
+    m.dispatch("start");
+    m.dispatch("planned");
+    m.dispatch("change");
+    m.dispatch("quit");
+    expect(log.at(-1)).toBe("stop runs");
+    // The run ends and edits come in while stopping: nothing starts again.
+    m.dispatch("run-ended");
+    m.dispatch("change");
+    expect(m.state).toBe("stopping");
+    expect(vi.getTimerCount()).toBe(0);
+    m.dispatch("quit");
+    expect(log.slice(-3)).toEqual(["stopping", "stop runs", "stop at once"]);
   });
 
   it("does nothing at all without an event: no timer, no run", () => {
@@ -521,6 +570,75 @@ describe("kaos watch", () => {
       expect(jobs.map((job) => job.state)).toEqual(["cancelled", "cancelled"]);
     });
   }
+
+  /**
+   * An interpreter that answers kaos's version probe only once released: the
+   * run is planning until then. Released at cleanup at the latest, and waited
+   * for, so that no probe outlives the test.
+   */
+  function heldInterpreter(r: Rig) {
+    const python = join(r.marks, "python");
+    const go = join(r.marks, "go");
+    const probed = join(r.marks, "probed");
+    writeFileSync(
+      python,
+      `#!/bin/sh\necho $$ > '${probed}.tmp'\nmv '${probed}.tmp' '${probed}'\nwhile [ ! -f '${go}' ]; do sleep 0.05; done\nexec python3 "$@"\n`,
+      {
+        mode: 0o755,
+      },
+    );
+    const release = () => writeFileSync(go, "");
+    cleanups.push(async () => {
+      if (!existsSync(probed)) return;
+      release();
+      const pid = Number(readFileSync(probed, "utf8").trim());
+      await waitUntil(() => !pidAlive(pid), "the held probe is gone");
+    });
+    return {
+      env: { KAOS_PYTHON: python },
+      asked: () => waitUntil(() => existsSync(probed), "kaos asked the interpreter for its version"),
+      released: () => existsSync(go),
+      release,
+    };
+  }
+
+  it("Ctrl-C while a run plans stops the plan at once: exit 130, nothing recorded, the lock given back", async () => {
+    const r = rig();
+    const held = heldInterpreter(r);
+    const kaos = r.watch([], held.env);
+    await held.asked();
+    kaos.child.kill("SIGINT");
+    await kaos.waitFor(/stopped before anything ran|stopping/);
+    // A kaos that waits for its plan before stopping is let finish, to fail below rather than hang.
+    if (!output(kaos).includes("stopped before anything ran")) held.release();
+    const result = await kaos.exited;
+    // It exited while the plan still waited for the interpreter.
+    expect(held.released()).toBe(false);
+    held.release();
+    expect(result.code, result.stderr).toBe(130);
+    expect(result.stderr).toContain("interrupted: stopped before anything ran");
+    expect(result.stderr).not.toContain("initial run");
+    expect(await r.jobs()).toEqual([]);
+    // The lock went with it: the next up neither waits nor takes anything over.
+    const up = await runKaos(["up"], { cwd: r.project.dir, env: held.env });
+    expect(up.code, up.stderr).toBe(0);
+    expect(ofStage(await r.jobs(), "train").map((job) => job.state)).toEqual(["succeeded"]);
+  });
+
+  it("an edit made while a run plans is queued, and runs once after that run", async () => {
+    const r = rig();
+    const held = heldInterpreter(r);
+    const kaos = r.watch(["--on-change", "queue"], held.env);
+    await held.asked();
+    r.project.write({ "data/a.txt": "2\n" });
+    await kaos.waitFor("change during the run: rerun queued");
+    held.release();
+    await kaos.waitFor("waiting for changes");
+    expect(count(output(kaos), "initial run")).toBe(1);
+    expect(count(output(kaos), "change detected")).toBe(1);
+    expect(output(kaos)).toMatch(/run \w+ succeeded/);
+    await quit(kaos);
+  });
 
   it("a second Ctrl-C exits at once with 130 and takes with it a job that ignores SIGTERM", async () => {
     const r = rig();

@@ -9,16 +9,26 @@
  *
  *     idle       --change-->    debouncing   (arm the quiet timer)
  *     debouncing --change-->    debouncing   (re-arm the timer)
- *     debouncing --quiet-->     running      (start a run)
+ *     debouncing --quiet-->     planning     (start a run)
+ *     planning   --planned-->   running      (the plan is made: jobs start, the run is recorded)
+ *     planning   --change-->    planning-queued (arm the timer)
  *     running    --change-->    queued       (arm the timer)
- *     queued     --change-->    queued       (re-arm the timer)
+ *     queued     --change-->    queued       (re-arm the timer; likewise planning-queued)
  *     queued     --quiet-->     queued       (restart mode: plan again and cancel the
  *                                             running jobs whose key left the plan;
- *                                             queue mode: say so, the jobs finish)
- *     running    --run-ended--> idle
- *     queued     --run-ended--> running      (start the queued run), or debouncing
- *                                            when edits have not settled yet
- *     idle       --start-->     running      (the first run)
+ *                                             queue mode: say so, the jobs finish;
+ *                                             likewise planning-queued)
+ *     planning-queued --planned--> queued
+ *     running    --run-ended--> idle         (likewise planning: nothing to run)
+ *     queued     --run-ended--> planning     (start the queued run), or debouncing
+ *                                            when edits have not settled yet (likewise
+ *                                            planning-queued)
+ *     idle       --start-->     planning     (the first run)
+ *     planning   --quit-->      stopping     (drop the plan and exit 130 at once: nothing
+ *                                             ran, nothing is recorded; likewise
+ *                                             planning-queued)
+ *     any other  --quit-->      stopping     (cancel the running jobs, record them, exit 0)
+ *     stopping   --quit-->      exit 130 at once
  *
  * A run reloads the config first when the config, stack or hyperparams file
  * changed (or the config was invalid), then applies. Jobs whose inputs did not
@@ -57,6 +67,7 @@
  *     waiting for changes
  *     stopping: cancelling running jobs   (or `stopping` when nothing runs)
  *     stopped
+ *     interrupted: stopped before anything ran   (quit while planning; exit 130)
  *
  * PATH is relative to the project root. S counts the ingest and build stages
  * that run; J and K the train jobs that run and are skipped.
@@ -66,7 +77,10 @@
  * `failed: REASON — waiting for an edit`), and a `q` keypress quits. Ctrl-C,
  * SIGTERM and `q` cancel the running jobs (recorded `cancelled`), release the
  * lock and exit 0; a second Ctrl-C exits at once with 130, killing the jobs
- * still running (see spawnLogged).
+ * still running (see spawnLogged). While a run is still planning, nothing has
+ * started: the first Ctrl-C stops the plan (its hashing threads with it),
+ * prints `interrupted: stopped before anything ran`, releases the lock and
+ * exits 130 at once, as `kaos up` does.
  */
 import { existsSync, type Stats } from "node:fs";
 import { basename, dirname, relative, resolve } from "node:path";
@@ -134,7 +148,9 @@ class WatchSession {
   private readonly tasks = new Set<Promise<void>>();
   private checking = false;
   private checkAgain = false;
-  private stopping = false;
+  private stopReason = "interrupted";
+  private stopListening: (() => void) | undefined;
+  private monitor: MonitorServer | undefined;
   private finished: (() => void) | undefined;
 
   constructor(
@@ -160,11 +176,21 @@ class WatchSession {
             this.print("change during the run: rerun queued");
           }
         },
+        abandonPlan: () => this.abandonPlan(),
+        stopRuns: () => this.stopRuns(),
+        stopAtOnce: () => {
+          process.stderr.write("\nstopping at once\n");
+          process.exit(EXIT.interrupted);
+        },
         entered: () => this.drawStatus(),
       },
       options.debounce ?? watchConfig.debounceMs,
       options.onChange ?? watchConfig.onChange,
     );
+  }
+
+  private get stopping(): boolean {
+    return this.machine.state === "stopping";
   }
 
   private track(task: Promise<void>): void {
@@ -187,10 +213,10 @@ class WatchSession {
     let text: string;
     if (this.stopping) {
       text = this.c.yellow(this.current ? "stopping: cancelling running jobs" : "stopping");
-    } else if (state === "running" || state === "queued") {
+    } else if (state === "planning" || state === "planning-queued" || state === "running" || state === "queued") {
       const counts = this.current?.reporter.counts();
       text = counts && counts.total > 0 ? `running ${counts.running} of ${counts.total} (${counts.done} done)` : "planning";
-      if (state === "queued") text += " — rerun queued";
+      if (state === "queued" || state === "planning-queued") text += " — rerun queued";
       text = this.c.cyan(text);
     } else if (state === "debouncing") {
       text = this.c.dim("change detected; waiting for edits to settle");
@@ -395,7 +421,10 @@ class WatchSession {
         }
         return skipped !== undefined;
       },
-      onPlan: (plan) => this.print(first ? `initial run: ${planSummary(plan)}` : `change detected: ${planSummary(plan)}${trigger}`),
+      onPlan: (plan) => {
+        this.machine.dispatch("planned");
+        this.print(first ? `initial run: ${planSummary(plan)}` : `change detected: ${planSummary(plan)}${trigger}`);
+      },
     });
     if (outcome.skipped) {
       if (skipped === "failed") this.print("unchanged since the failure; waiting for an edit");
@@ -487,10 +516,10 @@ class WatchSession {
 
   async run(): Promise<number> {
     const stopKeys = this.listenForQuit();
-    let monitor: MonitorServer | undefined;
+    this.stopListening = stopKeys;
     try {
       await this.startWatcher();
-      monitor = await this.startMonitor();
+      this.monitor = await this.startMonitor();
       this.print(
         `watching ${plural(this.targets.paths.length, "path")} in ${displayText(this.targets.root)} (debounce ${this.machine.quietMs} ms, on change: ${this.machine.onChange}, ${this.describeMode()}); q then Enter or Ctrl-C quits`,
       );
@@ -507,22 +536,37 @@ class WatchSession {
       this.machine.stop();
       this.links.close();
       await this.watcher?.close();
-      await monitor?.close();
+      await this.monitor?.close();
       while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
       this.terminal.close();
     }
   }
 
   private requestStop(why: string): void {
-    if (this.stopping) {
-      process.stderr.write("\nstopping at once\n");
-      process.exit(EXIT.interrupted);
-    }
-    this.stopping = true;
+    this.stopReason = why;
+    this.machine.dispatch("quit");
+  }
+
+  /**
+   * Quit while the run plans: nothing started and nothing is recorded, so rather than hash on only to cancel
+   * what the plan starts, kaos exits now, as `kaos up` does; exiting ends the hashing threads mid-walk.
+   */
+  private abandonPlan(): void {
+    const readerGone = this.stopReason === "output closed";
+    this.terminal.close();
+    if (!readerGone) process.stderr.write(`\n${this.stopReason}: stopped before anything ran\n`);
+    this.stopListening?.();
+    void this.monitor?.close();
+    // Closing the store gives the stack's lock back.
+    this.baseSession.close();
+    process.exit(readerGone ? EXIT.brokenPipe : EXIT.interrupted);
+  }
+
+  /** Quit otherwise: cancel the running jobs, let the run record them, then return from run(). */
+  private stopRuns(): void {
+    const why = this.stopReason;
     if (this.terminal.interactive) this.terminal.line(this.c.dim(why));
-    this.drawStatus();
     this.print(this.current ? "stopping: cancelling running jobs" : "stopping");
-    this.machine.stop();
     this.quit.abort(new KaosError("JOBS_FAILED", "interrupted"));
     void Promise.allSettled([...this.tasks]).then(() => {
       this.print("stopped");
