@@ -1,5 +1,5 @@
-import { existsSync, readFileSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { type Dirent, existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
+import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { compileSpecSchema, validatePipelineSpec } from "../src/backends/kubernetes/schema.js";
@@ -162,5 +162,73 @@ ${names.map((name) => `    "${name}": ${pipeline},`).join("\n")}
       expect(result.stderr, command).not.toContain("Pulumi CLI");
     }
     expect(existsSync(project.path(".kaos/pulumi"))).toBe(false);
+  });
+  it("render owns its folder: the specs of a pipeline removed from the config go on the next render, listed; a user's file stays", async () => {
+    const project = clusterProject();
+    const pipeline = `{ source: "src", data: "data", hyperparams: "grid.json" }`;
+    const config = (names: string[]) =>
+      `import { defineConfig } from "kaos-ml";\n\nexport default defineConfig({\n  pipelines: {\n${names.map((name) => `    ${name}: ${pipeline},\n`).join("")}  },\n});\n`;
+    const render = async (out: string) => {
+      const result = await runKaos(["render", "--stack", "cluster", "-o", out], { cwd: project.dir });
+      expect(result.code, result.stderr).toBe(0);
+      return result;
+    };
+    /** Every file of a folder, by relative path, with its bytes. */
+    const folder = (dir: string): Record<string, string> =>
+      Object.fromEntries(
+        (readdirSync(project.path(dir), { recursive: true, withFileTypes: true }) as Dirent[])
+          .filter((entry) => entry.isFile())
+          .map((entry) => {
+            const path = relative(project.path(dir), join(entry.parentPath, entry.name));
+            return [path, readFileSync(join(entry.parentPath, entry.name), "utf8")];
+          })
+          .sort(([a], [b]) => (a! < b! ? -1 : 1)),
+      );
+    project.write({ "kaos.config.ts": config(["p", "q"]) });
+    await render("out");
+    expect(Object.keys(folder("out"))).toEqual([
+      ".kaos-render.sha256",
+      "kubernetes/namespace.yaml",
+      "kubernetes/registry-secret.yaml",
+      "pachyderm/p-build.json",
+      "pachyderm/p-train.json",
+      "pachyderm/q-build.json",
+      "pachyderm/q-train.json",
+    ]);
+    // A file of the user's, even in the specs' own folder, is not kaos's to remove.
+    project.write({ "out/pachyderm/mine.json": "{}\n", "out/README.md": "mine\n" });
+    const before = folder("out");
+    const same = await render("out");
+    expect(same.stdout).not.toContain("removed");
+    expect(folder("out")).toEqual(before);
+
+    project.write({ "kaos.config.ts": config(["p"]) });
+    const shrunk = await render("out");
+    expect(shrunk.stdout).toContain("removed pachyderm/q-build.json\nremoved pachyderm/q-train.json\n");
+    expect(shrunk.stdout).toContain("; removed 2 an earlier render wrote that this config no longer makes");
+    await render("fresh");
+    // What is left is what a render into a new folder writes, and the user's files.
+    expect(folder("out")).toEqual({ ...folder("fresh"), "README.md": "mine\n", "pachyderm/mine.json": "{}\n" });
+
+    // A spec edited since kaos wrote it is the user's now: kept, and named.
+    project.write({ "kaos.config.ts": config(["p", "q"]) });
+    await render("out");
+    project.write({ "out/pachyderm/q-train.json": "{}\n" });
+    project.write({ "kaos.config.ts": config(["p"]) });
+    const edited = await render("out");
+    expect(edited.stdout).toContain("removed pachyderm/q-build.json\n");
+    expect(edited.stderr).toContain(
+      "warning: kept pachyderm/q-train.json: an earlier render wrote it and this one does not, but it changed since kaos wrote it; remove it if it is not wanted",
+    );
+    expect(readFileSync(project.path("out/pachyderm/q-train.json"), "utf8")).toBe("{}\n");
+
+    // A folder where kaos would write a spec is refused before anything is written.
+    mkdirSync(project.path("blocked/pachyderm/p-train.json"), { recursive: true });
+    const blocked = await runKaos(["render", "--stack", "cluster", "-o", "blocked"], { cwd: project.dir });
+    expect(blocked.code).toBe(1);
+    expect(blocked.stderr).toContain(
+      `error: ${project.path("blocked/pachyderm/p-train.json")} is a directory, where kaos writes a file of its own`,
+    );
+    expect(existsSync(project.path("blocked/pachyderm/p-build.json"))).toBe(false);
   });
 });

@@ -488,7 +488,7 @@ describe("Automation API seam (injected command runner)", () => {
     expect(PULUMI_INSTALL_HINT).toContain("kaos render --stack cluster -o DIR");
     const applyError = await applyCluster(made.config, made.stack, made.inputs, { env: noPulumi }).catch((e: unknown) => e);
     expect((applyError as KaosError).code).toBe("PULUMI_MISSING");
-    expect((await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "out"))).length).toBe(4);
+    expect((await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "out"))).files.length).toBe(4);
   });
 });
 

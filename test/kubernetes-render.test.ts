@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import type { ValidateFunction } from "ajv";
 import { parse as parseYaml } from "yaml";
+import { RENDER_MANIFEST } from "../src/core/destination.js";
 import { KaosError } from "../src/core/errors.js";
 import { packBundle } from "../src/backends/kubernetes/pack.js";
 import { compileSpecSchema, renderCluster, validatePipelineSpec } from "../src/backends/kubernetes/index.js";
@@ -68,7 +69,7 @@ describe("Pachyderm specs (ajv strict against src/backends/kubernetes/CreatePipe
       { name: "gan", gpu: 1, grid: { lr: [0.1, 0.01] } },
     ]);
     const out = join(made.dir, "out");
-    const files = await renderCluster(made.config, made.stack, made.inputs, out);
+    const files = (await renderCluster(made.config, made.stack, made.inputs, out)).files;
     const specs = files.filter((file) => file.endsWith(".json"));
     expect(specs.map((file) => file.slice(out.length + 1))).toEqual([
       "pachyderm/cnn-build.json",
@@ -215,7 +216,7 @@ describe("Pachyderm specs (ajv strict against src/backends/kubernetes/CreatePipe
     process.env["KAOS_TEST_PACHYDERM_TOKEN"] = "pachyderm-token-value";
     const made = project([{ name: "svm" }]);
     const out = join(made.dir, "out");
-    const files = await renderCluster(made.config, made.stack, made.inputs, out);
+    const files = (await renderCluster(made.config, made.stack, made.inputs, out)).files;
     const namespace = parseYaml(readFileSync(join(out, "kubernetes/namespace.yaml"), "utf8")) as Record<string, unknown>;
     expect(namespace).toEqual({
       apiVersion: "v1",
@@ -242,11 +243,35 @@ describe("Pachyderm specs (ajv strict against src/backends/kubernetes/CreatePipe
       { name: "svm", grid: { C: [1, 2] } },
       { name: "cnn", gpu: 1, manifest: true },
     ]);
-    const first = await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "a"));
-    const second = await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "b"));
+    const first = (await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "a"))).files;
+    const second = (await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "b"))).files;
     const digest = (files: string[], root: string) =>
       files.map((file) => [file.slice(root.length), createHash("sha256").update(readFileSync(file)).digest("hex")]);
     expect(digest(second, join(made.dir, "b"))).toEqual(digest(first, join(made.dir, "a")));
+    // The list of what it wrote too, and rendering again into the same folder changes nothing.
+    expect(readFileSync(join(made.dir, "b", RENDER_MANIFEST))).toEqual(readFileSync(join(made.dir, "a", RENDER_MANIFEST)));
+    const again = await renderCluster(made.config, made.stack, made.inputs, join(made.dir, "a"));
+    expect({ removed: again.removed, kept: again.kept }).toEqual({ removed: [], kept: [] });
+    expect(readFileSync(join(made.dir, "b", RENDER_MANIFEST))).toEqual(readFileSync(join(made.dir, "a", RENDER_MANIFEST)));
+  });
+
+  it("removes only files inside its folder that its list names with their content, whatever the list says", async () => {
+    const made = project([{ name: "svm" }]);
+    const out = join(made.dir, "out");
+    const outside = join(made.dir, "outside.txt");
+    writeFileSync(outside, "precious\n");
+    mkdirSync(join(out, "pachyderm"), { recursive: true });
+    writeFileSync(join(out, "pachyderm/old-train.json"), "{}\n");
+    const hash = createHash("sha256").update("precious\n").digest("hex");
+    const stale = createHash("sha256").update("{}\n").digest("hex");
+    writeFileSync(
+      join(out, RENDER_MANIFEST),
+      `${hash}  ../outside.txt\n${hash}  ${outside}\n${hash}  pachyderm/../../outside.txt\n${stale}  pachyderm/old-train.json\nnot a line\n`,
+    );
+    const rendered = await renderCluster(made.config, made.stack, made.inputs, out);
+    expect(rendered.removed).toEqual(["pachyderm/old-train.json"]);
+    expect(readFileSync(outside, "utf8")).toBe("precious\n");
+    expect(readFileSync(join(out, RENDER_MANIFEST), "utf8")).not.toContain("outside");
   });
 });
 

@@ -1057,10 +1057,18 @@ export async function renderCommand(options: Common & { stack: string; out: stri
   const session = await openBackendSession(config, stack, { readonly: true });
   try {
     const outDir = destinationDir(options.out, { flag: "-o", expected: "a directory" });
-    const files = await session.backend.render({ outDir });
-    process.stdout.write(
-      `${files.map((file) => join(file).replace(`${outDir}/`, "")).join("\n")}\nwrote ${files.length} files to ${outDir}\n`,
-    );
+    const { files, removed, kept } = await session.backend.render({ outDir });
+    const lines = [
+      ...files.map((file) => join(file).replace(`${outDir}/`, "")),
+      ...removed.map((file) => `removed ${file}`),
+      `wrote ${files.length} files to ${outDir}${removed.length > 0 ? `; removed ${removed.length} an earlier render wrote that this config no longer makes` : ""}`,
+    ];
+    process.stdout.write(`${lines.join("\n")}\n`);
+    for (const { path, why } of kept) {
+      process.stderr.write(
+        `warning: kept ${displayText(path)}: an earlier render wrote it and this one does not, but ${why}; remove it if it is not wanted\n`,
+      );
+    }
     return EXIT.ok;
   } finally {
     session.close();

@@ -5,6 +5,7 @@
  * stack's `backend`.
  * A backend returns values and emits run events (events.ts); it never prints.
  */
+import type { OwnedFolderChanges } from "./destination.js";
 import type { Reporter } from "./events.js";
 import type { ManifestEntries, ManifestLock } from "./manifest.js";
 import type { JobMetrics } from "./metrics.js";
@@ -259,8 +260,13 @@ export interface Backend extends PlanOracle {
   fetchOutputs(request: FetchOutputsRequest): Promise<FetchedOutputs>;
   /** Stops a queued or running job, recorded as cancelled; answers its id. */
   killJob(request: { job: string }): Promise<{ id: string }>;
-  /** Writes what would be applied, offline; returns the files written. */
-  render(request: { outDir: string }): Promise<string[]>;
+  /** Writes what would be applied, offline, into a folder it owns; says what it wrote and removed. */
+  render(request: { outDir: string }): Promise<RenderedFolder>;
+}
+
+/** What `render` did to its folder: the files it wrote (absolute, sorted), and what it removed or left of an earlier render. */
+export interface RenderedFolder extends OwnedFolderChanges {
+  files: string[];
 }
 
 /** What a backend is made from. */

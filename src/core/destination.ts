@@ -1,6 +1,21 @@
 /** Where `kaos train get`, `kaos render` and `kaos template get` write: a directory given with `-o`. */
-import { existsSync, lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from "node:fs";
-import { dirname, join, relative, resolve, sep } from "node:path";
+import { createHash } from "node:crypto";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  type Stats,
+} from "node:fs";
+import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { KaosError } from "./errors.js";
 import { STATE_DIR_NAME } from "./layout.js";
 
@@ -79,4 +94,119 @@ export function emptyDestination(dir: string): string {
     });
   }
   return destination;
+}
+
+/**
+ * The list of what `kaos render` wrote into its folder, one `SHA256  PATH` line
+ * per file as `sha256sum` writes them (so `sha256sum -c` checks the folder),
+ * sorted by path. Not a `.json` or `.yaml` file: `kubectl apply -f DIR` would read it.
+ */
+export const RENDER_MANIFEST = ".kaos-render.sha256";
+
+/** What writing a folder kaos owns did besides writing its files. */
+export interface OwnedFolderChanges {
+  /** Files an earlier render wrote that this one does not, removed (relative to the folder, sorted). */
+  removed: string[];
+  /** Files an earlier render wrote that this one does not, left where they are because kaos no longer owns them. */
+  kept: { path: string; why: string }[];
+}
+
+function sha256(content: string | Buffer): string {
+  return createHash("sha256").update(content).digest("hex");
+}
+
+/** A path kaos may have written: relative, normalised, inside the folder, and not the manifest itself. */
+function isOwnablePath(path: string): boolean {
+  return path !== "" && !isAbsolute(path) && normalize(path) === path && !path.split(sep).includes("..") && path !== RENDER_MANIFEST;
+}
+
+/** What the last render recorded it wrote: path to content hash. Lines that are not a hash and a path kaos could own are ignored. */
+function recordedFiles(dir: string): Map<string, string> {
+  const recorded = new Map<string, string>();
+  let text: string;
+  try {
+    text = readFileSync(join(dir, RENDER_MANIFEST), "utf8");
+  } catch {
+    return recorded;
+  }
+  for (const line of text.split("\n")) {
+    const match = /^([0-9a-f]{64}) {2}(.+)$/.exec(line);
+    if (match !== null && isOwnablePath(match[2]!)) recorded.set(match[2]!, match[1]!);
+  }
+  return recorded;
+}
+
+function atomicWrite(path: string, content: string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const partial = `${path}.partial-${process.pid}`;
+  writeFileSync(partial, content);
+  renameSync(partial, path);
+}
+
+/**
+ * Writes `files` (relative path to content) into `dir` as the folder's owner:
+ * a file the previous write recorded in RENDER_MANIFEST and this one does not
+ * make is removed, unless it changed since (then it is the user's, and kept);
+ * a file kaos never recorded is never touched. A path kaos would write that
+ * holds a directory or a symlink is refused before anything is written. The
+ * manifest is written last, so a write cut short leaves the old one, which
+ * still names every file the next write may have to remove.
+ */
+export function writeOwnedFolder(dir: string, files: ReadonlyMap<string, string>): OwnedFolderChanges {
+  for (const path of files.keys()) {
+    const target = join(dir, path);
+    let stats: Stats;
+    try {
+      stats = lstatSync(target);
+    } catch {
+      continue;
+    }
+    if (!stats.isFile()) {
+      throw new KaosError(
+        "USAGE",
+        `${target} is a ${stats.isDirectory() ? "directory" : "symlink or special file"}, where kaos writes a file of its own`,
+        {
+          hint: `move it out of ${dir}, or pass -o DIR elsewhere`,
+        },
+      );
+    }
+  }
+  const recorded = recordedFiles(dir);
+  for (const [path, content] of files) atomicWrite(join(dir, path), content);
+  const changes: OwnedFolderChanges = { removed: [], kept: [] };
+  for (const path of [...recorded.keys()].sort()) {
+    if (files.has(path)) continue;
+    const hash = recorded.get(path);
+    const target = join(dir, path);
+    let stats: Stats;
+    try {
+      stats = lstatSync(target);
+    } catch {
+      continue;
+    }
+    if (!stats.isFile()) changes.kept.push({ path, why: "it is no longer the file kaos wrote" });
+    else if (sha256(readFileSync(target)) !== hash) changes.kept.push({ path, why: "it changed since kaos wrote it" });
+    else {
+      rmSync(target);
+      changes.removed.push(path);
+      removeEmptyParents(dir, dirname(target));
+    }
+  }
+  const listing = [...files.keys()]
+    .sort()
+    .map((path) => `${sha256(files.get(path)!)}  ${path}\n`)
+    .join("");
+  atomicWrite(join(dir, RENDER_MANIFEST), listing);
+  return changes;
+}
+
+/** Removes `from` and its parents up to `dir` while they are empty: the folders kaos made for files it removed. */
+function removeEmptyParents(dir: string, from: string): void {
+  for (let folder = from; folder !== dir && folder.startsWith(`${dir}${sep}`); folder = dirname(folder)) {
+    try {
+      rmdirSync(folder);
+    } catch {
+      return;
+    }
+  }
 }

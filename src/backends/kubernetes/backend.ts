@@ -15,6 +15,7 @@ import type {
   JobListing,
   LogOutput,
   PlanRequest,
+  RenderedFolder,
   ResourceChanges,
   UpOutcome,
   UpRequest,
@@ -231,7 +232,7 @@ export class KubernetesBackend implements Backend {
     return project === DEFAULT_PROJECT ? "" : ` --project ${project}`;
   }
 
-  async render(request: { outDir: string }): Promise<string[]> {
+  async render(request: { outDir: string }): Promise<RenderedFolder> {
     const plan = await this.plan({});
     const { renderCluster } = await kubernetes();
     return renderCluster(this.config, this.stack, clusterInputs(plan), request.outDir);

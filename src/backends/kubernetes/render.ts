@@ -2,11 +2,14 @@
  * `kaos render --stack S -o DIR`: every Pachyderm pipeline spec and
  * Kubernetes manifest of the cluster stack, written offline (no cluster, no
  * Pulumi CLI). Specs are checked against Pachyderm's schema first; nothing
- * is written if any is invalid.
+ * is written if any is invalid. The folder is kaos's: what an earlier render
+ * wrote there and this one does not (the specs of a pipeline since removed)
+ * is removed, and nothing else is touched (see `writeOwnedFolder`).
  */
-import { mkdir, rename, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { stringify } from "yaml";
+import type { RenderedFolder } from "../../core/backend.js";
+import { writeOwnedFolder } from "../../core/destination.js";
 import { KaosError } from "../../core/errors.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
@@ -45,23 +48,23 @@ export async function renderCluster(
   stack: ResolvedStack,
   inputs: readonly ClusterPipelineInput[],
   outDir: string,
-): Promise<string[]> {
+): Promise<RenderedFolder> {
   const plan = await planCluster(config, stack, inputs);
   assertValidSpecs(plan);
 
   const files = new Map<string, string>();
   for (const pipeline of plan.pipelines) {
     for (const spec of pipeline.specs) {
-      files.set(join(outDir, specFileName(pipeline.name, spec.stage)), `${JSON.stringify(spec.spec, null, 2)}\n`);
+      files.set(specFileName(pipeline.name, spec.stage), `${JSON.stringify(spec.spec, null, 2)}\n`);
     }
   }
   const { settings } = plan;
   files.set(
-    join(outDir, "kubernetes", "namespace.yaml"),
+    join("kubernetes", "namespace.yaml"),
     manifestYaml(namespaceManifest(settings), "The namespace Pachyderm runs pipelines in (kaos adopts it if it exists)."),
   );
   files.set(
-    join(outDir, "kubernetes", "registry-secret.yaml"),
+    join("kubernetes", "registry-secret.yaml"),
     manifestYaml(
       registrySecretManifest(settings, PLACEHOLDER_DOCKER_CONFIG),
       `Registry credentials for builds (push) and train pods (pull): a placeholder.\n` +
@@ -71,13 +74,8 @@ export async function renderCluster(
     ),
   );
 
-  for (const [path, content] of files) {
-    await mkdir(dirname(path), { recursive: true });
-    const partial = `${path}.partial-${process.pid}`;
-    await writeFile(partial, content);
-    await rename(partial, path);
-  }
-  return [...files.keys()].sort();
+  const changes = writeOwnedFolder(outDir, files);
+  return { files: [...files.keys()].sort().map((path) => join(outDir, path)), ...changes };
 }
 
 function manifestYaml(object: KubernetesObject, comment: string): string {

@@ -33,6 +33,7 @@ import {
   type LogOutput,
   type PipelineOutcome,
   type PlanRequest,
+  type RenderedFolder,
   type UpOutcome,
   type UpRequest,
 } from "../../core/backend.js";
@@ -308,7 +309,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return killLocalJob(this, request.job);
   }
 
-  async render(): Promise<string[]> {
+  async render(): Promise<RenderedFolder> {
     throw new KaosError(
       "NOT_SUPPORTED",
       `--stack ${this.stack.name}: stack uses the ${this.stack.config.backend} backend; \`kaos render\` needs a kubernetes stack`,
