@@ -474,7 +474,6 @@ export function appliedOf(plan: PipelinePlan, dataKey: string | null): AppliedPi
   return { envKey: plan.keys.env, sourceKey: plan.keys.source, dataKey, params: plan.jobs.map((job) => job.params) };
 }
 
-/** The stable JSON of `kaos plan --json`. */
 /** How many trees the file system monitor spared a walk, and how many it could not yet because it was setting up. */
 function monitored(stats: PlanStats): string {
   const parts: string[] = [];
@@ -485,6 +484,7 @@ function monitored(stats: PlanStats): string {
   return parts.length === 0 ? "" : `; file system monitor: ${parts.join(", ")}`;
 }
 
+/** The stable JSON of `kaos plan --json`. */
 export function planJson(plan: Plan): unknown {
   return {
     stack: plan.stack,
