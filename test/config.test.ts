@@ -209,7 +209,7 @@ describe("config validation names the file, line, key path, bad value and what i
         "invalid config",
         `${file}:5: pipelines.svm.source: no such directory: ${made.path("nosrc")}; expected a source bundle directory (Dockerfile and model/)`,
         `${file}:6: pipelines.svm.data: no such directory: ${made.path("nodata")}; expected a data bundle directory`,
-        `${file}:7: pipelines.svm.hyperparams: no such file: ${made.path("nogrid.json")}; expected a JSON file holding an object of scalars and lists`,
+        `${file}:7: pipelines.svm.hyperparams: no such file: ${made.path("nogrid.json")}; expected a JSON file holding a grid, a list of grids or a random search`,
       ].join("\n"),
     );
   });

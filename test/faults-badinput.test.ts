@@ -231,7 +231,7 @@ const catalogue: Record<string, Case[]> = {
       remove: ["grid.json"],
       args: ["up"],
       message:
-        "{dir}/kaos.config.ts:5: pipelines.p.hyperparams: no such file: {dir}/grid.json; expected a JSON file holding an object of scalars and lists",
+        "{dir}/kaos.config.ts:5: pipelines.p.hyperparams: no such file: {dir}/grid.json; expected a JSON file holding a grid, a list of grids or a random search",
       fresh: true,
     },
     {
@@ -275,7 +275,8 @@ const catalogue: Record<string, Case[]> = {
       name: "hyperparams path is a directory",
       files: { "kaos.config.ts": config(PIPELINE.replace(`"grid.json"`, `"data"`)) },
       args: ["up"],
-      message: "pipelines.p.hyperparams: is a directory: {dir}/data; expected a JSON file holding an object of scalars and lists",
+      message:
+        "pipelines.p.hyperparams: is a directory: {dir}/data; expected a JSON file holding a grid, a list of grids or a random search",
     },
     {
       name: "inline hyperparams with an empty list",
@@ -720,7 +721,7 @@ const catalogue: Record<string, Case[]> = {
       name: "deploy with a missing hyperparams file",
       args: ["train", "deploy", "-s", "src", "-d", "data", "-h", "nope.json"],
       message:
-        "error: invalid flags\n-h/--hyperparams: no such file: {dir}/nope.json; expected a JSON file holding an object of scalars and lists",
+        "error: invalid flags\n-h/--hyperparams: no such file: {dir}/nope.json; expected a JSON file holding a grid, a list of grids or a random search",
       fresh: true,
     },
     {

@@ -207,7 +207,7 @@ async function resolveParsedConfig(config: ParsedConfig, file: string): Promise<
       if (state !== "ok") {
         problem(
           at("hyperparams"),
-          `${state === "missing" ? "no such file" : "is a directory"}: ${hyperparamsFile}; expected a JSON file holding an object of scalars and lists`,
+          `${state === "missing" ? "no such file" : "is a directory"}: ${hyperparamsFile}; expected a JSON file holding a grid, a list of grids or a random search`,
         );
       } else {
         let text: string | undefined;
@@ -221,7 +221,7 @@ async function resolveParsedConfig(config: ParsedConfig, file: string): Promise<
             problem(
               at("hyperparams"),
               syntax === undefined
-                ? `${hyperparamsFile}: not valid JSON (${error.message}); expected an object of scalars and lists`
+                ? `${hyperparamsFile}: not valid JSON (${error.message}); expected a grid, a list of grids or a random search`
                 : `${hyperparamsFile}:${syntax.line}:${syntax.column}: not valid JSON: ${syntax.detail}`,
             );
           } else {
