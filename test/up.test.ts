@@ -634,4 +634,24 @@ syncBuiltinESMExports();
     const missing = await runKaos(["train", "deploy", "-s", made.path("nope"), "-d", made.path("data")], { cwd: dir.dir });
     expect(missing.stderr).toContain(`-s/--source: no such directory: ${made.path("nope")}`);
   });
+
+  it("train deploy inside a project's folder: the commands run there read the deploy's state, the nearer one", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    const here = made.path("experiments");
+    mkdirSync(here);
+    const deployed = await runKaos(["train", "deploy", "-s", made.path("src"), "-d", made.path("data"), "-h", made.path("grid.json")], {
+      cwd: here,
+    });
+    expect(deployed.code, deployed.stderr).toBe(0);
+    const listed = JSON.parse((await runKaos(["train", "list", "--json"], { cwd: here })).stdout) as ListedJob[];
+    expect(listed.filter((job) => job.stage === "train" && job.pipeline === "deploy")).toHaveLength(2);
+    const info = await runKaos(["train", "info", listed.find((job) => job.stage === "train")?.id ?? ""], { cwd: here });
+    expect(info.code, info.stderr).toBe(0);
+    const du = JSON.parse((await runKaos(["du", "--json"], { cwd: here })).stdout) as { stateDir: string };
+    expect(du.stateDir).toBe(join(here, ".kaos"));
+    // The project itself, which never ran, still has nothing of the deploy's.
+    const atRoot = await runKaos(["train", "list", "--json"], { cwd: made.dir });
+    expect(atRoot.code, atRoot.stderr).toBe(0);
+    expect(JSON.parse(atRoot.stdout)).toEqual([]);
+  });
 });

@@ -7,7 +7,7 @@ import { once } from "node:events";
 import { existsSync, mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
-import { CONFIG_NAMES_TEXT, findConfig, jobPaths, stateDirOf } from "../core/layout.js";
+import { CONFIG_NAMES_TEXT, findConfig, findConfigOfState, jobPaths, stateDirOf } from "../core/layout.js";
 import { destinationDir } from "../core/destination.js";
 import { KaosError, describeError } from "../core/errors.js";
 import {
@@ -299,24 +299,12 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
 
 /** The project's state store for reading, or undefined when there is no config. */
 async function readState(options: Common): Promise<{ config: ResolvedConfig; state: StateStore }> {
-  const config = await loadConfig({ cwd: process.cwd(), configPath: options.config }).catch(async (error: unknown) => {
-    // `train deploy` projects have no config file: their state sits in ./.kaos.
-    if (
-      error instanceof KaosError &&
-      error.code === "CONFIG_NOT_FOUND" &&
-      options.config === undefined &&
-      existsSync(stateDirOf(process.cwd()))
-    ) {
-      return {
-        file: join(process.cwd(), "kaos.config.ts"),
-        root: process.cwd(),
-        workspace: "kaos",
-        pipelines: [],
-        watch: WATCH_DEFAULTS,
-      };
-    }
-    throw error;
-  });
+  const cwd = process.cwd();
+  // `train deploy` projects have no config file: their state sits in ./.kaos, nearer than any config above.
+  const deployProject = options.config === undefined && findConfigOfState(cwd) === undefined && existsSync(stateDirOf(cwd));
+  const config: ResolvedConfig = deployProject
+    ? { file: join(cwd, "kaos.config.ts"), root: cwd, workspace: "kaos", pipelines: [], watch: WATCH_DEFAULTS }
+    : await loadConfig({ cwd, configPath: options.config });
   return { config, state: StateStore.open(config.root, { readonly: true }) };
 }
 
@@ -923,7 +911,7 @@ export async function uiCommand(options: Common & { port: number; host: string; 
   const { startUiServer } = await import("../ui/server.js");
   // A config that does not load right now (mid-edit beside `kaos watch`) still has a project to show;
   // the sweeps say what is wrong with it.
-  const configFile = options.config !== undefined ? resolve(options.config) : findConfig(process.cwd());
+  const configFile = options.config !== undefined ? resolve(options.config) : findConfigOfState(process.cwd());
   if (configFile !== undefined && !existsSync(configFile)) {
     throw new KaosError("CONFIG_NOT_FOUND", `-c ${options.config}: no such file ${configFile}`);
   }

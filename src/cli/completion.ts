@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import type { Argument, Command, Option } from "commander";
 import { shellQuote as quoted } from "../backends/kubernetes/specs.js";
-import { findConfig, stackNames, stateDirOf } from "../core/layout.js";
+import { findConfigOfState, stackNames, stateDirOf } from "../core/layout.js";
 
 export type Shell = "bash" | "zsh" | "fish";
 export type DynamicKind = "stacks" | "jobs" | "templates" | "pipelines";
@@ -90,7 +90,7 @@ export function describeProgram(program: Command): CommandSpec[] {
 
 /** The values `kaos __complete KIND` prints, one a line; nothing when there are none (never an error). */
 export async function dynamicValues(kind: DynamicKind, configPath: string | undefined): Promise<string[]> {
-  const config = configPath !== undefined ? resolve(configPath) : findConfig(process.cwd());
+  const config = configPath !== undefined ? resolve(configPath) : findConfigOfState(process.cwd());
   const root = config !== undefined ? dirname(config) : process.cwd();
   if (kind === "templates") {
     const { templateNames } = await import("./templates.js");

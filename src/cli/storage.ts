@@ -6,7 +6,7 @@ import { existsSync, lstatSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { KaosError } from "../core/errors.js";
 import { displayText, formatBytes } from "../core/format.js";
-import { CONFIG_NAMES_TEXT, findConfig, stateDirOf } from "../core/layout.js";
+import { CONFIG_NAMES_TEXT, findConfigOfState, stateDirOf } from "../core/layout.js";
 import { StateStore } from "../core/state.js";
 import {
   collectGarbage,
@@ -35,7 +35,7 @@ const KIND_LABELS: Record<StorageKind, string> = {
 /** The project: the directory of its config, or of a `train deploy` project's `.kaos/`. */
 function projectRoot(options: Common): string {
   if (options.config !== undefined) return dirname(resolve(options.config));
-  const config = findConfig(process.cwd());
+  const config = findConfigOfState(process.cwd());
   if (config !== undefined) return dirname(config);
   if (existsSync(stateDirOf(process.cwd()))) return process.cwd();
   throw new KaosError("CONFIG_NOT_FOUND", `no ${CONFIG_NAMES_TEXT} in ${process.cwd()} or a parent, and no .kaos/ here`, {

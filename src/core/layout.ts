@@ -114,6 +114,18 @@ export function findConfigs(cwd: string): string[] {
   }
 }
 
+/**
+ * The config of the project whose state a command that only reads it means,
+ * when none is named: the nearest above `cwd`, unless `cwd` itself holds the
+ * `.kaos/` of a `kaos train deploy` project, which has no config and is nearer.
+ * Undefined when the project is such a deploy project, or there is none.
+ */
+export function findConfigOfState(cwd: string): string | undefined {
+  const config = findConfig(cwd);
+  if (config !== undefined && dirname(config) !== resolve(cwd) && existsSync(stateDirOf(cwd))) return undefined;
+  return config;
+}
+
 export function stateDirOf(root: string): string {
   return join(root, STATE_DIR_NAME);
 }
