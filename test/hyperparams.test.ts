@@ -78,6 +78,23 @@ describe("a list of grids", () => {
       `/p/grid.json:1: [1]."search": a random search stands on its own; expected a grid in a list of grids`,
     );
   });
+
+  it("refuses a key written twice in one object of a JSON file, naming both lines, rather than dropping the first", () => {
+    const twice = "written twice in one object";
+    expect(problem(() => parseSpaceJson(`{\n  "lr": [0.1, 0.01],\n  "C": 1,\n  "lr": [0.001]\n}\n`, "/p/grid.json"))).toBe(
+      `/p/grid.json:4: "lr": ${twice} (first on line 2); JSON keeps only the last, so the first would be dropped without a word; expected each key once (a parameter's candidates in one list)`,
+    );
+    expect(problem(() => parseSpaceJson(`[{"C": [1]},\n {"C": [2],\n  "C": [3]}]`, "/p/grid.json"))).toMatch(
+      new RegExp(`^/p/grid.json:3: \\[1\\]\\."C": ${twice} \\(first on line 2\\)`),
+    );
+    expect(
+      problem(() =>
+        parseSpaceJson(`{"search": "random", "seed": 1, "samples": 2,\n "space": {"x": {"uniform": [0, 1]}}, "seed": 2}`, "/p/h.json"),
+      ),
+    ).toMatch(new RegExp(`^/p/h.json:2: "seed": ${twice} \\(first on line 1\\)`));
+    // The same key in two objects is no repeat.
+    expect(parseSpaceJson(`[{"C": [1]}, {"C": [2]}]`, "/p/grid.json")).toEqual([{ C: [1] }, { C: [2] }]);
+  });
 });
 
 describe("a random search", () => {

@@ -126,6 +126,19 @@ describe("search spaces (built CLI, real processes)", () => {
   });
 });
 
+describe("a hyperparams file that names a parameter twice (built CLI)", () => {
+  it("is refused with both lines, and nothing runs, rather than the first candidates dropped", async () => {
+    const made = project({});
+    writeFileSync(made.path("grid.json"), `{\n  "score": [1, 2],\n  "kernel": "linear",\n  "score": [3]\n}\n`);
+    for (const command of ["plan", "up"]) {
+      const result = await runKaos([command], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(`${made.path("grid.json")}:4: "score": written twice in one object (first on line 2)`);
+    }
+    expect(started(made)).toEqual([]);
+  });
+});
+
 describe("per-step metrics (built CLI, real processes)", () => {
   it("a job that appends OUT/metrics/*.jsonl gets each field's last value as a metric, a .json overriding", async () => {
     const train = `#!/usr/bin/env python3

@@ -68,8 +68,12 @@ function fail(path: KeyPath, detail: string): never {
  * Only the text tells `12345678901234567891` from `1.5e20`, and only the text
  * has lines.
  */
-function walkJsonText(text: string, visit: (path: () => KeyPath, line: number, start: number) => boolean | undefined): void {
-  const frames: { list: boolean; index: number; key: string; expectingKey: boolean }[] = [];
+function walkJsonText(
+  text: string,
+  visit: (path: () => KeyPath, line: number, start: number) => boolean | undefined,
+  visitKey?: (path: () => KeyPath, line: number, firstLine: number | undefined) => boolean | undefined,
+): void {
+  const frames: { list: boolean; index: number; key: string; expectingKey: boolean; keyLines: Map<string, number> }[] = [];
   const number = /-?\d+(\.\d+)?([eE][+-]?\d+)?/y;
   const literal = /true|false|null/y;
   const pathHere = () => frames.map((frame) => (frame.list ? frame.index : frame.key));
@@ -81,12 +85,15 @@ function walkJsonText(text: string, visit: (path: () => KeyPath, line: number, s
     if (char === '"') {
       let end = i + 1;
       while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
-      if (top && !top.list && top.expectingKey) top.key = JSON.parse(text.slice(i, end + 1)) as string;
-      else if (visit(pathHere, line, i)) return;
+      if (top && !top.list && top.expectingKey) {
+        top.key = JSON.parse(text.slice(i, end + 1)) as string;
+        if (visitKey?.(pathHere, line, top.keyLines.get(top.key))) return;
+        if (!top.keyLines.has(top.key)) top.keyLines.set(top.key, line);
+      } else if (visit(pathHere, line, i)) return;
       i = end + 1;
     } else if (char === "{" || char === "[") {
       if (visit(pathHere, line, i)) return;
-      frames.push({ list: char === "[", index: 0, key: "", expectingKey: char === "{" });
+      frames.push({ list: char === "[", index: 0, key: "", expectingKey: char === "{", keyLines: new Map() });
       i += 1;
     } else if (char === "}" || char === "]") {
       frames.pop();
@@ -133,6 +140,25 @@ function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string;
   return found;
 }
 
+/**
+ * The first key of a JSON text written twice in one object, with both lines:
+ * JSON.parse keeps the last and drops the first without a word, so a
+ * parameter written twice would lose the candidates written first.
+ */
+function duplicateKey(text: string): { path: KeyPath; line: number; firstLine: number } | undefined {
+  let found: { path: KeyPath; line: number; firstLine: number } | undefined;
+  walkJsonText(
+    text,
+    () => undefined,
+    (path, line, firstLine) => {
+      if (firstLine === undefined) return undefined;
+      found = { path: path(), line, firstLine };
+      return true;
+    },
+  );
+  return found;
+}
+
 /** The line where the value at `path` starts, or where its nearest written parent does (a missing key has no line of its own). */
 function lineOfPath(text: string, path: KeyPath): number {
   let best = 1;
@@ -166,6 +192,13 @@ export function parseSpaceJson(text: string, file: string): HyperparamSpace {
     throw new KaosError(
       "HYPERPARAMS_INVALID",
       `${file}:${inexact.line}:${at} ${inexact.literal} is ${SAFE_LIMIT} a JSON number loses digits (it would become ${Number(inexact.literal)}); write it as a string to keep every digit: "${inexact.literal}"`,
+    );
+  }
+  const twice = duplicateKey(text);
+  if (twice !== undefined) {
+    throw new KaosError(
+      "HYPERPARAMS_INVALID",
+      `${file}:${twice.line}: ${formatKeyPath(twice.path)}: written twice in one object (first on line ${twice.firstLine}); JSON keeps only the last, so the first would be dropped without a word; expected each key once (a parameter's candidates in one list)`,
     );
   }
   try {
