@@ -226,18 +226,29 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
       resources: { cpu: 1 },
       extra: { "stacks/two.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", maxCpu: 2 });\n` },
     });
-    expect((await kaos(made, ["up", "--stack", "two"])).code).toBe(0);
+    const up = await kaos(made, ["up", "--stack", "two"]);
+    expect(up.code).toBe(0);
     expect(maxConcurrency(readMarks(made.path("marks.log")))).toBe(2);
+    // A parallelism the cores cannot reach is said, not only seen as jobs that wait.
+    expect(up.stderr).toContain(
+      "p train: at most 2 of its 4 jobs at once (parallelism 4): each asks for 1 core, and this machine gives kaos 2; lower the pipeline's resources.cpu, or raise maxCpu in the stack",
+    );
 
     const wide = project({ grid: { score: [1, 2, 3], sleep: 0.5 }, parallelism: 3, resources: { cpu: 2 } });
     mkdirSync(wide.path("stacks"));
     writeFileSync(wide.path("stacks/two.ts"), `export default { backend: "local", maxCpu: 2 };\n`);
-    expect((await kaos(wide, ["up", "--stack", "two"])).code).toBe(0);
+    const wideUp = await kaos(wide, ["up", "--stack", "two"]);
+    expect(wideUp.code).toBe(0);
     expect(maxConcurrency(readMarks(wide.path("marks.log")))).toBe(1);
+    expect(wideUp.stderr).toContain(
+      "p train: at most 1 of its 3 jobs at once (parallelism 3): each asks for 2 cores, and this machine gives kaos 2;",
+    );
 
     const narrow = project({ grid: { score: [1, 2, 3, 4], sleep: 0.5 }, parallelism: 1 });
-    expect((await kaos(narrow, ["up"])).code).toBe(0);
+    const narrowUp = await kaos(narrow, ["up"]);
+    expect(narrowUp.code).toBe(0);
     expect(maxConcurrency(readMarks(narrow.path("marks.log")))).toBe(1);
+    expect(narrowUp.stderr).not.toContain("at once");
   });
 
   it("refuses at plan time a job that asks for more than the machine has, running nothing", async () => {
@@ -271,6 +282,14 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
       .map((job) => readFileSync(made.path(".kaos", "jobs", job.id, "log"), "utf8").match(/gpus=(\S*)/)?.[1])
       .sort();
     expect(seen).toEqual(["0", "1"]);
+
+    mkdirSync(made.path("stacks"));
+    writeFileSync(made.path("stacks/four.ts"), `export default { backend: "local", maxCpu: 4 };\n`);
+    const oneGpu = await kaos(made, ["up", "--force", "--stack", "four"], { KAOS_GPUS: "0" });
+    expect(oneGpu.code, oneGpu.stderr).toBe(0);
+    expect(oneGpu.stderr).toContain(
+      "p train: at most 1 of its 2 jobs at once (parallelism 2): each asks for 1 GPU, and this machine has 1; lower the pipeline's resources.gpu, or use a cluster stack with GPU nodes",
+    );
   });
 
   it("asks the machine for its GPUs only when a job is to run: a no-op up starts no nvidia-smi", async () => {

@@ -740,6 +740,20 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       }),
     );
     for (const record of records) this.record(reporter, record.id);
+    const { resources, parallelism } = p.pipeline;
+    const narrower = pool.narrowerThanLimit({
+      cpu: resources.cpu,
+      memoryBytes: resources.memoryBytes ?? 0,
+      gpu: resources.gpu,
+      group: name,
+      groupLimit: Math.min(parallelism, records.length),
+    });
+    if (narrower !== undefined) {
+      reporter.event({
+        kind: "note",
+        message: `${name} train: at most ${narrower.jobs} of its ${records.length} jobs at once (parallelism ${parallelism}): ${narrower.why}; ${narrower.fix}`,
+      });
+    }
     let results: Awaited<ReturnType<typeof this.runTrainJob>>[];
     try {
       results = await Promise.all(

@@ -57,6 +57,38 @@ export class ResourcePool {
     return undefined;
   }
 
+  /**
+   * When the machine alone holds fewer jobs of `demand` at once than its
+   * group's limit: how many, why, and what to change. A parallelism the
+   * cores, memory or GPUs cannot reach is otherwise seen only as jobs that
+   * wait.
+   */
+  narrowerThanLimit(demand: Demand): { jobs: number; why: string; fix: string } | undefined {
+    const bounds: { jobs: number; why: string; fix: string }[] = [
+      {
+        jobs: Math.floor((this.capacity.cpu + 1e-9) / demand.cpu),
+        why: `each asks for ${demand.cpu} core${demand.cpu === 1 ? "" : "s"}, and this machine gives kaos ${this.capacity.cpu}`,
+        fix: "lower the pipeline's resources.cpu, or raise maxCpu in the stack",
+      },
+    ];
+    if (demand.memoryBytes > 0) {
+      bounds.push({
+        jobs: Math.floor(this.capacity.memoryBytes / demand.memoryBytes),
+        why: `each asks for ${formatBytes(demand.memoryBytes)} of memory, and this machine gives kaos ${formatBytes(this.capacity.memoryBytes)}`,
+        fix: "lower the pipeline's resources.memory, or raise maxMemory in the stack",
+      });
+    }
+    if (demand.gpu > 0) {
+      bounds.push({
+        jobs: Math.floor(this.capacity.gpus.length / demand.gpu),
+        why: `each asks for ${demand.gpu} GPU${demand.gpu === 1 ? "" : "s"}, and this machine has ${this.capacity.gpus.length}`,
+        fix: "lower the pipeline's resources.gpu, or use a cluster stack with GPU nodes",
+      });
+    }
+    const tightest = bounds.reduce((least, bound) => (bound.jobs < least.jobs ? bound : least));
+    return tightest.jobs < demand.groupLimit ? tightest : undefined;
+  }
+
   acquire(demand: Demand, signal?: AbortSignal): Promise<Lease> {
     const impossible = this.unsatisfiable(demand);
     if (impossible) return Promise.reject(new KaosError("RESOURCES_UNSATISFIABLE", impossible));
