@@ -263,6 +263,13 @@ describe("config validation names the file, line, key path, bad value and what i
       const { message } = await configError(pipelineConfig(`      source: "src",\n      data: "data",\n      resources: { cpu: ${cpu} },`));
       expect(message, cpu).toContain(`pipelines.svm.resources.cpu: expected a number of cores such as 1 or 0.5, found ${found}`);
     }
+    // JSON writes these three as null, which the code did not say.
+    for (const parallelism of ["Infinity", "-Infinity", "NaN"]) {
+      const { message } = await configError(
+        pipelineConfig(`      source: "src",\n      data: "data",\n      parallelism: ${parallelism},`),
+      );
+      expect(message, parallelism).toContain(`pipelines.svm.parallelism: expected a whole number of jobs, 1 or more, found ${parallelism}`);
+    }
   });
 
   it("parallelism below 1", async () => {

@@ -78,6 +78,8 @@ export function describeValue(value: unknown): string {
   if (typeof value === "bigint") return `${value}n`;
   if (typeof value === "function") return "a function";
   if (typeof value === "symbol") return String(value);
+  // JSON writes these as null, which the code did not say.
+  if (typeof value === "number" && !Number.isFinite(value)) return String(value);
   let text: string | undefined;
   try {
     text = JSON.stringify(value);
