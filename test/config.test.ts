@@ -272,6 +272,22 @@ describe("config validation names the file, line, key path, bad value and what i
     }
   });
 
+  it("a local stack's maxCpu that is not a positive finite number is named in kaos's words", async () => {
+    for (const [maxCpu, found] of [
+      ["Infinity", "Infinity"],
+      ['"2"', '"2"'],
+      ["0", "0"],
+    ]) {
+      const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
+        "stacks/big.ts": `export default {\n  backend: "local",\n  maxCpu: ${maxCpu},\n};\n`,
+      });
+      const config = await loadConfig({ cwd: made.dir });
+      await expect(loadStack(config, "big"), maxCpu).rejects.toThrow(
+        `invalid stack\n${made.path("stacks/big.ts")}:3: maxCpu: expected a positive number of cores, found ${found}`,
+      );
+    }
+  });
+
   it("parallelism below 1", async () => {
     for (const parallelism of ["0", "1.5"]) {
       const { message, file } = await configError(

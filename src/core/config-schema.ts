@@ -114,7 +114,10 @@ const stackSchema = z.discriminatedUnion(
   [
     z.strictObject({
       backend: z.literal("local"),
-      maxCpu: z.number().positive({ error: "expected a positive number of cores" }).optional(),
+      maxCpu: z
+        .number({ error: "expected a positive number of cores" })
+        .positive({ error: "expected a positive number of cores" })
+        .optional(),
       maxMemory: memorySchema.optional(),
       dataViews: z
         .enum(["link", "copy"], {
