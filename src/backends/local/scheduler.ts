@@ -3,6 +3,12 @@
  * under its parallelism and the machine has the cores, memory and GPUs it
  * asks for left. Waiting jobs are considered in arrival order; a smaller job
  * may start while a larger one waits for room.
+ *
+ * A sweep queues every job at once (up to 100,000), and every job of one
+ * pipeline asks for the same: waiters are kept in one first-in-first-out
+ * queue per group and demand, and only the heads of those few queues are
+ * looked at when room frees up, so starting a job costs the same whatever
+ * the length of the queue.
  */
 import { KaosError } from "../../core/errors.js";
 import { formatBytes } from "../../core/format.js";
@@ -30,8 +36,40 @@ export interface Lease {
 
 interface Waiter {
   demand: Demand;
+  /** Arrival order, across queues. */
+  seq: number;
+  /** Set when its signal aborted: it is dropped once it reaches the head of its queue. */
+  gone: boolean;
   grant: (lease: Lease) => void;
-  reject: (error: unknown) => void;
+}
+
+/** Waiters of one group and demand, first in first out, taken from the head without moving the rest. */
+class WaiterQueue {
+  private items: Waiter[] = [];
+  private head = 0;
+
+  push(waiter: Waiter): void {
+    this.items.push(waiter);
+  }
+
+  /** The oldest waiter still waiting, dropping those that gave up. */
+  peek(): Waiter | undefined {
+    while (this.head < this.items.length && this.items[this.head]!.gone) this.head += 1;
+    this.compact();
+    return this.items[this.head];
+  }
+
+  shift(): void {
+    this.head += 1;
+    this.compact();
+  }
+
+  private compact(): void {
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+  }
 }
 
 export class ResourcePool {
@@ -39,7 +77,9 @@ export class ResourcePool {
   private memoryFree: number;
   private readonly gpusFree: number[];
   private readonly running = new Map<string, number>();
-  private readonly waiting: Waiter[] = [];
+  /** One queue per group and demand, by a key of both. */
+  private readonly queues = new Map<string, WaiterQueue>();
+  private arrivals = 0;
 
   constructor(readonly capacity: Capacity) {
     this.cpuFree = capacity.cpu;
@@ -92,20 +132,26 @@ export class ResourcePool {
   acquire(demand: Demand, signal?: AbortSignal): Promise<Lease> {
     const impossible = this.unsatisfiable(demand);
     if (impossible) return Promise.reject(new KaosError("RESOURCES_UNSATISFIABLE", impossible));
+    // An aborted signal fires no more: waiting would never end.
+    if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise((grant, reject) => {
-      const waiter: Waiter = { demand, grant, reject };
-      this.waiting.push(waiter);
-      signal?.addEventListener(
-        "abort",
-        () => {
-          const index = this.waiting.indexOf(waiter);
-          if (index >= 0) {
-            this.waiting.splice(index, 1);
-            reject(signal.reason);
-          }
-        },
-        { once: true },
-      );
+      const waiter: Waiter = { demand, seq: this.arrivals++, gone: false, grant };
+      const key = JSON.stringify([demand.group, demand.groupLimit, demand.cpu, demand.memoryBytes, demand.gpu]);
+      let queue = this.queues.get(key);
+      if (queue === undefined) {
+        queue = new WaiterQueue();
+        this.queues.set(key, queue);
+      }
+      queue.push(waiter);
+      const onAbort = () => {
+        waiter.gone = true;
+        reject(signal?.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      waiter.grant = (lease) => {
+        signal?.removeEventListener("abort", onAbort);
+        grant(lease);
+      };
       this.dispatch();
     });
   }
@@ -119,14 +165,23 @@ export class ResourcePool {
     );
   }
 
+  /**
+   * Starts waiters while any fits, oldest first. Within a queue every waiter
+   * asks for the same, so when its head does not fit none of it does; and
+   * room only shrinks while this runs, so a head passed over stays so.
+   */
   private dispatch(): void {
-    for (let index = 0; index < this.waiting.length; ) {
-      const waiter = this.waiting[index]!;
-      if (!this.fits(waiter.demand)) {
-        index += 1;
-        continue;
+    for (;;) {
+      let next: { queue: WaiterQueue; waiter: Waiter } | undefined;
+      for (const queue of this.queues.values()) {
+        const waiter = queue.peek();
+        if (waiter !== undefined && (next === undefined || waiter.seq < next.waiter.seq) && this.fits(waiter.demand)) {
+          next = { queue, waiter };
+        }
       }
-      this.waiting.splice(index, 1);
+      if (next === undefined) return;
+      const { queue, waiter } = next;
+      queue.shift();
       const { demand } = waiter;
       this.cpuFree -= demand.cpu;
       this.memoryFree -= demand.memoryBytes;
