@@ -498,6 +498,52 @@ syncBuiltinESMExports();
     ]);
   });
 
+  it("a sweep's queued jobs hang one listener on the run's interrupt, not one each, and Ctrl-C still cancels every one", async () => {
+    // Node's EventTarget walks every listener it holds on each add: one per
+    // job made queueing a 100,000-job sweep take minutes. A preload counts
+    // the most "abort" listeners any one signal held in the kaos process.
+    const jobCount = 40;
+    const made = project({ grid: { score: Array.from({ length: jobCount }, (_, index) => index), sleep: 30 }, parallelism: 1 });
+    mkdirSync(made.path("pids"));
+    writeFileSync(
+      made.path("count-listeners.mjs"),
+      `import { writeFileSync } from "node:fs";
+const held = new WeakMap();
+let most = 0;
+const { addEventListener, removeEventListener } = EventTarget.prototype;
+EventTarget.prototype.addEventListener = function (type, listener, options) {
+  if (type === "abort" && this instanceof AbortSignal && !this.aborted) {
+    held.set(this, (held.get(this) ?? 0) + 1);
+    most = Math.max(most, held.get(this));
+  }
+  return addEventListener.call(this, type, listener, options);
+};
+EventTarget.prototype.removeEventListener = function (type, listener, options) {
+  if (type === "abort" && this instanceof AbortSignal) held.set(this, Math.max(0, (held.get(this) ?? 0) - 1));
+  return removeEventListener.call(this, type, listener, options);
+};
+process.on("exit", () => writeFileSync(process.env.KAOS_TEST_LISTENERS, String(most)));
+`,
+    );
+    const up = startKaos(["up"], {
+      cwd: made.dir,
+      env: {
+        KAOS_TEST_PIDS: made.path("pids"),
+        KAOS_TEST_LISTENERS: made.path("listeners"),
+        NODE_OPTIONS: `--import ${pathToFileURL(made.path("count-listeners.mjs")).href}`,
+      },
+    });
+    await up.waitFor(/train \d+\/40 \w+ .*running/);
+    const running = (await jobs(made)).find((j) => j.stage === "train" && j.state === "running");
+    await fileContent(made.path("pids", running!.id));
+    const result = await up.stop("SIGINT");
+    expect(result.code).toBe(1);
+    const train = (await jobs(made)).filter((job) => job.stage === "train");
+    expect(train).toHaveLength(jobCount);
+    expect(train.every((job) => job.state === "cancelled")).toBe(true);
+    expect(Number(readFileSync(made.path("listeners"), "utf8"))).toBeLessThan(10);
+  });
+
   it("logs -f follows a running job until it ends", async () => {
     const made = project({ grid: { lines: 8, line_delay: 0.25 } });
     const up = startKaos(["up"], { cwd: made.dir });

@@ -184,26 +184,29 @@ export function detectGpus(): number[] {
 
 export type { ExecuteOptions, ExecuteResult, PipelineOutcome } from "../../core/backend.js";
 
+const INTERRUPTED = "cancelled: kaos was interrupted";
+
 /**
  * How a running job is stopped: the first reason given wins, the process it
  * runs (once there is one) is stopped with it, a wait for resources is
  * abandoned, and kaos's own interrupt cancels it. `kaos train kill` and a
- * watch restart reach it through LocalBackend.cancel.
+ * watch restart reach it through LocalBackend.cancel; the interrupt, through
+ * the one listener `execute` puts on the run's signal (a listener per job
+ * would cost each new one a walk over all the others: Node's EventTarget
+ * checks every listener it holds for a duplicate).
  */
 class JobControl {
   reason: string | undefined;
   private process: RunningProcess | undefined;
   private readonly queue = new AbortController();
-  private readonly onAbort = () => this.cancel("cancelled: kaos was interrupted");
 
   constructor(
-    private readonly signal: AbortSignal,
+    readonly signal: AbortSignal,
     private readonly running: Map<string, { control: JobControl; job: JobRecord }>,
     job: JobRecord,
   ) {
     running.set(job.id, { control: this, job });
-    if (signal.aborted) this.onAbort();
-    else signal.addEventListener("abort", this.onAbort, { once: true });
+    if (signal.aborted) this.cancel(INTERRUPTED);
   }
 
   /** Aborted when the job is cancelled while it waits for resources. */
@@ -228,7 +231,6 @@ class JobControl {
   }
 
   release(jobId: string): void {
-    this.signal.removeEventListener("abort", this.onAbort);
     this.running.delete(jobId);
   }
 }
@@ -458,12 +460,21 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
 
   async execute(options: ExecuteOptions): Promise<ExecuteResult> {
     this.checkResources(options.plan);
-    // Every queued and running job listens for the interrupt.
+    // Every pipeline's ingest listens for the interrupt too.
     setMaxListeners(0, options.signal);
+    const interrupt = () => {
+      for (const { control } of this.running.values()) if (control.signal === options.signal) control.cancel(INTERRUPTED);
+    };
+    options.signal.addEventListener("abort", interrupt, { once: true });
     // A plan with no job to run hands out no GPU: nvidia-smi, which lists them, is not run for it.
     const pool = new ResourcePool(jobsToRun(options.plan) ? this.capacity() : { ...this.capacityWithout(), gpus: [] });
     const claims: JobClaims = new Map();
-    const outcomes = await Promise.all(options.plan.pipelines.map((p) => this.executePipeline(p, pool, claims, options)));
+    let outcomes: PipelineOutcome[];
+    try {
+      outcomes = await Promise.all(options.plan.pipelines.map((p) => this.executePipeline(p, pool, claims, options)));
+    } finally {
+      options.signal.removeEventListener("abort", interrupt);
+    }
     const cancelled = options.signal.aborted;
     const succeeded =
       !cancelled &&
