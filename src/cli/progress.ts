@@ -98,12 +98,26 @@ interface PipelineView {
   ingest?: string;
 }
 
-/** A live view redrawn in place: per pipeline, its stage and jobs done/running/failed, and the elapsed time. */
+/** How many jobs of one pipeline's stage the run has told of, by state. */
+interface StageTally {
+  jobs: number;
+  byState: Map<string, number>;
+}
+
+/**
+ * A live view redrawn in place: per pipeline, its stage and jobs
+ * done/running/failed, and the elapsed time. A sweep tells of up to 100,000
+ * jobs at once, so each event costs the same whatever their number: the
+ * counts are kept as they change, and a job that only queued or started is
+ * drawn by the next tick of the timer rather than at once.
+ */
 export class LiveReporter implements Reporter {
   private readonly c = colors(process.stderr);
   private readonly started = Date.now();
   private readonly pipelines = new Map<string, PipelineView>();
-  private readonly jobs = new Map<string, JobRecord>();
+  /** Each job's last state, by id. */
+  private readonly jobStates = new Map<string, string>();
+  private readonly tallies = new Map<string, StageTally>();
   private readonly timer: NodeJS.Timeout;
   private update: ((text: string) => void) & { clear(): void; done(): void } = Object.assign(() => {}, { clear() {}, done() {} });
   private ready: Promise<void>;
@@ -132,15 +146,26 @@ export class LiveReporter implements Reporter {
         break;
       case "job": {
         const job = event.job;
-        this.jobs.set(job.id, job);
+        const key = `${job.pipeline}\0${job.stage}`;
+        let tally = this.tallies.get(key);
+        if (tally === undefined) {
+          tally = { jobs: 0, byState: new Map() };
+          this.tallies.set(key, tally);
+        }
+        const before = this.jobStates.get(job.id);
+        if (before === undefined) tally.jobs += 1;
+        else tally.byState.set(before, (tally.byState.get(before) ?? 1) - 1);
+        tally.byState.set(job.state, (tally.byState.get(job.state) ?? 0) + 1);
+        this.jobStates.set(job.id, job.state);
+        const count = (state: string) => tally.byState.get(state) ?? 0;
         const view = this.view(job.pipeline);
         view.stage = job.stage;
-        const sweep = [...this.jobs.values()].filter((j) => j.pipeline === job.pipeline && j.stage === job.stage);
-        view.total = job.stage === "train" ? (job.sweepSize ?? sweep.length) : sweep.length;
-        view.done = sweep.filter((j) => j.state === "succeeded").length;
-        view.failed = sweep.filter((j) => j.state === "failed" || j.state === "cancelled").length;
-        view.running = sweep.filter((j) => j.state === "running").length;
-        if (job.state !== "queued" && job.state !== "running") this.print(jobLine(this.c, job, event.message));
+        view.total = job.stage === "train" ? (job.sweepSize ?? tally.jobs) : tally.jobs;
+        view.done = count("succeeded");
+        view.failed = count("failed") + count("cancelled");
+        view.running = count("running");
+        if (job.state === "queued" || job.state === "running") return;
+        this.print(jobLine(this.c, job, event.message));
         break;
       }
       case "ingest": {
