@@ -544,6 +544,45 @@ process.on("exit", () => writeFileSync(process.env.KAOS_TEST_LISTENERS, String(m
     expect(Number(readFileSync(made.path("listeners"), "utf8"))).toBeLessThan(10);
   });
 
+  it("after kaos was killed mid-sweep, the next up stops what it left with a pass over the processes, not a pass per job", async () => {
+    // A killed 100,000-job sweep leaves that many unfinished jobs: a pass over
+    // /proc for each read every process's environment 100,000 times. A
+    // preload counts the passes (listings of /proc) in the kaos that recovers.
+    const jobCount = 40;
+    const made = project({ grid: { score: Array.from({ length: jobCount }, (_, index) => index), sleep: 30 }, parallelism: 1 });
+    mkdirSync(made.path("pids"));
+    const up = startKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_PIDS: made.path("pids") } });
+    await up.waitFor(/train \d+\/40 \w+ .*running/);
+    const running = (await jobs(made)).find((j) => j.stage === "train" && j.state === "running");
+    const orphan = Number(await fileContent(made.path("pids", running!.id)));
+    up.child.kill("SIGKILL");
+    await up.exited;
+    expect(pidAlive(orphan)).toBe(true);
+
+    writeFileSync(
+      made.path("count-proc-passes.mjs"),
+      `import fs, { writeFileSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
+let passes = 0;
+const { readdirSync } = fs;
+fs.readdirSync = function (path, ...rest) {
+  if (path === "/proc") passes += 1;
+  return readdirSync.call(this, path, ...rest);
+};
+syncBuiltinESMExports();
+process.on("exit", () => writeFileSync(process.env.KAOS_TEST_PASSES, String(passes)));
+`,
+    );
+    writeFileSync(made.path("grid.json"), JSON.stringify({ score: [jobCount] }));
+    const again = await kaos(made, ["up"], {
+      KAOS_TEST_PASSES: made.path("passes"),
+      NODE_OPTIONS: `--import ${pathToFileURL(made.path("count-proc-passes.mjs")).href}`,
+    });
+    expect(again.code, again.stderr).toBe(0);
+    expect(pidAlive(orphan)).toBe(false);
+    expect(Number(readFileSync(made.path("passes"), "utf8"))).toBeLessThan(jobCount / 2);
+  });
+
   it("logs -f follows a running job until it ends", async () => {
     const made = project({ grid: { lines: 8, line_delay: 0.25 } });
     const up = startKaos(["up"], { cwd: made.dir });

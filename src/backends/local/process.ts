@@ -342,6 +342,45 @@ export function processStartTicks(pid: number): number | undefined {
 /** Signals every process of a job: the groups it leads and each tagged process. Returns how many were found. */
 export function signalJob(jobId: string, signal: NodeJS.Signals, since?: JobStart): number {
   const processes = processesOfJob(jobId, since);
+  signalProcesses(processes, signal);
+  return processes.length;
+}
+
+/**
+ * Live processes tagged with any of `jobIds`, as processesOfJob finds them,
+ * in one pass over /proc: a killed sweep leaves up to 100,000 unfinished
+ * jobs, and a pass per job would read every process's environment that many
+ * times.
+ */
+function processesOfJobs(jobIds: ReadonlySet<string>): { pid: number; pgid: number; jobId: string }[] {
+  const prefix = `${JOB_TAG}=`;
+  let entries: string[];
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return [];
+  }
+  const found: { pid: number; pgid: number; jobId: string }[] = [];
+  for (const entry of entries) {
+    if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
+    const stat = readProcStat(entry);
+    if (stat === undefined || stat.state === "Z") continue;
+    try {
+      const environ = readFileSync(`/proc/${entry}/environ`, "latin1");
+      const jobId = environ
+        .split("\0")
+        .find((variable) => variable.startsWith(prefix) && jobIds.has(variable.slice(prefix.length)))
+        ?.slice(prefix.length);
+      if (jobId !== undefined) found.push({ pid: Number(entry), pgid: stat.pgid, jobId });
+    } catch {
+      // ended meanwhile, or another user's
+    }
+  }
+  return found;
+}
+
+/** Signals each process, and the group of each that leads one. */
+function signalProcesses(processes: readonly { pid: number; pgid: number }[], signal: NodeJS.Signals): void {
   for (const { pid, pgid } of processes) {
     if (pgid === pid) killGroup(pgid, signal);
     try {
@@ -350,7 +389,6 @@ export function signalJob(jobId: string, signal: NodeJS.Signals, since?: JobStar
       // already gone
     }
   }
-  return processes.length;
 }
 
 /**
@@ -360,15 +398,16 @@ export function signalJob(jobId: string, signal: NodeJS.Signals, since?: JobStar
  * touched, so a recorded pid that now belongs to someone else is safe.
  */
 export async function stopOrphanedJobs(jobIds: readonly string[], graceMs = 3_000): Promise<number> {
-  let stopped = 0;
-  for (const id of jobIds) stopped += signalJob(id, "SIGTERM") > 0 ? 1 : 0;
-  if (stopped === 0) return 0;
+  const ids = new Set(jobIds);
+  const orphans = processesOfJobs(ids);
+  if (orphans.length === 0) return 0;
+  signalProcesses(orphans, "SIGTERM");
   const deadline = Date.now() + graceMs;
-  while (Date.now() < deadline && jobIds.some((id) => processesOfJob(id).length > 0)) {
+  while (Date.now() < deadline && processesOfJobs(ids).length > 0) {
     await new Promise((done) => setTimeout(done, 50));
   }
-  for (const id of jobIds) signalJob(id, "SIGKILL");
-  return stopped;
+  signalProcesses(processesOfJobs(ids), "SIGKILL");
+  return new Set(orphans.map((orphan) => orphan.jobId)).size;
 }
 
 /** The process groups of the jobs and builds this process runs. */
