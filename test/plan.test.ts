@@ -129,7 +129,7 @@ describe("kaos plan (built CLI)", () => {
     ]);
     const text = await runKaos(["plan"], { cwd: project.dir });
     expect(text.stdout).toContain("data: 1 added (2.0 KiB), 1 changed, 1 removed (10 B)  [+new.csv ~keep.csv -old.csv]");
-    expect(text.stdout).toContain("params: 1 combinations added, 1 removed");
+    expect(text.stdout).toContain("params: 1 combination added, 1 removed");
   });
 
   it("an editor's swap and lock files beside the bundles' files change nothing", async () => {

@@ -108,7 +108,7 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     const plan = await kaos(made, ["plan"]);
     expect(plan.stdout).toMatch(/skip\s+1\/3\s+score=1\s+identical job \w+ succeeded/);
     expect(plan.stdout).toMatch(/run\s+3\/3\s+score=3\s+new combination/);
-    expect(plan.stdout).toContain("params: 1 combinations added, 0 removed");
+    expect(plan.stdout).toContain("params: 1 combination added, 0 removed");
     const detailed = await kaos(made, ["plan", "--detailed-exitcode"]);
     expect(detailed.code).toBe(2);
     expect((await kaos(made, ["up"])).code).toBe(0);
@@ -261,7 +261,7 @@ describe("kaos up on the local backend (built CLI, real venvs and processes)", (
     expect(plan.code).toBe(1);
     const gpu = project({ resources: { gpu: 1 } });
     const noGpu = await kaos(gpu, ["up"], { KAOS_GPUS: "" });
-    expect(noGpu.stderr).toContain("each job asks for 1 GPUs, this machine has 0");
+    expect(noGpu.stderr).toContain("each job asks for 1 GPU, this machine has 0");
     // No stack setting gives GPUs a machine lacks: the hint says what does.
     expect(noGpu.stderr).toContain(
       "hint: lower the pipeline's resources.gpu to what this machine has, or use a cluster stack with GPU nodes",

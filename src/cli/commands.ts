@@ -32,6 +32,7 @@ import {
   metricNumberText,
   paramValueText,
   paramsText,
+  plural,
   quoteText,
 } from "../core/format.js";
 import { StateStore, type JobRecord, type JobState } from "../core/state.js";
@@ -1049,7 +1050,7 @@ export async function renderCommand(options: Common & { stack: string; out: stri
     const lines = [
       ...files.map((file) => join(file).replace(`${outDir}/`, "")),
       ...removed.map((file) => `removed ${file}`),
-      `wrote ${files.length} files to ${outDir}${removed.length > 0 ? `; removed ${removed.length} an earlier render wrote that this config no longer makes` : ""}`,
+      `wrote ${plural(files.length, "file")} to ${outDir}${removed.length > 0 ? `; removed ${removed.length} an earlier render wrote that this config no longer makes` : ""}`,
     ];
     process.stdout.write(`${lines.join("\n")}\n`);
     for (const { path, why } of kept) {

@@ -5,7 +5,7 @@
 import { existsSync, lstatSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { KaosError } from "../core/errors.js";
-import { displayText, formatBytes } from "../core/format.js";
+import { displayText, formatBytes, plural } from "../core/format.js";
 import { CONFIG_NAMES_TEXT, findConfigOfState, stateDirOf } from "../core/layout.js";
 import { StateStore } from "../core/state.js";
 import {
@@ -99,7 +99,7 @@ function gcText(result: GcResult): string {
   if (result.environments.length > 0) lines.push(`  environments: ${result.environments.map((key) => key.slice(0, 12)).join(" ")}`);
   const { kept } = result;
   lines.push(
-    `kept: ${kept.jobs} job folders, ${kept.environments} environments, ${kept.dataViews} data views, ${kept.treeListings} tree listings, ${kept.objects} objects`,
+    `kept: ${plural(kept.jobs, "job folder")}, ${plural(kept.environments, "environment")}, ${plural(kept.dataViews, "data view")}, ${plural(kept.treeListings, "tree listing")}, ${plural(kept.objects, "object")}`,
   );
   return lines.join("\n");
 }

@@ -7,6 +7,7 @@ import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { shellQuote } from "../backends/kubernetes/specs.js";
 import { destinationDir } from "../core/destination.js";
 import { errnoCode, KaosError } from "../core/errors.js";
+import { plural } from "../core/format.js";
 import { packageRoot } from "../core/layout.js";
 import { printJson, table } from "./output.js";
 
@@ -191,7 +192,7 @@ export async function templateGetCommand(options: { name: string; out?: string }
   }
 
   const shown = displayPath(destination);
-  const lines = [`copied template ${template.name} (${written} files) into ${shown}`];
+  const lines = [`copied template ${template.name} (${plural(written, "file")}) into ${shown}`];
   for (const { lines: added } of merged) {
     if (added.length > 0) lines.push(`added ${added.join(", ")} to ${join(shown, ".gitignore")}`);
   }

@@ -8,6 +8,11 @@ export function shortKey(key: string | undefined | null): string {
 }
 
 /** A size or, with "/s" after it, a rate: `999 B`, `662 B/s`, `0.25 B/s`, `392.9 MiB`. */
+/** `1 job`, `2 jobs`: a count and its noun, which takes an `s` unless there is one. */
+export function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 export function formatBytes(bytes: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let value = bytes;

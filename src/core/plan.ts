@@ -21,7 +21,7 @@ import { checkTreeLinks, loadTreeListing, streamTreeListing } from "./snapshot.j
 import type { JobRecord, StateStore } from "./state.js";
 import type { HyperparamSet, ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
 import { stateDirOf } from "./layout.js";
-import { displayLine, displayText, formatBytes, paramsText } from "./format.js";
+import { displayLine, displayText, formatBytes, paramsText, plural } from "./format.js";
 
 export type Action = "run" | "skip";
 
@@ -550,7 +550,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
   const hashed = plan.stats.hashedFiles;
   lines.push(
     c.dim(
-      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plan.stats.files} files checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${formatBytes(plan.stats.hashedBytes)}${monitored(plan.stats)})`,
+      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plural(plan.stats.files, "file")} checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${formatBytes(plan.stats.hashedBytes)}${monitored(plan.stats)})`,
     ),
   );
   let stagesToRun = 0;
@@ -577,7 +577,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
       details.push(`manifest: ${p.manifest.entries.count} entries, ${missing.entries} to download${downloadSizeNote(missing)}`);
     }
     if (p.changes.paramsAdded.length || p.changes.paramsRemoved.length) {
-      details.push(`params: ${p.changes.paramsAdded.length} combinations added, ${p.changes.paramsRemoved.length} removed`);
+      details.push(`params: ${plural(p.changes.paramsAdded.length, "combination")} added, ${p.changes.paramsRemoved.length} removed`);
     }
     for (const detail of details) lines.push(c.dim(`          ${detail}`));
     for (const job of p.jobs) {

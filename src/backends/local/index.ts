@@ -649,7 +649,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         pipeline: name,
         stage: "train",
         status: "skipped",
-        reason: `all ${jobs.length} jobs already succeeded`,
+        reason: jobs.length === 1 ? "its job already succeeded" : `all ${jobs.length} jobs already succeeded`,
       });
       outcome.stages.train = { action: "skip", state: "skipped" };
       this.recordApplied(p, dataKey ?? null);

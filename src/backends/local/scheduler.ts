@@ -11,7 +11,7 @@
  * the length of the queue.
  */
 import { KaosError } from "../../core/errors.js";
-import { formatBytes } from "../../core/format.js";
+import { formatBytes, plural } from "../../core/format.js";
 
 export interface Capacity {
   cpu: number;
@@ -89,11 +89,13 @@ export class ResourcePool {
 
   /** Why `demand` can never be met on this machine, or undefined when it can. */
   unsatisfiable(demand: Omit<Demand, "group" | "groupLimit">): string | undefined {
-    if (demand.cpu > this.capacity.cpu + 1e-9) return `asks for ${demand.cpu} cores, this machine gives kaos ${this.capacity.cpu}`;
+    if (demand.cpu > this.capacity.cpu + 1e-9)
+      return `asks for ${plural(demand.cpu, "core")}, this machine gives kaos ${this.capacity.cpu}`;
     if (demand.memoryBytes > this.capacity.memoryBytes) {
       return `asks for ${formatBytes(demand.memoryBytes)} of memory, this machine gives kaos ${formatBytes(this.capacity.memoryBytes)}`;
     }
-    if (demand.gpu > this.capacity.gpus.length) return `asks for ${demand.gpu} GPUs, this machine has ${this.capacity.gpus.length}`;
+    if (demand.gpu > this.capacity.gpus.length)
+      return `asks for ${plural(demand.gpu, "GPU")}, this machine has ${this.capacity.gpus.length}`;
     return undefined;
   }
 

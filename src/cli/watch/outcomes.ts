@@ -1,12 +1,8 @@
 /** Plans, outcomes and what failed, in the words `kaos watch` prints. */
-import { displayLine } from "../../core/format.js";
+import { displayLine, plural } from "../../core/format.js";
 import type { Plan } from "../../core/plan.js";
 import type { ExecuteResult } from "../../core/backend.js";
 import type { JobRecord } from "../../core/state.js";
-
-export function plural(n: number, word: string): string {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
-}
 
 export function planSummary(plan: Plan): string {
   if (!plan.changes) return "nothing to run, every job is up to date";

@@ -88,7 +88,7 @@ import { findConfig } from "../../core/config.js";
 import { apply, loadProject, openSession, plan as planSession, runnerSession, type RunnerSession } from "../../core/engine.js";
 import { KaosError, describeError, isKaosError } from "../../core/errors.js";
 import { colors, isInteractive } from "../output.js";
-import { displayLine, displayMessage, displayText } from "../../core/format.js";
+import { displayLine, displayMessage, displayText, plural } from "../../core/format.js";
 import { createBackend } from "../../backends/index.js";
 import type { JobRunner } from "../../core/backend.js";
 import type { JobRecord } from "../../core/state.js";
@@ -107,7 +107,7 @@ export interface WatchCommandOptions {
   force?: boolean | undefined;
 }
 import { WatchMachine } from "./machine.js";
-import { failedItems, failureReason, jobItem, planSummary, plural, runItems, wantedKeys } from "./outcomes.js";
+import { failedItems, failureReason, jobItem, planSummary, runItems, wantedKeys } from "./outcomes.js";
 import { isIgnoredPath, loadRules, watchTargets, type WatchTargets } from "./targets.js";
 import { LinkWatcher } from "./links.js";
 import { Terminal, WatchReporter } from "./terminal.js";
