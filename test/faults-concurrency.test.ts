@@ -1,4 +1,7 @@
-import { readFileSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { originTag } from "../src/core/process-identity.js";
 import { openRaw, pragmaValue } from "./helpers/sqlite.js";
 import { describe, expect, it } from "vitest";
 import { eventually, jobRows, listJobs, runRows, trustProblems } from "./helpers/faults.js";
@@ -297,6 +300,114 @@ describe("concurrency", () => {
       expect(again.stdout).toBe("unlocked stack local: no kaos held it\n");
     }, 120_000);
 
+    describe("work in progress of a kaos on another machine sharing the project", () => {
+      // As that machine's kaos names them: its pid (dead here, so a pid alone would say it is gone) and its origin.
+      const elsewhere = `${"ab".repeat(16)} 01234567-89ab-cdef-0123-456789abcdef pid:[4026531836]`;
+
+      async function deadPid(): Promise<number> {
+        const exited = spawn("true");
+        await new Promise((done) => exited.on("exit", done));
+        return exited.pid!;
+      }
+
+      /** Writes what a kaos stopped mid-write leaves under `.kaos/`: the paths made on the other machine, and one made here. */
+      async function seed(made: Project): Promise<{ foreign: string[]; local: string[] }> {
+        const stamp = `${await deadPid()}@${originTag(elsewhere)}`;
+        const key = "c".repeat(64);
+        const foreign = [
+          `snapshots/${key}.building-${stamp}-0123abcd`,
+          `trees/${key}.jsonl.${stamp}.89abcdef.tmp`,
+          `envs/.building-${stamp}-0123456789ab-1700000000000-0123abcd`,
+          `objects/tmp/put-${stamp}-${randomUUID()}`,
+          `objects/tmp/dl-${"d".repeat(40)}.owner`,
+        ];
+        mkdirSync(made.path(".kaos", foreign[0]!, "inner"), { recursive: true });
+        writeFileSync(made.path(".kaos", foreign[0]!, "inner", "f"), "half");
+        writeFileSync(made.path(".kaos", foreign[1]!), "half");
+        mkdirSync(made.path(".kaos", foreign[2]!), { recursive: true });
+        mkdirSync(made.path(".kaos", "objects", "tmp"), { recursive: true });
+        writeFileSync(made.path(".kaos", foreign[3]!), "half");
+        writeFileSync(made.path(".kaos", foreign[4]!), JSON.stringify({ pid: 4242, startToken: null, origin: elsewhere }));
+        const here = await deadPid();
+        const local = [`trees/${key}.jsonl.${here}@${originTag()}.89abcdef.tmp`, `trees/${"e".repeat(64)}.jsonl.${here}.89abcdef.tmp`];
+        for (const path of local) writeFileSync(made.path(".kaos", path), "half");
+        return { foreign, local };
+      }
+
+      const present = (made: Project, paths: string[]): string[] => paths.filter((path) => existsSync(made.path(".kaos", path)));
+
+      it("crash recovery leaves it, whatever its pid is here, and removes what a kaos on this machine left", async () => {
+        const made = project({ grid: { score: [1] } });
+        expect((await runKaos(["up"], { cwd: made.dir, env: env(made) })).code).toBe(0);
+        const { foreign, local } = await seed(made);
+        const again = await runKaos(["up"], { cwd: made.dir, env: env(made) });
+        expect(again.code, again.stderr).toBe(0);
+        expect(present(made, foreign)).toEqual(foreign);
+        expect(present(made, local)).toEqual([]);
+      }, 120_000);
+
+      it("kaos unlock of that machine's lock removes it and names what it removed", async () => {
+        const made = project({ grid: { score: [1] } });
+        expect((await runKaos(["up"], { cwd: made.dir, env: env(made) })).code).toBe(0);
+        const { foreign } = await seed(made);
+        const db = openRaw(made.path(".kaos", "state.db"));
+        try {
+          db.prepare(
+            "INSERT INTO writer_locks (stack, owner, pid, pid_start, host, origin, command, acquired_at) VALUES ('local', 'elsewhere', 4242, NULL, 'other-machine', ?, 'up', '2026-01-01T00:00:00.000Z')",
+          ).run(elsewhere);
+        } finally {
+          db.close();
+        }
+        const refused = await runKaos(["up"], { cwd: made.dir, env: env(made) });
+        expect(refused.stderr).toContain("it ran on another machine or in another container");
+        expect(present(made, foreign)).toEqual(foreign);
+
+        const unlocked = await runKaos(["unlock"], { cwd: made.dir, env: env(made) });
+        expect(unlocked.code, unlocked.stderr).toBe(0);
+        const [head, removed, ...rest] = unlocked.stdout.split("\n");
+        expect(head).toBe("unlocked stack local: it was held by pid 4242 on host other-machine (`up`, since 2026-01-01T00:00:00.000Z)");
+        expect(removed).toMatch(new RegExp(`^removed 5 unfinished temporaries it left in ${made.path(".kaos")}: `));
+        expect(
+          removed!
+            .slice(removed!.indexOf(": ") + 2)
+            .split(" ")
+            .sort(),
+        ).toEqual([...foreign].sort());
+        expect(rest).toEqual([""]);
+        expect(present(made, foreign)).toEqual([]);
+        const after = await runKaos(["up"], { cwd: made.dir, env: env(made) });
+        expect(after.code, after.stderr).toBe(0);
+      }, 120_000);
+
+      it("kaos gc, holding every stack's lock, removes it and says where it came from", async () => {
+        const made = project({ grid: { score: [1] } });
+        expect((await runKaos(["up"], { cwd: made.dir, env: env(made) })).code).toBe(0);
+        const { foreign, local } = await seed(made);
+        const dry = await runKaos(["gc"], { cwd: made.dir, env: env(made) });
+        expect(dry.code, dry.stderr).toBe(0);
+        expect(dry.stdout).toContain(
+          "  would remove 7 unfinished temporaries of kaos processes that stopped mid-write (5 made on another machine or in another container sharing this project): ",
+        );
+        expect(present(made, foreign)).toEqual(foreign);
+        const collected = await runKaos(["gc", "--yes", "--json"], { cwd: made.dir, env: env(made) });
+        expect(collected.code, collected.stderr).toBe(0);
+        const { temporaries } = JSON.parse(collected.stdout) as { temporaries: { path: string; elsewhere: boolean }[] };
+        expect(
+          temporaries
+            .filter((temporary) => temporary.elsewhere)
+            .map((temporary) => temporary.path)
+            .sort(),
+        ).toEqual([...foreign].sort());
+        expect(
+          temporaries
+            .filter((temporary) => !temporary.elsewhere)
+            .map((temporary) => temporary.path)
+            .sort(),
+        ).toEqual([...local].sort());
+        expect(present(made, [...foreign, ...local])).toEqual([]);
+      }, 120_000);
+    });
+
     it("kaos unlock --json: refused as a JSON error while the holder runs, then the holder and the jobs it settled, then no holder", async () => {
       const made = project({ grid: { score: [1, 2, 3] }, parallelism: 2, extra: { "src/model/train": waitingTrain } });
       const first = startKaos(["up"], { cwd: made.dir, env: { ...env(made), KAOS_RELEASE: made.path("release") } });
@@ -318,11 +429,12 @@ describe("concurrency", () => {
         stack: "local",
         holder: { pid: first.child.pid, host: expect.any(String), command: "up", acquiredAt: expect.any(String) },
         interrupted: unfinished,
+        removedTemporaries: [],
       });
 
       const again = await runKaos(["unlock", "--json"], { cwd: made.dir, env: env(made) });
       expect(again.code, again.stderr).toBe(0);
-      expect(JSON.parse(again.stdout)).toEqual({ stack: "local", holder: null, interrupted: [] });
+      expect(JSON.parse(again.stdout)).toEqual({ stack: "local", holder: null, interrupted: [], removedTemporaries: [] });
     }, 120_000);
   });
 });

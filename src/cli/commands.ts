@@ -5,7 +5,7 @@
  */
 import { once } from "node:events";
 import { existsSync, mkdirSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { loadConfig, loadProject, loadStack, parseMemory, resolveConfig } from "../core/config.js";
 import { CONFIG_NAMES_TEXT, findConfig, findConfigOfState, jobPaths, stateDirOf } from "../core/layout.js";
 import { destinationDir } from "../core/destination.js";
@@ -36,6 +36,7 @@ import {
   quoteText,
 } from "../core/format.js";
 import { StateStore, type JobRecord, type JobState } from "../core/state.js";
+import { originTag } from "../core/process-identity.js";
 import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
 import { EXIT, onStopRequest, type StopReason } from "./exit.js";
@@ -960,21 +961,32 @@ export async function unlockCommand(options: Common & { stack?: string; json?: b
   const state = StateStore.open(config.root);
   try {
     const { holder, interrupted, lock } = state.breakLock(stack.name, "unlock");
+    // The holder ran elsewhere and is now known to have stopped: what it was writing in `.kaos/` goes too, unless
+    // a kaos of the same origin still holds another stack (it may be that one's).
+    const stillHolding = holder?.origin == null ? [] : state.stacksLockedFrom(holder.origin);
+    const staleOrigin =
+      holder?.liveness === "unknown" && holder.origin !== null && stillHolding.length === 0 ? originTag(holder.origin) : undefined;
+    let removedElsewhere: string[] = [];
     try {
       // What its jobs left running here would otherwise run on beside their reruns: the next up sees them settled already.
-      if (interrupted.length > 0) {
+      if (interrupted.length > 0 || staleOrigin !== undefined) {
         const { createBackend } = await engine();
-        await (await createBackend({ config, stack, state })).runner?.recoverAfterCrash(interrupted);
+        const runner = (await createBackend({ config, stack, state })).runner;
+        removedElsewhere =
+          (await runner?.recoverAfterCrash(interrupted, staleOrigin === undefined ? {} : { staleOrigin }))?.removedElsewhere ?? [];
       }
     } finally {
       lock.release();
     }
+    const stateDir = stateDirOf(config.root);
+    const temporaries = removedElsewhere.map((path) => relative(stateDir, path));
     if (options.json) {
       printJson({
         stack: stack.name,
         holder:
           holder === undefined ? null : { pid: holder.pid, host: holder.host, command: holder.command, acquiredAt: holder.acquiredAt },
         interrupted: interrupted.map((job) => job.id),
+        removedTemporaries: temporaries,
       });
       return EXIT.ok;
     }
@@ -986,6 +998,14 @@ export async function unlockCommand(options: Common & { stack?: string; json?: b
     if (interrupted.length > 0)
       process.stdout.write(
         `${interrupted.length} unfinished job${interrupted.length === 1 ? "" : "s"} of that run marked interrupted; the next \`kaos up\` runs them again\n`,
+      );
+    if (temporaries.length > 0)
+      process.stdout.write(
+        `removed ${temporaries.length} unfinished temporar${temporaries.length === 1 ? "y" : "ies"} it left in ${displayText(stateDir)}: ${temporaries.map(displayText).join(" ")}\n`,
+      );
+    else if (holder?.liveness === "unknown" && stillHolding.length > 0)
+      process.stdout.write(
+        `kept what it may be writing in ${displayText(stateDir)}: a kaos from the same machine still holds stack${stillHolding.length === 1 ? "" : "s"} ${stillHolding.join(", ")}\n`,
       );
     return EXIT.ok;
   } finally {

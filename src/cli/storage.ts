@@ -97,6 +97,15 @@ function gcText(result: GcResult): string {
   for (const job of result.jobs) byPipeline.set(job.pipeline, [...(byPipeline.get(job.pipeline) ?? []), job.id]);
   for (const [pipeline, ids] of byPipeline) lines.push(`  jobs of ${displayText(pipeline)}: ${ids.join(" ")}`);
   if (result.environments.length > 0) lines.push(`  environments: ${result.environments.map((key) => key.slice(0, 12)).join(" ")}`);
+  if (result.temporaries.length > 0) {
+    const elsewhere = result.temporaries.filter((temporary) => temporary.elsewhere).length;
+    const count = result.temporaries.length;
+    lines.push(
+      `  ${result.applied ? "removed" : "would remove"} ${count} unfinished temporar${count === 1 ? "y" : "ies"} of kaos processes that stopped mid-write` +
+        (elsewhere === 0 ? "" : ` (${elsewhere} made on another machine or in another container sharing this project)`) +
+        `: ${result.temporaries.map((temporary) => displayText(temporary.path)).join(" ")}`,
+    );
+  }
   const { kept } = result;
   lines.push(
     `kept: ${plural(kept.jobs, "job folder")}, ${plural(kept.environments, "environment")}, ${plural(kept.dataViews, "data view")}, ${plural(kept.treeListings, "tree listing")}, ${plural(kept.objects, "object")}`,

@@ -50,10 +50,23 @@ export interface ExecuteResult {
   pipelines: PipelineOutcome[];
 }
 
+/** What crash recovery did with the work in progress of kaos processes elsewhere (paths under the state directory). */
+export interface CrashRecovery {
+  /** Removed: made by the kaos whose origin was given as stale. */
+  removedElsewhere: string[];
+  /** Left: made by a kaos on another machine or in another container, which may still be at work. */
+  keptElsewhere: string[];
+}
+
 /** A backend that runs jobs in this process: the engine's `apply` (and so `kaos watch`) drives it. */
 export interface JobRunner {
-  /** Stops what a dead kaos left running, and clears what it was writing when it died. */
-  recoverAfterCrash(interrupted: readonly JobRecord[]): Promise<void>;
+  /**
+   * Stops what a dead kaos left running, and clears what it was writing when it
+   * died. What a kaos on another machine (or container) sharing the project is
+   * writing is left, unless `staleOrigin` names its origin tag (`originTag`):
+   * its lock was broken, so it is known to have stopped.
+   */
+  recoverAfterCrash(interrupted: readonly JobRecord[], options?: { staleOrigin?: string }): Promise<CrashRecovery>;
   /** Refuses a plan this machine cannot run (a job wanting more CPUs than there are). */
   checkResources(plan: Plan): void;
   execute(options: ExecuteOptions): Promise<ExecuteResult>;

@@ -17,6 +17,7 @@ import {
 } from "node:fs";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { KaosError } from "./errors.js";
+import { ownerStamp } from "./process-identity.js";
 import { STATE_DIR_NAME } from "./layout.js";
 
 function lexists(path: string): boolean {
@@ -138,7 +139,7 @@ function recordedFiles(dir: string): Map<string, string> {
 
 function atomicWrite(path: string, content: string): void {
   mkdirSync(dirname(path), { recursive: true });
-  const partial = `${path}.partial-${process.pid}`;
+  const partial = `${path}.partial-${ownerStamp()}`;
   writeFileSync(partial, content);
   renameSync(partial, path);
 }

@@ -29,6 +29,7 @@ import { fileURLToPath } from "node:url";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { keepYoungGenerationsSmall } from "./heap.js";
 import { type FileUrlScope, fileUrlRefusal, sameSource, sourceIdentity, widenScopeHint } from "./urls.js";
+import { ownerStamp } from "./process-identity.js";
 
 export interface ManifestEntry {
   url: string;
@@ -1344,7 +1345,7 @@ export function serializeLock(lock: ManifestLock): string {
 export function writeLock(manifestPath: string, lock: ManifestLock): void {
   const lockPath = lockPathFor(manifestPath);
   const text = serializeLock(lock);
-  const tmp = `${lockPath}${LOCK_TMP_SUFFIX}${process.pid}`;
+  const tmp = `${lockPath}${LOCK_TMP_SUFFIX}${ownerStamp()}`;
   try {
     fs.writeFileSync(tmp, text);
     fs.renameSync(tmp, lockPath);

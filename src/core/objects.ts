@@ -22,6 +22,7 @@ import * as path from "node:path";
 import { Transform, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { KaosError, describeError, errnoCode } from "./errors.js";
+import { ownerStamp } from "./process-identity.js";
 
 const HASH_PATTERN = /^[0-9a-f]{64}$/;
 const OBJECT_MODE = 0o444;
@@ -113,7 +114,7 @@ export class ObjectStore {
 
   /** A fresh name in tmpDir(); nothing is created. */
   tmpPath(label = "put"): string {
-    return path.join(this.tmpDir(), `${label}-${process.pid}-${randomUUID()}`);
+    return path.join(this.tmpDir(), `${label}-${ownerStamp()}-${randomUUID()}`);
   }
 
   async putFile(src: string, expectedHash?: string): Promise<string> {
@@ -201,7 +202,7 @@ export class ObjectStore {
     fs.mkdirSync(path.dirname(dest), { recursive: true });
     // Link or copy under a temporary name, then rename over `dest`: the
     // destination holds either its old content or the whole object, never a mix.
-    const staging = `${dest}.kaos-${process.pid}-${randomUUID().slice(0, 8)}`;
+    const staging = `${dest}.kaos-${ownerStamp()}-${randomUUID().slice(0, 8)}`;
     try {
       if (mode === "exec") {
         fs.copyFileSync(object, staging, fs.constants.COPYFILE_FICLONE);

@@ -5,6 +5,7 @@
  * the boot and the pid namespace it ran in. Liveness is judged from those, not
  * from the host name, which a container or `unshare --uts` changes at will.
  */
+import { createHash } from "node:crypto";
 import { readFileSync, readlinkSync } from "node:fs";
 import { errnoCode } from "./errors.js";
 
@@ -106,22 +107,101 @@ export interface RecordedProcess {
 export type Liveness = "alive" | "dead" | "unknown";
 
 export function judgeProcess(recorded: RecordedProcess): Liveness {
-  const here = currentOrigin();
   // Old records carry the boot id in their start token only.
   const origin =
     recorded.origin === null
       ? { machineId: "", bootId: recorded.startToken?.split(":")[0] ?? "", pidNamespace: "" }
       : parseOrigin(recorded.origin);
+  return judgeOrigin(origin, currentOrigin(), recorded.pid, recorded.startToken);
+}
+
+/**
+ * Where `origin` ran as seen from `here`, both given the same way (the raw
+ * tokens, or both as {@link originTag}'s digests): an empty field is one that
+ * could not be read.
+ */
+function judgeOrigin(origin: Origin, here: Origin, pid: number, startToken: string | null): Liveness {
   const sameBoot = origin.bootId !== "" && origin.bootId === here.bootId;
   if (sameBoot) {
     const sameNamespace = origin.pidNamespace === "" || origin.pidNamespace === here.pidNamespace;
-    return sameNamespace ? localLiveness(recorded.pid, recorded.startToken) : "unknown";
+    return sameNamespace ? localLiveness(pid, startToken) : "unknown";
   }
   // Same machine, another boot: everything it ran ended with that boot.
   if (origin.machineId !== "" && origin.machineId === here.machineId && origin.bootId !== "") return "dead";
   // Without a boot id on either side (not Linux), the pid is all there is.
-  if (origin.bootId === "" && here.bootId === "") return localLiveness(recorded.pid, recorded.startToken);
+  if (origin.bootId === "" && here.bootId === "") return localLiveness(pid, startToken);
   return "unknown";
+}
+
+// ---------------------------------------------------------------- temporary names
+
+/** Hex digits kept of each field of an origin in a name. */
+const TAG_FIELD = 8;
+/** A field that could not be read, in a tag. */
+const UNREAD = "0".repeat(TAG_FIELD);
+
+function digestField(field: string): string {
+  return field === "" ? UNREAD : createHash("sha256").update(field).digest("hex").slice(0, TAG_FIELD);
+}
+
+function tagOf(origin: Origin): string {
+  return digestField(origin.machineId) + digestField(origin.bootId) + digestField(origin.pidNamespace);
+}
+
+/**
+ * An origin as it goes into a file name: a digest of its machine, boot and pid
+ * namespace (8 hex digits each), so a name tells the same things a record does.
+ * Without `origin`, this process's.
+ */
+export function originTag(origin?: string): string {
+  return tagOf(origin === undefined ? currentOrigin() : parseOrigin(origin));
+}
+
+/**
+ * What names this process's work in progress (a tree being laid out, a file
+ * being written) on a volume other machines may share: `PID@TAG`, the pid and
+ * {@link originTag}. A pid alone would be judged against the pids of whichever
+ * machine looks.
+ */
+export function ownerStamp(): string {
+  return `${process.pid}@${originTag()}`;
+}
+
+/** What matches an owner stamp in a pattern: a pid, and the tag (absent from names made before kaos wrote one). */
+export const OWNER_STAMP = `\\d+(?:@[0-9a-f]{${3 * TAG_FIELD}})?`;
+
+/** An owner stamp read back from a name: its pid and tag (null in a name made before kaos wrote one). */
+export function parseOwnerStamp(stamp: string): { pid: number; tag: string | null } {
+  const at = stamp.indexOf("@");
+  return at < 0 ? { pid: Number(stamp), tag: null } : { pid: Number(stamp.slice(0, at)), tag: stamp.slice(at + 1) };
+}
+
+function originOfTag(tag: string): Origin {
+  const field = (index: number): string => {
+    const value = tag.slice(index * TAG_FIELD, (index + 1) * TAG_FIELD);
+    return value === UNREAD ? "" : value;
+  };
+  return { machineId: field(0), bootId: field(1), pidNamespace: field(2) };
+}
+
+/**
+ * Whether the writer that stamped a name still runs, judged as a record's
+ * process is: checked directly only on this machine, boot and pid namespace.
+ * A name without a tag was made on one machine by a kaos of before tags, and
+ * is judged by its pid, as it always was.
+ */
+export function judgeOwnerStamp(stamp: string): Liveness {
+  const { pid, tag } = parseOwnerStamp(stamp);
+  if (tag === null) return localLiveness(pid, null);
+  const here = currentOrigin();
+  const mine = tagOf(here);
+  return judgeOrigin(originOfTag(tag), originOfTag(mine), pid, null);
+}
+
+/** Whether a stamp names this very process. */
+export function isOwnStamp(stamp: string): boolean {
+  const { pid, tag } = parseOwnerStamp(stamp);
+  return pid === process.pid && (tag === null || tag === originTag());
 }
 
 /** Whether the process with this pid (and start token, when known) runs on this machine. */

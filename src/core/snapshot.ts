@@ -46,6 +46,7 @@ import { KaosError, describeError, errnoCode } from "./errors.js";
 import { filesOf, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { copyModeFor, type ObjectStore } from "./objects.js";
 import { comparePaths } from "./tree-walk.js";
+import { isOwnStamp, judgeOwnerStamp, OWNER_STAMP, ownerStamp, parseOwnerStamp } from "./process-identity.js";
 
 function listingPath(stateDir: string, treeHash: string): string {
   return join(stateDir, "trees", `${treeHash}.jsonl`);
@@ -59,7 +60,7 @@ export function saveTreeListing(stateDir: string, tree: Pick<TreeHash, "hash" | 
   const target = listingPath(stateDir, tree.hash);
   if (existsSync(target)) return;
   mkdirSync(dirname(target), { recursive: true });
-  const temporary = `${target}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
+  const temporary = `${target}.${ownerStamp()}.${randomUUID().slice(0, 8)}.tmp`;
   // Written a chunk at a time: a million-file listing is never one string.
   const fd = openSync(temporary, "w");
   try {
@@ -308,33 +309,61 @@ export function namesIn(dir: string): string[] {
 }
 
 /** What a writer names its work in progress: trees being laid out, listings being written, data views being ingested. */
-const TEMPORARY_NAMES = [/\.building-(\d+)-[0-9a-f]{8}$/, /\.(\d+)\.[0-9a-f]{8}\.tmp$/, /\.tmp-(\d+)-[0-9a-z]+$/];
+const TEMPORARY_NAMES = [
+  new RegExp(`\\.building-(${OWNER_STAMP})-[0-9a-f]{8}$`),
+  new RegExp(`\\.(${OWNER_STAMP})\\.[0-9a-f]{8}\\.tmp$`),
+  new RegExp(`\\.tmp-(${OWNER_STAMP})-[0-9a-z]+$`),
+];
+
+/** What {@link removeAbandonedTemporaries} did with the work in progress it found. */
+export interface AbandonedTemporaries {
+  /** Every one removed (or, with `dryRun`, that would be). */
+  removed: string[];
+  /** Made by a kaos on another machine or in another container, and removed because `isStale` said its writer stopped. */
+  removedElsewhere: string[];
+  /** Made by a kaos on another machine or in another container, and left: nothing here can tell whether it still runs. */
+  keptElsewhere: string[];
+}
 
 /**
  * Removes, from the entries of `dirs`, the work in progress of writers that
  * died (SIGKILL, a crash) before renaming it into place. Only `names` that hold
- * a pid (the pattern's first group) are touched, and only when that process is gone, so a writer still at
- * work keeps its own. Returns how many were removed.
+ * an owner stamp (the pattern's first group, see `ownerStamp`) are touched,
+ * and only when that process is gone, so a writer still at work keeps its own.
+ * One that ran where this process cannot look (another machine sharing the
+ * volume) is removed only when `isStale` is given its origin tag and says so.
+ * `dryRun` only tells what would be removed.
  */
 export function removeAbandonedTemporaries(
   dirs: readonly string[],
-  isAlive: (pid: number) => boolean,
-  names: readonly RegExp[] = TEMPORARY_NAMES,
-): number {
-  let removed = 0;
+  options: { names?: readonly RegExp[]; isStale?: (tag: string) => boolean; dryRun?: boolean } = {},
+): AbandonedTemporaries {
+  const names = options.names ?? TEMPORARY_NAMES;
+  const result: AbandonedTemporaries = { removed: [], removedElsewhere: [], keptElsewhere: [] };
   for (const dir of dirs) {
     for (const entry of namesIn(dir)) {
-      const pid = names.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
-      if (pid === undefined || Number(pid) === process.pid || isAlive(Number(pid))) continue;
+      const stamp = names.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
+      if (stamp === undefined || isOwnStamp(stamp)) continue;
+      const liveness = judgeOwnerStamp(stamp);
+      if (liveness === "alive") continue;
+      const path = join(dir, entry);
+      if (liveness === "unknown") {
+        const tag = parseOwnerStamp(stamp).tag;
+        if (tag === null || options.isStale?.(tag) !== true) {
+          result.keptElsewhere.push(path);
+          continue;
+        }
+      }
       try {
-        removeTree(join(dir, entry));
-        removed++;
+        if (options.dryRun !== true) removeTree(path);
+        result.removed.push(path);
+        if (liveness === "unknown") result.removedElsewhere.push(path);
       } catch {
         // Left for a later run: a leftover that cannot be removed now must not stop this one.
       }
     }
   }
-  return removed;
+  return result;
 }
 
 /**
@@ -353,7 +382,7 @@ export function materializeTree(
   options: { copy?: boolean; readonlyDirs?: boolean; linkFrom?: string } = {},
 ): void {
   if (isMaterialized(dest)) return;
-  const building = `${dest}.building-${process.pid}-${randomUUID().slice(0, 8)}`;
+  const building = `${dest}.building-${ownerStamp()}-${randomUUID().slice(0, 8)}`;
   try {
     const links = checkTreeLinks(tree, "bundle");
     mkdirSync(building, { recursive: true });
@@ -712,7 +741,7 @@ function sealedAtFile(root: string): string {
  * than it; one changed after, this time or a later one.
  */
 export function nextClockTick(dir: string): bigint {
-  const probe = join(dir, `clock.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
+  const probe = join(dir, `clock.${ownerStamp()}.${randomUUID().slice(0, 8)}.tmp`);
   try {
     writeFileSync(probe, "0");
     const first = lstatSync(probe, { bigint: true }).mtimeNs;

@@ -278,6 +278,8 @@ export interface LockHolder {
   command: string;
   acquiredAt: string;
   liveness: Liveness;
+  /** Where it ran (see `originToken`); null in locks written before kaos kept it. */
+  origin: string | null;
 }
 
 function livenessOf(row: { pid: number; pid_start: string | null; origin: string | null }): Liveness {
@@ -1160,12 +1162,27 @@ export class StateStore {
     return { release };
   }
 
+  /** The stacks whose writer lock a kaos of this origin (see `originToken`) holds. */
+  stacksLockedFrom(origin: string): string[] {
+    if (this.db === null) return [];
+    const rows = this.stmt("SELECT stack FROM writer_locks WHERE origin = ? ORDER BY stack").all(origin) as { stack: string }[];
+    return rows.map((row) => row.stack);
+  }
+
   /** Who holds the writer lock of `stack`, if anyone. */
   lockHolder(stack: string): LockHolder | undefined {
     if (this.db === null) return undefined;
     const row = this.stmt("SELECT * FROM writer_locks WHERE stack = ?").get(stack) as LockRow | undefined;
     if (row === undefined) return undefined;
-    return { stack, pid: row.pid, host: row.host, command: row.command, acquiredAt: row.acquired_at, liveness: livenessOf(row) };
+    return {
+      stack,
+      pid: row.pid,
+      host: row.host,
+      command: row.command,
+      acquiredAt: row.acquired_at,
+      liveness: livenessOf(row),
+      origin: row.origin,
+    };
   }
 
   /**

@@ -17,8 +17,8 @@ import { readRequirementsLock } from "../../core/bundle.js";
 import { KaosError } from "../../core/errors.js";
 import type { PythonRuntime } from "./python.js";
 import { spawnLogged, type RunningProcess } from "./process.js";
-import { isProcessAlive } from "../../core/process-identity.js";
-import { removeAbandonedTemporaries } from "../../core/snapshot.js";
+import { OWNER_STAMP, ownerStamp } from "../../core/process-identity.js";
+import { type AbandonedTemporaries, removeAbandonedTemporaries } from "../../core/snapshot.js";
 
 const COMPLETE_MARKER = ".kaos-complete";
 /** The packages of an environment, one `name==version` a line, as `pip freeze` lists them. */
@@ -60,9 +60,15 @@ function capture(command: string, args: string[], cwd: string, env: NodeJS.Proce
 }
 
 /** Removes half-built environments whose builder is gone (crash, SIGKILL). */
-export function removeAbandonedBuilds(envsDir: string): void {
-  removeAbandonedTemporaries([envsDir], (pid) => isProcessAlive(pid, null), [/^\.building-(\d+)-/]);
+export function removeAbandonedBuilds(
+  envsDir: string,
+  options: { isStale?: (tag: string) => boolean; dryRun?: boolean } = {},
+): AbandonedTemporaries {
+  return removeAbandonedTemporaries([envsDir], { ...options, names: ABANDONED_BUILD_NAMES });
 }
+
+/** What a build names the environment it is making (see `buildEnvironment`). */
+const ABANDONED_BUILD_NAMES = [new RegExp(`^\\.building-(${OWNER_STAMP})-`)];
 
 /**
  * Virtual environments write their own path into scripts and activation
@@ -113,7 +119,7 @@ export async function buildEnvironment(options: BuildOptions): Promise<string> {
   removeAbandonedBuilds(options.envsDir);
   const building = join(
     options.envsDir,
-    `.building-${process.pid}-${options.envKey.slice(0, 12)}-${Date.now()}-${randomUUID().slice(0, 8)}`,
+    `.building-${ownerStamp()}-${options.envKey.slice(0, 12)}-${Date.now()}-${randomUUID().slice(0, 8)}`,
   );
   const lock = join(options.modelDir, "requirements.lock");
   const locked = existsSync(lock);

@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { errnoCode } from "../../core/errors.js";
 import type { ObjectStore } from "../../core/objects.js";
+import { ownerStamp } from "../../core/process-identity.js";
 
 export class DataTree {
   /** Folders known to exist in a fresh tree, so each is created once. */
@@ -27,7 +28,7 @@ export class DataTree {
       return new DataTree(finalDir, finalDir, true);
     }
     fs.mkdirSync(path.dirname(finalDir), { recursive: true });
-    const workDir = `${finalDir}.tmp-${process.pid}-${Date.now().toString(36)}`;
+    const workDir = `${finalDir}.tmp-${ownerStamp()}-${Date.now().toString(36)}`;
     fs.mkdirSync(workDir);
     return new DataTree(finalDir, workDir, false);
   }

@@ -15,7 +15,8 @@ import { isNoSpace, noSpaceError } from "../../core/disk.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import type { ManifestLockEntry } from "../../core/manifest.js";
 import { HashingPassThrough, type ObjectStore } from "../../core/objects.js";
-import { isProcessAlive, processStartToken } from "../../core/process-identity.js";
+import { judgeProcess, originTag, originToken, ownerStamp, processStartToken } from "../../core/process-identity.js";
+import type { AbandonedTemporaries } from "../../core/snapshot.js";
 import { FileUrlRefused, type FileUrlScope, openWithinScope, redactUrl, sourceIdentity, widenScopeHint } from "../../core/urls.js";
 
 class RetryableError extends Error {
@@ -135,7 +136,7 @@ class PartialFile {
     if (!claimPartial(tmpDir, ownerFile)) {
       // Another kaos (another stack's up) is downloading the same URL into this
       // store: sharing its partial file would mix the two transfers' bytes.
-      const file = path.join(tmpDir, `${name}-${process.pid}-${randomUUID()}.part`);
+      const file = path.join(tmpDir, `${name}-${ownerStamp()}-${randomUUID()}.part`);
       return new PartialFile(file, undefined, undefined, url, fs.openSync(file, "wx", 0o644));
     }
     const file = path.join(tmpDir, `${name}.part`);
@@ -244,7 +245,7 @@ let ownClaim: string | undefined;
  * are already one at a time (`withPartialLock`).
  */
 function claimPartial(tmpDir: string, ownerFile: string): boolean {
-  ownClaim ??= JSON.stringify({ pid: process.pid, startToken: processStartToken(process.pid) });
+  ownClaim ??= JSON.stringify({ pid: process.pid, startToken: processStartToken(process.pid), origin: originToken() });
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       fs.writeFileSync(ownerFile, ownClaim, { flag: "wx" });
@@ -257,7 +258,7 @@ function claimPartial(tmpDir: string, ownerFile: string): boolean {
       }
       if (errnoCode(error) !== "EEXIST") throw error;
     }
-    let owner: { pid?: unknown; startToken?: unknown } | undefined;
+    let owner: { pid?: unknown; startToken?: unknown; origin?: unknown } | undefined;
     try {
       owner = JSON.parse(fs.readFileSync(ownerFile, "utf8")) as typeof owner;
     } catch (error) {
@@ -265,12 +266,63 @@ function claimPartial(tmpDir: string, ownerFile: string): boolean {
       if (errnoCode(error) === "ENOENT") continue;
       return false;
     }
-    const pid = owner?.pid;
-    const startToken = typeof owner?.startToken === "string" ? owner.startToken : null;
-    if (typeof pid === "number" && pid !== process.pid && isProcessAlive(pid, startToken)) return false;
+    if (!isStaleClaim(owner)) return false;
     fs.rmSync(ownerFile, { force: true });
   }
   return false;
+}
+
+/**
+ * Whether a claim's owner is gone or is this process. A claim made on another
+ * machine sharing the store is never taken over from here: `kaos unlock` and
+ * `kaos gc` remove it once that machine's kaos is known to have stopped.
+ */
+function isStaleClaim(owner: { pid?: unknown; startToken?: unknown; origin?: unknown } | undefined): boolean {
+  const pid = owner?.pid;
+  if (typeof pid !== "number") return true;
+  const origin = typeof owner?.origin === "string" ? owner.origin : null;
+  // Claims written before they carried an origin were made on one machine: the pid alone was theirs.
+  if (pid === process.pid && (origin === null || origin === originToken())) return true;
+  const startToken = typeof owner?.startToken === "string" ? owner.startToken : null;
+  return judgeProcess({ pid, startToken, origin }) === "dead";
+}
+
+/**
+ * Removes the claims on shared partial downloads (in the object store's
+ * temporary folder `tmpDir`) whose owner ran on another machine and has
+ * stopped by `isStale`'s word. A claim of a kaos on this machine needs no
+ * removing: the next transfer of its URL takes it over once its owner is gone.
+ */
+export function removeStaleClaims(tmpDir: string, isStale?: (tag: string) => boolean, dryRun = false): AbandonedTemporaries {
+  const result: AbandonedTemporaries = { removed: [], removedElsewhere: [], keptElsewhere: [] };
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(tmpDir);
+  } catch {
+    return result;
+  }
+  for (const entry of entries) {
+    if (!entry.endsWith(".owner")) continue;
+    const file = path.join(tmpDir, entry);
+    let owner: { pid?: unknown; startToken?: unknown; origin?: unknown } | undefined;
+    try {
+      owner = JSON.parse(fs.readFileSync(file, "utf8")) as typeof owner;
+    } catch {
+      continue;
+    }
+    const origin = typeof owner?.origin === "string" ? owner.origin : null;
+    if (typeof owner?.pid !== "number" || origin === null) continue;
+    const startToken = typeof owner.startToken === "string" ? owner.startToken : null;
+    if (judgeProcess({ pid: owner.pid, startToken, origin }) !== "unknown") continue;
+    if (isStale?.(originTag(origin)) !== true) {
+      result.keptElsewhere.push(file);
+      continue;
+    }
+    if (!dryRun) fs.rmSync(file, { force: true });
+    result.removed.push(file);
+    result.removedElsewhere.push(file);
+  }
+  return result;
 }
 
 async function sha256Prefix(file: string, size: number, hash: ReturnType<typeof createHash>): Promise<number> {

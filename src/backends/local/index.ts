@@ -29,6 +29,7 @@ import {
   type JobInfo,
   type JobListRequest,
   type JobListing,
+  type CrashRecovery,
   type JobRunner,
   type LogOutput,
   type PipelineOutcome,
@@ -45,7 +46,6 @@ import {
   materializeTree,
   namesIn,
   releaseSeal,
-  removeAbandonedTemporaries,
   removeTree,
   saveTreeListing,
   sealTree,
@@ -66,7 +66,7 @@ import {
   refreshedStatCache,
   sealLinkedView,
 } from "./data-view.js";
-import { isProcessAlive } from "../../core/process-identity.js";
+import { removeTemporaries } from "./temporaries.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import type { SourceBundle } from "../../core/bundle.js";
@@ -327,17 +327,23 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   /**
    * After a kaos died with `interrupted` jobs: stops their processes, clears what
    * writers killed mid-way left in `.kaos/` (half-laid-out data views and
-   * listings, ingest work directories, the half-copied sources of those jobs)
-   * and distrusts what those jobs may have written into their data views while
-   * nobody watched. The partial downloads in the object store stay: the next
-   * ingest resumes them.
+   * listings, ingest work directories, the half-copied sources of those jobs,
+   * half-built environments, objects half stored) and distrusts what those jobs
+   * may have written into their data views while nobody watched. The partial
+   * downloads in the object store stay: the next ingest resumes them. What a
+   * kaos on another machine sharing the project is writing stays too, unless
+   * `staleOrigin` says that kaos has stopped.
    */
-  async recoverAfterCrash(interrupted: readonly JobRecord[]): Promise<void> {
+  async recoverAfterCrash(interrupted: readonly JobRecord[], options: { staleOrigin?: string } = {}): Promise<CrashRecovery> {
     await stopOrphanedJobs(interrupted.map((job) => job.id));
-    const dirs = [join(this.stateDir, "snapshots"), join(this.stateDir, "data"), join(this.stateDir, "trees")];
-    for (const job of interrupted) dirs.push(jobPaths(this.stateDir, job.id).dir);
-    removeAbandonedTemporaries(dirs, (pid) => isProcessAlive(pid, null));
+    const { staleOrigin } = options;
+    const { removedElsewhere, keptElsewhere } = removeTemporaries(
+      this.stateDir,
+      interrupted.map((job) => jobPaths(this.stateDir, job.id).dir),
+      staleOrigin === undefined ? {} : { isStale: (tag) => tag === staleOrigin },
+    );
     await this.discardViewsWrittenUnwatched(interrupted);
+    return { removedElsewhere, keptElsewhere };
   }
 
   /**

@@ -10,7 +10,7 @@ import { appendFileSync, createWriteStream, readdirSync, readFileSync, rmSync, w
 import { parseMemory } from "../../core/config.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { formatBytes } from "../../core/format.js";
-import { readProcStat } from "../../core/process-identity.js";
+import { ownerStamp, readProcStat } from "../../core/process-identity.js";
 
 export interface ProcessResult {
   exitCode: number | null;
@@ -132,7 +132,7 @@ class LogFile {
         head +
           `${new Date().toISOString()} kaos | the log reached its cap of ${formatBytes(this.limit)} (${LOG_LIMIT_VARIABLE}): the output from here on is dropped but for its last part, which follows when the job ends\n`,
       );
-      const stamp = `${process.pid}.${randomUUID().slice(0, 8)}`;
+      const stamp = `${ownerStamp()}.${randomUUID().slice(0, 8)}`;
       this.tail = { files: [`${this.file}.tail-a.${stamp}.tmp`, `${this.file}.tail-b.${stamp}.tmp`], sizes: [0, 0], active: 0, dropped: 0 };
       text = lines.slice(index).join("");
       if (text === "") return;

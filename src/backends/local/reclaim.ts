@@ -20,7 +20,7 @@
  * when needed); objects go last, and only those no kept listing or view holds.
  */
 import { lstatSync, rmSync, type Stats } from "node:fs";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { mountPointOf, freeBytes } from "../../core/disk.js";
 import { KaosError } from "../../core/errors.js";
 import { MODULE_EXTENSIONS, jobPaths, stacksDirOf, stateDirOf } from "../../core/layout.js";
@@ -31,6 +31,7 @@ import { loadTreeListing, markersOf, namesIn, removeTree } from "../../core/snap
 import { numericMetricNames } from "../../core/sweep.js";
 import type { JobRecord, StateStore, WriterLock } from "../../core/state.js";
 import { environmentPath } from "./build.js";
+import { removeTemporaries } from "./temporaries.js";
 
 export type StorageKind = "environments" | "jobs" | "objects" | "dataViews" | "treeListings" | "other";
 
@@ -215,6 +216,12 @@ export interface GcResult {
   environments: string[];
   dataViews: string[];
   treeListings: string[];
+  /**
+   * Work in progress left by kaos processes that stopped mid-write (paths under
+   * `.kaos/`); `elsewhere` when it was made on another machine or in another
+   * container sharing the project, whose kaos gc holding every lock shows stopped.
+   */
+  temporaries: { path: string; elsewhere: boolean }[];
 }
 
 /** The stacks whose writer locks a gc takes: every one the store knows, the stack files' and `local`. */
@@ -424,6 +431,14 @@ function collectLocked(root: string, state: StateStore, options: GcOptions): GcR
   for (const dir of viewDirs) addTree("dataViews", dir);
   for (const hash of removedListings) freed.add("treeListings", join(treesDir, `${hash}.jsonl`));
 
+  // gc holds every stack's lock, so no kaos anywhere is applying: what another machine's kaos left is abandoned.
+  const abandoned = removeTemporaries(
+    stateDir,
+    [...folders].map((id) => join(jobsDir, id)),
+    { isStale: () => true, dryRun: !options.apply },
+  );
+  const elsewhere = new Set(abandoned.removedElsewhere);
+
   if (options.apply) {
     state.markCollected(removedJobs.map((job) => job.id));
     options.onMarked?.(removedJobs.length);
@@ -459,6 +474,7 @@ function collectLocked(root: string, state: StateStore, options: GcOptions): GcR
     environments: removedEnvs,
     dataViews: viewDirs,
     treeListings: removedListings,
+    temporaries: abandoned.removed.map((path) => ({ path: relative(stateDir, path), elsewhere: elsewhere.has(path) })),
   };
   result.freedBytes = Object.values(result.freed).reduce((sum, kind) => sum + kind.bytes, 0);
   return result;
@@ -476,6 +492,7 @@ export function nothingCollected(applied: boolean): GcResult {
     environments: [],
     dataViews: [],
     treeListings: [],
+    temporaries: [],
   };
 }
 
