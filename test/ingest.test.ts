@@ -14,8 +14,8 @@ import type { IngestProgress } from "../src/core/events.js";
 import { formatIngestProgress } from "../src/cli/progress.js";
 import { checkFileUrls, lockPathFor, manifestDataKey, readLock, readManifest } from "../src/core/manifest.js";
 import { ObjectStore } from "../src/core/objects.js";
-import { type RouteOptions, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
-import { makeProject, runKaos, runKaosOk, trivialSourceBundle, under } from "./helpers/rig.js";
+import { type RouteOptions, Stall, type TestServer, generatedBytes, sha256OfGenerated, startServer } from "./helpers/http-server.js";
+import { makeProject, runKaos, runKaosOk, startKaos, trivialSourceBundle, under } from "./helpers/rig.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..");
@@ -983,6 +983,61 @@ describe("kaos up --refresh (built CLI)", () => {
       expect(seen.sort()).toEqual(["v1", "v2"]);
       expect((await runKaos(["plan", "--detailed-exitcode"], { cwd: project.dir })).code).toBe(0);
     } finally {
+      project.remove();
+    }
+  });
+});
+
+describe("kaos train kill of a running ingest (built CLI)", () => {
+  it("stops its transfer at once, records it cancelled, and the next up resumes the download", async () => {
+    const size = 2 * 1024 * 1024;
+    const stall = new Stall(700_000);
+    const srv = await serve({ "/big.bin": { generated: { size, seed: 5 }, etag: '"big"', stall } });
+    const project = makeProject({
+      "kaos.config.ts": `import { defineConfig } from "kaos-ml";\nexport default defineConfig({ pipelines: { p: { source: "src", manifest: "m.jsonl" } } });\n`,
+      "m.jsonl": `${JSON.stringify({ url: `${srv.url}/big.bin`, path: "big.bin" })}\n`,
+      ...under("src", trivialSourceBundle(`#!/bin/sh\nmkdir -p "$1"\nsha256sum "$KAOS_DATA_DIR/big.bin" > "$1/seen"\n`)),
+    });
+    try {
+      const up = startKaos(["up"], { cwd: project.dir });
+      await stall.reached;
+      const listed = JSON.parse((await runKaosOk(["train", "list", "--json"], { cwd: project.dir })).stdout) as {
+        id: string;
+        stage: string;
+        state: string;
+      }[];
+      const ingestJob = listed.find((job) => job.stage === "ingest");
+      expect(ingestJob?.state).toBe("running");
+      await runKaosOk(["train", "kill", ingestJob!.id], { cwd: project.dir });
+      // The transfer's request is aborted: the server sees its connection closed while the response still stalls.
+      await stall.closedByClient;
+      const ended = await up.exited;
+      expect(ended.code, ended.stderr).toBe(1);
+      expect(srv.count("/big.bin")).toBe(1);
+      const after = JSON.parse((await runKaosOk(["train", "list", "--json"], { cwd: project.dir })).stdout) as typeof listed;
+      expect(after.map((job) => `${job.stage} ${job.state}`)).toEqual(["ingest cancelled"]);
+      const info = await runKaosOk(["train", "info", ingestJob!.id, "--json"], { cwd: project.dir });
+      expect(info.stdout).toContain("cancelled by kaos train kill");
+      // The bytes received stay as after Ctrl-C, for the next up to resume.
+      const partials = fs.readdirSync(path.join(project.dir, ".kaos", "objects", "tmp")).filter((name) => name.endsWith(".part"));
+      expect(partials).toHaveLength(1);
+
+      const again = await runKaosOk(["up"], { cwd: project.dir });
+      expect(again.stderr).toContain("1 downloaded");
+      const gets = srv.requests.filter((request) => request.path === "/big.bin");
+      expect(gets).toHaveLength(2);
+      expect(rangeStart(gets[1]?.headers.range)).toBeGreaterThan(0);
+      expect(rangeStart(gets[1]?.headers.range)).toBeLessThanOrEqual(700_000);
+      expect(gets[1]?.headers["if-range"]).toBe('"big"');
+      expect(gets[1]?.status).toBe(206);
+      const trained = (JSON.parse((await runKaosOk(["train", "list", "--json"], { cwd: project.dir })).stdout) as typeof listed).find(
+        (job) => job.stage === "train",
+      );
+      expect(trained?.state).toBe("succeeded");
+      const seen = fs.readFileSync(path.join(project.dir, ".kaos", "jobs", trained!.id, "out", "seen"), "utf8");
+      expect(seen.split(" ")[0]).toBe(sha256OfGenerated(size, 5));
+    } finally {
+      stall.release();
       project.remove();
     }
   });

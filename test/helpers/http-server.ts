@@ -13,6 +13,7 @@
  *     "/drip": { body: bytes, chunkSize: 1024, chunkDelayMs: 10 },
  *     "/moved": { redirect: "/a.csv" },                           // 302 on every request
  *     "/gone": { status: 404 },
+ *     "/held": { body: bytes, stall },                            // first response stops mid-body until stall.release()
  *   });
  *   server.url            // "http://127.0.0.1:PORT"
  *   server.requests       // every request seen: { method, path, headers, status }
@@ -65,6 +66,53 @@ export interface RouteOptions {
   chunked?: boolean;
   /** Extra response headers. */
   headers?: Record<string, string>;
+  /** The first response served stops after `stall.afterBytes` body bytes until the test releases it (see {@link Stall}). */
+  stall?: Stall;
+}
+
+/**
+ * A response that stops mid-body and waits for the test: `reached` once it
+ * has sent `afterBytes` bytes and stopped, then either `release()` lets it
+ * send the rest, or the client closes the connection (`closedByClient`).
+ * Only the first response of its route stalls; later ones are served whole.
+ */
+export class Stall {
+  readonly reached: Promise<void>;
+  readonly closedByClient: Promise<void>;
+  private taken = false;
+  private onReached!: () => void;
+  private onClosed!: () => void;
+  private onRelease!: () => void;
+  private readonly released: Promise<void>;
+
+  constructor(readonly afterBytes: number) {
+    this.reached = new Promise((resolve) => (this.onReached = resolve));
+    this.closedByClient = new Promise((resolve) => (this.onClosed = resolve));
+    this.released = new Promise((resolve) => (this.onRelease = resolve));
+  }
+
+  release(): void {
+    this.onRelease();
+  }
+
+  /** Whether this response is the one that stalls. */
+  take(): boolean {
+    if (this.taken) return false;
+    this.taken = true;
+    return true;
+  }
+
+  /** Waits for the release or the client's close; true when the client closed the connection. */
+  async hold(response: http.ServerResponse): Promise<boolean> {
+    const closed = new Promise<true>((resolve) => {
+      if (response.destroyed) resolve(true);
+      else response.once("close", () => resolve(true));
+    });
+    this.onReached();
+    const byClient = await Promise.race([closed, this.released.then(() => false)]);
+    if (byClient) this.onClosed();
+    return byClient;
+  }
 }
 
 export interface RequestRecord {
@@ -268,10 +316,19 @@ async function serve(
   const dropAt = options.dropAfterBytes !== undefined && state.drops < (options.dropTimes ?? 1) ? options.dropAfterBytes : undefined;
   if (dropAt !== undefined) state.drops++;
   const chunkSize = options.chunkSize ?? 64 * 1024;
+  let stall = options.stall?.take() === true ? options.stall : undefined;
   let sent = 0;
   for (let at = start; at < end; at += chunkSize) {
     if (response.destroyed) return;
     let chunk = contentSlice(options, at, Math.min(end, at + chunkSize));
+    if (stall !== undefined && sent + chunk.length >= stall.afterBytes) {
+      const before = chunk.subarray(0, stall.afterBytes - sent);
+      await new Promise<void>((resolve) => response.write(before, () => resolve()));
+      sent += before.length;
+      if (await stall.hold(response)) return;
+      chunk = chunk.subarray(before.length);
+      stall = undefined;
+    }
     if (dropAt !== undefined && sent + chunk.length >= dropAt) {
       chunk = chunk.subarray(0, dropAt - sent);
       // Send what is allowed, then end the connection mid-body. A half-close

@@ -235,6 +235,9 @@ class JobControl {
   }
 }
 
+/** How often work that runs in this process looks at its job's record for a `kaos train kill`. */
+const RECORD_CHECK_MS = 200;
+
 /** The local backend of a stack, as the backend registry makes it. */
 export async function createLocalBackend(context: BackendContext): Promise<Backend> {
   return new LocalBackend(context.config, context.stack, context.state);
@@ -531,6 +534,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         this.state.markRunning(job.id, process.pid);
         this.record(reporter, job.id);
       }
+      // An ingest has no process of its own for `kaos train kill` to stop: it stops as at Ctrl-C once its record ends.
+      const watched = job === undefined ? undefined : this.watchRecord(job.id);
       try {
         // Each data key has a directory of its own, so running jobs never see it change;
         // when the key is only known after the download, the data lands beside it first.
@@ -545,7 +550,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
           dataDir: target,
           fileScope: fileUrlScopeOf(this.config),
           refresh: options.refresh === true,
-          signal,
+          signal: watched === undefined ? signal : AbortSignal.any([signal, watched.signal]),
           onProgress: (progress) => reporter.event({ kind: "ingest", pipeline: name, ...progress }),
           onNotice: (message) => reporter.event({ kind: "note", message: `${name} ingest: ${message}` }),
         });
@@ -576,6 +581,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         outcome.stages.build = { action: p.stages.build.action, state: "cancelled", reason: "ingest failed" };
         outcome.stages.train = { action: p.stages.train.action, state: "cancelled", reason: "ingest failed" };
         return outcome;
+      } finally {
+        watched?.stop();
       }
     } else if (p.stages.ingest) {
       reporter.event({ kind: "stage", pipeline: name, stage: "ingest", status: "skipped", reason: p.stages.ingest.reason });
@@ -980,6 +987,23 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   }
 
   /** Why a job this process runs was ended by another process (`kaos train kill`), or undefined while it has not been. */
+  /**
+   * Aborted once the record of `jobId` ends while it runs here (`kaos train
+   * kill`), with the reason it ended: for work done in this process, which
+   * has no process of its own to be signalled.
+   */
+  private watchRecord(jobId: string): { signal: AbortSignal; stop(): void } {
+    const ended = new AbortController();
+    const timer = setInterval(() => {
+      const reason = this.endedElsewhere(jobId);
+      if (reason === undefined) return;
+      clearInterval(timer);
+      ended.abort(new KaosError("JOBS_FAILED", reason));
+    }, RECORD_CHECK_MS);
+    timer.unref();
+    return { signal: ended.signal, stop: () => clearInterval(timer) };
+  }
+
   private endedElsewhere(jobId: string): string | undefined {
     const job = this.state.getJob(jobId);
     if (job === undefined || job.state === "queued" || job.state === "running") return undefined;

@@ -3,8 +3,9 @@
  * stops its process group, or a build's steps (SIGTERM, then SIGKILL after
  * five seconds). The kaos running the job sees it already ended, keeps this
  * result, and starts neither a job killed while queued nor the next step of
- * a killed build. A train job whose kaos is gone has its processes found by
- * their tag instead.
+ * a killed build, and a running ingest stops its transfers as at Ctrl-C (its
+ * partial downloads are resumed by the next `kaos up`). A train job whose
+ * kaos is gone has its processes found by their tag instead.
  */
 import type { BackendContext } from "../../core/backend.js";
 import { KaosError } from "../../core/errors.js";
