@@ -136,7 +136,7 @@ async function series(made: Project, points: KillPoint[], env: Record<string, st
   // What the killed runs were writing is gone too, not only never trusted.
   const leftovers = ["snapshots", "data", "trees"].flatMap((sub) =>
     entriesOf(join(made.dir, ".kaos", sub))
-      .filter((name) => /\.building-\d+-|\.\d+\.[0-9a-f]{8}\.tmp$/.test(name))
+      .filter((name) => /\.building-\d+(?:@[0-9a-f]{24})?-|\.\d+(?:@[0-9a-f]{24})?\.[0-9a-f]{8}\.tmp$/.test(name))
       .map((name) => `${sub}/${name}`),
   );
   expect(leftovers).toEqual([]);
