@@ -154,8 +154,13 @@ function tagOf(origin: Origin): string {
  * Without `origin`, this process's.
  */
 export function originTag(origin?: string): string {
-  return tagOf(origin === undefined ? currentOrigin() : parseOrigin(origin));
+  if (origin !== undefined) return tagOf(parseOrigin(origin));
+  // Every object stored names one temporary: worked out once.
+  ownTag ??= tagOf(currentOrigin());
+  return ownTag;
 }
+
+let ownTag: string | undefined;
 
 /**
  * What names this process's work in progress (a tree being laid out, a file
@@ -193,9 +198,7 @@ function originOfTag(tag: string): Origin {
 export function judgeOwnerStamp(stamp: string): Liveness {
   const { pid, tag } = parseOwnerStamp(stamp);
   if (tag === null) return localLiveness(pid, null);
-  const here = currentOrigin();
-  const mine = tagOf(here);
-  return judgeOrigin(originOfTag(tag), originOfTag(mine), pid, null);
+  return judgeOrigin(originOfTag(tag), originOfTag(originTag()), pid, null);
 }
 
 /** Whether a stamp names this very process. */
