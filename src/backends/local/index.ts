@@ -745,23 +745,26 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     markSealed(data.seal);
     await storeTree(this.objects, p.sourceTree, `pipelines.${name}.source`);
     const environment = environmentPath(this.envsDir, envKey);
-    const records = toRun.map((job) =>
-      this.state.createJob({
-        runId,
-        stack: this.stack.name,
-        pipeline: name,
-        stage: "train",
-        key: job.key!,
-        params: job.params,
-        envKey,
-        sourceKey: p.keys.source,
-        dataKey: dataKey ?? null,
-        paramsKey: job.paramsKey,
-        sweepIndex: job.index,
-        sweepSize,
-        outputDir: null,
-        logFile: null,
-      }),
+    // One transaction for the whole sweep: a commit per record cost a 100,000-job sweep about 20 s before its first job.
+    const records = this.state.transaction(() =>
+      toRun.map((job) =>
+        this.state.createJob({
+          runId,
+          stack: this.stack.name,
+          pipeline: name,
+          stage: "train",
+          key: job.key!,
+          params: job.params,
+          envKey,
+          sourceKey: p.keys.source,
+          dataKey: dataKey ?? null,
+          paramsKey: job.paramsKey,
+          sweepIndex: job.index,
+          sweepSize,
+          outputDir: null,
+          logFile: null,
+        }),
+      ),
     );
     for (const record of records) this.record(reporter, record.id);
     const { resources, parallelism } = p.pipeline;
