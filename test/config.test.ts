@@ -339,6 +339,17 @@ describe("config validation names the file, line, key path, bad value and what i
     );
   });
 
+  it("a hyperparams file with a byte order mark is read as the JSON after it; an empty one is named as empty", async () => {
+    const body = `      source: "src",\n      data: "data",\n      hyperparams: "grid.json",`;
+    const made = project(pipelineConfig(body), { "grid.json": '\uFEFF{"degree": [3, 5]}\n' });
+    const [svm] = (await loadConfig({ cwd: made.dir })).pipelines;
+    expect(svm?.hyperparams).toEqual({ degree: [3, 5] });
+    const empty = await configError(pipelineConfig(body), { "grid.json": " \n" });
+    expect(empty.message).toBe(
+      `invalid config\n${empty.file}:7: pipelines.svm.hyperparams: ${empty.file.replace("kaos.config.ts", "grid.json")}: is empty; expected a JSON grid, a list of grids or a random search`,
+    );
+  });
+
   it("an empty list of candidates", async () => {
     const { message, file } = await configError(
       pipelineConfig(`      source: "src",\n      data: "data",\n      hyperparams: { degree: [], kernel: "poly" },`),

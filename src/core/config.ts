@@ -212,10 +212,13 @@ async function resolveParsedConfig(config: ParsedConfig, file: string): Promise<
       } else {
         let text: string | undefined;
         try {
-          text = readFileSync(hyperparamsFile, "utf8");
+          // A byte order mark, as some Windows editors write, is no part of the JSON (RFC 8259 lets a parser ignore it).
+          text = readFileSync(hyperparamsFile, "utf8").replace(/^\uFEFF/, "");
           hyperparams = parseSpaceJson(text, hyperparamsFile);
         } catch (error) {
-          if (error instanceof SyntaxError && text !== undefined) {
+          if (error instanceof SyntaxError && text?.trim() === "") {
+            problem(at("hyperparams"), `${hyperparamsFile}: is empty; expected a JSON grid, a list of grids or a random search`);
+          } else if (error instanceof SyntaxError && text !== undefined) {
             const { jsonSyntaxProblem } = await import("./json-syntax.js");
             const syntax = jsonSyntaxProblem(text);
             problem(
