@@ -737,6 +737,12 @@ process.on("exit", () => writeFileSync(process.env.KAOS_TEST_PASSES, String(pass
     expect(both.stderr).toContain("-d/--data and -m/--manifest are exclusive");
     const missing = await runKaos(["train", "deploy", "-s", made.path("nope"), "-d", made.path("data")], { cwd: dir.dir });
     expect(missing.stderr).toContain(`-s/--source: no such directory: ${made.path("nope")}`);
+    // Found by the run, not the config: still told as the flags that hold it.
+    const tooBig = await runKaos(["train", "deploy", "-s", made.path("src"), "-d", made.path("data"), "--cpu", "999"], { cwd: dir.dir });
+    expect(tooBig.code).toBe(1);
+    expect(tooBig.stderr).toContain("error: --cpu/--memory/--gpu: each job asks for 999 cores, this machine gives kaos");
+    expect(tooBig.stderr).toContain("hint: lower --cpu, --memory or --gpu");
+    expect(tooBig.stderr).not.toContain("pipelines.deploy");
   });
 
   it("train deploy inside a project's folder: the commands run there read the deploy's state, the nearer one", async () => {

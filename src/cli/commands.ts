@@ -272,15 +272,11 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
       },
     },
   };
-  let config: ResolvedConfig;
-  try {
-    config = await resolveConfig(value, virtualFile);
-    const { checkInputs } = await engine();
-    checkInputs(config);
-  } catch (error) {
-    if (!(error instanceof KaosError)) throw error;
-    // Name the flags, not a config file the user never wrote (a kaos.config.ts
-    // that happens to sit in this directory would even lend it line numbers).
+  // Name the flags, not a config file the user never wrote (a kaos.config.ts
+  // that happens to sit in this directory would even lend it line numbers),
+  // whether the config or the run finds the mistake.
+  const inFlags = (error: unknown): unknown => {
+    if (!(error instanceof KaosError)) return error;
     const message = describeError(error)
       .split(`${virtualFile}:`)
       .map((part, index) => (index === 0 ? part : part.replace(/^(\d+:)? /, "")))
@@ -291,12 +287,24 @@ export async function deployCommand(options: Common & DeployCliOptions): Promise
       .replaceAll(`pipelines.${options.name}.manifest`, "-m/--manifest")
       .replaceAll(`pipelines.${options.name}.hyperparams`, "-h/--hyperparams")
       .replaceAll(`pipelines.${options.name}.resources.`, "--")
+      .replaceAll(`pipelines.${options.name}.resources`, "--cpu/--memory/--gpu")
       .replaceAll(`pipelines.${options.name}.parallelism`, "-p/--parallelism")
       .replace("invalid config\n", "invalid flags\n");
-    throw new KaosError(error.code === "CONFIG_INVALID" ? "USAGE" : error.code, message, { hint: error.hint });
+    const hint = error.hint?.replaceAll("the pipeline's resources", "--cpu, --memory or --gpu");
+    return new KaosError(error.code === "CONFIG_INVALID" ? "USAGE" : error.code, message, { hint });
+  };
+  let config: ResolvedConfig;
+  try {
+    config = await resolveConfig(value, virtualFile);
+    const { checkInputs } = await engine();
+    checkInputs(config);
+  } catch (error) {
+    throw inFlags(error);
   }
   const stack = await loadStack(config, undefined);
-  return runApply(config, stack, { force: options.force, json: options.json, command: "train deploy" });
+  return runApply(config, stack, { force: options.force, json: options.json, command: "train deploy" }).catch((error: unknown) => {
+    throw inFlags(error);
+  });
 }
 
 /** The project's state store for reading, or undefined when there is no config. */
