@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { failureJson as exitFailureJson } from "../src/cli/exit.js";
@@ -40,7 +41,14 @@ const COMMANDS = [
 describe("the CLI frame (built CLI)", () => {
   it("keeps working while the package rebuilds: dist/ is never missing", async () => {
     const project = tempProject();
-    const build = spawn(process.execPath, ["scripts/build.mjs"], { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "pipe"] });
+    // A copy of the package rebuilds, not the one the other test files run: a
+    // rebuilt dist/ is a new kaos, whose config cache would not hold the last one's values.
+    const root = tempProject().dir;
+    for (const entry of ["package.json", "tsconfig.json", "scripts", "src", "dist"]) {
+      cpSync(join(REPO_ROOT, entry), join(root, entry), { recursive: true, filter: (from) => !from.endsWith(".map") });
+    }
+    symlinkSync(join(REPO_ROOT, "node_modules"), join(root, "node_modules"));
+    const build = spawn(process.execPath, ["scripts/build.mjs"], { cwd: root, stdio: ["ignore", "ignore", "pipe"] });
     let buildErrors = "";
     build.stderr.setEncoding("utf8").on("data", (chunk: string) => (buildErrors += chunk));
     const built = new Promise<number | null>((resolve) => build.on("close", resolve));
@@ -49,7 +57,7 @@ describe("the CLI frame (built CLI)", () => {
     let runs = 0;
     // Run the CLI back to back for as long as the build lasts, and once after it.
     do {
-      const result = await runKaos(["--version"], { cwd: project.dir });
+      const result = await runKaos(["--version"], { cwd: project.dir, cli: join(root, "dist", "cli.js") });
       expect(result.stderr).toBe("");
       expect(result.code).toBe(0);
       runs++;

@@ -395,7 +395,7 @@ const catalogue: Record<string, Case[]> = {
     },
     {
       name: "random search with more samples than the space holds",
-      files: { "grid.json": random(`"kernel": {"choice": ["rbf", "poly"]}`, `"seed": 7, "samples": 3`) },
+      files: { "grid.json": random(`"C": {"choice": [1, 2]}`, `"seed": 7, "samples": 3`) },
       args: ["up"],
       message: `pipelines.p.hyperparams: {dir}/grid.json:3: "samples": 3 is more than the 2 distinct combinations the space holds; expected at most 2 (or widen the space)`,
     },
