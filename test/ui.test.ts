@@ -108,12 +108,11 @@ describe.skipIf(skipWithoutChromium)("kaos ui in a browser (built CLI, real proc
     // The scatter: one uPlot chart of a param against the metric, drawn on a canvas of some size.
     await page.locator("#x-param").selectOption("lr");
     await page.locator("#y-metric").selectOption("score");
-    const canvas = page.locator("#scatter canvas");
-    await canvas.waitFor();
-    const box = await canvas.boundingBox();
+    // The chart of the axes chosen, not the one it replaces: the earlier chart's canvas goes when the new one is drawn.
+    await expect.poll(() => page.locator("#scatter .u-title").textContent()).toBe("score by lr");
+    const box = await page.locator("#scatter canvas").boundingBox();
     expect(box?.width).toBeGreaterThan(100);
     expect(box?.height).toBeGreaterThan(100);
-    expect(await page.locator("#scatter .u-title").textContent()).toBe("score by lr");
 
     // Step curves of the selected jobs: the x series and one line per job.
     const firstTwo = await page.locator("#sweep tbody tr").evaluateAll((trs) => trs.slice(0, 2).map((tr) => tr.getAttribute("data-job")));
