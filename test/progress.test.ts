@@ -5,6 +5,7 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { LiveReporter } from "../src/cli/progress.js";
 import type { JobRecord } from "../src/core/state.js";
+import { readsCounted } from "./helpers/counting.js";
 
 afterEach(() => {
   vi.restoreAllMocks();
@@ -55,11 +56,8 @@ describe("the live view of kaos up", () => {
     let reads = 0;
     // Every read of a job record's fields is counted: the work the view does, without a clock.
     const counted = (job: JobRecord): JobRecord =>
-      new Proxy(job, {
-        get(target, key, receiver) {
-          reads += 1;
-          return Reflect.get(target, key, receiver) as unknown;
-        },
+      readsCounted(job, () => {
+        reads += 1;
       });
     const jobs = Array.from({ length: size }, (_, index) => trainJob(index, size));
     for (const job of jobs) reporter.event({ kind: "job", job: counted(job) });

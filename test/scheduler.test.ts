@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { type Demand, type Lease, ResourcePool } from "../src/backends/local/scheduler.js";
+import { readsCounted } from "./helpers/counting.js";
 
 const machine = { cpu: 2, memoryBytes: 8 << 30, gpus: [0, 1] };
 
@@ -85,11 +86,8 @@ describe("the local resource pool", () => {
     let reads = 0;
     // Every read of a demand's fields is counted: the work admission does, without a clock.
     const counted = (asked: Demand): Demand =>
-      new Proxy(asked, {
-        get(target, key, receiver) {
-          reads += 1;
-          return Reflect.get(target, key, receiver) as unknown;
-        },
+      readsCounted(asked, () => {
+        reads += 1;
       });
     const pool = new ResourcePool(machine);
     let done = 0;
