@@ -26,7 +26,7 @@ import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from "n
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { configCacheOf, kaosVersion } from "./layout.js";
-import { ownerStamp } from "./process-identity.js";
+import { temporaryPathFor } from "./process-identity.js";
 
 const FORMAT = 1;
 
@@ -205,7 +205,7 @@ export function saveConfigCache(stateDir: string): void {
   pending.delete(stateDir);
   const entries = { ...readCache(stateDir), ...waiting };
   const target = configCacheOf(stateDir);
-  const temporary = `${target}.${ownerStamp()}.tmp`;
+  const temporary = temporaryPathFor(target);
   try {
     writeFileSync(temporary, JSON.stringify({ format: FORMAT, kaos: kaos(), entries } satisfies CacheFile));
     renameSync(temporary, target);

@@ -17,7 +17,7 @@ import {
 } from "node:fs";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { KaosError } from "./errors.js";
-import { ownerStamp } from "./process-identity.js";
+import { temporaryPathFor } from "./process-identity.js";
 import { STATE_DIR_NAME } from "./layout.js";
 
 function lexists(path: string): boolean {
@@ -139,7 +139,7 @@ function recordedFiles(dir: string): Map<string, string> {
 
 function atomicWrite(path: string, content: string): void {
   mkdirSync(dirname(path), { recursive: true });
-  const partial = `${path}.partial-${ownerStamp()}`;
+  const partial = temporaryPathFor(path);
   writeFileSync(partial, content);
   renameSync(partial, path);
 }

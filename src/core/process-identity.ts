@@ -5,7 +5,7 @@
  * the boot and the pid namespace it ran in. Liveness is judged from those, not
  * from the host name, which a container or `unshare --uts` changes at will.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { readFileSync, readlinkSync } from "node:fs";
 import { errnoCode } from "./errors.js";
 
@@ -170,6 +170,15 @@ let ownTag: string | undefined;
  */
 export function ownerStamp(): string {
   return `${process.pid}@${originTag()}`;
+}
+
+/**
+ * Where this process writes `target` before renaming it into place:
+ * `TARGET.STAMP.XXXXXXXX.tmp`, the name crash recovery knows as a write its
+ * writer never finished (snapshot.ts, `TEMPORARY_NAMES`).
+ */
+export function temporaryPathFor(target: string): string {
+  return `${target}.${ownerStamp()}.${randomUUID().slice(0, 8)}.tmp`;
 }
 
 /** What matches an owner stamp in a pattern: a pid, and the tag (absent from names made before kaos wrote one). */

@@ -46,7 +46,7 @@ import { KaosError, describeError, errnoCode } from "./errors.js";
 import { filesOf, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { copyModeFor, type ObjectStore } from "./objects.js";
 import { comparePaths } from "./tree-walk.js";
-import { isOwnStamp, judgeOwnerStamp, OWNER_STAMP, ownerStamp, parseOwnerStamp } from "./process-identity.js";
+import { isOwnStamp, judgeOwnerStamp, OWNER_STAMP, ownerStamp, parseOwnerStamp, temporaryPathFor } from "./process-identity.js";
 
 function listingPath(stateDir: string, treeHash: string): string {
   return join(stateDir, "trees", `${treeHash}.jsonl`);
@@ -60,7 +60,7 @@ export function saveTreeListing(stateDir: string, tree: Pick<TreeHash, "hash" | 
   const target = listingPath(stateDir, tree.hash);
   if (existsSync(target)) return;
   mkdirSync(dirname(target), { recursive: true });
-  const temporary = `${target}.${ownerStamp()}.${randomUUID().slice(0, 8)}.tmp`;
+  const temporary = temporaryPathFor(target);
   // Written a chunk at a time: a million-file listing is never one string.
   const fd = openSync(temporary, "w");
   try {
@@ -308,7 +308,7 @@ export function namesIn(dir: string): string[] {
   }
 }
 
-/** What a writer names its work in progress: trees being laid out, listings being written, data views being ingested. */
+/** What a writer names its work in progress: trees being laid out, files being written (`temporaryPathFor`), data views being ingested. */
 const TEMPORARY_NAMES = [
   new RegExp(`\\.building-(${OWNER_STAMP})-[0-9a-f]{8}$`),
   new RegExp(`\\.(${OWNER_STAMP})\\.[0-9a-f]{8}\\.tmp$`),
@@ -741,7 +741,7 @@ function sealedAtFile(root: string): string {
  * than it; one changed after, this time or a later one.
  */
 export function nextClockTick(dir: string): bigint {
-  const probe = join(dir, `clock.${ownerStamp()}.${randomUUID().slice(0, 8)}.tmp`);
+  const probe = temporaryPathFor(join(dir, "clock"));
   try {
     writeFileSync(probe, "0");
     const first = lstatSync(probe, { bigint: true }).mtimeNs;

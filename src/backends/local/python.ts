@@ -21,7 +21,7 @@ import { delimiter, dirname, isAbsolute, join } from "node:path";
 import { promisify } from "node:util";
 import { KaosError } from "../../core/errors.js";
 import { pythonVersionsOf } from "../../core/layout.js";
-import { ownerStamp } from "../../core/process-identity.js";
+import { temporaryPathFor } from "../../core/process-identity.js";
 
 export interface PythonRuntime {
   /** Absolute path of the interpreter. */
@@ -204,7 +204,7 @@ function readVersionCache(stateDir: string): Record<string, CachedVersion> {
 function writeVersionCache(stateDir: string, entries: Record<string, CachedVersion>): void {
   if (!existsSync(stateDir)) return;
   const file = pythonVersionsOf(stateDir);
-  const temporary = `${file}.${ownerStamp()}.tmp`;
+  const temporary = temporaryPathFor(file);
   try {
     writeFileSync(temporary, JSON.stringify(Object.fromEntries(Object.entries(entries).slice(-VERSION_CACHE_ENTRIES))));
     renameSync(temporary, file);

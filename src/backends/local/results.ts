@@ -17,7 +17,6 @@
  * `sealTree`), so a write after the seal always shows in the stats.
  */
 import type { ResultsCheck, TreeChanges } from "../../core/backend.js";
-import { randomUUID } from "node:crypto";
 import {
   type Stats,
   chmodSync,
@@ -35,7 +34,7 @@ import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../core/hash.js";
 import { STATE_DIR_NAMES, jobPaths } from "../../core/layout.js";
 import { nextClockTick, resolveInside } from "../../core/snapshot.js";
-import { ownerStamp } from "../../core/process-identity.js";
+import { temporaryPathFor } from "../../core/process-identity.js";
 
 /** path, mode, size, content hash, then the stats: dev, ino, mtime and ctime in ns (decimal strings). */
 type SealedEntry = [string, TreeFile["mode"], number, string, string, string, string, string];
@@ -209,7 +208,7 @@ export async function sealJobResults(stateDir: string, jobId: string, sourceFile
   }
   const record: SealRecord = { version: 1, jobId, sealedAt: new Date().toISOString(), output, source, sourceChangedByJob };
   const target = sealPathOf(stateDir, jobId);
-  const temporary = `${target}.${ownerStamp()}.${randomUUID().slice(0, 8)}.tmp`;
+  const temporary = temporaryPathFor(target);
   writeFileSync(temporary, `${JSON.stringify(record)}\n`, { mode: 0o444 });
   renameSync(temporary, target);
   return record;
