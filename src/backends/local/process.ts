@@ -275,34 +275,7 @@ export function killGroup(pgid: number, signal: NodeJS.Signals): void {
  * processes even after they left its process group or lost their parent.
  */
 export function processesOfJob(jobId: string, since?: JobStart): { pid: number; pgid: number }[] {
-  const needle = `${JOB_TAG}=${jobId}`;
-  let entries: string[];
-  try {
-    entries = readdirSync("/proc");
-  } catch {
-    return [];
-  }
-  const pids = since === undefined ? undefined : pidsAllocatedSince(since);
-  const found: { pid: number; pgid: number }[] = [];
-  for (const entry of entries) {
-    if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
-    if (pids !== undefined) {
-      const pid = Number(entry);
-      if (pid < pids.from || pid > pids.to) continue;
-    }
-    const stat = readProcStat(entry);
-    // Gone meanwhile, a zombie, or started before the job's first process: not
-    // one of its descendants, whose environment need not be read (this scan runs after every job).
-    if (stat === undefined || stat.state === "Z" || (since?.ticks !== undefined && stat.startTicks < since.ticks)) continue;
-    try {
-      const environ = readFileSync(`/proc/${entry}/environ`, "latin1");
-      if (!environ.split("\0").includes(needle)) continue;
-      found.push({ pid: Number(entry), pgid: stat.pgid });
-    } catch {
-      // ended meanwhile, or another user's
-    }
-  }
-  return found;
+  return processesOfJobs(new Set([jobId]), since);
 }
 
 /** A job's first process: its pid, when it started (clock ticks since boot), and when kaos started it (ms). */
@@ -347,12 +320,12 @@ export function signalJob(jobId: string, signal: NodeJS.Signals, since?: JobStar
 }
 
 /**
- * Live processes tagged with any of `jobIds`, as processesOfJob finds them,
- * in one pass over /proc: a killed sweep leaves up to 100,000 unfinished
- * jobs, and a pass per job would read every process's environment that many
- * times.
+ * Live processes tagged with any of `jobIds`, in one pass over /proc: a
+ * killed sweep leaves up to 100,000 unfinished jobs, and a pass per job would
+ * read every process's environment that many times. With `since`, only
+ * processes started after a job's first one are looked at.
  */
-function processesOfJobs(jobIds: ReadonlySet<string>): { pid: number; pgid: number; jobId: string }[] {
+function processesOfJobs(jobIds: ReadonlySet<string>, since?: JobStart): { pid: number; pgid: number; jobId: string }[] {
   const prefix = `${JOB_TAG}=`;
   let entries: string[];
   try {
@@ -360,11 +333,18 @@ function processesOfJobs(jobIds: ReadonlySet<string>): { pid: number; pgid: numb
   } catch {
     return [];
   }
+  const pids = since === undefined ? undefined : pidsAllocatedSince(since);
   const found: { pid: number; pgid: number; jobId: string }[] = [];
   for (const entry of entries) {
     if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
+    if (pids !== undefined) {
+      const pid = Number(entry);
+      if (pid < pids.from || pid > pids.to) continue;
+    }
     const stat = readProcStat(entry);
-    if (stat === undefined || stat.state === "Z") continue;
+    // Gone meanwhile, a zombie, or started before the job's first process: not
+    // one of its descendants, whose environment need not be read (this scan runs after every job).
+    if (stat === undefined || stat.state === "Z" || (since?.ticks !== undefined && stat.startTicks < since.ticks)) continue;
     try {
       const environ = readFileSync(`/proc/${entry}/environ`, "latin1");
       const jobId = environ
@@ -398,6 +378,8 @@ function signalProcesses(processes: readonly { pid: number; pgid: number }[], si
  * touched, so a recorded pid that now belongs to someone else is safe.
  */
 export async function stopOrphanedJobs(jobIds: readonly string[], graceMs = 3_000): Promise<number> {
+  // Every up recovers, mostly with nothing to recover: no pass over /proc for no job.
+  if (jobIds.length === 0) return 0;
   const ids = new Set(jobIds);
   const orphans = processesOfJobs(ids);
   if (orphans.length === 0) return 0;
