@@ -71,13 +71,9 @@ export function stackNames(root: string): string[] {
   return [...new Set(names)].sort();
 }
 
-export function stackFileCandidates(root: string, name: string): string[] {
-  return MODULE_EXTENSIONS.map((ext) => join(stacksDirOf(root), `${name}.${ext}`));
-}
-
 /** The files of stack `name` that exist, in the order they are looked for: more than one is a mistake to report. */
 export function stackFilesOf(root: string, name: string): string[] {
-  return stackFileCandidates(root, name).filter(isFile);
+  return MODULE_EXTENSIONS.map((ext) => join(stacksDirOf(root), `${name}.${ext}`)).filter(isFile);
 }
 
 function isFile(path: string): boolean {

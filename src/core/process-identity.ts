@@ -216,11 +216,6 @@ export function isOwnStamp(stamp: string): boolean {
   return pid === process.pid && (tag === null || tag === originTag());
 }
 
-/** Whether the process with this pid (and start token, when known) runs on this machine. */
-export function isProcessAlive(pid: number, startToken: string | null): boolean {
-  return localLiveness(pid, startToken) === "alive";
-}
-
 function localLiveness(pid: number, startToken: string | null): "alive" | "dead" {
   if (!Number.isInteger(pid) || pid <= 0) return "dead";
   try {
