@@ -89,14 +89,17 @@ const STOP_SIGNALS = { SIGINT: "interrupted", SIGTERM: "terminated", SIGHUP: "hu
  * loses its reader; a second signal exits at once with 130. Returns the
  * function that stops listening.
  */
+/** What a second Ctrl-C does: say so, and exit with 130 without waiting for anything. */
+export function exitAtOnce(): never {
+  process.stderr.write("\nstopping at once\n");
+  process.exit(EXIT.interrupted);
+}
+
 export function onStopRequest(stop: (why: StopReason) => void): () => void {
   let signals = 0;
   const onSignal = (name: NodeJS.Signals) => {
     signals += 1;
-    if (signals > 1) {
-      process.stderr.write("\nstopping at once\n");
-      process.exit(EXIT.interrupted);
-    }
+    if (signals > 1) exitAtOnce();
     stop(STOP_SIGNALS[name as keyof typeof STOP_SIGNALS] ?? "terminated");
   };
   for (const name of Object.keys(STOP_SIGNALS)) process.on(name, onSignal);

@@ -481,18 +481,19 @@ const OFTEN_LIGHT_STARTS: ReadonlySet<string | undefined> = new Set([undefined, 
 async function run(argv: string[]): Promise<number> {
   exitStatus = EXIT.ok;
   if (!OFTEN_LIGHT_STARTS.has(argv[2])) keepYoungGenerationsSmall();
-  let json = false;
+  // Once commander has parsed the command line, the options it found say whether JSON was asked for;
+  // a command line it refused is read word by word, and only then.
+  let json: boolean | undefined;
+  let program: Command | undefined;
   try {
-    const program = buildProgram(argv);
-    json = asksForJson(program, argv.slice(2));
-    // Once commander has parsed the command line, the options it found are the answer.
+    program = buildProgram(argv);
     program.hook("preAction", (_program, action) => {
       json = action.opts<{ json?: boolean }>().json === true;
     });
     await program.parseAsync(argv);
     return exitStatus;
   } catch (error) {
-    return reportFailure(error, json);
+    return reportFailure(error, json ?? (program !== undefined && asksForJson(program, argv.slice(2))));
   }
 }
 

@@ -114,7 +114,7 @@ import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
 import { stateDirOf } from "../../core/layout.js";
 import { setupReporter, startMonitor, type MonitorServer } from "../../core/monitor.js";
-import { EXIT, failureLines, onStopRequest } from "../exit.js";
+import { EXIT, exitAtOnce, failureLines, onStopRequest } from "../exit.js";
 
 interface CurrentRun {
   reporter: WatchReporter;
@@ -178,10 +178,7 @@ class WatchSession {
         },
         abandonPlan: () => this.abandonPlan(),
         stopRuns: () => this.stopRuns(),
-        stopAtOnce: () => {
-          process.stderr.write("\nstopping at once\n");
-          process.exit(EXIT.interrupted);
-        },
+        stopAtOnce: exitAtOnce,
         entered: () => this.drawStatus(),
       },
       options.debounce ?? watchConfig.debounceMs,
