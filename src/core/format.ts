@@ -7,12 +7,12 @@ export function shortKey(key: string | undefined | null): string {
   return key ? key.slice(0, 12) : "-";
 }
 
-/** A size or, with "/s" after it, a rate: `999 B`, `662 B/s`, `0.25 B/s`, `392.9 MiB`. */
 /** `1 job`, `2 jobs`: a count and its noun, which takes an `s` unless there is one. */
 export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
+/** A size or, with "/s" after it, a rate: `999 B`, `662 B/s`, `0.25 B/s`, `392.9 MiB`. */
 export function formatBytes(bytes: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let value = bytes;

@@ -265,7 +265,6 @@ function describeChange(what: string, change: TreeChange | undefined): string | 
   return parts.length === 0 ? undefined : `${what}: ${parts.join(", ")}`;
 }
 
-/** `objects.has` for a million hashes, or undefined when the store holds nothing yet. */
 /** What the entries to download come to, as far as their manifest lines or the lock state it: " (2.9 MiB)", " (4 B, and 2 of unknown size)". */
 function downloadSizeNote(missing: MissingEntries): string {
   if (missing.unsized === missing.entries) return "";
@@ -273,6 +272,7 @@ function downloadSizeNote(missing: MissingEntries): string {
   return ` (${formatBytes(missing.bytes)}${unsized})`;
 }
 
+/** `objects.has` for a million hashes, or undefined when the store holds nothing yet. */
 function storedObjects(objects: ObjectStore): ((hash: string) => boolean) | undefined {
   return existsSync(objects.dir) ? objects.hasEach() : undefined;
 }
@@ -550,7 +550,7 @@ export function formatPlan(plan: Plan, c: PlanPainter): string {
   const hashed = plan.stats.hashedFiles;
   lines.push(
     c.dim(
-      `stack ${plan.stack}: ${plan.pipelines.length} pipeline${plan.pipelines.length === 1 ? "" : "s"}, ${plural(plan.stats.files, "file")} checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${formatBytes(plan.stats.hashedBytes)}${monitored(plan.stats)})`,
+      `stack ${plan.stack}: ${plural(plan.pipelines.length, "pipeline")}, ${plural(plan.stats.files, "file")} checked (${plan.stats.cacheHits} unchanged, ${hashed} hashed, ${formatBytes(plan.stats.hashedBytes)}${monitored(plan.stats)})`,
     ),
   );
   let stagesToRun = 0;

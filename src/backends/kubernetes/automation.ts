@@ -26,6 +26,7 @@ import {
   type OpMap,
 } from "@pulumi/pulumi/automation/index.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
+import { temporaryPathFor } from "../../core/process-identity.js";
 import { withoutColours } from "../../core/format.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { planCluster, type ClusterPipelineInput, type ClusterPlan } from "./cluster-plan.js";
@@ -221,7 +222,7 @@ async function dropPendingCreates(
     `kaos: stack '${stackName}' holds ${creates.length} create(s) an interrupted update left pending (${creates.map((operation) => resourceName(operation.resource?.urn ?? "")).join(", ")}); creating them again\n`,
   );
   state.deployment.pending_operations = pending.filter((operation) => operation.type !== "creating");
-  const file = join(workDir, `pending-creates-${process.pid}.json`);
+  const file = temporaryPathFor(join(workDir, "pending-creates.json"));
   await writeFile(file, JSON.stringify(state), { mode: 0o600 });
   try {
     await pulumi.run(["stack", "import", "--file", file, ...stackArgs], workDir, envVars);

@@ -18,7 +18,7 @@ import { pipeline } from "node:stream/promises";
 import { create as createTar } from "tar";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import { ALWAYS_IGNORED, isEditorFile } from "../../core/tree-walk.js";
-import { ownerStamp } from "../../core/process-identity.js";
+import { temporaryPathFor } from "../../core/process-identity.js";
 
 export type BundleFileMode = "file" | "exec" | "symlink";
 
@@ -101,7 +101,7 @@ export async function packBundle(
   try {
     if (typeof out === "string") {
       await mkdir(dirname(out), { recursive: true });
-      const partial = `${out}.partial-${ownerStamp()}`;
+      const partial = temporaryPathFor(out);
       try {
         await pipeline(archive, measure, createWriteStream(partial));
         await rename(partial, out);

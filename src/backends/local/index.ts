@@ -989,7 +989,6 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return changed;
   }
 
-  /** Why a job this process runs was ended by another process (`kaos train kill`), or undefined while it has not been. */
   /**
    * Aborted once the record of `jobId` ends while it runs here (`kaos train
    * kill`), with the reason it ended: for work done in this process, which
@@ -1007,6 +1006,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return { signal: ended.signal, stop: () => clearInterval(timer) };
   }
 
+  /** Why a job this process runs was ended by another process (`kaos train kill`), or undefined while it has not been. */
   private endedElsewhere(jobId: string): string | undefined {
     const job = this.state.getJob(jobId);
     if (job === undefined || job.state === "queued" || job.state === "running") return undefined;

@@ -32,11 +32,9 @@ export async function killLocalJob(context: BackendContext, jobRef: string): Pro
   } finally {
     state.close();
   }
-  if (job.stage === "build") {
+  if (job.stage === "build" || (job.stage === "train" && !ownerRunsHere)) {
     // A build runs inside the kaos that applies it (its recorded pid); its steps (venv, pip) carry the job's id.
-    await stopOrphanedJobs([job.id], GRACE_MS);
-  } else if (job.stage === "train" && !ownerRunsHere) {
-    // The recorded pid named the job's process group only while its kaos lived to reap it; since then it
+    // A train job's recorded pid named its process group only while its kaos lived to reap it; since then it
     // may be anybody's (or another machine's). What the job left running here still carries its tag.
     await stopOrphanedJobs([job.id], GRACE_MS);
   } else if (job.stage === "train" && job.pid !== null && job.pid !== process.pid) {

@@ -109,7 +109,7 @@ export class ResourcePool {
     const bounds: { jobs: number; why: string; fix: string }[] = [
       {
         jobs: Math.floor((this.capacity.cpu + 1e-9) / demand.cpu),
-        why: `each asks for ${demand.cpu} core${demand.cpu === 1 ? "" : "s"}, and this machine gives kaos ${this.capacity.cpu}`,
+        why: `each asks for ${plural(demand.cpu, "core")}, and this machine gives kaos ${this.capacity.cpu}`,
         fix: "lower the pipeline's resources.cpu, or raise maxCpu in the stack",
       },
     ];
@@ -123,7 +123,7 @@ export class ResourcePool {
     if (demand.gpu > 0) {
       bounds.push({
         jobs: Math.floor(this.capacity.gpus.length / demand.gpu),
-        why: `each asks for ${demand.gpu} GPU${demand.gpu === 1 ? "" : "s"}, and this machine has ${this.capacity.gpus.length}`,
+        why: `each asks for ${plural(demand.gpu, "GPU")}, and this machine has ${this.capacity.gpus.length}`,
         fix: "lower the pipeline's resources.gpu, or use a cluster stack with GPU nodes",
       });
     }
