@@ -374,6 +374,8 @@ async function planPipeline(
     [envChanged ? "environment changed" : undefined, describeChange("source", sourceChange), describeChange("data", dataChange)]
       .filter(Boolean)
       .join("; ") || undefined;
+  // A plan made while a kaos applies this (or another) stack: what it runs now is not done, and is not new either.
+  const unfinishedByKey = options.force ? undefined : state.unfinishedJobsByKey("train");
   const jobs: JobPlan[] = await Promise.all(
     combinations.map(async (params, index): Promise<JobPlan> => {
       const canonical = canonicalJson(params);
@@ -382,8 +384,7 @@ async function planPipeline(
       const { job: reuse, distrusted } = key === null || options.force ? { job: undefined } : await oracle.succeededJob(key);
       if (reuse) return { index, key, params, paramsKey, action: "skip", reason: `identical job ${reuse.id} succeeded`, reuse };
       let reason: string;
-      // A plan made while a kaos applies this (or another) stack: what it runs now is not done, and is not new either.
-      const unfinished = key === null || options.force ? undefined : state.unfinishedJob("train", key);
+      const unfinished = key === null ? undefined : unfinishedByKey?.get(key);
       if (options.force) reason = "forced";
       else if (distrusted !== undefined) reason = distrusted;
       else if (key === null) reason = "data key known after ingest";

@@ -864,12 +864,22 @@ export class StateStore {
     return this.latestInState(stage, key, "cancelled");
   }
 
-  /** The job of `key` queued or running now, in a run whose kaos has not gone (here, or where this one cannot look). */
-  unfinishedJob(stage: Stage, key: string): JobRecord | undefined {
-    if (this.db === null) return undefined;
-    return this.selectJobs("WHERE stage = ? AND key = ? AND state IN ('queued','running') ORDER BY seq DESC", stage, key).find((job) =>
-      this.runOwnerAlive(job.runId),
-    );
+  /**
+   * For each key, its latest job queued or running now in a run whose kaos has
+   * not gone (here, or where this one cannot look): one query, and one look at
+   * each run's kaos, however many jobs a plan asks about.
+   */
+  unfinishedJobsByKey(stage: Stage): Map<string, JobRecord> {
+    const unfinished = new Map<string, JobRecord>();
+    if (this.db === null) return unfinished;
+    const ownerAlive = new Map<string, boolean>();
+    for (const job of this.selectJobs("WHERE stage = ? AND state IN ('queued','running') ORDER BY seq DESC", stage)) {
+      if (unfinished.has(job.key)) continue;
+      const alive = ownerAlive.get(job.runId) ?? this.runOwnerAlive(job.runId);
+      ownerAlive.set(job.runId, alive);
+      if (alive) unfinished.set(job.key, job);
+    }
+    return unfinished;
   }
 
   /**
