@@ -463,17 +463,15 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   }
 
   /** Cancels running and queued jobs that `select` picks (all by default). */
-  cancel(reason: string, select: (job: JobRecord) => boolean = () => true): void {
-    for (const entry of this.running.values()) if (select(entry.job)) entry.control.cancel(reason);
+  cancel(reason: string, select: (job: JobRecord, control: JobControl) => boolean = () => true): void {
+    for (const entry of this.running.values()) if (select(entry.job, entry.control)) entry.control.cancel(reason);
   }
 
   async execute(options: ExecuteOptions): Promise<ExecuteResult> {
     this.checkResources(options.plan);
     // Every pipeline's ingest listens for the interrupt too.
     setMaxListeners(0, options.signal);
-    const interrupt = () => {
-      for (const { control } of this.running.values()) if (control.signal === options.signal) control.cancel(INTERRUPTED);
-    };
+    const interrupt = () => this.cancel(INTERRUPTED, (_job, control) => control.signal === options.signal);
     options.signal.addEventListener("abort", interrupt, { once: true });
     // A plan with no job to run hands out no GPU: nvidia-smi, which lists them, is not run for it.
     const pool = new ResourcePool(jobsToRun(options.plan) ? this.capacity() : { ...this.capacityWithout(), gpus: [] });
