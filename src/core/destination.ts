@@ -17,6 +17,7 @@ import {
 } from "node:fs";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { KaosError } from "./errors.js";
+import { existingAncestor } from "./disk.js";
 import { temporaryPathFor } from "./process-identity.js";
 import { STATE_DIR_NAME } from "./layout.js";
 
@@ -31,12 +32,11 @@ function lexists(path: string): boolean {
 
 /** `path` as the file system resolves the part of it that exists, so that a symlink into a state directory is seen. */
 function resolvedAsFarAsItExists(path: string): string {
-  for (let existing = path; ; existing = dirname(existing)) {
-    try {
-      return join(realpathSync(existing), relative(existing, path));
-    } catch {
-      if (dirname(existing) === existing) return path;
-    }
+  const existing = existingAncestor(path);
+  try {
+    return join(realpathSync(existing), relative(existing, path));
+  } catch {
+    return path;
   }
 }
 

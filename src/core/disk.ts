@@ -44,7 +44,7 @@ export function isNoSpace(error: unknown): boolean {
 }
 
 /** `path` itself when it exists, else its closest existing ancestor. */
-function existingAncestor(path: string): string {
+export function existingAncestor(path: string): string {
   let current = resolve(path);
   while (!existsSync(current)) {
     const parent = dirname(current);
