@@ -11,7 +11,7 @@
  * SDK beyond its typed API is listed in test/pulumi-sdk.test.ts.
  */
 import type { ResourceChange, ResourceChanges } from "../../core/backend.js";
-import { constants } from "node:fs";
+import { constants, readFileSync } from "node:fs";
 import { access, mkdir, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { homedir } from "node:os";
@@ -164,7 +164,9 @@ async function runCluster(
     if (operation === "preview") await workspaceStack.preview(common);
     else {
       const apply = async (): Promise<void> => {
-        if (ownsState(settings.pulumi.backendUrl)) await dropPendingCreates(pulumiCommand, settings, envVars, options.onOutput);
+        if (ownsState(settings.pulumi.backendUrl) && !checkpointShowsNoPendingCreates(settings)) {
+          await dropPendingCreates(pulumiCommand, settings, envVars, options.onOutput);
+        }
         await workspaceStack.up(common);
       };
       try {
@@ -201,6 +203,23 @@ async function runCluster(
  * state goes through `stack export`/`import` as it is stored: secrets stay
  * encrypted.
  */
+/**
+ * Whether the stack's checkpoint in a file backend holds no pending create,
+ * read from the file: the common case, told without starting the Pulumi CLI
+ * for a `stack export`. False when the checkpoint cannot be read (a new stack,
+ * a compressed one): the export then tells.
+ */
+function checkpointShowsNoPendingCreates(settings: ClusterSettings): boolean {
+  const { backendUrl, projectName, stackName } = settings.pulumi;
+  try {
+    const file = join(fileURLToPath(backendUrl), ".pulumi", "stacks", projectName, `${stackName}.json`);
+    const state = JSON.parse(readFileSync(file, "utf8")) as { checkpoint?: { latest?: { pending_operations?: { type?: string }[] } } };
+    return !(state.checkpoint?.latest?.pending_operations ?? []).some((operation) => operation.type === "creating");
+  } catch {
+    return false;
+  }
+}
+
 async function dropPendingCreates(
   command: PulumiCommand,
   settings: ClusterSettings,
