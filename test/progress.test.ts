@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { LiveReporter } from "../src/cli/progress.js";
+import { Terminal, WatchReporter } from "../src/cli/watch/terminal.js";
 import type { JobRecord } from "../src/core/state.js";
 import { readsCounted } from "./helpers/counting.js";
 
@@ -76,5 +77,26 @@ describe("the live view of kaos up", () => {
     expect(lastFrame).toContain("p train 1/5000 job0  score=0  succeeded");
     expect(lastFrame).toContain("p train 2/5000 job1  score=1  failed  (exit code 3)");
     expect(lastFrame.slice(lastFrame.lastIndexOf("p  train"))).toMatch(/^p {2}train {2}1 done, 1 running, 1 failed of 5000\n/);
+  });
+});
+
+describe("the status line of kaos watch", () => {
+  it("counts each job once, in the state it is in now, as its events come", () => {
+    vi.spyOn(process.stderr, "write").mockImplementation(() => true);
+    const reporter = new WatchReporter(
+      new Terminal(false),
+      () => undefined,
+      () => undefined,
+    );
+    const send = (index: number, state: JobRecord["state"]) => reporter.event({ kind: "job", job: { ...trainJob(index, 3), state } });
+    for (const index of [0, 1, 2]) send(index, "queued");
+    expect(reporter.counts()).toEqual({ total: 3, running: 0, done: 0 });
+    send(0, "running");
+    send(1, "running");
+    expect(reporter.counts()).toEqual({ total: 3, running: 2, done: 0 });
+    send(0, "succeeded");
+    send(1, "failed");
+    send(2, "cancelled");
+    expect(reporter.counts()).toEqual({ total: 3, running: 0, done: 3 });
   });
 });

@@ -68,22 +68,29 @@ export class WatchReporter implements Reporter {
     private readonly onChange: () => void,
   ) {}
 
+  /** Kept as jobs change, as the live view of `kaos up` keeps its own: the status line is drawn on every job event of a sweep. */
+  private readonly tally = { total: 0, running: 0, done: 0 };
+
   event(event: RunEvent): void {
     this.terminal.around(() => this.plain.event(event));
     if (event.kind === "job") {
+      const before = this.jobs.get(event.job.id);
+      if (before === undefined) this.tally.total += 1;
+      else this.count(before, -1);
+      this.count(event.job, 1);
       this.jobs.set(event.job.id, event.job);
       this.onJob(event.job);
       this.onChange();
     }
   }
 
+  private count(job: JobRecord, by: 1 | -1): void {
+    if (job.state === "running") this.tally.running += by;
+    else if (job.state !== "queued") this.tally.done += by;
+  }
+
   counts(): { total: number; running: number; done: number } {
-    const jobs = [...this.jobs.values()];
-    return {
-      total: jobs.length,
-      running: jobs.filter((job) => job.state === "running").length,
-      done: jobs.filter((job) => job.state !== "running" && job.state !== "queued").length,
-    };
+    return { ...this.tally };
   }
 
   close(): void {}
