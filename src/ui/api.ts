@@ -88,7 +88,8 @@ export function jobSummary(job: JobRecord) {
 export type JobSummary = ReturnType<typeof jobSummary>;
 
 /** A sweep's rows as a query asked for them, kept while the sweep read stays the same. */
-interface OrderedSweep {
+/** The rows a filter keeps of one sweep view, and (`sort` set) in an order. */
+interface KeptRows {
   view: SweepView;
   filter: string;
   sort: string;
@@ -124,7 +125,9 @@ function offsetOf(query: URLSearchParams): number {
 }
 
 export class Api {
-  private readonly ordered = new Map<string, OrderedSweep>();
+  // Apart, so that the chart's request (filtered rows) and the table's (also sorted) do not evict each other.
+  private readonly filtered = new Map<string, KeptRows>();
+  private readonly ordered = new Map<string, KeptRows>();
 
   constructor(
     private readonly reader: StoreReader,
@@ -274,7 +277,7 @@ export class Api {
     const x = optional(query, "x");
     const y = optional(query, "y");
     if (x === undefined || y === undefined) throw new ApiError(400, "x and y: expected a param and a metric of the sweep");
-    const rows = this.orderedRows(await this.sweep(pipeline), query.get("filter") ?? "", undefined);
+    const rows = this.filteredRows(await this.sweep(pipeline), query.get("filter") ?? "");
     const xs: unknown[] = [];
     const ys: number[] = [];
     for (const row of rows) {
@@ -288,13 +291,21 @@ export class Api {
     return { x, y, xs, ys };
   }
 
+  /** The rows `filter` keeps, in the sweep's order: kept per pipeline. */
+  private filteredRows(view: SweepView, filter: string): SweepView["items"] {
+    const kept = this.filtered.get(view.pipeline);
+    if (kept !== undefined && kept.view === view && kept.filter === filter) return kept.rows;
+    const rows = filter.trim() === "" ? view.items : view.items.filter(parseFilter(filter));
+    this.filtered.set(view.pipeline, { view, filter, sort: "", rows });
+    return rows;
+  }
+
   /** The rows `filter` keeps, ordered by `sort`: kept per pipeline, so that paging through costs a slice. */
   private orderedRows(view: SweepView, filter: string, sort: SweepSort | undefined): SweepView["items"] {
     const sortKey = sort === undefined ? "" : `${sort.descending ? "-" : "+"}${sort.column}`;
     const kept = this.ordered.get(view.pipeline);
     if (kept !== undefined && kept.view === view && kept.filter === filter && kept.sort === sortKey) return kept.rows;
-    const test = parseFilter(filter);
-    const rows = sortRows(filter.trim() === "" ? view.items : view.items.filter(test), sort);
+    const rows = sortRows(this.filteredRows(view, filter), sort);
     this.ordered.set(view.pipeline, { view, filter, sort: sortKey, rows });
     return rows;
   }
