@@ -133,7 +133,7 @@ describe("opening", () => {
       const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map(
         (row) => row.name,
       );
-      expect(tables).toEqual(["applied", "jobs", "meta", "runs", "stat_cache", "stat_cache_chunks", "writer_locks"]);
+      expect(tables).toEqual(["applied", "jobs", "meta", "revision", "runs", "stat_cache", "stat_cache_chunks", "writer_locks"]);
     } finally {
       db.close();
     }

@@ -45,4 +45,11 @@ registerHooks?.({
   },
 });
 
-await import("./program.js");
+/**
+ * A `kaos up` first asks whether the last one that had nothing to do still
+ * vouches for this one (up-from-record.ts): then it is done without loading
+ * the command line at all.
+ */
+const status = process.argv[2] === "up" ? (await import("./up-from-record.js")).upFromRecord() : undefined;
+if (status === undefined) await import("./program.js");
+else process.exitCode = status;

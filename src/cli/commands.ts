@@ -24,6 +24,8 @@ import type { Session } from "../core/engine.js";
 import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metrics.js";
 import type { SweepRow, SweepRowJson } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
+import { PrintedLines, runLine } from "./run-lines.js";
+import { processStartNs, traceUpToDate } from "../core/up-to-date.js";
 import {
   displayLine,
   displayMessage,
@@ -97,21 +99,23 @@ function upJson(outcome: RunOutcome, stack: string) {
   };
 }
 
-function summarize(outcome: RunOutcome): string {
+/** `2 succeeded, 0 failed, 0 cancelled, 10 reused`: a run's jobs. */
+function jobCounts(outcome: RunOutcome): string {
   const jobs = outcome.result.pipelines.flatMap((p) => p.jobs);
   const ran = jobs.filter((job) => !job.reused);
   const count = (state: string) => ran.filter((job) => job.state === state).length;
   const reused = jobs.length - ran.length;
+  return `${count("succeeded")} succeeded, ${count("failed")} failed, ${count("cancelled")} cancelled, ${reused} reused`;
+}
+
+function summarize(outcome: RunOutcome): string {
   const failedStages = outcome.result.pipelines.flatMap((p) =>
     Object.entries(p.stages)
       .filter(([, stage]) => stage.state === "failed")
       // A reason of several lines (a manifest's failed entries) keeps them: they are kaos's own, with control characters escaped.
       .map(([name, stage]) => `${p.name} ${name}${stage.jobId ? ` (${stage.jobId})` : ""}: ${displayMessage(stage.reason ?? "failed")}`),
   );
-  const lines = [
-    `run ${outcome.runId}: ${count("succeeded")} succeeded, ${count("failed")} failed, ${count("cancelled")} cancelled, ${reused} reused`,
-    ...failedStages.map((line) => `failed: ${line}`),
-  ];
+  const lines = [runLine(outcome.runId, jobCounts(outcome)), ...failedStages.map((line) => `failed: ${line}`)];
   return lines.join("\n");
 }
 
@@ -130,7 +134,7 @@ async function runApply(
   stack: ResolvedStack,
   options: { force?: boolean; refresh?: boolean; json?: boolean; command: string },
 ): Promise<number> {
-  const { checkInputs, createReporter, planJson } = await engine();
+  const { checkInputs, createReporter, planJson, recordUpToDate } = await engine();
   const manifests = checkInputs(config);
   const session = await openBackendSession(config, stack);
   let planning = false;
@@ -144,7 +148,8 @@ async function runApply(
     process.stderr.write(`\n${why}: stopped before anything ran\n`);
     process.exit(EXIT.interrupted);
   });
-  const reporter = createReporter({ json: options.json, interactive: isInteractive(process.stderr) });
+  const interactive = isInteractive(process.stderr);
+  const reporter = new PrintedLines(createReporter({ json: options.json, interactive }));
   try {
     const outcome = await session.backend.up({
       command: options.command,
@@ -171,6 +176,23 @@ async function runApply(
     }
     if (options.json) printJson(upJson(outcome, stack.name));
     else process.stderr.write(`${summarize(outcome)}\n`);
+    if (options.command === "up" && !options.json && !options.force && !options.refresh && outcome.result.succeeded) {
+      let notRecorded: string | undefined;
+      try {
+        notRecorded = recordUpToDate({
+          session,
+          plan: outcome.plan,
+          startedAtNs: processStartNs(),
+          lines: reporter.lines,
+          interactive,
+          summary: jobCounts(outcome),
+        });
+      } catch (error) {
+        // Only a shortcut for the next kaos up, which then plans in full.
+        notRecorded = describeError(error);
+      }
+      traceUpToDate(notRecorded === undefined ? "recorded" : `not recorded: ${notRecorded}`);
+    }
     return outcome.result.succeeded ? EXIT.ok : EXIT.failure;
   } finally {
     reporter.close();

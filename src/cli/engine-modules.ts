@@ -14,3 +14,4 @@ export { formatPlan, planJson } from "../core/plan.js";
 export { bestOfSweep, numericMetricNames, rankSweep, sweepRowJson } from "../core/sweep.js";
 export { setupReporter, startMonitor } from "../core/monitor.js";
 export { createReporter } from "./progress.js";
+export { recordUpToDate } from "../core/up-to-date-record.js";

@@ -7,7 +7,8 @@ import type { IngestProgress, Reporter, RunEvent } from "../core/events.js";
 import type { JobRecord } from "../core/state.js";
 import { formatPlan } from "../core/plan.js";
 import { colors, type Colors } from "./output.js";
-import { displayLine, displayMessage, displayText, formatBytes, formatDuration, paramsText } from "../core/format.js";
+import { elapsedLine, noteLine, skippedStageLine } from "./run-lines.js";
+import { displayLine, displayText, formatBytes, formatDuration, paramsText } from "../core/format.js";
 
 /** `412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2s`: an ingest's progress on one line. */
 export function formatIngestProgress(p: IngestProgress): string {
@@ -61,7 +62,7 @@ export class PlainReporter implements Reporter {
   event(event: RunEvent): void {
     switch (event.kind) {
       case "stage":
-        process.stderr.write(`${event.pipeline} ${event.stage}  ${this.c.dim("skipped")}  (${event.reason})\n`);
+        process.stderr.write(`${skippedStageLine(this.c, event)}\n`);
         break;
       case "job":
         if (event.job.state === "queued") return;
@@ -75,7 +76,7 @@ export class PlainReporter implements Reporter {
         break;
       }
       case "note":
-        process.stderr.write(`${displayMessage(event.message)}\n`);
+        process.stderr.write(`${noteLine(event.message)}\n`);
         break;
       case "plan":
         process.stdout.write(`${formatPlan(event.plan, colors())}\n\n`);
@@ -142,7 +143,7 @@ export class LiveReporter implements Reporter {
   event(event: RunEvent): void {
     switch (event.kind) {
       case "stage":
-        this.print(`${event.pipeline} ${event.stage}  ${this.c.dim("skipped")}  (${event.reason})`);
+        this.print(skippedStageLine(this.c, event));
         break;
       case "job": {
         const job = event.job;
@@ -175,7 +176,7 @@ export class LiveReporter implements Reporter {
         break;
       }
       case "note":
-        this.print(displayMessage(event.message));
+        this.print(noteLine(event.message));
         break;
       case "plan":
         this.update.clear();
@@ -195,12 +196,11 @@ export class LiveReporter implements Reporter {
   }
 
   private draw(): void {
-    const elapsed = formatDuration(Date.now() - this.started);
     const lines = [...this.pipelines.entries()].map(([name, view]) => {
       if (view.stage === "ingest" && view.ingest) return `${this.c.bold(name)}  ingest  ${view.ingest}`;
       return `${this.c.bold(name)}  ${view.stage}  ${this.c.green(`${view.done} done`)}, ${this.c.cyan(`${view.running} running`)}, ${view.failed > 0 ? this.c.red(`${view.failed} failed`) : "0 failed"} of ${view.total}`;
     });
-    this.update([...lines, this.c.dim(`elapsed ${elapsed}`)].join("\n"));
+    this.update([...lines, elapsedLine(this.c, Date.now() - this.started)].join("\n"));
   }
 
   close(): void {

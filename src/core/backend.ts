@@ -259,6 +259,14 @@ export interface Backend extends PlanOracle {
   /** What applying `plan` would change outside kaos; absent on a backend that changes nothing outside kaos. */
   preview?(plan: Plan, request: { refresh?: boolean | undefined; reporter: Reporter }): Promise<ResourceChanges>;
   up(request: UpRequest): Promise<UpOutcome>;
+  /**
+   * What the decisions of `plan`, which had nothing to do, read beyond the
+   * config, the bundles and the state store: files to compare by their stat,
+   * trees to compare file by file, and the runtime each Python version
+   * resolves to. Absent, or undefined, when that cannot be told from files
+   * (core/up-to-date-record.ts).
+   */
+  settledInputs?(plan: Plan): SettledInputs | undefined;
   listJobs(request: JobListRequest): Promise<JobListing>;
   /** A job's log; with `follow`, until the job ends, then how it ended (a `LogEnd`). */
   jobLogs(request: { job: string; follow: boolean }): AsyncIterable<LogOutput>;
@@ -275,6 +283,13 @@ export interface Backend extends PlanOracle {
   killJob(request: { job: string }): Promise<{ id: string }>;
   /** Writes what would be applied, offline, into a folder it owns; says what it wrote and removed. */
   render(request: { outDir: string }): Promise<RenderedFolder>;
+}
+
+/** See `Backend.settledInputs`. */
+export interface SettledInputs {
+  files: string[];
+  trees: string[];
+  runtimes: { wanted: string | null; runtime: string }[];
 }
 
 /** What `render` did to its folder: the files it wrote (absolute, sorted), and what it removed or left of an earlier render. */

@@ -118,6 +118,15 @@ function fingerprint(file: string): Fingerprint | undefined {
   return visit(file, true) ? { files, readsProcess } : undefined;
 }
 
+/**
+ * Every path the value of module `file` depends on, existing or not (see
+ * `fingerprint`), or undefined when its value depends on more than its files
+ * and the process's environment, working directory and arguments.
+ */
+export function moduleInputs(file: string): string[] | undefined {
+  return fingerprint(file)?.files.map(([path]) => path);
+}
+
 /** Plain data only: what JSON gives back exactly as it was. A value that contains itself is not. */
 function isPlainData(value: unknown, within: readonly object[] = []): boolean {
   if (value === null || typeof value === "string" || typeof value === "boolean") return true;

@@ -149,6 +149,7 @@ export const STATE_DIR_NAMES: ReadonlySet<string> = new Set([
   "python-probe",
   "python-versions.json",
   "config-cache.json",
+  "up-to-date.json",
   "monitor.sock",
   "monitor.cookies",
 ]);
@@ -161,6 +162,11 @@ export function pythonVersionsOf(stateDir: string): string {
 /** The validated values of the config and stack files, by their content (core/config-cache.ts). */
 export function configCacheOf(stateDir: string): string {
   return join(stateDir, "config-cache.json");
+}
+
+/** What the last `kaos up` that found nothing to do vouches for (core/up-to-date.ts). */
+export function upToDateOf(stateDir: string): string {
+  return join(stateDir, "up-to-date.json");
 }
 
 /** The socket the file system monitor (`kaos watch`, `kaos monitor`) answers on; see core/monitor.ts. */

@@ -239,6 +239,21 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (root, seq)
   );
   `,
+  // A count of the changes to the rows a plan reads (runs, jobs, what was applied, writer locks; not the caches),
+  // kept by the database itself: an unchanged count vouches that no kaos wrote them since (core/up-to-date.ts).
+  // The store's random name tells this database from one made afresh in its place.
+  `
+  CREATE TABLE revision (n INTEGER NOT NULL, store TEXT NOT NULL);
+  INSERT INTO revision (n, store) VALUES (0, lower(hex(randomblob(16))));
+  ${["runs", "jobs", "applied", "writer_locks"]
+    .flatMap((table) =>
+      ["INSERT", "UPDATE", "DELETE"].map(
+        (event) =>
+          `CREATE TRIGGER ${table}_${event.toLowerCase()}_revised AFTER ${event} ON ${table} BEGIN UPDATE revision SET n = n + 1; END;`,
+      ),
+    )
+    .join("\n  ")}
+  `,
 ];
 
 /** Bytes per piece of a stored stat cache blob. */
@@ -358,6 +373,8 @@ export class StateStore {
   private readonly keptTrees = new Map<string, { generation: bigint; monitorToken: string }>();
   /** Releases of the writer locks this store holds, so that close() gives them back. */
   private readonly heldLocks = new Set<() => void>();
+  /** SQLite's data_version when this connection last took a writer lock: it moves only when another connection commits. */
+  private dataVersionAtLock: number | undefined;
 
   private constructor(root: string, path: string, db: DatabaseSync | null, readonly: boolean) {
     this.root = root;
@@ -1150,8 +1167,59 @@ export class StateStore {
             );
       }
       this.writeLockRow(stack, owner, command);
+      this.dataVersionAtLock = Number(pragmaValue(this.writer(), "data_version"));
     });
     return this.heldLock(stack, owner);
+  }
+
+  // ---------------------------------------------------------------- revision
+
+  /**
+   * `STORE/N`: this database's name and how many times its runs, jobs,
+   * applied plans and writer locks have changed, by any process.
+   */
+  revision(): string {
+    if (this.db === null) return "";
+    const row = this.stmt("SELECT n, store FROM revision").get() as { n: number; store: string } | undefined;
+    return row === undefined ? "" : `${row.store}/${row.n}`;
+  }
+
+  /**
+   * The revision, when this process is the only one that wrote since it took
+   * its last writer lock (so what it planned under that lock still holds), and
+   * nothing is under way: no lock held, no run or job unfinished. Otherwise
+   * undefined.
+   */
+  settledRevision(): string | undefined {
+    const atLock = this.dataVersionAtLock;
+    if (atLock === undefined || this.readonly) return undefined;
+    return this.transaction(() => {
+      if (Number(pragmaValue(this.writer(), "data_version")) !== atLock) return undefined;
+      const busy = this.stmt(
+        "SELECT EXISTS (SELECT 1 FROM writer_locks) OR EXISTS (SELECT 1 FROM runs WHERE state = 'running') " +
+          "OR EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued','running')) AS busy",
+      ).get() as { busy: number };
+      return busy.busy === 0 ? this.revision() : undefined;
+    });
+  }
+
+  /**
+   * Records a run of `command` that found nothing to do, finished as it
+   * starts, provided the store is still at `revision` (see `settledRevision`):
+   * then the run's id and the revision after it, else undefined and nothing written.
+   */
+  recordSettledRun(stack: string, command: string, revision: string): { runId: string; revision: string } | undefined {
+    this.writer();
+    return this.transaction(() => {
+      if (this.revision() !== revision) return undefined;
+      const now = nowIso();
+      const runId = this.insertWithFreshId((id) =>
+        this.stmt(
+          "INSERT INTO runs (id, stack, command, started_at, finished_at, state, pid, pid_start, host, origin) VALUES (?, ?, ?, ?, ?, 'succeeded', ?, ?, ?, ?)",
+        ).run(id, stack, command, now, now, process.pid, processStartToken(process.pid), hostname(), originToken()),
+      );
+      return { runId, revision: this.revision() };
+    });
   }
 
   private writeLockRow(stack: string, owner: string, command: string): void {

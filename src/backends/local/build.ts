@@ -28,8 +28,13 @@ export function environmentPath(envsDir: string, envKey: string): string {
   return join(envsDir, envKey);
 }
 
+/** The file whose presence says the environment of `envKey` is built and usable. */
+export function environmentMarkerPath(envsDir: string, envKey: string): string {
+  return join(environmentPath(envsDir, envKey), COMPLETE_MARKER);
+}
+
 export function environmentReady(envsDir: string, envKey: string): boolean {
-  return existsSync(join(environmentPath(envsDir, envKey), COMPLETE_MARKER));
+  return existsSync(environmentMarkerPath(envsDir, envKey));
 }
 
 /** Where an environment's package list is. */

@@ -35,6 +35,7 @@ import {
   type PipelineOutcome,
   type PlanRequest,
   type RenderedFolder,
+  type SettledInputs,
   type UpOutcome,
   type UpRequest,
 } from "../../core/backend.js";
@@ -70,8 +71,8 @@ import { removeTemporaries } from "./temporaries.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import type { SourceBundle } from "../../core/bundle.js";
-import { buildEnvironment, environmentPath, environmentReady } from "./build.js";
-import { rememberPythonProbe, resolvePython } from "./python.js";
+import { buildEnvironment, environmentMarkerPath, environmentPath, environmentReady } from "./build.js";
+import { knownRuntime, rememberPythonProbe, resolvePython, runtimeName } from "./python.js";
 import { spawnLogged, stopOrphanedJobs, type RunningProcess } from "./process.js";
 import { localJobLogs } from "./logs.js";
 import { localJobInfo } from "./job-info.js";
@@ -324,7 +325,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   async runtime(bundle: SourceBundle): Promise<string> {
     const python = await resolvePython(bundle.pythonVersion, this.stateDir);
     rememberPythonProbe(this.stateDir, python);
-    return `local python ${python.version} ${process.platform}-${process.arch}`;
+    return runtimeName(python.version);
   }
 
   /**
@@ -407,6 +408,30 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
 
   environmentReady(envKey: string): boolean {
     return environmentReady(this.envsDir, envKey);
+  }
+
+  settledInputs(plan: Plan): SettledInputs | undefined {
+    const files: string[] = [];
+    const trees: string[] = [];
+    const runtimes = new Map<string | null, string>();
+    for (const p of plan.pipelines) {
+      // What a manifest's entries are depends on the object store, which is not read file by file.
+      if (p.manifest !== undefined) return undefined;
+      files.push(environmentMarkerPath(this.envsDir, p.keys.env));
+      for (const job of p.jobs) {
+        if (job.reuse === undefined) return undefined;
+        const paths = jobPaths(this.stateDir, job.reuse.id);
+        files.push(paths.seal);
+        trees.push(paths.out, paths.source);
+      }
+      const wanted = p.bundle.pythonVersion ?? null;
+      if (!runtimes.has(wanted)) {
+        const runtime = knownRuntime(wanted ?? undefined, this.stateDir);
+        if (runtime === undefined) return undefined;
+        runtimes.set(wanted, runtime);
+      }
+    }
+    return { files, trees, runtimes: [...runtimes].map(([wanted, runtime]) => ({ wanted, runtime })) };
   }
 
   async succeededJob(jobKey: string): Promise<Reusable> {

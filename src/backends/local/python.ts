@@ -70,15 +70,21 @@ function versionOf(path: string, stateDir?: string): Promise<Probe> {
   return probe;
 }
 
-async function probeWithCache(path: string, stateDir: string | undefined): Promise<Probe> {
-  const identity = stateDir === undefined ? undefined : interpreterIdentity(path);
-  if (stateDir === undefined || identity === undefined) return askVersion(path);
-  const known = readVersionCache(stateDir);
-  const hit = known[identity];
+/** The answer `.kaos/` keeps for the interpreter of `identity` (see `interpreterIdentity`) while it is still the same file, if any. */
+function keptProbe(identity: string, stateDir: string): Probe {
+  const hit = readVersionCache(stateDir)[identity];
   // The interpreter that answered must still be the file it was: a shim's target rebuilt in place is asked again.
   if (hit !== undefined && fileIdentity(hit.executable) === hit.executableId) {
     return { version: hit.version, executable: hit.executable };
   }
+  return undefined;
+}
+
+async function probeWithCache(path: string, stateDir: string | undefined): Promise<Probe> {
+  const identity = stateDir === undefined ? undefined : interpreterIdentity(path);
+  if (stateDir === undefined || identity === undefined) return askVersion(path);
+  const kept = keptProbe(identity, stateDir);
+  if (kept !== undefined) return kept;
   const probe = await askVersion(path);
   const executableId = probe === undefined ? undefined : fileIdentity(probe.executable);
   if (probe !== undefined && executableId !== undefined) {
@@ -244,13 +250,37 @@ export function resolvePython(wanted: string | undefined, stateDir?: string): Pr
   return found;
 }
 
+/** The interpreters looked for, in order: KAOS_PYTHON, the Dockerfile's version, python3, python; each as found on PATH unless a path. */
+function* candidatePaths(wanted: string | undefined): Generator<string> {
+  const override = process.env.KAOS_PYTHON;
+  for (const candidate of [override, wanted ? `python${wanted}` : undefined, "python3", "python"]) {
+    if (candidate === undefined) continue;
+    const path = candidate.includes("/") ? candidate : which(candidate);
+    if (path !== undefined) yield path;
+  }
+}
+
+/** What builds a local environment, as its env key names it: `local python 3.11.7 linux-x64`. */
+export function runtimeName(version: string): string {
+  return `local python ${version} ${process.platform}-${process.arch}`;
+}
+
+/**
+ * The `runtimeName` that `resolvePython` would give, told only from what
+ * `.kaos/` keeps; undefined when telling would mean asking an interpreter.
+ */
+export function knownRuntime(wanted: string | undefined, stateDir: string): string | undefined {
+  for (const path of candidatePaths(wanted)) {
+    const identity = interpreterIdentity(path);
+    const probe = identity === undefined ? undefined : keptProbe(identity, stateDir);
+    return probe === undefined ? undefined : runtimeName(probe.version);
+  }
+  return undefined;
+}
+
 async function findPython(wanted: string | undefined, stateDir: string | undefined): Promise<PythonRuntime> {
   const uv = which("uv");
-  const override = process.env.KAOS_PYTHON;
-  const candidates = [override, wanted ? `python${wanted}` : undefined, "python3", "python"].filter((c): c is string => c !== undefined);
-  for (const candidate of candidates) {
-    const path = candidate.includes("/") ? candidate : which(candidate);
-    if (path === undefined) continue;
+  for (const path of candidatePaths(wanted)) {
     const info = await versionOf(path, stateDir);
     if (info === undefined) continue;
     const matches = wanted === undefined || info.version === wanted || info.version.startsWith(`${wanted}.`);

@@ -1,0 +1,44 @@
+/**
+ * The lines a run prints whatever shows it (the live view, plain lines) and
+ * that `kaos up` prints again from its up-to-date record (cli/up-to-date.ts):
+ * kept apart from the views so that printing them loads nothing else.
+ */
+import type { Reporter, RunEvent } from "../core/events.js";
+import { colors, type Colors } from "./output.js";
+import { displayMessage, formatDuration } from "../core/format.js";
+
+export function skippedStageLine(c: Colors, event: { pipeline: string; stage: string; reason: string }): string {
+  return `${event.pipeline} ${event.stage}  ${c.dim("skipped")}  (${event.reason})`;
+}
+
+export function noteLine(message: string): string {
+  return displayMessage(message);
+}
+
+/** The last line of the live view. */
+export function elapsedLine(c: Colors, ms: number): string {
+  return c.dim(`elapsed ${formatDuration(ms)}`);
+}
+
+/** The first line of a run's summary: `run ID: COUNTS`. */
+export function runLine(runId: string, counts: string): string {
+  return `run ${runId}: ${counts}`;
+}
+
+/** A reporter that passes every event on and keeps the lines a run that has nothing to do prints (see core/up-to-date.ts). */
+export class PrintedLines implements Reporter {
+  readonly lines: string[] = [];
+  private readonly c = colors(process.stderr);
+
+  constructor(private readonly shown: Reporter) {}
+
+  event(event: RunEvent): void {
+    if (event.kind === "stage") this.lines.push(skippedStageLine(this.c, event));
+    else if (event.kind === "note") this.lines.push(noteLine(event.message));
+    this.shown.event(event);
+  }
+
+  close(): void {
+    this.shown.close();
+  }
+}

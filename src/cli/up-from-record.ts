@@ -1,0 +1,86 @@
+/**
+ * `kaos up` when the up-to-date record (core/up-to-date.ts) still vouches
+ * that nothing changed since the last `kaos up` that had nothing to do: the
+ * run is recorded as that one was and the same lines are printed, without
+ * loading the command line, the config or the planner. The command line's
+ * entry (cli.ts) asks here first for every `kaos up`; whenever the record does
+ * not vouch for the run, kaos up runs in full.
+ */
+import { dirname } from "node:path";
+import { knownRuntime } from "../backends/local/python.js";
+import { findConfigs, stateDirOf } from "../core/layout.js";
+import { StateStore } from "../core/state.js";
+import {
+  CONFIG_ARGUMENT,
+  changedWitness,
+  invocationKey,
+  readUpToDate,
+  traceUpToDate,
+  writeUpToDate,
+  type UpToDateRecord,
+} from "../core/up-to-date.js";
+import { colors } from "./output.js";
+import { exitQuietlyOnClosedOutput } from "./pipes.js";
+import { elapsedLine, runLine } from "./run-lines.js";
+
+/** Why `record` does not vouch for this run, or undefined when it does. */
+function whyNot(record: UpToDateRecord, stateDir: string): string | undefined {
+  if (record.invocation !== invocationKey())
+    return "kaos was started differently (build, Node, arguments, directory, environment or terminal)";
+  const changed = changedWitness(record);
+  if (changed !== undefined) return `${changed} changed`;
+  for (const { wanted, runtime } of record.runtimes) {
+    if (knownRuntime(wanted ?? undefined, stateDir) !== runtime)
+      return `the Python interpreter for ${wanted ?? "python3"} is not the one recorded`;
+  }
+  return undefined;
+}
+
+/**
+ * The exit status of this `kaos up` when the record vouched for it (the run
+ * is then recorded and told), or undefined: the full `kaos up` is to run.
+ */
+export function upFromRecord(): number | undefined {
+  if (process.argv.slice(2).some((argument) => CONFIG_ARGUMENT.test(argument))) return undefined;
+  const configs = findConfigs(process.cwd());
+  const config = configs[0];
+  if (config === undefined || configs.length > 1) return undefined;
+  const root = dirname(config);
+  const stateDir = stateDirOf(root);
+  const record = readUpToDate(stateDir);
+  if (record === undefined) {
+    traceUpToDate("none to use");
+    return undefined;
+  }
+  const why = whyNot(record, stateDir);
+  if (why !== undefined) {
+    traceUpToDate(`not used: ${why}`);
+    return undefined;
+  }
+  let recorded: { runId: string; revision: string } | undefined;
+  let store: StateStore | undefined;
+  try {
+    store = StateStore.open(root);
+    recorded = store.recordSettledRun(record.stack, "up", record.revision);
+    if (recorded !== undefined) writeUpToDate(stateDir, { ...record, revision: recorded.revision });
+  } catch (error) {
+    // The full kaos up tells what is wrong with the store; a record that cannot be rewritten only costs the next one a full run.
+    if (recorded === undefined) {
+      traceUpToDate(`not used: ${error instanceof Error ? error.message : String(error)}`);
+      return undefined;
+    }
+  } finally {
+    store?.close();
+  }
+  if (recorded === undefined) {
+    traceUpToDate("not used: the state store changed since");
+    return undefined;
+  }
+  traceUpToDate("used");
+  exitQuietlyOnClosedOutput();
+  const lines = [...record.lines];
+  if (record.interactive) lines.push(elapsedLine(colors(process.stderr), Date.now() - performance.timeOrigin));
+  lines.push(runLine(recorded.runId, record.summary));
+  process.stderr.write(`${lines.join("\n")}\n`);
+  return 0;
+}

@@ -1,0 +1,145 @@
+/**
+ * Writes the up-to-date record (see core/up-to-date.ts) after a `kaos up`
+ * whose plan had nothing to do, when everything that plan read can be
+ * vouched for by the record; otherwise says why not, and the next `kaos up`
+ * runs in full.
+ */
+import { type Dirent, readdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import type { Session } from "./engine.js";
+import { moduleInputs } from "./config-cache.js";
+import { findConfigs, stacksDirOf, stateDirOf } from "./layout.js";
+import type { Plan } from "./plan.js";
+import { ALWAYS_IGNORED, RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS } from "./tree-walk.js";
+import { CONFIG_ARGUMENT, UP_TO_DATE_FORMAT, invocationKey, pathIdentity, writeUpToDate } from "./up-to-date.js";
+
+/**
+ * Most paths a record holds. Past that, checking them costs a good part of
+ * what planning does, so the record would save little: such a project
+ * plans in full.
+ */
+export const MAX_WITNESSES = 20_000;
+
+export interface UpToDateRequest {
+  session: Session;
+  plan: Plan;
+  /** When the command started (wall clock, nanoseconds), before it read anything. */
+  startedAtNs: bigint;
+  /** What the run printed on stderr before its summary, as printed. */
+  lines: string[];
+  interactive: boolean;
+  summary: string;
+}
+
+/** Writes the record for `request`; or, when it cannot vouch for the plan, writes nothing and says why. */
+export function recordUpToDate(request: UpToDateRequest): string | undefined {
+  const { session, plan } = request;
+  const { config, stack, state, backend } = session;
+  if (plan.changes) return "the plan had something to do";
+  if (process.argv.slice(2).some((argument) => CONFIG_ARGUMENT.test(argument))) return "the config file was named with --config";
+  const settled = backend.settledInputs?.(plan);
+  if (settled === undefined) return `the ${backend.kind} backend's plan reads more than files`;
+  const witnesses = new Witnesses();
+  // Finding the config: a config file added nearer the working directory would be found instead.
+  const cwd = resolve(process.cwd());
+  if (findConfigs(cwd)[0] !== config.file) return "the config is not the one found from the working directory";
+  for (let dir = cwd; ; dir = dirname(dir)) {
+    witnesses.add(dir);
+    if (dir === config.root || dir === dirname(dir)) break;
+  }
+  for (const file of [config.file, ...(stack.file === undefined ? [] : [stack.file])]) {
+    const inputs = moduleInputs(file);
+    if (inputs === undefined) return `${file} reads more than its files`;
+    for (const input of inputs) witnesses.addWithParent(input);
+  }
+  // A stack file added under the stack's name, or a second one beside it.
+  witnesses.add(stacksDirOf(config.root));
+  for (const p of config.pipelines) {
+    witnesses.addTree(p.sourceDir);
+    if (p.data.kind === "dir") witnesses.addTree(p.data.dir);
+    if (p.hyperparamsFile !== undefined) witnesses.add(p.hyperparamsFile);
+  }
+  for (const p of plan.pipelines) {
+    // requirements.txt may bring in files from outside the bundle.
+    for (const include of p.bundle.includes) witnesses.add(include);
+  }
+  for (const file of settled.files) witnesses.add(file);
+  for (const tree of settled.trees) witnesses.addTree(tree);
+  if (witnesses.overBudget) return `the project has more than ${MAX_WITNESSES} files and folders to check`;
+  const racy = witnesses.changedSince(request.startedAtNs);
+  if (racy !== undefined) return `${racy} changed too recently to be vouched for by its stat`;
+  const revision = state.settledRevision();
+  if (revision === undefined) return "another kaos wrote the state store meanwhile, or a run or job is unfinished";
+  writeUpToDate(stateDirOf(config.root), {
+    format: UP_TO_DATE_FORMAT,
+    invocation: invocationKey(),
+    stack: stack.name,
+    revision,
+    witnesses: [...witnesses.identities],
+    runtimes: settled.runtimes,
+    lines: request.lines,
+    interactive: request.interactive,
+    summary: request.summary,
+  });
+  return undefined;
+}
+
+/** The paths a record vouches for, with their identities as read now. */
+class Witnesses {
+  readonly identities = new Map<string, string>();
+  overBudget = false;
+
+  add(path: string): void {
+    if (this.identities.has(path)) return;
+    if (this.identities.size >= MAX_WITNESSES) {
+      this.overBudget = true;
+      return;
+    }
+    this.identities.set(path, pathIdentity(path));
+  }
+
+  /** A path, and, when it is missing, the folder where it would appear. */
+  addWithParent(path: string): void {
+    this.add(path);
+    if (this.identities.get(path) === "-") this.add(dirname(path));
+  }
+
+  /** A folder and everything in it that a bundle's walk would see (or more: ignore files are not read here). */
+  addTree(dir: string): void {
+    this.add(dir);
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const entry of entries) {
+      if (this.overBudget) return;
+      const path = `${dir}/${entry.name}`;
+      if (entry.isDirectory()) {
+        // Never part of a bundle; their coming and going changes the folder itself.
+        if (!ALWAYS_IGNORED.has(entry.name)) this.addTree(path);
+      } else {
+        this.add(path);
+      }
+    }
+  }
+
+  /**
+   * A path whose modification or change time falls within the racy window
+   * before `sinceNs` (see core/hash.ts): it may have changed again within the
+   * same timestamp tick after it was read, leaving the same stat behind.
+   */
+  changedSince(sinceNs: bigint): string | undefined {
+    for (const [path, identity] of this.identities) {
+      if (identity === "-") continue;
+      for (const part of identity.split(">")) {
+        const [, , , , mtime, ctime] = part.split(":");
+        if (mtime === undefined || ctime === undefined) continue;
+        const window = BigInt(ctime) % 1_000_000_000n === 0n ? RACY_WINDOW_COARSE_NS : RACY_WINDOW_FINE_NS;
+        if (BigInt(mtime) >= sinceNs - window || BigInt(ctime) >= sinceNs - window) return path;
+      }
+    }
+    return undefined;
+  }
+}
