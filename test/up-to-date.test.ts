@@ -1,0 +1,228 @@
+/**
+ * The up-to-date record (core/up-to-date.ts): a `kaos up` that had nothing to
+ * do vouches for the next one, which then records its run and prints the same
+ * lines without planning; and every kind of change it vouches for sends the
+ * next `kaos up` through the full plan, which then does what the change asks.
+ */
+import { execFileSync } from "node:child_process";
+import { appendFileSync, chmodSync, existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { afterAll, describe, expect, it } from "vitest";
+import { makeProject, runKaos, startKaos, type Project, type RunResult } from "./helpers/rig.js";
+import { readMarks, trainingProject, type TrainingProjectOptions } from "./helpers/jobs.js";
+
+const projects: Project[] = [];
+afterAll(() =>
+  projects.forEach((project) => {
+    project.remove();
+  }),
+);
+
+function project(options: TrainingProjectOptions = {}): Project {
+  const made = makeProject(trainingProject(options));
+  projects.push(made);
+  return made;
+}
+
+const TRACE = { KAOS_TRACE_UP_TO_DATE: "1" };
+
+async function up(made: Project, args: string[] = [], env: Record<string, string> = {}): Promise<RunResult> {
+  return runKaos(["up", ...args], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log"), ...TRACE, ...env } });
+}
+
+/** What became of the record in a traced run: "used", "recorded", "not used: ...", "not recorded: ...". */
+function fate(result: RunResult): string[] {
+  return [...result.stderr.matchAll(/^kaos up-to-date record: (.*)$/gm)].map((match) => match[1] ?? "");
+}
+
+/**
+ * Runs `kaos up` until one writes the record (or one finds it written), and returns that run. Files
+ * written just before a run are within the racy window (their stat could
+ * hide a second write in the same tick) and are not vouched for until they
+ * have aged: each run is the event waited for.
+ */
+async function upUntilRecorded(made: Project, env: Record<string, string> = {}): Promise<RunResult> {
+  let last: RunResult | undefined;
+  for (let attempt = 0; attempt < 20; attempt++) {
+    last = await up(made, [], env);
+    expect(last.code, last.stderr).toBe(0);
+    if (fate(last).includes("recorded") || fate(last).includes("used")) return last;
+    expect(fate(last).join("\n")).toMatch(/not recorded: .*changed too recently/);
+  }
+  throw new Error(`kaos up never wrote its up-to-date record:\n${last?.stderr ?? ""}`);
+}
+
+function starts(made: Project): number {
+  return readMarks(made.path("marks.log")).filter((mark) => mark.what === "start").length;
+}
+
+function runsRecorded(made: Project): { state: string; command: string }[] {
+  const db = new DatabaseSync(made.path(".kaos", "state.db"), { readOnly: true });
+  try {
+    return db.prepare("SELECT state, command FROM runs ORDER BY started_at").all() as { state: string; command: string }[];
+  } finally {
+    db.close();
+  }
+}
+
+/** The lines a run printed, without the trace and with the run's id masked. */
+function printed(result: RunResult): string {
+  return result.stderr
+    .split("\n")
+    .filter((line) => !line.startsWith("kaos up-to-date record:"))
+    .join("\n")
+    .replace(/^run [0-9a-z]+:/m, "run ID:");
+}
+
+describe("kaos up and its up-to-date record", () => {
+  it("answers a no-op kaos up from the record: the same lines, a run recorded, nothing planned", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    const first = await up(made);
+    expect(first.code, first.stderr).toBe(0);
+    expect(fate(first)).toEqual(["none to use", "not recorded: the plan had something to do"]);
+    const full = await upUntilRecorded(made);
+    expect(fate(full)).toContain("recorded");
+    const runsBefore = runsRecorded(made).length;
+
+    const answered = await up(made);
+    expect(answered.code, answered.stderr).toBe(0);
+    expect(fate(answered)).toEqual(["used"]);
+    expect(printed(answered)).toBe(printed(full));
+    expect(printed(answered)).toMatch(/nothing to do: every stage and job is up to date/);
+    expect(printed(answered)).toMatch(/^run ID: 0 succeeded, 0 failed, 0 cancelled, 2 reused$/m);
+    const runs = runsRecorded(made);
+    expect(runs).toHaveLength(runsBefore + 1);
+    expect(runs.at(-1)).toEqual({ state: "succeeded", command: "up" });
+    // The record still vouches after its own run: the next one is answered too.
+    expect(fate(await up(made))).toEqual(["used"]);
+    expect(starts(made)).toBe(2);
+  });
+
+  it("sends every kind of change through the full plan, which does what the change asks", async () => {
+    const made = project({ grid: { score: [1] } });
+    expect((await up(made)).code).toBe(0);
+    await upUntilRecorded(made);
+    let trained = starts(made);
+
+    const expectFull = async (why: RegExp, check: (result: RunResult) => void) => {
+      const result = await up(made);
+      expect(fate(result)[0]).toMatch(why);
+      check(result);
+      await upUntilRecorded(made);
+      expect(fate(await up(made))).toEqual(["used"]);
+    };
+
+    // A data file's bytes, its size unchanged.
+    writeFileSync(made.path("data", "value.txt"), "v2");
+    await expectFull(/^not used: .*data\/value\.txt changed$/, (result) => {
+      expect(result.stderr).toMatch(/1 succeeded/);
+      expect(starts(made)).toBe(++trained);
+    });
+    // A file added to the data bundle.
+    writeFileSync(made.path("data", "more.txt"), "more");
+    await expectFull(/^not used: .*\/data changed$/, () => expect(starts(made)).toBe(++trained));
+    // The hyperparams file.
+    writeFileSync(made.path("grid.json"), JSON.stringify({ score: [1, 2] }));
+    await expectFull(/^not used: .*grid\.json changed$/, (result) => {
+      expect(result.stderr).toMatch(/1 succeeded, 0 failed, 0 cancelled, 1 reused/);
+      expect(starts(made)).toBe(++trained);
+    });
+    // The config: a setting that changes no key.
+    appendFileSync(made.path("kaos.config.ts"), "// a comment\n");
+    await expectFull(/^not used: .*kaos\.config\.ts changed$/, (result) => {
+      expect(result.stderr).toMatch(/nothing to do/);
+      expect(starts(made)).toBe(trained);
+    });
+    // A source file: the environment is kept, every job trains again.
+    appendFileSync(made.path("src", "model", "train"), "\n# edited\n");
+    await expectFull(/^not used: .*src\/model\/train changed$/, (result) => {
+      expect(result.stderr).toMatch(/2 succeeded, 0 failed/);
+      trained += 2;
+      expect(starts(made)).toBe(trained);
+    });
+    // What a reused job left: its outputs, which the full plan checks against their seal.
+    const jobsDir = made.path(".kaos", "jobs");
+    const withOutputs = readdirSync(jobsDir).filter(
+      (id) => existsSync(join(jobsDir, id, "out")) && readdirSync(join(jobsDir, id, "out")).length > 0,
+    );
+    expect(withOutputs.length).toBeGreaterThan(0);
+    for (const id of withOutputs) {
+      const out = join(jobsDir, id, "out");
+      chmodSync(out, 0o755);
+      for (const name of readdirSync(out)) rmSync(join(out, name), { recursive: true, force: true });
+    }
+    await expectFull(/^not used: .*\.kaos\/jobs\/[^/]+\/out(\/.*)? changed$/, (result) => {
+      expect(result.stderr).toMatch(/2 succeeded, 0 failed/);
+      trained += 2;
+      expect(starts(made)).toBe(trained);
+    });
+    // The environment, gone: it is built again.
+    const envs = made.path(".kaos", "envs");
+    for (const key of readdirSync(envs)) rmSync(join(envs, key, ".kaos-complete"), { force: true });
+    await expectFull(/^not used: .*\.kaos-complete changed$/, (result) => {
+      expect(result.stderr).not.toMatch(/build {2}skipped/);
+    });
+    // A forced run: every job again, and the data laid out again (linking moves the data files' change time).
+    const forced = await up(made, ["--force"]);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(fate(forced)).toEqual(["not used: kaos was started differently (build, Node, arguments, directory, environment or terminal)"]);
+    trained += 2;
+    expect(starts(made)).toBe(trained);
+    await expectFull(/^not used: /, (result) => expect(result.stderr).toMatch(/nothing to do/));
+    // The state store, written by another kaos and nothing else: a run of another stack.
+    const db = new DatabaseSync(made.path(".kaos", "state.db"));
+    try {
+      db.prepare(
+        "INSERT INTO runs (id, stack, command, started_at, finished_at, state, pid, host) VALUES ('other', 'ci', 'up', ?, ?, 'succeeded', 1, 'elsewhere')",
+      ).run(new Date().toISOString(), new Date().toISOString());
+    } finally {
+      db.close();
+    }
+    await expectFull(/^not used: the state store changed since$/, (result) => expect(result.stderr).toMatch(/nothing to do/));
+    expect(starts(made)).toBe(trained);
+  });
+
+  it("is not used by a kaos started another way, nor while another kaos holds the stack", async () => {
+    const made = project();
+    expect((await up(made)).code).toBe(0);
+    await upUntilRecorded(made);
+
+    const otherEnvironment = await up(made, [], { SOME_SETTING: "1" });
+    expect(fate(otherEnvironment)[0]).toMatch(/^not used: kaos was started differently/);
+    expect(otherEnvironment.stderr).toMatch(/nothing to do/);
+    expect(fate(await up(made, ["--json"]))[0]).toMatch(/^not used: kaos was started differently/);
+    await upUntilRecorded(made);
+
+    // kaos watch holds the stack's writer lock for its whole session.
+    const watch = startKaos(["watch"], { cwd: made.dir, env: { KAOS_TEST_LOG: made.path("marks.log") } });
+    try {
+      await watch.waitFor(/watching \d+ paths? in/);
+      const locked = await up(made);
+      expect(fate(locked)[0]).toBe("not used: the state store changed since");
+      expect(locked.code).not.toBe(0);
+      expect(locked.stderr).toMatch(/another kaos .* is applying stack 'local'/);
+    } finally {
+      await watch.stop();
+    }
+  });
+
+  it("checks the interpreter environments are built with, as the version cache knows it", async () => {
+    const python = execFileSync("sh", ["-c", "command -v python3.11 || command -v python3"], { encoding: "utf8" }).trim();
+    const made = project();
+    const bin = made.path("bin");
+    mkdirSync(bin);
+    symlinkSync(python, join(bin, "python3.11"));
+    const env = { PATH: `${bin}:${process.env.PATH ?? ""}` };
+    expect((await up(made, [], env)).code).toBe(0);
+    await upUntilRecorded(made, env);
+    expect(fate(await up(made, [], env))).toEqual(["used"]);
+
+    // Another interpreter under the same name: a script, which the version cache never vouches for.
+    rmSync(join(bin, "python3.11"));
+    writeFileSync(join(bin, "python3.11"), `#!/bin/sh\nexec ${python} "$@"\n`, { mode: 0o755 });
+    const changed = await up(made, [], env);
+    expect(fate(changed)[0]).toBe("not used: the Python interpreter for 3.11 is not the one recorded");
+    expect(changed.code, changed.stderr).toBe(0);
+  });
+});
