@@ -13,9 +13,6 @@ import { describeError } from "./errors.js";
 /** Outputs are whatever the script left: a metrics file larger than this is not read. */
 export const MAX_METRICS_FILE_BYTES = 16 << 20;
 
-/** A series grows with every step logged, so its files may be larger than a .json file. */
-export const MAX_METRICS_SERIES_BYTES = 64 << 20;
-
 /** Past this many problems in one JSON-lines file, the rest are counted rather than listed. */
 const MAX_SKIPPED_PER_FILE = 10;
 
@@ -79,7 +76,7 @@ function kindOf(value: unknown): string {
 }
 
 /** Defined, not assigned: a metric named `__proto__` is a metric, not the object's prototype. */
-function setMetric(values: Record<string, MetricValue>, key: string, value: MetricValue): void {
+function setMetric<T>(values: Record<string, T>, key: string, value: T): void {
   Object.defineProperty(values, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
@@ -158,53 +155,132 @@ export interface MetricPoint {
 export interface MetricSeries {
   /** Per field, its points in the order written: files by name, lines in order. */
   series: Record<string, MetricPoint[]>;
+  /**
+   * Per field whose points were thinned out to `maxPoints`, how many its files
+   * hold: the series then keeps points evenly spread over them, and the last.
+   * Absent when no field was.
+   */
+  totals?: Record<string, number>;
   skipped: SkippedMetric[];
 }
 
-/**
- * The per-step series a job appended to OUT/metrics/*.jsonl: one JSON object
- * a line, with an optional whole `step` (else the line's place among the
- * file's records, from 0) and numeric fields. Safe to call while the job
- * still writes: a last line without its newline that is not yet valid JSON is
- * taken as half-written and left for the next read.
- */
-export function readMetricSeries(outDir: string): MetricSeries {
-  const { series, skipped } = readSeries(outDir);
-  return { series, skipped };
+/** How much of a field's series its files hold: the number of points and the highest step. */
+export interface SeriesExtent {
+  points: number;
+  lastStep: number;
 }
 
-/** The series, and the fields whose last value written was not finite: no earlier value may stand for them. */
-function readSeries(outDir: string): MetricSeries & { endsNonFinite: Set<string> } {
-  const result: MetricSeries & { endsNonFinite: Set<string> } = { series: {}, skipped: [], endsNonFinite: new Set() };
-  // A Map, as field names are the script's: `__proto__` is a field like any other.
-  const series = new Map<string, MetricPoint[]>();
-  for (const name of metricFiles(outDir, ".jsonl")) {
-    const file = `metrics/${name}`;
-    const read = readRegularFile(join(outDir, "metrics", name), MAX_METRICS_SERIES_BYTES);
-    if ("reason" in read) {
-      result.skipped.push({ file, reason: read.reason });
+/** A series file is read this much at a time: a long training run's file may be gigabytes. */
+const SERIES_CHUNK_BYTES = 1 << 20;
+
+/** A line longer than this is skipped and said so, not gathered without bound waiting for its end. */
+export const MAX_SERIES_LINE_BYTES = 1 << 20;
+
+const NO_BYTES = Buffer.alloc(0);
+
+/**
+ * Hands each line of the open file `fd` (up to `size` bytes) to `onLine`, from
+ * the start, a chunk at a time: `ended` is false for a last line without its
+ * newline. A line longer than MAX_SERIES_LINE_BYTES goes to `onLongLine`
+ * instead. A newline byte is never part of a UTF-8 sequence, so text cut at
+ * newlines decodes whole.
+ */
+function forEachLine(
+  fd: number,
+  size: number,
+  onLine: (text: string, line: number, ended: boolean) => void,
+  onLongLine: (line: number) => void,
+): void {
+  const chunk = Buffer.allocUnsafe(SERIES_CHUNK_BYTES);
+  // The start of a line that goes on in the next chunk.
+  let carry: Buffer = NO_BYTES;
+  let overlong = false;
+  let line = 0;
+  for (let position = 0; position < size; ) {
+    const read = readSync(fd, chunk, 0, Math.min(SERIES_CHUNK_BYTES, size - position), position);
+    if (read === 0) break;
+    position += read;
+    const lastNewline = chunk.lastIndexOf(10, read - 1);
+    if (lastNewline === -1) {
+      if (!overlong) carry = Buffer.concat([carry, chunk.subarray(0, read)]);
+      if (carry.length > MAX_SERIES_LINE_BYTES) [overlong, carry] = [true, NO_BYTES];
       continue;
     }
-    const lines = read.text.split("\n");
-    const complete = read.text.endsWith("\n");
+    const firstNewline = chunk.indexOf(10);
+    line += 1;
+    if (overlong || carry.length + firstNewline > MAX_SERIES_LINE_BYTES) onLongLine(line);
+    else
+      onLine(
+        carry.length === 0
+          ? chunk.toString("utf8", 0, firstNewline)
+          : Buffer.concat([carry, chunk.subarray(0, firstNewline)]).toString("utf8"),
+        line,
+        true,
+      );
+    overlong = false;
+    if (firstNewline < lastNewline) {
+      for (const text of chunk.toString("utf8", firstNewline + 1, lastNewline).split("\n")) {
+        line += 1;
+        onLine(text, line, true);
+      }
+    }
+    // Copied: the chunk is read into again.
+    carry = Buffer.from(chunk.subarray(lastNewline + 1, read));
+  }
+  if (overlong) onLongLine(line + 1);
+  else if (carry.length > 0) onLine(carry.toString("utf8"), line + 1, false);
+}
+
+/** One field while its files are read: what the job's metric, `train info` and a chart need of it. */
+interface FieldScan {
+  points: number;
+  /** The highest step of any point. */
+  lastStep: number;
+  /** The last point written (kept as numbers: a point object per line and field is most of a large file's cost). */
+  finalStep: number;
+  finalValue: number;
+  /** Points 0, `stride`, 2 `stride`, ...: at most `maxPoints` of them. */
+  kept: MetricPoint[];
+  stride: number;
+}
+
+interface SeriesScan {
+  fields: Map<string, FieldScan>;
+  skipped: SkippedMetric[];
+  /** The fields whose last value written was not finite: no earlier value may stand for them. */
+  endsNonFinite: Set<string>;
+}
+
+/**
+ * Reads every OUT/metrics/*.jsonl file from start to end in bounded chunks,
+ * keeping per field its last value, its extent and at most `maxPoints` of its
+ * points (evenly spread: when they would be more, every other one goes and
+ * only every second point from then on is kept). Memory stays bounded however
+ * large the files grow.
+ */
+function scanSeries(outDir: string, maxPoints: number): SeriesScan {
+  const scan: SeriesScan = { fields: new Map(), skipped: [], endsNonFinite: new Set() };
+  // A Map, as field names are the script's: `__proto__` is a field like any other.
+  const { fields } = scan;
+  for (const name of metricFiles(outDir, ".jsonl")) {
+    const file = `metrics/${name}`;
     let problems = 0;
     const skip = (skipped: SkippedMetric) => {
       problems += 1;
-      if (problems <= MAX_SKIPPED_PER_FILE) result.skipped.push(skipped);
+      if (problems <= MAX_SKIPPED_PER_FILE) scan.skipped.push(skipped);
     };
     let records = 0;
-    lines.forEach((raw, index) => {
+    const onLine = (raw: string, line: number, ended: boolean): void => {
       const text = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
-      if (text.trim() === "") return;
-      const last = index === lines.length - 1;
-      const at = `${file}:${index + 1}`;
       let value: unknown;
       try {
         value = parseMetricsJson(text);
       } catch (error) {
-        if (!(last && !complete)) skip({ file: at, reason: `not valid JSON (${describeError(error)})` });
+        // A blank line is no record; asked only here, as a large file's lines are read at the speed of JSON.parse.
+        if (ended && text.trim() !== "") skip({ file: `${file}:${line}`, reason: `not valid JSON (${describeError(error)})` });
         return;
       }
+      const at = `${file}:${line}`;
       if (typeof value !== "object" || value === null || Array.isArray(value)) {
         skip({ file: at, reason: `${kindOf(value)}; expected an object of numbers such as {"step": 10, "loss": 0.25}` });
         return;
@@ -220,30 +296,108 @@ function readSeries(outDir: string): MetricSeries & { endsNonFinite: Set<string>
         });
         return;
       }
-      for (const [key, item] of Object.entries(record)) {
+      for (const key in record) {
         if (key === "step") continue;
+        const item = record[key];
         if (nonFinite(item) !== undefined) {
-          result.endsNonFinite.add(key);
+          scan.endsNonFinite.add(key);
           skip({ file: at, key, reason: `${kindOf(item)}; expected a finite number` });
         } else if (typeof item === "number") {
-          result.endsNonFinite.delete(key);
-          let points = series.get(key);
-          if (points === undefined) {
-            points = [];
-            series.set(key, points);
+          if (scan.endsNonFinite.size > 0) scan.endsNonFinite.delete(key);
+          let field = fields.get(key);
+          if (field === undefined) {
+            field = { points: 0, lastStep: 0, finalStep: step, finalValue: item, kept: [], stride: 1 };
+            fields.set(key, field);
           }
-          points.push({ step, value: item });
+          if (field.points % field.stride === 0 && maxPoints > 0) {
+            field.kept.push({ step, value: item });
+            if (field.kept.length > maxPoints) {
+              field.kept = field.kept.filter((_, index) => index % 2 === 0);
+              field.stride *= 2;
+            }
+          }
+          field.points += 1;
+          if (step > field.lastStep) field.lastStep = step;
+          field.finalStep = step;
+          field.finalValue = item;
         } else {
           skip({ file: at, key, reason: `${kindOf(item)}; expected a number` });
         }
       }
-    });
+    };
+    const onLongLine = (line: number) =>
+      skip({
+        file: `${file}:${line}`,
+        reason: `a line longer than ${MAX_SERIES_LINE_BYTES} bytes; expected one JSON object of numbers a line`,
+      });
+    const problem = readRegularFileLines(join(outDir, "metrics", name), onLine, onLongLine);
+    if (problem !== undefined) {
+      scan.skipped.push({ file, reason: problem });
+      continue;
+    }
     if (problems > MAX_SKIPPED_PER_FILE) {
-      result.skipped.push({ file, reason: `${problems - MAX_SKIPPED_PER_FILE} more problems not listed` });
+      scan.skipped.push({ file, reason: `${problems - MAX_SKIPPED_PER_FILE} more problems not listed` });
     }
   }
-  result.series = Object.fromEntries(series);
-  return result;
+  return scan;
+}
+
+/**
+ * Reads a regular file line by line (see forEachLine), up to the size it had
+ * when opened; the reason when it cannot. Opened without blocking and checked
+ * on the open descriptor, as readRegularFile is.
+ */
+function readRegularFileLines(
+  path: string,
+  onLine: (text: string, line: number, ended: boolean) => void,
+  onLongLine: (line: number) => void,
+): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (error) {
+    return `unreadable (${describeError(error)})`;
+  }
+  try {
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) return "not a regular file";
+    forEachLine(fd, stat.size, onLine, onLongLine);
+    return undefined;
+  } catch (error) {
+    return `unreadable (${describeError(error)})`;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A field's kept points, with its last one when thinning left that out. */
+function keptPoints(field: FieldScan): MetricPoint[] {
+  const lastKept = (field.kept.length - 1) * field.stride;
+  return lastKept === field.points - 1 ? field.kept : [...field.kept, { step: field.finalStep, value: field.finalValue }];
+}
+
+function seriesOf(scan: SeriesScan): MetricSeries {
+  const series: Record<string, MetricPoint[]> = {};
+  const totals: Record<string, number> = {};
+  for (const [key, field] of scan.fields) {
+    const points = keptPoints(field);
+    setMetric(series, key, points);
+    if (points.length < field.points) setMetric(totals, key, field.points);
+  }
+  return Object.keys(totals).length === 0 ? { series, skipped: scan.skipped } : { series, totals, skipped: scan.skipped };
+}
+
+/**
+ * The per-step series a job appended to OUT/metrics/*.jsonl: one JSON object
+ * a line, with an optional whole `step` (else the line's place among the
+ * file's records, from 0) and numeric fields. Safe to call while the job
+ * still writes: a last line without its newline that is not yet valid JSON is
+ * taken as half-written and left for the next read. With `maxPoints`, a field
+ * of more points keeps at most that many, evenly spread, and its last
+ * (`totals` says how many there are).
+ */
+export function readMetricSeries(outDir: string, options: { maxPoints?: number } = {}): MetricSeries {
+  return seriesOf(scanSeries(outDir, options.maxPoints ?? Number.POSITIVE_INFINITY));
 }
 
 /**
@@ -251,6 +405,27 @@ function readSeries(outDir: string): MetricSeries & { endsNonFinite: Set<string>
  * field of its series, the last value logged.
  */
 export function readMetrics(outDir: string): JobMetrics {
+  return readAll(outDir, 0).metrics;
+}
+
+/**
+ * The job's metrics and, from the same one read of its series files, each
+ * field's extent (`train info`) and, with `maxPoints`, its points thinned to
+ * at most that many, evenly spread, and the last (a chart).
+ */
+export function readMetricsAndSeries(
+  outDir: string,
+  maxPoints = 0,
+): { metrics: JobMetrics; series: MetricSeries; extents: Record<string, SeriesExtent> } {
+  const { metrics, scan } = readAll(outDir, maxPoints);
+  const extents: Record<string, SeriesExtent> = {};
+  for (const [key, field] of scan.fields) {
+    setMetric(extents, key, { points: field.points, lastStep: field.lastStep });
+  }
+  return { metrics, series: maxPoints > 0 ? seriesOf(scan) : { series: {}, skipped: scan.skipped }, extents };
+}
+
+function readAll(outDir: string, maxPoints: number): { metrics: JobMetrics; scan: SeriesScan } {
   const metrics: JobMetrics = { values: {}, skipped: [] };
   // Names a .json file gave as NaN or an infinity: an earlier value of a series must not stand for them.
   const given = new Set<string>();
@@ -274,13 +449,12 @@ export function readMetrics(outDir: string): JobMetrics {
     }
     flatten(value as Record<string, unknown>, "", 1, file, metrics, given);
   }
-  const { series, skipped, endsNonFinite } = readSeries(outDir);
-  for (const [key, points] of Object.entries(series)) {
-    const last = points[points.length - 1];
-    if (last !== undefined && !Object.hasOwn(metrics.values, key) && !given.has(key) && !endsNonFinite.has(key)) {
-      setMetric(metrics.values, key, last.value);
+  const scan = scanSeries(outDir, maxPoints);
+  for (const [key, field] of scan.fields) {
+    if (!Object.hasOwn(metrics.values, key) && !given.has(key) && !scan.endsNonFinite.has(key)) {
+      setMetric(metrics.values, key, field.finalValue);
     }
   }
-  metrics.skipped.push(...skipped);
-  return metrics;
+  metrics.skipped.push(...scan.skipped);
+  return { metrics, scan };
 }

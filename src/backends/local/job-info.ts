@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { abandonedJobs, type BackendContext, type RecordedJobInfo } from "../../core/backend.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
-import { readMetricSeries, readMetrics } from "../../core/metrics.js";
+import { readMetricsAndSeries } from "../../core/metrics.js";
 import type { SweepRow } from "../../core/sweep.js";
 import { environmentPackages, environmentPath, freezePath } from "./build.js";
 import { checkJobResults, resultsProblem } from "./results.js";
@@ -29,12 +29,9 @@ export async function localJobInfo(
       : job.stage === "ingest" && job.dataKey !== null
         ? join(stateDir, "data", job.dataKey)
         : (job.outputDir ?? jobPaths(stateDir, job.id).out);
-  const series = Object.fromEntries(
-    Object.entries(job.stage === "train" ? readMetricSeries(outputDir).series : {}).map(([field, points]) => [
-      field,
-      { points: points.length, lastStep: points.reduce((last, point) => Math.max(last, point.step), 0) },
-    ]),
-  );
+  // One read of the series files gives both: a long run's may be gigabytes.
+  const { metrics, extents: series } =
+    job.stage === "train" ? readMetricsAndSeries(outputDir) : { metrics: { values: {}, skipped: [] }, extents: {} };
   let rows: SweepRow[] = [];
   let note: string | undefined;
   if (job.stage === "train") {
@@ -55,7 +52,7 @@ export async function localJobInfo(
     kind: "record",
     job,
     outputDir,
-    metrics: job.stage === "train" ? readMetrics(outputDir) : { values: {}, skipped: [] },
+    metrics,
     series,
     results: check === undefined ? undefined : { check, problem: resultsProblem(job.id, check) },
     packages: packages === undefined ? undefined : { names: packages, file: freezePath(envsDir, job.envKey!) },
