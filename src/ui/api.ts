@@ -22,6 +22,11 @@ export const MAX_PAGE = 500;
 export const LOG_CHUNK_BYTES = 256 << 10;
 /** The step curves of at most this many jobs are sent at once. */
 const MAX_SERIES_JOBS = 50;
+/**
+ * A chart's points per field and job: a long run logs millions of steps, which
+ * neither the page nor its reader needs. More are thinned, evenly spread, keeping the last.
+ */
+export const CHART_POINTS = 2000;
 /** The most points of a sweep's chart sent at once: every row of the largest sweep a pipeline expands to. */
 const MAX_POINTS = 100_000;
 /** Output listings stop here: the script may have written anything. */
@@ -225,7 +230,7 @@ export class Api {
   }
 
   series(job: JobRecord): MetricSeries & { id: string } {
-    return { id: job.id, ...readMetricSeries(this.reader.outDirOf(job)) };
+    return { id: job.id, ...readMetricSeries(this.reader.outDirOf(job), { maxPoints: CHART_POINTS }) };
   }
 
   manySeries(query: URLSearchParams) {

@@ -14,8 +14,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { isTerminalJobState, type JobRecord } from "../core/state.js";
-import { readMetricSeries, readMetrics } from "../core/metrics.js";
-import { jobSummary, readLogChunk } from "./api.js";
+import { readMetricsAndSeries } from "../core/metrics.js";
+import { CHART_POINTS, jobSummary, readLogChunk } from "./api.js";
 import type { StoreReader } from "./reader.js";
 
 export const POLL_MS = 300;
@@ -179,8 +179,9 @@ export class EventHub {
     const stamp = seriesStamp(outDir);
     if (stamp !== follow.seriesStamp || (ended && update !== undefined)) {
       follow.seriesStamp = stamp;
-      send(client.res, "series", { id: follow.job.id, ...readMetricSeries(outDir) });
-      send(client.res, "metrics", { id: follow.job.id, metrics: readMetrics(outDir).values });
+      const { metrics, series } = readMetricsAndSeries(outDir, CHART_POINTS);
+      send(client.res, "series", { id: follow.job.id, ...series });
+      send(client.res, "metrics", { id: follow.job.id, metrics: metrics.values });
     }
     if (ended && readLogChunk(this.reader.logFileOf(follow.job), follow.logOffset).next === follow.logOffset) follow.done = true;
   }

@@ -92,6 +92,8 @@ interface Page<T> {
 interface Series {
   id: string;
   series: Record<string, { step: number; value: number }[]>;
+  /** Per field thinned out for the chart, how many points its files hold. */
+  totals?: Record<string, number>;
 }
 
 interface Overview {
@@ -408,11 +410,26 @@ function curvesChart(container: HTMLElement, all: Series[], field: string, label
     return undefined;
   }
   const data = tables.length === 1 ? tables[0]! : uPlot.join(tables);
-  return new uPlot(
+  const chart = new uPlot(
     { title: field, width: chartWidth(container), height: 280, scales: { x: { time: false } }, series, axes: [{ label: "step" }, {}] },
     data,
     container,
   );
+  // A long run's series is thinned on the server: say so rather than pass the curve off as every step.
+  for (const item of all) {
+    const total = item.totals?.[field];
+    const shown = item.series[field]?.length;
+    if (total === undefined || shown === undefined) continue;
+    const whose = all.length > 1 ? `${label(item.id)}: ` : "";
+    container.append(
+      h(
+        "p",
+        { class: "muted thinned" },
+        `${whose}${shown.toLocaleString("en")} of ${total.toLocaleString("en")} points shown, evenly spread, with the last`,
+      ),
+    );
+  }
+  return chart;
 }
 
 /** The x range of points sorted by x. */
