@@ -23,7 +23,18 @@ import { eventually, jobRows, killTagged, killWhen, listJobs, pidAlive, processe
 import { openRaw } from "./helpers/sqlite.js";
 import { sha256OfGenerated, startServer, type TestServer } from "./helpers/http-server.js";
 import { TRAIN_SCRIPT, trainingProject } from "./helpers/jobs.js";
-import { CLI, makeProject, runKaos, sleep, trivialSourceBundle, under, type FileMap, type LiveKaos, type Project } from "./helpers/rig.js";
+import {
+  CLI,
+  makeProject,
+  runKaos,
+  runKaosOk,
+  sleep,
+  trivialSourceBundle,
+  under,
+  type FileMap,
+  type LiveKaos,
+  type Project,
+} from "./helpers/rig.js";
 
 const LONG = process.env.KAOS_FAULTS_LONG === "1";
 const TAG_NAME = "KAOS_FAULTS_TAG";
@@ -365,6 +376,37 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     },
     120_000,
   );
+
+  it('what a job wrote into its data view after its kaos was killed is found by the next kaos up when kaos train kill cancelled it meanwhile (dataViews: "copy")', async () => {
+    const train = `#!/bin/sh
+if [ -f "$KAOS_SLOW" ]; then
+  echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"
+  while [ ! -f "$KAOS_PIDS/killed" ]; do sleep 0.05; done
+  echo tampered >> "$KAOS_DATA_DIR/value.txt"
+  echo written > "$KAOS_PIDS/written"
+  sleep 120
+fi
+mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
+`;
+    const copyStack = {
+      "stacks/copy.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", dataViews: "copy" });\n`,
+    };
+    const { made, env } = await killWhileJobRuns(train, 1, copyStack, ["up", "--stack", "copy"]);
+    writeFileSync(made.path("pids", "killed"), "");
+    expect(await eventually(() => existsSync(made.path("pids", "written")), 10_000)).toBe(true);
+    expect(trustProblems(made.dir).some((problem) => problem.includes("holds bytes hashing to"))).toBe(true);
+    // Its kaos is gone: the kill stops the job by its tag and records it cancelled, not interrupted.
+    const [job] = jobRows(made.dir).filter((row) => row.stage === "train");
+    await runKaosOk(["train", "kill", job!.id], { cwd: made.dir });
+    expect(jobRows(made.dir).find((row) => row.id === job!.id)?.state).toBe("cancelled");
+
+    const again = await runKaos(["up", "--stack", "copy"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+    expect(again.code, again.stderr).toBe(0);
+    const rerun = jobRows(made.dir).find((row) => row.stage === "train" && row.state === "succeeded")!;
+    expect(readFileSync(made.path(".kaos", "jobs", rerun.id, "out", "data.txt"), "utf8")).toBe("v1");
+    expect(trustProblems(made.dir)).toEqual([]);
+    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  }, 120_000);
 
   it("what a job wrote into a linked data view after its kaos was killed is in the user's file: the next kaos up hashes it anew and nothing succeeds under the old key", async () => {
     const train = `#!/bin/sh

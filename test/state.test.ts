@@ -397,16 +397,16 @@ describe("recovering from a crash", () => {
     const queued = store.createJob(job(run.id));
 
     // Our own run is alive: nothing to recover.
-    expect(store.recoverInterrupted()).toEqual([]);
+    expect(store.recoverInterrupted()).toEqual({ interrupted: [], cancelled: [] });
 
-    const recovered = store.recoverInterrupted((pid) => pid !== process.pid);
+    const recovered = store.recoverInterrupted((pid) => pid !== process.pid).interrupted;
     expect(recovered.map((j) => j.id).sort()).toEqual([running.id, queued.id].sort());
     expect(recovered.every((j) => j.state === "failed" && j.reason === INTERRUPTED_REASON)).toBe(true);
     expect(store.getJob(running.id)).toMatchObject({ state: "failed", reason: INTERRUPTED_REASON });
     expect(store.getJob(queued.id)?.finishedAt).not.toBeNull();
     expect(store.getJob(done.id)).toMatchObject({ state: "succeeded", reason: null });
     expect(store.getRun(run.id)?.state).toBe("failed");
-    expect(store.recoverInterrupted(() => false)).toEqual([]);
+    expect(store.recoverInterrupted(() => false)).toEqual({ interrupted: [], cancelled: [] });
   });
 
   it("detects a dead kaos process by itself", async () => {
@@ -430,7 +430,7 @@ describe("recovering from a crash", () => {
     const mineRunning = store.createJob(job(mine.id));
     store.markRunning(mineRunning.id, process.pid);
 
-    const recovered = store.recoverInterrupted();
+    const { interrupted: recovered } = store.recoverInterrupted();
     expect(recovered).toHaveLength(2);
     expect(recovered.every((j) => j.runId !== mine.id)).toBe(true);
     expect(store.listJobs({ state: "succeeded" })).toHaveLength(1);
@@ -599,7 +599,7 @@ describe("concurrency and crashes", () => {
     expect(cache.size).toBe(2000);
     expect(cache.get("f/1999")?.size).toBe(Number(savedAt));
     // Finished jobs stay finished; only the run is closed.
-    expect(store.recoverInterrupted()).toEqual([]);
+    expect(store.recoverInterrupted()).toEqual({ interrupted: [], cancelled: [] });
     expect(store.getRun(jobs[0]!.runId)?.state).toBe("failed");
   });
 });

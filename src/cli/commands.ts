@@ -990,7 +990,7 @@ export async function unlockCommand(options: Common & { stack?: string; json?: b
   const { config, stack } = await loadProject({ cwd: process.cwd(), configPath: options.config, stackName: options.stack });
   const state = StateStore.open(config.root);
   try {
-    const { holder, interrupted, lock } = state.breakLock(stack.name, "unlock");
+    const { holder, interrupted, cancelled, lock } = state.breakLock(stack.name, "unlock");
     // The holder ran elsewhere and is now known to have stopped: what it was writing in `.kaos/` goes too, unless
     // a kaos of the same origin still holds another stack (it may be that one's).
     const stillHolding = holder?.origin == null ? [] : state.stacksLockedFrom(holder.origin);
@@ -999,11 +999,13 @@ export async function unlockCommand(options: Common & { stack?: string; json?: b
     let removedElsewhere: string[] = [];
     try {
       // What its jobs left running here would otherwise run on beside their reruns: the next up sees them settled already.
-      if (interrupted.length > 0 || staleOrigin !== undefined) {
+      // Jobs `kaos train kill` cancelled once the holder was gone ran unwatched until then: their data views are checked too.
+      const unwatched = [...interrupted, ...cancelled];
+      if (unwatched.length > 0 || staleOrigin !== undefined) {
         const { createBackend } = await engine();
         const runner = (await createBackend({ config, stack, state })).runner;
         removedElsewhere =
-          (await runner?.recoverAfterCrash(interrupted, staleOrigin === undefined ? {} : { staleOrigin }))?.removedElsewhere ?? [];
+          (await runner?.recoverAfterCrash(unwatched, staleOrigin === undefined ? {} : { staleOrigin }))?.removedElsewhere ?? [];
       }
     } finally {
       lock.release();

@@ -199,11 +199,12 @@ export async function apply(
     throw diskFullError(error, session.config.root);
   }
   try {
-    const interrupted = session.state.recoverInterrupted();
+    const { interrupted, cancelled } = session.state.recoverInterrupted();
     const runner = session.backend.runner;
     // Their kaos died without stopping them: stop them before anything reruns,
-    // clear what it was writing when it died, and distrust what they wrote unwatched.
-    await runner.recoverAfterCrash(interrupted);
+    // clear what it was writing when it died, and distrust what they wrote unwatched
+    // (those `kaos train kill` stopped since, too).
+    await runner.recoverAfterCrash([...interrupted, ...cancelled]);
     options.onPlanning?.();
     const current = await buildSessionPlan(session, session.backend, {
       force: options.force,

@@ -924,10 +924,12 @@ export class StateStore {
   /**
    * Jobs left `running`/`queued` by a kaos process that no longer exists (crash,
    * SIGKILL): marks them failed with reason {@link INTERRUPTED_REASON} and their
-   * runs failed. Returns the jobs recovered. Jobs that finished before the crash
-   * keep their result, so they are not rerun.
+   * runs failed. Returns the jobs recovered, and the jobs of those runs that
+   * were cancelled: `kaos train kill` of a job whose kaos had died ends it as
+   * cancelled, yet it ran unwatched until then as an interrupted one did. Jobs
+   * that finished before the crash keep their result, so they are not rerun.
    */
-  recoverInterrupted(isAlive?: (pid: number) => boolean): JobRecord[] {
+  recoverInterrupted(isAlive?: (pid: number) => boolean): { interrupted: JobRecord[]; cancelled: JobRecord[] } {
     this.writer();
     return this.transaction(() => {
       const runningRuns = this.stmt("SELECT * FROM runs WHERE state = 'running'").all() as unknown as RunRow[];
@@ -944,8 +946,15 @@ export class StateStore {
       );
       for (const job of orphaned) markJob.run(INTERRUPTED_REASON, finishedAt, job.id);
       const markRun = this.stmt("UPDATE runs SET state = 'failed', finished_at = ? WHERE id = ? AND state = 'running'");
-      for (const runId of deadRuns) markRun.run(finishedAt, runId);
-      return orphaned.map((job): JobRecord => ({ ...job, state: "failed", reason: INTERRUPTED_REASON, finishedAt }));
+      const cancelled: JobRecord[] = [];
+      for (const runId of deadRuns) {
+        cancelled.push(...this.cancelledJobs(runId));
+        markRun.run(finishedAt, runId);
+      }
+      return {
+        interrupted: orphaned.map((job): JobRecord => ({ ...job, state: "failed", reason: INTERRUPTED_REASON, finishedAt })),
+        cancelled,
+      };
     });
   }
 
@@ -1271,7 +1280,10 @@ export class StateStore {
    * (held as `command`), so that no other kaos starts on the stack before what
    * the holder left running is cleared away.
    */
-  breakLock(stack: string, command: string): { holder: LockHolder | undefined; interrupted: JobRecord[]; lock: WriterLock } {
+  breakLock(
+    stack: string,
+    command: string,
+  ): { holder: LockHolder | undefined; interrupted: JobRecord[]; cancelled: JobRecord[]; lock: WriterLock } {
     this.writer();
     const owner = randomBytes(16).toString("hex");
     const broken = this.transaction(() => {
@@ -1291,6 +1303,7 @@ export class StateStore {
       );
       const finishedAt = nowIso();
       const interrupted: JobRecord[] = [];
+      const cancelled: JobRecord[] = [];
       const markJob = this.stmt(
         "UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running')",
       );
@@ -1300,15 +1313,21 @@ export class StateStore {
           markJob.run(INTERRUPTED_REASON, finishedAt, job.id);
           interrupted.push({ ...job, state: "failed", reason: INTERRUPTED_REASON, finishedAt });
         }
+        cancelled.push(...this.cancelledJobs(run.id));
         markRun.run(finishedAt, run.id);
       }
       this.writeLockRow(stack, owner, command);
-      return { holder, interrupted };
+      return { holder, interrupted, cancelled };
     });
     return { ...broken, lock: this.heldLock(stack, owner) };
   }
 
   // ---------------------------------------------------------------- internals
+
+  /** The cancelled jobs of a run whose kaos is gone: what the run ended unwatched is checked as an interrupted job's is. */
+  private cancelledJobs(runId: string): JobRecord[] {
+    return this.selectJobs("WHERE run_id = ? AND state = 'cancelled' ORDER BY seq", runId);
+  }
 
   private writer(): DatabaseSync {
     if (this.readonly || this.db === null) {

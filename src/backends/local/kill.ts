@@ -5,7 +5,9 @@
  * result, and starts neither a job killed while queued nor the next step of
  * a killed build, and a running ingest stops its transfers as at Ctrl-C (its
  * partial downloads are resumed by the next `kaos up`). A train job whose
- * kaos is gone has its processes found by their tag instead.
+ * kaos is gone has its processes found by their tag instead; what it wrote
+ * into its data view meanwhile is checked by the crash recovery of the next
+ * `kaos up` (or `kaos unlock`), which holds the writer lock that check needs.
  */
 import type { BackendContext } from "../../core/backend.js";
 import { KaosError } from "../../core/errors.js";
