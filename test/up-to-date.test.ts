@@ -4,12 +4,24 @@
  * lines without planning; and every kind of change it vouches for sends the
  * next `kaos up` through the full plan, which then does what the change asks.
  */
-import { execFileSync } from "node:child_process";
-import { appendFileSync, chmodSync, existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { execFileSync, spawnSync } from "node:child_process";
+import {
+  appendFileSync,
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  mkdirSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { delimiter, dirname, join, sep } from "node:path";
+import { homedir, tmpdir } from "node:os";
 import { DatabaseSync } from "node:sqlite";
 import { afterAll, describe, expect, it } from "vitest";
-import { makeProject, runKaos, startKaos, type Project, type RunResult } from "./helpers/rig.js";
+import { REPO_ROOT, makeProject, runKaos, startKaos, type Project, type RunResult } from "./helpers/rig.js";
 import { readMarks, trainingProject, type TrainingProjectOptions } from "./helpers/jobs.js";
 
 const projects: Project[] = [];
@@ -224,5 +236,79 @@ describe("kaos up and its up-to-date record", () => {
     const changed = await up(made, [], env);
     expect(fate(changed)[0]).toBe("not used: the Python interpreter for 3.11 is not the one recorded");
     expect(changed.code, changed.stderr).toBe(0);
+  });
+});
+
+const hasStrace = spawnSync("sh", ["-c", "command -v strace"]).status === 0;
+
+/** Each absolute path a traced process named in a file system call, and whether some call found it missing. */
+function tracedPaths(trace: string): Map<string, { missing: boolean }> {
+  const paths = new Map<string, { missing: boolean }>();
+  for (const line of trace.split("\n")) {
+    const call = /^\d+\s+\w+\((?:AT_FDCWD, |\d+, )?"([^"]+)"/.exec(line);
+    let path = call?.[1];
+    if (path === undefined || !path.startsWith("/")) continue;
+    // A folder opened to be listed is named with a trailing slash.
+    if (path.length > 1 && path.endsWith("/")) path = path.slice(0, -1);
+    const known = paths.get(path) ?? { missing: false };
+    if (/= -1 ENOENT/.test(line)) known.missing = true;
+    paths.set(path, known);
+  }
+  return paths;
+}
+
+describe.skipIf(!hasStrace)("what the up-to-date record vouches for (strace)", () => {
+  it("covers every path a full no-op kaos up reads, but for kaos's own code, caches and the interpreter's lookup", async () => {
+    const made = project({ grid: { score: [1, 2] } });
+    expect((await up(made)).code).toBe(0);
+    await upUntilRecorded(made);
+    rmSync(made.path(".kaos", "up-to-date.json"));
+    // Outside the project: a file appearing in it would be a change to the project.
+    const traceDir = mkdtempSync(join(tmpdir(), "kaos-strace-"));
+    const traceFile = join(traceDir, "strace.txt");
+    const traced = await runKaos(["up"], {
+      cwd: made.dir,
+      env: { KAOS_TEST_LOG: made.path("marks.log"), ...TRACE },
+      launcher: ["strace", "-f", "-e", "trace=%file,readlink", "-o", traceFile],
+    });
+    expect(traced.code, traced.stderr).toBe(0);
+    expect(fate(traced)).toEqual(["none to use", "recorded"]);
+    const record = JSON.parse(readFileSync(made.path(".kaos", "up-to-date.json"), "utf8")) as { witnesses: [string, string][] };
+    const witnessed = new Set(record.witnesses.map(([path]) => path));
+    const stateDir = made.path(".kaos");
+    const pathDirs = (process.env.PATH ?? "").split(delimiter).filter(Boolean);
+    const own = [
+      REPO_ROOT,
+      dirname(dirname(process.execPath)),
+      join(homedir(), ".cache"),
+      process.env.PYENV_ROOT ?? join(homedir(), ".pyenv"),
+    ];
+    // What decides nothing a record must vouch for, each for its reason.
+    const decidesNothing = (path: string): boolean =>
+      // Node, kaos's code and its compile cache, the system's files.
+      own.some((dir) => path === dir || path.startsWith(dir + sep)) ||
+      /^\/(?:usr|lib|lib64|etc|proc|sys|dev|run)(?:\/|$)/.test(path) ||
+      // The ancestors of the project and of those folders, looked at to resolve paths; the project itself is witnessed.
+      [made.dir, ...own].some((dir) => dir.startsWith(path === "/" ? "/" : path + sep)) ||
+      // The store (its revision is in the record) and caches whose answers the record checks otherwise.
+      /^state\.db|^config-cache\.json|^python-probe$|^python-versions\.json|^up-to-date\.json|^monitor\.sock$/.test(
+        path.slice(stateDir.length + 1),
+      ) ||
+      path === stateDir ||
+      // Clean-up listings at the start of every up, and tree listings written when missing.
+      /^(?:objects|objects\/tmp|snapshots|data|envs|trees|jobs)$/.test(path.slice(stateDir.length + 1)) ||
+      /^trees\//.test(path.slice(stateDir.length + 1)) ||
+      // The interpreter's lookup along PATH and pyenv's files, which the record checks by asking the version cache again.
+      pathDirs.includes(dirname(path)) ||
+      path.endsWith("/.python-version") ||
+      // The trace itself and the jobs' marks.
+      path === traceFile ||
+      path === made.path("marks.log") ||
+      path.startsWith(tmpdir() + sep + "node-compile-cache");
+    const uncovered = [...tracedPaths(readFileSync(traceFile, "utf8"))]
+      .filter(([path, { missing }]) => !witnessed.has(path) && !(missing && witnessed.has(dirname(path))) && !decidesNothing(path))
+      .map(([path]) => path);
+    rmSync(traceDir, { recursive: true, force: true });
+    expect(uncovered).toEqual([]);
   });
 });

@@ -1,5 +1,6 @@
 /**
- * What any no-op `kaos up` of this design must do, and nothing else: start as
+ * What any no-op `kaos up` that plans in full (without an up-to-date record)
+ * must do, and nothing else: start as
  * an ES module, open the state store with node:sqlite and read a few rows (the
  * applied plan, the last succeeded jobs, the stat caches), SHA-256 the config
  * file with node:crypto, list and lstat the source and data directories, and
