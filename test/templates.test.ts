@@ -90,6 +90,14 @@ describe("kaos template get (built CLI)", () => {
     );
   });
 
+  it("refuses a file standing where the template has a folder, names it, and copies nothing", async () => {
+    const project = tempProject({ stacks: "not a folder\n" });
+    const result = await runKaos(["template", "get", "--name", "mnist", "-o", "."], { cwd: project.dir });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("error: copying template mnist into . would overwrite this file; nothing was copied\n  stacks\n");
+    expect(filesUnder(project.dir)).toEqual(["stacks"]);
+  });
+
   it("adds .kaos/ to an existing .gitignore instead of refusing it", async () => {
     const project = tempProject({ ".gitignore": "dist/\n.kaos\n*.log" });
     const result = await runKaos(["template", "get", "--name", "mnist", "-o", "."], { cwd: project.dir });

@@ -2,11 +2,12 @@
  * `kaos template list|get`: example projects shipped in the package's
  * `examples/` directory and described by `examples/index.json`.
  */
-import { appendFileSync, copyFileSync, constants, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, type Stats } from "node:fs";
+import { appendFileSync, copyFileSync, constants, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { shellQuote } from "../backends/kubernetes/specs.js";
 import { destinationDir } from "../core/destination.js";
-import { errnoCode, KaosError } from "../core/errors.js";
+import { lstatOrUndefined } from "../core/disk.js";
+import { KaosError } from "../core/errors.js";
 import { plural } from "../core/format.js";
 import { packageRoot } from "../core/layout.js";
 import { printJson, table } from "./output.js";
@@ -76,15 +77,6 @@ function templateFiles(root: string): { files: TemplateFile[]; dirs: string[] } 
   };
   walk("");
   return { files, dirs };
-}
-
-function lstatOrUndefined(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch (error) {
-    if (errnoCode(error) === "ENOENT") return undefined;
-    throw error;
-  }
 }
 
 /** Lines of the template's .gitignore that an existing one lacks. */

@@ -2,7 +2,6 @@
 import { createHash } from "node:crypto";
 import {
   existsSync,
-  lstatSync,
   mkdirSync,
   readdirSync,
   readFileSync,
@@ -13,22 +12,12 @@ import {
   rmSync,
   statSync,
   writeFileSync,
-  type Stats,
 } from "node:fs";
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from "node:path";
 import { KaosError } from "./errors.js";
-import { existingAncestor } from "./disk.js";
+import { existingAncestor, lstatOrUndefined } from "./disk.js";
 import { temporaryPathFor } from "./process-identity.js";
 import { STATE_DIR_NAME } from "./layout.js";
-
-function lexists(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** `path` as the file system resolves the part of it that exists, so that a symlink into a state directory is seen. */
 function resolvedAsFarAsItExists(path: string): string {
@@ -73,7 +62,7 @@ export function destinationDir(dir: string, options: { flag: string; expected: s
   }
   // The destination, or the nearest of its parents that is there, must be a directory (or a link to one) for it to be made.
   for (let path = destination; ; path = dirname(path)) {
-    if (!lexists(path)) continue;
+    if (lstatOrUndefined(path) === undefined) continue;
     if (!existsSync(path)) {
       throw new KaosError("USAGE", `${path} is a symlink to ${readlinkSync(path)}, which does not exist; expected ${options.expected}`, {
         hint: `pass ${options.flag} DIR`,
@@ -156,12 +145,8 @@ function atomicWrite(path: string, content: string): void {
 export function writeOwnedFolder(dir: string, files: ReadonlyMap<string, string>): OwnedFolderChanges {
   for (const path of files.keys()) {
     const target = join(dir, path);
-    let stats: Stats;
-    try {
-      stats = lstatSync(target);
-    } catch {
-      continue;
-    }
+    const stats = lstatOrUndefined(target);
+    if (stats === undefined) continue;
     if (!stats.isFile()) {
       throw new KaosError(
         "USAGE",
@@ -179,12 +164,8 @@ export function writeOwnedFolder(dir: string, files: ReadonlyMap<string, string>
     if (files.has(path)) continue;
     const hash = recorded.get(path);
     const target = join(dir, path);
-    let stats: Stats;
-    try {
-      stats = lstatSync(target);
-    } catch {
-      continue;
-    }
+    const stats = lstatOrUndefined(target);
+    if (stats === undefined) continue;
     if (!stats.isFile()) changes.kept.push({ path, why: "it is no longer the file kaos wrote" });
     else if (sha256(readFileSync(target)) !== hash) changes.kept.push({ path, why: "it changed since kaos wrote it" });
     else {

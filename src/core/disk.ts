@@ -5,6 +5,7 @@
  * message names the path and the mount point, and says what to do there.
  */
 import {
+  type BigIntStats,
   accessSync,
   constants,
   copyFileSync,
@@ -17,6 +18,7 @@ import {
   rmSync,
   statSync,
   statfsSync,
+  type Stats,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve, sep } from "node:path";
@@ -41,6 +43,21 @@ export function isNoSpace(error: unknown): boolean {
     current = current instanceof Error ? current.cause : undefined;
   }
   return false;
+}
+
+/**
+ * What is at `path` itself (a link is not followed), or undefined when nothing
+ * can be seen there: the path is missing, runs through a file, or lies in a
+ * folder that may not be searched. Callers treat all of these as "not there".
+ */
+export function lstatOrUndefined(path: string): Stats | undefined;
+export function lstatOrUndefined(path: string, options: { bigint: true }): BigIntStats | undefined;
+export function lstatOrUndefined(path: string, options?: { bigint: true }): Stats | BigIntStats | undefined {
+  try {
+    return options === undefined ? lstatSync(path) : lstatSync(path, options);
+  } catch {
+    return undefined;
+  }
 }
 
 /** `path` itself when it exists, else its closest existing ancestor. */

@@ -41,7 +41,7 @@ import {
 } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
 import { StringDecoder } from "node:string_decoder";
-import { noSpaceError, isNoSpace } from "./disk.js";
+import { lstatOrUndefined, noSpaceError, isNoSpace } from "./disk.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { filesOf, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
 import { copyModeFor, type ObjectStore } from "./objects.js";
@@ -480,14 +480,6 @@ export interface Seal {
   resealed: number;
 }
 
-function statOf(path: string): BigIntStats | undefined {
-  try {
-    return lstatSync(path, { bigint: true });
-  } catch {
-    return undefined;
-  }
-}
-
 /** A signature without its inode change time. */
 function withoutChangeTime(signature: string): string {
   const bar = signature.indexOf("|");
@@ -662,7 +654,7 @@ export function sealTree(
   let lastChangeNs = 0n;
   const onStat = options.onStat;
   const record = (path: string, relative: string): void => {
-    const stat = statOf(path);
+    const stat = lstatOrUndefined(path, { bigint: true });
     if (stat !== undefined && stat.ctimeNs > lastChangeNs) lastChangeNs = stat.ctimeNs;
     if (stat !== undefined || relative === "") stats.add(relative, stat);
     onStat?.(relative, stat);
@@ -841,7 +833,7 @@ export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean;
   const stats = seal.stats;
   for (let row = 0; row < stats.size; row++) {
     const path = stats.pathAt(row);
-    const now = statOf(path === "" ? seal.root : prefix + path);
+    const now = lstatOrUndefined(path === "" ? seal.root : prefix + path, { bigint: true });
     const comparison = stats.compare(row, now);
     if (comparison === "same") continue;
     if (comparison === "changeTimeOnly") {

@@ -19,9 +19,9 @@
  * before their files (a half-removed one is not trusted, and is made again
  * when needed); objects go last, and only those no kept listing or view holds.
  */
-import { lstatSync, rmSync, type Stats } from "node:fs";
+import { rmSync } from "node:fs";
 import { join, relative } from "node:path";
-import { mountPointOf, freeBytes } from "../../core/disk.js";
+import { lstatOrUndefined, mountPointOf, freeBytes } from "../../core/disk.js";
 import { KaosError } from "../../core/errors.js";
 import { MODULE_EXTENSIONS, jobPaths, stacksDirOf, stateDirOf } from "../../core/layout.js";
 import { displayText, quoteText } from "../../core/format.js";
@@ -63,14 +63,6 @@ function kindOfTop(name: string): StorageKind {
   if (name === "snapshots" || name === "data") return "dataViews";
   if (name === "trees") return "treeListings";
   return "other";
-}
-
-function lstatOrUndefined(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch {
-    return undefined;
-  }
 }
 
 /** Disk blocks of trees, each inode counted once however many names it has. */

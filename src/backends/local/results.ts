@@ -30,6 +30,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
+import { lstatOrUndefined } from "../../core/disk.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../core/hash.js";
 import { STATE_DIR_NAMES, jobPaths } from "../../core/layout.js";
@@ -234,12 +235,7 @@ function readSeal(stateDir: string, jobId: string): SealRecord | undefined | { p
 
 /** The changes to one sealed tree, or a description of why it is gone. */
 async function treeChanges(root: string, sealed: SealedTree): Promise<TreeChanges | null> {
-  let stat: Stats | undefined;
-  try {
-    stat = lstatSync(root);
-  } catch {
-    stat = undefined;
-  }
+  const stat = lstatOrUndefined(root);
   if (stat === undefined || !stat.isDirectory()) {
     const files = filesOf(sealed);
     return files.length === 0 && stat === undefined
