@@ -15,7 +15,7 @@ import { isNoSpace, noSpaceError } from "../../core/disk.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
 import type { ManifestLockEntry } from "../../core/manifest.js";
 import { HashingPassThrough, type ObjectStore } from "../../core/objects.js";
-import { judgeProcess, originTag, originToken, ownerStamp, processStartToken } from "../../core/process-identity.js";
+import { judgeProcess, originTag, originToken, ownerStamp, processStartToken, type RecordedProcess } from "../../core/process-identity.js";
 import type { AbandonedTemporaries } from "../../core/snapshot.js";
 import { FileUrlRefused, type FileUrlScope, openWithinScope, redactUrl, sourceIdentity, widenScopeHint } from "../../core/urls.js";
 
@@ -258,9 +258,9 @@ function claimPartial(tmpDir: string, ownerFile: string): boolean {
       }
       if (errnoCode(error) !== "EEXIST") throw error;
     }
-    let owner: { pid?: unknown; startToken?: unknown; origin?: unknown } | undefined;
+    let owner: RecordedProcess | null;
     try {
-      owner = JSON.parse(fs.readFileSync(ownerFile, "utf8")) as typeof owner;
+      owner = readClaim(ownerFile);
     } catch (error) {
       // Released since: claim it again. Otherwise its owner is writing it this instant.
       if (errnoCode(error) === "ENOENT") continue;
@@ -273,18 +273,29 @@ function claimPartial(tmpDir: string, ownerFile: string): boolean {
 }
 
 /**
+ * The process a claim file names, or null when it names none; throws as
+ * reading or parsing the file does (ENOENT once the claim is released).
+ */
+function readClaim(ownerFile: string): RecordedProcess | null {
+  const owner = JSON.parse(fs.readFileSync(ownerFile, "utf8")) as { pid?: unknown; startToken?: unknown; origin?: unknown } | null;
+  if (typeof owner?.pid !== "number") return null;
+  return {
+    pid: owner.pid,
+    startToken: typeof owner.startToken === "string" ? owner.startToken : null,
+    origin: typeof owner.origin === "string" ? owner.origin : null,
+  };
+}
+
+/**
  * Whether a claim's owner is gone or is this process. A claim made on another
  * machine sharing the store is never taken over from here: `kaos unlock` and
  * `kaos gc` remove it once that machine's kaos is known to have stopped.
  */
-function isStaleClaim(owner: { pid?: unknown; startToken?: unknown; origin?: unknown } | undefined): boolean {
-  const pid = owner?.pid;
-  if (typeof pid !== "number") return true;
-  const origin = typeof owner?.origin === "string" ? owner.origin : null;
+function isStaleClaim(owner: RecordedProcess | null): boolean {
+  if (owner === null) return true;
   // Claims written before they carried an origin were made on one machine: the pid alone was theirs.
-  if (pid === process.pid && (origin === null || origin === originToken())) return true;
-  const startToken = typeof owner?.startToken === "string" ? owner.startToken : null;
-  return judgeProcess({ pid, startToken, origin }) === "dead";
+  if (owner.pid === process.pid && (owner.origin === null || owner.origin === originToken())) return true;
+  return judgeProcess(owner) === "dead";
 }
 
 /**
@@ -304,17 +315,14 @@ export function removeStaleClaims(tmpDir: string, isStale?: (tag: string) => boo
   for (const entry of entries) {
     if (!entry.endsWith(".owner")) continue;
     const file = path.join(tmpDir, entry);
-    let owner: { pid?: unknown; startToken?: unknown; origin?: unknown } | undefined;
+    let owner: RecordedProcess | null;
     try {
-      owner = JSON.parse(fs.readFileSync(file, "utf8")) as typeof owner;
+      owner = readClaim(file);
     } catch {
       continue;
     }
-    const origin = typeof owner?.origin === "string" ? owner.origin : null;
-    if (typeof owner?.pid !== "number" || origin === null) continue;
-    const startToken = typeof owner.startToken === "string" ? owner.startToken : null;
-    if (judgeProcess({ pid: owner.pid, startToken, origin }) !== "unknown") continue;
-    if (isStale?.(originTag(origin)) !== true) {
+    if (owner === null || owner.origin === null || judgeProcess(owner) !== "unknown") continue;
+    if (isStale?.(originTag(owner.origin)) !== true) {
       result.keptElsewhere.push(file);
       continue;
     }
