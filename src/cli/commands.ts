@@ -41,7 +41,7 @@ import { StateStore, type JobRecord, type JobState } from "../core/state.js";
 import { originTag } from "../core/process-identity.js";
 import type { ResolvedConfig, ResolvedStack } from "../core/types.js";
 import { WATCH_DEFAULTS } from "../core/defaults.js";
-import { EXIT, onStopRequest, type StopReason } from "./exit.js";
+import { EXIT, exitWhilePlanning, onStopRequest, type StopReason } from "./exit.js";
 
 // The engine (hashing, planning, the backends) loads only for commands that run
 // it, so the read-only commands start fast.
@@ -142,11 +142,7 @@ async function runApply(
     // While the plan is made nothing has started: stop at once, as `kaos plan` does, rather than hash on
     // only to start the jobs and cancel them.
     if (!planning || why === "output closed") return false;
-    // The live view gives the terminal back its cursor; closing the store gives the stack's lock back.
-    reporter.close();
-    session.close();
-    process.stderr.write(`\n${why}: stopped before anything ran\n`);
-    process.exit(EXIT.interrupted);
+    exitWhilePlanning(why, { view: () => reporter.close(), store: () => session.close() });
   });
   const interactive = isInteractive(process.stderr);
   const reporter = new PrintedLines(createReporter({ json: options.json, interactive }));

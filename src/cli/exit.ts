@@ -95,6 +95,21 @@ export function exitAtOnce(): never {
   process.exit(EXIT.interrupted);
 }
 
+/**
+ * Quit while a run plans: nothing has started and nothing is recorded, so kaos
+ * exits now rather than hash on only to cancel what the plan starts (exiting
+ * ends the hashing threads mid-walk). The live view is closed first, to give
+ * the terminal back its cursor, and the store last, to give the stack's lock
+ * back. A reader that went away is told nothing and gets 141.
+ */
+export function exitWhilePlanning(why: string, close: { view(): void; store(): void }): never {
+  close.view();
+  const readerGone = why === "output closed";
+  if (!readerGone) process.stderr.write(`\n${why}: stopped before anything ran\n`);
+  close.store();
+  process.exit(readerGone ? EXIT.brokenPipe : EXIT.interrupted);
+}
+
 export function onStopRequest(stop: (why: StopReason) => void): () => void {
   let signals = 0;
   const onSignal = (name: NodeJS.Signals) => {

@@ -114,7 +114,7 @@ import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
 import { stateDirOf } from "../../core/layout.js";
 import { setupReporter, startMonitor, type MonitorServer } from "../../core/monitor.js";
-import { EXIT, exitAtOnce, failureLines, onStopRequest } from "../exit.js";
+import { exitAtOnce, exitWhilePlanning, failureLines, onStopRequest } from "../exit.js";
 
 interface CurrentRun {
   reporter: WatchReporter;
@@ -544,19 +544,11 @@ class WatchSession {
     this.machine.dispatch("quit");
   }
 
-  /**
-   * Quit while the run plans: nothing started and nothing is recorded, so rather than hash on only to cancel
-   * what the plan starts, kaos exits now, as `kaos up` does; exiting ends the hashing threads mid-walk.
-   */
+  /** Quit while the run plans: exit at once, as `kaos up` does. */
   private abandonPlan(): void {
-    const readerGone = this.stopReason === "output closed";
-    this.terminal.close();
-    if (!readerGone) process.stderr.write(`\n${this.stopReason}: stopped before anything ran\n`);
     this.stopListening?.();
     void this.monitor?.close();
-    // Closing the store gives the stack's lock back.
-    this.baseSession.close();
-    process.exit(readerGone ? EXIT.brokenPipe : EXIT.interrupted);
+    exitWhilePlanning(this.stopReason, { view: () => this.terminal.close(), store: () => this.baseSession.close() });
   }
 
   /** Quit otherwise: cancel the running jobs, let the run record them, then return from run(). */
