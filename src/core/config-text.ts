@@ -4,11 +4,13 @@
  */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 /**
- * One path component of an image repository, as the OCI distribution spec
- * and Docker's reference grammar write it: lowercase runs of letters and
- * digits joined by `.`, `_`, `__` or dashes.
+ * What joins two lowercase runs of letters and digits in a path component of
+ * an image repository, as the OCI distribution spec and Docker's reference
+ * grammar write it: `.`, `_`, `__` or dashes.
  */
-export const IMAGE_PATH_COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
+export const IMAGE_SEPARATOR = "(?:[._]|__|-+)";
+/** One path component of an image repository: lowercase runs of letters and digits joined by separators. */
+export const IMAGE_PATH_COMPONENT = `[a-z0-9]+(?:${IMAGE_SEPARATOR}[a-z0-9]+)*`;
 const DOMAIN_COMPONENT = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?";
 const PORT = "(?::[0-9]+)?";
 /** Docker reads a first segment as a registry host only when it has a `.` or a port, or is `localhost`. */

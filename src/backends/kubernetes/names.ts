@@ -4,6 +4,8 @@
  * them: Pachyderm repos and pipelines, the Kubernetes names of a pipeline's
  * workers, and image repositories.
  */
+import { IMAGE_SEPARATOR } from "../../core/config-text.js";
+
 /** pachd's rule for repo and pipeline names (ancestry.ValidateName, at CreateRepo and CreatePipelineV2). */
 export const PACHYDERM_NAME = /^[A-Za-z0-9_-]+$/;
 /** Pachyderm's longest pipeline name (pps `maxPipelineNameLength`). */
@@ -14,7 +16,7 @@ export const MAX_KUBERNETES_NAME = 63;
 export const MAX_IMAGE_NAME = 255;
 
 const PACHYDERM_NAME_RULE = "Pachyderm names are letters, digits, '_' and '-'";
-const IMAGE_SEPARATOR = /^(?:[._]|__|-+)$/;
+const WHOLE_IMAGE_SEPARATOR = new RegExp(`^${IMAGE_SEPARATOR}$`);
 
 /**
  * The name Pachyderm gives the ReplicationController of a pipeline's workers
@@ -59,7 +61,7 @@ export function imageRepository(prefix: string, pipeline: string): string {
     .toLowerCase()
     .replace(/[^a-z0-9._-]+/g, "-")
     .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, "")
-    .replace(/[._-]+/g, (run) => (IMAGE_SEPARATOR.test(run) ? run : "-".repeat(run.length)));
+    .replace(/[._-]+/g, (run) => (WHOLE_IMAGE_SEPARATOR.test(run) ? run : "-".repeat(run.length)));
   return escaped === "" ? "kaos" : escaped;
 }
 
