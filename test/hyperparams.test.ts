@@ -95,6 +95,14 @@ describe("a list of grids", () => {
     // The same key in two objects is no repeat.
     expect(parseSpaceJson(`[{"C": [1]}, {"C": [2]}]`, "/p/grid.json")).toEqual([{ C: [1] }, { C: [2] }]);
   });
+
+  it("tells a whole number that would lose digits before any key written twice, and the first of two keys written twice", () => {
+    const text = `{\n  "C": [1],\n  "C": [2],\n  "gamma": [1],\n  "gamma": [2],\n  "seed": 12345678901234567891\n}\n`;
+    expect(problem(() => parseSpaceJson(text, "/p/grid.json"))).toMatch(/^\/p\/grid\.json:6: "seed": 12345678901234567891 is beyond/);
+    expect(problem(() => parseSpaceJson(text.replace("12345678901234567891", "1"), "/p/grid.json"))).toMatch(
+      /^\/p\/grid\.json:3: "C": written twice in one object \(first on line 2\)/,
+    );
+  });
 });
 
 describe("a random search", () => {

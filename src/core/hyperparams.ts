@@ -121,39 +121,33 @@ function walkJsonText(
 }
 
 /**
- * Every whole-number literal of a JSON text that a double cannot hold
- * exactly, with its key path and line: JSON.parse gives the numbers only.
+ * What JSON.parse does not tell of a JSON text, found in one walk: the first
+ * whole-number literal that a double cannot hold exactly (JSON.parse gives the
+ * numbers only), and the first key written twice in one object, with both
+ * lines (JSON.parse keeps the last and drops the first without a word, so a
+ * parameter written twice would lose the candidates written first).
  */
-function inexactIntegerLiterals(text: string): { path: KeyPath; literal: string; line: number }[] {
-  const found: { path: KeyPath; literal: string; line: number }[] = [];
+function textProblems(text: string): {
+  inexact?: { path: KeyPath; literal: string; line: number };
+  twice?: { path: KeyPath; line: number; firstLine: number };
+} {
+  const found: ReturnType<typeof textProblems> = {};
   const number = /-?\d+(\.\d+)?([eE][+-]?\d+)?/y;
-  walkJsonText(text, (path, line, start) => {
-    const char = text[start]!;
-    if (char !== "-" && (char < "0" || char > "9")) return undefined;
-    number.lastIndex = start;
-    const match = number.exec(text)!;
-    if (match[1] === undefined && match[2] === undefined && !Number.isSafeInteger(Number(match[0]))) {
-      found.push({ path: path(), literal: match[0], line });
-    }
-    return undefined;
-  });
-  return found;
-}
-
-/**
- * The first key of a JSON text written twice in one object, with both lines:
- * JSON.parse keeps the last and drops the first without a word, so a
- * parameter written twice would lose the candidates written first.
- */
-function duplicateKey(text: string): { path: KeyPath; line: number; firstLine: number } | undefined {
-  let found: { path: KeyPath; line: number; firstLine: number } | undefined;
   walkJsonText(
     text,
-    () => undefined,
-    (path, line, firstLine) => {
-      if (firstLine === undefined) return undefined;
-      found = { path: path(), line, firstLine };
+    (path, line, start) => {
+      const char = text[start]!;
+      if (char !== "-" && (char < "0" || char > "9")) return undefined;
+      number.lastIndex = start;
+      const match = number.exec(text)!;
+      if (match[1] !== undefined || match[2] !== undefined || Number.isSafeInteger(Number(match[0]))) return undefined;
+      found.inexact = { path: path(), literal: match[0], line };
+      // Told before any key written twice, wherever that is: nothing further is needed.
       return true;
+    },
+    (path, line, firstLine) => {
+      if (firstLine !== undefined && found.twice === undefined) found.twice = { path: path(), line, firstLine };
+      return undefined;
     },
   );
   return found;
@@ -186,7 +180,7 @@ function problemText(path: KeyPath, detail: string): string {
  */
 export function parseSpaceJson(text: string, file: string): HyperparamSpace {
   const value = JSON.parse(text) as unknown;
-  const [inexact] = inexactIntegerLiterals(text);
+  const { inexact, twice } = textProblems(text);
   if (inexact !== undefined) {
     const at = inexact.path.length > 0 ? ` ${formatKeyPath(inexact.path)}:` : "";
     throw new KaosError(
@@ -194,7 +188,6 @@ export function parseSpaceJson(text: string, file: string): HyperparamSpace {
       `${file}:${inexact.line}:${at} ${inexact.literal} is ${SAFE_LIMIT} a JSON number loses digits (it would become ${Number(inexact.literal)}); write it as a string to keep every digit: "${inexact.literal}"`,
     );
   }
-  const twice = duplicateKey(text);
   if (twice !== undefined) {
     throw new KaosError(
       "HYPERPARAMS_INVALID",
