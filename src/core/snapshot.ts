@@ -326,8 +326,9 @@ export interface AbandonedTemporaries {
 }
 
 /**
- * Removes, from the entries of `dirs`, the work in progress of writers that
- * died (SIGKILL, a crash) before renaming it into place. Only `names` that hold
+ * Removes, from the entries of `dirs` (listed here, or as the caller listed
+ * them already), the work in progress of writers that died (SIGKILL, a
+ * crash) before renaming it into place. Only `names` that hold
  * an owner stamp (the pattern's first group, see `ownerStamp`) are touched,
  * and only when that process is gone, so a writer still at work keeps its own.
  * One that ran where this process cannot look (another machine sharing the
@@ -335,13 +336,14 @@ export interface AbandonedTemporaries {
  * `dryRun` only tells what would be removed.
  */
 export function removeAbandonedTemporaries(
-  dirs: readonly string[],
+  dirs: readonly (string | { dir: string; entries: readonly string[] })[],
   options: { names?: readonly RegExp[]; isStale?: (tag: string) => boolean; dryRun?: boolean } = {},
 ): AbandonedTemporaries {
   const names = options.names ?? TEMPORARY_NAMES;
   const result: AbandonedTemporaries = { removed: [], removedElsewhere: [], keptElsewhere: [] };
-  for (const dir of dirs) {
-    for (const entry of namesIn(dir)) {
+  for (const listed of dirs) {
+    const { dir, entries } = typeof listed === "string" ? { dir: listed, entries: namesIn(listed) } : listed;
+    for (const entry of entries) {
       const stamp = names.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
       if (stamp === undefined || isOwnStamp(stamp)) continue;
       const liveness = judgeOwnerStamp(stamp);

@@ -299,19 +299,18 @@ function isStaleClaim(owner: RecordedProcess | null): boolean {
 }
 
 /**
- * Removes the claims on shared partial downloads (in the object store's
- * temporary folder `tmpDir`) whose owner ran on another machine and has
- * stopped by `isStale`'s word. A claim of a kaos on this machine needs no
+ * Removes the claims on shared partial downloads (among `entries`, the names
+ * in the object store's temporary folder `tmpDir`) whose owner ran on another
+ * machine and has stopped by `isStale`'s word. A claim of a kaos on this machine needs no
  * removing: the next transfer of its URL takes it over once its owner is gone.
  */
-export function removeStaleClaims(tmpDir: string, isStale?: (tag: string) => boolean, dryRun = false): AbandonedTemporaries {
+export function removeStaleClaims(
+  tmpDir: string,
+  entries: readonly string[],
+  isStale?: (tag: string) => boolean,
+  dryRun = false,
+): AbandonedTemporaries {
   const result: AbandonedTemporaries = { removed: [], removedElsewhere: [], keptElsewhere: [] };
-  let entries: string[];
-  try {
-    entries = fs.readdirSync(tmpDir);
-  } catch {
-    return result;
-  }
   for (const entry of entries) {
     if (!entry.endsWith(".owner")) continue;
     const file = path.join(tmpDir, entry);

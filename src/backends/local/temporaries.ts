@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import { OWNER_STAMP } from "../../core/process-identity.js";
-import { type AbandonedTemporaries, removeAbandonedTemporaries } from "../../core/snapshot.js";
+import { type AbandonedTemporaries, namesIn, removeAbandonedTemporaries } from "../../core/snapshot.js";
 import { removeAbandonedBuilds } from "./build.js";
 import { removeStaleClaims } from "./fetch.js";
 
@@ -30,11 +30,13 @@ export function removeTemporaries(
   options: { isStale?: (tag: string) => boolean; dryRun?: boolean } = {},
 ): AbandonedTemporaries {
   const objectsTmp = join(stateDir, "objects", "tmp");
+  // Listed once for the two kinds of leftover it holds, whose names never overlap.
+  const objectsTmpEntries = namesIn(objectsTmp);
   const parts = [
     removeAbandonedTemporaries([join(stateDir, "snapshots"), join(stateDir, "data"), join(stateDir, "trees"), ...jobDirs], options),
     removeAbandonedBuilds(join(stateDir, "envs"), options),
-    removeAbandonedTemporaries([objectsTmp], { ...options, names: OBJECT_TEMPORARY_NAMES }),
-    removeStaleClaims(objectsTmp, options.isStale, options.dryRun),
+    removeAbandonedTemporaries([{ dir: objectsTmp, entries: objectsTmpEntries }], { ...options, names: OBJECT_TEMPORARY_NAMES }),
+    removeStaleClaims(objectsTmp, objectsTmpEntries, options.isStale, options.dryRun),
   ];
   return {
     removed: parts.flatMap((part) => part.removed),
