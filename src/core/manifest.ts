@@ -1386,11 +1386,15 @@ export function pinFor(entry: ManifestEntry, lock: ManifestLock | undefined): Ma
  * manifest's `size` when one is given.
  */
 export function pinnedHash(entry: ManifestEntry, lock: ManifestLock | undefined): string | undefined {
+  return entry.sha256 ?? pinnedHashOf(entry, pinFor(entry, lock));
+}
+
+/** `pinnedHash` for a caller that has looked up the entry's `pinFor` already. */
+export function pinnedHashOf(entry: ManifestEntry, pin: ManifestLockEntry | undefined): string | undefined {
   if (entry.sha256 !== undefined) return entry.sha256;
-  const locked = pinFor(entry, lock);
-  if (locked === undefined) return undefined;
-  if (entry.size !== undefined && locked.size !== entry.size) return undefined;
-  return locked.sha256;
+  if (pin === undefined) return undefined;
+  if (entry.size !== undefined && pin.size !== entry.size) return undefined;
+  return pin.sha256;
 }
 
 export function manifestDataKey(entries: ManifestEntry[], lock: ManifestLock | undefined): string | undefined {

@@ -127,7 +127,7 @@ interface PlannedTransfer {
 
 export async function ingest(options: IngestOptions): Promise<IngestResult> {
   const { entries, manifestPath, objects, signal } = options;
-  const { lockPathFor, manifestDataKey, pinFor, pinnedHash, readLock, serializeLock, writeLock } = await import("../../core/manifest.js");
+  const { lockPathFor, manifestDataKey, pinFor, pinnedHashOf, readLock, serializeLock, writeLock } = await import("../../core/manifest.js");
   const refresh = options.refresh === true;
   const concurrency = Math.max(1, Math.floor(options.concurrency ?? 8));
   const oldLock = readLock(manifestPath);
@@ -138,9 +138,12 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   // Decide, entry by entry, between linking what is stored and fetching.
   const reusedEntries: { entry: ManifestEntry; hash: string }[] = [];
   const planned = new Map<string, PlannedTransfer>();
+  // Each entry's pin in the old lock, looked up once: the reused entries, the failed ones and the new lock ask again.
+  const oldPins = new Map<ManifestEntry, ManifestLockEntry | undefined>();
   for (const entry of entries) {
     const sameUrlPin = pinFor(entry, oldLock);
-    const known = pinnedHash(entry, oldLock);
+    oldPins.set(entry, sameUrlPin);
+    const known = pinnedHashOf(entry, sameUrlPin);
     let expected: TransferJob["expected"];
     let conditional: TransferJob["conditional"];
     if (!refresh || entry.sha256 !== undefined) {
@@ -207,7 +210,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
   try {
     for (const { entry, hash } of reusedEntries) {
       tree.place(objects, hash, entry.path);
-      const locked = pinFor(entry, oldLock);
+      const locked = oldPins.get(entry);
       newEntries[entry.path] =
         locked !== undefined && locked.sha256 === hash ? locked : lockEntryFor(entry.url, hash, fs.statSync(objects.pathOf(hash)).size, {});
       reused++;
@@ -233,7 +236,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
         for (const entry of sharing) {
           failures.push({ path: entry.path, url: redactUrl(entry.url), error: message });
           // A failed refresh leaves the pinned content in place; anything else leaves no file.
-          const locked = pinFor(entry, oldLock);
+          const locked = oldPins.get(entry);
           if (locked !== undefined && objects.has(locked.sha256)) tree.place(objects, locked.sha256, entry.path);
           else tree.remove(entry.path);
         }
@@ -245,7 +248,7 @@ export async function ingest(options: IngestOptions): Promise<IngestResult> {
 
     // Entries that failed or never ran keep their old pin while the URL is unchanged.
     for (const entry of entries) {
-      const locked = pinFor(entry, oldLock);
+      const locked = oldPins.get(entry);
       if (newEntries[entry.path] === undefined && locked !== undefined) newEntries[entry.path] = locked;
     }
     const lock: ManifestLock = { version: 1, entries: newEntries };
