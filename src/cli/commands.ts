@@ -144,8 +144,7 @@ async function runApply(
     if (!planning || why === "output closed") return false;
     exitWhilePlanning(why, { view: () => reporter.close(), store: () => session.close() });
   });
-  const interactive = isInteractive(process.stderr);
-  const reporter = new PrintedLines(createReporter({ json: options.json, interactive }));
+  const reporter = new PrintedLines(createReporter({ json: options.json, interactive: isInteractive(process.stderr) }));
   try {
     const outcome = await session.backend.up({
       command: options.command,
@@ -180,7 +179,6 @@ async function runApply(
           plan: outcome.plan,
           startedAtNs: processStartNs(),
           lines: reporter.lines,
-          interactive,
           summary: jobCounts(outcome),
         });
       } catch (error) {

@@ -7,7 +7,7 @@ import type { IngestProgress, Reporter, RunEvent } from "../core/events.js";
 import type { JobRecord } from "../core/state.js";
 import { formatPlan } from "../core/plan.js";
 import { colors, type Colors } from "./output.js";
-import { elapsedLine, noteLine, skippedStageLine } from "./run-lines.js";
+import { noteLine, skippedStageLine } from "./run-lines.js";
 import { displayLine, displayText, formatBytes, formatDuration, paramsText } from "../core/format.js";
 
 /** `412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2s`: an ingest's progress on one line. */
@@ -200,7 +200,7 @@ export class LiveReporter implements Reporter {
       if (view.stage === "ingest" && view.ingest) return `${this.c.bold(name)}  ingest  ${view.ingest}`;
       return `${this.c.bold(name)}  ${view.stage}  ${this.c.green(`${view.done} done`)}, ${this.c.cyan(`${view.running} running`)}, ${view.failed > 0 ? this.c.red(`${view.failed} failed`) : "0 failed"} of ${view.total}`;
     });
-    this.update([...lines, elapsedLine(this.c, Date.now() - this.started)].join("\n"));
+    this.update([...lines, this.c.dim(`elapsed ${formatDuration(Date.now() - this.started)}`)].join("\n"));
   }
 
   close(): void {

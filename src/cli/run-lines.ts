@@ -5,7 +5,7 @@
  */
 import type { Reporter, RunEvent } from "../core/events.js";
 import { colors, type Colors } from "./output.js";
-import { displayMessage, formatDuration } from "../core/format.js";
+import { displayMessage } from "../core/format.js";
 
 export function skippedStageLine(c: Colors, event: { pipeline: string; stage: string; reason: string }): string {
   return `${event.pipeline} ${event.stage}  ${c.dim("skipped")}  (${event.reason})`;
@@ -13,11 +13,6 @@ export function skippedStageLine(c: Colors, event: { pipeline: string; stage: st
 
 export function noteLine(message: string): string {
   return displayMessage(message);
-}
-
-/** The last line of the live view. */
-export function elapsedLine(c: Colors, ms: number): string {
-  return c.dim(`elapsed ${formatDuration(ms)}`);
 }
 
 /** The first line of a run's summary: `run ID: COUNTS`. */

@@ -19,9 +19,8 @@ import {
   writeUpToDate,
   type UpToDateRecord,
 } from "../core/up-to-date.js";
-import { colors } from "./output.js";
 import { exitQuietlyOnClosedOutput } from "./pipes.js";
-import { elapsedLine, runLine } from "./run-lines.js";
+import { runLine } from "./run-lines.js";
 
 /** Why `record` does not vouch for this run, or undefined when it does. */
 function whyNot(record: UpToDateRecord, stateDir: string): string | undefined {
@@ -78,9 +77,6 @@ export function upFromRecord(): number | undefined {
   }
   traceUpToDate("used");
   exitQuietlyOnClosedOutput();
-  const lines = [...record.lines];
-  if (record.interactive) lines.push(elapsedLine(colors(process.stderr), Date.now() - performance.timeOrigin));
-  lines.push(runLine(recorded.runId, record.summary));
-  process.stderr.write(`${lines.join("\n")}\n`);
+  process.stderr.write(`${[...record.lines, runLine(recorded.runId, record.summary)].join("\n")}\n`);
   return 0;
 }

@@ -27,7 +27,6 @@ export interface UpToDateRequest {
   startedAtNs: bigint;
   /** What the run printed on stderr before its summary, as printed. */
   lines: string[];
-  interactive: boolean;
   summary: string;
 }
 
@@ -78,7 +77,6 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
     witnesses: [...witnesses.identities],
     runtimes: settled.runtimes,
     lines: request.lines,
-    interactive: request.interactive,
     summary: request.summary,
   });
   return undefined;

@@ -52,8 +52,6 @@ export interface UpToDateRecord {
   runtimes: { wanted: string | null; runtime: string }[];
   /** What the run printed on stderr before its summary, line by line, as printed. */
   lines: string[];
-  /** Whether stderr showed the live view, which ends with the time taken. */
-  interactive: boolean;
   /** The summary line after `run ID: `. */
   summary: string;
 }
@@ -136,7 +134,6 @@ export function readUpToDate(stateDir: string): UpToDateRecord | undefined {
     Array.isArray(value.witnesses) &&
     Array.isArray(value.runtimes) &&
     Array.isArray(value.lines) &&
-    typeof value.interactive === "boolean" &&
     typeof value.summary === "string";
   return wellFormed ? (value as UpToDateRecord) : undefined;
 }
