@@ -20,22 +20,11 @@ import {
 import { delimiter, dirname, join, sep } from "node:path";
 import { homedir, tmpdir } from "node:os";
 import { DatabaseSync } from "node:sqlite";
-import { afterAll, describe, expect, it } from "vitest";
-import { REPO_ROOT, makeProject, runKaos, startKaos, type Project, type RunResult } from "./helpers/rig.js";
-import { readMarks, trainingProject, type TrainingProjectOptions } from "./helpers/jobs.js";
+import { describe, expect, it } from "vitest";
+import { REPO_ROOT, runKaos, startKaos, type Project, type RunResult } from "./helpers/rig.js";
+import { readMarks, trainingProjects } from "./helpers/jobs.js";
 
-const projects: Project[] = [];
-afterAll(() =>
-  projects.forEach((project) => {
-    project.remove();
-  }),
-);
-
-function project(options: TrainingProjectOptions = {}): Project {
-  const made = makeProject(trainingProject(options));
-  projects.push(made);
-  return made;
-}
+const project = trainingProjects();
 
 const TRACE = { KAOS_TRACE_UP_TO_DATE: "1" };
 

@@ -5,7 +5,8 @@
  * can observe concurrency.
  */
 import { readFileSync } from "node:fs";
-import { type FileMap, trivialSourceBundle, under } from "./rig.js";
+import { afterAll } from "vitest";
+import { type FileMap, makeProject, type Project, trivialSourceBundle, under } from "./rig.js";
 
 export const TRAIN_SCRIPT = `#!/usr/bin/env python3
 import json, os, sys, time
@@ -62,6 +63,19 @@ export function trainingProject(options: TrainingProjectOptions = {}): FileMap {
     "data/value.txt": options.value ?? "v1",
     ...under("src", trivialSourceBundle(TRAIN_SCRIPT, { requirements: options.requirements ?? "# no requirements\n" })),
     ...options.extra,
+  };
+}
+
+/** Makes `trainingProject`s in temporary folders, each removed once the test file is done. */
+export function trainingProjects(): (options?: TrainingProjectOptions) => Project {
+  const made: Project[] = [];
+  afterAll(() => {
+    for (const project of made) project.remove();
+  });
+  return (options = {}) => {
+    const project = makeProject(trainingProject(options));
+    made.push(project);
+    return project;
   };
 }
 
