@@ -22,7 +22,7 @@ import { homedir, tmpdir } from "node:os";
 import { DatabaseSync } from "node:sqlite";
 import { describe, expect, it } from "vitest";
 import { REPO_ROOT, runKaos, startKaos, type Project, type RunResult } from "./helpers/rig.js";
-import { readMarks, trainingProjects } from "./helpers/jobs.js";
+import { TRAIN_SCRIPT, readMarks, trainingProjects } from "./helpers/jobs.js";
 
 const project = trainingProjects();
 
@@ -206,6 +206,31 @@ describe("kaos up and its up-to-date record", () => {
     } finally {
       await watch.stop();
     }
+  });
+
+  it("checks every file a reused job left, in folders a bundle's walk skips too", async () => {
+    // A job's results are checked file by file, whatever their names: a folder named like the ones bundles never
+    // hold (__pycache__, .git, node_modules) is part of them.
+    const cached = 'os.makedirs(os.path.join(out, "__pycache__"))\nopen(os.path.join(out, "__pycache__", "model.pyc"), "w").write("a")\n';
+    const made = project({
+      extra: { "src/model/train": { content: TRAIN_SCRIPT.replace('mark("end")', `${cached}mark("end")`), mode: 0o755 } },
+    });
+    expect((await up(made)).code).toBe(0);
+    await upUntilRecorded(made);
+    expect(fate(await up(made))).toEqual(["used"]);
+    const trained = starts(made);
+
+    const jobsDir = made.path(".kaos", "jobs");
+    const [id] = readdirSync(jobsDir).filter((job) => existsSync(join(jobsDir, job, "out", "__pycache__")));
+    expect(id).toBeDefined();
+    const folder = join(jobsDir, id!, "out", "__pycache__");
+    chmodSync(folder, 0o755);
+    chmodSync(join(folder, "model.pyc"), 0o644);
+    writeFileSync(join(folder, "model.pyc"), "b");
+    const result = await up(made);
+    expect(fate(result)[0]).toMatch(/^not used: .*\/out\/__pycache__(?:\/model\.pyc)? changed$/);
+    expect(result.stderr).toMatch(/1 succeeded, 0 failed/);
+    expect(starts(made)).toBe(trained + 1);
   });
 
   it("checks the interpreter environments are built with, as the version cache knows it", async () => {

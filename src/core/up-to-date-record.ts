@@ -54,8 +54,8 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
   // A stack file added under the stack's name, or a second one beside it.
   witnesses.add(stacksDirOf(config.root));
   for (const p of config.pipelines) {
-    witnesses.addTree(p.sourceDir);
-    if (p.data.kind === "dir") witnesses.addTree(p.data.dir);
+    witnesses.addTree(p.sourceDir, ALWAYS_IGNORED);
+    if (p.data.kind === "dir") witnesses.addTree(p.data.dir, ALWAYS_IGNORED);
     if (p.hyperparamsFile !== undefined) witnesses.add(p.hyperparamsFile);
   }
   for (const p of plan.pipelines) {
@@ -63,6 +63,7 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
     for (const include of p.bundle.includes) witnesses.add(include);
   }
   for (const file of settled.files) witnesses.add(file);
+  // What a backend left (a job's results) is checked file by file whatever the names: a bundle's skipped folders are no exception.
   for (const tree of settled.trees) witnesses.addTree(tree);
   if (witnesses.overBudget) return `the project has more than ${MAX_WITNESSES} files and folders to check`;
   const racy = witnesses.changedSince(request.startedAtNs);
@@ -81,6 +82,8 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
   });
   return undefined;
 }
+
+const NONE: ReadonlySet<string> = new Set();
 
 /** The paths a record vouches for, with their identities as read now. */
 class Witnesses {
@@ -102,8 +105,12 @@ class Witnesses {
     if (this.identities.get(path) === "-") this.add(dirname(path));
   }
 
-  /** A folder and everything in it that a bundle's walk would see (or more: ignore files are not read here). */
-  addTree(dir: string): void {
+  /**
+   * A folder and everything in it but the folders named in `skipped` (those a
+   * bundle's walk never enters; their coming and going changes the folder
+   * itself). Ignore files are not read here: a bundle's walk sees less.
+   */
+  addTree(dir: string, skipped: ReadonlySet<string> = NONE): void {
     this.add(dir);
     let entries: Dirent[];
     try {
@@ -115,8 +122,7 @@ class Witnesses {
       if (this.overBudget) return;
       const path = `${dir}/${entry.name}`;
       if (entry.isDirectory()) {
-        // Never part of a bundle; their coming and going changes the folder itself.
-        if (!ALWAYS_IGNORED.has(entry.name)) this.addTree(path);
+        if (!skipped.has(entry.name)) this.addTree(path, skipped);
       } else {
         this.add(path);
       }
