@@ -18,6 +18,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { delimiter, dirname, join, sep } from "node:path";
+import { pathToFileURL } from "node:url";
 import { homedir, tmpdir } from "node:os";
 import { DatabaseSync } from "node:sqlite";
 import { describe, expect, it } from "vitest";
@@ -231,6 +232,41 @@ describe("kaos up and its up-to-date record", () => {
     expect(fate(result)[0]).toMatch(/^not used: .*\/out\/__pycache__(?:\/model\.pyc)? changed$/);
     expect(result.stderr).toMatch(/1 succeeded, 0 failed/);
     expect(starts(made)).toBe(trained + 1);
+  });
+
+  it("vouches for nothing a full kaos up found there and that went while it ran", async () => {
+    // Stands for anything that removes an environment while a kaos up that found it ready is still running:
+    // the folder goes once the run's summary is printed, before the record is written.
+    const preload = [
+      'import { rmSync } from "node:fs";',
+      "const target = process.env.KAOS_TEST_REMOVE_AFTER_SUMMARY;",
+      "const write = process.stderr.write.bind(process.stderr);",
+      "process.stderr.write = (chunk, ...rest) => {",
+      "  const written = write(chunk, ...rest);",
+      "  if (target && /^run [0-9a-z]+: /m.test(String(chunk))) rmSync(target, { recursive: true, force: true });",
+      "  return written;",
+      "};",
+    ].join("\n");
+    const made = project({ extra: { "remove-after-summary.mjs": preload } });
+    expect((await up(made)).code).toBe(0);
+    await upUntilRecorded(made);
+    const envs = made.path(".kaos", "envs");
+    const [key] = readdirSync(envs).filter((name) => existsSync(join(envs, name, ".kaos-complete")));
+    expect(key).toBeDefined();
+    const env = {
+      NODE_OPTIONS: `--import=${pathToFileURL(made.path("remove-after-summary.mjs")).href}`,
+      KAOS_TEST_REMOVE_AFTER_SUMMARY: join(envs, key!),
+    };
+
+    rmSync(made.path(".kaos", "up-to-date.json"));
+    const removedMeanwhile = await up(made, [], env);
+    expect(removedMeanwhile.code, removedMeanwhile.stderr).toBe(0);
+    expect(removedMeanwhile.stderr).toMatch(/nothing to do/);
+    expect(existsSync(join(envs, key!))).toBe(false);
+    expect(fate(removedMeanwhile)[1]).toMatch(/^not recorded: .*\/\.kaos\/envs changed too recently/);
+    const next = await up(made, [], env);
+    expect(fate(next)[0]).not.toBe("used");
+    expect(next.stderr).toMatch(/^p build \S+ +succeeded/m);
   });
 
   it("checks the interpreter environments are built with, as the version cache knows it", async () => {

@@ -62,7 +62,7 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
     // requirements.txt may bring in files from outside the bundle.
     for (const include of p.bundle.includes) witnesses.add(include);
   }
-  for (const file of settled.files) witnesses.add(file);
+  for (const file of settled.files) witnesses.addWithParent(file);
   // What a backend left (a job's results) is checked file by file whatever the names: a bundle's skipped folders are no exception.
   for (const tree of settled.trees) witnesses.addTree(tree);
   if (witnesses.overBudget) return `the project has more than ${MAX_WITNESSES} files and folders to check`;
@@ -99,10 +99,15 @@ class Witnesses {
     this.identities.set(path, pathIdentity(path));
   }
 
-  /** A path, and, when it is missing, the folder where it would appear. */
+  /**
+   * A path, and, when it is missing, the nearest folder above it that is
+   * there: where it would appear, or, for what went while the plan ran (a
+   * folder of `.kaos/` removed meanwhile), what the racy check finds changed.
+   */
   addWithParent(path: string): void {
     this.add(path);
-    if (this.identities.get(path) === "-") this.add(dirname(path));
+    const parent = dirname(path);
+    if (this.identities.get(path) === "-" && parent !== path) this.addWithParent(parent);
   }
 
   /**
@@ -111,7 +116,7 @@ class Witnesses {
    * itself). Ignore files are not read here: a bundle's walk sees less.
    */
   addTree(dir: string, skipped: ReadonlySet<string> = NONE): void {
-    this.add(dir);
+    this.addWithParent(dir);
     let entries: Dirent[];
     try {
       entries = readdirSync(dir, { withFileTypes: true });
