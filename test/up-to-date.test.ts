@@ -77,6 +77,42 @@ function printed(result: RunResult): string {
     .replace(/^run [0-9a-z]+:/m, "run ID:");
 }
 
+/**
+ * A module kaos is started with (NODE_OPTIONS=--import) that runs the shell
+ * command in KAOS_TEST_AFTER_SUMMARY once a run's summary is printed, before
+ * the record is written: what another process does meanwhile, at the moment
+ * the record cannot see. Part of the project from the start, so that its
+ * arrival changes nothing a record vouches for.
+ */
+const AFTER_SUMMARY = {
+  "after-summary.mjs": [
+    'import { execFileSync } from "node:child_process";',
+    "const command = process.env.KAOS_TEST_AFTER_SUMMARY;",
+    "const write = process.stderr.write.bind(process.stderr);",
+    "process.stderr.write = (chunk, ...rest) => {",
+    "  const written = write(chunk, ...rest);",
+    '  if (command && /^run [0-9a-z]+: /m.test(String(chunk))) execFileSync("sh", ["-c", command]);',
+    "  return written;",
+    "};",
+  ].join("\n"),
+};
+
+function afterSummary(made: Project, command: string): Record<string, string> {
+  return { NODE_OPTIONS: `--import=${pathToFileURL(made.path("after-summary.mjs")).href}`, KAOS_TEST_AFTER_SUMMARY: command };
+}
+
+/** Interpreters for Python 3.11 on this machine, one per version (their executables), found as kaos finds them on PATH. */
+function pythons311(): string[] {
+  const found = new Map<string, string>();
+  const paths = spawnSync("sh", ["-c", "which -a python3.11"], { encoding: "utf8" }).stdout.split("\n").filter(Boolean);
+  for (const path of paths) {
+    const asked = spawnSync(path, ["-c", "import sys; print(sys.version.split()[0]); print(sys.executable)"], { encoding: "utf8" });
+    const [version, executable] = asked.stdout.trim().split("\n");
+    if (asked.status === 0 && version && executable && !found.has(version)) found.set(version, executable);
+  }
+  return [...found.values()];
+}
+
 describe("kaos up and its up-to-date record", () => {
   it("answers a no-op kaos up from the record: the same lines, a run recorded, nothing planned", async () => {
     const made = project({ grid: { score: [1, 2] } });
@@ -235,28 +271,14 @@ describe("kaos up and its up-to-date record", () => {
   });
 
   it("vouches for nothing a full kaos up found there and that went while it ran", async () => {
-    // Stands for anything that removes an environment while a kaos up that found it ready is still running:
-    // the folder goes once the run's summary is printed, before the record is written.
-    const preload = [
-      'import { rmSync } from "node:fs";',
-      "const target = process.env.KAOS_TEST_REMOVE_AFTER_SUMMARY;",
-      "const write = process.stderr.write.bind(process.stderr);",
-      "process.stderr.write = (chunk, ...rest) => {",
-      "  const written = write(chunk, ...rest);",
-      "  if (target && /^run [0-9a-z]+: /m.test(String(chunk))) rmSync(target, { recursive: true, force: true });",
-      "  return written;",
-      "};",
-    ].join("\n");
-    const made = project({ extra: { "remove-after-summary.mjs": preload } });
+    const made = project({ extra: AFTER_SUMMARY });
     expect((await up(made)).code).toBe(0);
     await upUntilRecorded(made);
     const envs = made.path(".kaos", "envs");
     const [key] = readdirSync(envs).filter((name) => existsSync(join(envs, name, ".kaos-complete")));
     expect(key).toBeDefined();
-    const env = {
-      NODE_OPTIONS: `--import=${pathToFileURL(made.path("remove-after-summary.mjs")).href}`,
-      KAOS_TEST_REMOVE_AFTER_SUMMARY: join(envs, key!),
-    };
+    // Anything that removes the environment while a kaos up that found it ready still runs.
+    const env = afterSummary(made, `rm -rf '${join(envs, key!)}'`);
 
     rmSync(made.path(".kaos", "up-to-date.json"));
     const removedMeanwhile = await up(made, [], env);
@@ -286,6 +308,35 @@ describe("kaos up and its up-to-date record", () => {
     const changed = await up(made, [], env);
     expect(fate(changed)[0]).toBe("not used: the Python interpreter for 3.11 is not the one recorded");
     expect(changed.code, changed.stderr).toBe(0);
+  });
+});
+
+describe.skipIf(pythons311().length < 2)("the up-to-date record and the interpreter", () => {
+  it("is not written when the interpreter changed after the plan asked it", async () => {
+    const [planned, other] = pythons311() as [string, string];
+    const made = project({ extra: AFTER_SUMMARY });
+    const bin = made.path("bin");
+    mkdirSync(bin);
+    const link = join(bin, "python3.11");
+    const env = { PATH: `${bin}:${process.env.PATH ?? ""}` };
+    // The version cache knows both: a plan asked the other one once.
+    symlinkSync(other, link);
+    expect((await runKaos(["plan"], { cwd: made.dir, env })).code).toBe(0);
+    rmSync(link);
+    symlinkSync(planned, link);
+    expect((await up(made, [], env)).code).toBe(0);
+    await upUntilRecorded(made, env);
+
+    // The other interpreter takes the name while a kaos up that planned with the first one still runs.
+    const switching = { ...env, ...afterSummary(made, `ln -sfn '${other}' '${link}'`) };
+    rmSync(made.path(".kaos", "up-to-date.json"));
+    const switched = await up(made, [], switching);
+    expect(switched.code, switched.stderr).toBe(0);
+    expect(switched.stderr).toMatch(/nothing to do/);
+    expect(fate(switched)[1]).toMatch(/^not recorded: /);
+    const next = await up(made, [], switching);
+    expect(fate(next)[0]).not.toBe("used");
+    expect(next.stderr).not.toMatch(/build {2}skipped/);
   });
 });
 

@@ -253,6 +253,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   private capacityCache: Capacity | undefined;
   /** Builds under way in this process by env key: pipelines sharing a source bundle share its build. */
   private readonly builds = new Map<string, Promise<NonNullable<PipelineOutcome["stages"]["build"]>>>();
+  /** The runtime each Dockerfile's Python version (null for none) resolved to when planning, in this process. */
+  private readonly plannedRuntimes = new Map<string | null, string>();
 
   constructor(
     readonly config: ResolvedConfig,
@@ -325,7 +327,9 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   async runtime(bundle: SourceBundle): Promise<string> {
     const python = await resolvePython(bundle.pythonVersion, this.stateDir);
     rememberPythonProbe(this.stateDir, python);
-    return runtimeName(python.version);
+    const runtime = runtimeName(python.version);
+    this.plannedRuntimes.set(bundle.pythonVersion ?? null, runtime);
+    return runtime;
   }
 
   /**
@@ -427,7 +431,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       const wanted = p.bundle.pythonVersion ?? null;
       if (!runtimes.has(wanted)) {
         const runtime = knownRuntime(wanted ?? undefined, this.stateDir);
-        if (runtime === undefined) return undefined;
+        // An interpreter switched since the plan asked (another pyenv version, say) is not what the plan's keys hold.
+        if (runtime === undefined || runtime !== this.plannedRuntimes.get(wanted)) return undefined;
         runtimes.set(wanted, runtime);
       }
     }
