@@ -263,10 +263,10 @@ export interface Backend extends PlanOracle {
    * What the decisions of `plan`, which had nothing to do, read beyond the
    * config, the bundles and the state store: files to compare by their stat,
    * trees to compare file by file, and the runtime each Python version
-   * resolves to. Absent, or undefined, when that cannot be told from files
-   * (core/up-to-date-record.ts).
+   * resolves to; or why that cannot be told from files (core/up-to-date-record.ts).
+   * Absent on a backend whose plan asks more than files.
    */
-  settledInputs?(plan: Plan): SettledInputs | undefined;
+  settledInputs?(plan: Plan): SettledInputs | string;
   listJobs(request: JobListRequest): Promise<JobListing>;
   /** A job's log; with `follow`, until the job ends, then how it ended (a `LogEnd`). */
   jobLogs(request: { job: string; follow: boolean }): AsyncIterable<LogOutput>;

@@ -36,8 +36,8 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
   const { config, stack, state, backend } = session;
   if (plan.changes) return "the plan had something to do";
   if (process.argv.slice(2).some((argument) => CONFIG_ARGUMENT.test(argument))) return "the config file was named with --config";
-  const settled = backend.settledInputs?.(plan);
-  if (settled === undefined) return `the ${backend.kind} backend's plan reads more than files`;
+  const settled = backend.settledInputs?.(plan) ?? `the ${backend.kind} backend's plan asks more than files`;
+  if (typeof settled === "string") return settled;
   const witnesses = new Witnesses();
   // Finding the config: a config file added nearer the working directory would be found instead.
   const cwd = resolve(process.cwd());

@@ -414,16 +414,16 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return environmentReady(this.envsDir, envKey);
   }
 
-  settledInputs(plan: Plan): SettledInputs | undefined {
+  settledInputs(plan: Plan): SettledInputs | string {
     const files: string[] = [];
     const trees: string[] = [];
     const runtimes = new Map<string | null, string>();
     for (const p of plan.pipelines) {
       // What a manifest's entries are depends on the object store, which is not read file by file.
-      if (p.manifest !== undefined) return undefined;
+      if (p.manifest !== undefined) return `pipelines.${p.pipeline.name} takes its data from a manifest`;
       files.push(environmentMarkerPath(this.envsDir, p.keys.env));
       for (const job of p.jobs) {
-        if (job.reuse === undefined) return undefined;
+        if (job.reuse === undefined) return `a job of pipelines.${p.pipeline.name} reuses no earlier job`;
         const paths = jobPaths(this.stateDir, job.reuse.id);
         files.push(paths.seal);
         trees.push(paths.out, paths.source);
@@ -431,8 +431,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       const wanted = p.bundle.pythonVersion ?? null;
       if (!runtimes.has(wanted)) {
         const runtime = knownRuntime(wanted ?? undefined, this.stateDir);
+        const interpreter = `the Python interpreter for ${wanted ?? "python3"}`;
+        if (runtime === undefined) return `${interpreter} is not one whose version .kaos/ keeps`;
         // An interpreter switched since the plan asked (another pyenv version, say) is not what the plan's keys hold.
-        if (runtime === undefined || runtime !== this.plannedRuntimes.get(wanted)) return undefined;
+        if (runtime !== this.plannedRuntimes.get(wanted)) return `${interpreter} changed since the plan asked it`;
         runtimes.set(wanted, runtime);
       }
     }
