@@ -437,17 +437,18 @@ mkdir -p "$1" && echo done > "$1/done"
       `job ${first!.id} was interrupted while running: the kaos that ran it is gone; the next kaos up reruns it; \`kaos train info ${first!.id}\` says more\n`,
     );
 
-    // What a kaos killed while laying out a tree or writing a listing leaves behind (its pid is gone).
+    // What a kaos killed while laying out a tree or writing a listing or a record leaves behind (its pid is gone).
     const exited = spawn("true");
     await new Promise((done) => exited.on("exit", done));
     const leftovers = [
       join(".kaos", "jobs", first!.id, `source.building-${exited.pid}-0123abcd`),
       join(".kaos", "snapshots", `${"0".repeat(64)}.building-${exited.pid}-0123abcd`),
       join(".kaos", "trees", `${"0".repeat(64)}.jsonl.${exited.pid}.0123abcd.tmp`),
+      join(".kaos", `up-to-date.json.${exited.pid}.0123abcd.tmp`),
     ];
     for (const leftover of leftovers.slice(0, 2)) mkdirSync(made.path(leftover, "model"), { recursive: true });
     mkdirSync(made.path(".kaos", "trees"), { recursive: true });
-    writeFileSync(made.path(leftovers[2]!), "[");
+    for (const leftover of leftovers.slice(2)) writeFileSync(made.path(leftover), "[");
 
     const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
     expect(again.code, again.stderr).toBe(0);

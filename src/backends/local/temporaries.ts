@@ -33,7 +33,8 @@ export function removeTemporaries(
   // Listed once for the two kinds of leftover it holds, whose names never overlap.
   const objectsTmpEntries = namesIn(objectsTmp);
   const parts = [
-    removeAbandonedTemporaries([join(stateDir, "snapshots"), join(stateDir, "data"), join(stateDir, "trees"), ...jobDirs], options),
+    // `.kaos/` itself holds the small files written whole by a rename: caches, the up-to-date record.
+    removeAbandonedTemporaries([stateDir, join(stateDir, "snapshots"), join(stateDir, "data"), join(stateDir, "trees"), ...jobDirs], options),
     removeAbandonedBuilds(join(stateDir, "envs"), options),
     removeAbandonedTemporaries([{ dir: objectsTmp, entries: objectsTmpEntries }], { ...options, names: OBJECT_TEMPORARY_NAMES }),
     removeStaleClaims(objectsTmp, objectsTmpEntries, options.isStale, options.dryRun),
