@@ -368,6 +368,30 @@ describe("kaos watch", () => {
     await quit(kaos);
   });
 
+  /** A module the config takes its grid from, as each kind of module writes `{ a: [...] }`. */
+  const gridModules: [kind: string, importLine: string, files: (values: string) => FileMap][] = [
+    ["a .ts module's named export", `import { grid } from "./grid.ts";`, (v) => ({ "grid.ts": `export const grid = { a: [${v}] };\n` })],
+    ["an .mts module", `import grid from "./grid.mts";`, (v) => ({ "grid.mts": `export default { a: [${v}] } as const;\n` })],
+    ["a .js module", `import grid from "./grid.js";`, (v) => ({ "grid.js": `export default { a: [${v}] };\n` })],
+    ["a JSON file", `import grid from "./grid.json";`, (v) => ({ "grid.json": `{ "a": [${v}] }\n` })],
+  ];
+
+  it.each(gridModules)("reruns on every edit of %s the config imports, with its current text", async (_kind, importLine, files) => {
+    const config = `${importLine}\nexport default { pipelines: { p: { source: "src", data: "data", hyperparams: grid, parallelism: 2 } } };\n`;
+    const r = rig({ config, data: { "data/a.txt": "1\n", ...files("1") } });
+    const edited = Object.keys(files("1")).at(-1)!;
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    expect(output(kaos)).toContain("initial run: 1 stage and 1 job to run, 0 skipped");
+    for (const [index, values] of ["1, 2", "1, 2, 3"].entries()) {
+      r.project.write({ [edited]: files(values)[edited]! });
+      await waitCount(kaos, "waiting for changes", index + 2);
+      expect(output(kaos)).toContain(`change detected: 0 stages and 1 job to run, ${index + 1} skipped (${edited})`);
+    }
+    expect(ofStage(await r.jobs(), "train", "succeeded")).toHaveLength(3);
+    await quit(kaos);
+  });
+
   it("rebuilds the environment when requirements.txt changes", async () => {
     const r = rig();
     const kaos = r.watch();

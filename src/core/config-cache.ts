@@ -54,20 +54,27 @@ function candidates(from: string, specifier: string): string[] {
   return [base, ...twins, ...EXTENSIONS.map((ext) => base + ext), ...EXTENSIONS.map((ext) => join(base, `index${ext}`))];
 }
 
-/** The specifiers a module's text imports or requires, or undefined when one cannot be read off the text. */
-function importsOf(text: string): string[] | undefined {
+/** The specifiers a module's text imports or requires, and whether every one could be read off the text. */
+function literalImportsOf(text: string): { specifiers: string[]; complete: boolean } {
   const specifiers = [...text.matchAll(FROM_SPECIFIER)].map((match) => match[1] ?? "");
+  let complete = true;
   for (const [calls, literal] of [
     [DYNAMIC_IMPORT, LITERAL_DYNAMIC_IMPORT],
     [REQUIRE, LITERAL_REQUIRE],
   ] as const) {
     for (const match of text.matchAll(calls)) {
       const found = literal.exec(text.slice(match.index));
-      if (found === null) return undefined;
-      specifiers.push(found[1] ?? "");
+      if (found === null) complete = false;
+      else specifiers.push(found[1] ?? "");
     }
   }
-  return specifiers;
+  return { specifiers, complete };
+}
+
+/** The specifiers a module's text imports or requires, or undefined when one cannot be read off the text. */
+function importsOf(text: string): string[] | undefined {
+  const { specifiers, complete } = literalImportsOf(text);
+  return complete ? specifiers : undefined;
 }
 
 function isRelative(specifier: string): boolean {
@@ -125,6 +132,44 @@ function fingerprint(file: string): Fingerprint | undefined {
  */
 export function moduleInputs(file: string): string[] | undefined {
   return fingerprint(file)?.files.map(([path]) => path);
+}
+
+/**
+ * The files of the project's own that module `file` imports, at any depth, as
+ * far as their texts name them: each relative import or literal `require`,
+ * as the files it may load that exist. Packages are left out, and so is what
+ * an `import(...)` or a `require` of a computed name loads.
+ */
+export function importedModules(file: string): string[] {
+  const found: string[] = [];
+  const seen = new Set<string>([file]);
+  const visit = (path: string): void => {
+    let text: string;
+    try {
+      text = readFileSync(path, "utf8");
+    } catch {
+      return;
+    }
+    for (const specifier of literalImportsOf(text).specifiers) {
+      if (!isRelative(specifier)) continue;
+      for (const candidate of candidates(path, specifier)) {
+        if (seen.has(candidate) || !isFile(candidate)) continue;
+        seen.add(candidate);
+        found.push(candidate);
+        if (!candidate.endsWith(".json")) visit(candidate);
+      }
+    }
+  };
+  visit(file);
+  return found;
+}
+
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
 }
 
 /** Plain data only: what JSON gives back exactly as it was. A value that contains itself is not. */

@@ -1,7 +1,7 @@
 /**
  * `kaos watch`: `kaos up` once, then again whenever a bundle, manifest,
- * hyperparams file, the config or the stack file changes, after the edits
- * settle. Only what the plan says runs, exactly as in `kaos up`; the writer
+ * hyperparams file, the config or the stack file (or a module of the
+ * project's that one of them imports) changes, after the edits settle. Only what the plan says runs, exactly as in `kaos up`; the writer
  * lock of the stack is held for the whole session, so a concurrent `kaos up`
  * on the same stack gets the usual STATE_LOCKED message.
  *
@@ -136,6 +136,8 @@ class WatchSession {
   private session: RunnerSession | undefined;
   private readonly baseSession: RunnerSession;
   private targets: WatchTargets;
+  /** The last config and stack that loaded, whose paths are watched. */
+  private loaded: { config: ResolvedConfig; stack: ResolvedStack } | undefined;
   private watcher: import("chokidar").FSWatcher | undefined;
   private readonly links = new LinkWatcher((link) => this.onLinkRetargeted(link));
   private configDirty = false;
@@ -164,6 +166,7 @@ class WatchSession {
     this.baseSession = base;
     this.session = loaded ? base : undefined;
     this.configError = configError;
+    this.loaded = loaded;
     this.targets = watchTargets(loaded?.config, loaded?.stack, configFile, options.stackName);
     const watchConfig = loaded?.config.watch ?? WATCH_DEFAULTS;
     this.machine = new WatchMachine(
@@ -294,8 +297,8 @@ class WatchSession {
     this.machine.dispatch("change");
   }
 
-  private retarget(config: ResolvedConfig, stack: ResolvedStack): void {
-    const next = watchTargets(config, stack, this.configFile, this.options.stackName);
+  private retarget(): void {
+    const next = watchTargets(this.loaded?.config, this.loaded?.stack, this.configFile, this.options.stackName);
     const before = new Set(this.targets.paths);
     const after = new Set(next.paths);
     this.targets = next;
@@ -339,12 +342,15 @@ class WatchSession {
       if (this.options.debounce === undefined) this.machine.quietMs = config.watch.debounceMs;
       this.machine.onChange = onChange;
       this.print(wasBroken ? "config reloaded; resuming" : "config reloaded");
-      this.retarget(config, stack);
+      this.loaded = { config, stack };
+      this.retarget();
       return this.session;
     } catch (error) {
       this.configError = describeError(error);
       this.printError(error);
       this.print("config invalid; waiting for a fix");
+      // The fix may be in a module the config has only just started to import.
+      this.retarget();
       return undefined;
     }
   }

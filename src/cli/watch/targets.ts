@@ -6,6 +6,7 @@ import { DIRECTORY_LOCK_NAME } from "../../core/manifest.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import { ALWAYS_IGNORED, isEditorFile } from "../../core/tree-walk.js";
 import { stackFilesOf, stateDirOf } from "../../core/layout.js";
+import { importedModules } from "../../core/config-cache.js";
 
 /**
  * Besides the editor files no tree holds: backups and atomic-save
@@ -33,7 +34,7 @@ export interface WatchTargets {
   root: string;
   /** Absolute paths handed to the watcher. */
   paths: string[];
-  /** Files whose edit needs the config reloaded: the config, the stack file, hyperparams files. */
+  /** Files whose edit needs the config reloaded: the config, the stack file, the modules they import, hyperparams files. */
   configFiles: Set<string>;
   bundles: Bundle[];
   /** Locks kaos writes beside manifests: ours, never a reason to rerun. */
@@ -72,6 +73,8 @@ export function watchTargets(
   // A stack that did not load is still watched, so that fixing it resumes.
   const stackFile = stack?.file ?? stackFileOf(root, stackName);
   if (stackFile !== undefined) configFiles.add(stackFile);
+  // Read again on every reload: an edit of one is an edit of the config.
+  for (const file of [...configFiles]) for (const module of importedModules(file)) configFiles.add(module);
   const bundles: Bundle[] = [];
   const manifestLocks: string[] = [];
   const paths = new Set<string>(configFiles);
