@@ -19,9 +19,9 @@ const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url),
 /**
  * Entry points and chunks sit flat in dist/, because code finds some modules
  * by URL relative to itself, from whichever chunk it ended up in: the hashing
- * thread (hash-worker.js), the module a config's `import "kaos-ml"` resolves to
- * (define.js), the Pulumi provider implementation (provider-impl.js), and
- * the transfer threads, which load the very chunk that holds the ingest code.
+ * thread (hash-worker.js), the config thread (config-worker.js), the module a
+ * config's `import "kaos-ml"` resolves to (define.js), the Pulumi provider
+ * implementation (provider-impl.js), and the transfer threads, which load the very chunk that holds the ingest code.
  * The rest are the package's own entry and the modules the benchmarks drive.
  *
  * The two sets are built apart. esbuild puts the modules reached from each
@@ -38,7 +38,8 @@ const CLI_ENTRIES = [
   "src/backends/kubernetes/provider-impl.ts",
 ];
 const LIBRARY_ENTRIES = ["src/index.ts", "src/core/hash.ts", "src/core/state.ts", "src/core/manifest.ts", "src/core/objects.ts"];
-const ENTRIES = [...CLI_ENTRIES, ...LIBRARY_ENTRIES];
+const CONFIG_WORKER_ENTRY = "src/core/config-worker.ts";
+const ENTRIES = [...CLI_ENTRIES, ...LIBRARY_ENTRIES, CONFIG_WORKER_ENTRY];
 
 /**
  * Node's built-in modules, reached through require() rather than ES imports.
@@ -146,6 +147,10 @@ const esm = {
 };
 await build({ ...esm, entryPoints: CLI_ENTRIES, chunkNames: "chunk-[hash]" });
 await build({ ...esm, entryPoints: LIBRARY_ENTRIES, chunkNames: "lib-[hash]" });
+// The thread `kaos watch` evaluates the config in (core/config.ts), found beside
+// the chunk that starts it. Built whole, on its own, so that the command line's
+// chunks stay as they are: only a watch that reloads its config loads it.
+await build({ ...esm, entryPoints: [CONFIG_WORKER_ENTRY], splitting: false });
 
 // The dashboard of `kaos ui`: its page, and its client bundled with uPlot for
 // the browser, in dist/ui/, found relative to the module that serves them.

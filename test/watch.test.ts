@@ -373,7 +373,23 @@ describe("kaos watch", () => {
     ["a .ts module's named export", `import { grid } from "./grid.ts";`, (v) => ({ "grid.ts": `export const grid = { a: [${v}] };\n` })],
     ["an .mts module", `import grid from "./grid.mts";`, (v) => ({ "grid.mts": `export default { a: [${v}] } as const;\n` })],
     ["a .js module", `import grid from "./grid.js";`, (v) => ({ "grid.js": `export default { a: [${v}] };\n` })],
+    [
+      'a .js module of a "type": "module" package',
+      `import grid from "./grid.js";`,
+      (v) => ({ "package.json": `{ "type": "module" }\n`, "grid.js": `export default { a: [${v}] };\n` }),
+    ],
+    ["an .mjs module", `import grid from "./grid.mjs";`, (v) => ({ "grid.mjs": `export default { a: [${v}] };\n` })],
+    ["a .cjs module", `import grid from "./grid.cjs";`, (v) => ({ "grid.cjs": `module.exports = { a: [${v}] };\n` })],
     ["a JSON file", `import grid from "./grid.json";`, (v) => ({ "grid.json": `{ "a": [${v}] }\n` })],
+    [
+      "a JSON file an .mjs module imports, two imports down",
+      `import { grid } from "./lib/shared.ts";`,
+      (v) => ({
+        "lib/shared.ts": `export { grid } from "./grid.mjs";\n`,
+        "lib/grid.mjs": `import grid from "../values/grid.json" with { type: "json" };\nexport { grid };\n`,
+        "values/grid.json": `{ "a": [${v}] }\n`,
+      }),
+    ],
   ];
 
   it.each(gridModules)("reruns on every edit of %s the config imports, with its current text", async (_kind, importLine, files) => {

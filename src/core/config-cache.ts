@@ -173,7 +173,7 @@ function isFile(path: string): boolean {
 }
 
 /** Plain data only: what JSON gives back exactly as it was. A value that contains itself is not. */
-function isPlainData(value: unknown, within: readonly object[] = []): boolean {
+export function isPlainData(value: unknown, within: readonly object[] = []): boolean {
   if (value === null || typeof value === "string" || typeof value === "boolean") return true;
   if (typeof value === "number") return Number.isFinite(value) && !Object.is(value, -0);
   if (typeof value !== "object" || within.includes(value)) return false;

@@ -9,14 +9,14 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve, sep } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { cachedModuleValue } from "./config-cache.js";
 import type { ParsedConfig } from "./config-schema.js";
 import { NAME_PATTERN, type PathKey, describeValue, formatPath, parseMemory, position } from "./config-text.js";
-import { KaosError, describeError } from "./errors.js";
+import { type ErrorCode, KaosError, describeError } from "./errors.js";
 import { isRandomSearch, MAX_SWEEP_JOBS, parseSpace, parseSpaceJson, spaceSize } from "./hyperparams.js";
 import { stateDirOf } from "./layout.js";
-import type { ResolvedConfig, ResolvedPipeline, ResolvedStack } from "./types.js";
+import type { ResolvedConfig, ResolvedPipeline, ResolvedStack, StackConfig } from "./types.js";
 
 export { MAX_SWEEP_JOBS };
 export { locateKey, parseMemory } from "./config-text.js";
@@ -36,7 +36,8 @@ function packageEntry(): string {
 /**
  * Evaluates a module with jiti and answers what it exports. The file itself is
  * always transpiled by jiti, never imported by Node, whose module cache would
- * answer a second load in this process (`kaos watch`) with the first text.
+ * answer a second load in this process with the first text. What it imports
+ * may still be: see `evaluateInThread`.
  */
 async function evaluateModule(file: string): Promise<unknown> {
   // Required, not imported: importing jiti's CommonJS bundle from ESM makes
@@ -56,8 +57,9 @@ async function evaluateModule(file: string): Promise<unknown> {
 /**
  * Drops the CommonJS files outside node_modules that an earlier load in this
  * process required from Node's module cache, so that a config evaluated
- * again reads them again. ES modules it imports natively (`.mjs`) stay
- * cached by Node for the life of the process.
+ * again reads them again. ES modules it imports natively (jiti leaves `.mjs`,
+ * and `.js` in a `"type": "module"` package, to Node) stay cached by Node for
+ * the life of the thread.
  */
 function forgetRequiredFiles(): void {
   const cache = createRequire(import.meta.url).cache;
@@ -295,8 +297,89 @@ async function resolveParsedConfig(config: ParsedConfig, file: string): Promise<
   };
 }
 
-/** Finds (or takes `explicit`), loads and validates the config. */
-export async function loadConfig(options: { cwd: string; configPath?: string | undefined }): Promise<ResolvedConfig> {
+/** What a config or a stack module is evaluated into, and kept in the config cache as. */
+type ModuleKind = "config" | "stack";
+type ModuleValue<K extends ModuleKind> = K extends "config" ? ParsedConfig : StackConfig;
+
+/** Evaluates and validates config or stack module `file`, in this thread. */
+export async function evaluatedValue<K extends ModuleKind>(kind: K, file: string): Promise<ModuleValue<K>> {
+  const value = await importModule(file, kind === "config" ? "CONFIG_LOAD" : "STACK_INVALID");
+  const { validateConfig, validateStack } = await import("./config-schema.js");
+  return (kind === "config" ? validateConfig(value, file) : validateStack(value, file)) as ModuleValue<K>;
+}
+
+/** What the config thread is asked: `evaluatedValue(kind, file)`. */
+export interface ConfigThreadQuestion {
+  kind: ModuleKind;
+  file: string;
+}
+
+/**
+ * The config thread's answer: the value, when it is plain data (which crosses
+ * threads exactly); the expected failure, to be thrown again as it was; or
+ * that the value must be made in the calling thread.
+ */
+export type ConfigThreadAnswer =
+  | { value: unknown }
+  | { error: { code: ErrorCode; message: string; hint: string | undefined } }
+  | { unexpected: string }
+  | { notPlainData: true };
+
+/**
+ * `evaluatedValue` in a worker thread of its own (config-worker.ts), ended
+ * once it answers. Node's ES module loader keeps every module it loaded for
+ * the life of its thread, and offers no way to forget one; a thread that ends
+ * takes them all with it. So a process that evaluates a config again and
+ * again (`kaos watch`) sees the current text of every module the config
+ * imports, however it is loaded, and holds no module of an earlier load.
+ */
+async function evaluateInThread<K extends ModuleKind>(kind: K, file: string): Promise<ModuleValue<K>> {
+  // Loaded here, not imported: worker_threads costs every command that never starts a thread.
+  const { Worker } = process.getBuiltinModule("node:worker_threads");
+  const question: ConfigThreadQuestion = { kind, file };
+  // The config sees the arguments kaos was started with, as it does in this thread.
+  const options = { workerData: question, argv: process.argv.slice(2) };
+  const compiled = new URL("./config-worker.js", import.meta.url);
+  let worker: import("node:worker_threads").Worker;
+  if (existsSync(fileURLToPath(compiled))) worker = new Worker(compiled, options);
+  else {
+    // The sources run directly (tests run src/*.ts): the worker's TypeScript goes through jiti.
+    const source = fileURLToPath(new URL("./config-worker.ts", import.meta.url));
+    const jiti = pathToFileURL(createRequire(import.meta.url).resolve("jiti")).href;
+    const bootstrap = `import(${JSON.stringify(jiti)}).then((jiti) => jiti.createJiti(${JSON.stringify(source)}).import(${JSON.stringify(source)}));`;
+    worker = new Worker(bootstrap, { ...options, eval: true });
+  }
+  const answer = await new Promise<ConfigThreadAnswer>((resolveAnswer, reject) => {
+    worker.once("message", resolveAnswer);
+    // Whatever the config left running (a timer, a server) ends with the thread.
+    worker.on("error", reject);
+    worker.once("exit", (code) =>
+      reject(new KaosError("CONFIG_LOAD", `${file}: could not be loaded: it ended the process (exit code ${code})`)),
+    );
+  }).finally(() => void worker.terminate());
+  if ("value" in answer) return answer.value as ModuleValue<K>;
+  if ("error" in answer) throw new KaosError(answer.error.code, answer.error.message, { hint: answer.error.hint });
+  if ("unexpected" in answer) throw new Error(answer.unexpected);
+  return await evaluatedValue(kind, file);
+}
+
+/**
+ * How a module is evaluated: in this thread, or (`isolated`) in a thread of
+ * its own, for a process that loads the config more than once.
+ */
+function evaluator(isolated: boolean | undefined): <K extends ModuleKind>(kind: K, file: string) => Promise<ModuleValue<K>> {
+  return isolated === true ? evaluateInThread : evaluatedValue;
+}
+
+/**
+ * Finds (or takes `explicit`), loads and validates the config. `isolated`
+ * evaluates it in a thread of its own (see `evaluateInThread`).
+ */
+export async function loadConfig(options: {
+  cwd: string;
+  configPath?: string | undefined;
+  isolated?: boolean | undefined;
+}): Promise<ResolvedConfig> {
   let file: string | undefined;
   if (options.configPath !== undefined) {
     file = resolve(options.cwd, options.configPath);
@@ -314,11 +397,8 @@ export async function loadConfig(options: { cwd: string; configPath?: string | u
     if (found.length > 1) throw ambiguous(found, "--config PATH");
   }
   const configFile = file;
-  const parsed = await cachedModuleValue("config", configFile, stateDirOf(dirname(configFile)), async () => {
-    const value = await importModule(configFile, "CONFIG_LOAD");
-    const { validateConfig } = await import("./config-schema.js");
-    return validateConfig(value, configFile);
-  });
+  const evaluate = evaluator(options.isolated);
+  const parsed = await cachedModuleValue("config", configFile, stateDirOf(dirname(configFile)), () => evaluate("config", configFile));
   return await resolveParsedConfig(parsed, configFile);
 }
 
@@ -333,8 +413,15 @@ function ambiguous(files: string[], otherwise?: string): KaosError {
 /** The built-in stack used when `--stack` is not given. */
 export const DEFAULT_STACK: ResolvedStack = { name: DEFAULT_STACK_NAME, file: undefined, config: { backend: "local" } };
 
-/** Loads `stacks/NAME.ts` (or another module extension) beside the config; without a name, the local backend. */
-export async function loadStack(config: Pick<ResolvedConfig, "root">, name: string | undefined): Promise<ResolvedStack> {
+/**
+ * Loads `stacks/NAME.ts` (or another module extension) beside the config; without a name, the local backend.
+ * `isolated` evaluates it in a thread of its own (see `evaluateInThread`).
+ */
+export async function loadStack(
+  config: Pick<ResolvedConfig, "root">,
+  name: string | undefined,
+  options: { isolated?: boolean | undefined } = {},
+): Promise<ResolvedStack> {
   if (name === undefined) return DEFAULT_STACK;
   if (!NAME_PATTERN.test(name)) {
     throw new KaosError("USAGE", `--stack ${name}: expected a stack name of letters, digits, '-' and '_' (the file stacks/NAME.ts)`);
@@ -361,21 +448,19 @@ export async function loadStack(config: Pick<ResolvedConfig, "root">, name: stri
       },
     );
   }
-  const stackConfig = await cachedModuleValue("stack", file, stateDirOf(config.root), async () => {
-    const value = await importModule(file, "STACK_INVALID");
-    const { validateStack } = await import("./config-schema.js");
-    return validateStack(value, file);
-  });
+  const evaluate = evaluator(options.isolated);
+  const stackConfig = await cachedModuleValue("stack", file, stateDirOf(config.root), () => evaluate("stack", file));
   return { name, file, config: stackConfig };
 }
 
-/** The config and the stack a command works on. */
+/** The config and the stack a command works on; `isolated`, see `evaluateInThread`. */
 export async function loadProject(options: {
   cwd: string;
   configPath?: string | undefined;
   stackName?: string | undefined;
+  isolated?: boolean | undefined;
 }): Promise<{ config: ResolvedConfig; stack: ResolvedStack }> {
-  const config = await loadConfig({ cwd: options.cwd, configPath: options.configPath });
-  const stack = await loadStack(config, options.stackName);
+  const config = await loadConfig({ cwd: options.cwd, configPath: options.configPath, isolated: options.isolated });
+  const stack = await loadStack(config, options.stackName, { isolated: options.isolated });
   return { config, stack };
 }

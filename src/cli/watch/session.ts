@@ -326,6 +326,8 @@ class WatchSession {
         cwd: this.options.cwd,
         configPath: this.configFile,
         stackName: this.options.stackName,
+        // Each reload in a thread of its own, which sees the current text of every module the config imports.
+        isolated: true,
       });
       if (stack.name !== this.baseSession.stack.name) {
         throw new KaosError(
