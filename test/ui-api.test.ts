@@ -8,7 +8,7 @@ import { rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StateStore } from "../src/core/state.js";
-import { trainJobFields } from "./helpers/jobs.js";
+import { trainJobFields, trainingProject } from "./helpers/jobs.js";
 import { makeProject, runKaos, startKaos, type LiveKaos, type Project } from "./helpers/rig.js";
 
 interface Reply {
@@ -364,6 +364,38 @@ describe("kaos ui access token", () => {
       expect((await get(`${base}api/overview?token=s3cret-token`)).status).toBe(200);
     } finally {
       await ui.stop();
+    }
+  });
+});
+
+describe("kaos ui and a config that imports an ES module", () => {
+  it("shows the sweep of the module's current text after it is edited", async () => {
+    const project = makeProject(
+      trainingProject({
+        extra: {
+          "grid.mjs": "export default { score: [1] };\n",
+          "kaos.config.ts":
+            'import { defineConfig } from "kaos-ml";\nimport grid from "./grid.mjs";\n\nexport default defineConfig({ pipelines: { p: { source: "src", data: "data", hyperparams: grid } } });\n',
+        },
+      }),
+    );
+    const { ui, url } = await serve(project);
+    try {
+      const scores = async () =>
+        (await getJson<{ items: { params: { score: number } }[] }>(`${url}api/pipelines/p/sweep`)).items.map((row) => row.params.score);
+      expect(await scores()).toEqual([1]);
+      writeFileSync(project.path("grid.mjs"), "export default { score: [1, 2] };\n");
+      // A run recorded since: the dashboard reads the config again.
+      const state = StateStore.open(project.dir);
+      try {
+        state.beginRun("local", "up");
+      } finally {
+        state.close();
+      }
+      expect(await scores()).toEqual([1, 2]);
+    } finally {
+      await ui.stop();
+      project.remove();
     }
   });
 });

@@ -142,7 +142,8 @@ export class SweepReader {
     const files = [this.configFile, ...(this.cached?.config.pipelines.map((p) => p.hyperparamsFile) ?? [])];
     const stamp = [this.reader.get().recentRuns(1)[0], ...files.map(mtimeOf)].join("|");
     if (this.cached !== undefined && this.cached.stamp === stamp && Date.now() - this.cached.at < INPUTS_FRESH_MS) return this.cached;
-    const config = await loadConfig({ cwd: this.reader.root, configPath: this.configFile });
+    // In a thread of its own: a module the config imports is read as it is now, not as this process first loaded it.
+    const config = await loadConfig({ cwd: this.reader.root, configPath: this.configFile, isolated: true });
     let hashed: Promise<Map<string, SweepInputs>> | undefined;
     const inputs = (): Promise<Map<string, SweepInputs>> => {
       hashed ??= this.hashInputs(config);
