@@ -34,7 +34,10 @@ export function removeTemporaries(
   const objectsTmpEntries = namesIn(objectsTmp);
   const parts = [
     // `.kaos/` itself holds the small files written whole by a rename: caches, the up-to-date record.
-    removeAbandonedTemporaries([stateDir, join(stateDir, "snapshots"), join(stateDir, "data"), join(stateDir, "trees"), ...jobDirs], options),
+    removeAbandonedTemporaries(
+      [stateDir, join(stateDir, "snapshots"), join(stateDir, "data"), join(stateDir, "trees"), ...jobDirs],
+      options,
+    ),
     removeAbandonedBuilds(join(stateDir, "envs"), options),
     removeAbandonedTemporaries([{ dir: objectsTmp, entries: objectsTmpEntries }], { ...options, names: OBJECT_TEMPORARY_NAMES }),
     removeStaleClaims(objectsTmp, objectsTmpEntries, options.isStale, options.dryRun),
