@@ -221,6 +221,20 @@ describe("kaos up and its up-to-date record", () => {
     expect(starts(made)).toBe(trained);
   });
 
+  it("still vouches after a file is made beside the config, but not after a second config file is", async () => {
+    const made = project();
+    expect((await up(made)).code).toBe(0);
+    await upUntilRecorded(made);
+    writeFileSync(made.path("notes.txt"), "a file of the project in no bundle");
+    expect(fate(await up(made))).toEqual(["used"]);
+
+    writeFileSync(made.path("kaos.config.mts"), "export default {};\n");
+    const ambiguous = await up(made);
+    expect(fate(ambiguous)).toEqual(["not used: more than one config file"]);
+    expect(ambiguous.code).not.toBe(0);
+    expect(ambiguous.stderr).toMatch(/kaos\.config\.ts and .*kaos\.config\.mts: 2 files where kaos reads one/);
+  });
+
   it("is not used by a kaos started another way, nor while another kaos holds the stack", async () => {
     const made = project();
     expect((await up(made)).code).toBe(0);
@@ -389,7 +403,9 @@ describe.skipIf(!hasStrace)("what the up-to-date record vouches for (strace)", (
       // Node, kaos's code and its compile cache, the system's files.
       own.some((dir) => path === dir || path.startsWith(dir + sep)) ||
       /^\/(?:usr|lib|lib64|etc|proc|sys|dev|run)(?:\/|$)/.test(path) ||
-      // The ancestors of the project and of those folders, looked at to resolve paths; the project itself is witnessed.
+      // The project folder and the ancestors of it and of those folders, looked at one component at a time to
+      // resolve a path below them (SQLite opening the store does): what is below is witnessed.
+      path === made.dir ||
       [made.dir, ...own].some((dir) => dir.startsWith(path === "/" ? "/" : path + sep)) ||
       // The store (its revision is in the record) and caches whose answers the record checks otherwise.
       /^state\.db|^config-cache\.json|^python-probe$|^python-versions\.json|^up-to-date\.json|^monitor\.sock$/.test(

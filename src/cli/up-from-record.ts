@@ -43,7 +43,11 @@ export function upFromRecord(): number | undefined {
   if (process.argv.slice(2).some((argument) => CONFIG_ARGUMENT.test(argument))) return undefined;
   const configs = findConfigs(process.cwd());
   const config = configs[0];
-  if (config === undefined || configs.length > 1) return undefined;
+  if (config === undefined) return undefined;
+  if (configs.length > 1) {
+    traceUpToDate("not used: more than one config file");
+    return undefined;
+  }
   const root = dirname(config);
   const stateDir = stateDirOf(root);
   const record = readUpToDate(stateDir);

@@ -5,10 +5,10 @@
  * runs in full.
  */
 import { type Dirent, readdirSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { Session } from "./engine.js";
 import { moduleInputs } from "./config-cache.js";
-import { findConfigs, stacksDirOf, stateDirOf } from "./layout.js";
+import { CONFIG_FILE_NAMES, findConfigs, stacksDirOf, stateDirOf } from "./layout.js";
 import type { Plan } from "./plan.js";
 import { ALWAYS_IGNORED, RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS } from "./tree-walk.js";
 import { CONFIG_ARGUMENT, UP_TO_DATE_FORMAT, invocationKey, pathIdentity, writeUpToDate } from "./up-to-date.js";
@@ -39,17 +39,19 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
   const settled = backend.settledInputs?.(plan) ?? `the ${backend.kind} backend's plan asks more than files`;
   if (typeof settled === "string") return settled;
   const witnesses = new Witnesses();
-  // Finding the config: a config file added nearer the working directory would be found instead.
+  // Finding the config: a config file added nearer the working directory, or beside it, would be found
+  // instead or refused. The names themselves, not their folders: a folder changes with every file made in it.
   const cwd = resolve(process.cwd());
   if (findConfigs(cwd)[0] !== config.file) return "the config is not the one found from the working directory";
   for (let dir = cwd; ; dir = dirname(dir)) {
-    witnesses.add(dir);
+    for (const name of CONFIG_FILE_NAMES) witnesses.add(join(dir, name));
     if (dir === config.root || dir === dirname(dir)) break;
   }
   for (const file of [config.file, ...(stack.file === undefined ? [] : [stack.file])]) {
     const inputs = moduleInputs(file);
     if (inputs === undefined) return `${file} reads more than its files`;
-    for (const input of inputs) witnesses.addWithParent(input);
+    // Each file an import may load, there or not: one appearing where there was none is a change.
+    for (const input of inputs) witnesses.add(input);
   }
   // A stack file added under the stack's name, or a second one beside it.
   witnesses.add(stacksDirOf(config.root));
