@@ -1,6 +1,6 @@
 /**
  * The lines a run prints whatever shows it (the live view, plain lines) and
- * that `kaos up` prints again from its up-to-date record (cli/up-to-date.ts):
+ * that `kaos up` prints again from its up-to-date record (cli/up-from-record.ts):
  * kept apart from the views so that printing them loads nothing else.
  */
 import type { Reporter, RunEvent } from "../core/events.js";

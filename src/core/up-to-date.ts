@@ -2,7 +2,7 @@
  * The record a `kaos up` that found nothing to do leaves in
  * `.kaos/up-to-date.json`, so that the next `kaos up` can tell it has nothing
  * to do either without loading the config, hashing a bundle or planning: it
- * then costs little more than starting Node (cli/up-to-date.ts). It is
+ * then costs little more than starting Node (cli/up-from-record.ts). It is
  * wireit's fingerprint and git's index applied to the whole plan, and it is
  * only a shortcut: any doubt means the full `kaos up`.
  *
