@@ -10,7 +10,7 @@ import type { Session } from "./engine.js";
 import { moduleInputs } from "./config-cache.js";
 import { CONFIG_FILE_NAMES, findConfigs, stacksDirOf, stateDirOf } from "./layout.js";
 import type { Plan } from "./plan.js";
-import { ALWAYS_IGNORED, RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS } from "./tree-walk.js";
+import { ALWAYS_IGNORED, RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, isOutsideRacyWindow } from "./tree-walk.js";
 import { CONFIG_ARGUMENT, UP_TO_DATE_FORMAT, invocationKey, pathIdentity, writeUpToDate } from "./up-to-date.js";
 
 /**
@@ -142,13 +142,15 @@ class Witnesses {
    * same timestamp tick after it was read, leaving the same stat behind.
    */
   changedSince(sinceNs: bigint): string | undefined {
+    const fineLimit = sinceNs - RACY_WINDOW_FINE_NS;
+    const coarseLimit = sinceNs - RACY_WINDOW_COARSE_NS;
     for (const [path, identity] of this.identities) {
       if (identity === "-") continue;
+      // The path's own stat, and a symlink's target's after the `>` (see `pathIdentity`).
       for (const part of identity.split(">")) {
         const [, , , , mtime, ctime] = part.split(":");
         if (mtime === undefined || ctime === undefined) continue;
-        const window = BigInt(ctime) % 1_000_000_000n === 0n ? RACY_WINDOW_COARSE_NS : RACY_WINDOW_FINE_NS;
-        if (BigInt(mtime) >= sinceNs - window || BigInt(ctime) >= sinceNs - window) return path;
+        if (!isOutsideRacyWindow(BigInt(mtime), BigInt(ctime), fineLimit, coarseLimit)) return path;
       }
     }
     return undefined;
