@@ -25,7 +25,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { configCacheOf, kaosVersion } from "./layout.js";
+import { configCacheOf, isFile, kaosVersion } from "./layout.js";
 import { temporaryPathFor } from "./process-identity.js";
 
 const FORMAT = 1;
@@ -117,7 +117,7 @@ function fingerprint(file: string): Fingerprint | undefined {
       if (specifier === "kaos-ml") continue;
       if (!isRelative(specifier)) return false;
       const found = candidates(path, specifier);
-      if (!found.some((candidate) => existsSync(candidate) && statSync(candidate).isFile())) return false;
+      if (!found.some(isFile)) return false;
       for (const candidate of found) if (!visit(candidate, false)) return false;
     }
     return true;
@@ -162,14 +162,6 @@ export function importedModules(file: string): string[] {
   };
   visit(file);
   return found;
-}
-
-function isFile(path: string): boolean {
-  try {
-    return statSync(path).isFile();
-  } catch {
-    return false;
-  }
 }
 
 /** Plain data only: what JSON gives back exactly as it was. A value that contains itself is not. */

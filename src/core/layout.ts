@@ -76,7 +76,8 @@ export function stackFilesOf(root: string, name: string): string[] {
   return MODULE_EXTENSIONS.map((ext) => join(stacksDirOf(root), `${name}.${ext}`)).filter(isFile);
 }
 
-function isFile(path: string): boolean {
+/** Whether a regular file is at `path`, following a symlink; false when nothing can be seen there. */
+export function isFile(path: string): boolean {
   try {
     return statSync(path).isFile();
   } catch {
