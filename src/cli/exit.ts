@@ -100,9 +100,10 @@ export function exitAtOnce(): never {
  * exits now rather than hash on only to cancel what the plan starts (exiting
  * ends the hashing threads mid-walk). The live view is closed first, to give
  * the terminal back its cursor, and the store last, to give the stack's lock
- * back. A reader that went away is told nothing and gets 141.
+ * back. A reader that went away is told nothing and gets 141; `quit` is `q`
+ * typed to `kaos watch`.
  */
-export function exitWhilePlanning(why: string, close: { view(): void; store(): void }): never {
+export function exitWhilePlanning(why: StopReason | "quit", close: { view(): void; store(): void }): never {
   close.view();
   const readerGone = why === "output closed";
   if (!readerGone) process.stderr.write(`\n${why}: stopped before anything ran\n`);

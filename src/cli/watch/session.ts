@@ -114,7 +114,7 @@ import { Terminal, WatchReporter } from "./terminal.js";
 import { WATCH_DEFAULTS } from "../../core/defaults.js";
 import { stateDirOf } from "../../core/layout.js";
 import { setupReporter, startMonitor, type MonitorServer } from "../../core/monitor.js";
-import { exitAtOnce, exitWhilePlanning, failureLines, onStopRequest } from "../exit.js";
+import { exitAtOnce, exitWhilePlanning, failureLines, onStopRequest, type StopReason } from "../exit.js";
 
 interface CurrentRun {
   reporter: WatchReporter;
@@ -150,7 +150,7 @@ class WatchSession {
   private readonly tasks = new Set<Promise<void>>();
   private checking = false;
   private checkAgain = false;
-  private stopReason = "interrupted";
+  private stopReason: StopReason | "quit" = "interrupted";
   private stopListening: (() => void) | undefined;
   private monitor: MonitorServer | undefined;
   private finished: (() => void) | undefined;
@@ -547,7 +547,7 @@ class WatchSession {
     }
   }
 
-  private requestStop(why: string): void {
+  private requestStop(why: StopReason | "quit"): void {
     this.stopReason = why;
     this.machine.dispatch("quit");
   }
