@@ -147,9 +147,9 @@ const esm = {
 };
 await build({ ...esm, entryPoints: CLI_ENTRIES, chunkNames: "chunk-[hash]" });
 await build({ ...esm, entryPoints: LIBRARY_ENTRIES, chunkNames: "lib-[hash]" });
-// The thread `kaos watch` evaluates the config in (core/config.ts), found beside
-// the chunk that starts it. Built whole, on its own, so that the command line's
-// chunks stay as they are: only a watch that reloads its config loads it.
+// The thread `kaos watch` and `kaos ui` evaluate the config in (core/config.ts),
+// found beside the chunk that starts it. Built whole, on its own, so that the
+// command line's chunks stay as they are: only a command that reloads its config loads it.
 await build({ ...esm, entryPoints: [CONFIG_WORKER_ENTRY], splitting: false });
 
 // The dashboard of `kaos ui`: its page, and its client bundled with uPlot for
