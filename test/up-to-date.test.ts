@@ -21,7 +21,7 @@ import { delimiter, dirname, join, sep } from "node:path";
 import { pathToFileURL } from "node:url";
 import { homedir, tmpdir } from "node:os";
 import { DatabaseSync } from "node:sqlite";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, onTestFinished } from "vitest";
 import { REPO_ROOT, runKaos, startKaos, type Project, type RunResult } from "./helpers/rig.js";
 import { TRAIN_SCRIPT, readMarks, trainingProjects } from "./helpers/jobs.js";
 
@@ -380,6 +380,7 @@ describe.skipIf(!hasStrace)("what the up-to-date record vouches for (strace)", (
     rmSync(made.path(".kaos", "up-to-date.json"));
     // Outside the project: a file appearing in it would be a change to the project.
     const traceDir = mkdtempSync(join(tmpdir(), "kaos-strace-"));
+    onTestFinished(() => rmSync(traceDir, { recursive: true, force: true }));
     const traceFile = join(traceDir, "strace.txt");
     const traced = await runKaos(["up"], {
       cwd: made.dir,
@@ -425,7 +426,6 @@ describe.skipIf(!hasStrace)("what the up-to-date record vouches for (strace)", (
     const uncovered = [...tracedPaths(readFileSync(traceFile, "utf8"))]
       .filter(([path, { missing }]) => !witnessed.has(path) && !(missing && witnessed.has(dirname(path))) && !decidesNothing(path))
       .map(([path]) => path);
-    rmSync(traceDir, { recursive: true, force: true });
     expect(uncovered).toEqual([]);
   });
 });
