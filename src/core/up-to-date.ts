@@ -31,7 +31,8 @@ import { fileURLToPath } from "node:url";
 import { kaosVersion, upToDateOf } from "./layout.js";
 import { temporaryPathFor } from "./process-identity.js";
 
-const FORMAT = 1;
+/** The record's format: a record of another one is not read. */
+export const UP_TO_DATE_FORMAT = 1;
 
 /** Set to 1 to have `kaos up` say on stderr whether it used the record, and if not, why. Not part of the invocation. */
 export const TRACE_VARIABLE = "KAOS_TRACE_UP_TO_DATE";
@@ -40,7 +41,7 @@ export const TRACE_VARIABLE = "KAOS_TRACE_UP_TO_DATE";
 export const CONFIG_ARGUMENT = /^(?:-c|--config)/;
 
 export interface UpToDateRecord {
-  format: typeof FORMAT;
+  format: typeof UP_TO_DATE_FORMAT;
   /** `invocationKey` of the `kaos up` that wrote it. */
   invocation: string;
   stack: string;
@@ -127,7 +128,7 @@ export function readUpToDate(stateDir: string): UpToDateRecord | undefined {
     return undefined;
   }
   const wellFormed =
-    value.format === FORMAT &&
+    value.format === UP_TO_DATE_FORMAT &&
     typeof value.invocation === "string" &&
     typeof value.stack === "string" &&
     typeof value.revision === "string" &&
@@ -161,6 +162,3 @@ export function traceUpToDate(message: string): void {
 export function processStartNs(): bigint {
   return BigInt(Math.floor(performance.timeOrigin * 1e6));
 }
-
-/** The record's format, for the writer. */
-export const UP_TO_DATE_FORMAT = FORMAT;
