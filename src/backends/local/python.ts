@@ -270,12 +270,12 @@ export function runtimeName(version: string): string {
  * `.kaos/` keeps; undefined when telling would mean asking an interpreter.
  */
 export function knownRuntime(wanted: string | undefined, stateDir: string): string | undefined {
-  for (const path of candidatePaths(wanted)) {
-    const identity = interpreterIdentity(path);
-    const probe = identity === undefined ? undefined : keptProbe(identity, stateDir);
-    return probe === undefined ? undefined : runtimeName(probe.version);
-  }
-  return undefined;
+  // Only the first interpreter found: `findPython` goes on past one that does not answer, which only asking tells.
+  const first = candidatePaths(wanted).next();
+  if (first.done === true) return undefined;
+  const identity = interpreterIdentity(first.value);
+  const probe = identity === undefined ? undefined : keptProbe(identity, stateDir);
+  return probe === undefined ? undefined : runtimeName(probe.version);
 }
 
 async function findPython(wanted: string | undefined, stateDir: string | undefined): Promise<PythonRuntime> {
