@@ -101,6 +101,26 @@ function afterSummary(made: Project, command: string): Record<string, string> {
   return { NODE_OPTIONS: `--import=${pathToFileURL(made.path("after-summary.mjs")).href}`, KAOS_TEST_AFTER_SUMMARY: command };
 }
 
+/**
+ * A module kaos is started with (NODE_OPTIONS=--import) that makes renaming a
+ * file into place as the up-to-date record fail while the project holds a
+ * file `refuse-record`: a record that cannot be written. Part of the project
+ * from the start, and started with every run, so that the record vouches for
+ * the runs that load it.
+ */
+const REFUSE_RECORD = {
+  "refuse-record.mjs": [
+    'import fs from "node:fs";',
+    "const rename = fs.renameSync;",
+    "fs.renameSync = (from, to) => {",
+    '  if (String(to).endsWith("up-to-date.json") && fs.existsSync("refuse-record")) {',
+    '    throw Object.assign(new Error("EROFS: read-only file system, rename"), { code: "EROFS" });',
+    "  }",
+    "  return rename(from, to);",
+    "};",
+  ].join("\n"),
+};
+
 /** Interpreters for Python 3.11 on this machine, one per version (their executables), found as kaos finds them on PATH. */
 function pythons311(): string[] {
   const found = new Map<string, string>();
@@ -257,6 +277,21 @@ describe("kaos up and its up-to-date record", () => {
     } finally {
       await watch.stop();
     }
+  });
+
+  it("says why the record could not be written again after a run it answered", async () => {
+    const made = project({ extra: REFUSE_RECORD });
+    const env = { NODE_OPTIONS: `--import=${pathToFileURL(made.path("refuse-record.mjs")).href}` };
+    expect((await up(made, [], env)).code).toBe(0);
+    await upUntilRecorded(made, env);
+
+    writeFileSync(made.path("refuse-record"), "");
+    const answered = await up(made, [], env);
+    expect(answered.code, answered.stderr).toBe(0);
+    expect(fate(answered)).toEqual(["used", "not rewritten: EROFS: read-only file system, rename"]);
+    // The record left in place names the revision before that run: the next kaos up plans in full.
+    rmSync(made.path("refuse-record"));
+    expect(fate(await up(made, [], env))[0]).toBe("not used: the state store changed since");
   });
 
   it("checks every file a reused job left, in folders a bundle's walk skips too", async () => {

@@ -62,16 +62,20 @@ export function upFromRecord(): number | undefined {
   }
   let recorded: { runId: string; revision: string } | undefined;
   let store: StateStore | undefined;
+  let notRewritten: string | undefined;
   try {
     store = StateStore.open(root);
     recorded = store.recordSettledRun(record.stack, "up", record.revision);
     if (recorded !== undefined) writeUpToDate(stateDir, { ...record, revision: recorded.revision });
   } catch (error) {
-    // The full kaos up tells what is wrong with the store; a record that cannot be rewritten only costs the next one a full run.
+    const message = error instanceof Error ? error.message : String(error);
+    // The full kaos up tells what is wrong with the store.
     if (recorded === undefined) {
-      traceUpToDate(`not used: ${error instanceof Error ? error.message : String(error)}`);
+      traceUpToDate(`not used: ${message}`);
       return undefined;
     }
+    // A record that cannot be rewritten only costs the next kaos up a full run.
+    notRewritten = message;
   } finally {
     store?.close();
   }
@@ -80,6 +84,7 @@ export function upFromRecord(): number | undefined {
     return undefined;
   }
   traceUpToDate("used");
+  if (notRewritten !== undefined) traceUpToDate(`not rewritten: ${notRewritten}`);
   exitQuietlyOnClosedOutput();
   process.stderr.write(`${[...record.lines, runLine(recorded.runId, record.summary)].join("\n")}\n`);
   return 0;
