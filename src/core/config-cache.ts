@@ -20,6 +20,10 @@
  * (`saveConfigCache`). Code that names `process` is kept under the whole environment, the working
  * directory and the arguments as well. kaos's own version, and the build of
  * this module, are part of every key: another kaos evaluates again.
+ *
+ * The same reading of import statements tells `kaos watch` which of the
+ * project's files a config imports (`importedModules`), and the up-to-date
+ * record which paths a kept value depends on (`moduleInputs`).
  */
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
