@@ -25,7 +25,7 @@ import { readMetrics, type MetricValue, type SkippedMetric } from "../core/metri
 import type { SweepRow, SweepRowJson } from "../core/sweep.js";
 import { colors, isInteractive, printJson, table } from "./output.js";
 import { PrintedLines, runLine } from "./run-lines.js";
-import { processStartNs, traceUpToDate } from "../core/up-to-date.js";
+import { invocationKey, processStartNs, traceUpToDate } from "./invocation.js";
 import {
   displayLine,
   displayMessage,
@@ -132,7 +132,7 @@ function changesLines(changes: ResourceChanges): string {
 async function runApply(
   config: ResolvedConfig,
   stack: ResolvedStack,
-  options: { force?: boolean; refresh?: boolean; json?: boolean; command: string },
+  options: { force?: boolean; refresh?: boolean; json?: boolean; config?: string | undefined; command: string },
 ): Promise<number> {
   const { checkInputs, createReporter, planJson, recordUpToDate } = await engine();
   const manifests = checkInputs(config);
@@ -171,12 +171,22 @@ async function runApply(
     }
     if (options.json) printJson(upJson(outcome, stack.name));
     else process.stderr.write(`${summarize(outcome)}\n`);
-    if (options.command === "up" && !options.json && !options.force && !options.refresh && outcome.result.succeeded) {
+    // With --config the next kaos up does not look for a record (up-from-record.ts): none is written.
+    if (
+      options.command === "up" &&
+      !options.json &&
+      !options.force &&
+      !options.refresh &&
+      options.config === undefined &&
+      outcome.result.succeeded
+    ) {
       let notRecorded: string | undefined;
       try {
         notRecorded = recordUpToDate({
           session,
           plan: outcome.plan,
+          invocation: invocationKey(),
+          cwd: process.cwd(),
           startedAtNs: processStartNs(),
           lines: reporter.lines,
           summary: jobCounts(outcome),

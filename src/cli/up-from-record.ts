@@ -10,17 +10,13 @@ import { dirname } from "node:path";
 import { knownRuntime } from "../backends/local/python.js";
 import { findConfigs, stateDirOf } from "../core/layout.js";
 import { StateStore } from "../core/state.js";
-import {
-  CONFIG_ARGUMENT,
-  changedWitness,
-  invocationKey,
-  readUpToDate,
-  traceUpToDate,
-  writeUpToDate,
-  type UpToDateRecord,
-} from "../core/up-to-date.js";
+import { changedWitness, readUpToDate, writeUpToDate, type UpToDateRecord } from "../core/up-to-date.js";
+import { invocationKey, traceUpToDate } from "./invocation.js";
 import { exitQuietlyOnClosedOutput } from "./pipes.js";
 import { runLine } from "./run-lines.js";
+
+/** An argument naming the config file (`-c`, `--config`). */
+const CONFIG_ARGUMENT = /^(?:-c|--config)/;
 
 /** Why `record` does not vouch for this run, or undefined when it does. */
 function whyNot(record: UpToDateRecord, stateDir: string): string | undefined {
@@ -40,7 +36,11 @@ function whyNot(record: UpToDateRecord, stateDir: string): string | undefined {
  * is then recorded and told), or undefined: the full `kaos up` is to run.
  */
 export function upFromRecord(): number | undefined {
-  if (process.argv.slice(2).some((argument) => CONFIG_ARGUMENT.test(argument))) return undefined;
+  // A config named on the command line: `kaos up` then writes no record either.
+  if (process.argv.slice(2).some((argument) => CONFIG_ARGUMENT.test(argument))) {
+    traceUpToDate("not used: the config file was named with --config, and no record is kept for it");
+    return undefined;
+  }
   const configs = findConfigs(process.cwd());
   const config = configs[0];
   if (config === undefined) return undefined;

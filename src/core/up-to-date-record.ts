@@ -11,7 +11,7 @@ import { moduleInputs } from "./config-cache.js";
 import { CONFIG_FILE_NAMES, findConfigs, stacksDirOf, stateDirOf } from "./layout.js";
 import type { Plan } from "./plan.js";
 import { ALWAYS_IGNORED, RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, isOutsideRacyWindow } from "./tree-walk.js";
-import { CONFIG_ARGUMENT, UP_TO_DATE_FORMAT, invocationKey, pathIdentity, writeUpToDate } from "./up-to-date.js";
+import { UP_TO_DATE_FORMAT, pathIdentity, writeUpToDate } from "./up-to-date.js";
 
 /**
  * Most paths a record holds. Past that, checking them costs a good part of
@@ -23,6 +23,9 @@ export const MAX_WITNESSES = 20_000;
 export interface UpToDateRequest {
   session: Session;
   plan: Plan;
+  /** How the command was started (cli/invocation.ts), and where: the config was found from there. */
+  invocation: string;
+  cwd: string;
   /** When the command started (wall clock, nanoseconds), before it read anything. */
   startedAtNs: bigint;
   /** What the run printed on stderr before its summary, as printed. */
@@ -35,13 +38,12 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
   const { session, plan } = request;
   const { config, stack, state, backend } = session;
   if (plan.changes) return "the plan had something to do";
-  if (process.argv.slice(2).some((argument) => CONFIG_ARGUMENT.test(argument))) return "the config file was named with --config";
   const settled = backend.settledInputs?.(plan) ?? `the ${backend.kind} backend's plan asks more than files`;
   if (typeof settled === "string") return settled;
   const witnesses = new Witnesses();
   // Finding the config: a config file added nearer the working directory, or beside it, would be found
   // instead or refused. The names themselves, not their folders: a folder changes with every file made in it.
-  const cwd = resolve(process.cwd());
+  const cwd = resolve(request.cwd);
   if (findConfigs(cwd)[0] !== config.file) return "the config is not the one found from the working directory";
   for (let dir = cwd; ; dir = dirname(dir)) {
     for (const name of CONFIG_FILE_NAMES) witnesses.add(join(dir, name));
@@ -74,7 +76,7 @@ export function recordUpToDate(request: UpToDateRequest): string | undefined {
   if (revision === undefined) return "another kaos wrote the state store meanwhile, or a run or job is unfinished";
   writeUpToDate(stateDirOf(config.root), {
     format: UP_TO_DATE_FORMAT,
-    invocation: invocationKey(),
+    invocation: request.invocation,
     stack: stack.name,
     revision,
     witnesses: [...witnesses.identities],

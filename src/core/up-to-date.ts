@@ -25,24 +25,16 @@
  * vouched for, and read by the first thing `kaos up` does. This module is
  * what both sides share, and stays small: it is loaded before anything else.
  */
-import { createHash } from "node:crypto";
 import { type BigIntStats, lstatSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { kaosVersion, upToDateOf } from "./layout.js";
+import { upToDateOf } from "./layout.js";
 import { temporaryPathFor } from "./process-identity.js";
 
 /** The record's format: a record of another one is not read. */
 export const UP_TO_DATE_FORMAT = 1;
 
-/** Set to 1 to have `kaos up` say on stderr whether it used the record, and if not, why. Not part of the invocation. */
-export const TRACE_VARIABLE = "KAOS_TRACE_UP_TO_DATE";
-
-/** Arguments that name the config file: a `kaos up` given one neither writes nor looks for a record. */
-export const CONFIG_ARGUMENT = /^(?:-c|--config)/;
-
 export interface UpToDateRecord {
   format: typeof UP_TO_DATE_FORMAT;
-  /** `invocationKey` of the `kaos up` that wrote it. */
+  /** How the `kaos up` that wrote it was started (cli/invocation.ts): the record serves only one started the same way. */
   invocation: string;
   stack: string;
   /** The state store's revision after that run was recorded (`StateStore.revision`). */
@@ -73,50 +65,6 @@ export function pathIdentity(path: string): string {
   } catch {
     return `${own}>-`;
   }
-}
-
-let buildIdentity: string | undefined;
-
-/** This kaos: its version and this module's build (a rebuilt checkout keeps its version). */
-function kaosBuild(): string {
-  if (buildIdentity === undefined) {
-    const self = statSync(fileURLToPath(import.meta.url), { bigint: true });
-    buildIdentity = `${kaosVersion()}|${self.ino}|${self.size}|${self.mtimeNs}`;
-  }
-  return buildIdentity;
-}
-
-/**
- * What a shell sets about itself in every program's environment: the path of
- * the command run, how deep the shell is nested, the directory before the
- * last `cd`. Keyed on, they would tie a record to one shell.
- */
-const SHELL_BOOKKEEPING: ReadonlySet<string> = new Set(["_", "SHLVL", "OLDPWD", TRACE_VARIABLE]);
-
-/**
- * How this process was started, as a digest: a record is used only by a
- * `kaos up` started the same way. The environment goes in whole but for the
- * shell's bookkeeping (a config or an interpreter may read any of it), and
- * hashed: it may hold secrets.
- */
-export function invocationKey(): string {
-  const environment = Object.entries(process.env)
-    .filter(([name]) => !SHELL_BOOKKEEPING.has(name))
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return createHash("sha256")
-    .update(
-      JSON.stringify([
-        kaosBuild(),
-        process.version,
-        process.execPath,
-        process.argv.slice(2),
-        process.cwd(),
-        environment,
-        process.stdout.isTTY === true,
-        process.stderr.isTTY === true,
-      ]),
-    )
-    .digest("hex");
 }
 
 /** The record in `stateDir`, if one is there and reads as one. */
@@ -151,14 +99,4 @@ export function writeUpToDate(stateDir: string, record: UpToDateRecord): void {
   const temporary = temporaryPathFor(target);
   writeFileSync(temporary, JSON.stringify(record));
   renameSync(temporary, target);
-}
-
-/** Says on stderr, when TRACE_VARIABLE asks, what became of the record. */
-export function traceUpToDate(message: string): void {
-  if (process.env[TRACE_VARIABLE] === "1") process.stderr.write(`kaos up-to-date record: ${message}\n`);
-}
-
-/** When this process started, on the wall clock, in nanoseconds: before it read anything. */
-export function processStartNs(): bigint {
-  return BigInt(Math.floor(performance.timeOrigin * 1e6));
 }
