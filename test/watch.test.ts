@@ -523,6 +523,20 @@ describe("kaos watch", () => {
     await quit(kaos);
   });
 
+  it("tells a reloaded config that ends its process what to do, and keeps watching", async () => {
+    const r = rig();
+    const kaos = r.watch();
+    await waitCount(kaos, "waiting for changes", 1);
+    r.project.write({ "kaos.config.ts": `process.exit(3);\n${CONFIG}` });
+    await kaos.waitFor("config invalid; waiting for a fix");
+    expect(output(kaos)).toMatch(/kaos\.config\.ts: could not be loaded: it ended the process \(exit code 3\)/);
+    expect(output(kaos)).toContain("a config only computes its value: remove what exits (process.exit) or ends the process");
+    r.project.write({ "kaos.config.ts": CONFIG });
+    await kaos.waitFor("config reloaded; resuming");
+    await waitCount(kaos, "waiting for changes", 2);
+    await quit(kaos);
+  });
+
   it("never reruns for its own outputs, editor temp files or ignored paths", async () => {
     // The data bundle is the whole project, so .kaos/ (outputs, environments, state) is inside it.
     const config = `export default { pipelines: { p: { source: "src", data: ".", hyperparams: "params.json" } } };\n`;

@@ -352,9 +352,15 @@ async function evaluateInThread<K extends ModuleKind>(kind: K, file: string): Pr
   const answer = await new Promise<ConfigThreadAnswer>((resolveAnswer, reject) => {
     worker.once("message", resolveAnswer);
     // Whatever the config left running (a timer, a server) ends with the thread.
-    worker.on("error", reject);
+    worker.on("error", (error) =>
+      reject(new KaosError("CONFIG_LOAD", `${file}: could not be loaded: ${describeError(error)}`, { cause: error })),
+    );
     worker.once("exit", (code) =>
-      reject(new KaosError("CONFIG_LOAD", `${file}: could not be loaded: it ended the process (exit code ${code})`)),
+      reject(
+        new KaosError("CONFIG_LOAD", `${file}: could not be loaded: it ended the process (exit code ${code})`, {
+          hint: "a config only computes its value: remove what exits (process.exit) or ends the process",
+        }),
+      ),
     );
   }).finally(() => void worker.terminate());
   if ("value" in answer) return answer.value as ModuleValue<K>;
