@@ -1193,7 +1193,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       let logNote = result.logError === undefined ? "" : `; its log could not be written (${result.logError})`;
       let unsealed: string | undefined;
       try {
-        const seal = await sealJobResults(this.stateDir, record.id, p.sourceTree.files);
+        const seal = await sealJobResults(this.stateDir, record.id, p.sourceTree);
         if (seal.sourceChangedByJob !== null) {
           logNote += `; it changed its own copy of the source while it ran (${describeChanges(seal.sourceChangedByJob)}): \`kaos train get --code\` gives the copy as it left it`;
         }

@@ -32,7 +32,15 @@ import {
 import { join } from "node:path";
 import { lstatOrUndefined } from "../../core/disk.js";
 import { KaosError, describeError, errnoCode } from "../../core/errors.js";
-import { RACY_WINDOW_COARSE_NS, diffTrees, hashTree, type StatCacheEntry, type StatCacheStore, type TreeFile } from "../../core/hash.js";
+import {
+  RACY_WINDOW_COARSE_NS,
+  diffTrees,
+  hashTree,
+  type StatCacheEntry,
+  type StatCacheStore,
+  type TreeFile,
+  type TreeHash,
+} from "../../core/hash.js";
 import { STATE_DIR_NAMES, jobPaths } from "../../core/layout.js";
 import { nextClockTick, resolveInside } from "../../core/snapshot.js";
 import { temporaryPathFor } from "../../core/process-identity.js";
@@ -187,12 +195,27 @@ function checkOutputDirectory(out: string): void {
   }
 }
 
+/** How many entries (files, symlinks and the directories holding them) a tree of `files` lays out below its root. */
+function entriesLaidOut(files: readonly TreeFile[]): number {
+  const directories = new Set<string>();
+  for (const file of files) {
+    for (let slash = file.path.indexOf("/"); slash !== -1; slash = file.path.indexOf("/", slash + 1)) {
+      directories.add(file.path.slice(0, slash));
+    }
+  }
+  return files.length + directories.size;
+}
+
 /**
  * Seals a job that ended: makes its outputs and its copy of the source
- * read-only, hashes both and writes the seal. `sourceFiles` is the source
+ * read-only, hashes both and writes the seal. `sourceTree` is the source
  * bundle the job was keyed on, to tell what the job changed in its copy.
  */
-export async function sealJobResults(stateDir: string, jobId: string, sourceFiles: TreeFile[] | undefined): Promise<SealRecord> {
+export async function sealJobResults(
+  stateDir: string,
+  jobId: string,
+  sourceTree: Pick<TreeHash, "hash" | "files"> | undefined,
+): Promise<SealRecord> {
   const paths = jobPaths(stateDir, jobId);
   checkOutputDirectory(paths.out);
   const hasSource = existsSync(paths.source) && lstatSync(paths.source).isDirectory();
@@ -202,10 +225,15 @@ export async function sealJobResults(stateDir: string, jobId: string, sourceFile
   const output = await sealTree(paths.out, readFromNs, outputEntries);
   const source = hasSource ? await sealTree(paths.source, readFromNs, sourceEntries) : null;
   let sourceChangedByJob: TreeChanges | null = null;
-  if (hasSource && sourceFiles !== undefined) {
-    // Hashed as bundles are, so that what a script may leave beside its code (__pycache__) does not count.
-    const asBundle = await hashTree(paths.source, { statCache: sealStore(undefined, sourceEntries) });
-    sourceChangedByJob = changesOf(sourceFiles, asBundle.files);
+  // A copy holding the bundle's files and nothing else (no entry added, none of different content) is the
+  // bundle, which most jobs leave it: only a copy that differs is walked again, as a bundle is.
+  const untouched =
+    source !== null && sourceTree !== undefined && source.hash === sourceTree.hash && sourceEntries === entriesLaidOut(sourceTree.files);
+  if (hasSource && sourceTree !== undefined && !untouched) {
+    // Hashed as bundles are, so that what a script may leave beside its code (__pycache__) does not count; the
+    // seal's stats spare reading the files again.
+    const asBundle = await hashTree(paths.source, { statCache: sealStore(source ?? undefined) });
+    sourceChangedByJob = changesOf(sourceTree.files, asBundle.files);
   }
   const record: SealRecord = { version: 1, jobId, sealedAt: new Date().toISOString(), output, source, sourceChangedByJob };
   const target = sealPathOf(stateDir, jobId);
