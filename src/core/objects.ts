@@ -197,6 +197,25 @@ export class ObjectStore {
     }
   }
 
+  /**
+   * A writable copy of an object at `dest`, executable or not, for a tree
+   * laid out under a name of its own that is renamed into place once whole
+   * (see `materializeTree`): nobody else writes there, so the copy needs no
+   * staging name of its own, and its directory exists already.
+   */
+  copyTo(hash: string, dest: string, executable: boolean): void {
+    const object = this.pathOf(hash);
+    try {
+      fs.copyFileSync(object, dest, fs.constants.COPYFILE_FICLONE);
+      fs.chmodSync(dest, copyModeFor(fs.statSync(object).mode, executable));
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT" && !fs.existsSync(object)) {
+        throw new KaosError("IO", `object ${hash} is missing from ${this.dir}`, { cause: error });
+      }
+      throw new KaosError("IO", `cannot place object ${hash} at ${dest}: ${describeError(error)}`, { cause: error });
+    }
+  }
+
   link(hash: string, dest: string, mode: "file" | "exec" = "file"): void {
     const object = this.pathOf(hash);
     fs.mkdirSync(path.dirname(dest), { recursive: true });

@@ -44,7 +44,7 @@ import { StringDecoder } from "node:string_decoder";
 import { lstatOrUndefined, noSpaceError, isNoSpace } from "./disk.js";
 import { KaosError, describeError, errnoCode } from "./errors.js";
 import { filesOf, treeLinks, type TreeFile, type TreeHash } from "./hash.js";
-import { copyModeFor, type ObjectStore } from "./objects.js";
+import type { ObjectStore } from "./objects.js";
 import { comparePaths } from "./tree-walk.js";
 import { isOwnStamp, judgeOwnerStamp, OWNER_STAMP, ownerStamp, parseOwnerStamp, temporaryPathFor } from "./process-identity.js";
 
@@ -405,8 +405,7 @@ export function materializeTree(
       } else if (linkFrom !== undefined) {
         linkOrCopy(linkFrom + file.path, target);
       } else if (options.copy) {
-        objects.link(file.hash, target, "exec");
-        if (file.mode === "file") chmodSync(target, copyModeFor(statSync(objects.pathOf(file.hash)).mode, false));
+        objects.copyTo(file.hash, target, file.mode === "exec");
       } else {
         objects.link(file.hash, target, file.mode);
       }
