@@ -80,7 +80,7 @@ import { killLocalJob } from "./kill.js";
 import { fetchLocalOutputs } from "./outputs.js";
 import { localSweep } from "./sweep.js";
 import type { Sweep } from "../../core/sweep.js";
-import { checkJobResults, describeChanges, foreignStateEntries, listState, resultsProblem, sealJobResults } from "./results.js";
+import { StateEntries, checkJobResults, describeChanges, resultsProblem, sealJobResults } from "./results.js";
 import { fileUrlScopeOf } from "../../core/urls.js";
 import { ResourcePool, type Capacity } from "./scheduler.js";
 
@@ -797,6 +797,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       ),
     );
     for (const record of records) this.record(reporter, record.id);
+    const ids = new Set(records.map((record) => record.id));
+    const entries = new StateEntries(this.stateDir, (id) => ids.has(id) || this.state.getJob(id) !== undefined);
     const { resources, parallelism } = p.pipeline;
     const narrower = pool.narrowerThanLimit({
       cpu: resources.cpu,
@@ -815,7 +817,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     try {
       results = await Promise.all(
         records.map(async (record) => {
-          const result = await this.runTrainJob(record, p, { environment, data, pool, options });
+          const result = await this.runTrainJob(record, p, { environment, data, entries, pool, options });
           // Pipelines waiting on this key go on as soon as it is done, not when the whole sweep is.
           settle.get(record.key)?.({ id: record.id, state: result.state, exitCode: result.exitCode, pipeline: name });
           settle.delete(record.key);
@@ -1119,7 +1121,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   private async runTrainJob(
     record: JobRecord,
     p: PipelinePlan,
-    context: { environment: string; data: DataView; pool: ResourcePool; options: ExecuteOptions },
+    context: { environment: string; data: DataView; entries: StateEntries; pool: ResourcePool; options: ExecuteOptions },
   ): Promise<{ state: "succeeded" | "failed" | "cancelled"; exitCode: number | null; reason: string | null }> {
     const { reporter, signal } = context.options;
     const { resources, parallelism, name } = p.pipeline;
@@ -1173,7 +1175,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         const when = { written: "by a job of this sweep", changed: "before this job started" };
         return finish("failed", null, `not started: ${dataWrittenReason(context.data, when, seal.broken)}`);
       }
-      const stateBefore = listState(this.stateDir);
+      const entriesMark = context.entries.mark();
       const current = spawnLogged({
         command: join(modelDir, "train"),
         args: [paths.out],
@@ -1200,7 +1202,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       } catch (error) {
         unsealed = `its results could not be sealed: ${describeError(error)}`;
       }
-      const intruded = foreignStateEntries(this.stateDir, stateBefore, (id) => this.state.getJob(id) !== undefined);
+      const intruded = context.entries.foreignSince(entriesMark);
       if (control.reason !== undefined) return finish("cancelled", result.exitCode, control.reason + logNote);
       const spoiled = this.dataSpoiled(context.data);
       if (spoiled !== undefined) {

@@ -370,8 +370,8 @@ export function copyResults(root: string, dest: string, what: string, onSkip: (p
   writable(dest);
 }
 
-/** The names at the top of `.kaos/` and in `.kaos/jobs/`, to compare before and after a job. */
-export interface StateListing {
+/** The names at the top of `.kaos/` and in `.kaos/jobs/`. */
+interface StateListing {
   top: Set<string>;
   jobs: Set<string>;
 }
@@ -384,21 +384,54 @@ function names(dir: string): Set<string> {
   }
 }
 
-export function listState(stateDir: string): StateListing {
+function listState(stateDir: string): StateListing {
   return { top: names(stateDir), jobs: names(join(stateDir, "jobs")) };
 }
 
 /**
- * What appeared in `.kaos/` since `before` that kaos did not put there: a
+ * What appears in `.kaos/` during a sweep that kaos did not put there: a
  * name at its top that is none of kaos's own, or an entry of `.kaos/jobs/`
- * that is no job (`isJob`). A cheap look (two directory listings) that
- * catches a script writing out of its output directory into kaos's state;
- * writes deeper in (another job's results) are caught by their seals.
+ * that is no job (`isJob`). A cheap look (two directory listings when a job
+ * ends) that catches a script writing out of its output directory into
+ * kaos's state; writes deeper in (another job's results) are caught by their
+ * seals.
+ *
+ * The listings are shared by the sweep's jobs: a job's look reaches back to
+ * the last listing before it started, not to its start, so `.kaos/jobs/` (one
+ * entry per job ever run) is read once per job rather than twice.
  */
-export function foreignStateEntries(stateDir: string, before: StateListing, isJob: (id: string) => boolean): string[] {
-  const after = listState(stateDir);
-  const foreign: string[] = [];
-  for (const name of after.top) if (!before.top.has(name) && !STATE_DIR_NAMES.has(name)) foreign.push(join(stateDir, name));
-  for (const name of after.jobs) if (!before.jobs.has(name) && !isJob(name)) foreign.push(join(stateDir, "jobs", name));
-  return foreign.sort();
+export class StateEntries {
+  private listings = 0;
+  private last: StateListing;
+  /** Names kaos did not put there, still present, by the number of the listing that first found them. */
+  private readonly foreign = { top: new Map<string, number>(), jobs: new Map<string, number>() };
+
+  constructor(
+    private readonly stateDir: string,
+    private readonly isJob: (id: string) => boolean,
+  ) {
+    this.last = listState(stateDir);
+  }
+
+  /** Taken as a job starts: what a later listing finds new appeared after it. */
+  mark(): number {
+    return this.listings;
+  }
+
+  /** The foreign entries that appeared since `mark` (absolute paths, sorted), from a listing taken now. */
+  foreignSince(mark: number): string[] {
+    const now = listState(this.stateDir);
+    const listing = ++this.listings;
+    const { top, jobs } = this.foreign;
+    // One removed is forgotten: made again, it is new again.
+    for (const name of top.keys()) if (!now.top.has(name)) top.delete(name);
+    for (const name of jobs.keys()) if (!now.jobs.has(name)) jobs.delete(name);
+    for (const name of now.top) if (!this.last.top.has(name) && !STATE_DIR_NAMES.has(name)) top.set(name, listing);
+    for (const name of now.jobs) if (!this.last.jobs.has(name) && !this.isJob(name)) jobs.set(name, listing);
+    this.last = now;
+    const found: string[] = [];
+    for (const [name, at] of top) if (at > mark) found.push(join(this.stateDir, name));
+    for (const [name, at] of jobs) if (at > mark) found.push(join(this.stateDir, "jobs", name));
+    return found.sort();
+  }
 }
