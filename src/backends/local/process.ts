@@ -285,6 +285,14 @@ export interface JobStart {
   startedAtMs: number;
 }
 
+/**
+ * Pids allocated since a job started, up to this many, are each looked at
+ * directly: /proc/PID of a pid nobody holds fails at once, and of a thread
+ * (which a listing of /proc leaves out) names its process's group and
+ * environment, so signalling it signals that process.
+ */
+const DIRECT_PID_RANGE = 64;
+
 /** Jobs shorter than this have their descendants looked for among the pids allocated since they started. */
 const PID_RANGE_MAX_MS = 60_000;
 
@@ -327,13 +335,18 @@ export function signalJob(jobId: string, signal: NodeJS.Signals, since?: JobStar
  */
 function processesOfJobs(jobIds: ReadonlySet<string>, since?: JobStart): { pid: number; pgid: number; jobId: string }[] {
   const prefix = `${JOB_TAG}=`;
-  let entries: string[];
-  try {
-    entries = readdirSync("/proc");
-  } catch {
-    return [];
-  }
   const pids = since === undefined ? undefined : pidsAllocatedSince(since);
+  let entries: Iterable<string>;
+  if (pids !== undefined && pids.to - pids.from < DIRECT_PID_RANGE) {
+    // A few pids (the usual after a short job): each is looked at, rather than listing every process on the machine.
+    entries = Array.from({ length: pids.to - pids.from + 1 }, (_, index) => String(pids.from + index));
+  } else {
+    try {
+      entries = readdirSync("/proc");
+    } catch {
+      return [];
+    }
+  }
   const found: { pid: number; pgid: number; jobId: string }[] = [];
   for (const entry of entries) {
     if (entry.charCodeAt(0) < 48 || entry.charCodeAt(0) > 57) continue;
