@@ -773,12 +773,17 @@ export class StateStore {
    * ended already: `kaos train kill` may cancel a job before it starts.
    */
   markRunning(jobId: string, pid: number | null): boolean {
+    return this.recordRunning(jobId, pid).changed;
+  }
+
+  /** `markRunning`, which also gives back the job as it is recorded now (as it ended, when it had). */
+  recordRunning(jobId: string, pid: number | null): { changed: boolean; job: JobRecord } {
     this.writer();
-    const result = this.stmt(
-      "UPDATE jobs SET state = 'running', pid = ?, started_at = ? WHERE id = ? AND state IN ('queued','running')",
-    ).run(pid, nowIso(), jobId);
-    if (result.changes === 0) this.requireJob(jobId);
-    return result.changes === 1;
+    const rows = this.stmt(
+      `UPDATE jobs SET state = 'running', pid = ?, started_at = ? WHERE id = ? AND state IN ('queued','running') RETURNING ${JOB_COLUMNS}`,
+      "raw",
+    ).all(pid, nowIso(), jobId) as unknown as JobColumns[];
+    return this.changedJob(jobId, rows);
   }
 
   /** Records the data key an ingest job's download gave (unknown when the job was created). */
@@ -796,12 +801,31 @@ export class StateStore {
     jobId: string,
     result: { state: "succeeded" | "failed" | "cancelled"; exitCode: number | null; reason?: string | null },
   ): boolean {
+    return this.recordFinished(jobId, result).changed;
+  }
+
+  /** `finishJob`, which also gives back the job as it is recorded now (with the first result, when another came first). */
+  recordFinished(
+    jobId: string,
+    result: { state: "succeeded" | "failed" | "cancelled"; exitCode: number | null; reason?: string | null },
+  ): { changed: boolean; job: JobRecord } {
     this.writer();
-    const updated = this.stmt(
-      "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running')",
-    ).run(result.state, result.exitCode, result.reason ?? null, nowIso(), jobId);
-    if (updated.changes === 0) this.requireJob(jobId);
-    return updated.changes === 1;
+    const rows = this.stmt(
+      `UPDATE jobs SET state = ?, exit_code = ?, reason = ?, finished_at = ? WHERE id = ? AND state IN ('queued','running') RETURNING ${JOB_COLUMNS}`,
+      "raw",
+    ).all(result.state, result.exitCode, result.reason ?? null, nowIso(), jobId) as unknown as JobColumns[];
+    return this.changedJob(jobId, rows);
+  }
+
+  /** What an update of one job returned: the job as changed, or, when it did not change, as it is (it must exist). */
+  private changedJob(jobId: string, rows: JobColumns[]): { changed: boolean; job: JobRecord } {
+    const [row] = rows;
+    if (row !== undefined) return { changed: true, job: jobFromColumns(row) };
+    const job = this.getJob(jobId);
+    if (job === undefined) {
+      throw new KaosError("JOB_NOT_FOUND", `no job matches '${jobId}'`, { hint: "`kaos train list` shows the job ids" });
+    }
+    return { changed: false, job };
   }
 
   /**
@@ -1368,12 +1392,6 @@ export class StateStore {
         if (attempt < 8 && isUniqueViolation(error)) continue;
         throw error;
       }
-    }
-  }
-
-  private requireJob(jobId: string): void {
-    if (this.getJob(jobId) === undefined) {
-      throw new KaosError("JOB_NOT_FOUND", `no job matches '${jobId}'`, { hint: "`kaos train list` shows the job ids" });
     }
   }
 

@@ -158,6 +158,11 @@ function dataWrittenReason(data: DataView, when: { written: string; changed: str
   return `the data changed ${when.changed} (${named.join(", ")}): KAOS_DATA_DIR holds links to the data bundle's own files, so a write into it changes the bundle and an edit of the bundle shows in it; the job did not train on the data its key names: check those files, the next kaos up hashes them again`;
 }
 
+/** Why a job ended, from its record; undefined while it is queued or running. */
+function endedReason(job: JobRecord): string | undefined {
+  return job.state === "queued" || job.state === "running" ? undefined : (job.reason ?? job.state);
+}
+
 function jobsToRun(plan: Plan): boolean {
   return plan.pipelines.some((p) => p.jobs.some((job) => job.action === "run"));
 }
@@ -526,7 +531,11 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   }
 
   private record(reporter: Reporter, jobId: string, message?: string): JobRecord {
-    const job = this.state.getJob(jobId)!;
+    return this.report(reporter, this.state.getJob(jobId)!, message);
+  }
+
+  /** Tells the run's reporter of a job as just recorded. */
+  private report(reporter: Reporter, job: JobRecord, message?: string): JobRecord {
     reporter.event(message === undefined ? { kind: "job", job } : { kind: "job", job, message });
     return job;
   }
@@ -1041,8 +1050,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   /** Why a job this process runs was ended by another process (`kaos train kill`), or undefined while it has not been. */
   private endedElsewhere(jobId: string): string | undefined {
     const job = this.state.getJob(jobId);
-    if (job === undefined || job.state === "queued" || job.state === "running") return undefined;
-    return job.reason ?? job.state;
+    return job === undefined ? undefined : endedReason(job);
   }
 
   /** Remembers what was applied, with the trees' listings for the next plan's diff. */
@@ -1128,10 +1136,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const paths = jobPaths(this.stateDir, record.id);
     const control = new JobControl(signal, this.running, record);
     const finish = (state: "succeeded" | "failed" | "cancelled", exitCode: number | null, reason: string | null) => {
-      const recorded = this.state.finishJob(record.id, { state, exitCode, reason });
-      const job = this.record(reporter, record.id, state === "failed" ? `see kaos train logs ${record.id}` : undefined);
+      const { changed, job } = this.state.recordFinished(record.id, { state, exitCode, reason });
+      this.report(reporter, job, state === "failed" ? `see kaos train logs ${record.id}` : undefined);
       // `kaos train kill` may have recorded the end first; its word stands.
-      return recorded
+      return changed
         ? { state, exitCode, reason }
         : { state: job.state as "succeeded" | "failed" | "cancelled", exitCode: job.exitCode, reason: job.reason };
     };
@@ -1188,8 +1196,9 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       });
       control.attach(current);
       // Killed between the check above and now: the process is stopped at once.
-      if (!this.state.markRunning(record.id, current.pid)) control.cancel(this.endedElsewhere(record.id) ?? "cancelled");
-      this.record(reporter, record.id);
+      const running = this.state.recordRunning(record.id, current.pid);
+      if (!running.changed) control.cancel(endedReason(running.job) ?? "cancelled");
+      this.report(reporter, running.job);
       const result = await current.done;
       // Told with the job's result, since the log that would say it could not be written.
       let logNote = result.logError === undefined ? "" : `; its log could not be written (${result.logError})`;
