@@ -21,6 +21,7 @@ import {
   closeSync,
   constants as fsConstants,
   copyFileSync,
+  fstatSync,
   linkSync,
   openSync,
   readSync,
@@ -735,17 +736,20 @@ function sealedAtFile(root: string): string {
  */
 export function nextClockTick(dir: string): bigint {
   const probe = temporaryPathFor(join(dir, "clock"));
+  // One descriptor for every write and stat: a sealed job's results wait on this once each.
+  const fd = openSync(probe, "w");
   try {
-    writeFileSync(probe, "0");
-    const first = lstatSync(probe, { bigint: true }).mtimeNs;
+    writeSync(fd, "0");
+    const first = fstatSync(fd, { bigint: true }).mtimeNs;
     for (let attempt = 1; attempt < 2000; attempt++) {
-      writeFileSync(probe, String(attempt));
-      const now = lstatSync(probe, { bigint: true }).mtimeNs;
+      writeSync(fd, "1");
+      const now = fstatSync(fd, { bigint: true }).mtimeNs;
       if (now > first) return now;
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
     }
     return first;
   } finally {
+    closeSync(fd);
     rmSync(probe, { force: true });
   }
 }
