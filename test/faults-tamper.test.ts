@@ -182,6 +182,39 @@ done
     expect(trainJobs(made)).toHaveLength(3);
   }, 120_000);
 
+  it("entries dropped into .kaos/ during a sweep fail the job that dropped each, not the jobs before or after it", async () => {
+    const train = `#!/bin/sh
+set -e
+mkdir -p "$1"
+a=$(grep -o '"a":[0-9]*' "$KAOS_PARAMS_FILE" | cut -d: -f2)
+echo "$a" > "$1/model.txt"
+[ -n "$KAOS_DROP" ] || exit 0
+case "$a" in
+  2) echo dropped > "$1/../../../dropped-2.txt" ;;
+  4) mkdir "$1/../../not-a-job-4" ;;
+esac
+`;
+    // One job at a time, so that no other job ran while an entry appeared.
+    const made = project({ "grid.json": JSON.stringify({ a: [1, 2, 3, 4, 5] }) }, train);
+    const result = await kaos(made, ["up"], { KAOS_DROP: "1" });
+    expect(result.code).toBe(1);
+    const reasonOf = (a: number) => jobOf(made, a).reason;
+    for (const a of [1, 3, 5]) expect(jobOf(made, a).state, `a=${a}: ${reasonOf(a)}`).toBe("succeeded");
+    expect(jobOf(made, 2).state).toBe("failed");
+    expect(reasonOf(2)).toBe(
+      `${made.path(".kaos", "dropped-2.txt")} appeared in kaos's state directory while this job ran; a job writes only into KAOS_OUTPUT_DIR (left there for you to look at)`,
+    );
+    expect(jobOf(made, 4).state).toBe("failed");
+    expect(reasonOf(4)).toBe(
+      `${made.path(".kaos", "jobs", "not-a-job-4")} appeared in kaos's state directory while this job ran; a job writes only into KAOS_OUTPUT_DIR (left there for you to look at)`,
+    );
+    // Left there, they belong to no job of the next sweep, which runs the two failed jobs again, and only those.
+    const again = await kaos(made, ["up"]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(trainJobs(made)).toHaveLength(7);
+    for (const a of [1, 2, 3, 4, 5]) expect(jobOf(made, a).state).toBe("succeeded");
+  }, 120_000);
+
   it("results changed by hand after the job ended: a removed file, a file made a link, the output directory replaced", async () => {
     const made = project({ "grid.json": JSON.stringify({ a: [1] }) });
     expect((await kaos(made, ["up"])).code).toBe(0);

@@ -806,8 +806,6 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       ),
     );
     for (const record of records) this.record(reporter, record.id);
-    const ids = new Set(records.map((record) => record.id));
-    const entries = new StateEntries(this.stateDir, (id) => ids.has(id) || this.state.getJob(id) !== undefined);
     const { resources, parallelism } = p.pipeline;
     const narrower = pool.narrowerThanLimit({
       cpu: resources.cpu,
@@ -823,6 +821,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       });
     }
     let results: Awaited<ReturnType<typeof this.runTrainJob>>[];
+    const ids = new Set(records.map((record) => record.id));
+    const entries = new StateEntries(this.stateDir, (id) => ids.has(id) || this.state.getJob(id) !== undefined);
     try {
       results = await Promise.all(
         records.map(async (record) => {
@@ -859,7 +859,19 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         results = results.map((result) => (result.state === "succeeded" ? { ...result, state: "failed" as const, reason } : result));
         reporter.event({ kind: "note", message: `${name} train: ${reason} (${revoked} succeeded jobs recorded as failed)` });
       }
+      // What the watches of .kaos/ did not hear of (a lost event): one listing, once per sweep.
+      const unheard = entries.finish();
+      if (unheard.length > 0) {
+        const reason = `${unheard.join(", ")} appeared in kaos's state directory during this sweep; a job writes only into KAOS_OUTPUT_DIR (left there for you to look at); no job of the sweep is trusted`;
+        const revoked = this.state.revokeSucceeded(
+          records.map((record) => record.id),
+          reason,
+        );
+        results = results.map((result) => (result.state === "succeeded" ? { ...result, state: "failed" as const, reason } : result));
+        reporter.event({ kind: "note", message: `${name} train: ${reason} (${revoked} succeeded jobs recorded as failed)` });
+      }
     } finally {
+      entries.close();
       releaseSeal(data.seal);
     }
     let failed = false;

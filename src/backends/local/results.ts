@@ -22,11 +22,14 @@ import {
   chmodSync,
   cpSync,
   existsSync,
+  type FSWatcher,
   lstatSync,
+  mkdirSync,
   readdirSync,
   readFileSync,
   readlinkSync,
   renameSync,
+  watch,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -391,47 +394,120 @@ function listState(stateDir: string): StateListing {
 /**
  * What appears in `.kaos/` during a sweep that kaos did not put there: a
  * name at its top that is none of kaos's own, or an entry of `.kaos/jobs/`
- * that is no job (`isJob`). A cheap look (two directory listings when a job
- * ends) that catches a script writing out of its output directory into
- * kaos's state; writes deeper in (another job's results) are caught by their
- * seals.
+ * that is no job (`isJob`). It catches a script writing out of its output
+ * directory into kaos's state; writes deeper in (another job's results) are
+ * caught by their seals.
  *
- * The listings are shared by the sweep's jobs: a job's look reaches back to
- * the last listing before it started, not to its start, so `.kaos/jobs/` (one
- * entry per job ever run) is read once per job rather than twice.
+ * Both directories are watched (inotify) while the sweep runs, and listed
+ * again only once a name that is not kaos's own was heard of: `.kaos/jobs/`
+ * holds an entry per job ever run, too many to list as every job ends. A
+ * script's writes are heard before its end is (inotify queues them as they
+ * happen, and kaos reads its events before it hears the end of the job
+ * through the same event loop), so a job's look is as exact as a listing
+ * before and after it. Without a watch, every look lists. `finish` lists
+ * once more at the sweep's end, for whatever the watches did not hear.
  */
 export class StateEntries {
-  private listings = 0;
   private last: StateListing;
-  /** Names kaos did not put there, still present, by the number of the listing that first found them. */
+  /** Orders what happens in `.kaos/`: each unknown name heard and each listing moves it on; a job's mark is where it stood. */
+  private epoch = 0;
+  /** Unknown names heard of since the last listing, with the epoch each was first heard at. */
+  private readonly heard = { top: new Map<string, number>(), jobs: new Map<string, number>() };
+  /** A change heard of without a name: the next look lists. */
+  private stirred = false;
+  /** Foreign names still present, with the epoch they appeared at: a job marked before it may have made them. */
   private readonly foreign = { top: new Map<string, number>(), jobs: new Map<string, number>() };
+  private readonly reported = new Set<string>();
+  private watchers: FSWatcher[] | undefined;
 
   constructor(
     private readonly stateDir: string,
     private readonly isJob: (id: string) => boolean,
   ) {
+    this.watchers = this.watch();
     this.last = listState(stateDir);
   }
 
-  /** Taken as a job starts: what a later listing finds new appeared after it. */
-  mark(): number {
-    return this.listings;
+  private watch(): FSWatcher[] | undefined {
+    const watchers: FSWatcher[] = [];
+    try {
+      const jobs = join(this.stateDir, "jobs");
+      mkdirSync(jobs, { recursive: true });
+      for (const [kind, dir] of [
+        ["top", this.stateDir],
+        ["jobs", jobs],
+      ] as const) {
+        const watcher = watch(dir, { persistent: false }, (_event, name) => this.hear(kind, name));
+        // A watch that fails later has lost what it would have heard: every look lists from then on.
+        watcher.on("error", () => this.close());
+        watchers.push(watcher);
+      }
+      return watchers;
+    } catch {
+      for (const watcher of watchers) watcher.close();
+      return undefined;
+    }
   }
 
-  /** The foreign entries that appeared since `mark` (absolute paths, sorted), from a listing taken now. */
+  private hear(kind: "top" | "jobs", name: string | null): void {
+    if (name === null) {
+      this.stirred = true;
+      return;
+    }
+    if (kind === "top" ? STATE_DIR_NAMES.has(name) : this.isJob(name)) return;
+    this.epoch++;
+    if (!this.heard[kind].has(name)) this.heard[kind].set(name, this.epoch);
+  }
+
+  /** Taken as a job starts: what appears after it may be the job's doing. */
+  mark(): number {
+    return this.epoch;
+  }
+
+  /** The foreign entries that appeared since `mark` (absolute paths, sorted). */
   foreignSince(mark: number): string[] {
-    const now = listState(this.stateDir);
-    const listing = ++this.listings;
-    const { top, jobs } = this.foreign;
-    // One removed is forgotten: made again, it is new again.
-    for (const name of top.keys()) if (!now.top.has(name)) top.delete(name);
-    for (const name of jobs.keys()) if (!now.jobs.has(name)) jobs.delete(name);
-    for (const name of now.top) if (!this.last.top.has(name) && !STATE_DIR_NAMES.has(name)) top.set(name, listing);
-    for (const name of now.jobs) if (!this.last.jobs.has(name) && !this.isJob(name)) jobs.set(name, listing);
-    this.last = now;
+    if (this.watchers === undefined || this.stirred || this.heard.top.size + this.heard.jobs.size > 0) this.list();
     const found: string[] = [];
-    for (const [name, at] of top) if (at > mark) found.push(join(this.stateDir, name));
-    for (const [name, at] of jobs) if (at > mark) found.push(join(this.stateDir, "jobs", name));
+    for (const [name, at] of this.foreign.top) if (at > mark) found.push(join(this.stateDir, name));
+    for (const [name, at] of this.foreign.jobs) if (at > mark) found.push(join(this.stateDir, "jobs", name));
+    for (const path of found) this.reported.add(path);
     return found.sort();
+  }
+
+  /** Stops watching, and lists once more: the foreign entries no job's look found (none, unless a watch missed them). */
+  finish(): string[] {
+    this.close();
+    this.list();
+    const paths = [
+      ...[...this.foreign.top.keys()].map((name) => join(this.stateDir, name)),
+      ...[...this.foreign.jobs.keys()].map((name) => join(this.stateDir, "jobs", name)),
+    ];
+    return paths.filter((path) => !this.reported.has(path)).sort();
+  }
+
+  close(): void {
+    for (const watcher of this.watchers ?? []) watcher.close();
+    this.watchers = undefined;
+  }
+
+  private list(): void {
+    const heard = { top: new Map(this.heard.top), jobs: new Map(this.heard.jobs) };
+    this.heard.top.clear();
+    this.heard.jobs.clear();
+    this.stirred = false;
+    // What no watch heard of (there is none, or it missed it) may have appeared at any time before this listing.
+    const unheard = ++this.epoch;
+    const now = listState(this.stateDir);
+    for (const kind of ["top", "jobs"] as const) {
+      const foreign = this.foreign[kind];
+      // One removed is forgotten: made again, it is new again.
+      for (const name of foreign.keys()) if (!now[kind].has(name)) foreign.delete(name);
+      for (const name of now[kind]) {
+        if (this.last[kind].has(name) || foreign.has(name)) continue;
+        if (kind === "top" ? STATE_DIR_NAMES.has(name) : this.isJob(name)) continue;
+        foreign.set(name, heard[kind].get(name) ?? unheard);
+      }
+    }
+    this.last = now;
   }
 }
