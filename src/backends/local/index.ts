@@ -805,7 +805,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         }),
       ),
     );
-    for (const record of records) this.record(reporter, record.id);
+    // As created: read back, each would cost a query before the first job starts.
+    for (const record of records) this.report(reporter, record);
     const { resources, parallelism } = p.pipeline;
     const narrower = pool.narrowerThanLimit({
       cpu: resources.cpu,
