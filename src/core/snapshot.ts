@@ -35,6 +35,7 @@ import {
   rmSync,
   statSync,
   symlinkSync,
+  unlinkSync,
   watch,
   writeFileSync,
   writeSync,
@@ -750,7 +751,15 @@ export function nextClockTick(dir: string): bigint {
     return first;
   } finally {
     closeSync(fd);
-    rmSync(probe, { force: true });
+    unlinkIfPresent(probe);
+  }
+}
+
+function unlinkIfPresent(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (error) {
+    if (errnoCode(error) !== "ENOENT") throw error;
   }
 }
 

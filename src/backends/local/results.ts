@@ -21,7 +21,6 @@ import {
   type Stats,
   chmodSync,
   cpSync,
-  existsSync,
   type FSWatcher,
   lstatSync,
   mkdirSync,
@@ -81,10 +80,10 @@ function sealPathOf(stateDir: string, jobId: string): string {
  * a symlink). Directories after their entries, which need them writable to be done.
  * Returns how many entries lie below `root`.
  */
-function makeReadOnly(root: string): number {
+function makeReadOnly(root: string, rootStat?: Stats): number {
   let entries = 0;
-  const visit = (path: string): void => {
-    const stat = lstatSync(path);
+  const visit = (path: string, known?: Stats): void => {
+    const stat = known ?? lstatSync(path);
     if (stat.isSymbolicLink()) return;
     if (stat.isDirectory()) {
       for (const name of readdirSync(path)) {
@@ -94,7 +93,7 @@ function makeReadOnly(root: string): number {
     }
     if ((stat.isDirectory() || stat.isFile()) && (stat.mode & 0o222) !== 0) chmodSync(path, stat.mode & 0o7555);
   };
-  visit(root);
+  visit(root, rootStat);
   return entries;
 }
 
@@ -180,8 +179,8 @@ function filesOf(sealed: SealedTree): TreeFile[] {
   return sealed.entries.map(([path, mode, size, hash]) => ({ path, mode, size, hash }));
 }
 
-/** Throws when the job replaced its output directory (kaos made it a directory) by something else. */
-function checkOutputDirectory(out: string): void {
+/** Throws when the job replaced its output directory (kaos made it a directory) by something else; else its stats. */
+function checkOutputDirectory(out: string): Stats {
   let stat: Stats;
   try {
     stat = lstatSync(out);
@@ -196,6 +195,7 @@ function checkOutputDirectory(out: string): void {
       `its output directory ${out} was replaced by ${what}; outputs must be written inside KAOS_OUTPUT_DIR`,
     );
   }
+  return stat;
 }
 
 /** How many entries (files, symlinks and the directories holding them) a tree of `files` lays out below its root. */
@@ -220,10 +220,11 @@ export async function sealJobResults(
   sourceTree: Pick<TreeHash, "hash" | "files"> | undefined,
 ): Promise<SealRecord> {
   const paths = jobPaths(stateDir, jobId);
-  checkOutputDirectory(paths.out);
-  const hasSource = existsSync(paths.source) && lstatSync(paths.source).isDirectory();
-  const outputEntries = makeReadOnly(paths.out);
-  const sourceEntries = hasSource ? makeReadOnly(paths.source) : 0;
+  const outStat = checkOutputDirectory(paths.out);
+  const sourceStat = lstatOrUndefined(paths.source);
+  const hasSource = sourceStat?.isDirectory() === true;
+  const outputEntries = makeReadOnly(paths.out, outStat);
+  const sourceEntries = hasSource ? makeReadOnly(paths.source, sourceStat) : 0;
   const readFromNs = nextClockTick(paths.dir);
   const output = await sealTree(paths.out, readFromNs, outputEntries);
   const source = hasSource ? await sealTree(paths.source, readFromNs, sourceEntries) : null;
