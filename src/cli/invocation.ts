@@ -4,23 +4,10 @@
  * facts, which the command line reads and the core is given.
  */
 import { createHash } from "node:crypto";
-import { statSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { kaosVersion } from "../core/layout.js";
+import { kaosBuild } from "../core/layout.js";
 
 /** Set to 1 to have `kaos up` say on stderr whether it used the record, and if not, why. Not part of the invocation. */
 export const TRACE_VARIABLE = "KAOS_TRACE_UP_TO_DATE";
-
-let buildIdentity: string | undefined;
-
-/** This kaos: its version and the build of this module (a rebuilt checkout keeps its version). */
-function kaosBuild(): string {
-  if (buildIdentity === undefined) {
-    const self = statSync(fileURLToPath(import.meta.url), { bigint: true });
-    buildIdentity = `${kaosVersion()}|${self.ino}|${self.size}|${self.mtimeNs}`;
-  }
-  return buildIdentity;
-}
 
 /**
  * What a shell sets about itself in every program's environment: the path of

@@ -18,8 +18,8 @@
  *
  * Values are written when the command opens the state store to write
  * (`saveConfigCache`). Code that names `process` is kept under the whole environment, the working
- * directory and the arguments as well. kaos's own version, and the build of
- * this module, are part of every key: another kaos evaluates again.
+ * directory and the arguments as well. kaos's own version and build
+ * (`kaosBuild`) are part of every key: another kaos evaluates again.
  *
  * The same reading of import statements tells `kaos watch` which of the
  * project's files a config imports (`importedModules`), and the up-to-date
@@ -28,8 +28,7 @@
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { configCacheOf, isFile, kaosVersion } from "./layout.js";
+import { configCacheOf, isFile, kaosBuild } from "./layout.js";
 import { temporaryPathFor } from "./process-identity.js";
 
 const FORMAT = 1;
@@ -180,18 +179,6 @@ export function isPlainData(value: unknown, within: readonly object[] = []): boo
   return Object.values(value).every((item) => isPlainData(item, path));
 }
 
-let kaosIdentity: string | undefined;
-
-/** This kaos: its version, and this module's build (a rebuilt checkout keeps its version). */
-function kaos(): string {
-  if (kaosIdentity === undefined) {
-    const version = kaosVersion();
-    const self = statSync(fileURLToPath(import.meta.url));
-    kaosIdentity = `${version}|${self.size}|${self.mtimeMs}`;
-  }
-  return kaosIdentity;
-}
-
 interface CacheFile {
   format: number;
   kaos: string;
@@ -201,7 +188,7 @@ interface CacheFile {
 function readCache(stateDir: string): CacheFile["entries"] {
   try {
     const cache = JSON.parse(readFileSync(configCacheOf(stateDir), "utf8")) as Partial<CacheFile>;
-    if (cache.format !== FORMAT || cache.kaos !== kaos() || typeof cache.entries !== "object" || cache.entries === null) return {};
+    if (cache.format !== FORMAT || cache.kaos !== kaosBuild() || typeof cache.entries !== "object" || cache.entries === null) return {};
     return cache.entries;
   } catch {
     return {};
@@ -216,7 +203,7 @@ function keyOf(kind: string, file: string): string | undefined {
     ? [Object.entries(process.env).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)), process.cwd(), process.argv]
     : [];
   return createHash("sha256")
-    .update(JSON.stringify([kind, file, kaos(), found.files, world]))
+    .update(JSON.stringify([kind, file, kaosBuild(), found.files, world]))
     .digest("hex");
 }
 
@@ -257,7 +244,7 @@ export function saveConfigCache(stateDir: string): void {
   const target = configCacheOf(stateDir);
   const temporary = temporaryPathFor(target);
   try {
-    writeFileSync(temporary, JSON.stringify({ format: FORMAT, kaos: kaos(), entries } satisfies CacheFile));
+    writeFileSync(temporary, JSON.stringify({ format: FORMAT, kaos: kaosBuild(), entries } satisfies CacheFile));
     renameSync(temporary, target);
   } catch {
     // Only a cache: the next command evaluates the file again.

@@ -32,6 +32,21 @@ export function kaosVersion(): string {
   return packageVersion;
 }
 
+let buildIdentity: string | undefined;
+
+/**
+ * This kaos: its version and the build of this module, as its file stands (a
+ * rebuilt checkout keeps its version). What kaos keeps from one command for
+ * the next (the config cache, the up-to-date record) is keyed on it.
+ */
+export function kaosBuild(): string {
+  if (buildIdentity === undefined) {
+    const self = statSync(fileURLToPath(import.meta.url), { bigint: true });
+    buildIdentity = `${kaosVersion()}|${self.ino}|${self.size}|${self.mtimeNs}`;
+  }
+  return buildIdentity;
+}
+
 /**
  * The module kinds a config or a stack file may be, in the order they are
  * looked for: vitest's, TypeScript first, then JavaScript, each as the
