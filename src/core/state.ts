@@ -691,12 +691,28 @@ export class StateStore {
   beginRun(stack: string, command: string): RunRecord {
     this.writer();
     const startedAt = nowIso();
-    const id = this.insertWithFreshId((runId) =>
-      this.stmt(
-        "INSERT INTO runs (id, stack, command, started_at, state, pid, pid_start, host, origin) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-      ).run(runId, stack, command, startedAt, process.pid, processStartToken(process.pid), hostname(), originToken()),
-    );
+    const id = this.insertRun({ stack, command, startedAt, finishedAt: null, state: "running" });
     return { id, stack, command, startedAt, finishedAt: null, state: "running", pid: process.pid };
+  }
+
+  /** A run of this process, under a fresh id (returned). */
+  private insertRun(run: { stack: string; command: string; startedAt: string; finishedAt: string | null; state: RunState }): string {
+    return this.insertWithFreshId((id) =>
+      this.stmt(
+        "INSERT INTO runs (id, stack, command, started_at, finished_at, state, pid, pid_start, host, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      ).run(
+        id,
+        run.stack,
+        run.command,
+        run.startedAt,
+        run.finishedAt,
+        run.state,
+        process.pid,
+        processStartToken(process.pid),
+        hostname(),
+        originToken(),
+      ),
+    );
   }
 
   finishRun(runId: string, state: RunState): void {
@@ -822,9 +838,7 @@ export class StateStore {
     const [row] = rows;
     if (row !== undefined) return { changed: true, job: jobFromColumns(row) };
     const job = this.getJob(jobId);
-    if (job === undefined) {
-      throw new KaosError("JOB_NOT_FOUND", `no job matches '${jobId}'`, { hint: "`kaos train list` shows the job ids" });
-    }
+    if (job === undefined) throw jobNotFound(jobId);
     return { changed: false, job };
   }
 
@@ -850,15 +864,13 @@ export class StateStore {
     if (prefix.length === 0) {
       throw new KaosError("USAGE", "a job id is empty", { hint: "pass a job id (or its first characters) from `kaos train list`" });
     }
-    const notFound = (): KaosError =>
-      new KaosError("JOB_NOT_FOUND", `no job matches '${idOrPrefix}'`, { hint: "`kaos train list` shows the job ids" });
-    if (this.db === null || !/^[0-9a-z]+$/.test(prefix)) throw notFound();
+    if (this.db === null || !/^[0-9a-z]+$/.test(prefix)) throw jobNotFound(idOrPrefix);
     // A range scan on the unique index; '~' sorts after every id character.
     const rows = this.selectJobs("WHERE id >= ? AND id < ? ORDER BY id LIMIT 6", prefix, `${prefix}~`);
     const exact = rows.find((row) => row.id === prefix);
     if (exact !== undefined) return exact;
     const [first] = rows;
-    if (first === undefined) throw notFound();
+    if (first === undefined) throw jobNotFound(idOrPrefix);
     if (rows.length === 1) return first;
     const total = (this.stmt("SELECT count(*) AS n FROM jobs WHERE id >= ? AND id < ?").get(prefix, `${prefix}~`) as { n: number }).n;
     const shown = rows.slice(0, 5).map((row) => `  ${row.id}  ${row.pipeline} ${row.stage} ${row.state} ${row.createdAt}`);
@@ -1246,11 +1258,7 @@ export class StateStore {
     return this.transaction(() => {
       if (this.revision() !== revision) return undefined;
       const now = nowIso();
-      const runId = this.insertWithFreshId((id) =>
-        this.stmt(
-          "INSERT INTO runs (id, stack, command, started_at, finished_at, state, pid, pid_start, host, origin) VALUES (?, ?, ?, ?, ?, 'succeeded', ?, ?, ?, ?)",
-        ).run(id, stack, command, now, now, process.pid, processStartToken(process.pid), hostname(), originToken()),
-      );
+      const runId = this.insertRun({ stack, command, startedAt: now, finishedAt: now, state: "succeeded" });
       return { runId, revision: this.revision() };
     });
   }
@@ -1399,6 +1407,10 @@ export class StateStore {
     if (this.db === null) return undefined;
     return this.selectJobs("WHERE stage = ? AND key = ? AND state = ? ORDER BY finished_at DESC, seq DESC LIMIT 1", stage, key, state)[0];
   }
+}
+
+function jobNotFound(idOrPrefix: string): KaosError {
+  return new KaosError("JOB_NOT_FOUND", `no job matches '${idOrPrefix}'`, { hint: "`kaos train list` shows the job ids" });
 }
 
 // ------------------------------------------------------------------ opening
