@@ -7,8 +7,8 @@ import type { IngestProgress, Reporter, RunEvent } from "../core/events.js";
 import type { JobRecord } from "../core/state.js";
 import { formatPlan } from "../core/plan.js";
 import { colors, type Colors } from "./output.js";
-import { noteLine, skippedStageLine } from "./run-lines.js";
-import { displayLine, displayText, formatBytes, formatDuration, paramsText } from "../core/format.js";
+import { skippedStageLine } from "./run-lines.js";
+import { displayLine, displayMessage, displayText, formatBytes, formatDuration, paramsText } from "../core/format.js";
 
 /** `412/1000 files  392.9 MiB / 953.7 MiB  334.0 MiB/s  ETA 2s`: an ingest's progress on one line. */
 export function formatIngestProgress(p: IngestProgress): string {
@@ -76,7 +76,7 @@ export class PlainReporter implements Reporter {
         break;
       }
       case "note":
-        process.stderr.write(`${noteLine(event.message)}\n`);
+        process.stderr.write(`${displayMessage(event.message)}\n`);
         break;
       case "plan":
         process.stdout.write(`${formatPlan(event.plan, colors())}\n\n`);
@@ -176,7 +176,7 @@ export class LiveReporter implements Reporter {
         break;
       }
       case "note":
-        this.print(noteLine(event.message));
+        this.print(displayMessage(event.message));
         break;
       case "plan":
         this.update.clear();

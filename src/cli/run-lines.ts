@@ -11,10 +11,6 @@ export function skippedStageLine(c: Colors, event: { pipeline: string; stage: st
   return `${event.pipeline} ${event.stage}  ${c.dim("skipped")}  (${event.reason})`;
 }
 
-export function noteLine(message: string): string {
-  return displayMessage(message);
-}
-
 /** The first line of a run's summary: `run ID: COUNTS`. */
 export function runLine(runId: string, counts: string): string {
   return `run ${runId}: ${counts}`;
@@ -29,7 +25,7 @@ export class PrintedLines implements Reporter {
 
   event(event: RunEvent): void {
     if (event.kind === "stage") this.lines.push(skippedStageLine(this.c, event));
-    else if (event.kind === "note") this.lines.push(noteLine(event.message));
+    else if (event.kind === "note") this.lines.push(displayMessage(event.message));
     this.shown.event(event);
   }
 

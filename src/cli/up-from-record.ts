@@ -8,6 +8,7 @@
  */
 import { dirname } from "node:path";
 import { knownRuntime } from "../backends/local/python.js";
+import { describeError } from "../core/errors.js";
 import { findConfigs, stateDirOf } from "../core/layout.js";
 import { StateStore } from "../core/state.js";
 import { changedWitness, readUpToDate, writeUpToDate, type UpToDateRecord } from "../core/up-to-date.js";
@@ -68,7 +69,7 @@ export function upFromRecord(): number | undefined {
     recorded = store.recordSettledRun(record.stack, "up", record.revision);
     if (recorded !== undefined) writeUpToDate(stateDir, { ...record, revision: recorded.revision });
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = describeError(error);
     // The full kaos up tells what is wrong with the store.
     if (recorded === undefined) {
       traceUpToDate(`not used: ${message}`);

@@ -57,14 +57,18 @@ export function pathIdentity(path: string): string {
   } catch {
     return "-";
   }
-  const own = `${stats.dev}:${stats.ino}:${stats.mode}:${stats.size}:${stats.mtimeNs}:${stats.ctimeNs}`;
+  const own = statIdentity(stats);
   if (!stats.isSymbolicLink()) return own;
   try {
-    const target = statSync(path, { bigint: true });
-    return `${own}>${target.dev}:${target.ino}:${target.mode}:${target.size}:${target.mtimeNs}:${target.ctimeNs}`;
+    return `${own}>${statIdentity(statSync(path, { bigint: true }))}`;
   } catch {
     return `${own}>-`;
   }
+}
+
+/** `dev:ino:mode:size:mtimeNs:ctimeNs`: the order core/up-to-date-record.ts reads the times back in. */
+function statIdentity(stats: BigIntStats): string {
+  return `${stats.dev}:${stats.ino}:${stats.mode}:${stats.size}:${stats.mtimeNs}:${stats.ctimeNs}`;
 }
 
 /** The record in `stateDir`, if one is there and reads as one. */
