@@ -546,7 +546,7 @@ describe("stacks", () => {
     }
   });
 
-  it('dataViews takes "link" or "copy", and anything else names the key and both choices', async () => {
+  it('dataViews takes "mount", "link" or "copy", and anything else names the key and every choice', async () => {
     const made = project(pipelineConfig(`      source: "src",\n      data: "data",`), {
       "stacks/isolated.ts": `export default { backend: "local", dataViews: "copy" };\n`,
       "stacks/bad.ts": `export default {\n  backend: "local",\n  dataViews: "reflink",\n};\n`,
@@ -554,7 +554,7 @@ describe("stacks", () => {
     const config = await loadConfig({ cwd: made.dir });
     expect((await loadStack(config, "isolated")).config).toEqual({ backend: "local", dataViews: "copy" });
     await expect(loadStack(config, "bad")).rejects.toThrow(
-      `invalid stack\n${made.path("stacks/bad.ts")}:3: dataViews: expected "link" (a data bundle's own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files), found "reflink"`,
+      `invalid stack\n${made.path("stacks/bad.ts")}:3: dataViews: expected "mount" (a data bundle's own folder, mounted read-only for each job: nothing copied), "link" (its own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files), found "reflink"`,
     );
   });
 });

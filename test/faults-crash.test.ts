@@ -25,15 +25,16 @@ import { sha256OfGenerated, startServer, type TestServer } from "./helpers/http-
 import { TRAIN_SCRIPT, trainingProject } from "./helpers/jobs.js";
 import {
   CLI,
+  dataViewsStack,
+  type FileMap,
+  type LiveKaos,
   makeProject,
+  type Project,
   runKaos,
   runKaosOk,
   sleep,
   trivialSourceBundle,
   under,
-  type FileMap,
-  type LiveKaos,
-  type Project,
 } from "./helpers/rig.js";
 
 const LONG = process.env.KAOS_FAULTS_LONG === "1";
@@ -183,6 +184,9 @@ const growingGrid = (base: number[], sleep: number) => (index: number) => ({
  * (KAOS_SLOW) and writes pid files into `pids/` (KAOS_PIDS): `kaos up` is
  * SIGKILLed once the job runs and `pidFiles` of them are there.
  */
+/** A stack whose data views are hardlinks to the bundle's own files (`dataViews: "link"`). */
+const LINK_STACK = dataViewsStack("link");
+
 async function killWhileJobRuns(
   train: string,
   pidFiles: number,
@@ -360,7 +364,7 @@ fi
 mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
 `;
       const copyStack = {
-        "stacks/copy.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", dataViews: "copy" });\n`,
+        ...dataViewsStack("copy"),
       };
       const { made, env } = await killWhileJobRuns(train, 1, copyStack, ["up", "--stack", "copy"]);
       writeFileSync(made.path("pids", "killed"), "");
@@ -384,7 +388,7 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     120_000,
   );
 
-  it("what a job wrote into a linked data view after its kaos was killed is in the user's file: the next kaos up hashes it anew and nothing succeeds under the old key", async () => {
+  it('what a job wrote into a linked data view after its kaos was killed is in the user\'s file: the next kaos up hashes it anew and nothing succeeds under the old key (dataViews: "link")', async () => {
     const train = `#!/bin/sh
 if [ -f "$KAOS_SLOW" ]; then
   echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"
@@ -395,7 +399,7 @@ if [ -f "$KAOS_SLOW" ]; then
 fi
 mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
 `;
-    const { made, env } = await killWhileJobRuns(train, 1);
+    const { made, env } = await killWhileJobRuns(train, 1, LINK_STACK, ["up", "--stack", "link"]);
     const [killed] = jobRows(made.dir).filter((row) => row.stage === "train");
     writeFileSync(made.path("pids", "killed"), "");
     expect(await eventually(() => existsSync(made.path("pids", "written")), 10_000)).toBe(true);
@@ -403,13 +407,40 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     expect(readFileSync(made.path("data", "value.txt"), "utf8")).toBe("v1tampered\n");
     expect(trustProblems(made.dir)).toEqual([]);
 
-    const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+    const again = await runKaos(["up", "--stack", "link"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
     expect(again.code, again.stderr).toBe(0);
     const rows = jobRows(made.dir).filter((row) => row.stage === "train");
     expect(rows.filter((row) => row.key === killed!.key && row.state === "succeeded")).toEqual([]);
     const rerun = rows.find((row) => row.state === "succeeded")!;
     expect(rerun.key).not.toBe(killed!.key);
     expect(readFileSync(made.path(".kaos", "jobs", rerun.id, "out", "data.txt"), "utf8")).toBe("v1tampered\n");
+    expect(trustProblems(made.dir)).toEqual([]);
+    expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
+  }, 120_000);
+
+  it("what a job tries to write into its mounted data view after its kaos was killed is refused: the user's file stays whole and the rerun trains on it", async () => {
+    const train = `#!/bin/sh
+if [ -f "$KAOS_SLOW" ]; then
+  echo $$ > "$KAOS_PIDS/$KAOS_JOB_ID"
+  while [ ! -f "$KAOS_PIDS/killed" ]; do sleep 0.05; done
+  if sh -c 'echo tampered >> "$KAOS_DATA_DIR/value.txt"' 2>/dev/null; then echo written > "$KAOS_PIDS/tried"; else echo refused > "$KAOS_PIDS/tried"; fi
+  sleep 120
+fi
+mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
+`;
+    const { made, env } = await killWhileJobRuns(train, 1);
+    const [killed] = jobRows(made.dir).filter((row) => row.stage === "train");
+    writeFileSync(made.path("pids", "killed"), "");
+    expect(await eventually(() => existsSync(made.path("pids", "tried")), 10_000)).toBe(true);
+    expect(readFileSync(made.path("pids", "tried"), "utf8")).toBe("refused\n");
+    expect(readFileSync(made.path("data", "value.txt"), "utf8")).toBe("v1");
+    expect(trustProblems(made.dir)).toEqual([]);
+
+    const again = await runKaos(["up"], { cwd: made.dir, env: { ...env, KAOS_SLOW: made.path("no-such-file") } });
+    expect(again.code, again.stderr).toBe(0);
+    const rerun = jobRows(made.dir).find((row) => row.stage === "train" && row.state === "succeeded")!;
+    expect(rerun.key).toBe(killed!.key);
+    expect(readFileSync(made.path(".kaos", "jobs", rerun.id, "out", "data.txt"), "utf8")).toBe("v1");
     expect(trustProblems(made.dir)).toEqual([]);
     expect(await eventually(() => processesWithEnv(TAG_NAME, tag).length === 0, 5_000)).toBe(true);
   }, 120_000);

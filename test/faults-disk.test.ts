@@ -13,7 +13,7 @@ import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { diskKind, readOnlyMount, smallDisk, type SmallDisk } from "./helpers/faults-disk.js";
 import { eventually, jobRows, killTagged, listJobs, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
 import { sha256OfGenerated, startServer } from "./helpers/http-server.js";
-import { makeProject, runKaos, trivialSourceBundle, under, type Project } from "./helpers/rig.js";
+import { dataViewsStack, makeProject, type Project, runKaos, trivialSourceBundle, under } from "./helpers/rig.js";
 import { openRaw } from "./helpers/sqlite.js";
 
 const kind = diskKind();
@@ -28,6 +28,8 @@ afterAll(() => {
     project.remove();
   });
 });
+
+const COPY_STACK = dataViewsStack("copy");
 
 function project(pipeline: string, train: string, files: Record<string, string> = {}): Project {
   const made = makeProject(
@@ -154,15 +156,16 @@ exit $status
   }, 120_000);
 
   it(`a snapshot that does not fit: the full disk is named with what the snapshot needs and what is free, the part stored is removed, and the next run with room finishes (${kind})`, async () => {
-    const made = project(`{ source: "src", data: "data" }`, LIST_DATA, { "data/value.txt": "v" });
+    // A stack that asks for copies: a mounted or linked view stores none of the data.
+    const made = project(`{ source: "src", data: "data" }`, LIST_DATA, { "data/value.txt": "v", ...COPY_STACK });
     const small = disk(made, kind === "tmpfs" ? 4 << 20 : 2 << 20, "/objects/tmp/");
-    const first = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag, ...small.env } });
+    const first = await runKaos(["up", "--stack", "copy"], { cwd: made.dir, env: { [TAG_NAME]: tag, ...small.env } });
     expect(first.code, first.stderr).toBe(0);
     const before = storedObjects(made);
     // 4.5 MB of new data on a disk with less room: the first files fit, a later one does not.
     for (const name of ["big1.bin", "big2.bin", "big3.bin"]) writeFileSync(made.path("data", name), randomBytes(1_500_000));
 
-    const full = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag, ...small.env } });
+    const full = await runKaos(["up", "--stack", "copy"], { cwd: made.dir, env: { [TAG_NAME]: tag, ...small.env } });
     expect(full.code).toBe(1);
     expect(full.stderr).not.toMatch(NO_INTERNAL);
     expect(full.stderr).not.toContain("changed while kaos was taking its snapshot");
@@ -179,7 +182,7 @@ exit $status
     expect(trustProblems(made.dir)).toEqual([]);
 
     small.grow();
-    const second = await runKaos(["up"], { cwd: made.dir, env: { [TAG_NAME]: tag, ...small.env } });
+    const second = await runKaos(["up", "--stack", "copy"], { cwd: made.dir, env: { [TAG_NAME]: tag, ...small.env } });
     expect(second.code, second.stderr).toBe(0);
     const seen = jobRows(made.dir)
       .filter((row) => row.stage === "train" && row.state === "succeeded")

@@ -14,7 +14,7 @@ import { pathToFileURL } from "node:url";
 import { describe, expect, it } from "vitest";
 import { eventually, jobRows, processesWithEnv, sha256Of, trustProblems } from "./helpers/faults.js";
 import { startServer } from "./helpers/http-server.js";
-import { CLI, runKaos, startKaos, trivialSourceBundle, under, type FileMap, type Project } from "./helpers/rig.js";
+import { CLI, dataViewsStack, type FileMap, type Project, runKaos, startKaos, trivialSourceBundle, under } from "./helpers/rig.js";
 import { taggedProjects } from "./helpers/tagged-projects.js";
 
 const tagged = taggedProjects("kaos-hostile-");
@@ -46,13 +46,15 @@ const env = tagged.env;
 
 /**
  * A stack whose data views are copies kaos owns (`dataViews: "copy"`): on a
- * file system without clones (ext4 here) the default links the view's files
- * to the bundle's own, so a job's write reaches the user's files and is found
- * after the fact; with copies it reaches only kaos's copy.
+ * file system without clones (ext4 here) the default mounts the bundle's own
+ * folder read-only for each job, and `dataViews: "link"` links the view's
+ * files to the bundle's own, so a job's write reaches the user's files and is
+ * found after the fact; with copies it reaches only kaos's copy.
  */
-const COPY_STACK: FileMap = {
-  "stacks/copy.ts": `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", dataViews: "copy" });\n`,
-};
+const COPY_STACK = dataViewsStack("copy");
+
+/** A stack whose data views are hardlinks to the bundle's own files (`dataViews: "link"`). */
+const LINK_STACK = dataViewsStack("link");
 
 async function up(made: Project, extra: Record<string, string> = {}, stack?: string) {
   const args = stack === undefined ? ["up"] : ["up", "--stack", stack];
@@ -312,11 +314,28 @@ describe("hostile bundles", () => {
   );
 
   it.skipIf(!nobody)(
-    "as a user, a linked data view's files are the user's own and writable: the write goes through, is found, and the job fails naming the file",
+    "as a user, a mounted data view is the bundle's own folder, read-only: the job runs as the user and its write is refused",
     async () => {
       const { made, asNobody } = nobodysProject({ "data/value.txt": "v" });
-      writeFileSync(made.path("src/model/train"), TRIES_TO_WRITE_ITS_DATA);
+      writeFileSync(made.path("src/model/train"), `${TRIES_TO_WRITE_ITS_DATA}id -u > "$1/uid"\n`);
       const result = asNobody(["up"]);
+      expect(result.status, result.stderr).toBe(0);
+      const [job] = trainJobs(made);
+      expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "write"), "utf8")).toBe("refused\n");
+      expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "uid"), "utf8")).toBe("65534\n");
+      expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v");
+      expect(statSync(made.path("data/value.txt")).nlink).toBe(1);
+      expect(trustProblems(made.dir)).toEqual([]);
+    },
+    120_000,
+  );
+
+  it.skipIf(!nobody)(
+    "as a user, a linked data view's files are the user's own and writable: the write goes through, is found, and the job fails naming the file (dataViews: \"link\")",
+    async () => {
+      const { made, asNobody } = nobodysProject({ "data/value.txt": "v", ...LINK_STACK });
+      writeFileSync(made.path("src/model/train"), TRIES_TO_WRITE_ITS_DATA);
+      const result = asNobody(["up", "--stack", "link"]);
       expect(result.status, result.stderr).toBe(1);
       const [job] = trainJobs(made);
       expect(job!.state).toBe("failed");
@@ -383,12 +402,30 @@ mkdir -p "$1" && cp "$KAOS_DATA_DIR/value.txt" "$1/data.txt"
     expect(trustProblems(made.dir)).toEqual([]);
   }, 60_000);
 
-  it("a script writing into a linked KAOS_DATA_DIR changes the user's file: the job fails naming it, no later job starts, and the next plan sees the change", async () => {
+  it("a script writing into a mounted KAOS_DATA_DIR (as root) is refused by the system: the user's files stay whole and every job trains on them", async () => {
     const made = project(
       { "data/value.txt": "v1", "data/other.txt": "o", "grid.json": JSON.stringify({ a: [1, 2, 3] }), evil: "" },
       WRITES_ITS_DATA,
     );
     const first = await up(made, { KAOS_EVIL: made.path("evil") });
+    expect(first.code, first.stderr).toBe(0);
+    const rows = trainJobs(made);
+    expect(rows.map((row) => row.state)).toEqual(["succeeded", "succeeded", "succeeded"]);
+    for (const row of rows) expect(readFileSync(made.path(".kaos", "jobs", row.id, "out", "data.txt"), "utf8")).toBe("v1");
+    const tried = rows.find((row) => JSON.parse(row.params).a === 2)!;
+    expect((await runKaos(["train", "logs", tried.id], { cwd: made.dir })).stdout).toContain("Read-only file system");
+    expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1");
+    expect(existsSync(made.path("data/added.txt"))).toBe(false);
+    expect(trustProblems(made.dir)).toEqual([]);
+    expect((await nextPlanJobs(made)).map((job) => job.action)).toEqual(["skip", "skip", "skip"]);
+  }, 60_000);
+
+  it('a script writing into a linked KAOS_DATA_DIR changes the user\'s file: the job fails naming it, no later job starts, and the next plan sees the change (dataViews: "link")', async () => {
+    const made = project(
+      { "data/value.txt": "v1", "data/other.txt": "o", "grid.json": JSON.stringify({ a: [1, 2, 3] }), evil: "", ...LINK_STACK },
+      WRITES_ITS_DATA,
+    );
+    const first = await up(made, { KAOS_EVIL: made.path("evil") }, "link");
     expect(first.code).toBe(1);
     const rows = trainJobs(made);
     const byParam = (a: number) => rows.find((row) => JSON.parse(row.params).a === a)!;
@@ -442,9 +479,22 @@ open(os.path.join(sys.argv[1], "done"), "w").write("done")
     expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1");
   }, 60_000);
 
-  it("a write through a shared memory mapping of a linked view changes the user's file: the whole sweep fails naming it, and the next plan sees the change", async () => {
+  it("a shared memory mapping of a mounted view cannot be opened for writing: that job fails on its own error, the others and the user's file are untouched", async () => {
     const made = project({ "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }) }, WRITES_THROUGH_MMAP);
     const first = await up(made);
+    expect(first.code).toBe(1);
+    const rows = trainJobs(made);
+    const byParam = (a: number) => rows.find((row) => JSON.parse(row.params).a === a)!;
+    expect(byParam(1).state).toBe("succeeded");
+    expect(byParam(2).state).toBe("failed");
+    expect(byParam(2).reason).toBe("exited with code 1");
+    expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v1");
+    expect(trustProblems(made.dir)).toEqual([]);
+  }, 60_000);
+
+  it('a write through a shared memory mapping of a linked view changes the user\'s file: the whole sweep fails naming it, and the next plan sees the change (dataViews: "link")', async () => {
+    const made = project({ "data/value.txt": "v1", "grid.json": JSON.stringify({ a: [1, 2] }), ...LINK_STACK }, WRITES_THROUGH_MMAP);
+    const first = await up(made, {}, "link");
     expect(first.code).toBe(1);
     const rows = trainJobs(made);
     expect(rows.map((row) => row.state)).toEqual(["failed", "failed"]);

@@ -11,7 +11,7 @@ import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { firstFiles, hashTree, stopHashWorkers, treeLinks, type StatCacheStore } from "../src/core/hash.js";
 import { projectMonitor, startMonitor, type TreeMonitor } from "../src/core/monitor.js";
 import { StateStore } from "../src/core/state.js";
-import { makeProject, runKaos, startKaos, trivialSourceBundle, under, type LiveKaos, type Project } from "./helpers/rig.js";
+import { dataViewsStack, type LiveKaos, makeProject, type Project, runKaos, startKaos, trivialSourceBundle, under } from "./helpers/rig.js";
 
 const CONFIG = `export default { pipelines: { p: { source: "src", data: "data" } } };\n`;
 
@@ -64,8 +64,12 @@ async function watching(dir: string): Promise<LiveKaos> {
   return kaos;
 }
 
-async function plan(dir: string): Promise<PlanOutput> {
-  const result = await runKaos(["plan", "--json"], { cwd: dir });
+/** The stack `link`, whose data views are hardlinks to the bundle's own files (`dataViews: "link"`). */
+const LINK_STACK = dataViewsStack("link");
+const LINKED = ["--stack", "link"];
+
+async function plan(dir: string, stack: string[] = []): Promise<PlanOutput> {
+  const result = await runKaos(["plan", "--json", ...stack], { cwd: dir });
   expect(result.code, result.stderr).toBe(0);
   return JSON.parse(result.stdout) as PlanOutput;
 }
@@ -157,7 +161,7 @@ describe("kaos plan with a file system monitor", () => {
     expect(next.pipelines[0]!.keys).toEqual(walked.pipelines[0]!.keys);
   });
 
-  it("walks no tree after kaos up linked the data: the stat cache refreshed after the sweep keeps the monitor's token", async () => {
+  it("walks no tree after kaos up mounted the data for its job: nothing of the bundle moved", async () => {
     const p = project();
     const monitor = start(p.dir, ["monitor"]);
     await monitor.waitFor("file system monitor ready");
@@ -168,24 +172,37 @@ describe("kaos plan with a file system monitor", () => {
     expect(next.stats).toMatchObject({ trees: 2, monitoredTrees: 2, hashedFiles: 0 });
   });
 
-  it("walks a bundle a job changed through its linked data view, which no event of the bundle's folders tells", async () => {
+  it('walks no tree after kaos up linked the data: the stat cache refreshed after the sweep keeps the monitor\'s token (dataViews: "link")', async () => {
     const p = project();
+    p.write(LINK_STACK);
+    const monitor = start(p.dir, ["monitor"]);
+    await monitor.waitFor("file system monitor ready");
+    await plan(p.dir, LINKED);
+    const up = await runKaos(["up", ...LINKED], { cwd: p.dir });
+    expect(up.code, up.stderr).toBe(0);
+    const next = await plan(p.dir, LINKED);
+    expect(next.stats).toMatchObject({ trees: 2, monitoredTrees: 2, hashedFiles: 0 });
+  });
+
+  it('walks a bundle a job changed through its linked data view, which no event of the bundle\'s folders tells (dataViews: "link")', async () => {
+    const p = project();
+    p.write(LINK_STACK);
     // The data view holds hard links to the bundle's own files: the append lands in data/a.txt.
     p.write(under("src", trivialSourceBundle('#!/bin/sh\necho appended >> "$KAOS_DATA_DIR/a.txt"\necho trained > "$1/out.txt"\n')));
     const monitor = start(p.dir, ["monitor"]);
     await monitor.waitFor("file system monitor ready");
-    await plan(p.dir);
-    const before = await plan(p.dir);
+    await plan(p.dir, LINKED);
+    const before = await plan(p.dir, LINKED);
     expect(before.stats.monitoredTrees).toBe(2);
-    const up = await runKaos(["up"], { cwd: p.dir });
+    const up = await runKaos(["up", ...LINKED], { cwd: p.dir });
     expect(up.code).toBe(1);
     expect(up.stderr).toContain("the data changed while this job ran");
     expect(readFileSync(join(p.dir, "data/a.txt"), "utf8")).toBe("a\nappended\n");
-    const after = await plan(p.dir);
+    const after = await plan(p.dir, LINKED);
     expect(after.stats.monitoredTrees).toBe(1);
     expect(after.pipelines[0]!.keys.data).not.toBe(before.pipelines[0]!.keys.data);
     // Walked once, the bundle is trusted to the monitor again.
-    const next = await plan(p.dir);
+    const next = await plan(p.dir, LINKED);
     expect(next.stats).toMatchObject({ monitoredTrees: 2, hashedFiles: 0 });
     expect(next.pipelines[0]!.keys).toEqual(after.pipelines[0]!.keys);
   });

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { jobRows, killWhen, listTree } from "./helpers/faults.js";
 import { readMarks, trainingProject, type ListedJob } from "./helpers/jobs.js";
-import { runKaos, runKaosOk, startKaos, type Project } from "./helpers/rig.js";
+import { dataViewsStack, type Project, runKaos, runKaosOk, startKaos } from "./helpers/rig.js";
 import { taggedProjects } from "./helpers/tagged-projects.js";
 
 const tagged = taggedProjects("kaos-gc-");
@@ -31,6 +31,13 @@ function projectWithDataIn(dir: string, bigBytes: number): Project {
 }
 
 const env = (made: Project) => ({ ...tagged.env, KAOS_TEST_LOG: made.path("marks.log") });
+
+/** Gives `made` the stack `link`, whose data views are hardlinks (`dataViews: "link"`): to objects across devices, to the bundle's own files on one. */
+function withLinkStack(made: Project): Project {
+  made.write(dataViewsStack("link"));
+  return made;
+}
+const UP_LINKED = ["up", "--stack", "link"];
 
 function kaos(made: Project, ...args: string[]) {
   return runKaosOk(args, { cwd: made.dir, env: env(made) });
@@ -87,8 +94,8 @@ describe("kaos du", () => {
     // The data on another device than .kaos/: the view's files are links to objects.
     const shm = mkdtempSync("/dev/shm/kaos-du-");
     try {
-      const made = projectWithDataIn(shm, 256 * 1024);
-      await kaos(made, "up");
+      const made = withLinkStack(projectWithDataIn(shm, 256 * 1024));
+      await kaos(made, ...UP_LINKED);
       const usage = await kaosJson<DuJson>(made, "du");
       // The data view's files are links to objects: their bytes count once, under objects.
       const bigFile = 256 * 1024 * (4 / 3);
@@ -113,8 +120,8 @@ describe("kaos du", () => {
   });
 
   it("a data view linked to the bundle's own files: their bytes are the bundle's, told apart and not counted as kaos's", async () => {
-    const made = project({ grid: { score: [1, 2] }, extra: { "data/big.bin": randomBytes(256 * 1024).toString("base64") } });
-    await kaos(made, "up");
+    const made = withLinkStack(project({ grid: { score: [1, 2] }, extra: { "data/big.bin": randomBytes(256 * 1024).toString("base64") } }));
+    await kaos(made, ...UP_LINKED);
     const usage = await kaosJson<DuJson>(made, "du");
     const bigFile = 256 * 1024 * (4 / 3);
     expect(usage.kinds.objects!.bytes).toBeLessThan(bigFile / 4);
@@ -128,11 +135,11 @@ describe("kaos du", () => {
   });
 
   it("gc of a linked data view frees none of the bundle's bytes and leaves its files whole", async () => {
-    const made = project({ grid: { score: [1] }, extra: { "data/big.bin": randomBytes(64 * 1024).toString("base64") } });
+    const made = withLinkStack(project({ grid: { score: [1] }, extra: { "data/big.bin": randomBytes(64 * 1024).toString("base64") } }));
     const big = readFileSync(made.path("data/big.bin"));
-    await kaos(made, "up");
+    await kaos(made, ...UP_LINKED);
     writeFileSync(made.path("data/value.txt"), "v2");
-    await kaos(made, "up");
+    await kaos(made, ...UP_LINKED);
     // The first view links data/big.bin too: both views and the bundle share its inode.
     expect(statSync(made.path("data/big.bin")).nlink).toBe(3);
     const done = await kaosJson<GcJson>(made, "gc", "--yes", "--keep-runs", "0");
@@ -141,6 +148,26 @@ describe("kaos du", () => {
     expect(readFileSync(made.path("data/big.bin"))).toEqual(big);
     expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v2");
     expect(statSync(made.path("data/big.bin")).nlink).toBe(2);
+    const again = await kaosJson<{ pipelines: { jobs: { reused: boolean }[] }[] }>(made, ...UP_LINKED);
+    expect(again.pipelines[0]!.jobs.every((job) => job.reused)).toBe(true);
+  });
+
+  it("a data view mounted for its jobs holds nothing: du counts none of the data, and gc removes it leaving the bundle whole", async () => {
+    const made = project({ grid: { score: [1] }, extra: { "data/big.bin": randomBytes(64 * 1024).toString("base64") } });
+    const big = readFileSync(made.path("data/big.bin"));
+    await kaos(made, "up");
+    writeFileSync(made.path("data/value.txt"), "v2");
+    await kaos(made, "up");
+    expect(statSync(made.path("data/big.bin")).nlink).toBe(1);
+    const usage = await kaosJson<DuJson>(made, "du");
+    expect(usage.kinds.dataViews!.entries).toBe(2);
+    expect(usage.kinds.dataViews!.bytes).toBeLessThan(64 * 1024);
+    expect(usage.kinds.objects!.bytes).toBeLessThan(64 * 1024);
+    expect(usage.linkedBytes).toBe(0);
+    const done = await kaosJson<GcJson>(made, "gc", "--yes", "--keep-runs", "0");
+    expect(done.freed.dataViews.entries).toBe(1);
+    expect(readFileSync(made.path("data/big.bin"))).toEqual(big);
+    expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v2");
     const again = await kaosJson<{ pipelines: { jobs: { reused: boolean }[] }[] }>(made, "up");
     expect(again.pipelines[0]!.jobs.every((job) => job.reused)).toBe(true);
   });
@@ -193,11 +220,11 @@ describe("kaos gc", () => {
     // The data on another device than .kaos/: its views are links to objects, which go with them.
     const shm = mkdtempSync("/dev/shm/kaos-gc-");
     try {
-      const made = projectWithDataIn(shm, 64 * 1024);
-      await kaos(made, "up");
+      const made = withLinkStack(projectWithDataIn(shm, 64 * 1024));
+      await kaos(made, ...UP_LINKED);
       rmSync(join(shm, "big.bin"));
       writeFileSync(join(shm, "big.bin"), randomBytes(64 * 1024).toString("base64"));
-      await kaos(made, "up");
+      await kaos(made, ...UP_LINKED);
       // Everything gc may remove, each inode counted once; the state store changes size on its own.
       const held = () =>
         duOf(

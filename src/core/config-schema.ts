@@ -120,9 +120,9 @@ const stackSchema = z.discriminatedUnion(
         .optional(),
       maxMemory: memorySchema.optional(),
       dataViews: z
-        .enum(["link", "copy"], {
+        .enum(["mount", "link", "copy"], {
           error:
-            'expected "link" (a data bundle\'s own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files)',
+            'expected "mount" (a data bundle\'s own folder, mounted read-only for each job: nothing copied), "link" (its own files, linked: nothing copied) or "copy" (a copy kaos owns: jobs cannot change your files)',
         })
         .optional(),
     }),

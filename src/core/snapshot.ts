@@ -266,14 +266,31 @@ export function isMaterialized(dest: string): boolean {
 
 /** What a complete tree's marker holds when its files are links to a bundle's own files rather than to objects. */
 const LINKED_MARKER = "linked\n";
+/** What the marker holds when the tree is an empty folder its bundle is mounted at for each job (backends/local/mount-view.ts). */
+const MOUNTED_MARKER = "mounted\n";
 
-/** Whether the complete tree at `dest` links to a bundle's own files (laid out with `linkFrom`). */
-export function isLinkedView(dest: string): boolean {
+/**
+ * What the complete tree at `dest` is: objects laid out (`copy`), links to a
+ * bundle's own files (laid out with `linkFrom`), or a mount point; undefined
+ * when it is not complete.
+ */
+export function viewKind(dest: string): "copy" | "linked" | "mounted" | undefined {
+  if (!isMaterialized(dest)) return undefined;
   try {
-    return readFileSync(markerOf(dest), "utf8") === LINKED_MARKER;
+    const marker = readFileSync(markerOf(dest), "utf8");
+    return marker === LINKED_MARKER ? "linked" : marker === MOUNTED_MARKER ? "mounted" : "copy";
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+/** Makes `dest` the empty, read-only folder a bundle is mounted at, complete with its marker. */
+export function makeMountPoint(dest: string): void {
+  if (viewKind(dest) === "mounted") return;
+  if (existsSync(dest)) removeTree(dest);
+  mkdirSync(dirname(dest), { recursive: true });
+  mkdirSync(dest, { mode: 0o555 });
+  writeFileSync(markerOf(dest), MOUNTED_MARKER);
 }
 
 /** Errors of link(2) that say this file cannot be linked here, not that something is wrong. */

@@ -103,13 +103,17 @@ export interface LocalStack {
   maxMemory?: string;
   /**
    * How a local data bundle reaches its jobs where the file system has no
-   * clones (ext4): `link` (default) makes the view's files hardlinks to the
-   * bundle's own, so nothing is copied, and a job that writes them changes
-   * your files (it is found and failed); `copy` stores a copy in `.kaos/`
-   * first, so a job can only change kaos's copy. With clones (btrfs, XFS,
-   * APFS) both clone, isolated and without a copy.
+   * clones (ext4): `mount` (default) mounts the bundle's own folder read-only
+   * for each job in a mount namespace of its own, so nothing is copied or
+   * linked and a write into it is refused (where the machine allows no such
+   * namespace, or the folder holds files the bundle skips, it links);
+   * `link` makes the view's files hardlinks to the bundle's own, so nothing
+   * is copied, and a job that writes them changes your files (it is found
+   * and failed); `copy` stores a copy in `.kaos/` first, so a job can only
+   * change kaos's copy. With clones (btrfs, XFS, APFS) all clone, isolated
+   * and without a copy.
    */
-  dataViews?: "link" | "copy";
+  dataViews?: "mount" | "link" | "copy";
 }
 
 export interface Toleration {

@@ -132,11 +132,17 @@ export function trustProblems(projectDir: string): string[] {
   }
   // A laid-out tree is trusted when its marker `<dir>.complete` sits beside it; then it must hold what it was made of.
   // A view linked to the bundle's own files (its marker says "linked") is checked against the plan whenever it is used instead.
+  // A mount point (its marker says "mounted") holds nothing outside the jobs' namespaces.
   const snapshots = join(stateDir, "snapshots");
   for (const marker of safeList(snapshots).filter((name) => name.endsWith(".complete"))) {
-    if (readFileSync(join(snapshots, marker), "utf8") === "linked\n") continue;
+    const kind = readFileSync(join(snapshots, marker), "utf8");
+    if (kind === "linked\n") continue;
     const hash = marker.slice(0, -".complete".length);
     if (!existsSync(join(snapshots, hash))) continue;
+    if (kind === "mounted\n") {
+      if (safeList(join(snapshots, hash)).length > 0) problems.push(`mount point ${hash} is not empty`);
+      continue;
+    }
     const listing = join(stateDir, "trees", `${hash}.jsonl`);
     if (!existsSync(listing)) continue;
     for (const line of readFileSync(listing, "utf8").split("\n").filter(Boolean)) {

@@ -187,6 +187,17 @@ export function trivialSourceBundle(train: string, options: { requirements?: str
   };
 }
 
+/**
+ * A local stack named after how it lays out data views (`stacks/<kind>.ts`,
+ * picked with `--stack <kind>`): `link` makes them hardlinks (to the bundle's
+ * own files on its device, to objects across devices), `copy` copies kaos owns.
+ */
+export function dataViewsStack(kind: "link" | "copy"): FileMap {
+  return {
+    [`stacks/${kind}.ts`]: `import { defineStack } from "kaos-ml";\nexport default defineStack({ backend: "local", dataViews: "${kind}" });\n`,
+  };
+}
+
 /** Prefixes every path of a file map with a directory. */
 export function under(prefix: string, files: FileMap): FileMap {
   return Object.fromEntries(Object.entries(files).map(([path, spec]) => [`${prefix}/${path}`, spec]));

@@ -19,6 +19,14 @@
  * - `copy` (the bundle on another device, or where links are refused): the
  *   bundle is copied into the object store and the view links to the objects,
  *   as with `reflink` but at the cost of a copy.
+ *
+ * Where clones are not to be had and the machine lets kaos start a job in a
+ * mount namespace of its own (mount-view.ts), neither links nor a copy are
+ * made: the bundle's own folder is mounted read-only at the view for each job.
+ * It is checked as a linked view is (the bundle itself is sealed), and needs
+ * no same device. A bundle whose folder holds anything its tree does not (what
+ * the walk skips: `.git`, ignored files, an empty folder) is linked instead,
+ * since its jobs would see that too.
  */
 import { type BigIntStats, constants as fsConstants, copyFileSync, linkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -33,6 +41,13 @@ export type DataViewMode = "reflink" | "link" | "copy";
 
 /** The mode found for each pair of devices `bundle:store`, probed once per process. */
 const probed = new Map<string, DataViewMode>();
+/** Whether the store's file system clones files from the bundle's, for each pair of devices `bundle:store`. */
+const clonable = new Map<string, boolean>();
+
+function devicePair(objects: ObjectStore, tree: TreeHash): { key: string; bundleDevice: number } {
+  const bundleDevice = statSync(tree.root).dev;
+  return { key: `${bundleDevice}:${statSync(objects.tmpDir()).dev}`, bundleDevice };
+}
 
 /**
  * How the data bundle `tree` reaches a view under the object store's file
@@ -41,50 +56,65 @@ const probed = new Map<string, DataViewMode>();
  * one of the bundle's files.
  */
 export function dataViewMode(objects: ObjectStore, tree: TreeHash): DataViewMode {
-  const store = objects.tmpDir();
-  const bundleDevice = statSync(tree.root).dev;
-  const key = `${bundleDevice}:${statSync(store).dev}`;
+  const { key, bundleDevice } = devicePair(objects, tree);
   const known = probed.get(key);
   if (known !== undefined) return known;
-  const mode = probe(objects, tree, bundleDevice);
+  const mode = clonesFrom(objects, key, bundleDevice) ? "reflink" : probeLinks(objects, tree);
   probed.set(key, mode);
   return mode;
 }
 
-function probe(objects: ObjectStore, tree: TreeHash, bundleDevice: number): DataViewMode {
+/**
+ * Whether views of `tree` are clones (`reflink`), asked without linking any
+ * of the bundle's files, which would move their inode change times: a
+ * mounted bundle's stat cache stays true only if nothing touches them.
+ */
+export function clonesBundle(objects: ObjectStore, tree: TreeHash): boolean {
+  const { key, bundleDevice } = devicePair(objects, tree);
+  const known = probed.get(key);
+  return known !== undefined ? known === "reflink" : clonesFrom(objects, key, bundleDevice);
+}
+
+function clonesFrom(objects: ObjectStore, key: string, bundleDevice: number): boolean {
+  const known = clonable.get(key);
+  if (known !== undefined) return known;
   const sample = objects.tmpPath("probe");
   const clone = `${sample}.clone`;
+  let clones = false;
   try {
     writeFileSync(sample, "kaos clone probe\n");
-    try {
-      copyFileSync(sample, clone, fsConstants.COPYFILE_FICLONE_FORCE);
-      // A clone stays within one file system: a bundle elsewhere is copied in.
-      return statSync(sample).dev === bundleDevice ? "reflink" : "copy";
-    } catch {
-      // No clones here.
-    }
-    let file: TreeHash["files"][number] | undefined;
-    for (const candidate of filesOf(tree)) {
-      if (candidate.mode === "symlink") continue;
-      file = candidate;
-      break;
-    }
-    if (file === undefined) return "link";
-    const link = `${sample}.link`;
-    try {
-      linkSync(join(tree.root, file.path), link);
-      return "link";
-    } catch (error) {
-      const code = errnoCode(error);
-      if (code === "EXDEV" || code === "EPERM" || code === "EMLINK" || code === "ENOTSUP" || code === "EOPNOTSUPP") return "copy";
-      // The file went away or cannot be read: the plan's next step says so better than a probe can.
-      return "link";
-    } finally {
-      rmSync(link, { force: true });
-    }
+    copyFileSync(sample, clone, fsConstants.COPYFILE_FICLONE_FORCE);
+    // A clone stays within one file system: a bundle elsewhere is copied in.
+    clones = statSync(sample).dev === bundleDevice;
+  } catch {
+    // No clones here.
   } finally {
     rmSync(sample, { force: true });
     rmSync(clone, { force: true });
+  }
+  clonable.set(key, clones);
+  return clones;
+}
+
+function probeLinks(objects: ObjectStore, tree: TreeHash): DataViewMode {
+  let file: TreeHash["files"][number] | undefined;
+  for (const candidate of filesOf(tree)) {
+    if (candidate.mode === "symlink") continue;
+    file = candidate;
+    break;
+  }
+  if (file === undefined) return "link";
+  const link = `${objects.tmpPath("probe")}.link`;
+  try {
+    linkSync(join(tree.root, file.path), link);
+    return "link";
+  } catch (error) {
+    const code = errnoCode(error);
+    if (code === "EXDEV" || code === "EPERM" || code === "EMLINK" || code === "ENOTSUP" || code === "EOPNOTSUPP") return "copy";
+    // The file went away or cannot be read: the plan's next step says so better than a probe can.
+    return "link";
+  } finally {
+    rmSync(link, { force: true });
   }
 }
 
@@ -131,6 +161,13 @@ export interface LinkedSeal {
   pending: PendingStatCache | undefined;
 }
 
+/** Thrown from a seal's walk to end it at an entry a mounted bundle would show its jobs although no key names it. */
+class ExtraEntry extends Error {
+  constructor(readonly path: string) {
+    super(`${path} is not in the bundle's tree`);
+  }
+}
+
 /** How a tree file of a linked view was sealed (see `sealLinkedView`). */
 const NOT_SEALED = 0;
 /** Sealed as the inode, size, modification time and content its stat cache entry describes. */
@@ -166,9 +203,33 @@ export function sealLinkedView(
   cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   options: { laidOutNow: boolean; limit?: number },
-): LinkedSeal {
+): LinkedSeal;
+/**
+ * `bundleItself`: `dir` is the bundle's own folder (`tree.root`), to be
+ * mounted for its jobs (mount-view.ts). Nothing moved its files' change
+ * times, so no stat cache is pending; and since a job would see the whole
+ * folder, the first entry in it that is no file of the tree nor a folder on
+ * the way to one (what the walk skips, an empty folder) ends the seal: the
+ * bundle is then linked instead.
+ */
+export function sealLinkedView(
+  tree: TreeHash,
+  dir: string,
+  cache: StatCacheMap | undefined,
+  savedAt: bigint | undefined,
+  options: { laidOutNow: false; limit?: number; bundleItself: true },
+): LinkedSeal | { extra: string };
+export function sealLinkedView(
+  tree: TreeHash,
+  dir: string,
+  cache: StatCacheMap | undefined,
+  savedAt: bigint | undefined,
+  options: { laidOutNow: boolean; limit?: number; bundleItself?: boolean },
+): LinkedSeal | { extra: string } {
   const limit = options.limit ?? 5;
-  const settledBefore = nextClockTick(dirname(dir));
+  const bundleItself = options.bundleItself === true;
+  // The bundle's own folder is not kaos's to write a clock probe beside; nothing is pending there to settle.
+  const settledBefore = bundleItself ? 0n : nextClockTick(dirname(dir));
   const viewDevice = statSync(dir, { bigint: true }).dev;
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
@@ -197,15 +258,28 @@ export function sealLinkedView(
     met++;
     return current.value;
   };
+  /** Whether a tree file lies below the folder `relative` (files before it are passed over, as `meet` does). */
+  const onTheWay = (relative: string): boolean => {
+    const prefix = `${relative}/`;
+    while (!current.done && comparePaths(current.value.path, prefix) < 0) advance();
+    return !current.done && current.value.path.startsWith(prefix);
+  };
   const unverified: string[] = [];
   let updated = 0;
   let newestNs = 0n;
   let settled = true;
   const onStat = (relative: string, stat: BigIntStats | undefined): void => {
-    // Directories are no tree's files: a file of the tree found as one stays unsealed, and unverified.
-    if (relative === "" || stat?.isDirectory() === true) return;
+    if (relative === "") return;
+    if (stat?.isDirectory() === true) {
+      // Directories are no tree's files: a file of the tree found as one stays unsealed, and unverified.
+      if (bundleItself && !onTheWay(relative)) throw new ExtraEntry(relative);
+      return;
+    }
     const file = meet(relative);
-    if (file === undefined) return;
+    if (file === undefined) {
+      if (bundleItself && stat !== undefined) throw new ExtraEntry(relative);
+      return;
+    }
     const index = position;
     advance();
     // Found by its own position while the two agree: the search is one comparison.
@@ -240,7 +314,17 @@ export function sealLinkedView(
       if (position === at) advance();
     }
   }
-  const seal = sealTree(dir, { alsoWatch: tree.root, onStat, ...(options.laidOutNow ? { paths: treePaths() } : {}) });
+  let seal: Seal;
+  try {
+    seal = sealTree(dir, {
+      ...(bundleItself ? {} : { alsoWatch: tree.root }),
+      onStat,
+      ...(options.laidOutNow ? { paths: treePaths() } : {}),
+    });
+  } catch (error) {
+    if (error instanceof ExtraEntry) return { extra: error.path };
+    throw error;
+  }
   if (met < count) {
     let index = 0;
     for (const file of filesOf(tree)) {
@@ -250,7 +334,7 @@ export function sealLinkedView(
   }
   const found = { updated, newestNs, settled };
   // A view that does not check out is laid out again: no cache to take.
-  if (unverified.length > 0 || cache === undefined || savedAt === undefined || cache.size !== count)
+  if (bundleItself || unverified.length > 0 || cache === undefined || savedAt === undefined || cache.size !== count)
     return { seal, unverified, pending: undefined };
   const rows =
     (aligned && met === count ? changeTimesRows(columns!, sealedAs, changeTimes, fine, coarse) : undefined) ??

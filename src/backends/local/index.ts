@@ -44,14 +44,15 @@ import type { Reporter } from "../../core/events.js";
 import {
   checkSeal,
   markSealed,
+  makeMountPoint,
   materializeTree,
   namesIn,
   releaseSeal,
   removeTree,
   saveTreeListing,
   sealTree,
+  viewKind,
   storeTree,
-  isLinkedView,
   isMaterialized,
   writtenSinceSeal,
   type Seal,
@@ -60,6 +61,7 @@ import type { StatCacheEntry, TreeHash } from "../../core/hash.js";
 import type { StatCacheMap } from "../../core/stat-cache.js";
 import {
   type PendingStatCache,
+  clonesBundle,
   dataViewMode,
   holdsHash,
   pendingCacheTime,
@@ -68,6 +70,7 @@ import {
   sealLinkedView,
 } from "./data-view.js";
 import { removeTemporaries } from "./temporaries.js";
+import { mountNamespace, type MountNamespace } from "./mount-view.js";
 import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import type { SourceBundle } from "../../core/bundle.js";
@@ -117,17 +120,19 @@ interface DataView {
   seal: Seal;
   /** Content hash by path, to find the objects behind changed files. */
   hashes: { get(path: string): string | undefined };
-  /** The bundle whose own files the view's files are hardlinks to (see data-view.ts), when they are. */
+  /** The bundle whose own files the view's files are (hardlinks to them, or its folder mounted; see data-view.ts), when they are. */
   linkedTo: string | undefined;
+  /** How each job mounts `linkedTo` read-only at `dir` (mount-view.ts), when the view is a mount point; the seal is then the bundle's own. */
+  mount?: MountNamespace;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
   bundle?: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint; pending: PendingStatCache | undefined };
 }
 
 /**
- * Removes `spoiled` and every other data view under `parents` holding one of
- * `inodes` (hardlinks to the same changed object), so none is reused.
+ * Removes `spoiled` (when given) and every other data view under `parents`
+ * holding one of `inodes` (hardlinks to the same changed object), so none is reused.
  */
-function discardViews(parents: string[], spoiled: string, inodes: Set<string>): void {
+function discardViews(parents: string[], spoiled: string | undefined, inodes: Set<string>): void {
   const holds = (dir: string): boolean => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
       const path = join(dir, entry.name);
@@ -135,7 +140,7 @@ function discardViews(parents: string[], spoiled: string, inodes: Set<string>): 
     }
     return false;
   };
-  removeTree(spoiled);
+  if (spoiled !== undefined) removeTree(spoiled);
   if (inodes.size === 0) return;
   for (const parent of parents) {
     for (const name of namesIn(parent)) {
@@ -155,6 +160,8 @@ function dataWrittenReason(data: DataView, when: { written: string; changed: str
     return `KAOS_DATA_DIR was written to ${when.written} (${paths.join(", ")}); it is read-only: the data is laid out again on the next kaos up`;
   }
   const named = paths.map((path) => (path === "." ? data.linkedTo! : join(data.linkedTo!, path)));
+  if (data.mount !== undefined)
+    return `the data changed ${when.changed} (${named.join(", ")}): KAOS_DATA_DIR is the data bundle's own folder, mounted read-only for the job, so an edit of the bundle shows in it; the job did not train on the data its key names: check those files, the next kaos up hashes them again`;
   return `the data changed ${when.changed} (${named.join(", ")}): KAOS_DATA_DIR holds links to the data bundle's own files, so a write into it changes the bundle and an edit of the bundle shows in it; the job did not train on the data its key names: check those files, the next kaos up hashes them again`;
 }
 
@@ -377,8 +384,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       }
     }
     for (const view of views) {
-      // A linked view is checked against the plan's hashes before every sweep that uses it.
-      if (isLinkedView(view)) continue;
+      // A linked view is checked against the plan's hashes before every sweep that uses it; a mounted one was never writable.
+      if (viewKind(view) === "linked" || viewKind(view) === "mounted") continue;
       const written = writtenSinceSeal(view);
       if (written === undefined) continue;
       const spoiled = new Set<string>();
@@ -781,7 +788,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       knownDataDir === undefined && p.dataTree !== undefined
         ? await this.layOutDataBundle(p, p.dataTree)
         : { dir: knownDataDir!, seal: sealTree(knownDataDir!), hashes: this.dataHashes(p), linkedTo: undefined };
-    markSealed(data.seal);
+    // A mounted view's seal is the bundle's own folder, beside which kaos writes nothing; no job could write through the mount.
+    if (data.mount === undefined) markSealed(data.seal);
     await storeTree(this.objects, p.sourceTree, `pipelines.${name}.source`);
     const environment = environmentPath(this.envsDir, envKey);
     // One transaction for the whole sweep: a commit per record cost a 100,000-job sweep about 20 s before its first job.
@@ -903,18 +911,25 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const where = `pipelines.${p.pipeline.name}.data`;
     const dir = join(this.stateDir, "snapshots", tree.hash);
     const hashes = this.dataHashes(p);
-    const wanted = this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "link") : "link";
-    // A copy laid out earlier (by a stack that asks for copies) isolates at least as well as links: it is kept.
-    const keptCopy = isMaterialized(dir) && !isLinkedView(dir);
-    if (wanted === "copy" || keptCopy || dataViewMode(this.objects, tree) !== "link") {
+    const wanted = this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "mount") : "mount";
+    const kind = viewKind(dir);
+    const cache = this.state.readonly ? undefined : this.state.loadStatCache(tree.root);
+    const savedAt = this.state.readonly ? undefined : this.state.statCacheSavedAt(tree.root);
+    // A copy laid out earlier (by a stack that asks for copies) isolates at least as well as a mount: it is kept. Clones isolate better.
+    if (wanted === "mount" && kind !== "copy" && !clonesBundle(this.objects, tree)) {
+      const mount = mountNamespace(this.objects.tmpDir());
+      const view = mount === undefined ? undefined : this.mountedView(where, tree, dir, hashes, mount, cache, savedAt);
+      if (view !== undefined) return view;
+    }
+    const mode = wanted === "copy" || kind === "copy" ? "copy" : dataViewMode(this.objects, tree);
+    if (mode !== "link") {
       // A view linked to the bundle's files while they were on this device may hold edits since: not reused.
-      if (isLinkedView(dir)) removeTree(dir);
+      if (kind === "linked" || kind === "mounted") removeTree(dir);
       await storeTree(this.objects, tree, where);
       materializeTree(this.objects, tree, dir, { readonlyDirs: true });
       return { dir, seal: sealTree(dir), hashes, linkedTo: undefined };
     }
-    const cache = this.state.readonly ? undefined : this.state.loadStatCache(tree.root);
-    const savedAt = this.state.readonly ? undefined : this.state.statCacheSavedAt(tree.root);
+    if (kind === "mounted") removeTree(dir);
     for (let attempt = 0; ; attempt++) {
       const kept = existsSync(dir);
       const laidOutNow = !isMaterialized(dir);
@@ -926,16 +941,43 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       }
       releaseSeal(seal);
       removeTree(dir);
-      if (!kept || attempt > 0) {
-        // Edited after the plan, perhaps through the links of a view: the next plan walks it (see dataSpoiled).
-        this.state.forgetMonitorToken(tree.root);
-        throw new KaosError(
-          "IO",
-          `${where}: ${unverified.map((path) => join(tree.root, path)).join(", ")} changed after kaos hashed ${unverified.length === 1 ? "it" : "them"}, before any job ran`,
-          { hint: "rerun `kaos up`: the next plan hashes the new content" },
-        );
-      }
+      if (!kept || attempt > 0) throw this.changedSinceHashed(where, tree, unverified);
     }
+  }
+
+  /**
+   * The bundle's own folder, sealed and checked against what the plan hashed,
+   * to be mounted at `dir` for each job; undefined when the folder holds
+   * something its tree does not, which a mount would show (it is linked then).
+   */
+  private mountedView(
+    where: string,
+    tree: TreeHash,
+    dir: string,
+    hashes: DataView["hashes"],
+    mount: MountNamespace,
+    cache: StatCacheMap | undefined,
+    savedAt: bigint | undefined,
+  ): DataView | undefined {
+    const sealed = sealLinkedView(tree, tree.root, cache, savedAt, { laidOutNow: false, bundleItself: true });
+    if ("extra" in sealed) return undefined;
+    if (sealed.unverified.length > 0) {
+      releaseSeal(sealed.seal);
+      throw this.changedSinceHashed(where, tree, sealed.unverified);
+    }
+    makeMountPoint(dir);
+    return { dir, seal: sealed.seal, hashes, linkedTo: tree.root, mount };
+  }
+
+  /** The error for bundle files found changed after the plan hashed them, before any job ran. */
+  private changedSinceHashed(where: string, tree: TreeHash, unverified: readonly string[]): KaosError {
+    // Edited after the plan, perhaps through the links of a view: the next plan walks it (see dataSpoiled).
+    this.state.forgetMonitorToken(tree.root);
+    return new KaosError(
+      "IO",
+      `${where}: ${unverified.map((path) => join(tree.root, path)).join(", ")} changed after kaos hashed ${unverified.length === 1 ? "it" : "them"}, before any job ran`,
+      { hint: "rerun `kaos up`: the next plan hashes the new content" },
+    );
   }
 
   /**
@@ -1014,7 +1056,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         ? undefined
         : (path: string) => {
             const hash = data.hashes.get(path);
-            return hash !== undefined && holdsHash(join(data.dir, path), hash);
+            return hash !== undefined && holdsHash(join(data.seal.root, path), hash);
           };
     const changed = checkSeal(data.seal, 5, { ...options, confirm });
     if (changed.length === 0) return undefined;
@@ -1038,7 +1080,12 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
           // not stored
         }
       }
-      discardViews([join(this.stateDir, "snapshots"), join(this.stateDir, "data")], data.dir, inodes);
+      // A mount point holds nothing to distrust, and the sweep's other jobs may have the bundle mounted on it.
+      discardViews(
+        [join(this.stateDir, "snapshots"), join(this.stateDir, "data")],
+        data.mount === undefined ? data.dir : undefined,
+        inodes,
+      );
     }
     return changed;
   }
@@ -1197,9 +1244,13 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         return finish("failed", null, `not started: ${dataWrittenReason(context.data, when, seal.broken)}`);
       }
       const entriesMark = context.entries.mark();
+      const { mount, linkedTo } = context.data;
+      const launch =
+        mount !== undefined && linkedTo !== undefined
+          ? mount.wrap(linkedTo, context.data.dir, join(modelDir, "train"), [paths.out])
+          : { command: join(modelDir, "train"), args: [paths.out] };
       const current = spawnLogged({
-        command: join(modelDir, "train"),
-        args: [paths.out],
+        ...launch,
         cwd: modelDir,
         env,
         logFile: paths.log,
