@@ -550,11 +550,25 @@ export class SealStats implements Iterable<[string, string]> {
 
   /** Appends an entry as `stat` (undefined: it could not be stat'ed). */
   add(path: string, stat: BigIntStats | undefined): void {
+    this.record(this.append(path), stat);
+  }
+
+  /** Appends a regular file's entry as stat'ed earlier: its inode, size, modification and inode change time. */
+  addFile(path: string, ino: bigint, size: bigint, mtimeNs: bigint, ctimeNs: bigint): void {
+    const row = this.append(path);
+    this.types[row] = SEAL_FILE;
+    this.sizes[2 * row] = ino;
+    this.sizes[2 * row + 1] = size;
+    this.times[2 * row] = mtimeNs;
+    this.times[2 * row + 1] = ctimeNs;
+  }
+
+  private append(path: string): number {
     const row = this.paths.length;
     if (row === this.types.length) this.grow();
     this.paths.push(path);
     this.index?.set(path, row);
-    this.record(row, stat);
+    return row;
   }
 
   pathAt(row: number): string {
@@ -646,7 +660,7 @@ export class SealStats implements Iterable<[string, string]> {
 }
 
 /** Directory entries in the byte order of the paths they lead to: a directory's name sorts as if followed by its "/". */
-function inPathOrder(entries: Dirent[]): Dirent[] {
+export function inPathOrder(entries: Dirent[]): Dirent[] {
   const keyed = entries.map((entry) => ({ entry, key: entry.isDirectory() ? `${entry.name}/` : entry.name }));
   keyed.sort((left, right) => comparePaths(left.key, right.key));
   return keyed.map(({ entry }) => entry);
@@ -707,8 +721,13 @@ export function sealTree(
       record(prefix + relative, relative);
     }
   }
+  return sealOf(root, stats, lastChangeNs, options.alsoWatch);
+}
+
+/** The seal of the tree at `root` whose entries are `stats`, its directories watched (and those of `alsoWatch`; see `sealTree`). */
+export function sealOf(root: string, stats: SealStats, lastChangeNs: bigint, alsoWatch?: string): Seal {
   const seal: Seal = { root, stats, lastChangeNs, broken: undefined, watchers: undefined, stirred: false, resealed: 0 };
-  if (process.platform === "linux") seal.watchers = watchDirectories(seal, options.alsoWatch);
+  if (process.platform === "linux") seal.watchers = watchDirectories(seal, alsoWatch);
   return seal;
 }
 

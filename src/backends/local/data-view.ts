@@ -28,12 +28,13 @@
  * the walk skips: `.git`, ignored files, an empty folder) is linked instead,
  * since its jobs would see that too.
  */
-import { type BigIntStats, constants as fsConstants, copyFileSync, linkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { type BigIntStats, constants as fsConstants, copyFileSync, linkSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { lstatOrUndefined } from "../../core/disk.js";
 import { errnoCode } from "../../core/errors.js";
 import { fileCountOf, filesOf, type StatCacheEntry, type TreeFile, type TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
-import { nextClockTick, sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
+import { inPathOrder, nextClockTick, SealStats, sealOf, sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
 import type { StatCacheColumns, StatCacheMap } from "../../core/stat-cache.js";
 import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, comparePaths, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 
@@ -161,10 +162,59 @@ export interface LinkedSeal {
   pending: PendingStatCache | undefined;
 }
 
-/** Thrown from a seal's walk to end it at an entry a mounted bundle would show its jobs although no key names it. */
-class ExtraEntry extends Error {
-  constructor(readonly path: string) {
-    super(`${path} is not in the bundle's tree`);
+/**
+ * A tree's files in path order, met by the paths of a walk in path order too:
+ * each is found by walking both together, by position.
+ */
+class TreeCursor {
+  private readonly files: Iterator<TreeFile>;
+  private current: IteratorResult<TreeFile>;
+  /** The position in the tree of the file `next` is. */
+  position = 0;
+  /** How many files `meet` found. */
+  met = 0;
+
+  constructor(tree: TreeHash) {
+    this.files = filesOf(tree)[Symbol.iterator]();
+    this.current = this.files.next();
+  }
+
+  get next(): TreeFile | undefined {
+    return this.current.done ? undefined : this.current.value;
+  }
+
+  advance(): void {
+    this.current = this.files.next();
+    this.position++;
+  }
+
+  /** The tree file at `path`, passing over those before it (not found by the walk: left unmet). */
+  meet(path: string): TreeFile | undefined {
+    this.passOver(path);
+    const file = this.next;
+    if (file === undefined || file.path !== path) return undefined;
+    this.met++;
+    return file;
+  }
+
+  /** Whether a tree file lies below the folder `relative`, passing over those before it as `meet` does. */
+  leadsTo(relative: string): boolean {
+    const prefix = `${relative}/`;
+    this.passOver(prefix);
+    return this.next?.path.startsWith(prefix) === true;
+  }
+
+  private passOver(path: string): void {
+    while (!this.current.done && this.current.value.path !== path && comparePaths(this.current.value.path, path) < 0) this.advance();
+  }
+}
+
+/** The first `limit` files of `tree` not sealed (`sealedAs`), symlinks aside, after `unverified`. */
+function withUnsealed(tree: TreeHash, sealedAs: Uint8Array, unverified: string[], limit: number): void {
+  let index = 0;
+  for (const file of filesOf(tree)) {
+    if (unverified.length >= limit) break;
+    if (sealedAs[index++] === NOT_SEALED && file.mode !== "symlink") unverified.push(file.path);
   }
 }
 
@@ -203,33 +253,9 @@ export function sealLinkedView(
   cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   options: { laidOutNow: boolean; limit?: number },
-): LinkedSeal;
-/**
- * `bundleItself`: `dir` is the bundle's own folder (`tree.root`), to be
- * mounted for its jobs (mount-view.ts). Nothing moved its files' change
- * times, so no stat cache is pending; and since a job would see the whole
- * folder, the first entry in it that is no file of the tree nor a folder on
- * the way to one (what the walk skips, an empty folder) ends the seal: the
- * bundle is then linked instead.
- */
-export function sealLinkedView(
-  tree: TreeHash,
-  dir: string,
-  cache: StatCacheMap | undefined,
-  savedAt: bigint | undefined,
-  options: { laidOutNow: false; limit?: number; bundleItself: true },
-): LinkedSeal | { extra: string };
-export function sealLinkedView(
-  tree: TreeHash,
-  dir: string,
-  cache: StatCacheMap | undefined,
-  savedAt: bigint | undefined,
-  options: { laidOutNow: boolean; limit?: number; bundleItself?: boolean },
-): LinkedSeal | { extra: string } {
+): LinkedSeal {
   const limit = options.limit ?? 5;
-  const bundleItself = options.bundleItself === true;
-  // The bundle's own folder is not kaos's to write a clock probe beside; nothing is pending there to settle.
-  const settledBefore = bundleItself ? 0n : nextClockTick(dirname(dir));
+  const settledBefore = nextClockTick(dirname(dir));
   const viewDevice = statSync(dir, { bigint: true }).dev;
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
@@ -240,48 +266,18 @@ export function sealLinkedView(
   const changeTimes = new BigInt64Array(count);
   // Whether every tree file met so far is the cache row of its own position.
   let aligned = columns?.inPathOrder === true && columns.count === count;
-  let met = 0;
-  const files = filesOf(tree)[Symbol.iterator]();
-  let current = files.next();
-  let position = 0;
-  const advance = (): void => {
-    current = files.next();
-    position++;
-  };
-  /** The tree file at `path`, passing over those before it (not in the view: left unsealed). */
-  const meet = (path: string): TreeFile | undefined => {
-    if (current.done) return undefined;
-    if (current.value.path !== path) {
-      while (!current.done && comparePaths(current.value.path, path) < 0) advance();
-      if (current.done || current.value.path !== path) return undefined;
-    }
-    met++;
-    return current.value;
-  };
-  /** Whether a tree file lies below the folder `relative` (files before it are passed over, as `meet` does). */
-  const onTheWay = (relative: string): boolean => {
-    const prefix = `${relative}/`;
-    while (!current.done && comparePaths(current.value.path, prefix) < 0) advance();
-    return !current.done && current.value.path.startsWith(prefix);
-  };
+  const cursor = new TreeCursor(tree);
   const unverified: string[] = [];
   let updated = 0;
   let newestNs = 0n;
   let settled = true;
   const onStat = (relative: string, stat: BigIntStats | undefined): void => {
-    if (relative === "") return;
-    if (stat?.isDirectory() === true) {
-      // Directories are no tree's files: a file of the tree found as one stays unsealed, and unverified.
-      if (bundleItself && !onTheWay(relative)) throw new ExtraEntry(relative);
-      return;
-    }
-    const file = meet(relative);
-    if (file === undefined) {
-      if (bundleItself && stat !== undefined) throw new ExtraEntry(relative);
-      return;
-    }
-    const index = position;
-    advance();
+    // Directories are no tree's files: a file of the tree found as one stays unsealed, and unverified.
+    if (relative === "" || stat?.isDirectory() === true) return;
+    const file = cursor.meet(relative);
+    if (file === undefined) return;
+    const index = cursor.position;
+    cursor.advance();
     // Found by its own position while the two agree: the search is one comparison.
     const row = columns === undefined ? -1 : columns.find(file.path);
     if (aligned && row !== index) aligned = false;
@@ -307,39 +303,108 @@ export function sealLinkedView(
   };
   // Laid out now: the tree's own paths, taken from the same walk over its files that meets each stat.
   function* treePaths(): Generator<string> {
-    while (!current.done) {
-      const at = position;
-      yield current.value.path;
+    for (let file = cursor.next; file !== undefined; file = cursor.next) {
+      const at = cursor.position;
+      yield file.path;
       // Its stat was a directory's, or missing from the walk: on to the next file all the same.
-      if (position === at) advance();
+      if (cursor.position === at) cursor.advance();
     }
   }
-  let seal: Seal;
-  try {
-    seal = sealTree(dir, {
-      ...(bundleItself ? {} : { alsoWatch: tree.root }),
-      onStat,
-      ...(options.laidOutNow ? { paths: treePaths() } : {}),
-    });
-  } catch (error) {
-    if (error instanceof ExtraEntry) return { extra: error.path };
-    throw error;
-  }
-  if (met < count) {
-    let index = 0;
-    for (const file of filesOf(tree)) {
-      if (unverified.length >= limit) break;
-      if (sealedAs[index++] === NOT_SEALED && file.mode !== "symlink") unverified.push(file.path);
-    }
-  }
+  const seal = sealTree(dir, { alsoWatch: tree.root, onStat, ...(options.laidOutNow ? { paths: treePaths() } : {}) });
+  if (cursor.met < count) withUnsealed(tree, sealedAs, unverified, limit);
   const found = { updated, newestNs, settled };
   // A view that does not check out is laid out again: no cache to take.
-  if (bundleItself || unverified.length > 0 || cache === undefined || savedAt === undefined || cache.size !== count)
+  if (unverified.length > 0 || cache === undefined || savedAt === undefined || cache.size !== count)
     return { seal, unverified, pending: undefined };
   const rows =
-    (aligned && met === count ? changeTimesRows(columns!, sealedAs, changeTimes, fine, coarse) : undefined) ??
+    (aligned && cursor.met === count ? changeTimesRows(columns!, sealedAs, changeTimes, fine, coarse) : undefined) ??
     entriesRows(tree, sealedAs, changeTimes, cache, fine, coarse);
   return { seal, unverified, pending: rows === undefined ? undefined : { rows, ...found } };
+}
+
+/**
+ * Seals the bundle's own folder, to be mounted for its jobs (mount-view.ts),
+ * and checks it against what the plan hashed; or names the first entry in it
+ * that is no file of the tree nor a folder on the way to one (what the walk
+ * skips, an empty folder), which a job would see too: the bundle is linked
+ * then.
+ *
+ * Its folders are listed and stat'ed, its files are not: a file the plan's
+ * stat cache vouches for (the hashed content, on this device, outside the
+ * racy window) is sealed with the stat the plan found it with. Nothing moved
+ * any of them since unless their inode change time did, so any change since
+ * the plan is found by the first check of the seal that looks, as one after
+ * the seal would be. Any other file is stat'ed and read. Nothing is pending:
+ * a mount moves no change time.
+ */
+export function sealBundleFolder(
+  tree: TreeHash,
+  cache: StatCacheMap | undefined,
+  savedAt: bigint | undefined,
+  limit = 5,
+): LinkedSeal | { extra: string } {
+  const root = tree.root;
+  const device = statSync(root, { bigint: true }).dev;
+  const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
+  const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
+  const columns = savedAt === undefined ? undefined : cache?.columns();
+  const count = fileCountOf(tree);
+  const sealedAs = new Uint8Array(count);
+  const cursor = new TreeCursor(tree);
+  const stats = new SealStats();
+  const unverified: string[] = [];
+  let lastChangeNs = 0n;
+  const stat = (path: string, relative: string): BigIntStats | undefined => {
+    const found = lstatOrUndefined(path, { bigint: true });
+    if (found !== undefined && found.ctimeNs > lastChangeNs) lastChangeNs = found.ctimeNs;
+    if (found !== undefined || relative === "") stats.add(relative, found);
+    return found;
+  };
+  const vouchedFor = (file: TreeFile): StatCacheEntry | undefined => {
+    if (file.mode === "symlink" || savedAt === undefined) return undefined;
+    const row = columns === undefined ? -1 : columns.find(file.path);
+    const entry = columns !== undefined ? (row < 0 ? undefined : columns.peekAt(row)) : cache?.peek(file.path);
+    const trusted =
+      entry !== undefined &&
+      entry.hash === file.hash &&
+      entry.mode === file.mode &&
+      unsigned(entry.dev) === device &&
+      isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse);
+    return trusted ? entry : undefined;
+  };
+  /** The first entry below `dir` a mount would show although the tree has no such file, or undefined. */
+  const walk = (dir: string, prefix: string): string | undefined => {
+    for (const dirent of inPathOrder(readdirSync(dir, { withFileTypes: true }))) {
+      const relative = prefix === "" ? dirent.name : `${prefix}/${dirent.name}`;
+      const path = `${dir}/${dirent.name}`;
+      if (dirent.isDirectory()) {
+        if (!cursor.leadsTo(relative)) return relative;
+        stat(path, relative);
+        const extra = walk(path, relative);
+        if (extra !== undefined) return extra;
+        continue;
+      }
+      const file = cursor.meet(relative);
+      if (file === undefined) return relative;
+      sealedAs[cursor.position] = SEALED_OTHERWISE;
+      cursor.advance();
+      const entry = vouchedFor(file);
+      if (entry !== undefined) {
+        stats.addFile(relative, unsigned(entry.ino), BigInt(entry.size), entry.mtimeNs, entry.ctimeNs);
+        if (entry.ctimeNs > lastChangeNs) lastChangeNs = entry.ctimeNs;
+        continue;
+      }
+      const found = stat(path, relative);
+      if (file.mode === "symlink" || unverified.length >= limit) continue;
+      if (found === undefined || !found.isFile() || !holdsHash(path, file.hash)) unverified.push(file.path);
+    }
+    return undefined;
+  };
+  stat(root, "");
+  const extra = walk(root, "");
+  if (extra !== undefined) return { extra };
+  if (cursor.met < count) withUnsealed(tree, sealedAs, unverified, limit);
+  return { seal: sealOf(root, stats, lastChangeNs), unverified, pending: undefined };
 }
 
 /**

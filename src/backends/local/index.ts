@@ -67,6 +67,7 @@ import {
   pendingCacheTime,
   pendingStatCacheRows,
   refreshedStatCache,
+  sealBundleFolder,
   sealLinkedView,
 } from "./data-view.js";
 import { removeTemporaries } from "./temporaries.js";
@@ -354,6 +355,17 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
    * kaos on another machine sharing the project is writing stays too, unless
    * `staleOrigin` says that kaos has stopped.
    */
+  /** How the stack wants local data bundles to reach their jobs (see data-view.ts). */
+  private dataViews(): "mount" | "link" | "copy" {
+    return this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "mount") : "mount";
+  }
+
+  /** A mount namespace is probed while the plan hashes, when a local data bundle may be mounted. */
+  prepare(): void {
+    if (this.dataViews() !== "mount" || !Object.values(this.config.pipelines).some((pipeline) => pipeline.data.kind === "dir")) return;
+    void mountNamespace(this.objects.tmpPath("mount-probe"));
+  }
+
   async recoverAfterCrash(interrupted: readonly JobRecord[], options: { staleOrigin?: string } = {}): Promise<CrashRecovery> {
     await stopOrphanedJobs(interrupted.map((job) => job.id));
     const { staleOrigin } = options;
@@ -833,7 +845,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const ids = new Set(records.map((record) => record.id));
     const entries = new StateEntries(this.stateDir, (id) => ids.has(id) || this.state.getJob(id) !== undefined);
     try {
-      results = await Promise.all(
+      const sweepDone = Promise.all(
         records.map(async (record) => {
           const result = await this.runTrainJob(record, p, { environment, data, entries, pool, options });
           // Pipelines waiting on this key go on as soon as it is done, not when the whole sweep is.
@@ -842,6 +854,15 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
           return result;
         }),
       );
+      // Once the first jobs started, while they run: a listing is named by its tree and never changes, so the next
+      // plan's diff can use it whatever the sweep's outcome. One that cannot be written now is written by recordApplied.
+      await new Promise((resolve) => setImmediate(resolve));
+      try {
+        this.saveListings(p);
+      } catch {
+        // told by recordApplied
+      }
+      results = await sweepDone;
       // A job of the sweep may have written into another's sealed results: those are not trusted.
       const tampered: { id: string; problem: string }[] = [];
       for (const [index, record] of records.entries()) {
@@ -911,13 +932,13 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const where = `pipelines.${p.pipeline.name}.data`;
     const dir = join(this.stateDir, "snapshots", tree.hash);
     const hashes = this.dataHashes(p);
-    const wanted = this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "mount") : "mount";
+    const wanted = this.dataViews();
     const kind = viewKind(dir);
     const cache = this.state.readonly ? undefined : this.state.loadStatCache(tree.root);
     const savedAt = this.state.readonly ? undefined : this.state.statCacheSavedAt(tree.root);
     // A copy laid out earlier (by a stack that asks for copies) isolates at least as well as a mount: it is kept. Clones isolate better.
     if (wanted === "mount" && kind !== "copy" && !clonesBundle(this.objects, tree)) {
-      const mount = mountNamespace(this.objects.tmpDir());
+      const mount = await mountNamespace(this.objects.tmpPath("mount-probe"));
       const view = mount === undefined ? undefined : this.mountedView(where, tree, dir, hashes, mount, cache, savedAt);
       if (view !== undefined) return view;
     }
@@ -959,7 +980,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     cache: StatCacheMap | undefined,
     savedAt: bigint | undefined,
   ): DataView | undefined {
-    const sealed = sealLinkedView(tree, tree.root, cache, savedAt, { laidOutNow: false, bundleItself: true });
+    const sealed = sealBundleFolder(tree, cache, savedAt);
     if ("extra" in sealed) return undefined;
     if (sealed.unverified.length > 0) {
       releaseSeal(sealed.seal);
@@ -1113,10 +1134,15 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return job === undefined ? undefined : endedReason(job);
   }
 
-  /** Remembers what was applied, with the trees' listings for the next plan's diff. */
-  private recordApplied(p: PipelinePlan, dataKey: string | null): void {
+  /** The listings of a pipeline's trees, which the next plan diffs against once they are applied (each written once). */
+  private saveListings(p: PipelinePlan): void {
     saveTreeListing(this.stateDir, p.sourceTree);
     if (p.dataTree) saveTreeListing(this.stateDir, p.dataTree);
+  }
+
+  /** Remembers what was applied, with the trees' listings for the next plan's diff. */
+  private recordApplied(p: PipelinePlan, dataKey: string | null): void {
+    this.saveListings(p);
     this.state.updateApplied(this.stack.name, (applied) => {
       applied[p.pipeline.name] = appliedOf(p, dataKey);
     });

@@ -14,7 +14,7 @@
  * kaos. Where neither works (no util-linux, user namespaces turned off, a
  * container without the capability), data views are hardlinks as before.
  */
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { accessSync, constants as fsConstants, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { delimiter, join } from "node:path";
 
@@ -34,16 +34,20 @@ export const MOUNT_FAILED_EXIT = 125;
  */
 const MOUNT_SCRIPT = `m=$1 s=$2 t=$3; shift 3; "$m" --bind -o ro -- "$s" "$t" || { echo "kaos: cannot mount the data bundle $s read-only at $t (exit status ${MOUNT_FAILED_EXIT}); set dataViews: \\"link\\" in the stack to use hardlinks instead" >&2; exit ${MOUNT_FAILED_EXIT}; }; exec "$@"`;
 
-let probed: MountNamespace | null | undefined;
+let probed: Promise<MountNamespace | undefined> | undefined;
 
 /**
  * How this machine runs a job in a mount namespace of its own, probed once per
- * process with a real mount under `scratch` (a folder kaos owns); undefined
- * where it cannot.
+ * process with a real mount in `probeDir` (a fresh name in a folder kaos owns,
+ * removed after); undefined where it cannot. Asked early
+ * (`LocalBackend.prepare`), the probe runs while the plan hashes.
  */
-export function mountNamespace(scratch: string): MountNamespace | undefined {
-  if (probed !== undefined) return probed ?? undefined;
-  probed = null;
+export function mountNamespace(probeDir: string): Promise<MountNamespace | undefined> {
+  probed ??= probe(probeDir);
+  return probed;
+}
+
+async function probe(probeDir: string): Promise<MountNamespace | undefined> {
   if (process.platform !== "linux") return undefined;
   const unshare = findProgram("unshare");
   const mount = findProgram("mount");
@@ -58,12 +62,7 @@ export function mountNamespace(scratch: string): MountNamespace | undefined {
     const ownIds = [unshare, "--user", `--map-user=${uid}`, `--map-group=${gid}`, "--"];
     candidates.push(namespaceOf(unshare, ["--user", "--map-root-user", "--mount"], mount, shell, ownIds));
   }
-  for (const candidate of candidates) {
-    if (works(candidate, scratch, shell, uid)) {
-      probed = candidate;
-      return candidate;
-    }
-  }
+  for (const candidate of candidates) if (await works(candidate, probeDir, shell, uid)) return candidate;
   return undefined;
 }
 
@@ -77,8 +76,7 @@ function namespaceOf(unshare: string, options: string[], mount: string, shell: s
 }
 
 /** Whether `namespace` shows a folder read-only, as the caller's own uid, and refuses a write into it. */
-function works(namespace: MountNamespace, scratch: string, shell: string, uid: number): boolean {
-  const root = join(scratch, `mount-probe-${process.pid}`);
+async function works(namespace: MountNamespace, root: string, shell: string, uid: number): Promise<boolean> {
   const source = join(root, "source");
   const target = join(root, "target");
   try {
@@ -87,8 +85,11 @@ function works(namespace: MountNamespace, scratch: string, shell: string, uid: n
     writeFileSync(join(source, "probe"), "kaos mount probe\n");
     const check = `test -f "$1/probe" && test "$(id -u)" = "$2" && ! (: > "$1/written") 2>/dev/null`;
     const { command, args } = namespace.wrap(source, target, shell, ["-c", check, "kaos-mount-probe", target, String(uid)]);
-    const result = spawnSync(command, args, { stdio: "ignore", timeout: 10_000 });
-    return result.status === 0;
+    return await new Promise<boolean>((resolve) => {
+      const child = spawn(command, args, { stdio: "ignore", timeout: 10_000 });
+      child.on("error", () => resolve(false));
+      child.on("exit", (code) => resolve(code === 0));
+    });
   } catch {
     return false;
   } finally {
