@@ -1,6 +1,7 @@
 import {
   appendFileSync,
   chmodSync,
+  linkSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -14,8 +15,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { differingRowsInThreads, hashTree } from "../src/core/hash.js";
 import {
   checkSeal,
+  checkSealEveryStat,
   markSealed,
   releaseSeal,
   removeAbandonedTemporaries,
@@ -137,6 +140,48 @@ describe("data view seals", () => {
     releaseSeal(compared);
     writeFileSync(join(root, "a", "b", "deep.txt"), "DEEP");
     expect(checkSeal(compared)).toEqual(["a/b/deep.txt"]);
+  });
+});
+
+describe("a sweep's last check of every stat of a big seal, shared with a hashing thread", () => {
+  it("finds what changed in either half, vouches for a file whose content is confirmed, and finds what the thread's share holds", async () => {
+    const files = 6000;
+    for (let index = 0; index < files; index++) writeFileSync(join(root, `f${String(index).padStart(5, "0")}.txt`), String(index));
+    // A walk of this many files leaves the hashing threads started and idle.
+    await hashTree(root);
+    const sealed = seal();
+    releaseSeal(sealed);
+    const size = sealed.stats.size;
+    const shared = await differingRowsInThreads(sealed.root, size, (from, to) => sealed.stats.rows(from, to));
+    expect(shared).toEqual([]);
+    // One change in the calling thread's half, one in the thread's, and a file only linked elsewhere (its inode change time moved).
+    writeFileSync(join(root, "f00010.txt"), "changed");
+    writeFileSync(join(root, "f05990.txt"), "changed too");
+    const linked = join(root, "f03000.txt");
+    const link = `${root}.link`;
+    linkSync(linked, link);
+    unlinkSync(link);
+    const differing = await differingRowsInThreads(sealed.root, size, (from, to) => sealed.stats.rows(from, to));
+    expect(differing?.map((row) => sealed.stats.pathAt(row)).sort()).toEqual(["f00010.txt", "f03000.txt", "f05990.txt"]);
+    const confirmed: string[] = [];
+    const changed = await checkSealEveryStat(sealed, 5, {
+      confirm: (path) => {
+        confirmed.push(path);
+        return path === "f03000.txt";
+      },
+    });
+    expect(changed).toEqual(["f00010.txt", "f05990.txt"]);
+    expect(confirmed).toEqual(["f03000.txt"]);
+    expect(sealed.broken).toEqual(["f00010.txt", "f05990.txt"]);
+    expect(sealed.resealed).toBe(1);
+  });
+
+  it("a small seal is checked by the calling thread alone, as checkSeal does", async () => {
+    const sealed = seal();
+    releaseSeal(sealed);
+    expect(await differingRowsInThreads(sealed.root, sealed.stats.size, (from, to) => sealed.stats.rows(from, to))).toBeUndefined();
+    writeFileSync(join(root, "a", "b", "deep.txt"), "DEEP");
+    expect(await checkSealEveryStat(sealed)).toEqual(["a/b/deep.txt"]);
   });
 });
 

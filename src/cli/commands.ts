@@ -62,11 +62,6 @@ async function startHashing(): Promise<void> {
   startHashWorkers();
 }
 
-async function stopHashing(): Promise<void> {
-  const { stopHashWorkers } = await engine();
-  await stopHashWorkers();
-}
-
 interface Common {
   config?: string;
 }
@@ -159,8 +154,6 @@ async function runApply(
       onPlan: (plan) => {
         planning = false;
         if (!options.json && !plan.changes) reporter.event({ kind: "note", message: "nothing to do: every stage and job is up to date" });
-        // Hashing is over for this run: a smaller process forks every job faster.
-        void stopHashing();
       },
     });
     reporter.close();

@@ -7,7 +7,7 @@
  */
 export { checkInputs, openSession } from "../core/engine.js";
 export { createBackend } from "../backends/index.js";
-export { startHashWorkers, startHashWorkersFor, stopHashWorkers } from "../core/hash.js";
+export { startHashWorkers, startHashWorkersFor } from "../core/hash.js";
 export { prefetchPython } from "../backends/local/python.js";
 export { largestStatCache } from "../core/state.js";
 export { formatPlan, planJson } from "../core/plan.js";

@@ -67,8 +67,6 @@ export interface JobRunner {
    * its lock was broken, so it is known to have stopped.
    */
   recoverAfterCrash(interrupted: readonly JobRecord[], options?: { staleOrigin?: string }): Promise<CrashRecovery>;
-  /** Starts what running a plan will need and is slow to find out (a probe of the machine), so that it overlaps the plan. */
-  prepare?(): void;
   /** Refuses a plan this machine cannot run (a job wanting more CPUs than there are). */
   checkResources(plan: Plan): void;
   execute(options: ExecuteOptions): Promise<ExecuteResult>;

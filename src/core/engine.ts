@@ -205,7 +205,6 @@ export async function apply(
     // clear what it was writing when it died, and distrust what they wrote unwatched
     // (those `kaos train kill` stopped since, too).
     await runner.recoverAfterCrash([...interrupted, ...cancelled]);
-    runner.prepare?.();
     options.onPlanning?.();
     const current = await buildSessionPlan(session, session.backend, {
       force: options.force,

@@ -1,10 +1,10 @@
 /**
- * The entry point of hash.ts's worker threads: it answers walk and hash
- * requests with tree-walk.ts, transferring the typed arrays of a walk back
- * rather than copying them.
+ * The entry point of hash.ts's worker threads: it answers walk, hash and
+ * seal check requests with tree-walk.ts, transferring the typed arrays of a
+ * walk back rather than copying them.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { HASH_WORKER_MARK, WORKER_READY, runHashJob, runWalk, type WorkerRequest, type WorkerResult } from "./tree-walk.js";
+import { HASH_WORKER_MARK, WORKER_READY, runRequest, type WorkerRequest, type WorkerResult } from "./tree-walk.js";
 
 function transferList(result: WorkerResult): ArrayBuffer[] {
   if (result.kind !== "walk") return [];
@@ -16,7 +16,7 @@ function transferList(result: WorkerResult): ArrayBuffer[] {
 if (parentPort !== null && workerData === HASH_WORKER_MARK) {
   const port = parentPort;
   port.on("message", (request: WorkerRequest) => {
-    const result = request.kind === "walk" ? runWalk(request) : runHashJob(request);
+    const result = runRequest(request);
     port.postMessage(result, transferList(result));
   });
   port.postMessage(WORKER_READY);

@@ -129,10 +129,10 @@ import {
   hashRegularFile,
   isEditorFile,
   rulesFor,
-  runHashJob,
-  runWalk,
+  runRequest,
   searchSortedRows,
 } from "./tree-walk.js";
+import { differingRows, type SealRows } from "./seal-stats.js";
 
 export interface TreeFile {
   /** POSIX relative path inside the bundle, '/' separated. */
@@ -422,7 +422,7 @@ function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<Worke
       setImmediate(() => {
         member.pending.delete(request.id);
         try {
-          resolve(request.kind === "walk" ? runWalk(request) : runHashJob(request));
+          resolve(runRequest(request));
         } catch (error) {
           reject(error);
         }
@@ -432,6 +432,31 @@ function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<Worke
     thread.ref();
     thread.postMessage(request);
   });
+}
+
+/** Seals of fewer rows are checked by the calling thread alone: a thread's share would cost more to send than to stat. */
+export const THREADED_CHECK_ROWS = 4096;
+
+/**
+ * The rows of a seal (`rows` of the tree at `root`) whose entry is not now as
+ * sealed, found by the calling thread and a hashing thread with nothing to do,
+ * each stat'ing half: checking every stat of a big data view is one lstat per
+ * file. Undefined when the seal is small or no thread is idle.
+ */
+export async function differingRowsInThreads(
+  root: string,
+  size: number,
+  rows: (from: number, to: number) => SealRows,
+): Promise<number[] | undefined> {
+  if (size < THREADED_CHECK_ROWS) return undefined;
+  const idle = pool.find((member) => member.ready && member.thread !== undefined && member.pending.size === 0);
+  if (idle === undefined) return undefined;
+  const half = Math.floor(size / 2);
+  const theirs = sendToWorker(idle, { kind: "stat", id: nextRequestId++, root, ...rows(half, size) });
+  const ours = differingRows(root, rows(0, half));
+  const result = await theirs;
+  if (result.kind !== "stat") throw new Error(`a hashing thread answered a seal check with a ${result.kind} result`);
+  return [...ours, ...result.differing.map((row) => row + half)];
 }
 
 /** Stops the worker threads (they are restarted on demand); for tests and long-lived hosts. */

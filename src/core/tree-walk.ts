@@ -23,6 +23,7 @@
 import { createHash, hash as oneShotHash } from "node:crypto";
 import type { BigIntStats, Dirent } from "node:fs";
 import { createRequire } from "node:module";
+import { runStatCheck, type StatCheckRequest, type StatCheckResult } from "./seal-stats.js";
 import type { Ignore } from "ignore";
 
 // The module itself rather than its ES module facade, whose making reads every
@@ -194,8 +195,13 @@ export interface WorkerFileError {
 /** What a worker thread posts once, when its start-up is over and it takes requests. */
 export const WORKER_READY = "ready";
 
-export type WorkerRequest = WalkRequest | HashJobRequest;
-export type WorkerResult = WalkResult | HashJobResult;
+export type WorkerRequest = WalkRequest | HashJobRequest | StatCheckRequest;
+export type WorkerResult = WalkResult | HashJobResult | StatCheckResult;
+
+/** What a thread does with `request`. */
+export function runRequest(request: WorkerRequest): WorkerResult {
+  return request.kind === "walk" ? runWalk(request) : request.kind === "hash" ? runHashJob(request) : runStatCheck(request);
+}
 
 const BUFFER_BYTES = 1 << 20;
 let reusedBuffer: Buffer | undefined;

@@ -34,7 +34,8 @@ import { lstatOrUndefined } from "../../core/disk.js";
 import { errnoCode } from "../../core/errors.js";
 import { fileCountOf, filesOf, type StatCacheEntry, type TreeFile, type TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
-import { inPathOrder, nextClockTick, SealStats, sealOf, sealTree, sealedFileStat, type Seal } from "../../core/snapshot.js";
+import { SealStats, sealedFileStat } from "../../core/seal-stats.js";
+import { inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
 import type { StatCacheColumns, StatCacheMap } from "../../core/stat-cache.js";
 import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, comparePaths, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 

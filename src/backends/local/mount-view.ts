@@ -39,8 +39,8 @@ let probed: Promise<MountNamespace | undefined> | undefined;
 /**
  * How this machine runs a job in a mount namespace of its own, probed once per
  * process with a real mount in `probeDir` (a fresh name in a folder kaos owns,
- * removed after); undefined where it cannot. Asked early
- * (`LocalBackend.prepare`), the probe runs while the plan hashes.
+ * removed after); undefined where it cannot. Asked as a run starts
+ * (`LocalBackend.execute`), the probe runs while the run does other work.
  */
 export function mountNamespace(probeDir: string): Promise<MountNamespace | undefined> {
   probed ??= probe(probeDir);
