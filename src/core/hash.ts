@@ -434,8 +434,15 @@ function sendToWorker(member: PoolWorker, request: WorkerRequest): Promise<Worke
   });
 }
 
-/** Seals of fewer rows are checked by the calling thread alone: a thread's share would cost more to send than to stat. */
+/**
+ * Seals of fewer rows are checked by the calling thread alone: a thread's
+ * share would cost more to send than to stat. Nor are seals of more than
+ * `THREADED_CHECK_MAX_ROWS`: the copy of the share and the threads' heaps,
+ * kept past the plan for it, would cost a million-file run more memory than it
+ * has to spare.
+ */
 export const THREADED_CHECK_ROWS = 4096;
+export const THREADED_CHECK_MAX_ROWS = 250_000;
 
 /**
  * The rows of a seal (`rows` of the tree at `root`) whose entry is not now as
@@ -448,7 +455,7 @@ export async function differingRowsInThreads(
   size: number,
   rows: (from: number, to: number) => SealRows,
 ): Promise<number[] | undefined> {
-  if (size < THREADED_CHECK_ROWS) return undefined;
+  if (size < THREADED_CHECK_ROWS || size > THREADED_CHECK_MAX_ROWS) return undefined;
   const idle = pool.find((member) => member.ready && member.thread !== undefined && member.pending.size === 0);
   if (idle === undefined) return undefined;
   const half = Math.floor(size / 2);

@@ -13,7 +13,7 @@ import { delimiter, join } from "node:path";
 import { parseMemory } from "../../core/config.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { canonicalJson } from "../../core/hyperparams.js";
-import { THREADED_CHECK_ROWS, fileCountOf, hashFile, stopHashWorkers, treeHashLookup } from "../../core/hash.js";
+import { THREADED_CHECK_MAX_ROWS, THREADED_CHECK_ROWS, fileCountOf, hashFile, stopHashWorkers, treeHashLookup } from "../../core/hash.js";
 import { readLock } from "../../core/manifest.js";
 import { jobPaths, stateDirOf } from "../../core/layout.js";
 import { ObjectStore } from "../../core/objects.js";
@@ -194,7 +194,7 @@ function sharesLastCheckWithThreads(plan: Plan): boolean {
   return plan.pipelines.some((p) => {
     const files = p.dataTree === undefined ? 0 : fileCountOf(p.dataTree);
     const jobs = p.jobs.filter((job) => job.action === "run").length;
-    return jobs > 0 && files >= THREADED_CHECK_ROWS && files >= 150 * jobs;
+    return jobs > 0 && files >= THREADED_CHECK_ROWS && files <= THREADED_CHECK_MAX_ROWS && files >= 150 * jobs;
   });
 }
 
@@ -372,6 +372,11 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     return runtime;
   }
 
+  /** How the stack wants local data bundles to reach their jobs (see data-view.ts). */
+  private dataViews(): "mount" | "link" | "copy" {
+    return this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "mount") : "mount";
+  }
+
   /**
    * After a kaos died with `interrupted` jobs: stops their processes, clears what
    * writers killed mid-way left in `.kaos/` (half-laid-out data views and
@@ -382,11 +387,6 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
    * kaos on another machine sharing the project is writing stays too, unless
    * `staleOrigin` says that kaos has stopped.
    */
-  /** How the stack wants local data bundles to reach their jobs (see data-view.ts). */
-  private dataViews(): "mount" | "link" | "copy" {
-    return this.stack.config.backend === "local" ? (this.stack.config.dataViews ?? "mount") : "mount";
-  }
-
   async recoverAfterCrash(interrupted: readonly JobRecord[], options: { staleOrigin?: string } = {}): Promise<CrashRecovery> {
     await stopOrphanedJobs(interrupted.map((job) => job.id));
     const { staleOrigin } = options;
@@ -418,7 +418,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     }
     for (const view of views) {
       // A linked view is checked against the plan's hashes before every sweep that uses it; a mounted one was never writable.
-      if (viewKind(view) === "linked" || viewKind(view) === "mounted") continue;
+      const kind = viewKind(view);
+      if (kind === "linked" || kind === "mounted") continue;
       const written = writtenSinceSeal(view);
       if (written === undefined) continue;
       const spoiled = new Set<string>();
