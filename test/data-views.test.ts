@@ -61,6 +61,26 @@ function trainReasons(made: Project): (string | null)[] {
     .map((row) => row.reason);
 }
 
+/**
+ * Runs `kaos <args>` on a project whose job waits until told, edits the
+ * bundle's value.txt meanwhile (same size, its modification time set back),
+ * then lets the job read it and finish.
+ */
+async function editWhileTheJobRuns(args: string[]): Promise<{ made: Project; value: string; code: number | null }> {
+  const train = `#!/bin/sh\necho started > "$KAOS_TEST_STARTED"\nread go < "$KAOS_TEST_FIFO"\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
+  const made = project(train, { "value.txt": "v1" });
+  const fifo = made.path("go.fifo");
+  execFileSync("mkfifo", [fifo]);
+  const running = runKaos(args, { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
+  await fileContent(made.path("started"));
+  const value = made.path("data", "value.txt");
+  const before = statSync(value);
+  writeFileSync(value, "V2");
+  utimesSync(value, before.atime, before.mtime);
+  writeFileSync(fifo, "go\n");
+  return { made, value, code: (await running).code };
+}
+
 /** A job that reports what its data view shows and who it runs as. */
 const READS_ITS_VIEW = [
   "#!/bin/sh",
@@ -118,19 +138,8 @@ describe("data views mounted read-only for each job (the default where a mount n
   }, 60_000);
 
   it("an edit of the bundle while a job runs, same size and its modification time set back, fails the job naming the file", async () => {
-    const train = `#!/bin/sh\necho started > "$KAOS_TEST_STARTED"\nread go < "$KAOS_TEST_FIFO"\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
-    const made = project(train, { "value.txt": "v1" });
-    const fifo = made.path("go.fifo");
-    execFileSync("mkfifo", [fifo]);
-    const running = runKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
-    await fileContent(made.path("started"));
-    const value = made.path("data", "value.txt");
-    const before = statSync(value);
-    writeFileSync(value, "V2");
-    utimesSync(value, before.atime, before.mtime);
-    writeFileSync(fifo, "go\n");
-    const result = await running;
-    expect(result.code).toBe(1);
+    const { made, value, code } = await editWhileTheJobRuns(["up"]);
+    expect(code).toBe(1);
     const [reason] = trainReasons(made);
     expect(reason).toBe(
       `the data changed while this job ran (${value}): KAOS_DATA_DIR is the data bundle's own folder, mounted read-only for the job, so an edit of the bundle shows in it; the job did not train on the data its key names: check those files, the next kaos up hashes them again`,
@@ -225,19 +234,8 @@ describe('data views on a file system with hardlinks and no clones (dataViews: "
   }, 60_000);
 
   it("an edit of the bundle while a job runs, same size and its modification time set back, fails the job", async () => {
-    const train = `#!/bin/sh\necho started > "$KAOS_TEST_STARTED"\nread go < "$KAOS_TEST_FIFO"\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
-    const made = project(train, { "value.txt": "v1" });
-    const fifo = made.path("go.fifo");
-    execFileSync("mkfifo", [fifo]);
-    const running = runKaos(["up", ...LINK], { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
-    await fileContent(made.path("started"));
-    const value = made.path("data", "value.txt");
-    const before = statSync(value);
-    writeFileSync(value, "V2");
-    utimesSync(value, before.atime, before.mtime);
-    writeFileSync(fifo, "go\n");
-    const result = await running;
-    expect(result.code).toBe(1);
+    const { made, value, code } = await editWhileTheJobRuns(["up", ...LINK]);
+    expect(code).toBe(1);
     const [reason] = trainReasons(made);
     expect(reason).toMatch(
       new RegExp(`^the data changed (while this job ran|during this sweep) \\(${value.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}\\)`),

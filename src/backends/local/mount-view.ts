@@ -15,8 +15,9 @@
  * container without the capability), data views are hardlinks as before.
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants as fsConstants, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { delimiter, join } from "node:path";
+import { which } from "./python.js";
 
 /** How a job is started inside a mount namespace holding its data view. */
 export interface MountNamespace {
@@ -97,18 +98,8 @@ async function works(namespace: MountNamespace, root: string, shell: string, uid
   }
 }
 
-/** The first executable `name` on PATH or in the system folders, by absolute path. */
+/** The first executable `name` on PATH or in the system folders, by absolute path: a job's PATH starts with its environment's. */
 function findProgram(name: string): string | undefined {
   const folders = [...(process.env.PATH ?? "").split(delimiter), "/usr/bin", "/bin", "/usr/sbin", "/sbin"];
-  for (const folder of folders) {
-    if (!folder.startsWith("/")) continue;
-    const path = join(folder, name);
-    try {
-      accessSync(path, fsConstants.X_OK);
-      return path;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
+  return which(name, folders.filter((folder) => folder.startsWith("/")).join(delimiter));
 }
