@@ -104,6 +104,14 @@ function jobOutput(made: Project, file: string): string {
   return readFileSync(made.path(".kaos", "jobs", job!.id, "out", file), "utf8");
 }
 
+/** A file of the outputs of the train job recorded last. */
+function jobOutputOfLast(made: Project, file: string): string {
+  const job = jobRows(made.dir)
+    .filter((row) => row.stage === "train")
+    .at(-1);
+  return readFileSync(made.path(".kaos", "jobs", job!.id, "out", file), "utf8");
+}
+
 function changeTimes(dir: string, files: string[]): bigint[] {
   return files.map((file) => statSync(join(dir, file), { bigint: true }).ctimeNs);
 }
@@ -146,6 +154,26 @@ describe("data views mounted read-only for each job (the default where a mount n
     );
     const plan = await runKaos(["plan", "--detailed-exitcode"], { cwd: made.dir });
     expect(plan.code, plan.stdout).toBe(2);
+  }, 60_000);
+
+  it("a mount point removed while its job runs, as another kaos laying the same data out as links would, fails the job; the next up mounts it again", async () => {
+    const train = `#!/bin/sh\nif [ -n "$KAOS_TEST_FIFO" ]; then echo started > "$KAOS_TEST_STARTED"; read go < "$KAOS_TEST_FIFO"; fi\nmkdir -p "$1"\nls "$KAOS_DATA_DIR" > "$1/listing" 2>&1 || true\n`;
+    const made = project(train, { "value.txt": "v1" });
+    const fifo = made.path("go.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const running = runKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
+    await fileContent(made.path("started"));
+    const view = onlyView(made);
+    rmSync(view, { recursive: true });
+    writeFileSync(fifo, "go\n");
+    const result = await running;
+    expect(result.code).toBe(1);
+    expect(trainReasons(made)).toEqual([
+      `KAOS_DATA_DIR's mount point ${view} was removed or replaced (by another kaos laying out the same data another way, or by hand), which takes the data away from a running job; the next kaos up mounts it again`,
+    ]);
+    const again = await runKaos(["up"], { cwd: made.dir });
+    expect(again.code, again.stderr).toBe(0);
+    expect(jobOutputOfLast(made, "listing")).toBe("value.txt\n");
   }, 60_000);
 
   it("a folder holding what its bundle skips (an ignored file, an empty folder) is linked instead: the job sees the bundle's files only", async () => {

@@ -7,10 +7,11 @@
  */
 import { execFileSync } from "node:child_process";
 import { setMaxListeners } from "node:events";
-import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { availableParallelism, totalmem } from "node:os";
 import { delimiter, join } from "node:path";
 import { parseMemory } from "../../core/config.js";
+import { lstatOrUndefined } from "../../core/disk.js";
 import { KaosError, describeError } from "../../core/errors.js";
 import { canonicalJson } from "../../core/hyperparams.js";
 import { THREADED_CHECK_MAX_ROWS, THREADED_CHECK_ROWS, fileCountOf, hashFile, stopHashWorkers, treeHashLookup } from "../../core/hash.js";
@@ -124,8 +125,11 @@ interface DataView {
   hashes: { get(path: string): string | undefined };
   /** The bundle whose own files the view's files are (hardlinks to them, or its folder mounted; see data-view.ts), when they are. */
   linkedTo: string | undefined;
-  /** How each job mounts `linkedTo` read-only at `dir` (mount-view.ts), when the view is a mount point; the seal is then the bundle's own. */
-  mount?: MountNamespace;
+  /**
+   * When the view is a mount point: how each job mounts `linkedTo` read-only at `dir` (mount-view.ts), and
+   * the mount point's `dev:ino` as made; the seal is then the bundle's own.
+   */
+  mount?: { namespace: MountNamespace; point: string };
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
   bundle?: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint; pending: PendingStatCache | undefined };
 }
@@ -177,6 +181,19 @@ function sameContent(data: DataView): ((path: string) => boolean) | undefined {
     const hash = data.hashes.get(path);
     return hash !== undefined && holdsHash(join(data.seal.root, path), hash);
   };
+}
+
+/**
+ * Why a mounted view can no longer be trusted: its mount point is not the
+ * folder it was made as. Removing it (another kaos laying the same data out
+ * another way, or a hand in `.kaos/`) takes the mount away from the jobs
+ * running on it, which the bundle's own seal cannot see.
+ */
+function mountPointGone(data: DataView): string | undefined {
+  if (data.mount === undefined) return undefined;
+  const stat = lstatOrUndefined(data.dir, { bigint: true });
+  if (stat !== undefined && `${stat.dev}:${stat.ino}` === data.mount.point) return undefined;
+  return `KAOS_DATA_DIR's mount point ${data.dir} was removed or replaced (by another kaos laying out the same data another way, or by hand), which takes the data away from a running job; the next kaos up mounts it again`;
 }
 
 /** Why a job ended, from its record; undefined while it is queued or running. */
@@ -1014,7 +1031,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       throw this.changedSinceHashed(where, tree, sealed.unverified);
     }
     makeMountPoint(dir);
-    return { dir, seal: sealed.seal, hashes, linkedTo: tree.root, mount };
+    const point = statSync(dir, { bigint: true });
+    return { dir, seal: sealed.seal, hashes, linkedTo: tree.root, mount: { namespace: mount, point: `${point.dev}:${point.ino}` } };
   }
 
   /** The error for bundle files found changed after the plan hashed them, before any job ran. */
@@ -1298,11 +1316,13 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         const when = { written: "by a job of this sweep", changed: "before this job started" };
         return finish("failed", null, `not started: ${dataWrittenReason(context.data, when, seal.broken)}`);
       }
+      const gone = mountPointGone(context.data);
+      if (gone !== undefined) return finish("failed", null, `not started: ${gone}`);
       const entriesMark = context.entries.mark();
       const { mount, linkedTo } = context.data;
       const launch =
         mount !== undefined && linkedTo !== undefined
-          ? mount.wrap(linkedTo, context.data.dir, join(modelDir, "train"), [paths.out])
+          ? mount.namespace.wrap(linkedTo, context.data.dir, join(modelDir, "train"), [paths.out])
           : { command: join(modelDir, "train"), args: [paths.out] };
       const current = spawnLogged({
         ...launch,
@@ -1332,6 +1352,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       }
       const intruded = context.entries.foreignSince(entriesMark);
       if (control.reason !== undefined) return finish("cancelled", result.exitCode, control.reason + logNote);
+      const lost = mountPointGone(context.data);
+      if (lost !== undefined) return finish("failed", result.exitCode, lost + logNote);
       const spoiled = this.dataSpoiled(context.data);
       if (spoiled !== undefined) {
         const when = { written: "while this job ran", changed: "while this job ran" };
