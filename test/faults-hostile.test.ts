@@ -7,7 +7,7 @@
  * hang, or a trusted store that no longer matches its names.
  */
 import { createHash } from "node:crypto";
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { type SpawnSyncReturns, execFileSync, spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -326,6 +326,32 @@ describe("hostile bundles", () => {
       expect(readFileSync(made.path("data/value.txt"), "utf8")).toBe("v");
       expect(statSync(made.path("data/value.txt")).nlink).toBe(1);
       expect(trustProblems(made.dir)).toEqual([]);
+    },
+    120_000,
+  );
+
+  it.skipIf(!nobody || process.getuid?.() !== 0)(
+    "as a user, a bundle on a file system mounted nosuid and nodev, which a user namespace cannot mount again, is not mounted: the job runs on a copy (root mounts the tmpfs)",
+    async () => {
+      const { made, asNobody } = nobodysProject({});
+      const data = made.path("data");
+      rmSync(data, { recursive: true, force: true });
+      mkdirSync(data);
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m,nosuid,nodev,mode=0755,uid=65534,gid=65534", "tmpfs", data]);
+      try {
+        writeFileSync(join(data, "value.txt"), "v");
+        chownSync(join(data, "value.txt"), 65534, 65534);
+        writeFileSync(made.path("src/model/train"), TRIES_TO_WRITE_ITS_DATA);
+        const result = asNobody(["up"]);
+        expect(result.status, result.stderr).toBe(0);
+        const [job] = trainJobs(made);
+        expect(job!.state).toBe("succeeded");
+        expect(readFileSync(made.path(".kaos", "jobs", job!.id, "out", "write"), "utf8")).toBe("refused\n");
+        expect(readFileSync(join(data, "value.txt"), "utf8")).toBe("v");
+        expect(trustProblems(made.dir)).toEqual([]);
+      } finally {
+        execFileSync("umount", [data]);
+      }
     },
     120_000,
   );

@@ -28,14 +28,27 @@
  * the walk skips: `.git`, ignored files, an empty folder) is linked instead,
  * since its jobs would see that too.
  */
-import { type BigIntStats, constants as fsConstants, copyFileSync, linkSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import {
+  type BigIntStats,
+  type Dirent,
+  constants as fsConstants,
+  copyFileSync,
+  linkSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join } from "node:path";
 import { lstatOrUndefined } from "../../core/disk.js";
 import { errnoCode } from "../../core/errors.js";
-import { fileCountOf, filesOf, type StatCacheEntry, type TreeFile, type TreeHash } from "../../core/hash.js";
+import { fileCountOf, filesOf, treeHashLookup, type StatCacheEntry, type TreeFile, type TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
 import { SealStats, sealedFileStat } from "../../core/seal-stats.js";
-import { inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
+import { checkSealEveryStat, inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
 import type { StatCacheColumns, StatCacheMap } from "../../core/stat-cache.js";
 import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, comparePaths, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
 
@@ -210,12 +223,18 @@ class TreeCursor {
   }
 }
 
-/** The first `limit` files of `tree` not sealed (`sealedAs`), symlinks aside, after `unverified`. */
-function withUnsealed(tree: TreeHash, sealedAs: Uint8Array, unverified: string[], limit: number): void {
+/** The first `limit` files of `tree` not sealed (`sealedAs`), symlinks aside unless asked for, after `unverified`. */
+function withUnsealed(
+  tree: TreeHash,
+  sealedAs: Uint8Array,
+  unverified: string[],
+  limit: number,
+  options: { symlinks?: boolean } = {},
+): void {
   let index = 0;
   for (const file of filesOf(tree)) {
     if (unverified.length >= limit) break;
-    if (sealedAs[index++] === NOT_SEALED && file.mode !== "symlink") unverified.push(file.path);
+    if (sealedAs[index++] === NOT_SEALED && (options.symlinks === true || file.mode !== "symlink")) unverified.push(file.path);
   }
 }
 
@@ -325,26 +344,37 @@ export function sealLinkedView(
 
 /**
  * Seals the bundle's own folder, to be mounted for its jobs (mount-view.ts),
- * and checks it against what the plan hashed; or names the first entry in it
- * that is no file of the tree nor a folder on the way to one (what the walk
- * skips, an empty folder), which a job would see too: the bundle is linked
- * then.
+ * and checks it against what the plan hashed before any job sees it; or
+ * names the first entry a read-only bind mount of the folder would not show
+ * as the tree has it (`unmountable`): one that is no file of the tree nor a
+ * folder on the way to one (what the walk skips, an empty folder), or a file
+ * system mounted inside the bundle, which a bind mount hides. The bundle is
+ * linked then.
  *
- * Its folders are listed and stat'ed, its files are not: a file the plan's
- * stat cache vouches for (the hashed content, on this device, outside the
- * racy window) is sealed with the stat the plan found it with. Nothing moved
- * any of them since unless their inode change time did, so any change since
- * the plan is found by the first check of the seal that looks, as one after
- * the seal would be. Any other file is stat'ed and read. Nothing is pending:
- * a mount moves no change time.
+ * The folder is sealed through its real path, which is what is mounted: a
+ * bundle that is a symlink retargeted later does not move a job's data.
+ * Its folders are listed and stat'ed; a file the plan's stat cache vouches
+ * for (the hashed content, on this device, outside the racy window) is sealed
+ * with the stat the plan found it with, any other file is stat'ed and read (a
+ * symlink's target compared with the hashed one). The seal's directories are
+ * watched from then on, and every stat is compared once (shared with a
+ * hashing thread when one is idle, see `checkSealEveryStat`), so a file
+ * changed between the plan and now is found here. Nothing is pending: a mount
+ * moves no change time.
  */
-export function sealBundleFolder(
+export async function sealBundleFolder(
   tree: TreeHash,
   cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   limit = 5,
-): LinkedSeal | { extra: string } {
-  const root = tree.root;
+): Promise<LinkedSeal | { unmountable: string }> {
+  const unverified: string[] = [];
+  let root: string;
+  try {
+    root = realpathSync(tree.root);
+  } catch {
+    return { seal: sealOf(tree.root, new SealStats(), 0n), unverified: ["."], pending: undefined };
+  }
   const device = statSync(root, { bigint: true }).dev;
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
@@ -353,7 +383,6 @@ export function sealBundleFolder(
   const sealedAs = new Uint8Array(count);
   const cursor = new TreeCursor(tree);
   const stats = new SealStats();
-  const unverified: string[] = [];
   let lastChangeNs = 0n;
   const stat = (path: string, relative: string): BigIntStats | undefined => {
     const found = lstatOrUndefined(path, { bigint: true });
@@ -373,16 +402,28 @@ export function sealBundleFolder(
       isOutsideRacyWindow(entry.mtimeNs, entry.ctimeNs, fine, coarse);
     return trusted ? entry : undefined;
   };
-  /** The first entry below `dir` a mount would show although the tree has no such file, or undefined. */
+  const holdsPlanned = (path: string, file: TreeFile, found: BigIntStats | undefined): boolean => {
+    if (found === undefined) return false;
+    if (file.mode === "symlink") return found.isSymbolicLink() && holdsLinkTarget(path, file.hash);
+    return found.isFile() && holdsHash(path, file.hash);
+  };
+  /** The first entry below `dir` a mount would not show as the tree has it, or undefined. */
   const walk = (dir: string, prefix: string): string | undefined => {
-    for (const dirent of inPathOrder(readdirSync(dir, { withFileTypes: true }))) {
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      // Gone or unreadable since the plan listed it: what it held is unverified below.
+      return undefined;
+    }
+    for (const dirent of inPathOrder(entries)) {
       const relative = prefix === "" ? dirent.name : `${prefix}/${dirent.name}`;
       const path = `${dir}/${dirent.name}`;
       if (dirent.isDirectory()) {
         if (!cursor.leadsTo(relative)) return relative;
-        stat(path, relative);
-        const extra = walk(path, relative);
-        if (extra !== undefined) return extra;
+        if (stat(path, relative)?.dev !== device) return relative;
+        const unmountable = walk(path, relative);
+        if (unmountable !== undefined) return unmountable;
         continue;
       }
       const file = cursor.meet(relative);
@@ -396,16 +437,38 @@ export function sealBundleFolder(
         continue;
       }
       const found = stat(path, relative);
-      if (file.mode === "symlink" || unverified.length >= limit) continue;
-      if (found === undefined || !found.isFile() || !holdsHash(path, file.hash)) unverified.push(file.path);
+      if (found !== undefined && found.dev !== device) return relative;
+      if (unverified.length < limit && !holdsPlanned(path, file, found)) unverified.push(file.path);
     }
     return undefined;
   };
   stat(root, "");
-  const extra = walk(root, "");
-  if (extra !== undefined) return { extra };
-  if (cursor.met < count) withUnsealed(tree, sealedAs, unverified, limit);
-  return { seal: sealOf(root, stats, lastChangeNs), unverified, pending: undefined };
+  const unmountable = walk(root, "");
+  if (unmountable !== undefined) return { unmountable };
+  if (cursor.met < count) withUnsealed(tree, sealedAs, unverified, limit, { symlinks: true });
+  const seal = sealOf(root, stats, lastChangeNs);
+  if (unverified.length > 0) return { seal, unverified, pending: undefined };
+  const hashes = treeHashLookup(tree);
+  const changed = await checkSealEveryStat(seal, limit, {
+    confirm: (path) => {
+      const hash = hashes.get(path);
+      return hash !== undefined && holdsHash(`${root}/${path}`, hash);
+    },
+  });
+  return { seal, unverified: changed, pending: undefined };
+}
+
+/** Whether the symlink at `path` has the target whose SHA-256 is `hash` (how a tree hashes a link). */
+function holdsLinkTarget(path: string, hash: string): boolean {
+  try {
+    return (
+      createHash("sha256")
+        .update(readlinkSync(path, { encoding: "buffer" }))
+        .digest("hex") === hash
+    );
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -567,8 +567,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     // Hashing is over for this run: a smaller process forks every job faster.
     if (!sharesLastCheckWithThreads(options.plan)) void stopHashWorkers();
     // Probed while the environments are checked and the jobs recorded, when a local data bundle may be mounted for its jobs.
-    const mountsData = options.plan.pipelines.some((p) => p.dataTree !== undefined && p.jobs.some((job) => job.action === "run"));
-    if (mountsData && this.dataViews() === "mount") void mountNamespace(this.objects.tmpPath("mount-probe"));
+    if (this.dataViews() === "mount")
+      for (const p of options.plan.pipelines)
+        if (p.dataTree !== undefined && p.jobs.some((job) => job.action === "run"))
+          void mountNamespace(this.objects.tmpPath("mount-probe"), p.dataTree.root);
     // Every pipeline's ingest listens for the interrupt too.
     setMaxListeners(0, options.signal);
     const interrupt = () => this.cancel(INTERRUPTED, (_job, control) => control.signal === options.signal);
@@ -898,6 +900,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
           return result;
         }),
       );
+      // Seen now, so that a job failing at once cannot leave its rejection unhandled while the listings are written.
+      sweepDone.catch(() => undefined);
       // Once the first jobs started, while they run: a listing is named by its tree and never changes, so the next
       // plan's diff can use it whatever the sweep's outcome. One that cannot be written now is written by recordApplied.
       await new Promise((resolve) => setImmediate(resolve));
@@ -982,8 +986,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     const savedAt = this.state.readonly ? undefined : this.state.statCacheSavedAt(tree.root);
     // A copy laid out earlier (by a stack that asks for copies) isolates at least as well as a mount: it is kept. Clones isolate better.
     if (wanted === "mount" && kind !== "copy" && !clonesBundle(this.objects, tree)) {
-      const mount = await mountNamespace(this.objects.tmpPath("mount-probe"));
-      const view = mount === undefined ? undefined : this.mountedView(where, tree, dir, hashes, mount, cache, savedAt);
+      const mount = await mountNamespace(this.objects.tmpPath("mount-probe"), tree.root);
+      const view = mount === undefined ? undefined : await this.mountedView(where, tree, dir, hashes, mount, cache, savedAt);
       if (view !== undefined) return view;
     }
     const mode = wanted === "copy" || kind === "copy" ? "copy" : dataViewMode(this.objects, tree);
@@ -1015,7 +1019,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
    * to be mounted at `dir` for each job; undefined when the folder holds
    * something its tree does not, which a mount would show (it is linked then).
    */
-  private mountedView(
+  private async mountedView(
     where: string,
     tree: TreeHash,
     dir: string,
@@ -1023,15 +1027,16 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     mount: MountNamespace,
     cache: StatCacheMap | undefined,
     savedAt: bigint | undefined,
-  ): DataView | undefined {
-    const sealed = sealBundleFolder(tree, cache, savedAt);
-    if ("extra" in sealed) return undefined;
+  ): Promise<DataView | undefined> {
+    const sealed = await sealBundleFolder(tree, cache, savedAt);
+    if ("unmountable" in sealed) return undefined;
     if (sealed.unverified.length > 0) {
       releaseSeal(sealed.seal);
       throw this.changedSinceHashed(where, tree, sealed.unverified);
     }
     makeMountPoint(dir);
     const point = statSync(dir, { bigint: true });
+    // The seal's root is the bundle's real path, which each job mounts: a symlinked bundle retargeted meanwhile moves no job's data.
     return { dir, seal: sealed.seal, hashes, linkedTo: tree.root, mount: { namespace: mount, point: `${point.dev}:${point.ino}` } };
   }
 
@@ -1319,10 +1324,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       const gone = mountPointGone(context.data);
       if (gone !== undefined) return finish("failed", null, `not started: ${gone}`);
       const entriesMark = context.entries.mark();
-      const { mount, linkedTo } = context.data;
+      const { mount } = context.data;
       const launch =
-        mount !== undefined && linkedTo !== undefined
-          ? mount.namespace.wrap(linkedTo, context.data.dir, join(modelDir, "train"), [paths.out])
+        mount !== undefined
+          ? mount.namespace.wrap(context.data.seal.root, context.data.dir, join(modelDir, "train"), [paths.out])
           : { command: join(modelDir, "train"), args: [paths.out] };
       const current = spawnLogged({
         ...launch,

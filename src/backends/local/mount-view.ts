@@ -15,7 +15,7 @@
  * container without the capability), data views are hardlinks as before.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, statSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { which } from "./python.js";
 
@@ -35,20 +35,35 @@ export const MOUNT_FAILED_EXIT = 125;
  */
 const MOUNT_SCRIPT = `m=$1 s=$2 t=$3; shift 3; "$m" --bind -o ro -- "$s" "$t" || { echo "kaos: cannot mount the data bundle $s read-only at $t (exit status ${MOUNT_FAILED_EXIT}); set dataViews: \\"link\\" in the stack to use hardlinks instead" >&2; exit ${MOUNT_FAILED_EXIT}; }; exec "$@"`;
 
-let probed: Promise<MountNamespace | undefined> | undefined;
+/** The probe's answer by the device of the folder mounted. */
+const probed = new Map<string, Promise<MountNamespace | undefined>>();
 
 /**
- * How this machine runs a job in a mount namespace of its own, probed once per
- * process with a real mount in `probeDir` (a fresh name in a folder kaos owns,
- * removed after); undefined where it cannot. Asked as a run starts
- * (`LocalBackend.execute`), the probe runs while the run does other work.
+ * How this machine runs a job with the folder `source` mounted read-only in
+ * a mount namespace of its own; undefined where it cannot. Probed once per
+ * process and file system by mounting `source` itself at an empty folder
+ * made in `probeDir` (a fresh name in a folder kaos owns, removed after):
+ * whether it can be mounted depends on its file system too (as a user, one
+ * mounted `nosuid` or `nodev`, or holding other mounts, cannot be). Asked as
+ * a run starts (`LocalBackend.execute`), the probe runs while the run does
+ * other work.
  */
-export function mountNamespace(probeDir: string): Promise<MountNamespace | undefined> {
-  probed ??= probe(probeDir);
-  return probed;
+export function mountNamespace(probeDir: string, source: string): Promise<MountNamespace | undefined> {
+  let device: string;
+  try {
+    device = String(statSync(source).dev);
+  } catch {
+    return Promise.resolve(undefined);
+  }
+  let answer = probed.get(device);
+  if (answer === undefined) {
+    answer = probe(probeDir, source);
+    probed.set(device, answer);
+  }
+  return answer;
 }
 
-async function probe(probeDir: string): Promise<MountNamespace | undefined> {
+async function probe(probeDir: string, source: string): Promise<MountNamespace | undefined> {
   if (process.platform !== "linux") return undefined;
   const unshare = findProgram("unshare");
   const mount = findProgram("mount");
@@ -63,7 +78,7 @@ async function probe(probeDir: string): Promise<MountNamespace | undefined> {
     const ownIds = [unshare, "--user", `--map-user=${uid}`, `--map-group=${gid}`, "--"];
     candidates.push(namespaceOf(unshare, ["--user", "--map-root-user", "--mount"], mount, shell, ownIds));
   }
-  for (const candidate of candidates) if (await works(candidate, probeDir, shell, uid)) return candidate;
+  for (const candidate of candidates) if (await works(candidate, probeDir, source, shell, uid)) return candidate;
   return undefined;
 }
 
@@ -76,15 +91,16 @@ function namespaceOf(unshare: string, options: string[], mount: string, shell: s
   };
 }
 
-/** Whether `namespace` shows a folder read-only, as the caller's own uid, and refuses a write into it. */
-async function works(namespace: MountNamespace, root: string, shell: string, uid: number): Promise<boolean> {
-  const source = join(root, "source");
+/**
+ * Whether `namespace` shows `source` at a folder in `root`, as the caller's
+ * own uid, on a read-only mount. Nothing is written to `source`: access(2)
+ * tells a read-only file system without trying.
+ */
+async function works(namespace: MountNamespace, root: string, source: string, shell: string, uid: number): Promise<boolean> {
   const target = join(root, "target");
   try {
-    mkdirSync(source, { recursive: true });
-    mkdirSync(target);
-    writeFileSync(join(source, "probe"), "kaos mount probe\n");
-    const check = `test -f "$1/probe" && test "$(id -u)" = "$2" && ! (: > "$1/written") 2>/dev/null`;
+    mkdirSync(target, { recursive: true });
+    const check = `test -d "$1" && ls "$1" > /dev/null && test "$(id -u)" = "$2" && ! test -w "$1"`;
     const { command, args } = namespace.wrap(source, target, shell, ["-c", check, "kaos-mount-probe", target, String(uid)]);
     return await new Promise<boolean>((resolve) => {
       const child = spawn(command, args, { stdio: "ignore", timeout: 10_000 });

@@ -1,0 +1,110 @@
+/**
+ * The seal of a bundle's own folder, to be mounted for its jobs
+ * (`sealBundleFolder`): checked against what the plan hashed before any job
+ * sees it, through its real path, and refused where a bind mount would not
+ * show the folder as the tree has it.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { sealBundleFolder } from "../src/backends/local/data-view.js";
+import { hashTree, memoryStatCache, type TreeHash } from "../src/core/hash.js";
+import { releaseSeal } from "../src/core/snapshot.js";
+import { StatCacheMap } from "../src/core/stat-cache.js";
+
+let dir: string;
+let bundle: string;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "kaos-mount-seal-"));
+  bundle = join(dir, "data");
+  mkdirSync(join(bundle, "sub"), { recursive: true });
+  writeFileSync(join(bundle, "value.txt"), "v1");
+  writeFileSync(join(bundle, "sub", "more.txt"), "more");
+  writeFileSync(join(bundle, "v1.txt"), "one");
+  writeFileSync(join(bundle, "v2.txt"), "two");
+  symlinkSync("v1.txt", join(bundle, "current"));
+});
+
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** The tree a plan hashes now, and its stat cache as saved well after every file's change (so each is vouched for). */
+async function plan(root = bundle): Promise<{ tree: TreeHash; cache: StatCacheMap; savedAt: bigint }> {
+  const store = memoryStatCache();
+  const tree = await hashTree(root, { statCache: store });
+  const cache = new StatCacheMap();
+  for (const entry of (await store.load(tree.root)).values()) cache.set(entry.path, entry);
+  return { tree, cache, savedAt: BigInt(Date.now() + 60_000) * 1_000_000n };
+}
+
+async function sealed(planned: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint }) {
+  const result = await sealBundleFolder(planned.tree, planned.cache, planned.savedAt);
+  if ("seal" in result) releaseSeal(result.seal);
+  return result;
+}
+
+describe("sealing a bundle's own folder for a mounted view", () => {
+  it("vouches for every file the plan's stat cache vouches for, and seals them with the plan's stats", async () => {
+    const planned = await plan();
+    const result = await sealed(planned);
+    expect(result).toMatchObject({ unverified: [] });
+    if (!("seal" in result)) throw new Error("not sealed");
+    expect(result.seal.root).toBe(realpathSync(bundle));
+    expect(result.seal.broken).toBeUndefined();
+  });
+
+  it("finds a file changed after the plan stat'ed it, same size and its modification time set back, before any job", async () => {
+    const planned = await plan();
+    const value = join(bundle, "value.txt");
+    const before = statSync(value);
+    writeFileSync(value, "V2");
+    utimesSync(value, before.atime, before.mtime);
+    expect(await sealed(planned)).toMatchObject({ unverified: ["value.txt"] });
+  });
+
+  it("finds a symlink retargeted after the plan, and one removed", async () => {
+    const planned = await plan();
+    unlinkSync(join(bundle, "current"));
+    symlinkSync("v2.txt", join(bundle, "current"));
+    expect(await sealed(planned)).toMatchObject({ unverified: ["current"] });
+    unlinkSync(join(bundle, "current"));
+    expect(await sealed(planned)).toMatchObject({ unverified: ["current"] });
+  });
+
+  it("refuses a folder holding what the tree does not: an ignored file, an empty folder", async () => {
+    writeFileSync(join(bundle, ".kaosignore"), "notes.txt\n");
+    writeFileSync(join(bundle, "notes.txt"), "not data");
+    const planned = await plan();
+    expect(await sealed(planned)).toEqual({ unmountable: "notes.txt" });
+    rmSync(join(bundle, "notes.txt"));
+    mkdirSync(join(bundle, "empty"));
+    expect(await sealed(await plan())).toEqual({ unmountable: "empty" });
+  });
+
+  it("seals a bundle that is a symlink through its real path", async () => {
+    const link = join(dir, "data-link");
+    symlinkSync(bundle, link);
+    const result = await sealed(await plan(link));
+    if (!("seal" in result)) throw new Error("not sealed");
+    expect(result.unverified).toEqual([]);
+    expect(result.seal.root).toBe(realpathSync(bundle));
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "refuses a bundle with a file system mounted inside it, which a bind mount would hide (root: mounts a tmpfs)",
+    async () => {
+      const inner = join(bundle, "sub");
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", inner]);
+      try {
+        writeFileSync(join(inner, "inner.txt"), "inner");
+        expect(await sealed(await plan())).toEqual({ unmountable: "sub" });
+      } finally {
+        execFileSync("umount", [inner]);
+      }
+    },
+  );
+});
