@@ -41,10 +41,13 @@ async function plan(root = bundle): Promise<{ tree: TreeHash; cache: StatCacheMa
   return { tree, cache, savedAt: BigInt(Date.now() + 60_000) * 1_000_000n };
 }
 
+/** The seal's outcome once its first comparison with the plan is over: what it found unverified, and what that comparison found changed. */
 async function sealed(planned: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint }) {
-  const result = await sealBundleFolder(planned.tree, planned.cache, planned.savedAt);
-  if ("seal" in result) releaseSeal(result.seal);
-  return result;
+  const result = sealBundleFolder(planned.tree, planned.cache, planned.savedAt);
+  if (!("seal" in result)) return result;
+  const changed = (await result.verifying) ?? [];
+  releaseSeal(result.seal);
+  return { seal: result.seal, unverified: [...result.unverified, ...changed] };
 }
 
 describe("sealing a bundle's own folder for a mounted view", () => {

@@ -454,16 +454,24 @@ export async function differingRowsInThreads(
   root: string,
   size: number,
   rows: (from: number, to: number) => SealRows,
+  options: { inBackground?: boolean } = {},
 ): Promise<number[] | undefined> {
   if (size < THREADED_CHECK_ROWS || size > THREADED_CHECK_MAX_ROWS) return undefined;
-  const idle = pool.find((member) => member.ready && member.thread !== undefined && member.pending.size === 0);
-  if (idle === undefined) return undefined;
-  const half = Math.floor(size / 2);
-  const theirs = sendToWorker(idle, { kind: "stat", id: nextRequestId++, root, ...rows(half, size) });
-  const ours = differingRows(root, rows(0, half));
-  const result = await theirs;
-  if (result.kind !== "stat") throw new Error(`a hashing thread answered a seal check with a ${result.kind} result`);
-  return [...ours, ...result.differing.map((row) => row + half)];
+  const idle = pool.filter((member) => member.ready && member.thread !== undefined && member.pending.size === 0);
+  if (idle.length === 0) return undefined;
+  // In the background the calling thread goes on at once, and the idle threads share every row.
+  const shares = options.inBackground === true ? idle.length : 2;
+  const ends = Array.from({ length: shares + 1 }, (_, share) => Math.floor((size * share) / shares));
+  const asked = ends.slice(0, -1).map((from, share) => ({ from, to: ends[share + 1]! }));
+  const threads = options.inBackground === true ? asked : asked.slice(1);
+  const theirs = threads.map(({ from, to }, share) =>
+    sendToWorker(idle[share]!, { kind: "stat", id: nextRequestId++, root, ...rows(from, to) }).then((result) => {
+      if (result.kind !== "stat") throw new Error(`a hashing thread answered a seal check with a ${result.kind} result`);
+      return result.differing.map((row) => row + from);
+    }),
+  );
+  const ours = options.inBackground === true ? [] : differingRows(root, rows(0, ends[1]!));
+  return [...ours, ...(await Promise.all(theirs)).flat()];
 }
 
 /** Stops the worker threads (they are restarted on demand); for tests and long-lived hosts. */

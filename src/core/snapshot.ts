@@ -724,14 +724,26 @@ export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean;
 /**
  * `checkSeal` of every stat, as a sweep's last check makes it: a big seal's
  * rows are stat'ed by this thread and an idle hashing thread, half each, and
- * only the rows either found not as sealed are looked at again here.
+ * only the rows either found not as sealed are looked at again here. With
+ * `inBackground`, the idle hashing threads take every row and this thread
+ * goes on meanwhile (where none is idle, this thread checks them all first).
  */
-export async function checkSealEveryStat(seal: Seal, limit = 5, options: { confirm?: (path: string) => boolean } = {}): Promise<string[]> {
+export async function checkSealEveryStat(
+  seal: Seal,
+  limit = 5,
+  options: { confirm?: (path: string) => boolean; inBackground?: boolean } = {},
+): Promise<string[]> {
   if (seal.broken !== undefined) return seal.broken;
   const stats = seal.stats;
-  const differing = await differingRowsInThreads(seal.root, stats.size, (from, to) => stats.rows(from, to));
-  if (differing === undefined) return checkSeal(seal, limit, { ...options, everyStat: true });
+  // Before the rows are stat'ed: an event while they are is a reason for the next check to look again.
   seal.stirred = false;
+  let differing: number[] | undefined;
+  try {
+    differing = await differingRowsInThreads(seal.root, stats.size, (from, to) => stats.rows(from, to), options);
+  } catch {
+    // A thread that failed: this thread checks every row.
+  }
+  if (differing === undefined) return checkRows(seal, undefined, limit, options.confirm);
   return checkRows(seal, differing, limit, options.confirm);
 }
 

@@ -357,17 +357,18 @@ export function sealLinkedView(
  * for (the hashed content, on this device, outside the racy window) is sealed
  * with the stat the plan found it with, any other file is stat'ed and read (a
  * symlink's target compared with the hashed one). The seal's directories are
- * watched from then on, and every stat is compared once (shared with a
- * hashing thread when one is idle, see `checkSealEveryStat`), so a file
- * changed between the plan and now is found here. Nothing is pending: a mount
- * moves no change time.
+ * watched from then on, and every stat is compared once (`verifying`: by the
+ * idle hashing threads while the first jobs start, or here first where none
+ * is idle), so a file changed between the plan and now breaks the seal before
+ * any job's result is trusted. Nothing is pending: a mount moves no change
+ * time.
  */
-export async function sealBundleFolder(
+export function sealBundleFolder(
   tree: TreeHash,
   cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   limit = 5,
-): Promise<LinkedSeal | { unmountable: string }> {
+): (LinkedSeal & { verifying?: Promise<string[]> }) | { unmountable: string } {
   const unverified: string[] = [];
   let root: string;
   try {
@@ -449,13 +450,14 @@ export async function sealBundleFolder(
   const seal = sealOf(root, stats, lastChangeNs);
   if (unverified.length > 0) return { seal, unverified, pending: undefined };
   const hashes = treeHashLookup(tree);
-  const changed = await checkSealEveryStat(seal, limit, {
+  const verifying = checkSealEveryStat(seal, limit, {
     confirm: (path) => {
       const hash = hashes.get(path);
       return hash !== undefined && holdsHash(`${root}/${path}`, hash);
     },
+    inBackground: true,
   });
-  return { seal, unverified: changed, pending: undefined };
+  return { seal, unverified, pending: undefined, verifying };
 }
 
 /** Whether the symlink at `path` has the target whose SHA-256 is `hash` (how a tree hashes a link). */

@@ -130,6 +130,8 @@ interface DataView {
    * the mount point's `dev:ino` as made; the seal is then the bundle's own.
    */
   mount?: { namespace: MountNamespace; point: string };
+  /** A mounted view's first comparison of every stat with the plan's, running while the first jobs start (`sealBundleFolder`). */
+  verifying?: Promise<string[]>;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
   bundle?: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint; pending: PendingStatCache | undefined };
 }
@@ -1028,8 +1030,10 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     cache: StatCacheMap | undefined,
     savedAt: bigint | undefined,
   ): Promise<DataView | undefined> {
-    const sealed = await sealBundleFolder(tree, cache, savedAt);
+    const sealed = sealBundleFolder(tree, cache, savedAt);
     if ("unmountable" in sealed) return undefined;
+    // Awaited by every job before its result counts; a failure there fails those jobs.
+    sealed.verifying?.catch(() => undefined);
     if (sealed.unverified.length > 0) {
       releaseSeal(sealed.seal);
       throw this.changedSinceHashed(where, tree, sealed.unverified);
@@ -1037,7 +1041,14 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     makeMountPoint(dir);
     const point = statSync(dir, { bigint: true });
     // The seal's root is the bundle's real path, which each job mounts: a symlinked bundle retargeted meanwhile moves no job's data.
-    return { dir, seal: sealed.seal, hashes, linkedTo: tree.root, mount: { namespace: mount, point: `${point.dev}:${point.ino}` } };
+    return {
+      dir,
+      seal: sealed.seal,
+      hashes,
+      linkedTo: tree.root,
+      mount: { namespace: mount, point: `${point.dev}:${point.ino}` },
+      ...(sealed.verifying === undefined ? {} : { verifying: sealed.verifying }),
+    };
   }
 
   /** The error for bundle files found changed after the plan hashed them, before any job ran. */
@@ -1359,6 +1370,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       if (control.reason !== undefined) return finish("cancelled", result.exitCode, control.reason + logNote);
       const lost = mountPointGone(context.data);
       if (lost !== undefined) return finish("failed", result.exitCode, lost + logNote);
+      // The mounted view's first comparison with the plan, if still running: a change it finds breaks the seal.
+      await context.data.verifying;
       const spoiled = this.dataSpoiled(context.data);
       if (spoiled !== undefined) {
         const when = { written: "while this job ran", changed: "while this job ran" };
