@@ -40,6 +40,15 @@ function project(train: string, data: Record<string, string>, dataPath = "data",
   return made;
 }
 
+/** A project whose data bundle is a fresh folder on /dev/shm, another device than /tmp, holding value.txt ("v1"). */
+function projectWithDataOnTmpfs(train: string): { made: Project; shm: string } {
+  const shm = mkdtempSync("/dev/shm/kaos-views-");
+  elsewhere.push(shm);
+  expect(statSync(shm).dev).not.toBe(statSync("/tmp").dev);
+  writeFileSync(join(shm, "value.txt"), "v1");
+  return { made: project(train, {}, shm), shm };
+}
+
 const COPY_DATA = `#!/bin/sh\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
 
 function onlyView(made: Project): string {
@@ -194,11 +203,7 @@ describe("data views mounted read-only for each job (the default where a mount n
   }, 60_000);
 
   it("a bundle on another device (tmpfs) is mounted too: nothing is copied", async () => {
-    const shm = mkdtempSync("/dev/shm/kaos-views-");
-    elsewhere.push(shm);
-    expect(statSync(shm).dev).not.toBe(statSync("/tmp").dev);
-    writeFileSync(join(shm, "value.txt"), "v1");
-    const made = project(REPORTS_ITS_VIEW, {}, shm);
+    const { made, shm } = projectWithDataOnTmpfs(REPORTS_ITS_VIEW);
     const result = await runKaos(["up"], { cwd: made.dir });
     expect(result.code, result.stderr).toBe(0);
     expect(existsSync(objectOf(made, join(shm, "value.txt")))).toBe(false);
@@ -322,11 +327,7 @@ describe('the stat cache after a linked view (dataViews: "link")', () => {
 
 describe('data views where links cannot be made (dataViews: "link")', () => {
   it("a bundle on another device (tmpfs) is copied into the object store once, and a write into the view leaves the bundle whole", async () => {
-    const shm = mkdtempSync("/dev/shm/kaos-views-");
-    elsewhere.push(shm);
-    expect(statSync(shm).dev).not.toBe(statSync("/tmp").dev);
-    writeFileSync(join(shm, "value.txt"), "v1");
-    const made = project(COPY_DATA, {}, shm);
+    const { made, shm } = projectWithDataOnTmpfs(COPY_DATA);
     const first = await runKaos(["up", ...LINK], { cwd: made.dir });
     expect(first.code, first.stderr).toBe(0);
     const view = onlyView(made);

@@ -448,7 +448,9 @@ export const THREADED_CHECK_MAX_ROWS = 250_000;
  * The rows of a seal (`rows` of the tree at `root`) whose entry is not now as
  * sealed, found by the calling thread and a hashing thread with nothing to do,
  * each stat'ing half: checking every stat of a big data view is one lstat per
- * file. Undefined when the seal is small or no thread is idle.
+ * file. `inBackground`: the idle threads share every row, and the calling
+ * thread goes on at once. Undefined when the seal is too small or too big, or
+ * no thread is idle.
  */
 export async function differingRowsInThreads(
   root: string,

@@ -295,7 +295,7 @@ export function makeMountPoint(dest: string): void {
 }
 
 /** Errors of link(2) that say this file cannot be linked here, not that something is wrong. */
-const CANNOT_LINK = new Set(["EXDEV", "EPERM", "EMLINK", "ENOTSUP", "EOPNOTSUPP"]);
+export const CANNOT_LINK: ReadonlySet<string> = new Set(["EXDEV", "EPERM", "EMLINK", "ENOTSUP", "EOPNOTSUPP"]);
 
 /** Links `source` at `target`, or copies it (reflinked when possible) where it cannot be linked. */
 function linkOrCopy(source: string, target: string): void {

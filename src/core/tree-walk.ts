@@ -270,6 +270,11 @@ function readLink(absolutePath: string): Buffer {
   return readlinkSync(absolutePath, { encoding: "buffer" });
 }
 
+/** How a tree hashes a symlink: the SHA-256 of its target's bytes. */
+export function hashLinkTarget(absolutePath: string): string {
+  return oneShotHash("sha256", readLink(absolutePath), "hex");
+}
+
 // ---------------------------------------------------------------------------
 // Sorting and ignore rules.
 
@@ -691,7 +696,7 @@ export function runHashJob(request: HashJobRequest): HashJobResult {
     const path = request.paths[index]!;
     const absolutePath = request.rootPrefix + path;
     try {
-      if (request.modes[index] === MODE_SYMLINK) result.hashes.push(oneShotHash("sha256", readLink(absolutePath), "hex"));
+      if (request.modes[index] === MODE_SYMLINK) result.hashes.push(hashLinkTarget(absolutePath));
       else result.hashes.push(hashRegularFile(absolutePath));
     } catch (error) {
       if (errnoOf(error) === "ENOENT") {

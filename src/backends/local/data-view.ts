@@ -28,7 +28,6 @@
  * the walk skips: `.git`, ignored files, an empty folder) is linked instead,
  * since its jobs would see that too.
  */
-import { createHash } from "node:crypto";
 import {
   type BigIntStats,
   type Dirent,
@@ -36,7 +35,6 @@ import {
   copyFileSync,
   linkSync,
   readdirSync,
-  readlinkSync,
   realpathSync,
   rmSync,
   statSync,
@@ -48,9 +46,16 @@ import { errnoCode } from "../../core/errors.js";
 import { fileCountOf, filesOf, treeHashLookup, type StatCacheEntry, type TreeFile, type TreeHash } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
 import { SealStats, sealedFileStat } from "../../core/seal-stats.js";
-import { checkSealEveryStat, inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
+import { CANNOT_LINK, checkSealEveryStat, inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
 import type { StatCacheColumns, StatCacheMap } from "../../core/stat-cache.js";
-import { RACY_WINDOW_COARSE_NS, RACY_WINDOW_FINE_NS, comparePaths, hashRegularFile, isOutsideRacyWindow } from "../../core/tree-walk.js";
+import {
+  RACY_WINDOW_COARSE_NS,
+  RACY_WINDOW_FINE_NS,
+  comparePaths,
+  hashLinkTarget,
+  hashRegularFile,
+  isOutsideRacyWindow,
+} from "../../core/tree-walk.js";
 
 export type DataViewMode = "reflink" | "link" | "copy";
 
@@ -124,8 +129,7 @@ function probeLinks(objects: ObjectStore, tree: TreeHash): DataViewMode {
     linkSync(join(tree.root, file.path), link);
     return "link";
   } catch (error) {
-    const code = errnoCode(error);
-    if (code === "EXDEV" || code === "EPERM" || code === "EMLINK" || code === "ENOTSUP" || code === "EOPNOTSUPP") return "copy";
+    if (CANNOT_LINK.has(errnoCode(error) ?? "")) return "copy";
     // The file went away or cannot be read: the plan's next step says so better than a probe can.
     return "link";
   } finally {
@@ -460,14 +464,10 @@ export function sealBundleFolder(
   return { seal, unverified, pending: undefined, verifying };
 }
 
-/** Whether the symlink at `path` has the target whose SHA-256 is `hash` (how a tree hashes a link). */
+/** Whether the symlink at `path` has the target the tree hashed as `hash`. */
 function holdsLinkTarget(path: string, hash: string): boolean {
   try {
-    return (
-      createHash("sha256")
-        .update(readlinkSync(path, { encoding: "buffer" }))
-        .digest("hex") === hash
-    );
+    return hashLinkTarget(path) === hash;
   } catch {
     return false;
   }

@@ -1018,8 +1018,8 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
 
   /**
    * The bundle's own folder, sealed and checked against what the plan hashed,
-   * to be mounted at `dir` for each job; undefined when the folder holds
-   * something its tree does not, which a mount would show (it is linked then).
+   * to be mounted at `dir` for each job; undefined when a mount would not show
+   * the folder as its tree has it (see `sealBundleFolder`: it is linked then).
    */
   private async mountedView(
     where: string,

@@ -31,7 +31,7 @@ export const MOUNT_FAILED_EXIT = 125;
 /**
  * Mounts `$2` read-only at `$3` with the mount program `$1`, then runs the
  * rest. `-o ro` with `--bind` is a bind then a read-only remount (util-linux
- * 2.27 and later); the probe checks that a write is refused.
+ * 2.27 and later); the probe checks that the mount is read-only.
  */
 const MOUNT_SCRIPT = `m=$1 s=$2 t=$3; shift 3; "$m" --bind -o ro -- "$s" "$t" || { echo "kaos: cannot mount the data bundle $s read-only at $t (exit status ${MOUNT_FAILED_EXIT}); set dataViews: \\"link\\" in the stack to use hardlinks instead" >&2; exit ${MOUNT_FAILED_EXIT}; }; exec "$@"`;
 
