@@ -8,8 +8,8 @@
  * it failed with the file named.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { jobRows, trustProblems } from "./helpers/faults.js";
 import { dataViewsStack, fileContent, makeProject, type Project, runKaos, trivialSourceBundle, under } from "./helpers/rig.js";
@@ -75,16 +75,21 @@ function trainReasons(made: Project): (string | null)[] {
  * bundle's value.txt meanwhile (same size, its modification time set back),
  * then lets the job read it and finish.
  */
-async function editWhileTheJobRuns(args: string[]): Promise<{ made: Project; value: string; code: number | null }> {
+async function editWhileTheJobRuns(
+  args: string[],
+  options: { through?: (made: Project) => string } = {},
+): Promise<{ made: Project; value: string; code: number | null }> {
   const train = `#!/bin/sh\necho started > "$KAOS_TEST_STARTED"\nread go < "$KAOS_TEST_FIFO"\nmkdir -p "$1" && cat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
   const made = project(train, { "value.txt": "v1" });
   const fifo = made.path("go.fifo");
   execFileSync("mkfifo", [fifo]);
+  const value = made.path("data", "value.txt");
+  // The path the edit is written through: the file's own unless told.
+  const through = options.through?.(made) ?? value;
   const running = runKaos(args, { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: made.path("started") } });
   await fileContent(made.path("started"));
-  const value = made.path("data", "value.txt");
   const before = statSync(value);
-  writeFileSync(value, "V2");
+  writeFileSync(through, "V2");
   utimesSync(value, before.atime, before.mtime);
   writeFileSync(fifo, "go\n");
   return { made, value, code: (await running).code };
@@ -163,6 +168,23 @@ describe("data views mounted read-only for each job (the default where a mount n
     );
     const plan = await runKaos(["plan", "--detailed-exitcode"], { cwd: made.dir });
     expect(plan.code, plan.stdout).toBe(2);
+  }, 60_000);
+
+  it("an edit through a hardlink outside the bundle while the only job runs, which no watch of the bundle's folders reports, fails the job naming the file", async () => {
+    const { made, value, code } = await editWhileTheJobRuns(["up"], {
+      through: (made) => {
+        const elsewhere = made.path("elsewhere", "value.txt");
+        mkdirSync(dirname(elsewhere));
+        linkSync(made.path("data", "value.txt"), elsewhere);
+        return elsewhere;
+      },
+    });
+    expect(code).toBe(1);
+    expect(readFileSync(value, "utf8")).toBe("V2");
+    const reasons = trainReasons(made);
+    expect(reasons).toHaveLength(1);
+    expect(reasons[0]).toMatch(/^the data changed while this job ran \(/);
+    expect(reasons[0]).toContain(`(${value})`);
   }, 60_000);
 
   it("a mount point removed while its job runs, as another kaos laying the same data out as links would, fails the job; the next up mounts it again", async () => {

@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, realpathSync, rmSync, statSync, symlinkSync, un
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { sealBundleFolder } from "../src/backends/local/data-view.js";
+import { SweepComparison, sealBundleFolder } from "../src/backends/local/data-view.js";
 import { hashTree, memoryStatCache, type TreeHash } from "../src/core/hash.js";
 import { releaseSeal } from "../src/core/snapshot.js";
 import { StatCacheMap } from "../src/core/stat-cache.js";
@@ -45,7 +45,7 @@ async function plan(root = bundle): Promise<{ tree: TreeHash; cache: StatCacheMa
 async function sealed(planned: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint }) {
   const result = sealBundleFolder(planned.tree, planned.cache, planned.savedAt);
   if (!("seal" in result)) return result;
-  const changed = (await result.verifying) ?? [];
+  const changed = (await result.comparison?.result()) ?? [];
   releaseSeal(result.seal);
   return { seal: result.seal, unverified: [...result.unverified, ...changed] };
 }
@@ -110,4 +110,38 @@ describe("sealing a bundle's own folder for a mounted view", () => {
       }
     },
   );
+});
+
+describe("a mounted view's comparison with the plan (SweepComparison)", () => {
+  it("started by the first job to end: in the idle threads while others may still read the data, and once only", async () => {
+    const asked: boolean[] = [];
+    const comparison = new SweepComparison(async (inBackground) => {
+      asked.push(inBackground);
+      return [];
+    });
+    comparison.expect(["a", "b", "c"]);
+    comparison.ended("a");
+    comparison.ended("a");
+    expect(await comparison.result()).toEqual([]);
+    comparison.ended("b");
+    comparison.ended("c");
+    await comparison.result();
+    expect(asked).toEqual([true]);
+    expect(comparison.lastCheckAt).toBeUndefined();
+  });
+
+  it("is the sweep's last check too when no job is left to read the data, its time taken before it starts", async () => {
+    let startedAt: bigint | undefined;
+    const comparison = new SweepComparison(async (inBackground) => {
+      startedAt = BigInt(Date.now()) * 1_000_000n;
+      return inBackground ? ["asked in the background"] : ["sub/more.txt"];
+    });
+    comparison.expect(["a", "b"]);
+    comparison.ended("b");
+    comparison.ended("a");
+    const before = BigInt(Date.now()) * 1_000_000n;
+    expect(await comparison.result()).toEqual(["sub/more.txt"]);
+    expect(comparison.lastCheckAt).toBeGreaterThanOrEqual(before);
+    expect(comparison.lastCheckAt).toBeLessThanOrEqual(startedAt!);
+  });
 });

@@ -361,18 +361,17 @@ export function sealLinkedView(
  * for (the hashed content, on this device, outside the racy window) is sealed
  * with the stat the plan found it with, any other file is stat'ed and read (a
  * symlink's target compared with the hashed one). The seal's directories are
- * watched from then on, and every stat is compared once (`verifying`: by the
- * idle hashing threads while the first jobs start, or here first where none
- * is idle), so a file changed between the plan and now breaks the seal before
- * any job's result is trusted. Nothing is pending: a mount moves no change
- * time.
+ * watched from then on; a file changed between the plan and the watches is
+ * found by comparing every stat once (`comparison`), which the sweep does
+ * before any job's result is trusted. Nothing is pending: a mount moves no
+ * change time.
  */
 export function sealBundleFolder(
   tree: TreeHash,
   cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   limit = 5,
-): (LinkedSeal & { verifying?: Promise<string[]> }) | { unmountable: string } {
+): (LinkedSeal & { comparison?: SweepComparison }) | { unmountable: string } {
   const unverified: string[] = [];
   let root: string;
   try {
@@ -454,14 +453,54 @@ export function sealBundleFolder(
   const seal = sealOf(root, stats, lastChangeNs);
   if (unverified.length > 0) return { seal, unverified, pending: undefined };
   const hashes = treeHashLookup(tree);
-  const verifying = checkSealEveryStat(seal, limit, {
-    confirm: (path) => {
-      const hash = hashes.get(path);
-      return hash !== undefined && holdsHash(`${root}/${path}`, hash);
-    },
-    inBackground: true,
-  });
-  return { seal, unverified, pending: undefined, verifying };
+  const comparison = new SweepComparison((inBackground) =>
+    checkSealEveryStat(seal, limit, {
+      confirm: (path) => {
+        const hash = hashes.get(path);
+        return hash !== undefined && holdsHash(`${root}/${path}`, hash);
+      },
+      inBackground,
+    }),
+  );
+  return { seal, unverified, pending: undefined, comparison };
+}
+
+/**
+ * A mounted view's first comparison of every stat with the plan's, which
+ * every job of the sweep awaits before its result counts. It is started by
+ * the first job to end rather than at the seal: when no other job of the
+ * sweep can read the data after it (a sweep of one job, say), it is also
+ * the sweep's last check of every stat, and one pass over a big bundle's
+ * stats does for both.
+ */
+export class SweepComparison {
+  private readonly unended = new Set<string>();
+  private running: Promise<string[]> | undefined;
+  /** When it started, if it was the sweep's last check too; taken before any stat. */
+  lastCheckAt: bigint | undefined;
+
+  constructor(private readonly compare: (inBackground: boolean) => Promise<string[]>) {}
+
+  /** The jobs of the sweep, before any of them starts. */
+  expect(jobIds: Iterable<string>): void {
+    for (const id of jobIds) this.unended.add(id);
+  }
+
+  /** `jobId` ran and ended, or never will run: it reads the data no more. */
+  ended(jobId: string): void {
+    this.unended.delete(jobId);
+  }
+
+  /** The paths found changed (at most the seal's limit), the comparison started now unless it was. */
+  result(): Promise<string[]> {
+    if (this.running === undefined) {
+      const last = this.unended.size === 0;
+      if (last) this.lastCheckAt = BigInt(Date.now()) * 1_000_000n;
+      // The sweep's last check has this thread's help; one that runs beside jobs leaves it to the idle threads.
+      this.running = this.compare(!last);
+    }
+    return this.running;
+  }
 }
 
 /** Whether the symlink at `path` has the target the tree hashed as `hash`. */

@@ -70,6 +70,7 @@ import {
   pendingStatCacheRows,
   refreshedStatCache,
   sealBundleFolder,
+  type SweepComparison,
   sealLinkedView,
 } from "./data-view.js";
 import { removeTemporaries } from "./temporaries.js";
@@ -130,8 +131,8 @@ interface DataView {
    * the mount point's `dev:ino` as made; the seal is then the bundle's own.
    */
   mount?: { namespace: MountNamespace; point: string };
-  /** A mounted view's first comparison of every stat with the plan's, running while the first jobs start (`sealBundleFolder`). */
-  verifying?: Promise<string[]>;
+  /** A mounted view's first comparison of every stat with the plan's, started by the sweep's first job to end (`sealBundleFolder`). */
+  comparison?: SweepComparison;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
   bundle?: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint; pending: PendingStatCache | undefined };
 }
@@ -892,10 +893,16 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     let results: Awaited<ReturnType<typeof this.runTrainJob>>[];
     const ids = new Set(records.map((record) => record.id));
     const entries = new StateEntries(this.stateDir, (id) => ids.has(id) || this.state.getJob(id) !== undefined);
+    data.comparison?.expect(ids);
     try {
       const sweepDone = Promise.all(
         records.map(async (record) => {
-          const result = await this.runTrainJob(record, p, { environment, data, entries, pool, options });
+          let result: Awaited<ReturnType<typeof this.runTrainJob>>;
+          try {
+            result = await this.runTrainJob(record, p, { environment, data, entries, pool, options });
+          } finally {
+            data.comparison?.ended(record.id);
+          }
           // Pipelines waiting on this key go on as soon as it is done, not when the whole sweep is.
           settle.get(record.key)?.({ id: record.id, state: result.state, exitCode: result.exitCode, pipeline: name });
           settle.delete(record.key);
@@ -926,9 +933,11 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
         results = results.map((result, index) => (records[index]!.id === id ? { ...result, state: "failed" as const, reason } : result));
         reporter.event({ kind: "note", message: `${name} train: ${problem}; recorded as failed` });
       }
-      // What the watches cannot see (writes through a memory mapping, a lost event): every stat, once per sweep.
-      const checkedAt = BigInt(Date.now()) * 1_000_000n;
-      const late = data.seal.broken === undefined ? await this.dataSpoiledEveryStat(data) : undefined;
+      // What the watches cannot see (writes through a memory mapping, a lost event): every stat, once per sweep,
+      // unless the view's first comparison with the plan started once no job could read the data any more.
+      const lastCheckAt = data.comparison?.lastCheckAt;
+      const checkedAt = lastCheckAt ?? BigInt(Date.now()) * 1_000_000n;
+      const late = data.seal.broken === undefined && lastCheckAt === undefined ? await this.dataSpoiledEveryStat(data) : undefined;
       if (late === undefined && data.seal.broken === undefined) this.refreshBundleStatCache(data, checkedAt);
       if (late !== undefined) {
         const reason = `${dataWrittenReason(data, { written: "during this sweep", changed: "during this sweep" }, late)}; no job of the sweep is trusted`;
@@ -1032,8 +1041,6 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   ): Promise<DataView | undefined> {
     const sealed = sealBundleFolder(tree, cache, savedAt);
     if ("unmountable" in sealed) return undefined;
-    // Awaited by every job before its result counts; a failure there fails those jobs.
-    sealed.verifying?.catch(() => undefined);
     if (sealed.unverified.length > 0) {
       releaseSeal(sealed.seal);
       throw this.changedSinceHashed(where, tree, sealed.unverified);
@@ -1047,7 +1054,7 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       hashes,
       linkedTo: tree.root,
       mount: { namespace: mount, point: `${point.dev}:${point.ino}` },
-      ...(sealed.verifying === undefined ? {} : { verifying: sealed.verifying }),
+      ...(sealed.comparison === undefined ? {} : { comparison: sealed.comparison }),
     };
   }
 
@@ -1370,8 +1377,9 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       if (control.reason !== undefined) return finish("cancelled", result.exitCode, control.reason + logNote);
       const lost = mountPointGone(context.data);
       if (lost !== undefined) return finish("failed", result.exitCode, lost + logNote);
-      // The mounted view's first comparison with the plan, if still running: a change it finds breaks the seal.
-      await context.data.verifying;
+      // The mounted view's first comparison with the plan: a change it finds breaks the seal.
+      context.data.comparison?.ended(record.id);
+      await context.data.comparison?.result();
       const spoiled = this.dataSpoiled(context.data);
       if (spoiled !== undefined) {
         const when = { written: "while this job ran", changed: "while this job ran" };
