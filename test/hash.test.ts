@@ -4,6 +4,7 @@ import {
   appendFileSync,
   chmodSync,
   closeSync,
+  lstatSync,
   mkdirSync,
   mkdtempSync,
   openSync,
@@ -23,6 +24,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KaosError } from "../src/core/errors.js";
 import {
   diffTrees,
+  foldersOf,
   hashFile,
   hashString,
   hashTree,
@@ -234,6 +236,54 @@ describe("hashTree: identity", () => {
     const again = await Promise.all(roots.map((root, index) => hashTree(root, { statCache: caches[index]! })));
     expect(again.map((tree) => tree.hash)).toEqual(first.map((tree) => tree.hash));
     expect(new Set(first.map((tree) => tree.hash)).size).toBe(roots.length);
+  });
+});
+
+describe("hashTree: the folders a walk listed (foldersOf)", () => {
+  /** Each folder's path with the inode and modification time lstat gives it now. */
+  function foldersNow(root: string, paths: string[]): { path: string; ino: bigint; mtimeNs: bigint }[] {
+    return paths.map((path) => {
+      const stat = lstatSync(path === "" ? root : join(root, path), { bigint: true });
+      return { path, ino: stat.ino, mtimeNs: stat.mtimeNs };
+    });
+  }
+
+  it("gives every folder in path order, each with its stat, and says it held exactly the tree's entries; a split walk gives the same", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { "a-b.txt": "1", "a/c.txt": "2", "a/d/e.txt": "3", "b/f.txt": "4" });
+    for (let index = 0; index < 3000; index++) writeFileSync(join(root, "a", `many-${index}.txt`), `${index}`);
+    for (const workers of [1, 3]) {
+      const folders = foldersOf(await hashTree(root, { workers }));
+      expect(folders?.exact).toBe(true);
+      expect(folders?.paths).toEqual(["", "a", "a/d", "b"]);
+      const seen = folders!.paths.map((path, index) => ({
+        path,
+        ino: BigInt.asUintN(64, folders!.stats[4 * index + 1]!),
+        mtimeNs: folders!.stats[4 * index + 2]!,
+      }));
+      expect(seen).toEqual(foldersNow(root, folders!.paths));
+    }
+  });
+
+  it.each([
+    ["an ignored file", { ".kaosignore": "*.log\n", "run.log": "x" }],
+    ["an editor's swap file", { ".value.txt.swp": "x" }],
+    ["a folder always skipped", { ".git/HEAD": "x" }],
+  ])("says a folder held more than the tree when it held %s", async (_, extra) => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { "value.txt": "1", ...extra });
+    expect(foldersOf(await hashTree(root))?.exact).toBe(false);
+  });
+
+  it("says so of an empty folder too, and gives nothing for a tree the walk did not list", async () => {
+    const root = makeTemporaryDirectory();
+    writeTree(root, { "value.txt": "1" });
+    expect(foldersOf(await hashTree(root))?.exact).toBe(true);
+    mkdirSync(join(root, "empty"));
+    expect(foldersOf(await hashTree(root))?.exact).toBe(false);
+    expect(
+      foldersOf({ root, hash: "0".repeat(64), files: [], stats: { files: 0, bytes: 0, hashedFiles: 0, hashedBytes: 0, cacheHits: 0 } }),
+    ).toBeUndefined();
   });
 });
 

@@ -5,7 +5,18 @@
  * show the folder as the tree has it.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, realpathSync, rmSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  mkdirSync,
+  mkdtempSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -32,13 +43,20 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** The tree a plan hashes now, and its stat cache as saved well after every file's change (so each is vouched for). */
-async function plan(root = bundle): Promise<{ tree: TreeHash; cache: StatCacheMap; savedAt: bigint }> {
+/**
+ * The tree a plan hashes now, and its stat cache as saved well after every
+ * file's and folder's change (so each is vouched for); or, `justChanged`,
+ * saved as the change was made (so the folders are listed again).
+ */
+async function plan(
+  root = bundle,
+  options: { justChanged?: boolean } = {},
+): Promise<{ tree: TreeHash; cache: StatCacheMap; savedAt: bigint }> {
   const store = memoryStatCache();
   const tree = await hashTree(root, { statCache: store });
   const cache = new StatCacheMap();
   for (const entry of (await store.load(tree.root)).values()) cache.set(entry.path, entry);
-  return { tree, cache, savedAt: BigInt(Date.now() + 60_000) * 1_000_000n };
+  return { tree, cache, savedAt: BigInt(Date.now() + (options.justChanged === true ? 0 : 60_000)) * 1_000_000n };
 }
 
 /** The seal's outcome once its first comparison with the plan is over: what it found unverified, and what that comparison found changed. */
@@ -86,6 +104,37 @@ describe("sealing a bundle's own folder for a mounted view", () => {
     rmSync(join(bundle, "notes.txt"));
     mkdirSync(join(bundle, "empty"));
     expect(await sealed(await plan())).toEqual({ unmountable: "empty" });
+  });
+
+  it("takes the folders as the plan's walk listed them: a file added since is found by its folder's modification time, the folder named", async () => {
+    // Modified an hour ago, as the racy rule wants it: the addition moves its modification time whatever the clock's grain.
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    utimesSync(join(bundle, "sub"), hourAgo, hourAgo);
+    const planned = await plan();
+    writeFileSync(join(bundle, "sub", "new.txt"), "new");
+    expect(await sealed(planned)).toMatchObject({ unverified: ["sub"] });
+  });
+
+  it("lists the folders again when one changed within the racy window of the plan: a file added since is named", async () => {
+    const planned = await plan(bundle, { justChanged: true });
+    writeFileSync(join(bundle, "sub", "new.txt"), "new");
+    expect(await sealed(planned)).toEqual({ unmountable: "sub/new.txt" });
+  });
+
+  it("lists the folders again when the walk's root is no longer the bundle's folder", async () => {
+    const planned = await plan();
+    renameSync(bundle, join(dir, "moved"));
+    mkdirSync(join(bundle, "sub"), { recursive: true });
+    for (const [path, content] of [
+      ["value.txt", "v1"],
+      ["sub/more.txt", "more"],
+      ["v1.txt", "one"],
+      ["v2.txt", "two"],
+    ] as const)
+      writeFileSync(join(bundle, path), content);
+    symlinkSync("v1.txt", join(bundle, "current"));
+    writeFileSync(join(bundle, "extra.txt"), "extra");
+    expect(await sealed(planned)).toEqual({ unmountable: "extra.txt" });
   });
 
   it("seals a bundle that is a symlink through its real path", async () => {

@@ -1320,6 +1320,28 @@ const rowTrees = new WeakMap<Pick<TreeHash, "files">, TreeRows>();
  * that finds nothing changed needs only the hash, and one that finds a few
  * changes need not hold a million objects.
  */
+/**
+ * The folders a walk listed to make a tree, each stat'ed just before it was
+ * listed: with them, a folder's listing since is known unchanged by its
+ * stat alone (see `sealBundleFolder`).
+ */
+export interface WalkedFolders {
+  /** Every folder held exactly the tree's entries: nothing left out (ignored, editors' or special files), none empty, no file vanished. */
+  exact: boolean;
+  /** Relative paths ("" for the root), in path order. */
+  paths: string[];
+  /** dev, ino (their bits), mtimeNs, ctimeNs per folder. */
+  stats: BigInt64Array;
+}
+
+/** What the walk that made each tree saw of its folders; none for a tree made without listing them (the monitor's, a kept one). */
+const walkedFolders = new WeakMap<TreeHash, WalkedFolders>();
+
+/** The folders the walk that made `tree` listed, or undefined when it listed none. */
+export function foldersOf(tree: TreeHash): WalkedFolders | undefined {
+  return walkedFolders.get(tree);
+}
+
 function lazyTree(root: string, hash: string, rows: TreeRows, stats: TreeHash["stats"]): TreeHash {
   let files: TreeFile[] | undefined;
   const tree = { root, hash, stats } as TreeHash;
@@ -1598,8 +1620,34 @@ class Listing {
   unchangedPacked: PackedStatCache | undefined;
   cursor: CacheLookup | undefined;
   private finalRows: StatCacheRows | undefined;
+  private readonly folderPaths: string[] = [];
+  private readonly folderStats: BigInt64Array[] = [];
+  private inexact = false;
 
   constructor(private readonly packed: PackedStatCache | undefined) {}
+
+  private addFolders(result: UnitResult): void {
+    if (result.inexact) this.inexact = true;
+    if (result.folders === "" && result.folderStats.length === 0) return;
+    for (const path of result.folders.split("\0")) this.folderPaths.push(path);
+    this.folderStats.push(result.folderStats);
+  }
+
+  /** The folders walked, in path order (units come in path order; sorted all the same, they are few). */
+  private walkedFolders(): WalkedFolders {
+    const order = this.folderPaths.map((_, index) => index);
+    const keys = this.folderPaths.map((path) => (path === "" ? "" : `${path}/`));
+    order.sort((left, right) => comparePaths(keys[left]!, keys[right]!));
+    const joined = new BigInt64Array(4 * order.length);
+    let offset = 0;
+    for (const piece of this.folderStats) {
+      joined.set(piece, offset);
+      offset += piece.length;
+    }
+    const stats = new BigInt64Array(4 * order.length);
+    for (const [to, from] of order.entries()) stats.set(joined.subarray(4 * from, 4 * from + 4), 4 * to);
+    return { exact: !this.inexact, paths: order.map((index) => this.folderPaths[index]!), stats };
+  }
 
   private addRows(fromPacked: boolean, first: number, count: number): void {
     appendRun(this.runs, { fromPacked, first, count });
@@ -1608,6 +1656,7 @@ class Listing {
   /** Takes one walk result; returns the hash jobs for what must be read. */
   add(record: UnitRecord): HashJob[] {
     const result = record.result!;
+    this.addFolders(result);
     const count = result.status.length;
     if (count === 0) return [];
     if (this.packed !== undefined && result.allHits) {
@@ -1672,21 +1721,26 @@ class Listing {
     if (packed !== undefined && only?.fromPacked === true && only.first === 0 && only.count === packed.count) {
       this.unchangedPacked = packed;
       const stats = { files: packed.count, bytes: sumOf(packed), hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count };
-      return lazyTree(root, packed.treeHash ?? digestOfRows(packed), packedRows(packed), stats);
+      const tree = lazyTree(root, packed.treeHash ?? digestOfRows(packed), packedRows(packed), stats);
+      walkedFolders.set(tree, this.walkedFolders());
+      return tree;
     }
-    this.dropVanished();
+    if (this.dropVanished()) this.inexact = true;
     const rows = new StatCacheRows(this.runs, packed, this.fresh);
     this.finalRows = rows;
     const { hash, bytes } = digestOfRuns(this.runs, packed, this.fresh);
     const stats = { files: rows.count, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits };
-    return lazyTree(root, hash, rows, stats);
+    const tree = lazyTree(root, hash, rows, stats);
+    walkedFolders.set(tree, this.walkedFolders());
+    return tree;
   }
 
   /** Files that vanished before their job could read them are not part of the tree. */
-  private dropVanished(): void {
+  /** Whether any did. */
+  private dropVanished(): boolean {
     const fresh = this.fresh;
     const gone = (row: number): boolean => fresh.odd.get(row) === "";
-    if (fresh.odd.size === 0 || ![...fresh.odd.values()].includes("")) return;
+    if (fresh.odd.size === 0 || ![...fresh.odd.values()].includes("")) return false;
     const runs: RowRun[] = [];
     const keep = (run: RowRun): void => appendRun(runs, run);
     for (const run of this.runs) {
@@ -1704,6 +1758,7 @@ class Listing {
       }
     }
     this.runs = runs;
+    return true;
   }
 }
 

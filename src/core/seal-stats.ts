@@ -70,6 +70,16 @@ export class SealStats implements Iterable<[string, string]> {
     this.times[2 * row + 1] = ctimeNs;
   }
 
+  /** Appends a directory's entry as stat'ed earlier: its inode, modification and inode change time. */
+  addDirectory(path: string, ino: bigint, mtimeNs: bigint, ctimeNs: bigint): void {
+    const row = this.append(path);
+    this.types[row] = SEAL_DIRECTORY;
+    this.sizes[2 * row] = ino;
+    this.sizes[2 * row + 1] = 0n;
+    this.times[2 * row] = mtimeNs;
+    this.times[2 * row + 1] = ctimeNs;
+  }
+
   private append(path: string): number {
     const row = this.paths.length;
     if (row === this.types.length) this.grow();

@@ -465,6 +465,18 @@ export class StatCacheColumns {
     return this.newEntry(i, this.pathAt(i), hash);
   }
 
+  /** Entry `i`'s device, inode, size, times and mode, without its path or hash: for a pass that needs no more. */
+  statAt(i: number): { dev: bigint; ino: bigint; size: number; mtimeNs: bigint; ctimeNs: bigint; mode: StatCacheEntry["mode"] } {
+    return {
+      dev: this.devAt(i),
+      ino: this.inos[i] as bigint,
+      size: this.sizes[i] as number,
+      mtimeNs: this.mtimes[i] as bigint,
+      ctimeNs: this.ctimes[i] as bigint,
+      mode: MODES[(this.kinds[i] as number) & 3] ?? "file",
+    };
+  }
+
   private newEntry(i: number, path: string, hash: string): StatCacheEntry {
     const kind = this.kinds[i] as number;
     const ino = this.inos[i] as bigint;

@@ -158,6 +158,12 @@ export interface UnitResult {
   firstRow: number;
   /** The rest of the unit, in path order: everything here sorts after `paths`. */
   children: WalkUnit[];
+  /** The folders this unit listed, relative ("" for the root), "\0"-joined in path order. */
+  folders: string;
+  /** dev, ino, mtimeNs, ctimeNs per folder, each stat'ed just before it was listed (dev and ino as their bits). */
+  folderStats: BigInt64Array;
+  /** A folder listed here held what the tree leaves out (ignored, editors' or special files), or nothing; or a file vanished. */
+  inexact: boolean;
 }
 
 export interface WalkResult {
@@ -503,6 +509,9 @@ class UnitCollector {
   /** Every file so far is a HIT at consecutive rows. */
   private allHits = true;
   readonly children: WalkUnit[] = [];
+  private readonly folders: string[] = [];
+  private folderStats: bigint[] = [];
+  private inexact = false;
   bytesLeft: number;
   entriesLeft: number;
 
@@ -536,7 +545,10 @@ class UnitCollector {
 
   visitDirectory(prefix: string): void {
     let entries: Dirent[];
+    // Stat'ed before it is listed: an entry added or removed after the listing moves its modification time.
+    let folder: BigIntStats | undefined;
     try {
+      folder = lstatSync(this.request.rootPrefix + prefix, { bigint: true, throwIfNoEntry: false });
       entries = readdirSync(this.request.rootPrefix + prefix, { withFileTypes: true });
     } catch (error) {
       const code = errnoOf(error);
@@ -546,6 +558,11 @@ class UnitCollector {
     }
     this.entriesLeft -= DIRECTORY_COST;
     const keys = entryKeys(entries, this.request.rootPrefix + prefix, prefix, this.ignored, this.request.everyFile);
+    if (folder === undefined || keys.length !== entries.length || entries.length === 0) this.inexact = true;
+    if (folder !== undefined) {
+      this.folders.push(prefix === "" ? "" : prefix.slice(0, -1));
+      this.folderStats.push(BigInt.asIntN(64, folder.dev), BigInt.asIntN(64, folder.ino), folder.mtimeNs, folder.ctimeNs);
+    }
     for (let index = 0; index < keys.length; index++) {
       if (this.entriesLeft <= 0) {
         this.deferRest(prefix, keys, index);
@@ -603,6 +620,7 @@ class UnitCollector {
     if (stats === undefined || (this.request.everyFile && !stats.isFile() && !stats.isSymbolicLink() && !stats.isDirectory())) {
       this.status[index] = STATUS_VANISHED;
       this.allHits = false;
+      this.inexact = true;
       return;
     }
     const mode = Number(stats.mode);
@@ -653,6 +671,7 @@ class UnitCollector {
       if (errnoOf(error) !== "ENOENT")
         throw new FileError(path, errnoOf(error), false, error instanceof Error ? error.message : String(error));
       this.status[index] = STATUS_VANISHED;
+      this.inexact = true;
     }
   }
 
@@ -668,6 +687,9 @@ class UnitCollector {
       allHits: this.allHits,
       firstRow: this.count === 0 ? -1 : this.cacheRows[0]!,
       children: this.children,
+      folders: this.folders.join("\0"),
+      folderStats: BigInt64Array.from(this.folderStats),
+      inexact: this.inexact,
     };
   }
 }

@@ -43,7 +43,16 @@ import {
 import { dirname, join } from "node:path";
 import { lstatOrUndefined } from "../../core/disk.js";
 import { errnoCode } from "../../core/errors.js";
-import { fileCountOf, filesOf, treeHashLookup, type StatCacheEntry, type TreeFile, type TreeHash } from "../../core/hash.js";
+import {
+  fileCountOf,
+  filesOf,
+  foldersOf,
+  treeHashLookup,
+  type StatCacheEntry,
+  type TreeFile,
+  type TreeHash,
+  type WalkedFolders,
+} from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
 import { SealStats, sealedFileStat } from "../../core/seal-stats.js";
 import { CANNOT_LINK, checkSealEveryStat, inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
@@ -379,7 +388,8 @@ export function sealBundleFolder(
   } catch {
     return { seal: sealOf(tree.root, new SealStats(), 0n), unverified: ["."], pending: undefined };
   }
-  const device = statSync(root, { bigint: true }).dev;
+  const rootStat = statSync(root, { bigint: true });
+  const device = rootStat.dev;
   const fine = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_FINE_NS;
   const coarse = savedAt === undefined ? 0n : savedAt - RACY_WINDOW_COARSE_NS;
   const columns = savedAt === undefined ? undefined : cache?.columns();
@@ -446,10 +456,75 @@ export function sealBundleFolder(
     }
     return undefined;
   };
-  stat(root, "");
-  const unmountable = walk(root, "");
+  /**
+   * The folders as the plan's walk listed them, each stat'ed just before: no
+   * folder is listed again. An entry added or removed since moves its
+   * folder's modification time, which the comparison with the plan finds.
+   */
+  const sealFromWalk = (folders: WalkedFolders): string | undefined => {
+    const { paths, stats: folderStats } = folders;
+    let next = 0;
+    const addFoldersBefore = (path: string | undefined): void => {
+      // A folder's entries sort after it as if its name ended with "/".
+      for (; next < paths.length; next++) {
+        const folder = paths[next]!;
+        if (path !== undefined && folder !== "" && comparePaths(`${folder}/`, path) > 0) return;
+        const ctimeNs = folderStats[4 * next + 3]!;
+        stats.addDirectory(folder, BigInt.asUintN(64, folderStats[4 * next + 1]!), folderStats[4 * next + 2]!, ctimeNs);
+        if (ctimeNs > lastChangeNs) lastChangeNs = ctimeNs;
+      }
+    };
+    /** Seals a file the stat cache does not vouch for with a stat taken now; the path when it is on another device. */
+    const sealNow = (file: TreeFile): string | undefined => {
+      const path = `${root}/${file.path}`;
+      const found = stat(path, file.path);
+      if (found !== undefined && found.dev !== device) return file.path;
+      if (unverified.length < limit && !holdsPlanned(path, file, found)) unverified.push(file.path);
+      return undefined;
+    };
+    // The rows the plan's walk saved are the tree's, file for file (the tree hash says so): row i is file i.
+    if (columns !== undefined && columns.treeHash === tree.hash && columns.count === count && columns.inPathOrder) {
+      for (let row = 0; row < count; row++) {
+        const path = columns.pathAt(row);
+        addFoldersBefore(path);
+        const at = columns.statAt(row);
+        if (at.mode !== "symlink" && at.dev === device && isOutsideRacyWindow(at.mtimeNs, at.ctimeNs, fine, coarse)) {
+          stats.addFile(path, at.ino, BigInt(at.size), at.mtimeNs, at.ctimeNs);
+          if (at.ctimeNs > lastChangeNs) lastChangeNs = at.ctimeNs;
+          continue;
+        }
+        const entry = columns.peekAt(row);
+        const elsewhere = sealNow({ path, mode: entry.mode, size: entry.size, hash: entry.hash });
+        if (elsewhere !== undefined) return elsewhere;
+      }
+    } else {
+      for (const file of filesOf(tree)) {
+        addFoldersBefore(file.path);
+        const entry = vouchedFor(file);
+        if (entry !== undefined) {
+          stats.addFile(file.path, unsigned(entry.ino), BigInt(entry.size), entry.mtimeNs, entry.ctimeNs);
+          if (entry.ctimeNs > lastChangeNs) lastChangeNs = entry.ctimeNs;
+          continue;
+        }
+        const elsewhere = sealNow(file);
+        if (elsewhere !== undefined) return elsewhere;
+      }
+    }
+    addFoldersBefore(undefined);
+    return undefined;
+  };
+  const folders = foldersOf(tree);
+  const listed = folders !== undefined && savedAt !== undefined && walkStillHolds(folders, rootStat, coarse);
+  let unmountable: string | undefined;
+  if (listed) {
+    unmountable = sealFromWalk(folders);
+  } else {
+    stat(root, "");
+    unmountable = walk(root, "");
+    // A file of the tree the listing did not meet is gone.
+    if (unmountable === undefined && cursor.met < count) withUnsealed(tree, sealedAs, unverified, limit, { symlinks: true });
+  }
   if (unmountable !== undefined) return { unmountable };
-  if (cursor.met < count) withUnsealed(tree, sealedAs, unverified, limit, { symlinks: true });
   const seal = sealOf(root, stats, lastChangeNs);
   if (unverified.length > 0) return { seal, unverified, pending: undefined };
   const hashes = treeHashLookup(tree);
@@ -501,6 +576,24 @@ export class SweepComparison {
     }
     return this.running;
   }
+}
+
+/**
+ * Whether the folders a plan's walk listed still say what the bundle's
+ * folder holds: each held exactly the tree's entries, the walk's root is the
+ * folder sealed now, every folder is on its device, and none was modified
+ * within the racy window of the walk (`coarse`), so that a change made after
+ * it listed one moves that folder's modification time.
+ */
+function walkStillHolds(folders: WalkedFolders, root: BigIntStats, coarse: bigint): boolean {
+  const { paths, stats } = folders;
+  if (!folders.exact || paths[0] !== "") return false;
+  if (BigInt.asUintN(64, stats[0]!) !== root.dev || BigInt.asUintN(64, stats[1]!) !== root.ino) return false;
+  for (let index = 0; index < paths.length; index++) {
+    if (BigInt.asUintN(64, stats[4 * index]!) !== root.dev) return false;
+    if (stats[4 * index + 2]! >= coarse || stats[4 * index + 3]! >= coarse) return false;
+  }
+  return true;
 }
 
 /** Whether the symlink at `path` has the target the tree hashed as `hash`. */
