@@ -90,7 +90,7 @@ async function editWhileTheJobRuns(
   await fileContent(made.path("started"));
   const before = statSync(value);
   writeFileSync(through, "V2");
-  utimesSync(value, before.atime, before.mtime);
+  utimesSync(through, before.atime, before.mtime);
   writeFileSync(fifo, "go\n");
   return { made, value, code: (await running).code };
 }
@@ -183,8 +183,32 @@ describe("data views mounted read-only for each job (the default where a mount n
     expect(readFileSync(value, "utf8")).toBe("V2");
     const reasons = trainReasons(made);
     expect(reasons).toHaveLength(1);
-    expect(reasons[0]).toMatch(/^the data changed while this job ran \(/);
+    expect(reasons[0]).toMatch(/^the data changed after kaos hashed it, by the end of this job \(/);
     expect(reasons[0]).toContain(`(${value})`);
+  }, 60_000);
+
+  it("an edit through a hardlink outside the bundle while the second of two jobs runs, after the first job's comparison with the plan, fails the whole sweep at its end", async () => {
+    // With one job at a time, the second waits on the pipe once the first has ended.
+    const train = `#!/bin/sh\nmkdir -p "$1"\nif [ -e "$KAOS_TEST_STARTED" ]; then echo second > "$KAOS_TEST_STARTED.second"; read go < "$KAOS_TEST_FIFO"; else echo first > "$KAOS_TEST_STARTED"; fi\ncat "$KAOS_DATA_DIR/value.txt" > "$1/data.txt"\n`;
+    const made = project(train, { "value.txt": "v1" }, "data", { a: [1, 2] });
+    const elsewhere = made.path("elsewhere", "value.txt");
+    mkdirSync(dirname(elsewhere));
+    linkSync(made.path("data", "value.txt"), elsewhere);
+    const fifo = made.path("go.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const started = made.path("started");
+    const running = runKaos(["up"], { cwd: made.dir, env: { KAOS_TEST_FIFO: fifo, KAOS_TEST_STARTED: started } });
+    await fileContent(`${started}.second`);
+    const before = statSync(elsewhere);
+    writeFileSync(elsewhere, "V2");
+    utimesSync(elsewhere, before.atime, before.mtime);
+    writeFileSync(fifo, "go\n");
+    const { code } = await running;
+    expect(code).toBe(1);
+    const reasons = trainReasons(made);
+    expect(reasons).toHaveLength(2);
+    for (const reason of reasons) expect(reason).toMatch(/during this sweep.*; no job of the sweep is trusted$/);
+    expect(reasons[0]).toContain(made.path("data", "value.txt"));
   }, 60_000);
 
   it("a mount point removed while its job runs, as another kaos laying the same data out as links would, fails the job; the next up mounts it again", async () => {

@@ -21,7 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { SweepComparison, sealBundleFolder } from "../src/backends/local/data-view.js";
-import { hashTree, memoryStatCache, type TreeHash } from "../src/core/hash.js";
+import { foldersOf, hashTree, memoryStatCache, type TreeHash } from "../src/core/hash.js";
 import { releaseSeal } from "../src/core/snapshot.js";
 import { StatCacheMap } from "../src/core/stat-cache.js";
 
@@ -44,9 +44,10 @@ afterEach(() => {
 });
 
 /**
- * The tree a plan hashes now, and its stat cache as saved well after every
- * file's and folder's change (so each is vouched for); or, `justChanged`,
- * saved as the change was made (so the folders are listed again).
+ * The tree a plan hashes now, and its stat cache, as if walked and saved a
+ * minute after every file's and folder's change (so each is vouched for, and
+ * the folders are taken as the walk listed them); or, `justChanged`, as
+ * walked and saved right after the change (so the folders are listed again).
  */
 async function plan(
   root = bundle,
@@ -56,7 +57,10 @@ async function plan(
   const tree = await hashTree(root, { statCache: store });
   const cache = new StatCacheMap();
   for (const entry of (await store.load(tree.root)).values()) cache.set(entry.path, entry);
-  return { tree, cache, savedAt: BigInt(Date.now() + (options.justChanged === true ? 0 : 60_000)) * 1_000_000n };
+  const later = options.justChanged === true ? 0n : 60_000_000_000n;
+  const folders = foldersOf(tree);
+  if (folders !== undefined) folders.walkedAt += later;
+  return { tree, cache, savedAt: BigInt(Date.now()) * 1_000_000n + later };
 }
 
 /** The seal's outcome once its first comparison with the plan is over: what it found unverified, and what that comparison found changed. */
@@ -107,15 +111,25 @@ describe("sealing a bundle's own folder for a mounted view", () => {
   });
 
   it("takes the folders as the plan's walk listed them: a file added since is found by its folder's modification time, the folder named", async () => {
-    // Modified an hour ago, as the racy rule wants it: the addition moves its modification time whatever the clock's grain.
-    const hourAgo = new Date(Date.now() - 3_600_000);
-    utimesSync(join(bundle, "sub"), hourAgo, hourAgo);
     const planned = await plan();
     writeFileSync(join(bundle, "sub", "new.txt"), "new");
     expect(await sealed(planned)).toMatchObject({ unverified: ["sub"] });
   });
 
+  it("finds a file added after the plan to a folder whose modification time is then set back (as cp -a or rsync -a do)", async () => {
+    const sub = join(bundle, "sub");
+    // Whole seconds, which utimes sets exactly.
+    const earlier = Math.floor(Date.now() / 1000) - 3600;
+    utimesSync(sub, earlier, earlier);
+    const planned = await plan();
+    writeFileSync(join(sub, "new.txt"), "new");
+    utimesSync(sub, earlier, earlier);
+    expect(statSync(sub).mtimeMs).toBe(earlier * 1000);
+    expect(await sealed(planned)).toMatchObject({ unverified: ["sub"] });
+  });
+
   it("lists the folders again when one changed within the racy window of the plan: a file added since is named", async () => {
+    writeFileSync(join(bundle, "sub", "more.txt"), "more");
     const planned = await plan(bundle, { justChanged: true });
     writeFileSync(join(bundle, "sub", "new.txt"), "new");
     expect(await sealed(planned)).toEqual({ unmountable: "sub/new.txt" });

@@ -35,6 +35,9 @@ beforeEach(() => {
   mkdirSync(join(root, "a", "b"), { recursive: true });
   writeFileSync(join(root, "top.txt"), "top");
   writeFileSync(join(root, "a", "b", "deep.txt"), "deep");
+  // Whole seconds, which utimes can set back exactly (see the change whose folder's time is set back).
+  const whole = Math.floor(Date.now() / 1000) - 60;
+  utimesSync(join(root, "a"), whole, whole);
 });
 
 afterEach(() => {
@@ -59,6 +62,15 @@ const changes: [string, () => void, string][] = [
   ["a write into a file deep down", () => appendFileSync(join(root, "a", "b", "deep.txt"), "more"), "a/b/deep.txt"],
   ["a new file", () => writeFileSync(join(root, "a", "new.txt"), "new"), "a"],
   ["a removed file", () => unlinkSync(join(root, "top.txt")), "top.txt"],
+  [
+    "a new file whose folder's modification time is set back",
+    () => {
+      const before = lstatSync(join(root, "a"), { bigint: true });
+      writeFileSync(join(root, "a", "hidden.txt"), "hidden");
+      utimesSync(join(root, "a"), Number(before.atimeNs / 1_000_000_000n), Number(before.mtimeNs / 1_000_000_000n));
+    },
+    "a",
+  ],
   [
     "a same-size write whose time is set back",
     () => {

@@ -1006,7 +1006,7 @@ async function walkOneTree(root: string, options: HashTreeOptions, ready?: Monit
     if (jobs.length > 0) run.addJobs(jobs);
   });
   await run.finished();
-  const tree = listing.finish(absoluteRoot);
+  const tree = listing.finish(absoluteRoot, cacheTimeNs);
   // Skip the save when every cached entry was hit and nothing was read
   // (unless the store lacks the tree hash of an unchanged tree: then it learns it).
   const unchanged =
@@ -1332,6 +1332,8 @@ export interface WalkedFolders {
   paths: string[];
   /** dev, ino (their bits), mtimeNs, ctimeNs per folder. */
   stats: BigInt64Array;
+  /** When the walk began (ns): a folder changed within the racy window before it may change again unseen by its times. */
+  walkedAt: bigint;
 }
 
 /** What the walk that made each tree saw of its folders; none for a tree made without listing them (the monitor's, a kept one). */
@@ -1634,7 +1636,7 @@ class Listing {
   }
 
   /** The folders walked, in path order (units come in path order; sorted all the same, they are few). */
-  private walkedFolders(): WalkedFolders {
+  private walkedFolders(walkedAt: bigint): WalkedFolders {
     const order = this.folderPaths.map((_, index) => index);
     const keys = this.folderPaths.map((path) => (path === "" ? "" : `${path}/`));
     order.sort((left, right) => comparePaths(keys[left]!, keys[right]!));
@@ -1646,7 +1648,7 @@ class Listing {
     }
     const stats = new BigInt64Array(4 * order.length);
     for (const [to, from] of order.entries()) stats.set(joined.subarray(4 * from, 4 * from + 4), 4 * to);
-    return { exact: !this.inexact, paths: order.map((index) => this.folderPaths[index]!), stats };
+    return { exact: !this.inexact, paths: order.map((index) => this.folderPaths[index]!), stats, walkedAt };
   }
 
   private addRows(fromPacked: boolean, first: number, count: number): void {
@@ -1715,14 +1717,15 @@ class Listing {
     return this.finalRows ?? new StatCacheRows(this.runs, this.packed, this.fresh);
   }
 
-  finish(root: string): TreeHash {
+  /** `walkedAt`: when the walk began. */
+  finish(root: string, walkedAt: bigint): TreeHash {
     const packed = this.packed;
     const only = this.runs.length === 1 ? this.runs[0]! : undefined;
     if (packed !== undefined && only?.fromPacked === true && only.first === 0 && only.count === packed.count) {
       this.unchangedPacked = packed;
       const stats = { files: packed.count, bytes: sumOf(packed), hashedFiles: 0, hashedBytes: 0, cacheHits: packed.count };
       const tree = lazyTree(root, packed.treeHash ?? digestOfRows(packed), packedRows(packed), stats);
-      walkedFolders.set(tree, this.walkedFolders());
+      walkedFolders.set(tree, this.walkedFolders(walkedAt));
       return tree;
     }
     if (this.dropVanished()) this.inexact = true;
@@ -1731,7 +1734,7 @@ class Listing {
     const { hash, bytes } = digestOfRuns(this.runs, packed, this.fresh);
     const stats = { files: rows.count, bytes, hashedFiles: this.read, hashedBytes: this.readBytes, cacheHits: this.cacheHits };
     const tree = lazyTree(root, hash, rows, stats);
-    walkedFolders.set(tree, this.walkedFolders());
+    walkedFolders.set(tree, this.walkedFolders(walkedAt));
     return tree;
   }
 

@@ -190,6 +190,8 @@ function compareRow(
   if (stat.ino !== sizes[2 * row] || (type !== SEAL_DIRECTORY && stat.size !== sizes[2 * row + 1]) || stat.mtimeNs !== times[2 * row]) {
     return "changed";
   }
+  // A folder's modification time can be set back after an entry is added (cp -a, rsync -a, tar restore it); its change time cannot.
+  if (type === SEAL_DIRECTORY && stat.ctimeNs !== times[2 * row + 1]) return "changed";
   return type === SEAL_FILE && stat.ctimeNs !== times[2 * row + 1] ? "changeTimeOnly" : "same";
 }
 

@@ -553,7 +553,10 @@ class UnitCollector {
     } catch (error) {
       const code = errnoOf(error);
       // Removed or replaced while we walked: it is simply not part of this tree.
-      if (code === "ENOENT" || code === "ENOTDIR") return;
+      if (code === "ENOENT" || code === "ENOTDIR") {
+        this.inexact = true;
+        return;
+      }
       throw new FileError(prefix === "" ? "." : prefix.slice(0, -1), code, true, error instanceof Error ? error.message : String(error));
     }
     this.entriesLeft -= DIRECTORY_COST;

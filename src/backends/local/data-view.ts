@@ -366,7 +366,9 @@ export function sealLinkedView(
  *
  * The folder is sealed through its real path, which is what is mounted: a
  * bundle that is a symlink retargeted later does not move a job's data.
- * Its folders are listed and stat'ed; a file the plan's stat cache vouches
+ * Its folders are taken as the plan's walk listed and stat'ed them when that
+ * still holds (`walkStillHolds`), and listed and stat'ed again otherwise; a
+ * file the plan's stat cache vouches
  * for (the hashed content, on this device, outside the racy window) is sealed
  * with the stat the plan found it with, any other file is stat'ed and read (a
  * symlink's target compared with the hashed one). The seal's directories are
@@ -459,7 +461,7 @@ export function sealBundleFolder(
   /**
    * The folders as the plan's walk listed them, each stat'ed just before: no
    * folder is listed again. An entry added or removed since moves its
-   * folder's modification time, which the comparison with the plan finds.
+   * folder's inode change time, which the comparison with the plan finds.
    */
   const sealFromWalk = (folders: WalkedFolders): string | undefined => {
     const { paths, stats: folderStats } = folders;
@@ -514,7 +516,7 @@ export function sealBundleFolder(
     return undefined;
   };
   const folders = foldersOf(tree);
-  const listed = folders !== undefined && savedAt !== undefined && walkStillHolds(folders, rootStat, coarse);
+  const listed = folders !== undefined && savedAt !== undefined && walkStillHolds(folders, rootStat);
   let unmountable: string | undefined;
   if (listed) {
     unmountable = sealFromWalk(folders);
@@ -551,6 +553,7 @@ export function sealBundleFolder(
 export class SweepComparison {
   private readonly unended = new Set<string>();
   private running: Promise<string[]> | undefined;
+  private told = false;
   /** When it started, if it was the sweep's last check too; taken before any stat. */
   lastCheckAt: bigint | undefined;
 
@@ -576,22 +579,31 @@ export class SweepComparison {
     }
     return this.running;
   }
+
+  /** True for the first caller only: the one job that acts on what the comparison found. */
+  firstToLearn(): boolean {
+    if (this.told) return false;
+    this.told = true;
+    return true;
+  }
 }
 
 /**
  * Whether the folders a plan's walk listed still say what the bundle's
  * folder holds: each held exactly the tree's entries, the walk's root is the
- * folder sealed now, every folder is on its device, and none was modified
- * within the racy window of the walk (`coarse`), so that a change made after
- * it listed one moves that folder's modification time.
+ * folder sealed now, every folder is on its device, and none changed within
+ * the racy window before the walk, so that an entry added or removed after
+ * the walk listed a folder moves that folder's inode change time (which a
+ * writer cannot set back, as it can the modification time).
  */
-function walkStillHolds(folders: WalkedFolders, root: BigIntStats, coarse: bigint): boolean {
+function walkStillHolds(folders: WalkedFolders, root: BigIntStats): boolean {
   const { paths, stats } = folders;
   if (!folders.exact || paths[0] !== "") return false;
   if (BigInt.asUintN(64, stats[0]!) !== root.dev || BigInt.asUintN(64, stats[1]!) !== root.ino) return false;
+  const settled = folders.walkedAt - RACY_WINDOW_COARSE_NS;
   for (let index = 0; index < paths.length; index++) {
     if (BigInt.asUintN(64, stats[4 * index]!) !== root.dev) return false;
-    if (stats[4 * index + 2]! >= coarse || stats[4 * index + 3]! >= coarse) return false;
+    if (stats[4 * index + 3]! >= settled) return false;
   }
   return true;
 }

@@ -1378,11 +1378,19 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
       const lost = mountPointGone(context.data);
       if (lost !== undefined) return finish("failed", result.exitCode, lost + logNote);
       // The mounted view's first comparison with the plan: a change it finds breaks the seal.
-      context.data.comparison?.ended(record.id);
-      await context.data.comparison?.result();
+      const comparison = context.data.comparison;
+      // Whether the watches heard of a change while the job ran, before the comparison takes the stats again.
+      const heard = context.data.seal.stirred;
+      comparison?.ended(record.id);
+      const found = await comparison?.result();
+      // Whatever shares the changed files is discarded once, as the sweep's last check would.
+      if (found !== undefined && found.length > 0 && comparison!.firstToLearn()) this.dataChanged(context.data, false, found);
       const spoiled = this.dataSpoiled(context.data);
       if (spoiled !== undefined) {
-        const when = { written: "while this job ran", changed: "while this job ran" };
+        // What only the comparison with the plan found may have changed before the job started.
+        const since =
+          !heard && found !== undefined && found.length > 0 ? "after kaos hashed it, by the end of this job" : "while this job ran";
+        const when = { written: since, changed: since };
         return finish("failed", result.exitCode, dataWrittenReason(context.data, when, spoiled) + logNote);
       }
       if (unsealed !== undefined) return finish("failed", result.exitCode, unsealed + logNote);
