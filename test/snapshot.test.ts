@@ -52,10 +52,13 @@ function seal(): Seal {
   return made;
 }
 
-/** Lets the event loop deliver what the kernel queued, as the end of a job does. */
-async function settle(): Promise<void> {
-  for (let turn = 0; turn < 5; turn++) await nextTurn();
-  await new Promise((done) => setTimeout(done, 20));
+/**
+ * Lets the event loop deliver what the kernel queued until the seal's watches
+ * report an event, as the end of a job does (a seal without watches hears none).
+ */
+async function heardBy(made: Seal): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (made.watchers !== undefined && !made.stirred && Date.now() < deadline) await nextTurn();
 }
 
 const changes: [string, () => void, string][] = [
@@ -124,7 +127,7 @@ describe("data view seals", () => {
       expect(checkSeal(watched)).toEqual([]);
       expect(checkSeal(compared)).toEqual([]);
       change();
-      await settle();
+      await heardBy(watched);
       expect(checkSeal(watched)).toContain(path);
       expect(checkSeal(compared)).toContain(path);
       // Once broken, it stays broken.
@@ -135,11 +138,10 @@ describe("data view seals", () => {
   it("with watches, stats are compared only after an event, and an event that changed no signature leaves the seal whole", async () => {
     if (process.platform !== "linux") return;
     const watched = seal();
-    await settle();
     expect(checkSeal(watched)).toEqual([]);
     expect(watched.stirred).toBe(false);
     chmodSync(join(root, "top.txt"), 0o600);
-    await settle();
+    await heardBy(watched);
     expect(watched.stirred).toBe(true);
     // A mode change alters no part of the signature: the stats are compared, found equal, and the seal holds.
     expect(checkSeal(watched)).toEqual([]);
