@@ -16,7 +16,7 @@
  *     "/held": { body: bytes, stall },                            // first response stops mid-body until stall.release()
  *   });
  *   server.url            // "http://127.0.0.1:PORT"
- *   server.requests       // every request seen: { method, path, headers, status }
+ *   server.requests       // every request seen: { method, path, headers, status, finished }
  *   server.inFlight.peak  // most requests answered at once
  *   server.count("/a.csv")  // GETs of a path
  *   server.route("/a.csv", { body: "changed" })  // replace a route (fault counters restart)
@@ -122,6 +122,8 @@ export interface RequestRecord {
   headers: http.IncomingHttpHeaders;
   /** Status answered (0 if the connection was dropped before the head). */
   status: number;
+  /** The whole response was handed to the kernel (false while it is sent, and for one the client cut short). */
+  finished: boolean;
 }
 
 export interface TestServer {
@@ -363,7 +365,13 @@ export async function startServer(routesOrOptions: Record<string, RouteOptions> 
 
   const server = http.createServer((request, response) => {
     const requestPath = request.url ?? "/";
-    const record: RequestRecord = { method: request.method ?? "GET", path: requestPath, headers: request.headers, status: 0 };
+    const record: RequestRecord = {
+      method: request.method ?? "GET",
+      path: requestPath,
+      headers: request.headers,
+      status: 0,
+      finished: false,
+    };
     requests.push(record);
     inFlight.now++;
     inFlight.peak = Math.max(inFlight.peak, inFlight.now);
@@ -374,7 +382,10 @@ export async function startServer(routesOrOptions: Record<string, RouteOptions> 
       if (counted) inFlight.now--;
       counted = false;
     };
-    response.once("finish", settle);
+    response.once("finish", () => {
+      record.finished = true;
+      settle();
+    });
     response.once("close", settle);
     const state = routes.get(requestPath.split("?")[0] ?? requestPath);
     if (state === undefined) {
