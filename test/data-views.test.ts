@@ -7,12 +7,13 @@
  * links cannot be made (another device), and a job whose data changed under
  * it failed with the file named.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { jobRows, trustProblems } from "./helpers/faults.js";
-import { dataViewsStack, fileContent, makeProject, type Project, runKaos, trivialSourceBundle, under } from "./helpers/rig.js";
+import { dataViewsStack, fileContent, makeProject, type Project, REPO_ROOT, runKaos, trivialSourceBundle, under } from "./helpers/rig.js";
 
 const projects: Project[] = [];
 const elsewhere: string[] = [];
@@ -20,6 +21,8 @@ afterAll(() => {
   for (const made of projects) made.remove();
   for (const dir of elsewhere) rmSync(dir, { recursive: true, force: true });
 });
+
+const hasStrace = spawnSync("sh", ["-c", "command -v strace"]).status === 0;
 
 /** `--stack link`: the stack that asks for hardlinked data views. */
 const LINK = ["--stack", "link"];
@@ -210,6 +213,33 @@ describe("data views mounted read-only for each job (the default where a mount n
     for (const reason of reasons) expect(reason).toMatch(/during this sweep.*; no job of the sweep is trusted$/);
     expect(reasons[0]).toContain(made.path("data", "value.txt"));
   }, 60_000);
+
+  it.skipIf(!hasStrace)(
+    "a bundle whose folders have not changed for seconds is sealed from the plan's walk: each folder is listed once in the whole up (strace)",
+    async () => {
+      // In the repository: its folders were made at checkout, seconds before any test runs, and nothing writes there.
+      const bundle = join(REPO_ROOT, "test", "fixtures", "data-bundle");
+      const folders = ["", "sub", "sub/deeper"].map((folder) => (folder === "" ? bundle : join(bundle, folder)));
+      const settledFor = (Date.now() - Math.max(...folders.map((folder) => statSync(folder).ctimeMs))) / 1000;
+      expect(settledFor, "the fixture's folders changed within the last 3 s: run the test again").toBeGreaterThan(3);
+      const made = project(READS_ITS_VIEW, {}, bundle);
+      const traceDir = mkdtempSync(join(tmpdir(), "kaos-strace-"));
+      elsewhere.push(traceDir);
+      const traceFile = join(traceDir, "strace.txt");
+      const result = await runKaos(["up"], { cwd: made.dir, launcher: ["strace", "-f", "-e", "trace=openat", "-o", traceFile] });
+      expect(result.code, result.stderr).toBe(0);
+      expect(jobOutput(made, "data.txt")).toBe("v1\n");
+      expect(jobOutput(made, "listing")).toBe(".\n./sub\n./sub/deeper\n./sub/deeper/deep.txt\n./sub/more.txt\n./value.txt\n");
+      // The plan's walk lists each folder; the seal lists none of them again.
+      const listings = readFileSync(traceFile, "utf8")
+        .split("\n")
+        .filter((line) => line.includes("O_DIRECTORY"))
+        .map((line) => /openat\([^,]+, "([^"]+)"/.exec(line)?.[1])
+        .filter((path): path is string => path !== undefined && folders.includes(path.replace(/\/$/, "")));
+      expect(listings.map((path) => path.replace(/\/$/, "")).sort()).toEqual([...folders].sort());
+    },
+    60_000,
+  );
 
   it("a mount point removed while its job runs, as another kaos laying the same data out as links would, fails the job; the next up mounts it again", async () => {
     const train = `#!/bin/sh\nif [ -n "$KAOS_TEST_FIFO" ]; then echo started > "$KAOS_TEST_STARTED"; read go < "$KAOS_TEST_FIFO"; fi\nmkdir -p "$1"\nls "$KAOS_DATA_DIR" > "$1/listing" 2>&1 || true\n`;
