@@ -79,7 +79,7 @@ import type { JobRecord, StateStore } from "../../core/state.js";
 import type { ResolvedConfig, ResolvedStack } from "../../core/types.js";
 import type { SourceBundle } from "../../core/bundle.js";
 import { buildEnvironment, environmentMarkerPath, environmentPath, environmentReady } from "./build.js";
-import { knownRuntime, rememberPythonProbe, resolvePython, runtimeName } from "./python.js";
+import { knownRuntime, rememberPythonProbe, resolvePython, runtimeName, which } from "./python.js";
 import { spawnLogged, stopOrphanedJobs, type RunningProcess } from "./process.js";
 import { localJobLogs } from "./logs.js";
 import { localJobInfo } from "./job-info.js";
@@ -227,8 +227,11 @@ export function detectGpus(): number[] {
   if (process.env.KAOS_GPUS !== undefined) {
     return process.env.KAOS_GPUS.split(",").filter(Boolean).map(Number).filter(Number.isInteger);
   }
+  // Looked up first: a failed spawn forks this whole process before it finds out, on every machine without one.
+  const nvidiaSmi = which("nvidia-smi");
+  if (nvidiaSmi === undefined) return [];
   try {
-    const output = execFileSync("nvidia-smi", ["--query-gpu=index", "--format=csv,noheader"], {
+    const output = execFileSync(nvidiaSmi, ["--query-gpu=index", "--format=csv,noheader"], {
       encoding: "utf8",
       timeout: 10_000,
       stdio: ["ignore", "pipe", "ignore"],
