@@ -20,9 +20,9 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { SweepComparison, sealBundleFolder } from "../src/backends/local/data-view.js";
-import { foldersOf, hashTree, memoryStatCache, type TreeHash } from "../src/core/hash.js";
-import { releaseSeal } from "../src/core/snapshot.js";
+import { SweepComparison, holdsHash, sealBundleFolder } from "../src/backends/local/data-view.js";
+import { foldersOf, hashTree, memoryStatCache, treeHashLookup, type TreeHash } from "../src/core/hash.js";
+import { checkSealEveryStat, releaseSeal } from "../src/core/snapshot.js";
 import { StatCacheMap } from "../src/core/stat-cache.js";
 
 let dir: string;
@@ -63,11 +63,20 @@ async function plan(
   return { tree, cache, savedAt: BigInt(Date.now()) * 1_000_000n + later };
 }
 
-/** The seal's outcome once its first comparison with the plan is over: what it found unverified, and what that comparison found changed. */
+/**
+ * The seal's outcome once its first comparison with the plan is over, as a
+ * sweep makes it: what it found unverified, and what comparing every stat
+ * then found changed (a file whose change time alone moved confirmed by its content).
+ */
 async function sealed(planned: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint }) {
   const result = sealBundleFolder(planned.tree, planned.cache, planned.savedAt);
   if (!("seal" in result)) return result;
-  const changed = (await result.comparison?.result()) ?? [];
+  const hashes = treeHashLookup(planned.tree);
+  const confirm = (path: string): boolean => {
+    const hash = hashes.get(path);
+    return hash !== undefined && holdsHash(join(result.seal.root, path), hash);
+  };
+  const changed = result.unverified.length > 0 ? [] : await checkSealEveryStat(result.seal, 5, { confirm });
   releaseSeal(result.seal);
   return { seal: result.seal, unverified: [...result.unverified, ...changed] };
 }

@@ -13,9 +13,9 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setImmediate as nextTurn } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { differingRowsInThreads, hashTree } from "../src/core/hash.js";
+import { eventually } from "./helpers/faults.js";
 import {
   checkSeal,
   checkSealEveryStat,
@@ -57,8 +57,7 @@ function seal(): Seal {
  * report an event, as the end of a job does (a seal without watches hears none).
  */
 async function heardBy(made: Seal): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (made.watchers !== undefined && !made.stirred && Date.now() < deadline) await nextTurn();
+  if (made.watchers !== undefined) await eventually(() => made.stirred, 30_000);
 }
 
 const changes: [string, () => void, string][] = [

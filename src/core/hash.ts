@@ -1316,11 +1316,6 @@ function savedRows(packed: PackedStatCache): TreeRows {
 const rowTrees = new WeakMap<Pick<TreeHash, "files">, TreeRows>();
 
 /**
- * A tree whose `files` are made from its rows only when asked for: a plan
- * that finds nothing changed needs only the hash, and one that finds a few
- * changes need not hold a million objects.
- */
-/**
  * The folders a walk listed to make a tree, each stat'ed just before it was
  * listed: with them, a folder's listing since is known unchanged by its
  * stat alone (see `sealBundleFolder`).
@@ -1344,6 +1339,11 @@ export function foldersOf(tree: TreeHash): WalkedFolders | undefined {
   return walkedFolders.get(tree);
 }
 
+/**
+ * A tree whose `files` are made from its rows only when asked for: a plan
+ * that finds nothing changed needs only the hash, and one that finds a few
+ * changes need not hold a million objects.
+ */
 function lazyTree(root: string, hash: string, rows: TreeRows, stats: TreeHash["stats"]): TreeHash {
   let files: TreeFile[] | undefined;
   const tree = { root, hash, stats } as TreeHash;
@@ -1738,8 +1738,7 @@ class Listing {
     return tree;
   }
 
-  /** Files that vanished before their job could read them are not part of the tree. */
-  /** Whether any did. */
+  /** Files that vanished before their job could read them are not part of the tree; whether any did. */
   private dropVanished(): boolean {
     const fresh = this.fresh;
     const gone = (row: number): boolean => fresh.odd.get(row) === "";

@@ -483,7 +483,7 @@ export function makeWritable(dir: string): void {
  * something stirred; each check is then free however big the data. inotify
  * does not see writes through a shared memory mapping, nor events lost to an
  * overflowing queue: a sweep ends with one check of every stat
- * (`everyStat`) for those. Where watching is not possible (another system,
+ * (`checkSealEveryStat`) for those. Where watching is not possible (another system,
  * or the watch limit reached) every check compares every stat.
  */
 export interface Seal {
@@ -714,9 +714,9 @@ export function releaseSeal(seal: Seal): void {
  * changed only when `confirm` is given and says its content is not what was
  * sealed; one it vouches for is sealed again as it is now.
  */
-export function checkSeal(seal: Seal, limit = 5, options: { everyStat?: boolean; confirm?: (path: string) => boolean } = {}): string[] {
+export function checkSeal(seal: Seal, limit = 5, options: { confirm?: (path: string) => boolean } = {}): string[] {
   if (seal.broken !== undefined) return seal.broken;
-  if (seal.watchers !== undefined && !seal.stirred && options.everyStat !== true) return [];
+  if (seal.watchers !== undefined && !seal.stirred) return [];
   seal.stirred = false;
   return checkRows(seal, undefined, limit, options.confirm);
 }
@@ -737,13 +737,13 @@ export async function checkSealEveryStat(
   const stats = seal.stats;
   // Before the rows are stat'ed: an event while they are is a reason for the next check to look again.
   seal.stirred = false;
+  // Undefined (no thread to share with, or one that failed): this thread checks every row.
   let differing: number[] | undefined;
   try {
     differing = await differingRowsInThreads(seal.root, stats.size, (from, to) => stats.rows(from, to), options);
   } catch {
-    // A thread that failed: this thread checks every row.
+    differing = undefined;
   }
-  if (differing === undefined) return checkRows(seal, undefined, limit, options.confirm);
   return checkRows(seal, differing, limit, options.confirm);
 }
 

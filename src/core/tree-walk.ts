@@ -510,7 +510,7 @@ class UnitCollector {
   private allHits = true;
   readonly children: WalkUnit[] = [];
   private readonly folders: string[] = [];
-  private folderStats: bigint[] = [];
+  private readonly folderStats: bigint[] = [];
   private inexact = false;
   bytesLeft: number;
   entriesLeft: number;
@@ -545,7 +545,7 @@ class UnitCollector {
 
   visitDirectory(prefix: string): void {
     let entries: Dirent[];
-    // Stat'ed before it is listed: an entry added or removed after the listing moves its modification time.
+    // Stat'ed before it is listed: an entry added or removed after the listing moves its inode change time.
     let folder: BigIntStats | undefined;
     try {
       folder = lstatSync(this.request.rootPrefix + prefix, { bigint: true, throwIfNoEntry: false });

@@ -43,19 +43,10 @@ import {
 import { dirname, join } from "node:path";
 import { lstatOrUndefined } from "../../core/disk.js";
 import { errnoCode } from "../../core/errors.js";
-import {
-  fileCountOf,
-  filesOf,
-  foldersOf,
-  treeHashLookup,
-  type StatCacheEntry,
-  type TreeFile,
-  type TreeHash,
-  type WalkedFolders,
-} from "../../core/hash.js";
+import { fileCountOf, filesOf, foldersOf, type StatCacheEntry, type TreeFile, type TreeHash, type WalkedFolders } from "../../core/hash.js";
 import type { ObjectStore } from "../../core/objects.js";
 import { SealStats, sealedFileStat } from "../../core/seal-stats.js";
-import { CANNOT_LINK, checkSealEveryStat, inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
+import { CANNOT_LINK, inPathOrder, nextClockTick, sealOf, sealTree, type Seal } from "../../core/snapshot.js";
 import type { StatCacheColumns, StatCacheMap } from "../../core/stat-cache.js";
 import {
   RACY_WINDOW_COARSE_NS,
@@ -373,16 +364,16 @@ export function sealLinkedView(
  * with the stat the plan found it with, any other file is stat'ed and read (a
  * symlink's target compared with the hashed one). The seal's directories are
  * watched from then on; a file changed between the plan and the watches is
- * found by comparing every stat once (`comparison`), which the sweep does
- * before any job's result is trusted. Nothing is pending: a mount moves no
- * change time.
+ * found by comparing every stat once (`SweepComparison`), which the sweep
+ * does before any job's result is trusted. Nothing is pending: a mount moves
+ * no change time.
  */
 export function sealBundleFolder(
   tree: TreeHash,
   cache: StatCacheMap | undefined,
   savedAt: bigint | undefined,
   limit = 5,
-): (LinkedSeal & { comparison?: SweepComparison }) | { unmountable: string } {
+): LinkedSeal | { unmountable: string } {
   const unverified: string[] = [];
   let root: string;
   try {
@@ -423,6 +414,26 @@ export function sealBundleFolder(
     if (file.mode === "symlink") return found.isSymbolicLink() && holdsLinkTarget(path, file.hash);
     return found.isFile() && holdsHash(path, file.hash);
   };
+  /** Seals a file with the stat the plan found it with. */
+  const sealAsPlanned = (path: string, ino: bigint, size: bigint, mtimeNs: bigint, ctimeNs: bigint): void => {
+    stats.addFile(path, ino, size, mtimeNs, ctimeNs);
+    if (ctimeNs > lastChangeNs) lastChangeNs = ctimeNs;
+  };
+  /** Seals a file the stat cache does not vouch for with a stat taken now, its content read; the path when it is on another device. */
+  const sealNow = (file: TreeFile): string | undefined => {
+    const path = `${root}/${file.path}`;
+    const found = stat(path, file.path);
+    if (found !== undefined && found.dev !== device) return file.path;
+    if (unverified.length < limit && !holdsPlanned(path, file, found)) unverified.push(file.path);
+    return undefined;
+  };
+  /** Seals a file of the tree, as the plan's stat cache vouches for it or as it is now; the path when it is on another device. */
+  const sealFile = (file: TreeFile): string | undefined => {
+    const entry = vouchedFor(file);
+    if (entry === undefined) return sealNow(file);
+    sealAsPlanned(file.path, unsigned(entry.ino), BigInt(entry.size), entry.mtimeNs, entry.ctimeNs);
+    return undefined;
+  };
   /** The first entry below `dir` a mount would not show as the tree has it, or undefined. */
   const walk = (dir: string, prefix: string): string | undefined => {
     let entries: Dirent[];
@@ -446,15 +457,8 @@ export function sealBundleFolder(
       if (file === undefined) return relative;
       sealedAs[cursor.position] = SEALED_OTHERWISE;
       cursor.advance();
-      const entry = vouchedFor(file);
-      if (entry !== undefined) {
-        stats.addFile(relative, unsigned(entry.ino), BigInt(entry.size), entry.mtimeNs, entry.ctimeNs);
-        if (entry.ctimeNs > lastChangeNs) lastChangeNs = entry.ctimeNs;
-        continue;
-      }
-      const found = stat(path, relative);
-      if (found !== undefined && found.dev !== device) return relative;
-      if (unverified.length < limit && !holdsPlanned(path, file, found)) unverified.push(file.path);
+      const elsewhere = sealFile(file);
+      if (elsewhere !== undefined) return elsewhere;
     }
     return undefined;
   };
@@ -476,23 +480,15 @@ export function sealBundleFolder(
         if (ctimeNs > lastChangeNs) lastChangeNs = ctimeNs;
       }
     };
-    /** Seals a file the stat cache does not vouch for with a stat taken now; the path when it is on another device. */
-    const sealNow = (file: TreeFile): string | undefined => {
-      const path = `${root}/${file.path}`;
-      const found = stat(path, file.path);
-      if (found !== undefined && found.dev !== device) return file.path;
-      if (unverified.length < limit && !holdsPlanned(path, file, found)) unverified.push(file.path);
-      return undefined;
-    };
     // The rows the plan's walk saved are the tree's, file for file (the tree hash says so): row i is file i.
     if (columns !== undefined && columns.treeHash === tree.hash && columns.count === count && columns.inPathOrder) {
       for (let row = 0; row < count; row++) {
         const path = columns.pathAt(row);
         addFoldersBefore(path);
         const at = columns.statAt(row);
+        // What `vouchedFor` asks, but for the hash and mode, which are the tree's own here.
         if (at.mode !== "symlink" && at.dev === device && isOutsideRacyWindow(at.mtimeNs, at.ctimeNs, fine, coarse)) {
-          stats.addFile(path, at.ino, BigInt(at.size), at.mtimeNs, at.ctimeNs);
-          if (at.ctimeNs > lastChangeNs) lastChangeNs = at.ctimeNs;
+          sealAsPlanned(path, at.ino, BigInt(at.size), at.mtimeNs, at.ctimeNs);
           continue;
         }
         const entry = columns.peekAt(row);
@@ -502,13 +498,7 @@ export function sealBundleFolder(
     } else {
       for (const file of filesOf(tree)) {
         addFoldersBefore(file.path);
-        const entry = vouchedFor(file);
-        if (entry !== undefined) {
-          stats.addFile(file.path, unsigned(entry.ino), BigInt(entry.size), entry.mtimeNs, entry.ctimeNs);
-          if (entry.ctimeNs > lastChangeNs) lastChangeNs = entry.ctimeNs;
-          continue;
-        }
-        const elsewhere = sealNow(file);
+        const elsewhere = sealFile(file);
         if (elsewhere !== undefined) return elsewhere;
       }
     }
@@ -516,9 +506,9 @@ export function sealBundleFolder(
     return undefined;
   };
   const folders = foldersOf(tree);
-  const listed = folders !== undefined && savedAt !== undefined && walkStillHolds(folders, rootStat);
+  const fromWalk = folders !== undefined && savedAt !== undefined && walkStillHolds(folders, rootStat);
   let unmountable: string | undefined;
-  if (listed) {
+  if (fromWalk) {
     unmountable = sealFromWalk(folders);
   } else {
     stat(root, "");
@@ -527,19 +517,7 @@ export function sealBundleFolder(
     if (unmountable === undefined && cursor.met < count) withUnsealed(tree, sealedAs, unverified, limit, { symlinks: true });
   }
   if (unmountable !== undefined) return { unmountable };
-  const seal = sealOf(root, stats, lastChangeNs);
-  if (unverified.length > 0) return { seal, unverified, pending: undefined };
-  const hashes = treeHashLookup(tree);
-  const comparison = new SweepComparison((inBackground) =>
-    checkSealEveryStat(seal, limit, {
-      confirm: (path) => {
-        const hash = hashes.get(path);
-        return hash !== undefined && holdsHash(`${root}/${path}`, hash);
-      },
-      inBackground,
-    }),
-  );
-  return { seal, unverified, pending: undefined, comparison };
+  return { seal: sealOf(root, stats, lastChangeNs), unverified, pending: undefined };
 }
 
 /**

@@ -70,7 +70,7 @@ import {
   pendingStatCacheRows,
   refreshedStatCache,
   sealBundleFolder,
-  type SweepComparison,
+  SweepComparison,
   sealLinkedView,
 } from "./data-view.js";
 import { removeTemporaries } from "./temporaries.js";
@@ -131,7 +131,7 @@ interface DataView {
    * the mount point's `dev:ino` as made; the seal is then the bundle's own.
    */
   mount?: { namespace: MountNamespace; point: string };
-  /** A mounted view's first comparison of every stat with the plan's, started by the sweep's first job to end (`sealBundleFolder`). */
+  /** A mounted view's first comparison of every stat with the plan's, started by the sweep's first job to end. */
   comparison?: SweepComparison;
   /** A linked view's bundle: its tree and the stat cache its plan used, brought up to date once the sweep's data checks out. */
   bundle?: { tree: TreeHash; cache: StatCacheMap; savedAt: bigint; pending: PendingStatCache | undefined };
@@ -1051,14 +1051,15 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
     makeMountPoint(dir);
     const point = statSync(dir, { bigint: true });
     // The seal's root is the bundle's real path, which each job mounts: a symlinked bundle retargeted meanwhile moves no job's data.
-    return {
+    const view: DataView = {
       dir,
       seal: sealed.seal,
       hashes,
       linkedTo: tree.root,
       mount: { namespace: mount, point: `${point.dev}:${point.ino}` },
-      ...(sealed.comparison === undefined ? {} : { comparison: sealed.comparison }),
     };
+    view.comparison = new SweepComparison((inBackground) => this.everyStatChanged(view, { inBackground }));
+    return view;
   }
 
   /** The error for bundle files found changed after the plan hashed them, before any job ran. */
@@ -1148,7 +1149,12 @@ export class LocalBackend implements Backend, JobRunner, PlanOracle {
   /** `dataSpoiled` once every stat is compared, as a sweep's last check does: what the watches cannot see (a write through a memory mapping, a lost event). */
   private async dataSpoiledEveryStat(data: DataView): Promise<string[] | undefined> {
     const known = data.seal.broken !== undefined;
-    return this.dataChanged(data, known, await checkSealEveryStat(data.seal, 5, { confirm: sameContent(data) }));
+    return this.dataChanged(data, known, await this.everyStatChanged(data));
+  }
+
+  /** The paths of a view found changed once every stat is compared (see `checkSealEveryStat`). */
+  private everyStatChanged(data: DataView, options: { inBackground?: boolean } = {}): Promise<string[]> {
+    return checkSealEveryStat(data.seal, 5, { confirm: sameContent(data), ...options });
   }
 
   /** What `dataSpoiled` does with the paths a check found `changed`; `known` says the seal was broken before it. */
